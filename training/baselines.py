@@ -1,0 +1,93 @@
+"""baseline-knn: the floor every results table shows.
+
+A clip becomes the mean and the standard deviation of its log-mel frames (256 numbers),
+standardised with the training clips' statistics; its score is the Euclidean distance to
+the nearest normal training clip of the same section. No learning, no test labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial.distance import cdist
+
+from agent.features import FeatureSpec, preset
+from training.data.corpus import Clip
+from training.data.features import clip_logmels
+from training.runs import RunError, normal_score_stats, read_run, write_run
+
+
+def clip_vector(logmel: np.ndarray) -> np.ndarray:
+    return np.concatenate([logmel.mean(axis=0), logmel.std(axis=0)]).astype(np.float64)
+
+
+class KnnBaseline:
+    name = "baseline-knn"
+
+    def __init__(self, spec: FeatureSpec | None = None) -> None:
+        self.spec = spec or preset("dcase2020-ae")
+        self.mean: np.ndarray | None = None
+        self.std: np.ndarray | None = None
+        self.bank: dict[int, np.ndarray] = {}
+
+    def vectors(self, clips: Sequence[Clip], progress: bool = True) -> np.ndarray:
+        return np.stack([clip_vector(m) for m in clip_logmels(clips, self.spec, progress)])
+
+    def fit_vectors(self, vectors: np.ndarray, sections: Sequence[int]) -> np.ndarray:
+        """Fit on training vectors; returns their leave-one-out scores (normal scores)."""
+        self.mean = vectors.mean(axis=0)
+        self.std = vectors.std(axis=0) + 1e-8
+        z = (vectors - self.mean) / self.std
+        sections = np.asarray(sections)
+        self.bank = {int(s): z[sections == s] for s in np.unique(sections)}
+        loo = np.empty(len(z))
+        for s, bank in self.bank.items():
+            if len(bank) < 2:
+                raise ValueError(f"section {s:02d} needs at least 2 training clips, has {len(bank)}")
+            d = cdist(bank, bank)
+            np.fill_diagonal(d, np.inf)
+            loo[sections == s] = d.min(axis=1)
+        return loo
+
+    def score_vectors(self, vectors: np.ndarray, sections: Sequence[int]) -> np.ndarray:
+        z = (vectors - self.mean) / self.std
+        out = np.empty(len(z))
+        for i, (v, s) in enumerate(zip(z, sections)):
+            if int(s) not in self.bank:
+                raise ValueError(f"section {int(s):02d} was not in the training data "
+                                 f"(trained sections: {sorted(self.bank)})")
+            out[i] = np.sqrt(((self.bank[int(s)] - v) ** 2).sum(axis=1)).min()
+        return out
+
+    # -- run directory interface -------------------------------------------------------
+    def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> dict:
+        machine = clips[0].machine
+        loo = self.fit_vectors(self.vectors(clips, progress), [c.section for c in clips])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        np.save(run_dir / "mean.npy", self.mean)
+        np.save(run_dir / "std.npy", self.std)
+        for s, bank in self.bank.items():
+            np.save(run_dir / f"bank_section_{s:02d}.npy", bank)
+        return write_run(run_dir, method=self.name, machine=machine, spec=self.spec,
+                         params={"vector": "mean+std of log-mel frames", "distance": "euclidean",
+                                 "k": 1},
+                         train_clips=clips, normal_scores=normal_score_stats(loo))
+
+    @classmethod
+    def load(cls, run_dir: Path) -> KnnBaseline:
+        info = read_run(run_dir)
+        self = cls(FeatureSpec.from_dict(info["feature_spec"], f"{run_dir}/run.json"))
+        try:
+            self.mean = np.load(run_dir / "mean.npy", allow_pickle=False)
+            self.std = np.load(run_dir / "std.npy", allow_pickle=False)
+            for s in info["sections"]:
+                self.bank[int(s)] = np.load(run_dir / f"bank_section_{int(s):02d}.npy",
+                                            allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise RunError(f"{run_dir}: cannot load baseline arrays ({exc})") from None
+        return self
+
+    def score(self, clips: Sequence[Clip], progress: bool = True) -> np.ndarray:
+        return self.score_vectors(self.vectors(clips, progress), [c.section for c in clips])

@@ -1,0 +1,132 @@
+"""harken-train: synthesize corpora, train scorers, evaluate them with the DCASE metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from agent.features import FeatureSpecError
+from agent.wavio import WavError
+from training.data.corpus import CorpusError, machine_types, scan
+from training.runs import RunError, find_runs
+
+
+def _machines(arg: str | None) -> list[str] | None:
+    return [m.strip() for m in arg.split(",") if m.strip()] if arg else None
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from training.synth.corpus import SIZES, synthesize
+    t0 = time.monotonic()
+    root = synthesize(args.out, args.size, args.seed, tuple(_machines(args.machines) or ()) or None,
+                      args.workers, progress=not args.quiet)
+    spec = SIZES[args.size]
+    print(f"wrote the {args.size} corpus ({', '.join(machine_types(root))}; "
+          f"{spec.sections} sections; {spec.clip_seconds:g} s clips) to {root} "
+          f"in {time.monotonic() - t0:.0f} s")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.methods import method_class
+    cls = method_class(args.method)
+    machines = _machines(args.machines) or machine_types(args.data)
+    for machine in machines:
+        clips = scan(args.data, [machine], split="train")
+        run_dir = Path(args.out) / machine
+        t0 = time.monotonic()
+        info = cls().train(clips, run_dir, progress=not args.quiet)
+        print(f"{args.method} {machine}: trained on {len(clips)} clips in "
+              f"{time.monotonic() - t0:.1f} s -> {run_dir} "
+              f"(threshold {info['normal_scores']['threshold']:.4g})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate, format_table
+    runs = find_runs(Path(args.run))
+    out = Path(args.out) if args.out else Path(args.run) / "eval"
+    ev = evaluate(runs, out, Path(args.data) if args.data else None, progress=not args.quiet,
+                  plots=not args.no_plots)
+    if args.json:
+        print(json.dumps(ev.to_dict(), indent=2))
+    else:
+        print(format_table(ev))
+        print(f"result files, metrics.csv, metrics.json and ROC plots in {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The quick start: a small corpus, the naive baseline, its DCASE evaluation."""
+    out = Path(args.out)
+    corpus = out / "corpus"
+    if not (corpus / "corpus.json").is_file():
+        cmd_synth(argparse.Namespace(out=corpus, size=args.size, seed=0, machines=None,
+                                     workers=None, quiet=args.quiet))
+    runs = out / "runs" / "baseline-knn"
+    cmd_train(argparse.Namespace(method="baseline-knn", data=corpus, machines=None, out=runs,
+                                 quiet=args.quiet))
+    return cmd_evaluate(argparse.Namespace(run=runs, out=out / "eval" / "baseline-knn", data=corpus,
+                                           json=False, no_plots=False, quiet=args.quiet))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from training.methods import METHODS
+    from training.synth.corpus import SIZES
+    p = argparse.ArgumentParser(prog="harken-train", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write the synthetic machine corpus (DCASE 2023 layout)")
+    s.add_argument("--size", choices=list(SIZES), default="standard")
+    s.add_argument("--out", required=True, help="corpus folder to write")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--machines", help="comma-separated subset of machine types")
+    s.add_argument("--workers", type=int, help="processes (default: all cores, at most 8)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_synth)
+
+    t = sub.add_parser("train", help="train a method on each machine type of a corpus")
+    t.add_argument("--method", choices=sorted(METHODS), required=True)
+    t.add_argument("--data", required=True, help="DCASE-format corpus folder")
+    t.add_argument("--machines", help="comma-separated subset of machine types")
+    t.add_argument("--out", required=True, help="folder for the runs (one per machine type)")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="score test clips and print the DCASE metrics")
+    e.add_argument("run", help="a run folder, or a folder of runs")
+    e.add_argument("--data", help="corpus folder (default: the one the run was trained on)")
+    e.add_argument("--out", help="where result files go (default: RUN/eval)")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.add_argument("--no-plots", action="store_true", help="skip the ROC PNGs")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("demo", help="synthesize a small corpus, train and evaluate the baseline")
+    d.add_argument("--out", default="demo", help="folder for corpus, runs and results")
+    d.add_argument("--size", choices=list(SIZES), default="small")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CorpusError, RunError, FeatureSpecError, WavError, ValueError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"harken-train: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harken-train: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

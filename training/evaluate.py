@@ -1,0 +1,133 @@
+"""Scores a corpus's test clips with trained runs and reports the DCASE metrics:
+result files in the DCASE format, a per-section table, CSV + JSON, and ROC curves."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from training.data.corpus import Clip, CorpusError, scan
+from training.methods import method_class
+from training.metrics import SectionResult, machine_hmean, official_score, section_result
+from training.runs import read_run
+
+
+@dataclass
+class Evaluation:
+    results: list[SectionResult] = field(default_factory=list)
+    methods: dict[str, str] = field(default_factory=dict)    # machine -> method
+
+    @property
+    def official(self) -> float:
+        return official_score(self.results)
+
+    def machine_scores(self) -> dict[str, float]:
+        return {m: machine_hmean(self.results, m) for m in sorted({r.machine for r in self.results})}
+
+    def to_dict(self) -> dict:
+        return {"official_score": self.official, "machines": self.machine_scores(),
+                "methods": self.methods, "sections": [r.to_dict() for r in self.results]}
+
+
+def score_run(run_dir: Path, data_root: Path | None, progress: bool = True
+              ) -> tuple[dict, list[Clip], np.ndarray]:
+    info = read_run(run_dir)
+    root = Path(data_root) if data_root else Path(info["corpus"]["root"])
+    clips = scan(root, [info["machine"]], split="test")
+    unlabelled = [c for c in clips if c.label is None]
+    if unlabelled:
+        raise CorpusError(f"{unlabelled[0].path}: test clip has no normal/anomaly label; "
+                          "metrics need a labelled (development) test set")
+    model = method_class(info["method"]).load(run_dir)
+    return info, clips, np.asarray(model.score(clips, progress), dtype=np.float64)
+
+
+def write_result_files(out: Path, machine: str, clips: list[Clip], scores: np.ndarray,
+                       threshold: float) -> None:
+    """anomaly_score_<machine>_section_XX_test.csv and decision_result_... (DCASE format)."""
+    for section in sorted({c.section for c in clips}):
+        idx = [i for i, c in enumerate(clips) if c.section == section]
+        stem = f"{machine}_section_{section:02d}_test.csv"
+        with open(out / f"anomaly_score_{stem}", "w", newline="") as f:
+            csv.writer(f).writerows((clips[i].name, f"{scores[i]:.6f}") for i in idx)
+        with open(out / f"decision_result_{stem}", "w", newline="") as f:
+            csv.writer(f).writerows((clips[i].name, int(scores[i] > threshold)) for i in idx)
+
+
+def section_results(machine: str, clips: list[Clip], scores: np.ndarray) -> list[SectionResult]:
+    out = []
+    for section in sorted({c.section for c in clips}):
+        idx = [i for i, c in enumerate(clips) if c.section == section]
+        out.append(section_result(machine, section, scores[idx],
+                                  [clips[i].is_anomaly for i in idx],
+                                  [clips[i].domain for i in idx]))
+    return out
+
+
+def evaluate(run_dirs: list[Path], out: Path, data_root: Path | None = None,
+             progress: bool = True, plots: bool = True) -> Evaluation:
+    out.mkdir(parents=True, exist_ok=True)
+    ev = Evaluation()
+    for run_dir in run_dirs:
+        info, clips, scores = score_run(run_dir, data_root, progress)
+        machine = info["machine"]
+        ev.methods[machine] = info["method"]
+        write_result_files(out, machine, clips, scores, info["normal_scores"]["threshold"])
+        ev.results.extend(section_results(machine, clips, scores))
+        if plots:
+            plot_roc(out / f"roc_{machine}.png", machine, info["method"], clips, scores)
+    write_tables(out, ev)
+    return ev
+
+
+def write_tables(out: Path, ev: Evaluation) -> None:
+    rows = [r.to_dict() for r in ev.results]
+    with open(out / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (out / "metrics.json").write_text(json.dumps(ev.to_dict(), indent=2))
+
+
+def format_table(ev: Evaluation) -> str:
+    lines = [f"{'machine':<10} {'section':>7} {'AUC_s':>7} {'AUC_t':>7} {'pAUC':>7} {'hmean':>7}"]
+    for r in ev.results:
+        lines.append(f"{r.machine:<10} {f'{r.section:02d}':>7} {r.auc_source:>7.4f} "
+                     f"{r.auc_target:>7.4f} {r.pauc:>7.4f} {r.hmean:>7.4f}")
+    for m, v in ev.machine_scores().items():
+        lines.append(f"{m:<10} {'all':>7} {'':>7} {'':>7} {'':>7} {v:>7.4f}")
+    lines.append(f"official score (hmean over all sections, AUC_s, AUC_t, pAUC): {ev.official:.4f}")
+    return "\n".join(lines)
+
+
+def plot_roc(path: Path, machine: str, method: str, clips: list[Clip], scores: np.ndarray) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    sections = sorted({c.section for c in clips})
+    fig, axes = plt.subplots(1, len(sections), figsize=(4.2 * len(sections), 4), squeeze=False)
+    y = np.array([c.is_anomaly for c in clips])
+    d = np.array([c.domain for c in clips])
+    sec = np.array([c.section for c in clips])
+    for ax, s in zip(axes[0], sections):
+        for domain, color in (("source", "tab:blue"), ("target", "tab:orange")):
+            m = (sec == s) & ((d == domain) | y)
+            if (m & ~y).any():
+                fpr, tpr, _ = roc_curve(y[m], scores[m])
+                ax.plot(fpr, tpr, color=color,
+                        label=f"{domain}  AUC {roc_auc_score(y[m], scores[m]):.3f}")
+        ax.axvspan(0, 0.1, color="grey", alpha=0.12, label="pAUC region (FPR ≤ 0.1)")
+        ax.plot([0, 1], [0, 1], ":", color="grey")
+        ax.set(title=f"{machine} section {s:02d}", xlabel="false positive rate",
+               ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"ROC, {method}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
