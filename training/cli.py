@@ -59,6 +59,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from training.report import load_evaluation, results_markdown
+    evaluations = {}
+    for item in args.evaluations:
+        label, _, path = item.rpartition("=")
+        evaluations[label or Path(path).name] = load_evaluation(Path(path))
+    corpus = {}
+    if args.data and (Path(args.data) / "corpus.json").is_file():
+        corpus = json.loads((Path(args.data) / "corpus.json").read_text())
+    text = results_markdown(evaluations, corpus, args.command_line)
+    Path(args.out).write_text(text)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The quick start: a small corpus, the naive baseline, its DCASE evaluation."""
     out = Path(args.out)
@@ -105,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-plots", action="store_true", help="skip the ROC PNGs")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("report", help="write a results page (markdown) from evaluations")
+    r.add_argument("evaluations", nargs="+", metavar="[LABEL=]EVAL_DIR",
+                   help="folders holding metrics.json, optionally labelled")
+    r.add_argument("--data", help="the corpus, to describe it on the page")
+    r.add_argument("--out", required=True, help="markdown file to write")
+    r.add_argument("--command-line", default="scripts/make-results",
+                   help="the command to name as the page's source")
+    r.set_defaults(func=cmd_report)
 
     d = sub.add_parser("demo", help="synthesize a small corpus, train and evaluate the baseline")
     d.add_argument("--out", default="demo", help="folder for corpus, runs and results")

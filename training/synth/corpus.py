@@ -108,7 +108,7 @@ def render_clip(job: ClipJob) -> tuple[np.ndarray, dict, dict]:
     level = MACHINE_RMS / _reference_rms(job.machine, job.section)
     x = rendered.normal * level
     if rendered.added is not None:
-        anr = float(rng.uniform(*ANR_DB))
+        anr = float(rng.uniform(*ANR_DB)) + machine.anr_offset_db.get(fault, 0.0)
         x = x + rendered.added / rms(rendered.added) * rms(x) * db(anr)
     acoustic = DOMAINS[job.domain]
     x = room(x, rng, acoustic.rt60, acoustic.wet)

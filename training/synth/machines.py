@@ -42,6 +42,9 @@ class MachineType:
     operating_points: Callable[[int, str], list[dict]]
     render: Callable[[np.random.Generator, dict, dict, int, str | None, float], Rendered]
     notes: str = field(default="")
+    # Per-fault shift of the anomaly-to-normal ratio (dB): broadband faults in bands where
+    # the machine itself is quiet are heard at much lower levels, so they are set lower.
+    anr_offset_db: dict = field(default_factory=dict)
 
 
 def _pick(values: list, section: int):
@@ -320,13 +323,16 @@ MACHINES: dict[str, MachineType] = {
     m.name: m for m in (
         MachineType("fan", ("imbalance", "blade_damage", "bearing", "rubbing"),
                     _fan_geometry, _fan_points, _fan_render,
-                    "blade-pass harmonics, shaft 1x, modulated turbulence, motor hum"),
+                    "blade-pass harmonics, shaft 1x, modulated turbulence, motor hum",
+                    {"rubbing": -12.0}),
         MachineType("pump", ("cavitation", "leak", "impeller", "clogging"),
                     _pump_geometry, _pump_points, _pump_render,
-                    "vane-pass harmonics, flow noise exciting pipe modes"),
+                    "vane-pass harmonics, flow noise exciting pipe modes",
+                    {"leak": -8.0, "cavitation": -4.0}),
         MachineType("gearbox", ("wear", "misalignment", "tooth", "looseness"),
                     _gearbox_geometry, _gearbox_points, _gearbox_render,
-                    "gear-mesh harmonics with shaft sidebands, housing modes"),
+                    "gear-mesh harmonics with shaft sidebands, housing modes",
+                    {"looseness": -12.0, "tooth": -10.0}),
         MachineType("bearing", ("outer_race", "inner_race", "ball", "lubrication"),
                     _bearing_geometry, _bearing_points, _bearing_render,
                     "rolling noise through structural modes, rotor harmonics"),
@@ -335,7 +341,8 @@ MACHINES: dict[str, MachineType] = {
                     "trapezoidal strokes: screw whine, friction, end-stop knocks"),
         MachineType("valve", ("leak", "contamination", "sticking"),
                     _valve_geometry, _valve_points, _valve_render,
-                    "solenoid open/close clicks, flow hiss while open"),
+                    "solenoid open/close clicks, flow hiss while open",
+                    {"leak": -12.0}),
     )
 }
 

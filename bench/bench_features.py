@@ -1,0 +1,89 @@
+"""Front-end throughput: seconds of 16 kHz audio per CPU-second, one thread, for the
+batch and the streaming (10 ms chunks) log-mel extractors beside librosa with the same
+parameters, and the largest dB difference between them.
+
+    .venv/bin/python bench/bench_features.py [--seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import cpu_seconds, pin_one_thread, record  # noqa: E402
+
+pin_one_thread()
+
+import numpy as np  # noqa: E402
+
+
+def main() -> None:
+    import librosa
+
+    from agent.features import LogMelExtractor, StreamingLogMel, preset
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+
+    spec = preset("dcase2020-ae")
+    rng = np.random.default_rng(0)
+    n = int(args.seconds * spec.sample_rate)
+    # A machine-like signal: harmonics plus noise, as float32 (what a WAV reader gives).
+    t = np.arange(n) / spec.sample_rate
+    x = (0.1 * rng.standard_normal(n) + 0.2 * np.sin(2 * np.pi * 120 * t)).astype(np.float32)
+    chunk = spec.sample_rate // 100  # 10 ms
+
+    extract = LogMelExtractor(spec)
+
+    def batch():
+        return extract(x)
+
+    def streaming():
+        s = StreamingLogMel(spec)
+        out = [s.push(x[i:i + chunk]) for i in range(0, n, chunk)]
+        out.append(s.finish())
+        return np.concatenate(out)
+
+    def librosa_mel(y):
+        mel = librosa.feature.melspectrogram(y=y, sr=spec.sample_rate, n_fft=spec.n_fft,
+                                             hop_length=spec.hop_length, n_mels=spec.n_mels,
+                                             power=spec.power)
+        return (20.0 / spec.power * np.log10(mel + spec.log_eps)).T
+
+    x64 = x.astype(np.float64)
+    timings = {
+        "batch": cpu_seconds(batch, args.repeats),
+        "streaming_10ms": cpu_seconds(streaming, args.repeats),
+        "librosa_float32_input": cpu_seconds(lambda: librosa_mel(x), args.repeats),
+        "librosa_float64_input": cpu_seconds(lambda: librosa_mel(x64), args.repeats),
+    }
+    rt = {k: args.seconds / v for k, v in timings.items()}
+    ref = librosa_mel(x64)
+    diff = {"batch_vs_librosa_db": float(np.max(np.abs(batch() - ref))),
+            "streaming_vs_librosa_db": float(np.max(np.abs(streaming() - ref))),
+            "streaming_vs_batch_db": float(np.max(np.abs(streaming() - batch())))}
+    ratios = {"batch_over_librosa_float32": rt["batch"] / rt["librosa_float32_input"],
+              "batch_over_librosa_float64": rt["batch"] / rt["librosa_float64_input"],
+              "streaming_over_batch": rt["streaming_10ms"] / rt["batch"]}
+    targets = {"batch >= 1.0x librosa (float32 input, the faster one)": ratios["batch_over_librosa_float32"] >= 1.0,
+               "streaming (10 ms chunks) >= 0.5x batch": ratios["streaming_over_batch"] >= 0.5,
+               "both within 1e-3 dB of librosa": max(diff["batch_vs_librosa_db"], diff["streaming_vs_librosa_db"]) <= 1e-3}
+    for k, v in rt.items():
+        print(f"{k:<24} {v:10.0f} x real time  ({timings[k] * 1000:.1f} ms CPU for {args.seconds:g} s)")
+    for k, v in {**ratios, **diff}.items():
+        print(f"{k:<28} {v:.3g}")
+    for k, ok in targets.items():
+        print(f"target {'met ' if ok else 'MISSED'}: {k}")
+    path = record("features", "python bench/bench_features.py --seconds %g" % args.seconds,
+                  {"audio_seconds": args.seconds, "repeats": args.repeats, "threads": 1,
+                   "realtime_factor": rt, "cpu_seconds": timings, "ratios": ratios,
+                   "max_abs_diff_db": diff, "targets_met": targets})
+    print(f"recorded {path}")
+
+
+if __name__ == "__main__":
+    main()
