@@ -1,0 +1,30 @@
+"""DESIGN.md import rules: the device never needs torch, TensorFlow, training or export."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+AGENT = Path(__file__).resolve().parents[2] / "agent"
+FORBIDDEN = {"torch", "tensorflow", "training", "export", "librosa", "sklearn"}
+
+
+def test_agent_sources_import_nothing_forbidden():
+    offenders = []
+    for path in AGENT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
+    assert offenders == []
+
+
+def test_importing_the_agent_loads_no_heavy_framework():
+    code = ("import sys, agent.cli, agent.features, agent.ringbuffer, agent.wavio, agent.thresholds;"
+            "print(sorted(m for m in ('torch', 'tensorflow', 'training', 'export', 'librosa', 'sklearn')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
