@@ -59,7 +59,7 @@ class DomainAcoustics:
 
 DOMAINS = {
     "source": DomainAcoustics(("hall",), (2.0, 8.0), 0.35, 0.25, (40.0, 7600.0, 0.0), 0.0),
-    "target": DomainAcoustics(("workshop", "hvac"), (-2.0, 4.0), 0.7, 0.4, (90.0, 6000.0, -1.5), -3.0),
+    "target": DomainAcoustics(("workshop",), (0.0, 5.0), 0.7, 0.4, (90.0, 6000.0, -1.5), -3.0),
 }
 
 # Anomaly-to-normal ratio range for additive faults, and severity range for parametric
