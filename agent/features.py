@@ -23,7 +23,6 @@ import dataclasses
 import math
 import sys
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np

@@ -69,9 +69,13 @@ def main() -> None:
     ratios = {"batch_over_librosa_float32": rt["batch"] / rt["librosa_float32_input"],
               "batch_over_librosa_float64": rt["batch"] / rt["librosa_float64_input"],
               "streaming_over_batch": rt["streaming_10ms"] / rt["batch"]}
-    targets = {"batch >= 1.0x librosa (float32 input, the faster one)": ratios["batch_over_librosa_float32"] >= 1.0,
-               "streaming (10 ms chunks) >= 0.5x batch": ratios["streaming_over_batch"] >= 0.5,
-               "both within 1e-3 dB of librosa": max(diff["batch_vs_librosa_db"], diff["streaming_vs_librosa_db"]) <= 1e-3}
+    worst_db = max(diff["batch_vs_librosa_db"], diff["streaming_vs_librosa_db"])
+    targets = {
+        "batch >= 1.0x librosa (float32 input, the faster one)":
+            ratios["batch_over_librosa_float32"] >= 1.0,
+        "streaming (10 ms chunks) >= 0.5x batch": ratios["streaming_over_batch"] >= 0.5,
+        "both within 1e-3 dB of librosa": worst_db <= 1e-3,
+    }
     for k, v in rt.items():
         print(f"{k:<24} {v:10.0f} x real time  ({timings[k] * 1000:.1f} ms CPU for {args.seconds:g} s)")
     for k, v in {**ratios, **diff}.items():

@@ -3,8 +3,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from training.cli import main
 
 
@@ -45,7 +43,8 @@ def test_user_mistakes_give_one_clear_line(tmp_path):
     def run(*args):
         return subprocess.run([sys.executable, "-m", "training.cli", *args],
                               capture_output=True, text=True)
-    r = run("train", "--method", "baseline-knn", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"))
+    r = run("train", "--method", "baseline-knn", "--data", str(tmp_path / "nope"),
+            "--out", str(tmp_path / "r"))
     assert r.returncode == 2
     assert "corpus folder does not exist" in r.stderr and "Traceback" not in r.stderr
     r = run("evaluate", str(tmp_path))

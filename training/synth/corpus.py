@@ -25,7 +25,7 @@ from agent.wavio import write_wav
 from training.synth.acoustics import (
     SR, db, factory_background, microphone, rms, room,
 )
-from training.synth.machines import ADDITIVE_FAULTS, MACHINES
+from training.synth.machines import MACHINES
 
 
 @dataclass(frozen=True)

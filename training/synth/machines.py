@@ -345,10 +345,3 @@ MACHINES: dict[str, MachineType] = {
                     {"leak": -12.0}),
     )
 }
-
-# Faults whose sound is a separate source (level set by ANR) rather than a change of
-# the machine itself.
-ADDITIVE_FAULTS = {
-    "bearing", "rubbing", "cavitation", "leak", "clogging", "tooth", "looseness",
-    "outer_race", "inner_race", "ball", "lubrication", "rail_damage", "no_grease",
-}
