@@ -230,23 +230,29 @@ class _Kernel:
 
     Hand-written rather than librosa because the device cannot carry librosa (numba),
     and because working in cache-sized blocks makes it faster than librosa here
-    (bench/bench_features.py). Computed in float64 so deep spectral valleys survive.
+    (bench/bench_features.py).
+
+    Precision follows the audio, as in librosa: float32 samples (what the WAV reader and
+    the ring buffer give, so training and device alike) are transformed in float32,
+    float64 samples in float64 (deep spectral valleys of synthetic tones survive).
     """
 
-    def __init__(self, spec: FeatureSpec) -> None:
+    def __init__(self, spec: FeatureSpec, dtype: type = np.float32) -> None:
         self.spec = spec
+        self.dtype = np.dtype(dtype)
         win = scipy.signal.get_window(spec.window, spec.win_length, fftbins=True)
         left = (spec.n_fft - spec.win_length) // 2
-        self.window = np.zeros(spec.n_fft)
+        self.window = np.zeros(spec.n_fft, dtype=self.dtype)
         self.window[left:left + spec.win_length] = win
         # The mel matrix is ~98 % zeros (each FFT bin feeds at most two filters), so a
         # sparse product is faster than a dense one.
-        self.mel = scipy.sparse.csr_matrix(mel_filterbank(spec))
+        self.mel = scipy.sparse.csr_matrix(mel_filterbank(spec).astype(self.dtype))
         self.log_scale = 20.0 / spec.power
-        self._windowed = np.empty((_BLOCK_FRAMES, spec.n_fft))
+        self.log_eps = self.dtype.type(spec.log_eps)
+        self._windowed = np.empty((_BLOCK_FRAMES, spec.n_fft), dtype=self.dtype)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """frames: (n, n_fft) float64 samples (a strided view is fine) -> (n, n_mels)."""
+        """frames: (n, n_fft) samples of self.dtype (a strided view is fine) -> (n, n_mels)."""
         n = frames.shape[0]
         out = np.empty((n, self.spec.n_mels), dtype=np.float32)
         for start in range(0, n, _BLOCK_FRAMES):
@@ -260,7 +266,7 @@ class _Kernel:
                 mag = np.abs(spectrum)
             mel = self.mel @ mag.T  # (n_mels, block)
             if self.spec.log_rule == "dcase":
-                mel += self.spec.log_eps
+                mel += self.log_eps
                 np.log10(mel, out=mel)
                 mel *= self.log_scale
             out[start:start + block.shape[0]] = mel.T
@@ -272,10 +278,10 @@ class LogMelExtractor:
 
     def __init__(self, spec: FeatureSpec) -> None:
         self.spec = spec
-        self._kernel = _Kernel(spec)
+        self._kernels = {dt: _Kernel(spec, dt) for dt in (np.float32, np.float64)}
 
     def __call__(self, signal: np.ndarray) -> np.ndarray:
-        x = _as_mono_float64(signal)
+        x = _as_mono_float(signal)
         spec = self.spec
         if spec.center:
             half = spec.n_fft // 2
@@ -284,11 +290,17 @@ class LogMelExtractor:
                     f"signal of {x.size} samples is too short for reflect padding "
                     f"(needs more than {half})"
                 )
-            x = np.pad(x, half, mode=spec.pad_mode)
+            # By hand: np.pad is generic and costs a quarter of the whole extraction.
+            padded = np.zeros(x.size + 2 * half, dtype=x.dtype)
+            padded[half:half + x.size] = x
+            if spec.pad_mode == "reflect":
+                padded[:half] = x[half:0:-1]
+                padded[half + x.size:] = x[-2:-half - 2:-1]
+            x = padded
         if x.size < spec.n_fft:
             return np.empty((0, spec.n_mels), dtype=np.float32)
-        frames = np.lib.stride_tricks.sliding_window_view(x, spec.n_fft)[::spec.hop_length]
-        return self._kernel(frames)
+        n = 1 + (x.size - spec.n_fft) // spec.hop_length
+        return self._kernels[x.dtype.type](_frame_view(x, n, spec.n_fft, spec.hop_length))
 
 
 def logmel(signal: np.ndarray, spec: FeatureSpec) -> np.ndarray:
@@ -301,7 +313,8 @@ class StreamingLogMel:
 
     ``push`` returns the frames that became complete, in order; ``finish`` returns the
     trailing frames that only exist once the end of the signal is known (centre padding)
-    and resets. Concatenating every output equals ``LogMelExtractor(spec)(signal)``.
+    and resets. Concatenating every output equals ``LogMelExtractor(spec)(signal)`` for
+    a signal of ``dtype`` (float32 by default: what audio devices and WAV files give).
 
     Frames are computed in groups of up to ``max_delay_frames`` (default 16, i.e. 512 ms
     at hop 512): one vectorised call per group instead of one per frame keeps a
@@ -309,24 +322,29 @@ class StreamingLogMel:
     complete frames are waiting, for callers that need them now.
     """
 
-    def __init__(self, spec: FeatureSpec, max_delay_frames: int = 16) -> None:
+    def __init__(self, spec: FeatureSpec, max_delay_frames: int = 16,
+                 dtype: type = np.float32) -> None:
         if max_delay_frames < 1:
             raise ValueError("max_delay_frames must be >= 1")
         self.spec = spec
         self.max_delay_frames = max_delay_frames
-        self._kernel = _Kernel(spec)
+        self._kernel = _Kernel(spec, dtype)
+        self._dtype = self._kernel.dtype
         self._half = spec.n_fft // 2 if spec.center else 0
         self._reflect = spec.center and spec.pad_mode == "reflect"
         # Samples needed before a group of frames is computed.
         self._group_span = spec.n_fft + (max_delay_frames - 1) * spec.hop_length
         self._empty = np.empty((0, spec.n_mels), dtype=np.float32)
-        self._buf = np.zeros(4 * self._group_span + 4096)
+        self._buf = np.zeros(4 * self._group_span + 4096, dtype=self._kernel.dtype)
+        self._cap = self._buf.shape[0]
         self.reset()
 
     def reset(self) -> None:
+        self._chunks: list[np.ndarray] = []  # pushed, not yet copied into _buf
+        self._queued = 0  # samples in _chunks
         self._fill = 0    # valid samples in _buf
         self._start = 0   # index in _buf where the next frame starts
-        self._seen = 0    # signal samples pushed since reset
+        self._appended = 0  # signal samples moved into _buf since reset
         self._started = not self._reflect
         if self.spec.center and not self._reflect:
             self._buf[:self._half] = 0.0
@@ -334,38 +352,50 @@ class StreamingLogMel:
 
     @property
     def samples_seen(self) -> int:
-        return self._seen
+        return self._appended + self._queued
 
     def push(self, chunk: np.ndarray) -> np.ndarray:
-        x = chunk if isinstance(chunk, np.ndarray) and chunk.ndim == 1 else None
-        if x is None or x.dtype.kind != "f":
-            x = _as_mono_float64(chunk)
-        n = x.shape[0]
-        if n == 0:
-            return self._empty
-        self._append(x)
-        self._seen += n
-        if not self._started:
-            if self._fill <= self._half:
+        """Queue ``chunk``; return the frames completed (often none).
+
+        The chunk is referenced, not copied, until its group of frames is computed (a
+        slice copy per 10 ms chunk would cost more than the FFTs): do not write into an
+        array after pushing it. Arrays from ``RingBuffer.read`` are always fresh.
+        """
+        if chunk.__class__ is np.ndarray and chunk.dtype is self._dtype and chunk.ndim == 1 \
+                and self._started:
+            self._chunks.append(chunk)
+            self._queued += chunk.shape[0]
+        else:
+            x = _as_mono_float(chunk)
+            if x.shape[0] == 0:
                 return self._empty
-            self._start_reflected()
-        if self._fill - self._start < self._group_span:
+            self._gather()
+            self._append(x)
+            self._appended += x.shape[0]
+            if not self._started:
+                if self._fill <= self._half:
+                    return self._empty
+                self._start_reflected()
+        if self._fill - self._start + self._queued < self._group_span:
             return self._empty
+        self._gather()
         return self._compute()
 
     def flush(self) -> np.ndarray:
         """Compute the complete frames waiting now (the stream goes on)."""
         if not self._started:
             return self._empty
+        self._gather()
         return self._compute()
 
     def finish(self) -> np.ndarray:
         """End of signal: emit every remaining frame, including the end padding; reset."""
+        self._gather()
         if self.spec.center:
             if not self._started:
-                if self._seen:
+                if self.samples_seen:
                     raise ValueError(
-                        f"signal of {self._seen} samples is too short for reflect "
+                        f"signal of {self.samples_seen} samples is too short for reflect "
                         f"padding (needs more than {self._half})"
                     )
                 self.reset()
@@ -373,13 +403,20 @@ class StreamingLogMel:
             if self._reflect:
                 pad = self._buf[self._fill - self._half - 1:self._fill - 1][::-1].copy()
             else:
-                pad = np.zeros(self._half)
+                pad = np.zeros(self._half, dtype=self._buf.dtype)
             self._append(pad)
         out = self._compute()
         self.reset()
         return out
 
     # -- internals ---------------------------------------------------------------------
+    def _gather(self) -> None:
+        if self._chunks:
+            chunks = self._chunks
+            self._appended += self._queued
+            self._chunks, self._queued = [], 0
+            self._append(chunks[0] if len(chunks) == 1 else np.concatenate(chunks))
+
     def _append(self, x: np.ndarray) -> None:
         n = x.shape[0]
         if self._fill + n > self._buf.shape[0]:
@@ -388,9 +425,11 @@ class StreamingLogMel:
             keep_from = min(self._start, max(0, self._fill - self._half - 1))
             kept = self._fill - keep_from
             if kept + n > self._buf.shape[0]:
-                grown = np.zeros(max(2 * self._buf.shape[0], kept + n + self._group_span))
+                grown = np.zeros(max(2 * self._buf.shape[0], kept + n + self._group_span),
+                                 dtype=self._buf.dtype)
                 grown[:kept] = self._buf[keep_from:self._fill]
                 self._buf = grown
+                self._cap = grown.shape[0]
             else:
                 self._buf[:kept] = self._buf[keep_from:self._fill]
             self._start -= keep_from
@@ -411,19 +450,29 @@ class StreamingLogMel:
         if available < n_fft:
             return self._empty
         n = 1 + (available - n_fft) // hop
-        frames = np.lib.stride_tricks.sliding_window_view(
-            self._buf[self._start:self._start + (n - 1) * hop + n_fft], n_fft)[::hop]
+        frames = _frame_view(self._buf[self._start:], n, n_fft, hop)
         self._start += n * hop
         return self._kernel(frames)
 
 
-def _as_mono_float64(signal: np.ndarray) -> np.ndarray:
+def _frame_view(x: np.ndarray, n: int, n_fft: int, hop: int) -> np.ndarray:
+    """(n, n_fft) read-only view of overlapping frames of contiguous ``x``, no copy.
+
+    as_strided rather than sliding_window_view: the latter's checks cost ~60 us a call,
+    more than the FFT of a streaming group."""
+    assert x.flags.c_contiguous and x.size >= (n - 1) * hop + n_fft
+    step = x.strides[0]
+    return np.lib.stride_tricks.as_strided(x, (n, n_fft), (hop * step, step), writeable=False)
+
+
+def _as_mono_float(signal: np.ndarray) -> np.ndarray:
+    """1-D float32 or float64 samples (other float types are widened to float64)."""
     x = np.asarray(signal)
     if x.ndim != 1:
         raise ValueError(f"expected mono audio (1-D samples), got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"expected float samples in [-1, 1], got dtype {x.dtype}")
-    return x.astype(np.float64, copy=False)
+    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
 
 
 # --- windows (model inputs) ------------------------------------------------------------

@@ -35,6 +35,15 @@ def results_markdown(evaluations: dict[str, dict], corpus: dict, command: str) -
     for label, ev in evaluations.items():
         machines = " | ".join(f"{v:.4f}" for _, v in sorted(ev["machines"].items()))
         lines.append(f"| {label} | **{ev['official_score']:.4f}** | {machines} |")
+    knn = evaluations.get("baseline-knn")
+    if knn:
+        src = sum(x["auc_source"] for x in knn["sections"]) / len(knn["sections"])
+        tgt = sum(x["auc_target"] for x in knn["sections"]) / len(knn["sections"])
+        in_band = 0.55 <= knn["official_score"] <= 0.80
+        lines += ["", "Corpus difficulty check: the naive baseline should score between 0.55 and "
+                  f"0.80 with target AUCs below source AUCs. Official score "
+                  f"{knn['official_score']:.4f}: {'met' if in_band else '**missed**'}; mean AUC "
+                  f"target {tgt:.4f} vs source {src:.4f}: {'met' if tgt < src - 0.05 else '**missed**'}."]
     for label, ev in evaluations.items():
         lines += ["", f"## {label}: per section", "",
                   "| machine | section | AUC source | AUC target | pAUC | hmean |",
