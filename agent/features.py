@@ -336,7 +336,6 @@ class StreamingLogMel:
         self._group_span = spec.n_fft + (max_delay_frames - 1) * spec.hop_length
         self._empty = np.empty((0, spec.n_mels), dtype=np.float32)
         self._buf = np.zeros(4 * self._group_span + 4096, dtype=self._kernel.dtype)
-        self._cap = self._buf.shape[0]
         self.reset()
 
     def reset(self) -> None:
@@ -429,7 +428,6 @@ class StreamingLogMel:
                                  dtype=self._buf.dtype)
                 grown[:kept] = self._buf[keep_from:self._fill]
                 self._buf = grown
-                self._cap = grown.shape[0]
             else:
                 self._buf[:kept] = self._buf[keep_from:self._fill]
             self._start -= keep_from
