@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 
+from agent.clitools import run_command
 from agent.features import PRESETS, FeatureSpecError, LogMelExtractor, preset
 from agent.wavio import WavError, read_wav
 
@@ -59,14 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (WavError, FeatureSpecError, OSError, ValueError) as exc:
-        if args.debug:
-            raise
-        print(f"harken: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(), argv, (WavError, FeatureSpecError, OSError, ValueError))
 
 
 if __name__ == "__main__":

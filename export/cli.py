@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from agent.clitools import run_command
 from agent.features import FeatureSpec, FeatureSpecError
 from training.runs import RunError, find_runs, read_run
 
@@ -40,14 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (RunError, FeatureSpecError, OSError, ValueError) as exc:
-        if args.debug:
-            raise
-        print(f"harken-export: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(), argv, (RunError, FeatureSpecError, OSError, ValueError))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from agent.clitools import run_command
 from agent.features import FeatureSpecError
 from agent.wavio import WavError
 from training.data.corpus import CorpusError, machine_types, scan
@@ -139,17 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (CorpusError, RunError, FeatureSpecError, WavError, ValueError, OSError) as exc:
-        if args.debug:
-            raise
-        print(f"harken-train: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("harken-train: interrupted", file=sys.stderr)
-        return 130
+    return run_command(build_parser(), argv,
+                       (CorpusError, RunError, FeatureSpecError, WavError, ValueError, OSError))
 
 
 if __name__ == "__main__":

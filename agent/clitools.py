@@ -1,0 +1,23 @@
+"""What every Harken command line shares: user mistakes become one line on stderr and
+exit status 2, never a traceback (``--debug`` shows it)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None,
+                user_errors: tuple[type[BaseException], ...]) -> int:
+    """Parse ``argv``, run the chosen sub-command's ``func`` and map errors to exit codes."""
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except user_errors as exc:
+        if args.debug:
+            raise
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
