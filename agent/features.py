@@ -278,7 +278,7 @@ class LogMelExtractor:
 
     def __init__(self, spec: FeatureSpec) -> None:
         self.spec = spec
-        self._kernels = {dt: _Kernel(spec, dt) for dt in (np.float32, np.float64)}
+        self._kernels: dict[type, _Kernel] = {}  # by sample dtype, built on first use
 
     def __call__(self, signal: np.ndarray) -> np.ndarray:
         x = _as_mono_float(signal)
@@ -299,8 +299,11 @@ class LogMelExtractor:
             x = padded
         if x.size < spec.n_fft:
             return np.empty((0, spec.n_mels), dtype=np.float32)
+        kernel = self._kernels.get(x.dtype.type)
+        if kernel is None:
+            kernel = self._kernels[x.dtype.type] = _Kernel(spec, x.dtype.type)
         n = 1 + (x.size - spec.n_fft) // spec.hop_length
-        return self._kernels[x.dtype.type](_frame_view(x, n, spec.n_fft, spec.hop_length))
+        return kernel(_frame_view(x, n, spec.n_fft, spec.hop_length))
 
 
 def logmel(signal: np.ndarray, spec: FeatureSpec) -> np.ndarray:
