@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from agent.clitools import run_command
+from agent.clitools import command_parser, run_command
 from agent.features import PRESETS, FeatureSpecError, LogMelExtractor, preset
 from agent.wavio import WavError, read_wav
 
@@ -46,9 +46,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harken", description="Harken device agent.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = p.add_subparsers(dest="command", required=True)
+    p, sub = command_parser("harken", "Harken device agent.")
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
     f = sub.add_parser("features", help="compute log-mel features of WAV files")
     f.add_argument("files", nargs="+")

@@ -7,6 +7,14 @@ import argparse
 import sys
 
 
+def command_parser(prog: str, description: str | None
+                   ) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """A parser with ``--debug`` (which ``run_command`` reads) and required sub-commands."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    return parser, parser.add_subparsers(dest="command", required=True)
+
+
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None,
                 user_errors: tuple[type[BaseException], ...]) -> int:
     """Parse ``argv``, run the chosen sub-command's ``func`` and map errors to exit codes."""

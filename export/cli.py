@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from agent.clitools import run_command
+from agent.clitools import command_parser, run_command
 from agent.features import FeatureSpec, FeatureSpecError
 from training.runs import RunError, find_runs, read_run
 
@@ -31,9 +31,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harken-export", description=__doc__.splitlines()[0])
-    p.add_argument("--debug", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
+    p, sub = command_parser("harken-export", __doc__.splitlines()[0])
     d = sub.add_parser("describe", help="what a run holds, as a bundle would carry it")
     d.add_argument("run", help="a run folder or a folder of runs")
     d.set_defaults(func=cmd_describe)

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from agent.clitools import run_command
+from agent.clitools import command_parser, run_command
 from agent.features import FeatureSpecError
 from agent.wavio import WavError
 from training.data.corpus import CorpusError, machine_types, scan
@@ -92,9 +92,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from training.methods import METHODS
     from training.synth.corpus import SIZES
-    p = argparse.ArgumentParser(prog="harken-train", description=__doc__)
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = p.add_subparsers(dest="command", required=True)
+    p, sub = command_parser("harken-train", __doc__)
 
     s = sub.add_parser("synth", help="write the synthetic machine corpus (DCASE 2023 layout)")
     s.add_argument("--size", choices=list(SIZES), default="standard")
