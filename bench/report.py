@@ -39,7 +39,27 @@ def features_section(r: dict) -> list[str]:
     return lines
 
 
-SECTIONS = {"features": features_section}
+def training_section(r: dict) -> list[str]:
+    gpu = r.get("gpu")
+    lines = ["## Training throughput", "",
+             f"`{r['command']}` ({r['when']}), torch {r['torch']}, {r['cpu_threads']} CPU threads"
+             + (f", GPU {gpu}" if gpu else ", no CUDA GPU in this run") + ". Default settings "
+             "of each method; one epoch = the AE's vectors of one standard-corpus machine type, "
+             "or the classifiers' windows_per_epoch.", "",
+             "| method | samples per epoch | CPU samples/s | CPU s/epoch |"
+             + (" GPU samples/s | GPU s/epoch | CPU/GPU |" if gpu else ""),
+             "|---|---|---|---|" + ("---|---|---|" if gpu else "")]
+    for name, row in r["methods"].items():
+        line = (f"| {name} | {row['samples_per_epoch']} | {row['cpu']['samples_per_second']:.0f} | "
+                f"{row['cpu']['seconds_per_epoch']:.1f} |")
+        if gpu and "cuda" in row:
+            line += (f" {row['cuda']['samples_per_second']:.0f} | "
+                     f"{row['cuda']['seconds_per_epoch']:.2f} | {row['cpu_over_gpu']:.1f} |")
+        lines.append(line)
+    return lines
+
+
+SECTIONS = {"features": features_section, "training": training_section}
 
 
 def main() -> None:

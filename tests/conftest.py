@@ -12,3 +12,24 @@ def tiny_corpus(tmp_path_factory):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def easy_test_set(tiny_corpus, tmp_path_factory):
+    """Held-out normal fan clips of the tiny corpus and 'easy' anomalies made from them: the
+    same clips with a steady 1.2 kHz whine 6 dB below the clip. Returns (clips, labels)."""
+    from agent.wavio import read_wav, write_wav
+    from training.data.corpus import Clip, scan
+    root = tmp_path_factory.mktemp("easy")
+    normals = [c for c in scan(tiny_corpus, ["fan"], "test") if not c.is_anomaly]
+    clips, labels = [], []
+    for c in normals:
+        x, rate = read_wav(c.path)
+        t = np.arange(len(x)) / rate
+        whine = np.sqrt(2) * np.sqrt(np.mean(x ** 2)) * np.sin(2 * np.pi * 1200 * t)
+        path = root / c.name.replace("_normal_", "_anomaly_")
+        write_wav(path, (x + 0.5 * whine).astype(np.float32), rate)
+        clips += [c, Clip(path, c.machine, c.section, c.domain, "test", "anomaly", c.index,
+                          c.attributes)]
+        labels += [0, 1]
+    return clips, np.array(labels)

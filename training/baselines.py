@@ -25,6 +25,8 @@ def clip_vector(logmel: np.ndarray) -> np.ndarray:
 
 class KnnBaseline:
     name = "baseline-knn"
+    summary = "nearest normal clip by mean+std of log-mel frames (no learning)"
+    score_rules = ("knn",)
 
     def __init__(self, spec: FeatureSpec | None = None) -> None:
         self.spec = spec or preset("dcase2020-ae")
@@ -89,5 +91,8 @@ class KnnBaseline:
             raise RunError(f"{run_dir}: cannot load baseline arrays ({exc})") from None
         return self
 
-    def score(self, clips: Sequence[Clip], progress: bool = True) -> np.ndarray:
+    def score(self, clips: Sequence[Clip], progress: bool = True, rule: str | None = None
+              ) -> np.ndarray:
+        if rule not in (None, "knn"):
+            raise ValueError(f"baseline-knn has one score rule, 'knn' (asked for '{rule}')")
         return self.score_vectors(self.vectors(clips, progress), [c.section for c in clips])

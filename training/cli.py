@@ -12,7 +12,7 @@ from agent.clitools import command_parser, run_command
 from agent.features import FeatureSpecError
 from agent.wavio import WavError
 from training.data.corpus import CorpusError, machine_types, scan
-from training.runs import RunError, find_runs
+from training.runs import RunError, find_runs, record_training_time
 
 
 def _machines(arg: str | None) -> list[str] | None:
@@ -32,32 +32,79 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from training.methods import method_class
-    cls = method_class(args.method)
+    from training.methods import make_method
+    overrides = list(args.set or [])
+    overrides += [f"seed={args.seed}"] if args.seed is not None else []
+    overrides += [f"device={args.device}"] if args.device else []
+    make_method(args.method, overrides)          # bad settings fail before any work
     machines = _machines(args.machines) or machine_types(args.data)
     for machine in machines:
         clips = scan(args.data, [machine], split="train")
         run_dir = Path(args.out) / machine
         t0 = time.monotonic()
-        info = cls().train(clips, run_dir, progress=not args.quiet)
+        info = make_method(args.method, overrides).train(clips, run_dir, progress=not args.quiet)
+        record_training_time(run_dir, info, time.monotonic() - t0)
+        hist = info.get("history")
+        trained = (f", {len(hist['train_loss'])} epochs on {hist['device']}, best epoch "
+                   f"{hist['best_epoch'] + 1}" if hist else "")
         print(f"{args.method} {machine}: trained on {len(clips)} clips in "
-              f"{time.monotonic() - t0:.1f} s -> {run_dir} "
+              f"{time.monotonic() - t0:.1f} s{trained} -> {run_dir} "
               f"(threshold {info['normal_scores']['threshold']:.4g})")
     return 0
 
 
+def cmd_methods(args: argparse.Namespace) -> int:
+    from training.methods import METHODS, settings
+    for name, cls in sorted(METHODS.items()):
+        print(f"{name:<16} {cls.summary}")
+        print(f"{'':<16} score rules: {', '.join(cls.score_rules)}")
+        if args.settings:
+            for key, value in settings(name).items():
+                print(f"{'':<18}{key} = {value}")
+    if not args.settings:
+        print("\n'harken-train methods --settings' lists what 'train --set KEY=VALUE' can change")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import evaluate, format_table
+    from training.evaluate import comparison_table, evaluate, format_table
+    from training.runs import read_run
     runs = find_runs(Path(args.run))
     out = Path(args.out) if args.out else Path(args.run) / "eval"
-    ev = evaluate(runs, out, Path(args.data) if args.data else None, progress=not args.quiet,
-                  plots=not args.no_plots)
+    data = Path(args.data) if args.data else None
+    ev = evaluate(runs, out, data, progress=not args.quiet, plots=not args.no_plots,
+                  rule=args.score)
+    baseline = None
+    if not args.no_baseline and read_run(runs[0])["method"] != "baseline-knn":
+        baseline = _baseline_beside(runs, out / "baseline-knn", data, args.quiet)
     if args.json:
-        print(json.dumps(ev.to_dict(), indent=2))
+        result = ev.to_dict()
+        if baseline:
+            result["baseline-knn"] = baseline.to_dict()
+        print(json.dumps(result, indent=2))
     else:
         print(format_table(ev))
+        if baseline:
+            print("\nbeside baseline-knn on the same data (hmean per machine type):")
+            print(comparison_table(ev, baseline))
         print(f"result files, metrics.csv, metrics.json and ROC plots in {out}")
     return 0
+
+
+def _baseline_beside(runs: list[Path], out: Path, data: Path | None, quiet: bool):
+    """Trains baseline-knn on the runs' training data (seconds) and evaluates it the same way."""
+    from training.baselines import KnnBaseline
+    from training.evaluate import evaluate
+    from training.runs import read_run
+    knn_runs = []
+    for run in runs:
+        info = read_run(run)
+        root = data or Path(info["corpus"]["root"])
+        clips = scan(root, [info["machine"]], split="train")
+        knn_dir = out / "runs" / info["machine"]
+        KnnBaseline().train(clips, knn_dir, progress=not quiet)
+        knn_runs.append(knn_dir)
+    return evaluate(knn_runs, out, data, progress=not quiet, plots=False)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -84,9 +131,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                      workers=None, quiet=args.quiet))
     runs = out / "runs" / "baseline-knn"
     cmd_train(argparse.Namespace(method="baseline-knn", data=corpus, machines=None, out=runs,
-                                 quiet=args.quiet))
+                                 set=None, seed=None, device=None, quiet=args.quiet))
     return cmd_evaluate(argparse.Namespace(run=runs, out=out / "eval" / "baseline-knn", data=corpus,
-                                           json=False, no_plots=False, quiet=args.quiet))
+                                           json=False, no_plots=False, score=None,
+                                           no_baseline=True, quiet=args.quiet))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,10 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a method on each machine type of a corpus")
     t.add_argument("--method", choices=sorted(METHODS), required=True)
     t.add_argument("--data", required=True, help="DCASE-format corpus folder")
-    t.add_argument("--machines", help="comma-separated subset of machine types")
+    t.add_argument("--machines", "--machine", dest="machines",
+                   help="machine type, or comma-separated types (default: all in the corpus)")
     t.add_argument("--out", required=True, help="folder for the runs (one per machine type)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="change a setting (repeatable); 'harken-train methods --settings' lists them")
+    t.add_argument("--seed", type=int, help="random seed (same as --set seed=N)")
+    t.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    ms = sub.add_parser("methods", help="list the methods, their score rules and settings")
+    ms.add_argument("--settings", action="store_true", help="also list every setting's default")
+    ms.set_defaults(func=cmd_methods)
 
     e = sub.add_parser("evaluate", help="score test clips and print the DCASE metrics")
     e.add_argument("run", help="a run folder, or a folder of runs")
@@ -117,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="where result files go (default: RUN/eval)")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.add_argument("--no-plots", action="store_true", help="skip the ROC PNGs")
+    e.add_argument("--score", help="score rule (e.g. mse, mahalanobis, logit, embedding; "
+                                   "default: the run's)")
+    e.add_argument("--no-baseline", action="store_true",
+                   help="do not train and show baseline-knn beside the run")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 

@@ -20,6 +20,7 @@ from training.runs import read_run
 class Evaluation:
     results: list[SectionResult] = field(default_factory=list)
     methods: dict[str, str] = field(default_factory=dict)    # machine -> method
+    training: dict[str, dict] = field(default_factory=dict)  # machine -> run.json "training"
 
     @property
     def official(self) -> float:
@@ -30,11 +31,12 @@ class Evaluation:
 
     def to_dict(self) -> dict:
         return {"official_score": self.official, "machines": self.machine_scores(),
-                "methods": self.methods, "sections": [r.to_dict() for r in self.results]}
+                "methods": self.methods, "training": self.training,
+                "sections": [r.to_dict() for r in self.results]}
 
 
-def score_run(run_dir: Path, data_root: Path | None, progress: bool = True
-              ) -> tuple[dict, list[Clip], np.ndarray]:
+def score_run(run_dir: Path, data_root: Path | None, progress: bool = True,
+              rule: str | None = None) -> tuple[dict, list[Clip], np.ndarray]:
     info = read_run(run_dir)
     root = Path(data_root) if data_root else Path(info["corpus"]["root"])
     clips = scan(root, [info["machine"]], split="test")
@@ -43,7 +45,8 @@ def score_run(run_dir: Path, data_root: Path | None, progress: bool = True
         raise CorpusError(f"{unlabelled[0].path}: test clip has no normal/anomaly label; "
                           "metrics need a labelled (development) test set")
     model = method_class(info["method"]).load(run_dir)
-    return info, clips, np.asarray(model.score(clips, progress), dtype=np.float64)
+    scores = model.score(clips, progress, rule=rule) if rule else model.score(clips, progress)
+    return info, clips, np.asarray(scores, dtype=np.float64)
 
 
 def write_result_files(out: Path, machine: str, clips: list[Clip], scores: np.ndarray,
@@ -69,13 +72,17 @@ def section_results(machine: str, clips: list[Clip], scores: np.ndarray) -> list
 
 
 def evaluate(run_dirs: list[Path], out: Path, data_root: Path | None = None,
-             progress: bool = True, plots: bool = True) -> Evaluation:
+             progress: bool = True, plots: bool = True, rule: str | None = None) -> Evaluation:
+    """``rule``: a score rule of the method (e.g. mahalanobis, embedding); default: the run's."""
     out.mkdir(parents=True, exist_ok=True)
     ev = Evaluation()
     for run_dir in run_dirs:
-        info, clips, scores = score_run(run_dir, data_root, progress)
+        info, clips, scores = score_run(run_dir, data_root, progress, rule)
         machine = info["machine"]
-        ev.methods[machine] = info["method"]
+        used = rule or info["params"].get("score")
+        ev.methods[machine] = info["method"] + (f" ({used} score)" if used else "")
+        if "training" in info:
+            ev.training[machine] = info["training"]
         write_result_files(out, machine, clips, scores, info["normal_scores"]["threshold"])
         ev.results.extend(section_results(machine, clips, scores))
         if plots:
@@ -101,6 +108,19 @@ def format_table(ev: Evaluation) -> str:
     for m, v in ev.machine_scores().items():
         lines.append(f"{m:<10} {'all':>7} {'':>7} {'':>7} {'':>7} {v:>7.4f}")
     lines.append(f"official score (hmean over all sections, AUC_s, AUC_t, pAUC): {ev.official:.4f}")
+    return "\n".join(lines)
+
+
+def comparison_table(ev: Evaluation, baseline: Evaluation) -> str:
+    """Per-machine hmean and official score of a run beside baseline-knn on the same data."""
+    name = next(iter(ev.methods.values()), "run")
+    lines = [f"{'machine':<10} {name[:28]:>28} {'baseline-knn':>13} {'change':>8}"]
+    base = baseline.machine_scores()
+    for m, v in ev.machine_scores().items():
+        b = base.get(m, float("nan"))
+        lines.append(f"{m:<10} {v:>28.4f} {b:>13.4f} {v - b:>+8.4f}")
+    lines.append(f"{'official':<10} {ev.official:>28.4f} {baseline.official:>13.4f} "
+                 f"{ev.official - baseline.official:>+8.4f}")
     return "\n".join(lines)
 
 

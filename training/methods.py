@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from training.autoencoder import (AeBatchUniformization, AeMahalanobis, AeNeymanPearson,
+                                  AutoencoderMethod)
 from training.baselines import KnnBaseline
+from training.classifier import ClassifierMethod, ContrastiveMethod
 
-METHODS = {KnnBaseline.name: KnnBaseline}
+METHODS = {cls.name: cls for cls in (KnnBaseline, AutoencoderMethod, AeMahalanobis,
+                                     AeBatchUniformization, AeNeymanPearson,
+                                     ClassifierMethod, ContrastiveMethod)}
 
 
 def method_class(name: str):
@@ -12,3 +17,22 @@ def method_class(name: str):
         return METHODS[name]
     except KeyError:
         raise ValueError(f"unknown method '{name}'; choose one of {sorted(METHODS)}") from None
+
+
+def make_method(name: str, overrides: list[str] | None = None):
+    """A fresh, untrained method; ``overrides`` are ``key=value`` settings (``--set``)."""
+    cls = method_class(name)
+    if not hasattr(cls, "config_cls"):
+        if overrides:
+            raise ValueError(f"{name} has no settings to --set")
+        return cls()
+    return cls(overrides=overrides)
+
+
+def settings(name: str) -> dict:
+    """The method's settings and their defaults (what --set can change)."""
+    import dataclasses
+    cls = method_class(name)
+    if not hasattr(cls, "config_cls"):
+        return {}
+    return dataclasses.asdict(cls().config)

@@ -44,6 +44,7 @@ def results_markdown(evaluations: dict[str, dict], corpus: dict, command: str) -
                   f"0.80 with target AUCs below source AUCs. Official score "
                   f"{knn['official_score']:.4f}: {'met' if in_band else '**missed**'}; mean AUC "
                   f"target {tgt:.4f} vs source {src:.4f}: {'met' if tgt < src - 0.05 else '**missed**'}."]
+    lines += _variant_lines(evaluations) + _training_lines(evaluations)
     for label, ev in evaluations.items():
         lines += ["", f"## {label}: per section", "",
                   "| machine | section | AUC source | AUC target | pAUC | hmean |",
@@ -56,3 +57,61 @@ def results_markdown(evaluations: dict[str, dict], corpus: dict, command: str) -
         lines += ["", f"Mean AUC over sections: source {sum(src) / len(src):.4f}, "
                   f"target {sum(tgt) / len(tgt):.4f}."]
     return "\n".join(lines) + "\n"
+
+
+# variant -> the method it changes one thing of
+VARIANT_OF = {"ae-mahalanobis": "ae", "ae-bu": "ae", "ae-snp": "ae", "contrastive": "mobilenetv2",
+              "contrastive [logit]": "mobilenetv2 [logit]"}
+
+
+def _variant_lines(evaluations: dict[str, dict]) -> list[str]:
+    rows = [(v, b) for v, b in VARIANT_OF.items() if v in evaluations and b in evaluations]
+    knn = evaluations.get("baseline-knn")
+    if not rows and not knn:
+        return []
+    lines = ["", "## Did it help?", "",
+             "Each variant against the method it changes, and every method against "
+             "baseline-knn (official score; the verdicts are computed, not written by hand).", "",
+             "| method | compared with | official | theirs | change | verdict |",
+             "|---|---|---|---|---|---|"]
+    pairs = rows + ([(label, "baseline-knn") for label in evaluations if label != "baseline-knn"]
+                    if knn else [])
+    for v, b in pairs:
+        ov, ob = evaluations[v]["official_score"], evaluations[b]["official_score"]
+        verdict = "helped" if ov > ob + 0.005 else ("did not help" if ov < ob - 0.005
+                                                      else "no difference")
+        if b == "baseline-knn":
+            verdict = "beats baseline-knn" if ov > ob else "**below baseline-knn**"
+        lines.append(f"| {v} | {b} | {ov:.4f} | {ob:.4f} | {ov - ob:+.4f} | {verdict} |")
+    return lines
+
+
+def _training_lines(evaluations: dict[str, dict]) -> list[str]:
+    timed = {label: ev["training"] for label, ev in evaluations.items() if ev.get("training")}
+    if not timed:
+        return []
+    machines = sorted({m for t in timed.values() for m in t})
+    first = next(iter(next(iter(timed.values())).values()))
+    lines = ["", "## Training time", "",
+             f"Wall seconds to train one machine type with the method's default settings "
+             f"(features, training, score-rule fitting), on {first['cpu_cores']} CPU cores "
+             f"({first['machine']}), device `{first['device']}`. Target: under 300 s.", "",
+             "| method | " + " | ".join(machines) + " | epochs run | under 300 s |",
+             "|---|" + "---|" * (len(machines) + 2)]
+    seen = set()
+    for label, t in timed.items():
+        key = tuple(sorted((m, v["seconds"]) for m, v in t.items()))
+        if key in seen:        # a second score rule of the same runs
+            continue
+        seen.add(key)
+        secs = [t[m]["seconds"] if m in t else None for m in machines]
+        epochs = ", ".join(str(t[m]["epochs"]) for m in machines if m in t)
+        ok = all(x is not None and x < 300 for x in secs)
+        lines.append(f"| {label} | " + " | ".join("" if x is None else f"{x:.0f}" for x in secs)
+                     + f" | {epochs} | {'yes' if ok else '**no**'} |")
+    devices = {v["device"] for t in timed.values() for v in t.values()}
+    if not any(d.startswith("cuda") for d in devices):
+        lines += ["", "GPU: these runs had no CUDA GPU, so no GPU-vs-CPU epoch time is given. "
+                  "On a GPU, `harken-train train` uses it automatically (bf16 autocast); "
+                  "`bench/bench_training.py` prints seconds per epoch on each device it finds."]
+    return lines

@@ -108,3 +108,15 @@ def find_runs(path: Path) -> list[Path]:
     if not runs:
         raise RunError(f"{path}: no run.json here or in its sub-folders")
     return runs
+
+
+def record_training_time(run_dir: Path, info: dict, seconds: float) -> None:
+    """Adds wall time (features included) and the machine it ran on to run.json, for the
+    results page's training-time table."""
+    import os
+    import platform
+    info["training"] = {"seconds": round(seconds, 1), "cpu_cores": os.cpu_count(),
+                        "machine": platform.machine(),
+                        "device": info.get("history", {}).get("device", "cpu"),
+                        "epochs": len(info.get("history", {}).get("train_loss", []))}
+    (Path(run_dir) / "run.json").write_text(json.dumps(info, indent=2))

@@ -1,0 +1,69 @@
+"""Network shapes and structure: the dense AE layer for layer, MobileNetV2 widths and GAMP."""
+
+import pytest
+import torch
+from torch import nn
+
+from training.classifier import ClassifierNet, window_vectors
+from training.models.dense_ae import DenseAE
+from training.models.mobilenetv2 import MobileNetV2, make_divisible
+
+
+def test_dense_ae_is_the_dcase_baseline_layer_for_layer():
+    ae = DenseAE()
+    linears = [m for m in ae.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == (
+        [(640, 128)] + [(128, 128)] * 3 + [(128, 8), (8, 128)] + [(128, 128)] * 3 + [(128, 640)])
+    layers = list(ae.encoder) + list(ae.decoder)
+    for i, m in enumerate(layers[:-1]):
+        if isinstance(m, nn.Linear):              # every hidden Linear, bottleneck included
+            assert isinstance(layers[i + 1], nn.BatchNorm1d)
+            assert isinstance(layers[i + 2], nn.ReLU)
+    assert isinstance(layers[-1], nn.Linear)      # plain output
+    assert ae(torch.randn(4, 640)).shape == (4, 640)
+    z, recon = ae.eval().encode_decode(torch.randn(3, 640))
+    assert z.shape == (3, 8) and recon.shape == (3, 640)
+
+
+@pytest.mark.parametrize("width", [0.35, 0.5, 1.0])
+def test_mobilenetv2_shapes_per_width(width):
+    net = MobileNetV2(n_classes=6, width=width).eval()
+    logits, emb = net(torch.randn(2, 1, 128, 64))
+    assert logits.shape == (2, 6)
+    assert emb.shape == (2, 1280)
+    assert net.features[0].out_channels == make_divisible(32 * width)
+
+
+def test_gamp_is_global_average_plus_global_max():
+    net = MobileNetV2(n_classes=3, width=0.35).eval()
+    x = torch.randn(2, 1, 128, 64)
+    with torch.no_grad():
+        f = net.features(x)
+        expected = f.mean(dim=(2, 3)) + f.amax(dim=(2, 3))
+        assert torch.allclose(net.embed(x), expected)
+        logits, _ = net(x)
+        assert torch.allclose(logits, net.head(expected))
+
+
+def test_mobilenetv2_rejects_bad_width_and_single_class():
+    with pytest.raises(ValueError, match="width"):
+        MobileNetV2(4, width=0.6)
+    with pytest.raises(ValueError, match="2 classes"):
+        MobileNetV2(1)
+
+
+def test_classifier_net_standardises_with_fixed_buffers():
+    net = ClassifierNet(4, 0.35, mean=-40.0, std=10.0).eval()
+    x = torch.randn(2, 1, 128, 64) * 10 - 40
+    with torch.no_grad():
+        assert torch.allclose(net(x)[0], net.cnn((x + 40.0) / 10.0)[0])
+    assert set(dict(net.named_buffers())) >= {"mean", "std"}
+
+
+def test_window_vectors_are_frame_major_5_frame_vectors():
+    x = torch.arange(2 * 3 * 7, dtype=torch.float32).reshape(2, 1, 3, 7)   # mels 3, frames 7
+    v = window_vectors(x)
+    assert v.shape == (2, 3, 15)
+    # vector 1 of sample 0 = frames 1..5, each frame's 3 mels contiguous
+    expected = x[0, 0, :, 1:6].T.reshape(-1)
+    assert torch.equal(v[0, 1], expected)

@@ -1,0 +1,366 @@
+"""Section classifiers on 1 x mels x frames windows: MobileNetV2 (``mobilenetv2``) and the
+contrastive AE + MobileNetV2 joint training of Cai et al. (``contrastive``).
+
+Two score rules, both fitted on every run (``evaluate --score`` picks):
+
+* ``logit``: per window log((1 - p) / p), p = the classifier's probability of the clip's
+  own section (the most probable of that section's attribute classes); clip = mean.
+* ``embedding``: cosine distance of the clip's mean GAMP embedding to the normal bank of
+  its section (k-means centres of the source clips plus every target clip); the rule the
+  strongest DCASE systems use, because the few target clips get their own bank entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.cluster import KMeans
+from torch import nn
+from tqdm import tqdm
+
+from training.augment import frame_shift, median_filter_time, mixup, smote, spec_augment
+from training.config import TrainConfig
+from training.data.corpus import Clip
+from training.data.corpus import CorpusError, machine_types, scan
+from training.data.windows import (class_labels, class_sections, clip_features, stack_windows,
+                                   validation_split)
+from training.models.dense_ae import DenseAE, per_sample_mse
+from training.models.losses import nt_xent
+from training.models.mobilenetv2 import WIDTHS, MobileNetV2
+from training.torch_method import TorchMethod, batched, load_array
+from training.trainer import fit
+
+MIN_HELD_OUT = 3
+
+
+@dataclass(frozen=True)
+class ClassifierConfig(TrainConfig):
+    epochs: int = 16
+    batch_size: int = 64
+    windows_per_epoch: int = 2048     # windows drawn at random per epoch; 0 = all of them
+    width: float = 0.5                # MobileNetV2 width multiplier: 0.35, 0.5, 0.75, 1.0
+    dropout: float = 0.2
+    score: Literal["logit", "embedding"] = "embedding"
+    kmeans: int = 16                  # source-domain centres per section in the embedding bank
+    mixup_alpha: float = 0.2          # 0 = off
+    spec_augment: bool = True
+    frame_shift: int = 8              # max frames of circular shift; 0 = off
+    median_p: float = 0.0             # chance that a window is replaced by its 31-frame median
+    smote: bool = False               # fill the target domain's windows up to the source count
+    other_clips: int = 60             # training clips per other machine type of the corpus, as
+                                      # extra classes (one classifier over all types, as the
+                                      # strongest DCASE systems train); 0 = this type only
+    # contrastive joint training only (Cai et al., DCASE 2021)
+    ntxent_weight: float = 0.0005
+    temperature: float = 0.07
+    projection: int = 256
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.width not in WIDTHS:
+            raise ValueError(f"width must be one of {list(WIDTHS)}, got {self.width}")
+        if self.kmeans < 1:
+            raise ValueError(f"kmeans must be at least 1, got {self.kmeans}")
+        if not 0.0 <= self.median_p <= 1.0:
+            raise ValueError(f"median_p is a probability, got {self.median_p}")
+
+
+class ClassifierNet(nn.Module):
+    """Standardisation (fixed, from the training windows) + MobileNetV2: what gets exported."""
+
+    def __init__(self, n_classes: int, width: float, dropout: float = 0.2,
+                 mean: float = 0.0, std: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+        self.cnn = MobileNetV2(n_classes, width, dropout=dropout)
+
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cnn(self.standardise(x))
+
+
+class ContrastiveHeads(nn.Module):
+    """Training-only parts of the contrastive method: the AE over the window's 5-frame
+    vectors, the two projections to 256 and the shared 256 -> 256 -> 256 MLP."""
+
+    def __init__(self, n_mels: int, embedding_dim: int, projection: int = 256) -> None:
+        super().__init__()
+        self.ae = DenseAE(5 * n_mels)
+        self.from_ae = nn.Linear(8, projection)
+        self.from_cnn = nn.Linear(embedding_dim, projection)
+        self.shared = nn.Sequential(nn.Linear(projection, projection), nn.ReLU(),
+                                    nn.Linear(projection, projection))
+
+
+def window_vectors(x: torch.Tensor, frames: int = 5) -> torch.Tensor:
+    """(B, 1, mels, T) -> (B, T - frames + 1, frames * mels), frame-major like the DCASE AE."""
+    b, _, mels, t = x.shape
+    v = x.squeeze(1).transpose(1, 2).unfold(1, frames, 1)        # (B, T', mels, frames)
+    return v.transpose(2, 3).reshape(b, t - frames + 1, frames * mels)
+
+
+class ClassifierMethod(TorchMethod):
+    name = "mobilenetv2"
+    preset_name = "mobilenetv2"
+    config_cls = ClassifierConfig
+    score_rules = ("logit", "embedding")
+    summary = "MobileNetV2 section x attribute classifier"
+    contrastive = False
+
+    def __init__(self, config=None, overrides=None, spec=None) -> None:
+        super().__init__(config, overrides, spec)
+        self.class_names: list[str] = []
+        self.class_section = np.zeros(0, dtype=int)
+        self.bank: dict[int, np.ndarray] = {}
+
+    def architecture(self) -> dict:
+        return {"n_classes": len(self.class_names), "width": self.config.width,
+                "dropout": self.config.dropout}
+
+    def build_from(self, architecture: dict) -> ClassifierNet:
+        return ClassifierNet(**architecture)
+
+    # -- training ----------------------------------------------------------------------------
+    def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> dict:
+        cfg = self.config
+        device = self.setup()
+        machine = clips[0].machine
+        own = len(clips)
+        clips = list(clips) + self._other_machine_clips(clips)
+        feats = clip_features(clips, self.spec, progress)
+        self.class_names, clip_class = class_labels(clips)
+        self.class_section = class_sections(self.class_names, machine)
+        fit_idx, val_idx = validation_split(clips, cfg.val_fraction, cfg.seed)
+        x_fit, owner = stack_windows([feats[i] for i in fit_idx], self.spec)
+        y_fit = clip_class[np.asarray(fit_idx)][owner]
+        if cfg.smote:
+            x_new, y_new = self._smote_target(x_fit, y_fit, [clips[i] for i in fit_idx], owner)
+            x_fit, y_fit = np.concatenate([x_fit, x_new]), np.concatenate([y_fit, y_new])
+        val_src = val_idx if val_idx else fit_idx
+        x_val, val_owner = stack_windows([feats[i] for i in val_src], self.spec)
+        y_val = clip_class[np.asarray(val_src)][val_owner]
+
+        net = ClassifierNet(len(self.class_names), cfg.width, cfg.dropout,
+                            float(x_fit.mean()), float(x_fit.std()) + 1e-6)
+        self.model = net.to(device).to(memory_format=torch.channels_last)
+        heads = ContrastiveHeads(self.spec.n_mels, net.cnn.embedding_dim, cfg.projection).to(
+            device) if self.contrastive else None
+        xt = torch.from_numpy(x_fit).transpose(1, 2).unsqueeze(1)       # (N, 1, mels, frames)
+        yt = torch.from_numpy(y_fit).long()
+        xv = torch.from_numpy(x_val).transpose(1, 2).unsqueeze(1)
+        yv = torch.from_numpy(y_val).long()
+        n_classes = len(self.class_names)
+
+        def batches(epoch: int):
+            n = len(xt)
+            pick = (torch.randint(0, n, (cfg.windows_per_epoch,), generator=self.generator)
+                    if 0 < cfg.windows_per_epoch < n else torch.randperm(n, generator=self.generator))
+            for start in range(0, len(pick), cfg.batch_size):
+                idx = pick[start:start + cfg.batch_size]
+                if len(idx) < 2:
+                    continue
+                x, y = self._augment(xt[idx], F.one_hot(yt[idx], n_classes).float())
+                yield (x.to(device).contiguous(memory_format=torch.channels_last), y.to(device))
+
+        def loss_fn(batch) -> torch.Tensor:
+            x, y = batch
+            logits, emb = net(x)
+            loss = -(y * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+            if heads is not None:
+                loss = loss + self._contrastive_terms(net, heads, x, emb)
+            return loss
+
+        def val_loss() -> float:
+            total = 0.0
+            for idx in batched(len(xv), 256):
+                x = xv[idx].to(device).contiguous(memory_format=torch.channels_last)
+                logits, emb = net(x)
+                part = F.cross_entropy(logits.float(), yv[idx].to(device), reduction="sum")
+                if heads is not None:
+                    part = part + len(idx) * self._contrastive_terms(net, heads, x, emb)
+                total += float(part)
+            return total / len(xv)
+
+        params = list(net.parameters()) + (list(heads.parameters()) if heads is not None else [])
+        hist = fit(net if heads is None else nn.ModuleList([net, heads]), batches, loss_fn,
+                   val_loss, cfg, device, progress, desc=f"{self.name} {clips[0].machine}",
+                   parameters=params)
+        self.model = net.cpu().to(memory_format=torch.contiguous_format).eval()
+
+        # bank and normal scores: this machine type's clips only
+        fit_idx = [i for i in fit_idx if i < own]
+        val_idx = [i for i in val_idx if i < own]
+        fit_clips = [clips[i] for i in fit_idx]
+        probs_fit, emb_fit = self._infer([feats[i] for i in fit_idx])
+        self._fit_bank(emb_fit, fit_clips)
+        held_out = val_idx if len(val_idx) >= MIN_HELD_OUT else list(range(own))
+        probs_h, emb_h = self._infer([feats[i] for i in held_out])
+        normal = self._rule_scores(probs_h, emb_h, [clips[i] for i in held_out], self.default_rule)
+        if val_idx:     # the held-out clips join the bank once they have served as normals
+            probs_v, emb_v = (probs_h, emb_h) if held_out is val_idx else \
+                self._infer([feats[i] for i in val_idx])
+            self._fit_bank(np.concatenate([emb_fit, emb_v]), fit_clips + [clips[i] for i in val_idx])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for s, bank in self.bank.items():
+            np.save(run_dir / f"bank_section_{s:02d}.npy", bank)
+        np.save(run_dir / "embedding_mean.npy", self.emb_mean)
+        np.save(run_dir / "embedding_std.npy", self.emb_std)
+        return self.save(run_dir, clips[:own], hist, normal, {
+            "classes": self.class_names,
+            "other_machine_clips": len(clips) - own,
+            "normal_scores_from": "validation clips" if held_out is val_idx
+            else "all training clips (too few validation clips)",
+            "inference": "ClassifierNet only" + (" (AE and projection heads are training-only)"
+                                                 if self.contrastive else "")})
+
+    def _other_machine_clips(self, clips: Sequence[Clip]) -> list[Clip]:
+        n = self.config.other_clips
+        if n <= 0:
+            return []
+        root, machine = clips[0].path.parents[2], clips[0].machine
+        try:
+            others = [m for m in machine_types(root) if m != machine]
+        except CorpusError:
+            return []
+        rng = np.random.default_rng(self.config.seed)
+        picked: list[Clip] = []
+        for other in others:
+            train = scan(root, [other], split="train")
+            picked += [train[i] for i in sorted(rng.choice(len(train), min(n, len(train)),
+                                                           replace=False))]
+        return picked
+
+    def _augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg, g = self.config, self.generator
+        if cfg.median_p > 0:
+            pick = torch.rand(len(x), generator=g) < cfg.median_p
+            if pick.any():
+                x = x.clone()
+                x[pick] = median_filter_time(x[pick], 31)
+        if cfg.frame_shift > 0:
+            x = frame_shift(x, g, cfg.frame_shift)
+        if cfg.spec_augment:
+            x = spec_augment(x, g)
+        if cfg.mixup_alpha > 0:
+            x, y = mixup(x, y, g, cfg.mixup_alpha)
+        return x, y
+
+    def _contrastive_terms(self, net: ClassifierNet, heads: ContrastiveHeads, x: torch.Tensor,
+                           emb: torch.Tensor) -> torch.Tensor:
+        """MSE of the AE over the window's 5-frame vectors + weight * NT-Xent between the AE
+        bottleneck (mean over the window) and the CNN embedding, both projected."""
+        v = window_vectors(net.standardise(x).contiguous())
+        b, n_vec, dim = v.shape
+        z, recon = heads.ae.encode_decode(v.reshape(b * n_vec, dim))
+        mse = per_sample_mse(v.reshape(b * n_vec, dim), recon).mean()
+        za = heads.shared(heads.from_ae(z.reshape(b, n_vec, -1).mean(dim=1)))
+        zc = heads.shared(heads.from_cnn(emb))
+        return mse + self.config.ntxent_weight * nt_xent(za.float(), zc.float(),
+                                                         self.config.temperature)
+
+    def _smote_target(self, x: np.ndarray, y: np.ndarray, clips: Sequence[Clip],
+                      owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(self.config.seed)
+        domain = np.array([clips[o].domain for o in owner])
+        new_x, new_y = [], []
+        for cls in np.unique(y[domain == "target"]):
+            members = x[(y == cls) & (domain == "target")]
+            section = self.class_section[cls]
+            if section < 0:             # another machine type's class: not ours to fill
+                continue
+            n_source = int(((domain == "source") & (self.class_section[y] == section)).sum())
+            n_new = n_source - len(members)
+            if len(members) >= 2 and n_new > 0:
+                new_x.append(smote(members, n_new, rng))
+                new_y.append(np.full(n_new, cls))
+        if not new_x:
+            return np.empty((0, *x.shape[1:]), x.dtype), np.empty(0, y.dtype)
+        return np.concatenate(new_x), np.concatenate(new_y)
+
+    # -- scoring -----------------------------------------------------------------------------
+    def _infer(self, feats: Sequence[np.ndarray], batch: int = 256
+               ) -> tuple[list[np.ndarray], np.ndarray]:
+        """Per clip: window class probabilities; and each clip's mean embedding."""
+        x, owner = stack_windows(feats, self.spec)
+        xt = torch.from_numpy(x).transpose(1, 2).unsqueeze(1)
+        probs, embs = [], []
+        with torch.no_grad():
+            for idx in batched(len(xt), batch):
+                logits, emb = self.model(xt[idx].contiguous())
+                probs.append(F.softmax(logits, dim=1).numpy())
+                embs.append(emb.numpy())
+        p, e = np.concatenate(probs), np.concatenate(embs).astype(np.float64)
+        clip_emb = np.stack([e[owner == i].mean(axis=0) for i in range(len(feats))])
+        return [p[owner == i] for i in range(len(feats))], clip_emb
+
+    def _unit(self, emb: np.ndarray) -> np.ndarray:
+        """Embeddings standardised per dimension with the training clips' statistics, then
+        scaled to unit length. GAMP of ReLU6 features is all-positive with a large common
+        part: raw cosine distances between clips are all ~0.002, standardising spreads them."""
+        z = (np.atleast_2d(emb) - self.emb_mean) / self.emb_std
+        return z / np.linalg.norm(z, axis=1, keepdims=True).clip(1e-12)
+
+    def _fit_bank(self, emb: np.ndarray, clips: Sequence[Clip]) -> None:
+        self.emb_mean, self.emb_std = emb.mean(axis=0), emb.std(axis=0) + 1e-6
+        unit = self._unit(emb)
+        self.bank = {}
+        for s in sorted({c.section for c in clips}):
+            src = unit[[c.section == s and c.domain == "source" for c in clips]]
+            tgt = unit[[c.section == s and c.domain == "target" for c in clips]]
+            parts = [tgt]
+            if len(src) > self.config.kmeans:
+                km = KMeans(self.config.kmeans, n_init=10, random_state=self.config.seed).fit(src)
+                centres = km.cluster_centers_
+                parts.append(centres / np.linalg.norm(centres, axis=1, keepdims=True).clip(1e-12))
+            else:
+                parts.append(src)
+            self.bank[s] = np.concatenate(parts)
+
+    def _rule_scores(self, probs: list[np.ndarray], emb: np.ndarray, clips: Sequence[Clip],
+                     rule: str) -> np.ndarray:
+        out = np.empty(len(clips))
+        for i, c in enumerate(clips):
+            if c.section not in self.bank:
+                raise ValueError(f"{c.path}: section {c.section:02d} was not in the training data "
+                                 f"(trained sections: {sorted(self.bank)})")
+            if rule == "logit":
+                p = probs[i][:, self.class_section == c.section].max(axis=1).clip(1e-7, 1 - 1e-7)
+                out[i] = float(np.mean(np.log((1 - p) / p)))
+            else:
+                out[i] = float((1.0 - self.bank[c.section] @ self._unit(emb[i])[0]).min())
+        return out
+
+    def score(self, clips: Sequence[Clip], progress: bool = True, rule: str | None = None
+              ) -> np.ndarray:
+        rule = self.check_rule(rule)
+        out = np.empty(len(clips))
+        starts = range(0, len(clips), 32)          # a few hundred MB of windows at most
+        for start in tqdm(starts, desc=f"scoring ({rule})", unit="32 clips", disable=not progress,
+                          leave=False):
+            part = clips[start:start + 32]
+            probs, emb = self._infer(clip_features(part, self.spec, False))
+            out[start:start + len(part)] = self._rule_scores(probs, emb, part, rule)
+        return out
+
+    def load_extra(self, run_dir: Path, info: dict) -> None:
+        self.class_names = list(info["classes"])
+        self.class_section = class_sections(self.class_names, info["machine"])
+        self.bank = {int(s): load_array(run_dir, f"bank_section_{int(s):02d}.npy")
+                     for s in info["sections"]}
+        self.emb_mean = load_array(run_dir, "embedding_mean.npy")
+        self.emb_std = load_array(run_dir, "embedding_std.npy")
+
+
+class ContrastiveMethod(ClassifierMethod):
+    name = "contrastive"
+    summary = "MobileNetV2 trained jointly with the dense AE, NT-Xent between them (Cai et al.)"
+    contrastive = True
