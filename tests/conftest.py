@@ -15,13 +15,23 @@ def rng():
 
 
 @pytest.fixture(scope="session")
-def easy_test_set(tiny_corpus, tmp_path_factory):
-    """Held-out normal fan clips of the tiny corpus and 'easy' anomalies made from them: the
-    same clips with a steady 1.2 kHz whine 6 dB below the clip. Returns (clips, labels)."""
+def small_fan(tmp_path_factory):
+    """The small synthetic corpus, fan only (90 ten-second training clips): enough windows
+    for a classifier to learn something in seconds. About 30 s, once per session."""
+    from training.synth.corpus import synthesize
+    return synthesize(tmp_path_factory.mktemp("corpus") / "small_fan", "small", seed=0,
+                      machines=("fan",), progress=False)
+
+
+@pytest.fixture(scope="session")
+def easy_test_set(small_fan, tmp_path_factory):
+    """Held-out normal fan clips and 'easy' anomalies made from them: the same clips with a
+    steady 1.2 kHz whine 6 dB below the clip. Returns (clips, labels); clip 2i is a normal
+    clip and clip 2i + 1 the same clip made anomalous."""
     from agent.wavio import read_wav, write_wav
     from training.data.corpus import Clip, scan
     root = tmp_path_factory.mktemp("easy")
-    normals = [c for c in scan(tiny_corpus, ["fan"], "test") if not c.is_anomaly]
+    normals = [c for c in scan(small_fan, ["fan"], "test") if not c.is_anomaly]
     clips, labels = [], []
     for c in normals:
         x, rate = read_wav(c.path)

@@ -36,7 +36,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     overrides += [f"seed={args.seed}"] if args.seed is not None else []
     overrides += [f"device={args.device}"] if args.device else []
-    make_method(args.method, overrides)          # bad settings fail before any work
+    method = make_method(args.method, overrides)          # bad settings fail before any work
+    if hasattr(method, "config"):
+        from training.trainer import pick_device
+        pick_device(method.config.device)
     machines = _machines(args.machines) or machine_types(args.data)
     for machine in machines:
         clips = scan(args.data, [machine], split="train")

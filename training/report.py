@@ -105,7 +105,7 @@ def _training_lines(evaluations: dict[str, dict]) -> list[str]:
             continue
         seen.add(key)
         secs = [t[m]["seconds"] if m in t else None for m in machines]
-        epochs = ", ".join(str(t[m]["epochs"]) for m in machines if m in t)
+        epochs = ", ".join(str(t[m]["epochs"]) for m in machines if m in t and t[m]["epochs"]) or "-"
         ok = all(x is not None and x < 300 for x in secs)
         lines.append(f"| {label} | " + " | ".join("" if x is None else f"{x:.0f}" for x in secs)
                      + f" | {epochs} | {'yes' if ok else '**no**'} |")

@@ -115,7 +115,10 @@ def record_training_time(run_dir: Path, info: dict, seconds: float) -> None:
     results page's training-time table."""
     import os
     import platform
+
+    import torch
     info["training"] = {"seconds": round(seconds, 1), "cpu_cores": os.cpu_count(),
+                        "torch_threads": torch.get_num_threads(),
                         "machine": platform.machine(),
                         "device": info.get("history", {}).get("device", "cpu"),
                         "epochs": len(info.get("history", {}).get("train_loss", []))}

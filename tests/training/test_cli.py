@@ -51,3 +51,52 @@ def test_user_mistakes_give_one_clear_line(tmp_path):
     assert r.returncode == 2 and "no run.json" in r.stderr and "Traceback" not in r.stderr
     r = run("synth", "--size", "huge", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "invalid choice: 'huge'" in r.stderr
+
+
+def test_train_with_settings_then_evaluate_every_rule_beside_the_baseline(tiny_corpus, tmp_path,
+                                                                          capsys):
+    runs = tmp_path / "ae"
+    assert main(["train", "--method", "ae", "--data", str(tiny_corpus), "--machine", "valve",
+                 "--out", str(runs), "--set", "epochs=2", "--set", "batch_size=64", "--seed", "7",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "ae valve: trained on 20 clips" in out and "2 epochs on cpu" in out
+    info = json.loads((runs / "valve" / "run.json").read_text())
+    assert info["params"]["epochs"] == 2 and info["params"]["seed"] == 7
+    assert info["training"]["seconds"] > 0 and info["training"]["epochs"] == 2
+    assert (runs / "valve" / "loss.png").is_file()
+
+    assert main(["evaluate", str(runs), "--score", "mahalanobis", "--out", str(tmp_path / "e"),
+                 "--quiet", "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "beside baseline-knn on the same data" in out
+    assert "ae (mahalanobis score)" in out and "official" in out
+    report = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert report["methods"] == {"valve": "ae (mahalanobis score)"}
+    assert (tmp_path / "e" / "baseline-knn" / "metrics.json").is_file()
+
+
+def test_methods_lists_every_method_and_its_settings(capsys):
+    assert main(["methods", "--settings"]) == 0
+    out = capsys.readouterr().out
+    for name in ("baseline-knn", "ae", "ae-mahalanobis", "ae-bu", "ae-snp", "mobilenetv2",
+                 "contrastive"):
+        assert f"\n{name} " in "\n" + out
+    assert "ntxent_weight = 0.0005" in out and "width = 0.5" in out
+
+
+def test_bad_settings_and_rules_are_one_line_errors(tiny_corpus, tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "training.cli", *args],
+                              capture_output=True, text=True)
+    r = run("train", "--method", "mobilenetv2", "--data", str(tiny_corpus), "--out",
+            str(tmp_path / "r"), "--set", "width=0.6")
+    assert r.returncode == 2 and "width must be one of" in r.stderr and "Traceback" not in r.stderr
+    r = run("train", "--method", "ae", "--data", str(tiny_corpus), "--out", str(tmp_path / "r"),
+            "--set", "epochs")
+    assert r.returncode == 2 and "expected KEY=VALUE" in r.stderr
+    assert not (tmp_path / "r").exists()          # refused before any work
+    r = run("train", "--method", "ae", "--data", str(tiny_corpus), "--out", str(tmp_path / "r"),
+            "--device", "cuda:0", "--set", "epochs=1")
+    if r.returncode == 2:                          # no GPU here: said so, no traceback
+        assert "no CUDA GPU" in r.stderr and "Traceback" not in r.stderr

@@ -1,4 +1,4 @@
-"""Every trained method on the tiny corpus: it trains, saves a loadable run, and scores an
+"""Every trained method on a small corpus: it trains, saves a loadable run, and scores an
 easy held-out anomaly set clearly better than chance."""
 
 import json
@@ -6,30 +6,36 @@ import json
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
 
 from training.data.corpus import scan
 from training.methods import METHODS, make_method, settings
 
-# Small but real settings: the tiny corpus has 20 two-second clips per machine type.
+# Short but real settings for 90 ten-second clips.
 FAST = {
-    "ae": ["epochs=30", "batch_size=32"],
-    "ae-mahalanobis": ["epochs=30", "batch_size=32"],
-    "ae-bu": ["epochs=30", "batch_size=32"],
-    "ae-snp": ["epochs=30", "batch_size=32"],
-    "mobilenetv2": ["epochs=25", "width=0.35", "batch_size=16"],
-    "contrastive": ["epochs=25", "width=0.35", "batch_size=16"],
+    "ae": ["epochs=6"],
+    "ae-mahalanobis": ["epochs=6"],
+    "ae-bu": ["epochs=6"],
+    "ae-snp": ["epochs=6"],
+    "mobilenetv2": ["epochs=8", "windows_per_epoch=512", "width=0.35"],
+    "contrastive": ["epochs=8", "windows_per_epoch=512", "width=0.35"],
 }
 
 
 @pytest.fixture(scope="module")
-def fan_train(tiny_corpus):
-    return scan(tiny_corpus, ["fan"], "train")
+def fan_train(small_fan):
+    return scan(small_fan, ["fan"], "train")
+
+
+def paired_detection_rate(scores: np.ndarray) -> float:
+    """Share of clips whose whine-added copy scores higher than the clip itself (chance 0.5).
+    Pairs, not a pooled AUC: sections and domains sit at different score levels, and the
+    question here is whether the anomaly moves the score."""
+    return float(np.mean(scores[1::2] > scores[0::2]))
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
 def test_method_trains_saves_and_detects_easy_anomalies(name, fan_train, easy_test_set, tmp_path):
-    clips, labels = easy_test_set
+    clips, _ = easy_test_set
     run = tmp_path / name / "fan"
     info = make_method(name, FAST[name]).train(fan_train, run, progress=False)
 
@@ -45,8 +51,8 @@ def test_method_trains_saves_and_detects_easy_anomalies(name, fan_train, easy_te
     for rule in model.score_rules:
         scores = model.score(clips, progress=False, rule=rule)
         assert scores.shape == (len(clips),) and np.isfinite(scores).all()
-    auc = roc_auc_score(labels, model.score(clips, progress=False))
-    assert auc >= 0.8, f"{name}: AUC {auc:.3f} on easy anomalies"
+    rate = paired_detection_rate(model.score(clips, progress=False))
+    assert rate >= 0.8, f"{name}: the anomaly raised the score for only {rate:.0%} of clips"
 
 
 def test_training_is_deterministic_for_a_seed(fan_train, tmp_path):
@@ -58,7 +64,8 @@ def test_training_is_deterministic_for_a_seed(fan_train, tmp_path):
 
 
 def test_augmentation_switches_train(fan_train, tmp_path):
-    info = make_method("mobilenetv2", ["epochs=2", "width=0.35", "smote=true", "median_p=1",
+    info = make_method("mobilenetv2", ["epochs=2", "windows_per_epoch=128", "width=0.35",
+                                       "smote=true", "median_p=1",
                                        "mixup_alpha=0.4", "frame_shift=4"]).train(
         fan_train, tmp_path / "aug", progress=False)
     assert info["params"]["smote"] and info["params"]["median_p"] == 1.0

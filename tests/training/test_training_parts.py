@@ -1,0 +1,110 @@
+"""Config overrides, the training loop's early stopping, and model-input preparation."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from agent.features import preset
+from training.config import TrainConfig, with_overrides
+from training.data.corpus import Clip
+from training.data.windows import (class_labels, class_sections, fit_to_window, stack_windows,
+                                   validation_split)
+from training.trainer import fit, pick_device, plot_history
+
+
+@dataclass(frozen=True)
+class Cfg(TrainConfig):
+    flag: bool = False
+    mode: Literal["a", "b"] = "a"
+    bandwidth: str = "scott"
+    ratio: float = 0.5
+
+
+def test_overrides_are_typed_and_checked():
+    c = with_overrides(Cfg(), ["epochs=3", "flag=yes", "mode=b", "ratio=0.25", "batch-size=8"])
+    assert (c.epochs, c.flag, c.mode, c.ratio, c.batch_size) == (3, True, "b", 0.25, 8)
+    for bad, msg in (("epochs=3.5", "expected int"), ("flag=maybe", "true or false"),
+                     ("mode=c", "expected one of"), ("nope=1", "no such setting"),
+                     ("epochs", "KEY=VALUE"), ("epochs=0", "at least 1"),
+                     ("val_fraction=0.7", "val_fraction")):
+        with pytest.raises(ValueError, match=msg):
+            with_overrides(Cfg(), [bad])
+
+
+def test_pick_device_explains_missing_cuda():
+    assert pick_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            pick_device("cuda")
+    with pytest.raises(ValueError, match="unknown device"):
+        pick_device("tpu")
+
+
+def test_fit_keeps_the_best_validation_epoch_and_stops_early(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Linear(1, 1)
+    x = torch.linspace(-1, 1, 64).unsqueeze(1)
+    val_losses = iter([5.0, 1.0, 2.0, 3.0, 4.0, 6.0, 7.0])
+    weights = []
+
+    def val_loss():
+        weights.append(model.weight.detach().clone())
+        return next(val_losses)
+
+    hist = fit(model, lambda epoch: [(x,)], lambda b: ((model(b[0]) - 2 * b[0]) ** 2).mean(),
+               val_loss, TrainConfig(epochs=7, patience=3, lr=0.1), torch.device("cpu"),
+               progress=False)
+    assert hist.best_epoch == 1 and hist.stopped_early and len(hist.val_loss) == 5
+    assert torch.equal(model.weight, weights[1])          # the best epoch's weights restored
+    assert all(s > 0 for s in hist.samples_per_second)
+    plot_history(hist, tmp_path / "loss.png", "test")
+    assert (tmp_path / "loss.png").stat().st_size > 5_000
+
+
+def test_fit_stops_on_a_non_finite_loss():
+    model = nn.Linear(1, 1)
+    with pytest.raises(FloatingPointError, match="lower lr"):
+        fit(model, lambda e: [(torch.ones(2, 1),)], lambda b: model(b[0]).sum() * float("nan"),
+            lambda: 0.0, TrainConfig(epochs=2), torch.device("cpu"), progress=False)
+
+
+def clip(section, domain, index, machine="fan", **attrs):
+    return Clip(Path(f"/x/{machine}/train/c{section}{domain}{index}.wav"), machine, section,
+                domain, "train", "normal", index, attrs)
+
+
+def test_validation_split_is_stratified_seeded_and_disjoint():
+    clips = ([clip(s, "source", i) for s in (0, 1) for i in range(40)]
+             + [clip(s, "target", i) for s in (0, 1) for i in range(5)])
+    fit_idx, val_idx = validation_split(clips, 0.1, seed=3)
+    assert sorted(fit_idx + val_idx) == list(range(len(clips)))
+    groups = [(clips[i].section, clips[i].domain) for i in val_idx]
+    assert groups.count((0, "source")) == 4 and groups.count((1, "target")) == 1
+    assert validation_split(clips, 0.1, seed=3) == (fit_idx, val_idx)
+    assert validation_split(clips, 0.1, seed=4)[1] != val_idx
+    assert validation_split(clips, 0.0, seed=3) == (list(range(len(clips))), [])
+
+
+def test_class_labels_cover_machine_section_and_attributes():
+    clips = [clip(0, "source", 0, spd="1500"), clip(0, "source", 1, spd="1725"),
+             clip(1, "target", 0, spd="1980"), clip(0, "source", 0, machine="valve", pat="00")]
+    names, idx = class_labels(clips)
+    assert names == ["fan/section_00_spd_1500", "fan/section_00_spd_1725",
+                     "fan/section_01_spd_1980", "valve/section_00_pat_00"]
+    assert idx.tolist() == [0, 1, 2, 3]
+    assert class_sections(names, "fan").tolist() == [0, 0, 1, -1]
+
+
+def test_short_clips_wrap_to_one_window_and_windows_stack():
+    spec = preset("mobilenetv2")
+    short = np.arange(10 * 128, dtype=np.float32).reshape(10, 128)
+    filled = fit_to_window(short, spec)
+    assert filled.shape == (64, 128) and np.array_equal(filled[10:20], short)
+    long = np.zeros((100, 128), np.float32)
+    x, owner = stack_windows([filled, long], spec)
+    assert x.shape == (1 + 5, 64, 128) and owner.tolist() == [0, 1, 1, 1, 1, 1]
