@@ -5,13 +5,19 @@ Two score rules, both fitted on every run (``evaluate --score`` picks):
 
 * ``logit``: per window log((1 - p) / p), p = the classifier's probability of the clip's
   own section (the most probable of that section's attribute classes); clip = mean.
-* ``embedding``: cosine distance of the clip's mean GAMP embedding to the normal bank of
-  its section (k-means centres of the source clips plus every target clip); the rule the
-  strongest DCASE systems use, because the few target clips get their own bank entries.
+* ``embedding``: cosine distance of the clip's mean GAMP embedding (standardised) to the
+  normal bank of its section: k-means centres of the source clips plus every target clip,
+  the rule the strongest DCASE systems use, because the few target clips get their own
+  entries. Each distance is divided by its domain's typical normal distance on the
+  training clips, then the minimum is taken (as the AE's selective Mahalanobis does).
+
+``refit`` rebuilds the bank and the normal-score statistics of a trained run (the same
+fit/validation split) without retraining the network.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +32,13 @@ from tqdm import tqdm
 
 from training.augment import frame_shift, median_filter_time, mixup, smote, spec_augment
 from training.config import TrainConfig
-from training.data.corpus import Clip
-from training.data.corpus import CorpusError, machine_types, scan
+from training.data.corpus import Clip, CorpusError, machine_types, scan
 from training.data.windows import (class_labels, class_sections, clip_features, stack_windows,
                                    validation_split)
 from training.models.dense_ae import DenseAE, per_sample_mse
 from training.models.losses import nt_xent
 from training.models.mobilenetv2 import WIDTHS, MobileNetV2
+from training.runs import RunError, normal_score_stats
 from training.torch_method import TorchMethod, batched, load_array
 from training.trainer import fit
 
@@ -120,7 +126,10 @@ class ClassifierMethod(TorchMethod):
         super().__init__(config, overrides, spec)
         self.class_names: list[str] = []
         self.class_section = np.zeros(0, dtype=int)
-        self.bank: dict[int, np.ndarray] = {}
+        self.bank: dict[int, np.ndarray] = {}           # section -> unit embeddings
+        self.bank_target: dict[int, np.ndarray] = {}    # section -> entry is a target clip
+        self.bank_scale: dict[int, np.ndarray] = {}     # section -> (source, target) distance
+        self.bank_missing = ""
 
     def architecture(self) -> dict:
         return {"n_classes": len(self.class_names), "width": self.config.width,
@@ -196,31 +205,57 @@ class ClassifierMethod(TorchMethod):
                    parameters=params)
         self.model = net.cpu().to(memory_format=torch.contiguous_format).eval()
 
-        # bank and normal scores: this machine type's clips only
-        fit_idx = [i for i in fit_idx if i < own]
-        val_idx = [i for i in val_idx if i < own]
-        fit_clips = [clips[i] for i in fit_idx]
-        probs_fit, emb_fit = self._infer([feats[i] for i in fit_idx])
-        self._fit_bank(emb_fit, fit_clips)
-        held_out = val_idx if len(val_idx) >= MIN_HELD_OUT else list(range(own))
-        probs_h, emb_h = self._infer([feats[i] for i in held_out])
-        normal = self._rule_scores(probs_h, emb_h, [clips[i] for i in held_out], self.default_rule)
-        if val_idx:     # the held-out clips join the bank once they have served as normals
-            probs_v, emb_v = (probs_h, emb_h) if held_out is val_idx else \
-                self._infer([feats[i] for i in val_idx])
-            self._fit_bank(np.concatenate([emb_fit, emb_v]), fit_clips + [clips[i] for i in val_idx])
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for s, bank in self.bank.items():
-            np.save(run_dir / f"bank_section_{s:02d}.npy", bank)
-        np.save(run_dir / "embedding_mean.npy", self.emb_mean)
-        np.save(run_dir / "embedding_std.npy", self.emb_std)
+        normal = self._fit_scoring(clips[:own], feats[:own], [i for i in fit_idx if i < own],
+                                   [i for i in val_idx if i < own])
+        self._save_scoring(run_dir)
         return self.save(run_dir, clips[:own], hist, normal, {
             "classes": self.class_names,
             "other_machine_clips": len(clips) - own,
-            "normal_scores_from": "validation clips" if held_out is val_idx
+            "normal_scores_from": "validation clips" if len(val_idx) >= MIN_HELD_OUT
             else "all training clips (too few validation clips)",
             "inference": "ClassifierNet only" + (" (AE and projection heads are training-only)"
                                                  if self.contrastive else "")})
+
+    @classmethod
+    def refit(cls, run_dir: Path, progress: bool = True) -> dict:
+        """Re-fit bank, domain scales and normal statistics of a run from its training
+        clips, with the split training used; the network is not touched."""
+        self = cls.load(run_dir)
+        info = self.info
+        own = scan(Path(info["corpus"]["root"]), [info["machine"]], split="train")
+        clips = own + self._other_machine_clips(own)
+        fit_idx, val_idx = validation_split(clips, self.config.val_fraction, self.config.seed)
+        feats = clip_features(own, self.spec, progress)
+        normal = self._fit_scoring(own, feats, [i for i in fit_idx if i < len(own)],
+                                   [i for i in val_idx if i < len(own)])
+        self._save_scoring(run_dir)
+        info["normal_scores"] = normal_score_stats(normal)
+        (Path(run_dir) / "run.json").write_text(json.dumps(info, indent=2))
+        return info
+
+    def _fit_scoring(self, clips: Sequence[Clip], feats: Sequence[np.ndarray], fit_idx: list[int],
+                     val_idx: list[int]) -> np.ndarray:
+        """Embedding bank from the fit clips; the validation clips are scored as unseen
+        normals (returned), then join the bank."""
+        probs_fit, emb_fit = self._infer([feats[i] for i in fit_idx])
+        fit_clips = [clips[i] for i in fit_idx]
+        self._fit_bank(emb_fit, fit_clips)
+        held_out = val_idx if len(val_idx) >= MIN_HELD_OUT else list(range(len(clips)))
+        probs_h, emb_h = self._infer([feats[i] for i in held_out])
+        normal = self._rule_scores(probs_h, emb_h, [clips[i] for i in held_out], self.default_rule)
+        if val_idx:
+            emb_v = emb_h if held_out is val_idx else self._infer([feats[i] for i in val_idx])[1]
+            self._fit_bank(np.concatenate([emb_fit, emb_v]), fit_clips + [clips[i] for i in val_idx])
+        return normal
+
+    def _save_scoring(self, run_dir: Path) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for s, bank in self.bank.items():
+            np.save(run_dir / f"bank_section_{s:02d}.npy", bank)
+            np.save(run_dir / f"bank_section_{s:02d}_target.npy", self.bank_target[s])
+            np.save(run_dir / f"bank_section_{s:02d}_scale.npy", self.bank_scale[s])
+        np.save(run_dir / "embedding_mean.npy", self.emb_mean)
+        np.save(run_dir / "embedding_std.npy", self.emb_std)
 
     def _other_machine_clips(self, clips: Sequence[Clip]) -> list[Clip]:
         n = self.config.other_clips
@@ -310,23 +345,35 @@ class ClassifierMethod(TorchMethod):
         return z / np.linalg.norm(z, axis=1, keepdims=True).clip(1e-12)
 
     def _fit_bank(self, emb: np.ndarray, clips: Sequence[Clip]) -> None:
+        """Per section: k-means centres of the source clips plus every target clip, and each
+        domain's typical normal distance, so that a distance counts in units of its own
+        domain (source clips sit among many centres, the few target clips are sparse; raw
+        distances would make every target clip look anomalous, or every source clip)."""
         self.emb_mean, self.emb_std = emb.mean(axis=0), emb.std(axis=0) + 1e-6
+        self.bank_missing = ""
         unit = self._unit(emb)
-        self.bank = {}
+        self.bank, self.bank_target, self.bank_scale = {}, {}, {}
         for s in sorted({c.section for c in clips}):
             src = unit[[c.section == s and c.domain == "source" for c in clips]]
             tgt = unit[[c.section == s and c.domain == "target" for c in clips]]
-            parts = [tgt]
             if len(src) > self.config.kmeans:
                 km = KMeans(self.config.kmeans, n_init=10, random_state=self.config.seed).fit(src)
                 centres = km.cluster_centers_
-                parts.append(centres / np.linalg.norm(centres, axis=1, keepdims=True).clip(1e-12))
+                centres = centres / np.linalg.norm(centres, axis=1, keepdims=True).clip(1e-12)
             else:
-                parts.append(src)
-            self.bank[s] = np.concatenate(parts)
+                centres = src
+            self.bank[s] = np.concatenate([centres, tgt])
+            self.bank_target[s] = np.r_[np.zeros(len(centres), bool), np.ones(len(tgt), bool)]
+            clustered = len(centres) < len(src)      # else the clips are their own entries
+            self.bank_scale[s] = np.array([_typical_distance(src, centres, not clustered),
+                                           _typical_distance(tgt, tgt, leave_one_out=True)])
+            if not np.isfinite(self.bank_scale[s]).all():       # a domain without clips
+                self.bank_scale[s] = np.full(2, np.nanmean(self.bank_scale[s]))
 
     def _rule_scores(self, probs: list[np.ndarray], emb: np.ndarray, clips: Sequence[Clip],
                      rule: str) -> np.ndarray:
+        if self.bank_missing:
+            raise RunError(self.bank_missing)
         out = np.empty(len(clips))
         for i, c in enumerate(clips):
             if c.section not in self.bank:
@@ -336,7 +383,9 @@ class ClassifierMethod(TorchMethod):
                 p = probs[i][:, self.class_section == c.section].max(axis=1).clip(1e-7, 1 - 1e-7)
                 out[i] = float(np.mean(np.log((1 - p) / p)))
             else:
-                out[i] = float((1.0 - self.bank[c.section] @ self._unit(emb[i])[0]).min())
+                d = 1.0 - self.bank[c.section] @ self._unit(emb[i])[0]
+                d = d / np.where(self.bank_target[c.section], *self.bank_scale[c.section][::-1])
+                out[i] = float(d.min())
         return out
 
     def score(self, clips: Sequence[Clip], progress: bool = True, rule: str | None = None
@@ -354,10 +403,32 @@ class ClassifierMethod(TorchMethod):
     def load_extra(self, run_dir: Path, info: dict) -> None:
         self.class_names = list(info["classes"])
         self.class_section = class_sections(self.class_names, info["machine"])
-        self.bank = {int(s): load_array(run_dir, f"bank_section_{int(s):02d}.npy")
-                     for s in info["sections"]}
+        sections = [int(s) for s in info["sections"]]
+        names = [f"bank_section_{s:02d}{part}.npy" for s in sections
+                 for part in ("", "_target", "_scale")] + ["embedding_mean.npy", "embedding_std.npy"]
+        missing = [n for n in names if not (run_dir / n).is_file()]
+        if missing:     # scoring says so; refit() rebuilds them
+            self.bank_missing = f"{run_dir}: no embedding bank ({missing[0]} missing); " \
+                                f"run 'harken-train refit {run_dir}'"
+            return
+        self.bank = {s: load_array(run_dir, f"bank_section_{s:02d}.npy") for s in sections}
+        self.bank_target = {s: load_array(run_dir, f"bank_section_{s:02d}_target.npy")
+                            for s in sections}
+        self.bank_scale = {s: load_array(run_dir, f"bank_section_{s:02d}_scale.npy")
+                           for s in sections}
         self.emb_mean = load_array(run_dir, "embedding_mean.npy")
         self.emb_std = load_array(run_dir, "embedding_std.npy")
+
+
+def _typical_distance(points: np.ndarray, bank: np.ndarray, leave_one_out: bool) -> float:
+    """Median cosine distance from unit ``points`` to their nearest ``bank`` entry (another
+    one than themselves with ``leave_one_out``, ``bank`` then being ``points``)."""
+    if len(points) < (2 if leave_one_out else 1) or len(bank) == 0:
+        return float("nan")
+    d = 1.0 - points @ bank.T
+    if leave_one_out:
+        np.fill_diagonal(d, np.inf)
+    return float(max(np.median(d.min(axis=1)), 1e-9))
 
 
 class ContrastiveMethod(ClassifierMethod):

@@ -56,6 +56,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refit(args: argparse.Namespace) -> int:
+    from training.methods import method_class
+    from training.runs import read_run
+    for run in find_runs(Path(args.run)):
+        cls = method_class(read_run(run)["method"])
+        if not hasattr(cls, "refit"):
+            raise ValueError(f"{run}: {cls.name} has no score state to refit (retrain instead)")
+        info = cls.refit(run, progress=not args.quiet)
+        print(f"{run}: bank and normal statistics refitted "
+              f"(threshold {info['normal_scores']['threshold']:.4g})")
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from training.methods import METHODS, settings
     for name, cls in sorted(METHODS.items()):
@@ -166,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    rf = sub.add_parser("refit", help="rebuild a classifier run's embedding bank and threshold "
+                                      "from its training clips, without retraining")
+    rf.add_argument("run", help="a run folder, or a folder of runs")
+    rf.add_argument("--quiet", action="store_true")
+    rf.set_defaults(func=cmd_refit)
 
     ms = sub.add_parser("methods", help="list the methods, their score rules and settings")
     ms.add_argument("--settings", action="store_true", help="also list every setting's default")

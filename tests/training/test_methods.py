@@ -91,3 +91,33 @@ def test_unknown_score_rule_is_refused(fan_train, tmp_path, easy_test_set):
     make_method("ae", ["epochs=1"]).train(fan_train, tmp_path / "r", progress=False)
     with pytest.raises(ValueError, match="no score rule 'logit'"):
         METHODS["ae"].load(tmp_path / "r").score(easy_test_set[0], progress=False, rule="logit")
+
+
+def test_refit_rebuilds_the_same_bank_and_threshold(tiny_corpus, tmp_path, capsys):
+    from training.cli import main
+    clips = scan(tiny_corpus, ["fan"], "train")
+    run = tmp_path / "mbv2" / "fan"
+    info = make_method("mobilenetv2", ["epochs=1", "width=0.35"]).train(clips, run,
+                                                                        progress=False)
+    before = {p.name: np.load(p) for p in run.glob("bank_*.npy")}
+    for p in run.glob("bank_*.npy"):
+        p.unlink()
+    assert main(["refit", str(run.parent), "--quiet"]) == 0
+    assert "bank and normal statistics refitted" in capsys.readouterr().out
+    after = {p.name: np.load(p) for p in run.glob("bank_*.npy")}
+    assert sorted(after) == sorted(before)
+    for name in before:
+        np.testing.assert_allclose(after[name], before[name], rtol=1e-6)
+    refitted = json.loads((run / "run.json").read_text())
+    assert refitted["normal_scores"]["threshold"] == pytest.approx(
+        info["normal_scores"]["threshold"], rel=1e-6)
+    # each domain's typical distance is a real distance, not a clamp
+    scale = np.load(run / "bank_section_00_scale.npy")
+    assert scale.shape == (2,) and (scale > 1e-6).all()
+
+
+def test_refit_refuses_methods_without_a_bank(tiny_corpus, tmp_path):
+    from training.cli import main
+    make_method("ae", ["epochs=1"]).train(scan(tiny_corpus, ["fan"], "train"), tmp_path / "ae",
+                                          progress=False)
+    assert main(["refit", str(tmp_path / "ae")]) == 2
