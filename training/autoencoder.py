@@ -48,6 +48,20 @@ class AeConfig(TrainConfig):
     snp_anr_max_db: float = 0.0
     smote: bool = False               # fill the target domain's vectors up to the source count
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bu_bandwidth != "scott":
+            try:
+                ok = float(self.bu_bandwidth) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"bu_bandwidth must be 'scott' or a positive number, "
+                                 f"got '{self.bu_bandwidth}'")
+        if self.snp_anr_min_db > self.snp_anr_max_db:
+            raise ValueError(f"snp_anr_min_db ({self.snp_anr_min_db}) is above snp_anr_max_db "
+                             f"({self.snp_anr_max_db})")
+
 
 class AutoencoderMethod(TorchMethod):
     name = "ae"

@@ -81,6 +81,8 @@ def test_bad_settings_are_named():
         make_method("mobilenetv2", ["width=0.6"])
     with pytest.raises(ValueError, match="expected one of"):
         make_method("ae", ["objective=magic"])
+    with pytest.raises(ValueError, match="bu_bandwidth must be"):
+        make_method("ae-bu", ["bu_bandwidth=wide"])
     with pytest.raises(ValueError, match="no settings"):
         make_method("baseline-knn", ["k=3"])
     assert settings("contrastive")["ntxent_weight"] == 0.0005
