@@ -96,8 +96,8 @@ def _training_lines(evaluations: dict[str, dict]) -> list[str]:
              f"Wall seconds to train one machine type with the method's default settings "
              f"(features, training, score-rule fitting), on {first['cpu_cores']} CPU cores "
              f"({first['machine']}), device `{first['device']}`. Target: under 300 s.", "",
-             "| method | " + " | ".join(machines) + " | epochs run | under 300 s |",
-             "|---|" + "---|" * (len(machines) + 2)]
+             "| method | " + " | ".join(machines) + " | epochs run | torch threads | under 300 s |",
+             "|---|" + "---|" * (len(machines) + 3)]
     seen = set()
     for label, t in timed.items():
         key = tuple(sorted((m, v["seconds"]) for m, v in t.items()))
@@ -107,8 +107,9 @@ def _training_lines(evaluations: dict[str, dict]) -> list[str]:
         secs = [t[m]["seconds"] if m in t else None for m in machines]
         epochs = ", ".join(str(t[m]["epochs"]) for m in machines if m in t and t[m]["epochs"]) or "-"
         ok = all(x is not None and x < 300 for x in secs)
+        threads = ", ".join(sorted({str(v.get("torch_threads", "?")) for v in t.values()}))
         lines.append(f"| {label} | " + " | ".join("" if x is None else f"{x:.0f}" for x in secs)
-                     + f" | {epochs} | {'yes' if ok else '**no**'} |")
+                     + f" | {epochs} | {threads} | {'yes' if ok else '**no**'} |")
     devices = {v["device"] for t in timed.values() for v in t.values()}
     if not any(d.startswith("cuda") for d in devices):
         lines += ["", "GPU: these runs had no CUDA GPU, so no GPU-vs-CPU epoch time is given. "
