@@ -95,7 +95,9 @@ def _training_lines(evaluations: dict[str, dict]) -> list[str]:
     lines = ["", "## Training time", "",
              f"Wall seconds to train one machine type with the method's default settings "
              f"(features, training, score-rule fitting), on {first['cpu_cores']} CPU cores "
-             f"({first['machine']}), device `{first['device']}`. Target: under 300 s.", "",
+             f"({first['machine']}), device `{first['device']}`. Target: under 300 s. Wall time "
+             "counts whatever else the machine was running; `bench/bench_training.py` "
+             "measures per-epoch throughput on its own (docs/benchmarks.md).", "",
              "| method | " + " | ".join(machines) + " | epochs run | torch threads | under 300 s |",
              "|---|" + "---|" * (len(machines) + 3)]
     seen = set()
