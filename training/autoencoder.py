@@ -25,11 +25,10 @@ from training.data.pseudo_anomalies import pseudo_anomaly_pool
 from training.data.windows import ae_vectors, clip_features, validation_split
 from training.models.dense_ae import DenseAE, per_sample_mse
 from training.models.losses import kde_weights, mahalanobis, snp_loss, weighted_mean
-from training.torch_method import TorchMethod, batched, load_array
+from training.torch_method import MIN_HELD_OUT, TorchMethod, batched, load_array
 from training.trainer import fit
 
 DOMAINS = ("source", "target")
-MIN_HELD_OUT = 3      # a gamma fit of normal scores needs a few of them
 
 
 @dataclass(frozen=True)

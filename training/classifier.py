@@ -39,10 +39,9 @@ from training.models.dense_ae import DenseAE, per_sample_mse
 from training.models.losses import nt_xent
 from training.models.mobilenetv2 import WIDTHS, MobileNetV2
 from training.runs import RunError, normal_score_stats
-from training.torch_method import TorchMethod, batched, load_array
+from training.torch_method import MIN_HELD_OUT, TorchMethod, batched, load_array
 from training.trainer import fit
 
-MIN_HELD_OUT = 3
 
 
 @dataclass(frozen=True)
@@ -340,7 +339,7 @@ class ClassifierMethod(TorchMethod):
     def _unit(self, emb: np.ndarray) -> np.ndarray:
         """Embeddings standardised per dimension with the training clips' statistics, then
         scaled to unit length. GAMP of ReLU6 features is all-positive with a large common
-        part: raw cosine distances between clips are all ~0.002, standardising spreads them."""
+        part, so raw cosine distances between clips are all tiny; standardising spreads them."""
         z = (np.atleast_2d(emb) - self.emb_mean) / self.emb_std
         return z / np.linalg.norm(z, axis=1, keepdims=True).clip(1e-12)
 

@@ -18,6 +18,7 @@ from training.runs import RunError, normal_score_stats, read_run, write_run
 from training.trainer import History, pick_device, plot_history, seed_everything
 
 WEIGHTS = "model.pt"
+MIN_HELD_OUT = 3      # a gamma fit of normal scores needs a few validation clips; else all
 
 
 class TorchMethod:
