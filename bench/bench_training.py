@@ -38,7 +38,8 @@ def step_seconds(device: torch.device, kind: str, steps: int) -> tuple[float, in
             return per_sample_mse(x, net(x)).mean()
     else:
         cfg = ClassifierConfig()
-        net = ClassifierNet(20, cfg.width).to(device).to(memory_format=torch.channels_last)
+        net = ClassifierNet(20, cfg.width, head=cfg.head, embedding_dim=cfg.embedding_dim).to(
+            device).to(memory_format=torch.channels_last)
         heads = ContrastiveHeads(128, net.cnn.embedding_dim).to(device) if kind == "contrastive" \
             else None
         x = torch.randn(cfg.batch_size, 1, 128, 64, device=device).contiguous(
@@ -49,10 +50,11 @@ def step_seconds(device: torch.device, kind: str, steps: int) -> tuple[float, in
         method = ClassifierMethod()
 
         def loss():
-            logits, emb = net(x)
+            pooled = net.pooled(x)
+            logits, _ = net.classify(pooled)
             total = F.cross_entropy(logits.float(), y)
             if heads is not None:
-                total = total + method._contrastive_terms(net, heads, x, emb)
+                total = total + method._contrastive_terms(net, heads, x, pooled)
             return total
     opt = torch.optim.Adam(params)
     amp = device.type == "cuda"

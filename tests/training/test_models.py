@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from training.classifier import ClassifierNet, window_vectors
+from training.models.cosine_head import CosineHead, adacos_scale
 from training.models.dense_ae import DenseAE
 from training.models.mobilenetv2 import MobileNetV2, make_divisible
 
@@ -67,3 +68,38 @@ def test_window_vectors_are_frame_major_5_frame_vectors():
     # vector 1 of sample 0 = frames 1..5, each frame's 3 mels contiguous
     expected = x[0, 0, :, 1:6].T.reshape(-1)
     assert torch.equal(v[0, 1], expected)
+
+
+def test_adacos_scale_by_hand():
+    # sqrt(2) * ln(C - 1): C = 34 -> 1.4142136 * 3.4965076 = 4.9448084
+    assert adacos_scale(34) == pytest.approx(4.9448084, abs=1e-6)
+    with pytest.raises(ValueError, match="2 classes"):
+        adacos_scale(1)
+
+
+def test_cosine_head_logits_are_scaled_cosines_to_class_directions():
+    torch.manual_seed(0)
+    head = CosineHead(in_dim=12, embedding_dim=5, n_classes=4)
+    pooled = torch.randn(3, 12)
+    logits, emb = head(pooled)
+    assert emb.shape == (3, 5) and logits.shape == (3, 4)
+    e = emb[1] / emb[1].norm()
+    c = head.centres[2] / head.centres[2].norm()
+    assert logits[1, 2].item() == pytest.approx(head.scale * float(e @ c), abs=1e-5)
+    assert logits.abs().max() <= head.scale + 1e-5
+    # the logits see directions only: scaling the input changes the embedding, not them
+    logits2, emb2 = head(3.0 * pooled)
+    assert torch.allclose(logits2, logits, atol=1e-5) and torch.allclose(emb2, 3 * emb)
+
+
+def test_classifier_net_heads_give_their_embeddings():
+    x = torch.randn(2, 1, 128, 64)
+    with torch.no_grad():
+        logits, emb = ClassifierNet(6, 0.35, head="adacos", embedding_dim=32).eval()(x)
+        assert logits.shape == (2, 6) and emb.shape == (2, 32)
+        net = ClassifierNet(6, 0.35, head="softmax").eval()
+        logits, emb = net(x)
+        assert torch.allclose(emb, net.pooled(x)) and emb.shape == (2, 1280)
+    assert net.cosine is None
+    with pytest.raises(ValueError, match="head"):
+        ClassifierNet(6, 0.35, head="arcface")

@@ -108,3 +108,25 @@ def test_short_clips_wrap_to_one_window_and_windows_stack():
     long = np.zeros((100, 128), np.float32)
     x, owner = stack_windows([filled, long], spec)
     assert x.shape == (1 + 5, 64, 128) and owner.tolist() == [0, 1, 1, 1, 1, 1]
+
+
+def test_source_scale_is_the_distance_of_an_unseen_clip_not_a_fitted_one():
+    """Centres fitted on clips sit closer to them than to new clips from the same
+    distribution; the source scale must be the new-clip figure (cross-fitted)."""
+    from training.classifier import ClassifierMethod, _typical_distance
+
+    rng = np.random.default_rng(3)
+    directions = rng.normal(size=(4, 64))
+
+    def draw(n):
+        z = directions[rng.integers(0, 4, n)] + 0.35 * rng.normal(size=(n, 64))
+        return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+    method = ClassifierMethod()
+    seen, fresh = draw(100), draw(2000)
+    centres = method._centres(seen)
+    in_sample = _typical_distance(seen, centres, leave_one_out=False)
+    unseen = float(np.median((1 - fresh @ centres.T).min(axis=1)))
+    estimate = method._unseen_distance(seen)
+    assert in_sample < 0.9 * unseen                 # the bias this guards against is real
+    assert abs(estimate - unseen) < 0.1 * unseen

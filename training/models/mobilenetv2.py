@@ -53,12 +53,12 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     """Input (batch, 1, n_mels, frames); ``embed`` gives the GAMP embedding (1280 wide)."""
 
-    def __init__(self, n_classes: int, width: float = 1.0, last_channels: int = 1280,
+    def __init__(self, n_classes: int | None, width: float = 1.0, last_channels: int = 1280,
                  dropout: float = 0.2) -> None:
         super().__init__()
         if width not in WIDTHS:
             raise ValueError(f"MobileNetV2 width {width} not supported; choose one of {WIDTHS}")
-        if n_classes < 2:
+        if n_classes is not None and n_classes < 2:
             raise ValueError(f"a section classifier needs at least 2 classes, got {n_classes}")
         channels = make_divisible(32 * width)
         self.embedding_dim = make_divisible(last_channels * max(1.0, width))
@@ -70,7 +70,9 @@ class MobileNetV2(nn.Module):
                 channels = out
         layers += _conv_bn(channels, self.embedding_dim, 1, 1)
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.embedding_dim, n_classes))
+        # n_classes None: features only, a caller supplies its own head (the cosine head)
+        self.head = None if n_classes is None else nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(self.embedding_dim, n_classes))
         self.width = width
         self.n_classes = n_classes
         for m in self.modules():
@@ -87,5 +89,7 @@ class MobileNetV2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, embedding)."""
+        if self.head is None:
+            raise RuntimeError("this MobileNetV2 was built without a head (n_classes=None)")
         e = self.embed(x)
         return self.head(e), e
