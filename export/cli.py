@@ -1,8 +1,9 @@
-"""harken-export: turns training runs into device bundles.
+"""harken-export: turns training runs into device bundles, and checks them.
 
-Bundle writing and verification arrive with the export issue; today this command
-describes a run: what a bundle made from it would carry (method, machine, feature spec,
-threshold), so a run can be checked before it is shipped.
+  harken-export RUN --out BUNDLE [--calib DATA] [--formats onnx,tflite] [--precision int8]
+  harken-export verify BUNDLE --data DIR [--json]
+  harken-export wrap MODEL.tflite|MODEL.onnx --preset dcase2020-ae --out BUNDLE
+  harken-export describe RUN
 """
 
 from __future__ import annotations
@@ -12,9 +13,54 @@ import json
 import sys
 from pathlib import Path
 
+from agent.bundle import BundleError, open_bundle
 from agent.clitools import command_parser, run_command
 from agent.features import FeatureSpec, FeatureSpecError
+from training.data.corpus import CorpusError
 from training.runs import RunError, find_runs, read_run
+
+COMMANDS = ("export", "verify", "wrap", "describe")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from export.bundle import ExportOptions, make_tar, write_bundle
+    from export.graphs import ExportError
+    options = ExportOptions(formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+                            precision=args.precision, calibration_windows=args.calib_windows,
+                            calibration_method=args.calib_method, int8_io=args.int8_io)
+    run = Path(args.run)
+    if not (run / "run.json").is_file():
+        raise ExportError(f"{run}: not a run folder (no run.json); give one machine's run, "
+                          f"e.g. runs/ae/fan")
+    out = Path(args.out)
+    write_bundle(run, out, Path(args.calib) if args.calib else None, options,
+                 progress=lambda msg: print(f"harken-export: {msg}", file=sys.stderr))
+    bundle = open_bundle(out)
+    for kind, art in bundle.artifacts.items():
+        print(f"{kind:<12} {art.path.name:<20} {art.path.stat().st_size:>10,} bytes")
+    print(f"bundle: {out}")
+    if args.tar:
+        print(f"tarball: {make_tar(out)}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from export.verify import format_checks, verify
+    bundle = open_bundle(Path(args.bundle))
+    checks = verify(bundle, Path(args.data), Path(args.run) if args.run else None,
+                    args.max_clips, args.threads, progress=not args.json)
+    if args.json:
+        print(json.dumps([c.to_dict() for c in checks], indent=2))
+    else:
+        print(format_checks(checks))
+    return 0
+
+
+def cmd_wrap(args: argparse.Namespace) -> int:
+    from export.wrap import wrap
+    out = wrap(Path(args.model), args.preset, Path(args.out), args.machine, args.threshold)
+    print(f"bundle: {out}")
+    return 0
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
@@ -32,6 +78,38 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p, sub = command_parser("harken-export", __doc__.splitlines()[0])
+    e = sub.add_parser("export", help="a training run -> a bundle (the default command)")
+    e.add_argument("run", help="one machine's run folder (harken-train train --out)")
+    e.add_argument("--out", required=True, help="new bundle folder")
+    e.add_argument("--calib", help="corpus whose TRAINING clips calibrate int8 "
+                   "(default: the run's own corpus)")
+    e.add_argument("--formats", default="onnx,tflite", help="onnx, tflite or both (default)")
+    e.add_argument("--precision", default="int8", choices=("int8", "fp32", "both"),
+                   help="int8 artifacts, fp32 ones or both; the ONNX fp32 model is always "
+                        "written as the size and accuracy reference (default int8)")
+    e.add_argument("--calib-windows", type=int, default=300,
+                   help="calibration windows (>= 200; default 300)")
+    e.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"),
+                   help="onnxruntime calibration method (default minmax)")
+    e.add_argument("--int8-io", action="store_true",
+                   help="TFLite int8 input/output (scales in the manifest); default float I/O")
+    e.add_argument("--tar", action="store_true", help="also write BUNDLE.tar.gz for the device")
+    e.set_defaults(func=cmd_export)
+    v = sub.add_parser("verify", help="score test clips with torch fp32 and every artifact")
+    v.add_argument("bundle")
+    v.add_argument("--data", required=True, help="corpus with labelled test clips")
+    v.add_argument("--run", help="the torch run (default: the one the manifest names)")
+    v.add_argument("--max-clips", type=int, help="score only this many test clips (spread)")
+    v.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
+    v.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    v.set_defaults(func=cmd_verify)
+    w = sub.add_parser("wrap", help="a bundle around a model trained elsewhere")
+    w.add_argument("model", help=".tflite or .onnx file")
+    w.add_argument("--preset", required=True, help="what the model expects (dcase2020-ae)")
+    w.add_argument("--out", required=True, help="new bundle folder")
+    w.add_argument("--machine", default="unknown", help="machine type the model watches")
+    w.add_argument("--threshold", type=float, help="decision threshold, if known")
+    w.set_defaults(func=cmd_wrap)
     d = sub.add_parser("describe", help="what a run holds, as a bundle would carry it")
     d.add_argument("run", help="a run folder or a folder of runs")
     d.set_defaults(func=cmd_describe)
@@ -39,7 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), argv, (RunError, FeatureSpecError, OSError, ValueError))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is not None and first not in COMMANDS and "-h" not in argv and "--help" not in argv:
+        argv.insert(argv.index(first), "export")        # harken-export RUN ... = export RUN
+    from export.graphs import ExportError
+    return run_command(build_parser(), argv, (RunError, FeatureSpecError, BundleError,
+                                              ExportError, CorpusError, OSError, ValueError))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
 
+from agent.rules import mahalanobis
 from training.augment import smote
 from training.augment.mixing import mix_logmel
 from training.config import TrainConfig
@@ -24,7 +25,7 @@ from training.data.corpus import Clip
 from training.data.pseudo_anomalies import pseudo_anomaly_pool
 from training.data.windows import ae_vectors, clip_features, validation_split
 from training.models.dense_ae import DenseAE, per_sample_mse
-from training.models.losses import kde_weights, mahalanobis, snp_loss, weighted_mean
+from training.models.losses import kde_weights, snp_loss, weighted_mean
 from training.torch_method import MIN_HELD_OUT, TorchMethod, batched, load_array
 from training.trainer import fit
 

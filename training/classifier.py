@@ -36,6 +36,7 @@ from sklearn.cluster import KMeans
 from torch import nn
 from tqdm import tqdm
 
+from agent.rules import bank_distance, section_log_odds, unit_embedding
 from training.augment import frame_shift, median_filter_time, mixup, smote, spec_augment
 from training.config import TrainConfig
 from training.data.corpus import Clip, CorpusError, machine_types, scan
@@ -376,8 +377,7 @@ class ClassifierMethod(TorchMethod):
         so raw cosine distances between clips are all tiny; standardising with the training
         clips' statistics spreads them. The cosine head's embedding was trained for cosine
         geometry and is used as it is (mean 0, std 1 stored)."""
-        z = (np.atleast_2d(emb) - self.emb_mean) / self.emb_std
-        return z / np.linalg.norm(z, axis=1, keepdims=True).clip(1e-12)
+        return unit_embedding(emb, self.emb_mean, self.emb_std)
 
     def _fit_bank(self, emb: np.ndarray, clips: Sequence[Clip]) -> None:
         """Per section: k-means centres of the source clips plus every target clip, and each
@@ -437,12 +437,10 @@ class ClassifierMethod(TorchMethod):
                 raise ValueError(f"{c.path}: section {c.section:02d} was not in the training data "
                                  f"(trained sections: {sorted(self.bank)})")
             if rule == "logit":
-                p = probs[i][:, self.class_section == c.section].max(axis=1).clip(1e-7, 1 - 1e-7)
-                out[i] = float(np.mean(np.log((1 - p) / p)))
+                out[i] = float(section_log_odds(probs[i], self.class_section == c.section).mean())
             else:
-                d = 1.0 - self.bank[c.section] @ self._unit(emb[i])[0]
-                d = d / np.where(self.bank_target[c.section], *self.bank_scale[c.section][::-1])
-                out[i] = float(d.min())
+                out[i] = bank_distance(self._unit(emb[i])[0], self.bank[c.section],
+                                       self.bank_target[c.section], self.bank_scale[c.section])
         return out
 
     def score(self, clips: Sequence[Clip], progress: bool = True, rule: str | None = None

@@ -7,7 +7,8 @@ import pytest
 import torch
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 
-from training.models.losses import (kde_weights, mahalanobis, nt_xent, scott_bandwidth, snp_loss,
+from agent.rules import mahalanobis
+from training.models.losses import (kde_weights, nt_xent, scott_bandwidth, snp_loss,
                                     weighted_mean)
 
 

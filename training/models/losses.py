@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -59,9 +58,3 @@ def snp_loss(normal_scores: torch.Tensor, pseudo_scores: torch.Tensor,
     """Simplified Neyman-Pearson loss: low scores on normals, high (up to ``clip``) on
     pseudo-anomalies. Clipping keeps the AE from winning by blowing pseudo scores up."""
     return normal_scores.mean() - torch.clamp(pseudo_scores, max=clip).mean()
-
-
-def mahalanobis(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """Row-wise Mahalanobis distance sqrt((x - m)^T P (x - m)) for a precision matrix P."""
-    d = np.asarray(x, dtype=np.float64) - mean
-    return np.sqrt(np.maximum(((d @ precision) * d).sum(axis=1), 0.0))   # one BLAS product

@@ -1,0 +1,222 @@
+"""Model bundles on the device: read, check and refuse (DESIGN.md contract 2; docs/bundle.md).
+
+A bundle is a directory (or a .tar / .tar.gz of one) with ``manifest.json``, model files and
+``.npy`` arrays. Loading checks everything before any model runs: schema version, the
+feature spec (the agent must be able to compute it), every file's size and sha256, array
+loading without pickle, and each artifact's declared input against the feature window.
+Every refusal names the file and the manifest field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.features import FeatureSpec, FeatureSpecError
+from agent.rules import RULES, Rule
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+ARTIFACT_KINDS = ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8")
+OUTPUTS = ("reconstruction", "logits", "embedding", "energy")
+
+
+class BundleError(ValueError):
+    """A bundle the agent refuses; the message names the file and the field."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Artifact:
+    kind: str                         # one of ARTIFACT_KINDS
+    path: Path
+    input_shape: tuple[int, ...]
+    input_dtype: str                  # float32 | int8
+    input_quant: tuple[float, int] | None
+    outputs: dict[str, dict]          # semantics -> {"index" | "name", "scale", "zero_point"}
+
+    @property
+    def runtime(self) -> str:
+        return self.kind.split("-")[0]
+
+
+@dataclass
+class Bundle:
+    root: Path
+    manifest: dict
+    spec: FeatureSpec
+    artifacts: dict[str, Artifact]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def machine(self) -> str:
+        return self.manifest["model"]["machine"]
+
+    @property
+    def sections(self) -> list[int]:
+        return [int(s) for s in self.manifest["model"]["sections"]]
+
+    @property
+    def rule_name(self) -> str:
+        return self.manifest["scoring"]["rule"]
+
+    @property
+    def threshold(self) -> float | None:
+        """None for a bundle nobody has set a threshold for (run ``harken calibrate``)."""
+        value = self.manifest["threshold"]["value"]
+        return None if value is None else float(value)
+
+    def rule(self, section: int) -> Rule:
+        """The score rule of ``section`` with its arrays."""
+        if section not in self.sections:
+            raise BundleError(f"{self.root / MANIFEST}: model.sections is {self.sections}; "
+                              f"section {section:02d} is not among them")
+        names = self.manifest["scoring"].get("sections", {}).get(f"{section:02d}", {})
+        return Rule(self.rule_name, {k: self.arrays[v] for k, v in names.items()})
+
+    def artifact(self, kind: str | None = None) -> Artifact:
+        """The artifact of ``kind``; without one, the first int8 one there is."""
+        if kind is None:
+            for k in ("tflite-int8", "onnx-int8", "onnx-fp32", "tflite-fp32"):
+                if k in self.artifacts:
+                    return self.artifacts[k]
+        if kind not in self.artifacts:
+            raise BundleError(f"{self.root / MANIFEST}: no artifact '{kind}' in this bundle "
+                              f"(it has {sorted(self.artifacts)})")
+        return self.artifacts[kind]
+
+
+def _field(data: dict, name: str, where: str, kind: type | tuple[type, ...]) -> Any:
+    if not isinstance(data, dict) or name not in data:
+        raise BundleError(f"{where}: field '{name}' is missing")
+    value = data[name]
+    if not isinstance(value, kind):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise BundleError(f"{where}: field '{name}' must be {expected}, got {value!r}")
+    return value
+
+
+def _checked_file(root: Path, entry: dict, where: str) -> Path:
+    rel = _field(entry, "path", where, str)
+    path = (root / rel).resolve()
+    if root.resolve() not in path.parents:
+        raise BundleError(f"{where}: path '{rel}' leaves the bundle")
+    if not path.is_file():
+        raise BundleError(f"{where}: file {path} is missing")
+    size = _field(entry, "size", where, int)
+    if path.stat().st_size != size:
+        raise BundleError(f"{path}: size is {path.stat().st_size} bytes, the manifest's "
+                          f"'{where}.size' says {size}")
+    digest = _field(entry, "sha256", where, str)
+    if sha256_file(path) != digest:
+        raise BundleError(f"{path}: sha256 does not match the manifest's '{where}.sha256' "
+                          f"(file corrupt or changed)")
+    return path
+
+
+def open_bundle(path: str | Path, extract_to: Path | None = None) -> Bundle:
+    """Read and check a bundle directory or tarball."""
+    path = Path(path)
+    if path.is_file() and tarfile.is_tarfile(path):
+        path = _extract(path, extract_to)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{path}: not a bundle ({MANIFEST} missing)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
+    where = str(manifest_path)
+    version = _field(manifest, "schema_version", where, int)
+    if version != SCHEMA_VERSION:
+        raise BundleError(f"{where}: field 'schema_version' is {version}; this agent reads "
+                          f"version {SCHEMA_VERSION} (update the agent or re-export)")
+    model = _field(manifest, "model", where, dict)
+    _field(model, "machine", f"{where}: model", str)
+    sections = _field(model, "sections", f"{where}: model", list)
+    try:
+        spec = FeatureSpec.from_dict(_field(manifest, "feature_spec", where, dict),
+                                     f"{where}: feature_spec")
+    except FeatureSpecError as exc:
+        raise BundleError(str(exc)) from None
+    scoring = _field(manifest, "scoring", where, dict)
+    rule = _field(scoring, "rule", f"{where}: scoring", str)
+    if rule not in RULES:
+        raise BundleError(f"{where}: field 'scoring.rule' is {rule!r}; this agent knows "
+                          f"{list(RULES)}")
+    threshold = _field(manifest, "threshold", where, dict)
+    if threshold.get("value", 0) is not None:
+        _field(threshold, "value", f"{where}: threshold", (int, float))
+
+    arrays = {}
+    for name, entry in _field(manifest, "arrays", where, dict).items():
+        file = _checked_file(path, entry, f"{where}: arrays.{name}")
+        try:
+            arrays[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{file}: not a plain .npy array ({exc})") from None
+    for s in sections:
+        for key, name in scoring.get("sections", {}).get(f"{int(s):02d}", {}).items():
+            if name not in arrays:
+                raise BundleError(f"{where}: scoring.sections.{int(s):02d}.{key} names array "
+                                  f"'{name}', which is not in 'arrays'")
+
+    window = spec.window_frames * spec.n_mels
+    artifacts = {}
+    for kind, entry in _field(manifest, "artifacts", where, dict).items():
+        at = f"{where}: artifacts.{kind}"
+        if kind not in ARTIFACT_KINDS:
+            raise BundleError(f"{at}: unknown artifact kind; known: {list(ARTIFACT_KINDS)}")
+        file = _checked_file(path, entry, at)
+        inp = _field(entry, "input", at, dict)
+        shape = tuple(_field(inp, "shape", f"{at}.input", list))
+        if int(np.prod(shape)) != window:
+            raise BundleError(f"{at}.input.shape is {list(shape)}, but the feature spec's window "
+                              f"is {spec.window_frames} frames x {spec.n_mels} mels = {window} "
+                              f"values")
+        dtype = _field(inp, "dtype", f"{at}.input", str)
+        if dtype not in ("float32", "int8"):
+            raise BundleError(f"{at}.input.dtype must be float32 or int8, got {dtype!r}")
+        quant = None
+        if dtype == "int8":
+            quant = (float(_field(inp, "scale", f"{at}.input", (int, float))),
+                     int(_field(inp, "zero_point", f"{at}.input", int)))
+        outputs = _field(entry, "outputs", at, dict)
+        bad = sorted(set(outputs) - set(OUTPUTS))
+        if bad:
+            raise BundleError(f"{at}.outputs: unknown output {bad[0]!r}; known: {list(OUTPUTS)}")
+        needed = Rule.output_of(rule)
+        if needed not in outputs:
+            raise BundleError(f"{at}.outputs has {sorted(outputs)}; scoring rule '{rule}' needs "
+                              f"'{needed}'")
+        artifacts[kind] = Artifact(kind, file, shape, dtype, quant, outputs)
+    if not artifacts:
+        raise BundleError(f"{where}: field 'artifacts' lists no model")
+    return Bundle(path, manifest, spec, artifacts, arrays)
+
+
+def _extract(tar_path: Path, into: Path | None) -> Path:
+    into = into or Path(tempfile.mkdtemp(prefix="harken-bundle-"))
+    try:
+        with tarfile.open(tar_path) as tar:
+            tar.extractall(into, filter="data")      # no links out, no absolute paths
+    except (tarfile.TarError, OSError) as exc:
+        raise BundleError(f"{tar_path}: cannot unpack ({exc})") from None
+    found = sorted(p.parent for p in into.rglob(MANIFEST))
+    if not found:
+        raise BundleError(f"{tar_path}: no {MANIFEST} inside")
+    return found[0]
