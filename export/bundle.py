@@ -121,6 +121,9 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
         from export.tflite_export import tflite_io
         path = tflite_fp32(graph, out / "model.fp32.tflite")
         artifacts["tflite-fp32"] = {**_entry(out, path), **tflite_io(path)}
+    reference = {"onnx-fp32": {"size": onnx_fp32.stat().st_size,
+                               "note": "size of the fp32 ONNX model, the reference for the "
+                                       "int8 files' size (the file ships only with fp32)"}}
     if "onnx-fp32" not in artifacts:
         onnx_fp32.unlink()
 
@@ -148,8 +151,9 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
         "normal_scores": normal,
         "threshold": {"value": float(normal["threshold"]),
                       "how": normal.get("threshold_rule", "") + " (torch fp32, held-out "
-                      "training clips); `harken calibrate` re-sets it on site"},
+                      "training clips); on-site calibration re-sets it"},
         "artifacts": artifacts,
+        "reference": reference,
         "arrays": array_entries,
         "provenance": {"run": str(run_dir), "corpus_fingerprint": info["corpus"]["fingerprint"],
                        "trained_with": info.get("code_version"),

@@ -4,6 +4,7 @@
   harken-export verify BUNDLE --data DIR [--json]
   harken-export wrap MODEL.tflite|MODEL.onnx --preset dcase2020-ae --out BUNDLE
   harken-export describe RUN
+  harken-export report VERIFY_JSON_DIR [--results docs/results.md]
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from agent.features import FeatureSpec, FeatureSpecError
 from training.data.corpus import CorpusError
 from training.runs import RunError, find_runs, read_run
 
-COMMANDS = ("export", "verify", "wrap", "describe")
+COMMANDS = ("export", "verify", "wrap", "describe", "report")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -60,6 +61,14 @@ def cmd_wrap(args: argparse.Namespace) -> int:
     from export.wrap import wrap
     out = wrap(Path(args.model), args.preset, Path(args.out), args.machine, args.threshold)
     print(f"bundle: {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from export.report import export_markdown, load_checks, write_section
+    write_section(Path(args.results), export_markdown(load_checks(Path(args.checks)),
+                                                      args.command_line))
+    print(f"wrote the export section of {args.results}")
     return 0
 
 
@@ -110,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--machine", default="unknown", help="machine type the model watches")
     w.add_argument("--threshold", type=float, help="decision threshold, if known")
     w.set_defaults(func=cmd_wrap)
+    r = sub.add_parser("report", help="the export section of docs/results.md from verify "
+                       "--json outputs named <method>__<machine>.json")
+    r.add_argument("checks", help="folder of verify JSON files")
+    r.add_argument("--results", default="docs/results.md", help="page to update")
+    r.add_argument("--command-line", default="scripts/make-results",
+                   help="the command named on the page as the source of the figures")
+    r.set_defaults(func=cmd_report)
     d = sub.add_parser("describe", help="what a run holds, as a bundle would carry it")
     d.add_argument("run", help="a run folder or a folder of runs")
     d.set_defaults(func=cmd_describe)

@@ -64,8 +64,7 @@ def verify(bundle: Bundle, data_root: Path, run_dir: Path | None = None,
     info_method = bundle.manifest["model"]["method"]
     reference = method_class(info_method).load(run_dir)
     torch_scores = np.asarray(reference.score(clips, progress=False, rule=bundle.rule_name))
-    onnx_fp32_size = (bundle.artifacts["onnx-fp32"].path.stat().st_size
-                      if "onnx-fp32" in bundle.artifacts else None)
+    onnx_fp32_size = bundle.manifest.get("reference", {}).get("onnx-fp32", {}).get("size")
     feats = clip_features(clips, bundle.spec, progress, desc="features")
     checks = [ArtifactCheck("torch-fp32", "torch", 1.0, 0.0, *_summary(machine, clips, torch_scores),
                             0, None, float("nan"))]

@@ -115,7 +115,7 @@ def wrap(model: Path, preset_name: str, out: Path, machine: str = "unknown",
         "normal_scores": {},
         "threshold": {"value": float(threshold) if threshold is not None else None,
                       "how": "given with --threshold" if threshold is not None else
-                      "none: run `harken calibrate` on site before relying on alarms"},
+                      "none: calibrate on site from normal operation before relying on alarms"},
         "artifacts": {kind: {"path": target.name, "size": target.stat().st_size,
                              "sha256": sha256_file(target), "input": inp, "outputs": outputs}},
         "arrays": {},

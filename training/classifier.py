@@ -386,7 +386,13 @@ class ClassifierMethod(TorchMethod):
         few target clips are sparse; raw distances would make every target clip look
         anomalous, or every source clip)."""
         if self.config.head == "softmax":
-            self.emb_mean, self.emb_std = emb.mean(axis=0), emb.std(axis=0) + 1e-6
+            # A dimension that barely varies over the training clips (ReLU6 channels that are
+            # nearly dead) would, divided by its tiny spread, let rounding noise - float
+            # summation order, int8 quantization on the device - dominate the distance; no
+            # dimension counts more than one with a tenth of the median spread.
+            std = emb.std(axis=0)
+            floor = max(0.1 * float(np.median(std)), 1e-9)
+            self.emb_mean, self.emb_std = emb.mean(axis=0), np.maximum(std, floor)
         else:
             self.emb_mean, self.emb_std = np.zeros(emb.shape[1]), np.ones(emb.shape[1])
         self.bank_missing = ""
