@@ -10,6 +10,7 @@ import numpy as np
 
 from agent.clitools import command_parser, run_command
 from agent.features import PRESETS, FeatureSpecError, LogMelExtractor, preset
+from agent.bundle import open_bundle
 from agent.wavio import WavError, read_wav
 
 
@@ -45,6 +46,95 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from agent.config import load_config
+    from agent.runner import resolve_threshold
+    config = load_config(args.config)
+    resolved = config.model_dump(exclude={"source_file"})
+    bundle = open_bundle(config.path(config.model.bundle))
+    threshold, origin = resolve_threshold(config, bundle)
+    resolved["resolved"] = {"bundle": str(bundle.root), "model": bundle.manifest["model"]["id"],
+                            "artifact": bundle.artifact(config.model.artifact).kind,
+                            "threshold": threshold, "threshold_from": origin}
+    print(json.dumps(resolved, indent=2))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.config import load_config
+    from agent.runner import run_config
+    return run_config(load_config(args.config), args.intervals)
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from agent.sources import SourceError
+    try:
+        import sounddevice as sd
+        devices = sd.query_devices()
+    except (OSError, ImportError) as exc:
+        raise SourceError(f"PortAudio unavailable ({exc}); install libportaudio2") from None
+    rows = []
+    for i, d in enumerate(devices):
+        if d["max_input_channels"] < 1:
+            continue
+        rates = []
+        for r in (8000, 16000, 22050, 32000, 44100, 48000):
+            try:
+                sd.check_input_settings(device=i, channels=1, samplerate=r, dtype="float32")
+                rates.append(r)
+            except Exception:      # noqa: BLE001 - PortAudio says no in several ways
+                pass
+        rows.append({"index": i, "name": d["name"], "channels": d["max_input_channels"],
+                     "default_rate": int(d["default_samplerate"]), "rates": rates})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['index']:>3}  {r['name']:<40} ch={r['channels']:<3} default "
+                  f"{r['default_rate']} Hz  supports {r['rates']}")
+        if not rows:
+            print("no input devices")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Offline scoring of recordings: one score per file (its windows reduced together)."""
+    from agent.scorer import BundleScorer
+    bundle = open_bundle(args.bundle)
+    section = bundle.sections[0] if args.section is None else args.section
+    scorer = BundleScorer(bundle, section, args.artifact, args.threads)
+    extract = LogMelExtractor(bundle.spec)
+    threshold = args.threshold if args.threshold is not None else bundle.threshold
+    rows = []
+    for path in args.files:
+        x, _ = read_wav(path, bundle.spec.sample_rate)
+        feats = extract(x)
+        if len(feats) < bundle.spec.window_frames:
+            raise WavError(f"{path}: {x.size / bundle.spec.sample_rate:.2f} s is shorter than "
+                           f"one model window ({bundle.spec.window_seconds:.2f} s)")
+        score = scorer.score_logmel(feats)
+        rows.append({"file": path, "score": round(score, 6), "threshold": threshold,
+                     "anomaly": None if threshold is None else bool(score > threshold)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max(len(r["file"]) for r in rows)
+        for r in rows:
+            verdict = {True: "ANOMALY", False: "normal", None: "(no threshold)"}[r["anomaly"]]
+            print(f"{r['file']:<{width}}  {r['score']:>12.6f}  {verdict}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from agent.calibrate import calibrate
+    from agent.config import load_config
+    result = calibrate(load_config(args.config), files=args.files, minutes=args.minutes,
+                       false_alarms_per_week=args.false_alarms_per_week,
+                       plot=None if args.no_plot else args.plot, progress=not args.quiet)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p, sub = command_parser("harken", "Harken device agent.")
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
@@ -54,10 +144,42 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--save", help="write the (last file's) features to this .npy")
     f.add_argument("--spec", action="store_true", help="also print the feature spec")
     f.set_defaults(func=cmd_features)
+    r = sub.add_parser("run", help="listen, score and report (the daemon)")
+    r.add_argument("--config", required=True, help="TOML file (firmware_configs/ has examples)")
+    r.add_argument("--intervals", type=int, help="stop after this many report intervals")
+    r.set_defaults(func=cmd_run)
+    c = sub.add_parser("check-config", help="validate a config and print it resolved")
+    c.add_argument("config")
+    c.set_defaults(func=cmd_check_config)
+    d = sub.add_parser("devices", help="audio input devices and the rates they accept")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_devices)
+    s = sub.add_parser("score", help="score recordings offline with a bundle")
+    s.add_argument("bundle", help="bundle folder or .tar.gz")
+    s.add_argument("files", nargs="+", help="WAV files")
+    s.add_argument("--section", type=int, help="machine section (default: the bundle's first)")
+    s.add_argument("--artifact", help="onnx-int8, tflite-int8, ... (default: an int8 one)")
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--threshold", type=float, help="instead of the bundle's")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_score)
+    k = sub.add_parser("calibrate", help="set the threshold on site from normal operation")
+    k.add_argument("--config", required=True)
+    k.add_argument("--minutes", type=float, default=30.0,
+                   help="minutes of live audio to score (default 30)")
+    k.add_argument("--files", nargs="+", help="score these recordings instead of the microphone")
+    k.add_argument("--false-alarms-per-week", type=float, default=1.0,
+                   help="tolerated false alarms per week (default 1)")
+    k.add_argument("--plot", default="calibration.png", help="histogram PNG (default "
+                   "calibration.png beside the override file)")
+    k.add_argument("--no-plot", action="store_true")
+    k.add_argument("--quiet", action="store_true")
+    k.set_defaults(func=cmd_calibrate)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    # ConfigError, BundleError, SourceError are ValueError / OSError subclasses
     return run_command(build_parser(), argv, (WavError, FeatureSpecError, OSError, ValueError))
 
 

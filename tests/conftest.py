@@ -35,11 +35,29 @@ def easy_test_set(small_fan, tmp_path_factory):
     clips, labels = [], []
     for c in normals:
         x, rate = read_wav(c.path)
-        t = np.arange(len(x)) / rate
-        whine = np.sqrt(2) * np.sqrt(np.mean(x ** 2)) * np.sin(2 * np.pi * 1200 * t)
         path = root / c.name.replace("_normal_", "_anomaly_")
-        write_wav(path, (x + 0.5 * whine).astype(np.float32), rate)
+        write_wav(path, whine(x, rate), rate)
         clips += [c, Clip(path, c.machine, c.section, c.domain, "test", "anomaly", c.index,
                           c.attributes)]
         labels += [0, 1]
     return clips, np.array(labels)
+
+
+@pytest.fixture(scope="session")
+def ae_bundle(small_fan, tmp_path_factory):
+    """A small AE (3 epochs on the small fan corpus) exported to an int8 bundle (ONNX and
+    TFLite): the agent tests' model. About 20 s, once per session."""
+    from export.bundle import ExportOptions, write_bundle
+    from training.data.corpus import scan
+    from training.methods import make_method
+    root = tmp_path_factory.mktemp("agent_model")
+    make_method("ae", ["epochs=3"]).train(scan(small_fan, ["fan"], "train"), root / "run",
+                                          progress=False)
+    return write_bundle(root / "run", root / "bundle", small_fan, ExportOptions())
+
+
+def whine(x: np.ndarray, rate: int, level: float = 0.5) -> np.ndarray:
+    """``x`` plus a steady 1.2 kHz tone ``level`` x its RMS (an easy, audible fault)."""
+    t = np.arange(len(x)) / rate
+    return (x + level * np.sqrt(2 * np.mean(x ** 2)) * np.sin(2 * np.pi * 1200 * t)).astype(
+        np.float32)

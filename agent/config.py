@@ -1,0 +1,146 @@
+"""The agent's TOML configuration, validated on load (pydantic): an error names the file,
+the key, the bad value and what is allowed; unknown keys are errors. Relative paths are
+relative to the config file. A calibration override (``harken calibrate``) replaces the
+bundle's threshold without touching the bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+try:
+    import tomllib
+except ModuleNotFoundError:           # Python 3.10
+    import tomli as tomllib           # type: ignore[no-redef]
+
+
+class ConfigError(ValueError):
+    """A configuration the agent refuses; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentSection(_Section):
+    node: str = Field("harken-node", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    machine: str = Field("machine", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    section: int = Field(0, ge=0, le=99)
+    state_dir: str = "state"          # calibration override, counters
+
+
+class ModelSection(_Section):
+    bundle: str
+    artifact: Literal["tflite-int8", "onnx-int8", "onnx-fp32", "tflite-fp32"] | None = None
+    threads: int = Field(1, ge=1, le=64)
+
+
+class AudioSection(_Section):
+    source: Literal["mic", "file", "stdin"] = "mic"
+    device: str | int | None = None   # PortAudio input: index or (part of) its name
+    file: str | None = None
+    realtime: bool = True             # file source paced like a microphone
+    loop: bool = False                # file source restarts at the end (demos)
+    pcm_format: Literal["s16le", "s32le", "f32le"] = "s16le"
+    channels: int = Field(1, ge=1, le=32)
+    block_s: float = Field(0.1, gt=0, le=2)
+    ring_s: float = Field(30.0, ge=1, le=600)
+    reopen_s: float = Field(5.0, gt=0, le=3600)     # retry a lost microphone this often
+
+    @model_validator(mode="after")
+    def _file_needs_path(self):
+        if self.source == "file" and not self.file:
+            raise ValueError("audio.source = 'file' needs audio.file")
+        return self
+
+
+class DecisionSection(_Section):
+    interval_s: float = Field(10.0, ge=0.5, le=600)
+    k_on: int = Field(2, ge=1, le=100)
+    n: int = Field(3, ge=1, le=100)
+    n_off: int = Field(3, ge=1, le=100)
+    threshold: float | None = None    # overrides bundle and calibration when set
+
+    @model_validator(mode="after")
+    def _k_within_n(self):
+        if self.k_on > self.n:
+            raise ValueError(f"decision.k_on ({self.k_on}) cannot exceed decision.n ({self.n})")
+        return self
+
+
+class OutputSection(_Section):
+    stdout: bool = True
+    file: str | None = None           # also append JSON lines here
+
+
+class Config(_Section):
+    agent: AgentSection = AgentSection()
+    model: ModelSection
+    audio: AudioSection = AudioSection()
+    decision: DecisionSection = DecisionSection()
+    output: OutputSection = OutputSection()
+    source_file: str = ""
+
+    def path(self, value: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() or not self.source_file else \
+            Path(self.source_file).parent / p
+
+    @property
+    def override_file(self) -> Path:
+        return self.path(self.agent.state_dir) / f"threshold-{self.agent.machine}.json"
+
+
+def _explain(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}'")
+        elif err["type"] == "missing":
+            lines.append(f"{source}: key '{key}' is required")
+        else:
+            got = err.get("input")
+            lines.append(f"{source}: key '{key}' = {got!r}: {err['msg']}"
+                         if key else f"{source}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict, source: str = "<config>") -> Config:
+    try:
+        return Config(**data, source_file=source)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, source)) from None
+    except TypeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    if "source_file" in data:
+        raise ConfigError(f"{path}: unknown key 'source_file'")
+    return parse_config(data, str(path))
+
+
+def read_override(config: Config) -> dict | None:
+    """The calibration override for this machine, if one was written."""
+    f = config.override_file
+    if not f.is_file():
+        return None
+    try:
+        data = json.loads(f.read_text())
+        float(data["threshold"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{f}: calibration override unreadable ({exc}); delete it or "
+                          f"run 'harken calibrate' again") from None
+    return data

@@ -1,0 +1,143 @@
+"""``harken run``: config -> bundle, backend, source, pipeline, sink; the loop that must
+keep going for months. A lost microphone is reported and reopened, never fatal."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from agent.bundle import Bundle, BundleError, open_bundle
+from agent.config import Config, ConfigError, read_override
+from agent.decision import Decision, DecisionConfig
+from agent.pipeline import Pipeline
+from agent.scorer import BundleScorer
+from agent.sinks import JsonLinesSink
+from agent.sources import Microphone, SourceError, pcm_chunks, wav_chunks
+
+
+def resolve_threshold(config: Config, bundle: Bundle) -> tuple[float, str]:
+    """Config value, else the calibration override, else the bundle's."""
+    if config.decision.threshold is not None:
+        return config.decision.threshold, "config decision.threshold"
+    override = read_override(config)
+    if override is not None:
+        return float(override["threshold"]), f"calibration {config.override_file}"
+    if bundle.threshold is None:
+        raise ConfigError(f"{bundle.root}: the bundle has no threshold (an imported model); "
+                          f"run 'harken calibrate' or set decision.threshold")
+    return bundle.threshold, "bundle"
+
+
+def build(config: Config) -> tuple[Bundle, Pipeline]:
+    bundle = open_bundle(config.path(config.model.bundle))
+    if config.agent.section not in bundle.sections:
+        raise ConfigError(f"{config.source_file}: key 'agent.section' = {config.agent.section}: "
+                          f"the bundle has sections {bundle.sections}")
+    scorer = BundleScorer(bundle, config.agent.section, config.model.artifact,
+                          config.model.threads)
+    threshold, _ = resolve_threshold(config, bundle)
+    d = config.decision
+    decision = Decision(threshold, DecisionConfig(d.k_on, d.n, d.n_off))
+    return bundle, Pipeline(scorer, decision, d.interval_s)
+
+
+class Runner:
+    def __init__(self, config: Config, sink: JsonLinesSink | None = None,
+                 max_intervals: int | None = None) -> None:
+        self.config = config
+        self.bundle, self.pipeline = build(config)
+        out = config.output
+        self.sink = sink or JsonLinesSink(out.stdout, config.path(out.file) if out.file else None,
+                                          node=config.agent.node, machine=config.agent.machine)
+        self.max_intervals = max_intervals
+        self.intervals = 0
+        self._stop = False
+
+    def stop(self, *_args) -> None:
+        self._stop = True
+
+    def _feed(self, chunks: Iterator[np.ndarray]) -> None:
+        for chunk in chunks:
+            self._emit(self.pipeline.push(chunk))
+            if self._done():
+                return
+
+    def _emit(self, results) -> None:
+        for r in results:
+            self.sink.interval(r)
+            self.intervals += 1
+
+    def _done(self) -> bool:
+        return self._stop or (self.max_intervals is not None
+                              and self.intervals >= self.max_intervals)
+
+    def run(self) -> int:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                signal.signal(sig, self.stop)
+            except ValueError:            # not the main thread (tests)
+                pass
+        a, rate = self.config.audio, self.bundle.spec.sample_rate
+        self.sink.status({"status": "started", "model": self.bundle.manifest["model"]["id"],
+                          "backend": self.pipeline.scorer.backend.name,
+                          "threshold": self.pipeline.decision.threshold,
+                          "source": a.source})
+        try:
+            if a.source == "file":
+                while True:
+                    self._feed(wav_chunks(self.config.path(a.file), rate, a.block_s, a.realtime))
+                    if not self._done():
+                        self._emit(self.pipeline.finish())
+                    if not a.loop or self._done():
+                        break
+            elif a.source == "stdin":
+                self._feed(pcm_chunks(None, rate, a.block_s, a.pcm_format, a.channels))
+                if not self._done():
+                    self._emit(self.pipeline.finish())
+            else:
+                self._microphone()
+        finally:
+            self.sink.status({"status": "stopped", "intervals": self.intervals})
+            self.sink.close()
+        return 0
+
+    def _microphone(self, sleep: Callable[[float], None] = time.sleep) -> None:
+        a = self.config.audio
+        mic = Microphone(a.device, self.bundle.spec.sample_rate, a.block_s, a.ring_s)
+        lost_reported = False
+        silent_for = max(2.0, 5 * a.block_s)     # no callback this long: the device is gone
+        last_data = time.monotonic()
+        while not self._done():
+            if mic.stream is not None and time.monotonic() - last_data > silent_for:
+                mic.close()
+            if not mic.active:
+                mic.close()
+                try:
+                    mic.open()
+                    last_data = time.monotonic()
+                    if lost_reported:
+                        self.sink.status({"status": "audio_restored", "device": str(a.device)})
+                    lost_reported = False
+                except SourceError as exc:
+                    mic.close()
+                    if not lost_reported:
+                        self.sink.status({"status": "audio_lost", "error": str(exc)})
+                        lost_reported = True
+                    sleep(a.reopen_s)
+                    continue
+            x = mic.read(timeout=0.5)
+            if x.size:
+                last_data = time.monotonic()
+                self._emit(self.pipeline.push(x))
+        mic.close()
+
+
+def run_config(config: Config, max_intervals: int | None = None) -> int:
+    try:
+        return Runner(config, max_intervals=max_intervals).run()
+    except (BundleError, SourceError) as exc:
+        raise ConfigError(str(exc)) from None
+

@@ -1,0 +1,65 @@
+"""Agent configuration: every refusal names the file, the key and what is allowed; every
+shipped firmware config loads."""
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import ConfigError, load_config
+
+FIRMWARE = Path(__file__).resolve().parents[2] / "firmware_configs"
+GOOD = """
+[agent]
+node = "n1"
+machine = "fan"
+[model]
+bundle = "b"
+[audio]
+source = "file"
+file = "x.wav"
+"""
+
+
+def write(tmp_path, text):
+    p = tmp_path / "agent.toml"
+    p.write_text(text)
+    return p
+
+
+def test_every_firmware_config_loads():
+    files = sorted(FIRMWARE.glob("*.toml"))
+    assert {f.stem for f in files} >= {"raspberry-pi-4", "raspberry-pi-5", "jetson-orin-nano",
+                                       "generic-x86", "demo"}
+    for f in files:
+        c = load_config(f)
+        assert c.model.bundle and c.decision.k_on <= c.decision.n, f
+
+
+def test_relative_paths_are_relative_to_the_config(tmp_path):
+    c = load_config(write(tmp_path, GOOD))
+    assert c.path(c.model.bundle) == tmp_path / "b"
+    assert c.override_file == tmp_path / "state" / "threshold-fan.json"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[agent\nnode=1", "not valid TOML"),
+    (GOOD + "\n[extra]\nx = 1\n", "unknown key 'extra'"),
+    (GOOD.replace('node = "n1"', 'node = "n1"\nnodes = 2'), "unknown key 'agent.nodes'"),
+    (GOOD.replace('source = "file"', 'source = "radio"'),
+     r"key 'audio.source' = 'radio': Input should be 'mic', 'file' or 'stdin'"),
+    (GOOD.replace('bundle = "b"', 'threads = 0'), "key 'model.bundle' is required"),
+    (GOOD + "\n[model.extra]\n", "unknown key"),
+    (GOOD.replace('file = "x.wav"', ''), "audio.source = 'file' needs audio.file"),
+    (GOOD + "\n[decision]\nk_on = 5\nn = 3\n", r"decision.k_on \(5\) cannot exceed"),
+    (GOOD.replace('machine = "fan"', 'machine = "fan/1"'), "key 'agent.machine' = 'fan/1'"),
+])
+def test_bad_configs_are_refused_by_file_and_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.toml: cannot read"):
+        load_config(tmp_path / "nope.toml")
