@@ -67,6 +67,8 @@ class Runner:
 
     def _emit(self, results) -> None:
         for r in results:
+            if self._done():
+                return
             self.sink.interval(r)
             self.intervals += 1
 
