@@ -138,6 +138,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recording(args: argparse.Namespace) -> int:
+    from training.data.recording import normal_then_faulty
+    info = normal_then_faulty(Path(args.data), args.machine, args.section, Path(args.out),
+                              args.normal, args.faulty, args.domain)
+    print(json.dumps({k: v for k, v in info.items() if not k.endswith("_clips")}))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The quick start: a small corpus, the naive baseline, its DCASE evaluation."""
     out = Path(args.out)
@@ -211,6 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--command-line", default="scripts/make-results",
                    help="the command to name as the page's source")
     r.set_defaults(func=cmd_report)
+
+    r = sub.add_parser("recording", help="a WAV of one machine going from normal to faulty, "
+                       "stitched from labelled test clips")
+    r.add_argument("--data", required=True, help="corpus folder")
+    r.add_argument("--machine", required=True)
+    r.add_argument("--section", type=int, default=0)
+    r.add_argument("--domain", choices=("source", "target"), default="source")
+    r.add_argument("--normal", type=int, default=6, help="normal clips first (default 6)")
+    r.add_argument("--faulty", type=int, default=6, help="then anomalous clips (default 6)")
+    r.add_argument("--out", required=True, help="WAV file to write")
+    r.set_defaults(func=cmd_recording)
 
     d = sub.add_parser("demo", help="synthesize a small corpus, train and evaluate the baseline")
     d.add_argument("--out", default="demo", help="folder for corpus, runs and results")

@@ -100,3 +100,16 @@ def test_bad_settings_and_rules_are_one_line_errors(tiny_corpus, tmp_path):
             "--device", "cuda:0", "--set", "epochs=1")
     if r.returncode == 2:                          # no GPU here: said so, no traceback
         assert "no CUDA GPU" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_recording_goes_from_normal_to_faulty(small_fan, tmp_path, capsys):
+    from agent.wavio import read_wav
+    out = tmp_path / "rec.wav"
+    assert main(["recording", "--data", str(small_fan), "--machine", "fan", "--normal", "2",
+                 "--faulty", "3", "--out", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    x, rate = read_wav(out)
+    assert info["fault_starts_at_s"] == 20.0 and len(x) == 50 * rate
+    assert main(["recording", "--data", str(small_fan), "--machine", "fan", "--normal", "99",
+                 "--out", str(out)]) == 2
+    assert "99 and 6 wanted" in capsys.readouterr().err
