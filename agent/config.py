@@ -74,6 +74,7 @@ class DecisionSection(_Section):
 class OutputSection(_Section):
     stdout: bool = True
     file: str | None = None           # also append JSON lines here
+    stats_s: float = Field(60.0, ge=1, le=3600)   # health record every this many seconds
 
 
 class Config(_Section):

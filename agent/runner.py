@@ -16,6 +16,7 @@ from agent.pipeline import Pipeline
 from agent.scorer import BundleScorer
 from agent.sinks import JsonLinesSink
 from agent.sources import Microphone, SourceError, pcm_chunks, wav_chunks
+from agent.stats import ProcessStats
 
 
 def resolve_threshold(config: Config, bundle: Bundle) -> tuple[float, str]:
@@ -55,6 +56,11 @@ class Runner:
         self.max_intervals = max_intervals
         self.intervals = 0
         self._stop = False
+        self.process = ProcessStats()
+        self.stats_s = config.output.stats_s
+        self._next_stats = time.monotonic() + self.stats_s
+        self.mic: Microphone | None = None
+        self._inference_ms: list[float] = []
 
     def stop(self, *_args) -> None:
         self._stop = True
@@ -71,6 +77,22 @@ class Runner:
                 return
             self.sink.interval(r)
             self.intervals += 1
+            if r.windows:
+                self._inference_ms.append(r.inference_ms)
+        if time.monotonic() >= self._next_stats:
+            self._stats()
+
+    def _stats(self) -> None:
+        """The periodic health record: process, inference time, audio losses."""
+        self._next_stats = time.monotonic() + self.stats_s
+        record = {"status": "stats", **self.process.sample(), "intervals": self.intervals,
+                  "inference_ms_median": (float(np.median(self._inference_ms))
+                                          if self._inference_ms else None)}
+        if self.mic is not None:
+            record["overflow_samples"] = self.mic.ring.overflowed
+            record["xruns"] = self.mic.status_flags
+        self._inference_ms = []
+        self.sink.status(record)
 
     def _done(self) -> bool:
         return self._stop or (self.max_intervals is not None
@@ -108,7 +130,7 @@ class Runner:
 
     def _microphone(self, sleep: Callable[[float], None] = time.sleep) -> None:
         a = self.config.audio
-        mic = Microphone(a.device, self.bundle.spec.sample_rate, a.block_s, a.ring_s)
+        mic = self.mic = Microphone(a.device, self.bundle.spec.sample_rate, a.block_s, a.ring_s)
         lost_reported = False
         silent_for = max(2.0, 5 * a.block_s)     # no callback this long: the device is gone
         last_data = time.monotonic()
@@ -133,7 +155,7 @@ class Runner:
             x = mic.read(timeout=0.5)
             if x.size:
                 last_data = time.monotonic()
-                self._emit(self.pipeline.push(x))
+            self._emit(self.pipeline.push(x) if x.size else [])
         mic.close()
 
 

@@ -71,6 +71,8 @@ reopen_s = 0.5
 [decision]
 interval_s = 1.0
 threshold = 1e9
+[output]
+stats_s = 1
 """)
     return path
 
@@ -103,6 +105,9 @@ def test_live_microphone_scored_end_to_end(sound_server, ae_bundle, tmp_path):
     assert len(scores) == 3
     assert all(s["status"] == "ok" and s["score"] > 0 and s["windows"] > 0 for s in scores)
     assert scores[0]["backend"].startswith("onnxruntime")
+    stats = [r for r in records if r.get("status") == "stats"]
+    assert stats and stats[-1]["rss_mb"] > 10 and stats[-1]["overflow_samples"] == 0
+    assert stats[-1]["inference_ms_median"] > 0 and stats[-1]["cpu_percent"] >= 0
 
 
 def test_sound_server_lost_and_back(sound_server, ae_bundle, tmp_path):
