@@ -124,3 +124,15 @@ def test_sound_server_lost_and_back(sound_server, ae_bundle, tmp_path):
         proc.terminate()
         proc.wait(timeout=20)
     assert proc.returncode == 0                           # SIGTERM: a clean stop
+
+
+def test_calibrate_from_the_live_microphone(sound_server, ae_bundle, tmp_path):
+    config = agent_config(tmp_path, ae_bundle)
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "calibrate", "--config", str(config),
+                          "--minutes", "0.2", "--quiet"], env=sound_server.env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["intervals"] >= 10 and result["source"] == "microphone 'pulse'"
+    assert result["threshold"] > result["score_max"] >= result["score_mean"] > 0
+    assert (tmp_path / "state" / "threshold-fan.json").is_file()
