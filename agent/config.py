@@ -111,7 +111,39 @@ def _explain(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+SECTIONS = {"agent": AgentSection, "model": ModelSection, "audio": AudioSection,
+            "decision": DecisionSection, "output": OutputSection}
+
+
+def _values_from_files(data: dict, source: str) -> dict:
+    """``KEY_file = "path"`` sets the text value KEY from that file's contents (first line),
+    so that secrets and provisioned ids need not sit in the config."""
+    base = Path(source).parent if source != "<config>" else Path(".")
+    out = {}
+    for name, section in data.items():
+        model = SECTIONS.get(name)
+        if model is None or not isinstance(section, dict):
+            out[name] = section
+            continue
+        section = dict(section)
+        for key in [k for k in section if k.endswith("_file") and k[:-5] in model.model_fields]:
+            field = key[:-5]
+            if field in section:
+                raise ConfigError(f"{source}: give '{name}.{field}' or '{name}.{key}', not both")
+            path = Path(str(section.pop(key))).expanduser()
+            path = path if path.is_absolute() else base / path
+            try:
+                section[field] = path.read_text().splitlines()[0].strip()
+            except (OSError, IndexError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{source}: key '{name}.{key}': cannot read a value from "
+                                  f"{path} ({getattr(exc, 'strerror', None) or 'empty file'})"
+                                  ) from None
+        out[name] = section
+    return out
+
+
 def parse_config(data: dict, source: str = "<config>") -> Config:
+    data = _values_from_files(data, source)
     try:
         return Config(**data, source_file=source)
     except ValidationError as exc:

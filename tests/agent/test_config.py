@@ -63,3 +63,13 @@ def test_bad_configs_are_refused_by_file_and_key(tmp_path, text, message):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.toml: cannot read"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_values_can_come_from_files(tmp_path):
+    (tmp_path / "node-id").write_text("press-07\n")
+    c = load_config(write(tmp_path, GOOD.replace('node = "n1"', 'node_file = "node-id"')))
+    assert c.agent.node == "press-07"
+    with pytest.raises(ConfigError, match="key 'agent.node_file': cannot read a value from"):
+        load_config(write(tmp_path, GOOD.replace('node = "n1"', 'node_file = "missing"')))
+    with pytest.raises(ConfigError, match="give 'agent.node' or 'agent.node_file', not both"):
+        load_config(write(tmp_path, GOOD.replace('node = "n1"', 'node = "a"\nnode_file = "x"')))
