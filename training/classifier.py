@@ -421,9 +421,9 @@ class ClassifierMethod(TorchMethod):
     def _unseen_distance(self, src: np.ndarray, folds: int = 5) -> float:
         """Typical distance of an unseen source clip to its nearest centre, cross-fitted:
         centres fitted on the other folds, distances measured on the held-out one. Centres
-        fitted on a clip sit closer to it than to a new clip (by a fifth to a half on the
-        standard corpus), which would scale the source domain too small and make every
-        unseen source normal look anomalous."""
+        fitted on a clip sit closer to it than to a new clip, which would scale the source
+        domain too small and make every unseen source normal look anomalous
+        (tests/training/test_training_parts.py shows the bias)."""
         if len(src) < 2 * folds:
             return _typical_distance(src, src, leave_one_out=True)
         order = np.random.default_rng(self.config.seed).permutation(len(src))

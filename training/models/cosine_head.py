@@ -1,7 +1,7 @@
 """Cosine classification head with the fixed AdaCos scale (Zhang et al., CVPR 2019).
 
-The DCASE systems that score by embedding distance (Wilkinghoff's sub-cluster AdaCos, the
-2022-2024 winners) train the embedding with an angular softmax rather than a plain linear
+The DCASE systems that score by embedding distance (Wilkinghoff's sub-cluster AdaCos and
+its successors) train the embedding with an angular softmax rather than a plain linear
 softmax: the logits are scaled cosines between a bias-free projection of the pooled
 features and one learned direction per class. Each class is then pulled into a tight cone,
 which is exactly the geometry the cosine-distance score rule assumes. The fixed AdaCos
@@ -19,7 +19,8 @@ from torch import nn
 
 
 def adacos_scale(n_classes: int) -> float:
-    """The fixed AdaCos scale for ``n_classes`` classes (the paper's eq. 12)."""
+    """The fixed AdaCos scale for ``n_classes`` classes (the paper's eq. 12); at least
+    sqrt(2) ln 2, so that two classes still get a usable scale (ln 1 would be 0)."""
     if n_classes < 2:
         raise ValueError(f"a cosine head needs at least 2 classes, got {n_classes}")
     return math.sqrt(2.0) * math.log(max(n_classes - 1, 2))
