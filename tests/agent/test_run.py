@@ -31,12 +31,14 @@ def recordings(small_fan, tmp_path_factory):
     return root, len(normal) / RATE, train
 
 
-def config(tmp_path, bundle, **audio):
+def config(tmp_path, bundle, output_file=None, **audio):
     lines = ["[agent]", 'node = "test"', 'machine = "fan"', "section = 0",
              f'state_dir = "{tmp_path / "state"}"', "[model]", f'bundle = "{bundle}"',
              'artifact = "tflite-int8"', "[audio]"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in audio.items()]
     lines += ["[decision]", "interval_s = 10", "k_on = 2", "n = 3", "n_off = 3"]
+    if output_file:
+        lines += ["[output]", f'file = "{output_file}"']
     path = tmp_path / "agent.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -85,10 +87,12 @@ def test_silent_and_clipped_audio_is_reported_not_scored(ae_bundle, recordings, 
     ten = 10 * RATE
     bad = np.r_[x[:ten], np.zeros(ten), np.clip(x[:ten] * 1000, -1, 1)].astype(np.float32)
     write_wav(tmp_path / "bad.wav", bad, RATE)
-    cfg = config(tmp_path, ae_bundle, source="file", file=str(tmp_path / "bad.wav"),
-                 realtime=False)
+    cfg = config(tmp_path, ae_bundle, output_file=tmp_path / "log" / "scores.jsonl",
+                 source="file", file=str(tmp_path / "bad.wav"), realtime=False)
     assert harken(["run", "--config", str(cfg)]) == 0
-    scores = [r for r in lines_of(capsys.readouterr().out) if r["kind"] == "score"]
+    out = capsys.readouterr().out
+    assert (tmp_path / "log" / "scores.jsonl").read_text() == out     # the file gets it all
+    scores = [r for r in lines_of(out) if r["kind"] == "score"]
     assert [s["status"] for s in scores] == ["ok", "silent", "clipped"]
     assert scores[0]["score"] is not None and scores[1]["score"] is None
     assert scores[2]["score"] is None and not any(s["anomaly"] for s in scores)
