@@ -50,7 +50,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from agent.config import load_config
     from agent.runner import resolve_threshold
     config = load_config(args.config)
-    resolved = config.model_dump(exclude={"source_file"})
+    resolved = config.model_dump(exclude={"source_file": True, "mqtt": {"password"}})
+    if config.mqtt.password is not None:
+        resolved["mqtt"]["password"] = "(set, not shown)"
     bundle = open_bundle(config.path(config.model.bundle))
     threshold, origin = resolve_threshold(config, bundle)
     resolved["resolved"] = {"bundle": str(bundle.root), "model": bundle.manifest["model"]["id"],

@@ -77,12 +77,44 @@ class OutputSection(_Section):
     stats_s: float = Field(60.0, ge=1, le=3600)   # health record every this many seconds
 
 
+class MqttSection(_Section):
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = Field(1883, ge=1, le=65535)
+    prefix: str = Field("harken", min_length=1, pattern=r"^[A-Za-z0-9_./-]+$")
+    client_id: str = ""               # default harken-<node>: stable across restarts
+    keepalive: int = Field(30, ge=5, le=3600)
+    username: str | None = None
+    password: str | None = Field(None, repr=False)   # or password_file = "..." (see above)
+    password_env: str | None = None   # or the name of an environment variable
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False        # certificate verification off: logged as a warning
+    outbox: str = "outbox.db"         # in agent.state_dir
+    outbox_max: int = Field(100_000, ge=10)
+
+    def resolved_password(self) -> str | None:
+        import os
+        if self.password is not None:
+            return self.password
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(f"mqtt.password_env: environment variable "
+                                  f"{self.password_env} is not set")
+            return value
+        return None
+
+
 class Config(_Section):
     agent: AgentSection = AgentSection()
     model: ModelSection
     audio: AudioSection = AudioSection()
     decision: DecisionSection = DecisionSection()
     output: OutputSection = OutputSection()
+    mqtt: MqttSection = MqttSection()
     source_file: str = ""
 
     def path(self, value: str) -> Path:
@@ -112,7 +144,7 @@ def _explain(exc: ValidationError, source: str) -> str:
 
 
 SECTIONS = {"agent": AgentSection, "model": ModelSection, "audio": AudioSection,
-            "decision": DecisionSection, "output": OutputSection}
+            "decision": DecisionSection, "output": OutputSection, "mqtt": MqttSection}
 
 
 def _values_from_files(data: dict, source: str) -> dict:

@@ -32,7 +32,7 @@ def resolve_threshold(config: Config, bundle: Bundle) -> tuple[float, str]:
     return bundle.threshold, "bundle"
 
 
-def build(config: Config) -> tuple[Bundle, Pipeline]:
+def build(config: Config, seq_start: int = 1) -> tuple[Bundle, Pipeline]:
     bundle = open_bundle(config.path(config.model.bundle))
     if config.agent.section not in bundle.sections:
         raise ConfigError(f"{config.source_file}: key 'agent.section' = {config.agent.section}: "
@@ -42,17 +42,29 @@ def build(config: Config) -> tuple[Bundle, Pipeline]:
     threshold, _ = resolve_threshold(config, bundle)
     d = config.decision
     decision = Decision(threshold, DecisionConfig(d.k_on, d.n, d.n_off))
-    return bundle, Pipeline(scorer, decision, d.interval_s)
+    return bundle, Pipeline(scorer, decision, d.interval_s, seq_start=seq_start)
 
 
 class Runner:
     def __init__(self, config: Config, sink: JsonLinesSink | None = None,
                  max_intervals: int | None = None) -> None:
         self.config = config
-        self.bundle, self.pipeline = build(config)
+        self.mqtt = None
+        if config.mqtt.enabled:
+            from agent.mqtt import MqttSink
+            state = config.path(config.agent.state_dir)
+            self.mqtt = MqttSink(config.mqtt, config.agent.node, config.agent.machine,
+                                 state / config.mqtt.outbox)
+        try:
+            self.bundle, self.pipeline = build(config, self.mqtt.seq_start if self.mqtt else 1)
+        except BaseException:
+            if self.mqtt is not None:
+                self.mqtt.close(flush_s=0)
+            raise
         out = config.output
         self.sink = sink or JsonLinesSink(out.stdout, config.path(out.file) if out.file else None,
                                           node=config.agent.node, machine=config.agent.machine)
+        self.sinks = [self.sink] + ([self.mqtt] if self.mqtt is not None else [])
         self.max_intervals = max_intervals
         self.intervals = 0
         self._stop = False
@@ -75,7 +87,8 @@ class Runner:
         for r in results:
             if self._done():
                 return
-            self.sink.interval(r)
+            for sink in self.sinks:
+                sink.interval(r)
             self.intervals += 1
             if r.windows:
                 self._inference_ms.append(r.inference_ms)
@@ -91,8 +104,11 @@ class Runner:
         if self.mic is not None:
             record["overflow_samples"] = self.mic.ring.overflowed
             record["xruns"] = self.mic.status_flags
+        if self.mqtt is not None:
+            record.update(self.mqtt.health())
         self._inference_ms = []
-        self.sink.status(record)
+        for sink in self.sinks:
+            sink.status(dict(record))
 
     def _done(self) -> bool:
         return self._stop or (self.max_intervals is not None
@@ -125,7 +141,8 @@ class Runner:
                 self._microphone()
         finally:
             self.sink.status({"status": "stopped", "intervals": self.intervals})
-            self.sink.close()
+            for sink in self.sinks:
+                sink.close()
         return 0
 
     def _microphone(self, sleep: Callable[[float], None] = time.sleep) -> None:

@@ -1,0 +1,161 @@
+"""MQTT publishing (DESIGN.md contract 3, docs/mqtt.md) through the durable outbox.
+
+Scores, events and anomaly-state changes go to the outbox first and are published from
+it in order; a row leaves the outbox only when the broker's PUBACK arrives. On every
+(re)connect the undelivered rows are published again from the oldest, so a broker that
+was down, or an agent that was killed, loses nothing; a subscriber may see a message
+twice, always with the same ``seq``. Status (retained, Last Will ``offline``) and the
+stats record are live information and skip the outbox. A broker that is down never
+blocks scoring: ``interval`` only writes to SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+
+from agent.outbox import Outbox
+from agent.pipeline import IntervalResult
+
+WINDOW = 32            # messages in flight (unacknowledged) at a time
+
+
+class MqttSink:
+    def __init__(self, settings, node: str, machine: str, outbox_path: Path,
+                 log=lambda msg: print(f"harken: mqtt: {msg}", file=sys.stderr)) -> None:
+        import paho.mqtt.client as mqtt
+        self.s, self.node, self.machine, self.log = settings, node, machine, log
+        self.outbox = Outbox(outbox_path, settings.outbox_max)
+        base = f"{settings.prefix}/{node}"
+        self.status_topic = f"{base}/status"
+        self.topics = {k: f"{base}/{machine}/{k}" for k in ("score", "anomaly", "event")}
+        self.stats_topic = f"{base}/stats"
+        client_id = settings.client_id or f"harken-{node}"
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=mqtt.MQTTv311, clean_session=True)
+        if settings.username:
+            self.client.username_pw_set(settings.username, settings.resolved_password())
+        if settings.tls:
+            self.client.tls_set(ca_certs=settings.ca_file, certfile=settings.cert_file,
+                                keyfile=settings.key_file)
+            if settings.tls_insecure:
+                self.log("WARNING: TLS certificate verification is OFF (mqtt.tls_insecure)")
+                self.client.tls_insecure_set(True)
+        self.client.will_set(self.status_topic, "offline", qos=1, retain=True)
+        self.client.reconnect_delay_set(1, 60)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self._lock = threading.Lock()
+        self._inflight: dict[int, int] = {}        # mid -> outbox row id
+        self._last_sent = 0                         # highest outbox id handed to paho
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._last_error = ""
+        self._anomaly: bool | None = None
+        self.client.connect_async(settings.host, settings.port, keepalive=settings.keepalive)
+        self.client.loop_start()
+        self._sender = threading.Thread(target=self._send_loop, name="mqtt-outbox", daemon=True)
+        self._sender.start()
+
+    # -- paho callbacks (paho's thread) ---------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            msg = f"broker {self.s.host}:{self.s.port} refused the connection: {reason_code}"
+            if "authori" in str(reason_code).lower() or "password" in str(reason_code).lower():
+                msg += " (check mqtt.username and the password)"
+            if msg != self._last_error:
+                self.log(msg)
+                self._last_error = msg
+            return
+        self._last_error = ""
+        self.log(f"connected to {self.s.host}:{self.s.port}")
+        client.publish(self.status_topic, "online", qos=1, retain=True)
+        with self._lock:
+            self._inflight.clear()
+            self._last_sent = 0                  # resend everything not acknowledged
+        self._connected.set()
+        self._wake.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connected.clear()
+        if not self._stop.is_set():
+            msg = f"disconnected from {self.s.host}:{self.s.port} ({reason_code}); retrying"
+            if msg != self._last_error:
+                self.log(msg)
+                self._last_error = msg
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._lock:
+            row = self._inflight.pop(mid, None)
+        if row is not None:
+            self.outbox.ack(row)
+            self._wake.set()
+
+    # -- sending ----------------------------------------------------------------------------
+    def _send_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            if not self._connected.is_set():
+                continue
+            with self._lock:
+                room, after = WINDOW - len(self._inflight), self._last_sent
+            if room <= 0:
+                continue
+            for m in self.outbox.pending(after, room):
+                info = self.client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+                if info.rc != 0:                 # not connected any more: next connect resends
+                    break
+                with self._lock:
+                    self._inflight[info.mid] = m.id
+                    self._last_sent = m.id
+
+    # -- the sink interface -------------------------------------------------------------------
+    def interval(self, result: IntervalResult) -> None:
+        p = result.payload()
+        self.outbox.put(self.topics["score"], json.dumps(p, allow_nan=False).encode(), qos=1,
+                        kind="score", seq=result.seq)
+        if result.event is not None:
+            self.outbox.put(self.topics["event"], json.dumps(
+                {"seq": result.seq, **result.event.to_dict()}).encode(), qos=1, kind="event")
+        if result.anomaly != self._anomaly and (self._anomaly is not None or result.anomaly):
+            self.outbox.put(self.topics["anomaly"], b"ON" if result.anomaly else b"OFF", qos=1,
+                            retain=True, kind="state")
+        self._anomaly = result.anomaly
+        self._wake.set()
+
+    def status(self, record: dict) -> None:
+        """Only the stats record is published (live, QoS 0, not through the outbox)."""
+        if record.get("status") == "stats":
+            stats = {k: v for k, v in record.items() if k not in ("status", "kind")}
+            self.client.publish(self.stats_topic, json.dumps(stats), qos=0)
+
+    def health(self) -> dict:
+        """Outbox and connection figures for the stats record."""
+        return {"outbox_depth": self.outbox.depth, "outbox_evicted": self.outbox.evicted,
+                "mqtt_connected": self._connected.is_set()}
+
+    @property
+    def seq_start(self) -> int:
+        return self.outbox.last_seq + 1
+
+    def close(self, flush_s: float = 5.0) -> None:
+        """Clean shutdown: deliver what the broker will take within ``flush_s``, publish
+        ``stopped`` (retained), disconnect without the Last Will."""
+        if self._connected.is_set():
+            waited = 0.0
+            while self.outbox.depth and waited < flush_s and self._connected.is_set():
+                self._wake.set()
+                threading.Event().wait(0.05)
+                waited += 0.05
+            self.client.publish(self.status_topic, "stopped", qos=1, retain=True).wait_for_publish(2)
+        self._stop.set()
+        self._wake.set()
+        self.client.disconnect()
+        self.client.loop_stop()
+        self._sender.join(timeout=2)
+        self.outbox.close()
