@@ -75,26 +75,22 @@ class Pipeline:
         chunk = np.asarray(chunk, dtype=np.float32)
         self._audio.append(chunk)
         self._n_audio += chunk.size
-        frames = self.stream.push(chunk)
-        if len(frames):
-            self._frames.append(frames)
-            self._n_frames += len(frames)
-        out = []
-        while self._n_frames >= self.interval_frames:
-            out.append(self._interval())
-        return out
+        return self._add_frames(self.stream.push(chunk))
 
     def finish(self) -> list[IntervalResult]:
         """End of a recording: the last frames (centre padding) and a final interval if
         they complete one; then the stream starts afresh (the next file, say)."""
-        frames = self.stream.finish()
+        out = self._add_frames(self.stream.finish())
+        self._frames, self._n_frames, self._audio, self._n_audio = [], 0, [], 0
+        return out
+
+    def _add_frames(self, frames: np.ndarray) -> list[IntervalResult]:
         if len(frames):
             self._frames.append(frames)
             self._n_frames += len(frames)
         out = []
         while self._n_frames >= self.interval_frames:
             out.append(self._interval())
-        self._frames, self._n_frames, self._audio, self._n_audio = [], 0, [], 0
         return out
 
     def _take(self, parts: list[np.ndarray], n: int) -> np.ndarray:
