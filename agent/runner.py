@@ -17,6 +17,7 @@ from agent.scorer import BundleScorer
 from agent.sinks import JsonLinesSink
 from agent.sources import Microphone, SourceError, pcm_chunks, wav_chunks
 from agent.stats import ProcessStats
+from agent.systemd import Notifier
 
 
 def resolve_threshold(config: Config, bundle: Bundle) -> tuple[float, str]:
@@ -73,13 +74,26 @@ class Runner:
         self._next_stats = time.monotonic() + self.stats_s
         self.mic: Microphone | None = None
         self._inference_ms: list[float] = []
+        self.notify = Notifier()
+        self._samples = 0
+        self._ready = False
 
     def stop(self, *_args) -> None:
         self._stop = True
 
+    def _push(self, chunk: np.ndarray) -> None:
+        """Audio arrived: systemd hears READY once and the watchdog while audio advances."""
+        if not self._ready:
+            self._ready = True
+            self.notify.ready(f"listening: {self.bundle.manifest['model']['id']} on "
+                              f"{self.config.audio.source}")
+        self._samples += chunk.size
+        self.notify.progress(self._samples)
+        self._emit(self.pipeline.push(chunk))
+
     def _feed(self, chunks: Iterator[np.ndarray]) -> None:
         for chunk in chunks:
-            self._emit(self.pipeline.push(chunk))
+            self._push(chunk)
             if self._done():
                 return
 
@@ -107,6 +121,8 @@ class Runner:
         if self.mqtt is not None:
             record.update(self.mqtt.health())
         self._inference_ms = []
+        self.notify.status(f"{self.intervals} intervals, cpu {record['cpu_percent']} %, "
+                           f"rss {record['rss_mb']} MB")
         for sink in self.sinks:
             sink.status(dict(record))
 
@@ -140,6 +156,7 @@ class Runner:
             else:
                 self._microphone()
         finally:
+            self.notify.stopping()
             self.sink.status({"status": "stopped", "intervals": self.intervals})
             for sink in self.sinks:
                 sink.close()
@@ -161,18 +178,22 @@ class Runner:
                     last_data = time.monotonic()
                     if lost_reported:
                         self.sink.status({"status": "audio_restored", "device": str(a.device)})
+                        self.notify.status("audio restored")
                     lost_reported = False
                 except SourceError as exc:
                     mic.close()
                     if not lost_reported:
                         self.sink.status({"status": "audio_lost", "error": str(exc)})
+                        self.notify.status(f"audio lost: {exc}")
                         lost_reported = True
                     sleep(a.reopen_s)
                     continue
             x = mic.read(timeout=0.5)
             if x.size:
                 last_data = time.monotonic()
-            self._emit(self.pipeline.push(x) if x.size else [])
+                self._push(x)
+            else:
+                self._emit([])
         mic.close()
 
 
