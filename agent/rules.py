@@ -84,20 +84,30 @@ class Rule:
     def output(self) -> str:
         return self.output_of(self.name)
 
-    def evidence(self, inputs: np.ndarray, output: np.ndarray) -> np.ndarray:
+    def evidence(self, inputs: np.ndarray | None, output: np.ndarray) -> np.ndarray:
         """(windows, k) rows for a batch of windows: ``inputs`` as fed to the model
-        (flattened per window), ``output`` the model's output named by ``self.output``."""
-        a = self.arrays
-        if self.name == "mse":
-            r = inputs.reshape(len(inputs), -1).astype(np.float64) - output.reshape(len(inputs), -1)
-            return (r ** 2).mean(axis=1, keepdims=True)
-        if self.name == "mahalanobis":
-            r = inputs.reshape(len(inputs), -1).astype(np.float64) - output.reshape(len(inputs), -1)
-            return np.stack([mahalanobis(r, m, p) for m, p in zip(a["means"], a["precisions"])],
-                            axis=1)
+        (flattened per window; only the reconstruction rules read them), ``output`` the
+        model's output named by ``self.output``."""
+        if self.name in ("mse", "mahalanobis"):
+            if inputs is None:
+                raise ValueError(f"score rule {self.name!r} needs the model inputs")
+            n = len(inputs)
+            return self.residual_evidence(inputs.reshape(n, -1).astype(np.float64)
+                                          - output.reshape(n, -1))
         if self.name == "logit":
-            return section_log_odds(softmax(output), a["section_classes"].astype(bool))[:, None]
+            return section_log_odds(softmax(output),
+                                    self.arrays["section_classes"].astype(bool))[:, None]
         return np.asarray(output, dtype=np.float64).reshape(len(output), -1)
+
+    def residual_evidence(self, residual: np.ndarray) -> np.ndarray:
+        """Evidence rows of the reconstruction rules from (windows, dims) residuals x - x'."""
+        if self.name == "mse":
+            return (np.asarray(residual, dtype=np.float64) ** 2).mean(axis=1, keepdims=True)
+        if self.name == "mahalanobis":
+            a = self.arrays
+            return np.stack([mahalanobis(residual, m, p)
+                             for m, p in zip(a["means"], a["precisions"])], axis=1)
+        raise ValueError(f"score rule {self.name!r} does not read residuals")
 
     def reduce(self, evidence: np.ndarray) -> float:
         """One score from the evidence rows of an interval."""

@@ -16,7 +16,6 @@ from agent.bundle import MANIFEST, SCHEMA_VERSION, open_bundle, sha256_file
 from agent.rules import Rule
 from agent.scorer import model_input
 from export.graphs import ExportError, InferenceGraph, calibration_windows, load_graph
-from training.autoencoder import DOMAINS
 from training.runs import code_version
 
 FORMATS = ("onnx", "tflite")
@@ -51,30 +50,22 @@ def _entry(root: Path, path: Path) -> dict:
 
 def scoring_arrays(graph: InferenceGraph, rule: str) -> tuple[dict[str, np.ndarray],
                                                              dict[str, dict[str, str]]]:
-    """The score rule's arrays (name -> array) and, per section, which array is which."""
+    """The score rule's arrays (name -> array) and, per section, which array is which:
+    each method says what its rule needs (``rule_arrays``); an array that several
+    sections share (the embedding standardisation) is stored once."""
     m = graph.method
     arrays: dict[str, np.ndarray] = {}
     sections: dict[str, dict[str, str]] = {}
     for s in [int(x) for x in m.info["sections"]]:
         key = f"{s:02d}"
-        if rule == "mse":
-            sections[key] = {}
-        elif rule == "mahalanobis":
-            fitted = [m.maha[(s, d)] for d in DOMAINS if (s, d) in m.maha]
-            arrays[f"maha_means_{key}"] = np.stack([f[0] for f in fitted])
-            arrays[f"maha_precisions_{key}"] = np.stack([f[1] for f in fitted])
-            sections[key] = {"means": f"maha_means_{key}", "precisions": f"maha_precisions_{key}"}
-        elif rule == "logit":
-            arrays[f"section_classes_{key}"] = m.class_section == s
-            sections[key] = {"section_classes": f"section_classes_{key}"}
-        else:
-            arrays[f"bank_{key}"] = m.bank[s]
-            arrays[f"bank_target_{key}"] = m.bank_target[s]
-            arrays[f"bank_scale_{key}"] = m.bank_scale[s]
-            arrays["embedding_mean"], arrays["embedding_std"] = m.emb_mean, m.emb_std
-            sections[key] = {"bank": f"bank_{key}", "bank_target": f"bank_target_{key}",
-                             "bank_scale": f"bank_scale_{key}",
-                             "embedding_mean": "embedding_mean", "embedding_std": "embedding_std"}
+        sections[key] = {}
+        for role, a in m.rule_arrays(s, rule).items():
+            a = np.asarray(a)
+            same = next((n for n, b in arrays.items() if n.startswith(f"{role}_")
+                         and b.dtype == a.dtype and np.array_equal(b, a)), None)
+            name = same or f"{role}_{key}"
+            arrays[name] = a
+            sections[key][role] = name
     return arrays, sections
 
 

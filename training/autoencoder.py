@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
 
-from agent.rules import mahalanobis
+from agent.rules import Rule
 from training.augment import smote
 from training.augment.mixing import mix_logmel
 from training.config import TrainConfig
@@ -183,16 +183,28 @@ class AutoencoderMethod(TorchMethod):
                     lw = LedoitWolf().fit(np.concatenate(r).astype(np.float64))
                     self.maha[(section, domain)] = (lw.location_, lw.precision_)
 
+    def rule_arrays(self, section: int, rule: str) -> dict[str, np.ndarray]:
+        """What agent/rules.py needs to score ``section`` with ``rule`` (export ships it)."""
+        if rule == "mse":
+            return {}
+        fitted = [self.maha[(section, d)] for d in DOMAINS if (section, d) in self.maha]
+        if not fitted:
+            raise ValueError(f"section {section:02d} was not in the training data")
+        return {"means": np.stack([m for m, _ in fitted]),
+                "precisions": np.stack([p for _, p in fitted])}
+
     def _scores_from_residuals(self, residuals: list[np.ndarray], clips: Sequence[Clip],
                                rule: str) -> np.ndarray:
-        if rule == "mse":
-            return np.array([float((r.astype(np.float64) ** 2).mean()) for r in residuals])
+        """Clip scores through the device's own rule (agent/rules.py)."""
+        rules: dict[int, Rule] = {}
         out = np.empty(len(clips))
         for i, (r, c) in enumerate(zip(residuals, clips)):
-            fitted = [self.maha[(c.section, d)] for d in DOMAINS if (c.section, d) in self.maha]
-            if not fitted:
-                raise ValueError(f"{c.path}: section {c.section:02d} was not in the training data")
-            out[i] = min(float(mahalanobis(r, mean, prec).mean()) for mean, prec in fitted)
+            if c.section not in rules:
+                try:
+                    rules[c.section] = Rule(rule, self.rule_arrays(c.section, rule))
+                except ValueError as exc:
+                    raise ValueError(f"{c.path}: {exc}") from None
+            out[i] = rules[c.section].reduce(rules[c.section].residual_evidence(r))
         return out
 
     def score(self, clips: Sequence[Clip], progress: bool = True, rule: str | None = None

@@ -36,7 +36,7 @@ from sklearn.cluster import KMeans
 from torch import nn
 from tqdm import tqdm
 
-from agent.rules import bank_distance, section_log_odds, unit_embedding
+from agent.rules import Rule, unit_embedding
 from training.augment import frame_shift, median_filter_time, mixup, smote, spec_augment
 from training.config import TrainConfig
 from training.data.corpus import Clip, CorpusError, machine_types, scan
@@ -271,12 +271,13 @@ class ClassifierMethod(TorchMethod):
                      val_idx: list[int]) -> np.ndarray:
         """Embedding bank from the fit clips; the validation clips are scored as unseen
         normals (returned), then join the bank."""
-        probs_fit, emb_fit = self._infer([feats[i] for i in fit_idx])
+        _, emb_fit = self._infer([feats[i] for i in fit_idx])
         fit_clips = [clips[i] for i in fit_idx]
         self._fit_bank(emb_fit, fit_clips)
         held_out = val_idx if len(val_idx) >= MIN_HELD_OUT else list(range(len(clips)))
-        probs_h, emb_h = self._infer([feats[i] for i in held_out])
-        normal = self._rule_scores(probs_h, emb_h, [clips[i] for i in held_out], self.default_rule)
+        logits_h, emb_h = self._infer([feats[i] for i in held_out])
+        normal = self._rule_scores(logits_h, emb_h, [clips[i] for i in held_out],
+                                   self.default_rule)
         if val_idx:
             emb_v = emb_h if held_out is val_idx else self._infer([feats[i] for i in val_idx])[1]
             self._fit_bank(np.concatenate([emb_fit, emb_v]), fit_clips + [clips[i] for i in val_idx])
@@ -358,18 +359,18 @@ class ClassifierMethod(TorchMethod):
     # -- scoring -----------------------------------------------------------------------------
     def _infer(self, feats: Sequence[np.ndarray], batch: int = 256
                ) -> tuple[list[np.ndarray], np.ndarray]:
-        """Per clip: window class probabilities; and each clip's mean embedding."""
+        """Per clip: window class logits; and each clip's mean embedding."""
         x, owner = stack_windows(feats, self.spec)
         xt = torch.from_numpy(x).transpose(1, 2).unsqueeze(1)
-        probs, embs = [], []
+        logits, embs = [], []
         with torch.no_grad():
             for idx in batched(len(xt), batch):
-                logits, emb = self.model(xt[idx].contiguous())
-                probs.append(F.softmax(logits, dim=1).numpy())
+                out, emb = self.model(xt[idx].contiguous())
+                logits.append(out.numpy())
                 embs.append(emb.numpy())
-        p, e = np.concatenate(probs), np.concatenate(embs).astype(np.float64)
+        lg, e = np.concatenate(logits), np.concatenate(embs).astype(np.float64)
         clip_emb = np.stack([e[owner == i].mean(axis=0) for i in range(len(feats))])
-        return [p[owner == i] for i in range(len(feats))], clip_emb
+        return [lg[owner == i] for i in range(len(feats))], clip_emb
 
     def _unit(self, emb: np.ndarray) -> np.ndarray:
         """Embeddings standardised per dimension, then scaled to unit length. The softmax
@@ -433,20 +434,35 @@ class ClassifierMethod(TorchMethod):
             d.append((1.0 - src[part] @ self._centres(src[rest]).T).min(axis=1))
         return float(max(np.median(np.concatenate(d)), 1e-9))
 
-    def _rule_scores(self, probs: list[np.ndarray], emb: np.ndarray, clips: Sequence[Clip],
-                     rule: str) -> np.ndarray:
+    def rule_arrays(self, section: int, rule: str) -> dict[str, np.ndarray]:
+        """What agent/rules.py needs to score ``section`` with ``rule`` (export ships it)."""
         if self.bank_missing:
             raise RunError(self.bank_missing)
+        if section not in self.bank:
+            raise ValueError(f"section {section:02d} was not in the training data "
+                             f"(trained sections: {sorted(self.bank)})")
+        if rule == "logit":
+            return {"section_classes": self.class_section == section}
+        return {"bank": self.bank[section], "bank_target": self.bank_target[section],
+                "bank_scale": self.bank_scale[section], "embedding_mean": self.emb_mean,
+                "embedding_std": self.emb_std}
+
+    def _rule_scores(self, logits: list[np.ndarray], emb: np.ndarray, clips: Sequence[Clip],
+                     rule: str) -> np.ndarray:
+        """Clip scores through the device's own rule (agent/rules.py): the logit rule from
+        the windows' logits, the embedding rule from the clip's mean embedding."""
+        if self.bank_missing:
+            raise RunError(self.bank_missing)
+        rules: dict[int, Rule] = {}
         out = np.empty(len(clips))
         for i, c in enumerate(clips):
-            if c.section not in self.bank:
-                raise ValueError(f"{c.path}: section {c.section:02d} was not in the training data "
-                                 f"(trained sections: {sorted(self.bank)})")
-            if rule == "logit":
-                out[i] = float(section_log_odds(probs[i], self.class_section == c.section).mean())
-            else:
-                out[i] = bank_distance(self._unit(emb[i])[0], self.bank[c.section],
-                                       self.bank_target[c.section], self.bank_scale[c.section])
+            if c.section not in rules:
+                try:
+                    rules[c.section] = Rule(rule, self.rule_arrays(c.section, rule))
+                except ValueError as exc:
+                    raise ValueError(f"{c.path}: {exc}") from None
+            r = rules[c.section]
+            out[i] = r.reduce(r.evidence(None, logits[i] if rule == "logit" else emb[i][None]))
         return out
 
     def score(self, clips: Sequence[Clip], progress: bool = True, rule: str | None = None
@@ -457,8 +473,8 @@ class ClassifierMethod(TorchMethod):
         for start in tqdm(starts, desc=f"scoring ({rule})", unit="32 clips", disable=not progress,
                           leave=False):
             part = clips[start:start + 32]
-            probs, emb = self._infer(clip_features(part, self.spec, False))
-            out[start:start + len(part)] = self._rule_scores(probs, emb, part, rule)
+            logits, emb = self._infer(clip_features(part, self.spec, False))
+            out[start:start + len(part)] = self._rule_scores(logits, emb, part, rule)
         return out
 
     def load_extra(self, run_dir: Path, info: dict) -> None:
