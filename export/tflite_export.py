@@ -22,6 +22,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from export.graphs import InferenceGraph
+from export.tflite_io import input_entry, open_interpreter, output_entry
 from training.classifier import ClassifierNet
 from training.models.cosine_head import CosineHead
 from training.models.mobilenetv2 import InvertedResidual
@@ -178,20 +179,9 @@ def _quantized(converter, representative, int8_io: bool) -> bytes:
 
 
 def tflite_io(path: Path) -> dict:
-    """The manifest's input/outputs entry of a converted model, read back from the model:
-    shape, dtype, int8 scale and zero point, and each named output's tensor index."""
-    from agent.backends import interpreter_class
-    interpreter, _ = interpreter_class()
-    it = interpreter(model_path=str(path))
-    inp = it.get_input_details()[0]
-    entry = {"name": inp["name"], "shape": [int(d) for d in inp["shape"]],
-             "dtype": np.dtype(inp["dtype"]).name}
-    if entry["dtype"] == "int8":
-        entry["scale"], entry["zero_point"] = float(inp["quantization"][0]), int(inp["quantization"][1])
-    outputs = {}
-    for name, d in it.get_signature_runner().get_output_details().items():
-        outputs[name] = {"index": int(d["index"]), "dtype": np.dtype(d["dtype"]).name}
-        if outputs[name]["dtype"] == "int8":
-            outputs[name]["scale"] = float(d["quantization"][0])
-            outputs[name]["zero_point"] = int(d["quantization"][1])
-    return {"input": entry, "outputs": outputs}
+    """The manifest's input/outputs entry of a converted model, read back from the model;
+    outputs by their signature names."""
+    it = open_interpreter(path)
+    outputs = {name: output_entry(d)
+               for name, d in it.get_signature_runner().get_output_details().items()}
+    return {"input": input_entry(it), "outputs": outputs}

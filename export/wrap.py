@@ -19,6 +19,7 @@ import numpy as np
 from agent.bundle import MANIFEST, SCHEMA_VERSION, open_bundle, sha256_file
 from agent.features import preset
 from export.graphs import ExportError
+from export.tflite_io import input_entry, open_interpreter, output_entry
 from training.runs import code_version
 
 PRESETS = {
@@ -28,27 +29,14 @@ PRESETS = {
 
 
 def _io_tflite(path: Path, output: str) -> tuple[str, dict, dict]:
-    from agent.backends import interpreter_class
-    interpreter, _ = interpreter_class()
-    try:
-        it = interpreter(model_path=str(path))
-    except (ValueError, RuntimeError) as exc:
-        raise ExportError(f"{path}: not a TFLite model the interpreter can load ({exc})") from None
+    it = open_interpreter(path)
     inputs, outputs = it.get_input_details(), it.get_output_details()
     if len(inputs) != 1 or len(outputs) != 1:
         raise ExportError(f"{path}: preset expects one input and one output, the model has "
                           f"{len(inputs)} and {len(outputs)}")
-    inp, out = inputs[0], outputs[0]
-    dtype = np.dtype(inp["dtype"]).name
-    entry = {"name": inp["name"], "shape": [int(d) for d in inp["shape"]], "dtype": dtype}
-    if dtype == "int8":
-        entry["scale"], entry["zero_point"] = float(inp["quantization"][0]), int(inp["quantization"][1])
     kind = "tflite-int8" if any(np.dtype(d["dtype"]) == np.int8
                                 for d in it.get_tensor_details()) else "tflite-fp32"
-    o = {"index": int(out["index"]), "dtype": np.dtype(out["dtype"]).name}
-    if o["dtype"] == "int8":
-        o["scale"], o["zero_point"] = float(out["quantization"][0]), int(out["quantization"][1])
-    return kind, entry, {output: o}
+    return kind, input_entry(it), {output: output_entry(outputs[0])}
 
 
 def _io_onnx(path: Path, output: str) -> tuple[str, dict, dict]:
