@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 
 from agent.outbox import Outbox
@@ -147,11 +148,10 @@ class MqttSink:
         """Clean shutdown: deliver what the broker will take within ``flush_s``, publish
         ``stopped`` (retained), disconnect without the Last Will."""
         if self._connected.is_set():
-            waited = 0.0
-            while self.outbox.depth and waited < flush_s and self._connected.is_set():
+            deadline = time.monotonic() + flush_s
+            while self.outbox.depth and time.monotonic() < deadline and self._connected.is_set():
                 self._wake.set()
-                threading.Event().wait(0.05)
-                waited += 0.05
+                time.sleep(0.05)
             self.client.publish(self.status_topic, "stopped", qos=1, retain=True).wait_for_publish(2)
         self._stop.set()
         self._wake.set()

@@ -16,7 +16,7 @@ import numpy as np
 
 from agent.decision import Decision, Event
 from agent.features import StreamingLogMel, n_windows, windows
-from agent.health import check_audio
+from agent.health import AudioCheck, check_audio
 from agent.scorer import BundleScorer
 
 
@@ -114,7 +114,8 @@ class Pipeline:
             ms = 1e3 * (time.perf_counter() - t) / max(len(w), 1)
             n_win = len(w)
             if not np.isfinite(score):
-                score, health = None, check_audio(np.array([np.nan]))
+                score = None
+                health = AudioCheck("invalid", health.rms_dbfs, health.clipped_fraction)
         ts = self.clock()
         event = self.decision.update(score, ts)
         result = IntervalResult(ts, self.seq, score, self.decision.threshold,

@@ -92,10 +92,12 @@ class Runner:
         self._emit(self.pipeline.push(chunk))
 
     def _feed(self, chunks: Iterator[np.ndarray]) -> None:
+        """A finite source (file, stdin): every chunk, then the recording's last interval."""
         for chunk in chunks:
             self._push(chunk)
             if self._done():
                 return
+        self._emit(self.pipeline.finish())
 
     def _emit(self, results) -> None:
         for r in results:
@@ -145,14 +147,10 @@ class Runner:
             if a.source == "file":
                 while True:
                     self._feed(wav_chunks(self.config.path(a.file), rate, a.block_s, a.realtime))
-                    if not self._done():
-                        self._emit(self.pipeline.finish())
                     if not a.loop or self._done():
                         break
             elif a.source == "stdin":
                 self._feed(pcm_chunks(None, rate, a.block_s, a.pcm_format, a.channels))
-                if not self._done():
-                    self._emit(self.pipeline.finish())
             else:
                 self._microphone()
         finally:
