@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from tests.conftest import write_agent_config
+
 PULSE = shutil.which("pulseaudio")
 
 
@@ -55,26 +57,12 @@ def sound_server(tmp_path):
 
 
 def agent_config(tmp_path, bundle):
-    path = tmp_path / "live.toml"
-    path.write_text(f"""
-[agent]
-node = "live"
-machine = "fan"
-state_dir = "{tmp_path / 'state'}"
-[model]
-bundle = "{bundle}"
-artifact = "onnx-int8"
-[audio]
-source = "mic"
-device = "pulse"
-reopen_s = 0.5
-[decision]
-interval_s = 1.0
-threshold = 1e9
-[output]
-stats_s = 1
-""")
-    return path
+    return write_agent_config(
+        tmp_path / "live.toml",
+        agent={"node": "live", "machine": "fan", "state_dir": tmp_path / "state"},
+        model={"bundle": bundle, "artifact": "onnx-int8"},
+        audio={"source": "mic", "device": "pulse", "reopen_s": 0.5},
+        decision={"interval_s": 1.0, "threshold": 1e9}, output={"stats_s": 1})
 
 
 def start_agent(config, env, intervals):

@@ -15,6 +15,7 @@ import pytest
 
 from agent.outbox import Outbox
 from agent.wavio import read_wav, write_wav
+from tests.conftest import write_agent_config
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -95,35 +96,15 @@ class Listener:
 
 def config(tmp_path, bundle, port, wav, password="s3cret", realtime=False, loop=False):
     (tmp_path / "secret").write_text(password + "\n")
-    path = tmp_path / "agent.toml"
-    path.write_text(f"""
-[agent]
-node = "n1"
-machine = "fan"
-state_dir = "{tmp_path / 'state'}"
-[model]
-bundle = "{bundle}"
-artifact = "onnx-int8"
-[audio]
-source = "file"
-file = "{wav}"
-realtime = {str(realtime).lower()}
-loop = {str(loop).lower()}
-[decision]
-interval_s = 2
-threshold = 0
-k_on = 1
-n = 1
-[output]
-stdout = false
-[mqtt]
-enabled = true
-host = "127.0.0.1"
-port = {port}
-username = "harken"
-password_file = "secret"
-""")
-    return path
+    return write_agent_config(
+        tmp_path / "agent.toml",
+        agent={"node": "n1", "machine": "fan", "state_dir": tmp_path / "state"},
+        model={"bundle": bundle, "artifact": "onnx-int8"},
+        audio={"source": "file", "file": wav, "realtime": realtime, "loop": loop},
+        decision={"interval_s": 2, "threshold": 0, "k_on": 1, "n": 1},
+        output={"stdout": False},
+        mqtt={"enabled": True, "host": "127.0.0.1", "port": port, "username": "harken",
+              "password_file": "secret"})
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 from agent.cli import main as harken
 from agent.wavio import read_wav, write_wav
-from tests.conftest import whine
+from tests.conftest import whine, write_agent_config
 from training.data.corpus import scan
 
 RATE = 16000
@@ -32,16 +32,12 @@ def recordings(small_fan, tmp_path_factory):
 
 
 def config(tmp_path, bundle, output_file=None, **audio):
-    lines = ["[agent]", 'node = "test"', 'machine = "fan"', "section = 0",
-             f'state_dir = "{tmp_path / "state"}"', "[model]", f'bundle = "{bundle}"',
-             'artifact = "tflite-int8"', "[audio]"]
-    lines += [f"{k} = {json.dumps(v)}" for k, v in audio.items()]
-    lines += ["[decision]", "interval_s = 10", "k_on = 2", "n = 3", "n_off = 3"]
-    if output_file:
-        lines += ["[output]", f'file = "{output_file}"']
-    path = tmp_path / "agent.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_agent_config(
+        tmp_path / "agent.toml",
+        agent={"node": "test", "machine": "fan", "section": 0, "state_dir": tmp_path / "state"},
+        model={"bundle": bundle, "artifact": "tflite-int8"}, audio=audio,
+        decision={"interval_s": 10, "k_on": 2, "n": 3, "n_off": 3},
+        **({"output": {"file": output_file}} if output_file else {}))
 
 
 def lines_of(out: str) -> list[dict]:

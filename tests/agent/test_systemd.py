@@ -14,6 +14,7 @@ import pytest
 
 from agent.systemd import Notifier
 from agent.wavio import read_wav, write_wav
+from tests.conftest import write_agent_config
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "harken.service"
 
@@ -43,10 +44,10 @@ def test_harken_run_notifies_ready_watchdog_and_stopping(ae_bundle, small_fan, t
     from training.data.corpus import scan
     x, rate = read_wav(scan(small_fan, ["fan"], "test")[0].path, 16000)
     write_wav(tmp_path / "a.wav", x[:3 * rate], rate)
-    cfg = tmp_path / "agent.toml"
-    cfg.write_text(f'[model]\nbundle = "{ae_bundle}"\n[audio]\nsource = "file"\n'
-                   f'file = "{tmp_path / "a.wav"}"\nrealtime = true\n[decision]\n'
-                   f'interval_s = 1\nthreshold = 1e9\n')
+    cfg = write_agent_config(tmp_path / "agent.toml", model={"bundle": ae_bundle},
+                             audio={"source": "file", "file": tmp_path / "a.wav",
+                                    "realtime": True},
+                             decision={"interval_s": 1, "threshold": 1e9})
     path = str(tmp_path / "n.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
         server.bind(path)
