@@ -74,6 +74,9 @@ def test_unit_file_verifies():
     problems = [line for line in (out.stdout + out.stderr).splitlines()
                 if "harken.service" in line and "/opt/harken" not in line]
     assert problems == [], problems
+
+
+def test_unit_file_has_notify_watchdog_and_capture_friendly_hardening():
     text = UNIT.read_text()
     for needed in ("Type=notify", "WatchdogSec=", "DynamicUser=yes", "SupplementaryGroups=audio",
                    "StateDirectory=harken", "ProtectSystem=strict", "NoNewPrivileges=yes",
