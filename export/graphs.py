@@ -20,6 +20,8 @@ from agent.features import FeatureSpec, windows
 from agent.scorer import model_input
 from training.autoencoder import AutoencoderMethod
 from training.classifier import ClassifierMethod
+from training.data.corpus import CorpusError, scan
+from training.data.windows import clip_features
 from training.methods import METHODS
 from training.runs import read_run
 
@@ -76,8 +78,6 @@ def calibration_windows(root: Path, machine: str, spec: FeatureSpec, n: int, see
                         ) -> np.ndarray:
     """``n`` feature windows (frames, mels) drawn from the TRAINING clips of ``machine``
     under the corpus ``root`` (never test clips): what int8 calibration sees."""
-    from training.data.corpus import CorpusError, scan
-    from training.data.windows import clip_features
     try:
         clips = scan(Path(root), [machine], split="train")
     except CorpusError as exc:
