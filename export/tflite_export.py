@@ -5,8 +5,9 @@ constants, and ``tf.lite.TFLiteConverter`` quantizes it to full integer with a
 representative dataset of training windows. Why not a generic ONNX -> TF converter: the
 device graphs use eight op kinds (Linear, Conv2d, depthwise Conv2d, ReLU, ReLU6, add,
 GAMP pooling, L2 normalisation), so the mapping is short and checked against torch by
-tests/export/test_tflite_graph.py, while the generic converters pin TensorFlow and numpy versions that fight torch and
-onnxruntime in one environment (docs/export.md has the comparison). TensorFlow is imported
+tests/export/test_tflite_graph.py, while the generic converters pin TensorFlow and numpy
+versions that fight torch and onnxruntime in one environment (docs/export.md has the
+comparison). TensorFlow is imported
 only here, and only the ``export`` extra installs it.
 """
 
