@@ -3,7 +3,7 @@ settings (the dense AE over one standard-corpus machine type's vectors, the clas
 over their windows_per_epoch), on CPU and, where torch sees one, on a CUDA GPU in the
 same run. Random inputs of the real shapes: the step cost does not depend on the data.
 
-    .venv/bin/python bench/bench_training.py [--steps 6]
+    .venv/bin/python bench/bench_training.py [--steps 6] [--name training-gpu]
 """
 
 from __future__ import annotations
@@ -80,6 +80,9 @@ def step_seconds(device: torch.device, kind: str, steps: int) -> tuple[float, in
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--name", default="training",
+                   help="record under bench/results/NAME.json (e.g. training-gpu on a GPU "
+                        "machine, so the 2-core record is kept beside it)")
     args = p.parse_args()
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     per_epoch = {"ae": AE_VECTORS_PER_EPOCH, "mobilenetv2": ClassifierConfig().windows_per_epoch,
@@ -98,7 +101,7 @@ def main() -> None:
         if "cuda" in row:
             row["cpu_over_gpu"] = row["cpu"]["seconds_per_epoch"] / row["cuda"]["seconds_per_epoch"]
         figures["methods"][kind] = row
-    print(f"wrote {record('training', 'bench/bench_training.py', figures)}")
+    print(f"wrote {record(args.name, 'bench/bench_training.py', figures)}")
 
 
 if __name__ == "__main__":

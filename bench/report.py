@@ -41,8 +41,10 @@ def features_section(r: dict) -> list[str]:
 
 def training_section(r: dict) -> list[str]:
     gpu = r.get("gpu")
-    lines = ["## Training throughput", "",
-             f"`{r['command']}` ({r['when']}), torch {r['torch']}, {r['cpu_threads']} CPU threads"
+    m = r["machine"]
+    lines = [f"## Training throughput{' on a GPU machine' if gpu else ''}", "",
+             f"`{r['command']}` ({r['when']}) on {m['cores']} cores of {m['cpu']}, "
+             f"torch {r['torch']}, {r['cpu_threads']} CPU threads"
              + (f", GPU {gpu}" if gpu else ", no CUDA GPU in this run") + ". Default settings "
              "of each method; one epoch = the AE's vectors of one standard-corpus machine type, "
              "or the classifiers' windows_per_epoch.", "",
@@ -59,7 +61,9 @@ def training_section(r: dict) -> list[str]:
     return lines
 
 
-SECTIONS = {"features": features_section, "training": training_section}
+# training-gpu.json: the same script run with --name training-gpu on a machine with a GPU
+SECTIONS = {"features": features_section, "training": training_section,
+            "training-gpu": training_section}
 
 
 def main() -> None:

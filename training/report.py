@@ -114,7 +114,21 @@ def _training_lines(evaluations: dict[str, dict]) -> list[str]:
                      + f" | {epochs} | {threads} | {'yes' if ok else '**no**'} |")
     devices = {v["device"] for t in timed.values() for v in t.values()}
     if not any(d.startswith("cuda") for d in devices):
-        lines += ["", "GPU: these runs had no CUDA GPU, so no GPU-vs-CPU epoch time is given. "
-                  "On a GPU, `harken-train train` uses it automatically (bf16 autocast); "
-                  "`bench/bench_training.py` prints seconds per epoch on each device it finds."]
+        lines += ["", "GPU: these runs had no CUDA GPU. On a GPU, `harken-train train` uses it "
+                  "automatically (bf16 autocast)." + _gpu_epoch_line()]
     return lines
+
+
+def _gpu_epoch_line(bench: Path = Path(__file__).resolve().parent.parent / "bench" / "results"
+                    / "training-gpu.json") -> str:
+    """GPU vs CPU seconds per epoch from the last `bench_training.py --name training-gpu`."""
+    if not bench.is_file():
+        return (" `bench/bench_training.py` prints seconds per epoch on each device it finds; "
+                "no GPU run of it is recorded.")
+    r = json.loads(bench.read_text())
+    parts = [f"{name} {row['cpu']['seconds_per_epoch']:.1f} s on CPU vs "
+             f"{row['cuda']['seconds_per_epoch']:.2f} s on the GPU"
+             for name, row in r["methods"].items() if "cuda" in row]
+    return (f" Seconds per epoch on {r['gpu']} with {r['machine']['cores']} CPU cores beside it "
+            f"(`bench/bench_training.py --name training-gpu`, {r['when'][:10]}): "
+            + "; ".join(parts) + ". The 5-minute training target is for 2 CPU cores.")
