@@ -8,22 +8,15 @@ import sys
 
 import numpy as np
 
+from agent import version
 from agent.clitools import command_parser, run_command
 from agent.features import PRESETS, FeatureSpecError, LogMelExtractor, preset
 from agent.bundle import open_bundle
 from agent.wavio import WavError, read_wav
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("harken")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def cmd_version(args: argparse.Namespace) -> int:
-    print(f"harken {_version()}")
+    print(f"harken {version()}")
     return 0
 
 
@@ -66,6 +59,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.config import load_config
     from agent.runner import run_config
     return run_config(load_config(args.config), args.intervals)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    import os
+
+    from agent.broker import BrokerError, parse_broker_url
+    from agent.watch import watch
+    url = parse_broker_url(args.broker)
+    password = url.password
+    if args.password_file:
+        try:
+            password = open(args.password_file).read().splitlines()[0].strip()
+        except (OSError, IndexError) as exc:
+            raise BrokerError(f"--password-file {args.password_file}: cannot read a password "
+                              f"({getattr(exc, 'strerror', None) or 'empty file'})") from None
+    elif password is None and os.environ.get("HARKEN_MQTT_PASSWORD"):
+        password = os.environ["HARKEN_MQTT_PASSWORD"]
+    username = args.username or url.username
+    if password is not None and not username:
+        raise BrokerError("a password was given but no user name (--username or user@ in the URL)")
+    url = type(url)(url.host, url.port, url.tls or bool(args.ca_file), username, password)
+    return watch(url, prefix=args.prefix, client_id=args.client_id, as_json=args.json,
+                 duration=args.seconds, ca_file=args.ca_file, cert_file=args.cert_file,
+                 key_file=args.key_file, insecure=args.tls_insecure)
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -177,6 +194,25 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--no-plot", action="store_true")
     k.add_argument("--quiet", action="store_true")
     k.set_defaults(func=cmd_calibrate)
+    w = sub.add_parser("watch", help="plant side: a live table of every node's scores, or "
+                       "the messages as JSON lines")
+    w.add_argument("--broker", required=True,
+                   help="mqtt://[user@]host[:port], or mqtts://... for TLS (port 8883)")
+    w.add_argument("--prefix", default="harken", help="topic prefix (default harken)")
+    w.add_argument("--username")
+    w.add_argument("--password-file", help="first line is the password (or set "
+                   "HARKEN_MQTT_PASSWORD)")
+    w.add_argument("--ca-file", help="CA certificate of the broker (implies TLS)")
+    w.add_argument("--cert-file", help="client certificate, where the broker asks for one")
+    w.add_argument("--key-file", help="its private key")
+    w.add_argument("--tls-insecure", action="store_true",
+                   help="do not verify the broker's certificate (warned about)")
+    w.add_argument("--client-id", help="persistent session id (default harken-watch-HOSTNAME):"
+                   " messages published while away are delivered on return")
+    w.add_argument("--json", action="store_true", help="one JSON line per message")
+    w.add_argument("--for", dest="seconds", type=float,
+                   help="stop after this many seconds (default: until Ctrl-C)")
+    w.set_defaults(func=cmd_watch)
     return p
 
 

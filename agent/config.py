@@ -94,6 +94,9 @@ class MqttSection(_Section):
     tls_insecure: bool = False        # certificate verification off: logged as a warning
     outbox: str = "outbox.db"         # in agent.state_dir
     outbox_max: int = Field(100_000, ge=10)
+    homeassistant: bool = False       # publish Home Assistant device discovery
+    discovery_prefix: str = Field("homeassistant", min_length=1,
+                                  pattern=r"^[A-Za-z0-9_./-]+$")
 
     def resolved_password(self) -> str | None:
         import os

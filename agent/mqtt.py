@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+from agent.broker import diagnose, tls_context
+from agent.homeassistant import discovery_payload, discovery_topic
 from agent.outbox import Outbox
 from agent.pipeline import IntervalResult
 
@@ -38,17 +40,23 @@ class MqttSink:
                                   protocol=mqtt.MQTTv311, clean_session=True)
         if settings.username:
             self.client.username_pw_set(settings.username, settings.resolved_password())
+        self.tls = None
         if settings.tls:
-            self.client.tls_set(ca_certs=settings.ca_file, certfile=settings.cert_file,
-                                keyfile=settings.key_file)
+            self.tls = tls_context(settings.ca_file, settings.cert_file, settings.key_file,
+                                   settings.tls_insecure)
+            self.client.tls_set_context(self.tls)
             if settings.tls_insecure:
-                self.log("WARNING: TLS certificate verification is OFF (mqtt.tls_insecure)")
+                self.log("WARNING: TLS certificate verification is OFF (mqtt.tls_insecure): "
+                         "anyone on the network path can pose as the broker")
                 self.client.tls_insecure_set(True)
         self.client.will_set(self.status_topic, "offline", qos=1, retain=True)
         self.client.reconnect_delay_set(1, 60)
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
+        self.ha_status_topic = f"{settings.discovery_prefix}/status"
         self._lock = threading.Lock()
         self._inflight: dict[int, int] = {}        # mid -> outbox row id
         self._last_sent = 0                         # highest outbox id handed to paho
@@ -68,26 +76,45 @@ class MqttSink:
             msg = f"broker {self.s.host}:{self.s.port} refused the connection: {reason_code}"
             if "authori" in str(reason_code).lower() or "password" in str(reason_code).lower():
                 msg += " (check mqtt.username and the password)"
-            if msg != self._last_error:
-                self.log(msg)
-                self._last_error = msg
+            self._report(msg)
             return
         self._last_error = ""
         self.log(f"connected to {self.s.host}:{self.s.port}")
         client.publish(self.status_topic, "online", qos=1, retain=True)
+        if self.s.homeassistant:
+            self._announce()
+            client.subscribe(self.ha_status_topic, qos=1)
         with self._lock:
             self._inflight.clear()
             self._last_sent = 0                  # resend everything not acknowledged
         self._connected.set()
         self._wake.set()
 
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._report(diagnose(self.s.host, self.s.port, self.tls) + "; retrying")
+
+    def _on_message(self, client, userdata, message) -> None:
+        # Home Assistant restarted: it forgets non-retained state, so announce again
+        if message.topic == self.ha_status_topic and message.payload == b"online":
+            self._announce()
+
+    def _announce(self) -> None:
+        """Home Assistant device discovery (retained, so a later Home Assistant sees it)."""
+        self.client.publish(discovery_topic(self.s.discovery_prefix, self.node),
+                            json.dumps(discovery_payload(self.s.prefix, self.node, self.machine)),
+                            qos=1, retain=True)
+
+    def _report(self, msg: str) -> None:
+        """Log a connection problem once, not at every retry."""
+        if msg != self._last_error:
+            self.log(msg)
+            self._last_error = msg
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
         if not self._stop.is_set():
-            msg = f"disconnected from {self.s.host}:{self.s.port} ({reason_code}); retrying"
-            if msg != self._last_error:
-                self.log(msg)
-                self._last_error = msg
+            self._report(f"disconnected from {self.s.host}:{self.s.port} ({reason_code}); "
+                         "retrying")
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._lock:

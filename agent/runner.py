@@ -54,8 +54,11 @@ class Runner:
         if config.mqtt.enabled:
             from agent.mqtt import MqttSink
             state = config.path(config.agent.state_dir)
-            self.mqtt = MqttSink(config.mqtt, config.agent.node, config.agent.machine,
-                                 state / config.mqtt.outbox)
+            m = config.mqtt     # certificate paths are relative to the config file
+            files = {k: str(config.path(v)) for k in ("ca_file", "cert_file", "key_file")
+                     if (v := getattr(m, k))}
+            self.mqtt = MqttSink(m.model_copy(update=files), config.agent.node,
+                                 config.agent.machine, state / m.outbox)
         try:
             self.bundle, self.pipeline = build(config, self.mqtt.seq_start if self.mqtt else 1)
         except BaseException:

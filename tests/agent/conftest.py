@@ -1,0 +1,38 @@
+import shutil
+
+import pytest
+
+from agent.wavio import read_wav, write_wav
+from tests.agent.mosquitto import Broker
+
+
+def _broker(root, tls=False):
+    assert shutil.which("mosquitto_passwd"), "mosquitto is not installed: scripts/setup does it"
+    b = Broker(root, tls=tls)
+    b.start()
+    return b
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = _broker(tmp_path)
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def tls_broker(tmp_path):
+    assert shutil.which("openssl"), "openssl is not installed: scripts/setup does it"
+    b = _broker(tmp_path, tls=True)
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def wav(small_fan, tmp_path):
+    """10 s of a test clip: four full 2-s intervals and the last one at the end."""
+    from training.data.corpus import scan
+    clip = scan(small_fan, ["fan"], "test")[0]
+    x, rate = read_wav(clip.path, 16000)
+    write_wav(tmp_path / "ten.wav", x, rate)
+    return tmp_path / "ten.wav"

@@ -1,0 +1,143 @@
+"""A real Mosquitto for the MQTT tests: a loopback port with a password file, and on request
+a TLS listener that requires client certificates from a test CA made with openssl."""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import paho.mqtt.client as mqtt
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+USER, PASSWORD = "harken", "s3cret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def openssl(*args: str, cwd) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(folder, name: str) -> None:
+    """folder/name.crt and .key: a self-signed CA."""
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+            f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=folder)
+
+
+def make_cert(folder, name: str, ca: str, san: str | None = None) -> None:
+    """folder/name.crt and .key signed by CA ``ca`` (server certs get a subjectAltName)."""
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=folder)
+    ext = []
+    if san:
+        (folder / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+        ext = ["-extfile", f"{name}.ext"]
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+            "-CAcreateserial", "-days", "2", "-out", f"{name}.crt", *ext, cwd=folder)
+
+
+class Broker:
+    def __init__(self, root, tls: bool = False):
+        self.root, self.port, self.proc = root, free_port(), None
+        subprocess.run(["mosquitto_passwd", "-c", "-b", str(root / "passwd"), USER, PASSWORD],
+                       check=True, capture_output=True)
+        (root / "passwd").chmod(0o600)
+        (root / "db").mkdir(exist_ok=True)
+        # persistence on: a subscriber's persistent session survives a broker restart
+        conf = (f"user root\nallow_anonymous false\npassword_file {root / 'passwd'}\n"
+                f"persistence true\npersistence_location {root / 'db'}/\n"
+                f"listener {self.port} 127.0.0.1\n")
+        self.tls_port = None
+        if tls:
+            self.tls_port = free_port()
+            make_ca(root, "ca")
+            make_ca(root, "other-ca")
+            make_cert(root, "server", "ca", san="IP:127.0.0.1,DNS:localhost")
+            make_cert(root, "client", "ca")
+            conf += (f"listener {self.tls_port} 127.0.0.1\ncafile {root / 'ca.crt'}\n"
+                     f"certfile {root / 'server.crt'}\nkeyfile {root / 'server.key'}\n"
+                     "require_certificate true\n")
+        (root / "mosquitto.conf").write_text(conf)
+
+    def start(self):
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.root / "mosquitto.conf")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("mosquitto did not start")
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+class Listener:
+    """A plant-side subscriber with a persistent session, collecting everything under
+    ``topic``."""
+
+    def __init__(self, port, topic="harken/#", client_id="test-listener"):
+        self.messages = []
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                             clean_session=False)
+        self.c.username_pw_set(USER, PASSWORD)
+        self.c.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload.decode(),
+                                                                  m.retain))
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.c.reconnect_delay_set(0.2, 1)
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+        time.sleep(0.3)
+
+    def scores(self):
+        return [json.loads(p) for t, p, _ in self.messages if t.endswith("/score")]
+
+    def wait(self, predicate, timeout=30):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if predicate(self):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"not seen in {timeout} s: {self.messages[-5:]}")
+
+    def close(self):
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def agent_config(tmp_path, bundle, port, wav, password=PASSWORD, realtime=False, loop=False,
+                 name="agent.toml", output=None, **mqtt_extra):
+    """An agent config scoring ``wav`` in 2-s intervals (threshold 0: the first interval
+    raises the anomaly) and publishing to the test broker."""
+    from tests.conftest import write_agent_config
+    (tmp_path / "secret").write_text(password + "\n")
+    return write_agent_config(
+        tmp_path / name,
+        agent={"node": "n1", "machine": "fan", "state_dir": tmp_path / "state"},
+        model={"bundle": bundle, "artifact": "onnx-int8"},
+        audio={"source": "file", "file": wav, "realtime": realtime, "loop": loop},
+        decision={"interval_s": 2, "threshold": 0, "k_on": 1, "n": 1},
+        output=output or {"stdout": False},
+        mqtt={"enabled": True, "host": "127.0.0.1", "port": port, "username": USER,
+              "password_file": "secret", **mqtt_extra})
+
+
+def run_agent(cfg, timeout=120):
+    return subprocess.run([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_agent(cfg):
+    return subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
