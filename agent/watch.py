@@ -66,6 +66,8 @@ class Fleet:
         row = self.rows.setdefault((node, record["machine"]), Row(node, record["machine"]))
         row.last_seen = now
         if kind == "score" and isinstance(body, dict):
+            if isinstance(body.get("ts"), (int, float)):   # a retained or queued score is
+                row.last_seen = float(body["ts"])         # as old as its timestamp
             row.score, row.threshold, row.seq = body.get("score"), body.get("threshold"), \
                 body.get("seq")
             if row.anomaly == "-" and "anomaly" in body:

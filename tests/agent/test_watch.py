@@ -1,0 +1,91 @@
+"""`harken watch` against a real broker: a persistent session delivers what was published
+while it was away, as JSON lines or as a table; bad URLs and credentials are clear errors."""
+
+import json
+import subprocess
+import sys
+
+from agent.broker import BrokerError, parse_broker_url
+from tests.agent.mosquitto import PASSWORD, agent_config, run_agent
+
+
+def watch(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "agent.cli", "watch", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_broker_urls():
+    u = parse_broker_url("mqtts://op%40plant:pw@broker.local")
+    assert (u.host, u.port, u.tls, u.username, u.password) == \
+        ("broker.local", 8883, True, "op@plant", "pw")
+    assert parse_broker_url("10.0.0.5:1884").port == 1884
+    for bad, why in [("http://x", "scheme 'http'"), ("mqtt://x:99999", "port"),
+                     ("mqtt://:1883", "no host")]:
+        try:
+            parse_broker_url(bad)
+        except BrokerError as exc:
+            assert why in str(exc)
+        else:
+            raise AssertionError(bad)
+
+
+def test_watch_gets_what_was_published_while_it_was_away(broker, ae_bundle, wav, tmp_path):
+    (tmp_path / "pw").write_text(PASSWORD + "\n")
+    url = f"mqtt://harken@127.0.0.1:{broker.port}"
+    common = ["--broker", url, "--password-file", str(tmp_path / "pw"), "--client-id", "plant"]
+    first = watch(*common, "--json", "--for", "1")       # opens the persistent session
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == ""
+    out = run_agent(agent_config(tmp_path, ae_bundle, broker.port, wav))
+    assert out.returncode == 0, out.stderr
+    second = watch(*common, "--json", "--for", "3")
+    assert second.returncode == 0, second.stderr
+    lines = [json.loads(x) for x in second.stdout.splitlines()]
+    scores = [x for x in lines if x["kind"] == "score"]
+    assert [x["payload"]["seq"] for x in scores] == [1, 2, 3, 4, 5]
+    assert all(x["node"] == "n1" and x["machine"] == "fan" for x in scores)
+    assert {"received", "topic", "retained"} <= set(scores[0])
+    assert any(x["kind"] == "status" and x["payload"] == "stopped" for x in lines)
+
+    table = watch("--broker", url, "--password-file", str(tmp_path / "pw"), "--for", "2")
+    assert table.returncode == 0, table.stderr
+    row = next(line for line in table.stdout.splitlines() if " n1 " in line)
+    assert "fan" in row and "ON" in row and "stopped" in row
+    assert PASSWORD not in table.stdout + table.stderr
+
+
+def test_watch_errors_are_one_clear_line(broker, tmp_path):
+    (tmp_path / "pw").write_text("wrong\n")
+    bad_pw = watch("--broker", f"mqtt://harken@127.0.0.1:{broker.port}", "--password-file",
+                   str(tmp_path / "pw"), "--for", "1")
+    assert bad_pw.returncode == 2
+    assert "refused the connection: Not authorized (check the user name and password)" in \
+        bad_pw.stderr
+    assert "wrong" not in bad_pw.stderr
+    down = watch("--broker", "mqtt://127.0.0.1:1", "--for", "1")
+    assert down.returncode == 2 and "cannot reach broker 127.0.0.1:1" in down.stderr
+    url = watch("--broker", "ftp://x", "--for", "1")
+    assert url.returncode == 2 and "scheme 'ftp'" in url.stderr
+    for r in (bad_pw, down, url):
+        assert "Traceback" not in r.stderr
+
+
+def test_the_fleet_table_keeps_the_latest_state_per_machine():
+    from agent.watch import Fleet
+    fleet = Fleet("harken")
+    assert fleet.parse("other/n1/status", b"online") is None
+    for topic, payload in [("harken/n1/status", b"online"),
+                           ("harken/n1/fan/score", b'{"ts": 100.0, "seq": 3, "score": 1.5, '
+                                                   b'"threshold": 2.0, "anomaly": false}'),
+                           ("harken/n1/fan/anomaly", b"ON"),
+                           ("harken/n2/status", b"offline")]:
+        fleet.update(fleet.parse(topic, payload), now=130.0)
+    row = fleet.rows[("n1", "fan")]
+    assert (row.score, row.threshold, row.seq, row.anomaly) == (1.5, 2.0, 3, "ON")
+    assert row.last_seen == 100.0                      # the score's own time, not arrival
+    assert fleet.status == {"n1": "online", "n2": "offline"}
+    from rich.console import Console
+    console = Console(width=120, record=True)
+    console.print(fleet.table(now=130.0))
+    text = console.export_text()
+    assert "30 s ago" in text and "offline" in text
