@@ -27,7 +27,7 @@ class Row:
     threshold: float | None = None
     anomaly: str = "-"
     seq: int | None = None
-    last_seen: float = field(default_factory=time.time)
+    last_seen: float = float("nan")   # time of the latest score (retained state has none)
 
 
 @dataclass
@@ -64,10 +64,10 @@ class Fleet:
             self.stats[node] = body if isinstance(body, dict) else {}
             return
         row = self.rows.setdefault((node, record["machine"]), Row(node, record["machine"]))
-        row.last_seen = now
         if kind == "score" and isinstance(body, dict):
-            if isinstance(body.get("ts"), (int, float)):   # a retained or queued score is
-                row.last_seen = float(body["ts"])         # as old as its timestamp
+            # a queued score is as old as its timestamp, not its arrival
+            row.last_seen = float(body["ts"]) if isinstance(body.get("ts"), (int, float)) \
+                else now
             row.score, row.threshold, row.seq = body.get("score"), body.get("threshold"), \
                 body.get("seq")
             if row.anomaly == "-" and "anomaly" in body:
@@ -85,7 +85,7 @@ class Fleet:
         nodes = sorted({n for n, _ in self.rows} | set(self.status))
         for node in nodes:
             rows = [r for (n, _), r in sorted(self.rows.items()) if n == node] or \
-                [Row(node, "-", last_seen=float("nan"))]
+                [Row(node, "-")]
             for r in rows:
                 status = self.status.get(node, "?")
                 age = now - r.last_seen
