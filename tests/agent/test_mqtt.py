@@ -1,12 +1,17 @@
 """MQTT against a real Mosquitto on a loopback port (password file), through the durable
-outbox: contract topics, retained state, Last Will, and no loss across a broker outage and
-an agent restart."""
+outbox: contract topics, retained state, Last Will, wrong password, and no loss across
+broker outages (a whole run, 30 s mid-run with a kill -9), agent restarts and a full outbox."""
 
 import json
 import signal
+import subprocess
+import sys
 import time
 
+import numpy as np
+
 from agent.outbox import Outbox
+from agent.wavio import read_wav, write_wav
 from tests.agent.mosquitto import Listener, agent_config as config, run_agent, start_agent
 
 def test_scores_status_state_and_events_reach_the_broker(broker, ae_bundle, wav, tmp_path):
@@ -70,3 +75,60 @@ def test_last_will_on_kill_and_wrong_password(broker, ae_bundle, wav, tmp_path):
     err = proc.communicate(timeout=30)[1]
     assert "refused the connection: Not authorized (check mqtt.username and the password)" in err
     assert "wrong" not in err
+
+
+def test_no_loss_across_a_30_s_broker_outage_and_a_kill_9_while_it_is_down(
+        broker, ae_bundle, wav, tmp_path):
+    listen = Listener(broker.port)          # persistent session: survives the broker restart
+    cfg = config(tmp_path, ae_bundle, broker.port, wav, realtime=True, loop=True)
+    proc = start_agent(cfg)
+    listen.wait(lambda lt: len(lt.scores()) >= 2, 60)
+    broker.stop()
+    down_at = time.monotonic()
+    time.sleep(14)
+    proc.send_signal(signal.SIGKILL)        # killed while the broker is down...
+    proc.wait(10)
+    proc = start_agent(cfg)                 # ...and restarted, still without a broker
+    time.sleep(max(0.0, 30 - (time.monotonic() - down_at)))
+    broker.start()
+    time.sleep(6)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, proc.stderr.read()
+    box = Outbox(tmp_path / "state" / "outbox.db")
+    last, depth = box.last_seq, box.depth
+    box.close()
+    assert depth == 0 and last >= 15        # ~22 intervals of 2 s in the run
+    listen.wait(lambda lt: max(s["seq"] for s in lt.scores()) >= last, 30)
+    seqs = [s["seq"] for s in listen.scores()]
+    assert list(dict.fromkeys(seqs)) == list(range(1, last + 1))   # all, in order
+    listen.close()
+
+
+def test_a_full_outbox_evicts_the_oldest_scores_counts_them_and_keeps_the_rest(
+        broker, ae_bundle, wav, tmp_path):
+    x, rate = read_wav(wav, 16000)
+    write_wav(tmp_path / "forty.wav", np.concatenate([x] * 4), rate)   # 20 intervals
+    broker.stop()
+    first = run_agent(config(tmp_path, ae_bundle, broker.port, tmp_path / "forty.wav",
+                             outbox_max=10))
+    assert first.returncode == 0, first.stderr
+    box = Outbox(tmp_path / "state" / "outbox.db")
+    # 20 scores + the start event + the ON state = 22 messages for 10 places:
+    # the 12 oldest scores go, the event and the state stay
+    assert (box.depth, box.evicted, box.last_seq) == (10, 12, 20)
+    box.close()
+    broker.start()
+    listen = Listener(broker.port)
+    second = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "run", "--intervals", "2", "--config",
+         str(config(tmp_path, ae_bundle, broker.port, wav, realtime=True, outbox_max=10,
+                    name="second.toml", output={"stdout": False, "stats_s": 1}))],
+        capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    listen.wait(lambda lt: len(set(s["seq"] for s in lt.scores())) >= 10)
+    assert list(dict.fromkeys(s["seq"] for s in listen.scores())) == list(range(13, 23))
+    kinds = [t.rsplit("/", 1)[1] for t, _, _ in listen.messages]
+    assert "event" in kinds and ("harken/n1/fan/anomaly", "ON", False) in listen.messages
+    stats = [json.loads(p) for t, p, _ in listen.messages if t == "harken/n1/stats"]
+    assert stats and stats[-1]["outbox_evicted"] == 12 and "outbox_depth" in stats[-1]
+    listen.close()
