@@ -66,3 +66,12 @@ def discovery_payload(prefix: str, node: str, machine: str) -> dict:
         "qos": 1,
         "components": components,
     }
+
+
+if __name__ == "__main__":        # python -m agent.homeassistant NODE MACHINE [PREFIX]
+    import json
+    import sys
+    node, machine = sys.argv[1:3]
+    prefix = sys.argv[3] if len(sys.argv) > 3 else "harken"
+    print(discovery_topic("homeassistant", node))
+    print(json.dumps(discovery_payload(prefix, node, machine), indent=1))
