@@ -61,8 +61,26 @@ def training_section(r: dict) -> list[str]:
     return lines
 
 
+def scorers_section(r: dict) -> list[str]:
+    lines = ["## Scorers: latency per window", "",
+             f"`{r['command']}` ({r['when']}): median and p99 wall time of one model call on one "
+             f"window, {r['threads']} thread, {r['repeats']} calls after a warm-up, every "
+             "artifact through the agent's own backend (agent/backends.py); torch fp32 is the "
+             "BN-folded module the export starts from. CPU share = median x windows per second "
+             "of audio at the model's default hop (AE: every frame, MobileNetV2: every 8th).",
+             "", "| model | artifact | median ms | p99 ms | file bytes | windows / audio s "
+             "| CPU % of one core |", "|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        size = "-" if row["size_bytes"] is None else f"{row['size_bytes']:,}"
+        lines.append(f"| {row['model']} | {row['artifact']} | {row['median_ms']:.3f} | "
+                     f"{row['p99_ms']:.3f} | {size} | {row['windows_per_audio_s']:.2f} | "
+                     f"{100 * row['cpu_s_per_audio_s']:.2f} |")
+    return lines
+
+
 # training-gpu.json: the same script run with --name training-gpu on a machine with a GPU
-SECTIONS = {"features": features_section, "training": training_section,
+SECTIONS = {"features": features_section, "scorers": scorers_section,
+            "training": training_section,
             "training-gpu": training_section}
 
 

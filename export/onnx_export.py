@@ -47,7 +47,7 @@ class _Windows(CalibrationDataReader):
 
 
 def quantize_int8(fp32: Path, calibration_inputs: np.ndarray, path: Path,
-                  method: str = "minmax") -> Path:
+                  method: str = "minmax", compacted: bool = True) -> Path:
     """Static int8 QDQ quantization with per-channel weights. ``calibration_inputs`` are
     model inputs (each one window in the graph's input shape) from normal training clips."""
     if method not in CALIBRATION_METHODS:
@@ -62,4 +62,43 @@ def quantize_int8(fp32: Path, calibration_inputs: np.ndarray, path: Path,
                         calibrate_method=CALIBRATION_METHODS[method],
                         extra_options={"ActivationSymmetric": False,
                                        "WeightSymmetric": True})
+    if compacted:
+        model = compact(onnx.load(str(path)))
+        onnx.checker.check_model(model)
+        onnx.save(model, str(path))
     return path
+
+
+def compact(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Bytes that carry no information, removed without changing a single output value:
+    the all-zero int32 zero points of quantized biases (DequantizeLinear's zero point is
+    optional and defaults to 0), and the long generated tensor names (``..._quantized``,
+    ``..._zero_point``), replaced by short ids. On the width-0.5 MobileNetV2 these were
+    about an eighth of the int8 file."""
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    for node in g.node:
+        if node.op_type == "DequantizeLinear" and len(node.input) == 3:
+            zp = inits.get(node.input[2])
+            if zp is not None and zp.data_type == onnx.TensorProto.INT32 and \
+                    not onnx.numpy_helper.to_array(zp).any():
+                del node.input[2]
+    used = {x for n in g.node for x in n.input}
+    keep = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    fixed = {v.name for v in g.input} | {v.name for v in g.output}
+    short: dict[str, str] = {}
+
+    def rename(name: str) -> str:
+        if not name or name in fixed:
+            return name
+        return short.setdefault(name, f"t{len(short):x}")
+    for init in g.initializer:
+        init.name = rename(init.name)
+    for i, node in enumerate(g.node):
+        node.name = f"n{i:x}"
+        node.input[:] = [rename(x) for x in node.input]
+        node.output[:] = [rename(x) for x in node.output]
+    del g.value_info[:]          # shape annotations: recomputed by the runtime
+    return model

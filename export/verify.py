@@ -36,6 +36,7 @@ class ArtifactCheck:
     size_bytes: int
     size_vs_onnx_fp32: float | None
     latency_ms: float          # median per window, one thread
+    quant_params_bytes: int | None = None   # scales and zero points inside the file
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,8 +82,32 @@ def verify(bundle: Bundle, data_root: Path, run_dir: Path | None = None,
             float(scipy.stats.spearmanr(scores, torch_scores).statistic), float(rel.max()),
             *_summary(machine, clips, scores), size,
             size / onnx_fp32_size if onnx_fp32_size else None,
-            latency_ms(scorers[bundle.sections[0]], feats[0])))
+            latency_ms(scorers[bundle.sections[0]], feats[0]),
+            quantization_bytes(art.path)))
     return checks
+
+
+def quantization_bytes(path: Path) -> int | None:
+    """Bytes of quantization parameters (scales and zero points) in an int8 model file:
+    the part of its size that is not weights, which per-channel quantization makes
+    large on narrow networks. None for a float model."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnx
+        model = onnx.load(str(path))
+        inits = {i.name: i for i in model.graph.initializer}
+        names = {x for n in model.graph.node if n.op_type in ("QuantizeLinear",
+                                                                "DequantizeLinear")
+                 for x in n.input[1:]}
+        total = sum(onnx.numpy_helper.to_array(inits[x]).nbytes for x in names if x in inits)
+    else:
+        # The TFLite schema stores a float32 scale and an int64 zero point per channel.
+        from agent.backends import interpreter_class
+        interpreter = interpreter_class()[0](model_path=str(path))
+        total = sum(len(q["scales"]) * 4 + len(q["zero_points"]) * 8
+                    for d in interpreter.get_tensor_details()
+                    for q in [d["quantization_parameters"]])
+    return total or None
 
 
 def latency_ms(scorer: BundleScorer, logmel: np.ndarray, repeats: int = 200) -> float:

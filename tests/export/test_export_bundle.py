@@ -222,3 +222,31 @@ def test_embedding_rule_on_the_device_matches_training(bundles, runs, small_fan)
     feats = clip_features(clips, bundle.spec, progress=False)
     got = [BundleScorer(bundle, c.section, "onnx-fp32").score_logmel(f) for c, f in zip(clips, feats)]
     np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
+def test_compacting_the_int8_onnx_changes_no_output_and_drops_the_padding(bundles):
+    import onnx
+    import onnxruntime as ort
+
+    from export.onnx_export import compact, quantize_int8
+    from export.verify import quantization_bytes
+    fp32 = bundles / "mobilenetv2" / "model.fp32.onnx"
+    calib = np.random.default_rng(0).normal(size=(8, 1, 1, 128, 64)).astype(np.float32)
+    raw = quantize_int8(fp32, calib, bundles / "raw.onnx", compacted=False)
+    small = bundles / "small.onnx"
+    onnx.save(compact(onnx.load(str(raw))), str(small))
+    onnx.checker.check_model(str(small))
+    model = onnx.load(str(small))
+    int32 = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT32}
+    assert int32                                          # quantized biases are there...
+    assert not [n for n in model.graph.node if n.op_type == "DequantizeLinear"
+                and len(n.input) == 3 and n.input[2] in int32]   # ...without zero points
+    assert max(len(i.name) for i in model.graph.initializer) <= 6
+    assert small.stat().st_size < 0.95 * raw.stat().st_size
+    for x in calib:
+        a = ort.InferenceSession(str(raw)).run(None, {"input": x})
+        b = ort.InferenceSession(str(small)).run(None, {"input": x})
+        assert all(np.array_equal(p, q) for p, q in zip(a, b))
+    assert 0 < quantization_bytes(small) < quantization_bytes(raw) < raw.stat().st_size
+    assert quantization_bytes(fp32) is None
+    assert quantization_bytes(bundles / "mobilenetv2" / "model.int8.tflite") > 0
