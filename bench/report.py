@@ -75,6 +75,15 @@ def scorers_section(r: dict) -> list[str]:
         lines.append(f"| {row['model']} | {row['artifact']} | {row['median_ms']:.3f} | "
                      f"{row['p99_ms']:.3f} | {size} | {row['windows_per_audio_s']:.2f} | "
                      f"{100 * row['cpu_s_per_audio_s']:.2f} |")
+    ms = {(row["model"], row["artifact"]): row["median_ms"] for row in r["rows"]}
+    speedups = [f"{model}: ONNX {ms[(model, 'onnx-fp32')] / ms[(model, 'onnx-int8')]:.2f}x, "
+                f"TFLite {ms[(model, 'tflite-fp32')] / ms[(model, 'tflite-int8')]:.2f}x"
+                for model in dict.fromkeys(m for m, _ in ms)
+                if all((model, k) in ms for k in ("onnx-fp32", "onnx-int8", "tflite-fp32",
+                                                   "tflite-int8"))]
+    lines += ["", "int8 speed-up over fp32 of the same runtime (median; below 1 = int8 is "
+              "slower on this CPU): " + "; ".join(speedups) + ". int8's gain on a device is "
+              "memory and file size first; its speed depends on the CPU's int8 instructions."]
     return lines
 
 
