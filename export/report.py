@@ -34,7 +34,7 @@ def export_markdown(checks: dict[tuple[str, str], list[dict]], command: str) -> 
              "| size | x fp32 ONNX | ms / window | targets |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     missed: list[str] = []
-    size_notes: list[str] = []
+    size_notes: dict[str, list[str]] = {}   # explanation -> artifacts it applies to
     for (method, machine), rows in sorted(checks.items()):
         ref = next(r for r in rows if r["artifact"] == "torch-fp32")
         for r in rows:
@@ -50,10 +50,10 @@ def export_markdown(checks: dict[tuple[str, str], list[dict]], command: str) -> 
                 fails.append("size")
                 if r.get("quant_params_bytes"):
                     q = r["quant_params_bytes"]
-                    size_notes.append(
-                        f"{method}/{machine}/{r['artifact']}: {q:,} of its {r['size_bytes']:,} "
-                        f"bytes are quantization scales and zero points; without them it "
-                        f"would be {(r['size_bytes'] - q) / r['size_bytes'] * ratio:.3f} x")
+                    why = (f"{q:,} of {r['size_bytes']:,} bytes are quantization scales and "
+                           f"zero points; without them "
+                           f"{(r['size_bytes'] - q) / r['size_bytes'] * ratio:.3f} x")
+                    size_notes.setdefault(why, []).append(f"{method}/{machine}/{r['artifact']}")
             verdict = "met" if not fails else "**missed: " + ", ".join(fails) + "**"
             if fails:
                 missed.append(f"{method}/{machine}/{r['artifact']} ({', '.join(fails)})")
@@ -73,7 +73,8 @@ def export_markdown(checks: dict[tuple[str, str], list[dict]], command: str) -> 
                   "(`quant_params_bytes` in the verify JSON) say why: per-channel int8 stores a "
                   "scale and a zero point for every output channel of every weight and bias "
                   "tensor (TFLite: float32 + int64, fixed by its schema), which on a narrow "
-                  "network is a large share of the file. " + "; ".join(size_notes) + "."]
+                  "network is a large share of the file. " + "; ".join(
+                      f"{', '.join(arts)}: {why}" for why, arts in size_notes.items()) + "."]
     lines += [END]
     return "\n".join(lines) + "\n"
 
