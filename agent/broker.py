@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -40,6 +41,27 @@ def tls_context(ca_file: str | None = None, cert_file: str | None = None,
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def use_tls(client, ca_file: str | None, cert_file: str | None, key_file: str | None,
+            insecure: bool, warn: Callable[[str], None], setting: str) -> ssl.SSLContext:
+    """Give a paho client our TLS context (kept by the caller for :func:`diagnose`);
+    turning verification off is always warned about, naming the ``setting`` that did it."""
+    ctx = tls_context(ca_file, cert_file, key_file, insecure)
+    client.tls_set_context(ctx)
+    if insecure:
+        warn(f"WARNING: TLS certificate verification is OFF ({setting}): anyone on the "
+             "network path can pose as the broker")
+        client.tls_insecure_set(True)
+    return ctx
+
+
+def refusal(host: str, port: int, reason_code, credentials_hint: str) -> str:
+    """The line for a CONNACK refusal; credential problems get ``credentials_hint``."""
+    msg = f"broker {host}:{port} refused the connection: {reason_code}"
+    if any(w in str(reason_code).lower() for w in ("authori", "password")):
+        msg += f" ({credentials_hint})"
+    return msg
 
 
 def diagnose(host: str, port: int, ctx: ssl.SSLContext | None, timeout: float = 5.0) -> str:

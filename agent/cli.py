@@ -65,15 +65,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
     import os
 
     from agent.broker import BrokerError, parse_broker_url
+    from agent.config import first_line
     from agent.watch import watch
     url = parse_broker_url(args.broker)
     password = url.password
     if args.password_file:
         try:
-            password = open(args.password_file).read().splitlines()[0].strip()
-        except (OSError, IndexError) as exc:
+            password = first_line(args.password_file)
+        except ValueError as exc:
             raise BrokerError(f"--password-file {args.password_file}: cannot read a password "
-                              f"({getattr(exc, 'strerror', None) or 'empty file'})") from None
+                              f"({exc})") from None
     elif password is None and os.environ.get("HARKEN_MQTT_PASSWORD"):
         password = os.environ["HARKEN_MQTT_PASSWORD"]
     username = args.username or url.username

@@ -150,6 +150,19 @@ SECTIONS = {"agent": AgentSection, "model": ModelSection, "audio": AudioSection,
             "decision": DecisionSection, "output": OutputSection, "mqtt": MqttSection}
 
 
+def first_line(path: Path) -> str:
+    """A file's first line, stripped (how secrets and provisioned ids are handed over);
+    ValueError saying why when there is none."""
+    try:
+        return Path(path).read_text().splitlines()[0].strip()
+    except OSError as exc:
+        raise ValueError(exc.strerror or str(exc)) from None
+    except IndexError:
+        raise ValueError("empty file") from None
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+
+
 def _values_from_files(data: dict, source: str) -> dict:
     """``KEY_file = "path"`` sets the text value KEY from that file's contents (first line),
     so that secrets and provisioned ids need not sit in the config."""
@@ -168,11 +181,10 @@ def _values_from_files(data: dict, source: str) -> dict:
             path = Path(str(section.pop(key))).expanduser()
             path = path if path.is_absolute() else base / path
             try:
-                section[field] = path.read_text().splitlines()[0].strip()
-            except (OSError, IndexError, UnicodeDecodeError) as exc:
+                section[field] = first_line(path)
+            except ValueError as exc:
                 raise ConfigError(f"{source}: key '{name}.{key}': cannot read a value from "
-                                  f"{path} ({getattr(exc, 'strerror', None) or 'empty file'})"
-                                  ) from None
+                                  f"{path} ({exc})") from None
         out[name] = section
     return out
 

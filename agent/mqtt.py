@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from agent.broker import diagnose, tls_context
+from agent.broker import diagnose, refusal, use_tls
 from agent.homeassistant import discovery_payload, discovery_topic
 from agent.outbox import Outbox
 from agent.pipeline import IntervalResult
@@ -40,15 +40,10 @@ class MqttSink:
                                   protocol=mqtt.MQTTv311, clean_session=True)
         if settings.username:
             self.client.username_pw_set(settings.username, settings.resolved_password())
-        self.tls = None
-        if settings.tls:
-            self.tls = tls_context(settings.ca_file, settings.cert_file, settings.key_file,
-                                   settings.tls_insecure)
-            self.client.tls_set_context(self.tls)
-            if settings.tls_insecure:
-                self.log("WARNING: TLS certificate verification is OFF (mqtt.tls_insecure): "
-                         "anyone on the network path can pose as the broker")
-                self.client.tls_insecure_set(True)
+        self.tls = use_tls(self.client, settings.ca_file, settings.cert_file,
+                           settings.key_file, settings.tls_insecure, self.log,
+                           "mqtt.tls_insecure") \
+            if settings.tls else None
         self.client.will_set(self.status_topic, "offline", qos=1, retain=True)
         self.client.reconnect_delay_set(1, 60)
         self.client.on_connect = self._on_connect
@@ -73,10 +68,8 @@ class MqttSink:
     # -- paho callbacks (paho's thread) ---------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            msg = f"broker {self.s.host}:{self.s.port} refused the connection: {reason_code}"
-            if "authori" in str(reason_code).lower() or "password" in str(reason_code).lower():
-                msg += " (check mqtt.username and the password)"
-            self._report(msg)
+            self._report(refusal(self.s.host, self.s.port, reason_code,
+                                 "check mqtt.username and the password"))
             return
         self._last_error = ""
         self.log(f"connected to {self.s.host}:{self.s.port}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import socket
 import sys
 import threading
@@ -16,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from agent.broker import BrokerError, BrokerUrl, diagnose, tls_context
+from agent.broker import BrokerError, BrokerUrl, diagnose, refusal, use_tls
 
 
 @dataclass
@@ -93,7 +94,7 @@ class Fleet:
                           f"[bold red]{r.anomaly}[/]" if r.anomaly == "ON" else r.anomaly,
                           status if status == "online" else f"[yellow]{status}[/]",
                           "" if r.seq is None else str(r.seq),
-                          "-" if age != age else f"{age:.0f} s ago")
+                          "-" if math.isnan(age) else f"{age:.0f} s ago")
         return t
 
 
@@ -110,13 +111,9 @@ def connect(url: BrokerUrl, prefix: str, client_id: str, ca_file: str | None,
                          protocol=mqtt.MQTTv311, clean_session=False)
     if url.username:
         client.username_pw_set(url.username, url.password)
-    ctx = None
-    if url.tls:
-        ctx = tls_context(ca_file, cert_file, key_file, insecure)
-        client.tls_set_context(ctx)
-        if insecure:
-            print("harken watch: WARNING: TLS certificate verification is OFF", file=sys.stderr)
-            client.tls_insecure_set(True)
+    ctx = use_tls(client, ca_file, cert_file, key_file, insecure,
+                  lambda msg: print(f"harken watch: {msg}", file=sys.stderr), "--tls-insecure") \
+        if url.tls else None
     answer: dict = {}
     done = threading.Event()
 
@@ -139,10 +136,8 @@ def connect(url: BrokerUrl, prefix: str, client_id: str, ca_file: str | None,
                           f"within {timeout:g} s")
     if answer["rc"].is_failure:
         client.loop_stop()
-        hint = " (check the user name and password)" if "authori" in str(answer["rc"]).lower() \
-            else ""
-        raise BrokerError(f"broker {url.host}:{url.port} refused the connection: "
-                          f"{answer['rc']}{hint}")
+        raise BrokerError(refusal(url.host, url.port, answer["rc"],
+                                  "check the user name and password"))
     return client
 
 

@@ -133,9 +133,9 @@ def agent_config(tmp_path, bundle, port, wav, password=PASSWORD, realtime=False,
               "password_file": "secret", **mqtt_extra})
 
 
-def run_agent(cfg, timeout=120):
-    return subprocess.run([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
-                          capture_output=True, text=True, timeout=timeout)
+def run_agent(cfg, *args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg),
+                           *args], capture_output=True, text=True, timeout=timeout)
 
 
 def start_agent(cfg):

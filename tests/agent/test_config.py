@@ -71,5 +71,9 @@ def test_values_can_come_from_files(tmp_path):
     assert c.agent.node == "press-07"
     with pytest.raises(ConfigError, match="key 'agent.node_file': cannot read a value from"):
         load_config(write(tmp_path, GOOD.replace('node = "n1"', 'node_file = "missing"')))
+    for content, why in ((b"", "empty file"), (b"\xff\xfe\x00", "not UTF-8 text")):
+        (tmp_path / "bad-id").write_bytes(content)
+        with pytest.raises(ConfigError, match=f"bad-id \\({why}\\)"):
+            load_config(write(tmp_path, GOOD.replace('node = "n1"', 'node_file = "bad-id"')))
     with pytest.raises(ConfigError, match="give 'agent.node' or 'agent.node_file', not both"):
         load_config(write(tmp_path, GOOD.replace('node = "n1"', 'node = "a"\nnode_file = "x"')))

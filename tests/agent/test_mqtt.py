@@ -4,8 +4,6 @@ broker outages (a whole run, 30 s mid-run with a kill -9), agent restarts and a 
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -119,11 +117,9 @@ def test_a_full_outbox_evicts_the_oldest_scores_counts_them_and_keeps_the_rest(
     box.close()
     broker.start()
     listen = Listener(broker.port)
-    second = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "run", "--intervals", "2", "--config",
-         str(config(tmp_path, ae_bundle, broker.port, wav, realtime=True, outbox_max=10,
-                    name="second.toml", output={"stdout": False, "stats_s": 1}))],
-        capture_output=True, text=True, timeout=120)
+    second = run_agent(config(tmp_path, ae_bundle, broker.port, wav, realtime=True,
+                              outbox_max=10, name="second.toml",
+                              output={"stdout": False, "stats_s": 1}), "--intervals", "2")
     assert second.returncode == 0, second.stderr
     listen.wait(lambda lt: len(set(s["seq"] for s in lt.scores())) >= 10)
     assert list(dict.fromkeys(s["seq"] for s in listen.scores())) == list(range(13, 23))
