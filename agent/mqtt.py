@@ -5,7 +5,9 @@ it in order; a row leaves the outbox only when the broker's PUBACK arrives. On e
 (re)connect the undelivered rows are published again from the oldest, so a broker that
 was down, or an agent that was killed, loses nothing; a subscriber may see a message
 twice, always with the same ``seq``. Status (retained, Last Will ``offline``) and the
-stats record are live information and skip the outbox. A broker that is down never
+stats record are live information and skip the outbox; the stats record carries the
+publish latency, from the arrival of the audio that completed an interval to the PUBACK
+of its score. A broker that is down never
 blocks scoring: ``interval`` only writes to SQLite.
 """
 
@@ -13,9 +15,12 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import OrderedDict
 import threading
 import time
 from pathlib import Path
+
+import numpy as np
 
 from agent.broker import diagnose, refusal, use_tls
 from agent.homeassistant import discovery_payload, discovery_topic
@@ -60,6 +65,8 @@ class MqttSink:
         self._connected = threading.Event()
         self._last_error = ""
         self._anomaly: bool | None = None
+        self._arrived: OrderedDict[int, float] = OrderedDict()   # score row -> audio arrival
+        self._latency_ms: list[float] = []       # PUBACKed scores since the last stats record
         self.client.connect_async(settings.host, settings.port, keepalive=settings.keepalive)
         self.client.loop_start()
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-outbox", daemon=True)
@@ -112,6 +119,9 @@ class MqttSink:
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._lock:
             row = self._inflight.pop(mid, None)
+            arrived = self._arrived.pop(row, None) if row is not None else None
+            if arrived is not None:
+                self._latency_ms.append(1e3 * (time.monotonic() - arrived))
         if row is not None:
             self.outbox.ack(row)
             self._wake.set()
@@ -138,8 +148,12 @@ class MqttSink:
     # -- the sink interface -------------------------------------------------------------------
     def interval(self, result: IntervalResult) -> None:
         p = result.payload()
-        self.outbox.put(self.topics["score"], json.dumps(p, allow_nan=False).encode(), qos=1,
-                        kind="score", seq=result.seq)
+        row = self.outbox.put(self.topics["score"], json.dumps(p, allow_nan=False).encode(),
+                              qos=1, kind="score", seq=result.seq)
+        with self._lock:
+            self._arrived[row] = result.arrived
+            while len(self._arrived) > self.s.outbox_max:    # evicted rows are never acked
+                self._arrived.popitem(last=False)
         if result.event is not None:
             self.outbox.put(self.topics["event"], json.dumps(
                 {"seq": result.seq, **result.event.to_dict()}).encode(), qos=1, kind="event")
@@ -156,9 +170,15 @@ class MqttSink:
             self.client.publish(self.stats_topic, json.dumps(stats), qos=0)
 
     def health(self) -> dict:
-        """Outbox and connection figures for the stats record."""
+        """Outbox, connection and publish-latency figures for the stats record (latency
+        percentiles over the scores acknowledged since the last record; None if none)."""
+        with self._lock:
+            latency, self._latency_ms = self._latency_ms, []
+        q = (np.percentile(latency, [50, 99]).round(1).tolist() if latency
+             else [None, None])
         return {"outbox_depth": self.outbox.depth, "outbox_evicted": self.outbox.evicted,
-                "mqtt_connected": self._connected.is_set()}
+                "mqtt_connected": self._connected.is_set(), "published": len(latency),
+                "publish_ms_median": q[0], "publish_ms_p99": q[1]}
 
     @property
     def seq_start(self) -> int:

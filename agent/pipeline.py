@@ -37,6 +37,7 @@ class IntervalResult:
     inference_ms: float
     event: Event | None = None
     extra: dict = field(default_factory=dict)
+    arrived: float = 0.0             # time.monotonic() when the audio completing it arrived
 
     def payload(self) -> dict:
         """The contract's score payload (JSON-ready)."""
@@ -72,25 +73,26 @@ class Pipeline:
 
     def push(self, chunk: np.ndarray) -> list[IntervalResult]:
         """Feed float32 samples at the bundle's rate; returns the intervals completed."""
+        arrived = time.monotonic()
         chunk = np.asarray(chunk, dtype=np.float32)
         self._audio.append(chunk)
         self._n_audio += chunk.size
-        return self._add_frames(self.stream.push(chunk))
+        return self._add_frames(self.stream.push(chunk), arrived)
 
     def finish(self) -> list[IntervalResult]:
         """End of a recording: the last frames (centre padding) and a final interval if
         they complete one; then the stream starts afresh (the next file, say)."""
-        out = self._add_frames(self.stream.finish())
+        out = self._add_frames(self.stream.finish(), time.monotonic())
         self._frames, self._n_frames, self._audio, self._n_audio = [], 0, [], 0
         return out
 
-    def _add_frames(self, frames: np.ndarray) -> list[IntervalResult]:
+    def _add_frames(self, frames: np.ndarray, arrived: float) -> list[IntervalResult]:
         if len(frames):
             self._frames.append(frames)
             self._n_frames += len(frames)
         out = []
         while self._n_frames >= self.interval_frames:
-            out.append(self._interval())
+            out.append(self._interval(arrived))
         return out
 
     def _take(self, parts: list[np.ndarray], n: int) -> np.ndarray:
@@ -98,7 +100,7 @@ class Pipeline:
         parts[:] = [whole[n:]] if len(whole) > n else []
         return whole[:n]
 
-    def _interval(self) -> IntervalResult:
+    def _interval(self, arrived: float) -> IntervalResult:
         frames = self._take(self._frames, self.interval_frames)
         self._n_frames -= self.interval_frames
         n_audio = min(self._n_audio, self.interval_samples)
@@ -121,6 +123,6 @@ class Pipeline:
         result = IntervalResult(ts, self.seq, score, self.decision.threshold,
                                 self.decision.anomaly, self.interval_s, self.model_id,
                                 self.scorer.backend.name, health.status, health.rms_dbfs,
-                                n_win, ms, event)
+                                n_win, ms, event, arrived=arrived)
         self.seq += 1
         return result

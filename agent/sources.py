@@ -15,7 +15,7 @@ import numpy as np
 import scipy.signal
 
 from agent.ringbuffer import RingBuffer
-from agent.wavio import read_wav
+from agent.wavio import WavError, read_pcm, read_wav, to_float32
 
 
 class SourceError(OSError):
@@ -56,16 +56,23 @@ class StreamResampler:
 
 def wav_chunks(path: str | Path, rate: int, chunk_s: float = 0.1, realtime: bool = False
                ) -> Iterator[np.ndarray]:
-    """A WAV file in chunks; ``realtime`` paces them like a live microphone."""
-    x, _ = read_wav(path, rate)
+    """A WAV file in chunks; ``realtime`` paces them like a live microphone. A file at
+    the model's rate is memory-mapped and converted chunk by chunk (an hour of audio is
+    not held in memory); another rate is read whole and resampled at once."""
+    data, file_rate = read_pcm(path, mmap=True)
+    if file_rate != rate:
+        data, _ = read_wav(path, rate)
     n = max(1, int(chunk_s * rate))
     start = time.monotonic()
-    for i in range(0, len(x), n):
+    for i in range(0, len(data), n):
+        x = to_float32(np.array(data[i:i + n]), path)
+        if not np.isfinite(x).all():
+            raise WavError(f"{path}: NaN or infinite samples at {i / rate:.1f} s")
         if realtime:
             wait = start + i / rate - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
-        yield x[i:i + n]
+        yield x
 
 
 def pcm_chunks(stream: BinaryIO | None, rate: int, chunk_s: float = 0.1,

@@ -14,13 +14,13 @@ the benchmark independent of scripts/make-results.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import pin_one_thread, record  # noqa: E402
+from bench._models import CACHE, bundles  # noqa: E402
 
 pin_one_thread()
 
@@ -30,46 +30,6 @@ import torch  # noqa: E402
 from agent.bundle import open_bundle  # noqa: E402
 from agent.features import windows  # noqa: E402
 from agent.scorer import BundleScorer, model_input  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = ROOT / "bench" / ".cache"
-PEERS = ROOT / "tests" / "data" / "peers" / "mlperf-tiny-ad"
-TRAIN = ROOT / ".venv" / "bin" / "harken-train"
-EXPORT = ROOT / ".venv" / "bin" / "harken-export"
-QUICK = ["epochs=1", "windows_per_epoch=128", "kmeans=4"]    # a classifier in seconds
-MODELS = {                 # name -> (method, settings for a seconds-long training)
-    "ae": ("ae", ["epochs=1"]),
-    "mobilenetv2-0.35": ("mobilenetv2", ["width=0.35", *QUICK]),
-    "mobilenetv2-0.5": ("mobilenetv2", ["width=0.5", *QUICK]),
-    "mobilenetv2-1.0": ("mobilenetv2", ["width=1.0", *QUICK]),
-}
-
-
-def sh(*cmd: str | Path) -> None:
-    subprocess.run([str(c) for c in cmd], check=True, stdout=subprocess.DEVNULL)
-
-
-def bundles() -> dict[str, Path]:
-    """Trained-for-seconds runs exported to fp32 + int8 bundles (made once, cached)."""
-    corpus = CACHE / "corpus"
-    if not (corpus / "corpus.json").is_file():
-        sh(TRAIN, "synth", "--size", "small", "--machines", "fan", "--out", corpus, "--quiet")
-    out = {}
-    for name, (method, sets) in MODELS.items():
-        run, bundle = CACHE / "runs" / name, CACHE / "bundles" / name
-        if not (bundle / "manifest.json").is_file():
-            sh(TRAIN, "train", "--method", method, "--data", corpus, "--machine", "fan",
-               "--out", run, "--quiet", "--device", "cpu",
-               *[a for s in sets for a in ("--set", s)])
-            sh(EXPORT, run / "fan", "--calib", corpus, "--out", bundle, "--precision", "both")
-        out[name] = bundle
-    for variant in ("fp32", "int8_floatio", "int8_intio"):
-        bundle = CACHE / "bundles" / f"mlperf-tiny-{variant}"
-        if not (bundle / "manifest.json").is_file():
-            sh(EXPORT, "wrap", PEERS / f"model_ToyCar_{variant}.tflite", "--preset",
-               "dcase2020-ae", "--out", bundle, "--machine", "ToyCar")
-        out[f"mlperf-tiny {variant}"] = bundle
-    return out
 
 
 def percentiles(fn, repeats: int) -> tuple[float, float]:

@@ -128,3 +128,19 @@ def test_a_full_outbox_evicts_the_oldest_scores_counts_them_and_keeps_the_rest(
     stats = [json.loads(p) for t, p, _ in listen.messages if t == "harken/n1/stats"]
     assert stats and stats[-1]["outbox_evicted"] == 12 and "outbox_depth" in stats[-1]
     listen.close()
+
+
+def test_stats_report_the_latency_from_audio_to_puback(broker, ae_bundle, wav, tmp_path):
+    listen = Listener(broker.port)
+    out = run_agent(config(tmp_path, ae_bundle, broker.port, wav, realtime=True, loop=True,
+                           output={"stdout": False, "stats_s": 1}), "--intervals", "4")
+    assert out.returncode == 0, out.stderr
+    listen.wait(lambda lt: len(lt.scores()) >= 4)
+    stats = [json.loads(p) for t, p, _ in listen.messages if t == "harken/n1/stats"]
+    timed = [s for s in stats if s["published"]]
+    # the first three scores are acknowledged while the agent still runs (the fourth
+    # ends it); a loopback broker answers within a second, never in under 0 ms
+    assert sum(s["published"] for s in timed) >= 3
+    assert all(0 < s["publish_ms_median"] <= s["publish_ms_p99"] < 1000 for s in timed)
+    assert all(s["publish_ms_p99"] is None for s in stats if not s["published"])
+    listen.close()

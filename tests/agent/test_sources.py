@@ -5,10 +5,11 @@ import time
 
 import numpy as np
 import pytest
+import scipy.io.wavfile
 import scipy.signal
 
 from agent.sources import SourceError, StreamResampler, pcm_chunks, wav_chunks
-from agent.wavio import write_wav
+from agent.wavio import WavError, read_wav, write_wav
 
 
 @pytest.mark.parametrize("from_rate, chunk", [(48000, 480), (44100, 1000), (22050, 4410)])
@@ -45,3 +46,25 @@ def test_wav_source_paces_in_real_time(tmp_path):
     t = time.monotonic()
     list(wav_chunks(tmp_path / "a.wav", 16000, 0.1, realtime=False))
     assert time.monotonic() - t < 0.3
+
+
+@pytest.mark.parametrize("dtype, rate", [("int16", 16000), ("float32", 16000), ("int16", 48000)])
+def test_wav_source_chunks_equal_the_whole_file_read(tmp_path, dtype, rate):
+    """Memory-mapped chunks (model rate) or the whole-file read (other rates) give the
+    same samples as read_wav, stereo mixed down."""
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-0.5, 0.5, size=(rate, 2))
+    data = (x * 32768).astype(np.int16) if dtype == "int16" else x.astype(np.float32)
+    scipy.io.wavfile.write(tmp_path / "s.wav", rate, data)
+    got = np.concatenate(list(wav_chunks(tmp_path / "s.wav", 16000, 0.1)))
+    np.testing.assert_array_equal(got, read_wav(tmp_path / "s.wav", 16000)[0])
+
+
+def test_wav_source_names_the_time_of_a_nan_sample(tmp_path):
+    x = np.zeros(32000, np.float32)
+    x[24000] = np.nan
+    scipy.io.wavfile.write(tmp_path / "nan.wav", 16000, x)
+    chunks = wav_chunks(tmp_path / "nan.wav", 16000, 0.5)
+    assert len(next(chunks)) == 8000
+    with pytest.raises(WavError, match=r"nan.wav: NaN or infinite samples at 1.5 s"):
+        list(chunks)

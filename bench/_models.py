@@ -1,0 +1,60 @@
+"""The models the speed benchmarks run: trained for seconds on a small synthetic corpus in
+bench/.cache and exported there (latency does not depend on how well the weights are
+trained, and this keeps the benchmarks independent of scripts/make-results)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from bench._common import ROOT
+
+CACHE = ROOT / "bench" / ".cache"
+PEERS = ROOT / "tests" / "data" / "peers" / "mlperf-tiny-ad"
+TRAIN = ROOT / ".venv" / "bin" / "harken-train"
+EXPORT = ROOT / ".venv" / "bin" / "harken-export"
+QUICK = ["epochs=1", "windows_per_epoch=128", "kmeans=4"]    # a classifier in seconds
+MODELS = {                 # name -> (method, settings for a seconds-long training)
+    "ae": ("ae", ["epochs=1"]),
+    "mobilenetv2-0.35": ("mobilenetv2", ["width=0.35", *QUICK]),
+    "mobilenetv2-0.5": ("mobilenetv2", ["width=0.5", *QUICK]),
+    "mobilenetv2-1.0": ("mobilenetv2", ["width=1.0", *QUICK]),
+}
+
+
+def sh(*cmd: str | Path) -> None:
+    subprocess.run([str(c) for c in cmd], check=True, stdout=subprocess.DEVNULL)
+
+
+def corpus() -> Path:
+    """A small fan corpus (made once): training data for the bench models, and audio."""
+    path = CACHE / "corpus"
+    if not (path / "corpus.json").is_file():
+        sh(TRAIN, "synth", "--size", "small", "--machines", "fan", "--out", path, "--quiet")
+    return path
+
+
+def bundles(names: list[str] | None = None) -> dict[str, Path]:
+    """Trained-for-seconds runs exported to fp32 + int8 bundles (made once, cached), and
+    the MLPerf Tiny models wrapped as bundles; ``names`` picks some."""
+    data = corpus()
+    out = {}
+    for name, (method, sets) in MODELS.items():
+        if names is not None and name not in names:
+            continue
+        run, bundle = CACHE / "runs" / name, CACHE / "bundles" / name
+        if not (bundle / "manifest.json").is_file():
+            sh(TRAIN, "train", "--method", method, "--data", data, "--machine", "fan",
+               "--out", run, "--quiet", "--device", "cpu",
+               *[a for s in sets for a in ("--set", s)])
+            sh(EXPORT, run / "fan", "--calib", data, "--out", bundle, "--precision", "both")
+        out[name] = bundle
+    for variant in ("fp32", "int8_floatio", "int8_intio"):
+        if names is not None and f"mlperf-tiny {variant}" not in names:
+            continue
+        bundle = CACHE / "bundles" / f"mlperf-tiny-{variant}"
+        if not (bundle / "manifest.json").is_file():
+            sh(EXPORT, "wrap", PEERS / f"model_ToyCar_{variant}.tflite", "--preset",
+               "dcase2020-ae", "--out", bundle, "--machine", "ToyCar")
+        out[f"mlperf-tiny {variant}"] = bundle
+    return out
