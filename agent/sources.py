@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import scipy.signal
 
 from agent.ringbuffer import RingBuffer
 from agent.wavio import WavError, read_pcm, read_wav, to_float32
@@ -47,6 +46,7 @@ class StreamResampler:
         if usable <= 0:
             return np.zeros(0, np.float32)
         block = self._buf[:usable + 2 * self.context]
+        import scipy.signal          # only when resampling: a second to import (features.py)
         y = scipy.signal.resample_poly(block, self.up, self.down)
         c = self.context * self.up // self.down
         out = y[c:c + usable * self.up // self.down]

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import scipy.io.wavfile
-import scipy.signal
 
 
 class WavError(ValueError):
@@ -42,6 +41,7 @@ def resample(x: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     """Polyphase resampling (scipy.signal.resample_poly) by the exact rational ratio."""
     if from_rate == to_rate:
         return x
+    import scipy.signal          # only when resampling: a second to import (features.py)
     g = math.gcd(int(from_rate), int(to_rate))
     y = scipy.signal.resample_poly(x, to_rate // g, from_rate // g)
     return y.astype(np.float32, copy=False)

@@ -3,10 +3,11 @@ import sys
 import librosa
 import numpy as np
 import pytest
+import scipy.signal
 
 from agent.features import (
     PRESETS, FeatureSpec, FeatureSpecError, LogMelExtractor, StreamingLogMel, logmel,
-    mel_filterbank, preset, windows,
+    mel_filterbank, periodic_window, preset, windows,
 )
 
 SR = 16000
@@ -178,3 +179,10 @@ def test_bad_audio_is_refused():
         logmel(np.zeros((100, 2)), spec)
     with pytest.raises(ValueError, match="float"):
         logmel(np.zeros(1000, dtype=np.int16), spec)
+
+
+@pytest.mark.parametrize("name", ["hann", "hamming"])
+@pytest.mark.parametrize("n", [400, 401, 1024, 2048])
+def test_periodic_window_is_scipys_dft_even_window(name, n):
+    np.testing.assert_allclose(periodic_window(name, n),
+                               scipy.signal.get_window(name, n, fftbins=True), rtol=0, atol=1e-15)

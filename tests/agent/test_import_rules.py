@@ -30,3 +30,12 @@ def test_importing_the_agent_loads_no_heavy_framework():
             " if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_harken_run_starts_without_scipy_signal_or_stats():
+    """They cost ~1 s and ~50 MB at start-up on the device; the run path needs neither
+    (only resampling and calibration load them, when used)."""
+    code = ("import sys, agent.cli, agent.runner, agent.mqtt;"
+            "print(sorted(m for m in ('scipy.signal', 'scipy.stats') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
