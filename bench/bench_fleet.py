@@ -1,0 +1,167 @@
+"""A fleet of agents publishing to one Mosquitto, and one plant subscriber with a persistent
+QoS 1 session: messages per second delivered, and messages lost, for N = 10, 50, 200.
+
+Each simulated agent is the agent's real MQTT path: its own MqttSink (durable SQLite
+outbox, paho client, PUBACK window; agent/mqtt.py) replaying the score stream that
+`harken run` made from a WAV file (the AE bundle over the bench corpus's fan audio, 1-s
+report intervals), as fast as the sink takes it: accelerated, like a file source with
+`realtime = false`. Running the model N times would only measure the model; one score
+stream feeds every agent. The agents run in worker processes beside the broker and the
+subscriber, all on this machine, so the figures are a floor for a broker on its own host.
+
+    .venv/bin/python bench/bench_fleet.py [--fleets 10 50 200] [--messages 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._common import record  # noqa: E402
+from bench._models import bundles, corpus  # noqa: E402
+
+WORKERS = 4                 # processes the agents are spread over
+
+
+def score_stream(seconds: int = 120):
+    """The IntervalResults of a real pipeline run over ``seconds`` of fan audio."""
+    import numpy as np
+
+    from agent.bundle import open_bundle
+    from agent.decision import Decision
+    from agent.pipeline import Pipeline
+    from agent.scorer import BundleScorer
+    from agent.wavio import read_wav
+    bundle = open_bundle(bundles(["ae"])["ae"])
+    pipe = Pipeline(BundleScorer(bundle, 0, "onnx-int8"), Decision(bundle.threshold),
+                    interval_s=1.0)
+    clips = sorted((corpus() / "fan" / "train").glob("*.wav"))
+    x = np.concatenate([read_wav(c, 16000)[0] for c in clips])[:seconds * 16000]
+    return [r for i in range(0, len(x), 1600) for r in pipe.push(x[i:i + 1600])]
+
+
+def agents(port: int, nodes: list[str], per_agent: int, stream, state: Path, ready, go,
+           done) -> None:
+    """One worker process: a MqttSink per node, all replaying the stream once ``go``."""
+    import dataclasses
+
+    from agent.config import MqttSection
+    from agent.mqtt import MqttSink
+    from tests.agent.mosquitto import PASSWORD, USER
+    settings = MqttSection(enabled=True, host="127.0.0.1", port=port, username=USER,
+                           password=PASSWORD)
+    errors = []
+    sinks = [MqttSink(settings.model_copy(update={"client_id": f"harken-{n}"}), n, "fan",
+                      state / f"{n}.db", log=lambda m: errors.append(m)) for n in nodes]
+    while not all(s._connected.is_set() for s in sinks):
+        time.sleep(0.05)
+    ready.release()
+    go.wait()
+
+    def replay(sink: MqttSink) -> None:
+        for i in range(per_agent):
+            sink.interval(dataclasses.replace(stream[i % len(stream)], seq=i + 1, event=None))
+
+    threads = [threading.Thread(target=replay, args=(s,)) for s in sinks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in sinks:
+        s.close(flush_s=300)        # waits until the broker has acknowledged everything
+    done.put({"errors": [e for e in errors if not e.startswith("connected")]})
+
+
+class Plant:
+    """The plant subscriber: persistent session, QoS 1, every score counted by (node, seq)."""
+
+    def __init__(self, port: int) -> None:
+        import paho.mqtt.client as mqtt
+
+        from tests.agent.mosquitto import PASSWORD, USER
+        self.seen: set[tuple[str, int]] = set()
+        self.received = 0
+        self.first = self.last = 0.0
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plant",
+                             clean_session=False)
+        self.c.username_pw_set(USER, PASSWORD)
+        self.c.on_message = self._message
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe("harken/+/+/score", qos=1)
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+
+    def _message(self, client, userdata, m) -> None:
+        import json
+        now = time.monotonic()
+        self.first = self.first or now
+        self.last = now
+        self.received += 1
+        self.seen.add((m.topic.split("/")[1], json.loads(m.payload)["seq"]))
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def fleet(n: int, total: int, stream, tmp: Path) -> dict:
+    from tests.agent.mosquitto import Broker
+    per_agent = max(1, total // n)
+    root = tmp / f"fleet-{n}"
+    (root / "state").mkdir(parents=True)
+    broker = Broker(root)              # Mosquitto's defaults, with a password file
+    broker.start()
+    plant = Plant(broker.port)
+    ctx = mp.get_context("spawn")
+    ready, go, done = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
+    nodes = [f"n{i:03d}" for i in range(n)]
+    groups = [nodes[i::WORKERS] for i in range(min(WORKERS, n))]
+    procs = [ctx.Process(target=agents, args=(broker.port, g, per_agent, stream,
+                                              root / "state", ready, go, done)) for g in groups]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.acquire()
+    t0 = time.monotonic()
+    go.set()
+    reports = [done.get() for _ in procs]
+    for p in procs:
+        p.join()
+    expected = n * per_agent
+    deadline = time.monotonic() + 60
+    while len(plant.seen) < expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    plant.close()
+    broker.stop()
+    span = plant.last - t0
+    row = {"agents": n, "messages_per_agent": per_agent, "sent": expected,
+           "received_unique": len(plant.seen), "received": plant.received,
+           "lost": expected - len(plant.seen), "seconds": span,
+           "messages_per_s": len(plant.seen) / span,
+           "errors": sorted({e for r in reports for e in r["errors"]})}
+    print(f"N={n:>3}: {expected} scores, {row['lost']} lost, {row['received'] - len(plant.seen)} "
+          f"duplicates, {row['messages_per_s']:.0f} msg/s over {span:.1f} s")
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--fleets", type=int, nargs="+", default=[10, 50, 200])
+    p.add_argument("--messages", type=int, default=20000, help="scores per fleet in all")
+    args = p.parse_args()
+    stream = score_stream()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [fleet(n, args.messages, stream, Path(tmp)) for n in args.fleets]
+    figures = {"workers": WORKERS, "rows": rows, "target_lost": 0,
+               "met": all(r["lost"] == 0 for r in rows)}
+    command = " ".join(["bench/bench_fleet.py", *sys.argv[1:]])
+    print(f"wrote {record('fleet', command, figures)}")
+
+
+if __name__ == "__main__":
+    main()
