@@ -109,6 +109,13 @@ class Plant:
         self.c.disconnect()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process (/proc/PID/stat, clock ticks)."""
+    import os
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def fleet(n: int, total: int, stream, tmp: Path) -> dict:
     from tests.agent.mosquitto import Broker
     per_agent = max(1, total // n)
@@ -127,7 +134,7 @@ def fleet(n: int, total: int, stream, tmp: Path) -> dict:
         p.start()
     for _ in procs:
         ready.acquire()
-    t0 = time.monotonic()
+    t0, broker_cpu0 = time.monotonic(), cpu_seconds(broker.proc.pid)
     go.set()
     reports = [done.get() for _ in procs]
     for p in procs:
@@ -136,6 +143,7 @@ def fleet(n: int, total: int, stream, tmp: Path) -> dict:
     deadline = time.monotonic() + 60
     while len(plant.seen) < expected and time.monotonic() < deadline:
         time.sleep(0.2)
+    broker_cpu = cpu_seconds(broker.proc.pid) - broker_cpu0
     plant.close()
     broker.stop()
     span = plant.last - t0
@@ -143,9 +151,11 @@ def fleet(n: int, total: int, stream, tmp: Path) -> dict:
            "received_unique": len(plant.seen), "received": plant.received,
            "lost": expected - len(plant.seen), "seconds": span,
            "messages_per_s": len(plant.seen) / span,
+           "broker_cpu_percent": 100 * broker_cpu / span,
            "errors": sorted({e for r in reports for e in r["errors"]})}
     print(f"N={n:>3}: {expected} scores, {row['lost']} lost, {row['received'] - len(plant.seen)} "
-          f"duplicates, {row['messages_per_s']:.0f} msg/s over {span:.1f} s")
+          f"duplicates, {row['messages_per_s']:.0f} msg/s over {span:.1f} s, Mosquitto "
+          f"{row['broker_cpu_percent']:.0f} % of a core")
     return row
 
 

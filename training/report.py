@@ -83,6 +83,16 @@ def _variant_lines(evaluations: dict[str, dict]) -> list[str]:
         if b == "baseline-knn":
             verdict = "beats baseline-knn" if ov > ob else "**below baseline-knn**"
         lines.append(f"| {v} | {b} | {ov:.4f} | {ob:.4f} | {ov - ob:+.4f} | {verdict} |")
+    bu, ae = evaluations.get("ae-bu"), evaluations.get("ae")
+    if bu and ae and bu["sections"] == ae["sections"]:
+        lines += ["", "ae-bu scored every section exactly as ae did. With the default "
+                  "bandwidth (Scott's rule, n^(-1/(d+4)), about 1 for d = 640 inputs) the "
+                  "Gaussian kernel between two different standardised inputs underflows to "
+                  "zero, so every sample's density is its own kernel alone, every weight is "
+                  "1, and batch uniformization trains exactly the plain AE with the same seed. "
+                  "A bandwidth on the scale of the inputs' distances (`--set bu_bandwidth=...`, "
+                  "of the order of sqrt(d)) makes the weights vary; it would have to be "
+                  "chosen on training data, which this page does not do."]
     return lines
 
 

@@ -77,3 +77,15 @@ def test_mahalanobis_matches_hand_value_and_scipy():
     ours = mahalanobis(x, mean, np.linalg.inv(cov))
     theirs = [scipy_mahalanobis(v, mean, np.linalg.inv(cov)) for v in x]
     np.testing.assert_allclose(ours, theirs, rtol=1e-10)
+
+
+def test_scotts_rule_gives_uniform_weights_on_640_dimensional_inputs():
+    """Why ae-bu trains exactly the plain AE by default (docs/results.md): between two
+    different standardised 640-d inputs the kernel underflows, so every weight is 1; a
+    bandwidth on the scale of the distances (~sqrt(d)) brings the weighting back."""
+    g = torch.Generator().manual_seed(0)
+    common = torch.randn(256, 1, generator=g)           # a dense and a sparse region
+    x = torch.randn(256, 640, generator=g) + 3 * common * (torch.arange(256) < 32)[:, None]
+    assert torch.equal(kde_weights(x), torch.ones(256))
+    w = kde_weights(x, bandwidth=640 ** 0.5)
+    assert w.std() > 0.05
