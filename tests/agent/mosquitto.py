@@ -43,7 +43,7 @@ def make_cert(folder, name: str, ca: str, san: str | None = None) -> None:
 
 
 class Broker:
-    def __init__(self, root, tls: bool = False):
+    def __init__(self, root, tls: bool = False, extra: str = ""):
         self.root, self.port, self.proc = root, free_port(), None
         subprocess.run(["mosquitto_passwd", "-c", "-b", str(root / "passwd"), USER, PASSWORD],
                        check=True, capture_output=True)
@@ -52,7 +52,7 @@ class Broker:
         # persistence on: a subscriber's persistent session survives a broker restart
         conf = (f"user root\nallow_anonymous false\npassword_file {root / 'passwd'}\n"
                 f"persistence true\npersistence_location {root / 'db'}/\n"
-                f"listener {self.port} 127.0.0.1\n")
+                f"{extra}listener {self.port} 127.0.0.1\n")
         self.tls_port = None
         if tls:
             self.tls_port = free_port()
