@@ -5,19 +5,19 @@ it in order; a row leaves the outbox only when the broker's PUBACK arrives. On e
 (re)connect the undelivered rows are published again from the oldest, so a broker that
 was down, or an agent that was killed, loses nothing; a subscriber may see a message
 twice, always with the same ``seq``. Status (retained, Last Will ``offline``) and the
-stats record are live information and skip the outbox; the stats record carries the
-publish latency, from the arrival of the audio that completed an interval to the PUBACK
-of its score. A broker that is down never
-blocks scoring: ``interval`` only writes to SQLite.
+stats record are live information and skip the outbox. A broker that is down never
+blocks scoring: ``interval`` only writes to SQLite. The stats record carries the publish
+latency, from the arrival of the audio that completed an interval to the PUBACK of its
+score.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections import OrderedDict
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np

@@ -47,31 +47,24 @@ def resample(x: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return y.astype(np.float32, copy=False)
 
 
-def _read_pcm(path: Path, mmap: bool) -> tuple[int, np.ndarray]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", scipy.io.wavfile.WavFileWarning)
-        try:
-            rate, data = scipy.io.wavfile.read(path, mmap=mmap)
-        except FileNotFoundError:
-            raise WavError(f"{path}: no such file") from None
-        except ValueError:
-            if not mmap:             # 24-bit and 8-bit-float files cannot be memory-mapped
-                raise
-            rate, data = scipy.io.wavfile.read(path)
-    return rate, data
-
-
 def read_pcm(path: str | Path, mmap: bool = False) -> tuple[np.ndarray, int]:
     """The file's frames as stored (integer or float, [frames, channels]) and its rate;
     ``mmap`` maps the file instead of reading it, so a long recording is not held in
     memory (the file source reads an hour-long WAV this way)."""
     path = Path(path)
-    try:
-        rate, data = _read_pcm(path, mmap)
-    except WavError:
-        raise
-    except (ValueError, OSError, EOFError, IndexError) as exc:
-        raise WavError(f"{path}: not a readable WAV file ({exc})") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.io.wavfile.WavFileWarning)
+        try:
+            try:
+                rate, data = scipy.io.wavfile.read(path, mmap=mmap)
+            except ValueError:
+                if not mmap:
+                    raise
+                rate, data = scipy.io.wavfile.read(path)   # 24-bit cannot be mapped
+        except FileNotFoundError:
+            raise WavError(f"{path}: no such file") from None
+        except (ValueError, OSError, EOFError, IndexError) as exc:
+            raise WavError(f"{path}: not a readable WAV file ({exc})") from None
     if data.size == 0:
         raise WavError(f"{path}: WAV file holds no samples")
     return data, int(rate)

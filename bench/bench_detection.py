@@ -118,6 +118,7 @@ def main() -> None:
     p.add_argument("--train-missing", action="store_true",
                    help="retrain the methods whose evaluations are missing (scripts/make-results)")
     args = p.parse_args()
+    import audio_anomaly
     if not (CORPUS / "corpus.json").is_file():
         subprocess.run([str(ROOT / ".venv" / "bin" / "harken-train"), "synth", "--size",
                         "standard", "--out", str(CORPUS)], check=True)
@@ -132,7 +133,6 @@ def main() -> None:
     rows += bundle_rows()
     aa = audio_anomaly_evaluation()
     rows.append({"name": "audio-anomaly (PyPI)", "kind": "peer", **aa})
-    import audio_anomaly
     for r in rows:
         print(f"{r['name']:<34} {r['official']:.4f}")
     corpus = json.loads((CORPUS / "corpus.json").read_text())

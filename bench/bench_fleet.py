@@ -61,7 +61,7 @@ def agents(port: int, nodes: list[str], per_agent: int, stream, state: Path, rea
     errors = []
     sinks = [MqttSink(settings.model_copy(update={"client_id": f"harken-{n}"}), n, "fan",
                       state / f"{n}.db", log=lambda m: errors.append(m)) for n in nodes]
-    while not all(s._connected.is_set() for s in sinks):
+    while not all(s.health()["mqtt_connected"] for s in sinks):
         time.sleep(0.05)
     ready.release()
     go.wait()

@@ -4,6 +4,7 @@ broker outages (a whole run, 30 s mid-run with a kill -9), agent restarts and a 
 
 import json
 import signal
+import sqlite3
 import time
 
 import numpy as np
@@ -11,6 +12,16 @@ import numpy as np
 from agent.outbox import Outbox
 from agent.wavio import read_wav, write_wav
 from tests.agent.mosquitto import Listener, agent_config as config, run_agent, start_agent
+
+
+def outbox_depth(path) -> int:
+    """Messages waiting in a running agent's outbox (a read-only look, WAL allows it)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+    finally:
+        db.close()
+
 
 def test_scores_status_state_and_events_reach_the_broker(broker, ae_bundle, wav, tmp_path):
     listen = Listener(broker.port)
@@ -89,10 +100,14 @@ def test_no_loss_across_a_30_s_broker_outage_and_a_kill_9_while_it_is_down(
     proc = start_agent(cfg)                 # ...and restarted, still without a broker
     time.sleep(max(0.0, 30 - (time.monotonic() - down_at)))
     broker.start()
-    time.sleep(6)
+    # the agent retries with exponential backoff (up to 60 s): wait until it has drained
+    db = tmp_path / "state" / "outbox.db"
+    end = time.monotonic() + 90
+    while time.monotonic() < end and (time.monotonic() - down_at < 36 or outbox_depth(db)):
+        time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0, proc.stderr.read()
-    box = Outbox(tmp_path / "state" / "outbox.db")
+    box = Outbox(db)
     last, depth = box.last_seq, box.depth
     box.close()
     assert depth == 0 and last >= 15        # ~22 intervals of 2 s in the run
