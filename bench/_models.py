@@ -34,6 +34,16 @@ def corpus() -> Path:
     return path
 
 
+def fan_audio(seconds: int, rate: int = 16000):
+    """``seconds`` of normal fan sound at ``rate``: the bench corpus's training clips joined,
+    looped when they are shorter."""
+    import numpy as np
+
+    from agent.wavio import read_wav
+    clips = sorted((corpus() / "fan" / "train").glob("*.wav"))
+    return np.resize(np.concatenate([read_wav(c, rate)[0] for c in clips]), seconds * rate)
+
+
 def bundles(names: list[str] | None = None) -> dict[str, Path]:
     """Trained-for-seconds runs exported to fp32 + int8 bundles (made once, cached), and
     the MLPerf Tiny models wrapped as bundles; ``names`` picks some."""

@@ -25,12 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import ROOT, record  # noqa: E402
-from bench._models import CACHE, bundles, corpus  # noqa: E402
+from bench._models import CACHE, bundles, fan_audio  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from agent.wavio import read_wav, write_wav  # noqa: E402
+from agent.wavio import write_wav  # noqa: E402
 from tests.agent.mosquitto import PASSWORD, USER, Broker  # noqa: E402
+from tests.conftest import write_agent_config  # noqa: E402
 
 HARKEN = ROOT / ".venv" / "bin" / "harken"
 MODEL, ARTIFACT = "mobilenetv2-0.5", "tflite-int8"
@@ -41,25 +42,22 @@ def long_wav(seconds: int) -> Path:
     """``seconds`` of normal fan sound: the bench corpus's training clips, looped."""
     path = CACHE / f"fan-{seconds}s.wav"
     if not path.is_file():
-        clips = sorted((corpus() / "fan" / "train").glob("*.wav"))
-        x = np.concatenate([read_wav(c, 16000)[0] for c in clips])
-        write_wav(path, np.resize(x, seconds * 16000), 16000)
+        write_wav(path, fan_audio(seconds), 16000)
     return path
 
 
 def config(folder: Path, bundle: Path, wav: Path, realtime: bool, port: int | None) -> Path:
-    lines = ['[agent]', 'node = "bench"', 'machine = "fan"', f'state_dir = "{folder}/state"',
-             '[model]', f'bundle = "{bundle}"', f'artifact = "{ARTIFACT}"', 'threads = 1',
-             '[audio]', 'source = "file"', f'file = "{wav}"', f'realtime = {str(realtime).lower()}',
-             '[decision]', f'interval_s = {2 if realtime else 10}',
-             '[output]', 'stdout = false', f'file = "{folder}/out.jsonl"', 'stats_s = 30']
+    sections = {
+        "agent": {"node": "bench", "machine": "fan", "state_dir": folder / "state"},
+        "model": {"bundle": bundle, "artifact": ARTIFACT, "threads": 1},
+        "audio": {"source": "file", "file": wav, "realtime": realtime},
+        "decision": {"interval_s": 2 if realtime else 10},
+        "output": {"stdout": False, "file": folder / "out.jsonl", "stats_s": 30}}
     if port is not None:
         (folder / "secret").write_text(PASSWORD)
-        lines += ['[mqtt]', 'enabled = true', 'host = "127.0.0.1"', f'port = {port}',
-                  f'username = "{USER}"', 'password_file = "secret"']
-    path = folder / "agent.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+        sections["mqtt"] = {"enabled": True, "host": "127.0.0.1", "port": port,
+                            "username": USER, "password_file": "secret"}
+    return write_agent_config(folder / "agent.toml", **sections)
 
 
 def peak_rss_mb(pid: int) -> float | None:

@@ -61,13 +61,11 @@ def audio_anomaly_evaluation() -> dict:
     from training.data.corpus import machine_types, scan
     from training.evaluate import Evaluation, section_results
     ev = Evaluation()
-    machines = machine_types(CORPUS)
-    tasks = [(m, s) for m in machines
-             for s in sorted({c.section for c in scan(CORPUS, [m], "test")})]
+    test = {m: scan(CORPUS, [m], "test") for m in machine_types(CORPUS)}
+    tasks = [(m, s) for m, clips in test.items() for s in sorted({c.section for c in clips})]
     with get_context("spawn").Pool(min(2, os.cpu_count() or 1)) as pool:
         scored = dict(zip(tasks, pool.map(audio_anomaly_section, tasks)))
-    for m in machines:
-        clips = scan(CORPUS, [m], "test")
+    for m, clips in test.items():
         by_name = {name: s for (mm, _), pairs in scored.items() if mm == m for name, s in pairs}
         ev.results.extend(section_results(m, clips, np.array([by_name[c.name] for c in clips])))
     return {"official": ev.official, "machines": ev.machine_scores(), **domain_aucs(

@@ -17,6 +17,7 @@ on what the broker queues for a subscriber) and with Mosquitto's defaults.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import sys
 import tempfile
@@ -26,25 +27,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import record  # noqa: E402
-from bench._models import bundles, corpus  # noqa: E402
+from bench._models import bundles, fan_audio  # noqa: E402
 
 WORKERS = 4                 # processes the agents are spread over
 
 
 def score_stream(seconds: int = 120):
     """The IntervalResults of a real pipeline run over ``seconds`` of fan audio."""
-    import numpy as np
-
     from agent.bundle import open_bundle
     from agent.decision import Decision
     from agent.pipeline import Pipeline
     from agent.scorer import BundleScorer
-    from agent.wavio import read_wav
     bundle = open_bundle(bundles(["ae"])["ae"])
     pipe = Pipeline(BundleScorer(bundle, 0, "onnx-int8"), Decision(bundle.threshold),
                     interval_s=1.0)
-    clips = sorted((corpus() / "fan" / "train").glob("*.wav"))
-    x = np.concatenate([read_wav(c, 16000)[0] for c in clips])[:seconds * 16000]
+    x = fan_audio(seconds)
     return [r for i in range(0, len(x), 1600) for r in pipe.push(x[i:i + 1600])]
 
 
@@ -99,7 +96,6 @@ class Plant:
         self.c.loop_start()
 
     def _message(self, client, userdata, m) -> None:
-        import json
         now = time.monotonic()
         self.first = self.first or now
         self.last = now
