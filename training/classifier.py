@@ -39,7 +39,8 @@ from tqdm import tqdm
 from agent.rules import Rule, unit_embedding
 from training.augment import frame_shift, median_filter_time, mixup, smote, spec_augment
 from training.config import TrainConfig
-from training.data.corpus import Clip, CorpusError, machine_types, scan
+from training.data.corpus import Clip, scan
+from training.data.pseudo_anomalies import other_machine_clips
 from training.data.windows import (class_labels, class_sections, clip_features, stack_windows,
                                    validation_split)
 from training.models.dense_ae import DenseAE, per_sample_mse
@@ -175,7 +176,7 @@ class ClassifierMethod(TorchMethod):
         device = self.setup()
         machine = clips[0].machine
         own = len(clips)
-        clips = list(clips) + self._other_machine_clips(clips)
+        clips = list(clips) + other_machine_clips(clips, cfg.other_clips, cfg.seed)
         feats = clip_features(clips, self.spec, progress)
         self.class_names, clip_class = class_labels(clips)
         self.class_section = class_sections(self.class_names, machine)
@@ -257,7 +258,7 @@ class ClassifierMethod(TorchMethod):
         self = cls.load(run_dir)
         info = self.info
         own = scan(Path(info["corpus"]["root"]), [info["machine"]], split="train")
-        clips = own + self._other_machine_clips(own)
+        clips = own + other_machine_clips(own, self.config.other_clips, self.config.seed)
         fit_idx, val_idx = validation_split(clips, self.config.val_fraction, self.config.seed)
         feats = clip_features(own, self.spec, progress)
         normal = self._fit_scoring(own, feats, [i for i in fit_idx if i < len(own)],
@@ -291,23 +292,6 @@ class ClassifierMethod(TorchMethod):
             np.save(run_dir / f"bank_section_{s:02d}_scale.npy", self.bank_scale[s])
         np.save(run_dir / "embedding_mean.npy", self.emb_mean)
         np.save(run_dir / "embedding_std.npy", self.emb_std)
-
-    def _other_machine_clips(self, clips: Sequence[Clip]) -> list[Clip]:
-        n = self.config.other_clips
-        if n <= 0:
-            return []
-        root, machine = clips[0].path.parents[2], clips[0].machine
-        try:
-            others = [m for m in machine_types(root) if m != machine]
-        except CorpusError:
-            return []
-        rng = np.random.default_rng(self.config.seed)
-        picked: list[Clip] = []
-        for other in others:
-            train = scan(root, [other], split="train")
-            picked += [train[i] for i in sorted(rng.choice(len(train), min(n, len(train)),
-                                                           replace=False))]
-        return picked
 
     def _augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg, g = self.config, self.generator

@@ -69,6 +69,13 @@ def cmd_refit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_localize(args: argparse.Namespace) -> int:
+    from training.localize import localize
+    out = localize(Path(args.run), Path(args.clip), Path(args.out))
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from training.methods import METHODS, settings
     for name, cls in sorted(METHODS.items()):
@@ -210,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not train and show baseline-knn beside the run")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+
+    lo = sub.add_parser("localize", help="draw where a clip departs from normal (AEGAN-AD run): "
+                        "query, reconstruction, mean training spectrogram, difference map")
+    lo.add_argument("run", help="an aegan-ad run folder (one machine type)")
+    lo.add_argument("clip", help="WAV file to look at")
+    lo.add_argument("--out", required=True, help="PNG to write")
+    lo.set_defaults(func=cmd_localize)
 
     r = sub.add_parser("report", help="write a results page (markdown) from evaluations")
     r.add_argument("evaluations", nargs="+", metavar="[LABEL=]EVAL_DIR",

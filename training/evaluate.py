@@ -79,7 +79,7 @@ def evaluate(run_dirs: list[Path], out: Path, data_root: Path | None = None,
     for run_dir in run_dirs:
         info, clips, scores = score_run(run_dir, data_root, progress, rule)
         machine = info["machine"]
-        used = rule or info["params"].get("score")
+        used = rule or info.get("score_rule") or info["params"].get("score")
         ev.methods[machine] = info["method"] + (f" ({used} score)" if used else "")
         if "training" in info:
             ev.training[machine] = info["training"]

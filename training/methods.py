@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from training.aegan import AeganMethod
 from training.autoencoder import (AeBatchUniformization, AeMahalanobis, AeNeymanPearson,
                                   AutoencoderMethod)
 from training.baselines import KnnBaseline
@@ -9,7 +10,7 @@ from training.classifier import ClassifierMethod, ContrastiveMethod
 
 METHODS = {cls.name: cls for cls in (KnnBaseline, AutoencoderMethod, AeMahalanobis,
                                      AeBatchUniformization, AeNeymanPearson,
-                                     ClassifierMethod, ContrastiveMethod)}
+                                     ClassifierMethod, ContrastiveMethod, AeganMethod)}
 
 
 def method_class(name: str):

@@ -70,6 +70,33 @@ def fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]],
     opt = torch.optim.Adam(list(parameters) if parameters is not None else model.parameters(),
                            lr=cfg.lr, weight_decay=cfg.weight_decay)
     use_amp = device.type == "cuda"
+
+    def step(batch: Batch) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss = loss_fn(batch)
+        check_finite(loss, desc)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return fit_steps(model, batches, step, val_loss, cfg, device, progress, desc)
+
+
+def check_finite(loss: torch.Tensor, desc: str) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{desc}: loss became {loss.item()}; lower lr (--set lr=...) "
+                                 "or check the input features")
+
+
+def fit_steps(model: nn.Module, batches: Callable[[int], Iterable[Batch]],
+              step: Callable[[Batch], torch.Tensor], val_loss: Callable[[], float],
+              cfg: TrainConfig, device: torch.device, progress: bool = True,
+              desc: str = "train") -> History:
+    """The epoch loop around ``step`` (one batch's update, returning the loss it reports),
+    for methods with their own optimisers (the GANs): progress, validation, early
+    stopping, the best epoch's weights kept."""
+    use_amp = device.type == "cuda"
     hist = History(device=str(device))
     best, best_state, waited = float("inf"), copy.deepcopy(model.state_dict()), 0
     bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
@@ -77,14 +104,7 @@ def fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]],
         model.train()
         t0, total, n = time.perf_counter(), 0.0, 0
         for batch in batches(epoch):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = loss_fn(batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: loss became {loss.item()} in epoch {epoch + 1}; "
-                                         "lower lr (--set lr=...) or check the input features")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = step(batch)
             size = batch[0].shape[0]
             total += loss.item() * size
             n += size

@@ -1,12 +1,19 @@
-"""'Something else' sounds for the simplified Neyman-Pearson objective: pink noise and the
-other machine types of the corpus, as log-mels (mixed into normal inputs during training)."""
+"""'Something else' sounds: the other machine types of the corpus and pink noise. They are
+extra classes for the classifiers, outliers for OEVAE's outlier exposure, mixed into normal
+inputs for the simplified Neyman-Pearson objective, and mixed into held-out normal clips to
+choose a score rule without test labels (``choose_rule``)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
+import torch
 from scipy import signal
+from sklearn.metrics import roc_auc_score
 
 from agent.features import FeatureSpec, logmel
+from training.augment.mixing import mix_logmel
 from training.data.corpus import CorpusError, Clip, machine_types, scan
 from training.data.windows import clip_features
 
@@ -20,6 +27,25 @@ def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
     return (x / np.sqrt(np.mean(x ** 2))).astype(np.float32)
 
 
+def other_machine_clips(clips: Sequence[Clip], per_type: int, seed: int = 0) -> list[Clip]:
+    """Up to ``per_type`` training clips (drawn with ``seed``) of every other machine type in
+    the corpus of ``clips``; none when the corpus has one type or no corpus root."""
+    if per_type <= 0:
+        return []
+    root, machine = clips[0].path.parents[2], clips[0].machine
+    try:
+        others = [m for m in machine_types(root) if m != machine]
+    except CorpusError:
+        return []
+    rng = np.random.default_rng(seed)
+    picked: list[Clip] = []
+    for other in others:
+        train = scan(root, [other], split="train")
+        picked += [train[i] for i in sorted(rng.choice(len(train), min(per_type, len(train)),
+                                                       replace=False))]
+    return picked
+
+
 def pseudo_anomaly_pool(clips: list[Clip], spec: FeatureSpec, seed: int = 0,
                         per_type: int = 20, noise_clips: int = 10, noise_seconds: float = 10.0,
                         progress: bool = True
@@ -27,20 +53,39 @@ def pseudo_anomaly_pool(clips: list[Clip], spec: FeatureSpec, seed: int = 0,
     """Log-mels of up to ``per_type`` training clips of every other machine type in the
     corpus of ``clips``, plus ``noise_clips`` pink-noise clips; and where each came from."""
     rng = np.random.default_rng(seed)
-    machine = clips[0].machine
-    root = clips[0].path.parents[2]
-    pool_clips: list[Clip] = []
-    try:
-        others = [m for m in machine_types(root) if m != machine]
-    except CorpusError:
-        others = []
-    for other in others:
-        train = scan(root, [other], split="train")
-        pool_clips += [train[i] for i in rng.choice(len(train), min(per_type, len(train)),
-                                                    replace=False)]
+    pool_clips = other_machine_clips(clips, per_type, seed)
     feats = clip_features(pool_clips, spec, progress, desc="pseudo-anomaly sources")
     sources = [c.machine for c in pool_clips]
     for _ in range(noise_clips):
         feats.append(logmel(pink_noise(int(noise_seconds * spec.sample_rate), rng), spec))
         sources.append("pink-noise")
     return feats, sources
+
+
+def pseudo_anomalous(feats: Sequence[np.ndarray], pool: Sequence[np.ndarray], spec: FeatureSpec,
+                     seed: int = 0, anr_db: tuple[float, float] = (-20.0, 0.0)
+                     ) -> list[np.ndarray]:
+    """Each log-mel of ``feats`` with a random ``pool`` sound (cropped or repeated to its
+    length) added at an anomaly-to-normal ratio drawn uniformly from ``anr_db``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for m in feats:
+        other = pool[rng.integers(len(pool))]
+        other = np.resize(other, (len(m), other.shape[1])) if len(other) < len(m) else \
+            other[rng.integers(len(other) - len(m) + 1):][:len(m)]
+        anr = torch.tensor([rng.uniform(*anr_db)], dtype=torch.float32)
+        out.append(mix_logmel(torch.from_numpy(m[None]), torch.from_numpy(np.ascontiguousarray(
+            other[None], dtype=np.float32)), anr, 20.0 / spec.power)[0].numpy())
+    return out
+
+
+def choose_rule(normal: Mapping[str, np.ndarray], pseudo: Mapping[str, np.ndarray]
+                ) -> tuple[str, dict[str, float]]:
+    """The rule whose scores best separate held-out normal clips from pseudo-anomalies (AUC),
+    and every rule's AUC. No test clip is involved: this is how a user without labelled
+    faults can pick a score."""
+    aucs = {}
+    for rule in normal:
+        y = np.r_[np.zeros(len(normal[rule])), np.ones(len(pseudo[rule]))]
+        aucs[rule] = float(roc_auc_score(y, np.r_[normal[rule], pseudo[rule]]))
+    return max(aucs, key=aucs.get), aucs
