@@ -12,9 +12,11 @@ preset              n_fft   hop     mels    power  window (frames)  window hop
 dcase2020-ae        1024    512     128     2      5  (x128 = 640)  1
 mobilenetv2         1024    512     128     2      64 (~2.0 s)      8 (~256 ms)
 aegan-ad            2048    512     128     2      128 (~4.1 s)     32
+gmgan               1024    512     64      2      64 (~2.0 s)      32
+oevae               1024    256     64      2      125 (2.0 s)      62 (~1 s)
 ==================  ======  ======  ======  =====  ===============  ============
 
-A frame is 64 ms of audio (n_fft 1024) advanced by 32 ms (hop 512).
+A frame is 64 ms of audio (n_fft 1024) advanced by 32 ms (hop 512; oevae: 16 ms, hop 256).
 """
 
 from __future__ import annotations
@@ -171,6 +173,11 @@ PRESETS: dict[str, FeatureSpec] = {
     # AEGAN-AD: n_fft 2048, 128 x 128 patches.
     "aegan-ad": FeatureSpec(name="aegan-ad", n_fft=2048, win_length=2048,
                             window_frames=128, window_hop=32),
+    # GMGAN: 64 mels, 64 x 64 patches (about 2 s), hop 32 frames.
+    "gmgan": FeatureSpec(name="gmgan", n_mels=64, window_frames=64, window_hop=32),
+    # OEVAE: 64 ms frames, 16 ms hop, 64 mels, 2-second segments (125 frames), hop 1 s.
+    "oevae": FeatureSpec(name="oevae", n_fft=1024, win_length=1024, hop_length=256, n_mels=64,
+                         window_frames=125, window_hop=62),
 }
 
 

@@ -24,6 +24,19 @@ def small_fan(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def fan_with_outliers(small_fan, tiny_corpus, tmp_path_factory):
+    """A corpus of the small corpus's fan and the tiny corpus's gearbox and valve (linked,
+    not copied): fan training clips with other machine types beside them, for the methods
+    that train against other types (OEVAE's outlier exposure)."""
+    root = tmp_path_factory.mktemp("corpus") / "fan_with_outliers"
+    root.mkdir()
+    (root / "fan").symlink_to(small_fan / "fan", target_is_directory=True)
+    for other in ("gearbox", "valve"):
+        (root / other).symlink_to(tiny_corpus / other, target_is_directory=True)
+    return root
+
+
+@pytest.fixture(scope="session")
 def easy_test_set(small_fan, tmp_path_factory):
     """Held-out normal fan clips and 'easy' anomalies made from them: the same clips with a
     steady 1.2 kHz whine 6 dB below the clip. Returns (clips, labels); clip 2i is a normal

@@ -41,7 +41,7 @@ from sklearn.neighbors import LocalOutlierFactor
 from training.config import TrainConfig
 from training.data.corpus import Clip
 from training.data.pseudo_anomalies import choose_rule, pseudo_anomalous, pseudo_anomaly_pool
-from training.data.windows import clip_features, stack_windows, validation_split
+from training.data.windows import as_images, clip_features, stack_windows, validation_split
 from training.models.aegan import Aegan
 from training.models.losses import feature_matching, gradient_penalty
 from training.torch_method import MIN_HELD_OUT, TorchMethod, batched, load_array
@@ -80,11 +80,6 @@ class AeganConfig(TrainConfig):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
-def _to_patches(x: np.ndarray) -> torch.Tensor:
-    """(n, frames, mels) windows -> (n, 1, mels, frames) patches."""
-    return torch.from_numpy(x).transpose(1, 2).unsqueeze(1).contiguous()
-
-
 class AeganMethod(TorchMethod):
     name = "aegan-ad"
     preset_name = "aegan-ad"
@@ -121,9 +116,9 @@ class AeganMethod(TorchMethod):
         self.low, self.high = float(x_fit.min()), float(x_fit.max())
         net = Aegan(**self.architecture()).to(device)
         self.model = net
-        xt = net.scale(_to_patches(x_fit))
+        xt = net.scale(as_images(x_fit))
         x_val, _ = stack_windows([feats[i] for i in (val_idx or fit_idx)], self.spec)
-        xv = net.scale(_to_patches(x_val))
+        xv = net.scale(as_images(x_val))
         gen, disc = net.generator, net.discriminator
         opt_g = torch.optim.Adam(gen.parameters(), cfg.lr, betas=(cfg.beta1, 0.999))
         opt_d = torch.optim.Adam(disc.parameters(), cfg.lr, betas=(cfg.beta1, 0.999))
@@ -198,7 +193,7 @@ class AeganMethod(TorchMethod):
         emb = []
         with torch.no_grad():
             for idx in batched(len(x), 128):
-                p = net.scale(_to_patches(x[idx.numpy()]))
+                p = net.scale(as_images(x[idx.numpy()]))
                 z = net.generator.encode(p)
                 r = net.generator.decode(z)
                 zr = net.generator.encode(r)
@@ -280,8 +275,8 @@ class AeganMethod(TorchMethod):
         w = windows(logmel, self.spec)
         hop, frames = self.spec.window_hop, self.spec.window_frames
         with torch.no_grad():
-            recon = self.model.unscale(self.model.generator(self.model.scale(_to_patches(
-                np.ascontiguousarray(w, dtype=np.float32))))).squeeze(1).numpy()
+            net = self.model
+            recon = net.unscale(net.generator(net.scale(as_images(w)))).squeeze(1).numpy()
         length = (len(w) - 1) * hop + frames
         total = np.zeros((self.spec.n_mels, length))
         mean = np.zeros_like(total)

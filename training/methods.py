@@ -7,10 +7,13 @@ from training.autoencoder import (AeBatchUniformization, AeMahalanobis, AeNeyman
                                   AutoencoderMethod)
 from training.baselines import KnnBaseline
 from training.classifier import ClassifierMethod, ContrastiveMethod
+from training.gmgan import GmganMethod
+from training.oevae import OevaeMethod
 
 METHODS = {cls.name: cls for cls in (KnnBaseline, AutoencoderMethod, AeMahalanobis,
                                      AeBatchUniformization, AeNeymanPearson,
-                                     ClassifierMethod, ContrastiveMethod, AeganMethod)}
+                                     ClassifierMethod, ContrastiveMethod, AeganMethod,
+                                     GmganMethod, OevaeMethod)}
 
 
 def method_class(name: str):

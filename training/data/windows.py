@@ -78,3 +78,10 @@ def class_sections(names: Sequence[str], machine: str) -> np.ndarray:
     """Section number of each class of ``machine``; -1 for other machine types' classes."""
     return np.array([int(n.split("/")[1].split("_")[1]) if n.split("/")[0] == machine else -1
                      for n in names])
+
+
+def as_images(windows_: np.ndarray):
+    """(n, frames, mels) windows -> (n, 1, mels, frames) torch images (mels as height)."""
+    import torch
+    return torch.from_numpy(np.ascontiguousarray(windows_, dtype=np.float32)).transpose(
+        1, 2).unsqueeze(1).contiguous()

@@ -82,15 +82,12 @@ class AeganDiscriminator(nn.Module):
         return self.head(self.embed(x)).squeeze(1)
 
 
-class Aegan(nn.Module):
-    """Generator + discriminator, and the fixed [-1, 1] scaling of the training set's dB
-    range (stored, so a run scores exactly as it trained)."""
+class DbRange(nn.Module):
+    """The fixed [-1, 1] scaling of the training set's dB range, stored with the weights so a
+    run scores exactly as it trained (the generators end in Tanh)."""
 
-    def __init__(self, size: int = 128, channels: int = 32, latent: int = 256,
-                 low: float = -100.0, high: float = 0.0) -> None:
+    def __init__(self, low: float = -100.0, high: float = 0.0) -> None:
         super().__init__()
-        self.generator = AeganGenerator(size, channels, latent)
-        self.discriminator = AeganDiscriminator(size, channels)
         self.register_buffer("low", torch.tensor(float(low)))
         self.register_buffer("high", torch.tensor(float(high)))
 
@@ -101,3 +98,13 @@ class Aegan(nn.Module):
 
     def unscale(self, x: torch.Tensor) -> torch.Tensor:
         return (x + 1.0) / 2.0 * (self.high - self.low) + self.low
+
+
+class Aegan(DbRange):
+    """Generator + discriminator over scaled patches."""
+
+    def __init__(self, size: int = 128, channels: int = 32, latent: int = 256,
+                 low: float = -100.0, high: float = 0.0) -> None:
+        super().__init__(low, high)
+        self.generator = AeganGenerator(size, channels, latent)
+        self.discriminator = AeganDiscriminator(size, channels)
