@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 from sklearn.neighbors import LocalOutlierFactor
+from tqdm import tqdm
 
 from training.config import TrainConfig
 from training.data.corpus import Clip
@@ -251,12 +252,17 @@ class AeganMethod(TorchMethod):
 
     def score(self, clips: Sequence[Clip], progress: bool = True, rule: str | None = None
               ) -> np.ndarray:
-        rule = self.check_rule(rule)
-        out = np.empty(len(clips))
-        for start in range(0, len(clips), 32):
+        return self.score_all(clips, progress)[self.check_rule(rule)]
+
+    def score_all(self, clips: Sequence[Clip], progress: bool = True) -> dict[str, np.ndarray]:
+        """Every rule's clip scores from one pass (they share the networks' outputs)."""
+        out = {r: np.empty(len(clips)) for r in RULES}
+        for start in tqdm(range(0, len(clips), 32), desc="scoring", unit="32 clips",
+                          disable=not progress, leave=False):
             part = clips[start:start + 32]
             parts = self._clip_parts(clip_features(part, self.spec, False))
-            out[start:start + len(part)] = self._rule_scores(parts, part)[rule]
+            for r, v in self._rule_scores(parts, part).items():
+                out[r][start:start + len(part)] = v
         return out
 
     # -- run directory -----------------------------------------------------------------------

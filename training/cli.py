@@ -90,11 +90,23 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import comparison_table, evaluate, format_table
+    from training.evaluate import comparison_table, evaluate, evaluate_rules, format_table
     from training.runs import read_run
     runs = find_runs(Path(args.run))
     out = Path(args.out) if args.out else Path(args.run) / "eval"
     data = Path(args.data) if args.data else None
+    if args.score == "all":
+        evs = evaluate_rules(runs, out, data, progress=not args.quiet, plots=not args.no_plots)
+        if args.json:
+            print(json.dumps({r: ev.to_dict() for r, ev in evs.items()}, indent=2))
+        else:
+            print(f"{'score rule':<12} {'official':>8}   " + " ".join(
+                f"{m:>9}" for m in next(iter(evs.values())).machine_scores()))
+            for rule, ev in evs.items():
+                print(f"{rule:<12} {ev.official:>8.4f}   " + " ".join(
+                    f"{v:>9.4f}" for v in ev.machine_scores().values()))
+            print(f"one folder of result files, metrics and ROC plots per rule in {out}")
+        return 0
     ev = evaluate(runs, out, data, progress=not args.quiet, plots=not args.no_plots,
                   rule=args.score)
     baseline = None
@@ -212,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.add_argument("--no-plots", action="store_true", help="skip the ROC PNGs")
     e.add_argument("--score", help="score rule (e.g. mse, mahalanobis, logit, embedding; "
-                                   "default: the run's)")
+                                   "default: the run's), or 'all': every rule of the method, "
+                                   "one sub-folder each, from one pass over the test clips")
     e.add_argument("--no-baseline", action="store_true",
                    help="do not train and show baseline-knn beside the run")
     e.add_argument("--quiet", action="store_true")

@@ -36,7 +36,10 @@ class Evaluation:
 
 
 def score_run(run_dir: Path, data_root: Path | None, progress: bool = True,
-              rule: str | None = None) -> tuple[dict, list[Clip], np.ndarray]:
+              rules: list[str | None] | None = None
+              ) -> tuple[dict, list[Clip], dict[str | None, np.ndarray]]:
+    """The run's test clips and their scores under each of ``rules`` (None: the run's
+    default rule; ["all"]: every rule of the method, scored in one pass where it can)."""
     info = read_run(run_dir)
     root = Path(data_root) if data_root else Path(info["corpus"]["root"])
     clips = scan(root, [info["machine"]], split="test")
@@ -45,8 +48,15 @@ def score_run(run_dir: Path, data_root: Path | None, progress: bool = True,
         raise CorpusError(f"{unlabelled[0].path}: test clip has no normal/anomaly label; "
                           "metrics need a labelled (development) test set")
     model = method_class(info["method"]).load(run_dir)
-    scores = model.score(clips, progress, rule=rule) if rule else model.score(clips, progress)
-    return info, clips, np.asarray(scores, dtype=np.float64)
+    rules = rules or [None]
+    if rules == ["all"]:
+        every = getattr(model, "score_all", None)
+        scores = every(clips, progress) if every else \
+            {r: model.score(clips, progress, rule=r) for r in model.score_rules}
+    else:
+        scores = {r: model.score(clips, progress, rule=r) if r else model.score(clips, progress)
+                  for r in rules}
+    return info, clips, {r: np.asarray(v, dtype=np.float64) for r, v in scores.items()}
 
 
 def write_result_files(out: Path, machine: str, clips: list[Clip], scores: np.ndarray,
@@ -74,21 +84,37 @@ def section_results(machine: str, clips: list[Clip], scores: np.ndarray) -> list
 def evaluate(run_dirs: list[Path], out: Path, data_root: Path | None = None,
              progress: bool = True, plots: bool = True, rule: str | None = None) -> Evaluation:
     """``rule``: a score rule of the method (e.g. mahalanobis, embedding); default: the run's."""
-    out.mkdir(parents=True, exist_ok=True)
-    ev = Evaluation()
+    return evaluate_rules(run_dirs, {rule: out}, data_root, progress, plots)[rule]
+
+
+def evaluate_rules(run_dirs: list[Path], outs: dict[str | None, Path] | Path,
+                   data_root: Path | None = None, progress: bool = True, plots: bool = True
+                   ) -> dict[str | None, Evaluation]:
+    """One evaluation per score rule, each in its own folder, from one scoring pass over
+    the test clips. ``outs`` maps rule -> folder, or is one folder for every rule of the
+    method (a sub-folder per rule)."""
+    evs: dict[str | None, Evaluation] = {}
+    folders: dict[str | None, Path] = {}
     for run_dir in run_dirs:
-        info, clips, scores = score_run(run_dir, data_root, progress, rule)
+        rules = ["all"] if isinstance(outs, Path) else list(outs)
+        info, clips, scores = score_run(run_dir, data_root, progress, rules)
         machine = info["machine"]
-        used = rule or info.get("score_rule") or info["params"].get("score")
-        ev.methods[machine] = info["method"] + (f" ({used} score)" if used else "")
-        if "training" in info:
-            ev.training[machine] = info["training"]
-        write_result_files(out, machine, clips, scores, info["normal_scores"]["threshold"])
-        ev.results.extend(section_results(machine, clips, scores))
-        if plots:
-            plot_roc(out / f"roc_{machine}.png", machine, info["method"], clips, scores)
-    write_tables(out, ev)
-    return ev
+        for rule, values in scores.items():
+            out = outs / rule if isinstance(outs, Path) else outs[rule]
+            folders[rule] = out
+            out.mkdir(parents=True, exist_ok=True)
+            ev = evs.setdefault(rule, Evaluation())
+            used = rule or info.get("score_rule") or info["params"].get("score")
+            ev.methods[machine] = info["method"] + (f" ({used} score)" if used else "")
+            if "training" in info:
+                ev.training[machine] = info["training"]
+            write_result_files(out, machine, clips, values, info["normal_scores"]["threshold"])
+            ev.results.extend(section_results(machine, clips, values))
+            if plots:
+                plot_roc(out / f"roc_{machine}.png", machine, info["method"], clips, values)
+    for rule, ev in evs.items():
+        write_tables(folders[rule], ev)
+    return evs
 
 
 def write_tables(out: Path, ev: Evaluation) -> None:

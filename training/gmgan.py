@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from training.config import TrainConfig
 from training.data.corpus import Clip
@@ -190,11 +191,15 @@ class GmganMethod(TorchMethod):
 
     def score(self, clips: Sequence[Clip], progress: bool = True, rule: str | None = None
               ) -> np.ndarray:
-        rule = self.check_rule(rule)
-        out = np.empty(len(clips))
-        for start in range(0, len(clips), 64):
+        return self.score_all(clips, progress)[self.check_rule(rule)]
+
+    def score_all(self, clips: Sequence[Clip], progress: bool = True) -> dict[str, np.ndarray]:
+        out = {r: np.empty(len(clips)) for r in self.score_rules}
+        for start in tqdm(range(0, len(clips), 64), desc="scoring", unit="64 clips",
+                          disable=not progress, leave=False):
             part = clips[start:start + 64]
-            out[start:start + len(part)] = self._scores(clip_features(part, self.spec, False))[rule]
+            for r, v in self._scores(clip_features(part, self.spec, False)).items():
+                out[r][start:start + len(part)] = v
         return out
 
     def load_extra(self, run_dir: Path, info: dict) -> None:

@@ -33,6 +33,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from agent.features import FeatureSpec
 from training.augment import mixup, smote
@@ -285,12 +286,16 @@ class OevaeMethod(TorchMethod):
 
     def score(self, clips: Sequence[Clip], progress: bool = True, rule: str | None = None
               ) -> np.ndarray:
-        rule = self.check_rule(rule)
-        out = np.empty(len(clips))
-        for start in range(0, len(clips), 32):
+        return self.score_all(clips, progress)[self.check_rule(rule)]
+
+    def score_all(self, clips: Sequence[Clip], progress: bool = True) -> dict[str, np.ndarray]:
+        out = {r: np.empty(len(clips)) for r in self.score_rules}
+        for start in tqdm(range(0, len(clips), 32), desc="scoring", unit="32 clips",
+                          disable=not progress, leave=False):
             part = clips[start:start + 32]
             alpha, beta = self._segment_scores(clip_features(part, self.spec, False), part)
-            out[start:start + len(part)] = self._clip_scores(alpha, beta, rule)
+            for r in self.score_rules:
+                out[r][start:start + len(part)] = self._clip_scores(alpha, beta, r)
         return out
 
     def load_extra(self, run_dir: Path, info: dict) -> None:

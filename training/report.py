@@ -44,8 +44,11 @@ def results_markdown(evaluations: dict[str, dict], corpus: dict, command: str) -
                   f"0.80 with target AUCs below source AUCs. Official score "
                   f"{knn['official_score']:.4f}: {'met' if in_band else '**missed**'}; mean AUC "
                   f"target {tgt:.4f} vs source {src:.4f}: {'met' if tgt < src - 0.05 else '**missed**'}."]
-    lines += _variant_lines(evaluations) + _training_lines(evaluations)
+    lines += _variant_lines(evaluations) + _generative_lines(evaluations) \
+        + _training_lines(evaluations)
     for label, ev in evaluations.items():
+        if " [" in label:           # another score rule of a method shown above
+            continue
         lines += ["", f"## {label}: per section", "",
                   "| machine | section | AUC source | AUC target | pAUC | hmean |",
                   "|---|---|---|---|---|---|"]
@@ -93,6 +96,37 @@ def _variant_lines(evaluations: dict[str, dict]) -> list[str]:
                   "A bandwidth on the scale of the inputs' distances (`--set bu_bandwidth=...`, "
                   "of the order of sqrt(d)) makes the weights vary; it would have to be "
                   "chosen on training data, which this page does not do."]
+    return lines
+
+
+GENERATIVE = {
+    "aegan-ad": "the generator's reconstruction scores (`x-*`, `z-*`) need the convolutional "
+                "autoencoder on the device; the critic-embedding scores (`d-*`) also the "
+                "discriminator and the section's embedding bank (LOF: its neighbour graph)",
+    "gmgan": "`latent` needs the encoder, decoder and auxiliary encoder; `energy` the encoder, "
+             "the estimation network's GMM arrays and a log-sum-exp on the device",
+    "oevae": "the ResNet and the VAE encoder, plus the segment bank per section for `beta` "
+             "(the same kind of bank the classifier's embedding rule ships)",
+}
+
+
+def _generative_lines(evaluations: dict[str, dict]) -> list[str]:
+    shown = [m for m in GENERATIVE if m in evaluations]
+    if not shown:
+        return []
+    lines = ["", "## Generative detectors", "",
+             "AEGAN-AD, GMGAN and OEVAE are trained and evaluated like the edge scorers; the "
+             "rows `method [rule]` are the same runs scored with each of their score rules. "
+             "None of them exports to the device yet: `harken-export` refuses their runs "
+             "(it builds device graphs for the dense AE and the MobileNetV2 classifiers). "
+             "What each would need:", ""]
+    lines += [f"- {m}: {GENERATIVE[m]}." for m in shown]
+    chosen = evaluations.get("aegan-ad", {}).get("methods", {})
+    if chosen:
+        lines += ["", "AEGAN-AD's default score is chosen per machine type without test "
+                  "labels (held-out normal training clips against pseudo-anomalous copies of "
+                  "them): " + ", ".join(f"{m}: {v.split('(')[-1].split()[0]}"
+                                        for m, v in sorted(chosen.items())) + "."]
     return lines
 
 

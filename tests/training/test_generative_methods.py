@@ -76,16 +76,41 @@ def test_localize_refuses_other_methods_and_missing_clips(small_fan, tmp_path, c
     assert "nope.wav" in capsys.readouterr().err and not (tmp_path / "m.png").exists()
 
 
-def test_gmgan_scoring_gmm_is_the_training_windows_mixture(small_fan, tmp_path):
-    run = tmp_path / "gmgan" / "fan"
+@pytest.fixture(scope="module")
+def gmgan_run(small_fan, tmp_path_factory):
+    run = tmp_path_factory.mktemp("gmgan") / "fan"
     make_method("gmgan", ["epochs=1", "mixtures=3"]).train(scan(small_fan, ["fan"], "train"),
                                                            run, progress=False)
-    model = METHODS["gmgan"].load(run)
+    return run
+
+
+def test_gmgan_scoring_gmm_is_the_training_windows_mixture(gmgan_run):
+    model = METHODS["gmgan"].load(gmgan_run)
     phi, mu, cov = (model.gmm[k].numpy() for k in ("phi", "mu", "cov"))
     assert phi.shape == (3,) and phi.sum() == pytest.approx(1.0)
     assert mu.shape == (3, 16) and cov.shape == (3, 16, 16)
     np.testing.assert_allclose(cov, np.transpose(cov, (0, 2, 1)))
     assert (np.linalg.eigvalsh(cov) > -1e-9).all()                  # covariances, PSD
+
+
+def test_evaluate_every_rule_in_one_pass_equals_each_rule_alone(gmgan_run, tmp_path, capsys):
+    every = tmp_path / "every"
+    assert main(["evaluate", str(gmgan_run.parent), "--score", "all", "--out", str(every),
+                 "--no-baseline", "--no-plots", "--quiet"]) == 0
+    assert "latent" in capsys.readouterr().out
+    for rule in ("latent", "energy"):
+        assert main(["evaluate", str(gmgan_run.parent), "--score", rule, "--json",
+                     "--out", str(tmp_path / rule), "--no-baseline", "--no-plots", "--quiet"]) == 0
+        alone = json.loads(capsys.readouterr().out)
+        together = json.loads((every / rule / "metrics.json").read_text())
+        assert together["official_score"] == pytest.approx(alone["official_score"])
+        assert together["methods"] == {"fan": f"gmgan ({rule} score)"}
+
+
+def test_generative_runs_are_refused_by_export_with_the_reason(gmgan_run, tmp_path, capsys):
+    from export.cli import main as export_main
+    assert export_main([str(gmgan_run), "--out", str(tmp_path / "b")]) == 2
+    assert "method 'gmgan' has no device graph" in capsys.readouterr().err
 
 
 def test_oevae_shift_value_is_the_numeric_attribute_or_the_mean_power(tiny_corpus):
