@@ -81,6 +81,23 @@ class AeganConfig(TrainConfig):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
+def square_patches(method: TorchMethod, clips: Sequence[Clip], progress: bool
+                   ) -> tuple[list[np.ndarray], list[int], list[int], np.ndarray, np.ndarray]:
+    """What AEGAN-AD and GMGAN train on: the clips' log-mels, the fit/validation split, the
+    fit and validation patches (dB); sets ``method.low``/``high`` to the fit patches' range
+    (the [-1, 1] scaling their Tanh generators need)."""
+    spec = method.spec
+    if spec.n_mels != spec.window_frames:
+        raise ValueError(f"{method.name} needs square patches; the feature spec has "
+                         f"{spec.n_mels} mels and {spec.window_frames}-frame windows")
+    feats = clip_features(clips, spec, progress)
+    fit_idx, val_idx = validation_split(clips, method.config.val_fraction, method.config.seed)
+    x_fit, _ = stack_windows([feats[i] for i in fit_idx], spec)
+    x_val, _ = stack_windows([feats[i] for i in (val_idx or fit_idx)], spec)
+    method.low, method.high = float(x_fit.min()), float(x_fit.max())
+    return feats, fit_idx, val_idx, x_fit, x_val
+
+
 class AeganMethod(TorchMethod):
     name = "aegan-ad"
     preset_name = "aegan-ad"
@@ -107,19 +124,11 @@ class AeganMethod(TorchMethod):
     # -- training ----------------------------------------------------------------------------
     def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> dict:
         cfg = self.config
-        if self.spec.n_mels != self.spec.window_frames:
-            raise ValueError(f"AEGAN-AD needs square patches; the feature spec has "
-                             f"{self.spec.n_mels} mels and {self.spec.window_frames}-frame windows")
         device = self.setup()
-        feats = clip_features(clips, self.spec, progress)
-        fit_idx, val_idx = validation_split(clips, cfg.val_fraction, cfg.seed)
-        x_fit, _ = stack_windows([feats[i] for i in fit_idx], self.spec)
-        self.low, self.high = float(x_fit.min()), float(x_fit.max())
+        feats, fit_idx, val_idx, x_fit, x_val = square_patches(self, clips, progress)
         net = Aegan(**self.architecture()).to(device)
         self.model = net
-        xt = net.scale(as_images(x_fit))
-        x_val, _ = stack_windows([feats[i] for i in (val_idx or fit_idx)], self.spec)
-        xv = net.scale(as_images(x_val))
+        xt, xv = net.scale(as_images(x_fit)), net.scale(as_images(x_val))
         gen, disc = net.generator, net.discriminator
         opt_g = torch.optim.Adam(gen.parameters(), cfg.lr, betas=(cfg.beta1, 0.999))
         opt_d = torch.optim.Adam(disc.parameters(), cfg.lr, betas=(cfg.beta1, 0.999))
@@ -155,12 +164,14 @@ class AeganMethod(TorchMethod):
 
         hist = fit_steps(net, batches, step, val_loss, cfg, device, progress, desc)
         self.model = net.cpu().eval()
-        own_scores = self._clip_parts(feats)
-        normal, extra = self._fit_scoring(clips, feats, own_scores, fit_idx, val_idx, progress)
+        parts = self._clip_parts(feats)
+        normal, extra = self._fit_scoring(clips, feats, parts, fit_idx, val_idx, progress)
         self._save_scoring(run_dir, feats)
         return self.save(run_dir, clips, hist, normal, extra)
 
-    def _fit_scoring(self, clips, feats, parts, fit_idx, val_idx, progress):
+    def _fit_scoring(self, clips: Sequence[Clip], feats: Sequence[np.ndarray],
+                     parts: Sequence[dict], fit_idx: list[int], val_idx: list[int],
+                     progress: bool) -> tuple[np.ndarray, dict]:
         """Embedding statistics from the fit clips; the score rule (score=auto) from the
         held-out normal clips against pseudo-anomalous copies of them; then the embedding
         statistics again from every training clip."""
@@ -271,7 +282,8 @@ class AeganMethod(TorchMethod):
         for s, bank in self.embedding_bank.items():
             np.save(run_dir / f"embeddings_section_{s:02d}.npy", bank)
         x, _ = stack_windows(feats, self.spec)
-        np.save(run_dir / "mean_patch.npy", x.mean(axis=0).T)        # (mels, frames), dB
+        self.mean_patch = x.mean(axis=0).T                           # (mels, frames), dB
+        np.save(run_dir / "mean_patch.npy", self.mean_patch)
 
     def localization_maps(self, logmel: np.ndarray) -> dict[str, np.ndarray]:
         """(mels, frames) dB maps of one clip for localisation (Jiang et al., Fig. 3): the

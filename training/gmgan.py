@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from training.config import TrainConfig
 from training.data.corpus import Clip
-from training.data.windows import as_images, clip_features, stack_windows, validation_split
+from training.aegan import square_patches
+from training.data.windows import as_images, clip_features, stack_windows
 from training.models.gmgan import Gmgan
 from training.models.losses import gmm_covariance_penalty, gmm_energy, gmm_parameters
 from training.torch_method import MIN_HELD_OUT, TorchMethod, batched, load_array
@@ -103,19 +104,11 @@ class GmganMethod(TorchMethod):
 
     def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> dict:
         cfg = self.config
-        if self.spec.n_mels != self.spec.window_frames:
-            raise ValueError(f"GMGAN needs square patches; the feature spec has "
-                             f"{self.spec.n_mels} mels and {self.spec.window_frames}-frame windows")
         device = self.setup()
-        feats = clip_features(clips, self.spec, progress)
-        fit_idx, val_idx = validation_split(clips, cfg.val_fraction, cfg.seed)
-        x_fit, _ = stack_windows([feats[i] for i in fit_idx], self.spec)
-        self.low, self.high = float(x_fit.min()), float(x_fit.max())
+        feats, fit_idx, val_idx, x_fit, x_val = square_patches(self, clips, progress)
         net = Gmgan(**self.architecture()).to(device)
         self.model = net
-        xt = net.scale(as_images(x_fit))
-        xv = net.scale(as_images(stack_windows([feats[i] for i in (val_idx or fit_idx)],
-                                                 self.spec)[0]))
+        xt, xv = net.scale(as_images(x_fit)), net.scale(as_images(x_val))
         g_params = [p for n, p in net.named_parameters() if not n.startswith("discriminator.")]
         opt_g = torch.optim.Adam(g_params, cfg.lr, betas=(cfg.beta1, 0.999))
         opt_d = torch.optim.Adam(net.discriminator.parameters(), cfg.lr, betas=(cfg.beta1, 0.999))
