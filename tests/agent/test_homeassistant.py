@@ -42,9 +42,9 @@ def test_discovery_is_retained_and_re_announced_when_home_assistant_comes_online
     assert "harken_n1_fan_anomaly" in payload["components"]
     # Home Assistant restarts and announces itself: the agent publishes discovery again
     listen.c.publish("homeassistant/status", "online", qos=1).wait_for_publish(5)
-    listen.wait(lambda lt: sum(t == topic for t, _, _ in lt.messages) >= 2, 10)
+    listen.wait(lambda lt: sum(t == topic for t, _, _ in lt.messages) >= 2, 30)
     late = Listener(broker.port, topic=topic, client_id="late")
-    late.wait(lambda lt: (topic, json.dumps(payload), True) in lt.messages, 10)
+    late.wait(lambda lt: (topic, json.dumps(payload), True) in lt.messages, 30)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     listen.close()

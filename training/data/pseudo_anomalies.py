@@ -27,9 +27,12 @@ def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
     return (x / np.sqrt(np.mean(x ** 2))).astype(np.float32)
 
 
-def other_machine_clips(clips: Sequence[Clip], per_type: int, seed: int = 0) -> list[Clip]:
-    """Up to ``per_type`` training clips (drawn with ``seed``) of every other machine type in
-    the corpus of ``clips``; none when the corpus has one type or no corpus root."""
+def other_machine_clips(clips: Sequence[Clip], per_type: int,
+                        rng: np.random.Generator | int = 0, in_draw_order: bool = False
+                        ) -> list[Clip]:
+    """Up to ``per_type`` training clips (drawn with ``rng``, or a generator seeded with it)
+    of every other machine type in the corpus of ``clips``, in file order per type (or in
+    the order drawn); none when the corpus has one type or no corpus root."""
     if per_type <= 0:
         return []
     root, machine = clips[0].path.parents[2], clips[0].machine
@@ -37,12 +40,12 @@ def other_machine_clips(clips: Sequence[Clip], per_type: int, seed: int = 0) -> 
         others = [m for m in machine_types(root) if m != machine]
     except CorpusError:
         return []
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(rng) if isinstance(rng, int) else rng
     picked: list[Clip] = []
     for other in others:
         train = scan(root, [other], split="train")
-        picked += [train[i] for i in sorted(rng.choice(len(train), min(per_type, len(train)),
-                                                       replace=False))]
+        drawn = rng.choice(len(train), min(per_type, len(train)), replace=False)
+        picked += [train[i] for i in (drawn if in_draw_order else sorted(drawn))]
     return picked
 
 
@@ -53,7 +56,7 @@ def pseudo_anomaly_pool(clips: list[Clip], spec: FeatureSpec, seed: int = 0,
     """Log-mels of up to ``per_type`` training clips of every other machine type in the
     corpus of ``clips``, plus ``noise_clips`` pink-noise clips; and where each came from."""
     rng = np.random.default_rng(seed)
-    pool_clips = other_machine_clips(clips, per_type, seed)
+    pool_clips = other_machine_clips(clips, per_type, rng, in_draw_order=True)
     feats = clip_features(pool_clips, spec, progress, desc="pseudo-anomaly sources")
     sources = [c.machine for c in pool_clips]
     for _ in range(noise_clips):
