@@ -3,7 +3,19 @@ import shutil
 import pytest
 
 from agent.wavio import read_wav, write_wav
-from tests.agent.mosquitto import Broker
+from tests.agent.mosquitto import STARTED, Broker
+
+
+@pytest.fixture(autouse=True)
+def no_agent_outlives_its_test():
+    """A test that fails before stopping its agent must not leave it running (it would go on
+    publishing into later tests' brokers and using CPU)."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 def _broker(root, tls=False):

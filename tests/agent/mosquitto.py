@@ -138,6 +138,11 @@ def run_agent(cfg, *args, timeout=120):
                            *args], capture_output=True, text=True, timeout=timeout)
 
 
+STARTED: list[subprocess.Popen] = []     # killed after each test (tests/agent/conftest.py)
+
+
 def start_agent(cfg):
-    return subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    STARTED.append(proc)
+    return proc
