@@ -56,10 +56,14 @@ def test_method_trains_saves_and_detects_easy_anomalies(name, fan_train, easy_te
     assert all(isinstance(v, torch.Tensor) for v in state.values())
 
     model = METHODS[name].load(run)
-    for rule in model.score_rules:
-        scores = model.score(clips, progress=False, rule=rule)
+    every = model.score_all(clips, progress=False) if hasattr(model, "score_all") else \
+        {rule: model.score(clips, progress=False, rule=rule) for rule in model.score_rules}
+    assert sorted(every) == sorted(model.score_rules)
+    for scores in every.values():
         assert scores.shape == (len(clips),) and np.isfinite(scores).all()
-    rate = paired_detection_rate(model.score(clips, progress=False))
+    default = model.score(clips, progress=False)
+    np.testing.assert_array_equal(default, every[model.default_rule])
+    rate = paired_detection_rate(default)
     assert rate >= 0.8, f"{name}: the anomaly raised the score for only {rate:.0%} of clips"
 
 
