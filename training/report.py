@@ -126,6 +126,12 @@ def _generative_lines(evaluations: dict[str, dict]) -> list[str]:
               "embedding; the paper's 512-d is `--set channels=32`), OEVAE `width=16` (ResNet-18 "
               "layout at a quarter of its width; the paper's is `--set width=64`). GMGAN's "
               "paper gives no audio network size; its pyramid is AEGAN-AD's on 64 x 64 patches."]
+    below = [label for label, ev in evaluations.items()
+             if label.split(" [")[0] in GENERATIVE and ev["official_score"] < 0.5]
+    if below:
+        lines += ["", "Official score below 0.5, the level of a random score (AUC and "
+                  "McClish-standardised pAUC both 0.5): "
+                  + ", ".join(f"`{b}`" for b in below) + "."]
     chosen = evaluations.get("aegan-ad", {}).get("methods", {})
     if chosen:
         lines += ["", "AEGAN-AD's default score is chosen per machine type without test "
