@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import paho.mqtt.client as mqtt
@@ -94,11 +95,16 @@ class Listener:
         self.c.username_pw_set(USER, PASSWORD)
         self.c.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload.decode(),
                                                                   m.retain))
+        self.subscribed = threading.Event()
         self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.c.on_subscribe = lambda c, u, mid, codes, p: self.subscribed.set()
         self.c.reconnect_delay_set(0.2, 1)
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
-        time.sleep(0.3)
+        # the broker's SUBACK, not a fixed sleep: on a loaded machine a subscription can
+        # take longer than any guess, and what is published before it is not delivered
+        if not self.subscribed.wait(30):
+            raise AssertionError(f"listener not subscribed to {topic} within 30 s")
 
     def scores(self):
         return [json.loads(p) for t, p, _ in self.messages if t.endswith("/score")]
