@@ -37,7 +37,6 @@ import torch
 import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 from sklearn.neighbors import LocalOutlierFactor
-from tqdm import tqdm
 
 from training.config import TrainConfig
 from training.data.corpus import Clip
@@ -45,7 +44,8 @@ from training.data.pseudo_anomalies import choose_rule, pseudo_anomalous, pseudo
 from training.data.windows import as_images, clip_features, stack_windows, validation_split
 from training.models.aegan import Aegan
 from training.models.losses import feature_matching, gradient_penalty
-from training.torch_method import MIN_HELD_OUT, TorchMethod, batched, load_array
+from training.torch_method import (MIN_HELD_OUT, ScoresEveryRule, TorchMethod, batched,
+                                   load_array)
 from training.trainer import check_finite, fit_steps
 
 PATCH_RULES = ("x-l1", "x-l2", "x-cos", "z-l1", "z-l2", "z-cos")
@@ -98,7 +98,7 @@ def square_patches(method: TorchMethod, clips: Sequence[Clip], progress: bool
     return feats, fit_idx, val_idx, x_fit, x_val
 
 
-class AeganMethod(TorchMethod):
+class AeganMethod(ScoresEveryRule, TorchMethod):
     name = "aegan-ad"
     preset_name = "aegan-ad"
     config_cls = AeganConfig
@@ -229,10 +229,11 @@ class AeganMethod(TorchMethod):
 
     def _fit_detectors(self) -> None:
         cfg = self.config
-        self.maha, self.lof = {}, {}
+        self.maha, self.lof, self.unit_bank = {}, {}, {}
         for s, bank in self.embedding_bank.items():
             lw = LedoitWolf().fit(bank)
             self.maha[s] = (lw.location_, lw.precision_)
+            self.unit_bank[s] = bank / np.linalg.norm(bank, axis=1, keepdims=True).clip(1e-12)
             self.lof[s] = LocalOutlierFactor(n_neighbors=min(cfg.lof_neighbors, len(bank) - 1),
                                              novelty=True).fit(bank) if len(bank) > 2 else None
 
@@ -240,12 +241,11 @@ class AeganMethod(TorchMethod):
         if section not in self.embedding_bank:
             raise ValueError(f"section {section:02d} was not in the training data "
                              f"(trained sections: {sorted(self.embedding_bank)})")
-        bank = self.embedding_bank[section]
         mean, precision = self.maha[section]
         d = e - mean
-        unit = bank / np.linalg.norm(bank, axis=1, keepdims=True).clip(1e-12)
+        unit = self.unit_bank[section]
         cos = 1.0 - unit @ (e / max(np.linalg.norm(e), 1e-12))
-        k = min(self.config.knn_k, len(bank))
+        k = min(self.config.knn_k, len(unit))
         lof = self.lof[section]
         return {"d-maha": float(np.sqrt(max(d @ precision @ d, 0.0))),
                 "d-knn": float(np.sort(cos)[:k].mean()),
@@ -261,20 +261,8 @@ class AeganMethod(TorchMethod):
                 raise ValueError(f"{c.path}: {exc}") from None
         return {r: np.array([row[r] for row in rows]) for r in RULES}
 
-    def score(self, clips: Sequence[Clip], progress: bool = True, rule: str | None = None
-              ) -> np.ndarray:
-        return self.score_all(clips, progress)[self.check_rule(rule)]
-
-    def score_all(self, clips: Sequence[Clip], progress: bool = True) -> dict[str, np.ndarray]:
-        """Every rule's clip scores from one pass (they share the networks' outputs)."""
-        out = {r: np.empty(len(clips)) for r in RULES}
-        for start in tqdm(range(0, len(clips), 32), desc="scoring", unit="32 clips",
-                          disable=not progress, leave=False):
-            part = clips[start:start + 32]
-            parts = self._clip_parts(clip_features(part, self.spec, False))
-            for r, v in self._rule_scores(parts, part).items():
-                out[r][start:start + len(part)] = v
-        return out
+    def chunk_scores(self, clips: Sequence[Clip]) -> dict[str, np.ndarray]:
+        return self._rule_scores(self._clip_parts(clip_features(clips, self.spec, False)), clips)
 
     # -- run directory -----------------------------------------------------------------------
     def _save_scoring(self, run_dir: Path, feats: Sequence[np.ndarray]) -> None:

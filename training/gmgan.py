@@ -27,7 +27,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from training.config import TrainConfig
 from training.data.corpus import Clip
@@ -35,7 +34,8 @@ from training.aegan import square_patches
 from training.data.windows import as_images, clip_features, stack_windows
 from training.models.gmgan import Gmgan
 from training.models.losses import gmm_covariance_penalty, gmm_energy, gmm_parameters
-from training.torch_method import MIN_HELD_OUT, TorchMethod, batched, load_array
+from training.torch_method import (MIN_HELD_OUT, ScoresEveryRule, TorchMethod, batched,
+                                   load_array)
 from training.trainer import check_finite, fit_steps
 
 
@@ -68,12 +68,13 @@ class GmganConfig(TrainConfig):
                              f"{self.mixtures} mixture components per batch")
 
 
-class GmganMethod(TorchMethod):
+class GmganMethod(ScoresEveryRule, TorchMethod):
     name = "gmgan"
     preset_name = "gmgan"
     config_cls = GmganConfig
     score_rules = ("latent", "energy")
     summary = "GMGAN: GANomaly compression network + GMM estimation network on the latent"
+    score_chunk = 64
 
     def architecture(self) -> dict:
         c = self.config
@@ -182,18 +183,8 @@ class GmganMethod(TorchMethod):
         return {k: np.array([v[owner == i].mean() for i in range(len(feats))])
                 for k, v in out.items()}
 
-    def score(self, clips: Sequence[Clip], progress: bool = True, rule: str | None = None
-              ) -> np.ndarray:
-        return self.score_all(clips, progress)[self.check_rule(rule)]
-
-    def score_all(self, clips: Sequence[Clip], progress: bool = True) -> dict[str, np.ndarray]:
-        out = {r: np.empty(len(clips)) for r in self.score_rules}
-        for start in tqdm(range(0, len(clips), 64), desc="scoring", unit="64 clips",
-                          disable=not progress, leave=False):
-            part = clips[start:start + 64]
-            for r, v in self._scores(clip_features(part, self.spec, False)).items():
-                out[r][start:start + len(part)] = v
-        return out
+    def chunk_scores(self, clips: Sequence[Clip]) -> dict[str, np.ndarray]:
+        return self._scores(clip_features(clips, self.spec, False))
 
     def load_extra(self, run_dir: Path, info: dict) -> None:
         self.low, self.high = info["architecture"]["low"], info["architecture"]["high"]

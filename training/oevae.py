@@ -33,7 +33,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from agent.features import FeatureSpec
 from training.augment import mixup, smote
@@ -43,7 +42,8 @@ from training.data.pseudo_anomalies import other_machine_clips
 from training.data.windows import as_images, clip_features, stack_windows, validation_split
 from training.models.losses import kl_to_normal
 from training.models.oevae import Oevae
-from training.torch_method import MIN_HELD_OUT, TorchMethod, batched, load_array
+from training.torch_method import (MIN_HELD_OUT, ScoresEveryRule, TorchMethod, batched,
+                                   load_array)
 from training.trainer import fit
 
 LOG_2PI = float(np.log(2 * np.pi))
@@ -100,7 +100,7 @@ def shift_values(clips: Sequence[Clip], feats: Sequence[np.ndarray], attribute: 
     return np.array([float(m.mean()) for m in feats]), "mean power (dB)"
 
 
-class OevaeMethod(TorchMethod):
+class OevaeMethod(ScoresEveryRule, TorchMethod):
     name = "oevae"
     preset_name = "oevae"
     config_cls = OevaeConfig
@@ -284,19 +284,9 @@ class OevaeMethod(TorchMethod):
         return np.array([np.mean(w * (a - ma) / sa + (1 - w) * (b - mb) / sb)
                          for a, b in zip(alpha, beta)])
 
-    def score(self, clips: Sequence[Clip], progress: bool = True, rule: str | None = None
-              ) -> np.ndarray:
-        return self.score_all(clips, progress)[self.check_rule(rule)]
-
-    def score_all(self, clips: Sequence[Clip], progress: bool = True) -> dict[str, np.ndarray]:
-        out = {r: np.empty(len(clips)) for r in self.score_rules}
-        for start in tqdm(range(0, len(clips), 32), desc="scoring", unit="32 clips",
-                          disable=not progress, leave=False):
-            part = clips[start:start + 32]
-            alpha, beta = self._segment_scores(clip_features(part, self.spec, False), part)
-            for r in self.score_rules:
-                out[r][start:start + len(part)] = self._clip_scores(alpha, beta, r)
-        return out
+    def chunk_scores(self, clips: Sequence[Clip]) -> dict[str, np.ndarray]:
+        alpha, beta = self._segment_scores(clip_features(clips, self.spec, False), clips)
+        return {r: self._clip_scores(alpha, beta, r) for r in self.score_rules}
 
     def load_extra(self, run_dir: Path, info: dict) -> None:
         self.input_mean = info["architecture"]["mean"]

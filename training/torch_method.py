@@ -10,6 +10,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from agent.features import FeatureSpec, preset
 from training.config import TrainConfig, config_dict, with_overrides
@@ -101,6 +102,30 @@ class TorchMethod:
 
     def load_extra(self, run_dir: Path, info: dict) -> None:
         """Arrays beside the weights (covariances, embedding banks)."""
+
+
+class ScoresEveryRule:
+    """For methods whose score rules all read the same network outputs (the generative
+    detectors): ``score`` and ``score_all`` from one pass over the clips, in chunks of
+    ``score_chunk``; the method gives ``chunk_scores`` (rule -> scores of a few clips)."""
+    score_chunk: ClassVar[int] = 32
+
+    def chunk_scores(self, clips: Sequence[Clip]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def score(self, clips: Sequence[Clip], progress: bool = True, rule: str | None = None
+              ) -> np.ndarray:
+        return self.score_all(clips, progress)[self.check_rule(rule)]
+
+    def score_all(self, clips: Sequence[Clip], progress: bool = True) -> dict[str, np.ndarray]:
+        n = self.score_chunk
+        out = {r: np.empty(len(clips)) for r in self.score_rules}
+        for start in tqdm(range(0, len(clips), n), desc="scoring", unit=f"{n} clips",
+                          disable=not progress, leave=False):
+            part = clips[start:start + n]
+            for r, v in self.chunk_scores(part).items():
+                out[r][start:start + len(part)] = v
+        return out
 
 
 def load_array(run_dir: Path, name: str) -> np.ndarray:
