@@ -143,15 +143,18 @@ def _baseline_beside(runs: list[Path], out: Path, data: Path | None, quiet: bool
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from training.report import load_evaluation, results_markdown
-    evaluations = {}
+    from training.report import load_clip_scores, load_evaluation, results_markdown
+    evaluations, clip_scores = {}, {}
     for item in args.evaluations:
         label, _, path = item.rpartition("=")
-        evaluations[label or Path(path).name] = load_evaluation(Path(path))
+        label = label or Path(path).name
+        evaluations[label] = load_evaluation(Path(path))
+        if Path(path).is_dir():
+            clip_scores[label] = load_clip_scores(Path(path))
     corpus = {}
     if args.data and (Path(args.data) / "corpus.json").is_file():
         corpus = json.loads((Path(args.data) / "corpus.json").read_text())
-    text = results_markdown(evaluations, corpus, args.command_line)
+    text = results_markdown(evaluations, corpus, args.command_line, clip_scores)
     Path(args.out).write_text(text)
     print(f"wrote {args.out}")
     return 0

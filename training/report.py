@@ -3,9 +3,15 @@ comes from a run anyone can repeat."""
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
+import re
+from collections import defaultdict
 from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
 
 
 def load_evaluation(path: Path) -> dict:
@@ -16,8 +22,21 @@ def load_evaluation(path: Path) -> dict:
     return json.loads(file.read_text())
 
 
-def results_markdown(evaluations: dict[str, dict], corpus: dict, command: str) -> str:
-    """evaluations: method label -> metrics.json content."""
+def load_clip_scores(path: Path) -> dict[tuple[str, str], float]:
+    """(machine, file name) -> score, from an evaluation's anomaly_score_*.csv files."""
+    scores = {}
+    for file in sorted(Path(path).glob("anomaly_score_*_test.csv")):
+        match = re.fullmatch(r"anomaly_score_(.+)_section_\d+_test\.csv", file.name)
+        if match:
+            with open(file, newline="") as f:
+                scores.update({(match[1], row[0]): float(row[1]) for row in csv.reader(f) if row})
+    return scores
+
+
+def results_markdown(evaluations: dict[str, dict], corpus: dict, command: str,
+                     clip_scores: dict[str, dict[tuple[str, str], float]] | None = None) -> str:
+    """evaluations: method label -> metrics.json content; clip_scores: method label -> its
+    test clips' scores (for the per-fault table, where the corpus names each clip's fault)."""
     lines = ["# Results", "",
              f"Made by `{command}` on {dt.date.today().isoformat()}; re-run it to refresh "
              "every number on this page. Metrics follow the DCASE 2024 evaluator "
@@ -44,8 +63,8 @@ def results_markdown(evaluations: dict[str, dict], corpus: dict, command: str) -
                   f"0.80 with target AUCs below source AUCs. Official score "
                   f"{knn['official_score']:.4f}: {'met' if in_band else '**missed**'}; mean AUC "
                   f"target {tgt:.4f} vs source {src:.4f}: {'met' if tgt < src - 0.05 else '**missed**'}."]
-    lines += _variant_lines(evaluations) + _generative_lines(evaluations) \
-        + _training_lines(evaluations)
+    lines += _variant_lines(evaluations) + fault_lines(clip_scores or {}, corpus) \
+        + _generative_lines(evaluations) + _training_lines(evaluations)
     for label, ev in evaluations.items():
         if " [" in label:           # another score rule of a method shown above
             continue
@@ -96,6 +115,49 @@ def _variant_lines(evaluations: dict[str, dict]) -> list[str]:
                   "A bandwidth on the scale of the inputs' distances (`--set bu_bandwidth=...`, "
                   "of the order of sqrt(d)) makes the weights vary; it would have to be "
                   "chosen on training data, which this page does not do."]
+    return lines
+
+
+def fault_aucs(scores: dict[tuple[str, str], float], corpus: dict
+               ) -> dict[tuple[str, str], float]:
+    """(machine, fault) -> AUC of that fault's anomalous test clips against the normal test
+    clips of their section (both domains), averaged over sections. Needs a corpus.json that
+    names each test clip's fault (the synthetic corpus's does)."""
+    groups: dict[tuple[str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for c in corpus.get("clips", []):
+        key = (c["machine"], Path(c["file"]).name)
+        if c.get("split") == "test" and key in scores:
+            kind = "normal" if c.get("label") == "normal" else c.get("fault") or "unnamed"
+            groups[(c["machine"], c["section"])][kind].append(scores[key])
+    per: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for (machine, _), kinds in groups.items():
+        normal = kinds.get("normal", [])
+        for fault, anomalous in kinds.items():
+            if fault != "normal" and normal and anomalous:
+                y = np.r_[np.zeros(len(normal)), np.ones(len(anomalous))]
+                per[(machine, fault)].append(float(roc_auc_score(y, normal + anomalous)))
+    return {k: float(np.mean(v)) for k, v in sorted(per.items())}
+
+
+def fault_lines(clip_scores: dict[str, dict[tuple[str, str], float]], corpus: dict) -> list[str]:
+    """Which faults each method catches: a method can beat another on the official score
+    while missing a whole kind of fault the other finds."""
+    table = {label: fault_aucs(s, corpus) for label, s in clip_scores.items() if " [" not in label}
+    table = {label: aucs for label, aucs in table.items() if aucs}
+    if not table:
+        return []
+    labels = list(table)
+    rows = sorted({k for aucs in table.values() for k in aucs})
+    lines = ["", "## Which faults each method catches", "",
+             "AUC of each fault's anomalous test clips against the normal test clips of the "
+             "same section (both domains), averaged over sections; 0.5 is chance. The fault "
+             "of each clip comes from the synthetic corpus's corpus.json.", "",
+             "| machine | fault | " + " | ".join(labels) + " |",
+             "|---|---|" + "---|" * len(labels)]
+    for machine, fault in rows:
+        cells = [f"{table[label][(machine, fault)]:.2f}" if (machine, fault) in table[label]
+                 else "" for label in labels]
+        lines.append(f"| {machine} | {fault} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -1,0 +1,57 @@
+"""The results page's per-fault table: scores read back from DCASE result files and AUCs per
+fault kind computed against the section's normals."""
+
+import csv
+
+import pytest
+
+from training.report import fault_aucs, fault_lines, load_clip_scores
+
+
+def _clip(machine, section, name, label, fault=None):
+    return {"file": f"{machine}/test/{name}", "machine": machine, "section": section,
+            "split": "test", "label": label, "fault": fault}
+
+
+def _write_scores(folder, machine, section, rows):
+    with open(folder / f"anomaly_score_{machine}_section_{section:02d}_test.csv", "w",
+              newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+def test_result_files_are_read_back_per_machine_even_with_underscores(tmp_path):
+    _write_scores(tmp_path, "toy_car", 0, [("a.wav", "0.5"), ("b.wav", "2")])
+    _write_scores(tmp_path, "fan", 1, [("a.wav", "7")])
+    (tmp_path / "decision_result_fan_section_01_test.csv").write_text("a.wav,1\n")
+    assert load_clip_scores(tmp_path) == {("toy_car", "a.wav"): 0.5, ("toy_car", "b.wav"): 2.0,
+                                          ("fan", "a.wav"): 7.0}
+
+
+def test_fault_auc_separates_fault_kinds_and_averages_sections():
+    clips, scores = [], {}
+    for section in (0, 1):
+        for i, s in enumerate((1.0, 2.0, 3.0)):             # normals score 1..3
+            name = f"s{section}_normal_{i}.wav"
+            clips.append(_clip("fan", section, name, "normal"))
+            scores[("fan", name)] = s
+        # 'leak' scores above every normal in both sections: AUC 1
+        name = f"s{section}_leak.wav"
+        clips.append(_clip("fan", section, name, "anomaly", "leak"))
+        scores[("fan", name)] = 10.0
+        # 'hum' scores below all normals in section 0 (AUC 0), between 2 and 3 in section 1
+        # (2 of 3 normals below it: AUC 2/3); mean 1/3
+        name = f"s{section}_hum.wav"
+        clips.append(_clip("fan", section, name, "anomaly", "hum"))
+        scores[("fan", name)] = 0.0 if section == 0 else 2.5
+    clips.append(_clip("fan", 0, "train_clip.wav", "normal") | {"split": "train"})
+    aucs = fault_aucs(scores, {"clips": clips})
+    assert aucs == {("fan", "hum"): pytest.approx(1 / 3), ("fan", "leak"): 1.0}
+    lines = fault_lines({"m": scores, "m [other rule]": scores}, {"clips": clips})
+    assert "| machine | fault | m |" in lines
+    assert "| fan | hum | 0.33 |" in lines and "| fan | leak | 1.00 |" in lines
+
+
+def test_no_table_without_fault_names():
+    clips = [_clip("fan", 0, "a.wav", "normal")]
+    assert fault_lines({"m": {("fan", "a.wav"): 1.0}}, {"clips": clips}) == []
+    assert fault_lines({"m": {("fan", "a.wav"): 1.0}}, {}) == []
