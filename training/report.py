@@ -139,7 +139,8 @@ def fault_aucs(scores: dict[tuple[str, str], float], corpus: dict
     return {k: float(np.mean(v)) for k, v in sorted(per.items())}
 
 
-def fault_lines(clip_scores: dict[str, dict[tuple[str, str], float]], corpus: dict) -> list[str]:
+def fault_lines(clip_scores: dict[str, dict[tuple[str, str], float]], corpus: dict,
+                gap: float = 0.1) -> list[str]:
     """Which faults each method catches: a method can beat another on the official score
     while missing a whole kind of fault the other finds."""
     table = {label: fault_aucs(s, corpus) for label, s in clip_scores.items() if " [" not in label}
@@ -158,6 +159,16 @@ def fault_lines(clip_scores: dict[str, dict[tuple[str, str], float]], corpus: di
         cells = [f"{table[label][(machine, fault)]:.2f}" if (machine, fault) in table[label]
                  else "" for label in labels]
         lines.append(f"| {machine} | {fault} | " + " | ".join(cells) + " |")
+    base = table.get("baseline-knn")
+    if base:
+        lines += ["", f"Faults a method misses that baseline-knn finds (AUC at least {gap} below "
+                  "baseline-knn's):", ""]
+        for label in labels:
+            missed = [f"{m} {f} ({aucs[(m, f)]:.2f} vs {base[(m, f)]:.2f})"
+                      for (m, f) in rows if (m, f) in base and (m, f) in (aucs := table[label])
+                      and aucs[(m, f)] < base[(m, f)] - gap]
+            if label != "baseline-knn":
+                lines.append(f"- {label}: " + (", ".join(missed) if missed else "none"))
     return lines
 
 

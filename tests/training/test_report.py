@@ -55,3 +55,15 @@ def test_no_table_without_fault_names():
     clips = [_clip("fan", 0, "a.wav", "normal")]
     assert fault_lines({"m": {("fan", "a.wav"): 1.0}}, {"clips": clips}) == []
     assert fault_lines({"m": {("fan", "a.wav"): 1.0}}, {}) == []
+
+
+def test_faults_missed_against_baseline_knn_are_listed():
+    clips = [_clip("fan", 0, f"n{i}.wav", "normal") for i in range(3)] + [
+        _clip("fan", 0, "leak.wav", "anomaly", "leak"), _clip("fan", 0, "hum.wav", "anomaly", "hum")]
+    knn = {("fan", "n0.wav"): 1, ("fan", "n1.wav"): 2, ("fan", "n2.wav"): 3,
+           ("fan", "leak.wav"): 9, ("fan", "hum.wav"): 9}
+    cnn = dict(knn) | {("fan", "leak.wav"): 0}            # misses the leak, finds the hum
+    lines = fault_lines({"baseline-knn": knn, "cnn": cnn}, {"clips": clips})
+    assert "- cnn: fan leak (0.00 vs 1.00)" in lines
+    lines = fault_lines({"baseline-knn": knn, "same": knn}, {"clips": clips})
+    assert "- same: none" in lines
