@@ -155,6 +155,45 @@ def detection_section(r: dict) -> list[str]:
     return lines
 
 
+def probe_section(r: dict) -> list[str]:
+    lines = [
+        "## What the classifiers' embeddings can see", "",
+        f"`{r['command']}` ({r['when']}), training clips only: AUC of the deployed embedding "
+        "rule (k-means source bank + target clips, cross-fitted over 5 folds) between normal "
+        "training clips and the same clips with another machine type or pink noise mixed in, "
+        "with the embedding taken from each stage of the trained network (GAMP of its output), "
+        "or replaced by baseline-knn's clip vector (mean and std of the log-mel frames). If a "
+        "stage before the last saw the mixtures clearly better, the rule would be reading the "
+        "wrong layer; if the knn vector does better than every stage, the network itself does "
+        "not carry what the classification task never needed.", ""]
+    for method, machines in r["results"].items():
+        for anr in r["anr_ranges"]:
+            names = list(machines)
+            lines += [f"{method}, mixed at {anr}:", "",
+                      "| embedding | " + " | ".join(names) + " |",
+                      "|---|" + "---|" * len(names)]
+            for stage in r["stages"]:
+                lines.append(f"| {stage} | " + " | ".join(
+                    f"{machines[m][anr][stage]:.3f}" for m in names) + " |")
+            lines += ["", _probe_reading(machines, anr, r["stages"]), ""]
+    return lines
+
+
+def _probe_reading(machines: dict, anr: str, stages: list[str]) -> str:
+    """One computed sentence per table: how far the best stage is above the deployed one,
+    and where baseline-knn's vector sees the mixtures better than every stage."""
+    deployed, knn = stages[-2], stages[-1]
+    gains, knn_wins = [], []
+    for m, by_anr in machines.items():
+        aucs = by_anr[anr]
+        best = max(stages[:-1], key=lambda s: aucs[s])
+        gains.append(aucs[best] - aucs[deployed])
+        if aucs[knn] > aucs[best]:
+            knn_wins.append(f"{m} ({aucs[knn]:.3f} vs {aucs[best]:.3f})")
+    return (f"Best stage above the deployed one by at most {max(gains):.3f}. baseline-knn's "
+            "clip vector above every stage on: " + (", ".join(knn_wins) or "none") + ".")
+
+
 def fleet_section(r: dict) -> list[str]:
     lines = [
         "## Fleet: many agents, one broker", "",
@@ -248,7 +287,8 @@ def summary(results: dict) -> list[str]:
 
 # training-gpu.json: the same script run with --name training-gpu on a machine with a GPU
 SECTIONS = {"features": features_section, "scorers": scorers_section,
-            "agent": agent_section, "detection": detection_section, "fleet": fleet_section,
+            "agent": agent_section, "detection": detection_section, "probe": probe_section,
+            "fleet": fleet_section,
             "training": training_section,
             "training-gpu": training_section}
 

@@ -1,0 +1,144 @@
+"""What the section classifiers' embeddings can see, on training data only.
+
+The classifiers (mobilenetv2, contrastive) trail baseline-knn on the standard corpus and
+miss the additive broadband faults it finds (docs/results.md, "Which faults each method
+catches"). Is that the score rule's fault (the final GAMP vector, k-means bank), or does the
+trained network not carry the information? This probe swaps the embedding under the
+deployed embedding rule (training/classifier.py ``_fit_bank`` and agent/rules.py, unchanged)
+for the GAMP vector of every stage of the network, and for baseline-knn's clip vector (mean
+and std of the log-mel frames), and measures how well each separates normal training clips
+from pseudo-anomalous versions of themselves (another machine type or pink noise mixed in,
+training/data/pseudo_anomalies.py). Five folds per (section, domain): the bank is fitted on
+four, the fifth is scored, normal and mixed. No test clip is read.
+
+    .venv/bin/python bench/probe_embeddings.py [--methods mobilenetv2 contrastive]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._common import ROOT, record  # noqa: E402
+
+RUNS = ROOT / "runs" / "standard"
+ANR_RANGES = {"-30..-10 dB": (-30.0, -10.0), "-20..0 dB": (-20.0, 0.0)}
+
+
+def stage_ends() -> dict[str, int]:
+    """Index in ``MobileNetV2.features`` of the last module of each stage: the stem (conv,
+    BN, ReLU6), each group of inverted residual blocks of the paper's table, the final 1x1
+    conv (its ReLU6: the GAMP input the deployed rule uses)."""
+    from training.models.mobilenetv2 import INVERTED_RESIDUAL_SETTING
+    ends, at = {"stem": 2}, 2
+    for t, c, n, s in INVERTED_RESIDUAL_SETTING:
+        at += n
+        ends[f"blocks c={c}"] = at
+    ends["final 1x1 conv (deployed)"] = at + 3
+    return ends
+
+
+def stage_embeddings(method, feats: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Clip-mean GAMP (mean + max over frequency and time) of every stage's output."""
+    import torch
+
+    from training.data.windows import as_images, stack_windows
+    from training.torch_method import batched
+    ends = stage_ends()
+    x, owner = stack_windows(feats, method.spec)
+    images, net = as_images(x), method.model.eval()
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in ends}
+    with torch.no_grad():
+        for idx in batched(len(images), 256):
+            h = net.standardise(images[idx])
+            for i, layer in enumerate(net.cnn.features):
+                h = layer(h)
+                for name, end in ends.items():
+                    if end == i:
+                        parts[name].append((h.mean(dim=(2, 3)) + h.amax(dim=(2, 3))).numpy())
+    out = {}
+    for name, p in parts.items():
+        e = np.concatenate(p).astype(np.float64)
+        out[name] = np.stack([e[owner == i].mean(axis=0) for i in range(len(feats))])
+    return out
+
+
+def folds_of(clips, k: int = 5, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    fold = np.zeros(len(clips), int)
+    for key in sorted({(c.section, c.domain) for c in clips}):
+        idx = [i for i, c in enumerate(clips) if (c.section, c.domain) == key]
+        fold[idx] = rng.permutation(len(idx)) % k
+    return fold
+
+
+def pseudo_auc(method, clips, normal: np.ndarray, mixed: np.ndarray, fold: np.ndarray) -> float:
+    """AUC of the deployed embedding rule, bank cross-fitted, normal vs mixed clips."""
+    from sklearn.metrics import roc_auc_score
+    n_scores, p_scores = [], []
+    for f in np.unique(fold):
+        fit, held = np.where(fold != f)[0], np.where(fold == f)[0]
+        method._fit_bank(normal[fit], [clips[i] for i in fit])
+        held_clips = [clips[i] for i in held]
+        none = [None] * len(held)
+        n_scores.append(method._rule_scores(none, normal[held], held_clips, "embedding"))
+        p_scores.append(method._rule_scores(none, mixed[held], held_clips, "embedding"))
+    n_s, p_s = np.concatenate(n_scores), np.concatenate(p_scores)
+    return float(roc_auc_score(np.r_[np.zeros(len(n_s)), np.ones(len(p_s))], np.r_[n_s, p_s]))
+
+
+def probe(run: Path, method_name: str) -> dict:
+    import torch
+
+    from training.baselines import clip_vector
+    from training.classifier import ClassifierMethod, ContrastiveMethod
+    from training.data.corpus import scan
+    from training.data.pseudo_anomalies import pseudo_anomalous, pseudo_anomaly_pool
+    from training.data.windows import clip_features
+    torch.set_num_threads(2)
+    cls = ContrastiveMethod if method_name == "contrastive" else ClassifierMethod
+    method = cls.load(run)
+    clips = scan(Path(method.info["corpus"]["root"]), [method.info["machine"]], split="train")
+    feats = clip_features(clips, method.spec, progress=False)
+    pool, _ = pseudo_anomaly_pool(clips, method.spec, seed=1, progress=False)
+    normal = stage_embeddings(method, feats)
+    normal["baseline-knn clip vector"] = np.stack([clip_vector(f) for f in feats])
+    fold = folds_of(clips)
+    out: dict[str, dict[str, float]] = {}
+    for label, anr in ANR_RANGES.items():
+        mixed_feats = pseudo_anomalous(feats, pool, method.spec, seed=2, anr_db=anr)
+        mixed = stage_embeddings(method, mixed_feats)
+        mixed["baseline-knn clip vector"] = np.stack([clip_vector(f) for f in mixed_feats])
+        out[label] = {name: pseudo_auc(method, clips, normal[name], mixed[name], fold)
+                      for name in normal}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--methods", nargs="+", default=["mobilenetv2", "contrastive"])
+    args = ap.parse_args()
+    results, missing = {}, []
+    for method in args.methods:
+        for run in sorted((RUNS / method).glob("*/run.json")):
+            machine = run.parent.name
+            print(f"{method} {machine} ...", flush=True)
+            results.setdefault(method, {})[machine] = probe(run.parent, method)
+            for anr, aucs in results[method][machine].items():
+                print(f"  mixed at {anr}: " + ", ".join(f"{k} {v:.3f}" for k, v in aucs.items()))
+        if method not in results:
+            missing.append(method)
+    if missing:
+        print(f"no runs for {', '.join(missing)} in {RUNS}: run scripts/make-results first")
+    if results:
+        record("probe", " ".join(["bench/probe_embeddings.py", *sys.argv[1:]]),
+               {"runs": str(RUNS), "anr_ranges": list(ANR_RANGES), "stages": list(stage_ends())
+                + ["baseline-knn clip vector"], "results": results})
+
+
+if __name__ == "__main__":
+    main()
