@@ -12,11 +12,14 @@ training/data/pseudo_anomalies.py). Five folds per (section, domain): the bank i
 four, the fifth is scored, normal and mixed. No test clip is read.
 
     .venv/bin/python bench/probe_embeddings.py [--methods mobilenetv2 contrastive]
+    # any classifier runs, e.g. trained with other settings (not rendered in the docs):
+    .venv/bin/python bench/probe_embeddings.py --runs DIR --methods NAME --name probe-NAME
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -91,7 +94,7 @@ def pseudo_auc(method, clips, normal: np.ndarray, mixed: np.ndarray, fold: np.nd
     return float(roc_auc_score(np.r_[np.zeros(len(n_s)), np.ones(len(p_s))], np.r_[n_s, p_s]))
 
 
-def probe(run: Path, method_name: str) -> dict:
+def probe(run: Path) -> dict:
     import torch
 
     from training.baselines import clip_vector
@@ -100,8 +103,8 @@ def probe(run: Path, method_name: str) -> dict:
     from training.data.pseudo_anomalies import pseudo_anomalous, pseudo_anomaly_pool
     from training.data.windows import clip_features
     torch.set_num_threads(2)
-    cls = ContrastiveMethod if method_name == "contrastive" else ClassifierMethod
-    method = cls.load(run)
+    trained = json.loads((run / "run.json").read_text())["method"]
+    method = (ContrastiveMethod if trained == "contrastive" else ClassifierMethod).load(run)
     clips = scan(Path(method.info["corpus"]["root"]), [method.info["machine"]], split="train")
     feats = clip_features(clips, method.spec, progress=False)
     pool, _ = pseudo_anomaly_pool(clips, method.spec, seed=1, progress=False)
@@ -120,23 +123,26 @@ def probe(run: Path, method_name: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--methods", nargs="+", default=["mobilenetv2", "contrastive"])
+    ap.add_argument("--methods", nargs="+", default=["mobilenetv2", "contrastive"],
+                    help="folders under --runs holding one classifier run per machine type")
+    ap.add_argument("--runs", type=Path, default=RUNS, help=f"default: {RUNS}")
+    ap.add_argument("--name", default="probe", help="bench/results/NAME.json (docs show 'probe')")
     args = ap.parse_args()
     results, missing = {}, []
     for method in args.methods:
-        for run in sorted((RUNS / method).glob("*/run.json")):
+        for run in sorted((args.runs / method).glob("*/run.json")):
             machine = run.parent.name
             print(f"{method} {machine} ...", flush=True)
-            results.setdefault(method, {})[machine] = probe(run.parent, method)
+            results.setdefault(method, {})[machine] = probe(run.parent)
             for anr, aucs in results[method][machine].items():
                 print(f"  mixed at {anr}: " + ", ".join(f"{k} {v:.3f}" for k, v in aucs.items()))
         if method not in results:
             missing.append(method)
     if missing:
-        print(f"no runs for {', '.join(missing)} in {RUNS}: run scripts/make-results first")
+        print(f"no runs for {', '.join(missing)} in {args.runs}: run scripts/make-results first")
     if results:
-        record("probe", " ".join(["bench/probe_embeddings.py", *sys.argv[1:]]),
-               {"runs": str(RUNS), "anr_ranges": list(ANR_RANGES), "stages": list(stage_ends())
+        record(args.name, " ".join(["bench/probe_embeddings.py", *sys.argv[1:]]),
+               {"runs": str(args.runs), "anr_ranges": list(ANR_RANGES), "stages": list(stage_ends())
                 + ["baseline-knn clip vector"], "results": results})
 
 
