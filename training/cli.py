@@ -143,14 +143,15 @@ def _baseline_beside(runs: list[Path], out: Path, data: Path | None, quiet: bool
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from training.report import load_clip_scores, load_evaluation, results_markdown
+    from training.evaluate import read_result_scores
+    from training.report import load_evaluation, results_markdown
     evaluations, clip_scores = {}, {}
     for item in args.evaluations:
         label, _, path = item.rpartition("=")
         label = label or Path(path).name
         evaluations[label] = load_evaluation(Path(path))
         if Path(path).is_dir():
-            clip_scores[label] = load_clip_scores(Path(path))
+            clip_scores[label] = read_result_scores(Path(path))
     corpus = {}
     if args.data and (Path(args.data) / "corpus.json").is_file():
         corpus = json.loads((Path(args.data) / "corpus.json").read_text())

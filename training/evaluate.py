@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,9 @@ def score_run(run_dir: Path, data_root: Path | None, progress: bool = True,
     return info, clips, {r: np.asarray(v, dtype=np.float64) for r, v in scores.items()}
 
 
+RESULT_STEM = re.compile(r"(?P<machine>.+)_section_(?P<section>\d+)_test\.csv")
+
+
 def write_result_files(out: Path, machine: str, clips: list[Clip], scores: np.ndarray,
                        threshold: float) -> None:
     """anomaly_score_<machine>_section_XX_test.csv and decision_result_... (DCASE format)."""
@@ -69,6 +73,19 @@ def write_result_files(out: Path, machine: str, clips: list[Clip], scores: np.nd
             csv.writer(f).writerows((clips[i].name, f"{scores[i]:.6f}") for i in idx)
         with open(out / f"decision_result_{stem}", "w", newline="") as f:
             csv.writer(f).writerows((clips[i].name, int(scores[i] > threshold)) for i in idx)
+
+
+def read_result_scores(path: Path) -> dict[tuple[str, str], float]:
+    """(machine, file name) -> score, read back from the anomaly_score files
+    ``write_result_files`` wrote (the per-fault table of the results page needs them)."""
+    scores = {}
+    for file in sorted(Path(path).glob("anomaly_score_*")):
+        match = RESULT_STEM.fullmatch(file.name.removeprefix("anomaly_score_"))
+        if match:
+            with open(file, newline="") as f:
+                scores.update({(match["machine"], row[0]): float(row[1])
+                               for row in csv.reader(f) if row})
+    return scores
 
 
 def section_results(machine: str, clips: list[Clip], scores: np.ndarray) -> list[SectionResult]:

@@ -3,10 +3,8 @@ comes from a run anyone can repeat."""
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
-import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,17 +18,6 @@ def load_evaluation(path: Path) -> dict:
     if not file.is_file():
         raise ValueError(f"{path}: no metrics.json (run 'harken-train evaluate' first)")
     return json.loads(file.read_text())
-
-
-def load_clip_scores(path: Path) -> dict[tuple[str, str], float]:
-    """(machine, file name) -> score, from an evaluation's anomaly_score_*.csv files."""
-    scores = {}
-    for file in sorted(Path(path).glob("anomaly_score_*_test.csv")):
-        match = re.fullmatch(r"anomaly_score_(.+)_section_\d+_test\.csv", file.name)
-        if match:
-            with open(file, newline="") as f:
-                scores.update({(match[1], row[0]): float(row[1]) for row in csv.reader(f) if row})
-    return scores
 
 
 def results_markdown(evaluations: dict[str, dict], corpus: dict, command: str,

@@ -5,7 +5,8 @@ import csv
 
 import pytest
 
-from training.report import fault_aucs, fault_lines, load_clip_scores
+from training.evaluate import read_result_scores
+from training.report import fault_aucs, fault_lines
 
 
 def _clip(machine, section, name, label, fault=None):
@@ -23,7 +24,7 @@ def test_result_files_are_read_back_per_machine_even_with_underscores(tmp_path):
     _write_scores(tmp_path, "toy_car", 0, [("a.wav", "0.5"), ("b.wav", "2")])
     _write_scores(tmp_path, "fan", 1, [("a.wav", "7")])
     (tmp_path / "decision_result_fan_section_01_test.csv").write_text("a.wav,1\n")
-    assert load_clip_scores(tmp_path) == {("toy_car", "a.wav"): 0.5, ("toy_car", "b.wav"): 2.0,
+    assert read_result_scores(tmp_path) == {("toy_car", "a.wav"): 0.5, ("toy_car", "b.wav"): 2.0,
                                           ("fan", "a.wav"): 7.0}
 
 
