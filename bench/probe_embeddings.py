@@ -51,18 +51,17 @@ def stage_embeddings(method, feats: list[np.ndarray]) -> dict[str, np.ndarray]:
 
     from training.data.windows import as_images, stack_windows
     from training.torch_method import batched
-    ends = stage_ends()
+    name_at = {end: name for name, end in stage_ends().items()}
     x, owner = stack_windows(feats, method.spec)
     images, net = as_images(x), method.model.eval()
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in ends}
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in name_at.values()}
     with torch.no_grad():
         for idx in batched(len(images), 256):
             h = net.standardise(images[idx])
             for i, layer in enumerate(net.cnn.features):
                 h = layer(h)
-                for name, end in ends.items():
-                    if end == i:
-                        parts[name].append((h.mean(dim=(2, 3)) + h.amax(dim=(2, 3))).numpy())
+                if i in name_at:
+                    parts[name_at[i]].append((h.mean(dim=(2, 3)) + h.amax(dim=(2, 3))).numpy())
     out = {}
     for name, p in parts.items():
         e = np.concatenate(p).astype(np.float64)
@@ -79,19 +78,27 @@ def folds_of(clips, k: int = 5, seed: int = 0) -> np.ndarray:
     return fold
 
 
-def pseudo_auc(method, clips, normal: np.ndarray, mixed: np.ndarray, fold: np.ndarray) -> float:
-    """AUC of the deployed embedding rule, bank cross-fitted, normal vs mixed clips."""
+def pseudo_aucs(method, clips, normal: np.ndarray, mixed: dict[str, np.ndarray],
+                fold: np.ndarray) -> dict[str, float]:
+    """AUC of the deployed embedding rule, bank cross-fitted on the normal clips, normal vs
+    each set of mixed clips (one bank per fold serves every set)."""
     from sklearn.metrics import roc_auc_score
-    n_scores, p_scores = [], []
+    n_scores, p_scores = [], {label: [] for label in mixed}
     for f in np.unique(fold):
         fit, held = np.where(fold != f)[0], np.where(fold == f)[0]
         method._fit_bank(normal[fit], [clips[i] for i in fit])
         held_clips = [clips[i] for i in held]
         none = [None] * len(held)
         n_scores.append(method._rule_scores(none, normal[held], held_clips, "embedding"))
-        p_scores.append(method._rule_scores(none, mixed[held], held_clips, "embedding"))
-    n_s, p_s = np.concatenate(n_scores), np.concatenate(p_scores)
-    return float(roc_auc_score(np.r_[np.zeros(len(n_s)), np.ones(len(p_s))], np.r_[n_s, p_s]))
+        for label, emb in mixed.items():
+            p_scores[label].append(method._rule_scores(none, emb[held], held_clips, "embedding"))
+    n_s = np.concatenate(n_scores)
+    out = {}
+    for label, parts in p_scores.items():
+        p_s = np.concatenate(parts)
+        out[label] = float(roc_auc_score(np.r_[np.zeros(len(n_s)), np.ones(len(p_s))],
+                                         np.r_[n_s, p_s]))
+    return out
 
 
 def probe(run: Path) -> dict:
@@ -110,15 +117,16 @@ def probe(run: Path) -> dict:
     pool, _ = pseudo_anomaly_pool(clips, method.spec, seed=1, progress=False)
     normal = stage_embeddings(method, feats)
     normal["baseline-knn clip vector"] = np.stack([clip_vector(f) for f in feats])
-    fold = folds_of(clips)
-    out: dict[str, dict[str, float]] = {}
+    mixed = {}
     for label, anr in ANR_RANGES.items():
         mixed_feats = pseudo_anomalous(feats, pool, method.spec, seed=2, anr_db=anr)
-        mixed = stage_embeddings(method, mixed_feats)
-        mixed["baseline-knn clip vector"] = np.stack([clip_vector(f) for f in mixed_feats])
-        out[label] = {name: pseudo_auc(method, clips, normal[name], mixed[name], fold)
-                      for name in normal}
-    return out
+        mixed[label] = stage_embeddings(method, mixed_feats)
+        mixed[label]["baseline-knn clip vector"] = np.stack([clip_vector(f) for f in mixed_feats])
+    fold = folds_of(clips)
+    by_stage = {name: pseudo_aucs(method, clips, normal[name],
+                                  {label: m[name] for label, m in mixed.items()}, fold)
+                for name in normal}
+    return {label: {name: by_stage[name][label] for name in normal} for label in ANR_RANGES}
 
 
 def main() -> None:
