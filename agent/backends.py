@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from agent.bundle import Artifact, BundleError
+from harken.agent.bundle import Artifact, BundleError
 
 
 class Backend(Protocol):

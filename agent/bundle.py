@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.features import FeatureSpec, FeatureSpecError
-from agent.rules import RULES, Rule
+from harken.agent.features import FeatureSpec, FeatureSpecError
+from harken.agent.rules import RULES, Rule
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"

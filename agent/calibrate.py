@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.config import Config, ConfigError
-from agent.decision import Decision
-from agent.pipeline import Pipeline
-from agent.runner import build
-from agent.sources import Microphone, wav_chunks
-from agent.thresholds import fit_gamma
+from harken.agent.config import Config, ConfigError
+from harken.agent.decision import Decision
+from harken.agent.pipeline import Pipeline
+from harken.agent.runner import build
+from harken.agent.sources import Microphone, wav_chunks
+from harken.agent.thresholds import fit_gamma
 
 MIN_INTERVALS = 10
 SECONDS_PER_WEEK = 7 * 24 * 3600

@@ -8,11 +8,11 @@ import sys
 
 import numpy as np
 
-from agent import version
-from agent.clitools import command_parser, run_command
-from agent.features import PRESETS, FeatureSpecError, LogMelExtractor, preset
-from agent.bundle import open_bundle
-from agent.wavio import WavError, read_wav
+from harken.agent import version
+from harken.agent.clitools import command_parser, run_command
+from harken.agent.features import PRESETS, FeatureSpecError, LogMelExtractor, preset
+from harken.agent.bundle import open_bundle
+from harken.agent.wavio import WavError, read_wav
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -40,8 +40,8 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from agent.config import load_config
-    from agent.runner import resolve_threshold
+    from harken.agent.config import load_config
+    from harken.agent.runner import resolve_threshold
     config = load_config(args.config)
     resolved = config.model_dump(exclude={"source_file": True, "mqtt": {"password"}})
     if config.mqtt.password is not None:
@@ -56,17 +56,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.config import load_config
-    from agent.runner import run_config
+    from harken.agent.config import load_config
+    from harken.agent.runner import run_config
     return run_config(load_config(args.config), args.intervals)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     import os
 
-    from agent.broker import BrokerError, parse_broker_url
-    from agent.config import first_line
-    from agent.watch import watch
+    from harken.agent.broker import BrokerError, parse_broker_url
+    from harken.agent.config import first_line
+    from harken.agent.watch import watch
     url = parse_broker_url(args.broker)
     password = url.password
     if args.password_file:
@@ -87,7 +87,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from agent.sources import SourceError
+    from harken.agent.sources import SourceError
     try:
         import sounddevice as sd
         devices = sd.query_devices()
@@ -119,7 +119,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Offline scoring of recordings: one score per file (its windows reduced together)."""
-    from agent.scorer import BundleScorer
+    from harken.agent.scorer import BundleScorer
     bundle = open_bundle(args.bundle)
     section = bundle.sections[0] if args.section is None else args.section
     scorer = BundleScorer(bundle, section, args.artifact, args.threads)
@@ -146,12 +146,35 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from agent.calibrate import calibrate
-    from agent.config import load_config
+    from harken.agent.calibrate import calibrate
+    from harken.agent.config import load_config
     result = calibrate(load_config(args.config), files=args.files, minutes=args.minutes,
                        false_alarms_per_week=args.false_alarms_per_week,
                        plot=None if args.no_plot else args.plot, progress=not args.quiet)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def systemd_unit(exec_start: str, config: str) -> str:
+    """The packaged unit (systemd/harken.service) with ExecStart for this install, so a
+    wheel install under pipx or /opt/venv needs no repository to find the unit."""
+    from importlib.resources import files
+    unit = (files("harken.systemd") / "harken.service").read_text()
+    lines = [f"ExecStart={exec_start} run --config {config}" if ln.startswith("ExecStart=")
+             else ln for ln in unit.splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_systemd_unit(args: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
+    # the harken script beside this interpreter (venv, pipx), else the one on PATH
+    beside = Path(sys.executable).parent / "harken"
+    exe = args.exec or (str(beside) if beside.exists() else shutil.which("harken"))
+    if not exe:
+        raise ValueError("no harken executable found beside this Python or on PATH: "
+                         "give one with --exec")
+    sys.stdout.write(systemd_unit(exe, args.config))
     return 0
 
 
@@ -214,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--for", dest="seconds", type=float,
                    help="stop after this many seconds (default: until Ctrl-C)")
     w.set_defaults(func=cmd_watch)
+    u = sub.add_parser("systemd-unit", help="print the systemd unit, its ExecStart pointing "
+                       "at this install (docs/deploy.md)")
+    u.add_argument("--config", default="/etc/harken/agent.toml",
+                   help="the config the service runs (default /etc/harken/agent.toml)")
+    u.add_argument("--exec", help="the harken executable (default: this install's)")
+    u.set_defaults(func=cmd_systemd_unit)
     return p
 
 

@@ -9,7 +9,7 @@ which Home Assistant's plain payload match would not do, hence the template.
 
 from __future__ import annotations
 
-from agent import version
+from harken.agent import version
 
 # stats key -> (name, unit, device_class); shown as diagnostic entities
 DIAGNOSTICS = {

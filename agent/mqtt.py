@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.broker import diagnose, refusal, use_tls
-from agent.homeassistant import discovery_payload, discovery_topic
-from agent.outbox import Outbox
-from agent.pipeline import IntervalResult
+from harken.agent.broker import diagnose, refusal, use_tls
+from harken.agent.homeassistant import discovery_payload, discovery_topic
+from harken.agent.outbox import Outbox
+from harken.agent.pipeline import IntervalResult
 
 WINDOW = 32            # messages in flight (unacknowledged) at a time
 
@@ -63,6 +63,9 @@ class MqttSink:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._connected = threading.Event()
+        # set once the first connection attempt has an outcome (connected, refused or
+        # failed): a clean stop waits for it, so a short run does not exit mid-handshake
+        self._settled = threading.Event()
         self._last_error = ""
         self._anomaly: bool | None = None
         self._arrived: OrderedDict[int, float] = OrderedDict()   # score row -> audio arrival
@@ -77,6 +80,7 @@ class MqttSink:
         if reason_code.is_failure:
             self._report(refusal(self.s.host, self.s.port, reason_code,
                                  "check mqtt.username and the password"))
+            self._settled.set()
             return
         self._last_error = ""
         self.log(f"connected to {self.s.host}:{self.s.port}")
@@ -88,10 +92,12 @@ class MqttSink:
             self._inflight.clear()
             self._last_sent = 0                  # resend everything not acknowledged
         self._connected.set()
+        self._settled.set()
         self._wake.set()
 
     def _on_connect_fail(self, client, userdata) -> None:
         self._report(diagnose(self.s.host, self.s.port, self.tls) + "; retrying")
+        self._settled.set()
 
     def _on_message(self, client, userdata, message) -> None:
         # Home Assistant restarted: it forgets non-retained state, so announce again
@@ -112,6 +118,7 @@ class MqttSink:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
+        self._settled.set()
         if not self._stop.is_set():
             self._report(f"disconnected from {self.s.host}:{self.s.port} ({reason_code}); "
                          "retrying")
@@ -186,9 +193,13 @@ class MqttSink:
 
     def close(self, flush_s: float = 5.0) -> None:
         """Clean shutdown: deliver what the broker will take within ``flush_s``, publish
-        ``stopped`` (retained), disconnect without the Last Will."""
+        ``stopped`` (retained), disconnect without the Last Will. A first connection still
+        in progress (a TLS handshake takes a while) is waited for within the same time; a
+        broker that has already refused or failed is not."""
+        deadline = time.monotonic() + flush_s
+        if not self._connected.is_set():
+            self._settled.wait(flush_s)
         if self._connected.is_set():
-            deadline = time.monotonic() + flush_s
             while self.outbox.depth and time.monotonic() < deadline and self._connected.is_set():
                 self._wake.set()
                 time.sleep(0.05)

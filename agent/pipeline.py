@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.decision import Decision, Event
-from agent.features import StreamingLogMel, n_windows, windows
-from agent.health import AudioCheck, check_audio
-from agent.scorer import BundleScorer
+from harken.agent.decision import Decision, Event
+from harken.agent.features import StreamingLogMel, n_windows, windows
+from harken.agent.health import AudioCheck, check_audio
+from harken.agent.scorer import BundleScorer
 
 
 @dataclass

@@ -9,15 +9,15 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from agent.bundle import Bundle, BundleError, open_bundle
-from agent.config import Config, ConfigError, read_override
-from agent.decision import Decision, DecisionConfig
-from agent.pipeline import Pipeline
-from agent.scorer import BundleScorer
-from agent.sinks import JsonLinesSink
-from agent.sources import Microphone, SourceError, pcm_chunks, wav_chunks
-from agent.stats import ProcessStats
-from agent.systemd import Notifier
+from harken.agent.bundle import Bundle, BundleError, open_bundle
+from harken.agent.config import Config, ConfigError, read_override
+from harken.agent.decision import Decision, DecisionConfig
+from harken.agent.pipeline import Pipeline
+from harken.agent.scorer import BundleScorer
+from harken.agent.sinks import JsonLinesSink
+from harken.agent.sources import Microphone, SourceError, pcm_chunks, wav_chunks
+from harken.agent.stats import ProcessStats
+from harken.agent.systemd import Notifier
 
 
 def resolve_threshold(config: Config, bundle: Bundle) -> tuple[float, str]:
@@ -52,7 +52,7 @@ class Runner:
         self.config = config
         self.mqtt = None
         if config.mqtt.enabled:
-            from agent.mqtt import MqttSink
+            from harken.agent.mqtt import MqttSink
             state = config.path(config.agent.state_dir)
             m = config.mqtt     # certificate paths are relative to the config file
             files = {k: str(config.path(v)) for k in ("ca_file", "cert_file", "key_file")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.backends import Backend, open_backend
-from agent.bundle import Bundle
-from agent.features import windows
+from harken.agent.backends import Backend, open_backend
+from harken.agent.bundle import Bundle
+from harken.agent.features import windows
 
 
 def model_input(window: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from agent.pipeline import IntervalResult
+from harken.agent.pipeline import IntervalResult
 
 
 class JsonLinesSink:

@@ -13,8 +13,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from agent.ringbuffer import RingBuffer
-from agent.wavio import WavError, read_pcm, read_wav, to_float32
+from harken.agent.ringbuffer import RingBuffer
+from harken.agent.wavio import WavError, read_pcm, read_wav, to_float32
 
 
 class SourceError(OSError):

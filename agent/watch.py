@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from agent.broker import BrokerError, BrokerUrl, diagnose, refusal, use_tls
+from harken.agent.broker import BrokerError, BrokerUrl, diagnose, refusal, use_tls
 
 
 @dataclass

@@ -29,7 +29,7 @@ from bench._models import CACHE, bundles, fan_audio  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from agent.wavio import write_wav  # noqa: E402
+from harken.agent.wavio import write_wav  # noqa: E402
 from tests.agent.mosquitto import PASSWORD, USER, Broker  # noqa: E402
 from tests.conftest import write_agent_config  # noqa: E402
 

@@ -44,8 +44,8 @@ def audio_anomaly_section(task: tuple[str, int]) -> list[tuple[str, float]]:
     import audio_anomaly
     import numpy as np
 
-    from agent.wavio import read_wav
-    from training.data.corpus import scan
+    from harken.agent.wavio import read_wav
+    from harken.training.data.corpus import scan
     machine, section = task
     rate = 16000
     train = [c for c in scan(CORPUS, [machine], "train") if c.section == section]
@@ -58,8 +58,8 @@ def audio_anomaly_section(task: tuple[str, int]) -> list[tuple[str, float]]:
 def audio_anomaly_evaluation() -> dict:
     import numpy as np
 
-    from training.data.corpus import machine_types, scan
-    from training.evaluate import Evaluation, section_results
+    from harken.training.data.corpus import machine_types, scan
+    from harken.training.evaluate import Evaluation, section_results
     ev = Evaluation()
     test = {m: scan(CORPUS, [m], "test") for m in machine_types(CORPUS)}
     tasks = [(m, s) for m, clips in test.items() for s in sorted({c.section for c in clips})]
@@ -94,7 +94,7 @@ def method_rows() -> tuple[list[dict], list[str]]:
 
 
 def bundle_rows() -> list[dict]:
-    from training.metrics import hmean
+    from harken.training.metrics import hmean
     rows = []
     for method in BUNDLED:
         per: dict[str, list[dict]] = {}

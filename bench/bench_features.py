@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 def main() -> None:
     import librosa
 
-    from agent.features import LogMelExtractor, StreamingLogMel, preset
+    from harken.agent.features import LogMelExtractor, StreamingLogMel, preset
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=60.0)

@@ -34,10 +34,10 @@ WORKERS = 4                 # processes the agents are spread over
 
 def score_stream(seconds: int = 120):
     """The IntervalResults of a real pipeline run over ``seconds`` of fan audio."""
-    from agent.bundle import open_bundle
-    from agent.decision import Decision
-    from agent.pipeline import Pipeline
-    from agent.scorer import BundleScorer
+    from harken.agent.bundle import open_bundle
+    from harken.agent.decision import Decision
+    from harken.agent.pipeline import Pipeline
+    from harken.agent.scorer import BundleScorer
     bundle = open_bundle(bundles(["ae"])["ae"])
     pipe = Pipeline(BundleScorer(bundle, 0, "onnx-int8"), Decision(bundle.threshold),
                     interval_s=1.0)
@@ -50,8 +50,8 @@ def agents(port: int, nodes: list[str], per_agent: int, stream, state: Path, rea
     """One worker process: a MqttSink per node, all replaying the stream once ``go``."""
     import dataclasses
 
-    from agent.config import MqttSection
-    from agent.mqtt import MqttSink
+    from harken.agent.config import MqttSection
+    from harken.agent.mqtt import MqttSink
     from tests.agent.mosquitto import PASSWORD, USER
     settings = MqttSection(enabled=True, host="127.0.0.1", port=port, username=USER,
                            password=PASSWORD)

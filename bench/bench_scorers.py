@@ -27,9 +27,9 @@ pin_one_thread()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from agent.bundle import open_bundle  # noqa: E402
-from agent.features import windows  # noqa: E402
-from agent.scorer import BundleScorer, model_input  # noqa: E402
+from harken.agent.bundle import open_bundle  # noqa: E402
+from harken.agent.features import windows  # noqa: E402
+from harken.agent.scorer import BundleScorer, model_input  # noqa: E402
 
 
 def percentiles(fn, repeats: int) -> tuple[float, float]:
@@ -45,7 +45,7 @@ def percentiles(fn, repeats: int) -> tuple[float, float]:
 
 
 def torch_latency(run_dir: Path, x: np.ndarray, repeats: int) -> tuple[float, float]:
-    from export.graphs import load_graph
+    from harken.export.graphs import load_graph
     graph = load_graph(run_dir)        # BN folded, as exported
     t = torch.from_numpy(x.reshape(graph.input_shape).copy())
     with torch.inference_mode():

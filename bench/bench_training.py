@@ -18,9 +18,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import record  # noqa: E402
-from training.autoencoder import AeConfig  # noqa: E402
-from training.classifier import ClassifierConfig, ClassifierNet, ContrastiveHeads  # noqa: E402
-from training.models.dense_ae import DenseAE, per_sample_mse  # noqa: E402
+from harken.training.autoencoder import AeConfig  # noqa: E402
+from harken.training.classifier import ClassifierConfig, ClassifierNet, ContrastiveHeads  # noqa: E402
+from harken.training.models.dense_ae import DenseAE, per_sample_mse  # noqa: E402
 
 # vectors per epoch of one standard-corpus machine type: 198 fit clips x 309 vectors
 AE_VECTORS_PER_EPOCH = 198 * 309
@@ -46,7 +46,7 @@ def step_seconds(device: torch.device, kind: str, steps: int) -> tuple[float, in
             memory_format=torch.channels_last)
         y = torch.randint(0, 20, (cfg.batch_size,), device=device)
         params = list(net.parameters()) + (list(heads.parameters()) if heads else [])
-        from training.classifier import ClassifierMethod
+        from harken.training.classifier import ClassifierMethod
         method = ClassifierMethod()
 
         def loss():

@@ -36,7 +36,7 @@ def stage_ends() -> dict[str, int]:
     """Index in ``MobileNetV2.features`` of the last module of each stage: the stem (conv,
     BN, ReLU6), each group of inverted residual blocks of the paper's table, the final 1x1
     conv (its ReLU6: the GAMP input the deployed rule uses)."""
-    from training.models.mobilenetv2 import INVERTED_RESIDUAL_SETTING
+    from harken.training.models.mobilenetv2 import INVERTED_RESIDUAL_SETTING
     ends, at = {"stem": 2}, 2
     for t, c, n, s in INVERTED_RESIDUAL_SETTING:
         at += n
@@ -49,8 +49,8 @@ def stage_embeddings(method, feats: list[np.ndarray]) -> dict[str, np.ndarray]:
     """Clip-mean GAMP (mean + max over frequency and time) of every stage's output."""
     import torch
 
-    from training.data.windows import as_images, stack_windows
-    from training.torch_method import batched
+    from harken.training.data.windows import as_images, stack_windows
+    from harken.training.torch_method import batched
     name_at = {end: name for name, end in stage_ends().items()}
     x, owner = stack_windows(feats, method.spec)
     images, net = as_images(x), method.model.eval()
@@ -104,11 +104,11 @@ def pseudo_aucs(method, clips, normal: np.ndarray, mixed: dict[str, np.ndarray],
 def probe(run: Path) -> dict:
     import torch
 
-    from training.baselines import clip_vector
-    from training.classifier import ClassifierMethod, ContrastiveMethod
-    from training.data.corpus import scan
-    from training.data.pseudo_anomalies import pseudo_anomalous, pseudo_anomaly_pool
-    from training.data.windows import clip_features
+    from harken.training.baselines import clip_vector
+    from harken.training.classifier import ClassifierMethod, ContrastiveMethod
+    from harken.training.data.corpus import scan
+    from harken.training.data.pseudo_anomalies import pseudo_anomalous, pseudo_anomaly_pool
+    from harken.training.data.windows import clip_features
     torch.set_num_threads(2)
     trained = json.loads((run / "run.json").read_text())["method"]
     method = (ContrastiveMethod if trained == "contrastive" else ClassifierMethod).load(run)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.bundle import MANIFEST, SCHEMA_VERSION, open_bundle, sha256_file
-from agent.rules import Rule
-from agent.scorer import model_input
-from export.graphs import ExportError, InferenceGraph, calibration_windows, load_graph
-from training.runs import code_version
+from harken.agent.bundle import MANIFEST, SCHEMA_VERSION, open_bundle, sha256_file
+from harken.agent.rules import Rule
+from harken.agent.scorer import model_input
+from harken.export.graphs import ExportError, InferenceGraph, calibration_windows, load_graph
+from harken.training.runs import code_version
 
 FORMATS = ("onnx", "tflite")
 PRECISIONS = ("int8", "fp32", "both")
@@ -82,7 +82,7 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
     artifacts: dict[str, dict] = {}
 
     progress("ONNX fp32")
-    from export.onnx_export import INPUT_NAME, export_fp32, quantize_int8
+    from harken.export.onnx_export import INPUT_NAME, export_fp32, quantize_int8
     onnx_fp32 = export_fp32(graph, out / "model.fp32.onnx")
     onnx_io = {"input": {"name": INPUT_NAME, "shape": list(graph.input_shape), "dtype": "float32"},
                "outputs": {o: {"name": o} for o in graph.outputs}}
@@ -102,14 +102,14 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
                                       "calibration": _calibration(options, root)}
         if "tflite" in options.formats:
             progress("TFLite int8 (TensorFlow converter)")
-            from export.tflite_export import export_int8, tflite_io
+            from harken.export.tflite_export import export_int8, tflite_io
             path = export_int8(graph, calib, out / "model.int8.tflite", options.int8_io)
             artifacts["tflite-int8"] = {**_entry(out, path), **tflite_io(path),
                                         "calibration": _calibration(options, root)}
     if "tflite" in options.formats and options.precision in ("fp32", "both"):
         progress("TFLite fp32")
-        from export.tflite_export import export_fp32 as tflite_fp32
-        from export.tflite_export import tflite_io
+        from harken.export.tflite_export import export_fp32 as tflite_fp32
+        from harken.export.tflite_export import tflite_io
         path = tflite_fp32(graph, out / "model.fp32.tflite")
         artifacts["tflite-fp32"] = {**_entry(out, path), **tflite_io(path)}
     reference = {"onnx-fp32": {"size": onnx_fp32.stat().st_size,

@@ -14,18 +14,18 @@ import json
 import sys
 from pathlib import Path
 
-from agent.bundle import BundleError, open_bundle
-from agent.clitools import command_parser, run_command
-from agent.features import FeatureSpec, FeatureSpecError
-from training.data.corpus import CorpusError
-from training.runs import RunError, find_runs, read_run
+from harken.agent.bundle import BundleError, open_bundle
+from harken.agent.clitools import command_parser, run_command
+from harken.agent.features import FeatureSpec, FeatureSpecError
+from harken.training.data.corpus import CorpusError
+from harken.training.runs import RunError, find_runs, read_run
 
 COMMANDS = ("export", "verify", "wrap", "describe", "report")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from export.bundle import ExportOptions, make_tar, write_bundle
-    from export.graphs import ExportError
+    from harken.export.bundle import ExportOptions, make_tar, write_bundle
+    from harken.export.graphs import ExportError
     options = ExportOptions(formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
                             precision=args.precision, calibration_windows=args.calib_windows,
                             calibration_method=args.calib_method, int8_io=args.int8_io)
@@ -46,7 +46,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from export.verify import format_checks, verify
+    from harken.export.verify import format_checks, verify
     bundle = open_bundle(Path(args.bundle))
     checks = verify(bundle, Path(args.data), Path(args.run) if args.run else None,
                     args.max_clips, args.threads, progress=not args.json)
@@ -58,14 +58,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_wrap(args: argparse.Namespace) -> int:
-    from export.wrap import wrap
+    from harken.export.wrap import wrap
     out = wrap(Path(args.model), args.preset, Path(args.out), args.machine, args.threshold)
     print(f"bundle: {out}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from export.report import export_markdown, load_checks, write_section
+    from harken.export.report import export_markdown, load_checks, write_section
     write_section(Path(args.results), export_markdown(load_checks(Path(args.checks)),
                                                       args.command_line))
     print(f"wrote the export section of {args.results}")
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     first = next((a for a in argv if not a.startswith("-")), None)
     if first is not None and first not in COMMANDS and "-h" not in argv and "--help" not in argv:
         argv.insert(argv.index(first), "export")        # harken-export RUN ... = export RUN
-    from export.graphs import ExportError
+    from harken.export.graphs import ExportError
     return run_command(build_parser(), argv, (RunError, FeatureSpecError, BundleError,
                                               ExportError, CorpusError, OSError, ValueError))
 

@@ -16,14 +16,14 @@ import numpy as np
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from agent.features import FeatureSpec, windows
-from agent.scorer import model_input
-from training.autoencoder import AutoencoderMethod
-from training.classifier import ClassifierMethod
-from training.data.corpus import CorpusError, scan
-from training.data.windows import clip_features
-from training.methods import METHODS
-from training.runs import read_run
+from harken.agent.features import FeatureSpec, windows
+from harken.agent.scorer import model_input
+from harken.training.autoencoder import AutoencoderMethod
+from harken.training.classifier import ClassifierMethod
+from harken.training.data.corpus import CorpusError, scan
+from harken.training.data.windows import clip_features
+from harken.training.methods import METHODS
+from harken.training.runs import read_run
 
 
 class ExportError(ValueError):

@@ -22,11 +22,11 @@ import numpy as np
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from export.graphs import InferenceGraph
-from export.tflite_io import input_entry, open_interpreter, output_entry
-from training.classifier import ClassifierNet
-from training.models.cosine_head import CosineHead
-from training.models.mobilenetv2 import InvertedResidual
+from harken.export.graphs import InferenceGraph
+from harken.export.tflite_io import input_entry, open_interpreter, output_entry
+from harken.training.classifier import ClassifierNet
+from harken.training.models.cosine_head import CosineHead
+from harken.training.models.mobilenetv2 import InvertedResidual
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from export.graphs import ExportError
+from harken.export.graphs import ExportError
 
 
 def open_interpreter(path: Path):
-    from agent.backends import interpreter_class
+    from harken.agent.backends import interpreter_class
     interpreter, _ = interpreter_class()
     try:
         return interpreter(model_path=str(path))

@@ -12,15 +12,15 @@ import numpy as np
 import scipy.stats
 from tqdm import tqdm
 
-from agent.bundle import Bundle
-from agent.features import windows
-from agent.scorer import BundleScorer, model_input
-from export.graphs import ExportError
-from training.data.corpus import Clip, scan
-from training.data.windows import clip_features
-from training.evaluate import section_results
-from training.methods import method_class
-from training.metrics import official_score
+from harken.agent.bundle import Bundle
+from harken.agent.features import windows
+from harken.agent.scorer import BundleScorer, model_input
+from harken.export.graphs import ExportError
+from harken.training.data.corpus import Clip, scan
+from harken.training.data.windows import clip_features
+from harken.training.evaluate import section_results
+from harken.training.methods import method_class
+from harken.training.metrics import official_score
 
 
 @dataclass
@@ -102,7 +102,7 @@ def quantization_bytes(path: Path) -> int | None:
         total = sum(onnx.numpy_helper.to_array(inits[x]).nbytes for x in names if x in inits)
     else:
         # The TFLite schema stores a float32 scale and an int64 zero point per channel.
-        from agent.backends import interpreter_class
+        from harken.agent.backends import interpreter_class
         interpreter = interpreter_class()[0](model_path=str(path))
         total = sum(len(q["scales"]) * 4 + len(q["zero_points"]) * 8
                     for d in interpreter.get_tensor_details()

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.bundle import MANIFEST, SCHEMA_VERSION, open_bundle, sha256_file
-from agent.features import preset
-from export.graphs import ExportError
-from export.tflite_io import input_entry, open_interpreter, output_entry
-from training.runs import code_version
+from harken.agent.bundle import MANIFEST, SCHEMA_VERSION, open_bundle, sha256_file
+from harken.agent.features import preset
+from harken.export.graphs import ExportError
+from harken.export.tflite_io import input_entry, open_interpreter, output_entry
+from harken.training.runs import code_version
 
 PRESETS = {
     "dcase2020-ae": {"feature_preset": "dcase2020-ae", "rule": "mse", "output": "reconstruction",

@@ -5,7 +5,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
     """The tiny synthetic corpus, written once per test session (a few seconds)."""
-    from training.synth.corpus import synthesize
+    from harken.training.synth.corpus import synthesize
     return synthesize(tmp_path_factory.mktemp("corpus") / "tiny", "tiny", seed=0, progress=False)
 
 
@@ -18,7 +18,7 @@ def rng():
 def small_fan(tmp_path_factory):
     """The small synthetic corpus, fan only (90 ten-second training clips): enough windows
     for a classifier to learn something in seconds. About 30 s, once per session."""
-    from training.synth.corpus import synthesize
+    from harken.training.synth.corpus import synthesize
     return synthesize(tmp_path_factory.mktemp("corpus") / "small_fan", "small", seed=0,
                       machines=("fan",), progress=False)
 
@@ -41,8 +41,8 @@ def easy_test_set(small_fan, tmp_path_factory):
     """Held-out normal fan clips and 'easy' anomalies made from them: the same clips with a
     steady 1.2 kHz whine 6 dB below the clip. Returns (clips, labels); clip 2i is a normal
     clip and clip 2i + 1 the same clip made anomalous."""
-    from agent.wavio import read_wav, write_wav
-    from training.data.corpus import Clip, scan
+    from harken.agent.wavio import read_wav, write_wav
+    from harken.training.data.corpus import Clip, scan
     root = tmp_path_factory.mktemp("easy")
     normals = [c for c in scan(small_fan, ["fan"], "test") if not c.is_anomaly]
     clips, labels = [], []
@@ -60,9 +60,9 @@ def easy_test_set(small_fan, tmp_path_factory):
 def ae_bundle(small_fan, tmp_path_factory):
     """A small AE (3 epochs on the small fan corpus) exported to an int8 bundle (ONNX and
     TFLite): the agent tests' model. About 20 s, once per session."""
-    from export.bundle import ExportOptions, write_bundle
-    from training.data.corpus import scan
-    from training.methods import make_method
+    from harken.export.bundle import ExportOptions, write_bundle
+    from harken.training.data.corpus import scan
+    from harken.training.methods import make_method
     root = tmp_path_factory.mktemp("agent_model")
     make_method("ae", ["epochs=3"]).train(scan(small_fan, ["fan"], "train"), root / "run",
                                           progress=False)

@@ -38,15 +38,15 @@ import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 from sklearn.neighbors import LocalOutlierFactor
 
-from training.config import TrainConfig
-from training.data.corpus import Clip
-from training.data.pseudo_anomalies import choose_rule, pseudo_anomalous, pseudo_anomaly_pool
-from training.data.windows import as_images, clip_features, stack_windows, validation_split
-from training.models.aegan import Aegan
-from training.models.losses import feature_matching, gradient_penalty
-from training.torch_method import (MIN_HELD_OUT, ScoresEveryRule, TorchMethod, batched,
+from harken.training.config import TrainConfig
+from harken.training.data.corpus import Clip
+from harken.training.data.pseudo_anomalies import choose_rule, pseudo_anomalous, pseudo_anomaly_pool
+from harken.training.data.windows import as_images, clip_features, stack_windows, validation_split
+from harken.training.models.aegan import Aegan
+from harken.training.models.losses import feature_matching, gradient_penalty
+from harken.training.torch_method import (MIN_HELD_OUT, ScoresEveryRule, TorchMethod, batched,
                                    load_array)
-from training.trainer import check_finite, fit_steps
+from harken.training.trainer import check_finite, fit_steps
 
 PATCH_RULES = ("x-l1", "x-l2", "x-cos", "z-l1", "z-l2", "z-cos")
 EMBEDDING_RULES = ("d-maha", "d-knn", "d-lof")
@@ -277,7 +277,7 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
         """(mels, frames) dB maps of one clip for localisation (Jiang et al., Fig. 3): the
         query, its reconstruction and the mean training patch, each stitched from the clip's
         patches (overlaps averaged), and the reconstruction's difference from the mean."""
-        from agent.features import windows
+        from harken.agent.features import windows
         w = windows(logmel, self.spec)
         hop, frames = self.spec.window_hop, self.spec.window_frames
         with torch.no_grad():

@@ -17,17 +17,17 @@ import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
 
-from agent.rules import Rule
-from training.augment import smote
-from training.augment.mixing import mix_logmel
-from training.config import TrainConfig
-from training.data.corpus import Clip
-from training.data.pseudo_anomalies import pseudo_anomaly_pool
-from training.data.windows import ae_vectors, clip_features, validation_split
-from training.models.dense_ae import DenseAE, per_sample_mse
-from training.models.losses import kde_weights, snp_loss, weighted_mean
-from training.torch_method import MIN_HELD_OUT, TorchMethod, batched, load_array
-from training.trainer import fit
+from harken.agent.rules import Rule
+from harken.training.augment import smote
+from harken.training.augment.mixing import mix_logmel
+from harken.training.config import TrainConfig
+from harken.training.data.corpus import Clip
+from harken.training.data.pseudo_anomalies import pseudo_anomaly_pool
+from harken.training.data.windows import ae_vectors, clip_features, validation_split
+from harken.training.models.dense_ae import DenseAE, per_sample_mse
+from harken.training.models.losses import kde_weights, snp_loss, weighted_mean
+from harken.training.torch_method import MIN_HELD_OUT, TorchMethod, batched, load_array
+from harken.training.trainer import fit
 
 DOMAINS = ("source", "target")
 

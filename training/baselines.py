@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.distance import cdist
 
-from agent.features import FeatureSpec, preset
-from training.data.corpus import Clip
-from training.data.features import clip_logmels
-from training.runs import RunError, normal_score_stats, read_run, write_run
+from harken.agent.features import FeatureSpec, preset
+from harken.training.data.corpus import Clip
+from harken.training.data.features import clip_logmels
+from harken.training.runs import RunError, normal_score_stats, read_run, write_run
 
 
 def clip_vector(logmel: np.ndarray) -> np.ndarray:

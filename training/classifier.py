@@ -36,20 +36,20 @@ from sklearn.cluster import KMeans
 from torch import nn
 from tqdm import tqdm
 
-from agent.rules import Rule, unit_embedding
-from training.augment import frame_shift, median_filter_time, mixup, smote, spec_augment
-from training.config import TrainConfig
-from training.data.corpus import Clip, scan
-from training.data.pseudo_anomalies import other_machine_clips
-from training.data.windows import (class_labels, class_sections, clip_features, stack_windows,
+from harken.agent.rules import Rule, unit_embedding
+from harken.training.augment import frame_shift, median_filter_time, mixup, smote, spec_augment
+from harken.training.config import TrainConfig
+from harken.training.data.corpus import Clip, scan
+from harken.training.data.pseudo_anomalies import other_machine_clips
+from harken.training.data.windows import (class_labels, class_sections, clip_features, stack_windows,
                                    validation_split)
-from training.models.dense_ae import DenseAE, per_sample_mse
-from training.models.losses import nt_xent
-from training.models.cosine_head import CosineHead
-from training.models.mobilenetv2 import WIDTHS, MobileNetV2
-from training.runs import RunError, normal_score_stats
-from training.torch_method import MIN_HELD_OUT, TorchMethod, batched, load_array
-from training.trainer import fit
+from harken.training.models.dense_ae import DenseAE, per_sample_mse
+from harken.training.models.losses import nt_xent
+from harken.training.models.cosine_head import CosineHead
+from harken.training.models.mobilenetv2 import WIDTHS, MobileNetV2
+from harken.training.runs import RunError, normal_score_stats
+from harken.training.torch_method import MIN_HELD_OUT, TorchMethod, batched, load_array
+from harken.training.trainer import fit
 
 HEADS = ("adacos", "softmax")
 

@@ -8,11 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-from agent.clitools import command_parser, run_command
-from agent.features import FeatureSpecError
-from agent.wavio import WavError
-from training.data.corpus import CorpusError, machine_types, scan
-from training.runs import RunError, find_runs, record_training_time
+from harken.agent.clitools import command_parser, run_command
+from harken.agent.features import FeatureSpecError
+from harken.agent.wavio import WavError
+from harken.training.data.corpus import CorpusError, machine_types, scan
+from harken.training.runs import RunError, find_runs, record_training_time
 
 
 def _machines(arg: str | None) -> list[str] | None:
@@ -20,7 +20,7 @@ def _machines(arg: str | None) -> list[str] | None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from training.synth.corpus import SIZES, synthesize
+    from harken.training.synth.corpus import SIZES, synthesize
     t0 = time.monotonic()
     root = synthesize(args.out, args.size, args.seed, tuple(_machines(args.machines) or ()) or None,
                       args.workers, progress=not args.quiet)
@@ -32,13 +32,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from training.methods import make_method
+    from harken.training.methods import make_method
     overrides = list(args.set or [])
     overrides += [f"seed={args.seed}"] if args.seed is not None else []
     overrides += [f"device={args.device}"] if args.device else []
     method = make_method(args.method, overrides)          # bad settings fail before any work
     if hasattr(method, "config"):
-        from training.trainer import pick_device
+        from harken.training.trainer import pick_device
         pick_device(method.config.device)
     machines = _machines(args.machines) or machine_types(args.data)
     for machine in machines:
@@ -57,8 +57,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_refit(args: argparse.Namespace) -> int:
-    from training.methods import method_class
-    from training.runs import read_run
+    from harken.training.methods import method_class
+    from harken.training.runs import read_run
     for run in find_runs(Path(args.run)):
         cls = method_class(read_run(run)["method"])
         if not hasattr(cls, "refit"):
@@ -70,14 +70,14 @@ def cmd_refit(args: argparse.Namespace) -> int:
 
 
 def cmd_localize(args: argparse.Namespace) -> int:
-    from training.localize import localize
+    from harken.training.localize import localize
     out = localize(Path(args.run), Path(args.clip), Path(args.out))
     print(f"wrote {out}")
     return 0
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from training.methods import METHODS, settings
+    from harken.training.methods import METHODS, settings
     for name, cls in sorted(METHODS.items()):
         print(f"{name:<16} {cls.summary}")
         print(f"{'':<16} score rules: {', '.join(cls.score_rules)}")
@@ -90,8 +90,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import comparison_table, evaluate, evaluate_rules, format_table
-    from training.runs import read_run
+    from harken.training.evaluate import comparison_table, evaluate, evaluate_rules, format_table
+    from harken.training.runs import read_run
     runs = find_runs(Path(args.run))
     out = Path(args.out) if args.out else Path(args.run) / "eval"
     data = Path(args.data) if args.data else None
@@ -128,9 +128,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _baseline_beside(runs: list[Path], out: Path, data: Path | None, quiet: bool):
     """Trains baseline-knn on the runs' training data (seconds) and evaluates it the same way."""
-    from training.baselines import KnnBaseline
-    from training.evaluate import evaluate
-    from training.runs import read_run
+    from harken.training.baselines import KnnBaseline
+    from harken.training.evaluate import evaluate
+    from harken.training.runs import read_run
     knn_runs = []
     for run in runs:
         info = read_run(run)
@@ -143,8 +143,8 @@ def _baseline_beside(runs: list[Path], out: Path, data: Path | None, quiet: bool
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from training.evaluate import read_result_scores
-    from training.report import load_evaluation, results_markdown
+    from harken.training.evaluate import read_result_scores
+    from harken.training.report import load_evaluation, results_markdown
     evaluations, clip_scores = {}, {}
     for item in args.evaluations:
         label, _, path = item.rpartition("=")
@@ -162,7 +162,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_recording(args: argparse.Namespace) -> int:
-    from training.data.recording import normal_then_faulty
+    from harken.training.data.recording import normal_then_faulty
     info = normal_then_faulty(Path(args.data), args.machine, args.section, Path(args.out),
                               args.normal, args.faulty, args.domain)
     print(json.dumps({k: v for k, v in info.items() if not k.endswith("_clips")}))
@@ -185,8 +185,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from training.methods import METHODS
-    from training.synth.corpus import SIZES
+    from harken.training.methods import METHODS
+    from harken.training.synth.corpus import SIZES
     p, sub = command_parser("harken-train", __doc__)
 
     s = sub.add_parser("synth", help="write the synthetic machine corpus (DCASE 2023 layout)")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.corpus import Clip, CorpusError, scan
-from training.methods import method_class
-from training.metrics import SectionResult, machine_hmean, official_score, section_result
-from training.runs import read_run
+from harken.training.data.corpus import Clip, CorpusError, scan
+from harken.training.methods import method_class
+from harken.training.metrics import SectionResult, machine_hmean, official_score, section_result
+from harken.training.runs import read_run
 
 
 @dataclass

@@ -28,15 +28,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.config import TrainConfig
-from training.data.corpus import Clip
-from training.aegan import square_patches
-from training.data.windows import as_images, clip_features, stack_windows
-from training.models.gmgan import Gmgan
-from training.models.losses import gmm_covariance_penalty, gmm_energy, gmm_parameters
-from training.torch_method import (MIN_HELD_OUT, ScoresEveryRule, TorchMethod, batched,
+from harken.training.config import TrainConfig
+from harken.training.data.corpus import Clip
+from harken.training.aegan import square_patches
+from harken.training.data.windows import as_images, clip_features, stack_windows
+from harken.training.models.gmgan import Gmgan
+from harken.training.models.losses import gmm_covariance_penalty, gmm_energy, gmm_parameters
+from harken.training.torch_method import (MIN_HELD_OUT, ScoresEveryRule, TorchMethod, batched,
                                    load_array)
-from training.trainer import check_finite, fit_steps
+from harken.training.trainer import check_finite, fit_steps
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.features import LogMelExtractor
-from agent.wavio import read_wav
-from training.data.windows import fit_to_window
-from training.runs import RunError, read_run
+from harken.agent.features import LogMelExtractor
+from harken.agent.wavio import read_wav
+from harken.training.data.windows import fit_to_window
+from harken.training.runs import RunError, read_run
 
 
 def localize(run_dir: Path, clip: Path, out: Path) -> Path:
-    from training.methods import method_class
+    from harken.training.methods import method_class
     info = read_run(run_dir)
     cls = method_class(info["method"])
     if not hasattr(cls, "localization_maps"):

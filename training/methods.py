@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from training.aegan import AeganMethod
-from training.autoencoder import (AeBatchUniformization, AeMahalanobis, AeNeymanPearson,
+from harken.training.aegan import AeganMethod
+from harken.training.autoencoder import (AeBatchUniformization, AeMahalanobis, AeNeymanPearson,
                                   AutoencoderMethod)
-from training.baselines import KnnBaseline
-from training.classifier import ClassifierMethod, ContrastiveMethod
-from training.gmgan import GmganMethod
-from training.oevae import OevaeMethod
+from harken.training.baselines import KnnBaseline
+from harken.training.classifier import ClassifierMethod, ContrastiveMethod
+from harken.training.gmgan import GmganMethod
+from harken.training.oevae import OevaeMethod
 
 METHODS = {cls.name: cls for cls in (KnnBaseline, AutoencoderMethod, AeMahalanobis,
                                      AeBatchUniformization, AeNeymanPearson,

@@ -34,17 +34,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agent.features import FeatureSpec
-from training.augment import mixup, smote
-from training.config import TrainConfig
-from training.data.corpus import Clip
-from training.data.pseudo_anomalies import other_machine_clips
-from training.data.windows import as_images, clip_features, stack_windows, validation_split
-from training.models.losses import kl_to_normal
-from training.models.oevae import Oevae
-from training.torch_method import (MIN_HELD_OUT, ScoresEveryRule, TorchMethod, batched,
+from harken.agent.features import FeatureSpec
+from harken.training.augment import mixup, smote
+from harken.training.config import TrainConfig
+from harken.training.data.corpus import Clip
+from harken.training.data.pseudo_anomalies import other_machine_clips
+from harken.training.data.windows import as_images, clip_features, stack_windows, validation_split
+from harken.training.models.losses import kl_to_normal
+from harken.training.models.oevae import Oevae
+from harken.training.torch_method import (MIN_HELD_OUT, ScoresEveryRule, TorchMethod, batched,
                                    load_array)
-from training.trainer import fit
+from harken.training.trainer import fit
 
 LOG_2PI = float(np.log(2 * np.pi))
 

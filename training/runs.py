@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.features import FeatureSpec
-from agent.thresholds import gamma_threshold
-from training.data.corpus import Clip
+from harken.agent.features import FeatureSpec
+from harken.agent.thresholds import gamma_threshold
+from harken.training.data.corpus import Clip
 
 RUN_SCHEMA = 1
 

@@ -12,11 +12,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from agent.features import FeatureSpec, preset
-from training.config import TrainConfig, config_dict, with_overrides
-from training.data.corpus import Clip
-from training.runs import RunError, normal_score_stats, read_run, write_run
-from training.trainer import History, pick_device, plot_history, seed_everything
+from harken.agent.features import FeatureSpec, preset
+from harken.training.config import TrainConfig, config_dict, with_overrides
+from harken.training.data.corpus import Clip
+from harken.training.runs import RunError, normal_score_stats, read_run, write_run
+from harken.training.trainer import History, pick_device, plot_history, seed_everything
 
 WEIGHTS = "model.pt"
 MIN_HELD_OUT = 3      # a gamma fit of normal scores needs a few validation clips; else all

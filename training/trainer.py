@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from training.config import TrainConfig
+from harken.training.config import TrainConfig
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -2,7 +2,7 @@ import shutil
 
 import pytest
 
-from agent.wavio import read_wav, write_wav
+from harken.agent.wavio import read_wav, write_wav
 from tests.agent.mosquitto import STARTED, Broker
 
 
@@ -43,7 +43,7 @@ def tls_broker(tmp_path):
 @pytest.fixture
 def wav(small_fan, tmp_path):
     """10 s of a test clip: four full 2-s intervals and the last one at the end."""
-    from training.data.corpus import scan
+    from harken.training.data.corpus import scan
     clip = scan(small_fan, ["fan"], "test")[0]
     x, rate = read_wav(clip.path, 16000)
     write_wav(tmp_path / "ten.wav", x, rate)

@@ -140,7 +140,7 @@ def agent_config(tmp_path, bundle, port, wav, password=PASSWORD, realtime=False,
 
 
 def run_agent(cfg, *args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg),
+    return subprocess.run([sys.executable, "-m", "harken.agent.cli", "run", "--config", str(cfg),
                            *args], capture_output=True, text=True, timeout=timeout)
 
 
@@ -148,7 +148,7 @@ STARTED: list[subprocess.Popen] = []     # killed after each test (tests/agent/c
 
 
 def start_agent(cfg):
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
+    proc = subprocess.Popen([sys.executable, "-m", "harken.agent.cli", "run", "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     STARTED.append(proc)
     return proc

@@ -2,9 +2,9 @@ import json
 
 import numpy as np
 
-from agent.cli import main
-from agent.features import logmel, preset
-from agent.wavio import read_wav, write_wav
+from harken.agent.cli import main
+from harken.agent.features import logmel, preset
+from harken.agent.wavio import read_wav, write_wav
 
 
 def test_features_command_matches_the_library(tmp_path, capsys, rng):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, load_config
+from harken.agent.config import ConfigError, load_config
 
 FIRMWARE = Path(__file__).resolve().parents[2] / "firmware_configs"
 GOOD = """

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from agent.decision import Decision, DecisionConfig
-from agent.health import check_audio
+from harken.agent.decision import Decision, DecisionConfig
+from harken.agent.health import check_audio
 
 
 def run(scores, threshold=1.0, **kw):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from agent.features import (
+from harken.agent.features import (
     PRESETS, FeatureSpec, FeatureSpecError, LogMelExtractor, StreamingLogMel, logmel,
     mel_filterbank, periodic_window, preset, windows,
 )

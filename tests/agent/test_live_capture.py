@@ -66,7 +66,7 @@ def agent_config(tmp_path, bundle):
 
 
 def start_agent(config, env, intervals):
-    return subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(config),
+    return subprocess.Popen([sys.executable, "-m", "harken.agent.cli", "run", "--config", str(config),
                              "--intervals", str(intervals)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -116,7 +116,7 @@ def test_sound_server_lost_and_back(sound_server, ae_bundle, tmp_path):
 
 def test_calibrate_from_the_live_microphone(sound_server, ae_bundle, tmp_path):
     config = agent_config(tmp_path, ae_bundle)
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "calibrate", "--config", str(config),
+    out = subprocess.run([sys.executable, "-m", "harken.agent.cli", "calibrate", "--config", str(config),
                           "--minutes", "0.2", "--quiet"], env=sound_server.env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

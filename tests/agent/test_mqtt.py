@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 
-from agent.outbox import Outbox
-from agent.wavio import read_wav, write_wav
+from harken.agent.outbox import Outbox
+from harken.agent.wavio import read_wav, write_wav
 from tests.agent.mosquitto import Listener, agent_config as config, run_agent, start_agent
 
 

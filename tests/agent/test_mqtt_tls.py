@@ -2,9 +2,58 @@
 the agent publishes with the right CA and its client certificate; with another CA it is
 refused with a message naming the cause and the config key."""
 
-import time
+from tests.agent.mosquitto import (PASSWORD, USER, Listener, agent_config, run_agent,
+                                   start_agent)
 
-from tests.agent.mosquitto import Listener, agent_config, run_agent, start_agent
+
+def _result(seq: int):
+    from harken.agent.pipeline import IntervalResult
+    return IntervalResult(ts=1.0, seq=seq, score=1.5, threshold=2.0, anomaly=False,
+                          interval_s=2.0, model="m", backend="onnx", status="ok",
+                          rms_dbfs=-20.0, windows=3, inference_ms=0.1)
+
+
+def test_a_stop_during_the_tls_handshake_waits_for_it_and_delivers(tls_broker, tmp_path):
+    """A one-shot run that ends while the first TLS connection is still being made (the
+    handshake takes far longer than putting one score into the outbox) delivers its score
+    at the clean stop instead of leaving it in the outbox."""
+    from harken.agent.config import MqttSection
+    from harken.agent.mqtt import MqttSink
+    listen = Listener(tls_broker.port)
+    root = tls_broker.root
+    settings = MqttSection(enabled=True, host="127.0.0.1", port=tls_broker.tls_port,
+                           username=USER, password=PASSWORD, tls=True,
+                           ca_file=str(root / "ca.crt"), cert_file=str(root / "client.crt"),
+                           key_file=str(root / "client.key"))
+    sink = MqttSink(settings, "n1", "fan", tmp_path / "outbox.db", log=lambda m: None)
+    sink.interval(_result(1))              # straight after the start: not connected yet
+    sink.close(flush_s=20)
+    listen.wait(lambda lt: [s["seq"] for s in lt.scores()] == [1])
+    listen.wait(lambda lt: ("harken/n1/status", "stopped") in [(t, p) for t, p, _ in lt.messages])
+    listen.close()
+
+
+def test_a_stop_with_the_broker_refusing_does_not_wait_the_flush_time(tls_broker, tmp_path):
+    """The wait is for a connection in progress, not for a broker that already said no."""
+    import time
+
+    from harken.agent.config import MqttSection
+    from harken.agent.mqtt import MqttSink
+    root = tls_broker.root
+    settings = MqttSection(enabled=True, host="127.0.0.1", port=tls_broker.tls_port,
+                           username=USER, password=PASSWORD, tls=True,
+                           ca_file=str(root / "other-ca.crt"),
+                           cert_file=str(root / "client.crt"), key_file=str(root / "client.key"))
+    seen = []
+    sink = MqttSink(settings, "n1", "fan", tmp_path / "outbox.db", log=seen.append)
+    sink.interval(_result(1))
+    deadline = time.monotonic() + 60
+    while not any("was not accepted" in m for m in seen) and time.monotonic() < deadline:
+        time.sleep(0.05)                  # polls an event (the refusal), not a fixed wait
+    t0 = time.monotonic()
+    sink.close(flush_s=600)
+    assert time.monotonic() - t0 < 300, "close() waited for a broker that had refused"
+    assert any("was not accepted" in m for m in seen)
 
 
 def test_scores_over_tls_with_a_client_certificate(tls_broker, ae_bundle, wav, tmp_path):
@@ -25,9 +74,13 @@ def test_a_broker_certificate_from_another_ca_is_refused_clearly(tls_broker, ae_
                        tls=True, ca_file="other-ca.crt", cert_file="client.crt",
                        key_file="client.key")
     proc = start_agent(cfg)
-    time.sleep(6)
+    err_head = ""
+    for line in proc.stderr:                          # the refusal is logged, then stop
+        err_head += line
+        if "was not accepted" in line:
+            break
     proc.terminate()
-    err = proc.communicate(timeout=30)[1]
+    err = err_head + proc.communicate(timeout=30)[1]
     assert proc.returncode == 0, err                 # scoring went on; the outbox holds it
     # the verify reason (e.g. "self-signed certificate in certificate chain") is OpenSSL's
     assert (f"TLS: the certificate of broker 127.0.0.1:{tls_broker.tls_port} was not "

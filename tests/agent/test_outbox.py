@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent.outbox import Outbox
+from harken.agent.outbox import Outbox
 
 
 def test_messages_wait_in_order_until_acked_and_survive_reopen(tmp_path):

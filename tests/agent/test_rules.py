@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from agent.rules import Rule, bank_distance, section_log_odds, softmax, unit_embedding
+from harken.agent.rules import Rule, bank_distance, section_log_odds, softmax, unit_embedding
 
 
 def test_mse_is_the_mean_squared_residual_and_the_interval_mean():

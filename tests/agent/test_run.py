@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from agent.cli import main as harken
-from agent.wavio import read_wav, write_wav
+from harken.agent.cli import main as harken
+from harken.agent.wavio import read_wav, write_wav
 from tests.conftest import whine, write_agent_config
-from training.data.corpus import scan
+from harken.training.data.corpus import scan
 
 RATE = 16000
 
@@ -99,7 +99,7 @@ def test_raw_pcm_on_stdin(ae_bundle, recordings, tmp_path):
     x, _ = read_wav(root / "normal_then_faulty.wav", RATE)
     pcm = (np.clip(x[:25 * RATE], -1, 1) * 32767).astype("<i2").tobytes()
     cfg = config(tmp_path, ae_bundle, source="stdin")
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
+    out = subprocess.run([sys.executable, "-m", "harken.agent.cli", "run", "--config", str(cfg)],
                          input=pcm, capture_output=True, timeout=120)
     assert out.returncode == 0, out.stderr.decode()
     scores = [r for r in lines_of(out.stdout.decode()) if r["kind"] == "score"]

@@ -8,8 +8,8 @@ import pytest
 import scipy.io.wavfile
 import scipy.signal
 
-from agent.sources import SourceError, StreamResampler, pcm_chunks, wav_chunks
-from agent.wavio import WavError, read_wav, write_wav
+from harken.agent.sources import SourceError, StreamResampler, pcm_chunks, wav_chunks
+from harken.agent.wavio import WavError, read_wav, write_wav
 
 
 @pytest.mark.parametrize("from_rate, chunk", [(48000, 480), (44100, 1000), (22050, 4410)])

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.systemd import Notifier
-from agent.wavio import read_wav, write_wav
+from harken.agent.systemd import Notifier
+from harken.agent.wavio import read_wav, write_wav
 from tests.conftest import write_agent_config
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "harken.service"
@@ -41,7 +41,7 @@ def test_notifier_speaks_the_protocol_and_pings_only_on_progress(tmp_path):
 
 
 def test_harken_run_notifies_ready_watchdog_and_stopping(ae_bundle, small_fan, tmp_path):
-    from training.data.corpus import scan
+    from harken.training.data.corpus import scan
     x, rate = read_wav(scan(small_fan, ["fan"], "test")[0].path, 16000)
     write_wav(tmp_path / "a.wav", x[:3 * rate], rate)
     cfg = write_agent_config(tmp_path / "agent.toml", model={"bundle": ae_bundle},
@@ -53,7 +53,7 @@ def test_harken_run_notifies_ready_watchdog_and_stopping(ae_bundle, small_fan, t
         server.bind(path)
         server.settimeout(60)
         env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "500000"}
-        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
+        proc = subprocess.Popen([sys.executable, "-m", "harken.agent.cli", "run", "--config", str(cfg)],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
         got = []                                # read as systemd does, while it runs

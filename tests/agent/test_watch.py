@@ -5,12 +5,12 @@ import json
 import subprocess
 import sys
 
-from agent.broker import BrokerError, parse_broker_url
+from harken.agent.broker import BrokerError, parse_broker_url
 from tests.agent.mosquitto import PASSWORD, agent_config, run_agent
 
 
 def watch(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "agent.cli", "watch", *args],
+    return subprocess.run([sys.executable, "-m", "harken.agent.cli", "watch", *args],
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -71,7 +71,7 @@ def test_watch_errors_are_one_clear_line(broker, tmp_path):
 
 
 def test_the_fleet_table_keeps_the_latest_state_per_machine():
-    from agent.watch import Fleet
+    from harken.agent.watch import Fleet
     fleet = Fleet("harken")
     assert fleet.parse("other/n1/status", b"online") is None
     for topic, payload in [("harken/n1/status", b"online"),

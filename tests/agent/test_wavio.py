@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import scipy.io.wavfile
 
-from agent.sources import wav_chunks
-from agent.wavio import WavError, read_wav, write_wav
+from harken.agent.sources import wav_chunks
+from harken.agent.wavio import WavError, read_wav, write_wav
 
 
 def test_int16_round_trip(tmp_path):

@@ -1,7 +1,7 @@
 import json
 
-from export.cli import main as export_main
-from training.cli import main as train_main
+from harken.export.cli import main as export_main
+from harken.training.cli import main as train_main
 
 
 def test_describe_a_run(tiny_corpus, tmp_path, capsys):

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from agent.bundle import BundleError, open_bundle
-from agent.scorer import BundleScorer
-from export.bundle import ExportOptions, write_bundle
-from export.cli import main as export_main
-from export.graphs import ExportError, fold_batchnorm, load_graph
-from export.verify import verify
-from training.data.corpus import scan
-from training.methods import make_method
+from harken.agent.bundle import BundleError, open_bundle
+from harken.agent.scorer import BundleScorer
+from harken.export.bundle import ExportOptions, write_bundle
+from harken.export.cli import main as export_main
+from harken.export.graphs import ExportError, fold_batchnorm, load_graph
+from harken.export.verify import verify
+from harken.training.data.corpus import scan
+from harken.training.methods import make_method
 
 # Seconds of training, but enough batch-norm updates that the embedding is not constant.
 TINY = {"ae": ["epochs=2"],
@@ -98,9 +98,9 @@ def test_verify_scores_every_artifact_like_torch(bundles, small_fan):
 
 
 def test_int8_classifier_outputs_follow_fp32(bundles, small_fan):
-    from agent.features import windows
-    from agent.scorer import model_input
-    from training.data.windows import clip_features
+    from harken.agent.features import windows
+    from harken.agent.scorer import model_input
+    from harken.training.data.windows import clip_features
     bundle = open_bundle(bundles / "mobilenetv2")
     feats = clip_features(scan(small_fan, ["fan"], "test")[:3], bundle.spec, progress=False)
     ws = np.concatenate([windows(f, bundle.spec)[::8] for f in feats])
@@ -213,8 +213,8 @@ def test_export_refuses_bad_requests(runs, tmp_path, small_fan):
 def test_embedding_rule_on_the_device_matches_training(bundles, runs, small_fan):
     """The classifier's embedding score through onnx fp32 + agent/rules equals training's
     own score of the same clip."""
-    from training.methods import METHODS
-    from training.data.windows import clip_features
+    from harken.training.methods import METHODS
+    from harken.training.data.windows import clip_features
     bundle = open_bundle(bundles / "mobilenetv2")
     clips = scan(small_fan, ["fan"], "test")[:4]
     method = METHODS["mobilenetv2"].load(runs / "mobilenetv2" / "fan")
@@ -228,8 +228,8 @@ def test_compacting_the_int8_onnx_changes_no_output_and_drops_the_padding(bundle
     import onnx
     import onnxruntime as ort
 
-    from export.onnx_export import compact, quantize_int8
-    from export.verify import quantization_bytes
+    from harken.export.onnx_export import compact, quantize_int8
+    from harken.export.verify import quantization_bytes
     fp32 = bundles / "mobilenetv2" / "model.fp32.onnx"
     calib = np.random.default_rng(0).normal(size=(8, 1, 1, 128, 64)).astype(np.float32)
     raw = quantize_int8(fp32, calib, bundles / "raw.onnx", compacted=False)

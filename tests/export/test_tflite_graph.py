@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from export.graphs import InferenceGraph, fold_batchnorm
-from export.tflite_export import nhwc_shape, tf_function
-from training.classifier import ClassifierNet
-from training.models.dense_ae import DenseAE
+from harken.export.graphs import InferenceGraph, fold_batchnorm
+from harken.export.tflite_export import nhwc_shape, tf_function
+from harken.training.classifier import ClassifierNet
+from harken.training.models.dense_ae import DenseAE
 
 
 def randomise_batchnorm(net):

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.bundle import open_bundle, sha256_file
-from agent.features import windows
-from agent.scorer import BundleScorer
-from export.cli import main as export_main
+from harken.agent.bundle import open_bundle, sha256_file
+from harken.agent.features import windows
+from harken.agent.scorer import BundleScorer
+from harken.export.cli import main as export_main
 
 PEERS = Path(__file__).resolve().parents[1] / "data" / "peers" / "mlperf-tiny-ad"
 LOGMEL = "normal_id_01_00000000_logmel_200x128_f32le.bin"

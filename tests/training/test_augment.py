@@ -5,8 +5,8 @@ import pytest
 import torch
 from scipy.ndimage import median_filter
 
-from training.augment import frame_shift, median_filter_time, mixup, smote, spec_augment
-from training.augment.mixing import mix_logmel
+from harken.training.augment import frame_shift, median_filter_time, mixup, smote, spec_augment
+from harken.training.augment.mixing import mix_logmel
 
 
 def gen(seed=0):

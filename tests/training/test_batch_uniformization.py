@@ -9,8 +9,8 @@ anomalies (points off the curve) still score above the rare normals.
 import numpy as np
 import torch
 
-from training.models.dense_ae import DenseAE, per_sample_mse
-from training.models.losses import kde_weights, weighted_mean
+from harken.training.models.dense_ae import DenseAE, per_sample_mse
+from harken.training.models.losses import kde_weights, weighted_mean
 
 SEED = 1
 

@@ -3,7 +3,7 @@ import json
 import subprocess
 import sys
 
-from training.cli import main
+from harken.training.cli import main
 
 
 def test_train_evaluate_end_to_end(tiny_corpus, tmp_path, capsys):
@@ -41,7 +41,7 @@ def test_train_evaluate_end_to_end(tiny_corpus, tmp_path, capsys):
 
 def test_user_mistakes_give_one_clear_line(tmp_path):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "training.cli", *args],
+        return subprocess.run([sys.executable, "-m", "harken.training.cli", *args],
                               capture_output=True, text=True)
     r = run("train", "--method", "baseline-knn", "--data", str(tmp_path / "nope"),
             "--out", str(tmp_path / "r"))
@@ -87,7 +87,7 @@ def test_methods_lists_every_method_and_its_settings(capsys):
 
 def test_bad_settings_and_rules_are_one_line_errors(tiny_corpus, tmp_path):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "training.cli", *args],
+        return subprocess.run([sys.executable, "-m", "harken.training.cli", *args],
                               capture_output=True, text=True)
     r = run("train", "--method", "mobilenetv2", "--data", str(tiny_corpus), "--out",
             str(tmp_path / "r"), "--set", "width=0.6")
@@ -103,7 +103,7 @@ def test_bad_settings_and_rules_are_one_line_errors(tiny_corpus, tmp_path):
 
 
 def test_recording_goes_from_normal_to_faulty(small_fan, tmp_path, capsys):
-    from agent.wavio import read_wav
+    from harken.agent.wavio import read_wav
     out = tmp_path / "rec.wav"
     assert main(["recording", "--data", str(small_fan), "--machine", "fan", "--normal", "2",
                  "--faulty", "3", "--out", str(out)]) == 0

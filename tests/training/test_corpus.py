@@ -3,7 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data.corpus import CorpusError, load, machine_types, parse_attributes, parse_clip_name, scan
+from harken.training.data.corpus import (CorpusError, load, machine_types, parse_attributes,
+                                         parse_clip_name, scan)
 
 
 @pytest.mark.parametrize("name, split, expect", [

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from training.models.losses import (feature_matching, gmm_covariance_penalty, gmm_energy,
+from harken.training.models.losses import (feature_matching, gmm_covariance_penalty, gmm_energy,
                                     gmm_parameters, gradient_penalty, kl_to_normal)
 
 

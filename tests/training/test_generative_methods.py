@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from training.cli import main
-from training.data.corpus import scan
-from training.data.pseudo_anomalies import choose_rule, pseudo_anomalous
-from training.methods import METHODS, make_method
-from training.oevae import shift_values
+from harken.training.cli import main
+from harken.training.data.corpus import scan
+from harken.training.data.pseudo_anomalies import choose_rule, pseudo_anomalous
+from harken.training.methods import METHODS, make_method
+from harken.training.oevae import shift_values
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,8 @@ def test_choose_rule_takes_the_rule_that_separates_pseudo_anomalies():
 
 
 def test_pseudo_anomalous_clips_keep_their_shape_and_gain_the_added_power(small_fan):
-    from training.data.windows import clip_features
-    from agent.features import preset
+    from harken.training.data.windows import clip_features
+    from harken.agent.features import preset
     spec = preset("aegan-ad")
     feats = clip_features(scan(small_fan, ["fan"], "train")[:3], spec, False)
     noise = [np.full((40, spec.n_mels), 20.0, np.float32)]      # loud and short: repeated
@@ -108,7 +108,7 @@ def test_evaluate_every_rule_in_one_pass_equals_each_rule_alone(gmgan_run, tmp_p
 
 
 def test_generative_runs_are_refused_by_export_with_the_reason(gmgan_run, tmp_path, capsys):
-    from export.cli import main as export_main
+    from harken.export.cli import main as export_main
     assert export_main([str(gmgan_run), "--out", str(tmp_path / "b")]) == 2
     assert "method 'gmgan' has no device graph" in capsys.readouterr().err
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 
-from agent.rules import mahalanobis
-from training.models.losses import (kde_weights, nt_xent, scott_bandwidth, snp_loss,
+from harken.agent.rules import mahalanobis
+from harken.training.models.losses import (kde_weights, nt_xent, scott_bandwidth, snp_loss,
                                     weighted_mean)
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.data.corpus import scan
-from training.methods import METHODS, make_method, settings
+from harken.training.data.corpus import scan
+from harken.training.methods import METHODS, make_method, settings
 
 # Short but real settings for 90 ten-second clips.
 FAST = {
@@ -108,7 +108,7 @@ def test_unknown_score_rule_is_refused(fan_train, tmp_path, easy_test_set):
 
 
 def test_refit_rebuilds_the_same_bank_and_threshold(tiny_corpus, tmp_path, capsys):
-    from training.cli import main
+    from harken.training.cli import main
     clips = scan(tiny_corpus, ["fan"], "train")
     run = tmp_path / "mbv2" / "fan"
     info = make_method("mobilenetv2", ["epochs=1", "width=0.35"]).train(clips, run,
@@ -131,7 +131,7 @@ def test_refit_rebuilds_the_same_bank_and_threshold(tiny_corpus, tmp_path, capsy
 
 
 def test_refit_refuses_methods_without_a_bank(tiny_corpus, tmp_path):
-    from training.cli import main
+    from harken.training.cli import main
     make_method("ae", ["epochs=1"]).train(scan(tiny_corpus, ["fan"], "train"), tmp_path / "ae",
                                           progress=False)
     assert main(["refit", str(tmp_path / "ae")]) == 2

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from training.metrics import hmean, machine_hmean, official_score, section_result
+from harken.training.metrics import hmean, machine_hmean, official_score, section_result
 
 # One section worked by hand (see the comments): 3 source normals, 2 target normals,
 # one anomaly from each domain.

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from training.classifier import ClassifierNet, window_vectors
-from training.models.cosine_head import CosineHead, adacos_scale
-from training.models.dense_ae import DenseAE
-from training.models.mobilenetv2 import MobileNetV2, make_divisible
+from harken.training.classifier import ClassifierNet, window_vectors
+from harken.training.models.cosine_head import CosineHead, adacos_scale
+from harken.training.models.dense_ae import DenseAE
+from harken.training.models.mobilenetv2 import MobileNetV2, make_divisible
 
 
 def test_dense_ae_is_the_dcase_baseline_layer_for_layer():

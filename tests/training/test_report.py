@@ -5,8 +5,8 @@ import csv
 
 import pytest
 
-from training.evaluate import read_result_scores
-from training.report import fault_aucs, fault_lines
+from harken.training.evaluate import read_result_scores
+from harken.training.report import fault_aucs, fault_lines
 
 
 def _clip(machine, section, name, label, fault=None):

@@ -5,11 +5,11 @@ import pytest
 import scipy.io.wavfile
 import scipy.signal
 
-from agent.features import logmel, preset
-from training.data.corpus import scan
-from training.synth.acoustics import SR
-from training.synth.corpus import SIZES, ClipJob, render_clip, synthesize
-from training.synth.machines import MACHINES
+from harken.agent.features import logmel, preset
+from harken.training.data.corpus import scan
+from harken.training.synth.acoustics import SR
+from harken.training.synth.corpus import SIZES, ClipJob, render_clip, synthesize
+from harken.training.synth.machines import MACHINES
 
 
 def test_layout_counts_and_ground_truth(tiny_corpus):

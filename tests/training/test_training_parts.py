@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from agent.features import preset
-from training.config import TrainConfig, with_overrides
-from training.data.corpus import Clip
-from training.data.windows import (class_labels, class_sections, fit_to_window, stack_windows,
+from harken.agent.features import preset
+from harken.training.config import TrainConfig, with_overrides
+from harken.training.data.corpus import Clip
+from harken.training.data.windows import (class_labels, class_sections, fit_to_window, stack_windows,
                                    validation_split)
-from training.trainer import fit, pick_device, plot_history
+from harken.training.trainer import fit, pick_device, plot_history
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def test_short_clips_wrap_to_one_window_and_windows_stack():
 def test_source_scale_is_the_distance_of_an_unseen_clip_not_a_fitted_one():
     """Centres fitted on clips sit closer to them than to new clips from the same
     distribution; the source scale must be the new-clip figure (cross-fitted)."""
-    from training.classifier import ClassifierMethod, _typical_distance
+    from harken.training.classifier import ClassifierMethod, _typical_distance
 
     rng = np.random.default_rng(3)
     directions = rng.normal(size=(4, 64))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.wavio import WavError, read_wav
+from harken.agent.wavio import WavError, read_wav
 
 SPLITS = ("train", "test")
 

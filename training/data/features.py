@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from agent.features import FeatureSpec, LogMelExtractor
-from training.data.corpus import Clip, load
+from harken.agent.features import FeatureSpec, LogMelExtractor
+from harken.training.data.corpus import Clip, load
 
 
 def clip_logmels(clips: Sequence[Clip], spec: FeatureSpec, progress: bool = True,

@@ -12,10 +12,10 @@ import torch
 from scipy import signal
 from sklearn.metrics import roc_auc_score
 
-from agent.features import FeatureSpec, logmel
-from training.augment.mixing import mix_logmel
-from training.data.corpus import CorpusError, Clip, machine_types, scan
-from training.data.windows import clip_features
+from harken.agent.features import FeatureSpec, logmel
+from harken.training.augment.mixing import mix_logmel
+from harken.training.data.corpus import CorpusError, Clip, machine_types, scan
+from harken.training.data.windows import clip_features
 
 
 def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:

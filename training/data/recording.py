@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.wavio import read_wav, write_wav
-from training.data.corpus import CorpusError, scan
+from harken.agent.wavio import read_wav, write_wav
+from harken.training.data.corpus import CorpusError, scan
 
 
 def normal_then_faulty(root: Path, machine: str, section: int, out: Path, normal: int = 6,

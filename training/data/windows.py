@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from agent.features import FeatureSpec, windows
-from training.data.corpus import Clip
-from training.data.features import clip_logmels
+from harken.agent.features import FeatureSpec, windows
+from harken.training.data.corpus import Clip
+from harken.training.data.features import clip_logmels
 
 
 def fit_to_window(logmel: np.ndarray, spec: FeatureSpec) -> np.ndarray:

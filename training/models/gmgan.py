@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.models.aegan import AeganGenerator, DbRange, pyramid
+from harken.training.models.aegan import AeganGenerator, DbRange, pyramid
 
 
 class GmganDiscriminator(nn.Module):

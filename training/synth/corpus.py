@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from agent.wavio import write_wav
-from training.synth.acoustics import (
+from harken.agent.wavio import write_wav
+from harken.training.synth.acoustics import (
     SR, db, factory_background, microphone, rms, room,
 )
-from training.synth.machines import MACHINES
+from harken.training.synth.machines import MACHINES
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from training.synth.acoustics import (
+from harken.training.synth.acoustics import (
     SR, bandpass, burst, colored_noise, drift, harmonics, highpass, impulse_train, lowpass,
     phase_of, resonances, rms,
 )
