@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from harken.agent.features import FeatureSpec, FeatureSpecError
-from harken.agent.rules import RULES, Rule
+from harken.agent.rules import RULES, ScoreRule, make_rule, output_of
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -80,13 +80,13 @@ class Bundle:
         value = self.manifest["threshold"]["value"]
         return None if value is None else float(value)
 
-    def rule(self, section: int) -> Rule:
+    def rule(self, section: int) -> ScoreRule:
         """The score rule of ``section`` with its arrays."""
         if section not in self.sections:
             raise BundleError(f"{self.root / MANIFEST}: model.sections is {self.sections}; "
                               f"section {section:02d} is not among them")
         names = self.manifest["scoring"].get("sections", {}).get(f"{section:02d}", {})
-        return Rule(self.rule_name, {k: self.arrays[v] for k, v in names.items()})
+        return make_rule(self.rule_name, {k: self.arrays[v] for k, v in names.items()})
 
     def artifact(self, kind: str | None = None) -> Artifact:
         """The artifact of ``kind``; without one, the first int8 one there is."""
@@ -199,7 +199,7 @@ def open_bundle(path: str | Path, extract_to: Path | None = None) -> Bundle:
         bad = sorted(set(outputs) - set(OUTPUTS))
         if bad:
             raise BundleError(f"{at}.outputs: unknown output {bad[0]!r}; known: {list(OUTPUTS)}")
-        needed = Rule.output_of(rule)
+        needed = output_of(rule)
         if needed not in outputs:
             raise BundleError(f"{at}.outputs has {sorted(outputs)}; scoring rule '{rule}' needs "
                               f"'{needed}'")

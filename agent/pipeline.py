@@ -3,7 +3,7 @@ bundle scorer -> decision. Knows nothing about where audio comes from or where r
 
 A report interval is a fixed number of feature frames (``interval_s`` of audio, 10 s by
 default like a DCASE clip); its windows are scored together exactly as a clip is in
-evaluation (agent/rules.py), so thresholds fitted on clips hold on the device.
+evaluation (agent/rules/), so thresholds fitted on clips hold on the device.
 """
 
 from __future__ import annotations

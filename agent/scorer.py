@@ -32,7 +32,7 @@ class BundleScorer:
         self.section = section
 
     def evidence(self, feature_windows: np.ndarray) -> np.ndarray:
-        """(n, frames, mels) windows -> (n, k) evidence rows (see agent/rules.py)."""
+        """(n, frames, mels) windows -> (n, k) evidence rows (see agent/rules/)."""
         shape = self.artifact.input_shape
         rows = []
         for w in feature_windows:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from harken.agent.bundle import MANIFEST, SCHEMA_VERSION, open_bundle, sha256_file
-from harken.agent.rules import Rule
+from harken.agent.rules import output_of
 from harken.agent.scorer import model_input
 from harken.export.graphs import ExportError, InferenceGraph, calibration_windows, load_graph
 from harken.training.runs import code_version
@@ -136,8 +136,8 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
                   "layout": "vector" if len(graph.input_shape) == 2 else "image",
                   "window_hop_frames": spec.window_hop},
         "outputs": list(graph.outputs),
-        "scoring": {"rule": rule, "output": Rule.output_of(rule), "sections": sections},
-        "aggregation": {"interval_s": 10.0, "reduce": "agent/rules.py Rule.reduce over the "
+        "scoring": {"rule": rule, "output": output_of(rule), "sections": sections},
+        "aggregation": {"interval_s": 10.0, "reduce": "agent/rules/ ScoreRule.reduce over the "
                         "windows of one interval"},
         "normal_scores": normal,
         "threshold": {"value": float(normal["threshold"]),

@@ -98,7 +98,7 @@ def wrap(model: Path, preset_name: str, out: Path, machine: str = "unknown",
                   "layout": p["layout"], "window_hop_frames": spec.window_hop},
         "outputs": [p["output"]],
         "scoring": {"rule": p["rule"], "output": p["output"], "sections": {"00": {}}},
-        "aggregation": {"interval_s": 10.0, "reduce": "agent/rules.py Rule.reduce over the "
+        "aggregation": {"interval_s": 10.0, "reduce": "agent/rules/ ScoreRule.reduce over the "
                         "windows of one interval"},
         "normal_scores": {},
         "threshold": {"value": float(threshold) if threshold is not None else None,

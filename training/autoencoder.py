@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
 
-from harken.agent.rules import Rule
+from harken.agent.rules import ScoreRule, make_rule
 from harken.training.augment import smote
 from harken.training.augment.mixing import mix_logmel
 from harken.training.config import TrainConfig
@@ -184,7 +184,7 @@ class AutoencoderMethod(TorchMethod):
                     self.maha[(section, domain)] = (lw.location_, lw.precision_)
 
     def rule_arrays(self, section: int, rule: str) -> dict[str, np.ndarray]:
-        """What agent/rules.py needs to score ``section`` with ``rule`` (export ships it)."""
+        """What agent/rules/ needs to score ``section`` with ``rule`` (export ships it)."""
         if rule == "mse":
             return {}
         fitted = [self.maha[(section, d)] for d in DOMAINS if (section, d) in self.maha]
@@ -195,13 +195,13 @@ class AutoencoderMethod(TorchMethod):
 
     def _scores_from_residuals(self, residuals: list[np.ndarray], clips: Sequence[Clip],
                                rule: str) -> np.ndarray:
-        """Clip scores through the device's own rule (agent/rules.py)."""
-        rules: dict[int, Rule] = {}
+        """Clip scores through the device's own rule (agent/rules/)."""
+        rules: dict[int, ScoreRule] = {}
         out = np.empty(len(clips))
         for i, (r, c) in enumerate(zip(residuals, clips)):
             if c.section not in rules:
                 try:
-                    rules[c.section] = Rule(rule, self.rule_arrays(c.section, rule))
+                    rules[c.section] = make_rule(rule, self.rule_arrays(c.section, rule))
                 except ValueError as exc:
                     raise ValueError(f"{c.path}: {exc}") from None
             out[i] = rules[c.section].reduce(rules[c.section].residual_evidence(r))

@@ -36,7 +36,7 @@ from sklearn.cluster import KMeans
 from torch import nn
 from tqdm import tqdm
 
-from harken.agent.rules import Rule, unit_embedding
+from harken.agent.rules import ScoreRule, make_rule, unit_embedding
 from harken.training.augment import frame_shift, median_filter_time, mixup, smote, spec_augment
 from harken.training.config import TrainConfig
 from harken.training.data.corpus import Clip, scan
@@ -419,7 +419,7 @@ class ClassifierMethod(TorchMethod):
         return float(max(np.median(np.concatenate(d)), 1e-9))
 
     def rule_arrays(self, section: int, rule: str) -> dict[str, np.ndarray]:
-        """What agent/rules.py needs to score ``section`` with ``rule`` (export ships it)."""
+        """What agent/rules/ needs to score ``section`` with ``rule`` (export ships it)."""
         if self.bank_missing:
             raise RunError(self.bank_missing)
         if section not in self.bank:
@@ -433,16 +433,16 @@ class ClassifierMethod(TorchMethod):
 
     def _rule_scores(self, logits: list[np.ndarray], emb: np.ndarray, clips: Sequence[Clip],
                      rule: str) -> np.ndarray:
-        """Clip scores through the device's own rule (agent/rules.py): the logit rule from
+        """Clip scores through the device's own rule (agent/rules/): the logit rule from
         the windows' logits, the embedding rule from the clip's mean embedding."""
         if self.bank_missing:
             raise RunError(self.bank_missing)
-        rules: dict[int, Rule] = {}
+        rules: dict[int, ScoreRule] = {}
         out = np.empty(len(clips))
         for i, c in enumerate(clips):
             if c.section not in rules:
                 try:
-                    rules[c.section] = Rule(rule, self.rule_arrays(c.section, rule))
+                    rules[c.section] = make_rule(rule, self.rule_arrays(c.section, rule))
                 except ValueError as exc:
                     raise ValueError(f"{c.path}: {exc}") from None
             r = rules[c.section]

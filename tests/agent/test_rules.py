@@ -1,9 +1,9 @@
-"""Score rules (agent/rules.py) against values worked out by hand."""
+"""Score rules (agent/rules/) against values worked out by hand."""
 
 import numpy as np
 import pytest
 
-from harken.agent.rules import Rule, bank_distance, section_log_odds, softmax, unit_embedding
+from harken.agent.rules import make_rule as Rule, bank_distance, section_log_odds, softmax, unit_embedding
 
 
 def test_mse_is_the_mean_squared_residual_and_the_interval_mean():
@@ -61,3 +61,31 @@ def test_rules_refuse_missing_arrays_and_empty_intervals():
         Rule("mahalanobis", {"means": np.zeros((1, 2))})
     with pytest.raises(ValueError, match="no windows"):
         Rule("mse").reduce(np.empty((0, 1)))
+
+
+def test_a_new_rule_plugs_in_by_registering_one_class():
+    """The seam: a ScoreRule subclass with @register is found by name, with its output
+    and array checks, and a second rule of the same name is refused."""
+    from harken.agent.rules import output_of
+    from harken.agent.rules.base import REGISTRY, ScoreRule, register
+
+    @register
+    class MaxRule(ScoreRule):
+        name, output, needs = "test-max", "energy", ("offset",)
+
+        def evidence(self, inputs, output):
+            return np.asarray(output, dtype=np.float64).reshape(len(output), -1)
+
+        def combine(self, evidence):
+            return float(evidence.max() + self.arrays["offset"])
+
+    try:
+        assert output_of("test-max") == "energy"
+        rule = Rule("test-max", {"offset": np.array(1.0)})
+        assert rule.reduce(rule.evidence(None, np.array([[1.0], [3.0]]))) == 4.0
+        with pytest.raises(ValueError, match=r"needs arrays \['offset'\]"):
+            Rule("test-max")
+        with pytest.raises(ValueError, match="registered twice"):
+            register(MaxRule)
+    finally:
+        REGISTRY.pop("test-max", None)

@@ -1,0 +1,84 @@
+"""The wheel a device installs: one `harken` namespace, the agent's runtime without torch or
+TensorFlow, and the commands working from outside the repository (docs/deploy.md)."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_agent_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*cmd, cwd, check=True):
+    out = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True,
+                         timeout=900)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{cmd} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("wheel")
+    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", folder, ROOT, cwd=folder)
+    (found,) = folder.glob("harken-*.whl")
+    return found
+
+
+def test_the_wheel_holds_one_top_level_package_with_the_agent_and_its_unit(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"harken"}
+    for needed in ("harken/__main__.py", "harken/agent/cli.py", "harken/agent/features.py",
+                   "harken/systemd/harken.service"):
+        assert needed in names
+    entry_points = zipfile.ZipFile(wheel).read(
+        next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "harken = harken.agent.cli:main" in entry_points
+    assert not any(n.startswith(("tests/", "bench/", "agent/", "training/")) for n in names)
+
+
+@pytest.mark.slow
+def test_a_device_venv_from_the_wheel_runs_the_agent_outside_the_repository(
+        wheel, ae_bundle, small_fan, tmp_path):
+    """Only the device extras: no torch, no TensorFlow; version, check-config and score
+    from a folder that is not the checkout; harken-train says which extra it needs."""
+    from harken.training.data.corpus import scan
+    venv = tmp_path / "venv"
+    _run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
+    py, bin_ = venv / "bin" / "python", venv / "bin"
+    _run(py, "-m", "pip", "install", "-q", f"{wheel}[tflite]", cwd=tmp_path)
+    elsewhere = tmp_path / "site"
+    elsewhere.mkdir()
+
+    assert _run(bin_ / "harken", "version", cwd=elsewhere).stdout.startswith("harken ")
+    assert _run(py, "-m", "harken", "version", cwd=elsewhere).stdout.startswith("harken ")
+    absent = _run(py, "-c", "import importlib.util as u; print([m for m in ('torch', "
+                  "'tensorflow') if u.find_spec(m)])", cwd=elsewhere).stdout.strip()
+    assert absent == "[]"
+
+    wav = scan(small_fan, ["fan"], "test")[0].path
+    cfg = write_agent_config(elsewhere / "agent.toml", agent={"node": "n1", "machine": "fan"},
+                             model={"bundle": ae_bundle, "artifact": "tflite-int8"},
+                             audio={"source": "file", "file": wav})
+    checked = _run(bin_ / "harken", "check-config", cfg, cwd=elsewhere).stdout
+    assert '"artifact": "tflite-int8"' in checked
+    scored = _run(bin_ / "harken", "score", ae_bundle, wav, "--json", cwd=elsewhere).stdout
+    assert '"score"' in scored
+
+    # what pip installed: the harken package, its metadata and the three scripts
+    files = _run(py, "-m", "pip", "show", "-f", "harken", cwd=elsewhere).stdout
+    listed = [ln.strip() for ln in files.split("Files:")[1].splitlines() if ln.strip()]
+    tops = {f.split("/")[0] for f in listed if not f.startswith("..")}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"harken"}
+
+    refused = _run(bin_ / "harken-train", "methods", cwd=elsewhere, check=False)
+    assert refused.returncode == 2
+    assert "harken[train]" in refused.stderr and "Traceback" not in refused.stderr
+
+    unit = _run(bin_ / "harken", "systemd-unit", cwd=elsewhere).stdout
+    assert f"ExecStart={bin_ / 'harken'} run --config /etc/harken/agent.toml" in unit
