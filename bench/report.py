@@ -155,6 +155,35 @@ def detection_section(r: dict) -> list[str]:
     return lines
 
 
+def normalisation_section(r: dict) -> list[str]:
+    rows, machines = r["rows"], r["machines"]
+    plain = next(x for x in rows if x["name"] == "knn")
+    default = next(x for x in rows if x["name"] == f"knn-density k={r['default_k']}")
+    change = default["official"] - plain["official"]
+    lines = [
+        "## Domain-robust scoring: local density normalisation", "",
+        f"`{r['command']}` ({r['when']}) on `{r['corpus']['root']}`: baseline-knn's clip "
+        "vectors scored by the plain nearest-clip distance and by the same distance in units "
+        "of each training clip's local density (mean distance to its k nearest training "
+        "clips; agent/rules/density.py). No domain label is used at test time. "
+        f"k = {r['default_k']} is the default, fixed beforehand from the size of a target "
+        "domain; the other k are shown for sensitivity only, not to choose from.", "",
+        "| rule | official | mean AUC source | mean AUC target | mean pAUC | "
+        + " | ".join(machines) + " |", "|---|---|---|---|---|" + "---|" * len(machines)]
+    for x in rows:
+        name = f"**{x['name']}** (default)" if x["default"] else x["name"]
+        lines.append(f"| {name} | {x['official']:.4f} | {x['auc_source']:.3f} | "
+                     f"{x['auc_target']:.3f} | {x['pauc']:.3f} | "
+                     + " | ".join(f"{x['machines'][m]:.4f}" for m in machines) + " |")
+    verdict = "helped" if change > 0.005 else "did not help" if change < -0.005 else \
+        "made no clear difference"
+    lines += ["", f"Did it help? Density normalisation {verdict} baseline-knn: official "
+              f"{plain['official']:.4f} -> {default['official']:.4f} ({change:+.4f}); mean "
+              f"AUC target {plain['auc_target']:.3f} -> {default['auc_target']:.3f}, source "
+              f"{plain['auc_source']:.3f} -> {default['auc_source']:.3f}."]
+    return lines
+
+
 def probe_section(r: dict) -> list[str]:
     lines = [
         "## What the classifiers' embeddings can see", "",
@@ -287,7 +316,8 @@ def summary(results: dict) -> list[str]:
 
 # training-gpu.json: the same script run with --name training-gpu on a machine with a GPU
 SECTIONS = {"features": features_section, "scorers": scorers_section,
-            "agent": agent_section, "detection": detection_section, "probe": probe_section,
+            "agent": agent_section, "detection": detection_section,
+            "normalisation": normalisation_section, "probe": probe_section,
             "fleet": fleet_section,
             "training": training_section,
             "training-gpu": training_section}

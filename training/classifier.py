@@ -37,6 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from harken.agent.rules import ScoreRule, make_rule, unit_embedding
+from harken.agent.rules.density import DEFAULT_K, local_densities
 from harken.training.augment import frame_shift, median_filter_time, mixup, smote, spec_augment
 from harken.training.config import TrainConfig
 from harken.training.data.corpus import Clip, scan
@@ -63,8 +64,9 @@ class ClassifierConfig(TrainConfig):
     dropout: float = 0.2
     head: Literal["softmax", "adacos"] = "softmax"  # linear head, or the cosine (AdaCos) head
     embedding_dim: int = 128          # cosine head's embedding width (softmax: the GAMP width)
-    score: Literal["logit", "embedding"] = "embedding"
+    score: Literal["logit", "embedding", "embedding-density"] = "embedding"
     kmeans: int = 16                  # source-domain centres per section in the embedding bank
+    density_k: int = DEFAULT_K        # neighbours of the local density (embedding-density rule)
     mixup_alpha: float = 0.2          # 0 = off
     spec_augment: bool = True
     frame_shift: int = 8              # max frames of circular shift; 0 = off
@@ -86,6 +88,8 @@ class ClassifierConfig(TrainConfig):
             raise ValueError(f"embedding_dim must be at least 2, got {self.embedding_dim}")
         if self.kmeans < 1:
             raise ValueError(f"kmeans must be at least 1, got {self.kmeans}")
+        if self.density_k < 1:
+            raise ValueError(f"density_k must be at least 1, got {self.density_k}")
         if not 0.0 <= self.median_p <= 1.0:
             raise ValueError(f"median_p is a probability, got {self.median_p}")
 
@@ -149,7 +153,7 @@ class ClassifierMethod(TorchMethod):
     name = "mobilenetv2"
     preset_name = "mobilenetv2"
     config_cls = ClassifierConfig
-    score_rules = ("logit", "embedding")
+    score_rules = ("logit", "embedding", "embedding-density")
     summary = "MobileNetV2 section x attribute classifier"
     contrastive = False
 
@@ -290,6 +294,7 @@ class ClassifierMethod(TorchMethod):
             np.save(run_dir / f"bank_section_{s:02d}.npy", bank)
             np.save(run_dir / f"bank_section_{s:02d}_target.npy", self.bank_target[s])
             np.save(run_dir / f"bank_section_{s:02d}_scale.npy", self.bank_scale[s])
+            np.save(run_dir / f"bank_section_{s:02d}_clips.npy", self.bank_clips[s])
         np.save(run_dir / "embedding_mean.npy", self.emb_mean)
         np.save(run_dir / "embedding_std.npy", self.emb_std)
 
@@ -383,7 +388,10 @@ class ClassifierMethod(TorchMethod):
         self.bank_missing = ""
         unit = self._unit(emb)
         self.bank, self.bank_target, self.bank_scale = {}, {}, {}
+        self.bank_clips = {}
         for s in sorted({c.section for c in clips}):
+            # every training clip of the section, for the domain-agnostic density rule
+            self.bank_clips[s] = unit[[c.section == s for c in clips]]
             src = unit[[c.section == s and c.domain == "source" for c in clips]]
             tgt = unit[[c.section == s and c.domain == "target" for c in clips]]
             centres = self._centres(src)
@@ -427,6 +435,13 @@ class ClassifierMethod(TorchMethod):
                              f"(trained sections: {sorted(self.bank)})")
         if rule == "logit":
             return {"section_classes": self.class_section == section}
+        if rule == "embedding-density":
+            if section not in self.bank_clips:
+                raise RunError("this run was made before the embedding-density rule (no clip "
+                               "bank); 'harken-train refit RUN' adds it")
+            bank = self.bank_clips[section]
+            return {"bank": bank, "bank_density": local_densities(bank, self.config.density_k),
+                    "embedding_mean": self.emb_mean, "embedding_std": self.emb_std}
         return {"bank": self.bank[section], "bank_target": self.bank_target[section],
                 "bank_scale": self.bank_scale[section], "embedding_mean": self.emb_mean,
                 "embedding_std": self.emb_std}
@@ -479,6 +494,9 @@ class ClassifierMethod(TorchMethod):
                            for s in sections}
         self.emb_mean = load_array(run_dir, "embedding_mean.npy")
         self.emb_std = load_array(run_dir, "embedding_std.npy")
+        # runs made before the density rule have no clip bank; that rule says to refit
+        self.bank_clips = {s: load_array(run_dir, f"bank_section_{s:02d}_clips.npy")
+                           for s in sections if (run_dir / f"bank_section_{s:02d}_clips.npy").is_file()}
 
 
 def _typical_distance(points: np.ndarray, bank: np.ndarray, leave_one_out: bool) -> float:

@@ -8,6 +8,8 @@ and how to add one). Rules today:
 * ``logit`` (logit.py): log-odds of the section's best class; interval = mean.
 * ``embedding`` (embedding.py): cosine distance of the interval's mean embedding to the
   section's normal bank, in units of each domain's typical distance; the minimum.
+* ``embedding-density`` (embedding_density.py): the same distance to every training clip,
+  in units of that clip's local density (density.py: LDN, no domain labels needed).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 
 # importing a rule's module registers it: a new rule is one module and one name here
-from harken.agent.rules import mse, mahalanobis, logit, embedding  # noqa: F401
+from harken.agent.rules import mse, mahalanobis, logit, embedding, embedding_density  # noqa: F401
 from harken.agent.rules.base import REGISTRY, ScoreRule
 from harken.agent.rules.embedding import bank_distance, unit_embedding
 from harken.agent.rules.logit import section_log_odds, softmax

@@ -89,3 +89,62 @@ def test_a_new_rule_plugs_in_by_registering_one_class():
             register(MaxRule)
     finally:
         REGISTRY.pop("test-max", None)
+
+
+def _reference_ldn(points, bank, k, dist):
+    """Local density normalisation written out with loops (the paper's definition)."""
+    dens = []
+    for i, r in enumerate(bank):
+        others = sorted(dist(r, o) for j, o in enumerate(bank) if j != i)
+        dens.append(np.mean(others[:k]))
+    return np.array([min(dist(p, r) / dens[i] for i, r in enumerate(bank)) for p in points])
+
+
+def test_local_density_normalisation_equals_the_definition_written_out(rng):
+    from harken.agent.rules.density import local_densities, normalised_min_distance
+    bank = rng.normal(size=(12, 5))
+    points = rng.normal(size=(4, 5))
+    euclid = lambda a, b: float(np.linalg.norm(a - b))                 # noqa: E731
+    for k in (1, 3, 11):
+        got = normalised_min_distance(points, bank, local_densities(bank, k, "euclidean"),
+                                      "euclidean")
+        np.testing.assert_allclose(got, _reference_ldn(points, bank, k, euclid), rtol=1e-9)
+    unit = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    pts = points / np.linalg.norm(points, axis=1, keepdims=True)
+    cos = lambda a, b: float(1 - a @ b)                                # noqa: E731
+    got = normalised_min_distance(pts, unit, local_densities(unit, 4, "cosine"), "cosine")
+    np.testing.assert_allclose(got, _reference_ldn(pts, unit, 4, cos), rtol=1e-9)
+    # k larger than the bank allows: capped at n - 1 (every other reference)
+    np.testing.assert_allclose(local_densities(bank, 50, "euclidean"),
+                               local_densities(bank, 11, "euclidean"))
+    with pytest.raises(ValueError, match="at least 2 references"):
+        local_densities(bank[:1])
+
+
+def test_density_puts_a_sparse_and_a_dense_domain_on_one_scale():
+    """A point as far out (in local units) from a sparse cluster as another is from a dense
+    one gets the same score: what a single threshold over two domains needs."""
+    from harken.agent.rules.density import local_densities, normalised_min_distance
+    dense = np.array([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [0.1, 0.1]])
+    sparse = 100.0 + 10.0 * dense                     # same shape, 10x the spacing
+    bank = np.concatenate([dense, sparse])
+    scores = normalised_min_distance(np.array([[-0.2, 0.0], [98.0, 100.0]]), bank,
+                                     local_densities(bank, 2, "euclidean"), "euclidean")
+    assert scores[0] == pytest.approx(scores[1])
+    raw = np.linalg.norm(np.array([[-0.2, 0.0], [98.0, 100.0]]) - [[0, 0], [100, 100]], axis=1)
+    assert raw[1] == pytest.approx(10 * raw[0])        # unnormalised: 10x apart
+
+
+def test_embedding_density_rule_is_the_normalised_cosine_distance_of_the_mean_embedding(rng):
+    from harken.agent.rules.density import local_densities
+    bank = rng.normal(size=(6, 3))
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    dens = local_densities(bank, 2, "cosine")
+    rule = Rule("embedding-density", {"bank": bank, "bank_density": dens,
+                                      "embedding_mean": np.zeros(3), "embedding_std": np.ones(3)})
+    windows = rng.normal(size=(5, 3))
+    mean = windows.mean(axis=0)
+    unit = mean / np.linalg.norm(mean)
+    cos = lambda a, b: float(1 - a @ b)                                # noqa: E731
+    expected = _reference_ldn(unit[None], bank, 2, cos)[0]
+    assert rule.reduce(rule.evidence(None, windows)) == pytest.approx(expected, rel=1e-9)
