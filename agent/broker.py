@@ -14,8 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from harken.agent.errors import HarkenError
 
-class BrokerError(ValueError):
+
+class BrokerError(HarkenError, ValueError):
     """A broker setting that cannot work (bad URL, unreadable certificate file)."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from harken.agent.errors import HarkenError
 from harken.agent.features import FeatureSpec, FeatureSpecError
 from harken.agent.rules import RULES, ScoreRule, make_rule, output_of
 
@@ -28,7 +29,7 @@ ARTIFACT_KINDS = ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8")
 OUTPUTS = ("reconstruction", "logits", "embedding", "energy")
 
 
-class BundleError(ValueError):
+class BundleError(HarkenError, ValueError):
     """A bundle the agent refuses; the message names the file and the field."""
 
 

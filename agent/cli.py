@@ -8,9 +8,10 @@ import sys
 
 import numpy as np
 
+from harken.agent.errors import UsageError
 from harken.agent import version
 from harken.agent.clitools import command_parser, run_command
-from harken.agent.features import PRESETS, FeatureSpecError, LogMelExtractor, preset
+from harken.agent.features import PRESETS, LogMelExtractor, preset
 from harken.agent.bundle import open_bundle
 from harken.agent.wavio import WavError, read_wav
 
@@ -172,7 +173,7 @@ def cmd_systemd_unit(args: argparse.Namespace) -> int:
     beside = Path(sys.executable).parent / "harken"
     exe = args.exec or (str(beside) if beside.exists() else shutil.which("harken"))
     if not exe:
-        raise ValueError("no harken executable found beside this Python or on PATH: "
+        raise UsageError("no harken executable found beside this Python or on PATH: "
                          "give one with --exec")
     sys.stdout.write(systemd_unit(exe, args.config))
     return 0
@@ -247,8 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # ConfigError, BundleError, SourceError are ValueError / OSError subclasses
-    return run_command(build_parser(), argv, (WavError, FeatureSpecError, OSError, ValueError))
+    return run_command(build_parser(), argv)       # HarkenError, OSError: exit 2
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""What every Harken command line shares: user mistakes become one line on stderr and
-exit status 2, never a traceback (``--debug`` shows it)."""
+"""What every Harken command line shares: user mistakes (``HarkenError``, and OSError: a
+file that is missing or unreadable) become one line on stderr and exit status 2, never a
+traceback (``--debug`` shows it). Any other exception is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from harken.agent.errors import HarkenError
 
 
 def command_parser(prog: str, description: str | None
@@ -16,7 +19,7 @@ def command_parser(prog: str, description: str | None
 
 
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None,
-                user_errors: tuple[type[BaseException], ...]) -> int:
+                user_errors: tuple[type[BaseException], ...] = (HarkenError, OSError)) -> int:
     """Parse ``argv``, run the chosen sub-command's ``func`` and map errors to exit codes."""
     args = parser.parse_args(argv)
     try:

@@ -11,13 +11,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from harken.agent.errors import HarkenError
+
 try:
     import tomllib
 except ModuleNotFoundError:           # Python 3.10
     import tomli as tomllib           # type: ignore[no-redef]
 
 
-class ConfigError(ValueError):
+class ConfigError(HarkenError, ValueError):
     """A configuration the agent refuses; the message names the file and the key."""
 
 

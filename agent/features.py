@@ -31,6 +31,8 @@ import numpy as np
 import scipy.fft
 import scipy.sparse
 
+from harken.agent.errors import DataError, HarkenError
+
 MelScale = Literal["slaney", "htk"]
 PadMode = Literal["constant", "reflect"]
 LogRule = Literal["dcase", "none"]
@@ -41,7 +43,7 @@ FEATURE_SPEC_VERSION = 1
 _BLOCK_FRAMES = 64
 
 
-class FeatureSpecError(ValueError):
+class FeatureSpecError(HarkenError, ValueError):
     """A feature spec that is invalid or that this front end cannot reproduce."""
 
 
@@ -301,7 +303,7 @@ class LogMelExtractor:
         if spec.center:
             half = spec.n_fft // 2
             if spec.pad_mode == "reflect" and x.size <= half:
-                raise ValueError(
+                raise DataError(
                     f"signal of {x.size} samples is too short for reflect padding "
                     f"(needs more than {half})"
                 )
@@ -411,7 +413,7 @@ class StreamingLogMel:
         if self.spec.center:
             if not self._started:
                 if self.samples_seen:
-                    raise ValueError(
+                    raise DataError(
                         f"signal of {self.samples_seen} samples is too short for reflect "
                         f"padding (needs more than {self._half})"
                     )

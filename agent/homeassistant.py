@@ -10,6 +10,9 @@ which Home Assistant's plain payload match would not do, hence the template.
 from __future__ import annotations
 
 from harken.agent import version
+from harken.agent.topics import Topics, discovery_topic, object_id
+
+__all__ = ["DIAGNOSTICS", "discovery_payload", "discovery_topic", "object_id"]
 
 # stats key -> (name, unit, device_class); shown as diagnostic entities
 DIAGNOSTICS = {
@@ -22,33 +25,24 @@ DIAGNOSTICS = {
 }
 
 
-def discovery_topic(discovery_prefix: str, node: str) -> str:
-    return f"{discovery_prefix}/device/{object_id(node)}/config"
-
-
-def object_id(node: str) -> str:
-    """Home Assistant ids allow [a-zA-Z0-9_-] only."""
-    return "harken_" + "".join(c if c.isalnum() or c in "_-" else "_" for c in node)
-
-
 def discovery_payload(prefix: str, node: str, machine: str) -> dict:
-    base, dev = f"{prefix}/{node}", object_id(node)
+    topics, dev = Topics(prefix, node), object_id(node)
     machine_id = "".join(c if c.isalnum() else "_" for c in machine)
     components: dict[str, dict] = {
         f"{dev}_{machine_id}_score": {
             "platform": "sensor", "name": f"{machine} anomaly score",
             "unique_id": f"{dev}_{machine_id}_score",
-            "state_topic": f"{base}/{machine}/score", "value_template": "{{ value_json.score }}",
-            "json_attributes_topic": f"{base}/{machine}/score", "state_class": "measurement",
+            "state_topic": topics.machine(machine, "score"), "value_template": "{{ value_json.score }}",
+            "json_attributes_topic": topics.machine(machine, "score"), "state_class": "measurement",
             "icon": "mdi:waveform"},
         f"{dev}_{machine_id}_anomaly": {
             "platform": "binary_sensor", "name": f"{machine} anomaly",
             "unique_id": f"{dev}_{machine_id}_anomaly", "device_class": "problem",
-            "state_topic": f"{base}/{machine}/anomaly", "payload_on": "ON", "payload_off": "OFF"},
+            "state_topic": topics.machine(machine, "anomaly"), "payload_on": "ON", "payload_off": "OFF"},
     }
     for key, (name, unit, device_class) in DIAGNOSTICS.items():
         entity = {"platform": "sensor", "name": name, "unique_id": f"{dev}_{key}",
-                  "state_topic": f"{base}/stats", "entity_category": "diagnostic",
+                  "state_topic": topics.stats, "entity_category": "diagnostic",
                   "value_template": f"{{{{ value_json.{key} }}}}", "state_class": "measurement"}
         if unit:
             entity["unit_of_measurement"] = unit
@@ -60,7 +54,7 @@ def discovery_payload(prefix: str, node: str, machine: str) -> dict:
         "device": {"identifiers": [dev], "name": f"Harken {node}", "manufacturer": "Harken",
                    "model": "harken agent", "sw_version": sw},
         "origin": {"name": "harken", "sw_version": sw},
-        "availability_topic": f"{base}/status",
+        "availability_topic": topics.status,
         "availability_template": "{{ 'online' if value == 'online' else 'offline' }}",
         "payload_available": "online", "payload_not_available": "offline",
         "qos": 1,

@@ -26,6 +26,7 @@ from harken.agent.broker import diagnose, refusal, use_tls
 from harken.agent.homeassistant import discovery_payload, discovery_topic
 from harken.agent.outbox import Outbox
 from harken.agent.pipeline import IntervalResult
+from harken.agent.topics import MACHINE_KINDS, Topics, ha_status_topic
 
 WINDOW = 32            # messages in flight (unacknowledged) at a time
 
@@ -36,10 +37,9 @@ class MqttSink:
         import paho.mqtt.client as mqtt
         self.s, self.node, self.machine, self.log = settings, node, machine, log
         self.outbox = Outbox(outbox_path, settings.outbox_max)
-        base = f"{settings.prefix}/{node}"
-        self.status_topic = f"{base}/status"
-        self.topics = {k: f"{base}/{machine}/{k}" for k in ("score", "anomaly", "event")}
-        self.stats_topic = f"{base}/stats"
+        scheme = Topics(settings.prefix, node)
+        self.status_topic, self.stats_topic = scheme.status, scheme.stats
+        self.topics = {k: scheme.machine(machine, k) for k in MACHINE_KINDS}
         client_id = settings.client_id or f"harken-{node}"
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv311, clean_session=True)
@@ -56,7 +56,7 @@ class MqttSink:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
-        self.ha_status_topic = f"{settings.discovery_prefix}/status"
+        self.ha_status_topic = ha_status_topic(settings.discovery_prefix)
         self._lock = threading.Lock()
         self._inflight: dict[int, int] = {}        # mid -> outbox row id
         self._last_sent = 0                         # highest outbox id handed to paho

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from harken.agent.errors import UsageError
 from harken.agent.decision import Decision, Event
 from harken.agent.features import StreamingLogMel, n_windows, windows
 from harken.agent.health import AudioCheck, check_audio
@@ -59,7 +60,7 @@ class Pipeline:
         self.interval_frames = max(int(round(interval_s / spec.frame_seconds)),
                                    spec.window_frames)
         if n_windows(self.interval_frames, spec) < 1:
-            raise ValueError(f"interval_s={interval_s} holds no {spec.window_frames}-frame window")
+            raise UsageError(f"interval_s={interval_s} holds no {spec.window_frames}-frame window")
         self.interval_s = interval_s
         self.interval_samples = self.interval_frames * spec.hop_length
         self.stream = StreamingLogMel(spec)

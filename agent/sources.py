@@ -13,11 +13,12 @@ from typing import BinaryIO
 
 import numpy as np
 
+from harken.agent.errors import HarkenError
 from harken.agent.ringbuffer import RingBuffer
 from harken.agent.wavio import WavError, read_pcm, read_wav, to_float32
 
 
-class SourceError(OSError):
+class SourceError(HarkenError, OSError):
     """An audio source that cannot be opened; the message names it."""
 
 

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import scipy.stats
 
+from harken.agent.errors import DataError
+
 
 @dataclass(frozen=True)
 class GammaFit:
@@ -37,7 +39,7 @@ def fit_gamma(scores: np.ndarray) -> GammaFit:
     s = np.asarray(scores, dtype=np.float64)
     s = s[np.isfinite(s)]
     if s.size < 3:
-        raise ValueError(f"need at least 3 finite normal scores to fit a gamma, got {s.size}")
+        raise DataError(f"need at least 3 finite normal scores to fit a gamma, got {s.size}")
     spread = float(np.std(s)) or 1e-6
     loc = float(np.min(s)) - 0.1 * spread
     with warnings.catch_warnings():

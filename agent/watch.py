@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from harken.agent.broker import BrokerError, BrokerUrl, diagnose, refusal, use_tls
+from harken.agent.topics import parse_topic, subscription
 
 
 @dataclass
@@ -41,19 +42,16 @@ class Fleet:
 
     def parse(self, topic: str, payload: bytes) -> dict | None:
         """The message as a record, or None when the topic is not a Harken one."""
-        if not topic.startswith(self.prefix + "/"):
+        parsed = parse_topic(self.prefix, topic)
+        if parsed is None:
             return None
-        parts = topic[len(self.prefix) + 1:].split("/")
         text = payload.decode("utf-8", "replace")
         try:
             body = json.loads(text)
         except ValueError:
             body = text
-        if len(parts) == 2 and parts[1] in ("status", "stats"):
-            return {"node": parts[0], "machine": None, "kind": parts[1], "payload": body}
-        if len(parts) == 3 and parts[2] in ("score", "anomaly", "event"):
-            return {"node": parts[0], "machine": parts[1], "kind": parts[2], "payload": body}
-        return None
+        return {"node": parsed.node, "machine": parsed.machine, "kind": parsed.kind,
+                "payload": body}
 
     def update(self, record: dict, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -120,7 +118,7 @@ def connect(url: BrokerUrl, prefix: str, client_id: str, ca_file: str | None,
     def on_connect(c, userdata, flags, reason_code, properties):
         answer["rc"] = reason_code
         if not reason_code.is_failure:
-            c.subscribe(f"{prefix}/#", qos=1)
+            c.subscribe(subscription(prefix), qos=1)
         done.set()
 
     client.on_connect = on_connect

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import scipy.io.wavfile
 
+from harken.agent.errors import HarkenError
 
-class WavError(ValueError):
+
+class WavError(HarkenError, ValueError):
     """A WAV file that cannot be read, with the file's path in the message."""
 
 

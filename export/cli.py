@@ -14,11 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-from harken.agent.bundle import BundleError, open_bundle
+from harken.agent.bundle import open_bundle
 from harken.agent.clitools import command_parser, run_command
-from harken.agent.features import FeatureSpec, FeatureSpecError
-from harken.training.data.corpus import CorpusError
-from harken.training.runs import RunError, find_runs, read_run
+from harken.agent.features import FeatureSpec
+from harken.training.runs import find_runs, read_run
 
 COMMANDS = ("export", "verify", "wrap", "describe", "report")
 
@@ -137,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     first = next((a for a in argv if not a.startswith("-")), None)
     if first is not None and first not in COMMANDS and "-h" not in argv and "--help" not in argv:
         argv.insert(argv.index(first), "export")        # harken-export RUN ... = export RUN
-    from harken.export.graphs import ExportError
-    return run_command(build_parser(), argv, (RunError, FeatureSpecError, BundleError,
-                                              ExportError, CorpusError, OSError, ValueError))
+    return run_command(build_parser(), argv)       # HarkenError, OSError: exit 2
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import numpy as np
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+from harken.agent.errors import HarkenError
 from harken.agent.features import FeatureSpec, windows
 from harken.agent.scorer import model_input
 from harken.training.autoencoder import AutoencoderMethod
@@ -26,7 +27,7 @@ from harken.training.methods import METHODS
 from harken.training.runs import read_run
 
 
-class ExportError(ValueError):
+class ExportError(HarkenError, ValueError):
     """A run or request that cannot be exported; the message says which and why."""
 
 

@@ -14,6 +14,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       QuantType, quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from harken.agent.errors import UsageError
 from harken.export.graphs import InferenceGraph
 
 INPUT_NAME = "input"
@@ -51,7 +52,7 @@ def quantize_int8(fp32: Path, calibration_inputs: np.ndarray, path: Path,
     """Static int8 QDQ quantization with per-channel weights. ``calibration_inputs`` are
     model inputs (each one window in the graph's input shape) from normal training clips."""
     if method not in CALIBRATION_METHODS:
-        raise ValueError(f"calibration method must be one of {list(CALIBRATION_METHODS)}, "
+        raise UsageError(f"calibration method must be one of {list(CALIBRATION_METHODS)}, "
                          f"got {method!r}")
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from harken.agent.errors import UsageError
+
 START, END = "<!-- export:start -->", "<!-- export:end -->"
 TARGETS = {"official": 0.01, "spearman": 0.98, "size": 0.30}
 
@@ -17,7 +19,7 @@ def load_checks(folder: Path) -> dict[tuple[str, str], list[dict]]:
         method, machine = file.stem.split("__", 1)
         out[(method, machine)] = json.loads(file.read_text())
     if not out:
-        raise ValueError(f"{folder}: no <method>__<machine>.json verify outputs")
+        raise UsageError(f"{folder}: no <method>__<machine>.json verify outputs")
     return out
 
 

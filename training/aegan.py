@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 from sklearn.neighbors import LocalOutlierFactor
 
+from harken.agent.errors import DataError, UsageError
 from harken.training.config import TrainConfig
 from harken.training.data.corpus import Clip
 from harken.training.data.pseudo_anomalies import choose_rule, pseudo_anomalous, pseudo_anomaly_pool
@@ -75,10 +76,10 @@ class AeganConfig(TrainConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.score not in ("auto", *RULES):
-            raise ValueError(f"score must be auto or one of {list(RULES)}, got '{self.score}'")
+            raise UsageError(f"score must be auto or one of {list(RULES)}, got '{self.score}'")
         for name in ("channels", "latent", "n_critic", "knn_k", "lof_neighbors"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
 def square_patches(method: TorchMethod, clips: Sequence[Clip], progress: bool
@@ -88,7 +89,7 @@ def square_patches(method: TorchMethod, clips: Sequence[Clip], progress: bool
     (the [-1, 1] scaling their Tanh generators need)."""
     spec = method.spec
     if spec.n_mels != spec.window_frames:
-        raise ValueError(f"{method.name} needs square patches; the feature spec has "
+        raise UsageError(f"{method.name} needs square patches; the feature spec has "
                          f"{spec.n_mels} mels and {spec.window_frames}-frame windows")
     feats = clip_features(clips, spec, progress)
     fit_idx, val_idx = validation_split(clips, method.config.val_fraction, method.config.seed)
@@ -239,7 +240,7 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
 
     def _embedding_scores(self, e: np.ndarray, section: int) -> dict[str, float]:
         if section not in self.embedding_bank:
-            raise ValueError(f"section {section:02d} was not in the training data "
+            raise DataError(f"section {section:02d} was not in the training data "
                              f"(trained sections: {sorted(self.embedding_bank)})")
         mean, precision = self.maha[section]
         d = e - mean
@@ -258,7 +259,7 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
                 rows.append({**{r: p[r] for r in PATCH_RULES},
                              **self._embedding_scores(p["embedding"], c.section)})
             except ValueError as exc:
-                raise ValueError(f"{c.path}: {exc}") from None
+                raise DataError(f"{c.path}: {exc}") from None
         return {r: np.array([row[r] for row in rows]) for r in RULES}
 
     def chunk_scores(self, clips: Sequence[Clip]) -> dict[str, np.ndarray]:

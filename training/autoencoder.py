@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
 
+from harken.agent.errors import DataError, UsageError
 from harken.agent.rules import ScoreRule, make_rule
 from harken.training.augment import smote
 from harken.training.augment.mixing import mix_logmel
@@ -56,10 +57,10 @@ class AeConfig(TrainConfig):
             except ValueError:
                 ok = False
             if not ok:
-                raise ValueError(f"bu_bandwidth must be 'scott' or a positive number, "
+                raise UsageError(f"bu_bandwidth must be 'scott' or a positive number, "
                                  f"got '{self.bu_bandwidth}'")
         if self.snp_anr_min_db > self.snp_anr_max_db:
-            raise ValueError(f"snp_anr_min_db ({self.snp_anr_min_db}) is above snp_anr_max_db "
+            raise UsageError(f"snp_anr_min_db ({self.snp_anr_min_db}) is above snp_anr_max_db "
                              f"({self.snp_anr_max_db})")
 
 
@@ -189,7 +190,7 @@ class AutoencoderMethod(TorchMethod):
             return {}
         fitted = [self.maha[(section, d)] for d in DOMAINS if (section, d) in self.maha]
         if not fitted:
-            raise ValueError(f"section {section:02d} was not in the training data")
+            raise DataError(f"section {section:02d} was not in the training data")
         return {"means": np.stack([m for m, _ in fitted]),
                 "precisions": np.stack([p for _, p in fitted])}
 
@@ -203,7 +204,7 @@ class AutoencoderMethod(TorchMethod):
                 try:
                     rules[c.section] = make_rule(rule, self.rule_arrays(c.section, rule))
                 except ValueError as exc:
-                    raise ValueError(f"{c.path}: {exc}") from None
+                    raise DataError(f"{c.path}: {exc}") from None
             out[i] = rules[c.section].reduce(rules[c.section].residual_evidence(r))
         return out
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.distance import cdist
 
+from harken.agent.errors import DataError, UsageError
 from harken.agent.features import FeatureSpec, preset
 from harken.agent.rules.density import DEFAULT_K, local_densities, normalised_min_distance
 from harken.training.data.corpus import Clip
@@ -55,7 +56,7 @@ class KnnBaseline:
         loo = np.empty(len(z))
         for s, bank in self.bank.items():
             if len(bank) < 2:
-                raise ValueError(f"section {s:02d} needs at least 2 training clips, has {len(bank)}")
+                raise DataError(f"section {s:02d} needs at least 2 training clips, has {len(bank)}")
             d = cdist(bank, bank)
             np.fill_diagonal(d, np.inf)
             loo[sections == s] = d.min(axis=1)
@@ -72,7 +73,7 @@ class KnnBaseline:
         out = np.empty(len(z))
         for i, (v, s) in enumerate(zip(z, sections)):
             if int(s) not in self.bank:
-                raise ValueError(f"section {int(s):02d} was not in the training data "
+                raise DataError(f"section {int(s):02d} was not in the training data "
                                  f"(trained sections: {sorted(self.bank)})")
             if rule == "knn-density":
                 out[i] = normalised_min_distance(v, self.bank[int(s)], self.density[int(s)],
@@ -115,7 +116,7 @@ class KnnBaseline:
               ) -> np.ndarray:
         rule = rule or self.default_rule
         if rule not in self.score_rules:
-            raise ValueError(f"baseline-knn has the score rules {list(self.score_rules)} "
+            raise UsageError(f"baseline-knn has the score rules {list(self.score_rules)} "
                              f"(asked for '{rule}')")
         return self.score_vectors(self.vectors(clips, progress), [c.section for c in clips],
                                   rule)

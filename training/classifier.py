@@ -36,6 +36,7 @@ from sklearn.cluster import KMeans
 from torch import nn
 from tqdm import tqdm
 
+from harken.agent.errors import DataError, UsageError
 from harken.agent.rules import ScoreRule, make_rule, unit_embedding
 from harken.agent.rules.density import DEFAULT_K, local_densities
 from harken.training.augment import frame_shift, median_filter_time, mixup, smote, spec_augment
@@ -83,15 +84,15 @@ class ClassifierConfig(TrainConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.width not in WIDTHS:
-            raise ValueError(f"width must be one of {list(WIDTHS)}, got {self.width}")
+            raise UsageError(f"width must be one of {list(WIDTHS)}, got {self.width}")
         if self.embedding_dim < 2:
-            raise ValueError(f"embedding_dim must be at least 2, got {self.embedding_dim}")
+            raise UsageError(f"embedding_dim must be at least 2, got {self.embedding_dim}")
         if self.kmeans < 1:
-            raise ValueError(f"kmeans must be at least 1, got {self.kmeans}")
+            raise UsageError(f"kmeans must be at least 1, got {self.kmeans}")
         if self.density_k < 1:
-            raise ValueError(f"density_k must be at least 1, got {self.density_k}")
+            raise UsageError(f"density_k must be at least 1, got {self.density_k}")
         if not 0.0 <= self.median_p <= 1.0:
-            raise ValueError(f"median_p is a probability, got {self.median_p}")
+            raise UsageError(f"median_p is a probability, got {self.median_p}")
 
 
 class ClassifierNet(nn.Module):
@@ -105,7 +106,7 @@ class ClassifierNet(nn.Module):
                  embedding_dim: int = 128) -> None:
         super().__init__()
         if head not in HEADS:
-            raise ValueError(f"head must be one of {list(HEADS)}, got {head!r}")
+            raise UsageError(f"head must be one of {list(HEADS)}, got {head!r}")
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("std", torch.tensor(float(std)))
         self.cnn = MobileNetV2(n_classes if head == "softmax" else None, width, dropout=dropout)
@@ -431,7 +432,7 @@ class ClassifierMethod(TorchMethod):
         if self.bank_missing:
             raise RunError(self.bank_missing)
         if section not in self.bank:
-            raise ValueError(f"section {section:02d} was not in the training data "
+            raise DataError(f"section {section:02d} was not in the training data "
                              f"(trained sections: {sorted(self.bank)})")
         if rule == "logit":
             return {"section_classes": self.class_section == section}
@@ -459,7 +460,7 @@ class ClassifierMethod(TorchMethod):
                 try:
                     rules[c.section] = make_rule(rule, self.rule_arrays(c.section, rule))
                 except ValueError as exc:
-                    raise ValueError(f"{c.path}: {exc}") from None
+                    raise DataError(f"{c.path}: {exc}") from None
             r = rules[c.section]
             out[i] = r.reduce(r.evidence(None, logits[i] if rule == "logit" else emb[i][None]))
         return out

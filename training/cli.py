@@ -8,11 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+from harken.agent.errors import UsageError
 from harken.agent.clitools import command_parser, run_command
-from harken.agent.features import FeatureSpecError
-from harken.agent.wavio import WavError
-from harken.training.data.corpus import CorpusError, machine_types, scan
-from harken.training.runs import RunError, find_runs, record_training_time
+from harken.training.data.corpus import machine_types, scan
+from harken.training.runs import find_runs, record_training_time
 
 
 def _machines(arg: str | None) -> list[str] | None:
@@ -62,7 +61,7 @@ def cmd_refit(args: argparse.Namespace) -> int:
     for run in find_runs(Path(args.run)):
         cls = method_class(read_run(run)["method"])
         if not hasattr(cls, "refit"):
-            raise ValueError(f"{run}: {cls.name} has no score state to refit (retrain instead)")
+            raise UsageError(f"{run}: {cls.name} has no score state to refit (retrain instead)")
         info = cls.refit(run, progress=not args.quiet)
         print(f"{run}: bank and normal statistics refitted "
               f"(threshold {info['normal_scores']['threshold']:.4g})")
@@ -271,8 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), argv,
-                       (CorpusError, RunError, FeatureSpecError, WavError, ValueError, OSError))
+    return run_command(build_parser(), argv)       # HarkenError, OSError: exit 2
 
 
 if __name__ == "__main__":

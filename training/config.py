@@ -9,6 +9,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from harken.agent.errors import UsageError
+
 C = TypeVar("C")
 
 
@@ -28,11 +30,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.val_fraction < 0.5:
-            raise ValueError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
+            raise UsageError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
         if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            raise UsageError(f"lr must be positive, got {self.lr}")
 
 
 def _coerce(text: str, kind: Any, key: str) -> Any:
@@ -45,11 +47,11 @@ def _coerce(text: str, kind: Any, key: str) -> Any:
             except ValueError:
                 continue
         names = [getattr(o, "__name__", str(o)) for o in options]
-        raise ValueError(f"--set {key}={text}: expected one of {names}")
+        raise UsageError(f"--set {key}={text}: expected one of {names}")
     if origin is typing.Literal:
         allowed = typing.get_args(kind)
         if text not in allowed:
-            raise ValueError(f"--set {key}={text}: expected one of {list(allowed)}")
+            raise UsageError(f"--set {key}={text}: expected one of {list(allowed)}")
         return text
     if kind is bool:
         low = text.lower()
@@ -57,13 +59,13 @@ def _coerce(text: str, kind: Any, key: str) -> Any:
             return True
         if low in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"--set {key}={text}: expected true or false")
+        raise UsageError(f"--set {key}={text}: expected true or false")
     if kind in (int, float, str):
         try:
             return kind(text)
         except ValueError:
-            raise ValueError(f"--set {key}={text}: expected {kind.__name__}") from None
-    raise ValueError(f"--set {key}: cannot set a field of type {kind}")
+            raise UsageError(f"--set {key}={text}: expected {kind.__name__}") from None
+    raise UsageError(f"--set {key}: cannot set a field of type {kind}")
 
 
 def with_overrides(config: C, items: list[str] | None) -> C:
@@ -76,9 +78,9 @@ def with_overrides(config: C, items: list[str] | None) -> C:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep:
-            raise ValueError(f"--set {item}: expected KEY=VALUE")
+            raise UsageError(f"--set {item}: expected KEY=VALUE")
         if key not in hints:
-            raise ValueError(f"--set {key}: no such setting for this method; "
+            raise UsageError(f"--set {key}: no such setting for this method; "
                              f"settings: {', '.join(sorted(hints))}")
         changes[key] = _coerce(value.strip(), hints[key], key)
     return dataclasses.replace(config, **changes)

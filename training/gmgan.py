@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harken.agent.errors import UsageError
 from harken.training.config import TrainConfig
 from harken.training.data.corpus import Clip
 from harken.training.aegan import square_patches
@@ -62,9 +63,9 @@ class GmganConfig(TrainConfig):
         super().__post_init__()
         for name in ("channels", "latent", "mixtures"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.batch_size < 2 * self.mixtures:
-            raise ValueError(f"batch_size ({self.batch_size}) is too small to estimate "
+            raise UsageError(f"batch_size ({self.batch_size}) is too small to estimate "
                              f"{self.mixtures} mixture components per batch")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from harken.agent.errors import UsageError
 from harken.training.aegan import AeganMethod
 from harken.training.autoencoder import (AeBatchUniformization, AeMahalanobis, AeNeymanPearson,
                                   AutoencoderMethod)
@@ -20,7 +21,7 @@ def method_class(name: str):
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown method '{name}'; choose one of {sorted(METHODS)}") from None
+        raise UsageError(f"unknown method '{name}'; choose one of {sorted(METHODS)}") from None
 
 
 def make_method(name: str, overrides: list[str] | None = None):
@@ -28,7 +29,7 @@ def make_method(name: str, overrides: list[str] | None = None):
     cls = method_class(name)
     if not hasattr(cls, "config_cls"):
         if overrides:
-            raise ValueError(f"{name} has no settings to --set")
+            raise UsageError(f"{name} has no settings to --set")
         return cls()
     return cls(overrides=overrides)
 

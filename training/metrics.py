@@ -16,6 +16,8 @@ import numpy as np
 import scipy.stats
 from sklearn.metrics import roc_auc_score
 
+from harken.agent.errors import DataError
+
 MAX_FPR = 0.1
 HMEAN_FLOOR = 1e-8  # the evaluator floors values so one zero does not zero the mean
 
@@ -55,7 +57,7 @@ def section_result(machine: str, section: int, scores: Sequence[float],
     if not np.all(np.isfinite(s)):
         raise ValueError(f"{machine} section {section:02d}: scores contain NaN or inf")
     if not y.any() or y.all():
-        raise ValueError(
+        raise DataError(
             f"{machine} section {section:02d}: needs both normal and anomalous test clips "
             f"(has {int((~y).sum())} normal, {int(y.sum())} anomalous)")
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harken.agent.errors import UsageError
 from harken.agent.features import FeatureSpec
 from harken.training.augment import mixup, smote
 from harken.training.config import TrainConfig
@@ -71,13 +72,13 @@ class OevaeConfig(TrainConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.knn_k not in (1, 2, 4):
-            raise ValueError(f"knn_k must be 1, 2 or 4, got {self.knn_k}")
+            raise UsageError(f"knn_k must be 1, 2 or 4, got {self.knn_k}")
         if not 0.0 <= self.omega <= 1.0:
-            raise ValueError(f"omega must be in [0, 1], got {self.omega}")
+            raise UsageError(f"omega must be in [0, 1], got {self.omega}")
         if self.batch_size < 4:
-            raise ValueError(f"batch_size must be at least 4, got {self.batch_size}")
+            raise UsageError(f"batch_size must be at least 4, got {self.batch_size}")
         if self.other_clips < 1:
-            raise ValueError("OEVAE needs outlier clips: other_clips must be at least 1")
+            raise UsageError("OEVAE needs outlier clips: other_clips must be at least 1")
 
 
 def shift_values(clips: Sequence[Clip], feats: Sequence[np.ndarray], attribute: str
@@ -95,7 +96,7 @@ def shift_values(clips: Sequence[Clip], feats: Sequence[np.ndarray], attribute: 
             return np.array(values), f"attribute '{key}'"
     if attribute:
         bad = next(c for c in clips if numeric(c, attribute) is None)
-        raise ValueError(f"{bad.path}: no numeric attribute '{attribute}' in the file name "
+        raise UsageError(f"{bad.path}: no numeric attribute '{attribute}' in the file name "
                          f"(shift_attribute); attributes: {bad.attributes or 'none'}")
     return np.array([float(m.mean()) for m in feats]), "mean power (dB)"
 
@@ -128,7 +129,7 @@ class OevaeMethod(ScoresEveryRule, TorchMethod):
         device = self.setup()
         outliers = other_machine_clips(clips, cfg.other_clips, cfg.seed)
         if not outliers:
-            raise ValueError(f"{clips[0].path.parents[2]}: OEVAE's outlier exposure needs other "
+            raise UsageError(f"{clips[0].path.parents[2]}: OEVAE's outlier exposure needs other "
                              "machine types in the corpus; this one has only "
                              f"'{clips[0].machine}'")
         feats = clip_features(clips, self.spec, progress)
@@ -268,7 +269,7 @@ class OevaeMethod(ScoresEveryRule, TorchMethod):
         alphas, betas = [], []
         for i, c in enumerate(clips):
             if c.section not in self.bank:
-                raise ValueError(f"{c.path}: section {c.section:02d} was not in the training "
+                raise UsageError(f"{c.path}: section {c.section:02d} was not in the training "
                                  f"data (trained sections: {sorted(self.bank)})")
             bank = self.bank[c.section]
             d = 1.0 - unit[owner == i] @ bank.T

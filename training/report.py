@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from harken.agent.errors import UsageError
+
 
 def load_evaluation(path: Path) -> dict:
     path = Path(path)
     file = path / "metrics.json" if path.is_dir() else path
     if not file.is_file():
-        raise ValueError(f"{path}: no metrics.json (run 'harken-train evaluate' first)")
+        raise UsageError(f"{path}: no metrics.json (run 'harken-train evaluate' first)")
     return json.loads(file.read_text())
 
 

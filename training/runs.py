@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harken.agent.errors import HarkenError
 from harken.agent.features import FeatureSpec
 from harken.agent.thresholds import gamma_threshold
 from harken.training.data.corpus import Clip
@@ -23,7 +24,7 @@ from harken.training.data.corpus import Clip
 RUN_SCHEMA = 1
 
 
-class RunError(ValueError):
+class RunError(HarkenError, ValueError):
     """A run directory that is missing or malformed; the message names it."""
 
 

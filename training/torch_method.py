@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from harken.agent.errors import UsageError
 from harken.agent.features import FeatureSpec, preset
 from harken.training.config import TrainConfig, config_dict, with_overrides
 from harken.training.data.corpus import Clip
@@ -52,7 +53,7 @@ class TorchMethod:
     def check_rule(self, rule: str | None) -> str:
         rule = rule or self.default_rule
         if rule not in self.score_rules:
-            raise ValueError(f"{self.name} has no score rule '{rule}'; choose one of "
+            raise UsageError(f"{self.name} has no score rule '{rule}'; choose one of "
                              f"{list(self.score_rules)}")
         return rule
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from harken.agent.errors import UsageError
 from harken.training.config import TrainConfig
 
 
@@ -22,11 +23,11 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device '{name}' asked for, but torch sees no CUDA GPU here")
+        raise UsageError(f"device '{name}' asked for, but torch sees no CUDA GPU here")
     try:
         return torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+        raise UsageError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 
 # importing a rule's module registers it: a new rule is one module and one name here
+from harken.agent.rules.base import RuleError
 from harken.agent.rules import mse, mahalanobis, logit, embedding, embedding_density  # noqa: F401
 from harken.agent.rules.base import REGISTRY, ScoreRule
 from harken.agent.rules.embedding import bank_distance, unit_embedding
@@ -33,7 +34,7 @@ __all__ = ["RULES", "ScoreRule", "make_rule", "output_of", "bank_distance", "uni
 
 def _rule_class(name: str) -> type[ScoreRule]:
     if name not in REGISTRY:
-        raise ValueError(f"unknown score rule {name!r}; known: {list(REGISTRY)}")
+        raise RuleError(f"unknown score rule {name!r}; known: {list(REGISTRY)}")
     return REGISTRY[name]
 
 

@@ -17,7 +17,14 @@ from typing import ClassVar
 
 import numpy as np
 
+from harken.agent.errors import DataError, UsageError
+
 REGISTRY: dict[str, type[ScoreRule]] = {}
+
+
+class RuleError(UsageError):
+    """An unknown rule name, or a rule without the arrays it needs (a bundle or run that
+    does not match its rule)."""
 
 
 def register(cls: type[ScoreRule]) -> type[ScoreRule]:
@@ -38,7 +45,7 @@ class ScoreRule(ABC):
         self.arrays = dict(arrays or {})
         missing = [k for k in self.needs if k not in self.arrays]
         if missing:
-            raise ValueError(f"score rule {self.name!r} needs arrays {missing}")
+            raise RuleError(f"score rule {self.name!r} needs arrays {missing}")
 
     @abstractmethod
     def evidence(self, inputs: np.ndarray | None, output: np.ndarray) -> np.ndarray:
@@ -53,7 +60,7 @@ class ScoreRule(ABC):
     def reduce(self, evidence: np.ndarray) -> float:
         """One score from the evidence rows of an interval; an empty one is refused."""
         if len(evidence) == 0:
-            raise ValueError("no windows to score")
+            raise DataError("no windows to score")
         return self.combine(evidence)
 
     def residual_evidence(self, residual: np.ndarray) -> np.ndarray:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from harken.agent.errors import DataError, UsageError
+
 DEFAULT_K = 4
 METRICS = ("cosine", "euclidean")
 
@@ -40,9 +42,9 @@ def local_densities(bank: np.ndarray, k: int = DEFAULT_K, metric: str = "cosine"
     capped at len(bank) - 1); floored at a tiny positive value so no division explodes."""
     n = len(bank)
     if n < 2:
-        raise ValueError(f"local density needs at least 2 references, got {n}")
+        raise DataError(f"local density needs at least 2 references, got {n}")
     if k < 1:
-        raise ValueError(f"density k must be at least 1, got {k}")
+        raise UsageError(f"density k must be at least 1, got {k}")
     k = min(k, n - 1)
     d = distances(bank, bank, metric)
     np.fill_diagonal(d, np.inf)

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from sklearn.neighbors import NearestNeighbors
 
+from harken.agent.errors import DataError
+
 
 def mixup(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, alpha: float = 0.2
           ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,7 +34,7 @@ def smote(x: np.ndarray, n_new: int, rng: np.random.Generator, k: int = 5) -> np
     x = np.asarray(x)
     flat = x.reshape(len(x), -1)
     if len(flat) < 2:
-        raise ValueError(f"SMOTE needs at least 2 samples, got {len(flat)}")
+        raise DataError(f"SMOTE needs at least 2 samples, got {len(flat)}")
     if n_new <= 0:
         return np.empty((0, *x.shape[1:]), dtype=x.dtype)
     k = min(k, len(flat) - 1)

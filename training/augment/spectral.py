@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from harken.agent.errors import UsageError
+
 
 def _check(x: torch.Tensor) -> None:
     if x.ndim != 4:
@@ -51,9 +53,9 @@ def median_filter_time(x: torch.Tensor, size: int = 31) -> torch.Tensor:
     scipy.ndimage's 'mirror'): keeps the stationary part of a spectrogram, drops transients."""
     _check(x)
     if size % 2 == 0 or size < 1:
-        raise ValueError(f"median filter size must be odd and positive, got {size}")
+        raise UsageError(f"median filter size must be odd and positive, got {size}")
     half = size // 2
     if half >= x.shape[-1]:
-        raise ValueError(f"median filter of {size} frames needs windows longer than {half} frames")
+        raise UsageError(f"median filter of {size} frames needs windows longer than {half} frames")
     padded = F.pad(x, (half, half, 0, 0), mode="reflect")
     return padded.unfold(3, size, 1).median(dim=-1).values

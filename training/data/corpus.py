@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from harken.agent.errors import HarkenError
 from harken.agent.wavio import WavError, read_wav
 
 SPLITS = ("train", "test")
 
 
-class CorpusError(ValueError):
+class CorpusError(HarkenError, ValueError):
     """A corpus that does not follow the DCASE layout; the message names the path."""
 
 

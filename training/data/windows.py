@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from harken.agent.errors import DataError
 from harken.agent.features import FeatureSpec, windows
 from harken.training.data.corpus import Clip
 from harken.training.data.features import clip_logmels
@@ -18,7 +19,7 @@ def fit_to_window(logmel: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     if len(logmel) >= spec.window_frames:
         return logmel
     if len(logmel) == 0:
-        raise ValueError("a clip with no frames cannot be scored")
+        raise DataError("a clip with no frames cannot be scored")
     return np.pad(logmel, ((0, spec.window_frames - len(logmel)), (0, 0)), mode="wrap")
 
 

@@ -14,12 +14,14 @@ import math
 import torch
 from torch import nn
 
+from harken.agent.errors import UsageError
+
 
 def _stages(size: int) -> int:
     """Stride-2 stages from ``size`` down to 4 x 4."""
     stages = int(round(math.log2(size / 4)))
     if size < 8 or 4 * 2 ** stages != size:
-        raise ValueError(f"AEGAN-AD patches must be square with a power-of-two side >= 8, "
+        raise UsageError(f"AEGAN-AD patches must be square with a power-of-two side >= 8, "
                          f"got {size}")
     return stages
 

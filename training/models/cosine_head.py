@@ -17,12 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harken.agent.errors import DataError
+
 
 def adacos_scale(n_classes: int) -> float:
     """The fixed AdaCos scale for ``n_classes`` classes (the paper's eq. 12); at least
     sqrt(2) ln 2, so that two classes still get a usable scale (ln 1 would be 0)."""
     if n_classes < 2:
-        raise ValueError(f"a cosine head needs at least 2 classes, got {n_classes}")
+        raise DataError(f"a cosine head needs at least 2 classes, got {n_classes}")
     return math.sqrt(2.0) * math.log(max(n_classes - 1, 2))
 
 

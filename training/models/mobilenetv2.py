@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from harken.agent.errors import DataError, UsageError
+
 # expansion t, output channels c, repeats n, first stride s (the paper's Table 2)
 INVERTED_RESIDUAL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
                              (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
@@ -57,9 +59,9 @@ class MobileNetV2(nn.Module):
                  dropout: float = 0.2) -> None:
         super().__init__()
         if width not in WIDTHS:
-            raise ValueError(f"MobileNetV2 width {width} not supported; choose one of {WIDTHS}")
+            raise UsageError(f"MobileNetV2 width {width} not supported; choose one of {WIDTHS}")
         if n_classes is not None and n_classes < 2:
-            raise ValueError(f"a section classifier needs at least 2 classes, got {n_classes}")
+            raise DataError(f"a section classifier needs at least 2 classes, got {n_classes}")
         channels = make_divisible(32 * width)
         self.embedding_dim = make_divisible(last_channels * max(1.0, width))
         layers: list[nn.Module] = _conv_bn(1, channels, 3, 2)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from harken.agent.errors import UsageError
+
 
 class BasicBlock(nn.Module):
     """ResNet's two 3x3 convolutions with a shortcut (1x1 projection when the shape changes)."""
@@ -54,7 +56,7 @@ class EmbeddingVae(nn.Module):
     def __init__(self, dim: int, latent: int = 64, domain_dims: int = 8, hidden: int = 128) -> None:
         super().__init__()
         if not 0 < domain_dims < latent:
-            raise ValueError(f"domain_dims must be between 1 and latent - 1 ({latent - 1}), "
+            raise UsageError(f"domain_dims must be between 1 and latent - 1 ({latent - 1}), "
                              f"got {domain_dims}")
         self.domain_dims = domain_dims
         self.encoder = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True),

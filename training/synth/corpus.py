@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from harken.agent.errors import UsageError
 from harken.agent.wavio import write_wav
 from harken.training.synth.acoustics import (
     SR, db, factory_background, microphone, rms, room,
@@ -141,7 +142,7 @@ def plan(size: CorpusSize, seed: int, machines: tuple[str, ...] | None = None) -
     jobs = []
     for machine in machines or size.machines:
         if machine not in MACHINES:
-            raise ValueError(f"unknown machine type '{machine}'; choose from {sorted(MACHINES)}")
+            raise UsageError(f"unknown machine type '{machine}'; choose from {sorted(MACHINES)}")
         for section in range(size.sections):
             cells = [("source", "train", "normal", size.source_train),
                      ("target", "train", "normal", size.target_train)]
@@ -170,7 +171,7 @@ def synthesize(out: str | Path, size: str = "tiny", seed: int = 0,
                progress: bool = True) -> Path:
     """Write the corpus under ``out`` and a ground-truth table (corpus.json)."""
     if size not in SIZES:
-        raise ValueError(f"unknown corpus size '{size}'; choose from {list(SIZES)}")
+        raise UsageError(f"unknown corpus size '{size}'; choose from {list(SIZES)}")
     spec = SIZES[size]
     jobs = plan(spec, seed, machines)
     root = Path(out)
