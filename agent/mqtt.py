@@ -26,12 +26,28 @@ from harken.agent.broker import diagnose, refusal, use_tls
 from harken.agent.homeassistant import discovery_payload, discovery_topic
 from harken.agent.outbox import Outbox
 from harken.agent.pipeline import IntervalResult
+from harken.agent.sinks.base import Sink, register
 from harken.agent.topics import MACHINE_KINDS, Topics, ha_status_topic
 
 WINDOW = 32            # messages in flight (unacknowledged) at a time
 
 
-class MqttSink:
+@register
+class MqttSink(Sink):
+    name = "mqtt"
+
+    @classmethod
+    def enabled(cls, config) -> bool:
+        return config.mqtt.enabled
+
+    @classmethod
+    def from_config(cls, config) -> MqttSink:
+        m = config.mqtt     # certificate paths are relative to the config file
+        files = {k: str(config.path(v)) for k in ("ca_file", "cert_file", "key_file")
+                 if (v := getattr(m, k))}
+        return cls(m.model_copy(update=files), config.agent.node, config.agent.machine,
+                   config.path(config.agent.state_dir) / m.outbox)
+
     def __init__(self, settings, node: str, machine: str, outbox_path: Path,
                  log=lambda msg: print(f"harken: mqtt: {msg}", file=sys.stderr)) -> None:
         import paho.mqtt.client as mqtt

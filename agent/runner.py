@@ -1,11 +1,11 @@
-"""``harken run``: config -> bundle, backend, source, pipeline, sink; the loop that must
-keep going for months. A lost microphone is reported and reopened, never fatal."""
+"""``harken run``: config -> bundle, backend, source, pipeline, sinks; the loop that must
+keep going for months. A lost microphone is reported and reopened (agent/sources/
+microphone.py), never fatal."""
 
 from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -14,8 +14,8 @@ from harken.agent.config import Config, ConfigError, read_override
 from harken.agent.decision import Decision, DecisionConfig
 from harken.agent.pipeline import Pipeline
 from harken.agent.scorer import BundleScorer
-from harken.agent.sinks import JsonLinesSink
-from harken.agent.sources import Microphone, SourceError, pcm_chunks, wav_chunks
+from harken.agent.sinks import Sink, make_sinks
+from harken.agent.sources import Source, SourceError, open_source
 from harken.agent.stats import ProcessStats
 from harken.agent.systemd import Notifier
 
@@ -47,42 +47,50 @@ def build(config: Config, seq_start: int = 1) -> tuple[Bundle, Pipeline]:
 
 
 class Runner:
-    def __init__(self, config: Config, sink: JsonLinesSink | None = None,
-                 max_intervals: int | None = None) -> None:
-        self.config = config
-        self.mqtt = None
-        if config.mqtt.enabled:
-            from harken.agent.mqtt import MqttSink
-            state = config.path(config.agent.state_dir)
-            m = config.mqtt     # certificate paths are relative to the config file
-            files = {k: str(config.path(v)) for k in ("ca_file", "cert_file", "key_file")
-                     if (v := getattr(m, k))}
-            self.mqtt = MqttSink(m.model_copy(update=files), config.agent.node,
-                                 config.agent.machine, state / m.outbox)
-        try:
-            self.bundle, self.pipeline = build(config, self.mqtt.seq_start if self.mqtt else 1)
-        except BaseException:
-            if self.mqtt is not None:
-                self.mqtt.close(flush_s=0)
-            raise
-        out = config.output
-        self.sink = sink or JsonLinesSink(out.stdout, config.path(out.file) if out.file else None,
-                                          node=config.agent.node, machine=config.agent.machine)
-        self.sinks = [self.sink] + ([self.mqtt] if self.mqtt is not None else [])
+    """The agent's loop, handed its parts: a source, a pipeline, the sinks. ``from_config``
+    builds them from an agent config; tests and multi-machine set-ups can hand in others."""
+
+    def __init__(self, config: Config, bundle: Bundle, pipeline: Pipeline, source: Source,
+                 sinks: list[Sink], max_intervals: int | None = None) -> None:
+        self.config, self.bundle, self.pipeline = config, bundle, pipeline
+        self.source, self.sinks = source, sinks
         self.max_intervals = max_intervals
         self.intervals = 0
         self._stop = False
         self.process = ProcessStats()
         self.stats_s = config.output.stats_s
         self._next_stats = time.monotonic() + self.stats_s
-        self.mic: Microphone | None = None
         self._inference_ms: list[float] = []
         self.notify = Notifier()
         self._samples = 0
         self._ready = False
 
+    @classmethod
+    def from_config(cls, config: Config, max_intervals: int | None = None) -> Runner:
+        """Bundle and pipeline, then the sinks (a durable sink says where ``seq`` goes on),
+        then the source; whatever was started is closed again if a later part fails."""
+        bundle, pipeline = build(config)
+        sinks = make_sinks(config)
+        try:
+            pipeline.seq = max(s.seq_start for s in sinks)
+            source = open_source(config, bundle.spec.sample_rate)
+        except BaseException:
+            for s in sinks:
+                s.close()
+            raise
+        return cls(config, bundle, pipeline, source, sinks, max_intervals)
+
     def stop(self, *_args) -> None:
         self._stop = True
+
+    def _report(self, record: dict) -> None:
+        """A status record from the source (audio lost / restored): sinks and systemd."""
+        for sink in self.sinks:
+            sink.status(dict(record))
+        if record.get("status") == "audio_lost":
+            self.notify.status(f"audio lost: {record.get('error', '')}")
+        elif record.get("status") == "audio_restored":
+            self.notify.status("audio restored")
 
     def _push(self, chunk: np.ndarray) -> None:
         """Audio arrived: systemd hears READY once and the watchdog while audio advances."""
@@ -94,13 +102,18 @@ class Runner:
         self.notify.progress(self._samples)
         self._emit(self.pipeline.push(chunk))
 
-    def _feed(self, chunks: Iterator[np.ndarray]) -> None:
-        """A finite source (file, stdin): every chunk, then the recording's last interval."""
-        for chunk in chunks:
-            self._push(chunk)
+    def _listen(self) -> None:
+        """Every chunk of the source; at the end of a recording (a file, each pass of a
+        looped file, stdin) the recording's last interval is flushed."""
+        for chunk in self.source.chunks(self._done, self._report):
+            if chunk is None:
+                self._emit(self.pipeline.finish())
+            elif chunk.size:
+                self._push(chunk)
+            else:
+                self._emit([])
             if self._done():
                 return
-        self._emit(self.pipeline.finish())
 
     def _emit(self, results) -> None:
         for r in results:
@@ -115,16 +128,14 @@ class Runner:
             self._stats()
 
     def _stats(self) -> None:
-        """The periodic health record: process, inference time, audio losses."""
+        """The periodic health record: process, inference time, audio losses, sinks."""
         self._next_stats = time.monotonic() + self.stats_s
         record = {"status": "stats", **self.process.sample(), "intervals": self.intervals,
                   "inference_ms_median": (float(np.median(self._inference_ms))
                                           if self._inference_ms else None)}
-        if self.mic is not None:
-            record["overflow_samples"] = self.mic.ring.overflowed
-            record["xruns"] = self.mic.status_flags
-        if self.mqtt is not None:
-            record.update(self.mqtt.health())
+        record.update(self.source.health())
+        for sink in self.sinks:
+            record.update(sink.health())
         self._inference_ms = []
         self.notify.status(f"{self.intervals} intervals, cpu {record['cpu_percent']} %, "
                            f"rss {record['rss_mb']} MB")
@@ -135,72 +146,34 @@ class Runner:
         return self._stop or (self.max_intervals is not None
                               and self.intervals >= self.max_intervals)
 
+    def _status(self, record: dict) -> None:
+        for sink in self.sinks:
+            sink.status(dict(record))
+
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 signal.signal(sig, self.stop)
             except ValueError:            # not the main thread (tests)
                 pass
-        a, rate = self.config.audio, self.bundle.spec.sample_rate
-        self.sink.status({"status": "started", "model": self.bundle.manifest["model"]["id"],
-                          "backend": self.pipeline.scorer.backend.name,
-                          "threshold": self.pipeline.decision.threshold,
-                          "source": a.source})
+        self._status({"status": "started", "model": self.bundle.manifest["model"]["id"],
+                      "backend": self.pipeline.scorer.backend.name,
+                      "threshold": self.pipeline.decision.threshold,
+                      "source": self.config.audio.source})
         try:
-            if a.source == "file":
-                while True:
-                    self._feed(wav_chunks(self.config.path(a.file), rate, a.block_s, a.realtime))
-                    if not a.loop or self._done():
-                        break
-            elif a.source == "stdin":
-                self._feed(pcm_chunks(None, rate, a.block_s, a.pcm_format, a.channels))
-            else:
-                self._microphone()
+            self._listen()
         finally:
+            self.source.close()
             self.notify.stopping()
-            self.sink.status({"status": "stopped", "intervals": self.intervals})
+            self._status({"status": "stopped", "intervals": self.intervals})
             for sink in self.sinks:
                 sink.close()
         return 0
 
-    def _microphone(self, sleep: Callable[[float], None] = time.sleep) -> None:
-        a = self.config.audio
-        mic = self.mic = Microphone(a.device, self.bundle.spec.sample_rate, a.block_s, a.ring_s)
-        lost_reported = False
-        silent_for = max(2.0, 5 * a.block_s)     # no callback this long: the device is gone
-        last_data = time.monotonic()
-        while not self._done():
-            if mic.stream is not None and time.monotonic() - last_data > silent_for:
-                mic.close()
-            if not mic.active:
-                mic.close()
-                try:
-                    mic.open()
-                    last_data = time.monotonic()
-                    if lost_reported:
-                        self.sink.status({"status": "audio_restored", "device": str(a.device)})
-                        self.notify.status("audio restored")
-                    lost_reported = False
-                except SourceError as exc:
-                    mic.close()
-                    if not lost_reported:
-                        self.sink.status({"status": "audio_lost", "error": str(exc)})
-                        self.notify.status(f"audio lost: {exc}")
-                        lost_reported = True
-                    sleep(a.reopen_s)
-                    continue
-            x = mic.read(timeout=0.5)
-            if x.size:
-                last_data = time.monotonic()
-                self._push(x)
-            else:
-                self._emit([])
-        mic.close()
-
 
 def run_config(config: Config, max_intervals: int | None = None) -> int:
     try:
-        return Runner(config, max_intervals=max_intervals).run()
+        return Runner.from_config(config, max_intervals).run()
     except (BundleError, SourceError) as exc:
         raise ConfigError(str(exc)) from None
 

@@ -9,9 +9,23 @@ from pathlib import Path
 from typing import TextIO
 
 from harken.agent.pipeline import IntervalResult
+from harken.agent.sinks.base import Sink, register
 
 
-class JsonLinesSink:
+@register
+class JsonLinesSink(Sink):
+    name = "jsonlines"
+
+    @classmethod
+    def enabled(cls, config) -> bool:
+        return True            # the embedded default: stdout and/or output.file
+
+    @classmethod
+    def from_config(cls, config) -> JsonLinesSink:
+        out = config.output
+        return cls(out.stdout, config.path(out.file) if out.file else None,
+                   node=config.agent.node, machine=config.agent.machine)
+
     def __init__(self, stdout: bool = True, file: Path | None = None,
                  stream: TextIO | None = None, node: str = "", machine: str = "") -> None:
         self.streams: list[TextIO] = []
