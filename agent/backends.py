@@ -21,9 +21,8 @@ class Backend(Protocol):
 
 
 def open_backend(artifact: Artifact, threads: int = 1) -> Backend:
-    if artifact.runtime == "onnx":
-        return OnnxBackend(artifact, threads)
-    return TfliteBackend(artifact, threads)
+    """The backend of the artifact's runtime (``BACKENDS``, after the classes)."""
+    return BACKENDS[artifact.runtime](artifact, threads)
 
 
 class OnnxBackend:
@@ -121,3 +120,8 @@ class TfliteBackend:
             out[semantics] = ((y.astype(np.float32) - zero) * scale if dtype == np.int8
                               else y.astype(np.float32, copy=False))
         return out
+
+
+# artifact runtime (the part of its kind before "-") -> backend: a new runtime is a class
+# with ``run`` and one line here
+BACKENDS: dict[str, type] = {"onnx": OnnxBackend, "tflite": TfliteBackend}

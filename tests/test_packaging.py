@@ -33,7 +33,7 @@ def test_the_wheel_holds_one_top_level_package_with_the_agent_and_its_unit(wheel
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"harken"}
-    for needed in ("harken/__main__.py", "harken/agent/cli.py", "harken/agent/features.py",
+    for needed in ("harken/__main__.py", "harken/agent/cli.py", "harken/agent/features/extract.py",
                    "harken/systemd/harken.service"):
         assert needed in names
     entry_points = zipfile.ZipFile(wheel).read(

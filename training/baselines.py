@@ -6,7 +6,9 @@ the nearest normal training clip of the same section. No learning, no test label
 
 Score rules: ``knn`` (the distance itself) and ``knn-density`` (each training clip's
 distance in units of its local density, agent/rules/density.py: one threshold for a dense
-source domain and a sparse target domain, with no domain label).
+source domain and a sparse target domain, with no domain label). The density's
+neighbourhood k is chosen on the training clips alone (``choose_density_k``): cross-fitted
+held-out normal clips against pseudo-anomalous copies of them, each domain on its own.
 """
 
 from __future__ import annotations
@@ -20,13 +22,47 @@ from scipy.spatial.distance import cdist
 from harken.agent.errors import DataError, UsageError
 from harken.agent.features import FeatureSpec, preset
 from harken.agent.rules.density import DEFAULT_K, local_densities, normalised_min_distance
+from harken.training.metrics import hmean
 from harken.training.data.corpus import Clip
 from harken.training.data.features import clip_logmels
 from harken.training.runs import RunError, normal_score_stats, read_run, write_run
 
 
+DENSITY_K_CHOICES = (1, 2, 4, 8)
+CHOICE_FOLDS = 5
+
+
 def clip_vector(logmel: np.ndarray) -> np.ndarray:
     return np.concatenate([logmel.mean(axis=0), logmel.std(axis=0)]).astype(np.float64)
+
+
+def folds_by_group(sections: Sequence[int], domains: Sequence[str], folds: int,
+                   seed: int = 0) -> np.ndarray:
+    """A fold index per clip, dealt round-robin within each (section, domain) group in a
+    seeded order, so every fold holds out some clips of every group."""
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(sections), dtype=int)
+    keys = list(zip(sections, domains))
+    for key in sorted(set(keys)):
+        idx = np.array([i for i, k in enumerate(keys) if k == key])
+        out[idx[rng.permutation(len(idx))]] = np.arange(len(idx)) % folds
+    return out
+
+
+def domain_balanced_auc(normal: np.ndarray, pseudo: np.ndarray, sections: np.ndarray,
+                        domains: np.ndarray, pseudo_sections: np.ndarray) -> float:
+    """Harmonic mean over sections of AUC(source normals vs the section's pseudo-anomalies)
+    and AUC(target normals vs them): the official score's domain balance, on training data."""
+    from sklearn.metrics import roc_auc_score
+    values = []
+    for s in np.unique(sections):
+        bad = pseudo[pseudo_sections == s]
+        for d in ("source", "target"):
+            good = normal[(sections == s) & (domains == d)]
+            if len(good) and len(bad):
+                y = np.r_[np.zeros(len(good)), np.ones(len(bad))]
+                values.append(float(roc_auc_score(y, np.r_[good, bad])))
+    return hmean(values)
 
 
 class KnnBaseline:
@@ -63,6 +99,36 @@ class KnnBaseline:
         self._fit_densities()
         return loo
 
+    def choose_density_k(self, clips: Sequence[Clip], logmels: Sequence[np.ndarray],
+                         seed: int = 0, progress: bool = True) -> tuple[int, dict[str, float]]:
+        """The k of knn-density that best separates held-out normal training clips from
+        pseudo-anomalous copies of them (another machine type or pink noise mixed in at
+        -20..0 dB), each domain on its own (``domain_balanced_auc``); the bank of each fold
+        is the other folds' clips. No test clip is involved."""
+        from harken.training.data.pseudo_anomalies import pseudo_anomalous, pseudo_anomaly_pool
+        pool, _ = pseudo_anomaly_pool(list(clips), self.spec, seed, progress=progress)
+        sections = np.array([c.section for c in clips])
+        domains = np.array([c.domain for c in clips])
+        z = (np.stack([clip_vector(m) for m in logmels]) - self.mean) / self.std
+        fake = pseudo_anomalous(logmels, pool, self.spec, seed)
+        zf = (np.stack([clip_vector(m) for m in fake]) - self.mean) / self.std
+        fold = folds_by_group(sections, domains, CHOICE_FOLDS, seed)
+        normal = {k: np.empty(len(z)) for k in DENSITY_K_CHOICES}
+        pseudo = {k: np.empty(len(z)) for k in DENSITY_K_CHOICES}
+        for f in range(CHOICE_FOLDS):
+            held = np.flatnonzero(fold == f)
+            for s in np.unique(sections[held]):
+                bank = z[(fold != f) & (sections == s)]
+                here = held[sections[held] == s]
+                for k in DENSITY_K_CHOICES:
+                    dens = local_densities(bank, k, "euclidean")
+                    normal[k][here] = normalised_min_distance(z[here], bank, dens, "euclidean")
+                    pseudo[k][here] = normalised_min_distance(zf[here], bank, dens, "euclidean")
+        aucs = {str(k): domain_balanced_auc(normal[k], pseudo[k], sections, domains, sections)
+                for k in DENSITY_K_CHOICES}
+        best = max(DENSITY_K_CHOICES, key=lambda k: aucs[str(k)])
+        return best, aucs
+
     def _fit_densities(self) -> None:
         self.density = {s: local_densities(bank, self.density_k, "euclidean")
                         for s, bank in self.bank.items()}
@@ -85,7 +151,12 @@ class KnnBaseline:
     # -- run directory interface -------------------------------------------------------
     def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> dict:
         machine = clips[0].machine
-        loo = self.fit_vectors(self.vectors(clips, progress), [c.section for c in clips])
+        logmels = clip_logmels(clips, self.spec, progress)
+        loo = self.fit_vectors(np.stack([clip_vector(m) for m in logmels]),
+                               [c.section for c in clips])
+        self.density_k, self.density_choice = self.choose_density_k(clips, logmels,
+                                                                    progress=progress)
+        self._fit_densities()
         run_dir.mkdir(parents=True, exist_ok=True)
         np.save(run_dir / "mean.npy", self.mean)
         np.save(run_dir / "std.npy", self.std)
@@ -93,7 +164,11 @@ class KnnBaseline:
             np.save(run_dir / f"bank_section_{s:02d}.npy", bank)
         return write_run(run_dir, method=self.name, machine=machine, spec=self.spec,
                          params={"vector": "mean+std of log-mel frames", "distance": "euclidean",
-                                 "k": 1, "density_k": self.density_k},
+                                 "k": 1, "density_k": self.density_k,
+                                 "density_k_choice": {
+                                     "rule": "held-out training clips vs pseudo-anomalous "
+                                             "copies, AUC per domain (harmonic mean)",
+                                     "auc": self.density_choice}},
                          train_clips=clips, normal_scores=normal_score_stats(loo))
 
     @classmethod
