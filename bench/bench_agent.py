@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 from harken.agent.wavio import write_wav  # noqa: E402
 from tests.agent.mosquitto import PASSWORD, USER, Broker  # noqa: E402
-from tests.conftest import write_agent_config  # noqa: E402
+from tests.helpers import write_agent_config  # noqa: E402
 
 HARKEN = ROOT / ".venv" / "bin" / "harken"
 MODEL, ARTIFACT = "mobilenetv2-0.5", "tflite-int8"

@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+from tests.helpers import whine
+
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
@@ -67,23 +69,3 @@ def ae_bundle(small_fan, tmp_path_factory):
     make_method("ae", ["epochs=3"]).train(scan(small_fan, ["fan"], "train"), root / "run",
                                           progress=False)
     return write_bundle(root / "run", root / "bundle", small_fan, ExportOptions())
-
-
-def whine(x: np.ndarray, rate: int, level: float = 0.5) -> np.ndarray:
-    """``x`` plus a steady 1.2 kHz tone ``level`` x its RMS (an easy, audible fault)."""
-    t = np.arange(len(x)) / rate
-    return (x + level * np.sqrt(2 * np.mean(x ** 2)) * np.sin(2 * np.pi * 1200 * t)).astype(
-        np.float32)
-
-
-def write_agent_config(path, **sections):
-    """An agent TOML at ``path`` from ``section={key: value}`` dicts (strings, numbers and
-    booleans, written as TOML scalars); returns the path."""
-    import json
-    lines = []
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {json.dumps(str(v) if hasattr(v, '__fspath__') else v)}"
-                  for k, v in values.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_agent_config
+from tests.helpers import write_agent_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

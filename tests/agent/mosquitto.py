@@ -126,7 +126,7 @@ def agent_config(tmp_path, bundle, port, wav, password=PASSWORD, realtime=False,
                  name="agent.toml", output=None, **mqtt_extra):
     """An agent config scoring ``wav`` in 2-s intervals (threshold 0: the first interval
     raises the anomaly) and publishing to the test broker."""
-    from tests.conftest import write_agent_config
+    from tests.helpers import write_agent_config
     (tmp_path / "secret").write_text(password + "\n")
     return write_agent_config(
         tmp_path / name,

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import write_agent_config
+from tests.helpers import write_agent_config
 
 PULSE = shutil.which("pulseaudio")
 

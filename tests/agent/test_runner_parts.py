@@ -7,7 +7,7 @@ from harken.agent.config import load_config
 from harken.agent.runner import Runner, build
 from harken.agent.sinks import SINKS, Sink
 from harken.agent.sources import SOURCES, Source
-from tests.conftest import write_agent_config
+from tests.helpers import write_agent_config
 
 
 class ToneSource(Source):

@@ -1,0 +1,24 @@
+"""Helpers shared by tests and bench scripts (fixtures stay in conftest.py, which nothing
+imports)."""
+
+import numpy as np
+
+
+def whine(x: np.ndarray, rate: int, level: float = 0.5) -> np.ndarray:
+    """``x`` plus a steady 1.2 kHz tone ``level`` x its RMS (an easy, audible fault)."""
+    t = np.arange(len(x)) / rate
+    return (x + level * np.sqrt(2 * np.mean(x ** 2)) * np.sin(2 * np.pi * 1200 * t)).astype(
+        np.float32)
+
+
+def write_agent_config(path, **sections):
+    """An agent TOML at ``path`` from ``section={key: value}`` dicts (strings, numbers and
+    booleans, written as TOML scalars); returns the path."""
+    import json
+    lines = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(str(v) if hasattr(v, '__fspath__') else v)}"
+                  for k, v in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
