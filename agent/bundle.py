@@ -15,18 +15,19 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from pydantic import ValidationError
+
 from harken.agent.errors import HarkenError
 from harken.agent.features import FeatureSpec, FeatureSpecError
+from harken.agent.manifest import (ARTIFACT_KINDS, MANIFEST, OUTPUTS, SCHEMA_VERSION,
+                                   FileEntry, Manifest, explain)
 from harken.agent.rules import RULES, ScoreRule, make_rule, output_of
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-ARTIFACT_KINDS = ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8")
-OUTPUTS = ("reconstruction", "logits", "embedding", "energy")
+__all__ = ["ARTIFACT_KINDS", "MANIFEST", "OUTPUTS", "SCHEMA_VERSION", "Artifact", "Bundle",
+           "BundleError", "open_bundle", "sha256_file"]
 
 
 class BundleError(HarkenError, ValueError):
@@ -58,27 +59,31 @@ class Artifact:
 @dataclass
 class Bundle:
     root: Path
-    manifest: dict
+    manifest: Manifest
     spec: FeatureSpec
     artifacts: dict[str, Artifact]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
+    def model_id(self) -> str:
+        return self.manifest.model.id
+
+    @property
     def machine(self) -> str:
-        return self.manifest["model"]["machine"]
+        return self.manifest.model.machine
 
     @property
     def sections(self) -> list[int]:
-        return [int(s) for s in self.manifest["model"]["sections"]]
+        return list(self.manifest.model.sections)
 
     @property
     def rule_name(self) -> str:
-        return self.manifest["scoring"]["rule"]
+        return self.manifest.scoring.rule
 
     @property
     def threshold(self) -> float | None:
         """None for a bundle nobody has set a threshold for (run ``harken calibrate``)."""
-        value = self.manifest["threshold"]["value"]
+        value = self.manifest.threshold.value
         return None if value is None else float(value)
 
     def rule(self, section: int) -> ScoreRule:
@@ -86,7 +91,7 @@ class Bundle:
         if section not in self.sections:
             raise BundleError(f"{self.root / MANIFEST}: model.sections is {self.sections}; "
                               f"section {section:02d} is not among them")
-        names = self.manifest["scoring"].get("sections", {}).get(f"{section:02d}", {})
+        names = self.manifest.scoring.sections.get(f"{section:02d}", {})
         return make_rule(self.rule_name, {k: self.arrays[v] for k, v in names.items()})
 
     def artifact(self, kind: str | None = None) -> Artifact:
@@ -101,32 +106,39 @@ class Bundle:
         return self.artifacts[kind]
 
 
-def _field(data: dict, name: str, where: str, kind: type | tuple[type, ...]) -> Any:
-    if not isinstance(data, dict) or name not in data:
-        raise BundleError(f"{where}: field '{name}' is missing")
-    value = data[name]
-    if not isinstance(value, kind):
-        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise BundleError(f"{where}: field '{name}' must be {expected}, got {value!r}")
-    return value
-
-
-def _checked_file(root: Path, entry: dict, where: str) -> Path:
-    rel = _field(entry, "path", where, str)
-    path = (root / rel).resolve()
+def _checked_file(root: Path, entry: FileEntry, where: str) -> Path:
+    path = (root / entry.path).resolve()
     if root.resolve() not in path.parents:
-        raise BundleError(f"{where}: path '{rel}' leaves the bundle")
+        raise BundleError(f"{where}: path '{entry.path}' leaves the bundle")
     if not path.is_file():
         raise BundleError(f"{where}: file {path} is missing")
-    size = _field(entry, "size", where, int)
-    if path.stat().st_size != size:
+    if path.stat().st_size != entry.size:
         raise BundleError(f"{path}: size is {path.stat().st_size} bytes, the manifest's "
-                          f"'{where}.size' says {size}")
-    digest = _field(entry, "sha256", where, str)
-    if sha256_file(path) != digest:
+                          f"'{where}.size' says {entry.size}")
+    if sha256_file(path) != entry.sha256:
         raise BundleError(f"{path}: sha256 does not match the manifest's '{where}.sha256' "
                           f"(file corrupt or changed)")
     return path
+
+
+def read_manifest(manifest_path: Path) -> Manifest:
+    """The typed manifest; the schema version is checked first, so a manifest from a
+    newer exporter is refused with the reason rather than a field error."""
+    try:
+        data = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
+    where = str(manifest_path)
+    if not isinstance(data, dict):
+        raise BundleError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version")
+    if isinstance(version, int) and version != SCHEMA_VERSION:
+        raise BundleError(f"{where}: field 'schema_version' is {version}; this agent reads "
+                          f"version {SCHEMA_VERSION} (update the agent or re-export)")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise BundleError(explain(exc, where)) from None
 
 
 def open_bundle(path: str | Path, extract_to: Path | None = None) -> Bundle:
@@ -137,74 +149,57 @@ def open_bundle(path: str | Path, extract_to: Path | None = None) -> Bundle:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise BundleError(f"{path}: not a bundle ({MANIFEST} missing)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
+    manifest = read_manifest(manifest_path)
     where = str(manifest_path)
-    version = _field(manifest, "schema_version", where, int)
-    if version != SCHEMA_VERSION:
-        raise BundleError(f"{where}: field 'schema_version' is {version}; this agent reads "
-                          f"version {SCHEMA_VERSION} (update the agent or re-export)")
-    model = _field(manifest, "model", where, dict)
-    _field(model, "machine", f"{where}: model", str)
-    sections = _field(model, "sections", f"{where}: model", list)
     try:
-        spec = FeatureSpec.from_dict(_field(manifest, "feature_spec", where, dict),
-                                     f"{where}: feature_spec")
+        spec = FeatureSpec.from_dict(manifest.feature_spec, f"{where}: feature_spec")
     except FeatureSpecError as exc:
         raise BundleError(str(exc)) from None
-    scoring = _field(manifest, "scoring", where, dict)
-    rule = _field(scoring, "rule", f"{where}: scoring", str)
+    rule = manifest.scoring.rule
     if rule not in RULES:
         raise BundleError(f"{where}: field 'scoring.rule' is {rule!r}; this agent knows "
                           f"{list(RULES)}")
-    threshold = _field(manifest, "threshold", where, dict)
-    if threshold.get("value", 0) is not None:
-        _field(threshold, "value", f"{where}: threshold", (int, float))
 
     arrays = {}
-    for name, entry in _field(manifest, "arrays", where, dict).items():
+    for name, entry in manifest.arrays.items():
         file = _checked_file(path, entry, f"{where}: arrays.{name}")
         try:
             arrays[name] = np.load(file, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise BundleError(f"{file}: not a plain .npy array ({exc})") from None
-    for s in sections:
-        for key, name in scoring.get("sections", {}).get(f"{int(s):02d}", {}).items():
+    for s in manifest.model.sections:
+        for key, name in manifest.scoring.sections.get(f"{s:02d}", {}).items():
             if name not in arrays:
-                raise BundleError(f"{where}: scoring.sections.{int(s):02d}.{key} names array "
+                raise BundleError(f"{where}: scoring.sections.{s:02d}.{key} names array "
                                   f"'{name}', which is not in 'arrays'")
 
     window = spec.window_frames * spec.n_mels
     artifacts = {}
-    for kind, entry in _field(manifest, "artifacts", where, dict).items():
+    for kind, entry in manifest.artifacts.items():
         at = f"{where}: artifacts.{kind}"
         if kind not in ARTIFACT_KINDS:
             raise BundleError(f"{at}: unknown artifact kind; known: {list(ARTIFACT_KINDS)}")
         file = _checked_file(path, entry, at)
-        inp = _field(entry, "input", at, dict)
-        shape = tuple(_field(inp, "shape", f"{at}.input", list))
+        inp = entry.input
+        shape = tuple(inp.shape)
         if int(np.prod(shape)) != window:
             raise BundleError(f"{at}.input.shape is {list(shape)}, but the feature spec's window "
                               f"is {spec.window_frames} frames x {spec.n_mels} mels = {window} "
                               f"values")
-        dtype = _field(inp, "dtype", f"{at}.input", str)
-        if dtype not in ("float32", "int8"):
-            raise BundleError(f"{at}.input.dtype must be float32 or int8, got {dtype!r}")
         quant = None
-        if dtype == "int8":
-            quant = (float(_field(inp, "scale", f"{at}.input", (int, float))),
-                     int(_field(inp, "zero_point", f"{at}.input", int)))
-        outputs = _field(entry, "outputs", at, dict)
-        bad = sorted(set(outputs) - set(OUTPUTS))
+        if inp.dtype == "int8":
+            if inp.scale is None or inp.zero_point is None:
+                missing = "scale" if inp.scale is None else "zero_point"
+                raise BundleError(f"{at}.input: field '{missing}' is missing (int8 input)")
+            quant = (float(inp.scale), int(inp.zero_point))
+        bad = sorted(set(entry.outputs) - set(OUTPUTS))
         if bad:
             raise BundleError(f"{at}.outputs: unknown output {bad[0]!r}; known: {list(OUTPUTS)}")
         needed = output_of(rule)
-        if needed not in outputs:
-            raise BundleError(f"{at}.outputs has {sorted(outputs)}; scoring rule '{rule}' needs "
-                              f"'{needed}'")
-        artifacts[kind] = Artifact(kind, file, shape, dtype, quant, outputs)
+        if needed not in entry.outputs:
+            raise BundleError(f"{at}.outputs has {sorted(entry.outputs)}; scoring rule '{rule}' "
+                              f"needs '{needed}'")
+        artifacts[kind] = Artifact(kind, file, shape, inp.dtype, quant, entry.outputs)
     if not artifacts:
         raise BundleError(f"{where}: field 'artifacts' lists no model")
     return Bundle(path, manifest, spec, artifacts, arrays)

@@ -99,7 +99,7 @@ def calibrate(config: Config, files: list[str] | None = None, minutes: float = 3
               "interval_s": pipeline.interval_s, "exceedance_per_interval": p,
               "intervals": int(s.size), "skipped_intervals": skipped,
               "score_mean": float(s.mean()), "score_max": float(s.max()),
-              "gamma": fit.to_dict(), "model": bundle.manifest["model"]["id"],
+              "gamma": fit.to_dict(), "model": bundle.model_id,
               "bundle_threshold": bundle.threshold,
               "source": "files" if files else f"microphone {config.audio.device!r}",
               "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}

@@ -49,7 +49,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         resolved["mqtt"]["password"] = "(set, not shown)"
     bundle = open_bundle(config.path(config.model.bundle))
     threshold, origin = resolve_threshold(config, bundle)
-    resolved["resolved"] = {"bundle": str(bundle.root), "model": bundle.manifest["model"]["id"],
+    resolved["resolved"] = {"bundle": str(bundle.root), "model": bundle.model_id,
                             "artifact": bundle.artifact(config.model.artifact).kind,
                             "threshold": threshold, "threshold_from": origin}
     print(json.dumps(resolved, indent=2))

@@ -70,7 +70,7 @@ class Pipeline:
         self._n_frames = 0
         self._audio: list[np.ndarray] = []
         self._n_audio = 0
-        self.model_id = scorer.bundle.manifest["model"]["id"]
+        self.model_id = scorer.bundle.model_id
 
     def push(self, chunk: np.ndarray) -> list[IntervalResult]:
         """Feed float32 samples at the bundle's rate; returns the intervals completed."""

@@ -96,7 +96,7 @@ class Runner:
         """Audio arrived: systemd hears READY once and the watchdog while audio advances."""
         if not self._ready:
             self._ready = True
-            self.notify.ready(f"listening: {self.bundle.manifest['model']['id']} on "
+            self.notify.ready(f"listening: {self.bundle.model_id} on "
                               f"{self.config.audio.source}")
         self._samples += chunk.size
         self.notify.progress(self._samples)
@@ -156,7 +156,7 @@ class Runner:
                 signal.signal(sig, self.stop)
             except ValueError:            # not the main thread (tests)
                 pass
-        self._status({"status": "started", "model": self.bundle.manifest["model"]["id"],
+        self._status({"status": "started", "model": self.bundle.model_id,
                       "backend": self.pipeline.scorer.backend.name,
                       "threshold": self.pipeline.decision.threshold,
                       "source": self.config.audio.source})

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harken.agent.bundle import MANIFEST, SCHEMA_VERSION, open_bundle, sha256_file
+from harken.agent.bundle import open_bundle, sha256_file
+from harken.agent.manifest import MANIFEST, SCHEMA_VERSION, Manifest
 from harken.agent.rules import output_of
 from harken.agent.scorer import model_input
 from harken.export.graphs import ExportError, InferenceGraph, calibration_windows, load_graph
@@ -126,7 +126,7 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
         array_entries[name] = _entry(out, out / "arrays" / f"{name}.npy")
 
     normal = info["normal_scores"]
-    manifest = {
+    manifest = Manifest.model_validate({
         "schema_version": SCHEMA_VERSION,
         "model": {"id": f"{info['method']}-{info['machine']}-{info['corpus']['fingerprint'][:8]}",
                   "version": info.get("code_version", "unknown"), "method": info["method"],
@@ -150,8 +150,8 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
                        "trained_with": info.get("code_version"),
                        "exported_with": code_version(),
                        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
-    }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    })
+    (out / MANIFEST).write_text(manifest.to_json())
     open_bundle(out)            # the agent's own checks, before anyone copies it anywhere
     return out
 

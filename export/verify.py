@@ -51,7 +51,7 @@ def _summary(machine: str, clips: list[Clip], scores: np.ndarray) -> tuple[float
 def verify(bundle: Bundle, data_root: Path, run_dir: Path | None = None,
            max_clips: int | None = None, threads: int = 1, progress: bool = True
            ) -> list[ArtifactCheck]:
-    run_dir = Path(run_dir or bundle.manifest["provenance"]["run"])
+    run_dir = Path(run_dir or bundle.manifest.provenance["run"])
     if not (run_dir / "run.json").is_file():
         raise ExportError(f"{run_dir}: the run this bundle came from is not there (the "
                           f"torch fp32 reference); pass --run RUN")
@@ -62,10 +62,10 @@ def verify(bundle: Bundle, data_root: Path, run_dir: Path | None = None,
     if any(c.label is None for c in clips):
         raise ExportError(f"{data_root}: test clips of '{machine}' have no normal/anomaly "
                           f"labels; verify needs a labelled test set")
-    info_method = bundle.manifest["model"]["method"]
+    info_method = bundle.manifest.model.method
     reference = method_class(info_method).load(run_dir)
     torch_scores = np.asarray(reference.score(clips, progress=False, rule=bundle.rule_name))
-    onnx_fp32_size = bundle.manifest.get("reference", {}).get("onnx-fp32", {}).get("size")
+    onnx_fp32_size = bundle.manifest.reference.get("onnx-fp32", {}).get("size")
     feats = clip_features(clips, bundle.spec, progress, desc="features")
     checks = [ArtifactCheck("torch-fp32", "torch", 1.0, 0.0, *_summary(machine, clips, torch_scores),
                             0, None, float("nan"))]

@@ -10,13 +10,13 @@ squared error.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from harken.agent.bundle import MANIFEST, SCHEMA_VERSION, open_bundle, sha256_file
+from harken.agent.bundle import open_bundle, sha256_file
+from harken.agent.manifest import MANIFEST, SCHEMA_VERSION, Manifest
 from harken.agent.features import preset
 from harken.export.graphs import ExportError
 from harken.export.tflite_io import input_entry, open_interpreter, output_entry
@@ -89,7 +89,7 @@ def wrap(model: Path, preset_name: str, out: Path, machine: str = "unknown",
         raise ExportError(f"{out}: not empty; give a new folder for the bundle")
     target = out / f"model{suffix}"
     shutil.copyfile(model, target)
-    manifest = {
+    manifest = Manifest.model_validate({
         "schema_version": SCHEMA_VERSION,
         "model": {"id": f"{model.stem}", "version": "imported", "method": f"imported {preset_name}",
                   "machine": machine, "sections": [0]},
@@ -110,7 +110,7 @@ def wrap(model: Path, preset_name: str, out: Path, machine: str = "unknown",
         "provenance": {"imported_from": str(model), "preset": preset_name,
                        "exported_with": code_version(),
                        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
-    }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    })
+    (out / MANIFEST).write_text(manifest.to_json())
     open_bundle(out)
     return out

@@ -65,7 +65,7 @@ def test_bundle_holds_every_artifact_with_checked_files(bundles):
     for name, outputs, rule in (("ae", ["reconstruction"], "mse"),
                                 ("mobilenetv2", ["logits", "embedding"], "embedding")):
         bundle = open_bundle(bundles / name)
-        m = bundle.manifest
+        m = bundle.manifest.model_dump()
         assert set(bundle.artifacts) == {"onnx-fp32", "onnx-int8", "tflite-int8", "tflite-fp32"}
         assert m["outputs"] == outputs and m["scoring"]["rule"] == rule
         assert m["model"]["machine"] == "fan" and m["model"]["sections"] == [0, 1]

@@ -1,0 +1,61 @@
+"""The typed bundle manifest (agent/manifest.py): one schema for the writer and the reader,
+errors that name the field, unknown fields kept for newer exporters."""
+
+import json
+
+import pytest
+
+from harken.agent.bundle import BundleError, read_manifest
+from harken.agent.features import preset
+from harken.agent.manifest import Manifest
+
+
+def _manifest() -> dict:
+    return {"schema_version": 1,
+            "model": {"id": "ae-fan-1234", "machine": "fan", "sections": [0, 1]},
+            "feature_spec": preset("dcase2020-ae").to_dict(),
+            "scoring": {"rule": "mse", "sections": {"00": {}, "01": {}}},
+            "threshold": {"value": 1.5, "how": "gamma"},
+            "artifacts": {"onnx-int8": {"path": "m.onnx", "size": 10, "sha256": "ab",
+                                        "input": {"name": "x", "shape": [1, 640],
+                                                  "dtype": "float32"},
+                                        "outputs": {"reconstruction": {"name": "y"}}}},
+            "a_later_field": {"kept": True}}
+
+
+def _read(tmp_path, data):
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(data))
+    return read_manifest(path)
+
+
+def test_a_manifest_reads_typed_and_writes_back_what_it_was_given(tmp_path):
+    m = _read(tmp_path, _manifest())
+    assert m.model.machine == "fan" and m.model.sections == [0, 1]
+    assert m.artifacts["onnx-int8"].input.shape == [1, 640] and m.threshold.value == 1.5
+    again = json.loads(m.to_json())
+    assert again == _manifest()                      # no nulls added, later fields kept
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["model"].pop("machine"), r"manifest\.json: model: field 'machine' is missing"),
+    (lambda d: d["model"].update(sections="0"), r"model: field 'sections' .*got '0'"),
+    (lambda d: d["artifacts"]["onnx-int8"]["input"].update(dtype="int4"),
+     r"artifacts\.onnx-int8\.input: field 'dtype' .*'float32' or 'int8'"),
+    (lambda d: d["artifacts"]["onnx-int8"].update(size="10"),
+     r"artifacts\.onnx-int8: field 'size' .*integer"),
+    (lambda d: d.update(schema_version=2),
+     r"field 'schema_version' is 2; this agent reads version 1 \(update the agent or re-export\)"),
+    (lambda d: d.pop("threshold"), r"manifest\.json: field 'threshold' is missing"),
+])
+def test_a_bad_manifest_is_refused_naming_the_field(tmp_path, edit, message):
+    data = _manifest()
+    edit(data)
+    with pytest.raises(BundleError, match=message):
+        _read(tmp_path, data)
+
+
+def test_a_manifest_that_is_not_an_object_is_refused(tmp_path):
+    with pytest.raises(BundleError, match="expected a JSON object, got list"):
+        _read(tmp_path, [1, 2])
+    assert Manifest.model_validate(_manifest()).scoring.rule == "mse"
