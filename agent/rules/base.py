@@ -18,21 +18,15 @@ from typing import ClassVar
 import numpy as np
 
 from harken.agent.errors import DataError, UsageError
+from harken.agent.registry import Registry
 
-REGISTRY: dict[str, type[ScoreRule]] = {}
+REGISTRY = Registry("score rule")
+register = REGISTRY.register
 
 
 class RuleError(UsageError):
     """An unknown rule name, or a rule without the arrays it needs (a bundle or run that
     does not match its rule)."""
-
-
-def register(cls: type[ScoreRule]) -> type[ScoreRule]:
-    """Class decorator: make ``cls`` the rule called ``cls.name``."""
-    if cls.name in REGISTRY:
-        raise ValueError(f"score rule {cls.name!r} is registered twice")
-    REGISTRY[cls.name] = cls
-    return cls
 
 
 class ScoreRule(ABC):

@@ -12,16 +12,10 @@ from abc import ABC, abstractmethod
 from typing import ClassVar
 
 from harken.agent.pipeline import IntervalResult
+from harken.agent.registry import Registry
 
-SINKS: dict[str, type[Sink]] = {}
-
-
-def register(cls: type[Sink]) -> type[Sink]:
-    """Class decorator: ``cls`` is the sink called ``cls.name``."""
-    if cls.name in SINKS:
-        raise ValueError(f"sink {cls.name!r} is registered twice")
-    SINKS[cls.name] = cls
-    return cls
+SINKS = Registry("sink")
+register = SINKS.register
 
 
 class Sink(ABC):

@@ -17,21 +17,15 @@ from typing import ClassVar
 import numpy as np
 
 from harken.agent.errors import HarkenError
+from harken.agent.registry import Registry
 
-SOURCES: dict[str, type[Source]] = {}
+SOURCES = Registry("audio source")
+register = SOURCES.register
 Report = Callable[[dict], None]          # a status record for the sinks (audio_lost, ...)
 
 
 class SourceError(HarkenError, OSError):
     """An audio source that cannot be opened; the message names it."""
-
-
-def register(cls: type[Source]) -> type[Source]:
-    """Class decorator: ``cls`` is the source called ``cls.name``."""
-    if cls.name in SOURCES:
-        raise ValueError(f"audio source {cls.name!r} is registered twice")
-    SOURCES[cls.name] = cls
-    return cls
 
 
 class Source(ABC):
