@@ -19,7 +19,7 @@ from sklearn.covariance import LedoitWolf
 
 from harken.agent.errors import DataError, UsageError
 from harken.agent.rules import ScoreRule, make_rule
-from harken.training.augment import smote
+from harken.training.augment import smote_target
 from harken.training.augment.mixing import mix_logmel
 from harken.training.config import TrainConfig
 from harken.training.data.corpus import Clip
@@ -152,16 +152,10 @@ class AutoencoderMethod(TorchMethod):
         return snp
 
     def _smote_target(self, x: np.ndarray, owner: np.ndarray, clips: Sequence[Clip]) -> np.ndarray:
-        rng = np.random.default_rng(self.config.seed)
-        domain = np.array([clips[o].domain for o in owner])
         section = np.array([clips[o].section for o in owner])
-        new = []
-        for s in np.unique(section):
-            tgt = x[(section == s) & (domain == "target")]
-            n_new = int(((section == s) & (domain == "source")).sum()) - len(tgt)
-            if len(tgt) >= 2 and n_new > 0:
-                new.append(smote(tgt, n_new, rng))
-        return np.concatenate(new) if new else np.empty((0, x.shape[1]), x.dtype)
+        target = np.array([clips[o].domain == "target" for o in owner])
+        return smote_target(x, section, section, target,
+                            np.random.default_rng(self.config.seed))[0]
 
     # -- scoring -----------------------------------------------------------------------------
     def _residuals(self, feats: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -39,7 +39,8 @@ from tqdm import tqdm
 from harken.agent.errors import DataError, UsageError
 from harken.agent.rules import ScoreRule, make_rule, unit_embedding
 from harken.agent.rules.density import DEFAULT_K, local_densities
-from harken.training.augment import frame_shift, median_filter_time, mixup, smote, spec_augment
+from harken.training.augment import (frame_shift, median_filter_time, mixup, smote_target,
+                                     spec_augment)
 from harken.training.config import TrainConfig
 from harken.training.data.corpus import Clip, scan
 from harken.training.data.pseudo_anomalies import other_machine_clips
@@ -329,22 +330,12 @@ class ClassifierMethod(TorchMethod):
 
     def _smote_target(self, x: np.ndarray, y: np.ndarray, clips: Sequence[Clip],
                       owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.default_rng(self.config.seed)
-        domain = np.array([clips[o].domain for o in owner])
-        new_x, new_y = [], []
-        for cls in np.unique(y[domain == "target"]):
-            members = x[(y == cls) & (domain == "target")]
-            section = self.class_section[cls]
-            if section < 0:             # another machine type's class: not ours to fill
-                continue
-            n_source = int(((domain == "source") & (self.class_section[y] == section)).sum())
-            n_new = n_source - len(members)
-            if len(members) >= 2 and n_new > 0:
-                new_x.append(smote(members, n_new, rng))
-                new_y.append(np.full(n_new, cls))
-        if not new_x:
-            return np.empty((0, *x.shape[1:]), x.dtype), np.empty(0, y.dtype)
-        return np.concatenate(new_x), np.concatenate(new_y)
+        target = np.array([clips[o].domain == "target" for o in owner])
+        section = self.class_section[y]
+        # per class of our machine (another machine type's class is not ours to fill),
+        # up to the source windows of the class's section
+        return smote_target(x, np.where(section >= 0, y, -1), section, target,
+                            np.random.default_rng(self.config.seed))
 
     # -- scoring -----------------------------------------------------------------------------
     def _infer(self, feats: Sequence[np.ndarray], batch: int = 256

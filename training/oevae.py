@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from harken.agent.errors import UsageError
 from harken.agent.features import FeatureSpec
-from harken.training.augment import mixup, smote
+from harken.training.augment import mixup, smote_target
 from harken.training.config import TrainConfig
 from harken.training.data.corpus import Clip
 from harken.training.data.pseudo_anomalies import other_machine_clips
@@ -225,19 +225,13 @@ class OevaeMethod(ScoresEveryRule, TorchMethod):
     def _smote_target(self, x: np.ndarray, v: np.ndarray, clips: Sequence[Clip]
                       ) -> tuple[np.ndarray, np.ndarray]:
         """SMOTE over (segment, v) per section's target domain, up to its source count."""
-        rng = np.random.default_rng(self.config.seed)
         section = np.array([c.section for c in clips])
         target = np.array([c.domain == "target" for c in clips])
-        new_x, new_v = [x], [v]
-        for s in np.unique(section):
-            members = (section == s) & target
-            n_new = int(((section == s) & ~target).sum() - members.sum())
-            if members.sum() >= 2 and n_new > 0:
-                both = np.concatenate([x[members].reshape(members.sum(), -1), v[members, None]], 1)
-                made = smote(both, n_new, rng)
-                new_x.append(made[:, :-1].reshape(n_new, *x.shape[1:]))
-                new_v.append(made[:, -1])
-        return np.concatenate(new_x), np.concatenate(new_v).astype(np.float32)
+        both = np.concatenate([x.reshape(len(x), -1), v[:, None]], 1)
+        made, _ = smote_target(both, section, section, target,
+                               np.random.default_rng(self.config.seed))
+        return (np.concatenate([x, made[:, :-1].reshape(len(made), *x.shape[1:]).astype(x.dtype)]),
+                np.concatenate([v, made[:, -1]]).astype(np.float32))
 
     # -- scoring -----------------------------------------------------------------------------
     def _embed(self, feats: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -86,3 +86,23 @@ def test_mix_logmel_adds_powers():
     assert torch.allclose(same, x + 10 * np.log10(2.0), atol=1e-4)
     quiet = mix_logmel(x, torch.randn(2, 640) * 5, torch.full((2,), -120.0))
     assert torch.allclose(quiet, x, atol=1e-4)
+
+
+def test_smote_target_fills_each_target_group_up_to_its_source_count():
+    from harken.training.augment import smote_target
+    rng = np.random.default_rng(0)
+    x = np.arange(40, dtype=np.float32).reshape(20, 2)
+    # section 0: 8 source, 3 target; section 1: 5 source, 1 target (too few to SMOTE);
+    # section 2 (key -1: not ours): 1 source, 2 target
+    section = np.array([0] * 11 + [1] * 6 + [2] * 3)
+    target = np.array([False] * 8 + [True] * 3 + [False] * 5 + [True] + [False] + [True] * 2)
+    key = np.where(section == 2, -1, section)
+    new, keys = smote_target(x, key, section, target, rng)
+    assert keys.tolist() == [0] * 5 and new.shape == (5, 2) and new.dtype == np.float32
+    # every new row lies on a segment between two of section 0's target rows (rows 8-10)
+    lo, hi = x[8:11].min(axis=0), x[8:11].max(axis=0)
+    assert ((new >= lo) & (new <= hi)).all()
+    again, _ = smote_target(x, key, section, target, np.random.default_rng(0))
+    np.testing.assert_array_equal(new, again)
+    none, none_keys = smote_target(x, key, section, np.zeros(20, bool), rng)
+    assert none.shape == (0, 2) and none_keys.size == 0

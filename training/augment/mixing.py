@@ -46,6 +46,28 @@ def smote(x: np.ndarray, n_new: int, rng: np.random.Generator, k: int = 5) -> np
     return new.reshape(n_new, *x.shape[1:]).astype(x.dtype)
 
 
+def smote_target(x: np.ndarray, member_key: np.ndarray, count_key: np.ndarray,
+                 is_target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Fill the target domain up to the source count with SMOTE, the one way every method
+    does it. For each key of the target rows (``member_key``: a section, or a class;
+    negative keys are skipped), SMOTE among that key's target rows makes as many new rows
+    as the source rows of its ``count_key`` group outnumber them. Returns the new rows and
+    their member keys (keys in ascending order, so a seeded ``rng`` gives the same rows)."""
+    new_x, new_key = [], []
+    for key in np.unique(member_key[is_target]):
+        if key < 0:
+            continue
+        members = (member_key == key) & is_target
+        group = count_key[np.flatnonzero(members)[0]]
+        n_new = int((~is_target & (count_key == group)).sum()) - int(members.sum())
+        if members.sum() >= 2 and n_new > 0:
+            new_x.append(smote(x[members], n_new, rng))
+            new_key.append(np.full(n_new, key))
+    if not new_x:
+        return np.empty((0, *x.shape[1:]), x.dtype), np.empty(0, member_key.dtype)
+    return np.concatenate(new_x), np.concatenate(new_key).astype(member_key.dtype)
+
+
 def mix_logmel(x: torch.Tensor, other: torch.Tensor, anr_db: torch.Tensor,
                db_per_decade: float = 10.0) -> torch.Tensor:
     """Log-mel of ``x`` with ``other`` added at an anomaly-to-normal power ratio (dB per
