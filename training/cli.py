@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harken.agent.errors import UsageError
 from harken.agent.clitools import command_parser, run_command
+from harken.training.method import Configurable, Refittable
 from harken.training.data.corpus import machine_types, scan
 from harken.training.runs import find_runs, record_training_time
 
@@ -36,7 +37,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides += [f"seed={args.seed}"] if args.seed is not None else []
     overrides += [f"device={args.device}"] if args.device else []
     method = make_method(args.method, overrides)          # bad settings fail before any work
-    if hasattr(method, "config"):
+    if isinstance(method, Configurable) and hasattr(method.config, "device"):
         from harken.training.trainer import pick_device
         pick_device(method.config.device)
     machines = _machines(args.machines) or machine_types(args.data)
@@ -60,7 +61,7 @@ def cmd_refit(args: argparse.Namespace) -> int:
     from harken.training.runs import read_run
     for run in find_runs(Path(args.run)):
         cls = method_class(read_run(run)["method"])
-        if not hasattr(cls, "refit"):
+        if not issubclass(cls, Refittable):
             raise UsageError(f"{run}: {cls.name} has no score state to refit (retrain instead)")
         info = cls.refit(run, progress=not args.quiet)
         print(f"{run}: bank and normal statistics refitted "

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from harken.training.data.corpus import Clip, CorpusError, scan
+from harken.training.method import ScoresAllRules
 from harken.training.methods import method_class
 from harken.training.metrics import SectionResult, machine_hmean, official_score, section_result
 from harken.training.runs import read_run
@@ -51,8 +52,7 @@ def score_run(run_dir: Path, data_root: Path | None, progress: bool = True,
     model = method_class(info["method"]).load(run_dir)
     rules = rules or [None]
     if rules == ["all"]:
-        every = getattr(model, "score_all", None)
-        scores = every(clips, progress) if every else \
+        scores = model.score_all(clips, progress) if isinstance(model, ScoresAllRules) else \
             {r: model.score(clips, progress, rule=r) for r in model.score_rules}
     else:
         scores = {r: model.score(clips, progress, rule=r) if r else model.score(clips, progress)

@@ -9,6 +9,7 @@ from pathlib import Path
 from harken.agent.features import LogMelExtractor
 from harken.agent.wavio import read_wav
 from harken.training.data.windows import fit_to_window
+from harken.training.method import Localisable
 from harken.training.runs import RunError, read_run
 
 
@@ -16,7 +17,7 @@ def localize(run_dir: Path, clip: Path, out: Path) -> Path:
     from harken.training.methods import method_class
     info = read_run(run_dir)
     cls = method_class(info["method"])
-    if not hasattr(cls, "localization_maps"):
+    if not issubclass(cls, Localisable):
         raise RunError(f"{run_dir}: a {info['method']} run cannot localise; train aegan-ad")
     method = cls.load(run_dir)
     audio, _ = read_wav(clip, method.spec.sample_rate)

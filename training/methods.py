@@ -1,4 +1,5 @@
-"""Registry of trainable methods: name -> class with train(), load() and score()."""
+"""Registry of trainable methods: name -> a class satisfying training/method.py's
+``Method`` (train, load, score). A new method is one module and one entry in METHODS."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from harken.training.autoencoder import (AeBatchUniformization, AeMahalanobis, A
 from harken.training.baselines import KnnBaseline
 from harken.training.classifier import ClassifierMethod, ContrastiveMethod
 from harken.training.gmgan import GmganMethod
+from harken.training.method import Configurable, Method
 from harken.training.oevae import OevaeMethod
 
 METHODS = {cls.name: cls for cls in (KnnBaseline, AutoencoderMethod, AeMahalanobis,
@@ -24,10 +26,10 @@ def method_class(name: str):
         raise UsageError(f"unknown method '{name}'; choose one of {sorted(METHODS)}") from None
 
 
-def make_method(name: str, overrides: list[str] | None = None):
+def make_method(name: str, overrides: list[str] | None = None) -> Method:
     """A fresh, untrained method; ``overrides`` are ``key=value`` settings (``--set``)."""
     cls = method_class(name)
-    if not hasattr(cls, "config_cls"):
+    if not issubclass(cls, Configurable):
         if overrides:
             raise UsageError(f"{name} has no settings to --set")
         return cls()
@@ -36,8 +38,5 @@ def make_method(name: str, overrides: list[str] | None = None):
 
 def settings(name: str) -> dict:
     """The method's settings and their defaults (what --set can change)."""
-    import dataclasses
     cls = method_class(name)
-    if not hasattr(cls, "config_cls"):
-        return {}
-    return dataclasses.asdict(cls().config)
+    return cls.default_settings() if issubclass(cls, Configurable) else {}

@@ -37,10 +37,13 @@ class TorchMethod:
         self.model: nn.Module | None = None
         self.info: dict = {}
 
-    # -- to be provided by each method ---------------------------------------------------
-    def build(self) -> nn.Module:
-        raise NotImplementedError
+    @classmethod
+    def default_settings(cls) -> dict:
+        """Every setting and its default (what ``--set`` can change)."""
+        import dataclasses
+        return dataclasses.asdict(cls(cls.config_cls()).config)
 
+    # -- to be provided by each method ---------------------------------------------------
     def architecture(self) -> dict:
         """Constructor arguments that rebuild the network (stored in run.json)."""
         raise NotImplementedError

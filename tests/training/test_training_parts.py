@@ -130,3 +130,20 @@ def test_source_scale_is_the_distance_of_an_unseen_clip_not_a_fitted_one():
     estimate = method._unseen_distance(seen)
     assert in_sample < 0.9 * unseen                 # the bias this guards against is real
     assert abs(estimate - unseen) < 0.1 * unseen
+
+
+def test_every_method_satisfies_the_method_protocol_and_says_what_more_it_can_do():
+    from harken.training.method import (Configurable, Localisable, Method, Refittable,
+                                        ScoresAllRules)
+    from harken.training.methods import METHODS
+    from harken.training.methods import make_method
+    for name, cls in METHODS.items():
+        assert isinstance(make_method(name), Method), name
+        assert cls.name == name and cls.score_rules and cls.summary
+    assert {n for n, c in METHODS.items() if issubclass(c, Refittable)} == {
+        "mobilenetv2", "contrastive"}
+    assert {n for n, c in METHODS.items() if issubclass(c, Localisable)} == {"aegan-ad"}
+    assert not issubclass(METHODS["baseline-knn"], Configurable)
+    assert issubclass(METHODS["ae"], Configurable)
+    assert {n for n, c in METHODS.items() if issubclass(c, ScoresAllRules)} >= {
+        "aegan-ad", "gmgan", "oevae"}
