@@ -39,6 +39,7 @@ from tqdm import tqdm
 from harken.agent.errors import DataError, UsageError
 from harken.agent.rules import ScoreRule, make_rule, unit_embedding
 from harken.agent.rules.density import DEFAULT_K, local_densities
+from harken.training.section_bank import SectionBank
 from harken.training.augment import (frame_shift, median_filter_time, mixup, smote_target,
                                      spec_augment)
 from harken.training.config import TrainConfig
@@ -163,9 +164,7 @@ class ClassifierMethod(TorchMethod):
         super().__init__(config, overrides, spec)
         self.class_names: list[str] = []
         self.class_section = np.zeros(0, dtype=int)
-        self.bank: dict[int, np.ndarray] = {}           # section -> unit embeddings
-        self.bank_target: dict[int, np.ndarray] = {}    # section -> entry is a target clip
-        self.bank_scale: dict[int, np.ndarray] = {}     # section -> (source, target) distance
+        self.banks: dict[int, SectionBank] = {}
         self.bank_missing = ""
 
     def architecture(self) -> dict:
@@ -292,11 +291,8 @@ class ClassifierMethod(TorchMethod):
 
     def _save_scoring(self, run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for s, bank in self.bank.items():
-            np.save(run_dir / f"bank_section_{s:02d}.npy", bank)
-            np.save(run_dir / f"bank_section_{s:02d}_target.npy", self.bank_target[s])
-            np.save(run_dir / f"bank_section_{s:02d}_scale.npy", self.bank_scale[s])
-            np.save(run_dir / f"bank_section_{s:02d}_clips.npy", self.bank_clips[s])
+        for s, bank in self.banks.items():
+            bank.save(run_dir, s)
         np.save(run_dir / "embedding_mean.npy", self.emb_mean)
         np.save(run_dir / "embedding_std.npy", self.emb_std)
 
@@ -379,20 +375,20 @@ class ClassifierMethod(TorchMethod):
             self.emb_mean, self.emb_std = np.zeros(emb.shape[1]), np.ones(emb.shape[1])
         self.bank_missing = ""
         unit = self._unit(emb)
-        self.bank, self.bank_target, self.bank_scale = {}, {}, {}
-        self.bank_clips = {}
+        self.banks = {}
         for s in sorted({c.section for c in clips}):
-            # every training clip of the section, for the domain-agnostic density rule
-            self.bank_clips[s] = unit[[c.section == s for c in clips]]
             src = unit[[c.section == s and c.domain == "source" for c in clips]]
             tgt = unit[[c.section == s and c.domain == "target" for c in clips]]
             centres = self._centres(src)
-            self.bank[s] = np.concatenate([centres, tgt])
-            self.bank_target[s] = np.r_[np.zeros(len(centres), bool), np.ones(len(tgt), bool)]
-            self.bank_scale[s] = np.array([self._unseen_distance(src),
-                                           _typical_distance(tgt, tgt, leave_one_out=True)])
-            if not np.isfinite(self.bank_scale[s]).all():       # a domain without clips
-                self.bank_scale[s] = np.full(2, np.nanmean(self.bank_scale[s]))
+            scale = np.array([self._unseen_distance(src),
+                              _typical_distance(tgt, tgt, leave_one_out=True)])
+            if not np.isfinite(scale).all():       # a domain without clips
+                scale = np.full(2, np.nanmean(scale))
+            self.banks[s] = SectionBank(
+                np.concatenate([centres, tgt]),
+                np.r_[np.zeros(len(centres), bool), np.ones(len(tgt), bool)], scale,
+                # every training clip of the section, for the domain-agnostic density rule
+                unit[[c.section == s for c in clips]])
 
     def _centres(self, src: np.ndarray) -> np.ndarray:
         """k-means centres (unit length) of the source embeddings; the clips themselves
@@ -422,21 +418,21 @@ class ClassifierMethod(TorchMethod):
         """What agent/rules/ needs to score ``section`` with ``rule`` (export ships it)."""
         if self.bank_missing:
             raise RunError(self.bank_missing)
-        if section not in self.bank:
+        if section not in self.banks:
             raise DataError(f"section {section:02d} was not in the training data "
-                             f"(trained sections: {sorted(self.bank)})")
+                            f"(trained sections: {sorted(self.banks)})")
         if rule == "logit":
             return {"section_classes": self.class_section == section}
+        bank = self.banks[section]
         if rule == "embedding-density":
-            if section not in self.bank_clips:
+            if bank.clips is None:
                 raise RunError("this run was made before the embedding-density rule (no clip "
                                "bank); 'harken-train refit RUN' adds it")
-            bank = self.bank_clips[section]
-            return {"bank": bank, "bank_density": local_densities(bank, self.config.density_k),
+            return {"bank": bank.clips,
+                    "bank_density": local_densities(bank.clips, self.config.density_k),
                     "embedding_mean": self.emb_mean, "embedding_std": self.emb_std}
-        return {"bank": self.bank[section], "bank_target": self.bank_target[section],
-                "bank_scale": self.bank_scale[section], "embedding_mean": self.emb_mean,
-                "embedding_std": self.emb_std}
+        return {"bank": bank.entries, "bank_target": bank.is_target, "bank_scale": bank.scale,
+                "embedding_mean": self.emb_mean, "embedding_std": self.emb_std}
 
     def _rule_scores(self, logits: list[np.ndarray], emb: np.ndarray, clips: Sequence[Clip],
                      rule: str) -> np.ndarray:
@@ -472,23 +468,15 @@ class ClassifierMethod(TorchMethod):
         self.class_names = list(info["classes"])
         self.class_section = class_sections(self.class_names, info["machine"])
         sections = [int(s) for s in info["sections"]]
-        names = [f"bank_section_{s:02d}{part}.npy" for s in sections
-                 for part in ("", "_target", "_scale")] + ["embedding_mean.npy", "embedding_std.npy"]
-        missing = [n for n in names if not (run_dir / n).is_file()]
+        missing = [m for s in sections if (m := SectionBank.missing(run_dir, s))] + [
+            n for n in ("embedding_mean.npy", "embedding_std.npy") if not (run_dir / n).is_file()]
         if missing:     # scoring says so; refit() rebuilds them
             self.bank_missing = f"{run_dir}: no embedding bank ({missing[0]} missing); " \
                                 f"run 'harken-train refit {run_dir}'"
             return
-        self.bank = {s: load_array(run_dir, f"bank_section_{s:02d}.npy") for s in sections}
-        self.bank_target = {s: load_array(run_dir, f"bank_section_{s:02d}_target.npy")
-                            for s in sections}
-        self.bank_scale = {s: load_array(run_dir, f"bank_section_{s:02d}_scale.npy")
-                           for s in sections}
+        self.banks = {s: SectionBank.load(run_dir, s) for s in sections}
         self.emb_mean = load_array(run_dir, "embedding_mean.npy")
         self.emb_std = load_array(run_dir, "embedding_std.npy")
-        # runs made before the density rule have no clip bank; that rule says to refit
-        self.bank_clips = {s: load_array(run_dir, f"bank_section_{s:02d}_clips.npy")
-                           for s in sections if (run_dir / f"bank_section_{s:02d}_clips.npy").is_file()}
 
 
 def _typical_distance(points: np.ndarray, bank: np.ndarray, leave_one_out: bool) -> float:
