@@ -39,6 +39,7 @@ class Fleet:
     rows: dict[tuple[str, str], Row] = field(default_factory=dict)
     status: dict[str, str] = field(default_factory=dict)
     stats: dict[str, dict] = field(default_factory=dict)
+    malformed: int = 0                # messages skipped: not what docs/mqtt.md specifies
 
     def parse(self, topic: str, payload: bytes) -> dict | None:
         """The message as a record, or None when the topic is not a Harken one."""
@@ -62,6 +63,11 @@ class Fleet:
         if kind == "stats":
             self.stats[node] = body if isinstance(body, dict) else {}
             return
+        if kind == "score" and not _valid_score(body):
+            # anyone allowed to publish under the prefix could send this: skip and count it,
+            # never let it stop the view (a retained one would stop it at every start)
+            self.malformed += 1
+            return
         row = self.rows.setdefault((node, record["machine"]), Row(node, record["machine"]))
         if kind == "score" and isinstance(body, dict):
             # a queued score is as old as its timestamp, not its arrival
@@ -77,7 +83,9 @@ class Fleet:
     def table(self, now: float | None = None):
         from rich.table import Table
         now = time.time() if now is None else now
-        t = Table(title=f"harken fleet under '{self.prefix}/'", expand=False)
+        t = Table(title=f"harken fleet under '{self.prefix}/'", expand=False,
+                  caption=f"{self.malformed} malformed message(s) skipped"
+                  if self.malformed else None)
         for col in ("node", "machine", "score", "threshold", "anomaly", "status", "seq",
                     "last seen"):
             t.add_column(col, justify="right" if col in ("score", "threshold", "seq") else "left")
@@ -94,6 +102,18 @@ class Fleet:
                           "" if r.seq is None else str(r.seq),
                           "-" if math.isnan(age) else f"{age:.0f} s ago")
         return t
+
+
+def _number(x) -> bool:
+    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+
+
+def _valid_score(body) -> bool:
+    """A score payload as docs/mqtt.md specifies it (the fields the view reads)."""
+    return (isinstance(body, dict) and _number(body.get("score"))
+            and _number(body.get("threshold")) and _number(body.get("ts"))
+            and (body.get("seq") is None or (isinstance(body.get("seq"), int)
+                                             and not isinstance(body.get("seq"), bool))))
 
 
 def _num(x) -> str:

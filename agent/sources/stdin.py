@@ -19,7 +19,11 @@ def pcm_chunks(stream: BinaryIO | None, rate: int, chunk_s: float = 0.1,
     if sample_format not in dtypes:
         raise SourceError(f"PCM format {sample_format!r} not supported; use one of {list(dtypes)}")
     dtype, full_scale = dtypes[sample_format]
-    stream = stream or sys.stdin.buffer
+    if stream is None:
+        if sys.stdin is None:             # started with stdin closed (harken run ... <&-)
+            raise SourceError("audio.source = 'stdin', but standard input is closed: pipe "
+                              "audio in (arecord -t raw ... | harken run ...)")
+        stream = sys.stdin.buffer
     frame_bytes = np.dtype(dtype).itemsize * channels
     want = max(1, int(chunk_s * rate)) * frame_bytes
     pending = b""

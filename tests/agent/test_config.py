@@ -77,3 +77,22 @@ def test_values_can_come_from_files(tmp_path):
             load_config(write(tmp_path, GOOD.replace('node = "n1"', 'node_file = "bad-id"')))
     with pytest.raises(ConfigError, match="give 'agent.node' or 'agent.node_file', not both"):
         load_config(write(tmp_path, GOOD.replace('node = "n1"', 'node = "a"\nnode_file = "x"')))
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_threshold_that_is_not_a_number_is_refused_naming_the_key(tmp_path, value):
+    with pytest.raises(ConfigError, match=r"key 'decision\.threshold'"):
+        load_config(write(tmp_path, GOOD + f"[decision]\nthreshold = {value}\n"))
+
+
+def test_a_password_of_the_wrong_type_is_not_echoed(tmp_path):
+    with pytest.raises(ConfigError, match=r"key 'mqtt\.password' \(value not shown\)") as err:
+        load_config(write(tmp_path, GOOD + "[mqtt]\nusername = \"u\"\npassword = 98765432\n"))
+    assert "98765432" not in str(err.value)
+
+
+def test_a_binary_file_is_refused_naming_the_file(tmp_path):
+    p = tmp_path / "agent.toml"
+    p.write_bytes(b"\xff\xfe\x00binary\x81")
+    with pytest.raises(ConfigError, match=r"agent\.toml: not a TOML text file"):
+        load_config(p)

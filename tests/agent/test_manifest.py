@@ -59,3 +59,21 @@ def test_a_manifest_that_is_not_an_object_is_refused(tmp_path):
     with pytest.raises(BundleError, match="expected a JSON object, got list"):
         _read(tmp_path, [1, 2])
     assert Manifest.model_validate(_manifest()).scoring.rule == "mse"
+
+
+def test_a_hostile_manifest_is_refused_without_a_traceback_or_reading_it_whole(tmp_path):
+    path = tmp_path / "manifest.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(BundleError, match="nested too deeply"):
+        read_manifest(path)
+    with open(path, "wb") as f:                      # 2 MiB: refused by its size alone
+        f.write(b" " * (2 << 20))
+    with pytest.raises(BundleError, match="2097152 bytes; a manifest is at most 1048576"):
+        read_manifest(path)
+
+
+def test_sections_that_are_not_numbers_are_refused_naming_the_field(tmp_path):
+    data = _manifest()
+    data["model"]["sections"] = ["a"]
+    with pytest.raises(BundleError, match=r"model\.sections: field '0' .*integer.*'a'"):
+        _read(tmp_path, data)

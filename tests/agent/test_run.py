@@ -106,6 +106,15 @@ def test_raw_pcm_on_stdin(ae_bundle, recordings, tmp_path):
     assert len(scores) == 2 and all(s["status"] == "ok" for s in scores)
 
 
+def test_stdin_source_with_stdin_closed_is_one_clear_line(ae_bundle, tmp_path):
+    import shlex
+    cfg = config(tmp_path, ae_bundle, source="stdin")
+    cmd = f"{shlex.quote(sys.executable)} -m harken.agent.cli run --config {shlex.quote(str(cfg))} <&-"
+    out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "standard input is closed" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_score_files_offline(ae_bundle, recordings, tmp_path, capsys):
     root, _, _ = recordings
     x, _ = read_wav(root / "normal_then_faulty.wav", RATE)

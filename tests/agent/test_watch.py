@@ -89,3 +89,34 @@ def test_the_fleet_table_keeps_the_latest_state_per_machine():
     console.print(fleet.table(now=130.0))
     text = console.export_text()
     assert "30 s ago" in text and "offline" in text
+
+
+def test_a_broker_url_error_never_echoes_the_password():
+    for bad in ("mqtt://op:s3cr3t-pw@host:99999", "http://op:s3cr3t-pw@host"):
+        try:
+            parse_broker_url(bad)
+        except BrokerError as exc:
+            assert "s3cr3t-pw" not in str(exc) and "op:***@host" in str(exc)
+        else:
+            raise AssertionError(bad)
+
+
+def test_malformed_score_messages_are_skipped_and_counted_not_fatal():
+    """A retained score whose fields have the wrong types (published by anyone allowed
+    under the prefix) must not stop the plant's view."""
+    import io
+
+    from rich.console import Console
+
+    from harken.agent.watch import Fleet
+    fleet = Fleet("harken")
+    good = b'{"ts": 1.0, "seq": 3, "score": 1.5, "threshold": 2.0, "anomaly": false}'
+    for payload in (b'{"score": "high"}', b'{"score": [1, 2]}', b'{"score": {"a": 1}}',
+                    b'{"score": 1.0, "seq": "7"}', b'{"score": true}', b'"just text"', good):
+        fleet.update(fleet.parse("harken/n1/fan/score", payload), now=2.0)
+    assert fleet.malformed == 6
+    row = fleet.rows[("n1", "fan")]
+    assert (row.score, row.seq, row.anomaly) == (1.5, 3, "OFF")
+    text = io.StringIO()
+    Console(file=text, width=120).print(fleet.table(now=3.0))
+    assert "6 malformed message(s) skipped" in text.getvalue() and "1.5" in text.getvalue()

@@ -1,0 +1,218 @@
+"""Model bundles on the device: read, check and refuse (DESIGN.md contract 2; docs/bundle.md).
+
+A bundle is a directory (or a .tar / .tar.gz of one) with ``manifest.json``, model files and
+``.npy`` arrays. Loading checks everything before any model runs: schema version, the
+feature spec (the agent must be able to compute it), every file's size and sha256, array
+loading without pickle, and each artifact's declared input against the feature window.
+Every refusal names the file and the manifest field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pydantic import ValidationError
+
+from harken.agent.errors import HarkenError
+from harken.agent.features import FeatureSpec, FeatureSpecError
+from harken.agent.manifest import (ARTIFACT_KINDS, MANIFEST, OUTPUTS, SCHEMA_VERSION,
+                                   FileEntry, Manifest, explain)
+from harken.agent.rules import RULES, ScoreRule, make_rule, output_of
+
+__all__ = ["ARTIFACT_KINDS", "MANIFEST", "OUTPUTS", "SCHEMA_VERSION", "Artifact", "Bundle",
+           "BundleError", "open_bundle", "sha256_file"]
+
+
+class BundleError(HarkenError, ValueError):
+    """A bundle the agent refuses; the message names the file and the field."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Artifact:
+    kind: str                         # one of ARTIFACT_KINDS
+    path: Path
+    input_shape: tuple[int, ...]
+    input_dtype: str                  # float32 | int8
+    input_quant: tuple[float, int] | None
+    outputs: dict[str, dict]          # semantics -> {"index" | "name", "scale", "zero_point"}
+
+    @property
+    def runtime(self) -> str:
+        return self.kind.split("-")[0]
+
+
+@dataclass
+class Bundle:
+    root: Path
+    manifest: Manifest
+    spec: FeatureSpec
+    artifacts: dict[str, Artifact]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest.model.id
+
+    @property
+    def machine(self) -> str:
+        return self.manifest.model.machine
+
+    @property
+    def sections(self) -> list[int]:
+        return list(self.manifest.model.sections)
+
+    @property
+    def rule_name(self) -> str:
+        return self.manifest.scoring.rule
+
+    @property
+    def threshold(self) -> float | None:
+        """None for a bundle nobody has set a threshold for (run ``harken calibrate``)."""
+        value = self.manifest.threshold.value
+        return None if value is None else float(value)
+
+    def rule(self, section: int) -> ScoreRule:
+        """The score rule of ``section`` with its arrays."""
+        if section not in self.sections:
+            raise BundleError(f"{self.root / MANIFEST}: model.sections is {self.sections}; "
+                              f"section {section:02d} is not among them")
+        names = self.manifest.scoring.sections.get(f"{section:02d}", {})
+        return make_rule(self.rule_name, {k: self.arrays[v] for k, v in names.items()})
+
+    def artifact(self, kind: str | None = None) -> Artifact:
+        """The artifact of ``kind``; without one, the first int8 one there is."""
+        if kind is None:
+            for k in ("tflite-int8", "onnx-int8", "onnx-fp32", "tflite-fp32"):
+                if k in self.artifacts:
+                    return self.artifacts[k]
+        if kind not in self.artifacts:
+            raise BundleError(f"{self.root / MANIFEST}: no artifact '{kind}' in this bundle "
+                              f"(it has {sorted(self.artifacts)})")
+        return self.artifacts[kind]
+
+
+def _checked_file(root: Path, entry: FileEntry, where: str) -> Path:
+    path = (root / entry.path).resolve()
+    if root.resolve() not in path.parents:
+        raise BundleError(f"{where}: path '{entry.path}' leaves the bundle")
+    if not path.is_file():
+        raise BundleError(f"{where}: file {path} is missing")
+    if path.stat().st_size != entry.size:
+        raise BundleError(f"{path}: size is {path.stat().st_size} bytes, the manifest's "
+                          f"'{where}.size' says {entry.size}")
+    if sha256_file(path) != entry.sha256:
+        raise BundleError(f"{path}: sha256 does not match the manifest's '{where}.sha256' "
+                          f"(file corrupt or changed)")
+    return path
+
+
+def read_manifest(manifest_path: Path) -> Manifest:
+    """The typed manifest; the schema version is checked first, so a manifest from a
+    newer exporter is refused with the reason rather than a field error."""
+    try:
+        data = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
+    where = str(manifest_path)
+    if not isinstance(data, dict):
+        raise BundleError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version")
+    if isinstance(version, int) and version != SCHEMA_VERSION:
+        raise BundleError(f"{where}: field 'schema_version' is {version}; this agent reads "
+                          f"version {SCHEMA_VERSION} (update the agent or re-export)")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise BundleError(explain(exc, where)) from None
+
+
+def open_bundle(path: str | Path, extract_to: Path | None = None) -> Bundle:
+    """Read and check a bundle directory or tarball."""
+    path = Path(path)
+    if path.is_file() and tarfile.is_tarfile(path):
+        path = _extract(path, extract_to)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{path}: not a bundle ({MANIFEST} missing)")
+    manifest = read_manifest(manifest_path)
+    where = str(manifest_path)
+    try:
+        spec = FeatureSpec.from_dict(manifest.feature_spec, f"{where}: feature_spec")
+    except FeatureSpecError as exc:
+        raise BundleError(str(exc)) from None
+    rule = manifest.scoring.rule
+    if rule not in RULES:
+        raise BundleError(f"{where}: field 'scoring.rule' is {rule!r}; this agent knows "
+                          f"{list(RULES)}")
+
+    arrays = {}
+    for name, entry in manifest.arrays.items():
+        file = _checked_file(path, entry, f"{where}: arrays.{name}")
+        try:
+            arrays[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{file}: not a plain .npy array ({exc})") from None
+    for s in manifest.model.sections:
+        for key, name in manifest.scoring.sections.get(f"{s:02d}", {}).items():
+            if name not in arrays:
+                raise BundleError(f"{where}: scoring.sections.{s:02d}.{key} names array "
+                                  f"'{name}', which is not in 'arrays'")
+
+    window = spec.window_frames * spec.n_mels
+    artifacts = {}
+    for kind, entry in manifest.artifacts.items():
+        at = f"{where}: artifacts.{kind}"
+        if kind not in ARTIFACT_KINDS:
+            raise BundleError(f"{at}: unknown artifact kind; known: {list(ARTIFACT_KINDS)}")
+        file = _checked_file(path, entry, at)
+        inp = entry.input
+        shape = tuple(inp.shape)
+        if int(np.prod(shape)) != window:
+            raise BundleError(f"{at}.input.shape is {list(shape)}, but the feature spec's window "
+                              f"is {spec.window_frames} frames x {spec.n_mels} mels = {window} "
+                              f"values")
+        quant = None
+        if inp.dtype == "int8":
+            if inp.scale is None or inp.zero_point is None:
+                missing = "scale" if inp.scale is None else "zero_point"
+                raise BundleError(f"{at}.input: field '{missing}' is missing (int8 input)")
+            quant = (float(inp.scale), int(inp.zero_point))
+        bad = sorted(set(entry.outputs) - set(OUTPUTS))
+        if bad:
+            raise BundleError(f"{at}.outputs: unknown output {bad[0]!r}; known: {list(OUTPUTS)}")
+        needed = output_of(rule)
+        if needed not in entry.outputs:
+            raise BundleError(f"{at}.outputs has {sorted(entry.outputs)}; scoring rule '{rule}' "
+                              f"needs '{needed}'")
+        artifacts[kind] = Artifact(kind, file, shape, inp.dtype, quant, entry.outputs)
+    if not artifacts:
+        raise BundleError(f"{where}: field 'artifacts' lists no model")
+    return Bundle(path, manifest, spec, artifacts, arrays)
+
+
+def _extract(tar_path: Path, into: Path | None) -> Path:
+    into = into or Path(tempfile.mkdtemp(prefix="harken-bundle-"))
+    try:
+        with tarfile.open(tar_path) as tar:
+            tar.extractall(into, filter="data")      # no links out, no absolute paths
+    except (tarfile.TarError, OSError) as exc:
+        raise BundleError(f"{tar_path}: cannot unpack ({exc})") from None
+    found = sorted(p.parent for p in into.rglob(MANIFEST))
+    if not found:
+        raise BundleError(f"{tar_path}: no {MANIFEST} inside")
+    return found[0]

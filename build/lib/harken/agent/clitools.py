@@ -1,0 +1,34 @@
+"""What every Harken command line shares: user mistakes (``HarkenError``, and OSError: a
+file that is missing or unreadable) become one line on stderr and exit status 2, never a
+traceback (``--debug`` shows it). Any other exception is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from harken.agent.errors import HarkenError
+
+
+def command_parser(prog: str, description: str | None
+                   ) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """A parser with ``--debug`` (which ``run_command`` reads) and required sub-commands."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    return parser, parser.add_subparsers(dest="command", required=True)
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None,
+                user_errors: tuple[type[BaseException], ...] = (HarkenError, OSError)) -> int:
+    """Parse ``argv``, run the chosen sub-command's ``func`` and map errors to exit codes."""
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except user_errors as exc:
+        if args.debug:
+            raise
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130

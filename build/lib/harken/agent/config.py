@@ -1,0 +1,228 @@
+"""The agent's TOML configuration, validated on load (pydantic): an error names the file,
+the key, the bad value and what is allowed; unknown keys are errors. Relative paths are
+relative to the config file. A calibration override (``harken calibrate``) replaces the
+bundle's threshold without touching the bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from harken.agent.errors import HarkenError
+
+try:
+    import tomllib
+except ModuleNotFoundError:           # Python 3.10
+    import tomli as tomllib           # type: ignore[no-redef]
+
+
+class ConfigError(HarkenError, ValueError):
+    """A configuration the agent refuses; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentSection(_Section):
+    node: str = Field("harken-node", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    machine: str = Field("machine", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    section: int = Field(0, ge=0, le=99)
+    state_dir: str = "state"          # calibration override, counters
+
+
+class ModelSection(_Section):
+    bundle: str
+    artifact: Literal["tflite-int8", "onnx-int8", "onnx-fp32", "tflite-fp32"] | None = None
+    threads: int = Field(1, ge=1, le=64)
+
+
+class AudioSection(_Section):
+    source: Literal["mic", "file", "stdin"] = "mic"
+    device: str | int | None = None   # PortAudio input: index or (part of) its name
+    file: str | None = None
+    realtime: bool = True             # file source paced like a microphone
+    loop: bool = False                # file source restarts at the end (demos)
+    pcm_format: Literal["s16le", "s32le", "f32le"] = "s16le"
+    channels: int = Field(1, ge=1, le=32)
+    block_s: float = Field(0.1, gt=0, le=2)
+    ring_s: float = Field(30.0, ge=1, le=600)
+    reopen_s: float = Field(5.0, gt=0, le=3600)     # retry a lost microphone this often
+
+    @model_validator(mode="after")
+    def _file_needs_path(self):
+        if self.source == "file" and not self.file:
+            raise ValueError("audio.source = 'file' needs audio.file")
+        return self
+
+
+class DecisionSection(_Section):
+    interval_s: float = Field(10.0, ge=0.5, le=600)
+    k_on: int = Field(2, ge=1, le=100)
+    n: int = Field(3, ge=1, le=100)
+    n_off: int = Field(3, ge=1, le=100)
+    threshold: float | None = None    # overrides bundle and calibration when set
+
+    @model_validator(mode="after")
+    def _k_within_n(self):
+        if self.k_on > self.n:
+            raise ValueError(f"decision.k_on ({self.k_on}) cannot exceed decision.n ({self.n})")
+        return self
+
+
+class OutputSection(_Section):
+    stdout: bool = True
+    file: str | None = None           # also append JSON lines here
+    stats_s: float = Field(60.0, ge=1, le=3600)   # health record every this many seconds
+
+
+class MqttSection(_Section):
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = Field(1883, ge=1, le=65535)
+    prefix: str = Field("harken", min_length=1, pattern=r"^[A-Za-z0-9_./-]+$")
+    client_id: str = ""               # default harken-<node>: stable across restarts
+    keepalive: int = Field(30, ge=5, le=3600)
+    username: str | None = None
+    password: str | None = Field(None, repr=False)   # or password_file = "..." (see above)
+    password_env: str | None = None   # or the name of an environment variable
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False        # certificate verification off: logged as a warning
+    outbox: str = "outbox.db"         # in agent.state_dir
+    outbox_max: int = Field(100_000, ge=10)
+    homeassistant: bool = False       # publish Home Assistant device discovery
+    discovery_prefix: str = Field("homeassistant", min_length=1,
+                                  pattern=r"^[A-Za-z0-9_./-]+$")
+
+    def resolved_password(self) -> str | None:
+        import os
+        if self.password is not None:
+            return self.password
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(f"mqtt.password_env: environment variable "
+                                  f"{self.password_env} is not set")
+            return value
+        return None
+
+
+class Config(_Section):
+    agent: AgentSection = AgentSection()
+    model: ModelSection
+    audio: AudioSection = AudioSection()
+    decision: DecisionSection = DecisionSection()
+    output: OutputSection = OutputSection()
+    mqtt: MqttSection = MqttSection()
+    source_file: str = ""
+
+    def path(self, value: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() or not self.source_file else \
+            Path(self.source_file).parent / p
+
+    @property
+    def override_file(self) -> Path:
+        return self.path(self.agent.state_dir) / f"threshold-{self.agent.machine}.json"
+
+
+def _explain(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}'")
+        elif err["type"] == "missing":
+            lines.append(f"{source}: key '{key}' is required")
+        else:
+            got = err.get("input")
+            lines.append(f"{source}: key '{key}' = {got!r}: {err['msg']}"
+                         if key else f"{source}: {err['msg']}")
+    return "\n".join(lines)
+
+
+SECTIONS = {"agent": AgentSection, "model": ModelSection, "audio": AudioSection,
+            "decision": DecisionSection, "output": OutputSection, "mqtt": MqttSection}
+
+
+def first_line(path: Path) -> str:
+    """A file's first line, stripped (how secrets and provisioned ids are handed over);
+    ValueError saying why when there is none."""
+    try:
+        return Path(path).read_text().splitlines()[0].strip()
+    except OSError as exc:
+        raise ValueError(exc.strerror or str(exc)) from None
+    except IndexError:
+        raise ValueError("empty file") from None
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+
+
+def _values_from_files(data: dict, source: str) -> dict:
+    """``KEY_file = "path"`` sets the text value KEY from that file's contents (first line),
+    so that secrets and provisioned ids need not sit in the config."""
+    base = Path(source).parent if source != "<config>" else Path(".")
+    out = {}
+    for name, section in data.items():
+        model = SECTIONS.get(name)
+        if model is None or not isinstance(section, dict):
+            out[name] = section
+            continue
+        section = dict(section)
+        for key in [k for k in section if k.endswith("_file") and k[:-5] in model.model_fields]:
+            field = key[:-5]
+            if field in section:
+                raise ConfigError(f"{source}: give '{name}.{field}' or '{name}.{key}', not both")
+            path = Path(str(section.pop(key))).expanduser()
+            path = path if path.is_absolute() else base / path
+            try:
+                section[field] = first_line(path)
+            except ValueError as exc:
+                raise ConfigError(f"{source}: key '{name}.{key}': cannot read a value from "
+                                  f"{path} ({exc})") from None
+        out[name] = section
+    return out
+
+
+def parse_config(data: dict, source: str = "<config>") -> Config:
+    data = _values_from_files(data, source)
+    try:
+        return Config(**data, source_file=source)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, source)) from None
+    except TypeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    if "source_file" in data:
+        raise ConfigError(f"{path}: unknown key 'source_file'")
+    return parse_config(data, str(path))
+
+
+def read_override(config: Config) -> dict | None:
+    """The calibration override for this machine, if one was written."""
+    f = config.override_file
+    if not f.is_file():
+        return None
+    try:
+        data = json.loads(f.read_text())
+        float(data["threshold"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{f}: calibration override unreadable ({exc}); delete it or "
+                          f"run 'harken calibrate' again") from None
+    return data

@@ -1,0 +1,129 @@
+"""Audio chunks in, one scored report interval out: streaming log-mel -> feature windows ->
+bundle scorer -> decision. Knows nothing about where audio comes from or where results go.
+
+A report interval is a fixed number of feature frames (``interval_s`` of audio, 10 s by
+default like a DCASE clip); its windows are scored together exactly as a clip is in
+evaluation (agent/rules/), so thresholds fitted on clips hold on the device.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from harken.agent.errors import UsageError
+from harken.agent.decision import Decision, Event
+from harken.agent.features import StreamingLogMel, n_windows, windows
+from harken.agent.health import AudioCheck, check_audio
+from harken.agent.scorer import BundleScorer
+
+
+@dataclass
+class IntervalResult:
+    """One report interval: the score payload of DESIGN contract 3, plus health."""
+    ts: float
+    seq: int
+    score: float | None
+    threshold: float
+    anomaly: bool
+    interval_s: float
+    model: str
+    backend: str
+    status: str                      # ok | silent | clipped | invalid
+    rms_dbfs: float
+    windows: int
+    inference_ms: float
+    event: Event | None = None
+    extra: dict = field(default_factory=dict)
+    arrived: float = 0.0             # time.monotonic() when the audio completing it arrived
+
+    def payload(self) -> dict:
+        """The contract's score payload (JSON-ready)."""
+        return {"ts": round(self.ts, 3), "seq": self.seq,
+                "score": None if self.score is None else round(self.score, 6),
+                "threshold": self.threshold, "anomaly": self.anomaly,
+                "interval_s": self.interval_s, "model": self.model, "backend": self.backend,
+                "status": self.status,
+                "rms_dbfs": None if not np.isfinite(self.rms_dbfs) else round(self.rms_dbfs, 1),
+                "windows": self.windows, "inference_ms": round(self.inference_ms, 3),
+                **self.extra}
+
+
+class Pipeline:
+    def __init__(self, scorer: BundleScorer, decision: Decision, interval_s: float = 10.0,
+                 seq_start: int = 1, clock: Callable[[], float] = time.time) -> None:
+        spec = scorer.bundle.spec
+        self.scorer, self.decision, self.spec = scorer, decision, spec
+        self.interval_frames = max(int(round(interval_s / spec.frame_seconds)),
+                                   spec.window_frames)
+        if n_windows(self.interval_frames, spec) < 1:
+            raise UsageError(f"interval_s={interval_s} holds no {spec.window_frames}-frame window")
+        self.interval_s = interval_s
+        self.interval_samples = self.interval_frames * spec.hop_length
+        self.stream = StreamingLogMel(spec)
+        self.seq = seq_start
+        self.clock = clock
+        self._frames: list[np.ndarray] = []
+        self._n_frames = 0
+        self._audio: list[np.ndarray] = []
+        self._n_audio = 0
+        self.model_id = scorer.bundle.model_id
+
+    def push(self, chunk: np.ndarray) -> list[IntervalResult]:
+        """Feed float32 samples at the bundle's rate; returns the intervals completed."""
+        arrived = time.monotonic()
+        chunk = np.asarray(chunk, dtype=np.float32)
+        self._audio.append(chunk)
+        self._n_audio += chunk.size
+        return self._add_frames(self.stream.push(chunk), arrived)
+
+    def finish(self) -> list[IntervalResult]:
+        """End of a recording: the last frames (centre padding) and a final interval if
+        they complete one; then the stream starts afresh (the next file, say)."""
+        out = self._add_frames(self.stream.finish(), time.monotonic())
+        self._frames, self._n_frames, self._audio, self._n_audio = [], 0, [], 0
+        return out
+
+    def _add_frames(self, frames: np.ndarray, arrived: float) -> list[IntervalResult]:
+        if len(frames):
+            self._frames.append(frames)
+            self._n_frames += len(frames)
+        out = []
+        while self._n_frames >= self.interval_frames:
+            out.append(self._interval(arrived))
+        return out
+
+    def _take(self, parts: list[np.ndarray], n: int) -> np.ndarray:
+        whole = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        parts[:] = [whole[n:]] if len(whole) > n else []
+        return whole[:n]
+
+    def _interval(self, arrived: float) -> IntervalResult:
+        frames = self._take(self._frames, self.interval_frames)
+        self._n_frames -= self.interval_frames
+        n_audio = min(self._n_audio, self.interval_samples)
+        audio = self._take(self._audio, n_audio) if n_audio else np.zeros(0, np.float32)
+        self._n_audio -= n_audio
+        health = check_audio(audio)
+        score, n_win, ms = None, 0, 0.0
+        if health.ok:
+            w = windows(frames, self.spec)
+            t = time.perf_counter()
+            evidence = self.scorer.evidence(w)
+            score = self.scorer.reduce(evidence)
+            ms = 1e3 * (time.perf_counter() - t) / max(len(w), 1)
+            n_win = len(w)
+            if not np.isfinite(score):
+                score = None
+                health = AudioCheck("invalid", health.rms_dbfs, health.clipped_fraction)
+        ts = self.clock()
+        event = self.decision.update(score, ts)
+        result = IntervalResult(ts, self.seq, score, self.decision.threshold,
+                                self.decision.anomaly, self.interval_s, self.model_id,
+                                self.scorer.backend.name, health.status, health.rms_dbfs,
+                                n_win, ms, event, arrived=arrived)
+        self.seq += 1
+        return result

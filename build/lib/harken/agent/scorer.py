@@ -1,0 +1,50 @@
+"""Bundle + backend + rule: feature windows in, evidence rows and interval scores out.
+
+The one scoring path of the product: the agent's live loop, ``harken-export verify`` and the
+third-party import test all score through ``BundleScorer``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harken.agent.backends import Backend, open_backend
+from harken.agent.bundle import Bundle
+from harken.agent.features import windows
+
+
+def model_input(window: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """One (frames, mels) window -> the model's input: the AE's frame-major vector (2-D
+    shapes), or the CNN's (mels, frames) image with whatever singleton axes ``shape`` has
+    (NCHW for ONNX, NHWC for TFLite: with one channel both are the same memory)."""
+    if len(shape) == 2:
+        return np.ascontiguousarray(window, dtype=np.float32).reshape(shape)
+    return np.ascontiguousarray(window.T, dtype=np.float32).reshape(shape)
+
+
+class BundleScorer:
+    def __init__(self, bundle: Bundle, section: int, artifact: str | None = None,
+                 threads: int = 1, backend: Backend | None = None) -> None:
+        self.bundle = bundle
+        self.artifact = bundle.artifact(artifact)
+        self.backend = backend or open_backend(self.artifact, threads)
+        self.rule = bundle.rule(section)
+        self.section = section
+
+    def evidence(self, feature_windows: np.ndarray) -> np.ndarray:
+        """(n, frames, mels) windows -> (n, k) evidence rows (see agent/rules/)."""
+        shape = self.artifact.input_shape
+        rows = []
+        for w in feature_windows:
+            x = model_input(w, shape)
+            y = self.backend.run(x)[self.rule.output]
+            rows.append(self.rule.evidence(x.reshape(1, -1), y.reshape(1, -1)))
+        k = rows[0].shape[1] if rows else 1
+        return np.concatenate(rows) if rows else np.empty((0, k))
+
+    def reduce(self, evidence: np.ndarray) -> float:
+        return self.rule.reduce(evidence)
+
+    def score_logmel(self, logmel: np.ndarray) -> float:
+        """Score of one clip's (frames, mels) log-mel (at least one window long)."""
+        return self.reduce(self.evidence(windows(logmel, self.bundle.spec)))

@@ -1,0 +1,59 @@
+"""The systemd notify protocol (sd_notify), written out with the stdlib: one datagram per
+message to $NOTIFY_SOCKET. No libsystemd binding is needed on the device for four words.
+
+READY=1 once the bundle is loaded and audio flows; WATCHDOG=1 only while audio frames
+advance (a wedged capture stops the pings and systemd restarts the service); STATUS= lines
+for `systemctl status`; STOPPING=1 on shutdown. Without $NOTIFY_SOCKET every call is a
+no-op, so the same code runs outside systemd.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+
+class Notifier:
+    def __init__(self, environ: dict | None = None) -> None:
+        env = os.environ if environ is None else environ
+        path = env.get("NOTIFY_SOCKET", "")
+        self.address = ("\0" + path[1:]) if path.startswith("@") else path
+        usec = env.get("WATCHDOG_USEC", "")
+        # ping at half the watchdog period, as sd_watchdog_enabled(3) advises
+        self.watchdog_s = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else None
+        self._last_ping = 0.0
+        self._last_progress = -1
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address)
+
+    def send(self, message: str) -> None:
+        if not self.address:
+            return
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                s.setblocking(False)     # a full notify queue must never stall the audio loop
+                s.sendto(message.encode(), self.address)
+        except OSError:            # systemd gone, queue full, socket unwritable: never fatal
+            pass
+
+    def ready(self, status: str) -> None:
+        self.send(f"READY=1\nSTATUS={status}")
+
+    def status(self, status: str) -> None:
+        self.send(f"STATUS={status}")
+
+    def stopping(self) -> None:
+        self.send("STOPPING=1")
+
+    def progress(self, samples: int) -> None:
+        """Ping the watchdog when due, but only if ``samples`` (audio consumed so far) has
+        advanced since the last ping."""
+        if self.watchdog_s is None or samples <= self._last_progress:
+            return
+        now = time.monotonic()
+        if now - self._last_ping >= self.watchdog_s:
+            self.send("WATCHDOG=1")
+            self._last_ping, self._last_progress = now, samples

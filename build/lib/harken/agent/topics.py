@@ -1,0 +1,77 @@
+"""The MQTT topic scheme (docs/mqtt.md), written once: the publisher, Home Assistant
+discovery and ``harken watch`` build and parse topics here.
+
+``<prefix>/<node>/status`` and ``<prefix>/<node>/stats`` per node;
+``<prefix>/<node>/<machine>/{score,anomaly,event}`` per monitored machine;
+``<discovery_prefix>/device/<object id>/config`` for Home Assistant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NODE_KINDS = ("status", "stats")
+MACHINE_KINDS = ("score", "anomaly", "event")
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topics of one node under ``prefix``."""
+    prefix: str
+    node: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}/{self.node}"
+
+    @property
+    def status(self) -> str:
+        return f"{self.base}/status"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.base}/stats"
+
+    def machine(self, machine: str, kind: str) -> str:
+        """``kind`` is one of MACHINE_KINDS."""
+        if kind not in MACHINE_KINDS:
+            raise ValueError(f"unknown machine topic {kind!r}; known: {list(MACHINE_KINDS)}")
+        return f"{self.base}/{machine}/{kind}"
+
+
+@dataclass(frozen=True)
+class ParsedTopic:
+    node: str
+    machine: str | None          # None for the node topics
+    kind: str                    # one of NODE_KINDS or MACHINE_KINDS
+
+
+def parse_topic(prefix: str, topic: str) -> ParsedTopic | None:
+    """The parts of a Harken topic under ``prefix``; None for any other topic."""
+    if not topic.startswith(prefix + "/"):
+        return None
+    parts = topic[len(prefix) + 1:].split("/")
+    if len(parts) == 2 and parts[1] in NODE_KINDS:
+        return ParsedTopic(parts[0], None, parts[1])
+    if len(parts) == 3 and parts[2] in MACHINE_KINDS:
+        return ParsedTopic(parts[0], parts[1], parts[2])
+    return None
+
+
+def subscription(prefix: str) -> str:
+    """Every Harken topic of every node under ``prefix``."""
+    return f"{prefix}/#"
+
+
+def ha_status_topic(discovery_prefix: str) -> str:
+    """Home Assistant's birth/will topic (``online`` after it restarts)."""
+    return f"{discovery_prefix}/status"
+
+
+def object_id(node: str) -> str:
+    """Home Assistant ids allow [a-zA-Z0-9_-] only."""
+    return "harken_" + "".join(c if c.isalnum() or c in "_-" else "_" for c in node)
+
+
+def discovery_topic(discovery_prefix: str, node: str) -> str:
+    return f"{discovery_prefix}/device/{object_id(node)}/config"

@@ -1,0 +1,169 @@
+"""Writing bundles (DESIGN.md contract 2): model files, scoring arrays and the manifest that
+``agent/bundle.py`` checks. The reader lives in the agent; this module only writes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harken.agent.bundle import open_bundle, sha256_file
+from harken.agent.manifest import MANIFEST, SCHEMA_VERSION, Manifest
+from harken.agent.rules import output_of
+from harken.agent.scorer import model_input
+from harken.export.graphs import ExportError, InferenceGraph, calibration_windows, load_graph
+from harken.training.runs import code_version
+
+FORMATS = ("onnx", "tflite")
+PRECISIONS = ("int8", "fp32", "both")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    formats: tuple[str, ...] = FORMATS
+    precision: str = "int8"           # int8 | fp32 | both (ONNX fp32 is always written)
+    calibration_windows: int = 300
+    calibration_method: str = "minmax"
+    int8_io: bool = False             # TFLite int8 input/output instead of float
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad or not self.formats:
+            raise ExportError(f"--formats: {bad or 'nothing'} given; choose from {list(FORMATS)}")
+        if self.precision not in PRECISIONS:
+            raise ExportError(f"--precision must be one of {list(PRECISIONS)}, got "
+                              f"{self.precision!r}")
+        if self.calibration_windows < 200:
+            raise ExportError(f"--calib-windows: int8 calibration needs at least 200 windows, "
+                              f"got {self.calibration_windows}")
+
+
+def _entry(root: Path, path: Path) -> dict:
+    return {"path": path.relative_to(root).as_posix(), "size": path.stat().st_size,
+            "sha256": sha256_file(path)}
+
+
+def scoring_arrays(graph: InferenceGraph, rule: str) -> tuple[dict[str, np.ndarray],
+                                                             dict[str, dict[str, str]]]:
+    """The score rule's arrays (name -> array) and, per section, which array is which:
+    each method says what its rule needs (``rule_arrays``); an array that several
+    sections share (the embedding standardisation) is stored once."""
+    m = graph.method
+    arrays: dict[str, np.ndarray] = {}
+    sections: dict[str, dict[str, str]] = {}
+    for s in [int(x) for x in m.info["sections"]]:
+        key = f"{s:02d}"
+        sections[key] = {}
+        for role, a in m.rule_arrays(s, rule).items():
+            a = np.asarray(a)
+            same = next((n for n, b in arrays.items() if n.startswith(f"{role}_")
+                         and b.dtype == a.dtype and np.array_equal(b, a)), None)
+            name = same or f"{role}_{key}"
+            arrays[name] = a
+            sections[key][role] = name
+    return arrays, sections
+
+
+def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
+                 options: ExportOptions = ExportOptions(),
+                 progress: Callable[[str], None] = lambda msg: None) -> Path:
+    """Export the run in ``run_dir`` into the bundle directory ``out``; returns ``out``."""
+    graph = load_graph(run_dir)
+    method, info, spec = graph.method, graph.method.info, graph.method.spec
+    rule = method.default_rule
+    out.mkdir(parents=True, exist_ok=True)
+    if any(out.iterdir()):
+        raise ExportError(f"{out}: not empty; give a new folder for the bundle")
+    artifacts: dict[str, dict] = {}
+
+    progress("ONNX fp32")
+    from harken.export.onnx_export import INPUT_NAME, export_fp32, quantize_int8
+    onnx_fp32 = export_fp32(graph, out / "model.fp32.onnx")
+    onnx_io = {"input": {"name": INPUT_NAME, "shape": list(graph.input_shape), "dtype": "float32"},
+               "outputs": {o: {"name": o} for o in graph.outputs}}
+    if "onnx" in options.formats and options.precision in ("fp32", "both"):
+        artifacts["onnx-fp32"] = {**_entry(out, onnx_fp32), **onnx_io}
+    if options.precision in ("int8", "both"):
+        root = Path(calib_root or info["corpus"]["root"])
+        progress(f"calibration windows from the training clips under {root}")
+        windows = calibration_windows(root, info["machine"], spec, options.calibration_windows,
+                                      options.seed)
+        calib = np.stack([model_input(w, graph.input_shape) for w in windows])
+        if "onnx" in options.formats:
+            progress("ONNX int8 (onnxruntime static quantization)")
+            path = quantize_int8(onnx_fp32, calib, out / "model.int8.onnx",
+                                 options.calibration_method)
+            artifacts["onnx-int8"] = {**_entry(out, path), **onnx_io,
+                                      "calibration": _calibration(options, root)}
+        if "tflite" in options.formats:
+            progress("TFLite int8 (TensorFlow converter)")
+            from harken.export.tflite_export import export_int8, tflite_io
+            path = export_int8(graph, calib, out / "model.int8.tflite", options.int8_io)
+            artifacts["tflite-int8"] = {**_entry(out, path), **tflite_io(path),
+                                        "calibration": _calibration(options, root)}
+    if "tflite" in options.formats and options.precision in ("fp32", "both"):
+        progress("TFLite fp32")
+        from harken.export.tflite_export import export_fp32 as tflite_fp32
+        from harken.export.tflite_export import tflite_io
+        path = tflite_fp32(graph, out / "model.fp32.tflite")
+        artifacts["tflite-fp32"] = {**_entry(out, path), **tflite_io(path)}
+    reference = {"onnx-fp32": {"size": onnx_fp32.stat().st_size,
+                               "note": "size of the fp32 ONNX model, the reference for the "
+                                       "int8 files' size (the file ships only with fp32)"}}
+    if "onnx-fp32" not in artifacts:
+        onnx_fp32.unlink()
+
+    arrays, sections = scoring_arrays(graph, rule)
+    (out / "arrays").mkdir(exist_ok=True)
+    array_entries = {}
+    for name, a in arrays.items():
+        np.save(out / "arrays" / f"{name}.npy", a, allow_pickle=False)
+        array_entries[name] = _entry(out, out / "arrays" / f"{name}.npy")
+
+    normal = info["normal_scores"]
+    manifest = Manifest.model_validate({
+        "schema_version": SCHEMA_VERSION,
+        "model": {"id": f"{info['method']}-{info['machine']}-{info['corpus']['fingerprint'][:8]}",
+                  "version": info.get("code_version", "unknown"), "method": info["method"],
+                  "machine": info["machine"], "sections": [int(s) for s in info["sections"]]},
+        "feature_spec": spec.to_dict(),
+        "input": {"window_frames": spec.window_frames, "n_mels": spec.n_mels,
+                  "layout": "vector" if len(graph.input_shape) == 2 else "image",
+                  "window_hop_frames": spec.window_hop},
+        "outputs": list(graph.outputs),
+        "scoring": {"rule": rule, "output": output_of(rule), "sections": sections},
+        "aggregation": {"interval_s": 10.0, "reduce": "agent/rules/ ScoreRule.reduce over the "
+                        "windows of one interval"},
+        "normal_scores": normal,
+        "threshold": {"value": float(normal["threshold"]),
+                      "how": normal.get("threshold_rule", "") + " (torch fp32, held-out "
+                      "training clips); on-site calibration re-sets it"},
+        "artifacts": artifacts,
+        "reference": reference,
+        "arrays": array_entries,
+        "provenance": {"run": str(run_dir), "corpus_fingerprint": info["corpus"]["fingerprint"],
+                       "trained_with": info.get("code_version"),
+                       "exported_with": code_version(),
+                       "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+    })
+    (out / MANIFEST).write_text(manifest.to_json())
+    open_bundle(out)            # the agent's own checks, before anyone copies it anywhere
+    return out
+
+
+def _calibration(options: ExportOptions, root: Path) -> dict:
+    return {"windows": options.calibration_windows, "method": options.calibration_method,
+            "from": f"training clips under {root}", "seed": options.seed}
+
+
+def make_tar(bundle: Path, tar_path: Path | None = None) -> Path:
+    """One .tar.gz of the bundle folder, to copy to a device."""
+    tar_path = tar_path or bundle.with_name(bundle.name + ".tar.gz")
+    with tarfile.open(tar_path, "w:gz") as tar:
+        tar.add(bundle, arcname=bundle.name)
+    return tar_path

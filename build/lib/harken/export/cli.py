@@ -1,0 +1,143 @@
+"""harken-export: turns training runs into device bundles, and checks them.
+
+  harken-export RUN --out BUNDLE [--calib DATA] [--formats onnx,tflite] [--precision int8]
+  harken-export verify BUNDLE --data DIR [--json]
+  harken-export wrap MODEL.tflite|MODEL.onnx --preset dcase2020-ae --out BUNDLE
+  harken-export describe RUN
+  harken-export report VERIFY_JSON_DIR [--results docs/results.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from harken.agent.bundle import open_bundle
+from harken.agent.clitools import command_parser, run_command
+from harken.agent.features import FeatureSpec
+from harken.training.runs import find_runs, read_run
+
+COMMANDS = ("export", "verify", "wrap", "describe", "report")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from harken.export.bundle import ExportOptions, make_tar, write_bundle
+    from harken.export.graphs import ExportError
+    options = ExportOptions(formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+                            precision=args.precision, calibration_windows=args.calib_windows,
+                            calibration_method=args.calib_method, int8_io=args.int8_io)
+    run = Path(args.run)
+    if not (run / "run.json").is_file():
+        raise ExportError(f"{run}: not a run folder (no run.json); give one machine's run, "
+                          f"e.g. runs/ae/fan")
+    out = Path(args.out)
+    write_bundle(run, out, Path(args.calib) if args.calib else None, options,
+                 progress=lambda msg: print(f"harken-export: {msg}", file=sys.stderr))
+    bundle = open_bundle(out)
+    for kind, art in bundle.artifacts.items():
+        print(f"{kind:<12} {art.path.name:<20} {art.path.stat().st_size:>10,} bytes")
+    print(f"bundle: {out}")
+    if args.tar:
+        print(f"tarball: {make_tar(out)}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from harken.export.verify import format_checks, verify
+    bundle = open_bundle(Path(args.bundle))
+    checks = verify(bundle, Path(args.data), Path(args.run) if args.run else None,
+                    args.max_clips, args.threads, progress=not args.json)
+    if args.json:
+        print(json.dumps([c.to_dict() for c in checks], indent=2))
+    else:
+        print(format_checks(checks))
+    return 0
+
+
+def cmd_wrap(args: argparse.Namespace) -> int:
+    from harken.export.wrap import wrap
+    out = wrap(Path(args.model), args.preset, Path(args.out), args.machine, args.threshold)
+    print(f"bundle: {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harken.export.report import export_markdown, load_checks, write_section
+    write_section(Path(args.results), export_markdown(load_checks(Path(args.checks)),
+                                                      args.command_line))
+    print(f"wrote the export section of {args.results}")
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    for run_dir in find_runs(Path(args.run)):
+        info = read_run(run_dir)
+        spec = FeatureSpec.from_dict(info["feature_spec"], f"{run_dir}/run.json")
+        summary = {"run": str(run_dir), "method": info["method"], "machine": info["machine"],
+                   "sections": info.get("sections"), "feature_preset": spec.name,
+                   "window_seconds": round(spec.window_seconds, 3),
+                   "threshold": info.get("normal_scores", {}).get("threshold"),
+                   "code_version": info.get("code_version")}
+        print(json.dumps(summary))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p, sub = command_parser("harken-export", __doc__.splitlines()[0])
+    e = sub.add_parser("export", help="a training run -> a bundle (the default command)")
+    e.add_argument("run", help="one machine's run folder (harken-train train --out)")
+    e.add_argument("--out", required=True, help="new bundle folder")
+    e.add_argument("--calib", help="corpus whose TRAINING clips calibrate int8 "
+                   "(default: the run's own corpus)")
+    e.add_argument("--formats", default="onnx,tflite", help="onnx, tflite or both (default)")
+    e.add_argument("--precision", default="int8", choices=("int8", "fp32", "both"),
+                   help="int8 artifacts, fp32 ones or both; the ONNX fp32 model is always "
+                        "written as the size and accuracy reference (default int8)")
+    e.add_argument("--calib-windows", type=int, default=300,
+                   help="calibration windows (>= 200; default 300)")
+    e.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"),
+                   help="onnxruntime calibration method (default minmax)")
+    e.add_argument("--int8-io", action="store_true",
+                   help="TFLite int8 input/output (scales in the manifest); default float I/O")
+    e.add_argument("--tar", action="store_true", help="also write BUNDLE.tar.gz for the device")
+    e.set_defaults(func=cmd_export)
+    v = sub.add_parser("verify", help="score test clips with torch fp32 and every artifact")
+    v.add_argument("bundle")
+    v.add_argument("--data", required=True, help="corpus with labelled test clips")
+    v.add_argument("--run", help="the torch run (default: the one the manifest names)")
+    v.add_argument("--max-clips", type=int, help="score only this many test clips (spread)")
+    v.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
+    v.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    v.set_defaults(func=cmd_verify)
+    w = sub.add_parser("wrap", help="a bundle around a model trained elsewhere")
+    w.add_argument("model", help=".tflite or .onnx file")
+    w.add_argument("--preset", required=True, help="what the model expects (dcase2020-ae)")
+    w.add_argument("--out", required=True, help="new bundle folder")
+    w.add_argument("--machine", default="unknown", help="machine type the model watches")
+    w.add_argument("--threshold", type=float, help="decision threshold, if known")
+    w.set_defaults(func=cmd_wrap)
+    r = sub.add_parser("report", help="the export section of docs/results.md from verify "
+                       "--json outputs named <method>__<machine>.json")
+    r.add_argument("checks", help="folder of verify JSON files")
+    r.add_argument("--results", default="docs/results.md", help="page to update")
+    r.add_argument("--command-line", default="scripts/make-results",
+                   help="the command named on the page as the source of the figures")
+    r.set_defaults(func=cmd_report)
+    d = sub.add_parser("describe", help="what a run holds, as a bundle would carry it")
+    d.add_argument("run", help="a run folder or a folder of runs")
+    d.set_defaults(func=cmd_describe)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is not None and first not in COMMANDS and "-h" not in argv and "--help" not in argv:
+        argv.insert(argv.index(first), "export")        # harken-export RUN ... = export RUN
+    return run_command(build_parser(), argv)       # HarkenError, OSError: exit 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The export section of docs/results.md, from ``harken-export verify --json`` files, with the
+export targets checked by code rather than by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harken.agent.errors import UsageError
+
+START, END = "<!-- export:start -->", "<!-- export:end -->"
+TARGETS = {"official": 0.01, "spearman": 0.98, "size": 0.30}
+
+
+def load_checks(folder: Path) -> dict[tuple[str, str], list[dict]]:
+    """``<method>__<machine>.json`` files -> (method, machine) -> verify rows."""
+    out = {}
+    for file in sorted(Path(folder).glob("*__*.json")):
+        method, machine = file.stem.split("__", 1)
+        out[(method, machine)] = json.loads(file.read_text())
+    if not out:
+        raise UsageError(f"{folder}: no <method>__<machine>.json verify outputs")
+    return out
+
+
+def export_markdown(checks: dict[tuple[str, str], list[dict]], command: str) -> str:
+    lines = [START, "## Export: int8 bundles against torch fp32", "",
+             f"Made by `{command}`: each run exported with `harken-export RUN --out BUNDLE` "
+             "(int8 ONNX and int8 TFLite, 300 calibration windows from training clips), then "
+             "`harken-export verify BUNDLE --data corpora/standard --json` over every test clip, "
+             "each artifact scored through the agent's own scorer (agent/scorer.py). Targets: "
+             f"official score within {TARGETS['official']} of torch fp32, clip-score Spearman "
+             f">= {TARGETS['spearman']}, file <= {TARGETS['size']} x the fp32 ONNX file. "
+             "Latency: median per window, one thread, this machine.", "",
+             "| method | machine | artifact | official | torch fp32 | Spearman | max rel. err "
+             "| size | x fp32 ONNX | ms / window | targets |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    missed: list[str] = []
+    size_notes: dict[str, list[str]] = {}   # explanation -> artifacts it applies to
+    for (method, machine), rows in sorted(checks.items()):
+        ref = next(r for r in rows if r["artifact"] == "torch-fp32")
+        for r in rows:
+            if r["artifact"] == "torch-fp32":
+                continue
+            fails = []
+            if abs(r["official"] - ref["official"]) > TARGETS["official"]:
+                fails.append("official")
+            if r["spearman"] < TARGETS["spearman"]:
+                fails.append("Spearman")
+            ratio = r.get("size_vs_onnx_fp32")
+            if ratio is not None and "int8" in r["artifact"] and ratio > TARGETS["size"]:
+                fails.append("size")
+                if r.get("quant_params_bytes"):
+                    q = r["quant_params_bytes"]
+                    why = (f"{q:,} of {r['size_bytes']:,} bytes are quantization scales and "
+                           f"zero points; without them "
+                           f"{(r['size_bytes'] - q) / r['size_bytes'] * ratio:.3f} x")
+                    size_notes.setdefault(why, []).append(f"{method}/{machine}/{r['artifact']}")
+            verdict = "met" if not fails else "**missed: " + ", ".join(fails) + "**"
+            if fails:
+                missed.append(f"{method}/{machine}/{r['artifact']} ({', '.join(fails)})")
+            lines.append(
+                f"| {method} | {machine} | {r['artifact']} | {r['official']:.4f} | "
+                f"{ref['official']:.4f} | {r['spearman']:.4f} | {r['max_rel_error']:.4f} | "
+                f"{r['size_bytes']:,} | {ratio:.3f} | {r['latency_ms']:.3f} | {verdict} |"
+                if ratio is not None else
+                f"| {method} | {machine} | {r['artifact']} | {r['official']:.4f} | "
+                f"{ref['official']:.4f} | {r['spearman']:.4f} | {r['max_rel_error']:.4f} | "
+                f"{r['size_bytes']:,} | - | {r['latency_ms']:.3f} | {verdict} |")
+    n = sum(len(rows) - 1 for rows in checks.values())
+    lines += ["", f"Targets met by {n - len(missed)} of {n} artifacts."
+              + (" Missed: " + "; ".join(missed) + "." if missed else "")]
+    if size_notes:
+        lines += ["", "Where the size is missed, the quantization parameters in the file "
+                  "(`quant_params_bytes` in the verify JSON) say why: per-channel int8 stores a "
+                  "scale and a zero point for every output channel of every weight and bias "
+                  "tensor (TFLite: float32 + int64, fixed by its schema), which on a narrow "
+                  "network is a large share of the file. " + "; ".join(
+                      f"{', '.join(arts)}: {why}" for why, arts in size_notes.items()) + "."]
+    lines += [END]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(results_md: Path, section: str) -> None:
+    """Replace the export section of ``results_md`` (or append it)."""
+    text = results_md.read_text() if results_md.is_file() else "# Results\n"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        tail = rest.split(END, 1)[1].lstrip("\n")
+        text = head + section + ("\n" + tail if tail else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    results_md.write_text(text)

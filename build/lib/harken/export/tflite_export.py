@@ -1,0 +1,188 @@
+"""int8 TFLite artifacts through TensorFlow's own converter.
+
+The folded torch graph is re-expressed with TensorFlow ops (NHWC), weights copied as
+constants, and ``tf.lite.TFLiteConverter`` quantizes it to full integer with a
+representative dataset of training windows. Why not a generic ONNX -> TF converter: the
+device graphs use eight op kinds (Linear, Conv2d, depthwise Conv2d, ReLU, ReLU6, add,
+GAMP pooling, L2 normalisation), so the mapping is short and checked against torch by
+tests/export/test_tflite_graph.py, while the generic converters pin TensorFlow and numpy
+versions that fight torch and onnxruntime in one environment (docs/export.md has the
+comparison). TensorFlow is imported
+only here, and only the ``export`` extra installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from harken.export.graphs import InferenceGraph
+from harken.export.tflite_io import input_entry, open_interpreter, output_entry
+from harken.training.classifier import ClassifierNet
+from harken.training.models.cosine_head import CosineHead
+from harken.training.models.mobilenetv2 import InvertedResidual
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _tf():
+    import tensorflow as tf
+    return tf
+
+
+def nhwc_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The TFLite input shape of a torch input shape (NCHW images become NHWC)."""
+    return (shape[0], shape[2], shape[3], shape[1]) if len(shape) == 4 else tuple(shape)
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(np.float32)
+
+
+def _layer(m: nn.Module) -> Callable:
+    """A TensorFlow function (NHWC) computing the torch module ``m`` (folded, eval mode)."""
+    tf = _tf()
+    if isinstance(m, nn.Sequential):
+        parts = [_layer(x) for x in m]
+
+        def seq(x):
+            for p in parts:
+                x = p(x)
+            return x
+        return seq
+    if isinstance(m, (nn.Identity, nn.Dropout)):
+        return lambda x: x
+    if isinstance(m, nn.ReLU):
+        return tf.nn.relu
+    if isinstance(m, nn.ReLU6):
+        return tf.nn.relu6
+    if isinstance(m, nn.Linear):
+        w = tf.constant(_np(m.weight).T)
+        b = tf.constant(_np(m.bias)) if m.bias is not None else None
+        return lambda x: tf.matmul(x, w) + b if b is not None else tf.matmul(x, w)
+    if isinstance(m, InvertedResidual):
+        body = _layer(m.conv)
+        return (lambda x: x + body(x)) if m.use_residual else body
+    if isinstance(m, nn.Conv2d):
+        return _conv(m)
+    raise NotImplementedError(f"no TFLite mapping for {type(m).__name__}")
+
+
+def _conv(m: nn.Conv2d) -> Callable:
+    tf = _tf()
+    kh, kw = m.kernel_size
+    ph, pw = m.padding if isinstance(m.padding, tuple) else (m.padding, m.padding)
+    stride = [1, m.stride[0], m.stride[1], 1]
+    w = _np(m.weight)                                   # (out, in / groups, kh, kw)
+    b = tf.constant(_np(m.bias)) if m.bias is not None else tf.constant(
+        np.zeros(m.out_channels, np.float32))
+    pad = [[0, 0], [ph, ph], [pw, pw], [0, 0]]
+    # torch pads symmetrically; TF's "SAME" pads the far side more at stride 2, so pad here
+    padded = (lambda x: tf.pad(x, pad)) if (ph or pw) else (lambda x: x)
+    if m.groups == 1:
+        k = tf.constant(w.transpose(2, 3, 1, 0))        # HWIO
+        return lambda x: tf.nn.conv2d(padded(x), k, stride, "VALID") + b
+    if m.groups == m.in_channels == m.out_channels:
+        k = tf.constant(w.transpose(2, 3, 0, 1))        # (kh, kw, channels, 1)
+        return lambda x: tf.nn.depthwise_conv2d(padded(x), k, stride, "VALID") + b
+    raise NotImplementedError(f"grouped convolution with {m.groups} groups")
+
+
+def tf_function(graph: InferenceGraph):
+    """A tf.function of the graph with one NHWC (or vector) float input and a dict of named
+    outputs (the signature the TFLite model keeps)."""
+    tf = _tf()
+    net = graph.module
+    shape = nhwc_shape(graph.input_shape)
+    if isinstance(net, ClassifierNet):
+        features = _layer(net.cnn.features)
+        mean, std = float(net.mean), float(net.std)
+        if isinstance(net.cosine, CosineHead):
+            head = net.cosine
+            project = _layer(head.project)
+            centres = tf.constant(_np(F.normalize(head.centres, dim=1)).T)
+            scale = float(head.scale)
+
+            def classify(pooled):
+                emb = project(pooled)
+                return scale * tf.matmul(tf.math.l2_normalize(emb, axis=1), centres), emb
+        else:
+            linear = _layer(net.cnn.head)
+
+            def classify(pooled):
+                return linear(pooled), pooled
+
+        @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="input")], autograph=False)
+        def run(x):
+            f = features((x - mean) * (1.0 / std))
+            pooled = tf.reduce_mean(f, axis=[1, 2]) + tf.reduce_max(f, axis=[1, 2])
+            logits, emb = classify(pooled)
+            return {"logits": logits, "embedding": emb}
+        return run
+    body = _layer(nn.Sequential(net.encoder, net.decoder))      # the dense AE
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="input")], autograph=False)
+    def run_ae(x):
+        return {"reconstruction": body(x)}
+    return run_ae
+
+
+def export_fp32(graph: InferenceGraph, path: Path) -> Path:
+    """Float TFLite of the graph (a reference for the int8 one; no quantization)."""
+    path.write_bytes(_saved_model_convert(graph, None, False))
+    return path
+
+
+def export_int8(graph: InferenceGraph, calibration_inputs: np.ndarray, path: Path,
+                int8_io: bool = False) -> Path:
+    """Full-integer int8 TFLite (int8 weights and activations). ``calibration_inputs`` are
+    in the torch input shape; float I/O by default, int8 I/O with ``int8_io``."""
+    path.write_bytes(_saved_model_convert(graph, calibration_inputs, int8_io))
+    return path
+
+
+def _saved_model_convert(graph: InferenceGraph, calibration_inputs: np.ndarray | None,
+                         int8_io: bool) -> bytes:
+    tf = _tf()
+    fn = tf_function(graph)
+    shape = nhwc_shape(graph.input_shape)
+
+    def representative():
+        for x in calibration_inputs:
+            yield [np.ascontiguousarray(x, dtype=np.float32).reshape(shape)]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # Through a SavedModel so that the TFLite model keeps the signature (named outputs).
+        module = tf.Module()
+        module.run = fn
+        tf.saved_model.save(module, tmp, signatures={"serving_default": fn})
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        if calibration_inputs is None:
+            return converter.convert()
+        return _quantized(converter, representative, int8_io)
+
+
+def _quantized(converter, representative, int8_io: bool) -> bytes:
+    tf = _tf()
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if int8_io:
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def tflite_io(path: Path) -> dict:
+    """The manifest's input/outputs entry of a converted model, read back from the model;
+    outputs by their signature names."""
+    it = open_interpreter(path)
+    outputs = {name: output_entry(d)
+               for name, d in it.get_signature_runner().get_output_details().items()}
+    return {"input": input_entry(it), "outputs": outputs}

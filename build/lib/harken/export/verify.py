@@ -1,0 +1,137 @@
+"""``harken-export verify``: does every artifact of a bundle still score like the torch fp32
+model it came from? Scores the labelled test clips with torch fp32 (the training code) and
+with each artifact through the agent's own scorer, and compares."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.stats
+from tqdm import tqdm
+
+from harken.agent.bundle import Bundle
+from harken.agent.features import windows
+from harken.agent.scorer import BundleScorer, model_input
+from harken.export.graphs import ExportError
+from harken.training.data.corpus import Clip, scan
+from harken.training.data.windows import clip_features
+from harken.training.evaluate import section_results
+from harken.training.methods import method_class
+from harken.training.metrics import official_score
+
+
+@dataclass
+class ArtifactCheck:
+    artifact: str
+    backend: str
+    spearman: float            # clip scores vs torch fp32
+    max_rel_error: float       # max over clips of |score - torch| / |torch|
+    auc_source: float          # means over sections
+    auc_target: float
+    pauc: float
+    official: float
+    size_bytes: int
+    size_vs_onnx_fp32: float | None
+    latency_ms: float          # median per window, one thread
+    quant_params_bytes: int | None = None   # scales and zero points inside the file
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _summary(machine: str, clips: list[Clip], scores: np.ndarray) -> tuple[float, ...]:
+    res = section_results(machine, clips, scores)
+    return (float(np.mean([r.auc_source for r in res])), float(np.mean([r.auc_target for r in res])),
+            float(np.mean([r.pauc for r in res])), official_score(res))
+
+
+def verify(bundle: Bundle, data_root: Path, run_dir: Path | None = None,
+           max_clips: int | None = None, threads: int = 1, progress: bool = True
+           ) -> list[ArtifactCheck]:
+    run_dir = Path(run_dir or bundle.manifest.provenance["run"])
+    if not (run_dir / "run.json").is_file():
+        raise ExportError(f"{run_dir}: the run this bundle came from is not there (the "
+                          f"torch fp32 reference); pass --run RUN")
+    machine = bundle.machine
+    clips = scan(Path(data_root), [machine], split="test")
+    if max_clips:
+        clips = clips[:: max(1, len(clips) // max_clips)][:max_clips]
+    if any(c.label is None for c in clips):
+        raise ExportError(f"{data_root}: test clips of '{machine}' have no normal/anomaly "
+                          f"labels; verify needs a labelled test set")
+    info_method = bundle.manifest.model.method
+    reference = method_class(info_method).load(run_dir)
+    torch_scores = np.asarray(reference.score(clips, progress=False, rule=bundle.rule_name))
+    onnx_fp32_size = bundle.manifest.reference.get("onnx-fp32", {}).get("size")
+    feats = clip_features(clips, bundle.spec, progress, desc="features")
+    checks = [ArtifactCheck("torch-fp32", "torch", 1.0, 0.0, *_summary(machine, clips, torch_scores),
+                            0, None, float("nan"))]
+    for kind, art in bundle.artifacts.items():
+        scorers = {s: BundleScorer(bundle, s, kind, threads) for s in bundle.sections}
+        scores = np.empty(len(clips))
+        for i, (c, f) in enumerate(tqdm(list(zip(clips, feats)), desc=kind, disable=not progress,
+                                        leave=False)):
+            scores[i] = scorers[c.section].score_logmel(f)
+        rel = np.abs(scores - torch_scores) / np.maximum(np.abs(torch_scores), 1e-12)
+        size = art.path.stat().st_size
+        checks.append(ArtifactCheck(
+            kind, scorers[bundle.sections[0]].backend.name,
+            float(scipy.stats.spearmanr(scores, torch_scores).statistic), float(rel.max()),
+            *_summary(machine, clips, scores), size,
+            size / onnx_fp32_size if onnx_fp32_size else None,
+            latency_ms(scorers[bundle.sections[0]], feats[0]),
+            quantization_bytes(art.path)))
+    return checks
+
+
+def quantization_bytes(path: Path) -> int | None:
+    """Bytes of quantization parameters (scales and zero points) in an int8 model file:
+    the part of its size that is not weights, which per-channel quantization makes
+    large on narrow networks. None for a float model."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnx
+        model = onnx.load(str(path))
+        inits = {i.name: i for i in model.graph.initializer}
+        names = {x for n in model.graph.node if n.op_type in ("QuantizeLinear",
+                                                                "DequantizeLinear")
+                 for x in n.input[1:]}
+        total = sum(onnx.numpy_helper.to_array(inits[x]).nbytes for x in names if x in inits)
+    else:
+        # The TFLite schema stores a float32 scale and an int64 zero point per channel.
+        from harken.agent.backends import interpreter_class
+        interpreter = interpreter_class()[0](model_path=str(path))
+        total = sum(len(q["scales"]) * 4 + len(q["zero_points"]) * 8
+                    for d in interpreter.get_tensor_details()
+                    for q in [d["quantization_parameters"]])
+    return total or None
+
+
+def latency_ms(scorer: BundleScorer, logmel: np.ndarray, repeats: int = 200) -> float:
+    """Median wall time of one backend call on one window (after a warm-up)."""
+    x = model_input(windows(logmel, scorer.bundle.spec)[0], scorer.artifact.input_shape)
+    for _ in range(10):
+        scorer.backend.run(x)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        scorer.backend.run(x)
+        times.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(times))
+
+
+def format_checks(checks: list[ArtifactCheck]) -> str:
+    head = (f"{'artifact':<12} {'backend':<18} {'spearman':>8} {'max rel err':>11} {'AUC_s':>6} "
+            f"{'AUC_t':>6} {'pAUC':>6} {'official':>8} {'size':>10} {'x fp32':>6} {'ms/window':>9}")
+    lines = [head]
+    for c in checks:
+        ratio = f"{c.size_vs_onnx_fp32:.3f}" if c.size_vs_onnx_fp32 is not None else "-"
+        size = f"{c.size_bytes:,}" if c.size_bytes else "-"
+        lat = f"{c.latency_ms:.3f}" if np.isfinite(c.latency_ms) else "-"
+        lines.append(f"{c.artifact:<12} {c.backend:<18} {c.spearman:>8.4f} {c.max_rel_error:>11.4f} "
+                     f"{c.auc_source:>6.4f} {c.auc_target:>6.4f} {c.pauc:>6.4f} {c.official:>8.4f} "
+                     f"{size:>10} {ratio:>6} {lat:>9}")
+    return "\n".join(lines)

@@ -1,0 +1,278 @@
+"""harken-train: synthesize corpora, train scorers, evaluate them with the DCASE metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from harken.agent.errors import UsageError
+from harken.agent.clitools import command_parser, run_command
+from harken.training.method import Configurable, Refittable
+from harken.training.data.corpus import machine_types, scan
+from harken.training.runs import find_runs, record_training_time
+
+
+def _machines(arg: str | None) -> list[str] | None:
+    return [m.strip() for m in arg.split(",") if m.strip()] if arg else None
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from harken.training.synth.corpus import SIZES, synthesize
+    t0 = time.monotonic()
+    root = synthesize(args.out, args.size, args.seed, tuple(_machines(args.machines) or ()) or None,
+                      args.workers, progress=not args.quiet)
+    spec = SIZES[args.size]
+    print(f"wrote the {args.size} corpus ({', '.join(machine_types(root))}; "
+          f"{spec.sections} sections; {spec.clip_seconds:g} s clips) to {root} "
+          f"in {time.monotonic() - t0:.0f} s")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from harken.training.methods import make_method
+    overrides = list(args.set or [])
+    overrides += [f"seed={args.seed}"] if args.seed is not None else []
+    overrides += [f"device={args.device}"] if args.device else []
+    method = make_method(args.method, overrides)          # bad settings fail before any work
+    if isinstance(method, Configurable) and hasattr(method.config, "device"):
+        from harken.training.trainer import pick_device
+        pick_device(method.config.device)
+    machines = _machines(args.machines) or machine_types(args.data)
+    for machine in machines:
+        clips = scan(args.data, [machine], split="train")
+        run_dir = Path(args.out) / machine
+        t0 = time.monotonic()
+        info = make_method(args.method, overrides).train(clips, run_dir, progress=not args.quiet)
+        record_training_time(run_dir, info, time.monotonic() - t0)
+        hist = info.get("history")
+        trained = (f", {len(hist['train_loss'])} epochs on {hist['device']}, best epoch "
+                   f"{hist['best_epoch'] + 1}" if hist else "")
+        print(f"{args.method} {machine}: trained on {len(clips)} clips in "
+              f"{time.monotonic() - t0:.1f} s{trained} -> {run_dir} "
+              f"(threshold {info['normal_scores']['threshold']:.4g})")
+    return 0
+
+
+def cmd_refit(args: argparse.Namespace) -> int:
+    from harken.training.methods import method_class
+    from harken.training.runs import read_run
+    for run in find_runs(Path(args.run)):
+        cls = method_class(read_run(run)["method"])
+        if not issubclass(cls, Refittable):
+            raise UsageError(f"{run}: {cls.name} has no score state to refit (retrain instead)")
+        info = cls.refit(run, progress=not args.quiet)
+        print(f"{run}: bank and normal statistics refitted "
+              f"(threshold {info['normal_scores']['threshold']:.4g})")
+    return 0
+
+
+def cmd_localize(args: argparse.Namespace) -> int:
+    from harken.training.localize import localize
+    out = localize(Path(args.run), Path(args.clip), Path(args.out))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from harken.training.methods import METHODS, settings
+    for name, cls in sorted(METHODS.items()):
+        print(f"{name:<16} {cls.summary}")
+        print(f"{'':<16} score rules: {', '.join(cls.score_rules)}")
+        if args.settings:
+            for key, value in settings(name).items():
+                print(f"{'':<18}{key} = {value}")
+    if not args.settings:
+        print("\n'harken-train methods --settings' lists what 'train --set KEY=VALUE' can change")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from harken.training.evaluate import comparison_table, evaluate, evaluate_rules, format_table
+    from harken.training.runs import read_run
+    runs = find_runs(Path(args.run))
+    out = Path(args.out) if args.out else Path(args.run) / "eval"
+    data = Path(args.data) if args.data else None
+    if args.score == "all":
+        evs = evaluate_rules(runs, out, data, progress=not args.quiet, plots=not args.no_plots)
+        if args.json:
+            print(json.dumps({r: ev.to_dict() for r, ev in evs.items()}, indent=2))
+        else:
+            print(f"{'score rule':<12} {'official':>8}   " + " ".join(
+                f"{m:>9}" for m in next(iter(evs.values())).machine_scores()))
+            for rule, ev in evs.items():
+                print(f"{rule:<12} {ev.official:>8.4f}   " + " ".join(
+                    f"{v:>9.4f}" for v in ev.machine_scores().values()))
+            print(f"one folder of result files, metrics and ROC plots per rule in {out}")
+        return 0
+    ev = evaluate(runs, out, data, progress=not args.quiet, plots=not args.no_plots,
+                  rule=args.score)
+    baseline = None
+    if not args.no_baseline and read_run(runs[0])["method"] != "baseline-knn":
+        baseline = _baseline_beside(runs, out / "baseline-knn", data, args.quiet)
+    if args.json:
+        result = ev.to_dict()
+        if baseline:
+            result["baseline-knn"] = baseline.to_dict()
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table(ev))
+        if baseline:
+            print("\nbeside baseline-knn on the same data (hmean per machine type):")
+            print(comparison_table(ev, baseline))
+        print(f"result files, metrics.csv, metrics.json and ROC plots in {out}")
+    return 0
+
+
+def _baseline_beside(runs: list[Path], out: Path, data: Path | None, quiet: bool):
+    """Trains baseline-knn on the runs' training data (seconds) and evaluates it the same way."""
+    from harken.training.baselines import KnnBaseline
+    from harken.training.evaluate import evaluate
+    from harken.training.runs import read_run
+    knn_runs = []
+    for run in runs:
+        info = read_run(run)
+        root = data or Path(info["corpus"]["root"])
+        clips = scan(root, [info["machine"]], split="train")
+        knn_dir = out / "runs" / info["machine"]
+        KnnBaseline().train(clips, knn_dir, progress=not quiet)
+        knn_runs.append(knn_dir)
+    return evaluate(knn_runs, out, data, progress=not quiet, plots=False)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harken.training.evaluate import read_result_scores
+    from harken.training.report import load_evaluation, results_markdown
+    evaluations, clip_scores = {}, {}
+    for item in args.evaluations:
+        label, _, path = item.rpartition("=")
+        label = label or Path(path).name
+        evaluations[label] = load_evaluation(Path(path))
+        if Path(path).is_dir():
+            clip_scores[label] = read_result_scores(Path(path))
+    corpus = {}
+    if args.data and (Path(args.data) / "corpus.json").is_file():
+        corpus = json.loads((Path(args.data) / "corpus.json").read_text())
+    text = results_markdown(evaluations, corpus, args.command_line, clip_scores)
+    Path(args.out).write_text(text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_recording(args: argparse.Namespace) -> int:
+    from harken.training.data.recording import normal_then_faulty
+    info = normal_then_faulty(Path(args.data), args.machine, args.section, Path(args.out),
+                              args.normal, args.faulty, args.domain)
+    print(json.dumps({k: v for k, v in info.items() if not k.endswith("_clips")}))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The quick start: a small corpus, the naive baseline, its DCASE evaluation."""
+    out = Path(args.out)
+    corpus = out / "corpus"
+    if not (corpus / "corpus.json").is_file():
+        cmd_synth(argparse.Namespace(out=corpus, size=args.size, seed=0, machines=None,
+                                     workers=None, quiet=args.quiet))
+    runs = out / "runs" / "baseline-knn"
+    cmd_train(argparse.Namespace(method="baseline-knn", data=corpus, machines=None, out=runs,
+                                 set=None, seed=None, device=None, quiet=args.quiet))
+    return cmd_evaluate(argparse.Namespace(run=runs, out=out / "eval" / "baseline-knn", data=corpus,
+                                           json=False, no_plots=False, score=None,
+                                           no_baseline=True, quiet=args.quiet))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from harken.training.methods import METHODS
+    from harken.training.synth.corpus import SIZES
+    p, sub = command_parser("harken-train", __doc__)
+
+    s = sub.add_parser("synth", help="write the synthetic machine corpus (DCASE 2023 layout)")
+    s.add_argument("--size", choices=list(SIZES), default="standard")
+    s.add_argument("--out", required=True, help="corpus folder to write")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--machines", help="comma-separated subset of machine types")
+    s.add_argument("--workers", type=int, help="processes (default: all cores, at most 8)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_synth)
+
+    t = sub.add_parser("train", help="train a method on each machine type of a corpus")
+    t.add_argument("--method", choices=sorted(METHODS), required=True)
+    t.add_argument("--data", required=True, help="DCASE-format corpus folder")
+    t.add_argument("--machines", "--machine", dest="machines",
+                   help="machine type, or comma-separated types (default: all in the corpus)")
+    t.add_argument("--out", required=True, help="folder for the runs (one per machine type)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="change a setting (repeatable); 'harken-train methods --settings' lists them")
+    t.add_argument("--seed", type=int, help="random seed (same as --set seed=N)")
+    t.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    rf = sub.add_parser("refit", help="rebuild a classifier run's embedding bank and threshold "
+                                      "from its training clips, without retraining")
+    rf.add_argument("run", help="a run folder, or a folder of runs")
+    rf.add_argument("--quiet", action="store_true")
+    rf.set_defaults(func=cmd_refit)
+
+    ms = sub.add_parser("methods", help="list the methods, their score rules and settings")
+    ms.add_argument("--settings", action="store_true", help="also list every setting's default")
+    ms.set_defaults(func=cmd_methods)
+
+    e = sub.add_parser("evaluate", help="score test clips and print the DCASE metrics")
+    e.add_argument("run", help="a run folder, or a folder of runs")
+    e.add_argument("--data", help="corpus folder (default: the one the run was trained on)")
+    e.add_argument("--out", help="where result files go (default: RUN/eval)")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.add_argument("--no-plots", action="store_true", help="skip the ROC PNGs")
+    e.add_argument("--score", help="score rule (e.g. mse, mahalanobis, logit, embedding; "
+                                   "default: the run's), or 'all': every rule of the method, "
+                                   "one sub-folder each, from one pass over the test clips")
+    e.add_argument("--no-baseline", action="store_true",
+                   help="do not train and show baseline-knn beside the run")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    lo = sub.add_parser("localize", help="draw where a clip departs from normal (AEGAN-AD run): "
+                        "query, reconstruction, mean training spectrogram, difference map")
+    lo.add_argument("run", help="an aegan-ad run folder (one machine type)")
+    lo.add_argument("clip", help="WAV file to look at")
+    lo.add_argument("--out", required=True, help="PNG to write")
+    lo.set_defaults(func=cmd_localize)
+
+    r = sub.add_parser("report", help="write a results page (markdown) from evaluations")
+    r.add_argument("evaluations", nargs="+", metavar="[LABEL=]EVAL_DIR",
+                   help="folders holding metrics.json, optionally labelled")
+    r.add_argument("--data", help="the corpus, to describe it on the page")
+    r.add_argument("--out", required=True, help="markdown file to write")
+    r.add_argument("--command-line", default="scripts/make-results",
+                   help="the command to name as the page's source")
+    r.set_defaults(func=cmd_report)
+
+    r = sub.add_parser("recording", help="a WAV of one machine going from normal to faulty, "
+                       "stitched from labelled test clips")
+    r.add_argument("--data", required=True, help="corpus folder")
+    r.add_argument("--machine", required=True)
+    r.add_argument("--section", type=int, default=0)
+    r.add_argument("--domain", choices=("source", "target"), default="source")
+    r.add_argument("--normal", type=int, default=6, help="normal clips first (default 6)")
+    r.add_argument("--faulty", type=int, default=6, help="then anomalous clips (default 6)")
+    r.add_argument("--out", required=True, help="WAV file to write")
+    r.set_defaults(func=cmd_recording)
+
+    d = sub.add_parser("demo", help="synthesize a small corpus, train and evaluate the baseline")
+    d.add_argument("--out", default="demo", help="folder for corpus, runs and results")
+    d.add_argument("--size", choices=list(SIZES), default="small")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), argv)       # HarkenError, OSError: exit 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

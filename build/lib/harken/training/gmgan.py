@@ -1,0 +1,193 @@
+"""GMGAN (Chen et al., 2020): a GANomaly compression network whose latent space is shaped by
+a Gaussian mixture estimation network (DAGMM), trained end to end.
+
+Per batch: z = G_e(x), x' = G_d(z), z' = G_e'(x'), memberships gamma = softmax(MLP(z)); the
+GMM (weights, means, covariances) is estimated from the batch's memberships and gives each
+sample's energy E(z) = -log sum_k phi_k N(z; mu_k, Sigma_k). The generator side minimises
+
+    w_i * L1(x, x') + w_a * adversarial + w_z * ||z - z'||^2
+        + w_e * (lambda_1 * mean E(z) + lambda_2 * sum_k sum_j 1 / Sigma_k,jj)
+
+with (w_i, w_a, w_z, w_e) = (1, 5, 1, 0.05) by default and the adversarial term GANomaly's
+feature matching (squared difference of the discriminator's features of x and x'); the
+discriminator is trained with binary cross-entropy, real x against x'.
+
+Scores, both fitted on every run: ``latent`` = ||G_e(x) - G_e'(x')||^2 (the paper's), and
+``energy`` = E(z) under the GMM fitted on all training windows after training (as DAGMM
+does); a clip's score is the mean over its windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harken.agent.errors import UsageError
+from harken.training.config import TrainConfig
+from harken.training.data.corpus import Clip
+from harken.training.aegan import square_patches
+from harken.training.data.windows import as_images, clip_features, stack_windows
+from harken.training.models.gmgan import Gmgan
+from harken.training.models.losses import gmm_covariance_penalty, gmm_energy, gmm_parameters
+from harken.training.torch_method import (MIN_HELD_OUT, ScoresEveryRule, TorchMethod, batched,
+                                   load_array)
+from harken.training.trainer import check_finite, fit_steps
+
+
+@dataclass(frozen=True)
+class GmganConfig(TrainConfig):
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 2e-4
+    beta1: float = 0.5
+    patience: int = 4
+    channels: int = 16
+    latent: int = 16
+    mixtures: int = 4
+    w_i: float = 1.0                  # L1 reconstruction
+    w_a: float = 5.0                  # adversarial (feature matching)
+    w_z: float = 1.0                  # latent representation loss
+    w_e: float = 0.05                 # estimation network (energy + covariance penalty)
+    lambda_energy: float = 0.1        # lambda_1 (DAGMM)
+    lambda_cov: float = 0.005         # lambda_2 (DAGMM)
+    jitter: float = 1e-6              # added to each covariance's diagonal
+    score: Literal["latent", "energy"] = "latent"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("channels", "latent", "mixtures"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size < 2 * self.mixtures:
+            raise UsageError(f"batch_size ({self.batch_size}) is too small to estimate "
+                             f"{self.mixtures} mixture components per batch")
+
+
+class GmganMethod(ScoresEveryRule, TorchMethod):
+    name = "gmgan"
+    preset_name = "gmgan"
+    config_cls = GmganConfig
+    score_rules = ("latent", "energy")
+    summary = "GMGAN: GANomaly compression network + GMM estimation network on the latent"
+    score_chunk = 64
+
+    def architecture(self) -> dict:
+        c = self.config
+        return {"size": self.spec.n_mels, "channels": c.channels, "latent": c.latent,
+                "mixtures": c.mixtures, "low": self.low, "high": self.high}
+
+    def build_from(self, architecture: dict) -> Gmgan:
+        return Gmgan(**architecture)
+
+    def losses(self, net: Gmgan, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every term of the generator-side objective for one batch (and what D needs)."""
+        cfg = self.config
+        z, recon, z_aux, gamma = net(x)
+        phi, mu, cov = gmm_parameters(z, gamma)
+        _, feat_real = net.discriminator(x)
+        _, feat_fake = net.discriminator(recon)
+        terms = {"l1": F.l1_loss(recon, x),
+                 "adversarial": (feat_real.detach().mean(0) - feat_fake.mean(0)).pow(2).mean(),
+                 "latent": (z - z_aux).pow(2).sum(1).mean(),
+                 "energy": gmm_energy(z, phi, mu, cov, cfg.jitter).mean(),
+                 "covariance": gmm_covariance_penalty(cov)}
+        terms["total"] = (cfg.w_i * terms["l1"] + cfg.w_a * terms["adversarial"]
+                          + cfg.w_z * terms["latent"]
+                          + cfg.w_e * (cfg.lambda_energy * terms["energy"]
+                                       + cfg.lambda_cov * terms["covariance"]))
+        terms["recon"] = recon
+        return terms
+
+    def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> dict:
+        cfg = self.config
+        device = self.setup()
+        feats, fit_idx, val_idx, x_fit, x_val = square_patches(self, clips, progress)
+        net = Gmgan(**self.architecture()).to(device)
+        self.model = net
+        xt, xv = net.scale(as_images(x_fit)), net.scale(as_images(x_val))
+        g_params = [p for n, p in net.named_parameters() if not n.startswith("discriminator.")]
+        opt_g = torch.optim.Adam(g_params, cfg.lr, betas=(cfg.beta1, 0.999))
+        opt_d = torch.optim.Adam(net.discriminator.parameters(), cfg.lr, betas=(cfg.beta1, 0.999))
+        desc = f"{self.name} {clips[0].machine}"
+
+        def batches(epoch: int):
+            for idx in batched(len(xt), cfg.batch_size, self.generator):
+                if len(idx) >= 2 * cfg.mixtures:
+                    yield (xt[idx].to(device),)
+
+        def step(batch) -> torch.Tensor:
+            x = batch[0]
+            terms = self.losses(net, x)
+            check_finite(terms["total"], desc)
+            opt_g.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            opt_g.step()
+            real, _ = net.discriminator(x)
+            fake, _ = net.discriminator(terms["recon"].detach())
+            loss_d = F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + \
+                F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            return terms["total"].detach()
+
+        def val_loss() -> float:
+            """Reconstruction + latent terms on held-out windows (the energy of a batch GMM
+            fitted on a validation batch says little about the model)."""
+            total = 0.0
+            for idx in batched(len(xv), 256):
+                z, recon, z_aux, _ = net(xv[idx].to(device))
+                total += float(cfg.w_i * F.l1_loss(recon, xv[idx].to(device), reduction="sum")
+                               / recon[0].numel() + cfg.w_z * (z - z_aux).pow(2).sum())
+            return total / len(xv)
+
+        hist = fit_steps(net, batches, step, val_loss, cfg, device, progress, desc)
+        self.model = net.cpu().eval()
+        self._fit_gmm(xt)
+        held_out = val_idx if len(val_idx) >= MIN_HELD_OUT else list(range(len(clips)))
+        normal = self._scores([feats[i] for i in held_out])[self.default_rule]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for key, value in self.gmm.items():
+            np.save(run_dir / f"gmm_{key}.npy", value.numpy())
+        return self.save(run_dir, clips, hist, normal, {
+            "normal_scores_from": "validation clips" if held_out is val_idx
+            else "all training clips (too few validation clips)"})
+
+    def _fit_gmm(self, x: torch.Tensor) -> None:
+        """The GMM over every training window's z (DAGMM fits the scoring GMM once, on the
+        training set, from the estimation network's memberships)."""
+        zs, gammas = [], []
+        with torch.no_grad():
+            for idx in batched(len(x), 512):
+                z, _, _, gamma = self.model(x[idx])
+                zs.append(z.double())
+                gammas.append(gamma.double())
+        phi, mu, cov = gmm_parameters(torch.cat(zs), torch.cat(gammas))
+        self.gmm = {"phi": phi, "mu": mu, "cov": cov}
+
+    def _scores(self, feats: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        x, owner = stack_windows(feats, self.spec)
+        latent, energy = [], []
+        with torch.no_grad():
+            for idx in batched(len(x), 512):
+                z, _, z_aux, _ = self.model(self.model.scale(as_images(x[idx.numpy()])))
+                latent.append((z - z_aux).pow(2).sum(1).double().numpy())
+                energy.append(gmm_energy(z.double(), self.gmm["phi"], self.gmm["mu"],
+                                         self.gmm["cov"], self.config.jitter).numpy())
+        out = {"latent": np.concatenate(latent), "energy": np.concatenate(energy)}
+        return {k: np.array([v[owner == i].mean() for i in range(len(feats))])
+                for k, v in out.items()}
+
+    def chunk_scores(self, clips: Sequence[Clip]) -> dict[str, np.ndarray]:
+        return self._scores(clip_features(clips, self.spec, False))
+
+    def load_extra(self, run_dir: Path, info: dict) -> None:
+        self.low, self.high = info["architecture"]["low"], info["architecture"]["high"]
+        self.gmm = {k: torch.from_numpy(load_array(run_dir, f"gmm_{k}.npy"))
+                    for k in ("phi", "mu", "cov")}

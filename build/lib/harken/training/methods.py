@@ -1,0 +1,42 @@
+"""Registry of trainable methods: name -> a class satisfying training/method.py's
+``Method`` (train, load, score). A new method is one module and one entry in METHODS."""
+
+from __future__ import annotations
+
+from harken.agent.errors import UsageError
+from harken.training.aegan import AeganMethod
+from harken.training.autoencoder import (AeBatchUniformization, AeMahalanobis, AeNeymanPearson,
+                                  AutoencoderMethod)
+from harken.training.baselines import KnnBaseline
+from harken.training.classifier import ClassifierMethod, ContrastiveMethod
+from harken.training.gmgan import GmganMethod
+from harken.training.method import Configurable, Method
+from harken.training.oevae import OevaeMethod
+
+METHODS = {cls.name: cls for cls in (KnnBaseline, AutoencoderMethod, AeMahalanobis,
+                                     AeBatchUniformization, AeNeymanPearson,
+                                     ClassifierMethod, ContrastiveMethod, AeganMethod,
+                                     GmganMethod, OevaeMethod)}
+
+
+def method_class(name: str):
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UsageError(f"unknown method '{name}'; choose one of {sorted(METHODS)}") from None
+
+
+def make_method(name: str, overrides: list[str] | None = None) -> Method:
+    """A fresh, untrained method; ``overrides`` are ``key=value`` settings (``--set``)."""
+    cls = method_class(name)
+    if not issubclass(cls, Configurable):
+        if overrides:
+            raise UsageError(f"{name} has no settings to --set")
+        return cls()
+    return cls(overrides=overrides)
+
+
+def settings(name: str) -> dict:
+    """The method's settings and their defaults (what --set can change)."""
+    cls = method_class(name)
+    return cls.default_settings() if issubclass(cls, Configurable) else {}

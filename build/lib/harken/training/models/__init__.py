@@ -1,0 +1,1 @@
+"""Network definitions (torch): the edge scorers the device runs once exported, and their losses."""

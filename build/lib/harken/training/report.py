@@ -1,0 +1,251 @@
+"""docs/results.md from evaluation outputs (metrics.json), so every figure in the docs
+comes from a run anyone can repeat."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from harken.agent.errors import UsageError
+
+
+def load_evaluation(path: Path) -> dict:
+    path = Path(path)
+    file = path / "metrics.json" if path.is_dir() else path
+    if not file.is_file():
+        raise UsageError(f"{path}: no metrics.json (run 'harken-train evaluate' first)")
+    return json.loads(file.read_text())
+
+
+def results_markdown(evaluations: dict[str, dict], corpus: dict, command: str,
+                     clip_scores: dict[str, dict[tuple[str, str], float]] | None = None) -> str:
+    """evaluations: method label -> metrics.json content; clip_scores: method label -> its
+    test clips' scores (for the per-fault table, where the corpus names each clip's fault)."""
+    lines = ["# Results", "",
+             f"Made by `{command}` on {dt.date.today().isoformat()}; re-run it to refresh "
+             "every number on this page. Metrics follow the DCASE 2024 evaluator "
+             "(training/metrics.py): AUC per domain (that domain's normals against all "
+             "anomalies of the section), pAUC at FPR <= 0.1 over the section, official score = "
+             "harmonic mean of all of them.", ""]
+    if corpus:
+        lines += [f"Corpus: synthetic, size `{corpus.get('size')}`, seed {corpus.get('seed')}, "
+                  f"machine types {', '.join(corpus.get('machines', []))}, "
+                  f"{corpus.get('sections')} sections each, {corpus.get('clip_seconds')} s clips, "
+                  f"{len(corpus.get('clips', []))} clips in all.", ""]
+    lines += ["## Official score", "", "| method | official score | "
+              + " | ".join(sorted(next(iter(evaluations.values()))["machines"])) + " |",
+              "|---|---|" + "---|" * len(next(iter(evaluations.values()))["machines"])]
+    for label, ev in evaluations.items():
+        machines = " | ".join(f"{v:.4f}" for _, v in sorted(ev["machines"].items()))
+        lines.append(f"| {label} | **{ev['official_score']:.4f}** | {machines} |")
+    knn = evaluations.get("baseline-knn")
+    if knn:
+        src = sum(x["auc_source"] for x in knn["sections"]) / len(knn["sections"])
+        tgt = sum(x["auc_target"] for x in knn["sections"]) / len(knn["sections"])
+        in_band = 0.55 <= knn["official_score"] <= 0.80
+        lines += ["", "Corpus difficulty check: the naive baseline should score between 0.55 and "
+                  f"0.80 with target AUCs below source AUCs. Official score "
+                  f"{knn['official_score']:.4f}: {'met' if in_band else '**missed**'}; mean AUC "
+                  f"target {tgt:.4f} vs source {src:.4f}: {'met' if tgt < src - 0.05 else '**missed**'}."]
+    lines += _variant_lines(evaluations) + fault_lines(clip_scores or {}, corpus) \
+        + _generative_lines(evaluations) + _training_lines(evaluations)
+    for label, ev in evaluations.items():
+        if " [" in label:           # another score rule of a method shown above
+            continue
+        lines += ["", f"## {label}: per section", "",
+                  "| machine | section | AUC source | AUC target | pAUC | hmean |",
+                  "|---|---|---|---|---|---|"]
+        for s in ev["sections"]:
+            lines.append(f"| {s['machine']} | {s['section']:02d} | {s['auc_source']:.4f} | "
+                         f"{s['auc_target']:.4f} | {s['pauc']:.4f} | {s['hmean']:.4f} |")
+        src = [s["auc_source"] for s in ev["sections"]]
+        tgt = [s["auc_target"] for s in ev["sections"]]
+        lines += ["", f"Mean AUC over sections: source {sum(src) / len(src):.4f}, "
+                  f"target {sum(tgt) / len(tgt):.4f}."]
+    return "\n".join(lines) + "\n"
+
+
+# variant -> the method it changes one thing of
+VARIANT_OF = {"ae-mahalanobis": "ae", "ae-bu": "ae", "ae-snp": "ae", "contrastive": "mobilenetv2",
+              "contrastive [logit]": "mobilenetv2 [logit]"}
+
+
+def _variant_lines(evaluations: dict[str, dict]) -> list[str]:
+    rows = [(v, b) for v, b in VARIANT_OF.items() if v in evaluations and b in evaluations]
+    knn = evaluations.get("baseline-knn")
+    if not rows and not knn:
+        return []
+    lines = ["", "## Did it help?", "",
+             "Each variant against the method it changes, and every method against "
+             "baseline-knn (official score; the verdicts are computed, not written by hand).", "",
+             "| method | compared with | official | theirs | change | verdict |",
+             "|---|---|---|---|---|---|"]
+    pairs = rows + ([(label, "baseline-knn") for label in evaluations if label != "baseline-knn"]
+                    if knn else [])
+    for v, b in pairs:
+        ov, ob = evaluations[v]["official_score"], evaluations[b]["official_score"]
+        verdict = "helped" if ov > ob + 0.005 else ("did not help" if ov < ob - 0.005
+                                                      else "no difference")
+        if b == "baseline-knn":
+            verdict = "beats baseline-knn" if ov > ob else "**below baseline-knn**"
+        lines.append(f"| {v} | {b} | {ov:.4f} | {ob:.4f} | {ov - ob:+.4f} | {verdict} |")
+    bu, ae = evaluations.get("ae-bu"), evaluations.get("ae")
+    if bu and ae and bu["sections"] == ae["sections"]:
+        lines += ["", "ae-bu scored every section exactly as ae did. With the default "
+                  "bandwidth (Scott's rule, n^(-1/(d+4)), about 1 for d = 640 inputs) the "
+                  "Gaussian kernel between two different standardised inputs underflows to "
+                  "zero, so every sample's density is its own kernel alone, every weight is "
+                  "1, and batch uniformization trains exactly the plain AE with the same seed. "
+                  "A bandwidth on the scale of the inputs' distances (`--set bu_bandwidth=...`, "
+                  "of the order of sqrt(d)) makes the weights vary; it would have to be "
+                  "chosen on training data, which this page does not do."]
+    return lines
+
+
+def fault_aucs(scores: dict[tuple[str, str], float], corpus: dict
+               ) -> dict[tuple[str, str], float]:
+    """(machine, fault) -> AUC of that fault's anomalous test clips against the normal test
+    clips of their section (both domains), averaged over sections. Needs a corpus.json that
+    names each test clip's fault (the synthetic corpus's does)."""
+    groups: dict[tuple[str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for c in corpus.get("clips", []):
+        key = (c["machine"], Path(c["file"]).name)
+        if c.get("split") == "test" and key in scores:
+            kind = "normal" if c.get("label") == "normal" else c.get("fault") or "unnamed"
+            groups[(c["machine"], c["section"])][kind].append(scores[key])
+    per: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for (machine, _), kinds in groups.items():
+        normal = kinds.get("normal", [])
+        for fault, anomalous in kinds.items():
+            if fault != "normal" and normal and anomalous:
+                y = np.r_[np.zeros(len(normal)), np.ones(len(anomalous))]
+                per[(machine, fault)].append(float(roc_auc_score(y, normal + anomalous)))
+    return {k: float(np.mean(v)) for k, v in sorted(per.items())}
+
+
+def fault_lines(clip_scores: dict[str, dict[tuple[str, str], float]], corpus: dict,
+                gap: float = 0.1) -> list[str]:
+    """Which faults each method catches: a method can beat another on the official score
+    while missing a whole kind of fault the other finds."""
+    table = {label: fault_aucs(s, corpus) for label, s in clip_scores.items() if " [" not in label}
+    table = {label: aucs for label, aucs in table.items() if aucs}
+    if not table:
+        return []
+    labels = list(table)
+    rows = sorted({k for aucs in table.values() for k in aucs})
+    lines = ["", "## Which faults each method catches", "",
+             "AUC of each fault's anomalous test clips against the normal test clips of the "
+             "same section (both domains), averaged over sections; 0.5 is chance. The fault "
+             "of each clip comes from the synthetic corpus's corpus.json.", "",
+             "| machine | fault | " + " | ".join(labels) + " |",
+             "|---|---|" + "---|" * len(labels)]
+    for machine, fault in rows:
+        cells = [f"{table[label][(machine, fault)]:.2f}" if (machine, fault) in table[label]
+                 else "" for label in labels]
+        lines.append(f"| {machine} | {fault} | " + " | ".join(cells) + " |")
+    base = table.get("baseline-knn")
+    if base:
+        lines += ["", f"Faults a method misses that baseline-knn finds (AUC at least {gap} below "
+                  "baseline-knn's):", ""]
+        for label in labels:
+            missed = [f"{m} {f} ({aucs[(m, f)]:.2f} vs {base[(m, f)]:.2f})"
+                      for (m, f) in rows if (m, f) in base and (m, f) in (aucs := table[label])
+                      and aucs[(m, f)] < base[(m, f)] - gap]
+            if label != "baseline-knn":
+                lines.append(f"- {label}: " + (", ".join(missed) if missed else "none"))
+    return lines
+
+
+GENERATIVE = {
+    "aegan-ad": "the generator's reconstruction scores (`x-*`, `z-*`) need the convolutional "
+                "autoencoder on the device; the critic-embedding scores (`d-*`) also the "
+                "discriminator and the section's embedding bank (LOF: its neighbour graph)",
+    "gmgan": "`latent` needs the encoder, decoder and auxiliary encoder; `energy` the encoder, "
+             "the estimation network's GMM arrays and a log-sum-exp on the device",
+    "oevae": "the ResNet and the VAE encoder, plus the segment bank per section for `beta` "
+             "(the same kind of bank the classifier's embedding rule ships)",
+}
+
+
+def _generative_lines(evaluations: dict[str, dict]) -> list[str]:
+    shown = [m for m in GENERATIVE if m in evaluations]
+    if not shown:
+        return []
+    lines = ["", "## Generative detectors", "",
+             "AEGAN-AD, GMGAN and OEVAE are trained and evaluated like the edge scorers; the "
+             "rows `method [rule]` are the same runs scored with each of their score rules. "
+             "None of them exports to the device yet: `harken-export` refuses their runs "
+             "(it builds device graphs for the dense AE and the MobileNetV2 classifiers). "
+             "What each would need:", ""]
+    lines += [f"- {m}: {GENERATIVE[m]}." for m in shown]
+    lines += ["", "Where the defaults are smaller than the papers' networks, to train a machine "
+              "type in minutes on two CPU cores: AEGAN-AD `channels=16` (a 256-d critic "
+              "embedding; the paper's 512-d is `--set channels=32`), OEVAE `width=16` (ResNet-18 "
+              "layout at a quarter of its width; the paper's is `--set width=64`). GMGAN's "
+              "paper gives no audio network size; its pyramid is AEGAN-AD's on 64 x 64 patches."]
+    below = [label for label, ev in evaluations.items()
+             if label.split(" [")[0] in GENERATIVE and ev["official_score"] < 0.5]
+    if below:
+        lines += ["", "Official score below 0.5, the level of a random score (AUC and "
+                  "McClish-standardised pAUC both 0.5): "
+                  + ", ".join(f"`{b}`" for b in below) + "."]
+    chosen = evaluations.get("aegan-ad", {}).get("methods", {})
+    if chosen:
+        lines += ["", "AEGAN-AD's default score is chosen per machine type without test "
+                  "labels (held-out normal training clips against pseudo-anomalous copies of "
+                  "them): " + ", ".join(f"{m}: {v.split('(')[-1].split()[0]}"
+                                        for m, v in sorted(chosen.items())) + "."]
+    return lines
+
+
+def _training_lines(evaluations: dict[str, dict]) -> list[str]:
+    timed = {label: ev["training"] for label, ev in evaluations.items() if ev.get("training")}
+    if not timed:
+        return []
+    machines = sorted({m for t in timed.values() for m in t})
+    first = next(iter(next(iter(timed.values())).values()))
+    lines = ["", "## Training time", "",
+             f"Wall seconds to train one machine type with the method's default settings "
+             f"(features, training, score-rule fitting), on {first['cpu_cores']} CPU cores "
+             f"({first['machine']}), device `{first['device']}`. Target: under 300 s. Wall time "
+             "counts whatever else the machine was running; `bench/bench_training.py` "
+             "measures per-epoch throughput on its own (docs/benchmarks.md).", "",
+             "| method | " + " | ".join(machines) + " | epochs run | torch threads | under 300 s |",
+             "|---|" + "---|" * (len(machines) + 3)]
+    seen = set()
+    for label, t in timed.items():
+        key = tuple(sorted((m, v["seconds"]) for m, v in t.items()))
+        if key in seen:        # a second score rule of the same runs
+            continue
+        seen.add(key)
+        secs = [t[m]["seconds"] if m in t else None for m in machines]
+        epochs = ", ".join(str(t[m]["epochs"]) for m in machines if m in t and t[m]["epochs"]) or "-"
+        ok = all(x is not None and x < 300 for x in secs)
+        threads = ", ".join(sorted({str(v.get("torch_threads", "?")) for v in t.values()}))
+        lines.append(f"| {label} | " + " | ".join("" if x is None else f"{x:.0f}" for x in secs)
+                     + f" | {epochs} | {threads} | {'yes' if ok else '**no**'} |")
+    devices = {v["device"] for t in timed.values() for v in t.values()}
+    if not any(d.startswith("cuda") for d in devices):
+        lines += ["", "GPU: these runs had no CUDA GPU. On a GPU, `harken-train train` uses it "
+                  "automatically (bf16 autocast)." + _gpu_epoch_line()]
+    return lines
+
+
+def _gpu_epoch_line(bench: Path = Path(__file__).resolve().parent.parent / "bench" / "results"
+                    / "training-gpu.json") -> str:
+    """GPU vs CPU seconds per epoch from the last `bench_training.py --name training-gpu`."""
+    if not bench.is_file():
+        return (" `bench/bench_training.py` prints seconds per epoch on each device it finds; "
+                "no GPU run of it is recorded.")
+    r = json.loads(bench.read_text())
+    parts = [f"{name} {row['cpu']['seconds_per_epoch']:.1f} s on CPU vs "
+             f"{row['cuda']['seconds_per_epoch']:.2f} s on the GPU"
+             for name, row in r["methods"].items() if "cuda" in row]
+    return (f" Seconds per epoch on {r['gpu']} with {r['machine']['cores']} CPU cores beside it "
+            f"(`bench/bench_training.py --name training-gpu`, {r['when'][:10]}): "
+            + "; ".join(parts) + ". The 5-minute training target is for 2 CPU cores.")

@@ -1,0 +1,146 @@
+"""What every torch-trained method shares: config with overrides, the run directory
+(weights without pickle, run.json, loss plot), and loading back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from harken.agent.errors import UsageError
+from harken.agent.features import FeatureSpec, preset
+from harken.training.config import TrainConfig, config_dict, with_overrides
+from harken.training.data.corpus import Clip
+from harken.training.runs import RunError, normal_score_stats, read_run, write_run
+from harken.training.trainer import History, pick_device, plot_history, seed_everything
+
+WEIGHTS = "model.pt"
+MIN_HELD_OUT = 3      # a gamma fit of normal scores needs a few validation clips; else all
+
+
+class TorchMethod:
+    name: ClassVar[str]
+    preset_name: ClassVar[str]
+    config_cls: ClassVar[type[TrainConfig]]
+    score_rules: ClassVar[tuple[str, ...]]
+    summary: ClassVar[str] = ""
+
+    def __init__(self, config: TrainConfig | None = None, overrides: list[str] | None = None,
+                 spec: FeatureSpec | None = None) -> None:
+        self.config = with_overrides(config or self.config_cls(), overrides)
+        self.spec = spec or preset(self.preset_name)
+        self.model: nn.Module | None = None
+        self.info: dict = {}
+
+    @classmethod
+    def default_settings(cls) -> dict:
+        """Every setting and its default (what ``--set`` can change)."""
+        import dataclasses
+        return dataclasses.asdict(cls(cls.config_cls()).config)
+
+    # -- to be provided by each method ---------------------------------------------------
+    def architecture(self) -> dict:
+        """Constructor arguments that rebuild the network (stored in run.json)."""
+        raise NotImplementedError
+
+    # -- shared ----------------------------------------------------------------------------
+    @property
+    def default_rule(self) -> str:
+        return getattr(self.config, "score")
+
+    def check_rule(self, rule: str | None) -> str:
+        rule = rule or self.default_rule
+        if rule not in self.score_rules:
+            raise UsageError(f"{self.name} has no score rule '{rule}'; choose one of "
+                             f"{list(self.score_rules)}")
+        return rule
+
+    def setup(self) -> torch.device:
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        self.generator = seed_everything(self.config.seed)
+        return pick_device(self.config.device)
+
+    def save(self, run_dir: Path, clips: Sequence[Clip], hist: History, normal_scores: np.ndarray,
+             extra: dict) -> dict:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                   run_dir / WEIGHTS)
+        plot_history(hist, run_dir / "loss.png", f"{self.name}, {clips[0].machine}")
+        return write_run(run_dir, method=self.name, machine=clips[0].machine, spec=self.spec,
+                         params={**config_dict(self.config), "score_rules": list(self.score_rules)},
+                         train_clips=clips, normal_scores=normal_score_stats(normal_scores),
+                         extra={"architecture": self.architecture(), "history": hist.to_dict(),
+                                "weights": WEIGHTS, **extra})
+
+    @classmethod
+    def load(cls, run_dir: Path) -> TorchMethod:
+        info = read_run(run_dir)
+        if info["method"] != cls.name:
+            raise RunError(f"{run_dir}: run of method '{info['method']}', not '{cls.name}'")
+        params = {k: v for k, v in info["params"].items() if k != "score_rules"}
+        try:
+            config = cls.config_cls(**params)
+        except TypeError as exc:
+            raise RunError(f"{run_dir}/run.json: params do not fit {cls.name} ({exc})") from None
+        self = cls(config, spec=FeatureSpec.from_dict(info["feature_spec"], f"{run_dir}/run.json"))
+        self.info = info
+        self.model = self.build_from(info["architecture"])
+        try:
+            state = torch.load(run_dir / info.get("weights", WEIGHTS), map_location="cpu",
+                               weights_only=True)
+            self.model.load_state_dict(state)
+        except (OSError, RuntimeError, KeyError) as exc:
+            raise RunError(f"{run_dir}: cannot load weights ({exc})") from None
+        self.model.eval()
+        self.load_extra(run_dir, info)
+        return self
+
+    def build_from(self, architecture: dict) -> nn.Module:
+        raise NotImplementedError
+
+    def load_extra(self, run_dir: Path, info: dict) -> None:
+        """Arrays beside the weights (covariances, embedding banks)."""
+
+
+class ScoresEveryRule:
+    """For methods whose score rules all read the same network outputs (the generative
+    detectors): ``score`` and ``score_all`` from one pass over the clips, in chunks of
+    ``score_chunk``; the method gives ``chunk_scores`` (rule -> scores of a few clips)."""
+    score_chunk: ClassVar[int] = 32
+
+    def chunk_scores(self, clips: Sequence[Clip]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def score(self, clips: Sequence[Clip], progress: bool = True, rule: str | None = None
+              ) -> np.ndarray:
+        return self.score_all(clips, progress)[self.check_rule(rule)]
+
+    def score_all(self, clips: Sequence[Clip], progress: bool = True) -> dict[str, np.ndarray]:
+        n = self.score_chunk
+        out = {r: np.empty(len(clips)) for r in self.score_rules}
+        for start in tqdm(range(0, len(clips), n), desc="scoring", unit=f"{n} clips",
+                          disable=not progress, leave=False):
+            part = clips[start:start + n]
+            for r, v in self.chunk_scores(part).items():
+                out[r][start:start + len(part)] = v
+        return out
+
+
+def load_array(run_dir: Path, name: str) -> np.ndarray:
+    try:
+        return np.load(run_dir / name, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{run_dir}: cannot load {name} ({exc})") from None
+
+
+def batched(n: int, batch_size: int, generator: torch.Generator | None = None):
+    """Index tensors covering range(n) in batches (shuffled when a generator is given)."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
