@@ -6,6 +6,7 @@ bundle's threshold without touching the bundle."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -131,6 +132,20 @@ class Config(_Section):
         p = Path(value).expanduser()
         return p if p.is_absolute() or not self.source_file else \
             Path(self.source_file).parent / p
+
+    def writable_folder(self, key: str, value: str) -> Path:
+        """The folder config key ``key`` names, created if needed; a ConfigError naming
+        the key when it cannot be created or written (a file in the way, permissions)."""
+        folder = self.path(value)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{self.source_file}: key '{key}' = {value!r}: cannot create "
+                              f"the folder {folder} ({exc.strerror or exc})") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"{self.source_file}: key '{key}' = {value!r}: the folder "
+                              f"{folder} is not writable by this user")
+        return folder
 
     @property
     def override_file(self) -> Path:

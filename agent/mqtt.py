@@ -45,8 +45,9 @@ class MqttSink(Sink):
         m = config.mqtt     # certificate paths are relative to the config file
         files = {k: str(config.path(v)) for k in ("ca_file", "cert_file", "key_file")
                  if (v := getattr(m, k))}
+        state = config.writable_folder("agent.state_dir", config.agent.state_dir)
         return cls(m.model_copy(update=files), config.agent.node, config.agent.machine,
-                   config.path(config.agent.state_dir) / m.outbox)
+                   state / m.outbox)
 
     def __init__(self, settings, node: str, machine: str, outbox_path: Path,
                  log=lambda msg: print(f"harken: mqtt: {msg}", file=sys.stderr)) -> None:

@@ -13,6 +13,7 @@ left to drop); every eviction is counted and reported in the stats record.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -56,6 +57,11 @@ class Outbox:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
+            if not os.access(path.parent, os.W_OK) or (path.exists()
+                                                       and not os.access(path, os.W_OK)):
+                raise OSError(f"{path}: cannot open the outbox: this user may not write "
+                              f"{'it' if path.exists() else 'its folder'} (check the "
+                              f"permissions of agent.state_dir)") from None
             raise OSError(f"{path}: cannot open the outbox ({exc}); move it aside to start "
                           f"a new one") from None
 

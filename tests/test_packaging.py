@@ -36,6 +36,12 @@ def test_the_wheel_holds_one_top_level_package_with_the_agent_and_its_unit(wheel
     for needed in ("harken/__main__.py", "harken/agent/cli.py", "harken/agent/features/extract.py",
                    "harken/systemd/harken.service"):
         assert needed in names
+    # every package folder of the source tree is in the wheel (pyproject.toml lists them)
+    for folder, ns in (("agent", "harken/agent"), ("training", "harken/training"),
+                       ("export", "harken/export")):
+        for init in (ROOT / folder).rglob("__init__.py"):
+            inside = init.relative_to(ROOT / folder).as_posix()
+            assert f"{ns}/{inside}" in names, f"{folder}/{inside} is not in the wheel"
     entry_points = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "harken = harken.agent.cli:main" in entry_points

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from harken.agent.config import ConfigError
 from harken.agent.pipeline import IntervalResult
 from harken.agent.sinks.base import Sink, register
 
@@ -23,8 +24,12 @@ class JsonLinesSink(Sink):
     @classmethod
     def from_config(cls, config) -> JsonLinesSink:
         out = config.output
-        return cls(out.stdout, config.path(out.file) if out.file else None,
-                   node=config.agent.node, machine=config.agent.machine)
+        try:
+            return cls(out.stdout, config.path(out.file) if out.file else None,
+                       node=config.agent.node, machine=config.agent.machine)
+        except OSError as exc:
+            raise ConfigError(f"{config.source_file}: key 'output.file' = {out.file!r}: cannot "
+                              f"open it for appending ({exc.strerror or exc})") from None
 
     def __init__(self, stdout: bool = True, file: Path | None = None,
                  stream: TextIO | None = None, node: str = "", machine: str = "") -> None:

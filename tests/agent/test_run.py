@@ -137,3 +137,24 @@ def test_run_refuses_bad_bundles_and_configs_in_one_line(ae_bundle, tmp_path, ca
     cfg.write_text(cfg.read_text().replace("[decision]", "[decision]\nwindow = 3"))
     assert harken(["check-config", str(cfg)]) == 2
     assert "unknown key 'decision.window'" in capsys.readouterr().err
+
+
+def test_unusable_output_file_and_state_dir_name_their_key(ae_bundle, recordings, tmp_path,
+                                                            capsys):
+    root, _, _ = recordings
+    wav = str(root / "normal_then_faulty.wav")
+    cfg = config(tmp_path, ae_bundle, output_file="/proc/nope/scores.jsonl", source="file",
+                 file=wav, realtime=False)
+    assert harken(["run", "--config", str(cfg), "--intervals", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "key 'output.file' = '/proc/nope/scores.jsonl': cannot open it" in err
+
+    (tmp_path / "a-file").write_text("in the way")
+    cfg = write_agent_config(
+        tmp_path / "mqtt.toml", agent={"node": "n", "machine": "fan", "state_dir": "a-file"},
+        model={"bundle": ae_bundle}, audio={"source": "file", "file": wav, "realtime": False},
+        mqtt={"enabled": True, "host": "127.0.0.1", "port": 1})
+    assert harken(["run", "--config", str(cfg), "--intervals", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "key 'agent.state_dir' = 'a-file': cannot create the folder" in err
+    assert "Traceback" not in err

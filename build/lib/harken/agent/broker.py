@@ -97,11 +97,21 @@ class BrokerUrl:
     password: str | None = None
 
 
+def _redacted(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    head, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    return f"{head}{sep}{userinfo}{at}{host}"
+
+
 def parse_broker_url(url: str) -> BrokerUrl:
     """``mqtt://[user[:password]@]host[:port]`` or ``mqtts://...`` (TLS, port 8883)."""
     if "://" not in url:
         url = "mqtt://" + url
     parts = urlsplit(url)
+    url = _redacted(url)           # the URL may carry a password: never echo it
     if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
         raise BrokerError(f"broker URL {url!r}: scheme {parts.scheme!r} is not one of "
                           f"mqtt://, mqtts://")

@@ -9,8 +9,10 @@ Every refusal names the file and the manifest field.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
+import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
@@ -25,6 +27,8 @@ from harken.agent.features import FeatureSpec, FeatureSpecError
 from harken.agent.manifest import (ARTIFACT_KINDS, MANIFEST, OUTPUTS, SCHEMA_VERSION,
                                    FileEntry, Manifest, explain)
 from harken.agent.rules import RULES, ScoreRule, make_rule, output_of
+
+MAX_MANIFEST_BYTES = 1 << 20
 
 __all__ = ["ARTIFACT_KINDS", "MANIFEST", "OUTPUTS", "SCHEMA_VERSION", "Artifact", "Bundle",
            "BundleError", "open_bundle", "sha256_file"]
@@ -125,9 +129,15 @@ def read_manifest(manifest_path: Path) -> Manifest:
     """The typed manifest; the schema version is checked first, so a manifest from a
     newer exporter is refused with the reason rather than a field error."""
     try:
+        size = manifest_path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:       # a real one is a few KiB: never read a huge file
+            raise BundleError(f"{manifest_path}: {size} bytes; a manifest is at most "
+                              f"{MAX_MANIFEST_BYTES} bytes")
         data = json.loads(manifest_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise BundleError(f"{manifest_path}: not a manifest (JSON nested too deeply)") from None
     where = str(manifest_path)
     if not isinstance(data, dict):
         raise BundleError(f"{where}: expected a JSON object, got {type(data).__name__}")
@@ -206,13 +216,23 @@ def open_bundle(path: str | Path, extract_to: Path | None = None) -> Bundle:
 
 
 def _extract(tar_path: Path, into: Path | None) -> Path:
+    """Unpack into ``into``, or into a temporary folder that is removed when the process
+    exits (and at once if the tarball is refused: nothing half-unpacked stays behind)."""
+    own = into is None
     into = into or Path(tempfile.mkdtemp(prefix="harken-bundle-"))
     try:
-        with tarfile.open(tar_path) as tar:
-            tar.extractall(into, filter="data")      # no links out, no absolute paths
-    except (tarfile.TarError, OSError) as exc:
-        raise BundleError(f"{tar_path}: cannot unpack ({exc})") from None
-    found = sorted(p.parent for p in into.rglob(MANIFEST))
-    if not found:
-        raise BundleError(f"{tar_path}: no {MANIFEST} inside")
+        try:
+            with tarfile.open(tar_path) as tar:
+                tar.extractall(into, filter="data")      # no links out, no absolute paths
+        except (tarfile.TarError, OSError) as exc:
+            raise BundleError(f"{tar_path}: cannot unpack ({exc})") from None
+        found = sorted(p.parent for p in into.rglob(MANIFEST))
+        if not found:
+            raise BundleError(f"{tar_path}: no {MANIFEST} inside")
+    except BaseException:
+        if own:
+            shutil.rmtree(into, ignore_errors=True)
+        raise
+    if own:
+        atexit.register(shutil.rmtree, into, ignore_errors=True)
     return found[0]

@@ -24,7 +24,11 @@ class ConfigError(HarkenError, ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # nan/inf are valid TOML floats, but no threshold or duration of the agent can be one
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+SECRET_KEYS = ("password",)       # their values are never echoed in an error
 
 
 class AgentSection(_Section):
@@ -141,6 +145,8 @@ def _explain(exc: ValidationError, source: str) -> str:
             lines.append(f"{source}: unknown key '{key}'")
         elif err["type"] == "missing":
             lines.append(f"{source}: key '{key}' is required")
+        elif key.split(".")[-1] in SECRET_KEYS:
+            lines.append(f"{source}: key '{key}' (value not shown): {err['msg']}")
         else:
             got = err.get("input")
             lines.append(f"{source}: key '{key}' = {got!r}: {err['msg']}"
@@ -207,6 +213,8 @@ def load_config(path: str | Path) -> Config:
         data = tomllib.loads(path.read_text())
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a TOML text file (not UTF-8)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     if "source_file" in data:

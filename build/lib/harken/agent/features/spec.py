@@ -1,0 +1,167 @@
+"""The feature spec (DESIGN contract 1) and its presets: every parameter of the front
+end in one frozen, validated value, serialised into run.json and manifest.json and
+compared on load."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from harken.agent.errors import HarkenError
+
+MelScale = Literal["slaney", "htk"]
+PadMode = Literal["constant", "reflect"]
+LogRule = Literal["dcase", "none"]
+
+FEATURE_SPEC_VERSION = 1
+
+
+class FeatureSpecError(HarkenError, ValueError):
+    """A feature spec that is invalid or that this front end cannot reproduce."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Everything that determines the model input: DESIGN contract 1.
+
+    It travels in run.json and manifest.json and is compared on load, so a bundle
+    trained on other features is refused instead of silently mis-scored.
+    """
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    win_length: int = 1024
+    hop_length: int = 512
+    window: Literal["hann", "hamming"] = "hann"
+    center: bool = True
+    pad_mode: PadMode = "constant"
+    n_mels: int = 128
+    fmin: float = 0.0
+    fmax: float = 8000.0
+    power: float = 2.0
+    mel_scale: MelScale = "slaney"
+    mel_norm: Literal["slaney", "none"] = "slaney"
+    log_rule: LogRule = "dcase"
+    log_eps: float = sys.float_info.epsilon
+    window_frames: int = 5
+    window_hop: int = 1
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        def bad(field: str, expected: str) -> FeatureSpecError:
+            return FeatureSpecError(
+                f"feature spec field '{field}' = {getattr(self, field)!r}: expected {expected}"
+            )
+
+        for field in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels",
+                      "window_frames", "window_hop"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise bad(field, "a positive integer")
+        if self.win_length > self.n_fft:
+            raise bad("win_length", f"<= n_fft ({self.n_fft})")
+        if self.hop_length > self.n_fft:
+            raise bad("hop_length", f"<= n_fft ({self.n_fft})")
+        if self.window not in ("hann", "hamming"):
+            raise bad("window", "'hann' or 'hamming'")
+        if not isinstance(self.center, bool):
+            raise bad("center", "true or false")
+        if self.pad_mode not in ("constant", "reflect"):
+            raise bad("pad_mode", "'constant' or 'reflect'")
+        if not 0.0 <= self.fmin < self.fmax <= self.sample_rate / 2:
+            raise FeatureSpecError(
+                f"feature spec fields 'fmin' = {self.fmin!r}, 'fmax' = {self.fmax!r}: "
+                f"expected 0 <= fmin < fmax <= sample_rate/2 ({self.sample_rate / 2})"
+            )
+        if self.power not in (1.0, 2.0):
+            raise bad("power", "1.0 (magnitude) or 2.0 (power)")
+        if self.mel_scale not in ("slaney", "htk"):
+            raise bad("mel_scale", "'slaney' or 'htk'")
+        if self.mel_norm not in ("slaney", "none"):
+            raise bad("mel_norm", "'slaney' or 'none'")
+        if self.log_rule not in ("dcase", "none"):
+            raise bad("log_rule", "'dcase' (20/power * log10(mel + eps)) or 'none'")
+        if not (isinstance(self.log_eps, float) and self.log_eps > 0):
+            raise bad("log_eps", "a positive float")
+
+    # --- serialisation (run.json / manifest.json) ---------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": FEATURE_SPEC_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "feature spec") -> FeatureSpec:
+        """Build a spec from JSON, refusing anything this front end cannot reproduce."""
+        if not isinstance(data, dict):
+            raise FeatureSpecError(f"{source}: expected an object, got {type(data).__name__}")
+        data = dict(data)
+        version = data.pop("version", FEATURE_SPEC_VERSION)
+        if version != FEATURE_SPEC_VERSION:
+            raise FeatureSpecError(
+                f"{source}: feature spec version {version!r} is not supported by this "
+                f"agent (supports {FEATURE_SPEC_VERSION}); upgrade harken"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise FeatureSpecError(
+                f"{source}: unknown feature spec field(s) {unknown}; this front end cannot "
+                f"reproduce them (known: {sorted(known)})"
+            )
+        for key in ("fmin", "fmax", "power", "log_eps"):
+            if isinstance(data.get(key), int) and not isinstance(data.get(key), bool):
+                data[key] = float(data[key])
+        try:
+            return cls(**data)
+        except FeatureSpecError as exc:
+            raise FeatureSpecError(f"{source}: {exc}") from None
+
+    def replace(self, **changes: Any) -> FeatureSpec:
+        return dataclasses.replace(self, **changes)
+
+    # --- derived quantities ----------------------------------------------------------
+    @property
+    def n_freqs(self) -> int:
+        return self.n_fft // 2 + 1
+
+    @property
+    def frame_seconds(self) -> float:
+        return self.hop_length / self.sample_rate
+
+    @property
+    def window_seconds(self) -> float:
+        return ((self.window_frames - 1) * self.hop_length + self.n_fft) / self.sample_rate
+
+    def n_frames(self, n_samples: int) -> int:
+        """Number of frames the batch extractor gives for ``n_samples`` samples."""
+        if self.center:
+            return 1 + n_samples // self.hop_length
+        if n_samples < self.n_fft:
+            return 0
+        return 1 + (n_samples - self.n_fft) // self.hop_length
+
+
+PRESETS: dict[str, FeatureSpec] = {
+    # DCASE 2020-2024 autoencoder baseline: 5 consecutive frames -> 640-dim vectors.
+    "dcase2020-ae": FeatureSpec(name="dcase2020-ae", window_frames=5, window_hop=1),
+    # MobileNetV2 section classifier and contrastive AE+MobileNetV2: 1 x 128 x 64 windows.
+    "mobilenetv2": FeatureSpec(name="mobilenetv2", window_frames=64, window_hop=8),
+    # AEGAN-AD: n_fft 2048, 128 x 128 patches.
+    "aegan-ad": FeatureSpec(name="aegan-ad", n_fft=2048, win_length=2048,
+                            window_frames=128, window_hop=32),
+    # GMGAN: 64 mels, 64 x 64 patches (about 2 s), hop 32 frames.
+    "gmgan": FeatureSpec(name="gmgan", n_mels=64, window_frames=64, window_hop=32),
+    # OEVAE: 64 ms frames, 16 ms hop, 64 mels, 2-second segments (125 frames), hop 1 s.
+    "oevae": FeatureSpec(name="oevae", n_fft=1024, win_length=1024, hop_length=256, n_mels=64,
+                         window_frames=125, window_hop=62),
+}
+
+
+def preset(name: str) -> FeatureSpec:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise FeatureSpecError(
+            f"unknown feature preset '{name}'; choose one of {sorted(PRESETS)}"
+        ) from None

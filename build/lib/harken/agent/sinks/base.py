@@ -1,0 +1,52 @@
+"""What every result sink is: the seam a new output plugs into.
+
+A sink receives each report interval and each status record (``started``, ``stats``,
+``audio_lost``, ``stopped``, ...) and is closed at a clean stop. To add one: a module with a
+``Sink`` subclass decorated with ``@register`` (``enabled`` says whether the config asks
+for it), and the module in the import line of ``agent/sinks/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from harken.agent.pipeline import IntervalResult
+from harken.agent.registry import Registry
+
+SINKS = Registry("sink")
+register = SINKS.register
+
+
+class Sink(ABC):
+    name: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def enabled(cls, config) -> bool:
+        """Whether the agent config asks for this sink."""
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config) -> Sink:
+        """Built from the agent config; may open files or connections."""
+
+    @abstractmethod
+    def interval(self, result: IntervalResult) -> None:
+        """One scored report interval (and its event, if any)."""
+
+    def status(self, record: dict) -> None:
+        """A status record; ignored unless the sink carries status."""
+
+    def health(self) -> dict:
+        """Figures this sink adds to the stats record."""
+        return {}
+
+    @property
+    def seq_start(self) -> int:
+        """The first ``seq`` this sink has not seen (a durable sink remembers across
+        restarts, so ``seq`` keeps increasing); 1 for a sink without memory."""
+        return 1
+
+    def close(self) -> None:
+        """Clean stop: flush what can be flushed."""

@@ -1,0 +1,59 @@
+"""The embedded default sink: one JSON line per report interval (the score payload of
+DESIGN contract 3 plus health) and one per anomaly event, on stdout and/or a file."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from harken.agent.pipeline import IntervalResult
+from harken.agent.sinks.base import Sink, register
+
+
+@register
+class JsonLinesSink(Sink):
+    name = "jsonlines"
+
+    @classmethod
+    def enabled(cls, config) -> bool:
+        return True            # the embedded default: stdout and/or output.file
+
+    @classmethod
+    def from_config(cls, config) -> JsonLinesSink:
+        out = config.output
+        return cls(out.stdout, config.path(out.file) if out.file else None,
+                   node=config.agent.node, machine=config.agent.machine)
+
+    def __init__(self, stdout: bool = True, file: Path | None = None,
+                 stream: TextIO | None = None, node: str = "", machine: str = "") -> None:
+        self.streams: list[TextIO] = []
+        if stdout:
+            self.streams.append(stream or sys.stdout)
+        self._file = None
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(file, "a", buffering=1)        # line-buffered: nothing lost
+            self.streams.append(self._file)
+        self.node, self.machine = node, machine
+
+    def _write(self, record: dict) -> None:
+        line = json.dumps(record, allow_nan=False)
+        for s in self.streams:
+            s.write(line + "\n")
+            s.flush()
+
+    def interval(self, result: IntervalResult) -> None:
+        self._write({"kind": "score", "node": self.node, "machine": self.machine,
+                     **result.payload()})
+        if result.event is not None:
+            self._write({"kind": "event", "node": self.node, "machine": self.machine,
+                         "seq": result.seq, **result.event.to_dict()})
+
+    def status(self, record: dict) -> None:
+        self._write({"kind": "status", "node": self.node, "machine": self.machine, **record})
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()

@@ -1,0 +1,141 @@
+"""``audio.source = "mic"``: live capture through PortAudio. The callback only copies into
+a ring buffer; a device that vanishes is reported, closed and reopened, never fatal."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from harken.agent.ringbuffer import RingBuffer
+from harken.agent.sources.base import Report, Source, SourceError, register
+from harken.agent.sources.resample import StreamResampler
+
+
+def find_device(device: str | int | None) -> int | None:
+    """PortAudio input device index from an index or a (stable) name substring."""
+    import sounddevice as sd
+    if device is None or device == "":
+        return None
+    if isinstance(device, int) or str(device).isdigit():
+        return int(device)
+    inputs = [(i, d["name"]) for i, d in enumerate(sd.query_devices())
+              if d["max_input_channels"] > 0]
+    exact = [i for i, name in inputs if name == device]
+    partial = [i for i, name in inputs if str(device).lower() in name.lower()]
+    if exact or len(partial) == 1:
+        return (exact or partial)[0]
+    names = ", ".join(repr(n) for _, n in inputs) or "none"
+    if not partial:
+        raise SourceError(f"audio.device {device!r}: no such input device (inputs: {names})")
+    raise SourceError(f"audio.device {device!r} matches several inputs "
+                      f"({', '.join(repr(n) for i, n in inputs if i in partial)}); be exact")
+
+
+class Microphone:
+    """Live capture: the PortAudio callback only copies into a ring buffer; ``chunks``
+    reads it from the processing thread. If the device refuses the model's rate, capture
+    runs at the device's default rate and is resampled here."""
+
+    def __init__(self, device: str | int | None, rate: int, block_s: float = 0.1,
+                 ring_s: float = 30.0) -> None:
+        self.device, self.rate, self.block_s = device, rate, block_s
+        self.ring = RingBuffer(int(ring_s * rate * 4))
+        self.stream = None
+        self.capture_rate = rate
+        self.resampler: StreamResampler | None = None
+        self.status_flags = 0
+
+    def open(self) -> None:
+        import sounddevice as sd
+        index = find_device(self.device)
+
+        def callback(indata, frames, time_info, status):    # PortAudio thread: copy only
+            if status:
+                self.status_flags += 1
+            self.ring.write(indata[:, 0])
+
+        for rate in (self.rate, None):
+            try:
+                capture = rate or int(sd.query_devices(index, "input")["default_samplerate"])
+                stream = sd.InputStream(device=index, channels=1, samplerate=capture,
+                                        dtype="float32", blocksize=int(self.block_s * capture),
+                                        callback=callback)
+                stream.start()
+            except (sd.PortAudioError, ValueError) as exc:
+                if rate is None:
+                    raise SourceError(f"audio.device {self.device!r}: cannot open for capture "
+                                      f"({exc})") from None
+                continue
+            self.stream, self.capture_rate = stream, capture
+            self.resampler = None if capture == self.rate else StreamResampler(capture, self.rate)
+            return
+
+    def close(self) -> None:
+        if self.stream is not None:
+            try:
+                self.stream.stop()
+                self.stream.close()
+            except Exception:     # noqa: BLE001 - a vanished device may fail to close
+                pass
+            self.stream = None
+
+    @property
+    def active(self) -> bool:
+        return self.stream is not None and bool(self.stream.active)
+
+    def read(self, timeout: float = 0.5) -> np.ndarray:
+        """What has arrived (at the model's rate), waiting up to ``timeout`` for data."""
+        x = self.ring.read(timeout=timeout)
+        return self.resampler.push(x) if self.resampler is not None and x.size else x
+
+
+@register
+class MicrophoneSource(Source):
+    name = "mic"
+
+    def __init__(self, device: str | int | None, rate: int, block_s: float = 0.1,
+                 ring_s: float = 30.0, reopen_s: float = 5.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.mic = Microphone(device, rate, block_s, ring_s)
+        self.reopen_s, self.sleep = reopen_s, sleep
+        # no callback for this long: the device is gone
+        self.silent_for = max(2.0, 5 * block_s)
+
+    @classmethod
+    def from_config(cls, config, rate: int) -> MicrophoneSource:
+        a = config.audio
+        return cls(a.device, rate, a.block_s, a.ring_s, a.reopen_s)
+
+    def chunks(self, done: Callable[[], bool], report: Report) -> Iterator[np.ndarray]:
+        mic, lost_reported = self.mic, False
+        last_data = time.monotonic()
+        while not done():
+            if mic.stream is not None and time.monotonic() - last_data > self.silent_for:
+                mic.close()
+            if not mic.active:
+                mic.close()
+                try:
+                    mic.open()
+                    last_data = time.monotonic()
+                    if lost_reported:
+                        report({"status": "audio_restored", "device": str(mic.device)})
+                    lost_reported = False
+                except SourceError as exc:
+                    mic.close()
+                    if not lost_reported:
+                        report({"status": "audio_lost", "error": str(exc)})
+                        lost_reported = True
+                    self.sleep(self.reopen_s)
+                    continue
+            x = mic.read(timeout=0.5)
+            if x.size:
+                last_data = time.monotonic()
+            yield x
+
+    def health(self) -> dict:
+        return {"overflow_samples": self.mic.ring.overflowed, "xruns": self.mic.status_flags}
+
+    def close(self) -> None:
+        self.mic.close()

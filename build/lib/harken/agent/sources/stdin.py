@@ -1,0 +1,60 @@
+"""``audio.source = "stdin"``: raw PCM piped in (``arecord -t raw ... | harken run``)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
+
+import numpy as np
+
+from harken.agent.sources.base import Report, Source, SourceError, register
+
+
+def pcm_chunks(stream: BinaryIO | None, rate: int, chunk_s: float = 0.1,
+               sample_format: str = "s16le", channels: int = 1) -> Iterator[np.ndarray]:
+    """Raw little-endian PCM (``arecord -t raw -f S16_LE``) from a byte stream; stdin
+    by default. Channels are averaged to mono."""
+    dtypes = {"s16le": ("<i2", 32768.0), "s32le": ("<i4", 2147483648.0), "f32le": ("<f4", 1.0)}
+    if sample_format not in dtypes:
+        raise SourceError(f"PCM format {sample_format!r} not supported; use one of {list(dtypes)}")
+    dtype, full_scale = dtypes[sample_format]
+    if stream is None:
+        if sys.stdin is None:             # started with stdin closed (harken run ... <&-)
+            raise SourceError("audio.source = 'stdin', but standard input is closed: pipe "
+                              "audio in (arecord -t raw ... | harken run ...)")
+        stream = sys.stdin.buffer
+    frame_bytes = np.dtype(dtype).itemsize * channels
+    want = max(1, int(chunk_s * rate)) * frame_bytes
+    pending = b""
+    while True:
+        data = stream.read(want)
+        if not data:
+            return
+        data = pending + data
+        usable = len(data) // frame_bytes * frame_bytes
+        data, pending = data[:usable], data[usable:]
+        x = np.frombuffer(data, dtype=dtype).astype(np.float32) / full_scale
+        yield x.reshape(-1, channels).mean(axis=1) if channels > 1 else x
+
+
+@register
+class StdinSource(Source):
+    name = "stdin"
+
+    def __init__(self, rate: int, block_s: float, sample_format: str, channels: int) -> None:
+        self.rate, self.block_s = rate, block_s
+        self.sample_format, self.channels = sample_format, channels
+
+    @classmethod
+    def from_config(cls, config, rate: int) -> StdinSource:
+        a = config.audio
+        return cls(rate, a.block_s, a.pcm_format, a.channels)
+
+    def chunks(self, done: Callable[[], bool], report: Report) -> Iterator[np.ndarray | None]:
+        for chunk in pcm_chunks(None, self.rate, self.block_s, self.sample_format,
+                                self.channels):
+            yield chunk
+            if done():
+                return
+        yield None                        # end of the recording
