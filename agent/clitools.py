@@ -18,10 +18,23 @@ def command_parser(prog: str, description: str | None
     return parser, parser.add_subparsers(dest="command", required=True)
 
 
+def _log_to_stderr(prog: str) -> None:
+    """The ``harken`` logger writes one line per message to stderr, as every command's own
+    messages do (configured once; library code only calls logging)."""
+    import logging
+    log = logging.getLogger("harken")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None,
                 user_errors: tuple[type[BaseException], ...] = (HarkenError, OSError)) -> int:
     """Parse ``argv``, run the chosen sub-command's ``func`` and map errors to exit codes."""
     args = parser.parse_args(argv)
+    _log_to_stderr(parser.prog)
     try:
         return args.func(args)
     except user_errors as exc:

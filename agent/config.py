@@ -6,6 +6,7 @@ bundle's threshold without touching the bundle."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Literal
@@ -30,6 +31,7 @@ class _Section(BaseModel):
 
 
 SECRET_KEYS = ("password",)       # their values are never echoed in an error
+log = logging.getLogger("harken")
 
 
 class AgentSection(_Section):
@@ -186,6 +188,18 @@ def first_line(path: Path) -> str:
         raise ValueError("not UTF-8 text") from None
 
 
+def warn_if_others_can_read(path: Path, what: str) -> None:
+    """A secret in a file that other users can read is accepted with one warning, as ssh
+    warns of keys (and refuses them; the agent only warns, a running plant matters more)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & 0o077:
+        log.warning(f"WARNING: {what} {path} can be read by other users (mode "
+                    f"{mode & 0o777:o}); chmod 600 it")
+
+
 def _values_from_files(data: dict, source: str) -> dict:
     """``KEY_file = "path"`` sets the text value KEY from that file's contents (first line),
     so that secrets and provisioned ids need not sit in the config."""
@@ -203,6 +217,8 @@ def _values_from_files(data: dict, source: str) -> dict:
                 raise ConfigError(f"{source}: give '{name}.{field}' or '{name}.{key}', not both")
             path = Path(str(section.pop(key))).expanduser()
             path = path if path.is_absolute() else base / path
+            if field in SECRET_KEYS:
+                warn_if_others_can_read(path, f"'{name}.{key}'")
             try:
                 section[field] = first_line(path)
             except ValueError as exc:

@@ -32,6 +32,23 @@ from harken.agent.topics import MACHINE_KINDS, Topics, ha_status_topic
 WINDOW = 32            # messages in flight (unacknowledged) at a time
 
 
+def plaintext_password_warning(settings) -> str | None:
+    """One warning when a password would cross the network unencrypted (plain MQTT to a
+    broker that is not this machine); None otherwise."""
+    import ipaddress
+    if settings.tls or not settings.username or settings.resolved_password() is None:
+        return None
+    host = settings.host
+    try:
+        local = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = host == "localhost"
+    if local:
+        return None
+    return (f"WARNING: the MQTT password goes to {host}:{settings.port} unencrypted "
+            "(mqtt.tls = false); anyone on the network path can read it")
+
+
 @register
 class MqttSink(Sink):
     name = "mqtt"
@@ -66,6 +83,9 @@ class MqttSink(Sink):
                            settings.key_file, settings.tls_insecure, self.log,
                            "mqtt.tls_insecure") \
             if settings.tls else None
+        warning = plaintext_password_warning(settings)
+        if warning:
+            self.log(warning)
         self.client.will_set(self.status_topic, "offline", qos=1, retain=True)
         self.client.reconnect_delay_set(1, 60)
         self.client.on_connect = self._on_connect

@@ -96,3 +96,31 @@ def test_a_binary_file_is_refused_naming_the_file(tmp_path):
     p.write_bytes(b"\xff\xfe\x00binary\x81")
     with pytest.raises(ConfigError, match=r"agent\.toml: not a TOML text file"):
         load_config(p)
+
+
+def test_a_password_file_others_can_read_is_warned_about(tmp_path, caplog):
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    text = GOOD + '[mqtt]\nusername = "u"\npassword_file = "pw"\n'
+    secret.chmod(0o644)
+    with caplog.at_level("WARNING", logger="harken"):
+        assert load_config(write(tmp_path, text)).mqtt.password == "s3cret"
+    assert "'mqtt.password_file'" in caplog.text and "can be read by other users" in caplog.text
+    assert "s3cret" not in caplog.text
+    caplog.clear()
+    secret.chmod(0o600)
+    with caplog.at_level("WARNING", logger="harken"):
+        load_config(write(tmp_path, text))
+    assert caplog.text == ""
+
+
+def test_a_password_sent_in_plain_text_off_this_machine_is_warned_about_once():
+    from harken.agent.config import MqttSection
+    from harken.agent.mqtt import plaintext_password_warning
+    remote = MqttSection(enabled=True, host="broker.plant", username="u", password="p")
+    assert "goes to broker.plant:1883 unencrypted" in plaintext_password_warning(remote)
+    for quiet in (remote.model_copy(update={"tls": True}),
+                  remote.model_copy(update={"host": "127.0.0.1"}),
+                  remote.model_copy(update={"host": "localhost"}),
+                  remote.model_copy(update={"username": None, "password": None})):
+        assert plaintext_password_warning(quiet) is None

@@ -158,3 +158,20 @@ def test_unusable_output_file_and_state_dir_name_their_key(ae_bundle, recordings
     err = capsys.readouterr().err
     assert "key 'agent.state_dir' = 'a-file': cannot create the folder" in err
     assert "Traceback" not in err
+
+
+def test_a_nan_in_a_wav_file_marks_its_interval_invalid_and_scoring_goes_on(ae_bundle, recordings,
+                                                                             tmp_path):
+    root, _, _ = recordings
+    x, _ = read_wav(root / "normal_then_faulty.wav", RATE)
+    x = x[:40 * RATE].astype(np.float32)
+    x[15 * RATE] = np.nan                                   # inside the second interval
+    import scipy.io.wavfile
+    scipy.io.wavfile.write(tmp_path / "nan.wav", RATE, x)   # a float WAV can hold a NaN
+    cfg = config(tmp_path, ae_bundle, source="file", file=str(tmp_path / "nan.wav"),
+                 realtime=False)
+    out = subprocess.run([sys.executable, "-m", "harken.agent.cli", "run", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    statuses = [r["status"] for r in lines_of(out.stdout) if r["kind"] == "score"]
+    assert statuses == ["ok", "invalid", "ok", "ok"]
