@@ -42,12 +42,12 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from harken.agent.config import load_config
-    from harken.agent.runner import resolve_threshold
+    from harken.agent.runner import preflight, resolve_threshold
     config = load_config(args.config)
     resolved = config.model_dump(exclude={"source_file": True, "mqtt": {"password"}})
     if config.mqtt.password is not None:
         resolved["mqtt"]["password"] = "(set, not shown)"
-    bundle = open_bundle(config.path(config.model.bundle))
+    bundle, _ = preflight(config)                # what run would refuse, refused here too
     threshold, origin = resolve_threshold(config, bundle)
     resolved["resolved"] = {"bundle": str(bundle.root), "model": bundle.model_id,
                             "artifact": bundle.artifact(config.model.artifact).kind,

@@ -46,6 +46,22 @@ def build(config: Config, seq_start: int = 1) -> tuple[Bundle, Pipeline]:
     return bundle, Pipeline(scorer, decision, d.interval_s, seq_start=seq_start)
 
 
+def preflight(config: Config) -> tuple[Bundle, Pipeline]:
+    """Everything ``harken run`` refuses, checked before anything starts; ``harken
+    check-config`` runs exactly this, so it approves only what ``run`` accepts: the bundle
+    and its section, the threshold, the audio file, the MQTT password source."""
+    bundle, pipeline = build(config)
+    a = config.audio
+    if a.source == "file":
+        path = config.path(a.file)
+        if not path.is_file():
+            raise ConfigError(f"{config.source_file}: key 'audio.file' = {a.file!r}: no such "
+                              f"file ({path})")
+    if config.mqtt.enabled:
+        config.mqtt.resolved_password()          # an unset password_env is refused here
+    return bundle, pipeline
+
+
 class Runner:
     """The agent's loop, handed its parts: a source, a pipeline, the sinks. ``from_config``
     builds them from an agent config; tests and multi-machine set-ups can hand in others."""
@@ -69,7 +85,7 @@ class Runner:
     def from_config(cls, config: Config, max_intervals: int | None = None) -> Runner:
         """Bundle and pipeline, then the sinks (a durable sink says where ``seq`` goes on),
         then the source; whatever was started is closed again if a later part fails."""
-        bundle, pipeline = build(config)
+        bundle, pipeline = preflight(config)
         sinks = make_sinks(config)
         try:
             pipeline.seq = max(s.seq_start for s in sinks)

@@ -175,3 +175,28 @@ def test_a_nan_in_a_wav_file_marks_its_interval_invalid_and_scoring_goes_on(ae_b
     assert out.returncode == 0, out.stderr
     statuses = [r["status"] for r in lines_of(out.stdout) if r["kind"] == "score"]
     assert statuses == ["ok", "invalid", "ok", "ok"]
+
+
+def test_check_config_refuses_what_run_refuses(ae_bundle, recordings, tmp_path, capsys,
+                                                monkeypatch):
+    root, _, _ = recordings
+    wav = str(root / "normal_then_faulty.wav")
+    monkeypatch.delenv("HARKEN_TEST_UNSET", raising=False)
+    cases = [
+        ({"agent": {"node": "n", "machine": "fan", "section": 7}, "audio": {"source": "file",
+                                                                           "file": wav}},
+         "key 'agent.section' = 7: the bundle has sections [0, 1]"),
+        ({"agent": {"node": "n", "machine": "fan"}, "audio": {"source": "file",
+                                                             "file": "missing.wav"}},
+         "key 'audio.file' = 'missing.wav': no such file"),
+        ({"agent": {"node": "n", "machine": "fan"}, "audio": {"source": "file", "file": wav},
+          "mqtt": {"enabled": True, "username": "u", "password_env": "HARKEN_TEST_UNSET"}},
+         "environment variable HARKEN_TEST_UNSET is not set"),
+    ]
+    for i, (sections, message) in enumerate(cases):
+        cfg = write_agent_config(tmp_path / f"c{i}.toml", model={"bundle": ae_bundle},
+                                 **sections)
+        for command in (["check-config", str(cfg)], ["run", "--config", str(cfg)]):
+            assert harken(command) == 2, (command, message)
+            err = capsys.readouterr().err
+            assert message in err and "Traceback" not in err, (command, err)
