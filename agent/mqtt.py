@@ -104,6 +104,7 @@ class MqttSink(Sink):
         # failed): a clean stop waits for it, so a short run does not exit mid-handshake
         self._settled = threading.Event()
         self._last_error = ""
+        self._refused = False                  # the broker's CONNACK said no
         self._anomaly: bool | None = None
         self._arrived: OrderedDict[int, float] = OrderedDict()   # score row -> audio arrival
         self._latency_ms: list[float] = []       # PUBACKed scores since the last stats record
@@ -115,10 +116,12 @@ class MqttSink(Sink):
     # -- paho callbacks (paho's thread) ---------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
+            self._refused = True         # the disconnect that follows says nothing new
             self._report(refusal(self.s.host, self.s.port, reason_code,
                                  "check mqtt.username and the password"))
             self._settled.set()
             return
+        self._refused = False
         self._last_error = ""
         self.log(f"connected to {self.s.host}:{self.s.port}")
         client.publish(self.status_topic, "online", qos=1, retain=True)
@@ -156,7 +159,7 @@ class MqttSink(Sink):
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
         self._settled.set()
-        if not self._stop.is_set():
+        if not self._stop.is_set() and not self._refused:
             self._report(f"disconnected from {self.s.host}:{self.s.port} ({reason_code}); "
                          "retrying")
 

@@ -7,6 +7,7 @@ to the feature spec's rate and errors that name the file.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -79,9 +80,28 @@ def read_wav(path: str | Path, sample_rate: int | None = None) -> tuple[np.ndarr
     if not np.all(np.isfinite(x)):
         raise WavError(f"{path}: WAV file holds NaN or infinite samples")
     if sample_rate is not None and rate != sample_rate:
+        check_rate(path, rate, sample_rate)
         x = resample(x, rate, sample_rate)
         rate = sample_rate
     return x, int(rate)
+
+
+MIN_AUDIO_RATE = 4000            # Hz: below this a header is damaged or lying
+_warned_rates: set[tuple[int, int]] = set()
+
+
+def check_rate(path: str | Path, rate: int, wanted: int) -> None:
+    """Refuse a rate no audio is recorded at (a 12 KB file claiming 1 Hz would otherwise be
+    resampled 16000-fold into half a GB); warn, once per rate, that a lower rate than the
+    model's lacks the upper band, so its scores read high."""
+    if rate < MIN_AUDIO_RATE:
+        raise WavError(f"{path}: the header says {rate} Hz, which is no audio rate (at least "
+                       f"{MIN_AUDIO_RATE} Hz); the file is damaged or not what it claims")
+    if rate < wanted and (rate, wanted) not in _warned_rates:
+        _warned_rates.add((rate, wanted))
+        logging.getLogger("harken").warning(
+            f"WARNING: {path}: recorded at {rate} Hz, the model expects {wanted} Hz: nothing "
+            f"above {rate // 2} Hz is in it, so its scores read high (record at {wanted} Hz)")
 
 
 def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:

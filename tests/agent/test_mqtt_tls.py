@@ -108,3 +108,26 @@ def test_tls_insecure_is_warned_about_and_a_missing_ca_file_is_a_config_error(
     assert "mqtt.ca_file" in out.stderr and "missing.crt" in out.stderr
     assert "cannot load CA certificates" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_refused_password_is_logged_once_not_at_every_retry(tmp_path):
+    """paho reports each refused CONNACK and then a disconnect; retried for hours, that
+    was two alternating lines per retry. Driven through the callbacks paho calls."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from harken.agent.config import MqttSection
+    from harken.agent.mqtt import MqttSink
+    seen = []
+    settings = MqttSection(enabled=True, host="127.0.0.1", port=1, username="u", password="x")
+    sink = MqttSink(settings, "n1", "fan", tmp_path / "outbox.db", log=seen.append)
+    try:
+        no = ReasonCode(PacketTypes.CONNACK, "Not authorized")
+        bye = ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
+        for _ in range(5):
+            sink._on_connect(sink.client, None, None, no, None)
+            sink._on_disconnect(sink.client, None, None, bye, None)
+        refusals = [m for m in seen if "refused" in m or "disconnected" in m]
+        assert len(refusals) == 1 and "Not authorized" in refusals[0]
+    finally:
+        sink.close(flush_s=0)

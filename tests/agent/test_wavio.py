@@ -48,3 +48,23 @@ def test_errors_name_the_file(tmp_path):
     scipy.io.wavfile.write(tmp_path / "empty.wav", 16000, np.zeros(0, dtype=np.int16))
     with pytest.raises(WavError, match="empty.wav: WAV file holds no samples"):
         read_wav(tmp_path / "empty.wav")
+
+
+def test_a_header_that_lies_about_the_rate_is_refused_and_a_low_rate_is_warned(tmp_path,
+                                                                              caplog):
+    import scipy.io.wavfile
+
+    from harken.agent import wavio
+    x = (0.1 * np.sin(np.arange(6000) / 5.0)).astype(np.float32)
+    scipy.io.wavfile.write(tmp_path / "one-hz.wav", 1, x)
+    with pytest.raises(wavio.WavError, match=r"one-hz\.wav: the header says 1 Hz, which is no "
+                                             r"audio rate"):
+        wavio.read_wav(tmp_path / "one-hz.wav", 16000)
+    scipy.io.wavfile.write(tmp_path / "phone.wav", 8000, x)
+    wavio._warned_rates.clear()
+    with caplog.at_level("WARNING", logger="harken"):
+        y, rate = wavio.read_wav(tmp_path / "phone.wav", 16000)
+        wavio.read_wav(tmp_path / "phone.wav", 16000)
+    assert rate == 16000 and len(y) == 12000
+    assert caplog.text.count("recorded at 8000 Hz, the model expects 16000 Hz: nothing above "
+                             "4000 Hz") == 1
