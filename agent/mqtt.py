@@ -198,7 +198,8 @@ class MqttSink(Sink):
         row = self.outbox.put(self.topics["score"], json.dumps(p, allow_nan=False).encode(),
                               qos=1, kind="score", seq=result.seq)
         with self._lock:
-            self._arrived[row] = result.arrived
+            if row >= 0:                   # -1: a full disk dropped it (counted)
+                self._arrived[row] = result.arrived
             while len(self._arrived) > self.s.outbox_max:    # evicted rows are never acked
                 self._arrived.popitem(last=False)
         if result.event is not None:
@@ -224,6 +225,7 @@ class MqttSink(Sink):
         q = (np.percentile(latency, [50, 99]).round(1).tolist() if latency
              else [None, None])
         return {"outbox_depth": self.outbox.depth, "outbox_evicted": self.outbox.evicted,
+                "outbox_disk_full": self.outbox.disk_full,
                 "mqtt_connected": self._connected.is_set(), "published": len(latency),
                 "publish_ms_median": q[0], "publish_ms_p99": q[1]}
 

@@ -9,6 +9,14 @@ used the previous one, in one transaction, so ``seq`` increases strictly across 
 Bounded: beyond ``max_messages`` the oldest *score* messages are evicted first (events
 and anomaly-state messages are what an operator acts on, and are kept while any score is
 left to drop); every eviction is counted and reported in the stats record.
+
+A full disk is the same bound reached early. SQLite needs room to free room (a delete is
+written to the write-ahead log first, and the log is folded into the database file only
+if that can grow), so the outbox acts before the disk is full: while less than
+``reserve_bytes`` are free, the oldest scores are evicted (counted) to make room for each
+new message and ``disk_full`` says so in the stats record. If a write fails all the same,
+the message is dropped and counted, never raised: scoring goes on, and the outbox recovers
+by itself when space returns.
 """
 
 from __future__ import annotations
@@ -44,17 +52,35 @@ class Message:
     retain: bool
 
 
+def _disk_full(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_FULL: the disk (or the database's page limit) has no room."""
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or \
+        "database or disk is full" in str(exc)
+
+
 class Outbox:
+    reserve_bytes = 256 * 1024       # the log (<= 128 KiB), its index (32 KiB) and room to work
+
     def __init__(self, path: Path, max_messages: int = 100_000) -> None:
         if max_messages < 10:
             raise ValueError(f"outbox max_messages must be at least 10, got {max_messages}")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.max_messages = path, max_messages
         self._lock = threading.Lock()          # paho's thread acks, the main thread puts
+        self.disk_full = False
+        self._full_pages = 0                   # the database's size when the disk filled
+        self._dropped = 0                      # evictions the full disk kept from meta
+        self._unsaved_seq = 0                  # a dropped message's seq (kept in memory)
         try:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            # every commit appends a few pages to the write-ahead log, which SQLite folds
+            # back only at 1000 pages (4 MB) by default: on a small disk the log alone
+            # fills it, and then nothing can be folded back. Fold it at 32 pages and keep
+            # it at most 128 KiB afterwards, so the outbox's disk use follows its content.
+            self._db.execute("PRAGMA wal_autocheckpoint=32")
+            self._db.execute("PRAGMA journal_size_limit=131072")
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             if not os.access(path.parent, os.W_OK) or (path.exists()
@@ -71,12 +97,12 @@ class Outbox:
     @property
     def last_seq(self) -> int:
         with self._lock:
-            return self._meta("last_seq")
+            return max(self._meta("last_seq"), self._unsaved_seq)
 
     @property
     def evicted(self) -> int:
         with self._lock:
-            return self._meta("evicted")
+            return self._meta("evicted") + self._dropped
 
     @property
     def depth(self) -> int:
@@ -85,23 +111,101 @@ class Outbox:
 
     def put(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
             kind: str = "score", seq: int | None = None) -> int:
-        """Store one message (and the seq it used) durably; returns its id."""
+        """Store one message (and the seq it used) durably; returns its id, or -1 when a
+        full disk left no room even after evicting old scores (the message is counted as
+        evicted)."""
+        row = (topic, payload, qos, int(retain), kind, time.time())
         with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
+            if self._free_bytes() < self.reserve_bytes:
+                return self._insert_on_full_disk(row, seq)
             try:
-                cur = db.execute("INSERT INTO messages (topic, payload, qos, retain, kind, "
-                                 "created) VALUES (?, ?, ?, ?, ?, ?)",
-                                 (topic, payload, qos, int(retain), kind, time.time()))
-                if seq is not None:
-                    db.execute("UPDATE meta SET value = MAX(value, ?) WHERE key = 'last_seq'",
-                               (seq,))
-                self._evict(db)
-                db.execute("COMMIT")
-            except BaseException:
+                row_id = self._insert(row, seq)
+            except sqlite3.OperationalError as exc:
+                if not _disk_full(exc):
+                    raise
+                row_id = self._insert_on_full_disk(row, seq)
+            else:
+                # the disk counts as full until the outbox has grown past the size it had
+                # when it filled (rows fitting into pages evictions freed prove nothing)
+                if self.disk_full and self._pages() > self._full_pages:
+                    self.disk_full = False
+            return row_id
+
+    def _free_bytes(self) -> int:
+        st = os.statvfs(self.path.parent)
+        return st.f_bavail * st.f_frsize
+
+    def _pages(self) -> int:
+        return int(self._db.execute("PRAGMA page_count").fetchone()[0])
+
+    def _insert(self, row: tuple, seq: int | None) -> int:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = db.execute("INSERT INTO messages (topic, payload, qos, retain, kind, "
+                             "created) VALUES (?, ?, ?, ?, ?, ?)", row)
+            if seq is not None:
+                db.execute("UPDATE meta SET value = MAX(value, ?) WHERE key = 'last_seq'",
+                           (seq,))
+            self._evict(db)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:             # SQLite may have rolled back by itself
                 db.execute("ROLLBACK")
+            raise
+        return int(cur.lastrowid)
+
+    def _insert_on_full_disk(self, row: tuple, seq: int | None) -> int:
+        """Evict ever more of the oldest scores until the message fits; if nothing frees
+        enough, drop the message itself (counted) and keep ``seq`` in memory only."""
+        if not self.disk_full:
+            self.disk_full, self._full_pages = True, self._pages()
+        for share in (0.01, 0.1, 0.5, 1.0):
+            try:
+                # old scores out, the log folded into the database (the new message goes
+                # into the pages they freed) and truncated
+                self._evict_oldest_scores(share)
+                self._checkpoint()
+                row_id = self._insert(row, seq)
+                if self._dropped:                # space again: record the earlier drops
+                    self._db.execute("UPDATE meta SET value = value + ? WHERE key = "
+                                     "'evicted'", (self._dropped,))
+                    self._dropped = 0
+                return row_id
+            except sqlite3.OperationalError as exc:
+                if not _disk_full(exc):
+                    raise
+        self._dropped += 1
+        if seq is not None:
+            self._unsaved_seq = max(self._unsaved_seq, seq)
+        return -1
+
+    def _checkpoint(self) -> None:
+        """Fold the WAL into the database and truncate it; a full disk may refuse, which
+        the caller's next write will show."""
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError as exc:
+            if not _disk_full(exc):
                 raise
-            return int(cur.lastrowid)
+
+    def _evict_oldest_scores(self, share: float) -> None:
+        db = self._db
+        scores = int(db.execute("SELECT COUNT(*) FROM messages WHERE kind = 'score'")
+                     .fetchone()[0])
+        if not scores:
+            return
+        n = max(1, int(scores * share))
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            gone = db.execute("DELETE FROM messages WHERE id IN (SELECT id FROM messages "
+                              "WHERE kind = 'score' ORDER BY id LIMIT ?)", (n,)).rowcount
+            db.execute("UPDATE meta SET value = value + ? WHERE key = 'evicted'", (gone,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     def _evict(self, db: sqlite3.Connection) -> None:
         excess = int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]) - self.max_messages
@@ -124,9 +228,15 @@ class Outbox:
             return [Message(r[0], r[1], bytes(r[2]), r[3], bool(r[4])) for r in rows]
 
     def ack(self, message_id: int) -> None:
-        """The broker has it: forget it."""
+        """The broker has it: forget it. On a full disk the row stays and is sent again
+        later (the same seq: subscribers de-duplicate); paho's thread must not die of it."""
         with self._lock:
-            self._db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+            try:
+                self._db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+            except sqlite3.OperationalError as exc:
+                if not _disk_full(exc):
+                    raise
+                self.disk_full = True
 
     def close(self) -> None:
         with self._lock:
