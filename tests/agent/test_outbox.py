@@ -87,3 +87,18 @@ def test_a_full_filesystem_never_raises_counts_what_it_drops_and_recovers(tmp_pa
         box.close()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_an_outbox_on_a_read_only_filesystem_says_so_instead_of_move_it_aside(tmp_path):
+    import subprocess
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        with pytest.raises(OSError, match="this user may not write its folder") as err:
+            Outbox(mnt / "outbox.db")
+        assert "move it aside" not in str(err.value)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
