@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from harken.agent.errors import UsageError
+from harken.training.markdown import table
 
 START, END = "<!-- export:start -->", "<!-- export:end -->"
 TARGETS = {"official": 0.01, "spearman": 0.98, "size": 0.30}
@@ -31,10 +32,8 @@ def export_markdown(checks: dict[tuple[str, str], list[dict]], command: str) -> 
              "each artifact scored through the agent's own scorer (agent/scorer.py). Targets: "
              f"official score within {TARGETS['official']} of torch fp32, clip-score Spearman "
              f">= {TARGETS['spearman']}, file <= {TARGETS['size']} x the fp32 ONNX file. "
-             "Latency: median per window, one thread, this machine.", "",
-             "| method | machine | artifact | official | torch fp32 | Spearman | max rel. err "
-             "| size | x fp32 ONNX | ms / window | targets |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Latency: median per window, one thread, this machine.", ""]
+    cells = []
     missed: list[str] = []
     size_notes: dict[str, list[str]] = {}   # explanation -> artifacts it applies to
     for (method, machine), rows in sorted(checks.items()):
@@ -59,14 +58,13 @@ def export_markdown(checks: dict[tuple[str, str], list[dict]], command: str) -> 
             verdict = "met" if not fails else "**missed: " + ", ".join(fails) + "**"
             if fails:
                 missed.append(f"{method}/{machine}/{r['artifact']} ({', '.join(fails)})")
-            lines.append(
-                f"| {method} | {machine} | {r['artifact']} | {r['official']:.4f} | "
-                f"{ref['official']:.4f} | {r['spearman']:.4f} | {r['max_rel_error']:.4f} | "
-                f"{r['size_bytes']:,} | {ratio:.3f} | {r['latency_ms']:.3f} | {verdict} |"
-                if ratio is not None else
-                f"| {method} | {machine} | {r['artifact']} | {r['official']:.4f} | "
-                f"{ref['official']:.4f} | {r['spearman']:.4f} | {r['max_rel_error']:.4f} | "
-                f"{r['size_bytes']:,} | - | {r['latency_ms']:.3f} | {verdict} |")
+            cells.append([method, machine, r["artifact"], f"{r['official']:.4f}",
+                          f"{ref['official']:.4f}", f"{r['spearman']:.4f}",
+                          f"{r['max_rel_error']:.4f}", f"{r['size_bytes']:,}",
+                          "-" if ratio is None else f"{ratio:.3f}", f"{r['latency_ms']:.3f}",
+                          verdict])
+    lines += table(["method", "machine", "artifact", "official", "torch fp32", "Spearman",
+                    "max rel. err", "size", "x fp32 ONNX", "ms / window", "targets"], cells)
     n = sum(len(rows) - 1 for rows in checks.values())
     lines += ["", f"Targets met by {n - len(missed)} of {n} artifacts."
               + (" Missed: " + "; ".join(missed) + "." if missed else "")]

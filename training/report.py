@@ -12,6 +12,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from harken.agent.errors import UsageError
+from harken.training.markdown import table
 
 
 def load_evaluation(path: Path) -> dict:
@@ -37,12 +38,11 @@ def results_markdown(evaluations: dict[str, dict], corpus: dict, command: str,
                   f"machine types {', '.join(corpus.get('machines', []))}, "
                   f"{corpus.get('sections')} sections each, {corpus.get('clip_seconds')} s clips, "
                   f"{len(corpus.get('clips', []))} clips in all.", ""]
-    lines += ["## Official score", "", "| method | official score | "
-              + " | ".join(sorted(next(iter(evaluations.values()))["machines"])) + " |",
-              "|---|---|" + "---|" * len(next(iter(evaluations.values()))["machines"])]
-    for label, ev in evaluations.items():
-        machines = " | ".join(f"{v:.4f}" for _, v in sorted(ev["machines"].items()))
-        lines.append(f"| {label} | **{ev['official_score']:.4f}** | {machines} |")
+    lines += ["## Official score", ""] + table(
+        ["method", "official score", *sorted(next(iter(evaluations.values()))["machines"])],
+        [[label, f"**{ev['official_score']:.4f}**",
+          *(f"{v:.4f}" for _, v in sorted(ev["machines"].items()))]
+         for label, ev in evaluations.items()])
     knn = evaluations.get("baseline-knn")
     if knn:
         src = sum(x["auc_source"] for x in knn["sections"]) / len(knn["sections"])
@@ -57,12 +57,11 @@ def results_markdown(evaluations: dict[str, dict], corpus: dict, command: str,
     for label, ev in evaluations.items():
         if " [" in label:           # another score rule of a method shown above
             continue
-        lines += ["", f"## {label}: per section", "",
-                  "| machine | section | AUC source | AUC target | pAUC | hmean |",
-                  "|---|---|---|---|---|---|"]
-        for s in ev["sections"]:
-            lines.append(f"| {s['machine']} | {s['section']:02d} | {s['auc_source']:.4f} | "
-                         f"{s['auc_target']:.4f} | {s['pauc']:.4f} | {s['hmean']:.4f} |")
+        lines += ["", f"## {label}: per section", ""] + table(
+            ["machine", "section", "AUC source", "AUC target", "pAUC", "hmean"],
+            [[s["machine"], f"{s['section']:02d}", f"{s['auc_source']:.4f}",
+              f"{s['auc_target']:.4f}", f"{s['pauc']:.4f}", f"{s['hmean']:.4f}"]
+             for s in ev["sections"]])
         src = [s["auc_source"] for s in ev["sections"]]
         tgt = [s["auc_target"] for s in ev["sections"]]
         lines += ["", f"Mean AUC over sections: source {sum(src) / len(src):.4f}, "
@@ -82,18 +81,18 @@ def _variant_lines(evaluations: dict[str, dict]) -> list[str]:
         return []
     lines = ["", "## Did it help?", "",
              "Each variant against the method it changes, and every method against "
-             "baseline-knn (official score; the verdicts are computed, not written by hand).", "",
-             "| method | compared with | official | theirs | change | verdict |",
-             "|---|---|---|---|---|---|"]
+             "baseline-knn (official score; the verdicts are computed, not written by hand).", ""]
     pairs = rows + ([(label, "baseline-knn") for label in evaluations if label != "baseline-knn"]
                     if knn else [])
+    cells = []
     for v, b in pairs:
         ov, ob = evaluations[v]["official_score"], evaluations[b]["official_score"]
         verdict = "helped" if ov > ob + 0.005 else ("did not help" if ov < ob - 0.005
                                                       else "no difference")
         if b == "baseline-knn":
             verdict = "beats baseline-knn" if ov > ob else "**below baseline-knn**"
-        lines.append(f"| {v} | {b} | {ov:.4f} | {ob:.4f} | {ov - ob:+.4f} | {verdict} |")
+        cells.append([v, b, f"{ov:.4f}", f"{ob:.4f}", f"{ov - ob:+.4f}", verdict])
+    lines += table(["method", "compared with", "official", "theirs", "change", "verdict"], cells)
     bu, ae = evaluations.get("ae-bu"), evaluations.get("ae")
     if bu and ae and bu["sections"] == ae["sections"]:
         lines += ["", "ae-bu scored every section exactly as ae did. With the default "
@@ -132,29 +131,27 @@ def fault_lines(clip_scores: dict[str, dict[tuple[str, str], float]], corpus: di
                 gap: float = 0.1) -> list[str]:
     """Which faults each method catches: a method can beat another on the official score
     while missing a whole kind of fault the other finds."""
-    table = {label: fault_aucs(s, corpus) for label, s in clip_scores.items() if " [" not in label}
-    table = {label: aucs for label, aucs in table.items() if aucs}
-    if not table:
+    by_label = {label: fault_aucs(s, corpus) for label, s in clip_scores.items() if " [" not in label}
+    by_label = {label: aucs for label, aucs in by_label.items() if aucs}
+    if not by_label:
         return []
-    labels = list(table)
-    rows = sorted({k for aucs in table.values() for k in aucs})
+    labels = list(by_label)
+    rows = sorted({k for aucs in by_label.values() for k in aucs})
     lines = ["", "## Which faults each method catches", "",
              "AUC of each fault's anomalous test clips against the normal test clips of the "
              "same section (both domains), averaged over sections; 0.5 is chance. The fault "
-             "of each clip comes from the synthetic corpus's corpus.json.", "",
-             "| machine | fault | " + " | ".join(labels) + " |",
-             "|---|---|" + "---|" * len(labels)]
-    for machine, fault in rows:
-        cells = [f"{table[label][(machine, fault)]:.2f}" if (machine, fault) in table[label]
-                 else "" for label in labels]
-        lines.append(f"| {machine} | {fault} | " + " | ".join(cells) + " |")
-    base = table.get("baseline-knn")
+             "of each clip comes from the synthetic corpus's corpus.json.", ""]
+    lines += table(["machine", "fault", *labels], [
+        [machine, fault, *(f"{by_label[label][(machine, fault)]:.2f}"
+                           if (machine, fault) in by_label[label] else "" for label in labels)]
+        for machine, fault in rows])
+    base = by_label.get("baseline-knn")
     if base:
         lines += ["", f"Faults a method misses that baseline-knn finds (AUC at least {gap} below "
                   "baseline-knn's):", ""]
         for label in labels:
             missed = [f"{m} {f} ({aucs[(m, f)]:.2f} vs {base[(m, f)]:.2f})"
-                      for (m, f) in rows if (m, f) in base and (m, f) in (aucs := table[label])
+                      for (m, f) in rows if (m, f) in base and (m, f) in (aucs := by_label[label])
                       and aucs[(m, f)] < base[(m, f)] - gap]
             if label != "baseline-knn":
                 lines.append(f"- {label}: " + (", ".join(missed) if missed else "none"))
@@ -214,10 +211,8 @@ def _training_lines(evaluations: dict[str, dict]) -> list[str]:
              f"(features, training, score-rule fitting), on {first['cpu_cores']} CPU cores "
              f"({first['machine']}), device `{first['device']}`. Target: under 300 s. Wall time "
              "counts whatever else the machine was running; `bench/bench_training.py` "
-             "measures per-epoch throughput on its own (docs/benchmarks.md).", "",
-             "| method | " + " | ".join(machines) + " | epochs run | torch threads | under 300 s |",
-             "|---|" + "---|" * (len(machines) + 3)]
-    seen = set()
+             "measures per-epoch throughput on its own (docs/benchmarks.md).", ""]
+    seen, cells = set(), []
     for label, t in timed.items():
         key = tuple(sorted((m, v["seconds"]) for m, v in t.items()))
         if key in seen:        # a second score rule of the same runs
@@ -227,8 +222,9 @@ def _training_lines(evaluations: dict[str, dict]) -> list[str]:
         epochs = ", ".join(str(t[m]["epochs"]) for m in machines if m in t and t[m]["epochs"]) or "-"
         ok = all(x is not None and x < 300 for x in secs)
         threads = ", ".join(sorted({str(v.get("torch_threads", "?")) for v in t.values()}))
-        lines.append(f"| {label} | " + " | ".join("" if x is None else f"{x:.0f}" for x in secs)
-                     + f" | {epochs} | {threads} | {'yes' if ok else '**no**'} |")
+        cells.append([label, *("" if x is None else f"{x:.0f}" for x in secs), epochs, threads,
+                      "yes" if ok else "**no**"])
+    lines += table(["method", *machines, "epochs run", "torch threads", "under 300 s"], cells)
     devices = {v["device"] for t in timed.values() for v in t.values()}
     if not any(d.startswith("cuda") for d in devices):
         lines += ["", "GPU: these runs had no CUDA GPU. On a GPU, `harken-train train` uses it "
