@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -64,12 +65,13 @@ class FeatureSpec:
             raise bad("win_length", f"<= n_fft ({self.n_fft})")
         if self.hop_length > self.n_fft:
             raise bad("hop_length", f"<= n_fft ({self.n_fft})")
-        if self.window not in ("hann", "hamming"):
-            raise bad("window", "'hann' or 'hamming'")
+        # the allowed words are the fields' Literal types, written once (above)
+        for field in ("window", "pad_mode", "mel_scale", "mel_norm"):
+            allowed = _LITERALS[field]
+            if getattr(self, field) not in allowed:
+                raise bad(field, " or ".join(repr(a) for a in allowed))
         if not isinstance(self.center, bool):
             raise bad("center", "true or false")
-        if self.pad_mode not in ("constant", "reflect"):
-            raise bad("pad_mode", "'constant' or 'reflect'")
         if not 0.0 <= self.fmin < self.fmax <= self.sample_rate / 2:
             raise FeatureSpecError(
                 f"feature spec fields 'fmin' = {self.fmin!r}, 'fmax' = {self.fmax!r}: "
@@ -77,11 +79,7 @@ class FeatureSpec:
             )
         if self.power not in (1.0, 2.0):
             raise bad("power", "1.0 (magnitude) or 2.0 (power)")
-        if self.mel_scale not in ("slaney", "htk"):
-            raise bad("mel_scale", "'slaney' or 'htk'")
-        if self.mel_norm not in ("slaney", "none"):
-            raise bad("mel_norm", "'slaney' or 'none'")
-        if self.log_rule not in ("dcase", "none"):
+        if self.log_rule not in _LITERALS["log_rule"]:
             raise bad("log_rule", "'dcase' (20/power * log10(mel + eps)) or 'none'")
         if not (isinstance(self.log_eps, float) and self.log_eps > 0):
             raise bad("log_eps", "a positive float")
@@ -140,6 +138,10 @@ class FeatureSpec:
         if n_samples < self.n_fft:
             return 0
         return 1 + (n_samples - self.n_fft) // self.hop_length
+
+
+_LITERALS = {f: typing.get_args(t) for f, t in typing.get_type_hints(FeatureSpec).items()
+             if typing.get_origin(t) is Literal}
 
 
 PRESETS: dict[str, FeatureSpec] = {
