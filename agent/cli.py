@@ -66,18 +66,14 @@ def cmd_watch(args: argparse.Namespace) -> int:
     import os
 
     from harken.agent.broker import BrokerError, parse_broker_url
-    from harken.agent.config import first_line
+    from harken.agent.config import resolve_password
     from harken.agent.watch import watch
     url = parse_broker_url(args.broker)
-    password = url.password
-    if args.password_file:
-        try:
-            password = first_line(args.password_file)
-        except ValueError as exc:
-            raise BrokerError(f"--password-file {args.password_file}: cannot read a password "
-                              f"({exc})") from None
-    elif password is None and os.environ.get("HARKEN_MQTT_PASSWORD"):
-        password = os.environ["HARKEN_MQTT_PASSWORD"]
+    # --password-file, else the URL's, else $HARKEN_MQTT_PASSWORD (the config's one way)
+    env = "HARKEN_MQTT_PASSWORD" if os.environ.get("HARKEN_MQTT_PASSWORD") else None
+    password = resolve_password(None if args.password_file else url.password,
+                                args.password_file, env, "HARKEN_MQTT_PASSWORD",
+                                "--password-file")
     username = args.username or url.username
     if password is not None and not username:
         raise BrokerError("a password was given but no user name (--username or user@ in the URL)")

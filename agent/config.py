@@ -107,17 +107,15 @@ class MqttSection(_Section):
     discovery_prefix: str = Field("homeassistant", min_length=1,
                                   pattern=r"^[A-Za-z0-9_./-]+$")
 
+    @model_validator(mode="after")
+    def _password_needs_username(self):
+        if (self.password is not None or self.password_env) and not self.username:
+            raise ValueError("a password (mqtt.password, password_file or password_env) "
+                             "needs mqtt.username")
+        return self
+
     def resolved_password(self) -> str | None:
-        import os
-        if self.password is not None:
-            return self.password
-        if self.password_env:
-            value = os.environ.get(self.password_env)
-            if value is None:
-                raise ConfigError(f"mqtt.password_env: environment variable "
-                                  f"{self.password_env} is not set")
-            return value
-        return None
+        return resolve_password(self.password, None, self.password_env, "mqtt.password_env")
 
 
 class Config(_Section):
@@ -173,6 +171,28 @@ def _explain(exc: ValidationError, source: str) -> str:
 
 SECTIONS = {"agent": AgentSection, "model": ModelSection, "audio": AudioSection,
             "decision": DecisionSection, "output": OutputSection, "mqtt": MqttSection}
+
+
+def resolve_password(value: str | None, file: str | Path | None, env: str | None,
+                     env_key: str, file_key: str = "password_file") -> str | None:
+    """The one way a password is found, for the agent's config and ``harken watch``: the
+    value itself, else the first line of ``file`` (warned about if others can read it),
+    else the environment variable ``env``; None when none is given."""
+    if value is not None:
+        return value
+    if file is not None:
+        path = Path(file).expanduser()
+        warn_if_others_can_read(path, file_key)
+        try:
+            return first_line(path)
+        except ValueError as exc:
+            raise ConfigError(f"{file_key} {path}: cannot read a password ({exc})") from None
+    if env:
+        found = os.environ.get(env)
+        if found is None:
+            raise ConfigError(f"{env_key}: environment variable {env} is not set")
+        return found
+    return None
 
 
 def first_line(path: Path) -> str:

@@ -124,3 +124,24 @@ def test_a_password_sent_in_plain_text_off_this_machine_is_warned_about_once():
                   remote.model_copy(update={"host": "localhost"}),
                   remote.model_copy(update={"username": None, "password": None})):
         assert plaintext_password_warning(quiet) is None
+
+
+def test_a_password_without_a_user_name_is_refused_in_the_config(tmp_path):
+    with pytest.raises(ConfigError, match=r"needs mqtt\.username"):
+        load_config(write(tmp_path, GOOD + '[mqtt]\npassword_env = "X"\n'))
+
+
+def test_one_way_to_find_a_password(tmp_path, monkeypatch):
+    from harken.agent.config import resolve_password
+    (tmp_path / "pw").write_text("from-file\n")
+    (tmp_path / "pw").chmod(0o600)
+    monkeypatch.setenv("PW", "from-env")
+    assert resolve_password("given", tmp_path / "pw", "PW", "k") == "given"
+    assert resolve_password(None, tmp_path / "pw", "PW", "k") == "from-file"
+    assert resolve_password(None, None, "PW", "k") == "from-env"
+    assert resolve_password(None, None, None, "k") is None
+    monkeypatch.delenv("PW")
+    with pytest.raises(ConfigError, match="k: environment variable PW is not set"):
+        resolve_password(None, None, "PW", "k")
+    with pytest.raises(ConfigError, match="cannot read a password"):
+        resolve_password(None, tmp_path / "missing", None, "k")
