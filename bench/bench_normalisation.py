@@ -1,5 +1,6 @@
 """Domain-robust scoring: baseline-knn's distance with and without local density
-normalisation (agent/rules/density.py), on the standard synthetic corpus.
+normalisation (agent/rules/density.py), and the two fused (each standardised on its
+section's leave-one-out training scores, equal weights), on the standard synthetic corpus.
 
 The clip vectors are computed once per machine type; each rule scores the same vectors,
 so the rows differ only in the score rule. ``knn-density`` uses the k that baseline-knn's
@@ -37,7 +38,8 @@ def main() -> None:
     if not (args.corpus / "corpus.json").is_file():
         sys.exit(f"{args.corpus}: no corpus; make it with "
                  f"'harken-train synth --size standard --out {args.corpus}'")
-    variants = {"knn": ("knn", None), "knn-density": ("knn-density", None)} | {
+    variants = {"knn": ("knn", None), "knn-density": ("knn-density", None),
+                "knn-fused": ("knn-fused", None)} | {
         f"knn-density k={k}": ("knn-density", k) for k in SENSITIVITY_K}
     results: dict[str, list] = {v: [] for v in variants}
     chosen: dict[str, int] = {}
@@ -60,7 +62,7 @@ def main() -> None:
             results[name] += section_results(machine, test, scores)
     rows = []
     for name, res in results.items():
-        rows.append({"name": name, "default": name in ("knn", "knn-density"),
+        rows.append({"name": name, "default": name in ("knn", "knn-density", "knn-fused"),
                      "official": official_score(res),
                      "auc_source": float(np.mean([r.auc_source for r in res])),
                      "auc_target": float(np.mean([r.auc_target for r in res])),

@@ -178,6 +178,7 @@ def normalisation_section(r: dict) -> list[str]:
           *(f"{x['machines'][m]:.4f}" for m in machines)] for x in rows])
     verdict = "helped" if change > 0.005 else "did not help" if change < -0.005 else \
         "made no clear difference"
+    fused = next((x for x in rows if x["name"] == "knn-fused"), None)
     aucs = [v for by_k in r["choice_auc"].values() for v in by_k.values()]
     spread = max(max(by_k.values()) - min(by_k.values()) for by_k in r["choice_auc"].values())
     lines += ["", f"The choice of k on training data is weakly informed here: the pseudo-anomaly "
@@ -188,6 +189,15 @@ def normalisation_section(r: dict) -> list[str]:
               f"{plain['official']:.4f} -> {default['official']:.4f} ({change:+.4f}); mean "
               f"AUC target {plain['auc_target']:.3f} -> {default['auc_target']:.3f}, source "
               f"{plain['auc_source']:.3f} -> {default['auc_source']:.3f}."]
+    if fused:
+        best = max(("knn", "knn-density"), key=lambda n: next(
+            x["official"] for x in rows if x["name"] == n))
+        lines += ["", f"Did fusion help? `knn-fused` (each rule standardised on its section's "
+                  f"leave-one-out training scores, equal weights, nothing chosen on test clips): "
+                  f"official {fused['official']:.4f}, "
+                  f"{fused['official'] - next(x['official'] for x in rows if x['name'] == best):+.4f}"
+                  f" against the better of the two ({best}); mean AUC source "
+                  f"{fused['auc_source']:.3f}, target {fused['auc_target']:.3f}."]
     return lines
 
 

@@ -9,6 +9,9 @@ distance in units of its local density, agent/rules/density.py: one threshold fo
 source domain and a sparse target domain, with no domain label). The density's
 neighbourhood k is chosen on the training clips alone (``choose_density_k``): cross-fitted
 held-out normal clips against pseudo-anomalous copies of them, each domain on its own.
+``knn-fused`` is the score fusion of the two: each standardised with its section's
+leave-one-out scores of the training clips, then averaged with equal weights (the plain
+distance is sharp where normal sound is dense, the density one fair to sparse domains).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def domain_balanced_auc(normal: np.ndarray, pseudo: np.ndarray, sections: np.nda
 class KnnBaseline:
     name = "baseline-knn"
     summary = "nearest normal clip by mean+std of log-mel frames (no learning)"
-    score_rules = ("knn", "knn-density")
+    score_rules = ("knn", "knn-density", "knn-fused")
     default_rule = "knn"
 
     def __init__(self, spec: FeatureSpec | None = None, density_k: int = DEFAULT_K) -> None:
@@ -78,6 +81,7 @@ class KnnBaseline:
         self.std: np.ndarray | None = None
         self.bank: dict[int, np.ndarray] = {}
         self.density: dict[int, np.ndarray] = {}
+        self.loo_stats: dict[int, dict[str, tuple[float, float]]] = {}   # fusion scales
 
     def vectors(self, clips: Sequence[Clip], progress: bool = True) -> np.ndarray:
         return np.stack([clip_vector(m) for m in clip_logmels(clips, self.spec, progress)])
@@ -130,8 +134,17 @@ class KnnBaseline:
         return best, aucs
 
     def _fit_densities(self) -> None:
+        """Each training clip's local density, and each rule's leave-one-out score mean
+        and spread per section (the fusion's standardisation)."""
         self.density = {s: local_densities(bank, self.density_k, "euclidean")
                         for s, bank in self.bank.items()}
+        self.loo_stats = {}
+        for s, bank in self.bank.items():
+            d = cdist(bank, bank)
+            np.fill_diagonal(d, np.inf)
+            loo = {"knn": d.min(axis=1), "knn-density": (d / self.density[s][None, :]).min(axis=1)}
+            self.loo_stats[s] = {r: (float(v.mean()), float(max(v.std(), 1e-12)))
+                                 for r, v in loo.items()}
 
     def score_vectors(self, vectors: np.ndarray, sections: Sequence[int],
                       rule: str = "knn") -> np.ndarray:
@@ -141,11 +154,17 @@ class KnnBaseline:
             if int(s) not in self.bank:
                 raise DataError(f"section {int(s):02d} was not in the training data "
                                  f"(trained sections: {sorted(self.bank)})")
+            plain = float(np.sqrt(((self.bank[int(s)] - v) ** 2).sum(axis=1)).min())
+            if rule == "knn":
+                out[i] = plain
+                continue
+            dense = float(normalised_min_distance(v, self.bank[int(s)], self.density[int(s)],
+                                                  "euclidean")[0])
             if rule == "knn-density":
-                out[i] = normalised_min_distance(v, self.bank[int(s)], self.density[int(s)],
-                                                 "euclidean")[0]
-            else:
-                out[i] = np.sqrt(((self.bank[int(s)] - v) ** 2).sum(axis=1)).min()
+                out[i] = dense
+            else:                                             # knn-fused
+                (ma, sa), (mb, sb) = (self.loo_stats[int(s)][r] for r in ("knn", "knn-density"))
+                out[i] = 0.5 * ((plain - ma) / sa + (dense - mb) / sb)
         return out
 
     # -- run directory interface -------------------------------------------------------

@@ -18,7 +18,7 @@ def test_knn_density_rule_divides_each_distance_by_the_clips_local_density(tiny_
     make_method("baseline-knn").train(train, tmp_path / "knn", progress=False)
     model = METHODS["baseline-knn"].load(tmp_path / "knn")
     k = model.density_k
-    assert model.score_rules == ("knn", "knn-density") and k in DENSITY_K_CHOICES
+    assert model.score_rules == ("knn", "knn-density", "knn-fused") and k in DENSITY_K_CHOICES
     # the k was chosen on training data: the best of the recorded pseudo-anomaly AUCs
     choice = json.loads((tmp_path / "knn" / "run.json").read_text())["params"]["density_k_choice"]
     assert sorted(choice["auc"]) == sorted(str(c) for c in DENSITY_K_CHOICES)
@@ -27,12 +27,20 @@ def test_knn_density_rule_divides_each_distance_by_the_clips_local_density(tiny_
     z = (vectors - model.mean) / model.std
     plain = model.score(test, progress=False)
     dense = model.score(test, progress=False, rule="knn-density")
+    fused = model.score(test, progress=False, rule="knn-fused")
     for i, c in enumerate(test):
         bank = model.bank[c.section]
         d = np.linalg.norm(bank - z[i], axis=1)
+        density = local_densities(bank, k, "euclidean")
         assert plain[i] == pytest.approx(d.min())
-        assert dense[i] == pytest.approx((d / local_densities(bank, k, "euclidean")).min())
-    with pytest.raises(ValueError, match="score rules \\['knn', 'knn-density'\\]"):
+        assert dense[i] == pytest.approx((d / density).min())
+        # fusion: each rule standardised by its leave-one-out training scores, averaged
+        own = np.linalg.norm(bank[:, None] - bank[None], axis=2)
+        np.fill_diagonal(own, np.inf)
+        loo_a, loo_b = own.min(axis=1), (own / density[None, :]).min(axis=1)
+        assert fused[i] == pytest.approx(0.5 * ((d.min() - loo_a.mean()) / loo_a.std()
+                                                + (dense[i] - loo_b.mean()) / loo_b.std()))
+    with pytest.raises(ValueError, match="score rules \\['knn', 'knn-density', 'knn-fused'\\]"):
         model.score(test, progress=False, rule="logit")
 
 
