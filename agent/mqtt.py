@@ -14,10 +14,11 @@ score.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from harken.agent.pipeline import IntervalResult
 from harken.agent.sinks.base import Sink, register
 from harken.agent.topics import MACHINE_KINDS, Topics, ha_status_topic
 
+_log = logging.getLogger("harken")
 WINDOW = 32            # messages in flight (unacknowledged) at a time
 
 
@@ -67,9 +69,11 @@ class MqttSink(Sink):
                    state / m.outbox)
 
     def __init__(self, settings, node: str, machine: str, outbox_path: Path,
-                 log=lambda msg: print(f"harken: mqtt: {msg}", file=sys.stderr)) -> None:
+                 log: Callable[[str], None] | None = None) -> None:
         import paho.mqtt.client as mqtt
-        self.s, self.node, self.machine, self.log = settings, node, machine, log
+        # the "harken" logger (configured by the command line: "harken: mqtt: ...")
+        self.log = log or (lambda msg: _log.info(f"mqtt: {msg}"))
+        self.s, self.node, self.machine = settings, node, machine
         self.outbox = Outbox(outbox_path, settings.outbox_max)
         scheme = Topics(settings.prefix, node)
         self.status_topic, self.stats_topic = scheme.status, scheme.stats
