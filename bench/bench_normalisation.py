@@ -8,12 +8,20 @@ training chooses per machine type from training clips alone (held-out normals ag
 pseudo-anomalous copies, training/baselines.py ``choose_density_k``); the fixed-k rows show
 how sensitive the rule is and must not be used to pick k (that would tune on test clips).
 
+The classifier's two bank rules (``embedding``: per-domain scale, the earlier default;
+``embedding-density``: LDN over every training clip) are read from an evaluation of a
+mobilenetv2 run on the same corpus when there is one:
+``harken-train train --method mobilenetv2 --data corpora/standard --out runs/standard/mobilenetv2``
+then ``harken-train evaluate runs/standard/mobilenetv2 --score all --out
+runs/standard/eval-rules/mobilenetv2``.
+
     .venv/bin/python bench/bench_normalisation.py [--corpus corpora/standard]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -70,11 +78,23 @@ def main() -> None:
                      "machines": {m: machine_hmean(res, m) for m in machines}})
         print(f"{name:<22} official {rows[-1]['official']:.4f}  AUC source "
               f"{rows[-1]['auc_source']:.3f}  target {rows[-1]['auc_target']:.3f}")
+    classifier = {}
+    for rule in ("embedding", "embedding-density"):
+        metrics = ROOT / "runs" / "standard" / "eval-rules" / "mobilenetv2" / rule / "metrics.json"
+        if metrics.is_file():
+            m = json.loads(metrics.read_text())
+            secs = m["sections"]
+            classifier[rule] = {"official": m["official_score"],
+                                "auc_source": float(np.mean([x["auc_source"] for x in secs])),
+                                "auc_target": float(np.mean([x["auc_target"] for x in secs])),
+                                "pauc": float(np.mean([x["pauc"] for x in secs])),
+                                "machines": m["machines"]}
     corpus = args.corpus.resolve()
     record("normalisation", "bench/bench_normalisation.py",
            {"corpus": {"root": str(corpus.relative_to(ROOT)) if corpus.is_relative_to(ROOT)
                        else str(corpus)},
-            "chosen_k": chosen, "choice_auc": choice_auc, "machines": machines, "rows": rows})
+            "chosen_k": chosen, "choice_auc": choice_auc, "machines": machines, "rows": rows,
+            "classifier": classifier})
 
 
 if __name__ == "__main__":

@@ -189,6 +189,19 @@ def normalisation_section(r: dict) -> list[str]:
               f"{plain['official']:.4f} -> {default['official']:.4f} ({change:+.4f}); mean "
               f"AUC target {plain['auc_target']:.3f} -> {default['auc_target']:.3f}, source "
               f"{plain['auc_source']:.3f} -> {default['auc_source']:.3f}."]
+    clf = r.get("classifier", {})
+    if {"embedding", "embedding-density"} <= set(clf):
+        old, new = clf["embedding"], clf["embedding-density"]
+        lines += ["", "The classifier's bank rules on the same corpus (mobilenetv2, one run "
+                  "scored both ways; `embedding` divides by each domain's typical distance, "
+                  "`embedding-density` by each training clip's local density):", ""] + table(
+            ["rule", "official", "mean AUC source", "mean AUC target", "mean pAUC", *machines],
+            [[f"mobilenetv2 [{name}]", f"{x['official']:.4f}", f"{x['auc_source']:.3f}",
+              f"{x['auc_target']:.3f}", f"{x['pauc']:.3f}",
+              *(f"{x['machines'][m]:.4f}" for m in machines)]
+             for name, x in (("embedding", old), ("embedding-density", new))])
+        lines += ["", f"Did it help the classifier? official {old['official']:.4f} -> "
+                  f"{new['official']:.4f} ({new['official'] - old['official']:+.4f})."]
     if fused:
         best = max(("knn", "knn-density"), key=lambda n: next(
             x["official"] for x in rows if x["name"] == n))
