@@ -71,7 +71,10 @@ def results_markdown(evaluations: dict[str, dict], corpus: dict, command: str,
 
 # variant -> the method it changes one thing of
 VARIANT_OF = {"ae-mahalanobis": "ae", "ae-bu": "ae", "ae-snp": "ae", "contrastive": "mobilenetv2",
-              "contrastive [logit]": "mobilenetv2 [logit]"}
+              "contrastive [logit]": "mobilenetv2 [logit]",
+              "baseline-knn [knn-density]": "baseline-knn",
+              "baseline-knn [knn-fused]": "baseline-knn",
+              "mobilenetv2 [embedding-density]": "mobilenetv2"}
 
 
 def _variant_lines(evaluations: dict[str, dict]) -> list[str]:
