@@ -1,6 +1,7 @@
 """The wheel a device installs: one `harken` namespace, the agent's runtime without torch or
 TensorFlow, and the commands working from outside the repository (docs/deploy.md)."""
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -14,8 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(*cmd, cwd, check=True):
+    # a clean environment: a PYTHONPATH pointing at a checkout would make pip think harken
+    # is already installed (its egg-info) and the venv would get no commands
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     out = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True,
-                         timeout=900)
+                         timeout=900, env=env)
     if check and out.returncode != 0:
         raise AssertionError(f"{cmd} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
     return out
