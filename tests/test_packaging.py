@@ -2,6 +2,7 @@
 TensorFlow, and the commands working from outside the repository (docs/deploy.md)."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -25,10 +26,20 @@ def _run(*cmd, cwd, check=True):
     return out
 
 
+# what a source tree holds besides the source: never part of a wheel
+NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__",
+                                    ".pytest_cache", "corpora", "runs", "quickstart", "demo",
+                                    "data", ".cache", ".gl", ".whl")
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    """Built from a clean copy of the source: setuptools builds in the tree, and a stale
+    build/ folder there could smuggle deleted modules into the wheel."""
+    src = tmp_path_factory.mktemp("src") / "harken"
+    shutil.copytree(ROOT, src, ignore=NOT_SOURCE)
     folder = tmp_path_factory.mktemp("wheel")
-    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", folder, ROOT, cwd=folder)
+    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", folder, src, cwd=folder)
     (found,) = folder.glob("harken-*.whl")
     return found
 

@@ -1,1 +1,0 @@
-"""The systemd unit, shipped in the wheel as package data (``harken systemd-unit`` prints it)."""

@@ -1,1 +1,0 @@
-"""Network definitions (torch): the edge scorers the device runs once exported, and their losses."""
