@@ -26,10 +26,17 @@ def _run(*cmd, cwd, check=True):
     return out
 
 
-# what a source tree holds besides the source: never part of a wheel
-NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__",
-                                    ".pytest_cache", "corpora", "runs", "quickstart", "demo",
-                                    "data", ".cache", ".gl", ".whl")
+# what a checkout holds at its top besides the source (training/data/ is source: only
+# top-level names are skipped), and caches anywhere
+TOP_LEVEL_NOT_SOURCE = {".git", ".venv", "build", "dist", ".pytest_cache", "corpora", "runs",
+                        "quickstart", "demo", "data", ".gl", ".whl"}
+
+
+def not_source(folder: str, names: list[str]) -> set[str]:
+    skip = {n for n in names if n == "__pycache__" or n.endswith(".egg-info")}
+    if Path(folder) == ROOT:
+        skip |= TOP_LEVEL_NOT_SOURCE & set(names)
+    return skip
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +44,7 @@ def wheel(tmp_path_factory) -> Path:
     """Built from a clean copy of the source: setuptools builds in the tree, and a stale
     build/ folder there could smuggle deleted modules into the wheel."""
     src = tmp_path_factory.mktemp("src") / "harken"
-    shutil.copytree(ROOT, src, ignore=NOT_SOURCE)
+    shutil.copytree(ROOT, src, ignore=not_source)
     folder = tmp_path_factory.mktemp("wheel")
     _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", folder, src, cwd=folder)
     (found,) = folder.glob("harken-*.whl")
