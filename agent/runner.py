@@ -101,8 +101,7 @@ class Runner:
 
     def _report(self, record: dict) -> None:
         """A status record from the source (audio lost / restored): sinks and systemd."""
-        for sink in self.sinks:
-            sink.status(dict(record))
+        self._status(record)
         if record.get("status") == "audio_lost":
             self.notify.status(f"audio lost: {record.get('error', '')}")
         elif record.get("status") == "audio_restored":
