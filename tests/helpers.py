@@ -1,6 +1,8 @@
 """Helpers shared by tests and bench scripts (fixtures stay in conftest.py, which nothing
 imports)."""
 
+import contextlib
+
 import numpy as np
 
 
@@ -22,3 +24,21 @@ def write_agent_config(path, **sections):
                   for k, v in values.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def tmpfs(folder, size: str, options: str = ""):
+    """A small tmpfs mounted at ``folder`` for the duration (a disk that fills up, or a
+    read-only one); the test is skipped where mounting is not allowed (not root)."""
+    import subprocess
+
+    import pytest
+    folder.mkdir(parents=True, exist_ok=True)
+    opts = f"{options},size={size}" if options else f"size={size}"
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root; CI runs as root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)

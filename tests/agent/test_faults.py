@@ -5,14 +5,13 @@ delivered, still held in the outbox, or counted as evicted: none is lost silentl
 import json
 import os
 import signal
-import subprocess
 import time
 
 import pytest
 
 from harken.agent.outbox import Outbox
 from tests.agent.mosquitto import PASSWORD, USER, Broker, Listener, start_agent
-from tests.helpers import write_agent_config
+from tests.helpers import tmpfs, write_agent_config
 
 
 def wait_for(what: str, predicate, timeout: float = 180.0, every: float = 0.2):
@@ -41,13 +40,8 @@ def stats_lines(path):
 @pytest.fixture
 def small_disk(tmp_path):
     """A 2 MiB tmpfs for the agent's state (root only; CI runs as root)."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    with tmpfs(tmp_path / "disk", "2m") as mnt:
+        yield mnt
 
 
 def test_every_seq_is_delivered_held_or_counted_through_disk_full_kill_and_outage(

@@ -3,6 +3,7 @@
 import pytest
 
 from harken.agent.outbox import Outbox
+from tests.helpers import tmpfs
 
 
 def test_messages_wait_in_order_until_acked_and_survive_reopen(tmp_path):
@@ -64,13 +65,7 @@ def test_a_full_database_evicts_old_scores_and_recovers_when_room_returns(tmp_pa
 def test_a_full_filesystem_never_raises_counts_what_it_drops_and_recovers(tmp_path):
     """A real 2 MiB filesystem, mostly taken by another file, then freed (needs root to
     mount a tmpfs; CI runs as root)."""
-    import subprocess
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with tmpfs(tmp_path / "small", "2m") as mnt:
         (mnt / "other.log").write_bytes(bytes(1500 * 1024))        # someone else's file
         box = Outbox(mnt / "outbox.db")
         stored = [box.put("t/score", bytes(400), seq=i + 1) for i in range(3000)]
@@ -85,20 +80,10 @@ def test_a_full_filesystem_never_raises_counts_what_it_drops_and_recovers(tmp_pa
         assert not box.disk_full
         assert box.depth + box.evicted == 3999 and box.last_seq == 3999
         box.close()
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_an_outbox_on_a_read_only_filesystem_says_so_instead_of_move_it_aside(tmp_path):
-    import subprocess
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with tmpfs(tmp_path / "ro", "64k", "ro") as mnt:
         with pytest.raises(OSError, match="this user may not write its folder") as err:
             Outbox(mnt / "outbox.db")
         assert "move it aside" not in str(err.value)
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
