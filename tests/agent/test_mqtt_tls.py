@@ -74,11 +74,15 @@ def test_a_broker_certificate_from_another_ca_is_refused_clearly(tls_broker, ae_
                        tls=True, ca_file="other-ca.crt", cert_file="client.crt",
                        key_file="client.key")
     proc = start_agent(cfg)
+    import threading
+    guard = threading.Timer(120, proc.terminate)      # never hang if the line never comes
+    guard.start()
     err_head = ""
     for line in proc.stderr:                          # the refusal is logged, then stop
         err_head += line
         if "was not accepted" in line:
             break
+    guard.cancel()
     proc.terminate()
     err = err_head + proc.communicate(timeout=30)[1]
     assert proc.returncode == 0, err                 # scoring went on; the outbox holds it
