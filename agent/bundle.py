@@ -183,7 +183,7 @@ def open_bundle(path: str | Path, extract_to: Path | None = None) -> Bundle:
                 raise BundleError(f"{where}: scoring.sections.{s:02d}.{key} names array "
                                   f"'{name}', which is not in 'arrays'")
 
-    window = spec.window_frames * spec.n_mels
+    window = spec.window_frames * spec.n_features
     artifacts = {}
     for kind, entry in manifest.artifacts.items():
         at = f"{where}: artifacts.{kind}"
@@ -194,7 +194,7 @@ def open_bundle(path: str | Path, extract_to: Path | None = None) -> Bundle:
         shape = tuple(inp.shape)
         if int(np.prod(shape)) != window:
             raise BundleError(f"{at}.input.shape is {list(shape)}, but the feature spec's window "
-                              f"is {spec.window_frames} frames x {spec.n_mels} mels = {window} "
+                              f"is {spec.window_frames} frames x {spec.n_features} values = {window} "
                               f"values")
         quant = None
         if inp.dtype == "int8":

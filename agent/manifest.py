@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 ARTIFACT_KINDS = ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8")
-OUTPUTS = ("reconstruction", "logits", "embedding", "energy")
+OUTPUTS = ("reconstruction", "logits", "embedding", "energy", "moments")
 
 
 class _Part(BaseModel):

@@ -75,20 +75,31 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
     """Export the run in ``run_dir`` into the bundle directory ``out``; returns ``out``."""
     graph = load_graph(run_dir)
     method, info, spec = graph.method, graph.method.info, graph.method.spec
-    rule = method.default_rule
+    # the agent's rule name; a method whose score variants are one agent rule with other
+    # arrays (spectral-knn) names it
+    rule = getattr(method, "device_rule", method.default_rule)
     out.mkdir(parents=True, exist_ok=True)
     if any(out.iterdir()):
         raise ExportError(f"{out}: not empty; give a new folder for the bundle")
     artifacts: dict[str, dict] = {}
+    precision = options.precision
+    weightless = not any(p.numel() for p in graph.module.parameters())
+    if weightless and precision != "fp32":
+        # Nothing to quantize but the activations, and those are dB statistics whose
+        # small differences are the signal: int8 only loses them (a TFLite int8 moments
+        # graph ranked the test clips at Spearman 0.22 against float) and saves nothing.
+        progress(f"{info['method']}: the graph has no weights; writing float artifacts "
+                 f"instead of int8")
+        precision = "fp32"
 
     progress("ONNX fp32")
     from harken.export.onnx_export import INPUT_NAME, export_fp32, quantize_int8
     onnx_fp32 = export_fp32(graph, out / "model.fp32.onnx")
     onnx_io = {"input": {"name": INPUT_NAME, "shape": list(graph.input_shape), "dtype": "float32"},
                "outputs": {o: {"name": o} for o in graph.outputs}}
-    if "onnx" in options.formats and options.precision in ("fp32", "both"):
+    if "onnx" in options.formats and precision in ("fp32", "both"):
         artifacts["onnx-fp32"] = {**_entry(out, onnx_fp32), **onnx_io}
-    if options.precision in ("int8", "both"):
+    if precision in ("int8", "both"):
         root = Path(calib_root or info["corpus"]["root"])
         progress(f"calibration windows from the training clips under {root}")
         windows = calibration_windows(root, info["machine"], spec, options.calibration_windows,
@@ -106,7 +117,7 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
             path = export_int8(graph, calib, out / "model.int8.tflite", options.int8_io)
             artifacts["tflite-int8"] = {**_entry(out, path), **tflite_io(path),
                                         "calibration": _calibration(options, root)}
-    if "tflite" in options.formats and options.precision in ("fp32", "both"):
+    if "tflite" in options.formats and precision in ("fp32", "both"):
         progress("TFLite fp32")
         from harken.export.tflite_export import export_fp32 as tflite_fp32
         from harken.export.tflite_export import tflite_io
@@ -115,6 +126,9 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
     reference = {"onnx-fp32": {"size": onnx_fp32.stat().st_size,
                                "note": "size of the fp32 ONNX model, the reference for the "
                                        "int8 files' size (the file ships only with fp32)"}}
+    if weightless:
+        reference["int8"] = {"note": "not written: the graph has no weights (window "
+                                     "moments); int8 activations would only lose precision"}
     if "onnx-fp32" not in artifacts:
         onnx_fp32.unlink()
 

@@ -2,8 +2,10 @@
 input shape of one device window and named outputs.
 
 AE runs export the dense AE (output ``reconstruction``); classifier runs export
-standardisation + MobileNetV2 + head (outputs ``logits`` and ``embedding``). Training-only
-parts (the contrastive AE and projection heads, dropout) are not in the graph.
+standardisation + MobileNetV2 + head (outputs ``logits`` and ``embedding``); spectral-knn
+runs export the window moments (output ``moments``: per-value mean and standard deviation
+over the window's frames; no weights). Training-only parts (the contrastive AE and
+projection heads, dropout) are not in the graph.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
@@ -25,6 +28,9 @@ from harken.training.data.corpus import CorpusError, scan
 from harken.training.data.windows import clip_features
 from harken.training.methods import METHODS
 from harken.training.runs import read_run
+from harken.training.spectral_knn import SpectralKnn
+
+EXPORTABLE = (AutoencoderMethod, ClassifierMethod, SpectralKnn)
 
 
 class ExportError(HarkenError, ValueError):
@@ -57,16 +63,34 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
+class WindowMoments(nn.Module):
+    """(1, frames * values) window, frame-major -> (1, 2 * values): each value's mean and
+    (population) standard deviation over the frames. agent/rules/spectral_knn.py's
+    ``window_moments`` is its numpy reference."""
+
+    def __init__(self, frames: int, values: int) -> None:
+        super().__init__()
+        self.frames, self.values = frames, values
+
+    def forward(self, x):
+        w = x.reshape(self.frames, self.values)
+        mean = w.mean(dim=0, keepdim=True)
+        std = ((w - mean) ** 2).mean(dim=0, keepdim=True).sqrt()
+        return torch.cat([mean, std], dim=1)
+
+
 def load_graph(run_dir: Path) -> InferenceGraph:
     info = read_run(run_dir)
     cls = METHODS.get(info["method"])
-    if cls is None or not issubclass(cls, (AutoencoderMethod, ClassifierMethod)):
-        exportable = sorted(n for n, c in METHODS.items()
-                            if issubclass(c, (AutoencoderMethod, ClassifierMethod)))
+    if cls is None or not issubclass(cls, EXPORTABLE):
+        exportable = sorted(n for n, c in METHODS.items() if issubclass(c, EXPORTABLE))
         raise ExportError(f"{run_dir}: method '{info['method']}' has no device graph; "
                           f"exportable methods: {exportable}")
     method = cls.load(run_dir)
     spec = method.spec
+    if isinstance(method, SpectralKnn):
+        return InferenceGraph(WindowMoments(spec.window_frames, spec.n_features).eval(),
+                              (1, spec.window_frames * spec.n_features), ("moments",), method)
     folded = fold_batchnorm(method.model)
     if isinstance(method, AutoencoderMethod):
         return InferenceGraph(folded, (1, spec.window_frames * spec.n_mels), ("reconstruction",),

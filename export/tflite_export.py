@@ -22,7 +22,7 @@ import numpy as np
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from harken.export.graphs import InferenceGraph
+from harken.export.graphs import InferenceGraph, WindowMoments
 from harken.export.tflite_io import input_entry, open_interpreter, output_entry
 from harken.training.classifier import ClassifierNet
 from harken.training.models.cosine_head import CosineHead
@@ -100,6 +100,16 @@ def tf_function(graph: InferenceGraph):
     tf = _tf()
     net = graph.module
     shape = nhwc_shape(graph.input_shape)
+    if isinstance(net, WindowMoments):
+        frames, values = net.frames, net.values
+
+        @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="input")], autograph=False)
+        def run_moments(x):
+            w = tf.reshape(x, (frames, values))
+            mean = tf.reduce_mean(w, axis=0, keepdims=True)
+            std = tf.sqrt(tf.reduce_mean(tf.square(w - mean), axis=0, keepdims=True))
+            return {"moments": tf.concat([mean, std], axis=1)}
+        return run_moments
     if isinstance(net, ClassifierNet):
         features = _layer(net.cnn.features)
         mean, std = float(net.mean), float(net.std)

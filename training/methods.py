@@ -12,8 +12,9 @@ from harken.training.classifier import ClassifierMethod, ContrastiveMethod
 from harken.training.gmgan import GmganMethod
 from harken.training.method import Configurable, Method
 from harken.training.oevae import OevaeMethod
+from harken.training.spectral_knn import SpectralKnn
 
-METHODS = {cls.name: cls for cls in (KnnBaseline, AutoencoderMethod, AeMahalanobis,
+METHODS = {cls.name: cls for cls in (SpectralKnn, KnnBaseline, AutoencoderMethod, AeMahalanobis,
                                      AeBatchUniformization, AeNeymanPearson,
                                      ClassifierMethod, ContrastiveMethod, AeganMethod,
                                      GmganMethod, OevaeMethod)}

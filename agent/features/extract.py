@@ -43,9 +43,11 @@ class _Kernel:
         self._windowed = np.empty((_BLOCK_FRAMES, spec.n_fft), dtype=self.dtype)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """frames: (n, n_fft) samples of self.dtype (a strided view is fine) -> (n, n_mels)."""
+        """frames: (n, n_fft) samples of self.dtype (a strided view is fine) -> (n, n_mels),
+        or (n, n_mels + n_freqs) with the log power spectrum appended (``spec.spectrum``)."""
         n = frames.shape[0]
-        out = np.empty((n, self.spec.n_mels), dtype=np.float32)
+        n_mels = self.spec.n_mels
+        out = np.empty((n, self.spec.n_features), dtype=np.float32)
         for start in range(0, n, _BLOCK_FRAMES):
             block = frames[start:start + _BLOCK_FRAMES]
             windowed = np.multiply(block, self.window, out=self._windowed[:block.shape[0]])
@@ -60,7 +62,13 @@ class _Kernel:
                 mel += self.log_eps
                 np.log10(mel, out=mel)
                 mel *= self.log_scale
-            out[start:start + block.shape[0]] = mel.T
+            out[start:start + block.shape[0], :n_mels] = mel.T
+            if self.spec.spectrum:
+                if self.spec.log_rule == "dcase":
+                    mag += self.log_eps
+                    np.log10(mag, out=mag)
+                    mag *= self.log_scale
+                out[start:start + block.shape[0], n_mels:] = mag
         return out
 
 
@@ -74,7 +82,8 @@ def periodic_window(name: str, n: int) -> np.ndarray:
 
 
 class LogMelExtractor:
-    """Batch extractor: a whole signal in, (n_frames, n_mels) float32 log-mel out."""
+    """Batch extractor: a whole signal in, (n_frames, spec.n_features) float32 log-mel
+    (and log spectrum) out."""
 
     def __init__(self, spec: FeatureSpec) -> None:
         self.spec = spec
@@ -98,7 +107,7 @@ class LogMelExtractor:
                 padded[half + x.size:] = x[-2:-half - 2:-1]
             x = padded
         if x.size < spec.n_fft:
-            return np.empty((0, spec.n_mels), dtype=np.float32)
+            return np.empty((0, spec.n_features), dtype=np.float32)
         kernel = self._kernels.get(x.dtype.type)
         if kernel is None:
             kernel = self._kernels[x.dtype.type] = _Kernel(spec, x.dtype.type)
@@ -137,7 +146,7 @@ class StreamingLogMel:
         self._reflect = spec.center and spec.pad_mode == "reflect"
         # Samples needed before a group of frames is computed.
         self._group_span = spec.n_fft + (max_delay_frames - 1) * spec.hop_length
-        self._empty = np.empty((0, spec.n_mels), dtype=np.float32)
+        self._empty = np.empty((0, spec.n_features), dtype=np.float32)
         self._buf = np.zeros(4 * self._group_span + 4096, dtype=self._kernel.dtype)
         self.reset()
 

@@ -48,6 +48,10 @@ class FeatureSpec:
     log_eps: float = sys.float_info.epsilon
     window_frames: int = 5
     window_hop: int = 1
+    # Append the log power spectrum (n_fft/2 + 1 linear bins, same STFT and log rule) to
+    # each frame after the mels: the fine spectral detail (tonal lines, narrow resonances)
+    # that mel pooling averages away. Costs no extra FFT.
+    spectrum: bool = False
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -70,8 +74,9 @@ class FeatureSpec:
             allowed = _LITERALS[field]
             if getattr(self, field) not in allowed:
                 raise bad(field, " or ".join(repr(a) for a in allowed))
-        if not isinstance(self.center, bool):
-            raise bad("center", "true or false")
+        for field in ("center", "spectrum"):
+            if not isinstance(getattr(self, field), bool):
+                raise bad(field, "true or false")
         if not 0.0 <= self.fmin < self.fmax <= self.sample_rate / 2:
             raise FeatureSpecError(
                 f"feature spec fields 'fmin' = {self.fmin!r}, 'fmax' = {self.fmax!r}: "
@@ -124,6 +129,11 @@ class FeatureSpec:
         return self.n_fft // 2 + 1
 
     @property
+    def n_features(self) -> int:
+        """Values per frame: the mels, then the spectrum bins when ``spectrum`` is on."""
+        return self.n_mels + (self.n_freqs if self.spectrum else 0)
+
+    @property
     def frame_seconds(self) -> float:
         return self.hop_length / self.sample_rate
 
@@ -155,6 +165,10 @@ PRESETS: dict[str, FeatureSpec] = {
     # GMGAN: 64 mels, 64 x 64 patches (about 2 s), hop 32 frames.
     "gmgan": FeatureSpec(name="gmgan", n_mels=64, window_frames=64, window_hop=32),
     # OEVAE: 64 ms frames, 16 ms hop, 64 mels, 2-second segments (125 frames), hop 1 s.
+    # spectral-knn: the mels plus the 513-bin log power spectrum per frame, in
+    # non-overlapping 1-second windows (32 frames) whose moments the device pools.
+    "spectral-knn": FeatureSpec(name="spectral-knn", spectrum=True, window_frames=32,
+                                window_hop=32),
     "oevae": FeatureSpec(name="oevae", n_fft=1024, win_length=1024, hop_length=256, n_mels=64,
                          window_frames=125, window_hop=62),
 }

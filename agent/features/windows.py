@@ -13,18 +13,18 @@ def n_windows(n_frames: int, spec: FeatureSpec) -> int:
 
 
 def windows(features: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """(n_frames, n_mels) -> (n_windows, window_frames, n_mels), a strided view.
+    """(n_frames, n_features) -> (n_windows, window_frames, n_features), a strided view.
 
     Frame-major order, so ``reshape(n, -1)`` gives the DCASE baseline's 640-dim vectors
     (frame t's 128 mels contiguous).
     """
-    if features.ndim != 2 or features.shape[1] != spec.n_mels:
+    if features.ndim != 2 or features.shape[1] != spec.n_features:
         raise ValueError(
-            f"expected features of shape (frames, {spec.n_mels}), got {features.shape}"
+            f"expected features of shape (frames, {spec.n_features}), got {features.shape}"
         )
     n = n_windows(features.shape[0], spec)
     if n == 0:
-        return np.empty((0, spec.window_frames, spec.n_mels), dtype=features.dtype)
+        return np.empty((0, spec.window_frames, spec.n_features), dtype=features.dtype)
     view = np.lib.stride_tricks.sliding_window_view(features, spec.window_frames, axis=0)
     # sliding_window_view puts the window axis last: (n, n_mels, frames) -> (n, frames, mels)
     return view[::spec.window_hop][:n].transpose(0, 2, 1)

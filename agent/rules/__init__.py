@@ -10,6 +10,8 @@ and how to add one). Rules today:
   section's normal bank, in units of each domain's typical distance; the minimum.
 * ``embedding-density`` (embedding_density.py): the same distance to every training clip,
   in units of that clip's local density (density.py: LDN, no domain labels needed).
+* ``spectral-knn`` (spectral_knn.py): mel and spectrum statistics of the interval, nearest
+  normal clip and LDN distances, standardised and fused.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import numpy as np
 
 # importing a rule's module registers it: a new rule is one module and one name here
 from harken.agent.rules.base import RuleError
-from harken.agent.rules import mse, mahalanobis, logit, embedding, embedding_density  # noqa: F401
+from harken.agent.rules import (mse, mahalanobis, logit, embedding,  # noqa: F401
+                                embedding_density, spectral_knn)
 from harken.agent.rules.base import REGISTRY, ScoreRule
 from harken.agent.rules.embedding import bank_distance, unit_embedding
 from harken.agent.rules.logit import section_log_odds, softmax

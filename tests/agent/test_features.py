@@ -156,6 +156,11 @@ def test_spec_round_trip_and_refusals():
         spec.replace(hop_length=0)
     with pytest.raises(FeatureSpecError, match="unknown feature preset"):
         preset("nope")
+    # a spec written before the spectrum field (older runs and bundles) reads as mels only
+    old = {k: v for k, v in data.items() if k != "spectrum"}
+    assert FeatureSpec.from_dict(old).spectrum is False
+    with pytest.raises(FeatureSpecError, match="'spectrum' = 'yes': expected true or false"):
+        FeatureSpec.from_dict({**data, "spectrum": "yes"})
 
 
 def test_windows_shape_and_dcase_vector_order(rng):

@@ -250,3 +250,22 @@ def test_compacting_the_int8_onnx_changes_no_output_and_drops_the_padding(bundle
     assert 0 < quantization_bytes(small) < quantization_bytes(raw) < raw.stat().st_size
     assert quantization_bytes(fp32) is None
     assert quantization_bytes(bundles / "mobilenetv2" / "model.int8.tflite") > 0
+
+
+def test_spectral_knn_bundle_is_float_and_scores_as_training_does(small_fan, tmp_path):
+    """A weightless graph (window moments) gets float artifacts, not int8, and says why; the
+    agent's scorer, through ONNX Runtime and TFLite, gives the training code's scores."""
+    run = tmp_path / "run"
+    make_method("spectral-knn").train(scan(small_fan, ["fan"], "train"), run, progress=False)
+    notes = []
+    bundle = open_bundle(write_bundle(run, tmp_path / "bundle", small_fan, ExportOptions(),
+                                      progress=notes.append))
+    assert sorted(bundle.artifacts) == ["onnx-fp32", "tflite-fp32"]
+    assert any("no weights" in n for n in notes)
+    assert "no weights" in bundle.manifest.reference["int8"]["note"]
+    assert bundle.rule_name == "spectral-knn" and bundle.manifest.outputs == ["moments"]
+    checks = {c.artifact: c for c in verify(bundle, small_fan, run, max_clips=24,
+                                            progress=False)}
+    for kind in ("onnx-fp32", "tflite-fp32"):
+        assert checks[kind].max_rel_error < 1e-3
+        assert checks[kind].official == pytest.approx(checks["torch-fp32"].official, abs=1e-6)

@@ -1,0 +1,212 @@
+"""spectral-knn: the default detector. No network to train: each section's normal clips
+become a reference bank of sound statistics, and a clip is scored by how far it lies from
+them (agent/rules/spectral_knn.py has the rule and says why each part is there).
+
+Why this is the default (docs/results.md has the figures): it beats every trained method
+on the standard corpus, the target domain included, trains in seconds on a Raspberry Pi
+as well as on a workstation, has nothing to over-fit to one corpus (two settings, both
+with defaults fixed in advance: the density neighbourhood and the fusion weights), and the
+same bank can be learned on site from a few minutes of normal sound.
+
+Score rules (``--score``): ``fused`` (default: all four component scores), ``plain``
+(nearest-clip distances only, no density normalisation), ``density`` (LDN only), ``mel``
+and ``spectrum`` (one branch only). The ablations exist so the results page can say what
+each part adds; every one is computed by the agent's rule with other fusion weights.
+A bundle's rule is always the agent's ``spectral-knn`` with the weights of the ``score``
+setting; asked for by that name, this method scores with those weights too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from harken.agent.errors import DataError, UsageError
+from harken.agent.features import FeatureSpec, preset, windows
+from harken.agent.rules.density import DEFAULT_K, distances, local_densities
+from harken.agent.rules.spectral_knn import (BRANCHES, COMPONENTS, branch_vectors, fused_score,
+                                             pooled_moments, window_moments)
+from harken.training.config import with_overrides
+from harken.training.data.corpus import Clip
+from harken.training.data.features import clip_logmels
+from harken.training.runs import RunError, normal_score_stats, read_run, write_run
+
+# fusion weights per score rule, in COMPONENTS order (mel-knn, mel-density, spectrum-knn,
+# spectrum-density)
+RULE_WEIGHTS = {"fused": (1.0, 1.0, 1.0, 1.0), "plain": (1.0, 0.0, 1.0, 0.0),
+                "density": (0.0, 1.0, 0.0, 1.0), "mel": (1.0, 1.0, 0.0, 0.0),
+                "spectrum": (0.0, 0.0, 1.0, 1.0)}
+STATE = "bank.npz"
+
+
+@dataclass(frozen=True)
+class SpectralKnnConfig:
+    density_k: int = DEFAULT_K       # LDN neighbourhood; below the smallest domain's clip count
+    score: str = "fused"             # the rule the bundle ships
+
+    def __post_init__(self) -> None:
+        if self.density_k < 1:
+            raise UsageError(f"density_k must be at least 1, got {self.density_k}")
+        if self.score not in RULE_WEIGHTS:
+            raise UsageError(f"score must be one of {list(RULE_WEIGHTS)}, got {self.score!r}")
+
+
+def clip_statistics(logmels: Sequence[np.ndarray], spec: FeatureSpec, n_mels: int,
+                    progress: bool = False) -> dict[str, np.ndarray]:
+    """Branch vectors of each clip, pooled from window moments exactly as the device
+    pools an interval's (so training and device see the same statistics)."""
+    out: dict[str, list[np.ndarray]] = {b: [] for b in BRANCHES}
+    for i, m in enumerate(tqdm(logmels, desc="statistics", unit="clip", disable=not progress,
+                               leave=False)):
+        w = windows(m, spec)
+        if len(w) == 0:
+            raise DataError(f"clip {i}: {len(m)} frames, shorter than one "
+                            f"{spec.window_frames}-frame window")
+        for b, v in branch_vectors(*pooled_moments(window_moments(w)), n_mels).items():
+            out[b].append(v)
+    return {b: np.stack(v) for b, v in out.items()}
+
+
+class SpectralKnn:
+    name = "spectral-knn"
+    summary = "mel and spectrum statistics, nearest normal clip + local density, fused (no training)"
+    score_rules = tuple(RULE_WEIGHTS)
+    config_cls = SpectralKnnConfig
+    device_rule = "spectral-knn"          # agent/rules/ name; the weights say which variant
+
+    def __init__(self, config: SpectralKnnConfig | None = None,
+                 overrides: list[str] | None = None, spec: FeatureSpec | None = None) -> None:
+        self.config = with_overrides(config or SpectralKnnConfig(), overrides)
+        self.spec = spec or preset("spectral-knn")
+        self.stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}      # branch -> mean, std
+        self.banks: dict[int, dict[str, np.ndarray]] = {}              # section -> role -> array
+        self.info: dict = {}
+
+    @classmethod
+    def default_settings(cls) -> dict:
+        return asdict(SpectralKnnConfig())
+
+    @property
+    def default_rule(self) -> str:
+        return self.config.score
+
+    # -- fitting -------------------------------------------------------------------------
+    def fit(self, vectors: dict[str, np.ndarray], sections: Sequence[int]) -> np.ndarray:
+        """Fit banks, densities and fusion scales; returns the training clips'
+        leave-one-out scores with the default rule (their normal scores)."""
+        sections = np.asarray(sections)
+        self.stats = {b: (v.mean(axis=0), v.std(axis=0) + 1e-6) for b, v in vectors.items()}
+        self.banks = {}
+        loo_fused = np.empty(len(sections))
+        for s in np.unique(sections):
+            here = sections == s
+            if here.sum() < 2:
+                raise DataError(f"section {int(s):02d} needs at least 2 training clips, "
+                                f"has {int(here.sum())}")
+            arrays: dict[str, np.ndarray] = {}
+            loo_parts = []
+            for b in BRANCHES:
+                mean, std = self.stats[b]
+                bank = (vectors[b][here] - mean) / std
+                density = local_densities(bank, self.config.density_k, "euclidean")
+                d = distances(bank, bank, "euclidean")
+                np.fill_diagonal(d, np.inf)
+                loo = np.stack([d.min(axis=1), (d / density[None, :]).min(axis=1)], axis=1)
+                arrays |= {f"{b}_mean": mean, f"{b}_std": std, f"{b}_bank": bank,
+                           f"{b}_density": density,
+                           f"{b}_fusion": np.r_[loo.mean(axis=0), np.maximum(loo.std(axis=0),
+                                                                             1e-12)]}
+                loo_parts.append(loo)
+            self.banks[int(s)] = arrays
+            loo = np.concatenate(loo_parts, axis=1)
+            standard = (loo - np.r_[arrays["mel_fusion"][:2], arrays["spectrum_fusion"][:2]]) \
+                / np.r_[arrays["mel_fusion"][2:], arrays["spectrum_fusion"][2:]]
+            w = np.asarray(RULE_WEIGHTS[self.default_rule])
+            loo_fused[here] = standard @ w / w.sum()
+        return loo_fused
+
+    def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> dict:
+        machine = clips[0].machine
+        vectors = clip_statistics(clip_logmels(clips, self.spec, progress), self.spec,
+                                  self.spec.n_mels, progress)
+        loo = self.fit(vectors, [c.section for c in clips])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        np.savez(run_dir / STATE, **{f"s{s:02d}__{role}": a for s, arrays in self.banks.items()
+                                     for role, a in arrays.items()})
+        self.info = write_run(
+            run_dir, method=self.name, machine=machine, spec=self.spec,
+            params={**asdict(self.config), "branches": {
+                        "mel": "mean and std over time of each mel band",
+                        "spectrum": f"mean over time of each of {self.spec.n_freqs} "
+                                    "log power spectrum bins"},
+                    "components": list(COMPONENTS), "distance": "euclidean",
+                    "rule_weights": {r: list(w) for r, w in RULE_WEIGHTS.items()}},
+            train_clips=clips, normal_scores=normal_score_stats(loo))
+        return self.info
+
+    @classmethod
+    def load(cls, run_dir: Path) -> SpectralKnn:
+        info = read_run(run_dir)
+        params = info.get("params", {})
+        config = SpectralKnnConfig(density_k=int(params.get("density_k", DEFAULT_K)),
+                                   score=str(params.get("score", "fused")))
+        self = cls(config, spec=FeatureSpec.from_dict(info["feature_spec"],
+                                                      f"{run_dir}/run.json"))
+        self.info = info
+        try:
+            with np.load(run_dir / STATE, allow_pickle=False) as state:
+                for key in state.files:
+                    s, role = key.split("__", 1)
+                    self.banks.setdefault(int(s[1:]), {})[role] = state[key]
+        except (OSError, ValueError) as exc:
+            raise RunError(f"{run_dir / STATE}: cannot load the reference banks ({exc})") from None
+        missing = [s for s in info["sections"] if int(s) not in self.banks]
+        if missing:
+            raise RunError(f"{run_dir / STATE}: no bank for section(s) {missing}")
+        return self
+
+    # -- scoring -------------------------------------------------------------------------
+    def _variant(self, rule: str | None) -> str:
+        rule = rule or self.default_rule
+        return self.config.score if rule == self.device_rule else rule
+
+    def rule_arrays(self, section: int, rule: str | None = None) -> dict[str, np.ndarray]:
+        """What agent/rules/spectral_knn.py needs to score ``section`` (export ships it)."""
+        rule = self._variant(rule)
+        if section not in self.banks:
+            raise DataError(f"section {section:02d} was not in the training data "
+                            f"(trained sections: {sorted(self.banks)})")
+        if rule not in RULE_WEIGHTS:
+            raise UsageError(f"spectral-knn has the score rules {list(RULE_WEIGHTS)} "
+                             f"(asked for '{rule}')")
+        return {**self.banks[section], "fusion_weights": np.asarray(RULE_WEIGHTS[rule]),
+                "n_mels": np.asarray(self.spec.n_mels)}
+
+    def score_vectors(self, vectors: dict[str, np.ndarray], sections: Sequence[int],
+                      rule: str) -> np.ndarray:
+        sections = np.asarray(sections)
+        out = np.empty(len(sections))
+        for s in np.unique(sections):
+            here = sections == s
+            arrays = self.rule_arrays(int(s), rule)
+            out[here] = fused_score({b: v[here] for b, v in vectors.items()}, arrays,
+                                    arrays["fusion_weights"])
+        return out
+
+    def score(self, clips: Sequence[Clip], progress: bool = True, rule: str | None = None
+              ) -> np.ndarray:
+        rule = self._variant(rule)
+        return self.score_all(clips, progress, [rule])[rule]
+
+    def score_all(self, clips: Sequence[Clip], progress: bool = True,
+                  rules: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Every rule from one pass over the clips' features."""
+        vectors = clip_statistics(clip_logmels(clips, self.spec, progress), self.spec,
+                                  self.spec.n_mels, progress)
+        sections = [c.section for c in clips]
+        return {r: self.score_vectors(vectors, sections, self._variant(r))
+                for r in (rules or self.score_rules)}
