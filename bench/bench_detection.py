@@ -33,10 +33,11 @@ from bench._common import ROOT, record  # noqa: E402
 CORPUS = ROOT / "corpora" / "standard"
 RUNS = ROOT / "runs" / "standard"
 # the evaluation labels scripts/make-results writes, by the method that trains them
-EVALS = {"baseline-knn": ["baseline-knn"], "ae": ["ae", "ae-mahalanobis"], "ae-bu": ["ae-bu"],
+EVALS = {"spectral-knn": ["spectral-knn"], "baseline-knn": ["baseline-knn"],
+         "ae": ["ae", "ae-mahalanobis"], "ae-bu": ["ae-bu"],
          "ae-snp": ["ae-snp"], "mobilenetv2": ["mobilenetv2", "mobilenetv2_[logit]"],
          "contrastive": ["contrastive", "contrastive_[logit]"]}
-BUNDLED = ["ae", "mobilenetv2"]
+BUNDLED = ["spectral-knn", "ae", "mobilenetv2"]
 
 
 def audio_anomaly_section(task: tuple[str, int]) -> list[tuple[str, float]]:

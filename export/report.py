@@ -25,9 +25,11 @@ def load_checks(folder: Path) -> dict[tuple[str, str], list[dict]]:
 
 
 def export_markdown(checks: dict[tuple[str, str], list[dict]], command: str) -> str:
-    lines = [START, "## Export: int8 bundles against torch fp32", "",
+    lines = [START, "## Export: bundles against the training code", "",
              f"Made by `{command}`: each run exported with `harken-export RUN --out BUNDLE` "
-             "(int8 ONNX and int8 TFLite, 300 calibration windows from training clips), then "
+             "(int8 ONNX and int8 TFLite, 300 calibration windows from training clips; a "
+             "graph without weights, spectral-knn's window moments, gets float ONNX and TFLite "
+             "instead, since int8 would only round its statistics), then "
              "`harken-export verify BUNDLE --data corpora/standard --json` over every test clip, "
              "each artifact scored through the agent's own scorer (agent/scorer.py). Targets: "
              f"official score within {TARGETS['official']} of torch fp32, clip-score Spearman "

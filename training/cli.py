@@ -185,7 +185,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harken.training.methods import METHODS
+    from harken.training.methods import DEFAULT_METHOD, METHODS
     from harken.training.synth.corpus import SIZES
     p, sub = command_parser("harken-train", __doc__)
 
@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_synth)
 
     t = sub.add_parser("train", help="train a method on each machine type of a corpus")
-    t.add_argument("--method", choices=sorted(METHODS), required=True)
+    t.add_argument("--method", choices=sorted(METHODS), default=DEFAULT_METHOD,
+                   help=f"what to train (default: {DEFAULT_METHOD}; docs/results.md says why)")
     t.add_argument("--data", required=True, help="DCASE-format corpus folder")
     t.add_argument("--machines", "--machine", dest="machines",
                    help="machine type, or comma-separated types (default: all in the corpus)")

@@ -19,6 +19,9 @@ METHODS = {cls.name: cls for cls in (SpectralKnn, KnnBaseline, AutoencoderMethod
                                      ClassifierMethod, ContrastiveMethod, AeganMethod,
                                      GmganMethod, OevaeMethod)}
 
+# what `harken-train train` trains when no --method is given (docs/results.md: why)
+DEFAULT_METHOD = "spectral-knn"
+
 
 def method_class(name: str):
     try:

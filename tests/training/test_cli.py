@@ -113,3 +113,17 @@ def test_recording_goes_from_normal_to_faulty(small_fan, tmp_path, capsys):
     assert main(["recording", "--data", str(small_fan), "--machine", "fan", "--normal", "99",
                  "--out", str(out)]) == 2
     assert "99 and 6 wanted" in capsys.readouterr().err
+
+
+def test_train_without_a_method_trains_the_default_and_evaluates_its_ablations(tiny_corpus,
+                                                                                tmp_path, capsys):
+    from harken.training.methods import DEFAULT_METHOD
+    runs = tmp_path / "runs"
+    assert main(["train", "--data", str(tiny_corpus), "--machine", "gearbox", "--out",
+                 str(runs), "--quiet"]) == 0
+    assert f"{DEFAULT_METHOD} gearbox: trained on 20 clips" in capsys.readouterr().out
+    assert json.loads((runs / "gearbox" / "run.json").read_text())["method"] == DEFAULT_METHOD
+    assert main(["evaluate", str(runs), "--score", "all", "--out", str(tmp_path / "e"),
+                 "--quiet", "--no-plots", "--no-baseline"]) == 0
+    for rule in ("fused", "plain", "density", "mel", "spectrum"):
+        assert (tmp_path / "e" / rule / "metrics.json").is_file()

@@ -68,3 +68,28 @@ def test_faults_missed_against_baseline_knn_are_listed():
     assert "- cnn: fan leak (0.00 vs 1.00)" in lines
     lines = fault_lines({"baseline-knn": knn, "same": knn}, {"clips": clips})
     assert "- same: none" in lines
+
+
+def _evaluation(official, machines, source, target):
+    return {"official_score": official, "machines": machines,
+            "sections": [{"auc_source": source, "auc_target": target}]}
+
+
+def test_default_paragraph_says_whether_the_figures_bear_the_default_out():
+    from harken.training.methods import DEFAULT_METHOD
+    from harken.training.report import _default_lines, _variant_lines
+    knn = _evaluation(0.6, {"fan": 0.6, "valve": 0.5}, 0.8, 0.5)
+    good = _evaluation(0.7, {"fan": 0.7, "valve": 0.6}, 0.75, 0.7)
+    text = "\n".join(_default_lines({DEFAULT_METHOD: good, "baseline-knn": knn}))
+    assert f"trains **{DEFAULT_METHOD}**" in text and "highest official score" in text
+    assert "highest mean target-domain AUC" in text and "No machine type" in text
+    # a better method on the page, a better target AUC elsewhere, a machine below the floor
+    worse = _evaluation(0.62, {"fan": 0.7, "valve": 0.45}, 0.9, 0.6)
+    text = "\n".join(_default_lines({DEFAULT_METHOD: worse, "baseline-knn": knn, "x": good}))
+    assert "**x scores higher (0.7000)**" in text and "x has a higher mean target" in text
+    assert "**Below baseline-knn on valve.**" in text
+    assert _default_lines({"baseline-knn": knn}) == []
+    # the ablation rows name what each one switches
+    rows = "\n".join(_variant_lines({DEFAULT_METHOD: good, f"{DEFAULT_METHOD} [plain]": knn}))
+    assert f"| {DEFAULT_METHOD} | {DEFAULT_METHOD} [plain] | local density normalisation, " \
+           "on vs off | 0.7000 | 0.6000 | +0.1000 | helped |" in rows
