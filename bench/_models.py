@@ -15,6 +15,7 @@ TRAIN = ROOT / ".venv" / "bin" / "harken-train"
 EXPORT = ROOT / ".venv" / "bin" / "harken-export"
 QUICK = ["epochs=1", "windows_per_epoch=128", "kmeans=4"]    # a classifier in seconds
 MODELS = {                 # name -> (method, settings for a seconds-long training)
+    "spectral-knn": ("spectral-knn", []),
     "ae": ("ae", ["epochs=1"]),
     "mobilenetv2-0.35": ("mobilenetv2", ["width=0.35", *QUICK]),
     "mobilenetv2-0.5": ("mobilenetv2", ["width=0.5", *QUICK]),

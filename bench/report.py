@@ -157,6 +157,64 @@ def detection_section(r: dict) -> list[str]:
     return lines
 
 
+def default_detector_section(r: dict) -> list[str]:
+    machines, t, ok = r["machines"], r["targets"], r["met"]
+    knn = r["baseline"]
+    device = next(b for b in r["bundles"] if b["default_artifact"])
+    fused = next(x for x in r["rows"] if x["rule"] == r["default_rule"])
+    lines = [
+        "## The default detector: spectral-knn", "",
+        f"`{r['command']}` ({r['when']}) on `{r['corpus']['root']}`: {r['method']} trained per "
+        f"machine type with its default settings (density k {r['settings']['density_k']}, "
+        f"rule `{r['default_rule']}`; nothing chosen on test clips), every test clip scored "
+        "by the training code with each score rule, then through the exported bundle and the "
+        "agent's own scorer (`harken-export verify`), baseline-knn beside it.", ""] + table(
+        ["detector", "official", "vs baseline-knn", "mean AUC source", "mean AUC target",
+         *machines],
+        [[x["name"], f"{x['official']:.4f}", f"{x['official'] - knn['official']:+.4f}",
+          f"{x['auc_source']:.3f}", f"{x['auc_target']:.3f}",
+          *(f"{x['machines'][m]:.4f}" for m in machines)]
+         for x in [*r["rows"], *r["bundles"], knn]])
+    by_rule = {x["rule"]: x for x in r["rows"]}
+
+    def did(other: str, what: str) -> str:
+        o = by_rule[other]
+        change = fused["official"] - o["official"]
+        verdict = "helped" if change > 0.005 else "did not help" if change < -0.005 else \
+            "made no clear difference"
+        return (f"- {what}: {verdict} (`{other}` {o['official']:.4f} -> `{r['default_rule']}` "
+                f"{fused['official']:.4f}, {change:+.4f}; target AUC {o['auc_target']:.3f} -> "
+                f"{fused['auc_target']:.3f})")
+    lines += ["", "Did it help? Each part switched off in turn (the same banks, other fusion "
+              "weights):", "",
+              did("plain", "local density normalisation"),
+              did("mel", "the spectrum branch (the new features)"),
+              did("spectrum", "the mel branch"),
+              did("density", "fusing the plain distances with the normalised ones")]
+    lines += ["", "| target | figure | |", "|---|---|---|",
+              f"| official score through the bundle ({device['artifact']}) | "
+              f"{device['official']:.4f} >= {t['official']} | {met(ok['official'])} |",
+              f"| mean target-domain AUC through the bundle | {device['auc_target']:.3f} >= "
+              f"{t['auc_target']} | {met(ok['auc_target'])} |",
+              "| no machine type below baseline-knn | " + ", ".join(
+                  f"{m} {device['machines'][m]:.3f} vs {knn['machines'][m]:.3f}"
+                  for m in machines) + f" | {met(ok['no_machine_below_baseline'])} |",
+              "| every bundle artifact within 0.01 official of the training code | " + ", ".join(
+                  f"{b['artifact']} {b['official'] - fused['official']:+.4f}"
+                  for b in r["bundles"]) + f" | {met(ok['bundle_vs_float'])} |",
+              "| training per machine type, 2 cores | " + ", ".join(
+                  f"{m} {s:.1f} s" for m, s in r["train_s"].items())
+              + f" <= {t['train_s']:g} s | {met(ok['train_s'])} |"]
+    lines += ["", "The bundle's graph only takes each 1-s window's moments (mean and standard "
+              "deviation of every mel band and spectrum bin); it has no weights, so it ships "
+              "as float ONNX and TFLite: int8 would only round the statistics, whose small "
+              "differences are the signal, and save nothing. "
+              f"Median backend time per window: "
+              + ", ".join(f"{b['artifact']} {b['ms_per_window']:.3f} ms" for b in r["bundles"])
+              + "."]
+    return lines
+
+
 def normalisation_section(r: dict) -> list[str]:
     rows, machines = r["rows"], r["machines"]
     plain = next(x for x in rows if x["name"] == "knn")
@@ -331,6 +389,18 @@ def summary(results: dict) -> list[str]:
                   a["met"]["rss_mb"]),
                  ("agent: publish latency p99 ms", f"{rt['publish_ms_p99_max']:.1f} < "
                   f"{t['publish_ms_p99']:g}", a["met"]["publish_ms_p99"])]
+    if "default-detector" in results:
+        d = results["default-detector"]
+        device = next(b for b in d["bundles"] if b["default_artifact"])
+        rows += [("detection: official score, default detector through its bundle",
+                  f"{device['official']:.4f} >= {d['targets']['official']}",
+                  d["met"]["official"]),
+                 ("detection: mean target-domain AUC", f"{device['auc_target']:.3f} >= "
+                  f"{d['targets']['auc_target']}", d["met"]["auc_target"]),
+                 ("detection: no machine type below baseline-knn", "smallest margin " + min(
+                     (f"{device['machines'][m] - d['baseline']['machines'][m]:+.4f} ({m})"
+                      for m in d["machines"]), key=lambda s: float(s.split()[0])),
+                  d["met"]["no_machine_below_baseline"])]
     if "fleet" in results:
         fl = results["fleet"]
         plant = [x for x in fl["rows"] if x["broker"] == "plant"]
@@ -345,7 +415,8 @@ def summary(results: dict) -> list[str]:
 
 # training-gpu.json: the same script run with --name training-gpu on a machine with a GPU
 SECTIONS = {"features": features_section, "scorers": scorers_section,
-            "agent": agent_section, "detection": detection_section,
+            "agent": agent_section, "default-detector": default_detector_section,
+            "detection": detection_section,
             "normalisation": normalisation_section, "probe": probe_section,
             "fleet": fleet_section,
             "training": training_section,

@@ -1,0 +1,122 @@
+"""The default detector (spectral-knn) against the detection-quality targets, on the
+standard synthetic corpus, through the same path a device takes.
+
+Per machine type: train spectral-knn (wall seconds, this machine), score every test clip
+with every score rule (the training code: the ablations), export the bundle and score
+every test clip through the agent's own scorer for each artifact (``harken-export
+verify``), and baseline-knn beside it on the same clips. Nothing is chosen on test clips:
+spectral-knn's two settings keep their defaults.
+
+    .venv/bin/python bench/bench_default_detector.py [--corpus corpora/standard]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._common import ROOT, record  # noqa: E402
+
+TARGETS = {"official": 0.72, "auc_target": 0.65, "bundle_vs_float": 0.01, "train_s": 300.0}
+RUNS = ROOT / "runs" / "bench-default"
+
+
+def summary(results) -> dict:
+    from harken.training.metrics import machine_hmean, official_score
+    machines = sorted({r.machine for r in results})
+    return {"official": official_score(results),
+            "auc_source": float(np.mean([r.auc_source for r in results])),
+            "auc_target": float(np.mean([r.auc_target for r in results])),
+            "pauc": float(np.mean([r.pauc for r in results])),
+            "machines": {m: machine_hmean(results, m) for m in machines}}
+
+
+def main() -> None:
+    from harken.agent.bundle import open_bundle
+    from harken.export.bundle import ExportOptions, write_bundle
+    from harken.export.verify import verify
+    from harken.training.data.corpus import machine_types, scan
+    from harken.training.evaluate import section_results
+    from harken.training.methods import DEFAULT_METHOD, make_method, method_class
+    from harken.training.metrics import hmean
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", type=Path, default=ROOT / "corpora" / "standard")
+    args = ap.parse_args()
+    if not (args.corpus / "corpus.json").is_file():
+        sys.exit(f"{args.corpus}: no corpus; make it with "
+                 f"'harken-train synth --size standard --out {args.corpus}'")
+    shutil.rmtree(RUNS, ignore_errors=True)
+    rules = method_class(DEFAULT_METHOD).score_rules
+    per_rule: dict[str, list] = {r: [] for r in rules}
+    knn: list = []
+    artifacts: dict[str, dict[str, dict]] = {}       # artifact -> machine -> verify figures
+    train_s: dict[str, float] = {}
+    machines = machine_types(args.corpus)
+    for machine in machines:
+        train, test = scan(args.corpus, [machine], "train"), scan(args.corpus, [machine], "test")
+        run = RUNS / "runs" / machine
+        t = time.perf_counter()
+        make_method(DEFAULT_METHOD).train(train, run, progress=False)
+        train_s[machine] = time.perf_counter() - t
+        model = method_class(DEFAULT_METHOD).load(run)
+        for rule, scores in model.score_all(test, progress=False).items():
+            per_rule[rule] += section_results(machine, test, scores)
+        baseline = make_method("baseline-knn")
+        baseline.train(train, RUNS / "baseline-knn" / machine, progress=False)
+        knn += section_results(machine, test, baseline.score(test, progress=False))
+        bundle = open_bundle(write_bundle(run, RUNS / "bundles" / machine, args.corpus,
+                                          ExportOptions()))
+        for check in verify(bundle, args.corpus, run, progress=False):
+            if check.artifact != "torch-fp32":
+                artifacts.setdefault(check.artifact, {})[machine] = check.to_dict()
+        default_artifact = bundle.artifact().kind
+        print(f"{machine}: trained in {train_s[machine]:.1f} s; " + ", ".join(
+            f"{a} {artifacts[a][machine]['official']:.4f}" for a in artifacts), flush=True)
+
+    rows = [{"name": f"{DEFAULT_METHOD} [{r}]", "rule": r, **summary(res)}
+            for r, res in per_rule.items()]
+    knn_row = {"name": "baseline-knn", "rule": "knn", **summary(knn)}
+    float_row = next(r for r in rows if r["rule"] == model.default_rule)
+    bundle_rows = []
+    for kind, by_machine in artifacts.items():
+        ms = {m: x["official"] for m, x in by_machine.items()}
+        bundle_rows.append({
+            "name": f"{DEFAULT_METHOD} bundle {kind}", "artifact": kind,
+            "default_artifact": kind == default_artifact,
+            "official": hmean(list(ms.values())), "machines": ms,
+            "auc_source": float(np.mean([x["auc_source"] for x in by_machine.values()])),
+            "auc_target": float(np.mean([x["auc_target"] for x in by_machine.values()])),
+            "max_rel_error": max(x["max_rel_error"] for x in by_machine.values()),
+            "ms_per_window": float(np.median([x["latency_ms"] for x in by_machine.values()]))})
+    device = next(b for b in bundle_rows if b["default_artifact"])
+    met = {"official": device["official"] >= TARGETS["official"],
+           "auc_target": device["auc_target"] >= TARGETS["auc_target"],
+           "no_machine_below_baseline": all(device["machines"][m] > knn_row["machines"][m]
+                                            for m in machines),
+           "bundle_vs_float": all(abs(b["official"] - float_row["official"])
+                                  <= TARGETS["bundle_vs_float"] for b in bundle_rows),
+           "train_s": max(train_s.values()) <= TARGETS["train_s"]}
+    for r in [*rows, knn_row, *bundle_rows]:
+        print(f"{r['name']:<36} official {r['official']:.4f}  AUC source {r['auc_source']:.3f}"
+              f"  target {r['auc_target']:.3f}")
+    print("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in met.items()))
+    corpus = args.corpus.resolve()
+    path = record("default-detector", "bench/bench_default_detector.py", {
+        "corpus": {"root": str(corpus.relative_to(ROOT)) if corpus.is_relative_to(ROOT)
+                   else str(corpus)},
+        "method": DEFAULT_METHOD, "default_rule": model.default_rule,
+        "settings": dict(model.info["params"]), "machines": machines, "rows": rows,
+        "baseline": knn_row, "bundles": bundle_rows, "train_s": train_s,
+        "targets": TARGETS, "met": met})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
