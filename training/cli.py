@@ -32,10 +32,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from harken.training.methods import make_method
+    from harken.training.methods import make_method, settings
     overrides = list(args.set or [])
-    overrides += [f"seed={args.seed}"] if args.seed is not None else []
-    overrides += [f"device={args.device}"] if args.device else []
+    known = settings(args.method)
+    for key, value in (("seed", args.seed), ("device", args.device)):
+        if value is None or value == "":
+            continue
+        if key in known:
+            overrides.append(f"{key}={value}")
+        else:       # spectral-knn, baseline-knn: no network, nothing random
+            print(f"harken-train: {args.method} has no '{key}' setting (it trains no "
+                  f"network); --{key} ignored", file=sys.stderr)
     method = make_method(args.method, overrides)          # bad settings fail before any work
     if isinstance(method, Configurable) and hasattr(method.config, "device"):
         from harken.training.trainer import pick_device
