@@ -91,7 +91,7 @@ class MqttSection(_Section):
     host: str = "localhost"
     port: int = Field(1883, ge=1, le=65535)
     prefix: str = Field("harken", min_length=1, pattern=r"^[A-Za-z0-9_./-]+$")
-    client_id: str = ""               # default harken-<node>: stable across restarts
+    client_id: str = ""               # default harken-<node>-<machine>: stable across restarts
     keepalive: int = Field(30, ge=5, le=3600)
     username: str | None = None
     password: str | None = Field(None, repr=False)   # or password_file = "..." (see above)

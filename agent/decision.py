@@ -34,7 +34,8 @@ class Event:
     duration_s: float         # 0 at start; from the start interval to the end at end
 
     def to_dict(self) -> dict:
-        return {"type": self.type, "ts": self.ts, "peak_score": self.peak_score,
+        return {"type": self.type, "ts": round(self.ts, 3),
+                "peak_score": round(self.peak_score, 6),
                 "duration_s": round(self.duration_s, 3)}
 
 

@@ -66,19 +66,20 @@ class MqttSink(Sink):
                  if (v := getattr(m, k))}
         state = config.writable_folder("agent.state_dir", config.agent.state_dir)
         return cls(m.model_copy(update=files), config.agent.node, config.agent.machine,
-                   state / m.outbox)
+                   state / m.outbox, interval_s=config.decision.interval_s)
 
     def __init__(self, settings, node: str, machine: str, outbox_path: Path,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, interval_s: float = 10.0) -> None:
         import paho.mqtt.client as mqtt
         # the "harken" logger (configured by the command line: "harken: mqtt: ...")
         self.log = log or (lambda msg: _log.info(f"mqtt: {msg}"))
         self.s, self.node, self.machine = settings, node, machine
         self.outbox = Outbox(outbox_path, settings.outbox_max)
         scheme = Topics(settings.prefix, node)
-        self.status_topic, self.stats_topic = scheme.status, scheme.stats
         self.topics = {k: scheme.machine(machine, k) for k in MACHINE_KINDS}
-        client_id = settings.client_id or f"harken-{node}"
+        self.status_topic, self.stats_topic = self.topics["status"], self.topics["stats"]
+        # one agent = one (node, machine): two agents of one device never share a client id
+        client_id = settings.client_id or f"harken-{node}-{machine}"
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv311, clean_session=True)
         if settings.username:
@@ -110,6 +111,9 @@ class MqttSink(Sink):
         self._last_error = ""
         self._refused = False                  # the broker's CONNACK said no
         self._anomaly: bool | None = None
+        self.interval_s = interval_s           # the report interval (score expiry)
+        self._session: int | None = None          # the current connection's number
+        self._made_in: OrderedDict[int, int] = OrderedDict()   # row -> connection made on
         self._arrived: OrderedDict[int, float] = OrderedDict()   # score row -> audio arrival
         self._latency_ms: list[float] = []       # PUBACKed scores since the last stats record
         self.client.connect_async(settings.host, settings.port, keepalive=settings.keepalive)
@@ -135,6 +139,7 @@ class MqttSink(Sink):
         with self._lock:
             self._inflight.clear()
             self._last_sent = 0                  # resend everything not acknowledged
+            self._session = (self._session or 0) + 1
         self._connected.set()
         self._settled.set()
         self._wake.set()
@@ -150,8 +155,9 @@ class MqttSink(Sink):
 
     def _announce(self) -> None:
         """Home Assistant device discovery (retained, so a later Home Assistant sees it)."""
-        self.client.publish(discovery_topic(self.s.discovery_prefix, self.node),
-                            json.dumps(discovery_payload(self.s.prefix, self.node, self.machine)),
+        self.client.publish(discovery_topic(self.s.discovery_prefix, self.node, self.machine),
+                            json.dumps(discovery_payload(self.s.prefix, self.node, self.machine,
+                                                        self.interval_s)),
                             qos=1, retain=True)
 
     def _report(self, msg: str) -> None:
@@ -189,36 +195,65 @@ class MqttSink(Sink):
             if room <= 0:
                 continue
             for m in self.outbox.pending(after, room):
-                info = self.client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+                info = self.client.publish(m.topic, self._as_sent(m), qos=m.qos,
+                                           retain=m.retain)
                 if info.rc != 0:                 # not connected any more: next connect resends
                     break
                 with self._lock:
                     self._inflight[info.mid] = m.id
                     self._last_sent = m.id
 
+    def _as_sent(self, m) -> bytes:
+        """A score or event is live only when it goes out on the connection that was up
+        when it was made. One made while the broker was away, by an earlier run of the
+        agent, or sent again after a reconnect is history: it goes out with
+        ``"replayed": true``, so a dashboard keeps it out of its live value
+        (docs/mqtt.md). Decided by connection, not by age, so no clock is involved."""
+        if m.kind not in ("score", "event"):
+            return m.payload
+        with self._lock:
+            live = self._session is not None and self._made_in.pop(m.id, None) == self._session
+        if live:
+            return m.payload
+        body = json.loads(m.payload)
+        body["replayed"] = True
+        return json.dumps(body, allow_nan=False).encode()
+
     # -- the sink interface -------------------------------------------------------------------
     def interval(self, result: IntervalResult) -> None:
-        p = result.payload()
+        who = {"node": self.node, "machine": self.machine}
+        p = {**result.payload(), **who, "replayed": False}
+        session = self._session if self._connected.is_set() else None
         row = self.outbox.put(self.topics["score"], json.dumps(p, allow_nan=False).encode(),
                               qos=1, kind="score", seq=result.seq)
+        event = -1
+        if result.event is not None:
+            event = self.outbox.put(self.topics["event"], json.dumps(
+                {"seq": result.seq, **result.event.to_dict(), **who, "replayed": False}
+            ).encode(), qos=1, kind="event")
         with self._lock:
             if row >= 0:                   # -1: a full disk dropped it (counted)
                 self._arrived[row] = result.arrived
-            while len(self._arrived) > self.s.outbox_max:    # evicted rows are never acked
-                self._arrived.popitem(last=False)
-        if result.event is not None:
-            self.outbox.put(self.topics["event"], json.dumps(
-                {"seq": result.seq, **result.event.to_dict()}).encode(), qos=1, kind="event")
-        if result.anomaly != self._anomaly and (self._anomaly is not None or result.anomaly):
-            self.outbox.put(self.topics["anomaly"], b"ON" if result.anomaly else b"OFF", qos=1,
-                            retain=True, kind="state")
+            for r in (row, event):
+                if r >= 0 and session is not None:
+                    self._made_in[r] = session
+            for rows in (self._arrived, self._made_in):   # evicted rows are never sent
+                while len(rows) > self.s.outbox_max:
+                    rows.popitem(last=False)
+        # the first interval of a run always says the state: a retained ON left by an
+        # earlier run must not outlive a restart on normal sound
+        if result.anomaly != self._anomaly:
+            self.outbox.put(self.topics["anomaly"], json.dumps(
+                {"state": "ON" if result.anomaly else "OFF", "seq": result.seq,
+                 "ts": round(result.ts, 3), **who}).encode(), qos=1, retain=True, kind="state")
         self._anomaly = result.anomaly
         self._wake.set()
 
     def status(self, record: dict) -> None:
         """Only the stats record is published (live, QoS 0, not through the outbox)."""
         if record.get("status") == "stats":
-            stats = {k: v for k, v in record.items() if k not in ("status", "kind")}
+            stats = {"node": self.node, "machine": self.machine,
+                     **{k: v for k, v in record.items() if k not in ("status", "kind")}}
             self.client.publish(self.stats_topic, json.dumps(stats), qos=0)
 
     def health(self) -> dict:

@@ -50,6 +50,8 @@ class Message:
     payload: bytes
     qos: int
     retain: bool
+    kind: str = "score"
+    created: float = 0.0          # time.time() when it was stored
 
 
 def _disk_full(exc: sqlite3.OperationalError) -> bool:
@@ -223,9 +225,11 @@ class Outbox:
     def pending(self, after_id: int = 0, limit: int = 100) -> list[Message]:
         """Oldest undelivered messages with id > ``after_id``, in order."""
         with self._lock:
-            rows = self._db.execute("SELECT id, topic, payload, qos, retain FROM messages "
-                                    "WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
-            return [Message(r[0], r[1], bytes(r[2]), r[3], bool(r[4])) for r in rows]
+            rows = self._db.execute("SELECT id, topic, payload, qos, retain, kind, created "
+                                    "FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+                                    (after_id, limit))
+            return [Message(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5], r[6])
+                    for r in rows]
 
     def ack(self, message_id: int) -> None:
         """The broker has it: forget it. On a full disk the row stays and is sent again

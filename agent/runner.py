@@ -145,8 +145,9 @@ class Runner:
     def _stats(self) -> None:
         """The periodic health record: process, inference time, audio losses, sinks."""
         self._next_stats = time.monotonic() + self.stats_s
-        record = {"status": "stats", **self.process.sample(), "intervals": self.intervals,
-                  "inference_ms_median": (float(np.median(self._inference_ms))
+        record = {"status": "stats", "ts": round(time.time(), 3), **self.process.sample(),
+                  "intervals": self.intervals,
+                  "inference_ms_median": (round(float(np.median(self._inference_ms)), 3)
                                           if self._inference_ms else None)}
         record.update(self.source.health())
         for sink in self.sinks:

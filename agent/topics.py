@@ -1,17 +1,17 @@
 """The MQTT topic scheme (docs/mqtt.md), written once: the publisher, Home Assistant
 discovery and ``harken watch`` build and parse topics here.
 
-``<prefix>/<node>/status`` and ``<prefix>/<node>/stats`` per node;
-``<prefix>/<node>/<machine>/{score,anomaly,event}`` per monitored machine;
-``<discovery_prefix>/device/<object id>/config`` for Home Assistant.
+Everything is keyed by node and machine, the identity of one agent (one device may run
+several agents, one per machine, under one node name):
+``<prefix>/<node>/<machine>/{score,anomaly,event,status,stats}``;
+``<discovery_prefix>/device/harken_<node>_<machine>/config`` for Home Assistant.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-NODE_KINDS = ("status", "stats")
-MACHINE_KINDS = ("score", "anomaly", "event")
+MACHINE_KINDS = ("score", "anomaly", "event", "status", "stats")
 
 
 @dataclass(frozen=True)
@@ -24,14 +24,6 @@ class Topics:
     def base(self) -> str:
         return f"{self.prefix}/{self.node}"
 
-    @property
-    def status(self) -> str:
-        return f"{self.base}/status"
-
-    @property
-    def stats(self) -> str:
-        return f"{self.base}/stats"
-
     def machine(self, machine: str, kind: str) -> str:
         """``kind`` is one of MACHINE_KINDS."""
         if kind not in MACHINE_KINDS:
@@ -42,8 +34,8 @@ class Topics:
 @dataclass(frozen=True)
 class ParsedTopic:
     node: str
-    machine: str | None          # None for the node topics
-    kind: str                    # one of NODE_KINDS or MACHINE_KINDS
+    machine: str
+    kind: str                    # one of MACHINE_KINDS
 
 
 def parse_topic(prefix: str, topic: str) -> ParsedTopic | None:
@@ -51,8 +43,6 @@ def parse_topic(prefix: str, topic: str) -> ParsedTopic | None:
     if not topic.startswith(prefix + "/"):
         return None
     parts = topic[len(prefix) + 1:].split("/")
-    if len(parts) == 2 and parts[1] in NODE_KINDS:
-        return ParsedTopic(parts[0], None, parts[1])
     if len(parts) == 3 and parts[2] in MACHINE_KINDS:
         return ParsedTopic(parts[0], parts[1], parts[2])
     return None
@@ -68,10 +58,12 @@ def ha_status_topic(discovery_prefix: str) -> str:
     return f"{discovery_prefix}/status"
 
 
-def object_id(node: str) -> str:
-    """Home Assistant ids allow [a-zA-Z0-9_-] only."""
-    return "harken_" + "".join(c if c.isalnum() or c in "_-" else "_" for c in node)
+def object_id(node: str, machine: str) -> str:
+    """The agent's Home Assistant device id; ids allow [a-zA-Z0-9_-] only."""
+    def clean(text: str) -> str:
+        return "".join(c if c.isalnum() or c in "_-" else "_" for c in text)
+    return f"harken_{clean(node)}_{clean(machine)}"
 
 
-def discovery_topic(discovery_prefix: str, node: str) -> str:
-    return f"{discovery_prefix}/device/{object_id(node)}/config"
+def discovery_topic(discovery_prefix: str, node: str, machine: str) -> str:
+    return f"{discovery_prefix}/device/{object_id(node, machine)}/config"

@@ -34,11 +34,11 @@ class Row:
 
 @dataclass
 class Fleet:
-    """Latest state per (node, machine), and each node's status."""
+    """Latest state, status and stats per agent: (node, machine)."""
     prefix: str
     rows: dict[tuple[str, str], Row] = field(default_factory=dict)
-    status: dict[str, str] = field(default_factory=dict)
-    stats: dict[str, dict] = field(default_factory=dict)
+    status: dict[tuple[str, str], str] = field(default_factory=dict)
+    stats: dict[tuple[str, str], dict] = field(default_factory=dict)
     malformed: int = 0                # messages skipped: not what docs/mqtt.md specifies
 
     def parse(self, topic: str, payload: bytes) -> dict | None:
@@ -57,11 +57,12 @@ class Fleet:
     def update(self, record: dict, now: float | None = None) -> None:
         now = time.time() if now is None else now
         node, kind, body = record["node"], record["kind"], record["payload"]
+        agent = (node, record["machine"])
         if kind == "status":
-            self.status[node] = str(body)
+            self.status[agent] = str(body)
             return
         if kind == "stats":
-            self.stats[node] = body if isinstance(body, dict) else {}
+            self.stats[agent] = body if isinstance(body, dict) else {}
             return
         if kind == "score" and not _valid_score(body):
             # anyone allowed to publish under the prefix could send this: skip and count it,
@@ -77,8 +78,8 @@ class Fleet:
                 body.get("seq")
             if row.anomaly == "-" and "anomaly" in body:
                 row.anomaly = "ON" if body["anomaly"] else "OFF"
-        elif kind == "anomaly":
-            row.anomaly = str(body)
+        elif kind == "anomaly":       # {"state": "ON", ...}; earlier agents sent a bare ON/OFF
+            row.anomaly = str(body.get("state", "?")) if isinstance(body, dict) else str(body)
 
     def table(self, now: float | None = None):
         from rich.table import Table
@@ -89,12 +90,10 @@ class Fleet:
         for col in ("node", "machine", "score", "threshold", "anomaly", "status", "seq",
                     "last seen"):
             t.add_column(col, justify="right" if col in ("score", "threshold", "seq") else "left")
-        nodes = sorted({n for n, _ in self.rows} | set(self.status))
-        for node in nodes:
-            rows = [r for (n, _), r in sorted(self.rows.items()) if n == node] or \
-                [Row(node, "-")]
-            for r in rows:
-                status = self.status.get(node, "?")
+        agents = sorted(set(self.rows) | set(self.status))
+        for node, machine in agents:
+            for r in [self.rows.get((node, machine)) or Row(node, machine)]:
+                status = self.status.get((node, machine), "?")
                 age = now - r.last_seen
                 t.add_row(node, r.machine, _num(r.score), _num(r.threshold),
                           f"[bold red]{r.anomaly}[/]" if r.anomaly == "ON" else r.anomaly,

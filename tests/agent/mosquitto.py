@@ -123,17 +123,17 @@ class Listener:
 
 
 def agent_config(tmp_path, bundle, port, wav, password=PASSWORD, realtime=False, loop=False,
-                 name="agent.toml", output=None, **mqtt_extra):
+                 name="agent.toml", output=None, machine="fan", threshold=0, **mqtt_extra):
     """An agent config scoring ``wav`` in 2-s intervals (threshold 0: the first interval
     raises the anomaly) and publishing to the test broker."""
     from tests.helpers import write_agent_config
     (tmp_path / "secret").write_text(password + "\n")
     return write_agent_config(
         tmp_path / name,
-        agent={"node": "n1", "machine": "fan", "state_dir": tmp_path / "state"},
+        agent={"node": "n1", "machine": machine, "state_dir": tmp_path / "state"},
         model={"bundle": bundle, "artifact": "onnx-int8"},
         audio={"source": "file", "file": wav, "realtime": realtime, "loop": loop},
-        decision={"interval_s": 2, "threshold": 0, "k_on": 1, "n": 1},
+        decision={"interval_s": 2, "threshold": threshold, "k_on": 1, "n": 1},
         output=output or {"stdout": False},
         mqtt={"enabled": True, "host": "127.0.0.1", "port": port, "username": USER,
               "password_file": "secret", **mqtt_extra})

@@ -14,6 +14,12 @@ from harken.agent.wavio import read_wav, write_wav
 from tests.agent.mosquitto import Listener, agent_config as config, run_agent, start_agent
 
 
+def state(listener) -> list[tuple[str, bool]]:
+    """(state, retained) of every anomaly-state message seen."""
+    return [(json.loads(p)["state"], r) for t, p, r in listener.messages
+            if t == "harken/n1/fan/anomaly"]
+
+
 def outbox_depth(path) -> int:
     """Messages waiting in a running agent's outbox (a read-only look, WAL allows it)."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -27,21 +33,21 @@ def test_scores_status_state_and_events_reach_the_broker(broker, ae_bundle, wav,
     listen = Listener(broker.port)
     out = run_agent(config(tmp_path, ae_bundle, broker.port, wav))
     assert out.returncode == 0, out.stderr
-    listen.wait(lambda lt: ("harken/n1/status", "stopped", False) in lt.messages)
+    listen.wait(lambda lt: ("harken/n1/fan/status", "stopped", False) in lt.messages)
     scores = listen.scores()
     assert [s["seq"] for s in scores] == [1, 2, 3, 4, 5]
     assert {"ts", "seq", "score", "threshold", "anomaly", "interval_s", "model",
             "backend"} <= set(scores[0])
     topics = [t for t, _, _ in listen.messages]
-    assert topics[0] == "harken/n1/status" and listen.messages[0][1] == "online"
-    assert ("harken/n1/fan/anomaly", "ON", False) in listen.messages    # threshold 0: ON
+    assert topics[0] == "harken/n1/fan/status" and listen.messages[0][1] == "online"
+    assert state(listen) == [("ON", False)]                           # threshold 0: ON
     events = [json.loads(p) for t, p, _ in listen.messages if t.endswith("/event")]
     assert events[0]["type"] == "start" and events[0]["seq"] == 1
     listen.close()
     # retained: a subscriber arriving later learns state and status at once
     late = Listener(broker.port)
-    late.wait(lambda lt: ("harken/n1/fan/anomaly", "ON", True) in lt.messages
-              and ("harken/n1/status", "stopped", True) in lt.messages, 10)
+    late.wait(lambda lt: ("ON", True) in state(lt)
+              and ("harken/n1/fan/status", "stopped", True) in lt.messages, 10)
     late.close()
     assert "s3cret" not in out.stderr + out.stdout
 
@@ -71,10 +77,10 @@ def test_last_will_on_kill_and_wrong_password(broker, ae_bundle, wav, tmp_path):
     listen = Listener(broker.port)
     cfg = config(tmp_path, ae_bundle, broker.port, wav, realtime=True, loop=True)
     proc = start_agent(cfg)
-    listen.wait(lambda lt: ("harken/n1/status", "online", False) in lt.messages, 60)
+    listen.wait(lambda lt: ("harken/n1/fan/status", "online", False) in lt.messages, 60)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
-    listen.wait(lambda lt: ("harken/n1/status", "offline", False) in lt.messages, 90)
+    listen.wait(lambda lt: ("harken/n1/fan/status", "offline", False) in lt.messages, 90)
     listen.close()
 
     bad = config(tmp_path, ae_bundle, broker.port, wav, password="wrong", realtime=True)
@@ -139,8 +145,8 @@ def test_a_full_outbox_evicts_the_oldest_scores_counts_them_and_keeps_the_rest(
     listen.wait(lambda lt: len(set(s["seq"] for s in lt.scores())) >= 10)
     assert list(dict.fromkeys(s["seq"] for s in listen.scores())) == list(range(13, 23))
     kinds = [t.rsplit("/", 1)[1] for t, _, _ in listen.messages]
-    assert "event" in kinds and ("harken/n1/fan/anomaly", "ON", False) in listen.messages
-    stats = [json.loads(p) for t, p, _ in listen.messages if t == "harken/n1/stats"]
+    assert "event" in kinds and ("ON", False) in state(listen)
+    stats = [json.loads(p) for t, p, _ in listen.messages if t == "harken/n1/fan/stats"]
     assert stats and stats[-1]["outbox_evicted"] == 12 and "outbox_depth" in stats[-1]
     listen.close()
 
@@ -151,7 +157,7 @@ def test_stats_report_the_latency_from_audio_to_puback(broker, ae_bundle, wav, t
                            output={"stdout": False, "stats_s": 1}), "--intervals", "4")
     assert out.returncode == 0, out.stderr
     listen.wait(lambda lt: len(lt.scores()) >= 4)
-    stats = [json.loads(p) for t, p, _ in listen.messages if t == "harken/n1/stats"]
+    stats = [json.loads(p) for t, p, _ in listen.messages if t == "harken/n1/fan/stats"]
     timed = [s for s in stats if s["published"]]
     # the first three scores are acknowledged while the agent still runs (the fourth
     # ends it); a loopback broker answers within a second, never in under 0 ms

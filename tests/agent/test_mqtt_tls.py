@@ -29,7 +29,7 @@ def test_a_stop_during_the_tls_handshake_waits_for_it_and_delivers(tls_broker, t
     sink.interval(_result(1))              # straight after the start: not connected yet
     sink.close(flush_s=20)
     listen.wait(lambda lt: [s["seq"] for s in lt.scores()] == [1])
-    listen.wait(lambda lt: ("harken/n1/status", "stopped") in [(t, p) for t, p, _ in lt.messages])
+    listen.wait(lambda lt: ("harken/n1/fan/status", "stopped") in [(t, p) for t, p, _ in lt.messages])
     listen.close()
 
 

@@ -73,17 +73,19 @@ def test_watch_errors_are_one_clear_line(broker, tmp_path):
 def test_the_fleet_table_keeps_the_latest_state_per_machine():
     from harken.agent.watch import Fleet
     fleet = Fleet("harken")
-    assert fleet.parse("other/n1/status", b"online") is None
-    for topic, payload in [("harken/n1/status", b"online"),
+    assert fleet.parse("other/n1/fan/status", b"online") is None
+    for topic, payload in [("harken/n1/fan/status", b"online"),
                            ("harken/n1/fan/score", b'{"ts": 100.0, "seq": 3, "score": 1.5, '
                                                    b'"threshold": 2.0, "anomaly": false}'),
-                           ("harken/n1/fan/anomaly", b"ON"),
-                           ("harken/n2/status", b"offline")]:
+                           ("harken/n1/fan/anomaly", b'{"state": "ON", "seq": 3, "ts": 100.0}'),
+                           ("harken/n1/pump/anomaly", b"OFF"),      # an earlier agent's form
+                           ("harken/n2/fan/status", b"offline")]:
         fleet.update(fleet.parse(topic, payload), now=130.0)
     row = fleet.rows[("n1", "fan")]
     assert (row.score, row.threshold, row.seq, row.anomaly) == (1.5, 2.0, 3, "ON")
+    assert fleet.rows[("n1", "pump")].anomaly == "OFF"
     assert row.last_seen == 100.0                      # the score's own time, not arrival
-    assert fleet.status == {"n1": "online", "n2": "offline"}
+    assert fleet.status == {("n1", "fan"): "online", ("n2", "fan"): "offline"}
     from rich.console import Console
     console = Console(width=120, record=True)
     console.print(fleet.table(now=130.0))
