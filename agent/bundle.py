@@ -85,6 +85,12 @@ class Bundle:
         return self.manifest.scoring.rule
 
     @property
+    def needs_enrollment(self) -> bool:
+        """A general bundle: its bank is learned on site (``harken enroll``)."""
+        e = self.manifest.enrollment
+        return e is not None and e.required
+
+    @property
     def threshold(self) -> float | None:
         """None for a bundle nobody has set a threshold for (run ``harken calibrate``)."""
         value = self.manifest.threshold.value

@@ -48,8 +48,8 @@ def _collect(results, scores: list[float]) -> int:
 def _score_files(pipeline: Pipeline, files: list[str], config: Config, progress: bool):
     scores, skipped = [], 0
     bar = _progress(len(files), "file", progress)
-    for f in files:
-        for chunk in wav_chunks(config.path(f), pipeline.spec.sample_rate, 1.0):
+    for f in files:              # command-line paths: relative to the current folder
+        for chunk in wav_chunks(Path(f).expanduser(), pipeline.spec.sample_rate, 1.0):
             skipped += _collect(pipeline.push(chunk), scores)
         skipped += _collect(pipeline.finish(), scores)
         bar.update(1)

@@ -52,7 +52,32 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     resolved["resolved"] = {"bundle": str(bundle.root), "model": bundle.model_id,
                             "artifact": bundle.artifact(config.model.artifact).kind,
                             "threshold": threshold, "threshold_from": origin}
+    if bundle.needs_enrollment:
+        from harken.agent.enroll import bank_path
+        from harken.agent.runner import enrolled_bank
+        info = enrolled_bank(config, bundle)[1]
+        resolved["resolved"]["bank"] = {
+            "file": str(bank_path(config)), "audio_s": info["audio_s"],
+            "intervals": info["intervals"], "sessions": info["sessions"]}
     print(json.dumps(resolved, indent=2))
+    return 0
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from harken.agent.config import load_config
+    from harken.agent.enroll import enroll
+    r = enroll(load_config(args.config), files=args.files, minutes=args.minutes,
+               append=args.append, false_alarms_per_week=args.false_alarms_per_week,
+               progress=not args.json)
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(f"enrolled {r['new_intervals']} interval(s) of {r['interval_s']:g} s "
+              f"({r['skipped_intervals']} skipped: silent, clipped or invalid); the bank "
+              f"holds {r['intervals']} ({r['audio_s'] / 60:.1f} min, "
+              f"{r['bank_bytes'] / 1024:.0f} KiB): {r['bank']}")
+        print(f"threshold {r['threshold']:.4g} ({r['false_alarms_per_week']:g} false "
+              f"alarm(s) per week on this audio); 'harken run' now uses the bank")
     return 0
 
 
@@ -118,6 +143,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     """Offline scoring of recordings: one score per file (its windows reduced together)."""
     from harken.agent.scorer import BundleScorer
     bundle = open_bundle(args.bundle)
+    if bundle.needs_enrollment:
+        raise UsageError(f"{args.bundle}: a general bundle has no reference bank to score "
+                         f"against; enroll it on the machine ('harken enroll --config "
+                         f"AGENT.toml'), then 'harken run'")
     section = bundle.sections[0] if args.section is None else args.section
     scorer = BundleScorer(bundle, section, args.artifact, args.threads)
     extract = LogMelExtractor(bundle.spec)
@@ -203,11 +232,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, help="instead of the bundle's")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_score)
+    n = sub.add_parser("enroll", help="learn this machine's reference bank on site "
+                       "(a general bundle: 'harken-export general')")
+    n.add_argument("--config", required=True)
+    n.add_argument("--minutes", type=float, default=10.0,
+                   help="minutes of live audio to record (default 10)")
+    n.add_argument("--files", nargs="+", help="enroll these recordings instead of the "
+                   "microphone (paths relative to the current folder)")
+    n.add_argument("--append", action="store_true", help="add to the bank (a new operating "
+                   "condition) instead of replacing it")
+    n.add_argument("--false-alarms-per-week", type=float, default=1.0,
+                   help="tolerated false alarms per week for the threshold (default 1)")
+    n.add_argument("--json", action="store_true", help="print the result as JSON, no progress")
+    n.set_defaults(func=cmd_enroll)
     k = sub.add_parser("calibrate", help="set the threshold on site from normal operation")
     k.add_argument("--config", required=True)
     k.add_argument("--minutes", type=float, default=30.0,
                    help="minutes of live audio to score (default 30)")
-    k.add_argument("--files", nargs="+", help="score these recordings instead of the microphone")
+    k.add_argument("--files", nargs="+", help="score these recordings instead of the "
+                   "microphone (paths relative to the current folder)")
     k.add_argument("--false-alarms-per-week", type=float, default=1.0,
                    help="tolerated false alarms per week (default 1)")
     k.add_argument("--plot", default="calibration.png", help="histogram PNG (default "

@@ -60,6 +60,15 @@ class Scoring(_Part):
     sections: dict[str, dict[str, str]] = Field(default_factory=dict)   # "00" -> role -> array
 
 
+class Enrollment(_Part):
+    """A general bundle: no reference bank inside; ``harken enroll`` learns one on site
+    (agent/enroll.py) and ``harken run`` refuses to start without it."""
+    required: bool = True
+    density_k: StrictInt = 4
+    weights: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    how: str = ""
+
+
 class Threshold(_Part):
     value: float | None                 # None: set on site with harken calibrate
     how: str = ""
@@ -75,6 +84,7 @@ class Manifest(_Part):
     aggregation: dict[str, Any] = Field(default_factory=dict)
     normal_scores: dict[str, Any] = Field(default_factory=dict)
     threshold: Threshold
+    enrollment: Enrollment | None = None
     artifacts: dict[str, ArtifactEntry]
     reference: dict[str, Any] = Field(default_factory=dict)
     arrays: dict[str, FileEntry] = Field(default_factory=dict)

@@ -20,13 +20,27 @@ from harken.agent.stats import ProcessStats
 from harken.agent.systemd import Notifier
 
 
+def enrolled_bank(config: Config, bundle: Bundle) -> tuple[dict, dict] | None:
+    """A general bundle's bank enrolled on this device (arrays, manifest); None for a
+    bundle with its own bank. Refused clearly when missing, corrupt or another model's."""
+    if not bundle.needs_enrollment:
+        return None
+    from harken.agent.enroll import bank_path, read_bank
+    return read_bank(bank_path(config), bundle)
+
+
 def resolve_threshold(config: Config, bundle: Bundle) -> tuple[float, str]:
-    """Config value, else the calibration override, else the bundle's."""
+    """Config value, else the calibration override, else the enrolled bank's, else the
+    bundle's."""
     if config.decision.threshold is not None:
         return config.decision.threshold, "config decision.threshold"
     override = read_override(config)
     if override is not None:
         return float(override["threshold"]), f"calibration {config.override_file}"
+    bank = enrolled_bank(config, bundle)
+    if bank is not None:
+        from harken.agent.enroll import bank_path
+        return float(bank[1]["threshold"]), f"enrollment {bank_path(config)}"
     if bundle.threshold is None:
         raise ConfigError(f"{bundle.root}: the bundle has no threshold (an imported model); "
                           f"run 'harken calibrate' or set decision.threshold")
@@ -38,8 +52,14 @@ def build(config: Config, seq_start: int = 1) -> tuple[Bundle, Pipeline]:
     if config.agent.section not in bundle.sections:
         raise ConfigError(f"{config.source_file}: key 'agent.section' = {config.agent.section}: "
                           f"the bundle has sections {bundle.sections}")
+    bank = enrolled_bank(config, bundle)
+    rule = None
+    if bank is not None:
+        from harken.agent.enroll import rule_arrays
+        from harken.agent.rules import make_rule
+        rule = make_rule(bundle.rule_name, rule_arrays(bank[0], bundle))
     scorer = BundleScorer(bundle, config.agent.section, config.model.artifact,
-                          config.model.threads)
+                          config.model.threads, rule=rule)
     threshold, _ = resolve_threshold(config, bundle)
     d = config.decision
     decision = Decision(threshold, DecisionConfig(d.k_on, d.n, d.n_off))
@@ -172,10 +192,16 @@ class Runner:
                 signal.signal(sig, self.stop)
             except ValueError:            # not the main thread (tests)
                 pass
-        self._status({"status": "started", "model": self.bundle.model_id,
-                      "backend": self.pipeline.scorer.backend.name,
-                      "threshold": self.pipeline.decision.threshold,
-                      "source": self.config.audio.source})
+        started = {"status": "started", "model": self.bundle.model_id,
+                   "backend": self.pipeline.scorer.backend.name,
+                   "threshold": self.pipeline.decision.threshold,
+                   "source": self.config.audio.source}
+        bank = enrolled_bank(self.config, self.bundle)
+        if bank is not None:             # say which on-site bank scores (harken enroll)
+            started["bank"] = {"enrolled": True, "audio_s": bank[1]["audio_s"],
+                               "intervals": bank[1]["intervals"],
+                               "created": bank[1]["sessions"][-1]["created"]}
+        self._status(started)
         try:
             self._listen()
         finally:

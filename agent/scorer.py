@@ -11,6 +11,7 @@ import numpy as np
 from harken.agent.backends import Backend, open_backend
 from harken.agent.bundle import Bundle
 from harken.agent.features import windows
+from harken.agent.rules import ScoreRule
 
 
 def model_input(window: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -24,11 +25,13 @@ def model_input(window: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 class BundleScorer:
     def __init__(self, bundle: Bundle, section: int, artifact: str | None = None,
-                 threads: int = 1, backend: Backend | None = None) -> None:
+                 threads: int = 1, backend: Backend | None = None,
+                 rule: ScoreRule | None = None) -> None:
+        """``rule``: instead of the bundle's own (a general bundle's enrolled bank)."""
         self.bundle = bundle
         self.artifact = bundle.artifact(artifact)
         self.backend = backend or open_backend(self.artifact, threads)
-        self.rule = bundle.rule(section)
+        self.rule = rule or bundle.rule(section)
         self.section = section
 
     def evidence(self, feature_windows: np.ndarray) -> np.ndarray:

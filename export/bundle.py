@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,15 +70,12 @@ def scoring_arrays(graph: InferenceGraph, rule: str) -> tuple[dict[str, np.ndarr
     return arrays, sections
 
 
-def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
-                 options: ExportOptions = ExportOptions(),
-                 progress: Callable[[str], None] = lambda msg: None) -> Path:
-    """Export the run in ``run_dir`` into the bundle directory ``out``; returns ``out``."""
-    graph = load_graph(run_dir)
-    method, info, spec = graph.method, graph.method.info, graph.method.spec
-    # the agent's rule name; a method whose score variants are one agent rule with other
-    # arrays (spectral-knn) names it
-    rule = getattr(method, "device_rule", method.default_rule)
+def _write_models(graph: InferenceGraph, out: Path, options: ExportOptions,
+                  progress: Callable[[str], None], method: str,
+                  calibration: Callable[[], tuple[Path, str, object]]
+                  ) -> tuple[dict[str, dict], dict]:
+    """The model files of a bundle and their manifest entries; ``calibration`` gives the
+    corpus, machine type and spec int8 calibration reads (only asked when int8 is made)."""
     out.mkdir(parents=True, exist_ok=True)
     if any(out.iterdir()):
         raise ExportError(f"{out}: not empty; give a new folder for the bundle")
@@ -88,7 +86,7 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
         # Nothing to quantize but the activations, and those are dB statistics whose
         # small differences are the signal: int8 only loses them (a TFLite int8 moments
         # graph ranked the test clips at Spearman 0.22 against float) and saves nothing.
-        progress(f"{info['method']}: the graph has no weights; writing float artifacts "
+        progress(f"{method}: the graph has no weights; writing float artifacts "
                  f"instead of int8")
         precision = "fp32"
 
@@ -100,9 +98,9 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
     if "onnx" in options.formats and precision in ("fp32", "both"):
         artifacts["onnx-fp32"] = {**_entry(out, onnx_fp32), **onnx_io}
     if precision in ("int8", "both"):
-        root = Path(calib_root or info["corpus"]["root"])
+        root, machine, spec = calibration()
         progress(f"calibration windows from the training clips under {root}")
-        windows = calibration_windows(root, info["machine"], spec, options.calibration_windows,
+        windows = calibration_windows(root, machine, spec, options.calibration_windows,
                                       options.seed)
         calib = np.stack([model_input(w, graph.input_shape) for w in windows])
         if "onnx" in options.formats:
@@ -131,6 +129,21 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
                                      "moments); int8 activations would only lose precision"}
     if "onnx-fp32" not in artifacts:
         onnx_fp32.unlink()
+    return artifacts, reference
+
+
+def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
+                 options: ExportOptions = ExportOptions(),
+                 progress: Callable[[str], None] = lambda msg: None) -> Path:
+    """Export the run in ``run_dir`` into the bundle directory ``out``; returns ``out``."""
+    graph = load_graph(run_dir)
+    method, info, spec = graph.method, graph.method.info, graph.method.spec
+    # the agent's rule name; a method whose score variants are one agent rule with other
+    # arrays (spectral-knn) names it
+    rule = getattr(method, "device_rule", method.default_rule)
+    artifacts, reference = _write_models(
+        graph, out, options, progress, info["method"],
+        lambda: (Path(calib_root or info["corpus"]["root"]), info["machine"], spec))
 
     arrays, sections = scoring_arrays(graph, rule)
     (out / "arrays").mkdir(exist_ok=True)
@@ -167,6 +180,50 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
     })
     (out / MANIFEST).write_text(manifest.to_json())
     open_bundle(out)            # the agent's own checks, before anyone copies it anywhere
+    return out
+
+
+def write_general_bundle(out: Path, preset_name: str = "spectral-knn",
+                         options: ExportOptions = ExportOptions(),
+                         progress: Callable[[str], None] = lambda msg: None) -> Path:
+    """A bundle for any machine: spectral-knn's window-moments graph and feature spec with
+    no reference bank; ``harken enroll`` learns the bank on site. spectral-knn learns
+    nothing across machine types (its statistics are fixed), so no run is needed."""
+    import hashlib
+
+    from harken.agent.features import preset
+    from harken.agent.rules.density import DEFAULT_K
+    from harken.export.graphs import WindowMoments
+    from harken.training.spectral_knn import RULE_WEIGHTS
+    spec = preset(preset_name)
+    graph = InferenceGraph(WindowMoments(spec.window_frames, spec.n_features).eval(),
+                           (1, spec.window_frames * spec.n_features), ("moments",), None)
+    artifacts, reference = _write_models(graph, out, options, progress, "spectral-knn",
+                                         lambda: None)
+    digest = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()
+    manifest = Manifest.model_validate({
+        "schema_version": SCHEMA_VERSION,
+        "model": {"id": f"spectral-knn-general-{digest[:8]}", "version": code_version(),
+                  "method": "spectral-knn", "machine": "any", "sections": [0]},
+        "feature_spec": spec.to_dict(),
+        "input": {"window_frames": spec.window_frames, "n_mels": spec.n_mels,
+                  "layout": "vector", "window_hop_frames": spec.window_hop},
+        "outputs": list(graph.outputs),
+        "scoring": {"rule": "spectral-knn", "output": output_of("spectral-knn"), "sections": {}},
+        "aggregation": {"interval_s": 10.0, "reduce": "agent/rules/ ScoreRule.reduce over the "
+                        "windows of one interval"},
+        "threshold": {"value": None, "how": "set by harken enroll from the enrollment audio "
+                      "(leave-one-out scores); harken calibrate can re-set it"},
+        "enrollment": {"required": True, "density_k": DEFAULT_K,
+                       "weights": list(RULE_WEIGHTS["fused"]),
+                       "how": "harken enroll --config AGENT.toml (--minutes M | --files WAV...)"},
+        "artifacts": artifacts,
+        "reference": reference,
+        "provenance": {"general": True, "exported_with": code_version(),
+                       "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+    })
+    (out / MANIFEST).write_text(manifest.to_json())
+    open_bundle(out)
     return out
 
 

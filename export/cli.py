@@ -3,6 +3,7 @@
   harken-export RUN --out BUNDLE [--calib DATA] [--formats onnx,tflite] [--precision int8]
   harken-export verify BUNDLE --data DIR [--json]
   harken-export wrap MODEL.tflite|MODEL.onnx --preset dcase2020-ae --out BUNDLE
+  harken-export general --out BUNDLE     (a bundle for any machine, enrolled on site)
   harken-export describe RUN
   harken-export report VERIFY_JSON_DIR [--results docs/results.md]
 """
@@ -19,7 +20,7 @@ from harken.agent.clitools import command_parser, run_command
 from harken.agent.features import FeatureSpec
 from harken.training.runs import find_runs, read_run
 
-COMMANDS = ("export", "verify", "wrap", "describe", "report")
+COMMANDS = ("export", "verify", "wrap", "describe", "report", "general")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -60,6 +61,17 @@ def cmd_wrap(args: argparse.Namespace) -> int:
     from harken.export.wrap import wrap
     out = wrap(Path(args.model), args.preset, Path(args.out), args.machine, args.threshold)
     print(f"bundle: {out}")
+    return 0
+
+
+def cmd_general(args: argparse.Namespace) -> int:
+    from harken.export.bundle import ExportOptions, make_tar, write_general_bundle
+    out = Path(args.out)
+    write_general_bundle(out, options=ExportOptions(precision="fp32"),
+                         progress=lambda msg: print(f"harken-export: {msg}", file=sys.stderr))
+    print(f"bundle: {out} (needs 'harken enroll' on the device before 'harken run')")
+    if args.tar:
+        print(f"tarball: {make_tar(out)}")
     return 0
 
 
@@ -118,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--machine", default="unknown", help="machine type the model watches")
     w.add_argument("--threshold", type=float, help="decision threshold, if known")
     w.set_defaults(func=cmd_wrap)
+    g = sub.add_parser("general", help="a bundle for any machine: no reference bank; "
+                       "'harken enroll' learns one on site")
+    g.add_argument("--out", required=True, help="new bundle folder")
+    g.add_argument("--tar", action="store_true", help="also write BUNDLE.tar.gz for the device")
+    g.set_defaults(func=cmd_general)
     r = sub.add_parser("report", help="the export section of docs/results.md from verify "
                        "--json outputs named <method>__<machine>.json")
     r.add_argument("checks", help="folder of verify JSON files")

@@ -27,8 +27,9 @@ from tqdm import tqdm
 
 from harken.agent.errors import DataError, UsageError
 from harken.agent.features import FeatureSpec, preset, windows
-from harken.agent.rules.density import DEFAULT_K, distances, local_densities
-from harken.agent.rules.spectral_knn import (BRANCHES, COMPONENTS, branch_vectors, fused_score,
+from harken.agent.rules.density import DEFAULT_K
+from harken.agent.rules.spectral_knn import (BRANCHES, COMPONENTS, branch_statistics,
+                                             branch_vectors, fit_bank, fused_score,
                                              pooled_moments, window_moments)
 from harken.training.config import with_overrides
 from harken.training.data.corpus import Clip
@@ -99,7 +100,7 @@ class SpectralKnn:
         """Fit banks, densities and fusion scales; returns the training clips'
         leave-one-out scores with the default rule (their normal scores)."""
         sections = np.asarray(sections)
-        self.stats = {b: (v.mean(axis=0), v.std(axis=0) + 1e-6) for b, v in vectors.items()}
+        self.stats = branch_statistics(vectors)     # over every section of the machine type
         self.banks = {}
         loo_fused = np.empty(len(sections))
         for s in np.unique(sections):
@@ -107,26 +108,9 @@ class SpectralKnn:
             if here.sum() < 2:
                 raise DataError(f"section {int(s):02d} needs at least 2 training clips, "
                                 f"has {int(here.sum())}")
-            arrays: dict[str, np.ndarray] = {}
-            loo_parts = []
-            for b in BRANCHES:
-                mean, std = self.stats[b]
-                bank = (vectors[b][here] - mean) / std
-                density = local_densities(bank, self.config.density_k, "euclidean")
-                d = distances(bank, bank, "euclidean")
-                np.fill_diagonal(d, np.inf)
-                loo = np.stack([d.min(axis=1), (d / density[None, :]).min(axis=1)], axis=1)
-                arrays |= {f"{b}_mean": mean, f"{b}_std": std, f"{b}_bank": bank,
-                           f"{b}_density": density,
-                           f"{b}_fusion": np.r_[loo.mean(axis=0), np.maximum(loo.std(axis=0),
-                                                                             1e-12)]}
-                loo_parts.append(loo)
-            self.banks[int(s)] = arrays
-            loo = np.concatenate(loo_parts, axis=1)
-            standard = (loo - np.r_[arrays["mel_fusion"][:2], arrays["spectrum_fusion"][:2]]) \
-                / np.r_[arrays["mel_fusion"][2:], arrays["spectrum_fusion"][2:]]
-            w = np.asarray(RULE_WEIGHTS[self.default_rule])
-            loo_fused[here] = standard @ w / w.sum()
+            self.banks[int(s)], loo_fused[here] = fit_bank(
+                {b: v[here] for b, v in vectors.items()}, self.stats, self.config.density_k,
+                RULE_WEIGHTS[self.default_rule])
         return loo_fused
 
     def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> dict:

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from harken.agent.rules.base import ScoreRule, register
-from harken.agent.rules.density import distances
+from harken.agent.rules.density import distances, local_densities
 
 BRANCHES = ("mel", "spectrum")
 COMPONENTS = ("mel-knn", "mel-density", "spectrum-knn", "spectrum-density")
@@ -77,6 +77,39 @@ def fused_score(vectors: Mapping[str, np.ndarray], arrays: Mapping[str, np.ndarr
     standard = np.concatenate(parts, axis=1)          # columns in COMPONENTS order
     w = np.asarray(weights, dtype=np.float64)
     return standard @ w / w.sum()
+
+
+def branch_statistics(vectors: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray,
+                                                                             np.ndarray]]:
+    """Per branch the mean and spread that standardise its vectors."""
+    return {b: (v.mean(axis=0), v.std(axis=0) + 1e-6) for b, v in vectors.items()}
+
+
+def fit_bank(vectors: Mapping[str, np.ndarray], stats: Mapping[str, tuple], density_k: int,
+             weights) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One reference bank (a section's training clips, or audio enrolled on site): the
+    arrays the rule needs, and the clips' leave-one-out fused scores (each clip scored
+    against the others: held-out normal scores for the threshold). The device's enrollment
+    and training both call this, so an enrolled bank is the bank training would build."""
+    from harken.agent.errors import DataError
+    n = len(next(iter(vectors.values())))
+    if n < 2:
+        raise DataError(f"a reference bank needs at least 2 clips or intervals, got {n}")
+    arrays: dict[str, np.ndarray] = {}
+    parts = []
+    for b in BRANCHES:
+        mean, std = stats[b]
+        bank = (np.asarray(vectors[b], dtype=np.float64) - mean) / std
+        density = local_densities(bank, density_k, "euclidean")
+        d = distances(bank, bank, "euclidean")
+        np.fill_diagonal(d, np.inf)
+        loo = np.stack([d.min(axis=1), (d / density[None, :]).min(axis=1)], axis=1)
+        fusion = np.r_[loo.mean(axis=0), np.maximum(loo.std(axis=0), 1e-12)]
+        arrays |= {f"{b}_mean": mean, f"{b}_std": std, f"{b}_bank": bank,
+                   f"{b}_density": density, f"{b}_fusion": fusion}
+        parts.append((loo - fusion[:2]) / fusion[2:])
+    w = np.asarray(weights, dtype=np.float64)
+    return arrays, np.concatenate(parts, axis=1) @ w / w.sum()
 
 
 @register

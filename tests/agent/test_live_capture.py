@@ -95,7 +95,9 @@ def test_live_microphone_scored_end_to_end(sound_server, ae_bundle, tmp_path):
     assert scores[0]["backend"].startswith("onnxruntime")
     stats = [r for r in records if r.get("status") == "stats"]
     assert stats and stats[-1]["rss_mb"] > 10 and stats[-1]["overflow_samples"] == 0
-    assert stats[-1]["inference_ms_median"] > 0 and stats[-1]["cpu_percent"] >= 0
+    # a record whose period saw no interval has no inference time (None): not every one
+    timed = [s["inference_ms_median"] for s in stats if s["inference_ms_median"] is not None]
+    assert timed and min(timed) > 0 and stats[-1]["cpu_percent"] >= 0
 
 
 def test_sound_server_lost_and_back(sound_server, ae_bundle, tmp_path):

@@ -1,0 +1,225 @@
+"""``harken enroll``: learn a machine's reference bank on site, with a general bundle.
+
+A technician records the machine's normal sound for a few minutes (or gives recordings);
+every report interval goes through the same front end, health check and model as
+``harken run``, and its statistics (agent/rules/spectral_knn.py) join the bank. The bank is
+what training would build from the same audio (``fit_bank``): standardisation, local
+densities, fusion scales. No torch, no GPU, no workstation.
+
+The threshold comes from the enrollment audio itself: each interval is scored against the
+bank of all the others (leave-one-out: held-out normal scores, no audio is set aside), a
+gamma distribution is fitted to those scores and the threshold set for the tolerated
+false-alarm rate, as ``harken calibrate`` does; calibrate can re-set it later from fresh
+audio. ``--append`` adds audio of a new operating condition (a new target domain) to the
+bank without forgetting the old: the raw statistics are kept, and everything is refitted.
+
+The bank is one ``.npz`` file in the state folder (plain arrays, no pickle) holding its own
+manifest (model id, audio seconds, time, a SHA-256 of the arrays), written to a temporary
+file and renamed over the old one: a failed or refused enrollment never touches the bank
+that was there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from harken.agent.bundle import Bundle, open_bundle
+from harken.agent.calibrate import SECONDS_PER_WEEK, _progress
+from harken.agent.config import Config, ConfigError
+from harken.agent.decision import Decision
+from harken.agent.errors import DataError
+from harken.agent.features import windows
+from harken.agent.health import check_audio
+from harken.agent.rules.spectral_knn import (BRANCHES, branch_statistics, branch_vectors,
+                                             fit_bank, pooled_moments)
+from harken.agent.scorer import model_input
+from harken.agent.sources import Microphone, wav_chunks
+from harken.agent.thresholds import fit_gamma
+
+MIN_INTERVALS = 6          # the LDN neighbourhood (4) plus room to hold one out
+BANK_VERSION = 1
+
+
+class BankError(DataError):
+    """An enrolled bank that cannot be used: missing, corrupt, or for another model."""
+
+
+def bank_path(config: Config) -> Path:
+    return config.path(config.agent.state_dir) / f"enrolled-{config.agent.machine}.npz"
+
+
+class IntervalStatistics:
+    """Stands in for the scorer in the pipeline: runs the bundle's model over each report
+    interval's windows and keeps the interval's pooled statistics instead of scoring."""
+
+    def __init__(self, bundle: Bundle, artifact: str | None, threads: int) -> None:
+        from harken.agent.backends import open_backend
+        self.bundle = bundle
+        self.artifact = bundle.artifact(artifact)
+        self.backend = open_backend(self.artifact, threads)
+        self.vectors: dict[str, list[np.ndarray]] = {b: [] for b in BRANCHES}
+
+    def evidence(self, feature_windows: np.ndarray) -> np.ndarray:
+        shape = self.artifact.input_shape
+        return np.concatenate([self.backend.run(model_input(w, shape))["moments"].reshape(1, -1)
+                               for w in feature_windows]).astype(np.float64)
+
+    def reduce(self, evidence: np.ndarray) -> float:
+        for b, v in branch_vectors(*pooled_moments(evidence), self.bundle.spec.n_mels).items():
+            self.vectors[b].append(v)
+        return 0.0
+
+    @property
+    def count(self) -> int:
+        return len(self.vectors[BRANCHES[0]])
+
+
+def _pipeline(config: Config, bundle: Bundle, stats: IntervalStatistics):
+    from harken.agent.pipeline import Pipeline
+    return Pipeline(stats, Decision(float("inf")), config.decision.interval_s)
+
+
+def _from_files(pipeline, files: list[Path], progress: bool) -> int:
+    """Intervals the health check refused (silent, clipped, invalid)."""
+    skipped = 0
+    bar = _progress(len(files), "file", progress)
+    for f in files:
+        results = []
+        for chunk in wav_chunks(f, pipeline.spec.sample_rate, 1.0):
+            results += pipeline.push(chunk)
+        results += pipeline.finish()
+        skipped += sum(r.status != "ok" for r in results)
+        bar.update(1)
+    bar.close()
+    return skipped
+
+
+def _from_microphone(pipeline, config: Config, minutes: float, progress: bool) -> int:
+    a = config.audio
+    mic = Microphone(a.device, pipeline.spec.sample_rate, a.block_s, a.ring_s)
+    mic.open()
+    n = int(np.ceil(minutes * 60 / pipeline.interval_s))
+    done, skipped = 0, 0
+    bar = _progress(n, "interval", progress)
+    deadline = time.monotonic() + minutes * 60 + 30
+    try:
+        while done < n and time.monotonic() < deadline:
+            results = pipeline.push(mic.read(timeout=0.5))
+            done += len(results)
+            skipped += sum(r.status != "ok" for r in results)
+            bar.update(len(results))
+    finally:
+        mic.close()
+        bar.close()
+    return skipped
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(name.encode() + str(a.dtype).encode() + str(a.shape).encode() + a.tobytes())
+    return h.hexdigest()
+
+
+def read_bank(path: Path, bundle: Bundle) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays and manifest of an enrolled bank, checked: readable, untampered, made
+    with this bundle's model."""
+    if not path.is_file():
+        raise BankError(f"{path}: no enrolled bank; the bundle {bundle.model_id} is a general "
+                        f"one: run 'harken enroll --config CONFIG' first")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        manifest = json.loads(arrays.pop("manifest").tobytes().decode())
+    except (OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise BankError(f"{path}: not a readable enrolled bank ({exc}); enroll again") from None
+    if _digest(arrays) != manifest.get("sha256"):
+        raise BankError(f"{path}: the arrays do not match the bank's sha256 (file corrupt or "
+                        f"changed); enroll again")
+    if manifest.get("model") != bundle.model_id:
+        raise BankError(f"{path}: enrolled with model {manifest.get('model')!r}, but the "
+                        f"bundle is {bundle.model_id!r}; enroll again with this bundle")
+    return arrays, manifest
+
+
+def rule_arrays(bank: dict[str, np.ndarray], bundle: Bundle) -> dict[str, np.ndarray]:
+    """The spectral-knn rule's arrays from an enrolled bank."""
+    e = bundle.manifest.enrollment
+    return {**{k: v for k, v in bank.items() if not k.startswith("raw_")},
+            "fusion_weights": np.asarray(e.weights), "n_mels": np.asarray(bundle.spec.n_mels)}
+
+
+def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0,
+           append: bool = False, false_alarms_per_week: float = 1.0,
+           progress: bool = True) -> dict:
+    if false_alarms_per_week <= 0:
+        raise ConfigError("--false-alarms-per-week must be positive")
+    bundle = open_bundle(config.path(config.model.bundle))
+    if not bundle.needs_enrollment:
+        raise ConfigError(f"{bundle.root}: bundle {bundle.model_id} carries its own reference "
+                          f"bank; 'harken enroll' needs a general bundle "
+                          f"('harken-export general')")
+    paths = [Path(f).expanduser() for f in files or []]       # relative to the current folder
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ConfigError(f"--files: no such file: {', '.join(missing)}")
+    out = bank_path(config)
+    old: dict[str, np.ndarray] = {}
+    old_manifest: dict = {}
+    if append:
+        old, old_manifest = read_bank(out, bundle)
+    stats = IntervalStatistics(bundle, config.model.artifact, config.model.threads)
+    pipeline = _pipeline(config, bundle, stats)
+    if paths:
+        skipped = _from_files(pipeline, paths, progress)
+        source = f"{len(paths)} file(s)"
+    else:
+        skipped = _from_microphone(pipeline, config, minutes, progress)
+        source = f"microphone {config.audio.device!r}"
+    if stats.count < (1 if append else MIN_INTERVALS):
+        raise DataError(f"enrollment: only {stats.count} usable interval(s) of "
+                        f"{pipeline.interval_s:g} s ({skipped} silent, clipped or invalid); "
+                        f"need at least {MIN_INTERVALS}: record longer or give more files. "
+                        f"Nothing was written.")
+    new = {b: np.stack(v) for b, v in stats.vectors.items()}
+    vectors = {b: np.concatenate([old[f"raw_{b}"], new[b]]) if append else new[b]
+               for b in BRANCHES}
+    e = bundle.manifest.enrollment
+    arrays, loo = fit_bank(vectors, branch_statistics(vectors), e.density_k, e.weights)
+    fit = fit_gamma(loo)
+    p = false_alarms_per_week * pipeline.interval_s / SECONDS_PER_WEEK
+    threshold = float(fit.ppf(1.0 - p))
+    arrays |= {f"raw_{b}": v for b, v in vectors.items()}
+    seconds = stats.count * pipeline.interval_s + float(old_manifest.get("audio_s", 0.0))
+    manifest = {"version": BANK_VERSION, "model": bundle.model_id,
+                "machine": config.agent.machine, "intervals": int(len(loo)),
+                "audio_s": seconds, "skipped_intervals": skipped + int(
+                    old_manifest.get("skipped_intervals", 0)),
+                "interval_s": pipeline.interval_s,
+                "sessions": old_manifest.get("sessions", []) + [{
+                    "source": source, "intervals": stats.count,
+                    "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}],
+                "threshold": threshold, "false_alarms_per_week": false_alarms_per_week,
+                "threshold_how": "gamma fit of the intervals' leave-one-out scores",
+                "gamma": fit.to_dict(), "sha256": _digest(arrays)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, manifest=np.frombuffer(json.dumps(manifest).encode(), np.uint8),
+                     **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(out)                 # the old bank stays whole until this instant
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {**{k: v for k, v in manifest.items() if k not in ("gamma", "sha256")},
+            "bank": str(out), "bank_bytes": out.stat().st_size, "new_intervals": stats.count}
