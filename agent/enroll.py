@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -139,7 +140,8 @@ def read_bank(path: Path, bundle: Bundle) -> tuple[dict[str, np.ndarray], dict]:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         manifest = json.loads(arrays.pop("manifest").tobytes().decode())
-    except (OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, KeyError, UnicodeDecodeError, EOFError,
+            zipfile.BadZipFile) as exc:
         raise BankError(f"{path}: not a readable enrolled bank ({exc}); enroll again") from None
     if _digest(arrays) != manifest.get("sha256"):
         raise BankError(f"{path}: the arrays do not match the bank's sha256 (file corrupt or "
