@@ -126,3 +126,27 @@ def test_calibrate_from_the_live_microphone(sound_server, ae_bundle, tmp_path):
     assert result["intervals"] >= 10 and result["source"] == "microphone 'pulse'"
     assert result["threshold"] > result["score_max"] >= result["score_mean"] > 0
     assert (tmp_path / "state" / "threshold-fan.json").is_file()
+
+
+def test_enroll_from_the_live_microphone_then_run_on_the_enrolled_bank(sound_server, tmp_path):
+    """`harken enroll --minutes` records through the same PortAudio path as `harken run`."""
+    from harken.export.bundle import ExportOptions, write_general_bundle
+    bundle = write_general_bundle(tmp_path / "general", options=ExportOptions(
+        formats=("onnx",), precision="fp32"))
+    cfg = write_agent_config(
+        tmp_path / "site.toml",
+        agent={"node": "live", "machine": "pump", "state_dir": tmp_path / "state"},
+        model={"bundle": bundle}, audio={"source": "mic", "device": "pulse", "reopen_s": 0.5},
+        decision={"interval_s": 1.0}, output={"stats_s": 60})
+    r = subprocess.run([sys.executable, "-m", "harken.agent.cli", "enroll", "--config", str(cfg),
+                        "--minutes", "0.12", "--json"], env=sound_server.env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["new_intervals"] >= 6 and out["sessions"][0]["source"] == "microphone 'pulse'"
+    proc = start_agent(cfg, sound_server.env, 2)
+    stdout, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    records = [json.loads(line) for line in stdout.splitlines()]
+    assert next(x for x in records if x.get("status") == "started")["bank"]["enrolled"]
+    assert len([x for x in records if x["kind"] == "score"]) == 2
