@@ -36,8 +36,6 @@ from harken.agent.calibrate import SECONDS_PER_WEEK, _progress
 from harken.agent.config import Config, ConfigError
 from harken.agent.decision import Decision
 from harken.agent.errors import DataError
-from harken.agent.features import windows
-from harken.agent.health import check_audio
 from harken.agent.rules.spectral_knn import (BRANCHES, branch_statistics, branch_vectors,
                                              fit_bank, pooled_moments)
 from harken.agent.scorer import model_input

@@ -223,15 +223,16 @@ class MqttSink(Sink):
     def interval(self, result: IntervalResult) -> None:
         who = {"node": self.node, "machine": self.machine}
         p = {**result.payload(), **who, "replayed": False}
-        session = self._session if self._connected.is_set() else None
-        row = self.outbox.put(self.topics["score"], json.dumps(p, allow_nan=False).encode(),
-                              qos=1, kind="score", seq=result.seq)
-        event = -1
-        if result.event is not None:
-            event = self.outbox.put(self.topics["event"], json.dumps(
-                {"seq": result.seq, **result.event.to_dict(), **who, "replayed": False}
-            ).encode(), qos=1, kind="event")
+        # the lock spans the writes, so the sender cannot judge a row before it is recorded
         with self._lock:
+            session = self._session if self._connected.is_set() else None
+            row = self.outbox.put(self.topics["score"], json.dumps(p, allow_nan=False).encode(),
+                                  qos=1, kind="score", seq=result.seq)
+            event = -1
+            if result.event is not None:
+                event = self.outbox.put(self.topics["event"], json.dumps(
+                    {"seq": result.seq, **result.event.to_dict(), **who, "replayed": False}
+                ).encode(), qos=1, kind="event")
             if row >= 0:                   # -1: a full disk dropped it (counted)
                 self._arrived[row] = result.arrived
             for r in (row, event):

@@ -112,7 +112,10 @@ def main() -> None:
     print(json.dumps({k: round(v["official"], 4) for k, v in rows.items()}),
           f"enroll 10 min: {cpu:.1f} CPU s, bank {out['bank_bytes'] / 1024:.0f} KiB", met)
     corpus = args.corpus.resolve()
-    print(f"wrote {record('enroll', 'bench/bench_enroll.py', {'corpus': {'root': str(corpus.relative_to(ROOT)) if corpus.is_relative_to(ROOT) else str(corpus)}, 'machines': machines, 'rows': rows, 'timing': timing, 'targets': TARGETS, 'met': met})}")
+    root = str(corpus.relative_to(ROOT)) if corpus.is_relative_to(ROOT) else str(corpus)
+    figures = {"corpus": {"root": root}, "machines": machines, "rows": rows, "timing": timing,
+               "targets": TARGETS, "met": met}
+    print(f"wrote {record('enroll', 'bench/bench_enroll.py', figures)}")
 
 
 if __name__ == "__main__":

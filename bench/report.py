@@ -209,7 +209,7 @@ def default_detector_section(r: dict) -> list[str]:
               "deviation of every mel band and spectrum bin); it has no weights, so it ships "
               "as float ONNX and TFLite: int8 would only round the statistics, whose small "
               "differences are the signal, and save nothing. "
-              f"Median backend time per window: "
+              "Median backend time per window: "
               + ", ".join(f"{b['artifact']} {b['ms_per_window']:.3f} ms" for b in r["bundles"])
               + "."]
     return lines

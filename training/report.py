@@ -52,8 +52,9 @@ def results_markdown(evaluations: dict[str, dict], corpus: dict, command: str,
                   f"0.80 with target AUCs below source AUCs. Official score "
                   f"{knn['official_score']:.4f}: {'met' if in_band else '**missed**'}; mean AUC "
                   f"target {tgt:.4f} vs source {src:.4f}: {'met' if tgt < src - 0.05 else '**missed**'}."]
-    lines += _default_lines(evaluations) + _variant_lines(evaluations) + fault_lines(clip_scores or {}, corpus) \
-        + _generative_lines(evaluations) + _training_lines(evaluations)
+    lines += _default_lines(evaluations) + _variant_lines(evaluations) \
+        + fault_lines(clip_scores or {}, corpus) + _generative_lines(evaluations) \
+        + _training_lines(evaluations)
     for label, ev in evaluations.items():
         if " [" in label:           # another score rule of a method shown above
             continue
@@ -106,7 +107,7 @@ def _default_lines(evaluations: dict[str, dict]) -> list[str]:
              f"`harken-train train` without `--method` trains **{DEFAULT_METHOD}**: official "
              f"score {ev['official_score']:.4f}, mean AUC source "
              f"{_mean_auc(ev, 'source'):.4f} / target {_mean_auc(ev, 'target'):.4f}."]
-    lines.append(f"It has the highest official score on this page." if best == DEFAULT_METHOD
+    lines.append("It has the highest official score on this page." if best == DEFAULT_METHOD
                  else f"**{best} scores higher ({evaluations[best]['official_score']:.4f})**; "
                       f"the default should be reconsidered.")
     lines.append("It has the highest mean target-domain AUC." if tgt == DEFAULT_METHOD else
