@@ -57,16 +57,19 @@ class SpectralKnnConfig:
 
 
 def clip_statistics(logmels: Sequence[np.ndarray], spec: FeatureSpec, n_mels: int,
-                    progress: bool = False) -> dict[str, np.ndarray]:
+                    progress: bool = False, names: Sequence[str] | None = None
+                    ) -> dict[str, np.ndarray]:
     """Branch vectors of each clip, pooled from window moments exactly as the device
-    pools an interval's (so training and device see the same statistics)."""
+    pools an interval's (so training and device see the same statistics); ``names`` name
+    the clips in errors."""
     out: dict[str, list[np.ndarray]] = {b: [] for b in BRANCHES}
     for i, m in enumerate(tqdm(logmels, desc="statistics", unit="clip", disable=not progress,
                                leave=False)):
         w = windows(m, spec)
         if len(w) == 0:
-            raise DataError(f"clip {i}: {len(m)} frames, shorter than one "
-                            f"{spec.window_frames}-frame window")
+            raise DataError(f"{names[i] if names else f'clip {i}'}: {len(m)} frames, shorter "
+                            f"than one {spec.window_frames}-frame window "
+                            f"({spec.window_seconds:.2f} s)")
         for b, v in branch_vectors(*pooled_moments(window_moments(w)), n_mels).items():
             out[b].append(v)
     return {b: np.stack(v) for b, v in out.items()}
@@ -116,7 +119,7 @@ class SpectralKnn:
     def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> dict:
         machine = clips[0].machine
         vectors = clip_statistics(clip_logmels(clips, self.spec, progress), self.spec,
-                                  self.spec.n_mels, progress)
+                                  self.spec.n_mels, progress, [str(c.path) for c in clips])
         loo = self.fit(vectors, [c.section for c in clips])
         run_dir.mkdir(parents=True, exist_ok=True)
         np.savez(run_dir / STATE, **{f"s{s:02d}__{role}": a for s, arrays in self.banks.items()
@@ -190,7 +193,7 @@ class SpectralKnn:
                   rules: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Every rule from one pass over the clips' features."""
         vectors = clip_statistics(clip_logmels(clips, self.spec, progress), self.spec,
-                                  self.spec.n_mels, progress)
+                                  self.spec.n_mels, progress, [str(c.path) for c in clips])
         sections = [c.section for c in clips]
         return {r: self.score_vectors(vectors, sections, self._variant(r))
                 for r in (rules or self.score_rules)}

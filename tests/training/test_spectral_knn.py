@@ -88,3 +88,10 @@ def test_unknown_rule_and_bad_settings_are_refused_clearly(fan_run):
         make_method("spectral-knn", ["density_k=0"])
     with pytest.raises(ValueError, match="score must be one of"):
         make_method("spectral-knn", ["score=loudest"])
+
+
+def test_a_clip_shorter_than_one_window_is_refused_by_name():
+    spec = preset("spectral-knn")
+    with pytest.raises(ValueError, match=r"a\.wav: 10 frames, shorter than one 32-frame window"):
+        clip_statistics([np.zeros((10, spec.n_features), np.float32)], spec, spec.n_mels,
+                        names=["a.wav"])
