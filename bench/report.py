@@ -245,6 +245,44 @@ def enroll_section(r: dict) -> list[str]:
         "(each section's own statistics instead of the machine type's)."]
 
 
+def generative_probe_section(r: dict) -> list[str]:
+    rules, clips = r["rules"], r["clips"]
+    recon = [k for k in rules if k[0] in "xz"]
+    worst = max(recon, key=lambda k: rules[k]["normal_target_over_source"])
+    lo = min(rules[k]["normal_target_over_source"] for k in recon)
+    lines = [
+        f"## Why {r['method']}'s reconstruction rules score below random ({r['machine']})", "",
+        f"`{r['command']} {r['run']}` ({r['when']}): one trained run, every test clip scored "
+        "with every rule; AUC per domain (averaged over sections), the rank correlation of "
+        "each score with the clip's spectral contrast and level over the normal test clips, "
+        "and the median score of target-domain normal clips over source-domain ones.", ""]
+    lines += table(["rule", "AUC source", "AUC target", "rho(score, contrast)",
+                    "rho(score, level)", "normal target / source"],
+                   [[k, f"{v['auc_source']:.3f}", f"{v['auc_target']:.3f}",
+                     f"{v['rho_contrast_normals']:+.2f}", f"{v['rho_level_normals']:+.2f}",
+                     f"{v['normal_target_over_source']:.3g}"] for k, v in rules.items()])
+    src = min(rules[k]["auc_source"] for k in recon)
+    tgt = max(rules[k]["auc_target"] for k in recon)
+    lines += ["", f"Reading: the reconstruction rules ({', '.join(recon)}) are not reversed "
+              f"and not broken: on the source domain they separate faults well (AUC >= "
+              f"{src:.2f}). On the target domain they fail (AUC <= {tgt:.2f}) because the "
+              f"target domain's *normal* clips reconstruct {lo:.3g} to "
+              f"{rules[worst]['normal_target_over_source']:.3g} times worse than the source "
+              "domain's: the generator learnt the source operating points (90 % of the "
+              "training clips) and a target clip is further from them than a subtle fault "
+              "is. The official score's harmonic mean is dominated by those target AUCs. "
+              "The error also follows the clip's level (rank correlation "
+              f"{min(v['rho_level_normals'] for k, v in rules.items() if k in recon):+.2f} to "
+              f"{max(v['rho_level_normals'] for k, v in rules.items() if k in recon):+.2f}), "
+              "while faults barely move level or contrast (AUC of anomalous vs normal clips: "
+              f"contrast {clips['contrast_auc_anomaly_vs_normal']:.2f}, level "
+              f"{clips['level_auc_anomaly_vs_normal']:.2f}). The critic-embedding rules, "
+              "which compare a clip with its nearest training clips, hold up on the target "
+              "domain. A fix would score reconstruction errors against the nearest normal "
+              "clips' errors (as LDN does for distances), not against one global scale."]
+    return lines
+
+
 def normalisation_section(r: dict) -> list[str]:
     rows, machines = r["rows"], r["machines"]
     plain = next(x for x in rows if x["name"] == "knn")
@@ -456,6 +494,7 @@ SECTIONS = {"features": features_section, "scorers": scorers_section,
 
 def main() -> None:
     results = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
+    probes = [k for k in results if k.startswith("probe-")]
     lines = ["# Benchmarks", "",
              "Written by `bench/run_all` from `bench/results/*.json`; re-run it to refresh. "
              "Ratios are measured side by side in one run, because these machines are noisy.", ""]
@@ -467,6 +506,8 @@ def main() -> None:
     for name, fn in SECTIONS.items():
         if name in results:
             lines += fn(results[name]) + [""]
+    for name in probes:            # bench/probe_generative.py, one per probed run
+        lines += generative_probe_section(results[name]) + [""]
     out = ROOT / "docs" / "benchmarks.md"
     out.write_text("\n".join(lines))
     print(f"wrote {out}")
