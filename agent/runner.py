@@ -49,7 +49,8 @@ def resolve_threshold(config: Config, bundle: Bundle) -> tuple[float, str]:
 
 def build(config: Config, seq_start: int = 1) -> tuple[Bundle, Pipeline]:
     bundle = open_bundle(config.path(config.model.bundle))
-    if config.agent.section not in bundle.sections:
+    # a general bundle has no sections of its own: its bank is this machine's
+    if not bundle.needs_enrollment and config.agent.section not in bundle.sections:
         raise ConfigError(f"{config.source_file}: key 'agent.section' = {config.agent.section}: "
                           f"the bundle has sections {bundle.sections}")
     bank = enrolled_bank(config, bundle)
@@ -192,6 +193,10 @@ class Runner:
                 signal.signal(sig, self.stop)
             except ValueError:            # not the main thread (tests)
                 pass
+        # one-off costs of the first inference (the TFLite delegate, ONNX Runtime's first
+        # run) are paid here, not by the first interval's latency
+        scorer = self.pipeline.scorer
+        scorer.backend.run(np.zeros(scorer.artifact.input_shape, np.float32))
         started = {"status": "started", "model": self.bundle.model_id,
                    "backend": self.pipeline.scorer.backend.name,
                    "threshold": self.pipeline.decision.threshold,
