@@ -16,7 +16,10 @@ mobilenetv2         1024    512     128     2      64 (~2.0 s)      8 (~256 ms)
 aegan-ad            2048    512     128     2      128 (~4.1 s)     32
 gmgan               1024    512     64      2      64 (~2.0 s)      32
 oevae               1024    256     64      2      125 (2.0 s)      62 (~1 s)
+spectral-knn        1024    512     128 +   2      32 (~1.0 s)      32 (~1 s)
 ==================  ======  ======  ======  =====  ===============  ============
+
++ the 513-bin log power spectrum of the same STFT per frame (``spectrum``).
 
 A frame is 64 ms of audio (n_fft 1024) advanced by 32 ms (hop 512; oevae: 16 ms, hop 256).
 """

@@ -164,11 +164,11 @@ PRESETS: dict[str, FeatureSpec] = {
                             window_frames=128, window_hop=32),
     # GMGAN: 64 mels, 64 x 64 patches (about 2 s), hop 32 frames.
     "gmgan": FeatureSpec(name="gmgan", n_mels=64, window_frames=64, window_hop=32),
-    # OEVAE: 64 ms frames, 16 ms hop, 64 mels, 2-second segments (125 frames), hop 1 s.
     # spectral-knn: the mels plus the 513-bin log power spectrum per frame, in
     # non-overlapping 1-second windows (32 frames) whose moments the device pools.
     "spectral-knn": FeatureSpec(name="spectral-knn", spectrum=True, window_frames=32,
                                 window_hop=32),
+    # OEVAE: 64 ms frames, 16 ms hop, 64 mels, 2-second segments (125 frames), hop 1 s.
     "oevae": FeatureSpec(name="oevae", n_fft=1024, win_length=1024, hop_length=256, n_mels=64,
                          window_frames=125, window_hop=62),
 }
