@@ -45,7 +45,10 @@ def _collect(results, scores: list[float]) -> int:
     return len(results) - len(ok)
 
 
-def _score_files(pipeline: Pipeline, files: list[str], config: Config, progress: bool):
+def score_files(pipeline: Pipeline, files: list[str | Path], progress: bool
+                ) -> tuple[list[float], int]:
+    """The scores of the recordings' report intervals, and how many intervals the health
+    check refused (silent, clipped, invalid); ``harken enroll`` reads recordings this way too."""
     scores, skipped = [], 0
     bar = _progress(len(files), "file", progress)
     for f in files:              # command-line paths: relative to the current folder
@@ -57,7 +60,9 @@ def _score_files(pipeline: Pipeline, files: list[str], config: Config, progress:
     return scores, skipped
 
 
-def _score_microphone(pipeline: Pipeline, config: Config, minutes: float, progress: bool):
+def score_microphone(pipeline: Pipeline, config: Config, minutes: float, progress: bool
+                     ) -> tuple[list[float], int]:
+    """The same for ``minutes`` of the configured microphone."""
     a = config.audio
     mic = Microphone(a.device, pipeline.spec.sample_rate, a.block_s, a.ring_s)
     mic.open()
@@ -84,9 +89,9 @@ def calibrate(config: Config, files: list[str] | None = None, minutes: float = 3
     bundle, pipeline = build(config)
     pipeline.decision = Decision(float("inf"))         # calibration decides nothing
     if files:
-        scores, skipped = _score_files(pipeline, files, config, progress)
+        scores, skipped = score_files(pipeline, files, progress)
     else:
-        scores, skipped = _score_microphone(pipeline, config, minutes, progress)
+        scores, skipped = score_microphone(pipeline, config, minutes, progress)
     if len(scores) < MIN_INTERVALS:
         raise ConfigError(f"calibration: only {len(scores)} scoreable intervals of "
                           f"{pipeline.interval_s:g} s ({skipped} silent/clipped); need at "

@@ -47,15 +47,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     resolved = config.model_dump(exclude={"source_file": True, "mqtt": {"password"}})
     if config.mqtt.password is not None:
         resolved["mqtt"]["password"] = "(set, not shown)"
-    bundle, _ = preflight(config)                # what run would refuse, refused here too
-    threshold, origin = resolve_threshold(config, bundle)
+    bundle, pipeline = preflight(config)         # what run would refuse, refused here too
+    info = pipeline.scorer.enrollment
+    threshold, origin = resolve_threshold(config, bundle, info)
     resolved["resolved"] = {"bundle": str(bundle.root), "model": bundle.model_id,
                             "artifact": bundle.artifact(config.model.artifact).kind,
                             "threshold": threshold, "threshold_from": origin}
-    if bundle.needs_enrollment:
+    if info is not None:
         from harken.agent.enroll import bank_path
-        from harken.agent.runner import enrolled_bank
-        info = enrolled_bank(config, bundle)[1]
         resolved["resolved"]["bank"] = {
             "file": str(bank_path(config)), "audio_s": info["audio_s"],
             "intervals": info["intervals"], "sessions": info["sessions"]}

@@ -25,21 +25,20 @@ import datetime as dt
 import hashlib
 import json
 import os
-import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from harken.agent.bundle import Bundle, open_bundle
-from harken.agent.calibrate import SECONDS_PER_WEEK, _progress
+from harken.agent.calibrate import SECONDS_PER_WEEK, score_files, score_microphone
 from harken.agent.config import Config, ConfigError
 from harken.agent.decision import Decision
 from harken.agent.errors import DataError
+from harken.agent.pipeline import Pipeline
 from harken.agent.rules.spectral_knn import (BRANCHES, branch_statistics, branch_vectors,
                                              fit_bank, pooled_moments)
 from harken.agent.scorer import model_input
-from harken.agent.sources import Microphone, wav_chunks
 from harken.agent.thresholds import fit_gamma
 
 MIN_INTERVALS = 6          # the LDN neighbourhood (4) plus room to hold one out
@@ -78,46 +77,6 @@ class IntervalStatistics:
     @property
     def count(self) -> int:
         return len(self.vectors[BRANCHES[0]])
-
-
-def _pipeline(config: Config, bundle: Bundle, stats: IntervalStatistics):
-    from harken.agent.pipeline import Pipeline
-    return Pipeline(stats, Decision(float("inf")), config.decision.interval_s)
-
-
-def _from_files(pipeline, files: list[Path], progress: bool) -> int:
-    """Intervals the health check refused (silent, clipped, invalid)."""
-    skipped = 0
-    bar = _progress(len(files), "file", progress)
-    for f in files:
-        results = []
-        for chunk in wav_chunks(f, pipeline.spec.sample_rate, 1.0):
-            results += pipeline.push(chunk)
-        results += pipeline.finish()
-        skipped += sum(r.status != "ok" for r in results)
-        bar.update(1)
-    bar.close()
-    return skipped
-
-
-def _from_microphone(pipeline, config: Config, minutes: float, progress: bool) -> int:
-    a = config.audio
-    mic = Microphone(a.device, pipeline.spec.sample_rate, a.block_s, a.ring_s)
-    mic.open()
-    n = int(np.ceil(minutes * 60 / pipeline.interval_s))
-    done, skipped = 0, 0
-    bar = _progress(n, "interval", progress)
-    deadline = time.monotonic() + minutes * 60 + 30
-    try:
-        while done < n and time.monotonic() < deadline:
-            results = pipeline.push(mic.read(timeout=0.5))
-            done += len(results)
-            skipped += sum(r.status != "ok" for r in results)
-            bar.update(len(results))
-    finally:
-        mic.close()
-        bar.close()
-    return skipped
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:
@@ -177,12 +136,13 @@ def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0
     if append:
         old, old_manifest = read_bank(out, bundle)
     stats = IntervalStatistics(bundle, config.model.artifact, config.model.threads)
-    pipeline = _pipeline(config, bundle, stats)
+    pipeline = Pipeline(stats, Decision(float("inf")), config.decision.interval_s)
+    # the intervals go through calibration's loops; their statistics land in ``stats``
     if paths:
-        skipped = _from_files(pipeline, paths, progress)
+        _, skipped = score_files(pipeline, paths, progress)
         source = f"{len(paths)} file(s)"
     else:
-        skipped = _from_microphone(pipeline, config, minutes, progress)
+        _, skipped = score_microphone(pipeline, config, minutes, progress)
         source = f"microphone {config.audio.device!r}"
     if stats.count < (1 if append else MIN_INTERVALS):
         raise DataError(f"enrollment: only {stats.count} usable interval(s) of "

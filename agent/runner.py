@@ -29,18 +29,18 @@ def enrolled_bank(config: Config, bundle: Bundle) -> tuple[dict, dict] | None:
     return read_bank(bank_path(config), bundle)
 
 
-def resolve_threshold(config: Config, bundle: Bundle) -> tuple[float, str]:
-    """Config value, else the calibration override, else the enrolled bank's, else the
-    bundle's."""
+def resolve_threshold(config: Config, bundle: Bundle,
+                      enrollment: dict | None = None) -> tuple[float, str]:
+    """Config value, else the calibration override, else the enrolled bank's (its
+    manifest: ``BundleScorer.enrollment``), else the bundle's."""
     if config.decision.threshold is not None:
         return config.decision.threshold, "config decision.threshold"
     override = read_override(config)
     if override is not None:
         return float(override["threshold"]), f"calibration {config.override_file}"
-    bank = enrolled_bank(config, bundle)
-    if bank is not None:
+    if enrollment is not None:
         from harken.agent.enroll import bank_path
-        return float(bank[1]["threshold"]), f"enrollment {bank_path(config)}"
+        return float(enrollment["threshold"]), f"enrollment {bank_path(config)}"
     if bundle.threshold is None:
         raise ConfigError(f"{bundle.root}: the bundle has no threshold (an imported model); "
                           f"run 'harken calibrate' or set decision.threshold")
@@ -53,15 +53,15 @@ def build(config: Config, seq_start: int = 1) -> tuple[Bundle, Pipeline]:
     if not bundle.needs_enrollment and config.agent.section not in bundle.sections:
         raise ConfigError(f"{config.source_file}: key 'agent.section' = {config.agent.section}: "
                           f"the bundle has sections {bundle.sections}")
-    bank = enrolled_bank(config, bundle)
-    rule = None
+    bank = enrolled_bank(config, bundle)          # read and checked once, here
+    rule = enrollment = None
     if bank is not None:
         from harken.agent.enroll import rule_arrays
         from harken.agent.rules import make_rule
-        rule = make_rule(bundle.rule_name, rule_arrays(bank[0], bundle))
+        rule, enrollment = make_rule(bundle.rule_name, rule_arrays(bank[0], bundle)), bank[1]
     scorer = BundleScorer(bundle, config.agent.section, config.model.artifact,
-                          config.model.threads, rule=rule)
-    threshold, _ = resolve_threshold(config, bundle)
+                          config.model.threads, rule=rule, enrollment=enrollment)
+    threshold, _ = resolve_threshold(config, bundle, enrollment)
     d = config.decision
     decision = Decision(threshold, DecisionConfig(d.k_on, d.n, d.n_off))
     return bundle, Pipeline(scorer, decision, d.interval_s, seq_start=seq_start)
@@ -198,14 +198,14 @@ class Runner:
         scorer = self.pipeline.scorer
         scorer.backend.run(np.zeros(scorer.artifact.input_shape, np.float32))
         started = {"status": "started", "model": self.bundle.model_id,
-                   "backend": self.pipeline.scorer.backend.name,
+                   "backend": scorer.backend.name,
                    "threshold": self.pipeline.decision.threshold,
                    "source": self.config.audio.source}
-        bank = enrolled_bank(self.config, self.bundle)
+        bank = scorer.enrollment
         if bank is not None:             # say which on-site bank scores (harken enroll)
-            started["bank"] = {"enrolled": True, "audio_s": bank[1]["audio_s"],
-                               "intervals": bank[1]["intervals"],
-                               "created": bank[1]["sessions"][-1]["created"]}
+            started["bank"] = {"enrolled": True, "audio_s": bank["audio_s"],
+                               "intervals": bank["intervals"],
+                               "created": bank["sessions"][-1]["created"]}
         self._status(started)
         try:
             self._listen()

@@ -26,9 +26,11 @@ def model_input(window: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 class BundleScorer:
     def __init__(self, bundle: Bundle, section: int, artifact: str | None = None,
                  threads: int = 1, backend: Backend | None = None,
-                 rule: ScoreRule | None = None) -> None:
-        """``rule``: instead of the bundle's own (a general bundle's enrolled bank)."""
+                 rule: ScoreRule | None = None, enrollment: dict | None = None) -> None:
+        """``rule``: instead of the bundle's own (a general bundle's enrolled bank);
+        ``enrollment``: that bank's manifest (agent/enroll.py), for status and threshold."""
         self.bundle = bundle
+        self.enrollment = enrollment
         self.artifact = bundle.artifact(artifact)
         self.backend = backend or open_backend(self.artifact, threads)
         self.rule = rule or bundle.rule(section)

@@ -84,8 +84,7 @@ def _write_models(graph: InferenceGraph, out: Path, options: ExportOptions,
     weightless = not any(p.numel() for p in graph.module.parameters())
     if weightless and precision != "fp32":
         # Nothing to quantize but the activations, and those are dB statistics whose
-        # small differences are the signal: int8 only loses them (a TFLite int8 moments
-        # graph ranked the test clips at Spearman 0.22 against float) and saves nothing.
+        # small differences are the signal: int8 only loses them and saves nothing.
         progress(f"{method}: the graph has no weights; writing float artifacts "
                  f"instead of int8")
         precision = "fp32"
