@@ -59,3 +59,36 @@ def record(name: str, command: str, figures: dict) -> Path:
             .isoformat(timespec="seconds"), "machine": machine(), **figures}
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
+
+
+def standard_corpus(description: str) -> Path:
+    """``--corpus`` (default corpora/standard) from the command line; exits with how to
+    make it when it is not there."""
+    import argparse
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--corpus", type=Path, default=ROOT / "corpora" / "standard")
+    corpus = ap.parse_args().corpus
+    if not (corpus / "corpus.json").is_file():
+        sys.exit(f"{corpus}: no corpus; make it with "
+                 f"'harken-train synth --size standard --out {corpus}'")
+    return corpus
+
+
+def corpus_root(corpus: Path) -> str:
+    """The corpus folder as the results record it: relative to the repository if inside."""
+    corpus = corpus.resolve()
+    return str(corpus.relative_to(ROOT)) if corpus.is_relative_to(ROOT) else str(corpus)
+
+
+def detection_summary(results) -> dict:
+    """Official score, mean AUC per domain, mean pAUC and score per machine type of a list
+    of training/evaluate.py section results."""
+    import numpy as np
+
+    from harken.training.metrics import machine_hmean, official_score
+    machines = sorted({r.machine for r in results})
+    return {"official": official_score(results),
+            "auc_source": float(np.mean([r.auc_source for r in results])),
+            "auc_target": float(np.mean([r.auc_target for r in results])),
+            "pauc": float(np.mean([r.pauc for r in results])),
+            "machines": {m: machine_hmean(results, m) for m in machines}}

@@ -12,7 +12,6 @@ spectral-knn's two settings keep their defaults.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import time
@@ -21,20 +20,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import ROOT, record  # noqa: E402
+from bench._common import (ROOT, corpus_root, detection_summary, record,  # noqa: E402
+                           standard_corpus)
 
 TARGETS = {"official": 0.72, "auc_target": 0.65, "bundle_vs_float": 0.01, "train_s": 300.0}
 RUNS = ROOT / "runs" / "bench-default"
-
-
-def summary(results) -> dict:
-    from harken.training.metrics import machine_hmean, official_score
-    machines = sorted({r.machine for r in results})
-    return {"official": official_score(results),
-            "auc_source": float(np.mean([r.auc_source for r in results])),
-            "auc_target": float(np.mean([r.auc_target for r in results])),
-            "pauc": float(np.mean([r.pauc for r in results])),
-            "machines": {m: machine_hmean(results, m) for m in machines}}
 
 
 def main() -> None:
@@ -46,21 +36,16 @@ def main() -> None:
     from harken.training.methods import DEFAULT_METHOD, make_method, method_class
     from harken.training.metrics import hmean
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpus", type=Path, default=ROOT / "corpora" / "standard")
-    args = ap.parse_args()
-    if not (args.corpus / "corpus.json").is_file():
-        sys.exit(f"{args.corpus}: no corpus; make it with "
-                 f"'harken-train synth --size standard --out {args.corpus}'")
+    corpus = standard_corpus(__doc__.splitlines()[0])
     shutil.rmtree(RUNS, ignore_errors=True)
     rules = method_class(DEFAULT_METHOD).score_rules
     per_rule: dict[str, list] = {r: [] for r in rules}
     knn: list = []
     artifacts: dict[str, dict[str, dict]] = {}       # artifact -> machine -> verify figures
     train_s: dict[str, float] = {}
-    machines = machine_types(args.corpus)
+    machines = machine_types(corpus)
     for machine in machines:
-        train, test = scan(args.corpus, [machine], "train"), scan(args.corpus, [machine], "test")
+        train, test = scan(corpus, [machine], "train"), scan(corpus, [machine], "test")
         run = RUNS / "runs" / machine
         t = time.perf_counter()
         make_method(DEFAULT_METHOD).train(train, run, progress=False)
@@ -71,18 +56,18 @@ def main() -> None:
         baseline = make_method("baseline-knn")
         baseline.train(train, RUNS / "baseline-knn" / machine, progress=False)
         knn += section_results(machine, test, baseline.score(test, progress=False))
-        bundle = open_bundle(write_bundle(run, RUNS / "bundles" / machine, args.corpus,
+        bundle = open_bundle(write_bundle(run, RUNS / "bundles" / machine, corpus,
                                           ExportOptions()))
-        for check in verify(bundle, args.corpus, run, progress=False):
+        for check in verify(bundle, corpus, run, progress=False):
             if check.artifact != "torch-fp32":
                 artifacts.setdefault(check.artifact, {})[machine] = check.to_dict()
         default_artifact = bundle.artifact().kind
         print(f"{machine}: trained in {train_s[machine]:.1f} s; " + ", ".join(
             f"{a} {artifacts[a][machine]['official']:.4f}" for a in artifacts), flush=True)
 
-    rows = [{"name": f"{DEFAULT_METHOD} [{r}]", "rule": r, **summary(res)}
+    rows = [{"name": f"{DEFAULT_METHOD} [{r}]", "rule": r, **detection_summary(res)}
             for r, res in per_rule.items()]
-    knn_row = {"name": "baseline-knn", "rule": "knn", **summary(knn)}
+    knn_row = {"name": "baseline-knn", "rule": "knn", **detection_summary(knn)}
     float_row = next(r for r in rows if r["rule"] == model.default_rule)
     bundle_rows = []
     for kind, by_machine in artifacts.items():
@@ -107,10 +92,8 @@ def main() -> None:
         print(f"{r['name']:<36} official {r['official']:.4f}  AUC source {r['auc_source']:.3f}"
               f"  target {r['auc_target']:.3f}")
     print("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in met.items()))
-    corpus = args.corpus.resolve()
     path = record("default-detector", "bench/bench_default_detector.py", {
-        "corpus": {"root": str(corpus.relative_to(ROOT)) if corpus.is_relative_to(ROOT)
-                   else str(corpus)},
+        "corpus": {"root": corpus_root(corpus)},
         "method": DEFAULT_METHOD, "default_rule": model.default_rule,
         "settings": dict(model.info["params"]), "machines": machines, "rows": rows,
         "baseline": knn_row, "bundles": bundle_rows, "train_s": train_s,

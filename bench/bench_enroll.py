@@ -15,7 +15,6 @@ Also measured: CPU seconds of one core to enroll 10 minutes of audio (60 interva
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -26,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import ROOT, pin_one_thread, record  # noqa: E402
+from bench._common import (ROOT, corpus_root, detection_summary, pin_one_thread,  # noqa: E402
+                           record, standard_corpus)
 
 WORK = ROOT / "runs" / "bench-enroll"
 TARGETS = {"vs_baseline": 0.05, "vs_per_machine": 0.03, "enroll_cpu_s": 60.0, "bank_mb": 5.0}
@@ -52,21 +52,16 @@ def main() -> None:
     from harken.training.data.corpus import machine_types, scan
     from harken.training.evaluate import section_results
     from harken.training.methods import make_method
-    from harken.training.metrics import machine_hmean, official_score
+    from harken.training.metrics import machine_hmean
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpus", type=Path, default=ROOT / "corpora" / "standard")
-    args = ap.parse_args()
-    if not (args.corpus / "corpus.json").is_file():
-        sys.exit(f"{args.corpus}: no corpus; make it with "
-                 f"'harken-train synth --size standard --out {args.corpus}'")
+    corpus = standard_corpus(__doc__.splitlines()[0])
     shutil.rmtree(WORK, ignore_errors=True)
     bundle = write_general_bundle(WORK / "general", options=ExportOptions(precision="fp32"))
     harken = ROOT / ".venv" / "bin" / "harken"
     results: dict[str, list] = {"enrolled": [], "per-machine": [], "baseline-knn": []}
-    machines = machine_types(args.corpus)
+    machines = machine_types(corpus)
     for machine in machines:
-        train, test = scan(args.corpus, [machine], "train"), scan(args.corpus, [machine], "test")
+        train, test = scan(corpus, [machine], "train"), scan(corpus, [machine], "test")
         scores = np.empty(len(test))
         for section in sorted({c.section for c in train}):
             site = WORK / machine / f"section_{section:02d}"
@@ -88,14 +83,10 @@ def main() -> None:
             results[key] += section_results(machine, test, method.score(test, progress=False))
         print(f"{machine}: " + ", ".join(f"{k} {machine_hmean(v, machine):.4f}"
                                          for k, v in results.items()), flush=True)
-    rows = {k: {"official": official_score(v),
-                "auc_source": float(np.mean([r.auc_source for r in v])),
-                "auc_target": float(np.mean([r.auc_target for r in v])),
-                "machines": {m: machine_hmean(v, m) for m in machines}}
-            for k, v in results.items()}
+    rows = {k: detection_summary(v) for k, v in results.items()}
 
     # 10 minutes of audio: 60 ten-second training clips of one section
-    clips = [c for c in scan(args.corpus, [machines[0]], "train") if c.section == 0][:60]
+    clips = [c for c in scan(corpus, [machines[0]], "train") if c.section == 0][:60]
     site = WORK / "timing"
     site.mkdir()
     cfg = load_config(site_config(site, bundle, machines[0]))
@@ -111,9 +102,7 @@ def main() -> None:
            "bank_mb": out["bank_bytes"] / 2 ** 20 < TARGETS["bank_mb"]}
     print(json.dumps({k: round(v["official"], 4) for k, v in rows.items()}),
           f"enroll 10 min: {cpu:.1f} CPU s, bank {out['bank_bytes'] / 1024:.0f} KiB", met)
-    corpus = args.corpus.resolve()
-    root = str(corpus.relative_to(ROOT)) if corpus.is_relative_to(ROOT) else str(corpus)
-    figures = {"corpus": {"root": root}, "machines": machines, "rows": rows, "timing": timing,
+    figures = {"corpus": {"root": corpus_root(corpus)}, "machines": machines, "rows": rows, "timing": timing,
                "targets": TARGETS, "met": met}
     print(f"wrote {record('enroll', 'bench/bench_enroll.py', figures)}")
 

@@ -20,7 +20,6 @@ runs/standard/eval-rules/mobilenetv2``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -28,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import ROOT, record  # noqa: E402
+from bench._common import (ROOT, corpus_root, detection_summary, record,  # noqa: E402
+                           standard_corpus)
 
 SENSITIVITY_K = (1, 2, 4, 8, 16)
 
@@ -38,23 +38,17 @@ def main() -> None:
     from harken.training.data.features import clip_logmels
     from harken.training.data.corpus import machine_types, scan
     from harken.training.evaluate import section_results
-    from harken.training.metrics import machine_hmean, official_score
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpus", type=Path, default=ROOT / "corpora" / "standard")
-    args = ap.parse_args()
-    if not (args.corpus / "corpus.json").is_file():
-        sys.exit(f"{args.corpus}: no corpus; make it with "
-                 f"'harken-train synth --size standard --out {args.corpus}'")
+    corpus = standard_corpus(__doc__.splitlines()[0])
     variants = {"knn": ("knn", None), "knn-density": ("knn-density", None),
                 "knn-fused": ("knn-fused", None)} | {
         f"knn-density k={k}": ("knn-density", k) for k in SENSITIVITY_K}
     results: dict[str, list] = {v: [] for v in variants}
     chosen: dict[str, int] = {}
     choice_auc: dict[str, dict] = {}
-    machines = machine_types(args.corpus)
+    machines = machine_types(corpus)
     for machine in machines:
-        train, test = scan(args.corpus, [machine], "train"), scan(args.corpus, [machine], "test")
+        train, test = scan(corpus, [machine], "train"), scan(corpus, [machine], "test")
         print(f"{machine}: {len(train)} training clips, {len(test)} test clips", flush=True)
         model = KnnBaseline()
         logmels = clip_logmels(train, model.spec)
@@ -71,11 +65,7 @@ def main() -> None:
     rows = []
     for name, res in results.items():
         rows.append({"name": name, "default": name in ("knn", "knn-density", "knn-fused"),
-                     "official": official_score(res),
-                     "auc_source": float(np.mean([r.auc_source for r in res])),
-                     "auc_target": float(np.mean([r.auc_target for r in res])),
-                     "pauc": float(np.mean([r.pauc for r in res])),
-                     "machines": {m: machine_hmean(res, m) for m in machines}})
+                     **detection_summary(res)})
         print(f"{name:<22} official {rows[-1]['official']:.4f}  AUC source "
               f"{rows[-1]['auc_source']:.3f}  target {rows[-1]['auc_target']:.3f}")
     classifier = {}
@@ -89,10 +79,8 @@ def main() -> None:
                                 "auc_target": float(np.mean([x["auc_target"] for x in secs])),
                                 "pauc": float(np.mean([x["pauc"] for x in secs])),
                                 "machines": m["machines"]}
-    corpus = args.corpus.resolve()
     record("normalisation", "bench/bench_normalisation.py",
-           {"corpus": {"root": str(corpus.relative_to(ROOT)) if corpus.is_relative_to(ROOT)
-                       else str(corpus)},
+           {"corpus": {"root": corpus_root(corpus)},
             "chosen_k": chosen, "choice_auc": choice_auc, "machines": machines, "rows": rows,
             "classifier": classifier})
 
