@@ -43,7 +43,7 @@ class Event:
 class Decision:
     threshold: float
     config: DecisionConfig = field(default_factory=DecisionConfig)
-    anomaly: bool = False
+    anomaly: bool = field(default=False, init=False)   # every decision starts OFF
 
     def __post_init__(self) -> None:
         self._recent: deque[bool] = deque(maxlen=self.config.n)

@@ -40,7 +40,10 @@ def fit_gamma(scores: np.ndarray) -> GammaFit:
     s = s[np.isfinite(s)]
     if s.size < 3:
         raise DataError(f"need at least 3 finite normal scores to fit a gamma, got {s.size}")
-    spread = float(np.std(s)) or 1e-6
+    spread = float(np.std(s))
+    if spread == 0.0:
+        raise DataError(f"all {s.size} normal scores are equal ({s[0]:.6g}): a threshold needs "
+                        "scores that vary; record normal operation with the machine running")
     loc = float(np.min(s)) - 0.1 * spread
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

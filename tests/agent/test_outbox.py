@@ -1,5 +1,7 @@
 """The durable outbox: order, acknowledgement, survival across reopen, seq, eviction."""
 
+import time
+
 import pytest
 
 from harken.agent.outbox import Outbox
@@ -87,3 +89,65 @@ def test_an_outbox_on_a_read_only_filesystem_says_so_instead_of_move_it_aside(tm
         with pytest.raises(OSError, match="this user may not write its folder") as err:
             Outbox(mnt / "outbox.db")
         assert "move it aside" not in str(err.value)
+
+
+def test_qos_retain_kind_and_time_round_trip_through_a_reopen(tmp_path):
+    before = time.time()
+    box = Outbox(tmp_path / "o.db")
+    box.put("n/m/anomaly", b"on", qos=2, retain=True, kind="anomaly")
+    box.put("n/m/score", b"s", qos=0, retain=False)
+    box.put("n/m/event", b"e", qos=1, retain=False, kind="event")
+    box.close()
+    got = Outbox(tmp_path / "o.db").pending()
+    assert [(m.topic, m.payload, m.qos, m.retain, m.kind) for m in got] == [
+        ("n/m/anomaly", b"on", 2, True, "anomaly"),
+        ("n/m/score", b"s", 0, False, "score"),
+        ("n/m/event", b"e", 1, False, "event")]
+    assert all(isinstance(m.retain, bool) for m in got)
+    assert all(before <= m.created <= time.time() for m in got)
+    assert [m.id for m in got] == sorted(m.id for m in got) and got[0].id >= 1
+
+
+def test_each_put_beyond_the_limit_evicts_exactly_one(tmp_path):
+    box = Outbox(tmp_path / "o.db", max_messages=11)
+    for i in range(11):
+        box.put("s", f"{i}".encode())
+    assert (box.depth, box.evicted) == (11, 0)               # at the limit: nothing goes
+    box.put("s", b"11")
+    assert (box.depth, box.evicted) == (11, 1)
+    box.put("s", b"12")
+    assert (box.depth, box.evicted) == (11, 2)
+    assert [m.payload for m in box.pending()][0] == b"2"
+
+
+def test_a_smaller_limit_on_reopen_evicts_the_whole_excess_and_counts_it(tmp_path):
+    box = Outbox(tmp_path / "o.db", max_messages=30)
+    for i in range(25):
+        box.put("s", f"{i}".encode(), seq=i + 1)
+    box.close()
+    smaller = Outbox(tmp_path / "o.db", max_messages=13)      # the operator lowered it
+    smaller.put("s", b"25", seq=26)                          # 26 stored: 13 must go at once
+    assert (smaller.depth, smaller.evicted) == (13, 13)
+    assert [m.payload for m in smaller.pending()] == [f"{i}".encode() for i in range(13, 26)]
+    assert smaller.last_seq == 26
+
+
+def test_when_no_score_is_left_the_oldest_of_anything_goes(tmp_path):
+    box = Outbox(tmp_path / "o.db", max_messages=10)
+    box.put("s", b"score-0")
+    for i in range(11):
+        box.put("e", f"event-{i}".encode(), kind="event")
+    # the one score went first, then the oldest event
+    assert box.evicted == 2
+    assert [m.payload for m in box.pending()] == [f"event-{i}".encode() for i in range(1, 11)]
+
+
+def test_limits_and_pending_windows(tmp_path):
+    with pytest.raises(ValueError, match="outbox max_messages must be at least 10, got 9"):
+        Outbox(tmp_path / "o.db", max_messages=9)
+    box = Outbox(tmp_path / "o.db", max_messages=10)
+    ids = [box.put("s", bytes([i])) for i in range(7)]
+    assert [m.id for m in box.pending(limit=3)] == ids[:3]
+    assert [m.id for m in box.pending(after_id=ids[3], limit=2)] == ids[4:6]
+    box.ack(10_000)                                          # an unknown id: harmless
+    assert box.depth == 7 and box.last_seq == 0 and box.evicted == 0

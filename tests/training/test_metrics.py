@@ -1,6 +1,10 @@
+import dataclasses
+import warnings
+
 import numpy as np
 import pytest
 
+from harken.agent.errors import DataError
 from harken.training.metrics import hmean, machine_hmean, official_score, section_result
 
 # One section worked by hand (see the comments): 3 source normals, 2 target normals,
@@ -42,7 +46,37 @@ def test_official_score_is_hmean_over_all_values():
 
 
 def test_bad_sections_are_refused():
-    with pytest.raises(ValueError, match="needs both normal and anomalous"):
+    with pytest.raises(DataError, match=r"fan section 03: needs both normal and anomalous test "
+                                        r"clips \(has 2 normal, 0 anomalous\)"):
         section_result("fan", 3, [0.1, 0.2], [False, False], ["source", "target"])
-    with pytest.raises(ValueError, match="NaN"):
-        section_result("fan", 3, [np.nan, 0.2], [False, True], ["source", "target"])
+    with pytest.raises(DataError, match=r"\(has 0 normal, 3 anomalous\)"):
+        section_result("fan", 3, [0.1, 0.2, 0.3], [True, True, True], ["source"] * 3)
+    # the module's own message, not sklearn's "Input contains NaN"
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(ValueError, match="fan section 03: scores contain NaN or inf"):
+            section_result("fan", 3, [bad, 0.2], [False, True], ["source", "target"])
+
+
+def test_a_domain_without_normals_gets_nan_and_the_rest_still_counts():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # NaN by design, not sklearn's undefined-metric warning
+        r = section_result("fan", 0, [0.1, 0.2, 0.9, 0.15], [False, False, True, True],
+                           ["source"] * 4)
+    assert r.auc_source == pytest.approx(3 / 4)
+    assert np.isnan(r.auc_target) and r.n_target_normal == 0
+    assert r.hmean == pytest.approx(hmean([r.auc_source, r.pauc]))
+
+
+def test_hmean_skips_nan_and_is_nan_when_nothing_is_left():
+    assert hmean([0.5, np.nan, 1.0]) == pytest.approx(2 / 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(hmean([])) and np.isnan(hmean([np.nan, np.nan]))
+
+
+def test_results_are_immutable_records_with_their_hmean():
+    r = section_result("fan", 0, SCORES, ANOMALY, DOMAIN)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.auc_source = 1.0
+    d = r.to_dict()
+    assert d["hmean"] == r.hmean and d["machine"] == "fan" and d["n_anomaly"] == 2

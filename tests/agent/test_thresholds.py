@@ -1,0 +1,77 @@
+"""The gamma threshold fit, against scipy on samples whose distribution is known."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from harken.agent.errors import DataError
+from harken.agent.thresholds import GammaFit, fit_gamma, gamma_threshold
+
+
+@pytest.fixture
+def known_gamma():
+    """20 000 draws of gamma(shape 3, loc 2, scale 0.5): large enough that the fit is tight."""
+    return scipy.stats.gamma.rvs(3.0, loc=2.0, scale=0.5, size=20_000,
+                                 random_state=np.random.default_rng(7))
+
+
+def test_fit_recovers_a_known_gamma(known_gamma):
+    fit = fit_gamma(known_gamma)
+    # location fixed a tenth of a std below the smallest score, as the docstring says
+    assert fit.loc == pytest.approx(known_gamma.min() - 0.1 * known_gamma.std(), rel=1e-12)
+    assert fit.loc < known_gamma.min()
+    # shape and scale: what scipy's own maximum-likelihood fit gives with that location
+    shape, _, scale = scipy.stats.gamma.fit(known_gamma, floc=fit.loc)
+    assert (fit.shape, fit.scale) == pytest.approx((shape, scale), rel=1e-9)
+    # and close to the truth (the fixed location sits near the true one for 20 000 draws)
+    assert fit.loc == pytest.approx(2.0, abs=0.05)
+    assert fit.shape == pytest.approx(3.0, rel=0.1)
+    assert fit.scale == pytest.approx(0.5, rel=0.1)
+
+
+def test_threshold_is_the_requested_quantile_of_the_fit(known_gamma):
+    threshold, fit = gamma_threshold(known_gamma, 0.95)
+    assert threshold == pytest.approx(
+        scipy.stats.gamma.ppf(0.95, fit.shape, loc=fit.loc, scale=fit.scale), rel=1e-12)
+    # and about 5 % of the normal scores lie above it
+    assert np.mean(known_gamma > threshold) == pytest.approx(0.05, abs=0.01)
+    default, _ = gamma_threshold(known_gamma)
+    assert np.mean(known_gamma > default) == pytest.approx(0.10, abs=0.015)
+    assert default < threshold
+
+
+def test_sf_and_ppf_are_inverse_and_to_dict_round_trips(known_gamma):
+    fit = fit_gamma(known_gamma)
+    for q in (0.5, 0.9, 0.99):
+        assert float(fit.sf(fit.ppf(q))) == pytest.approx(1 - q, rel=1e-9)
+    assert fit.to_dict() == {"shape": fit.shape, "loc": fit.loc, "scale": fit.scale}
+    assert GammaFit(**fit.to_dict()) == fit
+    with pytest.raises(dataclasses.FrozenInstanceError):   # a threshold's fit is a record
+        fit.shape = 1.0
+
+
+def test_nonfinite_scores_are_left_out():
+    rng = np.random.default_rng(3)
+    clean = scipy.stats.gamma.rvs(2.0, loc=1.0, scale=1.0, size=500, random_state=rng)
+    dirty = np.concatenate([clean, [np.nan, np.inf, -np.inf]])
+    assert fit_gamma(dirty) == fit_gamma(clean)
+
+
+@pytest.mark.parametrize("scores", [[], [1.0, 2.0], [1.0, np.nan, np.inf, 2.0]])
+def test_too_few_finite_scores_is_a_data_error(scores):
+    with pytest.raises(DataError, match=r"need at least 3 finite normal scores to fit a gamma, "
+                                        rf"got {sum(np.isfinite(scores))}"):
+        fit_gamma(np.array(scores, dtype=float))
+
+
+def test_three_scores_are_enough():
+    fit = fit_gamma(np.array([1.0, 2.0, 3.0]))
+    assert fit.loc == pytest.approx(1.0 - 0.1 * np.std([1.0, 2.0, 3.0]))
+    assert 3.0 < fit.ppf(0.99) < 100
+
+
+def test_identical_scores_are_a_data_error_not_a_solver_crash():
+    with pytest.raises(DataError, match=r"all 10 normal scores are equal \(4\)"):
+        fit_gamma(np.full(10, 4.0))
