@@ -2,8 +2,32 @@
 imports)."""
 
 import contextlib
+import threading
+import time
 
 import numpy as np
+
+
+def wait_for(what: str, predicate, timeout: float = 180.0, every: float = 0.2) -> None:
+    """Poll ``predicate`` until it holds: tests wait on events, never on fixed sleeps."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(every)
+    raise AssertionError(f"not seen within {timeout} s: {what}")
+
+
+def collect_lines(stream) -> list[str]:
+    """The lines of a child's pipe as they come (a reader thread), so a test can wait for
+    one line while the child keeps running."""
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in stream:
+            lines.append(line)
+    threading.Thread(target=read, daemon=True).start()
+    return lines
 
 
 def whine(x: np.ndarray, rate: int, level: float = 0.5) -> np.ndarray:

@@ -5,22 +5,12 @@ delivered, still held in the outbox, or counted as evicted: none is lost silentl
 import json
 import os
 import signal
-import time
 
 import pytest
 
 from harken.agent.outbox import Outbox
 from tests.agent.mosquitto import PASSWORD, USER, Broker, Listener, start_agent
-from tests.helpers import tmpfs, write_agent_config
-
-
-def wait_for(what: str, predicate, timeout: float = 180.0, every: float = 0.2):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(every)
-    raise AssertionError(f"not seen within {timeout} s: {what}")
+from tests.helpers import tmpfs, wait_for, write_agent_config
 
 
 def stats_lines(path):

@@ -1,17 +1,18 @@
 """MQTT against a real Mosquitto on a loopback port (password file), through the durable
 outbox: contract topics, retained state, Last Will, wrong password, and no loss across
-broker outages (a whole run, 30 s mid-run with a kill -9), agent restarts and a full outbox."""
+broker outages (a whole run; one mid-run with a kill -9 while it is down), agent restarts
+and a full outbox."""
 
 import json
 import signal
 import sqlite3
-import time
 
 import numpy as np
 
 from harken.agent.outbox import Outbox
 from harken.agent.wavio import read_wav, write_wav
 from tests.agent.mosquitto import Listener, agent_config as config, run_agent, start_agent
+from tests.helpers import collect_lines, wait_for
 
 
 def state(listener) -> list[tuple[str, bool]]:
@@ -85,38 +86,44 @@ def test_last_will_on_kill_and_wrong_password(broker, ae_bundle, wav, tmp_path):
 
     bad = config(tmp_path, ae_bundle, broker.port, wav, password="wrong", realtime=True)
     proc = start_agent(bad)
-    time.sleep(8)
+    err = collect_lines(proc.stderr)
+    refusal = "refused the connection: Not authorized (check mqtt.username and the password)"
+    wait_for("the refusal in the agent's log", lambda: any(refusal in line for line in err), 90)
     proc.terminate()
-    err = proc.communicate(timeout=30)[1]
-    assert "refused the connection: Not authorized (check mqtt.username and the password)" in err
-    assert "wrong" not in err
+    proc.wait(30)
+    assert not any("wrong" in line for line in err)
 
 
-def test_no_loss_across_a_30_s_broker_outage_and_a_kill_9_while_it_is_down(
+def test_no_loss_across_a_broker_outage_and_a_kill_9_while_it_is_down(
         broker, ae_bundle, wav, tmp_path):
+    """The outage lasts as long as the events it must span (not a fixed time): scores the
+    first agent queued, its kill -9, and scores the restarted agent queued, all while the
+    broker is down; then reconnection with backoff and the whole backlog in order."""
     listen = Listener(broker.port)          # persistent session: survives the broker restart
     cfg = config(tmp_path, ae_bundle, broker.port, wav, realtime=True, loop=True)
+    db = tmp_path / "state" / "outbox.db"
     proc = start_agent(cfg)
     listen.wait(lambda lt: len(lt.scores()) >= 2, 60)
     broker.stop()
-    down_at = time.monotonic()
-    time.sleep(14)
+    wait_for("scores queued while the broker is down", lambda: outbox_depth(db) >= 4, 120)
     proc.send_signal(signal.SIGKILL)        # killed while the broker is down...
     proc.wait(10)
+    held = outbox_depth(db)
     proc = start_agent(cfg)                 # ...and restarted, still without a broker
-    time.sleep(max(0.0, 30 - (time.monotonic() - down_at)))
+    err = collect_lines(proc.stderr)
+    wait_for("the restarted agent queueing too", lambda: outbox_depth(db) >= held + 3, 120)
     broker.start()
-    # the agent retries with exponential backoff (up to 60 s): wait until it has drained
-    db = tmp_path / "state" / "outbox.db"
-    end = time.monotonic() + 90
-    while time.monotonic() < end and (time.monotonic() - down_at < 36 or outbox_depth(db)):
-        time.sleep(0.5)
+    # the agent retries with exponential backoff: wait until what it made is delivered
+    box = Outbox(db)
+    made = box.last_seq
+    box.close()
+    listen.wait(lambda lt: lt.scores() and max(s["seq"] for s in lt.scores()) >= made, 120)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0, proc.stderr.read()
+    assert proc.wait(30) == 0, "".join(err)
     box = Outbox(db)
     last, depth = box.last_seq, box.depth
     box.close()
-    assert depth == 0 and last >= 15        # ~22 intervals of 2 s in the run
+    assert depth == 0 and last >= made      # a clean stop leaves nothing behind
     listen.wait(lambda lt: max(s["seq"] for s in lt.scores()) >= last, 30)
     seqs = [s["seq"] for s in listen.scores()]
     assert list(dict.fromkeys(seqs)) == list(range(1, last + 1))   # all, in order
