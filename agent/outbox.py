@@ -50,8 +50,8 @@ class Message:
     payload: bytes
     qos: int
     retain: bool
-    kind: str = "score"
-    created: float = 0.0          # time.time() when it was stored
+    kind: str                     # score | event | anomaly | ...: eviction takes scores first
+    created: float                # time.time() when it was stored
 
 
 def _disk_full(exc: sqlite3.OperationalError) -> bool:
@@ -146,11 +146,17 @@ class Outbox:
         try:
             cur = db.execute("INSERT INTO messages (topic, payload, qos, retain, kind, "
                              "created) VALUES (?, ?, ?, ?, ?, ?)", row)
-            if seq is not None:
+            # a seq a dropped message used is stored with the next message that gets in
+            top = max(seq or 0, self._unsaved_seq)
+            if top:
                 db.execute("UPDATE meta SET value = MAX(value, ?) WHERE key = 'last_seq'",
-                           (seq,))
+                           (top,))
+            if self._dropped:                 # room again: record the earlier drops for good
+                db.execute("UPDATE meta SET value = value + ? WHERE key = 'evicted'",
+                           (self._dropped,))
             self._evict(db)
             db.execute("COMMIT")
+            self._dropped = 0
         except BaseException:
             if db.in_transaction:             # SQLite may have rolled back by itself
                 db.execute("ROLLBACK")
@@ -168,12 +174,7 @@ class Outbox:
                 # into the pages they freed) and truncated
                 self._evict_oldest_scores(share)
                 self._checkpoint()
-                row_id = self._insert(row, seq)
-                if self._dropped:                # space again: record the earlier drops
-                    self._db.execute("UPDATE meta SET value = value + ? WHERE key = "
-                                     "'evicted'", (self._dropped,))
-                    self._dropped = 0
-                return row_id
+                return self._insert(row, seq)
             except sqlite3.OperationalError as exc:
                 if not _disk_full(exc):
                     raise

@@ -23,6 +23,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "agent/ringbuffer.py": ("tests/agent/test_ringbuffer.py",),
     "agent/rules": ("tests/agent/test_rules.py",),
     "agent/features": ("tests/agent/test_features.py",),
-    "agent/config.py": ("tests/agent/test_config.py",),
+    "agent/config.py": ("tests/agent/test_config.py", "tests/agent/test_config_docs.py"),
     "training/metrics.py": ("tests/training/test_metrics.py",),
 }
 
@@ -54,7 +55,9 @@ ARITHMETIC = {"Add_Sub", "Sub_Add", "Mul_Div", "Div_Mul"}
 OTHERS = {"AddNot", "ReplaceTrueWithFalse", "ReplaceFalseWithTrue", "ReplaceAndWithOr",
           "ReplaceOrWithAnd", "ReplaceBreakWithContinue", "ReplaceContinueWithBreak",
           "ExceptionReplacer", "NumberReplacer", "ZeroIterationForLoop"}
-TIMEOUT_S = 120.0
+# A mutant can make a test hang (a loop that never ends): each test may take this many times
+# its unmutated duration, at least MIN_TIMEOUT_S, before pytest-timeout fails it.
+TIMEOUT_FACTOR, MIN_TIMEOUT_S = 5.0, 10.0
 
 
 def kept(operator: str) -> bool:
@@ -89,21 +92,24 @@ def _module_files(target: str) -> list[Path]:
     return sorted(path.rglob("*.py")) if path.is_dir() else [path]
 
 
-def _test_command(tests: tuple[str, ...]) -> str:
+def _test_command(tests: tuple[str, ...], timeout_s: float) -> str:
     # -x: a killed mutant needs only its first failure; no cache so runs do not interact
     return " ".join([shlex.quote(_python()), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                     "-o", "addopts=", "--timeout=60", *tests])
+                     "-o", "addopts=", f"--timeout={timeout_s:.0f}", *tests])
 
 
 def run_target(target: str, tests: tuple[str, ...]) -> list[Mutant]:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
-    cmd = _test_command(tests)
-    baseline = subprocess.run(shlex.split(cmd), cwd=ROOT, capture_output=True, text=True)
+    started = time.monotonic()
+    baseline = subprocess.run(shlex.split(_test_command(tests, 600)), cwd=ROOT,
+                              capture_output=True, text=True)
     if baseline.returncode != 0:
         sys.exit(f"mutation: the tests of {target} fail before any mutation "
                  f"({' '.join(tests)}); fix them first:\n{baseline.stdout[-2000:]}")
+    took = time.monotonic() - started
+    cmd = _test_command(tests, max(MIN_TIMEOUT_S, TIMEOUT_FACTOR * took))
     WORK.mkdir(parents=True, exist_ok=True)
     stem = target.replace("/", "_").removesuffix(".py")
     config, session = WORK / f"{stem}.toml", WORK / f"{stem}.sqlite"
@@ -111,7 +117,7 @@ def run_target(target: str, tests: tuple[str, ...]) -> list[Mutant]:
     # JSON strings and lists are valid TOML values
     config.write_text("[cosmic-ray]\n"
                       f"module-path = {json.dumps(files)}\n"
-                      f"timeout = {TIMEOUT_S}\n"
+                      f"timeout = {max(3 * MIN_TIMEOUT_S, 3 * TIMEOUT_FACTOR * took):.0f}\n"
                       "excluded-modules = []\n"
                       f"test-command = {json.dumps(cmd)}\n"
                       "[cosmic-ray.distributor]\nname = \"local\"\n")
@@ -132,10 +138,15 @@ def run_target(target: str, tests: tuple[str, ...]) -> list[Mutant]:
         pending = db.num_work_items - db.num_results
     print(f"mutation: {target}: {pending} mutants against {' '.join(tests)}", flush=True)
     backups = {f: (ROOT / f).read_bytes() for f in files}
+    proc = subprocess.Popen([_python(), "-m", "cosmic_ray.cli", "exec", str(config),
+                             str(session)], cwd=ROOT)
     try:
-        subprocess.run([_python(), "-m", "cosmic_ray.cli", "exec", str(config), str(session)],
-                       cwd=ROOT, check=True)
+        if proc.wait() != 0:
+            sys.exit(f"mutation: cosmic-ray failed on {target} (exit {proc.returncode})")
     finally:
+        if proc.poll() is None:           # interrupted: stop it before restoring the files
+            proc.terminate()
+            proc.wait()
         for f, data in backups.items():   # cosmic-ray restores too; this covers a kill
             if (ROOT / f).read_bytes() != data:
                 (ROOT / f).write_bytes(data)

@@ -1,7 +1,15 @@
+import os
+
 import numpy as np
 import pytest
 
 from tests.helpers import whine
+
+# Under pytest-xdist (scripts/test) the workers share the cores: give each worker's torch and
+# BLAS its share of threads instead of every worker assuming the whole machine.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(
+        1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,9 @@ import pytest
 
 from tests.helpers import write_agent_config
 
+# its module-scoped fixtures are costly to build: under xdist one worker runs the whole file
+pytestmark = pytest.mark.xdist_group("test_packaging")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -12,6 +12,9 @@ import pytest
 from harken.agent.wavio import read_wav, write_wav
 from tests.helpers import write_agent_config
 
+# its module-scoped fixtures are costly to build: under xdist one worker runs the whole file
+pytestmark = pytest.mark.xdist_group("test_enroll")
+
 
 @pytest.fixture(scope="module")
 def general_bundle(tmp_path_factory):

@@ -1,10 +1,12 @@
 """The durable outbox: order, acknowledgement, survival across reopen, seq, eviction."""
 
+import sqlite3
+import threading
 import time
 
 import pytest
 
-from harken.agent.outbox import Outbox
+from harken.agent.outbox import Outbox, _disk_full
 from tests.helpers import tmpfs
 
 
@@ -42,7 +44,8 @@ def test_eviction_drops_oldest_scores_first_and_counts(tmp_path):
 
 def test_a_corrupt_outbox_is_named(tmp_path):
     (tmp_path / "o.db").write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(OSError, match="o.db: cannot open the outbox"):
+    with pytest.raises(OSError, match=r"o.db: cannot open the outbox \(file is not a database\); "
+                                      "move it aside to start a new one"):
         Outbox(tmp_path / "o.db")
 
 
@@ -151,3 +154,118 @@ def test_limits_and_pending_windows(tmp_path):
     assert [m.id for m in box.pending(after_id=ids[3], limit=2)] == ids[4:6]
     box.ack(10_000)                                          # an unknown id: harmless
     assert box.depth == 7 and box.last_seq == 0 and box.evicted == 0
+
+
+class FailingDb:
+    """The outbox's connection, except that statements containing ``when`` fail with
+    ``message``: the SQLite errors a full or failing disk gives, on demand."""
+
+    def __init__(self, db, when: str, message: str):
+        self.db, self.when, self.message = db, when, message
+
+    def execute(self, sql, *args):
+        if self.when in sql:
+            raise sqlite3.OperationalError(self.message)
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+
+def test_defaults_nested_folders_and_acks_from_another_thread(tmp_path):
+    box = Outbox(tmp_path / "state" / "deep" / "o.db")         # folders made as needed
+    assert box.max_messages == 100_000 and not box.disk_full
+    box.put("s", b"x")
+    [m] = box.pending()
+    assert (m.qos, m.retain, m.kind) == (1, False, "score")
+    with pytest.raises(AttributeError):                         # a stored message is a record
+        m.payload = b"y"
+    for i in range(150):
+        box.put("s", b"%d" % i)
+    assert len(box.pending()) == 100                            # a page of 100 by default
+    acker = threading.Thread(target=box.ack, args=(m.id,))       # paho acks on its own thread
+    acker.start()
+    acker.join()
+    assert box.depth == 150
+
+
+def test_disk_full_is_recognised_by_code_or_by_message_and_nothing_else():
+    full = sqlite3.OperationalError("database or disk is full")
+    assert _disk_full(full)
+    coded = sqlite3.OperationalError("something else")
+    coded.sqlite_errorcode = sqlite3.SQLITE_FULL
+    assert _disk_full(coded)
+    locked = sqlite3.OperationalError("database is locked")
+    locked.sqlite_errorcode = sqlite3.SQLITE_BUSY
+    assert not _disk_full(locked)
+    assert not _disk_full(sqlite3.OperationalError("disk I/O error"))
+
+
+def test_when_nothing_can_be_evicted_the_message_is_dropped_counted_and_its_seq_kept(tmp_path):
+    box = Outbox(tmp_path / "o.db")
+    box._db.execute("PRAGMA max_page_count = 12")
+    ids = [box.put("e", b"x" * 300, kind="event") for _ in range(200)]   # events only
+    assert -1 in ids and box.disk_full
+    dropped = ids.count(-1)
+    assert box.evicted == dropped and box.depth == 200 - dropped
+    assert box.put("s", b"s" * 300, seq=41) == -1               # no score to make room with
+    assert box.last_seq == 41 and box.evicted == dropped + 1
+    box._db.execute("PRAGMA max_page_count = 100000")           # space returns
+    assert box.put("e", b"later", kind="event") > 0             # no seq of its own
+    box.close()
+    again = Outbox(tmp_path / "o.db")                           # the drops and seq were stored
+    assert again.evicted == dropped + 1 and again.last_seq == 41
+
+
+def test_a_message_that_needs_every_old_score_gone_still_gets_in(tmp_path):
+    box = Outbox(tmp_path / "o.db")
+    box._db.execute("PRAGMA max_page_count = 16")
+    n = 0
+    while box.put("s", b"x" * 200, seq=n + 1) > 0 and not box.disk_full:
+        n += 1
+    big = box.put("e", b"E" * 45_000, kind="event")             # about 70 % of the database
+    assert big > 0, "the oldest scores should have been evicted to make room"
+    assert box.pending(limit=10_000)[-1].payload == b"E" * 45_000
+
+
+def test_eviction_on_a_full_disk_takes_at_least_one_score(tmp_path):
+    box = Outbox(tmp_path / "o.db")
+    for i in range(50):
+        box.put("s", b"%d" % i)
+    box._evict_oldest_scores(0.01)                              # 1 % of 50 rounds to 0
+    assert box.evicted == 1 and box.pending()[0].payload == b"1"
+    box._evict_oldest_scores(0.1)                               # int(4.9): 4 more
+    assert box.evicted == 5
+
+
+def test_a_failed_eviction_rolls_back_and_other_errors_are_raised(tmp_path):
+    box = Outbox(tmp_path / "o.db")
+    for i in range(5):
+        box.put("s", b"%d" % i)
+    real = box._db
+    box._db = FailingDb(real, "UPDATE meta SET value = value +", "disk I/O error")
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        box._evict_oldest_scores(1.0)
+    assert not real.in_transaction                              # rolled back, not left open
+    box._db = real
+    assert box.depth == 5 and box.evicted == 0                  # the delete was undone
+    assert box.put("s", b"5") > 0
+
+
+def test_checkpoint_and_ack_survive_a_full_disk_but_not_other_errors(tmp_path):
+    box = Outbox(tmp_path / "o.db")
+    mid = box.put("s", b"x")
+    real = box._db
+    box._db = FailingDb(real, "wal_checkpoint", "database or disk is full")
+    box._checkpoint()                                           # refused quietly
+    box._db = FailingDb(real, "wal_checkpoint", "disk I/O error")
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        box._checkpoint()
+    box._db = FailingDb(real, "DELETE", "database or disk is full")
+    box.ack(mid)                                                # kept, sent again later
+    assert box.disk_full
+    box._db = FailingDb(real, "DELETE", "disk I/O error")
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        box.ack(mid)
+    box._db = real
+    assert box.depth == 1

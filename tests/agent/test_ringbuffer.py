@@ -205,3 +205,28 @@ def test_read_without_timeout_returns_at_once_and_none_waits_for_a_writer():
     writer.start()
     assert rb.read(timeout=None).size == 3                      # blocks until the write
     writer.join()
+
+
+def test_single_samples_and_a_one_sample_ring():
+    rb = RingBuffer(1)
+    rb.write(np.array([5.0], dtype=np.float32))
+    np.testing.assert_array_equal(rb.read(), [5.0])
+    rb.write(np.array([1, 2, 3], dtype=np.float32))
+    assert rb.overflowed == 2
+    np.testing.assert_array_equal(rb.read(max_samples=1), [3.0])
+    big = RingBuffer(16)
+    for v in range(5):                                          # one sample per callback
+        big.write(np.array([v], dtype=np.float32))
+        np.testing.assert_array_equal(big.read(max_samples=1), [v])
+    assert big.overflowed == 0
+
+
+def test_read_with_the_default_timeout_never_waits():
+    class NoWait(threading.Event):
+        def wait(self, timeout=None):
+            raise AssertionError("read() with timeout 0 must not wait")
+    rb = RingBuffer(8)
+    rb._ready = NoWait()
+    assert rb.read().size == 0
+    rb.write(np.ones(2, dtype=np.float32))
+    assert rb.read().size == 2 and rb.read(timeout=0.0).size == 0

@@ -148,3 +148,75 @@ def test_embedding_density_rule_is_the_normalised_cosine_distance_of_the_mean_em
     cos = lambda a, b: float(1 - a @ b)                                # noqa: E731
     expected = _reference_ldn(unit[None], bank, 2, cos)[0]
     assert rule.reduce(rule.evidence(None, windows)) == pytest.approx(expected, rel=1e-9)
+
+
+def _spectral_reference(frames_by_window, bank_vectors, stats, k, weights, n_mels):
+    """The spectral-knn score written out: pool the frames, branch vectors, standardise,
+    nearest and LDN distances, each standardised on the bank's leave-one-out scores."""
+    frames = np.concatenate(frames_by_window)
+    mean, std = frames.mean(axis=0), frames.std(axis=0)
+    vec = {"mel": np.r_[mean[:n_mels], std[:n_mels]], "spectrum": mean[n_mels:]}
+    parts, loo_parts = [], []
+    for b in ("mel", "spectrum"):
+        mu, sd = stats[b]
+        bank = (bank_vectors[b] - mu) / sd
+        z = (vec[b] - mu) / sd
+        own = np.array([[np.linalg.norm(p - q) for q in bank] for p in bank])
+        np.fill_diagonal(own, np.inf)
+        density = np.maximum(np.sort(own, axis=1)[:, :k].mean(axis=1), 1e-9)
+        d = np.linalg.norm(bank - z, axis=1)
+        loo = np.stack([own.min(axis=1), (own / density[None, :]).min(axis=1)], axis=1)
+        loc, scale = loo.mean(axis=0), loo.std(axis=0)
+        parts.append((np.array([d.min(), (d / density).min()]) - loc) / scale)
+        loo_parts.append((loo - loc) / scale)
+    w = np.asarray(weights, dtype=float)
+    return np.concatenate(parts) @ w / w.sum(), np.concatenate(loo_parts, axis=1) @ w / w.sum()
+
+
+@pytest.mark.parametrize("weights", [(1, 1, 1, 1), (1, 0, 0, 0), (0, 2, 0, 1), (0, 0, 0, 1)])
+def test_spectral_knn_rule_equals_the_definition_written_out(rng, weights):
+    from harken.agent.rules.spectral_knn import branch_statistics, fit_bank, window_moments
+    n_mels, n_bins, k = 3, 4, 2
+    # a bank of 7 clips: per branch, the vectors of 7 clips' pooled statistics
+    bank_vectors = {"mel": rng.normal(size=(7, 2 * n_mels)),
+                    "spectrum": rng.normal(size=(7, n_bins)) * 3.0 + 1.0}
+    stats = branch_statistics(bank_vectors)
+    arrays, loo = fit_bank(bank_vectors, stats, k, weights)
+    rule = Rule("spectral-knn", {**arrays, "fusion_weights": np.asarray(weights, float),
+                                 "n_mels": np.array(n_mels)})
+    windows = rng.normal(size=(5, 6, n_mels + n_bins))
+    expected, expected_loo = _spectral_reference(list(windows), bank_vectors, stats, k,
+                                                 weights, n_mels)
+    assert rule.reduce(rule.evidence(None, window_moments(windows))) == pytest.approx(
+        expected, rel=1e-9)
+    np.testing.assert_allclose(loo, expected_loo, rtol=1e-9)
+    for b, (mu, sd) in stats.items():
+        np.testing.assert_allclose(mu, bank_vectors[b].mean(axis=0))
+        np.testing.assert_allclose(sd, bank_vectors[b].std(axis=0) + 1e-6)
+
+
+def test_pooled_moments_of_equal_windows_are_those_of_all_frames(rng):
+    from harken.agent.rules.spectral_knn import branch_vectors, pooled_moments, window_moments
+    windows = rng.normal(size=(4, 8, 5)) + np.arange(4)[:, None, None]    # windows differ
+    mean, std = pooled_moments(window_moments(windows))
+    frames = windows.reshape(-1, 5)
+    np.testing.assert_allclose(mean, frames.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, frames.std(axis=0), rtol=1e-12)
+    m = window_moments(windows)
+    assert m.shape == (4, 10)
+    np.testing.assert_allclose(m[:, 5:], windows.std(axis=1))
+    v = branch_vectors(mean, std, 2)
+    np.testing.assert_array_equal(v["mel"], np.r_[mean[:2], std[:2]])
+    np.testing.assert_array_equal(v["spectrum"], mean[2:])
+
+
+def test_a_spectral_bank_needs_two_clips_and_identical_clips_do_not_divide_by_zero(rng):
+    from harken.agent.errors import DataError
+    from harken.agent.rules.spectral_knn import branch_statistics, fit_bank
+    one = {"mel": rng.normal(size=(1, 4)), "spectrum": rng.normal(size=(1, 3))}
+    with pytest.raises(DataError, match="a reference bank needs at least 2 clips or "
+                                        "intervals, got 1"):
+        fit_bank(one, branch_statistics(one), 2, (1, 1, 1, 1))
+    same = {"mel": np.ones((3, 4)), "spectrum": np.ones((3, 3))}
+    arrays, loo = fit_bank(same, branch_statistics(same), 2, (1, 1, 1, 1))
+    assert np.isfinite(loo).all() and (arrays["mel_fusion"][2:] == 1e-12).all()

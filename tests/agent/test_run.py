@@ -13,6 +13,9 @@ from harken.agent.wavio import read_wav, write_wav
 from tests.helpers import whine, write_agent_config
 from harken.training.data.corpus import scan
 
+# its module-scoped fixtures are costly to build: under xdist one worker runs the whole file
+pytestmark = pytest.mark.xdist_group("test_run")
+
 RATE = 16000
 
 

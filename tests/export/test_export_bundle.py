@@ -18,6 +18,9 @@ from harken.export.verify import verify
 from harken.training.data.corpus import scan
 from harken.training.methods import make_method
 
+# its module-scoped fixtures are costly to build: under xdist one worker runs the whole file
+pytestmark = pytest.mark.xdist_group("test_export_bundle")
+
 # Seconds of training, but enough batch-norm updates that the embedding is not constant.
 TINY = {"ae": ["epochs=2"],
         "mobilenetv2": ["epochs=2", "windows_per_epoch=512", "batch_size=16", "width=0.35",
@@ -221,7 +224,10 @@ def test_embedding_rule_on_the_device_matches_training(bundles, runs, small_fan)
     expected = method.score(clips, progress=False)
     feats = clip_features(clips, bundle.spec, progress=False)
     got = [BundleScorer(bundle, c.section, "onnx-fp32").score_logmel(f) for c, f in zip(clips, feats)]
-    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    # float32 both ways, but onnxruntime and torch sum in different orders: ~1e-6 relative
+    # per layer, ~1e-4 after 17 blocks and a distance to the nearest of ~100 neighbours (a
+    # CI run saw 1.3e-4). A wrong rule or wrong bank is off by far more than 1e-3.
+    np.testing.assert_allclose(got, expected, rtol=1e-3)
 
 
 def test_compacting_the_int8_onnx_changes_no_output_and_drops_the_padding(bundles):

@@ -13,6 +13,9 @@ from harken.agent.features import windows
 from harken.agent.scorer import BundleScorer
 from harken.export.cli import main as export_main
 
+# its module-scoped fixtures are costly to build: under xdist one worker runs the whole file
+pytestmark = pytest.mark.xdist_group("test_wrap_mlperf")
+
 PEERS = Path(__file__).resolve().parents[1] / "data" / "peers" / "mlperf-tiny-ad"
 LOGMEL = "normal_id_01_00000000_logmel_200x128_f32le.bin"
 

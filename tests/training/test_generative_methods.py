@@ -13,6 +13,9 @@ from harken.training.data.pseudo_anomalies import choose_rule, pseudo_anomalous
 from harken.training.methods import METHODS, make_method
 from harken.training.oevae import shift_values
 
+# its module-scoped fixtures are costly to build: under xdist one worker runs the whole file
+pytestmark = pytest.mark.xdist_group("test_generative_methods")
+
 
 @pytest.fixture(scope="module")
 def aegan_run(small_fan, tmp_path_factory):

@@ -13,6 +13,9 @@ from harken.training.data.features import clip_logmels
 from harken.training.methods import METHODS, make_method
 from harken.training.spectral_knn import RULE_WEIGHTS, clip_statistics
 
+# its module-scoped fixtures are costly to build: under xdist one worker runs the whole file
+pytestmark = pytest.mark.xdist_group("test_spectral_knn")
+
 
 def test_pooled_window_moments_are_the_statistics_of_all_their_frames(rng):
     frames = rng.normal(size=(96, 7)) * rng.uniform(0.5, 3.0, 7) + rng.normal(size=7) * 20
