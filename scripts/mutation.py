@@ -126,7 +126,11 @@ def run_target(target: str, tests: tuple[str, ...]) -> list[Mutant]:
                    cwd=ROOT, check=True)
     with use_db(str(session), WorkDB.Mode.open) as db:
         seen: set[tuple[str, tuple[int, int]]] = set()
-        for item in list(db.pending_work_items):
+        # in source order, so the NumberReplacer mutant kept per literal is the same each run
+        items = sorted(db.pending_work_items, key=lambda i: (
+            str(i.mutations[0].module_path), tuple(i.mutations[0].start_pos),
+            i.mutations[0].operator_name, i.mutations[0].occurrence))
+        for item in items:
             m = item.mutations[0]
             key = (str(m.module_path), tuple(m.start_pos))
             # NumberReplacer makes two mutants per literal (-1 and +1): one is enough

@@ -177,6 +177,7 @@ def test_available_written_and_overflowed_before_the_reader_notices():
     assert (rb.available, rb.written, rb.overflowed) == (0, 0, 0)
     rb.write(np.zeros(0, dtype=np.float32))                     # an empty write changes nothing
     assert (rb.available, rb.written, rb.overflowed) == (0, 0, 0)
+    assert not rb._ready.is_set()                               # nor wakes the reader
     rb.write(np.arange(7, dtype=np.float32))
     assert (rb.available, rb.written, rb.overflowed) == (7, 7, 0)
     rb.write(np.arange(7, 12, dtype=np.float32))                # two more than fit

@@ -220,3 +220,48 @@ def test_a_spectral_bank_needs_two_clips_and_identical_clips_do_not_divide_by_ze
     same = {"mel": np.ones((3, 4)), "spectrum": np.ones((3, 3))}
     arrays, loo = fit_bank(same, branch_statistics(same), 2, (1, 1, 1, 1))
     assert np.isfinite(loo).all() and (arrays["mel_fusion"][2:] == 1e-12).all()
+
+
+def test_local_densities_are_the_mean_of_the_k_nearest_others(rng):
+    from harken.agent.rules.density import DEFAULT_K, local_densities
+    for _ in range(5):
+        bank = rng.normal(size=(9, 3))
+        own = np.linalg.norm(bank[:, None] - bank[None], axis=2)
+        np.fill_diagonal(own, np.inf)
+        for k in (1, 2, 5):
+            np.testing.assert_allclose(local_densities(bank, k, "euclidean"),
+                                       np.sort(own, axis=1)[:, :k].mean(axis=1), rtol=1e-9)
+    assert DEFAULT_K == 4                                  # the documented default
+    unit = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    np.testing.assert_array_equal(local_densities(unit), local_densities(unit, 4, "cosine"))
+
+
+def test_two_references_are_enough_and_k_below_one_is_refused(rng):
+    from harken.agent.errors import UsageError
+    from harken.agent.rules.density import local_densities
+    from harken.agent.rules.spectral_knn import branch_statistics, fit_bank
+    two = np.array([[0.0, 0.0], [3.0, 4.0]])
+    np.testing.assert_allclose(local_densities(two, 4, "euclidean"), [5.0, 5.0])
+    with pytest.raises(UsageError, match="density k must be at least 1, got 0"):
+        local_densities(two, 0, "euclidean")
+    pair = {"mel": rng.normal(size=(2, 4)), "spectrum": rng.normal(size=(2, 3))}
+    arrays, loo = fit_bank(pair, branch_statistics(pair), 4, (1, 1, 1, 1))
+    assert loo.shape == (2,) and arrays["mel_bank"].shape == (2, 4)
+
+
+def test_unit_embeddings_are_standardised_rows_of_length_one(rng):
+    emb = rng.normal(size=(3, 5)) * 4 + 2
+    mean, std = np.full(5, 2.0), np.full(5, 4.0)
+    unit = unit_embedding(emb, mean, std)
+    z = (emb - mean) / std
+    np.testing.assert_allclose(unit, z / np.linalg.norm(z, axis=1, keepdims=True))
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0)
+
+
+def test_softmax_and_log_odds_stay_finite_for_extreme_logits():
+    probs = softmax(np.array([[1000.0, 0.0, -1000.0], [0.0, 0.0, 0.0]]))
+    np.testing.assert_allclose(probs, [[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3]])
+    odds = section_log_odds(probs, np.array([True, True, False]))
+    # a certain prediction is clipped to p = 1 - 1e-7, not log(0)
+    assert odds[0] == pytest.approx(np.log(1e-7 / (1 - 1e-7)))
+    assert odds[1] == pytest.approx(np.log(2.0))
