@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,9 @@ from harken.agent.rules import output_of
 from harken.agent.scorer import model_input
 from harken.export.graphs import ExportError, InferenceGraph, calibration_windows, load_graph
 from harken.training.runs import code_version
+
+# progress lines ("ONNX fp32", "TFLite int8 ..."): the CLI shows them on stderr
+log = logging.getLogger("harken.export")
 
 FORMATS = ("onnx", "tflite")
 PRECISIONS = ("int8", "fp32", "both")
@@ -70,8 +74,7 @@ def scoring_arrays(graph: InferenceGraph, rule: str) -> tuple[dict[str, np.ndarr
     return arrays, sections
 
 
-def _write_models(graph: InferenceGraph, out: Path, options: ExportOptions,
-                  progress: Callable[[str], None], method: str,
+def _write_models(graph: InferenceGraph, out: Path, options: ExportOptions, method: str,
                   calibration: Callable[[], tuple[Path, str, object]]
                   ) -> tuple[dict[str, dict], dict]:
     """The model files of a bundle and their manifest entries; ``calibration`` gives the
@@ -85,11 +88,11 @@ def _write_models(graph: InferenceGraph, out: Path, options: ExportOptions,
     if weightless and precision != "fp32":
         # Nothing to quantize but the activations, and those are dB statistics whose
         # small differences are the signal: int8 only loses them and saves nothing.
-        progress(f"{method}: the graph has no weights; writing float artifacts "
+        log.info(f"{method}: the graph has no weights; writing float artifacts "
                  f"instead of int8")
         precision = "fp32"
 
-    progress("ONNX fp32")
+    log.info("ONNX fp32")
     from harken.export.onnx_export import INPUT_NAME, export_fp32, quantize_int8
     onnx_fp32 = export_fp32(graph, out / "model.fp32.onnx")
     onnx_io = {"input": {"name": INPUT_NAME, "shape": list(graph.input_shape), "dtype": "float32"},
@@ -98,24 +101,24 @@ def _write_models(graph: InferenceGraph, out: Path, options: ExportOptions,
         artifacts["onnx-fp32"] = {**_entry(out, onnx_fp32), **onnx_io}
     if precision in ("int8", "both"):
         root, machine, spec = calibration()
-        progress(f"calibration windows from the training clips under {root}")
+        log.info(f"calibration windows from the training clips under {root}")
         windows = calibration_windows(root, machine, spec, options.calibration_windows,
                                       options.seed)
         calib = np.stack([model_input(w, graph.input_shape) for w in windows])
         if "onnx" in options.formats:
-            progress("ONNX int8 (onnxruntime static quantization)")
+            log.info("ONNX int8 (onnxruntime static quantization)")
             path = quantize_int8(onnx_fp32, calib, out / "model.int8.onnx",
                                  options.calibration_method)
             artifacts["onnx-int8"] = {**_entry(out, path), **onnx_io,
                                       "calibration": _calibration(options, root)}
         if "tflite" in options.formats:
-            progress("TFLite int8 (TensorFlow converter)")
+            log.info("TFLite int8 (TensorFlow converter)")
             from harken.export.tflite_export import export_int8, tflite_io
             path = export_int8(graph, calib, out / "model.int8.tflite", options.int8_io)
             artifacts["tflite-int8"] = {**_entry(out, path), **tflite_io(path),
                                         "calibration": _calibration(options, root)}
     if "tflite" in options.formats and precision in ("fp32", "both"):
-        progress("TFLite fp32")
+        log.info("TFLite fp32")
         from harken.export.tflite_export import export_fp32 as tflite_fp32
         from harken.export.tflite_export import tflite_io
         path = tflite_fp32(graph, out / "model.fp32.tflite")
@@ -132,8 +135,7 @@ def _write_models(graph: InferenceGraph, out: Path, options: ExportOptions,
 
 
 def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
-                 options: ExportOptions = ExportOptions(),
-                 progress: Callable[[str], None] = lambda msg: None) -> Path:
+                 options: ExportOptions = ExportOptions()) -> Path:
     """Export the run in ``run_dir`` into the bundle directory ``out``; returns ``out``."""
     graph = load_graph(run_dir)
     method, info, spec = graph.method, graph.method.info, graph.method.spec
@@ -141,7 +143,7 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
     # arrays (spectral-knn) names it
     rule = getattr(method, "device_rule", method.default_rule)
     artifacts, reference = _write_models(
-        graph, out, options, progress, info["method"],
+        graph, out, options, info["method"],
         lambda: (Path(calib_root or info["corpus"]["root"]), info["machine"], spec))
 
     arrays, sections = scoring_arrays(graph, rule)
@@ -183,8 +185,7 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
 
 
 def write_general_bundle(out: Path, preset_name: str = "spectral-knn",
-                         options: ExportOptions = ExportOptions(),
-                         progress: Callable[[str], None] = lambda msg: None) -> Path:
+                         options: ExportOptions = ExportOptions()) -> Path:
     """A bundle for any machine: spectral-knn's window-moments graph and feature spec with
     no reference bank; ``harken enroll`` learns the bank on site. spectral-knn learns
     nothing across machine types (its statistics are fixed), so no run is needed."""
@@ -197,7 +198,7 @@ def write_general_bundle(out: Path, preset_name: str = "spectral-knn",
     spec = preset(preset_name)
     graph = InferenceGraph(WindowMoments(spec.window_frames, spec.n_features).eval(),
                            (1, spec.window_frames * spec.n_features), ("moments",), None)
-    artifacts, reference = _write_models(graph, out, options, progress, "spectral-knn",
+    artifacts, reference = _write_models(graph, out, options, "spectral-knn",
                                          lambda: None)
     digest = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()
     manifest = Manifest.model_validate({

@@ -34,8 +34,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ExportError(f"{run}: not a run folder (no run.json); give one machine's run, "
                           f"e.g. runs/ae/fan")
     out = Path(args.out)
-    write_bundle(run, out, Path(args.calib) if args.calib else None, options,
-                 progress=lambda msg: print(f"harken-export: {msg}", file=sys.stderr))
+    write_bundle(run, out, Path(args.calib) if args.calib else None, options)
     bundle = open_bundle(out)
     for kind, art in bundle.artifacts.items():
         print(f"{kind:<12} {art.path.name:<20} {art.path.stat().st_size:>10,} bytes")
@@ -67,8 +66,7 @@ def cmd_wrap(args: argparse.Namespace) -> int:
 def cmd_general(args: argparse.Namespace) -> int:
     from harken.export.bundle import ExportOptions, make_tar, write_general_bundle
     out = Path(args.out)
-    write_general_bundle(out, options=ExportOptions(precision="fp32"),
-                         progress=lambda msg: print(f"harken-export: {msg}", file=sys.stderr))
+    write_general_bundle(out, options=ExportOptions(precision="fp32"))
     print(f"bundle: {out} (needs 'harken enroll' on the device before 'harken run')")
     if args.tar:
         print(f"tarball: {make_tar(out)}")
