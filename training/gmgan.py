@@ -12,9 +12,14 @@ with (w_i, w_a, w_z, w_e) = (1, 5, 1, 0.05) by default and the adversarial term 
 feature matching (squared difference of the discriminator's features of x and x'); the
 discriminator is trained with binary cross-entropy, real x against x'.
 
-Scores, both fitted on every run: ``latent`` = ||G_e(x) - G_e'(x')||^2 (the paper's), and
+Scores, all fitted on every run: ``latent`` = ||G_e(x) - G_e'(x')||^2 (the paper's), and
 ``energy`` = E(z) under the GMM fitted on all training windows after training (as DAGMM
-does); a clip's score is the mean over its windows.
+does); a clip's score is the mean over its windows. ``latent-ldn`` is ours: the clip's mean
+code z, standardised, against the section's training clips' codes by local-density
+normalised distance (agent/rules/density.py). bench/probe_generative.py showed both paper
+scores measure the operating point (a target-domain normal clip scores like a fault) while
+energy still separates faults within the source domain; a distance in units of the
+nearest training clips' own spacing does not need the target domain to sit near the source.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harken.agent.errors import UsageError
+from harken.agent.errors import DataError, UsageError
+from harken.agent.rules.density import distances, local_densities
 from harken.training.config import TrainConfig
 from harken.training.data.corpus import Clip
 from harken.training.aegan import square_patches
@@ -57,11 +63,12 @@ class GmganConfig(TrainConfig):
     lambda_energy: float = 0.1        # lambda_1 (DAGMM)
     lambda_cov: float = 0.005         # lambda_2 (DAGMM)
     jitter: float = 1e-6              # added to each covariance's diagonal
-    score: Literal["latent", "energy"] = "latent"
+    score: Literal["latent", "energy", "latent-ldn"] = "latent"
+    density_k: int = 4                # latent-ldn: neighbours that measure local density
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("channels", "latent", "mixtures"):
+        for name in ("channels", "latent", "mixtures", "density_k"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.batch_size < 2 * self.mixtures:
@@ -73,7 +80,7 @@ class GmganMethod(ScoresEveryRule, TorchMethod):
     name = "gmgan"
     preset_name = "gmgan"
     config_cls = GmganConfig
-    score_rules = ("latent", "energy")
+    score_rules = ("latent", "energy", "latent-ldn")
     summary = "GMGAN: GANomaly compression network + GMM estimation network on the latent"
     score_chunk = 64
 
@@ -150,11 +157,16 @@ class GmganMethod(ScoresEveryRule, TorchMethod):
         hist = fit_steps(net, batches, step, val_loss, cfg, device, progress, desc)
         self.model = net.cpu().eval()
         self._fit_gmm(xt)
+        self._fit_code_bank(feats, [c.section for c in clips])
         held_out = val_idx if len(val_idx) >= MIN_HELD_OUT else list(range(len(clips)))
-        normal = self._scores([feats[i] for i in held_out])[self.default_rule]
+        normal = self._held_out_normal([feats[i] for i in held_out],
+                                       [clips[i].section for i in held_out], held_out)
         run_dir.mkdir(parents=True, exist_ok=True)
         for key, value in self.gmm.items():
             np.save(run_dir / f"gmm_{key}.npy", value.numpy())
+        np.savez(run_dir / "code_bank.npz", mean=self.code_mean, std=self.code_std,
+                 **{f"bank_{s:02d}": b for s, b in self.code_bank.items()},
+                 **{f"density_{s:02d}": d for s, d in self.code_density.items()})
         return self.save(run_dir, clips, hist, normal, {
             "normal_scores_from": "validation clips" if held_out is val_idx
             else "all training clips (too few validation clips)"})
@@ -172,22 +184,67 @@ class GmganMethod(ScoresEveryRule, TorchMethod):
         self.gmm = {"phi": phi, "mu": mu, "cov": cov}
 
     def _scores(self, feats: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """Per clip: the two paper scores, and ``code``, the clip's mean z (n, latent)."""
         x, owner = stack_windows(feats, self.spec)
-        latent, energy = [], []
+        latent, energy, codes = [], [], []
         with torch.no_grad():
             for idx in batched(len(x), 512):
                 z, _, z_aux, _ = self.model(self.model.scale(as_images(x[idx.numpy()])))
                 latent.append((z - z_aux).pow(2).sum(1).double().numpy())
                 energy.append(gmm_energy(z.double(), self.gmm["phi"], self.gmm["mu"],
                                          self.gmm["cov"], self.config.jitter).numpy())
-        out = {"latent": np.concatenate(latent), "energy": np.concatenate(energy)}
-        return {k: np.array([v[owner == i].mean() for i in range(len(feats))])
+                codes.append(z.double().numpy())
+        out = {"latent": np.concatenate(latent), "energy": np.concatenate(energy),
+               "code": np.concatenate(codes)}
+        return {k: np.stack([v[owner == i].mean(axis=0) for i in range(len(feats))])
                 for k, v in out.items()}
 
+    def _fit_code_bank(self, feats: Sequence[np.ndarray], sections: Sequence[int]) -> None:
+        codes = self._scores(feats)["code"]
+        self.code_mean, self.code_std = codes.mean(axis=0), codes.std(axis=0) + 1e-6
+        z = (codes - self.code_mean) / self.code_std
+        sec = np.asarray(sections)
+        self.code_bank = {int(s): z[sec == s] for s in np.unique(sec)}
+        # each training clip's row in its section's bank (to leave it out of its own score)
+        self._bank_rows = [int(np.sum(sec[:i] == s)) for i, s in enumerate(sec)]
+        self.code_density = {s: local_densities(b, self.config.density_k, "euclidean")
+                             for s, b in self.code_bank.items()}
+
+    def _ldn(self, codes: np.ndarray, sections: Sequence[int],
+             leave_out: Sequence[int] | None = None) -> np.ndarray:
+        """latent-ldn per clip; ``leave_out``: each clip's own row in its section's bank
+        (training clips scored against the others, for held-out normal scores)."""
+        z = (codes - self.code_mean) / self.code_std
+        out = np.empty(len(z))
+        for i, s in enumerate(sections):
+            if s not in self.code_bank:
+                raise DataError(f"section {s:02d} was not in the training data (trained "
+                                f"sections: {sorted(self.code_bank)})")
+            d = distances(z[i], self.code_bank[s], "euclidean")[0] / self.code_density[s]
+            if leave_out is not None:
+                d[leave_out[i]] = np.inf
+            out[i] = d.min()
+        return out
+
+    def _held_out_normal(self, feats: Sequence[np.ndarray], sections: Sequence[int],
+                         clip_index: Sequence[int]) -> np.ndarray:
+        scores = self._scores(feats)
+        if self.default_rule != "latent-ldn":
+            return scores[self.default_rule]
+        # the clips are in the bank: each is scored against the others of its section
+        return self._ldn(scores["code"], sections, [self._bank_rows[i] for i in clip_index])
+
     def chunk_scores(self, clips: Sequence[Clip]) -> dict[str, np.ndarray]:
-        return self._scores(clip_features(clips, self.spec, False))
+        scores = self._scores(clip_features(clips, self.spec, False))
+        return {"latent": scores["latent"], "energy": scores["energy"],
+                "latent-ldn": self._ldn(scores["code"], [c.section for c in clips])}
 
     def load_extra(self, run_dir: Path, info: dict) -> None:
         self.low, self.high = info["architecture"]["low"], info["architecture"]["high"]
         self.gmm = {k: torch.from_numpy(load_array(run_dir, f"gmm_{k}.npy"))
                     for k in ("phi", "mu", "cov")}
+        bank = load_array(run_dir, "code_bank.npz")
+        self.code_mean, self.code_std = bank["mean"], bank["std"]
+        self.code_bank = {int(k[5:]): bank[k] for k in bank.files if k.startswith("bank_")}
+        self.code_density = {int(k[8:]): bank[k] for k in bank.files
+                             if k.startswith("density_")}
