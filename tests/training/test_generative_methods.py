@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from harken.agent.errors import DataError
 from harken.training.cli import main
 from harken.training.data.corpus import scan
 from harken.training.data.pseudo_anomalies import choose_rule, pseudo_anomalous
@@ -96,12 +97,34 @@ def test_gmgan_scoring_gmm_is_the_training_windows_mixture(gmgan_run):
     assert (np.linalg.eigvalsh(cov) > -1e-9).all()                  # covariances, PSD
 
 
+def test_gmgan_latent_ldn_is_the_density_normalised_distance_to_the_sections_codes(
+        gmgan_run, small_fan):
+    from harken.training.data.windows import clip_features
+    model = METHODS["gmgan"].load(gmgan_run)
+    train = scan(small_fan, ["fan"], "train")
+    test = scan(small_fan, ["fan"], "test")[::9]
+    # the bank: every training clip's mean code, standardised over all of them
+    codes = model._scores(clip_features(train, model.spec, False))["code"]
+    mean, std = codes.mean(axis=0), codes.std(axis=0) + 1e-6
+    got = model.score(test, progress=False, rule="latent-ldn")
+    test_codes = model._scores(clip_features(test, model.spec, False))["code"]
+    for c, code, score in zip(test, test_codes, got):
+        bank = (codes[[t.section == c.section for t in train]] - mean) / std
+        own = np.linalg.norm(bank[:, None] - bank[None], axis=2)
+        np.fill_diagonal(own, np.inf)
+        density = np.sort(own, axis=1)[:, :4].mean(axis=1)
+        expected = (np.linalg.norm(bank - (code - mean) / std, axis=1) / density).min()
+        assert score == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(DataError, match="section 07 was not in the training data"):
+        model._ldn(test_codes[:1], [7])
+
+
 def test_evaluate_every_rule_in_one_pass_equals_each_rule_alone(gmgan_run, tmp_path, capsys):
     every = tmp_path / "every"
     assert main(["evaluate", str(gmgan_run.parent), "--score", "all", "--out", str(every),
                  "--no-baseline", "--no-plots", "--quiet"]) == 0
     assert "latent" in capsys.readouterr().out
-    for rule in ("latent", "energy"):
+    for rule in ("latent", "energy", "latent-ldn"):
         assert main(["evaluate", str(gmgan_run.parent), "--score", rule, "--json",
                      "--out", str(tmp_path / rule), "--no-baseline", "--no-plots", "--quiet"]) == 0
         alone = json.loads(capsys.readouterr().out)
