@@ -61,7 +61,7 @@ def test_bad_configs_are_refused_by_file_and_key(tmp_path, text, message):
 
 
 def test_missing_file_is_named(tmp_path):
-    with pytest.raises(ConfigError, match="nope.toml: cannot read"):
+    with pytest.raises(ConfigError, match=r"nope.toml: cannot read \(No such file or directory\)"):
         load_config(tmp_path / "nope.toml")
 
 
@@ -106,6 +106,7 @@ def test_a_password_file_others_can_read_is_warned_about(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="harken"):
         assert load_config(write(tmp_path, text)).mqtt.password == "s3cret"
     assert "'mqtt.password_file'" in caplog.text and "can be read by other users" in caplog.text
+    assert "(mode 644); chmod 600 it" in caplog.text
     assert "s3cret" not in caplog.text
     caplog.clear()
     secret.chmod(0o600)
@@ -145,3 +146,97 @@ def test_one_way_to_find_a_password(tmp_path, monkeypatch):
         resolve_password(None, None, "PW", "k")
     with pytest.raises(ConfigError, match="cannot read a password"):
         resolve_password(None, tmp_path / "missing", None, "k")
+
+
+def test_a_loaded_config_is_frozen_and_never_shows_the_password(tmp_path):
+    from pydantic import ValidationError
+    c = load_config(write(tmp_path, GOOD + '[mqtt]\nusername = "u"\npassword = "s3cret"\n'))
+    with pytest.raises(ValidationError):
+        c.agent.node = "other"
+    assert "s3cret" not in repr(c) and "s3cret" not in repr(c.mqtt)
+    assert c.mqtt.tls is False and c.mqtt.tls_insecure is False
+    assert (c.mqtt.ca_file, c.mqtt.cert_file, c.mqtt.key_file) == (None, None, None)
+
+
+def test_one_character_names_are_allowed(tmp_path):
+    c = load_config(write(tmp_path, GOOD.replace('"n1"', '"a"').replace('"fan"', '"b"')
+                          + '[mqtt]\nprefix = "p"\ndiscovery_prefix = "d"\n'))
+    assert (c.agent.node, c.agent.machine, c.mqtt.prefix, c.mqtt.discovery_prefix) == \
+        ("a", "b", "p", "d")
+
+
+def test_state_dir_is_made_with_its_parents_and_an_existing_one_is_fine(tmp_path):
+    c = load_config(write(tmp_path, GOOD))
+    folder = c.writable_folder("agent.state_dir", "a/b/c")
+    assert folder == tmp_path / "a" / "b" / "c" and folder.is_dir()
+    assert c.writable_folder("agent.state_dir", "a/b/c") == folder      # again: no error
+
+
+def test_a_file_in_the_way_of_a_folder_is_named_with_the_reason(tmp_path):
+    c = load_config(write(tmp_path, GOOD))
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(ConfigError, match=r"agent.toml: key 'agent.state_dir' = 'taken/sub': "
+                                          r"cannot create the folder .*taken/sub "
+                                          r"\(Not a directory\)"):
+        c.writable_folder("agent.state_dir", "taken/sub")
+
+
+def test_a_read_only_state_dir_is_refused(tmp_path):
+    from tests.helpers import tmpfs
+    c = load_config(write(tmp_path, GOOD))
+    with tmpfs(tmp_path / "ro", "1m", "ro") as ro:
+        with pytest.raises(ConfigError, match=r"key 'agent.state_dir' = .*is not writable"):
+            c.writable_folder("agent.state_dir", str(ro))
+
+
+def test_an_unreadable_value_file_says_why(tmp_path):
+    with pytest.raises(ConfigError, match=r"key 'agent.node_file': cannot read a value from "
+                                          r".*missing \(No such file or directory\)"):
+        load_config(write(tmp_path, GOOD.replace('node = "n1"', 'node_file = "missing"')))
+
+
+def test_a_section_that_is_not_a_table_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"key 'agent' = 5: Input should be a valid "
+                                          r"dictionary"):
+        load_config(write(tmp_path, 'agent = 5\n[model]\nbundle = "b"\n'))
+
+
+def test_an_unknown_section_first_does_not_hide_the_files_of_later_ones(tmp_path):
+    from harken.agent.config import parse_config
+    (tmp_path / "bundle-path").write_text("my-bundle\n")
+    with pytest.raises(ConfigError) as err:
+        parse_config({"extra": {"x": 1}, "model": {"bundle_file": "bundle-path"}},
+                     str(tmp_path / "agent.toml"))
+    assert "unknown key 'extra'" in str(err.value) and "model" not in str(err.value)
+
+
+def test_keys_that_end_in_file_are_not_all_indirections(tmp_path):
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    c = load_config(write(tmp_path, GOOD + '[mqtt]\ntls = true\nca_file = "ca.pem"\n'))
+    assert c.mqtt.ca_file == "ca.pem" and c.path(c.mqtt.ca_file) == tmp_path / "ca.pem"
+
+
+def test_source_file_cannot_be_set_from_the_data():
+    from harken.agent.config import parse_config
+    with pytest.raises(ConfigError, match="agent.toml: .*source_file"):
+        parse_config({"model": {"bundle": "b"}, "source_file": "x"}, "agent.toml")
+
+
+@pytest.mark.parametrize("text, why", [
+    ("{", "Expecting property name"),
+    ('{"other": 1}', "'threshold'"),
+    ('{"threshold": null}', "NoneType"),
+    ('{"threshold": "high"}', "could not convert"),
+])
+def test_a_bad_calibration_override_is_named_with_what_to_do(tmp_path, text, why):
+    from harken.agent.config import read_override
+    c = load_config(write(tmp_path, GOOD))
+    assert read_override(c) is None                              # none written yet
+    c.override_file.parent.mkdir(parents=True, exist_ok=True)
+    c.override_file.write_text('{"threshold": 1.5, "quantile": 0.99}')
+    assert read_override(c) == {"threshold": 1.5, "quantile": 0.99}
+    c.override_file.write_text(text)
+    with pytest.raises(ConfigError, match=rf"threshold-fan.json: calibration override "
+                                          rf"unreadable \(.*{why}.*\); delete it or run "
+                                          "'harken calibrate' again"):
+        read_override(c)

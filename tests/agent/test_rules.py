@@ -265,3 +265,29 @@ def test_softmax_and_log_odds_stay_finite_for_extreme_logits():
     # a certain prediction is clipped to p = 1 - 1e-7, not log(0)
     assert odds[0] == pytest.approx(np.log(1e-7 / (1 - 1e-7)))
     assert odds[1] == pytest.approx(np.log(2.0))
+
+
+def test_small_mahalanobis_distances_are_not_floored():
+    rule = Rule("mahalanobis", {"means": np.zeros((1, 2)), "precisions": np.eye(2)[None]})
+    ev = rule.evidence(np.array([[0.3, 0.4]]), np.zeros((1, 2)))
+    np.testing.assert_allclose(ev, [[0.5]])
+
+
+def test_embedding_rule_averages_windows_not_dimensions():
+    bank = np.array([[1.0, 0.0], [0.0, 1.0]])
+    rule = Rule("embedding", {"bank": bank, "bank_target": np.array([False, False]),
+                              "bank_scale": np.array([1.0, 1.0]),
+                              "embedding_mean": np.zeros(2), "embedding_std": np.ones(2)})
+    windows = np.array([[4.0, 0.0], [0.0, 4.0], [4.0, 0.0]])     # mean (8/3, 4/3)
+    unit = np.array([2.0, 1.0]) / np.sqrt(5.0)
+    assert rule.reduce(rule.evidence(None, windows)) == pytest.approx(1 - unit.max())
+
+
+def test_local_densities_of_a_large_bank(rng):
+    from harken.agent.rules.density import local_densities
+    bank = rng.normal(size=(300, 4))            # large enough that partition does not sort
+    own = np.linalg.norm(bank[:, None] - bank[None], axis=2)
+    np.fill_diagonal(own, np.inf)
+    for k in (1, 2, 7):
+        np.testing.assert_allclose(local_densities(bank, k, "euclidean"),
+                                   np.sort(own, axis=1)[:, :k].mean(axis=1), rtol=1e-9)
