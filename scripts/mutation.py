@@ -41,7 +41,12 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "agent/outbox.py": ("tests/agent/test_outbox.py",),
     "agent/ringbuffer.py": ("tests/agent/test_ringbuffer.py",),
     "agent/rules": ("tests/agent/test_rules.py",),
-    "agent/features": ("tests/agent/test_features.py",),
+    "agent/features/extract.py": ("tests/agent/test_features.py",
+                                  "tests/agent/test_feature_edges.py"),
+    "agent/features/spec.py": ("tests/agent/test_features.py", "tests/agent/test_feature_edges.py"),
+    "agent/features/mel.py": ("tests/agent/test_features.py",),
+    "agent/features/windows.py": ("tests/agent/test_features.py",
+                                  "tests/agent/test_feature_edges.py"),
     "agent/config.py": ("tests/agent/test_config.py", "tests/agent/test_config_docs.py"),
     "training/metrics.py": ("tests/training/test_metrics.py",),
 }
