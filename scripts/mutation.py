@@ -85,7 +85,7 @@ class Mutant:
     source: str          # the original line, stripped
     outcome: str         # killed | survived | incompetent
     diff: str
-    why: str | None = None   # the equivalence note, for a survivor explained by hand
+    why: str | None = None   # why it survived, for a survivor explained by hand
 
 
 def _python() -> str:
@@ -197,26 +197,27 @@ def write_page(by_target: dict[str, list[Mutant]]) -> None:
              "2 cores). Each module is mutated one small change at a time and the tests that "
              "own it run against every mutant; a mutant the tests pass *survived*. The score "
              "counts a mutant as caught when the tests fail on it (a hang stopped by the "
-             "timeout counts as caught) or when it is an equivalent mutant explained below. "
+             "timeout counts as caught) or when it survived for a reason explained below "
+             "(mostly equivalent mutants: the code behaves the same). "
              "Operators: comparisons (each flipped and each boundary moved), `+`/`-` and "
              "`*`/`/` swapped, unary minus and `not` dropped, a `not` added to every "
              "condition, `True`/`False`, `and`/`or`, `break`/`continue` swapped, exceptions "
              "caught replaced, each number literal moved by one, loops that run zero times.", "",
-             "| module | tests | mutants | killed | equivalent | survived | score |",
+             "| module | tests | mutants | killed | explained | not explained | score |",
              "|---|---|---:|---:|---:|---:|---:|"]
     details = []
     for target, mutants in by_target.items():
         killed = sum(m.outcome == "killed" for m in mutants)
-        equivalent = sum(m.outcome != "killed" and m.why is not None for m in mutants)
-        survived = len(mutants) - killed - equivalent
-        score = (killed + equivalent) / len(mutants) if mutants else float("nan")
+        explained = sum(m.outcome != "killed" and m.why is not None for m in mutants)
+        survived = len(mutants) - killed - explained
+        score = (killed + explained) / len(mutants) if mutants else float("nan")
         tests = ", ".join(f"`{Path(t).name}`" for t in TARGETS[target])
-        lines.append(f"| `{target}` | {tests} | {len(mutants)} | {killed} | {equivalent} | "
+        lines.append(f"| `{target}` | {tests} | {len(mutants)} | {killed} | {explained} | "
                      f"{survived} | {score:.0%} |")
         for m in sorted(mutants, key=lambda m: (m.module, m.line)):
             if m.outcome == "killed":
                 continue
-            label = f"equivalent: {m.why}" if m.why else f"**{m.outcome}**, not explained"
+            label = f"survived, explained: {m.why}" if m.why else f"**{m.outcome}**, not explained"
             diff = "\n".join(ln for ln in m.diff.splitlines()
                              if ln.startswith(("+", "-")) and not ln.startswith(("+++", "---")))
             details += [f"### `{m.module}:{m.line}` {m.operator.split('/')[1]}", "", label, "",

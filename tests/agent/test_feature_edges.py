@@ -128,3 +128,75 @@ def test_presets_are_the_papers_front_ends(name):
     assert (p.n_fft, p.hop_length, p.n_mels, p.window_frames, p.window_hop) == PAPERS[name]
     assert p.win_length == p.n_fft and p.sample_rate == 16000 and p.name == name
     assert p.spectrum == (name == "spectral-knn")
+
+
+@pytest.mark.parametrize("field", ["sample_rate", "n_fft", "win_length", "hop_length", "n_mels",
+                                   "window_frames", "window_hop"])
+@pytest.mark.parametrize("value", [0, -1, 2.0, True])
+def test_size_fields_must_be_positive_integers(field, value):
+    with pytest.raises(FeatureSpecError, match=f"field '{field}' = .*: expected a positive "
+                                               "integer"):
+        FeatureSpec(**{field: value})
+
+
+def test_band_edges_and_log_floor_must_be_strict():
+    with pytest.raises(FeatureSpecError, match="expected 0 <= fmin < fmax"):
+        FeatureSpec(fmin=4000.0, fmax=4000.0)
+    FeatureSpec(fmin=0.0, fmax=8000.0)                        # both edges allowed
+    with pytest.raises(FeatureSpecError, match="'log_eps' = 0.0: expected a positive float"):
+        FeatureSpec(log_eps=0.0)
+
+
+def test_whole_numbers_from_json_are_read_as_the_float_fields_they_are():
+    data = SPEC.to_dict() | {"fmin": 0, "fmax": 8000, "power": 2, "log_eps": 1}
+    spec = FeatureSpec.from_dict(data)
+    assert (spec.fmin, spec.fmax, spec.power, spec.log_eps) == (0.0, 8000.0, 2.0, 1.0)
+    assert all(isinstance(v, float) for v in (spec.fmin, spec.fmax, spec.power, spec.log_eps))
+    with pytest.raises(FeatureSpecError, match="'log_eps' = True: expected a positive float"):
+        FeatureSpec.from_dict(SPEC.to_dict() | {"log_eps": True})
+
+
+def test_a_stream_refuses_multichannel_chunks_like_the_batch_extractor():
+    stream = StreamingLogMel(SPEC)
+    with pytest.raises(ValueError, match=r"expected mono audio \(1-D samples\), got shape "
+                                         r"\(100, 2\)"):
+        stream.push(np.zeros((100, 2), np.float32))
+
+
+def test_spec_version_and_defaults_are_the_dcase_baselines():
+    d = FeatureSpec().to_dict()
+    assert d["version"] == 1                                   # what every bundle records
+    assert (d["window_frames"], d["window_hop"], d["n_mels"], d["hop_length"]) == (5, 1, 128, 512)
+    with pytest.raises(FeatureSpecError, match="feature spec version 2 is not supported"):
+        FeatureSpec.from_dict(d | {"version": 2})
+    FeatureSpec(n_fft=256, win_length=256, hop_length=256)     # no overlap is allowed
+    assert StreamingLogMel(SPEC).max_delay_frames == 16
+
+
+def test_the_spectrum_follows_the_log_rule(rng):
+    x = rng.standard_normal(SPEC.n_fft).astype(np.float64) * 0.1
+    for rule in ("none", "dcase"):
+        spec = SPEC.replace(center=False, spectrum=True, log_rule=rule)
+        frame = LogMelExtractor(spec)(x)[0]
+        power = np.abs(np.fft.rfft(x * np.hanning(SPEC.n_fft + 1)[:-1])) ** 2
+        want = power if rule == "none" else 10 * np.log10(power + spec.log_eps)
+        np.testing.assert_allclose(frame[spec.n_mels:], want, rtol=1e-4, atol=1e-6)
+
+
+def test_a_stream_takes_plain_lists_too():
+    x = list(np.linspace(-0.5, 0.5, 3000))
+    a, b = StreamingLogMel(SPEC), StreamingLogMel(SPEC)
+    got = np.concatenate([a.push(x), a.finish()])
+    np.testing.assert_allclose(got, np.concatenate([b.push(np.array(x, np.float32)),
+                                                    b.finish()]), atol=1e-4)
+
+
+@pytest.mark.parametrize("total", [6000 + k for k in range(0, 256, 37)])
+def test_compaction_keeps_what_end_reflection_needs_at_half_overlap(total, rng):
+    # hop = n_fft / 2, as every preset has: the buffer is compacted under huge pushes and
+    # the end reflection still finds its n_fft/2 + 1 samples
+    spec = FeatureSpec(n_fft=256, win_length=256, hop_length=128, n_mels=16, pad_mode="reflect")
+    x = (rng.standard_normal(total) * 0.1).astype(np.float32)
+    stream = StreamingLogMel(spec, max_delay_frames=1)
+    parts = [stream.push(x[i:i + 997]) for i in range(0, total, 997)] + [stream.finish()]
+    np.testing.assert_allclose(np.concatenate(parts), LogMelExtractor(spec)(x), atol=1e-4)
