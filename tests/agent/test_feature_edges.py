@@ -200,3 +200,11 @@ def test_compaction_keeps_what_end_reflection_needs_at_half_overlap(total, rng):
     stream = StreamingLogMel(spec, max_delay_frames=1)
     parts = [stream.push(x[i:i + 997]) for i in range(0, total, 997)] + [stream.finish()]
     np.testing.assert_allclose(np.concatenate(parts), LogMelExtractor(spec)(x), atol=1e-4)
+
+
+def test_a_single_frame_is_handed_out_the_moment_its_last_sample_arrives(rng):
+    spec = SPEC.replace(center=False)
+    stream = StreamingLogMel(spec, max_delay_frames=1)
+    x = (rng.standard_normal(spec.n_fft) * 0.1).astype(np.float32)
+    got = [len(stream.push(x[i:i + 1])) for i in range(spec.n_fft)]
+    assert got == [0] * (spec.n_fft - 1) + [1]
