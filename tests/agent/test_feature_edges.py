@@ -23,6 +23,9 @@ def test_a_group_of_frames_is_handed_out_as_soon_as_its_samples_are_in(rng):
     got = [len(stream.push(x[i:i + 1])) for i in range(span)]
     assert got[:-1] == [0] * (span - 1) and got[-1] == 4    # not one sample late or early
     assert stream.samples_seen == span
+    # the next group: 4 more frames need 4 more hops, and come out on the last of them
+    more = [len(stream.push(x[i:i + 1])) for i in range(span, span + 4 * spec.hop_length)]
+    assert more[:-1] == [0] * (4 * spec.hop_length - 1) and more[-1] == 4
 
 
 def test_pushing_non_float32_chunks_takes_the_same_path_to_the_same_frames(rng):
