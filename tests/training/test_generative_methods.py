@@ -117,6 +117,25 @@ def test_gmgan_latent_ldn_is_the_density_normalised_distance_to_the_sections_cod
         assert score == pytest.approx(expected, rel=1e-6)
     with pytest.raises(DataError, match="section 07 was not in the training data"):
         model._ldn(test_codes[:1], [7])
+    # with score=latent-ldn the threshold's normal scores leave each training clip out of
+    # the bank it is scored against (else every one would be 0)
+    import dataclasses
+    train_feats = clip_features(train, model.spec, False)
+    model._fit_code_bank(train_feats, [c.section for c in train])
+    model.config = dataclasses.replace(model.config, score="latent-ldn")
+    held = [0, 5, len(train) - 1]
+    loo = model._held_out_normal([train_feats[i] for i in held], [train[i].section for i in held],
+                                 held)
+    for i, score in zip(held, loo):
+        rows = [j for j, t in enumerate(train) if t.section == train[i].section]
+        bank = (codes[rows] - mean) / std
+        own = np.linalg.norm(bank[:, None] - bank[None], axis=2)
+        np.fill_diagonal(own, np.inf)
+        density = np.sort(own, axis=1)[:, :4].mean(axis=1)
+        r = rows.index(i)
+        d = np.linalg.norm(bank - bank[r], axis=1) / density
+        d[r] = np.inf
+        assert score == pytest.approx(d.min(), rel=1e-6) and score > 0
 
 
 def test_evaluate_every_rule_in_one_pass_equals_each_rule_alone(gmgan_run, tmp_path, capsys):
