@@ -198,13 +198,14 @@ def write_page(by_target: dict[str, list[Mutant]]) -> None:
              "own it run against every mutant; a mutant the tests pass *survived*. The score "
              "counts a mutant as caught when the tests fail on it (a hang stopped by the "
              "timeout counts as caught) or when it survived for a reason explained below "
-             "(mostly equivalent mutants: the code behaves the same). "
+             "(mostly equivalent mutants: the code behaves the same); 'killed only' leaves "
+             "the explained ones out. "
              "Operators: comparisons (each flipped and each boundary moved), `+`/`-` and "
              "`*`/`/` swapped, unary minus and `not` dropped, a `not` added to every "
              "condition, `True`/`False`, `and`/`or`, `break`/`continue` swapped, exceptions "
              "caught replaced, each number literal moved by one, loops that run zero times.", "",
-             "| module | tests | mutants | killed | explained | not explained | score |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "| module | tests | mutants | killed | explained | not explained | score | killed only |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     details = []
     for target, mutants in by_target.items():
         killed = sum(m.outcome == "killed" for m in mutants)
@@ -212,8 +213,9 @@ def write_page(by_target: dict[str, list[Mutant]]) -> None:
         survived = len(mutants) - killed - explained
         score = (killed + explained) / len(mutants) if mutants else float("nan")
         tests = ", ".join(f"`{Path(t).name}`" for t in TARGETS[target])
+        strict = killed / len(mutants) if mutants else float("nan")
         lines.append(f"| `{target}` | {tests} | {len(mutants)} | {killed} | {explained} | "
-                     f"{survived} | {score:.0%} |")
+                     f"{survived} | {score:.0%} | {strict:.0%} |")
         for m in sorted(mutants, key=lambda m: (m.module, m.line)):
             if m.outcome == "killed":
                 continue
