@@ -161,3 +161,12 @@ def test_clipping_counts_samples_at_full_scale_and_needs_more_than_a_tenth_perce
     assert check.status == "ok" and check.clipped_fraction == pytest.approx(0.001)
     x[16] = 0.999                         # one more sample at the clip level
     assert check_audio(x).status == "clipped"
+
+
+def test_an_odd_length_interval_and_a_partial_last_block():
+    rng = np.random.default_rng(2)
+    sound = (0.1 * rng.standard_normal(4000)).astype(np.float32)
+    assert check_audio(sound[:1601]).status == "ok"          # one block and one sample
+    x = np.zeros(2400, np.float32)
+    x[1600:] = sound[:800]                # a silent block, then half a block of sound:
+    assert check_audio(x).status == "silent"  # the partial block is not a piece of its own

@@ -152,6 +152,14 @@ def test_a_partial_lap_mid_copy_keeps_the_samples_it_did_not_reach():
     assert rb.overflowed == 3
 
 
+def test_a_lap_by_one_sample_mid_copy_drops_exactly_that_sample():
+    rb = _ring_with_writer_during_copy(10)
+    rb.write(np.arange(0, 8, dtype=np.float32))
+    _arm(lambda: rb.write(np.arange(8, 11, dtype=np.float32)))   # 11 > 10: slot of 0 again
+    np.testing.assert_array_equal(rb.read(), np.arange(1, 8))
+    assert rb.overflowed == 1
+
+
 def test_a_writer_that_does_not_lap_mid_copy_loses_nothing():
     rb = _ring_with_writer_during_copy(10)
     rb.write(np.arange(0, 6, dtype=np.float32))
