@@ -28,7 +28,7 @@ def test_a_group_of_frames_is_handed_out_as_soon_as_its_samples_are_in(rng):
     assert more[:-1] == [0] * (4 * spec.hop_length - 1) and more[-1] == 4
 
 
-def test_pushing_non_float32_chunks_takes_the_same_path_to_the_same_frames(rng):
+def test_non_float32_chunks_take_the_general_path_to_the_same_frames_at_the_same_pushes(rng):
     spec = SPEC.replace(center=False)
     x = (rng.standard_normal(4000) * 0.1).astype(np.float32)
     fast, slow = StreamingLogMel(spec, 2), StreamingLogMel(spec, 2)
