@@ -92,6 +92,11 @@ def _python() -> str:
     return sys.executable
 
 
+def _session(target: str) -> Path:
+    """Where cosmic-ray keeps a target's mutants and results (its config beside it)."""
+    return WORK / f"{target.replace('/', '_').removesuffix('.py')}.sqlite"
+
+
 def _module_files(target: str) -> list[Path]:
     path = ROOT / target
     return sorted(path.rglob("*.py")) if path.is_dir() else [path]
@@ -116,8 +121,8 @@ def run_target(target: str, tests: tuple[str, ...]) -> list[Mutant]:
     took = time.monotonic() - started
     cmd = _test_command(tests, max(MIN_TIMEOUT_S, TIMEOUT_FACTOR * took))
     WORK.mkdir(parents=True, exist_ok=True)
-    stem = target.replace("/", "_").removesuffix(".py")
-    config, session = WORK / f"{stem}.toml", WORK / f"{stem}.sqlite"
+    session = _session(target)
+    config = session.with_suffix(".toml")
     files = [str(p.relative_to(ROOT)) for p in _module_files(target)]
     # JSON strings and lists are valid TOML values
     config.write_text("[cosmic-ray]\n"
@@ -167,13 +172,17 @@ def _read_session(session: Path) -> list[Mutant]:
     from cosmic_ray.work_item import WorkerOutcome
 
     out = []
+    lines: dict[str, list[str]] = {}          # each mutated module read once
     with use_db(str(session), WorkDB.Mode.open) as db:
         for item, result in db.completed_work_items:
             if result.worker_outcome == WorkerOutcome.SKIPPED:
                 continue
             m = item.mutations[0]
             line = m.start_pos[0]
-            source = (ROOT / m.module_path).read_text().splitlines()[line - 1].strip()
+            path = str(m.module_path)
+            if path not in lines:
+                lines[path] = (ROOT / path).read_text().splitlines()
+            source = lines[path][line - 1].strip()
             outcome = result.test_outcome.value if result.test_outcome else "incompetent"
             out.append(Mutant(str(m.module_path), line, m.operator_name, source, outcome,
                               result.diff or ""))
@@ -242,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
               "they are now and restored afterwards", file=sys.stderr)
     by_target = {}
     for target, tests in TARGETS.items():
-        session = WORK / f"{target.replace('/', '_').removesuffix('.py')}.sqlite"
+        session = _session(target)
         if not args.report_only and (args.only is None or target in args.only):
             by_target[target] = run_target(target, tests)
         elif session.exists():

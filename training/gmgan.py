@@ -157,10 +157,11 @@ class GmganMethod(ScoresEveryRule, TorchMethod):
         hist = fit_steps(net, batches, step, val_loss, cfg, device, progress, desc)
         self.model = net.cpu().eval()
         self._fit_gmm(xt)
-        self._fit_code_bank(feats, [c.section for c in clips])
+        scores = self._scores(feats)             # every training clip, once
+        sections = [c.section for c in clips]
+        rows = self._fit_code_bank(scores["code"], sections)
         held_out = val_idx if len(val_idx) >= MIN_HELD_OUT else list(range(len(clips)))
-        normal = self._held_out_normal([feats[i] for i in held_out],
-                                       [clips[i].section for i in held_out], held_out)
+        normal = self._held_out_normal(scores, sections, rows, held_out)
         run_dir.mkdir(parents=True, exist_ok=True)
         for key, value in self.gmm.items():
             np.save(run_dir / f"gmm_{key}.npy", value.numpy())
@@ -199,16 +200,16 @@ class GmganMethod(ScoresEveryRule, TorchMethod):
         return {k: np.stack([v[owner == i].mean(axis=0) for i in range(len(feats))])
                 for k, v in out.items()}
 
-    def _fit_code_bank(self, feats: Sequence[np.ndarray], sections: Sequence[int]) -> None:
-        codes = self._scores(feats)["code"]
+    def _fit_code_bank(self, codes: np.ndarray, sections: Sequence[int]) -> list[int]:
+        """The latent-ldn bank from the training clips' mean codes; returns each clip's row
+        in its section's bank (to leave it out of its own held-out score)."""
         self.code_mean, self.code_std = codes.mean(axis=0), codes.std(axis=0) + 1e-6
         z = (codes - self.code_mean) / self.code_std
         sec = np.asarray(sections)
         self.code_bank = {int(s): z[sec == s] for s in np.unique(sec)}
-        # each training clip's row in its section's bank (to leave it out of its own score)
-        self._bank_rows = [int(np.sum(sec[:i] == s)) for i, s in enumerate(sec)]
         self.code_density = {s: local_densities(b, self.config.density_k, "euclidean")
                              for s, b in self.code_bank.items()}
+        return [int(np.sum(sec[:i] == s)) for i, s in enumerate(sec)]
 
     def _ldn(self, codes: np.ndarray, sections: Sequence[int],
              leave_out: Sequence[int] | None = None) -> np.ndarray:
@@ -226,13 +227,14 @@ class GmganMethod(ScoresEveryRule, TorchMethod):
             out[i] = d.min()
         return out
 
-    def _held_out_normal(self, feats: Sequence[np.ndarray], sections: Sequence[int],
-                         clip_index: Sequence[int]) -> np.ndarray:
-        scores = self._scores(feats)
+    def _held_out_normal(self, scores: dict[str, np.ndarray], sections: Sequence[int],
+                         rows: Sequence[int], held_out: Sequence[int]) -> np.ndarray:
+        """The default rule's scores of the held-out training clips (for the threshold)."""
         if self.default_rule != "latent-ldn":
-            return scores[self.default_rule]
+            return scores[self.default_rule][held_out]
         # the clips are in the bank: each is scored against the others of its section
-        return self._ldn(scores["code"], sections, [self._bank_rows[i] for i in clip_index])
+        return self._ldn(scores["code"][held_out], [sections[i] for i in held_out],
+                         [rows[i] for i in held_out])
 
     def chunk_scores(self, clips: Sequence[Clip]) -> dict[str, np.ndarray]:
         scores = self._scores(clip_features(clips, self.spec, False))

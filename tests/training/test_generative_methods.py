@@ -120,12 +120,12 @@ def test_gmgan_latent_ldn_is_the_density_normalised_distance_to_the_sections_cod
     # with score=latent-ldn the threshold's normal scores leave each training clip out of
     # the bank it is scored against (else every one would be 0)
     import dataclasses
-    train_feats = clip_features(train, model.spec, False)
-    model._fit_code_bank(train_feats, [c.section for c in train])
+    scores = model._scores(clip_features(train, model.spec, False))
+    sections = [c.section for c in train]
+    rows = model._fit_code_bank(scores["code"], sections)
     model.config = dataclasses.replace(model.config, score="latent-ldn")
     held = [0, 5, len(train) - 1]
-    loo = model._held_out_normal([train_feats[i] for i in held], [train[i].section for i in held],
-                                 held)
+    loo = model._held_out_normal(scores, sections, rows, held)
     for i, score in zip(held, loo):
         rows = [j for j, t in enumerate(train) if t.section == train[i].section]
         bank = (codes[rows] - mean) / std
