@@ -67,7 +67,8 @@ def test_method_trains_saves_and_detects_easy_anomalies(name, fan_train, easy_te
     rate = paired_detection_rate(default)
     # "clearly better than chance": a one-sided sign test over the pairs at the 1 % level
     # (28 of 40 pairs). Not a fixed rate: a short run's rate moves with the seed and with the
-    # number of torch threads (contrastive: 0.72 to 0.97 over seeds), chance stays at 0.5.
+    # number of torch threads (contrastive's most of all), while chance
+    # stays at 0.5.
     wins = int(np.sum(default[1::2] > default[0::2]))
     p = binomtest(wins, len(default) // 2, 0.5, alternative="greater").pvalue
     assert p < 0.01, f"{name}: the anomaly raised the score for only {rate:.0%} of clips " \
