@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from harken.agent.errors import HarkenError
-from harken.agent.features import FeatureSpec, FeatureSpecError
+from harken.agent.features import FeatureSpec, FeatureSpecError, shared_front_end
 from harken.agent.manifest import (ARTIFACT_KINDS, MANIFEST, OUTPUTS, SCHEMA_VERSION,
                                    FileEntry, Manifest, explain)
 from harken.agent.rules import RULES, ScoreRule, make_rule, output_of
@@ -67,6 +67,11 @@ class Bundle:
     spec: FeatureSpec
     artifacts: dict[str, Artifact]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    members: dict[str, Bundle] = field(default_factory=dict)     # a fused bundle's, by name
+
+    @property
+    def is_fused(self) -> bool:
+        return self.manifest.fusion is not None
 
     @property
     def model_id(self) -> str:
@@ -96,16 +101,28 @@ class Bundle:
         value = self.manifest.threshold.value
         return None if value is None else float(value)
 
-    def rule(self, section: int) -> ScoreRule:
-        """The score rule of ``section`` with its arrays."""
+    def check_section(self, section: int) -> None:
         if section not in self.sections:
             raise BundleError(f"{self.root / MANIFEST}: model.sections is {self.sections}; "
                               f"section {section:02d} is not among them")
+
+    def rule(self, section: int) -> ScoreRule:
+        """The score rule of ``section`` with its arrays."""
+        self.check_section(section)
+        if self.is_fused:
+            raise BundleError(f"{self.root / MANIFEST}: a fused bundle has no rule of its "
+                              f"own; its members score (agent/fused.py)")
         names = self.manifest.scoring.sections.get(f"{section:02d}", {})
         return make_rule(self.rule_name, {k: self.arrays[v] for k, v in names.items()})
 
-    def artifact(self, kind: str | None = None) -> Artifact:
-        """The artifact of ``kind``; without one, the first int8 one there is."""
+    def artifact(self, kind: str | None = None, same_runtime: bool = False) -> Artifact:
+        """The artifact of ``kind``; without one, the first int8 one there is.
+        ``same_runtime``: if ``kind`` is missing, the other precision of its runtime (a
+        fused bundle's member without weights ships float only)."""
+        if kind is not None and kind not in self.artifacts and same_runtime:
+            runtime = kind.split("-")[0]
+            kind = next((k for k in (f"{runtime}-int8", f"{runtime}-fp32")
+                         if k in self.artifacts), kind)
         if kind is None:
             for k in ("tflite-int8", "onnx-int8", "onnx-fp32", "tflite-fp32"):
                 if k in self.artifacts:
@@ -171,6 +188,8 @@ def open_bundle(path: str | Path, extract_to: Path | None = None) -> Bundle:
         spec = FeatureSpec.from_dict(manifest.feature_spec, f"{where}: feature_spec")
     except FeatureSpecError as exc:
         raise BundleError(str(exc)) from None
+    if manifest.fusion is not None:
+        return _open_fused(path, manifest, spec)
     rule = manifest.scoring.rule
     if rule not in RULES:
         raise BundleError(f"{where}: field 'scoring.rule' is {rule!r}; this agent knows "
@@ -219,6 +238,51 @@ def open_bundle(path: str | Path, extract_to: Path | None = None) -> Bundle:
     if not artifacts:
         raise BundleError(f"{where}: field 'artifacts' lists no model")
     return Bundle(path, manifest, spec, artifacts, arrays)
+
+
+def _open_fused(path: Path, manifest: Manifest, spec: FeatureSpec) -> Bundle:
+    """A fused bundle: every member a complete bundle in a sub-folder, pinned by its
+    manifest's sha256, scoring every section of the fused one from the same frames."""
+    where = f"{path / MANIFEST}: fusion.members"
+    members: dict[str, Bundle] = {}
+    for i, m in enumerate(manifest.fusion.members):
+        at = f"{where}[{i}]"
+        if m.name in members:
+            raise BundleError(f"{at}: member name {m.name!r} given twice")
+        pinned = (path / m.path / MANIFEST).resolve()
+        if path.resolve() not in pinned.parents:
+            raise BundleError(f"{at}.path: '{m.path}' leaves the bundle")
+        if not pinned.is_file():
+            raise BundleError(f"{at}.path: no {MANIFEST} in {path / m.path}")
+        if sha256_file(pinned) != m.manifest_sha256:
+            raise BundleError(f"{pinned}: sha256 does not match '{at}.manifest_sha256' "
+                              f"(member changed or replaced)")
+        member = open_bundle(path / m.path)
+        if member.is_fused or member.needs_enrollment:
+            raise BundleError(f"{at}: {m.path} is {'fused' if member.is_fused else 'a general bundle'}; "
+                              f"a member must be a bundle with its own model and bank")
+        missing = sorted(set(manifest.model.sections) - set(member.sections))
+        if missing:
+            raise BundleError(f"{at}: {m.path} has no section(s) {missing} of model.sections")
+        for s in manifest.model.sections:
+            scale = manifest.fusion.standardise.get(f"{s:02d}", {}).get(m.name)
+            if scale is None:
+                raise BundleError(f"{path / MANIFEST}: fusion.standardise.{s:02d} has no "
+                                  f"'{m.name}'")
+            if not (np.isfinite(scale[0]) and np.isfinite(scale[1]) and scale[1] > 0):
+                raise BundleError(f"{path / MANIFEST}: fusion.standardise.{s:02d}.{m.name} "
+                                  f"must be a finite mean and a positive std, got {list(scale)}")
+        members[m.name] = member
+    try:
+        shared = shared_front_end([b.spec for b in members.values()])
+    except FeatureSpecError as exc:
+        raise BundleError(f"{where}: {exc}") from None
+    if shared.replace(name=spec.name) != spec:
+        raise BundleError(f"{path / MANIFEST}: field 'feature_spec' is not the members' shared "
+                          f"front end (expected {shared.to_dict()})")
+    if sum(m.weight for m in manifest.fusion.members) <= 0:
+        raise BundleError(f"{where}: the weights sum to 0")
+    return Bundle(path, manifest, spec, {}, {}, members)
 
 
 def _extract(tar_path: Path, into: Path | None) -> Path:

@@ -51,7 +51,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     info = pipeline.scorer.enrollment
     threshold, origin = resolve_threshold(config, bundle, info)
     resolved["resolved"] = {"bundle": str(bundle.root), "model": bundle.model_id,
-                            "artifact": bundle.artifact(config.model.artifact).kind,
+                            "artifact": pipeline.scorer.artifact_kind,
                             "threshold": threshold, "threshold_from": origin}
     if info is not None:
         from harken.agent.enroll import bank_path
@@ -140,14 +140,14 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Offline scoring of recordings: one score per file (its windows reduced together)."""
-    from harken.agent.scorer import BundleScorer
+    from harken.agent.scorer import make_scorer
     bundle = open_bundle(args.bundle)
     if bundle.needs_enrollment:
         raise UsageError(f"{args.bundle}: a general bundle has no reference bank to score "
                          f"against; enroll it on the machine ('harken enroll --config "
                          f"AGENT.toml'), then 'harken run'")
     section = bundle.sections[0] if args.section is None else args.section
-    scorer = BundleScorer(bundle, section, args.artifact, args.threads)
+    scorer = make_scorer(bundle, section, args.artifact, args.threads)
     extract = LogMelExtractor(bundle.spec)
     threshold = args.threshold if args.threshold is not None else bundle.threshold
     rows = []

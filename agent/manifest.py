@@ -69,6 +69,22 @@ class Enrollment(_Part):
     how: str = ""
 
 
+class FusionMember(_Part):
+    """A bundle inside the fused bundle's folder, pinned by its manifest's hash."""
+    name: StrictStr
+    path: StrictStr
+    weight: float = Field(ge=0)
+    manifest_sha256: StrictStr
+
+
+class Fusion(_Part):
+    """A fused bundle (agent/fused.py): each member scores the interval, its score is
+    standardised with its section's (mean, std) of held-out normal training scores, and
+    the weighted mean of those is the bundle's score."""
+    members: list[FusionMember] = Field(min_length=2)
+    standardise: dict[str, dict[str, tuple[float, float]]]     # "00" -> member -> (mean, std)
+
+
 class Threshold(_Part):
     value: float | None                 # None: set on site with harken calibrate
     how: str = ""
@@ -85,7 +101,8 @@ class Manifest(_Part):
     normal_scores: dict[str, Any] = Field(default_factory=dict)
     threshold: Threshold
     enrollment: Enrollment | None = None
-    artifacts: dict[str, ArtifactEntry]
+    fusion: Fusion | None = None        # a fused bundle: its members score, it has no model
+    artifacts: dict[str, ArtifactEntry]          # {} in a fused bundle (members have them)
     reference: dict[str, Any] = Field(default_factory=dict)
     arrays: dict[str, FileEntry] = Field(default_factory=dict)
     provenance: dict[str, Any] = Field(default_factory=dict)

@@ -16,7 +16,7 @@ import numpy as np
 
 from harken.agent.errors import UsageError
 from harken.agent.decision import Decision, Event
-from harken.agent.features import StreamingLogMel, n_windows, windows
+from harken.agent.features import StreamingLogMel, n_windows
 from harken.agent.health import AudioCheck, check_audio
 from harken.agent.scorer import BundleScorer
 
@@ -110,12 +110,9 @@ class Pipeline:
         health = check_audio(audio)
         score, n_win, ms = None, 0, 0.0
         if health.ok:
-            w = windows(frames, self.spec)
             t = time.perf_counter()
-            evidence = self.scorer.evidence(w)
-            score = self.scorer.reduce(evidence)
-            ms = 1e3 * (time.perf_counter() - t) / max(len(w), 1)
-            n_win = len(w)
+            score, n_win = self.scorer.score_frames(frames)
+            ms = 1e3 * (time.perf_counter() - t) / max(n_win, 1)
             if not np.isfinite(score):
                 score = None
                 health = AudioCheck("invalid", health.rms_dbfs, health.clipped_fraction)
@@ -123,7 +120,7 @@ class Pipeline:
         event = self.decision.update(score, ts)
         result = IntervalResult(ts, self.seq, score, self.decision.threshold,
                                 self.decision.anomaly, self.interval_s, self.model_id,
-                                self.scorer.backend.name, health.status, health.rms_dbfs,
+                                self.scorer.backend_name, health.status, health.rms_dbfs,
                                 n_win, ms, event, arrived=arrived)
         self.seq += 1
         return result

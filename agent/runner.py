@@ -13,7 +13,7 @@ from harken.agent.bundle import Bundle, BundleError, open_bundle
 from harken.agent.config import Config, ConfigError, read_override
 from harken.agent.decision import Decision, DecisionConfig
 from harken.agent.pipeline import Pipeline
-from harken.agent.scorer import BundleScorer
+from harken.agent.scorer import make_scorer
 from harken.agent.sinks import Sink, make_sinks
 from harken.agent.sources import Source, SourceError, open_source
 from harken.agent.stats import ProcessStats
@@ -59,8 +59,8 @@ def build(config: Config, seq_start: int = 1) -> tuple[Bundle, Pipeline]:
         from harken.agent.enroll import rule_arrays
         from harken.agent.rules import make_rule
         rule, enrollment = make_rule(bundle.rule_name, rule_arrays(bank[0], bundle)), bank[1]
-    scorer = BundleScorer(bundle, config.agent.section, config.model.artifact,
-                          config.model.threads, rule=rule, enrollment=enrollment)
+    scorer = make_scorer(bundle, config.agent.section, config.model.artifact,
+                         config.model.threads, rule=rule, enrollment=enrollment)
     threshold, _ = resolve_threshold(config, bundle, enrollment)
     d = config.decision
     decision = Decision(threshold, DecisionConfig(d.k_on, d.n, d.n_off))
@@ -196,9 +196,9 @@ class Runner:
         # one-off costs of the first inference (the TFLite delegate, ONNX Runtime's first
         # run) are paid here, not by the first interval's latency
         scorer = self.pipeline.scorer
-        scorer.backend.run(np.zeros(scorer.artifact.input_shape, np.float32))
+        scorer.warm_up()
         started = {"status": "started", "model": self.bundle.model_id,
-                   "backend": scorer.backend.name,
+                   "backend": scorer.backend_name,
                    "threshold": self.pipeline.decision.threshold,
                    "source": self.config.audio.source}
         bank = scorer.enrollment

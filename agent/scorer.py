@@ -50,6 +50,35 @@ class BundleScorer:
     def reduce(self, evidence: np.ndarray) -> float:
         return self.rule.reduce(evidence)
 
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    @property
+    def artifact_kind(self) -> str:
+        return self.artifact.kind
+
+    def warm_up(self) -> None:
+        """Pay the runtime's one-off first-call costs (the TFLite delegate, ONNX
+        Runtime's first run) before the first interval is timed."""
+        self.backend.run(np.zeros(self.artifact.input_shape, np.float32))
+
+    def score_frames(self, frames: np.ndarray) -> tuple[float, int]:
+        """(score, windows scored) of (frames, features) feature frames."""
+        w = windows(frames, self.bundle.spec)
+        return self.reduce(self.evidence(w)), len(w)
+
     def score_logmel(self, logmel: np.ndarray) -> float:
         """Score of one clip's (frames, mels) log-mel (at least one window long)."""
-        return self.reduce(self.evidence(windows(logmel, self.bundle.spec)))
+        return self.score_frames(logmel)[0]
+
+
+def make_scorer(bundle: Bundle, section: int, artifact: str | None = None, threads: int = 1,
+                rule: ScoreRule | None = None, enrollment: dict | None = None
+                ) -> BundleScorer:
+    """The scorer of ``bundle``: a fused bundle's scores through its members
+    (agent/fused.py), any other through its model and rule."""
+    if bundle.is_fused:
+        from harken.agent.fused import FusedScorer
+        return FusedScorer(bundle, section, artifact, threads)  # type: ignore[return-value]
+    return BundleScorer(bundle, section, artifact, threads, rule=rule, enrollment=enrollment)

@@ -18,7 +18,7 @@ from harken.agent.manifest import MANIFEST, SCHEMA_VERSION, Manifest
 from harken.agent.rules import output_of
 from harken.agent.scorer import model_input
 from harken.export.graphs import ExportError, InferenceGraph, calibration_windows, load_graph
-from harken.training.runs import code_version
+from harken.training.runs import code_version, read_run
 
 # progress lines ("ONNX fp32", "TFLite int8 ..."): the CLI shows them on stderr
 log = logging.getLogger("harken.export")
@@ -137,6 +137,8 @@ def _write_models(graph: InferenceGraph, out: Path, options: ExportOptions, meth
 def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
                  options: ExportOptions = ExportOptions()) -> Path:
     """Export the run in ``run_dir`` into the bundle directory ``out``; returns ``out``."""
+    if read_run(run_dir)["method"] == "fusion":
+        return write_fused_bundle(run_dir, out, calib_root, options)
     graph = load_graph(run_dir)
     method, info, spec = graph.method, graph.method.info, graph.method.spec
     # the agent's rule name; a method whose score variants are one agent rule with other
@@ -181,6 +183,50 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
     })
     (out / MANIFEST).write_text(manifest.to_json())
     open_bundle(out)            # the agent's own checks, before anyone copies it anywhere
+    return out
+
+
+def write_fused_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
+                       options: ExportOptions = ExportOptions()) -> Path:
+    """A fusion run (training/fusion.py) as one bundle: each member's run exported into
+    ``members/<method>/`` with the same options, and a manifest that pins each member's
+    manifest by sha256 and carries the per-section standardisation and the fused
+    threshold (agent/fused.py scores it)."""
+    run_dir, out = Path(run_dir), Path(out)
+    info = read_run(run_dir)
+    if out.exists() and any(out.iterdir()):
+        raise ExportError(f"{out}: not empty; give a new folder for the bundle")
+    members = []
+    for entry in info["members"]:
+        name = entry["method"]
+        log.info(f"member {name}")
+        path = write_bundle(run_dir / entry["run"], out / "members" / name, calib_root, options)
+        members.append({"name": name, "path": f"members/{name}", "weight": entry["weight"],
+                        "manifest_sha256": sha256_file(path / MANIFEST)})
+    normal = info["normal_scores"]
+    manifest = Manifest.model_validate({
+        "schema_version": SCHEMA_VERSION,
+        "model": {"id": f"fusion-{info['machine']}-{info['corpus']['fingerprint'][:8]}",
+                  "version": info.get("code_version", "unknown"), "method": "fusion",
+                  "machine": info["machine"], "sections": [int(s) for s in info["sections"]]},
+        "feature_spec": info["feature_spec"],
+        "scoring": {"rule": "fused", "sections": {}},
+        "aggregation": {"interval_s": 10.0, "reduce": "each member's rule over the interval's "
+                        "windows, standardised per section, weighted mean (agent/fused.py)"},
+        "normal_scores": normal,
+        "threshold": {"value": float(normal["threshold"]),
+                      "how": normal.get("threshold_rule", "") + " (fused torch fp32 scores of "
+                      "the training clips every member held out); on-site calibration "
+                      "re-sets it"},
+        "fusion": {"members": members, "standardise": info["standardise"]},
+        "artifacts": {},
+        "provenance": {"run": str(run_dir), "corpus_fingerprint": info["corpus"]["fingerprint"],
+                       "trained_with": info.get("code_version"),
+                       "exported_with": code_version(),
+                       "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+    })
+    (out / MANIFEST).write_text(manifest.to_json())
+    open_bundle(out)
     return out
 
 

@@ -36,8 +36,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     write_bundle(run, out, Path(args.calib) if args.calib else None, options)
     bundle = open_bundle(out)
-    for kind, art in bundle.artifacts.items():
-        print(f"{kind:<12} {art.path.name:<20} {art.path.stat().st_size:>10,} bytes")
+    for name, part in (bundle.members.items() if bundle.is_fused else [("", bundle)]):
+        for kind, art in part.artifacts.items():
+            where = f"{name}/" if name else ""
+            print(f"{where + kind:<28} {art.path.name:<20} {art.path.stat().st_size:>10,} bytes")
     print(f"bundle: {out}")
     if args.tar:
         print(f"tarball: {make_tar(out)}")

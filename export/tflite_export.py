@@ -13,6 +13,8 @@ only here, and only the ``export`` extra installs it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -157,6 +159,21 @@ def export_int8(graph: InferenceGraph, calibration_inputs: np.ndarray, path: Pat
     return path
 
 
+@contextlib.contextmanager
+def _root_logger_kept():
+    """TensorFlow logs through absl, which calls ``logging.basicConfig()`` on its first
+    message: a root handler that would print every later 'harken' line a second time.
+    The root logger is put back as it was."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for h in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(h)
+        root.setLevel(level)
+
+
 def _saved_model_convert(graph: InferenceGraph, calibration_inputs: np.ndarray | None,
                          int8_io: bool) -> bytes:
     tf = _tf()
@@ -167,7 +184,7 @@ def _saved_model_convert(graph: InferenceGraph, calibration_inputs: np.ndarray |
         for x in calibration_inputs:
             yield [np.ascontiguousarray(x, dtype=np.float32).reshape(shape)]
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _root_logger_kept():
         # Through a SavedModel so that the TFLite model keeps the signature (named outputs).
         module = tf.Module()
         module.run = fn

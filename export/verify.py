@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from harken.agent.bundle import Bundle
 from harken.agent.features import windows
-from harken.agent.scorer import BundleScorer, model_input
+from harken.agent.scorer import BundleScorer, make_scorer, model_input
 from harken.export.graphs import ExportError
 from harken.training.data.corpus import Clip, scan
 from harken.training.data.windows import clip_features
@@ -29,6 +29,8 @@ class ArtifactCheck:
     backend: str
     spearman: float            # clip scores vs torch fp32
     max_rel_error: float       # max over clips of |score - torch| / |torch|
+    max_abs_error: float       # max over clips of |score - torch| (a fused score is a z-score
+                               # near 0, where the relative error says nothing)
     auc_source: float          # means over sections
     auc_target: float
     pauc: float
@@ -67,24 +69,40 @@ def verify(bundle: Bundle, data_root: Path, run_dir: Path | None = None,
     torch_scores = np.asarray(reference.score(clips, progress=False, rule=bundle.rule_name))
     onnx_fp32_size = bundle.manifest.reference.get("onnx-fp32", {}).get("size")
     feats = clip_features(clips, bundle.spec, progress, desc="features")
-    checks = [ArtifactCheck("torch-fp32", "torch", 1.0, 0.0, *_summary(machine, clips, torch_scores),
+    checks = [ArtifactCheck("torch-fp32", "torch", 1.0, 0.0, 0.0, *_summary(machine, clips, torch_scores),
                             0, None, float("nan"))]
-    for kind, art in bundle.artifacts.items():
-        scorers = {s: BundleScorer(bundle, s, kind, threads) for s in bundle.sections}
+    seen = set()
+    for kind in _artifact_kinds(bundle):
+        scorers = {s: make_scorer(bundle, s, kind, threads) for s in bundle.sections}
+        first = scorers[bundle.sections[0]]
+        if first.artifact_kind in seen:      # a fused bundle's members fell back alike
+            continue
+        seen.add(first.artifact_kind)
         scores = np.empty(len(clips))
-        for i, (c, f) in enumerate(tqdm(list(zip(clips, feats)), desc=kind, disable=not progress,
-                                        leave=False)):
+        for i, (c, f) in enumerate(tqdm(list(zip(clips, feats)), desc=first.artifact_kind,
+                                        disable=not progress, leave=False)):
             scores[i] = scorers[c.section].score_logmel(f)
         rel = np.abs(scores - torch_scores) / np.maximum(np.abs(torch_scores), 1e-12)
-        size = art.path.stat().st_size
+        parts = first.members if bundle.is_fused else [first]
+        size = sum(p.artifact.path.stat().st_size for p in parts)
+        quant = [q for p in parts if (q := quantization_bytes(p.artifact.path))]
         checks.append(ArtifactCheck(
-            kind, scorers[bundle.sections[0]].backend.name,
+            first.artifact_kind, first.backend_name,
             float(scipy.stats.spearmanr(scores, torch_scores).statistic), float(rel.max()),
-            *_summary(machine, clips, scores), size,
+            float(np.abs(scores - torch_scores).max()), *_summary(machine, clips, scores), size,
             size / onnx_fp32_size if onnx_fp32_size else None,
-            latency_ms(scorers[bundle.sections[0]], feats[0]),
-            quantization_bytes(art.path)))
+            sum(latency_ms(p, feats[0][:, :p.bundle.spec.n_features]) for p in parts),
+            sum(quant) or None))
     return checks
+
+
+def _artifact_kinds(bundle: Bundle) -> list[str]:
+    """The bundle's artifact kinds; a fused bundle's are its members' (each member uses
+    the kind, or its runtime's other precision where it lacks it)."""
+    if not bundle.is_fused:
+        return list(bundle.artifacts)
+    kinds = {k for b in bundle.members.values() for k in b.artifacts}
+    return [k for k in ("onnx-int8", "tflite-int8", "onnx-fp32", "tflite-fp32") if k in kinds]
 
 
 def quantization_bytes(path: Path) -> int | None:
@@ -124,14 +142,18 @@ def latency_ms(scorer: BundleScorer, logmel: np.ndarray, repeats: int = 200) -> 
 
 
 def format_checks(checks: list[ArtifactCheck]) -> str:
-    head = (f"{'artifact':<12} {'backend':<18} {'spearman':>8} {'max rel err':>11} {'AUC_s':>6} "
+    wa = max(12, *(len(c.artifact) for c in checks))
+    wb = max(18, *(len(c.backend) for c in checks))
+    head = (f"{'artifact':<{wa}} {'backend':<{wb}} {'spearman':>8} {'max rel err':>11} "
+            f"{'max abs err':>11} {'AUC_s':>6} "
             f"{'AUC_t':>6} {'pAUC':>6} {'official':>8} {'size':>10} {'x fp32':>6} {'ms/window':>9}")
     lines = [head]
     for c in checks:
         ratio = f"{c.size_vs_onnx_fp32:.3f}" if c.size_vs_onnx_fp32 is not None else "-"
         size = f"{c.size_bytes:,}" if c.size_bytes else "-"
         lat = f"{c.latency_ms:.3f}" if np.isfinite(c.latency_ms) else "-"
-        lines.append(f"{c.artifact:<12} {c.backend:<18} {c.spearman:>8.4f} {c.max_rel_error:>11.4f} "
+        lines.append(f"{c.artifact:<{wa}} {c.backend:<{wb}} {c.spearman:>8.4f} "
+                     f"{c.max_rel_error:>11.4f} {c.max_abs_error:>11.4g} "
                      f"{c.auc_source:>6.4f} {c.auc_target:>6.4f} {c.pauc:>6.4f} {c.official:>8.4f} "
                      f"{size:>10} {ratio:>6} {lat:>9}")
     return "\n".join(lines)

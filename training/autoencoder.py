@@ -125,7 +125,8 @@ class AutoencoderMethod(TorchMethod):
         return self.save(run_dir, clips, hist, normal,
                          {"mahalanobis": [[s, d] for s, d in self.maha],
                           "normal_scores_from": "validation clips" if held_out is val_idx
-                          else "all training clips (too few validation clips)"})
+                          else "all training clips (too few validation clips)"},
+                         held_out_clips=[clips[i] for i in held_out])
 
     def _loss(self, device: torch.device, clips: Sequence[Clip], progress: bool):
         cfg = self.config

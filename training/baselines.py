@@ -188,7 +188,8 @@ class KnnBaseline:
                                      "rule": "held-out training clips vs pseudo-anomalous "
                                              "copies, AUC per domain (harmonic mean)",
                                      "auc": self.density_choice}},
-                         train_clips=clips, normal_scores=normal_score_stats(loo))
+                         train_clips=clips, normal_scores=normal_score_stats(loo),
+                         held_out=(clips, loo))
 
     @classmethod
     def load(cls, run_dir: Path) -> KnnBaseline:

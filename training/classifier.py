@@ -51,7 +51,7 @@ from harken.training.models.dense_ae import DenseAE, per_sample_mse
 from harken.training.models.losses import nt_xent
 from harken.training.models.cosine_head import CosineHead
 from harken.training.models.mobilenetv2 import WIDTHS, MobileNetV2
-from harken.training.runs import RunError, normal_score_stats
+from harken.training.runs import RunError, normal_score_stats, write_held_out
 from harken.training.torch_method import MIN_HELD_OUT, TorchMethod, batched, load_array
 from harken.training.trainer import fit
 
@@ -245,10 +245,11 @@ class ClassifierMethod(TorchMethod):
                    parameters=params)
         self.model = net.cpu().to(memory_format=torch.contiguous_format).eval()
 
-        normal = self._fit_scoring(clips[:own], feats[:own], [i for i in fit_idx if i < own],
-                                   [i for i in val_idx if i < own])
+        held_clips, normal = self._fit_scoring(clips[:own], feats[:own],
+                                               [i for i in fit_idx if i < own],
+                                               [i for i in val_idx if i < own])
         self._save_scoring(run_dir)
-        return self.save(run_dir, clips[:own], hist, normal, {
+        return self.save(run_dir, clips[:own], hist, normal, held_out_clips=held_clips, extra={
             "classes": self.class_names,
             "other_machine_clips": len(clips) - own,
             "normal_scores_from": "validation clips" if len(val_idx) >= MIN_HELD_OUT
@@ -266,17 +267,18 @@ class ClassifierMethod(TorchMethod):
         clips = own + other_machine_clips(own, self.config.other_clips, self.config.seed)
         fit_idx, val_idx = validation_split(clips, self.config.val_fraction, self.config.seed)
         feats = clip_features(own, self.spec, progress)
-        normal = self._fit_scoring(own, feats, [i for i in fit_idx if i < len(own)],
-                                   [i for i in val_idx if i < len(own)])
+        held_clips, normal = self._fit_scoring(own, feats, [i for i in fit_idx if i < len(own)],
+                                               [i for i in val_idx if i < len(own)])
         self._save_scoring(run_dir)
         info["normal_scores"] = normal_score_stats(normal)
+        write_held_out(run_dir, held_clips, normal)
         (Path(run_dir) / "run.json").write_text(json.dumps(info, indent=2))
         return info
 
     def _fit_scoring(self, clips: Sequence[Clip], feats: Sequence[np.ndarray], fit_idx: list[int],
-                     val_idx: list[int]) -> np.ndarray:
+                     val_idx: list[int]) -> tuple[list[Clip], np.ndarray]:
         """Embedding bank from the fit clips; the validation clips are scored as unseen
-        normals (returned), then join the bank."""
+        normals (returned with their clips), then join the bank."""
         _, emb_fit = self._infer([feats[i] for i in fit_idx])
         fit_clips = [clips[i] for i in fit_idx]
         self._fit_bank(emb_fit, fit_clips)
@@ -287,7 +289,7 @@ class ClassifierMethod(TorchMethod):
         if val_idx:
             emb_v = emb_h if held_out is val_idx else self._infer([feats[i] for i in val_idx])[1]
             self._fit_bank(np.concatenate([emb_fit, emb_v]), fit_clips + [clips[i] for i in val_idx])
-        return normal
+        return [clips[i] for i in held_out], normal
 
     def _save_scoring(self, run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)

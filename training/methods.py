@@ -9,6 +9,7 @@ from harken.training.autoencoder import (AeBatchUniformization, AeMahalanobis, A
                                   AutoencoderMethod)
 from harken.training.baselines import KnnBaseline
 from harken.training.classifier import ClassifierMethod, ContrastiveMethod
+from harken.training.fusion import Fusion
 from harken.training.gmgan import GmganMethod
 from harken.training.method import Configurable, Method
 from harken.training.oevae import OevaeMethod
@@ -17,7 +18,7 @@ from harken.training.spectral_knn import SpectralKnn
 METHODS = {cls.name: cls for cls in (SpectralKnn, KnnBaseline, AutoencoderMethod, AeMahalanobis,
                                      AeBatchUniformization, AeNeymanPearson,
                                      ClassifierMethod, ContrastiveMethod, AeganMethod,
-                                     GmganMethod, OevaeMethod)}
+                                     GmganMethod, OevaeMethod, Fusion)}
 
 # what `harken-train train` trains when no --method is given (docs/results.md: why)
 DEFAULT_METHOD = "spectral-knn"

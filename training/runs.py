@@ -22,6 +22,7 @@ from harken.agent.thresholds import gamma_threshold
 from harken.training.data.corpus import Clip
 
 RUN_SCHEMA = 1
+HELD_OUT = "held_out_scores.csv"     # per-clip scores of the normal clips training held out
 
 
 class RunError(HarkenError, ValueError):
@@ -62,8 +63,14 @@ def normal_score_stats(scores: np.ndarray, quantile: float = 0.9) -> dict:
 
 
 def write_run(run_dir: Path, *, method: str, machine: str, spec: FeatureSpec, params: dict,
-              train_clips: Sequence[Clip], normal_scores: dict, extra: dict | None = None) -> dict:
+              train_clips: Sequence[Clip], normal_scores: dict, extra: dict | None = None,
+              held_out: tuple[Sequence[Clip], np.ndarray] | None = None) -> dict:
+    """``held_out``: the clips behind ``normal_scores`` and their scores, kept per clip so
+    that a fusion of several methods can standardise each one per section and score the
+    clips every member held out (training/fusion.py)."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    if held_out is not None:
+        write_held_out(run_dir, *held_out)
     info = {
         "schema": RUN_SCHEMA,
         "run_id": f"{method}-{machine}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}",
@@ -82,6 +89,32 @@ def write_run(run_dir: Path, *, method: str, machine: str, spec: FeatureSpec, pa
     }
     (run_dir / "run.json").write_text(json.dumps(info, indent=2))
     return info
+
+
+def write_held_out(run_dir: Path, clips: Sequence[Clip], scores: np.ndarray) -> None:
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(clips) != len(scores):
+        raise ValueError(f"{len(clips)} held-out clips but {len(scores)} scores")
+    lines = ["file,section,domain,score"]
+    lines += [f"{c.name},{c.section},{c.domain},{float(v)!r}" for c, v in zip(clips, scores)]
+    (Path(run_dir) / HELD_OUT).write_text("\n".join(lines) + "\n")
+
+
+def read_held_out(run_dir: Path) -> dict[str, tuple[int, float]]:
+    """file name -> (section, score) of the run's held-out normal clips."""
+    path = Path(run_dir) / HELD_OUT
+    if not path.is_file():
+        raise RunError(f"{run_dir}: no {HELD_OUT} (a run trained before held-out scores "
+                       f"were kept, or a method that does not keep them); train it again")
+    out = {}
+    for n, line in enumerate(path.read_text().splitlines()[1:], start=2):
+        try:
+            name, section, _domain, score = line.split(",")
+            out[name] = (int(section), float(score))
+        except ValueError:
+            raise RunError(f"{path}: line {n} is not 'file,section,domain,score': "
+                           f"{line[:80]!r}") from None
+    return out
 
 
 def read_run(run_dir: Path) -> dict:

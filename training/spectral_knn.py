@@ -132,7 +132,7 @@ class SpectralKnn:
                                     "log power spectrum bins"},
                     "components": list(COMPONENTS), "distance": "euclidean",
                     "rule_weights": {r: list(w) for r, w in RULE_WEIGHTS.items()}},
-            train_clips=clips, normal_scores=normal_score_stats(loo))
+            train_clips=clips, normal_scores=normal_score_stats(loo), held_out=(clips, loo))
         return self.info
 
     @classmethod

@@ -67,7 +67,8 @@ class TorchMethod:
         return pick_device(self.config.device)
 
     def save(self, run_dir: Path, clips: Sequence[Clip], hist: History, normal_scores: np.ndarray,
-             extra: dict) -> dict:
+             extra: dict, held_out_clips: Sequence[Clip] | None = None) -> dict:
+        """``held_out_clips``: the clips ``normal_scores`` are of, kept per clip (runs.py)."""
         run_dir.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                    run_dir / WEIGHTS)
@@ -75,6 +76,8 @@ class TorchMethod:
         return write_run(run_dir, method=self.name, machine=clips[0].machine, spec=self.spec,
                          params={**config_dict(self.config), "score_rules": list(self.score_rules)},
                          train_clips=clips, normal_scores=normal_score_stats(normal_scores),
+                         held_out=None if held_out_clips is None
+                         else (held_out_clips, normal_scores),
                          extra={"architecture": self.architecture(), "history": hist.to_dict(),
                                 "weights": WEIGHTS, **extra})
 

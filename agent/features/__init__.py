@@ -29,9 +29,10 @@ from __future__ import annotations
 from harken.agent.features.extract import LogMelExtractor, StreamingLogMel, logmel, periodic_window
 from harken.agent.features.mel import hz_to_mel, mel_filterbank, mel_to_hz
 from harken.agent.features.spec import (FEATURE_SPEC_VERSION, PRESETS, FeatureSpec,
-                                        FeatureSpecError, preset)
+                                        FeatureSpecError, preset, shared_front_end)
 from harken.agent.features.windows import n_windows, windows
 
 __all__ = ["FEATURE_SPEC_VERSION", "PRESETS", "FeatureSpec", "FeatureSpecError", "preset",
+           "shared_front_end",
            "hz_to_mel", "mel_to_hz", "mel_filterbank", "LogMelExtractor", "StreamingLogMel",
            "logmel", "periodic_window", "n_windows", "windows"]

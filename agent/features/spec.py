@@ -174,6 +174,30 @@ PRESETS: dict[str, FeatureSpec] = {
 }
 
 
+# what only decides how frames are cut into model inputs, not the frames themselves
+_WINDOWING = ("window_frames", "window_hop", "spectrum", "name")
+
+
+def shared_front_end(specs: list[FeatureSpec]) -> FeatureSpec:
+    """One streaming front end for several models (a fused bundle): their specs must give
+    the same frames, differing only in windowing and in whether the spectrum is appended
+    after the mels. The shared spec appends it if any model reads it; each model takes its
+    first ``n_features`` columns, exactly the frames its own spec would give."""
+    if not specs:
+        raise FeatureSpecError("no feature specs to share a front end between")
+    first = specs[0]
+    for other in specs[1:]:
+        for f in dataclasses.fields(FeatureSpec):
+            if f.name not in _WINDOWING and getattr(other, f.name) != getattr(first, f.name):
+                raise FeatureSpecError(
+                    f"feature specs '{first.name}' and '{other.name}' differ in '{f.name}' "
+                    f"({getattr(first, f.name)!r} vs {getattr(other, f.name)!r}); models "
+                    f"fused in one bundle must compute the same frames")
+    return first.replace(spectrum=any(s.spectrum for s in specs),
+                         window_frames=max(s.window_frames for s in specs),
+                         window_hop=max(s.window_hop for s in specs), name="shared")
+
+
 def preset(name: str) -> FeatureSpec:
     try:
         return PRESETS[name]
