@@ -45,8 +45,17 @@ def stage_ends() -> dict[str, int]:
     return ends
 
 
-def stage_embeddings(method, feats: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Clip-mean GAMP (mean + max over frequency and time) of every stage's output."""
+def band_statistics(h):
+    """Frequency-preserving pooling: mean and std over time of every (channel, frequency
+    row) of a (batch, channels, freq, time) map, flattened: what GAMP throws away (where in
+    frequency a channel fires) is kept, as baseline-knn's clip vector keeps it per band."""
+    return __import__("torch").cat([h.mean(dim=3), h.std(dim=3)], dim=2).flatten(1)
+
+
+def stage_embeddings(method, feats: list[np.ndarray], bands: bool = False
+                     ) -> dict[str, np.ndarray]:
+    """Clip-mean GAMP (mean + max over frequency and time) of every stage's output; with
+    ``bands`` also each stage's band statistics (rows '<stage> per band')."""
     import torch
 
     from harken.training.data.windows import as_images, stack_windows
@@ -62,6 +71,9 @@ def stage_embeddings(method, feats: list[np.ndarray]) -> dict[str, np.ndarray]:
                 h = layer(h)
                 if i in name_at:
                     parts[name_at[i]].append((h.mean(dim=(2, 3)) + h.amax(dim=(2, 3))).numpy())
+                    if bands:
+                        parts.setdefault(f"{name_at[i]} per band", []).append(
+                            band_statistics(h).numpy())
     out = {}
     for name, p in parts.items():
         e = np.concatenate(p).astype(np.float64)
@@ -101,7 +113,7 @@ def pseudo_aucs(method, clips, normal: np.ndarray, mixed: dict[str, np.ndarray],
     return out
 
 
-def probe(run: Path) -> dict:
+def probe(run: Path, bands: bool = False) -> dict:
     import torch
 
     from harken.training.baselines import clip_vector
@@ -115,12 +127,12 @@ def probe(run: Path) -> dict:
     clips = scan(Path(method.info["corpus"]["root"]), [method.info["machine"]], split="train")
     feats = clip_features(clips, method.spec, progress=False)
     pool, _ = pseudo_anomaly_pool(clips, method.spec, seed=1, progress=False)
-    normal = stage_embeddings(method, feats)
+    normal = stage_embeddings(method, feats, bands)
     normal["baseline-knn clip vector"] = np.stack([clip_vector(f) for f in feats])
     mixed = {}
     for label, anr in ANR_RANGES.items():
         mixed_feats = pseudo_anomalous(feats, pool, method.spec, seed=2, anr_db=anr)
-        mixed[label] = stage_embeddings(method, mixed_feats)
+        mixed[label] = stage_embeddings(method, mixed_feats, bands)
         mixed[label]["baseline-knn clip vector"] = np.stack([clip_vector(f) for f in mixed_feats])
     fold = folds_of(clips)
     by_stage = {name: pseudo_aucs(method, clips, normal[name],
@@ -134,6 +146,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["mobilenetv2", "contrastive"],
                     help="folders under --runs holding one classifier run per machine type")
     ap.add_argument("--runs", type=Path, default=RUNS, help=f"default: {RUNS}")
+    ap.add_argument("--bands", action="store_true",
+                    help="also each stage's frequency-preserving pooling (band statistics)")
     ap.add_argument("--name", default="probe", help="bench/results/NAME.json (docs show 'probe')")
     args = ap.parse_args()
     results, missing = {}, []
@@ -141,7 +155,7 @@ def main() -> None:
         for run in sorted((args.runs / method).glob("*/run.json")):
             machine = run.parent.name
             print(f"{method} {machine} ...", flush=True)
-            results.setdefault(method, {})[machine] = probe(run.parent)
+            results.setdefault(method, {})[machine] = probe(run.parent, args.bands)
             for anr, aucs in results[method][machine].items():
                 print(f"  mixed at {anr}: " + ", ".join(f"{k} {v:.3f}" for k, v in aucs.items()))
         if method not in results:
@@ -151,7 +165,9 @@ def main() -> None:
     if results:
         record(args.name, " ".join(["bench/probe_embeddings.py", *sys.argv[1:]]),
                {"runs": str(args.runs), "anr_ranges": list(ANR_RANGES), "stages": list(stage_ends())
-                + ["baseline-knn clip vector"], "results": results})
+                + ["baseline-knn clip vector"],
+                "band_stages": [f"{s} per band" for s in stage_ends()] if args.bands else [],
+                "results": results})
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ member's bundle.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,8 +28,8 @@ from harken.agent.errors import DataError, UsageError
 from harken.agent.features import FeatureSpec, shared_front_end
 from harken.training.config import with_overrides
 from harken.training.data.corpus import Clip
-from harken.training.runs import (RunError, normal_score_stats, read_held_out, read_run,
-                                  write_run)
+from harken.training.runs import (RunError, corpus_fingerprint, normal_score_stats,
+                                  read_held_out, read_run, write_run)
 
 MIN_PER_SECTION = 5         # held-out clips a member needs per section to standardise on
 
@@ -37,6 +38,8 @@ MIN_PER_SECTION = 5         # held-out clips a member needs per section to stand
 class FusionConfig:
     members: str = "spectral-knn,ae-mahalanobis"   # comma-separated methods
     weights: str = ""                              # comma-separated, one per member; "" = equal
+    trained: str = ""        # folder of runs already trained (<folder>/<member>/<machine>):
+                             # copied into the fusion run instead of training the members
 
     def __post_init__(self) -> None:
         names = self.member_names
@@ -145,9 +148,11 @@ class Fusion:
         run_dir = Path(run_dir)
         infos = []
         for name in self.config.member_names:
-            member = make_method(name, self.member_settings.get(name))
-            infos.append(member.train(clips, run_dir / name, progress))
-            self.members.append(member)
+            if self.config.trained:
+                infos.append(self._copy_trained(name, clips, run_dir / name))
+            else:
+                member = make_method(name, self.member_settings.get(name))
+                infos.append(member.train(clips, run_dir / name, progress))
             self.run_dirs.append(run_dir / name)
         specs = [FeatureSpec.from_dict(i["feature_spec"], f"{d}/run.json")
                  for i, d in zip(infos, self.run_dirs)]
@@ -176,7 +181,26 @@ class Fusion:
                                                 zip(self.config.member_names, self.scales)}
                                    for s in sections},
                    "normal_scores_from": f"{len(common)} training clips every member held out"})
+        from harken.training.methods import method_class
+        self.members = [method_class(i["method"]).load(d) for i, d in zip(infos, self.run_dirs)]
         return self.info
+
+    def _copy_trained(self, name: str, clips: Sequence[Clip], into: Path) -> dict:
+        """A member's run trained before, checked to be that method on these very clips."""
+        source = Path(self.config.trained) / name / clips[0].machine
+        info = read_run(source)
+        if info["method"] != name:
+            raise RunError(f"{source}: a run of '{info['method']}', not of member '{name}'")
+        if info["corpus"]["fingerprint"] != corpus_fingerprint(clips):
+            raise RunError(f"{source}: trained on other clips than these (corpus fingerprint "
+                           f"differs); train it again or leave 'trained' empty")
+        if self.member_settings.get(name):
+            raise UsageError(f"--set {name}.*: member '{name}' is copied from {source}, "
+                             f"not trained; its settings are the ones it was trained with")
+        if into.exists():
+            shutil.rmtree(into)
+        shutil.copytree(source, into, ignore=shutil.ignore_patterns("eval*"))
+        return info
 
     @classmethod
     def load(cls, run_dir: Path) -> Fusion:
@@ -197,9 +221,6 @@ class Fusion:
         self.run_dirs = [run_dir / e["run"] for e in entries]
         self.members = [method_class(read_run(d)["method"]).load(d) for d in self.run_dirs]
         return self
-
-    def member_rules(self) -> list[str]:
-        return [m.default_rule for m in self.members]
 
     def score(self, clips: Sequence[Clip], progress: bool = True, rule: str | None = None
               ) -> np.ndarray:

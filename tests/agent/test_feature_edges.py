@@ -211,3 +211,22 @@ def test_a_single_frame_is_handed_out_the_moment_its_last_sample_arrives(rng):
     x = (rng.standard_normal(spec.n_fft) * 0.1).astype(np.float32)
     got = [len(stream.push(x[i:i + 1])) for i in range(spec.n_fft)]
     assert got == [0] * (spec.n_fft - 1) + [1]
+
+
+def test_a_shared_front_end_gives_each_model_exactly_its_own_frames():
+    from harken.agent.features import logmel, preset, shared_front_end
+    ae, knn = preset("dcase2020-ae"), preset("spectral-knn")
+    shared = shared_front_end([ae, knn])
+    assert shared.spectrum and shared.window_frames == 32 and shared.window_hop == 32
+    x = np.random.default_rng(3).standard_normal(16000).astype(np.float32)
+    frames = logmel(x, shared)
+    np.testing.assert_array_equal(frames[:, :ae.n_features], logmel(x, ae))
+    np.testing.assert_array_equal(frames, logmel(x, knn))
+
+
+def test_models_that_compute_other_frames_share_no_front_end():
+    from harken.agent.features import FeatureSpecError, preset, shared_front_end
+    with pytest.raises(FeatureSpecError, match=r"differ in 'n_mels' \(128 vs 64\)"):
+        shared_front_end([preset("mobilenetv2"), preset("gmgan")])
+    with pytest.raises(FeatureSpecError, match="no feature specs"):
+        shared_front_end([])

@@ -192,3 +192,21 @@ def test_a_changed_member_is_refused_by_its_pinned_hash(bundle_dir, tmp_path):
     with pytest.raises(BundleError, match=r"members/ae/manifest.json: sha256 does not match "
                                           r"'.*fusion.members\[1\].manifest_sha256'"):
         open_bundle(b)
+
+
+def test_members_trained_before_are_copied_not_retrained(run, small_fan, tiny_corpus, tmp_path):
+    from harken.training.runs import RunError
+    trained = tmp_path / "trained"
+    for m in MEMBERS:
+        shutil.copytree(run / m, trained / m / "fan")
+    again = tmp_path / "again" / "fan"
+    make_method("fusion", ["members=spectral-knn,ae", "weights=1,0.5", f"trained={trained}"]
+                ).train(scan(small_fan, ["fan"], "train"), again, progress=False)
+    first, second = (json.loads((d / "run.json").read_text()) for d in (run, again))
+    assert second["standardise"] == first["standardise"]
+    assert second["normal_scores"] == first["normal_scores"]
+    # a member trained on other clips is refused before anything is written
+    with pytest.raises(RunError, match="trained on other clips"):
+        make_method("fusion", ["members=spectral-knn,ae", f"trained={trained}"]).train(
+            scan(tiny_corpus, ["fan"], "train"), tmp_path / "other" / "fan", progress=False)
+    assert not (tmp_path / "other" / "fan" / "run.json").exists()

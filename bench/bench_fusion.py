@@ -1,0 +1,132 @@
+"""Score fusion against its members, on the standard synthetic corpus, through the same path
+a device takes.
+
+Per machine type: the fusion of spectral-knn (the default detector) and ae-mahalanobis (the
+exportable trained method with the best official score on the results page), equal
+weights, nothing tuned; every test clip scored by the fused rule and by each member alone
+(the "did it help?" rows: fusion off is a member alone), then the fused bundle exported
+(int8 where a member has weights) and scored through the agent's own scorer
+(``harken-export verify``), baseline-knn beside it on the same clips.
+
+    .venv/bin/python bench/bench_fusion.py [--corpus corpora/standard] [--trained DIR]
+
+``--trained DIR`` copies members trained before (DIR/<member>/<machine>, e.g. by
+``harken-train train --method ae-mahalanobis --out DIR/ae-mahalanobis``) instead of
+training them; their recorded training times are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._common import ROOT, corpus_root, detection_summary, record  # noqa: E402
+
+MEMBERS = ("spectral-knn", "ae-mahalanobis")
+RUNS = ROOT / "runs" / "bench-fusion"
+TARGETS = {"official": 0.72, "auc_target": 0.65, "int8_vs_float": 0.01, "train_s": 300.0}
+
+
+def member_seconds(run: Path) -> float | None:
+    info = json.loads((run / "run.json").read_text())
+    return info.get("training", {}).get("seconds")
+
+
+def main() -> None:
+    from harken.agent.bundle import open_bundle
+    from harken.export.bundle import ExportOptions, write_bundle
+    from harken.export.verify import verify
+    from harken.training.data.corpus import machine_types, scan
+    from harken.training.evaluate import section_results
+    from harken.training.fusion import Fusion, fuse
+    from harken.training.methods import make_method
+    from harken.training.metrics import hmean
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", type=Path, default=ROOT / "corpora" / "standard")
+    ap.add_argument("--trained", type=Path, help="members trained before: DIR/<member>/<machine>")
+    args = ap.parse_args()
+    corpus = args.corpus
+    if not (corpus / "corpus.json").is_file():
+        sys.exit(f"{corpus}: no corpus; make it with "
+                 f"'harken-train synth --size standard --out {corpus}'")
+    shutil.rmtree(RUNS, ignore_errors=True)
+    settings = [f"members={','.join(MEMBERS)}"]
+    if args.trained:
+        settings.append(f"trained={args.trained}")
+    per_rule: dict[str, list] = {"fused": [], **{m: [] for m in MEMBERS}}
+    knn: list = []
+    artifacts: dict[str, dict[str, dict]] = {}
+    train_s: dict[str, dict[str, float | None]] = {}
+    machines = machine_types(corpus)
+    for machine in machines:
+        train, test = scan(corpus, [machine], "train"), scan(corpus, [machine], "test")
+        run = RUNS / "runs" / machine
+        t = time.perf_counter()
+        make_method("fusion", settings).train(train, run, progress=False)
+        wall = time.perf_counter() - t
+        train_s[machine] = ({m: member_seconds(run / m) for m in MEMBERS} if args.trained
+                            else {"fusion": wall})
+        fusion = Fusion.load(run)
+        # each member scores once: alone (fusion off) and fused from the same scores
+        member_scores = [m.score(test, progress=False) for m in fusion.members]
+        for name, scores in zip(MEMBERS, member_scores):
+            per_rule[name] += section_results(machine, test, scores)
+        fused = fuse(member_scores, [c.section for c in test], fusion.scales, fusion.weights)
+        per_rule["fused"] += section_results(machine, test, fused)
+        baseline = make_method("baseline-knn")
+        baseline.train(train, RUNS / "baseline-knn" / machine, progress=False)
+        knn += section_results(machine, test, baseline.score(test, progress=False))
+        bundle = open_bundle(write_bundle(run, RUNS / "bundles" / machine, corpus,
+                                          ExportOptions()))
+        for check in verify(bundle, corpus, run, progress=False):
+            if check.artifact != "torch-fp32":
+                artifacts.setdefault(check.artifact, {})[machine] = check.to_dict()
+        print(f"{machine}: " + ", ".join(f"{a} {artifacts[a][machine]['official']:.4f}"
+                                         for a in artifacts), flush=True)
+
+    rows = [{"name": "fusion" if r == "fused" else f"{r} alone", "rule": r,
+             **detection_summary(res)} for r, res in per_rule.items()]
+    knn_row = {"name": "baseline-knn", "rule": "knn", **detection_summary(knn)}
+    float_row = rows[0]
+    bundle_rows = []
+    for kind, by_machine in artifacts.items():
+        ms = {m: x["official"] for m, x in by_machine.items()}
+        bundle_rows.append({
+            "name": f"fusion bundle {kind}", "artifact": kind, "int8": "int8" in kind,
+            "official": hmean(list(ms.values())), "machines": ms,
+            "auc_source": float(np.mean([x["auc_source"] for x in by_machine.values()])),
+            "auc_target": float(np.mean([x["auc_target"] for x in by_machine.values()])),
+            "max_abs_error": max(x["max_abs_error"] for x in by_machine.values()),
+            "ms_per_window": float(np.median([x["latency_ms"] for x in by_machine.values()]))})
+    int8 = [b for b in bundle_rows if b["int8"]]
+    device = int8[0] if int8 else bundle_rows[0]
+    seconds = [s for by in train_s.values() for s in by.values() if s is not None]
+    met = {"official": device["official"] >= TARGETS["official"],
+           "auc_target": device["auc_target"] >= TARGETS["auc_target"],
+           "no_machine_below_baseline": all(device["machines"][m] > knn_row["machines"][m]
+                                            for m in machines),
+           "int8_vs_float": all(abs(b["official"] - float_row["official"])
+                                <= TARGETS["int8_vs_float"] for b in int8),
+           "train_s": bool(seconds) and sum(seconds) / len(machines) <= TARGETS["train_s"]}
+    for r in [*rows, knn_row, *bundle_rows]:
+        print(f"{r['name']:<44} official {r['official']:.4f}  AUC source {r['auc_source']:.3f}"
+              f"  target {r['auc_target']:.3f}")
+    print("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in met.items()))
+    path = record("fusion", " ".join(["bench/bench_fusion.py", *sys.argv[1:]]), {
+        "corpus": {"root": corpus_root(corpus)}, "members": list(MEMBERS),
+        "settings": settings, "machines": machines, "rows": rows, "baseline": knn_row,
+        "bundles": bundle_rows, "device_artifact": device["artifact"], "train_s": train_s,
+        "targets": TARGETS, "met": met})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
