@@ -35,6 +35,7 @@ from harken.agent.calibrate import SECONDS_PER_WEEK, score_files, score_micropho
 from harken.agent.config import Config, ConfigError
 from harken.agent.decision import Decision
 from harken.agent.errors import DataError
+from harken.agent.features import windows
 from harken.agent.pipeline import Pipeline
 from harken.agent.rules.spectral_knn import (BRANCHES, branch_statistics, branch_vectors,
                                              fit_bank, pooled_moments)
@@ -73,6 +74,15 @@ class IntervalStatistics:
         for b, v in branch_vectors(*pooled_moments(evidence), self.bundle.spec.n_mels).items():
             self.vectors[b].append(v)
         return 0.0
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def score_frames(self, frames: np.ndarray) -> tuple[float, int]:
+        """The pipeline's call (agent/scorer.py ``Scorer``): keeps the statistics, scores 0."""
+        w = windows(frames, self.bundle.spec)
+        return self.reduce(self.evidence(w)), len(w)
 
     @property
     def count(self) -> int:

@@ -18,7 +18,7 @@ from harken.agent.errors import UsageError
 from harken.agent.decision import Decision, Event
 from harken.agent.features import StreamingLogMel, n_windows
 from harken.agent.health import AudioCheck, check_audio
-from harken.agent.scorer import BundleScorer
+from harken.agent.scorer import Scorer
 
 
 @dataclass
@@ -53,7 +53,7 @@ class IntervalResult:
 
 
 class Pipeline:
-    def __init__(self, scorer: BundleScorer, decision: Decision, interval_s: float = 10.0,
+    def __init__(self, scorer: Scorer, decision: Decision, interval_s: float = 10.0,
                  seq_start: int = 1, clock: Callable[[], float] = time.time) -> None:
         spec = scorer.bundle.spec
         self.scorer, self.decision, self.spec = scorer, decision, spec

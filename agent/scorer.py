@@ -6,6 +6,8 @@ third-party import test all score through ``BundleScorer``.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 from harken.agent.backends import Backend, open_backend
@@ -21,6 +23,19 @@ def model_input(window: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     if len(shape) == 2:
         return np.ascontiguousarray(window, dtype=np.float32).reshape(shape)
     return np.ascontiguousarray(window.T, dtype=np.float32).reshape(shape)
+
+
+class Scorer(Protocol):
+    """What the pipeline scores a report interval with: ``BundleScorer`` (one model),
+    ``FusedScorer`` (agent/fused.py: several), enrollment's ``IntervalStatistics``
+    (agent/enroll.py: keeps statistics instead)."""
+    bundle: Bundle
+
+    @property
+    def backend_name(self) -> str: ...
+
+    def score_frames(self, frames: np.ndarray) -> tuple[float, int]:
+        """(score, model windows used) of one interval's (frames, features) frames."""
 
 
 class BundleScorer:

@@ -1,5 +1,6 @@
 """The agent end to end, as a user runs it: `harken run` with the default detector's bundle
-(spectral-knn, float TFLite; `--model mobilenetv2-0.5` for the int8 MobileNetV2), one thread.
+(spectral-knn, float TFLite; `--model mobilenetv2-0.5` for the int8 MobileNetV2, `--model
+fusion` for spectral-knn fused with the int8 AE, bench/_models.py), one thread.
 
 1. As fast as possible: a one-hour WAV file (the bench corpus's fan clips, looped), no
    MQTT; wall time including start-up -> real-time factor; peak RSS of the process.
@@ -35,7 +36,8 @@ from tests.helpers import write_agent_config  # noqa: E402
 
 HARKEN = ROOT / ".venv" / "bin" / "harken"
 # model -> the artifact the agent runs (spectral-knn's graph has no weights: float only)
-ARTIFACTS = {"spectral-knn": "tflite-fp32", "mobilenetv2-0.5": "tflite-int8", "ae": "tflite-int8"}
+ARTIFACTS = {"spectral-knn": "tflite-fp32", "mobilenetv2-0.5": "tflite-int8", "ae": "tflite-int8",
+             "fusion": "tflite-int8"}
 TARGETS = {"cpu_percent": 2.0, "rss_mb": 150.0, "publish_ms_p99": 50.0}
 
 
@@ -145,7 +147,8 @@ def main() -> None:
           f"over {realtime['published']} scores")
     figures = {"model": model, "artifact": artifact, "threads": 1, "fast": fast,
                "realtime": realtime, "targets": TARGETS, "met": met}
-    print(f"wrote {record('agent', 'bench/bench_agent.py', figures)}")
+    name = "agent" if model == "spectral-knn" else f"agent-{model}"
+    print(f"wrote {record(name, ' '.join(['bench/bench_agent.py', *sys.argv[1:]]), figures)}")
 
 
 if __name__ == "__main__":

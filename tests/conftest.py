@@ -3,6 +3,7 @@ import os
 import numpy as np
 import pytest
 
+from tests import prebuilt
 from tests.helpers import whine
 
 # Under pytest-xdist (scripts/test) the workers share the cores: give each worker's torch and
@@ -15,8 +16,11 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
     """The tiny synthetic corpus, written once per test session (a few seconds)."""
-    from harken.training.synth.corpus import synthesize
-    return synthesize(tmp_path_factory.mktemp("corpus") / "tiny", "tiny", seed=0, progress=False)
+    ready = prebuilt.prebuilt(prebuilt.TINY)
+    if ready:
+        return ready
+    prebuilt.workstation_or_skip()
+    return prebuilt.tiny(tmp_path_factory.mktemp("corpus") / "tiny")
 
 
 @pytest.fixture
@@ -28,9 +32,11 @@ def rng():
 def small_fan(tmp_path_factory):
     """The small synthetic corpus, fan only (90 ten-second training clips): enough windows
     for a classifier to learn something in seconds. About 30 s, once per session."""
-    from harken.training.synth.corpus import synthesize
-    return synthesize(tmp_path_factory.mktemp("corpus") / "small_fan", "small", seed=0,
-                      machines=("fan",), progress=False)
+    ready = prebuilt.prebuilt(prebuilt.SMALL_FAN)
+    if ready:
+        return ready
+    prebuilt.workstation_or_skip()
+    return prebuilt.small_fan(tmp_path_factory.mktemp("corpus") / "small_fan")
 
 
 @pytest.fixture(scope="session")
@@ -70,10 +76,18 @@ def easy_test_set(small_fan, tmp_path_factory):
 def ae_bundle(small_fan, tmp_path_factory):
     """A small AE (3 epochs on the small fan corpus) exported to an int8 bundle (ONNX and
     TFLite): the agent tests' model. About 20 s, once per session."""
-    from harken.export.bundle import ExportOptions, write_bundle
-    from harken.training.data.corpus import scan
-    from harken.training.methods import make_method
-    root = tmp_path_factory.mktemp("agent_model")
-    make_method("ae", ["epochs=3"]).train(scan(small_fan, ["fan"], "train"), root / "run",
-                                          progress=False)
-    return write_bundle(root / "run", root / "bundle", small_fan, ExportOptions())
+    ready = prebuilt.prebuilt(prebuilt.AE_BUNDLE)
+    if ready:
+        return ready
+    prebuilt.workstation_or_skip()
+    return prebuilt.ae_bundle(small_fan, tmp_path_factory.mktemp("agent_model"))
+
+
+@pytest.fixture(scope="session")
+def general_bundle(tmp_path_factory):
+    """A general bundle (spectral-knn's graph, no bank: enrolled on site), float ONNX."""
+    ready = prebuilt.prebuilt(prebuilt.GENERAL_BUNDLE)
+    if ready:
+        return ready
+    prebuilt.workstation_or_skip()
+    return prebuilt.general_bundle(tmp_path_factory.mktemp("general") / "bundle")

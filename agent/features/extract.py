@@ -14,6 +14,14 @@ from harken.agent.features.spec import FeatureSpec
 # Frames per FFT block: 64 frames x 1024 samples stay in cache, which is ~2x faster
 # than one big block (measured with bench/bench_features.py) and bounds memory.
 _BLOCK_FRAMES = 64
+# Rows per FFT call are always a whole number of these. pocketfft (scipy.fft) transforms
+# rows in SIMD groups (at most 16 lanes) and the rows left over one by one, and on some
+# CPUs the two paths round differently (seen on aarch64: 1e-6 relative). Padding every
+# call to whole groups with zero rows gives every frame the same arithmetic, whether it
+# comes from a 10-s clip or a 10-ms streaming chunk, so streaming equals batch bit for
+# bit on every CPU by construction.
+_ROW_GROUP = 16
+assert _BLOCK_FRAMES % _ROW_GROUP == 0
 
 class _Kernel:
     """Window, FFT, power, mel and log for whole frames: the hot path, shared by the
@@ -50,8 +58,12 @@ class _Kernel:
         out = np.empty((n, self.spec.n_features), dtype=np.float32)
         for start in range(0, n, _BLOCK_FRAMES):
             block = frames[start:start + _BLOCK_FRAMES]
-            windowed = np.multiply(block, self.window, out=self._windowed[:block.shape[0]])
-            spectrum = scipy.fft.rfft(windowed, axis=-1, workers=1)
+            rows = block.shape[0]
+            whole = -(-rows // _ROW_GROUP) * _ROW_GROUP
+            windowed = self._windowed[:whole]
+            np.multiply(block, self.window, out=windowed[:rows])
+            windowed[rows:] = 0.0
+            spectrum = scipy.fft.rfft(windowed, axis=-1, workers=1)[:rows]
             if self.spec.power == 2.0:
                 mag = spectrum.real ** 2
                 mag += spectrum.imag ** 2

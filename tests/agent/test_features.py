@@ -1,11 +1,18 @@
 import sys
 
-import librosa
 import numpy as np
 import pytest
 import scipy.signal
 
-from harken.agent.features import (
+try:
+    import librosa
+except ImportError:          # a device-only install: the comparisons with librosa skip
+    librosa = None
+needs_librosa = pytest.mark.skipif(
+    librosa is None, reason="librosa, the reference front end, is a workstation dev tool "
+    "(scripts/setup installs it)")
+
+from harken.agent.features import (  # noqa: E402
     PRESETS, FeatureSpec, FeatureSpecError, LogMelExtractor, StreamingLogMel, logmel,
     mel_filterbank, periodic_window, preset, windows,
 )
@@ -49,6 +56,7 @@ def mixture(rng):
     return np.round(np.clip(x / 2, -1, 1) * 32767) / 32768
 
 
+@needs_librosa
 @pytest.mark.parametrize("make", [noise, sweep, mixture])
 def test_dcase_preset_matches_librosa(make, rng):
     spec = preset("dcase2020-ae")
@@ -58,6 +66,7 @@ def test_dcase_preset_matches_librosa(make, rng):
     assert np.max(np.abs(ours - ref)) <= 1e-3
 
 
+@needs_librosa
 @pytest.mark.parametrize("make", [noise, mixture])
 def test_float32_audio_matches_librosa_on_float32(make, rng):
     """float32 samples are transformed in float32, as librosa does with them."""
@@ -71,6 +80,7 @@ def test_float32_audio_matches_librosa_on_float32(make, rng):
     assert np.max(np.abs(ours - logmel(x.astype(np.float64), spec))) <= 3e-3
 
 
+@needs_librosa
 @pytest.mark.parametrize("changes", [
     {"mel_scale": "htk"}, {"mel_norm": "none"}, {"center": False}, {"pad_mode": "reflect"},
     {"power": 1.0}, {"n_fft": 2048, "win_length": 2048}, {"win_length": 800, "fmin": 50.0, "fmax": 7000.0},
@@ -81,6 +91,7 @@ def test_variants_match_librosa(changes, rng):
     assert np.max(np.abs(logmel(x, spec) - librosa_dcase(x, spec))) <= 1e-3
 
 
+@needs_librosa
 @pytest.mark.parametrize("scale", ["slaney", "htk"])
 def test_filterbank_matches_librosa(scale):
     spec = preset("dcase2020-ae").replace(mel_scale=scale, fmin=20.0, fmax=7600.0)
@@ -104,9 +115,8 @@ def test_streaming_equals_batch_random_chunks(name, changes, rng):
             out.append(stream.push(x[i:i + n]))
             i += n
         out.append(stream.finish())
-        got = np.concatenate(out)
-        assert got.shape == batch.shape
-        assert np.max(np.abs(got - batch)) <= 1e-4
+        # bit for bit, on every CPU: the kernel transforms whole SIMD row groups only
+        np.testing.assert_array_equal(np.concatenate(out), batch)
 
 
 def test_streaming_float64(rng):
@@ -115,7 +125,6 @@ def test_streaming_float64(rng):
     stream = StreamingLogMel(spec, dtype=np.float64)
     got = np.concatenate([stream.push(x[i:i + 777]) for i in range(0, x.size, 777)] + [stream.finish()])
     np.testing.assert_array_equal(got, logmel(x, spec))
-    assert np.max(np.abs(got - librosa_dcase(x, spec))) <= 1e-3
 
 
 def test_streaming_one_sample_chunks_and_flush(rng):

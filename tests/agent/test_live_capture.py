@@ -128,11 +128,10 @@ def test_calibrate_from_the_live_microphone(sound_server, ae_bundle, tmp_path):
     assert (tmp_path / "state" / "threshold-fan.json").is_file()
 
 
-def test_enroll_from_the_live_microphone_then_run_on_the_enrolled_bank(sound_server, tmp_path):
+def test_enroll_from_the_live_microphone_then_run_on_the_enrolled_bank(sound_server,
+                                                                       general_bundle, tmp_path):
     """`harken enroll --minutes` records through the same PortAudio path as `harken run`."""
-    from harken.export.bundle import ExportOptions, write_general_bundle
-    bundle = write_general_bundle(tmp_path / "general", options=ExportOptions(
-        formats=("onnx",), precision="fp32"))
+    bundle = general_bundle
     cfg = write_agent_config(
         tmp_path / "site.toml",
         agent={"node": "live", "machine": "pump", "state_dir": tmp_path / "state"},
