@@ -92,3 +92,40 @@ def detection_summary(results) -> dict:
             "auc_target": float(np.mean([r.auc_target for r in results])),
             "pauc": float(np.mean([r.pauc for r in results])),
             "machines": {m: machine_hmean(results, m) for m in machines}}
+
+
+def baseline_knn_results(machine: str, train, test, folder: Path) -> list:
+    """baseline-knn trained on ``train`` into ``folder``: its section results on ``test``
+    (the floor every detection bench compares with)."""
+    from harken.training.evaluate import section_results
+    from harken.training.methods import make_method
+    baseline = make_method("baseline-knn")
+    baseline.train(train, folder, progress=False)
+    return section_results(machine, test, baseline.score(test, progress=False))
+
+
+def export_and_verify(run: Path, out: Path, corpus: Path):
+    """The run exported (default options) and every artifact verified through the agent's
+    scorer: (bundle, artifact -> verify figures), the torch reference row left out."""
+    from harken.agent.bundle import open_bundle
+    from harken.export.bundle import ExportOptions, write_bundle
+    from harken.export.verify import verify
+    bundle = open_bundle(write_bundle(run, out, corpus, ExportOptions()))
+    return bundle, {c.artifact: c.to_dict() for c in verify(bundle, corpus, run, progress=False)
+                    if c.artifact != "torch-fp32"}
+
+
+def bundle_row(name: str, by_machine: dict[str, dict]) -> dict:
+    """One artifact's verify figures over the machine types: official (hmean), mean AUCs,
+    largest errors against the float score, median latency."""
+    import numpy as np
+
+    from harken.training.metrics import hmean
+    ms = {m: x["official"] for m, x in by_machine.items()}
+    return {"name": name, "official": hmean(list(ms.values())), "machines": ms,
+            "auc_source": float(np.mean([x["auc_source"] for x in by_machine.values()])),
+            "auc_target": float(np.mean([x["auc_target"] for x in by_machine.values()])),
+            "max_rel_error": max(x["max_rel_error"] for x in by_machine.values()),
+            "max_abs_error": max(x.get("max_abs_error", float("nan"))
+                                 for x in by_machine.values()),
+            "ms_per_window": float(np.median([x["latency_ms"] for x in by_machine.values()]))}

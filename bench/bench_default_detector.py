@@ -17,10 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import (ROOT, corpus_root, detection_summary, record,  # noqa: E402
+from bench._common import (ROOT, baseline_knn_results, bundle_row,  # noqa: E402
+                           corpus_root, detection_summary, export_and_verify, record,
                            standard_corpus)
 
 TARGETS = {"official": 0.72, "auc_target": 0.65, "bundle_vs_float": 0.01, "train_s": 300.0}
@@ -28,13 +28,9 @@ RUNS = ROOT / "runs" / "bench-default"
 
 
 def main() -> None:
-    from harken.agent.bundle import open_bundle
-    from harken.export.bundle import ExportOptions, write_bundle
-    from harken.export.verify import verify
     from harken.training.data.corpus import machine_types, scan
     from harken.training.evaluate import section_results
     from harken.training.methods import DEFAULT_METHOD, make_method, method_class
-    from harken.training.metrics import hmean
 
     corpus = standard_corpus(__doc__.splitlines()[0])
     shutil.rmtree(RUNS, ignore_errors=True)
@@ -53,14 +49,10 @@ def main() -> None:
         model = method_class(DEFAULT_METHOD).load(run)
         for rule, scores in model.score_all(test, progress=False).items():
             per_rule[rule] += section_results(machine, test, scores)
-        baseline = make_method("baseline-knn")
-        baseline.train(train, RUNS / "baseline-knn" / machine, progress=False)
-        knn += section_results(machine, test, baseline.score(test, progress=False))
-        bundle = open_bundle(write_bundle(run, RUNS / "bundles" / machine, corpus,
-                                          ExportOptions()))
-        for check in verify(bundle, corpus, run, progress=False):
-            if check.artifact != "torch-fp32":
-                artifacts.setdefault(check.artifact, {})[machine] = check.to_dict()
+        knn += baseline_knn_results(machine, train, test, RUNS / "baseline-knn" / machine)
+        bundle, checks = export_and_verify(run, RUNS / "bundles" / machine, corpus)
+        for kind, figures in checks.items():
+            artifacts.setdefault(kind, {})[machine] = figures
         default_artifact = bundle.artifact().kind
         print(f"{machine}: trained in {train_s[machine]:.1f} s; " + ", ".join(
             f"{a} {artifacts[a][machine]['official']:.4f}" for a in artifacts), flush=True)
@@ -71,15 +63,8 @@ def main() -> None:
     float_row = next(r for r in rows if r["rule"] == model.default_rule)
     bundle_rows = []
     for kind, by_machine in artifacts.items():
-        ms = {m: x["official"] for m, x in by_machine.items()}
-        bundle_rows.append({
-            "name": f"{DEFAULT_METHOD} bundle {kind}", "artifact": kind,
-            "default_artifact": kind == default_artifact,
-            "official": hmean(list(ms.values())), "machines": ms,
-            "auc_source": float(np.mean([x["auc_source"] for x in by_machine.values()])),
-            "auc_target": float(np.mean([x["auc_target"] for x in by_machine.values()])),
-            "max_rel_error": max(x["max_rel_error"] for x in by_machine.values()),
-            "ms_per_window": float(np.median([x["latency_ms"] for x in by_machine.values()]))})
+        bundle_rows.append({**bundle_row(f"{DEFAULT_METHOD} bundle {kind}", by_machine),
+                            "artifact": kind, "default_artifact": kind == default_artifact})
     device = next(b for b in bundle_rows if b["default_artifact"])
     met = {"official": device["official"] >= TARGETS["official"],
            "auc_target": device["auc_target"] >= TARGETS["auc_target"],

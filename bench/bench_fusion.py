@@ -24,10 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import ROOT, corpus_root, detection_summary, record  # noqa: E402
+from bench._common import (ROOT, baseline_knn_results, bundle_row,  # noqa: E402
+                           corpus_root, detection_summary, export_and_verify, record)
 
 MEMBERS = ("spectral-knn", "ae-mahalanobis")
 RUNS = ROOT / "runs" / "bench-fusion"
@@ -40,14 +39,10 @@ def member_seconds(run: Path) -> float | None:
 
 
 def main() -> None:
-    from harken.agent.bundle import open_bundle
-    from harken.export.bundle import ExportOptions, write_bundle
-    from harken.export.verify import verify
     from harken.training.data.corpus import machine_types, scan
     from harken.training.evaluate import section_results
     from harken.training.fusion import Fusion, fuse
     from harken.training.methods import make_method
-    from harken.training.metrics import hmean
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, default=ROOT / "corpora" / "standard")
@@ -81,14 +76,10 @@ def main() -> None:
             per_rule[name] += section_results(machine, test, scores)
         fused = fuse(member_scores, [c.section for c in test], fusion.scales, fusion.weights)
         per_rule["fused"] += section_results(machine, test, fused)
-        baseline = make_method("baseline-knn")
-        baseline.train(train, RUNS / "baseline-knn" / machine, progress=False)
-        knn += section_results(machine, test, baseline.score(test, progress=False))
-        bundle = open_bundle(write_bundle(run, RUNS / "bundles" / machine, corpus,
-                                          ExportOptions()))
-        for check in verify(bundle, corpus, run, progress=False):
-            if check.artifact != "torch-fp32":
-                artifacts.setdefault(check.artifact, {})[machine] = check.to_dict()
+        knn += baseline_knn_results(machine, train, test, RUNS / "baseline-knn" / machine)
+        _, checks = export_and_verify(run, RUNS / "bundles" / machine, corpus)
+        for kind, figures in checks.items():
+            artifacts.setdefault(kind, {})[machine] = figures
         print(f"{machine}: " + ", ".join(f"{a} {artifacts[a][machine]['official']:.4f}"
                                          for a in artifacts), flush=True)
 
@@ -98,14 +89,8 @@ def main() -> None:
     float_row = rows[0]
     bundle_rows = []
     for kind, by_machine in artifacts.items():
-        ms = {m: x["official"] for m, x in by_machine.items()}
-        bundle_rows.append({
-            "name": f"fusion bundle {kind}", "artifact": kind, "int8": "int8" in kind,
-            "official": hmean(list(ms.values())), "machines": ms,
-            "auc_source": float(np.mean([x["auc_source"] for x in by_machine.values()])),
-            "auc_target": float(np.mean([x["auc_target"] for x in by_machine.values()])),
-            "max_abs_error": max(x["max_abs_error"] for x in by_machine.values()),
-            "ms_per_window": float(np.median([x["latency_ms"] for x in by_machine.values()]))})
+        bundle_rows.append({**bundle_row(f"fusion bundle {kind}", by_machine), "artifact": kind,
+                            "int8": "int8" in kind})
     int8 = [b for b in bundle_rows if b["int8"]]
     device = int8[0] if int8 else bundle_rows[0]
     seconds = [s for by in train_s.values() for s in by.values() if s is not None]

@@ -95,8 +95,10 @@ def met(ok: bool) -> str:
 
 def agent_section(r: dict) -> list[str]:
     f, rt, t, ok = r["fast"], r["realtime"], r["targets"], r["met"]
+    heading = "## Agent end to end" + ("" if r["model"] == "spectral-knn"
+                                       else f": the {r['model']} bundle")
     return [
-        "## Agent end to end", "",
+        heading, "",
         f"`{r['command']}` ({r['when']}): `harken run` with the {r['model']} bundle as "
         f"{r['artifact']}, {r['threads']} thread, on the bench corpus's fan audio.", "",
         f"As fast as possible, {f['audio_s'] / 3600:g} h WAV file, no MQTT: "
@@ -157,6 +159,18 @@ def detection_section(r: dict) -> list[str]:
     return lines
 
 
+def detector_table(rows: list[dict], knn: dict, machines: list[str]) -> list[str]:
+    """Detectors' official score, its change over baseline-knn, mean AUCs and the score per
+    machine type; baseline-knn last."""
+    return table(
+        ["detector", "official", "vs baseline-knn", "mean AUC source", "mean AUC target",
+         *machines],
+        [[x["name"], f"{x['official']:.4f}", f"{x['official'] - knn['official']:+.4f}",
+          f"{x['auc_source']:.3f}", f"{x['auc_target']:.3f}",
+          *(f"{x['machines'][m]:.4f}" for m in machines)]
+         for x in [*rows, knn]])
+
+
 def default_detector_section(r: dict) -> list[str]:
     machines, t, ok = r["machines"], r["targets"], r["met"]
     knn = r["baseline"]
@@ -168,13 +182,8 @@ def default_detector_section(r: dict) -> list[str]:
         f"machine type with its default settings (density k {r['settings']['density_k']}, "
         f"rule `{r['default_rule']}`; nothing chosen on test clips), every test clip scored "
         "by the training code with each score rule, then through the exported bundle and the "
-        "agent's own scorer (`harken-export verify`), baseline-knn beside it.", ""] + table(
-        ["detector", "official", "vs baseline-knn", "mean AUC source", "mean AUC target",
-         *machines],
-        [[x["name"], f"{x['official']:.4f}", f"{x['official'] - knn['official']:+.4f}",
-          f"{x['auc_source']:.3f}", f"{x['auc_target']:.3f}",
-          *(f"{x['machines'][m]:.4f}" for m in machines)]
-         for x in [*r["rows"], *r["bundles"], knn]])
+        "agent's own scorer (`harken-export verify`), baseline-knn beside it.", ""] + \
+        detector_table([*r["rows"], *r["bundles"]], knn, machines)
     by_rule = {x["rule"]: x for x in r["rows"]}
 
     def did(other: str, what: str) -> str:
@@ -212,6 +221,47 @@ def default_detector_section(r: dict) -> list[str]:
               "Median backend time per window: "
               + ", ".join(f"{b['artifact']} {b['ms_per_window']:.3f} ms" for b in r["bundles"])
               + "."]
+    return lines
+
+
+def fusion_section(r: dict) -> list[str]:
+    machines, t, ok, knn = r["machines"], r["targets"], r["met"], r["baseline"]
+    fused = r["rows"][0]
+    device = next(b for b in r["bundles"] if b["artifact"] == r["device_artifact"])
+    members = " and ".join(f"`{m}`" for m in r["members"])
+    lines = [
+        "## Score fusion: several models in one bundle", "",
+        f"`{r['command']}` ({r['when']}) on `{r['corpus']['root']}`: the fusion of {members}, "
+        "each member's score standardised per section on its own held-out normal training "
+        "clips, equal weights (nothing tuned, nothing chosen on test clips). Each member alone "
+        "is the fusion switched off; the fused bundle is scored through the agent's own "
+        "scorer (`harken-export verify`), int8 wherever a member has weights.", ""] + \
+        detector_table([*r["rows"], *r["bundles"]], knn, machines)
+    best = max(r["rows"][1:], key=lambda x: x["official"])
+    change = fused["official"] - best["official"]
+    verdict = "helped" if change > 0.005 else "did not help" if change < -0.005 else \
+        "made no clear difference"
+    lines += ["", f"Did fusion help? {verdict}: the better member alone ({best['name']}) "
+              f"{best['official']:.4f} -> fused {fused['official']:.4f} ({change:+.4f}); target "
+              f"AUC {best['auc_target']:.3f} -> {fused['auc_target']:.3f}. Per machine type, "
+              "fused vs the better member there: " + ", ".join(
+                  f"{m} {fused['machines'][m] - max(x['machines'][m] for x in r['rows'][1:]):+.4f}"
+                  for m in machines) + "."]
+    seconds = [(m, w, s) for m, by in r["train_s"].items() for w, s in by.items()]
+    lines += ["", "| target | figure | |", "|---|---|---|",
+              f"| official score through the bundle ({device['artifact']}) | "
+              f"{device['official']:.4f} >= {t['official']} | {met(ok['official'])} |",
+              f"| mean target-domain AUC through the bundle | {device['auc_target']:.3f} >= "
+              f"{t['auc_target']} | {met(ok['auc_target'])} |",
+              "| no machine type below baseline-knn | " + ", ".join(
+                  f"{m} {device['machines'][m]:.3f} vs {knn['machines'][m]:.3f}"
+                  for m in machines) + f" | {met(ok['no_machine_below_baseline'])} |",
+              "| fused int8 within 0.01 official of fused float | " + ", ".join(
+                  f"{b['artifact']} {b['official'] - fused['official']:+.4f}"
+                  for b in r["bundles"] if b["int8"]) + f" | {met(ok['int8_vs_float'])} |",
+              "| training per machine type, 2 cores (mean) | " + ", ".join(
+                  f"{m} {w} {s:.0f} s" for m, w, s in seconds if s is not None)
+              + f" | {met(ok['train_s'])} |"]
     return lines
 
 
@@ -554,6 +604,7 @@ def summary(results: dict) -> list[str]:
 # training-gpu.json: the same script run with --name training-gpu on a machine with a GPU
 SECTIONS = {"features": features_section, "scorers": scorers_section,
             "agent": agent_section, "default-detector": default_detector_section,
+            "agent-fusion": agent_section, "fusion": fusion_section,
             "enroll": enroll_section,
             "detection": detection_section,
             "normalisation": normalisation_section, "probe": probe_section,

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from harken.agent.errors import DataError, UsageError
-from harken.agent.features import FeatureSpec, shared_front_end
+from harken.agent.features import FeatureSpec, FeatureSpecError, shared_front_end
 from harken.training.config import with_overrides
 from harken.training.data.corpus import Clip
 from harken.training.runs import (RunError, corpus_fingerprint, normal_score_stats,
@@ -122,9 +122,15 @@ class Fusion:
                     raise UsageError(f"--set {o}: '{member}' is not a member "
                                      f"({self.config.members})")
                 self.member_settings.setdefault(member, []).append(f"{setting}{sep}{value}")
+        # every member built once with its settings, and their front ends checked to be
+        # one, so a typo or an impossible pair fails before any training
         from harken.training.methods import make_method
-        for member, items in self.member_settings.items():
-            make_method(member, items)
+        specs = [make_method(m, self.member_settings.get(m)).spec
+                 for m in self.config.member_names]
+        try:
+            shared_front_end(specs)
+        except FeatureSpecError as exc:
+            raise UsageError(f"members: {exc}") from None
         self.members: list = []
         self.run_dirs: list[Path] = []
         self.scales: list[dict[int, tuple[float, float]]] = []

@@ -97,6 +97,8 @@ def test_fusion_settings_are_checked_before_any_training():
         make_method("fusion", ["oevae.epochs=2"])
     with pytest.raises(UsageError, match="no such setting"):
         make_method("fusion", ["members=ae,spectral-knn", "ae.nope=2"])
+    with pytest.raises(UsageError, match="members: feature specs .* differ in 'n_mels'"):
+        make_method("fusion", ["members=spectral-knn,gmgan"])
 
 
 def test_fused_bundle_scores_like_the_training_code(run, bundle_dir, small_fan, test_clips):
