@@ -29,6 +29,8 @@ from harken.agent.manifest import (ARTIFACT_KINDS, MANIFEST, OUTPUTS, SCHEMA_VER
 from harken.agent.rules import RULES, ScoreRule, make_rule, output_of
 
 MAX_MANIFEST_BYTES = 1 << 20
+# the artifact a bundle runs when none is named: int8 first, TFLite (XNNPACK) before ONNX
+PREFERRED = ("tflite-int8", "onnx-int8", "onnx-fp32", "tflite-fp32")
 
 __all__ = ["ARTIFACT_KINDS", "MANIFEST", "OUTPUTS", "SCHEMA_VERSION", "Artifact", "Bundle",
            "BundleError", "open_bundle", "sha256_file"]
@@ -124,7 +126,7 @@ class Bundle:
             kind = next((k for k in (f"{runtime}-int8", f"{runtime}-fp32")
                          if k in self.artifacts), kind)
         if kind is None:
-            for k in ("tflite-int8", "onnx-int8", "onnx-fp32", "tflite-fp32"):
+            for k in PREFERRED:
                 if k in self.artifacts:
                     return self.artifacts[k]
         if kind not in self.artifacts:
@@ -285,6 +287,23 @@ def _open_fused(path: Path, manifest: Manifest, spec: FeatureSpec) -> Bundle:
     return Bundle(path, manifest, spec, {}, {}, members)
 
 
+def _extract_safely(tar: tarfile.TarFile, into: Path) -> None:
+    """Regular files and folders only, all inside ``into``: the 'data' filter where Python
+    has it (3.11.4 and later), the same refusals by hand where it does not (Debian
+    bookworm and Raspberry Pi OS ship 3.11.2)."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(into, filter="data")
+        return
+    root = into.resolve()
+    for member in tar.getmembers():
+        target = (into / member.name).resolve()
+        if not (member.isfile() or member.isdir()):
+            raise tarfile.TarError(f"{member.name!r} is not a regular file or folder")
+        if member.name.startswith("/") or (target != root and root not in target.parents):
+            raise tarfile.TarError(f"{member.name!r} would be written outside the folder")
+    tar.extractall(into)
+
+
 def _extract(tar_path: Path, into: Path | None) -> Path:
     """Unpack into ``into``, or into a temporary folder that is removed when the process
     exits (and at once if the tarball is refused: nothing half-unpacked stays behind)."""
@@ -293,7 +312,7 @@ def _extract(tar_path: Path, into: Path | None) -> Path:
     try:
         try:
             with tarfile.open(tar_path) as tar:
-                tar.extractall(into, filter="data")      # no links out, no absolute paths
+                _extract_safely(tar, into)
         except (tarfile.TarError, OSError) as exc:
             raise BundleError(f"{tar_path}: cannot unpack ({exc})") from None
         found = sorted(p.parent for p in into.rglob(MANIFEST))

@@ -58,7 +58,7 @@ def quantize_int8(fp32: Path, calibration_inputs: np.ndarray, path: Path,
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(path), _Windows(calibration_inputs),
-                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CALIBRATION_METHODS[method],
                         extra_options={"ActivationSymmetric": False,

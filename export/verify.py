@@ -12,7 +12,7 @@ import numpy as np
 import scipy.stats
 from tqdm import tqdm
 
-from harken.agent.bundle import Bundle
+from harken.agent.bundle import PREFERRED, Bundle
 from harken.agent.features import windows
 from harken.agent.scorer import BundleScorer, make_scorer, model_input
 from harken.export.graphs import ExportError
@@ -102,7 +102,7 @@ def _artifact_kinds(bundle: Bundle) -> list[str]:
     if not bundle.is_fused:
         return list(bundle.artifacts)
     kinds = {k for b in bundle.members.values() for k in b.artifacts}
-    return [k for k in ("onnx-int8", "tflite-int8", "onnx-fp32", "tflite-fp32") if k in kinds]
+    return [k for k in PREFERRED if k in kinds]
 
 
 def quantization_bytes(path: Path) -> int | None:

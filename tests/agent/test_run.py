@@ -1,6 +1,7 @@
 """`harken run`, `score` and `calibrate` end to end on real WAV files, with a real int8
 bundle (tests/conftest.py ae_bundle) and the real runtimes."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -55,7 +56,11 @@ def test_calibrate_then_run_finds_the_fault_after_it_starts(ae_bundle, recording
     assert harken(["calibrate", "--config", str(cfg), "--files", *train, "--quiet"]) == 0
     cal = json.loads(capsys.readouterr().out)
     assert cal["intervals"] >= 10 and cal["threshold"] > cal["score_max"] * 0.9
-    assert (tmp_path / "state" / "calibration.png").stat().st_size > 5000
+    png = tmp_path / "state" / "calibration.png"
+    if importlib.util.find_spec("matplotlib"):
+        assert png.stat().st_size > 5000
+    else:           # a device-only install: the figure is optional, and it says why not
+        assert cal["plot"].startswith("not drawn: matplotlib is not installed") and not png.exists()
     assert json.loads((tmp_path / "state" / "threshold-fan.json").read_text())["threshold"] == \
         pytest.approx(cal["threshold"])
 

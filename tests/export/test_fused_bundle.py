@@ -212,3 +212,12 @@ def test_members_trained_before_are_copied_not_retrained(run, small_fan, tiny_co
         make_method("fusion", ["members=spectral-knn,ae", f"trained={trained}"]).train(
             scan(tiny_corpus, ["fan"], "train"), tmp_path / "other" / "fan", progress=False)
     assert not (tmp_path / "other" / "fan" / "run.json").exists()
+
+
+def test_without_a_named_artifact_every_member_runs_on_one_runtime(bundle_dir):
+    bundle = open_bundle(bundle_dir)
+    scorer = make_scorer(bundle, 0)
+    # the agent's first choice (TFLite int8) for the AE; spectral-knn, float only, takes
+    # TFLite's float model rather than another runtime
+    assert scorer.artifact_kind == "tflite-fp32+tflite-int8"
+    assert [m.artifact.kind for m in scorer.members] == ["tflite-fp32", "tflite-int8"]
