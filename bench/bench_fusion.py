@@ -109,7 +109,7 @@ def main() -> None:
         "corpus": {"root": corpus_root(corpus)}, "members": list(MEMBERS),
         "settings": settings, "machines": machines, "rows": rows, "baseline": knn_row,
         "bundles": bundle_rows, "device_artifact": device["artifact"], "train_s": train_s,
-        "train_s_from": "the members' own run.json (trained before)" if args.trained
+        "train_s_from": "the members' own run.json, trained before" if args.trained
         else "wall time of the fusion's training, this run",
         "targets": TARGETS, "met": met})
     print(f"wrote {path}")

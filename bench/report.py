@@ -171,6 +171,20 @@ def detector_table(rows: list[dict], knn: dict, machines: list[str]) -> list[str
          for x in [*rows, knn]])
 
 
+def detection_targets(device: dict, knn: dict, machines: list[str], t: dict, ok: dict
+                      ) -> list[str]:
+    """The target table's head and the three detection targets, judged through the bundle
+    the agent runs (``device``)."""
+    return ["", "| target | figure | |", "|---|---|---|",
+            f"| official score through the bundle ({device['artifact']}) | "
+            f"{device['official']:.4f} >= {t['official']} | {met(ok['official'])} |",
+            f"| mean target-domain AUC through the bundle | {device['auc_target']:.3f} >= "
+            f"{t['auc_target']} | {met(ok['auc_target'])} |",
+            "| no machine type below baseline-knn | " + ", ".join(
+                f"{m} {device['machines'][m]:.3f} vs {knn['machines'][m]:.3f}"
+                for m in machines) + f" | {met(ok['no_machine_below_baseline'])} |"]
+
+
 def default_detector_section(r: dict) -> list[str]:
     machines, t, ok = r["machines"], r["targets"], r["met"]
     knn = r["baseline"]
@@ -200,14 +214,7 @@ def default_detector_section(r: dict) -> list[str]:
               did("mel", "the spectrum branch (the new features)"),
               did("spectrum", "the mel branch"),
               did("density", "fusing the plain distances with the normalised ones")]
-    lines += ["", "| target | figure | |", "|---|---|---|",
-              f"| official score through the bundle ({device['artifact']}) | "
-              f"{device['official']:.4f} >= {t['official']} | {met(ok['official'])} |",
-              f"| mean target-domain AUC through the bundle | {device['auc_target']:.3f} >= "
-              f"{t['auc_target']} | {met(ok['auc_target'])} |",
-              "| no machine type below baseline-knn | " + ", ".join(
-                  f"{m} {device['machines'][m]:.3f} vs {knn['machines'][m]:.3f}"
-                  for m in machines) + f" | {met(ok['no_machine_below_baseline'])} |",
+    lines += detection_targets(device, knn, machines, t, ok) + [
               "| every bundle artifact within 0.01 official of the training code | " + ", ".join(
                   f"{b['artifact']} {b['official'] - fused['official']:+.4f}"
                   for b in r["bundles"]) + f" | {met(ok['bundle_vs_float'])} |",
@@ -239,8 +246,8 @@ def fusion_section(r: dict) -> list[str]:
         detector_table([*r["rows"], *r["bundles"]], knn, machines)
     best = max(r["rows"][1:], key=lambda x: x["official"])
     change = fused["official"] - best["official"]
-    verdict = "helped" if change > 0.005 else "did not help" if change < -0.005 else \
-        "made no clear difference"
+    verdict = "Helped" if change > 0.005 else "Did not help" if change < -0.005 else \
+        "Made no clear difference"
     lines += ["", f"Did fusion help? {verdict}: the better member alone ({best['name']}) "
               f"{best['official']:.4f} -> fused {fused['official']:.4f} ({change:+.4f}); target "
               f"AUC {best['auc_target']:.3f} -> {fused['auc_target']:.3f}. Per machine type, "
@@ -248,18 +255,11 @@ def fusion_section(r: dict) -> list[str]:
                   f"{m} {fused['machines'][m] - max(x['machines'][m] for x in r['rows'][1:]):+.4f}"
                   for m in machines) + "."]
     seconds = [(m, w, s) for m, by in r["train_s"].items() for w, s in by.items()]
-    lines += ["", "| target | figure | |", "|---|---|---|",
-              f"| official score through the bundle ({device['artifact']}) | "
-              f"{device['official']:.4f} >= {t['official']} | {met(ok['official'])} |",
-              f"| mean target-domain AUC through the bundle | {device['auc_target']:.3f} >= "
-              f"{t['auc_target']} | {met(ok['auc_target'])} |",
-              "| no machine type below baseline-knn | " + ", ".join(
-                  f"{m} {device['machines'][m]:.3f} vs {knn['machines'][m]:.3f}"
-                  for m in machines) + f" | {met(ok['no_machine_below_baseline'])} |",
+    lines += detection_targets(device, knn, machines, t, ok) + [
               "| fused int8 within 0.01 official of fused float | " + ", ".join(
                   f"{b['artifact']} {b['official'] - fused['official']:+.4f}"
                   for b in r["bundles"] if b["int8"]) + f" | {met(ok['int8_vs_float'])} |"]
-    lines += ["", f"Training time per machine type ({r['train_s_from']}; seconds on "
+    lines += ["", f"Training time per machine type (from {r['train_s_from']}; seconds on "
               f"{r['machine']['cores']} cores, shared with whatever else ran then): " + ", ".join(
                   f"{m} {w} {s:.0f} s" for m, w, s in seconds if s is not None) + "."]
     return lines
