@@ -6,7 +6,7 @@ third-party import test all score through ``BundleScorer``.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -14,6 +14,9 @@ from harken.agent.backends import Backend, open_backend
 from harken.agent.bundle import Bundle
 from harken.agent.features import windows
 from harken.agent.rules import ScoreRule
+
+if TYPE_CHECKING:
+    from harken.agent.fused import FusedScorer
 
 
 def model_input(window: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -90,10 +93,10 @@ class BundleScorer:
 
 def make_scorer(bundle: Bundle, section: int, artifact: str | None = None, threads: int = 1,
                 rule: ScoreRule | None = None, enrollment: dict | None = None
-                ) -> BundleScorer:
+                ) -> BundleScorer | FusedScorer:
     """The scorer of ``bundle``: a fused bundle's scores through its members
     (agent/fused.py), any other through its model and rule."""
     if bundle.is_fused:
         from harken.agent.fused import FusedScorer
-        return FusedScorer(bundle, section, artifact, threads)  # type: ignore[return-value]
+        return FusedScorer(bundle, section, artifact, threads)
     return BundleScorer(bundle, section, artifact, threads, rule=rule, enrollment=enrollment)

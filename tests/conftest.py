@@ -16,11 +16,8 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
     """The tiny synthetic corpus, written once per test session (a few seconds)."""
-    ready = prebuilt.prebuilt(prebuilt.TINY)
-    if ready:
-        return ready
-    prebuilt.workstation_or_skip()
-    return prebuilt.tiny(tmp_path_factory.mktemp("corpus") / "tiny")
+    return prebuilt.ready_or_built(
+        prebuilt.TINY, lambda: prebuilt.tiny(tmp_path_factory.mktemp("corpus") / "tiny"))
 
 
 @pytest.fixture
@@ -32,11 +29,8 @@ def rng():
 def small_fan(tmp_path_factory):
     """The small synthetic corpus, fan only (90 ten-second training clips): enough windows
     for a classifier to learn something in seconds. About 30 s, once per session."""
-    ready = prebuilt.prebuilt(prebuilt.SMALL_FAN)
-    if ready:
-        return ready
-    prebuilt.workstation_or_skip()
-    return prebuilt.small_fan(tmp_path_factory.mktemp("corpus") / "small_fan")
+    return prebuilt.ready_or_built(prebuilt.SMALL_FAN, lambda: prebuilt.small_fan(
+        tmp_path_factory.mktemp("corpus") / "small_fan"))
 
 
 @pytest.fixture(scope="session")
@@ -76,18 +70,12 @@ def easy_test_set(small_fan, tmp_path_factory):
 def ae_bundle(small_fan, tmp_path_factory):
     """A small AE (3 epochs on the small fan corpus) exported to an int8 bundle (ONNX and
     TFLite): the agent tests' model. About 20 s, once per session."""
-    ready = prebuilt.prebuilt(prebuilt.AE_BUNDLE)
-    if ready:
-        return ready
-    prebuilt.workstation_or_skip()
-    return prebuilt.ae_bundle(small_fan, tmp_path_factory.mktemp("agent_model"))
+    return prebuilt.ready_or_built(prebuilt.AE_BUNDLE, lambda: prebuilt.ae_bundle(
+        small_fan, tmp_path_factory.mktemp("agent_model")))
 
 
 @pytest.fixture(scope="session")
 def general_bundle(tmp_path_factory):
     """A general bundle (spectral-knn's graph, no bank: enrolled on site), float ONNX."""
-    ready = prebuilt.prebuilt(prebuilt.GENERAL_BUNDLE)
-    if ready:
-        return ready
-    prebuilt.workstation_or_skip()
-    return prebuilt.general_bundle(tmp_path_factory.mktemp("general") / "bundle")
+    return prebuilt.ready_or_built(prebuilt.GENERAL_BUNDLE, lambda: prebuilt.general_bundle(
+        tmp_path_factory.mktemp("general") / "bundle"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ENV = "HARKEN_TEST_DATA"
@@ -37,6 +38,16 @@ def workstation_or_skip() -> None:
     import pytest
     for module in ("torch", "tqdm"):
         pytest.importorskip(module, reason=WORKSTATION)
+
+
+def ready_or_built(part: str, build: Callable[[], Path]) -> Path:
+    """The prebuilt ``part`` if there is one, else ``build()``; skipped, naming why, where
+    neither is possible."""
+    ready = prebuilt(part)
+    if ready:
+        return ready
+    workstation_or_skip()
+    return build()
 
 
 def small_fan(out: Path) -> Path:
