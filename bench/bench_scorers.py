@@ -1,7 +1,7 @@
 """Scorer latency per window at one thread, for every model the device can run, in one run:
 the dense AE and MobileNetV2 at widths 0.35 / 0.5 / 1.0 as torch fp32, ONNX fp32, ONNX int8,
 TFLite int8 (and fp32), through the agent's own backends; and the MLPerf Tiny reference
-anomaly-detection models (../shared/peers, copied to tests/data/peers) wrapped as bundles.
+anomaly-detection models (tests/data/peers) wrapped as bundles.
 Also file sizes and the real-time factor: CPU seconds per second of audio at the default hop.
 
 The models are trained for one short epoch on a small synthetic corpus in bench/.cache and

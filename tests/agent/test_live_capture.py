@@ -1,5 +1,5 @@
 """A real capture path in CI: PortAudio -> ALSA pulse plugin -> a PulseAudio server with a
-sine source (../shared/PLATFORM-FACTS.md). `harken run` scores live audio end to end, and
+sine source (the test starts it; scripts/setup installs PulseAudio). `harken run` scores live audio end to end, and
 survives the sound server going away and coming back."""
 
 import json

@@ -1,7 +1,8 @@
 """Third-party import: the MLPerf Tiny anomaly-detection reference models, wrapped into
 bundles and scored through the agent's own scorer on the real ToyCar log-mel, must give the
-published scores. The files are a verbatim copy of ../shared/peers/mlperf-tiny-ad (MIT /
-Apache-2.0, see its README) kept in tests/data so that a clean clone can run this."""
+published scores. The files are a verbatim copy of the MLPerf Tiny reference models (MIT /
+Apache-2.0, see tests/data/peers/mlperf-tiny-ad/README) kept here so that a clean clone
+can run this."""
 
 from pathlib import Path
 
