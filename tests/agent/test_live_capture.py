@@ -1,6 +1,6 @@
 """A real capture path in CI: PortAudio -> ALSA pulse plugin -> a PulseAudio server with a
-sine source (the test starts it; scripts/setup installs PulseAudio). `harken run` scores live audio end to end, and
-survives the sound server going away and coming back."""
+sine source (the test starts it; scripts/setup installs PulseAudio). `harken run` scores
+live audio end to end, and survives the sound server going away and coming back."""
 
 import json
 import os
