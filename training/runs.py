@@ -7,6 +7,7 @@ arrays (``.npy``) or weights.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import hashlib
 import json
@@ -95,9 +96,10 @@ def write_held_out(run_dir: Path, clips: Sequence[Clip], scores: np.ndarray) -> 
     scores = np.asarray(scores, dtype=np.float64)
     if len(clips) != len(scores):
         raise ValueError(f"{len(clips)} held-out clips but {len(scores)} scores")
-    lines = ["file,section,domain,score"]
-    lines += [f"{c.name},{c.section},{c.domain},{float(v)!r}" for c, v in zip(clips, scores)]
-    (Path(run_dir) / HELD_OUT).write_text("\n".join(lines) + "\n")
+    with open(Path(run_dir) / HELD_OUT, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "section", "domain", "score"])
+        w.writerows([c.name, c.section, c.domain, repr(float(v))] for c, v in zip(clips, scores))
 
 
 def read_held_out(run_dir: Path) -> dict[str, tuple[int, float]]:
@@ -107,13 +109,16 @@ def read_held_out(run_dir: Path) -> dict[str, tuple[int, float]]:
         raise RunError(f"{run_dir}: no {HELD_OUT} (a run trained before held-out scores "
                        f"were kept, or a method that does not keep them); train it again")
     out = {}
-    for n, line in enumerate(path.read_text().splitlines()[1:], start=2):
-        try:
-            name, section, _domain, score = line.split(",")
-            out[name] = (int(section), float(score))
-        except ValueError:
-            raise RunError(f"{path}: line {n} is not 'file,section,domain,score': "
-                           f"{line[:80]!r}") from None
+    with open(path, newline="") as f:
+        for n, row in enumerate(csv.reader(f)):
+            if n == 0:
+                continue
+            try:
+                name, section, _domain, score = row
+                out[name] = (int(section), float(score))
+            except ValueError:
+                raise RunError(f"{path}: line {n + 1} is not 'file,section,domain,score': "
+                               f"{','.join(row)[:80]!r}") from None
     return out
 
 

@@ -20,9 +20,10 @@ def clip(name: str, section: int) -> Clip:
 
 def test_scores_round_trip_exactly(tmp_path):
     scores = np.array([0.1, -2.5e-17, 3.0000000000000004])
-    write_held_out(tmp_path, [clip("a.wav", 0), clip("b.wav", 1), clip("c.wav", 1)], scores)
+    write_held_out(tmp_path, [clip("a.wav", 0), clip("b, 2.wav", 1), clip("c.wav", 1)], scores)
     back = read_held_out(tmp_path)
-    assert back == {"a.wav": (0, 0.1), "b.wav": (1, -2.5e-17), "c.wav": (1, 3.0000000000000004)}
+    assert back == {"a.wav": (0, 0.1), "b, 2.wav": (1, -2.5e-17),
+                    "c.wav": (1, 3.0000000000000004)}
 
 
 def test_a_missing_or_damaged_file_is_refused_by_name(tmp_path):
