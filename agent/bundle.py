@@ -76,6 +76,16 @@ class Bundle:
         return self.manifest.fusion is not None
 
     @property
+    def kinds(self) -> list[str]:
+        """The artifact kinds it can run: its own, in manifest order; a fused bundle's are
+        its members', in the agent's order of preference (a member lacking one runs its
+        runtime's other precision)."""
+        if not self.is_fused:
+            return list(self.artifacts)
+        have = {k for b in self.members.values() for k in b.artifacts}
+        return [k for k in PREFERRED if k in have]
+
+    @property
     def model_id(self) -> str:
         return self.manifest.model.id
 

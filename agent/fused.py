@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harken.agent.bundle import PREFERRED, Bundle
+from harken.agent.bundle import Bundle
 from harken.agent.scorer import BundleScorer
 
 
@@ -27,8 +27,7 @@ class FusedScorer:
         if artifact is None:
             # one runtime for every member: the first kind the agent prefers that any member
             # has (a member without it takes its runtime's other precision)
-            kinds = {k for b in bundle.members.values() for k in b.artifacts}
-            artifact = next(k for k in PREFERRED if k in kinds)
+            artifact = bundle.kinds[0]
         self.bundle, self.section, self.enrollment = bundle, section, None
         self.members = [BundleScorer(bundle.members[m.name], section,
                                      bundle.members[m.name].artifact(artifact,

@@ -12,7 +12,7 @@ import numpy as np
 import scipy.stats
 from tqdm import tqdm
 
-from harken.agent.bundle import PREFERRED, Bundle
+from harken.agent.bundle import Bundle
 from harken.agent.features import windows
 from harken.agent.scorer import BundleScorer, make_scorer, model_input
 from harken.export.graphs import ExportError
@@ -72,7 +72,7 @@ def verify(bundle: Bundle, data_root: Path, run_dir: Path | None = None,
     checks = [ArtifactCheck("torch-fp32", "torch", 1.0, 0.0, 0.0, *_summary(machine, clips, torch_scores),
                             0, None, float("nan"))]
     seen = set()
-    for kind in _artifact_kinds(bundle):
+    for kind in bundle.kinds:
         scorers = {s: make_scorer(bundle, s, kind, threads) for s in bundle.sections}
         first = scorers[bundle.sections[0]]
         if first.artifact_kind in seen:      # a fused bundle's members fell back alike
@@ -94,15 +94,6 @@ def verify(bundle: Bundle, data_root: Path, run_dir: Path | None = None,
             sum(latency_ms(p, feats[0][:, :p.bundle.spec.n_features]) for p in parts),
             sum(quant) or None))
     return checks
-
-
-def _artifact_kinds(bundle: Bundle) -> list[str]:
-    """The bundle's artifact kinds; a fused bundle's are its members' (each member uses
-    the kind, or its runtime's other precision where it lacks it)."""
-    if not bundle.is_fused:
-        return list(bundle.artifacts)
-    kinds = {k for b in bundle.members.values() for k in b.artifacts}
-    return [k for k in PREFERRED if k in kinds]
 
 
 def quantization_bytes(path: Path) -> int | None:

@@ -125,10 +125,10 @@ class Fusion:
         # every member built once with its settings, and their front ends checked to be
         # one, so a typo or an impossible pair fails before any training
         from harken.training.methods import make_method
-        specs = [make_method(m, self.member_settings.get(m)).spec
-                 for m in self.config.member_names]
+        self._untrained = [make_method(m, self.member_settings.get(m))
+                           for m in self.config.member_names]
         try:
-            shared_front_end(specs)
+            shared_front_end([m.spec for m in self._untrained])
         except FeatureSpecError as exc:
             raise UsageError(f"members: {exc}") from None
         self.members: list = []
@@ -150,14 +150,12 @@ class Fusion:
         return self.config.member_weights
 
     def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> dict:
-        from harken.training.methods import make_method
         run_dir = Path(run_dir)
         infos = []
-        for name in self.config.member_names:
+        for name, member in zip(self.config.member_names, self._untrained):
             if self.config.trained:
                 infos.append(self._copy_trained(name, clips, run_dir / name))
             else:
-                member = make_method(name, self.member_settings.get(name))
                 infos.append(member.train(clips, run_dir / name, progress))
             self.run_dirs.append(run_dir / name)
         specs = [FeatureSpec.from_dict(i["feature_spec"], f"{d}/run.json")
