@@ -25,6 +25,24 @@ def open_backend(artifact: Artifact, threads: int = 1) -> Backend:
     return BACKENDS[artifact.runtime](artifact, threads)
 
 
+class BackendPool:
+    """Backends opened once per artifact and shared by the machines that run the same one.
+    A pool belongs to one thread: an ONNX session or TFLite interpreter runs one call at a
+    time, so machines on different inputs (threads) get a pool each."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, int], Backend] = {}
+
+    def get(self, artifact: Artifact, threads: int = 1) -> Backend:
+        key = (str(artifact.path.resolve()), threads)
+        if key not in self._open:
+            self._open[key] = open_backend(artifact, threads)
+        return self._open[key]
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
 class OnnxBackend:
     def __init__(self, artifact: Artifact, threads: int = 1) -> None:
         import onnxruntime as ort

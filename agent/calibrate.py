@@ -45,55 +45,106 @@ def _collect(results, scores: list[float]) -> int:
     return len(results) - len(ok)
 
 
-def score_files(pipeline: Pipeline, files: list[str | Path], progress: bool
-                ) -> tuple[list[float], int]:
+def score_files(pipeline: Pipeline, files: list[str | Path], progress: bool,
+                channel: int | None = None) -> tuple[list[float], int]:
     """The scores of the recordings' report intervals, and how many intervals the health
-    check refused (silent, clipped, invalid); ``harken enroll`` reads recordings this way too."""
+    check refused (silent, clipped, invalid); ``harken enroll`` reads recordings this way too.
+    ``channel``: the machine's channel of multi-channel recordings (None: the mix)."""
     scores, skipped = [], 0
     bar = _progress(len(files), "file", progress)
     for f in files:              # command-line paths: relative to the current folder
-        for chunk in wav_chunks(Path(f).expanduser(), pipeline.spec.sample_rate, 1.0):
-            skipped += _collect(pipeline.push(chunk), scores)
+        for chunk in wav_chunks(Path(f).expanduser(), pipeline.spec.sample_rate, 1.0,
+                                taps=[channel]):
+            skipped += _collect(pipeline.push(chunk[:, 0]), scores)
         skipped += _collect(pipeline.finish(), scores)
         bar.update(1)
     bar.close()
     return scores, skipped
 
 
-def score_microphone(pipeline: Pipeline, config: Config, minutes: float, progress: bool
-                     ) -> tuple[list[float], int]:
-    """The same for ``minutes`` of the configured microphone."""
+def score_microphone(pipelines: list[Pipeline], config: Config, minutes: float,
+                     progress: bool, taps: list[int | None] | None = None
+                     ) -> list[tuple[list[float], int]]:
+    """The same for ``minutes`` of the configured microphone, for every machine that
+    listens to it at once (one stream; ``taps``: each pipeline's channel)."""
     a = config.audio
-    mic = Microphone(a.device, pipeline.spec.sample_rate, a.block_s, a.ring_s)
+    taps = taps or [a.channel]
+    mic = Microphone(a.device, pipelines[0].spec.sample_rate, a.block_s, a.ring_s, taps)
     mic.open()
-    scores, skipped = [], 0
-    n = int(np.ceil(minutes * 60 / pipeline.interval_s))
+    got: list[tuple[list[float], int]] = [([], 0) for _ in pipelines]
+    n = int(np.ceil(minutes * 60 / pipelines[0].interval_s))
     bar = _progress(n, "interval", progress)
     deadline = time.monotonic() + minutes * 60 + 30
+
+    def done(i: int) -> int:
+        return len(got[i][0]) + got[i][1]
+
     try:
-        while len(scores) + skipped < n and time.monotonic() < deadline:
-            results = pipeline.push(mic.read(timeout=0.5))
-            skipped += _collect(results, scores)
-            bar.update(len(results))
+        while min(map(done, range(len(pipelines)))) < n and time.monotonic() < deadline:
+            x = mic.read(timeout=0.5)
+            before = done(0)
+            for i, pipeline in enumerate(pipelines):
+                scores, skipped = got[i]
+                results = pipeline.push(x.reshape(len(x), -1)[:, i])
+                got[i] = scores, skipped + _collect(results, scores)
+            bar.update(done(0) - before)
     finally:
         mic.close()
         bar.close()
-    return scores, skipped
+    return got
 
 
 def calibrate(config: Config, files: list[str] | None = None, minutes: float = 30.0,
               false_alarms_per_week: float = 1.0, plot: str | None = "calibration.png",
-              progress: bool = True) -> dict:
+              progress: bool = True, machine: str | None = None) -> dict:
+    """Calibrate every machine of the config (or the one named): a single-machine config's
+    result, or ``{"machines": {name: result}}``. Recordings give each machine its channel;
+    live audio is one capture per input for all the machines that listen to it."""
     if false_alarms_per_week <= 0:
         raise ConfigError("--false-alarms-per-week must be positive")
-    bundle, pipeline = build(config)
-    pipeline.decision = Decision(float("inf"))         # calibration decides nothing
+    views = config.select(machine)
+    built = [build(v) for v in views]
+    for _, pipeline in built:
+        pipeline.decision = Decision(float("inf"))     # calibration decides nothing
     if files:
-        scores, skipped = score_files(pipeline, files, progress)
+        got = [score_files(p, files, progress, v.audio.channel)
+               for v, (_, p) in zip(views, built)]
     else:
-        scores, skipped = score_microphone(pipeline, config, minutes, progress)
+        got = [None] * len(views)
+        inputs: dict[tuple, list[int]] = {}
+        for i, v in enumerate(views):
+            inputs.setdefault(v.audio.input_key(), []).append(i)
+        for members in inputs.values():
+            for i, r in zip(members, score_microphone(
+                    [built[i][1] for i in members], views[members[0]], minutes, progress,
+                    [views[i].audio.channel for i in members])):
+                got[i] = r
+    if not config.multi:
+        (b, p), (scores, skipped) = built[0], got[0]
+        return _fit_and_write(views[0], b, p, scores, skipped, files, false_alarms_per_week,
+                              plot, False)
+    # several machines: each that can be calibrated is, and one that cannot (its channel
+    # silent) says why in its entry instead of stopping the others
+    results = {}
+    for v, (b, p), (scores, skipped) in zip(views, built, got):
+        try:
+            results[v.agent.machine] = _fit_and_write(v, b, p, scores, skipped, files,
+                                                      false_alarms_per_week, plot, True)
+        except ConfigError as exc:
+            results[v.agent.machine] = {"error": str(exc)}
+    return {"machines": results}
+
+
+def _fit_and_write(config: Config, bundle, pipeline: Pipeline, scores: list[float],
+                   skipped: int, files: list[str] | None, false_alarms_per_week: float,
+                   plot: str | None, multi: bool) -> dict:
+    """One machine's threshold from its scores, written to its override file (and with
+    several machines, its plot named after it)."""
+    if multi and plot:
+        plot = f"{Path(plot).stem}-{config.agent.machine}{Path(plot).suffix}"
     if len(scores) < MIN_INTERVALS:
-        raise ConfigError(f"calibration: only {len(scores)} scoreable intervals of "
+        who = f"machine {config.agent.machine}: " if multi else ""
+        raise ConfigError(f"calibration: {who}only {len(scores)} scoreable intervals of "
                           f"{pipeline.interval_s:g} s ({skipped} silent/clipped); need at "
                           f"least {MIN_INTERVALS}: give more minutes or files")
     s = np.asarray(scores)
@@ -107,6 +158,7 @@ def calibrate(config: Config, files: list[str] | None = None, minutes: float = 3
               "gamma": fit.to_dict(), "model": bundle.model_id,
               "bundle_threshold": bundle.threshold,
               "source": "files" if files else f"microphone {config.audio.device!r}",
+              "channel": config.audio.channel,
               "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     out = config.override_file
     out.parent.mkdir(parents=True, exist_ok=True)

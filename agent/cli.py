@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from harken.agent.errors import UsageError
+from harken.agent.errors import HarkenError, UsageError
 from harken.agent import version
 from harken.agent.clitools import command_parser, run_command
 from harken.agent.features import PRESETS, LogMelExtractor, preset
@@ -47,17 +47,31 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     resolved = config.model_dump(exclude={"source_file": True, "mqtt": {"password"}})
     if config.mqtt.password is not None:
         resolved["mqtt"]["password"] = "(set, not shown)"
-    bundle, pipeline = preflight(config)         # what run would refuse, refused here too
-    info = pipeline.scorer.enrollment
-    threshold, origin = resolve_threshold(config, bundle, info)
-    resolved["resolved"] = {"bundle": str(bundle.root), "model": bundle.model_id,
-                            "artifact": pipeline.scorer.artifact_kind,
-                            "threshold": threshold, "threshold_from": origin}
-    if info is not None:
-        from harken.agent.enroll import bank_path
-        resolved["resolved"]["bank"] = {
-            "file": str(bank_path(config)), "audio_s": info["audio_s"],
-            "intervals": info["intervals"], "sessions": info["sessions"]}
+    if not config.multi:
+        resolved.pop("machines")
+    machines = []
+    for view in config.machine_configs():
+        try:
+            bundle, pipeline = preflight(view)   # what run would refuse, refused here too
+        except HarkenError as exc:
+            if not config.multi:
+                raise
+            raise type(exc)(f"machine {view.agent.machine}: {exc}") from None
+        info = pipeline.scorer.enrollment
+        threshold, origin = resolve_threshold(view, bundle, info)
+        one = {"bundle": str(bundle.root), "model": bundle.model_id,
+               "artifact": pipeline.scorer.artifact_kind,
+               "threshold": threshold, "threshold_from": origin}
+        if info is not None:
+            from harken.agent.enroll import bank_path
+            one["bank"] = {"file": str(bank_path(view)), "audio_s": info["audio_s"],
+                           "intervals": info["intervals"], "sessions": info["sessions"]}
+        machines.append({"machine": view.agent.machine, "section": view.agent.section,
+                         "channel": view.audio.channel, "source": view.audio.source,
+                         "decision": view.decision.model_dump(), **one}
+                        if config.multi else one)
+    # one machine: its resolution; several: one entry each, with what it merged to
+    resolved["resolved"] = machines if config.multi else machines[0]
     print(json.dumps(resolved, indent=2))
     return 0
 
@@ -67,7 +81,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     from harken.agent.enroll import enroll
     r = enroll(load_config(args.config), files=args.files, minutes=args.minutes,
                append=args.append, false_alarms_per_week=args.false_alarms_per_week,
-               progress=not args.json)
+               progress=not args.json, machine=args.machine)
     if args.json:
         print(json.dumps(r, indent=2))
     else:
@@ -152,7 +166,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     threshold = args.threshold if args.threshold is not None else bundle.threshold
     rows = []
     for path in args.files:
-        x, _ = read_wav(path, bundle.spec.sample_rate)
+        if args.channel is None:
+            x, _ = read_wav(path, bundle.spec.sample_rate)
+        else:                               # one machine's channel of a multi-channel file
+            from harken.agent.sources import wav_chunks
+            x = np.concatenate(list(wav_chunks(path, bundle.spec.sample_rate, 60.0,
+                                               taps=[args.channel])))[:, 0]
+            if not np.all(np.isfinite(x)):
+                raise WavError(f"{path}: WAV file holds NaN or infinite samples")
         feats = extract(x)
         if len(feats) < bundle.spec.window_frames:
             raise WavError(f"{path}: {x.size / bundle.spec.sample_rate:.2f} s is shorter than "
@@ -175,9 +196,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from harken.agent.config import load_config
     result = calibrate(load_config(args.config), files=args.files, minutes=args.minutes,
                        false_alarms_per_week=args.false_alarms_per_week,
-                       plot=None if args.no_plot else args.plot, progress=not args.quiet)
+                       plot=None if args.no_plot else args.plot, progress=not args.quiet,
+                       machine=args.machine)
     print(json.dumps(result, indent=2))
-    return 0
+    failed = [r["error"] for r in result.get("machines", {}).values()
+              if "error" in r]
+    for line in failed:
+        print(f"harken: error: {line}", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def systemd_unit(exec_start: str, config: str) -> str:
@@ -229,11 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--artifact", help="onnx-int8, tflite-int8, ... (default: an int8 one)")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--threshold", type=float, help="instead of the bundle's")
+    s.add_argument("--channel", type=int, help="score this channel (1-based) of "
+                   "multi-channel recordings (default: the mix of their channels)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_score)
     n = sub.add_parser("enroll", help="learn this machine's reference bank on site "
                        "(a general bundle: 'harken-export general')")
     n.add_argument("--config", required=True)
+    n.add_argument("--machine", help="the machine to enroll, of a config that watches "
+                   "several ([[machines]])")
     n.add_argument("--minutes", type=float, default=10.0,
                    help="minutes of live audio to record (default 10)")
     n.add_argument("--files", nargs="+", help="enroll these recordings instead of the "
@@ -246,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.set_defaults(func=cmd_enroll)
     k = sub.add_parser("calibrate", help="set the threshold on site from normal operation")
     k.add_argument("--config", required=True)
+    k.add_argument("--machine", help="calibrate only this machine of a config that watches "
+                   "several (default: every machine, from one capture per input)")
     k.add_argument("--minutes", type=float, default=30.0,
                    help="minutes of live audio to score (default 30)")
     k.add_argument("--files", nargs="+", help="score these recordings instead of the "

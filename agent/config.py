@@ -9,7 +9,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -55,6 +55,9 @@ class AudioSection(_Section):
     loop: bool = False                # file source restarts at the end (demos)
     pcm_format: Literal["s16le", "s32le", "f32le"] = "s16le"
     channels: int = Field(1, ge=1, le=32)
+    # 1-based input channel this machine listens to; None: the input's mono view (a
+    # microphone's first channel, the mix of a file's or stdin's channels)
+    channel: int | None = Field(None, ge=1, le=64)
     block_s: float = Field(0.1, gt=0, le=2)
     ring_s: float = Field(30.0, ge=1, le=600)
     reopen_s: float = Field(5.0, gt=0, le=3600)     # retry a lost microphone this often
@@ -63,7 +66,15 @@ class AudioSection(_Section):
     def _file_needs_path(self):
         if self.source == "file" and not self.file:
             raise ValueError("audio.source = 'file' needs audio.file")
+        if self.source == "stdin" and self.channel is not None and self.channel > self.channels:
+            raise ValueError(f"audio.channel = {self.channel}, but stdin carries "
+                             f"audio.channels = {self.channels}")
         return self
+
+    def input_key(self) -> tuple:
+        """The input's identity without the channel: machines whose audio has the same key
+        share one stream (one PortAudio stream, one file read), each taking its channel."""
+        return tuple(sorted(self.model_dump(exclude={"channel"}).items(), key=str))
 
 
 class DecisionSection(_Section):
@@ -118,14 +129,90 @@ class MqttSection(_Section):
         return resolve_password(self.password, None, self.password_env, "mqtt.password_env")
 
 
+class MachineEntry(_Section):
+    """One ``[[machines]]`` entry: a machine this device watches. Its ``model``, ``audio``
+    and ``decision`` tables override the top-level ones key by key, so what all machines
+    share is written once."""
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    section: int | None = Field(None, ge=0, le=99)       # default: agent.section
+    channel: int | None = Field(None, ge=1, le=64)       # shorthand for audio.channel
+    model: dict[str, Any] = {}
+    audio: dict[str, Any] = {}
+    decision: dict[str, Any] = {}
+
+
 class Config(_Section):
     agent: AgentSection = AgentSection()
-    model: ModelSection
+    model: ModelSection | None = None      # required, unless every machine names its bundle
     audio: AudioSection = AudioSection()
     decision: DecisionSection = DecisionSection()
     output: OutputSection = OutputSection()
     mqtt: MqttSection = MqttSection()
+    machines: list[MachineEntry] = []
     source_file: str = ""
+
+    @model_validator(mode="after")
+    def _one_way_to_name_machines(self):
+        if self.machines and "machine" in self.agent.model_fields_set:
+            raise ValueError("give agent.machine (one machine) or [[machines]] entries, "
+                             "not both")
+        names = [m.name for m in self.machines]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"machine names must differ (topics and state files are "
+                             f"named after them): {twice} given more than once")
+        return self
+
+    @property
+    def multi(self) -> bool:
+        return bool(self.machines)
+
+    def machine_configs(self) -> list[Config]:
+        """One single-machine config per watched machine: this config itself without
+        ``[[machines]]``, else one view per entry (its tables merged over the top-level
+        ones; MQTT client id and outbox file made per machine)."""
+        if not self.machines:
+            if self.model is None:
+                raise ConfigError(f"{self.source_file}: key 'model.bundle' is required")
+            return [self]
+        return [self._machine_view(i, m) for i, m in enumerate(self.machines)]
+
+    def select(self, machine: str | None) -> list[Config]:
+        """The machine views a command works on: all of them, or the one named (a
+        command-line ``--machine``); an unknown name is refused, listing the known ones."""
+        views = self.machine_configs()
+        if machine is None:
+            return views
+        chosen = [v for v in views if v.agent.machine == machine]
+        if not chosen:
+            raise ConfigError(f"{self.source_file}: no machine {machine!r} (machines: "
+                              f"{[v.agent.machine for v in views]})")
+        return chosen
+
+    def _machine_view(self, i: int, m: MachineEntry) -> Config:
+        where = f"machines[{i}] ({m.name})"
+        audio = dict(m.audio)
+        if m.channel is not None:
+            if "channel" in audio:
+                raise ConfigError(f"{self.source_file}: {where}: give 'channel' or "
+                                  f"'audio.channel', not both")
+            audio["channel"] = m.channel
+        top_model = self.model.model_dump(exclude_unset=True) if self.model else {}
+        parts = {"model": _merged(ModelSection, top_model, m.model, self.source_file, where),
+                 "audio": _merged(AudioSection, self.audio.model_dump(exclude_unset=True),
+                                  audio, self.source_file, where),
+                 "decision": _merged(DecisionSection,
+                                     self.decision.model_dump(exclude_unset=True),
+                                     m.decision, self.source_file, where)}
+        section = self.agent.section if m.section is None else m.section
+        mqtt = self.mqtt
+        outbox = Path(mqtt.outbox)
+        mqtt = mqtt.model_copy(update={
+            "outbox": str(outbox.with_name(f"{outbox.stem}-{m.name}{outbox.suffix}")),
+            "client_id": f"{mqtt.client_id}-{m.name}" if mqtt.client_id else ""})
+        return self.model_copy(update={
+            **parts, "mqtt": mqtt, "machines": [],
+            "agent": self.agent.model_copy(update={"machine": m.name, "section": section})})
 
     def path(self, value: str) -> Path:
         """A path from the config, relative to the config file's folder."""
@@ -152,10 +239,24 @@ class Config(_Section):
         return self.path(self.agent.state_dir) / f"threshold-{self.agent.machine}.json"
 
 
-def _explain(exc: ValidationError, source: str) -> str:
+def _merged(model: type[_Section], top: dict, own: dict, source: str, where: str):
+    """A machine's section: its own keys over the top-level ones, validated; an error
+    names the machine entry and the key."""
+    name = next(k for k, v in SECTIONS.items() if v is model)
+    try:
+        return model(**{**top, **own})
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, f"{source}: {where}", prefix=name)) from None
+    except TypeError as exc:
+        raise ConfigError(f"{source}: {where}: [machines.{name}]: {exc}") from None
+
+
+def _explain(exc: ValidationError, source: str, prefix: str = "") -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"])
+        key = ""
+        for part in ((prefix,) if prefix else ()) + tuple(err["loc"]):
+            key += f"[{part}]" if isinstance(part, int) else f".{part}" if key else str(part)
         if err["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key '{key}'")
         elif err["type"] == "missing":
@@ -251,11 +352,13 @@ def _values_from_files(data: dict, source: str) -> dict:
 def parse_config(data: dict, source: str = "<config>") -> Config:
     data = _values_from_files(data, source)
     try:
-        return Config(**data, source_file=source)
+        config = Config(**data, source_file=source)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, source)) from None
     except TypeError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    config.machine_configs()          # every machine's merged tables checked at load
+    return config
 
 
 def load_config(path: str | Path) -> Config:

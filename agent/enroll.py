@@ -128,9 +128,17 @@ def rule_arrays(bank: dict[str, np.ndarray], bundle: Bundle) -> dict[str, np.nda
 
 def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0,
            append: bool = False, false_alarms_per_week: float = 1.0,
-           progress: bool = True) -> dict:
+           progress: bool = True, machine: str | None = None) -> dict:
+    """Learn one machine's bank: the config's machine, or of a config watching several,
+    the one ``machine`` names (a technician enrolls one machine at a time)."""
     if false_alarms_per_week <= 0:
         raise ConfigError("--false-alarms-per-week must be positive")
+    views = config.select(machine)
+    if len(views) > 1:
+        raise ConfigError(f"{config.source_file} watches {len(views)} machines "
+                          f"({', '.join(v.agent.machine for v in views)}); enroll one at a "
+                          f"time: --machine NAME")
+    config = views[0]
     bundle = open_bundle(config.path(config.model.bundle))
     if not bundle.needs_enrollment:
         raise ConfigError(f"{bundle.root}: bundle {bundle.model_id} carries its own reference "
@@ -149,10 +157,10 @@ def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0
     pipeline = Pipeline(stats, Decision(float("inf")), config.decision.interval_s)
     # the intervals go through calibration's loops; their statistics land in ``stats``
     if paths:
-        _, skipped = score_files(pipeline, paths, progress)
+        _, skipped = score_files(pipeline, paths, progress, config.audio.channel)
         source = f"{len(paths)} file(s)"
     else:
-        _, skipped = score_microphone(pipeline, config, minutes, progress)
+        [(_, skipped)] = score_microphone([pipeline], config, minutes, progress)
         source = f"microphone {config.audio.device!r}"
     if stats.count < (1 if append else MIN_INTERVALS):
         raise DataError(f"enrollment: only {stats.count} usable interval(s) of "

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from harken.agent.backends import BackendPool
 from harken.agent.bundle import Bundle
 from harken.agent.scorer import BundleScorer
 
 
 class FusedScorer:
     def __init__(self, bundle: Bundle, section: int, artifact: str | None = None,
-                 threads: int = 1) -> None:
+                 threads: int = 1, pool: BackendPool | None = None) -> None:
         """``artifact``: the kind every member uses where it has it; a member without it
         (a weightless model ships float only) uses the same runtime's other precision."""
         bundle.check_section(section)
@@ -29,11 +30,13 @@ class FusedScorer:
             # has (a member without it takes its runtime's other precision)
             artifact = bundle.kinds[0]
         self.bundle, self.section, self.enrollment = bundle, section, None
-        self.members = [BundleScorer(bundle.members[m.name], section,
-                                     bundle.members[m.name].artifact(artifact,
-                                                                     same_runtime=True).kind,
-                                     threads)
-                        for m in fusion.members]
+        self.members = []
+        for m in fusion.members:
+            member = bundle.members[m.name]
+            kind = member.artifact(artifact, same_runtime=True)
+            self.members.append(BundleScorer(
+                member, section, kind.kind, threads,
+                backend=pool.get(kind, threads) if pool is not None else None))
         scales = fusion.standardise[f"{section:02d}"]
         self.mean = np.array([scales[m.name][0] for m in fusion.members])
         self.std = np.array([scales[m.name][1] for m in fusion.members])

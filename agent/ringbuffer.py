@@ -61,15 +61,22 @@ class RingBuffer:
     def written(self) -> int:
         return self._written
 
+    def wait(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds for unread audio (None: forever); True if there is
+        some. Several rings written by one callback wait on the first one."""
+        if self._written == self._read:
+            self._ready.clear()
+            if self._written == self._read:
+                self._ready.wait(timeout)
+        return self._written > self._read
+
     def read(self, max_samples: int | None = None, timeout: float | None = 0.0) -> np.ndarray:
         """Return up to ``max_samples`` of the oldest unread audio (a new array).
 
         Waits up to ``timeout`` seconds for data when none is there (None: forever).
         """
-        if self._written == self._read and timeout != 0.0:
-            self._ready.clear()
-            if self._written == self._read:
-                self._ready.wait(timeout)
+        if timeout != 0.0:
+            self.wait(timeout)
         written = self._written
         cap = self.capacity
         if written - self._read > cap:  # overwritten before we got there

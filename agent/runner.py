@@ -1,18 +1,32 @@
-"""``harken run``: config -> bundle, backend, source, pipeline, sinks; the loop that must
-keep going for months. A lost microphone is reported and reopened (agent/sources/
-microphone.py), never fatal."""
+"""``harken run``: config -> the machines (bundle, backend, pipeline, sinks each) and the
+inputs they listen to; the loop that must keep going for months.
+
+One device may watch several machines (``[[machines]]`` in the config). Machines that
+listen to the same input (one multi-channel microphone, one file) share one source, opened
+once and read in one thread, each machine taking its channel; machines running the same
+bundle artifact on one input share its backend. A lost microphone is reported and
+reopened (agent/sources/microphone.py), never fatal; one lost or silent input of several is
+reported by machine name and the others go on.
+"""
 
 from __future__ import annotations
 
 import signal
+import threading
 import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from harken.agent.backends import BackendPool
 from harken.agent.bundle import Bundle, BundleError, open_bundle
 from harken.agent.config import Config, ConfigError, read_override
 from harken.agent.decision import Decision, DecisionConfig
-from harken.agent.pipeline import Pipeline
+from harken.agent.errors import HarkenError
+from harken.agent.pipeline import IntervalResult, Pipeline
 from harken.agent.scorer import make_scorer
 from harken.agent.sinks import Sink, make_sinks
 from harken.agent.sources import Source, SourceError, open_source
@@ -47,8 +61,11 @@ def resolve_threshold(config: Config, bundle: Bundle,
     return bundle.threshold, "bundle"
 
 
-def build(config: Config, seq_start: int = 1) -> tuple[Bundle, Pipeline]:
-    bundle = open_bundle(config.path(config.model.bundle))
+def build(config: Config, seq_start: int = 1, bundle: Bundle | None = None,
+          pool: BackendPool | None = None) -> tuple[Bundle, Pipeline]:
+    """One machine's bundle and pipeline (``config``: a single-machine config or view).
+    ``bundle``: already opened (machines sharing one); ``pool``: backends to share."""
+    bundle = bundle or open_bundle(config.path(config.model.bundle))
     # a general bundle has no sections of its own: its bank is this machine's
     if not bundle.needs_enrollment and config.agent.section not in bundle.sections:
         raise ConfigError(f"{config.source_file}: key 'agent.section' = {config.agent.section}: "
@@ -60,18 +77,19 @@ def build(config: Config, seq_start: int = 1) -> tuple[Bundle, Pipeline]:
         from harken.agent.rules import make_rule
         rule, enrollment = make_rule(bundle.rule_name, rule_arrays(bank[0], bundle)), bank[1]
     scorer = make_scorer(bundle, config.agent.section, config.model.artifact,
-                         config.model.threads, rule=rule, enrollment=enrollment)
+                         config.model.threads, rule=rule, enrollment=enrollment, pool=pool)
     threshold, _ = resolve_threshold(config, bundle, enrollment)
     d = config.decision
     decision = Decision(threshold, DecisionConfig(d.k_on, d.n, d.n_off))
     return bundle, Pipeline(scorer, decision, d.interval_s, seq_start=seq_start)
 
 
-def preflight(config: Config) -> tuple[Bundle, Pipeline]:
-    """Everything ``harken run`` refuses, checked before anything starts; ``harken
-    check-config`` runs exactly this, so it approves only what ``run`` accepts: the bundle
-    and its section, the threshold, the audio file, the MQTT password source."""
-    bundle, pipeline = build(config)
+def preflight(config: Config, bundle: Bundle | None = None,
+              pool: BackendPool | None = None) -> tuple[Bundle, Pipeline]:
+    """Everything ``harken run`` refuses for one machine, checked before anything starts;
+    ``harken check-config`` runs exactly this, so it approves only what ``run`` accepts:
+    the bundle and its section, the threshold, the audio file, the MQTT password source."""
+    bundle, pipeline = build(config, bundle=bundle, pool=pool)
     a = config.audio
     if a.source == "file":
         path = config.path(a.file)
@@ -83,109 +101,258 @@ def preflight(config: Config) -> tuple[Bundle, Pipeline]:
     return bundle, pipeline
 
 
-class Runner:
-    """The agent's loop, handed its parts: a source, a pipeline, the sinks. ``from_config``
-    builds them from an agent config; tests and multi-machine set-ups can hand in others."""
+@dataclass
+class Machine:
+    """One watched machine: its config (a single-machine view), bundle, pipeline and sinks,
+    and the column of its input's chunks that is its channel."""
+    config: Config
+    bundle: Bundle
+    pipeline: Pipeline
+    sinks: list[Sink]
+    column: int = 0
+    intervals: int = 0
+    inference_ms: list[float] = field(default_factory=list)
+    health: Counter = field(default_factory=Counter)   # interval statuses since the stats
+    audio: str = "ok"                                  # the last interval's status
 
-    def __init__(self, config: Config, bundle: Bundle, pipeline: Pipeline, source: Source,
-                 sinks: list[Sink], max_intervals: int | None = None) -> None:
-        self.config, self.bundle, self.pipeline = config, bundle, pipeline
-        self.source, self.sinks = source, sinks
+    @property
+    def name(self) -> str:
+        return self.config.agent.machine
+
+    def send(self, record: dict) -> None:
+        for sink in self.sinks:
+            sink.status(dict(record))
+
+
+@dataclass
+class Listener:
+    """One audio input and the machines that listen to it; read in a thread of its own
+    when the device has several inputs."""
+    source: Source
+    machines: list[Machine]
+    samples: int = 0
+    lost: bool = False
+    error: BaseException | None = None
+
+    @property
+    def describe(self) -> str:
+        a = self.machines[0].config.audio
+        return {"mic": f"microphone {a.device!r}", "file": f"file {a.file}",
+                "stdin": "stdin"}.get(a.source, a.source)
+
+
+def _machine_views(config: Config) -> list[list[Config]]:
+    """The machines' configs grouped by the input they listen to, in config order."""
+    groups: dict[tuple, list[Config]] = {}
+    for view in config.machine_configs():
+        groups.setdefault(view.audio.input_key(), []).append(view)
+    return list(groups.values())
+
+
+def _build_machines(views: list[Config], bundles: dict[Path, Bundle], multi: bool
+                    ) -> list[Machine]:
+    """One input's machines; bundles opened once (``bundles``), backends shared. With
+    several machines an error names the machine."""
+    pool, machines = BackendPool(), []
+    for view in views:
+        path = view.path(view.model.bundle).resolve()
+        try:
+            bundle, pipeline = preflight(view, bundles.get(path), pool)
+        except HarkenError as exc:
+            if not multi:
+                raise
+            raise type(exc)(f"machine {view.agent.machine}: {exc}") from None
+        bundles[path] = bundle
+        machines.append(Machine(view, bundle, pipeline, []))
+    rates = {m.bundle.spec.sample_rate for m in machines}
+    if len(rates) > 1:
+        raise ConfigError(f"{views[0].source_file}: machines "
+                          f"{[m.name for m in machines]} listen to one input but their "
+                          f"bundles expect {sorted(rates)} Hz; give them inputs of their own")
+    return machines
+
+
+class Runner:
+    """The agent's loop, handed its parts: the inputs (``Listener``: a source and its
+    machines, each with its pipeline and sinks). ``from_config`` builds them from an agent
+    config; tests and other set-ups can hand in others."""
+
+    def __init__(self, config: Config, listeners: list[Listener],
+                 max_intervals: int | None = None) -> None:
+        self.config, self.listeners = config, listeners
+        self.machines = [m for lst in listeners for m in lst.machines]
         self.max_intervals = max_intervals
-        self.intervals = 0
-        self._stop = False
+        self._stop = threading.Event()
         self.process = ProcessStats()
         self.stats_s = config.output.stats_s
         self._next_stats = time.monotonic() + self.stats_s
-        self._inference_ms: list[float] = []
+        self._stats_lock = threading.Lock()
         self.notify = Notifier()
-        self._samples = 0
         self._ready = False
 
     @classmethod
     def from_config(cls, config: Config, max_intervals: int | None = None) -> Runner:
-        """Bundle and pipeline, then the sinks (a durable sink says where ``seq`` goes on),
-        then the source; whatever was started is closed again if a later part fails."""
-        bundle, pipeline = preflight(config)
-        sinks = make_sinks(config)
+        """Bundles and pipelines of every machine, then the sinks (a durable sink says
+        where ``seq`` goes on), then one source per input; whatever was started is closed
+        again if a later part fails."""
+        bundles: dict[Path, Bundle] = {}
+        groups = [_build_machines(views, bundles, config.multi)
+                  for views in _machine_views(config)]
+        listeners: list[Listener] = []
         try:
-            pipeline.seq = max(s.seq_start for s in sinks)
-            source = open_source(config, bundle.spec.sample_rate)
+            for machines in groups:
+                for m in machines:
+                    m.sinks = make_sinks(m.config)
+                    m.pipeline.seq = max([s.seq_start for s in m.sinks], default=1)
+                taps = list(dict.fromkeys(m.config.audio.channel for m in machines))
+                for m in machines:
+                    m.column = taps.index(m.config.audio.channel)
+                source = open_source(machines[0].config, machines[0].bundle.spec.sample_rate,
+                                     taps)
+                listeners.append(Listener(source, machines))
         except BaseException:
-            for s in sinks:
-                s.close()
+            for lst in listeners:
+                lst.source.close()
+            for machines in groups:
+                for m in machines:
+                    for s in m.sinks:
+                        s.close()
             raise
-        return cls(config, bundle, pipeline, source, sinks, max_intervals)
+        return cls(config, listeners, max_intervals)
+
+    # -- compatibility for a single machine ------------------------------------------------
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.machines[0].pipeline
+
+    @property
+    def intervals(self) -> int:
+        return sum(m.intervals for m in self.machines)
 
     def stop(self, *_args) -> None:
-        self._stop = True
+        self._stop.set()
 
-    def _report(self, record: dict) -> None:
-        """A status record from the source (audio lost / restored): sinks and systemd."""
-        self._status(record)
-        if record.get("status") == "audio_lost":
-            self.notify.status(f"audio lost: {record.get('error', '')}")
-        elif record.get("status") == "audio_restored":
-            self.notify.status("audio restored")
+    def _done(self) -> bool:
+        return self._stop.is_set() or (
+            self.max_intervals is not None
+            and all(m.intervals >= self.max_intervals for m in self.machines))
 
-    def _push(self, chunk: np.ndarray) -> None:
-        """Audio arrived: systemd hears READY once and the watchdog while audio advances."""
+    def _report(self, listener: Listener) -> Callable[[dict], None]:
+        """A status record from ``listener``'s source (audio lost / restored): its
+        machines' sinks, and systemd."""
+        def report(record: dict) -> None:
+            names = [m.name for m in listener.machines]
+            if record.get("status") == "audio_lost":
+                listener.lost = True
+                self.notify.status(f"audio lost ({', '.join(names)}): "
+                                   f"{record.get('error', '')}")
+            elif record.get("status") == "audio_restored":
+                listener.lost = False
+                self.notify.status(f"audio restored ({', '.join(names)})")
+            for m in listener.machines:
+                m.send({**record, "channel": m.config.audio.channel})
+        return report
+
+    def _push(self, listener: Listener, chunk: np.ndarray) -> None:
+        """Audio arrived: systemd hears READY once and the watchdog while every input that
+        is not reported lost advances."""
         if not self._ready:
             self._ready = True
-            self.notify.ready(f"listening: {self.bundle.model_id} on "
-                              f"{self.config.audio.source}")
-        self._samples += chunk.size
-        self.notify.progress(self._samples)
-        self._emit(self.pipeline.push(chunk))
+            self.notify.ready("listening: " + ", ".join(
+                f"{m.name} ({m.bundle.model_id})" for m in self.machines))
+        listener.samples += len(chunk)
+        self.notify.progress([None if lst.lost else lst.samples for lst in self.listeners])
+        for m in listener.machines:
+            self._emit(m, m.pipeline.push(chunk[:, m.column]))
 
-    def _listen(self) -> None:
-        """Every chunk of the source; at the end of a recording (a file, each pass of a
-        looped file, stdin) the recording's last interval is flushed."""
-        for chunk in self.source.chunks(self._done, self._report):
+    def _listen(self, listener: Listener) -> None:
+        """Every chunk of the input; at the end of a recording (a file, each pass of a
+        looped file, stdin) each machine's last interval is flushed."""
+        for chunk in listener.source.chunks(self._done, self._report(listener)):
             if chunk is None:
-                self._emit(self.pipeline.finish())
+                for m in listener.machines:
+                    self._emit(m, m.pipeline.finish())
             elif chunk.size:
-                self._push(chunk)
+                self._push(listener, chunk.reshape(len(chunk), -1))
             else:
-                self._emit([])
+                self._emit(listener.machines[0], [])
             if self._done():
                 return
 
-    def _emit(self, results) -> None:
+    def _emit(self, machine: Machine, results: list[IntervalResult]) -> None:
         for r in results:
-            if self._done():
-                return
-            for sink in self.sinks:
+            if self._stop.is_set() or (self.max_intervals is not None
+                                       and machine.intervals >= self.max_intervals):
+                break
+            for sink in machine.sinks:
                 sink.interval(r)
-            self.intervals += 1
+            machine.intervals += 1
             if r.windows:
-                self._inference_ms.append(r.inference_ms)
+                machine.inference_ms.append(r.inference_ms)
+            machine.health[r.status] += 1
+            if r.status != machine.audio:
+                # a channel going silent (or clipping) is said once, by machine and channel
+                machine.send({"status": "audio_health", "health": r.status,
+                              "was": machine.audio, "channel": machine.config.audio.channel})
+                machine.audio = r.status
         if time.monotonic() >= self._next_stats:
             self._stats()
 
     def _stats(self) -> None:
-        """The periodic health record: process, inference time, audio losses, sinks."""
-        self._next_stats = time.monotonic() + self.stats_s
-        record = {"status": "stats", "ts": round(time.time(), 3), **self.process.sample(),
-                  "intervals": self.intervals,
-                  "inference_ms_median": (round(float(np.median(self._inference_ms)), 3)
-                                          if self._inference_ms else None)}
-        record.update(self.source.health())
-        for sink in self.sinks:
-            record.update(sink.health())
-        self._inference_ms = []
-        self.notify.status(f"{self.intervals} intervals, cpu {record['cpu_percent']} %, "
-                           f"rss {record['rss_mb']} MB")
-        for sink in self.sinks:
-            sink.status(dict(record))
+        """The periodic health record of each machine: the process, its inference time,
+        its input's losses, its interval statuses, its sinks."""
+        if not self._stats_lock.acquire(blocking=False):
+            return                               # another input's thread is on it
+        try:
+            if time.monotonic() < self._next_stats:
+                return
+            self._next_stats = time.monotonic() + self.stats_s
+            process = self.process.sample()
+            for lst in self.listeners:
+                source = lst.source.health()
+                for m in lst.machines:
+                    times, m.inference_ms = m.inference_ms, []
+                    health, m.health = m.health, Counter()
+                    record = {"status": "stats", "ts": round(time.time(), 3), **process,
+                              "intervals": m.intervals,
+                              "inference_ms_median": (round(float(np.median(times)), 3)
+                                                      if times else None),
+                              "audio": "lost" if lst.lost else m.audio,
+                              "interval_status": dict(health), **source}
+                    for sink in m.sinks:
+                        record.update(sink.health())
+                    m.send(record)
+            self.notify.status(f"{self.intervals} intervals, {len(self.machines)} "
+                               f"machine(s), cpu {process['cpu_percent']} %, "
+                               f"rss {process['rss_mb']} MB")
+        finally:
+            self._stats_lock.release()
 
-    def _done(self) -> bool:
-        return self._stop or (self.max_intervals is not None
-                              and self.intervals >= self.max_intervals)
+    def _started(self, m: Machine) -> dict:
+        scorer = m.pipeline.scorer
+        record = {"status": "started", "model": m.bundle.model_id,
+                  "backend": scorer.backend_name, "threshold": m.pipeline.decision.threshold,
+                  "source": m.config.audio.source, "channel": m.config.audio.channel}
+        bank = scorer.enrollment
+        if bank is not None:             # say which on-site bank scores (harken enroll)
+            record["bank"] = {"enrolled": True, "audio_s": bank["audio_s"],
+                              "intervals": bank["intervals"],
+                              "created": bank["sessions"][-1]["created"]}
+        return record
 
-    def _status(self, record: dict) -> None:
-        for sink in self.sinks:
-            sink.status(dict(record))
+    def _listen_guarded(self, listener: Listener) -> None:
+        """An input's thread: a user-facing failure of one input (its file vanished) is
+        reported to its machines and ends that input only."""
+        try:
+            self._listen(listener)
+        except HarkenError as exc:
+            listener.error = exc
+            for m in listener.machines:
+                m.send({"status": "audio_failed", "error": str(exc),
+                        "channel": m.config.audio.channel})
+        except BaseException as exc:       # a bug: every input stops, raised in run()
+            listener.error = exc
+            self._stop.set()
 
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -195,27 +362,38 @@ class Runner:
                 pass
         # one-off costs of the first inference (the TFLite delegate, ONNX Runtime's first
         # run) are paid here, not by the first interval's latency
-        scorer = self.pipeline.scorer
-        scorer.warm_up()
-        started = {"status": "started", "model": self.bundle.model_id,
-                   "backend": scorer.backend_name,
-                   "threshold": self.pipeline.decision.threshold,
-                   "source": self.config.audio.source}
-        bank = scorer.enrollment
-        if bank is not None:             # say which on-site bank scores (harken enroll)
-            started["bank"] = {"enrolled": True, "audio_s": bank["audio_s"],
-                               "intervals": bank["intervals"],
-                               "created": bank["sessions"][-1]["created"]}
-        self._status(started)
+        for m in self.machines:
+            m.pipeline.scorer.warm_up()
+            m.send(self._started(m))
         try:
-            self._listen()
+            if len(self.listeners) == 1:
+                self._listen(self.listeners[0])
+            else:
+                self._listen_all()
         finally:
-            self.source.close()
+            for lst in self.listeners:
+                lst.source.close()
             self.notify.stopping()
-            self._status({"status": "stopped", "intervals": self.intervals})
-            for sink in self.sinks:
-                sink.close()
+            for m in self.machines:
+                m.send({"status": "stopped", "intervals": m.intervals})
+                for sink in m.sinks:
+                    sink.close()
         return 0
+
+    def _listen_all(self) -> None:
+        threads = [threading.Thread(target=self._listen_guarded, args=(lst,), daemon=True,
+                                    name=f"input-{i}") for i, lst in enumerate(self.listeners)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)               # the main thread stays free for SIGTERM
+        errors = [lst.error for lst in self.listeners if lst.error is not None]
+        bugs = [e for e in errors if not isinstance(e, HarkenError)]
+        if bugs:
+            raise bugs[0]
+        if errors and len(errors) == len(self.listeners):
+            raise errors[0]
 
 
 def run_config(config: Config, max_intervals: int | None = None) -> int:
@@ -223,4 +401,3 @@ def run_config(config: Config, max_intervals: int | None = None) -> int:
         return Runner.from_config(config, max_intervals).run()
     except (BundleError, SourceError) as exc:
         raise ConfigError(str(exc)) from None
-

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from harken.agent.backends import Backend, open_backend
+from harken.agent.backends import Backend, BackendPool, open_backend
 from harken.agent.bundle import Bundle
 from harken.agent.features import windows
 from harken.agent.rules import ScoreRule
@@ -92,11 +92,14 @@ class BundleScorer:
 
 
 def make_scorer(bundle: Bundle, section: int, artifact: str | None = None, threads: int = 1,
-                rule: ScoreRule | None = None, enrollment: dict | None = None
-                ) -> BundleScorer | FusedScorer:
+                rule: ScoreRule | None = None, enrollment: dict | None = None,
+                pool: BackendPool | None = None) -> BundleScorer | FusedScorer:
     """The scorer of ``bundle``: a fused bundle's scores through its members
-    (agent/fused.py), any other through its model and rule."""
+    (agent/fused.py), any other through its model and rule. With a ``pool``, machines
+    running the same artifact share its backend."""
     if bundle.is_fused:
         from harken.agent.fused import FusedScorer
-        return FusedScorer(bundle, section, artifact, threads)
-    return BundleScorer(bundle, section, artifact, threads, rule=rule, enrollment=enrollment)
+        return FusedScorer(bundle, section, artifact, threads, pool=pool)
+    backend = pool.get(bundle.artifact(artifact), threads) if pool is not None else None
+    return BundleScorer(bundle, section, artifact, threads, backend=backend, rule=rule,
+                        enrollment=enrollment)

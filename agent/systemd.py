@@ -2,7 +2,9 @@
 message to $NOTIFY_SOCKET. No libsystemd binding is needed on the device for four words.
 
 READY=1 once the bundle is loaded and audio flows; WATCHDOG=1 only while audio frames
-advance (a wedged capture stops the pings and systemd restarts the service); STATUS= lines
+advance on every input that is not reported lost, and on at least one (a wedged capture
+stops the pings and systemd restarts the service; one lost input of several is reported and
+the others go on); STATUS= lines
 for `systemctl status`; STOPPING=1 on shutdown. Without $NOTIFY_SOCKET every call is a
 no-op, so the same code runs outside systemd.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Sequence
 
 
 class Notifier:
@@ -23,7 +26,7 @@ class Notifier:
         # ping at half the watchdog period, as sd_watchdog_enabled(3) advises
         self.watchdog_s = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else None
         self._last_ping = 0.0
-        self._last_progress = -1
+        self._last_progress: list[int | None] = []
 
     @property
     def enabled(self) -> bool:
@@ -48,12 +51,19 @@ class Notifier:
     def stopping(self) -> None:
         self.send("STOPPING=1")
 
-    def progress(self, samples: int) -> None:
-        """Ping the watchdog when due, but only if ``samples`` (audio consumed so far) has
-        advanced since the last ping."""
-        if self.watchdog_s is None or samples <= self._last_progress:
+    def progress(self, samples: int | Sequence[int | None]) -> None:
+        """Ping the watchdog when due, but only if ``samples`` (audio consumed so far; one
+        count per input, None for an input whose loss was reported) has advanced since the
+        last ping on every input still there, and at least one is."""
+        if self.watchdog_s is None:
+            return
+        counts = [samples] if isinstance(samples, int) else list(samples)
+        last = self._last_progress or [-1] * len(counts)
+        if len(last) != len(counts) or all(c is None for c in counts) or any(
+                c is not None and c <= (before if before is not None else -1)
+                for c, before in zip(counts, last)):
             return
         now = time.monotonic()
         if now - self._last_ping >= self.watchdog_s:
             self.send("WATCHDOG=1")
-            self._last_ping, self._last_progress = now, samples
+            self._last_ping, self._last_progress = now, counts

@@ -30,6 +30,7 @@ class Row:
     anomaly: str = "-"
     seq: int | None = None
     last_seen: float = float("nan")   # time of the latest score (retained state has none)
+    audio: str = "-"                  # the latest interval's status: ok, silent, clipped, ...
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Fleet:
                 else now
             row.score, row.threshold, row.seq = body.get("score"), body.get("threshold"), \
                 body.get("seq")
+            row.audio = str(body.get("status", "-"))
             if row.anomaly == "-" and "anomaly" in body:
                 row.anomaly = "ON" if body["anomaly"] else "OFF"
         elif kind == "anomaly":       # {"state": "ON", ...}; earlier agents sent a bare ON/OFF
@@ -87,16 +89,20 @@ class Fleet:
         t = Table(title=f"harken fleet under '{self.prefix}/'", expand=False,
                   caption=f"{self.malformed} malformed message(s) skipped"
                   if self.malformed else None)
-        for col in ("node", "machine", "score", "threshold", "anomaly", "status", "seq",
-                    "last seen"):
+        for col in ("node", "machine", "score", "threshold", "anomaly", "audio", "status",
+                    "seq", "last seen"):
             t.add_column(col, justify="right" if col in ("score", "threshold", "seq") else "left")
-        agents = sorted(set(self.rows) | set(self.status))
+        agents = sorted(set(self.rows) | set(self.status) | set(self.stats))
         for node, machine in agents:
             for r in [self.rows.get((node, machine)) or Row(node, machine)]:
                 status = self.status.get((node, machine), "?")
                 age = now - r.last_seen
+                # a lost input stops the scores; the stats record says so
+                audio = "lost" if self.stats.get((node, machine), {}).get("audio") == "lost" \
+                    else r.audio
                 t.add_row(node, r.machine, _num(r.score), _num(r.threshold),
                           f"[bold red]{r.anomaly}[/]" if r.anomaly == "ON" else r.anomaly,
+                          audio if audio in ("ok", "-") else f"[yellow]{audio}[/]",
                           status if status == "online" else f"[yellow]{status}[/]",
                           "" if r.seq is None else str(r.seq),
                           "-" if math.isnan(age) else f"{age:.0f} s ago")

@@ -25,8 +25,9 @@ class WavError(HarkenError, ValueError):
 _INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
 
 
-def to_float32(data: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
-    """Integer or float PCM (frames[, channels]) -> float32 mono in [-1, 1)."""
+def to_float32(data: np.ndarray, path: str | Path = "<array>", mix: bool = True) -> np.ndarray:
+    """Integer or float PCM (frames[, channels]) -> float32 in [-1, 1): mono (the mean of
+    the channels), or with ``mix=False`` (frames, channels) as stored."""
     if data.dtype == np.uint8:
         x = (data.astype(np.float32) - 128.0) / 128.0
     elif data.dtype in _INT_SCALE:  # 24-bit comes back left-justified in int32
@@ -35,6 +36,8 @@ def to_float32(data: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
         x = data.astype(np.float32, copy=False)
     else:
         raise WavError(f"{path}: unsupported sample format {data.dtype}")
+    if not mix:
+        return x.reshape(len(x), -1)
     if x.ndim == 2:
         x = x.mean(axis=1, dtype=np.float32)
     return x
@@ -68,6 +71,8 @@ def read_pcm(path: str | Path, mmap: bool = False) -> tuple[np.ndarray, int]:
             raise WavError(f"{path}: no such file") from None
         except (ValueError, OSError, EOFError, IndexError) as exc:
             raise WavError(f"{path}: not a readable WAV file ({exc})") from None
+        except UnboundLocalError:     # scipy's reader on a RIFF file with no 'fmt ' chunk
+            raise WavError(f"{path}: not a readable WAV file (no 'fmt ' chunk)") from None
     if data.size == 0:
         raise WavError(f"{path}: WAV file holds no samples")
     return data, int(rate)

@@ -39,13 +39,25 @@ def whine(x: np.ndarray, rate: int, level: float = 0.5) -> np.ndarray:
 
 def write_agent_config(path, **sections):
     """An agent TOML at ``path`` from ``section={key: value}`` dicts (strings, numbers and
-    booleans, written as TOML scalars); returns the path."""
+    booleans, written as TOML scalars), or for ``machines`` a list of such dicts (an array
+    of tables; a dict value in an entry is its sub-table); returns the path."""
     import json
+
+    def scalars(values: dict) -> list[str]:
+        return [f"{k} = {json.dumps(str(v) if hasattr(v, '__fspath__') else v)}"
+                for k, v in values.items() if not isinstance(v, dict)]
+
     lines = []
     for name, values in sections.items():
+        if isinstance(values, list):
+            for entry in values:
+                lines += [f"[[{name}]]", *scalars(entry)]
+                for sub, table in entry.items():
+                    if isinstance(table, dict):
+                        lines += [f"[{name}.{sub}]", *scalars(table)]
+            continue
         lines.append(f"[{name}]")
-        lines += [f"{k} = {json.dumps(str(v) if hasattr(v, '__fspath__') else v)}"
-                  for k, v in values.items()]
+        lines += scalars(values)
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import TextIO
 
 from harken.agent.config import ConfigError
 from harken.agent.pipeline import IntervalResult
 from harken.agent.sinks.base import Sink, register
+
+
+# machines on different inputs write from their own threads to one stdout (or one file):
+# a line is written whole under this lock, never interleaved with another's
+_LINE_LOCK = threading.Lock()
 
 
 @register
@@ -45,9 +51,10 @@ class JsonLinesSink(Sink):
 
     def _write(self, record: dict) -> None:
         line = json.dumps(record, allow_nan=False)
-        for s in self.streams:
-            s.write(line + "\n")
-            s.flush()
+        with _LINE_LOCK:
+            for s in self.streams:
+                s.write(line + "\n")
+                s.flush()
 
     def interval(self, result: IntervalResult) -> None:
         self._write({"kind": "score", "node": self.node, "machine": self.machine,

@@ -1,12 +1,14 @@
 """Audio sources: a WAV file, raw PCM on stdin, or a live microphone through PortAudio.
-Each yields float32 mono chunks at the model's sample rate (``base.py``: the interface,
-and how to add a source)."""
+Each yields float32 chunks at the model's sample rate, a column per channel that a machine
+listens to (``base.py``: the interface, and how to add a source)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 # importing a source's module registers it: a new source is one module and one name here
 from harken.agent.sources import file, stdin, microphone  # noqa: F401
-from harken.agent.sources.base import SOURCES, Source, SourceError
+from harken.agent.sources.base import SOURCES, Source, SourceError, Tap
 from harken.agent.sources.file import FileSource, wav_chunks
 from harken.agent.sources.microphone import Microphone, MicrophoneSource, find_device
 from harken.agent.sources.resample import StreamResampler
@@ -14,12 +16,15 @@ from harken.agent.sources.stdin import StdinSource, pcm_chunks
 
 __all__ = ["SOURCES", "Source", "SourceError", "FileSource", "StdinSource", "MicrophoneSource",
            "Microphone", "StreamResampler", "find_device", "pcm_chunks", "wav_chunks",
-           "open_source"]
+           "Tap", "open_source"]
 
 
-def open_source(config, rate: int) -> Source:
-    """The source ``config.audio.source`` names, for the bundle's ``rate``."""
+def open_source(config, rate: int, taps: Sequence[Tap] = (None,)) -> Source:
+    """The source ``config.audio.source`` names, for the bundle's ``rate``, delivering
+    ``taps`` (the channels its machines listen to)."""
     name = config.audio.source
     if name not in SOURCES:
         raise SourceError(f"audio.source {name!r}: no such source (known: {sorted(SOURCES)})")
-    return SOURCES[name].from_config(config, rate)
+    if list(taps) == [None]:
+        return SOURCES[name].from_config(config, rate)     # a source that knows no taps
+    return SOURCES[name].from_config(config, rate, taps)

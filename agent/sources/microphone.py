@@ -1,15 +1,16 @@
-"""``audio.source = "mic"``: live capture through PortAudio. The callback only copies into
-a ring buffer; a device that vanishes is reported, closed and reopened, never fatal."""
+"""``audio.source = "mic"``: live capture through PortAudio. One stream per device, however
+many machines listen to its channels: the callback only de-interleaves into one ring buffer
+per tap; a device that vanishes is reported, closed and reopened, never fatal."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
 from harken.agent.ringbuffer import RingBuffer
-from harken.agent.sources.base import Report, Source, SourceError, register
+from harken.agent.sources.base import Report, Source, SourceError, Tap, register
 from harken.agent.sources.resample import StreamResampler
 
 
@@ -34,32 +35,49 @@ def find_device(device: str | int | None) -> int | None:
 
 
 class Microphone:
-    """Live capture: the PortAudio callback only copies into a ring buffer; ``chunks``
-    reads it from the processing thread. If the device refuses the model's rate, capture
-    runs at the device's default rate and is resampled here."""
+    """Live capture: the PortAudio callback only copies each tap's channel into its ring
+    buffer; ``read`` takes them from the processing thread. If the device refuses the
+    model's rate, capture runs at the device's default rate and is resampled here."""
 
     def __init__(self, device: str | int | None, rate: int, block_s: float = 0.1,
-                 ring_s: float = 30.0) -> None:
+                 ring_s: float = 30.0, taps: Sequence[Tap] = (None,)) -> None:
         self.device, self.rate, self.block_s = device, rate, block_s
-        self.ring = RingBuffer(int(ring_s * rate * 4))
+        # the mono view of a microphone is its first channel
+        self.columns = [(t or 1) - 1 for t in taps]
+        self.channels = max(self.columns) + 1
+        self.rings = [RingBuffer(int(ring_s * rate * 4)) for _ in self.columns]
         self.stream = None
         self.capture_rate = rate
-        self.resampler: StreamResampler | None = None
+        self.resamplers: list[StreamResampler] | None = None
         self.status_flags = 0
+
+    @property
+    def ring(self) -> RingBuffer:
+        return self.rings[0]
 
     def open(self) -> None:
         import sounddevice as sd
         index = find_device(self.device)
+        try:
+            have = int(sd.query_devices(index, "input")["max_input_channels"])
+        except (sd.PortAudioError, ValueError) as exc:
+            raise SourceError(f"audio.device {self.device!r}: cannot open for capture "
+                              f"({exc})") from None
+        if have < self.channels:
+            raise SourceError(f"audio.device {self.device!r} has {have} input channel(s); "
+                              f"audio.channel {self.channels} does not exist")
+        pairs = list(zip(self.rings, self.columns))
 
         def callback(indata, frames, time_info, status):    # PortAudio thread: copy only
             if status:
                 self.status_flags += 1
-            self.ring.write(indata[:, 0])
+            for ring, column in pairs:
+                ring.write(indata[:, column])
 
         for rate in (self.rate, None):
             try:
                 capture = rate or int(sd.query_devices(index, "input")["default_samplerate"])
-                stream = sd.InputStream(device=index, channels=1, samplerate=capture,
+                stream = sd.InputStream(device=index, channels=self.channels, samplerate=capture,
                                         dtype="float32", blocksize=int(self.block_s * capture),
                                         callback=callback)
                 stream.start()
@@ -69,7 +87,8 @@ class Microphone:
                                       f"({exc})") from None
                 continue
             self.stream, self.capture_rate = stream, capture
-            self.resampler = None if capture == self.rate else StreamResampler(capture, self.rate)
+            self.resamplers = None if capture == self.rate else \
+                [StreamResampler(capture, self.rate) for _ in self.rings]
             return
 
     def close(self) -> None:
@@ -86,9 +105,22 @@ class Microphone:
         return self.stream is not None and bool(self.stream.active)
 
     def read(self, timeout: float = 0.5) -> np.ndarray:
-        """What has arrived (at the model's rate), waiting up to ``timeout`` for data."""
-        x = self.ring.read(timeout=timeout)
-        return self.resampler.push(x) if self.resampler is not None and x.size else x
+        """What has arrived (at the model's rate), waiting up to ``timeout`` for data:
+        mono for one tap, else (samples, taps)."""
+        if len(self.rings) == 1:
+            x = self.ring.read(timeout=timeout)
+            return self.resamplers[0].push(x) if self.resamplers and x.size else x
+        self.ring.wait(timeout)
+        # one callback fills every ring, but it may be between two of them right now:
+        # take what all of them have, and align on the newest end (a read that lost its
+        # oldest samples to an overflow is shorter)
+        n = min(r.available for r in self.rings)
+        cols = [r.read(n) for r in self.rings]
+        m = min(c.size for c in cols)
+        cols = [c[c.size - m:] for c in cols]
+        if self.resamplers and m:
+            cols = [rs.push(c) for rs, c in zip(self.resamplers, cols)]
+        return np.stack(cols, axis=1) if cols[0].size else np.zeros((0, len(cols)), np.float32)
 
 
 @register
@@ -97,16 +129,17 @@ class MicrophoneSource(Source):
 
     def __init__(self, device: str | int | None, rate: int, block_s: float = 0.1,
                  ring_s: float = 30.0, reopen_s: float = 5.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self.mic = Microphone(device, rate, block_s, ring_s)
+                 sleep: Callable[[float], None] = time.sleep,
+                 taps: Sequence[Tap] = (None,)) -> None:
+        self.mic = Microphone(device, rate, block_s, ring_s, taps)
         self.reopen_s, self.sleep = reopen_s, sleep
         # no callback for this long: the device is gone
         self.silent_for = max(2.0, 5 * block_s)
 
     @classmethod
-    def from_config(cls, config, rate: int) -> MicrophoneSource:
+    def from_config(cls, config, rate: int, taps: Sequence[Tap] = (None,)) -> MicrophoneSource:
         a = config.audio
-        return cls(a.device, rate, a.block_s, a.ring_s, a.reopen_s)
+        return cls(a.device, rate, a.block_s, a.ring_s, a.reopen_s, taps=taps)
 
     def chunks(self, done: Callable[[], bool], report: Report) -> Iterator[np.ndarray]:
         mic, lost_reported = self.mic, False
@@ -128,6 +161,7 @@ class MicrophoneSource(Source):
                         report({"status": "audio_lost", "error": str(exc)})
                         lost_reported = True
                     self.sleep(self.reopen_s)
+                    yield np.zeros(0, np.float32)     # the runner sees this input alive
                     continue
             x = mic.read(timeout=0.5)
             if x.size:
@@ -135,7 +169,8 @@ class MicrophoneSource(Source):
             yield x
 
     def health(self) -> dict:
-        return {"overflow_samples": self.mic.ring.overflowed, "xruns": self.mic.status_flags}
+        return {"overflow_samples": max(r.overflowed for r in self.mic.rings),
+                "xruns": self.mic.status_flags}
 
     def close(self) -> None:
         self.mic.close()

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 import numpy as np
 
-from harken.agent.sources.base import Report, Source, SourceError, register
+from harken.agent.sources.base import Report, Source, SourceError, Tap, pick_channels, register
 
 
 def pcm_chunks(stream: BinaryIO | None, rate: int, chunk_s: float = 0.1,
-               sample_format: str = "s16le", channels: int = 1) -> Iterator[np.ndarray]:
+               sample_format: str = "s16le", channels: int = 1,
+               taps: Sequence[Tap] | None = None) -> Iterator[np.ndarray]:
     """Raw little-endian PCM (``arecord -t raw -f S16_LE``) from a byte stream; stdin
-    by default. Channels are averaged to mono."""
+    by default. Channels are averaged to mono, or with ``taps`` picked as columns."""
     dtypes = {"s16le": ("<i2", 32768.0), "s32le": ("<i4", 2147483648.0), "f32le": ("<f4", 1.0)}
     if sample_format not in dtypes:
         raise SourceError(f"PCM format {sample_format!r} not supported; use one of {list(dtypes)}")
@@ -35,25 +36,29 @@ def pcm_chunks(stream: BinaryIO | None, rate: int, chunk_s: float = 0.1,
         usable = len(data) // frame_bytes * frame_bytes
         data, pending = data[:usable], data[usable:]
         x = np.frombuffer(data, dtype=dtype).astype(np.float32) / full_scale
-        yield x.reshape(-1, channels).mean(axis=1) if channels > 1 else x
+        if taps is not None:
+            yield pick_channels(x.reshape(-1, channels), taps, "stdin")
+        else:
+            yield x.reshape(-1, channels).mean(axis=1) if channels > 1 else x
 
 
 @register
 class StdinSource(Source):
     name = "stdin"
 
-    def __init__(self, rate: int, block_s: float, sample_format: str, channels: int) -> None:
+    def __init__(self, rate: int, block_s: float, sample_format: str, channels: int,
+                 taps: Sequence[Tap] = (None,)) -> None:
         self.rate, self.block_s = rate, block_s
-        self.sample_format, self.channels = sample_format, channels
+        self.sample_format, self.channels, self.taps = sample_format, channels, list(taps)
 
     @classmethod
-    def from_config(cls, config, rate: int) -> StdinSource:
+    def from_config(cls, config, rate: int, taps: Sequence[Tap] = (None,)) -> StdinSource:
         a = config.audio
-        return cls(rate, a.block_s, a.pcm_format, a.channels)
+        return cls(rate, a.block_s, a.pcm_format, a.channels, taps)
 
     def chunks(self, done: Callable[[], bool], report: Report) -> Iterator[np.ndarray | None]:
         for chunk in pcm_chunks(None, self.rate, self.block_s, self.sample_format,
-                                self.channels):
+                                self.channels, self.taps):
             yield chunk
             if done():
                 return

@@ -31,8 +31,12 @@ def test_every_firmware_config_loads():
     assert {f.stem for f in files} >= {"raspberry-pi-4", "raspberry-pi-5", "jetson-orin-nano",
                                        "generic-x86", "demo"}
     for f in files:
-        c = load_config(f)
-        assert c.model.bundle and c.decision.k_on <= c.decision.n, f
+        for c in load_config(f).machine_configs():
+            assert c.model.bundle and c.decision.k_on <= c.decision.n, f
+    row = load_config(FIRMWARE / "pump-row-4ch.toml").machine_configs()
+    assert [(c.agent.machine, c.audio.channel) for c in row] == \
+        [(f"pump-{k}", k) for k in (1, 2, 3, 4)]
+    assert len({c.audio.input_key() for c in row}) == 1        # one stream for all four
 
 
 def test_relative_paths_are_relative_to_the_config(tmp_path):

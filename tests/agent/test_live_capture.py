@@ -1,12 +1,14 @@
 """A real capture path in CI: PortAudio -> ALSA pulse plugin -> a PulseAudio server with a
 sine source (the test starts it; scripts/setup installs PulseAudio). `harken run` scores
-live audio end to end, and survives the sound server going away and coming back."""
+live audio end to end, and survives the sound server going away and coming back; a
+four-channel input (a pipe source fed by the test) is one stream for four machines."""
 
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -149,3 +151,100 @@ def test_enroll_from_the_live_microphone_then_run_on_the_enrolled_bank(sound_ser
     records = [json.loads(line) for line in stdout.splitlines()]
     assert next(x for x in records if x.get("status") == "started")["bank"]["enrolled"]
     assert len([x for x in records if x["kind"] == "score"]) == 2
+
+
+class FourChannelInput:
+    """A 4-channel input on the sound server (a pipe source), fed in real time by a thread
+    of the test; what each channel carries can be changed while the agent listens."""
+
+    RATE = 16000
+
+    def __init__(self, server, root):
+        self.fifo = root / "four.fifo"
+        subprocess.run(["pactl", "load-module", "module-pipe-source", "source_name=four",
+                        f"file={self.fifo}", "format=float32le", f"rate={self.RATE}",
+                        "channels=4", "channel_map=front-left,front-right,rear-left,rear-right"],
+                       env=server.env, check=True, capture_output=True)
+        subprocess.run(["pactl", "set-default-source", "four"], env=server.env, check=True)
+        self.signal = {1: "noise", 2: "noise", 3: "silence", 4: "noise"}
+        self.running = True
+        self.thread = threading.Thread(target=self._feed, daemon=True)
+        self.thread.start()
+
+    def _feed(self):
+        import numpy as np
+        rng = np.random.default_rng(0)
+        block = self.RATE // 10
+        t = np.arange(block) / self.RATE
+        start, sent = time.monotonic(), 0
+        with open(self.fifo, "wb") as fifo:
+            while self.running:
+                x = np.zeros((block, 4), np.float32)
+                for ch, kind in self.signal.items():
+                    if kind == "noise":
+                        x[:, ch - 1] = 0.05 * rng.standard_normal(block)
+                    elif kind == "tone":
+                        x[:, ch - 1] = 0.1 * np.sin(2 * np.pi * 1000 * t)
+                fifo.write(x.tobytes())
+                fifo.flush()
+                sent += block
+                # a sound card's pace: the generator keeps to real time
+                time.sleep(max(0.0, start + sent / self.RATE - time.monotonic()))
+
+    def close(self):
+        self.running = False
+        self.thread.join(10)
+
+
+def test_each_machine_hears_its_own_channel_of_a_live_multichannel_input(sound_server,
+                                                                         ae_bundle, tmp_path):
+    """One PortAudio stream, four machines: a tone on channel 3 alone changes machine 3's
+    health only; channel 2 going silent is reported for machine 2 while the others go on."""
+    feed = FourChannelInput(sound_server, sound_server.root)
+    machines = [{"name": f"pump-{k}", "channel": k} for k in (1, 2, 3, 4)]
+    cfg = write_agent_config(
+        tmp_path / "row.toml", agent={"node": "row", "state_dir": tmp_path / "state"},
+        model={"bundle": ae_bundle, "artifact": "onnx-int8"},
+        audio={"source": "mic", "device": "pulse", "reopen_s": 0.5},
+        decision={"interval_s": 1.0, "threshold": 1e9}, output={"stats_s": 60},
+        machines=machines)
+    proc = start_agent(cfg, sound_server.env, 100000)
+    seen: list[dict] = []
+
+    def until(predicate, timeout=90):
+        """Read records until ``predicate`` holds for all seen so far."""
+        batch: list[dict] = []
+
+        def check(record):
+            batch.append(record)
+            return predicate(seen + batch)
+        read_until(proc, check, timeout)
+        seen.extend(batch)
+
+    def scored(records, machine, status="ok", after=0):
+        return any(r["kind"] == "score" and r["machine"] == machine and r["status"] == status
+                   for r in records[after:])
+
+    def health(records):
+        return [(r["machine"], r["health"]) for r in records if r.get("status") == "audio_health"]
+
+    try:
+        until(lambda rs: scored(rs, "pump-3", "silent")
+              and all(scored(rs, f"pump-{k}") for k in (1, 2, 4)))
+        assert health(seen) == [("pump-3", "silent")]
+        feed.signal[3] = "tone"
+        until(lambda rs: ("pump-3", "ok") in health(rs))
+        assert health(seen) == [("pump-3", "silent"), ("pump-3", "ok")]
+        feed.signal[2] = "silence"
+        until(lambda rs: ("pump-2", "silent") in health(rs))
+        mark = len(seen)
+        until(lambda rs: all(scored(rs, f"pump-{k}", after=mark) for k in (1, 3, 4)))
+        assert health(seen) == [("pump-3", "silent"), ("pump-3", "ok"), ("pump-2", "silent")]
+        started = [r for r in seen if r.get("status") == "started"]
+        assert [(r["machine"], r["channel"]) for r in started] == \
+            [(f"pump-{k}", k) for k in (1, 2, 3, 4)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        feed.close()
+    assert proc.returncode == 0

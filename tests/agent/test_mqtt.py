@@ -172,3 +172,38 @@ def test_stats_report_the_latency_from_audio_to_puback(broker, ae_bundle, wav, t
     assert all(0 < s["publish_ms_median"] <= s["publish_ms_p99"] < 1000 for s in timed)
     assert all(s["publish_ms_p99"] is None for s in stats if not s["published"])
     listen.close()
+
+
+def test_several_machines_publish_each_under_its_own_name(broker, ae_bundle, wav, tmp_path):
+    """Two machines on the two channels of one recording: a connection each (its own
+    Last Will and status), an outbox each, scores on each machine's topics."""
+    import scipy.io.wavfile
+    from tests.agent.mosquitto import PASSWORD, USER
+    from tests.helpers import write_agent_config
+    x, rate = read_wav(wav, 16000)
+    stereo = np.stack([x, np.roll(x, rate)], axis=1)
+    scipy.io.wavfile.write(tmp_path / "two.wav", rate, np.round(stereo * 32767).astype(np.int16))
+    (tmp_path / "secret").write_text(PASSWORD + "\n")
+    cfg = write_agent_config(
+        tmp_path / "row.toml", agent={"node": "n1", "state_dir": tmp_path / "state"},
+        model={"bundle": ae_bundle, "artifact": "onnx-int8"},
+        audio={"source": "file", "file": tmp_path / "two.wav", "realtime": False},
+        decision={"interval_s": 2, "threshold": 1e9}, output={"stdout": False},
+        mqtt={"enabled": True, "host": "127.0.0.1", "port": broker.port, "username": USER,
+              "password_file": "secret"},
+        machines=[{"name": "pump-1", "channel": 1}, {"name": "pump-2", "channel": 2}])
+    listen = Listener(broker.port)
+    out = run_agent(cfg)
+    assert out.returncode == 0, out.stderr
+    listen.wait(lambda lt: all((f"harken/n1/pump-{k}/status", "stopped", False) in lt.messages
+                               for k in (1, 2)))
+    for k in (1, 2):
+        topic = f"harken/n1/pump-{k}/score"
+        seqs = [json.loads(p)["seq"] for t, p, _ in listen.messages if t == topic]
+        assert seqs == [1, 2, 3, 4, 5]
+        assert (f"harken/n1/pump-{k}/status", "online", False) in listen.messages
+        assert outbox_depth(tmp_path / "state" / f"outbox-pump-{k}.db") == 0
+    one = [json.loads(p)["score"] for t, p, _ in listen.messages if t.endswith("pump-1/score")]
+    two = [json.loads(p)["score"] for t, p, _ in listen.messages if t.endswith("pump-2/score")]
+    assert one != two
+    listen.close()

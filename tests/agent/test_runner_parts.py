@@ -4,7 +4,7 @@ registered kind is found by its config name."""
 import numpy as np
 
 from harken.agent.config import load_config
-from harken.agent.runner import Runner, build
+from harken.agent.runner import Listener, Machine, Runner, build
 from harken.agent.sinks import SINKS, Sink
 from harken.agent.sources import SOURCES, Source
 from tests.helpers import write_agent_config
@@ -20,7 +20,7 @@ class ToneSource(Source):
         self.step, self.closed = rate // 4, False
 
     @classmethod
-    def from_config(cls, config, rate):
+    def from_config(cls, config, rate, taps=(None,)):
         return cls(rate, 5.0)
 
     def chunks(self, done, report):
@@ -75,7 +75,7 @@ def test_a_runner_takes_any_source_and_sink(ae_bundle, tmp_path):
     sink = MemorySink()
     pipeline.seq = sink.seq_start
     source = ToneSource(bundle.spec.sample_rate, 5.0)
-    assert Runner(cfg, bundle, pipeline, source, [sink]).run() == 0
+    assert Runner(cfg, [Listener(source, [Machine(cfg, bundle, pipeline, [sink])])]).run() == 0
     # 5 s in 2-s intervals: two whole intervals per recording; the end of each recording
     # drops its last second (10 s as one stream would have made five)
     assert [r.seq for r in sink.results] == list(range(41, 45))

@@ -79,18 +79,32 @@ def test_the_fleet_table_keeps_the_latest_state_per_machine():
                                                    b'"threshold": 2.0, "anomaly": false}'),
                            ("harken/n1/fan/anomaly", b'{"state": "ON", "seq": 3, "ts": 100.0}'),
                            ("harken/n1/pump/anomaly", b"OFF"),      # an earlier agent's form
-                           ("harken/n2/fan/status", b"offline")]:
+                           ("harken/n2/fan/status", b"offline"),
+                           # one node, several machines: each its own row and audio state
+                           ("harken/n3/pump-1/score", b'{"ts": 120.0, "seq": 1, "score": null, '
+                                                      b'"threshold": 2.0, "anomaly": false, '
+                                                      b'"status": "silent"}'),
+                           ("harken/n3/pump-2/score", b'{"ts": 120.0, "seq": 1, "score": 1.0, '
+                                                      b'"threshold": 2.0, "anomaly": false, '
+                                                      b'"status": "ok"}'),
+                           ("harken/n3/pump-3/stats", b'{"audio": "lost"}')]:
         fleet.update(fleet.parse(topic, payload), now=130.0)
     row = fleet.rows[("n1", "fan")]
     assert (row.score, row.threshold, row.seq, row.anomaly) == (1.5, 2.0, 3, "ON")
     assert fleet.rows[("n1", "pump")].anomaly == "OFF"
     assert row.last_seen == 100.0                      # the score's own time, not arrival
     assert fleet.status == {("n1", "fan"): "online", ("n2", "fan"): "offline"}
+    assert (fleet.rows[("n3", "pump-1")].audio, fleet.rows[("n3", "pump-2")].audio) == \
+        ("silent", "ok")
     from rich.console import Console
     console = Console(width=120, record=True)
     console.print(fleet.table(now=130.0))
     text = console.export_text()
     assert "30 s ago" in text and "offline" in text
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in text.splitlines()
+             if "│" in line]
+    audio = {row[1]: row[5] for row in cells if row[0] == "n3"}
+    assert audio == {"pump-1": "silent", "pump-2": "ok", "pump-3": "lost"}
 
 
 def test_a_broker_url_error_never_echoes_the_password():

@@ -45,6 +45,9 @@ def test_errors_name_the_file(tmp_path):
     (tmp_path / "junk.wav").write_bytes(b"this is not audio")
     with pytest.raises(WavError, match="junk.wav: not a readable WAV"):
         read_wav(tmp_path / "junk.wav")
+    (tmp_path / "nofmt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")   # no 'fmt '
+    with pytest.raises(WavError, match="nofmt.wav: not a readable WAV file"):
+        read_wav(tmp_path / "nofmt.wav")
     scipy.io.wavfile.write(tmp_path / "empty.wav", 16000, np.zeros(0, dtype=np.int16))
     with pytest.raises(WavError, match="empty.wav: WAV file holds no samples"):
         read_wav(tmp_path / "empty.wav")
