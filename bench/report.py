@@ -557,6 +557,34 @@ def fleet_section(r: dict) -> list[str]:
     return lines
 
 
+def machines_section(r: dict) -> list[str]:
+    labels = list(r["rows"])
+    lines = [
+        "## Several machines on one device", "",
+        f"`{r['command']}` ({r['when']}): one `harken run` listening to the first N channels "
+        f"of a 16-channel recording at real-time pacing ({r['seconds']} s each, a different "
+        f"stretch of fan audio per channel), as from a multi-channel audio interface: one "
+        f"input, N pipelines and decisions, one shared {r['artifact']} backend per model, "
+        f"{r['interval_s']}-s report intervals, JSON lines to a file. CPU is the process's own "
+        f"CPU time after the first {r['warmup_s']:g} s, as % of one core; memory its peak RSS "
+        "(VmHWM). Both models at every N in one run.", "",
+        f"![CPU and RSS against the number of machines]({Path(r['plot']).relative_to('docs')})",
+        ""] + table(
+        ["machines"] + [f"{label} {what}" for label in labels
+                        for what in ("CPU, % of one core", "peak RSS, MB")],
+        [[pts[0]["machines"]] + [v for q in pts for v in (f"{q['cpu_percent']:.2f}",
+                                                          f"{q['peak_rss_mb']:.0f}")]
+         for pts in zip(*r["rows"].values())])
+    t = r["targets"]
+    lines += ["", "Marginal cost per machine (least-squares slope over N): " + "; ".join(
+        f"{label} {f['cpu_percent_per_machine']:.3f} % of one core and "
+        f"{f['rss_mb_per_machine']:.2f} MB" for label, f in r["fits"].items()) + ".", "",
+        f"Target at 16 machines: CPU < {t['cpu_percent_16']:g} % of one core and peak RSS < "
+        f"{t['rss_mb_16']:g} MB: " + ", ".join(
+            f"{label} {met(all(ok.values()))}" for label, ok in r["met"].items()) + "."]
+    return lines
+
+
 def summary(results: dict) -> list[str]:
     """Every target of the benchmark issue, its figure and whether it is met."""
     rows = []
@@ -589,6 +617,14 @@ def summary(results: dict) -> list[str]:
                      (f"{device['machines'][m] - d['baseline']['machines'][m]:+.4f} ({m})"
                       for m in d["machines"]), key=lambda s: float(s.split()[0])),
                   d["met"]["no_machine_below_baseline"])]
+    if "machines" in results:
+        m = results["machines"]
+        for label, points in m["rows"].items():
+            q = points[-1]
+            rows.append((f"several machines: {label}, 16 machines, CPU % of one core / peak "
+                         f"RSS MB", f"{q['cpu_percent']:.2f} < {m['targets']['cpu_percent_16']:g}"
+                         f" / {q['peak_rss_mb']:.0f} < {m['targets']['rss_mb_16']:g}",
+                         all(m["met"][label].values())))
     if "fleet" in results:
         fl = results["fleet"]
         plant = [x for x in fl["rows"] if x["broker"] == "plant"]
@@ -608,7 +644,7 @@ SECTIONS = {"features": features_section, "scorers": scorers_section,
             "enroll": enroll_section,
             "detection": detection_section,
             "normalisation": normalisation_section, "probe": probe_section,
-            "fleet": fleet_section,
+            "machines": machines_section, "fleet": fleet_section,
             "training": training_section,
             "training-gpu": training_section}
 
