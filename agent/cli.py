@@ -118,7 +118,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     url = type(url)(url.host, url.port, url.tls or bool(args.ca_file), username, password)
     return watch(url, prefix=args.prefix, client_id=args.client_id, as_json=args.json,
                  duration=args.seconds, ca_file=args.ca_file, cert_file=args.cert_file,
-                 key_file=args.key_file, insecure=args.tls_insecure)
+                 key_file=args.key_file, insecure=args.tls_insecure,
+                 sparkplug_group=args.sparkplug_group or None)
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -304,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not verify the broker's certificate (warned about)")
     w.add_argument("--client-id", help="persistent session id (default harken-watch-HOSTNAME):"
                    " messages published while away are delivered on return")
+    w.add_argument("--sparkplug-group", default="harken",
+                   help="also read Sparkplug B agents of this group (mqtt.group_id; default "
+                   "harken; '' for none)")
     w.add_argument("--json", action="store_true", help="one JSON line per message")
     w.add_argument("--for", dest="seconds", type=float,
                    help="stop after this many seconds (default: until Ctrl-C)")

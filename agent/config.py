@@ -114,6 +114,9 @@ class MqttSection(_Section):
     tls_insecure: bool = False        # certificate verification off: logged as a warning
     outbox: str = "outbox.db"         # in agent.state_dir
     outbox_max: int = Field(100_000, ge=10)
+    profile: Literal["json", "sparkplug-b", "both"] = "json"   # docs/mqtt.md
+    group_id: str = Field("harken", min_length=1, pattern=r"^[^/+#]+$")   # Sparkplug group
+    edge_node_id: str | None = Field(None, min_length=1, pattern=r"^[^/+#]+$")  # agent.node
     homeassistant: bool = False       # publish Home Assistant device discovery
     discovery_prefix: str = Field("homeassistant", min_length=1,
                                   pattern=r"^[A-Za-z0-9_./-]+$")

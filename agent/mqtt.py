@@ -57,7 +57,7 @@ class MqttSink(Sink):
 
     @classmethod
     def enabled(cls, config) -> bool:
-        return config.mqtt.enabled
+        return config.mqtt.enabled and config.mqtt.profile in ("json", "both")
 
     @classmethod
     def from_config(cls, config) -> MqttSink:

@@ -3,6 +3,9 @@
 It subscribes with a persistent QoS 1 session (a stable client id, clean_session off), so
 scores published while the watcher was away are delivered when it comes back; the broker
 keeps them. A live table (rich) on a terminal, or one JSON line per message for piping.
+Agents publishing Sparkplug B (``mqtt.profile``) are read too, from
+``spBv1.0/<sparkplug group>/#``: each device's DDATA is a score, its births and deaths its
+status.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class Fleet:
 
     def parse(self, topic: str, payload: bytes) -> dict | None:
         """The message as a record, or None when the topic is not a Harken one."""
+        if topic.startswith("spBv1.0/"):
+            return self._parse_sparkplug(topic, payload)
         parsed = parse_topic(self.prefix, topic)
         if parsed is None:
             return None
@@ -55,11 +60,43 @@ class Fleet:
         return {"node": parsed.node, "machine": parsed.machine, "kind": parsed.kind,
                 "payload": body}
 
+    def _parse_sparkplug(self, name: str, payload: bytes) -> dict | None:
+        """A Sparkplug message in the record form of the JSON topics: DDATA a score (with
+        its anomaly state), DBIRTH/DDEATH the device's status, NDEATH every device's."""
+        from harken.agent.sparkplug.payload import decode, metric_value, parse_topic as spb
+        parsed = spb(name)
+        if parsed is None:
+            return None
+        _, kind, node, device = parsed
+        status = {"DBIRTH": "online", "DDEATH": "offline", "NDEATH": "offline"}.get(kind)
+        if status is not None and (device or kind == "NDEATH"):
+            return {"node": node, "machine": device or "*", "kind": "status",
+                    "payload": status, "profile": "sparkplug-b"}
+        if kind != "DDATA" or device is None:
+            return None
+        try:
+            metrics = decode(payload).metrics
+        except ValueError:
+            self.malformed += 1
+            return None
+        values = {m.name: metric_value(m) for m in metrics}
+        stamp = next((m.timestamp for m in metrics if m.name == "score"), 0)
+        body = {"ts": stamp / 1000, "seq": values.get("interval_seq"),
+                "score": values.get("score"), "threshold": values.get("threshold"),
+                "anomaly": values.get("anomaly"), "status": values.get("status"),
+                "historical": any(m.is_historical for m in metrics)}
+        return {"node": node, "machine": device, "kind": "score", "payload": body,
+                "profile": "sparkplug-b"}
+
     def update(self, record: dict, now: float | None = None) -> None:
         now = time.time() if now is None else now
         node, kind, body = record["node"], record["kind"], record["payload"]
         agent = (node, record["machine"])
         if kind == "status":
+            if record["machine"] == "*":          # a Sparkplug NDEATH: the node's devices
+                for key in [k for k in set(self.rows) | set(self.status) if k[0] == node]:
+                    self.status[key] = str(body)
+                return
             self.status[agent] = str(body)
             return
         if kind == "stats":
@@ -78,7 +115,9 @@ class Fleet:
             row.score, row.threshold, row.seq = body.get("score"), body.get("threshold"), \
                 body.get("seq")
             row.audio = str(body.get("status", "-"))
-            if row.anomaly == "-" and "anomaly" in body:
+            # JSON: the anomaly topic carries the state; Sparkplug: every DDATA does
+            if (row.anomaly == "-" or record.get("profile") == "sparkplug-b") \
+                    and isinstance(body.get("anomaly"), bool):
                 row.anomaly = "ON" if body["anomaly"] else "OFF"
         elif kind == "anomaly":       # {"state": "ON", ...}; earlier agents sent a bare ON/OFF
             row.anomaly = str(body.get("state", "?")) if isinstance(body, dict) else str(body)
@@ -127,7 +166,7 @@ def _num(x) -> str:
 
 def connect(url: BrokerUrl, prefix: str, client_id: str, ca_file: str | None,
             cert_file: str | None, key_file: str | None, insecure: bool,
-            on_message, timeout: float = 10.0):
+            on_message, timeout: float = 10.0, sparkplug_group: str | None = "harken"):
     """A connected, subscribed paho client (its network loop running), or BrokerError."""
     import paho.mqtt.client as mqtt
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -144,6 +183,8 @@ def connect(url: BrokerUrl, prefix: str, client_id: str, ca_file: str | None,
         answer["rc"] = reason_code
         if not reason_code.is_failure:
             c.subscribe(subscription(prefix), qos=1)
+            if sparkplug_group:
+                c.subscribe(f"spBv1.0/{sparkplug_group}/#", qos=1)
         done.set()
 
     client.on_connect = on_connect
@@ -167,7 +208,7 @@ def connect(url: BrokerUrl, prefix: str, client_id: str, ca_file: str | None,
 def watch(url: BrokerUrl, prefix: str = "harken", client_id: str | None = None,
           as_json: bool = False, duration: float | None = None, ca_file: str | None = None,
           cert_file: str | None = None, key_file: str | None = None, insecure: bool = False,
-          out: TextIO = sys.stdout) -> int:
+          out: TextIO = sys.stdout, sparkplug_group: str | None = "harken") -> int:
     fleet = Fleet(prefix)
     lock = threading.Lock()
 
@@ -185,7 +226,8 @@ def watch(url: BrokerUrl, prefix: str = "harken", client_id: str | None = None,
                 out.flush()
 
     client = connect(url, prefix, client_id or f"harken-watch-{socket.gethostname()}",
-                     ca_file, cert_file, key_file, insecure, on_message)
+                     ca_file, cert_file, key_file, insecure, on_message,
+                     sparkplug_group=sparkplug_group)
     end = None if duration is None else time.monotonic() + duration
     live_view = not as_json and out.isatty()
     try:

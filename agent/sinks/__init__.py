@@ -6,6 +6,7 @@ from __future__ import annotations
 # importing a sink's module registers it: a new sink is one module and one name here
 from harken.agent.sinks import jsonlines  # noqa: F401
 from harken.agent import mqtt  # noqa: F401
+from harken.agent.sparkplug import sink as sparkplug  # noqa: F401
 from harken.agent.sinks.base import SINKS, Sink
 from harken.agent.sinks.jsonlines import JsonLinesSink
 
