@@ -1,6 +1,7 @@
 """The Sparkplug B edge node: one MQTT connection for the agent, its machines as devices.
 
-On every connection (clean session, as the specification requires): NBIRTH (``seq`` 0, the
+It connects once every device has said its model (the runner's ``started``). On every
+connection (clean session, as the specification requires): NBIRTH (``seq`` 0, the
 connection's ``bdSeq``), a DBIRTH per device with every metric's name, type and current
 value, then what each device's durable outbox holds, then live DDATA. A DDATA made while the
 connection was down (the broker away, an earlier run killed) goes out after the births with
@@ -57,6 +58,7 @@ class Device:
     properties: dict                       # model, backend, interval_s, section
     last: dict = field(default_factory=dict)      # the latest score payload (DBIRTH values)
     born: bool = False                     # DBIRTH sent on this connection
+    described: bool = False                # its model and backend are known
     made_in: OrderedDict = field(default_factory=OrderedDict)   # row -> connection made on
 
 
@@ -100,10 +102,19 @@ class EdgeNode:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
-        self.client.connect_async(settings.host, settings.port, keepalive=settings.keepalive)
-        self.client.loop_start()
+        self._started = False
         self._sender = threading.Thread(target=self._send_loop, name="sparkplug", daemon=True)
         self._sender.start()
+
+    def start(self) -> None:
+        """Connect: once every device has said its model (the births carry it), or at the
+        first data, whichever comes first."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive)
+        self.client.loop_start()
 
     # -- bdSeq and the Will ---------------------------------------------------------------
     def _next_bdseq(self) -> int:
@@ -206,6 +217,9 @@ class EdgeNode:
         add_metric(p, REBIRTH, DataType.Boolean, False, t)
         add_metric(p, "Properties/Version", DataType.String, self.version, t)
         add_metric(p, "Properties/Machines", DataType.Int32, len(self.devices), t)
+        for key, name in (("model", "Models"), ("backend", "Backends")):
+            add_metric(p, f"Properties/{name}", DataType.String, ", ".join(dict.fromkeys(
+                d.properties[key] for d in self.devices.values())), t)
         self._publish("NBIRTH", p)
         for d in self.devices.values():
             self._dbirth(d)
@@ -281,6 +295,10 @@ class EdgeNode:
             if any(d.properties.get(k) != v for k, v in properties.items()):
                 d.properties.update(properties)
                 d.born = False
+            d.described = True
+            ready = all(x.described for x in self.devices.values())
+        if ready:
+            self.start()
         self._wake.set()
 
     def data(self, d: Device, body: dict) -> None:
@@ -295,12 +313,13 @@ class EdgeNode:
                 d.made_in[row] = session
             while len(d.made_in) > self.s.outbox_max:
                 d.made_in.popitem(last=False)
+        self.start()
         self._wake.set()
 
     def remove_device(self, d: Device, flush_s: float) -> None:
         """Deliver what the broker takes within ``flush_s``, then DDEATH."""
         deadline = time.monotonic() + flush_s
-        if not self._connected.is_set():
+        if self._started and not self._connected.is_set():
             self._settled.wait(flush_s)
         while d.outbox.depth and time.monotonic() < deadline and self._connected.is_set():
             self._wake.set()
@@ -324,6 +343,7 @@ class EdgeNode:
             info.wait_for_publish(2)
         self._stop.set()
         self._wake.set()
-        self.client.disconnect()
-        self.client.loop_stop()
+        if self._started:
+            self.client.disconnect()
+            self.client.loop_stop()
         self._sender.join(timeout=2)

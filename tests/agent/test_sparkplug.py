@@ -73,6 +73,9 @@ def test_births_data_seq_wrap_and_a_clean_death(spb_broker, ae_bundle, wav, tmp_
     assert nbirth.seq == 0 and dbirth.seq == 1
     node = nbirth.values()
     assert node["Node Control/Rebirth"] is False and node["Properties/Version"]
+    assert node["Properties/Models"].startswith("ae-") and node["Properties/Machines"] == 1
+    assert node["Properties/Backends"].startswith("onnxruntime")
+    assert kinds.count("DBIRTH") == 1               # born once, complete: model known
     assert host.messages[1].device == "fan" and host.messages[0].edge_node == "n1"
     types = {m.name: m.datatype for m in dbirth.metrics}
     assert types["score"] == types["threshold"] == types["rms_dbfs"] == DataType.Float
