@@ -126,3 +126,33 @@ def parse_broker_url(url: str) -> BrokerUrl:
     return BrokerUrl(parts.hostname, port, tls,
                      unquote(parts.username) if parts.username else None,
                      unquote(parts.password) if parts.password else None)
+
+
+def make_client(settings, client_id: str, log: Callable[[str], None]):
+    """A paho client as every agent connection uses it: MQTT 3.1.1, clean session (the
+    agent's durability is its own outbox), the settings' credentials and TLS, reconnects
+    backing off from 1 to 60 s. Returns (client, TLS context or None)."""
+    import paho.mqtt.client as mqtt
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTv311, clean_session=True)
+    if settings.username:
+        client.username_pw_set(settings.username, settings.resolved_password())
+    ctx = use_tls(client, settings.ca_file, settings.cert_file, settings.key_file,
+                  settings.tls_insecure, log, "mqtt.tls_insecure") if settings.tls else None
+    client.reconnect_delay_set(1, 60)
+    return client, ctx
+
+
+class ConnectionReports:
+    """What a broker connection says when it fails: once per distinct problem, not at
+    every retry. Needs ``s`` (the settings), ``tls``, ``log`` and ``_settled``."""
+    _last_error = ""
+
+    def _report(self, msg: str) -> None:
+        if msg != self._last_error:
+            self.log(msg)
+            self._last_error = msg
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._report(diagnose(self.s.host, self.s.port, self.tls) + "; retrying")
+        self._settled.set()

@@ -237,6 +237,13 @@ class Config(_Section):
                               f"{folder} is not writable by this user")
         return folder
 
+    def mqtt_settings(self) -> MqttSection:
+        """``[mqtt]`` with its certificate paths made relative to the config file."""
+        m = self.mqtt
+        return m.model_copy(update={k: str(self.path(v)) for k in ("ca_file", "cert_file",
+                                                                  "key_file")
+                                    if (v := getattr(m, k))})
+
     @property
     def override_file(self) -> Path:
         return self.path(self.agent.state_dir) / f"threshold-{self.agent.machine}.json"

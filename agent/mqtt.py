@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harken.agent.broker import diagnose, refusal, use_tls
+from harken.agent.broker import ConnectionReports, make_client, refusal
 from harken.agent.homeassistant import discovery_payload, discovery_topic
 from harken.agent.outbox import Outbox
 from harken.agent.pipeline import IntervalResult
@@ -52,7 +52,7 @@ def plaintext_password_warning(settings) -> str | None:
 
 
 @register
-class MqttSink(Sink):
+class MqttSink(ConnectionReports, Sink):
     name = "mqtt"
 
     @classmethod
@@ -61,16 +61,12 @@ class MqttSink(Sink):
 
     @classmethod
     def from_config(cls, config) -> MqttSink:
-        m = config.mqtt     # certificate paths are relative to the config file
-        files = {k: str(config.path(v)) for k in ("ca_file", "cert_file", "key_file")
-                 if (v := getattr(m, k))}
         state = config.writable_folder("agent.state_dir", config.agent.state_dir)
-        return cls(m.model_copy(update=files), config.agent.node, config.agent.machine,
-                   state / m.outbox, interval_s=config.decision.interval_s)
+        return cls(config.mqtt_settings(), config.agent.node, config.agent.machine,
+                   state / config.mqtt.outbox, interval_s=config.decision.interval_s)
 
     def __init__(self, settings, node: str, machine: str, outbox_path: Path,
                  log: Callable[[str], None] | None = None, interval_s: float = 10.0) -> None:
-        import paho.mqtt.client as mqtt
         # the "harken" logger (configured by the command line: "harken: mqtt: ...")
         self.log = log or (lambda msg: _log.info(f"mqtt: {msg}"))
         self.s, self.node, self.machine = settings, node, machine
@@ -79,20 +75,13 @@ class MqttSink(Sink):
         self.topics = {k: scheme.machine(machine, k) for k in MACHINE_KINDS}
         self.status_topic, self.stats_topic = self.topics["status"], self.topics["stats"]
         # one agent = one (node, machine): two agents of one device never share a client id
-        client_id = settings.client_id or f"harken-{node}-{machine}"
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=mqtt.MQTTv311, clean_session=True)
-        if settings.username:
-            self.client.username_pw_set(settings.username, settings.resolved_password())
-        self.tls = use_tls(self.client, settings.ca_file, settings.cert_file,
-                           settings.key_file, settings.tls_insecure, self.log,
-                           "mqtt.tls_insecure") \
-            if settings.tls else None
+        self.client, self.tls = make_client(settings,
+                                            settings.client_id or f"harken-{node}-{machine}",
+                                            self.log)
         warning = plaintext_password_warning(settings)
         if warning:
             self.log(warning)
         self.client.will_set(self.status_topic, "offline", qos=1, retain=True)
-        self.client.reconnect_delay_set(1, 60)
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
@@ -144,10 +133,6 @@ class MqttSink(Sink):
         self._settled.set()
         self._wake.set()
 
-    def _on_connect_fail(self, client, userdata) -> None:
-        self._report(diagnose(self.s.host, self.s.port, self.tls) + "; retrying")
-        self._settled.set()
-
     def _on_message(self, client, userdata, message) -> None:
         # Home Assistant restarted: it forgets non-retained state, so announce again
         if message.topic == self.ha_status_topic and message.payload == b"online":
@@ -159,12 +144,6 @@ class MqttSink(Sink):
                             json.dumps(discovery_payload(self.s.prefix, self.node, self.machine,
                                                         self.interval_s)),
                             qos=1, retain=True)
-
-    def _report(self, msg: str) -> None:
-        """Log a connection problem once, not at every retry."""
-        if msg != self._last_error:
-            self.log(msg)
-            self._last_error = msg
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()

@@ -129,3 +129,15 @@ def bundle_row(name: str, by_machine: dict[str, dict]) -> dict:
             "max_abs_error": max(x.get("max_abs_error", float("nan"))
                                  for x in by_machine.values()),
             "ms_per_window": float(np.median([x["latency_ms"] for x in by_machine.values()]))}
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """VmHWM, the process's own peak resident memory since its exec (ru_maxrss would
+    also count the bench's pages the child had between fork and exec)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None

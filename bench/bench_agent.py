@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import ROOT, record  # noqa: E402
+from bench._common import ROOT, peak_rss_mb, record  # noqa: E402
 from bench._models import CACHE, bundles, fan_audio  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -62,18 +62,6 @@ def config(folder: Path, bundle: Path, wav: Path, realtime: bool, port: int | No
         sections["mqtt"] = {"enabled": True, "host": "127.0.0.1", "port": port,
                             "username": USER, "password_file": "secret"}
     return write_agent_config(folder / "agent.toml", **sections)
-
-
-def peak_rss_mb(pid: int) -> float | None:
-    """VmHWM, the process's own peak resident memory since its exec (ru_maxrss would
-    also count the bench's pages the child had between fork and exec)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 def run(cfg: Path) -> tuple[float, float, list[dict]]:

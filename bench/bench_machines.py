@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import ROOT, record  # noqa: E402
+from bench._common import ROOT, peak_rss_mb, record  # noqa: E402
 from bench._models import CACHE, bundles, fan_audio  # noqa: E402
 from tests.helpers import write_agent_config  # noqa: E402
 
@@ -57,16 +57,6 @@ def cpu_seconds(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / TICK       # utime + stime
     except (OSError, IndexError, ValueError):
         return None
-
-
-def peak_rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 def run_point(folder: Path, bundle: Path, wav: Path, n: int, warmup: float) -> dict:

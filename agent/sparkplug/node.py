@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harken.agent.broker import diagnose, refusal, use_tls
+from harken.agent.broker import ConnectionReports, make_client, refusal
 from harken.agent.outbox import Outbox
 from harken.agent.sparkplug.payload import DataType, Payload, add_metric, decode, \
     metric_value, topic
@@ -62,10 +62,9 @@ class Device:
     made_in: OrderedDict = field(default_factory=OrderedDict)   # row -> connection made on
 
 
-class EdgeNode:
+class EdgeNode(ConnectionReports):
     def __init__(self, settings, group: str, edge_node: str, state_dir: Path, version: str,
                  log: Callable[[str], None] | None = None) -> None:
-        import paho.mqtt.client as mqtt
         self.log = log or (lambda msg: _log.info(f"sparkplug: {msg}"))
         self.s, self.group, self.edge_node, self.version = settings, group, edge_node, version
         self.state_dir = state_dir
@@ -85,18 +84,10 @@ class EdgeNode:
         self._need_birth = False
         self._wake, self._stop = threading.Event(), threading.Event()
         self._connected, self._settled = threading.Event(), threading.Event()
-        self._last_error = ""
         client_id = f"{settings.client_id}-spb" if settings.client_id else \
             f"harken-spb-{group}-{edge_node}"
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=mqtt.MQTTv311, clean_session=True)
-        if settings.username:
-            self.client.username_pw_set(settings.username, settings.resolved_password())
-        self.tls = use_tls(self.client, settings.ca_file, settings.cert_file,
-                           settings.key_file, settings.tls_insecure, self.log,
-                           "mqtt.tls_insecure") if settings.tls else None
+        self.client, self.tls = make_client(settings, client_id, self.log)
         self._set_will()
-        self.client.reconnect_delay_set(1, 60)
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
@@ -160,10 +151,6 @@ class EdgeNode:
         self._settled.set()
         self._wake.set()
 
-    def _on_connect_fail(self, client, userdata) -> None:
-        self._report(diagnose(self.s.host, self.s.port, self.tls) + "; retrying")
-        self._settled.set()
-
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self._connected.is_set()
         self._connected.clear()
@@ -194,11 +181,6 @@ class EdgeNode:
             device, row = sent
             device.outbox.ack(row)
             self._wake.set()
-
-    def _report(self, msg: str) -> None:
-        if msg != self._last_error:
-            self.log(msg)
-            self._last_error = msg
 
     # -- publishing (the sender thread) -----------------------------------------------------
     def _publish(self, kind: str, payload, device: str | None = None, qos: int = 0):

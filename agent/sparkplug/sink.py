@@ -37,15 +37,12 @@ class SparkplugSink(Sink):
         from harken.agent import version
         from harken.agent.sparkplug.node import EdgeNode
         m = config.mqtt
-        files = {k: str(config.path(v)) for k in ("ca_file", "cert_file", "key_file")
-                 if (v := getattr(m, k))}
         state = config.writable_folder("agent.state_dir", config.agent.state_dir)
         key = _key(config)
         with _NODES_LOCK:
             node, users = _NODES.get(key, (None, 0))
             if node is None:
-                node = EdgeNode(m.model_copy(update=files), m.group_id, key[3], state,
-                                version())
+                node = EdgeNode(config.mqtt_settings(), m.group_id, key[3], state, version())
             _NODES[key] = (node, users + 1)
         machine = config.agent.machine
         try:

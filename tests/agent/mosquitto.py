@@ -152,3 +152,13 @@ def start_agent(cfg):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     STARTED.append(proc)
     return proc
+
+
+def outbox_depth(path) -> int:
+    """Messages waiting in a running agent's outbox (a read-only look, WAL allows it)."""
+    import sqlite3
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+    finally:
+        db.close()

@@ -5,13 +5,13 @@ and a full outbox."""
 
 import json
 import signal
-import sqlite3
 
 import numpy as np
 
 from harken.agent.outbox import Outbox
 from harken.agent.wavio import read_wav, write_wav
-from tests.agent.mosquitto import Listener, agent_config as config, run_agent, start_agent
+from tests.agent.mosquitto import Listener, agent_config as config, outbox_depth, run_agent, \
+    start_agent
 from tests.helpers import collect_lines, wait_for
 
 
@@ -19,15 +19,6 @@ def state(listener) -> list[tuple[str, bool]]:
     """(state, retained) of every anomaly-state message seen."""
     return [(json.loads(p)["state"], r) for t, p, r in listener.messages
             if t == "harken/n1/fan/anomaly"]
-
-
-def outbox_depth(path) -> int:
-    """Messages waiting in a running agent's outbox (a read-only look, WAL allows it)."""
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
-    finally:
-        db.close()
 
 
 def test_scores_status_state_and_events_reach_the_broker(broker, ae_bundle, wav, tmp_path):

@@ -6,14 +6,13 @@ NCMD, and historical replay after a 30-s broker outage with every interval deliv
 
 import os
 import signal
-import sqlite3
 
 import numpy as np
 import pytest
 
 from harken.agent.sparkplug.payload import DataType, Payload, add_metric, decode, \
     metric_value, parse_topic, topic
-from tests.agent.mosquitto import Broker, Listener, run_agent, start_agent
+from tests.agent.mosquitto import Broker, Listener, outbox_depth, run_agent, start_agent
 from tests.agent.mosquitto import agent_config as json_config
 from tests.agent.sparkplug_host import Host
 from tests.helpers import wait_for
@@ -135,14 +134,6 @@ def test_an_ncmd_rebirth_publishes_the_births_again(spb_broker, ae_bundle, wav, 
     proc.terminate()
     proc.wait(20)
     host.close()
-
-
-def outbox_depth(path) -> int:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
-    finally:
-        db.close()
 
 
 def test_a_30_s_outage_is_replayed_as_history_after_the_births(spb_broker, ae_bundle, wav,
