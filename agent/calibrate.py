@@ -82,10 +82,13 @@ def score_microphone(pipelines: list[Pipeline], config: Config, minutes: float,
     try:
         while min(map(done, range(len(pipelines)))) < n and time.monotonic() < deadline:
             x = mic.read(timeout=0.5)
+            if not x.size:                    # nothing within the wait: read again
+                continue
             before = done(0)
+            columns = x.reshape(len(x), -1)
             for i, pipeline in enumerate(pipelines):
                 scores, skipped = got[i]
-                results = pipeline.push(x.reshape(len(x), -1)[:, i])
+                results = pipeline.push(columns[:, i])
                 got[i] = scores, skipped + _collect(results, scores)
             bar.update(done(0) - before)
     finally:

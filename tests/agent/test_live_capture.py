@@ -248,3 +248,28 @@ def test_each_machine_hears_its_own_channel_of_a_live_multichannel_input(sound_s
         proc.wait(timeout=20)
         feed.close()
     assert proc.returncode == 0
+
+
+def test_calibrate_every_machine_from_one_live_multichannel_capture(sound_server, ae_bundle,
+                                                                   tmp_path):
+    """One PortAudio stream calibrates every machine on it at once; the silent channel's
+    machine says why it could not be calibrated, the others are written."""
+    feed = FourChannelInput(sound_server, sound_server.root)
+    cfg = write_agent_config(
+        tmp_path / "row.toml", agent={"node": "row", "state_dir": tmp_path / "state"},
+        model={"bundle": ae_bundle, "artifact": "onnx-int8"},
+        audio={"source": "mic", "device": "pulse"}, decision={"interval_s": 1.0},
+        machines=[{"name": f"pump-{k}", "channel": k} for k in (1, 3, 4)])
+    try:
+        out = subprocess.run([sys.executable, "-m", "harken.agent.cli", "calibrate", "--config",
+                              str(cfg), "--minutes", "0.2", "--quiet", "--no-plot"],
+                             env=sound_server.env, capture_output=True, text=True, timeout=120)
+    finally:
+        feed.close()
+    assert out.returncode == 2, out.stderr
+    result = json.loads(out.stdout)["machines"]
+    assert "machine pump-3: only 0 scoreable intervals" in result["pump-3"]["error"]
+    for name in ("pump-1", "pump-4"):
+        assert result[name]["intervals"] >= 10 and result[name]["source"] == "microphone 'pulse'"
+        assert (tmp_path / "state" / f"threshold-{name}.json").is_file()
+    assert result["pump-1"]["threshold"] != result["pump-4"]["threshold"]
