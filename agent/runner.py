@@ -131,7 +131,8 @@ class Listener:
     source: Source
     machines: list[Machine]
     samples: int = 0
-    lost: bool = False
+    lost: bool = False                     # its loss reported (reopening)
+    ended: bool = False                    # a recording that ended, or an input that failed
     error: BaseException | None = None
 
     @property
@@ -261,7 +262,8 @@ class Runner:
             self.notify.ready("listening: " + ", ".join(
                 f"{m.name} ({m.bundle.model_id})" for m in self.machines))
         listener.samples += len(chunk)
-        self.notify.progress([None if lst.lost else lst.samples for lst in self.listeners])
+        self.notify.progress([None if lst.lost or lst.ended else lst.samples
+                              for lst in self.listeners])
         for m in listener.machines:
             self._emit(m, m.pipeline.push(chunk[:, m.column]))
 
@@ -353,6 +355,8 @@ class Runner:
         except BaseException as exc:       # a bug: every input stops, raised in run()
             listener.error = exc
             self._stop.set()
+        finally:                           # the others' progress is what the watchdog reads
+            listener.ended = True
 
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):

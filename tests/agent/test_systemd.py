@@ -67,6 +67,40 @@ def test_harken_run_notifies_ready_watchdog_and_stopping(ae_bundle, small_fan, t
     assert len([json.loads(line) for line in out.splitlines()]) >= 3
 
 
+def test_the_watchdog_goes_on_while_one_input_of_two_has_ended(ae_bundle, small_fan, tmp_path):
+    """Two machines on files of their own (two inputs): after the short recording ends, the
+    long one's progress alone keeps the pings going."""
+    from harken.training.data.corpus import scan
+    x, rate = read_wav(scan(small_fan, ["fan"], "test")[0].path, 16000)
+    write_wav(tmp_path / "short.wav", x[:2 * rate], rate)
+    write_wav(tmp_path / "long.wav", x[:6 * rate], rate)
+    cfg = write_agent_config(tmp_path / "agent.toml", model={"bundle": ae_bundle},
+                             audio={"source": "file", "file": tmp_path / "long.wav",
+                                    "realtime": True},
+                             decision={"interval_s": 1, "threshold": 1e9},
+                             machines=[{"name": "long"},
+                                       {"name": "short", "audio": {"file": tmp_path / "short.wav"}}])
+    path = str(tmp_path / "n.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(path)
+        server.settimeout(60)
+        env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "500000"}
+        proc = subprocess.Popen([sys.executable, "-m", "harken.agent.cli", "run", "--config",
+                                 str(cfg)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        got = []                                # (wall time received, message)
+        while not got or got[-1][1] != "STOPPING=1":
+            got.append((time.time(), server.recv(512).decode()))
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    short_end = max(r["ts"] for r in records if r["kind"] == "score" and r["machine"] == "short")
+    assert any(r["kind"] == "score" and r["machine"] == "long" and r["ts"] > short_end + 2
+               for r in records)
+    pings_after = [t for t, msg in got if msg == "WATCHDOG=1" and t > short_end + 1.0]
+    assert pings_after, "no watchdog ping after the short recording ended"
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
 def test_unit_file_verifies():
     out = subprocess.run(["systemd-analyze", "verify", str(UNIT)], capture_output=True,
