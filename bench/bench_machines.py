@@ -1,10 +1,12 @@
 """One device, several machines: how the agent's cost grows with the machines it watches.
 
 For N = 1, 2, 4, 8 and 16 machines and each model (the AE and MobileNetV2 int8 bundles),
-one `harken run` listens to the first N channels of one 16-channel recording (a different
-stretch of the bench corpus's fan audio on each channel) at real-time pacing, as from a
-multi-channel audio interface: one input, N pipelines and decisions, one shared backend,
-10-s report intervals (the default), JSON lines to a file. CPU is the process's own CPU
+one `harken run` listens to the first N channels of a 16-channel stream (a different
+stretch of the bench corpus's fan audio on each channel) that this script writes to its
+stdin as raw PCM at real-time pace, as a 16-channel audio interface delivers it: one input,
+N pipelines and decisions, one shared backend, 10-s report intervals (the default), JSON
+lines to a file. (A WAV file source would be memory-mapped, and its pages would count in
+the RSS as the file is read.) CPU is the process's own CPU
 time (utime + stime from /proc) over the run after a warm-up, as a percentage of one core;
 memory is its peak RSS (VmHWM). Every point runs in this one invocation, so the curve is
 measured side by side; the marginal cost per machine is the slope of a least-squares line.
@@ -27,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import ROOT, peak_rss_mb, record  # noqa: E402
-from bench._models import CACHE, bundles, fan_audio  # noqa: E402
+from bench._models import bundles, fan_audio  # noqa: E402
 from tests.helpers import write_agent_config  # noqa: E402
 
 HARKEN = ROOT / ".venv" / "bin" / "harken"
@@ -38,17 +40,15 @@ TARGETS = {"cpu_percent_16": 15.0, "rss_mb_16": 250.0}
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def sixteen_channels(seconds: int) -> Path:
-    """A 16-channel WAV: channel k is the fan audio started k * 7 s later (made once)."""
-    import scipy.io.wavfile
-    path = CACHE / f"fan-16ch-{seconds}s.wav"
-    if not path.is_file():
-        x = fan_audio(seconds + 16 * 7)
-        rate = 16000
-        data = np.stack([x[k * 7 * rate:k * 7 * rate + seconds * rate] for k in range(16)],
-                        axis=1)
-        scipy.io.wavfile.write(path, rate, np.round(data * 32767).astype(np.int16))
-    return path
+RATE = 16000
+
+
+def sixteen_channels(seconds: int) -> np.ndarray:
+    """16-channel int16 frames: channel k is the fan audio started k * 7 s later."""
+    x = fan_audio(seconds + 16 * 7, RATE)
+    data = np.stack([x[k * 7 * RATE:k * 7 * RATE + seconds * RATE] for k in range(16)],
+                    axis=1)
+    return np.round(np.clip(data, -1, 1) * 32767).astype("<i2")
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -59,19 +59,36 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
-def run_point(folder: Path, bundle: Path, wav: Path, n: int, warmup: float) -> dict:
+def feed(stdin, frames: np.ndarray) -> None:
+    """Write ``frames`` in 0.1-s blocks at real-time pace, then close the stream."""
+    block, start = RATE // 10, time.monotonic()
+    try:
+        for i in range(0, len(frames), block):
+            wait = start + i / RATE - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            stdin.write(frames[i:i + block].tobytes())
+            stdin.flush()
+    finally:
+        stdin.close()
+
+
+def run_point(folder: Path, bundle: Path, frames: np.ndarray, n: int, warmup: float) -> dict:
     """One `harken run` of N machines: CPU % of one core after the warm-up, peak RSS."""
+    import threading
     folder.mkdir(parents=True)
     cfg = write_agent_config(
         folder / "agent.toml", agent={"node": "bench", "state_dir": folder / "state"},
         model={"bundle": bundle, "artifact": ARTIFACT, "threads": 1},
-        audio={"source": "file", "file": wav, "realtime": True},
+        audio={"source": "stdin", "pcm_format": "s16le", "channels": 16},
         decision={"interval_s": 10},
         output={"stdout": False, "file": folder / "out.jsonl", "stats_s": 3600},
         machines=[{"name": f"m{k:02d}", "channel": k} for k in range(1, n + 1)])
     with (folder / "stderr.txt").open("w") as err:
         proc = subprocess.Popen([str(HARKEN), "run", "--config", str(cfg)],
-                                stdout=subprocess.DEVNULL, stderr=err)
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+        writer = threading.Thread(target=feed, args=(proc.stdin, frames), daemon=True)
+        writer.start()
         start = time.monotonic()
         first = last = None
         peak = 0.0
@@ -112,7 +129,8 @@ def plot(rows: dict[str, list[dict]], path: Path) -> None:
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("harken run at real-time pacing, int8 TFLite, 10-s report intervals")
+    fig.suptitle("harken run at real-time pace (16-channel PCM on stdin), int8 TFLite, "
+                 "10-s report intervals")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -126,12 +144,13 @@ def main() -> None:
                    help="seconds of each run left out of the CPU figure (start-up)")
     args = p.parse_args()
     found = bundles(list(MODELS.values()))
-    wav = sixteen_channels(args.seconds)
+    frames = sixteen_channels(args.seconds)
     rows: dict[str, list[dict]] = {label: [] for label in MODELS}
     with tempfile.TemporaryDirectory() as tmp:
         for n in COUNTS:                  # models alternate at each N: drift hits both alike
             for label, model in MODELS.items():
-                point = run_point(Path(tmp) / f"{label}-{n}", found[model], wav, n, args.warmup)
+                point = run_point(Path(tmp) / f"{label}-{n}", found[model], frames, n,
+                                  args.warmup)
                 rows[label].append(point)
                 print(f"{label:<12} {n:>2} machines: CPU {point['cpu_percent']:5.2f} % of one "
                       f"core, peak RSS {point['peak_rss_mb']:.0f} MB", flush=True)

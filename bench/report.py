@@ -562,8 +562,9 @@ def machines_section(r: dict) -> list[str]:
     lines = [
         "## Several machines on one device", "",
         f"`{r['command']}` ({r['when']}): one `harken run` listening to the first N channels "
-        f"of a 16-channel recording at real-time pacing ({r['seconds']} s each, a different "
-        f"stretch of fan audio per channel), as from a multi-channel audio interface: one "
+        f"of a 16-channel raw PCM stream written to its stdin at real-time pace "
+        f"({r['seconds']} s each, a different stretch of fan audio per channel), as a "
+        f"multi-channel audio interface delivers it: one "
         f"input, N pipelines and decisions, one shared {r['artifact']} backend per model, "
         f"{r['interval_s']}-s report intervals, JSON lines to a file. CPU is the process's own "
         f"CPU time after the first {r['warmup_s']:g} s, as % of one core; memory its peak RSS "
