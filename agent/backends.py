@@ -39,9 +39,6 @@ class BackendPool:
             self._open[key] = open_backend(artifact, threads)
         return self._open[key]
 
-    def __len__(self) -> int:
-        return len(self._open)
-
 
 class OnnxBackend:
     def __init__(self, artifact: Artifact, threads: int = 1) -> None:

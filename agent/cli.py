@@ -167,14 +167,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     threshold = args.threshold if args.threshold is not None else bundle.threshold
     rows = []
     for path in args.files:
-        if args.channel is None:
-            x, _ = read_wav(path, bundle.spec.sample_rate)
-        else:                               # one machine's channel of a multi-channel file
-            from harken.agent.sources import wav_chunks
-            x = np.concatenate(list(wav_chunks(path, bundle.spec.sample_rate, 60.0,
-                                               taps=[args.channel])))[:, 0]
-            if not np.all(np.isfinite(x)):
-                raise WavError(f"{path}: WAV file holds NaN or infinite samples")
+        x, _ = read_wav(path, bundle.spec.sample_rate, channel=args.channel)
         feats = extract(x)
         if len(feats) < bundle.spec.window_frames:
             raise WavError(f"{path}: {x.size / bundle.spec.sample_rate:.2f} s is shorter than "

@@ -135,12 +135,6 @@ class Listener:
     ended: bool = False                    # a recording that ended, or an input that failed
     error: BaseException | None = None
 
-    @property
-    def describe(self) -> str:
-        a = self.machines[0].config.audio
-        return {"mic": f"microphone {a.device!r}", "file": f"file {a.file}",
-                "stdin": "stdin"}.get(a.source, a.source)
-
 
 def _machine_views(config: Config) -> list[list[Config]]:
     """The machines' configs grouped by the input they listen to, in config order."""
@@ -220,11 +214,6 @@ class Runner:
                         s.close()
             raise
         return cls(config, listeners, max_intervals)
-
-    # -- compatibility for a single machine ------------------------------------------------
-    @property
-    def pipeline(self) -> Pipeline:
-        return self.machines[0].pipeline
 
     @property
     def intervals(self) -> int:

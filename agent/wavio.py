@@ -78,10 +78,19 @@ def read_pcm(path: str | Path, mmap: bool = False) -> tuple[np.ndarray, int]:
     return data, int(rate)
 
 
-def read_wav(path: str | Path, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
-    """Read a WAV file as float32 mono, resampled to ``sample_rate`` when given."""
+def read_wav(path: str | Path, sample_rate: int | None = None,
+             channel: int | None = None) -> tuple[np.ndarray, int]:
+    """Read a WAV file as float32 mono (the mix of its channels, or the 1-based
+    ``channel``), resampled to ``sample_rate`` when given."""
     data, rate = read_pcm(path)
-    x = to_float32(data, path)
+    if channel is None:
+        x = to_float32(data, path)
+    else:
+        columns = to_float32(data, path, mix=False)
+        if not 1 <= channel <= columns.shape[1]:
+            raise WavError(f"{path}: has {columns.shape[1]} channel(s); audio.channel "
+                           f"{channel} does not exist")
+        x = np.ascontiguousarray(columns[:, channel - 1])
     if not np.all(np.isfinite(x)):
         raise WavError(f"{path}: WAV file holds NaN or infinite samples")
     if sample_rate is not None and rate != sample_rate:

@@ -51,10 +51,6 @@ class Microphone:
         self.resamplers: list[StreamResampler] | None = None
         self.status_flags = 0
 
-    @property
-    def ring(self) -> RingBuffer:
-        return self.rings[0]
-
     def open(self) -> None:
         import sounddevice as sd
         index = find_device(self.device)
@@ -108,9 +104,9 @@ class Microphone:
         """What has arrived (at the model's rate), waiting up to ``timeout`` for data:
         mono for one tap, else (samples, taps)."""
         if len(self.rings) == 1:
-            x = self.ring.read(timeout=timeout)
+            x = self.rings[0].read(timeout=timeout)
             return self.resamplers[0].push(x) if self.resamplers and x.size else x
-        self.ring.wait(timeout)
+        self.rings[0].wait(timeout)
         # one callback fills every ring, but it may be between two of them right now:
         # take what all of them have, and align on the newest end (a read that lost its
         # oldest samples to an overflow is shorter)

@@ -67,7 +67,6 @@ class EdgeNode(ConnectionReports):
                  log: Callable[[str], None] | None = None) -> None:
         self.log = log or (lambda msg: _log.info(f"sparkplug: {msg}"))
         self.s, self.group, self.edge_node, self.version = settings, group, edge_node, version
-        self.state_dir = state_dir
         self._bdseq_file = state_dir / f"sparkplug-bdseq-{edge_node}"
         self.bdseq = self._next_bdseq()
         self.devices: dict[str, Device] = {}

@@ -14,7 +14,7 @@ from harken.agent.config import ConfigError, load_config, parse_config
 from harken.agent.runner import Runner
 from harken.agent.systemd import Notifier
 from harken.agent.wavio import read_wav
-from tests.helpers import write_agent_config
+from tests.helpers import write_agent_config, write_channels
 
 RATE = 16000
 
@@ -22,14 +22,10 @@ RATE = 16000
 def four_channels(fan_wav, tmp_path):
     """A 4-channel WAV: the fan clip on 1, the same clip louder on 2, silence on 3, the
     fan clip with a tone on 4; each channel differs, so a swapped mapping shows."""
-    import scipy.io.wavfile
     x, _ = read_wav(fan_wav, RATE)
     t = np.arange(len(x)) / RATE
-    tone = (x + 0.2 * np.sin(2 * np.pi * 1200 * t)).clip(-1, 1)
-    data = np.stack([x, (2 * x).clip(-1, 1), np.zeros_like(x), tone], axis=1)
-    path = tmp_path / "four.wav"
-    scipy.io.wavfile.write(path, RATE, np.round(data * 32767).astype(np.int16))
-    return path
+    tone = x + 0.2 * np.sin(2 * np.pi * 1200 * t)
+    return write_channels(tmp_path / "four.wav", [x, 2 * x, np.zeros_like(x), tone], RATE)
 
 
 def config(tmp_path, bundle, audio, machines=None, name="agent.toml", **agent):
@@ -235,6 +231,8 @@ def test_score_takes_one_channel_of_a_recording(ae_bundle, wav, tmp_path, capsys
     assert channel_one == json.loads(capsys.readouterr().out)[0]["score"]
     assert main(["score", str(ae_bundle), str(four), "--channel", "5"]) == 2
     assert "has 4 channel(s); audio.channel 5 does not exist" in capsys.readouterr().err
+    assert main(["score", str(ae_bundle), str(four), "--channel", "0"]) == 2
+    assert "audio.channel 0 does not exist" in capsys.readouterr().err
 
 
 def test_the_watchdog_waits_for_every_input_but_not_for_a_lost_one():
