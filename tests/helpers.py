@@ -37,6 +37,15 @@ def whine(x: np.ndarray, rate: int, level: float = 0.5) -> np.ndarray:
         np.float32)
 
 
+def write_channels(path, columns: list[np.ndarray], rate: int = 16000):
+    """A 16-bit multi-channel WAV at ``path``, one float column in [-1, 1] per channel (as
+    a multi-channel interface records a row of machines); returns the path."""
+    import scipy.io.wavfile
+    data = np.clip(np.stack(columns, axis=1), -1, 1)
+    scipy.io.wavfile.write(path, rate, np.round(data * 32767).astype(np.int16))
+    return path
+
+
 def write_agent_config(path, **sections):
     """An agent TOML at ``path`` from ``section={key: value}`` dicts (strings, numbers and
     booleans, written as TOML scalars), or for ``machines`` a list of such dicts (an array

@@ -139,6 +139,26 @@ def agent_config(tmp_path, bundle, port, wav, password=PASSWORD, realtime=False,
               "password_file": "secret", **mqtt_extra})
 
 
+def two_machine_config(tmp_path, bundle, port, wav, **mqtt_extra):
+    """Two machines, pump-1 and pump-2, on the two channels of one recording (``wav`` and
+    the same sound a second later), publishing to the test broker."""
+    import numpy as np
+
+    from harken.agent.wavio import read_wav
+    from tests.helpers import write_agent_config, write_channels
+    x, rate = read_wav(wav, 16000)
+    two = write_channels(tmp_path / "two.wav", [x, np.roll(x, rate)], rate)
+    (tmp_path / "secret").write_text(PASSWORD + "\n")
+    return write_agent_config(
+        tmp_path / "row.toml", agent={"node": "n1", "state_dir": tmp_path / "state"},
+        model={"bundle": bundle, "artifact": "onnx-int8"},
+        audio={"source": "file", "file": two, "realtime": False},
+        decision={"interval_s": 2, "threshold": 1e9}, output={"stdout": False},
+        mqtt={"enabled": True, "host": "127.0.0.1", "port": port, "username": USER,
+              "password_file": "secret", **mqtt_extra},
+        machines=[{"name": "pump-1", "channel": 1}, {"name": "pump-2", "channel": 2}])
+
+
 def run_agent(cfg, *args, timeout=120):
     return subprocess.run([sys.executable, "-m", "harken.agent.cli", "run", "--config", str(cfg),
                            *args], capture_output=True, text=True, timeout=timeout)

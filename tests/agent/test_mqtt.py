@@ -168,21 +168,8 @@ def test_stats_report_the_latency_from_audio_to_puback(broker, ae_bundle, wav, t
 def test_several_machines_publish_each_under_its_own_name(broker, ae_bundle, wav, tmp_path):
     """Two machines on the two channels of one recording: a connection each (its own
     Last Will and status), an outbox each, scores on each machine's topics."""
-    import scipy.io.wavfile
-    from tests.agent.mosquitto import PASSWORD, USER
-    from tests.helpers import write_agent_config
-    x, rate = read_wav(wav, 16000)
-    stereo = np.stack([x, np.roll(x, rate)], axis=1)
-    scipy.io.wavfile.write(tmp_path / "two.wav", rate, np.round(stereo * 32767).astype(np.int16))
-    (tmp_path / "secret").write_text(PASSWORD + "\n")
-    cfg = write_agent_config(
-        tmp_path / "row.toml", agent={"node": "n1", "state_dir": tmp_path / "state"},
-        model={"bundle": ae_bundle, "artifact": "onnx-int8"},
-        audio={"source": "file", "file": tmp_path / "two.wav", "realtime": False},
-        decision={"interval_s": 2, "threshold": 1e9}, output={"stdout": False},
-        mqtt={"enabled": True, "host": "127.0.0.1", "port": broker.port, "username": USER,
-              "password_file": "secret"},
-        machines=[{"name": "pump-1", "channel": 1}, {"name": "pump-2", "channel": 2}])
+    from tests.agent.mosquitto import two_machine_config
+    cfg = two_machine_config(tmp_path, ae_bundle, broker.port, wav)
     listen = Listener(broker.port)
     out = run_agent(cfg)
     assert out.returncode == 0, out.stderr

@@ -203,23 +203,9 @@ def test_watch_reads_sparkplug_devices_like_json_agents():
 def test_several_machines_are_devices_of_one_edge_node(spb_broker, ae_bundle, wav, tmp_path):
     """Two machines on the two channels of one recording: one connection, one NBIRTH, a
     DBIRTH and DDATA per device, one seq count across all of them."""
-    import scipy.io.wavfile
-
-    from harken.agent.wavio import read_wav
-    from tests.agent.mosquitto import PASSWORD, USER
-    from tests.helpers import write_agent_config
-    x, rate = read_wav(wav, 16000)
-    stereo = np.stack([x, np.roll(x, rate)], axis=1)
-    scipy.io.wavfile.write(tmp_path / "two.wav", rate, np.round(stereo * 32767).astype(np.int16))
-    (tmp_path / "secret").write_text(PASSWORD + "\n")
-    cfg = write_agent_config(
-        tmp_path / "row.toml", agent={"node": "n1", "state_dir": tmp_path / "state"},
-        model={"bundle": ae_bundle, "artifact": "onnx-int8"},
-        audio={"source": "file", "file": tmp_path / "two.wav", "realtime": False},
-        decision={"interval_s": 2, "threshold": 1e9}, output={"stdout": False},
-        mqtt={"enabled": True, "host": "127.0.0.1", "port": spb_broker.port, "username": USER,
-              "password_file": "secret", "profile": "sparkplug-b", "group_id": "plant"},
-        machines=[{"name": "pump-1", "channel": 1}, {"name": "pump-2", "channel": 2}])
+    from tests.agent.mosquitto import two_machine_config
+    cfg = two_machine_config(tmp_path, ae_bundle, spb_broker.port, wav,
+                             profile="sparkplug-b", group_id="plant")
     host = Host(spb_broker.port, group="plant")
     out = run_agent(cfg)
     assert out.returncode == 0, out.stderr
