@@ -20,6 +20,7 @@ MODELS = {                 # name -> (method, settings for a seconds-long traini
     "mobilenetv2-0.35": ("mobilenetv2", ["width=0.35", *QUICK]),
     "mobilenetv2-0.5": ("mobilenetv2", ["width=0.5", *QUICK]),
     "mobilenetv2-1.0": ("mobilenetv2", ["width=1.0", *QUICK]),
+    "mobilenetv2-dual-0.5": ("mobilenetv2-dual", ["width=0.5", *QUICK]),
     "fusion": ("fusion", ["members=spectral-knn,ae-mahalanobis", "ae-mahalanobis.epochs=1"]),
 }
 

@@ -1,6 +1,7 @@
 """The agent end to end, as a user runs it: `harken run` with the default detector's bundle
-(spectral-knn, float TFLite; `--model mobilenetv2-0.5` for the int8 MobileNetV2, `--model
-fusion` for spectral-knn fused with the int8 AE, bench/_models.py), one thread.
+(spectral-knn, float TFLite; `--model mobilenetv2-0.5` for the int8 MobileNetV2,
+`--model mobilenetv2-dual-0.5` for the int8 dual-input network, `--model fusion` for
+spectral-knn fused with the int8 AE, bench/_models.py), one thread.
 
 1. As fast as possible: a one-hour WAV file (the bench corpus's fan clips, looped), no
    MQTT; wall time including start-up -> real-time factor; peak RSS of the process.
@@ -37,7 +38,7 @@ from tests.helpers import write_agent_config  # noqa: E402
 HARKEN = ROOT / ".venv" / "bin" / "harken"
 # model -> the artifact the agent runs (spectral-knn's graph has no weights: float only)
 ARTIFACTS = {"spectral-knn": "tflite-fp32", "mobilenetv2-0.5": "tflite-int8", "ae": "tflite-int8",
-             "fusion": "tflite-int8"}
+             "fusion": "tflite-int8", "mobilenetv2-dual-0.5": "tflite-int8"}
 TARGETS = {"cpu_percent": 2.0, "rss_mb": 150.0, "publish_ms_p99": 50.0}
 
 

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import ROOT, record  # noqa: E402
 
 RUNS = ROOT / "runs" / "standard"
+LDN_ROW = "deployed, embedding-density rule"
 ANR_RANGES = {"-30..-10 dB": (-30.0, -10.0), "-20..0 dB": (-20.0, 0.0)}
 
 
@@ -81,6 +82,30 @@ def stage_embeddings(method, feats: list[np.ndarray], bands: bool = False
     return out
 
 
+def dual_embeddings(method, feats: list[np.ndarray], bands: bool = False
+                    ) -> dict[str, np.ndarray]:
+    """Clip-mean embedding of a dual-input run (mobilenetv2-dual), whole and by half: the
+    CNN's projected GAMP vector and the spectrum branch's vector."""
+    import torch
+
+    from harken.training.data.windows import as_images, stack_windows
+    from harken.training.torch_method import batched
+    x, owner = stack_windows(feats, method.spec)
+    images, net = as_images(x), method.model.eval()
+    halves: dict[str, list[np.ndarray]] = {"CNN half": [], "spectrum half": []}
+    with torch.no_grad():
+        for idx in batched(len(images), 256):
+            (_, e_cnn), (_, e_spec) = net.branches(images[idx])
+            halves["CNN half"].append(e_cnn.numpy())
+            halves["spectrum half"].append(e_spec.numpy())
+    out = {}
+    for name, p in halves.items():
+        e = np.concatenate(p).astype(np.float64)
+        out[name] = np.stack([e[owner == i].mean(axis=0) for i in range(len(feats))])
+    out["both halves (deployed)"] = np.concatenate([out["CNN half"], out["spectrum half"]], 1)
+    return out
+
+
 def folds_of(clips, k: int = 5, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     fold = np.zeros(len(clips), int)
@@ -91,9 +116,10 @@ def folds_of(clips, k: int = 5, seed: int = 0) -> np.ndarray:
 
 
 def pseudo_aucs(method, clips, normal: np.ndarray, mixed: dict[str, np.ndarray],
-                fold: np.ndarray) -> dict[str, float]:
-    """AUC of the deployed embedding rule, bank cross-fitted on the normal clips, normal vs
-    each set of mixed clips (one bank per fold serves every set)."""
+                fold: np.ndarray, rule: str = "embedding") -> dict[str, float]:
+    """AUC of an embedding rule (the per-domain scale by default, or ``embedding-density``),
+    bank cross-fitted on the normal clips, normal vs each set of mixed clips (one bank per
+    fold serves every set)."""
     from sklearn.metrics import roc_auc_score
     n_scores, p_scores = [], {label: [] for label in mixed}
     for f in np.unique(fold):
@@ -101,9 +127,9 @@ def pseudo_aucs(method, clips, normal: np.ndarray, mixed: dict[str, np.ndarray],
         method._fit_bank(normal[fit], [clips[i] for i in fit])
         held_clips = [clips[i] for i in held]
         none = [None] * len(held)
-        n_scores.append(method._rule_scores(none, normal[held], held_clips, "embedding"))
+        n_scores.append(method._rule_scores(none, normal[held], held_clips, rule))
         for label, emb in mixed.items():
-            p_scores[label].append(method._rule_scores(none, emb[held], held_clips, "embedding"))
+            p_scores[label].append(method._rule_scores(none, emb[held], held_clips, rule))
     n_s = np.concatenate(n_scores)
     out = {}
     for label, parts in p_scores.items():
@@ -117,28 +143,38 @@ def probe(run: Path, bands: bool = False) -> dict:
     import torch
 
     from harken.training.baselines import clip_vector
-    from harken.training.classifier import ClassifierMethod, ContrastiveMethod
     from harken.training.data.corpus import scan
     from harken.training.data.pseudo_anomalies import pseudo_anomalous, pseudo_anomaly_pool
     from harken.training.data.windows import clip_features
+    from harken.training.methods import METHODS
     torch.set_num_threads(2)
     trained = json.loads((run / "run.json").read_text())["method"]
-    method = (ContrastiveMethod if trained == "contrastive" else ClassifierMethod).load(run)
+    method = METHODS[trained].load(run)
+    embed = dual_embeddings if method.spectrum_branch else stage_embeddings
+    n_mels = method.spec.n_mels
     clips = scan(Path(method.info["corpus"]["root"]), [method.info["machine"]], split="train")
     feats = clip_features(clips, method.spec, progress=False)
     pool, _ = pseudo_anomaly_pool(clips, method.spec, seed=1, progress=False)
-    normal = stage_embeddings(method, feats, bands)
-    normal["baseline-knn clip vector"] = np.stack([clip_vector(f) for f in feats])
+    normal = embed(method, feats, bands)
+    normal["baseline-knn clip vector"] = np.stack([clip_vector(f[:, :n_mels]) for f in feats])
     mixed = {}
     for label, anr in ANR_RANGES.items():
         mixed_feats = pseudo_anomalous(feats, pool, method.spec, seed=2, anr_db=anr)
-        mixed[label] = stage_embeddings(method, mixed_feats, bands)
-        mixed[label]["baseline-knn clip vector"] = np.stack([clip_vector(f) for f in mixed_feats])
+        mixed[label] = embed(method, mixed_feats, bands)
+        mixed[label]["baseline-knn clip vector"] = np.stack([clip_vector(f[:, :n_mels])
+                                                         for f in mixed_feats])
     fold = folds_of(clips)
     by_stage = {name: pseudo_aucs(method, clips, normal[name],
                                   {label: m[name] for label, m in mixed.items()}, fold)
                 for name in normal}
-    return {label: {name: by_stage[name][label] for name in normal} for label in ANR_RANGES}
+    # the deployed embedding under the domain-agnostic rule too (LDN instead of the
+    # per-domain scale): how a run's default score rule is chosen on training data
+    deployed = next(name for name in normal if name.endswith("(deployed)"))
+    by_stage[LDN_ROW] = pseudo_aucs(method, clips, normal[deployed],
+                                    {label: m[deployed] for label, m in mixed.items()}, fold,
+                                    "embedding-density")
+    return {label: {name: aucs[label] for name, aucs in by_stage.items()}
+            for label in ANR_RANGES}
 
 
 def main() -> None:
@@ -163,9 +199,10 @@ def main() -> None:
     if missing:
         print(f"no runs for {', '.join(missing)} in {args.runs}: run scripts/make-results first")
     if results:
+        rows = {m: list(next(iter(by_machine.values()))[next(iter(ANR_RANGES))])
+                for m, by_machine in results.items()}          # each method's table rows
         record(args.name, " ".join(["bench/probe_embeddings.py", *sys.argv[1:]]),
-               {"runs": str(args.runs), "anr_ranges": list(ANR_RANGES), "stages": list(stage_ends())
-                + ["baseline-knn clip vector"],
+               {"runs": str(args.runs), "anr_ranges": list(ANR_RANGES), "stages": rows,
                 "band_stages": [f"{s} per band" for s in stage_ends()] if args.bands else [],
                 "results": results})
 

@@ -460,43 +460,66 @@ def normalisation_section(r: dict) -> list[str]:
     return lines
 
 
+KNN_ROW = "baseline-knn clip vector"
+LDN_ROW = "deployed, embedding-density rule"
+
+
 def probe_section(r: dict) -> list[str]:
+    first = next(iter(next(iter(r["results"].values())).values()))
+    dual = any("halves" in row for row in next(iter(first.values())))
+    title = "What the dual-input embedding can see" if dual else \
+        "What the classifiers' embeddings can see"
     lines = [
-        "## What the classifiers' embeddings can see", "",
+        f"## {title}", "",
         f"`{r['command']}` ({r['when']}), training clips only: AUC of the deployed embedding "
         "rule (k-means source bank + target clips, cross-fitted over 5 folds) between normal "
         "training clips and the same clips with another machine type or pink noise mixed in, "
-        "with the embedding taken from each stage of the trained network (GAMP of its output), "
-        "or replaced by baseline-knn's clip vector (mean and std of the log-mel frames). If a "
-        "stage before the last saw the mixtures clearly better, the rule would be reading the "
-        "wrong layer; if the knn vector does better than every stage, the network itself does "
-        "not carry what the classification task never needed.", ""]
+        + ("with the embedding taken whole or by half (the CNN's projected GAMP vector, the "
+           "spectrum branch's vector), or replaced by baseline-knn's clip vector (mean and std "
+           "of the log-mel frames). The last row scores the deployed embedding with the "
+           "domain-agnostic rule (LDN) instead: the training-data evidence a run's default "
+           "score rule is chosen by." if dual else
+           "with the embedding taken from each stage of the trained network (GAMP of its "
+           "output), or replaced by baseline-knn's clip vector (mean and std of the log-mel "
+           "frames). If a stage before the last saw the mixtures clearly better, the rule would "
+           "be reading the wrong layer; if the knn vector does better than every stage, the "
+           "network itself does not carry what the classification task never needed."), ""]
     for method, machines in r["results"].items():
         for anr in r["anr_ranges"]:
             names = list(machines)
+            rows = list(machines[names[0]][anr])
             lines += [f"{method}, mixed at {anr}:", "",
                       "| embedding | " + " | ".join(names) + " |",
                       "|---|" + "---|" * len(names)]
-            for stage in r["stages"]:
-                lines.append(f"| {stage} | " + " | ".join(
-                    f"{machines[m][anr][stage]:.3f}" for m in names) + " |")
-            lines += ["", _probe_reading(machines, anr, r["stages"]), ""]
+            for row in rows:
+                lines.append(f"| {row} | " + " | ".join(
+                    f"{machines[m][anr][row]:.3f}" for m in names) + " |")
+            lines += ["", _probe_reading(machines, anr, rows), ""]
     return lines
 
 
-def _probe_reading(machines: dict, anr: str, stages: list[str]) -> str:
-    """One computed sentence per table: how far the best stage is above the deployed one,
-    and where baseline-knn's vector sees the mixtures better than every stage."""
-    deployed, knn = stages[-2], stages[-1]
-    gains, knn_wins = [], []
+def _probe_reading(machines: dict, anr: str, rows: list[str]) -> str:
+    """One computed sentence per table: how far the best other embedding is above the
+    deployed one, where baseline-knn's vector sees the mixtures better than every one, and
+    (where measured) which rule sees them better for the deployed embedding."""
+    deployed = next(row for row in rows if row.endswith("(deployed)"))
+    others = [row for row in rows if row not in (KNN_ROW, LDN_ROW)]
+    gains, knn_wins, ldn_wins = [], [], []
     for m, by_anr in machines.items():
         aucs = by_anr[anr]
-        best = max(stages[:-1], key=lambda s: aucs[s])
+        best = max(others, key=lambda s: aucs[s])
         gains.append(aucs[best] - aucs[deployed])
-        if aucs[knn] > aucs[best]:
-            knn_wins.append(f"{m} ({aucs[knn]:.3f} vs {aucs[best]:.3f})")
-    return (f"Best stage above the deployed one by at most {max(gains):.3f}. baseline-knn's "
-            "clip vector above every stage on: " + (", ".join(knn_wins) or "none") + ".")
+        if aucs[KNN_ROW] > aucs[best]:
+            knn_wins.append(f"{m} ({aucs[KNN_ROW]:.3f} vs {aucs[best]:.3f})")
+        if LDN_ROW in aucs and aucs[LDN_ROW] > aucs[deployed]:
+            ldn_wins.append(m)
+    text = (f"Best other embedding above the deployed one by at most {max(gains):.3f}. "
+            "baseline-knn's clip vector above every one on: " + (", ".join(knn_wins) or "none")
+            + ".")
+    if LDN_ROW in rows:
+        text += (" The embedding-density rule above the per-domain scale on: "
+                 + (", ".join(ldn_wins) or "none") + f" ({len(ldn_wins)} of {len(machines)}).")
+    return text
 
 
 def fleet_section(r: dict) -> list[str]:
@@ -641,10 +664,12 @@ def summary(results: dict) -> list[str]:
 # training-gpu.json: the same script run with --name training-gpu on a machine with a GPU
 SECTIONS = {"features": features_section, "scorers": scorers_section,
             "agent": agent_section, "default-detector": default_detector_section,
-            "agent-fusion": agent_section, "fusion": fusion_section,
+            "agent-fusion": agent_section, "agent-mobilenetv2-dual-0.5": agent_section,
+            "fusion": fusion_section,
             "enroll": enroll_section,
             "detection": detection_section,
             "normalisation": normalisation_section, "probe": probe_section,
+            "probe-dual": probe_section,
             "machines": machines_section, "fleet": fleet_section,
             "training": training_section,
             "training-gpu": training_section}
@@ -652,7 +677,8 @@ SECTIONS = {"features": features_section, "scorers": scorers_section,
 
 def main() -> None:
     results = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
-    probes = [k for k in results if k.startswith("probe-")]
+    probes = [k for k, r in results.items()     # bench/probe_generative.py's records
+              if r.get("command", "").startswith("bench/probe_generative.py")]
     lines = ["# Benchmarks", "",
              "Written by `bench/run_all` from `bench/results/*.json`; re-run it to refresh. "
              "Ratios are measured side by side in one run, because these machines are noisy.", ""]

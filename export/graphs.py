@@ -2,7 +2,8 @@
 input shape of one device window and named outputs.
 
 AE runs export the dense AE (output ``reconstruction``); classifier runs export
-standardisation + MobileNetV2 + head (outputs ``logits`` and ``embedding``); spectral-knn
+standardisation + MobileNetV2 + head (outputs ``logits`` and ``embedding``; the dual-input
+network adds its spectrum branch and reads the spectrum rows of the image); spectral-knn
 runs export the window moments (output ``moments``: per-value mean and standard deviation
 over the window's frames; no weights). Training-only parts (the contrastive AE and
 projection heads, dropout) are not in the graph.
@@ -95,7 +96,8 @@ def load_graph(run_dir: Path) -> InferenceGraph:
     if isinstance(method, AutoencoderMethod):
         return InferenceGraph(folded, (1, spec.window_frames * spec.n_mels), ("reconstruction",),
                               method)
-    return InferenceGraph(folded, (1, 1, spec.n_mels, spec.window_frames),
+    # the image's rows: the mels, then the spectrum's bins for the dual-input network
+    return InferenceGraph(folded, (1, 1, spec.n_features, spec.window_frames),
                           ("logits", "embedding"), method)
 
 

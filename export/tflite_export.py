@@ -3,8 +3,8 @@
 The folded torch graph is re-expressed with TensorFlow ops (NHWC), weights copied as
 constants, and ``tf.lite.TFLiteConverter`` quantizes it to full integer with a
 representative dataset of training windows. Why not a generic ONNX -> TF converter: the
-device graphs use eight op kinds (Linear, Conv2d, depthwise Conv2d, ReLU, ReLU6, add,
-GAMP pooling, L2 normalisation), so the mapping is short and checked against torch by
+device graphs use nine op kinds (Linear, Conv2d, depthwise Conv2d, ReLU, ReLU6, add,
+GAMP pooling, L2 normalisation, mean over time), so the mapping is short and checked against torch by
 tests/export/test_tflite_graph.py, while the generic converters pin TensorFlow and numpy
 versions that fight torch and onnxruntime in one environment (docs/export.md has the
 comparison). TensorFlow is imported
@@ -115,6 +115,8 @@ def tf_function(graph: InferenceGraph):
     if isinstance(net, ClassifierNet):
         features = _layer(net.cnn.features)
         mean, std = float(net.mean), float(net.std)
+        if net.spectrum is not None:
+            return _dual_function(net, shape, features)
         if isinstance(net.cosine, CosineHead):
             head = net.cosine
             project = _layer(head.project)
@@ -143,6 +145,27 @@ def tf_function(graph: InferenceGraph):
     def run_ae(x):
         return {"reconstruction": body(x)}
     return run_ae
+
+
+def _dual_function(net: ClassifierNet, shape: tuple[int, ...], features: Callable):
+    """The dual-input network (NHWC image: mels then spectrum bins as rows): the CNN over
+    the mel rows, the spectrum branch over the mean of the spectrum rows, both heads."""
+    tf = _tf()
+    n_mels = net.n_mels
+    mean, std = float(net.mean), float(net.std)
+    project, body = _layer(net.project), _layer(net.spectrum.body)
+    spec_mean, spec_inv = _np(net.spectrum.mean), 1.0 / _np(net.spectrum.std)
+    heads = [_layer(h) for h in net.heads]
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="input")], autograph=False)
+    def run_dual(x):
+        f = features((x[:, :n_mels] - mean) * (1.0 / std))
+        e_cnn = project(tf.reduce_mean(f, axis=[1, 2]) + tf.reduce_max(f, axis=[1, 2]))
+        spectra = tf.reduce_mean(x[:, n_mels:, :, 0], axis=2)
+        e_spec = body((spectra - spec_mean) * spec_inv)
+        return {"logits": heads[0](e_cnn) + heads[1](e_spec),
+                "embedding": tf.concat([e_cnn, e_spec], axis=1)}
+    return run_dual
 
 
 def export_fp32(graph: InferenceGraph, path: Path) -> Path:

@@ -51,6 +51,7 @@ from harken.training.models.dense_ae import DenseAE, per_sample_mse
 from harken.training.models.losses import nt_xent
 from harken.training.models.cosine_head import CosineHead
 from harken.training.models.mobilenetv2 import WIDTHS, MobileNetV2
+from harken.training.models.spectrum_branch import SpectrumBranch
 from harken.training.runs import RunError, normal_score_stats, write_held_out
 from harken.training.torch_method import MIN_HELD_OUT, TorchMethod, batched, load_array
 from harken.training.trainer import fit
@@ -101,35 +102,70 @@ class ClassifierNet(nn.Module):
     """Standardisation (fixed, from the training windows) + MobileNetV2 + a classification
     head: what gets exported. ``head="softmax"``: MobileNetV2's linear head, the embedding
     is the GAMP vector itself; ``head="adacos"``: a cosine head whose bias-free projection
-    of the GAMP vector is the embedding (training/models/cosine_head.py)."""
+    of the GAMP vector is the embedding (training/models/cosine_head.py).
+
+    ``n_freqs`` > 0 makes it the dual-input network (``mobilenetv2-dual``): the input rows
+    are the ``n_mels`` mels followed by the ``n_freqs`` bins of the log power spectrum;
+    MobileNetV2 reads the mels, its GAMP vector projected to ``embedding_dim``, and the
+    spectrum branch (training/models/spectrum_branch.py) reads the window's mean spectrum.
+    Each branch has its own linear head and is trained to classify on its own, so neither
+    can lean on the other; the logits are their sum and the embedding is both halves side
+    by side, equally wide so that each counts the same in a distance."""
 
     def __init__(self, n_classes: int, width: float, dropout: float = 0.2,
                  mean: float = 0.0, std: float = 1.0, head: str = "softmax",
-                 embedding_dim: int = 128) -> None:
+                 embedding_dim: int = 128, n_mels: int = 0, n_freqs: int = 0) -> None:
         super().__init__()
         if head not in HEADS:
             raise UsageError(f"head must be one of {list(HEADS)}, got {head!r}")
+        if n_freqs and head != "softmax":
+            raise UsageError("the dual-input network has one linear head per branch; "
+                             f"head={head!r} is not available for it")
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("std", torch.tensor(float(std)))
-        self.cnn = MobileNetV2(n_classes if head == "softmax" else None, width, dropout=dropout)
+        self.n_mels, self.n_freqs = n_mels, n_freqs
+        single = head == "softmax" and not n_freqs
+        self.cnn = MobileNetV2(n_classes if single else None, width, dropout=dropout)
         self.cosine = CosineHead(self.cnn.embedding_dim, embedding_dim, n_classes) \
             if head == "adacos" else None
+        self.spectrum: SpectrumBranch | None = None
+        if n_freqs:
+            self.project = nn.Linear(self.cnn.embedding_dim, embedding_dim, bias=False)
+            self.spectrum = SpectrumBranch(n_freqs, embedding_dim)
+            self.heads = nn.ModuleList(nn.Sequential(nn.Dropout(dropout),
+                                                     nn.Linear(embedding_dim, n_classes))
+                                       for _ in range(2))
 
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
+    def mels(self, x: torch.Tensor) -> torch.Tensor:
+        """The mel rows of an input (all of them for the single-input network)."""
+        return x[:, :, :self.n_mels] if self.spectrum is not None else x
+
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """The GAMP vector of the CNN (what the contrastive projection reads)."""
-        return self.cnn.embed(self.standardise(x))
+        return self.cnn.embed(self.standardise(self.mels(x)))
 
     def classify(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, scoring embedding) from the GAMP vector."""
+        """(logits, scoring embedding) from the GAMP vector (single-input network)."""
         if self.cosine is not None:
             return self.cosine(pooled)
         return self.cnn.head(pooled), pooled
 
+    def branches(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(logits, embedding) of each branch: one for the single-input network."""
+        if self.spectrum is None:
+            return [self.classify(self.pooled(x))]
+        halves = (self.project(self.pooled(x)),
+                  self.spectrum(x[:, 0, self.n_mels:].mean(dim=2)))
+        return [(head(e), e) for head, e in zip(self.heads, halves)]
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.classify(self.pooled(x))
+        parts = self.branches(x)
+        if len(parts) == 1:
+            return parts[0]
+        return parts[0][0] + parts[1][0], torch.cat([parts[0][1], parts[1][1]], dim=1)
 
 
 class ContrastiveHeads(nn.Module):
@@ -167,10 +203,15 @@ class ClassifierMethod(TorchMethod):
         self.banks: dict[int, SectionBank] = {}
         self.bank_missing = ""
 
+    spectrum_branch = False     # the dual-input network (mobilenetv2-dual)
+
     def architecture(self) -> dict:
-        return {"n_classes": len(self.class_names), "width": self.config.width,
+        arch = {"n_classes": len(self.class_names), "width": self.config.width,
                 "dropout": self.config.dropout, "head": self.config.head,
                 "embedding_dim": self.config.embedding_dim}
+        if self.spectrum_branch:
+            arch |= {"n_mels": self.spec.n_mels, "n_freqs": self.spec.n_freqs}
+        return arch
 
     def build_from(self, architecture: dict) -> ClassifierNet:
         return ClassifierNet(**architecture)
@@ -195,9 +236,14 @@ class ClassifierMethod(TorchMethod):
         x_val, val_owner = stack_windows([feats[i] for i in val_src], self.spec)
         y_val = clip_class[np.asarray(val_src)][val_owner]
 
+        mels = x_fit[:, :, :self.spec.n_mels]
         net = ClassifierNet(len(self.class_names), cfg.width, cfg.dropout,
-                            float(x_fit.mean()), float(x_fit.std()) + 1e-6, cfg.head,
-                            cfg.embedding_dim)
+                            float(mels.mean()), float(mels.std()) + 1e-6, cfg.head,
+                            cfg.embedding_dim, **{k: v for k, v in self.architecture().items()
+                                                  if k in ("n_mels", "n_freqs")})
+        if net.spectrum is not None:
+            net.spectrum.set_statistics(torch.from_numpy(
+                x_fit[:, :, self.spec.n_mels:].mean(axis=1)))
         self.model = net.to(device).to(memory_format=torch.channels_last)
         heads = ContrastiveHeads(self.spec.n_mels, net.cnn.embedding_dim, cfg.projection).to(
             device) if self.contrastive else None
@@ -220,22 +266,27 @@ class ClassifierMethod(TorchMethod):
 
         def loss_fn(batch) -> torch.Tensor:
             x, y = batch
-            pooled = net.pooled(x)
-            logits, _ = net.classify(pooled)
-            loss = -(y * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
             if heads is not None:
-                loss = loss + self._contrastive_terms(net, heads, x, pooled)
-            return loss
+                pooled = net.pooled(x)
+                logits, _ = net.classify(pooled)
+                return (-(y * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+                        + self._contrastive_terms(net, heads, x, pooled))
+            # every branch classifies on its own (one branch unless dual-input)
+            return sum(-(y * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+                       for logits, _ in net.branches(x))
 
         def val_loss() -> float:
             total = 0.0
             for idx in batched(len(xv), 256):
                 x = xv[idx].to(device).contiguous(memory_format=torch.channels_last)
-                pooled = net.pooled(x)
-                logits, _ = net.classify(pooled)
-                part = F.cross_entropy(logits.float(), yv[idx].to(device), reduction="sum")
                 if heads is not None:
+                    pooled = net.pooled(x)
+                    logits, _ = net.classify(pooled)
+                    part = F.cross_entropy(logits.float(), yv[idx].to(device), reduction="sum")
                     part = part + len(idx) * self._contrastive_terms(net, heads, x, pooled)
+                else:
+                    part = sum(F.cross_entropy(logits.float(), yv[idx].to(device),
+                                               reduction="sum") for logits, _ in net.branches(x))
                 total += float(part)
             return total / len(xv)
 
@@ -308,7 +359,11 @@ class ClassifierMethod(TorchMethod):
         if cfg.frame_shift > 0:
             x = frame_shift(x, g, cfg.frame_shift)
         if cfg.spec_augment:
-            x = spec_augment(x, g)
+            # masks on the mel image only: the spectrum branch reads the window's mean
+            # spectrum, where a masked time span would only shift the mean
+            n_mels = self.spec.n_mels
+            x = spec_augment(x, g) if x.shape[2] == n_mels else torch.cat(
+                [spec_augment(x[:, :, :n_mels], g), x[:, :, n_mels:]], dim=2)
         if cfg.mixup_alpha > 0:
             x, y = mixup(x, y, g, cfg.mixup_alpha)
         return x, y
@@ -496,3 +551,20 @@ class ContrastiveMethod(ClassifierMethod):
     name = "contrastive"
     summary = "MobileNetV2 trained jointly with the dense AE, NT-Xent between them (Cai et al.)"
     contrastive = True
+
+
+class DualInputMethod(ClassifierMethod):
+    """MobileNetV2 on the log-mel image plus the spectrum branch on the window's mean log
+    power spectrum (ClassifierNet with ``n_freqs``): the dual-input design of Wilkinghoff's
+    DCASE systems, so that the embedding keeps the spectral envelope and the tonal lines
+    the mel image's global pooling loses."""
+    name = "mobilenetv2-dual"
+    preset_name = "mobilenetv2-dual"
+    summary = "MobileNetV2 on log-mels + a spectrum branch on the mean log power spectrum"
+    spectrum_branch = True
+
+    def __init__(self, config=None, overrides=None, spec=None) -> None:
+        super().__init__(config, overrides, spec)
+        if not self.spec.spectrum:
+            raise UsageError(f"{self.name} needs a feature spec with the spectrum "
+                             f"(spectrum = true); '{self.spec.name}' has none")

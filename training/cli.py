@@ -279,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harken.training.allocator import keep_freed_memory
+    keep_freed_memory()
     return run_command(build_parser(), argv)       # HarkenError, OSError: exit 2
 
 

@@ -8,7 +8,7 @@ from harken.training.aegan import AeganMethod
 from harken.training.autoencoder import (AeBatchUniformization, AeMahalanobis, AeNeymanPearson,
                                   AutoencoderMethod)
 from harken.training.baselines import KnnBaseline
-from harken.training.classifier import ClassifierMethod, ContrastiveMethod
+from harken.training.classifier import ClassifierMethod, ContrastiveMethod, DualInputMethod
 from harken.training.fusion import Fusion
 from harken.training.gmgan import GmganMethod
 from harken.training.method import Configurable, Method
@@ -17,7 +17,7 @@ from harken.training.spectral_knn import SpectralKnn
 
 METHODS = {cls.name: cls for cls in (SpectralKnn, KnnBaseline, AutoencoderMethod, AeMahalanobis,
                                      AeBatchUniformization, AeNeymanPearson,
-                                     ClassifierMethod, ContrastiveMethod, AeganMethod,
+                                     ClassifierMethod, DualInputMethod, ContrastiveMethod, AeganMethod,
                                      GmganMethod, OevaeMethod, Fusion)}
 
 # what `harken-train train` trains when no --method is given (docs/results.md: why)

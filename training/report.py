@@ -79,6 +79,9 @@ VARIANTS = [
     ("ae-mahalanobis", "ae", "selective Mahalanobis instead of MSE"),
     ("ae-bu", "ae", "batch uniformization"),
     ("ae-snp", "ae", "Neyman-Pearson loss"),
+    ("mobilenetv2-dual", "mobilenetv2", "the spectrum branch (new embedding), on vs off"),
+    ("mobilenetv2-dual [embedding-density]", "mobilenetv2-dual",
+     "LDN instead of the per-domain scale"),
     ("contrastive", "mobilenetv2", "contrastive AE training"),
     ("contrastive [logit]", "mobilenetv2 [logit]", "contrastive AE training"),
     ("baseline-knn [knn-density]", "baseline-knn", "local density normalisation"),
@@ -241,7 +244,11 @@ def _generative_lines(evaluations: dict[str, dict]) -> list[str]:
     if below:
         lines += ["", "Official score below 0.5, the level of a random score (AUC and "
                   "McClish-standardised pAUC both 0.5): "
-                  + ", ".join(f"`{b}`" for b in below) + "."]
+                  + ", ".join(f"`{b}`" for b in below) + ". Why, with the evidence "
+                  "(`bench/probe_generative.py`: AUC per domain, how each score follows the "
+                  "clip's level and spectral contrast, target over source normal scores): "
+                  "docs/benchmarks.md, \"Why aegan-ad's reconstruction rules score below random\" and "
+                  "\"Why gmgan's rules score below random\"."]
     chosen = evaluations.get("aegan-ad", {}).get("methods", {})
     if chosen:
         lines += ["", "AEGAN-AD's default score is chosen per machine type without test "

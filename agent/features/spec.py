@@ -159,6 +159,10 @@ PRESETS: dict[str, FeatureSpec] = {
     "dcase2020-ae": FeatureSpec(name="dcase2020-ae", window_frames=5, window_hop=1),
     # MobileNetV2 section classifier and contrastive AE+MobileNetV2: 1 x 128 x 64 windows.
     "mobilenetv2": FeatureSpec(name="mobilenetv2", window_frames=64, window_hop=8),
+    # mobilenetv2-dual: the same windows with the 513-bin log power spectrum after the
+    # mels (the spectrum branch reads the window's mean spectrum).
+    "mobilenetv2-dual": FeatureSpec(name="mobilenetv2-dual", spectrum=True, window_frames=64,
+                                    window_hop=8),
     # AEGAN-AD: n_fft 2048, 128 x 128 patches.
     "aegan-ad": FeatureSpec(name="aegan-ad", n_fft=2048, win_length=2048,
                             window_frames=128, window_hop=32),

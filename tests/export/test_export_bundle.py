@@ -24,7 +24,9 @@ pytestmark = pytest.mark.xdist_group("test_export_bundle")
 # Seconds of training, but enough batch-norm updates that the embedding is not constant.
 TINY = {"ae": ["epochs=2"],
         "mobilenetv2": ["epochs=2", "windows_per_epoch=512", "batch_size=16", "width=0.35",
-                        "kmeans=4"]}
+                        "kmeans=4"],
+        "mobilenetv2-dual": ["epochs=2", "windows_per_epoch=512", "batch_size=16",
+                             "width=0.35", "kmeans=4"]}
 # A seconds-old MobileNetV2's clip embeddings differ by less than int8 rounding, so its
 # score order says nothing about quantization; its int8 artifacts are checked at the output
 # level instead (test_int8_classifier_outputs_follow_fp32). docs/results.md has the
@@ -66,7 +68,8 @@ def test_folding_batchnorm_keeps_the_outputs(runs):
 
 def test_bundle_holds_every_artifact_with_checked_files(bundles):
     for name, outputs, rule in (("ae", ["reconstruction"], "mse"),
-                                ("mobilenetv2", ["logits", "embedding"], "embedding")):
+                                ("mobilenetv2", ["logits", "embedding"], "embedding"),
+                                ("mobilenetv2-dual", ["logits", "embedding"], "embedding")):
         bundle = open_bundle(bundles / name)
         m = bundle.manifest.model_dump()
         assert set(bundle.artifacts) == {"onnx-fp32", "onnx-int8", "tflite-int8", "tflite-fp32"}
@@ -81,6 +84,9 @@ def test_bundle_holds_every_artifact_with_checked_files(bundles):
             assert bundle.artifacts[kind].path.stat().st_size < 0.45 * fp32
     tflite = open_bundle(bundles / "mobilenetv2").artifacts["tflite-int8"]
     assert tflite.input_shape == (1, 128, 64, 1)          # NHWC, float I/O by default
+    # the dual-input network's image: 128 mel rows, then the 513 spectrum bins
+    assert open_bundle(bundles / "mobilenetv2-dual").artifacts["tflite-int8"].input_shape == \
+        (1, 128 + 513, 64, 1)
 
 
 def test_verify_scores_every_artifact_like_torch(bundles, small_fan):
@@ -213,14 +219,16 @@ def test_export_refuses_bad_requests(runs, tmp_path, small_fan):
                      ExportOptions(calibration_windows=10 ** 6))
 
 
-def test_embedding_rule_on_the_device_matches_training(bundles, runs, small_fan):
+@pytest.mark.parametrize("name", ["mobilenetv2", "mobilenetv2-dual"])
+def test_embedding_rule_on_the_device_matches_training(bundles, runs, small_fan, name):
     """The classifier's embedding score through onnx fp32 + agent/rules equals training's
-    own score of the same clip."""
+    own score of the same clip (the dual-input network's too: the agent's front end gives
+    the spectrum rows its spectrum branch reads)."""
     from harken.training.methods import METHODS
     from harken.training.data.windows import clip_features
-    bundle = open_bundle(bundles / "mobilenetv2")
+    bundle = open_bundle(bundles / name)
     clips = scan(small_fan, ["fan"], "test")[:4]
-    method = METHODS["mobilenetv2"].load(runs / "mobilenetv2" / "fan")
+    method = METHODS[name].load(runs / name / "fan")
     expected = method.score(clips, progress=False)
     feats = clip_features(clips, bundle.spec, progress=False)
     got = [BundleScorer(bundle, c.section, "onnx-fp32").score_logmel(f) for c, f in zip(clips, feats)]

@@ -22,10 +22,17 @@ def randomise_batchnorm(net):
     return net.eval()
 
 
-@pytest.mark.parametrize("kind", ["softmax", "adacos", "ae"])
+@pytest.mark.parametrize("kind", ["softmax", "adacos", "dual", "ae"])
 def test_tensorflow_graph_matches_torch(kind):
     if kind == "ae":
         net, shape, outputs = randomise_batchnorm(DenseAE()), (1, 640), ("reconstruction",)
+    elif kind == "dual":       # 128 mel rows, then 40 spectrum rows
+        net = ClassifierNet(5, 0.35, mean=-30.0, std=12.0, embedding_dim=16, n_mels=128,
+                            n_freqs=40)
+        net.spectrum.mean.uniform_(-40.0, -20.0)
+        net.spectrum.std.uniform_(5.0, 15.0)
+        net = randomise_batchnorm(net)
+        shape, outputs = (1, 1, 168, 64), ("logits", "embedding")
     else:
         net = randomise_batchnorm(ClassifierNet(5, 0.35, mean=-30.0, std=12.0, head=kind,
                                                 embedding_dim=16))

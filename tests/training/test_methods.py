@@ -19,6 +19,7 @@ FAST = {
     "ae-snp": ["epochs=6"],
     "mobilenetv2": ["epochs=8", "windows_per_epoch=512", "width=0.35"],
     "contrastive": ["epochs=8", "windows_per_epoch=512", "width=0.35"],
+    "mobilenetv2-dual": ["epochs=8", "windows_per_epoch=512", "width=0.35"],
     "aegan-ad": ["epochs=3"],
     "gmgan": ["epochs=3"],
     "oevae": ["epochs=4"],
@@ -143,3 +144,11 @@ def test_refit_refuses_methods_without_a_bank(tiny_corpus, tmp_path):
     make_method("ae", ["epochs=1"]).train(scan(tiny_corpus, ["fan"], "train"), tmp_path / "ae",
                                           progress=False)
     assert main(["refit", str(tmp_path / "ae")]) == 2
+
+
+def test_dual_input_method_needs_the_spectrum_in_its_features():
+    from harken.agent.features import preset
+    from harken.training.classifier import DualInputMethod
+    assert DualInputMethod().spec.spectrum and DualInputMethod().spec.n_features == 128 + 513
+    with pytest.raises(ValueError, match="needs a feature spec with the spectrum"):
+        DualInputMethod(spec=preset("mobilenetv2"))

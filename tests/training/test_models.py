@@ -103,3 +103,45 @@ def test_classifier_net_heads_give_their_embeddings():
     assert net.cosine is None
     with pytest.raises(ValueError, match="head"):
         ClassifierNet(6, 0.35, head="arcface")
+
+
+def test_dual_input_net_reads_mels_with_the_cnn_and_the_mean_spectrum_with_its_branch():
+    torch.manual_seed(0)
+    net = ClassifierNet(4, 0.35, mean=-30.0, std=10.0, embedding_dim=8, n_mels=16,
+                        n_freqs=24).eval()
+    x = torch.randn(3, 1, 16 + 24, 32)
+    with torch.no_grad():
+        logits, emb = net(x)
+        (l_cnn, e_cnn), (l_spec, e_spec) = net.branches(x)
+        assert logits.shape == (3, 4) and emb.shape == (3, 16)
+        torch.testing.assert_close(emb, torch.cat([e_cnn, e_spec], dim=1))
+        torch.testing.assert_close(logits, l_cnn + l_spec)
+        # changing the mel rows moves only the CNN half
+        y = x.clone()
+        y[:, :, :16] += torch.randn_like(y[:, :, :16])
+        _, emb_y = net(y)
+        torch.testing.assert_close(emb_y[:, 8:], emb[:, 8:])
+        moved = (emb_y[:, :8] - emb[:, :8]).abs().max()
+        assert moved > 1e-3 * emb[:, :8].abs().max()       # an untrained CNN's outputs are tiny
+        # the spectrum branch sees the window's mean spectrum only: the frames' order does
+        # not matter to it, their mean does
+        z = x.clone()
+        z[:, :, 16:] = z[:, :, 16:].flip(dims=[3])
+        torch.testing.assert_close(net(z)[1][:, 8:], emb[:, 8:])
+        z[:, :, 16:] += 3.0
+        assert not torch.allclose(net(z)[1][:, 8:], emb[:, 8:])
+
+
+def test_spectrum_branch_standardises_each_bin_and_floors_a_constant_one():
+    from harken.training.models.spectrum_branch import SpectrumBranch
+    branch = SpectrumBranch(3, embedding_dim=4)
+    spectra = torch.tensor([[-10.0, 0.0, 5.0], [-20.0, 0.0, 7.0], [-30.0, 0.0, 9.0]])
+    branch.set_statistics(spectra)
+    torch.testing.assert_close(branch.mean, torch.tensor([-20.0, 0.0, 7.0]))
+    assert branch.std[0] == pytest.approx(10.0) and branch.std[2] == pytest.approx(2.0)
+    assert branch.std[1] == pytest.approx(2.0)      # the median spread, not ~0
+
+
+def test_dual_input_net_refuses_the_cosine_head():
+    with pytest.raises(ValueError, match="one linear head per branch"):
+        ClassifierNet(4, 0.35, head="adacos", n_mels=16, n_freqs=24)
