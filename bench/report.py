@@ -522,6 +522,19 @@ def _probe_reading(machines: dict, anr: str, rows: list[str]) -> str:
     return text
 
 
+def allocator_section(r: dict) -> list[str]:
+    return [
+        "## Keeping freed memory mapped (training/allocator.py)", "",
+        f"`{r['command']}` ({r['when']}): `harken-train evaluate` of the {r['model']} bench run "
+        "over the bench corpus's fan test clips, alternating the raised glibc malloc "
+        "thresholds harken-train sets at start-up with glibc's defaults; the fastest run of "
+        "each.", ""] + table(
+        ["allocator", "wall s", "user s", "system s"],
+        [[label, f"{b['wall_s']:.1f}", f"{b['user_s']:.1f}", f"{b['sys_s']:.1f}"]
+         for label, b in r["best"].items()]) + [
+        "", f"Speed-up from keeping freed memory mapped: **{r['speedup']:.2f}x** wall time."]
+
+
 def fleet_section(r: dict) -> list[str]:
     lines = [
         "## Fleet: many agents, one broker", "",
@@ -671,7 +684,7 @@ SECTIONS = {"features": features_section, "scorers": scorers_section,
             "normalisation": normalisation_section, "probe": probe_section,
             "probe-dual": probe_section,
             "machines": machines_section, "fleet": fleet_section,
-            "training": training_section,
+            "training": training_section, "allocator": allocator_section,
             "training-gpu": training_section}
 
 

@@ -5,7 +5,7 @@ glibc's defaults return such blocks to the kernel (mmap above a threshold, trimm
 heap top), so every batch faults its memory in again: on a 2-core machine the torch
 methods spent more time in the kernel than in torch (``perf stat``: about 180 000 page
 faults a second, system time above user time). Raising the mmap and trim thresholds once
-at start-up keeps the pages mapped; ``bench/bench_training.py`` measures the two side by
+at start-up keeps the pages mapped; ``bench/bench_allocator.py`` measures the two side by
 side. The same as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` in the
 environment, which a user's own setting still overrides (it is read first). No library
 offers this; it is glibc's ``mallopt`` through ctypes, and a no-op elsewhere.

@@ -1,5 +1,7 @@
-"""Section classifiers on 1 x mels x frames windows: MobileNetV2 (``mobilenetv2``) and the
-contrastive AE + MobileNetV2 joint training of Cai et al. (``contrastive``).
+"""Section classifiers on 1 x mels x frames windows: MobileNetV2 (``mobilenetv2``), the
+dual-input network that adds a spectrum branch (``mobilenetv2-dual``, the windows then
+carry the log power spectrum after the mels) and the contrastive AE + MobileNetV2 joint
+training of Cai et al. (``contrastive``).
 
 Two score rules, both fitted on every run (``evaluate --score`` picks):
 

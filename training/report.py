@@ -82,6 +82,8 @@ VARIANTS = [
     ("mobilenetv2-dual", "mobilenetv2", "the spectrum branch (new embedding), on vs off"),
     ("mobilenetv2-dual [embedding-density]", "mobilenetv2-dual",
      "LDN instead of the per-domain scale"),
+    ("mobilenetv2-dual [64 epochs]", "mobilenetv2-dual",
+     "the longer setting: 64 epochs instead of 16 (early stopping as always)"),
     ("contrastive", "mobilenetv2", "contrastive AE training"),
     ("contrastive [logit]", "mobilenetv2 [logit]", "contrastive AE training"),
     ("baseline-knn [knn-density]", "baseline-knn", "local density normalisation"),
