@@ -118,6 +118,7 @@ def test_spec_defaults_errors_and_immutability():
 PAPERS = {
     "dcase2020-ae": (1024, 512, 128, 5, 1),
     "mobilenetv2": (1024, 512, 128, 64, 8),
+    "mobilenetv2-dual": (1024, 512, 128, 64, 8),
     "aegan-ad": (2048, 512, 128, 128, 32),
     "gmgan": (1024, 512, 64, 64, 32),
     "spectral-knn": (1024, 512, 128, 32, 32),
@@ -130,7 +131,7 @@ def test_presets_are_the_papers_front_ends(name):
     p = preset(name)
     assert (p.n_fft, p.hop_length, p.n_mels, p.window_frames, p.window_hop) == PAPERS[name]
     assert p.win_length == p.n_fft and p.sample_rate == 16000 and p.name == name
-    assert p.spectrum == (name == "spectral-knn")
+    assert p.spectrum == (name in ("spectral-knn", "mobilenetv2-dual"))
 
 
 @pytest.mark.parametrize("field", ["sample_rate", "n_fft", "win_length", "hop_length", "n_mels",

@@ -141,7 +141,7 @@ def test_every_method_satisfies_the_method_protocol_and_says_what_more_it_can_do
         assert isinstance(make_method(name), Method), name
         assert cls.name == name and cls.score_rules and cls.summary
     assert {n for n, c in METHODS.items() if issubclass(c, Refittable)} == {
-        "mobilenetv2", "contrastive"}
+        "mobilenetv2", "mobilenetv2-dual", "contrastive"}
     assert {n for n, c in METHODS.items() if issubclass(c, Localisable)} == {"aegan-ad"}
     assert not issubclass(METHODS["baseline-knn"], Configurable)
     assert issubclass(METHODS["ae"], Configurable)
