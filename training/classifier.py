@@ -197,6 +197,7 @@ class ClassifierMethod(TorchMethod):
     score_rules = ("logit", "embedding", "embedding-density")
     summary = "MobileNetV2 section x attribute classifier"
     contrastive = False
+    spectrum_branch = False     # the dual-input network (mobilenetv2-dual)
 
     def __init__(self, config=None, overrides=None, spec=None) -> None:
         super().__init__(config, overrides, spec)
@@ -204,8 +205,6 @@ class ClassifierMethod(TorchMethod):
         self.class_section = np.zeros(0, dtype=int)
         self.banks: dict[int, SectionBank] = {}
         self.bank_missing = ""
-
-    spectrum_branch = False     # the dual-input network (mobilenetv2-dual)
 
     def architecture(self) -> dict:
         arch = {"n_classes": len(self.class_names), "width": self.config.width,
