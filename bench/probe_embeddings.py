@@ -12,6 +12,8 @@ training/data/pseudo_anomalies.py). Five folds per (section, domain): the bank i
 four, the fifth is scored, normal and mixed. No test clip is read.
 
     .venv/bin/python bench/probe_embeddings.py [--methods mobilenetv2 contrastive]
+    # the dual-input runs: each half of the embedding instead of each stage
+    .venv/bin/python bench/probe_embeddings.py --methods mobilenetv2-dual --name probe-dual
     # any classifier runs, e.g. trained with other settings (not rendered in the docs):
     .venv/bin/python bench/probe_embeddings.py --runs DIR --methods NAME --name probe-NAME
 """

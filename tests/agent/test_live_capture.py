@@ -177,7 +177,7 @@ class FourChannelInput:
         block = self.RATE // 10
         t = np.arange(block) / self.RATE
         start, sent = time.monotonic(), 0
-        with open(self.fifo, "wb") as fifo:
+        with open(self.fifo, "wb", buffering=0) as fifo:     # nothing left to flush at close
             while self.running:
                 x = np.zeros((block, 4), np.float32)
                 for ch, kind in self.signal.items():
@@ -185,8 +185,10 @@ class FourChannelInput:
                         x[:, ch - 1] = 0.05 * rng.standard_normal(block)
                     elif kind == "tone":
                         x[:, ch - 1] = 0.1 * np.sin(2 * np.pi * 1000 * t)
-                fifo.write(x.tobytes())
-                fifo.flush()
+                try:
+                    fifo.write(x.tobytes())
+                except BrokenPipeError:     # the sound server went first at teardown
+                    return
                 sent += block
                 # a sound card's pace: the generator keeps to real time
                 time.sleep(max(0.0, start + sent / self.RATE - time.monotonic()))
