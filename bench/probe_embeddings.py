@@ -77,10 +77,16 @@ def stage_embeddings(method, feats: list[np.ndarray], bands: bool = False
                     if bands:
                         parts.setdefault(f"{name_at[i]} per band", []).append(
                             band_statistics(h).numpy())
+    return clip_means(parts, owner, len(feats))
+
+
+def clip_means(parts: dict[str, list[np.ndarray]], owner: np.ndarray, n_clips: int
+               ) -> dict[str, np.ndarray]:
+    """Per embedding name, each clip's mean over its windows (batches joined first)."""
     out = {}
     for name, p in parts.items():
         e = np.concatenate(p).astype(np.float64)
-        out[name] = np.stack([e[owner == i].mean(axis=0) for i in range(len(feats))])
+        out[name] = np.stack([e[owner == i].mean(axis=0) for i in range(n_clips)])
     return out
 
 
@@ -100,10 +106,7 @@ def dual_embeddings(method, feats: list[np.ndarray], bands: bool = False
             (_, e_cnn), (_, e_spec) = net.branches(images[idx])
             halves["CNN half"].append(e_cnn.numpy())
             halves["spectrum half"].append(e_spec.numpy())
-    out = {}
-    for name, p in halves.items():
-        e = np.concatenate(p).astype(np.float64)
-        out[name] = np.stack([e[owner == i].mean(axis=0) for i in range(len(feats))])
+    out = clip_means(halves, owner, len(feats))
     out["both halves (deployed)"] = np.concatenate([out["CNN half"], out["spectrum half"]], 1)
     return out
 

@@ -134,9 +134,7 @@ def tf_function(graph: InferenceGraph):
 
         @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="input")], autograph=False)
         def run(x):
-            f = features((x - mean) * (1.0 / std))
-            pooled = tf.reduce_mean(f, axis=[1, 2]) + tf.reduce_max(f, axis=[1, 2])
-            logits, emb = classify(pooled)
+            logits, emb = classify(_gamp(features((x - mean) * (1.0 / std))))
             return {"logits": logits, "embedding": emb}
         return run
     body = _layer(nn.Sequential(net.encoder, net.decoder))      # the dense AE
@@ -145,6 +143,12 @@ def tf_function(graph: InferenceGraph):
     def run_ae(x):
         return {"reconstruction": body(x)}
     return run_ae
+
+
+def _gamp(f):
+    """Global average plus global max pooling of an NHWC feature map (MobileNetV2.embed)."""
+    tf = _tf()
+    return tf.reduce_mean(f, axis=[1, 2]) + tf.reduce_max(f, axis=[1, 2])
 
 
 def _dual_function(net: ClassifierNet, shape: tuple[int, ...], features: Callable):
@@ -159,8 +163,7 @@ def _dual_function(net: ClassifierNet, shape: tuple[int, ...], features: Callabl
 
     @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="input")], autograph=False)
     def run_dual(x):
-        f = features((x[:, :n_mels] - mean) * (1.0 / std))
-        e_cnn = project(tf.reduce_mean(f, axis=[1, 2]) + tf.reduce_max(f, axis=[1, 2]))
+        e_cnn = project(_gamp(features((x[:, :n_mels] - mean) * (1.0 / std))))
         spectra = tf.reduce_mean(x[:, n_mels:, :, 0], axis=2)
         e_spec = body((spectra - spec_mean) * spec_inv)
         return {"logits": heads[0](e_cnn) + heads[1](e_spec),

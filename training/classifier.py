@@ -238,10 +238,8 @@ class ClassifierMethod(TorchMethod):
         y_val = clip_class[np.asarray(val_src)][val_owner]
 
         mels = x_fit[:, :, :self.spec.n_mels]
-        net = ClassifierNet(len(self.class_names), cfg.width, cfg.dropout,
-                            float(mels.mean()), float(mels.std()) + 1e-6, cfg.head,
-                            cfg.embedding_dim, **{k: v for k, v in self.architecture().items()
-                                                  if k in ("n_mels", "n_freqs")})
+        net = ClassifierNet(mean=float(mels.mean()), std=float(mels.std()) + 1e-6,
+                            **self.architecture())
         if net.spectrum is not None:
             net.spectrum.set_statistics(torch.from_numpy(
                 x_fit[:, :, self.spec.n_mels:].mean(axis=1)))
@@ -265,16 +263,18 @@ class ClassifierMethod(TorchMethod):
                 x, y = self._augment(xt[idx], F.one_hot(yt[idx], n_classes).float())
                 yield (x.to(device).contiguous(memory_format=torch.channels_last), y.to(device))
 
+        def soft_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return -(y * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
         def loss_fn(batch) -> torch.Tensor:
             x, y = batch
             if heads is not None:
                 pooled = net.pooled(x)
                 logits, _ = net.classify(pooled)
-                return (-(y * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
-                        + self._contrastive_terms(net, heads, x, pooled))
+                return soft_cross_entropy(logits, y) + self._contrastive_terms(net, heads, x,
+                                                                               pooled)
             # every branch classifies on its own (one branch unless dual-input)
-            return sum(-(y * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
-                       for logits, _ in net.branches(x))
+            return sum(soft_cross_entropy(logits, y) for logits, _ in net.branches(x))
 
         def val_loss() -> float:
             total = 0.0
@@ -363,8 +363,8 @@ class ClassifierMethod(TorchMethod):
             # masks on the mel image only: the spectrum branch reads the window's mean
             # spectrum, where a masked time span would only shift the mean
             n_mels = self.spec.n_mels
-            x = spec_augment(x, g) if x.shape[2] == n_mels else torch.cat(
-                [spec_augment(x[:, :, :n_mels], g), x[:, :, n_mels:]], dim=2)
+            x = torch.cat([spec_augment(x[:, :, :n_mels], g), x[:, :, n_mels:]], dim=2) \
+                if self.spectrum_branch else spec_augment(x, g)
         if cfg.mixup_alpha > 0:
             x, y = mixup(x, y, g, cfg.mixup_alpha)
         return x, y
