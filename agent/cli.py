@@ -8,12 +8,12 @@ import sys
 
 import numpy as np
 
-from harken.agent.errors import HarkenError, UsageError
+from harken.common.errors import HarkenError, UsageError
 from harken.agent import version
-from harken.agent.clitools import command_parser, run_command
+from harken.common.clitools import command_parser, run_command
 from harken.agent.features import PRESETS, LogMelExtractor, preset
-from harken.agent.bundle import open_bundle
-from harken.agent.wavio import WavError, read_wav
+from harken.agent.model.bundle import open_bundle
+from harken.agent.sources.wavio import WavError, read_wav
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -42,7 +42,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from harken.agent.config import load_config
-    from harken.agent.runner import preflight, resolve_threshold
+    from harken.agent.build import preflight, resolve_threshold
     config = load_config(args.config)
     resolved = config.model_dump(exclude={"source_file": True, "mqtt": {"password"}})
     if config.mqtt.password is not None:
@@ -63,8 +63,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                "artifact": pipeline.scorer.artifact_kind,
                "threshold": threshold, "threshold_from": origin}
         if info is not None:
-            from harken.agent.enroll import bank_path
-            one["bank"] = {"file": str(bank_path(view)), "audio_s": info["audio_s"],
+            one["bank"] = {"file": str(view.bank_file), "audio_s": info["audio_s"],
                            "intervals": info["intervals"], "sessions": info["sessions"]}
         machines.append({"machine": view.agent.machine, "section": view.agent.section,
                          "channel": view.audio.channel, "source": view.audio.source,
@@ -78,7 +77,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     from harken.agent.config import load_config
-    from harken.agent.enroll import enroll
+    from harken.agent.site.enroll import enroll
     r = enroll(load_config(args.config), files=args.files, minutes=args.minutes,
                append=args.append, false_alarms_per_week=args.false_alarms_per_week,
                progress=not args.json, machine=args.machine)
@@ -103,9 +102,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     import os
 
-    from harken.agent.broker import BrokerError, parse_broker_url
+    from harken.agent.sinks.mqtt.broker import BrokerError, parse_broker_url
     from harken.agent.config import resolve_password
-    from harken.agent.watch import watch
+    from harken.agent.plant.watch import watch
     url = parse_broker_url(args.broker)
     # --password-file, else the URL's, else $HARKEN_MQTT_PASSWORD (the config's one way)
     env = "HARKEN_MQTT_PASSWORD" if os.environ.get("HARKEN_MQTT_PASSWORD") else None
@@ -155,7 +154,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Offline scoring of recordings: one score per file (its windows reduced together)."""
-    from harken.agent.scorer import make_scorer
+    from harken.agent.model.factory import make_scorer
     bundle = open_bundle(args.bundle)
     if bundle.needs_enrollment:
         raise UsageError(f"{args.bundle}: a general bundle has no reference bank to score "
@@ -186,7 +185,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from harken.agent.calibrate import calibrate
+    from harken.agent.site.calibrate import calibrate
     from harken.agent.config import load_config
     result = calibrate(load_config(args.config), files=args.files, minutes=args.minutes,
                        false_alarms_per_week=args.false_alarms_per_week,

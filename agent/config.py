@@ -13,16 +13,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harken.agent.errors import HarkenError
+from harken.common.errors import ConfigError
+
+__all__ = ["Config", "ConfigError", "load_config", "parse_config"]
 
 try:
     import tomllib
 except ModuleNotFoundError:           # Python 3.10
     import tomli as tomllib           # type: ignore[no-redef]
-
-
-class ConfigError(HarkenError, ValueError):
-    """A configuration the agent refuses; the message names the file and the key."""
 
 
 class _Section(BaseModel):
@@ -247,6 +245,11 @@ class Config(_Section):
     @property
     def override_file(self) -> Path:
         return self.path(self.agent.state_dir) / f"threshold-{self.agent.machine}.json"
+
+    @property
+    def bank_file(self) -> Path:
+        """Where ``harken enroll`` keeps this machine's enrolled bank."""
+        return self.path(self.agent.state_dir) / f"enrolled-{self.agent.machine}.npz"
 
 
 def _merged(model: type[_Section], top: dict, own: dict, source: str, where: str):

@@ -3,53 +3,23 @@ bundle scorer -> decision. Knows nothing about where audio comes from or where r
 
 A report interval is a fixed number of feature frames (``interval_s`` of audio, 10 s by
 default like a DCASE clip); its windows are scored together exactly as a clip is in
-evaluation (agent/rules/), so thresholds fitted on clips hold on the device.
+evaluation (agent/model/rules/), so thresholds fitted on clips hold on the device.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+
 
 import numpy as np
 
-from harken.agent.errors import UsageError
-from harken.agent.decision import Decision, Event
+from harken.common.errors import UsageError
+from harken.agent.decision import Decision
+from harken.agent.decision.records import IntervalResult
 from harken.agent.features import StreamingLogMel, n_windows
-from harken.agent.health import AudioCheck, check_audio
-from harken.agent.scorer import Scorer
-
-
-@dataclass
-class IntervalResult:
-    """One report interval: the score payload of DESIGN contract 3, plus health."""
-    ts: float
-    seq: int
-    score: float | None
-    threshold: float
-    anomaly: bool
-    interval_s: float
-    model: str
-    backend: str
-    status: str                      # ok | silent | clipped | invalid
-    rms_dbfs: float
-    windows: int
-    inference_ms: float
-    event: Event | None = None
-    extra: dict = field(default_factory=dict)
-    arrived: float = 0.0             # time.monotonic() when the audio completing it arrived
-
-    def payload(self) -> dict:
-        """The contract's score payload (JSON-ready)."""
-        return {"ts": round(self.ts, 3), "seq": self.seq,
-                "score": None if self.score is None else round(self.score, 6),
-                "threshold": self.threshold, "anomaly": self.anomaly,
-                "interval_s": self.interval_s, "model": self.model, "backend": self.backend,
-                "status": self.status,
-                "rms_dbfs": None if not np.isfinite(self.rms_dbfs) else round(self.rms_dbfs, 1),
-                "windows": self.windows, "inference_ms": round(self.inference_ms, 3),
-                **self.extra}
+from harken.agent.decision.health import AudioCheck, check_audio
+from harken.agent.model.scorer import Scorer
 
 
 class Pipeline:

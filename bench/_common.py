@@ -107,7 +107,7 @@ def baseline_knn_results(machine: str, train, test, folder: Path) -> list:
 def export_and_verify(run: Path, out: Path, corpus: Path):
     """The run exported (default options) and every artifact verified through the agent's
     scorer: (bundle, artifact -> verify figures), the torch reference row left out."""
-    from harken.agent.bundle import open_bundle
+    from harken.agent.model.bundle import open_bundle
     from harken.export.bundle import ExportOptions, write_bundle
     from harken.export.verify import verify
     bundle = open_bundle(write_bundle(run, out, corpus, ExportOptions()))

@@ -42,7 +42,7 @@ def fan_audio(seconds: int, rate: int = 16000):
     looped when they are shorter."""
     import numpy as np
 
-    from harken.agent.wavio import read_wav
+    from harken.agent.sources.wavio import read_wav
     clips = sorted((corpus() / "fan" / "train").glob("*.wav"))
     return np.resize(np.concatenate([read_wav(c, rate)[0] for c in clips]), seconds * rate)
 

@@ -45,7 +45,7 @@ def audio_anomaly_section(task: tuple[str, int]) -> list[tuple[str, float]]:
     import audio_anomaly
     import numpy as np
 
-    from harken.agent.wavio import read_wav
+    from harken.agent.sources.wavio import read_wav
     from harken.training.data.corpus import scan
     machine, section = task
     rate = 16000

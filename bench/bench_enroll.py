@@ -44,10 +44,10 @@ def site_config(folder: Path, bundle: Path, machine: str) -> Path:
 def main() -> None:
     pin_one_thread()
     from harken.agent.config import load_config
-    from harken.agent.enroll import enroll
+    from harken.agent.site.enroll import enroll
     from harken.agent.features import LogMelExtractor
-    from harken.agent.runner import build
-    from harken.agent.wavio import read_wav
+    from harken.agent.build import build
+    from harken.agent.sources.wavio import read_wav
     from harken.export.bundle import ExportOptions, write_general_bundle
     from harken.training.data.corpus import machine_types, scan
     from harken.training.evaluate import section_results

@@ -2,7 +2,7 @@
 QoS 1 session: messages per second delivered, and messages lost, for N = 10, 50, 200.
 
 Each simulated agent is the agent's real MQTT path: its own MqttSink (durable SQLite
-outbox, paho client, PUBACK window; agent/mqtt.py) replaying the score stream that
+outbox, paho client, PUBACK window; agent/sinks/mqtt/sink.py) replaying the score stream that
 `harken run` made from a WAV file (the AE bundle over the bench corpus's fan audio, 1-s
 report intervals), as fast as the sink takes it: accelerated, like a file source with
 `realtime = false`. Running the model N times would only measure the model; one score
@@ -34,10 +34,10 @@ WORKERS = 4                 # processes the agents are spread over
 
 def score_stream(seconds: int = 120):
     """The IntervalResults of a real pipeline run over ``seconds`` of fan audio."""
-    from harken.agent.bundle import open_bundle
+    from harken.agent.model.bundle import open_bundle
     from harken.agent.decision import Decision
     from harken.agent.pipeline import Pipeline
-    from harken.agent.scorer import BundleScorer
+    from harken.agent.model.scorer import BundleScorer
     bundle = open_bundle(bundles(["ae"])["ae"])
     pipe = Pipeline(BundleScorer(bundle, 0, "onnx-int8"), Decision(bundle.threshold),
                     interval_s=1.0)
@@ -51,7 +51,7 @@ def agents(port: int, nodes: list[str], per_agent: int, stream, state: Path, rea
     import dataclasses
 
     from harken.agent.config import MqttSection
-    from harken.agent.mqtt import MqttSink
+    from harken.agent.sinks.mqtt.sink import MqttSink
     from tests.agent.mosquitto import PASSWORD, USER
     settings = MqttSection(enabled=True, host="127.0.0.1", port=port, username=USER,
                            password=PASSWORD)

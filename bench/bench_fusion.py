@@ -39,7 +39,7 @@ def member_seconds(run: Path) -> float | None:
 
 
 def main() -> None:
-    from harken.agent.scorer import make_scorer
+    from harken.agent.model.factory import make_scorer
     from harken.training.data.corpus import machine_types, scan
     from harken.training.evaluate import section_results
     from harken.training.fusion import Fusion, fuse

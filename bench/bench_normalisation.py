@@ -1,5 +1,5 @@
 """Domain-robust scoring: baseline-knn's distance with and without local density
-normalisation (agent/rules/density.py), and the two fused (each standardised on its
+normalisation (agent/model/rules/density.py), and the two fused (each standardised on its
 section's leave-one-out training scores, equal weights), on the standard synthetic corpus.
 
 The clip vectors are computed once per machine type; each rule scores the same vectors,

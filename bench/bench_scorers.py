@@ -27,9 +27,9 @@ pin_one_thread()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from harken.agent.bundle import open_bundle  # noqa: E402
+from harken.agent.model.bundle import open_bundle  # noqa: E402
 from harken.agent.features import windows  # noqa: E402
-from harken.agent.scorer import BundleScorer, model_input  # noqa: E402
+from harken.agent.model.scorer import BundleScorer, model_input  # noqa: E402
 
 
 def percentiles(fn, repeats: int) -> tuple[float, float]:

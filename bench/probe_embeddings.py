@@ -4,7 +4,7 @@ The classifiers (mobilenetv2, contrastive) trail baseline-knn on the standard co
 miss the additive broadband faults it finds (docs/results.md, "Which faults each method
 catches"). Is that the score rule's fault (the final GAMP vector, k-means bank), or does the
 trained network not carry the information? This probe swaps the embedding under the
-deployed embedding rule (training/classifier.py ``_fit_bank`` and agent/rules/, unchanged)
+deployed embedding rule (training/classifier.py ``_fit_bank`` and agent/model/rules/, unchanged)
 for the GAMP vector of every stage of the network, and for baseline-knn's clip vector (mean
 and std of the log-mel frames), and measures how well each separates normal training clips
 from pseudo-anomalous versions of themselves (another machine type or pink noise mixed in,

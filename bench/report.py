@@ -67,7 +67,7 @@ def scorers_section(r: dict) -> list[str]:
     lines = ["## Scorers: latency per window", "",
              f"`{r['command']}` ({r['when']}): median and p99 wall time of one model call on one "
              f"window, {r['threads']} thread, {r['repeats']} calls after a warm-up, every "
-             "artifact through the agent's own backend (agent/backends.py); torch fp32 is the "
+             "artifact through the agent's own backend (agent/model/backends.py); torch fp32 is the "
              "BN-folded module the export starts from. CPU share = median x windows per second "
              "of audio at the model's default hop (AE: every frame, MobileNetV2: every 8th).",
              ""] + table(
@@ -413,7 +413,7 @@ def normalisation_section(r: dict) -> list[str]:
         f"`{r['command']}` ({r['when']}) on `{r['corpus']['root']}`: baseline-knn's clip "
         "vectors scored by the plain nearest-clip distance and by the same distance in units "
         "of each training clip's local density (mean distance to its k nearest training "
-        "clips; agent/rules/density.py). No domain label is used at test time. "
+        "clips; agent/model/rules/density.py). No domain label is used at test time. "
         "`knn-density` uses the k that training chose per machine type from training clips "
         "alone (held-out normal clips against pseudo-anomalous copies, AUC per domain): "
         + ", ".join(f"{m} {k}" for m, k in r["chosen_k"].items())
@@ -539,7 +539,7 @@ def fleet_section(r: dict) -> list[str]:
     lines = [
         "## Fleet: many agents, one broker", "",
         f"`{r['command']}` ({r['when']}): N simulated agents, each the agent's real MQTT path "
-        "(its own durable outbox and paho client, agent/mqtt.py) replaying a real score "
+        "(its own durable outbox and paho client, agent/sinks/mqtt/sink.py) replaying a real score "
         "stream as fast as it can, spread over "
         f"{r['workers']} processes, one Mosquitto (password file) and one plant subscriber "
         "with a persistent QoS 1 session, all on this machine. Lost = scores the outboxes "

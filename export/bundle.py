@@ -1,5 +1,5 @@
 """Writing bundles (DESIGN.md contract 2): model files, scoring arrays and the manifest that
-``agent/bundle.py`` checks. The reader lives in the agent; this module only writes."""
+``agent/model/bundle.py`` checks. The reader lives in the agent; this module only writes."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from harken.agent.bundle import open_bundle, sha256_file
-from harken.agent.manifest import MANIFEST, SCHEMA_VERSION, Manifest
-from harken.agent.rules import output_of
-from harken.agent.scorer import model_input
+from harken.agent.model.bundle import open_bundle, sha256_file
+from harken.agent.model.manifest import MANIFEST, SCHEMA_VERSION, Manifest
+from harken.agent.model.rules import output_of
+from harken.agent.model.scorer import model_input
 from harken.export.graphs import ExportError, InferenceGraph, calibration_windows, load_graph
 from harken.training.runs import code_version, read_run
 
@@ -167,7 +167,7 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
                   "window_hop_frames": spec.window_hop},
         "outputs": list(graph.outputs),
         "scoring": {"rule": rule, "output": output_of(rule), "sections": sections},
-        "aggregation": {"interval_s": 10.0, "reduce": "agent/rules/ ScoreRule.reduce over the "
+        "aggregation": {"interval_s": 10.0, "reduce": "agent/model/rules/ ScoreRule.reduce over the "
                         "windows of one interval"},
         "normal_scores": normal,
         "threshold": {"value": float(normal["threshold"]),
@@ -191,7 +191,7 @@ def write_fused_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
     """A fusion run (training/fusion.py) as one bundle: each member's run exported into
     ``members/<method>/`` with the same options, and a manifest that pins each member's
     manifest by sha256 and carries the per-section standardisation and the fused
-    threshold (agent/fused.py scores it)."""
+    threshold (agent/model/fused.py scores it)."""
     run_dir, out = Path(run_dir), Path(out)
     info = read_run(run_dir)
     if out.exists() and any(out.iterdir()):
@@ -212,7 +212,7 @@ def write_fused_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
         "feature_spec": info["feature_spec"],
         "scoring": {"rule": "fused", "sections": {}},
         "aggregation": {"interval_s": 10.0, "reduce": "each member's rule over the interval's "
-                        "windows, standardised per section, weighted mean (agent/fused.py)"},
+                        "windows, standardised per section, weighted mean (agent/model/fused.py)"},
         "normal_scores": normal,
         "threshold": {"value": float(normal["threshold"]),
                       "how": normal.get("threshold_rule", "") + " (fused torch fp32 scores of "
@@ -238,7 +238,7 @@ def write_general_bundle(out: Path, preset_name: str = "spectral-knn",
     import hashlib
 
     from harken.agent.features import preset
-    from harken.agent.rules.density import DEFAULT_K
+    from harken.agent.model.rules.density import DEFAULT_K
     from harken.export.graphs import WindowMoments
     from harken.training.spectral_knn import RULE_WEIGHTS
     spec = preset(preset_name)
@@ -256,7 +256,7 @@ def write_general_bundle(out: Path, preset_name: str = "spectral-knn",
                   "layout": "vector", "window_hop_frames": spec.window_hop},
         "outputs": list(graph.outputs),
         "scoring": {"rule": "spectral-knn", "output": output_of("spectral-knn"), "sections": {}},
-        "aggregation": {"interval_s": 10.0, "reduce": "agent/rules/ ScoreRule.reduce over the "
+        "aggregation": {"interval_s": 10.0, "reduce": "agent/model/rules/ ScoreRule.reduce over the "
                         "windows of one interval"},
         "threshold": {"value": None, "how": "set by harken enroll from the enrollment audio "
                       "(leave-one-out scores); harken calibrate can re-set it"},

@@ -15,8 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from harken.agent.bundle import open_bundle
-from harken.agent.clitools import command_parser, run_command
+from harken.agent.model.bundle import open_bundle
+from harken.common.clitools import command_parser, run_command
 from harken.agent.features import FeatureSpec
 from harken.training.runs import find_runs, read_run
 

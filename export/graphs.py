@@ -20,9 +20,9 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from harken.agent.errors import HarkenError
+from harken.common.errors import HarkenError
 from harken.agent.features import FeatureSpec, windows
-from harken.agent.scorer import model_input
+from harken.agent.model.scorer import model_input
 from harken.training.autoencoder import AutoencoderMethod
 from harken.training.classifier import ClassifierMethod
 from harken.training.data.corpus import CorpusError, scan
@@ -66,7 +66,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 
 class WindowMoments(nn.Module):
     """(1, frames * values) window, frame-major -> (1, 2 * values): each value's mean and
-    (population) standard deviation over the frames. agent/rules/spectral_knn.py's
+    (population) standard deviation over the frames. agent/model/rules/spectral_knn.py's
     ``window_moments`` is its numpy reference."""
 
     def __init__(self, frames: int, values: int) -> None:

@@ -14,7 +14,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       QuantType, quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from harken.agent.errors import UsageError
+from harken.common.errors import UsageError
 from harken.export.graphs import InferenceGraph
 
 INPUT_NAME = "input"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harken.agent.errors import UsageError
+from harken.common.errors import UsageError
 from harken.training.markdown import table
 
 START, END = "<!-- export:start -->", "<!-- export:end -->"
@@ -31,7 +31,7 @@ def export_markdown(checks: dict[tuple[str, str], list[dict]], command: str) -> 
              "graph without weights, spectral-knn's window moments, gets float ONNX and TFLite "
              "instead, since int8 would only round its statistics), then "
              "`harken-export verify BUNDLE --data corpora/standard --json` over every test clip, "
-             "each artifact scored through the agent's own scorer (agent/scorer.py). Targets: "
+             "each artifact scored through the agent's own scorer (agent/model/scorer.py). Targets: "
              f"official score within {TARGETS['official']} of torch fp32, clip-score Spearman "
              f">= {TARGETS['spearman']}, file <= {TARGETS['size']} x the fp32 ONNX file. "
              "Latency: median per window, one thread, this machine.", ""]

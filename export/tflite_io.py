@@ -12,7 +12,7 @@ from harken.export.graphs import ExportError
 
 
 def open_interpreter(path: Path):
-    from harken.agent.backends import interpreter_class
+    from harken.agent.model.backends import interpreter_class
     interpreter, _ = interpreter_class()
     try:
         return interpreter(model_path=str(path))

@@ -12,9 +12,10 @@ import numpy as np
 import scipy.stats
 from tqdm import tqdm
 
-from harken.agent.bundle import Bundle
+from harken.agent.model.bundle import Bundle
 from harken.agent.features import windows
-from harken.agent.scorer import BundleScorer, make_scorer, model_input
+from harken.agent.model.factory import make_scorer
+from harken.agent.model.scorer import BundleScorer, model_input
 from harken.export.graphs import ExportError
 from harken.training.data.corpus import Clip, scan
 from harken.training.data.windows import clip_features
@@ -111,7 +112,7 @@ def quantization_bytes(path: Path) -> int | None:
         total = sum(onnx.numpy_helper.to_array(inits[x]).nbytes for x in names if x in inits)
     else:
         # The TFLite schema stores a float32 scale and an int64 zero point per channel.
-        from harken.agent.backends import interpreter_class
+        from harken.agent.model.backends import interpreter_class
         interpreter = interpreter_class()[0](model_path=str(path))
         total = sum(len(q["scales"]) * 4 + len(q["zero_points"]) * 8
                     for d in interpreter.get_tensor_details()

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harken.agent.bundle import open_bundle, sha256_file
-from harken.agent.manifest import MANIFEST, SCHEMA_VERSION, Manifest
+from harken.agent.model.bundle import open_bundle, sha256_file
+from harken.agent.model.manifest import MANIFEST, SCHEMA_VERSION, Manifest
 from harken.agent.features import preset
 from harken.export.graphs import ExportError
 from harken.export.tflite_io import input_entry, open_interpreter, output_entry
@@ -98,7 +98,7 @@ def wrap(model: Path, preset_name: str, out: Path, machine: str = "unknown",
                   "layout": p["layout"], "window_hop_frames": spec.window_hop},
         "outputs": [p["output"]],
         "scoring": {"rule": p["rule"], "output": p["output"], "sections": {"00": {}}},
-        "aggregation": {"interval_s": 10.0, "reduce": "agent/rules/ ScoreRule.reduce over the "
+        "aggregation": {"interval_s": 10.0, "reduce": "agent/model/rules/ ScoreRule.reduce over the "
                         "windows of one interval"},
         "normal_scores": {},
         "threshold": {"value": float(threshold) if threshold is not None else None,

@@ -12,7 +12,7 @@ mutmut 3 copies the sources into mutants/ and relies on the import path finding 
 which the editable install's package-dir mapping (agent/ imported as harken.agent) defeats.
 
 Slow (about an hour on 2 cores for everything), so not part of CI. Run as scripts/mutation
-[--only agent/decision.py ...]. The checkout's files are restored on every exit path.
+[--only agent/decision/hysteresis.py ...]. The checkout's files are restored on every exit path.
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ WORK = ROOT / "runs" / "mutation"
 
 # module (or package folder) -> the tests that own it
 TARGETS: dict[str, tuple[str, ...]] = {
-    "agent/decision.py": ("tests/agent/test_decision_health.py",),
-    "agent/health.py": ("tests/agent/test_decision_health.py",),
-    "agent/thresholds.py": ("tests/agent/test_thresholds.py",),
-    "agent/outbox.py": ("tests/agent/test_outbox.py",),
-    "agent/ringbuffer.py": ("tests/agent/test_ringbuffer.py",),
-    "agent/rules": ("tests/agent/test_rules.py",),
+    "agent/decision/hysteresis.py": ("tests/agent/test_decision_health.py",),
+    "agent/decision/health.py": ("tests/agent/test_decision_health.py",),
+    "agent/decision/thresholds.py": ("tests/agent/test_thresholds.py",),
+    "agent/sinks/mqtt/outbox.py": ("tests/agent/test_outbox.py",),
+    "agent/sources/ringbuffer.py": ("tests/agent/test_ringbuffer.py",),
+    "agent/model/rules": ("tests/agent/test_rules.py",),
     "agent/features/extract.py": ("tests/agent/test_features.py",
                                   "tests/agent/test_feature_edges.py"),
     "agent/features/spec.py": ("tests/agent/test_features.py", "tests/agent/test_feature_edges.py"),

@@ -51,7 +51,7 @@ def easy_test_set(small_fan, tmp_path_factory):
     """Held-out normal fan clips and 'easy' anomalies made from them: the same clips with a
     steady 1.2 kHz whine 6 dB below the clip. Returns (clips, labels); clip 2i is a normal
     clip and clip 2i + 1 the same clip made anomalous."""
-    from harken.agent.wavio import read_wav, write_wav
+    from harken.agent.sources.wavio import read_wav, write_wav
     from harken.training.data.corpus import Clip, scan
     root = tmp_path_factory.mktemp("easy")
     normals = [c for c in scan(small_fan, ["fan"], "test") if not c.is_anomaly]

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 from sklearn.neighbors import LocalOutlierFactor
 
-from harken.agent.errors import DataError, UsageError
+from harken.common.errors import DataError, UsageError
 from harken.training.config import TrainConfig
 from harken.training.data.corpus import Clip
 from harken.training.data.pseudo_anomalies import choose_rule, pseudo_anomalous, pseudo_anomaly_pool

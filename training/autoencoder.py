@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
 
-from harken.agent.errors import DataError, UsageError
-from harken.agent.rules import ScoreRule, make_rule
+from harken.common.errors import DataError, UsageError
+from harken.agent.model.rules import ScoreRule, make_rule
 from harken.training.augment import smote_target
 from harken.training.augment.mixing import mix_logmel
 from harken.training.config import TrainConfig
@@ -180,7 +180,7 @@ class AutoencoderMethod(TorchMethod):
                     self.maha[(section, domain)] = (lw.location_, lw.precision_)
 
     def rule_arrays(self, section: int, rule: str) -> dict[str, np.ndarray]:
-        """What agent/rules/ needs to score ``section`` with ``rule`` (export ships it)."""
+        """What agent/model/rules/ needs to score ``section`` with ``rule`` (export ships it)."""
         if rule == "mse":
             return {}
         fitted = [self.maha[(section, d)] for d in DOMAINS if (section, d) in self.maha]
@@ -191,7 +191,7 @@ class AutoencoderMethod(TorchMethod):
 
     def _scores_from_residuals(self, residuals: list[np.ndarray], clips: Sequence[Clip],
                                rule: str) -> np.ndarray:
-        """Clip scores through the device's own rule (agent/rules/)."""
+        """Clip scores through the device's own rule (agent/model/rules/)."""
         rules: dict[int, ScoreRule] = {}
         out = np.empty(len(clips))
         for i, (r, c) in enumerate(zip(residuals, clips)):

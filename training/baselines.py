@@ -5,7 +5,7 @@ standardised with the training clips' statistics; its score is the Euclidean dis
 the nearest normal training clip of the same section. No learning, no test labels.
 
 Score rules: ``knn`` (the distance itself) and ``knn-density`` (each training clip's
-distance in units of its local density, agent/rules/density.py: one threshold for a dense
+distance in units of its local density, agent/model/rules/density.py: one threshold for a dense
 source domain and a sparse target domain, with no domain label). The density's
 neighbourhood k is chosen on the training clips alone (``choose_density_k``): cross-fitted
 held-out normal clips against pseudo-anomalous copies of them, each domain on its own.
@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.distance import cdist
 
-from harken.agent.errors import DataError, UsageError
+from harken.common.errors import DataError, UsageError
 from harken.agent.features import FeatureSpec, preset
-from harken.agent.rules.density import DEFAULT_K, local_densities, normalised_min_distance
+from harken.agent.model.rules.density import DEFAULT_K, local_densities, normalised_min_distance
 from harken.training.metrics import hmean
 from harken.training.data.corpus import Clip
 from harken.training.data.features import clip_logmels

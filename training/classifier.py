@@ -38,9 +38,9 @@ from sklearn.cluster import KMeans
 from torch import nn
 from tqdm import tqdm
 
-from harken.agent.errors import DataError, UsageError
-from harken.agent.rules import ScoreRule, make_rule, unit_embedding
-from harken.agent.rules.density import DEFAULT_K, local_densities
+from harken.common.errors import DataError, UsageError
+from harken.agent.model.rules import ScoreRule, make_rule, unit_embedding
+from harken.agent.model.rules.density import DEFAULT_K, local_densities
 from harken.training.section_bank import SectionBank
 from harken.training.augment import (frame_shift, median_filter_time, mixup, smote_target,
                                      spec_augment)
@@ -473,7 +473,7 @@ class ClassifierMethod(TorchMethod):
         return float(max(np.median(np.concatenate(d)), 1e-9))
 
     def rule_arrays(self, section: int, rule: str) -> dict[str, np.ndarray]:
-        """What agent/rules/ needs to score ``section`` with ``rule`` (export ships it)."""
+        """What agent/model/rules/ needs to score ``section`` with ``rule`` (export ships it)."""
         if self.bank_missing:
             raise RunError(self.bank_missing)
         if section not in self.banks:
@@ -494,7 +494,7 @@ class ClassifierMethod(TorchMethod):
 
     def _rule_scores(self, logits: list[np.ndarray], emb: np.ndarray, clips: Sequence[Clip],
                      rule: str) -> np.ndarray:
-        """Clip scores through the device's own rule (agent/rules/): the logit rule from
+        """Clip scores through the device's own rule (agent/model/rules/): the logit rule from
         the windows' logits, the embedding rule from the clip's mean embedding."""
         if self.bank_missing:
             raise RunError(self.bank_missing)

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from harken.agent.errors import UsageError
-from harken.agent.clitools import command_parser, run_command
+from harken.common.errors import UsageError
+from harken.common.clitools import command_parser, run_command
 from harken.training.method import Configurable, Refittable
 from harken.training.data.corpus import machine_types, scan
 from harken.training.runs import find_runs, record_training_time

@@ -8,7 +8,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from harken.agent.errors import UsageError
+from harken.common.errors import UsageError
 
 C = TypeVar("C")
 

@@ -11,7 +11,7 @@ normal clip of this section", without any label or anomaly.
 Each member trains into its own sub-folder of the fusion run (``<run>/<member>/``) with
 its default settings and keeps its held-out normal scores per clip (training/runs.py,
 ``held_out_scores.csv``); the fused threshold comes from the clips every member held out.
-The device computes the same thing (agent/fused.py), from one bundle that holds each
+The device computes the same thing (agent/model/fused.py), from one bundle that holds each
 member's bundle.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harken.agent.errors import DataError, UsageError
+from harken.common.errors import DataError, UsageError
 from harken.agent.features import FeatureSpec, FeatureSpecError, shared_front_end
 from harken.training.config import with_overrides
 from harken.training.data.corpus import Clip

@@ -16,7 +16,7 @@ Scores, all fitted on every run: ``latent`` = ||G_e(x) - G_e'(x')||^2 (the paper
 ``energy`` = E(z) under the GMM fitted on all training windows after training (as DAGMM
 does); a clip's score is the mean over its windows. ``latent-ldn`` is ours: the clip's mean
 code z, standardised, against the section's training clips' codes by local-density
-normalised distance (agent/rules/density.py). bench/probe_generative.py showed both paper
+normalised distance (agent/model/rules/density.py). bench/probe_generative.py showed both paper
 scores measure the operating point (a target-domain normal clip scores like a fault) while
 energy still separates faults within the source domain; a distance in units of the
 nearest training clips' own spacing does not need the target domain to sit near the source.
@@ -33,8 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harken.agent.errors import DataError, UsageError
-from harken.agent.rules.density import distances, local_densities
+from harken.common.errors import DataError, UsageError
+from harken.agent.model.rules.density import distances, local_densities
 from harken.training.config import TrainConfig
 from harken.training.data.corpus import Clip
 from harken.training.aegan import square_patches

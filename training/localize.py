@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harken.agent.features import LogMelExtractor
-from harken.agent.wavio import read_wav
+from harken.agent.sources.wavio import read_wav
 from harken.training.data.windows import fit_to_window
 from harken.training.method import Localisable
 from harken.training.runs import RunError, read_run

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from harken.agent.errors import UsageError
+from harken.common.errors import UsageError
 from harken.training.aegan import AeganMethod
 from harken.training.autoencoder import (AeBatchUniformization, AeMahalanobis, AeNeymanPearson,
                                   AutoencoderMethod)

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.stats
 from sklearn.metrics import roc_auc_score
 
-from harken.agent.errors import DataError
+from harken.common.errors import DataError
 
 MAX_FPR = 0.1
 HMEAN_FLOOR = 1e-8  # the evaluator floors values so one zero does not zero the mean

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harken.agent.errors import UsageError
+from harken.common.errors import UsageError
 from harken.agent.features import FeatureSpec
 from harken.training.augment import mixup, smote_target
 from harken.training.config import TrainConfig

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from harken.agent.errors import UsageError
+from harken.common.errors import UsageError
 from harken.training.markdown import table
 
 
@@ -125,7 +125,7 @@ def _default_lines(evaluations: dict[str, dict]) -> list[str]:
               "type on a Raspberry Pi), holds nothing that could over-fit one corpus (two "
               "settings with defaults fixed in advance), needs no domain label at test time "
               "(local density normalisation), and its bank can be learned on site. "
-              "training/spectral_knn.py and agent/rules/spectral_knn.py describe it."]
+              "training/spectral_knn.py and agent/model/rules/spectral_knn.py describe it."]
     return lines
 
 

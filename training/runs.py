@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harken.agent.errors import HarkenError
+from harken.common.errors import HarkenError
 from harken.agent.features import FeatureSpec
-from harken.agent.thresholds import gamma_threshold
+from harken.agent.decision.thresholds import gamma_threshold
 from harken.training.data.corpus import Clip
 
 RUN_SCHEMA = 1

@@ -1,5 +1,5 @@
 """A section's reference bank of normal embeddings, as the classifiers keep it: what the
-``embedding`` and ``embedding-density`` rules need (agent/rules/), saved as plain .npy
+``embedding`` and ``embedding-density`` rules need (agent/model/rules/), saved as plain .npy
 files in the run directory."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """spectral-knn: the default detector. No network to train: each section's normal clips
 become a reference bank of sound statistics, and a clip is scored by how far it lies from
-them (agent/rules/spectral_knn.py has the rule and says why each part is there).
+them (agent/model/rules/spectral_knn.py has the rule and says why each part is there).
 
 Why this is the default (docs/results.md has the figures): it beats every trained method
 on the standard corpus, the target domain included, trains in seconds on a Raspberry Pi
@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from harken.agent.errors import DataError, UsageError
+from harken.common.errors import DataError, UsageError
 from harken.agent.features import FeatureSpec, preset, windows
-from harken.agent.rules.density import DEFAULT_K
-from harken.agent.rules.spectral_knn import (BRANCHES, COMPONENTS, branch_statistics,
+from harken.agent.model.rules.density import DEFAULT_K
+from harken.agent.model.rules.spectral_knn import (BRANCHES, COMPONENTS, branch_statistics,
                                              branch_vectors, fit_bank, fused_score,
                                              pooled_moments, window_moments)
 from harken.training.config import with_overrides
@@ -80,7 +80,7 @@ class SpectralKnn:
     summary = "mel and spectrum statistics, nearest normal clip + local density, fused (no training)"
     score_rules = tuple(RULE_WEIGHTS)
     config_cls = SpectralKnnConfig
-    device_rule = "spectral-knn"          # agent/rules/ name; the weights say which variant
+    device_rule = "spectral-knn"          # agent/model/rules/ name; the weights say which variant
 
     def __init__(self, config: SpectralKnnConfig | None = None,
                  overrides: list[str] | None = None, spec: FeatureSpec | None = None) -> None:
@@ -162,7 +162,7 @@ class SpectralKnn:
         return self.config.score if rule == self.device_rule else rule
 
     def rule_arrays(self, section: int, rule: str | None = None) -> dict[str, np.ndarray]:
-        """What agent/rules/spectral_knn.py needs to score ``section`` (export ships it)."""
+        """What agent/model/rules/spectral_knn.py needs to score ``section`` (export ships it)."""
         rule = self._variant(rule)
         if section not in self.banks:
             raise DataError(f"section {section:02d} was not in the training data "

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from harken.agent.errors import UsageError
+from harken.common.errors import UsageError
 from harken.agent.features import FeatureSpec, preset
 from harken.training.config import TrainConfig, config_dict, with_overrides
 from harken.training.data.corpus import Clip

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from harken.agent.errors import UsageError
+from harken.common.errors import UsageError
 from harken.training.config import TrainConfig
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import scipy.fft
 import scipy.sparse
 
-from harken.agent.errors import DataError
+from harken.common.errors import DataError
 from harken.agent.features.mel import mel_filterbank
 from harken.agent.features.spec import FeatureSpec
 

@@ -10,7 +10,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from harken.agent.errors import HarkenError
+from harken.common.errors import HarkenError
 
 MelScale = Literal["slaney", "htk"]
 PadMode = Literal["constant", "reflect"]

@@ -1,12 +1,12 @@
-"""Where results go: JSON lines (stdout, a file) and MQTT (agent/mqtt.py). ``base.py``
+"""Where results go: JSON lines (stdout, a file) and MQTT (agent/sinks/mqtt/sink.py). ``base.py``
 declares the interface and how to add a sink."""
 
 from __future__ import annotations
 
 # importing a sink's module registers it: a new sink is one module and one name here
 from harken.agent.sinks import jsonlines  # noqa: F401
-from harken.agent import mqtt  # noqa: F401
-from harken.agent.sparkplug import sink as sparkplug  # noqa: F401
+from harken.agent.sinks.mqtt import sink as mqtt  # noqa: F401
+from harken.agent.sinks.sparkplug import sink as sparkplug  # noqa: F401
 from harken.agent.sinks.base import SINKS, Sink
 from harken.agent.sinks.jsonlines import JsonLinesSink
 

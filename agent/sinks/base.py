@@ -11,8 +11,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
-from harken.agent.pipeline import IntervalResult
-from harken.agent.registry import Registry
+from harken.agent.decision.records import IntervalResult
+from harken.common.registry import Registry
 
 SINKS = Registry("sink")
 register = SINKS.register

@@ -9,8 +9,8 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
-from harken.agent.config import ConfigError
-from harken.agent.pipeline import IntervalResult
+from harken.common.errors import ConfigError
+from harken.agent.decision.records import IntervalResult
 from harken.agent.sinks.base import Sink, register
 
 

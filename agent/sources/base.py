@@ -19,8 +19,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from harken.agent.errors import HarkenError
-from harken.agent.registry import Registry
+from harken.common.errors import HarkenError
+from harken.common.registry import Registry
 
 SOURCES = Registry("audio source")
 register = SOURCES.register

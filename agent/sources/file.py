@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from harken.agent.sources.base import Report, Source, Tap, pick_channels, register
-from harken.agent.wavio import check_rate, read_pcm, read_wav, resample, to_float32
+from harken.agent.sources.wavio import check_rate, read_pcm, read_wav, resample, to_float32
 
 
 def wav_chunks(path: str | Path, rate: int, chunk_s: float = 0.1, realtime: bool = False,

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from harken.agent.ringbuffer import RingBuffer
+from harken.agent.sources.ringbuffer import RingBuffer
 from harken.agent.sources.base import Report, Source, SourceError, Tap, register
 from harken.agent.sources.resample import StreamResampler
 

@@ -2,7 +2,7 @@ import shutil
 
 import pytest
 
-from harken.agent.wavio import read_wav, write_wav
+from harken.agent.sources.wavio import read_wav, write_wav
 from tests.agent.mosquitto import STARTED, Broker
 
 

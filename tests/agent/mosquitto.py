@@ -144,7 +144,7 @@ def two_machine_config(tmp_path, bundle, port, wav, **mqtt_extra):
     the same sound a second later), publishing to the test broker."""
     import numpy as np
 
-    from harken.agent.wavio import read_wav
+    from harken.agent.sources.wavio import read_wav
     from tests.helpers import write_agent_config, write_channels
     x, rate = read_wav(wav, 16000)
     two = write_channels(tmp_path / "two.wav", [x, np.roll(x, rate)], rate)

@@ -1,6 +1,6 @@
 """A Sparkplug B host application for the tests: it subscribes to ``spBv1.0/#`` on the test
 broker and decodes every payload with pure-protobuf, an implementation independent of the
-agent's encoder (Google's protobuf runtime, agent/sparkplug/payload.py). The messages are
+agent's encoder (Google's protobuf runtime, agent/sinks/sparkplug/payload.py). The messages are
 declared here from the specification's field numbers, not imported from the agent."""
 
 from __future__ import annotations

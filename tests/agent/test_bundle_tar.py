@@ -1,5 +1,5 @@
 """Bundles shipped as .tar.gz: unpacked to a temporary folder that goes away with the
-process, and a refused tarball leaves nothing half-unpacked (agent/bundle.py)."""
+process, and a refused tarball leaves nothing half-unpacked (agent/model/bundle.py)."""
 
 import io
 import os
@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from harken.agent.bundle import BundleError, open_bundle
+from harken.agent.model.bundle import BundleError, open_bundle
 
 
 def make_tar(bundle, tar_path):
@@ -24,7 +24,7 @@ def test_a_tarred_bundle_leaves_no_temporary_folder_behind(ae_bundle, tmp_path):
     tar = make_tar(ae_bundle, tmp_path / "ae.tar.gz")
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    code = ("import sys; from harken.agent.bundle import open_bundle; "
+    code = ("import sys; from harken.agent.model.bundle import open_bundle; "
             "b = open_bundle(sys.argv[1]); print(b.root)")
     out = subprocess.run([sys.executable, "-c", code, str(tar)], capture_output=True, text=True,
                          env={**os.environ, "TMPDIR": str(scratch)}, check=True)

@@ -4,7 +4,7 @@ import numpy as np
 
 from harken.agent.cli import main
 from harken.agent.features import logmel, preset
-from harken.agent.wavio import read_wav, write_wav
+from harken.agent.sources.wavio import read_wav, write_wav
 
 
 def test_features_command_matches_the_library(tmp_path, capsys, rng):

@@ -1,10 +1,10 @@
 """User mistakes (HarkenError, OSError) are one line and exit 2; anything else is a bug and
-keeps its traceback (agent/clitools.py)."""
+keeps its traceback (harken/common/clitools.py)."""
 
 import pytest
 
-from harken.agent.clitools import command_parser, run_command
-from harken.agent.errors import DataError, HarkenError, UsageError
+from harken.common.clitools import command_parser, run_command
+from harken.common.errors import DataError, HarkenError, UsageError
 
 
 def _parser(exc: BaseException):
@@ -34,13 +34,13 @@ def test_a_bug_is_not_dressed_up_as_a_user_mistake():
 
 
 def test_every_user_error_class_is_a_harken_error():
-    from harken.agent.broker import BrokerError
-    from harken.agent.bundle import BundleError
+    from harken.agent.sinks.mqtt.broker import BrokerError
+    from harken.agent.model.bundle import BundleError
     from harken.agent.config import ConfigError
     from harken.agent.features import FeatureSpecError
-    from harken.agent.rules.base import RuleError
+    from harken.agent.model.rules.base import RuleError
     from harken.agent.sources import SourceError
-    from harken.agent.wavio import WavError
+    from harken.agent.sources.wavio import WavError
     for cls in (BrokerError, BundleError, ConfigError, FeatureSpecError, RuleError, SourceError,
                 WavError, UsageError, DataError):
         assert issubclass(cls, HarkenError), cls

@@ -121,7 +121,7 @@ def test_a_password_file_others_can_read_is_warned_about(tmp_path, caplog):
 
 def test_a_password_sent_in_plain_text_off_this_machine_is_warned_about_once():
     from harken.agent.config import MqttSection
-    from harken.agent.mqtt import plaintext_password_warning
+    from harken.agent.sinks.mqtt.sink import plaintext_password_warning
     remote = MqttSection(enabled=True, host="broker.plant", username="u", password="p")
     assert "goes to broker.plant:1883 unencrypted" in plaintext_password_warning(remote)
     for quiet in (remote.model_copy(update={"tls": True}),

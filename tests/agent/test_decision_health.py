@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from harken.agent.decision import Decision, DecisionConfig
-from harken.agent.health import check_audio
+from harken.agent.decision.health import check_audio
 
 
 def run(scores, threshold=1.0, **kw):

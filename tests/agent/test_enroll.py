@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from harken.agent.wavio import read_wav, write_wav
+from harken.agent.sources.wavio import read_wav, write_wav
 from tests import prebuilt
 from tests.helpers import write_agent_config
 
@@ -90,9 +90,9 @@ def test_an_enrolled_bank_scores_as_training_on_the_same_clips_would(general_bun
     """The bank enrollment writes is the bank spectral-knn training builds from the same
     clips (one section): the same score for every test clip."""
     from harken.agent.config import load_config
-    from harken.agent.enroll import enroll
+    from harken.agent.site.enroll import enroll
     from harken.agent.features import LogMelExtractor
-    from harken.agent.runner import build
+    from harken.agent.build import build
     prebuilt.workstation_or_skip()          # training's spectral-knn is the reference
     from harken.training.data.corpus import scan
     from harken.training.spectral_knn import SpectralKnn

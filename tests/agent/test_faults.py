@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from harken.agent.outbox import Outbox
+from harken.agent.sinks.mqtt.outbox import Outbox
 from tests.agent.mosquitto import PASSWORD, USER, Broker, Listener, start_agent
 from tests.helpers import tmpfs, wait_for, write_agent_config
 

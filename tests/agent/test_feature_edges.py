@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from harken.agent.errors import DataError
+from harken.common.errors import DataError
 from harken.agent.features import (
     PRESETS, FeatureSpec, FeatureSpecError, LogMelExtractor, StreamingLogMel, preset, windows,
 )

@@ -4,7 +4,7 @@ broker, repeated when Home Assistant's status topic says online."""
 import json
 import signal
 
-from harken.agent.homeassistant import discovery_payload, discovery_topic
+from harken.agent.sinks.mqtt.homeassistant import discovery_payload, discovery_topic
 from tests.agent.mosquitto import Listener, agent_config, start_agent
 
 

@@ -45,8 +45,8 @@ def test_importing_the_agent_loads_no_heavy_framework():
     parts = [p.relative_to(AGENT).with_suffix("").parts for p in AGENT.rglob("*.py")]
     modules = sorted(".".join(("harken", "agent", *(q[:-1] if q[-1] == "__init__" else q)))
                      for q in parts if q != ("__init__",))
-    assert {"harken.agent.bundle", "harken.agent.backends", "harken.agent.scorer",
-            "harken.agent.rules"} <= set(modules)
+    assert {"harken.agent.model.bundle", "harken.agent.model.backends", "harken.agent.model.scorer",
+            "harken.agent.model.rules"} <= set(modules)
     code = (f"import sys, {', '.join(modules)};"
             "print(sorted(m for m in ('torch', 'tensorflow', 'harken.training', 'harken.export',"
             " 'librosa', 'sklearn') if m in sys.modules))")
@@ -57,7 +57,137 @@ def test_importing_the_agent_loads_no_heavy_framework():
 def test_harken_run_starts_without_scipy_signal_or_stats():
     """They cost ~1 s and ~50 MB at start-up on the device; the run path needs neither
     (only resampling and calibration load them, when used)."""
-    code = ("import sys, harken.agent.cli, harken.agent.runner, harken.agent.mqtt;"
+    code = ("import sys, harken.agent.cli, harken.agent.runner, harken.agent.sinks.mqtt.sink;"
             "print(sorted(m for m in ('scipy.signal', 'scipy.stats') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# The agent's rooms from the microphone up (docs/architecture.md "The agent's rooms"): a
+# module may import its own room and the rooms below it, never one above; harken.common is
+# below them all. A room is a sub-package of agent/ or one of the top-level modules.
+ROOMS = [
+    ("",), ("features", "sources"), ("model",), ("decision",), ("sinks",),
+    ("pipeline", "config"), ("build", "stats", "systemd"), ("runner",), ("site", "plant"),
+    ("cli",),
+]
+
+
+def _agent_modules(agent: Path = AGENT) -> dict[str, Path]:
+    mods = {}
+    for path in agent.rglob("*.py"):
+        parts = path.relative_to(agent).with_suffix("").parts
+        parts = parts[:-1] if parts[-1] == "__init__" else parts
+        mods[".".join(("harken", "agent", *parts))] = path
+    return mods
+
+
+def _edges(mods: dict[str, Path]) -> dict[str, set[str]]:
+    """Module -> the agent modules it imports (at any depth of the file, lazy ones too)."""
+    edges = {}
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            for t in targets:
+                while t and t not in mods:
+                    t = t.rpartition(".")[0]
+                if t and t != name:
+                    found.add(t)
+        edges[name] = found
+    return edges
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")[2:]
+    return parts[0] if parts else ""
+
+
+def _rank(room: str) -> int:
+    for i, rooms in enumerate(ROOMS):
+        if room in rooms:
+            return i
+    raise AssertionError(f"agent/{room}: not in a room of ROOMS; place it there (and in "
+                         f"docs/architecture.md)")
+
+
+def upward_imports(edges: dict[str, set[str]]) -> list[str]:
+    """Imports of a room above the importer's own, or of a sibling room on its level."""
+    bad = []
+    for src, targets in edges.items():
+        for dst in targets:
+            a, b = _room(src), _room(dst)
+            if a != b and (_rank(b) > _rank(a) or (_rank(b) == _rank(a) and b != "")):
+                bad.append(f"{src} -> {dst}")
+    return sorted(bad)
+
+
+def import_circles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected group of more than one module (Tarjan's algorithm): each
+    holds at least one circle of imports."""
+    index, low, stack, on, groups = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return groups
+
+
+def test_the_agent_has_no_import_circle():
+    assert import_circles(_edges(_agent_modules())) == []
+
+
+def test_no_agent_module_imports_a_room_above_its_own():
+    assert upward_imports(_edges(_agent_modules())) == []
+
+
+def test_the_shared_package_imports_no_product_package():
+    offenders = [f"{path.name}: {n}" for path in (ROOT / "harken" / "common").rglob("*.py")
+                 for n in _imports(path)
+                 if n.split(".")[:2] in (["harken", "agent"], ["harken", "training"],
+                                         ["harken", "export"])]
+    assert offenders == []
+
+
+def test_the_rules_catch_a_circle_and_an_upward_import(tmp_path):
+    """The checks above are only worth their silence if they can speak: a copy of two
+    modules that import each other, one of them from a room above, is caught by both."""
+    agent = tmp_path / "agent"
+    (agent / "sinks").mkdir(parents=True)
+    (agent / "sinks" / "__init__.py").write_text("")
+    (agent / "sinks" / "out.py").write_text("from harken.agent.runner import Runner\n")
+    (agent / "runner.py").write_text("from harken.agent.sinks.out import x\n")
+    edges = _edges(_agent_modules(agent))
+    assert import_circles(edges) == [["harken.agent.runner", "harken.agent.sinks.out"]]
+    assert upward_imports(edges) == ["harken.agent.sinks.out -> harken.agent.runner"]

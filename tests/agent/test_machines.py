@@ -13,7 +13,7 @@ from harken.agent.cli import main
 from harken.agent.config import ConfigError, load_config, parse_config
 from harken.agent.runner import Runner
 from harken.agent.systemd import Notifier
-from harken.agent.wavio import read_wav
+from harken.agent.sources.wavio import read_wav
 from tests.helpers import write_agent_config, write_channels
 
 RATE = 16000
@@ -151,7 +151,7 @@ def test_machines_with_files_of_their_own_run_side_by_side(ae_bundle, wav, tmp_p
     import shutil
     other = tmp_path / "other.wav"
     x, _ = read_wav(wav, RATE)
-    from harken.agent.wavio import write_wav
+    from harken.agent.sources.wavio import write_wav
     write_wav(other, np.roll(x, RATE), RATE)
     multi = config(tmp_path, ae_bundle, {"source": "file", "file": wav},
                    [{"name": "fan"}, {"name": "pump", "audio": {"file": other}}])

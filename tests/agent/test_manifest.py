@@ -1,13 +1,13 @@
-"""The typed bundle manifest (agent/manifest.py): one schema for the writer and the reader,
+"""The typed bundle manifest (agent/model/manifest.py): one schema for the writer and the reader,
 errors that name the field, unknown fields kept for newer exporters."""
 
 import json
 
 import pytest
 
-from harken.agent.bundle import BundleError, read_manifest
+from harken.agent.model.bundle import BundleError, read_manifest
 from harken.agent.features import preset
-from harken.agent.manifest import Manifest
+from harken.agent.model.manifest import Manifest
 
 
 def _manifest() -> dict:

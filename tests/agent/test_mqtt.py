@@ -8,8 +8,8 @@ import signal
 
 import numpy as np
 
-from harken.agent.outbox import Outbox
-from harken.agent.wavio import read_wav, write_wav
+from harken.agent.sinks.mqtt.outbox import Outbox
+from harken.agent.sources.wavio import read_wav, write_wav
 from tests.agent.mosquitto import Listener, agent_config as config, outbox_depth, run_agent, \
     start_agent
 from tests.helpers import collect_lines, wait_for

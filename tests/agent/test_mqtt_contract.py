@@ -11,7 +11,7 @@ import jinja2
 import jsonschema
 import pytest
 
-from harken.agent.homeassistant import discovery_payload
+from harken.agent.sinks.mqtt.homeassistant import discovery_payload
 from tests.agent.mosquitto import Listener, agent_config as config, run_agent, start_agent
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"

@@ -7,7 +7,7 @@ from tests.agent.mosquitto import (PASSWORD, USER, Listener, agent_config, run_a
 
 
 def _result(seq: int):
-    from harken.agent.pipeline import IntervalResult
+    from harken.agent.decision.records import IntervalResult
     return IntervalResult(ts=1.0, seq=seq, score=1.5, threshold=2.0, anomaly=False,
                           interval_s=2.0, model="m", backend="onnx", status="ok",
                           rms_dbfs=-20.0, windows=3, inference_ms=0.1)
@@ -18,7 +18,7 @@ def test_a_stop_during_the_tls_handshake_waits_for_it_and_delivers(tls_broker, t
     handshake takes far longer than putting one score into the outbox) delivers its score
     at the clean stop instead of leaving it in the outbox."""
     from harken.agent.config import MqttSection
-    from harken.agent.mqtt import MqttSink
+    from harken.agent.sinks.mqtt.sink import MqttSink
     listen = Listener(tls_broker.port)
     root = tls_broker.root
     settings = MqttSection(enabled=True, host="127.0.0.1", port=tls_broker.tls_port,
@@ -38,7 +38,7 @@ def test_a_stop_with_the_broker_refusing_does_not_wait_the_flush_time(tls_broker
     import time
 
     from harken.agent.config import MqttSection
-    from harken.agent.mqtt import MqttSink
+    from harken.agent.sinks.mqtt.sink import MqttSink
     root = tls_broker.root
     settings = MqttSection(enabled=True, host="127.0.0.1", port=tls_broker.tls_port,
                            username=USER, password=PASSWORD, tls=True,
@@ -121,7 +121,7 @@ def test_a_refused_password_is_logged_once_not_at_every_retry(tmp_path):
     from paho.mqtt.reasoncodes import ReasonCode
 
     from harken.agent.config import MqttSection
-    from harken.agent.mqtt import MqttSink
+    from harken.agent.sinks.mqtt.sink import MqttSink
     seen = []
     settings = MqttSection(enabled=True, host="127.0.0.1", port=1, username="u", password="x")
     sink = MqttSink(settings, "n1", "fan", tmp_path / "outbox.db", log=seen.append)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from harken.agent.outbox import Outbox, _disk_full
+from harken.agent.sinks.mqtt.outbox import Outbox, _disk_full
 from tests.helpers import tmpfs
 
 

@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from harken.agent.ringbuffer import RingBuffer
+from harken.agent.sources.ringbuffer import RingBuffer
 
 RATE = 16000
 

@@ -1,9 +1,10 @@
-"""Score rules (agent/rules/) against values worked out by hand."""
+"""Score rules (agent/model/rules/) against values worked out by hand."""
 
 import numpy as np
 import pytest
 
-from harken.agent.rules import make_rule as Rule, bank_distance, section_log_odds, softmax, unit_embedding
+from harken.agent.model.rules import (make_rule as Rule, bank_distance, section_log_odds, softmax,
+                                       unit_embedding)
 
 
 def test_mse_is_the_mean_squared_residual_and_the_interval_mean():
@@ -66,8 +67,8 @@ def test_rules_refuse_missing_arrays_and_empty_intervals():
 def test_a_new_rule_plugs_in_by_registering_one_class():
     """The seam: a ScoreRule subclass with @register is found by name, with its output
     and array checks, and a second rule of the same name is refused."""
-    from harken.agent.rules import output_of
-    from harken.agent.rules.base import REGISTRY, ScoreRule, register
+    from harken.agent.model.rules import output_of
+    from harken.agent.model.rules.base import REGISTRY, ScoreRule, register
 
     @register
     class MaxRule(ScoreRule):
@@ -101,7 +102,7 @@ def _reference_ldn(points, bank, k, dist):
 
 
 def test_local_density_normalisation_equals_the_definition_written_out(rng):
-    from harken.agent.rules.density import local_densities, normalised_min_distance
+    from harken.agent.model.rules.density import local_densities, normalised_min_distance
     bank = rng.normal(size=(12, 5))
     points = rng.normal(size=(4, 5))
     euclid = lambda a, b: float(np.linalg.norm(a - b))                 # noqa: E731
@@ -124,7 +125,7 @@ def test_local_density_normalisation_equals_the_definition_written_out(rng):
 def test_density_puts_a_sparse_and_a_dense_domain_on_one_scale():
     """A point as far out (in local units) from a sparse cluster as another is from a dense
     one gets the same score: what a single threshold over two domains needs."""
-    from harken.agent.rules.density import local_densities, normalised_min_distance
+    from harken.agent.model.rules.density import local_densities, normalised_min_distance
     dense = np.array([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [0.1, 0.1]])
     sparse = 100.0 + 10.0 * dense                     # same shape, 10x the spacing
     bank = np.concatenate([dense, sparse])
@@ -136,7 +137,7 @@ def test_density_puts_a_sparse_and_a_dense_domain_on_one_scale():
 
 
 def test_embedding_density_rule_is_the_normalised_cosine_distance_of_the_mean_embedding(rng):
-    from harken.agent.rules.density import local_densities
+    from harken.agent.model.rules.density import local_densities
     bank = rng.normal(size=(6, 3))
     bank /= np.linalg.norm(bank, axis=1, keepdims=True)
     dens = local_densities(bank, 2, "cosine")
@@ -175,7 +176,7 @@ def _spectral_reference(frames_by_window, bank_vectors, stats, k, weights, n_mel
 
 @pytest.mark.parametrize("weights", [(1, 1, 1, 1), (1, 0, 0, 0), (0, 2, 0, 1), (0, 0, 0, 1)])
 def test_spectral_knn_rule_equals_the_definition_written_out(rng, weights):
-    from harken.agent.rules.spectral_knn import branch_statistics, fit_bank, window_moments
+    from harken.agent.model.rules.spectral_knn import branch_statistics, fit_bank, window_moments
     n_mels, n_bins, k = 3, 4, 2
     # a bank of 7 clips: per branch, the vectors of 7 clips' pooled statistics
     bank_vectors = {"mel": rng.normal(size=(7, 2 * n_mels)),
@@ -196,7 +197,7 @@ def test_spectral_knn_rule_equals_the_definition_written_out(rng, weights):
 
 
 def test_pooled_moments_of_equal_windows_are_those_of_all_frames(rng):
-    from harken.agent.rules.spectral_knn import branch_vectors, pooled_moments, window_moments
+    from harken.agent.model.rules.spectral_knn import branch_vectors, pooled_moments, window_moments
     windows = rng.normal(size=(4, 8, 5)) + np.arange(4)[:, None, None]    # windows differ
     mean, std = pooled_moments(window_moments(windows))
     frames = windows.reshape(-1, 5)
@@ -211,8 +212,8 @@ def test_pooled_moments_of_equal_windows_are_those_of_all_frames(rng):
 
 
 def test_a_spectral_bank_needs_two_clips_and_identical_clips_do_not_divide_by_zero(rng):
-    from harken.agent.errors import DataError
-    from harken.agent.rules.spectral_knn import branch_statistics, fit_bank
+    from harken.common.errors import DataError
+    from harken.agent.model.rules.spectral_knn import branch_statistics, fit_bank
     one = {"mel": rng.normal(size=(1, 4)), "spectrum": rng.normal(size=(1, 3))}
     with pytest.raises(DataError, match="a reference bank needs at least 2 clips or "
                                         "intervals, got 1"):
@@ -223,7 +224,7 @@ def test_a_spectral_bank_needs_two_clips_and_identical_clips_do_not_divide_by_ze
 
 
 def test_local_densities_are_the_mean_of_the_k_nearest_others(rng):
-    from harken.agent.rules.density import DEFAULT_K, local_densities
+    from harken.agent.model.rules.density import DEFAULT_K, local_densities
     for _ in range(5):
         bank = rng.normal(size=(9, 3))
         own = np.linalg.norm(bank[:, None] - bank[None], axis=2)
@@ -237,9 +238,9 @@ def test_local_densities_are_the_mean_of_the_k_nearest_others(rng):
 
 
 def test_two_references_are_enough_and_k_below_one_is_refused(rng):
-    from harken.agent.errors import UsageError
-    from harken.agent.rules.density import local_densities
-    from harken.agent.rules.spectral_knn import branch_statistics, fit_bank
+    from harken.common.errors import UsageError
+    from harken.agent.model.rules.density import local_densities
+    from harken.agent.model.rules.spectral_knn import branch_statistics, fit_bank
     two = np.array([[0.0, 0.0], [3.0, 4.0]])
     np.testing.assert_allclose(local_densities(two, 4, "euclidean"), [5.0, 5.0])
     with pytest.raises(UsageError, match="density k must be at least 1, got 0"):
@@ -284,7 +285,7 @@ def test_embedding_rule_averages_windows_not_dimensions():
 
 
 def test_local_densities_of_a_large_bank(rng):
-    from harken.agent.rules.density import local_densities
+    from harken.agent.model.rules.density import local_densities
     bank = rng.normal(size=(300, 4))            # large enough that partition does not sort
     own = np.linalg.norm(bank[:, None] - bank[None], axis=2)
     np.fill_diagonal(own, np.inf)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from harken.agent.cli import main as harken
-from harken.agent.wavio import read_wav, write_wav
+from harken.agent.sources.wavio import read_wav, write_wav
 from tests.helpers import whine, write_agent_config
 from harken.training.data.corpus import scan
 

@@ -4,7 +4,8 @@ registered kind is found by its config name."""
 import numpy as np
 
 from harken.agent.config import load_config
-from harken.agent.runner import Listener, Machine, Runner, build
+from harken.agent.build import build
+from harken.agent.runner import Listener, Machine, Runner
 from harken.agent.sinks import SINKS, Sink
 from harken.agent.sources import SOURCES, Source
 from tests.helpers import write_agent_config

@@ -9,7 +9,7 @@ import scipy.io.wavfile
 import scipy.signal
 
 from harken.agent.sources import SourceError, StreamResampler, pcm_chunks, wav_chunks
-from harken.agent.wavio import read_wav, write_wav
+from harken.agent.sources.wavio import read_wav, write_wav
 
 
 @pytest.mark.parametrize("from_rate, chunk", [(48000, 480), (44100, 1000), (22050, 4410)])

@@ -10,7 +10,7 @@ import signal
 import numpy as np
 import pytest
 
-from harken.agent.sparkplug.payload import DataType, Payload, add_metric, decode, \
+from harken.agent.sinks.sparkplug.payload import DataType, Payload, add_metric, decode, \
     metric_value, parse_topic, topic
 from tests.agent.mosquitto import Broker, Listener, outbox_depth, run_agent, start_agent
 from tests.agent.mosquitto import agent_config as json_config
@@ -170,7 +170,7 @@ def test_a_30_s_outage_is_replayed_as_history_after_the_births(spb_broker, ae_bu
 
 
 def test_watch_reads_sparkplug_devices_like_json_agents():
-    from harken.agent.watch import Fleet
+    from harken.agent.plant.watch import Fleet
     fleet = Fleet("harken")
 
     def data(score, anomaly, seq, ts_ms):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from harken.agent.systemd import Notifier
-from harken.agent.wavio import read_wav, write_wav
+from harken.agent.sources.wavio import read_wav, write_wav
 from tests.helpers import write_agent_config
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "harken.service"

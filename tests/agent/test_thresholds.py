@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from harken.agent.errors import DataError
-from harken.agent.thresholds import GammaFit, fit_gamma, gamma_threshold
+from harken.common.errors import DataError
+from harken.agent.decision.thresholds import GammaFit, fit_gamma, gamma_threshold
 
 
 @pytest.fixture

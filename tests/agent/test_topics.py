@@ -1,8 +1,8 @@
-"""The topic scheme of docs/mqtt.md, built and parsed in one place (agent/topics.py)."""
+"""The topic scheme of docs/mqtt.md, built and parsed in one place (agent/sinks/mqtt/topics.py)."""
 
 import pytest
 
-from harken.agent.topics import MACHINE_KINDS, Topics, discovery_topic, object_id, parse_topic
+from harken.agent.sinks.mqtt.topics import MACHINE_KINDS, Topics, discovery_topic, object_id, parse_topic
 
 
 def test_every_topic_is_keyed_by_node_and_machine_and_parses_back():

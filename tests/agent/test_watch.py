@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from harken.agent.broker import BrokerError, parse_broker_url
+from harken.agent.sinks.mqtt.broker import BrokerError, parse_broker_url
 from tests.agent.mosquitto import PASSWORD, agent_config, run_agent
 
 
@@ -71,7 +71,7 @@ def test_watch_errors_are_one_clear_line(broker, tmp_path):
 
 
 def test_the_fleet_table_keeps_the_latest_state_per_machine():
-    from harken.agent.watch import Fleet
+    from harken.agent.plant.watch import Fleet
     fleet = Fleet("harken")
     assert fleet.parse("other/n1/fan/status", b"online") is None
     for topic, payload in [("harken/n1/fan/status", b"online"),
@@ -124,7 +124,7 @@ def test_malformed_score_messages_are_skipped_and_counted_not_fatal():
 
     from rich.console import Console
 
-    from harken.agent.watch import Fleet
+    from harken.agent.plant.watch import Fleet
     fleet = Fleet("harken")
     good = b'{"ts": 1.0, "seq": 3, "score": 1.5, "threshold": 2.0, "anomaly": false}'
     for payload in (b'{"score": "high"}', b'{"score": [1, 2]}', b'{"score": {"a": 1}}',

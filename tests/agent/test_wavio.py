@@ -5,7 +5,7 @@ import pytest
 import scipy.io.wavfile
 
 from harken.agent.sources import wav_chunks
-from harken.agent.wavio import WavError, read_wav, write_wav
+from harken.agent.sources.wavio import WavError, read_wav, write_wav
 
 
 def test_int16_round_trip(tmp_path):
@@ -57,7 +57,7 @@ def test_a_header_that_lies_about_the_rate_is_refused_and_a_low_rate_is_warned(t
                                                                               caplog):
     import scipy.io.wavfile
 
-    from harken.agent import wavio
+    from harken.agent.sources import wavio
     x = (0.1 * np.sin(np.arange(6000) / 5.0)).astype(np.float32)
     scipy.io.wavfile.write(tmp_path / "one-hz.wav", 1, x)
     with pytest.raises(wavio.WavError, match=r"one-hz\.wav: the header says 1 Hz, which is no "

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from harken.agent.bundle import BundleError, open_bundle
-from harken.agent.scorer import BundleScorer
+from harken.agent.model.bundle import BundleError, open_bundle
+from harken.agent.model.scorer import BundleScorer
 from harken.export.bundle import ExportOptions, write_bundle
 from harken.export.cli import main as export_main
 from harken.export.graphs import ExportError, fold_batchnorm, load_graph
@@ -108,7 +108,7 @@ def test_verify_scores_every_artifact_like_torch(bundles, small_fan):
 
 def test_int8_classifier_outputs_follow_fp32(bundles, small_fan):
     from harken.agent.features import windows
-    from harken.agent.scorer import model_input
+    from harken.agent.model.scorer import model_input
     from harken.training.data.windows import clip_features
     bundle = open_bundle(bundles / "mobilenetv2")
     feats = clip_features(scan(small_fan, ["fan"], "test")[:3], bundle.spec, progress=False)
@@ -221,7 +221,7 @@ def test_export_refuses_bad_requests(runs, tmp_path, small_fan):
 
 @pytest.mark.parametrize("name", ["mobilenetv2", "mobilenetv2-dual"])
 def test_embedding_rule_on_the_device_matches_training(bundles, runs, small_fan, name):
-    """The classifier's embedding score through onnx fp32 + agent/rules equals training's
+    """The classifier's embedding score through onnx fp32 + agent/model/rules equals training's
     own score of the same clip (the dual-input network's too: the agent's front end gives
     the spectrum rows its spectrum branch reads)."""
     from harken.training.methods import METHODS

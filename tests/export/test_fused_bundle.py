@@ -1,5 +1,5 @@
 """Fusion of several methods: trained (training/fusion.py), exported as one bundle of member
-bundles (export/bundle.py) and scored on the device (agent/fused.py), each checked against
+bundles (export/bundle.py) and scored on the device (agent/model/fused.py), each checked against
 the definition written out: every member's score standardised with its section's mean and
 std of held-out normal training scores, then the weighted mean."""
 
@@ -10,14 +10,14 @@ import shutil
 import numpy as np
 import pytest
 
-from harken.agent.bundle import BundleError, open_bundle
+from harken.agent.model.bundle import BundleError, open_bundle
 from harken.agent.cli import main as agent_main
 from harken.agent.decision import Decision
-from harken.agent.errors import UsageError
+from harken.common.errors import UsageError
 from harken.agent.features import StreamingLogMel, logmel
 from harken.agent.pipeline import Pipeline
-from harken.agent.scorer import make_scorer
-from harken.agent.wavio import read_wav
+from harken.agent.model.factory import make_scorer
+from harken.agent.sources.wavio import read_wav
 from harken.export.bundle import ExportOptions, write_bundle
 from harken.export.verify import verify
 from harken.training.data.corpus import scan

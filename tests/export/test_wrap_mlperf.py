@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harken.agent.bundle import open_bundle, sha256_file
+from harken.agent.model.bundle import open_bundle, sha256_file
 from harken.agent.features import windows
-from harken.agent.scorer import BundleScorer
+from harken.agent.model.scorer import BundleScorer
 from harken.export.cli import main as export_main
 
 # its module-scoped fixtures are costly to build: under xdist one worker runs the whole file

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from harken.agent.rules.density import local_densities
+from harken.agent.model.rules.density import local_densities
 from harken.training.baselines import (DENSITY_K_CHOICES, domain_balanced_auc,
                                        folds_by_group)
 from harken.training.data.corpus import scan

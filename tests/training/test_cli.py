@@ -103,7 +103,7 @@ def test_bad_settings_and_rules_are_one_line_errors(tiny_corpus, tmp_path):
 
 
 def test_recording_goes_from_normal_to_faulty(small_fan, tmp_path, capsys):
-    from harken.agent.wavio import read_wav
+    from harken.agent.sources.wavio import read_wav
     out = tmp_path / "rec.wav"
     assert main(["recording", "--data", str(small_fan), "--machine", "fan", "--normal", "2",
                  "--faulty", "3", "--out", str(out)]) == 0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from harken.agent.errors import DataError
+from harken.common.errors import DataError
 from harken.training.cli import main
 from harken.training.data.corpus import scan
 from harken.training.data.pseudo_anomalies import choose_rule, pseudo_anomalous

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 
-from harken.agent.rules.mahalanobis import mahalanobis
+from harken.agent.model.rules.mahalanobis import mahalanobis
 from harken.training.models.losses import (kde_weights, nt_xent, scott_bandwidth, snp_loss,
                                     weighted_mean)
 

@@ -4,7 +4,7 @@ import warnings
 import numpy as np
 import pytest
 
-from harken.agent.errors import DataError
+from harken.common.errors import DataError
 from harken.training.metrics import hmean, machine_hmean, official_score, section_result
 
 # One section worked by hand (see the comments): 3 source normals, 2 target normals,

@@ -6,8 +6,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from harken.agent.features import LogMelExtractor, preset, windows
-from harken.agent.rules import make_rule
-from harken.agent.rules.spectral_knn import pooled_moments, window_moments
+from harken.agent.model.rules import make_rule
+from harken.agent.model.rules.spectral_knn import pooled_moments, window_moments
 from harken.training.data.corpus import scan
 from harken.training.data.features import clip_logmels
 from harken.training.methods import METHODS, make_method

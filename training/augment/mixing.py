@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from sklearn.neighbors import NearestNeighbors
 
-from harken.agent.errors import DataError
+from harken.common.errors import DataError
 
 
 def mixup(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, alpha: float = 0.2

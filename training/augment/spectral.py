@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harken.agent.errors import UsageError
+from harken.common.errors import UsageError
 
 
 def _check(x: torch.Tensor) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harken.agent.errors import HarkenError
-from harken.agent.wavio import WavError, read_wav
+from harken.common.errors import HarkenError
+from harken.agent.sources.wavio import WavError, read_wav
 
 SPLITS = ("train", "test")
 

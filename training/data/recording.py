@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harken.agent.wavio import read_wav, write_wav
+from harken.agent.sources.wavio import read_wav, write_wav
 from harken.training.data.corpus import CorpusError, scan
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from harken.agent.errors import DataError
+from harken.common.errors import DataError
 from harken.agent.features import FeatureSpec, windows
 from harken.training.data.corpus import Clip
 from harken.training.data.features import clip_logmels

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from harken.agent.errors import UsageError
+from harken.common.errors import UsageError
 
 
 def _stages(size: int) -> int:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harken.agent.errors import DataError
+from harken.common.errors import DataError
 
 
 def adacos_scale(n_classes: int) -> float:

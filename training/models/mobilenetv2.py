@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harken.agent.errors import DataError, UsageError
+from harken.common.errors import DataError, UsageError
 
 # expansion t, output channels c, repeats n, first stride s (the paper's Table 2)
 INVERTED_RESIDUAL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harken.agent.errors import UsageError
+from harken.common.errors import UsageError
 
 
 class BasicBlock(nn.Module):

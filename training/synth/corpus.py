@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from harken.agent.errors import UsageError
-from harken.agent.wavio import write_wav
+from harken.common.errors import UsageError
+from harken.agent.sources.wavio import write_wav
 from harken.training.synth.acoustics import (
     SR, db, factory_background, microphone, rms, room,
 )

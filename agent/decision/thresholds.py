@@ -1,0 +1,57 @@
+"""Decision thresholds from normal scores: a gamma fit, as the DCASE baselines do.
+
+Lives in agent/ because on-site calibration uses it too; training imports it from here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import scipy.stats
+
+from harken.common.errors import DataError
+
+
+@dataclass(frozen=True)
+class GammaFit:
+    shape: float
+    loc: float
+    scale: float
+
+    def ppf(self, q: float) -> float:
+        return float(scipy.stats.gamma.ppf(q, self.shape, loc=self.loc, scale=self.scale))
+
+    def sf(self, x: float | np.ndarray) -> np.ndarray:
+        return scipy.stats.gamma.sf(x, self.shape, loc=self.loc, scale=self.scale)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fit_gamma(scores: np.ndarray) -> GammaFit:
+    """Maximum-likelihood gamma fit of normal scores (scipy.stats.gamma.fit).
+
+    The location is fixed just below the smallest score: a free location makes the fit
+    unstable on the few hundred scores a calibration has.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    if s.size < 3:
+        raise DataError(f"need at least 3 finite normal scores to fit a gamma, got {s.size}")
+    spread = float(np.std(s))
+    if spread == 0.0:
+        raise DataError(f"all {s.size} normal scores are equal ({s[0]:.6g}): a threshold needs "
+                        "scores that vary; record normal operation with the machine running")
+    loc = float(np.min(s)) - 0.1 * spread
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        shape, loc, scale = scipy.stats.gamma.fit(s, floc=loc)
+    return GammaFit(float(shape), float(loc), float(scale))
+
+
+def gamma_threshold(scores: np.ndarray, quantile: float = 0.9) -> tuple[float, GammaFit]:
+    """Threshold at ``quantile`` of the gamma fitted to normal scores (DCASE: 0.9)."""
+    fit = fit_gamma(scores)
+    return fit.ppf(quantile), fit

@@ -1,0 +1,77 @@
+"""What every score rule is: the seam a new rule plugs into.
+
+A rule is split in two so that the device can stream: ``evidence`` turns one batch of
+windows into a small row per window, and ``reduce`` turns the rows of an interval (a clip
+in evaluation) into one score. Training, ``harken-export verify`` and the agent all score
+through rules, so a bundle scores on the device exactly as it did in evaluation.
+
+To add a rule: one module in this package with a ``ScoreRule`` subclass decorated with
+``@register``, and its module name in the import line of ``__init__.py``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import ClassVar
+
+import numpy as np
+
+from harken.common.errors import DataError, UsageError
+from harken.common.registry import Registry
+
+REGISTRY = Registry("score rule")
+register = REGISTRY.register
+
+
+class RuleError(UsageError):
+    """An unknown rule name, or a rule without the arrays it needs (a bundle or run that
+    does not match its rule)."""
+
+
+class ScoreRule(ABC):
+    """One section's score rule with the arrays it needs (from the bundle or the run)."""
+    name: ClassVar[str]
+    output: ClassVar[str]                 # the model output it reads (bundle ``outputs``)
+    needs: ClassVar[tuple[str, ...]] = ()  # array roles it needs
+
+    def __init__(self, arrays: Mapping[str, np.ndarray] | None = None) -> None:
+        self.arrays = dict(arrays or {})
+        missing = [k for k in self.needs if k not in self.arrays]
+        if missing:
+            raise RuleError(f"score rule {self.name!r} needs arrays {missing}")
+
+    @abstractmethod
+    def evidence(self, inputs: np.ndarray | None, output: np.ndarray) -> np.ndarray:
+        """(windows, k) rows for a batch of windows: ``inputs`` as fed to the model
+        (flattened per window; only the reconstruction rules read them), ``output`` the
+        model's output named by ``self.output``."""
+
+    @abstractmethod
+    def combine(self, evidence: np.ndarray) -> float:
+        """One score from the (non-empty) evidence rows of an interval."""
+
+    def reduce(self, evidence: np.ndarray) -> float:
+        """One score from the evidence rows of an interval; an empty one is refused."""
+        if len(evidence) == 0:
+            raise DataError("no windows to score")
+        return self.combine(evidence)
+
+    def residual_evidence(self, residual: np.ndarray) -> np.ndarray:
+        raise ValueError(f"score rule {self.name!r} does not read residuals")
+
+
+class ReconstructionRule(ScoreRule):
+    """A rule on the residual x - x' of an autoencoder (``reconstruction`` output)."""
+    output = "reconstruction"
+
+    def evidence(self, inputs: np.ndarray | None, output: np.ndarray) -> np.ndarray:
+        if inputs is None:
+            raise ValueError(f"score rule {self.name!r} needs the model inputs")
+        n = len(inputs)
+        return self.residual_evidence(inputs.reshape(n, -1).astype(np.float64)
+                                      - output.reshape(n, -1))
+
+    @abstractmethod
+    def residual_evidence(self, residual: np.ndarray) -> np.ndarray:
+        """Evidence rows from (windows, dims) residuals x - x'."""

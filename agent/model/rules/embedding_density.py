@@ -1,0 +1,27 @@
+"""``embedding-density``: the interval's mean embedding, cosine distance to each of the
+section's normal training clips, each in units of that clip's local density (LDN,
+density.py); the minimum. The domain-agnostic sibling of ``embedding``: no domain labels
+in the bank, so a bank enrolled on site works the same way."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harken.agent.model.rules.base import ScoreRule, register
+from harken.agent.model.rules.density import normalised_min_distance
+from harken.agent.model.rules.embedding import unit_embedding
+
+
+@register
+class EmbeddingDensityRule(ScoreRule):
+    name = "embedding-density"
+    output = "embedding"
+    needs = ("bank", "bank_density", "embedding_mean", "embedding_std")
+
+    def evidence(self, inputs: np.ndarray | None, output: np.ndarray) -> np.ndarray:
+        return np.asarray(output, dtype=np.float64).reshape(len(output), -1)
+
+    def combine(self, evidence: np.ndarray) -> float:
+        a = self.arrays
+        unit = unit_embedding(evidence.mean(axis=0), a["embedding_mean"], a["embedding_std"])
+        return float(normalised_min_distance(unit, a["bank"], a["bank_density"], "cosine")[0])

@@ -1,0 +1,128 @@
+"""``spectral-knn``: a clip's sound statistics against the section's normal clips, in two
+branches, each scored two ways, the four scores fused.
+
+Branches (from the ``spectral-knn`` feature preset: mels and the log power spectrum per
+frame):
+
+* ``mel``: mean and standard deviation over time of each mel band (the envelope and how
+  much it moves: broadband faults, modulation);
+* ``spectrum``: mean over time of each of the 513 linear frequency bins (tonal lines and
+  narrow resonances that mel pooling averages away: bearing and gear-mesh tones, shifts).
+
+Each branch vector is standardised with the training clips' statistics; its scores are
+the Euclidean distance to the nearest normal training clip of the section (``knn``:
+sharp where normal sound is dense) and the same distance in units of that clip's local
+density (``density``, LDN: fair to a sparse domain, no domain label). Each score is put
+on one scale with the mean and spread of the section's leave-one-out training scores,
+then the weighted mean is taken (equal weights by default; the ablations zero some).
+
+The model's part is only the moments of each window (``moments`` output: per-value mean
+and standard deviation over the window's frames); the rule pools the windows of an
+interval exactly (equal-size windows: variance = mean of window variances + variance of
+window means), so an interval's statistics do not depend on how it was cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from harken.agent.model.rules.base import ScoreRule, register
+from harken.agent.model.rules.density import distances, local_densities
+
+BRANCHES = ("mel", "spectrum")
+COMPONENTS = ("mel-knn", "mel-density", "spectrum-knn", "spectrum-density")
+
+
+def window_moments(windows: np.ndarray) -> np.ndarray:
+    """(n, frames, values) windows -> (n, 2 * values): mean, then std over the frames.
+    The numpy reference of the bundle's graph."""
+    w = np.asarray(windows, dtype=np.float64)
+    return np.concatenate([w.mean(axis=1), w.std(axis=1)], axis=1)
+
+
+def pooled_moments(moments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std over all frames of equal-size windows, from their (n, 2v) moments."""
+    m = np.asarray(moments, dtype=np.float64)
+    v = m.shape[1] // 2
+    means, stds = m[:, :v], m[:, v:]
+    mean = means.mean(axis=0)
+    var = (stds ** 2).mean(axis=0) + means.var(axis=0)
+    return mean, np.sqrt(np.maximum(var, 0.0))
+
+
+def branch_vectors(mean: np.ndarray, std: np.ndarray, n_mels: int) -> dict[str, np.ndarray]:
+    """A clip's (or interval's) vector per branch from its pooled statistics."""
+    return {"mel": np.concatenate([mean[:n_mels], std[:n_mels]]), "spectrum": mean[n_mels:]}
+
+
+def component_scores(z: np.ndarray, bank: np.ndarray, density: np.ndarray) -> np.ndarray:
+    """(n, 2): distance to the nearest bank row, and the LDN distance (density.py), of
+    standardised vectors ``z`` against a standardised bank."""
+    d = distances(z, bank, "euclidean")
+    return np.stack([d.min(axis=1), (d / density[None, :]).min(axis=1)], axis=1)
+
+
+def fused_score(vectors: Mapping[str, np.ndarray], arrays: Mapping[str, np.ndarray],
+                weights: np.ndarray) -> np.ndarray:
+    """The weighted mean of the four standardised component scores, for (n, .) vectors
+    per branch; ``arrays`` are one section's (see ``SpectralKnnRule.needs``)."""
+    parts = []
+    for b in BRANCHES:
+        z = (np.atleast_2d(vectors[b]) - arrays[f"{b}_mean"]) / arrays[f"{b}_std"]
+        raw = component_scores(z, arrays[f"{b}_bank"], arrays[f"{b}_density"])
+        loc, scale = arrays[f"{b}_fusion"][:2], arrays[f"{b}_fusion"][2:]
+        parts.append((raw - loc) / scale)
+    standard = np.concatenate(parts, axis=1)          # columns in COMPONENTS order
+    w = np.asarray(weights, dtype=np.float64)
+    return standard @ w / w.sum()
+
+
+def branch_statistics(vectors: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray,
+                                                                             np.ndarray]]:
+    """Per branch the mean and spread that standardise its vectors."""
+    return {b: (v.mean(axis=0), v.std(axis=0) + 1e-6) for b, v in vectors.items()}
+
+
+def fit_bank(vectors: Mapping[str, np.ndarray], stats: Mapping[str, tuple], density_k: int,
+             weights) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One reference bank (a section's training clips, or audio enrolled on site): the
+    arrays the rule needs, and the clips' leave-one-out fused scores (each clip scored
+    against the others: held-out normal scores for the threshold). The device's enrollment
+    and training both call this, so an enrolled bank is the bank training would build."""
+    from harken.common.errors import DataError
+    n = len(next(iter(vectors.values())))
+    if n < 2:
+        raise DataError(f"a reference bank needs at least 2 clips or intervals, got {n}")
+    arrays: dict[str, np.ndarray] = {}
+    parts = []
+    for b in BRANCHES:
+        mean, std = stats[b]
+        bank = (np.asarray(vectors[b], dtype=np.float64) - mean) / std
+        density = local_densities(bank, density_k, "euclidean")
+        d = distances(bank, bank, "euclidean")
+        np.fill_diagonal(d, np.inf)
+        loo = np.stack([d.min(axis=1), (d / density[None, :]).min(axis=1)], axis=1)
+        fusion = np.r_[loo.mean(axis=0), np.maximum(loo.std(axis=0), 1e-12)]
+        arrays |= {f"{b}_mean": mean, f"{b}_std": std, f"{b}_bank": bank,
+                   f"{b}_density": density, f"{b}_fusion": fusion}
+        parts.append((loo - fusion[:2]) / fusion[2:])
+    w = np.asarray(weights, dtype=np.float64)
+    return arrays, np.concatenate(parts, axis=1) @ w / w.sum()
+
+
+@register
+class SpectralKnnRule(ScoreRule):
+    name = "spectral-knn"
+    output = "moments"
+    needs = tuple(f"{b}_{a}" for b in BRANCHES for a in ("mean", "std", "bank", "density",
+                                                           "fusion")) + ("fusion_weights", "n_mels")
+
+    def evidence(self, inputs: np.ndarray | None, output: np.ndarray) -> np.ndarray:
+        return np.asarray(output, dtype=np.float64).reshape(len(output), -1)
+
+    def combine(self, evidence: np.ndarray) -> float:
+        mean, std = pooled_moments(evidence)
+        vectors = branch_vectors(mean, std, int(self.arrays["n_mels"]))
+        return float(fused_score(vectors, self.arrays, self.arrays["fusion_weights"])[0])

@@ -1,0 +1,88 @@
+"""Bundle + backend + rule: feature windows in, evidence rows and interval scores out.
+
+The one scoring path of the product: the agent's live loop, ``harken-export verify`` and the
+third-party import test all score through ``BundleScorer``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from harken.agent.model.backends import Backend, open_backend
+from harken.agent.model.bundle import Bundle
+from harken.agent.features import windows
+from harken.agent.model.rules import ScoreRule
+
+
+def model_input(window: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """One (frames, mels) window -> the model's input: the AE's frame-major vector (2-D
+    shapes), or the CNN's (mels, frames) image with whatever singleton axes ``shape`` has
+    (NCHW for ONNX, NHWC for TFLite: with one channel both are the same memory)."""
+    if len(shape) == 2:
+        return np.ascontiguousarray(window, dtype=np.float32).reshape(shape)
+    return np.ascontiguousarray(window.T, dtype=np.float32).reshape(shape)
+
+
+class Scorer(Protocol):
+    """What the pipeline scores a report interval with: ``BundleScorer`` (one model),
+    ``FusedScorer`` (agent/model/fused.py: several), enrollment's ``IntervalStatistics``
+    (agent/site/enroll.py: keeps statistics instead)."""
+    bundle: Bundle
+
+    @property
+    def backend_name(self) -> str: ...
+
+    def score_frames(self, frames: np.ndarray) -> tuple[float, int]:
+        """(score, model windows used) of one interval's (frames, features) frames."""
+
+
+class BundleScorer:
+    def __init__(self, bundle: Bundle, section: int, artifact: str | None = None,
+                 threads: int = 1, backend: Backend | None = None,
+                 rule: ScoreRule | None = None, enrollment: dict | None = None) -> None:
+        """``rule``: instead of the bundle's own (a general bundle's enrolled bank);
+        ``enrollment``: that bank's manifest (agent/site/enroll.py), for status and threshold."""
+        self.bundle = bundle
+        self.enrollment = enrollment
+        self.artifact = bundle.artifact(artifact)
+        self.backend = backend or open_backend(self.artifact, threads)
+        self.rule = rule or bundle.rule(section)
+        self.section = section
+
+    def evidence(self, feature_windows: np.ndarray) -> np.ndarray:
+        """(n, frames, mels) windows -> (n, k) evidence rows (see agent/model/rules/)."""
+        shape = self.artifact.input_shape
+        rows = []
+        for w in feature_windows:
+            x = model_input(w, shape)
+            y = self.backend.run(x)[self.rule.output]
+            rows.append(self.rule.evidence(x.reshape(1, -1), y.reshape(1, -1)))
+        k = rows[0].shape[1] if rows else 1
+        return np.concatenate(rows) if rows else np.empty((0, k))
+
+    def reduce(self, evidence: np.ndarray) -> float:
+        return self.rule.reduce(evidence)
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    @property
+    def artifact_kind(self) -> str:
+        return self.artifact.kind
+
+    def warm_up(self) -> None:
+        """Pay the runtime's one-off first-call costs (the TFLite delegate, ONNX
+        Runtime's first run) before the first interval is timed."""
+        self.backend.run(np.zeros(self.artifact.input_shape, np.float32))
+
+    def score_frames(self, frames: np.ndarray) -> tuple[float, int]:
+        """(score, windows scored) of (frames, features) feature frames."""
+        w = windows(frames, self.bundle.spec)
+        return self.reduce(self.evidence(w)), len(w)
+
+    def score_logmel(self, logmel: np.ndarray) -> float:
+        """Score of one clip's (frames, mels) log-mel (at least one window long)."""
+        return self.score_frames(logmel)[0]

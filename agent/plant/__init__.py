@@ -1,0 +1,1 @@
+"""The plant side: what subscribers run to see every node (harken watch)."""

@@ -1,0 +1,158 @@
+"""Reaching an MQTT broker: the TLS context, broker URLs, and why a connection failed.
+
+Shared by the publishing agent (agent/sinks/mqtt/sink.py) and the plant-side `harken watch`. paho
+reports a failed connection attempt without its cause (``on_connect_fail`` takes no
+exception), so :func:`diagnose` repeats the TCP and TLS steps with the same context and
+names what went wrong: unreachable host, untrusted certificate, failed handshake.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from harken.common.errors import HarkenError
+
+
+class BrokerError(HarkenError, ValueError):
+    """A broker setting that cannot work (bad URL, unreadable certificate file)."""
+
+
+def tls_context(ca_file: str | None = None, cert_file: str | None = None,
+                key_file: str | None = None, insecure: bool = False) -> ssl.SSLContext:
+    """Verification on (system CAs, or ``ca_file``); a client certificate when given."""
+    try:
+        ctx = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise BrokerError(f"mqtt.ca_file = {ca_file}: cannot load CA certificates "
+                          f"({getattr(exc, 'strerror', None) or exc})") from None
+    if cert_file or key_file:
+        if not cert_file:
+            raise BrokerError("mqtt.key_file is set but mqtt.cert_file is not: a client "
+                              "certificate needs both")
+        try:
+            ctx.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise BrokerError(f"mqtt.cert_file = {cert_file}, mqtt.key_file = {key_file}: "
+                              f"cannot load the client certificate "
+                              f"({getattr(exc, 'strerror', None) or exc})") from None
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def use_tls(client, ca_file: str | None, cert_file: str | None, key_file: str | None,
+            insecure: bool, warn: Callable[[str], None], setting: str) -> ssl.SSLContext:
+    """Give a paho client our TLS context (kept by the caller for :func:`diagnose`);
+    turning verification off is always warned about, naming the ``setting`` that did it."""
+    ctx = tls_context(ca_file, cert_file, key_file, insecure)
+    client.tls_set_context(ctx)
+    if insecure:
+        warn(f"WARNING: TLS certificate verification is OFF ({setting}): anyone on the "
+             "network path can pose as the broker")
+        client.tls_insecure_set(True)
+    return ctx
+
+
+def refusal(host: str, port: int, reason_code, credentials_hint: str) -> str:
+    """The line for a CONNACK refusal; credential problems get ``credentials_hint``."""
+    msg = f"broker {host}:{port} refused the connection: {reason_code}"
+    if any(w in str(reason_code).lower() for w in ("authori", "password")):
+        msg += f" ({credentials_hint})"
+    return msg
+
+
+def diagnose(host: str, port: int, ctx: ssl.SSLContext | None, timeout: float = 5.0) -> str:
+    """One line saying why a connection to ``host:port`` fails (or that TCP/TLS succeed)."""
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        return f"cannot reach broker {host}:{port}: {exc.strerror or exc}"
+    with sock:
+        if ctx is None:
+            return f"broker {host}:{port} accepted TCP but the MQTT connection failed"
+        try:
+            with ctx.wrap_socket(sock, server_hostname=host):
+                pass
+        except ssl.SSLCertVerificationError as exc:
+            return (f"TLS: the certificate of broker {host}:{port} was not accepted: "
+                    f"{exc.verify_message} (check mqtt.ca_file: it must hold the CA that "
+                    f"signed the broker's certificate, and mqtt.host must match its name)")
+        except (ssl.SSLError, OSError) as exc:
+            return (f"TLS handshake with broker {host}:{port} failed: {exc} (is mqtt.port a "
+                    f"TLS listener? check mqtt.cert_file and mqtt.key_file)")
+    return f"broker {host}:{port} accepted TCP and TLS but the MQTT connection failed"
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = None
+
+
+def _redacted(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    head, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    return f"{head}{sep}{userinfo}{at}{host}"
+
+
+def parse_broker_url(url: str) -> BrokerUrl:
+    """``mqtt://[user[:password]@]host[:port]`` or ``mqtts://...`` (TLS, port 8883)."""
+    if "://" not in url:
+        url = "mqtt://" + url
+    parts = urlsplit(url)
+    url = _redacted(url)           # the URL may carry a password: never echo it
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise BrokerError(f"broker URL {url!r}: scheme {parts.scheme!r} is not one of "
+                          f"mqtt://, mqtts://")
+    tls = parts.scheme in ("mqtts", "ssl")
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise BrokerError(f"broker URL {url!r}: the port must be a number from 1 to 65535") \
+            from None
+    if not parts.hostname:
+        raise BrokerError(f"broker URL {url!r}: no host name")
+    return BrokerUrl(parts.hostname, port, tls,
+                     unquote(parts.username) if parts.username else None,
+                     unquote(parts.password) if parts.password else None)
+
+
+def make_client(settings, client_id: str, log: Callable[[str], None]):
+    """A paho client as every agent connection uses it: MQTT 3.1.1, clean session (the
+    agent's durability is its own outbox), the settings' credentials and TLS, reconnects
+    backing off from 1 to 60 s. Returns (client, TLS context or None)."""
+    import paho.mqtt.client as mqtt
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTv311, clean_session=True)
+    if settings.username:
+        client.username_pw_set(settings.username, settings.resolved_password())
+    ctx = use_tls(client, settings.ca_file, settings.cert_file, settings.key_file,
+                  settings.tls_insecure, log, "mqtt.tls_insecure") if settings.tls else None
+    client.reconnect_delay_set(1, 60)
+    return client, ctx
+
+
+class ConnectionReports:
+    """What a broker connection says when it fails: once per distinct problem, not at
+    every retry. Needs ``s`` (the settings), ``tls``, ``log`` and ``_settled``."""
+    _last_error = ""
+
+    def _report(self, msg: str) -> None:
+        if msg != self._last_error:
+            self.log(msg)
+            self._last_error = msg
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._report(diagnose(self.s.host, self.s.port, self.tls) + "; retrying")
+        self._settled.set()

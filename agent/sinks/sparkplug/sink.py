@@ -1,0 +1,91 @@
+"""``mqtt.profile = "sparkplug-b"`` (or ``"both"``): each monitored machine is a device of
+the agent's Sparkplug edge node. The machines of one agent share one node, one connection
+(``_NODES``); the node leaves when the last of its devices closes."""
+
+from __future__ import annotations
+
+import threading
+
+from typing import TYPE_CHECKING
+
+from harken.agent.sinks.mqtt.outbox import Outbox
+from harken.agent.decision.records import IntervalResult
+from harken.agent.sinks.base import Sink, register
+
+if TYPE_CHECKING:                  # protobuf is imported only where Sparkplug is enabled
+    from harken.agent.sinks.sparkplug.node import EdgeNode
+
+_NODES: dict[tuple, tuple[EdgeNode, int]] = {}     # key -> (node, devices using it)
+_NODES_LOCK = threading.Lock()
+
+
+def _key(config) -> tuple:
+    m = config.mqtt
+    return (m.host, m.port, m.group_id, config.mqtt.edge_node_id or config.agent.node)
+
+
+@register
+class SparkplugSink(Sink):
+    name = "sparkplug"
+
+    @classmethod
+    def enabled(cls, config) -> bool:
+        return config.mqtt.enabled and config.mqtt.profile in ("sparkplug-b", "both")
+
+    @classmethod
+    def from_config(cls, config) -> SparkplugSink:
+        from harken.agent import version
+        from harken.agent.sinks.sparkplug.node import EdgeNode
+        m = config.mqtt
+        state = config.writable_folder("agent.state_dir", config.agent.state_dir)
+        key = _key(config)
+        with _NODES_LOCK:
+            node, users = _NODES.get(key, (None, 0))
+            if node is None:
+                node = EdgeNode(config.mqtt_settings(), m.group_id, key[3], state, version())
+            _NODES[key] = (node, users + 1)
+        machine = config.agent.machine
+        try:
+            outbox = Outbox(state / f"sparkplug-{machine}.db", m.outbox_max)
+        except BaseException:
+            _release(key)
+            raise
+        return cls(node, key, machine, outbox, config)
+
+    def __init__(self, node: EdgeNode, key: tuple, machine: str, outbox: Outbox,
+                 config) -> None:
+        self.node, self.key, self.outbox = node, key, outbox
+        self.device = node.add_device(machine, outbox, {
+            "model": "", "backend": "", "section": config.agent.section,
+            "interval_s": config.decision.interval_s})
+
+    def status(self, record: dict) -> None:
+        # the model and backend are known once the runner starts: the DBIRTH says them
+        if record.get("status") == "started":
+            self.node.describe(self.device, model=record.get("model", ""),
+                               backend=record.get("backend", ""))
+
+    def interval(self, result: IntervalResult) -> None:
+        self.node.data(self.device, result.payload())
+
+    def health(self) -> dict:
+        return {"sparkplug_outbox_depth": self.outbox.depth,
+                "sparkplug_connected": self.node.connected}
+
+    @property
+    def seq_start(self) -> int:
+        return self.outbox.last_seq + 1
+
+    def close(self, flush_s: float = 5.0) -> None:
+        self.node.remove_device(self.device, flush_s)
+        _release(self.key)
+
+
+def _release(key: tuple) -> None:
+    with _NODES_LOCK:
+        node, users = _NODES[key]
+        if users > 1:
+            _NODES[key] = (node, users - 1)
+            return
+        del _NODES[key]
+    node.close()

@@ -1,0 +1,199 @@
+"""``harken calibrate``: the threshold from this machine's own normal operation.
+
+Scores report intervals of live audio (or of recordings) with the configured bundle, fits
+a gamma distribution to the scores (agent/decision/thresholds.py, scipy.stats) and sets the
+threshold so that normal operation crosses it at the tolerated rate, e.g. one interval per
+week. The result goes to a local override file (the bundle is never modified), with a
+histogram of the scores, the fit and the threshold.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from harken.agent.config import Config, ConfigError
+from harken.agent.decision import Decision
+from harken.agent.pipeline import Pipeline
+from harken.agent.build import build
+from harken.agent.sources import Microphone, wav_chunks
+from harken.agent.decision.thresholds import fit_gamma
+
+MIN_INTERVALS = 10
+SECONDS_PER_WEEK = 7 * 24 * 3600
+
+
+def _progress(total: float, unit: str, enabled: bool):
+    try:
+        from tqdm import tqdm
+        return tqdm(total=total, unit=unit, disable=not enabled, leave=False)
+    except ImportError:             # tqdm is not a device dependency
+        class _Quiet:
+            def update(self, n): ...
+            def close(self): ...
+        return _Quiet()
+
+
+def _collect(results, scores: list[float]) -> int:
+    """Append the scored intervals' scores; return how many could not be scored."""
+    ok = [r.score for r in results if r.score is not None]
+    scores.extend(ok)
+    return len(results) - len(ok)
+
+
+def score_files(pipeline: Pipeline, files: list[str | Path], progress: bool,
+                channel: int | None = None) -> tuple[list[float], int]:
+    """The scores of the recordings' report intervals, and how many intervals the health
+    check refused (silent, clipped, invalid); ``harken enroll`` reads recordings this way too.
+    ``channel``: the machine's channel of multi-channel recordings (None: the mix)."""
+    scores, skipped = [], 0
+    bar = _progress(len(files), "file", progress)
+    for f in files:              # command-line paths: relative to the current folder
+        for chunk in wav_chunks(Path(f).expanduser(), pipeline.spec.sample_rate, 1.0,
+                                taps=[channel]):
+            skipped += _collect(pipeline.push(chunk[:, 0]), scores)
+        skipped += _collect(pipeline.finish(), scores)
+        bar.update(1)
+    bar.close()
+    return scores, skipped
+
+
+def score_microphone(pipelines: list[Pipeline], config: Config, minutes: float,
+                     progress: bool, taps: list[int | None] | None = None
+                     ) -> list[tuple[list[float], int]]:
+    """The same for ``minutes`` of the configured microphone, for every machine that
+    listens to it at once (one stream; ``taps``: each pipeline's channel)."""
+    a = config.audio
+    taps = taps or [a.channel]
+    mic = Microphone(a.device, pipelines[0].spec.sample_rate, a.block_s, a.ring_s, taps)
+    mic.open()
+    got: list[tuple[list[float], int]] = [([], 0) for _ in pipelines]
+    n = int(np.ceil(minutes * 60 / pipelines[0].interval_s))
+    bar = _progress(n, "interval", progress)
+    deadline = time.monotonic() + minutes * 60 + 30
+
+    def done(i: int) -> int:
+        return len(got[i][0]) + got[i][1]
+
+    try:
+        while min(map(done, range(len(pipelines)))) < n and time.monotonic() < deadline:
+            x = mic.read(timeout=0.5)
+            if not x.size:                    # nothing within the wait: read again
+                continue
+            before = done(0)
+            columns = x.reshape(len(x), -1)
+            for i, pipeline in enumerate(pipelines):
+                scores, skipped = got[i]
+                results = pipeline.push(columns[:, i])
+                got[i] = scores, skipped + _collect(results, scores)
+            bar.update(done(0) - before)
+    finally:
+        mic.close()
+        bar.close()
+    return got
+
+
+def calibrate(config: Config, files: list[str] | None = None, minutes: float = 30.0,
+              false_alarms_per_week: float = 1.0, plot: str | None = "calibration.png",
+              progress: bool = True, machine: str | None = None) -> dict:
+    """Calibrate every machine of the config (or the one named): a single-machine config's
+    result, or ``{"machines": {name: result}}``. Recordings give each machine its channel;
+    live audio is one capture per input for all the machines that listen to it."""
+    if false_alarms_per_week <= 0:
+        raise ConfigError("--false-alarms-per-week must be positive")
+    views = config.select(machine)
+    built = [build(v) for v in views]
+    for _, pipeline in built:
+        pipeline.decision = Decision(float("inf"))     # calibration decides nothing
+    if files:
+        got = [score_files(p, files, progress, v.audio.channel)
+               for v, (_, p) in zip(views, built)]
+    else:
+        got = [None] * len(views)
+        inputs: dict[tuple, list[int]] = {}
+        for i, v in enumerate(views):
+            inputs.setdefault(v.audio.input_key(), []).append(i)
+        for members in inputs.values():
+            for i, r in zip(members, score_microphone(
+                    [built[i][1] for i in members], views[members[0]], minutes, progress,
+                    [views[i].audio.channel for i in members])):
+                got[i] = r
+    if not config.multi:
+        (b, p), (scores, skipped) = built[0], got[0]
+        return _fit_and_write(views[0], b, p, scores, skipped, files, false_alarms_per_week,
+                              plot, False)
+    # several machines: each that can be calibrated is, and one that cannot (its channel
+    # silent) says why in its entry instead of stopping the others
+    results = {}
+    for v, (b, p), (scores, skipped) in zip(views, built, got):
+        try:
+            results[v.agent.machine] = _fit_and_write(v, b, p, scores, skipped, files,
+                                                      false_alarms_per_week, plot, True)
+        except ConfigError as exc:
+            results[v.agent.machine] = {"error": str(exc)}
+    return {"machines": results}
+
+
+def _fit_and_write(config: Config, bundle, pipeline: Pipeline, scores: list[float],
+                   skipped: int, files: list[str] | None, false_alarms_per_week: float,
+                   plot: str | None, multi: bool) -> dict:
+    """One machine's threshold from its scores, written to its override file (and with
+    several machines, its plot named after it)."""
+    if multi and plot:
+        plot = f"{Path(plot).stem}-{config.agent.machine}{Path(plot).suffix}"
+    if len(scores) < MIN_INTERVALS:
+        who = f"machine {config.agent.machine}: " if multi else ""
+        raise ConfigError(f"calibration: {who}only {len(scores)} scoreable intervals of "
+                          f"{pipeline.interval_s:g} s ({skipped} silent/clipped); need at "
+                          f"least {MIN_INTERVALS}: give more minutes or files")
+    s = np.asarray(scores)
+    fit = fit_gamma(s)
+    p = false_alarms_per_week * pipeline.interval_s / SECONDS_PER_WEEK
+    threshold = fit.ppf(1.0 - p)
+    result = {"threshold": threshold, "false_alarms_per_week": false_alarms_per_week,
+              "interval_s": pipeline.interval_s, "exceedance_per_interval": p,
+              "intervals": int(s.size), "skipped_intervals": skipped,
+              "score_mean": float(s.mean()), "score_max": float(s.max()),
+              "gamma": fit.to_dict(), "model": bundle.model_id,
+              "bundle_threshold": bundle.threshold,
+              "source": "files" if files else f"microphone {config.audio.device!r}",
+              "channel": config.audio.channel,
+              "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    out = config.override_file
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)                                  # never a half-written override
+    result["override_file"] = str(out)
+    if plot:
+        result["plot"] = _plot(s, fit, threshold, out.parent / plot, config)
+    return result
+
+
+def _plot(scores: np.ndarray, fit, threshold: float, path: Path, config: Config) -> str:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "not drawn: matplotlib is not installed (pip install matplotlib)"
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(scores, bins=min(50, max(10, scores.size // 5)), density=True, alpha=0.6,
+            label=f"{scores.size} normal intervals")
+    xs = np.linspace(min(scores.min(), fit.loc), max(scores.max(), threshold) * 1.05, 400)
+    import scipy.stats
+    ax.plot(xs, scipy.stats.gamma.pdf(xs, fit.shape, loc=fit.loc, scale=fit.scale),
+            label="gamma fit")
+    ax.axvline(threshold, color="red", linestyle="--", label=f"threshold {threshold:.4g}")
+    ax.set_xlabel("anomaly score")
+    ax.set_ylabel("density")
+    ax.set_title(f"calibration: {config.agent.machine} on {config.agent.node}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
