@@ -55,3 +55,17 @@ def gamma_threshold(scores: np.ndarray, quantile: float = 0.9) -> tuple[float, G
     """Threshold at ``quantile`` of the gamma fitted to normal scores (DCASE: 0.9)."""
     fit = fit_gamma(scores)
     return fit.ppf(quantile), fit
+
+
+SECONDS_PER_WEEK = 7 * 24 * 3600
+
+
+def false_alarm_threshold(scores: np.ndarray, false_alarms_per_week: float,
+                          interval_s: float) -> tuple[float, float, GammaFit]:
+    """(threshold, exceedance per interval, fit): the score that normal operation, as the
+    gamma fitted to ``scores`` describes it, exceeds ``false_alarms_per_week`` times a week
+    when one score is made every ``interval_s``. The one place calibrate and enroll turn a
+    false-alarm rate into a threshold."""
+    p = false_alarms_per_week * interval_s / SECONDS_PER_WEEK
+    fit = fit_gamma(scores)
+    return float(fit.ppf(1.0 - p)), p, fit

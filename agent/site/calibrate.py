@@ -21,10 +21,10 @@ from harken.agent.decision import Decision
 from harken.agent.pipeline import Pipeline
 from harken.agent.build import build
 from harken.agent.sources import Microphone, wav_chunks
-from harken.agent.decision.thresholds import fit_gamma
+from harken.agent.decision.thresholds import false_alarm_threshold
+from harken.common.atomic import write_atomic
 
 MIN_INTERVALS = 10
-SECONDS_PER_WEEK = 7 * 24 * 3600
 
 
 def _progress(total: float, unit: str, enabled: bool):
@@ -151,9 +151,7 @@ def _fit_and_write(config: Config, bundle, pipeline: Pipeline, scores: list[floa
                           f"{pipeline.interval_s:g} s ({skipped} silent/clipped); need at "
                           f"least {MIN_INTERVALS}: give more minutes or files")
     s = np.asarray(scores)
-    fit = fit_gamma(s)
-    p = false_alarms_per_week * pipeline.interval_s / SECONDS_PER_WEEK
-    threshold = fit.ppf(1.0 - p)
+    threshold, p, fit = false_alarm_threshold(s, false_alarms_per_week, pipeline.interval_s)
     result = {"threshold": threshold, "false_alarms_per_week": false_alarms_per_week,
               "interval_s": pipeline.interval_s, "exceedance_per_interval": p,
               "intervals": int(s.size), "skipped_intervals": skipped,
@@ -165,9 +163,7 @@ def _fit_and_write(config: Config, bundle, pipeline: Pipeline, scores: list[floa
               "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     out = config.override_file
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)                                  # never a half-written override
+    write_atomic(out, json.dumps(result, indent=2))   # never a half-written override
     result["override_file"] = str(out)
     if plot:
         result["plot"] = _plot(s, fit, threshold, out.parent / plot, config)

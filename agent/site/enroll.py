@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from harken.agent.model.bank import BANK_VERSION, bank_digest, read_bank
 from harken.agent.model.bundle import Bundle, open_bundle
-from harken.agent.site.calibrate import SECONDS_PER_WEEK, score_files, score_microphone
+from harken.agent.site.calibrate import score_files, score_microphone
 from harken.agent.config import Config, ConfigError
 from harken.agent.decision import Decision
 from harken.common.errors import DataError
@@ -39,7 +38,8 @@ from harken.agent.pipeline import Pipeline
 from harken.agent.model.rules.spectral_knn import (BRANCHES, branch_statistics, branch_vectors,
                                              fit_bank, pooled_moments)
 from harken.agent.model.scorer import model_input
-from harken.agent.decision.thresholds import fit_gamma
+from harken.agent.decision.thresholds import false_alarm_threshold
+from harken.common.atomic import atomic_file
 
 MIN_INTERVALS = 6          # the LDN neighbourhood (4) plus room to hold one out
 
@@ -125,9 +125,7 @@ def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0
                for b in BRANCHES}
     e = bundle.manifest.enrollment
     arrays, loo = fit_bank(vectors, branch_statistics(vectors), e.density_k, e.weights)
-    fit = fit_gamma(loo)
-    p = false_alarms_per_week * pipeline.interval_s / SECONDS_PER_WEEK
-    threshold = float(fit.ppf(1.0 - p))
+    threshold, _, fit = false_alarm_threshold(loo, false_alarms_per_week, pipeline.interval_s)
     arrays |= {f"raw_{b}": v for b, v in vectors.items()}
     seconds = stats.count * pipeline.interval_s + float(old_manifest.get("audio_s", 0.0))
     manifest = {"version": BANK_VERSION, "model": bundle.model_id,
@@ -142,15 +140,7 @@ def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0
                 "threshold_how": "gamma fit of the intervals' leave-one-out scores",
                 "gamma": fit.to_dict(), "sha256": bank_digest(arrays)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, manifest=np.frombuffer(json.dumps(manifest).encode(), np.uint8),
-                     **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(out)                 # the old bank stays whole until this instant
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(out) as f:          # the old bank stays whole until the rename
+        np.savez(f, manifest=np.frombuffer(json.dumps(manifest).encode(), np.uint8), **arrays)
     return {**{k: v for k, v in manifest.items() if k not in ("gamma", "sha256")},
             "bank": str(out), "bank_bytes": out.stat().st_size, "new_intervals": stats.count}

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from harken.agent.sinks.mqtt.broker import ConnectionReports, make_client, refusal
 from harken.agent.sinks.mqtt.outbox import Outbox
+from harken.common.atomic import write_atomic
 from harken.agent.sinks.sparkplug.payload import DataType, Payload, add_metric, decode, \
     metric_value, topic
 
@@ -114,9 +115,7 @@ class EdgeNode(ConnectionReports):
         except (OSError, ValueError):
             last = -1
         value = (last + 1) % 256
-        tmp = self._bdseq_file.with_suffix(".tmp")
-        tmp.write_text(f"{value}\n")
-        tmp.replace(self._bdseq_file)
+        write_atomic(self._bdseq_file, f"{value}\n")
         return value
 
     def _death(self) -> bytes:
