@@ -8,33 +8,25 @@ import argparse
 import sys
 
 from harken.common.errors import HarkenError
+from harken.common.logs import ENV, LEVELS, default_level, setup_logging
 
 
 def command_parser(prog: str, description: str | None
                    ) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
-    """A parser with ``--debug`` (which ``run_command`` reads) and required sub-commands."""
+    """A parser with ``--debug`` and ``--log-level`` (which ``run_command`` reads) and
+    required sub-commands."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--log-level", choices=LEVELS, default=default_level(),
+                        help=f"messages shown on stderr (default: ${ENV}, else info)")
     return parser, parser.add_subparsers(dest="command", required=True)
-
-
-def _log_to_stderr(prog: str) -> None:
-    """The ``harken`` logger writes one line per message to stderr, as every command's own
-    messages do (configured once; library code only calls logging)."""
-    import logging
-    log = logging.getLogger("harken")
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
 
 
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None,
                 user_errors: tuple[type[BaseException], ...] = (HarkenError, OSError)) -> int:
     """Parse ``argv``, run the chosen sub-command's ``func`` and map errors to exit codes."""
     args = parser.parse_args(argv)
-    _log_to_stderr(parser.prog)
+    setup_logging(parser.prog, args.log_level)
     try:
         return args.func(args)
     except user_errors as exc:

@@ -45,3 +45,45 @@ def test_every_user_error_class_is_a_harken_error():
                 WavError, UsageError, DataError):
         assert issubclass(cls, HarkenError), cls
     assert run_command(_parser(SourceError("no microphone")), ["go"]) == 2
+
+
+def _logging_parser():
+    import logging
+    p, sub = command_parser("harken-test", None)
+
+    def talk(args):
+        log = logging.getLogger("harken.agent.somewhere")
+        log.debug("a detail")
+        log.info("progress")
+        log.warning("a warning")
+        return 0
+    sub.add_parser("go").set_defaults(func=talk)
+    return p
+
+
+@pytest.mark.parametrize("level, shown, hidden", [
+    ("info", ["harken-test: progress", "harken-test: WARNING: a warning"], ["a detail"]),
+    ("debug", ["harken-test: a detail", "harken-test: progress"], []),
+    ("warning", ["harken-test: WARNING: a warning"], ["progress", "a detail"]),
+    ("error", [], ["progress", "a warning"]),
+])
+def test_log_level_sets_what_every_module_logger_shows(level, shown, hidden, capsys):
+    assert run_command(_logging_parser(), ["--log-level", level, "go"]) == 0
+    err = capsys.readouterr().err
+    for line in shown:
+        assert line in err.splitlines()
+    for text in hidden:
+        assert text not in err
+
+
+def test_the_log_level_comes_from_the_environment_when_not_given(monkeypatch, capsys):
+    monkeypatch.setenv("HARKEN_LOG_LEVEL", "warning")
+    assert run_command(_logging_parser(), ["go"]) == 0
+    err = capsys.readouterr().err
+    assert "progress" not in err and "harken-test: WARNING: a warning" in err.splitlines()
+
+
+def test_an_unknown_log_level_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_command(_logging_parser(), ["--log-level", "loud", "go"])
+    assert exc.value.code == 2 and "invalid choice: 'loud'" in capsys.readouterr().err
