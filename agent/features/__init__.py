@@ -13,6 +13,7 @@ preset              n_fft   hop     mels    power  window (frames)  window hop
 ==================  ======  ======  ======  =====  ===============  ============
 dcase2020-ae        1024    512     128     2      5  (x128 = 640)  1
 mobilenetv2         1024    512     128     2      64 (~2.0 s)      8 (~256 ms)
+mobilenetv2-dual    1024    512     128 +   2      64 (~2.0 s)      8 (~256 ms)
 aegan-ad            2048    512     128     2      128 (~4.1 s)     32
 gmgan               1024    512     64      2      64 (~2.0 s)      32
 oevae               1024    256     64      2      125 (2.0 s)      62 (~1 s)

@@ -200,3 +200,17 @@ def test_bad_audio_is_refused():
 def test_periodic_window_is_scipys_dft_even_window(name, n):
     np.testing.assert_allclose(periodic_window(name, n),
                                scipy.signal.get_window(name, n, fftbins=True), rtol=0, atol=1e-15)
+
+
+def test_the_front_end_docstring_table_lists_every_preset_as_it_is():
+    """The preset table in agent/features/__init__.py is what a reader checks a spec
+    against: one row per preset, with that preset's STFT and window numbers."""
+    import harken.agent.features as features
+    rows = {line.split()[0]: line.split() for line in features.__doc__.splitlines()
+            if line.split() and line.split()[0] in PRESETS}
+    assert sorted(rows) == sorted(PRESETS)
+    for name, row in rows.items():
+        s = PRESETS[name]
+        assert row[1:4] == [str(s.n_fft), str(s.hop_length), str(s.n_mels)], name
+        assert ("+" in row) == s.spectrum, name
+        assert str(s.window_frames) in row and str(s.window_hop) in row, name
