@@ -1,0 +1,26 @@
+"""Docs that name files of the repository name all of them, and only ones that exist."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_row(folder: str) -> str:
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines()
+            if line.startswith(f"| `{folder}/` |")]
+    assert len(rows) == 1, f"README.md: one row for {folder}/ in the layout table"
+    return rows[0]
+
+
+def test_the_readme_names_every_board_config_and_no_missing_one():
+    named = set(re.findall(r"`([\w.-]+\.toml)`", _readme_row("firmware_configs")))
+    present = {p.name for p in (ROOT / "firmware_configs").glob("*.toml")}
+    assert named == present
+
+
+def test_the_readme_layout_names_only_agent_modules_that_exist():
+    row = _readme_row("agent")
+    for name in re.findall(r"`([\w/]+(?:\.py|/))`", row.split("|")[2]):
+        hits = list((ROOT / "agent").rglob(name.rstrip("/")))
+        assert hits, f"README.md names agent's {name}, which is not in agent/"
