@@ -1,6 +1,6 @@
-"""The feature spec (DESIGN contract 1) and its presets: every parameter of the front
-end in one frozen, validated value, serialised into run.json and manifest.json and
-compared on load."""
+"""The feature spec (docs/architecture.md "The front end") and its presets: every
+parameter of the front end in one frozen, validated value, serialised into run.json and
+manifest.json and compared on load."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class FeatureSpecError(HarkenError, ValueError):
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Everything that determines the model input: DESIGN contract 1.
+    """Everything that determines the model input (docs/architecture.md "The front end").
 
     It travels in run.json and manifest.json and is compared on load, so a bundle
     trained on other features is refused instead of silently mis-scored.

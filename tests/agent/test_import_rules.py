@@ -1,4 +1,5 @@
-"""DESIGN.md import rules: the device never needs torch, TensorFlow, training or export."""
+"""Import rules (docs/architecture.md): the device never needs torch, TensorFlow, training or
+export; the agent's rooms import downward only, with no circle."""
 
 import ast
 import subprocess
