@@ -4,17 +4,21 @@ enroll and check-config all build a machine here, so they accept and refuse the 
 
 from __future__ import annotations
 
-from harken.agent.config import Config, ConfigError, read_override
+import numpy as np
+
+from harken.agent.config import Config, ConfigError
 from harken.agent.decision import Decision, DecisionConfig
+from harken.agent.decision.override import read_override
 from harken.agent.model.backends import BackendPool
-from harken.agent.model.bank import read_bank, rule_arrays
+from harken.agent.model.bank import BankManifest, read_bank, rule_arrays
 from harken.agent.model.bundle import Bundle, open_bundle
 from harken.agent.model.factory import make_scorer
 from harken.agent.model.rules import make_rule
 from harken.agent.pipeline import Pipeline
 
 
-def enrolled_bank(config: Config, bundle: Bundle) -> tuple[dict, dict] | None:
+def enrolled_bank(config: Config, bundle: Bundle
+                  ) -> tuple[dict[str, np.ndarray], BankManifest] | None:
     """A general bundle's bank enrolled on this device (arrays, manifest); None for a
     bundle with its own bank. Refused clearly when missing, corrupt or another model's."""
     if not bundle.needs_enrollment:
@@ -23,16 +27,16 @@ def enrolled_bank(config: Config, bundle: Bundle) -> tuple[dict, dict] | None:
 
 
 def resolve_threshold(config: Config, bundle: Bundle,
-                      enrollment: dict | None = None) -> tuple[float, str]:
+                      enrollment: BankManifest | None = None) -> tuple[float, str]:
     """Config value, else the calibration override, else the enrolled bank's (its
     manifest: ``BundleScorer.enrollment``), else the bundle's."""
     if config.decision.threshold is not None:
         return config.decision.threshold, "config decision.threshold"
     override = read_override(config)
     if override is not None:
-        return float(override["threshold"]), f"calibration {config.override_file}"
+        return override.threshold, f"calibration {config.override_file}"
     if enrollment is not None:
-        return float(enrollment["threshold"]), f"enrollment {config.bank_file}"
+        return enrollment.threshold, f"enrollment {config.bank_file}"
     if bundle.threshold is None:
         raise ConfigError(f"{bundle.root}: the bundle has no threshold (an imported model); "
                           f"run 'harken calibrate' or set decision.threshold")

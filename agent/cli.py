@@ -63,8 +63,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                "artifact": pipeline.scorer.artifact_kind,
                "threshold": threshold, "threshold_from": origin}
         if info is not None:
-            one["bank"] = {"file": str(view.bank_file), "audio_s": info["audio_s"],
-                           "intervals": info["intervals"], "sessions": info["sessions"]}
+            one["bank"] = {"file": str(view.bank_file), "audio_s": info.audio_s,
+                           "intervals": info.intervals,
+                           "sessions": [s.model_dump() for s in info.sessions]}
         machines.append({"machine": view.agent.machine, "section": view.agent.section,
                          "channel": view.audio.channel, "source": view.audio.source,
                          "decision": view.decision.model_dump(), **one}

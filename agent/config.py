@@ -5,7 +5,6 @@ bundle's threshold without touching the bundle."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from harken.agent.decision.override import read_override  # noqa: F401 (re-exported)
 from harken.common.errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_config"]
@@ -388,16 +388,3 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}: unknown key 'source_file'")
     return parse_config(data, str(path))
 
-
-def read_override(config: Config) -> dict | None:
-    """The calibration override for this machine, if one was written."""
-    f = config.override_file
-    if not f.is_file():
-        return None
-    try:
-        data = json.loads(f.read_text())
-        float(data["threshold"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{f}: calibration override unreadable ({exc}); delete it or "
-                          f"run 'harken calibrate' again") from None
-    return data

@@ -259,9 +259,8 @@ class Runner:
                   "source": m.config.audio.source, "channel": m.config.audio.channel}
         bank = scorer.enrollment
         if bank is not None:             # say which on-site bank scores (harken enroll)
-            record["bank"] = {"enrolled": True, "audio_s": bank["audio_s"],
-                              "intervals": bank["intervals"],
-                              "created": bank["sessions"][-1]["created"]}
+            record["bank"] = {"enrolled": True, "audio_s": bank.audio_s,
+                              "intervals": bank.intervals, "created": bank.sessions[-1].created}
         return record
 
     def _listen_guarded(self, listener: Listener) -> None:

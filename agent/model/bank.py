@@ -9,17 +9,50 @@ import hashlib
 import json
 import zipfile
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field, ValidationError
 
 from harken.agent.model.bundle import Bundle
+from harken.common.atomic import atomic_file
 from harken.common.errors import DataError
+from harken.common.records import (Count, Finite, GammaParams, IsoTime, NewerRecord, Positive, Record,
+                                   explain, record_version)
 
+# The manifest's layout. 1: as 'harken enroll' has written it since it first shipped
+# (tests/data/records/enrolled-fan-v1.npz); a later layout adds a migration from 1 in
+# ``parse_manifest``.
 BANK_VERSION = 1
 
 
 class BankError(DataError):
     """An enrolled bank that cannot be used: missing, corrupt, or for another model."""
+
+
+class EnrollSession(Record):
+    """One ``harken enroll`` run that added to the bank."""
+    source: str                     # "3 file(s)", "microphone 'hw:1,0'"
+    intervals: int = Field(ge=1)
+    created: IsoTime
+
+
+class BankManifest(Record):
+    """What an enrolled bank says of itself: the model it was made with, the audio behind
+    it, the threshold fitted to that audio, and a SHA-256 binding it to its arrays."""
+    version: Literal[1]
+    model: str = Field(min_length=1)            # the bundle's model id
+    machine: str = Field(min_length=1)
+    intervals: int = Field(ge=1)                # in the bank, all sessions together
+    audio_s: Positive
+    skipped_intervals: Count                    # silent, clipped or invalid, all sessions
+    interval_s: Positive
+    sessions: list[EnrollSession] = Field(min_length=1)
+    threshold: Finite
+    false_alarms_per_week: Positive
+    threshold_how: str
+    gamma: GammaParams
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
 def bank_digest(arrays: dict[str, np.ndarray]) -> str:
@@ -30,26 +63,64 @@ def bank_digest(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def read_bank(path: Path, bundle: Bundle) -> tuple[dict[str, np.ndarray], dict]:
+def parse_manifest(raw: bytes, path: Path) -> BankManifest:
+    """A bank's manifest from its stored JSON, checked field by field; anything wrong is
+    one line naming the file and the key."""
+    try:
+        data = json.loads(raw.decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BankError(f"{path}: the bank's manifest is not JSON ({exc}); enroll again") from None
+    try:
+        record_version(data, BANK_VERSION)
+    except NewerRecord as exc:
+        raise BankError(f"{path}: the bank's manifest: {exc}; upgrade harken, or enroll "
+                        f"again") from None
+    except ValueError as exc:
+        raise BankError(f"{path}: the bank's manifest: {exc}; enroll again") from None
+    try:
+        return BankManifest.model_validate(data)
+    except ValidationError as exc:
+        raise BankError(f"{path}: the bank's manifest: {explain(exc)}; enroll again") from None
+
+
+def load_bank(path: Path) -> tuple[dict[str, np.ndarray], BankManifest]:
+    """The arrays and manifest of the bank file at ``path``, checked: readable, a valid
+    manifest, untampered. Which model it belongs to is ``read_bank``'s check."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        raw = arrays.pop("manifest").tobytes()
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise BankError(f"{path}: not a readable enrolled bank ({exc}); enroll again") from None
+    manifest = parse_manifest(raw, path)
+    if bank_digest(arrays) != manifest.sha256:
+        raise BankError(f"{path}: the arrays do not match the bank's sha256 (file corrupt or "
+                        f"changed); enroll again")
+    return arrays, manifest
+
+
+def read_bank(path: Path, bundle: Bundle) -> tuple[dict[str, np.ndarray], BankManifest]:
     """The arrays and manifest of an enrolled bank, checked: readable, untampered, made
     with this bundle's model."""
     if not path.is_file():
         raise BankError(f"{path}: no enrolled bank; the bundle {bundle.model_id} is a general "
                         f"one: run 'harken enroll --config CONFIG' first")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        manifest = json.loads(arrays.pop("manifest").tobytes().decode())
-    except (OSError, ValueError, KeyError, UnicodeDecodeError, EOFError,
-            zipfile.BadZipFile) as exc:
-        raise BankError(f"{path}: not a readable enrolled bank ({exc}); enroll again") from None
-    if bank_digest(arrays) != manifest.get("sha256"):
-        raise BankError(f"{path}: the arrays do not match the bank's sha256 (file corrupt or "
-                        f"changed); enroll again")
-    if manifest.get("model") != bundle.model_id:
-        raise BankError(f"{path}: enrolled with model {manifest.get('model')!r}, but the "
+    arrays, manifest = load_bank(path)
+    if manifest.model != bundle.model_id:
+        raise BankError(f"{path}: enrolled with model {manifest.model!r}, but the "
                         f"bundle is {bundle.model_id!r}; enroll again with this bundle")
     return arrays, manifest
+
+
+def write_bank(path: Path, arrays: dict[str, np.ndarray], manifest: BankManifest) -> None:
+    """The bank as one .npz (no pickle), atomically: the old bank stays whole until the
+    rename, so a failed write never leaves a bank that is neither."""
+    if manifest.sha256 != bank_digest(arrays):
+        raise ValueError("write_bank: the manifest's sha256 is not that of the arrays")
+    raw = json.dumps(manifest.model_dump(mode="json")).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as f:
+        np.savez(f, manifest=np.frombuffer(raw, np.uint8), **arrays)
 
 
 def rule_arrays(bank: dict[str, np.ndarray], bundle: Bundle) -> dict[str, np.ndarray]:

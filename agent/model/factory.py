@@ -5,6 +5,7 @@ Kept apart from both so that neither imports the other's module."""
 from __future__ import annotations
 
 from harken.agent.model.backends import BackendPool
+from harken.agent.model.bank import BankManifest
 from harken.agent.model.bundle import Bundle
 from harken.agent.model.fused import FusedScorer
 from harken.agent.model.rules import ScoreRule
@@ -12,7 +13,7 @@ from harken.agent.model.scorer import BundleScorer
 
 
 def make_scorer(bundle: Bundle, section: int, artifact: str | None = None, threads: int = 1,
-                rule: ScoreRule | None = None, enrollment: dict | None = None,
+                rule: ScoreRule | None = None, enrollment: BankManifest | None = None,
                 pool: BackendPool | None = None) -> BundleScorer | FusedScorer:
     """The scorer of ``bundle``: a fused bundle's scores through its members
     (agent/model/fused.py), any other through its model and rule. With a ``pool``, machines

@@ -11,6 +11,7 @@ from typing import Protocol
 import numpy as np
 
 from harken.agent.model.backends import Backend, open_backend
+from harken.agent.model.bank import BankManifest
 from harken.agent.model.bundle import Bundle
 from harken.agent.features import windows
 from harken.agent.model.rules import ScoreRule
@@ -41,9 +42,10 @@ class Scorer(Protocol):
 class BundleScorer:
     def __init__(self, bundle: Bundle, section: int, artifact: str | None = None,
                  threads: int = 1, backend: Backend | None = None,
-                 rule: ScoreRule | None = None, enrollment: dict | None = None) -> None:
+                 rule: ScoreRule | None = None,
+                 enrollment: BankManifest | None = None) -> None:
         """``rule``: instead of the bundle's own (a general bundle's enrolled bank);
-        ``enrollment``: that bank's manifest (agent/site/enroll.py), for status and threshold."""
+        ``enrollment``: that bank's manifest (agent/model/bank.py), for status and threshold."""
         self.bundle = bundle
         self.enrollment = enrollment
         self.artifact = bundle.artifact(artifact)

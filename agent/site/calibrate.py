@@ -10,7 +10,6 @@ histogram of the scores, the fit and the threshold.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from pathlib import Path
 
@@ -22,7 +21,8 @@ from harken.agent.pipeline import Pipeline
 from harken.agent.build import build
 from harken.agent.sources import Microphone, wav_chunks
 from harken.agent.decision.thresholds import false_alarm_threshold
-from harken.common.atomic import write_atomic
+from harken.agent.decision.override import OVERRIDE_VERSION, CalibrationOverride, write_override
+from harken.common.records import GammaParams
 
 MIN_INTERVALS = 10
 
@@ -152,19 +152,19 @@ def _fit_and_write(config: Config, bundle, pipeline: Pipeline, scores: list[floa
                           f"least {MIN_INTERVALS}: give more minutes or files")
     s = np.asarray(scores)
     threshold, p, fit = false_alarm_threshold(s, false_alarms_per_week, pipeline.interval_s)
-    result = {"threshold": threshold, "false_alarms_per_week": false_alarms_per_week,
-              "interval_s": pipeline.interval_s, "exceedance_per_interval": p,
-              "intervals": int(s.size), "skipped_intervals": skipped,
-              "score_mean": float(s.mean()), "score_max": float(s.max()),
-              "gamma": fit.to_dict(), "model": bundle.model_id,
-              "bundle_threshold": bundle.threshold,
-              "source": "files" if files else f"microphone {config.audio.device!r}",
-              "channel": config.audio.channel,
-              "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    override = CalibrationOverride(
+        version=OVERRIDE_VERSION, threshold=threshold,
+        false_alarms_per_week=false_alarms_per_week, interval_s=pipeline.interval_s,
+        exceedance_per_interval=p, intervals=int(s.size), skipped_intervals=skipped,
+        score_mean=float(s.mean()), score_max=float(s.max()),
+        gamma=GammaParams(**fit.to_dict()), model=bundle.model_id,
+        bundle_threshold=bundle.threshold,
+        source="files" if files else f"microphone {config.audio.device!r}",
+        channel=config.audio.channel,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     out = config.override_file
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, json.dumps(result, indent=2))   # never a half-written override
-    result["override_file"] = str(out)
+    write_override(out, override)                     # never a half-written override
+    result = {**override.model_dump(mode="json"), "override_file": str(out)}
     if plot:
         result["plot"] = _plot(s, fit, threshold, out.parent / plot, config)
     return result

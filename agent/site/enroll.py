@@ -22,12 +22,12 @@ that was there.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 
 import numpy as np
 
-from harken.agent.model.bank import BANK_VERSION, bank_digest, read_bank
+from harken.agent.model.bank import (BANK_VERSION, BankManifest, EnrollSession, bank_digest,
+                                     read_bank, write_bank)
 from harken.agent.model.bundle import Bundle, open_bundle
 from harken.agent.site.calibrate import score_files, score_microphone
 from harken.agent.config import Config, ConfigError
@@ -39,7 +39,7 @@ from harken.agent.model.rules.spectral_knn import (BRANCHES, branch_statistics, 
                                              fit_bank, pooled_moments)
 from harken.agent.model.scorer import model_input
 from harken.agent.decision.thresholds import false_alarm_threshold
-from harken.common.atomic import atomic_file
+from harken.common.records import GammaParams
 
 MIN_INTERVALS = 6          # the LDN neighbourhood (4) plus room to hold one out
 
@@ -103,7 +103,7 @@ def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0
         raise ConfigError(f"--files: no such file: {', '.join(missing)}")
     out = config.bank_file
     old: dict[str, np.ndarray] = {}
-    old_manifest: dict = {}
+    old_manifest: BankManifest | None = None
     if append:
         old, old_manifest = read_bank(out, bundle)
     stats = IntervalStatistics(bundle, config.model.artifact, config.model.threads)
@@ -127,20 +127,19 @@ def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0
     arrays, loo = fit_bank(vectors, branch_statistics(vectors), e.density_k, e.weights)
     threshold, _, fit = false_alarm_threshold(loo, false_alarms_per_week, pipeline.interval_s)
     arrays |= {f"raw_{b}": v for b, v in vectors.items()}
-    seconds = stats.count * pipeline.interval_s + float(old_manifest.get("audio_s", 0.0))
-    manifest = {"version": BANK_VERSION, "model": bundle.model_id,
-                "machine": config.agent.machine, "intervals": int(len(loo)),
-                "audio_s": seconds, "skipped_intervals": skipped + int(
-                    old_manifest.get("skipped_intervals", 0)),
-                "interval_s": pipeline.interval_s,
-                "sessions": old_manifest.get("sessions", []) + [{
-                    "source": source, "intervals": stats.count,
-                    "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}],
-                "threshold": threshold, "false_alarms_per_week": false_alarms_per_week,
-                "threshold_how": "gamma fit of the intervals' leave-one-out scores",
-                "gamma": fit.to_dict(), "sha256": bank_digest(arrays)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(out) as f:          # the old bank stays whole until the rename
-        np.savez(f, manifest=np.frombuffer(json.dumps(manifest).encode(), np.uint8), **arrays)
-    return {**{k: v for k, v in manifest.items() if k not in ("gamma", "sha256")},
+    session = EnrollSession(source=source, intervals=stats.count, created=dt.datetime.now(
+        dt.timezone.utc).isoformat(timespec="seconds"))
+    prior_s, prior_skipped, prior_sessions = ((
+        old_manifest.audio_s, old_manifest.skipped_intervals, old_manifest.sessions)
+        if old_manifest is not None else (0.0, 0, []))
+    manifest = BankManifest(
+        version=BANK_VERSION, model=bundle.model_id, machine=config.agent.machine,
+        intervals=int(len(loo)), audio_s=stats.count * pipeline.interval_s + prior_s,
+        skipped_intervals=skipped + prior_skipped, interval_s=pipeline.interval_s,
+        sessions=[*prior_sessions, session], threshold=threshold,
+        false_alarms_per_week=false_alarms_per_week,
+        threshold_how="gamma fit of the intervals' leave-one-out scores",
+        gamma=GammaParams(**fit.to_dict()), sha256=bank_digest(arrays))
+    write_bank(out, arrays, manifest)          # the old bank stays whole until the rename
+    return {**manifest.model_dump(mode="json", exclude={"gamma", "sha256"}),
             "bank": str(out), "bank_bytes": out.stat().st_size, "new_intervals": stats.count}

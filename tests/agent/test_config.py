@@ -224,23 +224,3 @@ def test_source_file_cannot_be_set_from_the_data():
     from harken.agent.config import parse_config
     with pytest.raises(ConfigError, match="agent.toml: .*source_file"):
         parse_config({"model": {"bundle": "b"}, "source_file": "x"}, "agent.toml")
-
-
-@pytest.mark.parametrize("text, why", [
-    ("{", "Expecting property name"),
-    ('{"other": 1}', "'threshold'"),
-    ('{"threshold": null}', "NoneType"),
-    ('{"threshold": "high"}', "could not convert"),
-])
-def test_a_bad_calibration_override_is_named_with_what_to_do(tmp_path, text, why):
-    from harken.agent.config import read_override
-    c = load_config(write(tmp_path, GOOD))
-    assert read_override(c) is None                              # none written yet
-    c.override_file.parent.mkdir(parents=True, exist_ok=True)
-    c.override_file.write_text('{"threshold": 1.5, "quantile": 0.99}')
-    assert read_override(c) == {"threshold": 1.5, "quantile": 0.99}
-    c.override_file.write_text(text)
-    with pytest.raises(ConfigError, match=rf"threshold-fan.json: calibration override "
-                                          rf"unreadable \(.*{why}.*\); delete it or run "
-                                          "'harken calibrate' again"):
-        read_override(c)

@@ -1,0 +1,91 @@
+"""The calibration override: ``harken calibrate``'s threshold for one machine, kept in
+``agent.state_dir/threshold-<machine>.json`` beside the bundle it never modifies (docs/agent.md
+"Calibration"). Written and read only here, as a typed record with a version, so that an
+override written by an earlier release still loads, and a damaged one (half a file, a
+threshold that is not a finite number) stops ``harken run`` with one line saying what to do
+rather than running on a wrong threshold.
+
+Versions: 0 (no ``version`` key) is what calibrate wrote up to and including the release of
+commit 61a0e3e (tests/data/records/threshold-fan-v1.json): the same keys as version 1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, Protocol
+
+from pydantic import Field, ValidationError
+
+from harken.common.atomic import write_atomic
+from harken.common.errors import ConfigError
+from harken.common.records import (Count, Finite, GammaParams, IsoTime, NewerRecord, Positive,
+                                   Record, explain, record_version)
+
+OVERRIDE_VERSION = 1
+AGAIN = "delete it or run 'harken calibrate' again"
+
+
+class CalibrationOverride(Record):
+    """A calibrated threshold and what it was fitted on."""
+    version: Literal[1]
+    threshold: Finite
+    false_alarms_per_week: Positive
+    interval_s: Positive
+    exceedance_per_interval: float = Field(gt=0, le=1)
+    intervals: int = Field(ge=1)                # scored intervals the fit saw
+    skipped_intervals: Count                    # silent, clipped or invalid
+    score_mean: Finite
+    score_max: Finite
+    gamma: GammaParams
+    model: str = Field(min_length=1)            # the bundle's model id
+    bundle_threshold: Finite | None             # what it replaces (None: the bundle has none)
+    source: str                                 # "files", "microphone 'hw:1,0'"
+    channel: int | None = Field(ge=0)           # of multi-channel audio (None: the mix)
+    created: IsoTime
+
+
+class _HasOverrideFile(Protocol):
+    """A machine's config (agent/config.py sits above this module and is not imported)."""
+    @property
+    def override_file(self) -> Path: ...
+
+
+def _migrate(data: dict, version: int) -> dict:
+    """An older layout's keys as the current version's."""
+    if version == 0:                       # unversioned: version 1's keys, no version
+        data = {"version": 1, **data}
+    return data
+
+
+def load_override(path: Path) -> CalibrationOverride | None:
+    """The override at ``path`` (None if there is none), migrated to the current version
+    and checked; anything wrong is one ConfigError naming the file and what to do."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        override = CalibrationOverride.model_validate(
+            _migrate(data, record_version(data, OVERRIDE_VERSION)))
+    except OSError as exc:
+        raise ConfigError(f"{path}: calibration override unreadable "
+                          f"({exc.strerror or exc}); {AGAIN}") from None
+    except NewerRecord as exc:
+        raise ConfigError(f"{path}: calibration override {exc}; upgrade harken, or "
+                          f"{AGAIN}") from None
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: calibration override unreadable ({explain(exc)}); "
+                          f"{AGAIN}") from None
+    except ValueError as exc:            # not JSON (UnicodeDecodeError too), not an object
+        raise ConfigError(f"{path}: calibration override unreadable ({exc}); {AGAIN}") from None
+    return override
+
+
+def read_override(config: _HasOverrideFile) -> CalibrationOverride | None:
+    """The calibration override for this machine, if one was written."""
+    return load_override(config.override_file)
+
+
+def write_override(path: Path, override: CalibrationOverride) -> None:
+    """Atomically (harken.common.atomic): never a half-written override."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(override.model_dump(mode="json"), indent=2))

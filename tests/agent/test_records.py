@@ -1,0 +1,268 @@
+"""The records the device keeps across upgrades, each a typed model with a version: an
+enrolled bank's manifest (agent/model/bank.py) and a calibration override
+(agent/decision/override.py). The files under tests/data/records/ were written by the
+release of commit 61a0e3e (tests/data/records/make_records.py): they must keep loading, with
+the values they were written with, and a damaged record is refused in one line naming the
+file, the key and what to do."""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harken.agent.decision.override import (CalibrationOverride, load_override, read_override,
+                                            write_override)
+from harken.agent.model.bank import BankError, BankManifest, load_bank, write_bank
+from harken.agent.sources.wavio import write_wav
+from harken.common.errors import ConfigError
+from tests.data.records.make_records import RATE, fan
+from tests.helpers import write_agent_config
+
+RECORDS = Path(__file__).resolve().parents[1] / "data" / "records"
+BANK_V1 = RECORDS / "enrolled-fan-v1.npz"
+OVERRIDE_V0 = RECORDS / "threshold-fan-v1.json"
+MODEL = "spectral-knn-general-2b63a589"       # the general bundle's id (its feature spec's)
+
+
+def test_a_bank_enrolled_by_the_earlier_release_loads_with_its_values():
+    arrays, m = load_bank(BANK_V1)
+    assert isinstance(m, BankManifest)
+    assert (m.version, m.model, m.machine) == (1, MODEL, "fan")
+    assert (m.intervals, m.audio_s, m.skipped_intervals, m.interval_s) == (8, 80.0, 0, 10.0)
+    assert [(s.source, s.intervals, s.created) for s in m.sessions] == [
+        ("1 file(s)", 6, "2026-12-05T07:52:49+00:00"), ("1 file(s)", 2, "2026-12-05T07:52:51+00:00")]
+    assert m.threshold == 9.285089519399948 and m.false_alarms_per_week == 1.0
+    assert (m.gamma.shape, m.gamma.loc, m.gamma.scale) == (
+        1.560511995412707, -1.3138421906918647, 0.8419302091583064)
+    assert m.threshold_how == "gamma fit of the intervals' leave-one-out scores"
+    assert arrays["raw_mel"].shape == (8, 256) and arrays["raw_spectrum"].shape == (8, 513)
+    assert "manifest" not in arrays
+
+
+def test_the_bank_writer_writes_the_same_manifest_the_earlier_release_wrote(tmp_path):
+    """Version 1 is unchanged: the same arrays and manifest, written again, are the same
+    bytes of manifest, and load back equal."""
+    arrays, m = load_bank(BANK_V1)
+    write_bank(tmp_path / "bank.npz", arrays, m)
+    with np.load(BANK_V1) as old, np.load(tmp_path / "bank.npz") as new:
+        assert new["manifest"].tobytes() == old["manifest"].tobytes()
+        assert sorted(new.files) == sorted(old.files)
+    again, m2 = load_bank(tmp_path / "bank.npz")
+    assert m2 == m and all(np.array_equal(again[k], arrays[k]) for k in arrays)
+    with pytest.raises(ValueError, match="sha256 is not that of the arrays"):   # a bug, not a user's
+        write_bank(tmp_path / "x.npz", {**arrays, "mel_bank": arrays["mel_bank"] + 1}, m)
+
+
+def test_an_override_calibrated_by_the_earlier_release_loads_migrated(tmp_path):
+    o = load_override(OVERRIDE_V0)
+    assert isinstance(o, CalibrationOverride)
+    assert o.version == 1                        # unversioned: version 1's keys
+    assert o.threshold == 30.1264578497618
+    assert (o.false_alarms_per_week, o.interval_s, o.intervals, o.skipped_intervals) == (
+        1.0, 10.0, 11, 0)
+    assert o.exceedance_per_interval == 1.6534391534391536e-05
+    assert (o.score_mean, o.score_max) == (5.750349564710863, 8.965918602748761)
+    assert (o.gamma.shape, o.gamma.loc, o.gamma.scale) == (
+        2.0373292500721463, 1.5241398970221929, 2.074387175042527)
+    assert (o.model, o.bundle_threshold, o.source, o.channel, o.created) == (
+        MODEL, None, "files", None, "2026-12-05T07:52:54+00:00")
+    # written again it is the same JSON with its version
+    write_override(tmp_path / "t.json", o)
+    assert json.loads((tmp_path / "t.json").read_text()) == {
+        "version": 1, **json.loads(OVERRIDE_V0.read_text())}
+    assert load_override(tmp_path / "t.json") == o
+
+
+class _Machine:
+    def __init__(self, path: Path) -> None:
+        self.override_file = path
+
+
+def _manifest() -> dict:
+    with np.load(BANK_V1) as z:
+        return json.loads(z["manifest"].tobytes())
+
+
+def _with(data: dict, key: str, value) -> dict:
+    """``data`` with ``key`` (``a.0.b`` reaches into lists) set, or removed for ...."""
+    data = json.loads(json.dumps(data))
+    *path, last = key.split(".")
+    at = data
+    for p in path:
+        at = at[int(p)] if isinstance(at, list) else at[p]
+    if value is ...:
+        del at[last]
+    else:
+        at[last] = value
+    return data
+
+
+def _bank_with(tmp_path: Path, raw: bytes) -> Path:
+    with np.load(BANK_V1) as z:
+        arrays = {k: z[k] for k in z.files if k != "manifest"}
+    path = tmp_path / "enrolled-fan.npz"
+    np.savez(path, manifest=np.frombuffer(raw, np.uint8), **arrays)
+    return path
+
+
+@pytest.mark.parametrize("key, value, why", [
+    ("threshold", ..., "key 'threshold' missing; enroll again"),
+    ("threshold", math.nan, "key 'threshold' = nan: Input should be a finite number"),
+    ("threshold", math.inf, "key 'threshold' = inf: Input should be a finite number"),
+    ("threshold", "high", "key 'threshold' = 'high': Input should be a valid number"),
+    ("audio_s", -1.0, "key 'audio_s' = -1.0: Input should be greater than 0"),
+    ("intervals", 8.5, "key 'intervals' = 8.5: Input should be a valid integer"),
+    ("sessions", [], "key 'sessions' = []: List should have at least 1 item"),
+    ("sessions.1.created", "yesterday", "key 'sessions.1.created' = 'yesterday': Value error, "
+                                        "not an ISO 8601 time"),
+    ("gamma.scale", None, "key 'gamma.scale' = None: Input should be a valid number"),
+    ("colour", "blue", "unknown key 'colour'"),
+    ("version", ..., "key 'version' missing"),
+    ("version", "1", "key 'version' = '1': not a version number; enroll again"),
+    ("version", 2, "version 2 is newer than this harken reads (1); upgrade harken, or enroll "
+                   "again"),
+])
+def test_a_damaged_bank_manifest_is_one_line_naming_the_file_and_key(tmp_path, key, value, why):
+    path = _bank_with(tmp_path, json.dumps(_with(_manifest(), key, value)).encode())
+    with pytest.raises(BankError) as err:
+        load_bank(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: the bank's manifest: ") and why in message
+    assert "\n" not in message and message.endswith("enroll again")
+
+
+@pytest.mark.parametrize("raw, why", [
+    (b"[1, 2]", "not a JSON object but list"),
+    (b"{", "not JSON (Expecting property name"),
+    (b"\xff\xfe", "not JSON ("),
+])
+def test_a_bank_manifest_that_is_not_one_is_refused(tmp_path, raw, why):
+    path = _bank_with(tmp_path, raw)
+    with pytest.raises(BankError) as err:
+        load_bank(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: the bank's manifest") and why in message
+    assert message.endswith("enroll again") and "\n" not in message
+
+
+@pytest.mark.parametrize("content, why", [
+    ("{", "unreadable (Expecting property name"),
+    ("[]", "unreadable (not a JSON object but list)"),
+    ('{"threshold": 1.5}', "unreadable (key 'false_alarms_per_week' missing)"),
+    ({"threshold": None}, "unreadable (key 'threshold' = None: Input should be a valid number)"),
+    ({"threshold": "high"}, "unreadable (key 'threshold' = 'high': Input should be a valid "
+                            "number)"),
+    ({"threshold": math.nan}, "unreadable (key 'threshold' = nan: Input should be a finite "
+                              "number)"),
+    ({"threshold": -math.inf}, "unreadable (key 'threshold' = -inf: Input should be a finite "
+                               "number)"),
+    ({"threshold": ...}, "unreadable (key 'threshold' missing)"),
+    ({"quantile": 0.99}, "unreadable (unknown key 'quantile')"),
+    ({"channel": -1}, "unreadable (key 'channel' = -1: Input should be greater than or equal "
+                      "to 0)"),
+    ({"version": 1.0}, "unreadable (key 'version' = 1.0: not a version number)"),
+    ({"version": 3}, "version 3 is newer than this harken reads (1); upgrade harken, or delete"),
+])
+def test_a_damaged_override_is_one_line_saying_what_to_do(tmp_path, content, why):
+    """``content``: the file's text, or the earlier release's override with these keys
+    changed (``...``: removed)."""
+    machine = _Machine(tmp_path / "state" / "threshold-fan.json")
+    assert read_override(machine) is None                       # none written yet
+    machine.override_file.parent.mkdir()
+    if isinstance(content, dict):
+        data = json.loads(OVERRIDE_V0.read_text())
+        for key, value in content.items():
+            data = _with(data, key, value)
+        content = json.dumps(data)
+    machine.override_file.write_text(content)
+    with pytest.raises(ConfigError) as err:
+        read_override(machine)
+    message = str(err.value)
+    assert message.startswith(f"{machine.override_file}: calibration override ")
+    assert why in message and "\n" not in message
+    assert message.endswith("delete it or run 'harken calibrate' again")
+
+
+def test_the_config_module_still_offers_read_override():
+    from harken.agent import config
+    assert config.read_override is read_override
+
+
+@pytest.fixture
+def installed(general_bundle, tmp_path):
+    """A device as the earlier release left it: a general bundle, its enrolled bank and a
+    calibration override in the state folder, and 20 s of the fan it was enrolled on."""
+    state = tmp_path / "state"
+    state.mkdir()
+    shutil.copy(BANK_V1, state / "enrolled-fan.npz")
+    shutil.copy(OVERRIDE_V0, state / "threshold-fan.json")
+    write_wav(tmp_path / "fan-c.wav", fan(20, 3), RATE)
+    cfg = write_agent_config(
+        tmp_path / "agent.toml", agent={"node": "site", "machine": "fan", "state_dir": state},
+        model={"bundle": general_bundle},
+        audio={"source": "file", "file": tmp_path / "fan-c.wav", "realtime": False},
+        decision={"interval_s": 10})
+    return tmp_path, cfg
+
+
+def harken(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "harken.agent.cli", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_a_device_upgraded_from_the_earlier_release_runs_as_it_did(installed):
+    """check-config and run on the earlier release's records: the override's threshold,
+    the bank's sessions, and the scores the earlier release gave the same audio."""
+    folder, cfg = installed
+    r = harken("check-config", cfg, cwd=folder)
+    assert r.returncode == 0, r.stderr
+    resolved = json.loads(r.stdout)["resolved"]
+    assert resolved["model"] == MODEL
+    assert resolved["threshold"] == 30.1264578497618
+    assert resolved["threshold_from"] == f"calibration {folder / 'state' / 'threshold-fan.json'}"
+    assert resolved["bank"] == {
+        "file": str(folder / "state" / "enrolled-fan.npz"), "audio_s": 80.0, "intervals": 8,
+        "sessions": [{"source": "1 file(s)", "intervals": 6, "created": "2026-12-05T07:52:49+00:00"},
+                     {"source": "1 file(s)", "intervals": 2, "created": "2026-12-05T07:52:51+00:00"}]}
+    r = harken("run", "--config", cfg, cwd=folder)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    started = next(x for x in lines if x.get("status") == "started")
+    assert started["bank"] == {"enrolled": True, "audio_s": 80.0, "intervals": 8,
+                               "created": "2026-12-05T07:52:51+00:00"}
+    assert started["threshold"] == 30.1264578497618
+    scores = [x["score"] for x in lines if x["kind"] == "score"]
+    assert scores == pytest.approx([-52.569645] * 2, rel=1e-4)    # as the earlier release scored
+
+    # without the override the bank's own threshold decides
+    (folder / "state" / "threshold-fan.json").unlink()
+    resolved = json.loads(harken("check-config", cfg, cwd=folder).stdout)["resolved"]
+    assert resolved["threshold"] == 9.285089519399948
+    assert resolved["threshold_from"].startswith("enrollment")
+
+
+def test_a_damaged_record_stops_the_device_in_one_line(installed):
+    folder, cfg = installed
+    override = folder / "state" / "threshold-fan.json"
+    override.write_text(override.read_text().replace("30.1264578497618", "NaN"))
+    r = harken("run", "--config", cfg, cwd=folder)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"harken: error: {override}: calibration override unreadable (key 'threshold' = nan: "
+        f"Input should be a finite number); delete it or run 'harken calibrate' again"]
+    override.unlink()
+    bank = folder / "state" / "enrolled-fan.npz"
+    with np.load(bank) as z:
+        arrays = dict(z)
+    manifest = json.loads(arrays.pop("manifest").tobytes())
+    del manifest["sessions"]
+    np.savez(bank, manifest=np.frombuffer(json.dumps(manifest).encode(), np.uint8), **arrays)
+    r = harken("check-config", cfg, cwd=folder)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert f"{bank}: the bank's manifest: key 'sessions' missing; enroll again" in r.stderr
