@@ -199,6 +199,9 @@ class Config(_Section):
 
 # -- the model, assembled from the registries ---------------------------------------------
 
+RESERVED = ("agent", "model", "audio", "decision", "machines", "source_file")
+
+
 def sink_tables() -> dict[str, type[_Section]]:
     """Each sink table and its settings model, in sink registration order; sinks that
     share a table must name the same model."""
@@ -213,7 +216,6 @@ def sink_tables() -> dict[str, type[_Section]]:
     return tables
 
 
-RESERVED = ("agent", "model", "audio", "decision", "machines", "source_file")
 _BUILT: dict[tuple, tuple[type[Config], TypeAdapter]] = {}
 
 
