@@ -246,6 +246,9 @@ def config_model() -> type[Config]:
     return _built()[0]
 
 
+config_model()      # built at import (a sink table taken twice fails here); again on a plugin
+
+
 def table_fields() -> dict[str, dict[str, FieldInfo]]:
     """Every table's keys: ``[audio]`` holds every source's (the default source's first),
     so that the documentation can be checked against them (tests/agent/test_config_docs.py)."""
