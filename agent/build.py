@@ -15,6 +15,7 @@ from harken.agent.model.bundle import Bundle, open_bundle
 from harken.agent.model.factory import make_scorer
 from harken.agent.model.rules import make_rule
 from harken.agent.pipeline import Pipeline
+from harken.agent.sources import SOURCES
 
 
 def enrolled_bank(config: Config, bundle: Bundle
@@ -68,14 +69,10 @@ def preflight(config: Config, bundle: Bundle | None = None,
               pool: BackendPool | None = None) -> tuple[Bundle, Pipeline]:
     """Everything ``harken run`` refuses for one machine, checked before anything starts;
     ``harken check-config`` runs exactly this, so it approves only what ``run`` accepts:
-    the bundle and its section, the threshold, the audio file, the MQTT password source."""
+    the bundle and its section, the threshold, what the source checks (the audio file),
+    the MQTT password source."""
     bundle, pipeline = build(config, bundle=bundle, pool=pool)
-    a = config.audio
-    if a.source == "file":
-        path = config.path(a.file)
-        if not path.is_file():
-            raise ConfigError(f"{config.source_file}: key 'audio.file' = {a.file!r}: no such "
-                              f"file ({path})")
+    SOURCES[config.audio.source].preflight(config)      # e.g. the file source: the file
     if config.mqtt.enabled:
         config.mqtt.resolved_password()          # an unset password_env is refused here
     return bundle, pipeline

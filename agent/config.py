@@ -1,21 +1,38 @@
 """The agent's TOML configuration, validated on load (pydantic): an error names the file,
 the key, the bad value and what is allowed; unknown keys are errors. Relative paths are
 relative to the config file. A calibration override (``harken calibrate``) replaces the
-bundle's threshold without touching the bundle."""
+bundle's threshold without touching the bundle.
+
+The tables that belong to a plugin are the plugin's own: ``[audio]`` is the settings model
+of the source that ``audio.source`` names (each source in agent/sources/ declares it, tagged
+``source: Literal["name"]``, as Frigate's detector plugins do), and each sink table
+(``[output]``, ``[mqtt]``, ...) is the ``Settings`` of the sinks in agent/sinks/ that name
+it. The config model is assembled from those two registries (``config_model``), so a new
+source or sink is checked here without a line of this file changing; ``agent.plugins``
+imports modules that register more before the rest of the config is read
+(docs/agent.md)."""
 
 from __future__ import annotations
 
-import logging
+import importlib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, create_model, model_validator
+from pydantic.fields import FieldInfo
 
 from harken.agent.decision.override import read_override  # noqa: F401 (re-exported)
+from harken.agent.sinks import SINKS
+from harken.agent.sinks.jsonlines import OutputSection
+from harken.agent.sinks.mqtt.settings import MqttSection
+from harken.agent.sources import SOURCES
 from harken.common.errors import ConfigError
+from harken.common.settings import (Section as _Section, first_line, resolve_password,
+                                    warn_if_others_can_read)
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_config"]
+__all__ = ["Config", "ConfigError", "MqttSection", "OutputSection", "config_model",
+           "load_config", "parse_config", "resolve_password", "table_fields"]
 
 try:
     import tomllib
@@ -23,13 +40,8 @@ except ModuleNotFoundError:           # Python 3.10
     import tomli as tomllib           # type: ignore[no-redef]
 
 
-class _Section(BaseModel):
-    # nan/inf are valid TOML floats, but no threshold or duration of the agent can be one
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
 SECRET_KEYS = ("password",)       # their values are never echoed in an error
-log = logging.getLogger("harken")
+DEFAULT_SOURCE = "mic"            # audio.source when the config names none
 
 
 class AgentSection(_Section):
@@ -37,42 +49,15 @@ class AgentSection(_Section):
     machine: str = Field("machine", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     section: int = Field(0, ge=0, le=99)
     state_dir: str = "state"          # calibration override, counters
+    # modules imported before the rest of the config is read: sources and sinks kept
+    # outside the package register themselves on import (docs/agent.md "Plugins")
+    plugins: list[Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]] = []
 
 
 class ModelSection(_Section):
     bundle: str
     artifact: Literal["tflite-int8", "onnx-int8", "onnx-fp32", "tflite-fp32"] | None = None
     threads: int = Field(1, ge=1, le=64)
-
-
-class AudioSection(_Section):
-    source: Literal["mic", "file", "stdin"] = "mic"
-    device: str | int | None = None   # PortAudio input: index or (part of) its name
-    file: str | None = None
-    realtime: bool = True             # file source paced like a microphone
-    loop: bool = False                # file source restarts at the end (demos)
-    pcm_format: Literal["s16le", "s32le", "f32le"] = "s16le"
-    channels: int = Field(1, ge=1, le=32)
-    # 1-based input channel this machine listens to; None: the input's mono view (a
-    # microphone's first channel, the mix of a file's or stdin's channels)
-    channel: int | None = Field(None, ge=1, le=64)
-    block_s: float = Field(0.1, gt=0, le=2)
-    ring_s: float = Field(30.0, ge=1, le=600)
-    reopen_s: float = Field(5.0, gt=0, le=3600)     # retry a lost microphone this often
-
-    @model_validator(mode="after")
-    def _file_needs_path(self):
-        if self.source == "file" and not self.file:
-            raise ValueError("audio.source = 'file' needs audio.file")
-        if self.source == "stdin" and self.channel is not None and self.channel > self.channels:
-            raise ValueError(f"audio.channel = {self.channel}, but stdin carries "
-                             f"audio.channels = {self.channels}")
-        return self
-
-    def input_key(self) -> tuple:
-        """The input's identity without the channel: machines whose audio has the same key
-        share one stream (one PortAudio stream, one file read), each taking its channel."""
-        return tuple(sorted(self.model_dump(exclude={"channel"}).items(), key=str))
 
 
 class DecisionSection(_Section):
@@ -89,47 +74,6 @@ class DecisionSection(_Section):
         return self
 
 
-class OutputSection(_Section):
-    stdout: bool = True
-    file: str | None = None           # also append JSON lines here
-    stats_s: float = Field(60.0, ge=1, le=3600)   # health record every this many seconds
-
-
-class MqttSection(_Section):
-    enabled: bool = False
-    host: str = "localhost"
-    port: int = Field(1883, ge=1, le=65535)
-    prefix: str = Field("harken", min_length=1, pattern=r"^[A-Za-z0-9_./-]+$")
-    client_id: str = ""               # default harken-<node>-<machine>: stable across restarts
-    keepalive: int = Field(30, ge=5, le=3600)
-    username: str | None = None
-    password: str | None = Field(None, repr=False)   # or password_file = "..." (see above)
-    password_env: str | None = None   # or the name of an environment variable
-    tls: bool = False
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    tls_insecure: bool = False        # certificate verification off: logged as a warning
-    outbox: str = "outbox.db"         # in agent.state_dir
-    outbox_max: int = Field(100_000, ge=10)
-    profile: Literal["json", "sparkplug-b", "both"] = "json"   # docs/mqtt.md
-    group_id: str = Field("harken", min_length=1, pattern=r"^[^/+#]+$")   # Sparkplug group
-    edge_node_id: str | None = Field(None, min_length=1, pattern=r"^[^/+#]+$")  # agent.node
-    homeassistant: bool = False       # publish Home Assistant device discovery
-    discovery_prefix: str = Field("homeassistant", min_length=1,
-                                  pattern=r"^[A-Za-z0-9_./-]+$")
-
-    @model_validator(mode="after")
-    def _password_needs_username(self):
-        if (self.password is not None or self.password_env) and not self.username:
-            raise ValueError("a password (mqtt.password, password_file or password_env) "
-                             "needs mqtt.username")
-        return self
-
-    def resolved_password(self) -> str | None:
-        return resolve_password(self.password, None, self.password_env, "mqtt.password_env")
-
-
 class MachineEntry(_Section):
     """One ``[[machines]]`` entry: a machine this device watches. Its ``model``, ``audio``
     and ``decision`` tables override the top-level ones key by key, so what all machines
@@ -143,14 +87,18 @@ class MachineEntry(_Section):
 
 
 class Config(_Section):
-    agent: AgentSection = AgentSection()
-    model: ModelSection | None = None      # required, unless every machine names its bundle
-    audio: AudioSection = AudioSection()
-    decision: DecisionSection = DecisionSection()
-    output: OutputSection = OutputSection()
-    mqtt: MqttSection = MqttSection()
-    machines: list[MachineEntry] = []
-    source_file: str = ""
+    """A loaded config. Its tables are fields of the subclass that ``config_model`` builds
+    from the registries: ``agent``, ``model``, ``audio`` (the source's settings),
+    ``decision``, one per sink table (``output``, ``mqtt``, ...), ``machines``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_source(cls, data: Any) -> Any:
+        # the source's tag picks its settings model; a config that names none means mic
+        if isinstance(data, dict) and isinstance(data.get("audio"), dict) \
+                and "source" not in data["audio"]:
+            data = {**data, "audio": {"source": DEFAULT_SOURCE, **data["audio"]}}
+        return data
 
     @model_validator(mode="after")
     def _one_way_to_name_machines(self):
@@ -171,7 +119,7 @@ class Config(_Section):
     def machine_configs(self) -> list[Config]:
         """One single-machine config per watched machine: this config itself without
         ``[[machines]]``, else one view per entry (its tables merged over the top-level
-        ones; MQTT client id and outbox file made per machine)."""
+        ones; each sink table made per machine, e.g. MQTT client id and outbox file)."""
         if not self.machines:
             if self.model is None:
                 raise ConfigError(f"{self.source_file}: key 'model.bundle' is required")
@@ -199,20 +147,17 @@ class Config(_Section):
                                   f"'audio.channel', not both")
             audio["channel"] = m.channel
         top_model = self.model.model_dump(exclude_unset=True) if self.model else {}
-        parts = {"model": _merged(ModelSection, top_model, m.model, self.source_file, where),
-                 "audio": _merged(AudioSection, self.audio.model_dump(exclude_unset=True),
-                                  audio, self.source_file, where),
-                 "decision": _merged(DecisionSection,
+        parts = {"model": _merged(ModelSection, "model", top_model, m.model, self.source_file,
+                                  where),
+                 "audio": _merged_audio(self.audio.model_dump(exclude_unset=True), audio,
+                                        self.source_file, where),
+                 "decision": _merged(DecisionSection, "decision",
                                      self.decision.model_dump(exclude_unset=True),
                                      m.decision, self.source_file, where)}
         section = self.agent.section if m.section is None else m.section
-        mqtt = self.mqtt
-        outbox = Path(mqtt.outbox)
-        mqtt = mqtt.model_copy(update={
-            "outbox": str(outbox.with_name(f"{outbox.stem}-{m.name}{outbox.suffix}")),
-            "client_id": f"{mqtt.client_id}-{m.name}" if mqtt.client_id else ""})
+        sinks = {table: getattr(self, table).for_machine(m.name) for table in sink_tables()}
         return self.model_copy(update={
-            **parts, "mqtt": mqtt, "machines": [],
+            **parts, **sinks, "machines": [],
             "agent": self.agent.model_copy(update={"machine": m.name, "section": section})})
 
     def path(self, value: str) -> Path:
@@ -252,10 +197,73 @@ class Config(_Section):
         return self.path(self.agent.state_dir) / f"enrolled-{self.agent.machine}.npz"
 
 
-def _merged(model: type[_Section], top: dict, own: dict, source: str, where: str):
+# -- the model, assembled from the registries ---------------------------------------------
+
+RESERVED = ("agent", "model", "audio", "decision", "machines", "source_file")
+
+
+def sink_tables() -> dict[str, type[_Section]]:
+    """Each sink table and its settings model, in sink registration order; sinks that
+    share a table must name the same model."""
+    tables: dict[str, type[_Section]] = {}
+    for cls in SINKS.values():
+        if cls.table is None:
+            continue
+        if cls.table in RESERVED or tables.get(cls.table, cls.Settings) is not cls.Settings:
+            raise TypeError(f"sink {cls.name!r}: table [{cls.table}] is taken by another "
+                            f"model")
+        tables[cls.table] = cls.Settings
+    return tables
+
+
+_BUILT: dict[tuple, tuple[type[Config], TypeAdapter]] = {}
+
+
+def _built() -> tuple[type[Config], TypeAdapter]:
+    """The config model and the ``[audio]`` union for what is registered now (rebuilt only
+    when a plugin has registered more)."""
+    key = (tuple(SOURCES.values()), tuple(SINKS.values()))
+    if key not in _BUILT:
+        models = tuple(cls.Settings for cls in SOURCES.values())
+        audio = Annotated[Union[models], Field(discriminator="source")] \
+            if len(models) > 1 else models[0]
+        fields: dict[str, Any] = {
+            "agent": (AgentSection, AgentSection()),
+            "model": (ModelSection | None, None),  # required, unless every machine names one
+            "audio": (audio, SOURCES[DEFAULT_SOURCE].Settings()),
+            "decision": (DecisionSection, DecisionSection()),
+            **{t: (model, model()) for t, model in sink_tables().items()},
+            "machines": (list[MachineEntry], []),
+            "source_file": (str, "")}
+        model = create_model("Config", __base__=Config, __module__=__name__, **fields)
+        _BUILT.clear()
+        _BUILT[key] = model, TypeAdapter(audio)
+    return _BUILT[key]
+
+
+def config_model() -> type[Config]:
+    """The config model of the sources and sinks registered now."""
+    return _built()[0]
+
+
+config_model()      # built at import (a sink table taken twice fails here); again on a plugin
+
+
+def table_fields() -> dict[str, dict[str, FieldInfo]]:
+    """Every table's keys: ``[audio]`` holds every source's (the default source's first),
+    so that the documentation can be checked against them (tests/agent/test_config_docs.py)."""
+    audio: dict[str, FieldInfo] = {}
+    for cls in [SOURCES[DEFAULT_SOURCE], *SOURCES.values()]:
+        for name, f in cls.Settings.model_fields.items():
+            audio.setdefault(name, f)
+    return {"agent": AgentSection.model_fields, "model": ModelSection.model_fields,
+            "audio": audio, "decision": DecisionSection.model_fields,
+            **{t: model.model_fields for t, model in sink_tables().items()}}
+
+
+def _merged(model: type[_Section], name: str, top: dict, own: dict, source: str, where: str):
     """A machine's section: its own keys over the top-level ones, validated; an error
     names the machine entry and the key."""
-    name = next(k for k, v in SECTIONS.items() if v is model)
     try:
         return model(**{**top, **own})
     except ValidationError as exc:
@@ -264,88 +272,68 @@ def _merged(model: type[_Section], top: dict, own: dict, source: str, where: str
         raise ConfigError(f"{source}: {where}: [machines.{name}]: {exc}") from None
 
 
+def _merged_audio(top: dict, own: dict, source: str, where: str):
+    """A machine's ``[audio]``: its keys over the top-level ones; a machine that names
+    another source keeps only the top-level keys that source has (a file machine beside
+    microphone ones does not inherit ``device``)."""
+    new = own.get("source", top.get("source", DEFAULT_SOURCE))
+    if new != top.get("source", DEFAULT_SOURCE) and new in SOURCES:
+        top = {k: v for k, v in top.items() if k in SOURCES[new].Settings.model_fields}
+    try:
+        return _built()[1].validate_python({"source": DEFAULT_SOURCE, **top, **own})
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, f"{source}: {where}", prefix="audio")) from None
+
+
+def _expected(names: list[str]) -> str:
+    """'a', 'b' or 'c', as pydantic lists the values of a Literal."""
+    quoted = [repr(n) for n in names]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
 def _explain(exc: ValidationError, source: str, prefix: str = "") -> str:
     lines = []
     for err in exc.errors():
+        parts = ((prefix,) if prefix else ()) + tuple(err["loc"])
+        got = err.get("input")
+        msg = err["msg"]
+        tag = ""
+        if parts[:1] == ("audio",):
+            if err["type"] == "union_tag_invalid":       # an audio.source nobody registered
+                parts = ("audio", "source")
+                got = got.get("source") if isinstance(got, dict) else err["ctx"]["tag"]
+                msg = f"Input should be {_expected(list(SOURCES))}"
+            elif len(parts) > 1 and parts[1] in SOURCES:  # pydantic puts the tag in the path
+                tag, parts = parts[1], parts[:1] + parts[2:]
         key = ""
-        for part in ((prefix,) if prefix else ()) + tuple(err["loc"]):
+        for part in parts:
             key += f"[{part}]" if isinstance(part, int) else f".{part}" if key else str(part)
         if err["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key '{key}'")
+            lines.append(f"{source}: unknown key '{key}'"
+                         + (f" (not a key of audio.source = {tag!r})" if tag else ""))
         elif err["type"] == "missing":
             lines.append(f"{source}: key '{key}' is required")
         elif key.split(".")[-1] in SECRET_KEYS:
-            lines.append(f"{source}: key '{key}' (value not shown): {err['msg']}")
+            lines.append(f"{source}: key '{key}' (value not shown): {msg}")
         else:
-            got = err.get("input")
-            lines.append(f"{source}: key '{key}' = {got!r}: {err['msg']}"
-                         if key else f"{source}: {err['msg']}")
+            lines.append(f"{source}: key '{key}' = {got!r}: {msg}"
+                         if key else f"{source}: {msg}")
     return "\n".join(lines)
-
-
-SECTIONS = {"agent": AgentSection, "model": ModelSection, "audio": AudioSection,
-            "decision": DecisionSection, "output": OutputSection, "mqtt": MqttSection}
-
-
-def resolve_password(value: str | None, file: str | Path | None, env: str | None,
-                     env_key: str, file_key: str = "password_file") -> str | None:
-    """The one way a password is found, for the agent's config and ``harken watch``: the
-    value itself, else the first line of ``file`` (warned about if others can read it),
-    else the environment variable ``env``; None when none is given."""
-    if value is not None:
-        return value
-    if file is not None:
-        path = Path(file).expanduser()
-        warn_if_others_can_read(path, file_key)
-        try:
-            return first_line(path)
-        except ValueError as exc:
-            raise ConfigError(f"{file_key} {path}: cannot read a password ({exc})") from None
-    if env:
-        found = os.environ.get(env)
-        if found is None:
-            raise ConfigError(f"{env_key}: environment variable {env} is not set")
-        return found
-    return None
-
-
-def first_line(path: Path) -> str:
-    """A file's first line, stripped (how secrets and provisioned ids are handed over);
-    ValueError saying why when there is none."""
-    try:
-        return Path(path).read_text().splitlines()[0].strip()
-    except OSError as exc:
-        raise ValueError(exc.strerror or str(exc)) from None
-    except IndexError:
-        raise ValueError("empty file") from None
-    except UnicodeDecodeError:
-        raise ValueError("not UTF-8 text") from None
-
-
-def warn_if_others_can_read(path: Path, what: str) -> None:
-    """A secret in a file that other users can read is accepted with one warning, as ssh
-    warns of keys (and refuses them; the agent only warns, a running plant matters more)."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return
-    if mode & 0o077:
-        log.warning(f"WARNING: {what} {path} can be read by other users (mode "
-                    f"{mode & 0o777:o}); chmod 600 it")
 
 
 def _values_from_files(data: dict, source: str) -> dict:
     """``KEY_file = "path"`` sets the text value KEY from that file's contents (first line),
     so that secrets and provisioned ids need not sit in the config."""
     base = Path(source).parent if source != "<config>" else Path(".")
+    tables = table_fields()
     out = {}
     for name, section in data.items():
-        model = SECTIONS.get(name)
-        if model is None or not isinstance(section, dict):
+        fields = tables.get(name)
+        if fields is None or not isinstance(section, dict):
             out[name] = section
             continue
         section = dict(section)
-        for key in [k for k in section if k.endswith("_file") and k[:-5] in model.model_fields]:
+        for key in [k for k in section if k.endswith("_file") and k[:-5] in fields]:
             field = key[:-5]
             if field in section:
                 raise ConfigError(f"{source}: give '{name}.{field}' or '{name}.{key}', not both")
@@ -362,10 +350,29 @@ def _values_from_files(data: dict, source: str) -> dict:
     return out
 
 
+def _import_plugins(data: dict, source: str) -> None:
+    """Import the modules ``agent.plugins`` names (their sources and sinks register
+    themselves), before the config model is assembled; a value that is not a list of
+    names is left for validation to refuse."""
+    agent = data.get("agent")
+    names = agent.get("plugins") if isinstance(agent, dict) else None
+    if not isinstance(names, list):
+        return
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"{source}: key 'agent.plugins[{i}]' = {name!r}: cannot import "
+                              f"it ({exc})") from None
+
+
 def parse_config(data: dict, source: str = "<config>") -> Config:
+    _import_plugins(data, source)
     data = _values_from_files(data, source)
     try:
-        config = Config(**data, source_file=source)
+        config = config_model()(**data, source_file=source)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, source)) from None
     except TypeError as exc:

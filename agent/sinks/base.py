@@ -3,7 +3,11 @@
 A sink receives each report interval and each status record (``started``, ``stats``,
 ``audio_lost``, ``stopped``, ...) and is closed at a clean stop. To add one: a module with a
 ``Sink`` subclass decorated with ``@register`` (``enabled`` says whether the config asks
-for it), and the module in the import line of ``agent/sinks/__init__.py``.
+for it; ``table`` and ``Settings`` name its config table and that table's keys, a
+``SinkSettings`` model that agent/config.py adds to the config as ``config.<table>``), and
+the module in the import line of ``agent/sinks/__init__.py``, or, for a plugin kept outside
+the package, in the config's ``agent.plugins`` (docs/agent.md). Sinks may share a table
+(the JSON-topic and Sparkplug sinks both read ``[mqtt]``) by naming the same model.
 """
 
 from __future__ import annotations
@@ -13,13 +17,25 @@ from typing import ClassVar
 
 from harken.agent.decision.records import IntervalResult
 from harken.common.registry import Registry
+from harken.common.settings import Section
 
 SINKS = Registry("sink")
 register = SINKS.register
 
 
+class SinkSettings(Section):
+    """A sink's config table."""
+
+    def for_machine(self, name: str) -> SinkSettings:
+        """These settings for machine ``name`` of a config with ``[[machines]]`` (what must
+        differ per machine, e.g. an MQTT client id); the same settings by default."""
+        return self
+
+
 class Sink(ABC):
     name: ClassVar[str]
+    table: ClassVar[str | None] = None                       # its config table, if any
+    Settings: ClassVar[type[SinkSettings] | None] = None     # that table's keys
 
     @classmethod
     @abstractmethod

@@ -9,9 +9,11 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
+from pydantic import Field
+
 from harken.common.errors import ConfigError
 from harken.agent.decision.records import IntervalResult
-from harken.agent.sinks.base import Sink, register
+from harken.agent.sinks.base import Sink, SinkSettings, register
 
 
 # machines on different inputs write from their own threads to one stdout (or one file):
@@ -19,9 +21,18 @@ from harken.agent.sinks.base import Sink, register
 _LINE_LOCK = threading.Lock()
 
 
+class OutputSection(SinkSettings):
+    """``[output]``: where the JSON lines go, and how often the health record comes."""
+    stdout: bool = True
+    file: str | None = None           # also append JSON lines here
+    stats_s: float = Field(60.0, ge=1, le=3600)   # health record every this many seconds
+
+
 @register
 class JsonLinesSink(Sink):
     name = "jsonlines"
+    table = "output"
+    Settings = OutputSection
 
     @classmethod
     def enabled(cls, config) -> bool:

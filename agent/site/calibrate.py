@@ -19,7 +19,7 @@ from harken.agent.config import Config, ConfigError
 from harken.agent.decision import Decision
 from harken.agent.pipeline import Pipeline
 from harken.agent.build import build
-from harken.agent.sources import Microphone, wav_chunks
+from harken.agent.sources import FileSettings, SourceError, open_source
 from harken.agent.decision.thresholds import false_alarm_threshold
 from harken.agent.decision.override import OVERRIDE_VERSION, CalibrationOverride, write_override
 from harken.common.records import GammaParams
@@ -27,7 +27,7 @@ from harken.common.records import GammaParams
 MIN_INTERVALS = 10
 
 
-def _progress(total: float, unit: str, enabled: bool):
+def _progress(total: float | None, unit: str, enabled: bool):
     try:
         from tqdm import tqdm
         return tqdm(total=total, unit=unit, disable=not enabled, leave=False)
@@ -45,55 +45,74 @@ def _collect(results, scores: list[float]) -> int:
     return len(results) - len(ok)
 
 
-def score_files(pipeline: Pipeline, files: list[str | Path], progress: bool,
-                channel: int | None = None) -> tuple[list[float], int]:
-    """The scores of the recordings' report intervals, and how many intervals the health
-    check refused (silent, clipped, invalid); ``harken enroll`` reads recordings this way too.
-    ``channel``: the machine's channel of multi-channel recordings (None: the mix)."""
-    scores, skipped = [], 0
-    bar = _progress(len(files), "file", progress)
-    for f in files:              # command-line paths: relative to the current folder
-        for chunk in wav_chunks(Path(f).expanduser(), pipeline.spec.sample_rate, 1.0,
-                                taps=[channel]):
-            skipped += _collect(pipeline.push(chunk[:, 0]), scores)
-        skipped += _collect(pipeline.finish(), scores)
-        bar.update(1)
-    bar.close()
-    return scores, skipped
-
-
-def score_microphone(pipelines: list[Pipeline], config: Config, minutes: float,
-                     progress: bool, taps: list[int | None] | None = None
-                     ) -> list[tuple[list[float], int]]:
-    """The same for ``minutes`` of the configured microphone, for every machine that
-    listens to it at once (one stream; ``taps``: each pipeline's channel)."""
-    a = config.audio
-    taps = taps or [a.channel]
-    mic = Microphone(a.device, pipelines[0].spec.sample_rate, a.block_s, a.ring_s, taps)
-    mic.open()
+def score_source(pipelines: list[Pipeline], config: Config, minutes: float | None,
+                 progress: bool, taps: list[int | None] | None = None
+                 ) -> list[tuple[list[float], int]]:
+    """Each pipeline's interval scores, and how many intervals the health check refused
+    (silent, clipped, invalid), from the source ``config.audio`` names, opened as ``harken
+    run`` opens it (``open_source``): one read for every machine that listens to it
+    (``taps``: each pipeline's channel). ``minutes``: stop after that much audio (a live
+    input; a lost one is an error here); None: read to the end of the recording."""
+    taps = taps or [config.audio.channel]
+    columns = list(dict.fromkeys(taps))
+    picks = [columns.index(t) for t in taps]
     got: list[tuple[list[float], int]] = [([], 0) for _ in pipelines]
-    n = int(np.ceil(minutes * 60 / pipelines[0].interval_s))
-    bar = _progress(n, "interval", progress)
-    deadline = time.monotonic() + minutes * 60 + 30
+    n = None if minutes is None else int(np.ceil(minutes * 60 / pipelines[0].interval_s))
+    deadline = None if minutes is None else time.monotonic() + minutes * 60 + 30
+    bar = _progress(n, "interval", progress and n is not None)
 
-    def done(i: int) -> int:
+    def count(i: int) -> int:
         return len(got[i][0]) + got[i][1]
 
+    def done() -> bool:
+        return n is not None and (min(map(count, range(len(pipelines)))) >= n
+                                  or time.monotonic() > deadline)
+
+    def report(record: dict) -> None:
+        if record.get("status") == "audio_lost":          # nothing to wait for here
+            raise SourceError(record.get("error", "audio lost"))
+
+    source = open_source(config, pipelines[0].spec.sample_rate, columns)
+    chunks = source.chunks(done, report)
     try:
-        while min(map(done, range(len(pipelines)))) < n and time.monotonic() < deadline:
-            x = mic.read(timeout=0.5)
-            if not x.size:                    # nothing within the wait: read again
-                continue
-            before = done(0)
-            columns = x.reshape(len(x), -1)
-            for i, pipeline in enumerate(pipelines):
+        for chunk in chunks:
+            before = count(0)
+            if chunk is None:                 # the end of a recording: its last interval
+                results = [p.finish() for p in pipelines]
+            elif chunk.size:
+                x = chunk.reshape(len(chunk), -1)
+                results = [p.push(x[:, k]) for p, k in zip(pipelines, picks)]
+            else:                             # nothing within the source's wait
+                results = [[] for _ in pipelines]
+            for i, r in enumerate(results):
                 scores, skipped = got[i]
-                results = pipeline.push(columns[:, i])
-                got[i] = scores, skipped + _collect(results, scores)
-            bar.update(done(0) - before)
+                got[i] = scores, skipped + _collect(r, scores)
+            bar.update(count(0) - before)
+            if done():
+                break
     finally:
-        mic.close()
+        chunks.close()
+        source.close()
         bar.close()
+    return got
+
+
+def score_files(pipelines: list[Pipeline], config: Config, files: list[str | Path],
+                progress: bool, taps: list[int | None] | None = None
+                ) -> list[tuple[list[float], int]]:
+    """The same for recordings given on the command line, each read through the file
+    source as fast as it goes (``harken enroll`` reads recordings this way too); paths are
+    relative to the current folder, not the config's."""
+    got: list[tuple[list[float], int]] = [([], 0) for _ in pipelines]
+    bar = _progress(len(files), "file", progress)
+    for f in files:
+        audio = FileSettings(file=str(Path(f).expanduser().absolute()), realtime=False,
+                             block_s=1.0, channel=config.audio.channel)
+        view = config.model_copy(update={"audio": audio})
+        for i, (scores, skipped) in enumerate(score_source(pipelines, view, None, False, taps)):
+            got[i] = got[i][0] + scores, got[i][1] + skipped
+        bar.update(1)
+    bar.close()
     return got
 
 
@@ -109,19 +128,20 @@ def calibrate(config: Config, files: list[str] | None = None, minutes: float = 3
     built = [build(v) for v in views]
     for _, pipeline in built:
         pipeline.decision = Decision(float("inf"))     # calibration decides nothing
-    if files:
-        got = [score_files(p, files, progress, v.audio.channel)
-               for v, (_, p) in zip(views, built)]
-    else:
-        got = [None] * len(views)
-        inputs: dict[tuple, list[int]] = {}
-        for i, v in enumerate(views):
-            inputs.setdefault(v.audio.input_key(), []).append(i)
-        for members in inputs.values():
-            for i, r in zip(members, score_microphone(
-                    [built[i][1] for i in members], views[members[0]], minutes, progress,
-                    [views[i].audio.channel for i in members])):
-                got[i] = r
+    # one read per input (the recordings: one read per sample rate) for all the machines
+    # that listen to it, each taking its channel
+    got: list = [None] * len(views)
+    inputs: dict[tuple, list[int]] = {}
+    for i, (v, (_, p)) in enumerate(zip(views, built)):
+        inputs.setdefault((() if files else v.audio.input_key(), p.spec.sample_rate),
+                          []).append(i)
+    for members in inputs.values():
+        pipelines, first = [built[i][1] for i in members], views[members[0]]
+        taps = [views[i].audio.channel for i in members]
+        scored = score_files(pipelines, first, files, progress, taps) if files else \
+            score_source(pipelines, first, minutes, progress, taps)
+        for i, r in zip(members, scored):
+            got[i] = r
     if not config.multi:
         (b, p), (scores, skipped) = built[0], got[0]
         return _fit_and_write(views[0], b, p, scores, skipped, files, false_alarms_per_week,
@@ -159,7 +179,7 @@ def _fit_and_write(config: Config, bundle, pipeline: Pipeline, scores: list[floa
         score_mean=float(s.mean()), score_max=float(s.max()),
         gamma=GammaParams(**fit.to_dict()), model=bundle.model_id,
         bundle_threshold=bundle.threshold,
-        source="files" if files else f"microphone {config.audio.device!r}",
+        source="files" if files else config.audio.describe(),
         channel=config.audio.channel,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     out = config.override_file

@@ -29,7 +29,7 @@ import numpy as np
 from harken.agent.model.bank import (BANK_VERSION, BankManifest, EnrollSession, bank_digest,
                                      read_bank, write_bank)
 from harken.agent.model.bundle import Bundle, open_bundle
-from harken.agent.site.calibrate import score_files, score_microphone
+from harken.agent.site.calibrate import score_files, score_source
 from harken.agent.config import Config, ConfigError
 from harken.agent.decision import Decision
 from harken.common.errors import DataError
@@ -110,11 +110,11 @@ def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0
     pipeline = Pipeline(stats, Decision(float("inf")), config.decision.interval_s)
     # the intervals go through calibration's loops; their statistics land in ``stats``
     if paths:
-        _, skipped = score_files(pipeline, paths, progress, config.audio.channel)
+        [(_, skipped)] = score_files([pipeline], config, paths, progress)
         source = f"{len(paths)} file(s)"
-    else:
-        [(_, skipped)] = score_microphone([pipeline], config, minutes, progress)
-        source = f"microphone {config.audio.device!r}"
+    else:                                 # the configured source, as 'harken run' reads it
+        [(_, skipped)] = score_source([pipeline], config, minutes, progress)
+        source = config.audio.describe()
     if stats.count < (1 if append else MIN_INTERVALS):
         raise DataError(f"enrollment: only {stats.count} usable interval(s) of "
                         f"{pipeline.interval_s:g} s ({skipped} silent, clipped or invalid); "

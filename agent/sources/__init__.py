@@ -7,14 +7,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 # importing a source's module registers it: a new source is one module and one name here
-from harken.agent.sources import file, stdin, microphone  # noqa: F401
-from harken.agent.sources.base import SOURCES, Source, SourceError, Tap
-from harken.agent.sources.file import FileSource, wav_chunks
-from harken.agent.sources.microphone import Microphone, MicrophoneSource, find_device
+# (in this order the config lists them; the first, mic, is the default)
+from harken.agent.sources import microphone, file, stdin  # noqa: F401
+from harken.agent.sources.base import SOURCES, Source, SourceError, SourceSettings, Tap
+from harken.agent.sources.file import FileSettings, FileSource, wav_chunks
+from harken.agent.sources.microphone import (Microphone, MicrophoneSettings, MicrophoneSource,
+                                             find_device)
 from harken.agent.sources.resample import StreamResampler
-from harken.agent.sources.stdin import StdinSource, pcm_chunks
+from harken.agent.sources.stdin import StdinSettings, StdinSource, pcm_chunks
 
-__all__ = ["SOURCES", "Source", "SourceError", "FileSource", "StdinSource", "MicrophoneSource",
+__all__ = ["SOURCES", "Source", "SourceError", "SourceSettings", "FileSource", "FileSettings",
+           "StdinSource", "StdinSettings", "MicrophoneSource", "MicrophoneSettings",
            "Microphone", "StreamResampler", "find_device", "pcm_chunks", "wav_chunks",
            "Tap", "open_source"]
 

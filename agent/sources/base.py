@@ -5,25 +5,31 @@ A source is opened for one or more *taps*, the channels that machines listen to 
 model's sample rate until it is exhausted (a file, stdin) or the runner is done (a live
 input), and ``None`` where a recording ends (the runner then scores the recording's last,
 shorter interval). One input serves every machine that listens to it: one PortAudio stream,
-one file read. To add one: a module in
-this package with a ``Source`` subclass decorated with ``@register`` (its name is the
-``audio.source`` value of the config), and the module in the import line of
-``__init__.py``.
+one file read.
+
+To add one: a module with a ``Source`` subclass decorated with ``@register``; its ``name``
+is the ``audio.source`` value of the config, and its ``Settings`` (a ``SourceSettings``
+subclass with ``source: Literal["name"]``) are the ``[audio]`` keys it takes, checked by
+``harken check-config`` like every other table (agent/config.py assembles ``[audio]`` from
+this registry). Then the module in the import line of ``__init__.py``, or, for a plugin kept
+outside the package, in the config's ``agent.plugins`` (docs/agent.md).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from typing import ClassVar
+from typing import ClassVar, Literal, TypeVar, get_args, get_origin
 
 import numpy as np
+from pydantic import Field
 
 from harken.common.errors import HarkenError
 from harken.common.registry import Registry
+from harken.common.settings import Section
 
 SOURCES = Registry("audio source")
-register = SOURCES.register
+S = TypeVar("S", bound="type[Source]")
 Report = Callable[[dict], None]          # a status record for the sinks (audio_lost, ...)
 Tap = int | None                         # a 1-based channel, or None: the mono view
 
@@ -44,8 +50,33 @@ class SourceError(HarkenError, OSError):
     """An audio source that cannot be opened; the message names it."""
 
 
+class SourceSettings(Section):
+    """The ``[audio]`` keys every source takes; a source's own model adds its keys and
+    narrows ``source`` to ``Literal["its name"]`` (the tag that picks the model)."""
+    source: str
+    # 1-based input channel this machine listens to; None: the input's mono view (a
+    # microphone's first channel, the mix of a file's or stdin's channels)
+    channel: int | None = Field(None, ge=1, le=64)
+    block_s: float = Field(0.1, gt=0, le=2)
+
+    def input_key(self) -> tuple:
+        """The input's identity without the channel: machines whose audio has the same key
+        share one stream (one PortAudio stream, one file read), each taking its channel."""
+        return tuple(sorted(self.model_dump(exclude={"channel"}).items(), key=str))
+
+    def describe(self) -> str:
+        """The input in words, for calibration and enrollment records."""
+        return f"audio.source {self.source!r}"
+
+
 class Source(ABC):
     name: ClassVar[str]
+    Settings: ClassVar[type[SourceSettings]]      # its [audio] keys
+
+    @classmethod
+    def preflight(cls, config) -> None:
+        """What ``harken run`` and ``check-config`` refuse before anything starts (a
+        ConfigError naming the file and key); nothing by default."""
 
     @classmethod
     @abstractmethod
@@ -65,3 +96,12 @@ class Source(ABC):
 
     def close(self) -> None:
         """Release the device or file."""
+
+
+def register(cls: S) -> S:
+    """Class decorator: make ``cls`` the audio source ``cls.name``; its ``Settings`` must be
+    tagged with that name (``source: Literal[name]``), so the config finds it."""
+    field = cls.Settings.model_fields["source"]
+    if get_origin(field.annotation) is not Literal or get_args(field.annotation) != (cls.name,):
+        raise TypeError(f"{cls.__name__}.Settings: 'source' must be Literal[{cls.name!r}]")
+    return SOURCES.register(cls)

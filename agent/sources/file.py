@@ -6,10 +6,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import model_validator
 
-from harken.agent.sources.base import Report, Source, Tap, pick_channels, register
+from harken.common.errors import ConfigError
+from harken.agent.sources.base import Report, Source, SourceSettings, Tap, pick_channels, register
 from harken.agent.sources.wavio import check_rate, read_pcm, read_wav, resample, to_float32
 
 
@@ -43,9 +46,34 @@ def wav_chunks(path: str | Path, rate: int, chunk_s: float = 0.1, realtime: bool
         yield x
 
 
+class FileSettings(SourceSettings):
+    source: Literal["file"] = "file"
+    file: str | None = None           # relative to the config file
+    realtime: bool = True             # paced like a microphone
+    loop: bool = False                # restarts at the end (demos)
+
+    @model_validator(mode="after")
+    def _needs_a_path(self):
+        if not self.file:
+            raise ValueError("audio.source = 'file' needs audio.file")
+        return self
+
+    def describe(self) -> str:
+        return f"file {self.file}"
+
+
 @register
 class FileSource(Source):
     name = "file"
+    Settings = FileSettings
+
+    @classmethod
+    def preflight(cls, config) -> None:
+        a = config.audio
+        path = config.path(a.file)
+        if not path.is_file():
+            raise ConfigError(f"{config.source_file}: key 'audio.file' = {a.file!r}: no such "
+                              f"file ({path})")
 
     def __init__(self, path: Path, rate: int, block_s: float, realtime: bool, loop: bool,
                  taps: Sequence[Tap] = (None,)) -> None:

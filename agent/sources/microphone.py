@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from harken.agent.sources.ringbuffer import RingBuffer
-from harken.agent.sources.base import Report, Source, SourceError, Tap, register
+from harken.agent.sources.base import Report, Source, SourceError, SourceSettings, Tap, register
 from harken.agent.sources.resample import StreamResampler
 
 
@@ -119,9 +121,20 @@ class Microphone:
         return np.stack(cols, axis=1) if cols[0].size else np.zeros((0, len(cols)), np.float32)
 
 
+class MicrophoneSettings(SourceSettings):
+    source: Literal["mic"] = "mic"
+    device: str | int | None = None   # PortAudio input: index or (part of) its name
+    ring_s: float = Field(30.0, ge=1, le=600)
+    reopen_s: float = Field(5.0, gt=0, le=3600)     # retry a lost microphone this often
+
+    def describe(self) -> str:
+        return f"microphone {self.device!r}"
+
+
 @register
 class MicrophoneSource(Source):
     name = "mic"
+    Settings = MicrophoneSettings
 
     def __init__(self, device: str | int | None, rate: int, block_s: float = 0.1,
                  ring_s: float = 30.0, reopen_s: float = 5.0,

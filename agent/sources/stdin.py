@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
-from harken.agent.sources.base import Report, Source, SourceError, Tap, pick_channels, register
+from harken.agent.sources.base import (Report, Source, SourceError, SourceSettings, Tap,
+                                       pick_channels, register)
 
 
 def pcm_chunks(stream: BinaryIO | None, rate: int, chunk_s: float = 0.1,
@@ -42,9 +44,26 @@ def pcm_chunks(stream: BinaryIO | None, rate: int, chunk_s: float = 0.1,
             yield x.reshape(-1, channels).mean(axis=1) if channels > 1 else x
 
 
+class StdinSettings(SourceSettings):
+    source: Literal["stdin"] = "stdin"
+    pcm_format: Literal["s16le", "s32le", "f32le"] = "s16le"
+    channels: int = Field(1, ge=1, le=32)
+
+    @model_validator(mode="after")
+    def _channel_exists(self):
+        if self.channel is not None and self.channel > self.channels:
+            raise ValueError(f"audio.channel = {self.channel}, but stdin carries "
+                             f"audio.channels = {self.channels}")
+        return self
+
+    def describe(self) -> str:
+        return "stdin"
+
+
 @register
 class StdinSource(Source):
     name = "stdin"
+    Settings = StdinSettings
 
     def __init__(self, rate: int, block_s: float, sample_format: str, channels: int,
                  taps: Sequence[Tap] = (None,)) -> None:

@@ -54,6 +54,9 @@ def test_relative_paths_are_relative_to_the_config(tmp_path):
     (GOOD.replace('bundle = "b"', 'threads = 0'), "key 'model.bundle' is required"),
     (GOOD + "\n[model.extra]\n", "unknown key"),
     (GOOD.replace('file = "x.wav"', ''), "audio.source = 'file' needs audio.file"),
+    # [audio] holds the keys of the source it names, and no other source's
+    (GOOD + 'device = "USB"\n',
+     r"unknown key 'audio.device' \(not a key of audio.source = 'file'\)"),
     (GOOD + "\n[decision]\nk_on = 5\nn = 3\n", r"decision.k_on \(5\) cannot exceed"),
     (GOOD.replace('machine = "fan"', 'machine = "fan/1"'), "key 'agent.machine' = 'fan/1'"),
 ])

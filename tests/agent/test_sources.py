@@ -67,3 +67,80 @@ def test_wav_source_passes_a_nan_sample_on_like_the_other_sources(tmp_path):
     scipy.io.wavfile.write(tmp_path / "nan.wav", 16000, x)
     got = np.concatenate(list(wav_chunks(tmp_path / "nan.wav", 16000, 0.5)))
     assert got.shape == (32000,) and np.isnan(got[24000]) and np.isfinite(np.delete(got, 24000)).all()
+
+
+# -- each source's settings, and calibration reading through the sources -------------------
+
+def test_a_source_is_registered_only_under_the_tag_of_its_settings():
+    from typing import Literal
+
+    from harken.agent.sources import SOURCES, FileSource, SourceSettings
+    from harken.agent.sources.base import register
+
+    class Settings(SourceSettings):
+        source: Literal["radio"] = "radio"
+
+    class Mistagged(FileSource):
+        name = "wireless"
+    Mistagged.Settings = Settings
+    with pytest.raises(TypeError, match=r"Mistagged.Settings: 'source' must be "
+                                        r"Literal\['wireless'\]"):
+        register(Mistagged)
+    assert "wireless" not in SOURCES and list(SOURCES)[:3] == ["mic", "file", "stdin"]
+
+
+def test_the_file_source_refuses_a_missing_file_before_a_run(tmp_path):
+    from harken.agent.config import ConfigError, parse_config
+    from harken.agent.sources import SOURCES
+    cfg = parse_config({"model": {"bundle": "b"}, "audio": {"source": "file", "file": "x.wav"}},
+                       str(tmp_path / "agent.toml"))
+    with pytest.raises(ConfigError, match=r"agent.toml: key 'audio.file' = 'x.wav': no such file"):
+        SOURCES["file"].preflight(cfg)
+    write_wav(tmp_path / "x.wav", np.zeros(160, np.float32), 16000)
+    SOURCES["file"].preflight(cfg)
+    SOURCES["stdin"].preflight(cfg)             # a source with nothing to check
+
+
+class Averages:
+    """Stands in for a pipeline: one result per second of audio, scored with its mean."""
+
+    interval_s = 1.0
+
+    def __init__(self):
+        from types import SimpleNamespace
+        self.spec, self.pending, self.finished = SimpleNamespace(sample_rate=16000), [], 0
+        self.result = lambda x: SimpleNamespace(score=float(np.mean(x)))
+
+    def push(self, x):
+        self.pending.append(np.asarray(x))
+        x = np.concatenate(self.pending)
+        out = [self.result(x[i:i + 16000]) for i in range(0, len(x) - 15999, 16000)]
+        self.pending = [x[len(out) * 16000:]]
+        return out
+
+    def finish(self):
+        self.finished += 1
+        rest, self.pending = np.concatenate(self.pending), []
+        return [self.result(rest)] if rest.size else []
+
+
+def test_calibration_reads_the_configured_source_with_each_machine_on_its_channel(
+        monkeypatch):
+    """``score_source`` opens the source as ``harken run`` does (here stdin, two channels):
+    one read, each pipeline its column, the recording's last interval flushed at its end."""
+    from types import SimpleNamespace
+
+    from harken.agent.config import parse_config
+    from harken.agent.site.calibrate import score_source
+    pcm = np.tile(np.array([[8192, -16384]], "<i2"), (16000 * 3 + 800, 1))   # 0.25, -0.5
+    monkeypatch.setattr("sys.stdin", SimpleNamespace(buffer=io.BytesIO(pcm.tobytes())))
+    cfg = parse_config({"model": {"bundle": "b"},
+                        "audio": {"source": "stdin", "channels": 2}}, "a.toml")
+    pipelines = [Averages(), Averages(), Averages()]
+    got = score_source(pipelines, cfg, None, False, taps=[2, 1, 2])
+    assert [scores for scores, _ in got] == [[-0.5] * 4, [0.25] * 4, [-0.5] * 4]
+    assert [p.finished for p in pipelines] == [1, 1, 1]
+    # --minutes: stops once every pipeline has its intervals, the rest left unread
+    monkeypatch.setattr("sys.stdin", SimpleNamespace(buffer=io.BytesIO(pcm.tobytes() * 10)))
+    [(scores, skipped)] = score_source([Averages()], cfg, 2 / 60, False, taps=[1])
+    assert scores == [0.25, 0.25] and skipped == 0

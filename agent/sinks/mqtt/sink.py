@@ -27,7 +27,8 @@ from harken.agent.sinks.mqtt.broker import ConnectionReports, make_client, refus
 from harken.agent.sinks.mqtt.homeassistant import discovery_payload, discovery_topic
 from harken.agent.sinks.mqtt.outbox import Outbox
 from harken.agent.decision.records import IntervalResult
-from harken.agent.sinks.base import Sink, register
+from harken.agent.sinks.base import register
+from harken.agent.sinks.mqtt.settings import MqttTableSink as Sink   # reads [mqtt]
 from harken.agent.sinks.mqtt.topics import MACHINE_KINDS, Topics, ha_status_topic
 
 _log = logging.getLogger("harken")

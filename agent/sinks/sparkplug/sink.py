@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 from harken.agent.sinks.mqtt.outbox import Outbox
 from harken.agent.decision.records import IntervalResult
-from harken.agent.sinks.base import Sink, register
+from harken.agent.sinks.base import register
+from harken.agent.sinks.mqtt.settings import MqttTableSink as Sink   # reads [mqtt]
 
 if TYPE_CHECKING:                  # protobuf is imported only where Sparkplug is enabled
     from harken.agent.sinks.sparkplug.node import EdgeNode

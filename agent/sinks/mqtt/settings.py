@@ -1,0 +1,65 @@
+"""The ``[mqtt]`` table (docs/mqtt.md): broker, credentials, TLS, outbox, profile. The
+JSON-topic sink (sink.py) and the Sparkplug B sink (../sparkplug/sink.py) both read it:
+they take their base class, ``MqttTableSink``, from here, which names the table and its
+model once for both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from harken.agent.sinks.base import Sink, SinkSettings
+from harken.common.settings import resolve_password
+
+__all__ = ["MqttSection", "MqttTableSink"]
+
+
+class MqttSection(SinkSettings):
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = Field(1883, ge=1, le=65535)
+    prefix: str = Field("harken", min_length=1, pattern=r"^[A-Za-z0-9_./-]+$")
+    client_id: str = ""               # default harken-<node>-<machine>: stable across restarts
+    keepalive: int = Field(30, ge=5, le=3600)
+    username: str | None = None
+    password: str | None = Field(None, repr=False)   # or password_file = "..." (docs/agent.md)
+    password_env: str | None = None   # or the name of an environment variable
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False        # certificate verification off: logged as a warning
+    outbox: str = "outbox.db"         # in agent.state_dir
+    outbox_max: int = Field(100_000, ge=10)
+    profile: Literal["json", "sparkplug-b", "both"] = "json"   # docs/mqtt.md
+    group_id: str = Field("harken", min_length=1, pattern=r"^[^/+#]+$")   # Sparkplug group
+    edge_node_id: str | None = Field(None, min_length=1, pattern=r"^[^/+#]+$")  # agent.node
+    homeassistant: bool = False       # publish Home Assistant device discovery
+    discovery_prefix: str = Field("homeassistant", min_length=1,
+                                  pattern=r"^[A-Za-z0-9_./-]+$")
+
+    @model_validator(mode="after")
+    def _password_needs_username(self):
+        if (self.password is not None or self.password_env) and not self.username:
+            raise ValueError("a password (mqtt.password, password_file or password_env) "
+                             "needs mqtt.username")
+        return self
+
+    def resolved_password(self) -> str | None:
+        return resolve_password(self.password, None, self.password_env, "mqtt.password_env")
+
+    def for_machine(self, name: str) -> MqttSection:
+        """One broker connection per machine (a Last Will each): its own client id and
+        outbox file."""
+        outbox = Path(self.outbox)
+        return self.model_copy(update={
+            "outbox": str(outbox.with_name(f"{outbox.stem}-{name}{outbox.suffix}")),
+            "client_id": f"{self.client_id}-{name}" if self.client_id else ""})
+
+
+class MqttTableSink(Sink):
+    """The base of the sinks that read ``[mqtt]``."""
+    table = "mqtt"
+    Settings = MqttSection
