@@ -33,8 +33,9 @@ any sink is, naming the ``mqtt.profile`` values that enable it) that
 3. in ``interval`` ``put``s each durable message into its lane (``arrived``: the audio's
    arrival, for the latency); publishes live ones with ``publish``;
 4. in ``health`` reports ``lane.outbox.depth``, ``connected``, ``take_latency_ms(lane)``;
-5. at ``close`` calls ``flush(lane, flush_s)``, ``close_lane(lane)`` and
-   ``close(last=...)`` (the last message of a clean stop: ``stopped``, NDEATH).
+5. at ``close`` calls ``flush(lane, flush_s)``, then ``close(last=...)`` (the last message
+   of a clean stop: ``stopped``, NDEATH; it closes the lanes left), or ``close_lane(lane)``
+   where one connection serves several sinks (Sparkplug's devices).
 
 Nothing of the paho lifecycle, the window, replay or acking is copied.
 
@@ -51,7 +52,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
 from typing import ClassVar
 
 from harken.agent.sinks.base import Sink
