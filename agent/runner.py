@@ -25,7 +25,9 @@ from harken.agent.model.backends import BackendPool
 from harken.agent.model.bundle import Bundle, BundleError
 from harken.agent.config import Config, ConfigError
 from harken.common.errors import HarkenError
-from harken.agent.decision.records import IntervalResult
+from harken.agent.decision.records import (AudioFailed, AudioHealth, AudioLost, AudioRestored,
+                                           EnrolledBankInfo, IntervalResult, Started,
+                                           StatusEvent, Stats, Stopped, source_report)
 from harken.agent.build import preflight
 from harken.agent.pipeline import Pipeline
 from harken.agent.sinks import Sink, make_sinks
@@ -52,9 +54,9 @@ class Machine:
     def name(self) -> str:
         return self.config.agent.machine
 
-    def send(self, record: dict) -> None:
+    def send(self, event: StatusEvent) -> None:
         for sink in self.sinks:
-            sink.status(dict(record))
+            sink.status(event)
 
 
 @dataclass
@@ -165,15 +167,15 @@ class Runner:
         machines' sinks, and systemd."""
         def report(record: dict) -> None:
             names = [m.name for m in listener.machines]
-            if record.get("status") == "audio_lost":
+            events = [source_report(record, m.config.audio.channel) for m in listener.machines]
+            if isinstance(events[0], AudioLost):
                 listener.lost = True
-                self.notify.status(f"audio lost ({', '.join(names)}): "
-                                   f"{record.get('error', '')}")
-            elif record.get("status") == "audio_restored":
+                self.notify.status(f"audio lost ({', '.join(names)}): {events[0].error}")
+            elif isinstance(events[0], AudioRestored):
                 listener.lost = False
                 self.notify.status(f"audio restored ({', '.join(names)})")
-            for m in listener.machines:
-                m.send({**record, "channel": m.config.audio.channel})
+            for m, event in zip(listener.machines, events):
+                m.send(event)
         return report
 
     def _push(self, listener: Listener, chunk: np.ndarray) -> None:
@@ -216,8 +218,7 @@ class Runner:
             machine.health[r.status] += 1
             if r.status != machine.audio:
                 # a channel going silent (or clipping) is said once, by machine and channel
-                machine.send({"status": "audio_health", "health": r.status,
-                              "was": machine.audio, "channel": machine.config.audio.channel})
+                machine.send(AudioHealth(r.status, machine.audio, machine.config.audio.channel))
                 machine.audio = r.status
         if time.monotonic() >= self._next_stats:
             self._stats()
@@ -237,31 +238,31 @@ class Runner:
                 for m in lst.machines:
                     times, m.inference_ms = m.inference_ms, []
                     health, m.health = m.health, Counter()
-                    record = {"status": "stats", "ts": round(time.time(), 3), **process,
-                              "intervals": m.intervals,
-                              "inference_ms_median": (round(float(np.median(times)), 3)
-                                                      if times else None),
-                              "audio": "lost" if lst.lost else m.audio,
-                              "interval_status": dict(health), **source}
+                    sinks: dict = {}
                     for sink in m.sinks:
-                        record.update(sink.health())
-                    m.send(record)
+                        sinks.update(sink.health())
+                    m.send(Stats(ts=round(time.time(), 3), process=process,
+                                 intervals=m.intervals,
+                                 inference_ms_median=(round(float(np.median(times)), 3)
+                                                      if times else None),
+                                 audio="lost" if lst.lost else m.audio,
+                                 interval_status=dict(health), source=source, sinks=sinks))
             self.notify.status(f"{self.intervals} intervals, {len(self.machines)} "
                                f"machine(s), cpu {process['cpu_percent']} %, "
                                f"rss {process['rss_mb']} MB")
         finally:
             self._stats_lock.release()
 
-    def _started(self, m: Machine) -> dict:
+    def _started(self, m: Machine) -> Started:
         scorer = m.pipeline.scorer
-        record = {"status": "started", "model": m.bundle.model_id,
-                  "backend": scorer.backend_name, "threshold": m.pipeline.decision.threshold,
-                  "source": m.config.audio.source, "channel": m.config.audio.channel}
         bank = scorer.enrollment
-        if bank is not None:             # say which on-site bank scores (harken enroll)
-            record["bank"] = {"enrolled": True, "audio_s": bank.audio_s,
-                              "intervals": bank.intervals, "created": bank.sessions[-1].created}
-        return record
+        return Started(model=m.bundle.model_id, backend=scorer.backend_name,
+                       threshold=m.pipeline.decision.threshold, source=m.config.audio.source,
+                       channel=m.config.audio.channel,
+                       # say which on-site bank scores (harken enroll)
+                       bank=None if bank is None else EnrolledBankInfo(
+                           audio_s=bank.audio_s, intervals=bank.intervals,
+                           created=bank.sessions[-1].created))
 
     def _listen_guarded(self, listener: Listener) -> None:
         """An input's thread: a user-facing failure of one input (its file vanished) is
@@ -271,8 +272,7 @@ class Runner:
         except HarkenError as exc:
             listener.error = exc
             for m in listener.machines:
-                m.send({"status": "audio_failed", "error": str(exc),
-                        "channel": m.config.audio.channel})
+                m.send(AudioFailed(str(exc), m.config.audio.channel))
         except BaseException as exc:       # a bug: every input stops, raised in run()
             listener.error = exc
             self._stop.set()
@@ -300,7 +300,7 @@ class Runner:
                 lst.source.close()
             self.notify.stopping()
             for m in self.machines:
-                m.send({"status": "stopped", "intervals": m.intervals})
+                m.send(Stopped(m.intervals))
                 for sink in m.sinks:
                     sink.close()
         return 0

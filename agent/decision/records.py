@@ -4,7 +4,8 @@ anomaly event. Lives below the sinks so that they need nothing from the pipeline
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 import numpy as np
 
@@ -40,3 +41,133 @@ class IntervalResult:
                 "rms_dbfs": None if not np.isfinite(self.rms_dbfs) else round(self.rms_dbfs, 1),
                 "windows": self.windows, "inference_ms": round(self.inference_ms, 3),
                 **self.extra}
+
+
+# -- status events ----------------------------------------------------------------------
+# What the runner tells its sinks besides intervals. Each kind is a type, so a sink picks
+# the ones it carries by type (isinstance); ``to_dict`` is the status record exactly as the
+# JSON lines and the MQTT stats topic have always written it (docs/mqtt.md "Stats").
+
+@dataclass(frozen=True)
+class StatusEvent:
+    """A status record; ``status`` names its kind in the written record."""
+    status: ClassVar[str]
+
+    def to_dict(self) -> dict:
+        return {"status": self.status, **{f.name: getattr(self, f.name) for f in fields(self)}}
+
+
+@dataclass(frozen=True)
+class EnrolledBankInfo:
+    """Which on-site bank scores (harken enroll), as the ``started`` record names it."""
+    audio_s: float
+    intervals: int
+    created: str
+
+    def to_dict(self) -> dict:
+        return {"enrolled": True, "audio_s": self.audio_s, "intervals": self.intervals,
+                "created": self.created}
+
+
+@dataclass(frozen=True)
+class Started(StatusEvent):
+    """The machine is ready: what scores it (its model and backend) and on what input."""
+    status: ClassVar[str] = "started"
+    model: str
+    backend: str
+    threshold: float
+    source: str
+    channel: int | None
+    bank: EnrolledBankInfo | None = None
+
+    def to_dict(self) -> dict:
+        record = {"status": self.status, "model": self.model, "backend": self.backend,
+                  "threshold": self.threshold, "source": self.source, "channel": self.channel}
+        if self.bank is not None:
+            record["bank"] = self.bank.to_dict()
+        return record
+
+
+@dataclass(frozen=True)
+class Stats(StatusEvent):
+    """The periodic health record: the process, the machine's intervals and inference
+    time, its input's figures and its sinks' (each a dict of figures, merged in order)."""
+    status: ClassVar[str] = "stats"
+    ts: float
+    process: dict
+    intervals: int
+    inference_ms_median: float | None
+    audio: str
+    interval_status: dict
+    source: dict
+    sinks: dict
+
+    def to_dict(self) -> dict:
+        return {"status": self.status, "ts": self.ts, **self.process,
+                "intervals": self.intervals, "inference_ms_median": self.inference_ms_median,
+                "audio": self.audio, "interval_status": dict(self.interval_status),
+                **self.source, **self.sinks}
+
+
+@dataclass(frozen=True)
+class AudioHealth(StatusEvent):
+    """A channel's interval status changed (went silent, clipped, or back to ok)."""
+    status: ClassVar[str] = "audio_health"
+    health: str
+    was: str
+    channel: int | None
+
+
+@dataclass(frozen=True)
+class InputProblem(StatusEvent):
+    """A machine's input gave no audio: why, and the machine's channel of it."""
+    error: str
+    channel: int | None
+
+
+class AudioLost(InputProblem):
+    """The input vanished (reported once; the source reopens it)."""
+    status = "audio_lost"
+
+
+class AudioFailed(InputProblem):
+    """The input failed for good (its file vanished): this machine stops listening."""
+    status = "audio_failed"
+
+
+@dataclass(frozen=True)
+class AudioRestored(StatusEvent):
+    """A lost input is back: the device now open."""
+    status: ClassVar[str] = "audio_restored"
+    device: str
+    channel: int | None
+
+
+@dataclass(frozen=True)
+class Stopped(StatusEvent):
+    """A clean stop, with the number of intervals the machine reported."""
+    status: ClassVar[str] = "stopped"
+    intervals: int
+
+
+@dataclass(frozen=True)
+class SourceNote(StatusEvent):
+    """A source's report that no type above describes (a plugin source's own, or one with
+    other fields), kept as the source wrote it, with the machine's channel."""
+    status: ClassVar[str] = "source"
+    record: dict
+    channel: int | None
+
+    def to_dict(self) -> dict:
+        return {**self.record, "channel": self.channel}
+
+
+def source_report(record: dict, channel: int | None) -> StatusEvent:
+    """A source's report (agent/sources/base.py ``Report``: a dict, since sources sit below
+    this module) as the typed event of the machine listening on ``channel``."""
+    kind = record.get("status")
+    if kind == AudioLost.status and set(record) == {"status", "error"}:
+        return AudioLost(record["error"], channel)
+    if kind == AudioRestored.status and set(record) == {"status", "device"}:
+        return AudioRestored(record["device"], channel)
+    return SourceNote(dict(record), channel)

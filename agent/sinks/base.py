@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
-from harken.agent.decision.records import IntervalResult
+from harken.agent.decision.records import IntervalResult, StatusEvent
 from harken.common.registry import Registry
 from harken.common.settings import Section
 
@@ -51,8 +51,10 @@ class Sink(ABC):
     def interval(self, result: IntervalResult) -> None:
         """One scored report interval (and its event, if any)."""
 
-    def status(self, record: dict) -> None:
-        """A status record; ignored unless the sink carries status."""
+    def status(self, event: StatusEvent) -> None:
+        """A status event (a type of agent/decision/records.py: ``Started``, ``Stats``,
+        ...); ignored unless the sink carries it. Dispatch on its type; ``to_dict()`` is
+        the record as written."""
 
     def health(self) -> dict:
         """Figures this sink adds to the stats record."""

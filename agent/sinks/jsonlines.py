@@ -12,7 +12,7 @@ from typing import TextIO
 from pydantic import Field
 
 from harken.common.errors import ConfigError
-from harken.agent.decision.records import IntervalResult
+from harken.agent.decision.records import IntervalResult, StatusEvent
 from harken.agent.sinks.base import Sink, SinkSettings, register
 
 
@@ -74,8 +74,10 @@ class JsonLinesSink(Sink):
             self._write({"kind": "event", "node": self.node, "machine": self.machine,
                          "seq": result.seq, **result.event.to_dict()})
 
-    def status(self, record: dict) -> None:
-        self._write({"kind": "status", "node": self.node, "machine": self.machine, **record})
+    def status(self, event: StatusEvent) -> None:
+        """Every status event, as its record."""
+        self._write({"kind": "status", "node": self.node, "machine": self.machine,
+                     **event.to_dict()})
 
     def close(self) -> None:
         if self._file is not None:

@@ -128,9 +128,10 @@ def test_a_refused_password_is_logged_once_not_at_every_retry(tmp_path):
     try:
         no = ReasonCode(PacketTypes.CONNACK, "Not authorized")
         bye = ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
+        publisher = sink.publisher            # the connection is the publisher's
         for _ in range(5):
-            sink._on_connect(sink.client, None, None, no, None)
-            sink._on_disconnect(sink.client, None, None, bye, None)
+            publisher._on_connect(publisher.client, None, None, no, None)
+            publisher._on_disconnect(publisher.client, None, None, bye, None)
         # (the sink's own attempt at port 1 may add "cannot reach": not what is counted)
         refusals = [m for m in seen if "Not authorized" in m or "disconnected" in m]
         assert len(refusals) == 1 and "Not authorized" in refusals[0]

@@ -81,7 +81,7 @@ def test_a_runner_takes_any_source_and_sink(ae_bundle, tmp_path):
     # drops its last second (10 s as one stream would have made five)
     assert [r.seq for r in sink.results] == list(range(41, 45))
     assert source.closed and sink.closed
-    kinds = [r["status"] for r in sink.records]
+    kinds = [r.status for r in sink.records]               # typed status events
     assert kinds[0] == "started" and kinds[-1] == "stopped" and kinds.count("audio_lost") == 2
 
 

@@ -1,9 +1,10 @@
 """Reaching an MQTT broker: the TLS context, broker URLs, and why a connection failed.
 
-Shared by the publishing agent (agent/sinks/mqtt/sink.py) and the plant-side `harken watch`. paho
-reports a failed connection attempt without its cause (``on_connect_fail`` takes no
-exception), so :func:`diagnose` repeats the TCP and TLS steps with the same context and
-names what went wrong: unreachable host, untrusted certificate, failed handshake.
+Shared by the agent's durable publisher (agent/sinks/mqtt/publisher.py) and the plant-side
+`harken watch`. paho reports a failed connection attempt without its cause
+(``on_connect_fail`` takes no exception), so :func:`diagnose` repeats the TCP and TLS steps
+with the same context and names what went wrong: unreachable host, untrusted certificate,
+failed handshake.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
 """The Sparkplug B edge node: one MQTT connection for the agent, its machines as devices.
+An encoder on the durable publisher (agent/sinks/mqtt/publisher.py), which delivers: this
+module decides the births, deaths, ``seq``, ``bdSeq`` and the DDATA payloads.
 
 It connects once every device has said its model (the runner's ``started``). On every
 connection (clean session, as the specification requires): NBIRTH (``seq`` 0, the
@@ -20,21 +22,18 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harken.agent.sinks.mqtt.broker import ConnectionReports, make_client, refusal
-from harken.agent.sinks.mqtt.outbox import Outbox
+from harken.agent.sinks.mqtt.outbox import Message, Outbox
+from harken.agent.sinks.mqtt.publisher import Encoder, Lane, Publisher
 from harken.common.atomic import write_atomic
 from harken.agent.sinks.sparkplug.payload import DataType, Payload, add_metric, decode, \
     metric_value, topic
 
 _log = logging.getLogger("harken")
-WINDOW = 32                     # DDATA in flight (unacknowledged) at a time
 REBIRTH = "Node Control/Rebirth"
 
 # the device metrics of every DDATA: (name, Sparkplug type, score payload key, unit)
@@ -51,19 +50,23 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-@dataclass
+@dataclass(eq=False)
 class Device:
-    """One monitored machine: its outbox of DDATA rows and what its DBIRTH says."""
+    """One monitored machine: its publisher lane (a durable outbox of DDATA rows) and what
+    its DBIRTH says."""
     name: str
-    outbox: Outbox
+    lane: Lane
     properties: dict                       # model, backend, interval_s, section
     last: dict = field(default_factory=dict)      # the latest score payload (DBIRTH values)
     born: bool = False                     # DBIRTH sent on this connection
     described: bool = False                # its model and backend are known
-    made_in: OrderedDict = field(default_factory=OrderedDict)   # row -> connection made on
+
+    @property
+    def outbox(self) -> Outbox:
+        return self.lane.outbox
 
 
-class EdgeNode(ConnectionReports):
+class EdgeNode(Encoder):
     def __init__(self, settings, group: str, edge_node: str, state_dir: Path, version: str,
                  log: Callable[[str], None] | None = None) -> None:
         self.log = log or (lambda msg: _log.info(f"sparkplug: {msg}"))
@@ -71,41 +74,20 @@ class EdgeNode(ConnectionReports):
         self._bdseq_file = state_dir / f"sparkplug-bdseq-{edge_node}"
         self.bdseq = self._next_bdseq()
         self.devices: dict[str, Device] = {}
-        # seq, births and the device table. paho calls on_publish holding its own message
-        # mutex, which publish() needs: so on_publish never takes this lock, only
-        # _flight_lock, which is never held across a publish()
-        self._lock = threading.RLock()
-        self._flight_lock = threading.Lock()
         self._seq = 0
-        self._inflight: dict[int, tuple[Device, int]] = {}
-        self._acked_early: set[int] = set()      # PUBACKs that beat their bookkeeping
-        self._last_sent: dict[str, int] = {}
-        self._session: int | None = None
         self._need_birth = False
-        self._wake, self._stop = threading.Event(), threading.Event()
-        self._connected, self._settled = threading.Event(), threading.Event()
         client_id = f"{settings.client_id}-spb" if settings.client_id else \
             f"harken-spb-{group}-{edge_node}"
-        self.client, self.tls = make_client(settings, client_id, self.log)
+        self.publisher = Publisher(settings, client_id, self, self.log, thread_name="sparkplug")
+        # seq, births and the device table are kept under the publisher's lock, which its
+        # sender holds while it publishes: a DDATA's seq is taken in order with the births'
+        self._lock = self.publisher.lock
         self._set_will()
-        self.client.on_connect = self._on_connect
-        self.client.on_connect_fail = self._on_connect_fail
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_publish = self._on_publish
-        self.client.on_message = self._on_message
-        self._started = False
-        self._sender = threading.Thread(target=self._send_loop, name="sparkplug", daemon=True)
-        self._sender.start()
 
     def start(self) -> None:
         """Connect: once every device has said its model (the births carry it), or at the
         first data, whichever comes first."""
-        with self._lock:
-            if self._started:
-                return
-            self._started = True
-        self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive)
-        self.client.loop_start()
+        self.publisher.start()
 
     # -- bdSeq and the Will ---------------------------------------------------------------
     def _next_bdseq(self) -> int:
@@ -124,43 +106,23 @@ class EdgeNode(ConnectionReports):
         return p.SerializeToString()
 
     def _set_will(self) -> None:
-        self.client.will_set(topic(self.group, "NDEATH", self.edge_node), self._death(),
-                             qos=1, retain=False)
+        self.publisher.will(topic(self.group, "NDEATH", self.edge_node), self._death(),
+                            qos=1, retain=False)
 
-    # -- paho callbacks (paho's thread) -----------------------------------------------------
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            self._report(refusal(self.s.host, self.s.port, reason_code,
-                                 "check mqtt.username and the password"))
-            self._settled.set()
-            return
-        self._last_error = ""
+    # -- the connection (the publisher's hooks, paho's thread) ------------------------------
+    def connection_made(self) -> None:
         self.log(f"edge node {self.group}/{self.edge_node} connected to {self.s.host}:"
                  f"{self.s.port} (bdSeq {self.bdseq})")
-        client.subscribe(topic(self.group, "NCMD", self.edge_node), qos=0)
-        with self._flight_lock:
-            self._inflight.clear()
-            self._acked_early.clear()
+        self.publisher.subscribe(topic(self.group, "NCMD", self.edge_node), qos=0)
         with self._lock:
-            self._last_sent.clear()               # resend everything not acknowledged
-            self._session = (self._session or 0) + 1
             self._need_birth = True
-        self._connected.set()
-        self._settled.set()
-        self._wake.set()
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        was = self._connected.is_set()
-        self._connected.clear()
-        self._settled.set()
-        if was and not self._stop.is_set():
-            # the broker sends this connection's NDEATH; the next one is a new session
-            self.bdseq = self._next_bdseq()
-            self._set_will()
-            self._report(f"disconnected from {self.s.host}:{self.s.port} ({reason_code}); "
-                         "retrying")
+    def connection_lost(self) -> None:
+        # the broker sends this connection's NDEATH; the next one is a new session
+        self.bdseq = self._next_bdseq()
+        self._set_will()
 
-    def _on_message(self, client, userdata, message) -> None:
+    def message_received(self, message) -> None:
         try:
             payload = decode(message.payload)
         except ValueError:
@@ -168,25 +130,30 @@ class EdgeNode(ConnectionReports):
         if any(m.name == REBIRTH and metric_value(m) is True for m in payload.metrics):
             with self._lock:
                 self._need_birth = True
-            self._wake.set()
+            self.publisher.wake()
 
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        with self._flight_lock:
-            sent = self._inflight.pop(mid, None)
-            if sent is None:
-                self._acked_early.add(mid)
-        if sent is not None:
-            device, row = sent
-            device.outbox.ack(row)
-            self._wake.set()
-
-    # -- publishing (the sender thread) -----------------------------------------------------
-    def _publish(self, kind: str, payload, device: str | None = None, qos: int = 0):
-        """Stamp the session's next ``seq`` and publish (caller holds the lock)."""
+    # -- publishing (the sender thread, holding the lock) -----------------------------------
+    def _stamp(self, payload) -> bytes:
+        """The session's next ``seq`` on ``payload`` (caller holds the lock)."""
         payload.seq = self._seq
         self._seq = (self._seq + 1) % 256
-        return self.client.publish(topic(self.group, kind, self.edge_node, device),
-                                   payload.SerializeToString(), qos=qos, retain=False)
+        return payload.SerializeToString()
+
+    def _publish(self, kind: str, payload, device: str | None = None) -> None:
+        """A birth or death: stamped and published directly (QoS 0, as specified)."""
+        self.publisher.publish(topic(self.group, kind, self.edge_node, device),
+                               self._stamp(payload), qos=0, retain=False)
+
+    def before_send(self) -> None:
+        """Births before any DDATA of the connection: all of them when the connection is
+        new or a rebirth was asked for, a DBIRTH for a device registered since."""
+        if self._need_birth:
+            for d in self.devices.values():
+                d.born = False
+            self._births()
+        for d in self.devices.values():
+            if not d.born:
+                self._dbirth(d)
 
     def _births(self) -> None:
         """NBIRTH (seq 0) and every device's DBIRTH."""
@@ -219,53 +186,21 @@ class EdgeNode(ConnectionReports):
         self._publish("DBIRTH", p, d.name)
         d.born = True
 
-    def _ddata(self, d: Device, body: dict, historical: bool):
+    def _ddata(self, m: Message, live: bool) -> bytes:
+        """A stored score payload as the DDATA sent: live, or ``is_historical`` after the
+        births of a later connection, with the interval's own timestamps."""
+        body = json.loads(m.payload)
         p = Payload(timestamp=now_ms())
         t = int(round(body["ts"] * 1000))
         for name, dtype, key, _ in DEVICE_METRICS:
-            add_metric(p, name, dtype, body.get(key), t, historical=historical)
-        return self._publish("DDATA", p, d.name, qos=1)
-
-    def _send_loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(1.0)
-            self._wake.clear()
-            if not self._connected.is_set():
-                continue
-            with self._lock:
-                if self._need_birth:
-                    for d in self.devices.values():
-                        d.born = False
-                    self._births()
-                for d in self.devices.values():
-                    if not d.born:                 # registered after the NBIRTH
-                        self._dbirth(d)
-                    self._send_pending(d)
-
-    def _send_pending(self, d: Device) -> None:
-        with self._flight_lock:
-            room = WINDOW - len(self._inflight)
-        if room <= 0:
-            return
-        for m in d.outbox.pending(self._last_sent.get(d.name, 0), room):
-            live = self._session is not None and d.made_in.pop(m.id, None) == self._session
-            info = self._ddata(d, json.loads(m.payload), historical=not live)
-            if info.rc != 0:                  # not connected any more: the next one resends
-                break
-            self._last_sent[d.name] = m.id
-            with self._flight_lock:
-                early = info.mid in self._acked_early
-                self._acked_early.discard(info.mid)
-                if not early:
-                    self._inflight[info.mid] = (d, m.id)
-            if early:
-                d.outbox.ack(m.id)
+            add_metric(p, name, dtype, body.get(key), t, historical=not live)
+        return self._stamp(p)
 
     # -- the devices' side (their sinks) ----------------------------------------------------
     def add_device(self, name: str, outbox: Outbox, properties: dict) -> Device:
         with self._lock:
-            d = self.devices[name] = Device(name, outbox, properties)
-        self._wake.set()
+            d = self.devices[name] = Device(name, self.publisher.add_lane(outbox, self._ddata),
+                                            properties)
         return d
 
     def describe(self, d: Device, **properties) -> None:
@@ -279,51 +214,31 @@ class EdgeNode(ConnectionReports):
             ready = all(x.described for x in self.devices.values())
         if ready:
             self.start()
-        self._wake.set()
+        self.publisher.wake()
 
     def data(self, d: Device, body: dict) -> None:
         """One report interval of device ``d`` into its outbox (then published)."""
         with self._lock:
-            session = self._session if self._connected.is_set() else None
-            row = d.outbox.put(topic(self.group, "DDATA", self.edge_node, d.name),
+            self.publisher.put(d.lane, topic(self.group, "DDATA", self.edge_node, d.name),
                                json.dumps(body, allow_nan=False).encode(), qos=1,
                                kind="score", seq=body["seq"])
             d.last = body
-            if row >= 0 and session is not None:
-                d.made_in[row] = session
-            while len(d.made_in) > self.s.outbox_max:
-                d.made_in.popitem(last=False)
         self.start()
-        self._wake.set()
 
     def remove_device(self, d: Device, flush_s: float) -> None:
         """Deliver what the broker takes within ``flush_s``, then DDEATH."""
-        deadline = time.monotonic() + flush_s
-        if self._started and not self._connected.is_set():
-            self._settled.wait(flush_s)
-        while d.outbox.depth and time.monotonic() < deadline and self._connected.is_set():
-            self._wake.set()
-            time.sleep(0.05)
+        self.publisher.flush(d.lane, flush_s)
         with self._lock:
-            if self._connected.is_set() and d.born:
+            if self.publisher.connected and d.born:
                 self._publish("DDEATH", Payload(timestamp=now_ms()), d.name)
             del self.devices[d.name]
-        d.outbox.close()
+            self.publisher.close_lane(d.lane)
 
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        return self.publisher.connected
 
     def close(self) -> None:
         """NDEATH before an intentional disconnect, as the specification asks."""
-        if self._connected.is_set():
-            with self._lock:
-                info = self.client.publish(topic(self.group, "NDEATH", self.edge_node),
-                                           self._death(), qos=1, retain=False)
-            info.wait_for_publish(2)
-        self._stop.set()
-        self._wake.set()
-        if self._started:
-            self.client.disconnect()
-            self.client.loop_stop()
-        self._sender.join(timeout=2)
+        self.publisher.close(last=(topic(self.group, "NDEATH", self.edge_node), self._death(),
+                                   1, False))

@@ -9,9 +9,9 @@ import threading
 from typing import TYPE_CHECKING
 
 from harken.agent.sinks.mqtt.outbox import Outbox
-from harken.agent.decision.records import IntervalResult
+from harken.agent.decision.records import IntervalResult, Started, StatusEvent
 from harken.agent.sinks.base import register
-from harken.agent.sinks.mqtt.settings import MqttTableSink as Sink   # reads [mqtt]
+from harken.agent.sinks.mqtt.publisher import NetworkSink
 
 if TYPE_CHECKING:                  # protobuf is imported only where Sparkplug is enabled
     from harken.agent.sinks.sparkplug.node import EdgeNode
@@ -26,12 +26,11 @@ def _key(config) -> tuple:
 
 
 @register
-class SparkplugSink(Sink):
+class SparkplugSink(NetworkSink):
+    """A machine as a device of the agent's edge node; the node (one connection, one
+    publisher) is shared by the machines of one agent."""
     name = "sparkplug"
-
-    @classmethod
-    def enabled(cls, config) -> bool:
-        return config.mqtt.enabled and config.mqtt.profile in ("sparkplug-b", "both")
+    profiles = ("sparkplug-b", "both")
 
     @classmethod
     def from_config(cls, config) -> SparkplugSink:
@@ -60,11 +59,10 @@ class SparkplugSink(Sink):
             "model": "", "backend": "", "section": config.agent.section,
             "interval_s": config.decision.interval_s})
 
-    def status(self, record: dict) -> None:
+    def status(self, event: StatusEvent) -> None:
         # the model and backend are known once the runner starts: the DBIRTH says them
-        if record.get("status") == "started":
-            self.node.describe(self.device, model=record.get("model", ""),
-                               backend=record.get("backend", ""))
+        if isinstance(event, Started):
+            self.node.describe(self.device, model=event.model, backend=event.backend)
 
     def interval(self, result: IntervalResult) -> None:
         self.node.data(self.device, result.payload())

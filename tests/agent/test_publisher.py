@@ -1,0 +1,154 @@
+"""The durable publisher's own contract (agent/sinks/mqtt/publisher.py), against a real
+Mosquitto reached through a relay that can hold back what the broker says and cut the
+line: a row leaves its outbox only at its PUBACK, at most WINDOW rows wait for one, a row
+not acknowledged is replayed (as history) on the next connection, the Last Will goes out
+when the line is cut and the clean stop's last message when it is not."""
+
+import socket
+import threading
+from types import SimpleNamespace
+
+from harken.agent.sinks.mqtt.outbox import Outbox
+from harken.agent.sinks.mqtt.publisher import WINDOW, Encoder, Publisher
+from tests.agent.mosquitto import PASSWORD, USER, Listener
+from tests.helpers import wait_for
+
+
+class Relay:
+    """A TCP relay to the broker. ``hold()`` keeps the broker's replies (CONNACK, PUBACK)
+    from reaching the client until ``release()``; ``cut()`` drops every open line."""
+
+    def __init__(self, port: int) -> None:
+        self.broker_port = port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.lines: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.broker_port))
+            self.lines += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, self.flowing),
+                             daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket, gate: threading.Event | None) -> None:
+        try:
+            while data := src.recv(65536):
+                if gate is not None:
+                    gate.wait()
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def hold(self) -> None:
+        self.flowing.clear()
+
+    def release(self) -> None:
+        self.flowing.set()
+
+    def cut(self) -> None:
+        for s in self.lines:
+            try:
+                s.shutdown(socket.SHUT_RDWR)      # wakes a pump blocked in recv
+            except OSError:
+                pass
+            s.close()
+        self.lines = []
+
+    def close(self) -> None:
+        self.cut()
+        self.server.close()
+
+
+class Recorder(Encoder):
+    """An encoder that sends each row's payload as stored and notes what happened."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, bool]] = []        # (row, live) as encoded
+        self.connections = 0
+        self.lost = 0
+
+    def connection_made(self) -> None:
+        self.connections += 1
+
+    def connection_lost(self) -> None:
+        self.lost += 1
+
+    def encode(self, message, live: bool) -> bytes:
+        self.sent.append((message.id, live))
+        return message.payload
+
+
+def _settings(port: int) -> SimpleNamespace:
+    """What the publisher reads of the [mqtt] settings."""
+    return SimpleNamespace(host="127.0.0.1", port=port, keepalive=60, username=USER,
+                           resolved_password=lambda: PASSWORD, tls=False, outbox_max=1000)
+
+
+def _payloads(listener: Listener, topic: str) -> list[str]:
+    return [p for t, p, _ in listener.messages if t == topic]
+
+
+def test_a_row_is_deleted_only_at_its_puback_and_replayed_after_a_reconnect(broker, tmp_path):
+    relay = Relay(broker.port)
+    listen = Listener(broker.port, topic="contract/#", client_id="contract-listener")
+    enc, logs = Recorder(), []
+    pub = Publisher(_settings(relay.port), "contract-publisher", enc, logs.append)
+    pub.will("contract/status", "offline", qos=1)
+    box = Outbox(tmp_path / "outbox.db")
+    lane = pub.add_lane(box, enc.encode)
+    pub.start()
+    try:
+        wait_for("the first connection", lambda: pub.connected, 30)
+
+        # the broker has the row and has answered, but its PUBACK is held: the row stays
+        relay.hold()
+        pub.put(lane, "contract/data", b"one", seq=1)
+        listen.wait(lambda lt: _payloads(lt, "contract/data") == ["one"])
+        assert box.depth == 1
+        relay.release()
+        wait_for("the row acknowledged", lambda: box.depth == 0, 30)
+
+        # the window: with PUBACKs held, WINDOW rows are handed to paho (it may pace them
+        # further) and the rest wait; released, all arrive in order
+        relay.hold()
+        before = len(enc.sent)
+        for i in range(WINDOW + 8):
+            pub.put(lane, "contract/many", str(i).encode(), seq=2 + i)
+        wait_for("a full window", lambda: len(enc.sent) - before >= WINDOW, 30)
+        assert len(enc.sent) - before == WINDOW and box.depth == WINDOW + 8
+        relay.release()
+        wait_for("the window drained", lambda: box.depth == 0, 30)
+        listen.wait(lambda lt: _payloads(lt, "contract/many") ==
+                    [str(i) for i in range(WINDOW + 8)])
+
+        # the line is cut before the PUBACK: the broker sends the Will, and the next
+        # connection sends the row again, as history, until it is acknowledged
+        relay.hold()
+        row = pub.put(lane, "contract/data", b"two", seq=100)
+        listen.wait(lambda lt: "two" in _payloads(lt, "contract/data"))
+        assert box.depth == 1
+        relay.cut()
+        relay.release()
+        listen.wait(lambda lt: "offline" in _payloads(lt, "contract/status"))
+        wait_for("the reconnect", lambda: enc.connections == 2 and pub.connected, 60)
+        wait_for("the replayed row acknowledged", lambda: box.depth == 0, 30)
+        listen.wait(lambda lt: _payloads(lt, "contract/data").count("two") >= 2)
+        assert enc.lost == 1
+        assert [live for r, live in enc.sent if r == row] == [True, False]
+        assert all(live for r, live in enc.sent if r != row)     # each sent once, live
+        assert any("disconnected from" in m for m in logs)
+    finally:
+        pub.close(last=("contract/status", "stopped", 1, False))
+        relay.close()
+    listen.wait(lambda lt: _payloads(lt, "contract/status")[-1:] == ["stopped"])
+    listen.close()
