@@ -113,7 +113,7 @@ def check_rate(path: str | Path, rate: int, wanted: int) -> None:
                        f"{MIN_AUDIO_RATE} Hz); the file is damaged or not what it claims")
     if rate < wanted and (rate, wanted) not in _warned_rates:
         _warned_rates.add((rate, wanted))
-        logging.getLogger("harken").warning(
+        logging.getLogger(__name__).warning(
             f"WARNING: {path}: recorded at {rate} Hz, the model expects {wanted} Hz: nothing "
             f"above {rate // 2} Hz is in it, so its scores read high (record at {wanted} Hz)")
 

@@ -16,7 +16,7 @@ from harken.common.errors import ConfigError
 
 __all__ = ["Section", "first_line", "resolve_password", "warn_if_others_can_read"]
 
-log = logging.getLogger("harken")
+log = logging.getLogger(__name__)
 
 
 class Section(BaseModel):

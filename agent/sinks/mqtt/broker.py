@@ -9,6 +9,7 @@ failed handshake.
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from harken.common.errors import HarkenError
+
+_log = logging.getLogger(__name__)
 
 
 class BrokerError(HarkenError, ValueError):
@@ -139,7 +142,7 @@ def make_client(settings, client_id: str, log: Callable[[str], None]):
     if settings.username:
         client.username_pw_set(settings.username, settings.resolved_password())
     ctx = use_tls(client, settings.ca_file, settings.cert_file, settings.key_file,
-                  settings.tls_insecure, log, "mqtt.tls_insecure") if settings.tls else None
+                  settings.tls_insecure, _log.warning, "mqtt.tls_insecure") if settings.tls else None
     client.reconnect_delay_set(1, 60)
     return client, ctx
 

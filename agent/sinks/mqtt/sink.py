@@ -28,7 +28,7 @@ from harken.agent.sinks.mqtt.outbox import Message, Outbox
 from harken.agent.sinks.mqtt.publisher import Encoder, NetworkSink, Publisher
 from harken.agent.sinks.mqtt.topics import MACHINE_KINDS, Topics, ha_status_topic
 
-_log = logging.getLogger("harken")
+_log = logging.getLogger(__name__)
 
 
 def plaintext_password_warning(settings) -> str | None:
@@ -81,7 +81,7 @@ class MqttSink(Encoder, NetworkSink):
             raise
         warning = plaintext_password_warning(settings)
         if warning:
-            self.log(warning)
+            _log.warning(warning)
         self.publisher.will(self.status_topic, "offline", qos=1, retain=True)
         self.lane = self.publisher.add_lane(self.outbox, self._as_sent)
         self.publisher.start()

@@ -33,7 +33,7 @@ from harken.common.atomic import write_atomic
 from harken.agent.sinks.sparkplug.payload import DataType, Payload, add_metric, decode, \
     metric_value, topic
 
-_log = logging.getLogger("harken")
+_log = logging.getLogger(__name__)
 REBIRTH = "Node Control/Rebirth"
 
 # the device metrics of every DDATA: (name, Sparkplug type, score payload key, unit)
