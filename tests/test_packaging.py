@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import write_agent_config
+from harken.testkit.files import write_agent_config
 
 # its module-scoped fixtures are costly to build: under xdist one worker runs the whole file
 pytestmark = pytest.mark.xdist_group("test_packaging")

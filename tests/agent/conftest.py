@@ -3,7 +3,7 @@ import shutil
 import pytest
 
 from harken.agent.sources.wavio import read_wav, write_wav
-from tests.agent.mosquitto import STARTED, Broker
+from harken.testkit.mosquitto import STARTED, Broker
 
 
 @pytest.fixture(autouse=True)

@@ -191,3 +191,22 @@ def test_the_rules_catch_a_circle_and_an_upward_import(tmp_path):
     edges = _edges(_agent_modules(agent))
     assert import_circles(edges) == [["harken.agent.runner", "harken.agent.sinks.out"]]
     assert upward_imports(edges) == ["harken.agent.sinks.out -> harken.agent.runner"]
+
+
+def test_the_testkit_stays_out_of_the_product_and_needs_no_pytest():
+    """harken.testkit (what tests/ and bench/ share) is for tests and benchmarks only: no
+    product module imports it, and bench/ runs without pytest, so it imports none at module
+    level (a function that skips a test may, inside itself)."""
+    users = [f"{path.relative_to(ROOT)}: {n}"
+             for folder in ("agent", "training", "export", "harken/common")
+             for path in (ROOT / folder).rglob("*.py") for n in _imports(path)
+             if n == "harken.testkit" or n.startswith("harken.testkit.")]
+    assert users == []
+    top_level = [f"{path.name}: {a.name if isinstance(node, ast.Import) else node.module}"
+                 for path in (ROOT / "harken" / "testkit").rglob("*.py")
+                 for node in ast.parse(path.read_text()).body
+                 if isinstance(node, (ast.Import, ast.ImportFrom))
+                 for a in (node.names if isinstance(node, ast.Import) else [node])
+                 if (a.name if isinstance(node, ast.Import) else node.module or "").split(".")[0]
+                 in {"pytest", "_pytest"}]
+    assert top_level == []

@@ -1,5 +1,6 @@
-"""A real Mosquitto for the MQTT tests: a loopback port with a password file, and on request
-a TLS listener that requires client certificates from a test CA made with openssl."""
+"""A real Mosquitto for the MQTT tests and benchmarks: a loopback port with a password file,
+and on request a TLS listener that requires client certificates from a test CA made with
+openssl; a plant-side subscriber; agents run as child processes against it."""
 
 import json
 import shutil
@@ -10,6 +11,8 @@ import threading
 import time
 
 import paho.mqtt.client as mqtt
+
+from harken.testkit.files import write_agent_config, write_channels
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 USER, PASSWORD = "harken", "s3cret"
@@ -126,7 +129,6 @@ def agent_config(tmp_path, bundle, port, wav, password=PASSWORD, realtime=False,
                  name="agent.toml", output=None, machine="fan", threshold=0, **mqtt_extra):
     """An agent config scoring ``wav`` in 2-s intervals (threshold 0: the first interval
     raises the anomaly) and publishing to the test broker."""
-    from tests.helpers import write_agent_config
     (tmp_path / "secret").write_text(password + "\n")
     return write_agent_config(
         tmp_path / name,
@@ -145,7 +147,6 @@ def two_machine_config(tmp_path, bundle, port, wav, **mqtt_extra):
     import numpy as np
 
     from harken.agent.sources.wavio import read_wav
-    from tests.helpers import write_agent_config, write_channels
     x, rate = read_wav(wav, 16000)
     two = write_channels(tmp_path / "two.wav", [x, np.roll(x, rate)], rate)
     (tmp_path / "secret").write_text(PASSWORD + "\n")
@@ -164,7 +165,9 @@ def run_agent(cfg, *args, timeout=120):
                            *args], capture_output=True, text=True, timeout=timeout)
 
 
-STARTED: list[subprocess.Popen] = []     # killed after each test (tests/agent/conftest.py)
+# every agent start_agent started, so that the test suite can kill what a failed test left
+# running (tests/agent/conftest.py)
+STARTED: list[subprocess.Popen] = []
 
 
 def start_agent(cfg):
