@@ -15,6 +15,28 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
         1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """The xdist_group marks, applied. pytest-xdist (3.8) puts a test in its group by setting
+    ``item._nodeid`` to ``NODEID@GROUP``, which pytest 9 no longer reads (a node's id is
+    ``item._id``): under ``--dist loadgroup`` every group was split between the workers and
+    each worker built the file's costly module fixtures again. Done here as xdist does it,
+    for either pytest; nothing to do where xdist's own suffix took."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                        for m in item.iter_markers("xdist_group")})
+        if not names or item.nodeid.endswith("@" + "_".join(names)):
+            continue
+        grouped = f"{item.nodeid}@{'_'.join(names)}"
+        if hasattr(item, "_id"):
+            from _pytest.nodeid import NodeId
+            item._id = NodeId.parse(grouped)
+        else:
+            item._nodeid = grouped
+
+
 @pytest.fixture(scope="session")
 def shared(tmp_path_factory) -> Path:
     """A folder that every pytest-xdist worker of this run sees (the parent of the workers'
