@@ -1,4 +1,13 @@
 import os
+
+# Under pytest-xdist (scripts/test) the workers share the cores: give each worker's torch and
+# BLAS its share of threads instead of every worker assuming the whole machine. Set before
+# anything imports numpy: OpenBLAS reads it once, when it loads, and with one thread too
+# many per worker its spinning threads burn CPU time that no test uses.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(
+        1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
 from pathlib import Path
 
 import numpy as np
@@ -7,12 +16,6 @@ import pytest
 from harken.testkit import data
 from harken.testkit.files import whine
 from tests import prebuilt
-
-# Under pytest-xdist (scripts/test) the workers share the cores: give each worker's torch and
-# BLAS its share of threads instead of every worker assuming the whole machine.
-if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(
-        1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 
 @pytest.hookimpl(trylast=True)
@@ -44,18 +47,6 @@ def shared(tmp_path_factory) -> Path:
     whole run (harken.testkit.data.built_once), not once per worker."""
     base = tmp_path_factory.getbasetemp()
     return (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "shared"
-
-
-@pytest.fixture(scope="session")
-def trained_run(shared, small_fan):
-    """``trained_run(method, sets)``: the run folder of ``method`` with settings ``sets``
-    trained on the small fan corpus, trained once for the whole run and shared by every test
-    file that trains the same thing. Read-only: a test that changes a run copies it first."""
-    def get(method: str, sets: tuple[str, ...] = ()) -> Path:
-        name = f"run-{method}-{data.key(method, sets)}"
-        return prebuilt.ready_or_built(None, shared / name, lambda out: data.trained(
-            small_fan, method, sets, out / "fan"))
-    return get
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
-"""The test data that tests and benchmarks share: the synthetic corpora, the agent tests'
-int8 AE bundle and the general bundle, and trained runs that several test files use.
+"""The test data that the tests share: the synthetic corpora, the agent tests' int8 AE
+bundle and the general bundle.
 
 Each is built once per test run, whatever the number of pytest-xdist workers
 (``built_once``: the first process to ask builds it under a lock, the others wait and reuse
@@ -11,8 +11,6 @@ emulated arm64 root (scripts/arm64-check).
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import os
 import shutil
 import sys
@@ -51,11 +49,6 @@ def built_once(folder: Path, build: Callable[[Path], Path]) -> Path:
             result = Path(build(folder))
             done.write_text(str(result))
         return Path(done.read_text())
-
-
-def key(*parts: object) -> str:
-    """A short folder-name-safe digest of what a build depends on (its settings)."""
-    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:12]
 
 
 def small_fan(out: Path) -> Path:
