@@ -2,6 +2,8 @@
 and on request a TLS listener that requires client certificates from a test CA made with
 openssl; a plant-side subscriber; agents run as child processes against it."""
 
+from __future__ import annotations
+
 import json
 import shutil
 import socket
@@ -9,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
@@ -46,8 +49,30 @@ def make_cert(folder, name: str, ca: str, san: str | None = None) -> None:
             "-CAcreateserial", "-days", "2", "-out", f"{name}.crt", *ext, cwd=folder)
 
 
+# the files make_tls_files writes, as Broker and the tests name them
+TLS_FILES = ("ca.crt", "ca.key", "other-ca.crt", "other-ca.key", "server.crt", "server.key",
+             "client.crt", "client.key")
+
+
+def make_tls_files(folder: Path) -> Path:
+    """A test CA (ca) with a server certificate for 127.0.0.1 and a client certificate it
+    signed, and a second CA (other-ca) that signed neither; returns ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    make_ca(folder, "ca")
+    make_ca(folder, "other-ca")
+    make_cert(folder, "server", "ca", san="IP:127.0.0.1,DNS:localhost")
+    make_cert(folder, "client", "ca")
+    return folder
+
+
 class Broker:
-    def __init__(self, root, tls: bool = False, extra: str = ""):
+    """Mosquitto on a free loopback port with the test user and password, and with ``tls`` a
+    second listener that requires a client certificate (the files of make_tls_files, made in
+    ``root``, or copied from ``certs`` where a caller made them once for many brokers: four
+    RSA keys take a while)."""
+
+    def __init__(self, root: Path, tls: bool = False, extra: str = "",
+                 certs: Path | None = None) -> None:
         self.root, self.port, self.proc = root, free_port(), None
         subprocess.run(["mosquitto_passwd", "-c", "-b", str(root / "passwd"), USER, PASSWORD],
                        check=True, capture_output=True)
@@ -60,10 +85,11 @@ class Broker:
         self.tls_port = None
         if tls:
             self.tls_port = free_port()
-            make_ca(root, "ca")
-            make_ca(root, "other-ca")
-            make_cert(root, "server", "ca", san="IP:127.0.0.1,DNS:localhost")
-            make_cert(root, "client", "ca")
+            if certs is None:
+                make_tls_files(root)
+            else:
+                for name in TLS_FILES:
+                    shutil.copyfile(certs / name, root / name)
             conf += (f"listener {self.tls_port} 127.0.0.1\ncafile {root / 'ca.crt'}\n"
                      f"certfile {root / 'server.crt'}\nkeyfile {root / 'server.key'}\n"
                      "require_certificate true\n")
