@@ -38,8 +38,8 @@ def prebuilt(part: str) -> Path | None:
 def built_once(folder: Path, build: Callable[[Path], Path]) -> Path:
     """What ``build(folder)`` returns, built by the first process that asks for ``folder``
     and reused by every later one: pytest-xdist workers share one copy of each costly
-    fixture instead of each building its own. A build that fails leaves nothing behind, so
-    the next process to ask builds again (and fails the same way, in its own test)."""
+    fixture instead of each building its own. A build that fails marks nothing done: the
+    next process to ask clears what it left and builds again (failing in its own test)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     done = folder.with_name(folder.name + ".done")
     with open(folder.with_name(folder.name + ".lock"), "w") as lock:
