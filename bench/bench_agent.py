@@ -32,8 +32,8 @@ from bench._models import CACHE, bundles, fan_audio  # noqa: E402
 import numpy as np  # noqa: E402
 
 from harken.agent.sources.wavio import write_wav  # noqa: E402
-from tests.agent.mosquitto import PASSWORD, USER, Broker  # noqa: E402
-from tests.helpers import write_agent_config  # noqa: E402
+from harken.testkit.mosquitto import PASSWORD, USER, Broker  # noqa: E402
+from harken.testkit.files import write_agent_config  # noqa: E402
 
 HARKEN = ROOT / ".venv" / "bin" / "harken"
 # model -> the artifact the agent runs (spectral-knn's graph has no weights: float only)

@@ -33,7 +33,7 @@ TARGETS = {"vs_baseline": 0.05, "vs_per_machine": 0.03, "enroll_cpu_s": 60.0, "b
 
 
 def site_config(folder: Path, bundle: Path, machine: str) -> Path:
-    from tests.helpers import write_agent_config
+    from harken.testkit.files import write_agent_config
     return write_agent_config(
         folder / "agent.toml", agent={"node": "bench", "machine": machine,
                                       "state_dir": folder / "state"},

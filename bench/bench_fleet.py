@@ -52,7 +52,7 @@ def agents(port: int, nodes: list[str], per_agent: int, stream, state: Path, rea
 
     from harken.agent.config import MqttSection
     from harken.agent.sinks.mqtt.sink import MqttSink
-    from tests.agent.mosquitto import PASSWORD, USER
+    from harken.testkit.mosquitto import PASSWORD, USER
     settings = MqttSection(enabled=True, host="127.0.0.1", port=port, username=USER,
                            password=PASSWORD)
     errors = []
@@ -83,7 +83,7 @@ class Plant:
     def __init__(self, port: int) -> None:
         import paho.mqtt.client as mqtt
 
-        from tests.agent.mosquitto import PASSWORD, USER
+        from harken.testkit.mosquitto import PASSWORD, USER
         self.seen: set[tuple[str, int]] = set()
         self.received = 0
         self.first = self.last = 0.0
@@ -120,7 +120,7 @@ PLANT_CONF = "max_queued_messages 0\n"
 
 
 def fleet(n: int, total: int, stream, tmp: Path, conf: str) -> dict:
-    from tests.agent.mosquitto import Broker
+    from harken.testkit.mosquitto import Broker
     per_agent = max(1, total // n)
     root = tmp / f"fleet-{n}-{'plant' if conf else 'default'}"
     (root / "state").mkdir(parents=True)

@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import ROOT, peak_rss_mb, record  # noqa: E402
 from bench._models import bundles, fan_audio  # noqa: E402
-from tests.helpers import write_agent_config  # noqa: E402
+from harken.testkit.files import write_agent_config  # noqa: E402
 
 HARKEN = ROOT / ".venv" / "bin" / "harken"
 COUNTS = (1, 2, 4, 8, 16)

@@ -1,23 +1,58 @@
 import os
 
-import numpy as np
-import pytest
-
-from tests import prebuilt
-from tests.helpers import whine
-
 # Under pytest-xdist (scripts/test) the workers share the cores: give each worker's torch and
-# BLAS its share of threads instead of every worker assuming the whole machine.
+# BLAS its share of threads instead of every worker assuming the whole machine. Set before
+# anything imports numpy: OpenBLAS reads it once, when it loads, and with one thread too
+# many per worker its spinning threads burn CPU time that no test uses.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(
         1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harken.testkit import data
+from harken.testkit.files import whine
+from tests import prebuilt
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """The xdist_group marks, applied. pytest-xdist (3.8) puts a test in its group by setting
+    ``item._nodeid`` to ``NODEID@GROUP``, which pytest 9 no longer reads (a node's id is
+    ``item._id``): under ``--dist loadgroup`` every group was split between the workers and
+    each worker built the file's costly module fixtures again. Done here as xdist does it,
+    for either pytest; nothing to do where xdist's own suffix took."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                        for m in item.iter_markers("xdist_group")})
+        if not names or item.nodeid.endswith("@" + "_".join(names)):
+            continue
+        grouped = f"{item.nodeid}@{'_'.join(names)}"
+        if hasattr(item, "_id"):
+            from _pytest.nodeid import NodeId
+            item._id = NodeId.parse(grouped)
+        else:
+            item._nodeid = grouped
+
 
 @pytest.fixture(scope="session")
-def tiny_corpus(tmp_path_factory):
-    """The tiny synthetic corpus, written once per test session (a few seconds)."""
-    return prebuilt.ready_or_built(
-        prebuilt.TINY, lambda: prebuilt.tiny(tmp_path_factory.mktemp("corpus") / "tiny"))
+def shared(tmp_path_factory) -> Path:
+    """A folder that every pytest-xdist worker of this run sees (the parent of the workers'
+    own temporary folders): the session fixtures below build their data there once for the
+    whole run (harken.testkit.data.built_once), not once per worker."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "shared"
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(shared):
+    """The tiny synthetic corpus, written once per test run (a few seconds)."""
+    return prebuilt.ready_or_built(prebuilt.TINY, shared / "tiny", data.tiny)
 
 
 @pytest.fixture
@@ -26,11 +61,10 @@ def rng():
 
 
 @pytest.fixture(scope="session")
-def small_fan(tmp_path_factory):
+def small_fan(shared):
     """The small synthetic corpus, fan only (90 ten-second training clips): enough windows
-    for a classifier to learn something in seconds. About 30 s, once per session."""
-    return prebuilt.ready_or_built(prebuilt.SMALL_FAN, lambda: prebuilt.small_fan(
-        tmp_path_factory.mktemp("corpus") / "small_fan"))
+    for a classifier to learn something in seconds. About 30 s, once per run."""
+    return prebuilt.ready_or_built(prebuilt.SMALL_FAN, shared / "small_fan", data.small_fan)
 
 
 @pytest.fixture(scope="session")
@@ -67,15 +101,15 @@ def easy_test_set(small_fan, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ae_bundle(small_fan, tmp_path_factory):
+def ae_bundle(small_fan, shared):
     """A small AE (3 epochs on the small fan corpus) exported to an int8 bundle (ONNX and
-    TFLite): the agent tests' model. About 20 s, once per session."""
-    return prebuilt.ready_or_built(prebuilt.AE_BUNDLE, lambda: prebuilt.ae_bundle(
-        small_fan, tmp_path_factory.mktemp("agent_model")))
+    TFLite): the agent tests' model. About 20 s, once per run."""
+    return prebuilt.ready_or_built(prebuilt.AE_BUNDLE, shared / "ae_bundle",
+                                   lambda out: data.ae_bundle(small_fan, out))
 
 
 @pytest.fixture(scope="session")
-def general_bundle(tmp_path_factory):
+def general_bundle(shared):
     """A general bundle (spectral-knn's graph, no bank: enrolled on site), float ONNX."""
-    return prebuilt.ready_or_built(prebuilt.GENERAL_BUNDLE, lambda: prebuilt.general_bundle(
-        tmp_path_factory.mktemp("general") / "bundle"))
+    return prebuilt.ready_or_built(prebuilt.GENERAL_BUNDLE, shared / "general_bundle",
+                                   data.general_bundle)

@@ -1,36 +1,25 @@
-"""Test data built once on a workstation, for test runs that cannot build it: a device-only
-install (no torch, no TensorFlow, no synthesizer) or an emulated arm64 root
-(scripts/arm64-check). The fixtures in tests/conftest.py use a folder made here when
-``HARKEN_TEST_DATA`` names it, and otherwise build the same things themselves.
+"""The pytest side of the shared test data (harken/testkit/data.py builds it): a fixture
+takes the prebuilt part where ``HARKEN_TEST_DATA`` names a folder, else builds it once for
+the whole run, and is skipped, naming why, where neither is possible (a device-only
+install or an emulated arm64 root, scripts/arm64-check, without the folder).
 
-    .venv/bin/python -m tests.prebuilt DIR
+    .venv/bin/python -m tests.prebuilt DIR      (the same as python -m harken.testkit.data DIR)
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-ENV = "HARKEN_TEST_DATA"
-# what the folder holds, relative to it
-SMALL_FAN, TINY, AE_BUNDLE, GENERAL_BUNDLE = ("corpora/small_fan", "corpora/tiny",
-                                              "bundles/ae", "bundles/general")
+from harken.testkit import data
+from harken.testkit.data import AE_BUNDLE, ENV, GENERAL_BUNDLE, SMALL_FAN, TINY  # noqa: F401
+# the builders moved to harken.testkit.data; named here only for code written against the
+# old place, until it is repointed
+from harken.testkit.data import ae_bundle, build, general_bundle, small_fan, tiny  # noqa: F401
+
 WORKSTATION = ("needs the workstation side to build its data (scripts/setup), or "
                f"{ENV} naming a folder made by 'python -m tests.prebuilt DIR'")
-
-
-def prebuilt(part: str) -> Path | None:
-    """``part`` of the folder ``HARKEN_TEST_DATA`` names, if it is set and holds it."""
-    root = os.environ.get(ENV)
-    if not root:
-        return None
-    path = Path(root) / part
-    if not path.exists():
-        raise FileNotFoundError(f"{ENV}={root}: no {part} there; make the folder with "
-                                f"'python -m tests.prebuilt {root}'")
-    return path
 
 
 def workstation_or_skip() -> None:
@@ -40,53 +29,16 @@ def workstation_or_skip() -> None:
         pytest.importorskip(module, reason=WORKSTATION)
 
 
-def ready_or_built(part: str, build: Callable[[], Path]) -> Path:
-    """The prebuilt ``part`` if there is one, else ``build()``; skipped, naming why, where
-    neither is possible."""
-    ready = prebuilt(part)
+def ready_or_built(part: str, folder: Path, make: Callable[[Path], Path]) -> Path:
+    """The prebuilt ``part`` if there is one, else what ``make(folder)`` made, once for the
+    whole run (harken.testkit.data.built_once); skipped, naming why, where neither is
+    possible."""
+    ready = data.prebuilt(part)
     if ready:
         return ready
     workstation_or_skip()
-    return build()
-
-
-def small_fan(out: Path) -> Path:
-    from harken.training.synth.corpus import synthesize
-    return synthesize(out, "small", seed=0, machines=("fan",), progress=False)
-
-
-def tiny(out: Path) -> Path:
-    from harken.training.synth.corpus import synthesize
-    return synthesize(out, "tiny", seed=0, progress=False)
-
-
-def ae_bundle(corpus: Path, out: Path) -> Path:
-    """A small AE (3 epochs on the small fan corpus) exported to int8 ONNX and TFLite."""
-    from harken.export.bundle import ExportOptions, write_bundle
-    from harken.training.data.corpus import scan
-    from harken.training.methods import make_method
-    make_method("ae", ["epochs=3"]).train(scan(corpus, ["fan"], "train"), out / "run",
-                                          progress=False)
-    return write_bundle(out / "run", out / "bundle", corpus, ExportOptions())
-
-
-def general_bundle(out: Path) -> Path:
-    from harken.export.bundle import ExportOptions, write_general_bundle
-    return write_general_bundle(out, options=ExportOptions(formats=("onnx",), precision="fp32"))
-
-
-def build(root: Path) -> None:
-    import shutil
-    corpus = small_fan(root / SMALL_FAN)
-    tiny(root / TINY)
-    bundle = ae_bundle(corpus, root / "build")
-    shutil.copytree(bundle, root / AE_BUNDLE)
-    shutil.rmtree(root / "build")
-    general_bundle(root / GENERAL_BUNDLE)
+    return data.built_once(folder, make)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit(__doc__.strip().splitlines()[-1].strip())
-    build(Path(sys.argv[1]))
-    print(f"test data in {sys.argv[1]}")
+    sys.exit(data.main(sys.argv[1:]))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import write_agent_config
+from harken.testkit.files import write_agent_config
 
 # its module-scoped fixtures are costly to build: under xdist one worker runs the whole file
 pytestmark = pytest.mark.xdist_group("test_packaging")
@@ -63,7 +63,7 @@ def test_the_wheel_holds_one_top_level_package_with_the_agent_and_its_unit(wheel
         assert needed in names
     # every package folder of the source tree is in the wheel (pyproject.toml lists them)
     for folder, ns in (("agent", "harken/agent"), ("training", "harken/training"),
-                       ("export", "harken/export")):
+                       ("export", "harken/export"), ("harken", "harken")):
         for init in (ROOT / folder).rglob("__init__.py"):
             inside = init.relative_to(ROOT / folder).as_posix()
             assert f"{ns}/{inside}" in names, f"{folder}/{inside} is not in the wheel"

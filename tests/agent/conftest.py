@@ -3,7 +3,8 @@ import shutil
 import pytest
 
 from harken.agent.sources.wavio import read_wav, write_wav
-from tests.agent.mosquitto import STARTED, Broker
+from harken.testkit.data import built_once
+from harken.testkit.mosquitto import STARTED, Broker, make_tls_files
 
 
 @pytest.fixture(autouse=True)
@@ -18,9 +19,9 @@ def no_agent_outlives_its_test():
             proc.wait(10)
 
 
-def _broker(root, tls=False):
+def _broker(root, tls=False, certs=None):
     assert shutil.which("mosquitto_passwd"), "mosquitto is not installed: scripts/setup does it"
-    b = Broker(root, tls=tls)
+    b = Broker(root, tls=tls, certs=certs)
     b.start()
     return b
 
@@ -32,10 +33,17 @@ def broker(tmp_path):
     b.stop()
 
 
-@pytest.fixture
-def tls_broker(tmp_path):
+@pytest.fixture(scope="session")
+def tls_files(shared):
+    """The test CAs and certificates, made once for the run and copied into each TLS broker's
+    folder (the tests may change their copies)."""
     assert shutil.which("openssl"), "openssl is not installed: scripts/setup does it"
-    b = _broker(tmp_path, tls=True)
+    return built_once(shared / "tls", make_tls_files)
+
+
+@pytest.fixture
+def tls_broker(tmp_path, tls_files):
+    b = _broker(tmp_path, tls=True, certs=tls_files)
     yield b
     b.stop()
 

@@ -14,7 +14,7 @@ import paho.mqtt.client as mqtt
 from pure_protobuf.annotations import Field, double, uint
 from pure_protobuf.message import BaseMessage
 
-from tests.agent.mosquitto import PASSWORD, USER
+from harken.testkit.mosquitto import PASSWORD, USER
 
 
 @dataclass

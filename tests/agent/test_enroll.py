@@ -11,7 +11,7 @@ import pytest
 
 from harken.agent.sources.wavio import read_wav, write_wav
 from tests import prebuilt
-from tests.helpers import write_agent_config
+from harken.testkit.files import write_agent_config
 
 # its module-scoped fixtures are costly to build: under xdist one worker runs the whole file
 pytestmark = pytest.mark.xdist_group("test_enroll")

@@ -9,8 +9,9 @@ import signal
 import pytest
 
 from harken.agent.sinks.mqtt.outbox import Outbox
-from tests.agent.mosquitto import PASSWORD, USER, Broker, Listener, start_agent
-from tests.helpers import tmpfs, wait_for, write_agent_config
+from harken.testkit.mosquitto import PASSWORD, USER, Broker, Listener, start_agent
+from harken.testkit.files import write_agent_config
+from tests.helpers import tmpfs, wait_for
 
 
 def stats_lines(path):

@@ -5,7 +5,7 @@ import json
 import signal
 
 from harken.agent.sinks.mqtt.homeassistant import discovery_payload, discovery_topic
-from tests.agent.mosquitto import Listener, agent_config, start_agent
+from harken.testkit.mosquitto import Listener, agent_config, start_agent
 
 
 def test_discovery_payload_describes_score_anomaly_and_diagnostics():

@@ -192,3 +192,23 @@ def test_the_rules_catch_a_circle_and_an_upward_import(tmp_path):
     edges = _edges(_agent_modules(agent))
     assert import_circles(edges) == [["harken.agent.runner", "harken.agent.sinks.out"]]
     assert upward_imports(edges) == ["harken.agent.sinks.out -> harken.agent.runner"]
+
+
+def test_the_testkit_stays_out_of_the_product_and_needs_no_pytest():
+    """harken.testkit (what tests/ and bench/ share) is for tests and benchmarks only: no
+    product module imports it, and bench/ runs without pytest, so it imports none at module
+    level (a function that skips a test may, inside itself)."""
+    users = [f"{path.relative_to(ROOT)}: {n}"
+             for folder in ("agent", "training", "export", "harken/common")
+             for path in (ROOT / folder).rglob("*.py") for n in _imports(path)
+             if n == "harken.testkit" or n.startswith("harken.testkit.")]
+    assert users == []
+    module_level = []
+    for path in (ROOT / "harken" / "testkit").rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:       # statements at module level
+            if isinstance(node, ast.Import):
+                module_level += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                module_level.append(node.module)
+    assert "harken.testkit.files" in module_level           # the walk sees the imports
+    assert [n for n in module_level if n.split(".")[0] in {"pytest", "_pytest"}] == []

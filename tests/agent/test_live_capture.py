@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.helpers import write_agent_config
+from harken.testkit.files import write_agent_config
 
 PULSE = shutil.which("pulseaudio")
 

@@ -14,7 +14,7 @@ from harken.agent.config import ConfigError, load_config, parse_config
 from harken.agent.runner import Runner
 from harken.agent.systemd import Notifier
 from harken.agent.sources.wavio import read_wav
-from tests.helpers import write_agent_config, write_channels
+from harken.testkit.files import write_agent_config, write_channels
 
 RATE = 16000
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from harken.agent.sinks.mqtt.outbox import Outbox
 from harken.agent.sources.wavio import read_wav, write_wav
-from tests.agent.mosquitto import Listener, agent_config as config, outbox_depth, run_agent, \
+from harken.testkit.mosquitto import Listener, agent_config as config, outbox_depth, run_agent, \
     start_agent
 from tests.helpers import collect_lines, wait_for
 
@@ -168,7 +168,7 @@ def test_stats_report_the_latency_from_audio_to_puback(broker, ae_bundle, wav, t
 def test_several_machines_publish_each_under_its_own_name(broker, ae_bundle, wav, tmp_path):
     """Two machines on the two channels of one recording: a connection each (its own
     Last Will and status), an outbox each, scores on each machine's topics."""
-    from tests.agent.mosquitto import two_machine_config
+    from harken.testkit.mosquitto import two_machine_config
     cfg = two_machine_config(tmp_path, ae_bundle, broker.port, wav)
     listen = Listener(broker.port)
     out = run_agent(cfg)

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 
 from harken.agent.sinks.mqtt.homeassistant import discovery_payload
-from tests.agent.mosquitto import Listener, agent_config as config, run_agent, start_agent
+from harken.testkit.mosquitto import Listener, agent_config as config, run_agent, start_agent
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 STATUS = {"online", "offline", "stopped"}

@@ -2,8 +2,8 @@
 the agent publishes with the right CA and its client certificate; with another CA it is
 refused with a message naming the cause and the config key."""
 
-from tests.agent.mosquitto import (PASSWORD, USER, Listener, agent_config, run_agent,
-                                   start_agent)
+from harken.testkit.mosquitto import (PASSWORD, USER, Listener, agent_config, run_agent,
+                                      start_agent)
 
 
 def _result(seq: int):

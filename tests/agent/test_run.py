@@ -11,7 +11,7 @@ import pytest
 
 from harken.agent.cli import main as harken
 from harken.agent.sources.wavio import read_wav, write_wav
-from tests.helpers import whine, write_agent_config
+from harken.testkit.files import whine, write_agent_config
 from harken.training.data.corpus import scan
 
 # its module-scoped fixtures are costly to build: under xdist one worker runs the whole file

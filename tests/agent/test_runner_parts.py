@@ -8,7 +8,7 @@ from harken.agent.build import build
 from harken.agent.runner import Listener, Machine, Runner
 from harken.agent.sinks import SINKS, Sink
 from harken.agent.sources import SOURCES, Source
-from tests.helpers import write_agent_config
+from harken.testkit.files import write_agent_config
 
 
 class ToneSource(Source):

@@ -12,8 +12,8 @@ import pytest
 
 from harken.agent.sinks.sparkplug.payload import DataType, Payload, add_metric, decode, \
     metric_value, parse_topic, topic
-from tests.agent.mosquitto import Broker, Listener, outbox_depth, run_agent, start_agent
-from tests.agent.mosquitto import agent_config as json_config
+from harken.testkit.mosquitto import Broker, Listener, outbox_depth, run_agent, start_agent
+from harken.testkit.mosquitto import agent_config as json_config
 from tests.agent.sparkplug_host import Host
 from tests.helpers import wait_for
 
@@ -203,7 +203,7 @@ def test_watch_reads_sparkplug_devices_like_json_agents():
 def test_several_machines_are_devices_of_one_edge_node(spb_broker, ae_bundle, wav, tmp_path):
     """Two machines on the two channels of one recording: one connection, one NBIRTH, a
     DBIRTH and DDATA per device, one seq count across all of them."""
-    from tests.agent.mosquitto import two_machine_config
+    from harken.testkit.mosquitto import two_machine_config
     cfg = two_machine_config(tmp_path, ae_bundle, spb_broker.port, wav,
                              profile="sparkplug-b", group_id="plant")
     host = Host(spb_broker.port, group="plant")

@@ -14,7 +14,7 @@ import pytest
 
 from harken.agent.systemd import Notifier
 from harken.agent.sources.wavio import read_wav, write_wav
-from tests.helpers import write_agent_config
+from harken.testkit.files import write_agent_config
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "harken.service"
 

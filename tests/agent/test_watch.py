@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from harken.agent.sinks.mqtt.broker import BrokerError, parse_broker_url
-from tests.agent.mosquitto import PASSWORD, agent_config, run_agent
+from harken.testkit.mosquitto import PASSWORD, agent_config, run_agent
 
 
 def watch(*args, timeout=60):
