@@ -5,10 +5,6 @@ import contextlib
 import threading
 import time
 
-# moved to harken.testkit.files (bench/ uses them too); named here only for tests written
-# against the old place, until they are repointed
-from harken.testkit.files import whine, write_agent_config, write_channels  # noqa: F401
-
 
 def wait_for(what: str, predicate, timeout: float = 180.0, every: float = 0.2) -> None:
     """Poll ``predicate`` until it holds: tests wait on events, never on fixed sleeps."""

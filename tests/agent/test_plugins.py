@@ -12,7 +12,7 @@ import pytest
 from harken.agent.cli import main
 from harken.agent.sinks import SINKS
 from harken.agent.sources import SOURCES
-from tests.helpers import write_agent_config
+from harken.testkit.files import write_agent_config
 
 PLUGIN = "tests.agent.plugins_example"
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 from harken.agent.sinks.mqtt.outbox import Outbox
 from harken.agent.sinks.mqtt.publisher import WINDOW, Encoder, Publisher
-from tests.agent.mosquitto import PASSWORD, USER, Listener
+from harken.testkit.mosquitto import PASSWORD, USER, Listener
 from tests.helpers import wait_for
 
 

@@ -21,7 +21,7 @@ from harken.agent.model.bank import BankError, BankManifest, load_bank, write_ba
 from harken.agent.sources.wavio import write_wav
 from harken.common.errors import ConfigError
 from tests.data.records.make_records import RATE, fan
-from tests.helpers import write_agent_config
+from harken.testkit.files import write_agent_config
 
 RECORDS = Path(__file__).resolve().parents[1] / "data" / "records"
 BANK_V1 = RECORDS / "enrolled-fan-v1.npz"

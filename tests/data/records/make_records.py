@@ -3,7 +3,7 @@ manifest version 1, unversioned calibration override), with its own commands.
 
     PYTHONPATH=. .venv/bin/python tests/data/records/make_records.py OUT
 
-enrolls the general bundle (tests/prebuilt.py) on 60 s of a synthetic fan, appends 20 s
+enrolls the general bundle (harken/testkit/data.py) on 60 s of a synthetic fan, appends 20 s
 more (a second session), then calibrates on 110 s; ``OUT/state`` then holds
 ``enrolled-fan.npz`` and ``threshold-fan.json``, committed here as ``*-v1``. Run with a
 later release it writes that release's records: the committed files are the old ones that
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from harken.agent.sources.wavio import write_wav
-from tests import prebuilt
-from tests.helpers import write_agent_config
+from harken.testkit import data as prebuilt
+from harken.testkit.files import write_agent_config
 
 RATE = 16000
 
