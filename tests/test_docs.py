@@ -24,3 +24,14 @@ def test_the_readme_layout_names_only_agent_modules_that_exist():
     for name in re.findall(r"`([\w/]+(?:\.py|/))`", row.split("|")[2]):
         hits = list((ROOT / "agent").rglob(name.rstrip("/")))
         assert hits, f"README.md names agent's {name}, which is not in agent/"
+
+
+def test_architecture_names_every_agent_module_and_only_real_paths():
+    """docs/architecture.md is the map of the code: every module of agent/ is on it (by
+    its file name, under its room), and every path it names exists."""
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    missing = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "agent").rglob("*.py")
+                     if p.name != "__init__.py" and p.name not in page)
+    assert missing == []
+    named = set(re.findall(r"\b((?:agent|training|export|harken|bench|tests)/[\w/]+\.py)\b", page))
+    assert named and sorted(n for n in named if not (ROOT / n).exists()) == []
