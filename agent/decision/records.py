@@ -14,7 +14,7 @@ from harken.agent.decision.hysteresis import Event
 
 @dataclass
 class IntervalResult:
-    """One report interval: the score payload of DESIGN contract 3, plus health."""
+    """One report interval: the score payload of docs/schemas/score.schema.json, plus health."""
     ts: float
     seq: int
     score: float | None
