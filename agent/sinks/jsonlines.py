@@ -1,5 +1,6 @@
 """The embedded default sink: one JSON line per report interval (the score payload of
-docs/mqtt.md, docs/schemas/score.schema.json, plus health) and one per anomaly event, on stdout and/or a file."""
+docs/mqtt.md, docs/schemas/score.schema.json, plus health) and one per anomaly event, on
+stdout and/or a file."""
 
 from __future__ import annotations
 
