@@ -259,7 +259,7 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
             try:
                 rows.append({**{r: p[r] for r in PATCH_RULES},
                              **self._embedding_scores(p["embedding"], c.section)})
-            except ValueError as exc:
+            except DataError as exc:     # a section the run was not trained on: name the clip
                 raise DataError(f"{c.path}: {exc}") from None
         return {r: np.array([row[r] for row in rows]) for r in RULES}
 

@@ -210,7 +210,7 @@ class AutoencoderMethod(TorchMethod):
             if c.section not in rules:
                 try:
                     rules[c.section] = make_rule(rule, self.rule_arrays(c.section, rule))
-                except ValueError as exc:
+                except DataError as exc:     # a section the run was not trained on: name the clip
                     raise DataError(f"{c.path}: {exc}") from None
             out[i] = rules[c.section].reduce(rules[c.section].residual_evidence(r))
         return out

@@ -516,7 +516,7 @@ class ClassifierMethod(TorchMethod):
             if c.section not in rules:
                 try:
                     rules[c.section] = make_rule(rule, self.rule_arrays(c.section, rule))
-                except ValueError as exc:
+                except DataError as exc:     # a section the run was not trained on: name the clip
                     raise DataError(f"{c.path}: {exc}") from None
             r = rules[c.section]
             out[i] = r.reduce(r.evidence(None, logits[i] if rule == "logit" else emb[i][None]))
