@@ -3,7 +3,8 @@ dual-input network that adds a spectrum branch (``mobilenetv2-dual``, the window
 carry the log power spectrum after the mels) and the contrastive AE + MobileNetV2 joint
 training of Cai et al. (``contrastive``).
 
-Two score rules, both fitted on every run (``evaluate --score`` picks):
+Three score rules, all fitted on every run (``evaluate --score`` picks; each is an agent
+rule, and the run's ``score`` setting is the one its bundle ships):
 
 * ``logit``: per window log((1 - p) / p), p = the classifier's probability of the clip's
   own section (the most probable of that section's attribute classes); clip = mean.
@@ -12,6 +13,9 @@ Two score rules, both fitted on every run (``evaluate --score`` picks):
   the rule the strongest DCASE systems use, because the few target clips get their own
   entries. Each distance is divided by its domain's typical distance for an unseen normal
   training clip, then the minimum is taken (as the AE's selective Mahalanobis does).
+* ``embedding-density``: cosine distance of the same standardised embedding to each of the
+  section's normal training clips, in units of that clip's local density; the minimum. No
+  domain labels in the bank (agent/model/rules/embedding_density.py).
 
 The default head is MobileNetV2's linear softmax head, the embedding being the GAMP vector.
 ``--set head=adacos`` trains a cosine (AdaCos) head over a 128-d projection instead, as the
