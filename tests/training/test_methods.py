@@ -79,9 +79,9 @@ def test_method_trains_saves_and_detects_easy_anomalies(name, fan_train, easy_te
 def test_training_is_deterministic_for_a_seed(fan_train, tmp_path):
     a = make_method("ae", ["epochs=2"]).train(fan_train, tmp_path / "a", progress=False)
     b = make_method("ae", ["epochs=2"]).train(fan_train, tmp_path / "b", progress=False)
-    assert a["history"]["train_loss"] == b["history"]["train_loss"]
+    assert a.history["train_loss"] == b.history["train_loss"]
     c = make_method("ae", ["epochs=2", "seed=3"]).train(fan_train, tmp_path / "c", progress=False)
-    assert c["history"]["train_loss"] != a["history"]["train_loss"]
+    assert c.history["train_loss"] != a.history["train_loss"]
 
 
 def test_augmentation_switches_train(fan_train, tmp_path):
