@@ -31,7 +31,6 @@ from harken.common.errors import HarkenError
 from harken.training.data.corpus import Clip
 
 RUN_VERSION = 2
-RUN_SCHEMA = RUN_VERSION     # the old name, kept for callers outside this package
 HELD_OUT = "held_out_scores.csv"     # per-clip scores of the normal clips training held out
 RUN_FILE = "run.json"
 
