@@ -253,6 +253,10 @@ def _open_fused(path: Path, manifest: Manifest, spec: FeatureSpec) -> Bundle:
         if missing:
             raise BundleError(f"{at}: {m.path} has no section(s) {missing} of model.sections")
         members[m.name] = member
+    for s in manifest.model.sections:
+        if f"{s:02d}" not in manifest.fusion.standardise:
+            raise BundleError(f"{path / MANIFEST}: fusion.standardise.{s:02d} has no "
+                              f"'{manifest.fusion.members[0].name}'")
     try:
         shared = shared_front_end([b.spec for b in members.values()])
     except FeatureSpecError as exc:

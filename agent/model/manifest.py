@@ -173,13 +173,15 @@ class Manifest(_Part):
             seen.add(m.name)
         if sum(m.weight for m in self.fusion.members) <= 0:
             raise ValueError("fusion.members: the weights sum to 0")
-        for s in self.model.sections:
+        # each section it standardises, for every member; that those are model.sections is
+        # checked against the members' own sections (agent/model/bundle.py)
+        for key, scales in self.fusion.standardise.items():
             for m in self.fusion.members:
-                scale = self.fusion.standardise.get(f"{s:02d}", {}).get(m.name)
+                scale = scales.get(m.name)
                 if scale is None:
-                    raise ValueError(f"fusion.standardise.{s:02d} has no '{m.name}'")
+                    raise ValueError(f"fusion.standardise.{key} has no '{m.name}'")
                 if not (math.isfinite(scale[0]) and math.isfinite(scale[1]) and scale[1] > 0):
-                    raise ValueError(f"fusion.standardise.{s:02d}.{m.name} must be a finite "
+                    raise ValueError(f"fusion.standardise.{key}.{m.name} must be a finite "
                                      f"mean and a positive std, got {list(scale)}")
         return self
 
