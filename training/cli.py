@@ -117,7 +117,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ev = evaluate(runs, out, data, progress=not args.quiet, plots=not args.no_plots,
                   rule=args.score)
     baseline = None
-    if not args.no_baseline and read_run(runs[0])["method"] != "baseline-knn":
+    if not args.no_baseline and read_run(runs[0]).method != "baseline-knn":
         baseline = _baseline_beside(runs, out / "baseline-knn", data, args.quiet)
     if args.json:
         result = ev.to_dict()
