@@ -80,7 +80,7 @@ def main() -> None:
     path = record("default-detector", "bench/bench_default_detector.py", {
         "corpus": {"root": corpus_root(corpus)},
         "method": DEFAULT_METHOD, "default_rule": model.default_rule,
-        "settings": dict(model.info["params"]), "machines": machines, "rows": rows,
+        "settings": dict(model.info.params), "machines": machines, "rows": rows,
         "baseline": knn_row, "bundles": bundle_rows, "train_s": train_s,
         "targets": TARGETS, "met": met})
     print(f"wrote {path}")

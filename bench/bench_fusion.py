@@ -18,7 +18,6 @@ training them; their recorded training times are reported.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -34,8 +33,9 @@ TARGETS = {"official": 0.72, "auc_target": 0.65, "int8_vs_float": 0.01}
 
 
 def member_seconds(run: Path) -> float | None:
-    info = json.loads((run / "run.json").read_text())
-    return info.get("training", {}).get("seconds")
+    from harken.training.runs import read_run
+    training = read_run(run).training
+    return training.seconds if training is not None else None
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ four, the fifth is scored, normal and mixed. No test clip is read.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -152,12 +151,13 @@ def probe(run: Path, bands: bool = False) -> dict:
     from harken.training.data.pseudo_anomalies import pseudo_anomalous, pseudo_anomaly_pool
     from harken.training.data.windows import clip_features
     from harken.training.methods import METHODS
+    from harken.training.runs import read_run
     torch.set_num_threads(2)
-    trained = json.loads((run / "run.json").read_text())["method"]
+    trained = read_run(run).method
     method = METHODS[trained].load(run)
     embed = dual_embeddings if method.spectrum_branch else stage_embeddings
     n_mels = method.spec.n_mels
-    clips = scan(Path(method.info["corpus"]["root"]), [method.info["machine"]], split="train")
+    clips = scan(Path(method.info.corpus.root), [method.info.machine], split="train")
     feats = clip_features(clips, method.spec, progress=False)
     pool, _ = pseudo_anomaly_pool(clips, method.spec, seed=1, progress=False)
     normal = embed(method, feats, bands)

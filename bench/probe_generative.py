@@ -40,8 +40,8 @@ def main() -> None:
     ap.add_argument("--corpus", type=Path, default=ROOT / "corpora" / "standard")
     args = ap.parse_args()
     info = read_run(args.run)
-    model = method_class(info["method"]).load(args.run)
-    test = scan(args.corpus, [info["machine"]], "test")
+    model = method_class(info.method).load(args.run)
+    test = scan(args.corpus, [info.machine], "test")
     scores = model.score_all(test, progress=True) if isinstance(model, ScoresAllRules) else \
         {r: model.score(test, progress=True, rule=r) for r in model.score_rules}
     logmels = clip_logmels(test, model.spec, progress=True)
@@ -80,8 +80,8 @@ def main() -> None:
              "contrast_normal_median": float(np.median(contrast[~y])),
              "contrast_anomaly_median": float(np.median(contrast[y]))}
     print(clips)
-    record(f"probe-{info['method']}-{info['machine']}", "bench/probe_generative.py",
-           {"run": str(args.run), "method": info["method"], "machine": info["machine"],
+    record(f"probe-{info.method}-{info.machine}", "bench/probe_generative.py",
+           {"run": str(args.run), "method": info.method, "machine": info.machine,
             "rules": rows, "clips": clips})
 
 

@@ -1,5 +1,7 @@
-"""Writing bundles (DESIGN.md contract 2): model files, scoring arrays and the manifest that
-``agent/model/bundle.py`` checks. The reader lives in the agent; this module only writes."""
+"""Writing bundles (docs/export.md): model files, scoring arrays and the manifest that
+``agent/model/bundle.py`` checks. The reader lives in the agent; this module only writes.
+What a method gives a bundle (its graph, device rule and rule arrays) is training/method.py's
+``Exportable``."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from harken.agent.model.manifest import MANIFEST, SCHEMA_VERSION, Manifest
 from harken.agent.model.rules import output_of
 from harken.agent.model.scorer import model_input
 from harken.export.graphs import ExportError, InferenceGraph, calibration_windows, load_graph
-from harken.training.runs import code_version, read_run
+from harken.training.runs import RunInfo, code_version, read_run
 
 # progress lines ("ONNX fp32", "TFLite int8 ..."): the CLI shows them on stderr
 log = logging.getLogger("harken.export")
@@ -53,18 +55,38 @@ def _entry(root: Path, path: Path) -> dict:
             "sha256": sha256_file(path)}
 
 
-def scoring_arrays(graph: InferenceGraph, rule: str) -> tuple[dict[str, np.ndarray],
-                                                             dict[str, dict[str, str]]]:
-    """The score rule's arrays (name -> array) and, per section, which array is which:
-    each method says what its rule needs (``rule_arrays``); an array that several
-    sections share (the embedding standardisation) is stored once."""
+def provenance(*, run_dir: Path | None = None, info: RunInfo | None = None, **fields) -> dict:
+    """A bundle's provenance block: where it came from (the run, or what ``fields`` say:
+    an imported model, a general bundle), which code trained and exported it, and when.
+    Every writer of a manifest (this module, export/wrap.py) fills it here."""
+    block: dict = {}
+    if run_dir is not None:
+        block["run"] = str(run_dir)
+    if info is not None:
+        block |= {"corpus_fingerprint": info.corpus.fingerprint,
+                  "trained_with": info.code_version}
+    return {**block, **fields, "exported_with": code_version(),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _model_block(info: RunInfo, method: str) -> dict:
+    return {"id": f"{method}-{info.machine}-{info.corpus.fingerprint[:8]}",
+            "version": info.code_version, "method": method, "machine": info.machine,
+            "sections": list(info.sections)}
+
+
+def scoring_arrays(graph: InferenceGraph, sections_of: list[int]
+                   ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, str]]]:
+    """The device rule's arrays (name -> array) and, per section, which array is which:
+    each method says what its rule needs (``Exportable.rule_arrays``); an array that
+    several sections share (the embedding standardisation) is stored once."""
     m = graph.method
     arrays: dict[str, np.ndarray] = {}
     sections: dict[str, dict[str, str]] = {}
-    for s in [int(x) for x in m.info["sections"]]:
+    for s in sections_of:
         key = f"{s:02d}"
         sections[key] = {}
-        for role, a in m.rule_arrays(s, rule).items():
+        for role, a in m.rule_arrays(s).items():
             a = np.asarray(a)
             same = next((n for n, b in arrays.items() if n.startswith(f"{role}_")
                          and b.dtype == a.dtype and np.array_equal(b, a)), None)
@@ -137,30 +159,27 @@ def _write_models(graph: InferenceGraph, out: Path, options: ExportOptions, meth
 def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
                  options: ExportOptions = ExportOptions()) -> Path:
     """Export the run in ``run_dir`` into the bundle directory ``out``; returns ``out``."""
-    if read_run(run_dir)["method"] == "fusion":
+    info = read_run(run_dir)
+    if info.method == "fusion":
         return write_fused_bundle(run_dir, out, calib_root, options)
     graph = load_graph(run_dir)
-    method, info, spec = graph.method, graph.method.info, graph.method.spec
-    # the agent's rule name; a method whose score variants are one agent rule with other
-    # arrays (spectral-knn) names it
-    rule = getattr(method, "device_rule", method.default_rule)
+    spec = graph.method.spec
+    rule = graph.method.device_rule()
     artifacts, reference = _write_models(
-        graph, out, options, info["method"],
-        lambda: (Path(calib_root or info["corpus"]["root"]), info["machine"], spec))
+        graph, out, options, info.method,
+        lambda: (Path(calib_root or info.corpus.root), info.machine, spec))
 
-    arrays, sections = scoring_arrays(graph, rule)
+    arrays, sections = scoring_arrays(graph, list(info.sections))
     (out / "arrays").mkdir(exist_ok=True)
     array_entries = {}
     for name, a in arrays.items():
         np.save(out / "arrays" / f"{name}.npy", a, allow_pickle=False)
         array_entries[name] = _entry(out, out / "arrays" / f"{name}.npy")
 
-    normal = info["normal_scores"]
+    normal = info.normal_scores
     manifest = Manifest.model_validate({
         "schema_version": SCHEMA_VERSION,
-        "model": {"id": f"{info['method']}-{info['machine']}-{info['corpus']['fingerprint'][:8]}",
-                  "version": info.get("code_version", "unknown"), "method": info["method"],
-                  "machine": info["machine"], "sections": [int(s) for s in info["sections"]]},
+        "model": _model_block(info, info.method),
         "feature_spec": spec.to_dict(),
         "input": {"window_frames": spec.window_frames, "n_mels": spec.n_mels,
                   "layout": "vector" if len(graph.input_shape) == 2 else "image",
@@ -169,17 +188,14 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
         "scoring": {"rule": rule, "output": output_of(rule), "sections": sections},
         "aggregation": {"interval_s": 10.0, "reduce": "agent/model/rules/ ScoreRule.reduce over the "
                         "windows of one interval"},
-        "normal_scores": normal,
-        "threshold": {"value": float(normal["threshold"]),
-                      "how": normal.get("threshold_rule", "") + " (torch fp32, held-out "
+        "normal_scores": normal.model_dump(exclude_unset=True),
+        "threshold": {"value": float(normal.threshold),
+                      "how": normal.threshold_rule + " (torch fp32, held-out "
                       "training clips); on-site calibration re-sets it"},
         "artifacts": artifacts,
         "reference": reference,
         "arrays": array_entries,
-        "provenance": {"run": str(run_dir), "corpus_fingerprint": info["corpus"]["fingerprint"],
-                       "trained_with": info.get("code_version"),
-                       "exported_with": code_version(),
-                       "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+        "provenance": provenance(run_dir=run_dir, info=info),
     })
     (out / MANIFEST).write_text(manifest.to_json())
     open_bundle(out)            # the agent's own checks, before anyone copies it anywhere
@@ -197,33 +213,31 @@ def write_fused_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"{out}: not empty; give a new folder for the bundle")
     members = []
-    for entry in info["members"]:
-        name = entry["method"]
+    if not info.members or info.standardise is None:
+        raise ExportError(f"{run_dir}/run.json: a fusion run without 'members' and "
+                          f"'standardise'; train it again")
+    for entry in info.members:
+        name = entry.method
         log.info(f"member {name}")
-        path = write_bundle(run_dir / entry["run"], out / "members" / name, calib_root, options)
-        members.append({"name": name, "path": f"members/{name}", "weight": entry["weight"],
+        path = write_bundle(run_dir / entry.run, out / "members" / name, calib_root, options)
+        members.append({"name": name, "path": f"members/{name}", "weight": entry.weight,
                         "manifest_sha256": sha256_file(path / MANIFEST)})
-    normal = info["normal_scores"]
+    normal = info.normal_scores
     manifest = Manifest.model_validate({
         "schema_version": SCHEMA_VERSION,
-        "model": {"id": f"fusion-{info['machine']}-{info['corpus']['fingerprint'][:8]}",
-                  "version": info.get("code_version", "unknown"), "method": "fusion",
-                  "machine": info["machine"], "sections": [int(s) for s in info["sections"]]},
-        "feature_spec": info["feature_spec"],
+        "model": _model_block(info, "fusion"),
+        "feature_spec": info.feature_spec,
         "scoring": {"rule": "fused", "sections": {}},
         "aggregation": {"interval_s": 10.0, "reduce": "each member's rule over the interval's "
                         "windows, standardised per section, weighted mean (agent/model/fused.py)"},
-        "normal_scores": normal,
-        "threshold": {"value": float(normal["threshold"]),
-                      "how": normal.get("threshold_rule", "") + " (fused torch fp32 scores of "
+        "normal_scores": normal.model_dump(exclude_unset=True),
+        "threshold": {"value": float(normal.threshold),
+                      "how": normal.threshold_rule + " (fused torch fp32 scores of "
                       "the training clips every member held out); on-site calibration "
                       "re-sets it"},
-        "fusion": {"members": members, "standardise": info["standardise"]},
+        "fusion": {"members": members, "standardise": info.standardise},
         "artifacts": {},
-        "provenance": {"run": str(run_dir), "corpus_fingerprint": info["corpus"]["fingerprint"],
-                       "trained_with": info.get("code_version"),
-                       "exported_with": code_version(),
-                       "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+        "provenance": provenance(run_dir=run_dir, info=info),
     })
     (out / MANIFEST).write_text(manifest.to_json())
     open_bundle(out)
@@ -240,7 +254,7 @@ def write_general_bundle(out: Path, preset_name: str = "spectral-knn",
     from harken.agent.features import preset
     from harken.agent.model.rules.density import DEFAULT_K
     from harken.export.graphs import WindowMoments
-    from harken.training.spectral_knn import RULE_WEIGHTS
+    from harken.training.spectral_knn import VARIANT_WEIGHTS
     spec = preset(preset_name)
     graph = InferenceGraph(WindowMoments(spec.window_frames, spec.n_features).eval(),
                            (1, spec.window_frames * spec.n_features), ("moments",), None)
@@ -261,12 +275,11 @@ def write_general_bundle(out: Path, preset_name: str = "spectral-knn",
         "threshold": {"value": None, "how": "set by harken enroll from the enrollment audio "
                       "(leave-one-out scores); harken calibrate can re-set it"},
         "enrollment": {"required": True, "density_k": DEFAULT_K,
-                       "weights": list(RULE_WEIGHTS["fused"]),
+                       "weights": list(VARIANT_WEIGHTS["fused"]),
                        "how": "harken enroll --config AGENT.toml (--minutes M | --files WAV...)"},
         "artifacts": artifacts,
         "reference": reference,
-        "provenance": {"general": True, "exported_with": code_version(),
-                       "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+        "provenance": provenance(general=True),
     })
     (out / MANIFEST).write_text(manifest.to_json())
     open_bundle(out)

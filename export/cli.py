@@ -86,12 +86,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_describe(args: argparse.Namespace) -> int:
     for run_dir in find_runs(Path(args.run)):
         info = read_run(run_dir)
-        spec = FeatureSpec.from_dict(info["feature_spec"], f"{run_dir}/run.json")
-        summary = {"run": str(run_dir), "method": info["method"], "machine": info["machine"],
-                   "sections": info.get("sections"), "feature_preset": spec.name,
+        spec = FeatureSpec.from_dict(info.feature_spec, f"{run_dir}/run.json")
+        summary = {"run": str(run_dir), "method": info.method, "machine": info.machine,
+                   "sections": info.sections, "feature_preset": spec.name,
                    "window_seconds": round(spec.window_seconds, 3),
-                   "threshold": info.get("normal_scores", {}).get("threshold"),
-                   "code_version": info.get("code_version")}
+                   "threshold": info.normal_scores.threshold,
+                   "code_version": info.code_version}
         print(json.dumps(summary))
     return 0
 

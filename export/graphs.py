@@ -1,12 +1,12 @@
 """The inference graph of a run: the network the device runs, batch norm folded, with the
 input shape of one device window and named outputs.
 
-AE runs export the dense AE (output ``reconstruction``); classifier runs export
-standardisation + MobileNetV2 + head (outputs ``logits`` and ``embedding``; the dual-input
-network adds its spectrum branch and reads the spectrum rows of the image); spectral-knn
-runs export the window moments (output ``moments``: per-value mean and standard deviation
-over the window's frames; no weights). Training-only parts (the contrastive AE and
-projection heads, dropout) are not in the graph.
+Each exportable method gives its own (training/method.py's ``Exportable.device_graph``): AE
+runs the dense AE (output ``reconstruction``); classifier runs standardisation + MobileNetV2
++ head (outputs ``logits`` and ``embedding``; the dual-input network adds its spectrum branch
+and reads the spectrum rows of the image); spectral-knn runs the window moments (output
+``moments``: per-value mean and standard deviation over the window's frames; no weights).
+Training-only parts (the contrastive AE and projection heads, dropout) are not in the graph.
 """
 
 from __future__ import annotations
@@ -16,22 +16,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from harken.common.errors import HarkenError
 from harken.agent.features import FeatureSpec, windows
 from harken.agent.model.scorer import model_input
-from harken.training.autoencoder import AutoencoderMethod
-from harken.training.classifier import ClassifierMethod
 from harken.training.data.corpus import CorpusError, scan
 from harken.training.data.windows import clip_features
+from harken.training.method import Exportable
 from harken.training.methods import METHODS
+from harken.training.models.window_moments import WindowMoments
 from harken.training.runs import read_run
-from harken.training.spectral_knn import SpectralKnn
 
-EXPORTABLE = (AutoencoderMethod, ClassifierMethod, SpectralKnn)
+__all__ = ["ExportError", "InferenceGraph", "WindowMoments", "calibration_windows",
+           "exportable_methods", "fold_batchnorm", "load_graph"]
 
 
 class ExportError(HarkenError, ValueError):
@@ -43,7 +42,7 @@ class InferenceGraph:
     module: nn.Module            # eval mode, BN folded
     input_shape: tuple[int, ...]  # one window, batch 1 (torch layout)
     outputs: tuple[str, ...]     # output semantics, in the module's output order
-    method: object               # the loaded training method (for its scoring arrays)
+    method: Exportable | None    # the loaded training method (its rule and arrays)
 
     def model_input(self, window: np.ndarray) -> np.ndarray:
         """One (frames, mels) feature window in this graph's input layout."""
@@ -64,41 +63,20 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-class WindowMoments(nn.Module):
-    """(1, frames * values) window, frame-major -> (1, 2 * values): each value's mean and
-    (population) standard deviation over the frames. agent/model/rules/spectral_knn.py's
-    ``window_moments`` is its numpy reference."""
-
-    def __init__(self, frames: int, values: int) -> None:
-        super().__init__()
-        self.frames, self.values = frames, values
-
-    def forward(self, x):
-        w = x.reshape(self.frames, self.values)
-        mean = w.mean(dim=0, keepdim=True)
-        std = ((w - mean) ** 2).mean(dim=0, keepdim=True).sqrt()
-        return torch.cat([mean, std], dim=1)
+def exportable_methods() -> list[str]:
+    """The methods with a device graph (training/method.py's ``Exportable``)."""
+    return sorted(n for n, c in METHODS.items() if issubclass(c, Exportable))
 
 
 def load_graph(run_dir: Path) -> InferenceGraph:
     info = read_run(run_dir)
-    cls = METHODS.get(info["method"])
-    if cls is None or not issubclass(cls, EXPORTABLE):
-        exportable = sorted(n for n, c in METHODS.items() if issubclass(c, EXPORTABLE))
-        raise ExportError(f"{run_dir}: method '{info['method']}' has no device graph; "
-                          f"exportable methods: {exportable}")
+    cls = METHODS.get(info.method)
+    if cls is None or not issubclass(cls, Exportable):
+        raise ExportError(f"{run_dir}: method '{info.method}' has no device graph; "
+                          f"exportable methods: {exportable_methods()}")
     method = cls.load(run_dir)
-    spec = method.spec
-    if isinstance(method, SpectralKnn):
-        return InferenceGraph(WindowMoments(spec.window_frames, spec.n_features).eval(),
-                              (1, spec.window_frames * spec.n_features), ("moments",), method)
-    folded = fold_batchnorm(method.model)
-    if isinstance(method, AutoencoderMethod):
-        return InferenceGraph(folded, (1, spec.window_frames * spec.n_mels), ("reconstruction",),
-                              method)
-    # the image's rows: the mels, then the spectrum's bins for the dual-input network
-    return InferenceGraph(folded, (1, 1, spec.n_features, spec.window_frames),
-                          ("logits", "embedding"), method)
+    graph = method.device_graph()
+    return InferenceGraph(fold_batchnorm(graph.module), graph.input_shape, graph.outputs, method)
 
 
 def calibration_windows(root: Path, machine: str, spec: FeatureSpec, n: int, seed: int = 0

@@ -9,7 +9,6 @@ squared error.
 
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 from pathlib import Path
 
@@ -18,9 +17,9 @@ import numpy as np
 from harken.agent.model.bundle import open_bundle, sha256_file
 from harken.agent.model.manifest import MANIFEST, SCHEMA_VERSION, Manifest
 from harken.agent.features import preset
+from harken.export.bundle import provenance
 from harken.export.graphs import ExportError
 from harken.export.tflite_io import input_entry, open_interpreter, output_entry
-from harken.training.runs import code_version
 
 PRESETS = {
     "dcase2020-ae": {"feature_preset": "dcase2020-ae", "rule": "mse", "output": "reconstruction",
@@ -107,9 +106,7 @@ def wrap(model: Path, preset_name: str, out: Path, machine: str = "unknown",
         "artifacts": {kind: {"path": target.name, "size": target.stat().st_size,
                              "sha256": sha256_file(target), "input": inp, "outputs": outputs}},
         "arrays": {},
-        "provenance": {"imported_from": str(model), "preset": preset_name,
-                       "exported_with": code_version(),
-                       "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+        "provenance": provenance(imported_from=str(model), preset=preset_name),
     })
     (out / MANIFEST).write_text(manifest.to_json())
     open_bundle(out)

@@ -45,6 +45,7 @@ from harken.training.data.pseudo_anomalies import choose_rule, pseudo_anomalous,
 from harken.training.data.windows import as_images, clip_features, stack_windows, validation_split
 from harken.training.models.aegan import Aegan
 from harken.training.models.losses import feature_matching, gradient_penalty
+from harken.training.runs import RunInfo
 from harken.training.torch_method import (MIN_HELD_OUT, ScoresEveryRule, TorchMethod, batched,
                                    load_array)
 from harken.training.trainer import check_finite, fit_steps
@@ -123,7 +124,7 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
         return Aegan(**architecture)
 
     # -- training ----------------------------------------------------------------------------
-    def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> dict:
+    def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> RunInfo:
         cfg = self.config
         device = self.setup()
         feats, fit_idx, val_idx, x_fit, x_val = square_patches(self, clips, progress)
@@ -258,7 +259,7 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
             try:
                 rows.append({**{r: p[r] for r in PATCH_RULES},
                              **self._embedding_scores(p["embedding"], c.section)})
-            except ValueError as exc:
+            except DataError as exc:     # a section the run was not trained on: name the clip
                 raise DataError(f"{c.path}: {exc}") from None
         return {r: np.array([row[r] for row in rows]) for r in RULES}
 
@@ -296,10 +297,10 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
         return {"query": logmel[:length].T, "reconstruction": recon_map, "mean": mean_map,
                 "difference": np.abs(recon_map - mean_map)}
 
-    def load_extra(self, run_dir: Path, info: dict) -> None:
-        self.low, self.high = info["architecture"]["low"], info["architecture"]["high"]
-        self.chosen = info.get("score_rule", "")
+    def load_extra(self, run_dir: Path, info: RunInfo) -> None:
+        self.low, self.high = info.architecture["low"], info.architecture["high"]
+        self.chosen = info.score_rule or ""
         self.embedding_bank = {int(s): load_array(run_dir, f"embeddings_section_{int(s):02d}.npy")
-                               for s in info["sections"]}
+                               for s in info.sections}
         self._fit_detectors()
         self.mean_patch = load_array(run_dir, "mean_patch.npy")

@@ -25,8 +25,10 @@ from harken.training.config import TrainConfig
 from harken.training.data.corpus import Clip
 from harken.training.data.pseudo_anomalies import pseudo_anomaly_pool
 from harken.training.data.windows import ae_vectors, clip_features, validation_split
+from harken.training.method import DeviceGraph
 from harken.training.models.dense_ae import DenseAE, per_sample_mse
 from harken.training.models.losses import kde_weights, snp_loss, weighted_mean
+from harken.training.runs import RunInfo
 from harken.training.torch_method import MIN_HELD_OUT, TorchMethod, batched, load_array
 from harken.training.trainer import fit
 
@@ -87,7 +89,7 @@ class AutoencoderMethod(TorchMethod):
         return DenseAE(**architecture)
 
     # -- training ----------------------------------------------------------------------------
-    def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> dict:
+    def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> RunInfo:
         cfg = self.config
         device = self.setup()
         feats = clip_features(clips, self.spec, progress)
@@ -179,8 +181,18 @@ class AutoencoderMethod(TorchMethod):
                     lw = LedoitWolf().fit(np.concatenate(r).astype(np.float64))
                     self.maha[(section, domain)] = (lw.location_, lw.precision_)
 
-    def rule_arrays(self, section: int, rule: str) -> dict[str, np.ndarray]:
-        """What agent/model/rules/ needs to score ``section`` with ``rule`` (export ships it)."""
+    # -- export (training/method.py's Exportable) ------------------------------------------
+    def device_graph(self) -> DeviceGraph:
+        return DeviceGraph(self.model.eval(), (1, self.spec.window_frames * self.spec.n_mels),
+                           ("reconstruction",))
+
+    def device_rule(self) -> str:
+        return self.default_rule         # both of its scores are agent rules
+
+    def rule_arrays(self, section: int, rule: str | None = None) -> dict[str, np.ndarray]:
+        """What agent/model/rules/ needs to score ``section`` with ``rule`` (the device
+        rule without one: export ships that)."""
+        rule = rule or self.device_rule()
         if rule == "mse":
             return {}
         fitted = [self.maha[(section, d)] for d in DOMAINS if (section, d) in self.maha]
@@ -198,7 +210,7 @@ class AutoencoderMethod(TorchMethod):
             if c.section not in rules:
                 try:
                     rules[c.section] = make_rule(rule, self.rule_arrays(c.section, rule))
-                except ValueError as exc:
+                except DataError as exc:     # a section the run was not trained on: name the clip
                     raise DataError(f"{c.path}: {exc}") from None
             out[i] = rules[c.section].reduce(rules[c.section].residual_evidence(r))
         return out
@@ -209,9 +221,9 @@ class AutoencoderMethod(TorchMethod):
         feats = clip_features(clips, self.spec, progress, desc=f"scoring ({rule})")
         return self._scores_from_residuals(self._residuals(feats), clips, rule)
 
-    def load_extra(self, run_dir: Path, info: dict) -> None:
+    def load_extra(self, run_dir: Path, info: RunInfo) -> None:
         self.maha = {}
-        for section, domain in info.get("mahalanobis", []):
+        for section, domain in info.mahalanobis or []:
             stem = f"maha_section_{int(section):02d}_{domain}"
             self.maha[(int(section), domain)] = (load_array(run_dir, f"{stem}_mean.npy"),
                                                  load_array(run_dir, f"{stem}_precision.npy"))

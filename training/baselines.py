@@ -28,7 +28,7 @@ from harken.agent.model.rules.density import DEFAULT_K, local_densities, normali
 from harken.training.metrics import hmean
 from harken.training.data.corpus import Clip
 from harken.training.data.features import clip_logmels
-from harken.training.runs import RunError, normal_score_stats, read_run, write_run
+from harken.training.runs import RunError, RunInfo, normal_score_stats, read_run, write_run
 
 
 DENSITY_K_CHOICES = (1, 2, 4, 8)
@@ -168,7 +168,7 @@ class KnnBaseline:
         return out
 
     # -- run directory interface -------------------------------------------------------
-    def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> dict:
+    def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> RunInfo:
         machine = clips[0].machine
         logmels = clip_logmels(clips, self.spec, progress)
         loo = self.fit_vectors(np.stack([clip_vector(m) for m in logmels]),
@@ -194,12 +194,12 @@ class KnnBaseline:
     @classmethod
     def load(cls, run_dir: Path) -> KnnBaseline:
         info = read_run(run_dir)
-        self = cls(FeatureSpec.from_dict(info["feature_spec"], f"{run_dir}/run.json"),
-                   int(info.get("params", {}).get("density_k", DEFAULT_K)))
+        self = cls(FeatureSpec.from_dict(info.feature_spec, f"{run_dir}/run.json"),
+                   int(info.params.get("density_k", DEFAULT_K)))
         try:
             self.mean = np.load(run_dir / "mean.npy", allow_pickle=False)
             self.std = np.load(run_dir / "std.npy", allow_pickle=False)
-            for s in info["sections"]:
+            for s in info.sections:
                 self.bank[int(s)] = np.load(run_dir / f"bank_section_{int(s):02d}.npy",
                                             allow_pickle=False)
         except (OSError, ValueError) as exc:

@@ -3,7 +3,8 @@ dual-input network that adds a spectrum branch (``mobilenetv2-dual``, the window
 carry the log power spectrum after the mels) and the contrastive AE + MobileNetV2 joint
 training of Cai et al. (``contrastive``).
 
-Two score rules, both fitted on every run (``evaluate --score`` picks):
+Three score rules, all fitted on every run (``evaluate --score`` picks; each is an agent
+rule, and the run's ``score`` setting is the one its bundle ships):
 
 * ``logit``: per window log((1 - p) / p), p = the classifier's probability of the clip's
   own section (the most probable of that section's attribute classes); clip = mean.
@@ -12,6 +13,9 @@ Two score rules, both fitted on every run (``evaluate --score`` picks):
   the rule the strongest DCASE systems use, because the few target clips get their own
   entries. Each distance is divided by its domain's typical distance for an unseen normal
   training clip, then the minimum is taken (as the AE's selective Mahalanobis does).
+* ``embedding-density``: cosine distance of the same standardised embedding to each of the
+  section's normal training clips, in units of that clip's local density; the minimum. No
+  domain labels in the bank (agent/model/rules/embedding_density.py).
 
 The default head is MobileNetV2's linear softmax head, the embedding being the GAMP vector.
 ``--set head=adacos`` trains a cosine (AdaCos) head over a 128-d projection instead, as the
@@ -25,7 +29,6 @@ fit/validation split) without retraining the network.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,12 +52,14 @@ from harken.training.data.corpus import Clip, scan
 from harken.training.data.pseudo_anomalies import other_machine_clips
 from harken.training.data.windows import (class_labels, class_sections, clip_features, stack_windows,
                                    validation_split)
+from harken.training.method import DeviceGraph
 from harken.training.models.dense_ae import DenseAE, per_sample_mse
 from harken.training.models.losses import nt_xent
 from harken.training.models.cosine_head import CosineHead
 from harken.training.models.mobilenetv2 import WIDTHS, MobileNetV2
 from harken.training.models.spectrum_branch import SpectrumBranch
-from harken.training.runs import RunError, normal_score_stats, write_held_out
+from harken.training.runs import (NormalScores, RunError, RunInfo, normal_score_stats, save_run,
+                                  write_held_out)
 from harken.training.torch_method import MIN_HELD_OUT, TorchMethod, batched, load_array
 from harken.training.trainer import fit
 
@@ -218,7 +223,7 @@ class ClassifierMethod(TorchMethod):
         return ClassifierNet(**architecture)
 
     # -- training ----------------------------------------------------------------------------
-    def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> dict:
+    def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> RunInfo:
         cfg = self.config
         device = self.setup()
         machine = clips[0].machine
@@ -310,21 +315,21 @@ class ClassifierMethod(TorchMethod):
                                                  if self.contrastive else "")})
 
     @classmethod
-    def refit(cls, run_dir: Path, progress: bool = True) -> dict:
+    def refit(cls, run_dir: Path, progress: bool = True) -> RunInfo:
         """Re-fit bank, domain scales and normal statistics of a run from its training
         clips, with the split training used; the network is not touched."""
         self = cls.load(run_dir)
         info = self.info
-        own = scan(Path(info["corpus"]["root"]), [info["machine"]], split="train")
+        own = scan(Path(info.corpus.root), [info.machine], split="train")
         clips = own + other_machine_clips(own, self.config.other_clips, self.config.seed)
         fit_idx, val_idx = validation_split(clips, self.config.val_fraction, self.config.seed)
         feats = clip_features(own, self.spec, progress)
         held_clips, normal = self._fit_scoring(own, feats, [i for i in fit_idx if i < len(own)],
                                                [i for i in val_idx if i < len(own)])
         self._save_scoring(run_dir)
-        info["normal_scores"] = normal_score_stats(normal)
+        info.normal_scores = NormalScores.model_validate(normal_score_stats(normal))
         write_held_out(run_dir, held_clips, normal)
-        (Path(run_dir) / "run.json").write_text(json.dumps(info, indent=2))
+        save_run(run_dir, info)
         return info
 
     def _fit_scoring(self, clips: Sequence[Clip], feats: Sequence[np.ndarray], fit_idx: list[int],
@@ -472,8 +477,19 @@ class ClassifierMethod(TorchMethod):
             d.append((1.0 - src[part] @ self._centres(src[rest]).T).min(axis=1))
         return float(max(np.median(np.concatenate(d)), 1e-9))
 
-    def rule_arrays(self, section: int, rule: str) -> dict[str, np.ndarray]:
-        """What agent/model/rules/ needs to score ``section`` with ``rule`` (export ships it)."""
+    # -- export (training/method.py's Exportable) ------------------------------------------
+    def device_graph(self) -> DeviceGraph:
+        # the image's rows: the mels, then the spectrum's bins for the dual-input network
+        return DeviceGraph(self.model.eval(), (1, 1, self.spec.n_features, self.spec.window_frames),
+                           ("logits", "embedding"))
+
+    def device_rule(self) -> str:
+        return self.default_rule         # each of its scores is an agent rule
+
+    def rule_arrays(self, section: int, rule: str | None = None) -> dict[str, np.ndarray]:
+        """What agent/model/rules/ needs to score ``section`` with ``rule`` (the device
+        rule without one: export ships that)."""
+        rule = rule or self.device_rule()
         if self.bank_missing:
             raise RunError(self.bank_missing)
         if section not in self.banks:
@@ -504,7 +520,7 @@ class ClassifierMethod(TorchMethod):
             if c.section not in rules:
                 try:
                     rules[c.section] = make_rule(rule, self.rule_arrays(c.section, rule))
-                except ValueError as exc:
+                except DataError as exc:     # a section the run was not trained on: name the clip
                     raise DataError(f"{c.path}: {exc}") from None
             r = rules[c.section]
             out[i] = r.reduce(r.evidence(None, logits[i] if rule == "logit" else emb[i][None]))
@@ -522,10 +538,12 @@ class ClassifierMethod(TorchMethod):
             out[start:start + len(part)] = self._rule_scores(logits, emb, part, rule)
         return out
 
-    def load_extra(self, run_dir: Path, info: dict) -> None:
-        self.class_names = list(info["classes"])
-        self.class_section = class_sections(self.class_names, info["machine"])
-        sections = [int(s) for s in info["sections"]]
+    def load_extra(self, run_dir: Path, info: RunInfo) -> None:
+        if info.classes is None:
+            raise RunError(f"{run_dir / 'run.json'}: missing field 'classes'")
+        self.class_names = list(info.classes)
+        self.class_section = class_sections(self.class_names, info.machine)
+        sections = list(info.sections)
         missing = [m for s in sections if (m := SectionBank.missing(run_dir, s))] + [
             n for n in ("embedding_mean.npy", "embedding_std.npy") if not (run_dir / n).is_file()]
         if missing:     # scoring says so; refit() rebuilds them

@@ -54,12 +54,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         info = make_method(args.method, overrides).train(clips, run_dir, progress=not args.quiet)
         record_training_time(run_dir, info, time.monotonic() - t0)
-        hist = info.get("history")
+        hist = info.history
         trained = (f", {len(hist['train_loss'])} epochs on {hist['device']}, best epoch "
                    f"{hist['best_epoch'] + 1}" if hist else "")
         print(f"{args.method} {machine}: trained on {len(clips)} clips in "
               f"{time.monotonic() - t0:.1f} s{trained} -> {run_dir} "
-              f"(threshold {info['normal_scores']['threshold']:.4g})")
+              f"(threshold {info.normal_scores.threshold:.4g})")
     return 0
 
 
@@ -67,12 +67,12 @@ def cmd_refit(args: argparse.Namespace) -> int:
     from harken.training.methods import method_class
     from harken.training.runs import read_run
     for run in find_runs(Path(args.run)):
-        cls = method_class(read_run(run)["method"])
+        cls = method_class(read_run(run).method)
         if not issubclass(cls, Refittable):
             raise UsageError(f"{run}: {cls.name} has no score state to refit (retrain instead)")
         info = cls.refit(run, progress=not args.quiet)
         print(f"{run}: bank and normal statistics refitted "
-              f"(threshold {info['normal_scores']['threshold']:.4g})")
+              f"(threshold {info.normal_scores.threshold:.4g})")
     return 0
 
 
@@ -117,7 +117,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ev = evaluate(runs, out, data, progress=not args.quiet, plots=not args.no_plots,
                   rule=args.score)
     baseline = None
-    if not args.no_baseline and read_run(runs[0])["method"] != "baseline-knn":
+    if not args.no_baseline and read_run(runs[0]).method != "baseline-knn":
         baseline = _baseline_beside(runs, out / "baseline-knn", data, args.quiet)
     if args.json:
         result = ev.to_dict()
@@ -141,9 +141,9 @@ def _baseline_beside(runs: list[Path], out: Path, data: Path | None, quiet: bool
     knn_runs = []
     for run in runs:
         info = read_run(run)
-        root = data or Path(info["corpus"]["root"])
-        clips = scan(root, [info["machine"]], split="train")
-        knn_dir = out / "runs" / info["machine"]
+        root = data or Path(info.corpus.root)
+        clips = scan(root, [info.machine], split="train")
+        knn_dir = out / "runs" / info.machine
         KnnBaseline().train(clips, knn_dir, progress=not quiet)
         knn_runs.append(knn_dir)
     return evaluate(knn_runs, out, data, progress=not quiet, plots=False)

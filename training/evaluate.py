@@ -15,7 +15,7 @@ from harken.training.data.corpus import Clip, CorpusError, scan
 from harken.training.method import ScoresAllRules
 from harken.training.methods import method_class
 from harken.training.metrics import SectionResult, machine_hmean, official_score, section_result
-from harken.training.runs import read_run
+from harken.training.runs import RunInfo, read_run
 
 
 @dataclass
@@ -39,17 +39,17 @@ class Evaluation:
 
 def score_run(run_dir: Path, data_root: Path | None, progress: bool = True,
               rules: list[str | None] | None = None
-              ) -> tuple[dict, list[Clip], dict[str | None, np.ndarray]]:
+              ) -> tuple[RunInfo, list[Clip], dict[str | None, np.ndarray]]:
     """The run's test clips and their scores under each of ``rules`` (None: the run's
     default rule; ["all"]: every rule of the method, scored in one pass where it can)."""
     info = read_run(run_dir)
-    root = Path(data_root) if data_root else Path(info["corpus"]["root"])
-    clips = scan(root, [info["machine"]], split="test")
+    root = Path(data_root) if data_root else Path(info.corpus.root)
+    clips = scan(root, [info.machine], split="test")
     unlabelled = [c for c in clips if c.label is None]
     if unlabelled:
         raise CorpusError(f"{unlabelled[0].path}: test clip has no normal/anomaly label; "
                           "metrics need a labelled (development) test set")
-    model = method_class(info["method"]).load(run_dir)
+    model = method_class(info.method).load(run_dir)
     rules = rules or [None]
     if rules == ["all"]:
         scores = model.score_all(clips, progress) if isinstance(model, ScoresAllRules) else \
@@ -115,20 +115,20 @@ def evaluate_rules(run_dirs: list[Path], outs: dict[str | None, Path] | Path,
     for run_dir in run_dirs:
         rules = ["all"] if isinstance(outs, Path) else list(outs)
         info, clips, scores = score_run(run_dir, data_root, progress, rules)
-        machine = info["machine"]
+        machine = info.machine
         for rule, values in scores.items():
             out = outs / rule if isinstance(outs, Path) else outs[rule]
             folders[rule] = out
             out.mkdir(parents=True, exist_ok=True)
             ev = evs.setdefault(rule, Evaluation())
-            used = rule or info.get("score_rule") or info["params"].get("score")
-            ev.methods[machine] = info["method"] + (f" ({used} score)" if used else "")
-            if "training" in info:
-                ev.training[machine] = info["training"]
-            write_result_files(out, machine, clips, values, info["normal_scores"]["threshold"])
+            used = rule or info.score_rule or info.params.get("score")
+            ev.methods[machine] = info.method + (f" ({used} score)" if used else "")
+            if info.training is not None:
+                ev.training[machine] = info.training.model_dump()
+            write_result_files(out, machine, clips, values, info.normal_scores.threshold)
             ev.results.extend(section_results(machine, clips, values))
             if plots:
-                plot_roc(out / f"roc_{machine}.png", machine, info["method"], clips, values)
+                plot_roc(out / f"roc_{machine}.png", machine, info.method, clips, values)
     for rule, ev in evs.items():
         write_tables(folders[rule], ev)
     return evs

@@ -28,7 +28,7 @@ from harken.common.errors import DataError, UsageError
 from harken.agent.features import FeatureSpec, FeatureSpecError, shared_front_end
 from harken.training.config import with_overrides
 from harken.training.data.corpus import Clip
-from harken.training.runs import (RunError, corpus_fingerprint, normal_score_stats,
+from harken.training.runs import (RunError, RunInfo, corpus_fingerprint, normal_score_stats,
                                   read_held_out, read_run, write_run)
 
 MIN_PER_SECTION = 5         # held-out clips a member needs per section to standardise on
@@ -134,7 +134,7 @@ class Fusion:
         self.members: list = []
         self.run_dirs: list[Path] = []
         self.scales: list[dict[int, tuple[float, float]]] = []
-        self.info: dict = {}
+        self.info: RunInfo | None = None
         self.spec: FeatureSpec | None = None
 
     @classmethod
@@ -149,7 +149,7 @@ class Fusion:
     def weights(self) -> list[float]:
         return self.config.member_weights
 
-    def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> dict:
+    def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> RunInfo:
         run_dir = Path(run_dir)
         infos = []
         for name, member in zip(self.config.member_names, self._untrained):
@@ -158,7 +158,7 @@ class Fusion:
             else:
                 infos.append(member.train(clips, run_dir / name, progress))
             self.run_dirs.append(run_dir / name)
-        specs = [FeatureSpec.from_dict(i["feature_spec"], f"{d}/run.json")
+        specs = [FeatureSpec.from_dict(i.feature_spec, f"{d}/run.json")
                  for i, d in zip(infos, self.run_dirs)]
         self.spec = shared_front_end(specs)
         sections = sorted({c.section for c in clips})
@@ -186,16 +186,16 @@ class Fusion:
                                    for s in sections},
                    "normal_scores_from": f"{len(common)} training clips every member held out"})
         from harken.training.methods import method_class
-        self.members = [method_class(i["method"]).load(d) for i, d in zip(infos, self.run_dirs)]
+        self.members = [method_class(i.method).load(d) for i, d in zip(infos, self.run_dirs)]
         return self.info
 
-    def _copy_trained(self, name: str, clips: Sequence[Clip], into: Path) -> dict:
+    def _copy_trained(self, name: str, clips: Sequence[Clip], into: Path) -> RunInfo:
         """A member's run trained before, checked to be that method on these very clips."""
         source = Path(self.config.trained) / name / clips[0].machine
         info = read_run(source)
-        if info["method"] != name:
-            raise RunError(f"{source}: a run of '{info['method']}', not of member '{name}'")
-        if info["corpus"]["fingerprint"] != corpus_fingerprint(clips):
+        if info.method != name:
+            raise RunError(f"{source}: a run of '{info.method}', not of member '{name}'")
+        if info.corpus.fingerprint != corpus_fingerprint(clips):
             raise RunError(f"{source}: trained on other clips than these (corpus fingerprint "
                            f"differs); train it again or leave 'trained' empty")
         if self.member_settings.get(name):
@@ -211,19 +211,20 @@ class Fusion:
         from harken.training.methods import method_class
         run_dir = Path(run_dir)
         info = read_run(run_dir)
-        params = info.get("params", {})
+        params = info.params
+        entries, standardise = info.members, info.standardise
         try:
+            if entries is None or standardise is None:
+                raise KeyError("members" if entries is None else "standardise")
             self = cls(FusionConfig(members=params["members"], weights=params.get("weights", "")))
-            entries = info["members"]
-            standardise = info["standardise"]
-            self.scales = [{int(s): tuple(v[e["method"]]) for s, v in standardise.items()}
+            self.scales = [{int(s): tuple(v[e.method]) for s, v in standardise.items()}
                            for e in entries]
-        except (KeyError, TypeError) as exc:
+        except KeyError as exc:
             raise RunError(f"{run_dir}/run.json: not a fusion run ({exc} missing)") from None
         self.info = info
-        self.spec = FeatureSpec.from_dict(info["feature_spec"], f"{run_dir}/run.json")
-        self.run_dirs = [run_dir / e["run"] for e in entries]
-        self.members = [method_class(read_run(d)["method"]).load(d) for d in self.run_dirs]
+        self.spec = FeatureSpec.from_dict(info.feature_spec, f"{run_dir}/run.json")
+        self.run_dirs = [run_dir / e.run for e in entries]
+        self.members = [method_class(read_run(d).method).load(d) for d in self.run_dirs]
         return self
 
     def score(self, clips: Sequence[Clip], progress: bool = True, rule: str | None = None

@@ -41,6 +41,7 @@ from harken.training.aegan import square_patches
 from harken.training.data.windows import as_images, clip_features, stack_windows
 from harken.training.models.gmgan import Gmgan
 from harken.training.models.losses import gmm_covariance_penalty, gmm_energy, gmm_parameters
+from harken.training.runs import RunInfo
 from harken.training.torch_method import (MIN_HELD_OUT, ScoresEveryRule, TorchMethod, batched,
                                    load_array)
 from harken.training.trainer import check_finite, fit_steps
@@ -111,7 +112,7 @@ class GmganMethod(ScoresEveryRule, TorchMethod):
         terms["recon"] = recon
         return terms
 
-    def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> dict:
+    def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> RunInfo:
         cfg = self.config
         device = self.setup()
         feats, fit_idx, val_idx, x_fit, x_val = square_patches(self, clips, progress)
@@ -241,8 +242,8 @@ class GmganMethod(ScoresEveryRule, TorchMethod):
         return {"latent": scores["latent"], "energy": scores["energy"],
                 "latent-ldn": self._ldn(scores["code"], [c.section for c in clips])}
 
-    def load_extra(self, run_dir: Path, info: dict) -> None:
-        self.low, self.high = info["architecture"]["low"], info["architecture"]["high"]
+    def load_extra(self, run_dir: Path, info: RunInfo) -> None:
+        self.low, self.high = info.architecture["low"], info.architecture["high"]
         self.gmm = {k: torch.from_numpy(load_array(run_dir, f"gmm_{k}.npy"))
                     for k in ("phi", "mu", "cov")}
         bank = load_array(run_dir, "code_bank.npz")

@@ -16,14 +16,14 @@ from harken.training.runs import RunError, read_run
 def localize(run_dir: Path, clip: Path, out: Path) -> Path:
     from harken.training.methods import method_class
     info = read_run(run_dir)
-    cls = method_class(info["method"])
+    cls = method_class(info.method)
     if not issubclass(cls, Localisable):
-        raise RunError(f"{run_dir}: a {info['method']} run cannot localise; train aegan-ad")
+        raise RunError(f"{run_dir}: a {info.method} run cannot localise; train aegan-ad")
     method = cls.load(run_dir)
     audio, _ = read_wav(clip, method.spec.sample_rate)
     logmel = fit_to_window(LogMelExtractor(method.spec)(audio), method.spec)
     maps = method.localization_maps(logmel)
-    _plot(maps, out, f"{clip.name}  ({info['machine']}, {info['method']})",
+    _plot(maps, out, f"{clip.name}  ({info.machine}, {info.method})",
           method.spec.frame_seconds)
     return out
 

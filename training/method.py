@@ -7,7 +7,15 @@ says so by also satisfying one of the optional protocols, which the commands che
 * ``Configurable``: has settings (``--set KEY=VALUE``), listed by ``default_settings``;
 * ``Refittable``: ``harken-train refit`` rebuilds its score state without retraining;
 * ``ScoresAllRules``: scores all its rules in one pass (``evaluate --score all``);
-* ``Localisable``: draws where a clip departs from normal (``harken-train localize``).
+* ``Localisable``: draws where a clip departs from normal (``harken-train localize``);
+* ``Exportable``: has a device graph, a device rule and that rule's arrays
+  (``harken-export`` builds bundles from them).
+
+Names: a method's ``score_rules`` are the scores ``evaluate --score`` computes. A *rule* in
+the agent's sense (agent/model/rules/) is what a device runs; an exportable method names its
+own with ``device_rule()``. A score that is not an agent rule is a training-side *variant*
+(spectral-knn's weightings of its four distances are one device rule, ``spectral-knn``, with
+other ``fusion_weights``).
 
 To add a method: one module with a class satisfying ``Method`` and one line in
 training/methods.py.
@@ -16,12 +24,17 @@ training/methods.py.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from harken.training.data.corpus import Clip
+from harken.training.runs import RunInfo
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @runtime_checkable
@@ -33,7 +46,7 @@ class Method(Protocol):
     @property
     def default_rule(self) -> str: ...
 
-    def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> dict:
+    def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> RunInfo:
         """Train on one machine type's training clips; write the run dir; its run.json."""
 
     @classmethod
@@ -55,7 +68,7 @@ class Configurable(Protocol):
 @runtime_checkable
 class Refittable(Protocol):
     @classmethod
-    def refit(cls, run_dir: Path, progress: bool = True) -> dict: ...
+    def refit(cls, run_dir: Path, progress: bool = True) -> RunInfo: ...
 
 
 @runtime_checkable
@@ -67,3 +80,29 @@ class ScoresAllRules(Protocol):
 @runtime_checkable
 class Localisable(Protocol):
     def localization_maps(self, logmel: np.ndarray) -> dict: ...
+
+
+@dataclass(frozen=True)
+class DeviceGraph:
+    """The network a device runs for a method: the module (training-only parts left out;
+    export folds its batch norm), the input shape of one feature window with batch 1 (torch
+    layout) and the meaning of each output, in the module's output order (one of
+    agent/model/manifest.py's OUTPUTS)."""
+    module: nn.Module
+    input_shape: tuple[int, ...]
+    outputs: tuple[str, ...]
+
+
+@runtime_checkable
+class Exportable(Protocol):
+    """What ``harken-export`` needs of a trained method (export/graphs.py, export/bundle.py)."""
+
+    def device_graph(self) -> DeviceGraph:
+        """The inference network, as the bundle's model files carry it."""
+
+    def device_rule(self) -> str:
+        """The agent's score rule (a name in agent/model/rules/) the bundle ships."""
+
+    def rule_arrays(self, section: int) -> dict[str, np.ndarray]:
+        """The device rule's arrays for ``section`` (name -> array), as the agent's rule
+        takes them (``make_rule(device_rule(), arrays)``)."""

@@ -43,6 +43,7 @@ from harken.training.data.pseudo_anomalies import other_machine_clips
 from harken.training.data.windows import as_images, clip_features, stack_windows, validation_split
 from harken.training.models.losses import kl_to_normal
 from harken.training.models.oevae import Oevae
+from harken.training.runs import RunInfo
 from harken.training.torch_method import (MIN_HELD_OUT, ScoresEveryRule, TorchMethod, batched,
                                    load_array)
 from harken.training.trainer import fit
@@ -124,7 +125,7 @@ class OevaeMethod(ScoresEveryRule, TorchMethod):
         return Oevae(**architecture)
 
     # -- training ----------------------------------------------------------------------------
-    def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> dict:
+    def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> RunInfo:
         cfg = self.config
         device = self.setup()
         outliers = other_machine_clips(clips, cfg.other_clips, cfg.seed)
@@ -283,9 +284,9 @@ class OevaeMethod(ScoresEveryRule, TorchMethod):
         alpha, beta = self._segment_scores(clip_features(clips, self.spec, False), clips)
         return {r: self._clip_scores(alpha, beta, r) for r in self.score_rules}
 
-    def load_extra(self, run_dir: Path, info: dict) -> None:
-        self.input_mean = info["architecture"]["mean"]
-        self.input_std = info["architecture"]["std"]
+    def load_extra(self, run_dir: Path, info: RunInfo) -> None:
+        self.input_mean = info.architecture["mean"]
+        self.input_std = info.architecture["std"]
         self.bank = {int(s): load_array(run_dir, f"bank_section_{int(s):02d}.npy")
-                     for s in info["sections"]}
+                     for s in info.sections}
         self.stats = load_array(run_dir, "score_stats.npy")

@@ -2,7 +2,13 @@
 
 A run is one method trained on one machine type: ``run.json`` (method, feature spec,
 parameters, corpus fingerprint, normal-score statistics, threshold) beside the method's
-arrays (``.npy``) or weights.
+arrays (``.npy``) or weights. ``RunInfo`` is run.json's one typed model: training writes it
+(``write_run``, ``save_run``) and everything else reads it through ``read_run``, which turns
+any decoding, type or missing-field problem into one line naming the file.
+
+Versions: 1 was written by releases up to 61a0e3e (key ``schema``); 2 names the key
+``version`` and is otherwise the same, so a version-1 file is migrated on reading
+(tests/training/test_run_records.py holds files written by that release).
 """
 
 from __future__ import annotations
@@ -14,20 +20,121 @@ import json
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from harken.common.errors import HarkenError
-from harken.agent.features import FeatureSpec
 from harken.agent.decision.thresholds import gamma_threshold
+from harken.agent.features import FeatureSpec
+from harken.common.errors import HarkenError
 from harken.training.data.corpus import Clip
 
-RUN_SCHEMA = 1
+RUN_VERSION = 2
 HELD_OUT = "held_out_scores.csv"     # per-clip scores of the normal clips training held out
+RUN_FILE = "run.json"
 
 
 class RunError(HarkenError, ValueError):
     """A run directory that is missing or malformed; the message names it."""
+
+
+class _Record(BaseModel):
+    # a method's own fields (a classifier's classes, a GAN's score choice) are kept as
+    # they are, readable as attributes: the fields every reader relies on are typed below
+    model_config = ConfigDict(extra="allow", ser_json_inf_nan="constants")   # as json.dumps
+
+
+class CorpusInfo(_Record):
+    root: str = ""
+    fingerprint: StrictStr
+    n_train: StrictInt = 0
+
+
+class NormalScores(_Record):
+    """Statistics of the run's normal (held-out training) scores: thresholds, z-scores and
+    calibration read them (``normal_score_stats``)."""
+    n: StrictInt = 0
+    mean: float = 0.0
+    std: float = 0.0
+    min: float = 0.0
+    max: float = 0.0
+    percentiles: dict[str, float] = Field(default_factory=dict)
+    gamma: dict[str, Any] = Field(default_factory=dict)
+    threshold: float
+    threshold_rule: str = ""
+
+
+class TrainingTime(_Record):
+    """Wall time and where it ran (``harken-train train``), for the results page."""
+    seconds: float
+    cpu_cores: int | None = None
+    torch_threads: int | None = None
+    machine: str = ""
+    device: str = "cpu"
+    epochs: int = 0
+
+
+class FusionMemberRun(_Record):
+    method: StrictStr
+    run: StrictStr
+    weight: float
+
+
+class RunInfo(_Record):
+    """One run's run.json."""
+    version: StrictInt = RUN_VERSION
+    run_id: str = ""
+    method: StrictStr
+    machine: StrictStr
+    created: str = ""
+    feature_spec: dict[str, Any]
+    params: dict[str, Any] = Field(default_factory=dict)
+    sections: list[StrictInt]
+    corpus: CorpusInfo
+    normal_scores: NormalScores
+    code_version: str = "unknown"
+    # what some methods add (training/torch_method.py, classifier.py, fusion.py, aegan.py)
+    architecture: dict[str, Any] | None = None
+    history: dict[str, Any] | None = None
+    weights: str | None = None
+    training: TrainingTime | None = None
+    members: list[FusionMemberRun] | None = None
+    standardise: dict[str, dict[str, list[float]]] | None = None
+    score_rule: str | None = None
+    classes: list[str] | None = None
+    mahalanobis: list[tuple[StrictInt, str]] | None = None
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2, exclude_unset=True)
+
+
+def _migrate(data: dict) -> dict:
+    """A run.json of an older version as the current one."""
+    if "version" not in data and data.get("schema") == 1:
+        data = {k: v for k, v in data.items() if k != "schema"}
+        data["version"] = RUN_VERSION
+    return data
+
+
+def parse_run(data: object, where: str) -> RunInfo:
+    """``data`` (run.json's decoded contents) as a RunInfo; ``where`` names it in errors."""
+    if not isinstance(data, dict):
+        raise RunError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    data = _migrate(data)
+    version = data.get("version", data.get("schema"))
+    if version != RUN_VERSION:
+        raise RunError(f"{where}: run version {version!r} not supported (this release reads "
+                       f"versions 1 and {RUN_VERSION}); train the run again")
+    try:
+        return RunInfo.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "missing":
+            raise RunError(f"{where}: missing field '{field}'") from None
+        raise RunError(f"{where}: field '{field}' {err['msg'].lower()}, got "
+                       f"{str(err.get('input'))[:60]!r}") from None
 
 
 def code_version() -> str:
@@ -65,15 +172,15 @@ def normal_score_stats(scores: np.ndarray, quantile: float = 0.9) -> dict:
 
 def write_run(run_dir: Path, *, method: str, machine: str, spec: FeatureSpec, params: dict,
               train_clips: Sequence[Clip], normal_scores: dict, extra: dict | None = None,
-              held_out: tuple[Sequence[Clip], np.ndarray] | None = None) -> dict:
+              held_out: tuple[Sequence[Clip], np.ndarray] | None = None) -> RunInfo:
     """``held_out``: the clips behind ``normal_scores`` and their scores, kept per clip so
     that a fusion of several methods can standardise each one per section and score the
     clips every member held out (training/fusion.py)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if held_out is not None:
         write_held_out(run_dir, *held_out)
-    info = {
-        "schema": RUN_SCHEMA,
+    data = {
+        "version": RUN_VERSION,
         "run_id": f"{method}-{machine}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}",
         "method": method,
         "machine": machine,
@@ -88,8 +195,14 @@ def write_run(run_dir: Path, *, method: str, machine: str, spec: FeatureSpec, pa
         "code_version": code_version(),
         **(extra or {}),
     }
-    (run_dir / "run.json").write_text(json.dumps(info, indent=2))
+    info = parse_run(json.loads(json.dumps(data)), str(run_dir / RUN_FILE))
+    save_run(run_dir, info)
     return info
+
+
+def save_run(run_dir: Path, info: RunInfo) -> None:
+    """(Re)write run.json: after a refit or once the training time is known."""
+    (Path(run_dir) / RUN_FILE).write_text(info.to_json())
 
 
 def write_held_out(run_dir: Path, clips: Sequence[Clip], scores: np.ndarray) -> None:
@@ -122,20 +235,19 @@ def read_held_out(run_dir: Path) -> dict[str, tuple[int, float]]:
     return out
 
 
-def read_run(run_dir: Path) -> dict:
-    path = Path(run_dir) / "run.json"
+def read_run(run_dir: Path) -> RunInfo:
+    """The run's run.json, migrated to the current version; any problem is one line
+    naming the file (a RunError)."""
+    path = Path(run_dir) / RUN_FILE
     if not path.is_file():
         raise RunError(f"{run_dir}: not a run directory (no run.json)")
     try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RunError(f"{path}: not valid JSON ({exc})") from None
-    for key in ("schema", "method", "machine", "feature_spec"):
-        if key not in info:
-            raise RunError(f"{path}: missing field '{key}'")
-    if info["schema"] != RUN_SCHEMA:
-        raise RunError(f"{path}: run schema {info['schema']} not supported (expected {RUN_SCHEMA})")
-    return info
+    except RecursionError:
+        raise RunError(f"{path}: not a run.json (JSON nested too deeply)") from None
+    return parse_run(data, str(path))
 
 
 def find_runs(path: Path) -> list[Path]:
@@ -149,16 +261,17 @@ def find_runs(path: Path) -> list[Path]:
     return runs
 
 
-def record_training_time(run_dir: Path, info: dict, seconds: float) -> None:
+def record_training_time(run_dir: Path, info: RunInfo, seconds: float) -> None:
     """Adds wall time (features included) and the machine it ran on to run.json, for the
     results page's training-time table."""
     import os
     import platform
 
     import torch
-    info["training"] = {"seconds": round(seconds, 1), "cpu_cores": os.cpu_count(),
-                        "torch_threads": torch.get_num_threads(),
-                        "machine": platform.machine(),
-                        "device": info.get("history", {}).get("device", "cpu"),
-                        "epochs": len(info.get("history", {}).get("train_loss", []))}
-    (Path(run_dir) / "run.json").write_text(json.dumps(info, indent=2))
+    history = info.history or {}
+    info.training = TrainingTime(seconds=round(seconds, 1), cpu_cores=os.cpu_count(),
+                                 torch_threads=torch.get_num_threads(),
+                                 machine=platform.machine(),
+                                 device=history.get("device", "cpu"),
+                                 epochs=len(history.get("train_loss", [])))
+    save_run(run_dir, info)

@@ -34,26 +34,29 @@ from harken.agent.model.rules.spectral_knn import (BRANCHES, COMPONENTS, branch_
 from harken.training.config import with_overrides
 from harken.training.data.corpus import Clip
 from harken.training.data.features import clip_logmels
-from harken.training.runs import RunError, normal_score_stats, read_run, write_run
+from harken.training.method import DeviceGraph
+from harken.training.runs import RunError, RunInfo, normal_score_stats, read_run, write_run
 
-# fusion weights per score rule, in COMPONENTS order (mel-knn, mel-density, spectrum-knn,
-# spectrum-density)
-RULE_WEIGHTS = {"fused": (1.0, 1.0, 1.0, 1.0), "plain": (1.0, 0.0, 1.0, 0.0),
+# The training-side score variants (what ``evaluate --score`` takes): fusion weights in
+# COMPONENTS order (mel-knn, mel-density, spectrum-knn, spectrum-density). On the device each
+# is the one rule DEVICE_RULE with its weights among the arrays (training/method.py: names).
+VARIANT_WEIGHTS = {"fused": (1.0, 1.0, 1.0, 1.0), "plain": (1.0, 0.0, 1.0, 0.0),
                 "density": (0.0, 1.0, 0.0, 1.0), "mel": (1.0, 1.0, 0.0, 0.0),
                 "spectrum": (0.0, 0.0, 1.0, 1.0)}
+DEVICE_RULE = "spectral-knn"          # agent/model/rules/ name
 STATE = "bank.npz"
 
 
 @dataclass(frozen=True)
 class SpectralKnnConfig:
     density_k: int = DEFAULT_K       # LDN neighbourhood; below the smallest domain's clip count
-    score: str = "fused"             # the rule the bundle ships
+    score: str = "fused"             # the variant the bundle ships
 
     def __post_init__(self) -> None:
         if self.density_k < 1:
             raise UsageError(f"density_k must be at least 1, got {self.density_k}")
-        if self.score not in RULE_WEIGHTS:
-            raise UsageError(f"score must be one of {list(RULE_WEIGHTS)}, got {self.score!r}")
+        if self.score not in VARIANT_WEIGHTS:
+            raise UsageError(f"score must be one of {list(VARIANT_WEIGHTS)}, got {self.score!r}")
 
 
 def clip_statistics(logmels: Sequence[np.ndarray], spec: FeatureSpec, n_mels: int,
@@ -78,9 +81,8 @@ def clip_statistics(logmels: Sequence[np.ndarray], spec: FeatureSpec, n_mels: in
 class SpectralKnn:
     name = "spectral-knn"
     summary = "mel and spectrum statistics, nearest normal clip + local density, fused (no training)"
-    score_rules = tuple(RULE_WEIGHTS)
+    score_rules = tuple(VARIANT_WEIGHTS)
     config_cls = SpectralKnnConfig
-    device_rule = "spectral-knn"          # agent/model/rules/ name; the weights say which variant
 
     def __init__(self, config: SpectralKnnConfig | None = None,
                  overrides: list[str] | None = None, spec: FeatureSpec | None = None) -> None:
@@ -88,7 +90,7 @@ class SpectralKnn:
         self.spec = spec or preset("spectral-knn")
         self.stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}      # branch -> mean, std
         self.banks: dict[int, dict[str, np.ndarray]] = {}              # section -> role -> array
-        self.info: dict = {}
+        self.info: RunInfo | None = None
 
     @classmethod
     def default_settings(cls) -> dict:
@@ -113,10 +115,10 @@ class SpectralKnn:
                                 f"has {int(here.sum())}")
             self.banks[int(s)], loo_fused[here] = fit_bank(
                 {b: v[here] for b, v in vectors.items()}, self.stats, self.config.density_k,
-                RULE_WEIGHTS[self.default_rule])
+                VARIANT_WEIGHTS[self.default_rule])
         return loo_fused
 
-    def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> dict:
+    def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> RunInfo:
         machine = clips[0].machine
         vectors = clip_statistics(clip_logmels(clips, self.spec, progress), self.spec,
                                   self.spec.n_mels, progress, [str(c.path) for c in clips])
@@ -131,17 +133,17 @@ class SpectralKnn:
                         "spectrum": f"mean over time of each of {self.spec.n_freqs} "
                                     "log power spectrum bins"},
                     "components": list(COMPONENTS), "distance": "euclidean",
-                    "rule_weights": {r: list(w) for r, w in RULE_WEIGHTS.items()}},
+                    "rule_weights": {r: list(w) for r, w in VARIANT_WEIGHTS.items()}},
             train_clips=clips, normal_scores=normal_score_stats(loo), held_out=(clips, loo))
         return self.info
 
     @classmethod
     def load(cls, run_dir: Path) -> SpectralKnn:
         info = read_run(run_dir)
-        params = info.get("params", {})
+        params = info.params
         config = SpectralKnnConfig(density_k=int(params.get("density_k", DEFAULT_K)),
                                    score=str(params.get("score", "fused")))
-        self = cls(config, spec=FeatureSpec.from_dict(info["feature_spec"],
+        self = cls(config, spec=FeatureSpec.from_dict(info.feature_spec,
                                                       f"{run_dir}/run.json"))
         self.info = info
         try:
@@ -151,35 +153,47 @@ class SpectralKnn:
                     self.banks.setdefault(int(s[1:]), {})[role] = state[key]
         except (OSError, ValueError) as exc:
             raise RunError(f"{run_dir / STATE}: cannot load the reference banks ({exc})") from None
-        missing = [s for s in info["sections"] if int(s) not in self.banks]
+        missing = [s for s in info.sections if s not in self.banks]
         if missing:
             raise RunError(f"{run_dir / STATE}: no bank for section(s) {missing}")
         return self
 
-    # -- scoring -------------------------------------------------------------------------
-    def _variant(self, rule: str | None) -> str:
-        rule = rule or self.default_rule
-        return self.config.score if rule == self.device_rule else rule
+    # -- export (training/method.py's Exportable) ------------------------------------------
+    def device_graph(self) -> DeviceGraph:
+        from harken.training.models.window_moments import WindowMoments
+        spec = self.spec
+        return DeviceGraph(WindowMoments(spec.window_frames, spec.n_features).eval(),
+                           (1, spec.window_frames * spec.n_features), ("moments",))
 
-    def rule_arrays(self, section: int, rule: str | None = None) -> dict[str, np.ndarray]:
-        """What agent/model/rules/spectral_knn.py needs to score ``section`` (export ships it)."""
-        rule = self._variant(rule)
+    def device_rule(self) -> str:
+        return DEVICE_RULE
+
+    # -- scoring -------------------------------------------------------------------------
+    def _variant(self, score: str | None) -> str:
+        """The variant a score name means: the device rule's name means the run's own."""
+        score = score or self.default_rule
+        return self.config.score if score == DEVICE_RULE else score
+
+    def rule_arrays(self, section: int, variant: str | None = None) -> dict[str, np.ndarray]:
+        """What agent/model/rules/spectral_knn.py needs to score ``section`` with the
+        ``variant``'s weights (the run's own without one; export ships that)."""
+        variant = self._variant(variant)
         if section not in self.banks:
             raise DataError(f"section {section:02d} was not in the training data "
                             f"(trained sections: {sorted(self.banks)})")
-        if rule not in RULE_WEIGHTS:
-            raise UsageError(f"spectral-knn has the score rules {list(RULE_WEIGHTS)} "
-                             f"(asked for '{rule}')")
-        return {**self.banks[section], "fusion_weights": np.asarray(RULE_WEIGHTS[rule]),
+        if variant not in VARIANT_WEIGHTS:
+            raise UsageError(f"spectral-knn has the score rules {list(VARIANT_WEIGHTS)} "
+                             f"(asked for '{variant}')")
+        return {**self.banks[section], "fusion_weights": np.asarray(VARIANT_WEIGHTS[variant]),
                 "n_mels": np.asarray(self.spec.n_mels)}
 
     def score_vectors(self, vectors: dict[str, np.ndarray], sections: Sequence[int],
-                      rule: str) -> np.ndarray:
+                      variant: str) -> np.ndarray:
         sections = np.asarray(sections)
         out = np.empty(len(sections))
         for s in np.unique(sections):
             here = sections == s
-            arrays = self.rule_arrays(int(s), rule)
+            arrays = self.rule_arrays(int(s), variant)
             out[here] = fused_score({b: v[here] for b, v in vectors.items()}, arrays,
                                     arrays["fusion_weights"])
         return out

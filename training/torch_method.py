@@ -16,7 +16,7 @@ from harken.common.errors import UsageError
 from harken.agent.features import FeatureSpec, preset
 from harken.training.config import TrainConfig, config_dict, with_overrides
 from harken.training.data.corpus import Clip
-from harken.training.runs import RunError, normal_score_stats, read_run, write_run
+from harken.training.runs import RunError, RunInfo, normal_score_stats, read_run, write_run
 from harken.training.trainer import History, pick_device, plot_history, seed_everything
 
 WEIGHTS = "model.pt"
@@ -35,7 +35,7 @@ class TorchMethod:
         self.config = with_overrides(config or self.config_cls(), overrides)
         self.spec = spec or preset(self.preset_name)
         self.model: nn.Module | None = None
-        self.info: dict = {}
+        self.info: RunInfo | None = None
 
     @classmethod
     def default_settings(cls) -> dict:
@@ -67,7 +67,7 @@ class TorchMethod:
         return pick_device(self.config.device)
 
     def save(self, run_dir: Path, clips: Sequence[Clip], hist: History, normal_scores: np.ndarray,
-             extra: dict, held_out_clips: Sequence[Clip] | None = None) -> dict:
+             extra: dict, held_out_clips: Sequence[Clip] | None = None) -> RunInfo:
         """``held_out_clips``: the clips ``normal_scores`` are of, kept per clip (runs.py)."""
         run_dir.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()},
@@ -84,18 +84,20 @@ class TorchMethod:
     @classmethod
     def load(cls, run_dir: Path) -> TorchMethod:
         info = read_run(run_dir)
-        if info["method"] != cls.name:
-            raise RunError(f"{run_dir}: run of method '{info['method']}', not '{cls.name}'")
-        params = {k: v for k, v in info["params"].items() if k != "score_rules"}
+        if info.method != cls.name:
+            raise RunError(f"{run_dir}: run of method '{info.method}', not '{cls.name}'")
+        if info.architecture is None:
+            raise RunError(f"{run_dir / 'run.json'}: missing field 'architecture'")
+        params = {k: v for k, v in info.params.items() if k != "score_rules"}
         try:
             config = cls.config_cls(**params)
         except TypeError as exc:
             raise RunError(f"{run_dir}/run.json: params do not fit {cls.name} ({exc})") from None
-        self = cls(config, spec=FeatureSpec.from_dict(info["feature_spec"], f"{run_dir}/run.json"))
+        self = cls(config, spec=FeatureSpec.from_dict(info.feature_spec, f"{run_dir}/run.json"))
         self.info = info
-        self.model = self.build_from(info["architecture"])
+        self.model = self.build_from(info.architecture)
         try:
-            state = torch.load(run_dir / info.get("weights", WEIGHTS), map_location="cpu",
+            state = torch.load(run_dir / (info.weights or WEIGHTS), map_location="cpu",
                                weights_only=True)
             self.model.load_state_dict(state)
         except (OSError, RuntimeError, KeyError) as exc:
@@ -107,7 +109,7 @@ class TorchMethod:
     def build_from(self, architecture: dict) -> nn.Module:
         raise NotImplementedError
 
-    def load_extra(self, run_dir: Path, info: dict) -> None:
+    def load_extra(self, run_dir: Path, info: RunInfo) -> None:
         """Arrays beside the weights (covariances, embedding banks)."""
 
 

@@ -1,23 +1,33 @@
-"""The bundle manifest (DESIGN contract 2, docs/export.md) as one typed model: the exporter
+"""The bundle manifest (docs/export.md, docs/bundle.md) as one typed model: the exporter
 writes it (export/bundle.py, export/wrap.py) and the agent validates with it
 (agent/model/bundle.py), so the schema exists once.
 
 Unknown fields are kept, not refused: a newer exporter may add some, and the
-``schema_version`` check is what refuses a manifest this agent cannot read. Checks that
-need the files or the feature spec (sizes, sha256, input shape against the window, the
-rule's output) stay in agent/model/bundle.py, which names the file and the field.
+``schema_version`` check is what refuses a manifest this agent cannot read. Everything the
+manifest alone can say is checked here: artifact kinds and outputs, an int8 input's
+quantization, the score rule and the output it reads, the arrays each section names, a
+fused bundle's members and standardisation. What needs the files or the feature spec
+(sizes, sha256, the input shape against the window, the members' own bundles) stays in
+agent/model/bundle.py, which names the file and the field.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError,
+                      field_validator, model_validator)
+
+from harken.agent.model.rules import RULES, output_of
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-ARTIFACT_KINDS = ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8")
-OUTPUTS = ("reconstruction", "logits", "embedding", "energy", "moments")
+ArtifactKind = Literal["onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8"]
+Output = Literal["reconstruction", "logits", "embedding", "energy", "moments"]
+ARTIFACT_KINDS: tuple[str, ...] = get_args(ArtifactKind)
+OUTPUTS: tuple[str, ...] = get_args(Output)
+FUSED_RULE = "fused"            # a fused bundle's scoring.rule: its members score
 
 
 class _Part(BaseModel):
@@ -38,12 +48,28 @@ class ArtifactInput(_Part):
     scale: float | None = None          # int8 input only
     zero_point: StrictInt | None = None
 
+    @model_validator(mode="after")
+    def _int8_is_quantized(self) -> ArtifactInput:
+        if self.dtype == "int8":
+            missing = next((f for f in ("scale", "zero_point") if getattr(self, f) is None), None)
+            if missing:
+                raise ValueError(f"field '{missing}' is missing (int8 input)")
+        return self
+
 
 class ArtifactEntry(FileEntry):
     """One model file: its input and, per output meaning, where to read it."""
     input: ArtifactInput
-    outputs: dict[str, dict[str, Any]]
+    outputs: dict[str, dict[str, Any]]       # keys: Output names (checked below)
     calibration: dict[str, Any] | None = None
+
+    @field_validator("outputs")
+    @classmethod
+    def _known_outputs(cls, outputs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        bad = sorted(set(outputs) - set(OUTPUTS))
+        if bad:
+            raise ValueError(f"unknown output {bad[0]!r}; known: {list(OUTPUTS)}")
+        return outputs
 
 
 class ModelInfo(_Part):
@@ -56,7 +82,7 @@ class ModelInfo(_Part):
 
 class Scoring(_Part):
     rule: StrictStr
-    output: str | None = None
+    output: Output | None = None
     sections: dict[str, dict[str, str]] = Field(default_factory=dict)   # "00" -> role -> array
 
 
@@ -95,7 +121,7 @@ class Manifest(_Part):
     model: ModelInfo
     feature_spec: dict[str, Any]
     input: dict[str, Any] = Field(default_factory=dict)
-    outputs: list[str] = Field(default_factory=list)
+    outputs: list[Output] = Field(default_factory=list)
     scoring: Scoring
     aggregation: dict[str, Any] = Field(default_factory=dict)
     normal_scores: dict[str, Any] = Field(default_factory=dict)
@@ -107,6 +133,58 @@ class Manifest(_Part):
     arrays: dict[str, FileEntry] = Field(default_factory=dict)
     provenance: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("artifacts")
+    @classmethod
+    def _known_kinds(cls, artifacts: dict[str, ArtifactEntry]) -> dict[str, ArtifactEntry]:
+        bad = [k for k in artifacts if k not in ARTIFACT_KINDS]
+        if bad:
+            raise ValueError(f"unknown artifact kind {bad[0]!r}; known: {list(ARTIFACT_KINDS)}")
+        return artifacts
+
+    @model_validator(mode="after")
+    def _scoring(self) -> Manifest:
+        """A model bundle's rule is one this agent has, every artifact has the output it
+        reads, and each section's arrays are in ``arrays``; a fused bundle standardises
+        every member in every section."""
+        if self.fusion is not None:
+            return self._fused()
+        rule = self.scoring.rule
+        if rule not in RULES:
+            raise ValueError(f"field 'scoring.rule' is {rule!r}; this agent knows {list(RULES)}")
+        needed = output_of(rule)
+        for kind, entry in self.artifacts.items():
+            if needed not in entry.outputs:
+                raise ValueError(f"artifacts.{kind}.outputs has {sorted(entry.outputs)}; "
+                                 f"scoring rule '{rule}' needs '{needed}'")
+        if not self.artifacts:
+            raise ValueError("field 'artifacts' lists no model")
+        for s in self.model.sections:
+            for key, name in self.scoring.sections.get(f"{s:02d}", {}).items():
+                if name not in self.arrays:
+                    raise ValueError(f"scoring.sections.{s:02d}.{key} names array '{name}', "
+                                     f"which is not in 'arrays'")
+        return self
+
+    def _fused(self) -> Manifest:
+        seen: set[str] = set()
+        for i, m in enumerate(self.fusion.members):
+            if m.name in seen:
+                raise ValueError(f"fusion.members[{i}]: member name {m.name!r} given twice")
+            seen.add(m.name)
+        if sum(m.weight for m in self.fusion.members) <= 0:
+            raise ValueError("fusion.members: the weights sum to 0")
+        # each section it standardises, for every member; that those are model.sections is
+        # checked against the members' own sections (agent/model/bundle.py)
+        for key, scales in self.fusion.standardise.items():
+            for m in self.fusion.members:
+                scale = scales.get(m.name)
+                if scale is None:
+                    raise ValueError(f"fusion.standardise.{key} has no '{m.name}'")
+                if not (math.isfinite(scale[0]) and math.isfinite(scale[1]) and scale[1] > 0):
+                    raise ValueError(f"fusion.standardise.{key}.{m.name} must be a finite "
+                                     f"mean and a positive std, got {list(scale)}")
+        return self
+
     def to_json(self) -> str:
         """The manifest as written: only the fields that were given (no nulls added)."""
         return self.model_dump_json(indent=2, exclude_unset=True)
@@ -114,9 +192,14 @@ class Manifest(_Part):
 
 def explain(exc: ValidationError, where: str) -> str:
     """The first problem of a manifest, naming the field as the old hand checks did:
-    ``<where>: <parent>: field '<name>' is missing`` or ``... must be <type>, got <value>``."""
+    ``<where>: <parent>: field '<name>' is missing``, ``... must be <type>, got <value>``,
+    or a validator's own sentence after the field's path."""
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"]]
+    if err["type"] == "value_error":
+        msg = str(err["ctx"]["error"]) if "error" in err.get("ctx", {}) else err["msg"]
+        path = ".".join(loc)
+        return f"{where}: {path}: {msg}" if path else f"{where}: {msg}"
     parent = ".".join(loc[:-1])
     at = f"{where}: {parent}" if parent else where
     if err["type"] == "missing":

@@ -77,3 +77,58 @@ def test_sections_that_are_not_numbers_are_refused_naming_the_field(tmp_path):
     data["model"]["sections"] = ["a"]
     with pytest.raises(BundleError, match=r"model\.sections: field '0' .*integer.*'a'"):
         _read(tmp_path, data)
+
+
+def _fused() -> dict:
+    data = _manifest()
+    data |= {"scoring": {"rule": "fused", "sections": {}}, "artifacts": {},
+             "fusion": {"members": [{"name": "a", "path": "members/a", "weight": 1.0,
+                                     "manifest_sha256": "00"},
+                                    {"name": "b", "path": "members/b", "weight": 0.5,
+                                     "manifest_sha256": "11"}],
+                        "standardise": {"00": {"a": [0.0, 1.0], "b": [1.0, 2.0]},
+                                        "01": {"a": [0.0, 1.0], "b": [1.0, 2.0]}}}}
+    return data
+
+
+def _int8(d):
+    d["artifacts"]["onnx-int8"]["input"].update(dtype="int8", scale=0.1)
+
+
+@pytest.mark.parametrize("base, edit, message", [
+    (_manifest, lambda d: d["artifacts"].update(x=d["artifacts"]["onnx-int8"]),
+     r"manifest\.json: artifacts: unknown artifact kind 'x'; known: \['onnx-fp32'"),
+    (_manifest, lambda d: d["artifacts"]["onnx-int8"]["outputs"].update(vibes={}),
+     r"artifacts\.onnx-int8\.outputs: unknown output 'vibes'; known: \['reconstruction'"),
+    (_manifest, _int8, r"artifacts\.onnx-int8\.input: field 'zero_point' is missing \(int8 input\)"),
+    (_manifest, lambda d: d["scoring"].update(rule="vibes"),
+     r"manifest\.json: field 'scoring\.rule' is 'vibes'; this agent knows \['mse'"),
+    (_manifest, lambda d: d["scoring"].update(rule="logit"),
+     r"artifacts\.onnx-int8\.outputs has \['reconstruction'\]; scoring rule 'logit' needs 'logits'"),
+    (_manifest, lambda d: d.update(artifacts={}), "field 'artifacts' lists no model"),
+    (_manifest, lambda d: d["scoring"]["sections"]["01"].update(bank="bank_01"),
+     r"scoring\.sections\.01\.bank names array 'bank_01', which is not in 'arrays'"),
+    (_manifest, lambda d: d.update(outputs=["vibes"]), r"outputs: field '0' input should be"),
+    (_fused, lambda d: d["fusion"]["members"][1].update(name="a"),
+     r"fusion\.members\[1\]: member name 'a' given twice"),
+    (_fused, lambda d: [m.update(weight=0.0) for m in d["fusion"]["members"]],
+     "fusion.members: the weights sum to 0"),
+    (_fused, lambda d: d["fusion"]["standardise"]["01"].pop("b"), "fusion.standardise.01 has no 'b'"),
+    (_fused, lambda d: d["fusion"]["standardise"]["00"]["a"].__setitem__(1, -1.0),
+     r"fusion\.standardise\.00\.a must be a finite mean and a positive std, got \[0\.0, -1\.0\]"),
+])
+def test_what_the_manifest_alone_says_is_checked_by_the_model(tmp_path, base, edit, message):
+    """Kinds, outputs, int8 quantization, the rule and its output, the arrays a section
+    names and a fused bundle's members: refused on reading, in one line naming the field."""
+    data = base()
+    edit(data)
+    with pytest.raises(BundleError, match=message) as err:
+        _read(tmp_path, data)
+    assert "\n" not in str(err.value)
+
+
+def test_a_fused_manifest_and_an_int8_input_with_its_quantization_are_accepted(tmp_path):
+    assert _read(tmp_path, _fused()).fusion.members[1].weight == 0.5
+    data = _manifest()
+    data["artifacts"]["onnx-int8"]["input"].update(dtype="int8", scale=0.1, zero_point=-3)
+    assert _read(tmp_path, data).artifacts["onnx-int8"].input.zero_point == -3

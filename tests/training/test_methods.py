@@ -51,7 +51,7 @@ def test_method_trains_saves_and_detects_easy_anomalies(name, fan_train, easy_te
 
     saved = json.loads((run / "run.json").read_text())
     assert saved["method"] == name and saved["params"]["seed"] == 0
-    assert saved["feature_spec"] == info["feature_spec"]
+    assert saved["feature_spec"] == info.feature_spec
     assert saved["history"]["train_loss"] and np.isfinite(saved["history"]["val_loss"]).all()
     assert (run / "loss.png").stat().st_size > 5_000
     state = torch.load(run / "model.pt", weights_only=True)       # plain tensors, no pickle
@@ -79,9 +79,9 @@ def test_method_trains_saves_and_detects_easy_anomalies(name, fan_train, easy_te
 def test_training_is_deterministic_for_a_seed(fan_train, tmp_path):
     a = make_method("ae", ["epochs=2"]).train(fan_train, tmp_path / "a", progress=False)
     b = make_method("ae", ["epochs=2"]).train(fan_train, tmp_path / "b", progress=False)
-    assert a["history"]["train_loss"] == b["history"]["train_loss"]
+    assert a.history["train_loss"] == b.history["train_loss"]
     c = make_method("ae", ["epochs=2", "seed=3"]).train(fan_train, tmp_path / "c", progress=False)
-    assert c["history"]["train_loss"] != a["history"]["train_loss"]
+    assert c.history["train_loss"] != a.history["train_loss"]
 
 
 def test_augmentation_switches_train(fan_train, tmp_path):
@@ -89,10 +89,10 @@ def test_augmentation_switches_train(fan_train, tmp_path):
                                        "smote=true", "median_p=1",
                                        "mixup_alpha=0.4", "frame_shift=4"]).train(
         fan_train, tmp_path / "aug", progress=False)
-    assert info["params"]["smote"] and info["params"]["median_p"] == 1.0
+    assert info.params["smote"] and info.params["median_p"] == 1.0
     ae = make_method("ae", ["epochs=2", "smote=true"]).train(fan_train, tmp_path / "ae",
                                                              progress=False)
-    assert ae["params"]["smote"]
+    assert ae.params["smote"]
 
 
 def test_bad_settings_are_named():
@@ -133,7 +133,7 @@ def test_refit_rebuilds_the_same_bank_and_threshold(tiny_corpus, tmp_path, capsy
         np.testing.assert_allclose(after[name], before[name], rtol=1e-6)
     refitted = json.loads((run / "run.json").read_text())
     assert refitted["normal_scores"]["threshold"] == pytest.approx(
-        info["normal_scores"]["threshold"], rel=1e-6)
+        info.normal_scores.threshold, rel=1e-6)
     # each domain's typical distance is a real distance, not a clamp
     scale = np.load(run / "bank_section_00_scale.npy")
     assert scale.shape == (2,) and (scale > 1e-6).all()

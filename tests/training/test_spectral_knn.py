@@ -11,7 +11,7 @@ from harken.agent.model.rules.spectral_knn import pooled_moments, window_moments
 from harken.training.data.corpus import scan
 from harken.training.data.features import clip_logmels
 from harken.training.methods import METHODS, make_method
-from harken.training.spectral_knn import RULE_WEIGHTS, clip_statistics
+from harken.training.spectral_knn import VARIANT_WEIGHTS as RULE_WEIGHTS, clip_statistics
 
 # its module-scoped fixtures are costly to build: under xdist one worker runs the whole file
 pytestmark = pytest.mark.xdist_group("test_spectral_knn")

@@ -147,3 +147,48 @@ def test_every_method_satisfies_the_method_protocol_and_says_what_more_it_can_do
     assert issubclass(METHODS["ae"], Configurable)
     assert {n for n, c in METHODS.items() if issubclass(c, ScoresAllRules)} >= {
         "aegan-ad", "gmgan", "oevae"}
+
+
+def test_exportable_methods_name_an_agent_rule_and_give_its_arrays_and_graph():
+    """What harken-export reads (training/method.py's Exportable): the device rule is one
+    the agent has, and an untrained spectral-knn's graph holds one device window."""
+    from harken.agent.model.manifest import OUTPUTS
+    from harken.agent.model.rules import RULES
+    from harken.training.method import DeviceGraph, Exportable
+    from harken.training.methods import METHODS, make_method
+    exportable = {n for n, c in METHODS.items() if issubclass(c, Exportable)}
+    assert exportable == {"spectral-knn", "ae", "ae-mahalanobis", "ae-bu", "ae-snp",
+                          "mobilenetv2", "mobilenetv2-dual", "contrastive"}
+    for name in exportable:
+        assert make_method(name).device_rule() in RULES, name
+    knn = make_method("spectral-knn", ["score=plain"])
+    assert knn.device_rule() == "spectral-knn" and "plain" in knn.score_rules
+    graph = knn.device_graph()
+    assert isinstance(graph, DeviceGraph) and set(graph.outputs) <= set(OUTPUTS)
+    spec = knn.spec
+    window = torch.zeros(graph.input_shape)
+    assert graph.input_shape == (1, spec.window_frames * spec.n_features)
+    assert tuple(graph.module(window).shape) == (1, 2 * spec.n_features)
+
+
+def test_scoring_names_the_clip_of_an_untrained_section_but_lets_a_bug_through(monkeypatch):
+    """Only the user's data (a clip of a section the run never saw) becomes a DataError
+    naming the clip; any other ValueError is a bug and stays one."""
+    import harken.training.autoencoder as ae_module
+    from harken.common.errors import DataError
+    from harken.training.autoencoder import AeMahalanobis
+
+    method = AeMahalanobis()
+    clip = Clip(Path("/data/fan/test/section_03_source_test_normal_0001.wav"), "fan", 3,
+                "source", "test", "normal", 1)
+    residual = np.zeros((2, method.spec.window_frames * method.spec.n_mels))
+    with pytest.raises(DataError, match=r"section_03_source_test_normal_0001\.wav: section 03 "
+                                        r"was not in the training data"):
+        method._scores_from_residuals([residual], [clip], "mahalanobis")
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug, not the user's data")
+    monkeypatch.setattr(ae_module, "make_rule", broken)
+    with pytest.raises(ValueError, match="a bug") as err:
+        method._scores_from_residuals([residual], [clip], "mse")
+    assert not isinstance(err.value, DataError)
