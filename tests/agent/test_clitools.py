@@ -87,3 +87,14 @@ def test_an_unknown_log_level_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
         run_command(_logging_parser(), ["--log-level", "loud", "go"])
     assert exc.value.code == 2 and "invalid choice: 'loud'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["harken.agent.cli", "harken.training.cli", "harken.export.cli"])
+def test_every_command_line_takes_log_level(module):
+    """README: --log-level on every command (harken, harken-train, harken-export)."""
+    import importlib
+    if module != "harken.agent.cli":
+        pytest.importorskip("torch", reason="the workstation side is not installed")
+    parser = importlib.import_module(module).build_parser()
+    action = parser._option_string_actions["--log-level"]
+    assert list(action.choices) == ["debug", "info", "warning", "error"]
