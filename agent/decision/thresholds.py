@@ -5,13 +5,14 @@ Lives in agent/ because on-site calibration uses it too; training imports it fro
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import scipy.stats
 
-from harken.common.errors import DataError
+from harken.common.errors import DataError, UsageError
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,11 @@ class GammaFit:
 
     def ppf(self, q: float) -> float:
         return float(scipy.stats.gamma.ppf(q, self.shape, loc=self.loc, scale=self.scale))
+
+    def isf(self, p: float) -> float:
+        """The score exceeded with probability ``p`` (precise for tiny ``p``, where
+        ``ppf(1 - p)`` would round to the distribution's end)."""
+        return float(scipy.stats.gamma.isf(p, self.shape, loc=self.loc, scale=self.scale))
 
     def sf(self, x: float | np.ndarray) -> np.ndarray:
         return scipy.stats.gamma.sf(x, self.shape, loc=self.loc, scale=self.scale)
@@ -60,12 +66,29 @@ def gamma_threshold(scores: np.ndarray, quantile: float = 0.9) -> tuple[float, G
 SECONDS_PER_WEEK = 7 * 24 * 3600
 
 
+def check_false_alarm_rate(false_alarms_per_week: float, interval_s: float) -> float:
+    """The exceedance probability per interval that ``false_alarms_per_week`` means at one
+    score every ``interval_s``; a UsageError naming the option when the rate is not a
+    finite positive number or asks for an alarm at (nearly) every interval."""
+    most = SECONDS_PER_WEEK / interval_s
+    if not (math.isfinite(false_alarms_per_week) and 0 < false_alarms_per_week < most):
+        raise UsageError(f"--false-alarms-per-week = {false_alarms_per_week:g}: expected a "
+                         f"number above 0 and below {most:g} (one alarm every "
+                         f"{interval_s:g}-s interval)")
+    return false_alarms_per_week * interval_s / SECONDS_PER_WEEK
+
+
 def false_alarm_threshold(scores: np.ndarray, false_alarms_per_week: float,
                           interval_s: float) -> tuple[float, float, GammaFit]:
     """(threshold, exceedance per interval, fit): the score that normal operation, as the
     gamma fitted to ``scores`` describes it, exceeds ``false_alarms_per_week`` times a week
     when one score is made every ``interval_s``. The one place calibrate and enroll turn a
     false-alarm rate into a threshold."""
-    p = false_alarms_per_week * interval_s / SECONDS_PER_WEEK
+    p = check_false_alarm_rate(false_alarms_per_week, interval_s)
     fit = fit_gamma(scores)
-    return float(fit.ppf(1.0 - p)), p, fit
+    threshold = fit.isf(p)
+    if not math.isfinite(threshold):
+        raise DataError(f"--false-alarms-per-week = {false_alarms_per_week:g}: so rare a "
+                        f"false alarm puts the threshold beyond any score the fitted normal "
+                        f"scores allow ({threshold}); ask for more false alarms per week")
+    return threshold, p, fit

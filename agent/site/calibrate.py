@@ -20,7 +20,7 @@ from harken.agent.decision import Decision
 from harken.agent.pipeline import Pipeline
 from harken.agent.build import build
 from harken.agent.sources import FileSettings, SourceError, open_source
-from harken.agent.decision.thresholds import false_alarm_threshold
+from harken.agent.decision.thresholds import check_false_alarm_rate, false_alarm_threshold
 from harken.agent.decision.override import OVERRIDE_VERSION, CalibrationOverride, write_override
 from harken.common.records import GammaParams
 
@@ -122,8 +122,7 @@ def calibrate(config: Config, files: list[str] | None = None, minutes: float = 3
     """Calibrate every machine of the config (or the one named): a single-machine config's
     result, or ``{"machines": {name: result}}``. Recordings give each machine its channel;
     live audio is one capture per input for all the machines that listen to it."""
-    if false_alarms_per_week <= 0:
-        raise ConfigError("--false-alarms-per-week must be positive")
+    check_false_alarm_rate(false_alarms_per_week, config.decision.interval_s)
     views = config.select(machine)
     built = [build(v) for v in views]
     for _, pipeline in built:

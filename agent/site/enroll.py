@@ -38,7 +38,7 @@ from harken.agent.pipeline import Pipeline
 from harken.agent.model.rules.spectral_knn import (BRANCHES, branch_statistics, branch_vectors,
                                              fit_bank, pooled_moments)
 from harken.agent.model.scorer import model_input
-from harken.agent.decision.thresholds import false_alarm_threshold
+from harken.agent.decision.thresholds import check_false_alarm_rate, false_alarm_threshold
 from harken.common.records import GammaParams
 
 MIN_INTERVALS = 6          # the LDN neighbourhood (4) plus room to hold one out
@@ -84,8 +84,7 @@ def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0
            progress: bool = True, machine: str | None = None) -> dict:
     """Learn one machine's bank: the config's machine, or of a config watching several,
     the one ``machine`` names (a technician enrolls one machine at a time)."""
-    if false_alarms_per_week <= 0:
-        raise ConfigError("--false-alarms-per-week must be positive")
+    check_false_alarm_rate(false_alarms_per_week, config.decision.interval_s)
     views = config.select(machine)
     if len(views) > 1:
         raise ConfigError(f"{config.source_file} watches {len(views)} machines "

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from harken.common.errors import DataError
+from harken.common.errors import DataError, UsageError
 from harken.agent.decision.thresholds import GammaFit, fit_gamma, gamma_threshold
 
 
@@ -75,3 +75,24 @@ def test_three_scores_are_enough():
 def test_identical_scores_are_a_data_error_not_a_solver_crash():
     with pytest.raises(DataError, match=r"all 10 normal scores are equal \(4\)"):
         fit_gamma(np.full(10, 4.0))
+
+
+@pytest.mark.parametrize("rate", [0.0, -1.0, float("nan"), float("inf"), 1e9, 60480.0])
+def test_a_false_alarm_rate_out_of_range_is_refused_naming_the_option(rate):
+    """A rate that is no rate (nan, inf, <= 0) or asks for an alarm at every 10-s interval
+    (60480 a week) is a user mistake, refused before anything is recorded: a NaN or
+    infinite threshold must never reach an override or a bank."""
+    from harken.agent.decision.thresholds import false_alarm_threshold
+    scores = np.random.default_rng(0).gamma(2.0, 1.0, 300)
+    with pytest.raises(UsageError, match="--false-alarms-per-week"):
+        false_alarm_threshold(scores, rate, 10.0)
+
+
+def test_a_very_rare_false_alarm_rate_gives_a_finite_threshold_or_says_why():
+    from harken.agent.decision.thresholds import false_alarm_threshold
+    scores = np.random.default_rng(0).gamma(2.0, 1.0, 300)
+    one, _, _ = false_alarm_threshold(scores, 1.0, 10.0)
+    rare, p, _ = false_alarm_threshold(scores, 1e-12, 10.0)
+    assert np.isfinite(rare) and rare > one and 0 < p < 1e-15
+    with pytest.raises(DataError, match="ask for more false alarms"):
+        false_alarm_threshold(scores, 5e-324, 10.0)          # p underflows to 0
