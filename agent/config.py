@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -40,6 +41,7 @@ except ModuleNotFoundError:           # Python 3.10
     import tomli as tomllib           # type: ignore[no-redef]
 
 
+_PLUGIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 SECRET_KEYS = ("password",)       # their values are never echoed in an error
 DEFAULT_SOURCE = "mic"            # audio.source when the config names none
 
@@ -51,7 +53,7 @@ class AgentSection(_Section):
     state_dir: str = "state"          # calibration override, counters
     # modules imported before the rest of the config is read: sources and sinks kept
     # outside the package register themselves on import (docs/agent.md "Plugins")
-    plugins: list[Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]] = []
+    plugins: list[Annotated[str, Field(min_length=1, pattern=_PLUGIN_NAME.pattern)]] = []
 
 
 class ModelSection(_Section):
@@ -277,7 +279,7 @@ def _merged_audio(top: dict, own: dict, source: str, where: str):
     another source keeps only the top-level keys that source has (a file machine beside
     microphone ones does not inherit ``device``)."""
     new = own.get("source", top.get("source", DEFAULT_SOURCE))
-    if new != top.get("source", DEFAULT_SOURCE) and new in SOURCES:
+    if isinstance(new, str) and new != top.get("source", DEFAULT_SOURCE) and new in SOURCES:
         top = {k: v for k, v in top.items() if k in SOURCES[new].Settings.model_fields}
     try:
         return _built()[1].validate_python({"source": DEFAULT_SOURCE, **top, **own})
@@ -359,13 +361,22 @@ def _import_plugins(data: dict, source: str) -> None:
     if not isinstance(names, list):
         return
     for i, name in enumerate(names):
-        if not isinstance(name, str) or not name:
-            continue
+        if not isinstance(name, str) or not _PLUGIN_NAME.fullmatch(name):
+            continue                  # refused by the field's pattern, never imported
+        where = f"{source}: key 'agent.plugins[{i}]' = {name!r}"
         try:
             importlib.import_module(name)
         except ImportError as exc:
-            raise ConfigError(f"{source}: key 'agent.plugins[{i}]' = {name!r}: cannot import "
-                              f"it ({exc})") from None
+            raise ConfigError(f"{where}: cannot import it ({exc})") from None
+        except Exception as exc:      # noqa: BLE001 - a plugin is the user's code
+            # whatever the plugin's import raises (its own bug, a SyntaxError, a source or
+            # sink its registration refuses) is the config's problem to name, in one line
+            raise ConfigError(f"{where}: importing it failed: {type(exc).__name__}: "
+                              f"{exc}") from None
+        try:
+            config_model()            # the tables its sources and sinks add, checked now
+        except TypeError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
 
 
 def parse_config(data: dict, source: str = "<config>") -> Config:

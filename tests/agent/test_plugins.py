@@ -91,3 +91,59 @@ def test_a_plugin_that_cannot_be_imported_is_named(tmp_path, capsys, forget_plug
     assert main(["check-config", str(cfg)]) == 2
     assert (f"{cfg}: key 'agent.plugins[0]' = 'tests.agent.no_such_plugin': cannot import it "
             f"(No module named 'tests.agent.no_such_plugin')") in capsys.readouterr().err
+
+
+BROKEN_PLUGINS = {
+    "raises": ("raise RuntimeError('no licence file')\n",
+               "importing it failed: RuntimeError: no licence file"),
+    "syntax": ("def (:\n", "importing it failed: SyntaxError"),
+    "takes_a_builtin_name": (
+        "from harken.agent.sources.base import Source, register\n"
+        "from harken.agent.sources.file import FileSettings\n"
+        "@register\nclass Again(Source):\n    name = 'file'\n    Settings = FileSettings\n",
+        "importing it failed"),
+    "takes_the_mqtt_table": (
+        "from harken.agent.sinks.base import Sink, SinkSettings, register\n"
+        "class S(SinkSettings):\n    x: int = 0\n"
+        "@register\nclass Mine(Sink):\n    name = 'mine'\n    table = 'mqtt'\n    Settings = S\n"
+        "    @classmethod\n    def enabled(cls, config):\n        return False\n",
+        "table [mqtt] is taken"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_PLUGINS))
+def test_a_plugin_that_breaks_on_import_is_one_line_naming_it(case, tmp_path, capsys,
+                                                              forget_plugins, monkeypatch):
+    """A plugin is the user's code: whatever its import raises (its own error, a syntax
+    error, a registration the registries refuse) is named in one line, never a traceback."""
+    code, message = BROKEN_PLUGINS[case]
+    (tmp_path / f"broken_{case}.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = write_agent_config(tmp_path / "agent.toml", agent={"plugins": [f"broken_{case}"]},
+                             model={"bundle": "b"})
+    try:
+        assert main(["check-config", str(cfg)]) == 2
+        err = capsys.readouterr().err
+        assert f"{cfg}: key 'agent.plugins[0]' = 'broken_{case}': " in err and message in err
+        assert "Traceback" not in err and err.count("\n") == 1
+    finally:
+        sys.modules.pop(f"broken_{case}", None)
+
+
+@pytest.mark.parametrize("name", [".relative", "a..b", "a.", "1abc", "a-b"])
+def test_a_plugin_name_that_is_no_module_name_is_refused_and_never_imported(name, tmp_path,
+                                                                          capsys):
+    cfg = write_agent_config(tmp_path / "agent.toml", agent={"plugins": [name]},
+                             model={"bundle": "b"})
+    assert main(["check-config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "agent.plugins" in err and "String should match pattern" in err
+    assert "Traceback" not in err
+
+
+def test_a_machine_whose_source_is_no_name_is_refused_by_key(tmp_path, capsys):
+    cfg = write_agent_config(tmp_path / "agent.toml", model={"bundle": "b"},
+                             machines=[{"name": "m1", "audio": {"source": ["x"]}}])
+    assert main(["check-config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "machines[0] (m1)" in err and "audio.source" in err and "Traceback" not in err
