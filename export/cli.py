@@ -148,11 +148,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _first_positional(argv: list[str]) -> int | None:
+    """Where the first argument that is not an option (or an option's value) stands."""
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--log-level":                   # the one top-level option with a value
+            i += 2
+        elif argv[i].startswith("-"):
+            i += 1
+        else:
+            return i
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    first = next((a for a in argv if not a.startswith("-")), None)
-    if first is not None and first not in COMMANDS and "-h" not in argv and "--help" not in argv:
-        argv.insert(argv.index(first), "export")        # harken-export RUN ... = export RUN
+    first = _first_positional(argv)
+    if first is not None and argv[first] not in COMMANDS and "-h" not in argv \
+            and "--help" not in argv:
+        argv.insert(first, "export")                    # harken-export RUN ... = export RUN
     return run_command(build_parser(), argv)       # HarkenError, OSError: exit 2
 
 

@@ -11,14 +11,31 @@ from harken.common.errors import HarkenError
 from harken.common.logs import ENV, LEVELS, default_level, setup_logging
 
 
+class _SubCommands(argparse._SubParsersAction):
+    """Sub-commands that take the shared options too, so that ``--log-level`` and
+    ``--debug`` work after the sub-command as well as before it."""
+
+    def add_parser(self, name, **kwargs):
+        sub = super().add_parser(name, **kwargs)
+        _shared_options(sub, argparse.SUPPRESS)        # given here, it overrides the top's
+        return sub
+
+
+def _shared_options(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("--debug", action="store_true", default=default or False,
+                        help="show tracebacks on errors")
+    parser.add_argument("--log-level", type=str.lower, choices=LEVELS,
+                        default=default or default_level(),
+                        help=f"messages shown on stderr (default: ${ENV}, else info)")
+
+
 def command_parser(prog: str, description: str | None
                    ) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
-    """A parser with ``--debug`` and ``--log-level`` (which ``run_command`` reads) and
-    required sub-commands."""
+    """A parser with ``--debug`` and ``--log-level`` (which ``run_command`` reads; before
+    or after the sub-command) and required sub-commands."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("--log-level", choices=LEVELS, default=default_level(),
-                        help=f"messages shown on stderr (default: ${ENV}, else info)")
+    parser.register("action", "parsers", _SubCommands)
+    _shared_options(parser, None)
     return parser, parser.add_subparsers(dest="command", required=True)
 
 

@@ -62,4 +62,7 @@ def setup_logging(prog: str, level: str = "info") -> logging.Logger:
         log.addHandler(handler)
     handler.setFormatter(_Format(prog))
     log.setLevel(getattr(logging, level.upper()))
+    wrong = os.environ.get(ENV, "").strip()
+    if wrong and wrong.lower() not in LEVELS:
+        log.warning(f"{ENV}={wrong!r} is not a level ({', '.join(LEVELS)}); ignored")
     return log

@@ -98,3 +98,20 @@ def test_every_command_line_takes_log_level(module):
     parser = importlib.import_module(module).build_parser()
     action = parser._option_string_actions["--log-level"]
     assert list(action.choices) == ["debug", "info", "warning", "error"]
+
+
+def test_log_level_works_after_the_sub_command_and_in_any_case(capsys):
+    assert run_command(_logging_parser(), ["go", "--log-level", "WARNING"]) == 0
+    err = capsys.readouterr().err
+    assert "progress" not in err and "harken-test: WARNING: a warning" in err.splitlines()
+    assert run_command(_logging_parser(), ["--log-level", "error", "go", "--log-level",
+                                           "debug"]) == 0
+    assert "harken-test: a detail" in capsys.readouterr().err.splitlines()
+
+
+def test_a_log_level_in_the_environment_that_is_no_level_is_said_once(monkeypatch, capsys):
+    monkeypatch.setenv("HARKEN_LOG_LEVEL", "loud")
+    assert run_command(_logging_parser(), ["go"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("HARKEN_LOG_LEVEL='loud' is not a level") == 1
+    assert "harken-test: progress" in err.splitlines()           # info, the default

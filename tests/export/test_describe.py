@@ -1,6 +1,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from harken.export.cli import main as export_main
 from harken.training.cli import main as train_main
 
@@ -35,3 +37,16 @@ def test_describe_reads_a_run_written_by_the_last_release(capsys):
     assert export_main(["describe", str(RELEASED / "fusion")]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["method"] == "fusion" and d["sections"] == [0, 1] and d["threshold"] > 0
+
+
+@pytest.mark.parametrize("argv, at", [
+    (["runs/fan", "--out", "b"], 0),
+    (["--log-level", "warning", "runs/fan", "--out", "b"], 2),
+    (["--log-level=warning", "--debug", "runs/fan"], 2),
+    (["--debug"], None),
+])
+def test_the_short_export_form_finds_the_run_past_the_top_level_options(argv, at):
+    """``harken-export [--log-level L] RUN ...`` means ``export RUN``: an option's value
+    is not taken for the run."""
+    from harken.export.cli import _first_positional
+    assert _first_positional(argv) == at
