@@ -77,6 +77,9 @@ def load_override(path: Path) -> CalibrationOverride | None:
                           f"{AGAIN}") from None
     except ValueError as exc:            # not JSON (UnicodeDecodeError too), not an object
         raise ConfigError(f"{path}: calibration override unreadable ({exc}); {AGAIN}") from None
+    except RecursionError:               # JSON nested deeper than the parser goes
+        raise ConfigError(f"{path}: calibration override unreadable (nested too deeply to "
+                          f"be one); {AGAIN}") from None
     return override
 
 

@@ -70,6 +70,9 @@ def parse_manifest(raw: bytes, path: Path) -> BankManifest:
         data = json.loads(raw.decode())
     except (ValueError, UnicodeDecodeError) as exc:
         raise BankError(f"{path}: the bank's manifest is not JSON ({exc}); enroll again") from None
+    except RecursionError:
+        raise BankError(f"{path}: the bank's manifest is nested too deeply to be one; "
+                        f"enroll again") from None
     try:
         record_version(data, BANK_VERSION)
     except NewerRecord as exc:

@@ -140,6 +140,7 @@ def test_a_damaged_bank_manifest_is_one_line_naming_the_file_and_key(tmp_path, k
     (b"[1, 2]", "not a JSON object but list"),
     (b"{", "not JSON (Expecting property name"),
     (b"\xff\xfe", "not JSON ("),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
 ])
 def test_a_bank_manifest_that_is_not_one_is_refused(tmp_path, raw, why):
     path = _bank_with(tmp_path, raw)
@@ -153,6 +154,7 @@ def test_a_bank_manifest_that_is_not_one_is_refused(tmp_path, raw, why):
 @pytest.mark.parametrize("content, why", [
     ("{", "unreadable (Expecting property name"),
     ("[]", "unreadable (not a JSON object but list)"),
+    ("[" * 100_000 + "]" * 100_000, "unreadable (nested too deeply to be one)"),
     ('{"threshold": 1.5}', "unreadable (key 'false_alarms_per_week' missing)"),
     ({"threshold": None}, "unreadable (key 'threshold' = None: Input should be a valid number)"),
     ({"threshold": "high"}, "unreadable (key 'threshold' = 'high': Input should be a valid "

@@ -231,7 +231,13 @@ class Publisher(ConnectionReports):
         if last is not None and self._connected.is_set():
             with self.lock:
                 info = self.client.publish(last[0], last[1], qos=last[2], retain=last[3])
-            info.wait_for_publish(2)
+            try:
+                info.wait_for_publish(2)
+            except (RuntimeError, ValueError):
+                # the link dropped between the check and the publish (paho raises on a
+                # message it could not queue): the goodbye is lost, the stop must go on
+                self.log("the connection dropped during the stop; the last message was "
+                         "not sent")
         self._stop.set()
         self._wake.set()
         if self._started:
