@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -47,7 +48,11 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "agent/features/mel.py": ("tests/agent/test_features.py",),
     "agent/features/windows.py": ("tests/agent/test_features.py",
                                   "tests/agent/test_feature_edges.py"),
-    "agent/config.py": ("tests/agent/test_config.py", "tests/agent/test_config_docs.py"),
+    # the config is assembled from the sources' and sinks' own settings: the tests of
+    # [[machines]] views, sources and plugins own that part of it
+    "agent/config.py": ("tests/agent/test_config.py", "tests/agent/test_config_docs.py",
+                        "tests/agent/test_machines.py", "tests/agent/test_sources.py",
+                        "tests/agent/test_plugins.py"),
     "training/metrics.py": ("tests/training/test_metrics.py",),
 }
 
@@ -237,6 +242,20 @@ def write_page(by_target: dict[str, list[Mutant]]) -> None:
     PAGE.write_text("\n".join(lines).rstrip() + "\n")
 
 
+def _prebuilt_test_data() -> None:
+    """The corpora and bundles the tests use, built once here (harken.testkit.data) and
+    named by HARKEN_TEST_DATA for every mutant's test run: rebuilt per mutant, a bundle
+    would cost more than the tests."""
+    if os.environ.get("HARKEN_TEST_DATA"):
+        return
+    folder = WORK / "test-data"
+    if not (folder / "ready").exists():
+        subprocess.run([_python(), "-m", "harken.testkit.data", str(folder)], cwd=ROOT,
+                       check=True)
+        (folder / "ready").touch()
+    os.environ["HARKEN_TEST_DATA"] = str(folder)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", nargs="+", choices=sorted(TARGETS), metavar="TARGET",
@@ -249,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
             ["git", "diff", "--quiet", "--", *TARGETS], cwd=ROOT).returncode != 0:
         print("mutation: note: the modules have uncommitted changes; they are mutated as "
               "they are now and restored afterwards", file=sys.stderr)
+    _prebuilt_test_data()
     by_target = {}
     for target, tests in TARGETS.items():
         session = _session(target)

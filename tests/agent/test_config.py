@@ -227,3 +227,21 @@ def test_source_file_cannot_be_set_from_the_data():
     from harken.agent.config import parse_config
     with pytest.raises(ConfigError, match="agent.toml: .*source_file"):
         parse_config({"model": {"bundle": "b"}, "source_file": "x"}, "agent.toml")
+
+
+def test_each_machine_keeps_its_state_in_files_named_after_it(tmp_path):
+    """The override and the enrolled bank of a machine are found by its name under
+    agent.state_dir, relative to the config file (docs/agent.md)."""
+    from harken.agent.config import parse_config
+    config = parse_config({"agent": {"state_dir": "st"}, "model": {"bundle": "b"},
+                           "machines": [{"name": "pump-1"}, {"name": "pump-2"}]},
+                          str(tmp_path / "agent.toml"))
+    one, two = config.machine_configs()
+    assert one.override_file == tmp_path / "st" / "threshold-pump-1.json"
+    assert two.bank_file == tmp_path / "st" / "enrolled-pump-2.npz"
+
+
+def test_the_allowed_values_read_as_pydantic_lists_them():
+    from harken.agent.config import _expected
+    assert _expected(["mic"]) == "'mic'"
+    assert _expected(["mic", "file", "stdin"]) == "'mic', 'file' or 'stdin'"
