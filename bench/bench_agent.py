@@ -8,7 +8,7 @@ spectral-knn fused with the int8 AE, bench/_models.py), one thread.
 2. At real-time pacing (`audio.realtime`, as from a microphone) publishing to a real
    Mosquitto on loopback: CPU % of one core and RSS from the agent's own stats records,
    and the publish latency, from the arrival of the audio that completes a report interval
-   to the broker's PUBACK of its score (the agent measures it, agent/sinks/mqtt/sink.py). Report
+   to the broker's PUBACK of its score (the agent measures it, agent/sinks/mqtt/publisher.py). Report
    intervals of 2 s, five times the default rate, so the latency percentiles rest on
    more scores and the CPU figure is an upper bound for the default 10 s.
 

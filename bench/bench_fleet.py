@@ -2,7 +2,7 @@
 QoS 1 session: messages per second delivered, and messages lost, for N = 10, 50, 200.
 
 Each simulated agent is the agent's real MQTT path: its own MqttSink (durable SQLite
-outbox, paho client, PUBACK window; agent/sinks/mqtt/sink.py) replaying the score stream that
+outbox, paho client, PUBACK window; agent/sinks/mqtt/sink.py on publisher.py) replaying the score stream that
 `harken run` made from a WAV file (the AE bundle over the bench corpus's fan audio, 1-s
 report intervals), as fast as the sink takes it: accelerated, like a file source with
 `realtime = false`. Running the model N times would only measure the model; one score

@@ -539,7 +539,8 @@ def fleet_section(r: dict) -> list[str]:
     lines = [
         "## Fleet: many agents, one broker", "",
         f"`{r['command']}` ({r['when']}): N simulated agents, each the agent's real MQTT path "
-        "(its own durable outbox and paho client, agent/sinks/mqtt/sink.py) replaying a real score "
+        "(its own durable outbox and paho client, agent/sinks/mqtt/sink.py on publisher.py) "
+        "replaying a real score "
         "stream as fast as it can, spread over "
         f"{r['workers']} processes, one Mosquitto (password file) and one plant subscriber "
         "with a persistent QoS 1 session, all on this machine. Lost = scores the outboxes "
