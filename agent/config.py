@@ -53,7 +53,7 @@ class AgentSection(_Section):
     state_dir: str = "state"          # calibration override, counters
     # modules imported before the rest of the config is read: sources and sinks kept
     # outside the package register themselves on import (docs/agent.md "Plugins")
-    plugins: list[Annotated[str, Field(min_length=1, pattern=_PLUGIN_NAME.pattern)]] = []
+    plugins: list[Annotated[str, Field(pattern=_PLUGIN_NAME.pattern)]] = []
 
 
 class ModelSection(_Section):
@@ -208,9 +208,7 @@ def sink_tables() -> dict[str, type[_Section]]:
     """Each sink table and its settings model, in sink registration order; sinks that
     share a table must name the same model."""
     tables: dict[str, type[_Section]] = {}
-    for cls in SINKS.values():
-        if cls.table is None:
-            continue
+    for cls in [c for c in SINKS.values() if c.table is not None]:
         if cls.table in RESERVED or tables.get(cls.table, cls.Settings) is not cls.Settings:
             raise TypeError(f"sink {cls.name!r}: table [{cls.table}] is taken by another "
                             f"model")
@@ -270,8 +268,6 @@ def _merged(model: type[_Section], name: str, top: dict, own: dict, source: str,
         return model(**{**top, **own})
     except ValidationError as exc:
         raise ConfigError(_explain(exc, f"{source}: {where}", prefix=name)) from None
-    except TypeError as exc:
-        raise ConfigError(f"{source}: {where}: [machines.{name}]: {exc}") from None
 
 
 def _merged_audio(top: dict, own: dict, source: str, where: str):
@@ -360,9 +356,9 @@ def _import_plugins(data: dict, source: str) -> None:
     names = agent.get("plugins") if isinstance(agent, dict) else None
     if not isinstance(names, list):
         return
-    for i, name in enumerate(names):
-        if not isinstance(name, str) or not _PLUGIN_NAME.fullmatch(name):
-            continue                  # refused by the field's pattern, never imported
+    # a name that is no module name is refused by the field's pattern, never imported
+    for i, name in [(i, n) for i, n in enumerate(names)
+                    if isinstance(n, str) and _PLUGIN_NAME.fullmatch(n)]:
         where = f"{source}: key 'agent.plugins[{i}]' = {name!r}"
         try:
             importlib.import_module(name)

@@ -245,3 +245,45 @@ def test_the_allowed_values_read_as_pydantic_lists_them():
     from harken.agent.config import _expected
     assert _expected(["mic"]) == "'mic'"
     assert _expected(["mic", "file", "stdin"]) == "'mic', 'file' or 'stdin'"
+
+
+@pytest.mark.parametrize("audio, message", [
+    (5, "key 'audio' = 5: Input should be a valid dictionary or object to extract fields "
+        "from"),
+    ({"source": "file"}, "key 'audio' = {'source': 'file'}: Value error, audio.source = "
+                         "'file' needs audio.file"),
+    ({"source": "file", "file": "a.wav", "device": "x"},
+     "unknown key 'audio.device' (not a key of audio.source = 'file')"),
+])
+def test_an_audio_table_error_names_the_key_without_the_sources_tag(audio, message):
+    """pydantic puts the source's tag in an error's path (audio.file.device); the user's
+    key has none, and a table that is not one has no source at all."""
+    from harken.agent.config import parse_config
+    with pytest.raises(ConfigError) as err:
+        parse_config({"audio": audio, "model": {"bundle": "b"}}, "x.toml")
+    assert str(err.value) == f"x.toml: {message}"
+
+
+@pytest.mark.parametrize("entry, ok", [({"section": 99}, True), ({"section": 100}, False),
+                                        ({"channel": 64}, True), ({"channel": 65}, False),
+                                        ({"channel": 0}, False)])
+def test_a_machine_entry_section_and_channel_stay_in_their_documented_range(entry, ok):
+    from harken.agent.config import parse_config
+    data = {"model": {"bundle": "b"}, "machines": [{"name": "m", **entry}]}
+    if ok:
+        parse_config(data, "x.toml")
+    else:
+        with pytest.raises(ConfigError, match=r"machines\[0\]\.(section|channel)"):
+            parse_config(data, "x.toml")
+
+
+def test_a_secret_file_is_read_in_a_table_that_follows_a_list(tmp_path):
+    """``KEY_file`` values are read table by table; an entry that is no table (the
+    machines list) before one must not stop the reading."""
+    from harken.agent.config import parse_config
+    (tmp_path / "pw").write_text("s3cret\n")
+    (tmp_path / "pw").chmod(0o600)
+    config = parse_config({"machines": [{"name": "m"}], "model": {"bundle": "b"},
+                           "mqtt": {"username": "u", "password_file": "pw"}},
+                          str(tmp_path / "agent.toml"))
+    assert config.mqtt.resolved_password() == "s3cret"

@@ -96,3 +96,9 @@ def test_a_very_rare_false_alarm_rate_gives_a_finite_threshold_or_says_why():
     assert np.isfinite(rare) and rare > one and 0 < p < 1e-15
     with pytest.raises(DataError, match="ask for more false alarms"):
         false_alarm_threshold(scores, 5e-324, 10.0)          # p underflows to 0
+
+
+def test_a_false_alarm_rate_is_a_probability_per_interval():
+    from harken.agent.decision.thresholds import check_false_alarm_rate
+    assert check_false_alarm_rate(1.0, 10.0) == pytest.approx(10.0 / (7 * 24 * 3600))
+    assert check_false_alarm_rate(7.0, 60.0) == pytest.approx(7 * 60.0 / (7 * 24 * 3600))
