@@ -4,11 +4,13 @@ enroll and check-config all build a machine here, so they accept and refuse the 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from harken.agent.config import Config, ConfigError
 from harken.agent.decision import Decision, DecisionConfig
-from harken.agent.decision.override import read_override
+from harken.agent.decision.override import CalibrationOverride, read_override
 from harken.agent.model.backends import BackendPool
 from harken.agent.model.bank import BankManifest, read_bank, rule_arrays
 from harken.agent.model.bundle import Bundle, open_bundle
@@ -27,15 +29,17 @@ def enrolled_bank(config: Config, bundle: Bundle
     return read_bank(config.bank_file, bundle)
 
 
-def resolve_threshold(config: Config, bundle: Bundle,
-                      enrollment: BankManifest | None = None) -> tuple[float, str]:
+def resolve_threshold(config: Config, bundle: Bundle, enrollment: BankManifest | None = None,
+                      override: bool = True) -> tuple[float, str]:
     """Config value, else the calibration override, else the enrolled bank's (its
-    manifest: ``BundleScorer.enrollment``), else the bundle's."""
+    manifest: ``BundleScorer.enrollment``), else the bundle's. ``override=False`` skips the
+    override: ``harken calibrate``, which replaces it, must not depend on it."""
     if config.decision.threshold is not None:
         return config.decision.threshold, "config decision.threshold"
-    override = read_override(config)
-    if override is not None:
-        return override.threshold, f"calibration {config.override_file}"
+    calibrated = read_override(config) if override else None
+    if calibrated is not None:
+        _check_override_fits(calibrated, config, bundle)
+        return calibrated.threshold, f"calibration {config.override_file}"
     if enrollment is not None:
         return enrollment.threshold, f"enrollment {config.bank_file}"
     if bundle.threshold is None:
@@ -44,10 +48,26 @@ def resolve_threshold(config: Config, bundle: Bundle,
     return bundle.threshold, "bundle"
 
 
+def _check_override_fits(calibrated: CalibrationOverride, config: Config,
+                         bundle: Bundle) -> None:
+    """A threshold holds for the model and the report interval it was fitted at: an
+    override of another model (the bundle was re-exported) or another interval length
+    scores normal audio against the wrong number, so it is refused, saying what to do."""
+    again = "run 'harken calibrate' again (or delete the file to use the bundle's threshold)"
+    if calibrated.model != bundle.model_id:
+        raise ConfigError(f"{config.override_file}: calibrated for model {calibrated.model!r}, "
+                          f"but the bundle is {bundle.model_id!r}; {again}")
+    if not math.isclose(calibrated.interval_s, config.decision.interval_s, rel_tol=1e-9):
+        raise ConfigError(f"{config.override_file}: calibrated at {calibrated.interval_s:g}-s "
+                          f"intervals, but decision.interval_s = "
+                          f"{config.decision.interval_s:g}; {again}")
+
+
 def build(config: Config, seq_start: int = 1, bundle: Bundle | None = None,
-          pool: BackendPool | None = None) -> tuple[Bundle, Pipeline]:
+          pool: BackendPool | None = None, override: bool = True) -> tuple[Bundle, Pipeline]:
     """One machine's bundle and pipeline (``config``: a single-machine config or view).
-    ``bundle``: already opened (machines sharing one); ``pool``: backends to share."""
+    ``bundle``: already opened (machines sharing one); ``pool``: backends to share;
+    ``override``: False for the command that writes the calibration override."""
     bundle = bundle or open_bundle(config.path(config.model.bundle))
     # a general bundle has no sections of its own: its bank is this machine's
     if not bundle.needs_enrollment and config.agent.section not in bundle.sections:
@@ -59,7 +79,7 @@ def build(config: Config, seq_start: int = 1, bundle: Bundle | None = None,
         rule, enrollment = make_rule(bundle.rule_name, rule_arrays(bank[0], bundle)), bank[1]
     scorer = make_scorer(bundle, config.agent.section, config.model.artifact,
                          config.model.threads, rule=rule, enrollment=enrollment, pool=pool)
-    threshold, _ = resolve_threshold(config, bundle, enrollment)
+    threshold, _ = resolve_threshold(config, bundle, enrollment, override)
     d = config.decision
     decision = Decision(threshold, DecisionConfig(d.k_on, d.n, d.n_off))
     return bundle, Pipeline(scorer, decision, d.interval_s, seq_start=seq_start)

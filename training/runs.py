@@ -61,7 +61,9 @@ class NormalScores(_Record):
     max: float = 0.0
     percentiles: dict[str, float] = Field(default_factory=dict)
     gamma: dict[str, Any] = Field(default_factory=dict)
-    threshold: float
+    # a gamma quantile is always finite: a NaN or infinite one is a damaged file, and
+    # exported it would be a device that never (or always) alarms
+    threshold: float = Field(allow_inf_nan=False)
     threshold_rule: str = ""
 
 
@@ -90,7 +92,7 @@ class RunInfo(_Record):
     created: str = ""
     feature_spec: dict[str, Any]
     params: dict[str, Any] = Field(default_factory=dict)
-    sections: list[StrictInt]
+    sections: list[StrictInt] = Field(min_length=1)
     corpus: CorpusInfo
     normal_scores: NormalScores
     code_version: str = "unknown"

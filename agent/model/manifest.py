@@ -14,7 +14,7 @@ agent/model/bundle.py, which names the file and the field.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError,
                       field_validator, model_validator)
@@ -77,7 +77,7 @@ class ModelInfo(_Part):
     version: str = "unknown"
     method: str = ""
     machine: StrictStr
-    sections: list[StrictInt]
+    sections: list[StrictInt] = Field(min_length=1)
 
 
 class Scoring(_Part):
@@ -112,7 +112,9 @@ class Fusion(_Part):
 
 
 class Threshold(_Part):
-    value: float | None                 # None: set on site with harken calibrate
+    # None: set on site with harken calibrate; a NaN or infinite value would make every
+    # interval "normal" (or anomalous) without a word, a string or bool is no threshold
+    value: Annotated[float, Field(strict=True, allow_inf_nan=False)] | None
     how: str = ""
 
 

@@ -10,12 +10,14 @@ histogram of the scores, the fit and the threshold.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from pathlib import Path
 
 import numpy as np
 
 from harken.agent.config import Config, ConfigError
+from harken.common.errors import UsageError
 from harken.agent.decision import Decision
 from harken.agent.pipeline import Pipeline
 from harken.agent.build import build
@@ -25,6 +27,7 @@ from harken.agent.decision.override import OVERRIDE_VERSION, CalibrationOverride
 from harken.common.records import GammaParams
 
 MIN_INTERVALS = 10
+MAX_MINUTES = 7 * 24 * 60           # a week of normal operation is plenty to learn from
 
 
 def _progress(total: float | None, unit: str, enabled: bool):
@@ -53,6 +56,9 @@ def score_source(pipelines: list[Pipeline], config: Config, minutes: float | Non
     run`` opens it (``open_source``): one read for every machine that listens to it
     (``taps``: each pipeline's channel). ``minutes``: stop after that much audio (a live
     input; a lost one is an error here); None: read to the end of the recording."""
+    if minutes is not None and not (math.isfinite(minutes) and 0 < minutes <= MAX_MINUTES):
+        raise UsageError(f"--minutes = {minutes:g}: expected minutes of audio above 0 and at "
+                         f"most {MAX_MINUTES:g} (a week)")
     taps = taps or [config.audio.channel]
     columns = list(dict.fromkeys(taps))
     picks = [columns.index(t) for t in taps]
@@ -124,7 +130,7 @@ def calibrate(config: Config, files: list[str] | None = None, minutes: float = 3
     live audio is one capture per input for all the machines that listen to it."""
     check_false_alarm_rate(false_alarms_per_week, config.decision.interval_s)
     views = config.select(machine)
-    built = [build(v) for v in views]
+    built = [build(v, override=False) for v in views]   # the override it replaces is not read
     for _, pipeline in built:
         pipeline.decision = Decision(float("inf"))     # calibration decides nothing
     # one read per input (the recordings: one read per sample rate) for all the machines

@@ -47,6 +47,11 @@ def test_a_manifest_reads_typed_and_writes_back_what_it_was_given(tmp_path):
     (lambda d: d.update(schema_version=2),
      r"field 'schema_version' is 2; this agent reads version 1 \(update the agent or re-export\)"),
     (lambda d: d.pop("threshold"), r"manifest\.json: field 'threshold' is missing"),
+    (lambda d: d["model"].update(sections=[]), r"model: field 'sections'"),
+    (lambda d: d["threshold"].update(value=float("nan")), r"threshold: field 'value'"),
+    (lambda d: d["threshold"].update(value=float("inf")), r"threshold: field 'value'"),
+    (lambda d: d["threshold"].update(value=True), r"threshold: field 'value'"),
+    (lambda d: d["threshold"].update(value="0.5"), r"threshold: field 'value'"),
 ])
 def test_a_bad_manifest_is_refused_naming_the_field(tmp_path, edit, message):
     data = _manifest()

@@ -268,3 +268,36 @@ def test_a_damaged_record_stops_the_device_in_one_line(installed):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert f"{bank}: the bank's manifest: key 'sessions' missing; enroll again" in r.stderr
+
+
+def test_an_override_of_another_model_or_interval_is_refused_and_calibrate_replaces_it(
+        installed):
+    """A threshold holds for the model and the interval it was fitted at: an override of
+    another model (a re-exported bundle) or of another interval length is refused in one
+    line saying what to do, and ``harken calibrate``, which writes a new one, does not
+    read the old (a damaged one no longer blocks its own replacement)."""
+    folder, cfg = installed
+    override = folder / "state" / "threshold-fan.json"
+    good = override.read_text()
+    override.write_text(good.replace(f'"model": "{MODEL}"', '"model": "ae-fan-0123abcd"'))
+    r = harken("check-config", cfg, cwd=folder)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"harken: error: {override}: calibrated for model 'ae-fan-0123abcd', but the bundle "
+        f"is '{MODEL}'; run 'harken calibrate' again (or delete the file to use the bundle's "
+        f"threshold)"]
+    override.write_text(good)
+    five = cfg.with_name("five.toml")
+    five.write_text(cfg.read_text().replace("interval_s = 10", "interval_s = 5"))
+    r = harken("check-config", five, cwd=folder)
+    assert r.returncode == 2 and "calibrated at 10-s intervals, but decision.interval_s = 5" \
+        in r.stderr and "Traceback" not in r.stderr
+
+    override.write_text(good.replace("30.1264578497618", "NaN"))       # damaged
+    write_wav(folder / "fan-long.wav", fan(120, 5), RATE)
+    r = harken("calibrate", "--config", cfg, "--files", folder / "fan-long.wav", "--no-plot",
+               cwd=folder)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(override.read_text())["version"] == 1
+    r = harken("check-config", cfg, cwd=folder)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["resolved"]["threshold_from"].startswith("calibration")

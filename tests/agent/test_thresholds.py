@@ -102,3 +102,12 @@ def test_a_false_alarm_rate_is_a_probability_per_interval():
     from harken.agent.decision.thresholds import check_false_alarm_rate
     assert check_false_alarm_rate(1.0, 10.0) == pytest.approx(10.0 / (7 * 24 * 3600))
     assert check_false_alarm_rate(7.0, 60.0) == pytest.approx(7 * 60.0 / (7 * 24 * 3600))
+
+
+@pytest.mark.parametrize("minutes", [float("nan"), float("inf"), 0.0, -5.0, 1e9])
+def test_minutes_of_audio_that_are_no_duration_are_refused_before_listening(minutes):
+    """calibrate and enroll --minutes: refused in one line naming the option before any
+    source is opened (nan and inf were a ValueError and an OverflowError)."""
+    from harken.agent.site.calibrate import score_source
+    with pytest.raises(UsageError, match="--minutes"):
+        score_source([], None, minutes, progress=False)

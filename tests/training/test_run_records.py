@@ -79,6 +79,11 @@ def _broken(tmp_path, edit) -> Path:
     (lambda d: d["corpus"].pop("fingerprint"), "missing field 'corpus.fingerprint'"),
     (lambda d: d.update(sections="00"), "field 'sections'"),
     (lambda d: d["normal_scores"].update(threshold="high"), "field 'normal_scores.threshold'"),
+    (lambda d: d["normal_scores"].update(threshold=float("nan")),
+     "field 'normal_scores.threshold'"),
+    (lambda d: d["normal_scores"].update(threshold=float("inf")),
+     "field 'normal_scores.threshold'"),
+    (lambda d: d.update(sections=[]), "field 'sections'"),
     (lambda d: d.update(schema=7), "run version 7 not supported"),
     (lambda d: d.update(version=3), "run version 3 not supported"),
 ])
