@@ -35,3 +35,21 @@ def test_architecture_names_every_agent_module_and_only_real_paths():
     assert missing == []
     named = set(re.findall(r"\b((?:agent|training|export|harken|bench|tests)/[\w/]+\.py)\b", page))
     assert named and sorted(n for n in named if not (ROOT / n).exists()) == []
+
+
+def test_every_test_that_reliability_md_cites_exists():
+    """docs/reliability.md holds each case to a test by name: a renamed or deleted test
+    would leave a promise no test keeps."""
+    missing = []
+    for line in (ROOT / "docs" / "reliability.md").read_text().splitlines():
+        if not line.startswith("| ") or line.count("|") < 4:
+            continue
+        current = None
+        for ref in re.findall(r"`([^`]*::[\w\[\]-]+|tests/[\w/]+\.py)`", line.split("|")[-2]):
+            path, _, name = ref.partition("::")
+            current = path or current
+            if current is None or not (ROOT / current).is_file():
+                missing.append(ref)
+            elif name and f"def {name.split('[')[0]}(" not in (ROOT / current).read_text():
+                missing.append(f"{current}::{name}")
+    assert missing == []
