@@ -152,3 +152,38 @@ def test_a_row_is_deleted_only_at_its_puback_and_replayed_after_a_reconnect(brok
         relay.close()
     listen.wait(lambda lt: _payloads(lt, "contract/status")[-1:] == ["stopped"])
     listen.close()
+
+
+def test_after_a_reconnect_each_unacknowledged_row_goes_out_once_as_history(broker, tmp_path):
+    """paho keeps its own copy of every QoS 1 message not yet acknowledged and sends them
+    all again right after the next CONNACK, as they were encoded (live); the outbox replays
+    the same rows as history. One sender of record: the subscriber sees each row once live
+    (the first connection) and once as history (the replay), never a second live copy
+    (docs/mqtt.md "Delivery guarantees")."""
+    relay = Relay(broker.port)
+    listen = Listener(broker.port, topic="once/#", client_id="once-listener")
+    enc = Recorder()
+    pub = Publisher(_settings(relay.port), "once-publisher", enc, lambda _: None)
+    box = Outbox(tmp_path / "outbox.db")
+    lane = pub.add_lane(box, lambda m, live: (b"live:" if live else b"history:") + m.payload)
+    pub.start()
+    try:
+        wait_for("the first connection", lambda: pub.connected, 30)
+        relay.hold()                                   # the PUBACKs never come back
+        for i in range(3):
+            pub.put(lane, "once/data", f"row{i}".encode(), seq=1 + i)
+        listen.wait(lambda lt: len(_payloads(lt, "once/data")) == 3)
+        relay.cut()
+        relay.release()
+        wait_for("the reconnect", lambda: enc.connections == 2 and pub.connected, 60)
+        wait_for("the replayed rows acknowledged", lambda: box.depth == 0, 30)
+        listen.wait(lambda lt: sum(p.startswith("history:")
+                                   for p in _payloads(lt, "once/data")) == 3)
+        # paho's copies, if any, arrive right after the CONNACK: before the replay ends
+        got = _payloads(listen, "once/data")
+        assert sorted(got) == sorted([f"live:row{i}" for i in range(3)] +
+                                     [f"history:row{i}" for i in range(3)])
+    finally:
+        pub.close()
+        relay.close()
+        listen.close()

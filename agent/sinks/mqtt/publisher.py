@@ -61,6 +61,25 @@ from harken.agent.sinks.mqtt.settings import MqttTableSink
 WINDOW = 32            # outbox rows in flight (published, not yet acknowledged) at a time
 
 
+def _forget_unacknowledged(client) -> None:
+    """Drop paho's own copies of the messages the last connection left unacknowledged.
+
+    paho keeps every QoS 1 message until its PUBACK and, right after the next CONNACK
+    (after ``on_connect`` returns), sends them all again as they were encoded: a durable
+    row would arrive once more marked live, and a Sparkplug DDATA of the old session
+    before the new NBIRTH. The outbox is the one sender of record: it replays those rows
+    itself, as history. Live messages of the old connection (status, births, stats) are
+    stale on the new one and are made again by the encoders. paho < 3 (pyproject.toml)
+    keeps them in ``_out_messages`` under ``_out_message_mutex``; a paho without them is
+    left as it is (duplicates, never losses)."""
+    lock, pending = getattr(client, "_out_message_mutex", None), getattr(client, "_out_messages", None)
+    if lock is None or pending is None:
+        return
+    with lock:
+        pending.clear()
+        client._inflight_messages = 0
+
+
 class NetworkSink(MqttTableSink):
     """A sink that delivers through a :class:`Publisher` and reads ``[mqtt]``: enabled when
     ``mqtt.enabled`` and ``mqtt.profile`` is one of its ``profiles``."""
@@ -257,6 +276,7 @@ class Publisher(ConnectionReports):
             return
         self._refused = False
         self._last_error = ""
+        _forget_unacknowledged(client)
         with self._flight_lock:
             self._inflight.clear()
             self._acked_early.clear()
