@@ -12,10 +12,10 @@ from harken.agent.config import Config, ConfigError
 from harken.agent.decision import Decision, DecisionConfig
 from harken.agent.decision.override import CalibrationOverride, read_override
 from harken.agent.model.backends import BackendPool
-from harken.agent.model.bank import BankManifest, read_bank, rule_arrays
+from harken.agent.model.bank import BankError, BankManifest, read_bank, rule_arrays
 from harken.agent.model.bundle import Bundle, open_bundle
 from harken.agent.model.factory import make_scorer
-from harken.agent.model.rules import make_rule
+from harken.agent.model.rules import RuleError, make_rule
 from harken.agent.pipeline import Pipeline
 from harken.agent.sources import SOURCES
 
@@ -76,7 +76,11 @@ def build(config: Config, seq_start: int = 1, bundle: Bundle | None = None,
     bank = enrolled_bank(config, bundle)          # read and checked once, here
     rule = enrollment = None
     if bank is not None:
-        rule, enrollment = make_rule(bundle.rule_name, rule_arrays(bank[0], bundle)), bank[1]
+        try:
+            rule = make_rule(bundle.rule_name, rule_arrays(bank[0], bundle))
+        except RuleError as exc:          # a bank whose arrays do not make its rule
+            raise BankError(f"{config.bank_file}: {exc}; enroll again") from None
+        enrollment = bank[1]
     scorer = make_scorer(bundle, config.agent.section, config.model.artifact,
                          config.model.threads, rule=rule, enrollment=enrollment, pool=pool)
     threshold, _ = resolve_threshold(config, bundle, enrollment, override)

@@ -28,7 +28,7 @@ from harken.common.errors import HarkenError
 from harken.agent.features import FeatureSpec, FeatureSpecError, shared_front_end
 from harken.agent.model.manifest import (ARTIFACT_KINDS, MANIFEST, OUTPUTS, SCHEMA_VERSION,
                                    FileEntry, Manifest, explain)
-from harken.agent.model.rules import ScoreRule, make_rule
+from harken.agent.model.rules import RuleError, ScoreRule, make_rule
 
 MAX_MANIFEST_BYTES = 1 << 20
 # the artifact a bundle runs when none is named: int8 first, TFLite (XNNPACK) before ONNX
@@ -127,7 +127,11 @@ class Bundle:
             raise BundleError(f"{self.root / MANIFEST}: a fused bundle has no rule of its "
                               f"own; its members score (agent/model/fused.py)")
         names = self.manifest.scoring.sections.get(f"{section:02d}", {})
-        return make_rule(self.rule_name, {k: self.arrays[v] for k, v in names.items()})
+        try:
+            return make_rule(self.rule_name, {k: self.arrays[v] for k, v in names.items()})
+        except RuleError as exc:          # the manifest names too few arrays for its rule
+            raise BundleError(f"{self.root / MANIFEST}: scoring.sections.{section:02d}: "
+                              f"{exc}") from None
 
     def artifact(self, kind: str | None = None, same_runtime: bool = False) -> Artifact:
         """The artifact of ``kind``; without one, the first int8 one there is.

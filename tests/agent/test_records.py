@@ -301,3 +301,24 @@ def test_an_override_of_another_model_or_interval_is_refused_and_calibrate_repla
     r = harken("check-config", cfg, cwd=folder)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["resolved"]["threshold_from"].startswith("calibration")
+
+
+def test_a_bank_without_the_arrays_of_its_rule_names_its_file(installed):
+    """The sha256 of a bank covers what it holds, not what its rule needs: a bank that
+    lost an array (and was re-hashed) is refused naming the file, not with a bare "rule
+    needs arrays"."""
+    from harken.agent.model.bank import bank_digest
+    folder, cfg = installed
+    (folder / "state" / "threshold-fan.json").unlink()
+    bank = folder / "state" / "enrolled-fan.npz"
+    with np.load(bank) as z:
+        arrays = dict(z)
+    manifest = json.loads(arrays.pop("manifest").tobytes())
+    dropped = next(k for k in sorted(arrays) if not k.startswith("raw_"))
+    del arrays[dropped]
+    manifest["sha256"] = bank_digest(arrays)
+    np.savez(bank, manifest=np.frombuffer(json.dumps(manifest).encode(), np.uint8), **arrays)
+    r = harken("check-config", cfg, cwd=folder)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"harken: error: {bank}: score rule") and "enroll again" in r.stderr
+

@@ -192,6 +192,15 @@ def test_malformed_manifest_is_refused_naming_the_field(bundles, tmp_path, edit,
         open_bundle(b)
 
 
+def test_a_section_naming_too_few_arrays_for_its_rule_is_refused_naming_the_manifest(
+        bundles, tmp_path):
+    b = _copy(bundles, tmp_path, "mobilenetv2")
+    _edit_manifest(b, lambda m: m["scoring"]["sections"]["00"].pop(
+        sorted(m["scoring"]["sections"]["00"])[0]))
+    with pytest.raises(BundleError, match=r"manifest\.json: scoring\.sections\.00: score rule "):
+        open_bundle(b).rule(0)
+
+
 def test_model_whose_real_input_differs_from_the_manifest_is_refused(bundles, tmp_path):
     b = _copy(bundles, tmp_path, "mobilenetv2")
     # same number of values, other shape: the manifest check passes, the backend's does not
