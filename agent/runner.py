@@ -31,7 +31,7 @@ from harken.agent.decision.records import (AudioFailed, AudioHealth, AudioLost, 
 from harken.agent.build import preflight
 from harken.agent.pipeline import Pipeline
 from harken.agent.sinks import Sink, make_sinks
-from harken.agent.sources import Source, SourceError, open_source
+from harken.agent.sources import Source, SourceError, open_source, shared_taps
 from harken.agent.stats import ProcessStats
 from harken.agent.systemd import Notifier
 
@@ -134,9 +134,9 @@ class Runner:
                 for m in machines:
                     m.sinks = make_sinks(m.config)
                     m.pipeline.seq = max([s.seq_start for s in m.sinks], default=1)
-                taps = list(dict.fromkeys(m.config.audio.channel for m in machines))
-                for m in machines:
-                    m.column = taps.index(m.config.audio.channel)
+                taps, columns = shared_taps([m.config.audio.channel for m in machines])
+                for m, column in zip(machines, columns):
+                    m.column = column
                 source = open_source(machines[0].config, machines[0].bundle.spec.sample_rate,
                                      taps)
                 listeners.append(Listener(source, machines))

@@ -148,11 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _first_positional(argv: list[str]) -> int | None:
-    """Where the first argument that is not an option (or an option's value) stands."""
+def _first_positional(argv: list[str], parser: argparse.ArgumentParser | None = None
+                      ) -> int | None:
+    """Where the first argument that is neither a top-level option nor an option's value
+    stands (the options that take a value are read off ``parser``)."""
+    parser = parser or build_parser()
+    valued = {s for a in parser._actions if a.option_strings and a.nargs != 0
+              for s in a.option_strings}
     i = 0
     while i < len(argv):
-        if argv[i] == "--log-level":                   # the one top-level option with a value
+        if argv[i] in valued:
             i += 2
         elif argv[i].startswith("-"):
             i += 1
@@ -163,11 +168,12 @@ def _first_positional(argv: list[str]) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    first = _first_positional(argv)
+    parser = build_parser()
+    first = _first_positional(argv, parser)
     if first is not None and argv[first] not in COMMANDS and "-h" not in argv \
             and "--help" not in argv:
         argv.insert(first, "export")                    # harken-export RUN ... = export RUN
-    return run_command(build_parser(), argv)       # HarkenError, OSError: exit 2
+    return run_command(parser, argv)       # HarkenError, OSError: exit 2
 
 
 if __name__ == "__main__":

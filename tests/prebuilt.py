@@ -14,9 +14,6 @@ from pathlib import Path
 
 from harken.testkit import data
 from harken.testkit.data import AE_BUNDLE, ENV, GENERAL_BUNDLE, SMALL_FAN, TINY  # noqa: F401
-# the builders moved to harken.testkit.data; named here only for code written against the
-# old place, until it is repointed
-from harken.testkit.data import ae_bundle, build, general_bundle, small_fan, tiny  # noqa: F401
 
 WORKSTATION = ("needs the workstation side to build its data (scripts/setup), or "
                f"{ENV} naming a folder made by 'python -m tests.prebuilt DIR'")

@@ -21,7 +21,7 @@ from harken.common.errors import UsageError
 from harken.agent.decision import Decision
 from harken.agent.pipeline import Pipeline
 from harken.agent.build import build
-from harken.agent.sources import FileSettings, SourceError, open_source
+from harken.agent.sources import FileSettings, SourceError, open_source, shared_taps
 from harken.agent.decision.thresholds import check_false_alarm_rate, false_alarm_threshold
 from harken.agent.decision.override import OVERRIDE_VERSION, CalibrationOverride, write_override
 from harken.common.records import GammaParams
@@ -59,9 +59,7 @@ def score_source(pipelines: list[Pipeline], config: Config, minutes: float | Non
     if minutes is not None and not (math.isfinite(minutes) and 0 < minutes <= MAX_MINUTES):
         raise UsageError(f"--minutes = {minutes:g}: expected minutes of audio above 0 and at "
                          f"most {MAX_MINUTES:g} (a week)")
-    taps = taps or [config.audio.channel]
-    columns = list(dict.fromkeys(taps))
-    picks = [columns.index(t) for t in taps]
+    columns, picks = shared_taps(taps or [config.audio.channel])
     got: list[tuple[list[float], int]] = [([], 0) for _ in pipelines]
     n = None if minutes is None else int(np.ceil(minutes * 60 / pipelines[0].interval_s))
     deadline = None if minutes is None else time.monotonic() + minutes * 60 + 30

@@ -19,7 +19,15 @@ from harken.agent.sources.stdin import StdinSettings, StdinSource, pcm_chunks
 __all__ = ["SOURCES", "Source", "SourceError", "SourceSettings", "FileSource", "FileSettings",
            "StdinSource", "StdinSettings", "MicrophoneSource", "MicrophoneSettings",
            "Microphone", "StreamResampler", "find_device", "pcm_chunks", "wav_chunks",
-           "Tap", "open_source"]
+           "Tap", "open_source", "shared_taps"]
+
+
+def shared_taps(channels: Sequence[Tap]) -> tuple[list[Tap], list[int]]:
+    """The taps one source opens for machines listening on ``channels`` (each channel
+    once, in order) and, per machine, the column of the source's chunks that is its own:
+    two machines on one channel share a column."""
+    taps = list(dict.fromkeys(channels))
+    return taps, [taps.index(c) for c in channels]
 
 
 def open_source(config, rate: int, taps: Sequence[Tap] = (None,)) -> Source:
