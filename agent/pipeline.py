@@ -36,6 +36,11 @@ class Pipeline:
         self.stream = StreamingLogMel(spec)
         self.seq = seq_start
         self.clock = clock
+        # set by the runner (agent/runner.py): called before each seq is used (the durable
+        # reservation, agent/seqstore.py), and asked before each ts is stamped whether the
+        # wall clock is still unsynchronised (agent/clock.py)
+        self.reserve_seq: Callable[[int], None] | None = None
+        self.clock_unsynced: Callable[[], bool] | None = None
         self._frames: list[np.ndarray] = []
         self._n_frames = 0
         self._audio: list[np.ndarray] = []
@@ -86,11 +91,15 @@ class Pipeline:
             if not np.isfinite(score):
                 score = None
                 health = AudioCheck("invalid", health.rms_dbfs, health.clipped_fraction)
-        ts = self.clock()
-        event = self.decision.update(score, ts)
+        unsynced = self.clock_unsynced is not None and self.clock_unsynced()
+        ts = self.clock()                    # after the question: a sync in between only
+        event = self.decision.update(score, ts)          # flags a record that is right
+        if self.reserve_seq is not None:
+            self.reserve_seq(self.seq)
         result = IntervalResult(ts, self.seq, score, self.decision.threshold,
                                 self.decision.anomaly, self.interval_s, self.model_id,
                                 self.scorer.backend_name, health.status, health.rms_dbfs,
-                                n_win, ms, event, arrived=arrived)
+                                n_win, ms, event, arrived=arrived,
+                                clock="unsynced" if unsynced else None)
         self.seq += 1
         return result

@@ -7,10 +7,17 @@ once and read in one thread, each machine taking its channel; machines running t
 bundle artifact on one input share its backend. A lost microphone is reported and
 reopened (agent/sources/microphone.py), never fatal; one lost or silent input of several is
 reported by machine name and the others go on.
+
+One process per state folder (agent/statelock.py); ``seq`` reserved durably per machine
+(agent/seqstore.py); a sink that fails is reported once and never stops scoring or the
+other sinks; a stop closes every sink at once under one shared budget that fits systemd's
+``TimeoutStopSec`` (docs/agent.md "Stopping").
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import signal
 import threading
 import time
@@ -25,15 +32,28 @@ from harken.agent.model.backends import BackendPool
 from harken.agent.model.bundle import Bundle, BundleError
 from harken.agent.config import Config, ConfigError
 from harken.common.errors import HarkenError
+from harken.agent.clock import ClockWatch, from_environment
 from harken.agent.decision.records import (AudioFailed, AudioHealth, AudioLost, AudioRestored,
-                                           EnrolledBankInfo, IntervalResult, Started,
-                                           StatusEvent, Stats, Stopped, source_report)
+                                           ClockSet, EnrolledBankInfo, IntervalResult,
+                                           SinkFailed, SinkRestored, Started, StatusEvent,
+                                           Stats, Stopped, source_report)
+from harken.agent.seqstore import SeqReservation
+from harken.agent.statelock import StateLock, lock_state
 from harken.agent.build import preflight
 from harken.agent.pipeline import Pipeline
 from harken.agent.sinks import Sink, make_sinks
 from harken.agent.sources import Source, SourceError, open_source, shared_taps
 from harken.agent.stats import ProcessStats
 from harken.agent.systemd import Notifier
+
+_log = logging.getLogger(__name__)
+
+# systemd's TimeoutStopSec=20 (systemd/harken.service) kills what is still running after
+# 20 s: every sink gets its `stopped` (or NDEATH) out within one shared budget of 15 s,
+# closed all at once, and the process is gone well before the kill (docs/agent.md)
+STOP_BUDGET_S = 15.0
+CLOSE_RESERVE_S = 5.0     # of the budget, kept for a sink's goodbye and disconnect after its flush
+EXIT_HUP = 129            # SIGHUP: a clean stop that systemd's Restart=on-failure restarts
 
 
 @dataclass
@@ -49,6 +69,8 @@ class Machine:
     inference_ms: list[float] = field(default_factory=list)
     health: Counter = field(default_factory=Counter)   # interval statuses since the stats
     audio: str = "ok"                                  # the last interval's status
+    failing: dict = field(default_factory=dict)        # sink name -> why it fails now
+    sink_errors: Counter = field(default_factory=Counter)  # exceptions a sink raised
 
     @property
     def name(self) -> str:
@@ -56,7 +78,40 @@ class Machine:
 
     def send(self, event: StatusEvent) -> None:
         for sink in self.sinks:
-            sink.status(event)
+            self.deliver(sink, "status", event)
+
+    def deliver(self, sink: Sink, method: str, arg) -> None:
+        """One call into one sink, which may fail (a full disk, a bug in a plugin sink)
+        without stopping scoring or the other sinks: the failure is said once, as a
+        ``sink_failed`` status to every sink of the machine, and its end likewise."""
+        try:
+            getattr(sink, method)(arg)
+            why = sink.failure
+        except Exception as exc:           # noqa: BLE001 - one sink never stops the others
+            self.sink_errors[sink.name] += 1
+            why = f"{type(exc).__name__}: {exc}"
+            if sink.name not in self.failing:
+                _log.exception(f"machine {self.name}: sink {sink.name} raised")
+        self._note(sink, why)
+
+    def _note(self, sink: Sink, why: str | None) -> None:
+        was = self.failing.get(sink.name)
+        if (was is None) == (why is None):
+            return
+        if why is None:
+            del self.failing[sink.name]
+            event: StatusEvent = SinkRestored(sink.name)
+            _log.info(f"machine {self.name}: sink {sink.name} delivers again")
+        else:
+            self.failing[sink.name] = why
+            event = SinkFailed(sink.name, why)
+            _log.warning(f"machine {self.name}: sink {sink.name} fails ({why}); the others "
+                         f"go on, it is retried")
+        for other in self.sinks:            # said once; a failure saying it is not tracked
+            try:
+                other.status(event)
+            except Exception:               # noqa: BLE001
+                pass
 
 
 @dataclass
@@ -108,17 +163,26 @@ class Runner:
     config; tests and other set-ups can hand in others."""
 
     def __init__(self, config: Config, listeners: list[Listener],
-                 max_intervals: int | None = None) -> None:
+                 max_intervals: int | None = None, lock: StateLock | None = None,
+                 clock: ClockWatch | None = None, stop_budget_s: float = STOP_BUDGET_S) -> None:
         self.config, self.listeners = config, listeners
         self.machines = [m for lst in listeners for m in lst.machines]
         self.max_intervals = max_intervals
         self._stop = threading.Event()
+        self._hurry = threading.Event()       # a second SIGTERM: do not wait for the sinks
+        self.exit_code = 0
         self.process = ProcessStats()
         self.stats_s = config.output.stats_s
         self._next_stats = time.monotonic() + self.stats_s
         self._stats_lock = threading.Lock()
         self.notify = Notifier()
         self._ready = False
+        self.lock = lock
+        self.stop_budget_s = stop_budget_s
+        self.clock = clock or ClockWatch(from_environment())
+        for m in self.machines:
+            if m.pipeline.clock_unsynced is None:
+                m.pipeline.clock_unsynced = self.clock.unsynced
 
     @classmethod
     def from_config(cls, config: Config, max_intervals: int | None = None) -> Runner:
@@ -128,12 +192,18 @@ class Runner:
         bundles: dict[Path, Bundle] = {}
         groups = [_build_machines(views, bundles, config.multi)
                   for views in _machine_views(config)]
+        clock = ClockWatch(from_environment())
+        # the state is this process's before any sink opens the outbox in it
+        state = config.writable_folder("agent.state_dir", config.agent.state_dir)
+        lock = lock_state(state, "harken run")
         listeners: list[Listener] = []
         try:
             for machines in groups:
                 for m in machines:
+                    seqs = SeqReservation(state / f"seq-{m.name}.json")
                     m.sinks = make_sinks(m.config)
-                    m.pipeline.seq = max([s.seq_start for s in m.sinks], default=1)
+                    m.pipeline.seq = seqs.start(max([s.seq_start for s in m.sinks], default=1))
+                    m.pipeline.reserve_seq = seqs.take
                 taps, columns = shared_taps([m.config.audio.channel for m in machines])
                 for m, column in zip(machines, columns):
                     m.column = column
@@ -147,15 +217,27 @@ class Runner:
                 for m in machines:
                     for s in m.sinks:
                         s.close()
+            lock.release()
             raise
-        return cls(config, listeners, max_intervals)
+        return cls(config, listeners, max_intervals, lock=lock, clock=clock)
 
     @property
     def intervals(self) -> int:
         return sum(m.intervals for m in self.machines)
 
     def stop(self, *_args) -> None:
+        """SIGTERM, SIGINT: a clean stop; a second one while stopping cuts the sinks'
+        flush short (the operator or systemd insists)."""
+        if self._stop.is_set():
+            self._hurry.set()
         self._stop.set()
+
+    def hang_up(self, *_args) -> None:
+        """SIGHUP: a clean stop like SIGTERM, exiting 129, so that under systemd
+        (Restart=on-failure) the agent comes back with its config read again, and a
+        closed terminal ends a run in the foreground (docs/agent.md "Stopping")."""
+        self.exit_code = EXIT_HUP
+        self.stop()
 
     def _done(self) -> bool:
         return self._stop.is_set() or (
@@ -211,7 +293,7 @@ class Runner:
                                        and machine.intervals >= self.max_intervals):
                 break
             for sink in machine.sinks:
-                sink.interval(r)
+                machine.deliver(sink, "interval", r)
             machine.intervals += 1
             if r.windows:
                 machine.inference_ms.append(r.inference_ms)
@@ -220,8 +302,22 @@ class Runner:
                 # a channel going silent (or clipping) is said once, by machine and channel
                 machine.send(AudioHealth(r.status, machine.audio, machine.config.audio.channel))
                 machine.audio = r.status
+        if results:
+            self._watch_clock()
         if time.monotonic() >= self._next_stats:
             self._stats()
+
+    def _watch_clock(self) -> None:
+        """A step of the wall clock (NTP setting a Pi's clock) is said once to every
+        machine: records before it carried ``"clock": "unsynced"``, those after are right."""
+        step = self.clock.poll()
+        if step is None:
+            return
+        state = self.clock._read()
+        _log.info(f"the system clock was set: {step:+.3f} s (now {state})")
+        self.notify.status(f"clock set by {step:+.3f} s")
+        for m in self.machines:
+            m.send(ClockSet(round(step, 3), state))
 
     def _stats(self) -> None:
         """The periodic health record of each machine: the process, its inference time,
@@ -232,6 +328,7 @@ class Runner:
             if time.monotonic() < self._next_stats:
                 return
             self._next_stats = time.monotonic() + self.stats_s
+            self._keep_lock()
             process = self.process.sample()
             for lst in self.listeners:
                 source = lst.source.health()
@@ -240,18 +337,38 @@ class Runner:
                     health, m.health = m.health, Counter()
                     sinks: dict = {}
                     for sink in m.sinks:
-                        sinks.update(sink.health())
+                        try:
+                            sinks.update(sink.health())
+                        except Exception:          # noqa: BLE001 - counted, never fatal
+                            m.sink_errors[sink.name] += 1
+                    if m.sink_errors:
+                        sinks["sink_errors"] = dict(m.sink_errors)
                     m.send(Stats(ts=round(time.time(), 3), process=process,
                                  intervals=m.intervals,
                                  inference_ms_median=(round(float(np.median(times)), 3)
                                                       if times else None),
                                  audio="lost" if lst.lost else m.audio,
-                                 interval_status=dict(health), source=source, sinks=sinks))
+                                 interval_status=dict(health), source=source, sinks=sinks,
+                                 clock=self.clock.state))
             self.notify.status(f"{self.intervals} intervals, {len(self.machines)} "
                                f"machine(s), cpu {process['cpu_percent']} %, "
                                f"rss {process['rss_mb']} MB")
         finally:
             self._stats_lock.release()
+
+    def _keep_lock(self) -> None:
+        """The state folder removed (or its lock file) while running: the lock is taken
+        again on a new file, so a second agent started now is still refused."""
+        if self.lock is None or self.lock.still_ours():
+            return
+        _log.warning(f"{self.lock.path}: the state lock file vanished while running; "
+                     f"taking it again")
+        self.lock.release()
+        try:
+            self.lock.folder.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()
+        except (OSError, HarkenError) as exc:
+            _log.warning(f"the state lock could not be taken again: {exc}")
 
     def _started(self, m: Machine) -> Started:
         scorer = m.pipeline.scorer
@@ -280,9 +397,10 @@ class Runner:
             listener.ended = True
 
     def run(self) -> int:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig, handler in ((signal.SIGINT, self.stop), (signal.SIGTERM, self.stop),
+                             (signal.SIGHUP, self.hang_up)):
             try:
-                signal.signal(sig, self.stop)
+                signal.signal(sig, handler)
             except ValueError:            # not the main thread (tests)
                 pass
         # one-off costs of the first inference (the TFLite delegate, ONNX Runtime's first
@@ -299,11 +417,44 @@ class Runner:
             for lst in self.listeners:
                 lst.source.close()
             self.notify.stopping()
-            for m in self.machines:
-                m.send(Stopped(m.intervals))
-                for sink in m.sinks:
+            self._close_sinks()
+            if self.lock is not None:
+                self.lock.release()
+        return self.exit_code
+
+    def _close_sinks(self) -> None:
+        """Every sink's ``stopped`` and close, all at once, within one shared budget:
+        with four machines behind a frozen connection the stop takes the budget once, not
+        four times (systemd kills at TimeoutStopSec). A sink still closing when the budget
+        is spent (or at a second SIGTERM) is left behind: its thread dies with the process."""
+        deadline = time.monotonic() + self.stop_budget_s
+
+        def finish(m: Machine, sink: Sink) -> None:
+            m.deliver(sink, "status", Stopped(m.intervals))
+            flush_s = max(0.0, deadline - time.monotonic() - CLOSE_RESERVE_S)
+            try:
+                if "flush_s" in inspect.signature(sink.close).parameters:
+                    sink.close(flush_s=flush_s)
+                else:
                     sink.close()
-        return 0
+            except Exception:              # noqa: BLE001 - the others still close
+                _log.exception(f"machine {m.name}: sink {sink.name} failed to close")
+
+        threads = [threading.Thread(target=finish, args=(m, sink), daemon=True,
+                                    name=f"close-{m.name}-{sink.name}")
+                   for m in self.machines for sink in m.sinks]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive() and not self._hurry.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                t.join(min(left, 0.1))     # the main thread stays free for a second signal
+        late = [t.name for t in threads if t.is_alive()]
+        if late:
+            _log.warning(f"stop budget of {self.stop_budget_s:g} s spent; exiting without "
+                         f"waiting for {', '.join(late)}")
 
     def _listen_all(self) -> None:
         threads = [threading.Thread(target=self._listen_guarded, args=(lst,), daemon=True,

@@ -30,9 +30,12 @@ class IntervalResult:
     event: Event | None = None
     extra: dict = field(default_factory=dict)
     arrived: float = 0.0             # time.monotonic() when the audio completing it arrived
+    clock: str | None = None         # "unsynced": ts was stamped before the clock was set
 
     def payload(self) -> dict:
-        """The contract's score payload (JSON-ready)."""
+        """The contract's score payload (JSON-ready); ``"clock": "unsynced"`` only when the
+        wall clock was not synchronised when ``ts`` was stamped (docs/agent.md)."""
+        clock = {} if self.clock is None else {"clock": self.clock}
         return {"ts": round(self.ts, 3), "seq": self.seq,
                 "score": None if self.score is None else round(self.score, 6),
                 "threshold": self.threshold, "anomaly": self.anomaly,
@@ -40,7 +43,7 @@ class IntervalResult:
                 "status": self.status,
                 "rms_dbfs": None if not np.isfinite(self.rms_dbfs) else round(self.rms_dbfs, 1),
                 "windows": self.windows, "inference_ms": round(self.inference_ms, 3),
-                **self.extra}
+                **clock, **self.extra}
 
 
 # -- status events ----------------------------------------------------------------------
@@ -101,12 +104,14 @@ class Stats(StatusEvent):
     interval_status: dict
     source: dict
     sinks: dict
+    clock: str | None = None         # synced | unsynced | unknown (agent/clock.py)
 
     def to_dict(self) -> dict:
+        clock = {} if self.clock is None else {"clock": self.clock}
         return {"status": self.status, "ts": self.ts, **self.process,
                 "intervals": self.intervals, "inference_ms_median": self.inference_ms_median,
                 "audio": self.audio, "interval_status": dict(self.interval_status),
-                **self.source, **self.sinks}
+                **clock, **self.source, **self.sinks}
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,32 @@ class Stopped(StatusEvent):
     """A clean stop, with the number of intervals the machine reported."""
     status: ClassVar[str] = "stopped"
     intervals: int
+
+
+@dataclass(frozen=True)
+class ClockSet(StatusEvent):
+    """The wall clock stepped (NTP setting a Pi's clock after boot): by how many seconds,
+    and whether the kernel now calls it synchronised. Records before it with
+    ``"clock": "unsynced"`` carry the old clock's time."""
+    status: ClassVar[str] = "clock_set"
+    jump_s: float
+    clock: str
+
+
+@dataclass(frozen=True)
+class SinkFailed(StatusEvent):
+    """A sink stopped delivering (``output.file`` on a full disk, stdout closed): said once
+    to the machine's other sinks; the failing one retries with back-off."""
+    status: ClassVar[str] = "sink_failed"
+    sink: str
+    error: str
+
+
+@dataclass(frozen=True)
+class SinkRestored(StatusEvent):
+    """A failed sink delivers again (what it dropped meanwhile is in its stats figures)."""
+    status: ClassVar[str] = "sink_restored"
+    sink: str
 
 
 @dataclass(frozen=True)

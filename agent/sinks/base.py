@@ -66,5 +66,14 @@ class Sink(ABC):
         restarts, so ``seq`` keeps increasing); 1 for a sink without memory."""
         return 1
 
-    def close(self) -> None:
-        """Clean stop: flush what can be flushed."""
+    @property
+    def failure(self) -> str | None:
+        """Why this sink cannot deliver right now (it keeps trying), or None while it can.
+        The runner says a change once to the machine's other sinks (``sink_failed``,
+        ``sink_restored``) and never lets one sink's trouble stop the others."""
+        return None
+
+    def close(self, flush_s: float = 5.0) -> None:
+        """Clean stop: flush what can be flushed within ``flush_s`` seconds (the runner
+        closes every sink at once under one shared stop budget, docs/agent.md "Stopping");
+        a sink whose ``close`` takes no ``flush_s`` is called without it."""

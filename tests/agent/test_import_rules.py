@@ -69,7 +69,8 @@ def test_harken_run_starts_without_scipy_signal_or_stats():
 # below them all. A room is a sub-package of agent/ or one of the top-level modules.
 ROOMS = [
     ("",), ("features", "sources"), ("model",), ("decision",), ("sinks",),
-    ("pipeline", "config"), ("build", "stats", "systemd"), ("runner",), ("site", "plant"),
+    ("pipeline", "config"), ("build", "stats", "systemd", "statelock", "seqstore", "clock"),
+    ("runner",), ("site", "plant"),
     ("cli",),
 ]
 
