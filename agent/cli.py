@@ -76,12 +76,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state_for(config, verb: str):
+    """The state folder's lock for a command that changes it (calibrate, enroll): refused
+    while ``harken run`` holds it ("stop it, VERB, start it again"; docs/agent.md)."""
+    from harken.agent.statelock import lock_state
+    return lock_state(config.writable_folder("agent.state_dir", config.agent.state_dir),
+                      f"harken {verb}", verb)
+
+
 def cmd_enroll(args: argparse.Namespace) -> int:
     from harken.agent.config import load_config
     from harken.agent.site.enroll import enroll
-    r = enroll(load_config(args.config), files=args.files, minutes=args.minutes,
-               append=args.append, false_alarms_per_week=args.false_alarms_per_week,
-               progress=not args.json, machine=args.machine)
+    config = load_config(args.config)
+    with _state_for(config, "enroll"):
+        r = enroll(config, files=args.files, minutes=args.minutes,
+                   append=args.append, false_alarms_per_week=args.false_alarms_per_week,
+                   progress=not args.json, machine=args.machine)
     if args.json:
         print(json.dumps(r, indent=2))
     else:
@@ -188,10 +198,12 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from harken.agent.site.calibrate import calibrate
     from harken.agent.config import load_config
-    result = calibrate(load_config(args.config), files=args.files, minutes=args.minutes,
-                       false_alarms_per_week=args.false_alarms_per_week,
-                       plot=None if args.no_plot else args.plot, progress=not args.quiet,
-                       machine=args.machine)
+    config = load_config(args.config)
+    with _state_for(config, "calibrate"):
+        result = calibrate(config, files=args.files, minutes=args.minutes,
+                           false_alarms_per_week=args.false_alarms_per_week,
+                           plot=None if args.no_plot else args.plot, progress=not args.quiet,
+                           machine=args.machine)
     print(json.dumps(result, indent=2))
     failed = [r["error"] for r in result.get("machines", {}).values()
               if "error" in r]
@@ -204,10 +216,10 @@ def systemd_unit(exec_start: str, config: str) -> str:
     """The packaged unit (systemd/harken.service) with ExecStart for this install, so a
     wheel install under pipx or /opt/venv needs no repository to find the unit."""
     from importlib.resources import files
-    unit = (files("harken.systemd") / "harken.service").read_text()
-    lines = [f"ExecStart={exec_start} run --config {config}" if ln.startswith("ExecStart=")
-             else ln for ln in unit.splitlines()]
-    return "\n".join(lines) + "\n"
+
+    from harken.agent.systemd import unit_text
+    return unit_text((files("harken.systemd") / "harken.service").read_text(), exec_start,
+                     config)
 
 
 def cmd_systemd_unit(args: argparse.Namespace) -> int:

@@ -92,6 +92,8 @@ class Machine:
             why = f"{type(exc).__name__}: {exc}"
             if sink.name not in self.failing:
                 _log.exception(f"machine {self.name}: sink {sink.name} raised")
+        if why is None and method != "interval":
+            return                  # a sink whose intervals fail may still take a status
         self._note(sink, why)
 
     def _note(self, sink: Sink, why: str | None) -> None:
@@ -288,6 +290,7 @@ class Runner:
                 return
 
     def _emit(self, machine: Machine, results: list[IntervalResult]) -> None:
+        self._watch_clock()
         for r in results:
             if self._stop.is_set() or (self.max_intervals is not None
                                        and machine.intervals >= self.max_intervals):
@@ -302,8 +305,6 @@ class Runner:
                 # a channel going silent (or clipping) is said once, by machine and channel
                 machine.send(AudioHealth(r.status, machine.audio, machine.config.audio.channel))
                 machine.audio = r.status
-        if results:
-            self._watch_clock()
         if time.monotonic() >= self._next_stats:
             self._stats()
 

@@ -67,3 +67,37 @@ class Notifier:
         if now - self._last_ping >= self.watchdog_s:
             self.send("WATCHDOG=1")
             self._last_ping, self._last_progress = now, counts
+
+
+# -- the unit file ------------------------------------------------------------------------
+
+def systemd_quote(word: str, what: str = "path") -> str:
+    """``word`` as one argument of a systemd command line (systemd.service(5) "Command
+    lines"): quoted when it holds a space, quote, backslash or ``;``, with ``\\`` and ``"``
+    escaped inside the quotes, ``%`` doubled (else a specifier) and ``$`` doubled (else an
+    environment variable). Control characters (a newline would start a new unit line) are
+    refused: systemd has no way to carry them that a reader of the unit would see."""
+    from harken.common.errors import UsageError
+    bad = sorted({c for c in word if ord(c) < 0x20 or ord(c) == 0x7f})
+    if bad:
+        raise UsageError(f"{what} {word!r}: contains control character(s) "
+                         f"{', '.join(repr(c) for c in bad)}; a unit file cannot hold them")
+    if not word:
+        raise UsageError(f"{what}: empty")
+    text = word.replace("%", "%%").replace("$", "$$")
+    if any(c.isspace() or c in "\"'\\;" for c in word):
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
+def unit_text(template: str, exec_start: str, config: str, cwd: str | None = None) -> str:
+    """The packaged unit ``template`` with ExecStart running ``exec_start run --config
+    config``; both made absolute (the service's working directory is /var/lib/harken, so a
+    path relative to where the command was typed would name another file) and quoted."""
+    import os
+    base = cwd or os.getcwd()
+    exe = systemd_quote(os.path.join(base, exec_start), "--exec")
+    cfg = systemd_quote(os.path.normpath(os.path.join(base, config)), "--config")
+    lines = [f"ExecStart={exe} run --config {cfg}" if ln.startswith("ExecStart=") else ln
+             for ln in template.splitlines()]
+    return "\n".join(lines) + "\n"

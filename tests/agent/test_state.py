@@ -1,0 +1,186 @@
+"""One agent per state (agent/statelock.py) and seq that is never reused across restarts
+(agent/seqstore.py): docs/reliability.md "One agent per state, sinks and stopping"."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from harken.agent.seqstore import SeqReservation
+from harken.agent.statelock import StateBusy, StateLock, lock_state
+from harken.common.errors import ConfigError
+from harken.testkit.files import write_agent_config
+from tests.helpers import collect_lines, tmpfs, wait_for
+
+HARKEN = [sys.executable, "-m", "harken.agent.cli"]
+
+
+def run_config(tmp_path, bundle, wav, *, loop=False, output=None, name="agent.toml", **extra):
+    return write_agent_config(
+        tmp_path / name, agent={"node": "n1", "machine": "fan", "state_dir": tmp_path / "state"},
+        model={"bundle": bundle, "artifact": "onnx-int8"},
+        audio={"source": "file", "file": wav, "realtime": loop, "loop": loop},
+        decision={"interval_s": 2, "threshold": 1e9}, output=output or {"stdout": True},
+        **extra)
+
+
+# -- the lock ---------------------------------------------------------------------------
+
+def test_a_second_holder_of_one_state_is_refused_naming_the_pid_and_folder(tmp_path):
+    first = lock_state(tmp_path, "harken run")
+    with pytest.raises(StateBusy) as refused:
+        lock_state(tmp_path, "harken run")
+    assert refused.value.pid == os.getpid()
+    assert str(refused.value).startswith(f"harken run (PID {os.getpid()}) is running on the "
+                                         f"state folder {tmp_path}")
+    with pytest.raises(StateBusy, match=r"\(PID \d+\) is running on this state .*; stop it, "
+                                        r"calibrate, start it again"):
+        lock_state(tmp_path, "harken calibrate", "calibrate")
+    first.release()
+    lock_state(tmp_path, "harken run").release()          # free again once released
+
+
+def test_a_lock_file_left_by_a_killed_process_is_no_obstacle(tmp_path):
+    code = ("import sys, time; from harken.agent.statelock import lock_state;"
+            f"lock_state(sys.argv[1], 'harken run'); print('held', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(StateBusy, match=f"PID {proc.pid}"):
+            lock_state(tmp_path, "harken run")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    assert (tmp_path / "harken.lock").read_text().startswith(f"{proc.pid} ")   # left behind
+    lock = lock_state(tmp_path, "harken run")                # ...and no obstacle
+    assert (tmp_path / "harken.lock").read_text() == f"{os.getpid()} harken run\n"
+    lock.release()
+
+
+def test_a_lock_file_in_the_way_is_one_line_and_a_read_only_one_still_locks(tmp_path):
+    (tmp_path / "a" / "harken.lock").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"harken.lock: cannot open the state lock"):
+        StateLock(tmp_path / "a").acquire()
+    ro = tmp_path / "b"
+    ro.mkdir()
+    (ro / "harken.lock").write_text("")
+    (ro / "harken.lock").chmod(0o444)
+    first = StateLock(ro).acquire()          # root ignores the mode; others open it read-only
+    with pytest.raises(StateBusy):
+        StateLock(ro).acquire()
+    first.release()
+
+
+def test_run_calibrate_and_enroll_are_refused_while_run_holds_the_state(ae_bundle, wav,
+                                                                        tmp_path):
+    cfg = run_config(tmp_path, ae_bundle, wav, loop=True)
+    proc = subprocess.Popen([*HARKEN, "run", "--config", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines = collect_lines(proc.stdout)
+    try:
+        wait_for("the first score", lambda: any('"kind": "score"' in ln for ln in lines), 120)
+        state = tmp_path / "state"
+        for argv, says in (
+                (["run", "--config", str(cfg)],
+                 f"harken run (PID {proc.pid}) is running on the state folder {state}"),
+                (["calibrate", "--config", str(cfg), "--files", str(wav), "--no-plot"],
+                 f"harken run (PID {proc.pid}) is running on this state ({state}); stop it, "
+                 f"calibrate, start it again"),
+                (["enroll", "--config", str(cfg), "--files", str(wav)],
+                 f"harken run (PID {proc.pid}) is running on this state ({state}); stop it, "
+                 f"enroll, start it again")):
+            out = subprocess.run([*HARKEN, *argv], capture_output=True, text=True, timeout=120)
+            assert out.returncode == 2, out.stderr
+            assert out.stderr.strip().splitlines() == [f"harken: error: {says}"], out.stderr
+        assert not (state / "threshold-fan.json").exists()
+        assert proc.poll() is None                               # the daemon goes on
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert proc.returncode == 0
+
+
+# -- seq across restarts ------------------------------------------------------------------
+
+def seqs(text):
+    return [json.loads(ln)["seq"] for ln in text.splitlines()
+            if ln.startswith("{") and json.loads(ln)["kind"] == "score"]
+
+
+def test_seq_strictly_increases_across_restarts_with_json_lines_only(ae_bundle, wav, tmp_path):
+    cfg = run_config(tmp_path, ae_bundle, wav)
+    runs = []
+    for _ in range(3):
+        out = subprocess.run([*HARKEN, "run", "--config", str(cfg), "--intervals", "2"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        runs.append(seqs(out.stdout))
+    every = [s for run in runs for s in run]
+    assert [len(r) for r in runs] == [2, 2, 2]
+    assert every == sorted(set(every)), runs              # strictly increasing, none twice
+    reserved = json.loads((tmp_path / "state" / "seq-fan.json").read_text())
+    assert reserved["next_unreserved"] > every[-1]
+
+
+def test_seq_strictly_increases_across_restarts_with_mqtt_even_without_the_outbox(
+        broker, ae_bundle, wav, tmp_path):
+    from harken.testkit.mosquitto import PASSWORD, USER
+    (tmp_path / "secret").write_text(PASSWORD + "\n")
+    cfg = run_config(tmp_path, ae_bundle, wav,
+                     mqtt={"enabled": True, "host": "127.0.0.1", "port": broker.port,
+                           "username": USER, "password_file": "secret"})
+    runs = []
+    for i in range(2):
+        out = subprocess.run([*HARKEN, "run", "--config", str(cfg), "--intervals", "2"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        runs.append(seqs(out.stdout))
+        for f in (tmp_path / "state").glob("outbox.db*"):
+            f.unlink()                    # the outbox moved aside: it remembers nothing
+    assert runs[1][0] > runs[0][-1], runs
+
+
+def test_the_reservation_reserves_ahead_and_a_failed_write_is_retried(tmp_path):
+    path = tmp_path / "seq-fan.json"
+    r = SeqReservation(path, block=10)
+    assert r.start(at_least=5) == 5 and r.limit == 15
+    for s in range(5, 15):
+        r.take(s)
+    assert json.loads(path.read_text())["next_unreserved"] == 15
+    r.take(15)                                          # the block is used up: next one
+    assert json.loads(path.read_text())["next_unreserved"] == 25
+    assert SeqReservation(path).start() == 25           # a restart resumes above it all
+    assert SeqReservation(path).start(at_least=100) == 100   # or above what a sink knows
+
+
+def test_a_seq_reservation_on_a_full_disk_is_retried_and_scoring_goes_on(tmp_path):
+    with tmpfs(tmp_path / "disk", "64k") as disk:
+        r = SeqReservation(disk / "seq-fan.json", block=2)
+        first = r.start()
+        filler = disk / "filler"
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"x" * 4096)
+                    f.flush()
+            except OSError:
+                pass
+        r.take(first + 2)                                # cannot write: said, not raised
+        assert r.failed and r.failures == 1
+        filler.unlink()
+        r.take(first + 3)
+        assert r.failed is None
+        assert json.loads((disk / "seq-fan.json").read_text())["next_unreserved"] == first + 5
+
+
+@pytest.mark.parametrize("text", ['{"next_unreserved": "7"}', "{", '{"next_unreserved": 0}',
+                                  "[]", '{"next_unreserved": true}'])
+def test_a_damaged_seq_reservation_is_one_line_naming_the_file(tmp_path, text):
+    (tmp_path / "seq-fan.json").write_text(text)
+    with pytest.raises(ConfigError, match=r"seq-fan.json: not a seq reservation .*restore it, "
+                                          r"or remove it"):
+        SeqReservation(tmp_path / "seq-fan.json")
