@@ -71,6 +71,7 @@ class Machine:
     audio: str = "ok"                                  # the last interval's status
     failing: dict = field(default_factory=dict)        # sink name -> why it fails now
     sink_errors: Counter = field(default_factory=Counter)  # exceptions a sink raised
+    seqs: SeqReservation | None = None                 # its durable seq (agent/seqstore.py)
 
     @property
     def name(self) -> str:
@@ -205,7 +206,7 @@ class Runner:
                     seqs = SeqReservation(state / f"seq-{m.name}.json")
                     m.sinks = make_sinks(m.config)
                     m.pipeline.seq = seqs.start(max([s.seq_start for s in m.sinks], default=1))
-                    m.pipeline.reserve_seq = seqs.take
+                    m.pipeline.reserve_seq, m.seqs = seqs.take, seqs
                 taps, columns = shared_taps([m.config.audio.channel for m in machines])
                 for m, column in zip(machines, columns):
                     m.column = column
@@ -370,6 +371,9 @@ class Runner:
             self.lock.acquire()
         except (OSError, HarkenError) as exc:
             _log.warning(f"the state lock could not be taken again: {exc}")
+        for m in self.machines:           # the seq reservations went with the folder
+            if m.seqs is not None:
+                m.seqs.renew(m.pipeline.seq)
 
     def _started(self, m: Machine) -> Started:
         scorer = m.pipeline.scorer

@@ -83,6 +83,12 @@ class SeqReservation:
             _log.info(f"{self.path}: seq reserved again after {self.failures} failed try(s)")
             self.failed = None
 
+    def renew(self, seq: int) -> None:
+        """Write the reservation again from ``seq`` on (its file was removed with the state
+        folder while running): a restart must still resume above what was handed out."""
+        self.limit = min(self.limit, seq)
+        self.take(seq)
+
     def _write(self, limit: int) -> None:
         write_atomic(self.path, json.dumps({"version": VERSION, "next_unreserved": limit}) + "\n")
         self.limit = limit

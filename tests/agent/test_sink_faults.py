@@ -185,3 +185,50 @@ def test_the_real_agent_on_a_full_disk_reports_retries_and_recovers(ae_bundle, w
         in_file = [r["seq"] for r in whole_lines(disk / "scores.jsonl") if r["kind"] == "score"]
         on_stdout = [r["seq"] for r in records() if r["kind"] == "score"]
         assert in_file == on_stdout                 # held through the full disk, none lost
+
+
+def test_stdout_closed_by_its_reader_is_said_once_and_the_file_goes_on(ae_bundle, wav, tmp_path):
+    cfg = write_agent_config(
+        tmp_path / "agent.toml", agent={"node": "n1", "machine": "fan",
+                                        "state_dir": tmp_path / "state"},
+        model={"bundle": ae_bundle, "artifact": "onnx-int8"},
+        audio={"source": "file", "file": wav, "realtime": False},
+        decision={"interval_s": 2, "threshold": 1e9},
+        output={"stdout": True, "file": tmp_path / "scores.jsonl"})
+    proc = subprocess.Popen([sys.executable, "-m", "harken.agent.cli", "run", "--config",
+                             str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    proc.stdout.close()                           # `harken run ... | head -0`
+    err = proc.stderr.read()
+    assert proc.wait(120) == 0, err
+    records = whole_lines(tmp_path / "scores.jsonl")
+    assert [r["seq"] for r in records if r["kind"] == "score"] == [1, 2, 3, 4, 5]
+    failed = [r for r in records if r.get("status") == "sink_failed"]
+    assert len(failed) == 1 and "stdout" in failed[0]["error"]
+    assert "Traceback" not in err
+
+
+def test_two_machines_sharing_one_output_file_write_whole_lines(ae_bundle, wav, tmp_path):
+    cfg = write_agent_config(
+        tmp_path / "agent.toml", agent={"node": "n1", "state_dir": tmp_path / "state"},
+        model={"bundle": ae_bundle, "artifact": "onnx-int8"},
+        audio={"source": "file", "file": wav, "realtime": False},
+        decision={"interval_s": 0.5, "threshold": 1e9},
+        output={"stdout": False, "file": tmp_path / "scores.jsonl"},
+        machines=[{"name": "a"}, {"name": "b", "audio": {"file": str(wav)}}])
+    out = subprocess.run([sys.executable, "-m", "harken.agent.cli", "run", "--config",
+                          str(cfg)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    records = whole_lines(tmp_path / "scores.jsonl")
+    for name in ("a", "b"):
+        mine = [r["seq"] for r in records if r["kind"] == "score" and r["machine"] == name]
+        assert mine == list(range(1, len(mine) + 1)) and len(mine) >= 19
+
+
+def test_a_stats_period_of_a_tenth_of_a_millisecond_is_refused_naming_the_key(tmp_path):
+    cfg = write_agent_config(tmp_path / "agent.toml", model={"bundle": "b"},
+                             output={"stats_s": 0.0001})
+    out = subprocess.run([sys.executable, "-m", "harken.agent.cli", "run", "--config",
+                          str(cfg)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "output.stats_s" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr

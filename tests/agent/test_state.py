@@ -46,7 +46,7 @@ def test_a_second_holder_of_one_state_is_refused_naming_the_pid_and_folder(tmp_p
 
 def test_a_lock_file_left_by_a_killed_process_is_no_obstacle(tmp_path):
     code = ("import sys, time; from harken.agent.statelock import lock_state;"
-            f"lock_state(sys.argv[1], 'harken run'); print('held', flush=True); time.sleep(60)")
+            "lock_state(sys.argv[1], 'harken run'); print('held', flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
                             text=True)
     try:
@@ -179,3 +179,26 @@ def test_a_damaged_seq_reservation_is_one_line_naming_the_file(tmp_path, text):
     with pytest.raises(ConfigError, match=r"seq-fan.json: not a seq reservation .*restore it, "
                                           r"or remove it"):
         SeqReservation(tmp_path / "seq-fan.json")
+
+
+def test_a_state_folder_removed_while_running_is_locked_again_with_its_seq(ae_bundle, wav,
+                                                                           tmp_path):
+    import shutil
+    cfg = run_config(tmp_path, ae_bundle, wav, loop=True, output={"stdout": True, "stats_s": 1})
+    proc = subprocess.Popen([*HARKEN, "run", "--config", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines = collect_lines(proc.stdout)
+    state = tmp_path / "state"
+    try:
+        wait_for("a score", lambda: any('"kind": "score"' in ln for ln in list(lines)), 120)
+        shutil.rmtree(state)
+        wait_for("the lock and the seq reservation again", lambda: (
+            (state / "harken.lock").exists() and (state / "seq-fan.json").exists()), 30)
+        out = subprocess.run([*HARKEN, "run", "--config", str(cfg)], capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 2 and f"(PID {proc.pid}) is running" in out.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    last = max(s for s in seqs("".join(lines)))
+    assert json.loads((state / "seq-fan.json").read_text())["next_unreserved"] > last

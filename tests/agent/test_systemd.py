@@ -117,3 +117,61 @@ def test_unit_file_has_notify_watchdog_and_capture_friendly_hardening():
                    "Restart=on-failure"):
         assert needed in text
     assert "PrivateDevices=yes" not in text and "MemoryDenyWriteExecute=yes" not in text
+
+
+# -- harken systemd-unit: what it writes is what systemd reads ------------------------------
+
+def systemd_words(line: str) -> list[str]:
+    """A command line as systemd reads it (systemd.service(5) "Command lines"), for the
+    escapes the unit writer uses: quotes group, backslash escapes inside them, ``%%`` is a
+    percent sign and ``$$`` a dollar sign."""
+    import shlex
+    return [w.replace("%%", "%").replace("$$", "$") for w in shlex.split(line)]
+
+
+@pytest.mark.parametrize("config", ["/etc/harken/agent.toml", "/srv/my plant/agent 1.toml",
+                                    '/srv/a"b\\c;d/100%$HOME.toml'])
+def test_systemd_unit_quotes_paths_as_systemd_reads_them(config, tmp_path):
+    from harken.agent.cli import systemd_unit
+    unit = systemd_unit("/opt/harken venv/bin/harken", config)
+    exec_lines = [ln for ln in unit.splitlines() if ln.startswith("ExecStart=")]
+    assert len(exec_lines) == 1
+    assert systemd_words(exec_lines[0][len("ExecStart="):]) == [
+        "/opt/harken venv/bin/harken", "run", "--config", config]
+    if shutil.which("systemd-analyze"):
+        (tmp_path / "harken.service").write_text(unit)
+        out = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "harken.service")],
+                             capture_output=True, text=True, timeout=60)
+        problems = [ln for ln in (out.stdout + out.stderr).splitlines()
+                    if "harken.service" in ln and "is not executable" not in ln]
+        assert problems == [], problems
+
+
+@pytest.mark.parametrize("config", ["agent.toml\nExecStartPre=/bin/true", "a\rb.toml",
+                                    "a\x1b[2Jb.toml", "a\tb.toml"])
+def test_systemd_unit_refuses_control_characters_in_one_line(config):
+    out = subprocess.run([sys.executable, "-m", "harken.agent.cli", "systemd-unit",
+                          "--exec", "/opt/harken/bin/harken", "--config", config],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stdout == ""
+    said = out.stderr.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("harken: error: --config ") \
+        and "control character" in said[0], out.stderr
+
+
+def test_systemd_unit_makes_a_relative_config_absolute(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "harken.agent.cli", "systemd-unit",
+                          "--exec", "bin/harken", "--config", "conf/../agent.toml"],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("ExecStart="))
+    assert line == f"ExecStart={tmp_path}/bin/harken run --config {tmp_path}/agent.toml"
+
+
+def test_the_unit_does_not_restart_a_config_mistake_and_can_read_the_clock_state():
+    text = UNIT.read_text()
+    assert "RestartPreventExitStatus=2" in text.splitlines()
+    assert "TimeoutStopSec=20" in text.splitlines()
+    # ProtectClock=yes denies even reading adjtimex (docs/agent.md "Time you can trust")
+    assert "ProtectClock=yes" not in text.splitlines()
+    assert "CapabilityBoundingSet=" in text.splitlines()        # the clock stays unsettable
