@@ -128,10 +128,7 @@ def test_each_machine_scores_its_own_channel_of_one_input(ae_bundle, wav, tmp_pa
         assert len(runner.listeners) == 1 and len(runner.machines) == 4
         assert len({id(m.pipeline.scorer.backend) for m in runner.machines}) == 1
     finally:
-        for m in runner.machines:
-            for s in m.sinks:
-                s.close()
-        runner.listeners[0].source.close()
+        runner.close()                  # sources, sinks and the state lock
     for k in (1, 2, 4):
         one = config(tmp_path, ae_bundle, {"source": "file", "file": four, "channel": k},
                      name=f"one{k}.toml", machine=f"pump-{k}")
