@@ -232,6 +232,8 @@ class Runner:
         for m in self.machines:
             for sink in m.sinks:
                 sink.close()
+            if m.seqs is not None:
+                m.seqs.close()
         if self.lock is not None:
             self.lock.release()
 
@@ -434,6 +436,9 @@ class Runner:
                 lst.source.close()
             self.notify.stopping()
             self._close_sinks()
+            for m in self.machines:
+                if m.seqs is not None:
+                    m.seqs.close()
             if self.lock is not None:
                 self.lock.release()
         return self.exit_code

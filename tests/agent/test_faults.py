@@ -100,7 +100,9 @@ def test_every_seq_is_delivered_held_or_counted_through_disk_full_kill_and_outag
                  lambda: max(s["seq"] for s in listen.scores()) >= max(set(range(1, last + 1))
                                                                        - held, default=0))
         received = {s["seq"] for s in listen.scores()}
-        missing = set(range(1, last + 1)) - received - held
+        # a kill between a score's seq being taken and its outbox row skips that one seq
+        # (the restart never reuses it: docs/agent.md "seq across restarts")
+        missing = set(range(1, last + 1)) - received - held - {killed_at + 1}
         assert evicted > 0 and last > killed_at + 20
         assert len(missing) <= evicted, (len(missing), evicted)
         assert received <= set(range(1, last + 1))

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from harken.agent import seqstore
 from harken.agent.seqstore import SeqReservation
 from harken.agent.statelock import StateBusy, StateLock, lock_state
 from harken.common.errors import ConfigError
@@ -126,6 +127,7 @@ def test_seq_strictly_increases_across_restarts_with_json_lines_only(ae_bundle, 
     assert every == sorted(set(every)), runs              # strictly increasing, none twice
     reserved = json.loads((tmp_path / "state" / "seq-fan.json").read_text())
     assert reserved["next_unreserved"] > every[-1]
+    assert every == list(range(1, 7))             # one boot: no gap either
 
 
 def test_seq_strictly_increases_across_restarts_with_mqtt_even_without_the_outbox(
@@ -146,7 +148,8 @@ def test_seq_strictly_increases_across_restarts_with_mqtt_even_without_the_outbo
     assert runs[1][0] > runs[0][-1], runs
 
 
-def test_the_reservation_reserves_ahead_and_a_failed_write_is_retried(tmp_path):
+def test_the_reservation_reserves_ahead_and_a_restart_resumes_without_reuse(tmp_path,
+                                                                           monkeypatch):
     path = tmp_path / "seq-fan.json"
     r = SeqReservation(path, block=10)
     assert r.start(at_least=5) == 5 and r.limit == 15
@@ -155,8 +158,22 @@ def test_the_reservation_reserves_ahead_and_a_failed_write_is_retried(tmp_path):
     assert json.loads(path.read_text())["next_unreserved"] == 15
     r.take(15)                                          # the block is used up: next one
     assert json.loads(path.read_text())["next_unreserved"] == 25
-    assert SeqReservation(path, block=10).start() == 25      # a restart resumes above it all
+    # the same boot (a clean stop, a kill): exactly where it stopped, no gap
+    assert SeqReservation(path, block=10).start() == 16
     assert SeqReservation(path, block=10).start(at_least=100) == 100   # or above a sink's
+    # a reboot (a power cut may have lost the unsynced mark): above the synced reservation
+    monkeypatch.setattr(seqstore, "boot_id", lambda: "another-boot")
+    assert SeqReservation(path, block=10).start() == 110
+
+
+def test_a_killed_run_resumes_at_its_mark_without_reuse_or_gap(tmp_path):
+    code = ("import sys, os, signal; from harken.agent.seqstore import SeqReservation;"
+            "r = SeqReservation(sys.argv[1], block=1000); s = r.start();"
+            "[r.take(i) for i in range(s, s + 7)]; os.kill(os.getpid(), signal.SIGKILL)")
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "seq-fan.json")])
+        assert proc.returncode == -signal.SIGKILL
+    assert SeqReservation(tmp_path / "seq-fan.json").start() == 15
 
 
 def test_a_seq_reservation_on_a_full_disk_is_retried_and_scoring_goes_on(tmp_path):
