@@ -66,9 +66,10 @@ class ClockWatch:
         self._synced, self._wall, self._mono, self.jump_s = synced, wall, mono, jump_s
         self._offset = wall() - mono()
         self._lock = threading.Lock()
-        self.state = self._read()
+        self.state = self.read()
 
-    def _read(self) -> str:
+    def read(self) -> str:
+        """``synced``, ``unsynced`` or ``unknown`` now."""
         try:
             s = self._synced()
         except OSError:
@@ -78,7 +79,7 @@ class ClockWatch:
     def unsynced(self) -> bool:
         """Whether records stamped now must say ``"clock": "unsynced"`` (read before the
         stamp: a sync in between only flags a record that was already right)."""
-        self.state = self._read()
+        self.state = self.read()
         return self.state == "unsynced"
 
     def poll(self) -> float | None:

@@ -328,7 +328,7 @@ class Runner:
         step = self.clock.poll()
         if step is None:
             return
-        state = self.clock._read()
+        state = self.clock.read()
         _log.info(f"the system clock was set: {step:+.3f} s (now {state})")
         self.notify.status(f"clock set by {step:+.3f} s")
         for m in self.machines:
