@@ -7,7 +7,9 @@ delivery tests (docs/reliability.md "Delivery over MQTT"):
 - ``duplicate_pubacks``: every PUBACK reaches the client twice;
 - ``freeze()``: the lines open now stop forwarding in both directions and are never
   closed (a half-open connection: no FIN, no RST); lines opened later flow;
-- ``close_after_connack``: each line is cut right after the broker's CONNACK;
+- ``close_after_connack``: each line is cut right after the broker's CONNACK, after an
+  MQTT 5 DISCONNECT with the reason code ``disconnect_reason`` when that is set (0x8E:
+  "Session taken over", as a broker says it to a client whose id another one took);
 - ``cut()``: every open line is closed.
 
 The relay reads the broker's side packet by packet (fixed header, remaining length), so
@@ -73,6 +75,7 @@ class Relay:
         self.drop_pubacks = False
         self.duplicate_pubacks = False
         self.close_after_connack = False
+        self.disconnect_reason: int | None = None
         self.pubacks_dropped = 0
         self.connections = 0                # lines accepted so far
         self.lines: list[_Line] = []
@@ -124,6 +127,8 @@ class Relay:
                     if kind == PUBACK and self.duplicate_pubacks:
                         line.client.sendall(packet)
                     if kind == CONNACK and self.close_after_connack:
+                        if self.disconnect_reason is not None:
+                            line.client.sendall(bytes([0xE0, 2, self.disconnect_reason, 0]))
                         line.close()
                         return
         except OSError:

@@ -198,6 +198,7 @@ class Publisher(ConnectionReports):
         self._ack_msg = (f"no acknowledgement from {settings.host}:{settings.port} within "
                          f"mqtt.ack_timeout_s = {self._ack_timeout_s:g} s: the connection is "
                          f"dead; reconnecting")
+        self._sending: _Sent | None = None      # the row being handed to paho now
         self._strike: tuple[Lane, int] | None = None    # the row the last broker close hit
         self._strikes = 0
         self._max_packet: int | None = None     # the broker's Maximum Packet Size (MQTT 5)
@@ -284,7 +285,8 @@ class Publisher(ConnectionReports):
                 else:
                     refused = early[1]
             if refused:
-                self._log_refusal(topic, refused + "; not kept (live information)", refused)
+                self._log_refusal(topic, refused + "; not kept (live information)",
+                                  "direct: " + refused)
         return info
 
     def wake(self) -> None:
@@ -380,8 +382,6 @@ class Publisher(ConnectionReports):
             self._settled.set()
             return
         self._refused = False
-        if self._last_error != self._ack_msg:     # that one clears at the first PUBACK
-            self._last_error = ""
         _forget_unacknowledged(client)
         size = getattr(properties, "MaximumPacketSize", None) if is_mqtt5(client) else None
         with self._flight_lock:
@@ -408,16 +408,18 @@ class Publisher(ConnectionReports):
             return
         if was:
             self.encoder.connection_lost()
-        code = getattr(reason_code, "value", None)
-        taken = code == TAKEN_OVER
+        taken = getattr(reason_code, "value", None) == TAKEN_OVER
+        struck = False
         if was:
+            lived = time.monotonic() - self._connected_at
+            if lived >= STABLE_S and self._last_error != self._ack_msg:
+                self._last_error = ""          # a connection that held: the next problem is news
+            if not killed and str(reason_code) != "Keep alive timeout":
+                struck = self._strike_oldest()
             # a broker that closes every connection soon after accepting it (another
             # client with this id, a message it will not take) is not asked again every
             # second: the wait doubles up to BACKOFF_MAX_S (docs/mqtt.md "Client ids")
-            lived = time.monotonic() - self._connected_at
-            short = taken or lived < STABLE_S
-            if not killed and str(reason_code) != "Keep alive timeout" and self._strike_oldest():
-                short = False                  # the culprit is refused: the next one is clean
+            short = (taken or lived < STABLE_S) and not struck
             self._flaps = self._flaps + 1 if short else 0
             delay = min(BACKOFF_MAX_S, 2 ** (self._flaps - 1)) if self._flaps else 1
             client.reconnect_delay_set(delay, max(delay, BACKOFF_MAX_S))
@@ -426,15 +428,29 @@ class Publisher(ConnectionReports):
                          f"image or a second agent? (the broker {self.s.host}:{self.s.port} "
                          f"said Session taken over; each agent needs its own mqtt.client_id); "
                          f"reconnecting with back-off up to {BACKOFF_MAX_S} s")
-        elif killed or self._refused:
+        elif killed or self._refused or struck:
             pass                               # said already (the ack timeout, the CONNACK)
         elif not was and self._tls_port():
             self._report(f"broker {self.s.host}:{self.s.port} closed the connection before "
                          f"answering ({reason_code}): is this a TLS port? set mqtt.tls = "
                          f"true; retrying")
-        else:
+        elif was and self._flaps == STRIKES:
+            # a broker that says nothing (MQTT 3.1.1, Mosquitto 2.0) closes a taken-over
+            # connection like any other: its sign is that none of them lasts
+            self._report(f"the broker {self.s.host}:{self.s.port} closed the connection "
+                         f"{STRIKES} times in a row within {STABLE_S:g} s of accepting it "
+                         f"({reason_code}): another client may use client id "
+                         f"{self.client_id} (a copied SD card image or a second agent?); "
+                         f"reconnecting with back-off up to {BACKOFF_MAX_S} s")
+        elif not (was and self._flaps > STRIKES):
             self._report(f"disconnected from {self.s.host}:{self.s.port} ({reason_code}); "
                          "retrying")
+
+    @property
+    def steady(self) -> bool:
+        """The last connection held (or this is the first): an encoder says "connected"
+        only then, not at every try against a broker that keeps closing."""
+        return self._flaps == 0
 
     def _tls_port(self) -> bool:
         """A plain client dropped before its CONNACK: does the port speak TLS? Looked at
@@ -449,10 +465,11 @@ class Publisher(ConnectionReports):
         acknowledging what came before it). The same row hit ``STRIKES`` times in a row
         goes to the refused store; True when that happened."""
         with self._flight_lock:
-            if not self._inflight:
+            flying = list(self._inflight.values()) + ([self._sending] if self._sending else [])
+            if not flying:
                 self._strike, self._strikes = None, 0
                 return False
-            oldest = min(self._inflight.values(), key=lambda sent: sent.order)
+            oldest = min(flying, key=lambda sent: sent.order)
             hit = (oldest.lane, oldest.row)
             if self._strike is not None and self._strike[0] is hit[0] and \
                     self._strike[1] == hit[1]:
@@ -462,7 +479,8 @@ class Publisher(ConnectionReports):
             if self._strikes < STRIKES:
                 return False
             self._strike, self._strikes = None, 0
-            del self._inflight[next(m for m, s in self._inflight.items() if s is oldest)]
+            for mid in [m for m, sent in self._inflight.items() if sent is oldest]:
+                del self._inflight[mid]
             self._settle(oldest, f"the broker closed the connection each time it was sent "
                                  f"({STRIKES} times): most likely too large for the broker "
                                  f"({oldest.size} bytes; Mosquitto: message_size_limit, "
@@ -491,7 +509,8 @@ class Publisher(ConnectionReports):
             self._last_error = ""
             self.log(f"acknowledgements from {self.s.host}:{self.s.port} arrive again")
         if direct is not None and refused:
-            self._log_refusal(direct, refused + "; not kept (live information)", refused)
+            self._log_refusal(direct, refused + "; not kept (live information)",
+                              "direct: " + refused)
         self._wake.set()
 
     def _settle(self, sent: _Sent, refused: str | None, reason_key: str | None) -> None:
@@ -583,11 +602,14 @@ class Publisher(ConnectionReports):
             with self._flight_lock:
                 self._published += 1
                 began = self._published
+                # a broker may close the line before the row is noted as in flight below
+                sent = self._sending = _Sent(lane, m.id, began, time.monotonic(), m.topic, size)
             info = self.client.publish(m.topic, payload, qos=m.qos, retain=m.retain)
+            with self._flight_lock:
+                self._sending = None
             if info.rc != 0:
                 return False
             lane.last_sent = m.id
-            sent = _Sent(lane, m.id, began, time.monotonic(), m.topic, size)
             with self._flight_lock:
                 early = self._acked_early.pop(info.mid, None)
                 if early is not None and early[0] >= began:

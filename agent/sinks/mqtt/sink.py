@@ -91,7 +91,8 @@ class MqttSink(Encoder, NetworkSink):
 
     # -- what each connection says (the publisher's hooks) ----------------------------------
     def connection_made(self) -> None:
-        self.log(f"connected to {self.s.host}:{self.s.port}")
+        if self.publisher.steady:          # not at every try against a broker that closes
+            self.log(f"connected to {self.s.host}:{self.s.port}")
         self.publisher.publish(self.status_topic, "online", qos=1, retain=True)
         if self.s.homeassistant:
             self._announce()

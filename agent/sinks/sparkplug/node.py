@@ -113,8 +113,9 @@ class EdgeNode(Encoder):
 
     # -- the connection (the publisher's hooks, paho's thread) ------------------------------
     def connection_made(self) -> None:
-        self.log(f"edge node {self.group}/{self.edge_node} connected to {self.s.host}:"
-                 f"{self.s.port} (bdSeq {self.bdseq})")
+        if self.publisher.steady:          # not at every try against a broker that closes
+            self.log(f"edge node {self.group}/{self.edge_node} connected to {self.s.host}:"
+                     f"{self.s.port} (bdSeq {self.bdseq})")
         self.publisher.subscribe(topic(self.group, "NCMD", self.edge_node), qos=0)
         with self._lock:
             self._need_birth = True
