@@ -494,18 +494,22 @@ class Publisher(ConnectionReports):
         refused = _refusal(reason_code)
         direct = None
         with self._flight_lock:
-            self._last_ack = time.monotonic()
+            # a QoS 0 message calls this too, when written, unknown to the broker: only a
+            # PUBACK for a known message is a sign of life (the ack timeout's clock)
             sent = self._inflight.pop(mid, None)
             if sent is not None:
+                self._last_ack = time.monotonic()
                 self._settle(sent, refused, refused)
             else:
                 direct = self._direct.pop(mid, None)
-                if direct is None:
+                if direct is not None:
+                    self._last_ack = time.monotonic()
+                else:
                     self._acked_early[mid] = (self._published, refused)
                     if len(self._acked_early) > 2 * WINDOW:   # forget what no publish can use
                         self._acked_early = {m: v for m, v in self._acked_early.items()
                                              if v[0] >= self._published}
-        if self._last_error == self._ack_msg:
+        if (sent is not None or direct is not None) and self._last_error == self._ack_msg:
             self._last_error = ""
             self.log(f"acknowledgements from {self.s.host}:{self.s.port} arrive again")
         if direct is not None and refused:
@@ -613,6 +617,7 @@ class Publisher(ConnectionReports):
             with self._flight_lock:
                 early = self._acked_early.pop(info.mid, None)
                 if early is not None and early[0] >= began:
+                    self._last_ack = time.monotonic()
                     self._settle(sent, early[1], early[1])
                 else:
                     self._inflight[info.mid] = sent
