@@ -110,6 +110,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_config(load_config(args.config), args.intervals)
 
 
+def cmd_outbox(args: argparse.Namespace) -> int:
+    """The refused store of each machine's outboxes (docs/mqtt.md "Refused messages"):
+    list it, or put it back for sending. SQLite's locking makes it safe beside a running
+    agent, which sends what comes back at its next round."""
+    from harken.agent.config import load_config
+    from harken.agent.sinks.mqtt.outbox import Outbox
+    config = load_config(args.config)
+    found = 0
+    for view in config.select(args.machine):
+        state = view.path(view.agent.state_dir)
+        for path in (state / view.mqtt.outbox, state / f"sparkplug-{view.agent.machine}.db"):
+            if not path.exists():
+                continue
+            found += 1
+            box = Outbox(path, view.mqtt.outbox_max)
+            try:
+                if args.resend:
+                    n = box.resend()
+                    print(f"{path}: {n} refused message(s) back in the outbox")
+                    continue
+                for r in box.refused(limit=view.mqtt.outbox_max):
+                    print(json.dumps({"file": str(path), "id": r.id, "topic": r.topic,
+                                      "bytes": len(r.payload), "kind": r.kind,
+                                      "created": round(r.created, 3),
+                                      "refused": round(r.refused, 3), "reason": r.reason}))
+            finally:
+                box.close()
+    if not found:
+        raise UsageError(f"{args.config}: no outbox yet in agent.state_dir (the agent makes "
+                         f"it when it first publishes)")
+    return 0
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     import os
 
@@ -317,6 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--for", dest="seconds", type=float,
                    help="stop after this many seconds (default: until Ctrl-C)")
     w.set_defaults(func=cmd_watch)
+    o = sub.add_parser("outbox", help="the messages the broker refused: list them (JSON "
+                       "lines), or send them again")
+    o.add_argument("--config", required=True)
+    o.add_argument("--machine", help="only this machine of a config that watches several")
+    what = o.add_mutually_exclusive_group(required=True)
+    what.add_argument("--list", action="store_true", help="one JSON line per refused message")
+    what.add_argument("--resend", action="store_true", help="put every refused message back "
+                      "at the end of its outbox (sent as history)")
+    o.set_defaults(func=cmd_outbox)
     u = sub.add_parser("systemd-unit", help="print the systemd unit, its ExecStart pointing "
                        "at this install (docs/deploy.md)")
     u.add_argument("--config", default="/etc/harken/agent.toml",

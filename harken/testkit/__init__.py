@@ -1,5 +1,7 @@
 """What the test suite (tests/) and the benchmarks (bench/) both build: a real Mosquitto
-broker with its test credentials (``mosquitto``), agent configs and multi-channel WAVs
+broker with its test credentials (``mosquitto``), a broker that speaks only MQTT 3.1.1
+(``nats``), a TCP relay that drops, duplicates or freezes what a broker says (``relay``),
+agent configs and multi-channel WAVs
 (``files``), and the shared test data, corpora and bundles, built once and kept
 (``data``).
 

@@ -69,15 +69,19 @@ class Broker:
     """Mosquitto on a free loopback port with the test user and password, and with ``tls`` a
     second listener that requires a client certificate (the files of make_tls_files, made in
     ``root``, or copied from ``certs`` where a caller made them once for many brokers: four
-    RSA keys take a while)."""
+    RSA keys take a while). ``acl``: the text of an ACL file (Mosquitto's ``acl_file``
+    format) the broker enforces; ``extra``: more mosquitto.conf lines (size limits)."""
 
     def __init__(self, root: Path, tls: bool = False, extra: str = "",
-                 certs: Path | None = None) -> None:
+                 certs: Path | None = None, acl: str | None = None) -> None:
         self.root, self.port, self.proc = root, free_port(), None
         subprocess.run(["mosquitto_passwd", "-c", "-b", str(root / "passwd"), USER, PASSWORD],
                        check=True, capture_output=True)
         (root / "passwd").chmod(0o600)
         (root / "db").mkdir(exist_ok=True)
+        if acl is not None:
+            (root / "acl").write_text(acl)
+            extra = f"acl_file {root / 'acl'}\n{extra}"
         # persistence on: a subscriber's persistent session survives a broker restart
         conf = (f"user root\nallow_anonymous false\npassword_file {root / 'passwd'}\n"
                 f"persistence true\npersistence_location {root / 'db'}/\n"

@@ -219,7 +219,7 @@ def test_when_nothing_can_be_evicted_the_message_is_dropped_counted_and_its_seq_
 
 def test_a_message_that_needs_every_old_score_gone_still_gets_in(tmp_path):
     box = Outbox(tmp_path / "o.db")
-    box._db.execute("PRAGMA max_page_count = 16")
+    box._db.execute("PRAGMA max_page_count = 17")      # 16 for the rows, 1 the refused table's
     n = 0
     while box.put("s", b"x" * 200, seq=n + 1) > 0 and not box.disk_full:
         n += 1
@@ -269,3 +269,52 @@ def test_checkpoint_and_ack_survive_a_full_disk_but_not_other_errors(tmp_path):
         box.ack(mid)
     box._db = real
     assert box.depth == 1
+
+
+def test_an_outbox_whose_tables_have_other_columns_is_refused_at_open_in_one_line(tmp_path):
+    """Before: opened, then a traceback at the first write after the start."""
+    db = sqlite3.connect(tmp_path / "o.db")
+    db.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY, topic TEXT, body BLOB, "
+               "extra TEXT NOT NULL)")
+    db.commit()
+    db.close()
+    with pytest.raises(OSError, match=r"o.db: not a Harken outbox \(table messages has the "
+                                      r"columns \['id', 'topic', 'body', 'extra'\], expected "
+                                      r".*\); move it aside to start a new one"):
+        Outbox(tmp_path / "o.db")
+
+
+def test_an_outbox_of_the_previous_version_gains_the_refused_store_and_keeps_its_rows(tmp_path):
+    db = sqlite3.connect(tmp_path / "o.db")
+    db.executescript("""
+        CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
+            payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL,
+            kind TEXT NOT NULL, created REAL NOT NULL);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO meta VALUES ('last_seq', 4), ('evicted', 0);
+        INSERT INTO messages (topic, payload, qos, retain, kind, created)
+            VALUES ('t', x'31', 1, 0, 'score', 0);""")
+    db.commit()
+    db.close()
+    box = Outbox(tmp_path / "o.db")
+    assert [m.payload for m in box.pending()] == [b"1"] and box.last_seq == 4
+    assert box.refused_count == 0 and box.last_refusal is None
+
+
+def test_refused_messages_are_kept_apart_bounded_and_put_back_in_order(tmp_path):
+    box = Outbox(tmp_path / "o.db", max_messages=10)
+    ids = []
+    for i in range(14):
+        ids.append(box.put("t", f"{i}".encode(), seq=i + 1))
+        if i < 12:
+            assert box.refuse(ids[-1], f"reason {i}")
+    assert not box.refuse(ids[0], "again")                 # not in the outbox any more
+    kept = box.refused()
+    assert len(kept) == 10 and box.refused_count == 10 and box.evicted == 2
+    assert [r.payload for r in kept] == [f"{i}".encode() for i in range(2, 12)]
+    assert box.last_refusal == "reason 11" and [m.payload for m in box.pending()] == \
+        [b"12", b"13"]
+    assert box.resend([kept[0].id, kept[1].id]) == 2
+    assert [m.payload for m in box.pending()] == [b"12", b"13", b"2", b"3"]
+    assert box.refused_count == 8 and box.last_seq == 14
+    box.close()

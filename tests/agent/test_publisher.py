@@ -4,69 +4,13 @@ line: a row leaves its outbox only at its PUBACK, at most WINDOW rows wait for o
 not acknowledged is replayed (as history) on the next connection, the Last Will goes out
 when the line is cut and the clean stop's last message when it is not."""
 
-import socket
-import threading
 from types import SimpleNamespace
 
 from harken.agent.sinks.mqtt.outbox import Outbox
 from harken.agent.sinks.mqtt.publisher import WINDOW, Encoder, Publisher
 from harken.testkit.mosquitto import PASSWORD, USER, Listener
+from harken.testkit.relay import Relay
 from tests.helpers import wait_for
-
-
-class Relay:
-    """A TCP relay to the broker. ``hold()`` keeps the broker's replies (CONNACK, PUBACK)
-    from reaching the client until ``release()``; ``cut()`` drops every open line."""
-
-    def __init__(self, port: int) -> None:
-        self.broker_port = port
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.flowing = threading.Event()
-        self.flowing.set()
-        self.lines: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.broker_port))
-            self.lines += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, None), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, self.flowing),
-                             daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket, gate: threading.Event | None) -> None:
-        try:
-            while data := src.recv(65536):
-                if gate is not None:
-                    gate.wait()
-                dst.sendall(data)
-        except OSError:
-            pass
-
-    def hold(self) -> None:
-        self.flowing.clear()
-
-    def release(self) -> None:
-        self.flowing.set()
-
-    def cut(self) -> None:
-        for s in self.lines:
-            try:
-                s.shutdown(socket.SHUT_RDWR)      # wakes a pump blocked in recv
-            except OSError:
-                pass
-            s.close()
-        self.lines = []
-
-    def close(self) -> None:
-        self.cut()
-        self.server.close()
 
 
 class Recorder(Encoder):
@@ -88,10 +32,12 @@ class Recorder(Encoder):
         return message.payload
 
 
-def _settings(port: int) -> SimpleNamespace:
+def _settings(port: int, **kw) -> SimpleNamespace:
     """What the publisher reads of the [mqtt] settings."""
-    return SimpleNamespace(host="127.0.0.1", port=port, keepalive=60, username=USER,
-                           resolved_password=lambda: PASSWORD, tls=False, outbox_max=1000)
+    return SimpleNamespace(**{"host": "127.0.0.1", "port": port, "keepalive": 60,
+                              "username": USER, "resolved_password": lambda: PASSWORD,
+                              "tls": False, "outbox_max": 1000, "protocol": "auto",
+                              "ack_timeout_s": 30.0, **kw})
 
 
 def _payloads(listener: Listener, topic: str) -> list[str]:

@@ -132,19 +132,52 @@ def parse_broker_url(url: str) -> BrokerUrl:
                      unquote(parts.password) if parts.password else None)
 
 
+def speaks_tls(host: str, port: int, timeout: float = 3.0) -> bool:
+    """Whether ``host:port`` completes a TLS handshake (certificate not checked): a plain
+    MQTT client that a broker drops before its CONNACK may be talking to a TLS listener."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock, \
+                ctx.wrap_socket(sock, server_hostname=host):
+            return True
+    except (OSError, ssl.SSLError):
+        return False
+
+
 def make_client(settings, client_id: str, log: Callable[[str], None]):
-    """A paho client as every agent connection uses it: MQTT 3.1.1, clean session (the
-    agent's durability is its own outbox), the settings' credentials and TLS, reconnects
-    backing off from 1 to 60 s. Returns (client, TLS context or None)."""
+    """A paho client as every agent connection uses it: MQTT 5 (``mqtt.protocol`` "auto" or
+    "5") or 3.1.1, a clean session every time (the agent's durability is its own outbox),
+    the settings' credentials and TLS, reconnects backing off from 1 to 60 s. Returns
+    (client, TLS context or None)."""
     import paho.mqtt.client as mqtt
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=mqtt.MQTTv311, clean_session=True)
+    if getattr(settings, "protocol", "auto") == "3.1.1":
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv311, clean_session=True)
+    else:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv5)
     if settings.username:
         client.username_pw_set(settings.username, settings.resolved_password())
     ctx = use_tls(client, settings.ca_file, settings.cert_file, settings.key_file,
                   settings.tls_insecure, _log.warning, "mqtt.tls_insecure") if settings.tls else None
     client.reconnect_delay_set(1, 60)
     return client, ctx
+
+
+def is_mqtt5(client) -> bool:
+    import paho.mqtt.client as mqtt
+    return client.protocol == mqtt.MQTTv5
+
+
+def fall_back_to_311(client) -> None:
+    """The next connection of ``client`` speaks MQTT 3.1.1 (clean session). paho has no
+    public way to change a client's protocol; its ``_protocol`` decides how every packet
+    is written and read (paho < 3, pyproject.toml), and a 3.1.1 client needs
+    ``_clean_session``, which a version-5 client never set."""
+    import paho.mqtt.client as mqtt
+    client._protocol = mqtt.MQTTv311
+    client._clean_session = True
 
 
 class ConnectionReports:

@@ -17,6 +17,14 @@ if that can grow), so the outbox acts before the disk is full: while less than
 new message and ``disk_full`` says so in the stats record. If a write fails all the same,
 the message is dropped and counted, never raised: scoring goes on, and the outbox recovers
 by itself when space returns.
+
+A message the broker *refuses* (an MQTT 5 PUBACK with a failure reason code: not
+authorized, packet too large, quota exceeded; or one too large for the broker's Maximum
+Packet Size; docs/mqtt.md "Refused messages") leaves the live table for the ``refused``
+table of the same database, with the reason and the time: kept, counted and re-sendable
+(``harken outbox --resend``), so that it neither vanishes nor blocks the messages behind
+it. The refused store has the same bound as the outbox (oldest refused go first, counted
+as evicted).
 """
 
 from __future__ import annotations
@@ -38,6 +46,17 @@ CREATE TABLE IF NOT EXISTS messages (
     kind TEXT NOT NULL,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS refused (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    created REAL NOT NULL,
+    reason TEXT NOT NULL,
+    refused REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('last_seq', 0), ('evicted', 0);
 """
@@ -52,6 +71,27 @@ class Message:
     retain: bool
     kind: str                     # score | event | anomaly | ...: eviction takes scores first
     created: float                # time.time() when it was stored
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A message the broker refused, as the refused store keeps it."""
+    id: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    kind: str
+    created: float
+    reason: str                   # the broker's reason code, or why the agent held it back
+    refused: float                # time.time() of the refusal
+
+
+# the columns each table must have, in order (a file with others is refused at open)
+_COLUMNS = {"messages": ["id", "topic", "payload", "qos", "retain", "kind", "created"],
+            "refused": ["id", "topic", "payload", "qos", "retain", "kind", "created", "reason",
+                        "refused"],
+            "meta": ["key", "value"]}
 
 
 def _disk_full(exc: sqlite3.OperationalError) -> bool:
@@ -84,6 +124,7 @@ class Outbox:
             self._db.execute("PRAGMA wal_autocheckpoint=32")
             self._db.execute("PRAGMA journal_size_limit=131072")
             self._db.executescript(SCHEMA)
+            wrong = self._foreign_tables()
         except sqlite3.DatabaseError as exc:
             if not os.access(path.parent, os.W_OK) or (path.exists()
                                                        and not os.access(path, os.W_OK)):
@@ -92,6 +133,19 @@ class Outbox:
                               f"permissions of agent.state_dir)") from None
             raise OSError(f"{path}: cannot open the outbox ({exc}); move it aside to start "
                           f"a new one") from None
+        if wrong:
+            self._db.close()
+            raise OSError(f"{path}: not a Harken outbox ({wrong}); move it aside to start a "
+                          f"new one")
+
+    def _foreign_tables(self) -> str:
+        """What differs from the outbox's own tables ('' when nothing): a file written by
+        something else (or a future version) is refused at open, not at the first write."""
+        for table, want in _COLUMNS.items():
+            have = [r[1] for r in self._db.execute(f"PRAGMA table_info({table})")]
+            if have != want:
+                return f"table {table} has the columns {have}, expected {want}"
+        return ""
 
     def _meta(self, key: str) -> int:
         return int(self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
@@ -110,6 +164,20 @@ class Outbox:
     def depth(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+
+    @property
+    def refused_count(self) -> int:
+        """Messages in the refused store."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM refused").fetchone()[0])
+
+    @property
+    def last_refusal(self) -> str | None:
+        """The reason of the newest refused message (None when the store is empty)."""
+        with self._lock:
+            row = self._db.execute("SELECT reason FROM refused ORDER BY id DESC LIMIT 1"
+                                   ).fetchone()
+        return row[0] if row else None
 
     def put(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
             kind: str = "score", seq: int | None = None) -> int:
@@ -242,6 +310,71 @@ class Outbox:
                 if not _disk_full(exc):
                     raise
                 self.disk_full = True
+
+    def refuse(self, message_id: int, reason: str) -> bool:
+        """Move a message the broker refused to the refused store (one transaction);
+        False when it is not in the outbox (already acknowledged, evicted, or moved). A
+        full disk leaves it where it is: it is sent again, and refused again."""
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    moved = db.execute(
+                        "INSERT INTO refused (topic, payload, qos, retain, kind, created, "
+                        "reason, refused) SELECT topic, payload, qos, retain, kind, created, "
+                        "?, ? FROM messages WHERE id = ?",
+                        (reason, time.time(), message_id)).rowcount
+                    db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+                    excess = int(db.execute("SELECT COUNT(*) FROM refused").fetchone()[0]) \
+                        - self.max_messages
+                    if excess > 0:
+                        db.execute("DELETE FROM refused WHERE id IN (SELECT id FROM refused "
+                                   "ORDER BY id LIMIT ?)", (excess,))
+                        db.execute("UPDATE meta SET value = value + ? WHERE key = 'evicted'",
+                                   (excess,))
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if not _disk_full(exc):
+                    raise
+                self.disk_full = True
+                return False
+            return moved > 0
+
+    def refused(self, limit: int = 1000) -> list[Refused]:
+        """The refused store, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, topic, payload, qos, retain, kind, created, "
+                                    "reason, refused FROM refused ORDER BY id LIMIT ?",
+                                    (limit,)).fetchall()
+        return [Refused(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5], r[6], r[7], r[8])
+                for r in rows]
+
+    def resend(self, ids: list[int] | None = None) -> int:
+        """Put refused messages (all, or those of ``ids``) back at the end of the outbox,
+        oldest first: they go out again as history (they were made on an earlier
+        connection). Returns how many."""
+        where, args = ("", ()) if ids is None else \
+            (f"WHERE id IN ({','.join('?' * len(ids))})", tuple(ids))
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                n = db.execute(f"INSERT INTO messages (topic, payload, qos, retain, kind, "
+                               f"created) SELECT topic, payload, qos, retain, kind, created "
+                               f"FROM refused {where} ORDER BY id", args).rowcount
+                db.execute(f"DELETE FROM refused {where}", args)
+                self._evict(db)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        return n
 
     def close(self) -> None:
         with self._lock:

@@ -2,13 +2,22 @@
 
 It owns delivery, once:
 
-- the paho client (``broker.make_client``: MQTT 3.1.1, clean session, the settings'
-  credentials and TLS, reconnects backing off from 1 to 60 s), its Last Will, connecting,
-  and the connection reports (``broker.ConnectionReports``: once per distinct problem, not
-  at every retry);
+- the paho client (``broker.make_client``: MQTT 5, or 3.1.1 by setting or by itself when
+  the broker refuses 5; clean session; the settings' credentials and TLS; reconnects
+  backing off from 1 to 60 s, and further after connections that end at once or are taken
+  over by another client with the same id), its Last Will, connecting, and the connection
+  reports (``broker.ConnectionReports``: once per distinct problem, not at every retry);
 - the sender thread, which publishes the rows of durable outboxes (agent/sinks/mqtt/
   outbox.py) oldest first with at most ``WINDOW`` of them unacknowledged;
 - acking: a row leaves its outbox only when the broker's PUBACK for it arrives;
+- refusals (docs/mqtt.md "Refused messages"): a PUBACK with a failure reason code (MQTT 5),
+  a row larger than the broker's Maximum Packet Size (never sent), or a row in flight each
+  time the broker closed the connection (``STRIKES`` times in a row: what a broker does to
+  a message over its size limit under 3.1.1) moves to the outbox's refused store, logged
+  once per reason; the rows behind it go on, in order;
+- the ack timeout: rows in flight and no PUBACK for ``mqtt.ack_timeout_s`` is a dead
+  connection (a network that drops PUBACKs, a half-open line): it is closed, reported and
+  made again, and the rows replayed;
 - replay: on every (re)connect whatever was not acknowledged is published again from the
   oldest, so a broker that was away, or an agent that was killed, loses nothing (a
   subscriber may see a message twice, always the same one);
@@ -47,6 +56,7 @@ across its publishes, and by encoders around what must be ordered with them: Spa
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -54,11 +64,35 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from harken.agent.sinks.mqtt.broker import ConnectionReports, make_client, refusal
+from harken.agent.sinks.mqtt.broker import ConnectionReports, fall_back_to_311, is_mqtt5, \
+    make_client, refusal, speaks_tls
 from harken.agent.sinks.mqtt.outbox import Message, Outbox
 from harken.agent.sinks.mqtt.settings import MqttTableSink
 
 WINDOW = 32            # outbox rows in flight (published, not yet acknowledged) at a time
+STRIKES = 3            # a row in flight at this many broker closes in a row is refused
+STABLE_S = 10.0        # a connection shorter than this counts toward the reconnect back-off
+BACKOFF_MAX_S = 60     # the longest wait between reconnects
+UNSUPPORTED_PROTOCOL = 0x84     # CONNACK: the broker does not speak this MQTT version
+TAKEN_OVER = 0x8E               # DISCONNECT: another client connected with this client id
+
+
+def packet_size(topic: str, payload: bytes, qos: int, v5: bool) -> int:
+    """The bytes of the PUBLISH packet paho writes for this message (no properties): what
+    a broker's Maximum Packet Size limits."""
+    body = 2 + len(topic.encode()) + (2 if qos else 0) + (1 if v5 else 0) + len(payload)
+    n = 1
+    while body >= 128 ** n:                # the remaining length is a varint
+        n += 1
+    return 1 + n + body
+
+
+def _refusal(reason_code) -> str | None:
+    """The reason a PUBACK refuses its message ("Not authorized (0x87)"); None when it
+    acknowledges it (3.1.1 PUBACKs always do)."""
+    if not getattr(reason_code, "is_failure", False):
+        return None
+    return f"{reason_code} (0x{reason_code.value:02X})"
 
 
 def _forget_unacknowledged(client) -> None:
@@ -123,30 +157,59 @@ class Lane:
     latency_ms: list[float] = field(default_factory=list)    # PUBACKed since last taken
 
 
+@dataclass(frozen=True)
+class _Sent:
+    """A row handed to paho and not yet acknowledged."""
+    lane: Lane
+    row: int
+    order: int            # the publish count when it went (oldest first)
+    at: float             # time.monotonic() when it went
+    topic: str
+    size: int             # its packet's bytes
+
+
 class Publisher(ConnectionReports):
     """One broker connection delivering the outboxes of its lanes (module docstring)."""
 
     def __init__(self, settings, client_id: str, encoder: Encoder,
                  log: Callable[[str], None], thread_name: str = "mqtt-outbox") -> None:
-        self.s, self.encoder, self.log = settings, encoder, log
+        self.s, self.encoder, self.log, self.client_id = settings, encoder, log, client_id
         self.lock = threading.RLock()           # lanes, sessions, the encoder's ordering
         self._flight_lock = threading.Lock()    # in-flight rows, early PUBACKs, latency
         self._lanes: list[Lane] = []
-        self._inflight: dict[int, tuple[Lane, int]] = {}    # mid -> (lane, row)
-        # PUBACKs that beat the sender's bookkeeping: mid -> the publish count when it came.
-        # An entry from before a publish began is some other message's (a direct publish, a
-        # resend of an earlier connection) and must not ack a row that reuses its mid.
-        self._acked_early: dict[int, int] = {}
+        self._inflight: dict[int, _Sent] = {}   # mid -> the row it carries
+        # PUBACKs that beat the sender's bookkeeping: mid -> (the publish count when it
+        # came, its refusal or None). An entry from before a publish began is some other
+        # message's (a resend of an earlier connection) and must not ack a row that reuses
+        # its mid.
+        self._acked_early: dict[int, tuple[int, str | None]] = {}
+        self._direct: dict[int, str] = {}       # mid -> topic of a direct QoS 1 publish
         self._published = 0
         self._session: int | None = None        # the current connection's number
         self._started = False
         self._refused = False                   # the broker's CONNACK said no
+        self._up = False                        # a connection is made (paho's view)
+        self._connected_at = 0.0                # time.monotonic() of the last CONNACK
+        self._flaps = 0                         # short or taken-over connections in a row
+        self._killed = False                    # the ack timeout closed this connection
+        self._speaks_tls: bool | None = None    # a plain client's port, looked at once
+        self._last_ack = 0.0                    # time.monotonic() of the last PUBACK
+        self._ack_timeout_s = float(getattr(settings, "ack_timeout_s", 30.0))
+        self._ack_msg = (f"no acknowledgement from {settings.host}:{settings.port} within "
+                         f"mqtt.ack_timeout_s = {self._ack_timeout_s:g} s: the connection is "
+                         f"dead; reconnecting")
+        self._sending: _Sent | None = None      # the row being handed to paho now
+        self._strike: tuple[Lane, int] | None = None    # the row the last broker close hit
+        self._strikes = 0
+        self._max_packet: int | None = None     # the broker's Maximum Packet Size (MQTT 5)
+        self._reasons_logged: set[str] = set()
+        self.ack_timeouts = 0                   # dead connections found by the ack timeout
         self._wake, self._stop = threading.Event(), threading.Event()
         self._connected = threading.Event()
         # set once a connection attempt has an outcome (connected, refused or failed): a
         # clean stop waits for it, so a short run does not exit mid-handshake
         self._settled = threading.Event()
-        self._progress = threading.Event()      # a row was acknowledged
+        self._progress = threading.Event()      # a row was acknowledged or refused
         self.client, self.tls = make_client(settings, client_id, log)
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
@@ -167,7 +230,9 @@ class Publisher(ConnectionReports):
             if self._started:
                 return
             self._started = True
-        self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive)
+        # a clean start every time under MQTT 5, as clean_session=True under 3.1.1
+        extra = {"clean_start": True} if is_mqtt5(self.client) else {}
+        self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive, **extra)
         self.client.loop_start()
 
     def add_lane(self, outbox: Outbox, encode: Callable[[Message, bool], bytes]) -> Lane:
@@ -198,8 +263,31 @@ class Publisher(ConnectionReports):
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False):
         """Publish directly, not through an outbox: live information that a later
-        connection has no use for. Returns paho's message info."""
-        return self.client.publish(topic, payload, qos=qos, retain=retain)
+        connection has no use for. Returns paho's message info, or None when the message
+        is larger than the broker takes (logged once; sending it would only get the
+        connection closed)."""
+        data = payload.encode() if isinstance(payload, str) else payload
+        size = packet_size(topic, data, qos, is_mqtt5(self.client))
+        if self._max_packet and size > self._max_packet:
+            self._log_refusal(topic, f"too large for the broker ({size} > {self._max_packet} "
+                              f"bytes); not sent", "too large: direct")
+            return None
+        with self._flight_lock:
+            self._published += 1
+            began = self._published
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if qos and info.rc == 0:
+            with self._flight_lock:
+                early = self._acked_early.pop(info.mid, None)
+                if early is None or early[0] < began:
+                    self._direct[info.mid] = topic
+                    refused = None
+                else:
+                    refused = early[1]
+            if refused:
+                self._log_refusal(topic, refused + "; not kept (live information)",
+                                  "direct: " + refused)
+        return info
 
     def wake(self) -> None:
         """A sender round now (the encoder has births to send)."""
@@ -212,6 +300,11 @@ class Publisher(ConnectionReports):
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def protocol(self) -> str:
+        """The MQTT version of this client: "5" or "3.1.1"."""
+        return "5" if is_mqtt5(self.client) else "3.1.1"
 
     def take_latency_ms(self, lane: Lane) -> list[float]:
         """The publish latencies of ``lane``'s rows acknowledged since the last call."""
@@ -240,8 +333,10 @@ class Publisher(ConnectionReports):
             if lane in self._lanes:
                 self._lanes.remove(lane)
             with self._flight_lock:
-                for mid in [mid for mid, (lt, _) in self._inflight.items() if lt is lane]:
+                for mid in [mid for mid, sent in self._inflight.items() if sent.lane is lane]:
                     del self._inflight[mid]
+                if self._strike is not None and self._strike[0] is lane:
+                    self._strike, self._strikes = None, 0
                 lane.outbox.close()
 
     def close(self, last: tuple[str, bytes | str, int, bool] | None = None) -> None:
@@ -249,9 +344,10 @@ class Publisher(ConnectionReports):
         if connected, then disconnect without the Last Will; the lanes left are closed."""
         if last is not None and self._connected.is_set():
             with self.lock:
-                info = self.client.publish(last[0], last[1], qos=last[2], retain=last[3])
+                info = self.publish(*last[:2], qos=last[2], retain=last[3])
             try:
-                info.wait_for_publish(2)
+                if info is not None:
+                    info.wait_for_publish(2)
             except (RuntimeError, ValueError):
                 # the link dropped between the check and the publish (paho raises on a
                 # message it could not queue): the goodbye is lost, the stop must go on
@@ -270,72 +366,223 @@ class Publisher(ConnectionReports):
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             self._refused = True         # the disconnect that follows says nothing new
-            self._report(refusal(self.s.host, self.s.port, reason_code,
-                                 "check mqtt.username and the password"))
+            if reason_code.value == UNSUPPORTED_PROTOCOL and is_mqtt5(client) and \
+                    getattr(self.s, "protocol", "auto") == "auto":
+                fall_back_to_311(client)   # paho tries again in a second
+                self.log(f"broker {self.s.host}:{self.s.port} does not speak MQTT 5: using "
+                         f"MQTT 3.1.1, on which a refused message cannot be seen (the broker "
+                         f"acknowledges it like a delivered one; docs/mqtt.md \"Protocol\")")
+                return
+            hint = "check mqtt.username and the password"
+            msg = refusal(self.s.host, self.s.port, reason_code, hint)
+            if reason_code.value == UNSUPPORTED_PROTOCOL:
+                msg += " (the broker does not speak this MQTT version: set mqtt.protocol = " \
+                       "\"auto\")"
+            self._report(msg)
             self._settled.set()
             return
         self._refused = False
-        self._last_error = ""
         _forget_unacknowledged(client)
+        size = getattr(properties, "MaximumPacketSize", None) if is_mqtt5(client) else None
         with self._flight_lock:
             self._inflight.clear()
             self._acked_early.clear()
+            self._direct.clear()
+            self._max_packet = size
         with self.lock:
             for lane in self._lanes:
                 lane.last_sent = 0                # resend everything not acknowledged
             self._session = (self._session or 0) + 1
+        self._up, self._connected_at = True, time.monotonic()
         self.encoder.connection_made()
         self._connected.set()
         self._settled.set()
         self._wake.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        was = self._connected.is_set()
+        was, self._up = self._up, False
+        killed, self._killed = self._killed, False
         self._connected.clear()
         self._settled.set()
         if self._stop.is_set():
             return
         if was:
             self.encoder.connection_lost()
-        if not self._refused:
+        taken = getattr(reason_code, "value", None) == TAKEN_OVER
+        struck = False
+        if was:
+            lived = time.monotonic() - self._connected_at
+            if lived >= STABLE_S and self._last_error != self._ack_msg:
+                self._last_error = ""          # a connection that held: the next problem is news
+            if not killed and str(reason_code) != "Keep alive timeout":
+                struck = self._strike_oldest()
+            # a broker that closes every connection soon after accepting it (another
+            # client with this id, a message it will not take) is not asked again every
+            # second: the wait doubles up to BACKOFF_MAX_S (docs/mqtt.md "Client ids")
+            short = (taken or lived < STABLE_S) and not struck
+            self._flaps = self._flaps + 1 if short else 0
+            delay = min(BACKOFF_MAX_S, 2 ** (self._flaps - 1)) if self._flaps else 1
+            client.reconnect_delay_set(delay, max(delay, BACKOFF_MAX_S))
+        if taken:
+            self._report(f"another client uses client id {self.client_id}: a copied SD card "
+                         f"image or a second agent? (the broker {self.s.host}:{self.s.port} "
+                         f"said Session taken over; each agent needs its own mqtt.client_id); "
+                         f"reconnecting with back-off up to {BACKOFF_MAX_S} s")
+        elif killed or self._refused or struck:
+            pass                               # said already (the ack timeout, the CONNACK)
+        elif not was and self._tls_port():
+            self._report(f"broker {self.s.host}:{self.s.port} closed the connection before "
+                         f"answering ({reason_code}): is this a TLS port? set mqtt.tls = "
+                         f"true; retrying")
+        elif was and self._flaps == STRIKES:
+            # a broker that says nothing (MQTT 3.1.1, Mosquitto 2.0) closes a taken-over
+            # connection like any other: its sign is that none of them lasts
+            self._report(f"the broker {self.s.host}:{self.s.port} closed the connection "
+                         f"{STRIKES} times in a row within {STABLE_S:g} s of accepting it "
+                         f"({reason_code}): another client may use client id "
+                         f"{self.client_id} (a copied SD card image or a second agent?); "
+                         f"reconnecting with back-off up to {BACKOFF_MAX_S} s")
+        elif not (was and self._flaps > STRIKES):
             self._report(f"disconnected from {self.s.host}:{self.s.port} ({reason_code}); "
                          "retrying")
+
+    @property
+    def steady(self) -> bool:
+        """The last connection held (or this is the first): an encoder says "connected"
+        only then, not at every try against a broker that keeps closing."""
+        return self._flaps == 0
+
+    def _tls_port(self) -> bool:
+        """A plain client dropped before its CONNACK: does the port speak TLS? Looked at
+        once (a TLS listener drops a plain CONNECT with nothing to say why)."""
+        if self.tls is None and self._speaks_tls is None:
+            self._speaks_tls = speaks_tls(self.s.host, self.s.port)
+        return bool(self._speaks_tls)
+
+    def _strike_oldest(self) -> bool:
+        """The broker closed a connection with rows in flight: the oldest of them is the
+        likely cause (a broker drops the connection over a message it will not take, after
+        acknowledging what came before it). The same row hit ``STRIKES`` times in a row
+        goes to the refused store; True when that happened."""
+        with self._flight_lock:
+            flying = list(self._inflight.values()) + ([self._sending] if self._sending else [])
+            if not flying:
+                self._strike, self._strikes = None, 0
+                return False
+            oldest = min(flying, key=lambda sent: sent.order)
+            hit = (oldest.lane, oldest.row)
+            if self._strike is not None and self._strike[0] is hit[0] and \
+                    self._strike[1] == hit[1]:
+                self._strikes += 1
+            else:
+                self._strike, self._strikes = hit, 1
+            if self._strikes < STRIKES:
+                return False
+            self._strike, self._strikes = None, 0
+            for mid in [m for m, sent in self._inflight.items() if sent is oldest]:
+                del self._inflight[mid]
+            self._settle(oldest, f"the broker closed the connection each time it was sent "
+                                 f"({STRIKES} times): most likely too large for the broker "
+                                 f"({oldest.size} bytes; Mosquitto: message_size_limit, "
+                                 f"max_packet_size) or not allowed there", "closed")
+            return True
 
     def _on_message(self, client, userdata, message) -> None:
         self.encoder.message_received(message)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        refused = _refusal(reason_code)
+        direct = None
         with self._flight_lock:
+            # a QoS 0 message calls this too, when written, unknown to the broker: only a
+            # PUBACK for a known message is a sign of life (the ack timeout's clock)
             sent = self._inflight.pop(mid, None)
-            if sent is None:
-                self._acked_early[mid] = self._published
-                if len(self._acked_early) > 2 * WINDOW:     # forget what no publish can use
-                    self._acked_early = {m: n for m, n in self._acked_early.items()
-                                         if n >= self._published}
-                return
-            self._acked(*sent)
+            if sent is not None:
+                self._last_ack = time.monotonic()
+                self._settle(sent, refused, refused)
+            else:
+                direct = self._direct.pop(mid, None)
+                if direct is not None:
+                    self._last_ack = time.monotonic()
+                else:
+                    self._acked_early[mid] = (self._published, refused)
+                    if len(self._acked_early) > 2 * WINDOW:   # forget what no publish can use
+                        self._acked_early = {m: v for m, v in self._acked_early.items()
+                                             if v[0] >= self._published}
+        if (sent is not None or direct is not None) and self._last_error == self._ack_msg:
+            self._last_error = ""
+            self.log(f"acknowledgements from {self.s.host}:{self.s.port} arrive again")
+        if direct is not None and refused:
+            self._log_refusal(direct, refused + "; not kept (live information)",
+                              "direct: " + refused)
         self._wake.set()
 
-    def _acked(self, lane: Lane, row: int) -> None:
-        """The broker has ``row``: out of the outbox (caller holds the flight lock)."""
-        arrived = lane.arrived.pop(row, None)
-        if arrived is not None:
-            lane.latency_ms.append(1e3 * (time.monotonic() - arrived))
-        lane.outbox.ack(row)
+    def _settle(self, sent: _Sent, refused: str | None, reason_key: str | None) -> None:
+        """The broker has ``sent``'s row (``refused`` None: out of the outbox) or will not
+        take it (into the refused store). The caller holds the flight lock."""
+        lane = sent.lane
+        arrived = lane.arrived.pop(sent.row, None)
+        if refused is None:
+            if arrived is not None:
+                lane.latency_ms.append(1e3 * (time.monotonic() - arrived))
+            lane.outbox.ack(sent.row)
+        else:
+            lane.outbox.refuse(sent.row, refused)
+            self._log_refusal(sent.topic, refused + "; kept in the refused store (harken "
+                              "outbox --list, --resend)", reason_key or refused)
+        if self._strike is not None and self._strike[0] is lane and self._strike[1] == sent.row:
+            self._strike, self._strikes = None, 0
         self._progress.set()
+
+    def _log_refusal(self, topic: str, reason: str, key: str) -> None:
+        """Once per kind of refusal, not per message: the stats count them."""
+        if key in self._reasons_logged:
+            return
+        self._reasons_logged.add(key)
+        self.log(f"the broker {self.s.host}:{self.s.port} does not take a message on {topic}: "
+                 f"{reason}; further refusals for this reason are counted in the stats, not "
+                 f"logged")
 
     # -- sending (the sender thread) ---------------------------------------------------------
     def _send_loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(1.0)
+            self._wake.wait(min(1.0, self._ack_timeout_s / 4))
             self._wake.clear()
             if not self._connected.is_set():
+                continue
+            if self._acks_overdue():
                 continue
             with self.lock:
                 self.encoder.before_send()
                 for lane in list(self._lanes):
                     if not self._send_pending(lane):
                         break
+
+    def _acks_overdue(self) -> bool:
+        """Rows in flight and no PUBACK for ``mqtt.ack_timeout_s``: a network that loses
+        the broker's answers, or a line that went half-open, which keepalive finds only
+        much later (docs/mqtt.md "Delivery guarantees"). Closes the connection (paho makes
+        a new one; the rows are replayed), counted and reported once."""
+        with self._flight_lock:
+            if not self._inflight:
+                return False
+            oldest = min(sent.at for sent in self._inflight.values())
+            waited = time.monotonic() - max(oldest, self._last_ack)
+        if waited < self._ack_timeout_s:
+            return False
+        self.ack_timeouts += 1
+        self._report(self._ack_msg)
+        self._killed = True
+        self._connected.clear()
+        with self._flight_lock:
+            self._inflight.clear()           # the next connection sends them again
+        sock = self.client.socket()
+        try:
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)   # paho sees the end, and reconnects
+        except OSError:
+            pass
+        return True
 
     def _send_pending(self, lane: Lane) -> bool:
         """Publish ``lane``'s rows not yet sent on this connection, as many as the window
@@ -344,21 +591,36 @@ class Publisher(ConnectionReports):
             room = WINDOW - len(self._inflight)
         if room <= 0:
             return True
+        v5 = is_mqtt5(self.client)
         for m in lane.outbox.pending(lane.last_sent, room):
             live = self._session is not None and lane.made_in.pop(m.id, None) == self._session
             payload = lane.encode(m, live)
+            size = packet_size(m.topic, payload, m.qos, v5)
+            if self._max_packet and size > self._max_packet:
+                lane.last_sent = m.id         # never sent: the broker would close on it
+                with self._flight_lock:
+                    self._settle(_Sent(lane, m.id, 0, 0.0, m.topic, size),
+                                 f"too large for the broker ({size} > {self._max_packet} "
+                                 f"bytes)", "too large")
+                continue
             with self._flight_lock:
                 self._published += 1
                 began = self._published
+                # a broker may close the line before the row is noted as in flight below
+                sent = self._sending = _Sent(lane, m.id, began, time.monotonic(), m.topic, size)
             info = self.client.publish(m.topic, payload, qos=m.qos, retain=m.retain)
+            with self._flight_lock:
+                self._sending = None
             if info.rc != 0:
                 return False
             lane.last_sent = m.id
             with self._flight_lock:
-                if self._acked_early.pop(info.mid, -1) >= began:
-                    self._acked(lane, m.id)
+                early = self._acked_early.pop(info.mid, None)
+                if early is not None and early[0] >= began:
+                    self._last_ack = time.monotonic()
+                    self._settle(sent, early[1], early[1])
                 else:
-                    self._inflight[info.mid] = (lane, m.id)
+                    self._inflight[info.mid] = sent
         return True
 
 

@@ -5,15 +5,58 @@ model once for both."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
+import socket
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from harken.agent.sinks.base import Sink, SinkSettings
 from harken.common.settings import resolve_password
 
-__all__ = ["MqttSection", "MqttTableSink"]
+__all__ = ["MqttSection", "MqttTableSink", "default_client_id"]
+
+ID_MAX = 128                      # characters of a client, group or edge node id
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _plain_id(value: str) -> str:
+    """Ids go into the CONNECT packet and topics: a control character (NUL, newline) makes
+    the broker drop the connection at every retry, and a client id of 70 000 characters
+    kills paho's thread (MQTT allows 65 535 bytes; brokers far less)."""
+    if len(value) > ID_MAX:
+        raise ValueError(f"at most {ID_MAX} characters, got {len(value)}")
+    if _CONTROL.search(value):
+        raise ValueError("no control characters (NUL, newline, tab, escape) allowed")
+    return value
+
+
+PlainId = Annotated[str, AfterValidator(_plain_id)]
+
+
+def _protocol(value):
+    """``protocol = 5`` (a TOML number) means "5"."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def default_client_id(kind: str, names: tuple[str, ...], state_dir: Path) -> str:
+    """``harken-<kind...>-<names...>-<8 hex>``: stable across restarts (broker ACLs and
+    sessions rely on it) but distinct between machines (``names``) and between agents of
+    one node, which differ in host or state folder (docs/mqtt.md "Client ids"). The hash is
+    of the host name, /etc/machine-id and the absolute ``state_dir``; two copies of one SD
+    card image on one network share all three, and the broker's takeover is then reported
+    and backed off."""
+    try:
+        machine_id = Path("/etc/machine-id").read_text().strip()
+    except OSError:
+        machine_id = ""
+    who = "\0".join([socket.gethostname(), machine_id, os.path.abspath(state_dir)])
+    digest = hashlib.sha256(who.encode()).hexdigest()[:8]
+    head = "-".join(("harken", kind, *names) if kind else ("harken", *names))
+    return f"{head[:ID_MAX - 9]}-{digest}"
 
 
 class MqttSection(SinkSettings):
@@ -21,7 +64,7 @@ class MqttSection(SinkSettings):
     host: str = "localhost"
     port: int = Field(1883, ge=1, le=65535)
     prefix: str = Field("harken", min_length=1, pattern=r"^[A-Za-z0-9_./-]+$")
-    client_id: str = ""               # default harken-<node>-<machine>: stable across restarts
+    client_id: PlainId = ""           # default: default_client_id(), stable across restarts
     keepalive: int = Field(30, ge=5, le=3600)
     username: str | None = None
     password: str | None = Field(None, repr=False)   # or password_file = "..." (docs/agent.md)
@@ -34,8 +77,13 @@ class MqttSection(SinkSettings):
     outbox: str = "outbox.db"         # in agent.state_dir
     outbox_max: int = Field(100_000, ge=10)
     profile: Literal["json", "sparkplug-b", "both"] = "json"   # docs/mqtt.md
-    group_id: str = Field("harken", min_length=1, pattern=r"^[^/+#]+$")   # Sparkplug group
-    edge_node_id: str | None = Field(None, min_length=1, pattern=r"^[^/+#]+$")  # agent.node
+    group_id: PlainId = Field("harken", min_length=1, pattern=r"^[^/+#]+$")   # Sparkplug
+    edge_node_id: PlainId | None = Field(None, min_length=1, pattern=r"^[^/+#]+$")
+    # MQTT 5 where the broker speaks it (a refused publish says so); "auto" falls back to
+    # 3.1.1 by itself when the broker refuses 5 (docs/mqtt.md "Protocol")
+    protocol: Annotated[Literal["auto", "5", "3.1.1"], BeforeValidator(_protocol)] = "auto"
+    # a window of messages with no PUBACK for this long is a dead connection
+    ack_timeout_s: float = Field(30.0, ge=1, le=3600)
     homeassistant: bool = False       # publish Home Assistant device discovery
     discovery_prefix: str = Field("homeassistant", min_length=1,
                                   pattern=r"^[A-Za-z0-9_./-]+$")

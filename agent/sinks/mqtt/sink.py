@@ -26,6 +26,7 @@ from harken.agent.sinks.base import register
 from harken.agent.sinks.mqtt.homeassistant import discovery_payload, discovery_topic
 from harken.agent.sinks.mqtt.outbox import Message, Outbox
 from harken.agent.sinks.mqtt.publisher import Encoder, NetworkSink, Publisher
+from harken.agent.sinks.mqtt.settings import default_client_id
 from harken.agent.sinks.mqtt.topics import MACHINE_KINDS, Topics, ha_status_topic
 
 _log = logging.getLogger(__name__)
@@ -72,10 +73,12 @@ class MqttSink(Encoder, NetworkSink):
         self.ha_status_topic = ha_status_topic(settings.discovery_prefix)
         self.interval_s = interval_s           # the report interval (score expiry)
         self._anomaly: bool | None = None
-        # one agent = one (node, machine): two agents of one device never share a client id
+        # node, machine, host and state folder: two agents never share a client id by
+        # default, and one keeps its id across restarts (docs/mqtt.md "Client ids")
+        client_id = settings.client_id or default_client_id("", (node, machine),
+                                                            outbox_path.parent)
         try:
-            self.publisher = Publisher(settings, settings.client_id or f"harken-{node}-{machine}",
-                                       self, self.log)
+            self.publisher = Publisher(settings, client_id, self, self.log)
         except BaseException:
             self.outbox.close()
             raise
@@ -88,7 +91,8 @@ class MqttSink(Encoder, NetworkSink):
 
     # -- what each connection says (the publisher's hooks) ----------------------------------
     def connection_made(self) -> None:
-        self.log(f"connected to {self.s.host}:{self.s.port}")
+        if self.publisher.steady:          # not at every try against a broker that closes
+            self.log(f"connected to {self.s.host}:{self.s.port}")
         self.publisher.publish(self.status_topic, "online", qos=1, retain=True)
         if self.s.homeassistant:
             self._announce()
@@ -144,13 +148,17 @@ class MqttSink(Encoder, NetworkSink):
 
     def health(self) -> dict:
         """Outbox, connection and publish-latency figures for the stats record (latency
-        percentiles over the scores acknowledged since the last record; None if none)."""
+        percentiles over the scores acknowledged since the last record; None if none),
+        and what the broker refused (the refused store and its newest reason)."""
         latency = self.publisher.take_latency_ms(self.lane)
         q = (np.percentile(latency, [50, 99]).round(1).tolist() if latency
              else [None, None])
         return {"outbox_depth": self.outbox.depth, "outbox_evicted": self.outbox.evicted,
                 "outbox_disk_full": self.outbox.disk_full,
-                "mqtt_connected": self.publisher.connected, "published": len(latency),
+                "refused": self.outbox.refused_count, "refused_reason": self.outbox.last_refusal,
+                "mqtt_connected": self.publisher.connected, "mqtt_protocol":
+                    self.publisher.protocol, "ack_timeouts": self.publisher.ack_timeouts,
+                "published": len(latency),
                 "publish_ms_median": q[0], "publish_ms_p99": q[1]}
 
     @property

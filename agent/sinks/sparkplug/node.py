@@ -29,6 +29,7 @@ from pathlib import Path
 
 from harken.agent.sinks.mqtt.outbox import Message, Outbox
 from harken.agent.sinks.mqtt.publisher import Encoder, Lane, Publisher
+from harken.agent.sinks.mqtt.settings import default_client_id
 from harken.common.atomic import write_atomic
 from harken.agent.sinks.sparkplug.payload import DataType, Payload, add_metric, decode, \
     metric_value, topic
@@ -76,8 +77,9 @@ class EdgeNode(Encoder):
         self.devices: dict[str, Device] = {}
         self._seq = 0
         self._need_birth = False
+        # the edge node's id, host and state folder (docs/mqtt.md "Client ids")
         client_id = f"{settings.client_id}-spb" if settings.client_id else \
-            f"harken-spb-{group}-{edge_node}"
+            default_client_id("spb", (group, edge_node), state_dir)
         self.publisher = Publisher(settings, client_id, self, self.log, thread_name="sparkplug")
         # seq, births and the device table are kept under the publisher's lock, which its
         # sender holds while it publishes: a DDATA's seq is taken in order with the births'
@@ -111,8 +113,9 @@ class EdgeNode(Encoder):
 
     # -- the connection (the publisher's hooks, paho's thread) ------------------------------
     def connection_made(self) -> None:
-        self.log(f"edge node {self.group}/{self.edge_node} connected to {self.s.host}:"
-                 f"{self.s.port} (bdSeq {self.bdseq})")
+        if self.publisher.steady:          # not at every try against a broker that closes
+            self.log(f"edge node {self.group}/{self.edge_node} connected to {self.s.host}:"
+                     f"{self.s.port} (bdSeq {self.bdseq})")
         self.publisher.subscribe(topic(self.group, "NCMD", self.edge_node), qos=0)
         with self._lock:
             self._need_birth = True

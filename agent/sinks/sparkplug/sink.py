@@ -69,7 +69,10 @@ class SparkplugSink(NetworkSink):
 
     def health(self) -> dict:
         return {"sparkplug_outbox_depth": self.outbox.depth,
-                "sparkplug_connected": self.node.connected}
+                "sparkplug_refused": self.outbox.refused_count,
+                "sparkplug_refused_reason": self.outbox.last_refusal,
+                "sparkplug_connected": self.node.connected,
+                "sparkplug_ack_timeouts": self.node.publisher.ack_timeouts}
 
     @property
     def seq_start(self) -> int:

@@ -1,0 +1,425 @@
+"""Delivery you can believe (docs/mqtt.md "Protocol", "Refused messages", "Client ids";
+docs/reliability.md "Delivery over MQTT"): the durable publisher against a real Mosquitto
+with an ACL file and size limits, a relay that drops PUBACKs, freezes lines or closes them
+after the CONNACK, and a broker that speaks only MQTT 3.1.1 (nats-server). The brokers are
+shared by the module; each test has its own client ids and topics."""
+
+import json
+import time
+from types import SimpleNamespace
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from harken.agent.config import ConfigError, MqttSection, load_config
+from harken.agent.sinks.mqtt.outbox import Outbox
+from harken.agent.sinks.mqtt.publisher import Encoder, Publisher, packet_size
+from harken.agent.sinks.mqtt.settings import default_client_id
+from harken.agent.sinks.mqtt.sink import MqttSink
+from harken.testkit.files import write_agent_config
+from harken.testkit.mosquitto import PASSWORD, USER, Broker, Listener
+from harken.testkit.nats import NatsBroker
+from harken.testkit.relay import Relay
+from tests.helpers import wait_for
+
+SIZE_LIMIT = 2000          # message_size_limit: a bigger payload is dropped by the broker
+PACKET_MAX = 4000          # max_packet_size: a bigger packet closes the connection
+ACL = ("user harken\ntopic readwrite ok/#\ntopic read denied/#\n"
+       "topic readwrite harken/n1/fan/#\ntopic read harken/n1/denied/#\n"
+       "topic read spBv1.0/denied/#\n")
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory):
+    """Mosquitto with an ACL (``denied/#`` and machine ``denied`` read-only) and both size
+    limits, shared by the tests of this module."""
+    b = Broker(tmp_path_factory.mktemp("strict"), acl=ACL,
+               extra=f"message_size_limit {SIZE_LIMIT}\nmax_packet_size {PACKET_MAX}\n")
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def nats(tmp_path_factory):
+    b = NatsBroker(tmp_path_factory.mktemp("nats")).start()
+    yield b
+    b.stop()
+
+
+class Recorder(Encoder):
+    def __init__(self) -> None:
+        self.connections: list[float] = []       # time.monotonic() of each connection
+        self.lost = 0
+
+    def connection_made(self) -> None:
+        self.connections.append(time.monotonic())
+
+    def connection_lost(self) -> None:
+        self.lost += 1
+
+
+def _settings(port: int, **kw) -> SimpleNamespace:
+    return SimpleNamespace(**{"host": "127.0.0.1", "port": port, "keepalive": 60,
+                              "username": USER, "resolved_password": lambda: PASSWORD,
+                              "tls": False, "outbox_max": 1000, "protocol": "auto",
+                              "ack_timeout_s": 30.0, **kw})
+
+
+class _Run:
+    """A publisher with one lane on ``tmp_path``'s outbox, its encoder and its log."""
+
+    def __init__(self, port, tmp_path, client_id, encode=None, **kw) -> None:
+        self.enc, self.logs = Recorder(), []
+        self.pub = Publisher(_settings(port, **kw), client_id, self.enc, self.logs.append)
+        self.box = Outbox(tmp_path / f"{client_id}.db")      # its folder made if needed
+        self.lane = self.pub.add_lane(self.box, encode or (lambda m, live: m.payload))
+        self.pub.start()
+
+    def put(self, topic, payload, **kw):
+        return self.pub.put(self.lane, topic, payload, **kw)
+
+    def said(self, text) -> list[str]:
+        return [m for m in self.logs if text in m]
+
+    def close(self):
+        self.pub.close()
+
+
+def _got(listener, prefix):
+    return [(t, p) for t, p, _ in listener.messages if t.startswith(prefix)]
+
+
+def test_a_refused_publish_is_kept_apart_logged_once_and_blocks_nothing(strict, tmp_path):
+    """MQTT 5: the ACL's refusal comes back in the PUBACK ("Not authorized"); under 3.1.1
+    Mosquitto acknowledged it like a delivered one and the row was deleted."""
+    listen = Listener(strict.port, topic="ok/acl/#", client_id="acl-listener")
+    run = _Run(strict.port, tmp_path, "acl-publisher")
+    try:
+        wait_for("connected", lambda: run.pub.connected, 30)
+        for i in range(6):
+            run.put("ok/acl/x" if i % 2 == 0 else "denied/acl", f"row{i}".encode(), seq=i + 1)
+        wait_for("every row settled", lambda: run.box.depth == 0, 30)
+        listen.wait(lambda lt: len(_got(lt, "ok/acl")) == 3)
+        assert [p for _, p in _got(listen, "ok/acl")] == ["row0", "row2", "row4"]   # in order
+        refused = run.box.refused()
+        assert [r.payload for r in refused] == [b"row1", b"row3", b"row5"]
+        assert {r.reason for r in refused} == {"Not authorized (0x87)"}
+        assert len(run.said("Not authorized")) == 1 and run.pub.protocol == "5"
+        # sent again on request: refused again, nothing lost, nothing looping
+        assert run.box.resend() == 3 and run.box.refused_count == 0
+        wait_for("the resent rows refused again",
+                 lambda: run.box.refused_count == 3 and run.box.depth == 0, 30)
+        assert len(run.said("Not authorized")) == 1
+    finally:
+        run.close()
+        listen.close()
+
+
+def test_a_message_over_the_brokers_maximum_packet_size_is_refused_unsent(strict, tmp_path):
+    """The CONNACK's Maximum Packet Size is honoured: no send, no disconnect, the next row
+    goes; before, Mosquitto closed the connection at every try of the same first row."""
+    listen = Listener(strict.port, topic="ok/big/#", client_id="big-listener")
+    run = _Run(strict.port, tmp_path, "big-publisher")
+    try:
+        wait_for("connected", lambda: run.pub.connected, 30)
+        run.put("ok/big/a", b"x" * (PACKET_MAX + 10), seq=1)
+        run.put("ok/big/b", b"after", seq=2)
+        listen.wait(lambda lt: ("ok/big/b", "after") in _got(lt, "ok/big"))
+        wait_for("settled", lambda: run.box.depth == 0, 30)
+        [r] = run.box.refused()
+        size = packet_size("ok/big/a", b"x" * (PACKET_MAX + 10), 1, True)
+        assert r.reason == f"too large for the broker ({size} > {PACKET_MAX} bytes)"
+        assert len(run.enc.connections) == 1 and run.enc.lost == 0
+        assert len(run.said("too large for the broker")) == 1
+    finally:
+        run.close()
+        listen.close()
+
+
+@pytest.mark.parametrize("protocol,size", [("3.1.1", PACKET_MAX + 10), ("5", SIZE_LIMIT + 10)])
+def test_a_message_the_broker_closes_the_connection_on_is_refused_after_three_tries(
+        strict, tmp_path, protocol, size):
+    """3.1.1 over max_packet_size, and MQTT 5 over Mosquitto's message_size_limit (it
+    answers with a PUBACK reason, 0x95, that MQTT 5 does not allow there, and paho drops
+    the connection): the same row was retried forever, 39 log lines in 20 s. Now the row
+    in flight at three closes in a row is refused, naming size, and the next one goes."""
+    listen = Listener(strict.port, topic="ok/close/#", client_id=f"close-listener-{protocol}")
+    run = _Run(strict.port, tmp_path, f"close-publisher-{protocol}", protocol=protocol)
+    try:
+        wait_for("connected", lambda: run.pub.connected, 30)
+        run.put("ok/close/a", b"x" * size, seq=1)
+        run.put("ok/close/b", b"after", seq=2)
+        listen.wait(lambda lt: ("ok/close/b", "after") in _got(lt, "ok/close"), 40)
+        wait_for("settled", lambda: run.box.depth == 0, 30)
+        [r] = run.box.refused()
+        assert "closed the connection each time it was sent (3 times)" in r.reason
+        sent = packet_size("ok/close/a", b"x" * size, 1, protocol == "5")
+        assert f"most likely too large for the broker ({sent} bytes" in r.reason
+        assert len(run.enc.connections) == 4          # three tries, then the next row goes
+        assert len(run.said("closed the connection each time")) == 1
+        assert len(run.said("disconnected from")) == 1                 # said once
+    finally:
+        run.close()
+        listen.close()
+
+
+def test_a_network_that_drops_pubacks_is_a_dead_connection(strict, tmp_path):
+    """No PUBACK for mqtt.ack_timeout_s with rows in flight: disconnect, one log line,
+    reconnect, replay; before, the stats said connected while nothing more arrived."""
+    relay = Relay(strict.port)
+    listen = Listener(strict.port, topic="ok/acks/#", client_id="acks-listener")
+    run = _Run(relay.port, tmp_path, "acks-publisher", ack_timeout_s=1)
+    try:
+        wait_for("connected", lambda: run.pub.connected, 30)
+        relay.drop_pubacks = True
+        for i in range(3):
+            run.put("ok/acks/x", f"row{i}".encode(), seq=i + 1)
+        wait_for("two dead connections found", lambda: run.pub.ack_timeouts >= 2, 30)
+        assert run.enc.lost >= 2 and run.box.depth == 3
+        assert len(run.said("no acknowledgement from")) == 1            # once, not each time
+        relay.drop_pubacks = False
+        wait_for("the rows acknowledged", lambda: run.box.depth == 0, 30)
+        assert run.pub.connected and len(run.said("arrive again")) == 1
+        listen.wait(lambda lt: {p for _, p in _got(lt, "ok/acks")} == {"row0", "row1", "row2"})
+    finally:
+        run.close()
+        relay.close()
+        listen.close()
+
+
+def test_a_half_open_line_is_found_by_the_ack_timeout_and_the_rows_replayed(strict, tmp_path):
+    """The relay stops forwarding both ways without closing (no FIN): keepalive would find
+    it after 1.5 x 60 s; the ack timeout finds it after 1 s, and the rows go out on a new
+    line as history."""
+    relay = Relay(strict.port)
+    listen = Listener(strict.port, topic="ok/frozen/#", client_id="frozen-listener")
+    run = _Run(relay.port, tmp_path, "frozen-publisher", ack_timeout_s=1,
+               encode=lambda m, live: (b"live:" if live else b"history:") + m.payload)
+    try:
+        wait_for("connected", lambda: run.pub.connected, 30)
+        relay.freeze()
+        for i in range(3):
+            run.put("ok/frozen/x", f"row{i}".encode(), seq=i + 1)
+        wait_for("the rows acknowledged on a new line", lambda: run.box.depth == 0, 30)
+        assert len(run.enc.connections) == 2 and run.pub.ack_timeouts == 1
+        listen.wait(lambda lt: len(_got(lt, "ok/frozen")) == 3)
+        assert [p for _, p in _got(listen, "ok/frozen")] == [f"history:row{i}" for i in range(3)]
+    finally:
+        run.close()
+        relay.close()
+        listen.close()
+
+
+def test_an_mqtt_311_broker_is_used_after_one_line_saying_refusals_cannot_be_seen(nats,
+                                                                                   tmp_path):
+    """nats-server refuses a version-5 CONNECT: the agent goes on in 3.1.1 by itself,
+    says so once, and delivers; with mqtt.protocol = "5" it says what to set instead."""
+    got = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="nats-sub",
+                      protocol=mqtt.MQTTv311)
+    subscribed = []
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("fb/#", qos=1)
+    sub.on_subscribe = lambda c, u, mid, codes, p: subscribed.append(codes)
+    sub.on_message = lambda c, u, m: got.append(m.payload.decode())
+    sub.connect("127.0.0.1", nats.port)
+    sub.loop_start()
+    run = _Run(nats.port, tmp_path, "nats-publisher", username=None)
+    strict5 = _Run(nats.port, tmp_path, "nats-strict", username=None, protocol="5")
+    try:
+        wait_for("subscribed", lambda: subscribed, 30)
+        for i in range(3):
+            run.put("fb/x", f"row{i}".encode(), seq=i + 1)
+        wait_for("delivered", lambda: run.box.depth == 0, 30)
+        wait_for("received", lambda: got == ["row0", "row1", "row2"], 30)
+        assert run.pub.protocol == "3.1.1"
+        assert len(run.said("does not speak MQTT 5")) == 1
+        assert "refused message cannot be seen" in run.said("does not speak MQTT 5")[0]
+        wait_for("the refusal said", lambda: strict5.said("set mqtt.protocol"), 30)
+        assert not strict5.pub.connected and strict5.pub.protocol == "5"
+    finally:
+        run.close()
+        strict5.close()
+        sub.loop_stop()
+        sub.disconnect()
+
+
+def test_two_clients_with_one_id_back_off_and_are_told_why(strict, tmp_path):
+    """A copied SD-card image: one client id twice. Before, 40 takeovers in 40 s, each side
+    logging "Unspecified error"; now each side waits longer every time, and a row of
+    connections that do not last is named as a likely takeover (Mosquitto 2.0 closes a
+    taken-over connection without saying why; a broker that says "Session taken over" is
+    the test below)."""
+    a, b = _Run(strict.port, tmp_path / "a", "same-id"), None
+    try:
+        wait_for("the first connected", lambda: a.pub.connected, 30)
+        b = _Run(strict.port, tmp_path / "b", "same-id")
+        said = lambda: a.said("another client may use client id same-id") + \
+            b.said("another client may use client id same-id")   # noqa: E731
+        wait_for("a takeover named", said, 30)
+        assert "a copied SD card image or a second agent?" in said()[0]
+        for run in (a, b):
+            assert len(run.said("another client")) <= 1 and len(run.said("disconnected")) <= 1
+        # the side that said it has waited longer each time (before: every second)
+        run = a if a.said("another client") else b
+        gaps = [y - x for x, y in zip(run.enc.connections, run.enc.connections[1:])]
+        assert gaps[-1] >= 1.8, gaps
+    finally:
+        a.close()
+        if b is not None:
+            b.close()
+
+
+@pytest.mark.parametrize("reason", [None, 0x8E])
+def test_a_broker_that_closes_right_after_the_connack_is_retried_with_back_off(strict,
+                                                                                 tmp_path, reason):
+    """Closed at once, silently or with MQTT 5's "Session taken over": the wait doubles
+    (before: a new try every second); the takeover is named."""
+    relay = Relay(strict.port)
+    relay.close_after_connack, relay.disconnect_reason = True, reason
+    run = _Run(relay.port, tmp_path, f"slam-publisher-{reason}")
+    try:
+        wait_for("three tries", lambda: len(run.enc.connections) >= 3, 30)
+        gaps = [b - a for a, b in zip(run.enc.connections, run.enc.connections[1:])]
+        assert gaps[1] >= 1.8, gaps           # 1 s, then 2 s (before: 1 s each time)
+        if reason is None:
+            assert len(run.said("disconnected from")) == 1
+        else:
+            [said] = run.said("another client uses client id slam-publisher-142: a copied "
+                              "SD card image or a second agent?")
+            assert "Session taken over" in said and not run.said("disconnected from")
+            return
+        relay.close_after_connack = False
+        run.put("ok/slam", b"x", seq=1)
+        wait_for("delivered once the broker behaves", lambda: run.box.depth == 0, 30)
+    finally:
+        run.close()
+        relay.close()
+
+
+def test_duplicate_pubacks_settle_each_row_once(strict, tmp_path):
+    relay = Relay(strict.port)
+    relay.duplicate_pubacks = True
+    listen = Listener(strict.port, topic="ok/dup/#", client_id="dup-listener")
+    run = _Run(relay.port, tmp_path, "dup-publisher")
+    try:
+        wait_for("connected", lambda: run.pub.connected, 30)
+        for i in range(80):
+            run.put("ok/dup/x", f"{i}".encode(), seq=i + 1)
+        wait_for("delivered", lambda: run.box.depth == 0, 30)
+        listen.wait(lambda lt: len(_got(lt, "ok/dup")) == 80)
+        assert [p for _, p in _got(listen, "ok/dup")] == [str(i) for i in range(80)]
+        assert run.box.refused_count == 0 and len(run.enc.connections) == 1
+    finally:
+        run.close()
+        relay.close()
+        listen.close()
+
+
+def test_a_plain_client_on_a_tls_port_gets_a_hint(tls_broker, tmp_path):
+    run = _Run(tls_broker.tls_port, tmp_path, "plain-on-tls")
+    try:
+        wait_for("the hint", lambda: run.said("is this a TLS port? set mqtt.tls = true"), 30)
+        assert not run.said("disconnected from")
+    finally:
+        run.close()
+
+
+def test_the_sink_counts_refusals_in_its_stats_and_a_refused_status_is_said_once(strict,
+                                                                                  tmp_path):
+    """A machine whose topics the ACL makes read-only: its retained state and scores go to
+    the refused store (counted in the stats with the reason), its retained status (not
+    kept: live information) is logged once."""
+    logs = []
+    settings = MqttSection(enabled=True, host="127.0.0.1", port=strict.port, username=USER,
+                           password=PASSWORD)
+    sink = MqttSink(settings, "n1", "denied", tmp_path / "state" / "outbox.db", log=logs.append)
+    try:
+        wait_for("connected", lambda: sink.publisher.connected, 30)
+        sink.publisher.put(sink.lane, sink.topics["anomaly"], b'{"state": "ON"}', retain=True,
+                           kind="state")
+        sink.publisher.put(sink.lane, sink.topics["score"], b'{"seq": 1}', seq=1)
+        wait_for("refused", lambda: sink.outbox.refused_count == 2, 30)
+        health = sink.health()
+        assert health["refused"] == 2 and health["refused_reason"] == "Not authorized (0x87)"
+        assert health["outbox_depth"] == 0 and health["mqtt_protocol"] == "5"
+        assert [m for m in logs if "harken/n1/denied/status" in m and "not kept" in m]
+        assert len([m for m in logs if "Not authorized" in m]) == 2   # status, the rows
+    finally:
+        sink.close(flush_s=0)
+
+
+def test_default_client_ids_are_stable_and_differ_between_machines_and_state_folders(tmp_path):
+    """Two agents of one node on one host with their own state folders, or two machines:
+    never the same id (before: harken-<node>-<machine> for both); the same agent started
+    again: the same id."""
+    one = default_client_id("", ("n1", "fan"), tmp_path / "a")
+    assert one == default_client_id("", ("n1", "fan"), tmp_path / "a")
+    assert one != default_client_id("", ("n1", "fan"), tmp_path / "b")
+    assert one != default_client_id("", ("n1", "pump"), tmp_path / "a")
+    assert one.startswith("harken-n1-fan-") and len(one) == len("harken-n1-fan-") + 8
+    long = default_client_id("spb", ("g" * 128, "e" * 128), tmp_path)
+    assert len(long) <= 128
+
+
+@pytest.mark.parametrize("key,value,says", [
+    ("client_id", "x" * 70_000, "at most 128 characters"),
+    ("client_id", "agent\x00one", "no control characters"),
+    ("group_id", "plant\nline", "no control characters"),
+    ("edge_node_id", "node\x1b[2J", "no control characters"),
+    ("protocol", "4", "'auto', '5' or '3.1.1'"),
+])
+def test_ids_are_bounded_and_free_of_control_characters(tmp_path, key, value, says):
+    cfg = write_agent_config(tmp_path / "a.toml", agent={"node": "n1"},
+                             model={"bundle": "b"}, mqtt={key: value})
+    with pytest.raises(ConfigError, match=f"key 'mqtt.{key}'") as err:
+        load_config(cfg)
+    assert says in str(err.value)
+    ok = write_agent_config(tmp_path / "b.toml", agent={"node": "n1"}, model={"bundle": "b"},
+                            mqtt={"protocol": 5, "client_id": "plant-1"})
+    assert load_config(ok).mqtt.protocol == "5"
+
+
+def test_the_outbox_command_lists_and_resends_refused_messages(tmp_path, capsys):
+    from harken.agent.cli import main
+    cfg = write_agent_config(tmp_path / "a.toml", agent={"node": "n1", "state_dir": "state"},
+                             model={"bundle": "b"}, mqtt={"enabled": True})
+    assert main(["outbox", "--config", str(cfg), "--list"]) == 2       # no outbox yet
+    assert "no outbox yet" in capsys.readouterr().err
+    box = Outbox(tmp_path / "state" / "outbox.db")
+    rows = [box.put("harken/n1/machine/score", f"{i}".encode(), seq=i + 1) for i in range(3)]
+    box.refuse(rows[1], "Not authorized (0x87)")
+    box.close()
+    assert main(["outbox", "--config", str(cfg), "--list"]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["reason"] == "Not authorized (0x87)"
+    assert main(["outbox", "--config", str(cfg), "--resend"]) == 0
+    assert "1 refused message(s) back in the outbox" in capsys.readouterr().out
+    box = Outbox(tmp_path / "state" / "outbox.db")
+    assert [m.payload for m in box.pending()] == [b"0", b"2", b"1"] and not box.refused()
+    box.close()
+
+
+def test_sparkplug_data_the_broker_refuses_is_kept_apart_and_counted(strict, tmp_path):
+    """A Sparkplug group the ACL makes read-only: each DDATA (QoS 1) is refused and kept
+    in the device's refused store, counted in its stats; the births (QoS 0, as the
+    specification asks) get no answer, so their refusal cannot be seen."""
+    from harken.agent.sinks.sparkplug.node import EdgeNode
+    logs = []
+    settings = MqttSection(enabled=True, host="127.0.0.1", port=strict.port, username=USER,
+                           password=PASSWORD)
+    node = EdgeNode(settings, "denied", "edge", tmp_path, "0.0", log=logs.append)
+    box = Outbox(tmp_path / "sparkplug-fan.db")
+    device = node.add_device("fan", box, {"model": "m", "backend": "b", "section": 0,
+                                          "interval_s": 2.0})
+    try:
+        for seq in (1, 2):
+            node.data(device, {"ts": time.time(), "seq": seq, "score": 1.0, "threshold": 2.0,
+                               "anomaly": False, "status": "ok", "rms_dbfs": -20.0,
+                               "inference_ms": 1.0})
+        wait_for("both refused", lambda: box.refused_count == 2 and box.depth == 0, 30)
+        assert {r.reason for r in box.refused()} == {"Not authorized (0x87)"}
+        assert len([m for m in logs if "spBv1.0/denied/DDATA/edge/fan" in m]) == 1
+    finally:
+        node.remove_device(device, 0)
+        node.close()
