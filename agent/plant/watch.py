@@ -37,6 +37,7 @@ from harken.agent.sinks.mqtt.topics import subscription
 SESSION_EXPIRY_S = 7 * 86400        # MQTT 5: how long the broker keeps an absent watcher's queue
 MAX_PACKET = MAX_PAYLOAD + 70_000   # MQTT 5: the broker does not send larger (topic up to 64 kB)
 TAKEN_OVER = 142                    # MQTT 5 DISCONNECT reason "Session taken over"
+SHORT_S = 5.0                       # a connection closed sooner than this, twice: a takeover
 
 
 def watch_url(text: str) -> BrokerUrl:
@@ -122,6 +123,8 @@ class Connection:
         self._answer: dict = {}
         self._done = threading.Event()
         self._first = True
+        self._connected_at = time.monotonic()
+        self._short = 0                               # connections closed soon after made
         self.client = None
 
     # -- the callbacks: each guarded, an exception would end paho's network thread ---------
@@ -146,6 +149,7 @@ class Connection:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         self._answer["rc"] = reason_code
         if not reason_code.is_failure:
+            self._connected_at = time.monotonic()
             if self.disconnected:
                 self._say(f"connected again to {self.url.host}:{self.url.port}", "green")
                 with self.lock:
@@ -173,13 +177,22 @@ class Connection:
         if self.closing:
             return
         when = dt.datetime.now().strftime("%H:%M:%S")
-        if getattr(reason_code, "value", None) == TAKEN_OVER:
-            client.reconnect_delay_set(30, 120)   # back off: no fight over the session
+        lived = time.monotonic() - self._connected_at
+        self._short = self._short + 1 if lived < SHORT_S else 0
+        if getattr(reason_code, "value", None) == TAKEN_OVER or self._short >= 2:
+            # MQTT 5 says "Session taken over" (where the broker sends it; Mosquitto 2.0.11
+            # just closes the socket): connections closed within seconds, twice running, are
+            # another client of this id connecting. Back off: no fight over the session.
+            client.reconnect_delay_set(30, 120)
             self.disconnected = "taken over"
-            self._say(f"{when} another client with id {self.client_id} took this watcher's "
-                      "session over (give each watcher its own --name); retrying in 30 s",
+            how = "with reason Session taken over" if self._short < 2 else \
+                "twice within seconds of making it"
+            self._say(f"{when} the broker closed the connection {how}:"
+                      f" another client with id {self.client_id} is probably using this watcher's "
+                      "session (give each watcher its own --name); retrying every 30 s or more",
                       "bold red")
         else:
+            client.reconnect_delay_set(1, 30)
             self.disconnected = str(reason_code)
             self._say(f"{when} disconnected from {self.url.host}:{self.url.port} "
                       f"({reason_code}); reconnecting", "bold red")
