@@ -10,9 +10,22 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any, Mapping, Protocol
 
-from harken.agent.plant.fleet import Fleet, Row
 from harken.agent.plant.text import safe, visible
+
+
+class Shown(Protocol):
+    """What the table reads of a fleet (agent/plant/fleet.py ``Fleet``, which renders
+    itself through this module: a Protocol, so that this module need not import it)."""
+    prefix: str
+    agents: Mapping[tuple[str, str], Any]
+    malformed: int
+    forgotten: int
+    pruned: int
+    stale_deaths: int
+    max_agents: int
+    forget_after_s: float
 
 COLUMNS = ("node", "machine", "score", "threshold", "anomaly", "audio", "status", "seq",
            "last seen")
@@ -35,19 +48,19 @@ def _age(now: float, then: float) -> str:
     return f"{age / 86400:.0f} d ago"
 
 
-def _rank(fleet: Fleet, row: Row) -> tuple:
+def _rank(row) -> tuple:
     audio = "lost" if row.lost else row.audio
     trouble = row.status not in (None, "online") or audio not in ("ok", "-")
     return (row.anomaly != "ON", not trouble, row.node, row.machine)
 
 
-def table(fleet: Fleet, now: float | None = None, max_rows: int | None = None, banner=None):
+def table(fleet: Shown, now: float | None = None, max_rows: int | None = None, banner=None):
     """The fleet's table: at most ``max_rows`` rows (all when None), ``banner`` (lines
     about the connection) under the title."""
     from rich.table import Table
     from rich.text import Text
     now = time.time() if now is None else now
-    rows = sorted(fleet.agents.values(), key=lambda r: _rank(fleet, r))
+    rows = sorted(fleet.agents.values(), key=_rank)
     shown = rows if max_rows is None else rows[:max(max_rows, 0)]
     title = Text(f"harken fleet under '{safe(fleet.prefix)}/'")
     for line, style in banner or ():
