@@ -257,6 +257,9 @@ class Connection:
                 self._stop(c)
                 raise BrokerError(f"broker {self.url.host}:{self.url.port} closed the MQTT "
                                   "connection without an answer")
+            if not rc.is_failure:
+                self.report(f"broker {self.url.host}:{self.url.port} speaks MQTT 3.1.1 only: "
+                            "a takeover or refusal comes without its reason")
         if rc.is_failure:
             self._stop(c)
             raise BrokerError(refusal(self.url.host, self.url.port, rc,

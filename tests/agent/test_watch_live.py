@@ -11,6 +11,8 @@ import json
 import os
 import pty
 import re
+import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -21,7 +23,7 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from harken.testkit.mosquitto import PASSWORD, USER, Broker
+from harken.testkit.mosquitto import PASSWORD, USER, Broker, free_port
 
 CLI = [sys.executable, "-m", "harken.agent.cli", "watch"]
 SCORE = {"ts": 0.0, "seq": 1, "score": 1.5, "threshold": 2.0, "anomaly": False}
@@ -60,9 +62,10 @@ class Publisher:
 class Watcher:
     """`harken watch` as a child process, its output lines collected as they come."""
 
-    def __init__(self, port: int, *args: str, stdout=subprocess.PIPE) -> None:
-        self.proc = subprocess.Popen([*CLI, "--broker", f"mqtt://{USER}:{PASSWORD}@127.0.0.1:"
-                                      f"{port}", *args], stdout=stdout,
+    def __init__(self, port: int, *args: str, stdout=subprocess.PIPE,
+                 user: str = f"{USER}:{PASSWORD}@") -> None:
+        self.proc = subprocess.Popen([*CLI, "--broker", f"mqtt://{user}127.0.0.1:{port}",
+                                      *args], stdout=stdout,
                                      stderr=subprocess.PIPE, text=True)
         self.out: list[str] = []
         self.err: list[str] = []
@@ -344,3 +347,44 @@ def test_a_reader_that_goes_away_ends_the_watch(shared_broker):
     rc = w.wait(30)
     assert time.monotonic() - start < 20
     assert rc == 0 and b"Traceback" not in w.stderr.read()
+
+
+@pytest.mark.skipif(shutil.which("nats-server") is None, reason="nats-server (a broker of MQTT "
+                    "3.1.1 only) is not installed")
+def test_a_broker_of_mqtt_3_1_1_only_is_watched_with_3_1_1(tmp_path):
+    """nats-server refuses MQTT 5: watch says so once and watches with 3.1.1 (nats refuses
+    the Sparkplug subscription too: '.' is no topic character there, and watch says that)."""
+    port, client_port = free_port(), free_port()
+    (tmp_path / "nats.conf").write_text(
+        f'server_name: w\nlisten: 127.0.0.1:{client_port}\njetstream {{ store_dir: '
+        f'"{tmp_path / "js"}" }}\nmqtt {{ listen: 127.0.0.1:{port} }}\n')
+    nats = subprocess.Popen(["nats-server", "-c", str(tmp_path / "nats.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        w = Watcher(port, "--json", "--for", "6", "--client-id", "nats-watch", user="")
+        # one SUBSCRIBE holds both topics: its SUBACK (the refusal) means harken/# is on
+        w.wait(w.stderr_has("refused the subscription to spBv1.0"), timeout=20)
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="nats-pub")
+        pub.connect("127.0.0.1", port)
+        pub.loop_start()
+        pub.publish("harken/n1/fan/score", json.dumps(SCORE), qos=1).wait_for_publish(10)
+        pub.disconnect()
+        pub.loop_stop()
+        assert w.finish() == 0, w.err
+    finally:
+        nats.terminate()
+        nats.wait(10)
+    assert any("speaks MQTT 3.1.1 only" in line for line in w.err), w.err
+    assert [r["payload"]["seq"] for r in w.records()] == [1]
+
+
+def wait_for_port(port: int, timeout: float = 20) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on {port}")
