@@ -212,14 +212,17 @@ class Fleet:
                 "profile": "sparkplug-b"}
 
     def update(self, record: dict | None, now: float | None = None) -> bool:
-        """Apply one parsed record; False when it was unusable (counted) or stale."""
+        """Apply one parsed record; False when it was unusable (counted). A stale Sparkplug
+        death is marked ``"stale": true`` and changes nothing."""
         if record is None:
             return False
         now = time.time() if now is None else now
         node, machine, kind, body = record["node"], record["machine"], record["kind"], \
             record["payload"]
         if machine == "*":                     # a Sparkplug edge node's birth or death
-            return self._node_status(node, body, record.get("bdSeq"), now)
+            if not self._node_status(node, body, record.get("bdSeq"), now):
+                record["stale"] = True         # shown by --json as such, applied to nothing
+            return True
         if kind == "score":
             try:
                 score = _score(body)

@@ -23,7 +23,10 @@ _HIDDEN_CATEGORIES = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
 def safe(value: object, limit: int = 48) -> str:
     """``value`` as one line of at most ``limit`` visible characters, every control or
     format character replaced by ``?`` (a long text ends in ``…``)."""
-    text = value if isinstance(value, str) else str(value)
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except ValueError:                    # an int of more digits than str() will write
+        text = "?"
     cut = len(text) > limit
     if cut:
         text = text[:max(limit - 1, 0)]

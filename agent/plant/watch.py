@@ -198,7 +198,11 @@ class Connection:
                       f"({reason_code}); reconnecting", "bold red")
 
     def _message(self, client, userdata, msg) -> None:
-        self.on_message(msg.topic, msg.payload, bool(msg.retain))
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:        # a broker that passes a topic that is not UTF-8
+            topic = bytes(msg._topic).decode("utf-8", "replace")
+        self.on_message(topic, msg.payload, bool(msg.retain))
 
     # -- connecting -------------------------------------------------------------------------
     def _client(self, protocol):

@@ -132,7 +132,9 @@ def test_a_stale_ndeath_does_not_mark_a_live_node_offline():
     feed(fleet, "spBv1.0/harken/DBIRTH/n1/fan", spb(("score", DataType.Float, 1.0)))
     feed(fleet, "spBv1.0/harken/NDEATH/n1", spb(("bdSeq", DataType.Int64, 4)))
     assert fleet.status[("n1", "fan")] == "online" and fleet.stale_deaths == 1
-    assert "1 stale Sparkplug death(s) ignored" in rendered(fleet)
+    stale = fleet.handle("spBv1.0/harken/NDEATH/n1", spb(("bdSeq", DataType.Int64, 3)))
+    assert stale["stale"] is True and fleet.status[("n1", "fan")] == "online"  # --json shows it
+    assert "2 stale Sparkplug death(s) ignored" in rendered(fleet)
     feed(fleet, "spBv1.0/harken/NDEATH/n1", spb(("bdSeq", DataType.Int64, 5)))
     assert fleet.status[("n1", "fan")] == "offline"
 
@@ -214,3 +216,16 @@ def test_client_ids_are_stable_per_watcher_and_differ_between_watchers(monkeypat
     monkeypatch.setattr("sys.stderr", io.StringIO())
     cid, persistent = default_client_id(None)
     assert not persistent and cid.endswith(f"-pid{__import__('os').getpid()}")
+
+
+def test_the_connection_state_is_shown_under_the_title():
+    """What watch.py's Connection reports (a disconnect, a refused subscription) is a banner
+    under the title of the live table, made safe like everything else."""
+    fleet = Fleet("harken")
+    feed(fleet, "harken/n1/fan/score", GOOD)
+    text = rendered(fleet, banner=[("10:00:00 disconnected from b:1883 (Unspecified error); "
+                                    "reconnecting", "bold red"),
+                                   ("refused the subscription to spBv1.0/harken/# \x1b[2J",
+                                    "bold yellow")])
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    assert "disconnected from b:1883" in plain and "spBv1.0/harken/# ?[2J" in plain
