@@ -388,3 +388,19 @@ def wait_for_port(port: int, timeout: float = 20) -> None:
         except OSError:
             time.sleep(0.1)
     raise AssertionError(f"nothing listens on {port}")
+
+
+def test_a_named_watcher_finds_its_session_again(shared_broker):
+    """`--name` (or the terminal) makes the default client id: the same watcher started
+    again gets what was published while it was away (MQTT 5 session expiry, 7 days)."""
+    first = Watcher(shared_broker.port, "--prefix", "t9", "--json", "--for", "1", "--name",
+                    "control-room")
+    assert first.finish() == 0, first.err
+    pub = Publisher(shared_broker.port)
+    for i in range(3):
+        pub.send("t9/n1/fan/score", {**SCORE, "seq": i})
+    pub.close()
+    again = Watcher(shared_broker.port, "--prefix", "t9", "--json", "--for", "3", "--name",
+                    "control-room")
+    assert again.finish() == 0, again.err
+    assert [r["payload"]["seq"] for r in again.records()] == [0, 1, 2]
