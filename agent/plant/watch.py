@@ -160,6 +160,9 @@ class Connection:
             if self._first or not flags.session_present:
                 self._subscribe(client)
             self._first = False
+        elif not self._first:             # a reconnect refused (the password changed, ...)
+            self._say(refusal(self.url.host, self.url.port, reason_code,
+                              "check the user name and password") + "; retrying", "bold red")
         self._done.set()
 
     def _subscribe(self, client) -> None:
@@ -174,7 +177,7 @@ class Connection:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._done.set()
-        if self.closing:
+        if self.closing or self._first:   # before the first connection start() reports
             return
         when = dt.datetime.now().strftime("%H:%M:%S")
         lived = time.monotonic() - self._connected_at
