@@ -146,10 +146,10 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     import os
 
-    from harken.agent.sinks.mqtt.broker import BrokerError, parse_broker_url
+    from harken.agent.sinks.mqtt.broker import BrokerError
     from harken.agent.config import resolve_password
-    from harken.agent.plant.watch import watch
-    url = parse_broker_url(args.broker)
+    from harken.agent.plant.watch import watch, watch_url
+    url = watch_url(args.broker)
     # --password-file, else the URL's, else $HARKEN_MQTT_PASSWORD (the config's one way)
     env = "HARKEN_MQTT_PASSWORD" if os.environ.get("HARKEN_MQTT_PASSWORD") else None
     password = resolve_password(None if args.password_file else url.password,
@@ -162,7 +162,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return watch(url, prefix=args.prefix, client_id=args.client_id, as_json=args.json,
                  duration=args.seconds, ca_file=args.ca_file, cert_file=args.cert_file,
                  key_file=args.key_file, insecure=args.tls_insecure,
-                 sparkplug_group=args.sparkplug_group or None)
+                 sparkplug_group=args.sparkplug_group or None, name=args.name,
+                 max_agents=args.max_machines, forget_after_s=args.forget_after * 60)
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -341,8 +342,17 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--key-file", help="its private key")
     w.add_argument("--tls-insecure", action="store_true",
                    help="do not verify the broker's certificate (warned about)")
-    w.add_argument("--client-id", help="persistent session id (default harken-watch-HOSTNAME):"
-                   " messages published while away are delivered on return")
+    w.add_argument("--client-id", help="persistent session id (default harken-watch-USER-HOST-"
+                   "NAME, NAME the --name or the terminal): messages published while away are "
+                   "delivered on return")
+    w.add_argument("--name", help="this watcher's name in its default client id (two watchers "
+                   "on one host need two names; default: the terminal)")
+    w.add_argument("--max-machines", type=int, default=1000,
+                   help="machines kept in the view, least recently heard forgotten first "
+                   "(default 1000)")
+    w.add_argument("--forget-after", type=float, default=1440,
+                   metavar="MINUTES", help="forget a machine not heard from for this long "
+                   "(default 1440 = a day; 0: never)")
     w.add_argument("--sparkplug-group", default="harken",
                    help="also read Sparkplug B agents of this group (mqtt.group_id; default "
                    "harken; '' for none)")

@@ -1,254 +1,375 @@
 """`harken watch`: the plant-side view of every node publishing under a prefix.
 
-It subscribes with a persistent QoS 1 session (a stable client id, clean_session off), so
-scores published while the watcher was away are delivered when it comes back; the broker
-keeps them. A live table (rich) on a terminal, or one JSON line per message for piping.
-Agents publishing Sparkplug B (``mqtt.profile``) are read too, from
-``spBv1.0/<sparkplug group>/#``: each device's DDATA is a score, its births and deaths its
-status.
+It subscribes at QoS 1 with a persistent session, so scores published while the watcher was
+away are delivered when it comes back; the broker keeps them. Its client id (``default_client_id``)
+is stable for one watcher and differs between two watchers on one host, so that neither
+takes the other's session over. MQTT 5 where the broker speaks it (the session's expiry,
+a largest message, the reasons of a refused subscription or a disconnect), else 3.1.1.
+A live table (rich; agent/plant/view.py) on a terminal, or one JSON line per message for
+piping. Agents publishing Sparkplug B (``mqtt.profile``) are read too, from
+``spBv1.0/<sparkplug group>/#``. What the broker sends is handled by agent/plant/fleet.py,
+which never raises: a paho callback that raised would end paho's network thread, and the
+view would go on showing a fleet that no longer changes.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import getpass
+import hashlib
 import json
-import math
+import os
+import re
 import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Callable, TextIO
 
-from harken.agent.sinks.mqtt.broker import BrokerError, BrokerUrl, diagnose, refusal, use_tls
-from harken.agent.sinks.mqtt.topics import parse_topic, subscription
+from harken.agent.plant.fleet import DEFAULT_FORGET_AFTER_S, DEFAULT_MAX_AGENTS, MAX_PAYLOAD, \
+    Fleet
+from harken.agent.plant.text import safe
+from harken.common.errors import UsageError
+from harken.agent.sinks.mqtt.broker import BrokerError, BrokerUrl, diagnose, parse_broker_url, \
+    refusal, use_tls
+from harken.agent.sinks.mqtt.topics import subscription
 
-
-@dataclass
-class Row:
-    node: str
-    machine: str
-    score: float | None = None
-    threshold: float | None = None
-    anomaly: str = "-"
-    seq: int | None = None
-    last_seen: float = float("nan")   # time of the latest score (retained state has none)
-    audio: str = "-"                  # the latest interval's status: ok, silent, clipped, ...
+SESSION_EXPIRY_S = 7 * 86400        # MQTT 5: how long the broker keeps an absent watcher's queue
+MAX_PACKET = MAX_PAYLOAD + 70_000   # MQTT 5: the broker does not send larger (topic up to 64 kB)
+TAKEN_OVER = 142                    # MQTT 5 DISCONNECT reason "Session taken over"
+SHORT_S = 5.0                       # a connection closed sooner than this, twice: a takeover
 
 
-@dataclass
-class Fleet:
-    """Latest state, status and stats per agent: (node, machine)."""
-    prefix: str
-    rows: dict[tuple[str, str], Row] = field(default_factory=dict)
-    status: dict[tuple[str, str], str] = field(default_factory=dict)
-    stats: dict[tuple[str, str], dict] = field(default_factory=dict)
-    malformed: int = 0                # messages skipped: not what docs/mqtt.md specifies
-
-    def parse(self, topic: str, payload: bytes) -> dict | None:
-        """The message as a record, or None when the topic is not a Harken one."""
-        if topic.startswith("spBv1.0/"):
-            return self._parse_sparkplug(topic, payload)
-        parsed = parse_topic(self.prefix, topic)
-        if parsed is None:
-            return None
-        text = payload.decode("utf-8", "replace")
-        try:
-            body = json.loads(text)
-        except ValueError:
-            body = text
-        return {"node": parsed.node, "machine": parsed.machine, "kind": parsed.kind,
-                "payload": body}
-
-    def _parse_sparkplug(self, name: str, payload: bytes) -> dict | None:
-        """A Sparkplug message in the record form of the JSON topics: DDATA a score (with
-        its anomaly state), DBIRTH/DDEATH the device's status, NDEATH every device's."""
-        from harken.agent.sinks.sparkplug.payload import decode, metric_value, parse_topic as spb
-        parsed = spb(name)
-        if parsed is None:
-            return None
-        _, kind, node, device = parsed
-        status = {"DBIRTH": "online", "DDEATH": "offline", "NDEATH": "offline"}.get(kind)
-        if status is not None and (device or kind == "NDEATH"):
-            return {"node": node, "machine": device or "*", "kind": "status",
-                    "payload": status, "profile": "sparkplug-b"}
-        if kind != "DDATA" or device is None:
-            return None
-        try:
-            metrics = decode(payload).metrics
-        except ValueError:
-            self.malformed += 1
-            return None
-        values = {m.name: metric_value(m) for m in metrics}
-        stamp = next((m.timestamp for m in metrics if m.name == "score"), 0)
-        body = {"ts": stamp / 1000, "seq": values.get("interval_seq"),
-                "score": values.get("score"), "threshold": values.get("threshold"),
-                "anomaly": values.get("anomaly"), "status": values.get("status"),
-                "historical": any(m.is_historical for m in metrics)}
-        return {"node": node, "machine": device, "kind": "score", "payload": body,
-                "profile": "sparkplug-b"}
-
-    def update(self, record: dict, now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        node, kind, body = record["node"], record["kind"], record["payload"]
-        agent = (node, record["machine"])
-        if kind == "status":
-            if record["machine"] == "*":          # a Sparkplug NDEATH: the node's devices
-                for key in [k for k in set(self.rows) | set(self.status) if k[0] == node]:
-                    self.status[key] = str(body)
-                return
-            self.status[agent] = str(body)
-            return
-        if kind == "stats":
-            self.stats[agent] = body if isinstance(body, dict) else {}
-            return
-        if kind == "score" and not _valid_score(body):
-            # anyone allowed to publish under the prefix could send this: skip and count it,
-            # never let it stop the view (a retained one would stop it at every start)
-            self.malformed += 1
-            return
-        row = self.rows.setdefault((node, record["machine"]), Row(node, record["machine"]))
-        if kind == "score" and isinstance(body, dict):
-            # a queued score is as old as its timestamp, not its arrival
-            row.last_seen = float(body["ts"]) if isinstance(body.get("ts"), (int, float)) \
-                else now
-            row.score, row.threshold, row.seq = body.get("score"), body.get("threshold"), \
-                body.get("seq")
-            row.audio = str(body.get("status", "-"))
-            # JSON: the anomaly topic carries the state; Sparkplug: every DDATA does
-            if (row.anomaly == "-" or record.get("profile") == "sparkplug-b") \
-                    and isinstance(body.get("anomaly"), bool):
-                row.anomaly = "ON" if body["anomaly"] else "OFF"
-        elif kind == "anomaly":       # {"state": "ON", ...}; earlier agents sent a bare ON/OFF
-            row.anomaly = str(body.get("state", "?")) if isinstance(body, dict) else str(body)
-
-    def table(self, now: float | None = None):
-        from rich.table import Table
-        now = time.time() if now is None else now
-        t = Table(title=f"harken fleet under '{self.prefix}/'", expand=False,
-                  caption=f"{self.malformed} malformed message(s) skipped"
-                  if self.malformed else None)
-        for col in ("node", "machine", "score", "threshold", "anomaly", "audio", "status",
-                    "seq", "last seen"):
-            t.add_column(col, justify="right" if col in ("score", "threshold", "seq") else "left")
-        agents = sorted(set(self.rows) | set(self.status) | set(self.stats))
-        for node, machine in agents:
-            for r in [self.rows.get((node, machine)) or Row(node, machine)]:
-                status = self.status.get((node, machine), "?")
-                age = now - r.last_seen
-                # a lost input stops the scores; the stats record says so
-                audio = "lost" if self.stats.get((node, machine), {}).get("audio") == "lost" \
-                    else r.audio
-                t.add_row(node, r.machine, _num(r.score), _num(r.threshold),
-                          f"[bold red]{r.anomaly}[/]" if r.anomaly == "ON" else r.anomaly,
-                          audio if audio in ("ok", "-") else f"[yellow]{audio}[/]",
-                          status if status == "online" else f"[yellow]{status}[/]",
-                          "" if r.seq is None else str(r.seq),
-                          "-" if math.isnan(age) else f"{age:.0f} s ago")
-        return t
+def watch_url(text: str) -> BrokerUrl:
+    """``--broker``'s URL; one with a path, query or fragment is refused (MQTT has none, and
+    ``mqtt://host/plant`` is more likely a prefix put in the wrong place than a broker)."""
+    from urllib.parse import urlsplit
+    url = parse_broker_url(text)
+    parts = urlsplit(text if "://" in text else "mqtt://" + text)
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise BrokerError(f"--broker: a broker URL has no path ({parts.path or '?'!r}); "
+                          "give the topic prefix with --prefix")
+    return url
 
 
-def _number(x) -> bool:
-    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+_NAME = re.compile(r"[^\x00-\x20\x7f+#]{1,128}")
 
 
-def _valid_score(body) -> bool:
-    """A score payload as docs/mqtt.md specifies it (the fields the view reads)."""
-    return (isinstance(body, dict) and _number(body.get("score"))
-            and _number(body.get("threshold")) and _number(body.get("ts"))
-            and (body.get("seq") is None or (isinstance(body.get("seq"), int)
-                                             and not isinstance(body.get("seq"), bool))))
+def check_options(prefix: str, client_id: str | None, name: str | None,
+                  sparkplug_group: str | None, max_agents: int, forget_after_s: float,
+                  duration: float | None) -> None:
+    """UsageError naming the first option out of range: a prefix or group with a wildcard
+    would subscribe to something else, a client id with a control character is refused by the
+    broker at every retry, a NaN ``--for`` would end at once."""
+    for option, value in (("--prefix", prefix), ("--client-id", client_id), ("--name", name),
+                          ("--sparkplug-group", sparkplug_group)):
+        if value is not None and not _NAME.fullmatch(value):
+            raise UsageError(f"{option} {safe(value)!r}: expected 1 to 128 characters without "
+                             "spaces, control characters, '+' or '#'")
+    if not 1 <= max_agents <= 100_000:
+        raise UsageError(f"--max-machines {max_agents}: expected 1 to 100000")
+    if not 0 <= forget_after_s <= 365 * 86400:
+        raise UsageError(f"--forget-after {forget_after_s / 60:g}: expected 0 (never) to 525600 "
+                         "minutes")
+    if duration is not None and not duration > 0:
+        raise UsageError(f"--for {duration:g}: expected a number of seconds above 0")
 
 
-def _num(x) -> str:
-    return "" if x is None else f"{x:.4g}"
-
-
-def connect(url: BrokerUrl, prefix: str, client_id: str, ca_file: str | None,
-            cert_file: str | None, key_file: str | None, insecure: bool,
-            on_message, timeout: float = 10.0, sparkplug_group: str | None = "harken"):
-    """A connected, subscribed paho client (its network loop running), or BrokerError."""
-    import paho.mqtt.client as mqtt
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=mqtt.MQTTv311, clean_session=False)
-    if url.username:
-        client.username_pw_set(url.username, url.password)
-    ctx = use_tls(client, ca_file, cert_file, key_file, insecure,
-                  lambda msg: print(f"harken watch: {msg}", file=sys.stderr), "--tls-insecure") \
-        if url.tls else None
-    answer: dict = {}
-    done = threading.Event()
-
-    def on_connect(c, userdata, flags, reason_code, properties):
-        answer["rc"] = reason_code
-        if not reason_code.is_failure:
-            c.subscribe(subscription(prefix), qos=1)
-            if sparkplug_group:
-                c.subscribe(f"spBv1.0/{sparkplug_group}/#", qos=1)
-        done.set()
-
-    client.on_connect = on_connect
-    client.on_message = on_message
+def default_client_id(name: str | None = None) -> tuple[str, bool]:
+    """The default client id and whether its session is kept: ``harken-watch-USER-HOST-``
+    and the watcher's ``--name`` or else its terminal (``pts-3``), so that one watcher finds
+    its session again and two watchers on one host never share one. With neither (a pipe,
+    a service) the id carries the process id and the session ends with the watcher."""
     try:
-        client.connect(url.host, url.port, keepalive=30)
-    except OSError:
-        raise BrokerError(diagnose(url.host, url.port, ctx)) from None
-    client.loop_start()
-    if not done.wait(timeout):
-        client.loop_stop()
-        raise BrokerError(f"broker {url.host}:{url.port} did not answer the MQTT connection "
-                          f"within {timeout:g} s")
-    if answer["rc"].is_failure:
-        client.loop_stop()
-        raise BrokerError(refusal(url.host, url.port, answer["rc"],
-                                  "check the user name and password"))
-    return client
+        user = getpass.getuser()
+    except (KeyError, OSError):          # a uid with no passwd entry (containers)
+        user = f"uid{os.getuid()}"
+    where, persistent = name, True
+    if not where:
+        for stream in (sys.stdin, sys.stdout, sys.stderr):
+            try:
+                if stream is not None and stream.isatty():
+                    where = os.ttyname(stream.fileno()).removeprefix("/dev/")
+                    break
+            except (OSError, ValueError, AttributeError):
+                continue
+    if not where:
+        where, persistent = f"pid{os.getpid()}", False
+    text = re.sub(r"[^A-Za-z0-9._-]+", "-", f"harken-watch-{user}-{socket.gethostname()}-{where}")
+    if len(text) > 64:                   # brokers may limit ids; keep it unique by a digest
+        text = text[:55] + "-" + hashlib.sha1(text.encode()).hexdigest()[:8]
+    return text, persistent
+
+
+class Connection:
+    """The subscribed paho client and what the broker said about the connection: a banner
+    for the live view, or one line on stderr each for the other views."""
+
+    def __init__(self, url: BrokerUrl, prefix: str, client_id: str, persistent: bool,
+                 ca_file: str | None, cert_file: str | None, key_file: str | None,
+                 insecure: bool, on_message: Callable, sparkplug_group: str | None,
+                 report: Callable[[str], None]) -> None:
+        self.url, self.client_id, self.persistent = url, client_id, persistent
+        self.topics = [subscription(prefix)] + \
+            ([f"spBv1.0/{sparkplug_group}/#"] if sparkplug_group else [])
+        self.tls = (ca_file, cert_file, key_file, insecure)
+        self.on_message, self.report = on_message, report
+        self.lock = threading.Lock()
+        self.banner: list[tuple[str, str]] = []      # (line, style) under the table's title
+        self.refused: list[str] = []
+        self.disconnected: str | None = None
+        self.errors = 0                               # exceptions caught in callbacks
+        self.closing = False
+        self._answer: dict = {}
+        self._done = threading.Event()
+        self._first = True
+        self._connected_at = time.monotonic()
+        self._short = 0                               # connections closed soon after made
+        self.client = None
+
+    # -- the callbacks: each guarded, an exception would end paho's network thread ---------
+    def _guard(self, fn: Callable) -> Callable:
+        def guarded(*args):
+            try:
+                fn(*args)
+            except Exception as exc:     # noqa: BLE001 - report, never end the network thread
+                self.errors += 1
+                if self.errors == 1:
+                    self._say(f"an error in the MQTT callback was caught ({type(exc).__name__}:"
+                              f" {exc}); watching goes on", "yellow")
+        return guarded
+
+    def _say(self, line: str, style: str) -> None:
+        line = safe(line, 300)
+        with self.lock:
+            self.banner = [b for b in self.banner if b[0] != line] + [(line, style)]
+            self.banner = self.banner[-4:]
+        self.report(line)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._answer["rc"] = reason_code
+        if not reason_code.is_failure:
+            self._connected_at = time.monotonic()
+            if self.disconnected:
+                self._say(f"connected again to {self.url.host}:{self.url.port}", "green")
+                with self.lock:
+                    self.banner = [b for b in self.banner if b[1] != "bold red"]
+            self.disconnected = None
+            # a persistent session the broker kept has the subscriptions already; a new one
+            # (or the first connection, for the retained state) subscribes
+            if self._first or not flags.session_present:
+                self._subscribe(client)
+            self._first = False
+        elif not self._first:             # a reconnect refused (the password changed, ...)
+            self._say(refusal(self.url.host, self.url.port, reason_code,
+                              "check the user name and password") + "; retrying", "bold red")
+        self._done.set()
+
+    def _subscribe(self, client) -> None:
+        client.subscribe([(t, 1) for t in self.topics])
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        for t, rc in zip(self.topics, reason_codes):
+            if rc.is_failure and t not in self.refused:
+                self.refused.append(t)
+                self._say(f"the broker refused the subscription to {t} ({rc}): nothing from "
+                          "it is shown (check the broker's ACL for this user)", "bold yellow")
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._done.set()
+        if self.closing or self._first:   # before the first connection start() reports
+            return
+        when = dt.datetime.now().strftime("%H:%M:%S")
+        lived = time.monotonic() - self._connected_at
+        self._short = self._short + 1 if lived < SHORT_S else 0
+        if getattr(reason_code, "value", None) == TAKEN_OVER or self._short >= 2:
+            # MQTT 5 says "Session taken over" (where the broker sends it; Mosquitto 2.0.11
+            # just closes the socket): connections closed within seconds, twice running, are
+            # another client of this id connecting. Back off: no fight over the session.
+            client.reconnect_delay_set(30, 120)
+            self.disconnected = "taken over"
+            how = "with reason Session taken over" if self._short < 2 else \
+                "twice within seconds of making it"
+            self._say(f"{when} the broker closed the connection {how}:"
+                      f" another client with id {self.client_id} is probably using this watcher's "
+                      "session (give each watcher its own --name); retrying every 30 s or more",
+                      "bold red")
+        else:
+            client.reconnect_delay_set(1, 30)
+            self.disconnected = str(reason_code)
+            self._say(f"{when} disconnected from {self.url.host}:{self.url.port} "
+                      f"({reason_code}); reconnecting", "bold red")
+
+    def _message(self, client, userdata, msg) -> None:
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:        # a broker that passes a topic that is not UTF-8
+            topic = bytes(msg._topic).decode("utf-8", "replace")
+        self.on_message(topic, msg.payload, bool(msg.retain))
+
+    # -- connecting -------------------------------------------------------------------------
+    def _client(self, protocol):
+        import paho.mqtt.client as mqtt
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                        protocol=protocol,
+                        **({} if protocol == mqtt.MQTTv5 else {"clean_session": not self.persistent}))
+        if self.url.username:
+            c.username_pw_set(self.url.username, self.url.password)
+        ca, cert, key, insecure = self.tls
+        ctx = use_tls(c, ca, cert, key, insecure,
+                      lambda msg: print(f"harken watch: {msg}", file=sys.stderr),
+                      "--tls-insecure") if self.url.tls else None
+        c.reconnect_delay_set(1, 30)
+        c.on_connect = self._guard(self._on_connect)
+        c.on_disconnect = self._guard(self._on_disconnect)
+        c.on_subscribe = self._guard(self._on_subscribe)
+        c.on_message = self._guard(self._message)
+        return c, ctx
+
+    def _try(self, protocol, timeout: float):
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+        c, ctx = self._client(protocol)
+        self._answer.clear()
+        self._done.clear()
+        kwargs = {}
+        if protocol == mqtt.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = SESSION_EXPIRY_S if self.persistent else 0
+            props.MaximumPacketSize = MAX_PACKET
+            kwargs = {"clean_start": not self.persistent, "properties": props}
+        try:
+            c.connect(self.url.host, self.url.port, keepalive=30, **kwargs)
+        except OSError:
+            raise BrokerError(diagnose(self.url.host, self.url.port, ctx)) from None
+        c.loop_start()
+        if not self._done.wait(timeout):
+            self._stop(c)
+            raise BrokerError(f"broker {self.url.host}:{self.url.port} did not answer the MQTT "
+                              f"connection within {timeout:g} s")
+        return c
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Connect (MQTT 5, else 3.1.1) and subscribe, or raise BrokerError."""
+        import paho.mqtt.client as mqtt
+        c = self._try(mqtt.MQTTv5, timeout)
+        rc = self._answer.get("rc")
+        if rc is None or (rc.is_failure and rc.value in (1, 0x84)):
+            # no CONNACK, or "unsupported protocol version": a broker of MQTT 3.1.1 only
+            self._stop(c)
+            c = self._try(mqtt.MQTTv311, timeout)
+            rc = self._answer.get("rc")
+            if rc is None:
+                self._stop(c)
+                raise BrokerError(f"broker {self.url.host}:{self.url.port} closed the MQTT "
+                                  "connection without an answer")
+            if not rc.is_failure:
+                self.report(f"broker {self.url.host}:{self.url.port} speaks MQTT 3.1.1 only: "
+                            "a takeover or refusal comes without its reason")
+        if rc.is_failure:
+            self._stop(c)
+            raise BrokerError(refusal(self.url.host, self.url.port, rc,
+                                      "check the user name and password"))
+        self.client = c
+
+    def _stop(self, c) -> None:
+        self.closing = True
+        try:
+            c.disconnect()
+        finally:
+            c.loop_stop()
+            self.closing = False
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.closing = True
+            self.client.disconnect()
+            self.client.loop_stop()
 
 
 def watch(url: BrokerUrl, prefix: str = "harken", client_id: str | None = None,
           as_json: bool = False, duration: float | None = None, ca_file: str | None = None,
           cert_file: str | None = None, key_file: str | None = None, insecure: bool = False,
-          out: TextIO = sys.stdout, sparkplug_group: str | None = "harken") -> int:
-    fleet = Fleet(prefix)
+          out: TextIO = sys.stdout, sparkplug_group: str | None = "harken",
+          name: str | None = None, max_agents: int = DEFAULT_MAX_AGENTS,
+          forget_after_s: float = DEFAULT_FORGET_AFTER_S, err: TextIO | None = None) -> int:
+    """Watch until ``duration`` seconds pass (or Ctrl-C); 0, or BrokerError at connect."""
+    err = sys.stderr if err is None else err
+    check_options(prefix, client_id, name, sparkplug_group, max_agents, forget_after_s, duration)
+    fleet = Fleet(prefix, max_agents=max_agents, forget_after_s=forget_after_s)
     lock = threading.Lock()
-
-    def on_message(client, userdata, msg):
-        record = fleet.parse(msg.topic, msg.payload)
-        if record is None:
-            return
-        with lock:
-            fleet.update(record)
-            if as_json:
-                line = {"received": dt.datetime.now(dt.timezone.utc).isoformat(
-                    timespec="milliseconds"), "topic": msg.topic, "retained": bool(msg.retain),
-                    **record}
-                out.write(json.dumps(line) + "\n")
-                out.flush()
-
-    client = connect(url, prefix, client_id or f"harken-watch-{socket.gethostname()}",
-                     ca_file, cert_file, key_file, insecure, on_message,
-                     sparkplug_group=sparkplug_group)
-    end = None if duration is None else time.monotonic() + duration
     live_view = not as_json and out.isatty()
+    stop = threading.Event()
+
+    def report(line: str) -> None:
+        if not live_view:
+            print(f"harken watch: {line}", file=err, flush=True)
+
+    def on_message(topic: str, payload: bytes, retained: bool) -> None:
+        with lock:
+            record = fleet.handle(topic, payload)
+            if record is None or not as_json:
+                return
+            line = {"received": dt.datetime.now(dt.timezone.utc).isoformat(
+                timespec="milliseconds"), "topic": topic, "retained": retained, **record}
+            try:
+                text = json.dumps(line, allow_nan=False)
+            except (ValueError, RecursionError):
+                fleet.malformed += 1
+                return
+        try:
+            out.write(text + "\n")
+            out.flush()
+        except OSError:           # the reader went away (| head): stop, as cat does
+            stop.set()
+
+    if client_id:
+        cid, persistent = client_id, True
+    else:
+        cid, persistent = default_client_id(name)
+        if not persistent:
+            report(f"not on a terminal and no --name: client id {cid}, a session that ends "
+                   "with this watcher (give --name NAME to keep one across restarts)")
+    conn = Connection(url, prefix, cid, persistent, ca_file, cert_file, key_file, insecure,
+                      on_message, sparkplug_group, report)
+    conn.start()
+    end = None if duration is None else time.monotonic() + duration
+
+    def remaining() -> float:
+        return 0.5 if end is None else max(0.0, min(0.5, end - time.monotonic()))
+
+    def render(console):
+        with lock:
+            fleet.prune()
+            # the rows that fit: title, banner, header, rules and caption take the rest
+            room = max(console.height - 8 - len(conn.banner) - 5, 1)
+            return fleet.table(max_rows=room, banner=list(conn.banner))
+
     try:
         if live_view:
             from rich.console import Console
             from rich.live import Live
-            with Live(fleet.table(), console=Console(file=out), refresh_per_second=2) as live:
-                while end is None or time.monotonic() < end:
-                    time.sleep(0.5)
-                    with lock:
-                        live.update(fleet.table())
+            console = Console(file=out)
+            with Live(render(console), console=console, auto_refresh=False) as live:
+                while not stop.is_set() and (end is None or time.monotonic() < end):
+                    stop.wait(remaining())
+                    live.update(render(console), refresh=True)
         else:
-            while end is None or time.monotonic() < end:
-                time.sleep(0.2)
+            while not stop.is_set() and (end is None or time.monotonic() < end):
+                stop.wait(remaining())
+                with lock:
+                    fleet.prune()
     except KeyboardInterrupt:
         pass
     finally:
-        client.disconnect()
-        client.loop_stop()
+        conn.close()
     if not as_json and not live_view:       # piped table view: one snapshot at the end
         from rich.console import Console
         with lock:
-            Console(file=out, width=120).print(fleet.table())
+            table = fleet.table(banner=list(conn.banner))
+        Console(file=out, width=120).print(table)
+    elif as_json and fleet.malformed:
+        report(f"{fleet.malformed} malformed message(s) skipped")
     return 0
+
