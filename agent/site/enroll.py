@@ -28,7 +28,7 @@ import numpy as np
 
 from harken.agent.model.bank import (BANK_VERSION, BankManifest, EnrollSession, bank_digest,
                                      read_bank, write_bank)
-from harken.agent.model.bundle import Bundle, open_bundle
+from harken.agent.model.bundle import Bundle, BundleError, open_bundle
 from harken.agent.site.calibrate import score_files, score_source
 from harken.agent.config import Config, ConfigError
 from harken.agent.decision import Decision
@@ -37,7 +37,7 @@ from harken.agent.features import windows
 from harken.agent.pipeline import Pipeline
 from harken.agent.model.rules.spectral_knn import (BRANCHES, branch_statistics, branch_vectors,
                                              fit_bank, pooled_moments)
-from harken.agent.model.scorer import model_input
+from harken.agent.model.scorer import model_input, probe
 from harken.agent.decision.thresholds import check_false_alarm_rate, false_alarm_threshold
 from harken.common.records import GammaParams
 
@@ -53,6 +53,11 @@ class IntervalStatistics:
         self.bundle = bundle
         self.artifact = bundle.artifact(artifact)
         self.backend = open_backend(self.artifact, threads)
+        width, wanted = probe(self.backend, self.artifact, "moments"), 2 * bundle.spec.n_features
+        if width != wanted:
+            raise BundleError(f"{self.artifact.path}: output 'moments' has {width} values per "
+                              f"window; the feature spec's {bundle.spec.n_features} values per "
+                              f"frame need {wanted} (mean and std of each)")
         self.vectors: dict[str, list[np.ndarray]] = {b: [] for b in BRANCHES}
 
     def evidence(self, feature_windows: np.ndarray) -> np.ndarray:

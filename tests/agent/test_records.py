@@ -124,7 +124,7 @@ def _bank_with(tmp_path: Path, raw: bytes) -> Path:
     ("colour", "blue", "unknown key 'colour'"),
     ("version", ..., "key 'version' missing"),
     ("version", "1", "key 'version' = '1': not a version number; enroll again"),
-    ("version", 2, "version 2 is newer than this harken reads (1); upgrade harken, or enroll "
+    ("version", 3, "version 3 is newer than this harken reads (2); upgrade harken, or enroll "
                    "again"),
 ])
 def test_a_damaged_bank_manifest_is_one_line_naming_the_file_and_key(tmp_path, key, value, why):
@@ -168,7 +168,7 @@ def test_a_bank_manifest_that_is_not_one_is_refused(tmp_path, raw, why):
     ({"channel": -1}, "unreadable (key 'channel' = -1: Input should be greater than or equal "
                       "to 0)"),
     ({"version": 1.0}, "unreadable (key 'version' = 1.0: not a version number)"),
-    ({"version": 3}, "version 3 is newer than this harken reads (1); upgrade harken, or delete"),
+    ({"version": 3}, "version 3 is newer than this harken reads (2); upgrade harken, or delete"),
 ])
 def test_a_damaged_override_is_one_line_saying_what_to_do(tmp_path, content, why):
     """``content``: the file's text, or the earlier release's override with these keys
@@ -297,7 +297,7 @@ def test_an_override_of_another_model_or_interval_is_refused_and_calibrate_repla
     r = harken("calibrate", "--config", cfg, "--files", folder / "fan-long.wav", "--no-plot",
                cwd=folder)
     assert r.returncode == 0, r.stderr
-    assert json.loads(override.read_text())["version"] == 1
+    assert json.loads(override.read_text())["version"] == 2        # now bound to its machine
     r = harken("check-config", cfg, cwd=folder)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["resolved"]["threshold_from"].startswith("calibration")
@@ -316,7 +316,7 @@ def test_a_bank_without_the_arrays_of_its_rule_names_its_file(installed):
     manifest = json.loads(arrays.pop("manifest").tobytes())
     dropped = next(k for k in sorted(arrays) if not k.startswith("raw_"))
     del arrays[dropped]
-    manifest["sha256"] = bank_digest(arrays)
+    manifest["sha256"] = bank_digest(arrays, 1)          # the earlier release's bank
     np.savez(bank, manifest=np.frombuffer(json.dumps(manifest).encode(), np.uint8), **arrays)
     r = harken("check-config", cfg, cwd=folder)
     assert r.returncode == 2 and "Traceback" not in r.stderr

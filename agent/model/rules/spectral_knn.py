@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from harken.agent.model.rules.base import ScoreRule, register
+from harken.agent.model.rules.base import RuleError, ScoreRule, register
 from harken.agent.model.rules.density import distances, local_densities
 
 BRANCHES = ("mel", "spectrum")
@@ -118,6 +118,39 @@ class SpectralKnnRule(ScoreRule):
     output = "moments"
     needs = tuple(f"{b}_{a}" for b in BRANCHES for a in ("mean", "std", "bank", "density",
                                                            "fusion")) + ("fusion_weights", "n_mels")
+
+    def validate(self) -> None:
+        n_mels = np.asarray(self.arrays["n_mels"])
+        if n_mels.shape != () or n_mels.dtype.kind not in "iu" or int(n_mels) < 1:
+            raise RuleError(f"array 'n_mels' = {n_mels.tolist()!r}; expected one whole number "
+                            f"above 0")
+        for b in BRANCHES:
+            v = self.shape_of(f"{b}_mean", 1)[0]
+            if b == "mel":
+                self.same("mel_mean", v, 2 * int(n_mels), "values (2 x n_mels)")
+            self.same(f"{b}_std", self.shape_of(f"{b}_std", 1)[0], v, f"values (as {b}_mean)")
+            self.positive(f"{b}_std")
+            n, width = self.shape_of(f"{b}_bank", 2)
+            self.same(f"{b}_bank", width, v, f"columns (as {b}_mean)")
+            self.same(f"{b}_density", self.shape_of(f"{b}_density", 1)[0], n,
+                      f"entries (the rows of {b}_bank)")
+            self.positive(f"{b}_density")
+            self.same(f"{b}_fusion", self.shape_of(f"{b}_fusion", 1)[0], 4,
+                      "values (2 means, 2 spreads)")
+            self.positive(f"{b}_fusion", np.asarray(self.arrays[f"{b}_fusion"])[2:])
+        w = np.asarray(self.arrays["fusion_weights"], dtype=np.float64)
+        self.same("fusion_weights", self.shape_of("fusion_weights", 1)[0], len(COMPONENTS),
+                  f"values (one per component {list(COMPONENTS)})")
+        if (w < 0).any() or w.sum() <= 0:
+            raise RuleError(f"array 'fusion_weights' = {w.tolist()}: expected weights of at "
+                            f"least 0 that do not sum to 0")
+
+    def check_model(self, input_width: int, output_width: int) -> str | None:
+        n_mels = int(self.arrays["n_mels"])
+        width = 2 * (n_mels + len(self.arrays["spectrum_mean"]))
+        return None if output_width == width else \
+            f"moments of {width} values (mean and std of {n_mels} mels and " \
+            f"{len(self.arrays['spectrum_mean'])} spectrum bins)"
 
     def evidence(self, inputs: np.ndarray | None, output: np.ndarray) -> np.ndarray:
         return np.asarray(output, dtype=np.float64).reshape(len(output), -1)
