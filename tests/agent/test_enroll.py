@@ -74,13 +74,27 @@ def test_enroll_from_recordings_then_run_and_check_config_use_the_bank(general_b
     scores = [x for x in lines if x["kind"] == "score"]
     assert scores and all(np.isfinite(s["score"]) for s in scores)
 
-    # --append: a new operating condition joins the bank, nothing is forgotten
+    # --append with the same files: every interval is a copy of one in the bank (held out
+    # it scores 0, the fused scale collapsed and normal audio scored 1e8): refused, the
+    # bank untouched
+    before = bank.read_bytes()
     r = harken("enroll", "--config", cfg, "--files", f"recordings/{names[0]}",
                f"recordings/{names[1]}", "--append", "--json", cwd=folder)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "only 0 interval(s) of 10 s are new (2 are exact copies of others: the same " \
+           "audio given twice)" in r.stderr
+    assert bank.read_bytes() == before
+
+    # --append: a new operating condition joins the bank, nothing is forgotten
+    new = [c for c in test if not c.is_anomaly][1:3]
+    for c in new:
+        (folder / "recordings" / f"new-{c.path.name}").write_bytes(c.path.read_bytes())
+    r = harken("enroll", "--config", cfg, "--files",
+               *[f"recordings/new-{c.path.name}" for c in new], "--append", "--json", cwd=folder)
     assert r.returncode == 0, r.stderr
     out2 = json.loads(r.stdout)
     assert (out2["intervals"], out2["new_intervals"], out2["audio_s"]) == (14, 2, 140.0)
-    assert len(out2["sessions"]) == 2
+    assert len(out2["sessions"]) == 2 and out2["duplicate_intervals"] == 0
     with np.load(bank, allow_pickle=False) as z:
         assert z["raw_mel"].shape == (14, 256)
 
@@ -140,9 +154,15 @@ def test_bad_input_is_one_clear_line_and_leaves_the_bank_alone(general_bundle, s
     with np.load(bank, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     manifest = json.loads(arrays["manifest"].tobytes())
-    other = {**arrays, "manifest": np.frombuffer(json.dumps(
-        {**manifest, "model": "spectral-knn-general-00000000"}).encode(), np.uint8)}
-    np.savez(bank, **other)
+    edited = {**manifest, "model": "spectral-knn-general-00000000"}
+    other = {**arrays, "manifest": np.frombuffer(json.dumps(edited).encode(), np.uint8)}
+    np.savez(bank, **other)          # the model is inside the sha256 (bank version 2)
+    r = harken("run", "--config", cfg, cwd=folder)
+    assert r.returncode == 2 and "do not match the bank's sha256" in r.stderr
+    from harken.agent.model.bank import bank_digest
+    plain = {k: v for k, v in arrays.items() if k != "manifest"}
+    edited["sha256"] = bank_digest(plain, 2, edited["model"], "fan")    # as if enrolled so
+    np.savez(bank, **{**other, "manifest": np.frombuffer(json.dumps(edited).encode(), np.uint8)})
     r = harken("run", "--config", cfg, cwd=folder)
     assert r.returncode == 2 and "enrolled with model 'spectral-knn-general-00000000'" in r.stderr
     np.savez(bank, **{**arrays, "mel_bank": arrays["mel_bank"] + 1.0})

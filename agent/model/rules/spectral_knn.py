@@ -85,6 +85,34 @@ def branch_statistics(vectors: Mapping[str, np.ndarray]) -> dict[str, tuple[np.n
     return {b: (v.mean(axis=0), v.std(axis=0) + 1e-6) for b, v in vectors.items()}
 
 
+# a leave-one-out spread below this fraction of its mean (or of 1) is no spread: the scale
+# would turn a normal interval's distance into 1e8
+MIN_RELATIVE_SPREAD = 1e-6
+
+
+def _check_spread(branch: str, loo: np.ndarray, density: np.ndarray) -> None:
+    """Refuse a bank whose held-out scores do not vary, or some of whose references sit on
+    top of others: dividing by that spread or density would make every normal interval
+    score huge (docs/reliability.md "Numbers, banks and bundles")."""
+    from harken.common.errors import DataError
+    for j, part in enumerate(("knn", "density")):
+        mean, spread = float(loo[:, j].mean()), float(loo[:, j].std())
+        if not spread > MIN_RELATIVE_SPREAD * max(1.0, abs(mean)):
+            raise DataError(
+                f"the {len(loo)} clips or intervals give {branch}-{part} leave-one-out scores "
+                f"that do not vary (spread {spread:.3g} around {mean:.6g}): each has a (near) "
+                f"copy among the others, e.g. the same audio given twice; a scale from that "
+                f"would make normal sound score huge. Give distinct recordings of normal "
+                f"operation")
+    tight = int((density <= MIN_RELATIVE_SPREAD * max(float(np.median(density)), 1e-9)).sum())
+    if tight:
+        raise DataError(
+            f"{tight} of the {len(density)} clips or intervals of branch {branch} have their "
+            f"nearest neighbours at (almost) zero distance: (near) copies of each other, e.g. "
+            f"the same audio given twice; their density would make normal sound score huge. "
+            f"Give distinct recordings of normal operation")
+
+
 def fit_bank(vectors: Mapping[str, np.ndarray], stats: Mapping[str, tuple], density_k: int,
              weights) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """One reference bank (a section's training clips, or audio enrolled on site): the
@@ -104,7 +132,8 @@ def fit_bank(vectors: Mapping[str, np.ndarray], stats: Mapping[str, tuple], dens
         d = distances(bank, bank, "euclidean")
         np.fill_diagonal(d, np.inf)
         loo = np.stack([d.min(axis=1), (d / density[None, :]).min(axis=1)], axis=1)
-        fusion = np.r_[loo.mean(axis=0), np.maximum(loo.std(axis=0), 1e-12)]
+        _check_spread(b, loo, density)
+        fusion = np.r_[loo.mean(axis=0), loo.std(axis=0)]
         arrays |= {f"{b}_mean": mean, f"{b}_std": std, f"{b}_bank": bank,
                    f"{b}_density": density, f"{b}_fusion": fusion}
         parts.append((loo - fusion[:2]) / fusion[2:])
