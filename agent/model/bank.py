@@ -119,7 +119,7 @@ def read_bank(path: Path, bundle: Bundle, machine: str
               ) -> tuple[dict[str, np.ndarray], BankManifest]:
     """The arrays and manifest of an enrolled bank, checked: readable, untampered, made
     with this bundle's model for this machine."""
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise BankError(f"{path}: no enrolled bank; the bundle {bundle.model_id} is a general "
                         f"one: run 'harken enroll --config CONFIG' first")
     arrays, manifest = load_bank(path)

@@ -181,3 +181,49 @@ def test_a_bundle_with_its_own_bank_is_not_enrolled(ae_bundle, small_fan, tmp_pa
     cfg = config(tmp_path, ae_bundle, wav)
     r = harken("enroll", "--config", cfg, "--files", "a.wav", cwd=tmp_path)
     assert r.returncode == 2 and "'harken enroll' needs a general bundle" in r.stderr
+
+
+def test_a_file_given_twice_is_enrolled_once_and_low_rate_files_are_each_named(general_bundle,
+                                                                             site):
+    """A file listed twice put each interval in the bank twice (each scored 0 held out and
+    normal audio then scored 1e8): the copy is left out, counted. Files recorded at 8 kHz
+    for a 16-kHz model gave one warning naming only the first: each is named now, and the
+    enrollment is refused (the bank would lack the upper band the model reads)."""
+    folder, names, _ = site
+    cfg = config(folder, general_bundle)
+    files = [f"recordings/{n}" for n in names[:8]]
+    (folder / "recordings" / "copy.wav").write_bytes((folder / files[0]).read_bytes())
+    r = harken("enroll", "--config", cfg, "--files", *files, files[1], "recordings/copy.wav",
+               "--json", cwd=folder)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["intervals"], out["duplicate_files"], out["duplicate_intervals"]) == (8, 2, 0)
+    assert "the same audio as a file given before it; left out" in r.stderr
+    assert out["exceeded_intervals"] >= 0 and "expected_exceeded" in out
+    bank = folder / "state" / "enrolled-fan.npz"
+    before = bank.read_bytes()
+
+    low = []
+    for n in names[:3]:
+        x, _ = read_wav(folder / "recordings" / n, 8000)
+        write_wav(folder / f"low-{n}", x, 8000)
+        low.append(f"low-{n}")
+    r = harken("enroll", "--config", cfg, "--files", *low, *files, "--json", cwd=folder)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert all(f"{name} (8000 Hz)" in r.stderr for name in low)
+    assert "--files: recorded below the model's 16000 Hz" in r.stderr
+    assert bank.read_bytes() == before
+
+
+def test_an_enrollment_larger_than_a_bank_holds_is_refused_before_listening(general_bundle,
+                                                                          site):
+    """--minutes 10080 (a week) at 10-s intervals is 60 480 intervals: distance matrices of
+    29 GB. Refused before any audio is read."""
+    folder, names, test = site
+    cfg = config(folder, general_bundle, test[0].path)
+    r = harken("enroll", "--config", cfg, "--minutes", "10080", "--json", cwd=folder)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "enrollment: 60480 new interval(s) of 10 s and 0 in the bank are more than a bank " \
+           "holds (4000" in r.stderr
+    assert not (folder / "state" / "enrolled-fan.npz").exists()
