@@ -32,6 +32,7 @@ LIMITS: dict[str, tuple[int, int]] = {
     "window_frames": (1, 8192),
     "window_hop": (1, 8192),
 }
+MAX_WINDOW_VALUES = 1 << 22      # values in one model input window (64 frames x 641: 41 024)
 
 
 class FeatureSpecError(HarkenError, ValueError):
@@ -83,6 +84,13 @@ class FeatureSpec:
             low, high = LIMITS.get(field, (1, None))
             if not low <= value <= high:
                 raise bad(field, f"a whole number from {low} to {high}")
+        window = self.window_frames * (self.n_mels + (self.n_fft // 2 + 1 if self.spectrum
+                                                      else 0))
+        if window > MAX_WINDOW_VALUES:
+            raise FeatureSpecError(
+                f"feature spec fields 'window_frames' = {self.window_frames}, 'n_mels' = "
+                f"{self.n_mels}, 'n_fft' = {self.n_fft}, 'spectrum' = {self.spectrum}: a model "
+                f"window of {window} values; at most {MAX_WINDOW_VALUES}")
         if self.win_length > self.n_fft:
             raise bad("win_length", f"<= n_fft ({self.n_fft})")
         if self.hop_length > self.n_fft:

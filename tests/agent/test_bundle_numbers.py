@@ -289,3 +289,11 @@ def test_the_exporter_records_the_interval_and_an_old_bundle_is_read_by_its_clip
     del m["threshold"]["interval_s"], m["aggregation"]
     _write_manifest(root, m)
     assert open_bundle(root).manifest.threshold_interval_s is None
+
+
+def test_a_model_window_is_bounded_as_a_whole():
+    """Each size within its range can still multiply into a window of billions of values."""
+    with pytest.raises(FeatureSpecError, match=r"a model window of 276832256 values; at most "
+                                               r"4194304"):
+        FeatureSpec(n_fft=1 << 16, win_length=1 << 16, spectrum=True, window_frames=8192,
+                    n_mels=1024, fmax=8000.0)
