@@ -297,3 +297,17 @@ def test_a_model_window_is_bounded_as_a_whole():
                                                r"4194304"):
         FeatureSpec(n_fft=1 << 16, win_length=1 << 16, spectrum=True, window_frames=8192,
                     n_mels=1024, fmax=8000.0)
+
+
+def test_the_exporter_reads_the_fitted_interval_off_the_training_clips(small_fan, tmp_path):
+    """export/bundle.py writes threshold.interval_s from the run's training clips (10 s in
+    the small corpus); without the corpus it leaves the field out (None)."""
+    from types import SimpleNamespace
+
+    from tests import prebuilt
+    prebuilt.workstation_or_skip()
+    from harken.export.bundle import _clip_seconds
+    info = SimpleNamespace(corpus=SimpleNamespace(root=str(small_fan)), machine="fan")
+    assert _clip_seconds(info) == 10.0
+    gone = SimpleNamespace(corpus=SimpleNamespace(root=str(tmp_path / "gone")), machine="fan")
+    assert _clip_seconds(gone) is None
