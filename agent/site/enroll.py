@@ -117,6 +117,12 @@ def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0
     old_manifest: BankManifest | None = None
     if append:
         old, old_manifest = read_bank(out, bundle, config.agent.machine)
+        if not math.isclose(old_manifest.interval_s, interval_s, rel_tol=1e-6):
+            raise ConfigError(f"{out}: enrolled at {old_manifest.interval_s:g}-s intervals, but "
+                              f"{config.source_file}: decision.interval_s = {interval_s:g}; "
+                              f"statistics of intervals of two lengths do not mix: enroll "
+                              f"again without --append, or set decision.interval_s = "
+                              f"{old_manifest.interval_s:g}")
     planned = (seconds if paths else minutes * 60) / interval_s
     have = len(old.get("raw_mel", ()))
     if math.isfinite(planned) and planned + have > MAX_BANK_INTERVALS:

@@ -85,6 +85,20 @@ def test_enroll_from_recordings_then_run_and_check_config_use_the_bank(general_b
            "audio given twice)" in r.stderr
     assert bank.read_bytes() == before
 
+    # --append at another interval length: the statistics would not mix
+    five = cfg.with_name("five.toml")
+    five.write_text(cfg.read_text().replace("interval_s = 10", "interval_s = 5"))
+    r = harken("enroll", "--config", five, "--files", f"recordings/{names[0]}", "--append",
+               "--json", cwd=folder)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"harken: error: {bank}: enrolled at 10-s intervals, but {five}: decision.interval_s "
+        f"= 5; statistics of intervals of two lengths do not mix: enroll again without "
+        f"--append, or set decision.interval_s = 10"]
+    assert bank.read_bytes() == before
+    r = harken("check-config", five, cwd=folder)       # nor is its threshold used at 5 s
+    assert r.returncode == 2 and "the enrolled bank's threshold was fitted on 10-s " \
+        "intervals" in r.stderr
+
     # --append: a new operating condition joins the bank, nothing is forgotten
     new = [c for c in test if not c.is_anomaly][1:3]
     for c in new:
