@@ -433,15 +433,25 @@ def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path,
                  tar_path: Path) -> None:
     """The member's bytes to ``target``, exactly the size its header (already checked
     against the manifest) states: a stream that ends early is a truncated tarball."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     src = tar.extractfile(member)
     left = member.size
-    with open(target, "xb") as out:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)        # a file or link already there: replaced
+        out = open(target, "xb")
+    except OSError as exc:
+        raise BundleError(f"{target}: cannot be written while unpacking {tar_path} "
+                          f"({exc.strerror or exc})") from None
+    with out:
         while left > 0 and src is not None:
             block = src.read(min(left, 1 << 20))
             if not block:
                 break
-            out.write(block)
+            try:
+                out.write(block)
+            except OSError as exc:          # a full disk: said as such, not as a bad tarball
+                raise BundleError(f"{target}: cannot be written while unpacking {tar_path} "
+                                  f"({exc.strerror or exc})") from None
             left -= len(block)
     if left:
         raise _unreadable(tar_path, EOFError(f"member {member.name!r} ends early"))
