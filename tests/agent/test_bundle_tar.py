@@ -6,6 +6,7 @@ hostile tarball is refused in one line and leaves nothing behind."""
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -198,3 +199,31 @@ def test_a_copy_left_by_a_killed_agent_is_swept_at_the_next_start(ae_bundle, tmp
                          text=True, env=env, check=True)
     assert not left[0].exists() and str(left[0]) not in out.stdout
     assert list(scratch.iterdir()) == [live]
+
+
+def test_a_fused_bundle_unpacks_with_its_members_files(ae_bundle, tmp_path, scratch):
+    """A fused bundle's tarball: its members' manifests and the files they list are the
+    bundle's too (two copies of one model stand in for two models here)."""
+    from harken.agent.features import FeatureSpec, shared_front_end
+    from harken.agent.model.bundle import sha256_file
+    root = tmp_path / "fused"
+    for name in ("a", "b"):
+        shutil.copytree(ae_bundle, root / "members" / name)
+    member = json.loads((ae_bundle / "manifest.json").read_text())
+    spec = FeatureSpec.from_dict(member["feature_spec"])
+    fused = {**member, "scoring": {"rule": "fused", "sections": {}}, "artifacts": {},
+             "arrays": {}, "feature_spec": shared_front_end([spec, spec]).to_dict(),
+             "fusion": {"members": [{"name": n, "path": f"members/{n}", "weight": 1.0,
+                                     "manifest_sha256": sha256_file(
+                                         root / "members" / n / "manifest.json")}
+                                    for n in ("a", "b")],
+                        "standardise": {f"{s:02d}": {"a": [0.0, 1.0], "b": [1.0, 2.0]}
+                                        for s in member["model"]["sections"]}}}
+    (root / "manifest.json").write_text(json.dumps(fused))
+    tar_path = make_tar(root, tmp_path / "fused.tar.gz")
+    b = open_bundle(tar_path)
+    assert b.is_fused and sorted(b.members) == ["a", "b"] and b.members["a"].artifacts
+    (root / "members" / "a" / "notes.txt").write_text("not listed")
+    shutil.copytree(ae_bundle, root / "members" / "c")       # a member the manifest lacks
+    with pytest.raises(BundleError, match=r"holds a second bundle \(fused/members/c/manifest"):
+        open_bundle(make_tar(root, tmp_path / "fused2.tar.gz"))
