@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, ValidationError
 
-from harken.agent.model.arrays import ArrayFileError, read_npz
+from harken.agent.model.arrays import ArrayFileError, nonfinite, read_npz
 from harken.agent.model.bundle import Bundle
 from harken.common.atomic import atomic_file
 from harken.common.errors import DataError
@@ -138,6 +138,9 @@ def write_bank(path: Path, arrays: dict[str, np.ndarray], manifest: BankManifest
     rename, so a failed write never leaves a bank that is neither."""
     if manifest.sha256 != bank_digest(arrays, manifest.version, manifest.model, manifest.machine):
         raise ValueError("write_bank: the manifest's sha256 is not that of the arrays")
+    bad = next((k for k, a in arrays.items() if nonfinite(np.asarray(a))), None)
+    if bad is not None:
+        raise ValueError(f"write_bank: array '{bad}' holds NaN or infinite values")
     raw = json.dumps(manifest.model_dump(mode="json")).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as f:

@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from harken.agent.model.bank import (BANK_VERSION, MAX_BANK_INTERVALS, BankManifest,
-                                     EnrollSession, bank_digest, read_bank, write_bank)
+                                     EnrollSession, bank_digest, read_bank, rule_arrays,
+                                     write_bank)
+from harken.agent.model.rules import RuleError, make_rule
 from harken.agent.model.bundle import Bundle, BundleError, open_bundle, sha256_file
 from harken.agent.site.calibrate import score_files, score_source
 from harken.agent.config import Config, ConfigError
@@ -158,6 +160,11 @@ def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0
     threshold, p, fit = false_alarm_threshold(loo, false_alarms_per_week, pipeline.interval_s)
     exceeded = exceedance(loo, threshold, p, "enrollment")
     arrays |= {f"raw_{b}": v for b, v in vectors.items()}
+    try:                  # checked as 'harken run' will read it, before it is written
+        make_rule(bundle.rule_name, rule_arrays(arrays, bundle))
+    except RuleError as exc:
+        raise DataError(f"enrollment: the bank would not score ({exc}); nothing was "
+                        f"written") from None
     session = EnrollSession(source=source, intervals=new_count, created=dt.datetime.now(
         dt.timezone.utc).isoformat(timespec="seconds"))
     prior_s, prior_skipped, prior_sessions = ((

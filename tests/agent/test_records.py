@@ -56,6 +56,10 @@ def test_the_bank_writer_writes_the_same_manifest_the_earlier_release_wrote(tmp_
     assert m2 == m and all(np.array_equal(again[k], arrays[k]) for k in arrays)
     with pytest.raises(ValueError, match="sha256 is not that of the arrays"):   # a bug, not a user's
         write_bank(tmp_path / "x.npz", {**arrays, "mel_bank": arrays["mel_bank"] + 1}, m)
+    from harken.agent.model.bank import bank_digest
+    nan = {**arrays, "mel_std": np.full_like(arrays["mel_std"], np.nan)}
+    with pytest.raises(ValueError, match="array 'mel_std' holds NaN or infinite values"):
+        write_bank(tmp_path / "x.npz", nan, m.model_copy(update={"sha256": bank_digest(nan, 1)}))
 
 
 def test_an_override_calibrated_by_the_earlier_release_loads_migrated(tmp_path):
