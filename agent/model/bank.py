@@ -103,7 +103,12 @@ def load_bank(path: Path) -> tuple[dict[str, np.ndarray], BankManifest]:
         raise BankError(f"{path}: not a file; move it away and enroll again")
     try:
         arrays = read_npz(path)          # each member's header checked before it is read
+        if "manifest" not in arrays:
+            raise BankError(f"{path}: the bank holds no manifest (arrays "
+                            f"{sorted(arrays)[:4]}...); enroll again")
         raw = arrays.pop("manifest").tobytes()
+    except BankError:
+        raise
     except ArrayFileError as exc:
         raise BankError(f"{exc}; enroll again") from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:

@@ -431,3 +431,13 @@ def test_an_override_or_bank_that_is_a_folder_is_refused_not_ignored(installed):
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         f"harken: error: {state / 'enrolled-fan.npz'}: not a file; move it away and enroll "
         f"again"]
+
+
+def test_a_bank_without_its_manifest_is_one_line(tmp_path):
+    path = tmp_path / "enrolled-fan.npz"
+    with np.load(BANK_V1) as z:
+        np.savez(path, **{k: z[k] for k in z.files if k != "manifest"})
+    with pytest.raises(BankError) as err:
+        load_bank(path)
+    assert str(err.value).startswith(f"{path}: the bank holds no manifest (arrays ")
+    assert str(err.value).endswith("enroll again") and "\n" not in str(err.value)
