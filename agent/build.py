@@ -13,7 +13,7 @@ from harken.agent.decision import Decision, DecisionConfig
 from harken.agent.decision.override import CalibrationOverride, read_override
 from harken.agent.model.backends import BackendPool
 from harken.agent.model.bank import BankError, BankManifest, read_bank, rule_arrays
-from harken.agent.model.bundle import Bundle, open_bundle
+from harken.agent.model.bundle import MANIFEST, Bundle, open_bundle
 from harken.agent.model.factory import make_scorer
 from harken.agent.model.rules import RuleError, make_rule
 from harken.agent.pipeline import Pipeline
@@ -26,7 +26,7 @@ def enrolled_bank(config: Config, bundle: Bundle
     bundle with its own bank. Refused clearly when missing, corrupt or another model's."""
     if not bundle.needs_enrollment:
         return None
-    return read_bank(config.bank_file, bundle)
+    return read_bank(config.bank_file, bundle, config.agent.machine)
 
 
 def resolve_threshold(config: Config, bundle: Bundle, enrollment: BankManifest | None = None,
@@ -41,11 +41,32 @@ def resolve_threshold(config: Config, bundle: Bundle, enrollment: BankManifest |
         _check_override_fits(calibrated, config, bundle)
         return calibrated.threshold, f"calibration {config.override_file}"
     if enrollment is not None:
+        if override:
+            _check_interval(config, enrollment.interval_s, f"{config.bank_file}: the enrolled "
+                            f"bank's threshold was fitted", "enroll again at this interval, ")
         return enrollment.threshold, f"enrollment {config.bank_file}"
     if bundle.threshold is None:
         raise ConfigError(f"{bundle.root}: the bundle has no threshold (an imported model); "
                           f"run 'harken calibrate' or set decision.threshold")
+    fitted = bundle.manifest.threshold_interval_s
+    if override and fitted is not None:
+        _check_interval(config, fitted, f"{bundle.root / MANIFEST}: the bundle's threshold was "
+                        f"fitted", "")
     return bundle.threshold, "bundle"
+
+
+def _check_interval(config: Config, fitted_s: float, what: str, first: str) -> None:
+    """A threshold holds for the length of audio it was fitted on: a score over 2 s of
+    normal audio is not on the scale of one over 10 s (the quickstart bundle's normal
+    audio scored 10-12 against its 10-s threshold of 1.1 at 2-s intervals, and alarmed
+    within a minute). Refused rather than warned: a warning scrolls by in a daemon's log
+    while the alarms (or the missed anomalies) go on (docs/agent.md "Calibration")."""
+    if math.isclose(fitted_s, config.decision.interval_s, rel_tol=1e-6):
+        return
+    raise ConfigError(f"{what} on {fitted_s:g}-s intervals, but {config.source_file}: "
+                      f"decision.interval_s = {config.decision.interval_s:g}: {first}run "
+                      f"'harken calibrate' at this interval, set decision.interval_s = "
+                      f"{fitted_s:g}, or set decision.threshold yourself")
 
 
 def _check_override_fits(calibrated: CalibrationOverride, config: Config,
@@ -54,6 +75,10 @@ def _check_override_fits(calibrated: CalibrationOverride, config: Config,
     override of another model (the bundle was re-exported) or another interval length
     scores normal audio against the wrong number, so it is refused, saying what to do."""
     again = "run 'harken calibrate' again (or delete the file to use the bundle's threshold)"
+    if calibrated.machine is not None and calibrated.machine != config.agent.machine:
+        raise ConfigError(f"{config.override_file}: calibrated for machine "
+                          f"{calibrated.machine!r}, but this is machine "
+                          f"{config.agent.machine!r} (copied from another machine?); {again}")
     if calibrated.model != bundle.model_id:
         raise ConfigError(f"{config.override_file}: calibrated for model {calibrated.model!r}, "
                           f"but the bundle is {bundle.model_id!r}; {again}")

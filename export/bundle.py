@@ -156,6 +156,21 @@ def _write_models(graph: InferenceGraph, out: Path, options: ExportOptions, meth
     return artifacts, reference
 
 
+def _clip_seconds(info) -> float | None:
+    """The length of the run's training clips: the interval its threshold was fitted at,
+    which the agent checks against decision.interval_s (docs/agent.md); None if the corpus
+    is not here to say."""
+    from harken.agent.sources.wavio import read_pcm
+    from harken.common.errors import HarkenError
+    from harken.training.data.corpus import scan
+    try:
+        clip = scan(Path(info.corpus.root), [info.machine], "train")[0]
+        data, rate = read_pcm(clip.path, mmap=True)
+        return round(len(data) / rate, 3)
+    except (HarkenError, OSError, ValueError, IndexError):
+        return None
+
+
 def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
                  options: ExportOptions = ExportOptions()) -> Path:
     """Export the run in ``run_dir`` into the bundle directory ``out``; returns ``out``."""
@@ -177,6 +192,7 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
         array_entries[name] = _entry(out, out / "arrays" / f"{name}.npy")
 
     normal = info.normal_scores
+    fitted_at = _clip_seconds(info)
     manifest = Manifest.model_validate({
         "schema_version": SCHEMA_VERSION,
         "model": _model_block(info, info.method),
@@ -186,12 +202,13 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
                   "window_hop_frames": spec.window_hop},
         "outputs": list(graph.outputs),
         "scoring": {"rule": rule, "output": output_of(rule), "sections": sections},
-        "aggregation": {"interval_s": 10.0, "reduce": "agent/model/rules/ ScoreRule.reduce over the "
-                        "windows of one interval"},
+        "aggregation": {"interval_s": fitted_at or 10.0, "reduce": "agent/model/rules/ "
+                        "ScoreRule.reduce over the windows of one interval"},
         "normal_scores": normal.model_dump(exclude_unset=True),
         "threshold": {"value": float(normal.threshold),
                       "how": normal.threshold_rule + " (torch fp32, held-out "
-                      "training clips); on-site calibration re-sets it"},
+                      "training clips); on-site calibration re-sets it",
+                      **({"interval_s": fitted_at} if fitted_at else {})},
         "artifacts": artifacts,
         "reference": reference,
         "arrays": array_entries,
@@ -223,18 +240,20 @@ def write_fused_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
         members.append({"name": name, "path": f"members/{name}", "weight": entry.weight,
                         "manifest_sha256": sha256_file(path / MANIFEST)})
     normal = info.normal_scores
+    fitted_at = _clip_seconds(info)
     manifest = Manifest.model_validate({
         "schema_version": SCHEMA_VERSION,
         "model": _model_block(info, "fusion"),
         "feature_spec": info.feature_spec,
         "scoring": {"rule": "fused", "sections": {}},
-        "aggregation": {"interval_s": 10.0, "reduce": "each member's rule over the interval's "
-                        "windows, standardised per section, weighted mean (agent/model/fused.py)"},
+        "aggregation": {"interval_s": fitted_at or 10.0, "reduce": "each member's rule over the "
+                        "interval's windows, standardised per section, weighted mean "
+                        "(agent/model/fused.py)"},
         "normal_scores": normal.model_dump(exclude_unset=True),
         "threshold": {"value": float(normal.threshold),
                       "how": normal.threshold_rule + " (fused torch fp32 scores of "
                       "the training clips every member held out); on-site calibration "
-                      "re-sets it"},
+                      "re-sets it", **({"interval_s": fitted_at} if fitted_at else {})},
         "fusion": {"members": members, "standardise": info.standardise},
         "artifacts": {},
         "provenance": provenance(run_dir=run_dir, info=info),

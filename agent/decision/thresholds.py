@@ -5,6 +5,7 @@ Lives in agent/ because on-site calibration uses it too; training imports it fro
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from dataclasses import asdict, dataclass
@@ -92,3 +93,27 @@ def false_alarm_threshold(scores: np.ndarray, false_alarms_per_week: float,
                         f"false alarm puts the threshold beyond any score the fitted normal "
                         f"scores allow ({threshold}); ask for more false alarms per week")
     return threshold, p, fit
+
+
+# below this chance of so many exceedances, the fit does not describe the scores
+MISMATCH_P = 1e-3
+
+
+def exceedance(scores: np.ndarray, threshold: float, p: float, what: str) -> dict:
+    """How often the scores a threshold was fitted on exceed it, against the rate it was
+    set for (``p`` per interval): a gamma that does not describe the scores (two kinds of
+    operation, a few loud intervals) puts the threshold where normal operation crosses it
+    far more often than asked. Returned for the command's summary; a gross mismatch (fewer
+    than 1 in 1000 such samples would exceed it that often) is also warned about."""
+    s = np.asarray(scores, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    k, n = int((s > threshold).sum()), int(s.size)
+    result = {"exceeded_intervals": k, "expected_exceeded": n * p}
+    if k and scipy.stats.binom.sf(k - 1, n, p) < MISMATCH_P:
+        result["exceedance_warning"] = (
+            f"{what}: {k} of the {n} intervals the threshold was fitted on exceed it, "
+            f"where about {n * p:.2g} would at the rate asked for: the fitted gamma does not "
+            f"describe these scores (mixed operating conditions, or loud events in the audio?); "
+            f"expect more false alarms than asked for, or record steadier normal audio")
+        logging.getLogger(__name__).warning("WARNING: " + result["exceedance_warning"])
+    return result

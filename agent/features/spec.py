@@ -5,6 +5,7 @@ manifest.json and compared on load."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import typing
 from dataclasses import dataclass
@@ -17,6 +18,21 @@ PadMode = Literal["constant", "reflect"]
 LogRule = Literal["dcase", "none"]
 
 FEATURE_SPEC_VERSION = 1
+
+# The range of each size a spec may state: wide enough for any audio model (ultrasound
+# leak detection records at 192 kHz), narrow enough that a damaged or hostile manifest
+# cannot make the front end ask for hundreds of GiB (a sample_rate of 2^31 would size every
+# buffer from it: docs/reliability.md "Numbers, banks and bundles").
+LIMITS: dict[str, tuple[int, int]] = {
+    "sample_rate": (4000, 192000),
+    "n_fft": (16, 1 << 16),
+    "win_length": (16, 1 << 16),
+    "hop_length": (1, 1 << 16),
+    "n_mels": (1, 1024),
+    "window_frames": (1, 8192),
+    "window_hop": (1, 8192),
+}
+MAX_WINDOW_VALUES = 1 << 22      # values in one model input window (64 frames x 641: 41 024)
 
 
 class FeatureSpecError(HarkenError, ValueError):
@@ -65,6 +81,16 @@ class FeatureSpec:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise bad(field, "a positive integer")
+            low, high = LIMITS.get(field, (1, None))
+            if not low <= value <= high:
+                raise bad(field, f"a whole number from {low} to {high}")
+        window = self.window_frames * (self.n_mels + (self.n_fft // 2 + 1 if self.spectrum
+                                                      else 0))
+        if window > MAX_WINDOW_VALUES:
+            raise FeatureSpecError(
+                f"feature spec fields 'window_frames' = {self.window_frames}, 'n_mels' = "
+                f"{self.n_mels}, 'n_fft' = {self.n_fft}, 'spectrum' = {self.spectrum}: a model "
+                f"window of {window} values; at most {MAX_WINDOW_VALUES}")
         if self.win_length > self.n_fft:
             raise bad("win_length", f"<= n_fft ({self.n_fft})")
         if self.hop_length > self.n_fft:
@@ -86,7 +112,8 @@ class FeatureSpec:
             raise bad("power", "1.0 (magnitude) or 2.0 (power)")
         if self.log_rule not in _LITERALS["log_rule"]:
             raise bad("log_rule", "'dcase' (20/power * log10(mel + eps)) or 'none'")
-        if not (isinstance(self.log_eps, float) and self.log_eps > 0):
+        if not (isinstance(self.log_eps, float) and math.isfinite(self.log_eps)
+                and self.log_eps > 0):
             raise bad("log_eps", "a positive float")
 
     # --- serialisation (run.json / manifest.json) ---------------------------------

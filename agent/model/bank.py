@@ -14,16 +14,21 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, ValidationError
 
+from harken.agent.model.arrays import ArrayFileError, nonfinite, read_npz
 from harken.agent.model.bundle import Bundle
 from harken.common.atomic import atomic_file
 from harken.common.errors import DataError
 from harken.common.records import (Count, Finite, GammaParams, IsoTime, NewerRecord, Positive, Record,
                                    explain, record_version)
 
-# The manifest's layout. 1: as 'harken enroll' has written it since it first shipped
-# (tests/data/records/enrolled-fan-v1.npz); a later layout adds a migration from 1 in
-# ``parse_manifest``.
-BANK_VERSION = 1
+# The manifest's layout. 1: as 'harken enroll' wrote it when it first shipped
+# (tests/data/records/enrolled-fan-v1.npz): its sha256 covers the arrays only. 2: the same
+# keys, its sha256 covering the version, the model and the machine too, so that a bank
+# copied to another machine, or edited to name it, does not pass (docs/agent.md).
+BANK_VERSION = 2
+# the most intervals a bank holds: its distance matrices grow as the square (4000
+# intervals: 11 hours of 10-s intervals, 128 MB per matrix)
+MAX_BANK_INTERVALS = 4000
 
 
 class BankError(DataError):
@@ -40,10 +45,10 @@ class EnrollSession(Record):
 class BankManifest(Record):
     """What an enrolled bank says of itself: the model it was made with, the audio behind
     it, the threshold fitted to that audio, and a SHA-256 binding it to its arrays."""
-    version: Literal[1]
+    version: Literal[1, 2]
     model: str = Field(min_length=1)            # the bundle's model id
     machine: str = Field(min_length=1)
-    intervals: int = Field(ge=1)                # in the bank, all sessions together
+    intervals: int = Field(ge=1, le=MAX_BANK_INTERVALS)   # in the bank, all sessions
     audio_s: Positive
     skipped_intervals: Count                    # silent, clipped or invalid, all sessions
     interval_s: Positive
@@ -55,8 +60,13 @@ class BankManifest(Record):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
-def bank_digest(arrays: dict[str, np.ndarray]) -> str:
+def bank_digest(arrays: dict[str, np.ndarray], version: int = BANK_VERSION, model: str = "",
+                machine: str = "") -> str:
+    """The SHA-256 a bank's manifest states: of its arrays, and from version 2 on of its
+    version, model and machine first (what it is bound to is inside what is hashed)."""
     h = hashlib.sha256()
+    if version >= 2:
+        h.update(json.dumps(["harken-bank", version, model, machine]).encode() + b"\0")
     for name in sorted(arrays):
         a = np.ascontiguousarray(arrays[name])
         h.update(name.encode() + str(a.dtype).encode() + str(a.shape).encode() + a.tobytes())
@@ -89,37 +99,53 @@ def parse_manifest(raw: bytes, path: Path) -> BankManifest:
 def load_bank(path: Path) -> tuple[dict[str, np.ndarray], BankManifest]:
     """The arrays and manifest of the bank file at ``path``, checked: readable, a valid
     manifest, untampered. Which model it belongs to is ``read_bank``'s check."""
+    if not path.is_file():
+        raise BankError(f"{path}: not a file; move it away and enroll again")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        arrays = read_npz(path)          # each member's header checked before it is read
+        if "manifest" not in arrays:
+            raise BankError(f"{path}: the bank holds no manifest (arrays "
+                            f"{sorted(arrays)[:4]}...); enroll again")
         raw = arrays.pop("manifest").tobytes()
+    except BankError:
+        raise
+    except ArrayFileError as exc:
+        raise BankError(f"{exc}; enroll again") from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise BankError(f"{path}: not a readable enrolled bank ({exc}); enroll again") from None
     manifest = parse_manifest(raw, path)
-    if bank_digest(arrays) != manifest.sha256:
+    if bank_digest(arrays, manifest.version, manifest.model, manifest.machine) != manifest.sha256:
         raise BankError(f"{path}: the arrays do not match the bank's sha256 (file corrupt or "
                         f"changed); enroll again")
     return arrays, manifest
 
 
-def read_bank(path: Path, bundle: Bundle) -> tuple[dict[str, np.ndarray], BankManifest]:
+def read_bank(path: Path, bundle: Bundle, machine: str
+              ) -> tuple[dict[str, np.ndarray], BankManifest]:
     """The arrays and manifest of an enrolled bank, checked: readable, untampered, made
-    with this bundle's model."""
-    if not path.is_file():
+    with this bundle's model for this machine."""
+    if not path.exists() and not path.is_symlink():
         raise BankError(f"{path}: no enrolled bank; the bundle {bundle.model_id} is a general "
                         f"one: run 'harken enroll --config CONFIG' first")
     arrays, manifest = load_bank(path)
     if manifest.model != bundle.model_id:
         raise BankError(f"{path}: enrolled with model {manifest.model!r}, but the "
                         f"bundle is {bundle.model_id!r}; enroll again with this bundle")
+    if manifest.machine != machine:
+        raise BankError(f"{path}: enrolled for machine {manifest.machine!r}, but this is "
+                        f"machine {machine!r} (a bank copied from another machine?); enroll "
+                        f"this machine")
     return arrays, manifest
 
 
 def write_bank(path: Path, arrays: dict[str, np.ndarray], manifest: BankManifest) -> None:
     """The bank as one .npz (no pickle), atomically: the old bank stays whole until the
     rename, so a failed write never leaves a bank that is neither."""
-    if manifest.sha256 != bank_digest(arrays):
+    if manifest.sha256 != bank_digest(arrays, manifest.version, manifest.model, manifest.machine):
         raise ValueError("write_bank: the manifest's sha256 is not that of the arrays")
+    bad = next((k for k, a in arrays.items() if nonfinite(np.asarray(a))), None)
+    if bad is not None:
+        raise ValueError(f"write_bank: array '{bad}' holds NaN or infinite values")
     raw = json.dumps(manifest.model_dump(mode="json")).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as f:

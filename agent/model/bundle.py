@@ -14,9 +14,13 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
+import lzma
+import os
+import posixpath
 import shutil
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +30,9 @@ from pydantic import ValidationError
 
 from harken.common.errors import HarkenError
 from harken.agent.features import FeatureSpec, FeatureSpecError, shared_front_end
-from harken.agent.model.manifest import (ARTIFACT_KINDS, MANIFEST, OUTPUTS, SCHEMA_VERSION,
-                                   FileEntry, Manifest, explain)
+from harken.agent.model.arrays import ArrayFileError, read_npy
+from harken.agent.model.manifest import (ARTIFACT_KINDS, MAX_BUNDLE_BYTES, MANIFEST, OUTPUTS,
+                                         SCHEMA_VERSION, FileEntry, Manifest, explain)
 from harken.agent.model.rules import RuleError, ScoreRule, make_rule
 
 MAX_MANIFEST_BYTES = 1 << 20
@@ -160,26 +165,35 @@ def _checked_file(root: Path, entry: FileEntry, where: str) -> Path:
     if path.stat().st_size != entry.size:
         raise BundleError(f"{path}: size is {path.stat().st_size} bytes, the manifest's "
                           f"'{where}.size' says {entry.size}")
-    if sha256_file(path) != entry.sha256:
+    try:
+        digest = sha256_file(path)
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if digest != entry.sha256:
         raise BundleError(f"{path}: sha256 does not match the manifest's '{where}.sha256' "
                           f"(file corrupt or changed)")
     return path
 
 
-def read_manifest(manifest_path: Path) -> Manifest:
-    """The typed manifest; the schema version is checked first, so a manifest from a
-    newer exporter is refused with the reason rather than a field error."""
+def _no_twice(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose keys are each given once: with a key twice (an array named twice)
+    json would silently keep the last, and which one the exporter meant is not clear."""
+    keys = [k for k, _ in pairs]
+    twice = next((k for k in keys if keys.count(k) > 1), None)
+    if twice is not None:
+        raise ValueError(f"key {twice!r} is given twice in one object")
+    return dict(pairs)
+
+
+def parse_manifest(raw: bytes, where: str) -> Manifest:
+    """The typed manifest from its bytes; the schema version is checked first, so a
+    manifest from a newer exporter is refused with the reason rather than a field error."""
     try:
-        size = manifest_path.stat().st_size
-        if size > MAX_MANIFEST_BYTES:       # a real one is a few KiB: never read a huge file
-            raise BundleError(f"{manifest_path}: {size} bytes; a manifest is at most "
-                              f"{MAX_MANIFEST_BYTES} bytes")
-        data = json.loads(manifest_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
+        data = json.loads(raw.decode(), object_pairs_hook=_no_twice)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BundleError(f"{where}: not valid JSON ({exc})") from None
     except RecursionError:
-        raise BundleError(f"{manifest_path}: not a manifest (JSON nested too deeply)") from None
-    where = str(manifest_path)
+        raise BundleError(f"{where}: not a manifest (JSON nested too deeply)") from None
     if not isinstance(data, dict):
         raise BundleError(f"{where}: expected a JSON object, got {type(data).__name__}")
     version = data.get("schema_version")
@@ -192,13 +206,37 @@ def read_manifest(manifest_path: Path) -> Manifest:
         raise BundleError(explain(exc, where)) from None
 
 
+def read_manifest(manifest_path: Path) -> Manifest:
+    """The typed manifest of the file at ``manifest_path`` (never more than
+    MAX_MANIFEST_BYTES of it read)."""
+    try:
+        size = manifest_path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:       # a real one is a few KiB: never read a huge file
+            raise BundleError(f"{manifest_path}: {size} bytes; a manifest is at most "
+                              f"{MAX_MANIFEST_BYTES} bytes")
+        raw = manifest_path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{manifest_path}: cannot be read ({exc.strerror or exc})") from None
+    return parse_manifest(raw, str(manifest_path))
+
+
 def open_bundle(path: str | Path, extract_to: Path | None = None) -> Bundle:
     """Read and check a bundle directory or tarball."""
     path = Path(path)
-    if path.is_file() and tarfile.is_tarfile(path):
+    try:
+        is_tar = path.is_file() and tarfile.is_tarfile(path)
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if is_tar:
         path = _extract(path, extract_to)
+    elif path.is_file() and path.name.endswith((".tar", ".tar.gz", ".tgz", ".tar.xz")):
+        raise BundleError(f"{path}: not a readable tarball (truncated, e.g. partly copied, "
+                          f"or damaged); copy it again")
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
+        if path.is_dir() and not os.access(path, os.R_OK | os.X_OK):
+            raise BundleError(f"{path}: the bundle folder cannot be read by this user "
+                              f"(permissions)")
         raise BundleError(f"{path}: not a bundle ({MANIFEST} missing)")
     manifest = read_manifest(manifest_path)
     where = str(manifest_path)
@@ -213,9 +251,9 @@ def open_bundle(path: str | Path, extract_to: Path | None = None) -> Bundle:
     for name, entry in manifest.arrays.items():
         file = _checked_file(path, entry, f"{where}: arrays.{name}")
         try:
-            arrays[name] = np.load(file, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise BundleError(f"{file}: not a plain .npy array ({exc})") from None
+            arrays[name] = read_npy(file)        # its header checked before any is read
+        except ArrayFileError as exc:
+            raise BundleError(str(exc)) from None
 
     window = spec.window_frames * spec.n_features
     artifacts = {}
@@ -231,7 +269,11 @@ def open_bundle(path: str | Path, extract_to: Path | None = None) -> Bundle:
         # the manifest model made sure an int8 input carries its scale and zero point
         quant = (float(inp.scale), int(inp.zero_point)) if inp.dtype == "int8" else None
         artifacts[kind] = Artifact(kind, file, shape, inp.dtype, quant, entry.outputs)
-    return Bundle(path, manifest, spec, artifacts, arrays)
+    bundle = Bundle(path, manifest, spec, artifacts, arrays)
+    if not bundle.needs_enrollment:
+        for s in bundle.sections:         # every section's arrays, checked now, not at its
+            bundle.rule(s)                # first interval
+    return bundle
 
 
 def _open_fused(path: Path, manifest: Manifest, spec: FeatureSpec) -> Bundle:
@@ -271,41 +313,196 @@ def _open_fused(path: Path, manifest: Manifest, spec: FeatureSpec) -> Bundle:
     return Bundle(path, manifest, spec, {}, {}, members)
 
 
-def _extract_safely(tar: tarfile.TarFile, into: Path) -> None:
-    """Regular files and folders only, all inside ``into``: the 'data' filter where Python
-    has it (3.11.4 and later), the same refusals by hand where it does not (Debian
-    bookworm and Raspberry Pi OS ship 3.11.2)."""
-    if hasattr(tarfile, "data_filter"):
-        tar.extractall(into, filter="data")
-        return
-    root = into.resolve()
-    for member in tar.getmembers():
-        target = (into / member.name).resolve()
-        if not (member.isfile() or member.isdir()):
-            raise tarfile.TarError(f"{member.name!r} is not a regular file or folder")
-        if member.name.startswith("/") or (target != root and root not in target.parents):
-            raise tarfile.TarError(f"{member.name!r} would be written outside the folder")
-    tar.extractall(into)
+MAX_MEMBERS = 10_000             # files in one tarball: a bundle has a handful
+STALE_PREFIX = "harken-bundle-"  # temporary unpacked copies: harken-bundle-<pid>-<random>
+
+
+def _member_name(member: tarfile.TarInfo, tar_path: Path) -> str:
+    """The member's path, normalised ('./a//b' -> 'a/b'); refused if it is absolute or
+    leaves the folder, or if it is anything but a regular file or a folder."""
+    name = posixpath.normpath(member.name)
+    if member.name.startswith("/") or name == ".." or name.startswith("../"):
+        raise BundleError(f"{tar_path}: cannot unpack: member {member.name!r} would be "
+                          f"written outside the folder")
+    if not (member.isfile() or member.isdir()):
+        kind = "a link" if member.issym() or member.islnk() else "not a regular file or folder"
+        raise BundleError(f"{tar_path}: cannot unpack: member {member.name!r} is {kind}; a "
+                          f"bundle holds only files and folders")
+    return "" if name == "." else name
+
+
+def _unreadable(tar_path: Path, exc: BaseException) -> BundleError:
+    return BundleError(f"{tar_path}: cannot unpack: the tarball cannot be read to its end "
+                       f"(truncated, e.g. partly copied, or damaged: {exc or type(exc).__name__}); "
+                       f"copy it again")
+
+
+READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
+
+
+def _scan(tar_path: Path) -> dict[str, tarfile.TarInfo]:
+    """Every member's header, read through to the end of the tarball (which is how a
+    truncated one is found) without keeping any data, with its total size capped; no link,
+    device, absolute or escaping path, no name twice."""
+    members: dict[str, tarfile.TarInfo] = {}
+    total = 0
+    try:
+        with tarfile.open(tar_path, "r:*") as tar:
+            for m in tar:
+                name = _member_name(m, tar_path)
+                if len(members) >= MAX_MEMBERS:
+                    raise BundleError(f"{tar_path}: more than {MAX_MEMBERS} members; not a "
+                                      f"bundle")
+                if name in members and not m.isdir():
+                    raise BundleError(f"{tar_path}: member {name!r} is stored twice; which "
+                                      f"one is the bundle's is not clear")
+                total += m.size
+                if total > MAX_BUNDLE_BYTES:
+                    raise BundleError(f"{tar_path}: its members hold more than "
+                                      f"{MAX_BUNDLE_BYTES} bytes (member {m.name!r} alone "
+                                      f"claims {m.size}); not a bundle")
+                members[name] = m
+    except READ_ERRORS as exc:
+        raise _unreadable(tar_path, exc) from None
+    return members
+
+
+def _listed(tar_path: Path, members: dict[str, tarfile.TarInfo], tar: tarfile.TarFile
+            ) -> tuple[str, dict[str, int]]:
+    """(the bundle's folder in the tarball, {member: size} of every file its manifest
+    lists, its fused members' manifests and files included). A tarball with a manifest the
+    bundle does not name holds a second bundle and is refused."""
+    manifests = sorted((n for n, m in members.items() if m.isfile()
+                        and posixpath.basename(n) == MANIFEST),
+                       key=lambda n: (n.count("/"), n))
+    if not manifests:
+        raise BundleError(f"{tar_path}: no {MANIFEST} inside; not a bundle")
+    top = [n for n in manifests if n.count("/") == manifests[0].count("/")]
+    if len(top) > 1:
+        raise BundleError(f"{tar_path}: holds {len(top)} bundles "
+                          f"({', '.join(posixpath.dirname(n) or '.' for n in top)}); give "
+                          f"one bundle per tarball")
+    root = posixpath.dirname(manifests[0])
+    wanted: dict[str, int] = {}
+
+    def add(folder: str, depth: int = 0) -> None:
+        name = posixpath.join(folder, MANIFEST)
+        m = members.get(name)
+        if m is None or not m.isfile():
+            raise BundleError(f"{tar_path}: no {name} inside (a fused bundle's member)")
+        if m.size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{tar_path}: {name}: {m.size} bytes; a manifest is at most "
+                              f"{MAX_MANIFEST_BYTES} bytes")
+        manifest = parse_manifest(_read_member(tar, m, tar_path), f"{tar_path}: {name}")
+        wanted[name] = m.size
+        entries = [(f"arrays.{k}", e) for k, e in manifest.arrays.items()] + \
+            [(f"artifacts.{k}", e) for k, e in manifest.artifacts.items()]
+        for key, e in entries:
+            path = posixpath.normpath(posixpath.join(folder, e.path))
+            if path.startswith("../") or (folder and not path.startswith(folder + "/")):
+                raise BundleError(f"{tar_path}: {name}: {key}.path '{e.path}' leaves the bundle")
+            have = members.get(path)
+            if have is None or not have.isfile():
+                raise BundleError(f"{tar_path}: {name} lists {key} at '{e.path}', which the "
+                                  f"tarball does not hold")
+            if have.size != e.size:
+                raise BundleError(f"{tar_path}: member {path!r} is {have.size} bytes, the "
+                                  f"manifest's '{key}.size' says {e.size}")
+            wanted[path] = e.size
+        if manifest.fusion is not None and depth == 0:
+            for m_ in manifest.fusion.members:
+                add(posixpath.normpath(posixpath.join(folder, m_.path)), depth + 1)
+
+    add(root)
+    other = [n for n in manifests if n not in wanted]
+    if other:
+        raise BundleError(f"{tar_path}: holds a second bundle ({other[0]} is not one its "
+                          f"{MANIFEST} names); give one bundle per tarball")
+    return root, wanted
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, tar_path: Path) -> bytes:
+    f = tar.extractfile(member)
+    data = f.read(member.size + 1) if f is not None else b""
+    if len(data) != member.size:
+        raise _unreadable(tar_path, EOFError(f"member {member.name!r} ends early"))
+    return data
+
+
+def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path,
+                 tar_path: Path) -> None:
+    """The member's bytes to ``target``, exactly the size its header (already checked
+    against the manifest) states: a stream that ends early is a truncated tarball."""
+    src = tar.extractfile(member)
+    left = member.size
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)        # a file or link already there: replaced
+        out = open(target, "xb")
+    except OSError as exc:
+        raise BundleError(f"{target}: cannot be written while unpacking {tar_path} "
+                          f"({exc.strerror or exc})") from None
+    with out:
+        while left > 0 and src is not None:
+            block = src.read(min(left, 1 << 20))
+            if not block:
+                break
+            try:
+                out.write(block)
+            except OSError as exc:          # a full disk: said as such, not as a bad tarball
+                raise BundleError(f"{target}: cannot be written while unpacking {tar_path} "
+                                  f"({exc.strerror or exc})") from None
+            left -= len(block)
+    if left:
+        raise _unreadable(tar_path, EOFError(f"member {member.name!r} ends early"))
+
+
+def sweep_stale_copies(folder: Path | None = None) -> int:
+    """Remove the unpacked copies that agents killed before they could (SIGKILL, power
+    loss) left in the temporary folder: those whose process is gone. Returns how many."""
+    folder = Path(folder or tempfile.gettempdir())
+    removed = 0
+    for path in folder.glob(f"{STALE_PREFIX}*"):
+        try:
+            pid = int(path.name[len(STALE_PREFIX):].split("-", 1)[0])
+            if path.is_symlink() or not path.is_dir() or path.stat().st_uid != os.getuid():
+                continue
+            os.kill(pid, 0)
+        except ValueError:
+            continue                          # not one of ours
+        except ProcessLookupError:            # its process is gone
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        except OSError:                       # alive (another user's), or not ours
+            continue
+    return removed
 
 
 def _extract(tar_path: Path, into: Path | None) -> Path:
-    """Unpack into ``into``, or into a temporary folder that is removed when the process
-    exits (and at once if the tarball is refused: nothing half-unpacked stays behind)."""
+    """Unpack the one bundle the tarball holds, only the files its manifest lists at the
+    sizes it states (docs/bundle.md), into ``into``, or into a temporary folder named after
+    this process that is removed when it exits, at once if the tarball is refused, and by
+    the next start (``sweep_stale_copies``) if the process is killed first."""
+    members = _scan(tar_path)
     own = into is None
-    into = into or Path(tempfile.mkdtemp(prefix="harken-bundle-"))
+    if own:
+        sweep_stale_copies()
+        into = Path(tempfile.mkdtemp(prefix=f"{STALE_PREFIX}{os.getpid()}-"))
     try:
         try:
-            with tarfile.open(tar_path) as tar:
-                _extract_safely(tar, into)
-        except (tarfile.TarError, OSError) as exc:
-            raise BundleError(f"{tar_path}: cannot unpack ({exc})") from None
-        found = sorted(p.parent for p in into.rglob(MANIFEST))
-        if not found:
-            raise BundleError(f"{tar_path}: no {MANIFEST} inside")
+            with tarfile.open(tar_path, "r:*") as tar:
+                root, wanted = _listed(tar_path, members, tar)
+                for name, member in members.items():
+                    if name in wanted:
+                        _copy_member(tar, member, into.joinpath(*name.split("/")), tar_path)
+        except BundleError:
+            raise
+        except READ_ERRORS as exc:
+            raise _unreadable(tar_path, exc) from None
     except BaseException:
         if own:
             shutil.rmtree(into, ignore_errors=True)
         raise
     if own:
         atexit.register(shutil.rmtree, into, ignore_errors=True)
-    return found[0]
+    return into.joinpath(*root.split("/")) if root else into

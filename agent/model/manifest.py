@@ -31,21 +31,28 @@ FUSED_RULE = "fused"            # a fused bundle's scoring.rule: its members sco
 
 
 class _Part(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # no NaN or infinity in any number the manifest states: a NaN weight or scale would
+    # make every score NaN, which compares as "normal" (docs/reliability.md)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+
+# the most a bundle's files may hold together (a fused bundle of several models is a few
+# tens of MB): a manifest stating more is refused before anything is read or unpacked
+MAX_BUNDLE_BYTES = 1 << 30
 
 
 class FileEntry(_Part):
     """A file of the bundle, relative to its folder, with what it must hash to."""
-    path: StrictStr
-    size: StrictInt
+    path: StrictStr = Field(min_length=1)
+    size: StrictInt = Field(ge=0, le=MAX_BUNDLE_BYTES)
     sha256: StrictStr
 
 
 class ArtifactInput(_Part):
     name: str | None = None
-    shape: list[StrictInt]
+    shape: list[Annotated[StrictInt, Field(ge=1, le=1 << 24)]] = Field(min_length=1, max_length=8)
     dtype: Literal["float32", "int8"]
-    scale: float | None = None          # int8 input only
+    scale: Annotated[float, Field(gt=0)] | None = None          # int8 input only
     zero_point: StrictInt | None = None
 
     @model_validator(mode="after")
@@ -90,9 +97,17 @@ class Enrollment(_Part):
     """A general bundle: no reference bank inside; ``harken enroll`` learns one on site
     (agent/site/enroll.py) and ``harken run`` refuses to start without it."""
     required: bool = True
-    density_k: StrictInt = 4
-    weights: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    density_k: StrictInt = Field(4, ge=1, le=1000)
+    weights: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: [1.0, 1.0, 1.0, 1.0], min_length=4, max_length=4)
     how: str = ""
+
+    @field_validator("weights")
+    @classmethod
+    def _some_weight(cls, weights: list[float]) -> list[float]:
+        if sum(weights) <= 0:
+            raise ValueError("the weights sum to 0: no component would count")
+        return weights
 
 
 class FusionMember(_Part):
@@ -116,6 +131,10 @@ class Threshold(_Part):
     # interval "normal" (or anomalous) without a word, a string or bool is no threshold
     value: Annotated[float, Field(strict=True, allow_inf_nan=False)] | None
     how: str = ""
+    # the report interval the value was fitted at (a score over 10 s of audio is not one
+    # over 2 s: docs/agent.md "Calibration"); None in bundles exported before it was
+    # written (``Manifest.threshold_interval_s`` then reads ``aggregation.interval_s``)
+    interval_s: Annotated[float, Field(gt=0, le=3600)] | None = None
 
 
 class Manifest(_Part):
@@ -186,6 +205,21 @@ class Manifest(_Part):
                     raise ValueError(f"fusion.standardise.{key}.{m.name} must be a finite "
                                      f"mean and a positive std, got {list(scale)}")
         return self
+
+    @property
+    def threshold_interval_s(self) -> float | None:
+        """The interval length the bundle's threshold holds for: as the exporter recorded
+        it, else (an older bundle) the interval the exporter said it aggregated over (the
+        training clips' length), else None (unknown: an imported model's threshold)."""
+        if self.threshold.value is None:
+            return None
+        if self.threshold.interval_s is not None:
+            return float(self.threshold.interval_s)
+        old = self.aggregation.get("interval_s")
+        if isinstance(old, (int, float)) and not isinstance(old, bool) and \
+                math.isfinite(old) and 0 < old <= 3600:
+            return float(old)
+        return None
 
     def to_json(self) -> str:
         """The manifest as written: only the fields that were given (no nulls added)."""

@@ -12,7 +12,7 @@ import numpy as np
 
 from harken.agent.model.backends import Backend, open_backend
 from harken.agent.model.bank import BankManifest
-from harken.agent.model.bundle import Bundle
+from harken.agent.model.bundle import Artifact, Bundle, BundleError
 from harken.agent.features import windows
 from harken.agent.model.rules import ScoreRule
 
@@ -24,6 +24,33 @@ def model_input(window: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     if len(shape) == 2:
         return np.ascontiguousarray(window, dtype=np.float32).reshape(shape)
     return np.ascontiguousarray(window.T, dtype=np.float32).reshape(shape)
+
+
+def probe(backend: Backend, artifact: Artifact, output: str) -> int:
+    """The number of values ``output`` has per window, from one run of the model on a
+    window of zeros: what the model file really gives, whatever its metadata says (a
+    dynamic axis, a re-exported model), learnt before the first interval."""
+    try:
+        got = backend.run(np.zeros(artifact.input_shape, np.float32))
+    except Exception as exc:      # noqa: BLE001 - each runtime raises its own types
+        raise BundleError(f"{artifact.path}: the model fails on an input of the manifest's "
+                          f"shape {list(artifact.input_shape)} ({exc})") from None
+    if output not in got:
+        raise BundleError(f"{artifact.path}: gives no '{output}' output (it gives "
+                          f"{sorted(got)})")
+    return int(np.asarray(got[output]).size)
+
+
+def check_outputs(backend: Backend, artifact: Artifact, rule: ScoreRule) -> None:
+    """Refuse, naming the model file, a model whose output is not as wide as the rule's
+    arrays need (an embedding of 64 values against a bank of 128-value rows would raise at
+    the first interval, a reconstruction of the wrong width would broadcast into nonsense)."""
+    width = probe(backend, artifact, rule.output)
+    problem = rule.check_model(int(np.prod(artifact.input_shape)), width)
+    if problem:
+        raise BundleError(f"{artifact.path}: output '{rule.output}' has {width} values per "
+                          f"window, but score rule '{rule.name}' with this bundle's arrays "
+                          f"needs {problem} (manifest 'artifacts.{artifact.kind}')")
 
 
 class Scorer(Protocol):
@@ -52,6 +79,7 @@ class BundleScorer:
         self.backend = backend or open_backend(self.artifact, threads)
         self.rule = rule or bundle.rule(section)
         self.section = section
+        check_outputs(self.backend, self.artifact, self.rule)     # before the first interval
 
     def evidence(self, feature_windows: np.ndarray) -> np.ndarray:
         """(n, frames, mels) windows -> (n, k) evidence rows (see agent/model/rules/)."""

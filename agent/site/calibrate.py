@@ -22,8 +22,9 @@ from harken.agent.decision import Decision
 from harken.agent.pipeline import Pipeline
 from harken.agent.build import build
 from harken.agent.sources import FileSettings, SourceError, open_source, shared_taps
-from harken.agent.decision.thresholds import check_false_alarm_rate, false_alarm_threshold
-from harken.agent.decision.override import OVERRIDE_VERSION, CalibrationOverride, write_override
+from harken.agent.decision.thresholds import (check_false_alarm_rate, exceedance,
+                                              false_alarm_threshold)
+from harken.agent.decision.override import CalibrationOverride, write_override
 from harken.common.records import GammaParams
 
 MIN_INTERVALS = 10
@@ -175,8 +176,9 @@ def _fit_and_write(config: Config, bundle, pipeline: Pipeline, scores: list[floa
                           f"least {MIN_INTERVALS}: give more minutes or files")
     s = np.asarray(scores)
     threshold, p, fit = false_alarm_threshold(s, false_alarms_per_week, pipeline.interval_s)
-    override = CalibrationOverride(
-        version=OVERRIDE_VERSION, threshold=threshold,
+    exceeded = exceedance(s, threshold, p, f"calibration of {config.agent.machine}")
+    override = CalibrationOverride.create(
+        machine=config.agent.machine, threshold=threshold,
         false_alarms_per_week=false_alarms_per_week, interval_s=pipeline.interval_s,
         exceedance_per_interval=p, intervals=int(s.size), skipped_intervals=skipped,
         score_mean=float(s.mean()), score_max=float(s.max()),
@@ -187,7 +189,7 @@ def _fit_and_write(config: Config, bundle, pipeline: Pipeline, scores: list[floa
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     out = config.override_file
     write_override(out, override)                     # never a half-written override
-    result = {**override.model_dump(mode="json"), "override_file": str(out)}
+    result = {**override.model_dump(mode="json"), "override_file": str(out), **exceeded}
     if plot:
         result["plot"] = _plot(s, fit, threshold, out.parent / plot, config)
     return result

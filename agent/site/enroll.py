@@ -22,26 +22,33 @@ that was there.
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import math
 from pathlib import Path
 
 import numpy as np
 
-from harken.agent.model.bank import (BANK_VERSION, BankManifest, EnrollSession, bank_digest,
-                                     read_bank, write_bank)
-from harken.agent.model.bundle import Bundle, open_bundle
+from harken.agent.model.bank import (BANK_VERSION, MAX_BANK_INTERVALS, BankManifest,
+                                     EnrollSession, bank_digest, read_bank, rule_arrays,
+                                     write_bank)
+from harken.agent.model.rules import RuleError, make_rule
+from harken.agent.model.bundle import Bundle, BundleError, open_bundle, sha256_file
 from harken.agent.site.calibrate import score_files, score_source
 from harken.agent.config import Config, ConfigError
 from harken.agent.decision import Decision
-from harken.common.errors import DataError
+from harken.common.errors import DataError, UsageError
+from harken.agent.sources.wavio import read_pcm
 from harken.agent.features import windows
 from harken.agent.pipeline import Pipeline
 from harken.agent.model.rules.spectral_knn import (BRANCHES, branch_statistics, branch_vectors,
                                              fit_bank, pooled_moments)
-from harken.agent.model.scorer import model_input
-from harken.agent.decision.thresholds import check_false_alarm_rate, false_alarm_threshold
+from harken.agent.model.scorer import model_input, probe
+from harken.agent.decision.thresholds import (check_false_alarm_rate, exceedance,
+                                              false_alarm_threshold)
 from harken.common.records import GammaParams
 
 MIN_INTERVALS = 6          # the LDN neighbourhood (4) plus room to hold one out
+log = logging.getLogger(__name__)
 
 
 class IntervalStatistics:
@@ -53,6 +60,11 @@ class IntervalStatistics:
         self.bundle = bundle
         self.artifact = bundle.artifact(artifact)
         self.backend = open_backend(self.artifact, threads)
+        width, wanted = probe(self.backend, self.artifact, "moments"), 2 * bundle.spec.n_features
+        if width != wanted:
+            raise BundleError(f"{self.artifact.path}: output 'moments' has {width} values per "
+                              f"window; the feature spec's {bundle.spec.n_features} values per "
+                              f"frame need {wanted} (mean and std of each)")
         self.vectors: dict[str, list[np.ndarray]] = {b: [] for b in BRANCHES}
 
     def evidence(self, feature_windows: np.ndarray) -> np.ndarray:
@@ -100,11 +112,26 @@ def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise ConfigError(f"--files: no such file: {', '.join(missing)}")
+    interval_s = config.decision.interval_s
+    paths, duplicate_files, seconds = _distinct_files(paths, bundle.spec.sample_rate)
     out = config.bank_file
     old: dict[str, np.ndarray] = {}
     old_manifest: BankManifest | None = None
     if append:
-        old, old_manifest = read_bank(out, bundle)
+        old, old_manifest = read_bank(out, bundle, config.agent.machine)
+        if not math.isclose(old_manifest.interval_s, interval_s, rel_tol=1e-6):
+            raise ConfigError(f"{out}: enrolled at {old_manifest.interval_s:g}-s intervals, but "
+                              f"{config.source_file}: decision.interval_s = {interval_s:g}; "
+                              f"statistics of intervals of two lengths do not mix: enroll "
+                              f"again without --append, or set decision.interval_s = "
+                              f"{old_manifest.interval_s:g}")
+    planned = (seconds if paths else minutes * 60) / interval_s
+    have = len(old.get("raw_mel", ()))
+    if math.isfinite(planned) and planned + have > MAX_BANK_INTERVALS:
+        raise UsageError(f"enrollment: {planned:.0f} new interval(s) of {interval_s:g} s and "
+                         f"{have} in the bank are more than a bank holds "
+                         f"({MAX_BANK_INTERVALS}: its distance matrices grow as the square); "
+                         f"enroll less audio. Nothing was written.")
     stats = IntervalStatistics(bundle, config.model.artifact, config.model.threads)
     pipeline = Pipeline(stats, Decision(float("inf")), config.decision.interval_s)
     # the intervals go through calibration's loops; their statistics land in ``stats``
@@ -120,25 +147,89 @@ def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0
                         f"need at least {MIN_INTERVALS}: record longer or give more files. "
                         f"Nothing was written.")
     new = {b: np.stack(v) for b, v in stats.vectors.items()}
+    new, duplicate_intervals = _without_copies(new, old if append else None)
+    new_count = len(new[BRANCHES[0]])
+    if new_count < (1 if append else MIN_INTERVALS):
+        raise DataError(f"enrollment: only {new_count} interval(s) of {pipeline.interval_s:g} s "
+                        f"are new ({duplicate_intervals} are exact copies of others: the same "
+                        f"audio given twice); give other recordings. Nothing was written.")
     vectors = {b: np.concatenate([old[f"raw_{b}"], new[b]]) if append else new[b]
                for b in BRANCHES}
     e = bundle.manifest.enrollment
     arrays, loo = fit_bank(vectors, branch_statistics(vectors), e.density_k, e.weights)
-    threshold, _, fit = false_alarm_threshold(loo, false_alarms_per_week, pipeline.interval_s)
+    threshold, p, fit = false_alarm_threshold(loo, false_alarms_per_week, pipeline.interval_s)
+    exceeded = exceedance(loo, threshold, p, "enrollment")
     arrays |= {f"raw_{b}": v for b, v in vectors.items()}
-    session = EnrollSession(source=source, intervals=stats.count, created=dt.datetime.now(
+    try:                  # checked as 'harken run' will read it, before it is written
+        make_rule(bundle.rule_name, rule_arrays(arrays, bundle))
+    except RuleError as exc:
+        raise DataError(f"enrollment: the bank would not score ({exc}); nothing was "
+                        f"written") from None
+    session = EnrollSession(source=source, intervals=new_count, created=dt.datetime.now(
         dt.timezone.utc).isoformat(timespec="seconds"))
     prior_s, prior_skipped, prior_sessions = ((
         old_manifest.audio_s, old_manifest.skipped_intervals, old_manifest.sessions)
         if old_manifest is not None else (0.0, 0, []))
     manifest = BankManifest(
         version=BANK_VERSION, model=bundle.model_id, machine=config.agent.machine,
-        intervals=int(len(loo)), audio_s=stats.count * pipeline.interval_s + prior_s,
+        intervals=int(len(loo)), audio_s=new_count * pipeline.interval_s + prior_s,
         skipped_intervals=skipped + prior_skipped, interval_s=pipeline.interval_s,
         sessions=[*prior_sessions, session], threshold=threshold,
         false_alarms_per_week=false_alarms_per_week,
         threshold_how="gamma fit of the intervals' leave-one-out scores",
-        gamma=GammaParams(**fit.to_dict()), sha256=bank_digest(arrays))
+        gamma=GammaParams(**fit.to_dict()),
+        sha256=bank_digest(arrays, BANK_VERSION, bundle.model_id, config.agent.machine))
     write_bank(out, arrays, manifest)          # the old bank stays whole until the rename
     return {**manifest.model_dump(mode="json", exclude={"gamma", "sha256"}),
-            "bank": str(out), "bank_bytes": out.stat().st_size, "new_intervals": stats.count}
+            "bank": str(out), "bank_bytes": out.stat().st_size, "new_intervals": new_count,
+            "duplicate_files": duplicate_files, "duplicate_intervals": duplicate_intervals,
+            **exceeded}
+
+
+def _distinct_files(paths: list[Path], rate: int) -> tuple[list[Path], int, float]:
+    """(the files, each once, in order; how many were left out as copies of one before it,
+    by content; their seconds of audio). A file given twice would put every one of its
+    intervals in the bank twice, and an interval with an exact copy scores 0 held out: the
+    fused scale collapses and normal audio then scores 1e8 (docs/reliability.md). A file
+    recorded below the model's rate is refused, each named: it lacks the upper band the
+    model reads, so the bank would be of other sound than the machine's."""
+    seen: set[str] = set()
+    distinct, low, seconds = [], [], 0.0
+    for path in paths:
+        digest = sha256_file(path)
+        if digest in seen:
+            log.warning(f"{path}: the same audio as a file given before it; left out")
+            continue
+        seen.add(digest)
+        data, file_rate = read_pcm(path, mmap=True)       # the header only: one line if bad
+        if file_rate < rate:
+            low.append(f"{path} ({file_rate} Hz)")
+        seconds += len(data) / max(file_rate, 1)
+        distinct.append(path)
+    if low:
+        raise DataError(f"--files: recorded below the model's {rate} Hz, so without the upper "
+                        f"band it reads: {', '.join(low)}; record at {rate} Hz or more. "
+                        f"Nothing was written.")
+    return distinct, len(paths) - len(distinct), seconds
+
+
+def _without_copies(new: dict[str, np.ndarray], old: dict[str, np.ndarray] | None
+                    ) -> tuple[dict[str, np.ndarray], int]:
+    """The new intervals without exact copies of each other or of the bank's (``old``):
+    the same audio enrolled twice (``--append`` with the same files). Returns them and how
+    many were left out."""
+    def key(i: int, arrays: dict[str, np.ndarray], prefix: str = "") -> bytes:
+        return b"".join(np.ascontiguousarray(arrays[f"{prefix}{b}"][i]).tobytes()
+                        for b in BRANCHES)
+    seen = set() if old is None else {key(i, old, "raw_") for i in range(len(old["raw_mel"]))}
+    keep = []
+    for i in range(len(new[BRANCHES[0]])):
+        k = key(i, new)
+        if k not in seen:
+            seen.add(k)
+            keep.append(i)
+    dropped = len(new[BRANCHES[0]]) - len(keep)
+    if dropped:
+        log.warning(f"enrollment: {dropped} interval(s) left out, exact copies of others "
+                    f"(the same audio given twice)")
+    return {b: v[keep] for b, v in new.items()}, dropped

@@ -74,13 +74,41 @@ def test_enroll_from_recordings_then_run_and_check_config_use_the_bank(general_b
     scores = [x for x in lines if x["kind"] == "score"]
     assert scores and all(np.isfinite(s["score"]) for s in scores)
 
-    # --append: a new operating condition joins the bank, nothing is forgotten
+    # --append with the same files: every interval is a copy of one in the bank (held out
+    # it scores 0, the fused scale collapsed and normal audio scored 1e8): refused, the
+    # bank untouched
+    before = bank.read_bytes()
     r = harken("enroll", "--config", cfg, "--files", f"recordings/{names[0]}",
                f"recordings/{names[1]}", "--append", "--json", cwd=folder)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "only 0 interval(s) of 10 s are new (2 are exact copies of others: the same " \
+           "audio given twice)" in r.stderr
+    assert bank.read_bytes() == before
+
+    # --append at another interval length: the statistics would not mix
+    five = cfg.with_name("five.toml")
+    five.write_text(cfg.read_text().replace("interval_s = 10", "interval_s = 5"))
+    r = harken("enroll", "--config", five, "--files", f"recordings/{names[0]}", "--append",
+               "--json", cwd=folder)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"harken: error: {bank}: enrolled at 10-s intervals, but {five}: decision.interval_s "
+        f"= 5; statistics of intervals of two lengths do not mix: enroll again without "
+        f"--append, or set decision.interval_s = 10"]
+    assert bank.read_bytes() == before
+    r = harken("check-config", five, cwd=folder)       # nor is its threshold used at 5 s
+    assert r.returncode == 2 and "the enrolled bank's threshold was fitted on 10-s " \
+        "intervals" in r.stderr
+
+    # --append: a new operating condition joins the bank, nothing is forgotten
+    new = [c for c in test if not c.is_anomaly][1:3]
+    for c in new:
+        (folder / "recordings" / f"new-{c.path.name}").write_bytes(c.path.read_bytes())
+    r = harken("enroll", "--config", cfg, "--files",
+               *[f"recordings/new-{c.path.name}" for c in new], "--append", "--json", cwd=folder)
     assert r.returncode == 0, r.stderr
     out2 = json.loads(r.stdout)
     assert (out2["intervals"], out2["new_intervals"], out2["audio_s"]) == (14, 2, 140.0)
-    assert len(out2["sessions"]) == 2
+    assert len(out2["sessions"]) == 2 and out2["duplicate_intervals"] == 0
     with np.load(bank, allow_pickle=False) as z:
         assert z["raw_mel"].shape == (14, 256)
 
@@ -140,9 +168,15 @@ def test_bad_input_is_one_clear_line_and_leaves_the_bank_alone(general_bundle, s
     with np.load(bank, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     manifest = json.loads(arrays["manifest"].tobytes())
-    other = {**arrays, "manifest": np.frombuffer(json.dumps(
-        {**manifest, "model": "spectral-knn-general-00000000"}).encode(), np.uint8)}
-    np.savez(bank, **other)
+    edited = {**manifest, "model": "spectral-knn-general-00000000"}
+    other = {**arrays, "manifest": np.frombuffer(json.dumps(edited).encode(), np.uint8)}
+    np.savez(bank, **other)          # the model is inside the sha256 (bank version 2)
+    r = harken("run", "--config", cfg, cwd=folder)
+    assert r.returncode == 2 and "do not match the bank's sha256" in r.stderr
+    from harken.agent.model.bank import bank_digest
+    plain = {k: v for k, v in arrays.items() if k != "manifest"}
+    edited["sha256"] = bank_digest(plain, 2, edited["model"], "fan")    # as if enrolled so
+    np.savez(bank, **{**other, "manifest": np.frombuffer(json.dumps(edited).encode(), np.uint8)})
     r = harken("run", "--config", cfg, cwd=folder)
     assert r.returncode == 2 and "enrolled with model 'spectral-knn-general-00000000'" in r.stderr
     np.savez(bank, **{**arrays, "mel_bank": arrays["mel_bank"] + 1.0})
@@ -161,3 +195,49 @@ def test_a_bundle_with_its_own_bank_is_not_enrolled(ae_bundle, small_fan, tmp_pa
     cfg = config(tmp_path, ae_bundle, wav)
     r = harken("enroll", "--config", cfg, "--files", "a.wav", cwd=tmp_path)
     assert r.returncode == 2 and "'harken enroll' needs a general bundle" in r.stderr
+
+
+def test_a_file_given_twice_is_enrolled_once_and_low_rate_files_are_each_named(general_bundle,
+                                                                             site):
+    """A file listed twice put each interval in the bank twice (each scored 0 held out and
+    normal audio then scored 1e8): the copy is left out, counted. Files recorded at 8 kHz
+    for a 16-kHz model gave one warning naming only the first: each is named now, and the
+    enrollment is refused (the bank would lack the upper band the model reads)."""
+    folder, names, _ = site
+    cfg = config(folder, general_bundle)
+    files = [f"recordings/{n}" for n in names[:8]]
+    (folder / "recordings" / "copy.wav").write_bytes((folder / files[0]).read_bytes())
+    r = harken("enroll", "--config", cfg, "--files", *files, files[1], "recordings/copy.wav",
+               "--json", cwd=folder)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["intervals"], out["duplicate_files"], out["duplicate_intervals"]) == (8, 2, 0)
+    assert "the same audio as a file given before it; left out" in r.stderr
+    assert out["exceeded_intervals"] >= 0 and "expected_exceeded" in out
+    bank = folder / "state" / "enrolled-fan.npz"
+    before = bank.read_bytes()
+
+    low = []
+    for n in names[:3]:
+        x, _ = read_wav(folder / "recordings" / n, 8000)
+        write_wav(folder / f"low-{n}", x, 8000)
+        low.append(f"low-{n}")
+    r = harken("enroll", "--config", cfg, "--files", *low, *files, "--json", cwd=folder)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert all(f"{name} (8000 Hz)" in r.stderr for name in low)
+    assert "--files: recorded below the model's 16000 Hz" in r.stderr
+    assert bank.read_bytes() == before
+
+
+def test_an_enrollment_larger_than_a_bank_holds_is_refused_before_listening(general_bundle,
+                                                                          site):
+    """--minutes 10080 (a week) at 10-s intervals is 60 480 intervals: distance matrices of
+    29 GB. Refused before any audio is read."""
+    folder, names, test = site
+    cfg = config(folder, general_bundle, test[0].path)
+    r = harken("enroll", "--config", cfg, "--minutes", "10080", "--json", cwd=folder)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "enrollment: 60480 new interval(s) of 10 s and 0 in the bank are more than a bank " \
+           "holds (4000" in r.stderr
+    assert not (folder / "state" / "enrolled-fan.npz").exists()

@@ -137,3 +137,46 @@ def test_a_fused_manifest_and_an_int8_input_with_its_quantization_are_accepted(t
     data = _manifest()
     data["artifacts"]["onnx-int8"]["input"].update(dtype="int8", scale=0.1, zero_point=-3)
     assert _read(tmp_path, data).artifacts["onnx-int8"].input.zero_point == -3
+
+
+def _general() -> dict:
+    data = _manifest()
+    data["enrollment"] = {"required": True, "density_k": 4, "weights": [1.0, 1.0, 1.0, 1.0]}
+    return data
+
+
+@pytest.mark.parametrize("base, edit, message", [
+    (_general, lambda d: d["enrollment"].update(weights=[0.0] * 4),
+     r"enrollment\.weights: the weights sum to 0"),
+    (_general, lambda d: d["enrollment"].update(weights=[1.0, float("nan"), 1.0, 1.0]),
+     r"enrollment\.weights: field '1' input should be a finite number"),
+    (_general, lambda d: d["enrollment"].update(weights=[1.0, -1.0, 1.0, 1.0]),
+     r"enrollment\.weights: field '1' input should be greater than or equal to 0"),
+    (_general, lambda d: d["enrollment"].update(weights=[1.0]), r"enrollment: field 'weights'"),
+    (_general, lambda d: d["enrollment"].update(density_k=0), r"enrollment: field 'density_k'"),
+    (_fused, lambda d: d["fusion"]["members"][0].update(weight=float("inf")),
+     r"fusion\.members\.0: field 'weight' input should be a finite number"),
+    (_fused, lambda d: d["fusion"]["members"][0].update(weight=float("nan")),
+     r"fusion\.members\.0: field 'weight'"),
+    (_manifest, lambda d: d["artifacts"]["onnx-int8"]["input"].update(
+        dtype="int8", scale=0.0, zero_point=0), r"input: field 'scale' input should be greater than 0"),
+    (_manifest, lambda d: d["artifacts"]["onnx-int8"]["input"].update(
+        dtype="int8", scale=float("nan"), zero_point=0), r"input: field 'scale'"),
+    (_manifest, lambda d: d["artifacts"]["onnx-int8"]["input"].update(shape=[1, 0]),
+     r"input\.shape: field '1' input should be greater than or equal to 1"),
+    (_manifest, lambda d: d["artifacts"]["onnx-int8"].update(size=-5),
+     r"artifacts\.onnx-int8: field 'size' input should be greater than or equal to 0"),
+    (_manifest, lambda d: d["artifacts"]["onnx-int8"].update(size=3 << 30),
+     r"artifacts\.onnx-int8: field 'size' input should be less than or equal to 1073741824"),
+    (_manifest, lambda d: d["threshold"].update(interval_s=0), r"threshold: field 'interval_s'"),
+    (_manifest, lambda d: d["threshold"].update(interval_s=float("nan")),
+     r"threshold: field 'interval_s'"),
+])
+def test_every_number_the_manifest_states_is_finite_and_in_range(tmp_path, base, edit, message):
+    """Zero or NaN fusion weights, a zero int8 scale, a negative size: accepted before,
+    and every score was then NaN (which compares as "normal") or the first interval raised."""
+    data = base()
+    edit(data)
+    with pytest.raises(BundleError, match=message) as err:
+        _read(tmp_path, data)
+    assert "\n" not in str(err.value)

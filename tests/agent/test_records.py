@@ -56,6 +56,10 @@ def test_the_bank_writer_writes_the_same_manifest_the_earlier_release_wrote(tmp_
     assert m2 == m and all(np.array_equal(again[k], arrays[k]) for k in arrays)
     with pytest.raises(ValueError, match="sha256 is not that of the arrays"):   # a bug, not a user's
         write_bank(tmp_path / "x.npz", {**arrays, "mel_bank": arrays["mel_bank"] + 1}, m)
+    from harken.agent.model.bank import bank_digest
+    nan = {**arrays, "mel_std": np.full_like(arrays["mel_std"], np.nan)}
+    with pytest.raises(ValueError, match="array 'mel_std' holds NaN or infinite values"):
+        write_bank(tmp_path / "x.npz", nan, m.model_copy(update={"sha256": bank_digest(nan, 1)}))
 
 
 def test_an_override_calibrated_by_the_earlier_release_loads_migrated(tmp_path):
@@ -124,7 +128,7 @@ def _bank_with(tmp_path: Path, raw: bytes) -> Path:
     ("colour", "blue", "unknown key 'colour'"),
     ("version", ..., "key 'version' missing"),
     ("version", "1", "key 'version' = '1': not a version number; enroll again"),
-    ("version", 2, "version 2 is newer than this harken reads (1); upgrade harken, or enroll "
+    ("version", 3, "version 3 is newer than this harken reads (2); upgrade harken, or enroll "
                    "again"),
 ])
 def test_a_damaged_bank_manifest_is_one_line_naming_the_file_and_key(tmp_path, key, value, why):
@@ -168,7 +172,7 @@ def test_a_bank_manifest_that_is_not_one_is_refused(tmp_path, raw, why):
     ({"channel": -1}, "unreadable (key 'channel' = -1: Input should be greater than or equal "
                       "to 0)"),
     ({"version": 1.0}, "unreadable (key 'version' = 1.0: not a version number)"),
-    ({"version": 3}, "version 3 is newer than this harken reads (1); upgrade harken, or delete"),
+    ({"version": 3}, "version 3 is newer than this harken reads (2); upgrade harken, or delete"),
 ])
 def test_a_damaged_override_is_one_line_saying_what_to_do(tmp_path, content, why):
     """``content``: the file's text, or the earlier release's override with these keys
@@ -297,7 +301,7 @@ def test_an_override_of_another_model_or_interval_is_refused_and_calibrate_repla
     r = harken("calibrate", "--config", cfg, "--files", folder / "fan-long.wav", "--no-plot",
                cwd=folder)
     assert r.returncode == 0, r.stderr
-    assert json.loads(override.read_text())["version"] == 1
+    assert json.loads(override.read_text())["version"] == 2        # now bound to its machine
     r = harken("check-config", cfg, cwd=folder)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["resolved"]["threshold_from"].startswith("calibration")
@@ -316,9 +320,124 @@ def test_a_bank_without_the_arrays_of_its_rule_names_its_file(installed):
     manifest = json.loads(arrays.pop("manifest").tobytes())
     dropped = next(k for k in sorted(arrays) if not k.startswith("raw_"))
     del arrays[dropped]
-    manifest["sha256"] = bank_digest(arrays)
+    manifest["sha256"] = bank_digest(arrays, 1)          # the earlier release's bank
     np.savez(bank, manifest=np.frombuffer(json.dumps(manifest).encode(), np.uint8), **arrays)
     r = harken("check-config", cfg, cwd=folder)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith(f"harken: error: {bank}: score rule") and "enroll again" in r.stderr
 
+
+
+def _v2_bank(path: Path, machine: str = "fan", model: str = MODEL) -> None:
+    """The earlier release's bank written again as version 2 (its sha256 binding the
+    version, the model and the machine)."""
+    from harken.agent.model.bank import bank_digest
+    arrays, m = load_bank(BANK_V1)
+    m = m.model_copy(update={"version": 2, "machine": machine, "model": model,
+                             "sha256": bank_digest(arrays, 2, model, machine)})
+    write_bank(path, arrays, m)
+
+
+def test_a_bank_swapped_between_two_machines_is_refused_in_one_line(installed):
+    """Two machines' banks swapped (the state folders copied crosswise) were accepted
+    silently: the bank's manifest named the other machine and was outside the sha256."""
+    folder, cfg = installed
+    state = folder / "state"
+    (state / "threshold-fan.json").unlink()
+    pump = cfg.with_name("pump.toml")
+    pump.write_text(cfg.read_text().replace('machine = "fan"', 'machine = "pump"'))
+    shutil.copy(state / "enrolled-fan.npz", state / "enrolled-pump.npz")   # version 1
+    r = harken("check-config", pump, cwd=folder)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"harken: error: {state / 'enrolled-pump.npz'}: enrolled for machine 'fan', but this "
+        f"is machine 'pump' (a bank copied from another machine?); enroll this machine"]
+    # version 2: the machine is inside the sha256, so renaming it in the manifest fails too
+    _v2_bank(state / "enrolled-pump.npz")
+    with np.load(state / "enrolled-pump.npz") as z:
+        arrays = dict(z)
+    manifest = json.loads(arrays.pop("manifest").tobytes())
+    assert manifest["version"] == 2
+    manifest["machine"] = "pump"
+    np.savez(state / "enrolled-pump.npz",
+             manifest=np.frombuffer(json.dumps(manifest).encode(), np.uint8), **arrays)
+    r = harken("check-config", pump, cwd=folder)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "enrolled-pump.npz: the arrays do not match the bank's sha256" in r.stderr
+    _v2_bank(state / "enrolled-fan.npz")                 # a good version-2 bank runs
+    assert harken("check-config", cfg, cwd=folder).returncode == 0
+
+
+def test_an_override_is_bound_to_its_machine_and_its_digest(installed, tmp_path):
+    """A version-2 override (what calibrate writes now) names its machine inside its
+    sha256: copied to another machine, or its threshold edited by hand, it is refused."""
+    folder, cfg = installed
+    state = folder / "state"
+    old = load_override(state / "threshold-fan.json")
+    fields = {k: v for k, v in old.model_dump().items() if k not in ("version", "machine",
+                                                                      "sha256")}
+    fresh = CalibrationOverride.create(**fields, machine="fan")
+    assert fresh.version == 2 and fresh.sha256 == fresh.digest()
+    write_override(state / "threshold-fan.json", fresh)
+    r = harken("check-config", cfg, cwd=folder)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["resolved"]["threshold"] == fresh.threshold
+
+    pump = cfg.with_name("pump.toml")
+    pump.write_text(cfg.read_text().replace('machine = "fan"', 'machine = "pump"'))
+    _v2_bank(state / "enrolled-pump.npz", machine="pump")
+    shutil.copy(state / "threshold-fan.json", state / "threshold-pump.json")
+    r = harken("check-config", pump, cwd=folder)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"harken: error: {state / 'threshold-pump.json'}: calibrated for machine 'fan', but "
+        f"this is machine 'pump' (copied from another machine?); run 'harken calibrate' again "
+        f"(or delete the file to use the bundle's threshold)"]
+    data = json.loads((state / "threshold-pump.json").read_text())
+    data["machine"] = "pump"                              # renamed by hand: not its digest
+    (state / "threshold-pump.json").write_text(json.dumps(data))
+    r = harken("check-config", pump, cwd=folder)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"harken: error: {state / 'threshold-pump.json'}: calibration override changed since "
+        f"it was written (its sha256 does not match what it says); delete it or run 'harken "
+        f"calibrate' again"]
+    del data["machine"]
+    (state / "threshold-pump.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"unreadable \(key 'version' = 2: Value error, key "
+                                          r"'machine' missing \(version 2\)\)|key 'machine' "
+                                          r"missing"):
+        load_override(state / "threshold-pump.json")
+
+
+def test_an_override_or_bank_that_is_a_folder_is_refused_not_ignored(installed):
+    """A folder where the override goes was read as "no override": the bundle's threshold
+    was used without a word. Now run refuses, and calibrate says to move it away."""
+    folder, cfg = installed
+    state = folder / "state"
+    (state / "threshold-fan.json").unlink()
+    (state / "threshold-fan.json").mkdir()
+    r = harken("check-config", cfg, cwd=folder)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"harken: error: {state / 'threshold-fan.json'}: calibration override is not a file; "
+        f"move it away or run 'harken calibrate' again"]
+    write_wav(folder / "fan-long.wav", fan(120, 5), RATE)
+    r = harken("calibrate", "--config", cfg, "--files", folder / "fan-long.wav", "--no-plot",
+               "--quiet", cwd=folder)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"{state / 'threshold-fan.json'}: is a folder, where the calibration override goes" \
+        in r.stderr
+    (state / "threshold-fan.json").rmdir()
+    (state / "enrolled-fan.npz").unlink()
+    (state / "enrolled-fan.npz").mkdir()
+    r = harken("check-config", cfg, cwd=folder)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"harken: error: {state / 'enrolled-fan.npz'}: not a file; move it away and enroll "
+        f"again"]
+
+
+def test_a_bank_without_its_manifest_is_one_line(tmp_path):
+    path = tmp_path / "enrolled-fan.npz"
+    with np.load(BANK_V1) as z:
+        np.savez(path, **{k: z[k] for k in z.files if k != "manifest"})
+    with pytest.raises(BankError) as err:
+        load_bank(path)
+    assert str(err.value).startswith(f"{path}: the bank holds no manifest (arrays ")
+    assert str(err.value).endswith("enroll again") and "\n" not in str(err.value)

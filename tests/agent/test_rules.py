@@ -211,7 +211,10 @@ def test_pooled_moments_of_equal_windows_are_those_of_all_frames(rng):
     np.testing.assert_array_equal(v["spectrum"], mean[2:])
 
 
-def test_a_spectral_bank_needs_two_clips_and_identical_clips_do_not_divide_by_zero(rng):
+def test_a_spectral_bank_needs_two_clips_and_identical_clips_are_refused_with_a_reason(rng):
+    """Identical clips once gave a 1e-12 scale (every normal interval then scored ~1e8):
+    a spread that does not vary, or references on top of each other, is refused saying
+    why (docs/reliability.md)."""
     from harken.common.errors import DataError
     from harken.agent.model.rules.spectral_knn import branch_statistics, fit_bank
     one = {"mel": rng.normal(size=(1, 4)), "spectrum": rng.normal(size=(1, 3))}
@@ -219,8 +222,18 @@ def test_a_spectral_bank_needs_two_clips_and_identical_clips_do_not_divide_by_ze
                                         "intervals, got 1"):
         fit_bank(one, branch_statistics(one), 2, (1, 1, 1, 1))
     same = {"mel": np.ones((3, 4)), "spectrum": np.ones((3, 3))}
-    arrays, loo = fit_bank(same, branch_statistics(same), 2, (1, 1, 1, 1))
-    assert np.isfinite(loo).all() and (arrays["mel_fusion"][2:] == 1e-12).all()
+    with pytest.raises(DataError, match="mel-knn leave-one-out scores that do not vary"):
+        fit_bank(same, branch_statistics(same), 2, (1, 1, 1, 1))
+    # every clip given twice: each scores 0 held out
+    twice = {b: np.concatenate([v, v]) for b, v in
+             {"mel": rng.normal(size=(8, 4)), "spectrum": rng.normal(size=(8, 3))}.items()}
+    with pytest.raises(DataError, match="do not vary|nearest neighbours at \\(almost\\) zero"):
+        fit_bank(twice, branch_statistics(twice), 2, (1, 1, 1, 1))
+    # a few copies among distinct clips: their density is zero
+    some = {b: np.concatenate([v, v[:3]]) for b, v in
+            {"mel": rng.normal(size=(12, 4)), "spectrum": rng.normal(size=(12, 3))}.items()}
+    with pytest.raises(DataError, match="nearest neighbours at \\(almost\\) zero distance"):
+        fit_bank(some, branch_statistics(some), 1, (1, 1, 1, 1))
 
 
 def test_local_densities_are_the_mean_of_the_k_nearest_others(rng):
@@ -238,7 +251,10 @@ def test_local_densities_are_the_mean_of_the_k_nearest_others(rng):
 
 
 def test_two_references_are_enough_and_k_below_one_is_refused(rng):
-    from harken.common.errors import UsageError
+    """Two references give densities; a bank of two is refused: each is the other's
+    nearest, so their held-out scores are equal and have no spread to scale by (it once
+    made a 1e-12 scale)."""
+    from harken.common.errors import DataError, UsageError
     from harken.agent.model.rules.density import local_densities
     from harken.agent.model.rules.spectral_knn import branch_statistics, fit_bank
     two = np.array([[0.0, 0.0], [3.0, 4.0]])
@@ -246,8 +262,12 @@ def test_two_references_are_enough_and_k_below_one_is_refused(rng):
     with pytest.raises(UsageError, match="density k must be at least 1, got 0"):
         local_densities(two, 0, "euclidean")
     pair = {"mel": rng.normal(size=(2, 4)), "spectrum": rng.normal(size=(2, 3))}
-    arrays, loo = fit_bank(pair, branch_statistics(pair), 4, (1, 1, 1, 1))
-    assert loo.shape == (2,) and arrays["mel_bank"].shape == (2, 4)
+    with pytest.raises(DataError, match="the 2 clips or intervals give mel-knn leave-one-out "
+                                        "scores that do not vary"):
+        fit_bank(pair, branch_statistics(pair), 4, (1, 1, 1, 1))
+    three = {"mel": rng.normal(size=(3, 4)), "spectrum": rng.normal(size=(3, 3))}
+    arrays, loo = fit_bank(three, branch_statistics(three), 4, (1, 1, 1, 1))
+    assert loo.shape == (3,) and arrays["mel_bank"].shape == (3, 4)
 
 
 def test_unit_embeddings_are_standardised_rows_of_length_one(rng):

@@ -111,3 +111,25 @@ def test_minutes_of_audio_that_are_no_duration_are_refused_before_listening(minu
     from harken.agent.site.calibrate import score_source
     with pytest.raises(UsageError, match="--minutes"):
         score_source([], None, minutes, progress=False)
+
+
+def test_the_exceedance_on_the_fitted_scores_is_reported_and_a_gross_mismatch_warned(caplog):
+    """The threshold's own rate on the scores it was fitted on: as asked for on scores the
+    gamma describes, warned about when a cluster of loud intervals sits above it (two kinds
+    of operation, or loud events in the calibration audio)."""
+    from harken.agent.decision.thresholds import exceedance, false_alarm_threshold
+    rng = np.random.default_rng(5)
+    steady = rng.gamma(4.0, 1.0, size=2000) + 3
+    threshold, p, _ = false_alarm_threshold(steady, 1.0, 10.0)
+    got = exceedance(steady, threshold, p, "calibration of fan")
+    assert got["exceeded_intervals"] <= 1 and "exceedance_warning" not in got
+    assert got["expected_exceeded"] == pytest.approx(2000 * p)
+    mixed = np.r_[steady, np.full(40, 200.0) + rng.normal(size=40)]
+    threshold, p, _ = false_alarm_threshold(mixed, 1.0, 10.0)
+    with caplog.at_level("WARNING"):
+        got = exceedance(mixed, threshold, p, "calibration of fan")
+    assert got["exceeded_intervals"] >= 10
+    assert got["exceedance_warning"].startswith(
+        f"calibration of fan: {got['exceeded_intervals']} of the 2040 intervals the threshold "
+        f"was fitted on exceed it, where about")
+    assert "fitted gamma does not describe these scores" in caplog.text

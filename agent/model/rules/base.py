@@ -40,6 +40,42 @@ class ScoreRule(ABC):
         missing = [k for k in self.needs if k not in self.arrays]
         if missing:
             raise RuleError(f"score rule {self.name!r} needs arrays {missing}")
+        for k in self.needs:
+            a = np.asarray(self.arrays[k])
+            if a.dtype.kind not in "biuf":
+                raise RuleError(f"array '{k}' holds {a.dtype} values, not numbers")
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                raise RuleError(f"array '{k}' holds NaN or infinite values")
+        self.validate()
+
+    def validate(self) -> None:
+        """The rule's own checks of its arrays (shapes that agree, a std or density above
+        0): a bundle or bank that breaks them would score NaN, or raise at the first
+        interval, so it is refused when loaded (docs/reliability.md)."""
+
+    def check_model(self, input_width: int, output_width: int) -> str | None:
+        """What is wrong, if anything, with a model whose input window has
+        ``input_width`` values and whose ``output`` has ``output_width`` values per window,
+        for these arrays (None: they fit)."""
+        return None
+
+    # helpers for ``validate``: each refusal names the array and what was expected
+    def shape_of(self, name: str, ndim: int) -> tuple[int, ...]:
+        shape = np.shape(self.arrays[name])
+        if len(shape) != ndim or 0 in shape:
+            raise RuleError(f"array '{name}' has shape {list(shape)}; expected {ndim} "
+                            f"non-empty dimension(s)")
+        return shape
+
+    def same(self, name: str, got: int, expected: int, of: str) -> None:
+        if got != expected:
+            raise RuleError(f"array '{name}' has {got} {of}; expected {expected}")
+
+    def positive(self, name: str, values: np.ndarray | None = None) -> None:
+        v = np.asarray(self.arrays[name] if values is None else values)
+        if not (v > 0).all():
+            raise RuleError(f"array '{name}' must be above 0 everywhere; its smallest value "
+                            f"is {float(v.min()):g}")
 
     @abstractmethod
     def evidence(self, inputs: np.ndarray | None, output: np.ndarray) -> np.ndarray:

@@ -28,6 +28,19 @@ class EmbeddingRule(ScoreRule):
     output = "embedding"
     needs = ("bank", "bank_target", "bank_scale", "embedding_mean", "embedding_std")
 
+    def validate(self) -> None:
+        n, e = self.shape_of("bank", 2)
+        for name in ("embedding_mean", "embedding_std"):
+            self.same(name, self.shape_of(name, 1)[0], e, "values (the bank's width)")
+        self.positive("embedding_std")
+        self.same("bank_target", self.shape_of("bank_target", 1)[0], n, "entries (the bank's rows)")
+        self.same("bank_scale", self.shape_of("bank_scale", 1)[0], 2, "values (source, target)")
+        self.positive("bank_scale")
+
+    def check_model(self, input_width: int, output_width: int) -> str | None:
+        e = np.shape(self.arrays["bank"])[1]
+        return None if output_width == e else f"an embedding of {e} values (the bank's width)"
+
     def evidence(self, inputs: np.ndarray | None, output: np.ndarray) -> np.ndarray:
         return np.asarray(output, dtype=np.float64).reshape(len(output), -1)
 

@@ -18,6 +18,18 @@ class EmbeddingDensityRule(ScoreRule):
     output = "embedding"
     needs = ("bank", "bank_density", "embedding_mean", "embedding_std")
 
+    def validate(self) -> None:
+        n, e = self.shape_of("bank", 2)
+        for name in ("embedding_mean", "embedding_std"):
+            self.same(name, self.shape_of(name, 1)[0], e, "values (the bank's width)")
+        self.positive("embedding_std")
+        self.same("bank_density", self.shape_of("bank_density", 1)[0], n, "entries (the bank's rows)")
+        self.positive("bank_density")
+
+    def check_model(self, input_width: int, output_width: int) -> str | None:
+        e = np.shape(self.arrays["bank"])[1]
+        return None if output_width == e else f"an embedding of {e} values (the bank's width)"
+
     def evidence(self, inputs: np.ndarray | None, output: np.ndarray) -> np.ndarray:
         return np.asarray(output, dtype=np.float64).reshape(len(output), -1)
 

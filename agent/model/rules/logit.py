@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harken.agent.model.rules.base import ScoreRule, register
+from harken.agent.model.rules.base import RuleError, ScoreRule, register
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -24,6 +24,16 @@ class LogitRule(ScoreRule):
     name = "logit"
     output = "logits"
     needs = ("section_classes",)
+
+    def validate(self) -> None:
+        self.shape_of("section_classes", 1)
+        if not np.asarray(self.arrays["section_classes"]).astype(bool).any():
+            raise RuleError("array 'section_classes' marks no class of the section")
+
+    def check_model(self, input_width: int, output_width: int) -> str | None:
+        n = len(self.arrays["section_classes"])
+        return None if output_width == n else \
+            f"{n} logits (one per entry of array 'section_classes')"
 
     def evidence(self, inputs: np.ndarray | None, output: np.ndarray) -> np.ndarray:
         return section_log_odds(softmax(output),

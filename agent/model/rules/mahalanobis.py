@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harken.agent.model.rules.base import ReconstructionRule, register
+from harken.agent.model.rules.base import ReconstructionRule, RuleError, register
 
 
 def mahalanobis(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -18,6 +18,19 @@ def mahalanobis(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.nd
 class MahalanobisRule(ReconstructionRule):
     name = "mahalanobis"
     needs = ("means", "precisions")
+
+    def validate(self) -> None:
+        domains, dim = self.shape_of("means", 2)
+        shape = self.shape_of("precisions", 3)
+        if shape != (domains, dim, dim):
+            raise RuleError(f"array 'precisions' has shape {list(shape)}; expected "
+                            f"{[domains, dim, dim]} (one {dim}x{dim} matrix per row of 'means')")
+
+    def check_model(self, input_width: int, output_width: int) -> str | None:
+        dim = np.shape(self.arrays["means"])[1]
+        if not input_width == output_width == dim:
+            return f"a reconstruction of {dim} values (the width of array 'means') of an input as wide"
+        return None
 
     def residual_evidence(self, residual: np.ndarray) -> np.ndarray:
         a = self.arrays

@@ -14,5 +14,10 @@ class MseRule(ReconstructionRule):
     def residual_evidence(self, residual: np.ndarray) -> np.ndarray:
         return (np.asarray(residual, dtype=np.float64) ** 2).mean(axis=1, keepdims=True)
 
+    def check_model(self, input_width: int, output_width: int) -> str | None:
+        if output_width != input_width:
+            return f"a reconstruction of {input_width} values (the model's input)"
+        return None
+
     def combine(self, evidence: np.ndarray) -> float:
         return float(evidence.mean())

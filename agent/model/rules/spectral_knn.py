@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from harken.agent.model.rules.base import ScoreRule, register
+from harken.agent.model.rules.base import RuleError, ScoreRule, register
 from harken.agent.model.rules.density import distances, local_densities
 
 BRANCHES = ("mel", "spectrum")
@@ -85,6 +85,34 @@ def branch_statistics(vectors: Mapping[str, np.ndarray]) -> dict[str, tuple[np.n
     return {b: (v.mean(axis=0), v.std(axis=0) + 1e-6) for b, v in vectors.items()}
 
 
+# a leave-one-out spread below this fraction of its mean (or of 1) is no spread: the scale
+# would turn a normal interval's distance into 1e8
+MIN_RELATIVE_SPREAD = 1e-6
+
+
+def _check_spread(branch: str, loo: np.ndarray, density: np.ndarray) -> None:
+    """Refuse a bank whose held-out scores do not vary, or some of whose references sit on
+    top of others: dividing by that spread or density would make every normal interval
+    score huge (docs/reliability.md "Numbers, banks and bundles")."""
+    from harken.common.errors import DataError
+    for j, part in enumerate(("knn", "density")):
+        mean, spread = float(loo[:, j].mean()), float(loo[:, j].std())
+        if not spread > MIN_RELATIVE_SPREAD * max(1.0, abs(mean)):
+            raise DataError(
+                f"the {len(loo)} clips or intervals give {branch}-{part} leave-one-out scores "
+                f"that do not vary (spread {spread:.3g} around {mean:.6g}): each has a (near) "
+                f"copy among the others, e.g. the same audio given twice; a scale from that "
+                f"would make normal sound score huge. Give distinct recordings of normal "
+                f"operation")
+    tight = int((density <= MIN_RELATIVE_SPREAD * max(float(np.median(density)), 1e-9)).sum())
+    if tight:
+        raise DataError(
+            f"{tight} of the {len(density)} clips or intervals of branch {branch} have their "
+            f"nearest neighbours at (almost) zero distance: (near) copies of each other, e.g. "
+            f"the same audio given twice; their density would make normal sound score huge. "
+            f"Give distinct recordings of normal operation")
+
+
 def fit_bank(vectors: Mapping[str, np.ndarray], stats: Mapping[str, tuple], density_k: int,
              weights) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """One reference bank (a section's training clips, or audio enrolled on site): the
@@ -104,7 +132,8 @@ def fit_bank(vectors: Mapping[str, np.ndarray], stats: Mapping[str, tuple], dens
         d = distances(bank, bank, "euclidean")
         np.fill_diagonal(d, np.inf)
         loo = np.stack([d.min(axis=1), (d / density[None, :]).min(axis=1)], axis=1)
-        fusion = np.r_[loo.mean(axis=0), np.maximum(loo.std(axis=0), 1e-12)]
+        _check_spread(b, loo, density)
+        fusion = np.r_[loo.mean(axis=0), loo.std(axis=0)]
         arrays |= {f"{b}_mean": mean, f"{b}_std": std, f"{b}_bank": bank,
                    f"{b}_density": density, f"{b}_fusion": fusion}
         parts.append((loo - fusion[:2]) / fusion[2:])
@@ -118,6 +147,39 @@ class SpectralKnnRule(ScoreRule):
     output = "moments"
     needs = tuple(f"{b}_{a}" for b in BRANCHES for a in ("mean", "std", "bank", "density",
                                                            "fusion")) + ("fusion_weights", "n_mels")
+
+    def validate(self) -> None:
+        n_mels = np.asarray(self.arrays["n_mels"])
+        if n_mels.shape != () or n_mels.dtype.kind not in "iu" or int(n_mels) < 1:
+            raise RuleError(f"array 'n_mels' = {n_mels.tolist()!r}; expected one whole number "
+                            f"above 0")
+        for b in BRANCHES:
+            v = self.shape_of(f"{b}_mean", 1)[0]
+            if b == "mel":
+                self.same("mel_mean", v, 2 * int(n_mels), "values (2 x n_mels)")
+            self.same(f"{b}_std", self.shape_of(f"{b}_std", 1)[0], v, f"values (as {b}_mean)")
+            self.positive(f"{b}_std")
+            n, width = self.shape_of(f"{b}_bank", 2)
+            self.same(f"{b}_bank", width, v, f"columns (as {b}_mean)")
+            self.same(f"{b}_density", self.shape_of(f"{b}_density", 1)[0], n,
+                      f"entries (the rows of {b}_bank)")
+            self.positive(f"{b}_density")
+            self.same(f"{b}_fusion", self.shape_of(f"{b}_fusion", 1)[0], 4,
+                      "values (2 means, 2 spreads)")
+            self.positive(f"{b}_fusion", np.asarray(self.arrays[f"{b}_fusion"])[2:])
+        w = np.asarray(self.arrays["fusion_weights"], dtype=np.float64)
+        self.same("fusion_weights", self.shape_of("fusion_weights", 1)[0], len(COMPONENTS),
+                  f"values (one per component {list(COMPONENTS)})")
+        if (w < 0).any() or w.sum() <= 0:
+            raise RuleError(f"array 'fusion_weights' = {w.tolist()}: expected weights of at "
+                            f"least 0 that do not sum to 0")
+
+    def check_model(self, input_width: int, output_width: int) -> str | None:
+        n_mels = int(self.arrays["n_mels"])
+        width = 2 * (n_mels + len(self.arrays["spectrum_mean"]))
+        return None if output_width == width else \
+            f"moments of {width} values (mean and std of {n_mels} mels and " \
+            f"{len(self.arrays['spectrum_mean'])} spectrum bins)"
 
     def evidence(self, inputs: np.ndarray | None, output: np.ndarray) -> np.ndarray:
         return np.asarray(output, dtype=np.float64).reshape(len(output), -1)
