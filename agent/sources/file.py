@@ -75,11 +75,10 @@ class FileSource(Source):
         if not path.exists():
             raise ConfigError(f"{config.source_file}: key 'audio.file' = {a.file!r}: no such "
                               f"file ({path})")
-        try:                    # the header now, not a traceback in the listening thread
+        try:
             header = read_header(path)
-        except WavError as exc:
-            raise ConfigError(f"{config.source_file}: key 'audio.file' = {a.file!r}: "
-                              f"{exc}") from None
+        except WavError:        # not a WAV (now): run reports the input failed, naming the
+            return              # file, and its other inputs go on (docs/agent.md)
         if a.channel is not None and a.channel > header.channels:
             raise ConfigError(f"{config.source_file}: key 'audio.channel' = {a.channel}: "
                               f"{path} has {header.channels} channel(s)")

@@ -184,9 +184,11 @@ def read_pcm(path: str | Path, mmap: bool = False) -> tuple[np.ndarray, int]:
 
 
 def read_wav(path: str | Path, sample_rate: int | None = None,
-             channel: int | None = None) -> tuple[np.ndarray, int]:
+             channel: int | None = None, finite: bool = True) -> tuple[np.ndarray, int]:
     """Read a WAV file as float32 mono (the mix of its channels, or the 1-based
-    ``channel``), resampled to ``sample_rate`` when given."""
+    ``channel``), resampled to ``sample_rate`` when given. NaN or infinite samples are
+    refused unless ``finite`` is False (``harken score`` reports them as invalid, as
+    ``run`` does)."""
     data, rate = read_pcm(path)
     if channel is None:
         x = to_float32(data, path)
@@ -196,7 +198,7 @@ def read_wav(path: str | Path, sample_rate: int | None = None,
             raise WavError(f"{path}: has {columns.shape[1]} channel(s); audio.channel "
                            f"{channel} does not exist")
         x = np.ascontiguousarray(columns[:, channel - 1])
-    if not np.all(np.isfinite(x)):
+    if finite and not np.all(np.isfinite(x)):
         raise WavError(f"{path}: WAV file holds NaN or infinite samples")
     if sample_rate is not None and rate != sample_rate:
         check_rate(path, rate, sample_rate)
