@@ -192,12 +192,12 @@ def _score_file(path: str, bundle, scorer, channel: int | None, threshold: float
     spec = bundle.spec
     x, _ = read_wav(path, spec.sample_rate, channel=channel, finite=False)
     seconds = x.size / spec.sample_rate
+    feats = LogMelExtractor(spec)(remove_dc(x, spec.sample_rate))
+    if len(feats) < spec.window_frames:
+        raise WavError(f"{path}: {seconds:.2f} s is shorter than one model window "
+                       f"({spec.window_seconds:.2f} s)")
     health, score = check_audio(x), None
     if health.ok:
-        feats = LogMelExtractor(spec)(remove_dc(x, spec.sample_rate))
-        if len(feats) < spec.window_frames:
-            raise WavError(f"{path}: {seconds:.2f} s is shorter than one model window "
-                           f"({spec.window_seconds:.2f} s)")
         score = scorer.score_logmel(feats) if np.isfinite(feats).all() else float("nan")
         if not np.isfinite(score):
             health, score = health.invalid(), None

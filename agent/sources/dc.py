@@ -9,15 +9,15 @@ training, is unchanged). bench/bench_dc_offset.py measures the effect on detecti
 The offset is estimated as the mean of the last second of audio (a causal moving average,
 the expanding mean of what has arrived at the start of a stream), so a constant or slowly
 drifting offset is gone within a second and what remains above about 1 Hz is kept. A
-single wild sample (NaN, infinite or far beyond full scale) does not move the estimate:
-the health check marks its interval invalid, and the next is scored as usual.
+wild sample (NaN, infinite or beyond twice full scale) is left out of the estimate: the
+health check marks its interval invalid, and the next is scored as usual.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-# what a sample may add to the estimate: beyond full scale is a damaged sample, not offset
+# beyond this a sample is damaged, not offset: it is left out of the estimate
 _LIMIT = 2.0
 
 
@@ -38,13 +38,17 @@ class DCRemover:
         x = np.asarray(chunk, dtype=np.float32)
         if x.size == 0:
             return x
-        clean = np.clip(np.nan_to_num(x.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0),
-                        -_LIMIT, _LIMIT)
-        ext = np.concatenate((self._tail, clean))
-        sums = np.concatenate(([0.0], np.cumsum(ext)))
+        x64 = x.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            sane = np.abs(x64) <= _LIMIT                 # False for NaN and infinities too
+        ext = np.concatenate((self._tail, np.where(sane, x64, np.nan)))
+        good = ~np.isnan(ext)
+        sums = np.concatenate(([0.0], np.cumsum(np.where(good, ext, 0.0))))
+        counts = np.concatenate(([0], np.cumsum(good)))
         end = np.arange(len(self._tail) + 1, len(ext) + 1)      # each new sample's window
         start = np.maximum(end - self.span, 0)
-        mean = (sums[end] - sums[start]) / (end - start)
+        n = counts[end] - counts[start]
+        mean = (sums[end] - sums[start]) / np.maximum(n, 1)
         self._tail = ext[-self.span:]
         return (x - mean).astype(np.float32)
 

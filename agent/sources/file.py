@@ -75,6 +75,10 @@ class FileSource(Source):
         if not path.exists():
             raise ConfigError(f"{config.source_file}: key 'audio.file' = {a.file!r}: no such "
                               f"file ({path})")
+        if not path.is_file():          # a FIFO, a device, a folder: read_header says why
+            raise ConfigError(f"{config.source_file}: key 'audio.file' = {a.file!r}: not a "
+                              f"regular file ({path}); for audio piped in use "
+                              f"audio.source = 'stdin'")
         try:
             header = read_header(path)
         except WavError:        # not a WAV (now): run reports the input failed, naming the

@@ -32,6 +32,8 @@ _INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
 def to_float32(data: np.ndarray, path: str | Path = "<array>", mix: bool = True) -> np.ndarray:
     """Integer or float PCM (frames[, channels]) -> float32 in [-1, 1): mono (the mean of
     the channels), or with ``mix=False`` (frames, channels) as stored."""
+    if not data.dtype.isnative and data.dtype.byteorder != "|":     # RIFX: big-endian
+        data = data.astype(data.dtype.newbyteorder("="))
     if data.dtype == np.uint8:
         x = (data.astype(np.float32) - 128.0) / 128.0
     elif data.dtype in _INT_SCALE:  # 24-bit comes back left-justified in int32
