@@ -99,6 +99,21 @@ def test_dc_removal_does_not_depend_on_how_the_stream_is_cut(chunk):
     assert abs(float(streamed[RATE:].mean())) < 2e-3      # the offset is gone
 
 
+def test_dc_removal_is_the_mean_of_each_samples_window_for_chunks_shorter_and_longer():
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal(2000) + 0.3).astype(np.float32)
+    x[[5, 700, 701]] = [np.nan, 50.0, -np.inf]
+    sane = np.where(np.abs(x) <= 2, x.astype(np.float64), np.nan)
+    want = np.array([x[i] - np.nanmean(sane[max(0, i - 99):i + 1]) for i in range(len(x))])
+    dc, got, i = DCRemover(1000, 0.1), [], 0                  # a window of 100 samples
+    for size in rng.integers(1, 350, 40):
+        got.append(dc.push(x[i:i + size]))
+        i += size
+    got.append(dc.push(x[i:]))
+    np.testing.assert_allclose(np.concatenate(got), want.astype(np.float32), rtol=1e-6,
+                               atol=1e-6)
+
+
 def test_a_wild_sample_does_not_move_the_offset_estimate():
     x = np.full(2 * RATE, 0.02, np.float32)
     x[100], x[200], x[300] = np.nan, 1e30, -np.inf
