@@ -30,9 +30,9 @@ class DCRemover:
     """Push float32 chunks of one stream in any sizes; each comes back with the running
     mean of the last ``seconds`` of audio subtracted. The output does not depend on how
     the stream is cut into chunks (up to float rounding). A push costs in proportion to
-    its chunk, not to the window: the running sum after each sample (float64; a year of
-    audio at full scale still leaves it a hundred-millionth of a sample precise) is kept
-    in a ring of the last ``seconds``, and a sample's window is two of them."""
+    its chunk, not to the window: the running sum after each sample (float64: after a year
+    of audio at full scale a window's mean is still right to 1e-9) is kept in a ring of
+    the last ``seconds``, and a sample's window is the difference of two of them."""
 
     def __init__(self, rate: int, seconds: float = WINDOW_S) -> None:
         self.span = max(1, int(round(rate * seconds)))

@@ -114,6 +114,17 @@ def test_dc_removal_is_the_mean_of_each_samples_window_for_chunks_shorter_and_lo
                                atol=1e-6)
 
 
+def test_an_offset_goes_from_the_first_samples_on():
+    """The running mean is the expanding mean of what has arrived at a stream's start: a
+    real offset goes at once (an offset left in a clip's first 64 samples alone raised
+    false alarms of the default bundle from 6 % to 13 %), even a small one."""
+    rng = np.random.default_rng(3)
+    x = (0.05 * rng.standard_normal(12 * RATE)).astype(np.float32)
+    for offset in (0.001, 0.05, -0.3):       # the output does not depend on the offset at all
+        np.testing.assert_allclose(remove_dc(x + np.float32(offset), RATE), remove_dc(x, RATE),
+                                   atol=2e-7)
+
+
 def test_a_wild_sample_does_not_move_the_offset_estimate():
     x = np.full(2 * RATE, 0.02, np.float32)
     x[100], x[200], x[300] = np.nan, 1e30, -np.inf
