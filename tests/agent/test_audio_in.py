@@ -169,6 +169,19 @@ def test_score_says_silent_clipped_invalid_and_warns_on_short_clips(ae_bundle, w
     assert "nan" not in " ".join(table) and "Traceback" not in err
 
 
+def test_run_marks_the_interval_of_a_wild_sample_invalid_and_scores_the_others(ae_bundle, wav,
+                                                                             tmp_path):
+    x, _ = read_wav(wav, RATE)
+    x[3 * RATE] = 1e30                    # in the second 2-s interval
+    scipy.io.wavfile.write(tmp_path / "wild.wav", RATE, x)
+    cfg = agent_config(tmp_path, ae_bundle, {"source": "file", "file": tmp_path / "wild.wav",
+                                             "realtime": False})
+    assert harken(["run", "--config", str(cfg)]) == 0
+    scores = score_records(cfg)
+    assert [s["status"] for s in scores] == ["ok", "invalid", "ok", "ok", "ok"]
+    assert scores[1]["score"] is None and all(s["score"] is not None for s in scores[2:])
+
+
 # -- stdin ending mid-sample ---------------------------------------------------------------
 
 def test_stdin_ending_inside_a_sample_reports_its_last_interval(ae_bundle, wav, tmp_path,
