@@ -207,26 +207,56 @@ def cmd_score(args: argparse.Namespace) -> int:
                          f"AGENT.toml'), then 'harken run'")
     section = bundle.sections[0] if args.section is None else args.section
     scorer = make_scorer(bundle, section, args.artifact, args.threads)
-    extract = LogMelExtractor(bundle.spec)
     threshold = args.threshold if args.threshold is not None else bundle.threshold
-    rows = []
-    for path in args.files:
-        x, _ = read_wav(path, bundle.spec.sample_rate, channel=args.channel)
-        feats = extract(x)
-        if len(feats) < bundle.spec.window_frames:
-            raise WavError(f"{path}: {x.size / bundle.spec.sample_rate:.2f} s is shorter than "
-                           f"one model window ({bundle.spec.window_seconds:.2f} s)")
-        score = scorer.score_logmel(feats)
-        rows.append({"file": path, "score": round(score, 6), "threshold": threshold,
-                     "anomaly": None if threshold is None else bool(score > threshold)})
+    # the clip length the bundle's threshold was fitted at (a report interval of 'run')
+    interval_s = float(bundle.manifest.aggregation.get("interval_s", 10.0))
+    rows = [_score_file(path, bundle, scorer, args.channel, threshold, interval_s)
+            for path in args.files]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         width = max(len(r["file"]) for r in rows)
         for r in rows:
-            verdict = {True: "ANOMALY", False: "normal", None: "(no threshold)"}[r["anomaly"]]
-            print(f"{r['file']:<{width}}  {r['score']:>12.6f}  {verdict}")
+            verdict = {True: "ANOMALY", False: "normal", None: "(no threshold)"}[r["anomaly"]] \
+                if r["status"] == "ok" else f"{r['status']} (not scored)"
+            score = "-" if r["score"] is None else f"{r['score']:.6f}"
+            print(f"{r['file']:<{width}}  {score:>12}  {verdict}")
     return 0
+
+
+def _score_file(path: str, bundle, scorer, channel: int | None, threshold: float | None,
+                interval_s: float) -> dict:
+    """One recording scored as ``run`` scores an interval: the same health check (silent,
+    clipped, invalid: not scored), the same DC removal before the features, and features
+    or a score that are not finite make it invalid (docs/agent.md "Audio health")."""
+    import logging
+
+    from harken.agent.decision.health import check_audio
+    from harken.agent.sources.dc import remove_dc
+    spec = bundle.spec
+    x, _ = read_wav(path, spec.sample_rate, channel=channel, finite=False)
+    seconds = x.size / spec.sample_rate
+    feats = LogMelExtractor(spec)(remove_dc(x, spec.sample_rate))
+    if len(feats) < spec.window_frames:
+        raise WavError(f"{path}: {seconds:.2f} s is shorter than one model window "
+                       f"({spec.window_seconds:.2f} s)")
+    health, score = check_audio(x), None
+    if health.ok:
+        score = scorer.score_logmel(feats) if np.isfinite(feats).all() else float("nan")
+        if not np.isfinite(score):
+            health, score = health.invalid(), None
+    row = {"file": path, "status": health.status,
+           "score": None if score is None else round(score, 6), "threshold": threshold,
+           "anomaly": None if score is None or threshold is None else bool(score > threshold),
+           "seconds": round(seconds, 3),
+           "rms_dbfs": round(health.rms_dbfs, 1) if np.isfinite(health.rms_dbfs) else None}
+    if health.large_dc_offset:
+        row["dc_offset"] = round(health.dc_offset, 4)
+    if seconds < interval_s:
+        row["warning"] = (f"{seconds:.2f} s is shorter than the {interval_s:g}-s interval the "
+                          f"threshold holds for: the score is not comparable with it")
+        logging.getLogger("harken.agent.cli").warning(f"WARNING: {path}: {row['warning']}")
+    return row
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

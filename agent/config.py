@@ -28,6 +28,7 @@ from harken.agent.sinks import SINKS
 from harken.agent.sinks.jsonlines import OutputSection
 from harken.agent.sinks.mqtt.settings import MqttSection
 from harken.agent.sources import SOURCES
+from harken.agent.sources.base import check_one_per_process
 from harken.common.errors import ConfigError
 from harken.common.settings import (Section as _Section, first_line, resolve_password,
                                     warn_if_others_can_read)
@@ -126,7 +127,9 @@ class Config(_Section):
             if self.model is None:
                 raise ConfigError(f"{self.source_file}: key 'model.bundle' is required")
             return [self]
-        return [self._machine_view(i, m) for i, m in enumerate(self.machines)]
+        views = [self._machine_view(i, m) for i, m in enumerate(self.machines)]
+        check_one_per_process(views, self.source_file)       # one stdin per process
+        return views
 
     def select(self, machine: str | None) -> list[Config]:
         """The machine views a command works on: all of them, or the one named (a

@@ -18,7 +18,8 @@ from harken.common.errors import UsageError
 from harken.agent.decision import Decision
 from harken.agent.decision.records import IntervalResult
 from harken.agent.features import StreamingLogMel, n_windows
-from harken.agent.decision.health import AudioCheck, check_audio
+from harken.agent.decision.health import check_audio
+from harken.agent.sources.dc import DCRemover
 from harken.agent.model.scorer import Scorer
 
 
@@ -34,6 +35,7 @@ class Pipeline:
         self.interval_s = interval_s
         self.interval_samples = self.interval_frames * spec.hop_length
         self.stream = StreamingLogMel(spec)
+        self.dc = DCRemover(spec.sample_rate)     # before the features: agent/sources/dc.py
         self.seq = seq_start
         self.clock = clock
         # set by the runner (agent/runner.py): called before each seq is used (the durable
@@ -51,15 +53,16 @@ class Pipeline:
         """Feed float32 samples at the bundle's rate; returns the intervals completed."""
         arrived = time.monotonic()
         chunk = np.asarray(chunk, dtype=np.float32)
-        self._audio.append(chunk)
+        self._audio.append(chunk)                 # as it came: health measures the offset
         self._n_audio += chunk.size
-        return self._add_frames(self.stream.push(chunk), arrived)
+        return self._add_frames(self.stream.push(self.dc.push(chunk)), arrived)
 
     def finish(self) -> list[IntervalResult]:
         """End of a recording: the last frames (centre padding) and a final interval if
         they complete one; then the stream starts afresh (the next file, say)."""
         out = self._add_frames(self.stream.finish(), time.monotonic())
         self._frames, self._n_frames, self._audio, self._n_audio = [], 0, [], 0
+        self.dc.reset()
         return out
 
     def _add_frames(self, frames: np.ndarray, arrived: float) -> list[IntervalResult]:
@@ -84,13 +87,15 @@ class Pipeline:
         self._n_audio -= n_audio
         health = check_audio(audio)
         score, n_win, ms = None, 0, 0.0
+        if health.ok and not np.isfinite(frames).all():
+            health = health.invalid()          # a wild sample: its features overflow
         if health.ok:
             t = time.perf_counter()
             score, n_win = self.scorer.score_frames(frames)
             ms = 1e3 * (time.perf_counter() - t) / max(n_win, 1)
             if not np.isfinite(score):
                 score = None
-                health = AudioCheck("invalid", health.rms_dbfs, health.clipped_fraction)
+                health = health.invalid()
         unsynced = self.clock_unsynced is not None and self.clock_unsynced()
         ts = self.clock()                    # after the question: a sync in between only
         event = self.decision.update(score, ts)          # flags a record that is right
@@ -101,5 +106,7 @@ class Pipeline:
                                 self.scorer.backend_name, health.status, health.rms_dbfs,
                                 n_win, ms, event, arrived=arrived,
                                 clock="unsynced" if unsynced else None)
+        if health.large_dc_offset:               # removed before scoring; said (docs/mqtt.md)
+            result.extra["dc_offset"] = round(health.dc_offset, 4)
         self.seq += 1
         return result

@@ -1,5 +1,7 @@
 """Is this audio worth scoring? A dead, disconnected or saturated microphone must be
-reported as such, never scored (an AE can call silence perfectly normal)."""
+reported as such, never scored (an AE can call silence perfectly normal); a large DC
+offset is reported with its value (the device removes it before the features:
+agent/sources/dc.py, docs/agent.md "Audio health")."""
 
 from __future__ import annotations
 
@@ -10,34 +12,50 @@ import numpy as np
 SILENT_DBFS = -90.0        # RMS below this: a muted, unplugged or dead microphone
 CLIP_LEVEL = 0.999         # |sample| at or above this counts as clipped
 CLIP_FRACTION = 1e-3       # more than 0.1 % clipped samples: saturated input
+DC_OFFSET_REPORT = 0.01    # |mean| at or above this (-40 dBFS) is reported as dc_offset
 
 
 @dataclass(frozen=True)
 class AudioCheck:
     status: str            # ok | silent | clipped | invalid
-    rms_dbfs: float
+    rms_dbfs: float        # the level without the DC offset
     clipped_fraction: float
+    dc_offset: float = 0.0  # the interval's mean, in full scale
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def large_dc_offset(self) -> bool:
+        return bool(abs(self.dc_offset) >= DC_OFFSET_REPORT)
+
+    def invalid(self) -> AudioCheck:
+        """The same figures, marked invalid (features or score not finite)."""
+        return AudioCheck("invalid", self.rms_dbfs, self.clipped_fraction, float("nan"))
 
 
 def check_audio(x: np.ndarray, silent_dbfs: float = SILENT_DBFS,
                 clip_fraction: float = CLIP_FRACTION, block: int = 1600) -> AudioCheck:
     """Status of one report interval of float samples in [-1, 1]. Silence is judged on
     the median level of ``block``-sample pieces (0.1 s at 16 kHz), so an interval in which
-    the microphone died a moment after it began counts as silent."""
+    the microphone died a moment after it began counts as silent, and without the DC
+    offset, so a dead microphone that outputs a constant is silent too."""
     if x.size == 0 or not np.isfinite(x).all():
-        return AudioCheck("invalid", float("nan"), float("nan"))
-    power = np.square(x, dtype=np.float64)
-    dbfs = 10 * np.log10(max(float(power.mean()), 1e-24))
+        return AudioCheck("invalid", float("nan"), float("nan"), float("nan"))
+    dc = float(x.mean(dtype=np.float64))
+    if not np.isfinite(dc):        # finite samples whose sum is not (1e308 and the like)
+        return AudioCheck("invalid", float("nan"), float("nan"), float("nan"))
+    dbfs = 10 * np.log10(max(float(x.var(dtype=np.float64)), 1e-24))
     n = max(1, x.size // block)
-    blocks = power[:n * block].reshape(n, -1) if x.size >= block else power[None, :]
-    median_dbfs = 10 * np.log10(max(float(np.median(blocks.mean(axis=1))), 1e-24))
+    blocks = x[:n * block].reshape(n, -1) if x.size >= block else x[None, :]
+    # each block's level without its own mean: a constant is silence, and a silent block
+    # stays silent beside loud ones
+    median_dbfs = 10 * np.log10(max(float(np.median(blocks.var(axis=1, dtype=np.float64))),
+                                    1e-24))
     clipped = float(np.mean(np.abs(x) >= CLIP_LEVEL))
     if clipped > clip_fraction:
-        return AudioCheck("clipped", dbfs, clipped)
+        return AudioCheck("clipped", dbfs, clipped, dc)
     if median_dbfs < silent_dbfs:
-        return AudioCheck("silent", dbfs, clipped)
-    return AudioCheck("ok", dbfs, clipped)
+        return AudioCheck("silent", dbfs, clipped, dc)
+    return AudioCheck("ok", dbfs, clipped, dc)

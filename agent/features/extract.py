@@ -53,6 +53,12 @@ class _Kernel:
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """frames: (n, n_fft) samples of self.dtype (a strided view is fine) -> (n, n_mels),
         or (n, n_mels + n_freqs) with the log power spectrum appended (``spec.spectrum``)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            # a wild sample (1e30 from a float WAV) overflows to inf: the caller's health
+            # check marks its interval invalid (agent/pipeline.py), no warning per frame
+            return self._frames(frames)
+
+    def _frames(self, frames: np.ndarray) -> np.ndarray:
         n = frames.shape[0]
         n_mels = self.spec.n_mels
         out = np.empty((n, self.spec.n_features), dtype=np.float32)

@@ -24,7 +24,7 @@ from typing import ClassVar, Literal, TypeVar, get_args, get_origin
 import numpy as np
 from pydantic import Field
 
-from harken.common.errors import HarkenError
+from harken.common.errors import ConfigError, HarkenError
 from harken.common.registry import Registry
 from harken.common.settings import Section
 
@@ -37,7 +37,7 @@ Tap = int | None                         # a 1-based channel, or None: the mono 
 def pick_channels(x: np.ndarray, taps: Sequence[Tap], what: str) -> np.ndarray:
     """(samples, channels) audio -> (samples, taps): each tap's channel, or for ``None``
     the mean of all channels. ``what`` names the input in the error for a missing one."""
-    x = x.reshape(len(x), -1)
+    x = x[:, None] if x.ndim == 1 else x.reshape(len(x), -1) if x.ndim > 2 else x
     missing = [t for t in taps if t is not None and t > x.shape[1]]
     if missing:
         raise SourceError(f"{what}: has {x.shape[1]} channel(s); audio.channel {missing[0]} "
@@ -72,6 +72,8 @@ class SourceSettings(Section):
 class Source(ABC):
     name: ClassVar[str]
     Settings: ClassVar[type[SourceSettings]]      # its [audio] keys
+    # a process has one of this input (stdin): machines on it must share one input
+    one_per_process: ClassVar[bool] = False
 
     @classmethod
     def preflight(cls, config) -> None:
@@ -105,3 +107,23 @@ def register(cls: S) -> S:
     if get_origin(field.annotation) is not Literal or get_args(field.annotation) != (cls.name,):
         raise TypeError(f"{cls.__name__}.Settings: 'source' must be Literal[{cls.name!r}]")
     return SOURCES.register(cls)
+
+
+def check_one_per_process(views: Sequence, where: object) -> None:
+    """Refuse machines (``views``: their configs) that would open a ``one_per_process``
+    source (stdin) twice: two readers of one standard input would each get every other
+    piece of the stream. Machines on one such input with their own channels are fine."""
+    inputs: dict[str, dict[tuple, list]] = {}
+    for v in views:
+        if getattr(SOURCES.get(v.audio.source), "one_per_process", False):
+            inputs.setdefault(v.audio.source, {}).setdefault(v.audio.input_key(), []).append(v)
+    for name, groups in inputs.items():
+        if len(groups) > 1:
+            a, b = (g[0] for g in list(groups.values())[:2])
+            one, two = (x.audio.model_dump(exclude={"channel"}) for x in (a, b))
+            differ = ", ".join(f"audio.{k} {one[k]!r} vs {two[k]!r}" for k in one
+                               if one[k] != two.get(k))
+            raise ConfigError(f"{where}: machines {a.agent.machine!r} and {b.agent.machine!r} "
+                              f"both read {name} but with different settings ({differ}): a "
+                              f"process has one {name}, which two readers would split; give "
+                              f"them the same [audio] keys (each its own audio.channel)")

@@ -13,7 +13,8 @@ from pydantic import model_validator
 
 from harken.common.errors import ConfigError
 from harken.agent.sources.base import Report, Source, SourceSettings, Tap, pick_channels, register
-from harken.agent.sources.wavio import check_rate, read_pcm, read_wav, resample, to_float32
+from harken.agent.sources.wavio import (WavError, check_rate, read_header, read_pcm, read_wav,
+                                       resample, to_float32)
 
 
 def wav_chunks(path: str | Path, rate: int, chunk_s: float = 0.1, realtime: bool = False,
@@ -71,9 +72,20 @@ class FileSource(Source):
     def preflight(cls, config) -> None:
         a = config.audio
         path = config.path(a.file)
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"{config.source_file}: key 'audio.file' = {a.file!r}: no such "
                               f"file ({path})")
+        if not path.is_file():          # a FIFO, a device, a folder: read_header says why
+            raise ConfigError(f"{config.source_file}: key 'audio.file' = {a.file!r}: not a "
+                              f"regular file ({path}); for audio piped in use "
+                              f"audio.source = 'stdin'")
+        try:
+            header = read_header(path)
+        except WavError:        # not a WAV (now): run reports the input failed, naming the
+            return              # file, and its other inputs go on (docs/agent.md)
+        if a.channel is not None and a.channel > header.channels:
+            raise ConfigError(f"{config.source_file}: key 'audio.channel' = {a.channel}: "
+                              f"{path} has {header.channels} channel(s)")
 
     def __init__(self, path: Path, rate: int, block_s: float, realtime: bool, loop: bool,
                  taps: Sequence[Tap] = (None,)) -> None:

@@ -11,6 +11,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from harken.common.errors import ConfigError
 from harken.agent.sources.ringbuffer import RingBuffer
 from harken.agent.sources.base import Report, Source, SourceError, SourceSettings, Tap, register
 from harken.agent.sources.resample import StreamResampler
@@ -144,6 +145,23 @@ class MicrophoneSource(Source):
         self.reopen_s, self.sleep = reopen_s, sleep
         # no callback for this long: the device is gone
         self.silent_for = max(2.0, 5 * block_s)
+
+    @classmethod
+    def preflight(cls, config) -> None:
+        """A channel the device does not have is refused now, naming the key. A device
+        that is not there now (unplugged, PortAudio missing) is not: ``run`` reports it
+        lost and opens it when it comes."""
+        a = config.audio
+        if a.channel is None:
+            return
+        try:
+            import sounddevice as sd
+            have = int(sd.query_devices(find_device(a.device), "input")["max_input_channels"])
+        except Exception:      # noqa: BLE001 - no PortAudio, no such device: run says so
+            return
+        if a.channel > have:
+            raise ConfigError(f"{config.source_file}: key 'audio.channel' = {a.channel}: "
+                              f"audio.device {a.device!r} has {have} input channel(s)")
 
     @classmethod
     def from_config(cls, config, rate: int, taps: Sequence[Tap] = (None,)) -> MicrophoneSource:

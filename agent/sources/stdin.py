@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO, Literal
@@ -11,6 +12,8 @@ from pydantic import Field, model_validator
 
 from harken.agent.sources.base import (Report, Source, SourceError, SourceSettings, Tap,
                                        pick_channels, register)
+
+log = logging.getLogger(__name__)
 
 
 def pcm_chunks(stream: BinaryIO | None, rate: int, chunk_s: float = 0.1,
@@ -33,10 +36,16 @@ def pcm_chunks(stream: BinaryIO | None, rate: int, chunk_s: float = 0.1,
     while True:
         data = stream.read(want)
         if not data:
+            if pending:     # a writer killed mid-sample: what came before it still counts
+                log.warning(f"WARNING: stdin ended inside a frame: its last {len(pending)} "
+                            f"byte(s) (a frame is {frame_bytes}: {channels} x "
+                            f"{sample_format}) are dropped")
             return
         data = pending + data
         usable = len(data) // frame_bytes * frame_bytes
         data, pending = data[:usable], data[usable:]
+        if not usable:
+            continue        # not one whole frame yet
         x = np.frombuffer(data, dtype=dtype).astype(np.float32) / full_scale
         if taps is not None:
             yield pick_channels(x.reshape(-1, channels), taps, "stdin")
@@ -64,6 +73,7 @@ class StdinSettings(SourceSettings):
 class StdinSource(Source):
     name = "stdin"
     Settings = StdinSettings
+    one_per_process = True
 
     def __init__(self, rate: int, block_s: float, sample_format: str, channels: int,
                  taps: Sequence[Tap] = (None,)) -> None:

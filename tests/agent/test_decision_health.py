@@ -140,7 +140,8 @@ def test_level_is_reported_in_dbfs_and_silence_is_below_minus_90():
 
 
 def test_a_level_exactly_at_the_silence_threshold_is_not_silent():
-    x = np.full(16000, 0.1)
+    # +-0.1 alternating: a level without DC offset (a constant is an offset: silent)
+    x = 0.1 * (-1.0) ** np.arange(16000)
     at = 10 * np.log10(np.mean(np.square(x)))
     assert check_audio(x, silent_dbfs=at).status == "ok"
     assert check_audio(x, silent_dbfs=at + 1e-9).status == "silent"

@@ -17,6 +17,7 @@ from harken.common.errors import UsageError
 from harken.agent.features import StreamingLogMel, logmel
 from harken.agent.pipeline import Pipeline
 from harken.agent.model.factory import make_scorer
+from harken.agent.sources.dc import remove_dc
 from harken.agent.sources.wavio import read_wav
 from harken.export.bundle import ExportOptions, write_bundle
 from harken.export.verify import verify
@@ -139,8 +140,9 @@ def test_agent_pipeline_streams_a_fused_bundle_as_it_scores_a_clip(bundle_dir, s
         start += n
     results += pipe.finish()
     assert len(results) == 2
-    frames = StreamingLogMel(bundle.spec)
-    whole = np.concatenate([frames.push(x), frames.finish()])
+    frames = StreamingLogMel(bundle.spec)      # after the DC removal, as on the device
+    y = remove_dc(x, bundle.spec.sample_rate)
+    whole = np.concatenate([frames.push(y), frames.finish()])
     first = whole[:pipe.interval_frames]
     assert results[0].score == pytest.approx(scorer.score_frames(first)[0], abs=1e-9)
     assert "+" not in results[0].backend          # both members on the one runtime
@@ -155,7 +157,8 @@ def test_harken_score_reads_a_fused_bundle(bundle_dir, small_fan, capsys):
     row = json.loads(capsys.readouterr().out)[0]
     bundle = open_bundle(bundle_dir)
     x, _ = read_wav(clip.path, bundle.spec.sample_rate)
-    expected = make_scorer(bundle, bundle.sections[0]).score_logmel(logmel(x, bundle.spec))
+    expected = make_scorer(bundle, bundle.sections[0]).score_logmel(
+        logmel(remove_dc(x, bundle.spec.sample_rate), bundle.spec))     # as the device hears it
     assert row["score"] == pytest.approx(expected, abs=1e-6)
     assert row["threshold"] == bundle.threshold
 
