@@ -216,11 +216,23 @@ def resolve_target(target: str | Path) -> Path:
     return target
 
 
-def check_target(target: str | Path, force: bool, what: str) -> Path:
+def _refuse_overlap(target: Path, keep: tuple[str | Path, ...], what: str) -> None:
+    """A target that is, or holds, something the command reads (the run it evaluates, the
+    corpus it trains on) would be deleted by its replacement: refused whatever ``force``."""
+    for path in keep:
+        real = Path(os.path.realpath(path))
+        if real == Path(os.path.realpath(target)) or Path(os.path.realpath(target)) in real.parents:
+            raise ArtifactError(f"{target}: the {what} would replace {path}, which this command "
+                                f"reads; give another {what}")
+
+
+def check_target(target: str | Path, force: bool, what: str,
+                 keep: tuple[str | Path, ...] = ()) -> Path:
     """The target (``resolve_target``), refused in one line when it is there already and
-    ``force`` is not given; an interrupted commit there is repaired first. For commands
-    that check every target before any work."""
+    ``force`` is not given, or when it is or holds one of ``keep``; an interrupted commit
+    there is repaired first. For commands that check every target before any work."""
     target = resolve_target(target)
+    _refuse_overlap(target, keep, what)
     repair(target)
     if os.path.lexists(target) and not force:
         kind = "a folder" if target.is_dir() else "a file"
@@ -231,12 +243,14 @@ def check_target(target: str | Path, force: bool, what: str) -> Path:
 
 @contextmanager
 def building(target: str | Path, *, force: bool = False, what: str = "folder",
-             folder: bool = True) -> Iterator[Path]:
+             folder: bool = True, keep: tuple[str | Path, ...] = ()) -> Iterator[Path]:
     """Build an artifact (a folder, or a file with ``folder=False``) under a private name
     beside ``target`` and, when the block ends cleanly, put it in place in one rename (or
     a swap, with ``force``, where one is there). On an exception or Ctrl-C the half-built
-    one is removed and the target is left as it was."""
+    one is removed and the target is left as it was. ``keep``: what the command reads,
+    which the target must not be or hold."""
     target = resolve_target(target)
+    _refuse_overlap(target, keep, what)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd = _take_lock(target)
     try:
