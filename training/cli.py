@@ -50,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         pick_device(method.config.device)
     machines = _machines(args.machines) or machine_types(args.data)
     # every run folder checked before any work: one already there is refused (--force:
-    # replaced); each is built beside its place and renamed in when done (docs/training.md)
+    # replaced); each is built beside its place and renamed in when done (docs/architecture.md)
     targets = {m: check_target(Path(args.out) / m, args.force, "--out folder",
                                keep=(args.data,)) for m in machines}
     for machine in machines:

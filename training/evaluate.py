@@ -4,7 +4,7 @@ result files in the DCASE format, a per-section table, CSV + JSON, and ROC curve
 metrics.json also says what was evaluated (``runs``: each run's id, folder, weights digest
 and the corpus used, checked against the run's fingerprint) and holds the sha256 of every
 result file beside it (``files``), so that a reader (``harken-train report``) can refuse a
-folder whose parts do not belong together (docs/training.md)."""
+folder whose parts do not belong together (docs/architecture.md)."""
 
 from __future__ import annotations
 

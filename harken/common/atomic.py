@@ -2,7 +2,9 @@
 beside the target under a private name, flushed to the disk, then renamed over it (a rename
 within one folder is atomic on POSIX). Every state file the agent and the tools write goes
 through here: a power cut or a kill mid-write must not leave a torn override, bank or
-counter that the next start would trust."""
+counter that the next start would trust. Whole artifacts of several files (a run folder,
+an evaluation, a bundle) go through ``building``, the one commit helper of the workstation
+commands."""
 
 from __future__ import annotations
 
@@ -65,8 +67,8 @@ def _sync_folder(folder: Path) -> None:
 
 # -- whole artifacts (a run folder, an evaluation, a bundle, a tarball) ---------------------
 #
-# Built under a private name beside the target, then renamed into place (docs/training.md,
-# "Artifacts are all old or all new"). Replacing an existing target (``--force``) is a swap:
+# Built under a private name beside the target, then renamed into place (docs/architecture.md,
+# "Artifacts: all old or all new"). Replacing an existing target (``--force``) is a swap:
 # the old one renamed aside, the new one renamed in, the old one removed. A kill between
 # the two renames leaves the target missing and its aside copy present: ``repair`` (run at
 # the start of every command that writes or reads the target) puts the old one back; a kill
