@@ -51,14 +51,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     machines = _machines(args.machines) or machine_types(args.data)
     # every run folder checked before any work: one already there is refused (--force:
     # replaced); each is built beside its place and renamed in when done (docs/architecture.md)
-    targets = {m: check_target(Path(args.out) / m, args.force, "--out folder",
-                               keep=(args.data,)) for m in machines}
+    corpus = (args.data, *(Path(args.data) / m for m in machines))  # never replaced
+    targets = {m: check_target(Path(args.out) / m, args.force, "--out folder", keep=corpus)
+               for m in machines}
     for machine in machines:
         clips = scan(args.data, [machine], split="train")
         run_dir = Path(args.out) / machine
         t0 = time.monotonic()
         with building(targets[machine], force=args.force, what="--out folder",
-                      keep=(args.data,)) as new:
+                      keep=corpus) as new:
             info = make_method(args.method, overrides).train(clips, new,
                                                              progress=not args.quiet)
             record_training_time(new, info, time.monotonic() - t0)

@@ -104,9 +104,16 @@ def _lock_path(target: Path) -> Path:
 
 
 def _remove(path: Path) -> None:
-    """Delete a file, link or folder tree (a link is removed, never followed)."""
+    """Delete a file, link or folder tree (a link is removed, never followed); a read-only
+    folder inside it (a bundle made read-only to guard it) is made writable to empty it."""
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+        def writable_then_again(func, name, _exc) -> None:
+            os.chmod(os.path.dirname(name), 0o700)
+            if os.path.isdir(name) and not os.path.islink(name):
+                os.chmod(name, 0o700)
+            func(name)
+        os.chmod(path, 0o700)
+        shutil.rmtree(path, onerror=writable_then_again)   # onexc from 3.12
     elif os.path.lexists(path):
         path.unlink()
 

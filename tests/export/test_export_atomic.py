@@ -162,6 +162,42 @@ def test_verify_refuses_another_corpus_unless_on_purpose(bundles, tiny_corpus, t
     assert verify(bundles["a"], other, "--other-corpus") == 0
 
 
+def test_export_calibrates_only_on_the_runs_corpus_unless_on_purpose(runs, tiny_corpus,
+                                                                     tmp_path, capsys):
+    """Was: a run trained with a relative --data was calibrated on whichever corpus had that
+    name in the current folder."""
+    other = tmp_path / "other"
+    shutil.copytree(tiny_corpus / MACHINE, other / MACHINE)
+    clip = sorted((other / MACHINE / "train").glob("*.wav"))[0]
+    clip.write_bytes(clip.read_bytes()[:-100] + bytes(100))
+    int8 = ["--calib", str(other), "--precision", "int8", "--calib-windows", "200"]
+    assert export(runs["a"], tmp_path / "b", *int8) == 2
+    err = capsys.readouterr().err
+    assert f"{other}: not the corpus {runs['a']} was trained on" in err
+    assert not (tmp_path / "b").exists()
+    assert export(runs["a"], tmp_path / "b", *int8, "--other-corpus") == 0
+
+
+@pytest.mark.parametrize("option, value", [("--min-spearman", "nan"), ("--min-spearman", "2"),
+                                           ("--official-tolerance", "-0.1"),
+                                           ("--official-tolerance", "x")])
+def test_a_verify_tolerance_out_of_range_is_a_usage_error(option, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        export_main(["verify", str(tmp_path), "--data", str(tmp_path), option, value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument {option}: {value!r}" in err
+    assert "expected a number from 0 to 1" in err or "is not a number" in err
+
+
+def test_verify_of_a_bundle_naming_no_run_asks_for_one(bundles, tiny_corpus, tmp_path, capsys):
+    bundle = shutil.copytree(bundles["a"], tmp_path / "b")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    del manifest["provenance"]["run"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    assert verify(bundle, tiny_corpus) == 2
+    assert "provenance names no run" in capsys.readouterr().err
+
+
 # -- atomic export -----------------------------------------------------------------------------
 
 def test_tar_never_overwrites_an_existing_tarball_without_force(runs, tmp_path, capsys):

@@ -197,3 +197,13 @@ def test_a_read_only_parent_is_one_line(tmp_path):
                 pass
     finally:
         parent.chmod(0o755)
+
+
+def test_a_read_only_folder_is_replaced_with_force(tmp_path):
+    target = _old(tmp_path)
+    (target / "inner").mkdir()
+    for p in [*target.rglob("*"), target]:
+        p.chmod(0o555 if p.is_dir() else 0o444)      # guarded against edits
+    with building(target, force=True) as new:
+        _write(new, "new")
+    assert _seen(target) == "new" and _leftovers(target) == []

@@ -257,3 +257,22 @@ def test_evaluate_killed_before_its_rename_leaves_the_earlier_evaluation(corpus,
     assert report(tmp_path, out) == 0                  # the earlier one, whole
     assert evaluate(spectral, out, "--force") == 0     # the next start clears the leftovers
     assert leftovers(tmp_path) == []
+
+
+def test_train_out_onto_its_own_corpus_is_refused_even_with_force(corpus, tmp_path, capsys):
+    data = shutil.copytree(corpus, tmp_path / "corpus")
+    before = digests(data)
+    assert train(data, data, "baseline-knn", "--force") == 2      # --out = the corpus
+    assert f"{data / MACHINE}: the --out folder would replace" in capsys.readouterr().err
+    assert digests(data) == before
+
+
+def test_a_run_json_naming_an_unknown_method_is_one_line_and_writes_nothing(knn_runs, tmp_path,
+                                                                            capsys):
+    run = shutil.copytree(knn_runs / MACHINE, tmp_path / "runs" / MACHINE)
+    data = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**data, "method": "vibes"}))
+    assert evaluate(tmp_path / "runs", tmp_path / "e") == 2
+    err = capsys.readouterr().err.strip()
+    assert "vibes" in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "e").exists() and leftovers(tmp_path) == []
