@@ -227,12 +227,15 @@ def resolve_target(target: str | Path) -> Path:
 
 def _refuse_overlap(target: Path, keep: tuple[str | Path, ...], what: str) -> None:
     """A target that is, or holds, something the command reads (the run it evaluates, the
-    corpus it trains on) would be deleted by its replacement: refused whatever ``force``."""
-    for path in keep:
+    corpus it trains on) or the current folder (``--out .``) would be deleted by its
+    replacement: refused whatever ``force``."""
+    here = os.getcwd()
+    for path in (*keep, here):
         real = Path(os.path.realpath(path))
         if real == Path(os.path.realpath(target)) or Path(os.path.realpath(target)) in real.parents:
-            raise ArtifactError(f"{target}: the {what} would replace {path}, which this command "
-                                f"reads; give another {what}")
+            named = "the current folder" if path is here else f"{path}, which this command reads"
+            raise ArtifactError(f"{target}: the {what} would replace {named}; give another "
+                                f"{what}")
 
 
 def check_target(target: str | Path, force: bool, what: str,

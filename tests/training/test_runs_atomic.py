@@ -207,3 +207,15 @@ def test_a_read_only_folder_is_replaced_with_force(tmp_path):
     with building(target, force=True) as new:
         _write(new, "new")
     assert _seen(target) == "new" and _leftovers(target) == []
+
+
+def test_the_current_folder_is_never_replaced(tmp_path, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "mine.txt").write_text("the user's")
+    monkeypatch.chdir(here)
+    for target in (".", ".."):
+        with pytest.raises(ArtifactError, match="would replace the current folder"):
+            with building(target, force=True):
+                pass
+    assert (here / "mine.txt").read_text() == "the user's"
