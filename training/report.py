@@ -19,8 +19,10 @@ def load_evaluation(path: Path) -> dict:
     """An evaluation's metrics.json; a folder whose result files are not the ones that
     metrics.json was written with is refused (``check_evaluation``): its figures and its
     per-fault table would come from two evaluations."""
+    from harken.common.atomic import repair
     from harken.training.evaluate import check_evaluation
     path = Path(path)
+    repair(path)                # an evaluation a kill left mid-swap: the old one back
     file = path / "metrics.json" if path.is_dir() else path
     if not file.is_file():
         raise UsageError(f"{path}: no metrics.json (run 'harken-train evaluate' first)")
