@@ -58,9 +58,10 @@ def bundles(names: list[str] | None = None) -> dict[str, Path]:
         run, bundle = CACHE / "runs" / name, CACHE / "bundles" / name
         if not (bundle / "manifest.json").is_file():
             sh(TRAIN, "train", "--method", method, "--data", data, "--machine", "fan",
-               "--out", run, "--quiet", "--device", "cpu",
+               "--out", run, "--quiet", "--device", "cpu", "--force",
                *[a for s in sets for a in ("--set", s)])
-            sh(EXPORT, run / "fan", "--calib", data, "--out", bundle, "--precision", "both")
+            sh(EXPORT, run / "fan", "--calib", data, "--out", bundle, "--precision", "both",
+               "--force")
         out[name] = bundle
     for variant in ("fp32", "int8_floatio", "int8_intio"):
         if names is not None and f"mlperf-tiny {variant}" not in names:

@@ -47,7 +47,7 @@ def main() -> None:
     rows: dict[str, list[dict]] = {"raised thresholds (default)": [], "glibc defaults": []}
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [str(TRAIN), "evaluate", str(run), "--data", str(data), "--out", tmp,
-               "--no-baseline", "--no-plots", "--quiet"]
+               "--no-baseline", "--no-plots", "--quiet", "--force"]
         for i in range(args.repeats):
             for label, env in (("raised thresholds (default)", {}),
                                ("glibc defaults", GLIBC_DEFAULT)):

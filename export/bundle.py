@@ -20,7 +20,8 @@ from harken.agent.model.manifest import MANIFEST, SCHEMA_VERSION, Manifest
 from harken.agent.model.rules import output_of
 from harken.agent.model.scorer import model_input
 from harken.export.graphs import ExportError, InferenceGraph, calibration_windows, load_graph
-from harken.training.runs import RunInfo, code_version, read_run
+from harken.common.atomic import building
+from harken.training.runs import RunInfo, check_corpus, code_version, read_run, weights_digest
 
 # progress lines ("ONNX fp32", "TFLite int8 ..."): the CLI shows them on stderr
 log = logging.getLogger("harken.export")
@@ -58,13 +59,18 @@ def _entry(root: Path, path: Path) -> dict:
 def provenance(*, run_dir: Path | None = None, info: RunInfo | None = None, **fields) -> dict:
     """A bundle's provenance block: where it came from (the run, or what ``fields`` say:
     an imported model, a general bundle), which code trained and exported it, and when.
-    Every writer of a manifest (this module, export/wrap.py) fills it here."""
+    Every writer of a manifest (this module, export/wrap.py) fills it here. A run is named
+    by its absolute path (a relative one would be read from wherever verify runs) and bound
+    by its id, method, machine and the digest of its files (``verify`` checks them)."""
     block: dict = {}
     if run_dir is not None:
-        block["run"] = str(run_dir)
+        block["run"] = str(Path(run_dir).absolute())
     if info is not None:
-        block |= {"corpus_fingerprint": info.corpus.fingerprint,
+        block |= {"run_id": info.run_id, "method": info.method, "machine": info.machine,
+                  "corpus_fingerprint": info.corpus.fingerprint,
                   "trained_with": info.code_version}
+        if run_dir is not None:
+            block["weights_sha256"] = weights_digest(run_dir, info)
     return {**block, **fields, "exported_with": code_version(),
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
@@ -172,17 +178,22 @@ def _clip_seconds(info) -> float | None:
 
 
 def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
-                 options: ExportOptions = ExportOptions()) -> Path:
-    """Export the run in ``run_dir`` into the bundle directory ``out``; returns ``out``."""
+                 options: ExportOptions = ExportOptions(), other_corpus: bool = False) -> Path:
+    """Export the run in ``run_dir`` into the bundle directory ``out``; returns ``out``.
+    int8 calibration reads the training clips of the run's own corpus (``calib_root`` or
+    the path run.json names, checked by its fingerprint), or of another one on purpose
+    (``other_corpus``)."""
     info = read_run(run_dir)
     if info.method == "fusion":
-        return write_fused_bundle(run_dir, out, calib_root, options)
+        return write_fused_bundle(run_dir, out, calib_root, options, other_corpus)
     graph = load_graph(run_dir)
     spec = graph.method.spec
     rule = graph.method.device_rule()
-    artifacts, reference = _write_models(
-        graph, out, options, info.method,
-        lambda: (Path(calib_root or info.corpus.root), info.machine, spec))
+
+    def calibration() -> tuple[Path, str, object]:
+        corpus = check_corpus(run_dir, info, calib_root, other_corpus)
+        return Path(corpus["path"]), info.machine, spec
+    artifacts, reference = _write_models(graph, out, options, info.method, calibration)
 
     arrays, sections = scoring_arrays(graph, list(info.sections))
     (out / "arrays").mkdir(exist_ok=True)
@@ -220,7 +231,8 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
 
 
 def write_fused_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
-                       options: ExportOptions = ExportOptions()) -> Path:
+                       options: ExportOptions = ExportOptions(),
+                       other_corpus: bool = False) -> Path:
     """A fusion run (training/fusion.py) as one bundle: each member's run exported into
     ``members/<method>/`` with the same options, and a manifest that pins each member's
     manifest by sha256 and carries the per-section standardisation and the fused
@@ -236,7 +248,8 @@ def write_fused_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
     for entry in info.members:
         name = entry.method
         log.info(f"member {name}")
-        path = write_bundle(run_dir / entry.run, out / "members" / name, calib_root, options)
+        path = write_bundle(run_dir / entry.run, out / "members" / name, calib_root, options,
+                            other_corpus)
         members.append({"name": name, "path": f"members/{name}", "weight": entry.weight,
                         "manifest_sha256": sha256_file(path / MANIFEST)})
     normal = info.normal_scores
@@ -310,9 +323,16 @@ def _calibration(options: ExportOptions, root: Path) -> dict:
             "from": f"training clips under {root}", "seed": options.seed}
 
 
-def make_tar(bundle: Path, tar_path: Path | None = None) -> Path:
-    """One .tar.gz of the bundle folder, to copy to a device."""
-    tar_path = tar_path or bundle.with_name(bundle.name + ".tar.gz")
-    with tarfile.open(tar_path, "w:gz") as tar:
-        tar.add(bundle, arcname=bundle.name)
+def tar_path_of(bundle: Path) -> Path:
+    """Where ``--tar`` writes a bundle's tarball: beside it, BUNDLE.tar.gz."""
+    return bundle.with_name(bundle.name + ".tar.gz")
+
+
+def make_tar(bundle: Path, tar_path: Path | None = None, force: bool = False) -> Path:
+    """One .tar.gz of the bundle folder, to copy to a device: written beside its place and
+    renamed in when whole; one already there is refused unless ``force``."""
+    tar_path = tar_path or tar_path_of(bundle)
+    with building(tar_path, force=force, what="tarball", folder=False, keep=(bundle,)) as new:
+        with tarfile.open(new, "w:gz") as tar:
+            tar.add(bundle, arcname=bundle.name)
     return tar_path

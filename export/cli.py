@@ -1,7 +1,7 @@
 """harken-export: turns training runs into device bundles, and checks them.
 
   harken-export RUN --out BUNDLE [--calib DATA] [--formats onnx,tflite] [--precision int8]
-  harken-export verify BUNDLE --data DIR [--json]
+  harken-export verify BUNDLE --data DIR [--json]   (exit 1: an artifact failed)
   harken-export wrap MODEL.tflite|MODEL.onnx --preset dcase2020-ae --out BUNDLE
   harken-export general --out BUNDLE     (a bundle for any machine, enrolled on site)
   harken-export describe RUN
@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from harken.agent.model.bundle import open_bundle
+from harken.common.atomic import building, check_target
 from harken.common.clitools import command_parser, run_command
 from harken.agent.features import FeatureSpec
 from harken.training.runs import find_runs, read_run
@@ -24,17 +25,25 @@ COMMANDS = ("export", "verify", "wrap", "describe", "report", "general")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from harken.export.bundle import ExportOptions, make_tar, write_bundle
+    from harken.export.bundle import ExportOptions, make_tar, tar_path_of, write_bundle
     from harken.export.graphs import ExportError
     options = ExportOptions(formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
                             precision=args.precision, calibration_windows=args.calib_windows,
                             calibration_method=args.calib_method, int8_io=args.int8_io)
     run = Path(args.run)
+    read_run(run)                      # repairs an interrupted replacement of the run first
     if not (run / "run.json").is_file():
         raise ExportError(f"{run}: not a run folder (no run.json); give one machine's run, "
                           f"e.g. runs/ae/fan")
     out = Path(args.out)
-    write_bundle(run, out, Path(args.calib) if args.calib else None, options)
+    # both targets checked before any work; the bundle is built beside its place and
+    # renamed in when whole (a failed export leaves nothing, or the earlier bundle)
+    check_target(out, args.force, "--out folder", keep=(run,))
+    if args.tar:
+        check_target(tar_path_of(out), args.force, "tarball", keep=(run,))
+    with building(out, force=args.force, what="--out folder", keep=(run,)) as new:
+        write_bundle(run, new, Path(args.calib) if args.calib else None, options,
+                     args.other_corpus)
     bundle = open_bundle(out)
     for name, part in (bundle.members.items() if bundle.is_fused else [("", bundle)]):
         for kind, art in part.artifacts.items():
@@ -42,36 +51,45 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"{where + kind:<28} {art.path.name:<20} {art.path.stat().st_size:>10,} bytes")
     print(f"bundle: {out}")
     if args.tar:
-        print(f"tarball: {make_tar(out)}")
+        print(f"tarball: {make_tar(out, force=args.force)}")
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from harken.export.verify import format_checks, verify
+    from harken.export.verify import Tolerances, format_checks, verdict_line, verify
+    tolerances = Tolerances(official=args.official_tolerance, spearman=args.min_spearman)
     bundle = open_bundle(Path(args.bundle))
     checks = verify(bundle, Path(args.data), Path(args.run) if args.run else None,
-                    args.max_clips, args.threads, progress=not args.json)
+                    args.max_clips, args.threads, progress=not args.json,
+                    tolerances=tolerances, other_corpus=args.other_corpus)
     if args.json:
         print(json.dumps([c.to_dict() for c in checks], indent=2))
     else:
         print(format_checks(checks))
-    return 0
+    print(verdict_line(checks, tolerances), file=sys.stderr if args.json else sys.stdout)
+    return 1 if any(c.verdict == "FAIL" for c in checks) else 0
 
 
 def cmd_wrap(args: argparse.Namespace) -> int:
     from harken.export.wrap import wrap
-    out = wrap(Path(args.model), args.preset, Path(args.out), args.machine, args.threshold)
+    out = Path(args.out)
+    with building(out, force=args.force, what="--out folder", keep=(args.model,)) as new:
+        wrap(Path(args.model), args.preset, new, args.machine, args.threshold)
     print(f"bundle: {out}")
     return 0
 
 
 def cmd_general(args: argparse.Namespace) -> int:
-    from harken.export.bundle import ExportOptions, make_tar, write_general_bundle
+    from harken.export.bundle import ExportOptions, make_tar, tar_path_of, write_general_bundle
     out = Path(args.out)
-    write_general_bundle(out, options=ExportOptions(precision="fp32"))
+    check_target(out, args.force, "--out folder")
+    if args.tar:
+        check_target(tar_path_of(out), args.force, "tarball")
+    with building(out, force=args.force, what="--out folder") as new:
+        write_general_bundle(new, options=ExportOptions(precision="fp32"))
     print(f"bundle: {out} (needs 'harken enroll' on the device before 'harken run')")
     if args.tar:
-        print(f"tarball: {make_tar(out)}")
+        print(f"tarball: {make_tar(out, force=args.force)}")
     return 0
 
 
@@ -96,6 +114,17 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tolerance(text: str) -> float:
+    """A verdict tolerance: a finite number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number from 0 to 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p, sub = command_parser("harken-export", __doc__.splitlines()[0])
     e = sub.add_parser("export", help="a training run -> a bundle (the default command)")
@@ -114,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--int8-io", action="store_true",
                    help="TFLite int8 input/output (scales in the manifest); default float I/O")
     e.add_argument("--tar", action="store_true", help="also write BUNDLE.tar.gz for the device")
+    e.add_argument("--force", action="store_true",
+                   help="replace a bundle (and tarball) already there (by default refused)")
+    e.add_argument("--other-corpus", action="store_true",
+                   help="calibrate int8 on a corpus other than the run's (--calib), on purpose")
     e.set_defaults(func=cmd_export)
     v = sub.add_parser("verify", help="score test clips with torch fp32 and every artifact")
     v.add_argument("bundle")
@@ -122,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-clips", type=int, help="score only this many test clips (spread)")
     v.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
     v.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    v.add_argument("--official-tolerance", type=_tolerance, default=0.01, metavar="D",
+                   help="an artifact passes when its official score is within D of torch "
+                        "fp32's (default 0.01)")
+    v.add_argument("--min-spearman", type=_tolerance, default=0.99, metavar="R",
+                   help="... and its clip scores' Spearman correlation with torch fp32's is "
+                        "at least R (default 0.99)")
+    v.add_argument("--other-corpus", action="store_true",
+                   help="verify on a corpus other than the run's, on purpose")
     v.set_defaults(func=cmd_verify)
     w = sub.add_parser("wrap", help="a bundle around a model trained elsewhere")
     w.add_argument("model", help=".tflite or .onnx file")
@@ -129,11 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", required=True, help="new bundle folder")
     w.add_argument("--machine", default="unknown", help="machine type the model watches")
     w.add_argument("--threshold", type=float, help="decision threshold, if known")
+    w.add_argument("--force", action="store_true", help="replace a bundle already there")
     w.set_defaults(func=cmd_wrap)
     g = sub.add_parser("general", help="a bundle for any machine: no reference bank; "
                        "'harken enroll' learns one on site")
     g.add_argument("--out", required=True, help="new bundle folder")
     g.add_argument("--tar", action="store_true", help="also write BUNDLE.tar.gz for the device")
+    g.add_argument("--force", action="store_true",
+                   help="replace a bundle (and tarball) already there (by default refused)")
     g.set_defaults(func=cmd_general)
     r = sub.add_parser("report", help="the export section of docs/results.md from verify "
                        "--json outputs named <method>__<machine>.json")

@@ -1,11 +1,16 @@
 """``harken-export verify``: does every artifact of a bundle still score like the torch fp32
 model it came from? Scores the labelled test clips with torch fp32 (the training code) and
-with each artifact through the agent's own scorer, and compares."""
+with each artifact through the agent's own scorer, compares, and gives each artifact a
+verdict: PASS when its official score is within ``Tolerances.official`` of torch fp32's and
+its clip scores' Spearman correlation with torch fp32's is at least ``Tolerances.spearman``
+(docs/export.md). The torch reference must be the bundle's own run (its id, method, machine
+and file digest, as the manifest's provenance records them) and the corpus the run was
+trained on (its fingerprint)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,14 @@ from harken.training.data.windows import clip_features
 from harken.training.evaluate import section_results
 from harken.training.methods import method_class
 from harken.training.metrics import official_score
+from harken.training.runs import RunInfo, check_corpus, read_run, weights_digest
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """How far an artifact may stray from torch fp32 and still pass (docs/export.md)."""
+    official: float = 0.01          # |official - torch fp32 official| at most this
+    spearman: float = 0.99          # clip-score Spearman with torch fp32 at least this
 
 
 @dataclass
@@ -40,9 +53,75 @@ class ArtifactCheck:
     size_vs_onnx_fp32: float | None
     latency_ms: float          # median per window, one thread
     quant_params_bytes: int | None = None   # scales and zero points inside the file
+    verdict: str = "-"         # PASS | FAIL ("-": the torch fp32 reference itself)
+    failed: list[str] = field(default_factory=list)   # what it missed, in words
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def judge(checks: list[ArtifactCheck], tolerances: Tolerances) -> None:
+    """Each artifact's verdict against the torch fp32 row (the first), in place. A NaN
+    (scores that do not vary) fails."""
+    ref = checks[0]
+    for c in checks[1:]:
+        c.failed = []
+        gap = abs(c.official - ref.official)
+        if not gap <= tolerances.official:
+            c.failed.append(f"official {c.official:.4f} vs torch fp32 {ref.official:.4f} "
+                            f"(off by {gap:.4f} > {tolerances.official:g})")
+        if not c.spearman >= tolerances.spearman:
+            c.failed.append(f"Spearman {c.spearman:.4f} < {tolerances.spearman:g}")
+        c.verdict = "FAIL" if c.failed else "PASS"
+
+
+def verdict_line(checks: list[ArtifactCheck], tolerances: Tolerances) -> str:
+    """The one line that says whether the bundle passed, and what failed."""
+    failed = [c for c in checks if c.verdict == "FAIL"]
+    rule = (f"official within {tolerances.official:g} of torch fp32, Spearman >= "
+            f"{tolerances.spearman:g}")
+    if not failed:
+        return f"verdict: PASS ({len(checks) - 1} artifacts; {rule})"
+    return (f"verdict: FAIL ({rule}): " +
+            "; ".join(f"{c.artifact}: {', '.join(c.failed)}" for c in failed))
+
+
+def bundle_run(bundle: Bundle, run_dir: Path | None = None) -> tuple[Path, RunInfo]:
+    """The run a bundle came from (``run_dir``, else the manifest's ``provenance.run``; a
+    relative one is read against the bundle's own folder, never the current one), refused
+    in one line when it is not the bundle's run: another id, method or machine, or files
+    that differ from those the bundle was exported from."""
+    prov = bundle.manifest.provenance
+    if run_dir is None:
+        named = prov.get("run")
+        if not isinstance(named, str) or not named:
+            raise ExportError(f"{bundle.root}/manifest.json: provenance names no run (an "
+                              f"imported or general bundle?); pass --run RUN")
+        run_dir = Path(named) if Path(named).is_absolute() else bundle.root / named
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file():
+        read_run(run_dir)                           # repairs an interrupted replacement
+    if not (run_dir / "run.json").is_file():
+        raise ExportError(f"{run_dir}: the run this bundle came from is not there (the "
+                          f"torch fp32 reference); pass --run RUN")
+    info = read_run(run_dir)
+    model = bundle.manifest.model
+    expected = {"run_id": prov.get("run_id"), "method": prov.get("method", model.method),
+                "machine": prov.get("machine", model.machine),
+                "corpus_fingerprint": prov.get("corpus_fingerprint")}
+    actual = {"run_id": info.run_id, "method": info.method, "machine": info.machine,
+              "corpus_fingerprint": info.corpus.fingerprint}
+    for key, want in expected.items():
+        if want is not None and actual[key] != want:
+            raise ExportError(f"{run_dir}: not the run bundle {bundle.root} was exported from "
+                              f"({key} {actual[key]!r}, the bundle's {want!r}); pass its "
+                              f"run with --run")
+    want = prov.get("weights_sha256")
+    if want is not None and weights_digest(run_dir, info) != want:
+        raise ExportError(f"{run_dir}: its files differ from those bundle {bundle.root} was "
+                          f"exported from (weights digest); retrained or edited since? export "
+                          f"it again")
+    return run_dir, info
 
 
 def _summary(machine: str, clips: list[Clip], scores: np.ndarray) -> tuple[float, ...]:
@@ -52,12 +131,12 @@ def _summary(machine: str, clips: list[Clip], scores: np.ndarray) -> tuple[float
 
 
 def verify(bundle: Bundle, data_root: Path, run_dir: Path | None = None,
-           max_clips: int | None = None, threads: int = 1, progress: bool = True
+           max_clips: int | None = None, threads: int = 1, progress: bool = True,
+           tolerances: Tolerances = Tolerances(), other_corpus: bool = False
            ) -> list[ArtifactCheck]:
-    run_dir = Path(run_dir or bundle.manifest.provenance["run"])
-    if not (run_dir / "run.json").is_file():
-        raise ExportError(f"{run_dir}: the run this bundle came from is not there (the "
-                          f"torch fp32 reference); pass --run RUN")
+    """One row per artifact (the first: torch fp32 itself), each with its verdict."""
+    run_dir, info = bundle_run(bundle, run_dir)
+    check_corpus(run_dir, info, Path(data_root), other_corpus)
     machine = bundle.machine
     clips = scan(Path(data_root), [machine], split="test")
     if max_clips:
@@ -94,6 +173,7 @@ def verify(bundle: Bundle, data_root: Path, run_dir: Path | None = None,
             size / onnx_fp32_size if onnx_fp32_size else None,
             sum(latency_ms(p, feats[0][:, :p.bundle.spec.n_features]) for p in parts),
             sum(quant) or None))
+    judge(checks, tolerances)
     return checks
 
 
@@ -138,7 +218,8 @@ def format_checks(checks: list[ArtifactCheck]) -> str:
     wb = max(18, *(len(c.backend) for c in checks))
     head = (f"{'artifact':<{wa}} {'backend':<{wb}} {'spearman':>8} {'max rel err':>11} "
             f"{'max abs err':>11} {'AUC_s':>6} "
-            f"{'AUC_t':>6} {'pAUC':>6} {'official':>8} {'size':>10} {'x fp32':>6} {'ms/window':>9}")
+            f"{'AUC_t':>6} {'pAUC':>6} {'official':>8} {'size':>10} {'x fp32':>6} {'ms/window':>9} "
+            f"{'verdict':>7}")
     lines = [head]
     for c in checks:
         ratio = f"{c.size_vs_onnx_fp32:.3f}" if c.size_vs_onnx_fp32 is not None else "-"
@@ -147,5 +228,5 @@ def format_checks(checks: list[ArtifactCheck]) -> str:
         lines.append(f"{c.artifact:<{wa}} {c.backend:<{wb}} {c.spearman:>8.4f} "
                      f"{c.max_rel_error:>11.4f} {c.max_abs_error:>11.4g} "
                      f"{c.auc_source:>6.4f} {c.auc_target:>6.4f} {c.pauc:>6.4f} {c.official:>8.4f} "
-                     f"{size:>10} {ratio:>6} {lat:>9}")
+                     f"{size:>10} {ratio:>6} {lat:>9} {c.verdict:>7}")
     return "\n".join(lines)

@@ -8,8 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from harken.common.errors import UsageError
+from harken.common.atomic import building, check_target
 from harken.common.clitools import command_parser, run_command
+from harken.common.errors import UsageError
 from harken.training.method import Configurable, Refittable
 from harken.training.data.corpus import machine_types, scan
 from harken.training.runs import find_runs, record_training_time
@@ -48,12 +49,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         from harken.training.trainer import pick_device
         pick_device(method.config.device)
     machines = _machines(args.machines) or machine_types(args.data)
+    # every run folder checked before any work: one already there is refused (--force:
+    # replaced); each is built beside its place and renamed in when done (docs/architecture.md)
+    corpus = (args.data, *(Path(args.data) / m for m in machines))  # never replaced
+    targets = {m: check_target(Path(args.out) / m, args.force, "--out folder", keep=corpus)
+               for m in machines}
     for machine in machines:
         clips = scan(args.data, [machine], split="train")
         run_dir = Path(args.out) / machine
         t0 = time.monotonic()
-        info = make_method(args.method, overrides).train(clips, run_dir, progress=not args.quiet)
-        record_training_time(run_dir, info, time.monotonic() - t0)
+        with building(targets[machine], force=args.force, what="--out folder",
+                      keep=corpus) as new:
+            info = make_method(args.method, overrides).train(clips, new,
+                                                             progress=not args.quiet)
+            record_training_time(new, info, time.monotonic() - t0)
         hist = info.history
         trained = (f", {len(hist['train_loss'])} epochs on {hist['device']}, best epoch "
                    f"{hist['best_epoch'] + 1}" if hist else "")
@@ -64,13 +73,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_refit(args: argparse.Namespace) -> int:
+    import shutil
+
     from harken.training.methods import method_class
-    from harken.training.runs import read_run
+    from harken.training.runs import check_corpus, read_run
     for run in find_runs(Path(args.run)):
-        cls = method_class(read_run(run).method)
+        info = read_run(run)
+        cls = method_class(info.method)
         if not issubclass(cls, Refittable):
             raise UsageError(f"{run}: {cls.name} has no score state to refit (retrain instead)")
-        info = cls.refit(run, progress=not args.quiet)
+        check_corpus(run, info)              # refit reads the corpus run.json names
+        # refitted in a copy that replaces the run when done: never half old, half new
+        with building(run, force=True) as new:
+            new.rmdir()
+            shutil.copytree(run, new, symlinks=True)
+            info = cls.refit(new, progress=not args.quiet)
         print(f"{run}: bank and normal statistics refitted "
               f"(threshold {info.normal_scores.threshold:.4g})")
     return 0
@@ -102,8 +119,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     runs = find_runs(Path(args.run))
     out = Path(args.out) if args.out else Path(args.run) / "eval"
     data = Path(args.data) if args.data else None
+    other = args.other_corpus
+    # built beside its place and renamed in when whole: an interrupted evaluation leaves
+    # the earlier one as it was, never its metrics beside new result files
+    with building(out, force=args.force, what="--out folder",
+                  keep=(*runs, *([data] if data else []))) as new:
+        if args.score == "all":
+            evs = evaluate_rules(runs, new, data, progress=not args.quiet,
+                                 plots=not args.no_plots, other_corpus=other)
+        else:
+            ev = evaluate(runs, new, data, progress=not args.quiet, plots=not args.no_plots,
+                          rule=args.score, other_corpus=other)
+            baseline = None
+            if not args.no_baseline and read_run(runs[0]).method != "baseline-knn":
+                baseline = _baseline_beside(runs, new / "baseline-knn", data, args.quiet, other)
     if args.score == "all":
-        evs = evaluate_rules(runs, out, data, progress=not args.quiet, plots=not args.no_plots)
         if args.json:
             print(json.dumps({r: ev.to_dict() for r, ev in evs.items()}, indent=2))
         else:
@@ -114,11 +144,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     f"{v:>9.4f}" for v in ev.machine_scores().values()))
             print(f"one folder of result files, metrics and ROC plots per rule in {out}")
         return 0
-    ev = evaluate(runs, out, data, progress=not args.quiet, plots=not args.no_plots,
-                  rule=args.score)
-    baseline = None
-    if not args.no_baseline and read_run(runs[0]).method != "baseline-knn":
-        baseline = _baseline_beside(runs, out / "baseline-knn", data, args.quiet)
     if args.json:
         result = ev.to_dict()
         if baseline:
@@ -129,24 +154,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if baseline:
             print("\nbeside baseline-knn on the same data (hmean per machine type):")
             print(comparison_table(ev, baseline))
+        if other:
+            print("evaluated on another corpus than the runs were trained on, on purpose "
+                  "(--other-corpus; recorded in metrics.json)")
         print(f"result files, metrics.csv, metrics.json and ROC plots in {out}")
     return 0
 
 
-def _baseline_beside(runs: list[Path], out: Path, data: Path | None, quiet: bool):
+def _baseline_beside(runs: list[Path], out: Path, data: Path | None, quiet: bool,
+                     other_corpus: bool = False):
     """Trains baseline-knn on the runs' training data (seconds) and evaluates it the same way."""
     from harken.training.baselines import KnnBaseline
     from harken.training.evaluate import evaluate
-    from harken.training.runs import read_run
+    from harken.training.runs import check_corpus, read_run
     knn_runs = []
     for run in runs:
         info = read_run(run)
-        root = data or Path(info.corpus.root)
+        root = Path(check_corpus(run, info, data, other_corpus)["path"])
         clips = scan(root, [info.machine], split="train")
         knn_dir = out / "runs" / info.machine
         KnnBaseline().train(clips, knn_dir, progress=not quiet)
         knn_runs.append(knn_dir)
-    return evaluate(knn_runs, out, data, progress=not quiet, plots=False)
+    return evaluate(knn_runs, out, data, progress=not quiet, plots=False,
+                    other_corpus=other_corpus)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -184,11 +214,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cmd_synth(argparse.Namespace(out=corpus, size=args.size, seed=0, machines=None,
                                      workers=None, quiet=args.quiet))
     runs = out / "runs" / "baseline-knn"
+    # the demo done again replaces its own runs and evaluation
     cmd_train(argparse.Namespace(method="baseline-knn", data=corpus, machines=None, out=runs,
-                                 set=None, seed=None, device=None, quiet=args.quiet))
+                                 set=None, seed=None, device=None, quiet=args.quiet, force=True))
     return cmd_evaluate(argparse.Namespace(run=runs, out=out / "eval" / "baseline-knn", data=corpus,
                                            json=False, no_plots=False, score=None,
-                                           no_baseline=True, quiet=args.quiet))
+                                           no_baseline=True, quiet=args.quiet, force=True,
+                                           other_corpus=False))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="change a setting (repeatable); 'harken-train methods --settings' lists them")
     t.add_argument("--seed", type=int, help="random seed (same as --set seed=N)")
     t.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    t.add_argument("--force", action="store_true",
+                   help="replace a run folder that is already there (by default refused)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -240,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "one sub-folder each, from one pass over the test clips")
     e.add_argument("--no-baseline", action="store_true",
                    help="do not train and show baseline-knn beside the run")
+    e.add_argument("--force", action="store_true",
+                   help="replace an evaluation folder that is already there (by default refused)")
+    e.add_argument("--other-corpus", action="store_true",
+                   help="evaluate on a corpus other than the one the run was trained on, on "
+                        "purpose (recorded in metrics.json); by default refused")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 

@@ -1,9 +1,15 @@
 """Scores a corpus's test clips with trained runs and reports the DCASE metrics:
-result files in the DCASE format, a per-section table, CSV + JSON, and ROC curves."""
+result files in the DCASE format, a per-section table, CSV + JSON, and ROC curves.
+
+metrics.json also says what was evaluated (``runs``: each run's id, folder, weights digest
+and the corpus used, checked against the run's fingerprint) and holds the sha256 of every
+result file beside it (``files``), so that a reader (``harken-train report``) can refuse a
+folder whose parts do not belong together (docs/architecture.md)."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -15,7 +21,7 @@ from harken.training.data.corpus import Clip, CorpusError, scan
 from harken.training.method import ScoresAllRules
 from harken.training.methods import method_class
 from harken.training.metrics import SectionResult, machine_hmean, official_score, section_result
-from harken.training.runs import RunInfo, read_run
+from harken.training.runs import RunError, RunInfo, check_corpus, read_run, weights_digest
 
 
 @dataclass
@@ -23,6 +29,8 @@ class Evaluation:
     results: list[SectionResult] = field(default_factory=list)
     methods: dict[str, str] = field(default_factory=dict)    # machine -> method
     training: dict[str, dict] = field(default_factory=dict)  # machine -> run.json "training"
+    runs: dict[str, dict] = field(default_factory=dict)      # machine -> what was evaluated
+    files: dict[str, str] | None = None                      # result file -> sha256
 
     @property
     def official(self) -> float:
@@ -33,17 +41,28 @@ class Evaluation:
 
     def to_dict(self) -> dict:
         return {"official_score": self.official, "machines": self.machine_scores(),
-                "methods": self.methods, "training": self.training,
-                "sections": [r.to_dict() for r in self.results]}
+                "methods": self.methods, "training": self.training, "runs": self.runs,
+                "sections": [r.to_dict() for r in self.results],
+                **({"files": self.files} if self.files is not None else {})}
+
+
+def run_record(run_dir: Path, info: RunInfo, corpus: dict) -> dict:
+    """What an evaluation says of the run it scored: its id, folder, method, weights
+    digest and the corpus (checked against the run's fingerprint, ``check_corpus``)."""
+    return {"run_id": info.run_id, "run": str(Path(run_dir).absolute()), "method": info.method,
+            "weights_sha256": weights_digest(run_dir, info), "corpus": corpus}
 
 
 def score_run(run_dir: Path, data_root: Path | None, progress: bool = True,
-              rules: list[str | None] | None = None
-              ) -> tuple[RunInfo, list[Clip], dict[str | None, np.ndarray]]:
+              rules: list[str | None] | None = None, other_corpus: bool = False
+              ) -> tuple[RunInfo, list[Clip], dict[str | None, np.ndarray], dict]:
     """The run's test clips and their scores under each of ``rules`` (None: the run's
-    default rule; ["all"]: every rule of the method, scored in one pass where it can)."""
+    default rule; ["all"]: every rule of the method, scored in one pass where it can), and
+    the run's record for metrics.json (``run_record``). The corpus must be the one the run
+    was trained on (its fingerprint), unless ``other_corpus``."""
     info = read_run(run_dir)
-    root = Path(data_root) if data_root else Path(info.corpus.root)
+    corpus = check_corpus(run_dir, info, Path(data_root) if data_root else None, other_corpus)
+    root = Path(corpus["path"])
     clips = scan(root, [info.machine], split="test")
     unlabelled = [c for c in clips if c.label is None]
     if unlabelled:
@@ -57,7 +76,8 @@ def score_run(run_dir: Path, data_root: Path | None, progress: bool = True,
     else:
         scores = {r: model.score(clips, progress, rule=r) if r else model.score(clips, progress)
                   for r in rules}
-    return info, clips, {r: np.asarray(v, dtype=np.float64) for r, v in scores.items()}
+    return (info, clips, {r: np.asarray(v, dtype=np.float64) for r, v in scores.items()},
+            run_record(run_dir, info, corpus))
 
 
 RESULT_STEM = re.compile(r"(?P<machine>.+)_section_(?P<section>\d+)_test\.csv")
@@ -99,14 +119,15 @@ def section_results(machine: str, clips: list[Clip], scores: np.ndarray) -> list
 
 
 def evaluate(run_dirs: list[Path], out: Path, data_root: Path | None = None,
-             progress: bool = True, plots: bool = True, rule: str | None = None) -> Evaluation:
+             progress: bool = True, plots: bool = True, rule: str | None = None,
+             other_corpus: bool = False) -> Evaluation:
     """``rule``: a score rule of the method (e.g. mahalanobis, embedding); default: the run's."""
-    return evaluate_rules(run_dirs, {rule: out}, data_root, progress, plots)[rule]
+    return evaluate_rules(run_dirs, {rule: out}, data_root, progress, plots, other_corpus)[rule]
 
 
 def evaluate_rules(run_dirs: list[Path], outs: dict[str | None, Path] | Path,
-                   data_root: Path | None = None, progress: bool = True, plots: bool = True
-                   ) -> dict[str | None, Evaluation]:
+                   data_root: Path | None = None, progress: bool = True, plots: bool = True,
+                   other_corpus: bool = False) -> dict[str | None, Evaluation]:
     """One evaluation per score rule, each in its own folder, from one scoring pass over
     the test clips. ``outs`` maps rule -> folder, or is one folder for every rule of the
     method (a sub-folder per rule)."""
@@ -114,7 +135,8 @@ def evaluate_rules(run_dirs: list[Path], outs: dict[str | None, Path] | Path,
     folders: dict[str | None, Path] = {}
     for run_dir in run_dirs:
         rules = ["all"] if isinstance(outs, Path) else list(outs)
-        info, clips, scores = score_run(run_dir, data_root, progress, rules)
+        info, clips, scores, record = score_run(run_dir, data_root, progress, rules,
+                                                other_corpus)
         machine = info.machine
         for rule, values in scores.items():
             out = outs / rule if isinstance(outs, Path) else outs[rule]
@@ -123,6 +145,7 @@ def evaluate_rules(run_dirs: list[Path], outs: dict[str | None, Path] | Path,
             ev = evs.setdefault(rule, Evaluation())
             used = rule or info.score_rule or info.params.get("score")
             ev.methods[machine] = info.method + (f" ({used} score)" if used else "")
+            ev.runs[machine] = _relative_inside(record, out)
             if info.training is not None:
                 ev.training[machine] = info.training.model_dump()
             write_result_files(out, machine, clips, values, info.normal_scores.threshold)
@@ -134,13 +157,58 @@ def evaluate_rules(run_dirs: list[Path], outs: dict[str | None, Path] | Path,
     return evs
 
 
+def _relative_inside(record: dict, out: Path) -> dict:
+    """A run kept inside its evaluation (the baseline beside it) named relative to it: the
+    folder is built under another name and renamed into place."""
+    try:
+        return {**record, "run": Path(record["run"]).relative_to(out.absolute()).as_posix()}
+    except ValueError:
+        return record
+
+
 def write_tables(out: Path, ev: Evaluation) -> None:
+    """metrics.csv and metrics.json, written last: metrics.json names the digest of every
+    result file beside it (``check_evaluation``)."""
     rows = [r.to_dict() for r in ev.results]
     with open(out / "metrics.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    ev.files = result_files(out)
     (out / "metrics.json").write_text(json.dumps(ev.to_dict(), indent=2))
+
+
+def result_files(out: Path) -> dict[str, str]:
+    """File name -> sha256 of the result files and metrics.csv of an evaluation folder."""
+    files = {}
+    for path in sorted(Path(out).glob("*.csv")):
+        with open(path, "rb") as f:
+            files[path.name] = hashlib.file_digest(f, "sha256").hexdigest()
+    return files
+
+
+def check_evaluation(folder: Path, metrics: dict) -> None:
+    """Refuse, in one line, an evaluation folder whose parts do not belong together:
+    result files that are not the ones its metrics.json was written with (left by another
+    evaluation, edited, missing), or runs of one machine type named twice. A metrics.json
+    from before ``files`` was recorded is taken as it is."""
+    recorded = metrics.get("files")
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict):
+        raise RunError(f"{folder}/metrics.json: 'files' is not a mapping of file -> sha256")
+    present = result_files(folder)
+    for name in sorted(set(recorded) | set(present)):
+        if name not in present:
+            problem = "is missing"
+        elif name not in recorded:
+            problem = "is not one this evaluation wrote"
+        elif present[name] != recorded[name]:
+            problem = "differs from the one this evaluation wrote"
+        else:
+            continue
+        raise RunError(f"{folder}/{name}: {problem} (metrics.json records the files it was "
+                       f"written with); evaluate again with --force")
 
 
 def format_table(ev: Evaluation) -> str:

@@ -195,7 +195,7 @@ class Fusion:
         info = read_run(source)
         if info.method != name:
             raise RunError(f"{source}: a run of '{info.method}', not of member '{name}'")
-        if info.corpus.fingerprint != corpus_fingerprint(clips):
+        if info.corpus.fingerprint != corpus_fingerprint(clips, info.corpus.fingerprint_kind):
             raise RunError(f"{source}: trained on other clips than these (corpus fingerprint "
                            f"differs); train it again or leave 'trained' empty")
         if self.member_settings.get(name):

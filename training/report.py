@@ -16,11 +16,28 @@ from harken.training.markdown import table
 
 
 def load_evaluation(path: Path) -> dict:
+    """An evaluation's metrics.json; a folder whose result files are not the ones that
+    metrics.json was written with is refused (``check_evaluation``): its figures and its
+    per-fault table would come from two evaluations."""
+    from harken.common.atomic import repair
+    from harken.training.evaluate import check_evaluation
     path = Path(path)
+    repair(path)                # an evaluation a kill left mid-swap: the old one back
     file = path / "metrics.json" if path.is_dir() else path
     if not file.is_file():
         raise UsageError(f"{path}: no metrics.json (run 'harken-train evaluate' first)")
-    return json.loads(file.read_text())
+    metrics = json.loads(file.read_text())
+    if path.is_dir() and isinstance(metrics, dict):
+        check_evaluation(path, metrics)
+    return metrics
+
+
+def run_ids(ev: dict) -> str:
+    """The runs an evaluation scored, as the page names them (machine: run id)."""
+    runs = ev.get("runs") or {}
+    return ", ".join(f"{m} `{r.get('run_id') or '?'}`" + ("" if r.get("corpus", {}).get(
+        "matches_run", True) else " (on another corpus, on purpose)")
+        for m, r in sorted(runs.items()) if isinstance(r, dict))
 
 
 def results_markdown(evaluations: dict[str, dict], corpus: dict, command: str,
@@ -67,6 +84,8 @@ def results_markdown(evaluations: dict[str, dict], corpus: dict, command: str,
         tgt = [s["auc_target"] for s in ev["sections"]]
         lines += ["", f"Mean AUC over sections: source {sum(src) / len(src):.4f}, "
                   f"target {sum(tgt) / len(tgt):.4f}."]
+        if run_ids(ev):
+            lines += ["", f"Runs: {run_ids(ev)}."]
     return "\n".join(lines) + "\n"
 
 

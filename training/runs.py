@@ -8,7 +8,12 @@ any decoding, type or missing-field problem into one line naming the file.
 
 Versions: 1 was written by releases up to 61a0e3e (key ``schema``); 2 names the key
 ``version`` and is otherwise the same, so a version-1 file is migrated on reading
-(tests/training/test_run_records.py holds files written by that release).
+(tests/training/test_run_records.py holds files written by that release). 3 records the
+corpus by its absolute path and fingerprints the training clips' contents
+(``corpus.fingerprint_kind`` "sha256-content"); versions 1 and 2 fingerprinted names and
+sizes only ("names-sizes", the default when the key is absent), which is still how their
+fingerprint is checked. The corpus path is only a hint: evaluate, export and verify accept
+any corpus whose training clips have the run's fingerprint (``check_corpus``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import csv
 import datetime as dt
 import hashlib
 import json
+import os
 import subprocess
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,10 +34,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from harken.agent.decision.thresholds import gamma_threshold
 from harken.agent.features import FeatureSpec
+from harken.common.atomic import repair, write_atomic
 from harken.common.errors import HarkenError
-from harken.training.data.corpus import Clip
+from harken.training.data.corpus import Clip, CorpusError, scan
 
-RUN_VERSION = 2
+RUN_VERSION = 3
 HELD_OUT = "held_out_scores.csv"     # per-clip scores of the normal clips training held out
 RUN_FILE = "run.json"
 
@@ -45,10 +53,15 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="allow", ser_json_inf_nan="constants")   # as json.dumps
 
 
+# how ``corpus.fingerprint`` was computed (``corpus_fingerprint``)
+CONTENT, NAMES_SIZES = "sha256-content", "names-sizes"
+
+
 class CorpusInfo(_Record):
     root: str = ""
     fingerprint: StrictStr
     n_train: StrictInt = 0
+    fingerprint_kind: StrictStr = NAMES_SIZES      # absent before version 3
 
 
 class NormalScores(_Record):
@@ -112,10 +125,14 @@ class RunInfo(_Record):
 
 
 def _migrate(data: dict) -> dict:
-    """A run.json of an older version as the current one."""
+    """A run.json of an older version as the current one: 1 -> 2 renames ``schema``;
+    2 -> 3 keeps everything (a run without ``corpus.fingerprint_kind`` has a names-and-sizes
+    fingerprint, the field's default)."""
     if "version" not in data and data.get("schema") == 1:
         data = {k: v for k, v in data.items() if k != "schema"}
-        data["version"] = RUN_VERSION
+        data["version"] = 2
+    if data.get("version") == 2:
+        data = {**data, "version": 3}
     return data
 
 
@@ -127,7 +144,7 @@ def parse_run(data: object, where: str) -> RunInfo:
     version = data.get("version", data.get("schema"))
     if version != RUN_VERSION:
         raise RunError(f"{where}: run version {version!r} not supported (this release reads "
-                       f"versions 1 and {RUN_VERSION}); train the run again")
+                       f"versions 1 to {RUN_VERSION}); train the run again")
     try:
         return RunInfo.model_validate(data)
     except ValidationError as exc:
@@ -153,11 +170,74 @@ def code_version() -> str:
     return f"{v}+{sha}" if sha else v
 
 
-def corpus_fingerprint(clips: Sequence[Clip]) -> str:
-    """sha256 over the training clips' names and sizes: cheap, and changes with the data."""
+def corpus_fingerprint(clips: Sequence[Clip], kind: str = CONTENT) -> str:
+    """sha256 over the training clips' names, sizes and (``CONTENT``) each clip's own sha256.
+    Names and sizes alone do not tell two synthetic corpora of one layout apart (every clip
+    has the same name and length); hashing the bytes does, at disk speed (a DCASE machine
+    type's 1000 ten-second clips are 320 MB: about a second). ``NAMES_SIZES``: how runs
+    before version 3 were fingerprinted."""
+    if kind not in (CONTENT, NAMES_SIZES):
+        raise RunError(f"corpus fingerprint kind {kind!r} unknown (this release knows "
+                       f"{CONTENT!r} and {NAMES_SIZES!r})")
     h = hashlib.sha256()
     for c in sorted(clips, key=lambda c: (c.machine, c.name)):
-        h.update(f"{c.machine}/{c.split}/{c.name}:{c.path.stat().st_size}\n".encode())
+        line = f"{c.machine}/{c.split}/{c.name}:{c.path.stat().st_size}"
+        if kind == CONTENT:
+            with open(c.path, "rb") as f:
+                line += ":" + hashlib.file_digest(f, "sha256").hexdigest()
+        h.update(f"{line}\n".encode())
+    return h.hexdigest()
+
+
+def check_corpus(run_dir: Path, info: RunInfo, data: Path | None = None,
+                 other_corpus: bool = False, flag: str = "--other-corpus") -> dict:
+    """The corpus to use with a run: ``data`` if given, else the path run.json names (a
+    hint only). It is accepted when its training clips of the run's machine type have the
+    run's fingerprint; otherwise refused in one line, unless ``other_corpus`` (a deliberate
+    evaluation on other data, recorded as such). Returns what an evaluation records:
+    {"path", "fingerprint", "run_fingerprint", "matches_run"}."""
+    root = Path(os.path.abspath(data if data is not None else info.corpus.root or "."))
+    where = "--data" if data is not None else f"the corpus {run_dir}/run.json names"
+    if not root.is_dir():
+        raise RunError(f"{root}: {where} is not there; give the corpus {run_dir} was trained "
+                       f"on with --data")
+    kind = info.corpus.fingerprint_kind
+    try:
+        fingerprint = corpus_fingerprint(scan(root, [info.machine], split="train"), kind)
+    except CorpusError as exc:
+        if not other_corpus:
+            raise RunError(f"{exc}; cannot check it is the corpus {run_dir} was trained on "
+                           f"({flag} to use it anyway)") from None
+        fingerprint = None
+    record = {"path": str(root), "fingerprint": fingerprint, "fingerprint_kind": kind,
+              "run_fingerprint": info.corpus.fingerprint,
+              "matches_run": fingerprint == info.corpus.fingerprint}
+    if not record["matches_run"] and not other_corpus:
+        raise RunError(f"{root}: not the corpus {run_dir} was trained on (its '{info.machine}' "
+                       f"training clips have fingerprint {str(fingerprint)[:12]}, the run's "
+                       f"{info.corpus.fingerprint[:12]}); give the run's corpus with --data, "
+                       f"or {flag} to use this one on purpose")
+    return record
+
+
+def weights_digest(run_dir: Path, info: RunInfo | None = None) -> str:
+    """sha256 over the run's own files (name and content), run.json and sub-folders (an
+    evaluation kept inside the run) left out, a fusion's member runs included: what a
+    bundle records of the run it came from, so that verify can tell that run from another
+    (docs/export.md)."""
+    run_dir = Path(run_dir)
+    info = info or read_run(run_dir)
+    folders = [("", run_dir)] + [(f"{m.run}/", run_dir / m.run) for m in info.members or []]
+    h = hashlib.sha256()
+    for prefix, folder in folders:
+        if not folder.is_dir():
+            raise RunError(f"{folder}: a member run of {run_dir} is missing")
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and not path.name.startswith(".") and \
+                    not (prefix == "" and path.name == RUN_FILE):
+                with open(path, "rb") as f:
+                    digest = hashlib.file_digest(f, "sha256").hexdigest()
+                h.update(f"{prefix}{path.name}:{digest}\n".encode())
     return h.hexdigest()
 
 
@@ -183,15 +263,20 @@ def write_run(run_dir: Path, *, method: str, machine: str, spec: FeatureSpec, pa
         write_held_out(run_dir, *held_out)
     data = {
         "version": RUN_VERSION,
-        "run_id": f"{method}-{machine}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}",
+        # unique even for two runs started in one second (evaluations and bundles name it)
+        "run_id": f"{method}-{machine}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-"
+                  f"{uuid.uuid4().hex[:6]}",
         "method": method,
         "machine": machine,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "feature_spec": spec.to_dict(),
         "params": params,
         "sections": sorted({c.section for c in train_clips}),
-        "corpus": {"root": str(train_clips[0].path.parents[2]) if train_clips else "",
+        # absolute: a relative path would name another corpus from another folder
+        "corpus": {"root": str(train_clips[0].path.parents[2].absolute()) if train_clips
+                   else "",
                    "fingerprint": corpus_fingerprint(train_clips),
+                   "fingerprint_kind": CONTENT,
                    "n_train": len(train_clips)},
         "normal_scores": normal_scores,
         "code_version": code_version(),
@@ -204,7 +289,7 @@ def write_run(run_dir: Path, *, method: str, machine: str, spec: FeatureSpec, pa
 
 def save_run(run_dir: Path, info: RunInfo) -> None:
     """(Re)write run.json: after a refit or once the training time is known."""
-    (Path(run_dir) / RUN_FILE).write_text(info.to_json())
+    write_atomic(Path(run_dir) / RUN_FILE, info.to_json())
 
 
 def write_held_out(run_dir: Path, clips: Sequence[Clip], scores: np.ndarray) -> None:
@@ -242,6 +327,8 @@ def read_run(run_dir: Path) -> RunInfo:
     naming the file (a RunError)."""
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
+        _repair(Path(run_dir))
+    if not path.is_file():
         raise RunError(f"{run_dir}: not a run directory (no run.json)")
     try:
         data = json.loads(path.read_text())
@@ -252,9 +339,19 @@ def read_run(run_dir: Path) -> RunInfo:
     return parse_run(data, str(path))
 
 
+def _repair(path: Path) -> None:
+    """A run (or a folder of runs) that a killed ``train --force`` left mid-swap is put
+    right before it is read: the old run back, or the new one kept (harken/common/atomic.py)."""
+    repair(path)
+    if path.is_dir():
+        for aside in path.glob(".*.old"):
+            repair(path / aside.name[1:-len(".old")])
+
+
 def find_runs(path: Path) -> list[Path]:
     """A run directory, or a folder of them (one per machine type)."""
     path = Path(path)
+    _repair(path)
     if (path / "run.json").is_file():
         return [path]
     runs = sorted(p.parent for p in path.glob("*/run.json")) if path.is_dir() else []

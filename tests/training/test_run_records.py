@@ -85,7 +85,7 @@ def _broken(tmp_path, edit) -> Path:
      "field 'normal_scores.threshold'"),
     (lambda d: d.update(sections=[]), "field 'sections'"),
     (lambda d: d.update(schema=7), "run version 7 not supported"),
-    (lambda d: d.update(version=3), "run version 3 not supported"),
+    (lambda d: d.update(version=RUN_VERSION + 1), f"run version {RUN_VERSION + 1} not supported"),
 ])
 def test_a_malformed_run_is_refused_in_one_line_naming_the_file(tmp_path, edit, says):
     run = _broken(tmp_path, edit)
