@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ from sklearn.covariance import LedoitWolf
 from sklearn.neighbors import LocalOutlierFactor
 
 from harken.common.errors import DataError, UsageError
-from harken.training.config import TrainConfig
+from harken.training.config import Count, Decibels, TrainConfig, Weight, between
 from harken.training.data.corpus import Clip
 from harken.training.data.pseudo_anomalies import choose_rule, pseudo_anomalous, pseudo_anomaly_pool
 from harken.training.data.windows import as_images, clip_features, stack_windows, validation_split
@@ -60,19 +61,19 @@ class AeganConfig(TrainConfig):
     epochs: int = 8
     batch_size: int = 32
     lr: float = 2e-4
-    beta1: float = 0.5
+    beta1: Annotated[float, between(0, 1, "Adam beta1", hi_open=True)] = 0.5
     patience: int = 4
-    channels: int = 16               # first pyramid layer; embedding = channels * 16
-    latent: int = 256
-    gp_weight: float = 10.0
-    n_critic: int = 1
-    fm_weight: float = 1.0
+    channels: Count = 16               # first pyramid layer; embedding = channels * 16
+    latent: Count = 256
+    gp_weight: Weight = 10.0
+    n_critic: Count = 1
+    fm_weight: Weight = 1.0
     fm_std: bool = True               # feature matching also on the batch std
-    knn_k: int = 2
-    lof_neighbors: int = 10
+    knn_k: Count = 2
+    lof_neighbors: Count = 10
     score: str = "auto"               # auto, or one of RULES
-    pseudo_anr_min_db: float = -20.0  # pseudo-anomalies for score=auto
-    pseudo_anr_max_db: float = 0.0
+    pseudo_anr_min_db: Decibels = -20.0  # pseudo-anomalies for score=auto
+    pseudo_anr_max_db: Decibels = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from harken.common.errors import DataError, UsageError
 from harken.agent.model.rules.density import distances, local_densities
-from harken.training.config import TrainConfig
+from harken.training.config import Count, Rate, TrainConfig, Weight, between
 from harken.training.data.corpus import Clip
 from harken.training.aegan import square_patches
 from harken.training.data.windows import as_images, clip_features, stack_windows
@@ -52,20 +52,20 @@ class GmganConfig(TrainConfig):
     epochs: int = 12
     batch_size: int = 128
     lr: float = 2e-4
-    beta1: float = 0.5
+    beta1: Annotated[float, between(0, 1, "Adam beta1", hi_open=True)] = 0.5
     patience: int = 4
-    channels: int = 16
-    latent: int = 16
-    mixtures: int = 4
-    w_i: float = 1.0                  # L1 reconstruction
-    w_a: float = 5.0                  # adversarial (feature matching)
-    w_z: float = 1.0                  # latent representation loss
-    w_e: float = 0.05                 # estimation network (energy + covariance penalty)
-    lambda_energy: float = 0.1        # lambda_1 (DAGMM)
-    lambda_cov: float = 0.005         # lambda_2 (DAGMM)
-    jitter: float = 1e-6              # added to each covariance's diagonal
+    channels: Count = 16
+    latent: Count = 16
+    mixtures: Count = 4
+    w_i: Weight = 1.0                  # L1 reconstruction
+    w_a: Weight = 5.0                  # adversarial (feature matching)
+    w_z: Weight = 1.0                  # latent representation loss
+    w_e: Weight = 0.05                 # estimation network (energy + covariance penalty)
+    lambda_energy: Weight = 0.1        # lambda_1 (DAGMM)
+    lambda_cov: Weight = 0.005         # lambda_2 (DAGMM)
+    jitter: Rate = 1e-6              # added to each covariance's diagonal
     score: Literal["latent", "energy", "latent-ldn"] = "latent"
-    density_k: int = 4                # latent-ldn: neighbours that measure local density
+    density_k: Count = 4                # latent-ldn: neighbours that measure local density
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -13,6 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from harken.common.errors import UsageError
+from harken.common.readers import read_array
 from harken.agent.features import FeatureSpec, preset
 from harken.training.config import TrainConfig, config_dict, with_overrides
 from harken.training.data.corpus import Clip
@@ -88,10 +89,10 @@ class TorchMethod:
             raise RunError(f"{run_dir}: run of method '{info.method}', not '{cls.name}'")
         if info.architecture is None:
             raise RunError(f"{run_dir / 'run.json'}: missing field 'architecture'")
-        params = {k: v for k, v in info.params.items() if k != "score_rules"}
+        params = {k: v for k, v in info.params.items() if k not in ("score_rules", "capped")}
         try:
             config = cls.config_cls(**params)
-        except TypeError as exc:
+        except (TypeError, UsageError) as exc:
             raise RunError(f"{run_dir}/run.json: params do not fit {cls.name} ({exc})") from None
         self = cls(config, spec=FeatureSpec.from_dict(info.feature_spec, f"{run_dir}/run.json"))
         self.info = info
@@ -138,10 +139,7 @@ class ScoresEveryRule:
 
 
 def load_array(run_dir: Path, name: str) -> np.ndarray:
-    try:
-        return np.load(run_dir / name, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise RunError(f"{run_dir}: cannot load {name} ({exc})") from None
+    return read_array(Path(run_dir) / name, error=RunError)
 
 
 def batched(n: int, batch_size: int, generator: torch.Generator | None = None):
