@@ -9,18 +9,39 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, Field, StrictInt, StrictStr
 from sklearn.metrics import roc_auc_score
 
 from harken.common.errors import UsageError
+from harken.common.readers import read_model
 from harken.training.markdown import table
 
 
+class _SectionMetrics(BaseModel):
+    machine: StrictStr
+    section: StrictInt
+    auc_source: float
+    auc_target: float
+    pauc: float
+
+
+class _Metrics(BaseModel):
+    """What the results page reads of a metrics.json (training/evaluate.py ``to_dict``)."""
+    official_score: float
+    machines: dict[str, float] = Field(min_length=1)
+    methods: dict[str, str] = Field(default_factory=dict)
+    training: dict[str, dict] = Field(default_factory=dict)
+    sections: list[_SectionMetrics] = Field(min_length=1)
+
+
 def load_evaluation(path: Path) -> dict:
+    """metrics.json of an evaluation folder, checked (harken/common/readers.py): a file
+    without ``machines`` or not JSON at all is one line naming it."""
     path = Path(path)
     file = path / "metrics.json" if path.is_dir() else path
     if not file.is_file():
         raise UsageError(f"{path}: no metrics.json (run 'harken-train evaluate' first)")
-    return json.loads(file.read_text())
+    return read_model(file, _Metrics, "an evaluation's metrics.json")[1]
 
 
 def results_markdown(evaluations: dict[str, dict], corpus: dict, command: str,

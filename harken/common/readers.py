@@ -15,11 +15,15 @@ import json
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
 from harken.common.errors import HarkenError
+from harken.common.records import explain
+
+M = TypeVar("M", bound=BaseModel)
 
 MAX_JSON_BYTES = 64 * 1024 * 1024     # no metrics or run record comes near; a hostile one might
 
@@ -104,6 +108,19 @@ def read_json_object(path: str | Path, what: str, fields: Mapping[str, type | tu
                      | None = None, *, error: type[HarkenError] = FileFormatError) -> dict:
     """A JSON object with (at least) ``fields``."""
     return require(read_json(path, what, error=error), fields or {}, path, error)
+
+
+def read_model(path: str | Path, model: type[M], what: str, *,
+               error: type[HarkenError] = FileFormatError) -> tuple[M, Any]:
+    """A JSON file checked against a pydantic ``model``: the model and the decoded data.
+    The first field that does not fit is named (harken/common/records.py ``explain``)."""
+    data = read_json(path, what, error=error)
+    if not isinstance(data, dict):
+        raise error(f"{path}: not {what} (expected a JSON object, got {_json_type(data)})")
+    try:
+        return model.model_validate(data), data
+    except ValidationError as exc:
+        raise error(f"{path}: not {what}: {explain(exc)}") from None
 
 
 def read_arrays(path: str | Path, names: Iterable[str] | None = None, what: str = "arrays",
