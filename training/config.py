@@ -165,7 +165,9 @@ def _coerce(text: str, kind: Any, key: str) -> Any:
     try:
         return TypeAdapter(kind).validate_python(text)
     except ValidationError:
-        raise UsageError(f"--set {key}={text}: expected {_expected(kind)}") from None
+        expected = (_expected(kind) if typing.get_origin(kind) is typing.Literal or kind is bool
+                    else getattr(kind, "__name__", str(kind)))
+        raise UsageError(f"--set {key}={text}: expected {expected}") from None
 
 
 def with_overrides(config: C, items: list[str] | None) -> C:

@@ -92,7 +92,7 @@ class TrainingDiverged(HarkenError, FloatingPointError):
 def check_finite(loss: torch.Tensor | float, desc: str) -> None:
     value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
     if not np.isfinite(value):
-        raise TrainingDiverged(f"{desc}: training diverged (the loss became {value}); lower the "
+        raise TrainingDiverged(f"{desc}: training diverged (the loss became {value}); lower lr, the "
                                "learning rate (--set lr=..., a tenth of it, say) or check the "
                                "input features")
 

@@ -273,6 +273,11 @@ def scan_corpus(root: str | Path, machines: list[str] | None = None, split: str 
                 elif not regular:
                     skipped[NOT_A_FILE].append(path)
                 else:
+                    try:
+                        name.encode("utf-8")
+                    except UnicodeEncodeError:     # bytes the file system gave back as-is
+                        raise CorpusError(f"{os.fsencode(path)!r}: the file name is not UTF-8 "
+                                          "text; rename the file") from None
                     clip = parse_clip_name(path, machine, s)
                     if clip.name.lower() in names:
                         raise CorpusError(f"{path}: the same clip as {names[clip.name.lower()]} "
