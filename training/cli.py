@@ -16,7 +16,7 @@ from harken.training.runs import find_runs, record_training_time
 
 
 def _machines(arg: str | None) -> list[str] | None:
-    return [m.strip() for m in arg.split(",") if m.strip()] if arg else None
+    return list(dict.fromkeys(m.strip() for m in arg.split(",") if m.strip())) if arg else None
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
