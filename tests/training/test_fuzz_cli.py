@@ -251,3 +251,34 @@ def test_a_bundle_tarball_cut_short_is_one_line(files, capsys):
     code, err, trace = run_one("export", ["verify", str(files["bundle_tar_cut"]), "--data",
                                           str(files["corpus"])], capsys)
     assert trace is None and code == 2 and "Traceback" not in err, trace
+
+
+@pytest.mark.parametrize("tool, argv, says", [
+    ("export", ["report", "{verify_dir}"], "not a 'harken-export verify --json' output"),
+    ("train", ["recording", "--data", "{corpus}", "--machine", "fan", "--normal", "0", "--out", "x.wav"],
+     "--normal must be at least 1"),
+    ("train", ["recording", "--data", "{corpus}", "--machine", "fan", "--section", "-1", "--out", "x.wav"],
+     "--section must be at least 0"),
+])
+def test_what_the_fuzz_found_is_one_line(files, tmp_path, capsys, monkeypatch, tool, argv, says):
+    monkeypatch.chdir(tmp_path)
+    code, err, trace = run_one(tool, [a.format(**{k: str(v) for k, v in files.items()}) for a in argv],
+                               capsys)
+    assert trace is None and code == 2 and says in err, trace or err
+
+
+def test_a_results_page_that_is_not_text_is_one_line(files, tmp_path, capsys):
+    good = tmp_path / "checks"
+    good.mkdir()
+    row = {"artifact": "torch-fp32", "official": 0.7, "spearman": 1.0, "max_rel_error": 0.0,
+           "size_bytes": 0, "latency_ms": float("nan")}
+    (good / "spectral-knn__fan.json").write_text(json.dumps([row, {**row, "artifact": "onnx-fp32"}]))
+    code, err, trace = run_one("export", ["report", str(good), "--results", str(files["binary"])], capsys)
+    assert trace is None and code == 2 and "not a markdown (UTF-8 text) file" in err, trace or err
+
+
+def test_a_machine_named_twice_is_synthesized_once(tmp_path, capsys):
+    code, _, trace = run_one("train", ["synth", "--size", "tiny", "--machines", "fan,fan", "--workers", "1",
+                                       "--quiet", "--out", str(tmp_path / "c")], capsys)
+    assert trace is None and code == 0
+    assert len(json.loads((tmp_path / "c" / "corpus.json").read_text())["clips"]) == 36
