@@ -237,8 +237,10 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
             lw = LedoitWolf().fit(bank)
             self.maha[s] = (lw.location_, lw.precision_)
             self.unit_bank[s] = bank / np.linalg.norm(bank, axis=1, keepdims=True).clip(1e-12)
-            self.lof[s] = LocalOutlierFactor(n_neighbors=min(cfg.lof_neighbors, len(bank) - 1),
-                                             novelty=True).fit(bank) if len(bank) > 2 else None
+            k = self.caps.cap("lof_neighbors", cfg.lof_neighbors, len(bank) - 1,
+                              f"the {len(bank) - 1} other embeddings of section {s:02d}")
+            self.lof[s] = LocalOutlierFactor(n_neighbors=k, novelty=True).fit(bank) \
+                if len(bank) > 2 else None
 
     def _embedding_scores(self, e: np.ndarray, section: int) -> dict[str, float]:
         if section not in self.embedding_bank:
@@ -248,7 +250,8 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
         d = e - mean
         unit = self.unit_bank[section]
         cos = 1.0 - unit @ (e / max(np.linalg.norm(e), 1e-12))
-        k = min(self.config.knn_k, len(unit))
+        k = self.caps.cap("knn_k", self.config.knn_k, len(unit),
+                          f"the {len(unit)} embeddings of section {section:02d}")
         lof = self.lof[section]
         return {"d-maha": float(np.sqrt(max(d @ precision @ d, 0.0))),
                 "d-knn": float(np.sort(cos)[:k].mean()),

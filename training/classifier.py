@@ -459,6 +459,8 @@ class ClassifierMethod(TorchMethod):
         """k-means centres (unit length) of the source embeddings; the clips themselves
         when there are no more of them than centres."""
         if len(src) <= self.config.kmeans:
+            self.caps.cap("kmeans", self.config.kmeans, len(src),
+                          f"the {len(src)} source embeddings of a section (the bank holds them all)")
             return src
         km = KMeans(self.config.kmeans, n_init=10, random_state=self.config.seed).fit(src)
         return km.cluster_centers_ / np.linalg.norm(km.cluster_centers_, axis=1,

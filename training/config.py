@@ -124,13 +124,18 @@ def check_settings(config: Any) -> None:
 class Caps(dict):
     """Settings a method used at a lower value than asked, because the data allows no more
     (a kNN k above the clips in a section): key -> {"asked", "used"}. Each is warned about
-    once and goes into run.json's params as ``capped``."""
+    once while training (``warn``; a loaded run is not warned about again) and goes into
+    run.json's params as ``capped``."""
+
+    def __init__(self, warn: bool = True) -> None:
+        super().__init__()
+        self.warn = warn
 
     def cap(self, key: str, asked: int, limit: int, why: str) -> int:
         """``min(asked, limit)``, noted (and warned about) when it is below ``asked``."""
-        used = min(asked, limit)
+        used = max(1, min(asked, limit))
         if used < asked:
-            if key not in self:
+            if key not in self and self.warn:
                 log.warning(f"WARNING: setting {key}={asked} is more than {why}; {used} used "
                             "(recorded in run.json's params as 'capped')")
             self[key] = {"asked": asked, "used": min(used, self.get(key, {}).get("used", used))}

@@ -269,7 +269,8 @@ class OevaeMethod(ScoresEveryRule, TorchMethod):
                                  f"data (trained sections: {sorted(self.bank)})")
             bank = self.bank[c.section]
             d = 1.0 - unit[owner == i] @ bank.T
-            k = min(self.config.knn_k, bank.shape[0])
+            k = self.caps.cap("knn_k", self.config.knn_k, bank.shape[0],
+                              f"the {bank.shape[0]} bank entries of section {c.section:02d}")
             alphas.append(alpha[owner == i])
             betas.append(np.sort(d, axis=1)[:, :k].mean(1))
         return alphas, betas

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from harken.common.errors import UsageError
 from harken.common.readers import read_array
 from harken.agent.features import FeatureSpec, preset
-from harken.training.config import TrainConfig, config_dict, with_overrides
+from harken.training.config import Caps, TrainConfig, config_dict, with_overrides
 from harken.training.data.corpus import Clip
 from harken.training.runs import RunError, RunInfo, normal_score_stats, read_run, write_run
 from harken.training.trainer import History, pick_device, plot_history, seed_everything
@@ -37,6 +37,7 @@ class TorchMethod:
         self.spec = spec or preset(self.preset_name)
         self.model: nn.Module | None = None
         self.info: RunInfo | None = None
+        self.caps = Caps()          # settings the data made smaller (run.json params 'capped')
 
     @classmethod
     def default_settings(cls) -> dict:
@@ -75,7 +76,8 @@ class TorchMethod:
                    run_dir / WEIGHTS)
         plot_history(hist, run_dir / "loss.png", f"{self.name}, {clips[0].machine}")
         return write_run(run_dir, method=self.name, machine=clips[0].machine, spec=self.spec,
-                         params={**config_dict(self.config), "score_rules": list(self.score_rules)},
+                         params={**config_dict(self.config), "score_rules": list(self.score_rules),
+                                 **({"capped": dict(self.caps)} if self.caps else {})},
                          train_clips=clips, normal_scores=normal_score_stats(normal_scores),
                          held_out=None if held_out_clips is None
                          else (held_out_clips, normal_scores),
@@ -96,6 +98,7 @@ class TorchMethod:
             raise RunError(f"{run_dir}/run.json: params do not fit {cls.name} ({exc})") from None
         self = cls(config, spec=FeatureSpec.from_dict(info.feature_spec, f"{run_dir}/run.json"))
         self.info = info
+        self.caps = Caps(warn=False)
         self.model = self.build_from(info.architecture)
         try:
             state = torch.load(run_dir / (info.weights or WEIGHTS), map_location="cpu",
