@@ -226,3 +226,34 @@ def test_a_streamed_wav_with_an_unknown_data_size_is_accepted(tmp_path):
     data[40:44] = struct.pack("<I", 0xFFFFFFFF)        # what a recorder writes before it stops
     clip.write_bytes(bytes(data))
     assert len(scan(root, ["fan"], split="train")) == 3
+
+
+def test_an_8_khz_clip_is_resampled_with_one_warning_and_a_nan_clip_refused(tmp_path, caplog,
+                                                                           monkeypatch):
+    from harken.agent.sources import wavio
+    monkeypatch.setattr(wavio, "_warned_rates", set())        # warned once per process
+    root = corpus(tmp_path / "c", train=0, test=0)
+    (root / "fan" / "train").mkdir(parents=True)
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, 8800).astype(np.float32)
+    scipy.io.wavfile.write(root / "fan" / "train" / name(0), 8000, (x * 32767).astype(np.int16))
+    x[100] = np.nan
+    scipy.io.wavfile.write(root / "fan" / "train" / name(1), 16000, x)       # a float WAV
+    clips = scan(root, ["fan"], split="train")
+    with caplog.at_level(logging.WARNING):
+        assert load(clips[0], RATE).size == 17600
+    assert "recorded at 8000 Hz, the model expects 16000 Hz" in caplog.text
+    with pytest.raises(CorpusError, match=f"{name(1)}: WAV file holds NaN or infinite samples"):
+        load(clips[1], RATE)
+
+
+def test_a_clip_shorter_than_a_window_and_a_unicode_machine_name(tmp_path, capsys):
+    root = corpus(tmp_path / "c", machine="Lüfter")
+    wav(root / "Lüfter" / "train" / name(5), seconds=0.001)
+    code, err = train_cli(capsys, "--data", str(root), "--out", str(tmp_path / "runs"))
+    assert code == 2 and "Traceback" not in err
+    assert name(5) in err and "shorter than one" in err
+    (root / "Lüfter" / "train" / name(5)).unlink()
+    code, err = train_cli(capsys, "--data", str(root), "--out", str(tmp_path / "runs"))
+    assert code == 0, err
+    run = json.loads((tmp_path / "runs" / "Lüfter" / "run.json").read_text())
+    assert run["machine"] == "Lüfter"
