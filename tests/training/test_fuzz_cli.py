@@ -182,8 +182,11 @@ def _value(rng: random.Random, good, hostile, files: dict[str, Path], tmp: Path)
     return choice
 
 
-def draw(rng: random.Random, files: dict[str, Path], tmp: Path) -> tuple[str, list[str]]:
-    (tool, command), options = rng.choice(sorted(COMMANDS.items()))
+def draw(rng: random.Random, files: dict[str, Path], tmp: Path, case: int) -> tuple[str, list[str]]:
+    """Case ``case``: the sub-commands in turn (each is driven ``CASES / 16`` times), each
+    option left out, given a good value or a hostile one at random."""
+    commands = sorted(COMMANDS.items())
+    (tool, command), options = commands[case % len(commands)]
     argv = [command]
     for option, good, hostile in options:
         required = not option.startswith("-") or option in REQUIRED
@@ -227,7 +230,7 @@ def test_every_command_survives_hostile_arguments_and_files(files, tmp_path, cap
         work = tmp_path / f"case{case}"
         work.mkdir()
         (work / "empty").mkdir()
-        tool, argv = draw(rng, files, work)
+        tool, argv = draw(rng, files, work, case)
         code, err, trace = run_one(tool, argv, capsys)
         if os.environ.get("HARKEN_FUZZ_SHOW"):
             print(f"{case}: harken-{tool} {' '.join(argv)}\n  -> {code}: "
