@@ -3,22 +3,51 @@ export targets checked by code rather than by hand."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, TypeAdapter, ValidationError
+
 from harken.common.errors import UsageError
+from harken.common.readers import FileFormatError, read_json
+from harken.common.records import explain
 from harken.training.markdown import table
 
 START, END = "<!-- export:start -->", "<!-- export:end -->"
 TARGETS = {"official": 0.01, "spearman": 0.98, "size": 0.30}
 
 
+class _Row(BaseModel):
+    """What the page reads of one verify row (export/verify.py ``ArtifactCheck``)."""
+    model_config = ConfigDict(extra="allow")
+    artifact: StrictStr
+    official: float
+    spearman: float
+    max_rel_error: float
+    size_bytes: StrictInt
+    size_vs_onnx_fp32: float | None = None
+    latency_ms: float
+    quant_params_bytes: StrictInt | None = None
+
+
+_Rows = TypeAdapter(list[_Row])
+
+
 def load_checks(folder: Path) -> dict[tuple[str, str], list[dict]]:
-    """``<method>__<machine>.json`` files -> (method, machine) -> verify rows."""
+    """``<method>__<machine>.json`` files -> (method, machine) -> verify rows, each file
+    read through the one reader (harken/common/readers.py) and checked: a damaged one is
+    one line naming it."""
     out = {}
     for file in sorted(Path(folder).glob("*__*.json")):
         method, machine = file.stem.split("__", 1)
-        out[(method, machine)] = json.loads(file.read_text())
+        rows = read_json(file, "a 'harken-export verify --json' output")
+        try:
+            _Rows.validate_python(rows)
+        except ValidationError as exc:
+            raise FileFormatError(f"{file}: not a 'harken-export verify --json' output: "
+                                  f"{explain(exc)}") from None
+        if not any(r["artifact"] == "torch-fp32" for r in rows):
+            raise FileFormatError(f"{file}: no 'torch-fp32' row to compare the artifacts with")
+        out[(method, machine)] = rows
     if not out:
         raise UsageError(f"{folder}: no <method>__<machine>.json verify outputs")
     return out
@@ -83,7 +112,10 @@ def export_markdown(checks: dict[tuple[str, str], list[dict]], command: str) -> 
 
 def write_section(results_md: Path, section: str) -> None:
     """Replace the export section of ``results_md`` (or append it)."""
-    text = results_md.read_text() if results_md.is_file() else "# Results\n"
+    try:
+        text = results_md.read_text() if results_md.is_file() else "# Results\n"
+    except UnicodeDecodeError:
+        raise UsageError(f"--results {results_md}: not a markdown (UTF-8 text) file") from None
     if START in text and END in text:
         head, rest = text.split(START, 1)
         tail = rest.split(END, 1)[1].lstrip("\n")

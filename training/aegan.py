@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ from sklearn.covariance import LedoitWolf
 from sklearn.neighbors import LocalOutlierFactor
 
 from harken.common.errors import DataError, UsageError
-from harken.training.config import TrainConfig
+from harken.training.config import Count, Decibels, TrainConfig, Weight, between
 from harken.training.data.corpus import Clip
 from harken.training.data.pseudo_anomalies import choose_rule, pseudo_anomalous, pseudo_anomaly_pool
 from harken.training.data.windows import as_images, clip_features, stack_windows, validation_split
@@ -60,19 +61,19 @@ class AeganConfig(TrainConfig):
     epochs: int = 8
     batch_size: int = 32
     lr: float = 2e-4
-    beta1: float = 0.5
+    beta1: Annotated[float, between(0, 1, "Adam beta1", hi_open=True)] = 0.5
     patience: int = 4
-    channels: int = 16               # first pyramid layer; embedding = channels * 16
-    latent: int = 256
-    gp_weight: float = 10.0
-    n_critic: int = 1
-    fm_weight: float = 1.0
+    channels: Count = 16               # first pyramid layer; embedding = channels * 16
+    latent: Count = 256
+    gp_weight: Weight = 10.0
+    n_critic: Count = 1
+    fm_weight: Weight = 1.0
     fm_std: bool = True               # feature matching also on the batch std
-    knn_k: int = 2
-    lof_neighbors: int = 10
+    knn_k: Count = 2
+    lof_neighbors: Count = 10
     score: str = "auto"               # auto, or one of RULES
-    pseudo_anr_min_db: float = -20.0  # pseudo-anomalies for score=auto
-    pseudo_anr_max_db: float = 0.0
+    pseudo_anr_min_db: Decibels = -20.0  # pseudo-anomalies for score=auto
+    pseudo_anr_max_db: Decibels = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -236,8 +237,10 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
             lw = LedoitWolf().fit(bank)
             self.maha[s] = (lw.location_, lw.precision_)
             self.unit_bank[s] = bank / np.linalg.norm(bank, axis=1, keepdims=True).clip(1e-12)
-            self.lof[s] = LocalOutlierFactor(n_neighbors=min(cfg.lof_neighbors, len(bank) - 1),
-                                             novelty=True).fit(bank) if len(bank) > 2 else None
+            k = self.caps.cap("lof_neighbors", cfg.lof_neighbors, len(bank) - 1,
+                              f"the {len(bank) - 1} other embeddings of section {s:02d}")
+            self.lof[s] = LocalOutlierFactor(n_neighbors=k, novelty=True).fit(bank) \
+                if len(bank) > 2 else None
 
     def _embedding_scores(self, e: np.ndarray, section: int) -> dict[str, float]:
         if section not in self.embedding_bank:
@@ -247,7 +250,8 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
         d = e - mean
         unit = self.unit_bank[section]
         cos = 1.0 - unit @ (e / max(np.linalg.norm(e), 1e-12))
-        k = min(self.config.knn_k, len(unit))
+        k = self.caps.cap("knn_k", self.config.knn_k, len(unit),
+                          f"the {len(unit)} embeddings of section {section:02d}")
         lof = self.lof[section]
         return {"d-maha": float(np.sqrt(max(d @ precision @ d, 0.0))),
                 "d-knn": float(np.sort(cos)[:k].mean()),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from harken.common.errors import DataError, UsageError
 from harken.agent.model.rules import ScoreRule, make_rule
 from harken.training.augment import smote_target
 from harken.training.augment.mixing import mix_logmel
-from harken.training.config import TrainConfig
+from harken.training.config import Decibels, Rate, at_least, TrainConfig
 from harken.training.data.corpus import Clip
 from harken.training.data.pseudo_anomalies import pseudo_anomaly_pool
 from harken.training.data.windows import ae_vectors, clip_features, validation_split
@@ -39,16 +39,16 @@ DOMAINS = ("source", "target")
 class AeConfig(TrainConfig):
     epochs: int = 40
     batch_size: int = 256
-    hidden: int = 128
-    bottleneck: int = 8
-    depth: int = 4
+    hidden: Annotated[int, at_least(1, "units per hidden layer")] = 128
+    bottleneck: Annotated[int, at_least(1, "units")] = 8
+    depth: Annotated[int, at_least(1, "hidden layers per side")] = 4
     objective: Literal["mse", "bu", "snp"] = "mse"
     score: Literal["mse", "mahalanobis"] = "mse"
     bu_bandwidth: str = "scott"       # Scott's rule, or a number (standardised units)
-    bu_eps: float = 1e-3
-    snp_clip: float = 4.0             # C, as a multiple of the batch's mean normal score
-    snp_anr_min_db: float = -20.0     # pseudo-anomaly to normal power ratio, drawn uniformly
-    snp_anr_max_db: float = 0.0
+    bu_eps: Rate = 1e-3
+    snp_clip: Rate = 4.0             # C, as a multiple of the batch's mean normal score
+    snp_anr_min_db: Decibels = -20.0     # pseudo-anomaly to normal power ratio, drawn uniformly
+    snp_anr_max_db: Decibels = 0.0
     smote: bool = False               # fill the target domain's vectors up to the source count
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.distance import cdist
 
+from harken.common.readers import read_array
 from harken.common.errors import DataError, UsageError
 from harken.agent.features import FeatureSpec, preset
 from harken.agent.model.rules.density import DEFAULT_K, local_densities, normalised_min_distance
@@ -194,16 +195,15 @@ class KnnBaseline:
     @classmethod
     def load(cls, run_dir: Path) -> KnnBaseline:
         info = read_run(run_dir)
-        self = cls(FeatureSpec.from_dict(info.feature_spec, f"{run_dir}/run.json"),
-                   int(info.params.get("density_k", DEFAULT_K)))
-        try:
-            self.mean = np.load(run_dir / "mean.npy", allow_pickle=False)
-            self.std = np.load(run_dir / "std.npy", allow_pickle=False)
-            for s in info.sections:
-                self.bank[int(s)] = np.load(run_dir / f"bank_section_{int(s):02d}.npy",
-                                            allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise RunError(f"{run_dir}: cannot load baseline arrays ({exc})") from None
+        k = info.params.get("density_k", DEFAULT_K)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise RunError(f"{run_dir}/run.json: params: density_k must be a whole number at "
+                           f"least 1, got {k!r}")
+        self = cls(FeatureSpec.from_dict(info.feature_spec, f"{run_dir}/run.json"), k)
+        self.mean = read_array(run_dir / "mean.npy", error=RunError)
+        self.std = read_array(run_dir / "std.npy", error=RunError)
+        for s in info.sections:
+            self.bank[int(s)] = read_array(run_dir / f"bank_section_{int(s):02d}.npy", error=RunError)
         self._fit_densities()
         return self
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -47,7 +47,8 @@ from harken.agent.model.rules.density import DEFAULT_K, local_densities
 from harken.training.section_bank import SectionBank
 from harken.training.augment import (frame_shift, median_filter_time, mixup, smote_target,
                                      spec_augment)
-from harken.training.config import TrainConfig
+from harken.training.config import (Count, Fraction, Probability, Rate, Size, TrainConfig, Weight,
+                                      at_least)
 from harken.training.data.corpus import Clip, scan
 from harken.training.data.pseudo_anomalies import other_machine_clips
 from harken.training.data.windows import (class_labels, class_sections, clip_features, stack_windows,
@@ -70,26 +71,27 @@ HEADS = ("adacos", "softmax")
 class ClassifierConfig(TrainConfig):
     epochs: int = 16
     batch_size: int = 64
-    windows_per_epoch: int = 2048     # windows drawn at random per epoch; 0 = all of them
+    windows_per_epoch: Size = 2048     # windows drawn at random per epoch; 0 = all of them
     width: float = 0.5                # MobileNetV2 width multiplier: 0.35, 0.5, 0.75, 1.0
-    dropout: float = 0.2
+    dropout: Fraction = 0.2
     head: Literal["softmax", "adacos"] = "softmax"  # linear head, or the cosine (AdaCos) head
-    embedding_dim: int = 128          # cosine head's embedding width (softmax: the GAMP width)
+    # cosine head's embedding width (softmax: the GAMP width)
+    embedding_dim: Annotated[int, at_least(2)] = 128
     score: Literal["logit", "embedding", "embedding-density"] = "embedding"
-    kmeans: int = 16                  # source-domain centres per section in the embedding bank
-    density_k: int = DEFAULT_K        # neighbours of the local density (embedding-density rule)
-    mixup_alpha: float = 0.2          # 0 = off
+    kmeans: Count = 16                  # source-domain centres per section in the embedding bank
+    density_k: Count = DEFAULT_K        # neighbours of the local density (embedding-density rule)
+    mixup_alpha: Weight = 0.2          # 0 = off
     spec_augment: bool = True
-    frame_shift: int = 8              # max frames of circular shift; 0 = off
-    median_p: float = 0.0             # chance that a window is replaced by its 31-frame median
+    frame_shift: Size = 8              # max frames of circular shift; 0 = off
+    median_p: Probability = 0.0             # chance that a window is replaced by its 31-frame median
     smote: bool = False               # fill the target domain's windows up to the source count
-    other_clips: int = 60             # training clips per other machine type of the corpus, as
+    other_clips: Size = 60             # training clips per other machine type of the corpus, as
                                       # extra classes (one classifier over all types, as the
                                       # strongest DCASE systems train); 0 = this type only
     # contrastive joint training only (Cai et al., DCASE 2021)
-    ntxent_weight: float = 0.0005
-    temperature: float = 0.07
-    projection: int = 256
+    ntxent_weight: Weight = 0.0005
+    temperature: Rate = 0.07
+    projection: Count = 256
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -457,6 +459,8 @@ class ClassifierMethod(TorchMethod):
         """k-means centres (unit length) of the source embeddings; the clips themselves
         when there are no more of them than centres."""
         if len(src) <= self.config.kmeans:
+            self.caps.cap("kmeans", self.config.kmeans, len(src),
+                          f"the {len(src)} source embeddings of a section (the bank holds them all)")
             return src
         km = KMeans(self.config.kmeans, n_init=10, random_state=self.config.seed).fit(src)
         return km.cluster_centers_ / np.linalg.norm(km.cluster_centers_, axis=1,

@@ -12,12 +12,12 @@ from harken.common.atomic import building, check_target
 from harken.common.clitools import command_parser, run_command
 from harken.common.errors import UsageError
 from harken.training.method import Configurable, Refittable
-from harken.training.data.corpus import machine_types, scan
+from harken.training.data.corpus import machine_types, scan, scan_corpus
 from harken.training.runs import find_runs, record_training_time
 
 
 def _machines(arg: str | None) -> list[str] | None:
-    return [m.strip() for m in arg.split(",") if m.strip()] if arg else None
+    return list(dict.fromkeys(m.strip() for m in arg.split(",") if m.strip())) if arg else None
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -55,13 +55,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     targets = {m: check_target(Path(args.out) / m, args.force, "--out folder", keep=corpus)
                for m in machines}
     for machine in machines:
-        clips = scan(args.data, [machine], split="train")
+        found = scan_corpus(args.data, [machine], split="train",
+                            skip_bad=getattr(args, "skip_bad_clips", False))
+        found.log()
+        clips = found.clips
         run_dir = Path(args.out) / machine
         t0 = time.monotonic()
         with building(targets[machine], force=args.force, what="--out folder",
                       keep=corpus) as new:
             info = make_method(args.method, overrides).train(clips, new,
                                                              progress=not args.quiet)
+            info.corpus.scan = found.summary()        # what the scan passed over, and why
             record_training_time(new, info, time.monotonic() - t0)
         hist = info.history
         trained = (f", {len(hist['train_loss'])} epochs on {hist['device']}, best epoch "
@@ -191,7 +195,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             clip_scores[label] = read_result_scores(Path(path))
     corpus = {}
     if args.data and (Path(args.data) / "corpus.json").is_file():
-        corpus = json.loads((Path(args.data) / "corpus.json").read_text())
+        from harken.common.readers import read_json_object
+        corpus = read_json_object(Path(args.data) / "corpus.json", "a synthetic corpus's corpus.json",
+                                  {"clips": list})
+        if not all(isinstance(c, dict) for c in corpus["clips"]):
+            raise UsageError(f"{Path(args.data) / 'corpus.json'}: field 'clips' should list objects")
     text = results_markdown(evaluations, corpus, args.command_line, clip_scores)
     Path(args.out).write_text(text)
     print(f"wrote {args.out}")
@@ -250,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     t.add_argument("--force", action="store_true",
                    help="replace a run folder that is already there (by default refused)")
+    t.add_argument("--skip-bad-clips", action="store_true",
+                   help="leave out train clips labelled anomalous and damaged WAVs (named in "
+                        "the log, counted in run.json) instead of refusing the corpus")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 

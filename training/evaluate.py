@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harken.common.readers import read_csv
 from harken.training.data.corpus import Clip, CorpusError, scan
 from harken.training.method import ScoresAllRules
 from harken.training.methods import method_class
@@ -102,9 +103,8 @@ def read_result_scores(path: Path) -> dict[tuple[str, str], float]:
     for file in sorted(Path(path).glob("anomaly_score_*")):
         match = RESULT_STEM.fullmatch(file.name.removeprefix("anomaly_score_"))
         if match:
-            with open(file, newline="") as f:
-                scores.update({(match["machine"], row[0]): float(row[1])
-                               for row in csv.reader(f) if row})
+            scores.update({(match["machine"], name): score for name, score in
+                           read_csv(file, (str, float), "a DCASE anomaly score file")})
     return scores
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from harken.common.errors import DataError, UsageError
 from harken.agent.features import FeatureSpec, FeatureSpecError, shared_front_end
-from harken.training.config import with_overrides
+from harken.training.config import check_settings, with_overrides
 from harken.training.data.corpus import Clip
 from harken.training.runs import (RunError, RunInfo, corpus_fingerprint, normal_score_stats,
                                   read_held_out, read_run, write_run)
@@ -42,6 +42,7 @@ class FusionConfig:
                              # copied into the fusion run instead of training the members
 
     def __post_init__(self) -> None:
+        check_settings(self)
         names = self.member_names
         from harken.training.methods import METHODS
         unknown = [m for m in names if m not in METHODS or m == Fusion.name]

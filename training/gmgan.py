@@ -27,21 +27,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from harken.common.errors import DataError, UsageError
+from harken.common.readers import read_arrays
 from harken.agent.model.rules.density import distances, local_densities
-from harken.training.config import TrainConfig
+from harken.training.config import Count, Rate, TrainConfig, Weight, between
 from harken.training.data.corpus import Clip
 from harken.training.aegan import square_patches
 from harken.training.data.windows import as_images, clip_features, stack_windows
 from harken.training.models.gmgan import Gmgan
 from harken.training.models.losses import gmm_covariance_penalty, gmm_energy, gmm_parameters
-from harken.training.runs import RunInfo
+from harken.training.runs import RunError, RunInfo
 from harken.training.torch_method import (MIN_HELD_OUT, ScoresEveryRule, TorchMethod, batched,
                                    load_array)
 from harken.training.trainer import check_finite, fit_steps
@@ -52,20 +53,20 @@ class GmganConfig(TrainConfig):
     epochs: int = 12
     batch_size: int = 128
     lr: float = 2e-4
-    beta1: float = 0.5
+    beta1: Annotated[float, between(0, 1, "Adam beta1", hi_open=True)] = 0.5
     patience: int = 4
-    channels: int = 16
-    latent: int = 16
-    mixtures: int = 4
-    w_i: float = 1.0                  # L1 reconstruction
-    w_a: float = 5.0                  # adversarial (feature matching)
-    w_z: float = 1.0                  # latent representation loss
-    w_e: float = 0.05                 # estimation network (energy + covariance penalty)
-    lambda_energy: float = 0.1        # lambda_1 (DAGMM)
-    lambda_cov: float = 0.005         # lambda_2 (DAGMM)
-    jitter: float = 1e-6              # added to each covariance's diagonal
+    channels: Count = 16
+    latent: Count = 16
+    mixtures: Count = 4
+    w_i: Weight = 1.0                  # L1 reconstruction
+    w_a: Weight = 5.0                  # adversarial (feature matching)
+    w_z: Weight = 1.0                  # latent representation loss
+    w_e: Weight = 0.05                 # estimation network (energy + covariance penalty)
+    lambda_energy: Weight = 0.1        # lambda_1 (DAGMM)
+    lambda_cov: Weight = 0.005         # lambda_2 (DAGMM)
+    jitter: Rate = 1e-6              # added to each covariance's diagonal
     score: Literal["latent", "energy", "latent-ldn"] = "latent"
-    density_k: int = 4                # latent-ldn: neighbours that measure local density
+    density_k: Count = 4                # latent-ldn: neighbours that measure local density
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -208,8 +209,10 @@ class GmganMethod(ScoresEveryRule, TorchMethod):
         z = (codes - self.code_mean) / self.code_std
         sec = np.asarray(sections)
         self.code_bank = {int(s): z[sec == s] for s in np.unique(sec)}
-        self.code_density = {s: local_densities(b, self.config.density_k, "euclidean")
-                             for s, b in self.code_bank.items()}
+        self.code_density = {s: local_densities(b, self.caps.cap(
+            "density_k", self.config.density_k, len(b) - 1,
+            f"the {len(b) - 1} other training clips of section {s:02d}"), "euclidean")
+            for s, b in self.code_bank.items()}
         return [int(np.sum(sec[:i] == s)) for i, s in enumerate(sec)]
 
     def _ldn(self, codes: np.ndarray, sections: Sequence[int],
@@ -246,8 +249,8 @@ class GmganMethod(ScoresEveryRule, TorchMethod):
         self.low, self.high = info.architecture["low"], info.architecture["high"]
         self.gmm = {k: torch.from_numpy(load_array(run_dir, f"gmm_{k}.npy"))
                     for k in ("phi", "mu", "cov")}
-        bank = load_array(run_dir, "code_bank.npz")
+        bank = read_arrays(run_dir / "code_bank.npz", ("mean", "std"), "the latent code bank",
+                           error=RunError)
         self.code_mean, self.code_std = bank["mean"], bank["std"]
-        self.code_bank = {int(k[5:]): bank[k] for k in bank.files if k.startswith("bank_")}
-        self.code_density = {int(k[8:]): bank[k] for k in bank.files
-                             if k.startswith("density_")}
+        self.code_bank = {int(k[5:]): bank[k] for k in bank if k.startswith("bank_")}
+        self.code_density = {int(k[8:]): bank[k] for k in bank if k.startswith("density_")}

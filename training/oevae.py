@@ -28,7 +28,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from harken.common.errors import UsageError
 from harken.agent.features import FeatureSpec
 from harken.training.augment import mixup, smote_target
-from harken.training.config import TrainConfig
+from harken.training.config import Count, Probability, Size, TrainConfig, Weight, at_least, between
 from harken.training.data.corpus import Clip
 from harken.training.data.pseudo_anomalies import other_machine_clips
 from harken.training.data.windows import as_images, clip_features, stack_windows, validation_split
@@ -55,19 +55,20 @@ LOG_2PI = float(np.log(2 * np.pi))
 class OevaeConfig(TrainConfig):
     epochs: int = 10
     batch_size: int = 64              # half this machine type, half outliers
-    segments_per_epoch: int = 1024    # of this machine type (as many outliers); 0 = all
-    n_mels: int = 64
-    width: int = 16                   # ResNet-18 base width (paper: 64)
-    latent: int = 64
-    domain_dims: int = 8              # z_d channels
-    k_shift: float = 1.0              # z_d prior mean = k_shift * v (v standardised)
+    segments_per_epoch: Size = 1024    # of this machine type (as many outliers); 0 = all
+    n_mels: Annotated[int, at_least(8, "mel bands")] = 64
+    width: Count = 16                   # ResNet-18 base width (paper: 64)
+    latent: Count = 64
+    domain_dims: Count = 8              # z_d channels
+    # z_d prior mean = k_shift * v (v standardised)
+    k_shift: Annotated[float, between(-100, 100, "standard deviations")] = 1.0
     shift_attribute: str = ""         # file-name attribute for v; "" = first numeric one
-    lambda_vae: float = 0.1
-    other_clips: int = 60             # outlier-exposure clips per other machine type
-    mixup_alpha: float = 0.2          # 0 = off
+    lambda_vae: Weight = 0.1
+    other_clips: Count = 60             # outlier-exposure clips per other machine type
+    mixup_alpha: Weight = 0.2          # 0 = off
     smote: bool = True
-    knn_k: int = 1
-    omega: float = 0.5
+    knn_k: Count = 1
+    omega: Probability = 0.5
     score: Literal["combined", "alpha", "beta"] = "combined"
 
     def __post_init__(self) -> None:
@@ -268,7 +269,8 @@ class OevaeMethod(ScoresEveryRule, TorchMethod):
                                  f"data (trained sections: {sorted(self.bank)})")
             bank = self.bank[c.section]
             d = 1.0 - unit[owner == i] @ bank.T
-            k = min(self.config.knn_k, bank.shape[0])
+            k = self.caps.cap("knn_k", self.config.knn_k, bank.shape[0],
+                              f"the {bank.shape[0]} bank entries of section {c.section:02d}")
             alphas.append(alpha[owner == i])
             betas.append(np.sort(d, axis=1)[:, :k].mean(1))
         return alphas, betas

@@ -9,16 +9,36 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, Field, StrictInt, StrictStr
 from sklearn.metrics import roc_auc_score
 
 from harken.common.errors import UsageError
+from harken.common.readers import read_model
 from harken.training.markdown import table
 
 
+class _SectionMetrics(BaseModel):
+    machine: StrictStr
+    section: StrictInt
+    auc_source: float
+    auc_target: float
+    pauc: float
+
+
+class _Metrics(BaseModel):
+    """What the results page reads of a metrics.json (training/evaluate.py ``to_dict``)."""
+    official_score: float
+    machines: dict[str, float] = Field(min_length=1)
+    methods: dict[str, str] = Field(default_factory=dict)
+    training: dict[str, dict] = Field(default_factory=dict)
+    sections: list[_SectionMetrics] = Field(min_length=1)
+
+
 def load_evaluation(path: Path) -> dict:
-    """An evaluation's metrics.json; a folder whose result files are not the ones that
-    metrics.json was written with is refused (``check_evaluation``): its figures and its
-    per-fault table would come from two evaluations."""
+    """An evaluation's metrics.json, checked (harken/common/readers.py: a file without
+    ``machines`` or not JSON at all is one line naming it); a folder whose result files are
+    not the ones that metrics.json was written with is refused (``check_evaluation``): its
+    figures and its per-fault table would come from two evaluations."""
     from harken.common.atomic import repair
     from harken.training.evaluate import check_evaluation
     path = Path(path)
@@ -26,8 +46,8 @@ def load_evaluation(path: Path) -> dict:
     file = path / "metrics.json" if path.is_dir() else path
     if not file.is_file():
         raise UsageError(f"{path}: no metrics.json (run 'harken-train evaluate' first)")
-    metrics = json.loads(file.read_text())
-    if path.is_dir() and isinstance(metrics, dict):
+    metrics = read_model(file, _Metrics, "an evaluation's metrics.json")[1]
+    if path.is_dir():
         check_evaluation(path, metrics)
     return metrics
 

@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from harken.common.readers import read_arrays
 from harken.common.errors import DataError, UsageError
 from harken.agent.features import FeatureSpec, preset, windows
 from harken.agent.model.rules.density import DEFAULT_K
 from harken.agent.model.rules.spectral_knn import (BRANCHES, COMPONENTS, branch_statistics,
                                              branch_vectors, fit_bank, fused_score,
                                              pooled_moments, window_moments)
-from harken.training.config import with_overrides
+from harken.training.config import Caps, Count, check_settings, with_overrides
 from harken.training.data.corpus import Clip
 from harken.training.data.features import clip_logmels
 from harken.training.method import DeviceGraph
@@ -49,12 +50,11 @@ STATE = "bank.npz"
 
 @dataclass(frozen=True)
 class SpectralKnnConfig:
-    density_k: int = DEFAULT_K       # LDN neighbourhood; below the smallest domain's clip count
+    density_k: Count = DEFAULT_K       # LDN neighbourhood; below the smallest domain's clip count
     score: str = "fused"             # the variant the bundle ships
 
     def __post_init__(self) -> None:
-        if self.density_k < 1:
-            raise UsageError(f"density_k must be at least 1, got {self.density_k}")
+        check_settings(self)
         if self.score not in VARIANT_WEIGHTS:
             raise UsageError(f"score must be one of {list(VARIANT_WEIGHTS)}, got {self.score!r}")
 
@@ -91,6 +91,7 @@ class SpectralKnn:
         self.stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}      # branch -> mean, std
         self.banks: dict[int, dict[str, np.ndarray]] = {}              # section -> role -> array
         self.info: RunInfo | None = None
+        self.caps = Caps()          # settings the data made smaller (run.json params 'capped')
 
     @classmethod
     def default_settings(cls) -> dict:
@@ -107,14 +108,18 @@ class SpectralKnn:
         sections = np.asarray(sections)
         self.stats = branch_statistics(vectors)     # over every section of the machine type
         self.banks = {}
+        self.caps = Caps()
         loo_fused = np.empty(len(sections))
         for s in np.unique(sections):
             here = sections == s
             if here.sum() < 2:
                 raise DataError(f"section {int(s):02d} needs at least 2 training clips, "
                                 f"has {int(here.sum())}")
+            n = int(here.sum())
+            k = self.caps.cap("density_k", self.config.density_k, n - 1,
+                              f"the {n - 1} other training clips of section {int(s):02d}")
             self.banks[int(s)], loo_fused[here] = fit_bank(
-                {b: v[here] for b, v in vectors.items()}, self.stats, self.config.density_k,
+                {b: v[here] for b, v in vectors.items()}, self.stats, k,
                 VARIANT_WEIGHTS[self.default_rule])
         return loo_fused
 
@@ -133,7 +138,8 @@ class SpectralKnn:
                         "spectrum": f"mean over time of each of {self.spec.n_freqs} "
                                     "log power spectrum bins"},
                     "components": list(COMPONENTS), "distance": "euclidean",
-                    "rule_weights": {r: list(w) for r, w in VARIANT_WEIGHTS.items()}},
+                    "rule_weights": {r: list(w) for r, w in VARIANT_WEIGHTS.items()},
+                    **({"capped": dict(self.caps)} if self.caps else {})},
             train_clips=clips, normal_scores=normal_score_stats(loo), held_out=(clips, loo))
         return self.info
 
@@ -141,18 +147,19 @@ class SpectralKnn:
     def load(cls, run_dir: Path) -> SpectralKnn:
         info = read_run(run_dir)
         params = info.params
-        config = SpectralKnnConfig(density_k=int(params.get("density_k", DEFAULT_K)),
-                                   score=str(params.get("score", "fused")))
+        try:
+            config = SpectralKnnConfig(density_k=params.get("density_k", DEFAULT_K),
+                                       score=params.get("score", "fused"))
+        except UsageError as exc:
+            raise RunError(f"{run_dir / 'run.json'}: params: {exc}") from None
         self = cls(config, spec=FeatureSpec.from_dict(info.feature_spec,
                                                       f"{run_dir}/run.json"))
         self.info = info
-        try:
-            with np.load(run_dir / STATE, allow_pickle=False) as state:
-                for key in state.files:
-                    s, role = key.split("__", 1)
-                    self.banks.setdefault(int(s[1:]), {})[role] = state[key]
-        except (OSError, ValueError) as exc:
-            raise RunError(f"{run_dir / STATE}: cannot load the reference banks ({exc})") from None
+        for key, array in read_arrays(run_dir / STATE, what="reference banks", error=RunError).items():
+            s, _, role = key.partition("__")
+            if not (s[:1] == "s" and s[1:].isdigit() and role):
+                raise RunError(f"{run_dir / STATE}: array {key!r} is no section's (sNN__role)")
+            self.banks.setdefault(int(s[1:]), {})[role] = array
         missing = [s for s in info.sections if s not in self.banks]
         if missing:
             raise RunError(f"{run_dir / STATE}: no bank for section(s) {missing}")

@@ -13,8 +13,9 @@ from torch import nn
 from tqdm import tqdm
 
 from harken.common.errors import UsageError
+from harken.common.readers import read_array
 from harken.agent.features import FeatureSpec, preset
-from harken.training.config import TrainConfig, config_dict, with_overrides
+from harken.training.config import Caps, TrainConfig, config_dict, with_overrides
 from harken.training.data.corpus import Clip
 from harken.training.runs import RunError, RunInfo, normal_score_stats, read_run, write_run
 from harken.training.trainer import History, pick_device, plot_history, seed_everything
@@ -36,6 +37,7 @@ class TorchMethod:
         self.spec = spec or preset(self.preset_name)
         self.model: nn.Module | None = None
         self.info: RunInfo | None = None
+        self.caps = Caps()          # settings the data made smaller (run.json params 'capped')
 
     @classmethod
     def default_settings(cls) -> dict:
@@ -74,7 +76,8 @@ class TorchMethod:
                    run_dir / WEIGHTS)
         plot_history(hist, run_dir / "loss.png", f"{self.name}, {clips[0].machine}")
         return write_run(run_dir, method=self.name, machine=clips[0].machine, spec=self.spec,
-                         params={**config_dict(self.config), "score_rules": list(self.score_rules)},
+                         params={**config_dict(self.config), "score_rules": list(self.score_rules),
+                                 **({"capped": dict(self.caps)} if self.caps else {})},
                          train_clips=clips, normal_scores=normal_score_stats(normal_scores),
                          held_out=None if held_out_clips is None
                          else (held_out_clips, normal_scores),
@@ -88,13 +91,14 @@ class TorchMethod:
             raise RunError(f"{run_dir}: run of method '{info.method}', not '{cls.name}'")
         if info.architecture is None:
             raise RunError(f"{run_dir / 'run.json'}: missing field 'architecture'")
-        params = {k: v for k, v in info.params.items() if k != "score_rules"}
+        params = {k: v for k, v in info.params.items() if k not in ("score_rules", "capped")}
         try:
             config = cls.config_cls(**params)
-        except TypeError as exc:
+        except (TypeError, UsageError) as exc:
             raise RunError(f"{run_dir}/run.json: params do not fit {cls.name} ({exc})") from None
         self = cls(config, spec=FeatureSpec.from_dict(info.feature_spec, f"{run_dir}/run.json"))
         self.info = info
+        self.caps = Caps(warn=False)
         self.model = self.build_from(info.architecture)
         try:
             state = torch.load(run_dir / (info.weights or WEIGHTS), map_location="cpu",
@@ -138,10 +142,7 @@ class ScoresEveryRule:
 
 
 def load_array(run_dir: Path, name: str) -> np.ndarray:
-    try:
-        return np.load(run_dir / name, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise RunError(f"{run_dir}: cannot load {name} ({exc})") from None
+    return read_array(Path(run_dir) / name, error=RunError)
 
 
 def batched(n: int, batch_size: int, generator: torch.Generator | None = None):

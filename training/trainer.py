@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from harken.common.errors import UsageError
+from harken.common.errors import HarkenError, UsageError
 from harken.training.config import TrainConfig
 
 
@@ -84,10 +84,17 @@ def fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]],
     return fit_steps(model, batches, step, val_loss, cfg, device, progress, desc)
 
 
-def check_finite(loss: torch.Tensor, desc: str) -> None:
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"{desc}: loss became {loss.item()}; lower lr (--set lr=...) "
-                                 "or check the input features")
+class TrainingDiverged(HarkenError, FloatingPointError):
+    """The loss became NaN or infinite: a setting (most often the learning rate) the user
+    can change, so one line, not a traceback (docs/reliability.md)."""
+
+
+def check_finite(loss: torch.Tensor | float, desc: str) -> None:
+    value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
+    if not np.isfinite(value):
+        raise TrainingDiverged(f"{desc}: training diverged (the loss became {value}); lower lr, the "
+                               "learning rate (--set lr=..., a tenth of it, say) or check the "
+                               "input features")
 
 
 def fit_steps(model: nn.Module, batches: Callable[[int], Iterable[Batch]],

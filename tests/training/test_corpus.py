@@ -60,6 +60,8 @@ def test_scan_errors(tmp_path, tiny_corpus):
     bad = tmp_path / "c" / "fan" / "train"
     bad.mkdir(parents=True)
     (bad / "section_00_source_train_normal_0000_a_1.wav").write_bytes(b"RIFFjunk")
-    clip = scan(tmp_path / "c")[0]
+    with pytest.raises(CorpusError, match=r"normal_0000_a_1.wav: damaged WAV \(not a WAV file"):
+        scan(tmp_path / "c")
+    clip = parse_clip_name(bad / "section_00_source_train_normal_0000_a_1.wav", "fan", "train")
     with pytest.raises(CorpusError, match="section_00_source_train_normal_0000_a_1.wav: not a readable WAV"):
         load(clip, 16000)

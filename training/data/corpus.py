@@ -10,7 +10,11 @@ Layout: ``<root>/<machine>/{train,test}/<clip>.wav`` with clip names
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import struct
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,9 +52,9 @@ class Clip:
 
 _RE_2021 = re.compile(
     r"^section_(?P<section>\d+)_(?P<domain>source|target)_(?P<split>train|test)"
-    r"(?:_(?P<label>normal|anomaly))?_(?P<index>\d+)(?:_(?P<attrs>.+))?\.wav$")
-_RE_2023_EVAL = re.compile(r"^section_(?P<section>\d+)_(?P<index>\d+)\.wav$")
-_RE_2020 = re.compile(r"^(?:(?P<label>normal|anomaly)_)?id_(?P<section>\d+)_(?P<index>\d+)\.wav$")
+    r"(?:_(?P<label>normal|anomaly))?_(?P<index>\d+)(?:_(?P<attrs>.+))?\.(?i:wav)$")
+_RE_2023_EVAL = re.compile(r"^section_(?P<section>\d+)_(?P<index>\d+)\.(?i:wav)$")
+_RE_2020 = re.compile(r"^(?:(?P<label>normal|anomaly)_)?id_(?P<section>\d+)_(?P<index>\d+)\.(?i:wav)$")
 
 
 def parse_attributes(text: str | None) -> dict[str, str]:
@@ -96,8 +100,11 @@ def machine_types(root: str | Path) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         raise CorpusError(f"{root}: corpus folder does not exist")
-    found = sorted(p.name for p in root.iterdir()
-                   if p.is_dir() and any((p / s).is_dir() for s in SPLITS))
+    try:
+        found = sorted(p.name for p in root.iterdir()
+                       if _is_dir(p) and any(_is_dir(p / s) for s in SPLITS))
+    except OSError as exc:
+        raise CorpusError(f"{root}: cannot list the corpus folder ({exc.strerror or exc})") from None
     if not found:
         raise CorpusError(
             f"{root}: no machine types found; expected <root>/<machine>/train/*.wav "
@@ -105,26 +112,220 @@ def machine_types(root: str | Path) -> list[str]:
     return found
 
 
-def scan(root: str | Path, machines: list[str] | None = None,
-         split: str | None = None) -> list[Clip]:
-    """All clips of the corpus (optionally of some machine types / one split), sorted."""
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:            # a symlink loop, a name the file system refuses
+        return False
+
+
+# Why a file beside the clips was skipped or refused (the keys of CorpusScan.skipped).
+ANOMALOUS_TRAIN = "labelled anomalous in train/"
+DAMAGED = "damaged WAV"
+NOT_A_FILE = "not a regular file"
+HIDDEN = "hidden file"
+OTHER = "not a .wav file"
+DUPLICATE = "same clip name twice"
+# refused unless the scan is told to skip them: each silently changes what a model learns
+REFUSED = (ANOMALOUS_TRAIN, DAMAGED)
+SHOWN = 5                 # file names a summary line or run.json lists per reason
+
+
+@dataclass
+class CorpusScan:
+    """What a scan found: the clips, and every file it passed over with the reason (a
+    corpus broken as real downloads are must say so, not train on less without a word;
+    docs/reliability.md)."""
+    root: Path
+    clips: list[Clip]
+    skipped: dict[str, list[Path]] = field(default_factory=dict)
+    channels: dict[int, int] = field(default_factory=dict)     # channel count -> clips
+    problems: dict[Path, str] = field(default_factory=dict)    # damaged WAV -> what is wrong
+
+    def summary(self) -> dict:
+        """For the run record: counts per reason and the first few names."""
+        return {"clips": len(self.clips),
+                "skipped": {r: len(p) for r, p in self.skipped.items()},
+                "skipped_files": {r: [_rel(self.root, x) for x in p[:SHOWN]]
+                                  for r, p in self.skipped.items()},
+                "channels": {str(k): v for k, v in sorted(self.channels.items())}}
+
+    def log(self, log: logging.Logger | None = None) -> None:
+        """One warning line per reason files were skipped; stereo clips noted."""
+        log = log or logging.getLogger(__name__)
+        for reason, paths in self.skipped.items():
+            if reason in (OTHER, HIDDEN):
+                log.info(f"{self.root}: {len(paths)} {reason}(s) ignored, e.g. "
+                         f"{_rel(self.root, paths[0])}")
+                continue
+            names = _names(self.root, paths)
+            if reason == DAMAGED:
+                names = "; ".join(f"{_rel(self.root, p)} ({self.problems[p]})" for p in paths[:SHOWN])
+            log.warning(f"WARNING: {self.root}: skipped {len(paths)} clip(s), {reason}: {names}")
+        multi = sum(n for c, n in self.channels.items() if c > 1)
+        if multi:
+            log.info(f"{self.root}: {multi} clip(s) with more than one channel, mixed to mono")
+
+
+def _rel(root: Path, path: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _names(root: Path, paths: list[Path]) -> str:
+    shown = ", ".join(_rel(root, p) for p in paths[:SHOWN])
+    return shown + (f" and {len(paths) - SHOWN} more" if len(paths) > SHOWN else "")
+
+
+def wav_problem(path: Path) -> tuple[str | None, int]:
+    """What is wrong with a WAV file's header, read without reading its samples (None when
+    nothing), and its channel count. A file cut short (the header says more sample bytes
+    than the file holds) would train on less without a word: scipy only warns, and the
+    reader hides that warning; a header with no samples made scipy raise struct.error."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX", b"RF64") or head[8:] != b"WAVE":
+                return "not a WAV file (no RIFF/WAVE header)", 0
+            if head[:4] == b"RF64":
+                return None, 0                  # 64-bit sizes: the reader judges
+            order = "<" if head[:4] == b"RIFF" else ">"
+            pos, channels = 12, 0
+            while True:
+                f.seek(pos)
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return ("header only: no 'data' chunk" if channels else
+                            "no 'fmt ' chunk"), channels
+                kind, length = chunk[:4], struct.unpack(order + "I", chunk[4:])[0]
+                if kind == b"fmt ":
+                    fmt = f.read(min(length, 16))
+                    if len(fmt) < 16:
+                        return "cut short inside its 'fmt ' chunk", 0
+                    channels = struct.unpack(order + "H", fmt[2:4])[0]
+                    if channels == 0:
+                        return "the header says 0 channels", 0
+                elif kind == b"data":
+                    if not channels:
+                        return "'data' chunk before any 'fmt ' chunk", 0
+                    held = size - pos - 8
+                    if length == 0 or held <= 0:
+                        return "header only: it holds no samples", channels
+                    if held < length and length != 0xFFFFFFFF:   # 0xFFFFFFFF: a stream's "unknown"
+                        return (f"cut short: the header says {length} bytes of samples, the file "
+                                f"holds {held}"), channels
+                    return None, channels
+                pos += 8 + length + (length & 1)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})", 0
+
+
+def _entries(folder: Path) -> list[tuple[str, Path, bool]]:
+    """(name, path, is a regular file or a link to one) of a folder's entries, sorted."""
+    try:
+        with os.scandir(folder) as it:
+            found = []
+            for e in it:
+                try:
+                    regular = e.is_file()
+                except OSError:
+                    regular = False
+                found.append((e.name, Path(e.path), regular))
+    except OSError as exc:
+        raise CorpusError(f"{folder}: cannot list it ({exc.strerror or exc})") from None
+    return sorted(found, key=lambda e: e[1])
+
+
+def scan_corpus(root: str | Path, machines: list[str] | None = None, split: str | None = None,
+                skip_bad: bool = False) -> CorpusScan:
+    """All clips of the corpus (optionally of some machine types / one split), sorted, and
+    what was passed over. ``.wav`` is matched whatever its case; only regular files (or
+    links to them) count. Train clips labelled anomalous and damaged WAVs are refused in
+    one line naming them, or with ``skip_bad`` skipped and counted."""
     root = Path(root)
     available = machine_types(root)
     chosen = machines or available
     unknown = [m for m in chosen if m not in available]
     if unknown:
         raise CorpusError(f"{root}: machine type(s) {unknown} not in corpus (has {available})")
-    clips = []
+    found = CorpusScan(root, [])
+    skipped: dict[str, list[Path]] = defaultdict(list)
     for machine in chosen:
-        for s in ([split] if split else SPLITS):
-            folder = root / machine / s
-            if not folder.is_dir():
-                continue
-            for path in sorted(folder.glob("*.wav")):
-                clips.append(parse_clip_name(path, machine, s))
-    if not clips:
-        raise CorpusError(f"{root}: no .wav clips for machine(s) {chosen}")
-    return clips
+        splits = [split] if split else list(SPLITS)
+        present = [s for s in splits if _is_dir(root / machine / s)]
+        if split and not present:
+            other = next(s for s in SPLITS if s != split)
+            held = _count_wavs(root / machine / other)
+            raise CorpusError(
+                f"{root / machine}: no {split}/ folder" + (
+                    f" (its {other}/ holds {held} .wav clip(s))" if held is not None else
+                    f" (nor {other}/); expected {root / machine}/{split}/*.wav"))
+        for s in present:
+            names: dict[str, Path] = {}
+            for name, path, regular in _entries(root / machine / s):
+                if not name.lower().endswith(".wav"):
+                    skipped[OTHER].append(path)
+                elif name.startswith("."):        # macOS '._x.wav' resource forks and the like
+                    skipped[HIDDEN].append(path)
+                elif not regular:
+                    skipped[NOT_A_FILE].append(path)
+                else:
+                    try:
+                        name.encode("utf-8")
+                    except UnicodeEncodeError:     # bytes the file system gave back as-is
+                        raise CorpusError(f"{os.fsencode(path)!r}: the file name is not UTF-8 "
+                                          "text; rename the file") from None
+                    clip = parse_clip_name(path, machine, s)
+                    if clip.name.lower() in names:
+                        raise CorpusError(f"{path}: the same clip as {names[clip.name.lower()]} "
+                                          "(names differ only in case); keep one of them")
+                    names[clip.name.lower()] = path
+                    problem, channels = wav_problem(path)
+                    if problem:
+                        skipped[DAMAGED].append(path)
+                        found.problems[path] = problem
+                    elif clip.split == "train" and clip.is_anomaly:
+                        skipped[ANOMALOUS_TRAIN].append(path)
+                    else:
+                        found.clips.append(clip)
+                        found.channels[channels] = found.channels.get(channels, 0) + 1
+    found.skipped = dict(skipped)
+    refused = [r for r in REFUSED if r in found.skipped]
+    if refused and not skip_bad:
+        reason = refused[0]
+        paths = found.skipped[reason]
+        detail = (found.problems[paths[0]] if reason == DAMAGED else
+                  "a normal reference must not be a fault")
+        raise CorpusError(
+            f"{paths[0]}: {reason} ({detail})" + (f"; {len(paths) - 1} more alike" if len(paths) > 1
+                                                  else "")
+            + "; repair or remove it, or pass --skip-bad-clips to leave such clips out")
+    if not found.clips:
+        what = f"{split}/" if split else "train/ or test/"
+        extra = ("; skipped: " + ", ".join(f"{len(p)} {r}" for r, p in found.skipped.items())
+                 if found.skipped else "")
+        raise CorpusError(f"{root}: no .wav clips in {what} of machine(s) {chosen}{extra}")
+    return found
+
+
+def _count_wavs(folder: Path) -> int | None:
+    if not _is_dir(folder):
+        return None
+    try:
+        return sum(1 for e in os.scandir(folder) if e.name.lower().endswith(".wav"))
+    except OSError:
+        return None
+
+
+def scan(root: str | Path, machines: list[str] | None = None, split: str | None = None,
+         skip_bad: bool = False) -> list[Clip]:
+    """The clips of ``scan_corpus``; what it passed over is logged."""
+    found = scan_corpus(root, machines, split, skip_bad)
+    found.log()
+    return found.clips
 
 
 def load(clip: Clip, sample_rate: int) -> np.ndarray:
@@ -133,3 +334,5 @@ def load(clip: Clip, sample_rate: int) -> np.ndarray:
         return read_wav(clip.path, sample_rate)[0]
     except WavError as exc:
         raise CorpusError(str(exc)) from None
+    except struct.error:          # scipy's reader on a header cut short (docs/reliability.md)
+        raise CorpusError(f"{clip.path}: not a readable WAV file (header cut short)") from None

@@ -43,7 +43,9 @@ def other_machine_clips(clips: Sequence[Clip], per_type: int,
     rng = np.random.default_rng(rng) if isinstance(rng, int) else rng
     picked: list[Clip] = []
     for other in others:
-        train = scan(root, [other], split="train")
+        # other types' clips are only outliers: a damaged or anomalous one is left out (and
+        # logged), not a reason to refuse training this type
+        train = scan(root, [other], split="train", skip_bad=True)
         drawn = rng.choice(len(train), min(per_type, len(train)), replace=False)
         picked += [train[i] for i in (drawn if in_draw_order else sorted(drawn))]
     return picked

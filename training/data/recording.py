@@ -9,11 +9,15 @@ from pathlib import Path
 import numpy as np
 
 from harken.agent.sources.wavio import read_wav, write_wav
+from harken.common.errors import UsageError
 from harken.training.data.corpus import CorpusError, scan
 
 
 def normal_then_faulty(root: Path, machine: str, section: int, out: Path, normal: int = 6,
                        faulty: int = 6, domain: str = "source", rate: int = 16000) -> dict:
+    for key, value, least in (("--normal", normal, 1), ("--faulty", faulty, 1), ("--section", section, 0)):
+        if value < least:
+            raise UsageError(f"{key} must be at least {least}, got {value}")
     clips = [c for c in scan(root, [machine], split="test")
              if c.section == section and c.domain == domain]
     normals = [c for c in clips if c.label == "normal"][:normal]

@@ -166,15 +166,59 @@ def _write_one(args: tuple[ClipJob, str]) -> dict:
     return {"file": f"{job.machine}/{job.split}/{path.name}", **asdict(job), **truth}
 
 
+MARKER = ".harken-synth"       # written first: this folder is a synthetic corpus, ours to replace
+
+
+def is_own_corpus(root: Path) -> bool:
+    """A folder this command wrote: its marker, or (corpora written before the marker)
+    a corpus.json that says ``"generator": "harken synth"``."""
+    if (root / MARKER).is_file():
+        return True
+    try:
+        meta = json.loads((root / "corpus.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("generator") == "harken synth"
+
+
+def claim_folder(root: Path) -> None:
+    """Make ``root`` ours to write: create it, or check that it is empty or our own
+    earlier corpus (whose clips and corpus.json are removed, so a corpus of another size
+    or seed never mixes with the earlier one); refuse anything else in one line."""
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--out {root}: a file, not a folder")
+    if root.is_dir() and any(root.iterdir()):
+        if not is_own_corpus(root):
+            raise UsageError(f"--out {root}: the folder holds files that 'harken-train synth' "
+                             "did not write (your recordings?); give an empty or new folder")
+        for machine in MACHINES:
+            for split in ("train", "test"):
+                folder = root / machine / split
+                if folder.is_dir() and not folder.is_symlink():
+                    for clip in folder.glob("*.wav"):
+                        clip.unlink()
+        (root / "corpus.json").unlink(missing_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("a synthetic corpus written by 'harken-train synth'; "
+                               "synth may replace what is in this folder\n")
+
+
 def synthesize(out: str | Path, size: str = "tiny", seed: int = 0,
                machines: tuple[str, ...] | None = None, workers: int | None = None,
                progress: bool = True) -> Path:
-    """Write the corpus under ``out`` and a ground-truth table (corpus.json)."""
+    """Write the corpus under ``out`` and a ground-truth table (corpus.json). ``out`` must
+    be empty (or not yet there) or a corpus this command wrote before (its marker file),
+    whose clips are replaced: never a folder of the user's own recordings."""
     if size not in SIZES:
         raise UsageError(f"unknown corpus size '{size}'; choose from {list(SIZES)}")
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    if not 0 <= seed < 2**63:
+        raise UsageError(f"--seed must be a whole number from 0 to 2**63 - 1, got {seed}")
     spec = SIZES[size]
     jobs = plan(spec, seed, machines)
     root = Path(out)
+    claim_folder(root)
     for job in {(j.machine, j.split) for j in jobs}:
         (root / job[0] / job[1]).mkdir(parents=True, exist_ok=True)
     workers = workers or min(len(os.sched_getaffinity(0)), 8)
