@@ -4,8 +4,7 @@ CLI main entry with hostile argument values and damaged files: each ends with ex
 
 Seeded and bounded: HARKEN_FUZZ_CASES (default 60) cases drawn from
 ``random.Random(HARKEN_FUZZ_SEED)`` (default 38); a failure prints the seed, the case
-number and the command line, so it can be replayed. Known defects in files other work owns
-are in ``KNOWN`` below, each an xfail naming its reason."""
+number and the command line, so it can be replayed."""
 
 from __future__ import annotations
 
@@ -202,15 +201,6 @@ def draw(rng: random.Random, files: dict[str, Path], tmp: Path, case: int) -> tu
     return tool, argv
 
 
-# Defects found by this test in files other work owns: (tool, command, predicate, reason).
-TAR_CUT = ("agent/model/bundle.py unpacks a .tar.gz cut short with EOFError uncaught (its "
-           "_extract catches TarError and OSError only): a traceback, not one line")
-KNOWN: list[tuple[str, str, object, str]] = [
-    ("export", "verify", lambda argv, out: "EOFError" in out and any(a.endswith("cut.tar.gz") for a in argv),
-     TAR_CUT),
-]
-
-
 def run_one(tool: str, argv: list[str], capsys) -> tuple[int | None, str, str | None]:
     main = train_cli.main if tool == "train" else export_cli.main
     try:
@@ -225,7 +215,7 @@ def run_one(tool: str, argv: list[str], capsys) -> tuple[int | None, str, str | 
 def test_every_command_survives_hostile_arguments_and_files(files, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)               # relative outputs ('abc', 'docs/results.md') land here
     rng = random.Random(SEED)
-    failures, known = [], []
+    failures = []
     for case in range(CASES):
         work = tmp_path / f"case{case}"
         work.mkdir()
@@ -239,17 +229,11 @@ def test_every_command_survives_hostile_arguments_and_files(files, tmp_path, cap
         if not bad:
             continue
         where = f"case {case} (HARKEN_FUZZ_SEED={SEED}): harken-{tool} {' '.join(argv)}"
-        reason = next((r for t, c, hit, r in KNOWN if t == tool and c == argv[0]
-                       and hit(argv, trace or err)), None)
-        (known if reason else failures).append(
-            f"{where}\n  exit {code}; {(trace or err).strip().splitlines()[-1] if (trace or err) else ''}"
-            + (f"\n  known: {reason}" if reason else ""))
+        failures.append(
+            f"{where}\n  exit {code}; {(trace or err).strip().splitlines()[-1] if (trace or err) else ''}")
     assert not failures, "\n".join(failures)
-    if known:
-        pytest.xfail("known defects elsewhere:\n" + "\n".join(known))
 
 
-@pytest.mark.xfail(strict=False, reason=TAR_CUT)
 def test_a_bundle_tarball_cut_short_is_one_line(files, capsys):
     code, err, trace = run_one("export", ["verify", str(files["bundle_tar_cut"]), "--data",
                                           str(files["corpus"])], capsys)
