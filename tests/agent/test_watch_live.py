@@ -185,9 +185,11 @@ def test_escape_sequences_from_the_broker_never_reach_the_operators_terminal(sha
 
 def rss_and_time(args: list[str]) -> tuple[int, float, subprocess.CompletedProcess]:
     """Peak RSS (kB) and wall time of one `harken watch` run."""
-    code = ("import resource, sys; from harken.agent.cli import main; rc = main(sys.argv[1:]); "
-            "print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr);"
-            " sys.exit(rc)")
+    # VmHWM, not ru_maxrss: Linux carries the parent's peak into ru_maxrss across fork and
+    # exec, so under a pytest worker that trained models it reads gigabytes
+    code = ("import re, sys; from harken.agent.cli import main; rc = main(sys.argv[1:]); "
+            "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
+            "print('maxrss', hwm, file=sys.stderr); sys.exit(rc)")
     start = time.monotonic()
     out = subprocess.run([sys.executable, "-c", code, "watch", *args], capture_output=True,
                          text=True, timeout=120)
