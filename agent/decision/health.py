@@ -1,7 +1,10 @@
 """Is this audio worth scoring? A dead, disconnected or saturated microphone must be
 reported as such, never scored (an AE can call silence perfectly normal); a large DC
 offset is reported with its value (the device removes it before the features:
-agent/sources/dc.py, docs/agent.md "Audio health")."""
+agent/sources/dc.py, docs/agent.md "Audio health"). An interval partly at digital zero (a
+dropout: the microphone or its cable cut out for a moment) is not scored either: its score
+says nothing of the machine, and one such score put into a calibration's fit made the
+threshold unreachable (docs/reliability.md)."""
 
 from __future__ import annotations
 
@@ -13,11 +16,12 @@ SILENT_DBFS = -90.0        # RMS below this: a muted, unplugged or dead micropho
 CLIP_LEVEL = 0.999         # |sample| at or above this counts as clipped
 CLIP_FRACTION = 1e-3       # more than 0.1 % clipped samples: saturated input
 DC_OFFSET_REPORT = 0.01    # |mean| at or above this (-40 dBFS) is reported as dc_offset
+DROPOUT_FRACTION = 0.1     # this share of silent 0.1-s pieces or more (not most): a dropout
 
 
 @dataclass(frozen=True)
 class AudioCheck:
-    status: str            # ok | silent | clipped | invalid
+    status: str            # ok | silent | dropout | clipped | invalid
     rms_dbfs: float        # the level without the DC offset
     clipped_fraction: float
     dc_offset: float = 0.0  # the interval's mean, in full scale
@@ -40,7 +44,9 @@ def check_audio(x: np.ndarray, silent_dbfs: float = SILENT_DBFS,
     """Status of one report interval of float samples in [-1, 1]. Silence is judged on
     the median level of ``block``-sample pieces (0.1 s at 16 kHz), so an interval in which
     the microphone died a moment after it began counts as silent, and without the DC
-    offset, so a dead microphone that outputs a constant is silent too."""
+    offset, so a dead microphone that outputs a constant is silent too. Where fewer than
+    half but at least ``DROPOUT_FRACTION`` of the pieces are silent, the interval is a
+    ``dropout``: audio that cut out for a moment, not the machine's sound."""
     if x.size == 0 or not np.isfinite(x).all():
         return AudioCheck("invalid", float("nan"), float("nan"), float("nan"))
     dc = float(x.mean(dtype=np.float64))
@@ -51,11 +57,14 @@ def check_audio(x: np.ndarray, silent_dbfs: float = SILENT_DBFS,
     blocks = x[:n * block].reshape(n, -1) if x.size >= block else x[None, :]
     # each block's level without its own mean: a constant is silence, and a silent block
     # stays silent beside loud ones
-    median_dbfs = 10 * np.log10(max(float(np.median(blocks.var(axis=1, dtype=np.float64))),
-                                    1e-24))
+    levels = blocks.var(axis=1, dtype=np.float64)
+    median_dbfs = 10 * np.log10(max(float(np.median(levels)), 1e-24))
+    silent_share = float(np.mean(levels < 10 ** (silent_dbfs / 10)))
     clipped = float(np.mean(np.abs(x) >= CLIP_LEVEL))
     if clipped > clip_fraction:
         return AudioCheck("clipped", dbfs, clipped, dc)
     if median_dbfs < silent_dbfs:
         return AudioCheck("silent", dbfs, clipped, dc)
+    if silent_share >= DROPOUT_FRACTION:
+        return AudioCheck("dropout", dbfs, clipped, dc)
     return AudioCheck("ok", dbfs, clipped, dc)

@@ -23,7 +23,7 @@ class IntervalResult:
     interval_s: float
     model: str
     backend: str
-    status: str                      # ok | silent | clipped | invalid
+    status: str                      # ok | silent | dropout | clipped | invalid
     rms_dbfs: float
     windows: int
     inference_ms: float

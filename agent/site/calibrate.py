@@ -10,6 +10,7 @@ histogram of the scores, the fit and the threshold.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import time
 from pathlib import Path
@@ -17,18 +18,19 @@ from pathlib import Path
 import numpy as np
 
 from harken.agent.config import Config, ConfigError
-from harken.common.errors import UsageError
+from harken.common.errors import DataError, UsageError
 from harken.agent.decision import Decision
 from harken.agent.pipeline import Pipeline
 from harken.agent.build import build
 from harken.agent.sources import FileSettings, SourceError, open_source, shared_taps
 from harken.agent.decision.thresholds import (check_false_alarm_rate, exceedance,
-                                              false_alarm_threshold)
+                                              false_alarm_threshold, outliers)
 from harken.agent.decision.override import CalibrationOverride, write_override
 from harken.common.records import GammaParams
 
 MIN_INTERVALS = 10
 MAX_MINUTES = 7 * 24 * 60           # a week of normal operation is plenty to learn from
+log = logging.getLogger(__name__)
 
 
 def _progress(total: float | None, unit: str, enabled: bool):
@@ -53,10 +55,11 @@ def score_source(pipelines: list[Pipeline], config: Config, minutes: float | Non
                  progress: bool, taps: list[int | None] | None = None
                  ) -> list[tuple[list[float], int]]:
     """Each pipeline's interval scores, and how many intervals the health check refused
-    (silent, clipped, invalid), from the source ``config.audio`` names, opened as ``harken
-    run`` opens it (``open_source``): one read for every machine that listens to it
-    (``taps``: each pipeline's channel). ``minutes``: stop after that much audio (a live
-    input; a lost one is an error here); None: read to the end of the recording."""
+    (silent, dropout, clipped, invalid: docs/agent.md "Audio health"), from the source
+    ``config.audio`` names, opened as ``harken run`` opens it (``open_source``): one read
+    for every machine that listens to it (``taps``: each pipeline's channel). ``minutes``:
+    stop after that much audio (a live input; a lost one is an error here); None: read to
+    the end of the recording."""
     if minutes is not None and not (math.isfinite(minutes) and 0 < minutes <= MAX_MINUTES):
         raise UsageError(f"--minutes = {minutes:g}: expected minutes of audio above 0 and at "
                          f"most {MAX_MINUTES:g} (a week)")
@@ -128,6 +131,10 @@ def calibrate(config: Config, files: list[str] | None = None, minutes: float = 3
     result, or ``{"machines": {name: result}}``. Recordings give each machine its channel;
     live audio is one capture per input for all the machines that listen to it."""
     check_false_alarm_rate(false_alarms_per_week, config.decision.interval_s)
+    check_plot(plot)                               # before any audio is read or file written
+    duplicate_files = 0
+    if files:
+        files, duplicate_files = distinct_files(files)
     views = config.select(machine)
     built = [build(v, override=False) for v in views]   # the override it replaces is not read
     for _, pipeline in built:
@@ -148,8 +155,9 @@ def calibrate(config: Config, files: list[str] | None = None, minutes: float = 3
             got[i] = r
     if not config.multi:
         (b, p), (scores, skipped) = built[0], got[0]
-        return _fit_and_write(views[0], b, p, scores, skipped, files, false_alarms_per_week,
-                              plot, False)
+        return {**_fit_and_write(views[0], b, p, scores, skipped, files,
+                                 false_alarms_per_week, plot, False),
+                **({"duplicate_files": duplicate_files} if files else {})}
     # several machines: each that can be calibrated is, and one that cannot (its channel
     # silent) says why in its entry instead of stopping the others
     results = {}
@@ -157,9 +165,47 @@ def calibrate(config: Config, files: list[str] | None = None, minutes: float = 3
         try:
             results[v.agent.machine] = _fit_and_write(v, b, p, scores, skipped, files,
                                                       false_alarms_per_week, plot, True)
-        except ConfigError as exc:
+        except (ConfigError, DataError) as exc:
             results[v.agent.machine] = {"error": str(exc)}
-    return {"machines": results}
+    return {"machines": results, **({"duplicate_files": duplicate_files} if files else {})}
+
+
+def check_plot(plot: str | None) -> None:
+    """A plot name matplotlib cannot write (``--plot x.unknownext``) is refused before
+    anything is read or written: it raised a ValueError traceback after the override was
+    already in place (docs/reliability.md). No suffix is matplotlib's default, PNG; without
+    matplotlib no plot is drawn, so there is nothing to check."""
+    suffix = Path(plot).suffix.lstrip(".").lower() if plot else ""
+    if not suffix:
+        return
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        return
+    known = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in known:
+        raise UsageError(f"--plot {plot}: matplotlib cannot write .{suffix} files; expected "
+                         f"one of {', '.join('.' + k for k in sorted(known))}")
+
+
+def distinct_files(files: list[str]) -> tuple[list[str], int]:
+    """The files, each once by content, in order, and how many were left out: the same
+    recording given 11 times made every interval count 11 times in the fit, and a scipy
+    FitDataError traceback (docs/reliability.md). ``harken enroll`` leaves copies out alike."""
+    from harken.agent.model.bundle import sha256_file
+    seen: set[str] = set()
+    kept = []
+    for f in files:
+        path = Path(f).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"--files: no such file: {f}")
+        digest = sha256_file(path)
+        if digest in seen:
+            log.warning(f"{f}: the same audio as a file given before it; left out")
+            continue
+        seen.add(digest)
+        kept.append(f)
+    return kept, len(files) - len(kept)
 
 
 def _fit_and_write(config: Config, bundle, pipeline: Pipeline, scores: list[float],
@@ -172,11 +218,17 @@ def _fit_and_write(config: Config, bundle, pipeline: Pipeline, scores: list[floa
     if len(scores) < MIN_INTERVALS:
         who = f"machine {config.agent.machine}: " if multi else ""
         raise ConfigError(f"calibration: {who}only {len(scores)} scoreable intervals of "
-                          f"{pipeline.interval_s:g} s ({skipped} silent/clipped); need at "
-                          f"least {MIN_INTERVALS}: give more minutes or files")
+                          f"{pipeline.interval_s:g} s ({skipped} silent, dropout, clipped or "
+                          f"invalid); need at least {MIN_INTERVALS}: give more minutes or files")
     s = np.asarray(scores)
-    threshold, p, fit = false_alarm_threshold(s, false_alarms_per_week, pipeline.interval_s)
-    exceeded = exceedance(s, threshold, p, f"calibration of {config.agent.machine}")
+    what = f"calibration of {config.agent.machine}"
+    why = ("if these recordings are the ones the bank was enrolled from, each interval finds "
+           "itself in the bank and all score alike: calibrate on other normal audio"
+           if bundle.needs_enrollment else "")
+    threshold, p, fit = false_alarm_threshold(s, false_alarms_per_week, pipeline.interval_s,
+                                              what, why)
+    exceeded = exceedance(s, threshold, p, what)
+    exceeded |= outliers(s, threshold, false_alarms_per_week, pipeline.interval_s, what)
     override = CalibrationOverride.create(
         machine=config.agent.machine, threshold=threshold,
         false_alarms_per_week=false_alarms_per_week, interval_s=pipeline.interval_s,
@@ -190,8 +242,17 @@ def _fit_and_write(config: Config, bundle, pipeline: Pipeline, scores: list[floa
     out = config.override_file
     write_override(out, override)                     # never a half-written override
     result = {**override.model_dump(mode="json"), "override_file": str(out), **exceeded}
+    if config.decision.threshold is not None:
+        # the config's value comes first (agent/build.py resolve_threshold): said, not hidden
+        result["threshold_in_force"] = (
+            f"{config.source_file}: decision.threshold = {config.decision.threshold:g} is set, "
+            f"so 'harken run' keeps using it, not this calibration, until that key is removed")
+        log.warning("WARNING: " + result["threshold_in_force"])
     if plot:
-        result["plot"] = _plot(s, fit, threshold, out.parent / plot, config)
+        try:
+            result["plot"] = _plot(s, fit, threshold, out.parent / plot, config)
+        except (OSError, ValueError) as exc:          # the override stands: said, not raised
+            result["plot"] = f"not drawn: {exc}"
     return result
 
 
