@@ -96,7 +96,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         print(json.dumps(r, indent=2))
     else:
         print(f"enrolled {r['new_intervals']} interval(s) of {r['interval_s']:g} s "
-              f"({r['skipped_intervals']} skipped: silent, clipped or invalid); the bank "
+              f"({r['skipped_intervals']} skipped: silent, dropout, clipped or invalid); the bank "
               f"holds {r['intervals']} ({r['audio_s'] / 60:.1f} min, "
               f"{r['bank_bytes'] / 1024:.0f} KiB): {r['bank']}")
         print(f"threshold {r['threshold']:.4g} ({r['false_alarms_per_week']:g} false "

@@ -193,19 +193,19 @@ def distinct_files(files: list[str]) -> tuple[list[str], int]:
     recording given 11 times made every interval count 11 times in the fit, and a scipy
     FitDataError traceback (docs/reliability.md). ``harken enroll`` leaves copies out alike."""
     from harken.agent.model.bundle import sha256_file
+    missing = [f for f in files if not Path(f).expanduser().is_file()]
+    if missing:
+        raise ConfigError(f"--files: no such file: {', '.join(missing)}")
     seen: set[str] = set()
-    kept = []
+    kept, copies = [], []
     for f in files:
-        path = Path(f).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"--files: no such file: {f}")
-        digest = sha256_file(path)
-        if digest in seen:
-            log.warning(f"{f}: the same audio as a file given before it; left out")
-            continue
+        digest = sha256_file(Path(f).expanduser())
+        (copies if digest in seen else kept).append(f)
         seen.add(digest)
-        kept.append(f)
-    return kept, len(files) - len(kept)
+    if copies:
+        log.warning(f"--files: {len(copies)} file(s) hold the same audio as one given before "
+                    f"them, left out: {', '.join(dict.fromkeys(copies))}")
+    return kept, len(copies)
 
 
 def _fit_and_write(config: Config, bundle, pipeline: Pipeline, scores: list[float],

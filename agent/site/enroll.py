@@ -44,7 +44,7 @@ from harken.agent.model.rules.spectral_knn import (BRANCHES, branch_statistics, 
                                              fit_bank, pooled_moments)
 from harken.agent.model.scorer import model_input, probe
 from harken.agent.decision.thresholds import (check_false_alarm_rate, exceedance,
-                                              false_alarm_threshold)
+                                              false_alarm_threshold, outliers)
 from harken.common.records import GammaParams
 
 MIN_INTERVALS = 6          # the LDN neighbourhood (4) plus room to hold one out
@@ -143,7 +143,8 @@ def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0
         source = config.audio.describe()
     if stats.count < (1 if append else MIN_INTERVALS):
         raise DataError(f"enrollment: only {stats.count} usable interval(s) of "
-                        f"{pipeline.interval_s:g} s ({skipped} silent, clipped or invalid); "
+                        f"{pipeline.interval_s:g} s ({skipped} silent, dropout, clipped or "
+                        f"invalid); "
                         f"need at least {MIN_INTERVALS}: record longer or give more files. "
                         f"Nothing was written.")
     new = {b: np.stack(v) for b, v in stats.vectors.items()}
@@ -159,6 +160,7 @@ def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0
     arrays, loo = fit_bank(vectors, branch_statistics(vectors), e.density_k, e.weights)
     threshold, p, fit = false_alarm_threshold(loo, false_alarms_per_week, pipeline.interval_s)
     exceeded = exceedance(loo, threshold, p, "enrollment")
+    exceeded |= outliers(loo, threshold, false_alarms_per_week, pipeline.interval_s, "enrollment")
     arrays |= {f"raw_{b}": v for b, v in vectors.items()}
     try:                  # checked as 'harken run' will read it, before it is written
         make_rule(bundle.rule_name, rule_arrays(arrays, bundle))
@@ -180,10 +182,34 @@ def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0
         gamma=GammaParams(**fit.to_dict()),
         sha256=bank_digest(arrays, BANK_VERSION, bundle.model_id, config.agent.machine))
     write_bank(out, arrays, manifest)          # the old bank stays whole until the rename
+    set_aside = set_override_aside(config)
     return {**manifest.model_dump(mode="json", exclude={"gamma", "sha256"}),
             "bank": str(out), "bank_bytes": out.stat().st_size, "new_intervals": new_count,
             "duplicate_files": duplicate_files, "duplicate_intervals": duplicate_intervals,
-            **exceeded}
+            **exceeded, **({"override_set_aside": str(set_aside)} if set_aside else {})}
+
+
+def set_override_aside(config: Config) -> Path | None:
+    """A calibration override was fitted on scores against the bank just replaced: a new
+    bank scores on another scale (a stale override of -38.6 stayed in force over the new
+    bank's 7.97 and every interval alarmed; docs/reliability.md). It is renamed
+    ``threshold-<machine>.json.before-enroll-<UTC time>`` (kept, not deleted: it says what
+    was calibrated) and said in one line, so ``harken run`` uses the new bank's threshold
+    until ``harken calibrate`` is run again (docs/agent.md "Calibration")."""
+    path = config.override_file
+    if not path.exists() and not path.is_symlink():
+        return None
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.before-enroll-{stamp}")
+    try:
+        path.rename(aside)
+    except OSError as exc:
+        raise ConfigError(f"{path}: the bank was enrolled, but this calibration override of "
+                          f"the old bank could not be moved aside ({exc.strerror or exc}); "
+                          f"delete it, or 'harken run' would use its stale threshold") from None
+    log.warning(f"WARNING: {path}: the calibration of the old bank set aside as {aside.name}: "
+                f"'harken run' uses the new bank's threshold; calibrate again to replace it")
+    return aside
 
 
 def _distinct_files(paths: list[Path], rate: int) -> tuple[list[Path], int, float]:
