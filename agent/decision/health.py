@@ -59,7 +59,8 @@ def check_audio(x: np.ndarray, silent_dbfs: float = SILENT_DBFS,
     # stays silent beside loud ones
     levels = blocks.var(axis=1, dtype=np.float64)
     median_dbfs = 10 * np.log10(max(float(np.median(levels)), 1e-24))
-    silent_share = float(np.mean(levels < 10 ** (silent_dbfs / 10)))
+    # each piece judged in dB as the median is, so the two agree at the threshold itself
+    silent_share = float(np.mean(10 * np.log10(np.maximum(levels, 1e-24)) < silent_dbfs))
     clipped = float(np.mean(np.abs(x) >= CLIP_LEVEL))
     if clipped > clip_fraction:
         return AudioCheck("clipped", dbfs, clipped, dc)

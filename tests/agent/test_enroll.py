@@ -156,8 +156,8 @@ def test_bad_input_is_one_clear_line_and_leaves_the_bank_alone(general_bundle, s
     empty = folder / "empty.wav"
     empty.write_bytes(b"")
     cases = [
-        (["--files", "silent.wav"], "only 0 usable interval(s) of 10 s (3 silent, clipped or "
-                                    "invalid)"),
+        (["--files", "silent.wav"], "only 0 usable interval(s) of 10 s (3 silent, dropout, "
+                                    "clipped or invalid)"),
         (["--files", "empty.wav"], "empty.wav"),
         (["--files", "nowhere.wav"], "--files: no such file: nowhere.wav"),
     ]

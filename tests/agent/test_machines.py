@@ -13,7 +13,7 @@ from harken.agent.cli import main
 from harken.agent.config import ConfigError, load_config, parse_config
 from harken.agent.runner import Runner
 from harken.agent.systemd import Notifier
-from harken.agent.sources.wavio import read_wav
+from harken.agent.sources.wavio import read_wav, write_wav
 from harken.testkit.files import write_agent_config, write_channels
 
 RATE = 16000
@@ -201,8 +201,15 @@ def test_calibrate_sets_each_machine_from_its_channel(ae_bundle, wav, tmp_path, 
     four = four_channels(wav, tmp_path)
     multi = config(tmp_path, ae_bundle, {"source": "file", "file": four},
                    [{"name": f"pump-{k}", "channel": k} for k in (1, 2, 3)])
+    # three distinct recordings (calibrate leaves a copy out): the clip shifted by 1 s
+    x, _ = read_wav(wav, RATE)
+    fours = [str(four)]
+    for k in (1, 2):
+        (tmp_path / f"shift{k}").mkdir()
+        write_wav(tmp_path / f"shift{k}" / "ten.wav", np.roll(x, k * RATE), RATE)
+        fours.append(str(four_channels(tmp_path / f"shift{k}" / "ten.wav", tmp_path / f"shift{k}")))
     # a silent channel cannot be calibrated: said for that machine, the others are written
-    assert main(["calibrate", "--config", str(multi), "--files", *[str(four)] * 3,
+    assert main(["calibrate", "--config", str(multi), "--files", *fours,
                  "--quiet", "--no-plot"]) == 2
     captured = capsys.readouterr()
     out = json.loads(captured.out)["machines"]
@@ -214,7 +221,7 @@ def test_calibrate_sets_each_machine_from_its_channel(ae_bundle, wav, tmp_path, 
     assert out["pump-1"]["channel"] == 1 and out["pump-1"]["threshold"] != \
         out["pump-2"]["threshold"]
     # --machine: one of them, the same figures
-    assert main(["calibrate", "--config", str(multi), "--files", *[str(four)] * 3,
+    assert main(["calibrate", "--config", str(multi), "--files", *fours,
                  "--quiet", "--no-plot", "--machine", "pump-2"]) == 0
     again = json.loads(capsys.readouterr().out)["machines"]
     assert list(again) == ["pump-2"] and again["pump-2"]["threshold"] == \
