@@ -229,3 +229,32 @@ def test_the_connection_state_is_shown_under_the_title():
                                     "bold yellow")])
     plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
     assert "disconnected from b:1883" in plain and "spBv1.0/harken/# ?[2J" in plain
+
+
+def test_a_death_ends_only_the_node_that_announced_the_rows():
+    """A Sparkplug node is its group and edge node id: an NDEATH of group ``other`` leaves
+    group ``harken``'s n1 online (and other's devices are rows of their own, ``other/n1``); an
+    NDEATH without bdSeq is malformed and ignored; the current session's NDEATH ends the
+    devices n1 announced, not the JSON agent n1/pump, whose status is its own Last Will; a
+    ``harken/n1/*/status`` is the status of a machine named ``*`` only."""
+    fleet = Fleet("harken")
+    feed(fleet, "spBv1.0/harken/NBIRTH/n1", spb(("bdSeq", DataType.Int64, 1)))
+    feed(fleet, "spBv1.0/harken/DBIRTH/n1/fan", spb(("score", DataType.Float, 1.0)))
+    feed(fleet, "harken/n1/pump/status", b"online")
+    feed(fleet, "spBv1.0/other/NBIRTH/n1", spb(("bdSeq", DataType.Int64, 7)))
+    feed(fleet, "spBv1.0/other/DBIRTH/n1/fan", spb(("score", DataType.Float, 1.0)))
+    feed(fleet, "spBv1.0/other/NDEATH/n1", spb(("bdSeq", DataType.Int64, 7)))
+    assert fleet.status == {("n1", "fan"): "online", ("n1", "pump"): "online",
+                            ("other/n1", "fan"): "offline"}
+    assert fleet.handle("spBv1.0/harken/NDEATH/n1", spb(("score", DataType.Float, 1.0))) is None
+    assert fleet.malformed == 1 and fleet.status[("n1", "fan")] == "online"
+    feed(fleet, "harken/n1/*/status", b"offline")
+    assert fleet.status[("n1", "fan")] == "online" and fleet.status[("n1", "*")] == "offline"
+    feed(fleet, "spBv1.0/harken/NDEATH/n1", spb(("bdSeq", DataType.Int64, 1)))
+    assert fleet.status[("n1", "fan")] == "offline" and fleet.status[("n1", "pump")] == "online"
+    for i in range(300):                     # a flood of edge nodes: the index stays bounded
+        feed(fleet, f"spBv1.0/harken/DDATA/e{i}/fan", spb(("score", DataType.Float, 1.0)))
+    small = Fleet("harken", max_agents=50)
+    for i in range(300):
+        feed(small, f"spBv1.0/harken/DDATA/e{i}/fan", spb(("score", DataType.Float, 1.0)))
+    assert len(small.agents) == 50 and sum(len(v) for v in small.edges.values()) == 50
