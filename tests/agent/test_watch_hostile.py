@@ -258,3 +258,27 @@ def test_a_death_ends_only_the_node_that_announced_the_rows():
     for i in range(300):
         feed(small, f"spBv1.0/harken/DDATA/e{i}/fan", spb(("score", DataType.Float, 1.0)))
     assert len(small.agents) == 50 and sum(len(v) for v in small.edges.values()) == 50
+
+
+def test_an_unset_clock_is_aged_by_arrival_and_said():
+    """``"clock": "unsynced"``: the row's age is its arrival, the table says "clock not
+    set"; a replayed score of such an agent never replaces the one shown; a synchronised
+    score clears it; a stats record's ``clock`` and a Sparkplug metric ``clock`` set it."""
+    fleet = Fleet("harken")
+    feed(fleet, "harken/pi/fan/score", b'{"ts": 10.0, "seq": 5, "score": 1.0, "clock": "unsynced"}',
+         now=5000.0)
+    row = fleet.rows[("pi", "fan")]
+    assert row.last_seen == 5000.0 and row.clock_unsynced
+    text = rendered(fleet, now=5003.0)
+    assert "3 s ago, clock not set" in text and " d ago" not in text
+    feed(fleet, "harken/pi/fan/score",
+         b'{"ts": 99999.0, "seq": 2, "score": 9.0, "replayed": true, "clock": "unsynced"}')
+    assert row.seq == 5
+    feed(fleet, "harken/pi/fan/score", b'{"ts": 4990.0, "seq": 6, "score": 1.0}', now=5010.0)
+    assert row.last_seen == 4990.0 and not row.clock_unsynced
+    feed(fleet, "harken/pi/fan/stats", b'{"clock": "unsynced"}')
+    assert row.clock_unsynced
+    feed(fleet, "spBv1.0/harken/DDATA/sp/fan", spb(("score", DataType.Float, 1.0),
+                                                    ("clock", DataType.String, "unsynced")),
+         now=7000.0)
+    assert fleet.rows[("sp", "fan")].clock_unsynced and fleet.rows[("sp", "fan")].last_seen == 7000
