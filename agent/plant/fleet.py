@@ -12,7 +12,18 @@ recently heard one is forgotten for a new one, counted) and forgets an agent not
 Sparkplug B: an edge node's NDEATH carries the ``bdSeq`` of the NBIRTH whose session it ends;
 one whose ``bdSeq`` is not the current NBIRTH's is a stale death (the will of a connection
 the node has already replaced) and leaves the node's devices as they are (Sparkplug B 3.0,
-"bdSeq"; docs/mqtt.md).
+"bdSeq"; docs/mqtt.md). An NBIRTH or NDEATH without a ``bdSeq`` breaks the spec (it
+"MUST" carry one): it is counted malformed and changes nothing, so that a bare NDEATH anyone
+can publish does not mark a live node offline. A Sparkplug node is its group and edge node id
+(two groups may each have an edge node ``n1``): a death ends the devices that node announced
+in that group, never the JSON rows of a node of the same name, whose ``status`` topics are
+each machine's own Last Will (docs/mqtt.md). So ``<prefix>/<node>/*/status`` is the status
+of a machine named ``*``, nothing more.
+
+A score stamped by an agent whose clock is not set (``"clock": "unsynced"``: a Raspberry Pi
+without a real-time clock before NTP) has a ``ts`` that says nothing about when it was made:
+its row's age is measured from its arrival at the watcher, and the view says "clock not set"
+(docs/watch.md).
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ class Row:
     status: str | None = None         # online, stopped, offline, ... (None: none heard)
     lost: bool = False                # its stats record says the input is gone
     heard: float = 0.0                # arrival time of its latest message (for forgetting)
+    clock_unsynced: bool = False      # its latest score or stats says "clock": "unsynced"
 
 
 def _text(payload: bytes) -> str:
@@ -101,7 +113,8 @@ def _score(body) -> dict:
     if not isinstance(body, dict):
         raise Unusable("a score is not a JSON object")
     anomaly = body.get("anomaly")
-    return {"score": _real(body, "score"), "threshold": _real(body, "threshold"),
+    unsynced = body.get("clock") == "unsynced"
+    return {"unsynced": unsynced, "score": _real(body, "score"), "threshold": _real(body, "threshold"),
             "ts": _real(body, "ts"), "seq": _seq(body),
             "anomaly": anomaly if isinstance(anomaly, bool) else None,
             "status": str(body.get("status", "-"))[:MAX_TEXT],
@@ -110,18 +123,23 @@ def _score(body) -> dict:
 
 @dataclass
 class Fleet:
-    """Latest state, status and stats per agent: (node, machine)."""
+    """Latest state, status and stats per agent: (node, machine). A Sparkplug device of a
+    group other than ``sparkplug_group`` (only a prefix of ``spBv1.0`` brings one) is keyed
+    and shown as (``group/edge node``, device), never merged with a node of the same name."""
     prefix: str
+    sparkplug_group: str | None = "harken"
     max_agents: int = DEFAULT_MAX_AGENTS
     forget_after_s: float = DEFAULT_FORGET_AFTER_S
     # least recently heard first: the cap forgets from the front, so does pruning
     agents: OrderedDict[tuple[str, str], Row] = field(default_factory=OrderedDict)
-    births: OrderedDict[str, int | None] = field(default_factory=OrderedDict)  # node: bdSeq
+    # (group, edge node): the bdSeq of its current NBIRTH
+    births: OrderedDict[tuple[str, str], int] = field(default_factory=OrderedDict)
     malformed: int = 0                # messages skipped: not what docs/mqtt.md specifies
     forgotten: int = 0                # agents dropped for newer ones (max_agents)
     pruned: int = 0                   # agents dropped after forget_after_s of silence
     stale_deaths: int = 0             # Sparkplug NDEATHs of an earlier session, ignored
-    by_node: dict[str, set] = field(default_factory=dict)
+    # (group, edge node): the keys of the rows it announced (DBIRTH, DDEATH, DDATA)
+    edges: dict[tuple[str, str], set] = field(default_factory=dict)
 
     # -- compatibility views -------------------------------------------------------------
     @property
@@ -179,7 +197,7 @@ class Fleet:
         parsed = spb(name)
         if parsed is None:
             return None
-        _, kind, node, device = parsed
+        group, kind, node, device = parsed
         if kind not in ("NBIRTH", "NDEATH", "DBIRTH", "DDEATH", "DDATA"):
             return None
         if len(payload) > MAX_PAYLOAD:
@@ -188,7 +206,7 @@ class Fleet:
         if kind in ("DBIRTH", "DDEATH"):
             if device is None:
                 return None
-            return {"node": node, "machine": device, "kind": "status",
+            return {"node": node, "machine": device, "kind": "status", "group": group,
                     "payload": "online" if kind == "DBIRTH" else "offline",
                     "profile": "sparkplug-b"}
         if kind == "DDATA" and device is None:
@@ -197,9 +215,11 @@ class Fleet:
         values = {m.name: metric_value(m) for m in metrics}
         if kind in ("NBIRTH", "NDEATH"):
             bdseq = values.get("bdSeq")
-            if bdseq is not None and (isinstance(bdseq, bool) or not isinstance(bdseq, int)):
+            if bdseq is None:                 # Sparkplug B 3.0: NBIRTH and NDEATH MUST carry it
+                raise Unusable(f"{kind} without bdSeq")
+            if isinstance(bdseq, bool) or not isinstance(bdseq, int):
                 raise Unusable("bdSeq is not a number")
-            return {"node": node, "machine": "*", "kind": "status",
+            return {"node": node, "machine": "*", "kind": "status", "group": group,
                     "payload": "online" if kind == "NBIRTH" else "offline", "bdSeq": bdseq,
                     "profile": "sparkplug-b"}
         stamp = next((m.timestamp for m in metrics if m.name == "score"), 0)
@@ -207,9 +227,11 @@ class Fleet:
                 "score": values.get("score"), "threshold": values.get("threshold"),
                 "anomaly": values.get("anomaly"), "status": values.get("status"),
                 "historical": any(m.is_historical for m in metrics)}
+        if values.get("clock") == "unsynced":
+            body["clock"] = "unsynced"
         _score(body)
         return {"node": node, "machine": device, "kind": "score", "payload": body,
-                "profile": "sparkplug-b"}
+                "group": group, "profile": "sparkplug-b"}
 
     def update(self, record: dict | None, now: float | None = None) -> bool:
         """Apply one parsed record; False when it was unusable (counted). A stale Sparkplug
@@ -219,8 +241,10 @@ class Fleet:
         now = time.time() if now is None else now
         node, machine, kind, body = record["node"], record["machine"], record["kind"], \
             record["payload"]
-        if machine == "*":                     # a Sparkplug edge node's birth or death
-            if not self._node_status(node, body, record.get("bdSeq"), now):
+        sparkplug = record.get("profile") == "sparkplug-b"
+        edge = (str(record.get("group")), node) if sparkplug else None
+        if edge is not None and machine == "*":    # a Sparkplug edge node's birth or death
+            if not self._node_status(edge, body, record["bdSeq"], now):
                 record["stale"] = True         # shown by --json as such, applied to nothing
             return True
         if kind == "score":
@@ -231,16 +255,24 @@ class Fleet:
                 # it, never let it stop the view (a retained one would stop it at every start)
                 self.malformed += 1
                 return False
-        row = self._row(node, machine, now)
+        shown = node if edge is None or edge[0] == self.sparkplug_group else f"{edge[0]}/{node}"
+        row = self._row(shown, machine, now)
+        if edge is not None:
+            self.edges.setdefault(edge, set()).add((shown, machine))
         if kind == "status":
             row.status = (body if isinstance(body, str) else json.dumps(body))[:MAX_TEXT]
         elif kind == "stats":
             row.lost = isinstance(body, dict) and body.get("audio") == "lost"
+            if isinstance(body, dict) and body.get("clock") in ("synced", "unsynced"):
+                row.clock_unsynced = body["clock"] == "unsynced"
         elif kind == "score":
-            if score["old"] and score["ts"] is not None and score["ts"] < row.last_seen:
+            # an unset clock's ts says nothing about when (docs/watch.md): arrival time
+            ts = None if score["unsynced"] else score["ts"]
+            if score["old"] and (row.score is not None if ts is None else ts < row.last_seen):
                 return True       # history delivered late: the row keeps the newer score
             # a queued score is as old as its timestamp, not its arrival
-            row.last_seen = score["ts"] if score["ts"] is not None else now
+            row.last_seen = ts if ts is not None else now
+            row.clock_unsynced = score["unsynced"]
             row.score, row.threshold, row.seq = score["score"], score["threshold"], score["seq"]
             row.audio = score["status"]
             # JSON: the anomaly topic carries the state; Sparkplug: every DDATA does
@@ -252,19 +284,18 @@ class Fleet:
             row.anomaly = (state if isinstance(state, str) else json.dumps(state))[:MAX_TEXT]
         return True
 
-    def _node_status(self, node: str, status: str, bdseq: int | None, now: float) -> bool:
+    def _node_status(self, edge: tuple[str, str], status: str, bdseq: int, now: float) -> bool:
         if status == "online":
-            self.births[node] = bdseq
-            self.births.move_to_end(node)
+            self.births[edge] = bdseq
+            self.births.move_to_end(edge)
             while len(self.births) > self.max_agents:
                 self.births.popitem(last=False)
             return True
-        born = self.births.get(node, None)
-        if node in self.births and bdseq is not None and born is not None and bdseq != born:
+        if self.births.get(edge, bdseq) != bdseq:
             self.stale_deaths += 1            # the will of a session already replaced
             return False
-        self.births.pop(node, None)
-        for key in list(self.by_node.get(node, ())):
+        self.births.pop(edge, None)
+        for key in list(self.edges.get(edge, ())):
             row = self.agents[key]
             row.status, row.heard = status, now
             self.agents.move_to_end(key)
@@ -278,18 +309,20 @@ class Fleet:
                 self._drop(*self.agents.popitem(last=False))
                 self.forgotten += 1
             row = self.agents[key] = Row(node, machine)
-            self.by_node.setdefault(node, set()).add(key)
         else:
             self.agents.move_to_end(key)
         row.heard = now
         return row
 
     def _drop(self, key: tuple[str, str], row: Row) -> None:
-        machines = self.by_node.get(key[0])
+        # the one edge node that can have announced it: a foreign group's row is "group/node"
+        group, _, node = key[0].rpartition("/")
+        edge = (group, node) if group else (str(self.sparkplug_group), node)
+        machines = self.edges.get(edge)
         if machines is not None:
             machines.discard(key)
             if not machines:
-                del self.by_node[key[0]]
+                del self.edges[edge]
 
     def prune(self, now: float | None = None) -> int:
         """Forget the agents not heard from for ``forget_after_s``; how many went."""

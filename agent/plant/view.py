@@ -48,6 +48,15 @@ def _age(now: float, then: float) -> str:
     return f"{age / 86400:.0f} d ago"
 
 
+def _seen(now: float, row):
+    """The last-seen cell: a score from an agent whose clock is not set is aged from its
+    arrival here, and says so (its ``ts`` may be 1970; docs/watch.md)."""
+    from rich.text import Text
+    if row.clock_unsynced:
+        return Text(f"{_age(now, row.last_seen)}, clock not set", style="yellow")
+    return _age(now, row.last_seen)
+
+
 def _rank(row) -> tuple:
     audio = "lost" if row.lost else row.audio
     trouble = row.status not in (None, "online") or audio not in ("ok", "-")
@@ -89,5 +98,5 @@ def table(fleet: Shown, now: float | None = None, max_rows: int | None = None, b
                   Text(safe(r.anomaly, 12), style="bold red" if r.anomaly == "ON" else ""),
                   Text(safe(audio, 12), style="" if audio in ("ok", "-") else "yellow"),
                   Text(safe(status, 16), style="" if status == "online" else "yellow"),
-                  "" if r.seq is None else str(r.seq), _age(now, r.last_seen))
+                  "" if r.seq is None else str(r.seq), _seen(now, r))
     return t

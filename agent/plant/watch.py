@@ -41,15 +41,53 @@ SHORT_S = 5.0                       # a connection closed sooner than this, twic
 
 
 def watch_url(text: str) -> BrokerUrl:
-    """``--broker``'s URL; one with a path, query or fragment is refused (MQTT has none, and
-    ``mqtt://host/plant`` is more likely a prefix put in the wrong place than a broker)."""
+    """``--broker``'s URL, or BrokerError: one line, never a traceback, for every URL that
+    cannot name a broker (docs/watch.md). One with a path, query or fragment is refused (MQTT
+    has none, and ``mqtt://host/plant`` is more likely a prefix put in the wrong place than a
+    broker); so are a port of 0 (read as "none" by urllib), a host that is no host name
+    (``mqtt://[::1`` that urllib cannot split, a 300-character name whose label the IDNA
+    codec refuses only at connect, a space) and a bracketed address that is no IPv6 one."""
     from urllib.parse import urlsplit
+    full = text if "://" in text else "mqtt://" + text
+    shown = safe(re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", full), 80)   # never echo a password
+    try:
+        parts = urlsplit(full)
+        port = parts.port
+    except ValueError as exc:            # "Invalid IPv6 URL", a port out of range, "[zz]"
+        why = "the port must be a number from 1 to 65535" if "ort" in str(exc) else \
+            f"{exc} (an IPv6 address goes in brackets: mqtt://[::1]:1883)"
+        raise BrokerError(f"--broker {shown!r}: {why}") from None
+    if port == 0:
+        raise BrokerError(f"--broker {shown!r}: the port must be a number from 1 to 65535")
     url = parse_broker_url(text)
-    parts = urlsplit(text if "://" in text else "mqtt://" + text)
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise BrokerError(f"--broker: a broker URL has no path ({parts.path or '?'!r}); "
                           "give the topic prefix with --prefix")
+    _check_host(url.host, shown)
     return url
+
+
+def _check_host(host: str, shown: str) -> None:
+    """BrokerError unless ``host`` is an IP address or a name the resolver can be asked
+    for: at most 253 characters, labels of 1 to 63 (RFC 1035; the IDNA codec raises
+    UnicodeError at connect otherwise), no spaces or control characters."""
+    import ipaddress
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+        return
+    except ValueError:
+        pass
+    bad = next((c for c in host if c.isspace() or not c.isprintable() or c in "[]@"), None)
+    if bad is not None:
+        raise BrokerError(f"--broker {shown!r}: the host name has {bad!r} in it")
+    try:
+        ascii_name = host.rstrip(".").encode("idna")
+    except UnicodeError:
+        ascii_name = b""
+    if not ascii_name or len(ascii_name) > 253 or \
+            any(not 1 <= len(label) <= 63 for label in ascii_name.split(b".")):
+        raise BrokerError(f"--broker {shown!r}: not a host name (at most 253 characters, "
+                          "dot-separated labels of 1 to 63)")
 
 
 _NAME = re.compile(r"[^\x00-\x20\x7f+#]{1,128}")
@@ -297,7 +335,8 @@ def watch(url: BrokerUrl, prefix: str = "harken", client_id: str | None = None,
     """Watch until ``duration`` seconds pass (or Ctrl-C); 0, or BrokerError at connect."""
     err = sys.stderr if err is None else err
     check_options(prefix, client_id, name, sparkplug_group, max_agents, forget_after_s, duration)
-    fleet = Fleet(prefix, max_agents=max_agents, forget_after_s=forget_after_s)
+    fleet = Fleet(prefix, sparkplug_group=sparkplug_group, max_agents=max_agents,
+                  forget_after_s=forget_after_s)
     lock = threading.Lock()
     live_view = not as_json and out.isatty()
     stop = threading.Event()

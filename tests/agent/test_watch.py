@@ -136,3 +136,34 @@ def test_malformed_score_messages_are_skipped_and_counted_not_fatal():
     text = io.StringIO()
     Console(file=text, width=120).print(fleet.table(now=3.0))
     assert "6 malformed message(s) skipped" in text.getvalue() and "1.5" in text.getvalue()
+
+
+def test_every_broker_url_that_names_no_broker_is_one_line_and_exit_2(capsys):
+    """A URL urllib cannot split (an unclosed IPv6 bracket, raised ValueError), a host name
+    the IDNA codec refuses at connect (a 300-character label, raised UnicodeError), a port
+    out of range or 0, an empty host, an unknown scheme, a path, a space in the host: each
+    one line naming --broker or the URL and what was expected, exit 2, never a traceback, the
+    password never echoed. A user without a password is no URL error (the password may come
+    from --password-file)."""
+    from harken.agent.cli import main
+    from harken.agent.plant.watch import watch_url
+    cases = [("mqtt://[::1", "Invalid IPv6 URL"), ("mqtts://u:secret@[::1", "Invalid IPv6"),
+             ("mqtt://[zz]:1883", "IPv6"),
+             ("mqtt://" + "a" * 300, "not a host name"),
+             ("mqtt://" + "a" * 63 + "." + "b" * 64 + ".com", "labels of 1 to 63"),
+             ("mqtt://" + ".".join(["abcdefgh"] * 30), "at most 253"),
+             ("mqtt://a..b", "not a host name"), ("mqtt://ho st", "' '"),
+             ("mqtt://host:99999", "1 to 65535"), ("mqtt://host:0", "1 to 65535"),
+             ("mqtt://[::1]:0", "1 to 65535"), ("mqtt://u:secret@host:-1", "1 to 65535"),
+             ("mqtt://host:abc", "1 to 65535"), ("mqtt://", "no host"), ("mqtt://:1883", "no host"),
+             ("mqtt://u:secret@", "no host"), ("http://host", "scheme 'http'"),
+             ("mqtt://host/plant", "no path")]
+    for url, why in cases:
+        rc = main(["watch", "--broker", url, "--for", "1"])
+        err = capsys.readouterr().err
+        assert rc == 2, (url, err)
+        assert len(err.strip().splitlines()) == 1 and why in err, (url, err)
+        assert "Traceback" not in err and "secret" not in err, (url, err)
+    for fine in ("mqtt://user@broker.plant", "mqtt://[::1]:1883", "bücher.example:1884",
+                 "mqtt://10.0.0.5"):
+        assert watch_url(fine).host

@@ -114,7 +114,7 @@ def test_the_fleet_is_bounded_and_silent_machines_are_forgotten():
     feed(fleet, "harken/n2999/fan/anomaly", b'{"state": "ON"}', now=4000.0)
     assert len(fleet.agents) == 100 and fleet.forgotten == 2900
     assert ("n0", "fan") not in fleet.agents and ("n2999", "fan") in fleet.agents
-    assert sum(len(v) for v in fleet.by_node.values()) == 100
+    assert not fleet.edges           # JSON rows: no Sparkplug edge node indexes them
     text = rendered(fleet, max_rows=10, now=4000.0)
     assert "showing 10 of 100 machines" in text and "2900 machine(s) forgotten" in text
     first = next(line for line in text.splitlines() if " n" in line and "│" in line)
@@ -229,3 +229,56 @@ def test_the_connection_state_is_shown_under_the_title():
                                     "bold yellow")])
     plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
     assert "disconnected from b:1883" in plain and "spBv1.0/harken/# ?[2J" in plain
+
+
+def test_a_death_ends_only_the_node_that_announced_the_rows():
+    """A Sparkplug node is its group and edge node id: an NDEATH of group ``other`` leaves
+    group ``harken``'s n1 online (and other's devices are rows of their own, ``other/n1``); an
+    NDEATH without bdSeq is malformed and ignored; the current session's NDEATH ends the
+    devices n1 announced, not the JSON agent n1/pump, whose status is its own Last Will; a
+    ``harken/n1/*/status`` is the status of a machine named ``*`` only."""
+    fleet = Fleet("harken")
+    feed(fleet, "spBv1.0/harken/NBIRTH/n1", spb(("bdSeq", DataType.Int64, 1)))
+    feed(fleet, "spBv1.0/harken/DBIRTH/n1/fan", spb(("score", DataType.Float, 1.0)))
+    feed(fleet, "harken/n1/pump/status", b"online")
+    feed(fleet, "spBv1.0/other/NBIRTH/n1", spb(("bdSeq", DataType.Int64, 7)))
+    feed(fleet, "spBv1.0/other/DBIRTH/n1/fan", spb(("score", DataType.Float, 1.0)))
+    feed(fleet, "spBv1.0/other/NDEATH/n1", spb(("bdSeq", DataType.Int64, 7)))
+    assert fleet.status == {("n1", "fan"): "online", ("n1", "pump"): "online",
+                            ("other/n1", "fan"): "offline"}
+    assert fleet.handle("spBv1.0/harken/NDEATH/n1", spb(("score", DataType.Float, 1.0))) is None
+    assert fleet.malformed == 1 and fleet.status[("n1", "fan")] == "online"
+    feed(fleet, "harken/n1/*/status", b"offline")
+    assert fleet.status[("n1", "fan")] == "online" and fleet.status[("n1", "*")] == "offline"
+    feed(fleet, "spBv1.0/harken/NDEATH/n1", spb(("bdSeq", DataType.Int64, 1)))
+    assert fleet.status[("n1", "fan")] == "offline" and fleet.status[("n1", "pump")] == "online"
+    for i in range(300):                     # a flood of edge nodes: the index stays bounded
+        feed(fleet, f"spBv1.0/harken/DDATA/e{i}/fan", spb(("score", DataType.Float, 1.0)))
+    small = Fleet("harken", max_agents=50)
+    for i in range(300):
+        feed(small, f"spBv1.0/harken/DDATA/e{i}/fan", spb(("score", DataType.Float, 1.0)))
+    assert len(small.agents) == 50 and sum(len(v) for v in small.edges.values()) == 50
+
+
+def test_an_unset_clock_is_aged_by_arrival_and_said():
+    """``"clock": "unsynced"``: the row's age is its arrival, the table says "clock not
+    set"; a replayed score of such an agent never replaces the one shown; a synchronised
+    score clears it; a stats record's ``clock`` and a Sparkplug metric ``clock`` set it."""
+    fleet = Fleet("harken")
+    feed(fleet, "harken/pi/fan/score", b'{"ts": 10.0, "seq": 5, "score": 1.0, "clock": "unsynced"}',
+         now=5000.0)
+    row = fleet.rows[("pi", "fan")]
+    assert row.last_seen == 5000.0 and row.clock_unsynced
+    text = rendered(fleet, now=5003.0)
+    assert "3 s ago, clock not set" in text and " d ago" not in text
+    feed(fleet, "harken/pi/fan/score",
+         b'{"ts": 99999.0, "seq": 2, "score": 9.0, "replayed": true, "clock": "unsynced"}')
+    assert row.seq == 5
+    feed(fleet, "harken/pi/fan/score", b'{"ts": 4990.0, "seq": 6, "score": 1.0}', now=5010.0)
+    assert row.last_seen == 4990.0 and not row.clock_unsynced
+    feed(fleet, "harken/pi/fan/stats", b'{"clock": "unsynced"}')
+    assert row.clock_unsynced
+    feed(fleet, "spBv1.0/harken/DDATA/sp/fan", spb(("score", DataType.Float, 1.0),
+                                                    ("clock", DataType.String, "unsynced")),
+         now=7000.0)
+    assert fleet.rows[("sp", "fan")].clock_unsynced and fleet.rows[("sp", "fan")].last_seen == 7000

@@ -406,3 +406,74 @@ def test_a_named_watcher_finds_its_session_again(shared_broker):
                     "control-room")
     assert again.finish() == 0, again.err
     assert [r["payload"]["seq"] for r in again.records()] == [0, 1, 2]
+
+
+def table_rows(text: str) -> dict[tuple[str, str], str]:
+    """The piped table's rows: (node, machine) -> the whole row."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split("│")]
+        if len(cells) > 3 and cells[1] and cells[1] != "node":
+            rows[(cells[1], cells[2])] = line
+    return rows
+
+
+def spb_payload(**metrics) -> bytes:
+    from harken.agent.sinks.sparkplug.payload import DataType, Payload, add_metric
+    p = Payload(timestamp=int(time.time() * 1000), seq=0)
+    for name, value in metrics.items():
+        add_metric(p, name, DataType.Int64 if name == "bdSeq" else DataType.Float, value,
+                   int(time.time() * 1000))
+    return p.SerializeToString()
+
+
+def test_only_a_machines_own_will_marks_it_offline(shared_broker):
+    """Three ways anyone could mark a live node offline, each now applied to nothing more
+    than it names (docs/watch.md): a retained ``<prefix>/n14/*/status`` = offline is the
+    status of a machine called ``*``, not of every machine of n14; an NDEATH without bdSeq
+    (Sparkplug B requires one) is counted malformed and leaves the node's devices online; the
+    NDEATH of a Sparkplug edge node n16 leaves alone the JSON agents of a node of that name
+    (their status is their own Last Will). The messages are queued in order for the
+    watcher's persistent session, so that it sees the births before the deaths."""
+    p, g = "t11", "g11"
+    first = Watcher(shared_broker.port, "--prefix", p, "--sparkplug-group", g, "--json",
+                    "--for", "1", "--name", "w11")
+    assert first.finish() == 0, first.err                 # the session, subscribed
+    pub = Publisher(shared_broker.port)
+    for node in ("n14", "n16"):
+        for machine in ("fan", "pump"):
+            pub.send(f"{p}/{node}/{machine}/status", "online", retain=True)
+            pub.send(f"{p}/{node}/{machine}/score", {**SCORE, "ts": time.time()})
+    pub.send(f"{p}/n14/*/status", "offline", retain=True)
+    pub.send(f"spBv1.0/{g}/NBIRTH/n15", spb_payload(bdSeq=3))
+    pub.send(f"spBv1.0/{g}/DBIRTH/n15/fan", spb_payload(score=1.0))
+    pub.send(f"spBv1.0/{g}/NDEATH/n15", spb_payload())                # no bdSeq
+    pub.send(f"spBv1.0/{g}/NDEATH/n16", spb_payload(bdSeq=0))         # announced nothing here
+    pub.close()
+    w = Watcher(shared_broker.port, "--prefix", p, "--sparkplug-group", g, "--for", "3",
+                "--name", "w11")
+    assert w.finish() == 0, w.err
+    out = "".join(w.out)
+    rows = table_rows(out)
+    for key in [("n14", "fan"), ("n14", "pump"), ("n16", "fan"), ("n16", "pump"),
+                ("n15", "fan")]:
+        assert key in rows and "online" in rows[key] and "offline" not in rows[key], (key, out)
+    assert "offline" in rows[("n14", "*")], out
+    assert "1 malformed message(s) skipped" in out, out
+
+
+def test_an_agent_whose_clock_is_not_set_is_aged_by_arrival(shared_broker):
+    """A score with ``"clock": "unsynced"`` (a Raspberry Pi before NTP) stamped in 1970:
+    the table says "clock not set" and how long ago it arrived, not "20781 d ago"; a score of
+    a synchronised agent is still aged by its ts."""
+    pub = Publisher(shared_broker.port)
+    pub.send("t10/pi/fan/score", {**SCORE, "ts": 1000.0, "clock": "unsynced"}, retain=True)
+    pub.send("t10/ok/fan/score", {**SCORE, "ts": time.time() - 7200}, retain=True)
+    pub.close()
+    w = Watcher(shared_broker.port, "--prefix", "t10", "--for", "2")
+    assert w.finish() == 0, w.err
+    out = "".join(w.out)
+    rows = table_rows(out)
+    assert "clock not set" in rows[("pi", "fan")] and " s ago" in rows[("pi", "fan")], out
+    assert " d ago" not in out, out
+    assert "2.0 h ago" in rows[("ok", "fan")] and "clock" not in rows[("ok", "fan")], out
