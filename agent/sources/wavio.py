@@ -8,7 +8,6 @@ to the feature spec's rate and errors that name the file.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import stat
 import struct
@@ -50,13 +49,13 @@ def to_float32(data: np.ndarray, path: str | Path = "<array>", mix: bool = True)
 
 
 def resample(x: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Polyphase resampling (scipy.signal.resample_poly) by the exact rational ratio."""
+    """Polyphase resampling by the exact rational ratio, with a low-pass flat to near the
+    lower Nyquist rate (agent/sources/resample.py; docs/agent.md "Other sample rates")."""
     if from_rate == to_rate:
         return x
-    import scipy.signal          # only when resampling: a second to import (features.py)
-    g = math.gcd(int(from_rate), int(to_rate))
-    y = scipy.signal.resample_poly(x, to_rate // g, from_rate // g)
-    return y.astype(np.float32, copy=False)
+    from harken.agent.sources.resample import ratio, resample_poly
+    up, down = ratio(from_rate, to_rate)
+    return resample_poly(x, up, down).astype(np.float32, copy=False)
 
 
 MIN_AUDIO_RATE = 4000            # Hz: below this a header is damaged or lying
