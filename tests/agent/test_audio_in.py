@@ -426,7 +426,7 @@ def test_a_recording_at_another_rate_scores_as_the_16k_original(ae_bundle, wav, 
      "a second 'data' chunk after the audio, at byte 6444"),
     ("block-align", b"", b"", 4,
      "block_align = 4 bytes per frame, but 1 channel(s) of 16-bit samples take 2"),
-])
+], ids=["two-fmt", "two-data", "block-align"])
 def test_a_header_that_disagrees_with_itself_is_refused_naming_the_file(
         tmp_path, ae_bundle, capsys, name, extra_fmt, tail, align, message):
     """Before: scipy's reader took the second 'fmt ' (8 kHz: scored 461, ANOMALY), the last
