@@ -274,8 +274,8 @@ def _score_file(path: str, bundle, scorer, channel: int | None, threshold: float
         dc = [r.extra["dc_offset"] for r in results if "dc_offset" in r.extra]
         tail = x.size - len(results) * pipeline.interval_samples
         if tail:
-            warning = (f"the last {tail / spec.sample_rate:.3f} s are less than an interval "
-                       f"and not scored (as in run)")
+            warning = (f"the last {tail / spec.sample_rate:.6g} s ({tail} samples) are less "
+                       f"than an interval and not scored (as in run)")
     else:
         feats = LogMelExtractor(spec)(remove_dc(x, spec.sample_rate))
         if len(feats) < spec.window_frames:

@@ -145,7 +145,8 @@ def _says(fmt: tuple[int, int, int, int, int]) -> str:
 
 
 def _no_second_header(f, size: int, pos: int, end: str, bad) -> None:
-    """Refuse a second 'data' or 'fmt ' chunk after the audio (docs/agent.md "WAV files"):
+    """Refuse a second 'data' or 'fmt ' chunk after the audio (docs/agent.md "Audio health",
+    "Inputs checked before reading"):
     scipy's reader would take the last one, so the audio scored would not be the audio
     the first header describes. Chunks that run past the end (a file cut short) end the
     scan."""

@@ -479,3 +479,14 @@ def test_a_file_a_few_samples_short_of_an_interval_says_how_short(ae_bundle, wav
     assert "odd.wav: 9.99944 s (159991 samples at 16000 Hz) is shorter than the 10-s " \
            "interval (160000 samples)" in err
     assert "10.00 s" not in err and "ten.wav" not in err
+
+
+def test_score_says_what_is_left_after_the_last_whole_interval(ae_bundle, wav, tmp_path,
+                                                               capsys):
+    x, _ = read_wav(wav, RATE)
+    write_wav(tmp_path / "fifteen.wav", np.concatenate([x, x[:5 * RATE]]), RATE)
+    assert harken(["score", str(ae_bundle), str(tmp_path / "fifteen.wav"), "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert len(row["intervals"]) == 1 and row["status"] == "ok"
+    assert row["warning"] == ("the last 5 s (80000 samples) are less than an interval and "
+                              "not scored (as in run)")
