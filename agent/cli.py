@@ -259,7 +259,9 @@ def _score_file(path: str, bundle, scorer, channel: int | None, threshold: float
     x, _ = read_wav(path, spec.sample_rate, channel=channel, finite=False)
     seconds = x.size / spec.sample_rate
     pipeline = Pipeline(scorer, Decision(float("inf")), interval_s)
-    results = pipeline.push(x) + pipeline.finish()
+    step = pipeline.interval_samples          # an interval at a time: features of an hour
+    results = [r for i in range(0, x.size, step) for r in pipeline.push(x[i:i + step])]
+    results += pipeline.finish()
     warning = None
     if results:
         ivs = [{"start_s": round(k * pipeline.interval_samples / spec.sample_rate, 3),
@@ -270,7 +272,7 @@ def _score_file(path: str, bundle, scorer, channel: int | None, threshold: float
         first = results[0]
         health_status = "ok" if scored else first.status
         score = max(i["score"] for i in scored) if scored else None
-        rms = max(r.rms_dbfs for r in results)
+        rms = max((r.rms_dbfs for r in results if np.isfinite(r.rms_dbfs)), default=np.nan)
         dc = [r.extra["dc_offset"] for r in results if "dc_offset" in r.extra]
         tail = x.size - len(results) * pipeline.interval_samples
         if tail:
