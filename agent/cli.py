@@ -197,9 +197,17 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_THREADS = 64         # as the config's model.threads (agent/config.py)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
-    """Offline scoring of recordings: one score per file (its windows reduced together)."""
+    """Offline scoring of recordings, interval by interval as ``run`` decides: a recording
+    is ANOMALY when any of its report intervals is above the threshold (docs/agent.md
+    "harken score"); a mean over an hour would hide the minute that matters."""
     from harken.agent.model.factory import make_scorer
+    if not 1 <= args.threads <= MAX_THREADS:
+        raise UsageError(f"--threads {args.threads}: expected 1 to {MAX_THREADS} (as the "
+                         f"config's model.threads)")
     bundle = open_bundle(args.bundle)
     if bundle.needs_enrollment:
         raise UsageError(f"{args.bundle}: a general bundle has no reference bank to score "
@@ -214,48 +222,90 @@ def cmd_score(args: argparse.Namespace) -> int:
             for path in args.files]
     if args.json:
         print(json.dumps(rows, indent=2))
-    else:
-        width = max(len(r["file"]) for r in rows)
-        for r in rows:
-            verdict = {True: "ANOMALY", False: "normal", None: "(no threshold)"}[r["anomaly"]] \
-                if r["status"] == "ok" else f"{r['status']} (not scored)"
-            score = "-" if r["score"] is None else f"{r['score']:.6f}"
-            print(f"{r['file']:<{width}}  {score:>12}  {verdict}")
+        return 0
+    width = max(len(r["file"]) for r in rows)
+    for r in rows:
+        verdict = {True: "ANOMALY", False: "normal", None: "(no threshold)"}[r["anomaly"]] \
+            if r["status"] == "ok" else f"{r['status']} (not scored)"
+        score = "-" if r["score"] is None else f"{r['score']:.6f}"
+        ivs = r.get("intervals", [])
+        if len(ivs) > 1:
+            above = sum(bool(i["anomaly"]) for i in ivs)
+            verdict += f"  (max of {len(ivs)} intervals of {interval_s:g} s" + \
+                (f", {above} above {threshold:.6g})" if threshold is not None else ")")
+        print(f"{r['file']:<{width}}  {score:>12}  {verdict}")
+        if args.intervals:
+            for i in ivs:
+                v = i["status"] if i["score"] is None else f"{i['score']:.6f}" + \
+                    ("  ANOMALY" if i["anomaly"] else "")
+                print(f"  {i['start_s']:>10.3f} s  {v}")
     return 0
 
 
 def _score_file(path: str, bundle, scorer, channel: int | None, threshold: float | None,
                 interval_s: float) -> dict:
-    """One recording scored as ``run`` scores an interval: the same health check (silent,
-    clipped, invalid: not scored), the same DC removal before the features, and features
-    or a score that are not finite make it invalid (docs/agent.md "Audio health")."""
+    """One recording scored as ``run`` scores it: report intervals of ``interval_s`` (the
+    same pipeline: DC removal, health check (silent, clipped, invalid: not scored), features
+    or a score that are not finite make an interval invalid; docs/agent.md "Audio
+    health"). The row's score is the highest interval's; a recording shorter than one
+    interval is scored whole, with a warning (its score is not comparable)."""
     import logging
 
+    from harken.agent.decision import Decision
     from harken.agent.decision.health import check_audio
+    from harken.agent.pipeline import Pipeline
     from harken.agent.sources.dc import remove_dc
     spec = bundle.spec
     x, _ = read_wav(path, spec.sample_rate, channel=channel, finite=False)
     seconds = x.size / spec.sample_rate
-    feats = LogMelExtractor(spec)(remove_dc(x, spec.sample_rate))
-    if len(feats) < spec.window_frames:
-        raise WavError(f"{path}: {seconds:.2f} s is shorter than one model window "
-                       f"({spec.window_seconds:.2f} s)")
-    health, score = check_audio(x), None
-    if health.ok:
-        score = scorer.score_logmel(feats) if np.isfinite(feats).all() else float("nan")
-        if not np.isfinite(score):
-            health, score = health.invalid(), None
-    row = {"file": path, "status": health.status,
-           "score": None if score is None else round(score, 6), "threshold": threshold,
+    pipeline = Pipeline(scorer, Decision(float("inf")), interval_s)
+    step = pipeline.interval_samples          # an interval at a time: features of an hour
+    results = [r for i in range(0, x.size, step) for r in pipeline.push(x[i:i + step])]
+    results += pipeline.finish()
+    warning = None
+    if results:
+        ivs = [{"start_s": round(k * pipeline.interval_samples / spec.sample_rate, 3),
+                "status": r.status, "score": None if r.score is None else round(r.score, 6),
+                "anomaly": None if r.score is None or threshold is None
+                else bool(r.score > threshold)} for k, r in enumerate(results)]
+        scored = [i for i in ivs if i["score"] is not None]
+        first = results[0]
+        health_status = "ok" if scored else first.status
+        score = max(i["score"] for i in scored) if scored else None
+        rms = max((r.rms_dbfs for r in results if np.isfinite(r.rms_dbfs)), default=np.nan)
+        dc = [r.extra["dc_offset"] for r in results if "dc_offset" in r.extra]
+        tail = x.size - len(results) * pipeline.interval_samples
+        if tail:
+            warning = (f"the last {tail / spec.sample_rate:.6g} s ({tail} samples) are less "
+                       f"than an interval and not scored (as in run)")
+    else:
+        feats = LogMelExtractor(spec)(remove_dc(x, spec.sample_rate))
+        if len(feats) < spec.window_frames:
+            raise WavError(f"{path}: {seconds:.2f} s is shorter than one model window "
+                           f"({spec.window_seconds:.2f} s)")
+        health, score, ivs = check_audio(x), None, None
+        if health.ok:
+            score = scorer.score_logmel(feats) if np.isfinite(feats).all() else float("nan")
+            if not np.isfinite(score):
+                health, score = health.invalid(), None
+        health_status, rms = health.status, health.rms_dbfs
+        score = None if score is None else round(score, 6)
+        dc = [round(health.dc_offset, 4)] if health.large_dc_offset else []
+        # compared in samples at the model's rate: 9.9994 s is not printed as "10.00 s"
+        warning = (f"{seconds:.6g} s ({x.size} samples at {spec.sample_rate} Hz) is shorter "
+                   f"than the {interval_s:g}-s interval ({pipeline.interval_samples} samples) "
+                   f"the threshold holds for: the score is not comparable with it")
+    row = {"file": path, "status": health_status, "score": score, "threshold": threshold,
            "anomaly": None if score is None or threshold is None else bool(score > threshold),
-           "seconds": round(seconds, 3),
-           "rms_dbfs": round(health.rms_dbfs, 1) if np.isfinite(health.rms_dbfs) else None}
-    if health.large_dc_offset:
-        row["dc_offset"] = round(health.dc_offset, 4)
-    if seconds < interval_s:
-        row["warning"] = (f"{seconds:.2f} s is shorter than the {interval_s:g}-s interval the "
-                          f"threshold holds for: the score is not comparable with it")
-        logging.getLogger("harken.agent.cli").warning(f"WARNING: {path}: {row['warning']}")
+           "seconds": round(seconds, 6),
+           "rms_dbfs": round(rms, 1) if np.isfinite(rms) else None}
+    if ivs is not None:
+        row["intervals"] = ivs
+    if dc:
+        row["dc_offset"] = max(dc, key=abs)
+    if warning:
+        row["warning"] = warning
+        logging.getLogger("harken.agent.cli").warning(f"WARNING: {path}: {warning}")
     return row
 
 
@@ -323,11 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("files", nargs="+", help="WAV files")
     s.add_argument("--section", type=int, help="machine section (default: the bundle's first)")
     s.add_argument("--artifact", help="onnx-int8, tflite-int8, ... (default: an int8 one)")
-    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--threads", type=int, default=1, help=f"1 to {MAX_THREADS}")
     s.add_argument("--threshold", type=float, help="instead of the bundle's")
     s.add_argument("--channel", type=int, help="score this channel (1-based) of "
                    "multi-channel recordings (default: the mix of their channels)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="one row per file, its intervals' "
+                   "scores included")
+    s.add_argument("--intervals", action="store_true", help="print each interval's score")
     s.set_defaults(func=cmd_score)
     n = sub.add_parser("enroll", help="learn this machine's reference bank on site "
                        "(a general bundle: 'harken-export general')")

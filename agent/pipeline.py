@@ -28,12 +28,18 @@ class Pipeline:
                  seq_start: int = 1, clock: Callable[[], float] = time.time) -> None:
         spec = scorer.bundle.spec
         self.scorer, self.decision, self.spec = scorer, decision, spec
-        self.interval_frames = max(int(round(interval_s / spec.frame_seconds)),
-                                   spec.window_frames)
-        if n_windows(self.interval_frames, spec) < 1:
+        # an interval is a whole number of samples at the model's rate (docs/agent.md
+        # "Report intervals"): interval k holds samples [k*S, (k+1)*S) and the frames that
+        # start there, so a 10-s file at 0.5-s intervals gives 20 of them, not 19 intervals of
+        # a frame-rounded 0.512 s
+        hop = spec.hop_length
+        self.interval_samples = max(int(round(interval_s * spec.sample_rate)),
+                                    spec.window_frames * hop)
+        if n_windows(self.interval_samples // hop, spec) < 1:
             raise UsageError(f"interval_s={interval_s} holds no {spec.window_frames}-frame window")
+        # frames of the first interval (the others hold this many or one fewer)
+        self.interval_frames = -(-self.interval_samples // hop)
         self.interval_s = interval_s
-        self.interval_samples = self.interval_frames * spec.hop_length
         self.stream = StreamingLogMel(spec)
         self.dc = DCRemover(spec.sample_rate)     # before the features: agent/sources/dc.py
         self.seq = seq_start
@@ -47,6 +53,8 @@ class Pipeline:
         self._n_frames = 0
         self._audio: list[np.ndarray] = []
         self._n_audio = 0
+        self._k = 0                  # intervals reported since the stream (re)started
+        self._frames_used = 0        # frames handed to those intervals
         self.model_id = scorer.bundle.model_id
 
     def push(self, chunk: np.ndarray) -> list[IntervalResult]:
@@ -60,18 +68,26 @@ class Pipeline:
     def finish(self) -> list[IntervalResult]:
         """End of a recording: the last frames (centre padding) and a final interval if
         they complete one; then the stream starts afresh (the next file, say)."""
-        out = self._add_frames(self.stream.finish(), time.monotonic())
+        out = self._add_frames(self.stream.finish(), time.monotonic(), final=True)
         self._frames, self._n_frames, self._audio, self._n_audio = [], 0, [], 0
+        self._k, self._frames_used = 0, 0
         self.dc.reset()
         return out
 
-    def _add_frames(self, frames: np.ndarray, arrived: float) -> list[IntervalResult]:
+    def _add_frames(self, frames: np.ndarray, arrived: float,
+                    final: bool = False) -> list[IntervalResult]:
+        """Intervals whose samples have all arrived and whose frames are computed (at the
+        end of a recording, ``final``: whatever frames exist, centre padding included)."""
         if len(frames):
             self._frames.append(frames)
             self._n_frames += len(frames)
         out = []
-        while self._n_frames >= self.interval_frames:
-            out.append(self._interval(arrived))
+        while self._n_audio >= self.interval_samples:
+            end = -(-(self._k + 1) * self.interval_samples // self.spec.hop_length)
+            need = end - self._frames_used
+            if self._n_frames < need and not (final and self._n_frames >= self.spec.window_frames):
+                break
+            out.append(self._interval(arrived, min(need, self._n_frames)))
         return out
 
     def _take(self, parts: list[np.ndarray], n: int) -> np.ndarray:
@@ -79,12 +95,13 @@ class Pipeline:
         parts[:] = [whole[n:]] if len(whole) > n else []
         return whole[:n]
 
-    def _interval(self, arrived: float) -> IntervalResult:
-        frames = self._take(self._frames, self.interval_frames)
-        self._n_frames -= self.interval_frames
-        n_audio = min(self._n_audio, self.interval_samples)
-        audio = self._take(self._audio, n_audio) if n_audio else np.zeros(0, np.float32)
-        self._n_audio -= n_audio
+    def _interval(self, arrived: float, n_frames: int) -> IntervalResult:
+        frames = self._take(self._frames, n_frames)
+        self._n_frames -= n_frames
+        self._frames_used += n_frames
+        self._k += 1
+        audio = self._take(self._audio, self.interval_samples)
+        self._n_audio -= self.interval_samples
         health = check_audio(audio)
         score, n_win, ms = None, 0, 0.0
         if health.ok and not np.isfinite(frames).all():

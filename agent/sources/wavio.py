@@ -8,7 +8,6 @@ to the feature spec's rate and errors that name the file.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import stat
 import struct
@@ -50,13 +49,13 @@ def to_float32(data: np.ndarray, path: str | Path = "<array>", mix: bool = True)
 
 
 def resample(x: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Polyphase resampling (scipy.signal.resample_poly) by the exact rational ratio."""
+    """Polyphase resampling by the exact rational ratio, with a low-pass flat to near the
+    lower Nyquist rate (agent/sources/resample.py; docs/agent.md "Other sample rates")."""
     if from_rate == to_rate:
         return x
-    import scipy.signal          # only when resampling: a second to import (features.py)
-    g = math.gcd(int(from_rate), int(to_rate))
-    y = scipy.signal.resample_poly(x, to_rate // g, from_rate // g)
-    return y.astype(np.float32, copy=False)
+    from harken.agent.sources.resample import ratio, resample_poly
+    up, down = ratio(from_rate, to_rate)
+    return resample_poly(x, up, down).astype(np.float32, copy=False)
 
 
 MIN_AUDIO_RATE = 4000            # Hz: below this a header is damaged or lying
@@ -113,6 +112,7 @@ def read_header(path: str | Path) -> WavHeader:
                         raise bad("no 'fmt ' chunk before the audio")
                     claimed = rf64_data if rf64_data is not None and csize == 0xFFFFFFFF \
                         else csize
+                    _no_second_header(f, size, body + claimed + (claimed & 1), end, bad)
                     return WavHeader(*fmt, data_bytes=min(claimed, size - body),
                                      claimed_bytes=claimed)
                 if body + csize > size:
@@ -123,7 +123,11 @@ def read_header(path: str | Path) -> WavHeader:
                 elif cid == b"fmt ":
                     if csize < 16:
                         raise bad(f"a 'fmt ' chunk of {csize} bytes")
-                    fmt = _check_fmt(f.read(csize), end, bad, path)
+                    second = _check_fmt(f.read(csize), end, bad, path)
+                    if fmt is not None and second != fmt:    # scipy takes the last one
+                        raise bad(f"two 'fmt ' chunks that disagree ({_says(fmt)}, then "
+                                  f"{_says(second)})")
+                    fmt = second
                 pos = body + csize + (csize & 1)          # chunks are padded to even sizes
             raise bad("no 'fmt ' chunk" if fmt is None else "no 'data' chunk")
     except FileNotFoundError:
@@ -132,8 +136,34 @@ def read_header(path: str | Path) -> WavHeader:
         raise bad(str(exc)) from None
 
 
+_MAX_TRAILING_CHUNKS = 4096     # after the audio: LIST, id3, cue ... (a bound on a scan)
+
+
+def _says(fmt: tuple[int, int, int, int, int]) -> str:
+    channels, rate, bits, _, _ = fmt
+    return f"{channels} channel(s), {rate} Hz, {bits}-bit"
+
+
+def _no_second_header(f, size: int, pos: int, end: str, bad) -> None:
+    """Refuse a second 'data' or 'fmt ' chunk after the audio (docs/agent.md "Audio health",
+    "Inputs checked before reading"):
+    scipy's reader would take the last one, so the audio scored would not be the audio
+    the first header describes. Chunks that run past the end (a file cut short) end the
+    scan."""
+    for _ in range(_MAX_TRAILING_CHUNKS):
+        if pos + 8 > size:
+            return
+        f.seek(pos)
+        cid, csize = struct.unpack(end + "4sI", f.read(8))
+        if cid in (b"data", b"fmt "):
+            raise bad(f"a second {cid.decode('latin-1')!r} chunk after the audio, at byte "
+                      f"{pos}: which one holds is ambiguous")
+        pos += 8 + csize + (csize & 1)
+
+
 def _check_fmt(raw: bytes, end: str, bad, path: Path) -> tuple[int, int, int, int, int]:
     tag, channels, rate, _, align, bits = struct.unpack(end + "HHIIHH", raw[:16])
+    extensible = tag == _EXTENSIBLE
     if tag == _EXTENSIBLE and len(raw) >= 26:
         tag = struct.unpack(end + "H", raw[24:26])[0]        # the sub-format GUID's first bytes
     if tag not in (_PCM, _FLOAT):
@@ -148,6 +178,13 @@ def _check_fmt(raw: bytes, end: str, bad, path: Path) -> tuple[int, int, int, in
             or (tag == _FLOAT and bits not in (32, 64)):
         raise bad(f"{bits}-bit {'float' if tag == _FLOAT else 'PCM'} samples in frames of "
                   f"{align} bytes for {channels} channel(s)")
+    # a frame is the channels' samples, each in whole bytes; an extensible header may name
+    # the valid bits of a wider container (24 in 32). Another size would read as other
+    # samples (mono 16-bit in 4-byte frames: half the duration, garbage values)
+    width = (bits + 7) // 8
+    if align != channels * width and not (extensible and container > width):
+        raise bad(f"block_align = {align} bytes per frame, but {channels} channel(s) of "
+                  f"{bits}-bit samples take {channels * width}")
     return channels, rate, bits, align, tag
 
 

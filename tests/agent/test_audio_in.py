@@ -170,7 +170,7 @@ def test_score_says_silent_clipped_invalid_and_warns_on_short_clips(ae_bundle, w
         assert rows[f"{n}.wav"]["score"] is None and rows[f"{n}.wav"]["anomaly"] is None
     assert "warning" not in rows["ten.wav"] and "shorter than the 10-s interval" in \
         rows["short.wav"]["warning"]
-    assert "short.wav: 3.00 s is shorter than the 10-s interval" in err
+    assert "short.wav: 3 s (48000 samples at 16000 Hz) is shorter than the 10-s interval" in err
     assert harken(["score", str(ae_bundle), *files[:3]]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[1].endswith("silent (not scored)") and table[2].endswith("clipped (not scored)")
@@ -363,3 +363,130 @@ def test_a_looped_file_replaced_by_a_broken_one_fails_naming_it(tmp_path, wav):
                 passes += 1
                 path.write_bytes(b"RIFF\0\0\0\0WAVEjunk")      # replaced between passes
     assert passes == 1
+
+
+# -- score per interval, resampling, headers that disagree, interval arithmetic --------------
+
+def test_score_judges_each_interval_as_run_does_and_says_the_worst(ae_bundle, wav, tmp_path,
+                                                                   capsys):
+    """Before: a 30-s file whose last 10 s were anomalous scored as the mean over all its
+    windows, 'normal'; run alarmed on that interval. Now each 10-s interval is scored as run
+    scores it, the recording is ANOMALY when any is, its score is the highest."""
+    x, _ = read_wav(wav, RATE)
+    noisy = x + 0.1 * np.random.default_rng(0).standard_normal(x.size).astype(np.float32)
+    write_wav(tmp_path / "long.wav", np.concatenate([x, x, noisy]), RATE)
+    assert harken(["score", str(ae_bundle), str(tmp_path / "long.wav"), "--json",
+                   "--artifact", "onnx-int8"]) == 0          # the artifact run uses below
+    [row] = json.loads(capsys.readouterr().out)
+    ivs = row["intervals"]
+    assert [i["start_s"] for i in ivs] == [0, 10, 20]
+    assert [i["anomaly"] for i in ivs] == [False, False, True] and row["anomaly"] is True
+    assert row["score"] == max(i["score"] for i in ivs) == ivs[2]["score"]
+    assert "warning" not in row
+    cfg = agent_config(tmp_path, ae_bundle, {"source": "file", "file": tmp_path / "long.wav",
+                                             "realtime": False}, interval_s=10)
+    assert harken(["run", "--config", str(cfg)]) == 0
+    np.testing.assert_allclose([i["score"] for i in ivs],
+                               [r["score"] for r in score_records(cfg)], rtol=1e-5)
+    assert harken(["score", str(ae_bundle), str(tmp_path / "long.wav"), "--intervals"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "ANOMALY" in out[0] and "max of 3 intervals of 10 s, 1 above" in out[0]
+    assert len(out) == 4 and out[3].endswith("ANOMALY") and "20.000 s" in out[3]
+
+
+@pytest.mark.parametrize("threads", ["100000", "0", "-3"])
+def test_score_threads_out_of_range_is_one_line(ae_bundle, wav, threads, capsys):
+    """Before: --threads 100000 crashed the runtime (rc 139) or hung; bounded as the
+    config's model.threads is (1 to 64)."""
+    assert harken(["score", str(ae_bundle), str(wav), "--threads", threads]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"harken: error: --threads {threads}: expected 1 to 64 (as the config's "
+                   f"model.threads)"]
+
+
+@pytest.mark.parametrize("rate", [48000, 44100])
+def test_a_recording_at_another_rate_scores_as_the_16k_original(ae_bundle, wav, tmp_path,
+                                                                rate, capsys):
+    """Before: the same audio upsampled ideally to 48 or 44.1 kHz scored 9 % high: the
+    resampler's low-pass rolled off the top mel bands (docs/agent.md "Other sample rates")."""
+    import scipy.signal
+    x, _ = read_wav(wav, RATE)
+    up = scipy.signal.resample(x.astype(np.float64), x.size * rate // RATE)    # ideal (FFT)
+    scipy.io.wavfile.write(tmp_path / "up.wav", rate, up.astype(np.float32))
+    assert harken(["score", str(ae_bundle), str(wav), str(tmp_path / "up.wav"), "--json"]) == 0
+    original, copy = json.loads(capsys.readouterr().out)
+    assert copy["score"] == pytest.approx(original["score"], rel=0.02)
+
+
+@pytest.mark.parametrize("name, extra_fmt, tail, align, message", [
+    ("two-fmt", fmt_chunk(rate=8000), b"", None,
+     "two 'fmt ' chunks that disagree (1 channel(s), 16000 Hz, 16-bit, then 1 channel(s), "
+     "8000 Hz, 16-bit)"),
+    ("two-data", b"", b"data" + struct.pack("<I", 64) + b"\1" * 64, None,
+     "a second 'data' chunk after the audio, at byte 6444"),
+    ("block-align", b"", b"", 4,
+     "block_align = 4 bytes per frame, but 1 channel(s) of 16-bit samples take 2"),
+], ids=["two-fmt", "two-data", "block-align"])
+def test_a_header_that_disagrees_with_itself_is_refused_naming_the_file(
+        tmp_path, ae_bundle, capsys, name, extra_fmt, tail, align, message):
+    """Before: scipy's reader took the second 'fmt ' (8 kHz: scored 461, ANOMALY), the last
+    'data' chunk, and read mono 16-bit in 4-byte frames as half the audio."""
+    extra = b"fmt " + struct.pack("<I", 16) + extra_fmt if extra_fmt else b""
+    path = tmp_path / f"{name}.wav"
+    path.write_bytes(riff(fmt_chunk(align=align), b"\0\1" * 3200, extra=extra) + tail)
+    with pytest.raises(WavError, match=f"{name}.wav: not a readable WAV file"):
+        read_header(path)
+    assert harken(["score", str(ae_bundle), str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{name}.wav" in err[0] and message in err[0]
+
+
+def test_two_identical_fmt_chunks_and_chunks_after_the_audio_are_read(tmp_path):
+    fmt = fmt_chunk()
+    path = tmp_path / "ok.wav"
+    path.write_bytes(riff(fmt, b"\0\1" * 100, extra=b"fmt " + struct.pack("<I", 16) + fmt)
+                     + b"LIST" + struct.pack("<I", 3) + b"abc\0")
+    assert read_header(path).frames == 100 and read_wav(path)[0].size == 100
+
+
+def test_a_ten_second_file_at_half_second_intervals_gives_twenty(ae_bundle, tmp_path):
+    """Before: an interval was a whole number of frames (0.512 s at 0.5 s), so 10 s gave
+    19 intervals; now interval k holds samples [k*S, (k+1)*S): the last full one is
+    reported, a file a few samples short of it does not give it."""
+    from harken.agent.decision import Decision
+    from harken.agent.model.bundle import open_bundle
+    from harken.agent.model.factory import make_scorer
+    from harken.agent.pipeline import Pipeline
+    bundle = open_bundle(ae_bundle)
+    scorer = make_scorer(bundle, bundle.sections[0], "onnx-int8")
+    x = 0.1 * np.random.default_rng(1).standard_normal(10 * RATE).astype(np.float32)
+    for samples, expected in [(x.size, 20), (x.size - 10, 19), (8000, 1)]:
+        pipe = Pipeline(scorer, Decision(float("inf")), interval_s=0.5)
+        results = [r for i in range(0, samples, 1234)
+                   for r in pipe.push(x[i:min(i + 1234, samples)])] + pipe.finish()
+        assert len(results) == expected, samples
+        assert all(r.status == "ok" and r.windows >= 11 for r in results)
+
+
+def test_a_file_a_few_samples_short_of_an_interval_says_how_short(ae_bundle, wav, tmp_path,
+                                                                   capsys):
+    """Before: a 16001-Hz file of 160000 samples warned '10.00 s is shorter than the 10-s
+    interval'; the comparison is in samples at the model's rate and the message says so."""
+    x, _ = read_wav(wav, RATE)
+    write_wav(tmp_path / "odd.wav", x, 16001)
+    assert harken(["score", str(ae_bundle), str(tmp_path / "odd.wav"), str(wav)]) == 0
+    err = capsys.readouterr().err
+    assert "odd.wav: 9.99944 s (159991 samples at 16000 Hz) is shorter than the 10-s " \
+           "interval (160000 samples)" in err
+    assert "10.00 s" not in err and "ten.wav" not in err
+
+
+def test_score_says_what_is_left_after_the_last_whole_interval(ae_bundle, wav, tmp_path,
+                                                               capsys):
+    x, _ = read_wav(wav, RATE)
+    write_wav(tmp_path / "fifteen.wav", np.concatenate([x, x[:5 * RATE]]), RATE)
+    assert harken(["score", str(ae_bundle), str(tmp_path / "fifteen.wav"), "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert len(row["intervals"]) == 1 and row["status"] == "ok"
+    assert row["warning"] == ("the last 5 s (80000 samples) are less than an interval and "
+                              "not scored (as in run)")

@@ -76,7 +76,9 @@ def test_records_before_sync_say_unsynced_and_the_step_at_sync_is_reported(ae_bu
     records = [json.loads(line) for line in out.getvalue().splitlines()]
     scores = [r for r in records if r["kind"] == "score"]
     assert [r.get("clock") for r in scores] == ["unsynced", "unsynced", None, None]
-    assert [r["ts"] for r in scores] == [1002.0, 1004.0, 4606.0, 4608.0]
+    # an interval ends with the frame centred on its last hop (docs/agent.md "Report
+    # intervals"): with 1-s chunks, the ones ending at 2 and 6 s wait for the next chunk
+    assert [r["ts"] for r in scores] == [1003.0, 1004.0, 4607.0, 4608.0]
     steps = [r for r in records if r.get("status") == "clock_set"]
     assert steps == [{"kind": "status", "node": "n", "machine": "fan", "status": "clock_set",
                       "jump_s": 3600.0, "clock": "synced"}]

@@ -9,6 +9,7 @@ import scipy.io.wavfile
 import scipy.signal
 
 from harken.agent.sources import SourceError, StreamResampler, pcm_chunks, wav_chunks
+from harken.agent.sources.resample import lowpass
 from harken.agent.sources.wavio import read_wav, write_wav
 
 
@@ -19,7 +20,8 @@ def test_stream_resampler_equals_resampling_the_whole_signal(from_rate, chunk):
     r = StreamResampler(from_rate, 16000)
     got = np.concatenate([r.push(x[i:i + chunk]) for i in range(0, len(x), chunk)])
     # as if the stream had been preceded by `context` samples of silence
-    whole = scipy.signal.resample_poly(np.r_[np.zeros(r.context), x], r.up, r.down)
+    whole = scipy.signal.resample_poly(np.r_[np.zeros(r.context), x], r.up, r.down,
+                                       window=lowpass(r.up, r.down))
     whole = whole[r.context * r.up // r.down:]
     n = min(len(got), len(whole)) - 64
     assert n > 0.9 * 2 * 16000
