@@ -250,7 +250,7 @@ def test_the_allowed_values_read_as_pydantic_lists_them():
 @pytest.mark.parametrize("audio, message", [
     (5, "key 'audio' = 5: Input should be a valid dictionary or object to extract fields "
         "from"),
-    ({"source": "file"}, "key 'audio' = {'source': 'file'}: Value error, audio.source = "
+    ({"source": "file"}, "key 'audio' = {'source': 'file'}: audio.source = "
                          "'file' needs audio.file"),
     ({"source": "file", "file": "a.wav", "device": "x"},
      "unknown key 'audio.device' (not a key of audio.source = 'file')"),
