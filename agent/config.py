@@ -119,12 +119,11 @@ class Config(_Section):
         folded: dict[str, list[str]] = {}
         for m in self.machines:
             folded.setdefault(m.name.casefold(), []).append(m.name)
-        twice = sorted(str(v) if len(set(v)) > 1 else v[0]
-                       for v in folded.values() if len(v) > 1)
+        twice = sorted({n for v in folded.values() if len(v) > 1 for n in v})
         if twice:
-            raise ValueError(f"machine names must differ, also in more than letter case "
-                             f"(topics and state files are named after them): "
-                             f"{', '.join(twice)} given more than once")
+            raise ValueError(f"machine names must differ, in more than letter case too "
+                             f"(topics and state files are named after them): {twice} "
+                             f"given more than once")
         return self
 
     @property

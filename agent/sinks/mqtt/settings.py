@@ -11,34 +11,34 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from harken.agent.sinks.base import Sink, SinkSettings
-from harken.common.settings import resolve_password
+from harken.common.settings import (ClientId, Count, Host, PathText, Port, SparkplugId, Text,
+                                    TopicPrefix, resolve_password)
 
 __all__ = ["MqttSection", "MqttTableSink"]
 
 
 class MqttSection(SinkSettings):
     enabled: bool = False
-    host: str = "localhost"
-    port: int = Field(1883, ge=1, le=65535)
-    prefix: str = Field("harken", min_length=1, pattern=r"^[A-Za-z0-9_./-]+$")
-    client_id: str = ""               # default harken-<node>-<machine>: stable across restarts
-    keepalive: int = Field(30, ge=5, le=3600)
-    username: str | None = None
+    host: Host = "localhost"
+    port: Port = 1883
+    prefix: TopicPrefix = "harken"
+    client_id: ClientId = ""          # default harken-<node>-<machine>: stable across restarts
+    keepalive: Count(5, 3600, "seconds") = 30
+    username: Text(256) | None = None
     password: str | None = Field(None, repr=False)   # or password_file = "..." (docs/agent.md)
     password_env: str | None = None   # or the name of an environment variable
     tls: bool = False
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
+    ca_file: PathText | None = None
+    cert_file: PathText | None = None
+    key_file: PathText | None = None
     tls_insecure: bool = False        # certificate verification off: logged as a warning
-    outbox: str = "outbox.db"         # in agent.state_dir
-    outbox_max: int = Field(100_000, ge=10)
+    outbox: PathText = "outbox.db"    # in agent.state_dir
+    outbox_max: Count(10, 10**9, "messages") = 100_000
     profile: Literal["json", "sparkplug-b", "both"] = "json"   # docs/mqtt.md
-    group_id: str = Field("harken", min_length=1, pattern=r"^[^/+#]+$")   # Sparkplug group
-    edge_node_id: str | None = Field(None, min_length=1, pattern=r"^[^/+#]+$")  # agent.node
+    group_id: SparkplugId = "harken"  # Sparkplug group
+    edge_node_id: SparkplugId | None = None   # default: agent.node
     homeassistant: bool = False       # publish Home Assistant device discovery
-    discovery_prefix: str = Field("homeassistant", min_length=1,
-                                  pattern=r"^[A-Za-z0-9_./-]+$")
+    discovery_prefix: TopicPrefix = "homeassistant"
 
     @model_validator(mode="after")
     def _password_needs_username(self):
