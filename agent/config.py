@@ -422,6 +422,7 @@ def load_config(path: str | Path) -> Config:
     ``MAX_CONFIG_BYTES`` is read: a FIFO would block the agent before it says anything,
     and ``-`` is no way to give a config (stdin may be the audio)."""
     path = Path(path)
+    shown = str(path) if str(path).isprintable() else _cut(repr(str(path)))
     try:
         if str(path) == "-":
             raise ConfigError("-: a config is read from a file, not from stdin (which can be "
@@ -429,23 +430,23 @@ def load_config(path: str | Path) -> Config:
         info = path.stat()
         if not stat.S_ISREG(info.st_mode):
             what = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-            raise ConfigError(f"{path}: cannot read a config from it ({what})")
+            raise ConfigError(f"{shown}: cannot read a config from it ({what})")
         if info.st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path}: {info.st_size} bytes, a config is at most "
+            raise ConfigError(f"{shown}: {info.st_size} bytes, a config is at most "
                               f"{MAX_CONFIG_BYTES} bytes")
         data = tomllib.loads(path.read_text())
     except ConfigError:
         raise
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise ConfigError(f"{shown}: cannot read ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a TOML text file (not UTF-8)") from None
+        raise ConfigError(f"{shown}: not a TOML text file (not UTF-8)") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        raise ConfigError(f"{shown}: not valid TOML ({exc})") from None
     except RecursionError:
-        raise ConfigError(f"{path}: not valid TOML (arrays or tables nested too deep)") from None
+        raise ConfigError(f"{shown}: not valid TOML (arrays or tables nested too deep)") from None
     except ValueError as exc:          # an integer of more than 4300 digits, say
-        raise ConfigError(f"{path}: not valid TOML ({_cut(str(exc))})") from None
+        raise ConfigError(f"{shown}: not valid TOML ({_cut(str(exc))})") from None
     if "source_file" in data:
         raise ConfigError(f"{path}: unknown key 'source_file'")
     return parse_config(data, str(path))

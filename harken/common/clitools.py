@@ -76,6 +76,23 @@ def command_parser(prog: str, description: str | None
     return parser, parser.add_subparsers(dest="command", required=True)
 
 
+def _one_value_each(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """argparse reads ``--config=--`` as an empty list without calling the option's type
+    (CPython's argparse drops the ``--``): an option that takes one value refuses it here,
+    as it refuses ``--config`` with no value, instead of a list reaching the command."""
+    parsers = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = getattr(args, action.dest, None)
+            parsers += [action.choices[chosen]] if chosen in action.choices else []
+    for p in parsers:
+        for action in p._actions:
+            if type(action) is argparse._StoreAction and action.nargs is None \
+                    and action.option_strings and isinstance(getattr(args, action.dest, None),
+                                                              list):
+                p.error(f"argument {'/'.join(action.option_strings)}: expected one argument")
+
+
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None,
                 user_errors: tuple[type[BaseException], ...] = (HarkenError, OSError)) -> int:
     """Parse ``argv``, run the chosen sub-command's ``func`` and map errors to exit codes.
@@ -83,6 +100,7 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None,
     like every other status (so that ``main(argv)`` called in-process returns it too)."""
     try:
         args = parser.parse_args(argv)
+        _one_value_each(parser, args)
     except SystemExit as exc:                  # argparse's usage error (2) or --help (0)
         return exc.code if isinstance(exc.code, int) else 2
     setup_logging(parser.prog, args.log_level)
