@@ -422,7 +422,10 @@ def load_config(path: str | Path) -> Config:
     ``MAX_CONFIG_BYTES`` is read: a FIFO would block the agent before it says anything,
     and ``-`` is no way to give a config (stdin may be the audio)."""
     path = Path(path)
-    shown = str(path) if str(path).isprintable() else _cut(repr(str(path)))
+    # the path as given, or escaped where it holds control characters (a terminal shows
+    # the error); a path of 100,000 characters is cut like any echoed value
+    shown = str(path) if str(path).isprintable() else repr(str(path))
+    shown = shown if len(shown) <= 300 else f"{shown[:300]}... ({len(shown)} characters)"
     try:
         if str(path) == "-":
             raise ConfigError("-: a config is read from a file, not from stdin (which can be "

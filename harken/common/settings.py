@@ -154,7 +154,7 @@ class _Range:
         return int(value) if self.integer else float(value)
 
     def __call__(self, value: float) -> float:
-        if not math.isfinite(value) or (self.lo is not None and (
+        if (isinstance(value, float) and not math.isfinite(value)) or (self.lo is not None and (
                 value < self.lo or (self.lo_open and value == self.lo))) \
                 or (self.hi is not None and value > self.hi):
             raise ValueError(f"expected {self.allowed()}")
