@@ -7,6 +7,7 @@ An option's value is checked by ``arg``: the same shared types as the config's k
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import typing
 from collections.abc import Callable
@@ -49,7 +50,10 @@ def arg(kind: Any) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         value: Any = text
         try:
-            if base is int:
+            if base is int and re.fullmatch(r"\s*[+-]?\d{4300,}\s*", text):
+                # more digits than Python reads as an int: some huge number, out of range
+                value = -(10 ** 4000) if text.strip().startswith("-") else 10 ** 4000
+            elif base is int:
                 value = int(text.strip())
             elif base is float:
                 value = float(text.strip())
