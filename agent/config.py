@@ -437,7 +437,9 @@ def load_config(path: str | Path) -> Config:
         if info.st_size > MAX_CONFIG_BYTES:
             raise ConfigError(f"{shown}: {info.st_size} bytes, a config is at most "
                               f"{MAX_CONFIG_BYTES} bytes")
-        data = tomllib.loads(path.read_text())
+        # UTF-8 whatever the locale (a Pi's C locale); a byte-order mark, which Windows
+        # editors write, is no part of the TOML
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except ConfigError:
         raise
     except OSError as exc:

@@ -239,7 +239,8 @@ def run_cli(argv: list[str], world: World, capsys) -> tuple[int, str]:
     assert not blocked, f"harken {short(argv)}: blocked for {BLOCKED_S:g} s (a FIFO?)"
     assert rc in (0, 2), f"harken {short(argv)}: exit {rc!r}\n{err[-2000:]}"
     assert "Traceback" not in err, f"harken {short(argv)}: a traceback\n{err[-3000:]}"
-    hypothesis.event(f"exit {rc}")
+    if hypothesis.control.currently_in_test_context():
+        hypothesis.event(f"exit {rc}")      # --hypothesis-show-statistics counts them
     if os.environ.get("HARKEN_FUZZ_SHOW"):
         print(f"{rc} harken {short(argv)[:150]} -> {err.strip().splitlines()[-1:]}"[:400],
               file=sys.__stderr__)
@@ -262,7 +263,6 @@ KNOWN: dict[tuple[str, str, str], str] = {
     ("features", "file", "fifo"): WAV_FIFO,
     ("score", "file", "fifo"): WAV_FIFO,
     ("calibrate", "--files", "fifo"): WAV_FIFO,
-    ("enroll", "--files", "fifo"): WAV_FIFO,
     ("watch", "--ca-file", "fifo"): TLS_FIFO,
 }
 # options that name a file the command writes: the fuzz writes only inside its own folder
@@ -462,11 +462,11 @@ def test_no_config_file_crashes_a_command(command, world, capsys, tmp_path, monk
 def _known_argv(world: World, command: str, slot: str) -> list[str]:
     slots, tail = spec(world, command)
     argv = [command]
-    for name, valid in slots:
-        value = str(world.fifo) if name == slot else valid
-        if valid is None:
-            continue
-        argv += [f"{name}={value}"] if name.startswith("--") else [value]
+    for name, valid in slots:             # what the command needs, and the FIFO
+        if name == slot:
+            argv += [f"{name}={world.fifo}"] if name.startswith("--") else [str(world.fifo)]
+        elif not name.startswith("--") or name in ("--config", "--broker", "--files"):
+            argv += [f"{name}={valid}"] if name.startswith("--") else [valid]
     return argv + tail
 
 

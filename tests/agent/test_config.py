@@ -428,3 +428,40 @@ def test_a_config_path_with_control_characters_is_echoed_escaped(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(tmp_path / "a\x1b]0;pwned\x07.toml")
     assert "\x1b" not in str(err.value) and "\\x1b" in str(err.value)
+
+
+def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path):
+    """Notepad writes one; it was 'not valid TOML (Invalid statement (at line 1, column 1))'."""
+    p = tmp_path / "agent.toml"
+    p.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    assert load_config(p).agent.machine == "fan"
+
+
+def test_a_value_file_that_never_ends_is_read_only_at_its_start(tmp_path):
+    """``password_file = "/dev/zero"`` (a device, never a secret) is refused at once; a
+    regular file is read only at its start (a secret or an id is one short line)."""
+    with pytest.raises(ConfigError, match=r"/dev/zero \(not a regular file\)"):
+        load_config(write(tmp_path, GOOD + '[mqtt]\nusername = "u"\npassword_file = '
+                                           '"/dev/zero"\n'))
+    from harken.common.settings import FIRST_LINE_MAX, first_line
+    (tmp_path / "long").write_text("x" * (FIRST_LINE_MAX * 4))
+    assert len(first_line(tmp_path / "long")) == FIRST_LINE_MAX
+
+
+def test_a_config_that_names_itself_as_a_value_file_reads_its_own_first_line(tmp_path):
+    """No include mechanism, so no loop: ``bundle_file`` naming the config itself takes its
+    first line as the bundle path, refused when the bundle is opened."""
+    p = tmp_path / "agent.toml"
+    p.write_text('[model]\nbundle_file = "agent.toml"\n')
+    assert load_config(p).model.bundle == "[model]"
+
+
+def test_a_sparkplug_id_of_lookalike_letters_is_another_id():
+    """Sparkplug ids are UTF-8 (the spec): a Cyrillic 'һarken' is accepted, and is another
+    group than 'harken' (a plant host subscribed to harken does not see it)."""
+    from harken.agent.config import parse_config
+    c = parse_config({"model": {"bundle": "b"}, "mqtt": {"group_id": "\u04bbarken"}}, "x.toml")
+    assert c.mqtt.group_id != "harken"
+    with pytest.raises(ConfigError, match="key 'machines\\[0\\].name' = '\uff26\uff41\uff4e'"):
+        parse_config({"model": {"bundle": "b"}, "machines": [{"name": "\uff26\uff41\uff4e"}]},
+                     "x.toml")
