@@ -35,7 +35,7 @@ from harken.testkit.mosquitto import free_port
 
 SEED = int(os.environ.get("HARKEN_FUZZ_SEED", "0"))
 MORE = int(os.environ.get("HARKEN_FUZZ_EXAMPLES", "0"))
-BLOCKED_S = 5.0          # a command still running after this long is blocked (on a FIFO)
+BLOCKED_S = 15.0         # a command still running after this long is blocked (on a FIFO)
 
 
 def fuzz_settings(examples: int):
@@ -66,6 +66,7 @@ class World:
     binary: Path
     empty: Path
     port: int              # nothing listens there: watch is refused at once
+    password: Path         # a password file as it should be (mode 600)
 
     def paths(self) -> list[str]:
         return [str(p) for p in (self.folder, self.missing, self.fifo, self.binary, self.empty,
@@ -96,8 +97,11 @@ def world(tmp_path_factory, ae_bundle, general_bundle) -> World:
     binary = root / "binary"
     binary.write_bytes(bytes(range(256)) * 16)
     (root / "empty").write_bytes(b"")
+    password = root / "password"
+    password.write_text("s3cret\n")
+    password.chmod(0o600)
     return World(root, wav, config, general, ae_bundle, root / "folder", root / "missing",
-                 fifo, binary, root / "empty", free_port())
+                 fifo, binary, root / "empty", free_port(), password)
 
 
 # -- TOML written by hand: hostile values (deep nesting, huge numbers) need raw text --------
@@ -187,6 +191,19 @@ def hostile_value(world: World):
         max_leaves=6)
 
 
+def broker_urls(world: World) -> list[str]:
+    """Hostile broker URLs that never leave this machine: a fuzzed host name would be
+    looked up (DNS) or connected to (\"1.5\" is the address 1.0.0.5), and wait on the
+    network, not on the agent."""
+    here = f"127.0.0.1:{world.port}"
+    return ["", "mqtt://", "mqtt://:0", "mqtt://127.0.0.1:0", "mqtt://127.0.0.1:99999",
+            "mqtt://127.0.0.1:-1", "mqtt://127.0.0.1:x", "mqtt://[::1", f"mqtts://{here}",
+            f"mqtt://u:p@{here}", f"mqtt://u@{here}", f"mqtt://:p@{here}", "http://127.0.0.1",
+            f"mqtt://{here}/path?x=1#y", f"tcp://{here}", f"ssl://{here}", "mqtt://" + "a" * 300,
+            f"mqtt://{here}\n", f"mqtt://127.0.0.1\x1b[2J:{world.port}", f"mqtt://[::1]:{world.port}",
+            "mqtt://%00", f"mqtt://u%0a:p%00@{here}", "://", "mqtt:127.0.0.1", "//127.0.0.1"]
+
+
 # -- running a command in-process, never waiting forever ------------------------------------
 
 def _unblock(fifo: Path) -> None:
@@ -220,9 +237,10 @@ def run_cli(argv: list[str], world: World, capsys) -> tuple[int, str]:
     def guard():                      # a command may open the FIFO again: free it each time
         if not done.wait(BLOCKED_S):
             blocked.append(True)
-            while not done.is_set():
+            for _ in range(20):           # blocked on something else: pytest-timeout ends it
                 _unblock(world.fifo)
-                done.wait(0.5)
+                if done.wait(1.0):
+                    break
     threading.Thread(target=guard, daemon=True).start()
     try:
         rc = main(argv)
@@ -259,7 +277,11 @@ WAV_FIFO = ("agent/sources/wavio.py: reading a WAV opens a FIFO and waits for a 
             "forever (no check that the path is a regular file)")
 TLS_FIFO = ("agent/sinks/mqtt/broker.py (watch's TLS): the CA file is handed to ssl, which "
             "opens a FIFO and waits for a writer forever")
+URL_IPV6 = ("agent/sinks/mqtt/broker.py parse_broker_url: urlsplit's ValueError ('Invalid "
+            "IPv6 URL') escapes as a traceback instead of a BrokerError")
+# (command, slot, what): what is "fifo", "folder", ... (World.paths) or the value itself
 KNOWN: dict[tuple[str, str, str], str] = {
+    ("watch", "--broker", "mqtt://[::1"): URL_IPV6,
     ("features", "file", "fifo"): WAV_FIFO,
     ("score", "file", "fifo"): WAV_FIFO,
     ("calibrate", "--files", "fifo"): WAV_FIFO,
@@ -272,8 +294,12 @@ WRITES = ("--save", "--plot")
 KNOWN_CONFIG = {("audio", "file"): WAV_FIFO, ("mqtt", "ca_file"): TLS_FIFO}
 
 
+REQUIRED = ("--config", "--broker")      # given in every example (a hostile value or not)
+
+
 def spec(world: World, command: str) -> tuple[list[tuple[str, str | None]], list[str]]:
-    """A command's slots ((option or positional name, a valid value; None for a flag)),
+    """A command's slots ((option or positional name, a valid value; None for a flag, ""
+    for an option left out unless it gets a hostile value)),
     and the arguments always appended so that it ends: ``run`` stops after 2 intervals,
     ``watch`` is pointed at a port where nothing listens (argparse keeps the last value,
     but every value given is checked)."""
@@ -297,11 +323,11 @@ def spec(world: World, command: str) -> tuple[list[tuple[str, str | None]], list
                        ("--machine", "fan"), ("--plot", out + ".png"), ("--no-plot", None),
                        ("--quiet", None)], []),
         "watch": ([("--broker", f"mqtt://127.0.0.1:{w.port}"), ("--prefix", "harken"),
-                   ("--username", "u"), ("--password-file", str(w.empty)),
+                   ("--username", "u"), ("--password-file", str(w.password)),
                    ("--client-id", "fuzz"), ("--sparkplug-group", "harken"),
                    ("--for", "0.2"), ("--json", None), ("--tls-insecure", None),
-                   ("--ca-file", str(w.binary))],
-                  ["--broker", f"mqtt://127.0.0.1:{w.port}", "--for", "0.2"]),
+                   ("--ca-file", ""), ("--cert-file", ""), ("--key-file", "")],
+                  ["--for", "0.2"]),
         "systemd-unit": ([("--config", "/etc/harken/agent.toml"),
                           ("--exec", "/usr/bin/harken")], []),
     }[command]
@@ -327,7 +353,7 @@ def argv_for(draw, world: World, command: str) -> list[str]:
     second time validly), the others valid or left out: most examples get past the parser
     to what the command does with what it was given."""
     slots, tail = spec(world, command)
-    hostile = set(draw(st.lists(st.sampled_from(range(len(slots))), max_size=2))) \
+    hostile = set(draw(st.lists(st.sampled_from(range(len(slots))), min_size=1, max_size=2))) \
         if slots else set()
     argv = [command]
     for i, (name, valid) in enumerate(slots):
@@ -335,10 +361,12 @@ def argv_for(draw, world: World, command: str) -> list[str]:
             argv += [name] if draw(st.booleans()) else []
             continue
         if i not in hostile:
-            if draw(st.integers(0, 4)) or not name.startswith("--"):
+            if valid and (name in REQUIRED or not name.startswith("--")
+                          or draw(st.integers(0, 4))):
                 argv += [name, valid] if name.startswith("--") else [valid]
             continue
-        value = draw(hostile_text(world).filter(
+        value = draw((st.sampled_from(broker_urls(world)) if name == "--broker" else
+                      hostile_text(world)).filter(
             lambda v, n=name: (command, n, kind(v, world)) not in KNOWN
             and not (n in WRITES and os.path.isabs(v) and not v.startswith(str(world.root)))))
         if not name.startswith("--"):
@@ -351,9 +379,9 @@ def argv_for(draw, world: World, command: str) -> list[str]:
 
 
 def kind(value: str, world: World) -> str:
-    """What a hostile value is, for ``KNOWN``."""
+    """What a hostile value is, for ``KNOWN``: a path's kind, else the value."""
     return {str(world.fifo): "fifo", str(world.folder): "folder", str(world.binary): "binary",
-            str(world.empty): "empty", str(world.missing): "missing"}.get(value, "text")
+            str(world.empty): "empty", str(world.missing): "missing"}.get(value, value)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -391,14 +419,35 @@ ALL_KEYS = [("agent", k) for k in ("node", "machine", "section", "state_dir", "p
     [("machines",), ("extra",), ("agent", "extra"), ("model", "bundle_file")]
 
 
+def edges(world: World) -> dict[tuple[str, str], list]:
+    """Values in range, at their edges, per key: a config made of these runs, so the fuzz
+    reaches what the agent does with them, not only the refusals."""
+    return {("decision", "interval_s"): [0.5, 600, 2.5], ("decision", "k_on"): [1, 3],
+            ("decision", "n"): [1, 3, 100], ("decision", "n_off"): [1, 100],
+            ("decision", "threshold"): [0.0, -1.0, 1e300, 5.0], ("model", "threads"): [1, 64],
+            ("model", "artifact"): ["onnx-int8", "tflite-int8", "onnx-fp32", "tflite-fp32"],
+            ("agent", "section"): [0, 99], ("audio", "block_s"): [0.01, 2],
+            ("audio", "channel"): [1, 2, 64], ("output", "stats_s"): [1, 3600],
+            ("output", "stdout"): [False], ("output", "file"): ["out.jsonl", str(world.folder)],
+            ("agent", "machine"): ["a", "m" * 64, "a.b-c_d"], ("agent", "node"): ["n" * 64],
+            ("agent", "state_dir"): [str(world.folder), str(world.binary), "deep/er/state"],
+            ("audio", "source"): ["mic", "file"], ("model", "bundle"): [str(world.binary),
+                                                                       str(world.folder)]}
+
+
 @st.composite
-def hostile_config(draw, world: World) -> bytes:
+def hostile_config(draw, world: World, run: bool = False) -> bytes:
     """A valid config, mutated: keys set to values of any type, tables dropped or made
     scalars, machines many or alike, and the text itself cut, doubled or made binary."""
     data = json.loads(json.dumps(agent_toml(world.bundle, world.wav, world.root / "cstate")))
     for _ in range(draw(st.integers(1, 3))):
-        op = draw(st.sampled_from(["set", "set", "set", "drop", "scalar", "machines"]))
-        if op == "set":
+        op = draw(st.sampled_from(["edge", "edge", "set", "set", "drop", "scalar",
+                                   "machines"]))
+        if op == "edge":
+            key, values = draw(st.sampled_from(sorted(edges(world).items())))
+            if isinstance(data.setdefault(key[0], {}), dict):
+                data[key[0]][key[1]] = draw(st.sampled_from(values))
+        elif op == "set":
             path = draw(st.sampled_from(ALL_KEYS))
             value = draw(hostile_value(world).filter(
                 lambda v, p=path: not (p in KNOWN_CONFIG and v == str(world.fifo))))
@@ -425,8 +474,14 @@ def hostile_config(draw, world: World) -> bytes:
                                                                       dict) else None
     # what a fuzzed config must not do while this test waits: run in real time, forever,
     # or with a broker that is not there (each is a setting doing what it says)
+    if run and "audio" not in data:
+        data["audio"] = {}
     if isinstance(data.get("audio"), dict):
         data["audio"] = {**data["audio"], "realtime": False, "loop": False}
+        if run and data["audio"].get("source", "mic") in ("mic", "stdin"):
+            # run waits for a lost microphone (reopened every reopen_s; mic is the default
+            # source) and reads stdin to its end: as documented, and neither ends here
+            data["audio"]["source"] = "file"
     if isinstance(data.get("mqtt"), dict):
         data["mqtt"] = {**data["mqtt"], "enabled": False}
     text = to_toml(data).encode()
@@ -448,7 +503,7 @@ def test_no_config_file_crashes_a_command(command, world, capsys, tmp_path, monk
 
     @fuzz_settings(60 if command == "check-config" else 20)
     @seeded
-    @given(text=hostile_config(world))
+    @given(text=hostile_config(world, run=command == "run"))
     def one(text):
         path.write_bytes(text)
         run_cli([command, "--config", str(path), "--intervals", "1"] if command == "run"
@@ -459,12 +514,14 @@ def test_no_config_file_crashes_a_command(command, world, capsys, tmp_path, monk
 
 # -- what the fuzz found in other parts of the agent, until they are fixed ------------------
 
-def _known_argv(world: World, command: str, slot: str) -> list[str]:
+def _known_argv(world: World, command: str, slot: str, what: str) -> list[str]:
     slots, tail = spec(world, command)
+    value = str(getattr(world, what)) if what in ("fifo", "folder", "binary", "empty",
+                                                   "missing") else what
     argv = [command]
-    for name, valid in slots:             # what the command needs, and the FIFO
+    for name, valid in slots:             # what the command needs, and the hostile value
         if name == slot:
-            argv += [f"{name}={world.fifo}"] if name.startswith("--") else [str(world.fifo)]
+            argv += [f"{name}={value}"] if name.startswith("--") else [value]
         elif not name.startswith("--") or name in ("--config", "--broker", "--files"):
             argv += [f"{name}={valid}"] if name.startswith("--") else [valid]
     return argv + tail
@@ -478,4 +535,4 @@ def test_known_defects(command, slot, what, world, capsys, monkeypatch):
     fixed; then drop it from KNOWN and the fuzz covers it."""
     monkeypatch.chdir(world.root)
     monkeypatch.setattr(__import__(__name__, fromlist=["x"]), "BLOCKED_S", 3.0)
-    run_cli(_known_argv(world, command, slot), world, capsys)
+    run_cli(_known_argv(world, command, slot, what), world, capsys)
