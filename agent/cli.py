@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from harken.common.errors import HarkenError, UsageError
 from harken.agent import version
 from harken.common.clitools import arg, command_parser, run_command
-from harken.common.settings import (NAME_MAX, ClientId, Count, Finite, Name, Seconds, Text,
-                                    TopicPrefix)
+from harken.common.settings import (NAME_MAX, ClientId, Count, Finite, Name, PathText, Seconds,
+                                    Text, TopicPrefix)
 from harken.agent.features import PRESETS, LogMelExtractor, preset
 from harken.agent.model.bundle import open_bundle
 from harken.agent.sources.wavio import WavError, read_wav
@@ -225,6 +226,19 @@ def cmd_systemd_unit(args: argparse.Namespace) -> int:
     return 0
 
 
+def png_name(text: str) -> str:
+    """``--plot``: a path without control characters whose suffix is .png (or none, and
+    matplotlib adds it): another suffix is refused as the option is parsed, not by
+    matplotlib after the capture ('' draws no plot, as --no-plot)."""
+    if text == "":
+        return text
+    name = arg(PathText)(text)
+    if Path(name).suffix.lower() not in ("", ".png"):
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: the histogram is a PNG: expected a "
+                                         f"file name ending in .png")
+    return name
+
+
 def build_parser() -> argparse.ArgumentParser:
     p, sub = command_parser("harken", "Harken device agent.")
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
@@ -282,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "microphone (paths relative to the current folder)")
     k.add_argument("--false-alarms-per-week", type=float, default=1.0,
                    help="tolerated false alarms per week (default 1)")
-    k.add_argument("--plot", default="calibration.png", help="histogram PNG (default "
+    k.add_argument("--plot", type=png_name, default="calibration.png", help="histogram PNG (default "
                    "calibration.png beside the override file)")
     k.add_argument("--no-plot", action="store_true")
     k.add_argument("--quiet", action="store_true")

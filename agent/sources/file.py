@@ -12,7 +12,6 @@ import numpy as np
 from pydantic import model_validator
 
 from harken.common.errors import ConfigError
-from harken.common.settings import PathText
 from harken.agent.sources.base import Report, Source, SourceSettings, Tap, pick_channels, register
 from harken.agent.sources.wavio import check_rate, read_pcm, read_wav, resample, to_float32
 
@@ -49,7 +48,7 @@ def wav_chunks(path: str | Path, rate: int, chunk_s: float = 0.1, realtime: bool
 
 class FileSettings(SourceSettings):
     source: Literal["file"] = "file"
-    file: PathText | None = None      # relative to the config file
+    file: str | None = None           # relative to the config file
     realtime: bool = True             # paced like a microphone
     loop: bool = False                # restarts at the end (demos)
 

@@ -501,7 +501,7 @@ def test_no_config_file_crashes_a_command(command, world, capsys, tmp_path, monk
     monkeypatch.chdir(world.root)
     path = tmp_path / "agent.toml"
 
-    @fuzz_settings(60 if command == "check-config" else 20)
+    @fuzz_settings(100 if command == "check-config" else 40)
     @seeded
     @given(text=hostile_config(world, run=command == "run"))
     def one(text):
