@@ -92,8 +92,7 @@ def _one_value_each(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     for p in parsers:
         for action in p._actions:
             if type(action) is argparse._StoreAction and action.nargs is None \
-                    and action.option_strings and isinstance(getattr(args, action.dest, None),
-                                                              list):
+                    and action.option_strings and getattr(args, action.dest, None) == []:
                 p.error(f"argument {'/'.join(action.option_strings)}: expected one argument")
 
 
