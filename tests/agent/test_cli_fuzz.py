@@ -3,9 +3,10 @@ in-process through ``harken.agent.cli.main``: whatever the input, the command en
 0 or 2 and one line, never a traceback, never an exception escaping, never blocked on a FIFO
 (docs/reliability.md "Config and command line").
 
-Seeded (hypothesis, derandomized), so CI sees the same examples every run; about a minute
-on a free machine. ``HARKEN_FUZZ_EXAMPLES=N`` runs N examples per test instead, and
-``HARKEN_FUZZ_SEED`` picks other ones (a longer hunt on a workstation).
+Seeded (hypothesis, derandomized), so CI sees the same examples every run; about 30 s on a
+free machine. ``HARKEN_FUZZ_EXAMPLES=N`` runs N examples per test instead,
+``HARKEN_FUZZ_SEED=S`` picks other ones (a longer hunt on a workstation), and
+``HARKEN_FUZZ_SHOW=1`` (with ``pytest -s``) prints each command line and its last line.
 
 Defects found in other parts of the agent are kept out of the generator (``KNOWN``) and
 written down as xfail cases below (``test_known_defects``), each naming its defect, so that
@@ -23,10 +24,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import hypothesis
 import numpy as np
 import pytest
-
-import hypothesis
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from harken.agent.cli import main
