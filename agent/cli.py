@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from harken.common.errors import HarkenError, UsageError
 from harken.agent import version
-from harken.common.clitools import command_parser, run_command
+from harken.common.clitools import arg, command_parser, run_command
+from harken.common.settings import (NAME_MAX, ClientId, Count, Finite, Name, PathText, Seconds,
+                                    Text, TopicPrefix)
 from harken.agent.features import PRESETS, LogMelExtractor, preset
 from harken.agent.model.bundle import open_bundle
 from harken.agent.sources.wavio import WavError, read_wav
@@ -349,6 +352,19 @@ def cmd_systemd_unit(args: argparse.Namespace) -> int:
     return 0
 
 
+def png_name(text: str) -> str:
+    """``--plot``: a path without control characters whose suffix is .png (or none, and
+    matplotlib adds it): another suffix is refused as the option is parsed, not by
+    matplotlib after the capture ('' draws no plot, as --no-plot)."""
+    if text == "":
+        return text
+    name = arg(PathText)(text)
+    if Path(name).suffix.lower() not in ("", ".png"):
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: the histogram is a PNG: expected a "
+                                         f"file name ending in .png")
+    return name
+
+
 def build_parser() -> argparse.ArgumentParser:
     p, sub = command_parser("harken", "Harken device agent.")
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
@@ -360,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=cmd_features)
     r = sub.add_parser("run", help="listen, score and report (the daemon)")
     r.add_argument("--config", required=True, help="TOML file (firmware_configs/ has examples)")
-    r.add_argument("--intervals", type=int, help="stop after this many report intervals")
+    r.add_argument("--intervals", type=arg(Count(1, 10**9, "intervals")),
+                   help="stop after this many report intervals")
     r.set_defaults(func=cmd_run)
     c = sub.add_parser("check-config", help="validate a config and print it resolved")
     c.add_argument("config")
@@ -371,11 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="score recordings offline with a bundle")
     s.add_argument("bundle", help="bundle folder or .tar.gz")
     s.add_argument("files", nargs="+", help="WAV files")
-    s.add_argument("--section", type=int, help="machine section (default: the bundle's first)")
+    s.add_argument("--section", type=arg(Count(0, 99)),
+                   help="machine section (default: the bundle's first)")
     s.add_argument("--artifact", help="onnx-int8, tflite-int8, ... (default: an int8 one)")
-    s.add_argument("--threads", type=int, default=1, help=f"1 to {MAX_THREADS}")
-    s.add_argument("--threshold", type=float, help="instead of the bundle's")
-    s.add_argument("--channel", type=int, help="score this channel (1-based) of "
+    s.add_argument("--threads", type=arg(Count(1, MAX_THREADS, "threads")), default=1,
+                   help=f"1 to {MAX_THREADS}")
+    s.add_argument("--threshold", type=arg(Finite), help="instead of the bundle's")
+    s.add_argument("--channel", type=arg(Count(1, 64)), help="score this channel (1-based) of "
                    "multi-channel recordings (default: the mix of their channels)")
     s.add_argument("--json", action="store_true", help="one row per file, its intervals' "
                    "scores included")
@@ -384,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("enroll", help="learn this machine's reference bank on site "
                        "(a general bundle: 'harken-export general')")
     n.add_argument("--config", required=True)
-    n.add_argument("--machine", help="the machine to enroll, of a config that watches "
+    n.add_argument("--machine", type=arg(Name), help="the machine to enroll, of a config that watches "
                    "several ([[machines]])")
     n.add_argument("--minutes", type=float, default=10.0,
                    help="minutes of live audio to record (default 10)")
@@ -398,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.set_defaults(func=cmd_enroll)
     k = sub.add_parser("calibrate", help="set the threshold on site from normal operation")
     k.add_argument("--config", required=True)
-    k.add_argument("--machine", help="calibrate only this machine of a config that watches "
+    k.add_argument("--machine", type=arg(Name), help="calibrate only this machine of a config that watches "
                    "several (default: every machine, from one capture per input)")
     k.add_argument("--minutes", type=float, default=30.0,
                    help="minutes of live audio to score (default 30)")
@@ -406,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "microphone (paths relative to the current folder)")
     k.add_argument("--false-alarms-per-week", type=float, default=1.0,
                    help="tolerated false alarms per week (default 1)")
-    k.add_argument("--plot", default="calibration.png", help="histogram PNG (default "
+    k.add_argument("--plot", type=png_name, default="calibration.png", help="histogram PNG (default "
                    "calibration.png beside the override file)")
     k.add_argument("--no-plot", action="store_true")
     k.add_argument("--quiet", action="store_true")
@@ -415,8 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "the messages as JSON lines")
     w.add_argument("--broker", required=True,
                    help="mqtt://[user@]host[:port], or mqtts://... for TLS (port 8883)")
-    w.add_argument("--prefix", default="harken", help="topic prefix (default harken)")
-    w.add_argument("--username")
+    w.add_argument("--prefix", type=arg(TopicPrefix), default="harken",
+                   help="topic prefix (default harken)")
+    w.add_argument("--username", type=arg(Text(256)))
     w.add_argument("--password-file", help="first line is the password (or set "
                    "HARKEN_MQTT_PASSWORD)")
     w.add_argument("--ca-file", help="CA certificate of the broker (implies TLS)")
@@ -424,9 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--key-file", help="its private key")
     w.add_argument("--tls-insecure", action="store_true",
                    help="do not verify the broker's certificate (warned about)")
-    w.add_argument("--client-id", help="persistent session id (default harken-watch-USER-HOST-"
-                   "NAME, NAME the --name or the terminal): messages published while away are "
-                   "delivered on return")
+    w.add_argument("--client-id", type=arg(ClientId),
+                   help="persistent session id (default harken-watch-USER-HOST-NAME, NAME the "
+                   "--name or the terminal): messages published while away are delivered on "
+                   "return")
     w.add_argument("--name", help="this watcher's name in its default client id (two watchers "
                    "on one host need two names; default: the terminal)")
     w.add_argument("--max-machines", type=int, default=1000,
@@ -435,11 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--forget-after", type=float, default=1440,
                    metavar="MINUTES", help="forget a machine not heard from for this long "
                    "(default 1440 = a day; 0: never)")
-    w.add_argument("--sparkplug-group", default="harken",
+    w.add_argument("--sparkplug-group", type=arg(Text(NAME_MAX, min_length=0, forbid="/+#")),
+                   default="harken",
                    help="also read Sparkplug B agents of this group (mqtt.group_id; default "
                    "harken; '' for none)")
     w.add_argument("--json", action="store_true", help="one JSON line per message")
-    w.add_argument("--for", dest="seconds", type=float,
+    w.add_argument("--for", dest="seconds", type=arg(Seconds(0, 365 * 86400, lo_open=True)),
                    help="stop after this many seconds (default: until Ctrl-C)")
     w.set_defaults(func=cmd_watch)
     o = sub.add_parser("outbox", help="the messages the broker refused: list them (JSON "

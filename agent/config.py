@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -30,8 +31,8 @@ from harken.agent.sinks.mqtt.settings import MqttSection
 from harken.agent.sources import SOURCES
 from harken.agent.sources.base import check_one_per_process
 from harken.common.errors import ConfigError
-from harken.common.settings import (Section as _Section, first_line, resolve_password,
-                                    warn_if_others_can_read)
+from harken.common.settings import (Count, Finite, Name, PathText, Seconds, Section as _Section,
+                                    first_line, resolve_password, warn_if_others_can_read)
 
 __all__ = ["Config", "ConfigError", "MqttSection", "OutputSection", "config_model",
            "load_config", "parse_config", "resolve_password", "table_fields"]
@@ -45,30 +46,36 @@ except ModuleNotFoundError:           # Python 3.10
 _PLUGIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 SECRET_KEYS = ("password",)       # their values are never echoed in an error
 DEFAULT_SOURCE = "mic"            # audio.source when the config names none
+# what one device can watch (64 channels on one input, a few inputs) and a config is:
+# far above any real one, far below what would take minutes and gigabytes to check
+MAX_MACHINES = 256
+MAX_CONFIG_BYTES = 1 << 20
+SHOWN = 60                        # characters of a refused value echoed in an error
 
 
 class AgentSection(_Section):
-    node: str = Field("harken-node", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    machine: str = Field("machine", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    section: int = Field(0, ge=0, le=99)
-    state_dir: str = "state"          # calibration override, counters
+    node: Name = "harken-node"
+    machine: Name = "machine"
+    section: Count(0, 99) = 0
+    state_dir: PathText = "state"     # calibration override, counters
     # modules imported before the rest of the config is read: sources and sinks kept
     # outside the package register themselves on import (docs/agent.md "Plugins")
-    plugins: list[Annotated[str, Field(pattern=_PLUGIN_NAME.pattern)]] = []
+    plugins: list[Annotated[str, Field(pattern=_PLUGIN_NAME.pattern, max_length=200)]] = \
+        Field([], max_length=64)
 
 
 class ModelSection(_Section):
-    bundle: str
+    bundle: PathText
     artifact: Literal["tflite-int8", "onnx-int8", "onnx-fp32", "tflite-fp32"] | None = None
-    threads: int = Field(1, ge=1, le=64)
+    threads: Count(1, 64, "threads") = 1
 
 
 class DecisionSection(_Section):
-    interval_s: float = Field(10.0, ge=0.5, le=600)
-    k_on: int = Field(2, ge=1, le=100)
-    n: int = Field(3, ge=1, le=100)
-    n_off: int = Field(3, ge=1, le=100)
-    threshold: float | None = None    # overrides bundle and calibration when set
+    interval_s: Seconds(0.5, 600) = 10.0
+    k_on: Count(1, 100, "intervals") = 2
+    n: Count(1, 100, "intervals") = 3
+    n_off: Count(1, 100, "intervals") = 3
+    threshold: Finite | None = None   # overrides bundle and calibration when set
 
     @model_validator(mode="after")
     def _k_within_n(self):
@@ -81,9 +88,9 @@ class MachineEntry(_Section):
     """One ``[[machines]]`` entry: a machine this device watches. Its ``model``, ``audio``
     and ``decision`` tables override the top-level ones key by key, so what all machines
     share is written once."""
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    section: int | None = Field(None, ge=0, le=99)       # default: agent.section
-    channel: int | None = Field(None, ge=1, le=64)       # shorthand for audio.channel
+    name: Name
+    section: Count(0, 99) | None = None       # default: agent.section
+    channel: Count(1, 64) | None = None       # shorthand for audio.channel
     model: dict[str, Any] = {}
     audio: dict[str, Any] = {}
     decision: dict[str, Any] = {}
@@ -108,11 +115,16 @@ class Config(_Section):
         if self.machines and "machine" in self.agent.model_fields_set:
             raise ValueError("give agent.machine (one machine) or [[machines]] entries, "
                              "not both")
-        names = [m.name for m in self.machines]
-        twice = sorted({n for n in names if names.count(n) > 1})
+        # names that differ only in case share a state file on a case-insensitive file
+        # system (an SD card's FAT, a macOS volume) and read as one machine to a person
+        folded: dict[str, list[str]] = {}
+        for m in self.machines:
+            folded.setdefault(m.name.casefold(), []).append(m.name)
+        twice = sorted({n for v in folded.values() if len(v) > 1 for n in v})
         if twice:
-            raise ValueError(f"machine names must differ (topics and state files are "
-                             f"named after them): {twice} given more than once")
+            raise ValueError(f"machine names must differ, in more than letter case too "
+                             f"(topics and state files are named after them): {twice} "
+                             f"given more than once")
         return self
 
     @property
@@ -236,7 +248,7 @@ def _built() -> tuple[type[Config], TypeAdapter]:
             "audio": (audio, SOURCES[DEFAULT_SOURCE].Settings()),
             "decision": (DecisionSection, DecisionSection()),
             **{t: (model, model()) for t, model in sink_tables().items()},
-            "machines": (list[MachineEntry], []),
+            "machines": (list[MachineEntry], Field([], max_length=MAX_MACHINES)),
             "source_file": (str, "")}
         model = create_model("Config", __base__=Config, __module__=__name__, **fields)
         _BUILT.clear()
@@ -297,7 +309,7 @@ def _explain(exc: ValidationError, source: str, prefix: str = "") -> str:
     for err in exc.errors():
         parts = ((prefix,) if prefix else ()) + tuple(err["loc"])
         got = err.get("input")
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         tag = ""
         if parts[:1] == ("audio",):
             if err["type"] == "union_tag_invalid":       # an audio.source nobody registered
@@ -317,9 +329,26 @@ def _explain(exc: ValidationError, source: str, prefix: str = "") -> str:
         elif key.split(".")[-1] in SECRET_KEYS:
             lines.append(f"{source}: key '{key}' (value not shown): {msg}")
         else:
-            lines.append(f"{source}: key '{key}' = {got!r}: {msg}"
+            lines.append(f"{source}: key '{key}' = {_shown(got)}: {msg}"
                          if key else f"{source}: {msg}")
     return "\n".join(lines)
+
+
+def _shown(value: Any) -> str:
+    """A refused value as an error line echoes it: a table or list by its size, anything
+    else cut to ``SHOWN`` characters (a megabyte string or a 5000-digit number stays one
+    readable line)."""
+    if isinstance(value, (dict, list)):
+        kind = "a table" if isinstance(value, dict) else "a list"
+        return f"{kind} of {len(value)} item{'s' * (len(value) != 1)}" if len(value) > 3 \
+            else _cut(repr(value))
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10 ** SHOWN:
+        return f"a number of more than {SHOWN} digits"
+    return _cut(repr(value))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= SHOWN else f"{text[:SHOWN]}... ({len(text)} characters)"
 
 
 def _values_from_files(data: dict, source: str) -> dict:
@@ -392,15 +421,40 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
 
 
 def load_config(path: str | Path) -> Config:
+    """The config file at ``path``, checked. Only a regular file of at most
+    ``MAX_CONFIG_BYTES`` is read: a FIFO would block the agent before it says anything,
+    and ``-`` is no way to give a config (stdin may be the audio)."""
     path = Path(path)
+    # the path as given, or escaped where it holds control characters (a terminal shows
+    # the error); a path of 100,000 characters is cut like any echoed value
+    shown = str(path) if str(path).isprintable() else repr(str(path))
+    shown = shown if len(shown) <= 300 else f"{shown[:300]}... ({len(shown)} characters)"
     try:
-        data = tomllib.loads(path.read_text())
+        if str(path) == "-":
+            raise ConfigError("-: a config is read from a file, not from stdin (which can be "
+                              "the audio, audio.source = 'stdin'): give its path")
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            what = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise ConfigError(f"{shown}: cannot read a config from it ({what})")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{shown}: {info.st_size} bytes, a config is at most "
+                              f"{MAX_CONFIG_BYTES} bytes")
+        # UTF-8 whatever the locale (a Pi's C locale); a byte-order mark, which Windows
+        # editors write, is no part of the TOML
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except ConfigError:
+        raise
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise ConfigError(f"{shown}: cannot read ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a TOML text file (not UTF-8)") from None
+        raise ConfigError(f"{shown}: not a TOML text file (not UTF-8)") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        raise ConfigError(f"{shown}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{shown}: not valid TOML (arrays or tables nested too deep)") from None
+    except ValueError as exc:          # an integer of more than 4300 digits, say
+        raise ConfigError(f"{shown}: not valid TOML ({_cut(str(exc))})") from None
     if "source_file" in data:
         raise ConfigError(f"{path}: unknown key 'source_file'")
     return parse_config(data, str(path))

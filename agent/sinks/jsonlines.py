@@ -22,7 +22,8 @@ from collections import deque
 from pathlib import Path
 from typing import TextIO
 
-from pydantic import Field
+
+from harken.common.settings import PathText, Seconds
 
 from harken.common.errors import ConfigError
 from harken.agent.decision.records import IntervalResult, StatusEvent
@@ -41,8 +42,8 @@ _log = logging.getLogger(__name__)
 class OutputSection(SinkSettings):
     """``[output]``: where the JSON lines go, and how often the health record comes."""
     stdout: bool = True
-    file: str | None = None           # also append JSON lines here
-    stats_s: float = Field(60.0, ge=1, le=3600)   # health record every this many seconds
+    file: PathText | None = None      # also append JSON lines here
+    stats_s: Seconds(1, 3600) = 60.0  # health record every this many seconds
 
 
 class LineFile:

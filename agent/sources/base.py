@@ -22,11 +22,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import ClassVar, Literal, TypeVar, get_args, get_origin
 
 import numpy as np
-from pydantic import Field
 
 from harken.common.errors import ConfigError, HarkenError
 from harken.common.registry import Registry
-from harken.common.settings import Section
+from harken.common.settings import Count, Seconds, Section
 
 SOURCES = Registry("audio source")
 S = TypeVar("S", bound="type[Source]")
@@ -56,8 +55,8 @@ class SourceSettings(Section):
     source: str
     # 1-based input channel this machine listens to; None: the input's mono view (a
     # microphone's first channel, the mix of a file's or stdin's channels)
-    channel: int | None = Field(None, ge=1, le=64)
-    block_s: float = Field(0.1, gt=0, le=2)
+    channel: Count(1, 64) | None = None
+    block_s: Seconds(0, 2, lo_open=True) = 0.1
 
     def input_key(self) -> tuple:
         """The input's identity without the channel: machines whose audio has the same key

@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
 
 from harken.common.errors import ConfigError
+from harken.common.settings import Seconds
 from harken.agent.sources.ringbuffer import RingBuffer
 from harken.agent.sources.base import Report, Source, SourceError, SourceSettings, Tap, register
 from harken.agent.sources.resample import StreamResampler
@@ -125,8 +125,8 @@ class Microphone:
 class MicrophoneSettings(SourceSettings):
     source: Literal["mic"] = "mic"
     device: str | int | None = None   # PortAudio input: index or (part of) its name
-    ring_s: float = Field(30.0, ge=1, le=600)
-    reopen_s: float = Field(5.0, gt=0, le=3600)     # retry a lost microphone this often
+    ring_s: Seconds(1, 600) = 30.0
+    reopen_s: Seconds(0, 3600, lo_open=True) = 5.0  # retry a lost microphone this often
 
     def describe(self) -> str:
         return f"microphone {self.device!r}"

@@ -8,8 +8,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import model_validator
 
+from harken.common.settings import Count
 from harken.agent.sources.base import (Report, Source, SourceError, SourceSettings, Tap,
                                        pick_channels, register)
 
@@ -56,7 +57,7 @@ def pcm_chunks(stream: BinaryIO | None, rate: int, chunk_s: float = 0.1,
 class StdinSettings(SourceSettings):
     source: Literal["stdin"] = "stdin"
     pcm_format: Literal["s16le", "s32le", "f32le"] = "s16le"
-    channels: int = Field(1, ge=1, le=32)
+    channels: Count(1, 32) = 1
 
     @model_validator(mode="after")
     def _channel_exists(self):

@@ -84,9 +84,8 @@ def test_the_log_level_comes_from_the_environment_when_not_given(monkeypatch, ca
 
 
 def test_an_unknown_log_level_is_a_usage_error(capsys):
-    with pytest.raises(SystemExit) as exc:
-        run_command(_logging_parser(), ["--log-level", "loud", "go"])
-    assert exc.value.code == 2 and "invalid choice: 'loud'" in capsys.readouterr().err
+    assert run_command(_logging_parser(), ["--log-level", "loud", "go"]) == 2
+    assert "invalid choice: 'loud'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("module", ["harken.agent.cli", "harken.training.cli", "harken.export.cli"])
@@ -115,3 +114,38 @@ def test_a_log_level_in_the_environment_that_is_no_level_is_said_once(monkeypatc
     err = capsys.readouterr().err
     assert err.count("HARKEN_LOG_LEVEL='loud' is not a level") == 1
     assert "harken-test: progress" in err.splitlines()           # info, the default
+
+
+def test_an_option_is_checked_by_the_same_type_as_its_config_key():
+    """clitools.arg: one rule for ``model.threads`` and ``--threads`` (harken/common/settings)."""
+    import argparse
+
+    from harken.common.clitools import arg
+    from harken.common.settings import Count, Name, Seconds
+    threads = arg(Count(1, 64, "threads"))
+    assert threads("8") == 8 and threads(" 8 ") == 8
+    for text, said in [("0", "'0': expected 1 to 64 threads"), ("2.5", "not a whole number"),
+                       ("", "not a whole number"), ("9" * 5000, "expected 1 to 64 threads")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=said):
+            threads(text)
+    seconds = arg(Seconds(0, 10, lo_open=True))
+    assert seconds("0.5") == 0.5
+    for text in ("nan", "inf", "-inf", "1e400", "0", "-1", "10.001"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected above 0, up to 10 "
+                                                             "seconds"):
+            seconds(text)
+    assert arg(Name)("pump-7") == "pump-7"
+    with pytest.raises(argparse.ArgumentTypeError, match="at most 64 allowed"):
+        arg(Name)("p" * 65)
+
+
+def test_a_usage_error_is_exit_2_returned_not_raised(capsys):
+    """main(argv) in-process (tests, the fuzz) gets argparse's refusals as a status too."""
+    p, sub = command_parser("harken-test", None)
+    go = sub.add_parser("go")
+    go.add_argument("--config")
+    go.set_defaults(func=lambda args: 0)
+    assert run_command(p, ["go", "--nope"]) == 2
+    assert run_command(p, ["go", "--config=--"]) == 2        # argparse would hand over []
+    assert "argument --config: expected one argument" in capsys.readouterr().err
+    assert run_command(p, ["go", "--help"]) == 0

@@ -250,7 +250,7 @@ def test_the_allowed_values_read_as_pydantic_lists_them():
 @pytest.mark.parametrize("audio, message", [
     (5, "key 'audio' = 5: Input should be a valid dictionary or object to extract fields "
         "from"),
-    ({"source": "file"}, "key 'audio' = {'source': 'file'}: Value error, audio.source = "
+    ({"source": "file"}, "key 'audio' = {'source': 'file'}: audio.source = "
                          "'file' needs audio.file"),
     ({"source": "file", "file": "a.wav", "device": "x"},
      "unknown key 'audio.device' (not a key of audio.source = 'file')"),
@@ -287,3 +287,181 @@ def test_a_secret_file_is_read_in_a_table_that_follows_a_list(tmp_path):
                            "mqtt": {"username": "u", "password_file": "pw"}},
                           str(tmp_path / "agent.toml"))
     assert config.mqtt.resolved_password() == "s3cret"
+
+
+# -- names and numbers: bounded, printable, in range (docs/reliability.md "Config and command
+# line"); every refusal names the key and what is allowed
+
+def _refused(data: dict) -> str:
+    from harken.agent.config import parse_config
+    with pytest.raises(ConfigError) as err:
+        parse_config({"model": {"bundle": "b"}, **data}, "x.toml")
+    return str(err.value)
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"agent": {"machine": "f" * 65}}, "agent.machine"),
+    ({"agent": {"node": "n" * 65}}, "agent.node"),
+    ({"machines": [{"name": "m" * 65}]}, "machines[0].name"),
+    ({"mqtt": {"prefix": "p" * 129}}, "mqtt.prefix"),
+    ({"mqtt": {"group_id": "g" * 65}}, "mqtt.group_id"),
+    ({"mqtt": {"edge_node_id": "e" * 65}}, "mqtt.edge_node_id"),
+    ({"mqtt": {"client_id": "c" * 70_000}}, "mqtt.client_id"),
+    ({"mqtt": {"username": "u" * 257}}, "mqtt.username"),
+])
+def test_names_and_ids_are_bounded_in_length(data, key):
+    """A name becomes a file name, a topic and a client id: a 70,000-character client id
+    killed paho's thread (issue 37)."""
+    err = _refused(data)
+    assert f"key '{key}' = " in err and "characters, at most" in err
+    assert len(err) < 400                                  # the value is not echoed whole
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"agent": {"machine": "fan\n"}}, "agent.machine"),
+    ({"mqtt": {"client_id": "a\x00b"}}, "mqtt.client_id"),
+    ({"mqtt": {"client_id": "a\nb"}}, "mqtt.client_id"),
+    ({"mqtt": {"group_id": "plant\x1b[2J"}}, "mqtt.group_id"),
+    ({"mqtt": {"edge_node_id": "edge\u202e"}}, "mqtt.edge_node_id"),
+    ({"mqtt": {"username": "u\r\n"}}, "mqtt.username"),
+    ({"mqtt": {"host": "broker\n"}}, "mqtt.host"),
+    ({"model": {"bundle": "b\x00.tar.gz"}}, "model.bundle"),
+    ({"agent": {"state_dir": "st\x07ate"}}, "agent.state_dir"),
+])
+def test_names_ids_and_paths_refuse_control_and_invisible_characters(data, key):
+    """NUL or newline in client_id/group_id made the broker drop the connection at every
+    retry with nothing logged (issue 37); in a path, NUL was a ValueError traceback."""
+    err = _refused(data)
+    assert f"key '{key}' = " in err and "control or invisible character" in err
+    assert "allowed:" in err
+
+
+@pytest.mark.parametrize("name", ["..", ".", "..."])
+def test_a_machine_name_of_dots_is_refused(name):
+    err = _refused({"machines": [{"name": name}]})
+    assert "key 'machines[0].name'" in err and "not only dots" in err
+
+
+@pytest.mark.parametrize("prefix", ["harken/", "/harken", "a//b"])
+def test_a_topic_prefix_with_an_empty_level_is_refused(prefix):
+    assert "empty topic level" in _refused({"mqtt": {"prefix": prefix}})
+
+
+def test_machine_names_differing_only_in_case_are_refused():
+    """fan and Fan share a state file on a case-insensitive file system (an SD card's
+    FAT) and read as one machine on a dashboard."""
+    err = _refused({"machines": [{"name": "fan", "channel": 1}, {"name": "Fan", "channel": 2}]})
+    assert "machine names must differ" in err and "['Fan', 'fan']" in err
+
+
+@pytest.mark.parametrize("data, key, allowed", [
+    ({"decision": {"interval_s": True}}, "decision.interval_s", "0.5 to 600 seconds"),
+    ({"decision": {"interval_s": 0.1}}, "decision.interval_s", "0.5 to 600 seconds"),
+    ({"decision": {"k_on": True}}, "decision.k_on", "1 to 100 intervals"),
+    ({"model": {"bundle": "b", "threads": 1000}}, "model.threads", "1 to 64 threads"),
+    ({"mqtt": {"outbox_max": 10 ** 30}}, "mqtt.outbox_max", "10 to 1e+09 messages"),
+    ({"mqtt": {"keepalive": 1}}, "mqtt.keepalive", "5 to 3600 seconds"),
+    ({"mqtt": {"port": True}}, "mqtt.port", "1 to 65535"),
+    ({"output": {"stats_s": 0.5}}, "output.stats_s", "1 to 3600 seconds"),
+    ({"audio": {"block_s": 0}}, "audio.block_s", "above 0, up to 2 seconds"),
+    ({"audio": {"ring_s": 10 ** 400}}, "audio.ring_s", "1 to 600 seconds"),
+    ({"decision": {"threshold": "1.5"}}, "decision.threshold", "a finite number"),
+])
+def test_every_number_is_a_number_in_range_with_its_unit(data, key, allowed):
+    """A TOML ``true`` was read as 1 (a 1-s interval; port 1); an outbox of 10^30 rows
+    passed; a refusal did not say seconds or intervals."""
+    err = _refused(data)
+    assert f"key '{key}' = " in err and allowed in err
+
+
+def test_too_many_machines_are_refused_in_one_line():
+    err = _refused({"machines": [{"name": f"m{i}"} for i in range(300)]})
+    assert "key 'machines' = a list of 300 items" in err and "at most 256" in err
+    assert err.count("\n") == 0
+
+
+def test_a_refused_value_is_echoed_short():
+    err = _refused({"agent": {"machine": "x" * 1_000_000}})
+    assert "... (1000002 characters)" in err and len(err) < 400      # the repr's quotes
+    err = _refused({"decision": {"k_on": 10 ** 3000}})
+    assert "a number of more than 60 digits" in err and len(err) < 400
+
+
+def test_a_config_that_is_no_regular_file_is_refused_without_reading_it(tmp_path):
+    """A FIFO blocked the agent before it said anything; ``-`` read as a missing file."""
+    import os
+    fifo = tmp_path / "agent.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=r"agent\.toml: cannot read a config from it \(not a "
+                                          r"regular file\)"):
+        load_config(fifo)
+    with pytest.raises(ConfigError, match=r"cannot read a config from it \(a folder\)"):
+        load_config(tmp_path)
+    with pytest.raises(ConfigError, match=r"^-: a config is read from a file, not from stdin"):
+        load_config("-")
+    big = tmp_path / "big.toml"
+    big.write_text(GOOD + "# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(ConfigError, match=r"big\.toml: \d+ bytes, a config is at most 1048576"):
+        load_config(big)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("x = " + "[" * 100_000 + "]" * 100_000, "nested too deep"),
+    ("x = " + "9" * 5000, "not valid TOML"),
+])
+def test_deep_nesting_and_huge_integers_are_one_line(tmp_path, text, message):
+    """tomllib raised RecursionError and a bare ValueError (an integer of over 4300 digits):
+    tracebacks."""
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(write(tmp_path, GOOD + text + "\n"))
+    assert str(err.value).count("\n") == 0 and len(str(err.value)) < 400
+
+
+def test_a_value_file_that_is_a_fifo_is_refused_without_blocking(tmp_path):
+    import os
+    os.mkfifo(tmp_path / "node-id")
+    with pytest.raises(ConfigError, match=r"node-id \(not a regular file\)"):
+        load_config(write(tmp_path, GOOD.replace('node = "n1"', 'node_file = "node-id"')))
+
+
+def test_a_config_path_with_control_characters_is_echoed_escaped(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "a\x1b]0;pwned\x07.toml")
+    assert "\x1b" not in str(err.value) and "\\x1b" in str(err.value)
+
+
+def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path):
+    """Notepad writes one; it was 'not valid TOML (Invalid statement (at line 1, column 1))'."""
+    p = tmp_path / "agent.toml"
+    p.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    assert load_config(p).agent.machine == "fan"
+
+
+def test_a_value_file_that_never_ends_is_read_only_at_its_start(tmp_path):
+    """``password_file = "/dev/zero"`` (a device, never a secret) is refused at once; a
+    regular file is read only at its start (a secret or an id is one short line)."""
+    with pytest.raises(ConfigError, match=r"/dev/zero \(not a regular file\)"):
+        load_config(write(tmp_path, GOOD + '[mqtt]\nusername = "u"\npassword_file = '
+                                           '"/dev/zero"\n'))
+    from harken.common.settings import FIRST_LINE_MAX, first_line
+    (tmp_path / "long").write_text("x" * (FIRST_LINE_MAX * 4))
+    assert len(first_line(tmp_path / "long")) == FIRST_LINE_MAX
+
+
+def test_a_config_that_names_itself_as_a_value_file_reads_its_own_first_line(tmp_path):
+    """No include mechanism, so no loop: ``bundle_file`` naming the config itself takes its
+    first line as the bundle path, refused when the bundle is opened."""
+    p = tmp_path / "agent.toml"
+    p.write_text('[model]\nbundle_file = "agent.toml"\n')
+    assert load_config(p).model.bundle == "[model]"
+
+
+def test_a_sparkplug_id_of_lookalike_letters_is_another_id():
+    """Sparkplug ids are UTF-8 (the spec): a Cyrillic 'һarken' is accepted, and is another
+    group than 'harken' (a plant host subscribed to harken does not see it)."""
+    from harken.agent.config import parse_config
+    c = parse_config({"model": {"bundle": "b"}, "mqtt": {"group_id": "\u04bbarken"}}, "x.toml")
+    assert c.mqtt.group_id != "harken"
+    with pytest.raises(ConfigError, match="key 'machines\\[0\\].name' = '\uff26\uff41\uff4e'"):
+        parse_config({"model": {"bundle": "b"}, "machines": [{"name": "\uff26\uff41\uff4e"}]},
+                     "x.toml")

@@ -7,36 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from harken.agent.sinks.base import Sink, SinkSettings
-from harken.common.settings import resolve_password
+from harken.common.settings import (ClientId, Count, Host, PathText, Port, Seconds,
+                                    SparkplugId, Text, TopicPrefix, resolve_password)
 
 __all__ = ["MqttSection", "MqttTableSink", "default_client_id"]
 
-ID_MAX = 128                      # characters of a client, group or edge node id
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _plain_id(value: str) -> str:
-    """Ids go into the CONNECT packet and topics: a control character (NUL, newline) makes
-    the broker drop the connection at every retry, and a client id of 70 000 characters
-    kills paho's thread (MQTT allows 65 535 bytes; brokers far less)."""
-    if len(value) > ID_MAX:
-        raise ValueError(f"at most {ID_MAX} characters, got {len(value)}")
-    if _CONTROL.search(value):
-        raise ValueError("no control characters (NUL, newline, tab, escape) allowed")
-    return value
-
-
-PlainId = Annotated[str, AfterValidator(_plain_id)]
-
-
+ID_MAX = 128                      # characters of a client id (ClientId)
 def _protocol(value):
     """``protocol = 5`` (a TOML number) means "5"."""
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
@@ -61,32 +44,31 @@ def default_client_id(kind: str, names: tuple[str, ...], state_dir: Path) -> str
 
 class MqttSection(SinkSettings):
     enabled: bool = False
-    host: str = "localhost"
-    port: int = Field(1883, ge=1, le=65535)
-    prefix: str = Field("harken", min_length=1, pattern=r"^[A-Za-z0-9_./-]+$")
-    client_id: PlainId = ""           # default: default_client_id(), stable across restarts
-    keepalive: int = Field(30, ge=5, le=3600)
-    username: str | None = None
+    host: Host = "localhost"
+    port: Port = 1883
+    prefix: TopicPrefix = "harken"
+    client_id: ClientId = ""          # default: default_client_id(), stable across restarts
+    keepalive: Count(5, 3600, "seconds") = 30
+    username: Text(256) | None = None
     password: str | None = Field(None, repr=False)   # or password_file = "..." (docs/agent.md)
     password_env: str | None = None   # or the name of an environment variable
     tls: bool = False
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
+    ca_file: PathText | None = None
+    cert_file: PathText | None = None
+    key_file: PathText | None = None
     tls_insecure: bool = False        # certificate verification off: logged as a warning
-    outbox: str = "outbox.db"         # in agent.state_dir
-    outbox_max: int = Field(100_000, ge=10)
+    outbox: PathText = "outbox.db"    # in agent.state_dir
+    outbox_max: Count(10, 10**9, "messages") = 100_000
     profile: Literal["json", "sparkplug-b", "both"] = "json"   # docs/mqtt.md
-    group_id: PlainId = Field("harken", min_length=1, pattern=r"^[^/+#]+$")   # Sparkplug
-    edge_node_id: PlainId | None = Field(None, min_length=1, pattern=r"^[^/+#]+$")
+    group_id: SparkplugId = "harken"  # Sparkplug group
+    edge_node_id: SparkplugId | None = None   # default: agent.node
     # MQTT 5 where the broker speaks it (a refused publish says so); "auto" falls back to
     # 3.1.1 by itself when the broker refuses 5 (docs/mqtt.md "Protocol")
     protocol: Annotated[Literal["auto", "5", "3.1.1"], BeforeValidator(_protocol)] = "auto"
     # a window of messages with no PUBACK for this long is a dead connection
-    ack_timeout_s: float = Field(30.0, ge=1, le=3600)
+    ack_timeout_s: Seconds(1, 3600) = 30.0
     homeassistant: bool = False       # publish Home Assistant device discovery
-    discovery_prefix: str = Field("homeassistant", min_length=1,
-                                  pattern=r"^[A-Za-z0-9_./-]+$")
+    discovery_prefix: TopicPrefix = "homeassistant"
 
     @model_validator(mode="after")
     def _password_needs_username(self):
