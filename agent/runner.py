@@ -495,8 +495,8 @@ class Runner:
 
 def run_config(config: Config, max_intervals: int | None = None) -> int:
     """Build and run the agent. A failure of the device (a full disk, an I/O error) is an
-    ``EnvironmentFailure``: exit 75, which systemd restarts with back-off, unlike the exit 2
-    of a config mistake (docs/deploy.md "Exit codes")."""
+    ``EnvironmentFailure``: exit 75, which systemd restarts, unlike the exit 2
+    of a config mistake (docs/agent.md "Exit codes")."""
     try:
         return Runner.from_config(config, max_intervals).run()
     except (BundleError, SourceError) as exc:

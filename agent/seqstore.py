@@ -122,7 +122,7 @@ class SeqReservation:
             self._write(max(first + self.block, self.limit))
         except OSError as exc:
             # a full disk clears by itself or by a cleanup: exit 75, systemd tries again
-            # (docs/deploy.md "Exit codes"); a folder this user may not write needs an edit
+            # (docs/agent.md "Exit codes"); a folder this user may not write needs an edit
             raise (EnvironmentFailure if is_transient(exc) else ConfigError)(
                 f"{self.path}: cannot write the seq reservation ({exc.strerror or exc}); "
                 f"check agent.state_dir") from None

@@ -70,7 +70,7 @@ class StateLock:
                                   f"({exc.strerror or exc})") from None
         except OSError as exc:
             # a full or failing disk is the device's, restarted by systemd; the rest an edit
-            # fixes (docs/deploy.md "Exit codes")
+            # fixes (docs/agent.md "Exit codes")
             raise (EnvironmentFailure if is_transient(exc) else ConfigError)(
                 f"{self.path}: cannot open the state lock ({exc.strerror or exc}); key "
                 f"'agent.state_dir' names {self.folder}") from None

@@ -1,7 +1,7 @@
 """What every Harken command line shares: user mistakes (``HarkenError``, and OSError: a
 file that is missing or unreadable) become one line on stderr and exit status 2, never a
 traceback (``--debug`` shows it); an ``EnvironmentFailure`` (disk full, I/O error) exits 75,
-which systemd restarts (docs/deploy.md "Exit codes"). Any other exception is a bug and
+which systemd restarts (docs/agent.md "Exit codes"). Any other exception is a bug and
 keeps its traceback."""
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ setting out of range, data that cannot be used) is a ``HarkenError``: the comman
 prints its one-line message and exits 2 (``EXIT_USER``). A failure of the device's
 environment that no edit fixes (a full disk, an I/O error, a damaged runtime file) is an
 ``EnvironmentFailure``: one line too, but exit 75 (``EXIT_TEMPFAIL``, sysexits.h's
-EX_TEMPFAIL), which the systemd unit restarts with back-off while it does not restart exit 2
-(docs/deploy.md "Exit codes"). Anything else is a bug and keeps its traceback.
+EX_TEMPFAIL), which the systemd unit restarts, while it does not restart exit 2
+(docs/agent.md "Exit codes"). Anything else is a bug and keeps its traceback.
 Each subclass also derives from the builtin it refines (ValueError, OSError), so code that
 catches those keeps working.
 """
@@ -45,7 +45,7 @@ class ConfigError(HarkenError, ValueError):
 
 class EnvironmentFailure(HarkenError, OSError):
     """The device's environment failed (disk full, I/O error, a damaged runtime file): not
-    the user's settings. One line, exit 75, restarted by systemd (docs/deploy.md)."""
+    the user's settings. One line, exit 75, restarted by systemd (docs/agent.md "Exit codes")."""
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -192,7 +192,7 @@ def test_systemd_unit_refuses_an_empty_path_in_one_line(option, tmp_path):
 
 def test_the_unit_restarts_a_failing_device_but_not_a_config_mistake():
     """Exit 75 (a full disk, an I/O error at start: harken.common.errors.EnvironmentFailure)
-    is restarted, for good; exit 2 is not (docs/deploy.md "Exit codes")."""
+    is restarted, for good; exit 2 is not (docs/agent.md "Exit codes")."""
     from harken.common.errors import EXIT_TEMPFAIL, EXIT_USER
     lines = UNIT.read_text().splitlines()
     prevent = [ln.split("=", 1)[1].split() for ln in lines

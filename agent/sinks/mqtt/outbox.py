@@ -133,7 +133,8 @@ class Outbox:
                 # a full disk, an I/O error: the device's, so systemd tries again (exit 75)
                 raise EnvironmentFailure(f"{path}: cannot open the outbox ({exc})") from None
             # damaged (a power cut on a card that lies about syncing): set aside, never
-            # deleted, and a fresh one started so scoring goes on (docs/agent.md "Outbox")
+            # deleted, and a fresh one started so scoring goes on (docs/agent.md "A
+            # damaged outbox")
             self._set_aside(path, exc)
             try:
                 wrong = self._open(path)
