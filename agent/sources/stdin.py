@@ -47,7 +47,10 @@ def _reader(stream: BinaryIO, done: Callable[[], bool] | None
                 if done():
                     return None
                 continue
-            data = os.read(fd, n - len(got))
+            try:
+                data = os.read(fd, n - len(got))
+            except BlockingIOError:         # a non-blocking stdin woken for nothing
+                continue
             if not data:
                 break
             got += data
