@@ -344,8 +344,9 @@ def cmd_systemd_unit(args: argparse.Namespace) -> int:
     from pathlib import Path
     # the harken script beside this interpreter (venv, pipx), else the one on PATH
     beside = Path(sys.executable).parent / "harken"
-    exe = args.exec or (str(beside) if beside.exists() else shutil.which("harken"))
-    if not exe:
+    exe = args.exec if args.exec is not None else (
+        str(beside) if beside.exists() else shutil.which("harken"))
+    if exe is None:
         raise UsageError("no harken executable found beside this Python or on PATH: "
                          "give one with --exec")
     sys.stdout.write(systemd_unit(exe, args.config))

@@ -31,7 +31,7 @@ import numpy as np
 from harken.agent.model.backends import BackendPool
 from harken.agent.model.bundle import Bundle, BundleError
 from harken.agent.config import Config, ConfigError
-from harken.common.errors import HarkenError
+from harken.common.errors import EnvironmentFailure, HarkenError, is_transient
 from harken.agent.clock import ClockWatch, from_environment
 from harken.agent.decision.records import (AudioFailed, AudioHealth, AudioLost, AudioRestored,
                                            ClockSet, EnrolledBankInfo, IntervalResult,
@@ -494,7 +494,15 @@ class Runner:
 
 
 def run_config(config: Config, max_intervals: int | None = None) -> int:
+    """Build and run the agent. A failure of the device (a full disk, an I/O error) is an
+    ``EnvironmentFailure``: exit 75, which systemd restarts, unlike the exit 2
+    of a config mistake (docs/agent.md "Exit codes")."""
     try:
         return Runner.from_config(config, max_intervals).run()
     except (BundleError, SourceError) as exc:
         raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        if not is_transient(exc) or isinstance(exc, HarkenError):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise EnvironmentFailure(f"{where}{exc.strerror or exc}") from None

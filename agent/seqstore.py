@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 
 from harken.common.atomic import write_atomic
-from harken.common.errors import ConfigError
+from harken.common.errors import ConfigError, EnvironmentFailure, is_transient
 
 BLOCK = 1000          # seq values reserved per write (10 000 s of 10-s intervals)
 VERSION = 1
@@ -96,12 +96,21 @@ class SeqReservation:
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
                 raise ValueError(f"next_unreserved = {limit!r}, expected an integer >= 1")
             return limit
-        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) else exc
-            raise ConfigError(
-                f"{self.path}: not a seq reservation ({why}); it records which seq numbers "
-                f"were handed out: restore it, or remove it to restart seq above the "
-                f"outbox's last one (subscribers may then drop repeated seq)") from None
+        except OSError as exc:
+            if is_transient(exc):        # an I/O error of the card, not a damaged file
+                raise EnvironmentFailure(f"{self.path}: cannot read the seq reservation "
+                                         f"({exc.strerror or exc})") from None
+            raise self._damaged(exc.strerror) from None
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise self._damaged(exc) from None
+
+    def _damaged(self, why) -> ConfigError:
+        """A reservation that cannot be read: only a person can tell which seq numbers went
+        out (restore the file, or remove it), so this one is not restarted."""
+        return ConfigError(
+            f"{self.path}: not a seq reservation ({why}); it records which seq numbers "
+            f"were handed out: restore it, or remove it to restart seq above the "
+            f"outbox's last one (subscribers may then drop repeated seq)")
 
     def start(self, at_least: int = 1) -> int:
         """The first ``seq`` of this run: the mark of a run of this boot, else above every
@@ -112,8 +121,11 @@ class SeqReservation:
         try:
             self._write(max(first + self.block, self.limit))
         except OSError as exc:
-            raise ConfigError(f"{self.path}: cannot write the seq reservation "
-                              f"({exc.strerror or exc}); check agent.state_dir") from None
+            # a full disk clears by itself or by a cleanup: exit 75, systemd tries again
+            # (docs/agent.md "Exit codes"); a folder this user may not write needs an edit
+            raise (EnvironmentFailure if is_transient(exc) else ConfigError)(
+                f"{self.path}: cannot write the seq reservation ({exc.strerror or exc}); "
+                f"check agent.state_dir") from None
         self._write_mark(first)
         return first
 

@@ -18,7 +18,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from harken.common.errors import ConfigError
+from harken.common.errors import ConfigError, EnvironmentFailure, is_transient
 
 LOCK_NAME = "harken.lock"
 
@@ -69,17 +69,20 @@ class StateLock:
                 raise ConfigError(f"{self.path}: cannot open the state lock "
                                   f"({exc.strerror or exc})") from None
         except OSError as exc:
-            raise ConfigError(f"{self.path}: cannot open the state lock "
-                              f"({exc.strerror or exc}); key 'agent.state_dir' names "
-                              f"{self.folder}") from None
+            # a full or failing disk is the device's, restarted by systemd; the rest an edit
+            # fixes (docs/agent.md "Exit codes")
+            raise (EnvironmentFailure if is_transient(exc) else ConfigError)(
+                f"{self.path}: cannot open the state lock ({exc.strerror or exc}); key "
+                f"'agent.state_dir' names {self.folder}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             pid, command = _holder(fd)
             os.close(fd)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise ConfigError(f"{self.path}: cannot lock the state folder "
-                                  f"({exc.strerror or exc})") from None
+                raise (EnvironmentFailure if is_transient(exc) else ConfigError)(
+                    f"{self.path}: cannot lock the state folder ({exc.strerror or exc})"
+                ) from None
             message = (refusal or _run_refusal)(pid, command or "another harken", self.folder)
             raise StateBusy(message, pid, command) from None
         try:

@@ -95,6 +95,12 @@ def unit_text(template: str, exec_start: str, config: str, cwd: str | None = Non
     config``; both made absolute (the service's working directory is /var/lib/harken, so a
     path relative to where the command was typed would name another file) and quoted."""
     import os
+
+    from harken.common.errors import UsageError
+    for option, value in (("--exec", exec_start), ("--config", config)):
+        if not value.strip():        # '' joined to the folder would name the folder itself
+            raise UsageError(f"{option} {value!r}: empty; give the path of the "
+                             f"{'harken command' if option == '--exec' else 'agent config'}")
     base = cwd or os.getcwd()
     exe = systemd_quote(os.path.join(base, exec_start), "--exec")
     cfg = systemd_quote(os.path.normpath(os.path.join(base, config)), "--config")

@@ -1,8 +1,9 @@
 """What every Harken command line shares: user mistakes (``HarkenError``, and OSError: a
 file that is missing or unreadable) become one line on stderr and exit status 2, never a
-traceback (``--debug`` shows it). Any other exception is a bug and keeps its traceback.
-An option's value is checked by ``arg``: the same shared types as the config's keys
-(harken/common/settings.py), so ``--threads`` and ``model.threads`` refuse alike."""
+traceback (``--debug`` shows it); an ``EnvironmentFailure`` (disk full, I/O error) exits 75,
+which systemd restarts (docs/agent.md "Exit codes"). Any other exception is a bug and
+keeps its traceback. An option's value is checked by ``arg``: the same shared types as the
+config's keys (harken/common/settings.py), so ``--threads`` and ``model.threads`` refuse alike."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from harken.common.errors import HarkenError
+from harken.common.errors import EXIT_TEMPFAIL, EXIT_USER, EnvironmentFailure, HarkenError
 from harken.common.logs import ENV, LEVELS, default_level, setup_logging
 
 
@@ -113,7 +114,7 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None,
         if args.debug:
             raise
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_TEMPFAIL if isinstance(exc, EnvironmentFailure) else EXIT_USER
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130

@@ -8,9 +8,9 @@ free machine. ``HARKEN_FUZZ_EXAMPLES=N`` runs N examples per test instead,
 ``HARKEN_FUZZ_SEED=S`` picks other ones (a longer hunt on a workstation), and
 ``HARKEN_FUZZ_SHOW=1`` (with ``pytest -s``) prints each command line and its last line.
 
-Defects found in other parts of the agent are kept out of the generator (``KNOWN``) and
-written down as xfail cases below (``test_known_defects``), each naming its defect, so that
-the fuzz stays green on what is fixed while they wait for theirs."""
+The defects this test found in other parts of the agent (a FIFO where a WAV or a CA file is
+expected, an unclosed IPv6 bracket in a broker URL) are fixed; ``test_the_defects_it_found``
+runs each of them once by name."""
 
 from __future__ import annotations
 
@@ -271,28 +271,18 @@ def short(argv: list[str]) -> str:
 
 # -- each command: its arguments, valid and hostile -----------------------------------------
 
-# (command, slot, what): a slot of a command that a value of kind ``what`` must not reach
-# until another part of the agent is fixed; the xfail case of the same name below shows it
-WAV_FIFO = ("agent/sources/wavio.py: reading a WAV opens a FIFO and waits for a writer "
-            "forever (no check that the path is a regular file)")
-TLS_FIFO = ("agent/sinks/mqtt/broker.py (watch's TLS): the CA file is handed to ssl, which "
-            "opens a FIFO and waits for a writer forever")
-URL_IPV6 = ("agent/sinks/mqtt/broker.py parse_broker_url: urlsplit's ValueError ('Invalid "
-            "IPv6 URL') escapes as a traceback instead of a BrokerError")
-# (command, slot, what): what is "fifo", "folder", ... (World.paths) or the value itself
-KNOWN: dict[tuple[str, str, str], str] = {
-    ("watch", "--broker", "mqtt://[::1"): URL_IPV6,
-    ("features", "file", "fifo"): WAV_FIFO,
-    ("score", "file", "fifo"): WAV_FIFO,
-    ("calibrate", "--files", "fifo"): WAV_FIFO,
-    ("watch", "--ca-file", "fifo"): TLS_FIFO,
-}
+# (command, slot, what): the cases this fuzz found defects in, each run once by name below;
+# what is "fifo", "folder", ... (World.paths) or the value itself
+FOUND: list[tuple[str, str, str]] = [
+    ("watch", "--broker", "mqtt://[::1"),     # urlsplit's ValueError escaped
+    ("features", "file", "fifo"),             # reading a WAV waited for a FIFO's writer
+    ("score", "file", "fifo"),
+    ("calibrate", "--files", "fifo"),
+    ("watch", "--ca-file", "fifo"),           # ssl waited for the FIFO's writer
+]
 # options that name a file the command writes: the fuzz writes only inside its own folder
 # (the tests run there), never at "/" as root would
 WRITES = ("--save", "--plot")
-# config keys a fuzzed config must not point at the FIFO, for the same defects
-KNOWN_CONFIG = {("audio", "file"): WAV_FIFO, ("mqtt", "ca_file"): TLS_FIFO}
-
 
 REQUIRED = ("--config", "--broker")      # given in every example (a hostile value or not)
 
@@ -367,8 +357,7 @@ def argv_for(draw, world: World, command: str) -> list[str]:
             continue
         value = draw((st.sampled_from(broker_urls(world)) if name == "--broker" else
                       hostile_text(world)).filter(
-            lambda v, n=name: (command, n, kind(v, world)) not in KNOWN
-            and not (n in WRITES and os.path.isabs(v) and not v.startswith(str(world.root)))))
+            lambda v, n=name: not (n in WRITES and os.path.isabs(v) and not v.startswith(str(world.root)))))
         if not name.startswith("--"):
             argv.append(value)
         elif draw(st.booleans()):         # --name=value: a value that starts with '-' too
@@ -376,12 +365,6 @@ def argv_for(draw, world: World, command: str) -> list[str]:
         else:
             argv += [f"{name}={value}", name, valid]
     return argv + tail
-
-
-def kind(value: str, world: World) -> str:
-    """What a hostile value is, for ``KNOWN``: a path's kind, else the value."""
-    return {str(world.fifo): "fifo", str(world.folder): "folder", str(world.binary): "binary",
-            str(world.empty): "empty", str(world.missing): "missing"}.get(value, value)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -449,8 +432,7 @@ def hostile_config(draw, world: World, run: bool = False) -> bytes:
                 data[key[0]][key[1]] = draw(st.sampled_from(values))
         elif op == "set":
             path = draw(st.sampled_from(ALL_KEYS))
-            value = draw(hostile_value(world).filter(
-                lambda v, p=path: not (p in KNOWN_CONFIG and v == str(world.fifo))))
+            value = draw(hostile_value(world))
             if len(path) == 1:
                 data[path[0]] = value
             elif isinstance(data.setdefault(path[0], {}), dict):
@@ -527,12 +509,10 @@ def _known_argv(world: World, command: str, slot: str, what: str) -> list[str]:
     return argv + tail
 
 
-@pytest.mark.parametrize("command, slot, what", [
-    pytest.param(c, s, k, marks=pytest.mark.xfail(reason=why, strict=False))
-    for (c, s, k), why in KNOWN.items()], ids=lambda v: str(v))
-def test_known_defects(command, slot, what, world, capsys, monkeypatch):
-    """Each case the generator leaves out, run once: it fails (blocked) until its defect is
-    fixed; then drop it from KNOWN and the fuzz covers it."""
+@pytest.mark.parametrize("command, slot, what", FOUND, ids=lambda v: str(v))
+def test_the_defects_it_found(command, slot, what, world, capsys, monkeypatch):
+    """Each defect the fuzz found, run once by name (a traceback, or blocked on a FIFO,
+    before its fix)."""
     monkeypatch.chdir(world.root)
     monkeypatch.setattr(__import__(__name__, fromlist=["x"]), "BLOCKED_S", 3.0)
     run_cli(_known_argv(world, command, slot, what), world, capsys)

@@ -42,11 +42,17 @@ def test_eviction_drops_oldest_scores_first_and_counts(tmp_path):
     assert box.last_seq == 15
 
 
-def test_a_corrupt_outbox_is_named(tmp_path):
-    (tmp_path / "o.db").write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(OSError, match=r"o.db: cannot open the outbox \(file is not a database\); "
-                                      "move it aside to start a new one"):
-        Outbox(tmp_path / "o.db")
+def test_a_corrupt_outbox_is_set_aside_and_a_new_one_started(tmp_path, caplog):
+    """Before: refused (exit 2), and systemd never restarted the agent (finding 9)."""
+    junk = b"this is not sqlite" * 100
+    (tmp_path / "o.db").write_bytes(junk)
+    box = Outbox(tmp_path / "o.db")
+    box.put("s", b"x", seq=1)
+    assert box.depth == 1
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("o.db.damaged-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == junk            # kept, never deleted
+    said = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert len(said) == 1 and aside[0].name in said[0] and "file is not a database" in said[0]
 
 
 def test_a_full_database_evicts_old_scores_and_recovers_when_room_returns(tmp_path):

@@ -146,3 +146,29 @@ def test_calibration_reads_the_configured_source_with_each_machine_on_its_channe
     monkeypatch.setattr("sys.stdin", SimpleNamespace(buffer=io.BytesIO(pcm.tobytes() * 10)))
     [(scores, skipped)] = score_source([Averages()], cfg, 2 / 60, False, taps=[1])
     assert scores == [0.25, 0.25] and skipped == 0
+
+
+def test_pcm_chunks_leave_an_idle_open_pipe_when_told_to_stop():
+    """Before: the read of a pipe that stays open blocked for good, whatever the stop flag
+    said (finding 5: SIGTERM never stopped a stdin run)."""
+    import os
+    import threading
+
+    from tests.helpers import wait_for
+    r, w = os.pipe()
+    stop = threading.Event()
+    try:
+        os.write(w, np.zeros(1600, "<i2").tobytes())          # 0.1 s, then nothing more
+        with open(r, "rb", closefd=False) as stream:
+            got = []
+            reader = threading.Thread(target=lambda: got.extend(
+                pcm_chunks(stream, 16000, 0.1, done=stop.is_set)), daemon=True)
+            reader.start()
+            wait_for("the first chunk", lambda: len(got) == 1, 10, every=0.02)
+            assert reader.is_alive() and len(got[0]) == 1600       # waiting on the pipe
+            stop.set()
+            reader.join(2)
+            assert not reader.is_alive(), "the read of an idle pipe held the stop"
+    finally:
+        os.close(r)
+        os.close(w)

@@ -219,3 +219,58 @@ def test_a_state_folder_removed_while_running_is_locked_again_with_its_seq(ae_bu
         proc.wait(60)
     last = max(s for s in seqs("".join(lines)))
     assert json.loads((state / "seq-fan.json").read_text())["next_unreserved"] > last
+
+
+# -- exit codes: a config mistake is not restarted, a failing device is -------------------
+
+def test_a_full_state_disk_at_start_exits_75_for_systemd_to_restart(ae_bundle, wav, tmp_path):
+    """Before: exit 2, and the unit's RestartPreventExitStatus=2 kept the service down for
+    good (finding 9). A full disk is the device's: exit 75, restarted; a second start once
+    there is room scores."""
+    with tmpfs(tmp_path / "disk", "64k") as disk:
+        cfg = run_config(tmp_path, ae_bundle, wav)
+        cfg.write_text(cfg.read_text().replace(str(tmp_path / "state"), str(disk)))
+        filler = fill(disk)
+        out = subprocess.run([*HARKEN, "run", "--config", str(cfg), "--intervals", "1"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 75, out.stderr
+        said = [ln for ln in out.stderr.strip().splitlines() if ln.startswith("harken:")]
+        assert said == [f"harken: error: {disk}/seq-fan.json: cannot write the seq reservation "
+                        f"(No space left on device); check agent.state_dir"], out.stderr
+        assert "Traceback" not in out.stderr
+        filler.unlink()
+        again = subprocess.run([*HARKEN, "run", "--config", str(cfg), "--intervals", "1"],
+                               capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0 and seqs(again.stdout) == [1], again.stderr
+
+
+def test_a_config_mistake_still_exits_2(tmp_path):
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('[agent]\nnode = "n1"\nmachine = "fan"\nsurprise = 1\n')
+    out = subprocess.run([*HARKEN, "run", "--config", str(cfg)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_corrupt_outbox_at_start_is_set_aside_and_scoring_goes_on(broker, ae_bundle, wav,
+                                                                   tmp_path):
+    """Before: 'cannot open the outbox (file is not a database)', exit 2, nothing scored
+    and never restarted (finding 9). Now the damaged file is kept under a new name, said in
+    one line, and a fresh outbox takes the scores."""
+    from harken.testkit.mosquitto import PASSWORD, USER
+    (tmp_path / "secret").write_text(PASSWORD + "\n")
+    cfg = run_config(tmp_path, ae_bundle, wav,
+                     mqtt={"enabled": True, "host": "127.0.0.1", "port": broker.port,
+                           "username": USER, "password_file": "secret"})
+    state = tmp_path / "state"
+    state.mkdir()
+    junk = os.urandom(8192)                         # what a power cut left of it
+    (state / "outbox.db").write_bytes(junk)
+    out = subprocess.run([*HARKEN, "run", "--config", str(cfg), "--intervals", "2"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert len(seqs(out.stdout)) == 2
+    aside = sorted(state.glob("outbox.db.damaged-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == junk
+    said = [ln for ln in out.stderr.splitlines() if "damaged" in ln]
+    assert len(said) == 1 and f"set aside as {aside[0].name}" in said[0], out.stderr

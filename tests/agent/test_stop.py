@@ -106,3 +106,35 @@ def test_sighup_stops_cleanly_and_exits_129_for_systemd_to_restart(ae_bundle, wa
     proc.send_signal(signal.SIGHUP)
     assert proc.wait(30) == 129
     assert stopped(lines) == ["fan"]
+
+
+def test_sigterm_stops_a_stdin_run_whose_pipe_stays_open_and_idle(ae_bundle, tmp_path):
+    """Before: the read of the idle pipe held the stop; still running 25 s after SIGTERM,
+    no ``stopped`` (finding 5). Now the read looks at the stop every 0.1 s."""
+    import numpy as np
+    cfg = write_agent_config(
+        tmp_path / "agent.toml", agent={"node": "n1", "machine": "fan",
+                                        "state_dir": tmp_path / "state"},
+        model={"bundle": ae_bundle, "artifact": "onnx-int8"}, audio={"source": "stdin"},
+        decision={"interval_s": 1, "threshold": 1e9}, output={"stdout": True})
+    proc = subprocess.Popen([sys.executable, "-m", "harken.agent.cli", "run", "--config",
+                             str(cfg)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=False)
+    try:
+        lines = collect_lines(proc.stdout)
+        noise = np.random.default_rng(0).normal(0, 0.1, 3 * 16000)
+        proc.stdin.write((noise * 32767).astype("<i2").tobytes())     # 3 s; the pipe stays open
+        proc.stdin.flush()
+        wait_for("a score", lambda: any(b'"kind": "score"' in ln for ln in list(lines)), 120)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(STOP_BUDGET_S + SLACK_S)
+        assert time.monotonic() - t0 < STOP_BUDGET_S + SLACK_S
+        assert proc.returncode == 0, proc.stderr.read()
+        assert [json.loads(ln)["machine"] for ln in list(lines)
+                if b'"status": "stopped"' in ln] == ["fan"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stdin.close()

@@ -175,3 +175,49 @@ def test_the_unit_does_not_restart_a_config_mistake_and_can_read_the_clock_state
     # ProtectClock=yes denies even reading adjtimex (docs/agent.md "Time you can trust")
     assert "ProtectClock=yes" not in text.splitlines()
     assert "CapabilityBoundingSet=" in text.splitlines()        # the clock stays unsettable
+
+
+@pytest.mark.parametrize("option", ["--config", "--exec"])
+def test_systemd_unit_refuses_an_empty_path_in_one_line(option, tmp_path):
+    """Before: ``--config ''`` wrote ``--config <cwd>`` (the folder) and exited 0."""
+    args = {"--exec": "/opt/harken/bin/harken", "--config": "/etc/harken/agent.toml", option: ""}
+    out = subprocess.run([sys.executable, "-m", "harken.agent.cli", "systemd-unit",
+                          *[w for kv in args.items() for w in kv]],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 2 and out.stdout == "", out.stdout
+    said = out.stderr.strip().splitlines()
+    assert said == [f"harken: error: {option} '': empty; give the path of the "
+                    f"{'agent config' if option == '--config' else 'harken command'}"]
+
+
+def test_the_unit_restarts_a_failing_device_but_not_a_config_mistake():
+    """Exit 75 (a full disk, an I/O error at start: harken.common.errors.EnvironmentFailure)
+    is restarted, for good; exit 2 is not (docs/agent.md "Exit codes")."""
+    from harken.common.errors import EXIT_TEMPFAIL, EXIT_USER
+    lines = UNIT.read_text().splitlines()
+    prevent = [ln.split("=", 1)[1].split() for ln in lines
+               if ln.startswith("RestartPreventExitStatus=")]
+    assert prevent == [[str(EXIT_USER)]] and str(EXIT_TEMPFAIL) not in prevent[0]
+    assert "Restart=on-failure" in lines and "StartLimitIntervalSec=0" in lines
+
+
+def test_an_environment_failure_exits_75_and_a_user_mistake_2(capsys):
+    import argparse
+
+    from harken.common.clitools import run_command
+    from harken.common.errors import ConfigError, EnvironmentFailure
+
+    def parser_raising(exc):
+        p = argparse.ArgumentParser(prog="harken")
+        p.add_argument("--debug", action="store_true")
+        p.add_argument("--log-level", default="warning")
+
+        def boom(_args):
+            raise exc
+        p.set_defaults(func=boom)
+        return p
+    assert run_command(parser_raising(EnvironmentFailure("x: disk full")), []) == 75
+    assert run_command(parser_raising(ConfigError("x: bad key")), []) == 2
+    assert run_command(parser_raising(FileNotFoundError(2, "No such file")), []) == 2
+    err = capsys.readouterr().err
+    assert err.count("harken: error: ") == 3 and "Traceback" not in err

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,11 @@ class BrokerError(HarkenError, ValueError):
 def tls_context(ca_file: str | None = None, cert_file: str | None = None,
                 key_file: str | None = None, insecure: bool = False) -> ssl.SSLContext:
     """Verification on (system CAs, or ``ca_file``); a client certificate when given."""
+    for key, path in (("ca_file", ca_file), ("cert_file", cert_file), ("key_file", key_file)):
+        # ssl opens what it is given and a FIFO waits for a writer forever: regular files only
+        if path and os.path.exists(path) and not os.path.isfile(path):
+            raise BrokerError(f"mqtt.{key} = {path}: not a regular file (a certificate file "
+                              f"is expected)")
     try:
         ctx = ssl.create_default_context(cafile=ca_file)
     except (OSError, ssl.SSLError) as exc:

@@ -29,12 +29,15 @@ as evicted).
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from harken.common.errors import EnvironmentFailure
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -100,6 +103,11 @@ def _disk_full(exc: sqlite3.OperationalError) -> bool:
         "database or disk is full" in str(exc)
 
 
+# SQLITE_CORRUPT, SQLITE_NOTADB: a file that is no (longer a) database, set aside at open
+_DAMAGED = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+_log = logging.getLogger(__name__)
+
+
 class Outbox:
     reserve_bytes = 256 * 1024       # the log (<= 128 KiB), its index (32 KiB) and room to work
 
@@ -114,29 +122,59 @@ class Outbox:
         self._dropped = 0                      # evictions the full disk kept from meta
         self._unsaved_seq = 0                  # a dropped message's seq (kept in memory)
         try:
-            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            # every commit appends a few pages to the write-ahead log, which SQLite folds
-            # back only at 1000 pages (4 MB) by default: on a small disk the log alone
-            # fills it, and then nothing can be folded back. Fold it at 32 pages and keep
-            # it at most 128 KiB afterwards, so the outbox's disk use follows its content.
-            self._db.execute("PRAGMA wal_autocheckpoint=32")
-            self._db.execute("PRAGMA journal_size_limit=131072")
-            self._db.executescript(SCHEMA)
-            wrong = self._foreign_tables()
+            wrong = self._open(path)
         except sqlite3.DatabaseError as exc:
             if not os.access(path.parent, os.W_OK) or (path.exists()
                                                        and not os.access(path, os.W_OK)):
                 raise OSError(f"{path}: cannot open the outbox: this user may not write "
                               f"{'it' if path.exists() else 'its folder'} (check the "
                               f"permissions of agent.state_dir)") from None
-            raise OSError(f"{path}: cannot open the outbox ({exc}); move it aside to start "
-                          f"a new one") from None
+            if getattr(exc, "sqlite_errorcode", None) not in _DAMAGED:
+                # a full disk, an I/O error: the device's, so systemd tries again (exit 75)
+                raise EnvironmentFailure(f"{path}: cannot open the outbox ({exc})") from None
+            # damaged (a power cut on a card that lies about syncing): set aside, never
+            # deleted, and a fresh one started so scoring goes on (docs/agent.md "A
+            # damaged outbox")
+            self._set_aside(path, exc)
+            try:
+                wrong = self._open(path)
+            except sqlite3.DatabaseError as again:
+                raise EnvironmentFailure(f"{path}: cannot open the outbox ({again})") from None
         if wrong:
             self._db.close()
             raise OSError(f"{path}: not a Harken outbox ({wrong}); move it aside to start a "
                           f"new one")
+
+    def _open(self, path: Path) -> str:
+        """Connect and set the database up; what differs from the outbox's tables."""
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        # every commit appends a few pages to the write-ahead log, which SQLite folds
+        # back only at 1000 pages (4 MB) by default: on a small disk the log alone
+        # fills it, and then nothing can be folded back. Fold it at 32 pages and keep
+        # it at most 128 KiB afterwards, so the outbox's disk use follows its content.
+        self._db.execute("PRAGMA wal_autocheckpoint=32")
+        self._db.execute("PRAGMA journal_size_limit=131072")
+        self._db.executescript(SCHEMA)
+        return self._foreign_tables()
+
+    def _set_aside(self, path: Path, why: sqlite3.DatabaseError) -> None:
+        """The damaged database (and its log) renamed with the time, said in one line."""
+        try:
+            self._db.close()
+        except (sqlite3.Error, AttributeError):
+            pass
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside, n = path.with_name(f"{path.name}.damaged-{stamp}"), 1
+        while aside.exists():                  # never over an earlier one: nothing is deleted
+            n += 1
+            aside = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{path}{suffix}").exists():
+                os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+        _log.warning(f"{path}: damaged ({why}); set aside as {aside.name}, a new outbox "
+                     f"started (its undelivered messages stay in the old file)")
 
     def _foreign_tables(self) -> str:
         """What differs from the outbox's own tables ('' when nothing): a file written by
