@@ -329,10 +329,12 @@ class Connection:
 def watch(url: BrokerUrl, prefix: str = "harken", client_id: str | None = None,
           as_json: bool = False, duration: float | None = None, ca_file: str | None = None,
           cert_file: str | None = None, key_file: str | None = None, insecure: bool = False,
-          out: TextIO = sys.stdout, sparkplug_group: str | None = "harken",
+          out: TextIO | None = None, sparkplug_group: str | None = "harken",
           name: str | None = None, max_agents: int = DEFAULT_MAX_AGENTS,
           forget_after_s: float = DEFAULT_FORGET_AFTER_S, err: TextIO | None = None) -> int:
     """Watch until ``duration`` seconds pass (or Ctrl-C); 0, or BrokerError at connect."""
+    # the streams of the moment (a default of sys.stdout would be the one at import time)
+    out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     check_options(prefix, client_id, name, sparkplug_group, max_agents, forget_after_s, duration)
     fleet = Fleet(prefix, sparkplug_group=sparkplug_group, max_agents=max_agents,

@@ -304,7 +304,7 @@ def spec(world: World, command: str) -> tuple[list[tuple[str, str | None]], list
         "devices": ([("--json", None)], []),
         "score": ([("bundle", str(w.bundle)), ("file", str(w.wav)), ("--section", "0"),
                    ("--threads", "1"), ("--threshold", "1.5"), ("--channel", "1"),
-                   ("--artifact", "onnx-int8"), ("--json", None)], []),
+                   ("--artifact", "onnx-int8"), ("--json", None), ("--intervals", None)], []),
         "enroll": ([("--config", str(w.general)), ("--files", str(w.wav)),
                     ("--minutes", "0.1"), ("--false-alarms-per-week", "1"),
                     ("--machine", "fan"), ("--append", None), ("--json", None)], []),
@@ -315,19 +315,22 @@ def spec(world: World, command: str) -> tuple[list[tuple[str, str | None]], list
         "watch": ([("--broker", f"mqtt://127.0.0.1:{w.port}"), ("--prefix", "harken"),
                    ("--username", "u"), ("--password-file", str(w.password)),
                    ("--client-id", "fuzz"), ("--sparkplug-group", "harken"),
+                   ("--name", "fuzz"), ("--max-machines", "50"), ("--forget-after", "60"),
                    ("--for", "0.2"), ("--json", None), ("--tls-insecure", None),
                    ("--ca-file", ""), ("--cert-file", ""), ("--key-file", "")],
                   ["--for", "0.2"]),
+        "outbox": ([("--config", str(w.config)), ("--machine", "fan"), ("--list", None),
+                    ("--resend", None)], []),
         "systemd-unit": ([("--config", "/etc/harken/agent.toml"),
                           ("--exec", "/usr/bin/harken")], []),
     }[command]
 
 
 COMMANDS = ["version", "features", "run", "check-config", "devices", "score", "enroll",
-            "calibrate", "watch", "systemd-unit"]
+            "calibrate", "watch", "outbox", "systemd-unit"]
 # examples per command in CI: the costly ones (a bundle loaded, audio scored) fewer
 EXAMPLES = {"version": 10, "devices": 5, "systemd-unit": 40, "check-config": 40, "features": 40,
-            "watch": 60, "score": 40, "run": 25, "enroll": 25, "calibrate": 25}
+            "watch": 60, "score": 40, "run": 25, "enroll": 25, "calibrate": 25, "outbox": 25}
 
 
 def test_every_command_is_fuzzed():
