@@ -36,6 +36,27 @@ def _plain_id(value: str) -> str:
 
 PlainId = Annotated[str, AfterValidator(_plain_id)]
 
+# the other files of agent.state_dir (Sparkplug's outboxes and bdSeq, the seq reservations,
+# the calibration override, the enrolled bank): an outbox named like them would share one
+RESERVED_PREFIXES = ("sparkplug", "seq-", "threshold-", "enrolled-")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+
+
+def _outbox_name(value: str) -> str:
+    """``mqtt.outbox`` is a file name inside the agent's own state folder: an absolute path
+    or ``..`` let two agents share one outbox (each delivering the other's rows, seqs sent
+    twice), and a name like Sparkplug's ``sparkplug-<machine>.db`` made the two profiles of
+    ``profile = "both"`` share one file (JSON on DDATA topics). docs/mqtt.md."""
+    if not _FILE_NAME.match(value) or value in (".", ".."):
+        raise ValueError(f"a plain file name inside agent.state_dir (letters, digits, '_', "
+                         f"'-', '.'; no folder, no '..', at most 100 characters), got "
+                         f"{value!r}")
+    if value.lower().startswith(RESERVED_PREFIXES):
+        raise ValueError(f"{value!r} is named like another file of agent.state_dir (names "
+                         f"starting with {', '.join(RESERVED_PREFIXES)} are the agent's own: "
+                         f"Sparkplug's outboxes are sparkplug-<machine>.db); choose another")
+    return value
+
 
 def _protocol(value):
     """``protocol = 5`` (a TOML number) means "5"."""
@@ -74,7 +95,7 @@ class MqttSection(SinkSettings):
     cert_file: str | None = None
     key_file: str | None = None
     tls_insecure: bool = False        # certificate verification off: logged as a warning
-    outbox: str = "outbox.db"         # in agent.state_dir
+    outbox: Annotated[str, AfterValidator(_outbox_name)] = "outbox.db"   # in agent.state_dir
     outbox_max: int = Field(100_000, ge=10)
     profile: Literal["json", "sparkplug-b", "both"] = "json"   # docs/mqtt.md
     group_id: PlainId = Field("harken", min_length=1, pattern=r"^[^/+#]+$")   # Sparkplug

@@ -111,10 +111,11 @@ class MqttSink(Encoder, NetworkSink):
                                          self.interval_s)), qos=1, retain=True)
 
     def _as_sent(self, m: Message, live: bool) -> bytes:
-        """A score or event that goes out as history (made while the broker was away, by an
-        earlier run of the agent, or sent again after a reconnect) carries ``"replayed":
-        true``, so a dashboard keeps it out of its live value (docs/mqtt.md)."""
-        if live or m.kind not in ("score", "event"):
+        """A score, event or anomaly state that goes out as history (made while the broker
+        was away, by an earlier run of the agent, sent again after a reconnect or by
+        ``harken outbox --resend``) carries ``"replayed": true``, so a dashboard keeps it out
+        of its live value (docs/mqtt.md)."""
+        if live or m.kind not in ("score", "event", "state"):
             return m.payload
         body = json.loads(m.payload)
         body["replayed"] = True
@@ -123,20 +124,24 @@ class MqttSink(Encoder, NetworkSink):
     # -- the sink interface -------------------------------------------------------------------
     def interval(self, result: IntervalResult) -> None:
         who = {"node": self.node, "machine": self.machine}
+        # an unsynchronised clock is said on every message stamped by it (docs/agent.md
+        # "Time you can trust"), the event and the retained state as the score
+        clock = {} if result.clock is None else {"clock": result.clock}
         p = {**result.payload(), **who, "replayed": False}
         put = self.publisher.put
         put(self.lane, self.topics["score"], json.dumps(p, allow_nan=False).encode(),
             kind="score", seq=result.seq, arrived=result.arrived)
         if result.event is not None:
             put(self.lane, self.topics["event"], json.dumps(
-                {"seq": result.seq, **result.event.to_dict(), **who, "replayed": False}
-            ).encode(), kind="event")
+                {"seq": result.seq, **result.event.to_dict(), **who, "replayed": False,
+                 **clock}).encode(), kind="event")
         # the first interval of a run always says the state: a retained ON left by an
         # earlier run must not outlive a restart on normal sound
         if result.anomaly != self._anomaly:
             put(self.lane, self.topics["anomaly"], json.dumps(
                 {"state": "ON" if result.anomaly else "OFF", "seq": result.seq,
-                 "ts": round(result.ts, 3), **who}).encode(), retain=True, kind="state")
+                 "ts": round(result.ts, 3), **who, "replayed": False, **clock}).encode(),
+                retain=True, kind="state")
         self._anomaly = result.anomaly
 
     def status(self, event: StatusEvent) -> None:

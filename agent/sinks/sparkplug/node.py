@@ -44,7 +44,18 @@ DEVICE_METRICS = [("score", DataType.Float, "score", None),
                   ("status", DataType.String, "status", None),
                   ("rms_dbfs", DataType.Float, "rms_dbfs", "dBFS"),
                   ("inference_ms", DataType.Float, "inference_ms", "ms"),
-                  ("interval_seq", DataType.Int64, "seq", None)]
+                  ("interval_seq", DataType.Int64, "seq", None),
+                  # true when the interval's timestamp came from a clock not yet set (NTP
+                  # had not synchronised it: docs/agent.md "Time you can trust"); the JSON
+                  # payloads' "clock": "unsynced"
+                  ("clock_unsynced", DataType.Boolean, "clock", None)]
+
+
+def _value(body: dict, key: str):
+    """A device metric's value from a score payload (None before the first interval)."""
+    if key == "clock":
+        return (body.get("clock") == "unsynced") if body else None
+    return body.get(key)
 
 
 def now_ms() -> int:
@@ -179,7 +190,7 @@ class EdgeNode(Encoder):
         p = Payload(timestamp=now_ms())
         t = p.timestamp
         for name, dtype, key, unit in DEVICE_METRICS:
-            add_metric(p, name, dtype, d.last.get(key), t,
+            add_metric(p, name, dtype, _value(d.last, key), t,
                        properties={"engUnit": (DataType.String, unit)} if unit else None)
         add_metric(p, "Properties/Model", DataType.String, d.properties["model"], t)
         add_metric(p, "Properties/Backend", DataType.String, d.properties["backend"], t)
@@ -196,7 +207,7 @@ class EdgeNode(Encoder):
         p = Payload(timestamp=now_ms())
         t = int(round(body["ts"] * 1000))
         for name, dtype, key, _ in DEVICE_METRICS:
-            add_metric(p, name, dtype, body.get(key), t, historical=not live)
+            add_metric(p, name, dtype, _value(body, key), t, historical=not live)
         return self._stamp(p)
 
     # -- the devices' side (their sinks) ----------------------------------------------------
