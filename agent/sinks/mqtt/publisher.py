@@ -144,6 +144,12 @@ class Encoder:
         """The sender thread, holding ``lock``, before each round of outbox rows on a live
         connection: births go out here, so that data never precedes them."""
 
+    def held(self, lane: Lane) -> str | None:
+        """The sender thread, holding ``lock``: may ``lane``'s rows go now? None: yes; "":
+        not yet (kept); a reason: never on this connection (refused with it, unsent:
+        Sparkplug data whose birth the broker would not take)."""
+        return None
+
 
 @dataclass(eq=False)
 class Lane:
@@ -633,7 +639,10 @@ class Publisher(ConnectionReports):
             with self.lock:
                 self.encoder.before_send()
                 for lane in list(self._lanes):
-                    if not self._send_pending(lane):
+                    held = self.encoder.held(lane)
+                    if held:
+                        self._refuse_pending(lane, held)
+                    elif held is None and not self._send_pending(lane):
                         break
 
     def _acks_overdue(self) -> bool:
@@ -661,6 +670,15 @@ class Publisher(ConnectionReports):
         except OSError:
             pass
         return True
+
+    def _refuse_pending(self, lane: Lane, reason: str) -> None:
+        """Into the refused store, unsent: ``lane``'s rows that may not go (``held``)."""
+        for m in lane.outbox.pending(lane.last_sent, WINDOW):
+            lane.last_sent = m.id
+            lane.made_in.pop(m.id, None)
+            with self._flight_lock:
+                self._settle(_Sent(lane, m.id, 0, 0.0, m.topic, len(m.payload)), reason,
+                             "held: " + reason)
 
     def _send_pending(self, lane: Lane) -> bool:
         """Publish ``lane``'s rows not yet sent on this connection, as many as the window
