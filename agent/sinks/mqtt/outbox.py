@@ -28,7 +28,7 @@ as evicted).
 
 A retained message (the anomaly state) is the topic's *current* value at the broker: one
 sent again must never replace a newer one. The outbox remembers, per topic, when the newest
-acknowledged retained message was made (table ``retained``); ``resend`` drops (and counts,
+acknowledged retained message was made (``meta`` key ``retained:<topic>``, in ms); ``resend`` drops (and counts,
 ``stale_dropped``) a refused retained message older than that, or than a retained message of
 its topic still waiting or resent with it (docs/mqtt.md "Refused messages").
 """
@@ -63,7 +63,6 @@ CREATE TABLE IF NOT EXISTS refused (
     reason TEXT NOT NULL,
     refused REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS retained (topic TEXT PRIMARY KEY, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('last_seq', 0), ('evicted', 0);
 """
@@ -98,7 +97,6 @@ class Refused:
 _COLUMNS = {"messages": ["id", "topic", "payload", "qos", "retain", "kind", "created"],
             "refused": ["id", "topic", "payload", "qos", "retain", "kind", "created", "reason",
                         "refused"],
-            "retained": ["topic", "created"],
             "meta": ["key", "value"]}
 
 
@@ -316,10 +314,10 @@ class Outbox:
             try:
                 # a retained message acknowledged: the newest value of its topic at the
                 # broker, which no resent older one may replace
-                self._db.execute("INSERT INTO retained (topic, created) SELECT topic, created "
-                                 "FROM messages WHERE id = ? AND retain = 1 ON CONFLICT(topic) "
-                                 "DO UPDATE SET created = MAX(created, excluded.created)",
-                                 (message_id,))
+                self._db.execute("INSERT INTO meta (key, value) SELECT 'retained:' || topic, "
+                                 "CAST(created * 1000 AS INTEGER) FROM messages WHERE id = ? "
+                                 "AND retain = 1 ON CONFLICT(key) DO UPDATE SET value = "
+                                 "MAX(value, excluded.value)", (message_id,))
                 self._db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
             except sqlite3.OperationalError as exc:
                 if not _disk_full(exc):
@@ -402,7 +400,9 @@ class Outbox:
         """The refused retained messages (of ``where``) that a newer retained message of
         their topic supersedes: one the broker acknowledged, one waiting in the outbox, or
         a later refused one resent with them. The caller holds the lock, in a transaction."""
-        newest: dict[str, float] = dict(db.execute("SELECT topic, created FROM retained"))
+        newest: dict[str, float] = {key[len("retained:"):]: value / 1000 for key, value in
+                                    db.execute("SELECT key, value FROM meta WHERE key LIKE "
+                                               "'retained:%'")}
         for topic, created in db.execute("SELECT topic, MAX(created) FROM messages WHERE "
                                          "retain = 1 GROUP BY topic"):
             newest[topic] = max(created, newest.get(topic, created))
