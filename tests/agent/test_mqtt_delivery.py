@@ -547,9 +547,10 @@ def test_an_unsynced_clock_is_flagged_on_the_state_the_event_and_sparkplug_ddata
     try:
         sink.interval(_result(1, anomaly=True, clock="unsynced",
                               event=Event("start", 1001.0, 3.0, 0.0)))
-        wait_for("delivered", lambda: listen.of("/event") and listen.of("/anomaly"), 30)
+        live = lambda part: [json.loads(p) for _, p, r in listen.of(part) if not r]  # noqa: E731
+        wait_for("delivered", lambda: all(live(p) for p in ("/score", "/event", "/anomaly")), 30)
         for part in ("/score", "/event", "/anomaly"):
-            assert json.loads(listen.of(part)[-1][1])["clock"] == "unsynced", part
+            assert live(part)[-1]["clock"] == "unsynced", part
     finally:
         sink.close(flush_s=2)
         listen.close()
@@ -675,3 +676,34 @@ def test_the_outbox_file_is_a_name_in_the_agents_own_state_folder(tmp_path, outb
     with pytest.raises(ConfigError, match="key 'mqtt.outbox'") as err:
         load_config(cfg)
     assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_two_agents_publishing_as_one_node_and_machine_are_found_out_once(strict, tmp_path):
+    """Finding 17: a cloned card renamed (or a second agent with its own state folder)
+    publishes as the same node and machine: other client ids, so the broker sees nothing,
+    and their seqs mix on one set of topics unnoticed. Now each finds the other's instance
+    message on its own instance topic: said once, loudly, and in the stats; a restart of
+    one agent (its past run's retained message) is not a duplicate."""
+    first, second = [], []
+    a = MqttSink(_sink_settings(strict.port), "n1", "fan", tmp_path / "a" / "outbox.db",
+                 log=first.append)
+    b = None
+    try:
+        wait_for("the first heard", lambda: a._echoed, 30)
+        a.close(flush_s=1)                     # a restart of the same agent: no duplicate
+        a = MqttSink(_sink_settings(strict.port), "n1", "fan", tmp_path / "a" / "outbox.db",
+                     log=first.append)
+        wait_for("the restarted one heard", lambda: a._echoed, 30)
+        assert a.health()["duplicate_agent"] is None
+        b = MqttSink(_sink_settings(strict.port), "n1", "fan", tmp_path / "b" / "outbox.db",
+                     log=second.append)
+        wait_for("both found out", lambda: a.duplicate and b.duplicate, 30)
+        assert a.health()["duplicate_agent"]["state_dir"] == str(tmp_path / "b")
+        assert b.health()["duplicate_agent"]["state_dir"] == str(tmp_path / "a")
+        for logs in (first, second):
+            [line] = [m for m in logs if "another agent publishes as node n1 machine fan" in m]
+            assert "a cloned SD card?" in line
+    finally:
+        a.close(flush_s=0)
+        if b is not None:
+            b.close(flush_s=0)
