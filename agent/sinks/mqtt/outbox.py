@@ -28,9 +28,10 @@ as evicted).
 
 A retained message (the anomaly state) is the topic's *current* value at the broker: one
 sent again must never replace a newer one. The outbox remembers, per topic, when the newest
-acknowledged retained message was made (``meta`` key ``retained:<topic>``, in ms); ``resend`` drops (and counts,
-``stale_dropped``) a refused retained message older than that, or than a retained message of
-its topic still waiting or resent with it (docs/mqtt.md "Refused messages").
+acknowledged retained message was made (``meta`` key ``retained:<topic>``, in ms);
+``resend`` drops (and counts, ``stale_dropped``) a refused retained message older than
+that, or than a retained message of its topic still waiting or resent with it
+(docs/mqtt.md "Refused messages").
 """
 
 from __future__ import annotations
