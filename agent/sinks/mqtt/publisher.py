@@ -72,6 +72,7 @@ from harken.agent.sinks.mqtt.settings import MqttTableSink
 WINDOW = 32            # outbox rows in flight (published, not yet acknowledged) at a time
 STRIKES = 3            # a row in flight at this many broker closes in a row is refused
 STABLE_S = 10.0        # a connection shorter than this counts toward the reconnect back-off
+CLOSE_AFTER_S = 2.0    # a close this soon after a QoS 0 message may be the broker's answer to it
 BACKOFF_MAX_S = 60     # the longest wait between reconnects
 UNSUPPORTED_PROTOCOL = 0x84     # CONNACK: the broker does not speak this MQTT version
 TAKEN_OVER = 0x8E               # DISCONNECT: another client connected with this client id
@@ -192,12 +193,13 @@ class Publisher(ConnectionReports):
         self._direct: dict[int, tuple[str, int]] = {}   # mid -> (topic, publish count) of
         #                                         a direct QoS 1 publish not yet acknowledged
         # direct QoS 0 publishes of this connection that no later PUBACK has vouched for:
-        # (publish count, topic); a broker that closes the line over one of them names it
-        self._direct0: list[tuple[int, str]] = []
+        # (publish count, topic, time.monotonic()); a close right after one names it
+        self._direct0: list[tuple[int, str, float]] = []
         # topics the broker closes the connection on (docs/mqtt.md "Refused messages"):
         # topic -> the reason; their rows are refused unsent, their direct messages dropped
         self._blocked: dict[str, str] = {}
-        self._suspect: set[str] = set()         # topics of rows refused for closes
+        self._suspect: set[str] = set()         # topics of rows refused for closes (until
+        #                                         one of their rows is acknowledged)
         self._published = 0
         self._session: int | None = None        # the current connection's number
         self._started = False
@@ -299,7 +301,7 @@ class Publisher(ConnectionReports):
             self._published += 1
             began = self._published
             if not qos:
-                self._direct0.append((began, topic))
+                self._direct0.append((began, topic, time.monotonic()))
                 del self._direct0[:-WINDOW]
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if qos and info.rc == 0:
@@ -451,8 +453,8 @@ class Publisher(ConnectionReports):
             lived = time.monotonic() - self._connected_at
             if lived >= STABLE_S and self._last_error != self._ack_msg:
                 self._last_error = ""          # a connection that held: the next problem is news
-            if not killed and str(reason_code) != "Keep alive timeout":
-                struck = self._strike_oldest(lived)
+            if not killed and not taken and str(reason_code) != "Keep alive timeout":
+                struck = self._strike_oldest()
             # a broker that closes every connection soon after accepting it (another
             # client with this id, a message it will not take) is not asked again every
             # second: the wait doubles up to BACKOFF_MAX_S (docs/mqtt.md "Client ids")
@@ -505,7 +507,7 @@ class Publisher(ConnectionReports):
             self._speaks_tls = speaks_tls(self.s.host, self.s.port)
         return bool(self._speaks_tls)
 
-    def _strike_oldest(self, lived: float) -> bool:
+    def _strike_oldest(self) -> bool:
         """The broker closed a connection with messages unacknowledged: the oldest of them
         is the likely cause (a broker drops the connection over a message it will not take,
         after acknowledging what came before it: one over its size limit under 3.1.1, a
@@ -519,8 +521,9 @@ class Publisher(ConnectionReports):
                                                 list(self._inflight.values())
                                                 + ([self._sending] if self._sending else [])]
             flying += [(order, topic) for topic, order in self._direct.values()]
-            if lived < STABLE_S:   # a QoS 0 message has no answer: only a close soon after
-                flying += [(order, topic) for order, topic in self._direct0]
+            now = time.monotonic()     # a QoS 0 message has no answer: a close right after it
+            flying += [(order, topic) for order, topic, at in self._direct0
+                       if now - at < CLOSE_AFTER_S]
             if not flying:
                 self._strike, self._strikes = None, 0
                 return False
@@ -592,7 +595,7 @@ class Publisher(ConnectionReports):
                         self._acked_early = {m: v for m, v in self._acked_early.items()
                                              if v[0] >= self._published}
             if order is not None and self._direct0:   # the broker took what came before
-                self._direct0 = [(o, t) for o, t in self._direct0 if o > order]
+                self._direct0 = [entry for entry in self._direct0 if entry[0] > order]
         if (sent is not None or direct is not None) and self._last_error == self._ack_msg:
             self._last_error = ""
             self.log(f"acknowledgements from {self.s.host}:{self.s.port} arrive again")
@@ -610,6 +613,7 @@ class Publisher(ConnectionReports):
             if arrived is not None:
                 lane.latency_ms.append(1e3 * (time.monotonic() - arrived))
             lane.outbox.ack(sent.row)
+            self._suspect.discard(sent.topic)   # the broker takes this topic
         else:
             lane.outbox.refuse(sent.row, refused)
             self._log_refusal(sent.topic, refused + "; kept in the refused store (harken "
