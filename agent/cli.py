@@ -132,6 +132,9 @@ def cmd_outbox(args: argparse.Namespace) -> int:
                 if args.resend:
                     n = box.resend()
                     print(f"{path}: {n} refused message(s) back in the outbox")
+                    if box.stale_dropped:     # never an old state over a newer one
+                        print(f"{path}: {box.stale_dropped} refused retained message(s) "
+                              f"dropped: a newer one of their topic was sent since")
                     continue
                 for r in box.refused(limit=view.mqtt.outbox_max):
                     print(json.dumps({"file": str(path), "id": r.id, "topic": r.topic,

@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from harken.agent.config import ConfigError, MqttSection, load_config
-from harken.agent.sinks.mqtt.outbox import Outbox
+from harken.agent.sinks.mqtt.outbox import Message, Outbox
 from harken.agent.sinks.mqtt.publisher import Encoder, Publisher, packet_size
 from harken.agent.sinks.mqtt.settings import default_client_id
 from harken.agent.sinks.mqtt.sink import MqttSink
@@ -423,3 +423,287 @@ def test_sparkplug_data_the_broker_refuses_is_kept_apart_and_counted(strict, tmp
     finally:
         node.remove_device(device, 0)
         node.close()
+
+
+# -- issue 37, second round (docs/reliability.md "Delivery over MQTT") ----------------------
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Mosquitto whose max_packet_size (300 bytes) takes a Sparkplug NBIRTH and DDATA but
+    not a DBIRTH (about 450 bytes)."""
+    b = Broker(tmp_path_factory.mktemp("tiny"), extra="max_packet_size 300\n")
+    b.start()
+    yield b
+    b.stop()
+
+
+class _Raw:
+    """A subscriber that keeps (topic, payload bytes, retain) of every message."""
+
+    def __init__(self, port, topic, client_id, protocol=mqtt.MQTTv5, user=True):
+        self.messages, subscribed = [], []
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=protocol)
+        if user:
+            self.c.username_pw_set(USER, PASSWORD)
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.c.on_subscribe = lambda c, u, mid, codes, p: subscribed.append(codes)
+        self.c.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload, m.retain))
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+        wait_for("subscribed", lambda: subscribed, 30)
+
+    def of(self, part):
+        return [(t, p, r) for t, p, r in self.messages if part in t]
+
+    def close(self):
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def _result(seq, anomaly, clock=None, event=None):
+    from harken.agent.decision.records import IntervalResult
+    return IntervalResult(ts=1000.0 + seq, seq=seq, score=3.0 if anomaly else 1.0,
+                          threshold=2.0, anomaly=anomaly, interval_s=2.0, model="m",
+                          backend="onnx", status="ok", rms_dbfs=-20.0, windows=3,
+                          inference_ms=0.1, clock=clock, event=event)
+
+
+def _sink_settings(port):
+    return MqttSection(enabled=True, host="127.0.0.1", port=port, username=USER,
+                       password=PASSWORD)
+
+
+def test_outbox_resend_never_puts_an_old_retained_state_over_a_newer_one(strict, tmp_path,
+                                                                         capsys):
+    """Finding 3: the ACL refused the ON state (seq 2); later the topic was allowed and a
+    normal run left a retained OFF (seq 5); ``harken outbox --resend`` put the ON back at
+    the broker for good. Now the older refused state is dropped (said), a refused state
+    that is still the newest goes out flagged ``"replayed": true``, and so do scores."""
+    from harken.agent.cli import main
+    cfg = write_agent_config(tmp_path / "a.toml", model={"bundle": "b"},
+                             agent={"node": "n1", "machine": "fan", "state_dir": "state"},
+                             mqtt={"enabled": True})
+    path = tmp_path / "state" / "outbox.db"
+    topic = "harken/n1/fan/anomaly"
+    box = Outbox(path)                     # what the run whose ON was refused left
+    on = box.put(topic, json.dumps({"state": "ON", "seq": 2, "ts": 2.0, "node": "n1",
+                                    "machine": "fan", "replayed": False}).encode(),
+                 retain=True, kind="state", seq=2)
+    score = box.put("harken/n1/fan/score", json.dumps({"seq": 3, "replayed": False}).encode(),
+                    seq=3)
+    box.refuse(on, "Not authorized (0x87)")
+    box.refuse(score, "Not authorized (0x87)")
+    box.close()
+    sink = MqttSink(_sink_settings(strict.port), "n1", "fan", path, log=lambda m: None)
+    try:
+        sink.interval(_result(5, anomaly=False))          # the newer state: OFF, retained
+        wait_for("the OFF delivered", lambda: sink.outbox.depth == 0, 30)
+        assert main(["outbox", "--config", str(cfg), "--resend"]) == 0
+        out = capsys.readouterr().out
+        assert "1 refused message(s) back in the outbox" in out
+        assert "1 refused retained message(s) dropped: a newer one of their topic" in out
+        sink.publisher.wake()
+        wait_for("the resent score delivered", lambda: sink.outbox.depth == 0, 30)
+    finally:
+        sink.close(flush_s=2)
+    late = _Raw(strict.port, "harken/n1/fan/#", "resend-late")     # retained values only
+    try:
+        wait_for("the retained state", lambda: late.of("/anomaly"), 30)
+        [(_, payload, retained)] = late.of("/anomaly")
+        assert retained and json.loads(payload)["state"] == "OFF"
+    finally:
+        late.close()
+    # the newest state refused and resent: it goes, marked as a replay
+    box = Outbox(path)
+    row = box.put(topic, json.dumps({"state": "ON", "seq": 7, "ts": 7.0, "node": "n1",
+                                     "machine": "fan", "replayed": False}).encode(),
+                  retain=True, kind="state", seq=7)
+    box.refuse(row, "Not authorized (0x87)")
+    assert box.resend() == 1 and box.stale_dropped == 0
+    box.close()
+    listen = _Raw(strict.port, topic, "resend-listener")
+    sink = MqttSink(_sink_settings(strict.port), "n1", "fan", path, log=lambda m: None)
+    try:
+        wait_for("the resent state", lambda: any(json.loads(p)["seq"] == 7
+                                                 for _, p, _ in listen.messages), 30)
+        body = [json.loads(p) for _, p, _ in listen.messages if json.loads(p)["seq"] == 7][0]
+        assert body["state"] == "ON" and body["replayed"] is True
+    finally:
+        sink.close(flush_s=2)
+        listen.close()
+
+
+def test_an_unsynced_clock_is_flagged_on_the_state_the_event_and_sparkplug_ddata(strict,
+                                                                                tmp_path):
+    """Finding 10: with HARKEN_CLOCK=unsynced only the JSON score said "clock": "unsynced";
+    the retained anomaly state, the event and Sparkplug's DDATA said nothing."""
+    from harken.agent.decision.hysteresis import Event
+    from harken.agent.sinks.sparkplug.node import EdgeNode
+    from harken.agent.sinks.sparkplug.payload import decode, metric_value
+    listen = _Raw(strict.port, "harken/n1/fan/#", "clock-listener")
+    sink = MqttSink(_sink_settings(strict.port), "n1", "fan", tmp_path / "outbox.db",
+                    log=lambda m: None)
+    try:
+        sink.interval(_result(1, anomaly=True, clock="unsynced",
+                              event=Event("start", 1001.0, 3.0, 0.0)))
+        live = lambda part: [json.loads(p) for _, p, r in listen.of(part) if not r]  # noqa: E731
+        wait_for("delivered", lambda: all(live(p) for p in ("/score", "/event", "/anomaly")), 30)
+        for part in ("/score", "/event", "/anomaly"):
+            assert live(part)[-1]["clock"] == "unsynced", part
+    finally:
+        sink.close(flush_s=2)
+        listen.close()
+    node = EdgeNode(_sink_settings(strict.port), "clockgrp", "edge", tmp_path, "0.0",
+                    log=lambda m: None)
+    box = Outbox(tmp_path / "sparkplug-fan.db")
+    device = node.add_device("fan", box, {"model": "m", "backend": "b", "section": 0,
+                                          "interval_s": 2.0})
+    try:
+        sent = []
+        enc = node._ddata
+        node.publisher._lanes[0].encode = lambda m, live: sent.append(enc(m, live)) or sent[-1]
+        node.data(device, {**_result(1, anomaly=False, clock="unsynced").payload()})
+        wait_for("a DDATA encoded", lambda: sent, 30)
+        values = {m.name: metric_value(m) for m in decode(sent[0]).metrics}
+        assert values["clock_unsynced"] is True
+    finally:
+        node.remove_device(device, 0)
+        node.close()
+
+
+def test_sparkplug_data_of_a_device_whose_dbirth_the_broker_refuses_is_never_sent(tiny,
+                                                                                  tmp_path):
+    """Finding 15: Mosquitto's max_packet_size refused the DBIRTH (logged), and the DDATA
+    of that device went out all the same, with no birth for a host to read them by. Now
+    they are refused unsent, with the reason; the NBIRTH went."""
+    from harken.agent.sinks.sparkplug.node import EdgeNode
+    from harken.agent.sinks.sparkplug.payload import decode
+    logs = []
+    spb = _Raw(tiny.port, "spBv1.0/#", "dbirth-host")
+    node = EdgeNode(_sink_settings(tiny.port), "tiny", "edge", tmp_path, "0.0",
+                    log=logs.append)
+    box = Outbox(tmp_path / "sparkplug-fan.db")
+    device = node.add_device("fan", box, {"model": "m", "backend": "b", "section": 0,
+                                          "interval_s": 2.0})
+    sizes = []
+    enc = node._ddata
+    node.publisher._lanes[0].encode = lambda m, live: sizes.append(len(enc(m, live))) or \
+        enc(m, live)
+    try:
+        node.describe(device, model="m", backend="b")
+        for seq in (1, 2):
+            node.data(device, _result(seq, anomaly=False).payload())
+        wait_for("both refused", lambda: box.refused_count == 2 and box.depth == 0, 30)
+        assert not sizes                        # never encoded to be sent
+        assert spb.of("/NBIRTH/") and not spb.of("/DBIRTH/") and not spb.of("/DDATA/")
+        assert decode(spb.of("/NBIRTH/")[0][1]).seq == 0
+        [reason] = {r.reason for r in box.refused()}
+        assert reason.startswith("the DBIRTH of device fan was not delivered (too large for "
+                                 "the broker (")
+        assert len([m for m in logs if "DDATA/edge/fan" in m]) == 1      # said once
+        # a DDATA would have fitted: without the hold the broker took them
+        assert len(enc(Message(0, "t", json.dumps(_result(1, False).payload()).encode(), 1,
+                               False, "score", 0.0), True)) < 250
+    finally:
+        node.remove_device(device, 0)
+        node.close()
+        spb.close()
+
+
+def test_a_broker_that_closes_on_a_topic_is_named_once_and_its_rows_refused(nats, tmp_path):
+    """Finding 7: after the fall-back to 3.1.1, nats-server closes the connection on a
+    topic with a '.' (a node named line2.pi, Sparkplug's spBv1.0): the same first row was
+    sent, the line closed, forever, and nothing said but the fall-back. Now the row is
+    refused after three closes, the topic's next row at once and the rest unsent, each
+    naming the topic, said once; the rows on other topics are delivered."""
+    got = _Raw(nats.port, "fb2/#", "nats-dots-sub", protocol=mqtt.MQTTv311, user=False)
+    run = _Run(nats.port, tmp_path, "nats-dots", username=None)
+    try:
+        wait_for("connected", lambda: run.pub.connected, 30)
+        for i in range(4):
+            run.put("fb2/line2.pi/score", f"row{i}".encode(), seq=i + 1)
+        run.put("fb2/ok", b"fine", seq=9)
+        wait_for("every row settled", lambda: run.box.depth == 0, 60)
+        assert [p for _, p, _ in got.messages] == [b"fine"]
+        refused = run.box.refused()
+        assert len(refused) == 4 and {r.topic for r in refused} == {"fb2/line2.pi/score"}
+        assert "or its topic fb2/line2.pi/score not allowed there" in refused[0].reason
+        assert {r.reason for r in refused[1:]} == {
+            "the broker closed the connection on this topic (fb2/line2.pi/score) each time: "
+            "it may not accept its characters (nats-server takes no '.' or ' ' in topics) or "
+            "not allow it"}
+        assert len(run.said("fb2/line2.pi/score")) == 2       # the row, then the topic
+        assert not run.said("another client may use client id")
+    finally:
+        run.close()
+        got.close()
+
+
+def test_a_will_topic_the_broker_will_not_take_is_named_not_retried_in_silence(nats,
+                                                                               tmp_path):
+    """Finding 7, the JSON sink: nats-server drops the CONNECT itself when the Last Will's
+    topic has a '.' (node line2.pi); before, the agent said only the fall-back line, at
+    every level, forever. Now the Will's topic is named, once."""
+    logs = []
+    sink = MqttSink(MqttSection(enabled=True, host="127.0.0.1", port=nats.port), "line2.pi",
+                    "fan", tmp_path / "outbox.db", log=logs.append)
+    try:
+        sink.interval(_result(1, anomaly=False))
+        said = lambda: [m for m in logs if "Last Will's topic harken/line2.pi/fan/status" in m]  # noqa: E731
+        wait_for("the Will's topic named", said, 60)
+        assert "nats-server takes no '.' or ' ' in topics" in said()[0]
+        assert not sink.publisher.connected and sink.outbox.depth >= 1
+        assert len(said()) == 1
+    finally:
+        sink.close(flush_s=0)
+
+
+@pytest.mark.parametrize("outbox,says", [
+    ("/tmp/shared.db", "a plain file name inside agent.state_dir"),
+    ("../other/outbox.db", "a plain file name inside agent.state_dir"),
+    ("sub/outbox.db", "a plain file name inside agent.state_dir"),
+    ("sparkplug-fan.db", "named like another file of agent.state_dir"),
+    ("sparkplug.db", "named like another file of agent.state_dir"),
+])
+def test_the_outbox_file_is_a_name_in_the_agents_own_state_folder(tmp_path, outbox, says):
+    """Finding 8: an absolute mqtt.outbox shared by two agents delivered 5 of 24 seqs
+    twice; ``sparkplug-fan.db`` with profile "both" put JSON on the DDATA topic and
+    protobuf on the score topic (one file for both sinks). Refused at load, one line."""
+    cfg = write_agent_config(tmp_path / "a.toml", agent={"node": "n1", "machine": "fan"},
+                             model={"bundle": "b"},
+                             mqtt={"enabled": True, "profile": "both", "outbox": outbox})
+    with pytest.raises(ConfigError, match="key 'mqtt.outbox'") as err:
+        load_config(cfg)
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_two_agents_publishing_as_one_node_and_machine_are_found_out_once(strict, tmp_path):
+    """Finding 17: a cloned card renamed (or a second agent with its own state folder)
+    publishes as the same node and machine: other client ids, so the broker sees nothing,
+    and their seqs mix on one set of topics unnoticed. Now each finds the other's instance
+    message on its own instance topic: said once, loudly, and in the stats; a restart of
+    one agent (its past run's retained message) is not a duplicate."""
+    first, second = [], []
+    a = MqttSink(_sink_settings(strict.port), "n1", "fan", tmp_path / "a" / "outbox.db",
+                 log=first.append)
+    b = None
+    try:
+        wait_for("the first heard", lambda: a._echoed, 30)
+        a.close(flush_s=1)                     # a restart of the same agent: no duplicate
+        a = MqttSink(_sink_settings(strict.port), "n1", "fan", tmp_path / "a" / "outbox.db",
+                     log=first.append)
+        wait_for("the restarted one heard", lambda: a._echoed, 30)
+        assert a.health()["duplicate_agent"] is None
+        b = MqttSink(_sink_settings(strict.port), "n1", "fan", tmp_path / "b" / "outbox.db",
+                     log=second.append)
+        wait_for("both found out", lambda: a.duplicate and b.duplicate, 30)
+        assert a.health()["duplicate_agent"]["state_dir"] == str(tmp_path / "b")
+        assert b.health()["duplicate_agent"]["state_dir"] == str(tmp_path / "a")
+        for logs in (first, second):
+            [line] = [m for m in logs if "another agent publishes as node n1 machine fan" in m]
+            assert "a cloned SD card?" in line
+    finally:
+        a.close(flush_s=0)
+        if b is not None:
+            b.close(flush_s=0)

@@ -25,6 +25,13 @@ table of the same database, with the reason and the time: kept, counted and re-s
 (``harken outbox --resend``), so that it neither vanishes nor blocks the messages behind
 it. The refused store has the same bound as the outbox (oldest refused go first, counted
 as evicted).
+
+A retained message (the anomaly state) is the topic's *current* value at the broker: one
+sent again must never replace a newer one. The outbox remembers, per topic, when the newest
+acknowledged retained message was made (``meta`` key ``retained:<topic>``, in ms);
+``resend`` drops (and counts, ``stale_dropped``) a refused retained message older than
+that, or than a retained message of its topic still waiting or resent with it
+(docs/mqtt.md "Refused messages").
 """
 
 from __future__ import annotations
@@ -121,6 +128,7 @@ class Outbox:
         self._full_pages = 0                   # the database's size when the disk filled
         self._dropped = 0                      # evictions the full disk kept from meta
         self._unsaved_seq = 0                  # a dropped message's seq (kept in memory)
+        self.stale_dropped = 0                 # old retained messages the last resend dropped
         try:
             wrong = self._open(path)
         except sqlite3.DatabaseError as exc:
@@ -343,6 +351,12 @@ class Outbox:
         later (the same seq: subscribers de-duplicate); paho's thread must not die of it."""
         with self._lock:
             try:
+                # a retained message acknowledged: the newest value of its topic at the
+                # broker, which no resent older one may replace
+                self._db.execute("INSERT INTO meta (key, value) SELECT 'retained:' || topic, "
+                                 "CAST(created * 1000 AS INTEGER) FROM messages WHERE id = ? "
+                                 "AND retain = 1 ON CONFLICT(key) DO UPDATE SET value = "
+                                 "MAX(value, excluded.value)", (message_id,))
                 self._db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
             except sqlite3.OperationalError as exc:
                 if not _disk_full(exc):
@@ -395,13 +409,19 @@ class Outbox:
     def resend(self, ids: list[int] | None = None) -> int:
         """Put refused messages (all, or those of ``ids``) back at the end of the outbox,
         oldest first: they go out again as history (they were made on an earlier
-        connection). Returns how many."""
+        connection). A retained one older than a retained message of its topic that the
+        broker has, that waits in the outbox or that is resent with it would put an old
+        state back over a newer one: it is dropped instead, counted in ``stale_dropped``.
+        Returns how many went back."""
         where, args = ("", ()) if ids is None else \
             (f"WHERE id IN ({','.join('?' * len(ids))})", tuple(ids))
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
+                stale = self._stale_retained(db, where, args)
+                db.executemany("DELETE FROM refused WHERE id = ?", [(i,) for i in stale])
+                self.stale_dropped = len(stale)
                 n = db.execute(f"INSERT INTO messages (topic, payload, qos, retain, kind, "
                                f"created) SELECT topic, payload, qos, retain, kind, created "
                                f"FROM refused {where} ORDER BY id", args).rowcount
@@ -413,6 +433,26 @@ class Outbox:
                     db.execute("ROLLBACK")
                 raise
         return n
+
+    @staticmethod
+    def _stale_retained(db: sqlite3.Connection, where: str, args: tuple) -> list[int]:
+        """The refused retained messages (of ``where``) that a newer retained message of
+        their topic supersedes: one the broker acknowledged, one waiting in the outbox, or
+        a later refused one resent with them. The caller holds the lock, in a transaction."""
+        newest: dict[str, float] = {key[len("retained:"):]: value / 1000 for key, value in
+                                    db.execute("SELECT key, value FROM meta WHERE key LIKE "
+                                               "'retained:%'")}
+        for topic, created in db.execute("SELECT topic, MAX(created) FROM messages WHERE "
+                                         "retain = 1 GROUP BY topic"):
+            newest[topic] = max(created, newest.get(topic, created))
+        stale, last = [], {}
+        rows = db.execute(f"SELECT id, topic, created FROM refused {where} "
+                          f"{'AND' if where else 'WHERE'} retain = 1 ORDER BY id DESC", args)
+        for row_id, topic, created in rows:          # newest first
+            if topic in last or created < newest.get(topic, float("-inf")):
+                stale.append(row_id)
+            last[topic] = row_id
+        return stale
 
     def close(self) -> None:
         with self._lock:

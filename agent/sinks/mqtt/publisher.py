@@ -72,6 +72,7 @@ from harken.agent.sinks.mqtt.settings import MqttTableSink
 WINDOW = 32            # outbox rows in flight (published, not yet acknowledged) at a time
 STRIKES = 3            # a row in flight at this many broker closes in a row is refused
 STABLE_S = 10.0        # a connection shorter than this counts toward the reconnect back-off
+CLOSE_AFTER_S = 2.0    # a close this soon after a QoS 0 message may be the broker's answer to it
 BACKOFF_MAX_S = 60     # the longest wait between reconnects
 UNSUPPORTED_PROTOCOL = 0x84     # CONNACK: the broker does not speak this MQTT version
 TAKEN_OVER = 0x8E               # DISCONNECT: another client connected with this client id
@@ -144,6 +145,12 @@ class Encoder:
         """The sender thread, holding ``lock``, before each round of outbox rows on a live
         connection: births go out here, so that data never precedes them."""
 
+    def held(self, lane: Lane) -> str | None:
+        """The sender thread, holding ``lock``: may ``lane``'s rows go now? None: yes; "":
+        not yet (kept); a reason: never on this connection (refused with it, unsent:
+        Sparkplug data whose birth the broker would not take)."""
+        return None
+
 
 @dataclass(eq=False)
 class Lane:
@@ -183,7 +190,16 @@ class Publisher(ConnectionReports):
         # message's (a resend of an earlier connection) and must not ack a row that reuses
         # its mid.
         self._acked_early: dict[int, tuple[int, str | None]] = {}
-        self._direct: dict[int, str] = {}       # mid -> topic of a direct QoS 1 publish
+        self._direct: dict[int, tuple[str, int]] = {}   # mid -> (topic, publish count) of
+        #                                         a direct QoS 1 publish not yet acknowledged
+        # direct QoS 0 publishes of this connection that no later PUBACK has vouched for:
+        # (publish count, topic, time.monotonic()); a close right after one names it
+        self._direct0: list[tuple[int, str, float]] = []
+        # topics the broker closes the connection on (docs/mqtt.md "Refused messages"):
+        # topic -> the reason; their rows are refused unsent, their direct messages dropped
+        self._blocked: dict[str, str] = {}
+        self._suspect: set[str] = set()         # topics of rows refused for closes (until
+        #                                         one of their rows is acknowledged)
         self._published = 0
         self._session: int | None = None        # the current connection's number
         self._started = False
@@ -191,6 +207,8 @@ class Publisher(ConnectionReports):
         self._up = False                        # a connection is made (paho's view)
         self._connected_at = 0.0                # time.monotonic() of the last CONNACK
         self._flaps = 0                         # short or taken-over connections in a row
+        self._early = 0                         # connections closed before the CONNACK, in a row
+        self._will_topic: str | None = None
         self._killed = False                    # the ack timeout closed this connection
         self._speaks_tls: bool | None = None    # a plain client's port, looked at once
         self._last_ack = 0.0                    # time.monotonic() of the last PUBACK
@@ -202,6 +220,8 @@ class Publisher(ConnectionReports):
         self._strike: tuple[Lane, int] | None = None    # the row the last broker close hit
         self._strikes = 0
         self._max_packet: int | None = None     # the broker's Maximum Packet Size (MQTT 5)
+        self.direct_refusals: dict[str, str] = {}   # topic -> why its direct message was
+        #                                         not sent on this connection (too large)
         self._reasons_logged: set[str] = set()
         self.ack_timeouts = 0                   # dead connections found by the ack timeout
         self._wake, self._stop = threading.Event(), threading.Event()
@@ -222,6 +242,7 @@ class Publisher(ConnectionReports):
     # -- the encoder's side ----------------------------------------------------------------
     def will(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
         """The Last Will of the next connection."""
+        self._will_topic = topic
         self.client.will_set(topic, payload, qos=qos, retain=retain)
 
     def start(self) -> None:
@@ -268,19 +289,26 @@ class Publisher(ConnectionReports):
         connection closed)."""
         data = payload.encode() if isinstance(payload, str) else payload
         size = packet_size(topic, data, qos, is_mqtt5(self.client))
+        if topic in self._blocked:
+            return None                       # said once when the topic was found out
         if self._max_packet and size > self._max_packet:
+            self.direct_refusals[topic] = f"too large for the broker ({size} > " \
+                                          f"{self._max_packet} bytes)"
             self._log_refusal(topic, f"too large for the broker ({size} > {self._max_packet} "
                               f"bytes); not sent", "too large: direct")
             return None
         with self._flight_lock:
             self._published += 1
             began = self._published
+            if not qos:
+                self._direct0.append((began, topic, time.monotonic()))
+                del self._direct0[:-WINDOW]
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if qos and info.rc == 0:
             with self._flight_lock:
                 early = self._acked_early.pop(info.mid, None)
                 if early is None or early[0] < began:
-                    self._direct[info.mid] = topic
+                    self._direct[info.mid] = (topic, began)
                     refused = None
                 else:
                     refused = early[1]
@@ -288,6 +316,11 @@ class Publisher(ConnectionReports):
                 self._log_refusal(topic, refused + "; not kept (live information)",
                                   "direct: " + refused)
         return info
+
+    def refused_reason(self, topic: str) -> str | None:
+        """Why a direct message on ``topic`` was not sent on this connection (too large for
+        the broker, or a topic it closes the connection on); None if nothing said so."""
+        return self._blocked.get(topic) or self.direct_refusals.get(topic)
 
     def wake(self) -> None:
         """A sender round now (the encoder has births to send)."""
@@ -388,6 +421,8 @@ class Publisher(ConnectionReports):
             self._inflight.clear()
             self._acked_early.clear()
             self._direct.clear()
+            self._direct0.clear()
+            self.direct_refusals = {}
             self._max_packet = size
         with self.lock:
             for lane in self._lanes:
@@ -402,6 +437,10 @@ class Publisher(ConnectionReports):
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was, self._up = self._up, False
         killed, self._killed = self._killed, False
+        # the close that follows a CONNACK refusal was said with it; the next one is news
+        # (before, a fall-back to 3.1.1 left this set, and every later close went unsaid)
+        refused, self._refused = self._refused, False
+        self._early = 0 if was or refused else self._early + 1
         self._connected.clear()
         self._settled.set()
         if self._stop.is_set():
@@ -414,7 +453,7 @@ class Publisher(ConnectionReports):
             lived = time.monotonic() - self._connected_at
             if lived >= STABLE_S and self._last_error != self._ack_msg:
                 self._last_error = ""          # a connection that held: the next problem is news
-            if not killed and str(reason_code) != "Keep alive timeout":
+            if not killed and not taken and str(reason_code) != "Keep alive timeout":
                 struck = self._strike_oldest()
             # a broker that closes every connection soon after accepting it (another
             # client with this id, a message it will not take) is not asked again every
@@ -428,13 +467,22 @@ class Publisher(ConnectionReports):
                          f"image or a second agent? (the broker {self.s.host}:{self.s.port} "
                          f"said Session taken over; each agent needs its own mqtt.client_id); "
                          f"reconnecting with back-off up to {BACKOFF_MAX_S} s")
-        elif killed or self._refused or struck:
+        elif killed or refused or struck:
             pass                               # said already (the ack timeout, the CONNACK)
         elif not was and self._tls_port():
             self._report(f"broker {self.s.host}:{self.s.port} closed the connection before "
                          f"answering ({reason_code}): is this a TLS port? set mqtt.tls = "
                          f"true; retrying")
-        elif was and self._flaps == STRIKES:
+        elif self._early >= STRIKES and self._will_topic is not None:
+            # nats-server drops a CONNECT whose Will topic has a '.' or ' ' (Sparkplug's
+            # spBv1.0, a node named line2.pi) without a word (docs/mqtt.md "Protocol")
+            self._report(f"the broker {self.s.host}:{self.s.port} closed the connection "
+                         f"{STRIKES} times in a row before accepting it ({reason_code}): "
+                         f"it may not accept the Last Will's topic {self._will_topic} (its "
+                         f"characters: nats-server takes no '.' or ' ' in topics), or refuses "
+                         f"this client; retrying")
+        elif was and self._flaps == STRIKES and self._strike is None:
+            # (a message in flight at each close is the likelier cause: said if given up)
             # a broker that says nothing (MQTT 3.1.1, Mosquitto 2.0) closes a taken-over
             # connection like any other: its sign is that none of them lasts
             self._report(f"the broker {self.s.host}:{self.s.port} closed the connection "
@@ -442,7 +490,7 @@ class Publisher(ConnectionReports):
                          f"({reason_code}): another client may use client id "
                          f"{self.client_id} (a copied SD card image or a second agent?); "
                          f"reconnecting with back-off up to {BACKOFF_MAX_S} s")
-        elif not (was and self._flaps > STRIKES):
+        elif not (was and self._flaps >= STRIKES):
             self._report(f"disconnected from {self.s.host}:{self.s.port} ({reason_code}); "
                          "retrying")
 
@@ -460,17 +508,31 @@ class Publisher(ConnectionReports):
         return bool(self._speaks_tls)
 
     def _strike_oldest(self) -> bool:
-        """The broker closed a connection with rows in flight: the oldest of them is the
-        likely cause (a broker drops the connection over a message it will not take, after
-        acknowledging what came before it). The same row hit ``STRIKES`` times in a row
-        goes to the refused store; True when that happened."""
+        """The broker closed a connection with messages unacknowledged: the oldest of them
+        is the likely cause (a broker drops the connection over a message it will not take,
+        after acknowledging what came before it: one over its size limit under 3.1.1, a
+        topic whose characters it does not accept: nats-server's '.' and ' '). The same one
+        hit ``STRIKES`` times in a row is given up: a row goes to the refused store, a
+        direct message's topic is blocked (said once, naming it). A row refused so whose
+        topic is hit again blocks its topic at once: each later row of it is refused unsent,
+        not tried three times. True when something was given up."""
         with self._flight_lock:
-            flying = list(self._inflight.values()) + ([self._sending] if self._sending else [])
+            flying: list[tuple[int, object]] = [(sent.order, sent) for sent in
+                                                list(self._inflight.values())
+                                                + ([self._sending] if self._sending else [])]
+            flying += [(order, topic) for topic, order in self._direct.values()]
+            now = time.monotonic()     # a QoS 0 message has no answer: a close right after it
+            flying += [(order, topic) for order, topic, at in self._direct0
+                       if now - at < CLOSE_AFTER_S]
             if not flying:
                 self._strike, self._strikes = None, 0
                 return False
-            oldest = min(flying, key=lambda sent: sent.order)
-            hit = (oldest.lane, oldest.row)
+            _, oldest = min(flying, key=lambda pair: pair[0])
+            if isinstance(oldest, _Sent) and oldest.topic in self._suspect:
+                self._block(oldest.topic)
+                self._give_up_row(oldest, self._blocked[oldest.topic], "closed: " + oldest.topic)
+                return True
+            hit = (oldest.lane, oldest.row) if isinstance(oldest, _Sent) else (None, oldest)
             if self._strike is not None and self._strike[0] is hit[0] and \
                     self._strike[1] == hit[1]:
                 self._strikes += 1
@@ -479,13 +541,33 @@ class Publisher(ConnectionReports):
             if self._strikes < STRIKES:
                 return False
             self._strike, self._strikes = None, 0
-            for mid in [m for m, sent in self._inflight.items() if sent is oldest]:
-                del self._inflight[mid]
-            self._settle(oldest, f"the broker closed the connection each time it was sent "
-                                 f"({STRIKES} times): most likely too large for the broker "
-                                 f"({oldest.size} bytes; Mosquitto: message_size_limit, "
-                                 f"max_packet_size) or not allowed there", "closed")
+            if not isinstance(oldest, _Sent):
+                self._block(oldest)
+                self._log_refusal(oldest, self._blocked[oldest] + "; its messages are not "
+                                  "sent", "closed: " + oldest)
+                self._direct = {m: v for m, v in self._direct.items() if v[0] != oldest}
+                return True
+            self._suspect.add(oldest.topic)
+            self._give_up_row(oldest, f"the broker closed the connection each time it was "
+                                      f"sent ({STRIKES} times): most likely too large for "
+                                      f"the broker ({oldest.size} bytes; Mosquitto: "
+                                      f"message_size_limit, max_packet_size) or its topic "
+                                      f"{oldest.topic} not allowed there", "closed")
             return True
+
+    def _block(self, topic: str) -> None:
+        """No more messages on ``topic``: the broker closes the connection on it (the caller
+        holds the flight lock)."""
+        self._blocked[topic] = (f"the broker closed the connection on this topic ({topic}) "
+                                f"each time: it may not accept its characters (nats-server "
+                                f"takes no '.' or ' ' in topics) or not allow it")
+
+    def _give_up_row(self, sent: _Sent, reason: str, key: str) -> None:
+        """A row the broker closed the connection on, into the refused store (the caller
+        holds the flight lock)."""
+        for mid in [m for m, s in self._inflight.items() if s is sent]:
+            del self._inflight[mid]
+        self._settle(sent, reason, key)
 
     def _on_message(self, client, userdata, message) -> None:
         self.encoder.message_received(message)
@@ -497,18 +579,23 @@ class Publisher(ConnectionReports):
             # a QoS 0 message calls this too, when written, unknown to the broker: only a
             # PUBACK for a known message is a sign of life (the ack timeout's clock)
             sent = self._inflight.pop(mid, None)
+            order = None
             if sent is not None:
+                order = sent.order
                 self._last_ack = time.monotonic()
                 self._settle(sent, refused, refused)
             else:
                 direct = self._direct.pop(mid, None)
                 if direct is not None:
+                    direct, order = direct
                     self._last_ack = time.monotonic()
                 else:
                     self._acked_early[mid] = (self._published, refused)
                     if len(self._acked_early) > 2 * WINDOW:   # forget what no publish can use
                         self._acked_early = {m: v for m, v in self._acked_early.items()
                                              if v[0] >= self._published}
+            if order is not None and self._direct0:   # the broker took what came before
+                self._direct0 = [entry for entry in self._direct0 if entry[0] > order]
         if (sent is not None or direct is not None) and self._last_error == self._ack_msg:
             self._last_error = ""
             self.log(f"acknowledgements from {self.s.host}:{self.s.port} arrive again")
@@ -526,6 +613,7 @@ class Publisher(ConnectionReports):
             if arrived is not None:
                 lane.latency_ms.append(1e3 * (time.monotonic() - arrived))
             lane.outbox.ack(sent.row)
+            self._suspect.discard(sent.topic)   # the broker takes this topic
         else:
             lane.outbox.refuse(sent.row, refused)
             self._log_refusal(sent.topic, refused + "; kept in the refused store (harken "
@@ -555,7 +643,10 @@ class Publisher(ConnectionReports):
             with self.lock:
                 self.encoder.before_send()
                 for lane in list(self._lanes):
-                    if not self._send_pending(lane):
+                    held = self.encoder.held(lane)
+                    if held:
+                        self._refuse_pending(lane, held)
+                    elif held is None and not self._send_pending(lane):
                         break
 
     def _acks_overdue(self) -> bool:
@@ -584,6 +675,15 @@ class Publisher(ConnectionReports):
             pass
         return True
 
+    def _refuse_pending(self, lane: Lane, reason: str) -> None:
+        """Into the refused store, unsent: ``lane``'s rows that may not go (``held``)."""
+        for m in lane.outbox.pending(lane.last_sent, WINDOW):
+            lane.last_sent = m.id
+            lane.made_in.pop(m.id, None)
+            with self._flight_lock:
+                self._settle(_Sent(lane, m.id, 0, 0.0, m.topic, len(m.payload)), reason,
+                             "held: " + reason)
+
     def _send_pending(self, lane: Lane) -> bool:
         """Publish ``lane``'s rows not yet sent on this connection, as many as the window
         has room for; False when the connection is gone (the next one resends)."""
@@ -596,6 +696,12 @@ class Publisher(ConnectionReports):
             live = self._session is not None and lane.made_in.pop(m.id, None) == self._session
             payload = lane.encode(m, live)
             size = packet_size(m.topic, payload, m.qos, v5)
+            if m.topic in self._blocked:      # the broker closes the connection on it
+                lane.last_sent = m.id
+                with self._flight_lock:
+                    self._settle(_Sent(lane, m.id, 0, 0.0, m.topic, size),
+                                 self._blocked[m.topic], "closed: " + m.topic)
+                continue
             if self._max_packet and size > self._max_packet:
                 lane.last_sent = m.id         # never sent: the broker would close on it
                 with self._flight_lock:

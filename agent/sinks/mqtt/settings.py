@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from harken.agent.sinks.base import Sink, SinkSettings
 from harken.common.settings import (ClientId, Count, Host, PathText, Port, Seconds,
@@ -20,6 +21,28 @@ from harken.common.settings import (ClientId, Count, Host, PathText, Port, Secon
 __all__ = ["MqttSection", "MqttTableSink", "default_client_id"]
 
 ID_MAX = 128                      # characters of a client id (ClientId)
+# the other files of agent.state_dir (Sparkplug's outboxes and bdSeq, the seq reservations,
+# the calibration override, the enrolled bank): an outbox named like them would share one
+RESERVED_PREFIXES = ("sparkplug", "seq-", "threshold-", "enrolled-")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+
+
+def _outbox_name(value: str) -> str:
+    """``mqtt.outbox`` is a file name inside the agent's own state folder: an absolute path
+    or ``..`` let two agents share one outbox (each delivering the other's rows, seqs sent
+    twice), and a name like Sparkplug's ``sparkplug-<machine>.db`` made the two profiles of
+    ``profile = "both"`` share one file (JSON on DDATA topics). docs/mqtt.md."""
+    if not _FILE_NAME.match(value) or value in (".", ".."):
+        raise ValueError(f"a plain file name inside agent.state_dir (letters, digits, '_', "
+                         f"'-', '.'; no folder, no '..', at most 100 characters), got "
+                         f"{value!r}")
+    if value.lower().startswith(RESERVED_PREFIXES):
+        raise ValueError(f"{value!r} is named like another file of agent.state_dir (names "
+                         f"starting with {', '.join(RESERVED_PREFIXES)} are the agent's own: "
+                         f"Sparkplug's outboxes are sparkplug-<machine>.db); choose another")
+    return value
+
+
 def _protocol(value):
     """``protocol = 5`` (a TOML number) means "5"."""
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
@@ -57,7 +80,7 @@ class MqttSection(SinkSettings):
     cert_file: PathText | None = None
     key_file: PathText | None = None
     tls_insecure: bool = False        # certificate verification off: logged as a warning
-    outbox: PathText = "outbox.db"    # in agent.state_dir
+    outbox: Annotated[str, AfterValidator(_outbox_name)] = "outbox.db"   # in agent.state_dir
     outbox_max: Count(10, 10**9, "messages") = 100_000
     profile: Literal["json", "sparkplug-b", "both"] = "json"   # docs/mqtt.md
     group_id: SparkplugId = "harken"  # Sparkplug group

@@ -10,12 +10,25 @@ the stats record are live information and skip the outbox. A broker that is down
 blocks scoring: ``interval`` only writes to SQLite. The stats record carries the publish
 latency, from the arrival of the audio that completed an interval to the PUBACK of its
 score.
+
+Two agents publishing as one node and machine (a cloned SD card renamed, a second agent
+with its own state folder: different client ids, so the broker sees nothing wrong) mix
+their seqs on one set of topics. Each run of the sink has a random instance id, which it
+publishes retained on ``<prefix>/<node>/<machine>/instance`` at every connection, after
+subscribing to that topic itself: once its own message has come back, a message there with
+another id is another agent publishing as this one. Said once, loudly (a warning naming
+the other's host and state folder, ``duplicate_agent`` in the stats), and its own id
+published once more so that the other agent finds out too (docs/mqtt.md "Client ids").
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,6 +78,7 @@ class MqttSink(Encoder, NetworkSink):
                  log: Callable[[str], None] | None = None, interval_s: float = 10.0) -> None:
         # the "harken" logger (configured by the command line: "harken: mqtt: ...")
         self.log = log or (lambda msg: _log.info(f"mqtt: {msg}"))
+        self._warn = log or (lambda msg: _log.warning(f"mqtt: WARNING: {msg}"))
         self.s, self.node, self.machine = settings, node, machine
         self.outbox = Outbox(outbox_path, settings.outbox_max)
         scheme = Topics(settings.prefix, node)
@@ -73,6 +87,12 @@ class MqttSink(Encoder, NetworkSink):
         self.ha_status_topic = ha_status_topic(settings.discovery_prefix)
         self.interval_s = interval_s           # the report interval (score expiry)
         self._anomaly: bool | None = None
+        self.instance_topic = f"{scheme.machine(machine, 'status').rsplit('/', 1)[0]}/instance"
+        self.instance = {"instance": uuid.uuid4().hex[:16], "host": socket.gethostname(),
+                         "state_dir": os.path.abspath(outbox_path.parent), "pid": os.getpid(),
+                         "started": round(time.time(), 3), "node": node, "machine": machine}
+        self._echoed = False                   # our instance message came back (this connection)
+        self.duplicate: dict | None = None     # the other agent's instance message, once seen
         # node, machine, host and state folder: two agents never share a client id by
         # default, and one keeps its id across restarts (docs/mqtt.md "Client ids")
         client_id = settings.client_id or default_client_id("", (node, machine),
@@ -94,6 +114,11 @@ class MqttSink(Encoder, NetworkSink):
         if self.publisher.steady:          # not at every try against a broker that closes
             self.log(f"connected to {self.s.host}:{self.s.port}")
         self.publisher.publish(self.status_topic, "online", qos=1, retain=True)
+        # subscribed before publishing: what was retained there comes back first (a past
+        # run's, or another agent's), then our own
+        self._echoed = False
+        self.publisher.subscribe(self.instance_topic, qos=1)
+        self._say_instance()
         if self.s.homeassistant:
             self._announce()
             self.publisher.subscribe(self.ha_status_topic, qos=1)
@@ -102,6 +127,35 @@ class MqttSink(Encoder, NetworkSink):
         # Home Assistant restarted: it forgets non-retained state, so announce again
         if message.topic == self.ha_status_topic and message.payload == b"online":
             self._announce()
+        elif message.topic == self.instance_topic:
+            self._instance_seen(message.payload)
+
+    def _say_instance(self) -> None:
+        self.publisher.publish(self.instance_topic, json.dumps(self.instance), qos=1,
+                               retain=True)
+
+    def _instance_seen(self, payload: bytes) -> None:
+        """An instance message on our own topic: ours (we are heard), one from before ours
+        came back (a past run: ignored), or another agent's after it: a duplicate."""
+        try:
+            other = json.loads(payload)
+            theirs = other.get("instance")
+        except (ValueError, AttributeError):
+            return
+        if theirs == self.instance["instance"]:
+            self._echoed = True
+            return
+        if not self._echoed or self.duplicate is not None:
+            return
+        self.duplicate = {k: other.get(k) for k in ("instance", "host", "state_dir", "pid")}
+        self._warn(f"another agent publishes as node {self.node} machine "
+                     f"{self.machine} on {self.s.host}:{self.s.port} (host "
+                     f"{other.get('host')}, state folder {other.get('state_dir')}, pid "
+                     f"{other.get('pid')}; this one: host {self.instance['host']}, state "
+                     f"folder {self.instance['state_dir']}): their scores, seqs and states "
+                     f"mix on one set of topics; a cloned SD card? give each agent its own "
+                     f"agent.node or agent.machine (docs/mqtt.md \"Client ids\")")
+        self._say_instance()                   # so that the other one finds out too
 
     def _announce(self) -> None:
         """Home Assistant device discovery (retained, so a later Home Assistant sees it)."""
@@ -111,10 +165,11 @@ class MqttSink(Encoder, NetworkSink):
                                          self.interval_s)), qos=1, retain=True)
 
     def _as_sent(self, m: Message, live: bool) -> bytes:
-        """A score or event that goes out as history (made while the broker was away, by an
-        earlier run of the agent, or sent again after a reconnect) carries ``"replayed":
-        true``, so a dashboard keeps it out of its live value (docs/mqtt.md)."""
-        if live or m.kind not in ("score", "event"):
+        """A score, event or anomaly state that goes out as history (made while the broker
+        was away, by an earlier run of the agent, sent again after a reconnect or by
+        ``harken outbox --resend``) carries ``"replayed": true``, so a dashboard keeps it out
+        of its live value (docs/mqtt.md)."""
+        if live or m.kind not in ("score", "event", "state"):
             return m.payload
         body = json.loads(m.payload)
         body["replayed"] = True
@@ -123,20 +178,24 @@ class MqttSink(Encoder, NetworkSink):
     # -- the sink interface -------------------------------------------------------------------
     def interval(self, result: IntervalResult) -> None:
         who = {"node": self.node, "machine": self.machine}
+        # an unsynchronised clock is said on every message stamped by it (docs/agent.md
+        # "Time you can trust"), the event and the retained state as the score
+        clock = {} if result.clock is None else {"clock": result.clock}
         p = {**result.payload(), **who, "replayed": False}
         put = self.publisher.put
         put(self.lane, self.topics["score"], json.dumps(p, allow_nan=False).encode(),
             kind="score", seq=result.seq, arrived=result.arrived)
         if result.event is not None:
             put(self.lane, self.topics["event"], json.dumps(
-                {"seq": result.seq, **result.event.to_dict(), **who, "replayed": False}
-            ).encode(), kind="event")
+                {"seq": result.seq, **result.event.to_dict(), **who, "replayed": False,
+                 **clock}).encode(), kind="event")
         # the first interval of a run always says the state: a retained ON left by an
         # earlier run must not outlive a restart on normal sound
         if result.anomaly != self._anomaly:
             put(self.lane, self.topics["anomaly"], json.dumps(
                 {"state": "ON" if result.anomaly else "OFF", "seq": result.seq,
-                 "ts": round(result.ts, 3), **who}).encode(), retain=True, kind="state")
+                 "ts": round(result.ts, 3), **who, "replayed": False, **clock}).encode(),
+                retain=True, kind="state")
         self._anomaly = result.anomaly
 
     def status(self, event: StatusEvent) -> None:
@@ -156,6 +215,7 @@ class MqttSink(Encoder, NetworkSink):
         return {"outbox_depth": self.outbox.depth, "outbox_evicted": self.outbox.evicted,
                 "outbox_disk_full": self.outbox.disk_full,
                 "refused": self.outbox.refused_count, "refused_reason": self.outbox.last_refusal,
+                "duplicate_agent": self.duplicate,
                 "mqtt_connected": self.publisher.connected, "mqtt_protocol":
                     self.publisher.protocol, "ack_timeouts": self.publisher.ack_timeouts,
                 "published": len(latency),

@@ -44,7 +44,18 @@ DEVICE_METRICS = [("score", DataType.Float, "score", None),
                   ("status", DataType.String, "status", None),
                   ("rms_dbfs", DataType.Float, "rms_dbfs", "dBFS"),
                   ("inference_ms", DataType.Float, "inference_ms", "ms"),
-                  ("interval_seq", DataType.Int64, "seq", None)]
+                  ("interval_seq", DataType.Int64, "seq", None),
+                  # true when the interval's timestamp came from a clock not yet set (NTP
+                  # had not synchronised it: docs/agent.md "Time you can trust"); the JSON
+                  # payloads' "clock": "unsynced"
+                  ("clock_unsynced", DataType.Boolean, "clock", None)]
+
+
+def _value(body: dict, key: str):
+    """A device metric's value from a score payload (None before the first interval)."""
+    if key == "clock":
+        return (body.get("clock") == "unsynced") if body else None
+    return body.get(key)
 
 
 def now_ms() -> int:
@@ -60,6 +71,7 @@ class Device:
     properties: dict                       # model, backend, interval_s, section
     last: dict = field(default_factory=dict)      # the latest score payload (DBIRTH values)
     born: bool = False                     # DBIRTH sent on this connection
+    unborn: str | None = None              # why the broker would not take its DBIRTH
     described: bool = False                # its model and backend are known
 
     @property
@@ -77,6 +89,7 @@ class EdgeNode(Encoder):
         self.devices: dict[str, Device] = {}
         self._seq = 0
         self._need_birth = False
+        self._nbirth_refused: str | None = None    # why the broker would not take the NBIRTH
         # the edge node's id, host and state folder (docs/mqtt.md "Client ids")
         client_id = f"{settings.client_id}-spb" if settings.client_id else \
             default_client_id("spb", (group, edge_node), state_dir)
@@ -142,21 +155,49 @@ class EdgeNode(Encoder):
         self._seq = (self._seq + 1) % 256
         return payload.SerializeToString()
 
-    def _publish(self, kind: str, payload, device: str | None = None) -> None:
-        """A birth or death: stamped and published directly (QoS 0, as specified)."""
-        self.publisher.publish(topic(self.group, kind, self.edge_node, device),
-                               self._stamp(payload), qos=0, retain=False)
+    def _publish(self, kind: str, payload, device: str | None = None) -> str | None:
+        """A birth or death: stamped and published directly (QoS 0, as specified). None
+        when it went; else why not: the broker would not take it (too large, a topic it
+        closes the connection on), or "" when the connection is gone. A message not sent
+        gives its ``seq`` back (no gap for a host to see)."""
+        where = topic(self.group, kind, self.edge_node, device)
+        info = self.publisher.publish(where, self._stamp(payload), qos=0, retain=False)
+        if info is not None and info.rc == 0:
+            return None
+        self._seq = (self._seq - 1) % 256
+        if info is None:
+            return self.publisher.refused_reason(where) or "not sent"
+        return ""
 
     def before_send(self) -> None:
         """Births before any DDATA of the connection: all of them when the connection is
-        new or a rebirth was asked for, a DBIRTH for a device registered since."""
+        new or a rebirth was asked for, a DBIRTH for a device registered since (and again
+        one the broker did not take)."""
         if self._need_birth:
             for d in self.devices.values():
-                d.born = False
+                d.born, d.unborn = False, None
             self._births()
+        if self._need_birth:
+            return                        # no device message before the NBIRTH
         for d in self.devices.values():
             if not d.born:
                 self._dbirth(d)
+
+    def held(self, lane: Lane) -> str | None:
+        """A device's DDATA go only after its DBIRTH, and every device message after the
+        NBIRTH (a host drops data of a device it has no birth of, or worse, reads it with
+        the metrics of another birth): held while the births are to come, refused with
+        the reason when the broker would not take them (docs/mqtt.md "Sparkplug B")."""
+        d = next((x for x in self.devices.values() if x.lane is lane), None)
+        if d is None or d.born:
+            return None
+        if self._nbirth_refused:
+            return f"the NBIRTH was not delivered ({self._nbirth_refused}): no device " \
+                   f"message goes without it"
+        if d.unborn:
+            return f"the DBIRTH of device {d.name} was not delivered ({d.unborn}): its data " \
+                   f"would mean nothing to a host"
+        return ""
 
     def _births(self) -> None:
         """NBIRTH (seq 0) and every device's DBIRTH."""
@@ -170,24 +211,27 @@ class EdgeNode(Encoder):
         for key, name in (("model", "Models"), ("backend", "Backends")):
             add_metric(p, f"Properties/{name}", DataType.String, ", ".join(dict.fromkeys(
                 d.properties[key] for d in self.devices.values())), t)
-        self._publish("NBIRTH", p)
+        why = self._publish("NBIRTH", p)
+        self._nbirth_refused = why or None
+        if why is not None:
+            return                        # tried again at the next round
+        self._need_birth = False
         for d in self.devices.values():
             self._dbirth(d)
-        self._need_birth = False
 
     def _dbirth(self, d: Device) -> None:
         p = Payload(timestamp=now_ms())
         t = p.timestamp
         for name, dtype, key, unit in DEVICE_METRICS:
-            add_metric(p, name, dtype, d.last.get(key), t,
+            add_metric(p, name, dtype, _value(d.last, key), t,
                        properties={"engUnit": (DataType.String, unit)} if unit else None)
         add_metric(p, "Properties/Model", DataType.String, d.properties["model"], t)
         add_metric(p, "Properties/Backend", DataType.String, d.properties["backend"], t)
         add_metric(p, "Properties/Section", DataType.Int32, d.properties["section"], t)
         add_metric(p, "Properties/Interval", DataType.Float, d.properties["interval_s"], t,
                    properties={"engUnit": (DataType.String, "s")})
-        self._publish("DBIRTH", p, d.name)
-        d.born = True
+        why = self._publish("DBIRTH", p, d.name)
+        d.born, d.unborn = why is None, why or None
 
     def _ddata(self, m: Message, live: bool) -> bytes:
         """A stored score payload as the DDATA sent: live, or ``is_historical`` after the
@@ -196,7 +240,7 @@ class EdgeNode(Encoder):
         p = Payload(timestamp=now_ms())
         t = int(round(body["ts"] * 1000))
         for name, dtype, key, _ in DEVICE_METRICS:
-            add_metric(p, name, dtype, body.get(key), t, historical=not live)
+            add_metric(p, name, dtype, _value(body, key), t, historical=not live)
         return self._stamp(p)
 
     # -- the devices' side (their sinks) ----------------------------------------------------
