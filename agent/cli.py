@@ -344,7 +344,6 @@ def systemd_unit(exec_start: str, config: str) -> str:
 
 def cmd_systemd_unit(args: argparse.Namespace) -> int:
     import shutil
-    from pathlib import Path
     # the harken script beside this interpreter (venv, pipx), else the one on PATH
     beside = Path(sys.executable).parent / "harken"
     exe = args.exec if args.exec is not None else (
@@ -356,17 +355,13 @@ def cmd_systemd_unit(args: argparse.Namespace) -> int:
     return 0
 
 
-def png_name(text: str) -> str:
-    """``--plot``: a path without control characters whose suffix is .png (or none, and
-    matplotlib adds it): another suffix is refused as the option is parsed, not by
-    matplotlib after the capture ('' draws no plot, as --no-plot)."""
+def plot_name(text: str) -> str:
+    """``--plot``: a path without control characters ('' draws no plot, as --no-plot); its
+    format is checked against what matplotlib can write before any audio is read
+    (agent/site/calibrate.py), not after the capture."""
     if text == "":
         return text
-    name = arg(PathText)(text)
-    if Path(name).suffix.lower() not in ("", ".png"):
-        raise argparse.ArgumentTypeError(f"{text[:40]!r}: the histogram is a PNG: expected a "
-                                         f"file name ending in .png")
-    return name
+    return arg(PathText)(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -429,8 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "microphone (paths relative to the current folder)")
     k.add_argument("--false-alarms-per-week", type=float, default=1.0,
                    help="tolerated false alarms per week (default 1)")
-    k.add_argument("--plot", type=png_name, default="calibration.png", help="histogram PNG (default "
-                   "calibration.png beside the override file)")
+    k.add_argument("--plot", type=plot_name, default="calibration.png", help="the histogram's file, "
+                   "any format matplotlib writes (default calibration.png beside the override file)")
     k.add_argument("--no-plot", action="store_true")
     k.add_argument("--quiet", action="store_true")
     k.set_defaults(func=cmd_calibrate)
