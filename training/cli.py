@@ -208,7 +208,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_recording(args: argparse.Namespace) -> int:
     from harken.training.data.recording import normal_then_faulty
-    info = normal_then_faulty(Path(args.data), args.machine, args.section, Path(args.out),
+    out, data = Path(args.out), Path(args.data)
+    if out.resolve().is_relative_to(data.resolve()):
+        raise UsageError(f"--out {out}: inside the corpus it reads ({data}); write the recording "
+                         f"outside it")
+    if (out.exists() or out.is_symlink()) and not getattr(args, "force", False):
+        raise UsageError(f"--out {out}: already there; pass --force to replace it")
+    if out.is_dir():
+        raise UsageError(f"--out {out}: a folder; give a WAV file name")
+    info = normal_then_faulty(data, args.machine, args.section, out,
                               args.normal, args.faulty, args.domain)
     print(json.dumps({k: v for k, v in info.items() if not k.endswith("_clips")}))
     return 0
@@ -317,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--domain", choices=("source", "target"), default="source")
     r.add_argument("--normal", type=int, default=6, help="normal clips first (default 6)")
     r.add_argument("--faulty", type=int, default=6, help="then anomalous clips (default 6)")
-    r.add_argument("--out", required=True, help="WAV file to write")
+    r.add_argument("--out", required=True, help="WAV file to write (outside the corpus)")
+    r.add_argument("--force", action="store_true", help="replace --out if it is already there")
     r.set_defaults(func=cmd_recording)
 
     d = sub.add_parser("demo", help="synthesize a small corpus, train and evaluate the baseline")

@@ -1,0 +1,48 @@
+"""Where the workstation commands write: a recording never lands on an existing file or
+inside the corpus it reads, a report never onto an evaluation, refit says where it works
+(docs/reliability.md, workstation: corpora, settings and files; issue 38's findings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harken.training import cli
+from tests.training.test_corpus_scan import corpus
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return corpus(tmp_path_factory.mktemp("outputs") / "corpus", train=3, test=2)
+
+
+def _one_line(capsys, code: int, *says: str) -> str:
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert all(s in last for s in says), err
+    return last
+
+
+def _recording(data: Path, out: Path, *extra: str) -> int:
+    return cli.main(["recording", "--data", str(data), "--machine", "fan", "--normal", "1",
+                     "--faulty", "1", "--out", str(out), *extra])
+
+
+def test_a_recording_refuses_a_path_inside_the_corpus_it_reads(tiny, capsys):
+    clip = next((tiny / "fan" / "test").glob("*normal*.wav"))
+    before = clip.read_bytes()
+    _one_line(capsys, _recording(tiny, clip, "--force"), "inside the corpus")
+    assert clip.read_bytes() == before
+    _one_line(capsys, _recording(tiny, tiny / "fan" / "new.wav"), "inside the corpus")
+    assert not (tiny / "fan" / "new.wav").exists()
+
+
+def test_a_recording_refuses_an_existing_file_without_force(tiny, tmp_path, capsys):
+    out = tmp_path / "rec.wav"
+    out.write_bytes(b"keep me")
+    _one_line(capsys, _recording(tiny, out), "already there", "--force")
+    assert out.read_bytes() == b"keep me"
+    assert _recording(tiny, out, "--force") == 0
+    assert out.read_bytes()[:4] == b"RIFF"
