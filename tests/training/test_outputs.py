@@ -46,3 +46,22 @@ def test_a_recording_refuses_an_existing_file_without_force(tiny, tmp_path, caps
     assert out.read_bytes() == b"keep me"
     assert _recording(tiny, out, "--force") == 0
     assert out.read_bytes()[:4] == b"RIFF"
+
+
+PEER = Path(__file__).resolve().parents[1] / "data" / "peers" / "mlperf-tiny-ad" / \
+    "model_ToyCar_fp32.tflite"
+
+
+@pytest.mark.parametrize("value, says", [
+    ("nan", "expected a finite number"), ("inf", "expected a finite number"),
+    ("-inf", "expected a finite number"), ("-5", "never scores below 0")])
+def test_wrap_refuses_a_threshold_that_is_not_finite_or_below_what_the_rule_scores(
+        value, says, tmp_path, capsys):
+    from harken.export.cli import main as export_main
+    out = tmp_path / "bundle"
+    code = export_main(["wrap", str(PEER), "--preset", "dcase2020-ae", "--out", str(out),
+                        f"--threshold={value}"])
+    _one_line(capsys, code, "--threshold", says)
+    assert not out.exists()
+    assert export_main(["wrap", str(PEER), "--preset", "dcase2020-ae", "--out", str(out),
+                        "--threshold=0.5"]) == 0
