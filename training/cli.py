@@ -186,10 +186,16 @@ def _baseline_beside(runs: list[Path], out: Path, data: Path | None, quiet: bool
 def cmd_report(args: argparse.Namespace) -> int:
     from harken.training.evaluate import read_result_scores
     from harken.training.report import load_evaluation, results_markdown
-    evaluations, clip_scores = {}, {}
+    evaluations, clip_scores, given = {}, {}, {}
     for item in args.evaluations:
         label, _, path = item.rpartition("=")
         label = label or Path(path).name
+        if label in given:
+            raise UsageError(f"report: label {label!r} given twice ({given[label]} and {path}); "
+                             f"give each evaluation its own label")
+        given[label] = path
+    _check_report_out(Path(args.out), [Path(p) for p in given.values()])
+    for label, path in given.items():
         evaluations[label] = load_evaluation(Path(path))
         if Path(path).is_dir():
             clip_scores[label] = read_result_scores(Path(path))
@@ -204,6 +210,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     Path(args.out).write_text(text)
     print(f"wrote {args.out}")
     return 0
+
+
+def _check_report_out(out: Path, evaluations: list[Path]) -> None:
+    """The page never lands on or inside an evaluation (its metrics.json, result files or
+    folder would no longer be the ones the evaluation wrote: docs/reliability.md)."""
+    where = out.resolve()
+    if where.is_dir():
+        raise UsageError(f"--out {out}: a folder; give a markdown file name")
+    given = {e.parent if e.is_file() else e for e in (Path(p).resolve() for p in evaluations)}
+    for folder in where.parents:
+        if folder in given or (folder / "metrics.json").is_file():
+            raise UsageError(f"--out {out}: inside the evaluation folder {folder}; write the "
+                             f"page outside it")
 
 
 def cmd_recording(args: argparse.Namespace) -> int:

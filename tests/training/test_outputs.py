@@ -65,3 +65,29 @@ def test_wrap_refuses_a_threshold_that_is_not_finite_or_below_what_the_rule_scor
     assert not out.exists()
     assert export_main(["wrap", str(PEER), "--preset", "dcase2020-ae", "--out", str(out),
                         "--threshold=0.5"]) == 0
+
+
+@pytest.fixture(scope="module")
+def evaluation(tiny, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("report")
+    assert cli.main(["train", "--method", "baseline-knn", "--data", str(tiny), "--out",
+                     str(root / "runs"), "--quiet"]) == 0
+    assert cli.main(["evaluate", str(root / "runs"), "--out", str(root / "ev"), "--no-plots",
+                     "--no-baseline", "--quiet"]) == 0
+    return root / "ev"
+
+
+def test_report_refuses_a_label_given_twice(evaluation, tmp_path, capsys):
+    code = cli.main(["report", f"x={evaluation}", f"x={evaluation}", "--out", str(tmp_path / "p.md")])
+    _one_line(capsys, code, "label 'x' given twice")
+    assert not (tmp_path / "p.md").exists()
+    assert cli.main(["report", f"x={evaluation}", f"y={evaluation}", "--out", str(tmp_path / "p.md")]) == 0
+
+
+@pytest.mark.parametrize("where", ["metrics.json", "page.md", "sub/page.md"])
+def test_report_refuses_to_write_onto_or_inside_an_evaluation(evaluation, capsys, where):
+    before = (evaluation / "metrics.json").read_bytes()
+    code = cli.main(["report", str(evaluation), "--out", str(evaluation / where)])
+    _one_line(capsys, code, "inside the evaluation folder")
+    assert (evaluation / "metrics.json").read_bytes() == before
+    assert not (evaluation / "page.md").exists()
