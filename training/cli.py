@@ -81,7 +81,14 @@ def cmd_refit(args: argparse.Namespace) -> int:
 
     from harken.training.methods import method_class
     from harken.training.runs import check_corpus, read_run
-    for run in find_runs(Path(args.run)):
+    runs = find_runs(Path(args.run))
+    here = Path.cwd().resolve()
+    for run in runs:        # a run is replaced whole, so the shell must not stand inside it
+        if here == run.resolve() or run.resolve() in here.parents:
+            raise UsageError(f"{run}: refit replaces the run folder whole and the current folder "
+                             f"is inside it ({here}); run refit from another folder (cd "
+                             f"{run.resolve().parent})")
+    for run in runs:
         info = read_run(run)
         cls = method_class(info.method)
         if not issubclass(cls, Refittable):

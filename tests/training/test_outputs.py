@@ -91,3 +91,16 @@ def test_report_refuses_to_write_onto_or_inside_an_evaluation(evaluation, capsys
     _one_line(capsys, code, "inside the evaluation folder")
     assert (evaluation / "metrics.json").read_bytes() == before
     assert not (evaluation / "page.md").exists()
+
+
+def test_refit_from_inside_the_run_folder_says_to_run_it_from_another(tiny, tmp_path, capsys,
+                                                                       monkeypatch):
+    runs = tmp_path / "runs"
+    assert cli.main(["train", "--method", "baseline-knn", "--data", str(tiny), "--out", str(runs),
+                     "--quiet"]) == 0
+    before = sorted(p.name for p in (runs / "fan").iterdir())
+    monkeypatch.chdir(runs / "fan")
+    _one_line(capsys, cli.main(["refit", ".", "--quiet"]), "run refit from another folder")
+    monkeypatch.chdir(runs / "fan" / "..")          # above the run: refit may replace it
+    _one_line(capsys, cli.main(["refit", ".", "--quiet"]), "fan: baseline-knn has no score state")
+    assert sorted(p.name for p in (runs / "fan").iterdir()) == before
