@@ -104,3 +104,27 @@ def test_refit_from_inside_the_run_folder_says_to_run_it_from_another(tiny, tmp_
     monkeypatch.chdir(runs / "fan" / "..")          # above the run: refit may replace it
     _one_line(capsys, cli.main(["refit", ".", "--quiet"]), "fan: baseline-knn has no score state")
     assert sorted(p.name for p in (runs / "fan").iterdir()) == before
+
+
+def _verify_rows(method: str, machine: str) -> list[dict]:
+    row = {"artifact": "torch-fp32", "backend": "torch", "official": 0.6, "spearman": 1.0,
+           "max_rel_error": 0.0, "size_bytes": 0, "latency_ms": 0.1}
+    return [{"method": method, "machine": machine, **row},
+            {"method": method, "machine": machine, **row, "artifact": "onnx-fp32", "size_bytes": 900}]
+
+
+def test_export_report_takes_method_and_machine_from_inside_each_verify_output(tmp_path, capsys):
+    import json
+
+    from harken.export.cli import main as export_main
+    checks = tmp_path / "checks"
+    checks.mkdir()
+    (checks / "spectral-knn__pump.json").write_text(json.dumps(_verify_rows("spectral-knn", "pump")))
+    page = tmp_path / "results.md"
+    assert export_main(["report", str(checks), "--results", str(page)]) == 0
+    assert "| spectral-knn | pump |" in page.read_text()
+    (checks / "ae__pump.json").write_text(json.dumps(_verify_rows("spectral-knn", "pump")))
+    before = page.read_text()
+    code = export_main(["report", str(checks), "--results", str(page)])
+    _one_line(capsys, code, "ae__pump.json", "file name says method 'ae'", "'spectral-knn'")
+    assert page.read_text() == before
