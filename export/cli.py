@@ -63,7 +63,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     args.max_clips, args.threads, progress=not args.json,
                     tolerances=tolerances, other_corpus=args.other_corpus)
     if args.json:
-        print(json.dumps([c.to_dict() for c in checks], indent=2))
+        model = bundle.manifest.model           # export report reads these, not file names
+        print(json.dumps([{"method": model.method, "machine": model.machine, **c.to_dict()}
+                          for c in checks], indent=2))
     else:
         print(format_checks(checks))
     print(verdict_line(checks, tolerances), file=sys.stderr if args.json else sys.stdout)

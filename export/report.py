@@ -47,10 +47,33 @@ def load_checks(folder: Path) -> dict[tuple[str, str], list[dict]]:
                                   f"{explain(exc)}") from None
         if not any(r["artifact"] == "torch-fp32" for r in rows):
             raise FileFormatError(f"{file}: no 'torch-fp32' row to compare the artifacts with")
+        method, machine = _inside(file, rows, method, machine)
+        if (method, machine) in out:
+            raise UsageError(f"{file}: a second verify output of {method} on {machine}; keep one")
         out[(method, machine)] = rows
     if not out:
         raise UsageError(f"{folder}: no <method>__<machine>.json verify outputs")
     return out
+
+
+def _inside(file: Path, rows: list[dict], method: str, machine: str) -> tuple[str, str]:
+    """The method and machine the verify output itself records (verify --json writes them
+    in every row), which must agree with its file name: a file copied to another name would
+    otherwise become another method's row. Outputs written before verify recorded them are
+    read by their name."""
+    for key, named in (("method", method), ("machine", machine)):
+        found = {r.get(key) for r in rows}
+        if found == {None}:
+            continue
+        if len(found) != 1 or not isinstance(next(iter(found)), str):
+            raise FileFormatError(f"{file}: rows of several {key}s ({sorted(map(str, found))}); "
+                                  f"expected one verify output")
+        inside = next(iter(found))
+        if inside != named:
+            raise FileFormatError(f"{file}: the file name says {key} {named!r}, the verify "
+                                  f"output inside says {inside!r}; name it "
+                                  f"<method>__<machine>.json after what it verified")
+    return method, machine
 
 
 def export_markdown(checks: dict[tuple[str, str], list[dict]], command: str) -> str:

@@ -9,6 +9,7 @@ squared error.
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -22,9 +23,28 @@ from harken.export.graphs import ExportError
 from harken.export.tflite_io import input_entry, open_interpreter, output_entry
 
 PRESETS = {
+    # lowest: the least score the rule can give (a mean squared error is never negative)
     "dcase2020-ae": {"feature_preset": "dcase2020-ae", "rule": "mse", "output": "reconstruction",
-                     "layout": "vector"},
+                     "layout": "vector", "lowest": 0.0},
 }
+
+
+def check_threshold(preset_name: str, threshold: float | None) -> None:
+    """A finite threshold the preset's rule can be below: NaN or infinity would make every
+    interval normal (or anomalous) without a word, as the manifest's rule says; a value
+    below the rule's least score (a negative MSE) would make every interval anomalous. The
+    manifest itself takes negative thresholds, because other rules' scores (spectral-knn's
+    standardised distances) can be negative (docs/export.md, wrap)."""
+    if threshold is None:
+        return
+    if not math.isfinite(threshold):
+        raise ExportError(f"--threshold {threshold}: expected a finite number")
+    lowest = PRESETS[preset_name].get("lowest")
+    if lowest is not None and threshold < lowest:
+        raise ExportError(f"--threshold {threshold:g}: the '{preset_name}' preset's rule "
+                          f"'{PRESETS[preset_name]['rule']}' never scores below {lowest:g}, so "
+                          f"every interval would be anomalous; give a threshold of at least "
+                          f"{lowest:g}")
 
 
 def _io_tflite(path: Path, output: str) -> tuple[str, dict, dict]:
@@ -67,6 +87,7 @@ def wrap(model: Path, preset_name: str, out: Path, machine: str = "unknown",
          threshold: float | None = None) -> Path:
     if preset_name not in PRESETS:
         raise ExportError(f"--preset: unknown preset {preset_name!r}; known: {sorted(PRESETS)}")
+    check_threshold(preset_name, threshold)
     if not model.is_file():
         raise ExportError(f"{model}: no such model file")
     p = PRESETS[preset_name]

@@ -19,6 +19,7 @@ from sklearn.covariance import LedoitWolf
 
 from harken.common.errors import DataError, UsageError
 from harken.agent.model.rules import ScoreRule, make_rule
+from harken.training.run_checks import check_rule_arrays
 from harken.training.augment import smote_target
 from harken.training.augment.mixing import mix_logmel
 from harken.training.config import Decibels, Rate, at_least, TrainConfig
@@ -227,6 +228,11 @@ class AutoencoderMethod(TorchMethod):
             stem = f"maha_section_{int(section):02d}_{domain}"
             self.maha[(int(section), domain)] = (load_array(run_dir, f"{stem}_mean.npy"),
                                                  load_array(run_dir, f"{stem}_precision.npy"))
+        if self.maha:
+            width = self.spec.window_frames * self.spec.n_mels
+            check_rule_arrays(sorted({int(s) for s, _ in info.mahalanobis or []}), "mahalanobis",
+                              lambda s: self.rule_arrays(s, "mahalanobis"),
+                              lambda s: run_dir / f"maha_section_{s:02d}_*.npy", width)
 
 
 class AeMahalanobis(AutoencoderMethod):

@@ -29,6 +29,7 @@ from harken.agent.model.rules.density import DEFAULT_K, local_densities, normali
 from harken.training.metrics import hmean
 from harken.training.data.corpus import Clip
 from harken.training.data.features import clip_logmels
+from harken.training.run_checks import check_finite, check_shape
 from harken.training.runs import RunError, RunInfo, normal_score_stats, read_run, write_run
 
 
@@ -200,10 +201,17 @@ class KnnBaseline:
             raise RunError(f"{run_dir}/run.json: params: density_k must be a whole number at "
                            f"least 1, got {k!r}")
         self = cls(FeatureSpec.from_dict(info.feature_spec, f"{run_dir}/run.json"), k)
-        self.mean = read_array(run_dir / "mean.npy", error=RunError)
-        self.std = read_array(run_dir / "std.npy", error=RunError)
+        width = 2 * self.spec.n_mels          # clip_vector: mean and spread per mel band
+        arrays = {"mean.npy": (width,), "std.npy": (width,),
+                  **{f"bank_section_{int(s):02d}.npy": (None, width) for s in info.sections}}
+        for name, shape in arrays.items():
+            arrays[name] = read_array(run_dir / name, error=RunError)
+            check_shape(run_dir / name, arrays[name], shape, f"clip vectors of 2 x n_mels = {width} "
+                        f"values (run.json's feature_spec)")
+            check_finite(run_dir / name, {name: arrays[name]})
+        self.mean, self.std = arrays["mean.npy"], arrays["std.npy"]
         for s in info.sections:
-            self.bank[int(s)] = read_array(run_dir / f"bank_section_{int(s):02d}.npy", error=RunError)
+            self.bank[int(s)] = arrays[f"bank_section_{int(s):02d}.npy"]
         self._fit_densities()
         return self
 

@@ -59,6 +59,7 @@ from harken.training.models.losses import nt_xent
 from harken.training.models.cosine_head import CosineHead
 from harken.training.models.mobilenetv2 import WIDTHS, MobileNetV2
 from harken.training.models.spectrum_branch import SpectrumBranch
+from harken.training.run_checks import check_finite
 from harken.training.runs import (NormalScores, RunError, RunInfo, normal_score_stats, save_run,
                                   write_held_out)
 from harken.training.torch_method import MIN_HELD_OUT, TorchMethod, batched, load_array
@@ -557,6 +558,12 @@ class ClassifierMethod(TorchMethod):
         self.banks = {s: SectionBank.load(run_dir, s) for s in sections}
         self.emb_mean = load_array(run_dir, "embedding_mean.npy")
         self.emb_std = load_array(run_dir, "embedding_std.npy")
+        for s, bank in self.banks.items():          # training/run_checks.py
+            for part, a in (("", bank.entries), ("_scale", bank.scale), ("_clips", bank.clips)):
+                if a is not None:
+                    check_finite(run_dir / f"bank_section_{s:02d}{part}.npy", {"": a})
+        check_finite(run_dir / "embedding_mean.npy", {"": self.emb_mean})
+        check_finite(run_dir / "embedding_std.npy", {"": self.emb_std})
 
 
 def _typical_distance(points: np.ndarray, bank: np.ndarray, leave_one_out: bool) -> float:

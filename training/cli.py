@@ -81,7 +81,14 @@ def cmd_refit(args: argparse.Namespace) -> int:
 
     from harken.training.methods import method_class
     from harken.training.runs import check_corpus, read_run
-    for run in find_runs(Path(args.run)):
+    runs = find_runs(Path(args.run))
+    here = Path.cwd().resolve()
+    for run in runs:        # a run is replaced whole, so the shell must not stand inside it
+        if here == run.resolve() or run.resolve() in here.parents:
+            raise UsageError(f"{run}: refit replaces the run folder whole and the current folder "
+                             f"is inside it ({here}); run refit from another folder (cd "
+                             f"{run.resolve().parent})")
+    for run in runs:
         info = read_run(run)
         cls = method_class(info.method)
         if not issubclass(cls, Refittable):
@@ -186,10 +193,16 @@ def _baseline_beside(runs: list[Path], out: Path, data: Path | None, quiet: bool
 def cmd_report(args: argparse.Namespace) -> int:
     from harken.training.evaluate import read_result_scores
     from harken.training.report import load_evaluation, results_markdown
-    evaluations, clip_scores = {}, {}
+    evaluations, clip_scores, given = {}, {}, {}
     for item in args.evaluations:
         label, _, path = item.rpartition("=")
         label = label or Path(path).name
+        if label in given:
+            raise UsageError(f"report: label {label!r} given twice ({given[label]} and {path}); "
+                             f"give each evaluation its own label")
+        given[label] = path
+    _check_report_out(Path(args.out), [Path(p) for p in given.values()])
+    for label, path in given.items():
         evaluations[label] = load_evaluation(Path(path))
         if Path(path).is_dir():
             clip_scores[label] = read_result_scores(Path(path))
@@ -206,9 +219,30 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_report_out(out: Path, evaluations: list[Path]) -> None:
+    """The page never lands on or inside an evaluation (its metrics.json, result files or
+    folder would no longer be the ones the evaluation wrote: docs/reliability.md)."""
+    where = out.resolve()
+    if where.is_dir():
+        raise UsageError(f"--out {out}: a folder; give a markdown file name")
+    given = {e.parent if e.is_file() else e for e in (Path(p).resolve() for p in evaluations)}
+    for folder in where.parents:
+        if folder in given or (folder / "metrics.json").is_file():
+            raise UsageError(f"--out {out}: inside the evaluation folder {folder}; write the "
+                             f"page outside it")
+
+
 def cmd_recording(args: argparse.Namespace) -> int:
     from harken.training.data.recording import normal_then_faulty
-    info = normal_then_faulty(Path(args.data), args.machine, args.section, Path(args.out),
+    out, data = Path(args.out), Path(args.data)
+    if out.resolve().is_relative_to(data.resolve()):
+        raise UsageError(f"--out {out}: inside the corpus it reads ({data}); write the recording "
+                         f"outside it")
+    if (out.exists() or out.is_symlink()) and not getattr(args, "force", False):
+        raise UsageError(f"--out {out}: already there; pass --force to replace it")
+    if out.is_dir():
+        raise UsageError(f"--out {out}: a folder; give a WAV file name")
+    info = normal_then_faulty(data, args.machine, args.section, out,
                               args.normal, args.faulty, args.domain)
     print(json.dumps({k: v for k, v in info.items() if not k.endswith("_clips")}))
     return 0
@@ -317,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--domain", choices=("source", "target"), default="source")
     r.add_argument("--normal", type=int, default=6, help="normal clips first (default 6)")
     r.add_argument("--faulty", type=int, default=6, help="then anomalous clips (default 6)")
-    r.add_argument("--out", required=True, help="WAV file to write")
+    r.add_argument("--out", required=True, help="WAV file to write (outside the corpus)")
+    r.add_argument("--force", action="store_true", help="replace --out if it is already there")
     r.set_defaults(func=cmd_recording)
 
     d = sub.add_parser("demo", help="synthesize a small corpus, train and evaluate the baseline")

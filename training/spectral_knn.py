@@ -36,6 +36,7 @@ from harken.training.config import Caps, Count, check_settings, with_overrides
 from harken.training.data.corpus import Clip
 from harken.training.data.features import clip_logmels
 from harken.training.method import DeviceGraph
+from harken.training.run_checks import check_rule_arrays
 from harken.training.runs import RunError, RunInfo, normal_score_stats, read_run, write_run
 
 # The training-side score variants (what ``evaluate --score`` takes): fusion weights in
@@ -163,6 +164,10 @@ class SpectralKnn:
         missing = [s for s in info.sections if s not in self.banks]
         if missing:
             raise RunError(f"{run_dir / STATE}: no bank for section(s) {missing}")
+        spec = self.spec
+        width = 2 * (spec.n_mels + spec.n_fft // 2 + 1) if spec.spectrum else None
+        check_rule_arrays(info.sections, DEVICE_RULE, self.rule_arrays,
+                          lambda s: run_dir / STATE, width)
         return self
 
     # -- export (training/method.py's Exportable) ------------------------------------------

@@ -100,12 +100,14 @@ class TorchMethod:
         self.info = info
         self.caps = Caps(warn=False)
         self.model = self.build_from(info.architecture)
+        path = run_dir / (info.weights or WEIGHTS)
         try:
-            state = torch.load(run_dir / (info.weights or WEIGHTS), map_location="cpu",
-                               weights_only=True)
-            self.model.load_state_dict(state)
-        except (OSError, RuntimeError, KeyError) as exc:
-            raise RunError(f"{run_dir}: cannot load weights ({exc})") from None
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise RunError(f"{path}: no such file (the run's weights)") from None
+        except Exception as exc:        # pickle, zip and torch errors alike: a damaged file
+            raise RunError(f"{path}: cannot read the run's weights ({_first_line(exc)})") from None
+        self.model.load_state_dict(check_state(path, state, self.model.state_dict()))
         self.model.eval()
         self.load_extra(run_dir, info)
         return self
@@ -139,6 +141,35 @@ class ScoresEveryRule:
             for r, v in self.chunk_scores(part).items():
                 out[r][start:start + len(part)] = v
         return out
+
+
+def check_state(path: Path, state: object, expected: dict[str, torch.Tensor]) -> dict:
+    """``state`` as the weights of a network shaped as ``expected``: one line naming the
+    first missing, extra or differently shaped tensor (a model.pt of another run's settings
+    would otherwise give torch's message of one line per tensor)."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RunError(f"{path}: not a network's weights (a state_dict of tensors expected)")
+    for key, want in expected.items():
+        if key not in state:
+            raise RunError(f"{path}: no tensor {key!r} (weights of another network than "
+                           f"run.json's architecture; train again)")
+        got = tuple(state[key].shape)
+        if got != tuple(want.shape):
+            raise RunError(f"{path}: tensor {key!r} has shape {list(got)}, run.json's "
+                           f"architecture gives {list(want.shape)} (weights of a run with "
+                           f"other settings; train again)")
+        if state[key].is_floating_point() and not torch.isfinite(state[key]).all():
+            raise RunError(f"{path}: tensor {key!r} holds NaN or infinite values")
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise RunError(f"{path}: tensor {extra[0]!r} is not in run.json's architecture "
+                       f"(weights of another network; train again)")
+    return state
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:120] if text else type(exc).__name__
 
 
 def load_array(run_dir: Path, name: str) -> np.ndarray:

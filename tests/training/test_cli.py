@@ -111,7 +111,7 @@ def test_recording_goes_from_normal_to_faulty(small_fan, tmp_path, capsys):
     x, rate = read_wav(out)
     assert info["fault_starts_at_s"] == 20.0 and len(x) == 50 * rate
     assert main(["recording", "--data", str(small_fan), "--machine", "fan", "--normal", "99",
-                 "--out", str(out)]) == 2
+                 "--out", str(out), "--force"]) == 2
     assert "99 and 6 wanted" in capsys.readouterr().err
 
 

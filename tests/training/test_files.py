@@ -147,3 +147,85 @@ def test_the_reader_names_the_file_for_every_way_a_file_is_wrong(tmp_path):
     (tmp_path / "s.csv").write_text("a.wav,1.5\nb.wav,nan\n")
     with pytest.raises(FileFormatError, match="s.csv: line 2 .*not a finite number"):
         read_csv(tmp_path / "s.csv", (str, float))
+
+
+# -- tampered run files (issue 38, finding 14): checked against run.json when loaded ----------
+
+def _npz_edit(change):
+    def edit(folder: Path) -> None:
+        path = folder / "fan" / "bank.npz"
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        change(arrays)
+        np.savez(path, **arrays)
+    return edit
+
+
+def _nan_first(key: str):
+    def change(arrays):
+        arrays[key] = arrays[key].copy()
+        arrays[key].flat[0] = np.nan
+    return change
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda a: a.pop("s00__mel_bank"), "mel_bank"),
+    (lambda a: a.update(s00__mel_bank=a["s00__mel_bank"][:, :7]), "mel_bank"),
+    (_nan_first("s00__mel_bank"), "NaN"),
+    (_nan_first("s00__spectrum_density"), "NaN"),
+], ids=["key-deleted", "wrong-shape", "nan-bank", "nan-density"])
+def test_a_tampered_bank_is_one_line_naming_it(runs, tmp_path, capsys, change, says):
+    run = damaged(runs, tmp_path, "knn", _npz_edit(change))
+    code = cli.main(["evaluate", str(run), "--no-plots", "--no-baseline", "--quiet"])
+    one_line(capsys, code, "bank.npz", "section 00", says)
+    code = export_cli.main([str(run / "fan"), "--out", str(tmp_path / "b")])
+    one_line(capsys, code, "bank.npz", says)
+
+
+def test_feature_settings_that_do_not_fit_the_arrays_are_one_line(runs, tmp_path, capsys):
+    run = damaged(runs, tmp_path, "knn", _json_edit(
+        "fan/run.json", lambda d: d["feature_spec"].update(n_mels=64)))
+    code = cli.main(["evaluate", str(run), "--no-plots", "--no-baseline", "--quiet"])
+    one_line(capsys, code, "bank.npz", "n_mels", "train it again")
+
+
+def test_a_precision_matrix_of_the_wrong_size_is_one_line(runs, tmp_path, capsys):
+    run = damaged(runs, tmp_path, "ae", lambda r: np.save(
+        r / "fan" / "maha_section_00_source_precision.npy", np.eye(3)))
+    code = cli.main(["evaluate", str(run), "--no-plots", "--no-baseline", "--quiet"])
+    one_line(capsys, code, "maha_section_00", "precisions")
+
+
+def test_weights_that_are_no_state_dict_are_one_line(runs, tmp_path, capsys):
+    import torch
+    run = damaged(runs, tmp_path, "ae", lambda r: torch.save({}, r / "fan" / "model.pt"))
+    code = cli.main(["evaluate", str(run), "--no-plots", "--no-baseline", "--quiet"])
+    one_line(capsys, code, "model.pt", "no tensor")
+    (run / "fan" / "model.pt").write_bytes(b"not a zip at all")
+    code = cli.main(["evaluate", str(run), "--no-plots", "--no-baseline", "--quiet"])
+    one_line(capsys, code, "model.pt", "cannot read")
+
+
+def test_weights_of_a_run_with_other_settings_are_one_line(runs, tmp_path, capsys):
+    other = tmp_path / "ae16"
+    assert cli.main(["train", "--method", "ae", "--data", str(runs / "corpus"), "--out", str(other),
+                     "--set", "epochs=1", "--set", "hidden=16", "--quiet"]) == 0
+    run = damaged(runs, tmp_path, "ae", lambda r: shutil.copy(other / "fan" / "model.pt",
+                                                                r / "fan" / "model.pt"))
+    capsys.readouterr()
+    code = cli.main(["evaluate", str(run), "--no-plots", "--no-baseline", "--quiet"])
+    last = one_line(capsys, code, "model.pt", "has shape", "16")
+    assert len(capsys.readouterr().err.strip().splitlines()) <= 1, last
+
+
+def test_a_baseline_bank_with_nan_or_the_wrong_width_is_one_line(runs, tmp_path, capsys):
+    base = tmp_path / "bk"
+    assert cli.main(["train", "--method", "baseline-knn", "--data", str(runs / "corpus"), "--out",
+                     str(base), "--quiet"]) == 0
+    bank = base / "fan" / "bank_section_00.npy"
+    np.save(bank, np.load(bank)[:, :5])
+    code = cli.main(["evaluate", str(base), "--no-plots", "--no-baseline", "--quiet"])
+    one_line(capsys, code, "bank_section_00.npy", "shape")
+    np.save(base / "fan" / "mean.npy", np.full(np.load(base / "fan" / "std.npy").shape, np.nan))
+    code = cli.main(["evaluate", str(base), "--no-plots", "--no-baseline", "--quiet"])
+    one_line(capsys, code, "mean.npy", "NaN")

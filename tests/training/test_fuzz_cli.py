@@ -145,7 +145,7 @@ COMMANDS = {
     ("train", "recording"): [("--data", GOOD_DATA, IN_DATA), ("--machine", ["fan"], ["drill", ""]),
                              ("--section", ["0"], VALUES), ("--domain", ["source"], ["target", "x"]),
                              ("--normal", ["1", "2"], VALUES), ("--faulty", ["1"], VALUES),
-                             ("--out", ["new.wav"], OUT)],
+                             ("--out", ["new.wav"], OUT), ("--force", "flag", None)],
     ("train", "demo"): [("--out", ["text", "binary"], ["text"]),
                         ("--size", ["tiny"], ["huge", ""]),
                         ("--quiet", "flag", None)],

@@ -61,3 +61,32 @@ def test_synth_refuses_a_file_as_its_folder(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     code, err = synth(capsys, tmp_path / "f")
     assert code == 2 and "a file, not a folder" in err
+
+
+def test_a_synth_killed_midway_leaves_a_corpus_train_and_evaluate_refuse_until_synth_again(
+        tmp_path, capsys, monkeypatch):
+    from harken.training.synth import corpus as synth_corpus
+    out, runs = tmp_path / "corpus", tmp_path / "runs"
+    assert synth(capsys, out)[0] == 0
+    assert cli.main(["train", "--data", str(out), "--out", str(runs), "--quiet"]) == 0
+    write, done = synth_corpus._write_one, []
+
+    def killed_after_five(args):
+        if len(done) == 5:
+            raise KeyboardInterrupt          # as a kill would stop it: no cleanup of ours runs
+        done.append(1)
+        return write(args)
+    monkeypatch.setattr(synth_corpus, "_write_one", killed_after_five)
+    assert cli.main(["synth", "--size", "tiny", "--machines", "fan", "--workers", "1", "--quiet",
+                     "--out", str(out), "--seed", "3"]) != 0
+    monkeypatch.setattr(synth_corpus, "_write_one", write)
+    capsys.readouterr()
+    assert not (out / "corpus.json").exists() and len(list(out.rglob("*.wav"))) == 5
+    code = cli.main(["train", "--data", str(out), "--out", str(tmp_path / "r2"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "an incomplete synthetic corpus" in err and "run synth again" in err, err
+    code = cli.main(["evaluate", str(runs), "--no-plots", "--no-baseline", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "incomplete synthetic corpus" in err and "Traceback" not in err, err
+    assert synth(capsys, out, "--seed", "3")[0] == 0        # synth again: replaced, whole
+    assert cli.main(["train", "--data", str(out), "--out", str(tmp_path / "r2"), "--quiet"]) == 0

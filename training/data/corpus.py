@@ -246,6 +246,8 @@ def scan_corpus(root: str | Path, machines: list[str] | None = None, split: str 
     links to them) count. Train clips labelled anomalous and damaged WAVs are refused in
     one line naming them, or with ``skip_bad`` skipped and counted."""
     root = Path(root)
+    from harken.training.synth.corpus import check_complete   # its marker's rule, in one place
+    check_complete(root, CorpusError)
     available = machine_types(root)
     chosen = machines or available
     unknown = [m for m in chosen if m not in available]

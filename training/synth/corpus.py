@@ -167,6 +167,33 @@ def _write_one(args: tuple[ClipJob, str]) -> dict:
 
 
 MARKER = ".harken-synth"       # written first: this folder is a synthetic corpus, ours to replace
+IN_PROGRESS = "in progress"    # the marker's first line until corpus.json is written, last
+DONE = "complete"
+
+
+def _mark(root: Path, state: str) -> None:
+    tmp = root / f"{MARKER}.tmp"
+    tmp.write_text(f"{state}\na synthetic corpus written by 'harken-train synth'; "
+                   "synth may replace what is in this folder\n")
+    os.replace(tmp, root / MARKER)
+
+
+def check_complete(root: Path, error: type[Exception] = UsageError) -> None:
+    """Refuse a corpus that synth began and did not finish (killed, or failed midway):
+    its clips are a part of the corpus, and training on them would give a run of other
+    data than corpus.json would describe. corpus.json is written last, then the marker
+    says it is complete (docs/reliability.md, workstation: corpora)."""
+    marker = root / MARKER
+    if not marker.is_file():
+        return
+    try:
+        state = marker.read_text(errors="replace").split("\n", 1)[0].strip()
+    except OSError:
+        return
+    meta = "there" if (root / "corpus.json").is_file() else "missing"
+    if state == IN_PROGRESS or meta == "missing":
+        raise error(f"{root}: an incomplete synthetic corpus (synth did not finish: {MARKER} "
+                    f"says {state!r}, corpus.json {meta}); run synth again into it")
 
 
 def is_own_corpus(root: Path) -> bool:
@@ -199,8 +226,7 @@ def claim_folder(root: Path) -> None:
                         clip.unlink()
         (root / "corpus.json").unlink(missing_ok=True)
     root.mkdir(parents=True, exist_ok=True)
-    (root / MARKER).write_text("a synthetic corpus written by 'harken-train synth'; "
-                               "synth may replace what is in this folder\n")
+    _mark(root, IN_PROGRESS)
 
 
 def synthesize(out: str | Path, size: str = "tiny", seed: int = 0,
@@ -237,5 +263,8 @@ def synthesize(out: str | Path, size: str = "tiny", seed: int = 0,
     meta = {"generator": "harken synth", "size": size, "seed": seed, "sample_rate": SR,
             "machines": sorted({j.machine for j in jobs}), "sections": spec.sections,
             "clip_seconds": spec.clip_seconds, "clips": records}
-    (root / "corpus.json").write_text(json.dumps(meta, indent=1))
+    tmp = root / "corpus.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, root / "corpus.json")         # last: the corpus is whole
+    _mark(root, DONE)
     return root
