@@ -497,8 +497,11 @@ def run_config(config: Config, max_intervals: int | None = None) -> int:
     """Build and run the agent. A failure of the device (a full disk, an I/O error) is an
     ``EnvironmentFailure``: exit 75, which systemd restarts, unlike the exit 2
     of a config mistake (docs/agent.md "Exit codes")."""
+    adopt, restore = _catch_signals_while_building()
     try:
-        return Runner.from_config(config, max_intervals).run()
+        runner = Runner.from_config(config, max_intervals)
+        adopt(runner)
+        return runner.run()
     except (BundleError, SourceError) as exc:
         raise ConfigError(str(exc)) from None
     except OSError as exc:
@@ -506,3 +509,45 @@ def run_config(config: Config, max_intervals: int | None = None) -> int:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
         raise EnvironmentFailure(f"{where}{exc.strerror or exc}") from None
+    finally:
+        restore()
+
+
+def _catch_signals_while_building() -> tuple[Callable[[Runner], None], Callable[[], None]]:
+    """SIGTERM, SIGINT or SIGHUP while the runner is still being built (bundles loaded, the
+    broker's TLS handshake started, the state locked) would otherwise kill the process with
+    the default action: no ``stopped``, no NDEATH, exit -15. Each is remembered and handed
+    to the runner once it exists (``adopt``; ``Runner.run`` then installs its own
+    handlers); ``restore`` puts the earlier handlers back once the run is over."""
+    held: list[Runner] = []
+    early: list[Callable[[Runner], None]] = []
+    lock = threading.RLock()          # a handler runs in the main thread, maybe inside adopt
+
+    def catch(method: Callable[[Runner], None]) -> Callable:
+        def handler(*_args) -> None:
+            with lock:
+                if not held:
+                    early.append(method)
+                    return
+            method(held[0])
+        return handler
+
+    def adopt(runner: Runner) -> None:
+        with lock:
+            held.append(runner)
+            waiting = list(early)
+        for method in waiting:
+            method(runner)
+
+    before = {}
+    for sig, method in ((signal.SIGINT, Runner.stop), (signal.SIGTERM, Runner.stop),
+                        (signal.SIGHUP, Runner.hang_up)):
+        try:
+            before[sig] = signal.signal(sig, catch(method))
+        except ValueError:                # not the main thread (tests)
+            pass
+
+    def restore() -> None:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    return adopt, restore

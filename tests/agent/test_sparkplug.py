@@ -196,7 +196,9 @@ def test_watch_reads_sparkplug_devices_like_json_agents():
         (2.5, 2.0, 2, "ON", "ok")
     assert row.last_seen == 110.0 and fleet.status[("n9", "pump")] == "online"
     assert fleet.malformed == 1
-    fleet.update(fleet.parse("spBv1.0/harken/NDEATH/n9", Payload().SerializeToString()))
+    death = Payload()                        # Sparkplug B 3.0: an NDEATH carries its bdSeq
+    add_metric(death, "bdSeq", DataType.Int64, 0, 120_000)
+    fleet.update(fleet.parse("spBv1.0/harken/NDEATH/n9", death.SerializeToString()))
     assert fleet.status[("n9", "pump")] == "offline"
 
 
