@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from harken.agent.model.bundle import open_bundle
-from harken.common.atomic import building, check_target
+from harken.common.atomic import building, check_target, repair
 from harken.common.clitools import command_parser, run_command
 from harken.agent.features import FeatureSpec
 from harken.training.runs import find_runs, read_run
@@ -58,6 +58,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from harken.export.verify import Tolerances, format_checks, verdict_line, verify
     tolerances = Tolerances(official=args.official_tolerance, spearman=args.min_spearman)
+    repair(Path(args.bundle))          # an export --force killed mid-swap: the old one back
     bundle = open_bundle(Path(args.bundle))
     checks = verify(bundle, Path(args.data), Path(args.run) if args.run else None,
                     args.max_clips, args.threads, progress=not args.json,
@@ -125,6 +126,23 @@ def _tolerance(text: str) -> float:
     return value
 
 
+MAX_THREADS = 64     # more inference threads than any workstation has cores only thrash
+
+
+def _count(low: int, high: int | None):
+    """An argparse type: a whole number from ``low`` to ``high`` (None: no upper bound)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number {span}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p, sub = command_parser("harken-export", __doc__.splitlines()[0])
     e = sub.add_parser("export", help="a training run -> a bundle (the default command)")
@@ -152,8 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("bundle")
     v.add_argument("--data", required=True, help="corpus with labelled test clips")
     v.add_argument("--run", help="the torch run (default: the one the manifest names)")
-    v.add_argument("--max-clips", type=int, help="score only this many test clips (spread)")
-    v.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
+    v.add_argument("--max-clips", type=_count(0, None), default=0, metavar="N",
+                   help="score only N test clips, spread over the set (default 0: all)")
+    v.add_argument("--threads", type=_count(1, MAX_THREADS), default=1, metavar="N",
+                   help=f"inference threads, 1 to {MAX_THREADS} (default 1)")
     v.add_argument("--json", action="store_true", help="print JSON instead of the table")
     v.add_argument("--official-tolerance", type=_tolerance, default=0.01, metavar="D",
                    help="an artifact passes when its official score is within D of torch "

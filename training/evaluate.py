@@ -131,6 +131,7 @@ def evaluate_rules(run_dirs: list[Path], outs: dict[str | None, Path] | Path,
     """One evaluation per score rule, each in its own folder, from one scoring pass over
     the test clips. ``outs`` maps rule -> folder, or is one folder for every rule of the
     method (a sub-folder per rule)."""
+    check_one_run_per_machine(run_dirs)
     evs: dict[str | None, Evaluation] = {}
     folders: dict[str | None, Path] = {}
     for run_dir in run_dirs:
@@ -155,6 +156,21 @@ def evaluate_rules(run_dirs: list[Path], outs: dict[str | None, Path] | Path,
     for rule, ev in evs.items():
         write_tables(folders[rule], ev)
     return evs
+
+
+def check_one_run_per_machine(run_dirs: list[Path]) -> None:
+    """Refuse, in one line naming both, two runs of one machine type: an evaluation scores
+    each machine once (its table, result files and metrics.json are per machine), and two
+    runs of one (a copy ``fan-old`` beside ``fan``) would mix their sections in the table
+    while metrics.json named only the last."""
+    seen: dict[str, Path] = {}
+    for run_dir in run_dirs:
+        machine = read_run(run_dir).machine
+        if machine in seen:
+            raise RunError(f"{seen[machine]} and {run_dir}: two runs of machine type "
+                           f"'{machine}'; an evaluation takes one run per machine type "
+                           f"(evaluate them apart, or move one out)")
+        seen[machine] = run_dir
 
 
 def _relative_inside(record: dict, out: Path) -> dict:

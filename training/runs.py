@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from harken.agent.decision.thresholds import gamma_threshold
 from harken.agent.features import FeatureSpec
-from harken.common.atomic import repair, write_atomic
+from harken.common.atomic import repair, repair_folder, write_atomic
 from harken.common.errors import HarkenError
 from harken.training.data.corpus import Clip, CorpusError, scan
 
@@ -340,21 +340,24 @@ def read_run(run_dir: Path) -> RunInfo:
 
 
 def _repair(path: Path) -> None:
-    """A run (or a folder of runs) that a killed ``train --force`` left mid-swap is put
-    right before it is read: the old run back, or the new one kept (harken/common/atomic.py)."""
+    """A run (or a folder of runs) that a killed ``train --force`` left mid-swap or half
+    built is put right before it is read: the old run back, or the new one kept, a
+    half-built one removed (harken/common/atomic.py)."""
     repair(path)
     if path.is_dir():
-        for aside in path.glob(".*.old"):
-            repair(path / aside.name[1:-len(".old")])
+        repair_folder(path)
 
 
 def find_runs(path: Path) -> list[Path]:
-    """A run directory, or a folder of them (one per machine type)."""
+    """A run directory, or a folder of them (one per machine type): the one listing of runs
+    (evaluate, describe, export). Hidden sub-folders are never runs: a ``.fan.new-PID`` a
+    killed training left is removed first, or skipped while its builder still runs."""
     path = Path(path)
     _repair(path)
     if (path / "run.json").is_file():
         return [path]
-    runs = sorted(p.parent for p in path.glob("*/run.json")) if path.is_dir() else []
+    runs = sorted(p.parent for p in path.glob("*/run.json")
+                  if not p.parent.name.startswith(".")) if path.is_dir() else []
     if not runs:
         raise RunError(f"{path}: no run.json here or in its sub-folders")
     return runs

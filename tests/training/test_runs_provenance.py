@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from harken.common.atomic import PAUSE_ENV, aside_path
+from harken.common.atomic import PAUSE_ENV, aside_path, repair_folder
+from harken.export.cli import main as export_main
 from harken.training.cli import main
-from harken.training.runs import CONTENT, RUN_VERSION, read_run
+from harken.training.runs import CONTENT, RUN_VERSION, find_runs, read_run
 
 MACHINE = "valve"
 
@@ -275,4 +276,55 @@ def test_a_run_json_naming_an_unknown_method_is_one_line_and_writes_nothing(knn_
     assert evaluate(tmp_path / "runs", tmp_path / "e") == 2
     err = capsys.readouterr().err.strip()
     assert "vibes" in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "e").exists() and leftovers(tmp_path) == []
+
+
+# -- one listing of runs (second hostile round: a half-built run, two runs of a machine) ----
+def test_a_half_built_run_a_kill_left_is_removed_not_evaluated(corpus, tmp_path, capsys):
+    """Was: rk/.valve.new-PID read as a second valve run: evaluate scored it twice, metrics.json
+    named one method, describe listed the leftover."""
+    runs = tmp_path / "runs"
+    assert train(corpus, runs, "spectral-knn") == 0
+    killed_at("built", ["train", "--method", "baseline-knn", "--data", str(corpus),
+                        "--machine", MACHINE, "--out", str(runs), "--quiet", "--force"],
+              runs / MACHINE)
+    assert [p for p in leftovers(runs) if ".new-" in p]          # the half-built run is there
+    capsys.readouterr()
+    assert export_main(["describe", str(runs)]) == 0
+    described = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [d["run"] for d in described] == [str(runs / MACHINE)]
+    assert leftovers(runs) == []                                  # removed by the listing
+    assert evaluate(runs, tmp_path / "e") == 0
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["methods"][MACHINE].startswith("spectral-knn")
+    assert len(metrics["sections"]) == len(read_run(runs / MACHINE).sections)
+
+
+def test_a_leftover_of_a_live_builder_is_skipped_not_removed(knn_runs, tmp_path):
+    """While its builder still runs (it holds the target's lock), the half-built folder is
+    left alone; the listing skips it all the same (a hidden folder is never a run)."""
+    import fcntl
+    import os
+    runs = shutil.copytree(knn_runs, tmp_path / "runs")
+    half = runs / f".{MACHINE}.new-{os.getpid()}"
+    shutil.copytree(runs / MACHINE, half)
+    fd = os.open(runs / f".{MACHINE}.lock", os.O_CREAT | os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert find_runs(runs) == [runs / MACHINE]
+        assert half.is_dir()
+    finally:
+        os.close(fd)
+    assert repair_folder(runs) and not half.exists()
+
+
+def test_two_runs_of_one_machine_type_are_refused_in_one_line(knn_runs, tmp_path, capsys):
+    """Was: `cp -r runs/fan runs/fan-old`, and evaluate put both runs' sections in one table
+    while metrics.json named only one."""
+    runs = shutil.copytree(knn_runs, tmp_path / "runs")
+    shutil.copytree(runs / MACHINE, runs / f"{MACHINE}-old")
+    assert evaluate(runs, tmp_path / "e") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(runs / MACHINE) in err and str(runs / f"{MACHINE}-old") in err
+    assert f"two runs of machine type '{MACHINE}'" in err
     assert not (tmp_path / "e").exists() and leftovers(tmp_path) == []
