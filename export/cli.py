@@ -41,9 +41,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_target(out, args.force, "--out folder", keep=(run,))
     if args.tar:
         check_target(tar_path_of(out), args.force, "tarball", keep=(run,))
+    # with --tar, the tarball is placed first and the folder second (both built whole
+    # before): a kill between them is a new tarball beside the old folder, which verify
+    # refuses (``check_bundle_and_tarball``; docs/export.md)
     with building(out, force=args.force, what="--out folder", keep=(run,)) as new:
         write_bundle(run, new, Path(args.calib) if args.calib else None, options,
                      args.other_corpus)
+        if args.tar:
+            make_tar(new, tar_path_of(out), force=args.force, arcname=out.name)
     bundle = open_bundle(out)
     for name, part in (bundle.members.items() if bundle.is_fused else [("", bundle)]):
         for kind, art in part.artifacts.items():
@@ -51,14 +56,16 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"{where + kind:<28} {art.path.name:<20} {art.path.stat().st_size:>10,} bytes")
     print(f"bundle: {out}")
     if args.tar:
-        print(f"tarball: {make_tar(out, force=args.force)}")
+        print(f"tarball: {tar_path_of(out)}")
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from harken.export.verify import Tolerances, format_checks, verdict_line, verify
     tolerances = Tolerances(official=args.official_tolerance, spearman=args.min_spearman)
+    from harken.export.bundle import check_bundle_and_tarball
     repair(Path(args.bundle))          # an export --force killed mid-swap: the old one back
+    check_bundle_and_tarball(Path(args.bundle))
     bundle = open_bundle(Path(args.bundle))
     checks = verify(bundle, Path(args.data), Path(args.run) if args.run else None,
                     args.max_clips, args.threads, progress=not args.json,
@@ -88,9 +95,11 @@ def cmd_general(args: argparse.Namespace) -> int:
         check_target(tar_path_of(out), args.force, "tarball")
     with building(out, force=args.force, what="--out folder") as new:
         write_general_bundle(new, options=ExportOptions(precision="fp32"))
+        if args.tar:                   # placed before the folder, as in cmd_export
+            make_tar(new, tar_path_of(out), force=args.force, arcname=out.name)
     print(f"bundle: {out} (needs 'harken enroll' on the device before 'harken run')")
     if args.tar:
-        print(f"tarball: {make_tar(out, force=args.force)}")
+        print(f"tarball: {tar_path_of(out)}")
     return 0
 
 

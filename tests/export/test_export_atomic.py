@@ -350,3 +350,36 @@ def test_verify_max_clips_0_means_all_clips(knn_bundles, tiny_corpus, capsys):
     assert verify(knn_bundles[MACHINE], tiny_corpus, "--json") == 0
     every = json.loads(capsys.readouterr().out)
     assert [r["official"] for r in zero] == [r["official"] for r in every]
+
+
+def test_tar_force_killed_between_tarball_and_folder_is_refused_by_verify(
+        knn_bundles, tiny_corpus, tmp_path, capsys):
+    """Was: `--tar --force` killed after the folder was placed left b1/ new and b1.tar.gz
+    old, and verify passed the old tarball. Now the tarball is placed first, the folder
+    second; a kill between them leaves a pair that verify refuses in one line, and the
+    next `--tar --force` makes them one bundle again."""
+    runs = knn_bundles[MACHINE].parent / "runs"
+    out = tmp_path / "b1"
+    assert export(runs / "gearbox", out, "--tar") == 0
+    flag = tmp_path / ".b1.tar.gz.paused-placed"
+    proc = subprocess.Popen([sys.executable, "-m", "harken.export.cli", str(runs / MACHINE),
+                             "--out", str(out), *FAST, "--tar", "--force"],
+                            env={**os.environ, PAUSE_ENV: "placed"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    try:
+        while not flag.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the tarball was not placed first"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert json.loads((out / "manifest.json").read_text())["model"]["machine"] == "gearbox"
+    capsys.readouterr()
+    for path in (out, tmp_path / "b1.tar.gz"):
+        assert verify(path, tiny_corpus) == 2
+        err = capsys.readouterr().err.strip()
+        assert "hold different bundles" in err and "\n" not in err
+    assert export(runs / MACHINE, out, "--tar", "--force") == 0
+    assert verify(tmp_path / "b1.tar.gz", tiny_corpus) == 0
