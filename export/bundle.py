@@ -191,7 +191,7 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
     rule = graph.method.device_rule()
 
     def calibration() -> tuple[Path, str, object]:
-        corpus = check_corpus(run_dir, info, calib_root, other_corpus)
+        corpus = check_corpus(run_dir, info, calib_root, other_corpus, test_clips=False)
         return Path(corpus["path"]), info.machine, spec
     artifacts, reference = _write_models(graph, out, options, info.method, calibration)
 

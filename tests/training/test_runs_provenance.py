@@ -328,3 +328,58 @@ def test_two_runs_of_one_machine_type_are_refused_in_one_line(knn_runs, tmp_path
     assert "\n" not in err and str(runs / MACHINE) in err and str(runs / f"{MACHINE}-old") in err
     assert f"two runs of machine type '{MACHINE}'" in err
     assert not (tmp_path / "e").exists() and leftovers(tmp_path) == []
+
+
+# -- the corpus check: old relative paths, test clips, skipped clips (second hostile round) --
+
+RECORDS = Path(__file__).parents[1] / "data" / "records" / "runs-61a0e3e"
+
+
+def test_an_old_run_with_a_relative_corpus_path_asks_for_data(tmp_path, monkeypatch, capsys):
+    """Was: a version-1 run whose corpus.root is `tiny`, evaluated from another folder with
+    its own tiny/, scored that other corpus (names-and-sizes fingerprint: copies pass)."""
+    run = shutil.copytree(RECORDS / "baseline-knn", tmp_path / "old" / "fan")
+    data = json.loads((run / "run.json").read_text())
+    data["corpus"]["root"] = "tiny"
+    (run / "run.json").write_text(json.dumps(data))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny" / "fan").mkdir(parents=True)
+    assert evaluate(run, tmp_path / "e") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"{run}/run.json: an old run with a relative corpus path ('tiny'); "
+                        f"give its corpus with --data") and "\n" not in err
+
+
+def test_changed_test_clips_are_refused_unless_on_purpose(corpus, knn_runs, tmp_path, capsys):
+    """Was: the fingerprint covered train/ only, so a corpus whose test clips had changed
+    (same names and sizes) was taken as the run's."""
+    info = read_run(knn_runs / MACHINE)
+    assert info.corpus.test_fingerprint                     # recorded at training
+    other = shutil.copytree(corpus, tmp_path / "tiny")
+    clip = sorted((other / MACHINE / "test").glob("*.wav"))[0]
+    data = bytearray(clip.read_bytes())
+    data[-200:] = bytes(200)
+    clip.write_bytes(bytes(data))
+    assert evaluate(knn_runs, tmp_path / "e", "--data", str(other)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "test clips are not the ones" in err and "\n" not in err
+    assert evaluate(knn_runs, tmp_path / "e", "--data", str(other), "--other-corpus") == 0
+    record = json.loads((tmp_path / "e" / "metrics.json").read_text())["runs"][MACHINE]
+    assert record["corpus"]["matches_run"] is False
+    assert record["corpus"]["test_matches_run"] is False
+
+
+def test_a_run_trained_skipping_bad_clips_is_evaluated_on_its_own_corpus(corpus, tmp_path,
+                                                                         capsys):
+    """Was: check_corpus scanned without skipping, so the run's own corpus was refused
+    ('... pass --skip-bad-clips', a flag evaluate does not have)."""
+    bad = shutil.copytree(corpus, tmp_path / "tiny")
+    first = sorted((bad / MACHINE / "train").glob("*.wav"))[0]
+    (first.parent / first.name.replace("_0000", "_9999")).write_bytes(b"RIFF, not a WAV")
+    runs = tmp_path / "runs"
+    assert train(bad, runs) == 2                            # refused without the flag
+    assert train(bad, runs, "baseline-knn", "--skip-bad-clips") == 0
+    assert read_run(runs / MACHINE).corpus.scan["skipped"]
+    assert evaluate(runs, tmp_path / "e") == 0
+    record = json.loads((tmp_path / "e" / "metrics.json").read_text())["runs"][MACHINE]
+    assert record["corpus"]["matches_run"] is True and record["corpus"]["skip_bad_clips"]
