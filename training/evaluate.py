@@ -32,6 +32,23 @@ class Evaluation:
     training: dict[str, dict] = field(default_factory=dict)  # machine -> run.json "training"
     runs: dict[str, dict] = field(default_factory=dict)      # machine -> what was evaluated
     files: dict[str, str] | None = None                      # result file -> sha256
+    training_ids: dict[str, str | None] = field(default_factory=dict)   # machine -> id
+
+    @property
+    def mixed(self) -> str | None:
+        """What the scored runs mix, in words (None: one method, one training): a folder
+        whose machines come from several ``train`` commands or methods (``train --force``
+        over several machines killed after the first) gives an official score over both,
+        which the table and metrics.json must say."""
+        methods = {m.split(" (")[0] for m in self.methods.values()}
+        ids = set(self.training_ids.values())
+        parts = []
+        if len(methods) > 1:
+            parts.append("mixed methods: " + ", ".join(
+                f"{machine} {method.split(' (')[0]}" for machine, method in self.methods.items()))
+        if len(ids) > 1:
+            parts.append(f"runs from {len(ids)} trainings (run.json training_id)")
+        return "; ".join(parts) or None
 
     @property
     def official(self) -> float:
@@ -44,6 +61,8 @@ class Evaluation:
         return {"official_score": self.official, "machines": self.machine_scores(),
                 "methods": self.methods, "training": self.training, "runs": self.runs,
                 "sections": [r.to_dict() for r in self.results],
+                "training_ids": self.training_ids,
+                **({"mixed": self.mixed} if self.mixed else {}),
                 **({"files": self.files} if self.files is not None else {})}
 
 
@@ -147,6 +166,7 @@ def evaluate_rules(run_dirs: list[Path], outs: dict[str | None, Path] | Path,
             used = rule or info.score_rule or info.params.get("score")
             ev.methods[machine] = info.method + (f" ({used} score)" if used else "")
             ev.runs[machine] = _relative_inside(record, out)
+            ev.training_ids[machine] = info.training_id
             if info.training is not None:
                 ev.training[machine] = info.training.model_dump()
             write_result_files(out, machine, clips, values, info.normal_scores.threshold)
@@ -235,6 +255,9 @@ def format_table(ev: Evaluation) -> str:
     for m, v in ev.machine_scores().items():
         lines.append(f"{m:<10} {'all':>7} {'':>7} {'':>7} {'':>7} {v:>7.4f}")
     lines.append(f"official score (hmean over all sections, AUC_s, AUC_t, pAUC): {ev.official:.4f}")
+    if ev.mixed:
+        lines.append(f"NOTE: these runs are not one training ({ev.mixed}); the official "
+                     f"score mixes them")
     return "\n".join(lines)
 
 

@@ -117,6 +117,9 @@ class RunInfo(_Record):
     corpus: CorpusInfo
     normal_scores: NormalScores
     code_version: str = "unknown"
+    # the ``harken-train train`` command that wrote it: the runs of one command share it
+    # (evaluate says when a folder's runs come from several); absent in earlier runs
+    training_id: str | None = None
     # what some methods add (training/torch_method.py, classifier.py, fusion.py, aegan.py)
     architecture: dict[str, Any] | None = None
     history: dict[str, Any] | None = None

@@ -383,3 +383,21 @@ def test_a_run_trained_skipping_bad_clips_is_evaluated_on_its_own_corpus(corpus,
     assert evaluate(runs, tmp_path / "e") == 0
     record = json.loads((tmp_path / "e" / "metrics.json").read_text())["runs"][MACHINE]
     assert record["corpus"]["matches_run"] is True and record["corpus"]["skip_bad_clips"]
+
+
+def test_a_folder_mixing_trainings_and_methods_says_so(tiny_corpus, tmp_path, capsys):
+    """Was: `train --force` over two machines killed after the first left valve from one
+    method and gearbox from another; evaluate gave one official score without comment."""
+    runs = tmp_path / "runs"
+    base = ["train", "--data", str(tiny_corpus), "--out", str(runs), "--quiet"]
+    assert main([*base, "--method", "spectral-knn", "--machines", f"{MACHINE},gearbox"]) == 0
+    ids = {read_run(runs / m).training_id for m in (MACHINE, "gearbox")}
+    assert len(ids) == 1 and None not in ids                  # one command, one id
+    assert main([*base, "--method", "baseline-knn", "--machines", "gearbox", "--force"]) == 0
+    capsys.readouterr()
+    assert evaluate(runs, tmp_path / "e") == 0
+    out = capsys.readouterr().out
+    assert (f"NOTE: these runs are not one training (mixed methods: gearbox baseline-knn, "
+            f"{MACHINE} spectral-knn; runs from 2 trainings") in out
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["mixed"].startswith("mixed methods:")
