@@ -61,9 +61,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from harken.export.bundle import check_bundle_and_tarball
     from harken.export.verify import Tolerances, format_checks, verdict_line, verify
     tolerances = Tolerances(official=args.official_tolerance, spearman=args.min_spearman)
-    from harken.export.bundle import check_bundle_and_tarball
     repair(Path(args.bundle))          # an export --force killed mid-swap: the old one back
     check_bundle_and_tarball(Path(args.bundle))
     bundle = open_bundle(Path(args.bundle))

@@ -226,8 +226,9 @@ def result_files(out: Path) -> dict[str, str]:
 def check_evaluation(folder: Path, metrics: dict) -> None:
     """Refuse, in one line, an evaluation folder whose parts do not belong together:
     result files that are not the ones its metrics.json was written with (left by another
-    evaluation, edited, missing), or runs of one machine type named twice. A metrics.json
-    from before ``files`` was recorded is taken as it is."""
+    evaluation, edited, missing). (Two runs of one machine type are refused before any
+    scoring, ``check_one_run_per_machine``.) A metrics.json from before ``files`` was
+    recorded is taken as it is."""
     recorded = metrics.get("files")
     if recorded is None:
         return
