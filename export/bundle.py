@@ -191,7 +191,7 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
     rule = graph.method.device_rule()
 
     def calibration() -> tuple[Path, str, object]:
-        corpus = check_corpus(run_dir, info, calib_root, other_corpus)
+        corpus = check_corpus(run_dir, info, calib_root, other_corpus, test_clips=False)
         return Path(corpus["path"]), info.machine, spec
     artifacts, reference = _write_models(graph, out, options, info.method, calibration)
 
@@ -328,11 +328,47 @@ def tar_path_of(bundle: Path) -> Path:
     return bundle.with_name(bundle.name + ".tar.gz")
 
 
-def make_tar(bundle: Path, tar_path: Path | None = None, force: bool = False) -> Path:
+def make_tar(bundle: Path, tar_path: Path | None = None, force: bool = False,
+             arcname: str | None = None) -> Path:
     """One .tar.gz of the bundle folder, to copy to a device: written beside its place and
-    renamed in when whole; one already there is refused unless ``force``."""
+    renamed in when whole; one already there is refused unless ``force``. ``arcname``: the
+    folder's name inside (default its own; the export names the bundle's place while the
+    folder is still being built under a private name)."""
     tar_path = tar_path or tar_path_of(bundle)
     with building(tar_path, force=force, what="tarball", folder=False, keep=(bundle,)) as new:
         with tarfile.open(new, "w:gz") as tar:
-            tar.add(bundle, arcname=bundle.name)
+            tar.add(bundle, arcname=arcname or bundle.name)
     return tar_path
+
+
+def tarball_manifest(tar_path: Path) -> bytes | None:
+    """The manifest.json bytes inside a bundle tarball (None: none there, or unreadable)."""
+    try:
+        with tarfile.open(tar_path) as tar:
+            for member in tar.getmembers():
+                if member.isfile() and Path(member.name).name == MANIFEST and \
+                        len(Path(member.name).parts) <= 2:
+                    f = tar.extractfile(member)
+                    return f.read() if f is not None else None
+    except (OSError, tarfile.TarError, EOFError):
+        return None
+    return None
+
+
+def check_bundle_and_tarball(path: Path) -> None:
+    """A bundle folder and its ``BUNDLE.tar.gz`` beside it (``--tar``) must hold one bundle:
+    ``export --tar --force`` places the tarball first and the folder second, so a kill
+    between them leaves a new tarball beside the old folder, which this refuses in one
+    line (docs/export.md). Either one alone is taken as it is."""
+    path = Path(path)
+    if path.is_dir():
+        folder, tar = path, tar_path_of(path)
+    elif path.name.endswith(".tar.gz"):
+        folder, tar = path.with_name(path.name[:-len(".tar.gz")]), path
+    else:
+        return
+    if not (folder / MANIFEST).is_file() or not tar.is_file():
+        return
+    if tarball_manifest(tar) != (folder / MANIFEST).read_bytes():
+        raise ExportError(f"{tar} and {folder} hold different bundles (an export --tar "
+                          f"interrupted between them?); export again with --tar --force")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from harken.agent.model.bundle import open_bundle
-from harken.common.atomic import building, check_target
+from harken.common.atomic import building, check_target, repair
 from harken.common.clitools import command_parser, run_command
 from harken.agent.features import FeatureSpec
 from harken.training.runs import find_runs, read_run
@@ -41,9 +41,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_target(out, args.force, "--out folder", keep=(run,))
     if args.tar:
         check_target(tar_path_of(out), args.force, "tarball", keep=(run,))
+    # with --tar, the tarball is placed first and the folder second (both built whole
+    # before): a kill between them is a new tarball beside the old folder, which verify
+    # refuses (``check_bundle_and_tarball``; docs/export.md)
     with building(out, force=args.force, what="--out folder", keep=(run,)) as new:
         write_bundle(run, new, Path(args.calib) if args.calib else None, options,
                      args.other_corpus)
+        if args.tar:
+            make_tar(new, tar_path_of(out), force=args.force, arcname=out.name)
     bundle = open_bundle(out)
     for name, part in (bundle.members.items() if bundle.is_fused else [("", bundle)]):
         for kind, art in part.artifacts.items():
@@ -51,13 +56,16 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"{where + kind:<28} {art.path.name:<20} {art.path.stat().st_size:>10,} bytes")
     print(f"bundle: {out}")
     if args.tar:
-        print(f"tarball: {make_tar(out, force=args.force)}")
+        print(f"tarball: {tar_path_of(out)}")
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from harken.export.bundle import check_bundle_and_tarball
     from harken.export.verify import Tolerances, format_checks, verdict_line, verify
     tolerances = Tolerances(official=args.official_tolerance, spearman=args.min_spearman)
+    repair(Path(args.bundle))          # an export --force killed mid-swap: the old one back
+    check_bundle_and_tarball(Path(args.bundle))
     bundle = open_bundle(Path(args.bundle))
     checks = verify(bundle, Path(args.data), Path(args.run) if args.run else None,
                     args.max_clips, args.threads, progress=not args.json,
@@ -89,9 +97,11 @@ def cmd_general(args: argparse.Namespace) -> int:
         check_target(tar_path_of(out), args.force, "tarball")
     with building(out, force=args.force, what="--out folder") as new:
         write_general_bundle(new, options=ExportOptions(precision="fp32"))
+        if args.tar:                   # placed before the folder, as in cmd_export
+            make_tar(new, tar_path_of(out), force=args.force, arcname=out.name)
     print(f"bundle: {out} (needs 'harken enroll' on the device before 'harken run')")
     if args.tar:
-        print(f"tarball: {make_tar(out, force=args.force)}")
+        print(f"tarball: {tar_path_of(out)}")
     return 0
 
 
@@ -127,6 +137,23 @@ def _tolerance(text: str) -> float:
     return value
 
 
+MAX_THREADS = 64     # more inference threads than any workstation has cores only thrash
+
+
+def _count(low: int, high: int | None):
+    """An argparse type: a whole number from ``low`` to ``high`` (None: no upper bound)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number {span}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p, sub = command_parser("harken-export", __doc__.splitlines()[0])
     e = sub.add_parser("export", help="a training run -> a bundle (the default command)")
@@ -154,8 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("bundle")
     v.add_argument("--data", required=True, help="corpus with labelled test clips")
     v.add_argument("--run", help="the torch run (default: the one the manifest names)")
-    v.add_argument("--max-clips", type=int, help="score only this many test clips (spread)")
-    v.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
+    v.add_argument("--max-clips", type=_count(0, None), default=0, metavar="N",
+                   help="score only N test clips, spread over the set (default 0: all)")
+    v.add_argument("--threads", type=_count(1, MAX_THREADS), default=1, metavar="N",
+                   help=f"inference threads, 1 to {MAX_THREADS} (default 1)")
     v.add_argument("--json", action="store_true", help="print JSON instead of the table")
     v.add_argument("--official-tolerance", type=_tolerance, default=0.01, metavar="D",
                    help="an artifact passes when its official score is within D of torch "

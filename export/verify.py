@@ -116,12 +116,38 @@ def bundle_run(bundle: Bundle, run_dir: Path | None = None) -> tuple[Path, RunIn
             raise ExportError(f"{run_dir}: not the run bundle {bundle.root} was exported from "
                               f"({key} {actual[key]!r}, the bundle's {want!r}); pass its "
                               f"run with --run")
+    check_manifest_against_run(bundle, run_dir, info)
     want = prov.get("weights_sha256")
     if want is not None and weights_digest(run_dir, info) != want:
         raise ExportError(f"{run_dir}: its files differ from those bundle {bundle.root} was "
                           f"exported from (weights digest); retrained or edited since? export "
                           f"it again")
     return run_dir, info
+
+
+# how far the threshold a bundle states may be from its run's (float32 round trips, JSON)
+THRESHOLD_RTOL = 1e-6
+
+
+def check_manifest_against_run(bundle: Bundle, run_dir: Path, info: RunInfo) -> None:
+    """The manifest's own statements checked against the run it names, in one line each:
+    the machine type (verify scores that machine's test clips), the sections (a scorer per
+    run section; a manifest missing one would be a KeyError) and the threshold (the
+    device's decision; verify's scores never see it, so an edited value would otherwise
+    pass). A general or imported bundle has no run and is not checked here."""
+    model = bundle.manifest.model
+    where = f"{bundle.root}/manifest.json"
+    if model.machine != info.machine:
+        raise ExportError(f"{where}: model.machine {model.machine!r} differs from the run's "
+                          f"{info.machine!r} ({run_dir}); export the run again")
+    if sorted(model.sections) != sorted(info.sections):
+        raise ExportError(f"{where}: model.sections {model.sections} differ from the run's "
+                          f"{info.sections} ({run_dir}); export the run again")
+    stated = bundle.manifest.threshold.value
+    want = info.normal_scores.threshold
+    if stated is None or not np.isclose(stated, want, rtol=THRESHOLD_RTOL, atol=1e-12):
+        raise ExportError(f"{where}: threshold.value {stated!r} differs from the run's "
+                          f"{want!r} ({run_dir}/run.json); export the run again")
 
 
 def _summary(machine: str, clips: list[Clip], scores: np.ndarray) -> tuple[float, ...]:

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from harken.common.atomic import building, check_target
@@ -54,6 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     corpus = (args.data, *(Path(args.data) / m for m in machines))  # never replaced
     targets = {m: check_target(Path(args.out) / m, args.force, "--out folder", keep=corpus)
                for m in machines}
+    training_id = uuid.uuid4().hex[:12]     # shared by the runs of this command (evaluate)
     for machine in machines:
         found = scan_corpus(args.data, [machine], split="train",
                             skip_bad=getattr(args, "skip_bad_clips", False))
@@ -66,6 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             info = make_method(args.method, overrides).train(clips, new,
                                                              progress=not args.quiet)
             info.corpus.scan = found.summary()        # what the scan passed over, and why
+            info.training_id = training_id
             record_training_time(new, info, time.monotonic() - t0)
         hist = info.history
         trained = (f", {len(hist['train_loss'])} epochs on {hist['device']}, best epoch "

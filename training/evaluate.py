@@ -32,6 +32,23 @@ class Evaluation:
     training: dict[str, dict] = field(default_factory=dict)  # machine -> run.json "training"
     runs: dict[str, dict] = field(default_factory=dict)      # machine -> what was evaluated
     files: dict[str, str] | None = None                      # result file -> sha256
+    training_ids: dict[str, str | None] = field(default_factory=dict)   # machine -> id
+
+    @property
+    def mixed(self) -> str | None:
+        """What the scored runs mix, in words (None: one method, one training): a folder
+        whose machines come from several ``train`` commands or methods (``train --force``
+        over several machines killed after the first) gives an official score over both,
+        which the table and metrics.json must say."""
+        methods = {m.split(" (")[0] for m in self.methods.values()}
+        ids = set(self.training_ids.values())
+        parts = []
+        if len(methods) > 1:
+            parts.append("mixed methods: " + ", ".join(
+                f"{machine} {method.split(' (')[0]}" for machine, method in self.methods.items()))
+        if len(ids) > 1:
+            parts.append(f"runs from {len(ids)} trainings (run.json training_id)")
+        return "; ".join(parts) or None
 
     @property
     def official(self) -> float:
@@ -44,6 +61,8 @@ class Evaluation:
         return {"official_score": self.official, "machines": self.machine_scores(),
                 "methods": self.methods, "training": self.training, "runs": self.runs,
                 "sections": [r.to_dict() for r in self.results],
+                "training_ids": self.training_ids,
+                **({"mixed": self.mixed} if self.mixed else {}),
                 **({"files": self.files} if self.files is not None else {})}
 
 
@@ -131,6 +150,7 @@ def evaluate_rules(run_dirs: list[Path], outs: dict[str | None, Path] | Path,
     """One evaluation per score rule, each in its own folder, from one scoring pass over
     the test clips. ``outs`` maps rule -> folder, or is one folder for every rule of the
     method (a sub-folder per rule)."""
+    check_one_run_per_machine(run_dirs)
     evs: dict[str | None, Evaluation] = {}
     folders: dict[str | None, Path] = {}
     for run_dir in run_dirs:
@@ -146,6 +166,7 @@ def evaluate_rules(run_dirs: list[Path], outs: dict[str | None, Path] | Path,
             used = rule or info.score_rule or info.params.get("score")
             ev.methods[machine] = info.method + (f" ({used} score)" if used else "")
             ev.runs[machine] = _relative_inside(record, out)
+            ev.training_ids[machine] = info.training_id
             if info.training is not None:
                 ev.training[machine] = info.training.model_dump()
             write_result_files(out, machine, clips, values, info.normal_scores.threshold)
@@ -155,6 +176,21 @@ def evaluate_rules(run_dirs: list[Path], outs: dict[str | None, Path] | Path,
     for rule, ev in evs.items():
         write_tables(folders[rule], ev)
     return evs
+
+
+def check_one_run_per_machine(run_dirs: list[Path]) -> None:
+    """Refuse, in one line naming both, two runs of one machine type: an evaluation scores
+    each machine once (its table, result files and metrics.json are per machine), and two
+    runs of one (a copy ``fan-old`` beside ``fan``) would mix their sections in the table
+    while metrics.json named only the last."""
+    seen: dict[str, Path] = {}
+    for run_dir in run_dirs:
+        machine = read_run(run_dir).machine
+        if machine in seen:
+            raise RunError(f"{seen[machine]} and {run_dir}: two runs of machine type "
+                           f"'{machine}'; an evaluation takes one run per machine type "
+                           f"(evaluate them apart, or move one out)")
+        seen[machine] = run_dir
 
 
 def _relative_inside(record: dict, out: Path) -> dict:
@@ -190,8 +226,9 @@ def result_files(out: Path) -> dict[str, str]:
 def check_evaluation(folder: Path, metrics: dict) -> None:
     """Refuse, in one line, an evaluation folder whose parts do not belong together:
     result files that are not the ones its metrics.json was written with (left by another
-    evaluation, edited, missing), or runs of one machine type named twice. A metrics.json
-    from before ``files`` was recorded is taken as it is."""
+    evaluation, edited, missing). (Two runs of one machine type are refused before any
+    scoring, ``check_one_run_per_machine``.) A metrics.json from before ``files`` was
+    recorded is taken as it is."""
     recorded = metrics.get("files")
     if recorded is None:
         return
@@ -219,6 +256,9 @@ def format_table(ev: Evaluation) -> str:
     for m, v in ev.machine_scores().items():
         lines.append(f"{m:<10} {'all':>7} {'':>7} {'':>7} {'':>7} {v:>7.4f}")
     lines.append(f"official score (hmean over all sections, AUC_s, AUC_t, pAUC): {ev.official:.4f}")
+    if ev.mixed:
+        lines.append(f"NOTE: these runs are not one training ({ev.mixed}); the official "
+                     f"score mixes them")
     return "\n".join(lines)
 
 

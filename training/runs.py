@@ -12,7 +12,12 @@ Versions: 1 was written by releases up to 61a0e3e (key ``schema``); 2 names the 
 corpus by its absolute path and fingerprints the training clips' contents
 (``corpus.fingerprint_kind`` "sha256-content"); versions 1 and 2 fingerprinted names and
 sizes only ("names-sizes", the default when the key is absent), which is still how their
-fingerprint is checked. The corpus path is only a hint: evaluate, export and verify accept
+fingerprint is checked. Runs of this release also record ``corpus.test_fingerprint``
+(the test clips' contents, "sha256-content"; absent in earlier runs, whose test clips are
+not checked) and, from ``train``, ``corpus.scan`` (what the scan skipped: a run trained
+with ``--skip-bad-clips`` is checked with the same clips left out). A relative
+``corpus.root`` (runs before version 3) is refused unless ``--data`` names the corpus.
+The corpus path is only a hint: evaluate, export and verify accept
 any corpus whose training clips have the run's fingerprint (``check_corpus``).
 """
 
@@ -34,9 +39,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from harken.agent.decision.thresholds import gamma_threshold
 from harken.agent.features import FeatureSpec
-from harken.common.atomic import repair, write_atomic
+from harken.common.atomic import repair, repair_folder, write_atomic
 from harken.common.errors import HarkenError
-from harken.training.data.corpus import Clip, CorpusError, scan
+from harken.training.data.corpus import REFUSED, Clip, CorpusError, scan, scan_corpus
 
 RUN_VERSION = 3
 HELD_OUT = "held_out_scores.csv"     # per-clip scores of the normal clips training held out
@@ -62,6 +67,9 @@ class CorpusInfo(_Record):
     fingerprint: StrictStr
     n_train: StrictInt = 0
     fingerprint_kind: StrictStr = NAMES_SIZES      # absent before version 3
+    # the content fingerprint of the machine's test clips (evaluate and verify score them);
+    # absent in runs trained before it was recorded, whose test clips are not checked
+    test_fingerprint: StrictStr | None = None
 
 
 class NormalScores(_Record):
@@ -109,6 +117,9 @@ class RunInfo(_Record):
     corpus: CorpusInfo
     normal_scores: NormalScores
     code_version: str = "unknown"
+    # the ``harken-train train`` command that wrote it: the runs of one command share it
+    # (evaluate says when a folder's runs come from several); absent in earlier runs
+    training_id: str | None = None
     # what some methods add (training/torch_method.py, classifier.py, fusion.py, aegan.py)
     architecture: dict[str, Any] | None = None
     history: dict[str, Any] | None = None
@@ -190,20 +201,32 @@ def corpus_fingerprint(clips: Sequence[Clip], kind: str = CONTENT) -> str:
 
 
 def check_corpus(run_dir: Path, info: RunInfo, data: Path | None = None,
-                 other_corpus: bool = False, flag: str = "--other-corpus") -> dict:
+                 other_corpus: bool = False, flag: str = "--other-corpus",
+                 test_clips: bool = True) -> dict:
     """The corpus to use with a run: ``data`` if given, else the path run.json names (a
     hint only). It is accepted when its training clips of the run's machine type have the
     run's fingerprint; otherwise refused in one line, unless ``other_corpus`` (a deliberate
-    evaluation on other data, recorded as such). Returns what an evaluation records:
-    {"path", "fingerprint", "run_fingerprint", "matches_run"}."""
+    evaluation on other data, recorded as such). The test clips are checked too where the
+    run recorded their fingerprint (``test_clips``: False for a command that reads only the
+    training clips, int8 calibration). A run trained with ``--skip-bad-clips`` is checked
+    with the same clips left out. An old run's relative corpus path is refused (``--data``).
+    Returns what an evaluation records: {"path", "fingerprint", "run_fingerprint",
+    "matches_run", ...}."""
+    if data is None and info.corpus.root and not Path(info.corpus.root).is_absolute():
+        # an old run (before version 3) may name its corpus relative to the folder it was
+        # trained from: read against the current one it would name another corpus
+        raise RunError(f"{run_dir}/run.json: an old run with a relative corpus path "
+                       f"({info.corpus.root!r}); give its corpus with --data")
     root = Path(os.path.abspath(data if data is not None else info.corpus.root or "."))
     where = "--data" if data is not None else f"the corpus {run_dir}/run.json names"
     if not root.is_dir():
         raise RunError(f"{root}: {where} is not there; give the corpus {run_dir} was trained "
                        f"on with --data")
     kind = info.corpus.fingerprint_kind
+    skip_bad = skipped_bad_clips(info)
     try:
-        fingerprint = corpus_fingerprint(scan(root, [info.machine], split="train"), kind)
+        fingerprint = corpus_fingerprint(scan(root, [info.machine], split="train",
+                                              skip_bad=skip_bad), kind)
     except CorpusError as exc:
         if not other_corpus:
             raise RunError(f"{exc}; cannot check it is the corpus {run_dir} was trained on "
@@ -212,12 +235,42 @@ def check_corpus(run_dir: Path, info: RunInfo, data: Path | None = None,
     record = {"path": str(root), "fingerprint": fingerprint, "fingerprint_kind": kind,
               "run_fingerprint": info.corpus.fingerprint,
               "matches_run": fingerprint == info.corpus.fingerprint}
+    if skip_bad:
+        record["skip_bad_clips"] = True
     if not record["matches_run"] and not other_corpus:
         raise RunError(f"{root}: not the corpus {run_dir} was trained on (its '{info.machine}' "
                        f"training clips have fingerprint {str(fingerprint)[:12]}, the run's "
                        f"{info.corpus.fingerprint[:12]}); give the run's corpus with --data, "
                        f"or {flag} to use this one on purpose")
+    if test_clips and info.corpus.test_fingerprint is not None:
+        test = corpus_test_fingerprint(root, info.machine)
+        record["test_matches_run"] = test == info.corpus.test_fingerprint
+        record["matches_run"] = record["matches_run"] and record["test_matches_run"]
+        if not record["test_matches_run"] and not other_corpus:
+            raise RunError(f"{root}: its '{info.machine}' test clips are not the ones {run_dir} "
+                           f"recorded at training (fingerprint {str(test)[:12]}, the run's "
+                           f"{info.corpus.test_fingerprint[:12]}); give the run's corpus with "
+                           f"--data, or {flag} to use this one on purpose")
     return record
+
+
+def skipped_bad_clips(info: RunInfo) -> bool:
+    """Whether the run was trained with ``--skip-bad-clips`` leaving clips out (its
+    ``corpus.scan``): checking its corpus must leave out the same ones, or the fingerprint
+    would be over other clips and the run's own corpus refused."""
+    found = getattr(info.corpus, "scan", None)
+    skipped = found.get("skipped") if isinstance(found, dict) else None
+    return isinstance(skipped, dict) and any(r in REFUSED and n for r, n in skipped.items())
+
+
+def corpus_test_fingerprint(root: Path, machine: str) -> str | None:
+    """The content fingerprint of ``machine``'s test clips under ``root`` (None: none there,
+    or a test folder the scan refuses)."""
+    try:
+        clips = scan_corpus(root, [machine], split="test").clips
+    except CorpusError:
+        return None
+    return corpus_fingerprint(clips) if clips else None
 
 
 def weights_digest(run_dir: Path, info: RunInfo | None = None) -> str:
@@ -277,7 +330,9 @@ def write_run(run_dir: Path, *, method: str, machine: str, spec: FeatureSpec, pa
                    else "",
                    "fingerprint": corpus_fingerprint(train_clips),
                    "fingerprint_kind": CONTENT,
-                   "n_train": len(train_clips)},
+                   "n_train": len(train_clips),
+                   "test_fingerprint": corpus_test_fingerprint(train_clips[0].path.parents[2], machine)
+                   if train_clips else None},
         "normal_scores": normal_scores,
         "code_version": code_version(),
         **(extra or {}),
@@ -340,21 +395,24 @@ def read_run(run_dir: Path) -> RunInfo:
 
 
 def _repair(path: Path) -> None:
-    """A run (or a folder of runs) that a killed ``train --force`` left mid-swap is put
-    right before it is read: the old run back, or the new one kept (harken/common/atomic.py)."""
+    """A run (or a folder of runs) that a killed ``train --force`` left mid-swap or half
+    built is put right before it is read: the old run back, or the new one kept, a
+    half-built one removed (harken/common/atomic.py)."""
     repair(path)
     if path.is_dir():
-        for aside in path.glob(".*.old"):
-            repair(path / aside.name[1:-len(".old")])
+        repair_folder(path)
 
 
 def find_runs(path: Path) -> list[Path]:
-    """A run directory, or a folder of them (one per machine type)."""
+    """A run directory, or a folder of them (one per machine type): the one listing of runs
+    (evaluate, describe, export). Hidden sub-folders are never runs: a ``.fan.new-PID`` a
+    killed training left is removed first, or skipped while its builder still runs."""
     path = Path(path)
     _repair(path)
     if (path / "run.json").is_file():
         return [path]
-    runs = sorted(p.parent for p in path.glob("*/run.json")) if path.is_dir() else []
+    runs = sorted(p.parent for p in path.glob("*/run.json")
+                  if not p.parent.name.startswith(".")) if path.is_dir() else []
     if not runs:
         raise RunError(f"{path}: no run.json here or in its sub-folders")
     return runs

@@ -28,6 +28,7 @@ import numpy as np
 
 from pydantic import ValidationError
 
+from harken.common.atomic import repair
 from harken.common.errors import HarkenError
 from harken.agent.features import FeatureSpec, FeatureSpecError, shared_front_end
 from harken.agent.model.arrays import ArrayFileError, read_npy
@@ -233,6 +234,8 @@ def open_bundle(path: str | Path, extract_to: Path | None = None) -> Bundle:
         raise BundleError(f"{path}: not a readable tarball (truncated, e.g. partly copied, "
                           f"or damaged); copy it again")
     manifest_path = path / MANIFEST
+    if not is_tar and not manifest_path.is_file():
+        repair(path)      # a bundle replacement killed mid-swap: the old one back (docs/export.md)
     if not manifest_path.is_file():
         if path.is_dir() and not os.access(path, os.R_OK | os.X_OK):
             raise BundleError(f"{path}: the bundle folder cannot be read by this user "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -204,7 +205,8 @@ def repair(target: str | Path) -> str | None:
     repairs it when it starts and is not interrupted now."""
     target = Path(os.path.abspath(target))
     if not target.parent.is_dir() or not (
-            os.path.lexists(aside_path(target)) or _building_paths(target)):
+            os.path.lexists(aside_path(target)) or _building_paths(target)
+            or any(target.parent.glob(f".{target.name}.paused-*"))):
         return None
     try:
         fd = _take_lock(target)
@@ -214,6 +216,24 @@ def repair(target: str | Path) -> str | None:
         return _repair_locked(target)
     finally:
         _release(fd)
+
+
+# what a commit leaves beside its target ``NAME`` when it is killed: the old copy set aside,
+# the half-built new one (with the builder's process id), a test's pause marker
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:old|new-\d+|paused-\w+)$")
+
+
+def repair_folder(folder: str | Path) -> list[str]:
+    """Repair every target in ``folder`` that an interrupted commit left something beside
+    (``repair``): what a listing of the folder (a folder of runs) must do before it trusts
+    its entries, so that a half-built ``.fan.new-PID`` is removed, never read as a run. A
+    target whose builder is alive holds its lock and is left alone. What was done."""
+    folder = Path(folder)
+    try:
+        names = sorted({m["name"] for p in folder.iterdir() if (m := _LEFTOVER.match(p.name))})
+    except OSError:
+        return []
+    return [f"{folder / n}: {done}" for n in names if (done := repair(folder / n))]
 
 
 def resolve_target(target: str | Path) -> Path:

@@ -52,6 +52,14 @@ def runs(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+def exit_code(argv: list[str]) -> int:
+    """harken-export's exit status, whether a usage error returns 2 or exits with it."""
+    try:
+        return export_main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
 def export(run, out, *more) -> int:
     return export_main([str(run), "--out", str(out), *FAST, *more])
 
@@ -182,7 +190,7 @@ def test_export_calibrates_only_on_the_runs_corpus_unless_on_purpose(runs, tiny_
                                            ("--official-tolerance", "-0.1"),
                                            ("--official-tolerance", "x")])
 def test_a_verify_tolerance_out_of_range_is_a_usage_error(option, value, tmp_path, capsys):
-    assert export_main(["verify", str(tmp_path), "--data", str(tmp_path), option, value]) == 2
+    assert exit_code(["verify", str(tmp_path), "--data", str(tmp_path), option, value]) == 2
     err = capsys.readouterr().err
     assert f"argument {option}: {value!r}" in err
     assert "expected a number from 0 to 1" in err or "is not a number" in err
@@ -274,3 +282,104 @@ def test_export_killed_mid_swap_leaves_the_old_bundle_which_the_next_start_resto
     assert not out.exists() and (tmp_path / ".bundle.old").is_dir()   # old one whole, aside
     assert export(runs["a"], out) == 2                  # the next start: restored, refused
     assert digests(out) == before and leftovers(tmp_path) == []
+
+
+# -- the manifest's statements against the run (second hostile round of issue 38) ------------
+
+def edited(bundle: Path, where: Path, **model_or_threshold) -> Path:
+    """A copy of ``bundle`` whose manifest says something else: ``machine=``, ``sections=``
+    (model block) or ``threshold=`` (threshold.value)."""
+    out = shutil.copytree(bundle, where)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for key, value in model_or_threshold.items():
+        if key == "threshold":
+            manifest["threshold"]["value"] = value
+        else:
+            manifest["model"][key] = value
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"machine": "gearbox"}, "model.machine 'gearbox' differs from the run's 'valve'"),
+    ({"sections": [0]}, "model.sections [0] differ from the run's"),
+    ({"threshold": 1e9}, "threshold.value 1000000000.0 differs from the run's"),
+    ({"threshold": -1.0}, "threshold.value -1.0 differs from the run's"),
+])
+def test_a_manifest_that_disagrees_with_its_run_is_refused_in_one_line(
+        knn_bundles, tiny_corpus, tmp_path, capsys, change, named):
+    """Was: model.machine changed -> verify scored the other machine's clips, PASS; a
+    threshold of 1e9 or -1 -> PASS, exit 0; model.sections [0] -> KeyError: 1, exit 1."""
+    bundle = edited(knn_bundles[MACHINE], tmp_path / "b", **change)
+    assert verify(bundle, tiny_corpus) == 2
+    err = capsys.readouterr().err.strip()
+    assert named in err and f"{bundle}/manifest.json" in err and "\n" not in err
+
+
+def test_verify_repairs_a_bundle_swap_a_kill_interrupted(knn_bundles, tiny_corpus, tmp_path,
+                                                         capsys):
+    """Was: after `export --force` killed between the renames, `verify b1` said 'not a
+    bundle (manifest.json missing)' with the old bundle whole at .b1.old. The agent's
+    bundle loading puts it back the same way."""
+    from harken.agent.model.bundle import open_bundle
+    old = shutil.copytree(knn_bundles[MACHINE], tmp_path / ".b1.old")
+    before = digests(old)
+    assert verify(tmp_path / "b1", tiny_corpus) == 0
+    assert digests(tmp_path / "b1") == before and leftovers(tmp_path) == []
+    shutil.move(tmp_path / "b1", tmp_path / ".b2.old")
+    assert open_bundle(tmp_path / "b2").machine == MACHINE
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("option, value", [("--threads", "0"), ("--threads", "-1"),
+                                           ("--threads", "100000"), ("--max-clips", "-5"),
+                                           ("--threads", "two")])
+def test_verify_threads_and_max_clips_out_of_range_are_usage_errors(option, value, tmp_path,
+                                                                    capsys):
+    """Was: --threads 0 blamed the bundle, 100000 started ~19,600 threads; --max-clips -5
+    silently dropped 5 clips and passed."""
+    assert exit_code(["verify", str(tmp_path), "--data", str(tmp_path), option, value]) == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: {value!r}" in err and "TFLite" not in err
+
+
+def test_verify_max_clips_0_means_all_clips(knn_bundles, tiny_corpus, capsys):
+    """0, the default, is documented as every clip: the same rows as leaving it out."""
+    assert verify(knn_bundles[MACHINE], tiny_corpus, "--max-clips", "0", "--json") == 0
+    zero = json.loads(capsys.readouterr().out)
+    assert verify(knn_bundles[MACHINE], tiny_corpus, "--json") == 0
+    every = json.loads(capsys.readouterr().out)
+    assert [r["official"] for r in zero] == [r["official"] for r in every]
+
+
+def test_tar_force_killed_between_tarball_and_folder_is_refused_by_verify(
+        knn_bundles, tiny_corpus, tmp_path, capsys):
+    """Was: `--tar --force` killed after the folder was placed left b1/ new and b1.tar.gz
+    old, and verify passed the old tarball. Now the tarball is placed first, the folder
+    second; a kill between them leaves a pair that verify refuses in one line, and the
+    next `--tar --force` makes them one bundle again."""
+    runs = knn_bundles[MACHINE].parent / "runs"
+    out = tmp_path / "b1"
+    assert export(runs / "gearbox", out, "--tar") == 0
+    flag = tmp_path / ".b1.tar.gz.paused-placed"
+    proc = subprocess.Popen([sys.executable, "-m", "harken.export.cli", str(runs / MACHINE),
+                             "--out", str(out), *FAST, "--tar", "--force"],
+                            env={**os.environ, PAUSE_ENV: "placed"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    try:
+        while not flag.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the tarball was not placed first"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert json.loads((out / "manifest.json").read_text())["model"]["machine"] == "gearbox"
+    capsys.readouterr()
+    for path in (out, tmp_path / "b1.tar.gz"):
+        assert verify(path, tiny_corpus) == 2
+        err = capsys.readouterr().err.strip()
+        assert "hold different bundles" in err and "\n" not in err
+    assert export(runs / MACHINE, out, "--tar", "--force") == 0
+    assert verify(tmp_path / "b1.tar.gz", tiny_corpus) == 0

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from harken.common.atomic import PAUSE_ENV, aside_path
+from harken.common.atomic import PAUSE_ENV, aside_path, repair_folder
+from harken.export.cli import main as export_main
 from harken.training.cli import main
-from harken.training.runs import CONTENT, RUN_VERSION, read_run
+from harken.training.runs import CONTENT, RUN_VERSION, find_runs, read_run
 
 MACHINE = "valve"
 
@@ -276,3 +277,127 @@ def test_a_run_json_naming_an_unknown_method_is_one_line_and_writes_nothing(knn_
     err = capsys.readouterr().err.strip()
     assert "vibes" in err and "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "e").exists() and leftovers(tmp_path) == []
+
+
+# -- one listing of runs (second hostile round: a half-built run, two runs of a machine) ----
+def test_a_half_built_run_a_kill_left_is_removed_not_evaluated(corpus, tmp_path, capsys):
+    """Was: rk/.valve.new-PID read as a second valve run: evaluate scored it twice, metrics.json
+    named one method, describe listed the leftover."""
+    runs = tmp_path / "runs"
+    assert train(corpus, runs, "spectral-knn") == 0
+    killed_at("built", ["train", "--method", "baseline-knn", "--data", str(corpus),
+                        "--machine", MACHINE, "--out", str(runs), "--quiet", "--force"],
+              runs / MACHINE)
+    assert [p for p in leftovers(runs) if ".new-" in p]          # the half-built run is there
+    capsys.readouterr()
+    assert export_main(["describe", str(runs)]) == 0
+    described = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [d["run"] for d in described] == [str(runs / MACHINE)]
+    assert leftovers(runs) == []                                  # removed by the listing
+    assert evaluate(runs, tmp_path / "e") == 0
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["methods"][MACHINE].startswith("spectral-knn")
+    assert len(metrics["sections"]) == len(read_run(runs / MACHINE).sections)
+
+
+def test_a_leftover_of_a_live_builder_is_skipped_not_removed(knn_runs, tmp_path):
+    """While its builder still runs (it holds the target's lock), the half-built folder is
+    left alone; the listing skips it all the same (a hidden folder is never a run)."""
+    import fcntl
+    import os
+    runs = shutil.copytree(knn_runs, tmp_path / "runs")
+    half = runs / f".{MACHINE}.new-{os.getpid()}"
+    shutil.copytree(runs / MACHINE, half)
+    fd = os.open(runs / f".{MACHINE}.lock", os.O_CREAT | os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert find_runs(runs) == [runs / MACHINE]
+        assert half.is_dir()
+    finally:
+        os.close(fd)
+    assert repair_folder(runs) and not half.exists()
+
+
+def test_two_runs_of_one_machine_type_are_refused_in_one_line(knn_runs, tmp_path, capsys):
+    """Was: `cp -r runs/fan runs/fan-old`, and evaluate put both runs' sections in one table
+    while metrics.json named only one."""
+    runs = shutil.copytree(knn_runs, tmp_path / "runs")
+    shutil.copytree(runs / MACHINE, runs / f"{MACHINE}-old")
+    assert evaluate(runs, tmp_path / "e") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(runs / MACHINE) in err and str(runs / f"{MACHINE}-old") in err
+    assert f"two runs of machine type '{MACHINE}'" in err
+    assert not (tmp_path / "e").exists() and leftovers(tmp_path) == []
+
+
+# -- the corpus check: old relative paths, test clips, skipped clips (second hostile round) --
+
+RECORDS = Path(__file__).parents[1] / "data" / "records" / "runs-61a0e3e"
+
+
+def test_an_old_run_with_a_relative_corpus_path_asks_for_data(tmp_path, monkeypatch, capsys):
+    """Was: a version-1 run whose corpus.root is `tiny`, evaluated from another folder with
+    its own tiny/, scored that other corpus (names-and-sizes fingerprint: copies pass)."""
+    run = shutil.copytree(RECORDS / "baseline-knn", tmp_path / "old" / "fan")
+    data = json.loads((run / "run.json").read_text())
+    data["corpus"]["root"] = "tiny"
+    (run / "run.json").write_text(json.dumps(data))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny" / "fan").mkdir(parents=True)
+    assert evaluate(run, tmp_path / "e") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"{run}/run.json: an old run with a relative corpus path ('tiny'); "
+                        f"give its corpus with --data") and "\n" not in err
+
+
+def test_changed_test_clips_are_refused_unless_on_purpose(corpus, knn_runs, tmp_path, capsys):
+    """Was: the fingerprint covered train/ only, so a corpus whose test clips had changed
+    (same names and sizes) was taken as the run's."""
+    info = read_run(knn_runs / MACHINE)
+    assert info.corpus.test_fingerprint                     # recorded at training
+    other = shutil.copytree(corpus, tmp_path / "tiny")
+    clip = sorted((other / MACHINE / "test").glob("*.wav"))[0]
+    data = bytearray(clip.read_bytes())
+    data[-200:] = bytes(200)
+    clip.write_bytes(bytes(data))
+    assert evaluate(knn_runs, tmp_path / "e", "--data", str(other)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "test clips are not the ones" in err and "\n" not in err
+    assert evaluate(knn_runs, tmp_path / "e", "--data", str(other), "--other-corpus") == 0
+    record = json.loads((tmp_path / "e" / "metrics.json").read_text())["runs"][MACHINE]
+    assert record["corpus"]["matches_run"] is False
+    assert record["corpus"]["test_matches_run"] is False
+
+
+def test_a_run_trained_skipping_bad_clips_is_evaluated_on_its_own_corpus(corpus, tmp_path,
+                                                                         capsys):
+    """Was: check_corpus scanned without skipping, so the run's own corpus was refused
+    ('... pass --skip-bad-clips', a flag evaluate does not have)."""
+    bad = shutil.copytree(corpus, tmp_path / "tiny")
+    first = sorted((bad / MACHINE / "train").glob("*.wav"))[0]
+    (first.parent / first.name.replace("_0000", "_9999")).write_bytes(b"RIFF, not a WAV")
+    runs = tmp_path / "runs"
+    assert train(bad, runs) == 2                            # refused without the flag
+    assert train(bad, runs, "baseline-knn", "--skip-bad-clips") == 0
+    assert read_run(runs / MACHINE).corpus.scan["skipped"]
+    assert evaluate(runs, tmp_path / "e") == 0
+    record = json.loads((tmp_path / "e" / "metrics.json").read_text())["runs"][MACHINE]
+    assert record["corpus"]["matches_run"] is True and record["corpus"]["skip_bad_clips"]
+
+
+def test_a_folder_mixing_trainings_and_methods_says_so(tiny_corpus, tmp_path, capsys):
+    """Was: `train --force` over two machines killed after the first left valve from one
+    method and gearbox from another; evaluate gave one official score without comment."""
+    runs = tmp_path / "runs"
+    base = ["train", "--data", str(tiny_corpus), "--out", str(runs), "--quiet"]
+    assert main([*base, "--method", "spectral-knn", "--machines", f"{MACHINE},gearbox"]) == 0
+    ids = {read_run(runs / m).training_id for m in (MACHINE, "gearbox")}
+    assert len(ids) == 1 and None not in ids                  # one command, one id
+    assert main([*base, "--method", "baseline-knn", "--machines", "gearbox", "--force"]) == 0
+    capsys.readouterr()
+    assert evaluate(runs, tmp_path / "e") == 0
+    out = capsys.readouterr().out
+    assert (f"NOTE: these runs are not one training (mixed methods: gearbox baseline-knn, "
+            f"{MACHINE} spectral-knn; runs from 2 trainings") in out
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["mixed"].startswith("mixed methods:")
