@@ -50,13 +50,22 @@ def long_wav(seconds: int) -> Path:
     return path
 
 
+def bundle_threshold(bundle: Path) -> float:
+    """The threshold a bundle's manifest states."""
+    return float(json.loads((bundle / "manifest.json").read_text())["threshold"]["value"])
+
+
 def config(folder: Path, bundle: Path, wav: Path, realtime: bool, port: int | None,
            artifact: str) -> Path:
     sections = {
         "agent": {"node": "bench", "machine": "fan", "state_dir": folder / "state"},
         "model": {"bundle": bundle, "artifact": artifact, "threads": 1},
         "audio": {"source": "file", "file": wav, "realtime": realtime},
-        "decision": {"interval_s": 2 if realtime else 10},
+        # 2-s intervals at real time: the bundle's threshold was fitted on 10 s, which run
+        # refuses at another interval (docs/agent.md); this bench measures cost, so the
+        # bundle's own threshold is stated by hand
+        "decision": ({"interval_s": 2, "threshold": bundle_threshold(bundle)} if realtime
+                     else {"interval_s": 10}),
         "output": {"stdout": False, "file": folder / "out.jsonl", "stats_s": 30}}
     if port is not None:
         (folder / "secret").write_text(PASSWORD)
