@@ -2,8 +2,10 @@
 benchmarks use too (the broker, agent configs, WAVs, test data) is in harken/testkit/."""
 
 import contextlib
+import hashlib
 import threading
 import time
+from pathlib import Path
 
 
 def wait_for(what: str, predicate, timeout: float = 180.0, every: float = 0.2) -> None:
@@ -44,3 +46,16 @@ def tmpfs(folder, size: str, options: str = ""):
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (relative name -> sha256): 'unchanged' made exact."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def leftovers(folder: Path) -> list[str]:
+    """What a command's building and swapping left beside its artifacts (harken/common/
+    atomic.py: hidden ``.NAME.new-PID`` / ``.NAME.old``), its lock files aside."""
+    return sorted(p.name for p in folder.iterdir()
+                  if p.name.startswith(".") and not p.name.endswith(".lock"))

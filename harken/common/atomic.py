@@ -54,16 +54,7 @@ def write_atomic_with(path: str | Path, write: Callable[[IO[bytes]], None]) -> N
 def _sync_folder(folder: Path) -> None:
     """Make the rename itself durable (the folder's entry); not every file system lets a
     folder be opened, which only costs durability, never atomicity."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    _sync_file(folder)
 
 
 # -- whole artifacts (a run folder, an evaluation, a bundle, a tarball) ---------------------
@@ -141,6 +132,8 @@ def _sync_tree(path: Path) -> None:
 
 
 def _sync_file(path: Path) -> None:
+    """fsync a file or folder by path; one that cannot be opened or synced costs
+    durability only."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

@@ -56,3 +56,13 @@ def wav(small_fan, tmp_path):
     x, rate = read_wav(clip.path, 16000)
     write_wav(tmp_path / "ten.wav", x, rate)
     return tmp_path / "ten.wav"
+
+
+@pytest.fixture
+def spb_broker(tmp_path):
+    """A Mosquitto for the Sparkplug tests: QoS 0 messages queued for a host that is away
+    (Sparkplug's NDEATH and DDATA arrive for it as for a SCADA host)."""
+    b = Broker(tmp_path, extra="queue_qos0_messages true\n")
+    b.start()
+    yield b
+    b.stop()

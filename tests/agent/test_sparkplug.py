@@ -12,18 +12,10 @@ import pytest
 
 from harken.agent.sinks.sparkplug.payload import DataType, Payload, add_metric, decode, \
     metric_value, parse_topic, topic
-from harken.testkit.mosquitto import Broker, Listener, outbox_depth, run_agent, start_agent
+from harken.testkit.mosquitto import Listener, outbox_depth, run_agent, start_agent
 from harken.testkit.mosquitto import agent_config as json_config
 from tests.agent.sparkplug_host import Host
 from tests.helpers import wait_for
-
-
-@pytest.fixture
-def spb_broker(tmp_path):
-    b = Broker(tmp_path, extra="queue_qos0_messages true\n")
-    b.start()
-    yield b
-    b.stop()
 
 
 def config(tmp_path, bundle, port, wav, profile="sparkplug-b", **extra):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from harken.agent.sinks.sparkplug.payload import DataType, Payload as AgentPayload, add_metric
-from harken.testkit.mosquitto import Broker, run_agent
+from harken.testkit.mosquitto import run_agent
 from tests.agent.sparkplug_host import Host, Payload, disagreements, tahu_decode, tahu_missing
 from tests.agent.test_sparkplug import config
 
@@ -20,14 +20,6 @@ def tahu():
     if why is not None and why.startswith("skip"):
         pytest.skip(why.split(": ", 1)[1])
     assert why is None, why
-
-
-@pytest.fixture
-def spb_broker(tmp_path):
-    b = Broker(tmp_path, extra="queue_qos0_messages true\n")
-    b.start()
-    yield b
-    b.stop()
 
 
 def test_both_decoders_read_every_payload_of_a_run_alike(spb_broker, ae_bundle, wav, tmp_path):

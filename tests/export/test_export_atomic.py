@@ -5,7 +5,6 @@ another, and verify gives each artifact a verdict with stated tolerances and exi
 failure. Two AEs trained for one epoch on the tiny corpus, exported to float ONNX only
 (no TensorFlow, no calibration: seconds)."""
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from harken.export.cli import main as export_main
 from harken.training.data.corpus import scan
 from harken.training.methods import make_method
 from harken.training.runs import read_run, weights_digest
+from tests.helpers import digests, leftovers
 
 MACHINE = "valve"
 FAST = ["--formats", "onnx", "--precision", "fp32"]
@@ -29,16 +29,6 @@ FAST = ["--formats", "onnx", "--precision", "fp32"]
 # 0.125. Float ONNX scores as torch does (to float rounding), so these pass it with room;
 # a model file of another run fails them.
 TINY_TOLERANCES = ["--official-tolerance", "0.02", "--min-spearman", "0.98"]
-
-
-def digests(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir()
-                  if p.name.startswith(".") and not p.name.endswith(".lock"))
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ whole), run.json binds the corpus by a fingerprint of its training clips' conten
 evaluation names its runs and the result files it wrote, so that report refuses a folder
 whose parts disagree. Tiny corpus, fast methods (baseline-knn, spectral-knn, ae 1 epoch)."""
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,19 +19,9 @@ from harken.common.atomic import PAUSE_ENV, aside_path, repair_folder
 from harken.export.cli import main as export_main
 from harken.training.cli import main
 from harken.training.runs import CONTENT, RUN_VERSION, find_runs, read_run
+from tests.helpers import digests, leftovers
 
 MACHINE = "valve"
-
-
-def digests(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (relative name -> sha256): 'unchanged' made exact."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir()
-                  if p.name.startswith(".") and not p.name.endswith(".lock"))
 
 
 @pytest.fixture(scope="module")
