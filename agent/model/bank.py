@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, ValidationError
 
-from harken.agent.model.arrays import ArrayFileError, nonfinite, read_npz
+from harken.common.arrays import ArrayFileError, nonfinite, read_npz
 from harken.agent.model.bundle import Bundle
 from harken.common.atomic import atomic_file
 from harken.common.errors import DataError

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from harken.common.atomic import repair
 from harken.common.errors import HarkenError
 from harken.agent.features import FeatureSpec, FeatureSpecError, shared_front_end
-from harken.agent.model.arrays import ArrayFileError, read_npy
+from harken.common.arrays import ArrayFileError, read_npy
 from harken.agent.model.manifest import (ARTIFACT_KINDS, MAX_BUNDLE_BYTES, MANIFEST, OUTPUTS,
                                          SCHEMA_VERSION, FileEntry, Manifest, explain)
 from harken.agent.model.rules import RuleError, ScoreRule, make_rule

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from harken.common.arrays import ArrayFileError, read_npy, read_npz
 from harken.common.errors import HarkenError
 from harken.common.records import explain
 
@@ -123,20 +124,33 @@ def read_model(path: str | Path, model: type[M], what: str, *,
         raise error(f"{path}: not {what}: {explain(exc)}") from None
 
 
+# a run's arrays have no size cap of their own: each header must still match the bytes the
+# file holds (harken/common/arrays.py), so nothing is allocated that the file does not hold
+_NO_CAP = 1 << 62
+
+
+def _array_error(exc: ArrayFileError, path: Path, what: str, error: type[HarkenError]
+                 ) -> HarkenError:
+    """One line naming the file: the array reader's reason, after 'cannot read'."""
+    reason = str(exc)
+    reason = reason[len(str(path)) + 2:] if reason.startswith(f"{path}: ") else reason
+    return error(f"{path}: cannot read {what} ({reason})")
+
+
 def read_arrays(path: str | Path, names: Iterable[str] | None = None, what: str = "arrays",
                 *, error: type[HarkenError] = FileFormatError) -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` file (never a pickled object), read whole; ``names`` that
-    must be among them. A file cut short (BadZipFile, EOFError) is one line."""
+    """Every array of an ``.npz`` file (plain numbers only, each header checked before its
+    data is read: harken/common/arrays.py); ``names`` that must be among them. A file cut
+    short (BadZipFile, EOFError) is one line."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise error(f"{path}: not an .npz archive of {what}")
-            arrays = {k: npz[k] for k in npz.files}
+        arrays = read_npz(path, _NO_CAP)
     except FileNotFoundError:
         raise error(f"{path}: no such file ({what} expected)") from None
     except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile):
         raise error(f"{path}: not a readable .npz archive of {what} (cut short or damaged)") from None
+    except ArrayFileError as exc:
+        raise _array_error(exc, path, what, error) from None
     except (ValueError, OSError, KeyError, NotImplementedError) as exc:
         raise error(f"{path}: cannot read {what} ({_first_line(exc)})") from None
     missing = [n for n in (names or ()) if n not in arrays]
@@ -147,18 +161,17 @@ def read_arrays(path: str | Path, names: Iterable[str] | None = None, what: str 
 
 def read_array(path: str | Path, what: str = "an array", *,
                error: type[HarkenError] = FileFormatError) -> np.ndarray:
-    """One ``.npy`` array (never a pickled object)."""
+    """One ``.npy`` array (plain numbers only, its header checked before its data is read:
+    harken/common/arrays.py)."""
     path = Path(path)
-    try:
-        out = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise error(f"{path}: no such file ({what} expected)") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise error(f"{path}: cannot read {what} ({_first_line(exc)})") from None
-    if not isinstance(out, np.ndarray):
-        out.close()
+    if not path.exists():
+        raise error(f"{path}: no such file ({what} expected)")
+    if zipfile.is_zipfile(path):
         raise error(f"{path}: an .npz archive where {what} (.npy) was expected")
-    return out
+    try:
+        return read_npy(path, _NO_CAP)
+    except ArrayFileError as exc:
+        raise _array_error(exc, path, what, error) from None
 
 
 def read_csv(path: str | Path, columns: tuple[type, ...], what: str = "a CSV file",

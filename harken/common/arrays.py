@@ -1,5 +1,6 @@
-"""Arrays read from files the device did not make (a bundle's ``.npy``, an enrolled bank's
-``.npz``): the header is read and checked first, so that a header claiming 10^12 values is
+"""Arrays read from files this process did not make (a bundle's ``.npy``, an enrolled
+bank's ``.npz``, a training run's banks and moments: the agent and harken/common/readers.py
+both read through here): the header is read and checked first, so that a header claiming 10^12 values is
 refused from its few hundred bytes instead of numpy asking the system for terabytes
 (docs/reliability.md "Numbers, banks and bundles"). Only plain numeric arrays (bool, int,
 float) are accepted: no pickle, no objects, no structured or string dtypes."""
@@ -60,12 +61,17 @@ def _header(f: BinaryIO, stored_bytes: int, where: str, max_bytes: int
 
 def _body(f: BinaryIO, shape: tuple[int, ...], fortran: bool, dtype: np.dtype,
           where: str) -> np.ndarray:
+    """The data, read straight into the array (no second copy of a large bank)."""
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    raw = f.read(count * dtype.itemsize)
-    if len(raw) != count * dtype.itemsize:
-        raise ArrayFileError(f"{where}: ends before its data does (truncated)")
-    a = np.frombuffer(raw, dtype=dtype, count=count)
-    return (a.reshape(shape[::-1]).T if fortran else a.reshape(shape)).copy()
+    a = np.empty(count, dtype=dtype)
+    view = memoryview(a).cast("B")
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            raise ArrayFileError(f"{where}: ends before its data does (truncated)")
+        got += n
+    return a.reshape(shape[::-1]).T.copy() if fortran else a.reshape(shape)
 
 
 def read_npy(path: Path, max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
