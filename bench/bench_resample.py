@@ -18,6 +18,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import pin_one_thread, record  # noqa: E402
 
 
+def positive(text: str) -> int:
+    """A whole number of at least 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of at least 1")
+    return value
+
+
 def cpu_ms(work, repeats: int) -> float:
     """Median process CPU time of ``work()`` in ms."""
     times = []
@@ -30,8 +41,8 @@ def cpu_ms(work, repeats: int) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seconds", type=int, default=60, help="length of the test signal")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--seconds", type=positive, default=60, help="length of the test signal")
+    p.add_argument("--repeats", type=positive, default=5)
     args = p.parse_args()
     pin_one_thread()
     import numpy as np
