@@ -675,6 +675,88 @@ def summary(results: dict) -> list[str]:
         f"| {name} | {fig} | {met(ok)} |" for name, fig, ok in rows] + [""]
 
 
+UNSEEN_START, UNSEEN_END = "<!-- unseen:start -->", "<!-- unseen:end -->"
+UNSEEN_ORDER = ("standard", "validation", "unseen", "unseen-real")
+
+
+def unseen_section(r: dict) -> list[str]:
+    """bench/bench_unseen.py: the default per corpus (tuning, validation, test types), its
+    bundle through the agent, baseline-knn's rules, and the score rules side by side."""
+    corpora = {n: r["corpora"][n] for n in UNSEEN_ORDER if n in r["corpora"]}
+    general = _general_rows()
+    lines = ["## Machine types nobody tuned for", "",
+             f"`{r['command']}` ({r['when']}). The protocol (roles of the machine types, how "
+             "the default was chosen, targets fixed in advance) is docs/generalisation.md; the "
+             "machine types are described in docs/corpus.md. Rows `[rule]` are the training "
+             "code's scores; `bundle` rows are the exported default bundle scored through the "
+             "agent's own scorer (the targets are judged on it)."]
+    for name, c in corpora.items():
+        floor = next(b for b in c["baseline"] if b["rule"] == r["floor_rule"])
+        rows = [*c["rows"], *c["bundles"], *general.get(name, []),
+                *(b for b in c["baseline"] if b is not floor)]
+        lines += ["", f"### `{name}` ({c['role']} types: {', '.join(c['machines'])})", "",
+                  f"Default: {c['method']} [{c['default_rule']}]"
+                  + ("; per-machine choice: " + ", ".join(f"{m} `{v}`" for m, v in
+                                                            c["choices"].items())
+                     if c.get("choices") else "") + f". Floor: baseline-knn [{r['floor_rule']}].", ""]
+        lines += detector_table(rows, floor, c["machines"])
+    rules = [x["rule"] for x in next(iter(corpora.values()))["rows"]] if corpora else []
+    if rules:
+        lines += ["", "Did it help? Official score of each score rule of the default method "
+                  "(the same banks, other branches or weights) on each corpus:", ""]
+        lines += table(["rule", *corpora], [
+            [x, *(next((f"{y['official']:.4f}" for y in c["rows"] if y["rule"] == x), "-")
+                  for c in corpora.values())] for x in rules])
+    t, ok = r["targets"], r["met"]
+    figures = {"unseen_official": ("official score on the test types (bundle)",
+                                   f">= {t['unseen_official']}"),
+               "unseen_auc_target": ("mean target-domain AUC on the test types (bundle)",
+                                     f">= {t['unseen_auc_target']}"),
+               "unseen_no_type_below_baseline": ("no test type below baseline-knn "
+                                                 f"[{r['floor_rule']}]", ""),
+               "unseen_real_above_baseline": ("test types with real backgrounds: above "
+                                              f"baseline-knn [{r['floor_rule']}]", ""),
+               "standard_official": ("standard corpus: not below the old default",
+                                     f">= {t['standard_official']}")}
+    lines += ["", "| target | figure | |", "|---|---|---|"]
+    for key, (what, goal) in figures.items():
+        corpus = "standard" if key.startswith("standard") else \
+            "unseen-real" if key.startswith("unseen_real") else "unseen"
+        if corpus not in corpora:
+            continue
+        d = next(b for b in corpora[corpus]["bundles"] if b["default_artifact"])
+        fig = f"{d['auc_target']:.3f}" if "auc" in key else f"{d['official']:.4f}"
+        if "baseline" in key:
+            fl = next(b for b in corpora[corpus]["baseline"] if b["rule"] == r["floor_rule"])
+            fig = ", ".join(f"{m} {d['machines'][m]:.4f} vs {fl['machines'][m]:.4f}"
+                            for m in d["machines"]) if "no_type" in key else \
+                f"{d['official']:.4f} vs {fl['official']:.4f}"
+        lines.append(f"| {what} | {fig} {goal} | {met(bool(ok[key]))} |")
+    return lines
+
+
+def _general_rows() -> dict[str, list[dict]]:
+    """bench/bench_general.py's enrolled general models, per corpus, as detector rows."""
+    path = RESULTS / "general.json"
+    if not path.is_file():
+        return {}
+    g = json.loads(path.read_text())
+    return {name: [row for row in c.get("rows", []) if "machines" in row]
+            for name, c in g.get("corpora", {}).items()}
+
+
+def write_unseen_block(r: dict, results_md: Path = ROOT / "docs" / "results.md") -> None:
+    """The same section in docs/results.md, between markers (replaced, or appended)."""
+    block = "\n".join([UNSEEN_START, *unseen_section(r), UNSEEN_END]) + "\n"
+    text = results_md.read_text() if results_md.is_file() else "# Results\n"
+    if UNSEEN_START in text and UNSEEN_END in text:
+        head, rest = text.split(UNSEEN_START, 1)
+        text = head + block + rest.split(UNSEEN_END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    results_md.write_text(text)
+
+
 # training-gpu.json: the same script run with --name training-gpu on a machine with a GPU
 SECTIONS = {"features": features_section, "scorers": scorers_section,
             "agent": agent_section, "default-detector": default_detector_section,
@@ -686,7 +768,7 @@ SECTIONS = {"features": features_section, "scorers": scorers_section,
             "probe-dual": probe_section,
             "machines": machines_section, "fleet": fleet_section,
             "training": training_section, "allocator": allocator_section,
-            "training-gpu": training_section}
+            "training-gpu": training_section, "unseen": unseen_section}
 
 
 def main() -> None:
@@ -708,6 +790,8 @@ def main() -> None:
         lines += generative_probe_section(results[name]) + [""]
     out = ROOT / "docs" / "benchmarks.md"
     out.write_text("\n".join(lines))
+    if "unseen" in results:
+        write_unseen_block(results["unseen"])
     print(f"wrote {out}")
 
 
