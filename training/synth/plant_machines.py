@@ -276,7 +276,8 @@ def _chain_render(rng, g, op, n, fault, sev) -> Rendered:
 def _screw_geometry(section: int) -> dict:
     return {"rpm": _pick([60.0, 45.0, 80.0], section), "ratio": _pick([24.0, 32.0, 18.0], section),
             "z": _pick([17, 19, 23], section), "grain_rate": _pick([3000.0, 4500.0, 2200.0], section),
-            "trough": _pick([[700.0, 1600.0, 3100.0], [820.0, 1900.0, 3500.0], [600.0, 1450.0, 2800.0]], section),
+            "trough": _pick([[700.0, 1600.0, 3100.0], [820.0, 1900.0, 3500.0], [600.0, 1450.0, 2800.0]],
+                            section),
             "ring": _pick([[1900.0, 4300.0], [2200.0, 4800.0], [1700.0, 3900.0]], section)}
 
 
