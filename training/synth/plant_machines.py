@@ -47,6 +47,15 @@ def _bursts(n: int, rng: np.random.Generator, per_10s: float, length_s: tuple[fl
     return lowpass(gate, 40.0, order=1)
 
 
+def _slow_hits(n: int, rate_hz, rng: np.random.Generator, jitter: float, amp_jitter: float) -> np.ndarray:
+    """An impulse train of a slow event (once per revolution or per chain pass) that has at
+    least one hit even in a clip shorter than its period: an additive fault must sound."""
+    hits = impulse_train(n, rate_hz, rng, jitter, amp_jitter)
+    if not np.any(hits):
+        hits[int(rng.integers(0, n))] = 1.0
+    return hits
+
+
 def _flow(n: int, rng: np.random.Generator, slope: float, lo: float, hi: float) -> np.ndarray:
     x = bandpass(colored_noise(n, rng, slope), lo, hi)
     return x / rms(x)
@@ -100,7 +109,8 @@ def _blower_render(rng, g, op, n, fault, sev) -> Rendered:
         added = resonances(impulse_train(n, bpfo, rng, 0.01, 0.3), [2400.0, 3700.0], q=25)
     elif fault == "loose_panel":
         # The panel rattles only when the wheel's 1x pushes it past its play.
-        hits = impulse_train(n, f_wheel, rng, 0.05, 0.5) * (drift(n, rng, 0.8, 1.5) > 1.0)
+        loose = drift(n, rng, 0.8, 1.5) > 1.0
+        hits = impulse_train(n, f_wheel, rng, 0.05, 0.5) * (loose if loose.any() else 1.0)
         added = resonances(hits, g["panel"], q=15)
     return Rendered(bpf + shaft + flow + whistle + _hum(n, rng, 0.1), added)
 
@@ -267,7 +277,7 @@ def _chain_render(rng, g, op, n, fault, sev) -> Rendered:
     elif fault == "stiff_link":
         # One link that does not bend: a knock each time it passes a sprocket.
         f_pass = f_s * z / g["links"]
-        knocks = impulse_train(n, f_pass, rng, 0.01, 0.1) + impulse_train(n, f_pass, rng, 0.01, 0.1)
+        knocks = _slow_hits(n, f_pass, rng, 0.01, 0.1) + impulse_train(n, f_pass, rng, 0.01, 0.1)
         added = resonances(knocks, [600.0, 1800.0] + modes, q=10)
     return Rendered(impacts + span_tone + mesh + rolling + _hum(n, rng, 0.1), added)
 
@@ -314,7 +324,7 @@ def _screw_render(rng, g, op, n, fault, sev) -> Rendered:
     added = None
     if fault == "foreign_object":
         # A bolt or stone carried along: a hard knock when a flight drives it into the trough.
-        hits = impulse_train(n, f_screw, rng, 0.05, 0.4) * (rng.random(n) < 0.7)
+        hits = np.abs(_slow_hits(n, f_screw, rng, 0.05, 0.5))
         added = resonances(hits, g["ring"], q=30)
     elif fault == "flight_wear":
         contact = np.clip(np.sin(ph + rng.uniform(0, 6.3)), 0, 1) ** 4
