@@ -336,21 +336,21 @@ PLANT_MACHINES: tuple[MachineType, ...] = (
     MachineType("blower", ("belt_slip", "bearing", "filter_clog", "loose_panel"),
                 _blower_geometry, _blower_points, _blower_render,
                 "belt-driven forward-curved wheel: weak blade pass, belt rate, duct modes, "
-                "flow noise set by the damper", {"loose_panel": -6.0, "belt_slip": -6.0}),
+                "flow noise set by the damper", {"loose_panel": -6.0, "belt_slip": -12.0, "bearing": -10.0}),
     MachineType("gear_pump", ("aeration", "worn_teeth", "relief_chatter", "seal_squeal"),
                 _gear_pump_geometry, _gear_pump_points, _gear_pump_render,
                 "pressure ripple of many harmonics at teeth x shaft rate, hose resonances, "
-                "pressure as operating point", {"seal_squeal": -10.0, "aeration": -4.0}),
+                "pressure as operating point", {"seal_squeal": -10.0, "aeration": -12.0, "relief_chatter": -8.0}),
     MachineType("vfd_motor", ("broken_rotor_bar", "bearing_fluting", "eccentricity", "phase_unbalance"),
                 _vfd_geometry, _vfd_points, _vfd_render,
                 "inverter-fed motor: PWM carrier with +-2f sidebands, magnetic 2f noise, rotor "
-                "slot harmonics, cooling fan", {"bearing_fluting": -8.0}),
+                "slot harmonics, cooling fan", {"bearing_fluting": -12.0}),
     MachineType("chain_drive", ("stretched_chain", "dry_chain", "stiff_link", "worn_sprocket"),
                 _chain_geometry, _chain_points, _chain_render,
                 "roller chain: engagement impacts with chordal speed ripple, span vibration, "
-                "sprocket modes", {"dry_chain": -8.0, "stiff_link": -10.0}),
+                "sprocket modes", {"dry_chain": -12.0, "stiff_link": -10.0}),
     MachineType("screw_feeder", ("foreign_object", "flight_wear", "jam", "empty_running"),
                 _screw_geometry, _screw_points, _screw_render,
                 "auger in granular material: dense micro-impacts, drive gear tone, fill "
-                "level as operating point", {"foreign_object": -8.0, "flight_wear": -10.0}),
+                "level as operating point", {"foreign_object": -10.0, "flight_wear": -12.0}),
 )
