@@ -146,7 +146,7 @@ def _gear_pump_render(rng, g, op, n, fault, sev) -> Rendered:
         am = am + 0.12 * sev * np.cos(ph + 0.7)
     elif fault == "aeration":
         # Air in the oil: the ripple's timing wanders (the fluid is compressible now).
-        ripple_ph = ripple_ph + 0.35 * sev * lowpass(rng.standard_normal(n), 60.0) * 8
+        ripple_ph = ripple_ph + 0.12 * sev * lowpass(rng.standard_normal(n), 60.0) * 8
     ripple = harmonics(ripple_ph, amps, rng, z * f_shaft) * am * (0.3 + 0.5 * p)
     fluid = _flow(n, rng, -2.0, 80.0, 7000.0) * 0.3 * (0.5 + 0.5 * p)
     fluid_line = resonances(fluid + 0.3 * ripple, g["hose"], q=15) / 6
@@ -336,7 +336,7 @@ PLANT_MACHINES: tuple[MachineType, ...] = (
     MachineType("blower", ("belt_slip", "bearing", "filter_clog", "loose_panel"),
                 _blower_geometry, _blower_points, _blower_render,
                 "belt-driven forward-curved wheel: weak blade pass, belt rate, duct modes, "
-                "flow noise set by the damper", {"loose_panel": -6.0, "belt_slip": -12.0, "bearing": -10.0}),
+                "flow noise set by the damper", {"loose_panel": -10.0, "belt_slip": -12.0, "bearing": -10.0}),
     MachineType("gear_pump", ("aeration", "worn_teeth", "relief_chatter", "seal_squeal"),
                 _gear_pump_geometry, _gear_pump_points, _gear_pump_render,
                 "pressure ripple of many harmonics at teeth x shaft rate, hose resonances, "
