@@ -1,4 +1,6 @@
-"""Six machine types, each a small physical model rather than noise with beeps.
+"""Six machine types, each a small physical model rather than noise with beeps: the tuning
+types (roles.py). Five more, of other physics, live in plant_machines.py and are registered
+into MACHINES at the end of this file (docs/corpus.md).
 
 A machine renders its *normal* sound from its geometry (one geometry per section: a
 different unit on the floor) and an operating point (the attributes in the file name),
