@@ -174,3 +174,17 @@ def _silent(p):
     (root / "events").mkdir()
     write_wav(root / "events" / "quiet.wav", np.zeros(SR), SR)
     return root
+
+
+@pytest.mark.parametrize("args, says", [(["--bogus"], "unknown argument '--bogus'"),
+                                        (["--debs", "EMPTY"], "no wesnoth-1.16-data_*.deb in it")])
+def test_fetch_sounds_refuses_bad_arguments_in_one_line(tmp_path, args, says):
+    import subprocess
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[2] / "scripts" / "fetch-sounds"
+    (tmp_path / "EMPTY").mkdir()
+    args = [str(tmp_path / a) if a == "EMPTY" else a for a in args]
+    done = subprocess.run(["bash", str(script), *args, "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and says in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

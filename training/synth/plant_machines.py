@@ -340,7 +340,8 @@ PLANT_MACHINES: tuple[MachineType, ...] = (
     MachineType("gear_pump", ("aeration", "worn_teeth", "relief_chatter", "seal_squeal"),
                 _gear_pump_geometry, _gear_pump_points, _gear_pump_render,
                 "pressure ripple of many harmonics at teeth x shaft rate, hose resonances, "
-                "pressure as operating point", {"seal_squeal": -10.0, "aeration": -12.0, "relief_chatter": -8.0}),
+                "pressure as operating point",
+                {"seal_squeal": -10.0, "aeration": -12.0, "relief_chatter": -8.0}),
     MachineType("vfd_motor", ("broken_rotor_bar", "bearing_fluting", "eccentricity", "phase_unbalance"),
                 _vfd_geometry, _vfd_points, _vfd_render,
                 "inverter-fed motor: PWM carrier with +-2f sidebands, magnetic 2f noise, rotor "
