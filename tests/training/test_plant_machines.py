@@ -141,6 +141,7 @@ def test_real_sounds_are_mixed_into_clips_of_both_labels(tmp_path):
 
 @pytest.mark.parametrize("make, says", [
     (lambda p: p / "missing", "no such folder"),
+    (lambda p: (p / "f.wav").write_bytes(b"x") and p / "f.wav", "a file, not a folder"),
     (lambda p: (p / "empty").mkdir() or p / "empty", "no backgrounds/*.wav"),
     (lambda p: _only_backgrounds(p), "no events/*.wav"),
     (lambda p: _broken(p), "is not a readable WAV file"),

@@ -111,7 +111,8 @@ def load(folder: str | Path) -> RealSounds:
     if key in _LOADED:
         return _LOADED[key]
     if not root.is_dir():
-        raise UsageError(f"--real-sounds {folder}: no such folder; expected a folder with "
+        what = "a file, not a folder" if root.exists() else "no such folder"
+        raise UsageError(f"--real-sounds {folder}: {what}; expected a folder with "
                          "backgrounds/*.wav and events/*.wav (scripts/fetch-sounds writes one)")
     parts = {}
     digests = {}
