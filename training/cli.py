@@ -25,10 +25,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from harken.training.synth.corpus import SIZES, synthesize
     t0 = time.monotonic()
     root = synthesize(args.out, args.size, args.seed, tuple(_machines(args.machines) or ()) or None,
-                      args.workers, progress=not args.quiet)
+                      args.workers, progress=not args.quiet, real_dir=getattr(args, "real_sounds", None))
     spec = SIZES[args.size]
+    real = f"; real sounds from {args.real_sounds}" if getattr(args, "real_sounds", None) else ""
     print(f"wrote the {args.size} corpus ({', '.join(machine_types(root))}; "
-          f"{spec.sections} sections; {spec.clip_seconds:g} s clips) to {root} "
+          f"{spec.sections} sections; {spec.clip_seconds:g} s clips{real}) to {root} "
           f"in {time.monotonic() - t0:.0f} s")
     return 0
 
@@ -278,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="corpus folder to write")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--machines", help="comma-separated subset of machine types")
+    s.add_argument("--real-sounds", metavar="DIR",
+                   help="mix real backgrounds and events from DIR into every clip "
+                        "(scripts/fetch-sounds; docs/corpus.md)")
     s.add_argument("--workers", type=int, help="processes (default: all cores, at most 8)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_synth)

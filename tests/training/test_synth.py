@@ -17,7 +17,7 @@ def test_layout_counts_and_ground_truth(tiny_corpus):
     meta = json.loads((tiny_corpus / "corpus.json").read_text())
     clips = scan(tiny_corpus)
     per_machine = size.sections * (size.source_train + size.target_train + 4 * size.test_per_cell)
-    assert len(clips) == len(MACHINES) * per_machine == len(meta["clips"])
+    assert len(clips) == len(size.machines) * per_machine == len(meta["clips"])
     for rec in meta["clips"]:
         if rec["label"] == "anomaly":
             assert rec["split"] == "test"

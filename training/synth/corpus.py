@@ -23,10 +23,13 @@ from tqdm import tqdm
 
 from harken.common.errors import UsageError
 from harken.agent.sources.wavio import write_wav
+from harken.training.synth import real_sounds
 from harken.training.synth.acoustics import (
     SR, db, factory_background, microphone, rms, room,
 )
 from harken.training.synth.machines import MACHINES
+from harken.training.synth.real_sounds import RealSounds
+from harken.training.synth.roles import TEST_TYPES, TUNING_TYPES, VALIDATION_TYPES
 
 
 @dataclass(frozen=True)
@@ -39,12 +42,17 @@ class CorpusSize:
     test_per_cell: int    # normals, and anomalies, per section and domain
 
 
-ALL_MACHINES = tuple(MACHINES)
+# The six tuning types: tiny and large hold these, as before issue 39's types were added
+# (roles.py: the other types are set apart for validation and test).
+ALL_MACHINES = TUNING_TYPES
 SIZES: dict[str, CorpusSize] = {
     "tiny": CorpusSize(ALL_MACHINES, 2, 2.0, 8, 2, 2),
     "small": CorpusSize(("fan", "gearbox", "bearing", "valve"), 2, 10.0, 40, 5, 10),
     "standard": CorpusSize(("fan", "gearbox", "bearing", "valve"), 2, 10.0, 100, 10, 50),
     "large": CorpusSize(ALL_MACHINES, 3, 10.0, 990, 10, 50),
+    # docs/corpus.md: types nobody tuned for, the size of "standard"
+    "validation": CorpusSize(VALIDATION_TYPES, 2, 10.0, 100, 10, 50),
+    "unseen": CorpusSize(TEST_TYPES, 2, 10.0, 100, 10, 50),
 }
 
 
@@ -92,8 +100,11 @@ class ClipJob:
                 f"{self.index:04d}_{tail}.wav")
 
 
-def render_clip(job: ClipJob) -> tuple[np.ndarray, dict, dict]:
-    """-> (samples, attributes, ground truth) for one clip."""
+def render_clip(job: ClipJob, real: RealSounds | None = None) -> tuple[np.ndarray, dict, dict]:
+    """-> (samples, attributes, ground truth) for one clip. With ``real`` recordings, the
+    background takes a real share and real events are added (real_sounds.py); they are
+    drawn from a generator of their own, so the machine, fault and levels of the clip are
+    the same as without them."""
     machine = MACHINES[job.machine]
     rng = clip_rng(job.seed, job.machine, job.section, job.domain, job.split, job.label, job.index)
     n = int(round(job.seconds * SR))
@@ -115,13 +126,19 @@ def render_clip(job: ClipJob) -> tuple[np.ndarray, dict, dict]:
     x = room(x, rng, acoustic.rt60, acoustic.wet)
     bg = factory_background(n, rng, acoustic.backgrounds[int(rng.integers(len(acoustic.backgrounds)))])
     snr = float(rng.uniform(*acoustic.snr_db))
+    used = {}
+    if real is not None:
+        real_rng = clip_rng(job.seed, "real-sounds", job.machine, job.section, job.domain, job.split,
+                            job.label, job.index)
+        bg, events, used = real.render(n, real_rng, bg)
+        x = x + events * MACHINE_RMS
     x = x + bg / rms(bg) * MACHINE_RMS * db(-snr)
     x = microphone(x, *acoustic.mic) * db(acoustic.gain_db)
     peak = float(np.max(np.abs(x)))
     if peak > 0.99:  # the recorder's limiter; rare at these levels
         x = x * (0.99 / peak)
     truth = {"fault": fault, "severity": round(severity, 3), "anr_db": None if anr is None else round(anr, 2),
-             "snr_db": round(snr, 2)}
+             "snr_db": round(snr, 2), **used}
     return x.astype(np.float32), op, truth
 
 
@@ -158,9 +175,9 @@ def plan(size: CorpusSize, seed: int, machines: tuple[str, ...] | None = None) -
     return jobs
 
 
-def _write_one(args: tuple[ClipJob, str]) -> dict:
-    job, root = args
-    x, attrs, truth = render_clip(job)
+def _write_one(args: tuple[ClipJob, str, str | None]) -> dict:
+    job, root, real_dir = args
+    x, attrs, truth = render_clip(job, real_sounds.load(real_dir) if real_dir else None)
     path = Path(root) / job.machine / job.split / job.filename(attrs)
     write_wav(path, x, SR)
     return {"file": f"{job.machine}/{job.split}/{path.name}", **asdict(job), **truth}
@@ -231,10 +248,12 @@ def claim_folder(root: Path) -> None:
 
 def synthesize(out: str | Path, size: str = "tiny", seed: int = 0,
                machines: tuple[str, ...] | None = None, workers: int | None = None,
-               progress: bool = True) -> Path:
+               progress: bool = True, real_dir: str | Path | None = None) -> Path:
     """Write the corpus under ``out`` and a ground-truth table (corpus.json). ``out`` must
     be empty (or not yet there) or a corpus this command wrote before (its marker file),
-    whose clips are replaced: never a folder of the user's own recordings."""
+    whose clips are replaced: never a folder of the user's own recordings. ``real_dir``:
+    real backgrounds and events mixed into every clip (real_sounds.py), read and checked
+    before any clip is written."""
     if size not in SIZES:
         raise UsageError(f"unknown corpus size '{size}'; choose from {list(SIZES)}")
     if workers is not None and workers < 1:
@@ -243,6 +262,8 @@ def synthesize(out: str | Path, size: str = "tiny", seed: int = 0,
         raise UsageError(f"--seed must be a whole number from 0 to 2**63 - 1, got {seed}")
     spec = SIZES[size]
     jobs = plan(spec, seed, machines)
+    real = real_sounds.load(real_dir) if real_dir is not None else None
+    real_arg = str(real.folder.resolve()) if real is not None else None
     root = Path(out)
     claim_folder(root)
     for job in {(j.machine, j.split) for j in jobs}:
@@ -252,17 +273,18 @@ def synthesize(out: str | Path, size: str = "tiny", seed: int = 0,
     records = []
     if workers == 1:
         for job in jobs:
-            records.append(_write_one((job, str(root))))
+            records.append(_write_one((job, str(root), real_arg)))
             bar.update()
     else:
         with ProcessPoolExecutor(workers) as pool:
-            for rec in pool.map(_write_one, [(j, str(root)) for j in jobs], chunksize=8):
+            for rec in pool.map(_write_one, [(j, str(root), real_arg) for j in jobs], chunksize=8):
                 records.append(rec)
                 bar.update()
     bar.close()
     meta = {"generator": "harken synth", "size": size, "seed": seed, "sample_rate": SR,
             "machines": sorted({j.machine for j in jobs}), "sections": spec.sections,
-            "clip_seconds": spec.clip_seconds, "clips": records}
+            "clip_seconds": spec.clip_seconds,
+            "real_sounds": real.describe() if real is not None else None, "clips": records}
     tmp = root / "corpus.json.tmp"
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, root / "corpus.json")         # last: the corpus is whole

@@ -1,4 +1,6 @@
-"""Six machine types, each a small physical model rather than noise with beeps.
+"""Six machine types, each a small physical model rather than noise with beeps: the tuning
+types (roles.py). Five more, of other physics, live in plant_machines.py and are registered
+into MACHINES at the end of this file (docs/corpus.md).
 
 A machine renders its *normal* sound from its geometry (one geometry per section: a
 different unit on the floor) and an operating point (the attributes in the file name),
@@ -15,36 +17,13 @@ and can render a fault of a given kind and severity. Faults come in two shapes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
-
 import numpy as np
 
 from harken.training.synth.acoustics import (
     SR, bandpass, burst, colored_noise, drift, harmonics, highpass, impulse_train, lowpass,
     phase_of, resonances, rms,
 )
-
-
-@dataclass(frozen=True)
-class Rendered:
-    normal: np.ndarray                 # the machine, including any parametric fault
-    added: np.ndarray | None = None    # an additive fault's own sound (unit-free)
-
-
-@dataclass(frozen=True)
-class MachineType:
-    name: str
-    faults: tuple[str, ...]
-    # section -> geometry (a dict of physical constants of that unit)
-    geometry: Callable[[int], dict]
-    # (section, domain) -> operating points, each an ordered dict of file-name attributes
-    operating_points: Callable[[int, str], list[dict]]
-    render: Callable[[np.random.Generator, dict, dict, int, str | None, float], Rendered]
-    notes: str = field(default="")
-    # Per-fault shift of the anomaly-to-normal ratio (dB): broadband faults in bands where
-    # the machine itself is quiet are heard at much lower levels, so they are set lower.
-    anr_offset_db: dict = field(default_factory=dict)
+from harken.training.synth.machine_type import MachineType, Rendered
 
 
 def _pick(values: list, section: int):
@@ -345,3 +324,8 @@ MACHINES: dict[str, MachineType] = {
                     {"leak": -12.0}),
     )
 }
+
+# The five types of issue 39 (docs/corpus.md): other physics, set apart for validation and test.
+from harken.training.synth.plant_machines import PLANT_MACHINES  # noqa: E402
+
+MACHINES.update({m.name: m for m in PLANT_MACHINES})
