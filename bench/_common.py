@@ -3,6 +3,7 @@ writing results that bench/report.py turns into docs/benchmarks.md."""
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -16,6 +17,17 @@ ONE_THREAD = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_N
                                "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")}
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+
+
+def positive(text: str) -> int:
+    """A whole number of at least 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of at least 1")
+    return value
 
 
 def pin_one_thread() -> None:
@@ -64,7 +76,6 @@ def record(name: str, command: str, figures: dict) -> Path:
 def standard_corpus(description: str) -> Path:
     """``--corpus`` (default corpora/standard) from the command line; exits with how to
     make it when it is not there."""
-    import argparse
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--corpus", type=Path, default=ROOT / "corpora" / "standard")
     corpus = ap.parse_args().corpus
