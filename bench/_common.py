@@ -30,6 +30,15 @@ def positive(text: str) -> int:
     return value
 
 
+def bundle_dir(text: str) -> Path:
+    """An exported bundle folder (argparse type): one with a manifest.json."""
+    path = Path(text)
+    if not (path / "manifest.json").is_file():
+        raise argparse.ArgumentTypeError(f"{text!r}: not a bundle folder (no manifest.json "
+                                         "in it); give a folder harken-export wrote")
+    return path
+
+
 def pin_one_thread() -> None:
     """Re-exec with single-threaded BLAS/OpenMP unless already so (must run before numpy)."""
     if any(os.environ.get(k) != v for k, v in ONE_THREAD.items()):

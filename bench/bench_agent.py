@@ -36,9 +36,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import ROOT, corpus_root, peak_rss_mb, positive, record  # noqa: E402
+from bench._common import ROOT, bundle_dir, corpus_root, peak_rss_mb, positive, record  # noqa: E402
 from bench._detect import recordings, stitch, summarise, time_to_detect  # noqa: E402
-from bench._models import CACHE, EXPORT, bundles, fan_audio  # noqa: E402
+from bench._models import ARTIFACTS, CACHE, EXPORT, bundles, fan_audio  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -48,9 +48,6 @@ from harken.testkit.mosquitto import PASSWORD, USER, Broker  # noqa: E402
 from harken.testkit.files import write_agent_config  # noqa: E402
 
 HARKEN = ROOT / ".venv" / "bin" / "harken"
-# model -> the artifact the agent runs (spectral-knn's graph has no weights: float only)
-ARTIFACTS = {"spectral-knn": "tflite-fp32", "mobilenetv2-0.5": "tflite-int8", "ae": "tflite-int8",
-             "fusion": "tflite-int8", "mobilenetv2-dual-0.5": "tflite-int8"}
 TARGETS = {"cpu_percent": 2.0, "rss_mb": 150.0, "publish_ms_p99": 50.0}
 
 
@@ -204,15 +201,6 @@ def detect(bundle_dirs: list[Path], corpus: Path, artifact: str | None) -> dict:
             "domains": {d: summarise([r for r in rows if r["domain"] == d])
                         for d in ("source", "target")},
             "rows": rows}
-
-
-def bundle_dir(text: str) -> Path:
-    """An exported bundle folder (argparse type): one with a manifest.json."""
-    path = Path(text)
-    if not (path / "manifest.json").is_file():
-        raise argparse.ArgumentTypeError(f"{text!r}: not a bundle folder (no manifest.json "
-                                         "in it); give a folder harken-export wrote")
-    return path
 
 
 def parts(text: str) -> list[str]:
