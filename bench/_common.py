@@ -96,8 +96,10 @@ def standard_corpus(description: str) -> Path:
 
 def corpus_root(corpus: Path) -> str:
     """The corpus folder as the results record it: relative to the repository if inside."""
-    corpus = corpus.resolve()
-    return str(corpus.relative_to(ROOT)) if corpus.is_relative_to(ROOT) else str(corpus)
+    for path in (corpus.absolute(), corpus.resolve()):   # a linked corpora/ stays relative
+        if path.is_relative_to(ROOT):
+            return str(path.relative_to(ROOT))
+    return str(corpus.resolve())
 
 
 def detection_summary(results) -> dict:

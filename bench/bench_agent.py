@@ -195,7 +195,7 @@ def detect(bundle_dirs: list[Path], corpus: Path, artifact: str | None) -> dict:
                       flush=True)
     machines = sorted({r["machine"] for r in rows})
     return {"corpus": corpus_root(corpus), "interval_s": interval,
-            "decision": "defaults (interval_s 10, k_on 2, n 3, n_off 3)",
+            "decision": "interval_s 10, k_on 2, n 3, n_off 3",
             "bundles": [str(b) for b in bundle_dirs], "overall": summarise(rows),
             "machines": {m: summarise([r for r in rows if r["machine"] == m]) for m in machines},
             "domains": {d: summarise([r for r in rows if r["domain"] == d])

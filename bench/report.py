@@ -607,8 +607,9 @@ def machines_section(r: dict) -> list[str]:
         f"({r['seconds']} s each, a different stretch of fan audio per channel), as a "
         f"multi-channel audio interface delivers it: one input, N pipelines and decisions, "
         f"one shared backend per bundle, {r['interval_s']}-s report intervals, JSON lines to "
-        f"a file. Bundles: {what}. CPU is the process's own CPU time after the first "
-        f"{r['warmup_s']:g} s, as % of one core; memory its peak RSS (VmHWM). Every N in one "
+        f"a file, on {r['machine']['cpu']} ({r['machine']['cores']} cores). Bundles: {what}. "
+        f"CPU is the process's own CPU time after the first {r['warmup_s']:g} s, as % of one "
+        "core; memory its peak RSS (VmHWM). Every N in one "
         "run, on a machine shared with other work (the CPU figure is the process's own time, "
         "so others' load slows it only through caches and frequency).", "",
         f"![CPU and RSS against the number of machines]({Path(r['plot']).relative_to('docs')})",
@@ -659,8 +660,10 @@ def detect_sections(records: list[dict]) -> list[str]:
     for r in records:
         o = r["overall"]
         lines += [f"### {r['label']}", "",
-                  f"`{r['command']}` ({r['when']}); bundles {r['source']}: "
-                  + ", ".join(f"`{b}`" for b in r["bundles"]) + ".", ""]
+                  f"`{r['command']}` ({r['when']}, {r['machine']['cpu']}, "
+                  f"{r['machine']['cores']} cores); bundles {r['source']}: "
+                  + ", ".join(f"`{b}`" for b in r["bundles"]) + ", run as "
+                  + ", ".join(sorted({x["artifact"] for x in r["rows"]})) + ".", ""]
         rows = [*r["machines"].items(), *r["domains"].items(), ("all", o)]
         lines += table(
             ["recordings of", "recordings", "detected", "missed", "alarm on at onset",
