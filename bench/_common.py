@@ -3,6 +3,7 @@ writing results that bench/report.py turns into docs/benchmarks.md."""
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -16,6 +17,26 @@ ONE_THREAD = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_N
                                "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")}
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+
+
+def positive(text: str) -> int:
+    """A whole number of at least 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of at least 1")
+    return value
+
+
+def bundle_dir(text: str) -> Path:
+    """An exported bundle folder (argparse type): one with a manifest.json."""
+    path = Path(text)
+    if not (path / "manifest.json").is_file():
+        raise argparse.ArgumentTypeError(f"{text!r}: not a bundle folder (no manifest.json "
+                                         "in it); give a folder harken-export wrote")
+    return path
 
 
 def pin_one_thread() -> None:
@@ -64,7 +85,6 @@ def record(name: str, command: str, figures: dict) -> Path:
 def standard_corpus(description: str) -> Path:
     """``--corpus`` (default corpora/standard) from the command line; exits with how to
     make it when it is not there."""
-    import argparse
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--corpus", type=Path, default=ROOT / "corpora" / "standard")
     corpus = ap.parse_args().corpus
@@ -76,8 +96,10 @@ def standard_corpus(description: str) -> Path:
 
 def corpus_root(corpus: Path) -> str:
     """The corpus folder as the results record it: relative to the repository if inside."""
-    corpus = corpus.resolve()
-    return str(corpus.relative_to(ROOT)) if corpus.is_relative_to(ROOT) else str(corpus)
+    for path in (corpus.absolute(), corpus.resolve()):   # a linked corpora/ stays relative
+        if path.is_relative_to(ROOT):
+            return str(path.relative_to(ROOT))
+    return str(corpus.resolve())
 
 
 def detection_summary(results) -> dict:

@@ -23,6 +23,9 @@ MODELS = {                 # name -> (method, settings for a seconds-long traini
     "mobilenetv2-dual-0.5": ("mobilenetv2-dual", ["width=0.5", *QUICK]),
     "fusion": ("fusion", ["members=spectral-knn,ae-mahalanobis", "ae-mahalanobis.epochs=1"]),
 }
+# model -> the artifact the agent runs (spectral-knn's graph has no weights: float only)
+ARTIFACTS = {"spectral-knn": "tflite-fp32", "mobilenetv2-0.5": "tflite-int8", "ae": "tflite-int8",
+             "fusion": "tflite-int8", "mobilenetv2-dual-0.5": "tflite-int8"}
 
 
 def sh(*cmd: str | Path) -> None:

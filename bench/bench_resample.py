@@ -15,18 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import pin_one_thread, record  # noqa: E402
-
-
-def positive(text: str) -> int:
-    """A whole number of at least 1 (argparse type)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of at least 1")
-    return value
+from bench._common import pin_one_thread, positive, record  # noqa: E402
 
 
 def cpu_ms(work, repeats: int) -> float:

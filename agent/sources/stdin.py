@@ -104,7 +104,7 @@ def pcm_chunks(stream: BinaryIO | None, rate: int, chunk_s: float = 0.1,
 class StdinSettings(SourceSettings):
     source: Literal["stdin"] = "stdin"
     pcm_format: Literal["s16le", "s32le", "f32le"] = "s16le"
-    channels: Count(1, 32) = 1
+    channels: Count(1, 64) = 1     # as audio.channel: 64 channels on one input
 
     @model_validator(mode="after")
     def _channel_exists(self):

@@ -99,11 +99,20 @@ def test_machine_tables_override_the_shared_ones_key_by_key():
      "give 'channel' or 'audio.channel', not both"),
     ({**BASE, "audio": {"source": "stdin", "channels": 2, "channel": 3}},
      "audio.channel = 3, but stdin carries audio.channels = 2"),
+    ({**BASE, "audio": {"source": "stdin", "channels": 65}}, "key 'audio.channels' = 65"),
 ])
 def test_bad_machine_entries_are_refused_naming_the_entry_and_key(data, message):
     with pytest.raises(ConfigError) as err:
         parse_config(data, "site.toml")
     assert message in str(err.value) and "site.toml" in str(err.value)
+
+
+def test_stdin_carries_up_to_64_channels_as_a_machine_entry_can_name():
+    """64 machines on one input (bench/bench_machines.py): the stdin source takes as many
+    channels as ``channel`` can name."""
+    cfg = parse_config({**BASE, "audio": {"source": "stdin", "channels": 64},
+                        "machines": [{"name": f"m{k}", "channel": k} for k in (1, 64)]}, "a.toml")
+    assert [v.audio.channel for v in cfg.select(None)] == [1, 64]
 
 
 def test_a_command_picks_one_machine_or_names_the_known_ones():
