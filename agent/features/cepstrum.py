@@ -1,0 +1,46 @@
+"""Cepstrum branch: the real cepstrum of each frame, mean and spread over the interval.
+
+What it exposes: families of evenly spaced lines (a gear mesh with its sidebands, the
+harmonics of a pump's pulsation) and periodic impact trains, which spread over many
+spectrum bins but gather into one quefrency peak at their period; its spread over frames
+shows a periodicity that comes and goes. Quefrencies from QUEFRENCY (samples of 1/16 kHz):
+1 ms (1 kHz) to 32 ms (31 Hz), the issue's band of interest; chosen on the tuning types
+(docs/architecture.md "spectral-knn").
+
+How: scipy.fft.irfft of each frame's 513-bin log power spectrum (dB, the spectrum the
+front end already appends), the quefrency range kept; each window's row is the mean and
+standard deviation over its frames, pooled over an interval's equal windows exactly
+(variance = mean of window variances + variance of window means). Cost: one inverse FFT
+per frame, the size of the front end's forward one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft
+
+QUEFRENCY = (16, 513)        # [first, last) quefrency sample, at 16 kHz: 1 ms .. 32 ms
+
+
+def quefrencies(n_freqs: int) -> tuple[int, int]:
+    """The range kept for a spectrum of ``n_freqs`` bins (clipped to its n_fft / 2 + 1)."""
+    return min(QUEFRENCY[0], n_freqs - 1), min(QUEFRENCY[1], n_freqs)
+
+
+def window_cepstrum(spectrum_db: np.ndarray) -> np.ndarray:
+    """(n, frames, n_freqs) log power spectra (dB) -> (n, 2 * q) rows: mean, then standard
+    deviation over each window's frames of the cepstrum's kept quefrencies."""
+    s = np.asarray(spectrum_db, dtype=np.float64)
+    lo, hi = quefrencies(s.shape[-1])
+    c = scipy.fft.irfft(s, n=2 * (s.shape[-1] - 1), axis=-1)[..., lo:hi]
+    return np.concatenate([c.mean(axis=1), c.std(axis=1)], axis=1)
+
+
+def pool_mean_std(rows: np.ndarray) -> np.ndarray:
+    """The interval's mean and std over all frames (concatenated) from equal windows'
+    (mean, std) rows."""
+    r = np.asarray(rows, dtype=np.float64)
+    v = r.shape[1] // 2
+    means, stds = r[:, :v], r[:, v:]
+    var = (stds ** 2).mean(axis=0) + means.var(axis=0)
+    return np.concatenate([means.mean(axis=0), np.sqrt(np.maximum(var, 0.0))])
