@@ -288,9 +288,10 @@ class SpectralKnnRule(ScoreRule):
                 raise RuleError(f"score rule 'spectral-knn' needs arrays {missing} (branch {b})")
             for r in self.ROLES:
                 a = np.asarray(self.arrays[f"{b}_{r}"])
-                if a.dtype.kind not in "biuf" or (a.dtype.kind == "f"
-                                                   and not np.isfinite(a).all()):
-                    raise RuleError(f"array '{b}_{r}' holds NaN, infinite or non-number values")
+                if a.dtype.kind not in "biuf":
+                    raise RuleError(f"array '{b}_{r}' holds {a.dtype} values, not numbers")
+                if a.dtype.kind == "f" and not np.isfinite(a).all():
+                    raise RuleError(f"array '{b}_{r}' holds NaN or infinite values")
             v = self.shape_of(f"{b}_mean", 1)[0]
             if b == "mel":
                 self.same("mel_mean", v, 2 * int(n_mels), "values (2 x n_mels)")
