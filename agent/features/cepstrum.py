@@ -7,11 +7,13 @@ shows a periodicity that comes and goes. Quefrencies from QUEFRENCY (samples of 
 1 ms (1 kHz) to 32 ms (31 Hz), the issue's band of interest; chosen on the tuning types
 (docs/architecture.md "spectral-knn").
 
-How: scipy.fft.irfft of each frame's 513-bin log power spectrum (dB, the spectrum the
-front end already appends), the quefrency range kept; each window's row is the mean and
-standard deviation over its frames, pooled over an interval's equal windows exactly
-(variance = mean of window variances + variance of window means). Cost: one inverse FFT
-per frame, the size of the front end's forward one.
+How: the inverse FFT of each frame's 513-bin log power spectrum (dB, the spectrum the
+front end already appends), computed as the type-I DCT it is for a real even spectrum
+(scipy.fft.dct, float32: c[q] = DCT-I(L)[q] / n_fft, what irfft(L, n_fft) gives), the
+quefrency range kept; each window's row is the mean and standard deviation over its
+frames, pooled over an interval's equal windows exactly (variance = mean of window
+variances + variance of window means). Cost: one 513-point DCT per frame, about the
+front end's forward FFT (bench/bench_features.py has the figures).
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ def quefrencies(n_freqs: int) -> tuple[int, int]:
 def window_cepstrum(spectrum_db: np.ndarray) -> np.ndarray:
     """(n, frames, n_freqs) log power spectra (dB) -> (n, 2 * q) rows: mean, then standard
     deviation over each window's frames of the cepstrum's kept quefrencies."""
-    s = np.asarray(spectrum_db, dtype=np.float64)
+    s = np.asarray(spectrum_db, dtype=np.float32)
     lo, hi = quefrencies(s.shape[-1])
-    c = scipy.fft.irfft(s, n=2 * (s.shape[-1] - 1), axis=-1)[..., lo:hi]
-    return np.concatenate([c.mean(axis=1), c.std(axis=1)], axis=1)
+    c = scipy.fft.dct(s, type=1, axis=-1, overwrite_x=s is not spectrum_db)[..., lo:hi]
+    mean = c.mean(axis=1)
+    c -= mean[:, None, :]
+    std = np.sqrt(np.einsum("nfq,nfq->nq", c, c) / c.shape[1])
+    return np.concatenate([mean, std], axis=1) / (2.0 * (s.shape[-1] - 1))   # the DCT's scale
 
 
 def pool_mean_std(rows: np.ndarray) -> np.ndarray:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft
 
-from harken.agent.features.bands import band_power
 
 FLOOR = 1e-10          # below any measurable modulation depth (log10 -> -10)
 
@@ -29,10 +28,10 @@ def n_lines(frames: int) -> int:
     return frames // 2
 
 
-def window_modulation(mel_db: np.ndarray) -> np.ndarray:
-    """(n, frames, n_mels) windows of log-mel dB -> (n, groups * lines) modulation depths
-    (line-major: all groups of line 1, then line 2 ...)."""
-    env = band_power(mel_db)                                   # (n, frames, groups)
+def window_modulation(env: np.ndarray) -> np.ndarray:
+    """(n, frames, groups) band power of windows (bands.py ``band_power``) -> (n, groups *
+    lines) modulation depths (line-major: all groups of line 1, then line 2 ...)."""
+    env = np.asarray(env, dtype=np.float64)
     frames = env.shape[1]
     taper = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(frames) / frames)
     centred = (env - env.mean(axis=1, keepdims=True)) * taper[None, :, None]

@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from harken.agent.features.bands import band_power
 
 PERCENTILES = (90.0, 99.0)       # above the median (50)
 TINY = 1e-300
 
 
-def window_temporal(mel_db: np.ndarray) -> np.ndarray:
-    """(n, frames, n_mels) log-mel dB windows -> (n, 5 * groups + frames * groups) rows:
-    mean, central moments 2, 3, 4 and max of each group's frame power, then the frames'
-    energies in dB (frame-major)."""
-    p = band_power(mel_db)                                    # (n, frames, groups)
+def window_temporal(p: np.ndarray) -> np.ndarray:
+    """(n, frames, groups) band power of windows (bands.py ``band_power``) -> (n, 5 * groups
+    + frames * groups) rows: mean, central moments 2, 3, 4 and max of each group's frame
+    power, then the frames' energies in dB (frame-major)."""
+    p = np.asarray(p, dtype=np.float64)
     mean = p.mean(axis=1)
     d = p - mean[:, None, :]
     d2 = d * d

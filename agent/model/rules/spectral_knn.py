@@ -41,7 +41,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from harken.agent.features.bands import n_groups
+from harken.agent.features.bands import band_power, n_groups
 from harken.agent.features.cepstrum import pool_mean_std, quefrencies, window_cepstrum
 from harken.agent.features.modulation import n_lines, pool_modulation, window_modulation
 from harken.agent.features.temporal import pool_temporal, row_width, window_temporal
@@ -94,13 +94,15 @@ def frame_rows(windows: np.ndarray, n_mels: int, branches: Sequence[str]) -> np.
     """(n, frames, features) windows -> (n, k) rows of the frame branches among
     ``branches`` (in FRAME_BRANCHES order), then one column holding ``frames`` (so an
     interval's rows say how to split them)."""
-    w = np.asarray(windows, dtype=np.float64)
+    w = np.asarray(windows)
     n, frames = w.shape[:2]
     parts = []
-    if "modulation" in branches:
-        parts.append(window_modulation(w[:, :, :n_mels]))
-    if "temporal" in branches:
-        parts.append(window_temporal(w[:, :, :n_mels]))
+    if "modulation" in branches or "temporal" in branches:
+        power = band_power(w[:, :, :n_mels])             # once for both
+        if "modulation" in branches:
+            parts.append(window_modulation(power))
+        if "temporal" in branches:
+            parts.append(window_temporal(power))
     if "cepstrum" in branches:
         parts.append(window_cepstrum(w[:, :, n_mels:]))
     return np.concatenate(parts + [np.full((n, 1), float(frames))], axis=1)
