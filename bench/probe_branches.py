@@ -17,7 +17,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import record  # noqa: E402
 
-import numpy as np  # noqa: E402
 
 RANGES = {"1-32ms": (16, 513), "1-16ms": (16, 257), "2-32ms": (32, 513), "0.5-8ms": (8, 129)}
 
