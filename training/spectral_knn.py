@@ -216,7 +216,7 @@ class SpectralKnn:
                         "temporal": "kurtosis, crest factor, p90 and p99 above the median "
                                     "of each band group's frame power "
                                     "(agent/features/temporal.py)",
-                        "cepstrum": "mean and std over frames of the real cepstrum, 1-32 ms "
+                        "cepstrum": "mean and std over frames of the real cepstrum, 0.5-8 ms "
                                     "(agent/features/cepstrum.py)"},
                     "components": list(ALL_COMPONENTS), "distance": "euclidean",
                     "rule_weights": {r: list(w) for r, w in self.config.variants().items()},

@@ -4,8 +4,11 @@ What it exposes: families of evenly spaced lines (a gear mesh with its sidebands
 harmonics of a pump's pulsation) and periodic impact trains, which spread over many
 spectrum bins but gather into one quefrency peak at their period; its spread over frames
 shows a periodicity that comes and goes. Quefrencies from QUEFRENCY (samples of 1/16 kHz):
-1 ms (1 kHz) to 32 ms (31 Hz), the issue's band of interest; chosen on the tuning types
-(docs/architecture.md "spectral-knn").
+0.5 ms to 8 ms (periods of 2 kHz down to 125 Hz), chosen on the tuning types among 1-32 ms
+(31 Hz-1 kHz), 1-16 ms, 2-32 ms and 0.5-8 ms: the cepstrum branch alone scored official
+0.633 with it against 0.596-0.606 with the others on the standard corpus
+(bench/probe_branches.py, bench/results/branches-standard.json; docs/architecture.md
+"spectral-knn's branches").
 
 How: the inverse FFT of each frame's 513-bin log power spectrum (dB, the spectrum the
 front end already appends), computed as the type-I DCT it is for a real even spectrum
@@ -21,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft
 
-QUEFRENCY = (16, 513)        # [first, last) quefrency sample, at 16 kHz: 1 ms .. 32 ms
+QUEFRENCY = (8, 129)         # [first, last) quefrency sample, at 16 kHz: 0.5 ms .. 8 ms
 
 
 def quefrencies(n_freqs: int) -> tuple[int, int]:

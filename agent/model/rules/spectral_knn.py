@@ -14,7 +14,7 @@ frame; each one's vector is a function of the interval's windows, agent/features
   frame power and the 90th/99th percentiles of frame energy above the median (impacts,
   rattles, clicks);
 * ``cepstrum`` (agent/features/cepstrum.py): mean and spread over frames of the real
-  cepstrum at 1-32 ms quefrency (harmonic families, periodic impacts).
+  cepstrum at 0.5-8 ms quefrency (harmonic families, periodic impacts).
 
 Each branch vector is standardised with the training clips' statistics; its scores are
 the Euclidean distance to the nearest normal training clip of the section (``knn``:
