@@ -164,3 +164,40 @@ def test_a_bundle_written_before_the_frame_branches_scores_exactly_as_before(gen
     frames = rng.normal(-40, 5, size=(320, b.spec.n_features)) + np.linspace(0, 6,
                                                                              b.spec.n_features)
     assert scorer.score_frames(frames)[0] == pytest.approx(OLD_SCORE, rel=1e-12)
+
+
+def test_enrollment_fits_every_branch_the_general_bundle_names_and_scores_as_training(
+        general_bundle, small_fan, tmp_path, monkeypatch):
+    """`harken enroll` with an all-branch general bundle keeps every branch's statistics and
+    fits its bank; the enrolled agent scores a clip as training's spectral-knn with the
+    `all` variant on the same clips does (DC removal left out, as in test_enroll.py)."""
+    from harken.agent.build import build
+    from harken.agent.config import load_config
+    from harken.agent.site.enroll import enroll
+    from harken.agent.sources.dc import DCRemover
+    from harken.testkit.files import write_agent_config
+    from harken.training.data.corpus import scan
+    from harken.training.spectral_knn import SpectralKnn
+    from tests import prebuilt
+    prebuilt.workstation_or_skip()
+    monkeypatch.setattr(DCRemover, "push", lambda self, chunk: np.asarray(chunk, np.float32))
+    train = [c for c in scan(small_fan, ["fan"], "train") if c.section == 0][:8]
+    test = [c for c in scan(small_fan, ["fan"], "test") if c.section == 0][:3]
+    bundle = _all_branch_bundle(general_bundle, tmp_path / "b")
+    cfg = load_config(write_agent_config(
+        tmp_path / "agent.toml", agent={"node": "site", "machine": "fan",
+                                        "state_dir": tmp_path / "state"},
+        model={"bundle": bundle}, audio={"source": "file", "file": tmp_path / "x.wav"},
+        decision={"interval_s": 10}))
+    enroll(cfg, files=[str(c.path) for c in train], progress=False)
+    with np.load(cfg.bank_file, allow_pickle=False) as z:
+        assert {k for k in z.files if k.startswith("raw_")} == {f"raw_{b}" for b in ALL_BRANCHES}
+        assert z["cepstrum_bank"].shape == (8, 242) and z["temporal_bank"].shape == (8, 64)
+    _, pipeline = build(cfg)
+    model = SpectralKnn(overrides=["score=all"])
+    model.train(train, tmp_path / "run", progress=False)
+    want = model.score(test, progress=False)
+    extract = LogMelExtractor(pipeline.spec)
+    for c, w in zip(test, want):
+        got = pipeline.scorer.score_logmel(extract(read_wav(c.path, 16000)[0]))
+        assert got == pytest.approx(w, rel=1e-4, abs=1e-4)
