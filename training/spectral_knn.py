@@ -131,8 +131,17 @@ def clip_statistics(logmels: Sequence[np.ndarray], spec: FeatureSpec, n_mels: in
     return {b: np.stack(v) for b, v in out.items()}
 
 
+class _ScoreRules:
+    """``score_rules``: of the class, the named variants; of a method, also ``custom`` when
+    its ``weights`` setting is set."""
+
+    def __get__(self, obj: SpectralKnn | None, cls: type) -> tuple[str, ...]:
+        return tuple(VARIANT_WEIGHTS) if obj is None else tuple(obj.config.variants())
+
+
 class SpectralKnn:
     name = "spectral-knn"
+    score_rules = _ScoreRules()
     summary = ("mel, spectrum, modulation, temporal and cepstrum statistics, nearest normal "
                "clip + local density, fused (no training)")
     config_cls = SpectralKnnConfig
@@ -154,9 +163,6 @@ class SpectralKnn:
     def default_rule(self) -> str:
         return self.config.score
 
-    @property
-    def score_rules(self) -> tuple[str, ...]:
-        return tuple(self.config.variants())
 
     def weights_of(self, variant: str | Sequence[float]) -> tuple[float, ...]:
         """A variant's ten weights (ALL_COMPONENTS order); a sequence of ten is taken as
