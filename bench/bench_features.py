@@ -147,6 +147,9 @@ def spectral_front_end(x: np.ndarray, repeats: int) -> dict[str, float]:
     for b in ("moments_pooling", "modulation", "temporal", "cepstrum", "all_branches"):
         out[f"{b}_over_rfft"] = t[b] / t["rfft"]
     out["front_end_all_branches_over_rfft"] = (t["logmel_spectrum"] + t["all_branches"]) / t["rfft"]
+    # without the moments, which the bundle's model graph computes on the device
+    out["front_end_frame_branches_over_rfft"] = (
+        t["logmel_spectrum"] + t["all_branches"] - t["moments_pooling"]) / t["rfft"]
     return out
 
 

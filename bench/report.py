@@ -55,6 +55,8 @@ def features_section(r: dict) -> list[str]:
             *(f"| moments + {k} | {b[f'{k}_over_rfft']:.2f} |"
               for k in ("modulation", "temporal", "cepstrum")),
             f"| moments + all five branches | {b['all_branches_over_rfft']:.2f} |",
+            f"| log-mel + spectrum + the three frame branches (moments left to the model) | "
+            f"{b.get('front_end_frame_branches_over_rfft', float('nan')):.2f} |",
             f"| **whole front end, every branch** | **{b['front_end_all_branches_over_rfft']:.2f}** |",
         ]
     return lines
