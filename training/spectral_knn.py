@@ -292,12 +292,13 @@ class SpectralKnn:
                             f"(trained sections: {sorted(self.banks)})")
         branches, w = weighed(self.weights_of(variant))
         bank = self.banks[section]
-        missing = [b for b in branches if f"{b}_bank" not in bank]
+        roles = ("mean", "std", "bank", "density", "fusion")
+        missing = [f"{b}_{r}" for b in branches for r in roles if f"{b}_{r}" not in bank]
         if missing:
-            raise DataError(f"section {section:02d}: this run has no bank of branch(es) "
-                            f"{missing} (trained before they existed); train it again")
-        return {**{f"{b}_{r}": bank[f"{b}_{r}"] for b in branches
-                   for r in ("mean", "std", "bank", "density", "fusion")},
+            absent = [b for b in branches if not any(f"{b}_{r}" in bank for r in roles)]
+            raise DataError(f"no array(s) {missing} for score {variant!r}" + (
+                f" (branch(es) {absent}: a run trained before they existed)" if absent else ""))
+        return {**{f"{b}_{r}": bank[f"{b}_{r}"] for b in branches for r in roles},
                 "fusion_weights": w, "n_mels": np.asarray(self.spec.n_mels)}
 
     def score_vectors(self, vectors: dict[str, np.ndarray], sections: Sequence[int],

@@ -88,3 +88,15 @@ def test_a_general_bundle_takes_a_variant_and_refuses_an_unknown_one(tmp_path, c
     assert m["enrollment"]["branches"] == ["mel", "modulation", "temporal", "cepstrum"]
     assert m["enrollment"]["weights"] == [1.0] * 8
     assert m["model"]["id"].startswith("spectral-knn-general-stats-")
+
+
+def test_a_run_trained_before_the_frame_branches_still_scores_fused_and_names_what_it_lacks(
+        all_run):
+    model = METHODS["spectral-knn"].load(all_run)
+    model.banks = {s: {k: v for k, v in bank.items() if k.startswith(("mel_", "spectrum_"))}
+                   for s, bank in model.banks.items()}         # what an older run holds
+    s = next(iter(model.banks))
+    assert len(model.rule_arrays(s, "fused")["fusion_weights"]) == 4
+    with pytest.raises(ValueError, match=r"\(branch\(es\) \['modulation', 'temporal', "
+                                         r"'cepstrum'\]: a run trained before they existed\)"):
+        model.rule_arrays(s, "all")
