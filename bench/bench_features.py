@@ -2,6 +2,13 @@
 batch and the streaming (10 ms chunks, default 16-frame groups) log-mel extractors beside
 librosa with the same parameters, and the largest dB difference between them.
 
+Then spectral-knn's whole front end beside a bare ``scipy.fft.rfft`` of the same frames
+(framed and Hann-windowed beforehand, float32: the least any STFT front end must do): the
+log-mel plus 513-bin spectrum alone, and with the window moments and the modulation,
+temporal and cepstrum branches' per-window rows and an interval's pooling (what the
+agent's rule computes, agent/model/rules/spectral_knn.py). Goal (issue 39): the whole front
+end within 3x the bare FFT.
+
     .venv/bin/python bench/bench_features.py [--seconds 60]
 """
 
@@ -91,11 +98,59 @@ def main() -> None:
         print(f"{k:<28} {v:.3g}")
     for k, ok in targets.items():
         print(f"target {'met ' if ok else 'MISSED'}: {k}")
+    branches = spectral_front_end(x, args.repeats)
+    for k, v in branches.items():
+        print(f"{k:<36} {v:.3g}")
+    targets["spectral-knn front end with every branch <= 3x a bare rfft of its frames"] = \
+        branches["front_end_all_branches_over_rfft"] <= 3.0
+    print(f"target {'met ' if targets[list(targets)[-1]] else 'MISSED'}: {list(targets)[-1]}")
     path = record("features", "python bench/bench_features.py --seconds %g" % args.seconds,
                   {"audio_seconds": args.seconds, "repeats": args.repeats, "threads": 1,
                    "realtime_factor": rt, "cpu_seconds": timings, "ratios": ratios,
-                   "max_abs_diff_db": diff, "targets_met": targets})
+                   "max_abs_diff_db": diff, "spectral_knn_front_end": branches,
+                   "targets_met": targets})
     print(f"recorded {path}")
+
+
+def spectral_front_end(x: np.ndarray, repeats: int) -> dict[str, float]:
+    """CPU seconds of spectral-knn's front end and of its parts, and each over a bare rfft
+    of the same frames (one run, one thread)."""
+    import scipy.fft
+
+    from harken.agent.features import LogMelExtractor, preset, windows
+    from harken.agent.model.rules.spectral_knn import (ALL_BRANCHES, interval_vectors,
+                                                       window_evidence, window_moments)
+    spec = preset("spectral-knn")
+    extract = LogMelExtractor(spec)
+    half = spec.n_fft // 2
+    padded = np.pad(x, half)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, spec.n_fft)[::spec.hop_length]
+    hann = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(spec.n_fft) / spec.n_fft)).astype(np.float32)
+    framed = np.ascontiguousarray(frames * hann)          # framing is not timed: the FFT alone
+    per = int(10 * spec.sample_rate / spec.hop_length)    # frames of a 10-s interval
+
+    def branches(feats, which):
+        for i in range(0, len(feats) - per + 1, per):    # 10-s intervals, as the device
+            w = windows(feats[i:i + per], spec)
+            interval_vectors(window_evidence(window_moments(w), w, spec.n_mels, which),
+                             spec.n_mels, spec.n_features, which)
+
+    feats = extract(x)
+    t = {"rfft": cpu_seconds(lambda: scipy.fft.rfft(framed, axis=1), repeats),
+         "logmel_spectrum": cpu_seconds(lambda: extract(x), repeats),
+         "moments_pooling": cpu_seconds(lambda: branches(feats, ("mel", "spectrum")), repeats)}
+    for b in ("modulation", "temporal", "cepstrum"):
+        t[b] = cpu_seconds(lambda: branches(feats, (b,)), repeats) - 0.0
+    t["all_branches"] = cpu_seconds(lambda: branches(feats, ALL_BRANCHES), repeats)
+    out = {f"{k}_cpu_s": v for k, v in t.items()}
+    out["logmel_spectrum_over_rfft"] = t["logmel_spectrum"] / t["rfft"]
+    for b in ("moments_pooling", "modulation", "temporal", "cepstrum", "all_branches"):
+        out[f"{b}_over_rfft"] = t[b] / t["rfft"]
+    out["front_end_all_branches_over_rfft"] = (t["logmel_spectrum"] + t["all_branches"]) / t["rfft"]
+    # without the moments, which the bundle's model graph computes on the device
+    out["front_end_frame_branches_over_rfft"] = (
+        t["logmel_spectrum"] + t["all_branches"] - t["moments_pooling"]) / t["rfft"]
+    return out
 
 
 if __name__ == "__main__":

@@ -38,6 +38,27 @@ def features_section(r: dict) -> list[str]:
         "Targets: " + "; ".join(f"{k}: {'met' if ok else '**missed**'}"
                                 for k, ok in r["targets_met"].items()) + ".",
     ]
+    b = r.get("spectral_knn_front_end")
+    if b:
+        lines += [
+            "",
+            "spectral-knn's front end (log-mel + 513-bin spectrum) and each branch's per-interval "
+            "statistics (10-s intervals: window rows and pooling, as the agent's rule computes "
+            "them; `moments` is what the model graph computes, here in numpy) in CPU time "
+            "over a bare `scipy.fft.rfft` of the same frames (float32, framed and windowed "
+            "beforehand), same run:",
+            "",
+            "| part | x bare rfft |",
+            "|---|---|",
+            f"| log-mel + spectrum | {b['logmel_spectrum_over_rfft']:.2f} |",
+            f"| moments + pooling (mel, spectrum) | {b['moments_pooling_over_rfft']:.2f} |",
+            *(f"| moments + {k} | {b[f'{k}_over_rfft']:.2f} |"
+              for k in ("modulation", "temporal", "cepstrum")),
+            f"| moments + all five branches | {b['all_branches_over_rfft']:.2f} |",
+            f"| log-mel + spectrum + the three frame branches (moments left to the model) | "
+            f"{b.get('front_end_frame_branches_over_rfft', float('nan')):.2f} |",
+            f"| **whole front end, every branch** | **{b['front_end_all_branches_over_rfft']:.2f}** |",
+        ]
     return lines
 
 
@@ -687,6 +708,8 @@ def summary(results: dict) -> list[str]:
         figures = [f"{ratio['batch_over_librosa_float32']:.2f}x",
                    f"{ratio['streaming_over_batch']:.2f}x",
                    f"{max(diff['batch_vs_librosa_db'], diff['streaming_vs_librosa_db']):.2g} dB"]
+        if "spectral_knn_front_end" in f:
+            figures.append(f"{f['spectral_knn_front_end']['front_end_all_branches_over_rfft']:.2f}x")
         for (k, ok), fig in zip(f["targets_met"].items(), figures):
             rows.append((f"front end: {k}", fig, ok))
     if "agent" in results:

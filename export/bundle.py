@@ -277,16 +277,21 @@ def write_fused_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
 
 
 def write_general_bundle(out: Path, preset_name: str = "spectral-knn",
-                         options: ExportOptions = ExportOptions()) -> Path:
+                         options: ExportOptions = ExportOptions(), variant: str = "fused"
+                         ) -> Path:
     """A bundle for any machine: spectral-knn's window-moments graph and feature spec with
     no reference bank; ``harken enroll`` learns the bank on site. spectral-knn learns
-    nothing across machine types (its statistics are fixed), so no run is needed."""
+    nothing across machine types (its statistics are fixed), so no run is needed.
+    ``variant``: the score variant (training/spectral_knn.py) whose branches enrollment
+    fits and whose weights the rule uses; other than ``fused`` it is in the model id, so a
+    bank enrolled with one is never read with another."""
     import hashlib
 
     from harken.agent.features import preset
     from harken.agent.model.rules.density import DEFAULT_K
     from harken.export.graphs import WindowMoments
-    from harken.training.spectral_knn import VARIANT_WEIGHTS
+    from harken.training.spectral_knn import VARIANT_WEIGHTS, weighed
+    branches, weights = weighed(VARIANT_WEIGHTS[variant])
     spec = preset(preset_name)
     graph = InferenceGraph(WindowMoments(spec.window_frames, spec.n_features).eval(),
                            (1, spec.window_frames * spec.n_features), ("moments",), None)
@@ -295,7 +300,8 @@ def write_general_bundle(out: Path, preset_name: str = "spectral-knn",
     digest = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()
     manifest = Manifest.model_validate({
         "schema_version": SCHEMA_VERSION,
-        "model": {"id": f"spectral-knn-general-{digest[:8]}", "version": code_version(),
+        "model": {"id": f"spectral-knn-general-{'' if variant == 'fused' else variant + '-'}"
+                        f"{digest[:8]}", "version": code_version(),
                   "method": "spectral-knn", "machine": "any", "sections": [0]},
         "feature_spec": spec.to_dict(),
         "input": {"window_frames": spec.window_frames, "n_mels": spec.n_mels,
@@ -307,7 +313,7 @@ def write_general_bundle(out: Path, preset_name: str = "spectral-knn",
         "threshold": {"value": None, "how": "set by harken enroll from the enrollment audio "
                       "(leave-one-out scores); harken calibrate can re-set it"},
         "enrollment": {"required": True, "density_k": DEFAULT_K,
-                       "weights": list(VARIANT_WEIGHTS["fused"]),
+                       "branches": list(branches), "weights": weights.tolist(),
                        "how": "harken enroll --config AGENT.toml (--minutes M | --files WAV...)"},
         "artifacts": artifacts,
         "reference": reference,

@@ -18,6 +18,7 @@ from pathlib import Path
 from harken.agent.model.bundle import open_bundle
 from harken.common.atomic import building, check_target, repair
 from harken.common.clitools import command_parser, run_command
+from harken.common.errors import UsageError
 from harken.agent.features import FeatureSpec
 from harken.training.runs import find_runs, read_run
 
@@ -91,12 +92,17 @@ def cmd_wrap(args: argparse.Namespace) -> int:
 
 def cmd_general(args: argparse.Namespace) -> int:
     from harken.export.bundle import ExportOptions, make_tar, tar_path_of, write_general_bundle
+    from harken.training.spectral_knn import VARIANT_WEIGHTS
+    if args.variant not in VARIANT_WEIGHTS:
+        raise UsageError(f"--variant {args.variant}: expected one of "
+                         f"{', '.join(VARIANT_WEIGHTS)} (the spectral-knn branches and weights "
+                         f"'harken enroll' fits)")
     out = Path(args.out)
     check_target(out, args.force, "--out folder")
     if args.tar:
         check_target(tar_path_of(out), args.force, "tarball")
     with building(out, force=args.force, what="--out folder") as new:
-        write_general_bundle(new, options=ExportOptions(precision="fp32"))
+        write_general_bundle(new, options=ExportOptions(precision="fp32"), variant=args.variant)
         if args.tar:                   # placed before the folder, as in cmd_export
             make_tar(new, tar_path_of(out), force=args.force, arcname=out.name)
     print(f"bundle: {out} (needs 'harken enroll' on the device before 'harken run')")
@@ -207,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "'harken enroll' learns one on site")
     g.add_argument("--out", required=True, help="new bundle folder")
     g.add_argument("--tar", action="store_true", help="also write BUNDLE.tar.gz for the device")
+    g.add_argument("--variant", default="fused",
+                   help="spectral-knn score variant whose branches 'harken enroll' fits and "
+                        "weighs: fused (default), all, stats, mel, modulation ... "
+                        "(docs/architecture.md)")
     g.add_argument("--force", action="store_true",
                    help="replace a bundle (and tarball) already there (by default refused)")
     g.set_defaults(func=cmd_general)

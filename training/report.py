@@ -115,6 +115,13 @@ VARIANTS = [
     ("spectral-knn", "spectral-knn [mel]", "the spectrum branch (new features), on vs off"),
     ("spectral-knn", "spectral-knn [spectrum]", "the mel branch, on vs off"),
     ("spectral-knn", "spectral-knn [density]", "fusing in the plain distances, on vs off"),
+    ("spectral-knn [all]", "spectral-knn", "the modulation, temporal and cepstrum branches "
+     "(issue 39) added to mel and spectrum"),
+    ("spectral-knn [stats]", "spectral-knn [mel]", "the modulation, temporal and cepstrum "
+     "branches added to mel (no 513-bin spectrum)"),
+    ("spectral-knn [modulation]", "baseline-knn", "the modulation branch alone"),
+    ("spectral-knn [temporal]", "baseline-knn", "the temporal branch alone"),
+    ("spectral-knn [cepstrum]", "baseline-knn", "the cepstrum branch alone"),
     ("ae-mahalanobis", "ae", "selective Mahalanobis instead of MSE"),
     ("ae-bu", "ae", "batch uniformization"),
     ("ae-snp", "ae", "Neyman-Pearson loss"),

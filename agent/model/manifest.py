@@ -98,8 +98,12 @@ class Enrollment(_Part):
     (agent/site/enroll.py) and ``harken run`` refuses to start without it."""
     required: bool = True
     density_k: StrictInt = Field(4, ge=1, le=1000)
+    # the spectral-knn branches the bank is fitted on (agent/model/rules/spectral_knn.py),
+    # in its fixed order; a bundle written before there were more than two has none
+    branches: list[Literal["mel", "spectrum", "modulation", "temporal", "cepstrum"]] = Field(
+        default_factory=lambda: ["mel", "spectrum"], min_length=1, max_length=5)
     weights: list[Annotated[float, Field(ge=0)]] = Field(
-        default_factory=lambda: [1.0, 1.0, 1.0, 1.0], min_length=4, max_length=4)
+        default_factory=lambda: [1.0, 1.0, 1.0, 1.0], min_length=2, max_length=10)
     how: str = ""
 
     @field_validator("weights")
@@ -108,6 +112,18 @@ class Enrollment(_Part):
         if sum(weights) <= 0:
             raise ValueError("the weights sum to 0: no component would count")
         return weights
+
+    @model_validator(mode="after")
+    def _two_weights_per_branch(self) -> Enrollment:
+        order = ["mel", "spectrum", "modulation", "temporal", "cepstrum"]
+        if len(set(self.branches)) != len(self.branches) or self.branches != sorted(
+                self.branches, key=order.index):
+            raise ValueError(f"branches {self.branches}: each at most once, in the order "
+                             f"{order}")
+        if len(self.weights) != 2 * len(self.branches):
+            raise ValueError(f"{len(self.weights)} weights for the branches {self.branches}: "
+                             f"expected {2 * len(self.branches)} (knn and density of each)")
+        return self
 
 
 class FusionMember(_Part):

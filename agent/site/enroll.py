@@ -40,8 +40,8 @@ from harken.common.errors import DataError, UsageError
 from harken.agent.sources.wavio import read_pcm
 from harken.agent.features import windows
 from harken.agent.pipeline import Pipeline
-from harken.agent.model.rules.spectral_knn import (BRANCHES, branch_statistics, branch_vectors,
-                                             fit_bank, pooled_moments)
+from harken.agent.model.rules.spectral_knn import (branch_statistics, fit_bank,
+                                                   interval_vectors, window_evidence)
 from harken.agent.model.scorer import model_input, probe
 from harken.agent.decision.thresholds import (check_false_alarm_rate, exceedance,
                                               false_alarm_threshold, outliers)
@@ -65,15 +65,21 @@ class IntervalStatistics:
             raise BundleError(f"{self.artifact.path}: output 'moments' has {width} values per "
                               f"window; the feature spec's {bundle.spec.n_features} values per "
                               f"frame need {wanted} (mean and std of each)")
-        self.vectors: dict[str, list[np.ndarray]] = {b: [] for b in BRANCHES}
+        # the branches the general bundle's enrollment names (mel and spectrum before the
+        # others existed); each interval's vectors by the functions training pools with
+        self.branches = tuple(bundle.manifest.enrollment.branches)
+        self.vectors: dict[str, list[np.ndarray]] = {b: [] for b in self.branches}
 
     def evidence(self, feature_windows: np.ndarray) -> np.ndarray:
         shape = self.artifact.input_shape
-        return np.concatenate([self.backend.run(model_input(w, shape))["moments"].reshape(1, -1)
-                               for w in feature_windows]).astype(np.float64)
+        moments = np.concatenate([self.backend.run(model_input(w, shape))["moments"].reshape(
+            1, -1) for w in feature_windows]).astype(np.float64)
+        return window_evidence(moments, feature_windows, self.bundle.spec.n_mels, self.branches)
 
     def reduce(self, evidence: np.ndarray) -> float:
-        for b, v in branch_vectors(*pooled_moments(evidence), self.bundle.spec.n_mels).items():
+        spec = self.bundle.spec
+        for b, v in interval_vectors(evidence, spec.n_mels, spec.n_features,
+                                     self.branches).items():
             self.vectors[b].append(v)
         return 0.0
 
@@ -88,7 +94,7 @@ class IntervalStatistics:
 
     @property
     def count(self) -> int:
-        return len(self.vectors[BRANCHES[0]])
+        return len(self.vectors[self.branches[0]])
 
 
 def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0,
@@ -126,7 +132,8 @@ def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0
                               f"again without --append, or set decision.interval_s = "
                               f"{old_manifest.interval_s:g}")
     planned = (seconds if paths else minutes * 60) / interval_s
-    have = len(old.get("raw_mel", ()))
+    branches = tuple(bundle.manifest.enrollment.branches)
+    have = len(old.get(f"raw_{branches[0]}", ()))
     if math.isfinite(planned) and planned + have > MAX_BANK_INTERVALS:
         raise UsageError(f"enrollment: {planned:.0f} new interval(s) of {interval_s:g} s and "
                          f"{have} in the bank are more than a bank holds "
@@ -149,13 +156,13 @@ def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0
                         f"Nothing was written.")
     new = {b: np.stack(v) for b, v in stats.vectors.items()}
     new, duplicate_intervals = _without_copies(new, old if append else None)
-    new_count = len(new[BRANCHES[0]])
+    new_count = len(new[branches[0]])
     if new_count < (1 if append else MIN_INTERVALS):
         raise DataError(f"enrollment: only {new_count} interval(s) of {pipeline.interval_s:g} s "
                         f"are new ({duplicate_intervals} are exact copies of others: the same "
                         f"audio given twice); give other recordings. Nothing was written.")
     vectors = {b: np.concatenate([old[f"raw_{b}"], new[b]]) if append else new[b]
-               for b in BRANCHES}
+               for b in branches}
     e = bundle.manifest.enrollment
     arrays, loo = fit_bank(vectors, branch_statistics(vectors), e.density_k, e.weights)
     threshold, p, fit = false_alarm_threshold(loo, false_alarms_per_week, pipeline.interval_s)
@@ -244,17 +251,19 @@ def _without_copies(new: dict[str, np.ndarray], old: dict[str, np.ndarray] | Non
     """The new intervals without exact copies of each other or of the bank's (``old``):
     the same audio enrolled twice (``--append`` with the same files). Returns them and how
     many were left out."""
+    branches = list(new)
     def key(i: int, arrays: dict[str, np.ndarray], prefix: str = "") -> bytes:
         return b"".join(np.ascontiguousarray(arrays[f"{prefix}{b}"][i]).tobytes()
-                        for b in BRANCHES)
-    seen = set() if old is None else {key(i, old, "raw_") for i in range(len(old["raw_mel"]))}
+                        for b in branches)
+    seen = set() if old is None else {key(i, old, "raw_")
+                                      for i in range(len(old[f"raw_{branches[0]}"]))}
     keep = []
-    for i in range(len(new[BRANCHES[0]])):
+    for i in range(len(new[branches[0]])):
         k = key(i, new)
         if k not in seen:
             seen.add(k)
             keep.append(i)
-    dropped = len(new[BRANCHES[0]]) - len(keep)
+    dropped = len(new[branches[0]]) - len(keep)
     if dropped:
         log.warning(f"enrollment: {dropped} interval(s) left out, exact copies of others "
                     f"(the same audio given twice)")
