@@ -13,8 +13,10 @@ frame; each one's vector is a function of the interval's windows, agent/features
 * ``temporal`` (agent/features/temporal.py): per band group, kurtosis and crest factor of
   frame power and the 90th/99th percentiles of frame energy above the median (impacts,
   rattles, clicks);
-* ``cepstrum`` (agent/features/cepstrum.py): mean and spread over frames of the real
-  cepstrum at 0.5-8 ms quefrency (harmonic families, periodic impacts).
+* ``cepstrum`` (agent/features/cepstrum.py): the real cepstrum at 0.5-8 ms quefrency of
+  the interval's mean log spectrum, and its spread over the interval's windows (harmonic
+  families, periodic impacts); a linear map of the window moments' spectrum means, so it
+  needs no per-frame work.
 
 Each branch vector is standardised with the training clips' statistics; its scores are
 the Euclidean distance to the nearest normal training clip of the section (``knn``:
@@ -42,7 +44,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from harken.agent.features.bands import band_power, n_groups
-from harken.agent.features.cepstrum import pool_mean_std, quefrencies, window_cepstrum
+from harken.agent.features.cepstrum import pool_cepstrum, quefrencies
 from harken.agent.features.modulation import n_lines, pool_modulation, window_modulation
 from harken.agent.features.temporal import pool_temporal, row_width, window_temporal
 from harken.agent.model.rules.base import RuleError, ScoreRule, register
@@ -93,7 +95,8 @@ def branch_vectors(mean: np.ndarray, std: np.ndarray, n_mels: int) -> dict[str, 
 def frame_rows(windows: np.ndarray, n_mels: int, branches: Sequence[str]) -> np.ndarray:
     """(n, frames, features) windows -> (n, k) rows of the frame branches among
     ``branches`` (in FRAME_BRANCHES order), then one column holding ``frames`` (so an
-    interval's rows say how to split them)."""
+    interval's rows say how to split them). The cepstrum has no rows of its own: it is a
+    linear map of the moments' spectrum means (agent/features/cepstrum.py)."""
     w = np.asarray(windows)
     n, frames = w.shape[:2]
     parts = []
@@ -103,8 +106,6 @@ def frame_rows(windows: np.ndarray, n_mels: int, branches: Sequence[str]) -> np.
             parts.append(window_modulation(power))
         if "temporal" in branches:
             parts.append(window_temporal(power))
-    if "cepstrum" in branches:
-        parts.append(window_cepstrum(w[:, :, n_mels:]))
     return np.concatenate(parts + [np.full((n, 1), float(frames))], axis=1)
 
 
@@ -124,11 +125,10 @@ def window_evidence(moments: np.ndarray, windows: np.ndarray | None, n_mels: int
 
 
 def frame_widths(frames: int, n_mels: int, n_freqs: int) -> dict[str, int]:
-    """Values per window row of each frame branch."""
+    """Values per window row of each frame branch (the cepstrum's come from the moments)."""
     g = n_groups(n_mels)
-    lo, hi = quefrencies(n_freqs)
     return {"modulation": g * n_lines(frames), "temporal": row_width(frames, g),
-            "cepstrum": 2 * (hi - lo)}
+            "cepstrum": 0}
 
 
 def vector_widths(frames: int, n_mels: int, n_freqs: int) -> dict[str, int]:
@@ -159,7 +159,7 @@ def interval_vectors(evidence: np.ndarray, n_mels: int, n_features: int,
         at += widths[b]
         out[b] = (pool_modulation(rows) if b == "modulation" else
                   pool_temporal(rows, n_groups(n_mels)) if b == "temporal" else
-                  pool_mean_std(rows))
+                  pool_cepstrum(e[:, n_mels:n_features]))     # the windows' mean spectra
     if at != e.shape[1] - 1:
         raise ValueError(f"evidence rows of {e.shape[1]} values; branches {list(branches)} "
                          f"of {frames}-frame windows give {at + 1}")
