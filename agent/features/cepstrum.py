@@ -52,6 +52,11 @@ def _dct_rows(n_freqs: int, lo: int, hi: int) -> np.ndarray:
     return m / (2.0 * max(n, 1))
 
 
+@functools.lru_cache(maxsize=8)
+def _dct_rows32(n_freqs: int, lo: int, hi: int) -> np.ndarray:
+    return _dct_rows(n_freqs, lo, hi).astype(np.float32)
+
+
 def cepstrum_of(spectrum_db: np.ndarray) -> np.ndarray:
     """(..., n_freqs) log power spectra (dB) -> (..., q) their cepstra at the kept
     quefrencies (what ``np.fft.irfft(spectrum, 2 (n_freqs - 1))[..., lo:hi]`` gives)."""
@@ -63,6 +68,17 @@ def cepstrum_of(spectrum_db: np.ndarray) -> np.ndarray:
 def pool_cepstrum(spectrum_means: np.ndarray) -> np.ndarray:
     """The interval's vector from its equal windows' mean log spectra (n, n_freqs): the
     mean cepstrum over all its frames (exact: the cepstrum is linear), then the standard
-    deviation of the windows' mean cepstra."""
-    c = cepstrum_of(spectrum_means)
-    return np.concatenate([c.mean(axis=0), c.std(axis=0)])
+    deviation of the windows' mean cepstra.
+
+    One float32 product (half a float64 one's cost) of the interval's mean spectrum less
+    its mean level (a constant spectrum has no cepstrum above quefrency 0, so this changes
+    nothing but the rounding) and the windows' deviations from that mean spectrum: small
+    numbers, no cancellation; float64 from there."""
+    s = np.asarray(spectrum_means, dtype=np.float64)
+    lo, hi = quefrencies(s.shape[-1])
+    mean = np.full(len(s), 1.0 / len(s)) @ s
+    rows = np.empty((len(s) + 1, s.shape[-1]), np.float32)
+    np.subtract(s, mean, out=rows[1:])
+    np.subtract(mean, mean.mean() if lo > 0 else 0.0, out=rows[0])
+    c = (rows @ _dct_rows32(s.shape[-1], lo, hi)).astype(np.float64)
+    return np.concatenate([c[0], np.sqrt(np.einsum("nq,nq->q", c[1:], c[1:]) / len(s))])

@@ -51,7 +51,7 @@ def window_modulation(env: np.ndarray) -> np.ndarray:
     env = np.asarray(env, dtype=np.float64)
     n, frames = env.shape[:2]
     lines = n_lines(frames)
-    z = np.einsum("ntg,tk->nkg", env, _transform(frames))     # (n, 2 lines + 1, groups)
+    z = _transform(frames).T @ env                 # (n, 2 lines + 1, groups)
     power = z[:, :lines] ** 2 + z[:, lines:2 * lines] ** 2
     power /= np.maximum(z[:, 2 * lines:] ** 2, 1e-300)
     return power.reshape(n, -1)
@@ -59,4 +59,5 @@ def window_modulation(env: np.ndarray) -> np.ndarray:
 
 def pool_modulation(rows: np.ndarray) -> np.ndarray:
     """The interval's (or clip's) vector from its windows' rows: log10 of their mean."""
-    return np.log10(np.asarray(rows, dtype=np.float64).mean(axis=0) + FLOOR)
+    r = np.asarray(rows, dtype=np.float64)
+    return np.log10(np.full(len(r), 1.0 / len(r)) @ r + FLOOR)
