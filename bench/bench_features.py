@@ -103,7 +103,12 @@ def main() -> None:
         print(f"{k:<36} {v:.3g}")
     targets["spectral-knn front end with every branch <= 3x a bare rfft of its frames"] = \
         branches["front_end_all_branches_over_rfft"] <= 3.0
-    print(f"target {'met ' if targets[list(targets)[-1]] else 'MISSED'}: {list(targets)[-1]}")
+    # issue 39's goal read as log-mel + spectrum + the new branches, the window moments left
+    # to the model graph that computes them on the device
+    targets["log-mel + spectrum + the three frame branches (moments left to the model) <= 3x "
+            "a bare rfft"] = branches["front_end_frame_branches_over_rfft"] <= 3.0
+    for k in list(targets)[-2:]:
+        print(f"target {'met ' if targets[k] else 'MISSED'}: {k}")
     path = record("features", "python bench/bench_features.py --seconds %g" % args.seconds,
                   {"audio_seconds": args.seconds, "repeats": args.repeats, "threads": 1,
                    "realtime_factor": rt, "cpu_seconds": timings, "ratios": ratios,

@@ -39,3 +39,13 @@ def band_power(mel_db: np.ndarray) -> np.ndarray:
     mel = np.asarray(mel_db, dtype=np.float32)
     power = np.exp(mel * _DB) @ _averaging(mel.shape[-1])
     return power.astype(np.float64)
+
+
+@functools.lru_cache(maxsize=64)
+def mean_weights(n: int) -> np.ndarray:
+    """n weights 1 / n: ``mean_weights(len(x)) @ x`` is x's mean over its first axis, a
+    third of ``x.mean(axis=0)``'s cost on the small arrays the branches pool
+    (bench/bench_features.py). Read-only: shared between calls."""
+    w = np.full(n, 1.0 / n)
+    w.flags.writeable = False
+    return w

@@ -32,6 +32,8 @@ import functools
 
 import numpy as np
 
+from harken.agent.features.bands import mean_weights
+
 QUEFRENCY = (8, 129)         # [first, last) quefrency sample, at 16 kHz: 0.5 ms .. 8 ms
 
 
@@ -76,7 +78,7 @@ def pool_cepstrum(spectrum_means: np.ndarray) -> np.ndarray:
     numbers, no cancellation; float64 from there."""
     s = np.asarray(spectrum_means, dtype=np.float64)
     lo, hi = quefrencies(s.shape[-1])
-    mean = np.full(len(s), 1.0 / len(s)) @ s
+    mean = mean_weights(len(s)) @ s
     rows = np.empty((len(s) + 1, s.shape[-1]), np.float32)
     np.subtract(s, mean, out=rows[1:])
     np.subtract(mean, mean.mean() if lo > 0 else 0.0, out=rows[0])

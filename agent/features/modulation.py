@@ -24,6 +24,7 @@ import functools
 
 import numpy as np
 
+from harken.agent.features.bands import mean_weights
 
 FLOOR = 1e-10          # below any measurable modulation depth (log10 -> -10)
 
@@ -60,4 +61,4 @@ def window_modulation(env: np.ndarray) -> np.ndarray:
 def pool_modulation(rows: np.ndarray) -> np.ndarray:
     """The interval's (or clip's) vector from its windows' rows: log10 of their mean."""
     r = np.asarray(rows, dtype=np.float64)
-    return np.log10(np.full(len(r), 1.0 / len(r)) @ r + FLOOR)
+    return np.log10(mean_weights(len(r)) @ r + FLOOR)

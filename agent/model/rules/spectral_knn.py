@@ -92,21 +92,29 @@ def branch_vectors(mean: np.ndarray, std: np.ndarray, n_mels: int) -> dict[str, 
     return {"mel": np.concatenate([mean[:n_mels], std[:n_mels]]), "spectrum": mean[n_mels:]}
 
 
-def frame_rows(windows: np.ndarray, n_mels: int, branches: Sequence[str]) -> np.ndarray:
+def frame_rows(windows: np.ndarray, n_mels: int, branches: Sequence[str],
+               out: np.ndarray | None = None) -> np.ndarray:
     """(n, frames, features) windows -> (n, k) rows of the frame branches among
     ``branches`` (in FRAME_BRANCHES order), then one column holding ``frames`` (so an
     interval's rows say how to split them). The cepstrum has no rows of its own: it is a
-    linear map of the moments' spectrum means (agent/features/cepstrum.py)."""
+    linear map of the moments' spectrum means (agent/features/cepstrum.py). ``out``: an
+    (n, k) array to write them into (``window_evidence``'s, saving a copy)."""
     w = np.asarray(windows)
     n, frames = w.shape[:2]
-    parts = []
+    widths = frame_widths(frames, n_mels, w.shape[2] - n_mels)
+    k = sum(widths[b] for b in FRAME_BRANCHES if b in branches)
+    if out is None:
+        out = np.empty((n, k + 1))
+    out[:, k] = frames
     if "modulation" in branches or "temporal" in branches:
         power = band_power(w[:, :, :n_mels])             # once for both
+        at = 0
         if "modulation" in branches:
-            parts.append(window_modulation(power))
+            out[:, :widths["modulation"]] = window_modulation(power)
+            at = widths["modulation"]
         if "temporal" in branches:
-            parts.append(window_temporal(power))
-    return np.concatenate(parts + [np.full((n, 1), float(frames))], axis=1)
+            out[:, at:at + widths["temporal"]] = window_temporal(power)
+    return out
 
 
 def window_evidence(moments: np.ndarray, windows: np.ndarray | None, n_mels: int,
@@ -121,7 +129,12 @@ def window_evidence(moments: np.ndarray, windows: np.ndarray | None, n_mels: int
         raise ValueError(f"branches {[b for b in branches if b in FRAME_BRANCHES]} need the "
                          f"model inputs (the windows)")
     w = np.asarray(windows).reshape(len(m), -1, m.shape[1] // 2)
-    return np.concatenate([m, frame_rows(w, n_mels, branches)], axis=1)
+    widths = frame_widths(w.shape[1], n_mels, w.shape[2] - n_mels)
+    out = np.empty((len(m), m.shape[1] + sum(widths[b] for b in FRAME_BRANCHES
+                                                 if b in branches) + 1))
+    out[:, :m.shape[1]] = m
+    frame_rows(w, n_mels, branches, out[:, m.shape[1]:])
+    return out
 
 
 def frame_widths(frames: int, n_mels: int, n_freqs: int) -> dict[str, int]:
