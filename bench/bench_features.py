@@ -15,7 +15,9 @@ end within 3x the bare FFT.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -141,12 +143,23 @@ def spectral_front_end(x: np.ndarray, repeats: int) -> dict[str, float]:
                              spec.n_mels, spec.n_features, which)
 
     feats = extract(x)
-    t = {"rfft": cpu_seconds(lambda: scipy.fft.rfft(framed, axis=1), repeats),
-         "logmel_spectrum": cpu_seconds(lambda: extract(x), repeats),
-         "moments_pooling": cpu_seconds(lambda: branches(feats, ("mel", "spectrum")), repeats)}
-    for b in ("modulation", "temporal", "cepstrum"):
-        t[b] = cpu_seconds(lambda: branches(feats, (b,)), repeats) - 0.0
-    t["all_branches"] = cpu_seconds(lambda: branches(feats, ALL_BRANCHES), repeats)
+    parts = {"rfft": lambda: scipy.fft.rfft(framed, axis=1),
+             "logmel_spectrum": lambda: extract(x),
+             "moments_pooling": lambda: branches(feats, ("mel", "spectrum")),
+             **{b: (lambda b=b: branches(feats, (b,))) for b in ("modulation", "temporal",
+                                                                   "cepstrum")},
+             "all_branches": lambda: branches(feats, ALL_BRANCHES)}
+    # interleaved, one call of each part per round (median over rounds): on a shared
+    # machine a part timed alone for a while meets other load than the rfft it is divided by
+    times: dict[str, list[float]] = {k: [] for k in parts}
+    for f in parts.values():
+        f()                                              # warm-up
+    for _ in range(3 * repeats):
+        for k, f in parts.items():
+            t0 = time.process_time()
+            f()
+            times[k].append(time.process_time() - t0)
+    t = {k: statistics.median(v) for k, v in times.items()}
     out = {f"{k}_cpu_s": v for k, v in t.items()}
     out["logmel_spectrum_over_rfft"] = t["logmel_spectrum"] / t["rfft"]
     for b in ("moments_pooling", "modulation", "temporal", "cepstrum", "all_branches"):
