@@ -83,7 +83,8 @@ def check_candidates(candidates: Mapping[str, Sequence[float]], branches: Sequen
 def assign_folds(sections: Sequence[int], domains: Sequence[str], folds: int = DEFAULT_FOLDS,
                  seed: int = 0) -> np.ndarray:
     """Fold of each clip: within each section and domain the clips are shuffled (seeded)
-    and dealt round-robin, so every fold holds about 1/``folds`` of each domain. Refuses a
+    and dealt round-robin, the rarer domain first, so every fold holds about 1/``folds`` of
+    each domain and fold 0 holds target clips whenever the section has any. Refuses a
     section too small to keep ``MIN_FIT`` clips to fit on and one held out."""
     if folds < 2:
         raise UsageError(f"folds must be at least 2 (1/folds of the clips is held out), got {folds}")
@@ -97,7 +98,9 @@ def assign_folds(sections: Sequence[int], domains: Sequence[str], folds: int = D
                             f"choice holds 1/{folds} of them out and needs at least {MIN_FIT} "
                             f"left to fit on: give at least {need} clips per section")
         offset = 0
-        for j, d in enumerate(sorted(set(domains[sections == s].tolist()))):
+        # the rarer domain (target) is dealt first, so even one round holds some of it out
+        names, counts = np.unique(domains[sections == s], return_counts=True)
+        for j, d in enumerate(names[np.lexsort((names, counts))]):
             where = np.flatnonzero((sections == s) & (domains == d))
             order = np.random.default_rng([seed, int(s), j]).permutation(len(where))
             fold[where[order]] = (np.arange(len(where)) + offset) % folds
@@ -136,8 +139,11 @@ class ProxyRow:
     by_kind: dict[str, float] = field(default_factory=dict)    # AUC per pseudo-fault kind
 
     def to_dict(self) -> dict:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()
-                } | {"by_kind": {k: round(v, 4) for k, v in self.by_kind.items()}}
+        """JSON-ready: rounded, NaN (a domain with no held-out clip) as None."""
+        def num(v: float) -> float | None:
+            return None if np.isnan(v) else round(v, 4)
+        return {k: (num(v) if isinstance(v, float) else v) for k, v in self.__dict__.items()
+                } | {"by_kind": {k: num(v) for k, v in self.by_kind.items()}}
 
 
 @dataclass
@@ -166,6 +172,12 @@ class ProxyChoice:
                                                     for k in kinds)
                          + f"  {'+'.join(r.branches)}{mark}")
         return "\n".join(lines)
+
+
+def _mean(values: Sequence[float]) -> float:
+    """Mean over the sections that have the value (NaN: a domain without held-out clips)."""
+    kept = [v for v in values if not np.isnan(v)]
+    return float(np.mean(kept)) if kept else float("nan")
 
 
 def _pick(rows: Sequence[ProxyRow], tie: float) -> str:
@@ -225,8 +237,8 @@ def proxy_table(vectors: Mapping[str, np.ndarray], sections: Sequence[int],
                    for k in sorted(set(kind[y].tolist()) - {""})}
         rows.append(ProxyRow(name, w.tolist(), list(_used(w, branches)),
                              official_score(results),
-                             float(np.nanmean([r.auc_source for r in results])),
-                             float(np.nanmean([r.auc_target for r in results])),
+                             _mean([r.auc_source for r in results]),
+                             _mean([r.auc_target for r in results]),
                              float(np.mean([r.pauc for r in results])), by_kind))
     settings = {"folds": folds, "rounds": rounds, "seed": seed, "density_k": density_k,
                 "tie": tie, "held_out_normals": int((~y).sum()), "pseudo_faults": int(y.sum())}
