@@ -16,6 +16,9 @@ types; the test types are run once, at the end, after every setting is frozen.
         --metrics runs/standard/spectral-knn/eval/*/metrics.json
     .venv/bin/python bench/probe_proxy.py --corpus corpora/validation --compute \\
         --name probe-proxy-validation
+    # how the pseudo-fault levels were set (tuning types only):
+    .venv/bin/python bench/probe_proxy.py --corpus corpora/standard \\
+        --sweep -30 -25 -20 -15 -10 -5 0 --name probe-proxy-levels
 """
 
 from __future__ import annotations
@@ -91,6 +94,46 @@ def computed_real(corpus: Path, machine: str, weights: dict[str, np.ndarray]) ->
     return out
 
 
+def level_sweep(corpus: Path, machines: list[str], levels: list[float], seed: int) -> dict:
+    """AUC of the default variant for each pseudo-fault kind alone at each fixed level:
+    held-out fold 0 of each section against copies of it with that kind at that level (how
+    fault_proxy.ANR_DB was set, on tuning types only)."""
+    from sklearn.metrics import roc_auc_score
+
+    from harken.agent.features import preset
+    from harken.training.branch_choice import assign_folds, component_matrix, statistics_of
+    from harken.training.data.corpus import load, scan
+    from harken.training.data.fault_proxy import FAULT_KINDS, mix_fault
+    from harken.training.spectral_knn import VARIANT_WEIGHTS, SpectralKnn
+
+    spec = preset("spectral-knn")
+    w = np.asarray(VARIANT_WEIGHTS[DEFAULT], float)
+    out: dict[str, dict[str, list[float]]] = {}
+    for machine in machines:
+        clips = scan(corpus, [machine], split="train")
+        audio = [load(c, spec.sample_rate) for c in clips]
+        sections = np.asarray([c.section for c in clips])
+        held = assign_folds(sections, [c.domain for c in clips], seed=seed) == 0
+        vectors = statistics_of(audio, spec)
+        model = SpectralKnn()
+        model.fit({b: v[~held] for b, v in vectors.items()}, sections[~held])
+        normal = component_matrix(model, {b: v[held] for b, v in vectors.items()},
+                                  sections[held]) @ w / w.sum()
+        out[machine] = {}
+        for kind in FAULT_KINDS:
+            row = []
+            for anr in levels:
+                faulty = [mix_fault(audio[i], spec.sample_rate, np.random.default_rng([seed, i]),
+                                    kind, anr)[0] for i in np.flatnonzero(held)]
+                score = component_matrix(model, statistics_of(faulty, spec),
+                                         sections[held]) @ w / w.sum()
+                row.append(round(float(roc_auc_score(
+                    np.r_[np.zeros(len(normal)), np.ones(len(score))], np.r_[normal, score])), 3))
+            out[machine][kind] = row
+            print(f"{machine:<10} {kind:<11} " + " ".join(f"{a:.2f}" for a in row), flush=True)
+    return out
+
+
 def fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:+.3f}"
 
@@ -117,7 +160,20 @@ def main() -> int:
     p.add_argument("--rounds", type=positive, default=5, help="folds held out in turn (1-5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="probe-proxy", help="bench/results/NAME.json")
+    p.add_argument("--sweep", type=float, nargs="+", metavar="DB",
+                   help="instead: each pseudo-fault kind's AUC (default variant) at these "
+                   "fixed levels, e.g. --sweep -30 -25 -20 -15 -10 -5 0")
     args = p.parse_args()
+    if args.sweep:
+        from harken.training.data.corpus import machine_types
+        started = time.time()
+        sweep = {corpus_root(c): level_sweep(c, args.machines or machine_types(c), args.sweep,
+                                             args.seed) for c in args.corpus}
+        path = record(args.name, "bench/probe_proxy.py " + " ".join(sys.argv[1:]),
+                      {"variant": DEFAULT, "levels_db": args.sweep, "auc": sweep,
+                       "seconds": round(time.time() - started, 1)})
+        print(f"wrote {path}")
+        return 0
     if not args.metrics and not args.compute:
         p.error("give --metrics files or --compute for the real scores")
     if args.rounds > 5:
