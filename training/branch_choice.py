@@ -8,8 +8,10 @@ and faint pseudo-faults (training/data/fault_proxy.py) are mixed into the held-o
 audio. Each candidate variant (a named weight vector, two weights per branch: knn and
 density, in the branch order of the vectors) then scores the held-out normals and their
 faulty copies; the proxy score is the DCASE official-style harmonic mean of AUC(source),
-AUC(target) and pAUC over the sections (training/metrics.py), exactly as the evaluation
-scores real test clips. The best variant wins; variants within ``tie`` of the best count
+AUC(target) and pAUC over the sections (training/metrics.py), with the clips weighted so
+that source and target count equally among the normals and among the faults of a section,
+as they do in DCASE test sets (training data is mostly source; the rarer domain also gets
+more faulty copies). The best variant wins; variants within ``tie`` of the best count
 as tied and the simplest of them (fewest branches, then fewest components, then the order
 given) is chosen, since a branch left out is device time saved and one less thing to fit.
 
@@ -32,13 +34,14 @@ from harken.agent.model.rules.spectral_knn import component_scores
 from harken.common.errors import DataError, UsageError
 from harken.training.data.corpus import Clip, load
 from harken.training.data.fault_proxy import ANR_DB, check_levels, pseudo_faults
-from harken.training.metrics import official_score, section_result
+from harken.training.metrics import MAX_FPR, SectionResult, official_score
 from harken.training.spectral_knn import (VARIANT_WEIGHTS, SpectralKnn, SpectralKnnConfig,
                                           clip_statistics)
 
 Vectors = dict[str, np.ndarray]
 MIN_FIT = 2            # a bank needs two clips (agent/model/rules/spectral_knn.py fit_bank)
 DEFAULT_FOLDS = 5      # 80 % fit, 20 % held out
+MAX_COPIES = 5         # faulty copies of a target clip at most per source clip's
 DEFAULT_TIE = 0.01     # about twice the proxy's seed-to-seed spread (docs/training.md)
 
 
@@ -174,6 +177,36 @@ class ProxyChoice:
         return "\n".join(lines)
 
 
+def balance_weights(sections: np.ndarray, domains: np.ndarray, faulty: np.ndarray) -> np.ndarray:
+    """Weights that give, in each section, the normals of each domain and the faulty clips
+    of each domain equal totals: the DCASE test sets hold as many target clips as source
+    clips (and as many anomalies as normals), while training data is mostly source. Without
+    this the proxy would judge a variant almost only on source clips and miss what it
+    costs or gains across domains (docs/training.md)."""
+    w = np.zeros(len(sections))
+    for s in np.unique(sections):
+        for d in np.unique(domains[sections == s]):
+            for f in (False, True):
+                group = (sections == s) & (domains == d) & (faulty == f)
+                w[group] = 1.0 / max(int(group.sum()), 1)
+    return w
+
+
+def balanced_section_result(machine: str, section: int, scores: np.ndarray, faulty: np.ndarray,
+                            domains: np.ndarray, weight: np.ndarray) -> SectionResult:
+    """training/metrics.py section_result with clip weights: AUC(source) over source
+    normals and all faulty clips, AUC(target) likewise, pAUC (p = 0.1) over all clips."""
+    def auc(mask: np.ndarray, max_fpr: float | None = None) -> float:
+        if not (mask & ~faulty).any() or not (mask & faulty).any():
+            return float("nan")
+        return float(roc_auc_score(faulty[mask], scores[mask], max_fpr=max_fpr,
+                                   sample_weight=weight[mask]))
+    return SectionResult(machine, section, auc((domains == "source") | faulty),
+                         auc((domains == "target") | faulty), auc(np.ones_like(faulty), MAX_FPR),
+                         int((~faulty & (domains == "source")).sum()),
+                         int((~faulty & (domains == "target")).sum()), int(faulty.sum()))
+
+
 def _mean(values: Sequence[float]) -> float:
     """Mean over the sections that have the value (NaN: a domain without held-out clips)."""
     kept = [v for v in values if not np.isnan(v)]
@@ -227,13 +260,15 @@ def proxy_table(vectors: Mapping[str, np.ndarray], sections: Sequence[int],
         kinds += [np.full(int(held.sum()), ""), np.asarray(
             pseudo_kinds if pseudo_kinds is not None else [""] * len(pseudo_base))[copies]]
     comp, y, sec, dom, kind = (np.concatenate(a) for a in (parts, ys, secs, doms, kinds))
+    weight = balance_weights(sec, dom, y)
     rows = []
     for name, w in weights.items():
         score = comp @ w / w.sum()
-        results = [section_result(machine, int(s), score[sec == s], y[sec == s], dom[sec == s])
+        results = [balanced_section_result(machine, int(s), score[sec == s], y[sec == s],
+                                           dom[sec == s], weight[sec == s])
                    for s in np.unique(sec)]
-        by_kind = {k: float(roc_auc_score(np.r_[np.zeros((~y).sum()), np.ones((kind == k).sum())],
-                                          np.r_[score[~y], score[kind == k]]))
+        by_kind = {k: float(roc_auc_score(y[(kind == k) | ~y], score[(kind == k) | ~y],
+                                          sample_weight=weight[(kind == k) | ~y]))
                    for k in sorted(set(kind[y].tolist()) - {""})}
         rows.append(ProxyRow(name, w.tolist(), list(_used(w, branches)),
                              official_score(results),
@@ -243,6 +278,19 @@ def proxy_table(vectors: Mapping[str, np.ndarray], sections: Sequence[int],
     settings = {"folds": folds, "rounds": rounds, "seed": seed, "density_k": density_k,
                 "tie": tie, "held_out_normals": int((~y).sum()), "pseudo_faults": int(y.sum())}
     return ProxyChoice(_pick(rows, tie), rows, settings)
+
+
+def copies_per_clip(sections: np.ndarray, domains: np.ndarray, per_clip: int,
+                    most: int = MAX_COPIES) -> list[int]:
+    """How many faulty copies of each held-out clip: ``per_clip``, times how much rarer the
+    clip's domain is in its section (at most ``most``), so the rare target domain's faults
+    are not judged on a handful of copies (the weights then balance exactly)."""
+    out = []
+    for s, d in zip(sections, domains):
+        here = sections == s
+        biggest = max(int((here & (domains == e)).sum()) for e in np.unique(domains[here]))
+        out.append(per_clip * min(most, max(1, round(biggest / int((here & (domains == d)).sum())))))
+    return out
 
 
 def statistics_of(audio: Sequence[np.ndarray], spec: FeatureSpec, progress: bool = False,
@@ -277,7 +325,8 @@ def choose_variant(clips: Sequence[Clip], candidates: Mapping[str, Sequence[floa
     fold = assign_folds(sections, domains, folds, seed)
     held = np.flatnonzero(fold < rounds)
     faulty, infos, base = pseudo_faults([audio[i] for i in held], spec.sample_rate, seed,
-                                        per_clip, levels=levels)
+                                        copies_per_clip(sections[held], domains[held], per_clip),
+                                        levels=levels)
     vectors = vectorize(audio)
     pseudo = vectorize(faulty)
     choice = proxy_table(vectors, sections, domains, pseudo, held[base],

@@ -9,9 +9,12 @@ import pytest
 
 import harken.agent.model.rules.spectral_knn as rule
 from harken.common.errors import DataError, UsageError
-from harken.training.branch_choice import (assign_folds, choose_variant, component_matrix,
+from harken.training.branch_choice import (assign_folds, balance_weights,
+                                           balanced_section_result, choose_variant,
+                                           component_matrix, copies_per_clip,
                                            default_candidates, proxy_table)
 from harken.training.data.corpus import scan
+from harken.training.metrics import section_result
 from harken.training.spectral_knn import VARIANT_WEIGHTS, SpectralKnn
 
 
@@ -119,9 +122,31 @@ def test_choosing_on_a_corpus_needs_only_its_training_clips(tiny_corpus):
     clips = scan(tiny_corpus, ["fan"], "train")
     choice = choose_variant(clips, per_clip=1, rounds=2)
     assert choice.chosen in VARIANT_WEIGHTS
-    assert choice.settings["held_out_normals"] == 8      # 2 of every 10-clip section per fold
-    assert choice.settings["pseudo_faults"] == 8
+    # per section and fold: one of the 2 target clips (dealt first) and one of the 8 source
+    assert choice.settings["held_out_normals"] == 8
+    assert choice.settings["pseudo_faults"] == 8            # domains even: one copy each
     assert all(0.0 <= r.proxy <= 1.0 for r in choice.rows)
     assert all(r.auc_target == r.auc_target for r in choice.rows)     # target held out too
     again = choose_variant(clips, per_clip=1, rounds=2)
     assert json.dumps(again.to_dict(), allow_nan=False) == json.dumps(choice.to_dict())
+
+
+def test_source_and_target_count_equally_as_in_dcase_test_sets(rng):
+    sections = np.repeat([0, 1], 30)
+    domains = np.tile(["source"] * 24 + ["target"] * 6, 2)
+    faulty = rng.random(60) < 0.5
+    w = balance_weights(sections, domains, faulty)
+    for s in (0, 1):
+        for d in ("source", "target"):
+            for f in (False, True):
+                group = (sections == s) & (domains == d) & (faulty == f)
+                assert w[group].sum() == pytest.approx(1.0 if group.any() else 0.0)
+    # with equal weights it is the evaluator's own section result
+    scores = rng.normal(size=60) + faulty
+    here = sections == 0
+    ours = balanced_section_result("m", 0, scores[here], faulty[here], domains[here],
+                                   np.ones(30))
+    assert ours == section_result("m", 0, scores[here], faulty[here], domains[here])
+    # the rarer domain gets more faulty copies, up to the cap
+    assert copies_per_clip(sections, domains, 2) == [2] * 24 + [8] * 6 + [2] * 24 + [8] * 6
+    assert copies_per_clip(sections, domains, 1, most=3)[-1] == 3

@@ -255,25 +255,28 @@ def band_ratio(added: np.ndarray, clip: np.ndarray, sample_rate: int) -> float:
 
 
 def pseudo_faults(clips: Sequence[np.ndarray], sample_rate: int, seed: int = 0,
-                  per_clip: int = 1, kinds: Sequence[str] | None = None,
+                  per_clip: int | Sequence[int] = 1, kinds: Sequence[str] | None = None,
                   levels: Mapping[str, tuple[float, float]] = ANR_DB
                   ) -> tuple[list[np.ndarray], list[FaultInfo], np.ndarray]:
-    """``per_clip`` faulty copies of each clip: kinds cycle through ``kinds`` (all of
-    ``levels``' by default) so every kind is equally represented; each copy's draws come
-    from its own generator (seed, clip position, copy), so a clip's copies do not depend on
-    the other clips. Returns the copies, what was mixed in, and each copy's clip index."""
+    """``per_clip`` faulty copies of each clip (one number, or one per clip): kinds cycle
+    through ``kinds`` (all of ``levels``' by default) so every kind is equally represented;
+    each copy's draws come from its own generator (seed, clip position, copy), so a clip's
+    copies do not depend on the other clips. Returns the copies, what was mixed in, and each
+    copy's clip index."""
     levels = check_levels(levels)
     kinds = list(kinds or levels)
     for k in kinds:
         if k not in levels:
             raise UsageError(f"pseudo-fault kind {k!r} has no level; known: {list(levels)}")
-    if per_clip < 1:
-        raise UsageError(f"pseudo-faults per clip must be at least 1, got {per_clip}")
+    counts = [per_clip] * len(clips) if isinstance(per_clip, (int, np.integer)) else list(per_clip)
+    if len(counts) != len(clips) or min(counts, default=1) < 1:
+        raise UsageError(f"pseudo-faults per clip must be at least 1 for each of the "
+                         f"{len(clips)} clips, got {per_clip}")
     out, infos, base = [], [], []
-    for i, x in enumerate(clips):
-        for j in range(per_clip):
+    for i, (x, n) in enumerate(zip(clips, counts)):
+        for j in range(int(n)):
             rng = np.random.default_rng([seed, i, j])
-            kind = kinds[(i * per_clip + j) % len(kinds)]
+            kind = kinds[(i * int(n) + j) % len(kinds)]
             mixed, info = mix_fault(x, sample_rate, rng, kind, levels=levels)
             out.append(mixed)
             infos.append(info)
