@@ -160,6 +160,8 @@ def main() -> int:
     p.add_argument("--rounds", type=positive, default=5, help="folds held out in turn (1-5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="probe-proxy", help="bench/results/NAME.json")
+    p.add_argument("--no-balance", action="store_true",
+                   help="count every held-out clip once (default: source and target equally)")
     p.add_argument("--sweep", type=float, nargs="+", metavar="DB",
                    help="instead: each pseudo-fault kind's AUC (default variant) at these "
                    "fixed levels, e.g. --sweep -30 -25 -20 -15 -10 -5 0")
@@ -199,7 +201,8 @@ def main() -> int:
         for machine in args.machines or machine_types(corpus):
             try:
                 choice = choose_variant(scan(corpus, [machine], split="train"), candidates,
-                                        seed=args.seed, rounds=args.rounds)
+                                        seed=args.seed, rounds=args.rounds,
+                                        balance=not args.no_balance)
                 real = computed_real(corpus, machine, {v: np.asarray(w, float)
                                                        for v, w in candidates.items()}) \
                     if args.compute else {v: real_from_files[v][machine] for v in variants
@@ -249,6 +252,7 @@ def main() -> int:
                   {"variants": {v: list(candidates[v]) for v in variants},
                    "real_from": "computed" if args.compute else [str(m) for m in args.metrics],
                    "rounds": args.rounds, "seed": args.seed, "seconds": seconds,
+                   "balance": not args.no_balance,
                    "machines": per_machine, "overall": overall})
     print(f"wrote {path}")
     return 0

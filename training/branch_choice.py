@@ -12,8 +12,8 @@ AUC(target) and pAUC over the sections (training/metrics.py), with the clips wei
 that source and target count equally among the normals and among the faults of a section,
 as they do in DCASE test sets (training data is mostly source; the rarer domain also gets
 more faulty copies). The best variant wins; variants within ``tie`` of the best count
-as tied and the simplest of them (fewest branches, then fewest components, then the order
-given) is chosen, since a branch left out is device time saved and one less thing to fit.
+as tied and the simplest of them (fewest branches, then the order given: put the default
+first) is chosen, since a branch left out is device time saved and one less thing to fit.
 
 Everything works on a dict of branch vectors, so it takes whatever branches the
 statistics carry (mel and spectrum today, more when they are added).
@@ -215,9 +215,8 @@ def _mean(values: Sequence[float]) -> float:
 
 def _pick(rows: Sequence[ProxyRow], tie: float) -> str:
     best = max(r.proxy for r in rows)
-    near = [(len(r.branches), int(np.count_nonzero(r.weights)), i, r.variant)
-            for i, r in enumerate(rows) if r.proxy >= best - tie]
-    return min(near)[3]
+    near = [(len(r.branches), i, r.variant) for i, r in enumerate(rows) if r.proxy >= best - tie]
+    return min(near)[2]
 
 
 def proxy_table(vectors: Mapping[str, np.ndarray], sections: Sequence[int],
@@ -225,11 +224,13 @@ def proxy_table(vectors: Mapping[str, np.ndarray], sections: Sequence[int],
                 pseudo_base: Sequence[int], candidates: Mapping[str, Sequence[float]],
                 folds: int = DEFAULT_FOLDS, rounds: int = 1, seed: int = 0,
                 density_k: int = DEFAULT_K, pseudo_kinds: Sequence[str] | None = None,
-                tie: float = DEFAULT_TIE, machine: str = "proxy") -> ProxyChoice:
+                tie: float = DEFAULT_TIE, machine: str = "proxy", balance: bool = True
+                ) -> ProxyChoice:
     """Proxy scores of every candidate and the choice, from branch vectors of the normal
     clips and of their faulty copies (``pseudo_base[i]``: the clip copy i was made from).
     ``rounds`` of the ``folds`` are held out in turn (1: one 80/20 split; ``folds``: every
-    clip held out once), each against a bank fitted on the other folds."""
+    clip held out once), each against a bank fitted on the other folds. ``balance``: weigh
+    the domains equally (``balance_weights``), else every clip counts once."""
     branches = list(vectors)
     if list(pseudo_vectors) != branches:
         raise UsageError(f"pseudo-fault vectors have branches {list(pseudo_vectors)}, the clips "
@@ -260,7 +261,7 @@ def proxy_table(vectors: Mapping[str, np.ndarray], sections: Sequence[int],
         kinds += [np.full(int(held.sum()), ""), np.asarray(
             pseudo_kinds if pseudo_kinds is not None else [""] * len(pseudo_base))[copies]]
     comp, y, sec, dom, kind = (np.concatenate(a) for a in (parts, ys, secs, doms, kinds))
-    weight = balance_weights(sec, dom, y)
+    weight = balance_weights(sec, dom, y) if balance else np.ones(len(y))
     rows = []
     for name, w in weights.items():
         score = comp @ w / w.sum()
@@ -276,7 +277,7 @@ def proxy_table(vectors: Mapping[str, np.ndarray], sections: Sequence[int],
                              _mean([r.auc_target for r in results]),
                              float(np.mean([r.pauc for r in results])), by_kind))
     settings = {"folds": folds, "rounds": rounds, "seed": seed, "density_k": density_k,
-                "tie": tie, "held_out_normals": int((~y).sum()), "pseudo_faults": int(y.sum())}
+                "tie": tie, "balance": balance, "held_out_normals": int((~y).sum()), "pseudo_faults": int(y.sum())}
     return ProxyChoice(_pick(rows, tie), rows, settings)
 
 
@@ -309,7 +310,7 @@ def choose_variant(clips: Sequence[Clip], candidates: Mapping[str, Sequence[floa
                    levels: Mapping[str, tuple[float, float]] = ANR_DB,
                    density_k: int = DEFAULT_K, tie: float = DEFAULT_TIE,
                    vectorize: Callable[[Sequence[np.ndarray]], Vectors] | None = None,
-                   progress: bool = False) -> ProxyChoice:
+                   progress: bool = False, balance: bool = True) -> ProxyChoice:
     """The label-free choice for one machine type's training ``clips`` (see the module
     docstring). ``candidates`` default to ``default_candidates`` of the branches the
     statistics carry; ``vectorize`` maps audio clips to branch vectors (default: the
@@ -324,13 +325,13 @@ def choose_variant(clips: Sequence[Clip], candidates: Mapping[str, Sequence[floa
     domains = np.asarray([c.domain for c in clips])
     fold = assign_folds(sections, domains, folds, seed)
     held = np.flatnonzero(fold < rounds)
+    copies = copies_per_clip(sections[held], domains[held], per_clip) if balance else per_clip
     faulty, infos, base = pseudo_faults([audio[i] for i in held], spec.sample_rate, seed,
-                                        copies_per_clip(sections[held], domains[held], per_clip),
-                                        levels=levels)
+                                        copies, levels=levels)
     vectors = vectorize(audio)
     pseudo = vectorize(faulty)
     choice = proxy_table(vectors, sections, domains, pseudo, held[base],
                          candidates or default_candidates(list(vectors)), folds, rounds, seed,
-                         density_k, [i.kind for i in infos], tie, clips[0].machine)
+                         density_k, [i.kind for i in infos], tie, clips[0].machine, balance)
     choice.settings |= {"per_clip": per_clip, "anr_db": {k: list(v) for k, v in levels.items()}}
     return choice
