@@ -277,7 +277,8 @@ def proxy_table(vectors: Mapping[str, np.ndarray], sections: Sequence[int],
                              _mean([r.auc_target for r in results]),
                              float(np.mean([r.pauc for r in results])), by_kind))
     settings = {"folds": folds, "rounds": rounds, "seed": seed, "density_k": density_k,
-                "tie": tie, "balance": balance, "held_out_normals": int((~y).sum()), "pseudo_faults": int(y.sum())}
+                "tie": tie, "balance": balance, "held_out_normals": int((~y).sum()),
+                "pseudo_faults": int(y.sum())}
     return ProxyChoice(_pick(rows, tie), rows, settings)
 
 
