@@ -189,6 +189,7 @@ def main() -> int:
     real_from_files = read_metrics(args.metrics)
     known = default_candidates(["mel", "spectrum"]) | {k: tuple(v) for k, v in VARIANT_WEIGHTS.items()}
     variants = args.variants or list(real_from_files) or list(VARIANT_WEIGHTS)
+    variants = sorted(variants, key=lambda v: v != DEFAULT)     # ties go to the default
     unknown = [v for v in variants if v not in known]
     if unknown:
         p.error(f"unknown variant(s) {unknown}; known: {sorted(known)}")
