@@ -23,11 +23,12 @@ spectrum; for broadband sound it is the plain energy ratio the synthetic corpus 
 training/synth/corpus.py ANR_DB = -16..-4 dB). A whole-clip ratio would make a resonance
 that rings where the machine is quiet obvious at -40 dB and one under the machine's loudest
 band invisible at -10 dB, so the proxy would mix trivial and hopeless cases and say little.
-The ranges in ``ANR_DB`` were set on the tuning types' training clips only (corpora/standard
-fan, pump... as the issue 39 protocol allows; no validation or test type was looked at): a
-sweep of each kind from -30 to 0 dB (bench/probe_proxy.py docs, docs/training.md) and each
-range put where the default detector's AUC for that kind runs from about 0.55 to 0.95, so
-the mixture lands in 0.6-0.9 instead of saturating. Narrow faults (a tone, sidebands) need
+The ranges in ``ANR_DB`` were set on the tuning types' training clips only (corpora/standard:
+bearing, fan, gearbox, valve, as the issue 39 protocol allows; no validation or test type
+was looked at): each kind alone was swept from -30 to 0 dB (``bench/probe_proxy.py --sweep``,
+bench/results/probe-proxy-levels.json) and its range put where the default detector's AUC
+for that kind runs from about 0.55 to 0.95, so the mixture lands in 0.6-0.9 instead of
+saturating (docs/training.md "The pseudo-faults"). Narrow faults (a tone, sidebands) need
 a level near or above their bin's own power before a 513-bin clip average moves; an
 amplitude modulation of the whole sound is seen from about -20 dB (10 % depth).
 Everything is seeded: the same clip, seed and kind give the same samples.
