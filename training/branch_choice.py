@@ -42,7 +42,7 @@ Vectors = dict[str, np.ndarray]
 MIN_FIT = 2            # a bank needs two clips (agent/model/rules/spectral_knn.py fit_bank)
 DEFAULT_FOLDS = 5      # 80 % fit, 20 % held out
 MAX_COPIES = 5         # faulty copies of a target clip at most per source clip's
-DEFAULT_TIE = 0.01     # about twice the proxy's seed-to-seed spread (docs/training.md)
+DEFAULT_TIE = 0.01     # about the seed-to-seed spread of a gap between variants (docs/training.md)
 
 
 def default_candidates(branches: Sequence[str]) -> dict[str, tuple[float, ...]]:
