@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-import harken.agent.model.rules.spectral_knn as rule
 from harken.common.errors import DataError, UsageError
 from harken.training.branch_choice import (assign_folds, balance_weights,
                                            balanced_section_result, choose_variant,
@@ -15,6 +14,7 @@ from harken.training.branch_choice import (assign_folds, balance_weights,
                                            default_candidates, proxy_table)
 from harken.training.data.corpus import scan
 from harken.training.metrics import section_result
+from harken.agent.model.rules.spectral_knn import ALL_BRANCHES
 from harken.training.spectral_knn import VARIANT_WEIGHTS, SpectralKnn
 
 
@@ -29,12 +29,8 @@ def planted(rng, branches=("mel", "spectrum"), carrier="spectrum", shift=2.0, pe
     return vectors, sections, domains, pseudo, np.arange(len(sections))
 
 
-def test_the_branch_that_carries_the_fault_is_chosen_with_any_number_of_branches(rng,
-                                                                                 monkeypatch):
+def test_the_branch_that_carries_the_fault_is_chosen_with_any_number_of_branches(rng):
     branches = ("mel", "spectrum", "cepstrum")
-    # the bank fitting of today's rule knows two branches; more are being added (issue 39)
-    monkeypatch.setattr(rule, "BRANCHES", branches, raising=False)
-    monkeypatch.setitem(VARIANT_WEIGHTS, "fused", (1, 1, 1, 1, 0, 0))
     vectors, sections, domains, pseudo, base = planted(rng, branches, carrier="cepstrum")
     candidates = {"mel": [1, 1, 0, 0, 0, 0], "spectrum": [0, 0, 1, 1, 0, 0],
                   "cepstrum": [0, 0, 0, 0, 1, 1], "all": [1] * 6}
@@ -69,7 +65,7 @@ def test_ties_go_to_the_simpler_variant_whatever_the_order(rng):
 
 
 def test_component_matrix_scores_every_variant_as_the_method_does(rng):
-    vectors, sections, _, pseudo, _ = planted(rng)
+    vectors, sections, _, pseudo, _ = planted(rng, ALL_BRANCHES)
     model = SpectralKnn()
     model.fit(vectors, sections)
     comp = component_matrix(model, pseudo, sections)
@@ -112,8 +108,9 @@ def test_too_small_sections_and_bad_candidates_are_refused_in_one_line(rng):
 
 
 def test_default_candidates_are_the_methods_variants_plus_each_branch_and_all():
-    two = default_candidates(["mel", "spectrum"])
-    assert set(two) == set(VARIANT_WEIGHTS) | {"all"} or set(two) == set(VARIANT_WEIGHTS)
+    assert default_candidates(list(ALL_BRANCHES)) == VARIANT_WEIGHTS     # all are there
+    two = default_candidates(["mel", "spectrum"])       # fewer branches: each alone, and all
+    assert two == {"mel": (1, 1, 0, 0), "spectrum": (0, 0, 1, 1), "all": (1, 1, 1, 1)}
     three = default_candidates(["mel", "spectrum", "cepstrum"])
     assert three["cepstrum"] == (0, 0, 0, 0, 1, 1) and three["all"] == (1,) * 6
 
@@ -150,3 +147,30 @@ def test_source_and_target_count_equally_as_in_dcase_test_sets(rng):
     # the rarer domain gets more faulty copies, up to the cap
     assert copies_per_clip(sections, domains, 2) == [2] * 24 + [8] * 6 + [2] * 24 + [8] * 6
     assert copies_per_clip(sections, domains, 1, most=3)[-1] == 3
+
+
+def test_score_auto_chooses_weights_per_machine_keeps_them_in_the_run_and_exports_them(
+        tiny_corpus, tmp_path):
+    """``--set score=auto``: the run records the proxy's choice and its weights, loads back
+    scoring with them, lists ``auto`` among its rules, and its bundle carries those weights."""
+    from harken.agent.model.bundle import open_bundle
+    from harken.export.bundle import ExportOptions, write_bundle
+    from harken.training.spectral_knn import SpectralKnnConfig
+
+    clips = scan(tiny_corpus, ["fan"], "train")
+    run = tmp_path / "fan"
+    SpectralKnn(SpectralKnnConfig(score="auto")).train(clips, run, progress=False)
+    params = json.loads((run / "run.json").read_text())["params"]
+    chosen = params["chosen"]
+    assert chosen in VARIANT_WEIGHTS and params["proxy"]["chosen"] == chosen
+    weights = [float(x) for x in params["weights"].split(",")]
+    assert weights == list(VARIANT_WEIGHTS[chosen])
+    model = SpectralKnn.load(run)
+    assert model.default_rule == "auto" and "auto" in model.score_rules
+    test = scan(tiny_corpus, ["fan"], "test")
+    scores = model.score_all(test, progress=False, rules=["auto", chosen])
+    assert np.allclose(scores["auto"], scores[chosen])
+    bundle = write_bundle(run, tmp_path / "bundle", tiny_corpus, ExportOptions())
+    open_bundle(bundle)
+    used = [w for w in weights if w > 0]             # the weighed branches' weights
+    assert np.load(bundle / "arrays" / "fusion_weights_00.npy").tolist() == used
