@@ -75,6 +75,7 @@ def evaluate_corpus(name: str, corpus: Path) -> dict:
     artifacts: dict[str, dict[str, dict]] = {}
     train_s: dict[str, float] = {}
     choices: dict[str, object] = {}
+    proxies: dict[str, dict] = {}
     machines = machine_types(corpus)
     default_artifact = default_rule = None
     settings: dict = {}
@@ -88,7 +89,17 @@ def evaluate_corpus(name: str, corpus: Path) -> dict:
         default_rule, settings = model.default_rule, dict(model.info.params)
         if "chosen" in settings:
             choices[machine] = settings["chosen"]
-        for rule, scores in model.score_all(test, progress=False).items():
+        scored = model.score_all(test, progress=False)
+        if "auto" not in scored:      # the label-free per-machine choice is always a row
+            auto = make_method(DEFAULT_METHOD, overrides=["score=auto"])
+            auto.train(train, runs / "auto" / machine, progress=False)
+            auto = cls.load(runs / "auto" / machine)
+            choices[machine] = auto.info.params["chosen"]
+            proxies[machine] = auto.info.params["proxy"]
+            scored["auto"] = auto.score(test, progress=False)
+        else:
+            proxies[machine] = settings["proxy"]
+        for rule, scores in scored.items():
             per_rule.setdefault(rule, []).extend(section_results(machine, test, scores))
         baseline = make_method("baseline-knn")
         baseline.train(train, runs / "baseline-knn" / machine, progress=False)
@@ -112,7 +123,29 @@ def evaluate_corpus(name: str, corpus: Path) -> dict:
     return {"role": CORPORA[name][0], "root": corpus_root(corpus), "machines": machines,
             "method": DEFAULT_METHOD, "default_rule": default_rule, "settings": settings,
             "choices": choices, "rows": rows, "baseline": floors, "bundles": bundles,
-            "train_s": train_s}
+            "train_s": train_s, "proxy_rank": proxy_rank(proxies, rows)}
+
+
+def proxy_rank(proxies: dict[str, dict], rows: list[dict]) -> dict:
+    """How well the label-free proxy's ranking of the variants (training clips only)
+    predicts their real ranking on this corpus's test clips: Spearman's rho per machine type
+    and over all (machine, variant) pairs, ranks taken within each machine type."""
+    import numpy as np
+    from scipy.stats import spearmanr
+    real = {x["rule"]: x["machines"] for x in rows}
+    out: dict[str, float | None] = {}
+    pooled_p, pooled_r = [], []
+    for machine, table in proxies.items():
+        pairs = [(v["proxy"], real[v["variant"]][machine]) for v in table["variants"]
+                 if v["variant"] in real and v["proxy"] is not None]
+        if len(pairs) < 3:
+            continue
+        p, r = np.array(pairs).T
+        out[machine] = float(spearmanr(p, r).statistic)
+        pooled_p += list(np.argsort(np.argsort(p)))
+        pooled_r += list(np.argsort(np.argsort(r)))
+    out["all"] = float(spearmanr(pooled_p, pooled_r).statistic) if pooled_p else None
+    return out
 
 
 def judge(results: dict) -> dict:

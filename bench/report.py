@@ -785,6 +785,12 @@ def unseen_section(r: dict) -> list[str]:
                                                             c["choices"].items())
                      if c.get("choices") else "") + f". Floor: baseline-knn [{r['floor_rule']}].", ""]
         lines += detector_table(rows, floor, c["machines"])
+        rank = c.get("proxy_rank") or {}
+        if rank.get("all") is not None:
+            lines += ["", "How well the label-free proxy (training clips only) ranks the score "
+                      "rules as this corpus's test clips rank them: Spearman's rho "
+                      + ", ".join(f"{m} {v:+.2f}" for m, v in rank.items() if m != "all")
+                      + f"; over all types {rank['all']:+.2f}."]
     rules = [x["rule"] for x in next(iter(corpora.values()))["rows"]] if corpora else []
     if rules:
         lines += ["", "Did it help? Official score of each score rule of the default method "

@@ -62,6 +62,10 @@ VARIANT_WEIGHTS = {"fused": _w(mel=BOTH, spectrum=BOTH),
                    "all": _w(**{b: BOTH for b in ALL_BRANCHES}),
                    "stats": _w(**{b: BOTH for b in ALL_BRANCHES if b != "spectrum"})}
 CUSTOM = "custom"                     # the variant of the ``weights`` setting
+# ``score=auto``: the weights are chosen per machine type at training, without labels, by
+# training/branch_choice.py's pseudo-fault proxy among the named variants; the run keeps the
+# chosen weights in its ``weights`` setting and the proxy's table in ``proxy``
+AUTO = "auto"
 DEVICE_RULE = "spectral-knn"          # agent/model/rules/ name
 STATE = "bank.npz"
 
@@ -89,23 +93,25 @@ def weighed(weights: Sequence[float]) -> tuple[tuple[str, ...], np.ndarray]:
 @dataclass(frozen=True)
 class SpectralKnnConfig:
     density_k: Count = DEFAULT_K       # LDN neighbourhood; below the smallest domain's clip count
-    score: str = "fused"             # the variant the bundle ships
-    weights: str = ""                # the 'custom' variant's ten weights (ALL_COMPONENTS)
+    score: str = "fused"             # the variant the bundle ships ('auto': chosen per machine)
+    weights: str = ""                # the 'custom' (or chosen 'auto') variant's ten weights
 
     def __post_init__(self) -> None:
         check_settings(self)
         if self.weights:
             parse_weights(self.weights)
-        if self.score not in (*VARIANT_WEIGHTS, CUSTOM):
-            raise UsageError(f"score must be one of {[*VARIANT_WEIGHTS, CUSTOM]}, got "
+        if self.score not in (*VARIANT_WEIGHTS, CUSTOM, AUTO):
+            raise UsageError(f"score must be one of {[*VARIANT_WEIGHTS, CUSTOM, AUTO]}, got "
                              f"{self.score!r}")
         if self.score == CUSTOM and not self.weights:
             raise UsageError("score=custom needs the weights setting (--set weights=W1,...,W10: "
                              f"one per component {list(ALL_COMPONENTS)})")
 
     def variants(self) -> dict[str, tuple[float, ...]]:
-        """Every variant's weights (``custom`` when ``weights`` is set)."""
-        return {**VARIANT_WEIGHTS, **({CUSTOM: parse_weights(self.weights)} if self.weights
+        """Every variant's weights (``custom`` when ``weights`` is set; ``auto`` once its
+        weights were chosen)."""
+        own = AUTO if self.score == AUTO else CUSTOM
+        return {**VARIANT_WEIGHTS, **({own: parse_weights(self.weights)} if self.weights
                                       else {})}
 
 
@@ -203,8 +209,25 @@ class SpectralKnn:
             loo_fused[here] = np.concatenate([parts[b] for b in branches], axis=1) @ w / w.sum()
         return loo_fused
 
+    def choose(self, clips: Sequence[Clip], progress: bool = True) -> dict:
+        """``score=auto``: the label-free choice among the named variants on these training
+        clips (training/branch_choice.py; docs/training.md "Choosing branches without
+        labels"); the chosen weights become this run's ``weights`` setting."""
+        from dataclasses import replace
+
+        from harken.training.branch_choice import choose_variant
+        choice = choose_variant(clips, dict(VARIANT_WEIGHTS), spec=self.spec,
+                                density_k=self.config.density_k, progress=progress)
+        weights = choice.row(choice.chosen).weights
+        self.config = replace(self.config, weights=",".join(repr(float(x)) for x in weights))
+        if progress:
+            print(f"{clips[0].machine}: score=auto chose {choice.chosen!r} (label-free proxy)\n"
+                  f"{choice.format_table()}")
+        return choice.to_dict()
+
     def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> RunInfo:
         machine = clips[0].machine
+        proxy = self.choose(clips, progress) if self.config.score == AUTO else None
         vectors = clip_statistics(clip_logmels(clips, self.spec, progress), self.spec,
                                   self.spec.n_mels, progress, [str(c.path) for c in clips])
         loo = self.fit(vectors, [c.section for c in clips])
@@ -226,6 +249,7 @@ class SpectralKnn:
                                     "(agent/features/cepstrum.py)"},
                     "components": list(ALL_COMPONENTS), "distance": "euclidean",
                     "rule_weights": {r: list(w) for r, w in self.config.variants().items()},
+                    **({"chosen": proxy["chosen"], "proxy": proxy} if proxy else {}),
                     **({"capped": dict(self.caps)} if self.caps else {})},
             train_clips=clips, normal_scores=normal_score_stats(loo), held_out=(clips, loo))
         return self.info
