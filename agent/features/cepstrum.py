@@ -8,7 +8,8 @@ interval's windows (about 1 s each) shows a periodicity that comes and goes. Que
 from QUEFRENCY (samples of 1/16 kHz): 0.5 ms to 8 ms (periods of 2 kHz down to 125 Hz),
 chosen on the tuning types among 1-32 ms (31 Hz-1 kHz), 1-16 ms, 2-32 ms and 0.5-8 ms:
 the cepstrum branch alone scored official 0.633 with it against 0.596-0.606 with the
-others on the standard corpus (bench/probe_branches.py, bench/results/branches-standard.json;
+others on the standard corpus (spread over frames; spread over windows, as now: 0.618
+against 0.557-0.573) (bench/probe_branches.py, bench/results/branches-standard.json;
 docs/architecture.md "spectral-knn's branches").
 
 How, and why so: the cepstrum is the inverse FFT of the 513-bin log power spectrum (dB,
