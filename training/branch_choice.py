@@ -246,7 +246,9 @@ def proxy_table(vectors: Mapping[str, np.ndarray], sections: Sequence[int],
         held = fold == f
         if not held.any():          # tiny sections: fewer clips than folds
             continue
-        model = SpectralKnn(SpectralKnnConfig(density_k=density_k))
+        # the banks do not depend on the score rule; 'fused' only names the held-out
+        # scores fit() returns (the default 'auto' is what this module chooses)
+        model = SpectralKnn(SpectralKnnConfig(density_k=density_k, score="fused"))
         model.fit({b: v[~held] for b, v in vectors.items()}, sections[~held])
         copies = held[pseudo_base]
         if not copies.any():

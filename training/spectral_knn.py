@@ -3,13 +3,15 @@ become a reference bank of sound statistics, and a clip is scored by how far it 
 them (agent/model/rules/spectral_knn.py has the rule and says why each part is there).
 
 Why this is the default (docs/results.md has the figures): it beats every trained method
-on the standard corpus, the target domain included, trains in seconds on a Raspberry Pi
-as well as on a workstation, has nothing to over-fit to one corpus (two settings, both
-with defaults fixed in advance: the density neighbourhood and the fusion weights), and the
-same bank can be learned on site from a few minutes of normal sound.
+on the standard corpus, the target domain included, trains in well under a minute on a
+workstation, has nothing to over-fit to one corpus (the density neighbourhood is fixed in
+advance; the fusion weights are chosen per machine type from its own training clips, with
+no labels), and the same bank can be learned on site from a few minutes of normal sound.
 
-Score rules (``--score``): ``fused`` (default: the mel and spectrum branches, both
-component scores each, as before the other branches existed), ``plain`` (nearest-clip
+Score rules (``--score``): ``auto`` (default: the weights of a named variant, chosen per
+machine type by a label-free pseudo-fault proxy, training/branch_choice.py; chosen as the
+default on the validation types, docs/generalisation.md), ``fused`` (the mel and spectrum
+branches, both component scores each: the default before), ``plain`` (nearest-clip
 distances only, no density normalisation), ``density`` (LDN only), ``mel``, ``spectrum``,
 ``modulation``, ``temporal`` and ``cepstrum`` (one branch only), ``all`` (all five branches,
 equal weights), ``stats`` (all but the 513-bin spectrum) and ``custom`` (the ``weights``
@@ -64,7 +66,7 @@ VARIANT_WEIGHTS = {"fused": _w(mel=BOTH, spectrum=BOTH),
 CUSTOM = "custom"                     # the variant of the ``weights`` setting
 # ``score=auto``: the weights are chosen per machine type at training, without labels, by
 # training/branch_choice.py's pseudo-fault proxy among the named variants; the run keeps the
-# chosen weights in its ``weights`` setting and the proxy's table in ``proxy``
+# chosen variant (``chosen``), its weights (``chosen_weights``) and the proxy's table (``proxy``
 AUTO = "auto"
 DEVICE_RULE = "spectral-knn"          # agent/model/rules/ name
 STATE = "bank.npz"
@@ -93,8 +95,10 @@ def weighed(weights: Sequence[float]) -> tuple[tuple[str, ...], np.ndarray]:
 @dataclass(frozen=True)
 class SpectralKnnConfig:
     density_k: Count = DEFAULT_K       # LDN neighbourhood; below the smallest domain's clip count
-    score: str = "fused"             # the variant the bundle ships ('auto': chosen per machine)
-    weights: str = ""                # the 'custom' (or chosen 'auto') variant's ten weights
+    # the variant the bundle ships; 'auto' (the default, chosen on the validation types:
+    # docs/generalisation.md) picks it per machine type from training clips alone
+    score: str = "auto"
+    weights: str = ""                # the 'custom' variant's ten weights (ALL_COMPONENTS)
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -108,10 +112,8 @@ class SpectralKnnConfig:
                              f"one per component {list(ALL_COMPONENTS)})")
 
     def variants(self) -> dict[str, tuple[float, ...]]:
-        """Every variant's weights (``custom`` when ``weights`` is set; ``auto`` once its
-        weights were chosen)."""
-        own = AUTO if self.score == AUTO else CUSTOM
-        return {**VARIANT_WEIGHTS, **({own: parse_weights(self.weights)} if self.weights
+        """Every named variant's weights (``custom`` when ``weights`` is set)."""
+        return {**VARIANT_WEIGHTS, **({CUSTOM: parse_weights(self.weights)} if self.weights
                                       else {})}
 
 
@@ -142,7 +144,7 @@ class _ScoreRules:
     its ``weights`` setting is set."""
 
     def __get__(self, obj: SpectralKnn | None, cls: type) -> tuple[str, ...]:
-        return tuple(VARIANT_WEIGHTS) if obj is None else tuple(obj.config.variants())
+        return tuple(VARIANT_WEIGHTS) if obj is None else tuple(obj.variants())
 
 
 class SpectralKnn:
@@ -160,6 +162,7 @@ class SpectralKnn:
         self.banks: dict[int, dict[str, np.ndarray]] = {}              # section -> role -> array
         self.info: RunInfo | None = None
         self.caps = Caps()          # settings the data made smaller (run.json params 'capped')
+        self.chosen: tuple[float, ...] | None = None     # score=auto's weights, once chosen
 
     @classmethod
     def default_settings(cls) -> dict:
@@ -169,13 +172,20 @@ class SpectralKnn:
     def default_rule(self) -> str:
         return self.config.score
 
+    def variants(self) -> dict[str, tuple[float, ...]]:
+        """Every variant this model can score with: the named ones, ``custom`` when its
+        ``weights`` setting is set, ``auto`` once its weights are chosen."""
+        return {**self.config.variants(), **({AUTO: self.chosen} if self.chosen else {})}
 
     def weights_of(self, variant: str | Sequence[float]) -> tuple[float, ...]:
         """A variant's ten weights (ALL_COMPONENTS order); a sequence of ten is taken as
         it is (a per-machine choice of weights)."""
         if not isinstance(variant, str):
             return parse_weights(" ".join(str(float(x)) for x in variant))
-        variants = self.config.variants()
+        variants = self.variants()
+        if variant == AUTO and variant not in variants:
+            raise UsageError("score 'auto' has no weights yet: they are chosen when the method "
+                             "trains (train()), from the training clips")
         if variant not in variants:
             raise UsageError(f"spectral-knn has the score rules {list(variants)} "
                              f"(asked for '{variant}')")
@@ -213,13 +223,10 @@ class SpectralKnn:
         """``score=auto``: the label-free choice among the named variants on these training
         clips (training/branch_choice.py; docs/training.md "Choosing branches without
         labels"); the chosen weights become this run's ``weights`` setting."""
-        from dataclasses import replace
-
         from harken.training.branch_choice import choose_variant
         choice = choose_variant(clips, dict(VARIANT_WEIGHTS), spec=self.spec,
                                 density_k=self.config.density_k, progress=progress)
-        weights = choice.row(choice.chosen).weights
-        self.config = replace(self.config, weights=",".join(repr(float(x)) for x in weights))
+        self.chosen = tuple(float(x) for x in choice.row(choice.chosen).weights)
         if progress:
             print(f"{clips[0].machine}: score=auto chose {choice.chosen!r} (label-free proxy)\n"
                   f"{choice.format_table()}")
@@ -248,8 +255,9 @@ class SpectralKnn:
                         "cepstrum": "mean and std over frames of the real cepstrum, 0.5-8 ms "
                                     "(agent/features/cepstrum.py)"},
                     "components": list(ALL_COMPONENTS), "distance": "euclidean",
-                    "rule_weights": {r: list(w) for r, w in self.config.variants().items()},
-                    **({"chosen": proxy["chosen"], "proxy": proxy} if proxy else {}),
+                    "rule_weights": {r: list(w) for r, w in self.variants().items()},
+                    **({"chosen": proxy["chosen"], "chosen_weights": list(self.chosen),
+                        "proxy": proxy} if proxy else {}),
                     **({"capped": dict(self.caps)} if self.caps else {})},
             train_clips=clips, normal_scores=normal_score_stats(loo), held_out=(clips, loo))
         return self.info
@@ -267,6 +275,13 @@ class SpectralKnn:
         self = cls(config, spec=FeatureSpec.from_dict(info.feature_spec,
                                                       f"{run_dir}/run.json"))
         self.info = info
+        if config.score == AUTO:
+            try:
+                self.chosen = parse_weights(" ".join(str(float(x)) for x in
+                                                     params["chosen_weights"]))
+            except (KeyError, TypeError, ValueError, UsageError) as exc:
+                raise RunError(f"{run_dir / 'run.json'}: params: score 'auto' needs its chosen "
+                               f"weights in 'chosen_weights' (ten numbers >= 0): {exc}") from None
         for key, array in read_arrays(run_dir / STATE, what="reference banks", error=RunError).items():
             s, _, role = key.partition("__")
             if not (s[:1] == "s" and s[1:].isdigit() and role):

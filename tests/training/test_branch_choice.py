@@ -15,7 +15,7 @@ from harken.training.branch_choice import (assign_folds, balance_weights,
 from harken.training.data.corpus import scan
 from harken.training.metrics import section_result
 from harken.agent.model.rules.spectral_knn import ALL_BRANCHES
-from harken.training.spectral_knn import VARIANT_WEIGHTS, SpectralKnn
+from harken.training.spectral_knn import VARIANT_WEIGHTS, SpectralKnn, SpectralKnnConfig
 
 
 def planted(rng, branches=("mel", "spectrum"), carrier="spectrum", shift=2.0, per_section=30):
@@ -66,7 +66,7 @@ def test_ties_go_to_the_simpler_variant_whatever_the_order(rng):
 
 def test_component_matrix_scores_every_variant_as_the_method_does(rng):
     vectors, sections, _, pseudo, _ = planted(rng, ALL_BRANCHES)
-    model = SpectralKnn()
+    model = SpectralKnn(SpectralKnnConfig(score="fused"))
     model.fit(vectors, sections)
     comp = component_matrix(model, pseudo, sections)
     for variant, w in VARIANT_WEIGHTS.items():
@@ -163,7 +163,7 @@ def test_score_auto_chooses_weights_per_machine_keeps_them_in_the_run_and_export
     params = json.loads((run / "run.json").read_text())["params"]
     chosen = params["chosen"]
     assert chosen in VARIANT_WEIGHTS and params["proxy"]["chosen"] == chosen
-    weights = [float(x) for x in params["weights"].split(",")]
+    weights = params["chosen_weights"]
     assert weights == list(VARIANT_WEIGHTS[chosen])
     model = SpectralKnn.load(run)
     assert model.default_rule == "auto" and "auto" in model.score_rules
