@@ -491,3 +491,30 @@ def test_score_says_what_is_left_after_the_last_whole_interval(ae_bundle, wav, t
     assert len(row["intervals"]) == 1 and row["status"] == "ok"
     assert row["warning"] == ("the last 5 s (80000 samples) are less than an interval and "
                               "not scored (as in run)")
+
+
+def test_dc_removal_keeps_blocks_not_samples_and_is_bit_exact_whatever_the_chunks():
+    """64 machines on one device (issue 39): a remover's state is ~100 block sums (a few
+    KB, whatever the window), and its output depends only on each sample's position in the
+    stream, bit for bit, however the stream is cut; an offset still goes from the start."""
+    rng = np.random.default_rng(4)
+    x = (0.05 * rng.standard_normal(25 * RATE) + 0.04).astype(np.float32)
+    x[[10, 5000, 200_000]] = [np.nan, 9.0, -np.inf]
+    whole = DCRemover(RATE).push(x)
+    for chunk in (1, 160, 1599, 1600, 16000, 33333):
+        dc = DCRemover(RATE)
+        part = x[:60_000] if chunk == 1 else x              # one sample a push: a shorter run
+        got = np.concatenate([dc.push(part[i:i + chunk]) for i in range(0, len(part), chunk)])
+        np.testing.assert_array_equal(got, whole[:len(part)])
+    for seconds in (1.0, 10.0, 60.0):
+        assert DCRemover(RATE, seconds).state_nbytes < 2048
+    assert abs(float(np.nanmean(np.where(np.abs(whole) < 1, whole, np.nan)[:RATE]))) < 2e-3
+
+
+def test_dc_removal_follows_a_new_offset_within_the_window():
+    rng = np.random.default_rng(5)
+    x = (0.05 * rng.standard_normal(30 * RATE)).astype(np.float32)
+    x[10 * RATE:] += np.float32(0.1)                          # the offset jumps at 10 s
+    y = remove_dc(x, RATE)
+    assert abs(float(y[10 * RATE + 100:10 * RATE + RATE].mean())) > 0.08   # not yet followed
+    assert abs(float(y[20 * RATE:].mean())) < 2e-3                          # 10 s later: gone
