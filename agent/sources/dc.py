@@ -12,9 +12,9 @@ gone from the start and a drifting one followed within 10 s, and what remains ab
 fraction of a hertz is kept. The 10 s are kept as the sums of 0.1-s blocks of the stream
 (the last 99 completed ones and the current one up to each sample: 9.9 to 10 s), so a
 machine's remover holds about 2 KB rather than 10 s of per-sample sums (2.5 MB), and each
-sample's estimate depends only on its position in the stream, not on how it was chunked. A wild sample (NaN, infinite or beyond twice full scale) is
-left out of the estimate: the health check marks its interval invalid, and the next is
-scored as usual.
+sample's estimate depends only on its position in the stream, not on how it was chunked.
+A wild sample (NaN, infinite or beyond twice full scale) is left out of the estimate: the
+health check marks its interval invalid, and the next is scored as usual.
 """
 
 from __future__ import annotations
