@@ -83,6 +83,12 @@ class Pipeline:
         self._frames_used = 0        # frames handed to those intervals
         self.model_id = scorer.bundle.model_id
 
+    @property
+    def held_frames(self) -> int:
+        """Feature frames held for intervals not yet scored (a few, not an interval's worth,
+        where the scorer gives per-window evidence: module docstring)."""
+        return sum(len(h) for o in (*self._ready, self._open) for h in o.held)
+
     def push(self, chunk: np.ndarray) -> list[IntervalResult]:
         """Feed float32 samples at the bundle's rate; returns the intervals completed."""
         arrived = time.monotonic()

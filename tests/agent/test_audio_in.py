@@ -518,3 +518,33 @@ def test_dc_removal_follows_a_new_offset_within_the_window():
     y = remove_dc(x, RATE)
     assert abs(float(y[10 * RATE + 100:10 * RATE + RATE].mean())) > 0.08   # not yet followed
     assert abs(float(y[20 * RATE:].mean())) < 2e-3                          # 10 s later: gone
+
+
+@pytest.mark.parametrize("chunk", [160, 7777, 40000])
+def test_the_pipeline_scores_each_window_as_it_comes_and_scores_as_the_whole_interval(
+        ae_bundle, chunk):
+    """64 machines on one device (issue 39): an interval's features are not held until it
+    is scored, only its windows' evidence rows (and the frames of windows still to come);
+    each score is the one the interval's frames give scored whole, to the bit."""
+    from harken.agent.decision import Decision
+    from harken.agent.features import LogMelExtractor
+    from harken.agent.model.bundle import open_bundle
+    from harken.agent.model.factory import make_scorer
+    from harken.agent.pipeline import Pipeline
+    bundle = open_bundle(ae_bundle)
+    spec = bundle.spec
+    scorer = make_scorer(bundle, bundle.sections[0], "onnx-int8")
+    x = (0.1 * np.random.default_rng(6).standard_normal(4 * RATE) + 0.02).astype(np.float32)
+    pipe = Pipeline(scorer, Decision(float("inf")), interval_s=1.05)
+    results, held = [], 0
+    for i in range(0, x.size, chunk):
+        results += pipe.push(x[i:i + chunk])
+        held = max(held, pipe.held_frames)
+    results += pipe.finish()
+    assert held < spec.window_frames + 2 * 16 + chunk // spec.hop_length   # not an interval's
+    frames = LogMelExtractor(spec)(remove_dc(x, RATE))
+    bounds = [-(-k * pipe.interval_samples // spec.hop_length) for k in range(len(results) + 1)]
+    assert len(results) == 3
+    for r, a, b in zip(results, bounds, bounds[1:]):
+        want, n = scorer.score_frames(frames[a:b])
+        assert r.windows == n and abs(r.score - want) <= 1e-9 * max(1.0, abs(want))
