@@ -6,8 +6,9 @@ default like a DCASE clip); its windows are scored together exactly as a clip is
 evaluation (agent/model/rules/), so thresholds fitted on clips hold on the device.
 
 What an interval holds until it is scored (docs/agent.md "Several machines on one device":
-64 machines on one device): its audio as it came (the health check judges the whole
-interval: its median 0.1-s level, clipped share and offset) and, for a scorer that splits
+64 machines on one device): of its audio, only the health check's figures, gathered as the
+audio comes (agent/decision/health.py ``IntervalAudio``: each 0.1-s piece's level, the
+clipped count, mean and spread), and, for a scorer that splits
 into per-window ``evidence`` and a per-interval ``reduce`` (one bundle, enrollment), only
 each window's evidence row: a window is run through the model as soon as its frames exist
 and its frames dropped, so the interval's 10 s of features (mostly the 513-bin spectrum) are
@@ -28,7 +29,7 @@ from harken.common.errors import UsageError
 from harken.agent.decision import Decision
 from harken.agent.decision.records import IntervalResult
 from harken.agent.features import StreamingLogMel, n_windows, windows
-from harken.agent.decision.health import check_audio
+from harken.agent.decision.health import IntervalAudio
 from harken.agent.sources.dc import DCRemover
 from harken.agent.model.scorer import Scorer
 
@@ -77,8 +78,8 @@ class Pipeline:
             callable(getattr(scorer, "reduce", None))
         self._open = _Open()         # the interval whose frames are arriving
         self._ready: list[_Open] = []    # intervals whose frames are all in, awaiting audio
-        self._audio: list[np.ndarray] = []
-        self._n_audio = 0
+        # each interval's audio figures (the last one filling), not its samples
+        self._audio: list[IntervalAudio] = [IntervalAudio()]
         self._k = 0                  # intervals whose frames are all in since the stream began
         self._frames_used = 0        # frames handed to those intervals
         self.model_id = scorer.bundle.model_id
@@ -93,15 +94,20 @@ class Pipeline:
         """Feed float32 samples at the bundle's rate; returns the intervals completed."""
         arrived = time.monotonic()
         chunk = np.asarray(chunk, dtype=np.float32)
-        self._audio.append(chunk)                 # as it came: health measures the offset
-        self._n_audio += chunk.size
+        i = 0                                     # as it came: health measures the offset
+        while i < chunk.size:
+            if self._audio[-1].n == self.interval_samples:
+                self._audio.append(IntervalAudio())
+            n = min(self.interval_samples - self._audio[-1].n, chunk.size - i)
+            self._audio[-1].add(chunk[i:i + n])
+            i += n
         return self._add_frames(self.stream.push(self.dc.push(chunk)), arrived)
 
     def finish(self) -> list[IntervalResult]:
         """End of a recording: the last frames (centre padding) and a final interval if
         they complete one; then the stream starts afresh (the next file, say)."""
         out = self._add_frames(self.stream.finish(), time.monotonic(), final=True)
-        self._open, self._ready, self._audio, self._n_audio = _Open(), [], [], 0
+        self._open, self._ready, self._audio = _Open(), [], [IntervalAudio()]
         self._k, self._frames_used = 0, 0
         self.dc.reset()
         return out
@@ -121,7 +127,7 @@ class Pipeline:
         if final and self._open.n_frames >= self.spec.window_frames:
             self._close()                     # the last, shorter interval
         out = []
-        while self._ready and self._n_audio >= self.interval_samples:
+        while self._ready and self._audio[0].n == self.interval_samples:
             out.append(self._interval(arrived, self._ready.pop(0)))
         return out
 
@@ -164,15 +170,10 @@ class Pipeline:
         seconds = o.seconds + time.perf_counter() - t
         return score, o.n_windows, 1e3 * seconds / max(o.n_windows, 1)
 
-    def _take(self, parts: list[np.ndarray], n: int) -> np.ndarray:
-        whole = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        parts[:] = [whole[n:]] if len(whole) > n else []
-        return whole[:n]
-
     def _interval(self, arrived: float, o: _Open) -> IntervalResult:
-        audio = self._take(self._audio, self.interval_samples)
-        self._n_audio -= self.interval_samples
-        health = check_audio(audio)
+        health = self._audio.pop(0).check()
+        if not self._audio:
+            self._audio.append(IntervalAudio())
         score, n_win, ms = None, 0, 0.0
         if health.ok and not o.finite:
             health = health.invalid()          # a wild sample: its features overflow

@@ -548,3 +548,30 @@ def test_the_pipeline_scores_each_window_as_it_comes_and_scores_as_the_whole_int
     for r, a, b in zip(results, bounds, bounds[1:]):
         want, n = scorer.score_frames(frames[a:b])
         assert r.windows == n and abs(r.score - want) <= 1e-9 * max(1.0, abs(want))
+
+
+def test_the_health_check_gathered_piece_by_piece_is_check_audio():
+    """The pipeline keeps an interval's health figures, not its samples (issue 39: 64
+    machines on one device): the same status and figures (to 1e-9) however the audio comes."""
+    from harken.agent.decision.health import IntervalAudio, check_audio
+    rng = np.random.default_rng(7)
+    sound = (0.05 * rng.standard_normal(RATE) + 0.03).astype(np.float32)
+    dropout = sound.copy()
+    dropout[1600:3200] = 0.0
+    clipped = sound.copy()
+    clipped[::500] = 1.0
+    cases = {"ok": sound, "dropout": dropout, "clipped": clipped,
+             "silent": np.full(RATE, 0.05, np.float32), "short": sound[:1000],
+             "odd": sound[:16800 - 7], "invalid": np.where(np.arange(RATE) == 9, np.nan, sound)}
+    for name, x in cases.items():
+        x = x.astype(np.float32)
+        want = check_audio(x)
+        for chunk in (7, 999, 1600, x.size):
+            acc = IntervalAudio()
+            for i in range(0, x.size, chunk):
+                acc.add(x[i:i + chunk])
+            got = acc.check()
+            assert got.status == want.status == name.replace("short", "ok").replace("odd", "ok")
+            for a, b in [(got.rms_dbfs, want.rms_dbfs), (got.dc_offset, want.dc_offset),
+                         (got.clipped_fraction, want.clipped_fraction)]:
+                assert (np.isnan(a) and np.isnan(b)) or abs(a - b) <= 1e-9, (name, chunk, a, b)
