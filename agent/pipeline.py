@@ -4,23 +4,47 @@ bundle scorer -> decision. Knows nothing about where audio comes from or where r
 A report interval is a fixed number of feature frames (``interval_s`` of audio, 10 s by
 default like a DCASE clip); its windows are scored together exactly as a clip is in
 evaluation (agent/model/rules/), so thresholds fitted on clips hold on the device.
+
+What an interval holds until it is scored (docs/agent.md "Several machines on one device":
+64 machines on one device): of its audio, only the health check's figures, gathered as the
+audio comes (agent/decision/health.py ``IntervalAudio``: each 0.1-s piece's level, the
+clipped count, mean and spread), and, for a scorer that splits
+into per-window ``evidence`` and a per-interval ``reduce`` (one bundle, enrollment), only
+each window's evidence row: a window is run through the model as soon as its frames exist
+and its frames dropped, so the interval's 10 s of features (mostly the 513-bin spectrum) are
+never held. The rows are the ones the whole interval's windows give, in the same order, so
+the score is the same to the bit. A fused bundle's members each window the frames their own
+way: for it the interval's frames are held and scored at its end as before.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from harken.common.errors import UsageError
 from harken.agent.decision import Decision
 from harken.agent.decision.records import IntervalResult
-from harken.agent.features import StreamingLogMel, n_windows
-from harken.agent.decision.health import check_audio
+from harken.agent.features import StreamingLogMel, n_windows, windows
+from harken.agent.decision.health import IntervalAudio
 from harken.agent.sources.dc import DCRemover
 from harken.agent.model.scorer import Scorer
+
+
+@dataclass
+class _Open:
+    """One interval's part of the work between its first frame and its score: the frames
+    not yet windowed (all of them for a scorer without per-window evidence) and the
+    evidence rows of the windows done."""
+    n_frames: int = 0
+    finite: bool = True
+    held: list[np.ndarray] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)
+    n_windows: int = 0
+    seconds: float = 0.0          # spent on the model and rule
 
 
 class Pipeline:
@@ -49,27 +73,41 @@ class Pipeline:
         # wall clock is still unsynchronised (agent/clock.py)
         self.reserve_seq: Callable[[int], None] | None = None
         self.clock_unsynced: Callable[[], bool] | None = None
-        self._frames: list[np.ndarray] = []
-        self._n_frames = 0
-        self._audio: list[np.ndarray] = []
-        self._n_audio = 0
-        self._k = 0                  # intervals reported since the stream (re)started
+        # per-window evidence as frames arrive (module docstring), or the frames held whole
+        self._streaming = callable(getattr(scorer, "evidence", None)) and \
+            callable(getattr(scorer, "reduce", None))
+        self._open = _Open()         # the interval whose frames are arriving
+        self._ready: list[_Open] = []    # intervals whose frames are all in, awaiting audio
+        # each interval's audio figures (the last one filling), not its samples
+        self._audio: list[IntervalAudio] = [IntervalAudio()]
+        self._k = 0                  # intervals whose frames are all in since the stream began
         self._frames_used = 0        # frames handed to those intervals
         self.model_id = scorer.bundle.model_id
+
+    @property
+    def held_frames(self) -> int:
+        """Feature frames held for intervals not yet scored (a few, not an interval's worth,
+        where the scorer gives per-window evidence: module docstring)."""
+        return sum(len(h) for o in (*self._ready, self._open) for h in o.held)
 
     def push(self, chunk: np.ndarray) -> list[IntervalResult]:
         """Feed float32 samples at the bundle's rate; returns the intervals completed."""
         arrived = time.monotonic()
         chunk = np.asarray(chunk, dtype=np.float32)
-        self._audio.append(chunk)                 # as it came: health measures the offset
-        self._n_audio += chunk.size
+        i = 0                                     # as it came: health measures the offset
+        while i < chunk.size:
+            if self._audio[-1].n == self.interval_samples:
+                self._audio.append(IntervalAudio())
+            n = min(self.interval_samples - self._audio[-1].n, chunk.size - i)
+            self._audio[-1].add(chunk[i:i + n])
+            i += n
         return self._add_frames(self.stream.push(self.dc.push(chunk)), arrived)
 
     def finish(self) -> list[IntervalResult]:
         """End of a recording: the last frames (centre padding) and a final interval if
         they complete one; then the stream starts afresh (the next file, say)."""
         out = self._add_frames(self.stream.finish(), time.monotonic(), final=True)
-        self._frames, self._n_frames, self._audio, self._n_audio = [], 0, [], 0
+        self._open, self._ready, self._audio = _Open(), [], [IntervalAudio()]
         self._k, self._frames_used = 0, 0
         self.dc.reset()
         return out
@@ -78,38 +116,69 @@ class Pipeline:
                     final: bool = False) -> list[IntervalResult]:
         """Intervals whose samples have all arrived and whose frames are computed (at the
         end of a recording, ``final``: whatever frames exist, centre padding included)."""
-        if len(frames):
-            self._frames.append(frames)
-            self._n_frames += len(frames)
+        hop, i = self.spec.hop_length, 0
+        while i < len(frames):                # each frame to the interval it starts in
+            end = -(-(self._k + 1) * self.interval_samples // hop)
+            take = min(end - self._frames_used - self._open.n_frames, len(frames) - i)
+            self._add(frames[i:i + take])
+            i += take
+            if self._frames_used + self._open.n_frames == end:
+                self._close()
+        if final and self._open.n_frames >= self.spec.window_frames:
+            self._close()                     # the last, shorter interval
         out = []
-        while self._n_audio >= self.interval_samples:
-            end = -(-(self._k + 1) * self.interval_samples // self.spec.hop_length)
-            need = end - self._frames_used
-            if self._n_frames < need and not (final and self._n_frames >= self.spec.window_frames):
-                break
-            out.append(self._interval(arrived, min(need, self._n_frames)))
+        while self._ready and self._audio[0].n == self.interval_samples:
+            out.append(self._interval(arrived, self._ready.pop(0)))
         return out
 
-    def _take(self, parts: list[np.ndarray], n: int) -> np.ndarray:
-        whole = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        parts[:] = [whole[n:]] if len(whole) > n else []
-        return whole[:n]
+    def _add(self, frames: np.ndarray) -> None:
+        """Frames of the open interval: held, or windowed and run through the model as soon
+        as a window is complete (only the frames of windows still to come are kept)."""
+        o = self._open
+        o.n_frames += len(frames)
+        o.finite = o.finite and bool(np.isfinite(frames).all())
+        o.held.append(frames)
+        if not self._streaming or not o.finite:   # a wild sample: the interval is invalid
+            return
+        pending = np.concatenate(o.held) if len(o.held) > 1 else o.held[0]
+        n = n_windows(len(pending), self.spec)
+        if n:
+            t = time.perf_counter()
+            o.rows.append(self.scorer.evidence(windows(pending, self.spec)[:n]))
+            o.seconds += time.perf_counter() - t
+            o.n_windows += n
+            rest = pending[n * self.spec.window_hop:]
+            o.held = [rest.copy()] if len(rest) else []
+        else:
+            o.held = [pending]
 
-    def _interval(self, arrived: float, n_frames: int) -> IntervalResult:
-        frames = self._take(self._frames, n_frames)
-        self._n_frames -= n_frames
-        self._frames_used += n_frames
+    def _close(self) -> None:
+        self._frames_used += self._open.n_frames
         self._k += 1
-        audio = self._take(self._audio, self.interval_samples)
-        self._n_audio -= self.interval_samples
-        health = check_audio(audio)
-        score, n_win, ms = None, 0, 0.0
-        if health.ok and not np.isfinite(frames).all():
-            health = health.invalid()          # a wild sample: its features overflow
-        if health.ok:
+        self._ready.append(self._open)
+        self._open = _Open()
+
+    def _score(self, o: _Open) -> tuple[float, int, float]:
+        """(score, windows, ms per window) of a closed interval."""
+        if not self._streaming:
+            frames = np.concatenate(o.held) if len(o.held) > 1 else o.held[0]
             t = time.perf_counter()
             score, n_win = self.scorer.score_frames(frames)
-            ms = 1e3 * (time.perf_counter() - t) / max(n_win, 1)
+            return score, n_win, 1e3 * (time.perf_counter() - t) / max(n_win, 1)
+        t = time.perf_counter()
+        score = self.scorer.reduce(np.concatenate(o.rows))
+        seconds = o.seconds + time.perf_counter() - t
+        return score, o.n_windows, 1e3 * seconds / max(o.n_windows, 1)
+
+    def _interval(self, arrived: float, o: _Open) -> IntervalResult:
+        health = self._audio.pop(0).check()
+        if not self._audio:
+            self._audio.append(IntervalAudio())
+        score, n_win, ms = None, 0, 0.0
+        if health.ok and not o.finite:
+            health = health.invalid()          # a wild sample: its features overflow
+        if health.ok:
+            score, n_win, ms = self._score(o)
             if not np.isfinite(score):
                 score = None
                 health = health.invalid()

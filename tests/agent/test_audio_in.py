@@ -491,3 +491,87 @@ def test_score_says_what_is_left_after_the_last_whole_interval(ae_bundle, wav, t
     assert len(row["intervals"]) == 1 and row["status"] == "ok"
     assert row["warning"] == ("the last 5 s (80000 samples) are less than an interval and "
                               "not scored (as in run)")
+
+
+def test_dc_removal_keeps_blocks_not_samples_and_is_bit_exact_whatever_the_chunks():
+    """64 machines on one device (issue 39): a remover's state is ~100 block sums (a few
+    KB, whatever the window), and its output depends only on each sample's position in the
+    stream, bit for bit, however the stream is cut; an offset still goes from the start."""
+    rng = np.random.default_rng(4)
+    x = (0.05 * rng.standard_normal(25 * RATE) + 0.04).astype(np.float32)
+    x[[10, 5000, 200_000]] = [np.nan, 9.0, -np.inf]
+    whole = DCRemover(RATE).push(x)
+    for chunk in (1, 160, 1599, 1600, 16000, 33333):
+        dc = DCRemover(RATE)
+        part = x[:60_000] if chunk == 1 else x              # one sample a push: a shorter run
+        got = np.concatenate([dc.push(part[i:i + chunk]) for i in range(0, len(part), chunk)])
+        np.testing.assert_array_equal(got, whole[:len(part)])
+    for seconds in (1.0, 10.0, 60.0):
+        assert DCRemover(RATE, seconds).state_nbytes < 2048
+    assert abs(float(np.nanmean(np.where(np.abs(whole) < 1, whole, np.nan)[:RATE]))) < 2e-3
+
+
+def test_dc_removal_follows_a_new_offset_within_the_window():
+    rng = np.random.default_rng(5)
+    x = (0.05 * rng.standard_normal(30 * RATE)).astype(np.float32)
+    x[10 * RATE:] += np.float32(0.1)                          # the offset jumps at 10 s
+    y = remove_dc(x, RATE)
+    assert abs(float(y[10 * RATE + 100:10 * RATE + RATE].mean())) > 0.08   # not yet followed
+    assert abs(float(y[20 * RATE:].mean())) < 2e-3                          # 10 s later: gone
+
+
+@pytest.mark.parametrize("chunk", [160, 7777, 40000])
+def test_the_pipeline_scores_each_window_as_it_comes_and_scores_as_the_whole_interval(
+        ae_bundle, chunk):
+    """64 machines on one device (issue 39): an interval's features are not held until it
+    is scored, only its windows' evidence rows (and the frames of windows still to come);
+    each score is the one the interval's frames give scored whole, to the bit."""
+    from harken.agent.decision import Decision
+    from harken.agent.features import LogMelExtractor
+    from harken.agent.model.bundle import open_bundle
+    from harken.agent.model.factory import make_scorer
+    from harken.agent.pipeline import Pipeline
+    bundle = open_bundle(ae_bundle)
+    spec = bundle.spec
+    scorer = make_scorer(bundle, bundle.sections[0], "onnx-int8")
+    x = (0.1 * np.random.default_rng(6).standard_normal(4 * RATE) + 0.02).astype(np.float32)
+    pipe = Pipeline(scorer, Decision(float("inf")), interval_s=1.05)
+    results, held = [], 0
+    for i in range(0, x.size, chunk):
+        results += pipe.push(x[i:i + chunk])
+        held = max(held, pipe.held_frames)
+    results += pipe.finish()
+    assert held < spec.window_frames + 2 * 16 + chunk // spec.hop_length   # not an interval's
+    frames = LogMelExtractor(spec)(remove_dc(x, RATE))
+    bounds = [-(-k * pipe.interval_samples // spec.hop_length) for k in range(len(results) + 1)]
+    assert len(results) == 3
+    for r, a, b in zip(results, bounds, bounds[1:]):
+        want, n = scorer.score_frames(frames[a:b])
+        assert r.windows == n and abs(r.score - want) <= 1e-9 * max(1.0, abs(want))
+
+
+def test_the_health_check_gathered_piece_by_piece_is_check_audio():
+    """The pipeline keeps an interval's health figures, not its samples (issue 39: 64
+    machines on one device): the same status and figures (to 1e-9) however the audio comes."""
+    from harken.agent.decision.health import IntervalAudio, check_audio
+    rng = np.random.default_rng(7)
+    sound = (0.05 * rng.standard_normal(RATE) + 0.03).astype(np.float32)
+    dropout = sound.copy()
+    dropout[1600:3200] = 0.0
+    clipped = sound.copy()
+    clipped[::500] = 1.0
+    cases = {"ok": sound, "dropout": dropout, "clipped": clipped,
+             "silent": np.full(RATE, 0.05, np.float32), "short": sound[:1000],
+             "odd": sound[:16800 - 7], "invalid": np.where(np.arange(RATE) == 9, np.nan, sound)}
+    for name, x in cases.items():
+        x = x.astype(np.float32)
+        want = check_audio(x)
+        for chunk in (7, 999, 1600, x.size):
+            acc = IntervalAudio()
+            for i in range(0, x.size, chunk):
+                acc.add(x[i:i + chunk])
+            got = acc.check()
+            assert got.status == want.status == name.replace("short", "ok").replace("odd", "ok")
+            for a, b in [(got.rms_dbfs, want.rms_dbfs), (got.dc_offset, want.dc_offset),
+                         (got.clipped_fraction, want.clipped_fraction)]:
+                assert (np.isnan(a) and np.isnan(b)) or abs(a - b) <= 1e-9, (name, chunk, a, b)
