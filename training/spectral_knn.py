@@ -291,16 +291,24 @@ class SpectralKnn:
         if missing:
             raise RunError(f"{run_dir / STATE}: no bank for section(s) {missing}")
         spec = self.spec
-        check_rule_arrays(info.sections, DEVICE_RULE, self.rule_arrays,
-                          lambda s: run_dir / STATE)
+        # every branch the run holds is checked, not only those of its own rule: any
+        # variant (evaluate --score all) may read them
+        check_rule_arrays(info.sections, DEVICE_RULE,
+                          lambda s: self.rule_arrays(s, self._held(s)), lambda s: run_dir / STATE)
         for s in info.sections:              # the arrays fit the spec's windows
-            problem = make_rule(DEVICE_RULE, self.rule_arrays(s)).check_model(
+            problem = make_rule(DEVICE_RULE, self.rule_arrays(s, self._held(s))).check_model(
                 spec.window_frames * spec.n_features, 2 * spec.n_features)
             if problem:
                 raise RunError(f"{run_dir / STATE}: section {s:02d}: the feature settings give "
                                f"{spec.window_frames} frames of {spec.n_features} values, the "
                                f"arrays expect {problem}")
         return self
+
+    def _held(self, section: int) -> tuple[float, ...]:
+        """Weights that count every branch this section's bank holds any array of."""
+        bank = self.banks.get(section, {})
+        return tuple(1.0 if any(k.startswith(f"{b}_") for k in bank) else 0.0
+                     for b in ALL_BRANCHES for _ in range(2))
 
     # -- export (training/method.py's Exportable) ------------------------------------------
     def device_graph(self) -> DeviceGraph:

@@ -132,7 +132,8 @@ def test_an_enrolled_bank_scores_as_training_on_the_same_clips_would(general_bun
     cfg = load_config(config(folder, general_bundle))
     enroll(cfg, files=[str(folder / "recordings" / n) for n in names], progress=False)
     _, pipeline = build(cfg)
-    model = SpectralKnn()
+    from harken.training.spectral_knn import SpectralKnnConfig
+    model = SpectralKnn(SpectralKnnConfig(score="fused"))     # the general bundle's variant
     train = [c for c in scan(test[0].path.parents[2], ["fan"], "train")
              if c.path.name in names]
     model.train(train, tmp_path / "run", progress=False)

@@ -89,8 +89,10 @@ def knn_bundles(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("knn")
     out = {}
     for machine in (MACHINE, "gearbox"):
-        make_method("spectral-knn").train(scan(tiny_corpus, [machine], "train"),
-                                          root / "runs" / machine, progress=False)
+        # fixed weights: both bundles carry the same branches' arrays (score=auto may
+        # choose other branches per machine, and then the swap is refused at load)
+        make_method("spectral-knn", ["score=fused"]).train(
+            scan(tiny_corpus, [machine], "train"), root / "runs" / machine, progress=False)
         assert export(root / "runs" / machine, root / machine) == 0
         out[machine] = root / machine
     return out
