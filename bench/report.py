@@ -778,7 +778,9 @@ def unseen_section(r: dict) -> list[str]:
              "the default was chosen, targets fixed in advance) is docs/generalisation.md; the "
              "machine types are described in docs/corpus.md. Rows `[rule]` are the training "
              "code's scores; `bundle` rows are the exported default bundle scored through the "
-             "agent's own scorer (the targets are judged on it)."]
+             "agent's own scorer (the targets are judged on it). Where each setting came "
+             "from (fixed in advance, chosen on the tuning types, chosen on the validation "
+             "types) is the table at the end of docs/generalisation.md."]
     for name, c in corpora.items():
         floor = next(b for b in c["baseline"] if b["rule"] == r["floor_rule"])
         rows = [*c["rows"], *c["bundles"], *general.get(name, []),
