@@ -59,8 +59,8 @@ GENERAL_MACHINE = "general"        # run.json's machine: the run is not one mach
 
 @dataclass(frozen=True)
 class GeneralConfig(ClassifierConfig):
-    epochs: int = 16
-    windows_per_epoch: Size = 3072
+    epochs: int = 10
+    windows_per_epoch: Size = 2048      # normal windows per epoch (outliers on top)
     score: Literal["embedding-density"] = "embedding-density"
     random_machines: Annotated[int, between(0, MAX_MACHINES, "random machine instances")] = 150
     family_seed: Annotated[int, between(0, 2**32 - 1, "seed of the random family")] = 0
