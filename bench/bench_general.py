@@ -144,6 +144,7 @@ def evaluate(args: argparse.Namespace, models: dict[int, Path]) -> dict:
     from harken.agent.site.enroll_embedding import fit_embedding_bank, held_out_scores
     from harken.agent.sources.wavio import read_wav
     from harken.training.data.corpus import machine_types, scan
+    from harken.training.data.windows import fit_to_window
     from harken.training.evaluate import section_results
     torch.set_num_threads(args.threads)
     top = max(models)
@@ -157,7 +158,7 @@ def evaluate(args: argparse.Namespace, models: dict[int, Path]) -> dict:
         t0 = time.monotonic()
         emb: dict[tuple[int, str], list[np.ndarray]] = {}
         for c in train + test:
-            w = windows(extract(read_wav(c.path, spec.sample_rate)[0]), spec)
+            w = windows(fit_to_window(extract(read_wav(c.path, spec.sample_rate)[0]), spec), spec)
             for n, e in embedders.items():
                 for kind, v in e(w).items():
                     emb.setdefault((n, kind), []).append(v)

@@ -34,9 +34,10 @@ GENERAL_METHOD = "mobilenetv2-dual-general"
 CLIPS_PER_TYPE = 8
 
 
-def general_calibration(root: Path, spec, n: int, seed: int = 0) -> np.ndarray:
+def general_calibration(root: Path, spec, n: int, seed: int = 0, family_seed: int = 0
+                        ) -> np.ndarray:
     """``n`` feature windows from the TRAINING clips of every machine type under ``root``,
-    as many from each type."""
+    as many from each type (topped up from the random family when they are too few)."""
     try:
         types = machine_types(root)
         rng = np.random.default_rng(seed)
@@ -48,11 +49,20 @@ def general_calibration(root: Path, spec, n: int, seed: int = 0) -> np.ndarray:
     except CorpusError as exc:
         raise ExportError(f"calibration data: {exc}") from None
     feats = clip_features(picked, spec, progress=False)
-    per = [windows(f, spec) for f in feats]
-    all_windows = np.concatenate(per)
+    all_windows = np.concatenate([windows(f, spec) for f in feats])
     if len(all_windows) < n:
-        raise ExportError(f"calibration data: only {len(all_windows)} windows in {len(picked)} "
-                          f"training clips under {root}; {n} needed (--calib-windows)")
+        # a corpus of short clips (the tiny one): topped up with clips of the random
+        # family the model was trained on, so the ranges still see many machines
+        from harken.agent.features import LogMelExtractor
+        from harken.training.synth.randomised import random_machine, render
+        log.info(f"calibration: {len(all_windows)} windows in the corpus's training clips; "
+                 f"the rest from clips of the random family")
+        extract, extra, i = LogMelExtractor(spec), [all_windows], 0
+        while sum(len(w) for w in extra) < n:
+            m = random_machine(family_seed, i)
+            extra.append(windows(extract(render(m, i % 3, 0, 10.0, family_seed)), spec))
+            i += 1
+        all_windows = np.concatenate(extra)
     return all_windows[np.sort(rng.choice(len(all_windows), n, replace=False))]
 
 
@@ -102,7 +112,8 @@ def write_embedding_general_bundle(run_dir: Path, out: Path, options: ExportOpti
         root = _checked_corpus(run_dir, info, calib_root, other_corpus)
         log.info(f"calibration windows from the training clips under {root}")
         calib = np.stack([model_input(w, graph.input_shape) for w in
-                          general_calibration(root, spec, options.calibration_windows, options.seed)])
+                          general_calibration(root, spec, options.calibration_windows, options.seed,
+                                              graph.method.config.family_seed)])
         if "onnx" in options.formats:
             log.info("ONNX int8 (onnxruntime static quantization)")
             path = quantize_int8(onnx_fp32, calib, out / "model.int8.onnx",
