@@ -136,7 +136,60 @@ class Embedder:
         return out
 
 
+def _corpus_key(root: Path) -> str:
+    from harken.training.data.corpus import scan
+    from harken.training.runs import corpus_fingerprint
+    return corpus_fingerprint(scan(root))[:12]
+
+
+def _load_rows(path: Path) -> list | None:
+    """Section results cached by an earlier evaluation of the same model on the same corpus."""
+    from harken.training.metrics import SectionResult
+    if not path.is_file():
+        return None
+    return [SectionResult(**{k: v for k, v in d.items() if k != "hmean"})
+            for d in json.loads(path.read_text())]
+
+
+def _save_rows(path: Path, rows: list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([r.to_dict() for r in rows]))
+
+
 def evaluate(args: argparse.Namespace, models: dict[int, Path]) -> dict:
+    """Every model's rows on ``args.corpus`` (each cached in its model folder, keyed by the
+    corpus's fingerprint: a second run evaluates only what is new) and baseline-knn's."""
+    key = _corpus_key(args.corpus)
+    top = max(models)
+    results: dict[str, list] = {}
+    todo: dict[int, Path] = {}
+    for n, folder in models.items():
+        kinds = ["float"] + (["int8"] if args.int8 == "all" or (args.int8 == "largest" and n == top)
+                             else [])
+        cached = {k: _load_rows(folder / f"eval-{key}-{k}.json") for k in kinds}
+        if all(v is not None for v in cached.values()):
+            for k, v in cached.items():
+                results[f"general-{n}-{k}"] = v
+        else:
+            todo[n] = folder
+    baseline = args.cache / f"baseline-knn-{key}.json"
+    fresh = _evaluate(args, todo, not args.no_baseline and not baseline.is_file()) if todo or (
+        not args.no_baseline and not baseline.is_file()) else {}
+    for name, rows in fresh.items():
+        if name == "baseline-knn":
+            _save_rows(baseline, rows)
+        else:
+            n, kind = int(name.split("-")[1]), name.split("-")[2]
+            _save_rows(models[n] / f"eval-{key}-{kind}.json", rows)
+    results |= fresh
+    if not args.no_baseline:
+        results["baseline-knn"] = _load_rows(baseline)
+    order = sorted(results, key=lambda k: (k == "baseline-knn", int(k.split("-")[1])
+                                           if k.startswith("general-") else 0, k))
+    return {k: detection_summary(results[k]) for k in order}
+
+
+def _evaluate(args: argparse.Namespace, models: dict[int, Path], baseline: bool) -> dict:
     import torch
 
     from harken.agent.features import LogMelExtractor, windows
@@ -147,17 +200,18 @@ def evaluate(args: argparse.Namespace, models: dict[int, Path]) -> dict:
     from harken.training.data.windows import fit_to_window
     from harken.training.evaluate import section_results
     torch.set_num_threads(args.threads)
-    top = max(models)
+    top = max(args.curve)
     embedders = {n: Embedder(f, args.int8 == "all" or (args.int8 == "largest" and n == top))
                  for n, f in models.items()}
-    spec = next(iter(embedders.values())).method.spec
+    from harken.agent.features import preset
+    spec = next(iter(embedders.values())).method.spec if embedders else preset("mobilenetv2-dual")
     extract = LogMelExtractor(spec)
     results: dict[str, list] = {}
     for machine in machine_types(args.corpus):
         train, test = scan(args.corpus, [machine], "train"), scan(args.corpus, [machine], "test")
         t0 = time.monotonic()
         emb: dict[tuple[int, str], list[np.ndarray]] = {}
-        for c in train + test:
+        for c in (train + test) if embedders else ():
             w = windows(fit_to_window(extract(read_wav(c.path, spec.sample_rate)[0]), spec), spec)
             for n, e in embedders.items():
                 for kind, v in e(w).items():
@@ -173,13 +227,13 @@ def evaluate(args: argparse.Namespace, models: dict[int, Path]) -> dict:
                 scores[at] = held_out_scores(arrays, te[at])
             results.setdefault(f"general-{n}-{kind}", []).extend(
                 section_results(machine, test, scores))
-        if not args.no_baseline:
+        if baseline:
             results.setdefault("baseline-knn", []).extend(baseline_knn_results(
                 machine, train, test, args.cache / "baseline-knn" / machine))
         print(f"{machine}: " + ", ".join(
             f"{k} {detection_summary([r for r in v if r.machine == machine])['official']:.4f}"
             for k, v in results.items()) + f" ({time.monotonic() - t0:.0f} s)", flush=True)
-    return {k: detection_summary(v) for k, v in results.items()}
+    return results
 
 
 def clip_statistics(x_logmel: np.ndarray, n_mels: int) -> np.ndarray:

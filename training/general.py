@@ -133,6 +133,7 @@ class GeneralMethod(DualInputMethod):
     score_rules = ("embedding-density",)
     summary = ("mobilenetv2-dual trained once across random machines + the corpus's types; "
                "enrolled on site ('harken-train general')")
+    refit = None            # no bank of its own to refit: the site's is enrolled (not Refittable)
 
     def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> RunInfo:
         raise UsageError(f"{self.name} is trained once across all machine types: "
