@@ -121,3 +121,16 @@ def test_export_refuses_a_run_of_another_method(general_bundle_learned, tmp_path
     (other / "run.json").write_text(json.dumps({**data, "method": "mobilenetv2-dual"}))
     with pytest.raises(ExportError, match="harken-train general"):
         write_embedding_general_bundle(other, tmp_path / "b")
+
+
+def test_a_general_run_is_not_exported_or_refitted_as_a_per_machine_run(general_bundle_learned,
+                                                                       tmp_path):
+    run = general_bundle_learned / "run"
+    for cmd in (["harken.export.cli", "export", str(run), "--out", str(tmp_path / "b"),
+                 "--formats", "onnx", "--precision", "fp32"],
+                ["harken.training.cli", "refit", str(run)]):
+        r = subprocess.run([sys.executable, "-m", *cmd], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) <= 2, r.stderr     # a progress line, the error
+    assert not (tmp_path / "b").exists()
