@@ -83,10 +83,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def model_dir(args: argparse.Namespace, n: int) -> Path:
+    """The cache folder of the model with ``n`` random machines: keyed by the training
+    corpus and every setting as it resolves (defaults included: a changed default is
+    another model)."""
+    from harken.training.config import config_dict, with_overrides
     from harken.training.data.corpus import scan
+    from harken.training.general import GeneralConfig
     from harken.training.runs import corpus_fingerprint
     fp = corpus_fingerprint(scan(args.train_data, split="train"))
-    key = hashlib.sha256(json.dumps([fp, sorted(args.set)]).encode()).hexdigest()[:10]
+    cfg = config_dict(with_overrides(GeneralConfig(), [*args.set, f"random_machines={n}"]))
+    cfg = {k: v for k, v in cfg.items() if k not in ("threads", "device")}
+    key = hashlib.sha256(json.dumps([fp, cfg], sort_keys=True).encode()).hexdigest()[:10]
     return args.cache / f"rm{n}-{key}"
 
 

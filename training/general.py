@@ -59,7 +59,7 @@ GENERAL_MACHINE = "general"        # run.json's machine: the run is not one mach
 
 @dataclass(frozen=True)
 class GeneralConfig(ClassifierConfig):
-    epochs: int = 6
+    epochs: int = 16        # 6 -> 16 on the validation types (docs/general-model.md)
     windows_per_epoch: Size = 2048      # normal windows per epoch (outliers on top)
     score: Literal["embedding-density"] = "embedding-density"
     random_machines: Annotated[int, between(0, MAX_MACHINES, "random machine instances")] = 150
