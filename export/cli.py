@@ -101,8 +101,16 @@ def cmd_general(args: argparse.Namespace) -> int:
     check_target(out, args.force, "--out folder")
     if args.tar:
         check_target(tar_path_of(out), args.force, "tarball")
-    with building(out, force=args.force, what="--out folder") as new:
-        write_general_bundle(new, options=ExportOptions(precision="fp32"), variant=args.variant)
+    keep = (Path(args.run),) if args.run else ()
+    with building(out, force=args.force, what="--out folder", keep=keep) as new:
+        if args.run:          # the general learned model (docs/general-model.md)
+            from harken.export.general_bundle import write_embedding_general_bundle
+            write_embedding_general_bundle(Path(args.run), new, ExportOptions(
+                formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+                precision=args.precision))
+        else:
+            write_general_bundle(new, options=ExportOptions(precision="fp32"),
+                                 variant=args.variant)
         if args.tar:                   # placed before the folder, as in cmd_export
             make_tar(new, tar_path_of(out), force=args.force, arcname=out.name)
     print(f"bundle: {out} (needs 'harken enroll' on the device before 'harken run')")
@@ -212,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("general", help="a bundle for any machine: no reference bank; "
                        "'harken enroll' learns one on site")
     g.add_argument("--out", required=True, help="new bundle folder")
+    g.add_argument("--run", help="a 'harken-train general' run: its embedding network "
+                   "(default: spectral-knn's statistics, no run)")
+    g.add_argument("--formats", default="onnx", help="with --run: onnx, tflite or onnx,tflite")
+    g.add_argument("--precision", default="int8", choices=("int8", "fp32", "both"),
+                   help="with --run: int8 (default), fp32 or both")
     g.add_argument("--tar", action="store_true", help="also write BUNDLE.tar.gz for the device")
     g.add_argument("--variant", default="fused",
                    help="spectral-knn score variant whose branches 'harken enroll' fits and "

@@ -80,6 +80,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_general(args: argparse.Namespace) -> int:
+    from harken.training.general import cmd_general as run
+    return run(args)
+
+
 def cmd_refit(args: argparse.Namespace) -> int:
     import shutil
 
@@ -304,6 +309,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "the log, counted in run.json) instead of refusing the corpus")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("general", help="train the general model (mobilenetv2-dual) once across "
+                       "random machines and the corpus's types (docs/general-model.md)")
+    g.add_argument("--data", required=True, help="DCASE-format corpus folder (its training clips)")
+    g.add_argument("--machines", help="comma-separated types of --data (default: all)")
+    g.add_argument("--out", required=True, help="the run folder to write")
+    g.add_argument("--random-machines", type=int,
+                   help="random machine instances (same as --set random_machines=N; 0: the "
+                        "corpus's types only)")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="change a setting (repeatable); 'harken-train methods --settings'")
+    g.add_argument("--seed", type=int, help="random seed (same as --set seed=N)")
+    g.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    g.add_argument("--force", action="store_true", help="replace a run folder already there")
+    g.add_argument("--skip-bad-clips", action="store_true",
+                   help="leave out train clips labelled anomalous and damaged WAVs")
+    g.add_argument("--quiet", action="store_true")
+    g.set_defaults(func=cmd_general)
 
     rf = sub.add_parser("refit", help="rebuild a classifier run's embedding bank and threshold "
                                       "from its training clips, without retraining")

@@ -10,6 +10,7 @@ from harken.training.autoencoder import (AeBatchUniformization, AeMahalanobis, A
 from harken.training.baselines import KnnBaseline
 from harken.training.classifier import ClassifierMethod, ContrastiveMethod, DualInputMethod
 from harken.training.fusion import Fusion
+from harken.training.general import GeneralMethod
 from harken.training.gmgan import GmganMethod
 from harken.training.method import Configurable, Method
 from harken.training.oevae import OevaeMethod
@@ -18,7 +19,7 @@ from harken.training.spectral_knn import SpectralKnn
 METHODS = {cls.name: cls for cls in (SpectralKnn, KnnBaseline, AutoencoderMethod, AeMahalanobis,
                                      AeBatchUniformization, AeNeymanPearson,
                                      ClassifierMethod, DualInputMethod, ContrastiveMethod, AeganMethod,
-                                     GmganMethod, OevaeMethod, Fusion)}
+                                     GmganMethod, OevaeMethod, Fusion, GeneralMethod)}
 
 # what `harken-train train` trains when no --method is given (docs/results.md: why)
 DEFAULT_METHOD = "spectral-knn"

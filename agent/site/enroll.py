@@ -34,6 +34,8 @@ from harken.agent.model.bank import (BANK_VERSION, MAX_BANK_INTERVALS, BankManif
 from harken.agent.model.rules import RuleError, make_rule
 from harken.agent.model.bundle import Bundle, BundleError, open_bundle, sha256_file
 from harken.agent.site.calibrate import score_files, score_source
+from harken.agent.site.enroll_embedding import RULE as EMBEDDING_RULE
+from harken.agent.site.enroll_embedding import enroll_embedding
 from harken.agent.config import Config, ConfigError
 from harken.agent.decision import Decision
 from harken.common.errors import DataError, UsageError
@@ -120,6 +122,12 @@ def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0
         raise ConfigError(f"--files: no such file: {', '.join(missing)}")
     interval_s = config.decision.interval_s
     paths, duplicate_files, seconds = _distinct_files(paths, bundle.spec.sample_rate)
+    if bundle.rule_name == EMBEDDING_RULE:     # a general embedding bundle (docs/general-model.md)
+        result = enroll_embedding(config, bundle, paths, seconds, minutes, append,
+                                  false_alarms_per_week, progress)
+        set_aside = set_override_aside(config)
+        return {**result, "duplicate_files": duplicate_files,
+                **({"override_set_aside": str(set_aside)} if set_aside else {})}
     out = config.bank_file
     old: dict[str, np.ndarray] = {}
     old_manifest: BankManifest | None = None
