@@ -854,6 +854,51 @@ def _general_rows() -> dict[str, list[dict]]:
     return out
 
 
+def general_section(records: dict[str, dict]) -> list[str]:
+    """bench/bench_general.py: the general model's curve (random machines seen -> official,
+    enrolled, never trained, on the corpus's types), per corpus, and the label-free reach
+    check."""
+    lines = ["## The general learned model (mobilenetv2-dual over a random family of machines)",
+             "", "Trained once on the tuning types plus N procedurally generated machines "
+             "(docs/general-model.md), then enrolled on each section's training clips of a "
+             "corpus whose types it never saw and scored with kNN + local density "
+             "normalisation, beside baseline-knn trained per type on that corpus."]
+    for key in sorted(k for k in records if k in ("general",) or (
+            k.startswith("general-") and records[k].get("rows") and
+            k == f"general-{Path(str(records[k].get('corpus', {}).get('root', ''))).name}")):
+        r = records[key]
+        corpus = Path(str(r["corpus"]["root"])).name
+        rows = r["rows"]
+        machines = sorted(next(iter(rows.values()))["machines"])
+        body = []
+        for name, row in rows.items():
+            n, _, precision = name.removeprefix("general-").partition("-")
+            model = r["models"].get(n, {}) if name.startswith("general-") else {}
+            label = (f"general, {n} random machines, {precision}" if name.startswith("general-")
+                     else name)
+            body.append([label, f"{model['training_s']:.0f}" if model else "-",
+                         f"{row['official']:.4f}", f"{row['auc_source']:.3f}",
+                         f"{row['auc_target']:.3f}",
+                         *(f"{row['machines'][m]:.4f}" for m in machines)])
+        lines += ["", f"`{r['command']}` ({r['when']}) on `{corpus}`, trained on "
+                  f"`{Path(str(r.get('train_data', ''))).name}`:", ""]
+        lines += table(["model", "training wall s (2 shared cores)", "official",
+                        "mean AUC source", "mean AUC target", *machines], body)
+    reach = records.get("general-reach", {}).get("reach")
+    if reach:
+        lines += ["", "Reach check (`bench/bench_general.py --reach`, no labels, no detection "
+                  f"score): each type's training clips' distance to the nearest of "
+                  f"{reach['random_clips']} random clips (per-band log-mel mean and spread, "
+                  "standardised), as a multiple of the random clips' own median "
+                  "nearest-neighbour distance:", ""]
+        lines += table(["type", "group", "median distance / random's own",
+                        "share beyond the random clips' 95th percentile"],
+                       [[t, group, f"{x['ratio_to_random_median']:.2f}",
+                         f"{100 * x['share_beyond_random_p95']:.0f} %"]
+                        for group in ("tuning", "checked") for t, x in reach[group].items()])
+    return lines
+
+
 def write_unseen_block(r: dict, results_md: Path = ROOT / "docs" / "results.md") -> None:
     """The same section in docs/results.md, between markers (replaced, or appended)."""
     block = "\n".join([UNSEEN_START, *unseen_section(r), UNSEEN_END]) + "\n"
@@ -900,6 +945,9 @@ def main() -> None:
             lines += (agent_section if name.startswith("agent-") else machines_section)(r) + [""]
     lines += detect_sections([r for k, r in results.items()
                               if k == "detect" or k.startswith("detect-")])
+    general = {k: r for k, r in results.items() if k.startswith("general")}
+    if general:
+        lines += general_section(general) + [""]
     for name in probes:            # bench/probe_generative.py, one per probed run
         lines += generative_probe_section(results[name]) + [""]
     out = ROOT / "docs" / "benchmarks.md"
