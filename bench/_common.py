@@ -31,12 +31,13 @@ def positive(text: str) -> int:
 
 
 def bundle_dir(text: str) -> Path:
-    """An exported bundle folder (argparse type): one with a manifest.json."""
+    """An exported bundle folder (argparse type): one with a manifest.json; absolute, since
+    the benches run the agent from other folders."""
     path = Path(text)
     if not (path / "manifest.json").is_file():
         raise argparse.ArgumentTypeError(f"{text!r}: not a bundle folder (no manifest.json "
                                          "in it); give a folder harken-export wrote")
-    return path
+    return path.resolve()
 
 
 def pin_one_thread() -> None:

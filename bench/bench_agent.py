@@ -247,7 +247,7 @@ def main() -> None:
         else:
             model, artifact = args.model, ARTIFACTS[args.model]
             bundle = bundles([model])[model]
-        figures = {"model": model, "artifact": artifact, "threads": 1,
+        figures = {"model": model, "label": label, "artifact": artifact, "threads": 1,
                    **speed(bundle, artifact, args.hour_s, args.realtime_s)}
         name = "agent" if label is None else f"agent-{label}"
         print(f"wrote {record(name, command, figures)}")
@@ -259,6 +259,7 @@ def main() -> None:
             if args.bundle:
                 found = detect(args.bundle, args.corpus, args.artifact)
                 source = "bundles given with --bundle"
+                found["bundles"] = [corpus_root(Path(b)) for b in found["bundles"]]
             else:
                 if not args.run.is_dir():
                     raise SystemExit(f"--run {args.run}: not there; train it with "

@@ -120,7 +120,7 @@ def met(ok: bool) -> str:
 def agent_section(r: dict) -> list[str]:
     f, rt, t, ok = r["fast"], r["realtime"], r["targets"], r["met"]
     heading = "## Agent end to end" + ("" if r["model"] == "spectral-knn"
-                                       else f": the {r['model']} bundle")
+                                       else f": the {r.get('label') or r['model']} bundle")
     return [
         heading, "",
         f"`{r['command']}` ({r['when']}): `harken run` with the {r['model']} bundle as "
@@ -780,7 +780,10 @@ def unseen_section(r: dict) -> list[str]:
              "code's scores; `bundle` rows are the exported default bundle scored through the "
              "agent's own scorer (the targets are judged on it). Where each setting came "
              "from (fixed in advance, chosen on the tuning types, chosen on the validation "
-             "types) is the table at the end of docs/generalisation.md."]
+             "types) is the table at the end of docs/generalisation.md. The sections above "
+             "this one come from `scripts/make-results` on the date at the top of the page, "
+             "with the default of that date; the `standard` table here is the current "
+             "default's on the same corpus."]
     for name, c in corpora.items():
         floor = next(b for b in c["baseline"] if b["rule"] == r["floor_rule"])
         rows = [*c["rows"], *c["bundles"], *general.get(name, []),
