@@ -93,6 +93,9 @@ def cmd_wrap(args: argparse.Namespace) -> int:
 def cmd_general(args: argparse.Namespace) -> int:
     from harken.export.bundle import ExportOptions, make_tar, tar_path_of, write_general_bundle
     from harken.training.spectral_knn import VARIANT_WEIGHTS
+    if args.run and args.variant != "fused":
+        raise UsageError(f"--variant {args.variant}: a spectral-knn setting; a general bundle "
+                         f"of a learned model (--run) has no variants")
     if args.variant not in VARIANT_WEIGHTS:
         raise UsageError(f"--variant {args.variant}: expected one of "
                          f"{', '.join(VARIANT_WEIGHTS)} (the spectral-knn branches and weights "

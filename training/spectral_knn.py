@@ -79,8 +79,9 @@ def parse_weights(text: str) -> tuple[float, ...]:
     except ValueError:
         w = ()
     if (len(w) != len(ALL_COMPONENTS) or not all(np.isfinite(w)) or min(w) < 0
-            or sum(w) <= 0):
-        raise UsageError(f"weights must be {len(ALL_COMPONENTS)} numbers >= 0, not all 0, one "
+            or not 0 < sum(w) < np.inf):
+        raise UsageError(f"weights must be {len(ALL_COMPONENTS)} numbers >= 0, not all 0, with a "
+                         f"finite sum, one "
                          f"per component {list(ALL_COMPONENTS)}, got {text!r}")
     return w
 
@@ -224,8 +225,13 @@ class SpectralKnn:
         clips (training/branch_choice.py; docs/training.md "Choosing branches without
         labels"); the chosen weights become this run's ``weights`` setting."""
         from harken.training.branch_choice import choose_variant
-        choice = choose_variant(clips, dict(VARIANT_WEIGHTS), spec=self.spec,
-                                density_k=self.config.density_k, progress=progress)
+        try:
+            choice = choose_variant(clips, dict(VARIANT_WEIGHTS), spec=self.spec,
+                                    density_k=self.config.density_k, progress=progress)
+        except (DataError, UsageError) as exc:
+            raise DataError(f"{clips[0].machine}: score=auto could not choose the weights from "
+                            f"these training clips ({exc}); give more distinct normal clips, or "
+                            f"train with fixed weights: --set score=fused") from None
         self.chosen = tuple(float(x) for x in choice.row(choice.chosen).weights)
         if progress:
             print(f"{clips[0].machine}: score=auto chose {choice.chosen!r} (label-free proxy)\n"
@@ -277,8 +283,11 @@ class SpectralKnn:
         self.info = info
         if config.score == AUTO:
             try:
-                self.chosen = parse_weights(" ".join(str(float(x)) for x in
-                                                     params["chosen_weights"]))
+                chosen = params["chosen_weights"]
+                if not isinstance(chosen, list) or any(
+                        isinstance(x, bool) or not isinstance(x, (int, float)) for x in chosen):
+                    raise TypeError(f"got {chosen!r}, not a list of numbers")
+                self.chosen = parse_weights(" ".join(str(float(x)) for x in chosen))
             except (KeyError, TypeError, ValueError, UsageError) as exc:
                 raise RunError(f"{run_dir / 'run.json'}: params: score 'auto' needs its chosen "
                                f"weights in 'chosen_weights' (ten numbers >= 0): {exc}") from None

@@ -100,3 +100,12 @@ def test_a_run_trained_before_the_frame_branches_still_scores_fused_and_names_wh
     with pytest.raises(ValueError, match=r"\(branch\(es\) \['modulation', 'temporal', "
                                          r"'cepstrum'\]: a run trained before they existed\)"):
         model.rule_arrays(s, "all")
+
+
+def test_a_variant_given_with_a_learned_general_model_is_refused(tmp_path, capsys):
+    """Was: --variant silently ignored beside --run (a learned model has no variants)."""
+    assert export_main(["general", "--run", str(tmp_path / "run"), "--variant", "stats",
+                        "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--variant stats: a spectral-knn setting" in err
+    assert not (tmp_path / "g").exists()

@@ -174,3 +174,36 @@ def test_score_auto_chooses_weights_per_machine_keeps_them_in_the_run_and_export
     open_bundle(bundle)
     used = [w for w in weights if w > 0]             # the weighed branches' weights
     assert np.load(bundle / "arrays" / "fusion_weights_00.npy").tolist() == used
+
+
+def test_auto_that_cannot_choose_says_how_to_train_anyway(tmp_path, capsys):
+    """Was: a bare chooser message (no machine, no way out) for a section too small to
+    split, where fixed weights train fine."""
+    from harken.training import cli
+    from tests.training.test_corpus_scan import corpus
+    corpus(tmp_path / "c", train=3, test=1)
+    assert cli.main(["train", "--data", str(tmp_path / "c"), "--out", str(tmp_path / "r"),
+                     "--quiet"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "fan: score=auto could not choose" in last and "--set score=fused" in last
+    capsys.readouterr()
+    assert cli.main(["train", "--data", str(tmp_path / "c"), "--out", str(tmp_path / "f"),
+                     "--quiet", "--set", "score=fused"]) == 0, capsys.readouterr().err
+
+
+def test_weights_that_overflow_and_chosen_weights_that_are_not_numbers_are_refused(
+        tiny_corpus, tmp_path):
+    from harken.training.runs import RunError
+    from harken.training.spectral_knn import parse_weights
+    with pytest.raises(UsageError, match="finite sum"):
+        parse_weights(",".join(["1e308"] * 10))
+    run = tmp_path / "fan"
+    SpectralKnn(SpectralKnnConfig(score="auto")).train(scan(tiny_corpus, ["fan"], "train"),
+                                                       run, progress=False)
+    info = json.loads((run / "run.json").read_text())
+    for bad in ("1100111111", [True] * 10, [1e308] * 10):
+        info["params"]["chosen_weights"] = bad
+        (run / "run.json").write_text(json.dumps(info))
+        with pytest.raises(RunError, match="chosen_weights") as exc:
+            SpectralKnn.load(run)
+        assert "\n" not in str(exc.value)

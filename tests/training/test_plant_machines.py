@@ -189,3 +189,20 @@ def test_fetch_sounds_refuses_bad_arguments_in_one_line(tmp_path, args, says):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and says in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_fetch_sounds_never_replaces_a_folder_it_did_not_write(tmp_path):
+    """Was: --out naming a folder of the user's own files replaced it whole (data lost)."""
+    import subprocess
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[2] / "scripts" / "fetch-sounds"
+    mine = tmp_path / "mydata"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    (tmp_path / "EMPTY").mkdir()
+    done = subprocess.run(["bash", str(script), "--out", str(mine), "--debs",
+                           str(tmp_path / "EMPTY")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "did not write (no SOURCES.txt)" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert (mine / "notes.txt").read_text() == "keep me" and sorted(
+        p.name for p in tmp_path.iterdir()) == ["EMPTY", "mydata"]
