@@ -25,6 +25,7 @@ this method scores with those weights too.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,6 +49,8 @@ from harken.agent.model.rules import make_rule
 from harken.training.run_checks import check_rule_arrays
 from harken.training.runs import RunError, RunInfo, normal_score_stats, read_run, write_run
 
+log = logging.getLogger(__name__)
+
 # The training-side score variants (what ``evaluate --score`` takes): fusion weights in
 # ALL_COMPONENTS order (mel-knn, mel-density, spectrum-knn, spectrum-density, modulation-knn,
 # ... cepstrum-density). On the device each is the one rule DEVICE_RULE with the arrays of the
@@ -68,6 +71,7 @@ CUSTOM = "custom"                     # the variant of the ``weights`` setting
 # training/branch_choice.py's pseudo-fault proxy among the named variants; the run keeps the
 # chosen variant (``chosen``), its weights (``chosen_weights``) and the proxy's table (``proxy``
 AUTO = "auto"
+FALLBACK = "fused"            # auto's weights where the training clips are too few to choose
 DEVICE_RULE = "spectral-knn"          # agent/model/rules/ name
 STATE = "bank.npz"
 
@@ -229,9 +233,12 @@ class SpectralKnn:
             choice = choose_variant(clips, dict(VARIANT_WEIGHTS), spec=self.spec,
                                     density_k=self.config.density_k, progress=progress)
         except (DataError, UsageError) as exc:
-            raise DataError(f"{clips[0].machine}: score=auto could not choose the weights from "
-                            f"these training clips ({exc}); give more distinct normal clips, or "
-                            f"train with fixed weights: --set score=fused") from None
+            # too few (or too alike) clips to hold some out: the weights of before, said so
+            log.warning(f"WARNING: {clips[0].machine}: score=auto could not choose the weights "
+                        f"from these training clips ({exc}); using {FALLBACK!r} (more distinct "
+                        f"normal clips let it choose)")
+            self.chosen = VARIANT_WEIGHTS[FALLBACK]
+            return {"chosen": FALLBACK, "fallback": str(exc), "variants": []}
         self.chosen = tuple(float(x) for x in choice.row(choice.chosen).weights)
         if progress:
             print(f"{clips[0].machine}: score=auto chose {choice.chosen!r} (label-free proxy)\n"
@@ -240,9 +247,10 @@ class SpectralKnn:
 
     def train(self, clips: Sequence[Clip], run_dir: Path, progress: bool = True) -> RunInfo:
         machine = clips[0].machine
-        proxy = self.choose(clips, progress) if self.config.score == AUTO else None
+        # the statistics first: a clip they cannot use is refused naming its file
         vectors = clip_statistics(clip_logmels(clips, self.spec, progress), self.spec,
                                   self.spec.n_mels, progress, [str(c.path) for c in clips])
+        proxy = self.choose(clips, progress) if self.config.score == AUTO else None
         loo = self.fit(vectors, [c.section for c in clips])
         run_dir.mkdir(parents=True, exist_ok=True)
         np.savez(run_dir / STATE, **{f"s{s:02d}__{role}": a for s, arrays in self.banks.items()
