@@ -746,6 +746,17 @@ def summary(results: dict) -> list[str]:
                          "core / peak RSS MB", f"{q['cpu_percent']:.2f} < {t['cpu_percent']:g}"
                          f" / {q['peak_rss_mb']:.0f} < {t['rss_mb']:g}",
                          all(m["met"][label].values())))
+    if "unseen" in results:
+        u = results["unseen"]
+        for key, ok in u["met"].items():
+            corpus = "standard" if key.startswith("standard") else \
+                "unseen-real" if key.startswith("unseen_real") else "unseen"
+            if ok is None or corpus not in u["corpora"]:
+                continue
+            d = next(b for b in u["corpora"][corpus]["bundles"] if b["default_artifact"])
+            fig = f"{d['auc_target']:.3f}" if "auc" in key else f"{d['official']:.4f}"
+            rows.append((f"machine types nobody tuned for: {key.replace('_', ' ')} "
+                         "(docs/results.md)", fig, ok))
     for key in [k for k in results if k == "detect" or k.startswith("detect-")]:
         o = results[key]["overall"]
         rows.append((f"time to detect: {results[key]['label']}, median / max s (detected of "
