@@ -57,6 +57,22 @@ from harken.training.trainer import fit
 GENERAL_MACHINE = "general"        # run.json's machine: the run is not one machine type's
 
 
+def check_memory(clips: int, values_per_crop: int) -> None:
+    """Refuse, before hours of rendering, a training set whose crops (float16, and the copy
+    that stacks them) would not fit in this machine's memory."""
+    import os
+    need = 2 * clips * values_per_crop * 2
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return
+    if need > 0.8 * have:
+        raise UsageError(f"random_machines: {clips} training clips would need about "
+                         f"{need / 2**30:.1f} GiB for their crops, more than this machine's "
+                         f"{have / 2**30:.1f} GiB of memory allows; give fewer random machines "
+                         f"(or fewer clips_per_class)")
+
+
 @dataclass(frozen=True)
 class GeneralConfig(ClassifierConfig):
     epochs: int = 16        # 6 -> 16 on the validation types (docs/general-model.md)
@@ -150,6 +166,8 @@ class GeneralMethod(DualInputMethod):
         cfg, spec = self.config, self.spec
         rng = np.random.default_rng(cfg.seed)
         real = pick_real_clips(clips, cfg.real_clips, cfg.seed) if cfg.real_clips else []
+        check_memory(cfg.random_machines * POINTS_PER_MACHINE * (cfg.clips_per_class + 1)
+                     + cfg.outlier_clips + len(real), cfg.crop_frames * spec.n_features)
         names, real_class = class_labels(real) if real else ([], np.zeros(0, int))
         crops, labels, val = [], [], []
         if real:

@@ -40,7 +40,9 @@ def test_the_random_family_is_deterministic_and_its_classes_distinct():
 def test_bad_settings_are_one_line(tiny_corpus, tmp_path):
     for args, expected in (
             (["--random-machines", "-1"], "random_machines"),
-            (["--random-machines", "0", "--set", "real_clips=0"], "nothing to train on")):
+            (["--random-machines", "0", "--set", "real_clips=0"], "nothing to train on"),
+            # was: accepted, hours of rendering, then out of memory
+            (["--random-machines", "100000"], "GiB of memory allows")):
         r = subprocess.run([sys.executable, "-m", "harken.training.cli", "general", "--data",
                             str(tiny_corpus), "--out", str(tmp_path / "run"), *args],
                            capture_output=True, text=True, timeout=120)

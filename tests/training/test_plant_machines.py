@@ -206,3 +206,15 @@ def test_fetch_sounds_never_replaces_a_folder_it_did_not_write(tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1
     assert (mine / "notes.txt").read_text() == "keep me" and sorted(
         p.name for p in tmp_path.iterdir()) == ["EMPTY", "mydata"]
+
+
+def test_real_sounds_take_upper_case_wav_names(tmp_path):
+    """Was: backgrounds/HUM.WAV passed over ('no backgrounds/*.wav')."""
+    from harken.training.synth import real_sounds
+    root = tmp_path / "sounds"
+    for kind, name in (("backgrounds", "HUM.WAV"), ("events", "knock.Wav")):
+        (root / kind).mkdir(parents=True)
+        t = np.arange(SR) / SR
+        write_wav(root / kind / name, (0.1 * np.sin(2 * np.pi * 120 * t)).astype(np.float32), SR)
+    loaded = real_sounds.load(root)
+    assert loaded is not None

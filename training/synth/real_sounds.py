@@ -117,7 +117,8 @@ def load(folder: str | Path) -> RealSounds:
     parts = {}
     digests = {}
     for kind in ("backgrounds", "events"):
-        files = sorted((root / kind).glob("*.wav")) if (root / kind).is_dir() else []
+        files = sorted(p for p in (root / kind).iterdir() if p.suffix.lower() == ".wav") \
+            if (root / kind).is_dir() else []          # .wav and .WAV alike
         if not files:
             raise UsageError(f"--real-sounds {folder}: no {kind}/*.wav in it; expected a folder "
                              "with backgrounds/*.wav and events/*.wav (scripts/fetch-sounds writes one)")
