@@ -33,20 +33,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import corpus_root, record  # noqa: E402
+from bench._common import corpus_root, positive, record  # noqa: E402
 
 DEFAULT = "fused"
-
-
-def positive(text: str) -> int:
-    """A whole number of at least 1 (argparse type)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of at least 1")
-    return value
 
 
 def read_metrics(paths: list[Path]) -> dict[str, dict[str, dict]]:

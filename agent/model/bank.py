@@ -157,3 +157,25 @@ def rule_arrays(bank: dict[str, np.ndarray], bundle: Bundle) -> dict[str, np.nda
     e = bundle.manifest.enrollment
     return {**{k: v for k, v in bank.items() if not k.startswith("raw_")},
             "fusion_weights": np.asarray(e.weights), "n_mels": np.asarray(bundle.spec.n_mels)}
+
+
+def without_copies(new: dict[str, np.ndarray], old: dict[str, np.ndarray] | None
+                   ) -> tuple[dict[str, np.ndarray], int]:
+    """The new intervals (a vector per interval for each name) without exact copies of
+    each other or of a bank's (``old``, holding them as ``raw_<name>``): the same audio
+    enrolled twice would score 0 held out and collapse the threshold. Returns them and how
+    many were left out."""
+    names = list(new)
+
+    def key(i: int, arrays: dict[str, np.ndarray], prefix: str = "") -> bytes:
+        return b"".join(np.ascontiguousarray(arrays[f"{prefix}{b}"][i]).tobytes()
+                        for b in names)
+    seen = set() if old is None else {key(i, old, "raw_")
+                                      for i in range(len(old[f"raw_{names[0]}"]))}
+    keep = []
+    for i in range(len(new[names[0]])):
+        k = key(i, new)
+        if k not in seen:
+            seen.add(k)
+            keep.append(i)
+    return {b: v[keep] for b, v in new.items()}, len(new[names[0]]) - len(keep)

@@ -30,7 +30,7 @@ import numpy as np
 
 from harken.agent.model.bank import (BANK_VERSION, MAX_BANK_INTERVALS, BankManifest,
                                      EnrollSession, bank_digest, read_bank, rule_arrays,
-                                     write_bank)
+                                     without_copies, write_bank)
 from harken.agent.model.rules import RuleError, make_rule
 from harken.agent.model.bundle import Bundle, BundleError, open_bundle, sha256_file
 from harken.agent.site.calibrate import score_files, score_source
@@ -256,23 +256,9 @@ def _distinct_files(paths: list[Path], rate: int) -> tuple[list[Path], int, floa
 
 def _without_copies(new: dict[str, np.ndarray], old: dict[str, np.ndarray] | None
                     ) -> tuple[dict[str, np.ndarray], int]:
-    """The new intervals without exact copies of each other or of the bank's (``old``):
-    the same audio enrolled twice (``--append`` with the same files). Returns them and how
-    many were left out."""
-    branches = list(new)
-    def key(i: int, arrays: dict[str, np.ndarray], prefix: str = "") -> bytes:
-        return b"".join(np.ascontiguousarray(arrays[f"{prefix}{b}"][i]).tobytes()
-                        for b in branches)
-    seen = set() if old is None else {key(i, old, "raw_")
-                                      for i in range(len(old[f"raw_{branches[0]}"]))}
-    keep = []
-    for i in range(len(new[branches[0]])):
-        k = key(i, new)
-        if k not in seen:
-            seen.add(k)
-            keep.append(i)
-    dropped = len(new[branches[0]]) - len(keep)
+    """agent/model/bank.py ``without_copies``, and a warning when it left some out."""
+    kept, dropped = without_copies(new, old)
     if dropped:
         log.warning(f"enrollment: {dropped} interval(s) left out, exact copies of others "
                     f"(the same audio given twice)")
-    return {b: v[keep] for b, v in new.items()}, dropped
+    return kept, dropped

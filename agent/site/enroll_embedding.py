@@ -29,7 +29,7 @@ from harken.agent.decision.thresholds import exceedance, false_alarm_threshold, 
 from harken.agent.features import windows
 from harken.agent.model.bank import (BANK_VERSION, MAX_BANK_INTERVALS, BankManifest,
                                      EnrollSession, bank_digest, read_bank, rule_arrays,
-                                     write_bank)
+                                     without_copies, write_bank)
 from harken.agent.model.bundle import Bundle, BundleError
 from harken.agent.model.rules import RuleError, make_rule, unit_embedding
 from harken.agent.model.rules.density import local_densities
@@ -144,9 +144,8 @@ def enroll_embedding(config: Config, bundle: Bundle, paths: list[Path], seconds:
         [(_, skipped)] = score_source([pipeline], config, minutes, progress)
         source = config.audio.describe()
     new = np.stack(stats.vectors) if stats.vectors else np.zeros((0, stats.width))
-    keep = _distinct_rows(new, old.get("raw_embedding"))
-    duplicates = len(new) - len(keep)
-    new = new[keep]
+    kept, duplicates = without_copies({"embedding": new}, old or None)
+    new = kept["embedding"]
     if len(new) < (1 if append else MIN_INTERVALS):
         raise DataError(f"enrollment: only {len(new)} usable new interval(s) of "
                         f"{interval_s:g} s ({skipped} silent, dropout, clipped or invalid; "
@@ -182,16 +181,3 @@ def enroll_embedding(config: Config, bundle: Bundle, paths: list[Path], seconds:
     return {**manifest.model_dump(mode="json", exclude={"gamma", "sha256"}),
             "bank": str(out), "bank_bytes": out.stat().st_size, "new_intervals": len(new),
             "duplicate_intervals": duplicates, **exceeded}
-
-
-def _distinct_rows(new: np.ndarray, old: np.ndarray | None) -> list[int]:
-    """Rows of ``new`` that are not exact copies of an earlier row or of ``old``'s (the
-    same audio given twice would score 0 held out and collapse the threshold)."""
-    seen = set() if old is None else {np.ascontiguousarray(r).tobytes() for r in old}
-    keep = []
-    for i, r in enumerate(new):
-        k = np.ascontiguousarray(r).tobytes()
-        if k not in seen:
-            seen.add(k)
-            keep.append(i)
-    return keep
