@@ -121,7 +121,7 @@ def _write_models(graph: InferenceGraph, out: Path, options: ExportOptions, meth
         precision = "fp32"
 
     log.info("ONNX fp32")
-    from harken.export.onnx_export import INPUT_NAME, export_fp32, quantize_int8
+    from harken.export.onnx_export import INPUT_NAME, export_fp32
     onnx_fp32 = export_fp32(graph, out / "model.fp32.onnx")
     onnx_io = {"input": {"name": INPUT_NAME, "shape": list(graph.input_shape), "dtype": "float32"},
                "outputs": {o: {"name": o} for o in graph.outputs}}
@@ -133,18 +133,7 @@ def _write_models(graph: InferenceGraph, out: Path, options: ExportOptions, meth
         windows = calibration_windows(root, machine, spec, options.calibration_windows,
                                       options.seed)
         calib = np.stack([model_input(w, graph.input_shape) for w in windows])
-        if "onnx" in options.formats:
-            log.info("ONNX int8 (onnxruntime static quantization)")
-            path = quantize_int8(onnx_fp32, calib, out / "model.int8.onnx",
-                                 options.calibration_method)
-            artifacts["onnx-int8"] = {**_entry(out, path), **onnx_io,
-                                      "calibration": _calibration(options, root)}
-        if "tflite" in options.formats:
-            log.info("TFLite int8 (TensorFlow converter)")
-            from harken.export.tflite_export import export_int8, tflite_io
-            path = export_int8(graph, calib, out / "model.int8.tflite", options.int8_io)
-            artifacts["tflite-int8"] = {**_entry(out, path), **tflite_io(path),
-                                        "calibration": _calibration(options, root)}
+        artifacts |= int8_artifacts(graph, onnx_fp32, onnx_io, calib, out, options, root)
     if "tflite" in options.formats and precision in ("fp32", "both"):
         log.info("TFLite fp32")
         from harken.export.tflite_export import export_fp32 as tflite_fp32
@@ -322,6 +311,28 @@ def write_general_bundle(out: Path, preset_name: str = "spectral-knn",
     (out / MANIFEST).write_text(manifest.to_json())
     open_bundle(out)
     return out
+
+
+def int8_artifacts(graph, onnx_fp32: Path, onnx_io: dict, calib: np.ndarray, out: Path,
+                   options: ExportOptions, root: Path) -> dict[str, dict]:
+    """The int8 files of the asked formats, quantized with the calibration inputs ``calib``
+    (drawn from the training clips under ``root``): their manifest artifact entries. A
+    per-machine bundle and a general learned one quantize alike."""
+    from harken.export.onnx_export import quantize_int8
+    artifacts: dict[str, dict] = {}
+    if "onnx" in options.formats:
+        log.info("ONNX int8 (onnxruntime static quantization)")
+        path = quantize_int8(onnx_fp32, calib, out / "model.int8.onnx",
+                             options.calibration_method)
+        artifacts["onnx-int8"] = {**_entry(out, path), **onnx_io,
+                                  "calibration": _calibration(options, root)}
+    if "tflite" in options.formats:
+        log.info("TFLite int8 (TensorFlow converter)")
+        from harken.export.tflite_export import export_int8, tflite_io
+        path = export_int8(graph, calib, out / "model.int8.tflite", options.int8_io)
+        artifacts["tflite-int8"] = {**_entry(out, path), **tflite_io(path),
+                                    "calibration": _calibration(options, root)}
+    return artifacts
 
 
 def _calibration(options: ExportOptions, root: Path) -> dict:

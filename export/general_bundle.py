@@ -22,7 +22,7 @@ from harken.agent.model.manifest import MANIFEST, SCHEMA_VERSION, Manifest
 from harken.agent.model.rules import output_of
 from harken.agent.model.rules.density import DEFAULT_K
 from harken.agent.model.scorer import model_input
-from harken.export.bundle import ExportOptions, _calibration, _entry, provenance
+from harken.export.bundle import ExportOptions, _entry, int8_artifacts, provenance
 from harken.export.graphs import ExportError, InferenceGraph, load_graph
 from harken.training.data.corpus import CorpusError, machine_types, scan
 from harken.training.data.windows import clip_features
@@ -100,7 +100,7 @@ def write_embedding_general_bundle(run_dir: Path, out: Path, options: ExportOpti
     out.mkdir(parents=True, exist_ok=True)
     if any(out.iterdir()):
         raise ExportError(f"{out}: not empty; give a new folder for the bundle")
-    from harken.export.onnx_export import INPUT_NAME, export_fp32, quantize_int8
+    from harken.export.onnx_export import INPUT_NAME, export_fp32
     log.info("ONNX fp32")
     onnx_fp32 = export_fp32(graph, out / "model.fp32.onnx")
     onnx_io = {"input": {"name": INPUT_NAME, "shape": list(graph.input_shape), "dtype": "float32"},
@@ -114,18 +114,7 @@ def write_embedding_general_bundle(run_dir: Path, out: Path, options: ExportOpti
         calib = np.stack([model_input(w, graph.input_shape) for w in
                           general_calibration(root, spec, options.calibration_windows, options.seed,
                                               graph.method.config.family_seed)])
-        if "onnx" in options.formats:
-            log.info("ONNX int8 (onnxruntime static quantization)")
-            path = quantize_int8(onnx_fp32, calib, out / "model.int8.onnx",
-                                 options.calibration_method)
-            artifacts["onnx-int8"] = {**_entry(out, path), **onnx_io,
-                                      "calibration": _calibration(options, root)}
-        if "tflite" in options.formats:
-            log.info("TFLite int8 (TensorFlow converter)")
-            from harken.export.tflite_export import export_int8, tflite_io
-            path = export_int8(graph, calib, out / "model.int8.tflite", options.int8_io)
-            artifacts["tflite-int8"] = {**_entry(out, path), **tflite_io(path),
-                                        "calibration": _calibration(options, root)}
+        artifacts |= int8_artifacts(graph, onnx_fp32, onnx_io, calib, out, options, root)
     reference = {"onnx-fp32": {"size": onnx_fp32.stat().st_size,
                                "note": "size of the fp32 ONNX model, the reference for the "
                                        "int8 files' size"}}
