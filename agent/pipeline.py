@@ -19,6 +19,7 @@ way: for it the interval's frames are held and scored at its end as before.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,6 +74,17 @@ class Pipeline:
         # wall clock is still unsynchronised (agent/clock.py)
         self.reserve_seq: Callable[[int], None] | None = None
         self.clock_unsynced: Callable[[], bool] | None = None
+        # set by the runner for the operator's loop (agent/operator/): keep each scored
+        # interval's bank statistics on its result (the feedback store), keep its audio
+        # (evidence audio, opt-in), and ask at each interval whether the machine is in
+        # maintenance (scored and published, never an anomaly)
+        self.keep_statistics = False
+        self.keep_audio = False
+        self.maintenance: Callable[[float], bool] | None = None
+        # held while an interval is decided and while ``swap`` changes the rule or the
+        # threshold (feedback in a running daemon): an interval sees the old pair or the new
+        self.lock = threading.Lock()
+        self._samples: list[list[np.ndarray]] = [[]]      # each interval's audio, if kept
         # per-window evidence as frames arrive (module docstring), or the frames held whole
         self._streaming = callable(getattr(scorer, "evidence", None)) and \
             callable(getattr(scorer, "reduce", None))
@@ -100,6 +112,11 @@ class Pipeline:
                 self._audio.append(IntervalAudio())
             n = min(self.interval_samples - self._audio[-1].n, chunk.size - i)
             self._audio[-1].add(chunk[i:i + n])
+            if self.keep_audio:
+                while len(self._samples) < len(self._audio):
+                    self._samples.append([])
+                self._samples[len(self._audio) - 1].append(
+                    (np.clip(chunk[i:i + n], -1.0, 1.0) * 32767).astype(np.int16))
             i += n
         return self._add_frames(self.stream.push(self.dc.push(chunk)), arrived)
 
@@ -108,6 +125,7 @@ class Pipeline:
         they complete one; then the stream starts afresh (the next file, say)."""
         out = self._add_frames(self.stream.finish(), time.monotonic(), final=True)
         self._open, self._ready, self._audio = _Open(), [], [IntervalAudio()]
+        self._samples = [[]]
         self._k, self._frames_used = 0, 0
         self.dc.reset()
         return out
@@ -158,40 +176,68 @@ class Pipeline:
         self._ready.append(self._open)
         self._open = _Open()
 
-    def _score(self, o: _Open) -> tuple[float, int, float]:
-        """(score, windows, ms per window) of a closed interval."""
+    def swap(self, rule=None, threshold: float | None = None) -> None:
+        """A new score rule (a bank with feedback added) and/or threshold, taken between two
+        intervals: no interval is scored with one half of the change."""
+        with self.lock:
+            if rule is not None:
+                self.scorer.rule = rule
+            if threshold is not None:
+                self.decision.threshold = float(threshold)
+
+    def _score(self, o: _Open) -> tuple[float, int, float, dict | None]:
+        """(score, windows, ms per window, bank statistics if kept) of a closed interval."""
         if not self._streaming:
             frames = np.concatenate(o.held) if len(o.held) > 1 else o.held[0]
             t = time.perf_counter()
             score, n_win = self.scorer.score_frames(frames)
-            return score, n_win, 1e3 * (time.perf_counter() - t) / max(n_win, 1)
+            return score, n_win, 1e3 * (time.perf_counter() - t) / max(n_win, 1), None
         t = time.perf_counter()
-        score = self.scorer.reduce(np.concatenate(o.rows))
+        evidence = np.concatenate(o.rows)
+        score = self.scorer.reduce(evidence)
         seconds = o.seconds + time.perf_counter() - t
-        return score, o.n_windows, 1e3 * seconds / max(o.n_windows, 1)
+        stats = None
+        if self.keep_statistics:
+            take = getattr(self.scorer, "statistics", None)
+            stats = take(evidence) if take is not None else None
+        return score, o.n_windows, 1e3 * seconds / max(o.n_windows, 1), stats
 
     def _interval(self, arrived: float, o: _Open) -> IntervalResult:
+        with self.lock:
+            return self._decide(arrived, o)
+
+    def _decide(self, arrived: float, o: _Open) -> IntervalResult:
         health = self._audio.pop(0).check()
         if not self._audio:
             self._audio.append(IntervalAudio())
-        score, n_win, ms = None, 0, 0.0
+        samples = self._samples.pop(0) if self._samples else []
+        if not self._samples:
+            self._samples.append([])
+        score, n_win, ms, stats = None, 0, 0.0, None
         if health.ok and not o.finite:
             health = health.invalid()          # a wild sample: its features overflow
         if health.ok:
-            score, n_win, ms = self._score(o)
+            score, n_win, ms, stats = self._score(o)
             if not np.isfinite(score):
-                score = None
+                score, stats = None, None
                 health = health.invalid()
         unsynced = self.clock_unsynced is not None and self.clock_unsynced()
         ts = self.clock()                    # after the question: a sync in between only
-        event = self.decision.update(score, ts)          # flags a record that is right
+        held = self.maintenance is not None and self.maintenance(ts)  # flags a record that
+        if held:                                                         # is right
+            self.decision.hold()
+            event = None
+        else:
+            event = self.decision.update(score, ts)
         if self.reserve_seq is not None:
             self.reserve_seq(self.seq)
         result = IntervalResult(ts, self.seq, score, self.decision.threshold,
                                 self.decision.anomaly, self.interval_s, self.model_id,
                                 self.scorer.backend_name, health.status, health.rms_dbfs,
                                 n_win, ms, event, arrived=arrived,
-                                clock="unsynced" if unsynced else None)
+                                clock="unsynced" if unsynced else None, statistics=stats,
+                                audio=(np.concatenate(samples) if self.keep_audio and samples
+                                       else None), maintenance=held)
         if health.large_dc_offset:               # removed before scoring; said (docs/mqtt.md)
             result.extra["dc_offset"] = round(health.dc_offset, 4)
         self.seq += 1

@@ -51,6 +51,14 @@ class Decision:
         self._start_ts = 0.0
         self._peak = float("-inf")
 
+    def hold(self) -> None:
+        """An interval of a machine in maintenance: no anomaly, no event, and nothing
+        remembered, so the state starts afresh when maintenance ends (docs/agent.md
+        "Maintenance")."""
+        self.anomaly = False
+        self._recent.clear()
+        self._below = 0
+
     def update(self, score: float | None, ts: float) -> Event | None:
         """Feed one interval (``score`` None: not scoreable); returns an event on a change."""
         if score is None:

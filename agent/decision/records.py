@@ -31,6 +31,12 @@ class IntervalResult:
     extra: dict = field(default_factory=dict)
     arrived: float = 0.0             # time.monotonic() when the audio completing it arrived
     clock: str | None = None         # "unsynced": ts was stamped before the clock was set
+    # kept on the device only, never in the payload: the interval's bank statistics (a
+    # bank rule's, for the feedback store: agent/operator/) and its audio (int16, only when
+    # evidence audio is enabled: docs/agent.md "Hearing the alarm")
+    statistics: dict[str, np.ndarray] | None = None
+    audio: np.ndarray | None = None
+    maintenance: bool = False        # scored while the machine was in maintenance
 
     def payload(self) -> dict:
         """The contract's score payload (JSON-ready); ``"clock": "unsynced"`` only when the
@@ -43,7 +49,7 @@ class IntervalResult:
                 "status": self.status,
                 "rms_dbfs": None if not np.isfinite(self.rms_dbfs) else round(self.rms_dbfs, 1),
                 "windows": self.windows, "inference_ms": round(self.inference_ms, 3),
-                **clock, **self.extra}
+                **clock, **({"maintenance": True} if self.maintenance else {}), **self.extra}
 
 
 # -- status events ----------------------------------------------------------------------

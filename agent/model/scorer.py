@@ -95,6 +95,12 @@ class BundleScorer:
     def reduce(self, evidence: np.ndarray) -> float:
         return self.rule.reduce(evidence)
 
+    def statistics(self, evidence: np.ndarray) -> dict[str, np.ndarray] | None:
+        """The interval's bank statistics (what feedback adds to the bank), for a rule that
+        scores against a bank (agent/model/rules/base.py ``BankRule``); None otherwise."""
+        take = getattr(self.rule, "statistics", None)
+        return take(evidence) if take is not None else None
+
     @property
     def backend_name(self) -> str:
         return self.backend.name

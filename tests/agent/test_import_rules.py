@@ -70,7 +70,7 @@ def test_harken_run_starts_without_scipy_signal_or_stats():
 ROOMS = [
     ("",), ("features", "sources"), ("model",), ("decision",), ("sinks",),
     ("pipeline", "config"), ("build", "stats", "systemd", "statelock", "seqstore", "clock"),
-    ("runner",), ("site", "plant"),
+    ("operator",), ("runner",), ("site", "plant"),
     ("cli",),
 ]
 

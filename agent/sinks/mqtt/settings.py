@@ -23,7 +23,8 @@ __all__ = ["MqttSection", "MqttTableSink", "default_client_id"]
 ID_MAX = 128                      # characters of a client id (ClientId)
 # the other files of agent.state_dir (Sparkplug's outboxes and bdSeq, the seq reservations,
 # the calibration override, the enrolled bank): an outbox named like them would share one
-RESERVED_PREFIXES = ("sparkplug", "seq-", "threshold-", "enrolled-")
+RESERVED_PREFIXES = ("sparkplug", "seq-", "threshold-", "enrolled-", "recent-", "feedback-",
+                     "maintenance-", "evidence-", "audit", "control", "commands-")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 
 
