@@ -121,6 +121,19 @@ class Stats(StatusEvent):
 
 
 @dataclass(frozen=True)
+class MaintenanceChanged(StatusEvent):
+    """The machine went into maintenance or out of it (docs/agent.md "Maintenance"):
+    ``until`` the UTC epoch time it ends by itself (None: until turned off), ``by`` the
+    operator named, ``via`` the way the command came (cli, socket, mqtt, sparkplug, expiry,
+    start)."""
+    status: ClassVar[str] = "maintenance"
+    on: bool
+    until: float | None = None
+    by: str | None = None
+    via: str | None = None
+
+
+@dataclass(frozen=True)
 class AudioHealth(StatusEvent):
     """A channel's interval status changed (went silent, clipped, or back to ok)."""
     status: ClassVar[str] = "audio_health"

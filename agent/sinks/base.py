@@ -13,6 +13,7 @@ the package, in the config's ``agent.plugins`` (docs/agent.md). Sinks may share 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import ClassVar
 
 from harken.agent.decision.records import IntervalResult, StatusEvent
@@ -32,10 +33,22 @@ class SinkSettings(Section):
         return self
 
 
+# A running agent's command handler, handed to the sinks that take commands (MQTT, Sparkplug
+# DCMD): the raw payload and where it came from ("mqtt", "sparkplug", "socket") in, the
+# reply out ({"id", "command", "ok", "reason", ...}: agent/operator/commands.py)
+CommandHandler = Callable[[bytes, str], dict]
+
+
 class Sink(ABC):
     name: ClassVar[str]
     table: ClassVar[str | None] = None                       # its config table, if any
     Settings: ClassVar[type[SinkSettings] | None] = None     # that table's keys
+    # what the sink needs on each result beyond the payload, which the pipeline then keeps:
+    # the interval's bank statistics (the feedback store), its audio (evidence audio)
+    wants_statistics: ClassVar[bool] = False
+    wants_audio: ClassVar[bool] = False
+    # set by the runner on a sink that carries operator commands (None: commands off)
+    commands: CommandHandler | None = None
 
     @classmethod
     @abstractmethod
