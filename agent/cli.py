@@ -149,6 +149,38 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evidence(args: argparse.Namespace) -> int:
+    """The evidence audio kept around a machine's anomaly events (docs/agent.md "Hearing
+    the alarm (evidence audio)"): list it, or write one event's WAV out."""
+    import shutil
+
+    from harken.agent.config import load_config
+    from harken.agent.sinks.evidence import find, listing
+    config = load_config(args.config)
+    views = config.select(args.machine)
+    if args.list:
+        for view in views:
+            for row in listing(view):
+                print(json.dumps(row))
+        return 0
+    if len(views) > 1:
+        raise UsageError(f"{args.config}: watches {len(views)} machines: name one with "
+                         f"--machine")
+    view = views[0]
+    event = find(view, args.event)
+    out = Path(args.out or f"evidence-{view.agent.machine}-{args.event}.wav")
+    try:
+        shutil.copyfile(event.wav, out)
+    except FileNotFoundError:        # pruned by the running agent meanwhile
+        raise UsageError(f"machine {view.agent.machine!r}: event {args.event}'s evidence was "
+                         f"just removed (a newer event took its place)") from None
+    meta = json.loads(event.meta.read_text())
+    print(f"{out}: {meta['seconds']:g} s around event {args.event} (the start interval "
+          f"begins at {meta['event_offset_s']:g} s; score {meta['score']}, threshold "
+          f"{meta['threshold']})")
+    return 0
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     import os
 
@@ -472,6 +504,18 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--resend", action="store_true", help="put every refused message back "
                       "at the end of its outbox (sent as history)")
     o.set_defaults(func=cmd_outbox)
+    e = sub.add_parser("evidence", help="the audio kept around anomaly events ([evidence] "
+                       "enabled): list it, or write one event's WAV")
+    e.add_argument("--config", required=True)
+    e.add_argument("--machine", type=arg(Name), help="the machine, of a config that watches "
+                   "several")
+    which = e.add_mutually_exclusive_group(required=True)
+    which.add_argument("--event", type=arg(Count(1, 2**63 - 1, "seq")),
+                       help="the seq of the anomaly start event")
+    which.add_argument("--list", action="store_true", help="one JSON line per kept event")
+    e.add_argument("--out", type=arg(PathText), help="the WAV to write (default "
+                   "./evidence-MACHINE-SEQ.wav)")
+    e.set_defaults(func=cmd_evidence)
     u = sub.add_parser("systemd-unit", help="print the systemd unit, its ExecStart pointing "
                        "at this install (docs/deploy.md)")
     u.add_argument("--config", default="/etc/harken/agent.toml",

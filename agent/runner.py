@@ -208,6 +208,9 @@ class Runner:
                     # what the sinks need kept beyond the payload (agent/sinks/base.py)
                     m.pipeline.keep_statistics = any(s.wants_statistics for s in m.sinks)
                     m.pipeline.keep_audio = any(s.wants_audio for s in m.sinks)
+                    for s in m.sinks:         # the rate of that audio: the bundle's
+                        if s.wants_audio:
+                            s.audio_rate = m.bundle.spec.sample_rate
                     m.pipeline.seq = seqs.start(max([s.seq_start for s in m.sinks], default=1))
                     m.pipeline.reserve_seq, m.seqs = seqs.take, seqs
                 taps, columns = shared_taps([m.config.audio.channel for m in machines])

@@ -47,6 +47,7 @@ class Sink(ABC):
     # the interval's bank statistics (the feedback store), its audio (evidence audio)
     wants_statistics: ClassVar[bool] = False
     wants_audio: ClassVar[bool] = False
+    audio_rate: int | None = None     # that audio's rate (the bundle's), set by the runner
     # set by the runner on a sink that carries operator commands (None: commands off)
     commands: CommandHandler | None = None
 
