@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import StrictBool
 
 from harken.agent.decision.records import IntervalResult
 from harken.agent.sinks.base import Sink, SinkSettings, register
@@ -47,7 +48,7 @@ _KEPT = re.compile(r"^(\d{1,19})\.(wav|json)$")
 
 class EvidenceSection(SinkSettings):
     """``[evidence]``: off by default; how much audio around each anomaly start is kept."""
-    enabled: bool = False
+    enabled: StrictBool = False            # a TOML true or false, never text: it records people
     before_s: Seconds(0, 300) = 30.0       # audio kept before the interval that starts an event
     after_s: Seconds(0, 300) = 30.0        # and after it
     events: Count(1, 10_000, "events") = 20            # the last this many events are kept
