@@ -159,9 +159,12 @@ def cmd_evidence(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     views = config.select(args.machine)
     if args.list:
-        for view in views:
-            for row in listing(view):
-                print(json.dumps(row))
+        rows = [row for view in views for row in listing(view)]
+        if not rows and not any(v.evidence.enabled for v in views):
+            raise UsageError(f"{args.config}: evidence audio is off (set [evidence] enabled = "
+                             f"true; only events after that are kept)")
+        for row in rows:
+            print(json.dumps(row))
         return 0
     if len(views) > 1:
         raise UsageError(f"{args.config}: watches {len(views)} machines: name one with "

@@ -127,6 +127,8 @@ def test_evidence_is_off_by_default_no_audio_kept_and_turning_it_off_deletes_it(
     assert not any("audio" in json.loads(p) for p in payloads if p.startswith("{"))
     assert harken(["evidence", "--config", str(cfg), "--event", "1"]) == 2
     assert "evidence audio is off for machine 'fan'" in capsys.readouterr().err
+    assert harken(["evidence", "--config", str(cfg), "--list"]) == 2
+    assert "evidence audio is off (set [evidence] enabled = true" in capsys.readouterr().err
 
     # on, then off again: the next start deletes what was kept
     on = with_evidence(agent_config(tmp_path, ae_bundle, broker.port, wav, name="on.toml"),
