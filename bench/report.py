@@ -559,6 +559,34 @@ def allocator_section(r: dict) -> list[str]:
         "", f"Speed-up from keeping freed memory mapped: **{r['speedup']:.2f}x** wall time."]
 
 
+def wear_section(r: dict) -> list[str]:
+    day, base = r["mb_per_day"], r["runs"]["base"][-1]
+    total, goal = r["total_mb_per_day"], r["goal_mb_per_day"]
+    files = ", ".join(f"`{k}`" for k in sorted(base["state_files"]))
+    return [
+        "## Wear: bytes written per day per machine (bench/bench_wear.py)", "",
+        f"`{r['command']}` ({r['when']}): `harken run` on the bench corpus's fan audio; each "
+        "figure is the difference between runs that differ in one component, read from the "
+        "agent's own `/proc/self/io` (`write_bytes`: what it caused to be written to the "
+        "storage layer; file-system metadata and the card's erase-block amplification come "
+        "on top). The default config, the outbox and the logs at real-time pacing with 1-s "
+        f"intervals over {r['realtime_s'] // 4} and {r['realtime_s']} intervals (the bytes per "
+        "interval between the two, so what a start writes once cancels out), scaled to a day "
+        f"of the default 10-s intervals ({r['day_intervals']}); evidence audio as one event "
+        "at its defaults (30 s before, the 10-s interval, 30 s after).", "",
+        "| component | MB per day | |", "|---|---|---|",
+        *[f"| {k} | {v:.2f} | |" for k, v in day.items()],
+        f"| evidence audio (`[evidence] enabled`, off by default) | "
+        f"{r['evidence_mb_per_event']:.2f} per anomaly event | "
+        f"{r['evidence_kept_mb_per_event']:.2f} MB kept per event |",
+        f"| **total**, MQTT on, evidence off | **{total:.2f}** | goal < {goal:g}: "
+        f"{met(r['met'])} |", "",
+        f"The state folder's files after the longest run without MQTT: {files} (the default "
+        "sinks' state: where the feedback store is on by default, its files are among them "
+        "and its writes in the first row).",
+    ]
+
+
 def fleet_section(r: dict) -> list[str]:
     lines = [
         "## Fleet: many agents, one broker", "",
@@ -936,7 +964,8 @@ SECTIONS = {"features": features_section, "scorers": scorers_section,
             "probe-dual": probe_section,
             "machines": machines_section, "fleet": fleet_section,
             "training": training_section, "allocator": allocator_section,
-            "training-gpu": training_section, "unseen": unseen_section}
+            "training-gpu": training_section, "unseen": unseen_section,
+            "wear": wear_section}
 
 
 def main() -> None:
