@@ -5,9 +5,9 @@ can listen to what the detector heard.
 Plant microphones hear people, so this sink is the only place where raw audio is written,
 and only when ``[evidence] enabled = true``: the pipeline keeps an interval's samples on its
 result only because this sink asks (``wants_audio``), no other sink writes or publishes them,
-and what is kept is bounded by a number of events and a byte cap and never leaves the state
-folder. A config that turns evidence off again has the kept evidence deleted at the agent's
-next start.
+and what is kept is bounded by a number of events and a byte cap, what is written by a daily
+byte cap, and never leaves the state folder. A config that turns evidence off again has the
+kept evidence deleted at the agent's next start.
 
 Per machine M the folder ``agent.state_dir/evidence-M/`` holds ``SEQ.wav`` (16-bit mono PCM
 at the bundle's rate: ``before_s`` of audio before the start interval, the start interval,
@@ -26,6 +26,7 @@ import math
 import os
 import re
 import shutil
+import time
 import wave
 from collections import deque
 from dataclasses import dataclass
@@ -53,6 +54,9 @@ class EvidenceSection(SinkSettings):
     after_s: Seconds(0, 300) = 30.0        # and after it
     events: Count(1, 10_000, "events") = 20            # the last this many events are kept
     max_mb: Number(1, 100_000, "MB") = 50.0            # over all of the machine's evidence
+    # written in any 24 h (an SD card wears: docs/benchmarks.md "Wear"); a flapping alarm
+    # would otherwise write an event a minute
+    max_mb_per_day: Number(1, 100_000, "MB") = 20.0
 
 
 def evidence_folder(config) -> Path:
@@ -142,6 +146,9 @@ class EvidenceSink(Sink):
         self._failed: str | None = None
         self.written = 0
         self.errors = 0
+        self.skipped = 0                 # events not kept: the day's bytes were spent
+        self._day: deque[tuple[float, int]] = deque()     # (wall time, bytes) of writes
+        self.clock = time.time
         if on:
             self._tidy()
 
@@ -162,6 +169,12 @@ class EvidenceSink(Sink):
             if stale or (m and m.group(2) == "wav" and f"{m.group(1)}.json" not in names):
                 (self.folder / name).unlink(missing_ok=True)
         self._prune()
+        for k in kept(self.folder):      # what the last 24 h wrote counts after a restart
+            try:
+                self._day.append((k.meta.stat().st_mtime, k.bytes))
+            except OSError:
+                pass
+        self._day = deque(sorted(self._day))
 
     def _prune(self, keep: int | None = None) -> None:
         """Oldest first, until at most ``events`` remain within ``max_mb``; ``keep`` (the
@@ -207,6 +220,17 @@ class EvidenceSink(Sink):
         """One event's WAV, then its JSON, each whole; a failure is said, not raised."""
         pcm = np.concatenate(cap.chunks).astype("<i2")
         seq = cap.meta["seq"]
+        now = self.clock()
+        while self._day and self._day[0][0] < now - 86400:
+            self._day.popleft()
+        size = 44 + 2 * len(pcm)
+        if sum(b for _, b in self._day) + size > self.settings.max_mb_per_day * MB:
+            if not self.skipped:
+                _log.warning(f"evidence {self.folder}: event {seq} not kept, the last 24 h "
+                             f"wrote [evidence] max_mb_per_day already (said once)")
+            self.skipped += 1
+            return
+        self._day.append((now, size))
         meta = {**cap.meta, "seconds": round(len(pcm) / self.rate, 3)}
         try:
             self.folder.mkdir(mode=0o700, exist_ok=True)
@@ -237,10 +261,12 @@ class EvidenceSink(Sink):
         return self._failed
 
     def health(self) -> dict:
-        """Events written and failed writes since the start (docs/agent.md "Stats")."""
+        """Events written, failed writes and events not kept for the daily cap since the
+        start (docs/agent.md "Stats")."""
         if not self.on:
             return {}
-        return {"evidence_written": self.written, "evidence_errors": self.errors}
+        return {"evidence_written": self.written, "evidence_errors": self.errors,
+                "evidence_skipped": self.skipped}
 
     def close(self, flush_s: float = 0.0) -> None:
         """An event whose after-part had not all come is written with what came."""

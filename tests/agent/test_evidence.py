@@ -203,6 +203,7 @@ def test_a_write_cut_short_is_swept_at_the_next_start(tmp_path):
 @pytest.mark.parametrize("key, value, expected", [
     ("before_s", -1, "0 to 300 seconds"), ("after_s", 301, "0 to 300 seconds"),
     ("events", 0, "1 to 10000 events"), ("max_mb", 0.5, "1 to 100000 MB"),
+    ("max_mb_per_day", 0, "1 to 100000 MB"),
     ("enabled", "yes", "boolean")])
 def test_bad_evidence_settings_are_one_clear_line(tmp_path, ae_bundle, key, value, expected,
                                                    capsys):
@@ -212,3 +213,24 @@ def test_bad_evidence_settings_are_one_clear_line(tmp_path, ae_bundle, key, valu
     err = capsys.readouterr().err
     line = err.strip().splitlines()[-1]        # (above it: the test secret's mode warning)
     assert "Traceback" not in err and f"evidence.{key}" in line and expected in line
+
+
+def test_the_daily_cap_skips_events_until_a_day_has_passed_and_survives_a_restart(tmp_path):
+    now = [1e9]
+    s = sink(tmp_path / "ev", before_s=5, after_s=5, max_mb_per_day=1)   # 640 kB an event
+    s.clock = lambda: now[0]
+    for seq in (2, 4):
+        s.interval(result(seq - 1, interval(seq - 1)))
+        s.interval(result(seq, interval(seq), start=True))
+    s.interval(result(5, interval(5)))
+    assert [k.seq for k in ev.kept(tmp_path / "ev")] == [2]
+    assert s.health() == {"evidence_written": 1, "evidence_errors": 0, "evidence_skipped": 1}
+    again = sink(tmp_path / "ev", before_s=5, after_s=5, max_mb_per_day=1)   # a restart
+    again.clock = lambda: now[0]
+    again.interval(result(6, interval(6), start=True))
+    again.interval(result(7, interval(7)))
+    assert [k.seq for k in ev.kept(tmp_path / "ev")] == [2] and again.skipped == 1
+    now[0] = (tmp_path / "ev" / "2.json").stat().st_mtime + 86401         # a day later
+    again.interval(result(8, interval(8), start=True))
+    again.interval(result(9, interval(9)))
+    assert [k.seq for k in ev.kept(tmp_path / "ev")] == [2, 8]
