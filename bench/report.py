@@ -561,8 +561,16 @@ def allocator_section(r: dict) -> list[str]:
 
 def wear_section(r: dict) -> list[str]:
     day, base = r["mb_per_day"], r["runs"]["base"][-1]
-    total, goal = r["total_mb_per_day"], r["goal_mb_per_day"]
+    day = {k: max(0.0, v) for k, v in day.items()}          # noise below a page: none
+    total, goal = sum(day.values()), r["goal_mb_per_day"]
+    outbox_kb = day.get("MQTT outbox", 0.0) * 1e6 / r["day_intervals"] / 1e3
     files = ", ".join(f"`{k}`" for k in sorted(base["state_files"]))
+    # one 4-KiB page more or less over the intervals between the two runs
+    short = r["runs"]["base"][0]["intervals"]
+    res = 4096 * r["day_intervals"] / (base["intervals"] - short) / 1e6
+
+    def mb(v: float) -> str:
+        return f"< {res:.2f} (below the resolution)" if v < res else f"{v:.2f}"
     return [
         "## Wear: bytes written per day per machine (bench/bench_wear.py)", "",
         f"`{r['command']}` ({r['when']}): `harken run` on the bench corpus's fan audio; each "
@@ -575,13 +583,22 @@ def wear_section(r: dict) -> list[str]:
         f"of the default 10-s intervals ({r['day_intervals']}); evidence audio as one event "
         "at its defaults (30 s before, the 10-s interval, 30 s after).", "",
         "| component | MB per day | |", "|---|---|---|",
-        *[f"| {k} | {v:.2f} | |" for k, v in day.items()],
+        *[f"| {k} | {mb(v)} | |" for k, v in day.items()],
         f"| evidence audio (`[evidence] enabled`, off by default) | "
         f"{r['evidence_mb_per_event']:.2f} per anomaly event | "
         f"{r['evidence_kept_mb_per_event']:.2f} MB kept per event |",
-        f"| **total**, MQTT on, evidence off | **{total:.2f}** | goal < {goal:g}: "
-        f"{met(r['met'])} |", "",
-        f"The state folder's files after the longest run without MQTT: {files} (the default "
+        f"| **total**, MQTT on, evidence off | **{mb(total)}** | goal < {goal:g}: "
+        f"{met(r['met'])} |",
+        *([f"| evidence audio on, at most (`evidence.max_mb_per_day`) | "
+           f"{r['evidence_cap_mb_per_day']:g} | a flapping alarm: events beyond it are not "
+           f"kept |"] if "evidence_cap_mb_per_day" in r else []), "",
+        f"A figure is good to one 4-KiB page over the {base['intervals'] - short} intervals "
+        f"between the runs ({res:.2f} MB per day). The outbox writes {outbox_kb:.0f} kB per "
+        "score delivered at once: each message is a committed insert and, at the broker's "
+        "PUBACK, a committed delete in SQLite's write-ahead log with `synchronous=FULL`, "
+        "folded into the database every 32 pages (agent/sinks/mqtt/outbox.py). The state "
+        "folder's files after the "
+        f"longest run without MQTT: {files} (the default "
         "sinks' state: where the feedback store is on by default, its files are among them "
         "and its writes in the first row).",
     ]
