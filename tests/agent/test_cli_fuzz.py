@@ -321,16 +321,19 @@ def spec(world: World, command: str) -> tuple[list[tuple[str, str | None]], list
                   ["--for", "0.2"]),
         "outbox": ([("--config", str(w.config)), ("--machine", "fan"), ("--list", None),
                     ("--resend", None)], []),
+        "evidence": ([("--config", str(w.config)), ("--machine", "fan"), ("--list", None),
+                      ("--event", "1"), ("--out", str(w.root / "heard.wav"))], []),
         "systemd-unit": ([("--config", "/etc/harken/agent.toml"),
                           ("--exec", "/usr/bin/harken")], []),
     }[command]
 
 
 COMMANDS = ["version", "features", "run", "check-config", "devices", "score", "enroll",
-            "calibrate", "watch", "outbox", "systemd-unit"]
+            "calibrate", "watch", "outbox", "evidence", "systemd-unit"]
 # examples per command in CI: the costly ones (a bundle loaded, audio scored) fewer
 EXAMPLES = {"version": 10, "devices": 5, "systemd-unit": 40, "check-config": 40, "features": 40,
-            "watch": 60, "score": 40, "run": 25, "enroll": 25, "calibrate": 25, "outbox": 25}
+            "watch": 60, "score": 40, "run": 25, "enroll": 25, "calibrate": 25, "outbox": 25,
+            "evidence": 25}
 
 
 def test_every_command_is_fuzzed():
