@@ -302,8 +302,9 @@ def recalibrate(config: Config, *, hours: float = 24.0, false_alarms_per_week: f
                 operator: str, via: str, command_id: str | None = None) -> dict:
     """A calibration override (agent/decision/override.py) fitted, as ``harken calibrate``
     fits it, on the scores of the intervals stored in the last ``hours``: rescored through
-    the current rule (bank + feedback) where their statistics are kept; intervals in
-    maintenance, unscored, or anomalous and not marked normal left out. One audit line."""
+    the current rule (bank + feedback) where their statistics are kept (those marked normal,
+    in the bank, held out); intervals in maintenance, unscored, or anomalous and not marked
+    normal left out. One audit line."""
     if not (isinstance(hours, (int, float)) and math.isfinite(hours) and hours > 0):
         raise FeedbackError(f"recalibrate: hours = {hours!r}: expected a number of hours "
                             f"above 0")
@@ -324,8 +325,16 @@ def recalibrate(config: Config, *, hours: float = 24.0, false_alarms_per_week: f
     live = m.live(m.overlay)
     if isinstance(live, BankRule):
         have = np.array([stored.statistics[i] is not None for i in idx])
-        if have.any():
-            scores[have] = live.score_statistics(_rows(stored, idx[have]))
+        # an interval in the bank (marked normal) would find itself there and score as a
+        # copy: it is scored held out, against the others (the bank's leave-one-out score)
+        given = normal[idx]
+        if (have & ~given).any():
+            scores[have & ~given] = live.score_statistics(_rows(stored, idx[have & ~given]))
+        if given.any():
+            held = live.held_out_scores()
+            at = {int(s): i for i, s in enumerate(m.overlay.seq)}
+            base = live.bank_rows - len(m.overlay)
+            scores[given] = held[[base + at[int(s)] for s in stored.seq[idx[given]]]]
     what = f"recalibration of {config.agent.machine}"
     threshold, p, fit = false_alarm_threshold(scores, false_alarms_per_week,
                                               config.decision.interval_s, what)

@@ -22,7 +22,7 @@ from harken.agent.operator import audit
 from harken.agent.operator.feedback import (P_RANGE, FeedbackError, live_state, mark_normal,
                                             recalibrate, undo)
 from harken.agent.runner import run_config
-from harken.agent.sinks.recent import START, read_store, store_folder
+from harken.agent.sinks.recent import ANOMALY, START, read_store, store_folder
 from harken.agent.sources.wavio import read_wav, write_wav
 from harken.testkit.files import whine, write_agent_config
 
@@ -34,7 +34,7 @@ def _config(folder, bundle, wav, **extra):
         folder / "agent.toml",
         agent={"node": "site", "machine": "fan", "state_dir": folder / "state"},
         model={"bundle": bundle}, audio={"source": "file", "file": wav},
-        decision={"interval_s": 2}, output={"stdout": False}, **extra)
+        output={"stdout": False}, **{"decision": {"interval_s": 2}, **extra})
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +45,9 @@ def site(general_bundle, small_fan, tmp_path_factory):
     from harken.agent.site.enroll import enroll
     from harken.training.data.corpus import scan
     folder = tmp_path_factory.mktemp("feedback")
-    train = [c for c in scan(small_fan, ["fan"], "train") if c.section == 0][:6]
-    test = [c for c in scan(small_fan, ["fan"], "test") if c.section == 0 and not c.is_anomaly]
-    parts = [read_wav(c.path, 16000)[0] for c in test[:3]]
+    clips = [c for c in scan(small_fan, ["fan"], "train") if c.section == 0]
+    train, heard = clips[:8], clips[8:11]         # the site's audio: clips not enrolled
+    parts = [read_wav(c.path, 16000)[0] for c in heard]
     parts[1] = whine(parts[1], 16000)
     wav = folder / "site.wav"
     write_wav(wav, np.concatenate(parts), 16000)
@@ -103,7 +103,7 @@ def test_feedback_on_an_event_lowers_its_scores_refits_and_undo_restores_bit_for
     rule0, _ = live_state(config, build(config)[0])
     out = mark_normal(config, event=seq, operator="alice", via="cli")
     n = config.decision.n
-    assert out["intervals"][0] == seq - (n - 1) and seq in out["intervals"]
+    assert out["intervals"][0] == max(1, seq - (n - 1)) and seq in out["intervals"]
     assert out["threshold_before"] == threshold0
     assert out["rows_after"] == out["rows_before"] + len(out["intervals"])
     # the threshold keeps the rate the old one had on the bank's held-out scores
@@ -191,7 +191,8 @@ def test_store_off_is_refused(machine):
 
 
 def test_a_bundle_without_a_bank_is_refused(ae_bundle, tmp_path, wav):
-    cfg = load_config(_config(tmp_path, ae_bundle, wav))
+    cfg = load_config(_config(tmp_path, ae_bundle, wav, decision={"interval_s": 2,
+                                                                 "threshold": 1.0}))
     with pytest.raises(FeedbackError, match=r"feedback is not possible for this bundle "
                        r"\(.*: rule mse scores without a reference bank\)"):
         mark_normal(cfg, event=1, operator="a", via="cli")
@@ -235,10 +236,15 @@ def test_a_damaged_or_foreign_overlay_is_refused_at_start(machine, damage, messa
 def test_recalibrate_fits_an_override_from_the_store(machine):
     folder, config = machine
     stored = read_store(store_folder(folder / "state", "fan"))
+    # the site's normal audio alarms at every interval (a bank of 16 s of audio): the
+    # intervals still anomalous are left out, those marked normal count
+    assert stored.has(ANOMALY)[1:].all()
+    with pytest.raises(FeedbackError, match="only 1 usable interval"):
+        recalibrate(config, hours=1, operator="a", via="cli")
+    _normal_parts(config, stored)
     out = recalibrate(config, hours=1, operator="a", via="cli")
     assert config.override_file.is_file()
-    # the anomalous intervals (not marked normal) are left out
-    assert out["intervals"] == int((~stored.has(1) & np.isfinite(stored.score)).sum())
+    assert out["intervals"] == 10
     assert build(config)[1].decision.threshold == out["threshold_after"]
     line = audit.read(folder / "state", "fan")[-1]
     assert line["action"] == "recalibrate-threshold" and line["outcome"] == "ok"
@@ -246,10 +252,15 @@ def test_recalibrate_fits_an_override_from_the_store(machine):
         recalibrate(config, hours=0, operator="a", via="cli")
 
 
+def _normal_parts(config, stored):
+    """Feedback on the normal audio before and after the whine (10 intervals)."""
+    for i, j in ((0, 4), (10, 14)):
+        mark_normal(config, start=stored.ts[i], end=stored.ts[j], operator="a", via="cli")
+
+
 def test_a_base_changed_since_the_feedback_wins_with_a_warning(machine, caplog):
     folder, config = machine
-    stored = read_store(store_folder(folder / "state", "fan"))
-    mark_normal(config, start=stored.ts[0], end=stored.ts[3], operator="a", via="cli")
+    _normal_parts(config, read_store(store_folder(folder / "state", "fan")))
     out = recalibrate(config, hours=1, operator="a", via="cli")
     with caplog.at_level("WARNING"):
         assert build(config)[1].decision.threshold == out["threshold_after"]
