@@ -374,8 +374,15 @@ class SpectralKnnRule(BankRule):
         return evidence.shape[1] // 2
 
     def statistics(self, evidence: np.ndarray) -> dict[str, np.ndarray]:
-        return interval_vectors(evidence, int(self.arrays["n_mels"]),
-                                self._n_features(evidence), self.branches)
+        # the pipeline asks for an interval's score and then for its statistics (the
+        # feedback store): the vectors of the same evidence are pooled once
+        last = getattr(self, "_last", None)
+        if last is not None and last[0] is evidence:
+            return last[1]
+        vectors = interval_vectors(evidence, int(self.arrays["n_mels"]),
+                                   self._n_features(evidence), self.branches)
+        self._last = (evidence, vectors)
+        return vectors
 
     def combine(self, evidence: np.ndarray) -> float:
         vectors = self.statistics(evidence)
