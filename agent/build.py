@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+from types import EllipsisType
 
 import numpy as np
 
@@ -68,17 +69,20 @@ def base_threshold(config: Config, bundle: Bundle, enrollment: BankManifest | No
 
 
 def resolve_threshold(config: Config, bundle: Bundle, enrollment: BankManifest | None = None,
-                      override: bool = True, feedback: Overlay | None = None,
+                      override: bool = True, feedback: Overlay | None | EllipsisType = ...,
                       warn: bool = True) -> tuple[float, str]:
     """Config value, else the threshold the last feedback refitted while its base is still
     the base, else the base (``base_threshold``). A base that changed since the feedback
     (calibrated again, enrolled again) wins, said in one warning line (``warn``): the refit
     was of the old base's rate (docs/agent.md "Feedback: how the bank and threshold
-    change")."""
+    change"). ``feedback``: the machine's overlay as read already (None: none), else it is
+    read here."""
     if config.decision.threshold is not None:
         return config.decision.threshold, "config decision.threshold"
     value, kind, origin = base_threshold(config, bundle, enrollment, override)
-    last = feedback.last if feedback is not None else None
+    if feedback is ... and override:
+        feedback = read_feedback(config, bundle)
+    last = feedback.last if isinstance(feedback, Overlay) else None
     if last is None or not override:
         return value, origin
     if last.base.kind == kind and last.base.value == value:

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from harken.agent.build import build
+from harken.agent.build import build, resolve_threshold
 from harken.agent.config import load_config
 from harken.agent.decision.thresholds import fit_gamma
 from harken.agent.model.overlay import OverlayError, overlay_file, read_overlay
@@ -146,6 +146,10 @@ def test_two_feedbacks_then_undo_gives_the_first_back(machine):
     stored = read_store(store_folder(folder / "state", "fan"))
     mark_normal(config, start=stored.ts[0], end=stored.ts[2], operator="a", via="cli")
     arrays1, threshold1 = _state(config)
+    # what check-config shows reads the overlay too
+    bundle, pipeline = build(config)
+    value, origin = resolve_threshold(config, bundle, pipeline.scorer.enrollment)
+    assert value == threshold1 and origin.startswith("feedback ")
     out = mark_normal(config, start=stored.ts[10], end=stored.ts[12], operator="a", via="mqtt")
     assert out["change"] == 2 and out["intervals"] == stored.seq[10:13].tolist()
     undo(config, operator="a", via="cli")
@@ -299,3 +303,43 @@ def test_a_kill_during_feedback_leaves_the_old_overlay_or_the_new(machine):
     new = read_overlay(path, build(config)[0].model_id, "fan", 0)
     assert [c.id for c in new.changes] == [1, 2] and len(new) == 2 + 3
     assert not list(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+# -- the rules' bank capability on its own (no model) ------------------------------------
+
+def test_spectral_knn_held_out_scores_are_the_enrolled_banks_and_references_join_it(rng):
+    from harken.agent.model.rules import make_rule
+    from harken.agent.model.rules.density import local_densities
+    from harken.agent.model.rules.spectral_knn import branch_statistics, fit_bank
+    vectors = {"mel": rng.normal(size=(30, 8)), "spectrum": rng.normal(size=(30, 5))}
+    arrays, loo = fit_bank(vectors, branch_statistics(vectors), 4, [1.0, 1.0, 0.5, 0.5])
+    rule = make_rule("spectral-knn", {**arrays, "fusion_weights": np.array([1.0, 1.0, 0.5, 0.5]),
+                                      "n_mels": np.array(4)})
+    np.testing.assert_allclose(rule.held_out_scores(), loo, rtol=1e-12, atol=1e-12)
+    extra = {"mel": rng.normal(size=(3, 8)), "spectrum": rng.normal(size=(3, 5))}
+    grown = rule.with_references(extra, 4)
+    assert grown.bank_rows == 33 and rule.bank_rows == 30        # the old rule unchanged
+    for b in ("mel", "spectrum"):
+        z = (extra[b] - arrays[f"{b}_mean"]) / arrays[f"{b}_std"]
+        np.testing.assert_array_equal(grown.arrays[f"{b}_bank"][30:], z)
+        np.testing.assert_array_equal(grown.arrays[f"{b}_density"],
+                                      local_densities(grown.arrays[f"{b}_bank"], 4, "euclidean"))
+        np.testing.assert_array_equal(grown.arrays[f"{b}_fusion"], arrays[f"{b}_fusion"])
+    # a row now in the bank scores lower than it did
+    assert np.all(grown.score_statistics(extra) < rule.score_statistics(extra))
+    with pytest.raises(ValueError, match="statistics 'mel' of shape"):
+        rule.with_references({"mel": np.zeros((2, 7)), "spectrum": np.zeros((2, 5))}, 4)
+
+
+def test_embedding_density_held_out_scores_are_the_enrolled_banks(rng):
+    from harken.agent.model.rules import make_rule
+    from harken.agent.site.enroll_embedding import fit_embedding_bank
+    emb = rng.normal(size=(25, 6))
+    arrays, loo = fit_embedding_bank(emb, 4)
+    rule = make_rule("embedding-density", arrays)
+    np.testing.assert_allclose(rule.held_out_scores(), loo, rtol=1e-12, atol=1e-12)
+    assert rule.statistics(emb[:4])["embedding"].shape == (6,)
+    grown = rule.with_references({"embedding": emb[:2] + 0.5}, 4)
+    assert grown.bank_rows == 27
+    np.testing.assert_allclose(rule.score_statistics({"embedding": emb[:3]}),
+                               [rule.reduce(e[None]) for e in emb[:3]], atol=1e-12)
