@@ -206,15 +206,36 @@ def refit_threshold(old_held_out: np.ndarray, new_held_out: np.ndarray,
 
 # -- the operations ---------------------------------------------------------------------
 
+def _check_who(operator: object, via: object, command_id: object) -> None:
+    """The operator, the way and the command id as the overlay and audit log keep them."""
+    if not (isinstance(operator, str) and 1 <= len(operator) <= 200 and operator.isprintable()):
+        raise FeedbackError(f"operator {str(operator)[:60]!r}: expected a name of 1 to 200 "
+                            f"printable characters")
+    if not (isinstance(via, str) and 1 <= len(via) <= 32):
+        raise FeedbackError(f"via {str(via)[:60]!r}: expected 1 to 32 characters")
+    if command_id is not None and not (isinstance(command_id, str)
+                                       and 1 <= len(command_id) <= 128):
+        raise FeedbackError(f"command id {str(command_id)[:60]!r}: expected 1 to 128 "
+                            f"characters")
+
+
 def mark_normal(config: Config, *, event: int | None = None, start: float | None = None,
                 end: float | None = None, operator: str, via: str,
                 command_id: str | None = None) -> dict:
     """Add the intervals of anomaly event ``event`` (its start seq), or of the time range
     [``start``, ``end``] (UTC epoch seconds), to the machine's bank and refit the
     threshold; one audit line. Returns what was done."""
+    _check_who(operator, via, command_id)
     if (event is None) == (start is None and end is None) or (start is None) != (end is None):
         raise FeedbackError("feedback: give an event (its start seq) or a time range (from "
                             "and to), one of the two")
+    if event is not None and (isinstance(event, bool) or not isinstance(event, (int, np.integer))):
+        raise FeedbackError(f"feedback: event {str(event)[:60]!r}: expected the seq (a whole "
+                            f"number) of the interval that started it")
+    if start is not None and not all(isinstance(t, (int, float)) and not isinstance(t, bool)
+                                     for t in (start, end)):
+        raise FeedbackError(f"feedback: from {str(start)[:40]!r} to {str(end)[:40]!r}: expected "
+                            f"UTC epoch seconds")
     if start is not None and not (math.isfinite(start) and math.isfinite(end) and start <= end):
         raise FeedbackError(f"feedback: the range from {start} to {end} is not a time range "
                             f"(from must not be after to)")
@@ -223,6 +244,10 @@ def mark_normal(config: Config, *, event: int | None = None, start: float | None
     stored = m.stored()
     idx = _chosen(stored, config, event, start, end)
     rows = _rows(stored, idx)
+    try:
+        rule.check_rows(rows)
+    except ValueError as exc:
+        raise FeedbackError(f"the stored intervals do not fit this bank ({exc})") from None
     seqs, ts = stored.seq[idx], stored.ts[idx]
     given = np.isin(seqs, m.overlay.seq) if m.overlay is not None else np.zeros(len(seqs), bool)
     fresh = ~given & _not_copies(rows, m.overlay, rule)
@@ -236,10 +261,6 @@ def mark_normal(config: Config, *, event: int | None = None, start: float | None
         raise FeedbackError(f"{len(seqs)} more interval(s) would make a bank of "
                             f"{rule.bank_rows + have + len(seqs)}, more than a bank holds "
                             f"({MAX_BANK_INTERVALS}); undo older feedback first")
-    try:
-        rule.check_rows(rows)
-    except ValueError as exc:
-        raise FeedbackError(f"the stored intervals do not fit this bank ({exc})") from None
     old = m.overlay if m.overlay is not None else Overlay.empty(list(rows), [
         v.shape[1] for v in rows.values()])
     live = m.live(m.overlay)
@@ -278,6 +299,7 @@ def mark_normal(config: Config, *, event: int | None = None, start: float | None
 def undo(config: Config, *, operator: str, via: str, command_id: str | None = None) -> dict:
     """Take the last feedback back: its rows leave the bank and the threshold is what it
     was before it (bit for bit); one audit line."""
+    _check_who(operator, via, command_id)
     m = _Machine(config)
     if m.overlay is None or not m.overlay.changes:
         raise FeedbackError(f"no feedback to undo for machine {config.agent.machine} (no "
@@ -305,6 +327,7 @@ def recalibrate(config: Config, *, hours: float = 24.0, false_alarms_per_week: f
     the current rule (bank + feedback) where their statistics are kept (those marked normal,
     in the bank, held out); intervals in maintenance, unscored, or anomalous and not marked
     normal left out. One audit line."""
+    _check_who(operator, via, command_id)
     if not (isinstance(hours, (int, float)) and math.isfinite(hours) and hours > 0):
         raise FeedbackError(f"recalibrate: hours = {hours!r}: expected a number of hours "
                             f"above 0")

@@ -175,11 +175,15 @@ def test_a_config_threshold_stays_and_is_said(machine, site):
     ({"start": 5.0, "end": 2.0}, "from must not be after to"),
     ({}, "give an event"),
     ({"event": 3, "start": 1.0, "end": 2.0}, "give an event"),
+    ({"event": "3"}, "expected the seq"),
+    ({"start": "yesterday", "end": 2.0}, "expected UTC epoch seconds"),
+    ({"event": 3, "operator": ""}, "operator '': expected a name"),
+    ({"event": 3, "command_id": "x" * 129}, "command id"),
 ])
 def test_refusals_change_nothing(machine, kwargs, message):
     folder, config = machine
     with pytest.raises(FeedbackError, match=message):
-        mark_normal(config, **kwargs, operator="a", via="cli")
+        mark_normal(config, **{"operator": "a", "via": "cli", **kwargs})
     assert not overlay_file(folder / "state", "fan").exists()
     assert not audit.read(folder / "state", "fan")
 
