@@ -35,6 +35,7 @@ import numpy as np
 
 from harken.agent.decision.records import IntervalResult
 from harken.agent.sinks.base import Sink, SinkSettings, register
+from harken.common.errors import ConfigError
 from harken.common.settings import Number
 
 MAGIC = b"HKRECENT"
@@ -206,9 +207,9 @@ def read_segment(path: Path) -> Segment | None:
         model, interval_s = str(head["model"]), float(head["interval_s"])
         if head.get("version") != STORE_VERSION or len(raw) < start:
             return None
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        dtype = record_dtype(layout)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
         return None
-    dtype = record_dtype(layout)
     count = (len(raw) - start) // dtype.itemsize
     records = np.frombuffer(raw, dtype, count=count, offset=start)
     return Segment(path, model, interval_s, layout, records)
@@ -291,8 +292,13 @@ class FeedbackStoreSink(Sink):
     def from_config(cls, config) -> FeedbackStoreSink:
         state = config.writable_folder("agent.state_dir", config.agent.state_dir)
         f = config.feedback
-        return cls(RecentStore(store_folder(state, config.agent.machine), f.keep_hours,
-                               f.max_mb))
+        folder = store_folder(state, config.agent.machine)
+        try:
+            return cls(RecentStore(folder, f.keep_hours, f.max_mb))
+        except OSError as exc:
+            raise ConfigError(f"{folder}: the feedback store cannot be opened there "
+                              f"({exc.strerror or exc}); move what is in the way, or set "
+                              f"[feedback] keep_hours = 0 to keep no store") from None
 
     def interval(self, result: IntervalResult) -> None:
         try:

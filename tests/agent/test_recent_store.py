@@ -62,6 +62,9 @@ def test_a_torn_last_record_is_skipped(tmp_path):
     assert read_store(tmp_path / "r").seq.tolist() == [1, 2]
     seg.write_bytes(data[:20])                  # torn in its header: no records, no error
     assert len(read_store(tmp_path / "r")) == 0
+    seg.write_bytes(data[:12] + b'{"version": 1, "model": "m", "interval_s": 10, '
+                    b'"layout": [["mel", -3]]}')          # not ours: skipped, never raised
+    assert len(read_store(tmp_path / "r")) == 0
 
 
 def test_a_segment_per_hour_per_model_and_per_layout(tmp_path):
@@ -120,6 +123,11 @@ def test_the_sink_is_on_by_default_off_at_zero_and_wants_statistics(tmp_path):
     sink = FeedbackStoreSink.from_config(on)
     assert sink.store.folder == tmp_path / "state" / "recent-fan"
     sink.close()
+    # a file where the store's folder goes: one line naming it
+    (tmp_path / "state" / "recent-other").write_text("x")
+    other = on.model_copy(update={"agent": on.agent.model_copy(update={"machine": "other"})})
+    with pytest.raises(ConfigError, match="recent-other: the feedback store cannot be opened"):
+        FeedbackStoreSink.from_config(other)
     off = load_config(write_agent_config(tmp_path / "off.toml", **base,
                                          feedback={"keep_hours": 0}))
     assert not FeedbackStoreSink.enabled(off)
