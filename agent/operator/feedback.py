@@ -286,7 +286,7 @@ def mark_normal(config: Config, *, event: int | None = None, start: float | None
     details = {"intervals": [int(s) for s in seqs], "threshold_before": before,
                "threshold_after": after, "rows_before": rows_before,
                "rows_after": rows_before + len(seqs), "change": change_id,
-               **({"event": event} if event is not None else {"from": start, "to": end}),
+               **({"event": int(event)} if event is not None else {"from": start, "to": end}),
                **({"exceedance_kept": p} if p is not None else {})}
     line = audit.append(m.state_dir, {"machine": config.agent.machine, "action": "feedback",
                                       "outcome": "ok", "operator": operator, "via": via,
