@@ -28,6 +28,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,20 +59,21 @@ class CommandRefused(HarkenError, ValueError):
 def _epoch(value: Any) -> float:
     """A time as UTC epoch seconds: a number, or ISO 8601 text (without an offset: the
     device's local time)."""
-    if isinstance(value, bool):
-        raise ValueError("expected epoch seconds or an ISO 8601 time")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
+    said = "expected epoch seconds or an ISO 8601 time, from 1970 to 5138"
+    t: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        t = float(value) if abs(value) < 1e300 else math.inf
+    elif isinstance(value, str):
         try:
-            return float(value)
+            t = float(value)
         except ValueError:
-            pass
-        try:
-            return dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            raise ValueError("expected epoch seconds or an ISO 8601 time") from None
-    raise ValueError("expected epoch seconds or an ISO 8601 time")
+            try:
+                t = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00")).timestamp()
+            except (ValueError, OverflowError, OSError):
+                raise ValueError(said) from None
+    if t is None or not math.isfinite(t) or not 0 <= t < 1e11:
+        raise ValueError(said)
+    return t
 
 
 def _reason(exc: ValidationError) -> str:
