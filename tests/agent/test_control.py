@@ -157,6 +157,15 @@ def start_agent(cfg: Path) -> tuple[subprocess.Popen, list[str]]:
     return proc, lines
 
 
+def alive(proc, lines, predicate):
+    """``predicate`` for wait_for, failing at once (with the agent's stderr) if it ended."""
+    def check():
+        if proc.poll() is not None:
+            raise AssertionError(f"the agent ended ({proc.returncode}): {proc.stderr.read()}")
+        return predicate()
+    return check
+
+
 def records(lines, start=0):
     return [json.loads(ln) for ln in list(lines)[start:] if ln.startswith("{")]
 
@@ -185,8 +194,8 @@ def test_maintenance_through_the_cli_reaches_the_running_daemon(ae_bundle, wav, 
         output={"stdout": True})
     proc, lines = start_agent(cfg)
     try:
-        wait_for("an anomaly event", lambda: any(r.get("kind") == "event"
-                                                 for r in records(lines)), 120)
+        wait_for("an anomaly event", alive(proc, lines, lambda: any(
+            r.get("kind") == "event" for r in records(lines))), 120)
         assert socket_path(state).exists()
         mark = len(lines)
         code, out, err = cli(cfg, "maintenance", "on", "--operator", "alice")
