@@ -336,12 +336,12 @@ class Runner:
         sent before this interval's result)."""
         def ask(ts: float) -> bool:
             if m.maintenance.expired(ts):
-                state = m.maintenance.expire()
+                state = m.maintenance.expire()      # None: a command changed it meanwhile
                 if state is not None:
                     m.pending.append(MaintenanceChanged(on=False, until=None, by=state["by"],
                                                         via="expiry"))
                     _log.info(f"machine {m.name}: maintenance ended (its time ran out)")
-                return False
+                    return False
             return m.maintenance.active(ts)
         return ask
 

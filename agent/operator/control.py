@@ -207,8 +207,10 @@ def request(state_dir: Path, command: dict, timeout_s: float = REPLY_TIMEOUT_S) 
         except ValueError:
             raise ControlError(f"{path}: the running agent gave no reply (it may be "
                                f"stopping)") from None
-        if not isinstance(reply, dict):
-            raise ControlError(f"{path}: an unexpected reply from the running agent")
+        if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool) or (
+                reply["ok"] and not isinstance(reply.get("result"), dict)):
+            raise ControlError(f"{path}: an unexpected reply from the running agent (another "
+                               f"program's socket, or another release's?)")
         return reply
     finally:
         sock.close()

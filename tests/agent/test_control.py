@@ -19,7 +19,7 @@ import pytest
 from harken.agent.cli import main
 from harken.agent.operator import audit
 from harken.agent.operator.commands import MAX_BYTES
-from harken.agent.operator.control import ControlServer, request, socket_path
+from harken.agent.operator.control import ControlError, ControlServer, request, socket_path
 from harken.agent.operator.maintenance import Maintenance
 from harken.common.errors import ConfigError
 from harken.testkit.files import write_agent_config
@@ -27,7 +27,13 @@ from tests.helpers import collect_lines, wait_for
 
 
 def echo(raw: bytes, via: str) -> dict:
-    return {"got": raw.decode(errors="replace")[:20], "bytes": len(raw), "via": via}
+    return {"ok": True, "result": {"got": raw.decode(errors="replace")[:20], "bytes": len(raw),
+                                   "via": via}}
+
+
+def ask(state, body) -> dict | None:
+    reply = request(state, body)
+    return None if reply is None else reply["result"]
 
 
 @pytest.fixture
@@ -38,7 +44,7 @@ def server(tmp_path):
 
 
 def test_one_request_line_one_reply_line(server, tmp_path):
-    assert request(tmp_path, {"a": 1}) == {"got": '{"a": 1}', "bytes": 8, "via": "socket"}
+    assert ask(tmp_path, {"a": 1}) == {"got": '{"a": 1}', "bytes": 8, "via": "socket"}
     assert stat.S_IMODE(os.stat(socket_path(tmp_path)).st_mode) == 0o660
 
 
@@ -49,11 +55,11 @@ def test_an_oversized_request_is_handed_on_unread_and_a_silent_client_dropped(se
         s.sendall(b"x" * (2 * MAX_BYTES))
         s.shutdown(socket.SHUT_WR)
         reply = json.loads(s.makefile().readline())
-    assert reply["bytes"] > MAX_BYTES                  # the dispatcher refuses it by size
+    assert reply["result"]["bytes"] > MAX_BYTES                  # the dispatcher refuses it by size
     silent = socket.socket(socket.AF_UNIX)
     silent.connect(str(socket_path(tmp_path)))          # sends nothing: dropped, no reply
     t0 = time.monotonic()
-    assert request(tmp_path, {"b": 2})["via"] == "socket"
+    assert ask(tmp_path, {"b": 2})["via"] == "socket"
     assert time.monotonic() - t0 < 5
     assert silent.recv(10) == b""
     silent.close()
@@ -66,11 +72,20 @@ def test_a_killed_daemons_socket_is_no_daemon_and_is_replaced_at_start(tmp_path)
     assert request(tmp_path, {"a": 1}) is None          # the CLI then does it itself
     s = ControlServer(tmp_path, echo).start()
     try:
-        assert request(tmp_path, {"a": 1})["bytes"] == 8
+        assert ask(tmp_path, {"a": 1})["bytes"] == 8
     finally:
         s.close()
     assert not socket_path(tmp_path).exists()           # a clean stop removes it
     assert request(tmp_path, {"a": 1}) is None
+
+
+def test_a_reply_that_is_not_the_agents_is_one_line(tmp_path):
+    s = ControlServer(tmp_path, lambda raw, via: {"hello": 1}).start()
+    try:
+        with pytest.raises(ControlError, match="an unexpected reply"):
+            request(tmp_path, {"a": 1})
+    finally:
+        s.close()
 
 
 def test_something_else_at_the_sockets_path_is_refused_in_one_line(tmp_path):
@@ -86,7 +101,7 @@ def test_a_state_folder_deeper_than_a_socket_address_holds(tmp_path):
     assert len(str(socket_path(deep))) > 108
     s = ControlServer(deep, echo).start()
     try:
-        assert request(deep, {"a": 1})["bytes"] == 8
+        assert ask(deep, {"a": 1})["bytes"] == 8
     finally:
         s.close()
 
