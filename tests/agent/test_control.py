@@ -281,3 +281,38 @@ def test_maintenance_through_the_cli_reaches_the_running_daemon(ae_bundle, wav, 
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_the_runner_hands_its_sinks_the_command_handler_only_when_commands_are_on(
+        ae_bundle, wav, tmp_path, monkeypatch):
+    from harken.agent.runner import Runner
+    from harken.agent.config import load_config
+    from harken.agent.sinks.mqtt.settings import MqttSection
+    cfg = write_agent_config(
+        tmp_path / "agent.toml", agent={"node": "n1", "state_dir": tmp_path / "state"},
+        model={"bundle": ae_bundle, "artifact": "onnx-int8"},
+        audio={"source": "file", "file": wav}, output={"stdout": False},
+        machines=[{"name": "fan"}, {"name": "pump"}])
+    runner = Runner.from_config(load_config(cfg))
+    try:
+        assert all(s.commands is None for m in runner.machines for s in m.sinks)
+        assert all(m.pipeline.maintenance is not None for m in runner.machines)
+    finally:
+        runner.close()
+    monkeypatch.setattr(MqttSection, "commands", True, raising=False)   # part C's key
+    runner = Runner.from_config(load_config(cfg))
+    try:
+        fan, pump = runner.machines
+        reply = fan.sinks[0].commands(json.dumps({"id": "1", "command": "maintenance",
+                                                  "operator": "a", "state": "on"}).encode(),
+                                      "mqtt")
+        assert reply["ok"] and reply["machine"] == "fan"
+        assert fan.maintenance.active() and not pump.maintenance.active()
+        assert fan.pipeline.maintenance(time.time()) is True
+        assert pump.pipeline.maintenance(time.time()) is False
+        refused = pump.sinks[0].commands(json.dumps({"id": "2", "command": "maintenance",
+                                                     "operator": "a", "state": "on",
+                                                     "machine": "fan"}).encode(), "mqtt")
+        assert not refused["ok"] and "does not match" in refused["reason"]
+    finally:
+        runner.close()

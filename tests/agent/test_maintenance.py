@@ -4,6 +4,7 @@ command is checked, done once, logged (refusals too) and reaches the running mac
 CLI without a daemon changes the files itself under the state lock."""
 
 import json
+import os
 import re
 import time
 
@@ -324,3 +325,16 @@ def test_the_cli_waits_for_no_one_when_the_state_is_held_without_a_socket(config
         assert main(["maintenance", "--config", str(config), "--machine", "fan", "on"]) == 2
     assert "harken calibrate (PID" in capsys.readouterr().err
     assert not (tmp_path / "state" / "maintenance-fan.json").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_root_hands_the_files_it_made_to_the_state_folders_owner(config, tmp_path):
+    """``sudo harken maintenance`` with the daemon stopped, on the unit's DynamicUser
+    state: the daemon must be able to write the files again when it starts."""
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 65534, 65534)
+    assert main(["maintenance", "--config", str(config), "--machine", "fan", "on"]) == 0
+    made = sorted(p.name for p in state.iterdir())
+    assert "maintenance-fan.json" in made and "audit.jsonl" in made
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in state.iterdir()} == {(65534, 65534)}
