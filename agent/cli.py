@@ -336,7 +336,10 @@ def _operator() -> str:
     """Who the audit log names by default: the person behind sudo, else this login."""
     import getpass
     import os
-    return os.environ.get("SUDO_USER") or getpass.getuser()
+    try:
+        return os.environ.get("SUDO_USER") or getpass.getuser()
+    except (KeyError, OSError):          # a uid with no name (a container): said as such
+        return f"uid-{os.getuid()}"
 
 
 def _one_machine(config, machine: str | None):
