@@ -204,6 +204,9 @@ class Commands:
             reply["ok"] = True
         except HarkenError as exc:
             reply["reason"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        except OSError as exc:                 # a full or failing disk: the device's
+            where = f"{exc.filename}: " if exc.filename else ""
+            reply["reason"] = f"{where}cannot write the state ({exc.strerror or exc})"
         except Exception as exc:               # noqa: BLE001 - a bug: refused, said, logged
             _log.exception("a command failed")
             reply["reason"] = f"internal error ({type(exc).__name__}: {exc})"

@@ -338,3 +338,17 @@ def test_root_hands_the_files_it_made_to_the_state_folders_owner(config, tmp_pat
     made = sorted(p.name for p in state.iterdir())
     assert "maintenance-fan.json" in made and "audit.jsonl" in made
     assert {(p.stat().st_uid, p.stat().st_gid) for p in state.iterdir()} == {(65534, 65534)}
+
+
+def test_a_state_that_cannot_be_written_is_a_refusal_saying_why(dispatcher, tmp_path,
+                                                                monkeypatch):
+    commands, _, sent, _ = dispatcher
+
+    def full(*_a, **_k):
+        raise OSError(28, "No space left on device", str(tmp_path / "maintenance-fan.json"))
+    monkeypatch.setattr("harken.agent.operator.maintenance.write_atomic", full)
+    r = send(commands, id="d", command="maintenance", operator="a", state="on",
+             machine="fan")
+    assert not r["ok"] and "No space left on device" in r["reason"]
+    assert "maintenance-fan.json" in r["reason"] and sent["fan"] == []
+    assert not commands.targets["fan"].maintenance.active()
