@@ -154,11 +154,15 @@ class Maintenance:
             record = MaintenanceRecord(on=on, since=round(now, 3),
                                        until=None if for_s is None else round(now + for_s, 3),
                                        by=operator, via=via)
-            self._write(record)
-            audit.append(self.state_dir, {
-                "machine": self.machine, "action": "maintenance", "outcome": "ok",
-                "operator": operator, "via": via, "command_id": command_id, "on": on,
-                "until": record.until, "until_utc": _iso(record.until)})
+            self._write(record)                  # an OSError here: nothing changed
+            try:
+                audit.append(self.state_dir, {
+                    "machine": self.machine, "action": "maintenance", "outcome": "ok",
+                    "operator": operator, "via": via, "command_id": command_id, "on": on,
+                    "until": record.until, "until_utc": _iso(record.until)})
+            except OSError as exc:               # done all the same: said, not undone
+                _log.warning(f"the audit log could not take a maintenance change of "
+                             f"{self.machine} ({exc.strerror or exc})")
             return self.state(now)
 
     def expire(self) -> dict | None:
