@@ -11,7 +11,9 @@ reported by machine name and the others go on.
 One process per state folder (agent/statelock.py); ``seq`` reserved durably per machine
 (agent/seqstore.py); a sink that fails is reported once and never stops scoring or the
 other sinks; a stop closes every sink at once under one shared budget that fits systemd's
-``TimeoutStopSec`` (docs/agent.md "Stopping").
+``TimeoutStopSec`` (docs/agent.md "Stopping"). While it runs, the operator's commands
+(maintenance, feedback) reach it through its control socket and, where enabled, MQTT
+(agent/operator/; docs/agent.md "The control socket").
 """
 
 from __future__ import annotations
