@@ -1,6 +1,7 @@
-"""The one command dispatcher (docs/agent.md "Commands"): the control socket, MQTT and
-Sparkplug DCMD hand it a raw payload and where it came from; it checks the command, carries
-it out once, logs every outcome in the audit log and updates the running machine.
+"""The one command dispatcher (docs/agent.md "The control socket", docs/mqtt.md
+"Commands"): the control socket, MQTT and Sparkplug DCMD hand it a raw payload and where it
+came from; it checks the command, carries it out once, logs every outcome in the audit log
+and updates the running machine.
 
 Why so strict: a command changes what a plant hears from a machine (silenced, or taught
 that a sound is normal). So a payload over 64 KiB is refused unparsed, unknown keys and
