@@ -442,6 +442,8 @@ def time_arg(text: str) -> float:
 def cmd_feedback(args: argparse.Namespace) -> int:
     from harken.agent.config import load_config
     from harken.agent.operator import audit
+    if args.end is not None and args.start is None:
+        raise UsageError("--to goes with --from")
     config = load_config(args.config)
     if args.list:
         names = {v.agent.machine for v in config.select(args.machine)}
@@ -614,14 +616,14 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("--machine", type=arg(Name), help="the machine (required when the config "
                     "watches several)")
     form = fb.add_mutually_exclusive_group(required=True)
-    form.add_argument("--event", type=arg(Count(0, 2**63 - 1)),
+    form.add_argument("--event", type=arg(Count(0, 2**63 - 1)), metavar="SEQ",
                       help="the seq of the anomaly event (its start) that was normal")
-    form.add_argument("--from", dest="start", type=time_arg,
+    form.add_argument("--from", dest="start", type=time_arg, metavar="T",
                       help="start of a normal time range (epoch or ISO 8601; with --to)")
     form.add_argument("--undo", action="store_true", help="undo the last feedback")
     form.add_argument("--list", action="store_true", help="the audit log's lines of the "
                       "machine(s), one JSON line each")
-    fb.add_argument("--to", dest="end", type=time_arg, help="end of the time range")
+    fb.add_argument("--to", dest="end", type=time_arg, metavar="T", help="end of the time range")
     fb.add_argument("verdict", nargs="?", choices=["normal"],
                     help="what the sound was: normal")
     fb.add_argument("--operator", type=arg(Text(128)), default=_operator(),
@@ -634,7 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--machine", type=arg(Name), help="the machine (required for on/off when "
                     "the config watches several)")
     mt.add_argument("state", choices=["on", "off", "status"])
-    mt.add_argument("--for", dest="seconds", type=duration_arg,
+    mt.add_argument("--for", dest="seconds", type=duration_arg, metavar="DURATION",
                     help="end by itself after this long: 90s, 30m, 2h, 1d or seconds (at most "
                     "30 days; default: until 'off')")
     mt.add_argument("--operator", type=arg(Text(128)), default=_operator(),

@@ -309,6 +309,8 @@ def test_the_cli_refuses_in_one_line(config, tmp_path, capsys):
               "--to", "1", "normal"], "ISO 8601"),
             (["feedback", "--config", str(config), "--machine", "fan", "--from", "5",
               "normal"], "--from and --to go together"),
+            (["feedback", "--config", str(config), "--machine", "fan", "--undo", "--to",
+              "5"], "--to goes with --from"),
             (["maintenance", "--config", str(config), "--machine", "fan", "on",
               "--operator", "a\nb"], "control or invisible")]:
         assert main(argv) == 2, argv
