@@ -30,6 +30,7 @@ kill -9. Births and deaths are QoS 0 and 1 as specified.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import queue
@@ -115,7 +116,7 @@ class EdgeNode(Encoder):
         # sender holds while it publishes: a DDATA's seq is taken in order with the births'
         self._lock = self.publisher.lock
         self._up = False                   # a connection is made (its DCMD subscriptions)
-        self._writes = 0                   # DCMD writes taken (the command ids' <seq>)
+        self._writes = itertools.count(1)  # DCMD writes taken (the command ids' <seq>)
         # DCMD writes for the command worker, carried out one at a time in arrival order
         self._jobs: queue.Queue = queue.Queue(64)
         self._worker: threading.Thread | None = None
@@ -194,12 +195,10 @@ class EdgeNode(Encoder):
         for m in payload.metrics:
             value = metric_value(m)
             if m.name != MAINTENANCE or not isinstance(value, bool):
-                self.log(f"device {d.name}: DCMD write of {m.name!r} refused: only "
+                self.log(f"device {d.name}: DCMD write of {m.name[:64]!r} refused: only "
                          f"{MAINTENANCE!r} (Boolean) is writable")
                 continue
-            with self._lock:
-                self._writes += 1
-                seq = self._writes
+            seq = next(self._writes)     # no lock on paho's thread (the sender holds it)
             stamp = m.timestamp or payload.timestamp or now_ms()
             command = {"id": f"sparkplug-{stamp}-{seq}", "command": "maintenance",
                        "operator": "sparkplug", "state": "on" if value else "off"}
