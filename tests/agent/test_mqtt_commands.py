@@ -273,8 +273,12 @@ def test_the_maintenance_state_is_retained_and_said_again_at_every_connection(
         acl_broker, tmp_path):
     sink = make_sink(acl_broker, tmp_path, "kept")
     try:
+        live = Client(acl_broker.port, *OUTSIDER, "dashboard-4",
+                      subscribe="harken/n1/kept/maintenance")
         sink.status(MaintenanceChanged(on=True, until=1_900_000_000.5, by="alice", via="mqtt"))
-        late = Client(acl_broker.port, *OUTSIDER, "dashboard-4",
+        wait_for("the state, live", lambda: live.messages, 30, 0.02)
+        live.close()
+        late = Client(acl_broker.port, *OUTSIDER, "dashboard-4b",
                       subscribe="harken/n1/kept/maintenance")
         wait_for("the retained state", lambda: late.messages, 30, 0.02)
         t, payload, retained = late.messages[0]
