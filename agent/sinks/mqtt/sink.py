@@ -136,7 +136,11 @@ class MqttSink(Encoder, NetworkSink):
         self._cmd_lock = threading.Lock()
         self._commands: CommandHandler | None = None
         self._up = False
-        self._maintenance: bytes | None = None
+        # OFF until the runner says otherwise (a machine whose state file says ON is told at
+        # start): a retained ON left by an earlier run must not outlive a restart, and Home
+        # Assistant's switch has a state from the first connection
+        self._maintenance: bytes | None = json.dumps(maintenance_payload(
+            MaintenanceChanged(on=False, via="start"), node, machine)).encode()
         self._jobs: queue.Queue = queue.Queue(QUEUED_COMMANDS)
         self._worker: threading.Thread | None = None
         self.ha_status_topic = ha_status_topic(settings.discovery_prefix)
