@@ -367,6 +367,144 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
+def _operator() -> str:
+    """Who the audit log names by default: the person behind sudo, else this login."""
+    import getpass
+    import os
+    try:
+        return os.environ.get("SUDO_USER") or getpass.getuser()
+    except (KeyError, OSError):          # a uid with no name (a container): said as such
+        return f"uid-{os.getuid()}"
+
+
+def _one_machine(config, machine: str | None):
+    views = config.select(machine)           # an unknown --machine refused, listing them
+    if len(views) > 1:
+        raise UsageError(f"{config.source_file}: give --machine: this config watches "
+                         f"{[v.agent.machine for v in views]}")
+    return views[0]
+
+
+def _command(config, machine: str | None, body: dict, operator: str, verb: str) -> dict:
+    """``body`` carried out on one machine: by the running daemon through its control
+    socket, else (no daemon) here, under the state lock, through the same dispatcher
+    (docs/agent.md "The control socket"). A refusal is one line, exit 2."""
+    import uuid
+
+    from harken.agent.operator.commands import CommandRefused, Commands, Target
+    from harken.agent.operator.control import hand_back, request
+    from harken.agent.operator.maintenance import Maintenance
+    from harken.agent.statelock import StateLock
+    view = _one_machine(config, machine)
+    name = view.agent.machine
+    body = {"id": f"cli-{uuid.uuid4().hex}", **body, "operator": operator, "machine": name}
+    reply = request(config.path(config.agent.state_dir), body)
+    if reply is None:                           # no daemon: the files, under the lock
+        folder = config.writable_folder("agent.state_dir", config.agent.state_dir)
+
+        def refusal(pid, command, where):
+            return (f"{command} (PID {pid}) holds the state folder {where} but its control "
+                    f"socket does not answer (still starting, or stopping); try again")
+        with StateLock(folder, f"harken {verb}").acquire(refusal):
+            commands = Commands(folder, {name: Target(view, Maintenance(folder, name))})
+            reply = commands.handle(json.dumps(body).encode(), "cli")
+        hand_back(folder)
+    if not reply.get("ok"):
+        raise CommandRefused(f"machine {name}: {verb} refused: {reply.get('reason')}")
+    return reply
+
+
+def _when(ts: float | None) -> str:
+    import datetime as dt
+    return dt.datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+
+
+def _maintenance_line(state: dict) -> str:
+    if not state["on"]:
+        return f"machine {state['machine']}: not in maintenance"
+    until = "until turned off" if state["until"] is None else f"until {_when(state['until'])}"
+    return f"machine {state['machine']}: in maintenance {until} (by {state['by']})"
+
+
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    from harken.agent.config import load_config
+    from harken.agent.operator.control import request
+    from harken.agent.operator.maintenance import Maintenance
+    config = load_config(args.config)
+    if args.seconds is not None and args.state != "on":
+        raise UsageError(f"--for goes with 'on', not '{args.state}'")
+    if args.state == "status":
+        states = []
+        for view in config.select(args.machine):
+            reply = request(config.path(config.agent.state_dir),
+                            {"id": "cli-status", "command": "maintenance", "state": "status",
+                             "operator": args.operator, "machine": view.agent.machine})
+            if reply is not None and not reply.get("ok"):
+                raise UsageError(f"machine {view.agent.machine}: {reply.get('reason')}")
+            states.append(reply["result"] if reply is not None else Maintenance(
+                view.path(view.agent.state_dir), view.agent.machine).state())
+        for state in states:
+            print(json.dumps(state) if args.json else _maintenance_line(state))
+        return 0
+    body = {"command": "maintenance", "state": args.state}
+    if args.seconds is not None:
+        body["for"] = args.seconds
+    reply = _command(config, args.machine, body, args.operator, "maintenance")
+    print(json.dumps(reply) if args.json else _maintenance_line(reply["result"]))
+    return 0
+
+
+def duration_arg(text: str) -> float:
+    """``--for``: 90s, 30m, 2h, 1d or seconds, 1 s to 30 days."""
+    from harken.agent.operator.maintenance import parse_duration
+    try:
+        return parse_duration(text, "--for")
+    except HarkenError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--for = ")) from None
+
+
+def time_arg(text: str) -> float:
+    """``--from``/``--to``: epoch seconds or an ISO 8601 time (without an offset: this
+    device's local time)."""
+    from harken.agent.operator.commands import _epoch
+    try:
+        return _epoch(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: expected epoch seconds or an ISO "
+                                         f"8601 time such as 2026-05-04T13:20") from None
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from harken.agent.config import load_config
+    from harken.agent.operator import audit
+    if args.end is not None and args.start is None:
+        raise UsageError("--to goes with --from")
+    config = load_config(args.config)
+    if args.list:
+        names = {v.agent.machine for v in config.select(args.machine)}
+        for line in audit.read(config.path(config.agent.state_dir)):
+            if line.get("machine") in names:
+                print(json.dumps(line))
+        return 0
+    marking = args.event is not None or args.start is not None or args.end is not None
+    if marking != (args.verdict == "normal"):
+        raise UsageError("say what the sound was: 'harken feedback --event SEQ normal' "
+                         "(or --from T --to T normal); --undo and --list take no verdict")
+    if args.event is not None:
+        body: dict = {"command": "feedback", "event": args.event}
+    elif args.undo:
+        body = {"command": "feedback", "undo": True}
+    else:
+        if args.start is None or args.end is None:
+            raise UsageError("--from and --to go together")
+        if args.start >= args.end:
+            raise UsageError("--from must be before --to")
+        body = {"command": "feedback", "from": args.start, "to": args.end}
+    reply = _command(config, args.machine, body, args.operator, "feedback")
+    print(json.dumps(reply if args.json else {"machine": reply["machine"], **reply["result"]}))
+    return 0
+
+
 def systemd_unit(exec_start: str, config: str) -> str:
     """The packaged unit (systemd/harken.service) with ExecStart for this install, so a
     wheel install under pipx or /opt/venv needs no repository to find the unit."""
@@ -507,6 +645,39 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--resend", action="store_true", help="put every refused message back "
                       "at the end of its outbox (sent as history)")
     o.set_defaults(func=cmd_outbox)
+    fb = sub.add_parser("feedback", help="tell a machine that an alarm (or a time range) was "
+                        "normal, undo that, or list what was done (the audit log)")
+    fb.add_argument("--config", required=True)
+    fb.add_argument("--machine", type=arg(Name), help="the machine (required when the config "
+                    "watches several)")
+    form = fb.add_mutually_exclusive_group(required=True)
+    form.add_argument("--event", type=arg(Count(0, 2**63 - 1)), metavar="SEQ",
+                      help="the seq of the anomaly event (its start) that was normal")
+    form.add_argument("--from", dest="start", type=time_arg, metavar="T",
+                      help="start of a normal time range (epoch or ISO 8601; with --to)")
+    form.add_argument("--undo", action="store_true", help="undo the last feedback")
+    form.add_argument("--list", action="store_true", help="the audit log's lines of the "
+                      "machine(s), one JSON line each")
+    fb.add_argument("--to", dest="end", type=time_arg, metavar="T", help="end of the time range")
+    fb.add_argument("verdict", nargs="?", choices=["normal"],
+                    help="what the sound was: normal")
+    fb.add_argument("--operator", type=arg(Text(128)), default=_operator(),
+                    help="who gives it, for the audit log (default: the login user)")
+    fb.add_argument("--json", action="store_true", help="print the agent's whole reply")
+    fb.set_defaults(func=cmd_feedback)
+    mt = sub.add_parser("maintenance", help="put a machine in maintenance (scored, no "
+                        "alarms), end it, or show it")
+    mt.add_argument("--config", required=True)
+    mt.add_argument("--machine", type=arg(Name), help="the machine (required for on/off when "
+                    "the config watches several)")
+    mt.add_argument("state", choices=["on", "off", "status"])
+    mt.add_argument("--for", dest="seconds", type=duration_arg, metavar="DURATION",
+                    help="end by itself after this long: 90s, 30m, 2h, 1d or seconds (at most "
+                    "30 days; default: until 'off')")
+    mt.add_argument("--operator", type=arg(Text(128)), default=_operator(),
+                    help="who, for the audit log (default: the login user)")
+    mt.add_argument("--json", action="store_true", help="print the state as JSON")
+    mt.set_defaults(func=cmd_maintenance)
     e = sub.add_parser("evidence", help="the audio kept around anomaly events ([evidence] "
                        "enabled): list it, or write one event's WAV")
     e.add_argument("--config", required=True)

@@ -11,7 +11,9 @@ reported by machine name and the others go on.
 One process per state folder (agent/statelock.py); ``seq`` reserved durably per machine
 (agent/seqstore.py); a sink that fails is reported once and never stops scoring or the
 other sinks; a stop closes every sink at once under one shared budget that fits systemd's
-``TimeoutStopSec`` (docs/agent.md "Stopping").
+``TimeoutStopSec`` (docs/agent.md "Stopping"). While it runs, the operator's commands
+(maintenance, feedback) reach it through its control socket and, where enabled, MQTT
+(agent/operator/; docs/agent.md "The control socket").
 """
 
 from __future__ import annotations
@@ -35,8 +37,12 @@ from harken.common.errors import EnvironmentFailure, HarkenError, is_transient
 from harken.agent.clock import ClockWatch, from_environment
 from harken.agent.decision.records import (AudioFailed, AudioHealth, AudioLost, AudioRestored,
                                            ClockSet, EnrolledBankInfo, IntervalResult,
-                                           SinkFailed, SinkRestored, Started, StatusEvent,
-                                           Stats, Stopped, source_report)
+                                           MaintenanceChanged, SinkFailed, SinkRestored,
+                                           Started, StatusEvent, Stats, Stopped,
+                                           source_report)
+from harken.agent.operator.commands import Commands, Target
+from harken.agent.operator.control import ControlServer
+from harken.agent.operator.maintenance import Maintenance
 from harken.agent.seqstore import SeqReservation
 from harken.agent.statelock import StateLock, lock_state
 from harken.agent.build import preflight
@@ -72,6 +78,8 @@ class Machine:
     failing: dict = field(default_factory=dict)        # sink name -> why it fails now
     sink_errors: Counter = field(default_factory=Counter)  # exceptions a sink raised
     seqs: SeqReservation | None = None                 # its durable seq (agent/seqstore.py)
+    maintenance: Maintenance | None = None             # its maintenance state (agent/operator/)
+    pending: list = field(default_factory=list)        # status events noticed mid-interval
 
     @property
     def name(self) -> str:
@@ -167,7 +175,8 @@ class Runner:
 
     def __init__(self, config: Config, listeners: list[Listener],
                  max_intervals: int | None = None, lock: StateLock | None = None,
-                 clock: ClockWatch | None = None, stop_budget_s: float = STOP_BUDGET_S) -> None:
+                 clock: ClockWatch | None = None, stop_budget_s: float = STOP_BUDGET_S,
+                 commands: Commands | None = None) -> None:
         self.config, self.listeners = config, listeners
         self.machines = [m for lst in listeners for m in lst.machines]
         self.max_intervals = max_intervals
@@ -186,6 +195,12 @@ class Runner:
         for m in self.machines:
             if m.pipeline.clock_unsynced is None:
                 m.pipeline.clock_unsynced = self.clock.unsynced
+            if m.maintenance is not None and m.pipeline.maintenance is None:
+                m.pipeline.maintenance = self._in_maintenance(m)
+        # the operator's commands (docs/agent.md "The control socket"): served from the
+        # start of ``run`` to the stop, with the state folder this process holds
+        self.commands = commands
+        self.control: ControlServer | None = None
 
     @classmethod
     def from_config(cls, config: Config, max_intervals: int | None = None) -> Runner:
@@ -200,11 +215,20 @@ class Runner:
         state = config.writable_folder("agent.state_dir", config.agent.state_dir)
         lock = lock_state(state, "harken run")
         listeners: list[Listener] = []
+        commands = Commands(state)
         try:
             for machines in groups:
                 for m in machines:
                     seqs = SeqReservation(state / f"seq-{m.name}.json")
+                    m.maintenance = Maintenance(state, m.name)
+                    commands.targets[m.name] = Target(m.config, m.maintenance, m.bundle,
+                                                      m.pipeline, m.send)
                     m.sinks = make_sinks(m.config)
+                    if getattr(m.config.mqtt, "commands", False):
+                        # MQTT and Sparkplug take commands (docs/mqtt.md "Commands"); off:
+                        # the handler stays None and nothing is subscribed
+                        for sink in m.sinks:
+                            sink.commands = commands.for_machine(m.name)
                     # what the sinks need kept beyond the payload (agent/sinks/base.py)
                     m.pipeline.keep_statistics = any(s.wants_statistics for s in m.sinks)
                     m.pipeline.keep_audio = any(s.wants_audio for s in m.sinks)
@@ -228,7 +252,8 @@ class Runner:
                         s.close()
             lock.release()
             raise
-        return cls(config, listeners, max_intervals, lock=lock, clock=clock)
+        return cls(config, listeners, max_intervals, lock=lock, clock=clock,
+                   commands=commands)
 
     def close(self) -> None:
         """What ``from_config`` opened, closed without running: the sources, the sinks
@@ -309,8 +334,42 @@ class Runner:
             if self._done():
                 return
 
+    def _in_maintenance(self, m: Machine) -> Callable[[float], bool]:
+        """The pipeline's question at each interval (agent/pipeline.py): is ``m`` in
+        maintenance at ``ts``? A ``--for`` that ran out ends here, at the first interval
+        after it: the file and the audit log say so, and the sinks hear it (``pending``,
+        sent before this interval's result)."""
+        def ask(ts: float) -> bool:
+            if m.maintenance.expired(ts):
+                state = m.maintenance.expire()      # None: a command changed it meanwhile
+                if state is not None:
+                    m.pending.append(MaintenanceChanged(on=False, until=None, by=state["by"],
+                                                        via="expiry"))
+                    _log.info(f"machine {m.name}: maintenance ended (its time ran out)")
+                    return False
+            return m.maintenance.active(ts)
+        return ask
+
+    def _maintenance_at_start(self, m: Machine) -> None:
+        """The state restored, said to the sinks (a retained topic, a Sparkplug metric):
+        on, off, or ended while the agent was stopped."""
+        if m.maintenance is None or m.maintenance.record is None:
+            return                        # never in maintenance: nothing to restore or say
+        if m.maintenance.expired():
+            state = m.maintenance.expire() or m.maintenance.state()
+            m.send(MaintenanceChanged(on=False, until=None, by=state["by"], via="expiry"))
+            return
+        state = m.maintenance.state()
+        if state["on"]:
+            _log.info(f"machine {m.name}: in maintenance (by {state['by']}, until "
+                      f"{state['until'] or 'turned off'})")
+        m.send(MaintenanceChanged(on=state["on"], until=state["until"] if state["on"] else None,
+                                  by=state["by"], via="start"))
+
     def _emit(self, machine: Machine, results: list[IntervalResult]) -> None:
         self._watch_clock()
+        while machine.pending:
+            machine.send(machine.pending.pop(0))
         for r in results:
             if self._stop.is_set() or (self.max_intervals is not None
                                        and machine.intervals >= self.max_intervals):
@@ -432,12 +491,17 @@ class Runner:
         for m in self.machines:
             m.pipeline.scorer.warm_up()
             m.send(self._started(m))
+            self._maintenance_at_start(m)
         try:
+            if self.commands is not None and self.lock is not None:
+                self.control = ControlServer(self.lock.folder, self.commands.handle).start()
             if len(self.listeners) == 1:
                 self._listen(self.listeners[0])
             else:
                 self._listen_all()
         finally:
+            if self.control is not None:        # no command while the sinks close
+                self.control.close()
             for lst in self.listeners:
                 lst.source.close()
             self.notify.stopping()

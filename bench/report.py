@@ -970,12 +970,66 @@ def write_unseen_block(r: dict, results_md: Path = ROOT / "docs" / "results.md")
     results_md.write_text(text)
 
 
+def feedback_section(r: dict) -> list[str]:
+    """bench/bench_feedback.py: false alarms fed back, before and after, per machine type and
+    section and pooled."""
+    rows = [x for x in r["rows"] if "refitted" in x]
+
+    def pooled(key: str, fig: str, weight) -> float:
+        w = [weight(x) for x in rows]
+        return sum(x[key][fig] * k for x, k in zip(rows, w)) / max(sum(w), 1)
+
+    def held(x):
+        return x["false_alarms"] - x["fed_back"]
+
+    def not_fed(x):
+        return x["normal_clips"] - x["fed_back"]
+    cols = ("before", "bank_only", "refitted")
+    names = {"before": "before", "bank_only": "bank only (threshold kept)",
+             "refitted": "bank + refitted threshold"}
+    out = ["## False-alarm feedback", "",
+           f"`{r['command']}` ({r['when']}, {r['seconds']:.0f} s) on `{r['corpus']}` with the "
+           f"default detector's bundles (`{r['bundles']}`), scored through the agent's scorer. "
+           "Per machine type and section, the normal test clips scoring above the bundle's "
+           "threshold are the false alarms; half of them (seed "
+           f"{r['seed']}) go through the feedback store and `mark_normal` (overlay and "
+           "threshold refit: docs/agent.md \"Feedback: how the bank and threshold change\"), "
+           "the rule and threshold then in force come from `live_state`. Held back: the other "
+           "half, never fed back. False alarms and AUC are over all normal (and anomalous) "
+           "test clips; \"not fed\" leaves the fed-back clips out (in the bank, each scores "
+           "as a copy of itself).", ""]
+    out += table(["", "held back still above", "false alarms, all normal",
+                  "false alarms, not fed", "anomaly AUC", "anomaly AUC, not fed",
+                  "anomalies above"],
+                 [[names[c], f"{pooled(c, 'held_back_above', held):.3f}",
+                   f"{pooled(c, 'false_alarm_rate', lambda x: x['normal_clips']):.3f}",
+                   f"{pooled(c, 'false_alarm_rate_not_fed', not_fed):.3f}",
+                   f"{pooled(c, 'anomaly_auc', lambda x: 1):.3f}",
+                   f"{pooled(c, 'anomaly_auc_not_fed', lambda x: 1):.3f}",
+                   f"{pooled(c, 'anomalies_above', lambda x: x['anomalous_clips']):.3f}"]
+                  for c in cols])
+    out += ["", f"Pooled over {len(rows)} sections: {sum(x['false_alarms'] for x in rows)} false "
+            f"alarms, {sum(x['fed_back'] for x in rows)} fed back, "
+            f"{sum(held(x) for x in rows)} held back. Per section (before -> bank only -> "
+            "refitted):", ""]
+    out += table(["machine", "section", "false alarms", "fed back", "threshold",
+                  "held back above", "false alarms, all normal", "anomaly AUC, not fed",
+                  "anomalies above"],
+                 [[x["machine"], str(x["section"]), str(x["false_alarms"]), str(x["fed_back"]),
+                   f"{x['threshold_before']:.3f} -> {x['threshold_after']:.3f}",
+                   *(" -> ".join(f"{x[c][f]:.2f}" for c in cols)
+                     for f in ("held_back_above", "false_alarm_rate", "anomaly_auc_not_fed",
+                               "anomalies_above"))]
+                  for x in rows])
+    return out
+
+
 # training-gpu.json: the same script run with --name training-gpu on a machine with a GPU
 SECTIONS = {"features": features_section, "scorers": scorers_section,
             "agent": agent_section, "default-detector": default_detector_section,
             "agent-fusion": agent_section, "agent-mobilenetv2-dual-0.5": agent_section,
             "fusion": fusion_section,
-            "enroll": enroll_section,
+            "enroll": enroll_section, "feedback": feedback_section,
             "detection": detection_section,
             "normalisation": normalisation_section, "probe": probe_section,
             "probe-dual": probe_section,

@@ -24,6 +24,11 @@ A score stamped by an agent whose clock is not set (``"clock": "unsynced"``: a R
 without a real-time clock before NTP) has a ``ts`` that says nothing about when it was made:
 its row's age is measured from its arrival at the watcher, and the view says "clock not set"
 (docs/watch.md).
+
+Maintenance (docs/mqtt.md "Commands"): the retained ``maintenance`` topic, a Sparkplug
+DBIRTH's ``Maintenance`` metric and a DDATA of it mark the row as in maintenance (or not).
+The operators' ``command`` and ``result`` topics say nothing about a machine's state and
+are not read.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from harken.agent.sinks.mqtt.topics import parse_topic
+from harken.agent.sinks.mqtt.topics import STATE_KINDS, parse_topic
 
 MAX_PAYLOAD = 256 * 1024        # bytes; a score is ~400, a stats record a few kB, a birth ~2 kB
 MAX_NAME = 200                  # characters of a node or machine name kept as an identity
@@ -62,6 +67,7 @@ class Row:
     lost: bool = False                # its stats record says the input is gone
     heard: float = 0.0                # arrival time of its latest message (for forgetting)
     clock_unsynced: bool = False      # its latest score or stats says "clock": "unsynced"
+    maintenance: bool | None = None   # in maintenance (None: never said)
 
 
 def _text(payload: bytes) -> str:
@@ -176,7 +182,7 @@ class Fleet:
         if topic.startswith("spBv1.0/"):
             return self._parse_sparkplug(topic, payload)
         parsed = parse_topic(self.prefix, topic)
-        if parsed is None:
+        if parsed is None or parsed.kind not in STATE_KINDS:
             return None
         if len(payload) > MAX_PAYLOAD:
             raise Unusable("payload too large")
@@ -206,13 +212,27 @@ class Fleet:
         if kind in ("DBIRTH", "DDEATH"):
             if device is None:
                 return None
-            return {"node": node, "machine": device, "kind": "status", "group": group,
-                    "payload": "online" if kind == "DBIRTH" else "offline",
-                    "profile": "sparkplug-b"}
+            record = {"node": node, "machine": device, "kind": "status", "group": group,
+                      "payload": "online" if kind == "DBIRTH" else "offline",
+                      "profile": "sparkplug-b"}
+            if kind == "DBIRTH":           # its Maintenance metric, where it has one
+                try:
+                    said = {m.name: metric_value(m) for m in decode(payload).metrics}
+                except ValueError:
+                    said = {}
+                if isinstance(said.get("Maintenance"), bool):
+                    record["maintenance"] = said["Maintenance"]
+            return record
         if kind == "DDATA" and device is None:
             return None
         metrics = decode(payload).metrics
         values = {m.name: metric_value(m) for m in metrics}
+        if "score" not in values and "interval_seq" not in values and \
+                isinstance(values.get("Maintenance"), bool):
+            # a change of Maintenance alone (agent/sinks/sparkplug/node.py)
+            return {"node": node, "machine": device, "kind": "maintenance", "group": group,
+                    "payload": {"state": "ON" if values["Maintenance"] else "OFF"},
+                    "profile": "sparkplug-b"}
         if kind in ("NBIRTH", "NDEATH"):
             bdseq = values.get("bdSeq")
             if bdseq is None:                 # Sparkplug B 3.0: NBIRTH and NDEATH MUST carry it
@@ -259,8 +279,14 @@ class Fleet:
         row = self._row(shown, machine, now)
         if edge is not None:
             self.edges.setdefault(edge, set()).add((shown, machine))
+        if isinstance(record.get("maintenance"), bool):
+            row.maintenance = record["maintenance"]
         if kind == "status":
             row.status = (body if isinstance(body, str) else json.dumps(body))[:MAX_TEXT]
+        elif kind == "maintenance":   # {"state": "ON"|"OFF", ...}: anything else says nothing
+            state = body.get("state") if isinstance(body, dict) else None
+            if state in ("ON", "OFF"):
+                row.maintenance = state == "ON"
         elif kind == "stats":
             row.lost = isinstance(body, dict) and body.get("audio") == "lost"
             if isinstance(body, dict) and body.get("clock") in ("synced", "unsynced"):

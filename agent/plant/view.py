@@ -94,9 +94,13 @@ def table(fleet: Shown, now: float | None = None, max_rows: int | None = None, b
     for r in shown:
         audio = "lost" if r.lost else r.audio   # a lost input stops the scores
         status = r.status or "?"
+        # a machine in maintenance raises no alarm (docs/watch.md): said beside its status
+        shown_status = Text(safe(status, 16), style="" if status == "online" else "yellow")
+        if getattr(r, "maintenance", None):
+            shown_status.append(" maintenance", style="bold cyan")
         t.add_row(visible(r.node), visible(r.machine), _num(r.score), _num(r.threshold),
                   Text(safe(r.anomaly, 12), style="bold red" if r.anomaly == "ON" else ""),
                   Text(safe(audio, 12), style="" if audio in ("ok", "-") else "yellow"),
-                  Text(safe(status, 16), style="" if status == "online" else "yellow"),
+                  shown_status,
                   "" if r.seq is None else str(r.seq), _seen(now, r))
     return t

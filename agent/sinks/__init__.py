@@ -7,6 +7,7 @@ from __future__ import annotations
 from harken.agent.sinks import jsonlines  # noqa: F401
 from harken.agent.sinks.mqtt import sink as mqtt  # noqa: F401
 from harken.agent.sinks.sparkplug import sink as sparkplug  # noqa: F401
+from harken.agent.sinks import recent  # noqa: F401
 from harken.agent.sinks import evidence  # noqa: F401
 from harken.agent.sinks.base import SINKS, Sink
 from harken.agent.sinks.jsonlines import JsonLinesSink

@@ -169,7 +169,8 @@ def disagreements(p: Payload, tahu: dict) -> list[str]:
             value = float(value)                 # "NaN", "Infinity", "-Infinity"
         check(f"{name}: value", m.value, value)
         mine_props = {} if m.properties is None else {
-            k: v.string_value for k, v in zip(m.properties.keys, m.properties.values)}
+            k: v.string_value if v.boolean_value is None else v.boolean_value
+            for k, v in zip(m.properties.keys, m.properties.values)}
         theirs_props = {k: v.get("value") for k, v in (t.get("properties") or {}).items()}
         check(f"{name}: properties", mine_props, theirs_props)
     return diffs

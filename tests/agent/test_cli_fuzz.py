@@ -321,6 +321,12 @@ def spec(world: World, command: str) -> tuple[list[tuple[str, str | None]], list
                   ["--for", "0.2"]),
         "outbox": ([("--config", str(w.config)), ("--machine", "fan"), ("--list", None),
                     ("--resend", None)], []),
+        "feedback": ([("--config", str(w.config)), ("--machine", "fan"), ("--event", "3"),
+                      ("verdict", "normal"), ("--from", "2026-01-01T00:00"),
+                      ("--to", "1767229200"), ("--undo", None), ("--list", None),
+                      ("--operator", "fuzz"), ("--json", None)], []),
+        "maintenance": ([("--config", str(w.config)), ("--machine", "fan"), ("state", "on"),
+                         ("--for", "2h"), ("--operator", "fuzz"), ("--json", None)], []),
         "evidence": ([("--config", str(w.config)), ("--machine", "fan"), ("--list", None),
                       ("--event", "1"), ("--out", str(w.root / "heard.wav"))], []),
         "systemd-unit": ([("--config", "/etc/harken/agent.toml"),
@@ -329,11 +335,12 @@ def spec(world: World, command: str) -> tuple[list[tuple[str, str | None]], list
 
 
 COMMANDS = ["version", "features", "run", "check-config", "devices", "score", "enroll",
-            "calibrate", "watch", "outbox", "evidence", "systemd-unit"]
+            "calibrate", "watch", "outbox", "systemd-unit", "feedback", "maintenance",
+            "evidence"]
 # examples per command in CI: the costly ones (a bundle loaded, audio scored) fewer
 EXAMPLES = {"version": 10, "devices": 5, "systemd-unit": 40, "check-config": 40, "features": 40,
             "watch": 60, "score": 40, "run": 25, "enroll": 25, "calibrate": 25, "outbox": 25,
-            "evidence": 25}
+            "feedback": 30, "maintenance": 30, "evidence": 25}
 
 
 def test_every_command_is_fuzzed():

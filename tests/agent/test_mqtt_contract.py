@@ -11,7 +11,9 @@ import jinja2
 import jsonschema
 import pytest
 
+from harken.agent.decision.records import MaintenanceChanged
 from harken.agent.sinks.mqtt.homeassistant import discovery_payload
+from harken.agent.sinks.mqtt.sink import maintenance_payload
 from harken.testkit.mosquitto import Listener, agent_config as config, run_agent, start_agent
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
@@ -133,12 +135,24 @@ def test_home_assistant_templates_render_real_messages(broker, ae_bundle, wav, t
     assert out.returncode == 0, out.stderr
     listen.wait(lambda lt: any(kind(t) == "stats" for t, _, _ in lt.messages))
     latest = {t: p for t, p, _ in listen.messages}
-    comps = discovery_payload("harken", "n1", "fan", interval_s=2)["components"]
+    # the maintenance state goes out at every connection (OFF here, from the real run);
+    # the ON the sink publishes for a change renders too
+    assert json.loads(latest["harken/n1/fan/maintenance"])["state"] == "OFF"
+    on = json.dumps(maintenance_payload(MaintenanceChanged(on=True, by="alice", via="mqtt"),
+                                        "n1", "fan"))
+    switch = discovery_payload("harken", "n1", "fan", interval_s=2, commands=True)[
+        "components"]["harken_n1_fan_maintenance"]
+    assert render(switch["value_template"], on) == switch["state_on"]
+    comps = {**discovery_payload("harken", "n1", "fan", interval_s=2)["components"],
+             "switch": discovery_payload("harken", "n1", "fan", interval_s=2, commands=True)[
+                 "components"]["harken_n1_fan_maintenance"]}
     for c in comps.values():
         payload = latest[c["state_topic"]]
         rendered = render(c["value_template"], payload)
         if c["platform"] == "binary_sensor":
             assert rendered in (c["payload_on"], c["payload_off"])
+        elif c["platform"] == "switch":
+            assert rendered in (c["state_on"], c["state_off"])
         else:
             key = c["value_template"].rsplit("value_json.", 1)[1].split()[0]
             assert rendered == str(json.loads(payload)[key])
@@ -149,7 +163,7 @@ def test_home_assistant_templates_render_real_messages(broker, ae_bundle, wav, t
     listen.close()
 
 
-@pytest.mark.parametrize("name", ["score", "event", "anomaly", "stats"])
+@pytest.mark.parametrize("name", ["score", "event", "anomaly", "stats", "maintenance", "result"])
 def test_schemas_are_valid_and_refuse_a_message_without_its_identity(name):
     schema = json.loads((SCHEMAS / f"{name}.schema.json").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
@@ -166,9 +180,10 @@ def test_schemas_are_valid_and_refuse_a_message_without_its_identity(name):
 # shared options (availability) merged in, the platform's DISCOVERY_SCHEMA applied.
 HA_CHECK = """
 import json, sys
-from homeassistant.components.mqtt import binary_sensor, sensor
+from homeassistant.components.mqtt import binary_sensor, sensor, switch
 payload = json.load(sys.stdin)
-schemas = {"sensor": sensor.DISCOVERY_SCHEMA, "binary_sensor": binary_sensor.DISCOVERY_SCHEMA}
+schemas = {"sensor": sensor.DISCOVERY_SCHEMA, "binary_sensor": binary_sensor.DISCOVERY_SCHEMA,
+           "switch": switch.DISCOVERY_SCHEMA}
 shared = {k: v for k, v in payload.items() if k.startswith(("availability", "payload_"))}
 for key, component in payload["components"].items():
     config = {**shared, **component, "device": payload["device"]}
@@ -185,8 +200,9 @@ def test_discovery_passes_home_assistants_own_schemas():
         pytest.skip("Home Assistant is not installed here: it needs Python >= 3.13 and is not "
                     "in this project's package index; set HARKEN_HA_PYTHON to a Python that "
                     "has homeassistant to run this check")
-    payload = discovery_payload("harken", "n1", "fan")
-    r = subprocess.run([python, "-c", HA_CHECK], input=json.dumps(payload), text=True,
-                       capture_output=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert int(r.stdout) == len(payload["components"])
+    for commands in (False, True):          # the maintenance binary_sensor, the switch
+        payload = discovery_payload("harken", "n1", "fan", commands=commands)
+        r = subprocess.run([python, "-c", HA_CHECK], input=json.dumps(payload), text=True,
+                           capture_output=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert int(r.stdout) == len(payload["components"])

@@ -111,3 +111,61 @@ class ReconstructionRule(ScoreRule):
     @abstractmethod
     def residual_evidence(self, residual: np.ndarray) -> np.ndarray:
         """Evidence rows from (windows, dims) residuals x - x'."""
+
+
+class BankRule(ScoreRule):
+    """A rule that scores an interval against a reference bank of normal intervals (clips
+    in training, intervals enrolled on site): the capability feedback needs. An operator's
+    "that alarm was normal" adds the alarm's intervals to the bank (docs/agent.md
+    "Feedback: how the bank and threshold change"), so the rule must say what an interval
+    adds (``statistics``), take rows in (``with_references``) and score its own bank held
+    out (``held_out_scores``, which the threshold is refitted on)."""
+
+    @abstractmethod
+    def statistics(self, evidence: np.ndarray) -> dict[str, np.ndarray]:
+        """One interval's raw vectors from its evidence rows: per name the same vector
+        enrollment keeps as ``raw_<name>`` (unstandardised)."""
+
+    @abstractmethod
+    def with_references(self, rows: Mapping[str, np.ndarray], density_k: int) -> BankRule:
+        """A new rule whose bank is this one's plus ``rows`` ((n, width) raw vectors per
+        name, as ``statistics`` gives them), standardised with this rule's own mean and
+        spread; the local densities are recomputed over the union. The fusion scales are
+        kept, so the score stays on the scale the threshold was set on."""
+
+    @abstractmethod
+    def held_out_scores(self) -> np.ndarray:
+        """Each bank row scored against the others (leave-one-out; the densities are the
+        whole bank's), as enrollment scores its intervals to fit the threshold."""
+
+    @abstractmethod
+    def score_statistics(self, rows: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The scores of (n, width) raw vectors per name (stored intervals rescored
+        without the model: ``harken`` recalibrating from the feedback store)."""
+
+    @property
+    @abstractmethod
+    def bank_rows(self) -> int:
+        """The rows in the bank."""
+
+    def check_rows(self, rows: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``rows`` as float64 arrays with the names and widths of this rule's statistics;
+        a DataError naming what differs (statistics stored by another bundle)."""
+        want = self.statistics_widths()
+        if set(rows) != set(want):
+            raise DataError(f"statistics of {sorted(rows)}; score rule {self.name!r} with "
+                            f"this bank keeps {sorted(want)}")
+        out = {}
+        for name, width in want.items():
+            a = np.asarray(rows[name], dtype=np.float64)
+            if a.ndim != 2 or a.shape[1] != width:
+                raise DataError(f"statistics '{name}' of shape {list(a.shape)}; expected "
+                                f"(rows, {width})")
+            if not np.isfinite(a).all():
+                raise DataError(f"statistics '{name}' hold NaN or infinite values")
+            out[name] = a
+        return out
+
+    @abstractmethod
+    def statistics_widths(self) -> dict[str, int]:
+        """Per name, the values of one interval's statistics vector."""

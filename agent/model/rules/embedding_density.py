@@ -5,15 +5,17 @@ in the bank, so a bank enrolled on site works the same way."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
-from harken.agent.model.rules.base import ScoreRule, register
-from harken.agent.model.rules.density import normalised_min_distance
+from harken.agent.model.rules.base import BankRule, register
+from harken.agent.model.rules.density import local_densities, normalised_min_distance
 from harken.agent.model.rules.embedding import unit_embedding
 
 
 @register
-class EmbeddingDensityRule(ScoreRule):
+class EmbeddingDensityRule(BankRule):
     name = "embedding-density"
     output = "embedding"
     needs = ("bank", "bank_density", "embedding_mean", "embedding_std")
@@ -37,3 +39,37 @@ class EmbeddingDensityRule(ScoreRule):
         a = self.arrays
         unit = unit_embedding(evidence.mean(axis=0), a["embedding_mean"], a["embedding_std"])
         return float(normalised_min_distance(unit, a["bank"], a["bank_density"], "cosine")[0])
+
+    # -- the reference bank (feedback: agent/operator/feedback.py) ---------------------
+    def statistics(self, evidence: np.ndarray) -> dict[str, np.ndarray]:
+        """The interval's mean embedding: what enrollment keeps as ``raw_embedding``."""
+        return {"embedding": np.asarray(evidence, dtype=np.float64).mean(axis=0)}
+
+    def statistics_widths(self) -> dict[str, int]:
+        return {"embedding": int(np.shape(self.arrays["bank"])[1])}
+
+    @property
+    def bank_rows(self) -> int:
+        return int(np.shape(self.arrays["bank"])[0])
+
+    def with_references(self, rows: Mapping[str, np.ndarray], density_k: int
+                        ) -> EmbeddingDensityRule:
+        rows = self.check_rows(rows)
+        a = self.arrays
+        unit = unit_embedding(rows["embedding"], a["embedding_mean"], a["embedding_std"])
+        bank = np.concatenate([np.asarray(a["bank"], dtype=np.float64), unit])
+        return EmbeddingDensityRule({**a, "bank": bank,
+                                     "bank_density": local_densities(bank, density_k)})
+
+    def held_out_scores(self) -> np.ndarray:
+        """As agent/site/enroll_embedding.py ``fit_embedding_bank`` scores its intervals."""
+        bank = self.arrays["bank"]
+        d = (1.0 - bank @ bank.T) / self.arrays["bank_density"][None, :]
+        np.fill_diagonal(d, np.inf)
+        return d.min(axis=1)
+
+    def score_statistics(self, rows: Mapping[str, np.ndarray]) -> np.ndarray:
+        rows = self.check_rows(rows)
+        a = self.arrays
+        unit = unit_embedding(rows["embedding"], a["embedding_mean"], a["embedding_std"])
+        return normalised_min_distance(unit, a["bank"], a["bank_density"], "cosine")

@@ -47,7 +47,7 @@ from harken.agent.features.bands import band_power, n_groups
 from harken.agent.features.cepstrum import pool_cepstrum, quefrencies
 from harken.agent.features.modulation import n_lines, pool_modulation, window_modulation
 from harken.agent.features.temporal import pool_temporal, row_width, window_temporal
-from harken.agent.model.rules.base import RuleError, ScoreRule, register
+from harken.agent.model.rules.base import BankRule, RuleError, register
 from harken.agent.model.rules.density import distances, local_densities
 
 BRANCHES = ("mel", "spectrum")        # the two every old bundle carries (moments only)
@@ -282,7 +282,7 @@ def fit_bank(vectors: Mapping[str, np.ndarray], stats: Mapping[str, tuple], dens
 
 
 @register
-class SpectralKnnRule(ScoreRule):
+class SpectralKnnRule(BankRule):
     name = "spectral-knn"
     output = "moments"
     needs = ("fusion_weights", "n_mels")     # and the arrays of each branch it carries
@@ -361,16 +361,66 @@ class SpectralKnnRule(ScoreRule):
         self.n_features = int(np.asarray(output).reshape(len(output), -1).shape[1] // 2)
         return window_evidence(output, inputs, int(self.arrays["n_mels"]), self.branches)
 
-    def combine(self, evidence: np.ndarray) -> float:
+    def _n_features(self, evidence: np.ndarray) -> int:
         n_mels = int(self.arrays["n_mels"])
         if "spectrum" in self.branches:
-            n_features = n_mels + len(self.arrays["spectrum_mean"])
-        elif any(b in FRAME_BRANCHES for b in self.branches):
+            return n_mels + len(self.arrays["spectrum_mean"])
+        if any(b in FRAME_BRANCHES for b in self.branches):
             n_features = getattr(self, "n_features", None)
             if n_features is None:
                 raise ValueError("spectral-knn without its spectrum branch learns the frame "
                                  "width from the model (check_model) before scoring")
-        else:
-            n_features = evidence.shape[1] // 2
-        vectors = interval_vectors(evidence, n_mels, n_features, self.branches)
+            return n_features
+        return evidence.shape[1] // 2
+
+    def statistics(self, evidence: np.ndarray) -> dict[str, np.ndarray]:
+        # the pipeline asks for an interval's score and then for its statistics (the
+        # feedback store): the vectors of the same evidence are pooled once
+        last = getattr(self, "_last", None)
+        if last is not None and last[0] is evidence:
+            return last[1]
+        vectors = interval_vectors(evidence, int(self.arrays["n_mels"]),
+                                   self._n_features(evidence), self.branches)
+        self._last = (evidence, vectors)
+        return vectors
+
+    def combine(self, evidence: np.ndarray) -> float:
+        vectors = self.statistics(evidence)
         return float(fused_score(vectors, self.arrays, self.arrays["fusion_weights"])[0])
+
+    # -- the reference bank (feedback: agent/operator/feedback.py) ---------------------
+    def statistics_widths(self) -> dict[str, int]:
+        return {b: len(self.arrays[f"{b}_mean"]) for b in self.branches}
+
+    @property
+    def bank_rows(self) -> int:
+        return len(self.arrays[f"{self.branches[0]}_bank"])
+
+    def with_references(self, rows: Mapping[str, np.ndarray], density_k: int) -> SpectralKnnRule:
+        rows = self.check_rows(rows)
+        arrays = dict(self.arrays)
+        for b in self.branches:
+            z = (rows[b] - arrays[f"{b}_mean"]) / arrays[f"{b}_std"]
+            bank = np.concatenate([np.asarray(arrays[f"{b}_bank"], dtype=np.float64), z])
+            arrays[f"{b}_bank"] = bank
+            arrays[f"{b}_density"] = local_densities(bank, density_k, "euclidean")
+        rule = SpectralKnnRule(arrays)
+        if hasattr(self, "n_features"):          # learnt from the model (check_model)
+            rule.n_features = self.n_features
+        return rule
+
+    def held_out_scores(self) -> np.ndarray:
+        parts = []
+        for b in self.branches:
+            bank, density = self.arrays[f"{b}_bank"], self.arrays[f"{b}_density"]
+            d = distances(bank, bank, "euclidean")
+            np.fill_diagonal(d, np.inf)
+            loo = np.stack([d.min(axis=1), (d / density[None, :]).min(axis=1)], axis=1)
+            fusion = self.arrays[f"{b}_fusion"]
+            parts.append((loo - fusion[:2]) / fusion[2:])
+        w = np.asarray(self.arrays["fusion_weights"], dtype=np.float64)
+        return np.concatenate(parts, axis=1) @ w / w.sum()
+
+    def score_statistics(self, rows: Mapping[str, np.ndarray]) -> np.ndarray:
+        rows = self.check_rows(rows)
+        return fused_score(rows, self.arrays, self.arrays["fusion_weights"])

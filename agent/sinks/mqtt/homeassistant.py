@@ -5,6 +5,13 @@ one message announce every entity of the agent: the anomaly score (sensor), the 
 state (binary_sensor, device_class ``problem``) and diagnostic sensors read from the stats
 topic. Availability follows the agent's status topic; ``stopped`` counts as unavailable,
 which Home Assistant's plain payload match would not do, hence the template.
+
+Maintenance (docs/mqtt.md "Commands"): with ``mqtt.commands`` on, a ``switch`` whose state
+is the retained maintenance topic and whose commands go to the machine's command topic, each
+with a fresh command id (the agent refuses an id it has done: a switch that sent the same
+payload twice would be refused the second time); with commands off, a read-only
+binary_sensor on the same topic, so that the switch is never advertised where nothing
+listens.
 """
 
 from __future__ import annotations
@@ -28,10 +35,34 @@ DIAGNOSTICS = {
 QOS = 1                  # in every component: Home Assistant does not share a root qos
 
 
-def discovery_payload(prefix: str, node: str, machine: str, interval_s: float = 10.0) -> dict:
+# the command a switch sends: ``value`` is its payload_on / payload_off; the id is the time
+# of the click (Home Assistant renders command templates with its template engine, which
+# has now()), so a click is never mistaken for a replay of the one before
+SWITCH_COMMAND = ('{"id": "home-assistant-{{ now().timestamp() }}", "command": "maintenance", '
+                  '"operator": "home-assistant", "state": "{{ value | lower }}"}')
+
+
+def maintenance_component(topics: Topics, machine: str, dev: str, commands: bool) -> dict:
+    """The maintenance entity: a switch that sends maintenance commands when commands are
+    on, a binary_sensor that only shows the state when they are off."""
+    state = topics.machine(machine, "maintenance")
+    entity = {"name": f"{machine} maintenance", "unique_id": f"{dev}_maintenance",
+              "state_topic": state, "value_template": "{{ value_json.state }}",
+              "icon": "mdi:wrench", "qos": QOS}
+    if not commands:
+        return {"platform": "binary_sensor", **entity, "payload_on": "ON", "payload_off": "OFF"}
+    return {"platform": "switch", **entity, "state_on": "ON", "state_off": "OFF",
+            "payload_on": "ON", "payload_off": "OFF", "optimistic": False, "retain": False,
+            "command_topic": topics.machine(machine, "command"),
+            "command_template": SWITCH_COMMAND, "entity_category": "config"}
+
+
+def discovery_payload(prefix: str, node: str, machine: str, interval_s: float = 10.0,
+                      commands: bool = False) -> dict:
     """The retained device-discovery message. The score sensor expires after three report
     intervals without a score (a stalled agent's last score does not look live) and keeps
-    its value when a replayed score arrives (docs/mqtt.md: replayed scores are history)."""
+    its value when a replayed score arrives (docs/mqtt.md: replayed scores are history).
+    ``commands``: the agent takes commands (``mqtt.commands``): the maintenance switch."""
     topics, dev = Topics(prefix, node), object_id(node, machine)
     status, stats = topics.machine(machine, "status"), topics.machine(machine, "stats")
     components: dict[str, dict] = {
@@ -49,6 +80,7 @@ def discovery_payload(prefix: str, node: str, machine: str, interval_s: float = 
             "state_topic": topics.machine(machine, "anomaly"),
             "value_template": "{{ value_json.state }}", "payload_on": "ON", "payload_off": "OFF",
             "qos": QOS},
+        f"{dev}_maintenance": maintenance_component(topics, machine, dev, commands),
     }
     for key, (name, unit, device_class, state_class, precision) in DIAGNOSTICS.items():
         entity = {"platform": "sensor", "name": name, "unique_id": f"{dev}_{key}",
@@ -76,10 +108,12 @@ def discovery_payload(prefix: str, node: str, machine: str, interval_s: float = 
     }
 
 
-if __name__ == "__main__":        # python -m agent.homeassistant NODE MACHINE [PREFIX]
+if __name__ == "__main__":   # python -m ...homeassistant NODE MACHINE [PREFIX] [--commands]
     import json
     import sys
-    node, machine = sys.argv[1:3]
-    prefix = sys.argv[3] if len(sys.argv) > 3 else "harken"
+    args = [a for a in sys.argv[1:] if a != "--commands"]
+    node, machine = args[:2]
+    prefix = args[2] if len(args) > 2 else "harken"
     print(discovery_topic("homeassistant", node, machine))
-    print(json.dumps(discovery_payload(prefix, node, machine), indent=1))
+    print(json.dumps(discovery_payload(prefix, node, machine,
+                                       commands="--commands" in sys.argv), indent=1))

@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, StrictBool, model_validator
 
 from harken.agent.sinks.base import Sink, SinkSettings
 from harken.common.settings import (ClientId, Count, Host, PathText, Port, Seconds,
@@ -93,6 +93,11 @@ class MqttSection(SinkSettings):
     ack_timeout_s: Seconds(1, 3600) = 30.0
     homeassistant: bool = False       # publish Home Assistant device discovery
     discovery_prefix: TopicPrefix = "homeassistant"
+    # operator commands over MQTT (maintenance, feedback, recalibrate-threshold): the agent
+    # subscribes to each machine's command topic, Home Assistant gets a maintenance switch,
+    # Sparkplug a writable Maintenance metric. Off by default; who may send one is the
+    # broker's ACL (docs/mqtt.md "Commands"). Strict: a stray "no" must not turn them on.
+    commands: StrictBool = False
 
     @model_validator(mode="after")
     def _password_needs_username(self):

@@ -19,6 +19,17 @@ subscribing to that topic itself: once its own message has come back, a message 
 another id is another agent publishing as this one. Said once, loudly (a warning naming
 the other's host and state folder, ``duplicate_agent`` in the stats), and its own id
 published once more so that the other agent finds out too (docs/mqtt.md "Client ids").
+
+Commands (docs/mqtt.md "Commands"): when the runner hands the sink a command handler
+(``commands``, set only with ``mqtt.commands = true``), the sink subscribes to the
+machine's command topic at QoS 1 and answers each message on its result topic. The
+handler runs on a worker thread of its own, one command at a time in arrival order: a
+feedback command refits a threshold, which must hold up neither paho's network thread
+(keepalive, PUBACKs) nor the scores. A payload over 64 KiB is refused unread; a handler
+that raises gets a refused reply naming the error, and the worker goes on. Without a
+handler the sink never subscribes: a command sent then reaches nothing. The machine's
+maintenance state is published retained on its maintenance topic at every change and at
+every connection, commands on or off.
 """
 
 from __future__ import annotations
@@ -26,7 +37,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -34,8 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harken.agent.decision.records import IntervalResult, Stats, StatusEvent
-from harken.agent.sinks.base import register
+from harken.agent.decision.records import IntervalResult, MaintenanceChanged, Stats, StatusEvent
+from harken.agent.sinks.base import CommandHandler, register
 from harken.agent.sinks.mqtt.homeassistant import discovery_payload, discovery_topic
 from harken.agent.sinks.mqtt.outbox import Message, Outbox
 from harken.agent.sinks.mqtt.publisher import Encoder, NetworkSink, Publisher
@@ -43,6 +56,37 @@ from harken.agent.sinks.mqtt.settings import default_client_id
 from harken.agent.sinks.mqtt.topics import MACHINE_KINDS, Topics, ha_status_topic
 
 _log = logging.getLogger(__name__)
+MAX_COMMAND = 64 * 1024        # bytes of a command payload; a larger one is refused unread
+QUEUED_COMMANDS = 64           # commands waiting for the worker; more are refused as busy
+
+
+def refused(reason: str, command_id=None, command=None, **who) -> dict:
+    """A reply refusing a command (docs/schemas/result.schema.json), for what the sink
+    refuses itself; the handler's own replies have the same form."""
+    return {"id": command_id, "command": command, **who, "ok": False, "reason": reason,
+            "result": None}
+
+
+def _said(raw: bytes) -> tuple:
+    """The id and command a payload names, where it is a JSON object that names them
+    (for a reply to a command the handler could not answer); (None, None) otherwise."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    said = body.get("id"), body.get("command")
+    return tuple(x if isinstance(x, str) and len(x) <= 128 else None for x in said)
+
+
+def maintenance_payload(event: MaintenanceChanged, node: str, machine: str) -> dict:
+    """The retained maintenance state (docs/schemas/maintenance.schema.json): ``ts`` is when
+    the agent published the change, ``until`` when it ends by itself (null: when turned off)."""
+    return {"state": "ON" if event.on else "OFF",
+            "until": None if event.until is None else round(event.until, 3),
+            "by": event.by, "via": event.via, "ts": round(time.time(), 3),
+            "node": node, "machine": machine}
 
 
 def plaintext_password_warning(settings) -> str | None:
@@ -84,6 +128,21 @@ class MqttSink(Encoder, NetworkSink):
         scheme = Topics(settings.prefix, node)
         self.topics = {k: scheme.machine(machine, k) for k in MACHINE_KINDS}
         self.status_topic, self.stats_topic = self.topics["status"], self.topics["stats"]
+        self.command_topic, self.result_topic = self.topics["command"], self.topics["result"]
+        self.maintenance_topic = self.topics["maintenance"]
+        # commands and maintenance (module docstring): the handler, whether a connection is
+        # up (so that a handler set between a connection and its first publish is not
+        # missed), the latest maintenance state, the worker and its queue
+        self._cmd_lock = threading.Lock()
+        self._commands: CommandHandler | None = None
+        self._up = False
+        # OFF until the runner says otherwise (a machine whose state file says ON is told at
+        # start): a retained ON left by an earlier run must not outlive a restart, and Home
+        # Assistant's switch has a state from the first connection
+        self._maintenance: bytes | None = json.dumps(maintenance_payload(
+            MaintenanceChanged(on=False, via="start"), node, machine)).encode()
+        self._jobs: queue.Queue = queue.Queue(QUEUED_COMMANDS)
+        self._worker: threading.Thread | None = None
         self.ha_status_topic = ha_status_topic(settings.discovery_prefix)
         self.interval_s = interval_s           # the report interval (score expiry)
         self._anomaly: bool | None = None
@@ -119,16 +178,114 @@ class MqttSink(Encoder, NetworkSink):
         self._echoed = False
         self.publisher.subscribe(self.instance_topic, qos=1)
         self._say_instance()
+        with self._cmd_lock:
+            self._up = True
+            if self._commands is not None:
+                self.publisher.subscribe(self.command_topic, qos=1)
+            if self._maintenance is not None:
+                self.publisher.publish(self.maintenance_topic, self._maintenance, qos=1,
+                                       retain=True)
+            if self.s.homeassistant:
+                self._announce()
         if self.s.homeassistant:
-            self._announce()
             self.publisher.subscribe(self.ha_status_topic, qos=1)
+
+    def connection_lost(self) -> None:
+        with self._cmd_lock:
+            self._up = False
 
     def message_received(self, message) -> None:
         # Home Assistant restarted: it forgets non-retained state, so announce again
         if message.topic == self.ha_status_topic and message.payload == b"online":
-            self._announce()
+            with self._cmd_lock:
+                self._announce()
         elif message.topic == self.instance_topic:
             self._instance_seen(message.payload)
+        elif message.topic == self.command_topic:
+            if message.retain:         # stored by the broker, not sent now: never carried out
+                self._reply(refused("a retained command is not carried out (it would come "
+                                    "back at every connection): publish commands with retain "
+                                    "off, and clear this one with an empty retained message",
+                                    *_said(message.payload[:MAX_COMMAND])))
+                return
+            self._command_arrived(message.payload)
+
+    # -- commands (docs/mqtt.md "Commands") ---------------------------------------------------
+    @property
+    def commands(self) -> CommandHandler | None:
+        """The runner's command handler; None: commands off, the command topic is not even
+        subscribed to."""
+        return self._commands
+
+    @commands.setter
+    def commands(self, handler: CommandHandler | None) -> None:
+        with self._cmd_lock:
+            before, self._commands = self._commands, handler
+            if handler is not None and self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="mqtt-commands",
+                                                daemon=True)
+                self._worker.start()
+            if (before is None) == (handler is None) or not self._up:
+                return                 # the next connection subscribes (or does not)
+            if handler is not None:
+                self.publisher.subscribe(self.command_topic, qos=1)
+            else:
+                self.publisher.client.unsubscribe(self.command_topic)
+            if self.s.homeassistant:
+                self._announce()       # the switch comes or goes with the commands
+
+    def _command_arrived(self, raw: bytes) -> None:
+        """paho's thread: queue the command for the worker; never raises (an exception here
+        would end paho's network thread)."""
+        try:
+            if len(raw) > MAX_COMMAND:   # not parsed, not queued: refused by size alone
+                self._reply(refused(f"a command of {len(raw)} bytes is over the limit of "
+                                    f"{MAX_COMMAND} bytes (64 KiB); not read"))
+                return
+            try:
+                self._jobs.put_nowait(raw)
+            except queue.Full:
+                self._reply(refused(f"the agent is busy: {QUEUED_COMMANDS} commands are "
+                                    f"waiting; send it again later", *_said(raw)))
+        except Exception as exc:       # noqa: BLE001 - the network thread must live on
+            _log.warning(f"mqtt: a command on {self.command_topic} was dropped: {exc}")
+
+    def _work(self) -> None:
+        """The worker: one command at a time, each answered, whatever the handler does."""
+        while True:
+            raw = self._jobs.get()
+            if raw is None:
+                return
+            try:
+                self._reply(self._answer(raw))
+            except Exception as exc:   # noqa: BLE001 - the worker must live on
+                _log.warning(f"mqtt: no reply to a command on {self.command_topic}: {exc}")
+
+    def _answer(self, raw: bytes) -> dict:
+        handler = self._commands
+        if handler is None:
+            return refused("commands are off on this agent (mqtt.commands)", *_said(raw))
+        try:
+            reply = handler(raw, "mqtt")
+        except Exception as exc:       # noqa: BLE001 - any failure is a refusal, said
+            self.log(f"a command on {self.command_topic} failed: {type(exc).__name__}: {exc}")
+            return refused(f"the agent could not carry out this command: "
+                           f"{type(exc).__name__}: {exc}", *_said(raw))
+        if not isinstance(reply, dict):
+            return refused(f"the agent's command handler gave no reply "
+                           f"({type(reply).__name__})", *_said(raw))
+        return reply
+
+    def _reply(self, reply: dict) -> None:
+        """On the result topic, QoS 1, not retained; the node and machine added."""
+        reply = {**reply, "node": self.node, "machine": reply.get("machine") or self.machine}
+        try:
+            data = json.dumps(reply, allow_nan=False, default=str)
+        except ValueError as exc:      # a NaN somewhere in the result
+            data = json.dumps(refused(f"the reply could not be written as JSON ({exc})",
+                                      reply.get("id") if isinstance(reply.get("id"), str)
+                                      else None, node=self.node, machine=self.machine))
+        self.publisher.publish(self.result_topic, data, qos=1, retain=False)
 
     def _say_instance(self) -> None:
         self.publisher.publish(self.instance_topic, json.dumps(self.instance), qos=1,
@@ -158,11 +315,14 @@ class MqttSink(Encoder, NetworkSink):
         self._say_instance()                   # so that the other one finds out too
 
     def _announce(self) -> None:
-        """Home Assistant device discovery (retained, so a later Home Assistant sees it)."""
+        """Home Assistant device discovery (retained, so a later Home Assistant sees it);
+        the maintenance switch only while a command handler is set. The caller holds
+        ``_cmd_lock``, so that two announcements cannot cross with the switch's state."""
         self.publisher.publish(
             discovery_topic(self.s.discovery_prefix, self.node, self.machine),
             json.dumps(discovery_payload(self.s.prefix, self.node, self.machine,
-                                         self.interval_s)), qos=1, retain=True)
+                                         self.interval_s, commands=self._commands is not None)),
+            qos=1, retain=True)
 
     def _as_sent(self, m: Message, live: bool) -> bytes:
         """A score, event or anomaly state that goes out as history (made while the broker
@@ -199,11 +359,19 @@ class MqttSink(Encoder, NetworkSink):
         self._anomaly = result.anomaly
 
     def status(self, event: StatusEvent) -> None:
-        """Only the stats record is published (live, QoS 0, not through the outbox)."""
+        """The stats record (live, QoS 0, not through the outbox) and the maintenance state
+        (retained, QoS 1; published again at every connection, so one made while the
+        broker was away is not lost)."""
         if isinstance(event, Stats):
             stats = {"node": self.node, "machine": self.machine,
                      **{k: v for k, v in event.to_dict().items() if k not in ("status", "kind")}}
             self.publisher.publish(self.stats_topic, json.dumps(stats), qos=0)
+        elif isinstance(event, MaintenanceChanged):
+            body = json.dumps(maintenance_payload(event, self.node, self.machine)).encode()
+            with self._cmd_lock:
+                self._maintenance = body
+                if self._up:
+                    self.publisher.publish(self.maintenance_topic, body, qos=1, retain=True)
 
     def health(self) -> dict:
         """Outbox, connection and publish-latency figures for the stats record (latency
@@ -229,4 +397,10 @@ class MqttSink(Encoder, NetworkSink):
         """Clean shutdown: deliver what the broker will take within ``flush_s``, publish
         ``stopped`` (retained), disconnect without the Last Will."""
         self.publisher.flush(self.lane, flush_s)
+        if self._worker is not None:   # a command being carried out may still reply
+            try:
+                self._jobs.put_nowait(None)
+                self._worker.join(timeout=flush_s)
+            except queue.Full:
+                pass                   # a daemon thread: it ends with the process
         self.publisher.close(last=(self.status_topic, "stopped", 1, True))

@@ -3,7 +3,9 @@ discovery and ``harken watch`` build and parse topics here.
 
 Everything is keyed by node and machine, the identity of one agent (one device may run
 several agents, one per machine, under one node name):
-``<prefix>/<node>/<machine>/{score,anomaly,event,status,stats}``;
+``<prefix>/<node>/<machine>/{score,anomaly,event,status,stats,maintenance}``, and for the
+operator's commands (docs/mqtt.md "Commands") ``<prefix>/<node>/<machine>/command`` (the
+agent subscribes, only with ``mqtt.commands``) and ``.../result`` (its replies);
 ``<discovery_prefix>/device/harken_<node>_<machine>/config`` for Home Assistant.
 """
 
@@ -11,7 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MACHINE_KINDS = ("score", "anomaly", "event", "status", "stats")
+MACHINE_KINDS = ("score", "anomaly", "event", "status", "stats", "maintenance", "command",
+                 "result")
+# what the agents publish about their machines (``harken watch`` reads these); the other
+# kinds are the operator's commands to an agent and its replies
+STATE_KINDS = ("score", "anomaly", "event", "status", "stats", "maintenance")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,16 @@ connection's Last Will, carrying the ``bdSeq`` of the NBIRTH it ends; a new conn
 the next ``bdSeq`` (kept in the state folder, so a restart after a kill -9 goes on counting).
 An NCMD ``Node Control/Rebirth`` = true publishes the births again.
 
+Maintenance (docs/mqtt.md "Commands"): each DBIRTH carries a ``Maintenance`` Boolean, the
+machine's current state; a change is published at once as a DDATA of that metric alone.
+The specification has no flag for a writable metric; the metric's ``readOnly`` property
+says it (false only while the device takes commands: ``mqtt.commands``, the runner's
+handler set). Only then does the node subscribe to the device's DCMD, and a DCMD write of
+``Maintenance`` becomes a maintenance command through the same handler as the JSON
+command topic (operator ``sparkplug``, id ``sparkplug-<timestamp>-<seq>``); a write that
+is refused is logged and answered with a DDATA of the unchanged value, so that the host's
+tag returns to it. Other DCMD metrics are refused and logged.
+
 DDATA goes out at QoS 1 (the specification asks for 0): a row leaves the outbox only when
 the broker's PUBACK arrives, which is what lets nothing be lost across an outage or a
 kill -9. Births and deaths are QoS 0 and 1 as specified.
@@ -20,22 +30,27 @@ kill -9. Births and deaths are QoS 0 and 1 as specified.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harken.agent.sinks.mqtt.outbox import Message, Outbox
+from harken.agent.sinks.base import CommandHandler
 from harken.agent.sinks.mqtt.publisher import Encoder, Lane, Publisher
 from harken.agent.sinks.mqtt.settings import default_client_id
 from harken.common.atomic import write_atomic
 from harken.agent.sinks.sparkplug.payload import DataType, Payload, add_metric, decode, \
-    metric_value, topic
+    metric_value, parse_topic, topic
 
 _log = logging.getLogger(__name__)
 REBIRTH = "Node Control/Rebirth"
+MAINTENANCE = "Maintenance"      # the writable device metric (module docstring)
 
 # the device metrics of every DDATA: (name, Sparkplug type, score payload key, unit)
 DEVICE_METRICS = [("score", DataType.Float, "score", None),
@@ -73,6 +88,9 @@ class Device:
     born: bool = False                     # DBIRTH sent on this connection
     unborn: str | None = None              # why the broker would not take its DBIRTH
     described: bool = False                # its model and backend are known
+    commands: CommandHandler | None = None  # the runner's handler: DCMD taken
+    maintenance: bool = False              # the machine is in maintenance
+    said: bool | None = None               # the Maintenance value this connection last sent
 
     @property
     def outbox(self) -> Outbox:
@@ -97,6 +115,11 @@ class EdgeNode(Encoder):
         # seq, births and the device table are kept under the publisher's lock, which its
         # sender holds while it publishes: a DDATA's seq is taken in order with the births'
         self._lock = self.publisher.lock
+        self._up = False                   # a connection is made (its DCMD subscriptions)
+        self._writes = itertools.count(1)  # DCMD writes taken (the command ids' <seq>)
+        # DCMD writes for the command worker, carried out one at a time in arrival order
+        self._jobs: queue.Queue = queue.Queue(64)
+        self._worker: threading.Thread | None = None
         self._set_will()
 
     def start(self) -> None:
@@ -132,9 +155,15 @@ class EdgeNode(Encoder):
         self.publisher.subscribe(topic(self.group, "NCMD", self.edge_node), qos=0)
         with self._lock:
             self._need_birth = True
+            self._up = True
+            for d in self.devices.values():
+                if d.commands is not None:
+                    self.publisher.subscribe(self._dcmd(d), qos=0)
 
     def connection_lost(self) -> None:
         # the broker sends this connection's NDEATH; the next one is a new session
+        with self._lock:
+            self._up = False
         self.bdseq = self._next_bdseq()
         self._set_will()
 
@@ -142,11 +171,107 @@ class EdgeNode(Encoder):
         try:
             payload = decode(message.payload)
         except ValueError:
+            self.log(f"a message on {message.topic} is not a Sparkplug B payload; ignored")
+            return
+        parsed = parse_topic(message.topic)
+        if parsed is not None and parsed[1] == "DCMD":
+            device = self.devices.get(parsed[3] or "")
+            if device is not None and device.commands is not None:
+                self._device_command(device, payload)
             return
         if any(m.name == REBIRTH and metric_value(m) is True for m in payload.metrics):
             with self._lock:
                 self._need_birth = True
             self.publisher.wake()
+
+    # -- commands (paho's thread) -----------------------------------------------------------
+    def _dcmd(self, d: Device) -> str:
+        return topic(self.group, "DCMD", self.edge_node, d.name)
+
+    def _device_command(self, d: Device, payload) -> None:
+        """A DCMD to device ``d``: a write of Maintenance becomes a maintenance command
+        through the device's handler; anything else is refused, said in the log. Never
+        raises (paho's thread)."""
+        for m in payload.metrics:
+            value = metric_value(m)
+            if m.name != MAINTENANCE or not isinstance(value, bool):
+                self.log(f"device {d.name}: DCMD write of {m.name[:64]!r} refused: only "
+                         f"{MAINTENANCE!r} (Boolean) is writable")
+                continue
+            seq = next(self._writes)     # no lock on paho's thread (the sender holds it)
+            stamp = m.timestamp or payload.timestamp or now_ms()
+            command = {"id": f"sparkplug-{stamp}-{seq}", "command": "maintenance",
+                       "operator": "sparkplug", "state": "on" if value else "off"}
+            try:
+                self._jobs.put_nowait((d, command))
+            except queue.Full:
+                self.log(f"device {d.name}: DCMD write of {MAINTENANCE} refused: "
+                         f"{self._jobs.maxsize} commands are waiting")
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                self._carry_out(*job)
+            except Exception as exc:     # noqa: BLE001 - the worker must live on
+                self.log(f"a DCMD write was not carried out: {exc}")
+
+    def _carry_out(self, d: Device, command: dict) -> None:
+        """The handler, on the command worker (neither paho's network thread nor the
+        sender waits on it); a refusal is logged and the unchanged value said again."""
+        handler = d.commands
+        try:
+            reply = handler(json.dumps(command).encode(), "sparkplug") if handler else \
+                {"ok": False, "reason": "commands are off"}
+        except Exception as exc:        # noqa: BLE001 - a failure is a refusal, said
+            reply = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}
+        if isinstance(reply, dict) and reply.get("ok") is True:
+            return                      # the MaintenanceChanged event publishes the change
+        reason = reply.get("reason") if isinstance(reply, dict) else repr(reply)
+        self.log(f"device {d.name}: DCMD write of {MAINTENANCE} = {command['state']} "
+                 f"refused ({command['id']}): {reason}")
+        with self._lock:
+            d.said = None               # the host thinks it wrote: say the value again
+            self._say_maintenance(d)
+
+    # -- the devices' commands and maintenance (the runner's side) --------------------------
+    def take_commands(self, d: Device, handler: CommandHandler | None) -> None:
+        """Set device ``d``'s command handler (None: commands off): its DCMD subscribed or
+        not, and its DBIRTH again (the metric's ``readOnly`` changes)."""
+        with self._lock:
+            before, d.commands = d.commands, handler
+            if handler is not None and self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="sparkplug-commands",
+                                                daemon=True)
+                self._worker.start()
+            if (before is None) == (handler is None):
+                return
+            if self._up:
+                if handler is not None:
+                    self.publisher.subscribe(self._dcmd(d), qos=0)
+                else:
+                    self.publisher.client.unsubscribe(self._dcmd(d))
+            d.born = False
+        self.publisher.wake()
+
+    def maintenance(self, d: Device, on: bool) -> None:
+        """Device ``d`` went into maintenance or out of it: a DDATA of Maintenance now if
+        its birth said otherwise; else the next DBIRTH says it."""
+        with self._lock:
+            d.maintenance = on
+            self._say_maintenance(d)
+
+    def _say_maintenance(self, d: Device) -> None:
+        """A live DDATA of Maintenance alone, where the device is born on this connection
+        and its host was last told another value (the caller holds the lock)."""
+        if not d.born or d.said == d.maintenance or not self.publisher.connected:
+            return
+        p = Payload(timestamp=now_ms())
+        add_metric(p, MAINTENANCE, DataType.Boolean, d.maintenance, p.timestamp)
+        if self._publish("DDATA", p, d.name) is None:
+            d.said = d.maintenance
 
     # -- publishing (the sender thread, holding the lock) -----------------------------------
     def _stamp(self, payload) -> bytes:
@@ -230,8 +355,12 @@ class EdgeNode(Encoder):
         add_metric(p, "Properties/Section", DataType.Int32, d.properties["section"], t)
         add_metric(p, "Properties/Interval", DataType.Float, d.properties["interval_s"], t,
                    properties={"engUnit": (DataType.String, "s")})
+        add_metric(p, MAINTENANCE, DataType.Boolean, d.maintenance, t,
+                   properties={"readOnly": (DataType.Boolean, d.commands is None)})
         why = self._publish("DBIRTH", p, d.name)
         d.born, d.unborn = why is None, why or None
+        if d.born:
+            d.said = d.maintenance
 
     def _ddata(self, m: Message, live: bool) -> bytes:
         """A stored score payload as the DDATA sent: live, or ``is_historical`` after the
@@ -287,5 +416,10 @@ class EdgeNode(Encoder):
 
     def close(self) -> None:
         """NDEATH before an intentional disconnect, as the specification asks."""
+        if self._worker is not None:
+            try:
+                self._jobs.put_nowait(None)
+            except queue.Full:
+                pass                    # a daemon thread: it ends with the process
         self.publisher.close(last=(topic(self.group, "NDEATH", self.edge_node), self._death(),
                                    1, False))

@@ -9,8 +9,9 @@ import threading
 from typing import TYPE_CHECKING
 
 from harken.agent.sinks.mqtt.outbox import Outbox
-from harken.agent.decision.records import IntervalResult, Started, StatusEvent
-from harken.agent.sinks.base import register
+from harken.agent.decision.records import IntervalResult, MaintenanceChanged, Started, \
+    StatusEvent
+from harken.agent.sinks.base import CommandHandler, register
 from harken.agent.sinks.mqtt.publisher import NetworkSink
 
 if TYPE_CHECKING:                  # protobuf is imported only where Sparkplug is enabled
@@ -59,10 +60,22 @@ class SparkplugSink(NetworkSink):
             "model": "", "backend": "", "section": config.agent.section,
             "interval_s": config.decision.interval_s})
 
+    @property
+    def commands(self) -> CommandHandler | None:
+        """The runner's command handler: the device's Maintenance metric is writable (DCMD)
+        while one is set (docs/mqtt.md "Commands")."""
+        return self.device.commands
+
+    @commands.setter
+    def commands(self, handler: CommandHandler | None) -> None:
+        self.node.take_commands(self.device, handler)
+
     def status(self, event: StatusEvent) -> None:
         # the model and backend are known once the runner starts: the DBIRTH says them
         if isinstance(event, Started):
             self.node.describe(self.device, model=event.model, backend=event.backend)
+        elif isinstance(event, MaintenanceChanged):
+            self.node.maintenance(self.device, event.on)
 
     def interval(self, result: IntervalResult) -> None:
         self.node.data(self.device, result.payload())

@@ -1,0 +1,392 @@
+"""False-alarm feedback: an operator marks an alarm (or a time range) normal, its intervals
+join the machine's reference bank, and the threshold is refitted; undo takes the last
+feedback back; recalibrate fits a new threshold from the intervals the store holds
+(docs/agent.md "Feedback: how the bank and threshold change").
+
+Everything works on the files in the machine's ``agent.state_dir``: the feedback store
+(agent/sinks/recent.py) the intervals come from, the overlay (agent/model/overlay.py) they
+go to, the calibration override recalibrate writes, the audit log. The CALLER holds the
+state lock (the daemon all its life; the CLI without a daemon takes it). A running daemon
+picks the change up with ``pipeline.swap(*live_state(config, bundle))``.
+
+The refit keeps the rate at which the bank's own held-out scores cross the threshold: p is
+the chance that the gamma fitted to the old bank's held-out scores (each row scored against
+the others) exceeds the current threshold, and the new threshold is where the gamma fitted
+to the new bank's held-out scores is exceeded with that same p. For an enrolled bank, whose
+threshold enroll set at that gamma's isf(p) (agent/decision/thresholds.py), this is
+enroll's own formula on the new bank.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+
+import numpy as np
+
+from harken.agent.build import (base_threshold, feedback_density_k, feedback_file,
+                                machine_rule, read_feedback, resolve_threshold, with_feedback)
+from harken.agent.config import Config
+from harken.agent.decision.override import CalibrationOverride, write_override
+from harken.agent.decision.thresholds import (check_false_alarm_rate, exceedance, fit_gamma,
+                                              false_alarm_threshold, outliers)
+from harken.agent.model.bank import MAX_BANK_INTERVALS
+from harken.agent.model.bundle import Bundle, open_bundle
+from harken.agent.model.overlay import Base, Change, Overlay, write_overlay
+from harken.agent.model.rules import ScoreRule
+from harken.agent.model.rules.base import BankRule
+from harken.agent.model.rules.density import distances
+from harken.agent.model.rules.spectral_knn import SpectralKnnRule
+from harken.agent.operator import audit
+from harken.agent.sinks.recent import (ANOMALY, END, MAINTENANCE, START, STATS, Stored,
+                                       read_store, store_folder)
+from harken.common.errors import ConfigError, UsageError
+from harken.common.records import GammaParams
+
+# the exceedance per interval the refit keeps is held in this range: a threshold far below
+# every held-out score (p near 1) or far beyond them (p near 0) says nothing of a rate
+P_RANGE = (1e-10, 0.1)
+MIN_INTERVALS = 10            # recalibrate: as 'harken calibrate' (agent/site/calibrate.py)
+# a new row this close to a bank row (in standardised units, per value) is a copy of it
+COPY_DISTANCE = 1e-6
+
+
+class FeedbackError(UsageError):
+    """Feedback, undo or recalibrate refused: the one-line reason."""
+
+
+# -- the machine's parts ----------------------------------------------------------------
+
+class _Machine:
+    """One machine's bundle, rule (before feedback), enrolled bank manifest, overlay."""
+
+    def __init__(self, config: Config, bundle: Bundle | None = None) -> None:
+        self.config = config
+        self.bundle = bundle or open_bundle(config.path(config.model.bundle))
+        self.rule, self.enrollment = machine_rule(config, self.bundle)
+        self.overlay = read_feedback(config, self.bundle)
+        self.state_dir = config.path(config.agent.state_dir)
+
+    def bank_rule(self) -> BankRule:
+        if not isinstance(self.rule, BankRule):
+            name = "fused members" if self.bundle.is_fused else self.bundle.rule_name
+            raise FeedbackError(f"feedback is not possible for this bundle "
+                                f"({self.bundle.model_id}: rule {name} scores without a "
+                                f"reference bank)")
+        return self.rule
+
+    def live(self, overlay: Overlay | None) -> ScoreRule | None:
+        rule = with_feedback(self.config, self.bundle, self.rule, overlay) \
+            if overlay is not None and overlay.changes else self.rule
+        if isinstance(rule, SpectralKnnRule) and not hasattr(rule, "n_features"):
+            rule.n_features = self.bundle.spec.n_features    # what check_model learns
+        return rule
+
+    def threshold(self, overlay: Overlay | None) -> float:
+        return resolve_threshold(self.config, self.bundle, self.enrollment, True,
+                                 overlay if overlay is not None and overlay.changes else None,
+                                 warn=False)[0]
+
+    def base(self) -> Base:
+        if self.config.decision.threshold is not None:
+            return Base(kind="config", value=float(self.config.decision.threshold))
+        value, kind, _ = base_threshold(self.config, self.bundle, self.enrollment)
+        return Base(kind=kind, value=float(value))
+
+    def stored(self) -> Stored:
+        c = self.config
+        if c.feedback.keep_hours == 0:
+            raise FeedbackError(f"{c.source_file}: the feedback store is off ([feedback] "
+                                f"keep_hours = 0): no intervals are kept to give feedback on "
+                                f"or to recalibrate from; set keep_hours (default 24)")
+        return read_store(store_folder(self.state_dir, c.agent.machine), self.bundle.model_id,
+                          c.decision.interval_s)
+
+
+def live_state(config: Config, bundle: Bundle) -> tuple[ScoreRule | None, float]:
+    """The rule (bank + overlay; None for a rule without a bank) and the threshold a running
+    pipeline must now use: the daemon calls ``pipeline.swap(*live_state(...))`` after
+    mark_normal, undo and recalibrate."""
+    m = _Machine(config, bundle)
+    rule = m.live(m.overlay)
+    return (rule if isinstance(rule, BankRule) else None), m.threshold(m.overlay)
+
+
+# -- which stored intervals -------------------------------------------------------------
+
+def _chosen(stored: Stored, config: Config, event: int | None, start: float | None,
+            end: float | None) -> np.ndarray:
+    """Indices into ``stored`` of the intervals an event or a time range names (scored,
+    with statistics); refused, saying why, when there are none."""
+    machine, keep = config.agent.machine, config.feedback.keep_hours
+    held = (f"the store of machine {machine} keeps {keep:g} h" +
+            (f"; it holds seqs {int(stored.seq[0])}..{int(stored.seq[-1])}" if len(stored)
+             else "; it holds no intervals of this bundle and interval length"))
+    if event is not None:
+        where = np.nonzero(stored.seq == event)[0]
+        if not where.size:
+            raise FeedbackError(f"no interval {event} in the feedback store (older than "
+                                f"keep_hours, or never scored: {held})")
+        if not stored.has(START)[where[0]]:
+            starts = stored.seq[stored.has(START)][-5:].tolist()
+            raise FeedbackError(f"interval {event} did not start an anomaly event (no such "
+                                f"event; the last events stored start at seqs {starts})")
+        later = stored.seq[(stored.seq > event) & stored.has(END)]
+        hi = int(later[0]) if later.size else int(stored.seq[-1])
+        sel = (stored.seq >= event - (config.decision.n - 1)) & (stored.seq <= hi)
+        what = f"event {event}"
+    else:
+        sel = (stored.ts >= start) & (stored.ts <= end)
+        what = f"the range {_iso(start)} to {_iso(end)}"
+        if not sel.any():
+            raise FeedbackError(f"no interval stored in {what} ({held}"
+                                + (f", from {_iso(stored.ts[0])} to {_iso(stored.ts[-1])})"
+                                   if len(stored) else ")"))
+    usable = sel & stored.has(STATS) & np.isfinite(stored.score)
+    if not usable.any():
+        raise FeedbackError(f"none of the {int(sel.sum())} interval(s) of {what} was scored "
+                            f"with its statistics kept (silent, clipped or invalid audio); "
+                            f"nothing to add")
+    return np.nonzero(usable)[0]
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(float(ts), dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _rows(stored: Stored, idx: np.ndarray) -> dict[str, np.ndarray]:
+    names = list(stored.statistics[idx[0]])
+    return {k: np.stack([stored.statistics[i][k] for i in idx]).astype(np.float32)
+            for k in names}
+
+
+def _not_copies(rows: dict[str, np.ndarray], overlay: Overlay | None, rule: BankRule
+                ) -> np.ndarray:
+    """Which new rows are not exact copies of each other, of an overlay row, or of a bank
+    row (an interval with a copy scores 0 held out and its density collapses: normal sound
+    near it would score huge, as enrollment guards: agent/model/bank.py)."""
+    names = sorted(rows)
+    seen = set()
+    if overlay is not None:
+        seen = {b"".join(overlay.rows[k][i].tobytes() for k in names) for i in range(len(overlay))}
+    keep = np.ones(len(rows[names[0]]), bool)
+    for i in range(len(keep)):
+        key = b"".join(rows[k][i].tobytes() for k in names)
+        keep[i] = key not in seen
+        seen.add(key)
+    near = np.ones(len(keep), bool)
+    arrays = rule.arrays
+    for k in names:            # near-copies of the bank's own rows, in standardised units
+        if isinstance(rule, SpectralKnnRule):
+            z = (rows[k].astype(np.float64) - arrays[f"{k}_mean"]) / arrays[f"{k}_std"]
+            bank = arrays[f"{k}_bank"]
+        else:
+            from harken.agent.model.rules import unit_embedding
+            z = unit_embedding(rows[k].astype(np.float64), arrays["embedding_mean"],
+                               arrays["embedding_std"])
+            bank = arrays["bank"]
+        d = distances(z, bank, "euclidean").min(axis=1)
+        near &= d <= COPY_DISTANCE * math.sqrt(z.shape[1])
+    return keep & ~near
+
+
+# -- the refit --------------------------------------------------------------------------
+
+def refit_threshold(old_held_out: np.ndarray, new_held_out: np.ndarray,
+                    threshold: float) -> tuple[float, float]:
+    """(new threshold, the exceedance p kept): module docstring."""
+    p = float(fit_gamma(old_held_out).sf(threshold))
+    p = min(max(p, P_RANGE[0]), P_RANGE[1])
+    new = fit_gamma(new_held_out).isf(p)
+    if not math.isfinite(new):
+        raise FeedbackError(f"the refitted threshold is not a number ({new}); nothing changed")
+    return new, p
+
+
+# -- the operations ---------------------------------------------------------------------
+
+def _check_who(operator: object, via: object, command_id: object) -> None:
+    """The operator, the way and the command id as the overlay and audit log keep them."""
+    if not (isinstance(operator, str) and 1 <= len(operator) <= 200 and operator.isprintable()):
+        raise FeedbackError(f"operator {str(operator)[:60]!r}: expected a name of 1 to 200 "
+                            f"printable characters")
+    if not (isinstance(via, str) and 1 <= len(via) <= 32):
+        raise FeedbackError(f"via {str(via)[:60]!r}: expected 1 to 32 characters")
+    if command_id is not None and not (isinstance(command_id, str)
+                                       and 1 <= len(command_id) <= 128):
+        raise FeedbackError(f"command id {str(command_id)[:60]!r}: expected 1 to 128 "
+                            f"characters")
+
+
+def mark_normal(config: Config, *, event: int | None = None, start: float | None = None,
+                end: float | None = None, operator: str, via: str,
+                command_id: str | None = None) -> dict:
+    """Add the intervals of anomaly event ``event`` (its start seq), or of the time range
+    [``start``, ``end``] (UTC epoch seconds), to the machine's bank and refit the
+    threshold; one audit line. Returns what was done."""
+    _check_who(operator, via, command_id)
+    if (event is None) == (start is None and end is None) or (start is None) != (end is None):
+        raise FeedbackError("feedback: give an event (its start seq) or a time range (from "
+                            "and to), one of the two")
+    if event is not None and (isinstance(event, bool) or not isinstance(event, (int, np.integer))):
+        raise FeedbackError(f"feedback: event {str(event)[:60]!r}: expected the seq (a whole "
+                            f"number) of the interval that started it")
+    if start is not None and not all(isinstance(t, (int, float)) and not isinstance(t, bool)
+                                     for t in (start, end)):
+        raise FeedbackError(f"feedback: from {str(start)[:40]!r} to {str(end)[:40]!r}: expected "
+                            f"UTC epoch seconds")
+    if start is not None and not (math.isfinite(start) and math.isfinite(end) and start <= end):
+        raise FeedbackError(f"feedback: the range from {start} to {end} is not a time range "
+                            f"(from must not be after to)")
+    m = _Machine(config)
+    rule = m.bank_rule()
+    stored = m.stored()
+    idx = _chosen(stored, config, event, start, end)
+    rows = _rows(stored, idx)
+    try:
+        rule.check_rows(rows)
+    except ValueError as exc:
+        raise FeedbackError(f"the stored intervals do not fit this bank ({exc})") from None
+    seqs, ts = stored.seq[idx], stored.ts[idx]
+    given = np.isin(seqs, m.overlay.seq) if m.overlay is not None else np.zeros(len(seqs), bool)
+    fresh = ~given & _not_copies(rows, m.overlay, rule)
+    if not fresh.any():
+        raise FeedbackError(f"all {len(seqs)} interval(s) are in the bank already (feedback "
+                            f"given on them before, or copies of its rows); nothing changed")
+    rows = {k: v[fresh] for k, v in rows.items()}
+    seqs, ts = seqs[fresh], ts[fresh]
+    have = len(m.overlay) if m.overlay is not None else 0
+    if rule.bank_rows + have + len(seqs) > MAX_BANK_INTERVALS:
+        raise FeedbackError(f"{len(seqs)} more interval(s) would make a bank of "
+                            f"{rule.bank_rows + have + len(seqs)}, more than a bank holds "
+                            f"({MAX_BANK_INTERVALS}); undo older feedback first")
+    old = m.overlay if m.overlay is not None else Overlay.empty(list(rows), [
+        v.shape[1] for v in rows.values()])
+    live = m.live(m.overlay)
+    before = m.threshold(m.overlay)
+    change_id = (old.last.id + 1) if old.last is not None else 1
+    draft = old.added(rows, seqs, ts, Change(
+        id=change_id, at=audit.now_iso(), operator=operator, via=via, command_id=command_id,
+        seqs=[int(s) for s in seqs], threshold_before=before, threshold_after=before,
+        base=m.base()))
+    new_rule = rule.with_references(draft.rows, feedback_density_k(m.bundle))
+    note = None
+    if config.decision.threshold is not None:
+        after, p = before, None
+        note = (f"{config.source_file}: decision.threshold = {before:g} is set, so the "
+                f"threshold stays; the bank changed")
+    else:
+        after, p = refit_threshold(live.held_out_scores(), new_rule.held_out_scores(), before)
+    change = draft.changes[-1].model_copy(update={"threshold_after": after})
+    overlay = Overlay(draft.rows, draft.seq, draft.ts, draft.change, [*old.changes, change])
+    write_overlay(feedback_file(config), overlay, m.bundle.model_id, config.agent.machine,
+                  config.agent.section)
+    rows_before = rule.bank_rows + len(old)
+    details = {"intervals": [int(s) for s in seqs], "threshold_before": before,
+               "threshold_after": after, "rows_before": rows_before,
+               "rows_after": rows_before + len(seqs), "change": change_id,
+               **({"event": int(event)} if event is not None else {"from": start, "to": end}),
+               **({"exceedance_kept": p} if p is not None else {})}
+    line = audit.append(m.state_dir, {"machine": config.agent.machine, "action": "feedback",
+                                      "outcome": "ok", "operator": operator, "via": via,
+                                      "command_id": command_id, **details})
+    skipped = int(len(idx) - len(seqs))
+    return {"machine": config.agent.machine, "action": "feedback", "at": line["at"],
+            **details, "skipped_intervals": skipped, **({"note": note} if note else {})}
+
+
+def undo(config: Config, *, operator: str, via: str, command_id: str | None = None) -> dict:
+    """Take the last feedback back: its rows leave the bank and the threshold is what it
+    was before it (bit for bit); one audit line."""
+    _check_who(operator, via, command_id)
+    m = _Machine(config)
+    if m.overlay is None or not m.overlay.changes:
+        raise FeedbackError(f"no feedback to undo for machine {config.agent.machine} (no "
+                            f"{feedback_file(config).name})")
+    last = m.overlay.last
+    before = m.threshold(m.overlay)
+    rest = m.overlay.without_last()
+    after = m.threshold(rest)
+    bank = m.rule.bank_rows if isinstance(m.rule, BankRule) else 0
+    write_overlay(feedback_file(config), rest, m.bundle.model_id, config.agent.machine,
+                  config.agent.section)
+    details = {"intervals": list(last.seqs), "threshold_before": before,
+               "threshold_after": after, "rows_before": bank + len(m.overlay),
+               "rows_after": bank + len(rest), "change": last.id}
+    line = audit.append(m.state_dir, {"machine": config.agent.machine, "action": "undo",
+                                      "outcome": "ok", "operator": operator, "via": via,
+                                      "command_id": command_id, **details})
+    return {"machine": config.agent.machine, "action": "undo", "at": line["at"], **details}
+
+
+def recalibrate(config: Config, *, hours: float = 24.0, false_alarms_per_week: float = 1.0,
+                operator: str, via: str, command_id: str | None = None) -> dict:
+    """A calibration override (agent/decision/override.py) fitted, as ``harken calibrate``
+    fits it, on the scores of the intervals stored in the last ``hours``: rescored through
+    the current rule (bank + feedback) where their statistics are kept (those marked normal,
+    in the bank, held out); intervals in maintenance, unscored, or anomalous and not marked
+    normal left out. One audit line."""
+    _check_who(operator, via, command_id)
+    if not (isinstance(hours, (int, float)) and math.isfinite(hours) and hours > 0):
+        raise FeedbackError(f"recalibrate: hours = {hours!r}: expected a number of hours "
+                            f"above 0")
+    check_false_alarm_rate(false_alarms_per_week, config.decision.interval_s)
+    m = _Machine(config)
+    stored = m.stored()
+    since = time.time() - hours * 3600.0
+    normal = np.isin(stored.seq, m.overlay.seq) if m.overlay is not None else \
+        np.zeros(len(stored), bool)
+    use = (stored.ts >= since) & ~stored.has(MAINTENANCE) & np.isfinite(stored.score) & \
+        (~stored.has(ANOMALY) | normal)
+    idx = np.nonzero(use)[0]
+    if len(idx) < MIN_INTERVALS:
+        raise FeedbackError(f"recalibrate: only {len(idx)} usable interval(s) stored in the "
+                            f"last {hours:g} h (scored, not in maintenance, not anomalous); "
+                            f"need at least {MIN_INTERVALS}: wait, or give more hours")
+    scores = stored.score[idx].copy()
+    live = m.live(m.overlay)
+    if isinstance(live, BankRule):
+        have = np.array([stored.statistics[i] is not None for i in idx])
+        # an interval in the bank (marked normal) would find itself there and score as a
+        # copy: it is scored held out, against the others (the bank's leave-one-out score)
+        given = normal[idx]
+        if (have & ~given).any():
+            scores[have & ~given] = live.score_statistics(_rows(stored, idx[have & ~given]))
+        if given.any():
+            held = live.held_out_scores()
+            at = {int(s): i for i, s in enumerate(m.overlay.seq)}
+            base = live.bank_rows - len(m.overlay)
+            scores[given] = held[[base + at[int(s)] for s in stored.seq[idx[given]]]]
+    what = f"recalibration of {config.agent.machine}"
+    threshold, p, fit = false_alarm_threshold(scores, false_alarms_per_week,
+                                              config.decision.interval_s, what)
+    exceeded = exceedance(scores, threshold, p, what)
+    exceeded |= outliers(scores, threshold, false_alarms_per_week, config.decision.interval_s,
+                         what)
+    before = m.threshold(m.overlay)
+    override = CalibrationOverride.create(
+        machine=config.agent.machine, threshold=threshold,
+        false_alarms_per_week=false_alarms_per_week, interval_s=config.decision.interval_s,
+        exceedance_per_interval=p, intervals=int(len(scores)),
+        skipped_intervals=int(len(stored) - len(idx)), score_mean=float(scores.mean()),
+        score_max=float(scores.max()), gamma=GammaParams(**fit.to_dict()),
+        model=m.bundle.model_id, bundle_threshold=m.bundle.threshold,
+        source=f"feedback store, last {hours:g} h", channel=config.audio.channel,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    try:
+        write_override(config.override_file, override)
+    except ConfigError as exc:
+        raise FeedbackError(str(exc)) from None
+    after = m.threshold(m.overlay)
+    details = {"threshold_before": before, "threshold_after": after,
+               "intervals": int(len(scores)), "hours": hours,
+               "false_alarms_per_week": false_alarms_per_week,
+               "override_file": str(config.override_file)}
+    line = audit.append(m.state_dir, {"machine": config.agent.machine,
+                                      "action": "recalibrate-threshold", "outcome": "ok",
+                                      "operator": operator, "via": via,
+                                      "command_id": command_id, **details})
+    return {"machine": config.agent.machine, "action": "recalibrate-threshold",
+            "at": line["at"], **details, **exceeded}
+

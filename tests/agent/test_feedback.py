@@ -1,0 +1,349 @@
+"""False-alarm feedback end to end on real files: a general bundle enrolled on a few normal
+clips, a real ``harken run`` (the runner, on a WAV with a whine in its middle) writing the
+feedback store, then mark_normal / undo / recalibrate driven directly: the fed-back
+intervals score lower, the threshold is refitted as docs/agent.md says, undo gives back
+what build() gave before bit for bit, and every refusal is one line."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from harken.agent.build import build, resolve_threshold
+from harken.agent.config import load_config
+from harken.agent.decision.thresholds import fit_gamma
+from harken.agent.model.overlay import OverlayError, overlay_file, read_overlay
+from harken.agent.operator import audit
+from harken.agent.operator.feedback import (P_RANGE, FeedbackError, live_state, mark_normal,
+                                            recalibrate, undo)
+from harken.agent.runner import run_config
+from harken.agent.sinks.recent import ANOMALY, START, read_store, store_folder
+from harken.agent.sources.wavio import read_wav, write_wav
+from harken.testkit.files import whine, write_agent_config
+
+pytestmark = pytest.mark.xdist_group("test_feedback")
+
+
+def _config(folder, bundle, wav, **extra):
+    return write_agent_config(
+        folder / "agent.toml",
+        agent={"node": "site", "machine": "fan", "state_dir": folder / "state"},
+        model={"bundle": bundle}, audio={"source": "file", "file": wav},
+        output={"stdout": False}, **{"decision": {"interval_s": 2}, **extra})
+
+
+@pytest.fixture(scope="module")
+def site(general_bundle, small_fan, tmp_path_factory):
+    """An enrolled general bundle and a store written by a real run over 30 s of audio:
+    normal, the same machine with a whine (an anomaly event), normal again. Returns the
+    folder, the config path and the pristine state folder's files (copied back per test)."""
+    from harken.agent.site.enroll import enroll
+    from harken.training.data.corpus import scan
+    folder = tmp_path_factory.mktemp("feedback")
+    clips = [c for c in scan(small_fan, ["fan"], "train") if c.section == 0]
+    train, heard = clips[:8], clips[8:11]         # the site's audio: clips not enrolled
+    parts = [read_wav(c.path, 16000)[0] for c in heard]
+    parts[1] = whine(parts[1], 16000)
+    wav = folder / "site.wav"
+    write_wav(wav, np.concatenate(parts), 16000)
+    cfg = _config(folder, general_bundle, wav)
+    enroll(load_config(cfg), files=[str(c.path) for c in train], progress=False)
+    assert run_config(load_config(cfg)) == 0
+    saved = {p.relative_to(folder / "state"): p.read_bytes()
+             for p in (folder / "state").rglob("*") if p.is_file()}
+    return folder, cfg, saved
+
+
+@pytest.fixture
+def machine(site):
+    """The site's state folder as the run left it (each test changes it)."""
+    folder, cfg, saved = site
+    import shutil
+    shutil.rmtree(folder / "state")
+    for rel, data in saved.items():
+        (folder / "state" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / "state" / rel).write_bytes(data)
+    return folder, load_config(cfg)
+
+
+def _event(config):
+    stored = read_store(store_folder(config.path(config.agent.state_dir), "fan"))
+    starts = stored.seq[stored.has(START)]
+    assert starts.size, f"the whine raised no event: scores {stored.score.round(2)}"
+    return stored, int(starts[0])
+
+
+def _state(config):
+    """What build() gives: the rule's arrays and the threshold."""
+    _, pipeline = build(config)
+    return dict(pipeline.scorer.rule.arrays), pipeline.decision.threshold
+
+
+def test_the_run_stores_every_interval_with_its_statistics(machine):
+    folder, config = machine
+    stored = read_store(store_folder(folder / "state", "fan"))
+    assert len(stored) == 15 and stored.seq.tolist() == list(range(1, 16))
+    assert all(s is not None and set(s) >= {"mel", "spectrum"} for s in stored.statistics)
+    # the stored statistics rescored through the rule give the scores the run published
+    rule, threshold = live_state(config, build(config)[0])
+    rows = {k: np.stack([s[k] for s in stored.statistics]) for k in stored.statistics[0]}
+    np.testing.assert_allclose(rule.score_statistics(rows), stored.score, rtol=1e-4, atol=1e-4)
+    assert np.all(stored.threshold == threshold)
+
+
+def test_feedback_on_an_event_lowers_its_scores_refits_and_undo_restores_bit_for_bit(machine):
+    folder, config = machine
+    stored, seq = _event(config)
+    arrays0, threshold0 = _state(config)
+    rule0, _ = live_state(config, build(config)[0])
+    out = mark_normal(config, event=seq, operator="alice", via="cli")
+    n = config.decision.n
+    assert out["intervals"][0] == max(1, seq - (n - 1)) and seq in out["intervals"]
+    assert out["threshold_before"] == threshold0
+    assert out["rows_after"] == out["rows_before"] + len(out["intervals"])
+    # the threshold keeps the rate the old one had on the bank's held-out scores
+    rule1, threshold1 = live_state(config, build(config)[0])
+    p = min(max(float(fit_gamma(rule0.held_out_scores()).sf(threshold0)), P_RANGE[0]),
+            P_RANGE[1])
+    assert threshold1 == out["threshold_after"] == fit_gamma(rule1.held_out_scores()).isf(p)
+    arrays1, built1 = _state(config)
+    assert built1 == threshold1 and len(arrays1["mel_bank"]) == out["rows_after"]
+    # the fed-back intervals now score lower (they are in the bank)
+    idx = np.isin(stored.seq, out["intervals"])
+    rows = {k: np.stack([stored.statistics[i][k] for i in np.nonzero(idx)[0]])
+            for k in stored.statistics[0]}
+    assert np.all(rule1.score_statistics(rows) < rule0.score_statistics(rows))
+    # the audit line
+    line = audit.read(folder / "state", "fan")[-1]
+    assert (line["action"], line["outcome"], line["operator"], line["via"]) == \
+        ("feedback", "ok", "alice", "cli")
+    assert line["intervals"] == out["intervals"] and line["threshold_after"] == threshold1
+    # given again: nothing new, refused, nothing changed
+    before = overlay_file(folder / "state", "fan").read_bytes()
+    with pytest.raises(FeedbackError, match="in the bank already"):
+        mark_normal(config, event=seq, operator="alice", via="cli")
+    assert overlay_file(folder / "state", "fan").read_bytes() == before
+    # undo: what build() gave before the feedback, bit for bit, and no overlay left
+    u = undo(config, operator="bob", via="socket", command_id="c-1")
+    assert (u["threshold_before"], u["threshold_after"]) == (threshold1, threshold0)
+    arrays2, threshold2 = _state(config)
+    assert threshold2 == threshold0
+    assert arrays2.keys() == arrays0.keys()
+    assert all(np.array_equal(arrays2[k], arrays0[k]) for k in arrays0)
+    assert not overlay_file(folder / "state", "fan").exists()
+    assert audit.read(folder / "state", "fan")[-1]["command_id"] == "c-1"
+    with pytest.raises(FeedbackError, match="no feedback to undo"):
+        undo(config, operator="bob", via="cli")
+
+
+def test_two_feedbacks_then_undo_gives_the_first_back(machine):
+    folder, config = machine
+    stored = read_store(store_folder(folder / "state", "fan"))
+    mark_normal(config, start=stored.ts[0], end=stored.ts[2], operator="a", via="cli")
+    arrays1, threshold1 = _state(config)
+    # what check-config shows reads the overlay too
+    bundle, pipeline = build(config)
+    value, origin = resolve_threshold(config, bundle, pipeline.scorer.enrollment)
+    assert value == threshold1 and origin.startswith("feedback ")
+    out = mark_normal(config, start=stored.ts[10], end=stored.ts[12], operator="a", via="mqtt")
+    assert out["change"] == 2 and out["intervals"] == stored.seq[10:13].tolist()
+    undo(config, operator="a", via="cli")
+    arrays2, threshold2 = _state(config)
+    assert threshold2 == threshold1
+    assert all(np.array_equal(arrays2[k], arrays1[k]) for k in arrays1)
+
+
+def test_a_config_threshold_stays_and_is_said(machine, site):
+    folder, config = machine
+    stored = read_store(store_folder(folder / "state", "fan"))
+    fixed = config.model_copy(update={"decision": config.decision.model_copy(
+        update={"threshold": 3.5})})
+    out = mark_normal(fixed, start=stored.ts[0], end=stored.ts[3], operator="a", via="cli")
+    assert out["threshold_before"] == out["threshold_after"] == 3.5
+    assert "decision.threshold = 3.5 is set" in out["note"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"event": 999}, "no interval 999 in the feedback store"),
+    ({"event": 1}, "interval 1 did not start an anomaly event"),
+    ({"start": 1.0, "end": 2.0}, "no interval stored in the range"),
+    ({"start": 5.0, "end": 2.0}, "from must not be after to"),
+    ({}, "give an event"),
+    ({"event": 3, "start": 1.0, "end": 2.0}, "give an event"),
+    ({"event": "3"}, "expected the seq"),
+    ({"start": "yesterday", "end": 2.0}, "expected UTC epoch seconds"),
+    ({"event": 3, "operator": ""}, "operator '': expected a name"),
+    ({"event": 3, "command_id": "x" * 129}, "command id"),
+])
+def test_refusals_change_nothing(machine, kwargs, message):
+    folder, config = machine
+    with pytest.raises(FeedbackError, match=message):
+        mark_normal(config, **{"operator": "a", "via": "cli", **kwargs})
+    assert not overlay_file(folder / "state", "fan").exists()
+    assert not audit.read(folder / "state", "fan")
+
+
+def test_store_off_is_refused(machine):
+    folder, config = machine
+    off = config.model_copy(update={"feedback": config.feedback.model_copy(
+        update={"keep_hours": 0.0})})
+    with pytest.raises(FeedbackError, match=r"the feedback store is off \(\[feedback\] keep_hours = 0\)"):
+        mark_normal(off, event=3, operator="a", via="cli")
+    with pytest.raises(FeedbackError, match="store is off"):
+        recalibrate(off, operator="a", via="cli")
+
+
+def test_a_bundle_without_a_bank_is_refused(ae_bundle, tmp_path, wav):
+    cfg = load_config(_config(tmp_path, ae_bundle, wav, decision={"interval_s": 2,
+                                                                 "threshold": 1.0}))
+    with pytest.raises(FeedbackError, match=r"feedback is not possible for this bundle "
+                       r"\(.*: rule mse scores without a reference bank\)"):
+        mark_normal(cfg, event=1, operator="a", via="cli")
+    assert live_state(cfg, build(cfg)[0])[0] is None
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[:len(b) // 2], "not a readable feedback overlay"),
+    ("tamper", "does not match its sha256"),
+    ("other", "machine 'fan', section 0, but this is model"),
+])
+def test_a_damaged_or_foreign_overlay_is_refused_at_start(machine, damage, message):
+    folder, config = machine
+    stored = read_store(store_folder(folder / "state", "fan"))
+    mark_normal(config, start=stored.ts[0], end=stored.ts[3], operator="a", via="cli")
+    path = overlay_file(folder / "state", "fan")
+    if damage == "tamper":
+        with np.load(path) as z:
+            arrays = dict(z)
+        arrays["rows_mel"] = arrays["rows_mel"] + 1
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+    elif damage == "other":
+        with np.load(path) as z:
+            arrays = dict(z)
+        manifest = json.loads(arrays["manifest"].tobytes())
+        manifest["model"] = "another-model"
+        from harken.agent.model.overlay import digest
+        arrays.pop("manifest")
+        manifest["sha256"] = digest(arrays, manifest)
+        with open(path, "wb") as f:
+            np.savez(f, manifest=np.frombuffer(json.dumps(manifest).encode(), np.uint8),
+                     **arrays)
+    else:
+        path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(OverlayError, match=message) as exc:
+        build(config)
+    assert str(path) in str(exc.value) and "move it away" in str(exc.value)
+
+
+def test_recalibrate_fits_an_override_from_the_store(machine):
+    folder, config = machine
+    stored = read_store(store_folder(folder / "state", "fan"))
+    # the site's normal audio alarms at every interval (a bank of 16 s of audio): the
+    # intervals still anomalous are left out, those marked normal count
+    assert stored.has(ANOMALY)[1:].all()
+    with pytest.raises(FeedbackError, match="only 1 usable interval"):
+        recalibrate(config, hours=1, operator="a", via="cli")
+    _normal_parts(config, stored)
+    out = recalibrate(config, hours=1, operator="a", via="cli")
+    assert config.override_file.is_file()
+    assert out["intervals"] == 10
+    assert build(config)[1].decision.threshold == out["threshold_after"]
+    line = audit.read(folder / "state", "fan")[-1]
+    assert line["action"] == "recalibrate-threshold" and line["outcome"] == "ok"
+    with pytest.raises(FeedbackError, match="hours = 0: expected"):
+        recalibrate(config, hours=0, operator="a", via="cli")
+
+
+def _normal_parts(config, stored):
+    """Feedback on the normal audio before and after the whine (10 intervals)."""
+    for i, j in ((0, 4), (10, 14)):
+        mark_normal(config, start=stored.ts[i], end=stored.ts[j], operator="a", via="cli")
+
+
+def test_a_base_changed_since_the_feedback_wins_with_a_warning(machine, caplog):
+    folder, config = machine
+    _normal_parts(config, read_store(store_folder(folder / "state", "fan")))
+    out = recalibrate(config, hours=1, operator="a", via="cli")
+    with caplog.at_level("WARNING"):
+        assert build(config)[1].decision.threshold == out["threshold_after"]
+    assert "is set aside" in caplog.text
+
+
+KILLED = """
+import sys
+from harken.agent.config import load_config
+from harken.agent.operator.feedback import mark_normal
+c = load_config(sys.argv[1])
+mark_normal(c, start=float(sys.argv[2]), end=float(sys.argv[3]), operator="k", via="cli")
+"""
+
+
+def test_a_kill_during_feedback_leaves_the_old_overlay_or_the_new(machine):
+    folder, config = machine
+    stored = read_store(store_folder(folder / "state", "fan"))
+    mark_normal(config, start=stored.ts[0], end=stored.ts[1], operator="a", via="cli")
+    path = overlay_file(folder / "state", "fan")
+    old = path.read_bytes()
+    args = [sys.executable, "-c", KILLED, str(config.source_file), str(stored.ts[5]),
+            str(stored.ts[7])]
+    proc = subprocess.Popen(args, env={**os.environ, "HARKEN_FEEDBACK_PAUSE": "1"})
+    marker = path.with_name(f".{path.name}.paused")
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    marker.unlink()
+    assert path.read_bytes() == old                  # the old one, whole
+    assert len(read_overlay(path, build(config)[0].model_id, "fan", 0).changes) == 1
+    subprocess.run(args, check=True, timeout=120)    # finished: the new one, whole
+    new = read_overlay(path, build(config)[0].model_id, "fan", 0)
+    assert [c.id for c in new.changes] == [1, 2] and len(new) == 2 + 3
+    assert not list(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+# -- the rules' bank capability on its own (no model) ------------------------------------
+
+def test_spectral_knn_held_out_scores_are_the_enrolled_banks_and_references_join_it(rng):
+    from harken.agent.model.rules import make_rule
+    from harken.agent.model.rules.density import local_densities
+    from harken.agent.model.rules.spectral_knn import branch_statistics, fit_bank
+    vectors = {"mel": rng.normal(size=(30, 8)), "spectrum": rng.normal(size=(30, 5))}
+    arrays, loo = fit_bank(vectors, branch_statistics(vectors), 4, [1.0, 1.0, 0.5, 0.5])
+    rule = make_rule("spectral-knn", {**arrays, "fusion_weights": np.array([1.0, 1.0, 0.5, 0.5]),
+                                      "n_mels": np.array(4)})
+    np.testing.assert_allclose(rule.held_out_scores(), loo, rtol=1e-12, atol=1e-12)
+    extra = {"mel": rng.normal(size=(3, 8)), "spectrum": rng.normal(size=(3, 5))}
+    grown = rule.with_references(extra, 4)
+    assert grown.bank_rows == 33 and rule.bank_rows == 30        # the old rule unchanged
+    for b in ("mel", "spectrum"):
+        z = (extra[b] - arrays[f"{b}_mean"]) / arrays[f"{b}_std"]
+        np.testing.assert_array_equal(grown.arrays[f"{b}_bank"][30:], z)
+        np.testing.assert_array_equal(grown.arrays[f"{b}_density"],
+                                      local_densities(grown.arrays[f"{b}_bank"], 4, "euclidean"))
+        np.testing.assert_array_equal(grown.arrays[f"{b}_fusion"], arrays[f"{b}_fusion"])
+    # a row now in the bank scores lower than it did
+    assert np.all(grown.score_statistics(extra) < rule.score_statistics(extra))
+    with pytest.raises(ValueError, match="statistics 'mel' of shape"):
+        rule.with_references({"mel": np.zeros((2, 7)), "spectrum": np.zeros((2, 5))}, 4)
+
+
+def test_embedding_density_held_out_scores_are_the_enrolled_banks(rng):
+    from harken.agent.model.rules import make_rule
+    from harken.agent.site.enroll_embedding import fit_embedding_bank
+    emb = rng.normal(size=(25, 6))
+    arrays, loo = fit_embedding_bank(emb, 4)
+    rule = make_rule("embedding-density", arrays)
+    np.testing.assert_allclose(rule.held_out_scores(), loo, rtol=1e-12, atol=1e-12)
+    assert rule.statistics(emb[:4])["embedding"].shape == (6,)
+    grown = rule.with_references({"embedding": emb[:2] + 0.5}, 4)
+    assert grown.bank_rows == 27
+    np.testing.assert_allclose(rule.score_statistics({"embedding": emb[:3]}),
+                               [rule.reduce(e[None]) for e in emb[:3]], atol=1e-12)
