@@ -564,6 +564,10 @@ def wear_section(r: dict) -> list[str]:
     day = {k: max(0.0, v) for k, v in day.items()}          # noise below a page: none
     total, goal = sum(day.values()), r["goal_mb_per_day"]
     outbox_kb = day.get("MQTT outbox", 0.0) * 1e6 / r["day_intervals"] / 1e3
+    first = r["runs"]["base"][0]
+    growth = {kind: (size - first["state_files"].get(kind, 0)) * r["day_intervals"]
+              / (base["intervals"] - first["intervals"]) / 1e6
+              for kind, size in base["state_files"].items()}
     files = ", ".join(f"`{k}`" for k in sorted(base["state_files"]))
     # one 4-KiB page more or less over the intervals between the two runs
     short = r["runs"]["base"][0]["intervals"]
@@ -583,7 +587,10 @@ def wear_section(r: dict) -> list[str]:
         f"of the default 10-s intervals ({r['day_intervals']}); evidence audio as one event "
         "at its defaults (30 s before, the 10-s interval, 30 s after).", "",
         "| component | MB per day | |", "|---|---|---|",
-        *[f"| {k} | {mb(v)} | |" for k, v in day.items()],
+        *[row for k, v in day.items() for row in [f"| {k} | {mb(v)} | |"] + (
+            [f"| ... of which the feedback store (`{kind}` files' growth) | {mb(g)} | |"
+             for kind, g in growth.items() if kind == "recent"]
+            if k.startswith("default config") else [])],
         f"| evidence audio (`[evidence] enabled`, off by default) | "
         f"{r['evidence_mb_per_event']:.2f} per anomaly event | "
         f"{r['evidence_kept_mb_per_event']:.2f} MB kept per event |",
@@ -598,9 +605,9 @@ def wear_section(r: dict) -> list[str]:
         "PUBACK, a committed delete in SQLite's write-ahead log with `synchronous=FULL`, "
         "folded into the database every 32 pages (agent/sinks/mqtt/outbox.py). The state "
         "folder's files after the "
-        f"longest run without MQTT: {files} (the default "
-        "sinks' state: where the feedback store is on by default, its files are among them "
-        "and its writes in the first row).",
+        f"longest run without MQTT: {files}; `recent` is the feedback store (on by default, "
+        "docs/agent.md \"The feedback store\"): it appends each interval's record without "
+        "syncing, so its writes are about its growth, and are in the first row.",
     ]
 
 
