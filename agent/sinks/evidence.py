@@ -150,7 +150,10 @@ class EvidenceSink(Sink):
         self._day: deque[tuple[float, int]] = deque()     # (wall time, bytes) of writes
         self.clock = time.time
         if on:
-            self._tidy()
+            try:
+                self._tidy()
+            except OSError as exc:        # a read-only folder: said, the run goes on
+                _log.warning(f"evidence {self.folder}: cannot tidy it ({exc.strerror or exc})")
 
     @property
     def rate(self) -> int:
