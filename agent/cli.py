@@ -480,16 +480,26 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     if args.end is not None and args.start is None:
         raise UsageError("--to goes with --from")
     config = load_config(args.config)
+    if (args.list or args.events) and args.verdict:
+        raise UsageError("--list and --events take no verdict ('normal' goes with --event SEQ "
+                         "or --from T --to T)")
     if args.list:
         names = {v.agent.machine for v in config.select(args.machine)}
         for line in audit.read(config.path(config.agent.state_dir)):
             if line.get("machine") in names:
                 print(json.dumps(line))
         return 0
+    if args.events:
+        from harken.agent.operator.feedback import recent_events
+        for view in config.select(args.machine):
+            for event in recent_events(view):
+                print(json.dumps(event))
+        return 0
     marking = args.event is not None or args.start is not None or args.end is not None
     if marking != (args.verdict == "normal"):
         raise UsageError("say what the sound was: 'harken feedback --event SEQ normal' "
-                         "(or --from T --to T normal); --undo and --list take no verdict")
+                         "(or --from T --to T normal); --undo, --list and --events take no "
+                         "verdict")
     if args.event is not None:
         body: dict = {"command": "feedback", "event": args.event}
     elif args.undo:
@@ -658,6 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
     form.add_argument("--undo", action="store_true", help="undo the last feedback")
     form.add_argument("--list", action="store_true", help="the audit log's lines of the "
                       "machine(s), one JSON line each")
+    form.add_argument("--events", action="store_true", help="the anomaly events the feedback "
+                      "store holds (their seqs, times, peak scores), one JSON line each")
     fb.add_argument("--to", dest="end", type=time_arg, metavar="T", help="end of the time range")
     fb.add_argument("verdict", nargs="?", choices=["normal"],
                     help="what the sound was: normal")

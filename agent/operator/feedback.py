@@ -115,6 +115,32 @@ def live_state(config: Config, bundle: Bundle) -> tuple[ScoreRule | None, float]
 
 # -- which stored intervals -------------------------------------------------------------
 
+def recent_events(config: Config) -> list[dict]:
+    """The anomaly events the feedback store holds, oldest first: what ``harken feedback
+    --event SEQ`` can name (an operator reads the seq here, on the event topic, or in
+    ``harken evidence --list``). Each says when it started and ended (None: still on when
+    the store last heard), its peak score, and whether feedback was given on it already.
+    Read only: a running daemon writes the store meanwhile."""
+    m = _Machine(config)
+    stored = m.stored()
+    given = set() if m.overlay is None else {int(s) for s in m.overlay.seq}
+    out = []
+    for i in np.nonzero(stored.has(START))[0]:
+        seq = int(stored.seq[i])
+        later = np.nonzero((stored.seq > seq) & stored.has(END))[0]
+        j = int(later[0]) if later.size else None
+        span = slice(i, (j + 1) if j is not None else len(stored))
+        scores = stored.score[span]
+        scores = scores[np.isfinite(scores)]
+        out.append({"machine": config.agent.machine, "event": seq,
+                    "start": _iso(stored.ts[i]),
+                    "end": None if j is None else _iso(stored.ts[j]),
+                    "peak_score": float(scores.max()) if scores.size else None,
+                    "threshold": float(stored.threshold[i]),
+                    "fed_back": seq in given})
+    return out
+
+
 def _chosen(stored: Stored, config: Config, event: int | None, start: float | None,
             end: float | None) -> np.ndarray:
     """Indices into ``stored`` of the intervals an event or a time range names (scored,

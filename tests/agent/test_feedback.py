@@ -347,3 +347,26 @@ def test_embedding_density_held_out_scores_are_the_enrolled_banks(rng):
     assert grown.bank_rows == 27
     np.testing.assert_allclose(rule.score_statistics({"embedding": emb[:3]}),
                                [rule.reduce(e[None]) for e in emb[:3]], atol=1e-12)
+
+
+def test_the_events_the_store_holds_are_listed_for_the_operator(machine):
+    """``harken feedback --events``: the seqs an operator can name, and which were given."""
+    folder, config = machine
+    from harken.agent.operator.feedback import recent_events
+    _, seq = _event(config)
+    events = recent_events(config)
+    assert [e["event"] for e in events if e["event"] == seq] == [seq]
+    assert not any(e["fed_back"] for e in events)
+    assert all(e["peak_score"] >= e["threshold"] for e in events)
+    mark_normal(config, event=seq, operator="alice", via="cli")
+    out = subprocess.run([sys.executable, "-m", "harken.agent.cli", "feedback", "--config",
+                          str(config.source_file), "--events"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    listed = [json.loads(line) for line in out.stdout.splitlines()]
+    assert next(e for e in listed if e["event"] == seq)["fed_back"] is True
+    bad = subprocess.run([sys.executable, "-m", "harken.agent.cli", "feedback", "--config",
+                          str(config.source_file), "--events", "normal"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "take no verdict" in bad.stderr
+    assert "Traceback" not in bad.stderr
