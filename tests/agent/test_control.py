@@ -286,10 +286,9 @@ def test_maintenance_through_the_cli_reaches_the_running_daemon(ae_bundle, wav, 
 
 
 def test_the_runner_hands_its_sinks_the_command_handler_only_when_commands_are_on(
-        ae_bundle, wav, tmp_path, monkeypatch):
+        ae_bundle, wav, tmp_path):
     from harken.agent.runner import Runner
     from harken.agent.config import load_config
-    from harken.agent.sinks.mqtt.settings import MqttSection
     cfg = write_agent_config(
         tmp_path / "agent.toml", agent={"node": "n1", "state_dir": tmp_path / "state"},
         model={"bundle": ae_bundle, "artifact": "onnx-int8"},
@@ -301,7 +300,11 @@ def test_the_runner_hands_its_sinks_the_command_handler_only_when_commands_are_o
         assert all(m.pipeline.maintenance is not None for m in runner.machines)
     finally:
         runner.close()
-    monkeypatch.setattr(MqttSection, "commands", True, raising=False)   # part C's key
+    cfg = write_agent_config(
+        tmp_path / "agent.toml", agent={"node": "n1", "state_dir": tmp_path / "state"},
+        model={"bundle": ae_bundle, "artifact": "onnx-int8"},
+        audio={"source": "file", "file": wav}, output={"stdout": False},
+        mqtt={"commands": True}, machines=[{"name": "fan"}, {"name": "pump"}])
     runner = Runner.from_config(load_config(cfg))
     try:
         fan, pump = runner.machines
