@@ -43,6 +43,18 @@ def append(state_dir: Path, record: dict) -> dict:
     return line
 
 
+def check_writable(state_dir: Path) -> None:
+    """Raise the OSError that ``append`` would, before a change is made: a change whose
+    audit line cannot be written (a full disk, a folder where the log goes) is refused
+    whole, never done and then reported as refused."""
+    path = Path(state_dir) / AUDIT_NAME
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    os.close(fd)
+    st = os.statvfs(state_dir)
+    if st.f_bavail * st.f_frsize < 64 * 1024:
+        raise OSError(28, "No space left on device", str(path))
+
+
 def read(state_dir: Path, machine: str | None = None) -> list[dict]:
     """Every line of the log (the older file first), those of ``machine`` if given; lines
     that are not whole JSON objects (a torn write) are skipped."""
