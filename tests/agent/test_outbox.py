@@ -465,3 +465,104 @@ def test_held_scores_on_a_full_disk_evict_old_scores_or_are_counted(tmp_path):
     assert box.held == 0 and box.last_seq == n
     assert box.depth + box.evicted == n + 1                      # none lost silently
     assert [m.payload for m in box.pending(limit=10_000)][-1] == b"y" * 300
+
+
+# -- the same through the publisher and a real Mosquitto (a relay holds PUBACKs, cuts lines)
+
+def _publisher(port: int, hold_s: float):
+    from types import SimpleNamespace
+
+    from harken.agent.sinks.mqtt.publisher import Encoder, Publisher
+    from harken.testkit.mosquitto import PASSWORD, USER
+    settings = SimpleNamespace(host="127.0.0.1", port=port, keepalive=60, username=USER,
+                               resolved_password=lambda: PASSWORD, tls=False, outbox_max=1000,
+                               protocol="auto", ack_timeout_s=30.0, outbox_hold_s=hold_s)
+    return Publisher(settings, f"hold-{port}", Encoder(), lambda _: None)
+
+
+def _scores(listener, topic="hold/score"):
+    return [p for t, p, _ in listener.messages if t == topic]
+
+
+def test_with_a_healthy_broker_delivered_scores_write_no_page(broker, tmp_path):
+    from harken.testkit.mosquitto import Listener
+    from tests.helpers import wait_for
+    listen = Listener(broker.port, topic="hold/#", client_id="hold-listener")
+    pub = _publisher(broker.port, 30.0)
+    box = Outbox(tmp_path / "outbox.db")
+    lane = pub.add_lane(box, lambda m, live: m.payload)
+    pub.start()
+    try:
+        wait_for("the connection", lambda: pub.connected, 30)
+        pub.put(lane, "hold/event", b"start", kind="event")     # the block of ids
+        wait_for("the event delivered", lambda: box.depth == 0, 30)
+        box._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        box._db.execute("PRAGMA wal_autocheckpoint=0")
+        for i in range(100):
+            pub.put(lane, "hold/score", b"%d" % i, seq=i + 1)
+        wait_for("100 scores acknowledged", lambda: box.depth == 0, 60)
+        listen.wait(lambda lt: _scores(lt) == [b"%d".decode() % i for i in range(100)])
+        assert wal_frames(box) == 0 and box.last_seq == 100
+    finally:
+        pub.close()
+        listen.close()
+
+
+def test_scores_held_when_the_line_goes_are_written_at_once_then_delivered(broker, tmp_path):
+    from harken.testkit.mosquitto import Listener, outbox_depth
+    from harken.testkit.relay import Relay
+    from tests.helpers import wait_for
+    relay = Relay(broker.port)
+    listen = Listener(broker.port, topic="hold/#", client_id="hold-listener-2")
+    pub = _publisher(relay.port, 30.0)
+    box = Outbox(tmp_path / "outbox.db")
+    lane = pub.add_lane(box, lambda m, live: m.payload)
+    before = pub.put(lane, "hold/score", b"before", seq=1)      # not connected yet: written
+    assert outbox_depth(box.path) == 1 and box.held == 0 and before > 0
+    pub.start()
+    try:
+        wait_for("the connection", lambda: pub.connected, 30)
+        wait_for("the first score delivered", lambda: box.depth == 0, 30)
+        relay.hold()                                             # no PUBACK comes back
+        for i in range(5):
+            pub.put(lane, "hold/score", f"held{i}".encode(), seq=i + 2)
+        assert box.held == 5 and outbox_depth(box.path) == 0
+        relay.cut()                                              # the line goes: written
+        wait_for("the held scores on disk", lambda: outbox_depth(box.path) == 5, 30)
+        assert box.held == 0
+        for i in range(3):                         # written or held, by the connection
+            pub.put(lane, "hold/score", f"down{i}".encode(), seq=i + 7)
+        relay.release()
+        wait_for("all delivered after the reconnect", lambda: box.depth == 0, 60)
+        want = ["before"] + [f"held{i}" for i in range(5)] + [f"down{i}" for i in range(3)]
+        listen.wait(lambda lt: all(w in _scores(lt) for w in want))
+        got = list(dict.fromkeys(_scores(listen)))               # duplicates allowed
+        assert got == want
+    finally:
+        pub.close()
+        relay.close()
+        listen.close()
+
+
+def test_a_clean_stop_writes_the_unacknowledged_scores(broker, tmp_path):
+    from harken.testkit.relay import Relay
+    from tests.helpers import wait_for
+    relay = Relay(broker.port)
+    pub = _publisher(relay.port, 30.0)
+    box = Outbox(tmp_path / "outbox.db")
+    lane = pub.add_lane(box, lambda m, live: m.payload)
+    pub.start()
+    try:
+        wait_for("the connection", lambda: pub.connected, 30)
+        pub.put(lane, "hold/event", b"start", kind="event")
+        wait_for("the event delivered", lambda: box.depth == 0, 30)
+        relay.hold()
+        for i in range(4):
+            pub.put(lane, "hold/score", f"{i}".encode(), seq=i + 1)
+        assert box.held == 4
+    finally:
+        pub.close()                                              # closes the outbox too
+        relay.close()
+    again = Outbox(tmp_path / "outbox.db")
+    assert [m.payload for m in again.pending()] == [f"{i}".encode() for i in range(4)]
+    assert again.last_seq == 4
