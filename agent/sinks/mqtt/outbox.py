@@ -7,8 +7,8 @@ it at its PUBACK cost about 28 kB of an SD card's writes per score (240 MB a day
 intervals; docs/benchmarks.md "Wear"). So a score put with ``hold=True`` (the publisher
 does so only while a connection is up: a PUBACK can come) is kept in memory, and written
 only when it is not acknowledged within ``hold_s``, when the connection goes (``spill``),
-when more than ``max_held`` wait, when the outbox is closed (a clean stop), or when the
-bound or a refusal needs it. With a healthy broker a score then costs no write at all;
+when more than ``max_held`` wait, at a clean stop (the publisher's flush, and close), or
+when the bound or a refusal needs it. With a healthy broker a score then costs no write at all;
 what a power cut or a kill -9 can lose is a score made in the last ``hold_s`` and not yet
 acknowledged while the broker was up. Events, anomaly-state messages and every message
 made while no connection is up are written at once, as before. Held and written messages

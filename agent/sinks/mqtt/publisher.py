@@ -359,6 +359,9 @@ class Publisher(ConnectionReports):
         still in progress (a TLS handshake takes a while) is waited for within the same
         time; a broker that has already refused or failed is not."""
         deadline = time.monotonic() + flush_s
+        # a stop writes the held scores first: a sink left behind on a frozen connection
+        # (docs/agent.md "Stopping") must not take them with it
+        lane.outbox.spill()
         if self._started and not self._connected.is_set():
             self._settled.wait(flush_s)
         while lane.outbox.depth and self._connected.is_set():
