@@ -600,10 +600,16 @@ def wear_section(r: dict) -> list[str]:
            f"{r['evidence_cap_mb_per_day']:g} | a flapping alarm: events beyond it are not "
            f"kept |"] if "evidence_cap_mb_per_day" in r else []), "",
         f"A figure is good to one 4-KiB page over the {base['intervals'] - short} intervals "
-        f"between the runs ({res:.2f} MB per day). The outbox writes {outbox_kb:.0f} kB per "
-        "score delivered at once: each message is a committed insert and, at the broker's "
-        "PUBACK, a committed delete in SQLite's write-ahead log with `synchronous=FULL`, "
-        "folded into the database every 32 pages (agent/sinks/mqtt/outbox.py). The state "
+        f"between the runs ({res:.2f} MB per day). The outbox writes "
+        + (f"{outbox_kb:.1f} kB per score" if day.get("MQTT outbox", 0.0) >= res else
+           "no measurable bytes per score (below the resolution)")
+        + ": a score on a live connection waits in memory for its PUBACK "
+        "(`mqtt.outbox_hold_s`, 5 s) and is written only if that does not come in time "
+        "(docs/mqtt.md \"Wear\"); events, state messages and everything made while the "
+        "broker is away are written at once (a committed insert and, at the PUBACK, a "
+        "committed delete in SQLite's write-ahead log with `synchronous=FULL`, folded into "
+        "the database every 32 pages: agent/sinks/mqtt/outbox.py), and its start (the "
+        f"database made) writes {r['start_bytes']['mqtt'] / 1e3:.0f} kB once. The state "
         "folder's files after the "
         f"longest run without MQTT: {files}; `recent` is the feedback store (on by default, "
         "docs/agent.md \"The feedback store\"): it appends each interval's record without "

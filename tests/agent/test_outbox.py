@@ -324,3 +324,245 @@ def test_refused_messages_are_kept_apart_bounded_and_put_back_in_order(tmp_path)
     assert [m.payload for m in box.pending()] == [b"12", b"13", b"2", b"3"]
     assert box.refused_count == 8 and box.last_seq == 14
     box.close()
+
+
+# -- held scores (docs/mqtt.md "Wear"): a score a live connection delivers is written only
+# when its PUBACK does not come within hold_s
+
+def wal_frames(box: Outbox) -> int:
+    """Pages written to the write-ahead log since it was last reset (the caller turned the
+    automatic checkpoint off, so the log only grows): what the outbox wrote, in pages."""
+    wal = box.path.with_name(box.path.name + "-wal")
+    size = wal.stat().st_size if wal.exists() else 0
+    page = int(box._db.execute("PRAGMA page_size").fetchone()[0])
+    return max(0, size - 32) // (page + 24)
+
+
+def test_held_scores_acknowledged_in_time_cost_no_write_per_score(tmp_path):
+    """The bound in pages: 500 scores put and acknowledged cost at most the one block
+    reservation; written at once, each costs an insert and a delete (>= 2 commits)."""
+    counts = {}
+    for hold_s in (5.0, 0.0):
+        box = Outbox(tmp_path / f"o-{hold_s}.db", hold_s=hold_s)
+        box.put("s", b"first", seq=1)                     # the first write reserves ids
+        box._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        box._db.execute("PRAGMA wal_autocheckpoint=0")    # the log only grows from here
+        for i in range(500):
+            box.ack(box.put("s", b"x" * 300, seq=i + 2, hold=True))
+        assert box.depth == 1 and box.held == 0 and box.last_seq == 501
+        counts[hold_s] = wal_frames(box)
+        box.close()
+    assert counts[5.0] == 0, counts
+    assert counts[0.0] >= 2 * 500, counts
+
+
+def test_held_scores_keep_their_ids_and_order_among_written_messages(tmp_path):
+    box = Outbox(tmp_path / "o.db", hold_s=5.0)
+    box.put("e", b"start", kind="event")                  # written: reserves a block
+    a = box.put("s", b"a", seq=1, hold=True)
+    e = box.put("e", b"event", kind="event")              # written at once, between
+    b = box.put("s", b"b", seq=2, hold=True)
+    r = box.put("st", b"ON", retain=True, kind="state", hold=True)   # retained: never held
+    assert a < e < b < r and box.held == 2 and box.depth == 5
+    assert [m.payload for m in box.pending()] == [b"start", b"a", b"event", b"b", b"ON"]
+    assert [m.id for m in box.pending(after_id=a, limit=2)] == [e, b]
+    assert box.spill() == 2 and box.held == 0                      # written: the same ids
+    assert [(m.id, m.payload) for m in box.pending()][1:] == [(a, b"a"), (e, b"event"),
+                                                              (b, b"b"), (r, b"ON")]
+    box.close()
+    again = Outbox(tmp_path / "o.db")
+    assert [m.payload for m in again.pending()] == [b"start", b"a", b"event", b"b", b"ON"]
+    assert again.last_seq == 2
+
+
+def test_a_held_score_is_written_when_not_acknowledged_within_hold_s(tmp_path):
+    from tests.helpers import wait_for
+    box = Outbox(tmp_path / "o.db", hold_s=0.2)
+    box.put("e", b"start", kind="event")
+    late = box.put("s", b"late", seq=1, hold=True)
+    assert box.spill(due_only=True) == 0 and box.held == 1      # not due yet
+    wait_for("the score written after hold_s", lambda: box.spill(due_only=True) == 1, 10)
+    on_disk = box._db.execute("SELECT id, payload FROM messages WHERE kind = 'score'").fetchall()
+    assert on_disk == [(late, b"late")] and box.depth == 2
+    box.ack(late)                                                # acknowledged after all
+    assert box.depth == 1
+
+
+def test_a_clean_close_writes_the_unacknowledged_held_scores(tmp_path):
+    box = Outbox(tmp_path / "o.db", hold_s=5.0)
+    box.put("e", b"start", kind="event")
+    ids = [box.put("s", f"{i}".encode(), seq=i + 1, hold=True) for i in range(5)]
+    box.ack(ids[1])
+    assert box.held == 4
+    box.close()
+    again = Outbox(tmp_path / "o.db")
+    assert [(m.id, m.payload) for m in again.pending()][1:] == \
+        [(ids[i], f"{i}".encode()) for i in (0, 2, 3, 4)]
+    assert again.last_seq == 5
+
+
+def test_too_many_held_are_written_together_and_eviction_sees_them(tmp_path):
+    box = Outbox(tmp_path / "o.db", max_messages=12, hold_s=5.0, max_held=4)
+    box.put("e", b"start", kind="event")
+    for i in range(4):
+        box.put("s", f"{i}".encode(), seq=i + 1, hold=True)
+    assert box.held == 4
+    box.put("s", b"4", seq=5, hold=True)                         # a fifth: all five written
+    assert box.held == 0 and box.depth == 6
+    for i in range(5, 12):
+        box.put("s", f"{i}".encode(), seq=i + 1, hold=True)
+    # 13 messages for 12 places: the oldest score goes, held or not
+    assert box.depth == 12 and box.evicted == 1
+    assert [m.payload for m in box.pending()] == [b"start"] + [f"{i}".encode()
+                                                               for i in range(1, 12)]
+
+
+def test_a_held_score_refused_goes_to_the_refused_store(tmp_path):
+    box = Outbox(tmp_path / "o.db", hold_s=5.0)
+    box.put("e", b"start", kind="event")
+    held = box.put("s", b"too big", seq=1, hold=True)
+    assert box.refuse(held, "Packet too large (0x95)") and box.held == 0
+    assert [(r.payload, r.reason) for r in box.refused()] == [(b"too big",
+                                                              "Packet too large (0x95)")]
+    assert not box.refuse(held, "again")
+    assert box.resend() == 1 and [m.payload for m in box.pending()] == [b"start", b"too big"]
+
+
+def test_a_resend_by_another_process_never_collides_with_held_ids_nor_skips_later_ones(tmp_path):
+    """`harken outbox --resend` beside a running agent: its rows get ids above the agent's
+    reserved block; the agent, once it sees them, takes its next ids above them, so a
+    sender that has sent them (its last_sent beyond them) still sees what comes later."""
+    agent = Outbox(tmp_path / "o.db", hold_s=5.0)
+    first = agent.put("s", b"refused", seq=1)
+    assert agent.refuse(first, "Not authorized (0x87)")
+    held = agent.put("s", b"held", seq=2, hold=True)
+    cli = Outbox(tmp_path / "o.db")                              # the other process
+    assert cli.resend() == 1
+    cli.close()
+    got = agent.pending()
+    assert [m.payload for m in got] == [b"held", b"refused"] and got[0].id == held
+    last_sent = got[-1].id
+    later = agent.put("s", b"later", seq=3, hold=True)           # after the sender saw them
+    assert later > last_sent and [m.payload for m in agent.pending(after_id=last_sent)] == \
+        [b"later"]
+    agent.spill()
+    assert [m.payload for m in agent.pending()] == [b"held", b"refused", b"later"]
+
+
+def test_held_scores_on_a_full_disk_evict_old_scores_or_are_counted(tmp_path):
+    box = Outbox(tmp_path / "o.db", hold_s=5.0)
+    box._db.execute("PRAGMA max_page_count = 12")
+    box.put("e", b"start", kind="event")
+    n = 0
+    while not box.disk_full:                                     # the broker is away
+        n += 1
+        box.put("s", b"x" * 300, seq=n)
+    for i in range(40):                                          # connected again: held
+        n += 1
+        box.put("s", b"y" * 300, seq=n, hold=True)
+    assert box.held == 40
+    box.spill()                                                  # the connection went
+    assert box.held == 0 and box.last_seq == n
+    assert box.depth + box.evicted == n + 1                      # none lost silently
+    assert [m.payload for m in box.pending(limit=10_000)][-1] == b"y" * 300
+
+
+# -- the same through the publisher and a real Mosquitto (a relay holds PUBACKs, cuts lines)
+
+def _publisher(port: int, hold_s: float):
+    from types import SimpleNamespace
+
+    from harken.agent.sinks.mqtt.publisher import Encoder, Publisher
+    from harken.testkit.mosquitto import PASSWORD, USER
+    settings = SimpleNamespace(host="127.0.0.1", port=port, keepalive=60, username=USER,
+                               resolved_password=lambda: PASSWORD, tls=False, outbox_max=1000,
+                               protocol="auto", ack_timeout_s=30.0, outbox_hold_s=hold_s)
+    return Publisher(settings, f"hold-{port}", Encoder(), lambda _: None)
+
+
+def _scores(listener, topic="hold/score"):
+    return [p for t, p, _ in listener.messages if t == topic]
+
+
+def test_with_a_healthy_broker_delivered_scores_write_no_page(broker, tmp_path):
+    from harken.testkit.mosquitto import Listener
+    from tests.helpers import wait_for
+    listen = Listener(broker.port, topic="hold/#", client_id="hold-listener")
+    pub = _publisher(broker.port, 30.0)
+    box = Outbox(tmp_path / "outbox.db")
+    lane = pub.add_lane(box, lambda m, live: m.payload)
+    pub.start()
+    try:
+        wait_for("the connection", lambda: pub.connected, 30)
+        pub.put(lane, "hold/event", b"start", kind="event")     # the block of ids
+        wait_for("the event delivered", lambda: box.depth == 0, 30)
+        box._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        box._db.execute("PRAGMA wal_autocheckpoint=0")
+        for i in range(100):
+            pub.put(lane, "hold/score", b"%d" % i, seq=i + 1)
+        wait_for("100 scores acknowledged", lambda: box.depth == 0, 60)
+        listen.wait(lambda lt: _scores(lt) == [b"%d".decode() % i for i in range(100)])
+        assert wal_frames(box) == 0 and box.last_seq == 100
+    finally:
+        pub.close()
+        listen.close()
+
+
+def test_scores_held_when_the_line_goes_are_written_at_once_then_delivered(broker, tmp_path):
+    from harken.testkit.mosquitto import Listener, outbox_depth
+    from harken.testkit.relay import Relay
+    from tests.helpers import wait_for
+    relay = Relay(broker.port)
+    listen = Listener(broker.port, topic="hold/#", client_id="hold-listener-2")
+    pub = _publisher(relay.port, 30.0)
+    box = Outbox(tmp_path / "outbox.db")
+    lane = pub.add_lane(box, lambda m, live: m.payload)
+    before = pub.put(lane, "hold/score", b"before", seq=1)      # not connected yet: written
+    assert outbox_depth(box.path) == 1 and box.held == 0 and before > 0
+    pub.start()
+    try:
+        wait_for("the connection", lambda: pub.connected, 30)
+        wait_for("the first score delivered", lambda: box.depth == 0, 30)
+        relay.hold()                                             # no PUBACK comes back
+        for i in range(5):
+            pub.put(lane, "hold/score", f"held{i}".encode(), seq=i + 2)
+        assert box.held == 5 and outbox_depth(box.path) == 0
+        relay.cut()                                              # the line goes: written
+        wait_for("the held scores on disk", lambda: outbox_depth(box.path) == 5, 30)
+        assert box.held == 0
+        for i in range(3):                         # written or held, by the connection
+            pub.put(lane, "hold/score", f"down{i}".encode(), seq=i + 7)
+        relay.release()
+        wait_for("all delivered after the reconnect", lambda: box.depth == 0, 60)
+        want = ["before"] + [f"held{i}" for i in range(5)] + [f"down{i}" for i in range(3)]
+        listen.wait(lambda lt: all(w in _scores(lt) for w in want))
+        got = list(dict.fromkeys(_scores(listen)))               # duplicates allowed
+        assert got == want
+    finally:
+        pub.close()
+        relay.close()
+        listen.close()
+
+
+def test_a_clean_stop_writes_the_unacknowledged_scores(broker, tmp_path):
+    from harken.testkit.relay import Relay
+    from tests.helpers import wait_for
+    relay = Relay(broker.port)
+    pub = _publisher(relay.port, 30.0)
+    box = Outbox(tmp_path / "outbox.db")
+    lane = pub.add_lane(box, lambda m, live: m.payload)
+    pub.start()
+    try:
+        wait_for("the connection", lambda: pub.connected, 30)
+        pub.put(lane, "hold/event", b"start", kind="event")
+        wait_for("the event delivered", lambda: box.depth == 0, 30)
+        relay.hold()
+        for i in range(4):
+            pub.put(lane, "hold/score", f"{i}".encode(), seq=i + 1)
+        assert box.held == 4
+    finally:
+        pub.close()                                              # closes the outbox too
+        relay.close()
+    again = Outbox(tmp_path / "outbox.db")
+    assert [m.payload for m in again.pending()] == [f"{i}".encode() for i in range(4)]
+    assert again.last_seq == 4

@@ -1,10 +1,28 @@
-"""The durable outbox: every score, event and anomaly-state message waits here, on disk,
-until the broker acknowledges it (PUBACK). SQLite in WAL mode with synchronous=FULL, so
-a message the agent has handed over survives a restart or a power cut; delivery follows
-the insertion order.
+"""The durable outbox: every score, event and anomaly-state message waits here until the
+broker acknowledges it (PUBACK). SQLite in WAL mode with synchronous=FULL, so a message
+written to it survives a restart or a power cut; delivery follows the insertion order.
 
-The outbox also owns ``seq``: the next sequence number is stored with the message that
-used the previous one, in one transaction, so ``seq`` increases strictly across restarts.
+Held scores (docs/mqtt.md "Delivery guarantees", "Wear"). Writing each score and deleting
+it at its PUBACK cost about 28 kB of an SD card's writes per score (240 MB a day at 10-s
+intervals; docs/benchmarks.md "Wear"). So a score put with ``hold=True`` (the publisher
+does so only while a connection is up: a PUBACK can come) is kept in memory, and written
+only when it is not acknowledged within ``hold_s``, when the connection goes (``spill``),
+when more than ``max_held`` wait, at a clean stop (the publisher's flush, and close), or
+when the bound or a refusal needs it. With a healthy broker a score then costs no write at all;
+what a power cut or a kill -9 can lose is a score made in the last ``hold_s`` and not yet
+acknowledged while the broker was up. Events, anomaly-state messages and every message
+made while no connection is up are written at once, as before. Held and written messages
+share one order of ids: an id given to a held message is the one it keeps when written,
+``pending``, ``depth``, eviction, refusal and the full-disk handling see both.
+
+Ids are taken from blocks reserved in SQLite's ``sqlite_sequence`` within a write (so that
+``harken outbox --resend`` in another process inserts above the ids held here in memory);
+a row another process put in above the block starts a new block above it, so delivery
+keeps the insertion order.
+
+``seq``: the last ``seq`` put is stored with every write and at close (``meta``
+``last_seq``); the seq reservation (agent/seqstore.py) is what keeps ``seq`` strictly
+increasing across restarts, this is the floor a restart also respects.
 
 Bounded: beyond ``max_messages`` the oldest *score* messages are evicted first (events
 and anomaly-state messages are what an operator acts on, and are kept while any score is
@@ -41,7 +59,8 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harken.common.errors import EnvironmentFailure
@@ -80,7 +99,7 @@ class Message:
     qos: int
     retain: bool
     kind: str                     # score | event | anomaly | ...: eviction takes scores first
-    created: float                # time.time() when it was stored
+    created: float                # time.time() when it was put
 
 
 @dataclass(frozen=True)
@@ -110,6 +129,22 @@ def _disk_full(exc: sqlite3.OperationalError) -> bool:
         "database or disk is full" in str(exc)
 
 
+ID_BLOCK = 4096       # message ids reserved per write while scores may be held
+MAX_HELD = 256        # scores held in memory at most; more are written at once, together
+
+
+def _with_id(message: Message, message_id: int) -> Message:
+    return replace(message, id=message_id)
+
+
+@dataclass
+class _Held:
+    """A score held in memory: the message, its seq, when it must be written (monotonic)."""
+    message: Message
+    seq: int | None
+    due: float
+
+
 # SQLITE_CORRUPT, SQLITE_NOTADB: a file that is no (longer a) database, set aside at open
 _DAMAGED = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 _log = logging.getLogger(__name__)
@@ -118,17 +153,24 @@ _log = logging.getLogger(__name__)
 class Outbox:
     reserve_bytes = 256 * 1024       # the log (<= 128 KiB), its index (32 KiB) and room to work
 
-    def __init__(self, path: Path, max_messages: int = 100_000) -> None:
+    def __init__(self, path: Path, max_messages: int = 100_000, hold_s: float = 0.0,
+                 max_held: int = MAX_HELD) -> None:
         if max_messages < 10:
             raise ValueError(f"outbox max_messages must be at least 10, got {max_messages}")
+        if hold_s < 0:
+            raise ValueError(f"outbox hold_s must be at least 0, got {hold_s}")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.max_messages = path, max_messages
+        self.hold_s, self.max_held = float(hold_s), max_held    # 0: every message written
         self._lock = threading.Lock()          # paho's thread acks, the main thread puts
         self.disk_full = False
         self._full_pages = 0                   # the database's size when the disk filled
         self._dropped = 0                      # evictions the full disk kept from meta
-        self._unsaved_seq = 0                  # a dropped message's seq (kept in memory)
+        self._seq_seen = 0                     # the highest seq put (stored with each write)
         self.stale_dropped = 0                 # old retained messages the last resend dropped
+        self._held: OrderedDict[int, _Held] = OrderedDict()    # id -> held score, oldest first
+        self._next_id, self._id_end = 1, 0     # the ids reserved and not yet given: none
+        self.spill_error: str | None = None    # the last failed background write, if any
         try:
             wrong = self._open(path)
         except sqlite3.DatabaseError as exc:
@@ -199,7 +241,7 @@ class Outbox:
     @property
     def last_seq(self) -> int:
         with self._lock:
-            return max(self._meta("last_seq"), self._unsaved_seq)
+            return max(self._meta("last_seq"), self._seq_seen)
 
     @property
     def evicted(self) -> int:
@@ -208,8 +250,18 @@ class Outbox:
 
     @property
     def depth(self) -> int:
+        """Messages waiting for their PUBACK: written and held."""
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+            return self._rows() + len(self._held)
+
+    @property
+    def held(self) -> int:
+        """Scores held in memory (not written yet)."""
+        with self._lock:
+            return len(self._held)
+
+    def _rows(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
 
     @property
     def refused_count(self) -> int:
@@ -226,26 +278,71 @@ class Outbox:
         return row[0] if row else None
 
     def put(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
-            kind: str = "score", seq: int | None = None) -> int:
-        """Store one message (and the seq it used) durably; returns its id, or -1 when a
-        full disk left no room even after evicting old scores (the message is counted as
-        evicted)."""
-        row = (topic, payload, qos, int(retain), kind, time.time())
+            kind: str = "score", seq: int | None = None, hold: bool = False) -> int:
+        """Store one message (and the seq it used); returns its id, or -1 when a full disk
+        left no room even after evicting old scores (the message is counted as evicted).
+        ``hold``: a score that a live connection is about to deliver, kept in memory and
+        written only if it is not acknowledged within ``hold_s`` (module docstring); a
+        retained message, or any message while ``hold_s`` is 0, is written at once."""
         with self._lock:
-            if self._free_bytes() < self.reserve_bytes:
-                return self._insert_on_full_disk(row, seq)
+            if seq is not None:
+                self._seq_seen = max(self._seq_seen, seq)
+            message = Message(0, topic, payload, qos, bool(retain), kind, time.time())
+            if hold and self.hold_s > 0 and not retain and self._next_id <= self._id_end:
+                message_id = self._next_id
+                self._next_id += 1
+                self._held[message_id] = _Held(_with_id(message, message_id), seq,
+                                               time.monotonic() + self.hold_s)
+                if len(self._held) > self.max_held or \
+                        self._rows() + len(self._held) > self.max_messages:
+                    self._write(self._take_held(None))     # all of them, in one transaction
+                else:
+                    self._write(self._take_held(time.monotonic()))
+                return message_id
+            batch = [(message, seq)]
+            if self._held and self._rows() + len(self._held) + 1 > self.max_messages:
+                batch = self._take_held(None) + batch     # eviction must see them on disk
+            return self._write(batch)[-1]
+
+    def spill(self, due_only: bool = False) -> int:
+        """Write the held scores (those held for ``hold_s`` with ``due_only``): the publisher
+        calls it each round, with ``due_only`` while a connection is up, and without when
+        none is (no PUBACK can come). Never raises: a failed write keeps them held, retried
+        at the next call, and says why in ``spill_error``. Returns how many were written."""
+        with self._lock:
+            batch = self._take_held(time.monotonic() if due_only else None)
             try:
-                row_id = self._insert(row, seq)
-            except sqlite3.OperationalError as exc:
-                if not _disk_full(exc):
-                    raise
-                row_id = self._insert_on_full_disk(row, seq)
-            else:
-                # the disk counts as full until the outbox has grown past the size it had
-                # when it filled (rows fitting into pages evictions freed prove nothing)
-                if self.disk_full and self._pages() > self._full_pages:
-                    self.disk_full = False
-            return row_id
+                self._write(batch)
+            except sqlite3.Error as exc:
+                self.spill_error = str(exc)
+                return 0
+            self.spill_error = None
+            return len(batch)
+
+    def _take_held(self, now: float | None) -> list[tuple[Message, int | None]]:
+        """The held scores due at ``now`` (all with None), oldest first. They stay held
+        until ``_write`` has stored (or dropped) them. The caller holds the lock."""
+        return [(h.message, h.seq) for h in self._held.values() if now is None or h.due <= now]
+
+    def _write(self, batch: list[tuple[Message, int | None]]) -> list[int]:
+        """Store ``batch`` in one transaction (a message with id 0 gets the next id); on a
+        full disk one by one, evicting old scores. The ids, -1 for a dropped message. The
+        caller holds the lock."""
+        if not batch:
+            return []
+        if self._free_bytes() < self.reserve_bytes:
+            return [self._insert_on_full_disk(m, seq) for m, seq in batch]
+        try:
+            ids = self._insert(batch)
+        except sqlite3.OperationalError as exc:
+            if not _disk_full(exc):
+                raise
+            return [self._insert_on_full_disk(m, seq) for m, seq in batch]
+        # the disk counts as full until the outbox has grown past the size it had when it
+        # filled (rows fitting into pages evictions freed prove nothing)
+        if self.disk_full and self._pages() > self._full_pages:
+            self.disk_full = False
+        return ids
 
     def _free_bytes(self) -> int:
         st = os.statvfs(self.path.parent)
@@ -254,32 +351,59 @@ class Outbox:
     def _pages(self) -> int:
         return int(self._db.execute("PRAGMA page_count").fetchone()[0])
 
-    def _insert(self, row: tuple, seq: int | None) -> int:
+    def _ids(self, db: sqlite3.Connection, n: int) -> tuple[int, int]:
+        """The first of ``n`` new ids and the end of the reserved block after them, in the
+        caller's transaction: from the block reserved, else a new block above every id
+        given (here, or by another process: ``harken outbox --resend``), reserved in
+        ``sqlite_sequence``. Applied by the caller after its COMMIT."""
+        if self._next_id + n - 1 <= self._id_end:
+            return self._next_id, self._id_end
+        stored = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
+        top = max(stored[0] if stored else 0, self._id_end,
+                  int(db.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]))
+        first = top + 1
+        end = first + max(n, ID_BLOCK if self.hold_s > 0 else 0) - 1
+        if db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'messages'",
+                      (end,)).rowcount == 0:
+            db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('messages', ?)", (end,))
+        return first, end
+
+    def _insert(self, batch: list[tuple[Message, int | None]]) -> list[int]:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            cur = db.execute("INSERT INTO messages (topic, payload, qos, retain, kind, "
-                             "created) VALUES (?, ?, ?, ?, ?, ?)", row)
-            # a seq a dropped message used is stored with the next message that gets in
-            top = max(seq or 0, self._unsaved_seq)
-            if top:
+            first, end = self._ids(db, sum(1 for m, _ in batch if not m.id))
+            ids, given = [], first
+            for m, _ in batch:
+                if not m.id:
+                    m, given = _with_id(m, given), given + 1
+                db.execute("INSERT INTO messages (id, topic, payload, qos, retain, kind, "
+                           "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (m.id, m.topic, m.payload, m.qos, int(m.retain), m.kind, m.created))
+                ids.append(m.id)
+            # every seq put so far (a held or dropped message's too) is stored with it
+            if self._seq_seen:
                 db.execute("UPDATE meta SET value = MAX(value, ?) WHERE key = 'last_seq'",
-                           (top,))
+                           (self._seq_seen,))
             if self._dropped:                 # room again: record the earlier drops for good
                 db.execute("UPDATE meta SET value = value + ? WHERE key = 'evicted'",
                            (self._dropped,))
             self._evict(db)
             db.execute("COMMIT")
             self._dropped = 0
+            self._next_id, self._id_end = given, end
+            for i in ids:
+                self._held.pop(i, None)
         except BaseException:
             if db.in_transaction:             # SQLite may have rolled back by itself
                 db.execute("ROLLBACK")
             raise
-        return int(cur.lastrowid)
+        return ids
 
-    def _insert_on_full_disk(self, row: tuple, seq: int | None) -> int:
+    def _insert_on_full_disk(self, message: Message, seq: int | None) -> int:
         """Evict ever more of the oldest scores until the message fits; if nothing frees
-        enough, drop the message itself (counted) and keep ``seq`` in memory only."""
+        enough, drop the message itself (counted; a held one leaves memory) and keep
+        ``seq`` in memory only."""
         if not self.disk_full:
             self.disk_full, self._full_pages = True, self._pages()
         for share in (0.01, 0.1, 0.5, 1.0):
@@ -288,13 +412,12 @@ class Outbox:
                 # into the pages they freed) and truncated
                 self._evict_oldest_scores(share)
                 self._checkpoint()
-                return self._insert(row, seq)
+                return self._insert([(message, seq)])[0]
             except sqlite3.OperationalError as exc:
                 if not _disk_full(exc):
                     raise
         self._dropped += 1
-        if seq is not None:
-            self._unsaved_seq = max(self._unsaved_seq, seq)
+        self._held.pop(message.id, None)
         return -1
 
     def _checkpoint(self) -> None:
@@ -338,18 +461,27 @@ class Outbox:
                 return
 
     def pending(self, after_id: int = 0, limit: int = 100) -> list[Message]:
-        """Oldest undelivered messages with id > ``after_id``, in order."""
+        """Oldest undelivered messages (written or held) with id > ``after_id``, in order."""
         with self._lock:
             rows = self._db.execute("SELECT id, topic, payload, qos, retain, kind, created "
                                     "FROM messages WHERE id > ? ORDER BY id LIMIT ?",
-                                    (after_id, limit))
-            return [Message(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5], r[6])
-                    for r in rows]
+                                    (after_id, limit)).fetchall()
+            if rows and rows[-1][0] > self._id_end and self._id_end:
+                # a row another process put in above the ids reserved here (harken outbox
+                # --resend): the next id is taken above it, so nothing made later is
+                # ordered before a row already sent
+                self._id_end = self._next_id - 1
+            out = [Message(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5], r[6]) for r in rows]
+            out += [h.message for i, h in self._held.items() if i > after_id]
+            out.sort(key=lambda m: m.id)
+            return out[:limit]
 
     def ack(self, message_id: int) -> None:
         """The broker has it: forget it. On a full disk the row stays and is sent again
         later (the same seq: subscribers de-duplicate); paho's thread must not die of it."""
         with self._lock:
+            if self._held.pop(message_id, None) is not None:
+                return                        # never written: nothing to delete
             try:
                 # a retained message acknowledged: the newest value of its topic at the
                 # broker, which no resent older one may replace
@@ -369,15 +501,27 @@ class Outbox:
         full disk leaves it where it is: it is sent again, and refused again."""
         with self._lock:
             db = self._db
+            held = self._held.get(message_id)
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    moved = db.execute(
-                        "INSERT INTO refused (topic, payload, qos, retain, kind, created, "
-                        "reason, refused) SELECT topic, payload, qos, retain, kind, created, "
-                        "?, ? FROM messages WHERE id = ?",
-                        (reason, time.time(), message_id)).rowcount
-                    db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+                    if held is not None:
+                        m = held.message
+                        db.execute("INSERT INTO refused (topic, payload, qos, retain, kind, "
+                                   "created, reason, refused) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                   (m.topic, m.payload, m.qos, int(m.retain), m.kind,
+                                    m.created, reason, time.time()))
+                        if held.seq:
+                            db.execute("UPDATE meta SET value = MAX(value, ?) WHERE key = "
+                                       "'last_seq'", (self._seq_seen,))
+                        moved = 1
+                    else:
+                        moved = db.execute(
+                            "INSERT INTO refused (topic, payload, qos, retain, kind, created, "
+                            "reason, refused) SELECT topic, payload, qos, retain, kind, "
+                            "created, ?, ? FROM messages WHERE id = ?",
+                            (reason, time.time(), message_id)).rowcount
+                        db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
                     excess = int(db.execute("SELECT COUNT(*) FROM refused").fetchone()[0]) \
                         - self.max_messages
                     if excess > 0:
@@ -386,6 +530,7 @@ class Outbox:
                         db.execute("UPDATE meta SET value = value + ? WHERE key = 'evicted'",
                                    (excess,))
                     db.execute("COMMIT")
+                    self._held.pop(message_id, None)
                 except BaseException:
                     if db.in_transaction:
                         db.execute("ROLLBACK")
@@ -422,12 +567,18 @@ class Outbox:
                 stale = self._stale_retained(db, where, args)
                 db.executemany("DELETE FROM refused WHERE id = ?", [(i,) for i in stale])
                 self.stale_dropped = len(stale)
-                n = db.execute(f"INSERT INTO messages (topic, payload, qos, retain, kind, "
-                               f"created) SELECT topic, payload, qos, retain, kind, created "
-                               f"FROM refused {where} ORDER BY id", args).rowcount
+                back = db.execute(f"SELECT topic, payload, qos, retain, kind, created FROM "
+                                  f"refused {where} ORDER BY id", args).fetchall()
+                # the ids as every insert takes them: above any held here or elsewhere
+                first, end = self._ids(db, len(back))
+                db.executemany("INSERT INTO messages (id, topic, payload, qos, retain, kind, "
+                               "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               [(first + i, *row) for i, row in enumerate(back)])
+                n = len(back)
                 db.execute(f"DELETE FROM refused {where}", args)
                 self._evict(db)
                 db.execute("COMMIT")
+                self._next_id, self._id_end = first + n, end
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
@@ -455,5 +606,18 @@ class Outbox:
         return stale
 
     def close(self) -> None:
+        """A clean stop: the held scores are written (on a full disk, what fits), the last
+        seq stored, then the database closed."""
         with self._lock:
-            self._db.close()
+            try:
+                if self._held:
+                    self._write(self._take_held(None))
+                elif self._seq_seen > self._meta("last_seq"):
+                    self._db.execute("UPDATE meta SET value = MAX(value, ?) WHERE key = "
+                                     "'last_seq'", (self._seq_seen,))
+            except sqlite3.Error as exc:
+                _log.warning(f"{self.path}: {len(self._held)} unacknowledged score(s) could "
+                             f"not be written at the stop ({exc}); they are lost")
+            finally:
+                self._held.clear()
+                self._db.close()

@@ -10,6 +10,10 @@ It owns delivery, once:
 - the sender thread, which publishes the rows of durable outboxes (agent/sinks/mqtt/
   outbox.py) oldest first with at most ``WINDOW`` of them unacknowledged;
 - acking: a row leaves its outbox only when the broker's PUBACK for it arrives;
+- holding (docs/mqtt.md "Wear"): a score put while a connection is up is held in the
+  outbox's memory, written only if no PUBACK comes within ``mqtt.outbox_hold_s``; each
+  sender round writes the held scores that are due, and all of them while no connection
+  is up;
 - refusals (docs/mqtt.md "Refused messages"): a PUBACK with a failure reason code (MQTT 5),
   a row larger than the broker's Maximum Packet Size (never sent), or a row in flight each
   time the broker closed the connection (``STRIKES`` times in a row: what a broker does to
@@ -213,6 +217,8 @@ class Publisher(ConnectionReports):
         self._speaks_tls: bool | None = None    # a plain client's port, looked at once
         self._last_ack = 0.0                    # time.monotonic() of the last PUBACK
         self._ack_timeout_s = float(getattr(settings, "ack_timeout_s", 30.0))
+        self._hold_s = float(getattr(settings, "outbox_hold_s", 0.0))
+        self._spill_said: str | None = None     # the last failed write of held scores, said
         self._ack_msg = (f"no acknowledgement from {settings.host}:{settings.port} within "
                          f"mqtt.ack_timeout_s = {self._ack_timeout_s:g} s: the connection is "
                          f"dead; reconnecting")
@@ -258,6 +264,7 @@ class Publisher(ConnectionReports):
 
     def add_lane(self, outbox: Outbox, encode: Callable[[Message, bool], bytes]) -> Lane:
         lane = Lane(outbox, encode)
+        outbox.hold_s = self._hold_s            # scores held while connected (mqtt settings)
         with self.lock:
             self._lanes.append(lane)
         self._wake.set()
@@ -271,7 +278,9 @@ class Publisher(ConnectionReports):
         # under the lock, so the sender cannot judge a row before its connection is noted
         with self.lock:
             session = self._session if self._connected.is_set() else None
-            row = lane.outbox.put(topic, payload, qos=qos, retain=retain, kind=kind, seq=seq)
+            # a score on a live connection is held: its PUBACK may spare the write
+            row = lane.outbox.put(topic, payload, qos=qos, retain=retain, kind=kind, seq=seq,
+                                  hold=session is not None and kind == "score")
             if row >= 0 and session is not None:
                 lane.made_in[row] = session
             if row >= 0 and arrived is not None:
@@ -350,6 +359,9 @@ class Publisher(ConnectionReports):
         still in progress (a TLS handshake takes a while) is waited for within the same
         time; a broker that has already refused or failed is not."""
         deadline = time.monotonic() + flush_s
+        # a stop writes the held scores first: a sink left behind on a frozen connection
+        # (docs/agent.md "Stopping") must not take them with it
+        lane.outbox.spill()
         if self._started and not self._connected.is_set():
             self._settled.wait(flush_s)
         while lane.outbox.depth and self._connected.is_set():
@@ -443,6 +455,7 @@ class Publisher(ConnectionReports):
         self._early = 0 if was or refused else self._early + 1
         self._connected.clear()
         self._settled.set()
+        self._wake.set()                        # the sender writes the held scores now
         if self._stop.is_set():
             return
         if was:
@@ -636,6 +649,7 @@ class Publisher(ConnectionReports):
         while not self._stop.is_set():
             self._wake.wait(min(1.0, self._ack_timeout_s / 4))
             self._wake.clear()
+            self._spill(due_only=self._connected.is_set())
             if not self._connected.is_set():
                 continue
             if self._acks_overdue():
@@ -648,6 +662,20 @@ class Publisher(ConnectionReports):
                         self._refuse_pending(lane, held)
                     elif held is None and not self._send_pending(lane):
                         break
+
+    def _spill(self, due_only: bool) -> None:
+        """Write the held scores that waited ``mqtt.outbox_hold_s`` (all of them while no
+        connection is up: no PUBACK can come). A failed write is said once per reason and
+        retried at the next round (the scores stay held)."""
+        with self.lock:
+            lanes = list(self._lanes)
+        for lane in lanes:
+            lane.outbox.spill(due_only)
+            error = lane.outbox.spill_error
+            if error and error != self._spill_said:
+                self.log(f"{lane.outbox.path}: cannot write the unacknowledged scores "
+                         f"({error}); they stay in memory and are tried again")
+            self._spill_said = error
 
     def _acks_overdue(self) -> bool:
         """Rows in flight and no PUBACK for ``mqtt.ack_timeout_s``: a network that loses

@@ -83,6 +83,9 @@ class MqttSection(SinkSettings):
     tls_insecure: bool = False        # certificate verification off: logged as a warning
     outbox: Annotated[str, AfterValidator(_outbox_name)] = "outbox.db"   # in agent.state_dir
     outbox_max: Count(10, 10**9, "messages") = 100_000
+    # a score is held in memory this long for its PUBACK before it is written (an SD card's
+    # wear; docs/mqtt.md "Wear"); 0 writes every message at once
+    outbox_hold_s: Seconds(0, 60) = 5.0
     profile: Literal["json", "sparkplug-b", "both"] = "json"   # docs/mqtt.md
     group_id: SparkplugId = "harken"  # Sparkplug group
     edge_node_id: SparkplugId | None = None   # default: agent.node
