@@ -10,8 +10,7 @@ so to the sinks and the audit log, ``via: "expiry"``), also across a restart. A 
 is set aside (renamed ``.damaged-<UTC time>``, one warning naming it) and the machine starts
 out of maintenance: a machine that alarms by mistake is heard, a silenced one is not. Damaged
 means: not a regular file (a folder, say), not the record, or values out of range (``until``
-before ``since`` or more than 30 days after it, ``since`` more than a day ahead of this
-device's clock): a hand-edited ``until`` of 1e300 must not silence a machine for ever. A
+more than 30 days after ``since``, ``since`` more than a day ahead of this device's clock): a hand-edited ``until`` of 1e300 must not silence a machine for ever. A
 read that only looks (``harken maintenance status`` without a daemon) says so and renames
 nothing; the daemon, or the next change, sets the file aside.
 
@@ -66,9 +65,9 @@ class MaintenanceRecord(Record):
     def _in_range(self):
         if not 0 <= self.since < MAX_EPOCH:
             raise ValueError(f"since = {self.since!r}: expected epoch seconds from 1970 on")
-        if self.until is not None and not self.since <= self.until <= self.since + MAX_FOR_S + 1:
-            raise ValueError(f"until = {self.until!r}: expected from since ({self.since:.3f}) "
-                             f"to {MAX_FOR_S / 86400:g} days after it")
+        if self.until is not None and not 0 <= self.until <= self.since + MAX_FOR_S + 1:
+            raise ValueError(f"until = {self.until!r}: expected at most {MAX_FOR_S / 86400:g} "
+                             f"days after since ({self.since:.3f})")
         return self
 
 
@@ -139,7 +138,9 @@ class Maintenance:
         except NewerRecord as exc:
             return None, str(exc)
         except ValidationError as exc:
-            return None, explain(exc).replace("Value error, ", "")
+            err = exc.errors()[0]
+            return None, (err["msg"] if not err["loc"] else explain(exc)).replace(
+                "Value error, ", "")
         except ValueError as exc:              # not JSON, not an object, a bad version
             return None, str(exc).splitlines()[0]
         if record.since > time.time() + AHEAD_S:

@@ -159,7 +159,7 @@ def test_an_audit_append_failing_after_the_change_is_ok_with_a_warning(dispatche
 
 @pytest.mark.parametrize("record", [
     {"until": 99999999999999}, {"until": 1e300}, {"since": 1e300, "until": 1e300 + 1},
-    {"until": "since+31d"}, {"until": "since-1"}, {"since": "now+2d", "until": "now+3d"},
+    {"until": "since+31d"}, {"until": -1}, {"since": "now+2d", "until": "now+3d"},
     {"since": -5}, {"by": "x" * 500}])
 def test_a_maintenance_record_out_of_range_is_set_aside_and_the_machine_heard(
         tmp_path, caplog, record):
