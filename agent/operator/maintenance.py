@@ -9,8 +9,9 @@ epoch time in the file: it is noticed at the first interval after it (the runner
 so to the sinks and the audit log, ``via: "expiry"``), also across a restart. A damaged file
 is set aside (renamed ``.damaged-<UTC time>``, one warning naming it) and the machine starts
 out of maintenance: a machine that alarms by mistake is heard, a silenced one is not. Damaged
-means: not a regular file (a folder, say), not the record, or values out of range (``until``
-more than 30 days after ``since``, ``since`` more than a day ahead of this device's clock): a hand-edited ``until`` of 1e300 must not silence a machine for ever. A
+means: not a regular file (a folder, say), not the record, or values out of range
+(``until`` more than 30 days after ``since``, ``since`` more than a day ahead of this
+device's clock): a hand-edited ``until`` of 1e300 must not silence a machine for ever. A
 read that only looks (``harken maintenance status`` without a daemon) says so and renames
 nothing; the daemon, or the next change, sets the file aside.
 
