@@ -403,6 +403,9 @@ def _command(config, machine: str | None, body: dict, operator: str, verb: str) 
         folder = config.writable_folder("agent.state_dir", config.agent.state_dir)
 
         def refusal(pid, command, where):
+            if command != "harken run":         # another CLI command: busy, not a daemon
+                return (f"{command} (PID {pid}) is using the state folder {where}; try "
+                        f"again when it is done")
             return (f"{command} (PID {pid}) holds the state folder {where} but its control "
                     f"socket does not answer (still starting, or stopping); try again")
         with StateLock(folder, f"harken {verb}").acquire(refusal):
@@ -442,7 +445,7 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
             if reply is not None and not reply.get("ok"):
                 raise UsageError(f"machine {view.agent.machine}: {reply.get('reason')}")
             states.append(reply["result"] if reply is not None else Maintenance(
-                view.path(view.agent.state_dir), view.agent.machine).state())
+                view.path(view.agent.state_dir), view.agent.machine, read_only=True).state())
         for state in states:
             print(json.dumps(state) if args.json else _maintenance_line(state))
         return 0
@@ -451,6 +454,8 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
         body["for"] = args.seconds
     reply = _command(config, args.machine, body, args.operator, "maintenance")
     print(json.dumps(reply) if args.json else _maintenance_line(reply["result"]))
+    if reply["result"].get("warning") and not args.json:
+        print(f"harken: warning: {reply['result']['warning']}", file=sys.stderr)
     return 0
 
 

@@ -225,8 +225,7 @@ class Pipeline:
         ts = self.clock()                    # after the question: a sync in between only
         held = self.maintenance is not None and self.maintenance(ts)  # flags a record that
         if held:                                                         # is right
-            self.decision.hold()
-            event = None
+            event = self.decision.hold(ts)       # an event running ends here
         else:
             event = self.decision.update(score, ts)
         if self.reserve_seq is not None:

@@ -51,13 +51,18 @@ class Decision:
         self._start_ts = 0.0
         self._peak = float("-inf")
 
-    def hold(self) -> None:
-        """An interval of a machine in maintenance: no anomaly, no event, and nothing
+    def hold(self, ts: float) -> Event | None:
+        """An interval of a machine in maintenance (at ``ts``): no anomaly, and nothing
         remembered, so the state starts afresh when maintenance ends (docs/agent.md
-        "Maintenance")."""
+        "Maintenance"). An event running when maintenance began ends here: its ``end`` is
+        returned, so a plant never sees a start without an end."""
+        was = self.anomaly
         self.anomaly = False
         self._recent.clear()
         self._below = 0
+        if was:
+            return Event("end", ts, self._peak, ts - self._start_ts)
+        return None
 
     def update(self, score: float | None, ts: float) -> Event | None:
         """Feed one interval (``score`` None: not scoreable); returns an event on a change."""

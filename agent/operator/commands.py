@@ -5,10 +5,16 @@ and updates the running machine.
 
 Why so strict: a command changes what a plant hears from a machine (silenced, or taught
 that a sound is normal). So a payload over 64 KiB is refused unparsed, unknown keys and
-wrong types are refused with the key named, an ``id`` already carried out (the audit log's
-``find_command``) is refused as a replay (an MQTT redelivery, a retried request: never done
-twice), and a refusal changes nothing but is logged too. One command at a time (a lock):
-two operators' feedback never interleave on one bank.
+wrong types are refused with the key named, an ``id`` already carried out is refused as a
+replay (an MQTT redelivery, a retried request: never done twice), and a refusal changes
+nothing but is logged too (unsynced, rate-limited: agent/operator/audit.py). One command at
+a time (a lock): two operators' feedback never interleave on one bank.
+
+The ids carried out are kept in their own small file, ``state_dir/commands-done.jsonl``
+(the last ``DONE_KEEP`` of them, one synced line each), not looked up in the audit log: a
+flood of refused junk rotates the audit log but never reaches this file, so it cannot make
+the agent forget an id and carry out its replay. The audit log's last lines are looked at
+too, for the instant between a change (its audit line written) and the line of its id.
 
 Commands (JSON objects; ``machine`` comes from the topic over MQTT, from the key over the
 socket, optional where the daemon watches one machine)::
@@ -30,6 +36,7 @@ import functools
 import json
 import logging
 import math
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +45,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+from harken.common.atomic import write_atomic
 from harken.common.errors import HarkenError
 from harken.common.records import Record, explain
 from harken.common.settings import Name, Number, Text
@@ -49,6 +57,9 @@ _log = logging.getLogger(__name__)
 
 MAX_BYTES = 64 * 1024
 ID_MAX = 128
+DONE_NAME = "commands-done.jsonl"    # prefix reserved against mqtt.outbox (agent/sinks/mqtt)
+DONE_KEEP = 1000
+_TAIL_BYTES = 256 * 1024
 CommandId = Text(ID_MAX)
 Operator = Text(128)
 
@@ -84,6 +95,50 @@ def _reason(exc: ValidationError) -> str:
     if not err["loc"]:
         return err["msg"].removeprefix("Value error, ")
     return explain(exc).replace("Value error, ", "")
+
+
+def _done_lines(state_dir: Path) -> list[str]:
+    try:
+        return (Path(state_dir) / DONE_NAME).read_text(encoding="utf-8",
+                                                       errors="replace").splitlines()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return []
+
+
+def carried_out(state_dir: Path, machine: str, command_id: str) -> dict | None:
+    """The record of command ``command_id`` of ``machine`` having been carried out (its
+    ``at``), or None: from the file of ids (module docstring), else the audit log's last
+    lines (a kill between a change and its id's line)."""
+    for raw in reversed(_done_lines(state_dir)):
+        try:
+            line = json.loads(raw)
+        except ValueError:                   # a torn line: a kill mid-write
+            continue
+        if isinstance(line, dict) and line.get("machine") == machine and \
+                line.get("id") == command_id:
+            return line
+    return audit.find_command(state_dir, machine, command_id, tail_bytes=_TAIL_BYTES)
+
+
+def remember(state_dir: Path, machine: str, command_id: str) -> None:
+    """Command ``command_id`` of ``machine`` was carried out: one synced line (after a torn
+    one, on a line of its own); past ``2 * DONE_KEEP`` lines the file is rewritten with
+    the last ``DONE_KEEP`` (atomically), so it stays small."""
+    path = Path(state_dir) / DONE_NAME
+    data = (json.dumps({"at": audit.now_iso(), "machine": machine, "id": command_id})
+            + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    lines = _done_lines(state_dir)
+    if len(lines) > 2 * DONE_KEEP:
+        write_atomic(path, "\n".join(x for x in lines[-DONE_KEEP:]) + "\n")
 
 
 class _Command(Record):
@@ -236,13 +291,25 @@ class Commands:
     def _run(self, cmd: _Command, target: Target, via: str) -> dict:
         if isinstance(cmd, MaintenanceCommand) and cmd.state == "status":
             return target.maintenance.state()           # a question: no change, no replay
-        done = audit.find_command(self.state_dir, target.config.agent.machine, cmd.id)
+        machine = target.config.agent.machine
+        done = carried_out(self.state_dir, machine, cmd.id)
         if done is not None:
             raise CommandRefused(f"command id {cmd.id!r} was already carried out (at "
                                  f"{done.get('at')}): a replay changes nothing")
         if isinstance(cmd, MaintenanceCommand):
-            return self._maintenance(cmd, target, via)
-        return self._feedback(cmd, target, via)
+            result = self._maintenance(cmd, target, via)
+        else:
+            result = self._feedback(cmd, target, via)
+        try:
+            remember(self.state_dir, machine, cmd.id)
+        except OSError as exc:                  # done all the same: said, not undone
+            _log.warning(f"{self.state_dir / DONE_NAME}: the id of a command carried out "
+                         f"could not be kept ({exc.strerror or exc})")
+            said = (f"done, but its id could not be kept (a replay may be carried out "
+                    f"again): {exc.strerror or exc}")
+            result = {**result, "warning": "; ".join(
+                x for x in (result.get("warning"), said) if x)}
+        return result
 
     def _maintenance(self, cmd: MaintenanceCommand, target: Target, via: str) -> dict:
         for_s = None if cmd.for_ is None else parse_duration(cmd.for_, "for")
@@ -282,7 +349,7 @@ class Commands:
         command = reply["command"]
         action = command if command in MODELS else "command"
         try:
-            audit.append(self.state_dir, {
+            audit.append_refused(self.state_dir, {
                 "machine": reply["machine"], "action": action, "outcome": "refused",
                 "reason": reply["reason"], "operator": operator, "via": via,
                 "command_id": reply["id"]})

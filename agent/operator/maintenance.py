@@ -8,7 +8,16 @@ one and a restarted daemon comes back in maintenance if it was. The end of a ``-
 epoch time in the file: it is noticed at the first interval after it (the runner then says
 so to the sinks and the audit log, ``via: "expiry"``), also across a restart. A damaged file
 is set aside (renamed ``.damaged-<UTC time>``, one warning naming it) and the machine starts
-out of maintenance: a machine that alarms by mistake is heard, a silenced one is not.
+out of maintenance: a machine that alarms by mistake is heard, a silenced one is not. Damaged
+means: not a regular file (a folder, say), not the record, or values out of range
+(``until`` more than 30 days after ``since``, ``since`` more than a day ahead of this
+device's clock): a hand-edited ``until`` of 1e300 must not silence a machine for ever. A
+read that only looks (``harken maintenance status`` without a daemon) says so and renames
+nothing; the daemon, or the next change, sets the file aside.
+
+A change checks first that its audit line can be written (``audit.check_writable``): if not,
+it is refused and nothing is changed. An audit line that fails after the change is made is
+a warning in the reply, never a refusal of what was done.
 """
 
 from __future__ import annotations
@@ -17,13 +26,15 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import re
+import stat
 import threading
 import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from harken.common.atomic import write_atomic
 from harken.common.errors import UsageError
@@ -35,6 +46,8 @@ _log = logging.getLogger(__name__)
 VERSION = 1
 MIN_FOR_S = 1.0
 MAX_FOR_S = 30 * 86400.0           # a month: a maintenance longer than that is forgotten
+AHEAD_S = 86400.0                  # a ``since`` this far past the clock: a damaged file
+MAX_EPOCH = 1e11                   # about the year 5138 (agent/operator/commands.py)
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", re.IGNORECASE)
 
@@ -46,8 +59,17 @@ class MaintenanceRecord(Record):
     on: bool
     since: Finite
     until: Finite | None = None
-    by: str | None = None
-    via: str | None = None
+    by: str | None = Field(None, max_length=128)
+    via: str | None = Field(None, max_length=32)
+
+    @model_validator(mode="after")
+    def _in_range(self):
+        if not 0 <= self.since < MAX_EPOCH:
+            raise ValueError(f"since = {self.since!r}: expected epoch seconds from 1970 on")
+        if self.until is not None and not 0 <= self.until <= self.since + MAX_FOR_S + 1:
+            raise ValueError(f"until = {self.until!r}: expected at most {MAX_FOR_S / 86400:g} "
+                             f"days after since ({self.since:.3f})")
+        return self
 
 
 def file_name(machine: str) -> str:
@@ -86,37 +108,69 @@ class Maintenance:
     change. The caller holds the state folder (the daemon, or a CLI that took the lock);
     one lock here keeps the audio thread's question and a command's change apart."""
 
-    def __init__(self, state_dir: Path, machine: str) -> None:
+    def __init__(self, state_dir: Path, machine: str, read_only: bool = False) -> None:
+        """``read_only``: only look (no state lock held): a damaged file is said, not set
+        aside."""
         self.state_dir, self.machine = Path(state_dir), machine
         self.path = self.state_dir / file_name(machine)
+        self.read_only = read_only
         self._lock = threading.Lock()
+        self._damaged = False
         self.record: MaintenanceRecord | None = self._load()
 
-    def _load(self) -> MaintenanceRecord | None:
+    def _read(self) -> tuple[MaintenanceRecord | None, str | None]:
+        """The record (None: no file) or why the file is damaged."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            return None, f"cannot be looked at: {exc.strerror or exc}"
+        if not stat.S_ISREG(st.st_mode):
+            return None, "not a regular file"
         try:
             raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return None
+        except OSError as exc:
+            return None, f"cannot be read: {exc.strerror or exc}"
         try:
             data = json.loads(raw)
             record_version(data, VERSION)
-            return MaintenanceRecord.model_validate(data)
+            record = MaintenanceRecord.model_validate(data)
         except NewerRecord as exc:
-            why = str(exc)
+            return None, str(exc)
         except ValidationError as exc:
-            why = explain(exc)
+            err = exc.errors()[0]
+            return None, (err["msg"] if not err["loc"] else explain(exc)).replace(
+                "Value error, ", "")
         except ValueError as exc:              # not JSON, not an object, a bad version
-            why = str(exc).splitlines()[0]
+            return None, str(exc).splitlines()[0]
+        if record.since > time.time() + AHEAD_S:
+            return None, (f"since = {record.since!r} is more than a day ahead of this "
+                          f"device's clock")
+        return record, None
+
+    def _load(self) -> MaintenanceRecord | None:
+        record, why = self._read()
+        if why is None:
+            return record
+        self._damaged = True
+        if self.read_only:
+            where = "left in place (only read; the agent or the next change sets it aside)"
+        else:
+            where = self._set_aside()
+        _log.warning(f"{self.path}: damaged maintenance state ({why}); {where}; machine "
+                     f"{self.machine} is out of maintenance")
+        return None
+
+    def _set_aside(self) -> str:
         aside = self.path.with_name(
             f"{self.path.name}.damaged-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}")
         try:
             self.path.replace(aside)
-            where = f"set aside as {aside.name}"
         except OSError as exc:
-            where = f"left in place ({exc.strerror or exc})"
-        _log.warning(f"{self.path}: damaged maintenance state ({why}); {where}; machine "
-                     f"{self.machine} starts out of maintenance")
-        return None
+            return f"left in place ({exc.strerror or exc})"
+        self._damaged = False
+        return f"set aside as {aside.name}"
 
     def active(self, now: float | None = None) -> bool:
         """In maintenance at ``now`` (epoch seconds): on, and its ``until`` not yet reached."""
@@ -154,6 +208,7 @@ class Maintenance:
             record = MaintenanceRecord(on=on, since=round(now, 3),
                                        until=None if for_s is None else round(now + for_s, 3),
                                        by=operator, via=via)
+            audit.check_writable(self.state_dir)  # an OSError here: refused, nothing changed
             self._write(record)                  # an OSError here: nothing changed
             try:
                 audit.append(self.state_dir, {
@@ -163,6 +218,8 @@ class Maintenance:
             except OSError as exc:               # done all the same: said, not undone
                 _log.warning(f"the audit log could not take a maintenance change of "
                              f"{self.machine} ({exc.strerror or exc})")
+                return {**self.state(now), "warning": f"done, but the audit log could not "
+                        f"take its line ({exc.strerror or exc})"}
             return self.state(now)
 
     def expire(self) -> dict | None:
@@ -191,5 +248,8 @@ class Maintenance:
             return self.state()
 
     def _write(self, record: MaintenanceRecord) -> None:
+        if self._damaged or (self.path.exists() and not self.path.is_file()):
+            self._damaged = True
+            _log.warning(f"{self.path}: damaged maintenance state; {self._set_aside()}")
         write_atomic(self.path, json.dumps(record.model_dump(), indent=1) + "\n")
         self.record = record
