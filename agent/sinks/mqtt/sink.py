@@ -29,7 +29,8 @@ feedback command refits a threshold, which must hold up neither paho's network t
 that raises gets a refused reply naming the error, and the worker goes on. Without a
 handler the sink never subscribes: a command sent then reaches nothing. The machine's
 maintenance state is published retained on its maintenance topic at every change and at
-every connection, commands on or off.
+every connection, commands on or off, from the moment it is known: the runner's
+MaintenanceChanged at start, or OFF at the first interval where it sent none.
 """
 
 from __future__ import annotations
@@ -136,11 +137,11 @@ class MqttSink(Encoder, NetworkSink):
         self._cmd_lock = threading.Lock()
         self._commands: CommandHandler | None = None
         self._up = False
-        # OFF until the runner says otherwise (a machine whose state file says ON is told at
-        # start): a retained ON left by an earlier run must not outlive a restart, and Home
-        # Assistant's switch has a state from the first connection
-        self._maintenance: bytes | None = json.dumps(maintenance_payload(
-            MaintenanceChanged(on=False, via="start"), node, machine)).encode()
+        # None until the runner says the state (MaintenanceChanged at start, sent only where
+        # a state file exists) or the first interval comes without it (then OFF): a machine
+        # restarted in maintenance never flips OFF then ON, and a retained ON left by an
+        # earlier run does not outlive a restart (docs/mqtt.md "Commands")
+        self._maintenance: bytes | None = None
         self._jobs: queue.Queue = queue.Queue(QUEUED_COMMANDS)
         self._worker: threading.Thread | None = None
         self.ha_status_topic = ha_status_topic(settings.discovery_prefix)
@@ -181,7 +182,7 @@ class MqttSink(Encoder, NetworkSink):
         with self._cmd_lock:
             self._up = True
             if self._commands is not None:
-                self.publisher.subscribe(self.command_topic, qos=1)
+                self.publisher.subscribe(self.command_topic, qos=1, retain_as_published=True)
             if self._maintenance is not None:
                 self.publisher.publish(self.maintenance_topic, self._maintenance, qos=1,
                                        retain=True)
@@ -228,7 +229,7 @@ class MqttSink(Encoder, NetworkSink):
             if (before is None) == (handler is None) or not self._up:
                 return                 # the next connection subscribes (or does not)
             if handler is not None:
-                self.publisher.subscribe(self.command_topic, qos=1)
+                self.publisher.subscribe(self.command_topic, qos=1, retain_as_published=True)
             else:
                 self.publisher.client.unsubscribe(self.command_topic)
             if self.s.homeassistant:
@@ -357,6 +358,8 @@ class MqttSink(Encoder, NetworkSink):
                  "ts": round(result.ts, 3), **who, "replayed": False, **clock}).encode(),
                 retain=True, kind="state")
         self._anomaly = result.anomaly
+        if self._maintenance is None:          # the runner said no state at start: OFF
+            self._say_maintenance(MaintenanceChanged(on=False, via="start"))
 
     def status(self, event: StatusEvent) -> None:
         """The stats record (live, QoS 0, not through the outbox) and the maintenance state
@@ -367,11 +370,15 @@ class MqttSink(Encoder, NetworkSink):
                      **{k: v for k, v in event.to_dict().items() if k not in ("status", "kind")}}
             self.publisher.publish(self.stats_topic, json.dumps(stats), qos=0)
         elif isinstance(event, MaintenanceChanged):
-            body = json.dumps(maintenance_payload(event, self.node, self.machine)).encode()
-            with self._cmd_lock:
-                self._maintenance = body
-                if self._up:
-                    self.publisher.publish(self.maintenance_topic, body, qos=1, retain=True)
+            self._say_maintenance(event)
+
+    def _say_maintenance(self, event: MaintenanceChanged) -> None:
+        """Kept (said again at every connection) and published now if connected."""
+        body = json.dumps(maintenance_payload(event, self.node, self.machine)).encode()
+        with self._cmd_lock:
+            self._maintenance = body
+            if self._up:
+                self.publisher.publish(self.maintenance_topic, body, qos=1, retain=True)
 
     def health(self) -> dict:
         """Outbox, connection and publish-latency figures for the stats record (latency
