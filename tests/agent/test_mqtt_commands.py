@@ -547,3 +547,33 @@ def test_a_command_published_retained_while_the_agent_listens(acl_broker, tmp_pa
         alice.send(where, b"", retain=True)
         alice.close()
         sink.close(1)
+
+
+def test_the_sinks_own_refusals_reach_the_audit_log(acl_broker, tmp_path):
+    """With the real dispatcher (agent/operator/commands.py) as the handler, a command the
+    sink refuses itself (retained, over 64 KiB) is in the audit log like every other
+    outcome, with its id where it could be read; nothing is carried out."""
+    from harken.agent.operator import audit
+    from harken.agent.operator.commands import Commands
+    state = tmp_path / "audit-state"
+    state.mkdir()
+    machine = "audited"
+    sink = make_sink(acl_broker, tmp_path, machine)
+    sink.commands = Commands(state, {}).for_machine(machine)
+    alice = Client(acl_broker.port, *OPERATOR, "alice-8")
+    where = f"harken/n1/{machine}/command"
+    try:
+        alice.send(where, command("kept-1"), retain=True)
+        assert "retained" in alice.reply(machine, "kept-1")["reason"]
+        alice.send(where, b"", retain=True)
+        alice.send(where, json.dumps(command("big-1", pad="x" * MAX_COMMAND)).encode())
+        wait_for("the size refusal", lambda: any("over the limit" in (r["reason"] or "")
+                                                 for r in alice.replies(machine)), 30, 0.02)
+        lines = audit.read(state, machine)
+        assert [(a["outcome"], a["via"], a["command_id"], a["action"]) for a in lines] == [
+            ("refused", "mqtt", "kept-1", "maintenance"), ("refused", "mqtt", None, "command")]
+        assert "retained" in lines[0]["reason"] and "over the limit" in lines[1]["reason"]
+        assert lines[0]["operator"] == "alice"
+    finally:
+        alice.close()
+        sink.close(1)

@@ -35,6 +35,7 @@ MaintenanceChanged at start, or OFF at the first interval where it sent none.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -66,6 +67,20 @@ def refused(reason: str, command_id=None, command=None, **who) -> dict:
     refuses itself; the handler's own replies have the same form."""
     return {"id": command_id, "command": command, **who, "ok": False, "reason": reason,
             "result": None}
+
+
+RETAINED = ("a retained command is not carried out (it would come back at every "
+            "connection): publish commands with retain off, and clear this one with an empty "
+            "retained message")
+
+
+def _takes_refusals(handler: CommandHandler) -> bool:
+    """Whether ``handler`` (the runner's dispatcher, agent/operator/commands.py) takes a
+    refusal the sink made (``refuse=``), to log it in the audit log."""
+    try:
+        return "refuse" in inspect.signature(handler).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _said(raw: bytes) -> tuple:
@@ -203,11 +218,10 @@ class MqttSink(Encoder, NetworkSink):
         elif message.topic == self.instance_topic:
             self._instance_seen(message.payload)
         elif message.topic == self.command_topic:
+            if not message.payload:    # how a retained command is cleared: no command at all
+                return
             if message.retain:         # stored by the broker, not sent now: never carried out
-                self._reply(refused("a retained command is not carried out (it would come "
-                                    "back at every connection): publish commands with retain "
-                                    "off, and clear this one with an empty retained message",
-                                    *_said(message.payload[:MAX_COMMAND])))
+                self._command_arrived(message.payload[:MAX_COMMAND], RETAINED)
                 return
             self._command_arrived(message.payload)
 
@@ -235,16 +249,17 @@ class MqttSink(Encoder, NetworkSink):
             if self.s.homeassistant:
                 self._announce()       # the switch comes or goes with the commands
 
-    def _command_arrived(self, raw: bytes) -> None:
-        """paho's thread: queue the command for the worker; never raises (an exception here
-        would end paho's network thread)."""
+    def _command_arrived(self, raw: bytes, refuse: str | None = None) -> None:
+        """paho's thread: queue the command for the worker (with ``refuse``: a refusal the
+        sink made, which the worker hands the dispatcher for its audit line); never raises
+        (an exception here would end paho's network thread). A busy refusal is only
+        replied: a flood must not write an audit line per message (docs/mqtt.md)."""
         try:
-            if len(raw) > MAX_COMMAND:   # not parsed, not queued: refused by size alone
-                self._reply(refused(f"a command of {len(raw)} bytes is over the limit of "
-                                    f"{MAX_COMMAND} bytes (64 KiB); not read"))
-                return
+            if len(raw) > MAX_COMMAND:   # not parsed, not kept: refused by size alone
+                raw, refuse = b"", (f"a command of {len(raw)} bytes is over the limit of "
+                                    f"{MAX_COMMAND} bytes (64 KiB); not read")
             try:
-                self._jobs.put_nowait(raw)
+                self._jobs.put_nowait(raw if refuse is None else (refuse, raw))
             except queue.Full:
                 self._reply(refused(f"the agent is busy: {QUEUED_COMMANDS} commands are "
                                     f"waiting; send it again later", *_said(raw)))
@@ -254,20 +269,24 @@ class MqttSink(Encoder, NetworkSink):
     def _work(self) -> None:
         """The worker: one command at a time, each answered, whatever the handler does."""
         while True:
-            raw = self._jobs.get()
-            if raw is None:
+            job = self._jobs.get()
+            if job is None:
                 return
             try:
-                self._reply(self._answer(raw))
+                self._reply(self._answer(job[1], job[0]) if isinstance(job, tuple)
+                            else self._answer(job))
             except Exception as exc:   # noqa: BLE001 - the worker must live on
                 _log.warning(f"mqtt: no reply to a command on {self.command_topic}: {exc}")
 
-    def _answer(self, raw: bytes) -> dict:
+    def _answer(self, raw: bytes, refuse: str | None = None) -> dict:
         handler = self._commands
         if handler is None:
             return refused("commands are off on this agent (mqtt.commands)", *_said(raw))
+        if refuse is not None and not _takes_refusals(handler):
+            return refused(refuse, *_said(raw))
         try:
-            reply = handler(raw, "mqtt")
+            reply = handler(raw, "mqtt") if refuse is None else \
+                handler(raw, "mqtt", refuse=refuse)
         except Exception as exc:       # noqa: BLE001 - any failure is a refusal, said
             self.log(f"a command on {self.command_topic} failed: {type(exc).__name__}: {exc}")
             return refused(f"the agent could not carry out this command: "
