@@ -121,7 +121,9 @@ class EvidenceSink(Sink):
         folder = evidence_folder(config)
         if not config.evidence.enabled:
             shutil.rmtree(folder, ignore_errors=True)
-            if folder.exists():
+            if folder.exists() and not folder.is_dir():
+                _log.warning(f"{folder} is not a folder (evidence is off): left alone")
+            elif folder.exists():
                 _log.warning(f"evidence is off but {folder} could not be deleted: delete it by "
                              f"hand (it holds recorded audio)")
             return cls(folder, config.evidence, config.decision.interval_s, on=False)

@@ -22,7 +22,10 @@ published once more so that the other agent finds out too (docs/mqtt.md "Client 
 
 Commands (docs/mqtt.md "Commands"): when the runner hands the sink a command handler
 (``commands``, set only with ``mqtt.commands = true``), the sink subscribes to the
-machine's command topic at QoS 1 and answers each message on its result topic. The
+machine's command topic at QoS 1 (MQTT 5: retain as published, so that a command
+published retained is seen as one even while connected) and answers each message on its
+result topic; what it refuses itself (retained, oversized) goes to the handler too, which
+logs it in the audit log. The
 handler runs on a worker thread of its own, one command at a time in arrival order: a
 feedback command refits a threshold, which must hold up neither paho's network thread
 (keepalive, PUBACKs) nor the scores. A payload over 64 KiB is refused unread; a handler
