@@ -155,7 +155,7 @@ def cmd_evidence(args: argparse.Namespace) -> int:
     import shutil
 
     from harken.agent.config import load_config
-    from harken.agent.sinks.evidence import find, listing
+    from harken.agent.sinks.evidence import check_wav, find, listing, read_meta
     config = load_config(args.config)
     views = config.select(args.machine)
     if args.list:
@@ -172,12 +172,22 @@ def cmd_evidence(args: argparse.Namespace) -> int:
     view = views[0]
     event = find(view, args.event)
     out = Path(args.out or f"evidence-{view.agent.machine}-{args.event}.wav")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: the folder {out.parent} does not exist")
     try:
+        meta = read_meta(event)       # one line naming a damaged JSON or a WAV cut short
+        check_wav(event, meta)
         shutil.copyfile(event.wav, out)
-    except FileNotFoundError:        # pruned by the running agent meanwhile
+    except FileNotFoundError as exc:
+        if exc.filename not in (str(event.wav), str(event.meta)):
+            raise UsageError(f"--out {out}: cannot write it ({exc.strerror})") from None
+        # pruned by the running agent meanwhile
         raise UsageError(f"machine {view.agent.machine!r}: event {args.event}'s evidence was "
                          f"just removed (a newer event took its place)") from None
-    meta = json.loads(event.meta.read_text())
+    except OSError as exc:
+        where = exc.filename if exc.filename in (str(event.wav), str(event.meta)) else \
+            f"--out {out}"
+        raise UsageError(f"{where}: cannot copy ({exc.strerror or exc})") from None
     print(f"{out}: {meta['seconds']:g} s around event {args.event} (the start interval "
           f"begins at {meta['event_offset_s']:g} s; score {meta['score']}, threshold "
           f"{meta['threshold']})")

@@ -219,8 +219,11 @@ class Commands:
         topic) is given (agent/sinks/base.py ``CommandHandler``)."""
         return functools.partial(self.handle, machine=machine)
 
-    def handle(self, raw: bytes, via: str, machine: str | None = None) -> dict:
-        """One command in, its reply out; never raises (a bug is logged and refused)."""
+    def handle(self, raw: bytes, via: str, machine: str | None = None,
+               refuse: str | None = None) -> dict:
+        """One command in, its reply out; never raises (a bug is logged and refused).
+        ``refuse``: a refusal its carrier already made (MQTT: retained, oversized, sent as
+        ``raw`` = b""), logged here like any other so the audit log holds every outcome."""
         reply: dict = {"id": None, "command": None, "machine": machine, "ok": False,
                        "reason": None, "result": None}
         operator = None
@@ -231,9 +234,9 @@ class Commands:
             try:
                 data = json.loads(raw)
             except (ValueError, RecursionError):
-                raise CommandRefused("not a JSON object (malformed JSON)") from None
+                raise CommandRefused(refuse or "not a JSON object (malformed JSON)") from None
             if not isinstance(data, dict):
-                raise CommandRefused(f"not a JSON object but {type(data).__name__}")
+                raise CommandRefused(refuse or f"not a JSON object but {type(data).__name__}")
             cid = data.get("id")
             if isinstance(cid, str) and 0 < len(cid) <= ID_MAX:
                 reply["id"] = cid
@@ -243,6 +246,8 @@ class Commands:
                 operator = data["operator"]
             if machine is None and isinstance(data.get("machine"), str):
                 reply["machine"] = data["machine"][:64]
+            if refuse is not None:
+                raise CommandRefused(refuse)
             name = self._machine(machine, data.get("machine"))
             reply["machine"] = name
             model = MODELS.get(data.get("command")) if isinstance(data.get("command"), str) \

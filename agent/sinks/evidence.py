@@ -38,7 +38,7 @@ from pydantic import StrictBool
 from harken.agent.decision.records import IntervalResult
 from harken.agent.sinks.base import Sink, SinkSettings, register
 from harken.common.atomic import atomic_file, write_atomic
-from harken.common.errors import ConfigError, UsageError
+from harken.common.errors import UsageError
 from harken.common.settings import Count, Number, Seconds
 
 _log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ class Kept:
 
 
 def kept(folder: Path) -> list[Kept]:
-    """The complete events in ``folder`` (a WAV with its JSON), oldest (lowest seq) first."""
+    """The complete events in ``folder`` (a WAV with its JSON), oldest (lowest seq) first;
+    none where the folder does not exist (any other OSError is raised: a file in its place)."""
     try:
         names = os.listdir(folder)
     except FileNotFoundError:
@@ -120,20 +121,33 @@ class EvidenceSink(Sink):
         folder = evidence_folder(config)
         if not config.evidence.enabled:
             shutil.rmtree(folder, ignore_errors=True)
-            if folder.exists():
+            if folder.exists() and not folder.is_dir():
+                _log.warning(f"{folder} is not a folder (evidence is off): left alone")
+            elif folder.exists():
                 _log.warning(f"evidence is off but {folder} could not be deleted: delete it by "
                              f"hand (it holds recorded audio)")
             return cls(folder, config.evidence, config.decision.interval_s, on=False)
         config.writable_folder("agent.state_dir", config.agent.state_dir)
-        try:
-            folder.mkdir(mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"{config.source_file}: [evidence]: cannot create {folder} "
-                              f"({exc.strerror or exc})") from None
-        return cls(folder, config.evidence, config.decision.interval_s)
+        why = None
+        if folder.exists() and not folder.is_dir():    # a plain file (or a link to one)
+            why = "not a folder (a file is in its place: move it away)"
+        else:
+            try:
+                folder.mkdir(mode=0o700, exist_ok=True)
+            except OSError as exc:
+                why = f"cannot create it ({exc.strerror or exc})"
+        if why is None:
+            return cls(folder, config.evidence, config.decision.interval_s)
+        # damaged state never stops a node (docs/agent.md "Hearing the alarm"): the sink's
+        # failure, said once; scoring goes on, and each event tries the folder again
+        _log.warning(f"evidence {folder}: {why}; no evidence is kept until it can be, scoring "
+                     f"goes on")
+        sink = cls(folder, config.evidence, config.decision.interval_s, tidy=False)
+        sink._failed = f"evidence {folder}: {why}"
+        return sink
 
     def __init__(self, folder: Path, settings: EvidenceSection, interval_s: float,
-                 on: bool = True, rate: int | None = None) -> None:
+                 on: bool = True, rate: int | None = None, tidy: bool = True) -> None:
         self.folder, self.settings, self.on = Path(folder), settings, on
         if not on:
             self.wants_audio = False     # the pipeline keeps no audio for this machine
@@ -149,7 +163,7 @@ class EvidenceSink(Sink):
         self.skipped = 0                 # events not kept: the day's bytes were spent
         self._day: deque[tuple[float, int]] = deque()     # (wall time, bytes) of writes
         self.clock = time.time
-        if on:
+        if on and tidy:
             try:
                 self._tidy()
             except OSError as exc:        # a read-only folder: said, the run goes on
@@ -280,11 +294,52 @@ class EvidenceSink(Sink):
 
 # -- the reading side: harken evidence -----------------------------------------------------
 
+def _kept_of(config) -> list[Kept]:
+    """``kept`` for the CLI: a folder that cannot be read is one line naming it."""
+    folder = evidence_folder(config)
+    try:
+        return kept(folder)
+    except NotADirectoryError:
+        raise UsageError(f"machine {config.agent.machine!r}: {folder} is not a folder (a file "
+                         f"is in its place; the agent keeps no evidence until it is moved "
+                         f"away)") from None
+    except OSError as exc:
+        raise UsageError(f"machine {config.agent.machine!r}: cannot read {folder} "
+                         f"({exc.strerror or exc})") from None
+
+
+def read_meta(k: Kept) -> dict:
+    """An event's JSON, checked: what ``harken evidence`` prints from it; one line naming
+    the file when it is not what the agent writes (damaged, edited by hand)."""
+    try:
+        meta = json.loads(k.meta.read_text())
+    except FileNotFoundError:              # pruned meanwhile: the caller says so
+        raise
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else \
+            f"not JSON: {str(exc).splitlines()[0]}" if isinstance(exc, ValueError) else exc
+        raise UsageError(f"{k.meta}: cannot read it ({why})") from None
+    if not isinstance(meta, dict):
+        raise UsageError(f"{k.meta}: expected a JSON object, got {type(meta).__name__}")
+    for key in ("seconds", "event_offset_s", "rate"):
+        value = meta.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not math.isfinite(value) or value < 0:
+            raise UsageError(f"{k.meta}: key {key!r} = {str(value)[:40]!r}: expected a "
+                             f"number of 0 or more")
+    for key in ("score", "threshold"):
+        value = meta.get(key)
+        if value is not None and (isinstance(value, bool)
+                                  or not isinstance(value, (int, float))):
+            raise UsageError(f"{k.meta}: key {key!r} = {str(value)[:40]!r}: expected a number")
+    return meta
+
+
 def find(config, seq: int) -> Kept:
     """Machine ``config``'s kept event ``seq``; refused clearly when evidence is off and
     nothing is kept, or when that event is not (or no longer) kept."""
     folder = evidence_folder(config)
-    events = kept(folder)
+    events = _kept_of(config)
     for k in events:
         if k.seq == seq:
             return k
@@ -300,11 +355,33 @@ def find(config, seq: int) -> Kept:
 def listing(config) -> list[dict]:
     """What is kept for machine ``config``: each event's JSON, with its file and bytes."""
     out = []
-    for k in kept(evidence_folder(config)):
+    for k in _kept_of(config):
         try:
-            meta = json.loads(k.meta.read_text())
-        except (OSError, ValueError):
+            meta = read_meta(k)
+        except UsageError as exc:          # one damaged event hides none of the others
+            _log.warning(f"{exc}; left out")
             continue
         out.append({"machine": config.agent.machine, **meta, "file": str(k.wav),
                     "bytes": k.bytes})
     return out
+
+
+def check_wav(k: Kept, meta: dict) -> float:
+    """The seconds of audio event ``k``'s WAV holds, checked against its JSON: a WAV cut
+    short (a full card, a copy interrupted) or no WAV at all is one line naming the file,
+    not copied out as if whole."""
+    try:
+        with wave.open(str(k.wav), "rb") as w:
+            rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
+            frames = len(w.readframes(w.getnframes())) // max(1, width * channels)
+    except FileNotFoundError:
+        raise
+    except (OSError, wave.Error, EOFError) as exc:
+        raise UsageError(f"{k.wav}: not a readable WAV ({exc}): damaged") from None
+    seconds = frames / rate if rate else 0.0
+    said = float(meta["seconds"])
+    if rate != meta["rate"] or abs(seconds - said) > 0.002:    # seconds: rounded to ms
+        raise UsageError(f"{k.wav}: holds {seconds:g} s of audio at {rate} Hz, its JSON "
+                         f"({k.meta.name}) says {said:g} s at {meta['rate']} Hz: cut short or "
+                         f"damaged, not copied (the file is there to take as it is)")
+    return seconds

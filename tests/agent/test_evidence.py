@@ -234,3 +234,83 @@ def test_the_daily_cap_skips_events_until_a_day_has_passed_and_survives_a_restar
     again.interval(result(8, interval(8), start=True))
     again.interval(result(9, interval(9)))
     assert [k.seq for k in ev.kept(tmp_path / "ev")] == [2, 8]
+
+
+# -- damaged evidence state (hostile findings): the node runs, the CLI says one line -------
+
+def test_a_file_in_place_of_the_evidence_folder_fails_the_sink_not_the_node(
+        ae_bundle, wav, broker, tmp_path, capsys):
+    cfg = decision_two_of_two(with_evidence(
+        agent_config(tmp_path, ae_bundle, broker.port, wav), enabled=True, before_s=0,
+        after_s=0))
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    (state / "evidence-fan").write_text("not audio")
+    listener = Listener(broker.port)
+    try:
+        r = run_agent(cfg)
+        assert r.returncode == 0, r.stderr
+        listener.wait(lambda s: len(s.scores()) == 5)        # scored to the end
+    finally:
+        listener.close()
+    said = [line for line in r.stderr.splitlines() if "not a folder" in line]
+    assert said and "Traceback" not in r.stderr
+    assert sum("WARNING: evidence" in line for line in said) == 1    # the sink: said once
+    assert (state / "evidence-fan").read_text() == "not audio"       # left alone
+    for args in (["--list"], ["--event", "2"]):
+        assert harken(["evidence", "--config", str(cfg), *args]) == 2
+        err = capsys.readouterr().err
+        # the last line (above it: the test secret's mode warning)
+        assert "Traceback" not in err and "evidence-fan is not a folder" in \
+            err.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def one_event(tmp_path, ae_bundle):
+    """A config with evidence on and event 2 kept (10 s, written by the sink)."""
+    cfg = with_evidence(agent_config(tmp_path, ae_bundle, 1883, tmp_path / "x.wav"),
+                        enabled=True)
+    (tmp_path / "state").mkdir(exist_ok=True)
+    s = sink(tmp_path / "state" / "evidence-fan", before_s=0, after_s=0)
+    s.interval(result(2, interval(2), start=True))
+    return cfg, tmp_path / "state" / "evidence-fan"
+
+
+@pytest.mark.parametrize("meta, expected", [
+    ("{not json", "2.json: cannot read it (not JSON"),
+    ("[1, 2]", "2.json: expected a JSON object, got list"),
+    ('{"seconds": "x", "event_offset_s": 0, "rate": 16000}', "2.json: key 'seconds' = 'x'"),
+    ('{"seconds": 10, "event_offset_s": 0, "rate": 16000, "score": "hi"}',
+     "2.json: key 'score' = 'hi'")])
+def test_a_damaged_event_json_is_one_line_naming_it(one_event, tmp_path, capsys, meta,
+                                                    expected):
+    cfg, folder = one_event
+    (folder / "2.json").write_text(meta)
+    out = tmp_path / "out.wav"
+    assert harken(["evidence", "--config", str(cfg), "--event", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and expected in err and str(folder / "2.json") in err
+    assert not out.exists()
+    assert harken(["evidence", "--config", str(cfg), "--list"]) == 0   # the event left out
+    captured = capsys.readouterr()
+    assert captured.out == "" and expected in captured.err
+
+
+def test_a_wav_cut_short_is_refused_naming_it_and_out_into_no_folder_says_so(
+        one_event, tmp_path, capsys):
+    cfg, folder = one_event
+    out = tmp_path / "out.wav"
+    assert harken(["evidence", "--config", str(cfg), "--event", "2", "--out",
+                   str(tmp_path / "nowhere" / "x.wav")]) == 2
+    err = capsys.readouterr().err
+    assert f"the folder {tmp_path / 'nowhere'} does not exist" in err and "removed" not in err
+    whole = (folder / "2.wav").read_bytes()
+    (folder / "2.wav").write_bytes(whole[:len(whole) // 3])            # a copy cut short
+    assert harken(["evidence", "--config", str(cfg), "--event", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder / '2.wav'}: holds " in err and "says 10 s" in err and "cut short" in err
+    assert not out.exists()
+    (folder / "2.wav").write_bytes(whole)
+    assert harken(["evidence", "--config", str(cfg), "--event", "2", "--out", str(out)]) == 0
+    assert "10 s around event 2" in capsys.readouterr().out
+    assert out.read_bytes() == whole

@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from harken.agent.config import ConfigError, MqttSection, load_config
-from harken.agent.decision.records import MaintenanceChanged
+from harken.agent.decision.records import IntervalResult, MaintenanceChanged
 from harken.agent.sinks.mqtt.homeassistant import SWITCH_COMMAND, discovery_payload
 from harken.agent.sinks.mqtt.outbox import Outbox
 from harken.agent.sinks.mqtt.sink import MAX_COMMAND, MqttSink
@@ -473,3 +473,107 @@ def test_watch_shows_a_machine_in_maintenance():
              if line.count("│") > 3}
     assert "maintenance" in lines["fan"] and "maintenance" not in lines["pump"]
     assert "maintenance" not in lines["press"]
+
+
+def _interval(seq: int) -> IntervalResult:
+    return IntervalResult(ts=1000.0 + seq, seq=seq, score=1.0, threshold=2.0, anomaly=False,
+                          interval_s=2.0, model="m", backend="onnx", status="ok",
+                          rms_dbfs=-20.0, windows=3, inference_ms=0.1)
+
+
+def _marked(sink: MqttSink, listener: Client, mark: str) -> None:
+    """Everything the sink published before this is at the listener (one client, QoS 1:
+    in order) once the mark is."""
+    sink.publisher.publish(f"harken/n1/{sink.machine}/mark", mark, qos=1)
+    wait_for(mark, lambda: any(p == mark.encode() for _, p, _ in listener.messages), 30, 0.02)
+
+
+def test_a_machine_restarted_in_maintenance_never_says_off(acl_broker, tmp_path):
+    """The runner says ON at start (its state file): the retained maintenance topic goes
+    from ON (the earlier run) to ON (this one), never OFF between them; a machine the runner
+    says nothing about (no state file) gets OFF at its first interval, not before."""
+    listener = Client(acl_broker.port, *OUTSIDER, "dashboard-6", subscribe="harken/n1/#")
+    try:
+        def states(machine):
+            return [json.loads(p)["state"] for t, p, _ in list(listener.messages)
+                    if t == f"harken/n1/{machine}/maintenance" and p]
+        first = make_sink(acl_broker, tmp_path, "restart")
+        first.status(MaintenanceChanged(on=True, by="alice", via="cli"))
+        wait_for("ON", lambda: "ON" in states("restart"), 30, 0.02)
+        first.close(1)
+        again = make_sink(acl_broker, tmp_path, "restart")
+        try:
+            _marked(again, listener, "connected")
+            again.status(MaintenanceChanged(on=True, by="alice", via="start"))
+            again.interval(_interval(1))
+            _marked(again, listener, "scored")
+            assert states("restart") == ["ON", "ON"]
+        finally:
+            again.close(1)
+        fresh = make_sink(acl_broker, tmp_path, "fresh")
+        try:
+            _marked(fresh, listener, "fresh connected")
+            assert states("fresh") == []
+            fresh.interval(_interval(1))
+            wait_for("OFF", lambda: states("fresh") == ["OFF"], 30, 0.02)
+        finally:
+            fresh.close(1)
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_a_command_published_retained_while_the_agent_listens(acl_broker, tmp_path, protocol):
+    """MQTT 5: the sink subscribes with retain-as-published, so a command published
+    retained while it is connected arrives flagged retained and is refused like one stored
+    before. MQTT 3.1.1 cannot say so (the broker clears the flag for a live subscriber): it
+    is carried out once, and its id stops a replay (docs/mqtt.md "Commands")."""
+    machine = f"live-retained-{protocol}"
+    sink = make_sink(acl_broker, tmp_path, machine, protocol=protocol)
+    sink.commands = handler = Recorder()
+    alice = Client(acl_broker.port, *OPERATOR, f"alice-7-{protocol}")
+    where = f"harken/n1/{machine}/command"
+    try:
+        alice.send(where, command("warm-up"))
+        alice.reply(machine, "warm-up")
+        alice.send(where, command("ret1"), retain=True)
+        reply = alice.reply(machine, "ret1")
+        if protocol == "5":
+            assert reply["ok"] is False and "retained" in reply["reason"]
+            assert handler.ids() == ["warm-up"]
+        else:
+            assert reply["ok"] is True and handler.ids() == ["warm-up", "ret1"]
+    finally:
+        alice.send(where, b"", retain=True)
+        alice.close()
+        sink.close(1)
+
+
+def test_the_sinks_own_refusals_reach_the_audit_log(acl_broker, tmp_path):
+    """With the real dispatcher (agent/operator/commands.py) as the handler, a command the
+    sink refuses itself (retained, over 64 KiB) is in the audit log like every other
+    outcome, with its id where it could be read; nothing is carried out."""
+    from harken.agent.operator import audit
+    from harken.agent.operator.commands import Commands
+    state = tmp_path / "audit-state"
+    state.mkdir()
+    machine = "audited"
+    sink = make_sink(acl_broker, tmp_path, machine)
+    sink.commands = Commands(state, {}).for_machine(machine)
+    alice = Client(acl_broker.port, *OPERATOR, "alice-8")
+    where = f"harken/n1/{machine}/command"
+    try:
+        alice.send(where, command("kept-1"), retain=True)
+        assert "retained" in alice.reply(machine, "kept-1")["reason"]
+        alice.send(where, b"", retain=True)
+        alice.send(where, json.dumps(command("big-1", pad="x" * MAX_COMMAND)).encode())
+        wait_for("the size refusal", lambda: any("over the limit" in (r["reason"] or "")
+                                                 for r in alice.replies(machine)), 30, 0.02)
+        lines = audit.read(state, machine)
+        assert [(a["outcome"], a["via"], a["command_id"], a["action"]) for a in lines] == [
+            ("refused", "mqtt", "kept-1", "maintenance"), ("refused", "mqtt", None, "command")]
+        assert "retained" in lines[0]["reason"] and "over the limit" in lines[1]["reason"]
+        assert lines[0]["operator"] == "alice"
+    finally:
+        alice.close()
+        sink.close(1)

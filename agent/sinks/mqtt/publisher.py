@@ -68,6 +68,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
 from harken.agent.sinks.mqtt.broker import ConnectionReports, fall_back_to_311, is_mqtt5, \
     make_client, refusal, speaks_tls
 from harken.agent.sinks.mqtt.outbox import Message, Outbox
@@ -335,9 +337,17 @@ class Publisher(ConnectionReports):
         """A sender round now (the encoder has births to send)."""
         self._wake.set()
 
-    def subscribe(self, topic: str, qos: int = 0) -> None:
-        """Subscribe on this connection (clean session: again at every ``connection_made``)."""
-        self.client.subscribe(topic, qos=qos)
+    def subscribe(self, topic: str, qos: int = 0, retain_as_published: bool = False) -> None:
+        """Subscribe on this connection (clean session: again at every ``connection_made``).
+        ``retain_as_published`` (MQTT 5 only): a message published retained while subscribed
+        arrives with its retain flag set, not cleared as MQTT otherwise does, so a retained
+        command is seen as one wherever it comes from (docs/mqtt.md "Commands"); MQTT 3.1.1
+        cannot ask for it."""
+        if retain_as_published and is_mqtt5(self.client):
+            self.client.subscribe(topic, options=SubscribeOptions(
+                qos=qos, retainAsPublished=True))
+        else:
+            self.client.subscribe(topic, qos=qos)
 
     @property
     def connected(self) -> bool:

@@ -22,18 +22,23 @@ published once more so that the other agent finds out too (docs/mqtt.md "Client 
 
 Commands (docs/mqtt.md "Commands"): when the runner hands the sink a command handler
 (``commands``, set only with ``mqtt.commands = true``), the sink subscribes to the
-machine's command topic at QoS 1 and answers each message on its result topic. The
+machine's command topic at QoS 1 (MQTT 5: retain as published, so that a command
+published retained is seen as one even while connected) and answers each message on its
+result topic; what it refuses itself (retained, oversized) goes to the handler too, which
+logs it in the audit log. The
 handler runs on a worker thread of its own, one command at a time in arrival order: a
 feedback command refits a threshold, which must hold up neither paho's network thread
 (keepalive, PUBACKs) nor the scores. A payload over 64 KiB is refused unread; a handler
 that raises gets a refused reply naming the error, and the worker goes on. Without a
 handler the sink never subscribes: a command sent then reaches nothing. The machine's
 maintenance state is published retained on its maintenance topic at every change and at
-every connection, commands on or off.
+every connection, commands on or off, from the moment it is known: the runner's
+MaintenanceChanged at start, or OFF at the first interval where it sent none.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -65,6 +70,20 @@ def refused(reason: str, command_id=None, command=None, **who) -> dict:
     refuses itself; the handler's own replies have the same form."""
     return {"id": command_id, "command": command, **who, "ok": False, "reason": reason,
             "result": None}
+
+
+RETAINED = ("a retained command is not carried out (it would come back at every "
+            "connection): publish commands with retain off, and clear this one with an empty "
+            "retained message")
+
+
+def _takes_refusals(handler: CommandHandler) -> bool:
+    """Whether ``handler`` (the runner's dispatcher, agent/operator/commands.py) takes a
+    refusal the sink made (``refuse=``), to log it in the audit log."""
+    try:
+        return "refuse" in inspect.signature(handler).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _said(raw: bytes) -> tuple:
@@ -136,11 +155,11 @@ class MqttSink(Encoder, NetworkSink):
         self._cmd_lock = threading.Lock()
         self._commands: CommandHandler | None = None
         self._up = False
-        # OFF until the runner says otherwise (a machine whose state file says ON is told at
-        # start): a retained ON left by an earlier run must not outlive a restart, and Home
-        # Assistant's switch has a state from the first connection
-        self._maintenance: bytes | None = json.dumps(maintenance_payload(
-            MaintenanceChanged(on=False, via="start"), node, machine)).encode()
+        # None until the runner says the state (MaintenanceChanged at start, sent only where
+        # a state file exists) or the first interval comes without it (then OFF): a machine
+        # restarted in maintenance never flips OFF then ON, and a retained ON left by an
+        # earlier run does not outlive a restart (docs/mqtt.md "Commands")
+        self._maintenance: bytes | None = None
         self._jobs: queue.Queue = queue.Queue(QUEUED_COMMANDS)
         self._worker: threading.Thread | None = None
         self.ha_status_topic = ha_status_topic(settings.discovery_prefix)
@@ -181,7 +200,7 @@ class MqttSink(Encoder, NetworkSink):
         with self._cmd_lock:
             self._up = True
             if self._commands is not None:
-                self.publisher.subscribe(self.command_topic, qos=1)
+                self.publisher.subscribe(self.command_topic, qos=1, retain_as_published=True)
             if self._maintenance is not None:
                 self.publisher.publish(self.maintenance_topic, self._maintenance, qos=1,
                                        retain=True)
@@ -202,11 +221,10 @@ class MqttSink(Encoder, NetworkSink):
         elif message.topic == self.instance_topic:
             self._instance_seen(message.payload)
         elif message.topic == self.command_topic:
+            if not message.payload:    # how a retained command is cleared: no command at all
+                return
             if message.retain:         # stored by the broker, not sent now: never carried out
-                self._reply(refused("a retained command is not carried out (it would come "
-                                    "back at every connection): publish commands with retain "
-                                    "off, and clear this one with an empty retained message",
-                                    *_said(message.payload[:MAX_COMMAND])))
+                self._command_arrived(message.payload[:MAX_COMMAND], RETAINED)
                 return
             self._command_arrived(message.payload)
 
@@ -228,22 +246,23 @@ class MqttSink(Encoder, NetworkSink):
             if (before is None) == (handler is None) or not self._up:
                 return                 # the next connection subscribes (or does not)
             if handler is not None:
-                self.publisher.subscribe(self.command_topic, qos=1)
+                self.publisher.subscribe(self.command_topic, qos=1, retain_as_published=True)
             else:
                 self.publisher.client.unsubscribe(self.command_topic)
             if self.s.homeassistant:
                 self._announce()       # the switch comes or goes with the commands
 
-    def _command_arrived(self, raw: bytes) -> None:
-        """paho's thread: queue the command for the worker; never raises (an exception here
-        would end paho's network thread)."""
+    def _command_arrived(self, raw: bytes, refuse: str | None = None) -> None:
+        """paho's thread: queue the command for the worker (with ``refuse``: a refusal the
+        sink made, which the worker hands the dispatcher for its audit line); never raises
+        (an exception here would end paho's network thread). A busy refusal is only
+        replied: a flood must not write an audit line per message (docs/mqtt.md)."""
         try:
-            if len(raw) > MAX_COMMAND:   # not parsed, not queued: refused by size alone
-                self._reply(refused(f"a command of {len(raw)} bytes is over the limit of "
-                                    f"{MAX_COMMAND} bytes (64 KiB); not read"))
-                return
+            if len(raw) > MAX_COMMAND:   # not parsed, not kept: refused by size alone
+                raw, refuse = b"", (f"a command of {len(raw)} bytes is over the limit of "
+                                    f"{MAX_COMMAND} bytes (64 KiB); not read")
             try:
-                self._jobs.put_nowait(raw)
+                self._jobs.put_nowait(raw if refuse is None else (refuse, raw))
             except queue.Full:
                 self._reply(refused(f"the agent is busy: {QUEUED_COMMANDS} commands are "
                                     f"waiting; send it again later", *_said(raw)))
@@ -253,20 +272,24 @@ class MqttSink(Encoder, NetworkSink):
     def _work(self) -> None:
         """The worker: one command at a time, each answered, whatever the handler does."""
         while True:
-            raw = self._jobs.get()
-            if raw is None:
+            job = self._jobs.get()
+            if job is None:
                 return
             try:
-                self._reply(self._answer(raw))
+                self._reply(self._answer(job[1], job[0]) if isinstance(job, tuple)
+                            else self._answer(job))
             except Exception as exc:   # noqa: BLE001 - the worker must live on
                 _log.warning(f"mqtt: no reply to a command on {self.command_topic}: {exc}")
 
-    def _answer(self, raw: bytes) -> dict:
+    def _answer(self, raw: bytes, refuse: str | None = None) -> dict:
         handler = self._commands
         if handler is None:
             return refused("commands are off on this agent (mqtt.commands)", *_said(raw))
+        if refuse is not None and not _takes_refusals(handler):
+            return refused(refuse, *_said(raw))
         try:
-            reply = handler(raw, "mqtt")
+            reply = handler(raw, "mqtt") if refuse is None else \
+                handler(raw, "mqtt", refuse=refuse)
         except Exception as exc:       # noqa: BLE001 - any failure is a refusal, said
             self.log(f"a command on {self.command_topic} failed: {type(exc).__name__}: {exc}")
             return refused(f"the agent could not carry out this command: "
@@ -357,6 +380,8 @@ class MqttSink(Encoder, NetworkSink):
                  "ts": round(result.ts, 3), **who, "replayed": False, **clock}).encode(),
                 retain=True, kind="state")
         self._anomaly = result.anomaly
+        if self._maintenance is None:          # the runner said no state at start: OFF
+            self._say_maintenance(MaintenanceChanged(on=False, via="start"))
 
     def status(self, event: StatusEvent) -> None:
         """The stats record (live, QoS 0, not through the outbox) and the maintenance state
@@ -367,11 +392,15 @@ class MqttSink(Encoder, NetworkSink):
                      **{k: v for k, v in event.to_dict().items() if k not in ("status", "kind")}}
             self.publisher.publish(self.stats_topic, json.dumps(stats), qos=0)
         elif isinstance(event, MaintenanceChanged):
-            body = json.dumps(maintenance_payload(event, self.node, self.machine)).encode()
-            with self._cmd_lock:
-                self._maintenance = body
-                if self._up:
-                    self.publisher.publish(self.maintenance_topic, body, qos=1, retain=True)
+            self._say_maintenance(event)
+
+    def _say_maintenance(self, event: MaintenanceChanged) -> None:
+        """Kept (said again at every connection) and published now if connected."""
+        body = json.dumps(maintenance_payload(event, self.node, self.machine)).encode()
+        with self._cmd_lock:
+            self._maintenance = body
+            if self._up:
+                self.publisher.publish(self.maintenance_topic, body, qos=1, retain=True)
 
     def health(self) -> dict:
         """Outbox, connection and publish-latency figures for the stats record (latency
