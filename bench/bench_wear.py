@@ -117,7 +117,9 @@ def main() -> None:
     p.add_argument("--realtime-s", type=positive, default=120,
                    help="seconds of each real-time run (default 120)")
     args = p.parse_args()
-    command = " ".join(["bench/bench_wear.py", *sys.argv[1:]])
+    # the record says paths as a reader of the repository runs it (relative to its root)
+    root = str(Path(__file__).resolve().parent.parent) + "/"
+    command = " ".join(["bench/bench_wear.py", *(a.replace(root, "") for a in sys.argv[1:])])
     if args.bundle is None:
         from bench._models import bundles
         args.bundle = bundles(["spectral-knn"])["spectral-knn"]
