@@ -9,12 +9,14 @@ go to, the calibration override recalibrate writes, the audit log. The CALLER ho
 state lock (the daemon all its life; the CLI without a daemon takes it). A running daemon
 picks the change up with ``pipeline.swap(*live_state(config, bundle))``.
 
-The refit keeps the rate at which the bank's own held-out scores cross the threshold: p is
-the chance that the gamma fitted to the old bank's held-out scores (each row scored against
-the others) exceeds the current threshold, and the new threshold is where the gamma fitted
-to the new bank's held-out scores is exceeded with that same p. For an enrolled bank, whose
-threshold enroll set at that gamma's isf(p) (agent/decision/thresholds.py), this is
-enroll's own formula on the new bank.
+The refit keeps the rate at which the machine's own bank rows (the bundle's or enrolled
+bank's, never rows fed back) cross the threshold held out: p is the chance that the gamma
+fitted to their held-out scores in the old bank (each row scored against the others)
+exceeds the current threshold, and the new threshold is where the gamma fitted to their
+held-out scores in the new bank is exceeded with that same p. The threshold so moves only
+as far as the new neighbours move the machine's own scores; the rows fed back, which score
+far out held out, never drag it into a gamma's tail. For an enrolled bank without feedback
+the old fit is enroll's own (agent/decision/thresholds.py).
 """
 
 from __future__ import annotations
