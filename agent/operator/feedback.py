@@ -9,17 +9,20 @@ go to, the calibration override recalibrate writes, the audit log. The CALLER ho
 state lock (the daemon all its life; the CLI without a daemon takes it). A running daemon
 picks the change up with ``pipeline.swap(*live_state(config, bundle))``.
 
-The refit keeps the rate at which the bank's own held-out scores cross the threshold: p is
-the chance that the gamma fitted to the old bank's held-out scores (each row scored against
-the others) exceeds the current threshold, and the new threshold is where the gamma fitted
-to the new bank's held-out scores is exceeded with that same p. For an enrolled bank, whose
-threshold enroll set at that gamma's isf(p) (agent/decision/thresholds.py), this is
-enroll's own formula on the new bank.
+The refit keeps the rate at which the machine's own bank rows (the bundle's or enrolled
+bank's, never rows fed back) cross the threshold held out: p is the chance that the gamma
+fitted to their held-out scores in the old bank (each row scored against the others)
+exceeds the current threshold, and the new threshold is where the gamma fitted to their
+held-out scores in the new bank is exceeded with that same p. The threshold so moves only
+as far as the new neighbours move the machine's own scores; the rows fed back, which score
+far out held out, never drag it into a gamma's tail. For an enrolled bank without feedback
+the old fit is enroll's own (agent/decision/thresholds.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import time
 
@@ -39,17 +42,26 @@ from harken.agent.model.rules.base import BankRule
 from harken.agent.model.rules.density import distances
 from harken.agent.model.rules.spectral_knn import SpectralKnnRule
 from harken.agent.operator import audit
-from harken.agent.sinks.recent import (ANOMALY, END, MAINTENANCE, START, STATS, Stored,
-                                       read_store, store_folder)
+from harken.agent.sinks.recent import (ANOMALY, END, FIRST, MAINTENANCE, START, STATS,
+                                       Stored, read_store, store_folder)
 from harken.common.errors import ConfigError, UsageError
 from harken.common.records import GammaParams
 
+log = logging.getLogger(__name__)
+# recalibrate: fewer false alarms a week than this asks the gamma for a tail no day of
+# scores can show (1e-300 gave a threshold of 490 against scores of at most 25: deaf)
+MIN_FALSE_ALARMS_PER_WEEK = 0.01
+# recalibrate: a threshold more than this many times the highest score stored is refused
+FAR_ABOVE = 4.0
 # the exceedance per interval the refit keeps is held in this range: a threshold far below
 # every held-out score (p near 1) or far beyond them (p near 0) says nothing of a rate
 P_RANGE = (1e-10, 0.1)
 MIN_INTERVALS = 10            # recalibrate: as 'harken calibrate' (agent/site/calibrate.py)
 # a new row this close to a bank row (in standardised units, per value) is a copy of it
 COPY_DISTANCE = 1e-6
+# an event's intervals stop at a stall longer than this many intervals (or seconds, if
+# more): audio was lost there, so what follows is not the sound the alarm was about
+GAP_INTERVALS, GAP_S = 10, 60.0
 
 
 class FeedbackError(UsageError):
@@ -123,22 +135,55 @@ def recent_events(config: Config) -> list[dict]:
     Read only: a running daemon writes the store meanwhile."""
     m = _Machine(config)
     stored = m.stored()
-    given = set() if m.overlay is None else {int(s) for s in m.overlay.seq}
+    given = _given(stored, m.overlay)
     out = []
     for i in np.nonzero(stored.has(START))[0]:
         seq = int(stored.seq[i])
-        later = np.nonzero((stored.seq > seq) & stored.has(END))[0]
-        j = int(later[0]) if later.size else None
-        span = slice(i, (j + 1) if j is not None else len(stored))
-        scores = stored.score[span]
+        _, hi = _event_span(stored, int(i), config)
+        ended = bool(stored.has(END)[hi])
+        scores = stored.score[i:hi + 1]
         scores = scores[np.isfinite(scores)]
         out.append({"machine": config.agent.machine, "event": seq,
                     "start": _iso(stored.ts[i]),
-                    "end": None if j is None else _iso(stored.ts[j]),
+                    "end": _iso(stored.ts[hi]) if ended else None,
                     "peak_score": float(scores.max()) if scores.size else None,
                     "threshold": float(stored.threshold[i]),
-                    "fed_back": seq in given})
+                    "fed_back": bool(given[i])})
     return out
+
+
+def _given(stored: Stored, overlay: Overlay | None) -> np.ndarray:
+    """Which stored intervals are in the overlay: an interval is its (seq, ts), since seqs
+    start again at 1 where their files were lost (agent/seqstore.py)."""
+    if overlay is None or not len(overlay):
+        return np.zeros(len(stored), bool)
+    have = set(zip(overlay.seq.tolist(), overlay.ts.tolist()))
+    return np.array([k in have for k in zip(stored.seq.tolist(), stored.ts.tolist())], bool)
+
+
+def _joined(stored: Stored, j: int, config: Config) -> bool:
+    """Whether interval ``j`` follows interval ``j - 1`` in one run with nothing between:
+    not the first a run stored, the next seq, a later time and no more than a stall away
+    (an event left open by a stop, a kill or maintenance must not run on into another)."""
+    step = stored.ts[j] - stored.ts[j - 1]
+    return (not stored.has(FIRST)[j] and stored.seq[j] == stored.seq[j - 1] + 1
+            and 0 <= step <= max(GAP_INTERVALS * config.decision.interval_s, GAP_S))
+
+
+def _event_span(stored: Stored, i: int, config: Config) -> tuple[int, int]:
+    """(first, last) indices into ``stored`` of the event that starts at index ``i``: from
+    the ``decision.n - 1`` intervals before it (those that raised it) through its end event,
+    or to the interval before the next start, before an interval in maintenance, or before
+    a break in the run (``_joined``: a restart, a lost stretch), whichever comes first."""
+    lo = i
+    while lo > 0 and i - lo < config.decision.n - 1 and _joined(stored, lo, config) \
+            and not stored.has(MAINTENANCE)[lo - 1]:
+        lo -= 1
+    hi = i
+    while not stored.has(END)[hi] and hi + 1 < len(stored) and _joined(stored, hi + 1, config) \
+            and not stored.has(START | MAINTENANCE)[hi + 1]:
+        hi += 1
+    return lo, hi
 
 
 def _chosen(stored: Stored, config: Config, event: int | None, start: float | None,
@@ -154,13 +199,15 @@ def _chosen(stored: Stored, config: Config, event: int | None, start: float | No
         if not where.size:
             raise FeedbackError(f"no interval {event} in the feedback store (older than "
                                 f"keep_hours, or never scored: {held})")
-        if not stored.has(START)[where[0]]:
+        starts_here = where[stored.has(START)[where]]
+        if not starts_here.size:
             starts = stored.seq[stored.has(START)][-5:].tolist()
             raise FeedbackError(f"interval {event} did not start an anomaly event (no such "
                                 f"event; the last events stored start at seqs {starts})")
-        later = stored.seq[(stored.seq > event) & stored.has(END)]
-        hi = int(later[0]) if later.size else int(stored.seq[-1])
-        sel = (stored.seq >= event - (config.decision.n - 1)) & (stored.seq <= hi)
+        # seqs that started again (their files lost) may name two events: the newest
+        lo, hi = _event_span(stored, int(starts_here[-1]), config)
+        sel = np.zeros(len(stored), bool)
+        sel[lo:hi + 1] = True
         what = f"event {event}"
     else:
         sel = (stored.ts >= start) & (stored.ts <= end)
@@ -275,7 +322,7 @@ def mark_normal(config: Config, *, event: int | None = None, start: float | None
     except ValueError as exc:
         raise FeedbackError(f"the stored intervals do not fit this bank ({exc})") from None
     seqs, ts = stored.seq[idx], stored.ts[idx]
-    given = np.isin(seqs, m.overlay.seq) if m.overlay is not None else np.zeros(len(seqs), bool)
+    given = _given(stored, m.overlay)[idx]
     fresh = ~given & _not_copies(rows, m.overlay, rule)
     if not fresh.any():
         raise FeedbackError(f"all {len(seqs)} interval(s) are in the bank already (feedback "
@@ -286,7 +333,8 @@ def mark_normal(config: Config, *, event: int | None = None, start: float | None
     if rule.bank_rows + have + len(seqs) > MAX_BANK_INTERVALS:
         raise FeedbackError(f"{len(seqs)} more interval(s) would make a bank of "
                             f"{rule.bank_rows + have + len(seqs)}, more than a bank holds "
-                            f"({MAX_BANK_INTERVALS}); undo older feedback first")
+                            f"({MAX_BANK_INTERVALS}); give fewer intervals (a shorter "
+                            f"range), or take feedback back with --undo (newest first)")
     old = m.overlay if m.overlay is not None else Overlay.empty(list(rows), [
         v.shape[1] for v in rows.values()])
     live = m.live(m.overlay)
@@ -303,9 +351,16 @@ def mark_normal(config: Config, *, event: int | None = None, start: float | None
         note = (f"{config.source_file}: decision.threshold = {before:g} is set, so the "
                 f"threshold stays; the bank changed")
     else:
-        after, p = refit_threshold(live.held_out_scores(), new_rule.held_out_scores(), before)
+        # the machine's own rows only (docs/agent.md "Feedback: how the bank and
+        # threshold change"): the rows fed back score far out held out (nothing else in
+        # the bank resembles them), and a gamma fitted with a few of them put the
+        # threshold deep in its tail (7.75 -> 24.56 on a whine: the detector deaf)
+        own = rule.bank_rows
+        after, p = refit_threshold(live.held_out_scores()[:own],
+                                   new_rule.held_out_scores()[:own], before)
     change = draft.changes[-1].model_copy(update={"threshold_after": after})
     overlay = Overlay(draft.rows, draft.seq, draft.ts, draft.change, [*old.changes, change])
+    audit.check_writable(m.state_dir)          # no change whose audit line cannot be written
     write_overlay(feedback_file(config), overlay, m.bundle.model_id, config.agent.machine,
                   config.agent.section)
     rows_before = rule.bank_rows + len(old)
@@ -314,12 +369,13 @@ def mark_normal(config: Config, *, event: int | None = None, start: float | None
                "rows_after": rows_before + len(seqs), "change": change_id,
                **({"event": int(event)} if event is not None else {"from": start, "to": end}),
                **({"exceedance_kept": p} if p is not None else {})}
-    line = audit.append(m.state_dir, {"machine": config.agent.machine, "action": "feedback",
-                                      "outcome": "ok", "operator": operator, "via": via,
-                                      "command_id": command_id, **details})
+    line = _audit(m.state_dir, {"machine": config.agent.machine, "action": "feedback",
+                                "outcome": "ok", "operator": operator, "via": via,
+                                "command_id": command_id, **details})
     skipped = int(len(idx) - len(seqs))
     return {"machine": config.agent.machine, "action": "feedback", "at": line["at"],
-            **details, "skipped_intervals": skipped, **({"note": note} if note else {})}
+            **details, "skipped_intervals": skipped, **({"note": note} if note else {}),
+            **_warning(line)}
 
 
 def undo(config: Config, *, operator: str, via: str, command_id: str | None = None) -> dict:
@@ -333,17 +389,29 @@ def undo(config: Config, *, operator: str, via: str, command_id: str | None = No
     last = m.overlay.last
     before = m.threshold(m.overlay)
     rest = m.overlay.without_last()
-    after = m.threshold(rest)
+    after, origin = resolve_threshold(config, m.bundle, m.enrollment, True,
+                                      rest if rest.changes else None, warn=False)
     bank = m.rule.bank_rows if isinstance(m.rule, BankRule) else 0
+    audit.check_writable(m.state_dir)          # no change whose audit line cannot be written
     write_overlay(feedback_file(config), rest, m.bundle.model_id, config.agent.machine,
                   config.agent.section)
     details = {"intervals": list(last.seqs), "threshold_before": before,
                "threshold_after": after, "rows_before": bank + len(m.overlay),
                "rows_after": bank + len(rest), "change": last.id}
-    line = audit.append(m.state_dir, {"machine": config.agent.machine, "action": "undo",
-                                      "outcome": "ok", "operator": operator, "via": via,
-                                      "command_id": command_id, **details})
-    return {"machine": config.agent.machine, "action": "undo", "at": line["at"], **details}
+    note = None
+    if after != last.threshold_before:
+        # a recalibration (or enrollment) since this feedback is the base now: its
+        # threshold stays, though it was fitted with this feedback's intervals in the bank
+        note = (f"the threshold is {after:.6g} ({origin}), not the {last.threshold_before:.6g} "
+                f"it was before this feedback: it was set since (recalibrated, enrolled, or "
+                f"configured), with these intervals in the bank; recalibrate again to fit it "
+                f"without them")
+    line = _audit(m.state_dir, {"machine": config.agent.machine, "action": "undo",
+                                "outcome": "ok", "operator": operator, "via": via,
+                                "command_id": command_id, **details,
+                                **({"note": note} if note else {})})
+    return {"machine": config.agent.machine, "action": "undo", "at": line["at"], **details,
+            **({"note": note} if note else {}), **_warning(line)}
 
 
 def recalibrate(config: Config, *, hours: float = 24.0, false_alarms_per_week: float = 1.0,
@@ -358,11 +426,16 @@ def recalibrate(config: Config, *, hours: float = 24.0, false_alarms_per_week: f
         raise FeedbackError(f"recalibrate: hours = {hours!r}: expected a number of hours "
                             f"above 0")
     check_false_alarm_rate(false_alarms_per_week, config.decision.interval_s)
+    if false_alarms_per_week < MIN_FALSE_ALARMS_PER_WEEK:
+        raise FeedbackError(f"recalibrate: false_alarms_per_week = {false_alarms_per_week:g}: "
+                            f"expected at least {MIN_FALSE_ALARMS_PER_WEEK:g} (one false alarm "
+                            f"in two years); fewer asks the fit for a tail that hours of "
+                            f"scores cannot show, and the threshold lands where nothing "
+                            f"alarms")
     m = _Machine(config)
     stored = m.stored()
     since = time.time() - hours * 3600.0
-    normal = np.isin(stored.seq, m.overlay.seq) if m.overlay is not None else \
-        np.zeros(len(stored), bool)
+    normal = _given(stored, m.overlay)
     use = (stored.ts >= since) & ~stored.has(MAINTENANCE) & np.isfinite(stored.score) & \
         (~stored.has(ANOMALY) | normal)
     idx = np.nonzero(use)[0]
@@ -381,15 +454,25 @@ def recalibrate(config: Config, *, hours: float = 24.0, false_alarms_per_week: f
             scores[have & ~given] = live.score_statistics(_rows(stored, idx[have & ~given]))
         if given.any():
             held = live.held_out_scores()
-            at = {int(s): i for i, s in enumerate(m.overlay.seq)}
+            at = {k: i for i, k in enumerate(zip(m.overlay.seq.tolist(),
+                                                 m.overlay.ts.tolist()))}
             base = live.bank_rows - len(m.overlay)
-            scores[given] = held[[base + at[int(s)] for s in stored.seq[idx[given]]]]
+            scores[given] = held[[base + at[k] for k in zip(stored.seq[idx[given]].tolist(),
+                                                             stored.ts[idx[given]].tolist())]]
     what = f"recalibration of {config.agent.machine}"
     threshold, p, fit = false_alarm_threshold(scores, false_alarms_per_week,
                                               config.decision.interval_s, what)
     exceeded = exceedance(scores, threshold, p, what)
     exceeded |= outliers(scores, threshold, false_alarms_per_week, config.decision.interval_s,
                          what)
+    window = (stored.ts >= since) & np.isfinite(stored.score)
+    highest = float(max(scores.max(), stored.score[window].max()))
+    if threshold > FAR_ABOVE * highest:
+        raise FeedbackError(f"recalibrate: the fitted threshold {threshold:.6g} is more than "
+                            f"{FAR_ABOVE:g} times the highest score stored in the last "
+                            f"{hours:g} h ({highest:.6g}): nothing would alarm; ask for more "
+                            f"false alarms a week (now {false_alarms_per_week:g}) or more "
+                            f"hours; nothing changed")
     before = m.threshold(m.overlay)
     override = CalibrationOverride.create(
         machine=config.agent.machine, threshold=threshold,
@@ -400,6 +483,7 @@ def recalibrate(config: Config, *, hours: float = 24.0, false_alarms_per_week: f
         model=m.bundle.model_id, bundle_threshold=m.bundle.threshold,
         source=f"feedback store, last {hours:g} h", channel=config.audio.channel,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    audit.check_writable(m.state_dir)          # no change whose audit line cannot be written
     try:
         write_override(config.override_file, override)
     except ConfigError as exc:
@@ -409,10 +493,29 @@ def recalibrate(config: Config, *, hours: float = 24.0, false_alarms_per_week: f
                "intervals": int(len(scores)), "hours": hours,
                "false_alarms_per_week": false_alarms_per_week,
                "override_file": str(config.override_file)}
-    line = audit.append(m.state_dir, {"machine": config.agent.machine,
-                                      "action": "recalibrate-threshold", "outcome": "ok",
-                                      "operator": operator, "via": via,
-                                      "command_id": command_id, **details})
+    line = _audit(m.state_dir, {"machine": config.agent.machine,
+                                "action": "recalibrate-threshold", "outcome": "ok",
+                                "operator": operator, "via": via,
+                                "command_id": command_id, **details})
     return {"machine": config.agent.machine, "action": "recalibrate-threshold",
-            "at": line["at"], **details, **exceeded}
+            "at": line["at"], **details, **exceeded, **_warning(line)}
+
+
+def _audit(state_dir, record: dict) -> dict:
+    """The change's audit line, appended after the change was made. It was checked
+    writable before (``audit.check_writable``); if it still fails (the disk filled in
+    between) the change stands and is reported done, with a warning: a reply of "refused"
+    for a change that was made misleads the operator into giving it again."""
+    try:
+        return audit.append(state_dir, record)
+    except OSError as exc:
+        warning = (f"done, but the audit log could not take its line "
+                   f"({exc.strerror or exc}): the change is not on record")
+        log.warning(f"WARNING: machine {record.get('machine')}: {record.get('action')} "
+                    f"{warning}")
+        return {**record, "at": audit.now_iso(), "_warning": warning}
+
+
+def _warning(line: dict) -> dict:
+    return {"warning": line["_warning"]} if "_warning" in line else {}
 

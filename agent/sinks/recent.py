@@ -42,6 +42,9 @@ MAGIC = b"HKRECENT"
 STORE_VERSION = 1
 SUFFIX = ".seg"
 ANOMALY, MAINTENANCE, START, END, STATS = 1, 2, 4, 8, 16
+# the first interval a run stored: an event open before it ended with that run (a stop, a
+# kill), whatever its seqs say (a restart resumes the seqs with no gap: agent/seqstore.py)
+FIRST = 32
 STATUSES = ("ok", "silent", "dropout", "clipped", "invalid")
 log = logging.getLogger(__name__)
 
@@ -113,6 +116,7 @@ class RecentStore:
         self.segment: SegmentWriter | None = None
         self.hour: str | None = None
         self.written = 0                     # bytes this process wrote (the wear bench)
+        self.first = True                    # the next record is this run's first (FIRST)
         self.prune()
 
     def add(self, result: IntervalResult) -> None:
@@ -127,11 +131,13 @@ class RecentStore:
         rec = np.zeros((), s.dtype)
         rec["seq"], rec["ts"] = result.seq, result.ts
         rec["score"] = np.nan if result.score is None else result.score
-        rec["threshold"], rec["flags"] = result.threshold, flags_of(result)
+        rec["threshold"] = result.threshold
+        rec["flags"] = flags_of(result) | (FIRST if self.first else 0)
         if stats:
             for name, _ in s.layout:
                 rec[f"s_{name}"] = np.asarray(stats[name], dtype=np.float32).reshape(-1)
         self.written += s.write(rec)
+        self.first = False
 
     def _open(self, hour: str, result: IntervalResult, layout: list[tuple[str, int]]) -> None:
         if self.segment is not None:
@@ -217,8 +223,9 @@ def read_segment(path: Path) -> Segment | None:
 
 @dataclass
 class Stored:
-    """The intervals a store holds (of one model), ordered by seq: the scalar fields as
-    arrays, and per interval its statistics if kept."""
+    """The intervals a store holds (of one model), in time order: the scalar fields as
+    arrays, and per interval its statistics if kept. An interval is (seq, ts): seqs start
+    again at 1 where their files were lost (agent/seqstore.py)."""
     seq: np.ndarray
     ts: np.ndarray
     score: np.ndarray
@@ -240,8 +247,9 @@ class Stored:
 def read_store(folder: Path, model: str | None = None,
                interval_s: float | None = None) -> Stored:
     """Every whole record of the store (of ``model`` and intervals of ``interval_s`` if
-    given: statistics of another model or interval length do not mix), ordered by seq; a
-    seq written twice (it should not be) keeps its last record."""
+    given: statistics of another model or interval length do not mix), in time order (then
+    seq); an interval is its (seq, ts), so seqs that started again after their files were
+    lost do not replace older intervals; a record written twice keeps the last copy."""
     parts, models = [], set()
     for p in segments(folder):
         seg = read_segment(p)
@@ -252,12 +260,12 @@ def read_store(folder: Path, model: str | None = None,
                 interval_s is not None and abs(seg.interval_s - interval_s) > 1e-9 * interval_s:
             continue
         parts.append(seg)
-    by_seq: dict[int, tuple[Segment, int]] = {}
+    by_key: dict[tuple[float, int], tuple[Segment, int]] = {}
     for seg in parts:
-        for i, s in enumerate(seg.records["seq"]):
-            by_seq[int(s)] = (seg, i)
-    order = sorted(by_seq)
-    rows = [by_seq[s] for s in order]
+        for i, (s, t) in enumerate(zip(seg.records["seq"], seg.records["ts"])):
+            by_key[(float(t), int(s))] = (seg, i)
+    order = sorted(by_key)
+    rows = [by_key[k] for k in order]
 
     def col(name: str, dtype) -> np.ndarray:
         return np.array([seg.records[name][i] for seg, i in rows], dtype=dtype)
@@ -266,7 +274,7 @@ def read_store(folder: Path, model: str | None = None,
         r = seg.records[i]
         stats.append({name: np.asarray(r[f"s_{name}"], dtype=np.float32) for name, _ in
                       seg.layout} if (int(r["flags"]) & STATS) and seg.layout else None)
-    return Stored(np.array(order, dtype=np.int64), col("ts", np.float64),
+    return Stored(np.array([s for _, s in order], dtype=np.int64), col("ts", np.float64),
                   col("score", np.float64), col("threshold", np.float64),
                   col("flags", np.uint32), stats, models)
 

@@ -16,6 +16,7 @@ import pytest
 
 from harken.agent.build import build, resolve_threshold
 from harken.agent.config import load_config
+from harken.agent.decision.records import IntervalResult
 from harken.agent.decision.thresholds import fit_gamma
 from harken.agent.model.overlay import OverlayError, overlay_file, read_overlay
 from harken.agent.operator import audit
@@ -106,11 +107,14 @@ def test_feedback_on_an_event_lowers_its_scores_refits_and_undo_restores_bit_for
     assert out["intervals"][0] == max(1, seq - (n - 1)) and seq in out["intervals"]
     assert out["threshold_before"] == threshold0
     assert out["rows_after"] == out["rows_before"] + len(out["intervals"])
-    # the threshold keeps the rate the old one had on the bank's held-out scores
+    # the threshold keeps the rate the old one had on the held-out scores of the machine's
+    # own bank rows (those fed back left out of both fits: finding 1 of issue 40)
     rule1, threshold1 = live_state(config, build(config)[0])
+    own = rule0.bank_rows
     p = min(max(float(fit_gamma(rule0.held_out_scores()).sf(threshold0)), P_RANGE[0]),
             P_RANGE[1])
-    assert threshold1 == out["threshold_after"] == fit_gamma(rule1.held_out_scores()).isf(p)
+    assert threshold1 == out["threshold_after"] == \
+        fit_gamma(rule1.held_out_scores()[:own]).isf(p)
     arrays1, built1 = _state(config)
     assert built1 == threshold1 and len(arrays1["mel_bank"]) == out["rows_after"]
     # the fed-back intervals now score lower (they are in the bank)
@@ -130,6 +134,7 @@ def test_feedback_on_an_event_lowers_its_scores_refits_and_undo_restores_bit_for
     assert overlay_file(folder / "state", "fan").read_bytes() == before
     # undo: what build() gave before the feedback, bit for bit, and no overlay left
     u = undo(config, operator="bob", via="socket", command_id="c-1")
+    assert "note" not in u and "warning" not in u       # the threshold it had, restored
     assert (u["threshold_before"], u["threshold_after"]) == (threshold1, threshold0)
     arrays2, threshold2 = _state(config)
     assert threshold2 == threshold0
@@ -278,6 +283,7 @@ def test_a_base_changed_since_the_feedback_wins_with_a_warning(machine, caplog):
 KILLED = """
 import sys
 from harken.agent.config import load_config
+from harken.agent.decision.records import IntervalResult
 from harken.agent.operator.feedback import mark_normal
 c = load_config(sys.argv[1])
 mark_normal(c, start=float(sys.argv[2]), end=float(sys.argv[3]), operator="k", via="cli")
@@ -326,8 +332,11 @@ def test_spectral_knn_held_out_scores_are_the_enrolled_banks_and_references_join
     for b in ("mel", "spectrum"):
         z = (extra[b] - arrays[f"{b}_mean"]) / arrays[f"{b}_std"]
         np.testing.assert_array_equal(grown.arrays[f"{b}_bank"][30:], z)
+        # over the union; a joined row's capped at the largest of the bank's own rows
+        # (an isolated row's huge density made everything near it score low)
+        union = local_densities(grown.arrays[f"{b}_bank"], 4, "euclidean")
         np.testing.assert_array_equal(grown.arrays[f"{b}_density"],
-                                      local_densities(grown.arrays[f"{b}_bank"], 4, "euclidean"))
+                                      np.r_[union[:30], np.minimum(union[30:], union[:30].max())])
         np.testing.assert_array_equal(grown.arrays[f"{b}_fusion"], arrays[f"{b}_fusion"])
     # a row now in the bank scores lower than it did
     assert np.all(grown.score_statistics(extra) < rule.score_statistics(extra))
@@ -370,3 +379,216 @@ def test_the_events_the_store_holds_are_listed_for_the_operator(machine):
                          text=True, timeout=120)
     assert bad.returncode == 2 and "take no verdict" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+# -- the hostile tester's findings (issue 40) ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def anomalies(site, small_fan, general_bundle):
+    """The bank statistics of 20 intervals of the corpus's anomalous test clips of the
+    site's machine (a real run over them), to see what the detector still flags."""
+    from harken.training.data.corpus import scan
+    folder, cfg, saved = site
+    clips = [c for c in scan(small_fan, ["fan"], "test") if c.section == 0 and c.is_anomaly]
+    wav = folder / "anomalies.wav"
+    write_wav(wav, np.concatenate([read_wav(c.path, 16000)[0] for c in clips[:4]]), 16000)
+    state = folder / "anomalies-state"
+    state.mkdir()
+    (state / "enrolled-fan.npz").write_bytes(saved[next(p for p in saved
+                                                        if p.name == "enrolled-fan.npz")])
+    acfg = write_agent_config(
+        folder / "anomalies.toml", agent={"node": "site", "machine": "fan", "state_dir": state},
+        model={"bundle": general_bundle}, audio={"source": "file", "file": wav},
+        output={"stdout": False}, decision={"interval_s": 2})
+    assert run_config(load_config(acfg)) == 0
+    stored = read_store(store_folder(state, "fan"))
+    return {k: np.stack([s[k] for s in stored.statistics]) for k in stored.statistics[0]}
+
+
+def _keep_first(config, k):
+    """The store cut to its first ``k`` intervals: feedback given while the event goes on."""
+    from harken.agent.sinks.recent import read_segment, segments
+    (path,) = segments(store_folder(config.path(config.agent.state_dir), "fan"))
+    seg = read_segment(path)
+    raw = path.read_bytes()
+    head = len(raw) - len(seg.records) * seg.records.dtype.itemsize
+    path.write_bytes(raw[:head + k * seg.records.dtype.itemsize])
+
+
+@pytest.mark.parametrize("k", [2, 6, 7, 10, 15])
+def test_feedback_during_an_event_keeps_the_threshold_and_the_anomalies(machine, anomalies, k):
+    """Finding 1: feedback on the first k intervals of the whine event swung the threshold
+    7.75 -> 11.76 (k=2), 16.85 (k=6), 24.56 (k=7: every anomaly below it). The refit now
+    fits the machine's own rows only, and a row fed back cannot divide scores near it by
+    a huge density: the threshold stays within 10 % and 9 in 10 flagged anomalies stay
+    flagged (k=2 adds two intervals of normal audio: those like them may fall)."""
+    folder, config = machine
+    _keep_first(config, k)
+    _, seq = _event(config)
+    rule0, threshold0 = live_state(config, build(config)[0])
+    out = mark_normal(config, event=seq, operator="a", via="cli")
+    assert out["intervals"] == list(range(1, k + 1))
+    rule1, threshold1 = live_state(config, build(config)[0])
+    assert threshold0 / 1.1 <= threshold1 <= threshold0 * 1.1, (threshold0, threshold1)
+    flagged0 = rule0.score_statistics(anomalies) > threshold0
+    flagged1 = rule1.score_statistics(anomalies) > threshold1
+    assert flagged0.sum() >= 10
+    assert (flagged0 & flagged1).sum() >= 0.9 * flagged0.sum(), (flagged0.sum(), flagged1.sum())
+
+
+def _second_run(config, rows, seq0, flags=(), scale=1.0, gap_s=5.0):
+    """A second run's intervals appended to the store (a new RecentStore, as a restart
+    makes): ``rows`` stored intervals' statistics (times ``scale``: other audio), seqs
+    from ``seq0``; ``flags``: per interval "start", "end", "maintenance" or ""."""
+    from harken.agent.decision.hysteresis import Event
+    from harken.agent.sinks.recent import RecentStore
+    state = config.path(config.agent.state_dir)
+    stored = read_store(store_folder(state, "fan"))
+    bundle = build(config)[0]
+    store = RecentStore(store_folder(state, "fan"), 24, 64)
+    t = float(stored.ts.max()) + gap_s
+    for i, r in enumerate(rows):
+        f = flags[i] if i < len(flags) else ""
+        event = Event(f, t + i, 30.0, 0.0) if f in ("start", "end") else None
+        store.add(IntervalResult(
+            t + 0.01 * i, seq0 + i, float(stored.score[r]), float(stored.threshold[r]),
+            f == "start", 2.0, bundle.model_id, "test", "ok", -30.0, 1, 0.0, event=event,
+            statistics={k: v * scale for k, v in stored.statistics[r].items()},
+            maintenance=f == "maintenance"))
+    store.close()
+    return read_store(store_folder(state, "fan"))
+
+
+@pytest.mark.parametrize("flags, why", [
+    ((), "a restart (the next run's first interval)"),
+    (("", "", "end"), "a restart, though the next run's seqs go on and it ends an event"),
+])
+def test_an_open_event_ends_at_a_restart(machine, flags, why):
+    """Finding 2: event 2 was left open (the run ended in it); a second run goes on with
+    seqs 16.. and ends an event of its own. --event 2 took 1..30 (both runs); now the
+    intervals of its own run only."""
+    folder, config = machine
+    _, seq = _event(config)
+    _second_run(config, range(5, 10), 16, flags, scale=1.3)
+    out = mark_normal(config, event=seq, operator="a", via="cli")
+    assert max(out["intervals"]) == 15, why
+    from harken.agent.operator.feedback import recent_events
+    assert next(e for e in recent_events(config) if e["event"] == seq)["end"] is None
+
+
+@pytest.mark.parametrize("at, flag", [(10, "maintenance"), (10, "start")])
+def test_an_open_event_ends_before_maintenance_or_the_next_start(machine, at, flag):
+    """Finding 2: an event left open by maintenance (which drops it) or followed by another
+    start with no end between them ends before that interval."""
+    folder, config = machine
+    from harken.agent.sinks.recent import MAINTENANCE, START, read_segment, segments
+    (path,) = segments(store_folder(folder / "state", "fan"))
+    seg = read_segment(path)
+    records = seg.records.copy()
+    records["flags"][at - 1] |= MAINTENANCE if flag == "maintenance" else START
+    raw = path.read_bytes()
+    head = len(raw) - len(seg.records) * seg.records.dtype.itemsize
+    path.write_bytes(raw[:head] + records.tobytes())
+    _, seq = _event(config)
+    out = mark_normal(config, event=seq, operator="a", via="cli")
+    assert out["intervals"] == list(range(1, at))
+
+
+def test_intervals_are_told_apart_by_seq_and_time(machine):
+    """Finding 6: after the seq files were lost the seqs start again at 1; the new
+    intervals (other audio, other times) were refused as "already in the bank", and
+    recalibrate scored them with the old rows' held-out scores. Now an interval is its
+    (seq, ts): both runs are stored, the new ones can be given, and recalibrate rescores
+    the new ones as what they are (not marked normal)."""
+    folder, config = machine
+    stored0, seq = _event(config)
+    mark_normal(config, event=seq, operator="a", via="cli")
+    stored = _second_run(config, range(0, 12), 1, scale=1.05)
+    assert len(stored) == 27 and stored.seq.tolist() == [*range(1, 16), *range(1, 13)]
+    new = stored.ts[15:]
+    out = mark_normal(config, start=float(new[0]), end=float(new[4]), operator="a", via="cli")
+    assert out["intervals"] == [1, 2, 3, 4, 5]
+    ov = read_overlay(overlay_file(folder / "state", "fan"), build(config)[0].model_id, "fan", 0)
+    first = len(ov) - 5
+    assert sorted(ov.ts[first:].tolist()) == new[:5].tolist()
+    # the second run's intervals: 1..5 marked normal (scored held out, as bank rows), 6..12
+    # not (rescored through the rule); the first run's marked normal too
+    rec = recalibrate(config, hours=1, operator="a", via="cli")
+    assert rec["intervals"] == 15 + 12
+
+
+def test_a_log_that_cannot_be_written_refuses_before_any_change(machine, monkeypatch):
+    """Finding 5: with audit.jsonl unwritable, feedback said "refused" yet wrote the
+    overlay (and recalibrate the override). Now nothing is written; and an audit append
+    that fails after the change (the disk filled in between) is reported done, warned."""
+    folder, config = machine
+    stored, seq = _event(config)
+    log = folder / "state" / "audit.jsonl"
+    log.mkdir()
+    with pytest.raises(OSError):
+        mark_normal(config, event=seq, operator="a", via="cli")
+    assert not overlay_file(folder / "state", "fan").exists()
+    log.rmdir()
+    _normal_parts(config, stored)
+    log.unlink()
+    log.mkdir()
+    with pytest.raises(OSError):
+        recalibrate(config, hours=1, operator="a", via="cli")
+    assert not config.override_file.exists()
+    before = overlay_file(folder / "state", "fan").read_bytes()
+    with pytest.raises(OSError):
+        undo(config, operator="a", via="cli")
+    assert overlay_file(folder / "state", "fan").read_bytes() == before
+    log.rmdir()
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(audit, "append", full)
+    out = recalibrate(config, hours=1, operator="a", via="cli")
+    assert "the audit log could not take its line (No space left on device)" in out["warning"]
+    assert config.override_file.exists()
+    out = undo(config, operator="a", via="cli")
+    assert "audit log could not" in out["warning"]
+    assert overlay_file(folder / "state", "fan").read_bytes() != before
+
+
+def test_recalibrate_refuses_a_deaf_threshold(machine, monkeypatch):
+    """Finding 7a: false_alarms_per_week = 1e-300 gave ok and a threshold of 490 against
+    stored scores of at most 25. Refused below 0.01 a week; a threshold over 3 times the
+    highest stored score is refused naming both numbers."""
+    folder, config = machine
+    _normal_parts(config, read_store(store_folder(folder / "state", "fan")))
+    with pytest.raises(FeedbackError, match=r"false_alarms_per_week = 1e-300: expected at "
+                       r"least 0.01"):
+        recalibrate(config, hours=1, false_alarms_per_week=1e-300, operator="a", via="cli")
+    from harken.agent.operator import feedback
+    monkeypatch.setattr(feedback, "MIN_FALSE_ALARMS_PER_WEEK", 0.0)
+    with pytest.raises(FeedbackError, match=r"the fitted threshold [\d.e+]+ is more than 4 "
+                       r"times the highest score stored in the last 1 h \([\d.]+\)"):
+        recalibrate(config, hours=1, false_alarms_per_week=1e-300, operator="a", via="cli")
+    assert not config.override_file.exists()
+
+
+def test_undo_after_a_recalibration_says_the_threshold_stays(machine):
+    """Finding 7b: feedback, recalibrate, undo left the override fitted with the feedback's
+    rows and said nothing (threshold before == after). The result now says so."""
+    folder, config = machine
+    _normal_parts(config, read_store(store_folder(folder / "state", "fan")))
+    rec = recalibrate(config, hours=1, operator="a", via="cli")
+    out = undo(config, operator="a", via="cli")
+    assert out["threshold_after"] == rec["threshold_after"]
+    assert f"the threshold is {rec['threshold_after']:.6g} (calibration " in out["note"]
+    assert "recalibrate again" in out["note"]
+
+
+def test_a_full_bank_says_how_to_make_room(machine, monkeypatch):
+    """Finding 13: the bank-full refusal said "undo older feedback first", but undo takes
+    back the newest only."""
+    folder, config = machine
+    from harken.agent.operator import feedback
+    _, seq = _event(config)
+    monkeypatch.setattr(feedback, "MAX_BANK_INTERVALS", 10)
+    with pytest.raises(FeedbackError, match=r"more than a bank holds \(10\); give fewer "
+                       r"intervals .* --undo \(newest first\)") as exc:
+        mark_normal(config, event=seq, operator="a", via="cli")
+    assert "older" not in str(exc.value)

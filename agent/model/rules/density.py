@@ -52,6 +52,20 @@ def local_densities(bank: np.ndarray, k: int = DEFAULT_K, metric: str = "cosine"
     return np.maximum(nearest.mean(axis=1), 1e-9)
 
 
+def joined_densities(bank: np.ndarray, own: int, k: int = DEFAULT_K,
+                     metric: str = "cosine") -> np.ndarray:
+    """``local_densities`` of a bank whose first ``own`` rows were there before the rest
+    joined (feedback), each joined row's capped at the largest of the first rows': a row
+    nothing else resembles (an alarm's sound marked normal) has a huge mean distance to its
+    neighbours, and dividing by it made everything near it score low (a whine fed back
+    took 21 of 41 flagged anomalies below the threshold; docs/agent.md "Feedback: how the
+    bank and threshold change"). A sound like the joined row still scores low: its
+    distance to it is small."""
+    density = local_densities(bank, k, metric)
+    density[own:] = np.minimum(density[own:], density[:own].max())
+    return density
+
+
 def normalised_min_distance(points: np.ndarray, bank: np.ndarray, density: np.ndarray,
                             metric: str = "cosine") -> np.ndarray:
     """Per point: min over references of distance(point, reference) / density(reference)."""

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from harken.agent.model.rules.base import BankRule, register
-from harken.agent.model.rules.density import local_densities, normalised_min_distance
+from harken.agent.model.rules.density import (joined_densities, normalised_min_distance)
 from harken.agent.model.rules.embedding import unit_embedding
 
 
@@ -59,7 +59,8 @@ class EmbeddingDensityRule(BankRule):
         unit = unit_embedding(rows["embedding"], a["embedding_mean"], a["embedding_std"])
         bank = np.concatenate([np.asarray(a["bank"], dtype=np.float64), unit])
         return EmbeddingDensityRule({**a, "bank": bank,
-                                     "bank_density": local_densities(bank, density_k)})
+                                     "bank_density": joined_densities(bank, self.bank_rows,
+                                                                      density_k)})
 
     def held_out_scores(self) -> np.ndarray:
         """As agent/site/enroll_embedding.py ``fit_embedding_bank`` scores its intervals."""

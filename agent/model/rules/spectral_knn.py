@@ -48,7 +48,7 @@ from harken.agent.features.cepstrum import pool_cepstrum, quefrencies
 from harken.agent.features.modulation import n_lines, pool_modulation, window_modulation
 from harken.agent.features.temporal import pool_temporal, row_width, window_temporal
 from harken.agent.model.rules.base import BankRule, RuleError, register
-from harken.agent.model.rules.density import distances, local_densities
+from harken.agent.model.rules.density import distances, joined_densities, local_densities
 
 BRANCHES = ("mel", "spectrum")        # the two every old bundle carries (moments only)
 FRAME_BRANCHES = ("modulation", "temporal", "cepstrum")   # computed from the window's frames
@@ -403,7 +403,8 @@ class SpectralKnnRule(BankRule):
             z = (rows[b] - arrays[f"{b}_mean"]) / arrays[f"{b}_std"]
             bank = np.concatenate([np.asarray(arrays[f"{b}_bank"], dtype=np.float64), z])
             arrays[f"{b}_bank"] = bank
-            arrays[f"{b}_density"] = local_densities(bank, density_k, "euclidean")
+            arrays[f"{b}_density"] = joined_densities(bank, self.bank_rows, density_k,
+                                                      "euclidean")
         rule = SpectralKnnRule(arrays)
         if hasattr(self, "n_features"):          # learnt from the model (check_model)
             rule.n_features = self.n_features
