@@ -617,6 +617,32 @@ def wear_section(r: dict) -> list[str]:
     ]
 
 
+def store_section(r: dict, wear: dict | None = None) -> list[str]:
+    """bench/bench_store.py: the feedback store's bytes per day for each default bundle
+    (its record size), and with the wear bench's measured logs and outbox the day's total."""
+    others = 0.0
+    if wear is not None:
+        day = {k: max(0.0, v) for k, v in wear["mb_per_day"].items()}
+        others = sum(v for k, v in day.items() if not k.startswith("default config"))
+    goal = wear["goal_mb_per_day"] if wear is not None else 50.0
+    rows = [[Path(x["bundle"]).name, x["model"],
+             " + ".join(f"{k} {w}" for k, w in x["statistics"].items()),
+             x["bytes_per_interval"], f"{x['mb_per_day']:.2f}",
+             f"{x['mb_per_day'] + others:.2f}" + ("" if x["mb_per_day"] + others < goal
+                                                  else " (over the goal)")]
+            for x in r["rows"]]
+    return [
+        "### The feedback store, bundle by bundle (bench/bench_store.py)", "",
+        f"`{r['command']}` ({r['when']}): the store writes one record per report interval "
+        "(agent/sinks/recent.py: a fixed part and each statistics vector as float32), so its "
+        "bytes follow from the bundle's bank: the default detector's bundles carry two "
+        "branches or five depending on the machine type. Per day at the default "
+        f"{r['interval_s']:g}-s intervals; the last column adds the wear bench's measured "
+        f"logs and MQTT outbox ({others:.2f} MB per day) against the goal of {goal:g}.", ""
+    ] + table(["bundle", "model", "statistics (values)", "bytes per interval", "MB per day",
+               "with logs and outbox"], rows)
+
+
 def fleet_section(r: dict) -> list[str]:
     lines = [
         "## Fleet: many agents, one broker", "",
@@ -1049,7 +1075,7 @@ SECTIONS = {"features": features_section, "scorers": scorers_section,
             "machines": machines_section, "fleet": fleet_section,
             "training": training_section, "allocator": allocator_section,
             "training-gpu": training_section, "unseen": unseen_section,
-            "wear": wear_section}
+            "wear": wear_section, "store": store_section}
 
 
 def main() -> None:
@@ -1065,7 +1091,9 @@ def main() -> None:
                   f"Python {machine['python']}, numpy {machine['numpy']}, scipy {machine['scipy']}.", ""]
     lines += summary(results)
     for name, fn in SECTIONS.items():
-        if name in results:
+        if name == "store" and name in results:
+            lines += store_section(results[name], results.get("wear")) + [""]
+        elif name in results:
             lines += fn(results[name]) + [""]
     for name, r in results.items():      # labelled records (--name) of bench_agent / machines
         if name not in SECTIONS and name.startswith(("agent-", "machines-")):
