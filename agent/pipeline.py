@@ -14,7 +14,9 @@ each window's evidence row: a window is run through the model as soon as its fra
 and its frames dropped, so the interval's 10 s of features (mostly the 513-bin spectrum) are
 never held. The rows are the ones the whole interval's windows give, in the same order, so
 the score is the same to the bit. A fused bundle's members each window the frames their own
-way: for it the interval's frames are held and scored at its end as before.
+way: for it the interval's frames are held and scored at its end as before. With evidence
+audio on (opt-in, agent/sinks/evidence.py) each interval's samples are kept too, as int16,
+until its result is handed over.
 """
 
 from __future__ import annotations
