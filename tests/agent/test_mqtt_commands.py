@@ -413,6 +413,59 @@ def test_sparkplug_maintenance_metric_and_dcmd(acl_broker, tmp_path):
         host.close()
 
 
+def test_sparkplug_retained_dcmd_is_refused_and_a_redelivery_has_the_same_id(acl_broker,
+                                                                              tmp_path):
+    """F40b #3: a DCMD left retained on the broker is refused (handed to the dispatcher as
+    a refusal for its audit line) at every subscription, never carried out; a DCMD's id is
+    made of its own timestamps, so the same DCMD delivered twice carries the same id (the
+    dispatcher refuses the second as a replay), and one without timestamps is refused."""
+    from harken.agent.sinks.sparkplug.node import NO_STAMP, RETAINED, EdgeNode
+    host = Host(acl_broker.port)
+    logs: list[str] = []
+    s = MqttSection(enabled=True, host="127.0.0.1", port=acl_broker.port, username=USER,
+                    password=PASSWORD)
+    node = EdgeNode(s, "harken", "n3", tmp_path, "test", log=logs.append)
+    d = node.add_device("saw", Outbox(tmp_path / "sparkplug-saw.db"),
+                        {"model": "m", "backend": "b", "section": 0, "interval_s": 2.0})
+    node.describe(d, model="m", backend="b")
+    where = topic("harken", "DCMD", "n3", "saw")
+
+    def write(value, stamp, retain=False, metric_stamp=None):
+        p = Payload(timestamp=stamp)
+        add_metric(p, "Maintenance", DataType.Boolean, value,
+                   stamp if metric_stamp is None else metric_stamp)
+        host.c.publish(where, p.SerializeToString(), qos=1, retain=retain).wait_for_publish(5)
+    got: list[tuple] = []
+
+    def handler(raw: bytes, via: str, refuse: str | None = None) -> dict:
+        body = json.loads(raw)
+        got.append((body["id"], body["state"], refuse))
+        return {"id": body["id"], "ok": refuse is None, "reason": refuse}
+    try:
+        host.wait(lambda h: h.of("DBIRTH", "saw"))
+        write(True, 1_800_000_000_000, retain=True)
+        node.take_commands(d, handler)
+        wait_for("the retained DCMD", lambda: got)
+        assert got[0] == ("sparkplug-1800000000000-1800000000000-on", "on", RETAINED)
+        write(False, 1_800_000_005_000)
+        write(False, 1_800_000_005_000)        # the same DCMD again (a redelivery)
+        write(True, 0, metric_stamp=0)
+        wait_for("three DCMD", lambda: len(got) == 4)
+        assert got[1][0] == got[2][0] == "sparkplug-1800000005000-1800000005000-off"
+        assert got[1][2] is None and got[3][2] == NO_STAMP
+        # subscribed again (as at every connection): the retained DCMD comes again, refused
+        node.take_commands(d, None)
+        node.take_commands(d, handler)
+        wait_for("the retained DCMD again", lambda: len(got) == 5)
+        assert got[4][2] == RETAINED
+        assert any("retained DCMD" in m for m in logs)
+    finally:
+        host.c.publish(where, b"", qos=1, retain=True).wait_for_publish(5)
+        node.remove_device(d, 1)
+        node.close()
+        host.close()
+
+
 def test_sparkplug_without_commands_takes_no_dcmd(acl_broker, tmp_path):
     from harken.agent.sinks.sparkplug.node import EdgeNode
     host = Host(acl_broker.port)

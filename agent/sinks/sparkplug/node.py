@@ -19,9 +19,14 @@ The specification has no flag for a writable metric; the metric's ``readOnly`` p
 says it (false only while the device takes commands: ``mqtt.commands``, the runner's
 handler set). Only then does the node subscribe to the device's DCMD, and a DCMD write of
 ``Maintenance`` becomes a maintenance command through the same handler as the JSON
-command topic (operator ``sparkplug``, id ``sparkplug-<timestamp>-<seq>``); a write that
-is refused is logged and answered with a DDATA of the unchanged value, so that the host's
-tag returns to it. Other DCMD metrics are refused and logged.
+command topic (operator ``sparkplug``). Its id is made of the DCMD itself: ``sparkplug-``,
+the payload's timestamp, the metric's timestamp and the value written, so that the same
+DCMD delivered again (a broker's redelivery, a retained DCMD at a reconnect) is a replay
+that the dispatcher refuses; a DCMD with neither timestamp is refused. The DCMD is
+subscribed retain-as-published (MQTT 5) and a retained DCMD is refused, never carried out:
+it would come back at every connection (docs/mqtt.md "Commands"). A write that is refused
+is logged and answered with a DDATA of the unchanged value, so that the host's tag returns
+to it. Other DCMD metrics are refused and logged.
 
 DDATA goes out at QoS 1 (the specification asks for 0): a row leaves the outbox only when
 the broker's PUBACK arrives, which is what lets nothing be lost across an outage or a
@@ -30,7 +35,7 @@ kill -9. Births and deaths are QoS 0 and 1 as specified.
 
 from __future__ import annotations
 
-import itertools
+import inspect
 import json
 import logging
 import queue
@@ -51,6 +56,10 @@ from harken.agent.sinks.sparkplug.payload import DataType, Payload, add_metric, 
 _log = logging.getLogger(__name__)
 REBIRTH = "Node Control/Rebirth"
 MAINTENANCE = "Maintenance"      # the writable device metric (module docstring)
+RETAINED = ("a retained DCMD is not carried out (it would come back at every connection): "
+            "publish DCMD with retain off, and clear this one with an empty retained message")
+NO_STAMP = ("a DCMD without a timestamp is not carried out: its redelivery could not be told "
+            "from a new write (Sparkplug B asks for the payload's timestamp)")
 
 # the device metrics of every DDATA: (name, Sparkplug type, score payload key, unit)
 DEVICE_METRICS = [("score", DataType.Float, "score", None),
@@ -71,6 +80,15 @@ def _value(body: dict, key: str):
     if key == "clock":
         return (body.get("clock") == "unsynced") if body else None
     return body.get(key)
+
+
+def _takes_refusals(handler: CommandHandler) -> bool:
+    """Whether ``handler`` (the runner's dispatcher) takes a refusal made here
+    (``refuse=``), to log it in the audit log (as agent/sinks/mqtt/sink.py does)."""
+    try:
+        return "refuse" in inspect.signature(handler).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def now_ms() -> int:
@@ -116,7 +134,6 @@ class EdgeNode(Encoder):
         # sender holds while it publishes: a DDATA's seq is taken in order with the births'
         self._lock = self.publisher.lock
         self._up = False                   # a connection is made (its DCMD subscriptions)
-        self._writes = itertools.count(1)  # DCMD writes taken (the command ids' <seq>)
         # DCMD writes for the command worker, carried out one at a time in arrival order
         self._jobs: queue.Queue = queue.Queue(64)
         self._worker: threading.Thread | None = None
@@ -158,7 +175,7 @@ class EdgeNode(Encoder):
             self._up = True
             for d in self.devices.values():
                 if d.commands is not None:
-                    self.publisher.subscribe(self._dcmd(d), qos=0)
+                    self.publisher.subscribe(self._dcmd(d), qos=0, retain_as_published=True)
 
     def connection_lost(self) -> None:
         # the broker sends this connection's NDEATH; the next one is a new session
@@ -177,7 +194,7 @@ class EdgeNode(Encoder):
         if parsed is not None and parsed[1] == "DCMD":
             device = self.devices.get(parsed[3] or "")
             if device is not None and device.commands is not None:
-                self._device_command(device, payload)
+                self._device_command(device, payload, bool(getattr(message, "retain", False)))
             return
         if any(m.name == REBIRTH and metric_value(m) is True for m in payload.metrics):
             with self._lock:
@@ -188,22 +205,25 @@ class EdgeNode(Encoder):
     def _dcmd(self, d: Device) -> str:
         return topic(self.group, "DCMD", self.edge_node, d.name)
 
-    def _device_command(self, d: Device, payload) -> None:
+    def _device_command(self, d: Device, payload, retained: bool = False) -> None:
         """A DCMD to device ``d``: a write of Maintenance becomes a maintenance command
-        through the device's handler; anything else is refused, said in the log. Never
-        raises (paho's thread)."""
+        through the device's handler, its id made of the DCMD (module docstring);
+        ``retained`` (stored by the broker): handed over as a refusal. Anything else is
+        refused, said in the log. Never raises (paho's thread)."""
         for m in payload.metrics:
             value = metric_value(m)
             if m.name != MAINTENANCE or not isinstance(value, bool):
                 self.log(f"device {d.name}: DCMD write of {m.name[:64]!r} refused: only "
                          f"{MAINTENANCE!r} (Boolean) is writable")
                 continue
-            seq = next(self._writes)     # no lock on paho's thread (the sender holds it)
-            stamp = m.timestamp or payload.timestamp or now_ms()
-            command = {"id": f"sparkplug-{stamp}-{seq}", "command": "maintenance",
-                       "operator": "sparkplug", "state": "on" if value else "off"}
+            state = "on" if value else "off"
+            command = {"id": f"sparkplug-{payload.timestamp}-{m.timestamp}-{state}",
+                       "command": "maintenance", "operator": "sparkplug", "state": state}
+            refuse = RETAINED if retained else None
+            if not payload.timestamp and not m.timestamp:
+                refuse = NO_STAMP
             try:
-                self._jobs.put_nowait((d, command))
+                self._jobs.put_nowait((d, command, refuse))
             except queue.Full:
                 self.log(f"device {d.name}: DCMD write of {MAINTENANCE} refused: "
                          f"{self._jobs.maxsize} commands are waiting")
@@ -218,13 +238,22 @@ class EdgeNode(Encoder):
             except Exception as exc:     # noqa: BLE001 - the worker must live on
                 self.log(f"a DCMD write was not carried out: {exc}")
 
-    def _carry_out(self, d: Device, command: dict) -> None:
+    def _carry_out(self, d: Device, command: dict, refuse: str | None = None) -> None:
         """The handler, on the command worker (neither paho's network thread nor the
-        sender waits on it); a refusal is logged and the unchanged value said again."""
+        sender waits on it); a refusal is logged and the unchanged value said again.
+        ``refuse``: a refusal made here (a retained DCMD), handed to a handler that takes
+        one so that the audit log holds it too."""
         handler = d.commands
+        raw = json.dumps(command).encode()
         try:
-            reply = handler(json.dumps(command).encode(), "sparkplug") if handler else \
-                {"ok": False, "reason": "commands are off"}
+            if handler is None:
+                reply = {"ok": False, "reason": "commands are off"}
+            elif refuse is None:
+                reply = handler(raw, "sparkplug")
+            elif _takes_refusals(handler):
+                reply = handler(raw, "sparkplug", refuse=refuse)
+            else:
+                reply = {"ok": False, "reason": refuse}
         except Exception as exc:        # noqa: BLE001 - a failure is a refusal, said
             reply = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}
         if isinstance(reply, dict) and reply.get("ok") is True:
@@ -250,7 +279,7 @@ class EdgeNode(Encoder):
                 return
             if self._up:
                 if handler is not None:
-                    self.publisher.subscribe(self._dcmd(d), qos=0)
+                    self.publisher.subscribe(self._dcmd(d), qos=0, retain_as_published=True)
                 else:
                     self.publisher.client.unsubscribe(self._dcmd(d))
             d.born = False
