@@ -174,6 +174,10 @@ def cmd_evidence(args: argparse.Namespace) -> int:
     out = Path(args.out or f"evidence-{view.agent.machine}-{args.event}.wav")
     if not out.parent.is_dir():
         raise UsageError(f"--out {out}: the folder {out.parent} does not exist")
+    state = view.path(view.agent.state_dir).resolve()
+    if out.resolve().is_relative_to(state):  # links followed: no state file overwritten
+        raise UsageError(f"--out {out}: inside the agent's state folder {state}; write the "
+                         f"WAV elsewhere (a file there is the agent's own)")
     try:
         meta = read_meta(event)       # one line naming a damaged JSON or a WAV cut short
         check_wav(event, meta)
@@ -562,6 +566,18 @@ def plot_name(text: str) -> str:
     return arg(PathText)(text)
 
 
+class OnlyOnce(argparse._StoreAction):
+    """An option given at most once: argparse keeps the last of ``--machine a --machine b``,
+    so an operator who meant both would silence (or wake) only b without a word
+    (docs/agent.md "Maintenance"); refused in one line instead."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) not in (None, self.default):
+            parser.error(f"argument {option_string}: given twice ({getattr(namespace, self.dest)!s}"
+                         f" and {values!s}): name one, and run the command once per machine")
+        super().__call__(parser, namespace, values, option_string)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p, sub = command_parser("harken", "Harken device agent.")
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
@@ -600,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("enroll", help="learn this machine's reference bank on site "
                        "(a general bundle: 'harken-export general')")
     n.add_argument("--config", required=True)
-    n.add_argument("--machine", type=arg(Name), help="the machine to enroll, of a config that watches "
+    n.add_argument("--machine", action=OnlyOnce, type=arg(Name), help="the machine to enroll, of a config that watches "
                    "several ([[machines]])")
     n.add_argument("--minutes", type=float, default=10.0,
                    help="minutes of live audio to record (default 10)")
@@ -614,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.set_defaults(func=cmd_enroll)
     k = sub.add_parser("calibrate", help="set the threshold on site from normal operation")
     k.add_argument("--config", required=True)
-    k.add_argument("--machine", type=arg(Name), help="calibrate only this machine of a config that watches "
+    k.add_argument("--machine", action=OnlyOnce, type=arg(Name), help="calibrate only this machine of a config that watches "
                    "several (default: every machine, from one capture per input)")
     k.add_argument("--minutes", type=float, default=30.0,
                    help="minutes of live audio to score (default 30)")
@@ -664,7 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     o = sub.add_parser("outbox", help="the messages the broker refused: list them (JSON "
                        "lines), or send them again")
     o.add_argument("--config", required=True)
-    o.add_argument("--machine", help="only this machine of a config that watches several")
+    o.add_argument("--machine", action=OnlyOnce, help="only this machine of a config that watches several")
     what = o.add_mutually_exclusive_group(required=True)
     what.add_argument("--list", action="store_true", help="one JSON line per refused message")
     what.add_argument("--resend", action="store_true", help="put every refused message back "
@@ -673,7 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     fb = sub.add_parser("feedback", help="tell a machine that an alarm (or a time range) was "
                         "normal, undo that, or list what was done (the audit log)")
     fb.add_argument("--config", required=True)
-    fb.add_argument("--machine", type=arg(Name), help="the machine (required when the config "
+    fb.add_argument("--machine", action=OnlyOnce, type=arg(Name), help="the machine (required when the config "
                     "watches several)")
     form = fb.add_mutually_exclusive_group(required=True)
     form.add_argument("--event", type=arg(Count(0, 2**63 - 1)), metavar="SEQ",
@@ -695,7 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
     mt = sub.add_parser("maintenance", help="put a machine in maintenance (scored, no "
                         "alarms), end it, or show it")
     mt.add_argument("--config", required=True)
-    mt.add_argument("--machine", type=arg(Name), help="the machine (required for on/off when "
+    mt.add_argument("--machine", action=OnlyOnce, type=arg(Name), help="the machine (required for on/off when "
                     "the config watches several)")
     mt.add_argument("state", choices=["on", "off", "status"])
     mt.add_argument("--for", dest="seconds", type=duration_arg, metavar="DURATION",
@@ -708,7 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evidence", help="the audio kept around anomaly events ([evidence] "
                        "enabled): list it, or write one event's WAV")
     e.add_argument("--config", required=True)
-    e.add_argument("--machine", type=arg(Name), help="the machine, of a config that watches "
+    e.add_argument("--machine", action=OnlyOnce, type=arg(Name), help="the machine, of a config that watches "
                    "several")
     which = e.add_mutually_exclusive_group(required=True)
     which.add_argument("--event", type=arg(Count(1, 2**63 - 1, "seq")),

@@ -314,3 +314,21 @@ def test_a_wav_cut_short_is_refused_naming_it_and_out_into_no_folder_says_so(
     assert harken(["evidence", "--config", str(cfg), "--event", "2", "--out", str(out)]) == 0
     assert "10 s around event 2" in capsys.readouterr().out
     assert out.read_bytes() == whole
+
+
+def test_out_inside_the_state_folder_is_refused_links_followed(one_event, tmp_path, capsys):
+    """F40b #5: ``--out`` onto any file of the agent's state folder (its enrolled bank, an
+    event's record), directly or through a link, is refused in one line and nothing there
+    is touched."""
+    cfg, folder = one_event
+    state = tmp_path / "state"
+    (state / "enrolled-fan.npz").write_bytes(b"the bank")
+    (tmp_path / "link").symlink_to(state)
+    before = {p: p.read_bytes() for p in state.rglob("*") if p.is_file()}
+    for out in (state / "enrolled-fan.npz", folder / "2.json", folder / "new.wav",
+                tmp_path / "link" / "enrolled-fan.npz", state):
+        assert harken(["evidence", "--config", str(cfg), "--event", "2", "--out",
+                       str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "inside the agent's state folder" in err[-1] and "Traceback" not in "".join(err)
+    assert {p: p.read_bytes() for p in state.rglob("*") if p.is_file()} == before

@@ -320,6 +320,26 @@ def test_the_cli_refuses_in_one_line(config, tmp_path, capsys):
     assert not (tmp_path / "state" / "maintenance-fan.json").exists()
 
 
+def test_machine_given_twice_is_refused_by_every_command_that_takes_it(config, tmp_path,
+                                                                      capsys):
+    """F40b #8: argparse keeps the last of ``--machine fan --machine pump``: an operator who
+    meant both would silence only pump. Every command with --machine refuses it, in one
+    line, before anything is done."""
+    twice = ["--machine", "fan", "--machine", "pump"]
+    c = ["--config", str(config)]
+    for argv in (["maintenance", *c, *twice, "on"], ["maintenance", *c, *twice, "off"],
+                 ["feedback", *c, *twice, "--events"], ["evidence", *c, *twice, "--list"],
+                 ["outbox", *c, *twice, "--list"], ["enroll", *c, *twice],
+                 ["calibrate", *c, *twice], ["maintenance", *c, "--machine=fan",
+                                              "--machine=fan", "on"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "argument --machine: given twice" in err[-1], (argv, err)
+        assert "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "state" / "maintenance-fan.json").exists()
+    assert not (tmp_path / "state" / "maintenance-pump.json").exists()
+
+
 def test_the_cli_waits_for_no_one_when_the_state_is_held_without_a_socket(config, tmp_path,
                                                                            capsys):
     (tmp_path / "state").mkdir()
