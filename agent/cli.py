@@ -467,7 +467,8 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     if args.seconds is not None:
         body["for"] = args.seconds
     reply = _command(config, args.machine, body, args.operator, "maintenance")
-    print(json.dumps(reply) if args.json else _maintenance_line(reply["result"]))
+    unchanged = " (unchanged: it already was)" if reply["result"].get("unchanged") else ""
+    print(json.dumps(reply) if args.json else _maintenance_line(reply["result"]) + unchanged)
     if reply["result"].get("warning") and not args.json:
         print(f"harken: warning: {reply['result']['warning']}", file=sys.stderr)
     return 0
@@ -616,7 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("enroll", help="learn this machine's reference bank on site "
                        "(a general bundle: 'harken-export general')")
     n.add_argument("--config", required=True)
-    n.add_argument("--machine", action=OnlyOnce, type=arg(Name), help="the machine to enroll, of a config that watches "
+    n.add_argument("--machine", action=OnlyOnce, type=arg(Name),
+                   help="the machine to enroll, of a config that watches "
                    "several ([[machines]])")
     n.add_argument("--minutes", type=float, default=10.0,
                    help="minutes of live audio to record (default 10)")
@@ -630,7 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.set_defaults(func=cmd_enroll)
     k = sub.add_parser("calibrate", help="set the threshold on site from normal operation")
     k.add_argument("--config", required=True)
-    k.add_argument("--machine", action=OnlyOnce, type=arg(Name), help="calibrate only this machine of a config that watches "
+    k.add_argument("--machine", action=OnlyOnce, type=arg(Name),
+                   help="calibrate only this machine of a config that watches "
                    "several (default: every machine, from one capture per input)")
     k.add_argument("--minutes", type=float, default=30.0,
                    help="minutes of live audio to score (default 30)")
@@ -689,7 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
     fb = sub.add_parser("feedback", help="tell a machine that an alarm (or a time range) was "
                         "normal, undo that, or list what was done (the audit log)")
     fb.add_argument("--config", required=True)
-    fb.add_argument("--machine", action=OnlyOnce, type=arg(Name), help="the machine (required when the config "
+    fb.add_argument("--machine", action=OnlyOnce, type=arg(Name),
+                    help="the machine (required when the config "
                     "watches several)")
     form = fb.add_mutually_exclusive_group(required=True)
     form.add_argument("--event", type=arg(Count(0, 2**63 - 1)), metavar="SEQ",
@@ -711,7 +715,8 @@ def build_parser() -> argparse.ArgumentParser:
     mt = sub.add_parser("maintenance", help="put a machine in maintenance (scored, no "
                         "alarms), end it, or show it")
     mt.add_argument("--config", required=True)
-    mt.add_argument("--machine", action=OnlyOnce, type=arg(Name), help="the machine (required for on/off when "
+    mt.add_argument("--machine", action=OnlyOnce, type=arg(Name),
+                    help="the machine (required for on/off when "
                     "the config watches several)")
     mt.add_argument("state", choices=["on", "off", "status"])
     mt.add_argument("--for", dest="seconds", type=duration_arg, metavar="DURATION",
@@ -724,7 +729,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evidence", help="the audio kept around anomaly events ([evidence] "
                        "enabled): list it, or write one event's WAV")
     e.add_argument("--config", required=True)
-    e.add_argument("--machine", action=OnlyOnce, type=arg(Name), help="the machine, of a config that watches "
+    e.add_argument("--machine", action=OnlyOnce, type=arg(Name),
+                   help="the machine, of a config that watches "
                    "several")
     which = e.add_mutually_exclusive_group(required=True)
     which.add_argument("--event", type=arg(Count(1, 2**63 - 1, "seq")),

@@ -11,9 +11,13 @@ nothing but is logged too (unsynced, rate-limited: agent/operator/audit.py). One
 a time (a lock): two operators' feedback never interleave on one bank.
 
 The ids carried out are kept in their own small file, ``state_dir/commands-done.jsonl``
-(the last ``DONE_KEEP`` of them, one synced line each), not looked up in the audit log: a
-flood of refused junk rotates the audit log but never reaches this file, so it cannot make
-the agent forget an id and carry out its replay. The audit log's last lines are looked at
+(those of the last ``DONE_DAYS`` days or the last ``DONE_KEEP``, whichever are more, at
+most ``DONE_MAX``; one synced line each), not looked up in the audit log: a flood of
+refused junk rotates the audit log but never reaches this file, so it cannot make the agent
+forget an id and carry out its replay. A command that changes nothing (maintenance off when
+off) is answered ok with ``"unchanged": true`` and takes no slot there, its audit line
+unsynced and rate-limited (agent/operator/maintenance.py): valid no-ops in bulk neither
+push real ids out nor wear the card. The audit log's last lines are looked at
 too, for the instant between a change (its audit line written) and the line of its id.
 
 Commands (JSON objects; ``machine`` comes from the topic over MQTT, from the key over the
@@ -31,6 +35,7 @@ The reply: ``{"id", "command", "machine", "ok", "reason", "result"}``.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import functools
 import json
@@ -38,6 +43,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +64,10 @@ _log = logging.getLogger(__name__)
 MAX_BYTES = 64 * 1024
 ID_MAX = 128
 DONE_NAME = "commands-done.jsonl"    # prefix reserved against mqtt.outbox (agent/sinks/mqtt)
-DONE_KEEP = 1000
+DONE_KEEP = 1000                     # ids kept: those of the last DONE_DAYS days or the
+DONE_DAYS = 7                        # last DONE_KEEP, whichever are more, at most DONE_MAX
+DONE_MAX = 100_000
+_LINE_MIN = 64                       # bytes: no line of the file is shorter
 _TAIL_BYTES = 256 * 1024
 CommandId = Text(ID_MAX)
 Operator = Text(128)
@@ -122,8 +131,10 @@ def carried_out(state_dir: Path, machine: str, command_id: str) -> dict | None:
 
 def remember(state_dir: Path, machine: str, command_id: str) -> None:
     """Command ``command_id`` of ``machine`` was carried out: one synced line (after a torn
-    one, on a line of its own); past ``2 * DONE_KEEP`` lines the file is rewritten with
-    the last ``DONE_KEEP`` (atomically), so it stays small."""
+    one, on a line of its own). The file keeps the ids of the last ``DONE_DAYS`` days or the
+    last ``DONE_KEEP``, whichever are more, never over ``DONE_MAX`` (rewritten atomically
+    when enough can go): a replay window counted in commands alone would let a burst of
+    valid commands push an operator's id out within seconds and its replay through."""
     path = Path(state_dir) / DONE_NAME
     data = (json.dumps({"at": audit.now_iso(), "machine": machine, "id": command_id})
             + "\n").encode()
@@ -136,9 +147,24 @@ def remember(state_dir: Path, machine: str, command_id: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    if size + len(data) < 2 * DONE_KEEP * _LINE_MIN:
+        return                               # surely under 2 * DONE_KEEP lines
     lines = _done_lines(state_dir)
-    if len(lines) > 2 * DONE_KEEP:
-        write_atomic(path, "\n".join(x for x in lines[-DONE_KEEP:]) + "\n")
+    drop = _droppable(lines, time.time())
+    if drop >= max(DONE_KEEP, len(lines) // 10):   # not rewritten for every line
+        write_atomic(path, "\n".join(lines[drop:]) + "\n")
+
+
+def _droppable(lines: list[str], now: float) -> int:
+    """How many of the oldest ``lines`` may go: those older than ``DONE_DAYS`` days beyond
+    the last ``DONE_KEEP``, and at any rate all but the last ``DONE_MAX``."""
+    def at(raw: str) -> float:
+        try:
+            return dt.datetime.fromisoformat(json.loads(raw)["at"]).timestamp()
+        except (ValueError, TypeError, KeyError, OverflowError):
+            return 0.0                       # a torn line: as old as can be
+    young = bisect.bisect_left(lines, now - DONE_DAYS * 86400.0, key=at)
+    return max(0, min(young, len(lines) - DONE_KEEP), len(lines) - DONE_MAX)
 
 
 class _Command(Record):
@@ -303,6 +329,8 @@ class Commands:
                                  f"{done.get('at')}): a replay changes nothing")
         if isinstance(cmd, MaintenanceCommand):
             result = self._maintenance(cmd, target, via)
+            if result.get("unchanged"):
+                return result                   # nothing done: its id takes no slot
         else:
             result = self._feedback(cmd, target, via)
         try:
@@ -319,7 +347,7 @@ class Commands:
     def _maintenance(self, cmd: MaintenanceCommand, target: Target, via: str) -> dict:
         for_s = None if cmd.for_ is None else parse_duration(cmd.for_, "for")
         state = target.maintenance.set(cmd.state == "on", for_s, cmd.operator, via, cmd.id)
-        if target.send is not None:
+        if target.send is not None and not state.get("unchanged"):
             target.send(MaintenanceChanged(on=state["on"], until=state["until"],
                                            by=cmd.operator, via=via))
         return state

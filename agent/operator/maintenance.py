@@ -198,13 +198,20 @@ class Maintenance:
     def set(self, on: bool, for_s: float | None, operator: str | None, via: str,
             command_id: str | None = None) -> dict:
         """Turn maintenance on (for ``for_s`` seconds, None: until turned off) or off; the
-        file written, the change in the audit log; returns the new ``state()``."""
+        file written, the change in the audit log; returns the new ``state()``. A change
+        that changes nothing (off when off, on without ``for_s`` when already on until
+        turned off) writes no file and no synced line: its reply is the state with
+        ``"unchanged": true``, its audit line unsynced and rate-limited like a refusal's,
+        so a flood of them neither wears the card nor rotates the operators' lines away
+        (docs/agent.md "Maintenance")."""
         if for_s is not None:
             if not on:
                 raise UsageError("maintenance off takes no duration ('for' is for on)")
             for_s = parse_duration(for_s, "for")
         with self._lock:
             now = time.time()
+            if self._unchanged(on, for_s, now):
+                return self._say_unchanged(on, operator, via, command_id, now)
             record = MaintenanceRecord(on=on, since=round(now, 3),
                                        until=None if for_s is None else round(now + for_s, 3),
                                        by=operator, via=via)
@@ -221,6 +228,26 @@ class Maintenance:
                 return {**self.state(now), "warning": f"done, but the audit log could not "
                         f"take its line ({exc.strerror or exc})"}
             return self.state(now)
+
+    def _unchanged(self, on: bool, for_s: float | None, now: float) -> bool:
+        r = self.record
+        if self._damaged or (r is not None and r.on and r.until is not None and
+                             now >= r.until):
+            return False                     # a file to set aside, an expiry to write
+        if not on:
+            return r is None or not r.on
+        return for_s is None and r is not None and r.on and r.until is None
+
+    def _say_unchanged(self, on: bool, operator: str | None, via: str,
+                       command_id: str | None, now: float) -> dict:
+        try:
+            audit.append_refused(self.state_dir, {
+                "machine": self.machine, "action": "maintenance", "outcome": "unchanged",
+                "operator": operator, "via": via, "command_id": command_id, "on": on})
+        except OSError as exc:               # nothing was to be done: said, not refused
+            _log.warning(f"the audit log could not take an unchanged maintenance command of "
+                         f"{self.machine} ({exc.strerror or exc})")
+        return {**self.state(now), "unchanged": True}
 
     def expire(self) -> dict | None:
         """The ``until`` of an ``on`` has passed: the file says off, the audit log says the

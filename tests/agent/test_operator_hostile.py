@@ -4,6 +4,7 @@ defeats no replay protection, a change whose audit line cannot be written is ref
 before it is made, a maintenance file out of range or not a file is set aside, a read
 changes no file, and a CLI holding the state is named as such."""
 
+import datetime
 import json
 import time
 
@@ -118,10 +119,69 @@ def test_a_flood_of_refused_junk_forgets_no_id_and_is_rate_limited_unsynced(
     # refused junk never grows the file of ids; it stays bounded however many are done
     ids = tmp_path / commands_module.DONE_NAME
     assert ids.name.startswith("commands-") and len(ids.read_text().splitlines()) == 2
+    # (F40b #7: the ids of the last 7 days are all kept, past DONE_KEEP; bounded by age
+    # and DONE_MAX, test_no_op_commands_take_no_slot_and_ids_are_kept_for_seven_days)
     for i in range(3 * commands_module.DONE_KEEP):
         commands_module.remember(tmp_path, "fan", f"x{i}")
-    assert len(ids.read_text().splitlines()) <= 2 * commands_module.DONE_KEEP
+    assert len(ids.read_text().splitlines()) == 2 + 3 * commands_module.DONE_KEEP
+    assert commands_module.carried_out(tmp_path, "fan", "x0")
     assert commands_module.carried_out(tmp_path, "fan", f"x{3 * commands_module.DONE_KEEP - 1}")
+
+
+def test_no_op_commands_take_no_slot_and_ids_are_kept_for_seven_days(dispatcher, tmp_path,
+                                                                      monkeypatch):
+    """F40b #7: 2,100 valid ``maintenance off`` while off (fresh ids) used to push the
+    operator's id A out of the last 1,000 kept, and A's replay then silenced the machine.
+    A no-op is answered ok and ``unchanged``, writes no file and no synced line, and takes
+    no slot; the ids kept are those of the last 7 days or the last 1,000, whichever are
+    more, at most DONE_MAX."""
+    assert send(dispatcher, id="A", command="maintenance", operator="a", state="on")["ok"]
+    assert send(dispatcher, id="B", command="maintenance", operator="a", state="off")["ok"]
+    m = tmp_path / "maintenance-fan.json"
+    ids = tmp_path / commands_module.DONE_NAME
+    before = (m.read_bytes(), m.stat().st_mtime_ns, ids.read_bytes())
+    synced = []
+    monkeypatch.setattr(audit.os, "fsync", lambda fd: synced.append(fd))
+    monkeypatch.setattr(commands_module.os, "fsync", lambda fd: synced.append(fd))
+    for i in range(2100):
+        r = send(dispatcher, id=f"noop-{i}", command="maintenance", operator="x", state="off")
+        assert r["ok"] and r["result"]["unchanged"] is True and r["result"]["on"] is False
+    assert synced == [] and (m.read_bytes(), m.stat().st_mtime_ns, ids.read_bytes()) == before
+    lines = [x for x in audit.read(tmp_path) if x.get("outcome") == "unchanged"]
+    assert 0 < len(lines) <= audit.REFUSED_PER_MINUTE     # unsynced and rate-limited
+    r = send(dispatcher, id="A", command="maintenance", operator="a", state="on")
+    assert not r["ok"] and "already carried out" in r["reason"]
+    assert not dispatcher.targets["fan"].maintenance.active()
+    # on until turned off, asked again: unchanged too; with a 'for' it is a change
+    assert not send(dispatcher, id="C", command="maintenance", operator="a",
+                    state="on")["result"].get("unchanged")
+    assert send(dispatcher, id="D", command="maintenance", operator="a",
+                state="on")["result"]["unchanged"] is True
+    assert not send(dispatcher, id="E", command="maintenance", operator="a", state="on",
+                    **{"for": "1h"})["result"].get("unchanged")
+
+    def aged(days: float, n: int, tag: str) -> list[str]:
+        at = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=days)
+        return [json.dumps({"at": at.isoformat(timespec="milliseconds"), "machine": "fan",
+                            "id": f"{tag}{i}"}) for i in range(n)]
+    keep = commands_module.DONE_KEEP
+    # 6 days old: all kept, however many (under DONE_MAX)
+    ids.write_text("\n".join(aged(6, 3 * keep, "y")) + "\n")
+    commands_module.remember(tmp_path, "fan", "new")
+    assert len(ids.read_text().splitlines()) == 3 * keep + 1
+    assert commands_module.carried_out(tmp_path, "fan", "y0")
+    # 8 days old: the last DONE_KEEP kept (whichever are more), the rest dropped
+    ids.write_text("\n".join(aged(8, 3 * keep, "o") + aged(1, 10, "y")) + "\n")
+    commands_module.remember(tmp_path, "fan", "new")
+    kept = [json.loads(x)["id"] for x in ids.read_text().splitlines()]
+    assert len(kept) == keep and kept[-1] == "new" and f"o{3 * keep - 1}" in kept
+    assert not commands_module.carried_out(tmp_path, "fan", "o0")
+    # the hard cap
+    monkeypatch.setattr(commands_module, "DONE_MAX", 2 * keep)
+    ids.write_text("\n".join(aged(1, 4 * keep, "z")) + "\n")
+    commands_module.remember(tmp_path, "fan", "new")
+    kept = [json.loads(x)["id"] for x in ids.read_text().splitlines()]
+    assert len(kept) == 2 * keep and kept[-1] == "new"
 
 
 def test_a_torn_line_of_the_ids_file_is_skipped_and_the_next_starts_afresh(tmp_path):
