@@ -235,7 +235,12 @@ def test_maintenance_through_the_cli_reaches_the_running_daemon(ae_bundle, wav, 
                          ({**base, "for": "2h"}, "'for' goes with state 'on'")]:
             reply = request(state, bad)
             assert reply["ok"] is False and why in reply["reason"], reply
-        on_again = {"id": "r2", "command": "maintenance", "operator": "eve", "state": "on"}
+        # on while on until turned off changes nothing (F40b #7: ok, unchanged, no replay
+        # slot); on for 2 h is a change, and its replay is refused
+        same = request(state, {**base, "id": "r0", "state": "on"})
+        assert same["ok"] is True and same["result"]["unchanged"] is True
+        on_again = {"id": "r2", "command": "maintenance", "operator": "eve", "state": "on",
+                    "for": "2h"}
         assert request(state, on_again)["ok"] is True
         replay = request(state, on_again)
         assert replay["ok"] is False and "already carried out" in replay["reason"]
