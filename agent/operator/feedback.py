@@ -455,8 +455,10 @@ def recalibrate(config: Config, *, hours: float = 24.0, false_alarms_per_week: f
     exceeded = exceedance(scores, threshold, p, what)
     exceeded |= outliers(scores, threshold, false_alarms_per_week, config.decision.interval_s,
                          what)
+    # the scores it was fitted on, not the alarming ones left out (4 x 15 let a threshold
+    # of 25.7 through, fitted on 10 scores); a score may be below 0 (fused, standardised)
     highest = float(scores.max())
-    if threshold > FAR_ABOVE * highest:
+    if threshold > highest + (FAR_ABOVE - 1.0) * abs(highest):
         raise FeedbackError(f"recalibrate: the fitted threshold {threshold:.6g} is more than "
                             f"{FAR_ABOVE:g} times the highest score it was fitted on "
                             f"({highest:.6g}): nothing would alarm; ask for more false alarms "
