@@ -637,3 +637,115 @@ def test_a_full_bank_says_how_to_make_room(machine, monkeypatch):
                        r"intervals .* --undo \(newest first\)") as exc:
         mark_normal(config, event=seq, operator="a", via="cli")
     assert "older" not in str(exc.value)
+
+
+# -- the second hostile round (issue 40) -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def near_copies(site, small_fan, general_bundle):
+    """The bank statistics of near-copies of the enrollment clips (clips 0-3, 40 s each, as
+    the hostile tester made them: 0.5 s out of alignment, plus a faint 120 Hz hum, plus
+    N(0, 3e-3) noise), from one real run: {variant: (n, ...) statistics per name}."""
+    from harken.training.data.corpus import scan
+    folder, cfg, saved = site
+    clips = [c for c in scan(small_fan, ["fan"], "train") if c.section == 0][:4]
+    x = np.concatenate([read_wav(c.path, 16000)[0] * 1.0 for c in clips])
+    t = np.arange(len(x)) / 16000
+    variants = {"shifted": np.r_[x[8000:], x[:8000]],
+                "hum": x + 0.01 * np.sin(2 * np.pi * 120 * t),
+                "noise": x + np.random.default_rng(0).normal(0, 3e-3, x.shape)}
+    wav = folder / "near.wav"
+    write_wav(wav, np.concatenate(list(variants.values())).astype(np.float32), 16000)
+    state = folder / "near-state"
+    state.mkdir()
+    (state / "enrolled-fan.npz").write_bytes(saved[next(p for p in saved
+                                                        if p.name == "enrolled-fan.npz")])
+    ncfg = write_agent_config(
+        folder / "near.toml", agent={"node": "site", "machine": "fan", "state_dir": state},
+        model={"bundle": general_bundle}, audio={"source": "file", "file": wav},
+        output={"stdout": False}, decision={"interval_s": 2})
+    assert run_config(load_config(ncfg)) == 0
+    stored = read_store(store_folder(state, "fan"))
+    per = len(stored) // 3
+    return {name: {k: np.stack([s[k] for s in stored.statistics[i * per:(i + 1) * per]])
+                   for k in stored.statistics[0]} for i, name in enumerate(variants)}
+
+
+def _append(config, statistics, seq0, gap_s=5.0):
+    """Intervals with these statistics (per name, (n, width)) appended to the store as a
+    run of their own, none anomalous; returns their times."""
+    from harken.agent.sinks.recent import RecentStore
+    state = config.path(config.agent.state_dir)
+    stored = read_store(store_folder(state, "fan"))
+    bundle = build(config)[0]
+    store = RecentStore(store_folder(state, "fan"), 24, 64)
+    t = float(stored.ts.max()) + gap_s
+    n = len(next(iter(statistics.values())))
+    for i in range(n):
+        store.add(IntervalResult(
+            t + 0.01 * i, seq0 + i, 0.0, float(stored.threshold[0]), False, 2.0,
+            bundle.model_id, "test", "ok", -30.0, 1, 0.0,
+            statistics={k: v[i] for k, v in statistics.items()}))
+    store.close()
+    return t, t + 0.01 * (n - 1)
+
+
+@pytest.mark.parametrize("variant, before", [("shifted", 16.27), ("hum", 138.7),
+                                             ("noise", 42.3)])
+def test_normal_feedback_never_makes_the_machine_deaf_nor_more_alarming(
+        machine, anomalies, near_copies, variant, before):
+    """Finding 1 (second round): near-copies of the enrollment clips marked normal
+    (``--from 0 --to 9999999999 normal``) moved the threshold 7.75 -> ``before`` (the hum:
+    0 of 50 anomalies above it), and the own rows' densities shrank, so every live score
+    rose. Now the own rows keep their densities and the threshold is kept: no score
+    rises, the anomalies flagged stay flagged, undo gives the old bank bit for bit."""
+    folder, config = machine
+    stored = read_store(store_folder(folder / "state", "fan"))
+    arrays0, threshold0 = _state(config)
+    rule0, _ = live_state(config, build(config)[0])
+    start, end = _append(config, near_copies[variant], 100)
+    out = mark_normal(config, start=start, end=end, operator="a", via="cli")
+    assert len(out["intervals"]) == len(near_copies[variant]["mel"])
+    rule1, threshold1 = live_state(config, build(config)[0])
+    assert out["threshold_before"] == out["threshold_after"] == threshold1 == threshold0
+    site_rows = {k: np.stack([s[k] for s in stored.statistics]) for k in stored.statistics[0]}
+    for rows in (anomalies, site_rows):
+        assert np.all(rule1.score_statistics(rows) <= rule0.score_statistics(rows) + 1e-9)
+    flagged0 = rule0.score_statistics(anomalies) > threshold0
+    assert flagged0.sum() >= 10
+    assert np.array_equal(rule1.score_statistics(anomalies) > threshold1, flagged0)
+    undo(config, operator="a", via="cli")
+    arrays2, threshold2 = _state(config)
+    assert threshold2 == threshold0
+    assert all(np.array_equal(arrays2[k], arrays0[k]) for k in arrays0)
+
+
+def test_a_time_range_leaves_maintenance_out(machine):
+    """Finding 6 (second round): ``--from/--to`` took intervals in maintenance (a fitter's
+    hammering) into the bank; ``--event`` and recalibrate left them out."""
+    folder, config = machine
+    flags = ["", "", "maintenance", "maintenance", "maintenance", ""]
+    stored = _second_run(config, range(5, 11), 40, flags, scale=1.2)
+    out = mark_normal(config, start=float(stored.ts[-6]), end=float(stored.ts[-1]),
+                      operator="a", via="cli")
+    assert out["intervals"] == [40, 41, 45]
+    just = _second_run(config, range(0, 2), 60, ("maintenance", "maintenance"), gap_s=50)
+    with pytest.raises(FeedbackError, match="no interval stored in the range .* out of "
+                       "maintenance"):
+        mark_normal(config, start=float(just.ts[-2]), end=float(just.ts[-1]), operator="a",
+                    via="cli")
+
+
+def test_recalibrate_refuses_a_threshold_its_outliers_moved(machine, monkeypatch):
+    """Finding 2b (second round): one interval scoring far above the others put the
+    threshold at 77.18 ("without them 9.05" in the warning), written anyway. Refused now,
+    with both numbers; nothing written."""
+    folder, config = machine
+    _quiet_run(config)
+    stored = read_store(store_folder(folder / "state", "fan"))
+    loud = {k: v * 3.0 for k, v in stored.statistics[-1].items()}
+    _append(config, {k: np.stack([v, v * 1.01]) for k, v in loud.items()}, 300)
+    with pytest.raises(FeedbackError, match=r"the fitted threshold [-\d.e+]+ is more than 2 "
+                       r"times the [-\d.e+]+ it would be without its 2 outlier interval"):
+        recalibrate(config, hours=1, operator="a", via="cli")
+    assert not config.override_file.exists()
