@@ -72,10 +72,10 @@ def base_threshold(config: Config, bundle: Bundle, enrollment: BankManifest | No
 def resolve_threshold(config: Config, bundle: Bundle, enrollment: BankManifest | None = None,
                       override: bool = True, feedback: Overlay | None | EllipsisType = ...,
                       warn: bool = True) -> tuple[float, str]:
-    """Config value, else the threshold the last feedback refitted while its base is still
+    """Config value, else the threshold the last feedback recorded while its base is still
     the base, else the base (``base_threshold``). A base that changed since the feedback
-    (calibrated again, enrolled again) wins, said in one warning line (``warn``): the refit
-    was of the old base's rate (docs/agent.md "Feedback: how the bank and threshold
+    (calibrated again, enrolled again) wins, said in one warning line (``warn``): the kept
+    threshold was the old base's (docs/agent.md "Feedback: how the bank and threshold
     change"). ``feedback``: the machine's overlay as read already (None: none), else it is
     read here."""
     if config.decision.threshold is not None:

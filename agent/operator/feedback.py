@@ -1,5 +1,5 @@
 """False-alarm feedback: an operator marks an alarm (or a time range) normal, its intervals
-join the machine's reference bank, and the threshold is refitted; undo takes the last
+join the machine's reference bank, and the threshold is kept; undo takes the last
 feedback back; recalibrate fits a new threshold from the intervals the store holds
 (docs/agent.md "Feedback: how the bank and threshold change").
 
@@ -299,8 +299,8 @@ def mark_normal(config: Config, *, event: int | None = None, start: float | None
                 end: float | None = None, operator: str, via: str,
                 command_id: str | None = None) -> dict:
     """Add the intervals of anomaly event ``event`` (its start seq), or of the time range
-    [``start``, ``end``] (UTC epoch seconds), to the machine's bank and refit the
-    threshold; one audit line. Returns what was done."""
+    [``start``, ``end``] (UTC epoch seconds), to the machine's bank; the threshold is
+    kept (module docstring); one audit line. Returns what was done."""
     _check_who(operator, via, command_id)
     if (event is None) == (start is None and end is None) or (start is None) != (end is None):
         raise FeedbackError("feedback: give an event (its start seq) or a time range (from "
