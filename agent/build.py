@@ -4,6 +4,7 @@ enroll and check-config all build a machine here, so they accept and refuse the 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 from types import EllipsisType
@@ -71,17 +72,20 @@ def base_threshold(config: Config, bundle: Bundle, enrollment: BankManifest | No
 def resolve_threshold(config: Config, bundle: Bundle, enrollment: BankManifest | None = None,
                       override: bool = True, feedback: Overlay | None | EllipsisType = ...,
                       warn: bool = True) -> tuple[float, str]:
-    """Config value, else the threshold the last feedback refitted while its base is still
+    """Config value, else the threshold the last feedback recorded while its base is still
     the base, else the base (``base_threshold``). A base that changed since the feedback
-    (calibrated again, enrolled again) wins, said in one warning line (``warn``): the refit
-    was of the old base's rate (docs/agent.md "Feedback: how the bank and threshold
+    (calibrated again, enrolled again) wins, said in one warning line (``warn``): the kept
+    threshold was the old base's (docs/agent.md "Feedback: how the bank and threshold
     change"). ``feedback``: the machine's overlay as read already (None: none), else it is
     read here."""
     if config.decision.threshold is not None:
         return config.decision.threshold, "config decision.threshold"
     value, kind, origin = base_threshold(config, bundle, enrollment, override)
     if feedback is ... and override:
-        feedback = read_feedback(config, bundle)
+        try:
+            feedback = read_feedback(config, bundle)
+        except OverlayError:              # set aside at start (``build``): not applied
+            feedback = None
     last = feedback.last if isinstance(feedback, Overlay) else None
     if last is None or not override:
         return value, origin
@@ -158,6 +162,27 @@ def read_feedback(config: Config, bundle: Bundle) -> Overlay | None:
                         bundle.model_id, config.agent.machine, config.agent.section)
 
 
+def set_aside(config: Config, why: OverlayError, rename: bool = True) -> None:
+    """An overlay that cannot apply (another model's: the bundle was upgraded; damaged;
+    truncated) is set aside: renamed with a UTC stamp and said in one warning line. The
+    feedback no longer applies and the machine is heard with its own bank; a node that
+    does not start after a routine upgrade hears nothing (docs/agent.md "Feedback").
+    ``rename=False`` (check-config) only says that a start will set it aside."""
+    path = feedback_file(config)
+    if not rename:
+        log.warning(f"WARNING: {why} -- 'harken run' will set it aside and run without it")
+        return
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.set-aside-{stamp}")
+    try:
+        path.rename(aside)
+    except OSError as exc:
+        raise OverlayError(f"{why} (and it could not be set aside: {exc.strerror or exc})"
+                           ) from None
+    log.warning(f"WARNING: {path}: set aside as {aside.name}: the feedback it holds no longer "
+                f"applies, the machine is heard with its own bank ({why})")
+
+
 def with_feedback(config: Config, bundle: Bundle, rule: ScoreRule | None,
                   overlay: Overlay | None) -> ScoreRule | None:
     """``rule`` with the overlay's rows in its bank (the rule itself without an overlay);
@@ -182,22 +207,28 @@ def with_feedback(config: Config, bundle: Bundle, rule: ScoreRule | None,
 
 
 def build(config: Config, seq_start: int = 1, bundle: Bundle | None = None,
-          pool: BackendPool | None = None, override: bool = True) -> tuple[Bundle, Pipeline]:
+          pool: BackendPool | None = None, override: bool = True,
+          aside: bool = True) -> tuple[Bundle, Pipeline]:
     """One machine's bundle and pipeline (``config``: a single-machine config or view).
     ``bundle``: already opened (machines sharing one); ``pool``: backends to share;
     ``override``: False for the command that writes the calibration override. The
     feedback overlay, if any, joins the bank and may set the threshold (docs/agent.md
-    "Feedback: how the bank and threshold change")."""
+    "Feedback: how the bank and threshold change"); one that cannot apply is set aside
+    (``set_aside``; ``aside=False``: only said, for check-config)."""
     bundle = bundle or open_bundle(config.path(config.model.bundle))
     # a general bundle has no sections of its own: its bank is this machine's
     if not bundle.needs_enrollment and config.agent.section not in bundle.sections:
         raise ConfigError(f"{config.source_file}: key 'agent.section' = {config.agent.section}: "
                           f"the bundle has sections {bundle.sections}")
     rule, enrollment = machine_rule(config, bundle)
-    overlay = read_feedback(config, bundle)
-    if overlay is not None:
-        rule = with_feedback(config, bundle, rule, overlay)
-    elif enrollment is None:
+    try:
+        overlay = read_feedback(config, bundle)
+        if overlay is not None:
+            rule = with_feedback(config, bundle, rule, overlay)
+    except OverlayError as exc:
+        set_aside(config, exc, aside)
+        overlay = None
+    if overlay is None and enrollment is None:
         rule = None                       # the bundle's own, as the scorer takes it
     scorer = make_scorer(bundle, config.agent.section, config.model.artifact,
                          config.model.threads, rule=rule, enrollment=enrollment, pool=pool)
@@ -208,12 +239,12 @@ def build(config: Config, seq_start: int = 1, bundle: Bundle | None = None,
 
 
 def preflight(config: Config, bundle: Bundle | None = None,
-              pool: BackendPool | None = None) -> tuple[Bundle, Pipeline]:
+              pool: BackendPool | None = None, aside: bool = True) -> tuple[Bundle, Pipeline]:
     """Everything ``harken run`` refuses for one machine, checked before anything starts;
     ``harken check-config`` runs exactly this, so it approves only what ``run`` accepts:
     the bundle and its section, the threshold, what the source checks (the audio file),
     the MQTT password source."""
-    bundle, pipeline = build(config, bundle=bundle, pool=pool)
+    bundle, pipeline = build(config, bundle=bundle, pool=pool, aside=aside)
     SOURCES[config.audio.source].preflight(config)      # e.g. the file source: the file
     if config.mqtt.enabled:
         config.mqtt.resolved_password()          # an unset password_env is refused here

@@ -55,7 +55,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     machines = []
     for view in config.machine_configs():
         try:
-            bundle, pipeline = preflight(view)   # what run would refuse, refused here too
+            bundle, pipeline = preflight(view, aside=False)   # what run refuses, refused too
         except HarkenError as exc:
             if not config.multi:
                 raise

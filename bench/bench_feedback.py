@@ -6,11 +6,12 @@ Per machine type and section: every test clip is scored through the agent's own 
 statistics as the feedback store keeps an interval's. The normal test clips scoring above
 the bundle's threshold are the false alarms; half of them (a fixed seed) are written to a
 feedback store by the store's own code (agent/sinks/recent.py) and marked normal through
-``mark_normal`` (agent/operator/feedback.py: overlay, refit), and the rule and threshold a
-daemon would then use come from ``live_state``. Reported, before and after, both with the
-bundle's threshold kept (bank only) and with the refitted one: the fraction of the other
-half (held back) still above the threshold, the false-alarm rate over all normal test clips,
-the anomaly AUC and the fraction of anomalous clips above the threshold.
+``mark_normal`` (agent/operator/feedback.py: the overlay; the threshold is kept), and the
+rule and threshold a daemon would then use come from ``live_state``. Reported, before and
+after: the fraction of the other half (held back) still above the threshold, the
+false-alarm rate over all normal test clips, the anomaly AUC, the fraction of anomalous
+clips above the threshold, and how many clips not fed back score higher after (none
+should: the machine's own rows keep their densities).
 
     .venv/bin/python bench/bench_feedback.py [--corpus corpora/standard]
                                              [--bundles runs/new-default/bundles]
@@ -124,13 +125,15 @@ def bench_machine(corpus: Path, bundle_dir: Path) -> list[dict]:
                 row["feedback_s"] = time.perf_counter() - t
             names = list(stats[0])
             after = rule.score_statistics({k: np.stack([s[k] for s in stats]) for k in names})
+            rose = (after > scores + 1e-9) & ~fed_mask
             row |= {"threshold_after": refitted, "rows_after": out["rows_after"],
-                    "bank_only": figures(after, normal, held, fed_mask, threshold),
-                    "refitted": figures(after, normal, held, fed_mask, refitted)}
+                    "after": figures(after, normal, held, fed_mask, refitted),
+                    "scores_rose_not_fed": int(rose.sum())}
         rows.append(row)
         print(f"{bundle.machine} s{section}: {len(alarms)} false alarms, {len(fed)} fed back; "
               f"held back above: {row['before']['held_back_above']} -> "
-              f"{row.get('refitted', {}).get('held_back_above')}", flush=True)
+              f"{row.get('after', {}).get('held_back_above')}; threshold "
+              f"{threshold:.3f} -> {row.get('threshold_after', threshold):.3f}", flush=True)
     return rows
 
 

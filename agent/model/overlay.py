@@ -5,8 +5,8 @@ and threshold change").
 The bundle and the enrolled bank are never modified: the overlay holds the added rows (the
 raw statistics of each interval, per name, with its seq, time and the change that added
 it) and a manifest with every change (who, when, how, which seqs, the threshold before and
-after, and the base threshold the refit started from). ``harken run`` applies it on top of
-the bank (``BankRule.with_references``); undo drops the last change. Like the enrolled
+after (the same: feedback keeps it) and the base it was kept from). ``harken run`` applies
+it on top of the bank (``BankRule.with_references``); undo drops the last change. Like the enrolled
 bank (agent/model/bank.py) it is one .npz without pickle, a SHA-256 over everything it says
 binds it to its model and machine, and it is written atomically: a kill leaves the old
 overlay or the new one, never a mix.
@@ -45,7 +45,7 @@ class OverlayError(BankError):
 
 
 class Base(Record):
-    """The threshold a refit started from: where it came from and its value. The refitted
+    """The threshold a feedback kept: where it came from and its value. The kept
     threshold holds only while this is still the base (agent/build.py)."""
     kind: Literal["override", "enrollment", "bundle", "config"]
     value: Finite

@@ -1,5 +1,5 @@
 """False-alarm feedback: an operator marks an alarm (or a time range) normal, its intervals
-join the machine's reference bank, and the threshold is refitted; undo takes the last
+join the machine's reference bank, and the threshold is kept; undo takes the last
 feedback back; recalibrate fits a new threshold from the intervals the store holds
 (docs/agent.md "Feedback: how the bank and threshold change").
 
@@ -9,14 +9,12 @@ go to, the calibration override recalibrate writes, the audit log. The CALLER ho
 state lock (the daemon all its life; the CLI without a daemon takes it). A running daemon
 picks the change up with ``pipeline.swap(*live_state(config, bundle))``.
 
-The refit keeps the rate at which the machine's own bank rows (the bundle's or enrolled
-bank's, never rows fed back) cross the threshold held out: p is the chance that the gamma
-fitted to their held-out scores in the old bank (each row scored against the others)
-exceeds the current threshold, and the new threshold is where the gamma fitted to their
-held-out scores in the new bank is exceeded with that same p. The threshold so moves only
-as far as the new neighbours move the machine's own scores; the rows fed back, which score
-far out held out, never drag it into a gamma's tail. For an enrolled bank without feedback
-the old fit is enroll's own (agent/decision/thresholds.py).
+Feedback KEEPS the threshold: the machine's own bank rows keep their densities and the
+fusion scales stay, so an added row can only lower scores, and only near the sound fed back
+(agent/model/rules/density.py ``joined_densities``); for every sound not fed back the
+threshold keeps its meaning. A refit of the threshold on held-out scores let near-copies of
+the bank move it (7.75 -> 138.7: the machine deaf); ``recalibrate`` refits it from the
+scores of operation, with its guards.
 """
 
 from __future__ import annotations
@@ -28,11 +26,11 @@ import time
 
 import numpy as np
 
-from harken.agent.build import (base_threshold, feedback_density_k, feedback_file,
+from harken.agent.build import (base_threshold, feedback_file,
                                 machine_rule, read_feedback, resolve_threshold, with_feedback)
 from harken.agent.config import Config
 from harken.agent.decision.override import CalibrationOverride, write_override
-from harken.agent.decision.thresholds import (check_false_alarm_rate, exceedance, fit_gamma,
+from harken.agent.decision.thresholds import (check_false_alarm_rate, exceedance,
                                               false_alarm_threshold, outliers)
 from harken.agent.model.bank import MAX_BANK_INTERVALS
 from harken.agent.model.bundle import Bundle, open_bundle
@@ -43,7 +41,7 @@ from harken.agent.model.rules.density import distances
 from harken.agent.model.rules.spectral_knn import SpectralKnnRule
 from harken.agent.operator import audit
 from harken.agent.sinks.recent import (ANOMALY, END, FIRST, MAINTENANCE, START, STATS,
-                                       Stored, read_store, store_folder)
+                                       Stored, StoreError, read_store, store_folder)
 from harken.common.errors import ConfigError, UsageError
 from harken.common.records import GammaParams
 
@@ -53,10 +51,13 @@ log = logging.getLogger(__name__)
 MIN_FALSE_ALARMS_PER_WEEK = 0.01
 # recalibrate: a threshold more than this many times the highest score stored is refused
 FAR_ABOVE = 4.0
-# the exceedance per interval the refit keeps is held in this range: a threshold far below
-# every held-out score (p near 1) or far beyond them (p near 0) says nothing of a rate
-P_RANGE = (1e-10, 0.1)
-MIN_INTERVALS = 10            # recalibrate: as 'harken calibrate' (agent/site/calibrate.py)
+# recalibrate: the fewest usable intervals it fits on: the tail asked of the gamma is
+# extrapolated far past the scores, and 10 intervals (20 s) put a threshold at 25.7 where
+# no anomaly reached it (docs/reliability.md)
+MIN_INTERVALS = 60
+# recalibrate: a threshold that the outlier check says moves by more than this factor
+# without its outliers is refused (one unmarked interval among held-out scores: 77 vs 9)
+OUTLIER_FACTOR = 2.0
 # a new row this close to a bank row (in standardised units, per value) is a copy of it
 COPY_DISTANCE = 1e-6
 # an event's intervals stop at a stall longer than this many intervals (or seconds, if
@@ -112,8 +113,20 @@ class _Machine:
             raise FeedbackError(f"{c.source_file}: the feedback store is off ([feedback] "
                                 f"keep_hours = 0): no intervals are kept to give feedback on "
                                 f"or to recalibrate from; set keep_hours (default 24)")
-        return read_store(store_folder(self.state_dir, c.agent.machine), self.bundle.model_id,
-                          c.decision.interval_s)
+        try:
+            stored = read_store(store_folder(self.state_dir, c.agent.machine),
+                                self.bundle.model_id, c.decision.interval_s)
+        except StoreError as exc:
+            raise FeedbackError(str(exc)) from None
+        self.store_warning = stored.warning()
+        if self.store_warning:           # said, not hidden: their intervals are missing
+            log.warning(f"WARNING: machine {c.agent.machine}: {self.store_warning}")
+        return stored
+
+    def warned(self) -> dict:
+        """The store's warning for a command's result (``stored``), if it said one."""
+        w = getattr(self, "store_warning", None)
+        return {"store_warning": w} if w else {}
 
 
 def live_state(config: Config, bundle: Bundle) -> tuple[ScoreRule | None, float]:
@@ -193,7 +206,8 @@ def _chosen(stored: Stored, config: Config, event: int | None, start: float | No
     machine, keep = config.agent.machine, config.feedback.keep_hours
     held = (f"the store of machine {machine} keeps {keep:g} h" +
             (f"; it holds seqs {int(stored.seq[0])}..{int(stored.seq[-1])}" if len(stored)
-             else "; it holds no intervals of this bundle and interval length"))
+             else "; it holds no intervals of this bundle and interval length")
+            + (f"; {stored.warning()}" if stored.unreadable else ""))
     if event is not None:
         where = np.nonzero(stored.seq == event)[0]
         if not where.size:
@@ -210,10 +224,12 @@ def _chosen(stored: Stored, config: Config, event: int | None, start: float | No
         sel[lo:hi + 1] = True
         what = f"event {event}"
     else:
-        sel = (stored.ts >= start) & (stored.ts <= end)
+        # an interval in maintenance (a fitter's hammering) is never normal sound, as an
+        # event's span and recalibrate leave it out
+        sel = (stored.ts >= start) & (stored.ts <= end) & ~stored.has(MAINTENANCE)
         what = f"the range {_iso(start)} to {_iso(end)}"
         if not sel.any():
-            raise FeedbackError(f"no interval stored in {what} ({held}"
+            raise FeedbackError(f"no interval stored in {what} out of maintenance ({held}"
                                 + (f", from {_iso(stored.ts[0])} to {_iso(stored.ts[-1])})"
                                    if len(stored) else ")"))
     usable = sel & stored.has(STATS) & np.isfinite(stored.score)
@@ -264,19 +280,6 @@ def _not_copies(rows: dict[str, np.ndarray], overlay: Overlay | None, rule: Bank
     return keep & ~near
 
 
-# -- the refit --------------------------------------------------------------------------
-
-def refit_threshold(old_held_out: np.ndarray, new_held_out: np.ndarray,
-                    threshold: float) -> tuple[float, float]:
-    """(new threshold, the exceedance p kept): module docstring."""
-    p = float(fit_gamma(old_held_out).sf(threshold))
-    p = min(max(p, P_RANGE[0]), P_RANGE[1])
-    new = fit_gamma(new_held_out).isf(p)
-    if not math.isfinite(new):
-        raise FeedbackError(f"the refitted threshold is not a number ({new}); nothing changed")
-    return new, p
-
-
 # -- the operations ---------------------------------------------------------------------
 
 def _check_who(operator: object, via: object, command_id: object) -> None:
@@ -296,8 +299,8 @@ def mark_normal(config: Config, *, event: int | None = None, start: float | None
                 end: float | None = None, operator: str, via: str,
                 command_id: str | None = None) -> dict:
     """Add the intervals of anomaly event ``event`` (its start seq), or of the time range
-    [``start``, ``end``] (UTC epoch seconds), to the machine's bank and refit the
-    threshold; one audit line. Returns what was done."""
+    [``start``, ``end``] (UTC epoch seconds), to the machine's bank; the threshold is
+    kept (module docstring); one audit line. Returns what was done."""
     _check_who(operator, via, command_id)
     if (event is None) == (start is None and end is None) or (start is None) != (end is None):
         raise FeedbackError("feedback: give an event (its start seq) or a time range (from "
@@ -337,27 +340,21 @@ def mark_normal(config: Config, *, event: int | None = None, start: float | None
                             f"range), or take feedback back with --undo (newest first)")
     old = m.overlay if m.overlay is not None else Overlay.empty(list(rows), [
         v.shape[1] for v in rows.values()])
-    live = m.live(m.overlay)
     before = m.threshold(m.overlay)
     change_id = (old.last.id + 1) if old.last is not None else 1
     draft = old.added(rows, seqs, ts, Change(
         id=change_id, at=audit.now_iso(), operator=operator, via=via, command_id=command_id,
         seqs=[int(s) for s in seqs], threshold_before=before, threshold_after=before,
         base=m.base()))
-    new_rule = rule.with_references(draft.rows, feedback_density_k(m.bundle))
-    note = None
-    if config.decision.threshold is not None:
-        after, p = before, None
-        note = (f"{config.source_file}: decision.threshold = {before:g} is set, so the "
-                f"threshold stays; the bank changed")
-    else:
-        # the machine's own rows only (docs/agent.md "Feedback: how the bank and
-        # threshold change"): the rows fed back score far out held out (nothing else in
-        # the bank resembles them), and a gamma fitted with a few of them put the
-        # threshold deep in its tail (7.75 -> 24.56 on a whine: the detector deaf)
-        own = rule.bank_rows
-        after, p = refit_threshold(live.held_out_scores()[:own],
-                                   new_rule.held_out_scores()[:own], before)
+    # the threshold is KEPT (docs/agent.md "Feedback: how the bank and threshold change"):
+    # the machine's own rows keep their densities and the fusion scales stay, so the rows
+    # fed back can only lower scores, and only near the sounds fed back; for every other
+    # sound the threshold keeps its meaning. A held-out refit let near-copies of the bank
+    # move it (7.75 -> 138.7 on the enrollment clips plus a hum: the machine deaf);
+    # 'recalibrate-threshold' refits it from operation
+    after = before
+    note = (f"{config.source_file}: decision.threshold = {before:g} is set, so the threshold "
+            f"stays; the bank changed" if config.decision.threshold is not None else None)
     change = draft.changes[-1].model_copy(update={"threshold_after": after})
     overlay = Overlay(draft.rows, draft.seq, draft.ts, draft.change, [*old.changes, change])
     audit.check_writable(m.state_dir)          # no change whose audit line cannot be written
@@ -367,15 +364,14 @@ def mark_normal(config: Config, *, event: int | None = None, start: float | None
     details = {"intervals": [int(s) for s in seqs], "threshold_before": before,
                "threshold_after": after, "rows_before": rows_before,
                "rows_after": rows_before + len(seqs), "change": change_id,
-               **({"event": int(event)} if event is not None else {"from": start, "to": end}),
-               **({"exceedance_kept": p} if p is not None else {})}
+               **({"event": int(event)} if event is not None else {"from": start, "to": end})}
     line = _audit(m.state_dir, {"machine": config.agent.machine, "action": "feedback",
                                 "outcome": "ok", "operator": operator, "via": via,
                                 "command_id": command_id, **details})
     skipped = int(len(idx) - len(seqs))
     return {"machine": config.agent.machine, "action": "feedback", "at": line["at"],
             **details, "skipped_intervals": skipped, **({"note": note} if note else {}),
-            **_warning(line)}
+            **m.warned(), **_warning(line)}
 
 
 def undo(config: Config, *, operator: str, via: str, command_id: str | None = None) -> dict:
@@ -418,9 +414,10 @@ def recalibrate(config: Config, *, hours: float = 24.0, false_alarms_per_week: f
                 operator: str, via: str, command_id: str | None = None) -> dict:
     """A calibration override (agent/decision/override.py) fitted, as ``harken calibrate``
     fits it, on the scores of the intervals stored in the last ``hours``: rescored through
-    the current rule (bank + feedback) where their statistics are kept (those marked normal,
-    in the bank, held out); intervals in maintenance, unscored, or anomalous and not marked
-    normal left out. One audit line."""
+    the current rule (bank + feedback) where their statistics are kept; intervals in
+    maintenance, unscored, anomalous, or marked normal (in the bank: their held-out scores
+    are not live scores) left out. At least ``MIN_INTERVALS``; a threshold far above the
+    scores, or moved far by a few outliers, refused. One audit line."""
     _check_who(operator, via, command_id)
     if not (isinstance(hours, (int, float)) and math.isfinite(hours) and hours > 0):
         raise FeedbackError(f"recalibrate: hours = {hours!r}: expected a number of hours "
@@ -435,44 +432,45 @@ def recalibrate(config: Config, *, hours: float = 24.0, false_alarms_per_week: f
     m = _Machine(config)
     stored = m.stored()
     since = time.time() - hours * 3600.0
+    # marked normal: in the bank, where their scores are held out among themselves, not
+    # live scores (two scales mixed put a threshold at 77 against live scores of 9)
     normal = _given(stored, m.overlay)
     use = (stored.ts >= since) & ~stored.has(MAINTENANCE) & np.isfinite(stored.score) & \
-        (~stored.has(ANOMALY) | normal)
+        ~stored.has(ANOMALY) & ~normal
     idx = np.nonzero(use)[0]
     if len(idx) < MIN_INTERVALS:
         raise FeedbackError(f"recalibrate: only {len(idx)} usable interval(s) stored in the "
-                            f"last {hours:g} h (scored, not in maintenance, not anomalous); "
-                            f"need at least {MIN_INTERVALS}: wait, or give more hours")
+                            f"last {hours:g} h (scored, not in maintenance, not anomalous, not "
+                            f"marked normal); need at least {MIN_INTERVALS} for a false-alarm "
+                            f"rate: wait, or give more hours; nothing changed")
     scores = stored.score[idx].copy()
     live = m.live(m.overlay)
     if isinstance(live, BankRule):
         have = np.array([stored.statistics[i] is not None for i in idx])
-        # an interval in the bank (marked normal) would find itself there and score as a
-        # copy: it is scored held out, against the others (the bank's leave-one-out score)
-        given = normal[idx]
-        if (have & ~given).any():
-            scores[have & ~given] = live.score_statistics(_rows(stored, idx[have & ~given]))
-        if given.any():
-            held = live.held_out_scores()
-            at = {k: i for i, k in enumerate(zip(m.overlay.seq.tolist(),
-                                                 m.overlay.ts.tolist()))}
-            base = live.bank_rows - len(m.overlay)
-            scores[given] = held[[base + at[k] for k in zip(stored.seq[idx[given]].tolist(),
-                                                             stored.ts[idx[given]].tolist())]]
+        if have.any():              # as the current rule (bank + feedback) scores them
+            scores[have] = live.score_statistics(_rows(stored, idx[have]))
     what = f"recalibration of {config.agent.machine}"
     threshold, p, fit = false_alarm_threshold(scores, false_alarms_per_week,
                                               config.decision.interval_s, what)
     exceeded = exceedance(scores, threshold, p, what)
     exceeded |= outliers(scores, threshold, false_alarms_per_week, config.decision.interval_s,
                          what)
-    window = (stored.ts >= since) & np.isfinite(stored.score)
-    highest = float(max(scores.max(), stored.score[window].max()))
-    if threshold > FAR_ABOVE * highest:
+    # the scores it was fitted on, not the alarming ones left out (4 x 15 let a threshold
+    # of 25.7 through, fitted on 10 scores); a score may be below 0 (fused, standardised)
+    highest = float(scores.max())
+    if threshold > highest + (FAR_ABOVE - 1.0) * abs(highest):
         raise FeedbackError(f"recalibrate: the fitted threshold {threshold:.6g} is more than "
-                            f"{FAR_ABOVE:g} times the highest score stored in the last "
-                            f"{hours:g} h ({highest:.6g}): nothing would alarm; ask for more "
-                            f"false alarms a week (now {false_alarms_per_week:g}) or more "
-                            f"hours; nothing changed")
+                            f"{FAR_ABOVE:g} times the highest score it was fitted on "
+                            f"({highest:.6g}): nothing would alarm; ask for more false alarms "
+                            f"a week (now {false_alarms_per_week:g}) or more hours; nothing "
+                            f"changed")
+    rest = exceeded.get("threshold_without_outliers")
+    if rest is not None and threshold - rest > (OUTLIER_FACTOR - 1.0) * abs(rest):
+        raise FeedbackError(f"recalibrate: the fitted threshold {threshold:.6g} is more than "
+                            f"{OUTLIER_FACTOR:g} times the {rest:.6g} it would be without its "
+                            f"{exceeded['outlier_intervals']} outlier interval(s) (a dropout, a "
+                            f"knock, a voice): listen to that audio, or recalibrate over hours "
+                            f"without it; nothing changed")
     before = m.threshold(m.overlay)
     override = CalibrationOverride.create(
         machine=config.agent.machine, threshold=threshold,
@@ -498,7 +496,7 @@ def recalibrate(config: Config, *, hours: float = 24.0, false_alarms_per_week: f
                                 "operator": operator, "via": via,
                                 "command_id": command_id, **details})
     return {"machine": config.agent.machine, "action": "recalibrate-threshold",
-            "at": line["at"], **details, **exceeded, **_warning(line)}
+            "at": line["at"], **details, **exceeded, **m.warned(), **_warning(line)}
 
 
 def _audit(state_dir, record: dict) -> dict:

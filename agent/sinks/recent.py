@@ -35,7 +35,7 @@ import numpy as np
 
 from harken.agent.decision.records import IntervalResult
 from harken.agent.sinks.base import Sink, SinkSettings, register
-from harken.common.errors import ConfigError
+from harken.common.errors import DataError
 from harken.common.settings import Number
 
 MAGIC = b"HKRECENT"
@@ -179,12 +179,23 @@ class RecentStore:
             self.segment = None
 
 
+class StoreError(DataError):
+    """The feedback store's folder cannot be read: the one-line reason."""
+
+
 def segments(folder: Path) -> list[Path]:
-    """The segment files, oldest first (by hour, then first seq)."""
+    """The segment files, oldest first (by hour, then first seq); a file where the folder
+    should be is said plainly (not "cannot write": reading it is what failed)."""
     try:
         return sorted(p for p in Path(folder).iterdir() if p.name.endswith(SUFFIX))
     except FileNotFoundError:
         return []
+    except NotADirectoryError:
+        raise StoreError(f"{folder}: not a folder (the feedback store is kept in a folder "
+                         f"there); move the file away") from None
+    except OSError as exc:
+        raise StoreError(f"{folder}: the feedback store cannot be read "
+                         f"({exc.strerror or exc})") from None
 
 
 @dataclass
@@ -233,6 +244,17 @@ class Stored:
     flags: np.ndarray
     statistics: list[dict[str, np.ndarray] | None] = field(default_factory=list)
     models: set[str] = field(default_factory=set)      # every model found, this one or not
+    unreadable: list[str] = field(default_factory=list)   # segment files that could not be read
+
+    def warning(self) -> str | None:
+        """One line naming the segments that could not be read (None: all were read): the
+        intervals they held are missing from what is listed, fed back or fitted on."""
+        if not self.unreadable:
+            return None
+        names = ", ".join(self.unreadable[:5]) + (f" and {len(self.unreadable) - 5} more"
+                                                  if len(self.unreadable) > 5 else "")
+        return (f"{len(self.unreadable)} feedback store segment(s) could not be read "
+                f"(damaged, or not a segment): {names}; their intervals are left out")
 
     def __len__(self) -> int:
         return len(self.seq)
@@ -250,10 +272,11 @@ def read_store(folder: Path, model: str | None = None,
     given: statistics of another model or interval length do not mix), in time order (then
     seq); an interval is its (seq, ts), so seqs that started again after their files were
     lost do not replace older intervals; a record written twice keeps the last copy."""
-    parts, models = [], set()
+    parts, models, unreadable = [], set(), []
     for p in segments(folder):
         seg = read_segment(p)
         if seg is None:
+            unreadable.append(str(p))
             continue
         models.add(seg.model)
         if model is not None and seg.model != model or \
@@ -276,7 +299,7 @@ def read_store(folder: Path, model: str | None = None,
                       seg.layout} if (int(r["flags"]) & STATS) and seg.layout else None)
     return Stored(np.array([s for _, s in order], dtype=np.int64), col("ts", np.float64),
                   col("score", np.float64), col("threshold", np.float64),
-                  col("flags", np.uint32), stats, models)
+                  col("flags", np.uint32), stats, models, unreadable)
 
 
 @register
@@ -287,8 +310,11 @@ class FeedbackStoreSink(Sink):
     Settings = FeedbackSection
     wants_statistics = True
 
-    def __init__(self, store: RecentStore) -> None:
+    def __init__(self, store: RecentStore | None, folder: Path | None = None,
+                 keep_hours: float = 24.0, max_mb: float = 64.0) -> None:
         self.store = store
+        self.folder = store.folder if store is not None else Path(folder)
+        self.keep_hours, self.max_mb = keep_hours, max_mb
         self._failed: str | None = None
         self.errors = 0
 
@@ -298,26 +324,43 @@ class FeedbackStoreSink(Sink):
 
     @classmethod
     def from_config(cls, config) -> FeedbackStoreSink:
+        """The sink; a store that cannot be opened (a file in the folder's place, a failing
+        disk) fails the sink, said once, and scoring goes on: the store is there for
+        feedback, never a reason for a node not to start (docs/agent.md "The feedback
+        store"). It tries again at each interval."""
         state = config.writable_folder("agent.state_dir", config.agent.state_dir)
         f = config.feedback
-        folder = store_folder(state, config.agent.machine)
+        sink = cls(None, store_folder(state, config.agent.machine), f.keep_hours, f.max_mb)
+        sink._open()
+        return sink
+
+    def _open(self) -> bool:
+        if self.store is not None:
+            return True
         try:
-            return cls(RecentStore(folder, f.keep_hours, f.max_mb))
+            self.store = RecentStore(self.folder, self.keep_hours, self.max_mb)
+            return True
         except OSError as exc:
-            raise ConfigError(f"{folder}: the feedback store cannot be opened there "
-                              f"({exc.strerror or exc}); move what is in the way, or set "
-                              f"[feedback] keep_hours = 0 to keep no store") from None
+            self._fail("cannot be opened" + (" (not a folder: a file is in its place)"
+                                             if self.folder.exists() and not self.folder.is_dir()
+                                             else f" ({exc.strerror or exc})"))
+            return False
+
+    def _fail(self, why: str) -> None:
+        self.errors += 1
+        if self._failed is None:
+            log.warning(f"WARNING: {self.folder}: the feedback store {why}; scoring goes on "
+                        f"without it, and it tries again at the next interval")
+        self._failed = f"{self.folder}: {why}"
 
     def interval(self, result: IntervalResult) -> None:
+        if not self._open():
+            return
         try:
             self.store.add(result)
             self._failed = None
         except OSError as exc:             # a full or failing disk: said, never raised
-            self.errors += 1
-            if self._failed is None:
-                log.warning(f"WARNING: {self.store.folder}: the feedback store cannot write "
-                            f"({exc.strerror or exc}); it tries again at the next interval")
-            self._failed = f"{self.store.folder}: {exc.strerror or exc}"
+            self._fail(f"cannot write ({exc.strerror or exc})")
             self.store.close()
 
     @property
@@ -325,4 +368,5 @@ class FeedbackStoreSink(Sink):
         return self._failed
 
     def close(self, flush_s: float = 5.0) -> None:
-        self.store.close()
+        if self.store is not None:
+            self.store.close()

@@ -12,7 +12,8 @@ from harken.agent.decision.hysteresis import Event
 from harken.agent.decision.records import IntervalResult
 from harken.agent.sinks import SINKS
 from harken.agent.sinks.recent import (ANOMALY, END, MAINTENANCE, START, STATS,
-                                       FeedbackStoreSink, RecentStore, read_store, segments)
+                                       FeedbackStoreSink, RecentStore, StoreError, read_store,
+                                       segments)
 from harken.testkit.files import write_agent_config
 
 HOUR = 3600.0
@@ -123,14 +124,59 @@ def test_the_sink_is_on_by_default_off_at_zero_and_wants_statistics(tmp_path):
     sink = FeedbackStoreSink.from_config(on)
     assert sink.store.folder == tmp_path / "state" / "recent-fan"
     sink.close()
-    # a file where the store's folder goes: one line naming it
-    (tmp_path / "state" / "recent-other").write_text("x")
-    other = on.model_copy(update={"agent": on.agent.model_copy(update={"machine": "other"})})
-    with pytest.raises(ConfigError, match="recent-other: the feedback store cannot be opened"):
-        FeedbackStoreSink.from_config(other)
     off = load_config(write_agent_config(tmp_path / "off.toml", **base,
                                          feedback={"keep_hours": 0}))
     assert not FeedbackStoreSink.enabled(off)
+
+
+def test_a_file_at_the_store_fails_the_sink_never_the_node(tmp_path, caplog):
+    """Finding 4 (second round): a file at recent-M stopped ``harken run`` ("the feedback
+    store cannot be opened there"). Now the sink fails, warned once, and scoring goes on;
+    once the file is moved away the store works again. Reading it says "not a folder"
+    (finding 9), never "cannot write"."""
+    base = {"agent": {"state_dir": tmp_path / "state", "machine": "fan"},
+            "model": {"bundle": "b"}, "audio": {"source": "file", "file": "x.wav"}}
+    config = load_config(write_agent_config(tmp_path / "on.toml", **base))
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "recent-fan").write_text("x")
+    with caplog.at_level("WARNING"):
+        sink = FeedbackStoreSink.from_config(config)
+        sink.interval(result(1, T0 + 1))
+        sink.interval(result(2, T0 + 2))
+    warned = [r.getMessage() for r in caplog.records if "recent-fan" in r.getMessage()]
+    assert len(warned) == 1 and "not a folder" in warned[0] and "scoring goes on" in warned[0]
+    assert sink.failure and "not a folder" in sink.failure
+    with pytest.raises(StoreError, match=r"recent-fan: not a folder .* move the file away"):
+        read_store(tmp_path / "state" / "recent-fan")
+    (tmp_path / "state" / "recent-fan").unlink()
+    sink.interval(result(3, T0 + 3))
+    assert sink.failure is None
+    sink.close()
+    assert read_store(tmp_path / "state" / "recent-fan").seq.tolist() == [3]
+
+
+@pytest.mark.parametrize("damage", ["zeros", "folder", "header"])
+def test_unreadable_segments_are_named(tmp_path, damage):
+    """Finding 9 (second round): a segment of zeros, a folder in its place or a bad header
+    were skipped silently (``--events`` printed nothing, ``--event 2`` said the store held
+    no intervals). The store read now names them, for one warning line."""
+    store = RecentStore(tmp_path / "r", 24, 64, clock=lambda: T0)
+    store.add(result(1, T0 + 1))
+    store.close()
+    bad = tmp_path / "r" / "20270115T08-000000000009.seg"
+    if damage == "zeros":
+        bad.write_bytes(bytes(4096))
+    elif damage == "folder":
+        bad.mkdir()
+    else:
+        bad.write_bytes(b"HKRECENT" + (5).to_bytes(4, "little") + b"{bad}")
+    s = read_store(tmp_path / "r")
+    assert s.seq.tolist() == [1] and s.unreadable == [str(bad)]
+    assert "1 feedback store segment(s) could not be read" in s.warning()
+    assert bad.name in s.warning()
+    assert read_store(tmp_path / "r", "m1").warning() == s.warning()
+    (tmp_path / "r" / bad.name).rename(tmp_path / "gone") if damage != "folder" else bad.rmdir()
+    assert read_store(tmp_path / "r").warning() is None
 
 
 @pytest.mark.parametrize("key, value", [("keep_hours", -1), ("keep_hours", "24h"),

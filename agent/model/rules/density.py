@@ -52,17 +52,31 @@ def local_densities(bank: np.ndarray, k: int = DEFAULT_K, metric: str = "cosine"
     return np.maximum(nearest.mean(axis=1), 1e-9)
 
 
-def joined_densities(bank: np.ndarray, own: int, k: int = DEFAULT_K,
+def joined_densities(bank: np.ndarray, own_density: np.ndarray, k: int = DEFAULT_K,
                      metric: str = "cosine") -> np.ndarray:
-    """``local_densities`` of a bank whose first ``own`` rows were there before the rest
-    joined (feedback), each joined row's capped at the largest of the first rows': a row
-    nothing else resembles (an alarm's sound marked normal) has a huge mean distance to its
-    neighbours, and dividing by it made everything near it score low (a whine fed back
-    took 21 of 41 flagged anomalies below the threshold; docs/agent.md "Feedback: how the
-    bank and threshold change"). A sound like the joined row still scores low: its
-    distance to it is small."""
-    density = local_densities(bank, k, metric)
-    density[own:] = np.minimum(density[own:], density[:own].max())
+    """The densities of a bank whose first ``len(own_density)`` rows were there before the
+    rest joined (feedback): the first rows KEEP theirs (never recomputed), each joined row
+    gets its own local density over the union, held between the smallest and the largest
+    of the first rows'. With the first rows' densities (and the fusion scales) unchanged,
+    every score is a minimum over more rows: feedback can only lower scores, and only near
+    the sounds fed back. Recomputing the first rows' densities shrank them where near-copies
+    joined, every score rose, and the machine alarmed more after "normal" feedback; a
+    joined row's density left unbounded made everything near it score low (docs/agent.md
+    "Feedback: how the bank and threshold change")."""
+    own_density = np.asarray(own_density, dtype=np.float64)
+    own, n = len(own_density), len(bank)
+    if own < 1:
+        raise DataError("joined densities need the bank's own rows' densities")
+    if k < 1:
+        raise UsageError(f"density k must be at least 1, got {k}")
+    density = np.empty(n, dtype=np.float64)
+    density[:own] = own_density
+    if n > own:
+        k = min(k, n - 1)
+        d = distances(bank[own:], bank, metric)
+        d[np.arange(n - own), np.arange(own, n)] = np.inf
+        nearest = np.partition(d, k - 1, axis=1)[:, :k].mean(axis=1)
+        density[own:] = np.clip(nearest, own_density.min(), own_density.max())
     return density
 
 

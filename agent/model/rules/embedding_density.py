@@ -59,7 +59,7 @@ class EmbeddingDensityRule(BankRule):
         unit = unit_embedding(rows["embedding"], a["embedding_mean"], a["embedding_std"])
         bank = np.concatenate([np.asarray(a["bank"], dtype=np.float64), unit])
         return EmbeddingDensityRule({**a, "bank": bank,
-                                     "bank_density": joined_densities(bank, self.bank_rows,
+                                     "bank_density": joined_densities(bank, a["bank_density"],
                                                                       density_k)})
 
     def held_out_scores(self) -> np.ndarray:

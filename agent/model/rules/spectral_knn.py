@@ -403,8 +403,8 @@ class SpectralKnnRule(BankRule):
             z = (rows[b] - arrays[f"{b}_mean"]) / arrays[f"{b}_std"]
             bank = np.concatenate([np.asarray(arrays[f"{b}_bank"], dtype=np.float64), z])
             arrays[f"{b}_bank"] = bank
-            arrays[f"{b}_density"] = joined_densities(bank, self.bank_rows, density_k,
-                                                      "euclidean")
+            arrays[f"{b}_density"] = joined_densities(bank, self.arrays[f"{b}_density"],
+                                                      density_k, "euclidean")
         rule = SpectralKnnRule(arrays)
         if hasattr(self, "n_features"):          # learnt from the model (check_model)
             rule.n_features = self.n_features
