@@ -21,6 +21,7 @@ from harken.agent.model.bundle import open_bundle  # noqa: E402
 from harken.agent.sinks.recent import record_dtype  # noqa: E402
 
 INTERVAL_S = 10.0                       # the default decision.interval_s
+ROOT = Path(__file__).resolve().parent.parent    # paths recorded relative to it
 
 
 def layout(bundle) -> list[tuple[str, int]]:
@@ -40,10 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         b = open_bundle(folder)
         lay = layout(b)
         size = record_dtype(lay).itemsize
-        rows.append({"bundle": str(folder), "model": b.model_id,
+        shown = folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder
+        rows.append({"bundle": str(shown), "model": b.model_id,
                      "statistics": dict(lay), "bytes_per_interval": size,
                      "mb_per_day": round(size * 86400 / INTERVAL_S / 1e6, 2)})
-        print(f"{folder}: {size} bytes per interval, {rows[-1]['mb_per_day']} MB per day")
+        print(f"{shown}: {size} bytes per interval, {rows[-1]['mb_per_day']} MB per day")
     command = " ".join(["bench/bench_store.py", *sys.argv[1:]])
     print(f"wrote {record('store', command, {'interval_s': INTERVAL_S, 'rows': rows})}")
     return 0
