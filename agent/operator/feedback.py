@@ -143,8 +143,9 @@ def live_state(config: Config, bundle: Bundle) -> tuple[ScoreRule | None, float]
 def recent_events(config: Config) -> list[dict]:
     """The anomaly events the feedback store holds, oldest first: what ``harken feedback
     --event SEQ`` can name (an operator reads the seq here, on the event topic, or in
-    ``harken evidence --list``). Each says when it started and ended (None: still on when
-    the store last heard), its peak score, and whether feedback was given on it already.
+    ``harken evidence --list``). Each says when it started and ended, and how (``ended_by``:
+    its end event, maintenance, a restart, the next event; None: still on when the store
+    last heard), its peak score, and whether feedback was given on it already.
     Read only: a running daemon writes the store meanwhile."""
     m = _Machine(config)
     stored = m.stored()
@@ -153,16 +154,33 @@ def recent_events(config: Config) -> list[dict]:
     for i in np.nonzero(stored.has(START))[0]:
         seq = int(stored.seq[i])
         _, hi = _event_span(stored, int(i), config)
-        ended = bool(stored.has(END)[hi])
+        ended_by = _ended_by(stored, hi, config)
         scores = stored.score[i:hi + 1]
         scores = scores[np.isfinite(scores)]
         out.append({"machine": config.agent.machine, "event": seq,
                     "start": _iso(stored.ts[i]),
-                    "end": _iso(stored.ts[hi]) if ended else None,
+                    "end": _iso(stored.ts[hi]) if ended_by else None,
+                    "ended_by": ended_by,
                     "peak_score": float(scores.max()) if scores.size else None,
                     "threshold": float(stored.threshold[i]),
                     "fed_back": bool(given[i])})
     return out
+
+
+def _ended_by(stored: Stored, hi: int, config: Config) -> str | None:
+    """How the event whose last interval is ``hi`` (``_event_span``) ended: its end event,
+    maintenance (which ends a running event), a break in the run (a stop, a kill, a
+    restart: the agent never said the end), the next event; None while it still runs as
+    far as the store has heard."""
+    if stored.has(END)[hi]:
+        return "end event"
+    if hi + 1 >= len(stored):
+        return None
+    if stored.has(MAINTENANCE)[hi + 1]:
+        return "maintenance"
+    if not _joined(stored, hi + 1, config):
+        return "restart"
+    return "next event"
 
 
 def _given(stored: Stored, overlay: Overlay | None) -> np.ndarray:

@@ -779,3 +779,28 @@ def test_unreadable_segments_and_a_file_at_the_store_are_said(machine, caplog):
                  lambda: recalibrate(config, operator="a", via="cli")):
         with pytest.raises(FeedbackError, match=r"recent-fan: not a folder"):
             call()
+
+
+def test_how_an_event_ended_is_said_for_the_operator():
+    """``--events``'s ``ended_by``: an end event, maintenance (which ends a running event),
+    a restart (the agent never said the end: the first interval of a new run follows), or
+    still on as far as the store heard (None)."""
+    from types import SimpleNamespace
+
+    from harken.agent.operator.feedback import _ended_by, _event_span
+    from harken.agent.sinks.recent import END, FIRST, MAINTENANCE, Stored
+
+    config = SimpleNamespace(decision=SimpleNamespace(n=3, interval_s=10.0))
+
+    def store(flags):
+        n = len(flags)
+        return Stored(seq=np.arange(1, n + 1), ts=10.0 * np.arange(n), score=np.ones(n),
+                      threshold=np.zeros(n), flags=np.array(flags, np.uint32))
+
+    cases = {"end event": [START, 0, END, 0], "maintenance": [START, 0, MAINTENANCE | END, 0],
+             "restart": [START, 0, FIRST, 0], None: [0, START, 0, 0]}
+    for said, flags in cases.items():
+        s = store(flags)
+        i = int(np.nonzero(s.has(START))[0][0])
+        _, hi = _event_span(s, i, config)
+        assert _ended_by(s, hi, config) == said, (said, flags)
