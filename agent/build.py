@@ -91,7 +91,9 @@ def resolve_threshold(config: Config, bundle: Bundle, enrollment: BankManifest |
         return value, origin
     if last.base.kind == kind and last.base.value == value:
         return last.threshold_after, f"feedback {feedback_file(config)}"
-    if warn:
+    # feedback keeps the threshold, so its recorded one is its base's: nothing to set aside
+    # unless an earlier release refitted it (docs/agent.md "Feedback")
+    if warn and last.threshold_after != last.base.value:
         log.warning(f"WARNING: {feedback_file(config)}: "
                     f"the threshold the last feedback fitted ({last.threshold_after:.6g}, from "
                     f"the {last.base.kind} threshold {last.base.value:.6g}) is set aside: the "
