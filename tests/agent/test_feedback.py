@@ -516,7 +516,8 @@ def test_an_open_event_ends_at_a_restart(machine, flags, why):
     out = mark_normal(config, event=seq, operator="a", via="cli")
     assert max(out["intervals"]) == 15, why
     from harken.agent.operator.feedback import recent_events
-    assert next(e for e in recent_events(config) if e["event"] == seq)["end"] is None
+    listed = next(e for e in recent_events(config) if e["event"] == seq)
+    assert listed["ended_by"] == "restart" and listed["end"] is not None, why
 
 
 @pytest.mark.parametrize("at, flag", [(10, "maintenance"), (10, "start")])
