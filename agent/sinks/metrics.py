@@ -48,7 +48,7 @@ def split_listen(value: str) -> tuple[str, int]:
         raise ValueError("no host before ':' (e.g. '127.0.0.1:9108')")
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError("the port must be a number from 1 to 65535 "
-                         f"(expected HOST:PORT, e.g. '127.0.0.1:9108')")
+                         "(expected HOST:PORT, e.g. '127.0.0.1:9108')")
     return host, int(port)
 
 
