@@ -3,6 +3,7 @@
 scrape config, bad settings are refused in one line, and the module loads without
 ``prometheus_client`` (the device-only install)."""
 
+import importlib.util
 import json
 import math
 import re
@@ -24,6 +25,12 @@ from tests.helpers import collect_lines, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+# the device-only install (scripts/setup --device --tests) has neither the `metrics` extra nor
+# Prometheus; the workstation setup installs both
+needs_client = pytest.mark.skipif(importlib.util.find_spec("prometheus_client") is None,
+                                  reason="no prometheus_client (the metrics extra) here")
+needs_prometheus = pytest.mark.skipif(not Path(PROMETHEUS).exists(),
+                                      reason="no prometheus binary here (Debian's prometheus)")
 SAMPLE = re.compile(r'^harken_score\{machine="(?P<m>[^"]+)",node="(?P<n>[^"]+)"\} (?P<v>\S+)$', re.M)
 
 
@@ -78,6 +85,8 @@ def agent(ae_bundle, wav, tmp_path):
         stop(proc)
 
 
+@needs_client
+@needs_prometheus
 def test_a_running_agent_serves_each_machines_score_and_a_real_prometheus_scrapes_it(
         agent, tmp_path):
     port, lines, proc = agent
@@ -146,6 +155,7 @@ def test_bad_listen_values_are_refused_in_one_line_naming_the_key(listen, why):
     assert "key 'metrics.listen'" in msg and why in msg and "\n" not in msg
 
 
+@needs_client
 def test_metrics_are_off_without_listen_and_a_port_in_use_is_one_line():
     from harken.agent.sinks.metrics import MetricsSink
     off = parse_config({"agent": {"node": "n1"}, "model": {"bundle": "b"}})
