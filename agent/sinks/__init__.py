@@ -9,6 +9,7 @@ from harken.agent.sinks.mqtt import sink as mqtt  # noqa: F401
 from harken.agent.sinks.sparkplug import sink as sparkplug  # noqa: F401
 from harken.agent.sinks import recent  # noqa: F401
 from harken.agent.sinks import evidence  # noqa: F401
+from harken.agent.sinks import metrics  # noqa: F401 (prometheus_client loads only when on)
 from harken.agent.sinks.base import SINKS, Sink
 from harken.agent.sinks.jsonlines import JsonLinesSink
 

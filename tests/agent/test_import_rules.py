@@ -43,6 +43,8 @@ def test_every_project_import_goes_through_the_harken_namespace():
 
 
 def test_importing_the_agent_loads_no_heavy_framework():
+    """Nor an optional dependency: prometheus_client (agent/sinks/metrics.py) loads only when
+    ``[metrics] listen`` is set, so the device-only install imports every module without it."""
     parts = [p.relative_to(AGENT).with_suffix("").parts for p in AGENT.rglob("*.py")]
     modules = sorted(".".join(("harken", "agent", *(q[:-1] if q[-1] == "__init__" else q)))
                      for q in parts if q != ("__init__",))
@@ -50,7 +52,7 @@ def test_importing_the_agent_loads_no_heavy_framework():
             "harken.agent.model.rules"} <= set(modules)
     code = (f"import sys, {', '.join(modules)};"
             "print(sorted(m for m in ('torch', 'tensorflow', 'harken.training', 'harken.export',"
-            " 'librosa', 'sklearn') if m in sys.modules))")
+            " 'librosa', 'sklearn', 'prometheus_client') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
