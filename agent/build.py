@@ -4,7 +4,6 @@ enroll and check-config all build a machine here, so they accept and refuse the 
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
 from types import EllipsisType
@@ -13,6 +12,7 @@ import numpy as np
 
 from harken.agent.config import Config, ConfigError
 from harken.common.errors import DataError
+from harken.common.atomic import set_aside as rename_aside
 from harken.agent.decision import Decision, DecisionConfig
 from harken.agent.decision.override import CalibrationOverride, read_override
 from harken.agent.model.backends import BackendPool
@@ -174,10 +174,8 @@ def set_aside(config: Config, why: OverlayError, rename: bool = True) -> None:
     if not rename:
         log.warning(f"WARNING: {why} -- 'harken run' will set it aside and run without it")
         return
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    aside = path.with_name(f"{path.name}.set-aside-{stamp}")
     try:
-        path.rename(aside)
+        aside = rename_aside(path, "set-aside")
     except OSError as exc:
         raise OverlayError(f"{why} (and it could not be set aside: {exc.strerror or exc})"
                            ) from None

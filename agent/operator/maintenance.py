@@ -36,7 +36,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from harken.common.atomic import write_atomic
+from harken.common.atomic import set_aside, write_atomic
 from harken.common.errors import UsageError
 from harken.common.records import Finite, NewerRecord, Record, explain, record_version
 from harken.agent.operator import audit
@@ -163,10 +163,8 @@ class Maintenance:
         return None
 
     def _set_aside(self) -> str:
-        aside = self.path.with_name(
-            f"{self.path.name}.damaged-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}")
         try:
-            self.path.replace(aside)
+            aside = set_aside(self.path, "damaged")
         except OSError as exc:
             return f"left in place ({exc.strerror or exc})"
         self._damaged = False

@@ -39,6 +39,7 @@ from harken.agent.site.enroll_embedding import enroll_embedding
 from harken.agent.config import Config, ConfigError
 from harken.agent.decision import Decision
 from harken.common.errors import DataError, UsageError
+from harken.common.atomic import set_aside
 from harken.agent.sources.wavio import read_pcm
 from harken.agent.features import windows
 from harken.agent.pipeline import Pipeline
@@ -214,10 +215,8 @@ def set_override_aside(config: Config) -> Path | None:
     path = config.override_file
     if not path.exists() and not path.is_symlink():
         return None
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    aside = path.with_name(f"{path.name}.before-enroll-{stamp}")
     try:
-        path.rename(aside)
+        aside = set_aside(path, "before-enroll")
     except OSError as exc:
         raise ConfigError(f"{path}: the bank was enrolled, but this calibration override of "
                           f"the old bank could not be moved aside ({exc.strerror or exc}); "

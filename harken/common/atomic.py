@@ -51,6 +51,27 @@ def write_atomic_with(path: str | Path, write: Callable[[IO[bytes]], None]) -> N
         write(f)
 
 
+def aside_name(path: str | Path, label: str) -> Path:
+    """Where ``path`` goes when it is set aside: ``<name>.<label>-<UTC time>`` beside it
+    (``-2``, ``-3``... when one of that second exists: nothing set aside is ever replaced)."""
+    path = Path(path)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside, n = path.with_name(f"{path.name}.{label}-{stamp}"), 1
+    while aside.exists() or aside.is_symlink():
+        n += 1
+        aside = path.with_name(f"{path.name}.{label}-{stamp}-{n}")
+    return aside
+
+
+def set_aside(path: str | Path, label: str) -> Path:
+    """Rename ``path`` (a damaged or stale state file) out of the way, kept, never deleted,
+    and return its new path (``aside_name``); an OSError if it cannot be renamed."""
+    aside = aside_name(path, label)
+    Path(path).rename(aside)
+    _sync_folder(aside.parent)
+    return aside
+
+
 def _sync_folder(folder: Path) -> None:
     """Make the rename itself durable (the folder's entry); not every file system lets a
     folder be opened, which only costs durability, never atomicity."""

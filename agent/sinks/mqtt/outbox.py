@@ -64,6 +64,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harken.common.errors import EnvironmentFailure
+from harken.common.atomic import aside_name
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -215,11 +216,7 @@ class Outbox:
             self._db.close()
         except (sqlite3.Error, AttributeError):
             pass
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        aside, n = path.with_name(f"{path.name}.damaged-{stamp}"), 1
-        while aside.exists():                  # never over an earlier one: nothing is deleted
-            n += 1
-            aside = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+        aside = aside_name(path, "damaged")   # never over an earlier one: nothing is deleted
         for suffix in ("", "-wal", "-shm"):
             if Path(f"{path}{suffix}").exists():
                 os.replace(f"{path}{suffix}", f"{aside}{suffix}")
