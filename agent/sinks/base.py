@@ -13,8 +13,10 @@ the package, in the config's ``agent.plugins`` (docs/agent.md). Sinks may share 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import queue
+import threading
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from harken.agent.decision.records import IntervalResult, StatusEvent
 from harken.common.registry import Registry
@@ -37,6 +39,49 @@ class SinkSettings(Section):
 # DCMD): the raw payload and where it came from ("mqtt", "sparkplug", "socket") in, the
 # reply out ({"id", "command", "ok", "reason", ...}: agent/operator/commands.py)
 CommandHandler = Callable[[bytes, str], dict]
+
+
+class CommandWorker:
+    """Operator commands carried out one at a time on a daemon thread of their own, so that
+    neither paho's network thread nor scoring waits on one (docs/mqtt.md "Commands"): a
+    bounded queue, ``run(job)`` for each job, ``failed(exc)`` when it raises (the thread
+    lives on). The JSON-topic sink and the Sparkplug edge node each keep one."""
+
+    def __init__(self, name: str, size: int, run: Callable[[Any], None],
+                 failed: Callable[[Exception], None]) -> None:
+        self.name, self.size, self.run, self.failed = name, size, run, failed
+        self.jobs: queue.Queue = queue.Queue(size)
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """The thread, started once (at the first handler)."""
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+            self.thread.start()
+
+    def put(self, job: Any) -> bool:
+        """Queue ``job``; False when ``size`` are already waiting."""
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            return False
+        return True
+
+    def stop(self, timeout: float | None = None) -> None:
+        """End the thread after the jobs queued; wait up to ``timeout`` (None: do not wait).
+        A full queue leaves it: a daemon thread ends with the process."""
+        if self.thread is not None and self.put(None) and timeout is not None:
+            self.thread.join(timeout=timeout)
+
+    def _loop(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            try:
+                self.run(job)
+            except Exception as exc:    # noqa: BLE001 - the worker must live on
+                self.failed(exc)
 
 
 class Sink(ABC):

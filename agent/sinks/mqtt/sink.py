@@ -42,7 +42,6 @@ import inspect
 import json
 import logging
 import os
-import queue
 import socket
 import threading
 import time
@@ -53,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from harken.agent.decision.records import IntervalResult, MaintenanceChanged, Stats, StatusEvent
-from harken.agent.sinks.base import CommandHandler, register
+from harken.agent.sinks.base import CommandHandler, CommandWorker, register
 from harken.agent.sinks.mqtt.homeassistant import discovery_payload, discovery_topic
 from harken.agent.sinks.mqtt.outbox import Message, Outbox
 from harken.agent.sinks.mqtt.publisher import Encoder, NetworkSink, Publisher
@@ -160,8 +159,9 @@ class MqttSink(Encoder, NetworkSink):
         # restarted in maintenance never flips OFF then ON, and a retained ON left by an
         # earlier run does not outlive a restart (docs/mqtt.md "Commands")
         self._maintenance: bytes | None = None
-        self._jobs: queue.Queue = queue.Queue(QUEUED_COMMANDS)
-        self._worker: threading.Thread | None = None
+        self._worker = CommandWorker(
+            "mqtt-commands", QUEUED_COMMANDS, self._carry_out, lambda exc: _log.warning(
+                f"mqtt: no reply to a command on {self.command_topic}: {exc}"))
         self.ha_status_topic = ha_status_topic(settings.discovery_prefix)
         self.interval_s = interval_s           # the report interval (score expiry)
         self._anomaly: bool | None = None
@@ -239,9 +239,7 @@ class MqttSink(Encoder, NetworkSink):
     def commands(self, handler: CommandHandler | None) -> None:
         with self._cmd_lock:
             before, self._commands = self._commands, handler
-            if handler is not None and self._worker is None:
-                self._worker = threading.Thread(target=self._work, name="mqtt-commands",
-                                                daemon=True)
+            if handler is not None:
                 self._worker.start()
             if (before is None) == (handler is None) or not self._up:
                 return                 # the next connection subscribes (or does not)
@@ -261,25 +259,16 @@ class MqttSink(Encoder, NetworkSink):
             if len(raw) > MAX_COMMAND:   # not parsed, not kept: refused by size alone
                 raw, refuse = b"", (f"a command of {len(raw)} bytes is over the limit of "
                                     f"{MAX_COMMAND} bytes (64 KiB); not read")
-            try:
-                self._jobs.put_nowait(raw if refuse is None else (refuse, raw))
-            except queue.Full:
+            if not self._worker.put(raw if refuse is None else (refuse, raw)):
                 self._reply(refused(f"the agent is busy: {QUEUED_COMMANDS} commands are "
                                     f"waiting; send it again later", *_said(raw)))
         except Exception as exc:       # noqa: BLE001 - the network thread must live on
             _log.warning(f"mqtt: a command on {self.command_topic} was dropped: {exc}")
 
-    def _work(self) -> None:
-        """The worker: one command at a time, each answered, whatever the handler does."""
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            try:
-                self._reply(self._answer(job[1], job[0]) if isinstance(job, tuple)
-                            else self._answer(job))
-            except Exception as exc:   # noqa: BLE001 - the worker must live on
-                _log.warning(f"mqtt: no reply to a command on {self.command_topic}: {exc}")
+    def _carry_out(self, job: bytes | tuple[str, bytes]) -> None:
+        """The worker's job: one command, answered whatever the handler does."""
+        self._reply(self._answer(job[1], job[0]) if isinstance(job, tuple)
+                    else self._answer(job))
 
     def _answer(self, raw: bytes, refuse: str | None = None) -> dict:
         handler = self._commands
@@ -426,10 +415,5 @@ class MqttSink(Encoder, NetworkSink):
         """Clean shutdown: deliver what the broker will take within ``flush_s``, publish
         ``stopped`` (retained), disconnect without the Last Will."""
         self.publisher.flush(self.lane, flush_s)
-        if self._worker is not None:   # a command being carried out may still reply
-            try:
-                self._jobs.put_nowait(None)
-                self._worker.join(timeout=flush_s)
-            except queue.Full:
-                pass                   # a daemon thread: it ends with the process
+        self._worker.stop(timeout=flush_s)    # a command being carried out may still reply
         self.publisher.close(last=(self.status_topic, "stopped", 1, True))

@@ -38,15 +38,13 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harken.agent.sinks.mqtt.outbox import Message, Outbox
-from harken.agent.sinks.base import CommandHandler
+from harken.agent.sinks.base import CommandHandler, CommandWorker
 from harken.agent.sinks.mqtt.publisher import Encoder, Lane, Publisher
 from harken.agent.sinks.mqtt.settings import default_client_id
 from harken.common.atomic import write_atomic
@@ -135,8 +133,9 @@ class EdgeNode(Encoder):
         self._lock = self.publisher.lock
         self._up = False                   # a connection is made (its DCMD subscriptions)
         # DCMD writes for the command worker, carried out one at a time in arrival order
-        self._jobs: queue.Queue = queue.Queue(64)
-        self._worker: threading.Thread | None = None
+        self._worker = CommandWorker(
+            "sparkplug-commands", 64, lambda job: self._carry_out(*job),
+            lambda exc: self.log(f"a DCMD write was not carried out: {exc}"))
         self._set_will()
 
     def start(self) -> None:
@@ -222,21 +221,9 @@ class EdgeNode(Encoder):
             refuse = RETAINED if retained else None
             if not payload.timestamp and not m.timestamp:
                 refuse = NO_STAMP
-            try:
-                self._jobs.put_nowait((d, command, refuse))
-            except queue.Full:
+            if not self._worker.put((d, command, refuse)):
                 self.log(f"device {d.name}: DCMD write of {MAINTENANCE} refused: "
-                         f"{self._jobs.maxsize} commands are waiting")
-
-    def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            try:
-                self._carry_out(*job)
-            except Exception as exc:     # noqa: BLE001 - the worker must live on
-                self.log(f"a DCMD write was not carried out: {exc}")
+                         f"{self._worker.size} commands are waiting")
 
     def _carry_out(self, d: Device, command: dict, refuse: str | None = None) -> None:
         """The handler, on the command worker (neither paho's network thread nor the
@@ -271,9 +258,7 @@ class EdgeNode(Encoder):
         not, and its DBIRTH again (the metric's ``readOnly`` changes)."""
         with self._lock:
             before, d.commands = d.commands, handler
-            if handler is not None and self._worker is None:
-                self._worker = threading.Thread(target=self._work, name="sparkplug-commands",
-                                                daemon=True)
+            if handler is not None:
                 self._worker.start()
             if (before is None) == (handler is None):
                 return
@@ -445,10 +430,6 @@ class EdgeNode(Encoder):
 
     def close(self) -> None:
         """NDEATH before an intentional disconnect, as the specification asks."""
-        if self._worker is not None:
-            try:
-                self._jobs.put_nowait(None)
-            except queue.Full:
-                pass                    # a daemon thread: it ends with the process
+        self._worker.stop()
         self.publisher.close(last=(topic(self.group, "NDEATH", self.edge_node), self._death(),
                                    1, False))
