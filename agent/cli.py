@@ -218,7 +218,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
                  duration=args.seconds, ca_file=args.ca_file, cert_file=args.cert_file,
                  key_file=args.key_file, insecure=args.tls_insecure,
                  sparkplug_group=args.sparkplug_group or None, name=args.name,
-                 max_agents=args.max_machines, forget_after_s=args.forget_after * 60)
+                 max_agents=args.max_machines, forget_after_s=args.forget_after * 60,
+                 web=args.web)
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -558,6 +559,15 @@ def cmd_systemd_unit(args: argparse.Namespace) -> int:
     return 0
 
 
+def arg_web(text: str) -> tuple[str, int]:
+    """``--web [HOST:]PORT`` read, or a usage error saying what is expected."""
+    from harken.agent.plant.watch import web_address
+    try:
+        return web_address(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def plot_name(text: str) -> str:
     """``--plot``: a path without control characters ('' draws no plot, as --no-plot); its
     format is checked against what matplotlib can write before any audio is read
@@ -677,6 +687,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also read Sparkplug B agents of this group (mqtt.group_id; default "
                    "harken; '' for none)")
     w.add_argument("--json", action="store_true", help="one JSON line per message")
+    w.add_argument("--web", metavar="[HOST:]PORT", type=arg_web,
+                   help="also serve a live web page of the fleet here (HOST defaults to "
+                   "127.0.0.1: this computer only; docs/watch.md \"The web page\")")
     w.add_argument("--for", dest="seconds", type=arg(Seconds(0, 365 * 86400, lo_open=True)),
                    help="stop after this many seconds (default: until Ctrl-C)")
     w.set_defaults(func=cmd_watch)

@@ -39,6 +39,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from harken.agent.plant.history import History
 from harken.agent.sinks.mqtt.topics import STATE_KINDS, parse_topic
 
 MAX_PAYLOAD = 256 * 1024        # bytes; a score is ~400, a stats record a few kB, a birth ~2 kB
@@ -68,6 +69,12 @@ class Row:
     heard: float = 0.0                # arrival time of its latest message (for forgetting)
     clock_unsynced: bool = False      # its latest score or stats says "clock": "unsynced"
     maintenance: bool | None = None   # in maintenance (None: never said)
+    model: str | None = None          # the latest score's model id and backend
+    backend: str | None = None
+    rms_dbfs: float | None = None     # the latest score's input level
+    interval_s: float | None = None   # the agent's report interval, as its scores say
+    version: int = 0                  # Fleet.version when it last changed (the web view's deltas)
+    history: History | None = None    # the last hour (only when the fleet keeps history)
 
 
 def _text(payload: bytes) -> str:
@@ -124,7 +131,15 @@ def _score(body) -> dict:
             "ts": _real(body, "ts"), "seq": _seq(body),
             "anomaly": anomaly if isinstance(anomaly, bool) else None,
             "status": str(body.get("status", "-"))[:MAX_TEXT],
-            "old": bool(body.get("replayed") is True or body.get("historical") is True)}
+            "old": bool(body.get("replayed") is True or body.get("historical") is True),
+            "model": _label(body, "model"), "backend": _label(body, "backend"),
+            "rms_dbfs": _real(body, "rms_dbfs"), "interval_s": _real(body, "interval_s")}
+
+
+def _label(body: dict, key: str) -> str | None:
+    """A short text field (a model id, a backend): None when absent or not a string."""
+    x = body.get(key)
+    return x[:MAX_TEXT] if isinstance(x, str) else None
 
 
 @dataclass
@@ -136,6 +151,8 @@ class Fleet:
     sparkplug_group: str | None = "harken"
     max_agents: int = DEFAULT_MAX_AGENTS
     forget_after_s: float = DEFAULT_FORGET_AFTER_S
+    history_s: float = 0.0            # keep each machine's scores this long (0: none)
+    version: int = 0                  # counts changes: each changed row takes the new count
     # least recently heard first: the cap forgets from the front, so does pruning
     agents: OrderedDict[tuple[str, str], Row] = field(default_factory=OrderedDict)
     # (group, edge node): the bdSeq of its current NBIRTH
@@ -294,6 +311,12 @@ class Fleet:
         elif kind == "score":
             # an unset clock's ts says nothing about when (docs/watch.md): arrival time
             ts = None if score["unsynced"] else score["ts"]
+            if self.history_s > 0:     # a late score still belongs in its place on the chart
+                if row.history is None:
+                    row.history = History(self.history_s)
+                row.history.add(now if ts is None else ts, score["score"], score["threshold"],
+                                score["anomaly"] is True,
+                                isinstance(body, dict) and body.get("maintenance") is True, now)
             if score["old"] and (row.score is not None if ts is None else ts < row.last_seen):
                 return True       # history delivered late: the row keeps the newer score
             # a queued score is as old as its timestamp, not its arrival
@@ -301,6 +324,8 @@ class Fleet:
             row.clock_unsynced = score["unsynced"]
             row.score, row.threshold, row.seq = score["score"], score["threshold"], score["seq"]
             row.audio = score["status"]
+            for key in ("model", "backend", "rms_dbfs", "interval_s"):
+                setattr(row, key, score[key])
             # JSON: the anomaly topic carries the state; Sparkplug: every DDATA does
             if (row.anomaly == "-" or record.get("profile") == "sparkplug-b") \
                     and score["anomaly"] is not None:
@@ -324,6 +349,7 @@ class Fleet:
         for key in list(self.edges.get(edge, ())):
             row = self.agents[key]
             row.status, row.heard = status, now
+            self._touch(row)
             self.agents.move_to_end(key)
         return True
 
@@ -338,7 +364,12 @@ class Fleet:
         else:
             self.agents.move_to_end(key)
         row.heard = now
+        self._touch(row)
         return row
+
+    def _touch(self, row: Row) -> None:
+        self.version += 1
+        row.version = self.version
 
     def _drop(self, key: tuple[str, str], row: Row) -> None:
         # the one edge node that can have announced it: a foreign group's row is "group/node"

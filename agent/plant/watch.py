@@ -36,6 +36,7 @@ from harken.agent.sinks.mqtt.topics import subscription
 
 SESSION_EXPIRY_S = 7 * 86400        # MQTT 5: how long the broker keeps an absent watcher's queue
 MAX_PACKET = MAX_PAYLOAD + 70_000   # MQTT 5: the broker does not send larger (topic up to 64 kB)
+HISTORY_S = 3600.0                  # the web page's chart: the last hour per machine
 TAKEN_OVER = 142                    # MQTT 5 DISCONNECT reason "Session taken over"
 SHORT_S = 5.0                       # a connection closed sooner than this, twice: a takeover
 
@@ -111,6 +112,30 @@ def check_options(prefix: str, client_id: str | None, name: str | None,
                          "minutes")
     if duration is not None and not duration > 0:
         raise UsageError(f"--for {duration:g}: expected a number of seconds above 0")
+
+
+def web_address(text: str) -> tuple[str, int]:
+    """``[HOST:]PORT`` (``8080``, ``0.0.0.0:8080``, ``[::1]:8080``) as (host, port); HOST
+    defaults to 127.0.0.1, this computer only. Port 0 takes a free one (the URL is said)."""
+    import ipaddress
+    shown = safe(text, 80)
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not re.fullmatch(r"\d{1,5}", port.strip()) or not 0 <= int(port) <= 65535:
+        raise UsageError(f"--web {shown!r}: expected [HOST:]PORT with a port from 0 (any free "
+                         "one) to 65535, e.g. 8080 or 0.0.0.0:8080")
+    if not host:
+        host = "127.0.0.1"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", host):
+            raise UsageError(f"--web {shown!r}: {safe(host, 60)!r} is not an address or host "
+                             "name (an IPv6 address goes in brackets: [::1]:8080)") from None
+    return host, int(port)
 
 
 def default_client_id(name: str | None = None) -> tuple[str, bool]:
@@ -331,14 +356,16 @@ def watch(url: BrokerUrl, prefix: str = "harken", client_id: str | None = None,
           cert_file: str | None = None, key_file: str | None = None, insecure: bool = False,
           out: TextIO | None = None, sparkplug_group: str | None = "harken",
           name: str | None = None, max_agents: int = DEFAULT_MAX_AGENTS,
-          forget_after_s: float = DEFAULT_FORGET_AFTER_S, err: TextIO | None = None) -> int:
-    """Watch until ``duration`` seconds pass (or Ctrl-C); 0, or BrokerError at connect."""
+          forget_after_s: float = DEFAULT_FORGET_AFTER_S, err: TextIO | None = None,
+          web: tuple[str, int] | None = None) -> int:
+    """Watch until ``duration`` seconds pass (or Ctrl-C); 0, or BrokerError at connect
+    (UsageError when ``web``'s address cannot be listened on)."""
     # the streams of the moment (a default of sys.stdout would be the one at import time)
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     check_options(prefix, client_id, name, sparkplug_group, max_agents, forget_after_s, duration)
     fleet = Fleet(prefix, sparkplug_group=sparkplug_group, max_agents=max_agents,
-                  forget_after_s=forget_after_s)
+                  forget_after_s=forget_after_s, history_s=HISTORY_S if web else 0.0)
     lock = threading.Lock()
     live_view = not as_json and out.isatty()
     stop = threading.Event()
@@ -375,10 +402,25 @@ def watch(url: BrokerUrl, prefix: str = "harken", client_id: str | None = None,
     conn = Connection(url, prefix, cid, persistent, ca_file, cert_file, key_file, insecure,
                       on_message, sparkplug_group, report)
     conn.start()
+    page = None
+    if web is not None:
+        try:
+            page = _serve(web, fleet, lock, conn)
+        except UsageError:
+            conn.close()
+            raise
     end = None if duration is None else time.monotonic() + duration
 
     def remaining() -> float:
         return 0.5 if end is None else max(0.0, min(0.5, end - time.monotonic()))
+
+    next_tick = time.monotonic()
+
+    def tick() -> None:             # the web page's delta, once a second
+        nonlocal next_tick
+        if page is not None and time.monotonic() >= next_tick:
+            next_tick = time.monotonic() + 1.0
+            page.server.feed.tick()
 
     def render(console):
         with lock:
@@ -396,14 +438,18 @@ def watch(url: BrokerUrl, prefix: str = "harken", client_id: str | None = None,
                 while not stop.is_set() and (end is None or time.monotonic() < end):
                     stop.wait(remaining())
                     live.update(render(console), refresh=True)
+                    tick()
         else:
             while not stop.is_set() and (end is None or time.monotonic() < end):
                 stop.wait(remaining())
                 with lock:
                     fleet.prune()
+                tick()
     except KeyboardInterrupt:
         pass
     finally:
+        if page is not None:
+            page.close()
         conn.close()
     if not as_json and not live_view:       # piped table view: one snapshot at the end
         from rich.console import Console
@@ -414,3 +460,37 @@ def watch(url: BrokerUrl, prefix: str = "harken", client_id: str | None = None,
         report(f"{fleet.malformed} malformed message(s) skipped")
     return 0
 
+
+
+class _Page:
+    """The web page's server and its feed (agent/plant/web/), loaded only with ``--web``."""
+
+    def __init__(self, server) -> None:
+        self.server = server
+
+    def close(self) -> None:
+        from harken.agent.plant.web.server import stop
+        stop(self.server)
+
+
+def _serve(address: tuple[str, int], fleet: Fleet, lock: threading.Lock,
+           conn: Connection) -> _Page:
+    from harken.agent.plant.web.feed import Feed
+    from harken.agent.plant.web.server import start
+    host, port = address
+
+    def banner() -> list[tuple[str, str]]:
+        with conn.lock:
+            return list(conn.banner)
+
+    feed = Feed(fleet, lock, banner, HISTORY_S)
+    try:
+        server = start(host, port, feed)
+    except OSError as exc:
+        raise UsageError(f"--web {host}:{port}: cannot listen there ({exc.strerror or exc}); "
+                         "choose another port, or an address of this computer") from None
+    where = server.url()
+    conn._say(f"web page at {where}" + ("" if server.loopback_only else
+              " (open to the network: put it behind the plant's reverse proxy, "
+              "docs/watch.md)"), "green")
+    return _Page(server)

@@ -1,0 +1,77 @@
+"""The last hour of one machine's scores, for the web view's chart, bounded whatever arrives.
+
+A machine scores every interval (1 to 10 s); a thousand machines at one point per score
+would be millions of Python objects. So the hour is cut into ``BUCKETS`` buckets (10 s each
+for an hour) and each bucket keeps the highest score heard in it (an alarm is a peak: the
+mean would hide it), the threshold, and whether any score in it was anomalous or in
+maintenance. The buckets live in numpy arrays allocated on the first score: about 6 kB per
+machine, whatever the rate or the number of messages. Written by hand because no library
+keeps a fixed-size, time-bucketed maximum; it runs once per message.
+
+Times are the scores' own ``ts`` (a queued score belongs where it was made). A ``ts`` from
+the future (a clock set wrong, or a hostile publisher) would push every later score out of
+the window, so one more than ``AHEAD_S`` ahead of the watcher's clock is placed at its
+arrival instead; one older than the window, or older than the newest bucket by more than
+the window, is not kept.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+BUCKETS = 360                 # per window: 10 s each for an hour
+AHEAD_S = 60.0                # a ts further ahead than this is placed at its arrival
+
+ANOMALY = 1                   # flags of a bucket
+MAINTENANCE = 2
+
+
+class History:
+    """A ring of ``BUCKETS`` time buckets covering the last ``window_s`` seconds."""
+
+    __slots__ = ("window_s", "step", "t", "score", "threshold", "flags", "newest")
+
+    def __init__(self, window_s: float = 3600.0) -> None:
+        self.window_s = float(window_s)
+        self.step = self.window_s / BUCKETS
+        self.t = np.full(BUCKETS, -np.inf)               # each slot's bucket start
+        self.score = np.full(BUCKETS, np.nan, np.float32)
+        self.threshold = np.full(BUCKETS, np.nan, np.float32)
+        self.flags = np.zeros(BUCKETS, np.uint8)
+        self.newest = -math.inf                          # the newest bucket's start
+
+    def add(self, ts: float, score: float | None, threshold: float | None,
+            anomaly: bool, maintenance: bool, now: float) -> float | None:
+        """Put one score in its bucket; the bucket's start, or None when it was not kept."""
+        if not math.isfinite(ts) or ts > now + AHEAD_S:
+            ts = now
+        if ts < now - self.window_s or ts < self.newest - self.window_s:
+            return None
+        start = math.floor(ts / self.step) * self.step
+        i = int(math.floor(ts / self.step)) % BUCKETS
+        if self.t[i] != start:                           # a new bucket over an old one
+            self.t[i] = start
+            self.score[i] = np.nan
+            self.threshold[i] = np.nan
+            self.flags[i] = 0
+        if score is not None and not (self.score[i] >= score):    # NaN compares False
+            self.score[i] = score
+        if threshold is not None:
+            self.threshold[i] = threshold
+        self.flags[i] |= (ANOMALY if anomaly else 0) | (MAINTENANCE if maintenance else 0)
+        self.newest = max(self.newest, start)
+        return start
+
+    def points(self, since: float = -math.inf, now: float | None = None) -> list[list]:
+        """``[t, score, threshold, flags]`` per bucket from ``since`` on (oldest first)
+        within the window before ``now``; numbers rounded for the wire, NaN as None."""
+        end = self.newest if now is None else now
+        keep = (self.t >= since) & (self.t >= end - self.window_s)
+        out = []
+        for i in np.flatnonzero(keep)[np.argsort(self.t[keep], kind="stable")]:
+            s, th = float(self.score[i]), float(self.threshold[i])
+            out.append([round(float(self.t[i]), 1), None if math.isnan(s) else float(f"{s:.5g}"),
+                        None if math.isnan(th) else float(f"{th:.5g}"), int(self.flags[i])])
+        return out

@@ -1,0 +1,140 @@
+"""What the web page is sent: the whole fleet once, then what changed, once a second.
+
+The fleet is read under the watcher's lock, once per tick, whatever the number of open
+pages: each tick makes one ``delta`` message (the rows whose ``version`` moved, each with
+the chart buckets from the last one sent on; the keys of the rows forgotten), encoded once
+and handed to every page. A page that connects gets a ``snapshot`` (every row, its whole
+hour) made under the same lock, so no change falls between the two.
+
+Every text that came from the broker goes out as a JSON string made safe by
+``text.safe`` (controls and format characters replaced, length cut); the page only ever
+puts it in the DOM as text (agent/plant/web/static/app.js). JSON is written ASCII-only, so
+no character of a name can end an event-stream line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from typing import Callable
+
+from harken.agent.plant.state import machine_state
+from harken.agent.plant.text import safe
+
+NAME_SHOWN = 120                     # characters of a node or machine name sent
+
+
+def row_id(key: tuple[str, str]) -> str:
+    """A row's identity on the page: unambiguous for any two names (length-prefixed)."""
+    node, machine = key
+    return f"{len(node)}:{node}/{machine}"
+
+
+def _level(style: str) -> str:
+    """The terminal view's style of a banner line as the page's level."""
+    return "error" if "red" in style else "warn" if "yellow" in style else "info"
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(f"{x:.6g}")
+
+
+def row_message(key: tuple[str, str], row, now: float, since: float = -math.inf) -> dict:
+    """One row as the page reads it (docs/watch.md "The web page")."""
+    seen = None if math.isnan(row.last_seen) else round(row.last_seen, 3)
+    return {
+        "id": row_id(key), "node": safe(row.node, NAME_SHOWN), "machine": safe(row.machine, NAME_SHOWN),
+        "state": machine_state(row, now), "score": _finite(row.score),
+        "threshold": _finite(row.threshold), "anomaly": safe(row.anomaly, 16),
+        "audio": "lost" if row.lost else safe(row.audio, 16), "level_dbfs": _finite(row.rms_dbfs),
+        "status": None if row.status is None else safe(row.status, 16),
+        "maintenance": row.maintenance, "model": None if row.model is None else safe(row.model, 64),
+        "backend": None if row.backend is None else safe(row.backend, 32), "seq": row.seq,
+        "last_seen": seen, "heard": round(row.heard, 3), "clock_unsynced": row.clock_unsynced,
+        "interval_s": _finite(row.interval_s),
+        "points": [] if row.history is None else row.history.points(since, now),
+    }
+
+
+class Feed:
+    """The fleet's messages for the open pages: ``subscribe`` gives a page its snapshot
+    and a queue of deltas, ``tick`` makes one delta and hands it to every page."""
+
+    def __init__(self, fleet, lock: threading.Lock,
+                 banner: Callable[[], list[tuple[str, str]]],
+                 window_s: float) -> None:
+        self.fleet, self.lock, self.banner, self.window_s = fleet, lock, banner, window_s
+        self.version = 0                              # the fleet version the last delta reached
+        self.sent: dict[tuple[str, str], float] = {}  # key: start of the newest bucket sent
+        self.states: dict[tuple[str, str], str] = {}  # key: its state in the last delta
+        self.pages: list[Callable[[bytes], bool]] = []
+        self._pages_lock = threading.Lock()
+
+    def _header(self, kind: str, now: float) -> dict:
+        f = self.fleet
+        return {"type": kind, "now": round(now, 3), "prefix": safe(f.prefix, 128),
+                "window_s": self.window_s, "malformed": f.malformed, "forgotten": f.forgotten,
+                "pruned": f.pruned, "stale_deaths": f.stale_deaths, "max_machines": f.max_agents,
+                "banner": [{"text": safe(line, 300), "level": _level(style)}
+                           for line, style in self.banner()]}
+
+    def snapshot(self, now: float | None = None) -> dict:
+        """The whole fleet, every row with its hour; called with ``self.lock`` held."""
+        now = time.time() if now is None else now
+        msg = self._header("snapshot", now)
+        msg["rows"] = [row_message(k, r, now) for k, r in self.fleet.agents.items()]
+        return msg
+
+    def subscribe(self, send: Callable[[bytes], bool]) -> bytes:
+        """Register a page (``send`` queues one encoded message, False when the page is too
+        slow and is dropped); its snapshot, encoded."""
+        with self.lock, self._pages_lock:
+            data = encode(self.snapshot())
+            self.pages.append(send)
+        return data
+
+    def unsubscribe(self, send: Callable[[bytes], bool]) -> None:
+        with self._pages_lock:
+            if send in self.pages:
+                self.pages.remove(send)
+
+    def delta(self, now: float | None = None) -> dict:
+        """What changed since the last delta: rows whose version moved or whose state the
+        clock changed (``stale``); called with ``self.lock`` held."""
+        now = time.time() if now is None else now
+        msg = self._header("delta", now)
+        rows, agents = [], self.fleet.agents
+        for key, row in agents.items():
+            state = machine_state(row, now)
+            if row.version > self.version or self.states.get(key) != state:
+                rows.append(row_message(key, row, now, self.sent.get(key, -math.inf)))
+                self.states[key] = state
+                if row.history is not None and math.isfinite(row.history.newest):
+                    self.sent[key] = row.history.newest
+        gone = [k for k in self.states if k not in agents]
+        for k in gone:
+            del self.states[k]
+            self.sent.pop(k, None)
+        msg["rows"], msg["gone"] = rows, [row_id(k) for k in gone]
+        self.version = self.fleet.version
+        return msg
+
+    def tick(self, now: float | None = None) -> int:
+        """One delta to every page; how many pages took it."""
+        with self.lock, self._pages_lock:
+            data = encode(self.delta(now))
+            pages = list(self.pages)
+        taken = 0
+        for send in pages:
+            if send(data):
+                taken += 1
+            else:
+                self.unsubscribe(send)
+        return taken
+
+
+def encode(msg: dict) -> bytes:
+    """One server-sent event: a single ``data:`` line of ASCII JSON."""
+    return b"data: " + json.dumps(msg, allow_nan=False, separators=(",", ":")).encode() + b"\n\n"

@@ -1,0 +1,211 @@
+"""The web page's server: three static files, the live feed as server-sent events, and the
+fleet as JSON, read-only.
+
+Python's own ``http.server`` (a thread per connection) rather than aiohttp or Starlette:
+the page is one-way (the watcher tells, the browser listens), which server-sent events do
+over plain HTTP, a plant has a handful of people looking at once, and the standard library
+adds nothing to install on either side. Bounded whatever connects: at most
+``MAX_CONNECTIONS`` connections at once (more are closed at once), at most ``MAX_PAGES`` of
+them live pages, each with a queue of ``QUEUE`` messages; a page that does not read (a
+phone gone to sleep) fills its queue, is dropped, and its browser reconnects and starts
+again from a snapshot. A request that does not arrive within ``REQUEST_TIMEOUT_S`` is
+closed.
+
+Headers: a strict Content-Security-Policy (scripts, styles and connections from this
+origin only, no inline script, no framing), ``nosniff``, no referrer. Bound to a loopback
+address, it answers only requests whose ``Host`` is a loopback name, so that a web page
+elsewhere cannot read the fleet through DNS rebinding; behind a reverse proxy
+(docs/watch.md "Behind the plant's reverse proxy") it binds where it is told.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import queue
+import socket
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+
+from harken.agent.plant.web.feed import Feed
+
+MAX_CONNECTIONS = 64
+MAX_PAGES = 32
+QUEUE = 30                      # messages a page may be behind (a delta a second)
+REQUEST_TIMEOUT_S = 10.0
+KEEPALIVE_S = 15.0              # a comment line this often keeps proxies from closing the stream
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+       "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
+          "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+          "/app.css": ("app.css", "text/css; charset=utf-8")}
+LOOPBACK_NAMES = ("localhost", "localhost.", "ip6-localhost")
+
+
+def _static(name: str) -> bytes:
+    return resources.files("harken.agent.plant.web").joinpath("static", name).read_bytes()
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(header: str) -> str:
+    """The host of a ``Host`` header, without its port (``[::1]:8080`` -> ``::1``)."""
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class WebServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 32
+
+    def __init__(self, address: tuple[str, int], feed: Feed) -> None:
+        self.feed = feed
+        self.loopback_only = _is_loopback(address[0])
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.pages = threading.BoundedSemaphore(MAX_PAGES)
+        self.static = {path: (_static(name), kind) for path, (name, kind) in STATIC.items()}
+        self.closing = threading.Event()
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, Handler)
+
+    def process_request(self, request, client_address) -> None:
+        # a connection over the bound is closed at once: threads stay bounded
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        pass    # a browser that went away mid-answer is no error worth a traceback
+
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: WebServer
+    timeout = REQUEST_TIMEOUT_S
+    server_version = "harken-watch"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args) -> None:   # noqa: A002 - the base class's name
+        pass    # no line per request on the watcher's terminal
+
+    def _head(self, status: int, kind: str, length: int | None, cache: str = "no-store") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Cache-Control", cache)
+        self.end_headers()
+
+    def _answer(self, status: int, body: bytes, kind: str = "text/plain; charset=utf-8") -> None:
+        self._head(status, kind, len(body))
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        if self.server.loopback_only and not _is_loopback(_host_name(self.headers.get("Host", ""))):
+            self.close_connection = True
+            self._answer(HTTPStatus.MISDIRECTED_REQUEST, b"this watcher answers only on its "
+                         b"loopback address (start it with --web HOST:PORT to serve others)\n")
+            return
+        path = self.path.split("?", 1)[0]
+        if path in self.server.static:
+            body, kind = self.server.static[path]
+            self._answer(HTTPStatus.OK, body, kind)
+        elif path == "/fleet.json":
+            feed = self.server.feed
+            with feed.lock:
+                msg = feed.snapshot()
+            self._answer(HTTPStatus.OK, json.dumps(msg, allow_nan=False).encode(),
+                         "application/json")
+        elif path == "/events" and self.command == "GET":
+            self._events()
+        else:
+            self.close_connection = True
+            self._answer(HTTPStatus.NOT_FOUND, b"not found\n")
+
+    def do_POST(self) -> None:
+        self.close_connection = True
+        self._answer(HTTPStatus.METHOD_NOT_ALLOWED, b"this page is read-only\n")
+
+    do_PUT = do_DELETE = do_PATCH = do_POST
+
+    def _events(self) -> None:
+        if not self.server.pages.acquire(blocking=False):
+            self.close_connection = True
+            self._answer(HTTPStatus.SERVICE_UNAVAILABLE, b"too many pages open\n")
+            return
+        waiting: queue.Queue[bytes] = queue.Queue(QUEUE)
+
+        def send(data: bytes) -> bool:
+            try:
+                waiting.put_nowait(data)
+                return True
+            except queue.Full:          # this page does not read: drop it, it reconnects
+                return False
+
+        feed = self.server.feed
+        try:
+            first = feed.subscribe(send)
+            self.close_connection = True
+            self._head(HTTPStatus.OK, "text/event-stream", None)
+            # a browser reconnects after 3 s by default; say so, and give the snapshot
+            self.wfile.write(b"retry: 3000\n\n" + first)
+            self.wfile.flush()
+            while not self.server.closing.is_set():
+                try:
+                    data = waiting.get(timeout=KEEPALIVE_S)
+                except queue.Empty:
+                    data = b": keepalive\n\n"
+                self.wfile.write(data)
+                self.wfile.flush()
+                if send not in feed.pages and waiting.empty():
+                    break               # dropped for being slow: end, the browser comes back
+        except OSError:
+            pass                        # the page went away
+        finally:
+            feed.unsubscribe(send)
+            self.server.pages.release()
+
+
+def start(host: str, port: int, feed: Feed) -> WebServer:
+    """Listen and serve on a daemon thread; OSError when the address cannot be bound."""
+    server = WebServer((host, port), feed)
+    threading.Thread(target=server.serve_forever, name="harken-watch-web", daemon=True).start()
+    return server
+
+
+def stop(server: WebServer) -> None:
+    server.closing.set()
+    server.shutdown()
+    server.server_close()
+

@@ -1,0 +1,195 @@
+// Harken fleet page (docs/watch.md "The web page"). Reads the watcher's server-sent events
+// and draws one card per machine. Every text that came from the broker is put into the page
+// with textContent or as an attribute value set through the DOM, never as HTML: a name or a
+// status is shown as the characters it is. The server's Content-Security-Policy allows no
+// inline script and no other origin, so this file is the only script the page runs.
+"use strict";
+
+const SVG = "http://www.w3.org/2000/svg";
+const ORDER = ["anomaly", "offline", "stopped", "stale", "maintenance", "ok", "waiting"];
+const PAGE = 100;                     // cards drawn at first; "show more" adds as many again
+const W = 360, H = 100;               // the chart's coordinates (stretched to the card)
+
+const fleet = { rows: new Map(), skew: 0, window: 3600, header: null };
+let limit = PAGE, dirty = true, cards = new Map();
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+function svg(tag, attrs) {
+  const e = document.createElementNS(SVG, tag);
+  for (const k in attrs) e.setAttribute(k, String(attrs[k]));
+  return e;
+}
+function now() { return Date.now() / 1000 + fleet.skew; }
+function num(x) { return x === null || x === undefined ? "–" : Number(x).toPrecision(4).replace(/\.?0+(e|$)/, "$1"); }
+function ago(s) {
+  if (s < -60) return "clock ahead";
+  s = Math.max(s, 0);
+  if (s < 90) return Math.round(s) + " s ago";
+  if (s < 5400) return Math.round(s / 60) + " min ago";
+  if (s < 172800) return (s / 3600).toFixed(1) + " h ago";
+  return Math.round(s / 86400) + " d ago";
+}
+
+function merge(row, incoming) {
+  const old = fleet.rows.get(incoming.id);
+  const pts = old ? old.points : [];
+  for (const p of incoming.points || []) {
+    let i = pts.length;
+    while (i > 0 && pts[i - 1][0] > p[0]) i--;
+    if (i > 0 && pts[i - 1][0] === p[0]) pts[i - 1] = p; else pts.splice(i, 0, p);
+  }
+  const cut = now() - fleet.window;
+  while (pts.length && pts[0][0] < cut) pts.shift();
+  incoming.points = pts;
+  fleet.rows.set(incoming.id, incoming);
+}
+
+function apply(msg) {
+  fleet.skew = msg.now - Date.now() / 1000;
+  fleet.window = msg.window_s;
+  fleet.header = msg;
+  if (msg.type === "snapshot") fleet.rows.clear();
+  for (const r of msg.rows || []) merge(null, r);
+  for (const id of msg.gone || []) fleet.rows.delete(id);
+  dirty = true;
+}
+
+function chart(row) {
+  const box = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", class: "chart",
+                           role: "img", "aria-label": "score over the last hour" });
+  const t1 = now(), t0 = t1 - fleet.window;
+  const pts = row.points.filter(p => p[0] >= t0);
+  let top = 0;
+  for (const p of pts) top = Math.max(top, p[1] || 0, (p[2] || 0) * 1.4);
+  if (row.threshold) top = Math.max(top, row.threshold * 1.4);
+  if (!(top > 0)) top = 1;
+  const step = fleet.window / 360;
+  const x = t => ((t - t0) / fleet.window) * W;
+  const y = v => H - (v / top) * (H - 4);
+  // an event: anomalous buckets with no calm one between them (missing buckets are no calm:
+  // an agent reporting every 30 s fills one bucket in three)
+  let run = null;
+  const bands = [];
+  for (const p of pts) {
+    if (p[3] & 2) box.appendChild(svg("rect", { class: "maintenance-band", x: x(p[0]), y: 0, width: Math.max(x(p[0] + step) - x(p[0]), 1), height: H }));
+    if (p[3] & 1) {
+      if (run) run.end = p[0];
+      else { run = { start: p[0], end: p[0] }; bands.push(run); }
+    } else run = null;
+  }
+  for (const b of bands) {
+    box.appendChild(svg("rect", { class: "anomaly-band", x: x(b.start), y: 0, width: Math.max(x(b.end + step) - x(b.start), 1.5), height: H }));
+    const m = svg("rect", { class: "event-marker", x: Math.max(x(b.start) - 1, 0), y: 0, width: 3, height: 14 });
+    const tip = svg("title", {});
+    tip.textContent = "anomaly from " + new Date((b.start - fleet.skew) * 1000).toLocaleTimeString();
+    m.appendChild(tip);
+    box.appendChild(m);
+  }
+  // a line per stretch without a gap of over three report intervals (the agent was away)
+  const gap = 3 * Math.max(step, row.interval_s || 0);
+  const line = (cls, idx) => {
+    let coords = [], last = null;
+    const flush = () => { if (coords.length) box.appendChild(svg("polyline", { class: cls, points: coords.join(" ") })); coords = []; };
+    for (const p of pts) {
+      if (p[idx] === null) continue;
+      if (last !== null && p[0] - last > gap) flush();
+      coords.push(`${x(p[0] + step / 2).toFixed(1)},${y(p[idx]).toFixed(1)}`);
+      last = p[0];
+    }
+    flush();
+  };
+  line("threshold-line", 2);
+  line("score-line", 1);
+  return box;
+}
+
+function card(row) {
+  let c = cards.get(row.id);
+  if (!c) {
+    c = el("article", "card");
+    const title = el("div", "title");
+    const name = el("span", "name");
+    name.append(el("span", "node"), el("span", "machine"));
+    title.append(name, el("span", "state"));
+    const axis = el("div", "axis");
+    axis.append(el("span", "", "−60 min"), el("span", "", "now"));
+    c.append(title, el("div", "figures"), el("div", "chart-box"), axis, el("div", "meta audio"), el("div", "meta model"), el("div", "meta seen"));
+    cards.set(row.id, c);
+  }
+  c.dataset.state = row.state;
+  c.dataset.node = row.node;
+  c.dataset.machine = row.machine;
+  c.dataset.seq = row.seq === null ? "" : String(row.seq);
+  c.querySelector(".node").textContent = row.node + " / ";
+  c.querySelector(".machine").textContent = row.machine;
+  c.querySelector(".state").textContent = row.state;
+  const fig = c.querySelector(".figures");
+  fig.replaceChildren();
+  const score = el("span", row.score !== null && row.threshold !== null && row.score > row.threshold ? "over" : "", "score " + num(row.score));
+  fig.append(score, document.createTextNode(" / threshold " + num(row.threshold)));
+  if (row.anomaly !== "ON" && row.anomaly !== "OFF" && row.anomaly !== "-")
+    fig.append(document.createTextNode(" · anomaly " + row.anomaly));
+  c.querySelector(".chart-box").replaceChildren(chart(row));
+  const audio = c.querySelector(".audio");
+  audio.replaceChildren();
+  audio.append(document.createTextNode("audio " + (row.level_dbfs === null ? "–" : row.level_dbfs.toFixed(1) + " dBFS") + " · "));
+  audio.append(el("span", row.audio === "ok" || row.audio === "-" ? "" : "warn", row.audio));
+  c.querySelector(".model").textContent = (row.model || "model ?") + (row.backend ? " on " + row.backend : "");
+  const seen = row.last_seen === null ? "no score yet" : ago(now() - (row.clock_unsynced ? row.heard : row.last_seen)) + (row.clock_unsynced ? ", clock not set" : "");
+  c.querySelector(".seen").textContent = (row.status ? row.status + " · " : "") + (row.seq === null ? "" : "seq " + row.seq + " · ") + seen;
+  return c;
+}
+
+function rank(r) { const i = ORDER.indexOf(r.state); return i < 0 ? ORDER.length : i; }
+
+function render() {
+  if (!fleet.header) return;
+  const h = fleet.header;
+  document.getElementById("prefix").textContent = "· " + h.prefix + "/";
+  const banner = document.getElementById("banner");
+  banner.replaceChildren(...h.banner.map(line => el("li", "level-" + line.level, line.text)));
+  const all = [...fleet.rows.values()];
+  const counts = {};
+  for (const r of all) counts[r.state] = (counts[r.state] || 0) + 1;
+  const summary = document.getElementById("summary");
+  summary.replaceChildren(el("span", "", all.length + " machines"),
+    ...ORDER.filter(s => counts[s]).map(s => el("span", "count-" + s, counts[s] + " " + s)));
+  const q = document.getElementById("filter").value.trim().toLowerCase();
+  const shown = all.filter(r => !q || r.node.toLowerCase().includes(q) || r.machine.toLowerCase().includes(q));
+  shown.sort((a, b) => rank(a) - rank(b) || (a.node < b.node ? -1 : a.node > b.node ? 1 : 0) || (a.machine < b.machine ? -1 : a.machine > b.machine ? 1 : 0));
+  const page = shown.slice(0, limit);
+  document.getElementById("cards").replaceChildren(...page.map(card));
+  for (const id of cards.keys()) if (!fleet.rows.has(id)) cards.delete(id);
+  const more = document.getElementById("more");
+  more.hidden = shown.length <= limit;
+  document.getElementById("show-more").textContent = `show more (${page.length} of ${shown.length} shown)`;
+  const notes = [];
+  if (h.malformed) notes.push(h.malformed + " malformed message(s) skipped");
+  if (h.forgotten) notes.push(h.forgotten + " machine(s) forgotten beyond the limit of " + h.max_machines);
+  if (h.pruned) notes.push(h.pruned + " machine(s) forgotten after a long silence");
+  if (h.stale_deaths) notes.push(h.stale_deaths + " stale Sparkplug death(s) ignored");
+  document.getElementById("notes").textContent = notes.join(" · ");
+  dirty = false;
+}
+
+function connect() {
+  const link = document.getElementById("link");
+  const source = new EventSource("events");
+  source.onopen = () => { link.dataset.state = "live"; link.textContent = "live"; };
+  source.onerror = () => { link.dataset.state = "lost"; link.textContent = "connection to the watcher lost; retrying"; };
+  source.onmessage = e => { apply(JSON.parse(e.data)); };
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.getElementById("filter").addEventListener("input", () => { limit = PAGE; render(); });
+  document.getElementById("show-more").addEventListener("click", () => { limit += PAGE; render(); });
+  connect();
+  // at most one render a second for the data, and once a second for the ages
+  setInterval(() => { if (dirty || fleet.header) render(); }, 1000);
+  (function frame() { if (dirty) render(); setTimeout(frame, 250); })();
+});
