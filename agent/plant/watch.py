@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -124,6 +125,9 @@ def web_address(text: str) -> tuple[str, int]:
         host, port = "127.0.0.1", text
     elif host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    elif ":" in host:            # ::1:8080 is an IPv6 address or an address and a port
+        raise UsageError(f"--web {shown!r}: an IPv6 address goes in brackets, with the port "
+                         "after them: [::1]:8080")
     if not re.fullmatch(r"\d{1,5}", port.strip()) or not 0 <= int(port) <= 65535:
         raise UsageError(f"--web {shown!r}: expected [HOST:]PORT with a port from 0 (any free "
                          "one) to 65535, e.g. 8080 or 0.0.0.0:8080")
@@ -410,6 +414,11 @@ def watch(url: BrokerUrl, prefix: str = "harken", client_id: str | None = None,
             conn.close()
             raise
     end = None if duration is None else time.monotonic() + duration
+    # SIGTERM (systemd, docker stop) ends the watch as Ctrl-C does: connections closed, the
+    # web page's clients told, exit 0
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
 
     def remaining() -> float:
         return 0.5 if end is None else max(0.0, min(0.5, end - time.monotonic()))
@@ -448,6 +457,8 @@ def watch(url: BrokerUrl, prefix: str = "harken", client_id: str | None = None,
     except KeyboardInterrupt:
         pass
     finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
         if page is not None:
             page.close()
         conn.close()

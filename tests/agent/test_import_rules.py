@@ -57,6 +57,38 @@ def test_importing_the_agent_loads_no_heavy_framework():
     assert out.stdout.strip() == "[]"
 
 
+# Optional dependencies (pyproject extras) and the agent modules that use them: each such
+# module imports its dependency only inside the function that needs it, so every agent module
+# imports on the device-only install (scripts/setup --device), which has none of them.
+OPTIONAL_DEPENDENCIES = {"prometheus_client": ("harken.agent.sinks.metrics",)}
+# Modules a feature loads only when it is turned on: `harken run` and `harken watch` without
+# it never import them (nor what they import: http.server for the web page).
+ON_DEMAND = {"harken.agent.plant.web.server": "harken watch --web",
+             "harken.agent.plant.web.feed": "harken watch --web",
+             "http.server": "harken watch --web",
+             "prometheus_client": "[metrics] listen"}
+
+
+def test_every_agent_module_imports_without_the_optional_dependencies():
+    parts = [p.relative_to(AGENT).with_suffix("").parts for p in AGENT.rglob("*.py")]
+    modules = sorted(".".join(("harken", "agent", *(q[:-1] if q[-1] == "__init__" else q)))
+                     for q in parts if q != ("__init__",))
+    users = {m for ms in OPTIONAL_DEPENDENCIES.values() for m in ms}
+    assert users <= set(modules), "OPTIONAL_DEPENDENCIES names a module that is gone"
+    blocked = "".join(f"sys.modules[{d!r}] = None\n" for d in OPTIONAL_DEPENDENCIES)
+    code = f"import sys\n{blocked}import {', '.join(modules)}\nprint('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_a_feature_turned_off_loads_none_of_its_modules():
+    code = ("import sys, harken.agent.cli, harken.agent.runner, harken.agent.build, "
+            "harken.agent.plant.watch, harken.agent.plant.fleet\n"
+            f"print(sorted(m for m in {sorted(ON_DEMAND)!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_harken_run_starts_without_scipy_signal_or_stats():
     """They cost ~1 s and ~50 MB at start-up on the device; the run path needs neither
     (only resampling and calibration load them, when used)."""

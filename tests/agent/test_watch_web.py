@@ -1,0 +1,403 @@
+"""`harken watch --web`: the page's data (history buckets, the feed's snapshot and deltas),
+its server (headers, loopback-only Host, bounds) and what a hostile publisher can do to it,
+against a real Mosquitto and a real watcher (docs/watch.md "The web page"). The rendered page
+in a real browser is tests/agent/test_watch_web_browser.py."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from harken.agent.plant.fleet import Fleet
+from harken.agent.plant.history import BUCKETS, History
+from harken.agent.plant.state import machine_state
+from harken.agent.plant.watch import web_address
+from harken.agent.plant.web import server as web_server
+from harken.agent.plant.web.feed import Feed, encode, row_id
+from harken.common.errors import UsageError
+from harken.testkit.mosquitto import PASSWORD, USER
+
+STATIC = Path(__file__).resolve().parents[2] / "agent" / "plant" / "web" / "static"
+
+
+def score(ts: float, value: float, seq: int = 0, threshold: float = 2.0, anomaly: bool = False,
+          **extra) -> bytes:
+    return json.dumps({"ts": ts, "seq": seq, "score": value, "threshold": threshold,
+                       "anomaly": anomaly, "status": "ok", "interval_s": 1.0, **extra}).encode()
+
+
+# -- the hour of buckets ------------------------------------------------------------------
+
+def test_a_bucket_keeps_the_peak_and_the_hour_stays_a_fixed_size():
+    h = History(3600)
+    now = 100_000.0
+    for i in range(5000):                       # far more scores than buckets
+        h.add(now - 3000 + i * 0.5, 1.0, 2.0, False, False, now)
+    h.add(now - 100.0, 9.0, 2.0, True, False, now)          # one peak in a bucket of 1.0s
+    h.add(now - 99.5, 1.0, 2.0, False, False, now)
+    pts = h.points(now=now)
+    assert len(pts) <= BUCKETS
+    peak = [p for p in pts if p[0] <= now - 100.0 < p[0] + h.step]
+    assert peak and peak[0][1] == 9.0 and peak[0][3] & 1     # the peak and its anomaly flag
+    assert all(p[0] < q[0] for p, q in zip(pts, pts[1:]))    # oldest first
+    assert h.t.nbytes + h.score.nbytes + h.threshold.nbytes + h.flags.nbytes < 8000
+
+
+def test_a_score_from_the_future_is_placed_at_its_arrival_and_an_old_one_is_not_kept():
+    """A ts a year ahead (a wrong clock, a hostile publisher) would push the machine's later
+    scores out of the window if it were believed."""
+    h = History(3600)
+    now = 100_000.0
+    assert h.add(now + 365 * 86400, 5.0, 2.0, False, False, now) == math.floor(now / h.step) * h.step
+    assert h.add(now - 2 * 3600, 1.0, 2.0, False, False, now) is None
+    assert h.add(now + 1.0, 1.5, 2.0, False, False, now + 1.0) is not None
+    assert [p[1] for p in h.points(now=now + 1.0)] == [5.0]   # one bucket, its peak
+
+
+def test_late_history_lands_in_its_bucket_but_does_not_replace_the_newest_score():
+    fleet = Fleet("harken", history_s=3600)
+    fleet.handle("harken/n1/fan/score", score(1000.0, 1.0, seq=10), now=1000.5)
+    fleet.handle("harken/n1/fan/score", score(900.0, 7.0, seq=5, replayed=True), now=1001.0)
+    row = fleet.agents[("n1", "fan")]
+    assert row.seq == 10 and row.score == 1.0
+    assert 7.0 in [p[1] for p in row.history.points(now=1001.0)]
+
+
+# -- the state word ---------------------------------------------------------------------------
+
+def test_each_state_from_what_the_broker_said():
+    fleet = Fleet("harken", history_s=3600)
+    now = 10_000.0
+    fleet.handle("harken/n/ok/score", score(now, 1.0), now=now)
+    fleet.handle("harken/n/bad/score", score(now, 5.0, anomaly=True), now=now)
+    fleet.handle("harken/n/bad/anomaly", b'{"state": "ON"}', now=now)
+    fleet.handle("harken/n/gone/score", score(now, 5.0), now=now)
+    fleet.handle("harken/n/gone/anomaly", b'{"state": "ON"}', now=now)
+    fleet.handle("harken/n/gone/status", b"offline", now=now)
+    fleet.handle("harken/n/fix/score", score(now, 5.0), now=now)
+    fleet.handle("harken/n/fix/anomaly", b'{"state": "ON"}', now=now)
+    fleet.handle("harken/n/fix/maintenance", b'{"state": "ON"}', now=now)
+    fleet.handle("harken/n/new/status", b"online", now=now)
+    fleet.handle("harken/n/stuck/score", score(now - 600, 1.0), now=now - 600)
+    states = {m: machine_state(r, now) for (_, m), r in fleet.agents.items()}
+    assert states == {"ok": "ok", "bad": "anomaly", "gone": "offline", "fix": "maintenance",
+                      "new": "waiting", "stuck": "stale"}
+
+
+# -- the feed ---------------------------------------------------------------------------------
+
+def _feed(fleet: Fleet) -> Feed:
+    return Feed(fleet, threading.Lock(), lambda: [("connected", "green")], 3600.0)
+
+
+def test_a_delta_carries_only_what_changed_and_says_what_was_forgotten():
+    fleet = Fleet("harken", history_s=3600, max_agents=3)
+    feed = _feed(fleet)
+    now = time.time()
+    for m in ("a", "b", "c"):
+        fleet.handle(f"harken/n/{m}/score", score(now, 1.0), now=now)
+    first = feed.delta(now)
+    assert sorted(r["machine"] for r in first["rows"]) == ["a", "b", "c"]
+    assert feed.delta(now)["rows"] == []                   # nothing changed
+    fleet.handle("harken/n/b/score", score(now + 1, 3.0, seq=1), now=now + 1)
+    fleet.handle("harken/n/d/score", score(now + 1, 1.0), now=now + 1)   # "a" is forgotten
+    d = feed.delta(now + 1)
+    assert sorted(r["machine"] for r in d["rows"]) == ["b", "d"]
+    assert d["gone"] == [row_id(("n", "a"))]
+    b = next(r for r in d["rows"] if r["machine"] == "b")
+    assert b["points"][-1][1] == 3.0 and len(b["points"]) <= 2   # from the last bucket sent on
+    # the clock alone makes a machine stale: sent without a message
+    later = feed.delta(now + 10 * 60)
+    assert {r["machine"]: r["state"] for r in later["rows"]} == \
+        {"b": "stale", "c": "stale", "d": "stale"}
+
+
+def test_a_new_page_gets_the_whole_hour():
+    fleet = Fleet("harken", history_s=3600)
+    now = time.time()
+    for i in range(100):
+        fleet.handle("harken/n/fan/score", score(now - 1000 + i * 10, float(i), seq=i), now=now)
+    snap = _feed(fleet).snapshot(now)
+    assert snap["type"] == "snapshot" and len(snap["rows"]) == 1
+    assert len(snap["rows"][0]["points"]) == 100 and snap["rows"][0]["points"][-1][1] == 99.0
+
+
+def test_an_event_is_one_ascii_line_whatever_the_names_hold():
+    """A name with a newline, a carriage return, U+2028 or a NUL must not end the event early
+    (the page would read half a message, or a message the publisher wrote)."""
+    fleet = Fleet("harken", history_s=3600)
+    hostile = "x\n\ndata: {\"type\":\"snapshot\"}\r\u2028\u0000<script>"
+    fleet.handle(f"harken/n/{hostile}/status", hostile.encode(), now=time.time())
+    data = encode(_feed(fleet).snapshot())
+    assert data.startswith(b"data: ") and data.endswith(b"\n\n")
+    assert data.count(b"\n") == 2 and b"\r" not in data and data.isascii()
+    row = json.loads(data[6:])["rows"][0]
+    assert "\n" not in row["machine"] and "\u2028" not in row["machine"]
+    assert row["machine"].endswith("<script>")             # shown as text, not dropped
+
+
+# -- the page's own files -----------------------------------------------------------------
+
+def test_the_page_puts_broker_text_into_the_dom_only_as_text():
+    """The Content-Security-Policy is the second line of defence; the first is that the page
+    never parses a string as HTML or code."""
+    js = (STATIC / "app.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(",
+                 "new Function", "setAttribute(\"on", "srcdoc", "DOMParser"):
+        assert sink not in js, sink
+    html = (STATIC / "index.html").read_text()
+    assert "<script>" not in html and "<style" not in html and not re.search(r"\son\w+=", html)
+    assert re.search(r'<script src="app.js"', html)
+    # relative URLs only: the page works behind a reverse proxy's sub-path
+    assert 'EventSource("events")' in js and 'href="app.css"' in html
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("8080", ("127.0.0.1", 8080)), ("0.0.0.0:9000", ("0.0.0.0", 9000)),
+    ("[::1]:8080", ("::1", 8080)), (":8080", ("127.0.0.1", 8080)), ("0", ("127.0.0.1", 0)),
+    ("plant-pc.local:80", ("plant-pc.local", 80))])
+def test_the_web_address_is_read(text, expected):
+    assert web_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "http", "70000", "-1", "host:", "a b:80", "::1:8080",
+                                  "1.2.3.4:8080:9", "x" * 300 + ":80"])
+def test_a_web_address_that_names_nowhere_is_refused(text):
+    with pytest.raises(UsageError, match="--web"):
+        web_address(text)
+
+
+# -- the server ---------------------------------------------------------------------------
+
+@pytest.fixture
+def served():
+    fleet = Fleet("harken", history_s=3600)
+    now = time.time()
+    fleet.handle("harken/n1/fan/score", score(now, 1.0), now=now)
+    feed = _feed(fleet)
+    srv = web_server.start("127.0.0.1", 0, feed)
+    yield srv
+    web_server.stop(srv)
+
+
+def get(srv, path: str, host: str | None = None, method: str = "GET"):
+    c = http.client.HTTPConnection(*srv.server_address[:2], timeout=30)
+    c.putrequest(method, path, skip_host=host is not None)
+    if host is not None:
+        c.putheader("Host", host)
+    c.endheaders()
+    r = c.getresponse()
+    body = r.read() if path != "/events" or r.status != 200 else None
+    return r, body, c
+
+
+def test_every_answer_carries_a_strict_content_security_policy(served):
+    for path in ("/", "/app.js", "/app.css", "/fleet.json", "/nothing"):
+        r, body, c = get(served, path)
+        csp = r.getheader("Content-Security-Policy")
+        assert "default-src 'none'" in csp and "script-src 'self'" in csp
+        assert "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+        assert r.getheader("X-Content-Type-Options") == "nosniff"
+        c.close()
+    r, body, _ = get(served, "/fleet.json")
+    assert r.status == 200 and json.loads(body)["rows"][0]["machine"] == "fan"
+
+
+def test_it_is_read_only_and_answers_only_loopback_names_when_bound_to_loopback(served):
+    """DNS rebinding: a page of evil.example whose name now points at 127.0.0.1 would
+    otherwise read the fleet."""
+    assert get(served, "/fleet.json", host="evil.example:8080")[0].status == 421
+    assert get(served, "/fleet.json", host=f"localhost:{served.server_address[1]}")[0].status == 200
+    assert get(served, "/fleet.json", host="[::1]:80")[0].status == 200
+    assert get(served, "/", method="POST")[0].status == 405
+    assert get(served, "/", method="DELETE")[0].status == 405
+
+
+def test_pages_beyond_the_bound_are_refused_and_a_page_that_does_not_read_is_dropped(
+        monkeypatch):
+    monkeypatch.setattr(web_server, "MAX_PAGES", 2)
+    fleet = Fleet("harken", history_s=3600)
+    feed = _feed(fleet)
+    srv = web_server.start("127.0.0.1", 0, feed)
+    try:
+        readers = []
+        for _ in range(2):
+            r, _, c = get(srv, "/events")
+            assert r.status == 200 and r.getheader("Content-Type") == "text/event-stream"
+            assert r.readline() == b"retry: 3000\n"
+            readers.append((r, c))
+        deadline = time.monotonic() + 30
+        while len(feed.pages) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(feed.pages) == 2
+        assert get(srv, "/events")[0].status == 503
+        # neither page reads: their queues fill, and the feed lets them go
+        for i in range(web_server.QUEUE + 5):
+            fleet.handle("harken/n/fan/score", score(time.time(), float(i), seq=i))
+            feed.tick()
+        assert feed.pages == []
+        for r, c in readers:
+            c.close()
+    finally:
+        web_server.stop(srv)
+
+
+def test_a_connection_that_never_sends_its_request_is_closed(monkeypatch):
+    monkeypatch.setattr(web_server.Handler, "timeout", 1.0)
+    srv = web_server.start("127.0.0.1", 0, _feed(Fleet("harken")))
+    try:
+        import socket
+        s = socket.create_connection(srv.server_address[:2], timeout=30)
+        s.sendall(b"GET / HTTP/1.1\r\n")                   # and never the rest
+        while s.recv(4096):                                # until the server closes it
+            pass
+        s.close()
+    finally:
+        web_server.stop(srv)
+
+
+# -- a real watcher against a hostile broker ------------------------------------------------
+
+def _watcher(broker, tmp_path, *extra):
+    env = {**os.environ, "HARKEN_MQTT_PASSWORD": PASSWORD}
+    proc = subprocess.Popen([sys.executable, "-m", "harken.agent.cli", "watch", "--broker",
+                             f"mqtt://{USER}@127.0.0.1:{broker.port}", "--web", "127.0.0.1:0",
+                             "--name", "web-test", *extra],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        found = re.search(r"web page at (http://\S+/)", line)
+        if found:
+            threading.Thread(target=proc.stderr.read, daemon=True).start()   # keep draining
+            return proc, found.group(1)
+    raise AssertionError(f"the watcher said no URL (exit {proc.wait()})")
+
+
+def _fleet_json(url: str) -> dict:
+    import urllib.request
+    with urllib.request.urlopen(url + "fleet.json", timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _until(fn, timeout: float = 60.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout} s")
+
+
+def _rss_kb(pid: int) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", text).group(1))
+
+
+def _publisher(broker):
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="hostile")
+    c.username_pw_set(USER, PASSWORD)
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    return c
+
+
+HOSTILE_NAME = '<img src=x onerror="window.pwned=1">'
+
+
+def test_hostile_retained_messages_leave_the_page_answering_and_the_names_as_text(broker,
+                                                                                    tmp_path):
+    c = _publisher(broker)
+    retained = [
+        (f"harken/n1/{HOSTILE_NAME}/status", b"<script>window.pwned=2</script>"),
+        ("harken/n1/fan/score", b"[" * 100_000 + b"]" * 100_000),
+        ("harken/n1/fan/anomaly", b"\xff\xfe\x00"),
+        ("harken/n1/deep/score", b'{"ts": 1e400, "score": NaN}'),
+        ("harken/n1/big/score", b"x" * 300_000),
+        ("harken/n1/nan/score", json.dumps({"ts": time.time(), "score": 1.0, "threshold": 2.0,
+                                            "model": "</script><script>alert(1)</script>",
+                                            "backend": {"a": [1] * 10}}).encode()),
+        ("harken/n1/ok/score", score(time.time(), 1.0)),
+    ]
+    for topic, payload in retained:
+        c.publish(topic, payload, qos=1, retain=True).wait_for_publish(30)
+    proc, url = _watcher(broker, tmp_path)
+    try:
+        fleet = _until(lambda: (f := _fleet_json(url)) and
+                       {r["machine"] for r in f["rows"]} >= {HOSTILE_NAME, "nan", "ok"} and f)
+        rows = {r["machine"]: r for r in fleet["rows"]}
+        assert rows[HOSTILE_NAME]["status"].startswith("<script>")   # kept as text
+        assert rows["nan"]["model"] == "</script><script>alert(1)</script>"
+        assert rows["nan"]["backend"] is None                       # not a string: not shown
+        assert fleet["malformed"] >= 3
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0                                 # SIGTERM: a clean stop
+        c.loop_stop()
+
+
+def test_a_flood_of_a_thousand_fake_nodes_keeps_the_watcher_bounded(broker, tmp_path):
+    """Each fake node a machine with a score history: the watcher keeps at most
+    --max-machines, and a second thousand replaces the first without growing it."""
+    proc, url = _watcher(broker, tmp_path, "--max-machines", "1000")
+    c = _publisher(broker)
+    try:
+        _until(lambda: _fleet_json(url) is not None)
+        base = _rss_kb(proc.pid)
+        now = time.time()
+        for wave in range(2):
+            for i in range(1000):
+                for k in range(3):
+                    c.publish(f"harken/fake{wave}-{i}/m/score",
+                              score(now - 600 + k * 120, float(k), seq=k), qos=0)
+            last = f"fake{wave}-999"
+            c.publish(f"harken/{last}/m/status", b"online", qos=1).wait_for_publish(60)
+            _until(lambda: any(r["node"] == last and r["status"] == "online"
+                               for r in _fleet_json(url)["rows"]), 120)
+            if wave == 0:
+                first = _rss_kb(proc.pid)
+        fleet = _fleet_json(url)
+        assert len(fleet["rows"]) == 1000 and fleet["forgotten"] >= 1000
+        assert {r["node"].split("-")[0] for r in fleet["rows"]} == {"fake1"}
+        second = _rss_kb(proc.pid)
+        # a thousand machines with their hours: tens of MB at most, and not again for the
+        # second thousand (they replace the first)
+        assert first - base < 80_000, (base, first)
+        assert second - first < 30_000, (first, second)
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        c.loop_stop()
+
+
+def test_the_feed_of_a_thousand_machines_stays_within_a_bounded_memory():
+    tracemalloc.start()
+    try:
+        fleet = Fleet("harken", history_s=3600, max_agents=1000)
+        feed = _feed(fleet)
+        now = time.time()
+        for i in range(2000):
+            for k in range(12):
+                fleet.handle(f"harken/n{i}/m/score", score(now - 3000 + k * 250, 1.0, seq=k),
+                             now=now)
+            if i % 500 == 0:
+                feed.tick(now)
+        feed.tick(now)
+        used, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(fleet.agents) == 1000 and len(feed.states) == 1000 and len(feed.sent) == 1000
+    assert used < 25 * 2 ** 20, used
