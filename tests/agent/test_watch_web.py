@@ -401,3 +401,20 @@ def test_the_feed_of_a_thousand_machines_stays_within_a_bounded_memory():
         tracemalloc.stop()
     assert len(fleet.agents) == 1000 and len(feed.states) == 1000 and len(feed.sent) == 1000
     assert used < 25 * 2 ** 20, used
+
+
+def test_a_port_already_taken_is_one_line_and_exit_2(broker):
+    import socket
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        out = subprocess.run([sys.executable, "-m", "harken.agent.cli", "watch", "--broker",
+                              f"mqtt://{USER}@127.0.0.1:{broker.port}", "--name", "taken",
+                              "--web", f"127.0.0.1:{taken.getsockname()[1]}"],
+                             env={**os.environ, "HARKEN_MQTT_PASSWORD": PASSWORD},
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        taken.close()
+    assert out.returncode == 2, out.stderr
+    assert "cannot listen there" in out.stderr and "Traceback" not in out.stderr
