@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -32,6 +33,11 @@ from harken.testkit.mosquitto import PASSWORD, USER
 STATIC = Path(__file__).resolve().parents[2] / "agent" / "plant" / "web" / "static"
 
 
+def buckets(points: dict) -> list[tuple]:
+    """The columns of ``History.points`` as (t, score, threshold, flags) per bucket."""
+    return list(zip(points["t"], points["score"], points["threshold"], points["flags"]))
+
+
 def score(ts: float, value: float, seq: int = 0, threshold: float = 2.0, anomaly: bool = False,
           **extra) -> bytes:
     return json.dumps({"ts": ts, "seq": seq, "score": value, "threshold": threshold,
@@ -47,7 +53,7 @@ def test_a_bucket_keeps_the_peak_and_the_hour_stays_a_fixed_size():
         h.add(now - 3000 + i * 0.5, 1.0, 2.0, False, False, now)
     h.add(now - 100.0, 9.0, 2.0, True, False, now)          # one peak in a bucket of 1.0s
     h.add(now - 99.5, 1.0, 2.0, False, False, now)
-    pts = h.points(now=now)
+    pts = buckets(h.points(now=now))
     assert len(pts) <= BUCKETS
     peak = [p for p in pts if p[0] <= now - 100.0 < p[0] + h.step]
     assert peak and peak[0][1] == 9.0 and peak[0][3] & 1     # the peak and its anomaly flag
@@ -63,7 +69,7 @@ def test_a_score_from_the_future_is_placed_at_its_arrival_and_an_old_one_is_not_
     assert h.add(now + 365 * 86400, 5.0, 2.0, False, False, now) == math.floor(now / h.step) * h.step
     assert h.add(now - 2 * 3600, 1.0, 2.0, False, False, now) is None
     assert h.add(now + 1.0, 1.5, 2.0, False, False, now + 1.0) is not None
-    assert [p[1] for p in h.points(now=now + 1.0)] == [5.0]   # one bucket, its peak
+    assert h.points(now=now + 1.0)["score"] == [5.0]   # one bucket, its peak
 
 
 def test_late_history_lands_in_its_bucket_but_does_not_replace_the_newest_score():
@@ -72,7 +78,7 @@ def test_late_history_lands_in_its_bucket_but_does_not_replace_the_newest_score(
     fleet.handle("harken/n1/fan/score", score(900.0, 7.0, seq=5, replayed=True), now=1001.0)
     row = fleet.agents[("n1", "fan")]
     assert row.seq == 10 and row.score == 1.0
-    assert 7.0 in [p[1] for p in row.history.points(now=1001.0)]
+    assert 7.0 in row.history.points(now=1001.0)["score"]
 
 
 # -- the state word ---------------------------------------------------------------------------
@@ -114,14 +120,38 @@ def test_a_delta_carries_only_what_changed_and_says_what_was_forgotten():
     fleet.handle("harken/n/b/score", score(now + 1, 3.0, seq=1), now=now + 1)
     fleet.handle("harken/n/d/score", score(now + 1, 1.0), now=now + 1)   # "a" is forgotten
     d = feed.delta(now + 1)
-    assert sorted(r["machine"] for r in d["rows"]) == ["b", "d"]
+    assert sorted(r["id"] for r in d["rows"]) == [row_id(("n", "b")), row_id(("n", "d"))]
     assert d["gone"] == [row_id(("n", "a"))]
-    b = next(r for r in d["rows"] if r["machine"] == "b")
-    assert b["points"][-1][1] == 3.0 and len(b["points"]) <= 2   # from the last bucket sent on
+    b = next(r for r in d["rows"] if r["id"] == row_id(("n", "b")))
+    assert b["points"]["score"][-1] == 3.0 and len(b["points"]["t"]) <= 2   # from the last sent
+    # only what changed: the score, seq and times, not the names, model or state
+    assert {"score", "seq", "last_seen", "heard"} <= set(b) and "node" not in b and "state" not in b
     # the clock alone makes a machine stale: sent without a message
     later = feed.delta(now + 10 * 60)
-    assert {r["machine"]: r["state"] for r in later["rows"]} == \
-        {"b": "stale", "c": "stale", "d": "stale"}
+    assert {r["id"]: r["state"] for r in later["rows"]} == \
+        {row_id(("n", m)): "stale" for m in "bcd"}
+
+
+def test_a_second_page_gets_the_rows_changed_since_the_last_delta_whole_and_none_without_pages():
+    """Its snapshot is newer than what the first page has: a field that changed and changed
+    back between the last delta and the snapshot must still reach it."""
+    fleet = Fleet("harken", history_s=3600)
+    feed = _feed(fleet)
+    now = time.time()
+    fleet.handle("harken/n/fan/score", score(now, 1.0), now=now)
+    first: list[bytes] = []
+    assert feed.tick(now) == 0 and feed.last == {}          # no page: nothing made
+    feed.subscribe(lambda data: first.append(data) or True)
+    fleet.handle("harken/n/fan/anomaly", b'{"state": "ON"}', now=now)
+    second: list[bytes] = []
+    feed.subscribe(lambda data: second.append(data) or True)
+    fleet.handle("harken/n/fan/anomaly", b'{"state": "OFF"}', now=now)
+    assert feed.tick(now) == 2
+    row = json.loads(second[-1][6:])["rows"][0]
+    assert row["state"] == "ok" and row["anomaly"] == "OFF" and row["node"] == "n"  # whole
+    fleet.handle("harken/n/fan/score", score(now + 1, 2.0, seq=1), now=now + 1)
+    feed.tick(now + 1)
+    assert "node" not in json.loads(second[-1][6:])["rows"][0]                       # diff again
 
 
 def test_a_new_page_gets_the_whole_hour():
@@ -131,7 +161,8 @@ def test_a_new_page_gets_the_whole_hour():
         fleet.handle("harken/n/fan/score", score(now - 1000 + i * 10, float(i), seq=i), now=now)
     snap = _feed(fleet).snapshot(now)
     assert snap["type"] == "snapshot" and len(snap["rows"]) == 1
-    assert len(snap["rows"][0]["points"]) == 100 and snap["rows"][0]["points"][-1][1] == 99.0
+    points = snap["rows"][0]["points"]
+    assert len(points["t"]) == 100 and points["score"][-1] == 99.0
 
 
 def test_an_event_is_one_ascii_line_whatever_the_names_hold():
@@ -162,6 +193,14 @@ def test_the_page_puts_broker_text_into_the_dom_only_as_text():
     assert re.search(r'<script src="app.js"', html)
     # relative URLs only: the page works behind a reverse proxy's sub-path
     assert 'EventSource("events")' in js and 'href="app.css"' in html
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="no node here (scripts/setup installs it)")
+def test_the_pages_script_parses():
+    """A syntax error would leave the page at "connecting…" with nothing but "Uncaught"."""
+    out = subprocess.run(["node", "--check", str(STATIC / "app.js")], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -388,6 +427,7 @@ def test_the_feed_of_a_thousand_machines_stays_within_a_bounded_memory():
     try:
         fleet = Fleet("harken", history_s=3600, max_agents=1000)
         feed = _feed(fleet)
+        feed.subscribe(lambda data: True)          # a page open: the feed keeps its baseline
         now = time.time()
         for i in range(2000):
             for k in range(12):
@@ -399,7 +439,7 @@ def test_the_feed_of_a_thousand_machines_stays_within_a_bounded_memory():
         used, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert len(fleet.agents) == 1000 and len(feed.states) == 1000 and len(feed.sent) == 1000
+    assert len(fleet.agents) == 1000 and len(feed.last) == 1000 and len(feed.sent) == 1000
     assert used < 25 * 2 ** 20, used
 
 

@@ -2,9 +2,10 @@
 
 The fleet is read under the watcher's lock, once per tick, whatever the number of open
 pages: each tick makes one ``delta`` message (the rows whose ``version`` moved, each with
-the chart buckets from the last one sent on; the keys of the rows forgotten), encoded once
-and handed to every page. A page that connects gets a ``snapshot`` (every row, its whole
-hour) made under the same lock, so no change falls between the two.
+the fields that changed and the chart buckets from the last one sent on; the keys of the
+rows forgotten), encoded once, outside the lock, and handed to every page. A page that
+connects gets a ``snapshot`` (every row, its whole hour) made under the same lock, so no
+change falls between the two.
 
 Every text that came from the broker goes out as a JSON string made safe by
 ``text.safe`` (controls and format characters replaced, length cut); the page only ever
@@ -24,6 +25,7 @@ from harken.agent.plant.state import machine_state
 from harken.agent.plant.text import safe
 
 NAME_SHOWN = 120                     # characters of a node or machine name sent
+NO_POINTS: dict[str, list] = {"t": [], "score": [], "threshold": [], "flags": []}
 
 
 def row_id(key: tuple[str, str]) -> str:
@@ -54,13 +56,19 @@ def row_message(key: tuple[str, str], row, now: float, since: float = -math.inf)
         "backend": None if row.backend is None else safe(row.backend, 32), "seq": row.seq,
         "last_seen": seen, "heard": round(row.heard, 3), "clock_unsynced": row.clock_unsynced,
         "interval_s": _finite(row.interval_s),
-        "points": [] if row.history is None else row.history.points(since, now),
+        "points": NO_POINTS if row.history is None else row.history.points(since, now),
     }
 
 
 class Feed:
     """The fleet's messages for the open pages: ``subscribe`` gives a page its snapshot
-    and a queue of deltas, ``tick`` makes one delta and hands it to every page."""
+    and a queue of deltas, ``tick`` makes one delta and hands it to every page.
+
+    A delta carries, per changed row, only the fields that changed since the last delta
+    (``id`` always): a machine scoring every second changes its score, seq and times, not its
+    names, model or state, and the page keeps the rest. A page that subscribes while others
+    are open got a snapshot newer than the last delta, so the next delta sends every row
+    changed since then whole. With no page open nothing is made."""
 
     def __init__(self, fleet, lock: threading.Lock,
                  banner: Callable[[], list[tuple[str, str]]],
@@ -68,7 +76,8 @@ class Feed:
         self.fleet, self.lock, self.banner, self.window_s = fleet, lock, banner, window_s
         self.version = 0                              # the fleet version the last delta reached
         self.sent: dict[tuple[str, str], float] = {}  # key: start of the newest bucket sent
-        self.states: dict[tuple[str, str], str] = {}  # key: its state in the last delta
+        self.last: dict[tuple[str, str], dict] = {}   # key: its fields as the pages have them
+        self.whole = False                            # next delta: changed rows whole
         self.pages: list[Callable[[bytes], bool]] = []
         self._pages_lock = threading.Lock()
 
@@ -89,11 +98,20 @@ class Feed:
 
     def subscribe(self, send: Callable[[bytes], bool]) -> bytes:
         """Register a page (``send`` queues one encoded message, False when the page is too
-        slow and is dropped); its snapshot, encoded."""
+        slow and is dropped); its snapshot, encoded (outside the fleet's lock)."""
         with self.lock, self._pages_lock:
-            data = encode(self.snapshot())
+            now = time.time()
+            msg = self.snapshot(now)
+            if not self.pages:             # the first page: the snapshot is the baseline
+                self.last = {key: _fields(row) for key, row in zip(self.fleet.agents, msg["rows"])}
+                self.sent = {key: row["points"]["t"][-1]
+                             for key, row in zip(self.fleet.agents, msg["rows"])
+                             if row["points"]["t"]}
+                self.version, self.whole = self.fleet.version, False
+            else:
+                self.whole = True
             self.pages.append(send)
-        return data
+        return encode(msg)
 
     def unsubscribe(self, send: Callable[[bytes], bool]) -> None:
         with self._pages_lock:
@@ -102,30 +120,44 @@ class Feed:
 
     def delta(self, now: float | None = None) -> dict:
         """What changed since the last delta: rows whose version moved or whose state the
-        clock changed (``stale``); called with ``self.lock`` held."""
+        clock changed (``stale``), each with the fields that changed; called with
+        ``self.lock`` held."""
         now = time.time() if now is None else now
         msg = self._header("delta", now)
         rows, agents = [], self.fleet.agents
         for key, row in agents.items():
-            state = machine_state(row, now)
-            if row.version > self.version or self.states.get(key) != state:
-                rows.append(row_message(key, row, now, self.sent.get(key, -math.inf)))
-                self.states[key] = state
-                if row.history is not None and math.isfinite(row.history.newest):
-                    self.sent[key] = row.history.newest
-        gone = [k for k in self.states if k not in agents]
+            before = self.last.get(key)
+            if row.version <= self.version and before is not None and \
+                    before["state"] == machine_state(row, now):
+                continue
+            full = row_message(key, row, now, self.sent.get(key, -math.inf))
+            fields = _fields(full)
+            if before is None or self.whole:
+                rows.append(full)
+            else:
+                changed = {k: v for k, v in fields.items() if before.get(k) != v}
+                changed["id"] = full["id"]
+                changed["points"] = full["points"]
+                rows.append(changed)
+            self.last[key] = fields
+            if full["points"]["t"]:
+                self.sent[key] = full["points"]["t"][-1]
+        gone = [k for k in self.last if k not in agents]
         for k in gone:
-            del self.states[k]
+            del self.last[k]
             self.sent.pop(k, None)
         msg["rows"], msg["gone"] = rows, [row_id(k) for k in gone]
-        self.version = self.fleet.version
+        self.version, self.whole = self.fleet.version, False
         return msg
 
     def tick(self, now: float | None = None) -> int:
-        """One delta to every page; how many pages took it."""
+        """One delta to every page (none made when no page is open); how many took it."""
         with self.lock, self._pages_lock:
-            data = encode(self.delta(now))
+            if not self.pages:
+                return 0
+            msg = self.delta(now)
             pages = list(self.pages)
+        data = encode(msg)
         taken = 0
         for send in pages:
             if send(data):
@@ -133,6 +165,10 @@ class Feed:
             else:
                 self.unsubscribe(send)
         return taken
+
+
+def _fields(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "points"}
 
 
 def encode(msg: dict) -> bytes:

@@ -35,18 +35,22 @@ function ago(s) {
   return Math.round(s / 86400) + " d ago";
 }
 
-function merge(row, incoming) {
+function merge(incoming) {
   const old = fleet.rows.get(incoming.id);
   const pts = old ? old.points : [];
-  for (const p of incoming.points || []) {
+  const c = incoming.points || { t: [] };       // columns: t, score, threshold, flags
+  for (let k = 0; k < c.t.length; k++) {
+    const p = [c.t[k], c.score[k], c.threshold[k], c.flags[k]];
     let i = pts.length;
     while (i > 0 && pts[i - 1][0] > p[0]) i--;
     if (i > 0 && pts[i - 1][0] === p[0]) pts[i - 1] = p; else pts.splice(i, 0, p);
   }
   const cut = now() - fleet.window;
   while (pts.length && pts[0][0] < cut) pts.shift();
-  incoming.points = pts;
-  fleet.rows.set(incoming.id, incoming);
+  // a delta carries only the fields that changed: the rest stay as they were
+  const row = old ? Object.assign(old, incoming) : incoming;
+  row.points = pts;
+  fleet.rows.set(row.id, row);
 }
 
 function apply(msg) {
@@ -54,7 +58,7 @@ function apply(msg) {
   fleet.window = msg.window_s;
   fleet.header = msg;
   if (msg.type === "snapshot") fleet.rows.clear();
-  for (const r of msg.rows || []) merge(null, r);
+  for (const r of msg.rows || []) merge(r);
   for (const id of msg.gone || []) fleet.rows.delete(id);
   dirty = true;
 }
