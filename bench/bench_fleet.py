@@ -46,9 +46,12 @@ def score_stream(seconds: int = 120):
 
 
 def agents(port: int, nodes: list[str], per_agent: int, stream, state: Path, ready, go,
-           done) -> None:
-    """One worker process: a MqttSink per node, all replaying the stream once ``go``."""
+           done, pace_s: float = 0.0) -> None:
+    """One worker process: a MqttSink per node, all replaying the stream once ``go``: as
+    fast as the sink takes it, or with ``pace_s`` one score per node every ``pace_s``
+    seconds, stamped now, each node at its own offset in the period (as real agents are)."""
     import dataclasses
+    import random
 
     from harken.agent.config import MqttSection
     from harken.agent.sinks.mqtt.sink import MqttSink
@@ -64,8 +67,14 @@ def agents(port: int, nodes: list[str], per_agent: int, stream, state: Path, rea
     go.wait()
 
     def replay(sink: MqttSink) -> None:
+        start = time.monotonic() + random.uniform(0, pace_s)
         for i in range(per_agent):
-            sink.interval(dataclasses.replace(stream[i % len(stream)], seq=i + 1, event=None))
+            now = {}
+            if pace_s:
+                time.sleep(max(0.0, start + i * pace_s - time.monotonic()))
+                now = {"ts": time.time(), "arrived": time.monotonic()}
+            sink.interval(dataclasses.replace(stream[i % len(stream)], seq=i + 1, event=None,
+                                              **now))
 
     threads = [threading.Thread(target=replay, args=(s,)) for s in sinks]
     for t in threads:

@@ -702,6 +702,74 @@ def fleet_section(r: dict) -> list[str]:
     return lines
 
 
+def web_section(r: dict) -> list[str]:
+    """bench/bench_web.py: `harken watch` with and without --web beside one paced fleet."""
+    m = r["machine"]
+    hour = r["full_hour"]
+
+    def pages(x: dict) -> str:
+        return "1 (Chromium)" if x["browser"] else str(x["pages"])
+
+    def each(values: list[float], scale: float = 1.0, fmt: str = ".0f") -> str:
+        return ", ".join(f"{v / scale:{fmt}}" for v in values) or "-"
+
+    def opened(x: dict) -> str:
+        late = x["snapshot_late"]
+        return "-" if late is None else f"{late[0] / 1024:.0f} kB ({late[1]} rows)"
+
+    base = next(x for x in r["rows"] if not x["web"])
+    shown = [str(x["pages"]) for x in r["rows"] if x["web"] and not x["browser"]]
+    counts = " or ".join([", ".join(shown[:-1]), shown[-1]] if len(shown) > 1 else shown)
+    browser = [x for x in r["rows"] if x["browser"]]
+    lines = [
+        f"## The web view: `harken watch --web` with {r['machines']} machines publishing", "",
+        f"`{r['command']}` ({r['when']}, {m['cores']} cores shared with other work, "
+        f"{r['elapsed_s'] / 60:.1f} min in all): {r['machines']} simulated agents (the fleet "
+        f"bench's: each its own MqttSink and durable outbox, over {r['workers']} processes) "
+        f"publish one score per machine every {r['pace_s']:g} s, each at its own offset, to "
+        "one Mosquitto; beside them run `harken watch` processes on the same fleet at the same "
+        "time (stdout not a terminal, no `--json`): one without `--web`, the others with "
+        f"`--web 127.0.0.1:0` and {counts} pages open (a page: a thread of the bench "
+        "reading `/events` and parsing every event)"
+        + (", and one with its page open in headless Chromium" if browser else "")
+        + f". Measured over {r['seconds']:.0f} s after a {r['warmup_s']} s warm-up: CPU "
+        "(utime + stime of the watcher's process), resident memory (VmRSS at the end, VmHWM "
+        "its peak since start), scores handled per second (the `seq` of its /fleet.json rows "
+        "before and after; for the watcher without a page, what the broker delivered to the "
+        "bench's own subscriber), and per page the bytes and deltas received per second. The "
+        "snapshot column is what a page opened after the period gets.", ""]
+    lines += table(
+        ["watcher", "pages", "CPU, % of one core", "RSS end (MB)", "RSS peak (MB)",
+         "scores/s handled", "kB/s per page", "deltas/s per page", "rows per delta",
+         "snapshot to a new page"],
+        [[x["watcher"], pages(x), f"{x['cpu_percent']:.1f}", f"{x['rss_end_mb']:.0f}",
+          f"{x['rss_peak_mb']:.0f}", f"{x['scores_per_s']:.0f}",
+          each(x["page_bytes_per_s"], 1024), each(x["page_events_per_s"], fmt=".2f"),
+          each(x["page_rows_per_event"]), opened(x)] for x in r["rows"]])
+    web = [x for x in r["rows"] if x["web"] and not x["browser"]]
+    most = max(web, key=lambda x: x["pages"])
+    lines += [
+        "", f"With `--web` and {most['pages']} pages open the watcher used "
+        f"{most['cpu_percent']:.1f} % of one core against {base['cpu_percent']:.1f} % without "
+        f"`--web`, and {most['rss_end_mb'] - base['rss_end_mb']:+.0f} MB of resident memory "
+        f"({r['scores_delivered_per_s']:.0f} scores/s delivered by the broker). Pages dropped "
+        f"for reading too slowly: {sum(x['pages_dropped'] for x in r['rows'])}."]
+    for x in browser:
+        lines += [
+            "", f"The real page in headless Chromium drew {x['chromium_cards']} machine cards of "
+            f"{r['machines']} (it draws a first page of cards; \"show more\" adds more) "
+            f"with {x['chromium_console_errors']} console errors; Chromium itself (all its "
+            f"processes) used {x['chromium_cpu_percent']:.0f} % of one core to keep it live."]
+    lines += [
+        "", f"A page opened after an hour gets every machine's whole hour ({hour['buckets']} "
+        f"buckets each): for {hour['machines']} machines a snapshot of "
+        f"{hour['snapshot_bytes'] / 2 ** 20:.1f} MB, built and encoded in "
+        f"{hour['snapshot_ms']:.0f} ms of CPU under the watcher's lock; the fleet with that "
+        f"hour holds {hour['fleet_mb']:.1f} MB of Python memory (built in the bench's process "
+        "through `Fleet.handle`, one score per bucket, and measured with tracemalloc)."]
+    return lines
+
+
 def machines_section(r: dict) -> list[str]:
     labels = list(r["rows"])
     t = r["targets"]
@@ -1072,7 +1140,7 @@ SECTIONS = {"features": features_section, "scorers": scorers_section,
             "detection": detection_section,
             "normalisation": normalisation_section, "probe": probe_section,
             "probe-dual": probe_section,
-            "machines": machines_section, "fleet": fleet_section,
+            "machines": machines_section, "fleet": fleet_section, "web": web_section,
             "training": training_section, "allocator": allocator_section,
             "training-gpu": training_section, "unseen": unseen_section,
             "wear": wear_section, "store": store_section}
