@@ -73,6 +73,7 @@ class Row:
     backend: str | None = None
     rms_dbfs: float | None = None     # the latest score's input level
     interval_s: float | None = None   # the agent's report interval, as its scores say
+    score_heard: float = float("nan") # arrival time of its latest score (stale, whatever its ts)
     version: int = 0                  # Fleet.version when it last changed (the web view's deltas)
     history: History | None = None    # the last hour (only when the fleet keeps history)
 
@@ -321,6 +322,7 @@ class Fleet:
                 return True       # history delivered late: the row keeps the newer score
             # a queued score is as old as its timestamp, not its arrival
             row.last_seen = ts if ts is not None else now
+            row.score_heard = now
             row.clock_unsynced = score["unsynced"]
             row.score, row.threshold, row.seq = score["score"], score["threshold"], score["seq"]
             row.audio = score["status"]

@@ -4,7 +4,7 @@ A machine scores every interval (1 to 10 s); a thousand machines at one point pe
 would be millions of Python objects. So the hour is cut into ``BUCKETS`` buckets (10 s each
 for an hour) and each bucket keeps the highest score heard in it (an alarm is a peak: the
 mean would hide it), the threshold, and whether any score in it was anomalous or in
-maintenance. The buckets live in numpy arrays allocated on the first score: about 6 kB per
+maintenance. The buckets live in numpy arrays allocated on the first score: about 9 kB per
 machine, whatever the rate or the number of messages. Written by hand because no library
 keeps a fixed-size, time-bucketed maximum; it runs once per message.
 
@@ -31,16 +31,18 @@ MAINTENANCE = 2
 class History:
     """A ring of ``BUCKETS`` time buckets covering the last ``window_s`` seconds."""
 
-    __slots__ = ("window_s", "step", "t", "score", "threshold", "flags", "newest")
+    __slots__ = ("window_s", "step", "t", "score", "threshold", "flags", "newest", "changed")
 
     def __init__(self, window_s: float = 3600.0) -> None:
         self.window_s = float(window_s)
         self.step = self.window_s / BUCKETS
         self.t = np.full(BUCKETS, -np.inf)               # each slot's bucket start
-        self.score = np.full(BUCKETS, np.nan, np.float32)
-        self.threshold = np.full(BUCKETS, np.nan, np.float32)
+        self.score = np.full(BUCKETS, np.nan)            # float64: a float32 turns 1e39 into inf
+        self.threshold = np.full(BUCKETS, np.nan)
         self.flags = np.zeros(BUCKETS, np.uint8)
         self.newest = -math.inf                          # the newest bucket's start
+        self.changed = math.inf                          # the oldest bucket changed since
+                                                         # the web feed last sent this one
 
     def add(self, ts: float, score: float | None, threshold: float | None,
             anomaly: bool, maintenance: bool, now: float) -> float | None:
@@ -56,12 +58,13 @@ class History:
             self.score[i] = np.nan
             self.threshold[i] = np.nan
             self.flags[i] = 0
-        if score is not None and not (self.score[i] >= score):    # NaN compares False
-            self.score[i] = score
-        if threshold is not None:
+        if score is not None and math.isfinite(score) and not (self.score[i] >= score):
+            self.score[i] = score                         # (NaN compares False)
+        if threshold is not None and math.isfinite(threshold):
             self.threshold[i] = threshold
         self.flags[i] |= (ANOMALY if anomaly else 0) | (MAINTENANCE if maintenance else 0)
         self.newest = max(self.newest, start)
+        self.changed = min(self.changed, start)
         return start
 
     def points(self, since: float = -math.inf, now: float | None = None) -> dict[str, list]:
@@ -81,6 +84,7 @@ def _rounded(x: np.ndarray, digits: int = 5) -> list:
     """``x`` to ``digits`` significant digits (short on the wire), NaN as None."""
     x = x.astype(np.float64)
     finite = np.isfinite(x) & (x != 0)
+    x = np.where(np.isfinite(x), x, np.nan)       # never an inf for the JSON encoder
     mag = np.zeros_like(x)
     mag[finite] = np.floor(np.log10(np.abs(x[finite])))
     scale = 10.0 ** (digits - 1 - mag)

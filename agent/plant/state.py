@@ -4,8 +4,8 @@ In order of precedence: a machine whose agent is gone (its Last Will ``offline``
 ``stopped`` on a clean shutdown) is that, whatever its last score said, since the score is
 old; one in maintenance raises no alarm, so an anomaly flag under maintenance is not one;
 then the anomaly; then ``stale`` for an agent still said online whose scores stopped (none
-for ``STALE_INTERVALS`` of its own report intervals, and at least ``STALE_MIN_S``: a stuck
-agent whose connection lives); then ``ok``, or ``waiting`` before the first score.
+arrived for ``STALE_INTERVALS`` of its own report intervals, and at least ``STALE_MIN_S``: a
+stuck agent whose connection lives); then ``ok``, or ``waiting`` before the first score.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ def machine_state(row, now: float) -> str:
         return row.status
     if row.maintenance:
         return "maintenance"
-    if row.anomaly == "ON":
+    if str(row.anomaly).upper() == "ON":
         return "anomaly"
-    if row.score is None and math.isnan(row.last_seen):
+    if math.isnan(row.score_heard):
         return "waiting"
-    seen = row.heard if row.clock_unsynced or math.isnan(row.last_seen) else row.last_seen
+    # by the arrival of its latest score, not its ts: a clock running ahead would otherwise
+    # keep a hung agent "ok" for as long as it runs ahead
     stale_s = max(STALE_MIN_S, STALE_INTERVALS * (row.interval_s or 0.0))
-    if now - seen > stale_s:
+    if now - row.score_heard > stale_s:
         return "stale"
     return "ok"
 

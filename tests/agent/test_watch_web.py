@@ -58,7 +58,7 @@ def test_a_bucket_keeps_the_peak_and_the_hour_stays_a_fixed_size():
     peak = [p for p in pts if p[0] <= now - 100.0 < p[0] + h.step]
     assert peak and peak[0][1] == 9.0 and peak[0][3] & 1     # the peak and its anomaly flag
     assert all(p[0] < q[0] for p, q in zip(pts, pts[1:]))    # oldest first
-    assert h.t.nbytes + h.score.nbytes + h.threshold.nbytes + h.flags.nbytes < 8000
+    assert h.t.nbytes + h.score.nbytes + h.threshold.nbytes + h.flags.nbytes < 10_000
 
 
 def test_a_score_from_the_future_is_placed_at_its_arrival_and_an_old_one_is_not_kept():
@@ -458,3 +458,164 @@ def test_a_port_already_taken_is_one_line_and_exit_2(broker):
         taken.close()
     assert out.returncode == 2, out.stderr
     assert "cannot listen there" in out.stderr and "Traceback" not in out.stderr
+
+
+# -- the hostile tester's findings (docs/reliability.md "The plant view") --------------------
+
+def test_a_score_beyond_a_float32_neither_kills_the_feed_nor_reaches_the_page_as_infinity():
+    """1e39 was stored as float32 inf in the hour and made the JSON encoder raise: the
+    watcher died, and again at every start while the message was retained."""
+    fleet = Fleet("harken", history_s=3600)
+    feed = _feed(fleet)
+    feed.subscribe(lambda data: True)
+    now = time.time()
+    fleet.handle("harken/n/fan/score", score(now, 1e39, threshold=5e38), now=now)
+    fleet.handle("harken/n/hot/score", score(now, 1.7e308, threshold=1.0), now=now)
+    fleet.handle("harken/n/lvl/score", score(now, 1.0, rms_dbfs=1e300), now=now)
+    assert feed.tick(now) == 1
+    rows = {r["machine"]: r for r in json.loads(encode(feed.snapshot(now))[6:])["rows"]}
+    assert rows["fan"]["points"]["score"] == [1e39] and rows["fan"]["score"] == 1e39
+    assert rows["hot"]["points"]["score"] == [pytest.approx(1.7e308)]
+    assert rows["lvl"]["level_dbfs"] is None                  # no level of 1e300 dBFS
+
+
+def test_a_late_score_reaches_a_page_already_open():
+    """Replayed scores from ten minutes ago (an agent's outbox after a broken link) land in
+    older buckets than the one last sent: an open page must get them, anomaly and all."""
+    fleet = Fleet("harken", history_s=3600)
+    feed = _feed(fleet)
+    got: list[bytes] = []
+    feed.subscribe(lambda data: got.append(data) or True)
+    now = time.time()
+    fleet.handle("harken/n/fan/score", score(now, 1.0, seq=10), now=now)
+    feed.tick(now)
+    for i in range(5):
+        fleet.handle("harken/n/fan/score", score(now - 600 + i, 50.0, seq=i, anomaly=True,
+                                                 replayed=True), now=now + 1)
+    feed.tick(now + 1)
+    points = json.loads(got[-1][6:])["rows"][0]["points"]
+    late = [b for b in buckets(points) if b[0] < now - 500]
+    assert late and late[0][1] == 50.0 and late[0][3] & 1
+
+
+def test_a_clock_running_ahead_does_not_keep_a_silent_agent_ok():
+    fleet = Fleet("harken", history_s=3600)
+    now = 10_000.0
+    fleet.handle("harken/n/fan/status", b"online", now=now)
+    fleet.handle("harken/n/fan/score", score(now + 3600, 1.0), now=now)
+    row = fleet.agents[("n", "fan")]
+    assert machine_state(row, now + 30) == "ok"
+    assert machine_state(row, now + 600) == "stale"
+
+
+def test_an_anomaly_state_in_lower_case_is_an_anomaly():
+    fleet = Fleet("harken", history_s=3600)
+    fleet.handle("harken/n/fan/score", score(100.0, 5.0, anomaly=True), now=100.0)
+    fleet.handle("harken/n/fan/anomaly", b'{"state": "on"}', now=100.0)
+    assert machine_state(fleet.agents[("n", "fan")], 100.0) == "anomaly"
+
+
+@pytest.mark.parametrize("host", ["127.1", "0x7f000001", "localhost"])
+def test_a_loopback_socket_answers_loopback_names_only_however_its_address_was_written(host):
+    srv = web_server.start(host, 0, _feed(Fleet("harken")))
+    try:
+        assert srv.loopback_only
+        assert get(srv, "/fleet.json", host="evil.example")[0].status == 421
+    finally:
+        web_server.stop(srv)
+
+
+@pytest.mark.parametrize("host", ["localhost:80@evil.com", "[::1]evil.com", "", "a b"])
+def test_a_host_header_that_is_no_host_is_refused(served, host):
+    assert get(served, "/fleet.json", host=host)[0].status == 421
+
+
+def test_the_servers_own_error_pages_carry_the_policy_too(served):
+    import socket
+    s = socket.create_connection(served.server_address[:2], timeout=30)
+    # more than http.server's 100 headers: its own 431 page
+    s.sendall(b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(120)) + b"\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    s.close()
+    assert head.startswith(b"HTTP/1.") and b" 431 " in head.split(b"\r\n")[0]
+    assert b"Content-Security-Policy: default-src 'none'" in head
+
+
+def test_a_client_that_dribbles_its_headers_is_closed_at_the_deadline(monkeypatch):
+    """Slowloris: a header line every 0.2 s keeps a per-read timeout of 1 s from ever firing;
+    the request's head has one deadline."""
+    import socket
+    monkeypatch.setattr(web_server, "REQUEST_TIMEOUT_S", 1.0)
+    srv = web_server.start("127.0.0.1", 0, _feed(Fleet("harken")))
+    try:
+        s = socket.create_connection(srv.server_address[:2], timeout=30)
+        s.sendall(b"GET / HTTP/1.1\r\n")
+        start = time.monotonic()
+        closed = False
+        while time.monotonic() - start < 20 and not closed:
+            try:
+                s.sendall(b"X-Slow: 1\r\n")
+                s.settimeout(0.2)               # the pace of the dribble, not a wait
+                closed = s.recv(4096) == b""
+            except socket.timeout:
+                continue
+            except OSError:
+                closed = True
+        s.close()
+        assert closed and time.monotonic() - start < 10
+    finally:
+        web_server.stop(srv)
+
+
+def test_the_stream_is_gzip_where_the_browser_takes_it(served):
+    import zlib
+    c = http.client.HTTPConnection(*served.server_address[:2], timeout=30)
+    c.request("GET", "/events", headers={"Accept-Encoding": "gzip, deflate"})
+    r = c.getresponse()
+    assert r.status == 200 and r.getheader("Content-Encoding") == "gzip"
+    unpack = zlib.decompressobj(31)
+    text = b""
+    while b"\n\ndata: " not in text and not text.endswith(b"}\n\n"):
+        text += unpack.decompress(r.read1(65536))
+    assert text.startswith(b"retry: 3000\n\ndata: {")
+    c.close()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="no chromium here (Debian's chromium package; scripts/setup installs it)")
+def test_a_page_refused_with_503_comes_back_by_itself_and_draws_every_score():
+    """A browser's event stream gives up for good on an answer that is not 200 (too many
+    pages; a proxy's 502 while the watcher restarts): the page must open a new one itself.
+    And what it draws: a lone score is a dash, never nothing; negative scores stay inside."""
+    from harken.testkit.browser import Browser
+    fleet = Fleet("harken", history_s=3600)
+    now = time.time()
+    fleet.handle("harken/n/lone/score", score(now - 900, 80.0, anomaly=True), now=now)
+    for i in range(30):
+        fleet.handle("harken/n/neg/score", score(now - 300 + 10 * i, -10.0 + i / 10,
+                                                 threshold=-3.0), now=now)
+    feed = _feed(fleet)
+    srv = web_server.start("127.0.0.1", 0, feed)
+    srv.pages = threading.BoundedSemaphore(1)
+    srv.pages.acquire()                                 # every page slot taken
+    try:
+        with Browser(width=800, height=900) as b:
+            b.open(f"http://127.0.0.1:{srv.server_address[1]}/")
+            b.wait_for("document.getElementById('link').dataset.state === 'lost'", 30)
+            srv.pages.release()                         # a slot frees up
+            b.wait_for("document.querySelectorAll('article.card').length === 2", 60)
+            lines = b.evaluate("""Object.fromEntries([...document.querySelectorAll('article.card')]
+                .map(c => [c.dataset.machine, [...c.querySelectorAll('polyline.score-line')]
+                .map(l => l.getAttribute('points'))]))""")
+            assert b.console_errors() == []
+    finally:
+        web_server.stop(srv)
+    lone = [pt for line in lines["lone"] for pt in line.split()]
+    assert len(lone) == 2                               # one bucket: a dash across its 10 s
+    ys = [float(pt.split(",")[1]) for line in lines["neg"] for pt in line.split()]
+    assert ys and all(0 <= y <= 100 for y in ys)

@@ -21,10 +21,11 @@ import threading
 import time
 from typing import Callable
 
+from harken.agent.plant.fleet import MAX_NAME
 from harken.agent.plant.state import machine_state
 from harken.agent.plant.text import safe
 
-NAME_SHOWN = 120                     # characters of a node or machine name sent
+NAME_SHOWN = MAX_NAME                # characters of a node or machine name sent: all it keeps
 NO_POINTS: dict[str, list] = {"t": [], "score": [], "threshold": [], "flags": []}
 
 
@@ -39,8 +40,11 @@ def _level(style: str) -> str:
     return "error" if "red" in style else "warn" if "yellow" in style else "info"
 
 
-def _finite(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(f"{x:.6g}")
+def _finite(x: float | None, lo: float = -math.inf, hi: float = math.inf) -> float | None:
+    """``x`` to 6 significant digits, None when absent, not finite or outside [lo, hi]."""
+    if x is None or not math.isfinite(x) or not lo <= x <= hi:
+        return None
+    return float(f"{x:.6g}")
 
 
 def row_message(key: tuple[str, str], row, now: float, since: float = -math.inf) -> dict:
@@ -50,7 +54,7 @@ def row_message(key: tuple[str, str], row, now: float, since: float = -math.inf)
         "id": row_id(key), "node": safe(row.node, NAME_SHOWN), "machine": safe(row.machine, NAME_SHOWN),
         "state": machine_state(row, now), "score": _finite(row.score),
         "threshold": _finite(row.threshold), "anomaly": safe(row.anomaly, 16),
-        "audio": "lost" if row.lost else safe(row.audio, 16), "level_dbfs": _finite(row.rms_dbfs),
+        "audio": "lost" if row.lost else safe(row.audio, 16), "level_dbfs": _finite(row.rms_dbfs, -400.0, 20.0),
         "status": None if row.status is None else safe(row.status, 16),
         "maintenance": row.maintenance, "model": None if row.model is None else safe(row.model, 64),
         "backend": None if row.backend is None else safe(row.backend, 32), "seq": row.seq,
@@ -108,6 +112,9 @@ class Feed:
                              for key, row in zip(self.fleet.agents, msg["rows"])
                              if row["points"]["t"]}
                 self.version, self.whole = self.fleet.version, False
+                for row in self.fleet.agents.values():
+                    if row.history is not None:
+                        row.history.changed = math.inf
             else:
                 self.whole = True
             self.pages.append(send)
@@ -130,7 +137,11 @@ class Feed:
             if row.version <= self.version and before is not None and \
                     before["state"] == machine_state(row, now):
                 continue
-            full = row_message(key, row, now, self.sent.get(key, -math.inf))
+            since = self.sent.get(key, -math.inf)
+            if row.history is not None:        # a late score lands in an older bucket
+                since = min(since, row.history.changed)
+                row.history.changed = math.inf
+            full = row_message(key, row, now, since)
             fields = _fields(full)
             if before is None or self.whole:
                 rows.append(full)

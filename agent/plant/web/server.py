@@ -8,14 +8,19 @@ adds nothing to install on either side. Bounded whatever connects: at most
 ``MAX_CONNECTIONS`` connections at once (more are closed at once), at most ``MAX_PAGES`` of
 them live pages, each with a queue of ``QUEUE`` messages; a page that does not read (a
 phone gone to sleep) fills its queue, is dropped, and its browser reconnects and starts
-again from a snapshot. A request that does not arrive within ``REQUEST_TIMEOUT_S`` is
-closed.
+again from a snapshot. A request whose head has not arrived whole within
+``REQUEST_TIMEOUT_S`` is closed (one deadline for the head, not one per read: a client
+sending a header line every few seconds is closed too). The stream is gzip-compressed where
+the browser accepts it (every browser does), flushed after each event, and written in
+pieces that each have ``REQUEST_TIMEOUT_S`` to go, so a big fleet's first message reaches a
+slow phone.
 
 Headers: a strict Content-Security-Policy (scripts, styles and connections from this
-origin only, no inline script, no framing), ``nosniff``, no referrer. Bound to a loopback
-address, it answers only requests whose ``Host`` is a loopback name, so that a web page
-elsewhere cannot read the fleet through DNS rebinding; behind a reverse proxy
-(docs/watch.md "Behind the plant's reverse proxy") it binds where it is told.
+origin only, no inline script, no framing), ``nosniff``, no referrer, on every answer, the
+server's own error pages too. Bound to a loopback address, it answers only requests whose
+``Host`` is a loopback name, so that a web page elsewhere cannot read the fleet through DNS
+rebinding; behind a reverse proxy (docs/watch.md "Behind the plant's reverse proxy") it
+binds where it is told.
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import queue
+import re
 import socket
 import threading
+import time
+import zlib
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -36,12 +44,16 @@ MAX_PAGES = 32
 QUEUE = 30                      # messages a page may be behind (a delta a second)
 REQUEST_TIMEOUT_S = 10.0
 KEEPALIVE_S = 15.0              # a comment line this often keeps proxies from closing the stream
+PIECE = 64 * 1024               # bytes written at a time, each with its own timeout
+FLEET_JSON_S = 1.0              # /fleet.json is made at most once a second, whoever asks
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
        "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/app.css": ("app.css", "text/css; charset=utf-8")}
 LOOPBACK_NAMES = ("localhost", "localhost.", "ip6-localhost")
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?")
+KEEPALIVE = b": keepalive\n\n"
 
 
 def _static(name: str) -> bytes:
@@ -58,11 +70,11 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _host_name(header: str) -> str:
-    """The host of a ``Host`` header, without its port (``[::1]:8080`` -> ``::1``)."""
-    if header.startswith("["):
-        return header[1:header.find("]")] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+def host_name(header: str) -> str | None:
+    """The host of a ``Host`` header without its port (``[::1]:8080`` -> ``::1``), or None
+    when the header is no host and port (``localhost:80@evil.com``)."""
+    found = _HOST.fullmatch(header.strip())
+    return None if found is None else found.group(1).strip("[]")
 
 
 class WebServer(ThreadingHTTPServer):
@@ -72,14 +84,18 @@ class WebServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], feed: Feed) -> None:
         self.feed = feed
-        self.loopback_only = _is_loopback(address[0])
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.pages = threading.BoundedSemaphore(MAX_PAGES)
         self.static = {path: (_static(name), kind) for path, (name, kind) in STATIC.items()}
         self.closing = threading.Event()
+        self._fleet_json: tuple[float, bytes] = (-1.0, b"")
+        self._fleet_json_lock = threading.Lock()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
+        # from the address bound, not the text given: "127.1", "0x7f000001" and a host name
+        # that resolves to 127.0.0.1 are loopback too
+        self.loopback_only = _is_loopback(str(self.server_address[0]))
 
     def process_request(self, request, client_address) -> None:
         # a connection over the bound is closed at once: threads stay bounded
@@ -101,6 +117,18 @@ class WebServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
 
+    def fleet_json(self) -> bytes:
+        """The fleet as JSON, made at most once every FLEET_JSON_S (a client polling it in
+        a loop must not hold the fleet's lock away from the messages)."""
+        with self._fleet_json_lock:
+            made, data = self._fleet_json
+            if time.monotonic() - made >= FLEET_JSON_S:
+                with self.feed.lock:
+                    msg = self.feed.snapshot()
+                data = json.dumps(msg, allow_nan=False).encode()
+                self._fleet_json = (time.monotonic(), data)
+            return data
+
 
 class Handler(BaseHTTPRequestHandler):
     server: WebServer
@@ -112,27 +140,66 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args) -> None:   # noqa: A002 - the base class's name
         pass    # no line per request on the watcher's terminal
 
-    def _head(self, status: int, kind: str, length: int | None, cache: str = "no-store") -> None:
+    def handle_one_request(self) -> None:
+        # one deadline for each request's head (a keep-alive connection's next one too): a
+        # per-read timeout lets a client that sends a header line every few seconds hold
+        # the connection for ever
+        self._deadline = threading.Timer(REQUEST_TIMEOUT_S, self._expire)
+        self._deadline.daemon = True
+        self._deadline.start()
+        try:
+            super().handle_one_request()
+        finally:
+            self._deadline.cancel()
+
+    def _expire(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()           # the request line and the headers read
+        self._deadline.cancel()
+        return ok
+
+    def end_headers(self) -> None:
+        # on every answer, http.server's own error pages (400, 414, 431, 501) too
+        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        super().end_headers()
+
+    def _head(self, status: int, kind: str, length: int | None, cache: str = "no-store",
+              extra: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", kind)
         if length is not None:
             self.send_header("Content-Length", str(length))
-        self.send_header("Content-Security-Policy", CSP)
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Referrer-Policy", "no-referrer")
         self.send_header("Cache-Control", cache)
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
         self.end_headers()
 
     def _answer(self, status: int, body: bytes, kind: str = "text/plain; charset=utf-8") -> None:
         self._head(status, kind, len(body))
         if self.command != "HEAD":
-            self.wfile.write(body)
+            self._write(body)
+
+    def _write(self, data: bytes) -> None:
+        """In pieces, each with the socket's timeout: a slow reader is not cut off in the
+        middle of a big message, only when it stops reading."""
+        view = memoryview(data)
+        for at in range(0, len(view), PIECE):
+            self.wfile.write(view[at:at + PIECE])
+        self.wfile.flush()
 
     def do_HEAD(self) -> None:
         self.do_GET()
 
     def do_GET(self) -> None:
-        if self.server.loopback_only and not _is_loopback(_host_name(self.headers.get("Host", ""))):
+        host = host_name(self.headers.get("Host", ""))
+        if self.server.loopback_only and (host is None or not _is_loopback(host)):
             self.close_connection = True
             self._answer(HTTPStatus.MISDIRECTED_REQUEST, b"this watcher answers only on its "
                          b"loopback address (start it with --web HOST:PORT to serve others)\n")
@@ -142,12 +209,11 @@ class Handler(BaseHTTPRequestHandler):
             body, kind = self.server.static[path]
             self._answer(HTTPStatus.OK, body, kind)
         elif path == "/fleet.json":
-            feed = self.server.feed
-            with feed.lock:
-                msg = feed.snapshot()
-            self._answer(HTTPStatus.OK, json.dumps(msg, allow_nan=False).encode(),
-                         "application/json")
-        elif path == "/events" and self.command == "GET":
+            self._answer(HTTPStatus.OK, self.server.fleet_json(), "application/json")
+        elif path == "/events" and self.command == "HEAD":
+            self.close_connection = True
+            self._head(HTTPStatus.OK, "text/event-stream", None)
+        elif path == "/events":
             self._events()
         else:
             self.close_connection = True
@@ -157,7 +223,7 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self._answer(HTTPStatus.METHOD_NOT_ALLOWED, b"this page is read-only\n")
 
-    do_PUT = do_DELETE = do_PATCH = do_POST
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_POST
 
     def _events(self) -> None:
         if not self.server.pages.acquire(blocking=False):
@@ -173,21 +239,29 @@ class Handler(BaseHTTPRequestHandler):
             except queue.Full:          # this page does not read: drop it, it reconnects
                 return False
 
+        gzip = "gzip" in self.headers.get("Accept-Encoding", "")
+        packer = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
+
+        def out(data: bytes) -> None:
+            if packer is not None:      # each event flushed whole: the page sees it at once
+                data = packer.compress(data) + packer.flush(zlib.Z_SYNC_FLUSH)
+            self._write(data)
+
         feed = self.server.feed
         try:
             first = feed.subscribe(send)
             self.close_connection = True
-            self._head(HTTPStatus.OK, "text/event-stream", None)
+            self._head(HTTPStatus.OK, "text/event-stream", None,
+                       extra={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+                       if gzip else None)
             # a browser reconnects after 3 s by default; say so, and give the snapshot
-            self.wfile.write(b"retry: 3000\n\n" + first)
-            self.wfile.flush()
+            out(b"retry: 3000\n\n" + first)
             while not self.server.closing.is_set():
                 try:
                     data = waiting.get(timeout=KEEPALIVE_S)
                 except queue.Empty:
-                    data = b": keepalive\n\n"
-                self.wfile.write(data)
-                self.wfile.flush()
+                    data = KEEPALIVE
+                out(data)
                 if send not in feed.pages and waiting.empty():
                     break               # dropped for being slow: end, the browser comes back
         except OSError:
@@ -208,4 +282,3 @@ def stop(server: WebServer) -> None:
     server.closing.set()
     server.shutdown()
     server.server_close()
-

@@ -35,6 +35,16 @@ function ago(s) {
   return Math.round(s / 86400) + " d ago";
 }
 
+function clock(t) { return new Date((t - fleet.skew) * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" }); }
+function lastAnomaly(row) {           // the start of the latest anomalous stretch in the hour
+  let start = null;
+  for (let i = row.points.length - 1; i >= 0; i--) {
+    if (row.points[i][3] & 1) start = row.points[i][0];
+    else if (start !== null) break;
+  }
+  return start;
+}
+
 function merge(incoming) {
   const old = fleet.rows.get(incoming.id);
   const pts = old ? old.points : [];
@@ -50,6 +60,7 @@ function merge(incoming) {
   // a delta carries only the fields that changed: the rest stay as they were
   const row = old ? Object.assign(old, incoming) : incoming;
   row.points = pts;
+  row.changed = true;
   fleet.rows.set(row.id, row);
 }
 
@@ -68,13 +79,16 @@ function chart(row) {
                            role: "img", "aria-label": "score over the last hour" });
   const t1 = now(), t0 = t1 - fleet.window;
   const pts = row.points.filter(p => p[0] >= t0);
-  let top = 0;
-  for (const p of pts) top = Math.max(top, p[1] || 0, (p[2] || 0) * 1.4);
-  if (row.threshold) top = Math.max(top, row.threshold * 1.4);
-  if (!(top > 0)) top = 1;
+  // from 0 (or the lowest score, where scores go below it) to above the threshold and the
+  // highest score
+  let top = -Infinity, bottom = 0;
+  for (const p of pts) for (const v of [p[1], p[2]]) if (v !== null) { top = Math.max(top, v); bottom = Math.min(bottom, v); }
+  if (row.threshold !== null) { top = Math.max(top, row.threshold); bottom = Math.min(bottom, row.threshold); }
+  if (!(top > bottom)) top = bottom + 1;
+  top += (top - bottom) * 0.25;
   const step = fleet.window / 360;
   const x = t => ((t - t0) / fleet.window) * W;
-  const y = v => H - (v / top) * (H - 4);
+  const y = v => H - ((v - bottom) / (top - bottom)) * (H - 4);
   // an event: anomalous buckets with no calm one between them (missing buckets are no calm:
   // an agent reporting every 30 s fills one bucket in three)
   let run = null;
@@ -90,7 +104,7 @@ function chart(row) {
     box.appendChild(svg("rect", { class: "anomaly-band", x: x(b.start), y: 0, width: Math.max(x(b.end + step) - x(b.start), 1.5), height: H }));
     const m = svg("rect", { class: "event-marker", x: Math.max(x(b.start) - 1, 0), y: 0, width: 3, height: 14 });
     const tip = svg("title", {});
-    tip.textContent = "anomaly from " + new Date((b.start - fleet.skew) * 1000).toLocaleTimeString();
+    tip.textContent = "anomaly from " + clock(b.start);
     m.appendChild(tip);
     box.appendChild(m);
   }
@@ -102,7 +116,9 @@ function chart(row) {
     for (const p of pts) {
       if (p[idx] === null) continue;
       if (last !== null && p[0] - last > gap) flush();
-      coords.push(`${x(p[0] + step / 2).toFixed(1)},${y(p[idx]).toFixed(1)}`);
+      // each bucket a level across its 10 s: a lone bucket is a dash, never nothing
+      const v = y(p[idx]).toFixed(1);
+      coords.push(`${x(p[0]).toFixed(1)},${v}`, `${x(p[0] + step).toFixed(1)},${v}`);
       last = p[0];
     }
     flush();
@@ -138,7 +154,17 @@ function card(row) {
   fig.append(score, document.createTextNode(" / threshold " + num(row.threshold)));
   if (row.anomaly !== "ON" && row.anomaly !== "OFF" && row.anomaly !== "-")
     fig.append(document.createTextNode(" · anomaly " + row.anomaly));
-  c.querySelector(".chart-box").replaceChildren(chart(row));
+  const since = lastAnomaly(row);     // said in words too: a phone has no hover
+  if (since !== null)
+    fig.append(el("span", "since", (row.state === "anomaly" ? " · anomalous since " : " · last anomaly ") + clock(since)));
+  // a chart is drawn again when its row changed, else every 10 s (the hour scrolls by a
+  // bucket in that time): a marker's hover text stays up
+  const t = Date.now();
+  if (row.changed || !c.drawn || t - c.drawn > 10000) {
+    c.querySelector(".chart-box").replaceChildren(chart(row));
+    c.drawn = t;
+    row.changed = false;
+  }
   const audio = c.querySelector(".audio");
   audio.replaceChildren();
   audio.append(document.createTextNode("audio " + (row.level_dbfs === null ? "–" : row.level_dbfs.toFixed(1) + " dBFS") + " · "));
@@ -181,11 +207,24 @@ function render() {
   dirty = false;
 }
 
+// The browser reconnects by itself after a dropped stream, but gives up for good on an
+// answer that is not 200 (a 503 "too many pages", a proxy's 502 while the watcher restarts):
+// then this page opens a new stream itself, waiting longer each time (3 s to 60 s, jittered).
+let tries = 0;
 function connect() {
   const link = document.getElementById("link");
   const source = new EventSource("events");
-  source.onopen = () => { link.dataset.state = "live"; link.textContent = "live"; };
-  source.onerror = () => { link.dataset.state = "lost"; link.textContent = "connection to the watcher lost; retrying"; };
+  source.onopen = () => { tries = 0; link.dataset.state = "live"; link.textContent = "live"; };
+  source.onerror = () => {
+    link.dataset.state = "lost";
+    link.textContent = "connection to the watcher lost; retrying";
+    if (source.readyState === EventSource.CLOSED) {
+      source.close();
+      tries += 1;
+      const wait = Math.min(60, 3 * 2 ** Math.min(tries - 1, 5)) * (0.75 + Math.random() / 2);
+      setTimeout(connect, wait * 1000);
+    }
+  };
   source.onmessage = e => { apply(JSON.parse(e.data)); };
 }
 
