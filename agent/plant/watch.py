@@ -202,11 +202,11 @@ class Connection:
             except Exception as exc:     # noqa: BLE001 - report, never end the network thread
                 self.errors += 1
                 if self.errors == 1:
-                    self._say(f"an error in the MQTT callback was caught ({type(exc).__name__}:"
+                    self.say(f"an error in the MQTT callback was caught ({type(exc).__name__}:"
                               f" {exc}); watching goes on", "yellow")
         return guarded
 
-    def _say(self, line: str, style: str) -> None:
+    def say(self, line: str, style: str) -> None:
         line = safe(line, 300)
         with self.lock:
             self.banner = [b for b in self.banner if b[0] != line] + [(line, style)]
@@ -218,7 +218,7 @@ class Connection:
         if not reason_code.is_failure:
             self._connected_at = time.monotonic()
             if self.disconnected:
-                self._say(f"connected again to {self.url.host}:{self.url.port}", "green")
+                self.say(f"connected again to {self.url.host}:{self.url.port}", "green")
                 with self.lock:
                     self.banner = [b for b in self.banner if b[1] != "bold red"]
             self.disconnected = None
@@ -228,7 +228,7 @@ class Connection:
                 self._subscribe(client)
             self._first = False
         elif not self._first:             # a reconnect refused (the password changed, ...)
-            self._say(refusal(self.url.host, self.url.port, reason_code,
+            self.say(refusal(self.url.host, self.url.port, reason_code,
                               "check the user name and password") + "; retrying", "bold red")
         self._done.set()
 
@@ -239,7 +239,7 @@ class Connection:
         for t, rc in zip(self.topics, reason_codes):
             if rc.is_failure and t not in self.refused:
                 self.refused.append(t)
-                self._say(f"the broker refused the subscription to {t} ({rc}): nothing from "
+                self.say(f"the broker refused the subscription to {t} ({rc}): nothing from "
                           "it is shown (check the broker's ACL for this user)", "bold yellow")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -257,14 +257,14 @@ class Connection:
             self.disconnected = "taken over"
             how = "with reason Session taken over" if self._short < 2 else \
                 "twice within seconds of making it"
-            self._say(f"{when} the broker closed the connection {how}:"
+            self.say(f"{when} the broker closed the connection {how}:"
                       f" another client with id {self.client_id} is probably using this watcher's "
                       "session (give each watcher its own --name); retrying every 30 s or more",
                       "bold red")
         else:
             client.reconnect_delay_set(1, 30)
             self.disconnected = str(reason_code)
-            self._say(f"{when} disconnected from {self.url.host}:{self.url.port} "
+            self.say(f"{when} disconnected from {self.url.host}:{self.url.port} "
                       f"({reason_code}); reconnecting", "bold red")
 
     def _message(self, client, userdata, msg) -> None:
@@ -429,7 +429,7 @@ def watch(url: BrokerUrl, prefix: str = "harken", client_id: str | None = None,
         nonlocal next_tick
         if page is not None and time.monotonic() >= next_tick:
             next_tick = time.monotonic() + 1.0
-            page.server.feed.tick()
+            page.feed.tick()
 
     def render(console):
         with lock:
@@ -460,7 +460,8 @@ def watch(url: BrokerUrl, prefix: str = "harken", client_id: str | None = None,
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
         if page is not None:
-            page.close()
+            from harken.agent.plant.web.server import stop as stop_page
+            stop_page(page)
         conn.close()
     if not as_json and not live_view:       # piped table view: one snapshot at the end
         from rich.console import Console
@@ -472,20 +473,9 @@ def watch(url: BrokerUrl, prefix: str = "harken", client_id: str | None = None,
     return 0
 
 
-
-class _Page:
-    """The web page's server and its feed (agent/plant/web/), loaded only with ``--web``."""
-
-    def __init__(self, server) -> None:
-        self.server = server
-
-    def close(self) -> None:
-        from harken.agent.plant.web.server import stop
-        stop(self.server)
-
-
-def _serve(address: tuple[str, int], fleet: Fleet, lock: threading.Lock,
-           conn: Connection) -> _Page:
+def _serve(address: tuple[str, int], fleet: Fleet, lock: threading.Lock, conn: Connection):
+    """The web page's server (agent/plant/web/, loaded only with ``--web``), started;
+    UsageError when the address cannot be listened on."""
     from harken.agent.plant.web.feed import Feed
     from harken.agent.plant.web.server import start
     host, port = address
@@ -501,7 +491,7 @@ def _serve(address: tuple[str, int], fleet: Fleet, lock: threading.Lock,
         raise UsageError(f"--web {host}:{port}: cannot listen there ({exc.strerror or exc}); "
                          "choose another port, or an address of this computer") from None
     where = server.url()
-    conn._say(f"web page at {where}" + ("" if server.loopback_only else
+    conn.say(f"web page at {where}" + ("" if server.loopback_only else
               " (open to the network: put it behind the plant's reverse proxy, "
               "docs/watch.md)"), "green")
-    return _Page(server)
+    return server
