@@ -102,6 +102,23 @@ def scoring_arrays(graph: InferenceGraph, sections_of: list[int]
     return arrays, sections
 
 
+def training_score(method, info: RunInfo) -> dict:
+    """The manifest's ``scoring.training_score`` (the method's own score the device rule
+    reproduces, which ``verify`` scores torch with: a device rule such as ``aegan-d-lof``
+    stands for the training score ``d-lof``) and ``scoring.choice`` (how a run that chose
+    its score chose it: the method's ``score_choice``, else run.json's)."""
+    block: dict = {}
+    score = getattr(method, "default_rule", None)
+    if isinstance(score, str) and score:
+        block["training_score"] = score
+    choice = getattr(method, "score_choice", None)
+    if choice is None:
+        choice = getattr(info, "score_choice", None)
+    if isinstance(choice, dict):
+        block["choice"] = choice
+    return block
+
+
 def _write_models(graph: InferenceGraph, out: Path, options: ExportOptions, method: str,
                   calibration: Callable[[], tuple[Path, str, object]]
                   ) -> tuple[dict[str, dict], dict]:
@@ -201,7 +218,8 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
                   "layout": "vector" if len(graph.input_shape) == 2 else "image",
                   "window_hop_frames": spec.window_hop},
         "outputs": list(graph.outputs),
-        "scoring": {"rule": rule, "output": output_of(rule), "sections": sections},
+        "scoring": {"rule": rule, "output": output_of(rule), "sections": sections,
+                    **training_score(graph.method, info)},
         "aggregation": {"interval_s": fitted_at or 10.0, "reduce": "agent/model/rules/ "
                         "ScoreRule.reduce over the windows of one interval"},
         "normal_scores": normal.model_dump(exclude_unset=True),

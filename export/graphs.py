@@ -43,6 +43,10 @@ class InferenceGraph:
     input_shape: tuple[int, ...]  # one window, batch 1 (torch layout)
     outputs: tuple[str, ...]     # output semantics, in the module's output order
     method: Exportable | None    # the loaded training method (its rule and arrays)
+    # int8 TFLite may keep float builtins for the ops whose int8 kernels would not stay
+    # accurate (export/tflite_export.py ``_quantized``, docs/export.md); the method's
+    # DeviceGraph says so
+    tflite_float_fallback: bool = False
 
     def model_input(self, window: np.ndarray) -> np.ndarray:
         """One (frames, mels) feature window in this graph's input layout."""
@@ -76,7 +80,8 @@ def load_graph(run_dir: Path) -> InferenceGraph:
                           f"exportable methods: {exportable_methods()}")
     method = cls.load(run_dir)
     graph = method.device_graph()
-    return InferenceGraph(fold_batchnorm(graph.module), graph.input_shape, graph.outputs, method)
+    return InferenceGraph(fold_batchnorm(graph.module), graph.input_shape, graph.outputs, method,
+                          graph.tflite_float_fallback)
 
 
 def calibration_windows(root: Path, machine: str, spec: FeatureSpec, n: int, seed: int = 0

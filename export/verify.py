@@ -172,7 +172,10 @@ def verify(bundle: Bundle, data_root: Path, run_dir: Path | None = None,
                           f"labels; verify needs a labelled test set")
     info_method = bundle.manifest.model.method
     reference = method_class(info_method).load(run_dir)
-    torch_scores = np.asarray(reference.score(clips, progress=False, rule=bundle.rule_name))
+    # the training score the device rule stands for (export/bundle.py ``training_score``);
+    # a bundle written before it was recorded has a rule named as the training score
+    score = bundle.manifest.scoring.training_score or bundle.rule_name
+    torch_scores = np.asarray(reference.score(clips, progress=False, rule=score))
     onnx_fp32_size = bundle.manifest.reference.get("onnx-fp32", {}).get("size")
     feats = clip_features(clips, bundle.spec, progress, desc="features")
     checks = [ArtifactCheck("torch-fp32", "torch", 1.0, 0.0, 0.0, *_summary(machine, clips, torch_scores),

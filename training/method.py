@@ -91,6 +91,9 @@ class DeviceGraph:
     module: nn.Module
     input_shape: tuple[int, ...]
     outputs: tuple[str, ...]
+    # let the int8 TFLite keep float builtins where int8-only kernels would not stay
+    # accurate (a GAN's GroupNorm; docs/export.md "int8 TFLite and float fallback")
+    tflite_float_fallback: bool = False
 
 
 @runtime_checkable

@@ -19,12 +19,14 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError,
                       field_validator, model_validator)
 
-from harken.agent.model.rules import RULES, output_of
+from harken.agent.model.rules import outputs_of
+from harken.agent.model.rules.base import REGISTRY
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 ArtifactKind = Literal["onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8"]
-Output = Literal["reconstruction", "logits", "embedding", "energy", "moments"]
+# latent: a generative model's code (z); latent_aux: its re-encoding after the decoder (E(G(z)))
+Output = Literal["reconstruction", "logits", "embedding", "energy", "moments", "latent", "latent_aux"]
 ARTIFACT_KINDS: tuple[str, ...] = get_args(ArtifactKind)
 OUTPUTS: tuple[str, ...] = get_args(Output)
 FUSED_RULE = "fused"            # a fused bundle's scoring.rule: its members score
@@ -91,6 +93,12 @@ class Scoring(_Part):
     rule: StrictStr
     output: Output | None = None
     sections: dict[str, dict[str, str]] = Field(default_factory=dict)   # "00" -> role -> array
+    # the training method's score the device rule reproduces (``harken-export verify``
+    # scores torch with it; the device rule's name may differ, e.g. aegan-d-lof for d-lof)
+    # and, for a run that chose its score itself, the record of that choice (run.json
+    # ``score_choice``); neither is read by the agent, and older bundles have neither
+    training_score: StrictStr | None = None
+    choice: dict[str, Any] | None = None
 
 
 class Enrollment(_Part):
@@ -186,13 +194,14 @@ class Manifest(_Part):
         if self.fusion is not None:
             return self._fused()
         rule = self.scoring.rule
-        if rule not in RULES:
-            raise ValueError(f"field 'scoring.rule' is {rule!r}; this agent knows {list(RULES)}")
-        needed = output_of(rule)
+        if rule not in REGISTRY:        # the registry itself: a rule registered late counts
+            raise ValueError(f"field 'scoring.rule' is {rule!r}; this agent knows "
+                             f"{list(REGISTRY)}")
         for kind, entry in self.artifacts.items():
-            if needed not in entry.outputs:
-                raise ValueError(f"artifacts.{kind}.outputs has {sorted(entry.outputs)}; "
-                                 f"scoring rule '{rule}' needs '{needed}'")
+            for needed in outputs_of(rule):
+                if needed not in entry.outputs:
+                    raise ValueError(f"artifacts.{kind}.outputs has {sorted(entry.outputs)}; "
+                                     f"scoring rule '{rule}' needs '{needed}'")
         if not self.artifacts:
             raise ValueError("field 'artifacts' lists no model")
         for s in self.model.sections:

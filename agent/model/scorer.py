@@ -41,14 +41,27 @@ def probe(backend: Backend, artifact: Artifact, output: str) -> int:
     return int(np.asarray(got[output]).size)
 
 
+def joined_output(got: dict[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray:
+    """The rule's one ``output`` array from a model run: the named output, or several
+    outputs flattened and joined in the rule's order (agent/model/rules/base.py
+    ``ScoreRule.outputs``: a GAN's latent code and its re-encoding)."""
+    if len(names) == 1:
+        return got[names[0]]
+    return np.concatenate([np.asarray(got[n]).reshape(1, -1) for n in names], axis=1)
+
+
 def check_outputs(backend: Backend, artifact: Artifact, rule: ScoreRule) -> None:
     """Refuse, naming the model file, a model whose output is not as wide as the rule's
     arrays need (an embedding of 64 values against a bank of 128-value rows would raise at
-    the first interval, a reconstruction of the wrong width would broadcast into nonsense)."""
-    width = probe(backend, artifact, rule.output)
+    the first interval, a reconstruction of the wrong width would broadcast into nonsense).
+    A rule that reads several outputs is checked on their total width."""
+    names = rule.model_outputs()
+    width = sum(probe(backend, artifact, n) for n in names)
     problem = rule.check_model(int(np.prod(artifact.input_shape)), width)
     if problem:
-        raise BundleError(f"{artifact.path}: output '{rule.output}' has {width} values per "
+        said = f"output '{names[0]}' has" if len(names) == 1 else \
+            f"outputs {list(names)} have together"
+        raise BundleError(f"{artifact.path}: {said} {width} values per "
                           f"window, but score rule '{rule.name}' with this bundle's arrays "
                           f"needs {problem} (manifest 'artifacts.{artifact.kind}')")
 
@@ -84,10 +97,11 @@ class BundleScorer:
     def evidence(self, feature_windows: np.ndarray) -> np.ndarray:
         """(n, frames, mels) windows -> (n, k) evidence rows (see agent/model/rules/)."""
         shape = self.artifact.input_shape
+        names = self.rule.model_outputs()
         rows = []
         for w in feature_windows:
             x = model_input(w, shape)
-            y = self.backend.run(x)[self.rule.output]
+            y = joined_output(self.backend.run(x), names)
             rows.append(self.rule.evidence(x.reshape(1, -1), y.reshape(1, -1)))
         k = rows[0].shape[1] if rows else 1
         return np.concatenate(rows) if rows else np.empty((0, k))

@@ -1,7 +1,8 @@
 """Anomaly-score rules: from model outputs per window to one score per report interval.
 
 ``make_rule(name, arrays)`` gives the registered rule (see ``base.py`` for the interface
-and how to add one). Rules today:
+and how to add one); ``outputs_of(name)`` the model outputs it reads (a rule may read
+several, e.g. a latent code and its re-encoding, joined per window). Rules today:
 
 * ``mse`` (mse.py): mean squared reconstruction error; interval = mean.
 * ``mahalanobis`` (mahalanobis.py): selective Mahalanobis of the residual over domains.
@@ -31,7 +32,8 @@ from harken.agent.model.rules.mahalanobis import mahalanobis as mahalanobis_dist
 
 RULES: tuple[str, ...] = tuple(REGISTRY)
 
-__all__ = ["RULES", "ScoreRule", "make_rule", "output_of", "bank_distance", "unit_embedding",
+__all__ = ["RULES", "ScoreRule", "make_rule", "output_of", "outputs_of", "bank_distance",
+           "unit_embedding",
            "section_log_odds", "softmax", "mahalanobis_distance"]
 
 
@@ -49,3 +51,9 @@ def make_rule(name: str, arrays: Mapping[str, np.ndarray] | None = None) -> Scor
 def output_of(name: str) -> str:
     """The model output rule ``name`` reads."""
     return _rule_class(name).output
+
+
+def outputs_of(name: str) -> tuple[str, ...]:
+    """Every model output rule ``name`` reads, in the order the scorer joins them (a rule
+    with one output: ``(output_of(name),)``)."""
+    return _rule_class(name).model_outputs()

@@ -33,6 +33,9 @@ class ScoreRule(ABC):
     """One section's score rule with the arrays it needs (from the bundle or the run)."""
     name: ClassVar[str]
     output: ClassVar[str]                 # the model output it reads (bundle ``outputs``)
+    # several outputs, joined per window in this order into the one ``output`` array that
+    # ``evidence`` receives (agent/model/scorer.py); empty: just ``(output,)``
+    outputs: ClassVar[tuple[str, ...]] = ()
     needs: ClassVar[tuple[str, ...]] = ()  # array roles it needs
 
     def __init__(self, arrays: Mapping[str, np.ndarray] | None = None) -> None:
@@ -48,6 +51,11 @@ class ScoreRule(ABC):
                 raise RuleError(f"array '{k}' holds NaN or infinite values")
         self.validate()
 
+    @classmethod
+    def model_outputs(cls) -> tuple[str, ...]:
+        """The model outputs the rule reads, in the order they are joined."""
+        return cls.outputs or (cls.output,)
+
     def validate(self) -> None:
         """The rule's own checks of its arrays (shapes that agree, a std or density above
         0): a bundle or bank that breaks them would score NaN, or raise at the first
@@ -55,8 +63,8 @@ class ScoreRule(ABC):
 
     def check_model(self, input_width: int, output_width: int) -> str | None:
         """What is wrong, if anything, with a model whose input window has
-        ``input_width`` values and whose ``output`` has ``output_width`` values per window,
-        for these arrays (None: they fit)."""
+        ``input_width`` values and whose ``output`` has ``output_width`` values per window
+        (a rule with several ``outputs``: their total), for these arrays (None: they fit)."""
         return None
 
     # helpers for ``validate``: each refusal names the array and what was expected
@@ -81,7 +89,8 @@ class ScoreRule(ABC):
     def evidence(self, inputs: np.ndarray | None, output: np.ndarray) -> np.ndarray:
         """(windows, k) rows for a batch of windows: ``inputs`` as fed to the model
         (flattened per window; only the reconstruction rules read them), ``output`` the
-        model's output named by ``self.output``."""
+        model's output named by ``self.output`` (a rule with several ``outputs``: those
+        outputs flattened and joined per window, in order)."""
 
     @abstractmethod
     def combine(self, evidence: np.ndarray) -> float:
