@@ -15,6 +15,8 @@ import math
 STATES = ("anomaly", "offline", "stopped", "stale", "maintenance", "ok", "waiting")
 STALE_INTERVALS = 5
 STALE_MIN_S = 60.0
+STALE_INTERVAL_CAP_S = 120.0   # an interval_s beyond this (1e9, or milliseconds sent as seconds)
+                               # is read as this: stale within ten minutes whatever it says
 
 
 def machine_state(row, now: float) -> str:
@@ -29,7 +31,8 @@ def machine_state(row, now: float) -> str:
         return "waiting"
     # by the arrival of its latest score, not its ts: a clock running ahead would otherwise
     # keep a hung agent "ok" for as long as it runs ahead
-    stale_s = max(STALE_MIN_S, STALE_INTERVALS * (row.interval_s or 0.0))
+    interval = min(row.interval_s or 0.0, STALE_INTERVAL_CAP_S)
+    stale_s = max(STALE_MIN_S, STALE_INTERVALS * interval)
     if now - row.score_heard > stale_s:
         return "stale"
     return "ok"

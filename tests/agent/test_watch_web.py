@@ -599,6 +599,10 @@ def test_a_page_refused_with_503_comes_back_by_itself_and_draws_every_score():
     for i in range(30):
         fleet.handle("harken/n/neg/score", score(now - 300 + 10 * i, -10.0 + i / 10,
                                                  threshold=-3.0), now=now)
+    for t in (now - 3000, now - 2990, now - 2980, now - 20, now - 10, now):   # two events
+        fleet.handle("harken/n/gap/score", score(t, 9.0, anomaly=True), now=now)
+    fleet.handle("harken/n/huge/score", score(now - 60, 1e308, threshold=-1e308), now=now)
+    fleet.handle("harken/n/huge/score", score(now, 1.0, threshold=2.0), now=now)
     feed = _feed(fleet)
     srv = web_server.start("127.0.0.1", 0, feed)
     srv.pages = threading.BoundedSemaphore(1)
@@ -608,10 +612,13 @@ def test_a_page_refused_with_503_comes_back_by_itself_and_draws_every_score():
             b.open(f"http://127.0.0.1:{srv.server_address[1]}/")
             b.wait_for("document.getElementById('link').dataset.state === 'lost'", 30)
             srv.pages.release()                         # a slot frees up
-            b.wait_for("document.querySelectorAll('article.card').length === 2", 60)
+            b.wait_for("document.querySelectorAll('article.card').length === 4", 60)
             lines = b.evaluate("""Object.fromEntries([...document.querySelectorAll('article.card')]
                 .map(c => [c.dataset.machine, [...c.querySelectorAll('polyline.score-line')]
                 .map(l => l.getAttribute('points'))]))""")
+            gap = b.evaluate("""(() => { const c = [...document.querySelectorAll('article.card')]
+                .find(c => c.dataset.machine === 'gap'); return [c.querySelectorAll('.event-marker')
+                .length, c.querySelector('.since').textContent]; })()""")
             assert b.console_errors() == []
     finally:
         web_server.stop(srv)
@@ -619,3 +626,111 @@ def test_a_page_refused_with_503_comes_back_by_itself_and_draws_every_score():
     assert len(lone) == 2                               # one bucket: a dash across its 10 s
     ys = [float(pt.split(",")[1]) for line in lines["neg"] for pt in line.split()]
     assert ys and all(0 <= y <= 100 for y in ys)
+    # an absence of 49 minutes parts two events: two markers, and "since" the second
+    assert gap[0] == 2 and "anomalous since" in gap[1]
+    huge = [float(v) for line in lines["huge"] for pt in line.split() for v in pt.split(",")]
+    assert huge and all(math.isfinite(v) for v in huge)      # no NaN from 1e308 - (-1e308)
+
+
+# -- round 2 -----------------------------------------------------------------------------------
+
+def test_pages_opening_at_once_share_one_snapshot_and_a_tick_makes_a_new_one(monkeypatch):
+    """Thirty-two pages reconnecting after a blip made thirty-two snapshots of the whole
+    fleet under its lock: the watcher stood still for half a minute."""
+    fleet = Fleet("harken", history_s=3600)
+    feed = _feed(fleet)
+    now = time.time()
+    fleet.handle("harken/n/fan/score", score(now, 1.0), now=now)
+    made = []
+    real = feed.snapshot
+    monkeypatch.setattr(feed, "snapshot", lambda *a: made.append(1) or real(*a))
+    firsts = [feed.subscribe(lambda data: True) for _ in range(5)]
+    assert len(made) == 1 and all(f is firsts[0] for f in firsts)
+    fleet.handle("harken/n/fan/score", score(now + 1, 2.0, seq=1), now=now + 1)
+    feed.tick(now + 1)
+    later = feed.subscribe(lambda data: True)
+    assert len(made) == 2 and json.loads(later[6:])["rows"][0]["score"] == 2.0
+
+
+def test_a_machine_forgotten_and_back_within_a_tick_is_sent_whole_with_its_new_hour():
+    fleet = Fleet("harken", history_s=3600, max_agents=1)
+    feed = _feed(fleet)
+    got: list[bytes] = []
+    feed.subscribe(lambda data: got.append(data) or True)
+    now = time.time()
+    for i in range(5):
+        fleet.handle("harken/n/a/score", score(now - 300 + 60 * i, 9.0, anomaly=True), now=now)
+    feed.tick(now)
+    fleet.handle("harken/n/b/score", score(now, 1.0), now=now)        # a is forgotten ...
+    fleet.handle("harken/n/a/score", score(now, 1.0, seq=7), now=now)  # ... and back
+    feed.tick(now)
+    row = json.loads(got[-1][6:])["rows"][0]
+    assert row["reset"] is True and row["node"] == "n" and row["points"]["score"] == [1.0]
+
+
+def test_an_absurd_report_interval_still_goes_stale_within_ten_minutes():
+    fleet = Fleet("harken", history_s=3600)
+    now = 10_000.0
+    fleet.handle("harken/n/fan/score", score(now, 1.0, interval_s=1e9), now=now)
+    assert machine_state(fleet.agents[("n", "fan")], now + 601) == "stale"
+
+
+def test_a_seq_beyond_what_javascript_holds_is_sent_as_text():
+    fleet = Fleet("harken", history_s=3600)
+    fleet.handle("harken/n/fan/score", score(time.time(), 1.0, seq=2 ** 63 - 1))
+    assert _feed(fleet).snapshot()["rows"][0]["seq"] == str(2 ** 63 - 1)
+
+
+def test_one_address_cannot_hold_more_than_a_few_heads_arriving():
+    """A slowloris that reconnects each time it is closed would otherwise keep every slot."""
+    import socket
+    srv = web_server.start("127.0.0.1", 0, _feed(Fleet("harken")))
+    slow = []
+    try:
+        for _ in range(web_server.MAX_HEADS_PER_ADDRESS):
+            s = socket.create_connection(srv.server_address[:2], timeout=30)
+            s.sendall(b"GET / HTTP/1.1\r\n")
+            slow.append(s)
+        deadline = time.monotonic() + 30
+        while sum(srv.heads.values()) < web_server.MAX_HEADS_PER_ADDRESS:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        extra = socket.create_connection(srv.server_address[:2], timeout=30)
+        extra.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert extra.recv(100) == b""                    # closed unanswered
+        extra.close()
+        for s in slow:
+            s.close()
+        _until(lambda: not srv.heads, 30)
+        assert get(srv, "/")[0].status == 200            # the address may ask again
+    finally:
+        web_server.stop(srv)
+
+
+def test_gzip_refused_with_q_0_is_not_sent_and_fleet_json_is_compressed_where_taken(served):
+    import zlib
+    assert web_server.accepts_gzip("gzip, deflate, br") and web_server.accepts_gzip("*")
+    assert not web_server.accepts_gzip("gzip;q=0") and not web_server.accepts_gzip("identity")
+    c = http.client.HTTPConnection(*served.server_address[:2], timeout=30)
+    c.request("GET", "/fleet.json", headers={"Accept-Encoding": "gzip"})
+    r = c.getresponse()
+    assert r.getheader("Content-Encoding") == "gzip"
+    assert json.loads(zlib.decompress(r.read(), 31))["rows"][0]["machine"] == "fan"
+    c.request("GET", "/fleet.json", headers={"Accept-Encoding": "gzip;q=0"})
+    r = c.getresponse()
+    assert r.getheader("Content-Encoding") is None and json.loads(r.read())["rows"]
+    c.close()
+
+
+def test_a_request_line_that_is_no_http_gets_headers_and_the_policy(served):
+    import socket
+    s = socket.create_connection(served.server_address[:2], timeout=30)
+    s.sendall(b"GARBAGE\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    s.close()
+    assert head.startswith(b"HTTP/1.") and b"Content-Security-Policy" in head

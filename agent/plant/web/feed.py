@@ -58,7 +58,8 @@ def row_message(key: tuple[str, str], row, now: float, since: float = -math.inf)
         "level_dbfs": _finite(row.rms_dbfs, -400.0, 20.0),
         "status": None if row.status is None else safe(row.status, 16),
         "maintenance": row.maintenance, "model": None if row.model is None else safe(row.model, 64),
-        "backend": None if row.backend is None else safe(row.backend, 32), "seq": row.seq,
+        "backend": None if row.backend is None else safe(row.backend, 32),
+        "seq": None if row.seq is None else str(row.seq),   # text: a JS number holds 2^53
         "last_seen": seen, "heard": round(row.heard, 3), "clock_unsynced": row.clock_unsynced,
         "interval_s": _finite(row.interval_s),
         "points": NO_POINTS if row.history is None else row.history.points(since, now),
@@ -82,7 +83,11 @@ class Feed:
         self.version = 0                              # the fleet version the last delta reached
         self.sent: dict[tuple[str, str], float] = {}  # key: start of the newest bucket sent
         self.last: dict[tuple[str, str], dict] = {}   # key: its fields as the pages have them
+        self.rows: dict[tuple[str, str], object] = {} # key: the Row object the pages have
         self.whole = False                            # next delta: changed rows whole
+        self.ticks = 0
+        self._snap: tuple | None = None               # (ticks, version, keys, msg, data)
+        self._snap_lock = threading.Lock()
         self.pages: list[Callable[[bytes], bool]] = []
         self._pages_lock = threading.Lock()
 
@@ -103,23 +108,35 @@ class Feed:
 
     def subscribe(self, send: Callable[[bytes], bool]) -> bytes:
         """Register a page (``send`` queues one encoded message, False when the page is too
-        slow and is dropped); its snapshot, encoded (outside the fleet's lock)."""
-        with self.lock, self._pages_lock:
-            now = time.time()
-            msg = self.snapshot(now)
-            if not self.pages:             # the first page: the snapshot is the baseline
-                self.last = {key: _fields(row) for key, row in zip(self.fleet.agents, msg["rows"])}
-                self.sent = {key: row["points"]["t"][-1]
-                             for key, row in zip(self.fleet.agents, msg["rows"])
-                             if row["points"]["t"]}
-                self.version, self.whole = self.fleet.version, False
-                for row in self.fleet.agents.values():
-                    if row.history is not None:
-                        row.history.changed = math.inf
-            else:
-                self.whole = True
-            self.pages.append(send)
-        return encode(msg)
+        slow and is dropped); its snapshot, encoded outside the fleet's lock. Pages that
+        open within one tick share one snapshot, made and encoded once: thirty-two pages
+        reconnecting at once after a network blip must not hold the lock thirty-two times
+        (the messages, the terminal and every open page would stop for as long)."""
+        with self._snap_lock:
+            with self.lock, self._pages_lock:
+                cached = self._snap
+                if cached is not None and cached[0] == self.ticks and \
+                        (self.pages or cached[1] == self.fleet.version):
+                    keys, msg, data = cached[2], cached[3], cached[4]
+                else:
+                    keys, msg, data = list(self.fleet.agents), self.snapshot(), None
+                ticks, version = self.ticks, self.fleet.version
+                if not self.pages:         # the first page: the snapshot is the baseline
+                    self.last = {key: _fields(row) for key, row in zip(keys, msg["rows"])}
+                    self.sent = {key: row["points"]["t"][-1] for key, row in zip(keys, msg["rows"])
+                                 if row["points"]["t"]}
+                    self.rows = {key: self.fleet.agents.get(key) for key in keys}
+                    self.version, self.whole = self.fleet.version, False
+                    for row in self.fleet.agents.values():
+                        if row.history is not None:
+                            row.history.changed = math.inf
+                else:
+                    self.whole = True
+                self.pages.append(send)
+            if data is None:
+                data = encode(msg)
+                self._snap = (ticks, version, keys, msg, data)
+        return data
 
     def unsubscribe(self, send: Callable[[bytes], bool]) -> None:
         with self._pages_lock:
@@ -135,7 +152,11 @@ class Feed:
         rows, agents = [], self.fleet.agents
         for key, row in agents.items():
             before = self.last.get(key)
-            if row.version <= self.version and before is not None and \
+            if self.rows.get(key) is not row:   # new, or forgotten and back within a tick
+                before = None
+                self.sent.pop(key, None)
+                self.rows[key] = row
+            elif row.version <= self.version and before is not None and \
                     before["state"] == machine_state(row, now):
                 continue
             since = self.sent.get(key, -math.inf)
@@ -145,6 +166,7 @@ class Feed:
             full = row_message(key, row, now, since)
             fields = _fields(full)
             if before is None or self.whole:
+                full["reset"] = before is None     # the page drops what it drew for this key
                 rows.append(full)
             else:
                 changed = {k: v for k, v in fields.items() if before.get(k) != v}
@@ -158,6 +180,7 @@ class Feed:
         for k in gone:
             del self.last[k]
             self.sent.pop(k, None)
+            self.rows.pop(k, None)
         msg["rows"], msg["gone"] = rows, [row_id(k) for k in gone]
         self.version, self.whole = self.fleet.version, False
         return msg
@@ -165,6 +188,7 @@ class Feed:
     def tick(self, now: float | None = None) -> int:
         """One delta to every page (none made when no page is open); how many took it."""
         with self.lock, self._pages_lock:
+            self.ticks += 1                   # a snapshot made before this is no one's to share
             if not self.pages:
                 return 0
             msg = self.delta(now)

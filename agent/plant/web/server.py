@@ -41,6 +41,7 @@ from harken.agent.plant.web.feed import Feed
 
 MAX_CONNECTIONS = 64
 MAX_PAGES = 32
+MAX_HEADS_PER_ADDRESS = 8       # requests of one address still arriving at once (slowloris)
 QUEUE = 30                      # messages a page may be behind (a delta a second)
 REQUEST_TIMEOUT_S = 10.0
 KEEPALIVE_S = 15.0              # a comment line this often keeps proxies from closing the stream
@@ -54,6 +55,19 @@ STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
 LOOPBACK_NAMES = ("localhost", "localhost.", "ip6-localhost")
 _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?")
 KEEPALIVE = b": keepalive\n\n"
+
+
+def accepts_gzip(header: str) -> bool:
+    """Whether an ``Accept-Encoding`` takes gzip (``gzip;q=0`` refuses it, RFC 9110)."""
+    for part in header.split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip().lower() in ("gzip", "x-gzip", "*"):
+            q = params.strip().lower()
+            try:
+                return not q.startswith("q=") or float(q[2:]) > 0
+            except ValueError:
+                return False
+    return False
 
 
 def _static(name: str) -> bytes:
@@ -88,8 +102,12 @@ class WebServer(ThreadingHTTPServer):
         self.pages = threading.BoundedSemaphore(MAX_PAGES)
         self.static = {path: (_static(name), kind) for path, (name, kind) in STATIC.items()}
         self.closing = threading.Event()
-        self._fleet_json: tuple[float, bytes] = (-1.0, b"")
+        self._fleet_json: tuple[float, bytes, bytes] = (-1.0, b"", b"")
         self._fleet_json_lock = threading.Lock()
+        self._first_gz: tuple[bytes, bytes, object] | None = None   # (snapshot, its gzip, packer)
+        self._first_gz_lock = threading.Lock()
+        self.heads: dict[str, int] = {}              # address: requests whose head is arriving
+        self.heads_lock = threading.Lock()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
@@ -114,20 +132,40 @@ class WebServer(ThreadingHTTPServer):
         pass    # a browser that went away mid-answer is no error worth a traceback
 
     def url(self) -> str:
+        """Where to open the page: on every address (0.0.0.0, ::), by this computer's name."""
         host, port = self.server_address[:2]
+        if host in ("0.0.0.0", "::"):
+            host = socket.gethostname()
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
 
-    def fleet_json(self) -> bytes:
-        """The fleet as JSON, made at most once every FLEET_JSON_S (a client polling it in
-        a loop must not hold the fleet's lock away from the messages)."""
+    def fleet_json(self, gzip: bool) -> bytes:
+        """The fleet as JSON (gzip-compressed with ``gzip``), made at most once every
+        FLEET_JSON_S: a client polling it in a loop must not hold the fleet's lock away from
+        the messages."""
         with self._fleet_json_lock:
-            made, data = self._fleet_json
+            made, data, packed = self._fleet_json
             if time.monotonic() - made >= FLEET_JSON_S:
                 with self.feed.lock:
                     msg = self.feed.snapshot()
                 data = json.dumps(msg, allow_nan=False).encode()
-                self._fleet_json = (time.monotonic(), data)
-            return data
+                packed = b""
+                self._fleet_json = (time.monotonic(), data, packed)
+            if gzip and not packed:
+                packed = zlib.compress(data, 6, 31)
+                self._fleet_json = (self._fleet_json[0], data, packed)
+            return packed if gzip else data
+
+    def first_gzip(self, first: bytes) -> tuple[bytes, object]:
+        """The snapshot as the start of a gzip stream, and the compressor to go on with:
+        made once for the pages that share one snapshot (compressing 10 MB for each of
+        them would hold the interpreter for seconds)."""
+        with self._first_gz_lock:
+            cached = self._first_gz
+            if cached is None or cached[0] is not first:
+                packer = zlib.compressobj(6, zlib.DEFLATED, 31)
+                head = packer.compress(b"retry: 3000\n\n" + first) + packer.flush(zlib.Z_SYNC_FLUSH)
+                cached = self._first_gz = (first, head, packer)
+            return cached[1], cached[2].copy()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -136,6 +174,9 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "harken-watch"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    # a request line that is no HTTP at all is answered with a status line and headers
+    # (the policy among them), not as HTTP/0.9's bare body
+    default_request_version = "HTTP/1.0"
 
     def log_message(self, format, *args) -> None:   # noqa: A002 - the base class's name
         pass    # no line per request on the watcher's terminal
@@ -144,6 +185,16 @@ class Handler(BaseHTTPRequestHandler):
         # one deadline for each request's head (a keep-alive connection's next one too): a
         # per-read timeout lets a client that sends a header line every few seconds hold
         # the connection for ever
+        address = str(self.client_address[0])
+        with self.server.heads_lock:
+            arriving = self.server.heads.get(address, 0)
+            if arriving >= MAX_HEADS_PER_ADDRESS:
+                # one address with this many heads still arriving is a slowloris: a client
+                # that reconnects each time it is closed would otherwise hold every slot
+                self.close_connection = True
+                return
+            self.server.heads[address] = arriving + 1
+        self._arriving = address
         self._deadline = threading.Timer(REQUEST_TIMEOUT_S, self._expire)
         self._deadline.daemon = True
         self._deadline.start()
@@ -151,6 +202,17 @@ class Handler(BaseHTTPRequestHandler):
             super().handle_one_request()
         finally:
             self._deadline.cancel()
+            self._head_arrived()
+
+    def _head_arrived(self) -> None:
+        address, self._arriving = getattr(self, "_arriving", None), None
+        if address is not None:
+            with self.server.heads_lock:
+                left = self.server.heads.get(address, 1) - 1
+                if left > 0:
+                    self.server.heads[address] = left
+                else:
+                    self.server.heads.pop(address, None)
 
     def _expire(self) -> None:
         try:
@@ -161,6 +223,7 @@ class Handler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         ok = super().parse_request()           # the request line and the headers read
         self._deadline.cancel()
+        self._head_arrived()
         return ok
 
     def end_headers(self) -> None:
@@ -209,7 +272,13 @@ class Handler(BaseHTTPRequestHandler):
             body, kind = self.server.static[path]
             self._answer(HTTPStatus.OK, body, kind)
         elif path == "/fleet.json":
-            self._answer(HTTPStatus.OK, self.server.fleet_json(), "application/json")
+            gzip = accepts_gzip(self.headers.get("Accept-Encoding", ""))
+            body = self.server.fleet_json(gzip)
+            self._head(HTTPStatus.OK, "application/json", len(body),
+                       extra={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gzip
+                       else {"Vary": "Accept-Encoding"})
+            if self.command != "HEAD":
+                self._write(body)
         elif path == "/events" and self.command == "HEAD":
             self.close_connection = True
             self._head(HTTPStatus.OK, "text/event-stream", None)
@@ -239,8 +308,8 @@ class Handler(BaseHTTPRequestHandler):
             except queue.Full:          # this page does not read: drop it, it reconnects
                 return False
 
-        gzip = "gzip" in self.headers.get("Accept-Encoding", "")
-        packer = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
+        gzip = accepts_gzip(self.headers.get("Accept-Encoding", ""))
+        packer = None
 
         def out(data: bytes) -> None:
             if packer is not None:      # each event flushed whole: the page sees it at once
@@ -255,7 +324,11 @@ class Handler(BaseHTTPRequestHandler):
                        extra={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
                        if gzip else None)
             # a browser reconnects after 3 s by default; say so, and give the snapshot
-            out(b"retry: 3000\n\n" + first)
+            if gzip:
+                head, packer = self.server.first_gzip(first)
+                self._write(head)
+            else:
+                out(b"retry: 3000\n\n" + first)
             while not self.server.closing.is_set():
                 try:
                     data = waiting.get(timeout=KEEPALIVE_S)

@@ -36,18 +36,27 @@ function ago(s) {
 }
 
 function clock(t) { return new Date((t - fleet.skew) * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" }); }
+// a gap of more than three report intervals (or buckets) is an absence: lines, bands and
+// "since" all break there
+function gapOf(row) { return 3 * Math.max(fleet.window / 360, Math.min(row.interval_s || 0, 120)); }
 function lastAnomaly(row) {           // the start of the latest anomalous stretch in the hour
-  let start = null;
+  let start = null, next = null;
+  const gap = gapOf(row);
   for (let i = row.points.length - 1; i >= 0; i--) {
-    if (row.points[i][3] & 1) start = row.points[i][0];
+    const p = row.points[i];
+    if (next !== null && next - p[0] > gap && start !== null) break;
+    if (p[3] & 1) start = p[0];
     else if (start !== null) break;
+    next = p[0];
   }
   return start;
 }
 
 function merge(incoming) {
   const old = fleet.rows.get(incoming.id);
-  const pts = old ? old.points : [];
+  // a row sent whole with "reset" is a machine new to the pages (or forgotten and back):
+  // what was drawn for that name before is not its hour
+  const pts = old && !incoming.reset ? old.points : [];
   const c = incoming.points || { t: [] };       // columns: t, score, threshold, flags
   for (let k = 0; k < c.t.length; k++) {
     const p = [c.t[k], c.score[k], c.threshold[k], c.flags[k]];
@@ -81,22 +90,25 @@ function chart(row) {
   const pts = row.points.filter(p => p[0] >= t0);
   // from 0 (or the lowest score, where scores go below it) to above the threshold and the
   // highest score
+  // (held within +-1e300: a difference of two values near the largest double is Infinity)
+  const held = v => Math.max(-1e300, Math.min(1e300, v));
   let top = -Infinity, bottom = 0;
-  for (const p of pts) for (const v of [p[1], p[2]]) if (v !== null) { top = Math.max(top, v); bottom = Math.min(bottom, v); }
-  if (row.threshold !== null) { top = Math.max(top, row.threshold); bottom = Math.min(bottom, row.threshold); }
+  for (const p of pts) for (const v of [p[1], p[2]]) if (v !== null) { top = Math.max(top, held(v)); bottom = Math.min(bottom, held(v)); }
+  if (row.threshold !== null) { top = Math.max(top, held(row.threshold)); bottom = Math.min(bottom, held(row.threshold)); }
   if (!(top > bottom)) top = bottom + 1;
   top += (top - bottom) * 0.25;
   const step = fleet.window / 360;
   const x = t => ((t - t0) / fleet.window) * W;
-  const y = v => H - ((v - bottom) / (top - bottom)) * (H - 4);
+  const y = v => H - ((held(v) - bottom) / (top - bottom)) * (H - 4);
   // an event: anomalous buckets with no calm one between them (missing buckets are no calm:
   // an agent reporting every 30 s fills one bucket in three)
   let run = null;
   const bands = [];
+  const gap = gapOf(row);
   for (const p of pts) {
     if (p[3] & 2) box.appendChild(svg("rect", { class: "maintenance-band", x: x(p[0]), y: 0, width: Math.max(x(p[0] + step) - x(p[0]), 1), height: H }));
     if (p[3] & 1) {
-      if (run) run.end = p[0];
+      if (run && p[0] - run.end <= gap) run.end = p[0];
       else { run = { start: p[0], end: p[0] }; bands.push(run); }
     } else run = null;
   }
@@ -108,8 +120,7 @@ function chart(row) {
     m.appendChild(tip);
     box.appendChild(m);
   }
-  // a line per stretch without a gap of over three report intervals (the agent was away)
-  const gap = 3 * Math.max(step, row.interval_s || 0);
+  // a line per stretch without a gap (the agent was away)
   const line = (cls, idx) => {
     let coords = [], last = null;
     const flush = () => { if (coords.length) box.appendChild(svg("polyline", { class: cls, points: coords.join(" ") })); coords = []; };
@@ -155,13 +166,20 @@ function card(row) {
   if (row.anomaly !== "ON" && row.anomaly !== "OFF" && row.anomaly !== "-")
     fig.append(document.createTextNode(" · anomaly " + row.anomaly));
   const since = lastAnomaly(row);     // said in words too: a phone has no hover
-  if (since !== null)
-    fig.append(el("span", "since", (row.state === "anomaly" ? " · anomalous since " : " · last anomaly ") + clock(since)));
+  if (since !== null) {
+    const edge = since <= now() - fleet.window + fleet.window / 180;   // began before the hour
+    const text = row.state === "anomaly"
+      ? (edge ? " · anomalous for over an hour" : " · anomalous since " + clock(since))
+      : " · last anomaly from " + (edge ? "before this hour" : clock(since));
+    fig.append(el("span", "since", text));
+  }
   // a chart is drawn again when its row changed, else every 10 s (the hour scrolls by a
   // bucket in that time): a marker's hover text stays up
   const t = Date.now();
-  if (row.changed || !c.drawn || t - c.drawn > 10000) {
-    c.querySelector(".chart-box").replaceChildren(chart(row));
+  const box = c.querySelector(".chart-box");
+  const hovered = box.matches(":hover") && t - (c.drawn || 0) < 60000;   // keep a hover text up
+  if ((row.changed || !c.drawn || t - c.drawn > 10000) && !hovered) {
+    box.replaceChildren(chart(row));
     c.drawn = t;
     row.changed = false;
   }
