@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -32,6 +34,7 @@ def agent(folder, bundle, port, wav, node: str, machine: str, threshold: float):
     close is not seen (the will goes after 1.5 keepalives without a packet)."""
     folder.mkdir()
     (folder / "secret").write_text(PASSWORD + "\n")
+    (folder / "secret").chmod(0o600)
     return write_agent_config(
         folder / "agent.toml",
         agent={"node": node, "machine": machine, "state_dir": folder / "state"},
@@ -52,15 +55,19 @@ def card(node: str, machine: str, what: str) -> str:
 
 
 def test_the_web_page_shows_the_fleet_live_in_a_real_browser(tmp_path, broker, ae_bundle, wav):
-    """Two agents and the page: the alarming machine's card says ``anomaly`` with an event
+    """Three agents and the page: the alarming machine's card says ``anomaly`` with an event
     marker on its chart, the killed agent's card says ``offline`` (its Last Will, sent by
-    the broker when the connection ended without a DISCONNECT), the alarming machine's
-    sequence number grows on the open page without a reload, the page logs no error, and a
-    screenshot is taken."""
+    the broker when the connection ended without a DISCONNECT), the third one put in
+    maintenance says ``maintenance``, the alarming machine's
+    sequence number grows on the open page without a reload, the page logs no error, a
+    screenshot is taken, and at a phone's width the page fits the screen."""
     hot = start_agent(agent(tmp_path / "hot", ae_bundle, broker.port, wav, "press-line",
                             "fan", threshold=0))
     doomed = start_agent(agent(tmp_path / "doomed", ae_bundle, broker.port, wav, "yard",
                                "pump", threshold=1e9))
+    serviced_cfg = agent(tmp_path / "serviced", ae_bundle, broker.port, wav, "dock",
+                         "compressor", threshold=1e9)
+    serviced = start_agent(serviced_cfg)
     w = Watcher(broker.port, "--web", "127.0.0.1:0", "--name", "e2e-web", "--json")
     browser = None
     try:
@@ -77,6 +84,13 @@ def test_the_web_page_shows_the_fleet_live_in_a_real_browser(tmp_path, broker, a
         browser.wait_for(card("press-line", "fan", "c.dataset.state === 'anomaly'"), 60)
         browser.wait_for(card("press-line", "fan",
                               "c.querySelectorAll('svg .event-marker').length"), 30)
+
+        # maintenance through the running agent (its control socket); it goes on scoring
+        browser.wait_for(card("dock", "compressor", "c.dataset.seq !== ''"), 60)
+        subprocess.run([sys.executable, "-m", "harken.agent.cli", "maintenance", "--config",
+                        str(serviced_cfg), "on", "--operator", "e2e"], check=True,
+                       capture_output=True, timeout=60)
+        browser.wait_for(card("dock", "compressor", "c.dataset.state === 'maintenance'"), 30)
 
         doomed.send_signal(signal.SIGKILL)
         doomed.wait(10)
@@ -95,9 +109,11 @@ def test_the_web_page_shows_the_fleet_live_in_a_real_browser(tmp_path, broker, a
                                      "c.querySelectorAll('svg .event-marker').length")) == 0
         # what needs a look comes first: the anomaly, then the offline machine
         assert browser.evaluate("[...document.querySelectorAll('article.card')].map("
-                                "c => c.dataset.state)") == ["anomaly", "offline"]
+                                "c => c.dataset.state)") == ["anomaly", "offline",
+                                                              "maintenance"]
         summary = browser.evaluate("document.getElementById('summary').textContent")
-        assert "1 anomaly" in summary and "1 offline" in summary, summary
+        for count in ("3 machines", "1 anomaly", "1 offline", "1 maintenance"):
+            assert count in summary, summary
 
         # the browser asks for /favicon.ico by itself, and the page names no icon: that
         # 404 is the page's only expected complaint
@@ -107,11 +123,22 @@ def test_the_web_page_shows_the_fleet_live_in_a_real_browser(tmp_path, broker, a
         shot = browser.screenshot(tmp_path / "page.png")
         data = shot.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, len(data)
+
+        # a small phone's width: one card a row and nothing wider than the screen (the
+        # summary line of counts once could not wrap and made the whole page scroll sideways)
+        browser.call("Emulation.setDeviceMetricsOverride", session=True, width=320,
+                     height=640, deviceScaleFactor=1, mobile=False)
+        browser.wait_for("window.innerWidth === 320", 10)
+        assert browser.evaluate("document.documentElement.scrollWidth") <= 320
+        lefts = browser.evaluate("[...document.querySelectorAll('article.card')].map("
+                                 "c => c.getBoundingClientRect().left)")
+        assert len(set(lefts)) == 1, lefts
     finally:
         if browser is not None:
             browser.close()
-        hot.terminate()
-        hot.wait(30)
+        for proc in (hot, serviced):
+            proc.terminate()
+            proc.wait(30)
         w.proc.terminate()
         w.finish(30)
     assert "Traceback" not in "".join(w.err), w.err
