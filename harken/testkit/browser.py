@@ -76,6 +76,8 @@ class Browser:
                                  flatten=True)["sessionId"]
         self.call("Page.enable", session=True)
         self.call("Runtime.enable", session=True)
+        # the browser's own messages (a CSP violation, a failed load) come in the Log domain
+        self.call("Log.enable", session=True)
         self.call("Emulation.setDeviceMetricsOverride", session=True, width=width,
                   height=height, deviceScaleFactor=1, mobile=False)
 
@@ -165,7 +167,8 @@ class Browser:
         raise BrowserError(f"not true within {timeout:g} s: {expression} (last: {value!r})")
 
     def console_errors(self) -> list[str]:
-        """Exceptions and console errors the page reported (CSP violations are among them)."""
+        """Exceptions, console errors and the browser's own error entries for the page (a
+        Content-Security-Policy violation, a resource that failed to load)."""
         with self._cond:
             events = list(self.events)
         out = []
@@ -176,6 +179,11 @@ class Browser:
                     e["params"].get("type") == "error":
                 out.append(" ".join(str(a.get("value", a.get("description", "")))
                                     for a in e["params"].get("args", [])))
+            elif e.get("method") == "Log.entryAdded" and \
+                    e["params"]["entry"].get("level") == "error":
+                entry = e["params"]["entry"]
+                out.append(f"{entry.get('source')}: {entry.get('text')} {entry.get('url', '')}"
+                           .rstrip())
         return out
 
     def screenshot(self, path: Path, full_page: bool = True) -> Path:
