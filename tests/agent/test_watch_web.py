@@ -619,7 +619,8 @@ def test_a_page_refused_with_503_comes_back_by_itself_and_draws_every_score():
             gap = b.evaluate("""(() => { const c = [...document.querySelectorAll('article.card')]
                 .find(c => c.dataset.machine === 'gap'); return [c.querySelectorAll('.event-marker')
                 .length, c.querySelector('.since').textContent]; })()""")
-            assert b.console_errors() == []
+            # the one 503 this test made the page meet, and nothing else
+            assert [e for e in b.console_errors() if "503" not in e] == []
     finally:
         web_server.stop(srv)
     lone = [pt for line in lines["lone"] for pt in line.split()]

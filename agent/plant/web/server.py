@@ -279,6 +279,8 @@ class Handler(BaseHTTPRequestHandler):
                        else {"Vary": "Accept-Encoding"})
             if self.command != "HEAD":
                 self._write(body)
+        elif path == "/favicon.ico":        # asked for by every browser; the page has none
+            self._head(HTTPStatus.NO_CONTENT, "image/x-icon", None, cache="max-age=86400")
         elif path == "/events" and self.command == "HEAD":
             self.close_connection = True
             self._head(HTTPStatus.OK, "text/event-stream", None)

@@ -83,10 +83,19 @@ function apply(msg) {
   dirty = true;
 }
 
-function chart(row) {
+// The charts share one time axis: the hour, or less while the watcher has been up for less
+// (from the oldest score any machine has, at least 5 minutes), so a fresh page is not blank.
+function span() {
+  let oldest = Infinity;
+  for (const r of fleet.rows.values()) if (r.points.length) oldest = Math.min(oldest, r.points[0][0]);
+  const seen = now() - oldest + fleet.window / 360;
+  return Math.max(300, Math.min(fleet.window, isFinite(seen) ? seen : fleet.window));
+}
+
+function chart(row, width) {
   const box = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", class: "chart",
-                           role: "img", "aria-label": "score over the last hour" });
-  const t1 = now(), t0 = t1 - fleet.window;
+                           role: "img", "aria-label": "score over the last " + Math.round(width / 60) + " min" });
+  const t1 = now(), t0 = t1 - width;
   const pts = row.points.filter(p => p[0] >= t0);
   // from 0 (or the lowest score, where scores go below it) to above the threshold and the
   // highest score
@@ -98,7 +107,7 @@ function chart(row) {
   if (!(top > bottom)) top = bottom + 1;
   top += (top - bottom) * 0.25;
   const step = fleet.window / 360;
-  const x = t => ((t - t0) / fleet.window) * W;
+  const x = t => ((t - t0) / width) * W;
   const y = v => H - ((held(v) - bottom) / (top - bottom)) * (H - 4);
   // an event: anomalous buckets with no calm one between them (missing buckets are no calm:
   // an agent reporting every 30 s fills one bucket in three)
@@ -139,7 +148,7 @@ function chart(row) {
   return box;
 }
 
-function card(row) {
+function card(row, width) {
   let c = cards.get(row.id);
   if (!c) {
     c = el("article", "card");
@@ -148,7 +157,7 @@ function card(row) {
     name.append(el("span", "node"), el("span", "machine"));
     title.append(name, el("span", "state"));
     const axis = el("div", "axis");
-    axis.append(el("span", "", "−60 min"), el("span", "", "now"));
+    axis.append(el("span", "from", ""), el("span", "", "now"));
     c.append(title, el("div", "figures"), el("div", "chart-box"), axis, el("div", "meta audio"), el("div", "meta model"), el("div", "meta seen"));
     cards.set(row.id, c);
   }
@@ -178,9 +187,11 @@ function card(row) {
   const t = Date.now();
   const box = c.querySelector(".chart-box");
   const hovered = box.matches(":hover") && t - (c.drawn || 0) < 60000;   // keep a hover text up
-  if ((row.changed || !c.drawn || t - c.drawn > 10000) && !hovered) {
-    box.replaceChildren(chart(row));
+  if ((row.changed || !c.drawn || t - c.drawn > 10000 || c.width !== width) && !hovered) {
+    box.replaceChildren(chart(row, width));
+    c.querySelector(".from").textContent = "−" + Math.round(width / 60) + " min";
     c.drawn = t;
+    c.width = width;
     row.changed = false;
   }
   const audio = c.querySelector(".audio");
@@ -211,7 +222,8 @@ function render() {
   const shown = all.filter(r => !q || r.node.toLowerCase().includes(q) || r.machine.toLowerCase().includes(q));
   shown.sort((a, b) => rank(a) - rank(b) || (a.node < b.node ? -1 : a.node > b.node ? 1 : 0) || (a.machine < b.machine ? -1 : a.machine > b.machine ? 1 : 0));
   const page = shown.slice(0, limit);
-  document.getElementById("cards").replaceChildren(...page.map(card));
+  const width = Math.round(span() / 60) * 60;      // whole minutes: redrawn once a minute
+  document.getElementById("cards").replaceChildren(...page.map(r => card(r, width)));
   for (const id of cards.keys()) if (!fleet.rows.has(id)) cards.delete(id);
   const more = document.getElementById("more");
   more.hidden = shown.length <= limit;
