@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harken.common.errors import UsageError
+from harken.common.errors import DataError, UsageError
 from harken.agent.features import FeatureSpec
 from harken.training.augment import mixup, smote_target
 from harken.training.config import Count, Probability, Size, TrainConfig, Weight, at_least, between
@@ -42,13 +42,16 @@ from harken.training.data.corpus import Clip
 from harken.training.data.pseudo_anomalies import other_machine_clips
 from harken.training.data.windows import as_images, clip_features, stack_windows, validation_split
 from harken.training.models.losses import kl_to_normal
-from harken.training.models.oevae import Oevae
+from harken.training.method import DeviceGraph
+from harken.training.models.oevae import Oevae, OevaeDevice
 from harken.training.runs import RunInfo
 from harken.training.torch_method import (MIN_HELD_OUT, ScoresEveryRule, TorchMethod, batched,
                                    load_array)
 from harken.training.trainer import fit
 
 LOG_2PI = float(np.log(2 * np.pi))
+# the agent's rule (agent/model/rules/oevae.py) of each training score
+DEVICE_RULES = {"combined": "oevae", "alpha": "oevae-alpha", "beta": "oevae-beta"}
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,39 @@ class OevaeMethod(ScoresEveryRule, TorchMethod):
     def chunk_scores(self, clips: Sequence[Clip]) -> dict[str, np.ndarray]:
         alpha, beta = self._segment_scores(clip_features(clips, self.spec, False), clips)
         return {r: self._clip_scores(alpha, beta, r) for r in self.score_rules}
+
+    # -- export (training/method.py's Exportable; docs/export.md "OEVAE") ------------------
+    def device_graph(self) -> DeviceGraph:
+        """Standardisation + the ResNet's features -> ``embedding``; the VAE encoder's
+        posterior mean of z_c -> ``latent`` (the OE head and the decoder are training only)."""
+        return DeviceGraph(OevaeDevice(self.model.eval()).eval(),
+                           (1, 1, self.spec.n_mels, self.spec.window_frames),
+                           ("embedding", "latent"))
+
+    def device_rule(self) -> str:
+        return DEVICE_RULES[self.default_rule]
+
+    def rule_arrays(self, section: int, rule: str | None = None) -> dict[str, np.ndarray]:
+        """The device rule's arrays for ``section``: the section's unit segment bank
+        (float32: half the size, cosine distances move by about 1e-7), k as training capped
+        it to the bank, the standardisation of alpha and beta and, for ``combined``, alpha's
+        weight omega (the ``alpha`` and ``beta`` rules weigh 1 and 0 and need less)."""
+        score = next((k for k, v in DEVICE_RULES.items() if v == rule), None) if rule \
+            else self.default_rule
+        if score is None:
+            raise UsageError(f"{self.name} has no device rule {rule!r}; "
+                             f"choose one of {list(DEVICE_RULES.values())}")
+        if section not in self.bank:
+            raise DataError(f"section {section:02d} was not in the training data "
+                            f"(trained sections: {sorted(self.bank)})")
+        arrays = {"score_stats": np.asarray(self.stats, np.float64)}
+        if score == "combined":
+            arrays["omega"] = np.array([self.config.omega], np.float64)
+        if score != "alpha":
+            bank = self.bank[section]
+            arrays["bank"] = np.ascontiguousarray(bank, np.float32)
+            arrays["knn_k"] = np.array([max(1, min(self.config.knn_k, len(bank)))], np.int64)
+        return arrays
 
     def load_extra(self, run_dir: Path, info: RunInfo) -> None:
         self.input_mean = info.architecture["mean"]
