@@ -304,7 +304,8 @@ class OevaeMethod(ScoresEveryRule, TorchMethod):
         """The device rule's arrays for ``section``: the section's unit segment bank
         (float32: half the size, cosine distances move by about 1e-7), k as training capped
         it to the bank, the standardisation of alpha and beta and, for ``combined``, alpha's
-        weight omega (the ``alpha`` and ``beta`` rules weigh 1 and 0 and need less)."""
+        weight omega and the widths of the two outputs it reads joined (the ``alpha`` and
+        ``beta`` rules weigh 1 and 0 and need less)."""
         score = next((k for k, v in DEVICE_RULES.items() if v == rule), None) if rule \
             else self.default_rule
         if score is None:
@@ -316,6 +317,9 @@ class OevaeMethod(ScoresEveryRule, TorchMethod):
         arrays = {"score_stats": np.asarray(self.stats, np.float64)}
         if score == "combined":
             arrays["omega"] = np.array([self.config.omega], np.float64)
+            c = self.config
+            arrays["output_widths"] = np.array([self.model.extractor.embedding_dim,
+                                                c.latent - c.domain_dims], np.int64)
         if score != "alpha":
             bank = self.bank[section]
             arrays["bank"] = np.ascontiguousarray(bank, np.float32)

@@ -113,6 +113,7 @@ def test_device_rules_give_the_training_score_on_the_same_numbers(score, knn_k):
     method.bank = {0: bank / np.linalg.norm(bank, axis=1, keepdims=True)}
     method.stats = np.array([12.0, 3.0, 0.4, 0.05])
     method._embed = lambda feats: (emb, zc, owner)
+    method.model = Oevae(width=4, latent=16, domain_dims=4)       # a 32-value embedding
 
     class Clip:
         section = 0
@@ -230,7 +231,7 @@ def test_a_tampered_artifact_or_array_is_refused_by_name(both, tmp_path):
     model[len(model) // 2] ^= 0xFF
     (b / "model.int8.tflite").write_bytes(bytes(model))
     with pytest.raises(BundleError, match=r"model\.int8\.tflite: sha256 does not match .*"
-                                          r"'artifacts\.tflite-int8\.sha256'"):
+                                          r"artifacts\.tflite-int8\.sha256'"):
         open_bundle(b)
     b = _copy(both, tmp_path / "2")
     m = json.loads((b / "manifest.json").read_text())
@@ -239,5 +240,5 @@ def test_a_tampered_artifact_or_array_is_refused_by_name(both, tmp_path):
     raw[-3] ^= 0x10
     bank.write_bytes(bytes(raw))
     with pytest.raises(BundleError,
-                       match=r"sha256 does not match the manifest's 'arrays\.bank_00\.sha256'"):
+                       match=r"sha256 does not match .*arrays\.bank_00\.sha256'"):
         open_bundle(b)

@@ -53,7 +53,7 @@ class _OevaeRule(ScoreRule):
             if not 0.0 <= w <= 1.0:
                 raise RuleError(f"array 'omega' is {w:g}; expected a weight in [0, 1]")
         if "bank" in self.needs:
-            n, _ = self.shape_of("bank", 2)
+            n, e = self.shape_of("bank", 2)
             self.same("knn_k", self.shape_of("knn_k", 1)[0], 1, "values (k)")
             k = np.asarray(self.arrays["knn_k"])[0]
             if not (float(k).is_integer() and 1 <= k <= n):
@@ -63,6 +63,13 @@ class _OevaeRule(ScoreRule):
             if np.abs(norms - 1.0).max() > 1e-3:
                 raise RuleError("array 'bank' holds rows that are not of unit length (the "
                                 "training segments' unit embeddings are expected)")
+        if "output_widths" in self.needs:
+            self.same("output_widths", self.shape_of("output_widths", 1)[0], 2,
+                      "values (embedding, latent)")
+            widths = np.asarray(self.arrays["output_widths"])
+            if widths[0] != e or widths[1] < 1:
+                raise RuleError(f"array 'output_widths' is {widths.tolist()}; expected the "
+                                f"bank's width {e} and a latent of at least 1 value")
 
     @property
     def alpha_weight(self) -> float:
@@ -76,11 +83,12 @@ class _OevaeRule(ScoreRule):
         return e, output_width - e
 
     def check_model(self, input_width: int, output_width: int) -> str | None:
-        e, z = self.widths(output_width)
-        if "latent" in self.model_outputs() and z < 1:
-            return f"more than the bank's {e} embedding values (the embedding and a latent)"
-        if self.model_outputs() == ("embedding",) and z != 0:
-            return f"an embedding of {e} values (the bank's width)"
+        if "output_widths" in self.needs:
+            e, z = (int(v) for v in self.arrays["output_widths"])
+            if output_width != e + z:
+                return f"an embedding of {e} and a latent of {z} values ('output_widths')"
+        elif "bank" in self.needs and self.widths(output_width)[1] != 0:
+            return f"an embedding of {self.widths(output_width)[0]} values (the bank's width)"
         return None
 
     def evidence(self, inputs: np.ndarray | None, output: np.ndarray) -> np.ndarray:
@@ -105,7 +113,8 @@ class OevaeRule(_OevaeRule):
     name = "oevae"
     output = "embedding"
     outputs = ("embedding", "latent")
-    needs = ("bank", "knn_k", "score_stats", "omega")
+    # the joined outputs are split at the embedding's width; the latent's is checked too
+    needs = ("bank", "knn_k", "score_stats", "omega", "output_widths")
 
 
 @register
