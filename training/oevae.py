@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from harken.common.errors import DataError, UsageError
-from harken.agent.features import FeatureSpec
+from harken.agent.features import PRESETS, FeatureSpec, preset
 from harken.training.augment import mixup, smote_target
 from harken.training.config import Count, Probability, Size, TrainConfig, Weight, at_least, between
 from harken.training.data.corpus import Clip
@@ -73,6 +73,10 @@ class OevaeConfig(TrainConfig):
     knn_k: Count = 1
     omega: Probability = 0.5
     score: Literal["combined", "alpha", "beta"] = "combined"
+    # another preset's frames ("" = OEVAE's own, 64 ms / 16 ms at n_mels): a fused bundle
+    # needs its members to compute the same frames (docs/export.md "OEVAE"); the segments
+    # stay about 2 s long with a 1 s hop, at that preset's hop
+    frames: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -84,6 +88,19 @@ class OevaeConfig(TrainConfig):
             raise UsageError(f"batch_size must be at least 4, got {self.batch_size}")
         if self.other_clips < 1:
             raise UsageError("OEVAE needs outlier clips: other_clips must be at least 1")
+        if self.frames and self.frames not in PRESETS:
+            raise UsageError(f"frames must be a feature preset, got '{self.frames}'; choose "
+                             f"one of {sorted(PRESETS)}")
+
+
+def frames_like(own: FeatureSpec, name: str) -> FeatureSpec:
+    """Preset ``name``'s frames (every field but the windowing) with OEVAE's segments:
+    as many of its frames as span ``own``'s window, and a hop of as many seconds."""
+    other = preset(name)
+    seconds = (own.window_frames - 1) * own.hop_length + own.n_fft - other.n_fft
+    frames = max(1, round(seconds / other.hop_length)) + 1
+    hop = max(1, round(own.window_hop * own.hop_length / other.hop_length))
+    return other.replace(spectrum=False, window_frames=frames, window_hop=hop, name=f"oevae-{name}")
 
 
 def shift_values(clips: Sequence[Clip], feats: Sequence[np.ndarray], attribute: str
@@ -115,7 +132,9 @@ class OevaeMethod(ScoresEveryRule, TorchMethod):
 
     def __init__(self, config=None, overrides=None, spec: FeatureSpec | None = None) -> None:
         super().__init__(config, overrides, spec)
-        if spec is None and self.spec.n_mels != self.config.n_mels:
+        if spec is None and self.config.frames:
+            self.spec = frames_like(self.spec, self.config.frames)
+        elif spec is None and self.spec.n_mels != self.config.n_mels:
             self.spec = dataclasses.replace(self.spec, n_mels=self.config.n_mels)
         self.bank: dict[int, np.ndarray] = {}
         self.stats = np.array([0.0, 1.0, 0.0, 1.0])     # alpha mean, std, beta mean, std
@@ -210,11 +229,13 @@ class OevaeMethod(ScoresEveryRule, TorchMethod):
         for s, bank in self.bank.items():
             np.save(run_dir / f"bank_section_{s:02d}.npy", bank)
         np.save(run_dir / "score_stats.npy", self.stats)
+        # the held-out clips' scores kept per clip: a fusion standardises OEVAE with them
         return self.save(run_dir, clips, hist, normal, {
             "outlier_clips": len(outliers),
             "domain_shift_value": {"from": v_source, "mean": v_mean, "std": v_std},
             "normal_scores_from": "validation clips" if held_out is val_idx
-            else "all training clips (too few validation clips)"})
+            else "all training clips (too few validation clips)"},
+            held_out_clips=[clips[i] for i in held_out])
 
     def vae_loss(self, emb: torch.Tensor, v: torch.Tensor, generator: torch.Generator | None = None
                  ) -> torch.Tensor:

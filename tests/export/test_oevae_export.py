@@ -215,3 +215,27 @@ def test_harken_score_on_wavs_matches_the_torch_scorer(both, run, corpus, capsys
     # embedding noise over beta's small spread), so its order is checked, as verify does
     for kind in ("onnx-int8", "tflite-int8"):
         assert scipy.stats.spearmanr(got[kind], expected).statistic > 0.9, (kind, got[kind], expected)
+
+
+def test_oevae_on_another_preset_s_frames_fuses_with_that_method(corpus, tmp_path):
+    """`frames=spectral-knn` gives OEVAE spectral-knn's frames (2-s segments at its hop), so
+    a fusion of the two trains, exports as one fused bundle with a shared front end, and
+    scores on the device as training fuses them."""
+    from harken.agent.model.factory import make_scorer
+    from harken.training.data.windows import clip_features
+    from harken.training.fusion import Fusion
+    sets = [f"oevae.{s}" for s in data.GENERATIVE["oevae"].settings]
+    run = tmp_path / "fusion" / "fan"
+    make_method("fusion", ["members=spectral-knn,oevae", "oevae.frames=spectral-knn", *sets]).train(
+        scan(corpus, ["fan"], "train"), run, progress=False)
+    assert json.loads((run / "oevae" / "run.json").read_text())["feature_spec"]["hop_length"] == 512
+    bundle = open_bundle(write_bundle(run, tmp_path / "bundle", corpus,
+                                      ExportOptions(precision="fp32", formats=("onnx",))))
+    assert bundle.is_fused and sorted(bundle.members) == ["oevae", "spectral-knn"]
+    clips = scan(corpus, ["fan"], "test")[::8]
+    feats = clip_features(clips, bundle.spec, progress=False)
+    scorers = {s: make_scorer(bundle, s, "onnx-fp32") for s in bundle.sections}
+    got = [scorers[c.section].score_logmel(f) for c, f in zip(clips, feats)]
+    np.testing.assert_allclose(got, Fusion.load(run).score(clips, progress=False), atol=1e-3)
+    with pytest.raises(HarkenError, match="frames must be a feature preset"):
+        make_method("oevae", ["frames=nope"])
