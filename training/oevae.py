@@ -34,21 +34,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harken.common.errors import UsageError
-from harken.agent.features import FeatureSpec
+from harken.common.errors import DataError, UsageError
+from harken.agent.features import PRESETS, FeatureSpec, preset
 from harken.training.augment import mixup, smote_target
 from harken.training.config import Count, Probability, Size, TrainConfig, Weight, at_least, between
 from harken.training.data.corpus import Clip
 from harken.training.data.pseudo_anomalies import other_machine_clips
 from harken.training.data.windows import as_images, clip_features, stack_windows, validation_split
 from harken.training.models.losses import kl_to_normal
-from harken.training.models.oevae import Oevae
+from harken.training.method import DeviceGraph
+from harken.training.models.oevae import Oevae, OevaeDevice
 from harken.training.runs import RunInfo
 from harken.training.torch_method import (MIN_HELD_OUT, ScoresEveryRule, TorchMethod, batched,
                                    load_array)
 from harken.training.trainer import fit
 
 LOG_2PI = float(np.log(2 * np.pi))
+# the agent's rule (agent/model/rules/oevae.py) of each training score
+DEVICE_RULES = {"combined": "oevae", "alpha": "oevae-alpha", "beta": "oevae-beta"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,10 @@ class OevaeConfig(TrainConfig):
     knn_k: Count = 1
     omega: Probability = 0.5
     score: Literal["combined", "alpha", "beta"] = "combined"
+    # another preset's frames ("" = OEVAE's own, 64 ms / 16 ms at n_mels): a fused bundle
+    # needs its members to compute the same frames (docs/export.md "OEVAE"); the segments
+    # stay about 2 s long with a 1 s hop, at that preset's hop
+    frames: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -81,6 +88,19 @@ class OevaeConfig(TrainConfig):
             raise UsageError(f"batch_size must be at least 4, got {self.batch_size}")
         if self.other_clips < 1:
             raise UsageError("OEVAE needs outlier clips: other_clips must be at least 1")
+        if self.frames and self.frames not in PRESETS:
+            raise UsageError(f"frames must be a feature preset, got '{self.frames}'; choose "
+                             f"one of {sorted(PRESETS)}")
+
+
+def frames_like(own: FeatureSpec, name: str) -> FeatureSpec:
+    """Preset ``name``'s frames (every field but the windowing) with OEVAE's segments:
+    as many of its frames as span ``own``'s window, and a hop of as many seconds."""
+    other = preset(name)
+    seconds = (own.window_frames - 1) * own.hop_length + own.n_fft - other.n_fft
+    frames = max(1, round(seconds / other.hop_length)) + 1
+    hop = max(1, round(own.window_hop * own.hop_length / other.hop_length))
+    return other.replace(spectrum=False, window_frames=frames, window_hop=hop, name=f"oevae-{name}")
 
 
 def shift_values(clips: Sequence[Clip], feats: Sequence[np.ndarray], attribute: str
@@ -112,7 +132,9 @@ class OevaeMethod(ScoresEveryRule, TorchMethod):
 
     def __init__(self, config=None, overrides=None, spec: FeatureSpec | None = None) -> None:
         super().__init__(config, overrides, spec)
-        if spec is None and self.spec.n_mels != self.config.n_mels:
+        if spec is None and self.config.frames:
+            self.spec = frames_like(self.spec, self.config.frames)
+        elif spec is None and self.spec.n_mels != self.config.n_mels:
             self.spec = dataclasses.replace(self.spec, n_mels=self.config.n_mels)
         self.bank: dict[int, np.ndarray] = {}
         self.stats = np.array([0.0, 1.0, 0.0, 1.0])     # alpha mean, std, beta mean, std
@@ -207,11 +229,13 @@ class OevaeMethod(ScoresEveryRule, TorchMethod):
         for s, bank in self.bank.items():
             np.save(run_dir / f"bank_section_{s:02d}.npy", bank)
         np.save(run_dir / "score_stats.npy", self.stats)
+        # the held-out clips' scores kept per clip: a fusion standardises OEVAE with them
         return self.save(run_dir, clips, hist, normal, {
             "outlier_clips": len(outliers),
             "domain_shift_value": {"from": v_source, "mean": v_mean, "std": v_std},
             "normal_scores_from": "validation clips" if held_out is val_idx
-            else "all training clips (too few validation clips)"})
+            else "all training clips (too few validation clips)"},
+            held_out_clips=[clips[i] for i in held_out])
 
     def vae_loss(self, emb: torch.Tensor, v: torch.Tensor, generator: torch.Generator | None = None
                  ) -> torch.Tensor:
@@ -285,6 +309,43 @@ class OevaeMethod(ScoresEveryRule, TorchMethod):
     def chunk_scores(self, clips: Sequence[Clip]) -> dict[str, np.ndarray]:
         alpha, beta = self._segment_scores(clip_features(clips, self.spec, False), clips)
         return {r: self._clip_scores(alpha, beta, r) for r in self.score_rules}
+
+    # -- export (training/method.py's Exportable; docs/export.md "OEVAE") ------------------
+    def device_graph(self) -> DeviceGraph:
+        """Standardisation + the ResNet's features -> ``embedding``; the VAE encoder's
+        posterior mean of z_c -> ``latent`` (the OE head and the decoder are training only)."""
+        return DeviceGraph(OevaeDevice(self.model.eval()).eval(),
+                           (1, 1, self.spec.n_mels, self.spec.window_frames),
+                           ("embedding", "latent"))
+
+    def device_rule(self) -> str:
+        return DEVICE_RULES[self.default_rule]
+
+    def rule_arrays(self, section: int, rule: str | None = None) -> dict[str, np.ndarray]:
+        """The device rule's arrays for ``section``: the section's unit segment bank
+        (float32: half the size, cosine distances move by about 1e-7), k as training capped
+        it to the bank, the standardisation of alpha and beta and, for ``combined``, alpha's
+        weight omega and the widths of the two outputs it reads joined (the ``alpha`` and
+        ``beta`` rules weigh 1 and 0 and need less)."""
+        score = next((k for k, v in DEVICE_RULES.items() if v == rule), None) if rule \
+            else self.default_rule
+        if score is None:
+            raise UsageError(f"{self.name} has no device rule {rule!r}; "
+                             f"choose one of {list(DEVICE_RULES.values())}")
+        if section not in self.bank:
+            raise DataError(f"section {section:02d} was not in the training data "
+                            f"(trained sections: {sorted(self.bank)})")
+        arrays = {"score_stats": np.asarray(self.stats, np.float64)}
+        if score == "combined":
+            arrays["omega"] = np.array([self.config.omega], np.float64)
+            c = self.config
+            arrays["output_widths"] = np.array([self.model.extractor.embedding_dim,
+                                                c.latent - c.domain_dims], np.int64)
+        if score != "alpha":
+            bank = self.bank[section]
+            arrays["bank"] = np.ascontiguousarray(bank, np.float32)
+            arrays["knn_k"] = np.array([max(1, min(self.config.knn_k, len(bank)))], np.int64)
+        return arrays
 
     def load_extra(self, run_dir: Path, info: RunInfo) -> None:
         self.input_mean = info.architecture["mean"]

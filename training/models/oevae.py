@@ -85,3 +85,28 @@ class Oevae(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.extractor((x - self.mean) / self.std)
+
+
+class OevaeDevice(nn.Module):
+    """What a device runs of a trained OEVAE (docs/export.md "OEVAE"): the standardisation,
+    the extractor's features (the outlier-exposure head is training only) and the VAE
+    encoder's posterior mean of z_c. The encoder's last Linear keeps only the rows of
+    mu[:, domain_dims:], so no slice is exported and nothing random is (scoring reads the
+    posterior mean, never a sample). Returns (embedding, latent) in that order."""
+
+    def __init__(self, net: Oevae) -> None:
+        super().__init__()
+        self.register_buffer("mean", net.mean.detach().clone())
+        self.register_buffer("std", net.std.detach().clone())
+        self.features = net.extractor.features
+        first, relu, last = net.vae.encoder
+        d, latent = net.vae.domain_dims, last.out_features // 2
+        content = nn.Linear(last.in_features, latent - d)
+        with torch.no_grad():
+            content.weight.copy_(last.weight[d:latent])
+            content.bias.copy_(last.bias[d:latent])
+        self.encoder = nn.Sequential(first, nn.ReLU(), content)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e = self.features((x - self.mean) / self.std)
+        return e, self.encoder(e)
