@@ -172,7 +172,7 @@ class Watcher:
 
 def handled(snapshot: dict) -> int:
     """Scores handled so far: the seq of every row (each agent's scores are numbered from 1)."""
-    return sum(r["seq"] or 0 for r in snapshot["rows"])
+    return sum(int(r["seq"] or 0) for r in snapshot["rows"])   # seq is text on the wire
 
 
 def full_hour(machines: int) -> dict:
