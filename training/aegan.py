@@ -21,6 +21,9 @@ The default ``score=auto`` is chosen without test labels: the rule that best sep
 held-out normal training clips from pseudo-anomalous copies of them (other machine types and
 pink noise mixed in, training/data/pseudo_anomalies.py).
 
+A run exports (docs/export.md "AEGAN-AD"): its device graph computes only what the chosen
+score reads (``AeganDevice``), and the device rule ``aegan-<score>`` scores it as here.
+
 The paper's discriminator ends in a 512-d embedding (``channels=32``); the default is
 ``channels=16`` (256-d, about 3x faster), so that a machine type trains in a few minutes on
 two CPU cores.
@@ -44,9 +47,10 @@ from harken.training.config import Count, Decibels, TrainConfig, Weight, between
 from harken.training.data.corpus import Clip
 from harken.training.data.pseudo_anomalies import choose_rule, pseudo_anomalous, pseudo_anomaly_pool
 from harken.training.data.windows import as_images, clip_features, stack_windows, validation_split
-from harken.training.models.aegan import Aegan
+from harken.training.method import DeviceGraph
+from harken.training.models.aegan import Aegan, AeganDevice
 from harken.training.models.losses import feature_matching, gradient_penalty
-from harken.training.runs import RunInfo
+from harken.training.runs import RunError, RunInfo
 from harken.training.torch_method import (MIN_HELD_OUT, ScoresEveryRule, TorchMethod, batched,
                                    load_array)
 from harken.training.trainer import check_finite, fit_steps
@@ -269,6 +273,45 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
 
     def chunk_scores(self, clips: Sequence[Clip]) -> dict[str, np.ndarray]:
         return self._rule_scores(self._clip_parts(clip_features(clips, self.spec, False)), clips)
+
+    # -- export (training/method.py Exportable; docs/export.md "AEGAN-AD") -------------------
+    def device_graph(self) -> DeviceGraph:
+        net = AeganDevice(self.model.eval(), self.default_rule[0])
+        return DeviceGraph(net.eval(), (1, 1, self.spec.n_mels, self.spec.window_frames),
+                           net.outputs)
+
+    def device_rule(self) -> str:
+        return f"aegan-{self.default_rule}"
+
+    def rule_arrays(self, section: int, rule: str | None = None) -> dict[str, np.ndarray]:
+        """What agent/model/rules/aegan.py needs to score ``section`` with ``rule`` (the
+        run's own score without one: export ships that), from the detectors fitted on every
+        training clip's mean embedding (``_fit_detectors``)."""
+        rule = self.check_rule(rule or self.default_rule)
+        if rule.startswith("x-"):
+            return {"db_range": np.array([float(self.model.low), float(self.model.high)])}
+        if rule.startswith("z-"):
+            return {}
+        if section not in self.embedding_bank:
+            raise DataError(f"section {section:02d} was not in the training data "
+                            f"(trained sections: {sorted(self.embedding_bank)})")
+        if rule == "d-maha":
+            location, precision = self.maha[section]
+            return {"location": location, "precision": precision}
+        if rule == "d-knn":
+            unit = self.unit_bank[section]
+            return {"unit_bank": unit, "k": np.array([min(self.config.knn_k, len(unit))])}
+        lof = self.lof[section]
+        if lof is None:
+            raise RunError(f"section {section:02d} has {len(self.embedding_bank[section])} "
+                           f"training clips; d-lof scores every clip 0 with fewer than 3, so "
+                           f"the run does not export with it (train with another 'score')")
+        k = int(lof.n_neighbors_)
+        dist, nbr = lof.kneighbors()          # each training embedding's k nearest others
+        kdist = dist[:, k - 1]
+        lrd = 1.0 / (np.maximum(dist, kdist[nbr]).mean(axis=1) + 1e-10)
+        return {"bank": self.embedding_bank[section], "bank_kdist": kdist,
+                "bank_lrd": lrd, "k": np.array([k])}
 
     # -- run directory -----------------------------------------------------------------------
     def _save_scoring(self, run_dir: Path, feats: Sequence[np.ndarray]) -> None:
