@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 from sklearn.neighbors import LocalOutlierFactor
 
+from harken.agent.features import PRESETS, preset
 from harken.common.errors import DataError, UsageError
 from harken.training.config import Count, Decibels, TrainConfig, Weight, between
 from harken.training.data.corpus import Clip
@@ -78,11 +79,17 @@ class AeganConfig(TrainConfig):
     score: str = "auto"               # auto, or one of RULES
     pseudo_anr_min_db: Decibels = -20.0  # pseudo-anomalies for score=auto
     pseudo_anr_max_db: Decibels = 0.0
+    # the feature preset whose frames the patches are cut from (n_mels x n_mels, hop 32): an
+    # other method's, so that a fused bundle shares one front end with it (docs/export.md)
+    frames: str = "aegan-ad"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.score not in ("auto", *RULES):
             raise UsageError(f"score must be auto or one of {list(RULES)}, got '{self.score}'")
+        if self.frames not in PRESETS:
+            raise UsageError(f"frames must be a feature preset, one of {sorted(PRESETS)}; "
+                             f"got '{self.frames}'")
         for name in ("channels", "latent", "n_critic", "knn_k", "lof_neighbors"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -114,6 +121,11 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
 
     def __init__(self, config=None, overrides=None, spec=None) -> None:
         super().__init__(config, overrides, spec)
+        if spec is None and self.config.frames != self.preset_name:
+            own, base = self.spec, preset(self.config.frames)
+            self.spec = base.replace(spectrum=False, window_frames=base.n_mels,
+                                     window_hop=own.window_hop,
+                                     name=f"{self.preset_name}@{base.name}")
         self.chosen = ""
         self.embedding_bank: dict[int, np.ndarray] = {}
 
@@ -172,16 +184,17 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
         hist = fit_steps(net, batches, step, val_loss, cfg, device, progress, desc)
         self.model = net.cpu().eval()
         parts = self._clip_parts(feats)
-        normal, extra = self._fit_scoring(clips, feats, parts, fit_idx, val_idx, progress)
+        normal, extra, held = self._fit_scoring(clips, feats, parts, fit_idx, val_idx, progress)
         self._save_scoring(run_dir, feats)
-        return self.save(run_dir, clips, hist, normal, extra)
+        return self.save(run_dir, clips, hist, normal, extra, held)
 
     def _fit_scoring(self, clips: Sequence[Clip], feats: Sequence[np.ndarray],
                      parts: Sequence[dict], fit_idx: list[int], val_idx: list[int],
-                     progress: bool) -> tuple[np.ndarray, dict]:
+                     progress: bool) -> tuple[np.ndarray, dict, list[Clip]]:
         """Embedding statistics from the fit clips; the score rule (score=auto) from the
         held-out normal clips against pseudo-anomalous copies of them; then the embedding
-        statistics again from every training clip."""
+        statistics again from every training clip. Returns the held-out clips' scores with
+        the chosen rule and the clips (kept per clip: a fusion standardises with them)."""
         cfg = self.config
         held_out = val_idx if len(val_idx) >= MIN_HELD_OUT else list(range(len(clips)))
         self._fit_embeddings([parts[i] for i in fit_idx], [clips[i] for i in fit_idx])
@@ -201,7 +214,7 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
             self.chosen = cfg.score
         extra["score_rule"] = self.chosen
         self._fit_embeddings(parts, clips)
-        return normal[self.chosen], extra
+        return normal[self.chosen], extra, held_clips
 
     # -- scoring -----------------------------------------------------------------------------
     def _clip_parts(self, feats: Sequence[np.ndarray]) -> list[dict]:

@@ -196,3 +196,26 @@ def test_cli_exports_and_verifies_a_reconstruction_run(built, small_fan, tmp_pat
     rows = json.loads(capsys.readouterr().out)
     assert [r["artifact"] for r in rows] == ["torch-fp32", "onnx-fp32"]
     assert rows[1]["verdict"] == "PASS" and rows[1]["max_rel_error"] < 1e-3
+
+
+def test_with_another_presets_frames_it_fuses_with_spectral_knn(small_fan, tmp_path):
+    """``frames=spectral-knn``: the patches are cut from spectral-knn's frames (n_fft 1024,
+    128 mels), so a fusion of the two shares one front end; its bundle scores as the fusion
+    run does. The aegan-ad preset's own frames (n_fft 2048) are refused as a member."""
+    from harken.common.errors import UsageError
+    with pytest.raises(UsageError, match="differ in 'n_fft'"):
+        make_method("fusion", ["members=spectral-knn,aegan-ad"])
+    with pytest.raises(UsageError, match="frames must be a feature preset"):
+        make_method("aegan-ad", ["frames=nope"])
+    run = tmp_path / "run"
+    make_method("fusion", ["members=spectral-knn,aegan-ad", "aegan-ad.frames=spectral-knn",
+                           "aegan-ad.epochs=1", "aegan-ad.score=d-knn"]).train(
+        scan(small_fan, ["fan"], "train"), run, progress=False)
+    member = json.loads((run / "aegan-ad" / "run.json").read_text())
+    assert member["feature_spec"]["n_fft"] == 1024 and member["feature_spec"]["window_frames"] == 128
+    bundle = open_bundle(write_bundle(run, tmp_path / "bundle", small_fan,
+                                      ExportOptions(formats=("onnx",), precision="fp32")))
+    assert bundle.is_fused and sorted(bundle.members) == ["aegan-ad", "spectral-knn"]
+    assert bundle.members["aegan-ad"].rule_name == "aegan-d-knn"
+    checks = {c.artifact: c for c in verify(bundle, small_fan, max_clips=12, progress=False)}
+    assert checks["onnx-fp32"].max_abs_error < 1e-4
