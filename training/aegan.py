@@ -21,6 +21,9 @@ The default ``score=auto`` is chosen without test labels: the rule that best sep
 held-out normal training clips from pseudo-anomalous copies of them (other machine types and
 pink noise mixed in, training/data/pseudo_anomalies.py).
 
+A run exports (docs/export.md "AEGAN-AD"): its device graph computes only what the chosen
+score reads (``AeganDevice``), and the device rule ``aegan-<score>`` scores it as here.
+
 The paper's discriminator ends in a 512-d embedding (``channels=32``); the default is
 ``channels=16`` (256-d, about 3x faster), so that a machine type trains in a few minutes on
 two CPU cores.
@@ -39,14 +42,16 @@ import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 from sklearn.neighbors import LocalOutlierFactor
 
+from harken.agent.features import PRESETS, preset
 from harken.common.errors import DataError, UsageError
 from harken.training.config import Count, Decibels, TrainConfig, Weight, between
 from harken.training.data.corpus import Clip
 from harken.training.data.pseudo_anomalies import choose_rule, pseudo_anomalous, pseudo_anomaly_pool
 from harken.training.data.windows import as_images, clip_features, stack_windows, validation_split
-from harken.training.models.aegan import Aegan
+from harken.training.method import DeviceGraph
+from harken.training.models.aegan import Aegan, AeganDevice
 from harken.training.models.losses import feature_matching, gradient_penalty
-from harken.training.runs import RunInfo
+from harken.training.runs import RunError, RunInfo
 from harken.training.torch_method import (MIN_HELD_OUT, ScoresEveryRule, TorchMethod, batched,
                                    load_array)
 from harken.training.trainer import check_finite, fit_steps
@@ -74,11 +79,17 @@ class AeganConfig(TrainConfig):
     score: str = "auto"               # auto, or one of RULES
     pseudo_anr_min_db: Decibels = -20.0  # pseudo-anomalies for score=auto
     pseudo_anr_max_db: Decibels = 0.0
+    # the feature preset whose frames the patches are cut from (n_mels x n_mels, hop 32): an
+    # other method's, so that a fused bundle shares one front end with it (docs/export.md)
+    frames: str = "aegan-ad"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.score not in ("auto", *RULES):
             raise UsageError(f"score must be auto or one of {list(RULES)}, got '{self.score}'")
+        if self.frames not in PRESETS:
+            raise UsageError(f"frames must be a feature preset, one of {sorted(PRESETS)}; "
+                             f"got '{self.frames}'")
         for name in ("channels", "latent", "n_critic", "knn_k", "lof_neighbors"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -110,6 +121,11 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
 
     def __init__(self, config=None, overrides=None, spec=None) -> None:
         super().__init__(config, overrides, spec)
+        if spec is None and self.config.frames != self.preset_name:
+            own, base = self.spec, preset(self.config.frames)
+            self.spec = base.replace(spectrum=False, window_frames=base.n_mels,
+                                     window_hop=own.window_hop,
+                                     name=f"{self.preset_name}@{base.name}")
         self.chosen = ""
         self.embedding_bank: dict[int, np.ndarray] = {}
 
@@ -168,16 +184,17 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
         hist = fit_steps(net, batches, step, val_loss, cfg, device, progress, desc)
         self.model = net.cpu().eval()
         parts = self._clip_parts(feats)
-        normal, extra = self._fit_scoring(clips, feats, parts, fit_idx, val_idx, progress)
+        normal, extra, held = self._fit_scoring(clips, feats, parts, fit_idx, val_idx, progress)
         self._save_scoring(run_dir, feats)
-        return self.save(run_dir, clips, hist, normal, extra)
+        return self.save(run_dir, clips, hist, normal, extra, held)
 
     def _fit_scoring(self, clips: Sequence[Clip], feats: Sequence[np.ndarray],
                      parts: Sequence[dict], fit_idx: list[int], val_idx: list[int],
-                     progress: bool) -> tuple[np.ndarray, dict]:
+                     progress: bool) -> tuple[np.ndarray, dict, list[Clip]]:
         """Embedding statistics from the fit clips; the score rule (score=auto) from the
         held-out normal clips against pseudo-anomalous copies of them; then the embedding
-        statistics again from every training clip."""
+        statistics again from every training clip. Returns the held-out clips' scores with
+        the chosen rule and the clips (kept per clip: a fusion standardises with them)."""
         cfg = self.config
         held_out = val_idx if len(val_idx) >= MIN_HELD_OUT else list(range(len(clips)))
         self._fit_embeddings([parts[i] for i in fit_idx], [clips[i] for i in fit_idx])
@@ -197,7 +214,7 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
             self.chosen = cfg.score
         extra["score_rule"] = self.chosen
         self._fit_embeddings(parts, clips)
-        return normal[self.chosen], extra
+        return normal[self.chosen], extra, held_clips
 
     # -- scoring -----------------------------------------------------------------------------
     def _clip_parts(self, feats: Sequence[np.ndarray]) -> list[dict]:
@@ -269,6 +286,45 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
 
     def chunk_scores(self, clips: Sequence[Clip]) -> dict[str, np.ndarray]:
         return self._rule_scores(self._clip_parts(clip_features(clips, self.spec, False)), clips)
+
+    # -- export (training/method.py Exportable; docs/export.md "AEGAN-AD") -------------------
+    def device_graph(self) -> DeviceGraph:
+        net = AeganDevice(self.model.eval(), self.default_rule[0])
+        return DeviceGraph(net.eval(), (1, 1, self.spec.n_mels, self.spec.window_frames),
+                           net.outputs)
+
+    def device_rule(self) -> str:
+        return f"aegan-{self.default_rule}"
+
+    def rule_arrays(self, section: int, rule: str | None = None) -> dict[str, np.ndarray]:
+        """What agent/model/rules/aegan.py needs to score ``section`` with ``rule`` (the
+        run's own score without one: export ships that), from the detectors fitted on every
+        training clip's mean embedding (``_fit_detectors``)."""
+        rule = self.check_rule(rule or self.default_rule)
+        if rule.startswith("x-"):
+            return {"db_range": np.array([float(self.model.low), float(self.model.high)])}
+        if rule.startswith("z-"):
+            return {}
+        if section not in self.embedding_bank:
+            raise DataError(f"section {section:02d} was not in the training data "
+                            f"(trained sections: {sorted(self.embedding_bank)})")
+        if rule == "d-maha":
+            location, precision = self.maha[section]
+            return {"location": location, "precision": precision}
+        if rule == "d-knn":
+            unit = self.unit_bank[section]
+            return {"unit_bank": unit, "k": np.array([min(self.config.knn_k, len(unit))])}
+        lof = self.lof[section]
+        if lof is None:
+            raise RunError(f"section {section:02d} has {len(self.embedding_bank[section])} "
+                           f"training clips; d-lof scores every clip 0 with fewer than 3, so "
+                           f"the run does not export with it (train with another 'score')")
+        k = int(lof.n_neighbors_)
+        dist, nbr = lof.kneighbors()          # each training embedding's k nearest others
+        kdist = dist[:, k - 1]
+        lrd = 1.0 / (np.maximum(dist, kdist[nbr]).mean(axis=1) + 1e-10)
+        return {"bank": self.embedding_bank[section], "bank_kdist": kdist,
+                "bank_lrd": lrd, "k": np.array([k])}
 
     # -- run directory -----------------------------------------------------------------------
     def _save_scoring(self, run_dir: Path, feats: Sequence[np.ndarray]) -> None:

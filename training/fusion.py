@@ -109,9 +109,11 @@ class Fusion:
     config_cls = FusionConfig
 
     def __init__(self, config: FusionConfig | None = None,
-                 overrides: list[str] | None = None) -> None:
+                 overrides: list[str] | None = None, check_front_end: bool = True) -> None:
         """``overrides``: the fusion's own settings, and ``MEMBER.KEY=VALUE`` for a member's
-        (``--set ae.epochs=5``), checked here so a typo fails before any training."""
+        (``--set ae.epochs=5``), checked here so a typo fails before any training.
+        ``check_front_end=False``: a trained run's members (their runs hold their specs,
+        which member settings such as aegan-ad's ``frames`` may have changed)."""
         own = [o for o in overrides or [] if "." not in o.partition("=")[0]]
         self.config = with_overrides(config or FusionConfig(), own)
         self.member_settings: dict[str, list[str]] = {}
@@ -129,7 +131,8 @@ class Fusion:
         self._untrained = [make_method(m, self.member_settings.get(m))
                            for m in self.config.member_names]
         try:
-            shared_front_end([m.spec for m in self._untrained])
+            if check_front_end:
+                shared_front_end([m.spec for m in self._untrained])
         except FeatureSpecError as exc:
             raise UsageError(f"members: {exc}") from None
         self.members: list = []
@@ -217,11 +220,12 @@ class Fusion:
         try:
             if entries is None or standardise is None:
                 raise KeyError("members" if entries is None else "standardise")
-            # the members' settings too: one may change its frames (oevae's ``frames``)
+            # the members' settings too (oevae's and aegan-ad's ``frames``); their runs fix
+            # their front ends, which those settings may have changed
             settings = [f"{m}.{o}" for m, os_ in (params.get("member_settings") or {}).items()
                         for o in os_]
             self = cls(FusionConfig(members=params["members"], weights=params.get("weights", "")),
-                       settings)
+                       settings, check_front_end=False)
             self.scales = [{int(s): tuple(v[e.method]) for s, v in standardise.items()}
                            for e in entries]
         except KeyError as exc:

@@ -5,6 +5,9 @@ depth-wise convolution, so its embedding keeps one number per channel.
 LayerNorm replaces BatchNorm, as in the paper (a WGAN-GP critic must not mix the samples of
 a batch). It is GroupNorm with one group: the layer norm over (channels, height, width)
 with a per-channel affine, which works for any patch size.
+
+``AeganDevice`` is what a bundle runs (docs/export.md "AEGAN-AD"): the dB scaling and the
+part of the networks the run's score family reads, nothing more.
 """
 
 from __future__ import annotations
@@ -110,3 +113,44 @@ class Aegan(DbRange):
         super().__init__(low, high)
         self.generator = AeganGenerator(size, channels, latent)
         self.discriminator = AeganDiscriminator(size, channels)
+
+
+# what a bundle's graph outputs for each family of AEGAN-AD's scores (training/aegan.py)
+FAMILY_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "x": ("reconstruction",),           # G(p), p = the scaled patch, flattened
+    "z": ("latent", "latent_aux"),      # E(p) and E(G(p))
+    "d": ("embedding",),                # the discriminator's features of p
+}
+
+
+class AeganDevice(DbRange):
+    """The device graph of a trained ``Aegan`` for one score family (``x``, ``z`` or ``d``,
+    the first letter of the run's score): dB patch -> scale and clamp -> only the networks
+    that family reads, so a ``d-*`` bundle carries no generator and an ``x-*`` one no
+    discriminator. Returns a tuple in ``FAMILY_OUTPUTS[family]`` order, each (batch, values),
+    in the scaled space the training scores are computed in."""
+
+    def __init__(self, net: Aegan, family: str) -> None:
+        if family not in FAMILY_OUTPUTS:
+            raise UsageError(f"AEGAN-AD score family must be one of {list(FAMILY_OUTPUTS)}, "
+                             f"got {family!r}")
+        super().__init__(float(net.low), float(net.high))
+        self.family = family
+        if family == "d":
+            self.features = net.discriminator.features
+        else:
+            self.generator = net.generator
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return FAMILY_OUTPUTS[self.family]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        p = self.scale(x)
+        if self.family == "d":
+            return (self.features(p).flatten(1),)
+        z = self.generator.encode(p)
+        r = self.generator.decode(z)
+        if self.family == "x":
+            return (r.flatten(1),)
+        return z, self.generator.encode(r)

@@ -15,6 +15,8 @@ several, e.g. a latent code and its re-encoding, joined per window). Rules today
   normal clip and LDN distances, standardised and fused.
 * ``oevae``, ``oevae-alpha``, ``oevae-beta`` (oevae.py): OEVAE's latent -log p(z_c) and
   segment kNN cosine distance per window, standardised and mixed; interval = mean.
+* ``aegan-<score>`` (aegan.py): AEGAN-AD's nine scores (x-*, z-*: a patch distance, interval
+  = mean; d-maha, d-knn, d-lof: a distance of the interval's mean discriminator embedding).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 # importing a rule's module registers it: a new rule is one module and one name here
 from harken.agent.model.rules.base import RuleError
 from harken.agent.model.rules import (mse, mahalanobis, logit, embedding,  # noqa: F401
-                                embedding_density, spectral_knn, oevae)
+                                embedding_density, spectral_knn, oevae, aegan)
 from harken.agent.model.rules.base import REGISTRY, ScoreRule
 from harken.agent.model.rules.embedding import bank_distance, unit_embedding
 from harken.agent.model.rules.logit import section_log_odds, softmax
