@@ -40,12 +40,17 @@ from harken.training.config import Count, Rate, TrainConfig, Weight, between
 from harken.training.data.corpus import Clip
 from harken.training.aegan import square_patches
 from harken.training.data.windows import as_images, clip_features, stack_windows
-from harken.training.models.gmgan import Gmgan
+from harken.training.method import DeviceGraph
+from harken.training.models.gmgan import Gmgan, GmganDevice
 from harken.training.models.losses import gmm_covariance_penalty, gmm_energy, gmm_parameters
 from harken.training.runs import RunError, RunInfo
 from harken.training.torch_method import (MIN_HELD_OUT, ScoresEveryRule, TorchMethod, batched,
                                    load_array)
 from harken.training.trainer import check_finite, fit_steps
+
+
+# training score -> the agent rule that computes it on the device (agent/model/rules/gmgan.py)
+DEVICE_RULES = {"latent": "gmgan-latent", "energy": "gmm-energy", "latent-ldn": "latent-ldn"}
 
 
 @dataclass(frozen=True)
@@ -254,3 +259,29 @@ class GmganMethod(ScoresEveryRule, TorchMethod):
         self.code_mean, self.code_std = bank["mean"], bank["std"]
         self.code_bank = {int(k[5:]): bank[k] for k in bank if k.startswith("bank_")}
         self.code_density = {int(k[8:]): bank[k] for k in bank if k.startswith("density_")}
+
+    # -- export (training/method.py's Exportable; docs/export.md "GMGAN") -----------------
+    def device_graph(self) -> DeviceGraph:
+        """Encoder only for ``energy`` and ``latent-ldn`` (they read z); the decoder and the
+        auxiliary encoder too for ``latent`` (it reads z and z' = G_e'(G_d(z)))."""
+        net = GmganDevice(self.model.eval(), aux=self.default_rule == "latent").eval()
+        return DeviceGraph(net, (1, 1, self.spec.n_mels, self.spec.window_frames), net.outputs)
+
+    def device_rule(self) -> str:
+        return DEVICE_RULES[self.default_rule]
+
+    def rule_arrays(self, section: int, rule: str | None = None) -> dict[str, np.ndarray]:
+        """What agent/model/rules/gmgan.py needs to score ``section`` with training score
+        ``rule`` (the run's default without one: export ships that)."""
+        rule = rule or self.default_rule
+        if rule == "latent":
+            return {}
+        if rule == "energy":
+            return {"gmm_phi": self.gmm["phi"].numpy(), "gmm_mu": self.gmm["mu"].numpy(),
+                    "gmm_cov": self.gmm["cov"].numpy(),
+                    "jitter": np.array([self.config.jitter], dtype=np.float64)}
+        if section not in self.code_bank:
+            raise DataError(f"section {section:02d} was not in the training data (trained "
+                            f"sections: {sorted(self.code_bank)})")
+        return {"code_mean": self.code_mean, "code_std": self.code_std,
+                "bank": self.code_bank[section], "bank_density": self.code_density[section]}

@@ -13,6 +13,8 @@ several, e.g. a latent code and its re-encoding, joined per window). Rules today
   in units of that clip's local density (density.py: LDN, no domain labels needed).
 * ``spectral-knn`` (spectral_knn.py): mel and spectrum statistics of the interval, nearest
   normal clip and LDN distances, standardised and fused.
+* ``gmgan-latent``, ``gmm-energy``, ``latent-ldn`` (gmgan.py): GMGAN's latent
+  re-encoding error, GMM energy (both window means) and the LDN distance of the mean code.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 # importing a rule's module registers it: a new rule is one module and one name here
 from harken.agent.model.rules.base import RuleError
 from harken.agent.model.rules import (mse, mahalanobis, logit, embedding,  # noqa: F401
-                                embedding_density, spectral_knn)
+                                embedding_density, spectral_knn, gmgan)
 from harken.agent.model.rules.base import REGISTRY, ScoreRule
 from harken.agent.model.rules.embedding import bank_distance, unit_embedding
 from harken.agent.model.rules.logit import section_log_odds, softmax
