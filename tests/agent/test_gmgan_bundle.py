@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from harken.agent.cli import main as harken
+from harken.common.errors import DataError
 from harken.agent.model.bundle import BundleError, open_bundle
 from harken.agent.model.rules import RuleError, make_rule, outputs_of
 from harken.agent.sources.wavio import read_wav, write_wav
@@ -120,7 +121,7 @@ def test_latent_ldn_feedback_lowers_scores_only_near_what_joined(ldn_method):
     assert after[0] < 0.1 * before[0] and after[1] == pytest.approx(before[1])
     assert rule.statistics(np.stack([codes[0], codes[2]]))["latent"] == pytest.approx(
         (codes[0] + codes[2]) / 2)
-    with pytest.raises(Exception, match="statistics 'latent' of shape"):
+    with pytest.raises(DataError, match="statistics .latent. of shape"):
         rule.with_references({"latent": np.zeros((1, 3))}, density_k=2)
 
 
