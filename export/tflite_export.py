@@ -296,7 +296,7 @@ def _group_norm(m: nn.GroupNorm) -> Callable:
         mean = tf.reduce_mean(g, axis=axes, keepdims=True)
         centred = g - mean
         # centred * centred, not tf.square: the converter fuses square(x - mean) into
-        # SQUARED_DIFFERENCE, whose int8 kernel lost 5x the precision on GMGAN's encoder
+        # SQUARED_DIFFERENCE, whose int8 kernel lost most of the precision of GMGAN's codes
         var = tf.reduce_mean(centred * centred, axis=axes, keepdims=True)
         y = centred * tf.math.rsqrt(var + eps)
         y = tf.reshape(y, [-1, h, w, c]) if groups > 1 else y
