@@ -217,7 +217,11 @@ class Fusion:
         try:
             if entries is None or standardise is None:
                 raise KeyError("members" if entries is None else "standardise")
-            self = cls(FusionConfig(members=params["members"], weights=params.get("weights", "")))
+            # the members' own settings too: one may change a member's front end (gmgan.patch)
+            settings = [f"{m}.{s}" for m, ss in (params.get("member_settings") or {}).items()
+                        for s in ss]
+            self = cls(FusionConfig(members=params["members"], weights=params.get("weights", "")),
+                       settings)
             self.scales = [{int(s): tuple(v[e.method]) for s, v in standardise.items()}
                            for e in entries]
         except KeyError as exc:

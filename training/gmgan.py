@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harken.agent.features import FeatureSpec
 from harken.common.errors import DataError, UsageError
 from harken.common.readers import read_arrays
 from harken.agent.model.rules.density import distances, local_densities
@@ -72,12 +73,18 @@ class GmganConfig(TrainConfig):
     jitter: Rate = 1e-6              # added to each covariance's diagonal
     score: Literal["latent", "energy", "latent-ldn"] = "latent"
     density_k: Count = 4                # latent-ldn: neighbours that measure local density
+    # the square patch's side: mels = window frames. 128 gives the frames of the default
+    # presets (128 mels), so that GMGAN can be a fusion member beside them (docs/export.md)
+    patch: Count = 64
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("channels", "latent", "mixtures", "density_k"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.patch < 8 or self.patch & (self.patch - 1):
+            raise UsageError(f"patch must be a power of two >= 8 (the encoder halves it down "
+                             f"to 4 x 4), got {self.patch}")
         if self.batch_size < 2 * self.mixtures:
             raise UsageError(f"batch_size ({self.batch_size}) is too small to estimate "
                              f"{self.mixtures} mixture components per batch")
@@ -90,6 +97,13 @@ class GmganMethod(ScoresEveryRule, TorchMethod):
     score_rules = ("latent", "energy", "latent-ldn")
     summary = "GMGAN: GANomaly compression network + GMM estimation network on the latent"
     score_chunk = 64
+
+    def __init__(self, config: GmganConfig | None = None, overrides: list[str] | None = None,
+                 spec: FeatureSpec | None = None) -> None:
+        super().__init__(config, overrides, spec)
+        if spec is None and self.config.patch != self.spec.n_mels:      # a run keeps its own
+            self.spec = self.spec.replace(n_mels=self.config.patch,
+                                          window_frames=self.config.patch)
 
     def architecture(self) -> dict:
         c = self.config
@@ -177,7 +191,8 @@ class GmganMethod(ScoresEveryRule, TorchMethod):
                  **{f"density_{s:02d}": d for s, d in self.code_density.items()})
         return self.save(run_dir, clips, hist, normal, {
             "normal_scores_from": "validation clips" if held_out is val_idx
-            else "all training clips (too few validation clips)"})
+            else "all training clips (too few validation clips)"},
+            held_out_clips=[clips[i] for i in held_out])
 
     def _fit_gmm(self, x: torch.Tensor) -> None:
         """The GMM over every training window's z (DAGMM fits the scoring GMM once, on the

@@ -178,3 +178,30 @@ def test_a_gmm_that_is_not_positive_definite_is_refused_when_the_bundle_opens(bu
     with pytest.raises(BundleError, match=r"manifest\.json: scoring\.sections\.00: array 'gmm_cov' "
                                           "holds a covariance that is not positive definite"):
         open_bundle(b)
+
+
+def test_gmgan_on_128_mel_patches_is_a_fusion_member_beside_spectral_knn(small_fan, tmp_path):
+    """``patch=128`` gives GMGAN the default presets' frames (128 mels), so one front end
+    serves both members of a fused bundle, which scores as the fusion run does."""
+    from harken.agent.model.factory import make_scorer
+    from harken.training.fusion import Fusion
+    run = tmp_path / "fusion"
+    make_method("fusion", ["members=spectral-knn,gmgan", *(f"gmgan.{s}" for s in TINY),
+                           "gmgan.patch=128"]).train(scan(small_fan, ["fan"], "train"), run,
+                                                     progress=False)
+    bundle = open_bundle(write_bundle(run, tmp_path / "bundle", small_fan, ExportOptions(
+        formats=("onnx",), precision="fp32", calibration_windows=200)))
+    assert bundle.is_fused and sorted(bundle.members) == ["gmgan", "spectral-knn"]
+    assert bundle.spec.n_mels == 128 and bundle.spec.spectrum
+    clips = scan(small_fan, ["fan"], "test")[::6]
+    feats = clip_features(clips, bundle.spec, progress=False)
+    scorers = {s: make_scorer(bundle, s, "onnx-fp32") for s in bundle.sections}
+    got = [scorers[c.section].score_logmel(f) for c, f in zip(clips, feats)]
+    np.testing.assert_allclose(got, Fusion.load(run).score(clips, progress=False), atol=1e-3)
+
+
+def test_a_patch_the_encoder_cannot_halve_to_four_is_refused():
+    from harken.common.errors import UsageError
+    with pytest.raises(UsageError, match="patch must be a power of two >= 8.*got 96"):
+        make_method("gmgan", ["patch=96"])
+    assert make_method("gmgan", ["patch=128"]).spec.window_frames == 128
