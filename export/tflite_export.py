@@ -295,7 +295,9 @@ def _group_norm(m: nn.GroupNorm) -> Callable:
         axes = [1, 2, 4] if groups > 1 else [1, 2, 3]
         mean = tf.reduce_mean(g, axis=axes, keepdims=True)
         centred = g - mean
-        var = tf.reduce_mean(tf.square(centred), axis=axes, keepdims=True)
+        # centred * centred, not tf.square: the converter fuses square(x - mean) into
+        # SQUARED_DIFFERENCE, whose int8 kernel lost most of the precision of GMGAN's codes
+        var = tf.reduce_mean(centred * centred, axis=axes, keepdims=True)
         y = centred * tf.math.rsqrt(var + eps)
         y = tf.reshape(y, [-1, h, w, c]) if groups > 1 else y
         return y * gamma + beta if gamma is not None else y

@@ -220,8 +220,8 @@ class Fusion:
         try:
             if entries is None or standardise is None:
                 raise KeyError("members" if entries is None else "standardise")
-            # the members' settings too (oevae's and aegan-ad's ``frames``); their runs fix
-            # their front ends, which those settings may have changed
+            # the members' settings too (oevae's and aegan-ad's ``frames``, gmgan's ``patch``);
+            # their runs fix their front ends, which those settings may have changed
             settings = [f"{m}.{o}" for m, os_ in (params.get("member_settings") or {}).items()
                         for o in os_]
             self = cls(FusionConfig(members=params["members"], weights=params.get("weights", "")),

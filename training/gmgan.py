@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harken.agent.features import FeatureSpec
 from harken.common.errors import DataError, UsageError
 from harken.common.readers import read_arrays
 from harken.agent.model.rules.density import distances, local_densities
@@ -40,12 +41,17 @@ from harken.training.config import Count, Rate, TrainConfig, Weight, between
 from harken.training.data.corpus import Clip
 from harken.training.aegan import square_patches
 from harken.training.data.windows import as_images, clip_features, stack_windows
-from harken.training.models.gmgan import Gmgan
+from harken.training.method import DeviceGraph
+from harken.training.models.gmgan import Gmgan, GmganDevice
 from harken.training.models.losses import gmm_covariance_penalty, gmm_energy, gmm_parameters
 from harken.training.runs import RunError, RunInfo
 from harken.training.torch_method import (MIN_HELD_OUT, ScoresEveryRule, TorchMethod, batched,
                                    load_array)
 from harken.training.trainer import check_finite, fit_steps
+
+
+# training score -> the agent rule that computes it on the device (agent/model/rules/gmgan.py)
+DEVICE_RULES = {"latent": "gmgan-latent", "energy": "gmm-energy", "latent-ldn": "latent-ldn"}
 
 
 @dataclass(frozen=True)
@@ -67,12 +73,18 @@ class GmganConfig(TrainConfig):
     jitter: Rate = 1e-6              # added to each covariance's diagonal
     score: Literal["latent", "energy", "latent-ldn"] = "latent"
     density_k: Count = 4                # latent-ldn: neighbours that measure local density
+    # the square patch's side: mels = window frames. 128 gives the frames of the default
+    # presets (128 mels), so that GMGAN can be a fusion member beside them (docs/export.md)
+    patch: Count = 64
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("channels", "latent", "mixtures", "density_k"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.patch < 8 or self.patch & (self.patch - 1):
+            raise UsageError(f"patch must be a power of two >= 8 (the encoder halves it down "
+                             f"to 4 x 4), got {self.patch}")
         if self.batch_size < 2 * self.mixtures:
             raise UsageError(f"batch_size ({self.batch_size}) is too small to estimate "
                              f"{self.mixtures} mixture components per batch")
@@ -85,6 +97,13 @@ class GmganMethod(ScoresEveryRule, TorchMethod):
     score_rules = ("latent", "energy", "latent-ldn")
     summary = "GMGAN: GANomaly compression network + GMM estimation network on the latent"
     score_chunk = 64
+
+    def __init__(self, config: GmganConfig | None = None, overrides: list[str] | None = None,
+                 spec: FeatureSpec | None = None) -> None:
+        super().__init__(config, overrides, spec)
+        if spec is None and self.config.patch != self.spec.n_mels:      # a run keeps its own
+            self.spec = self.spec.replace(n_mels=self.config.patch,
+                                          window_frames=self.config.patch)
 
     def architecture(self) -> dict:
         c = self.config
@@ -172,7 +191,8 @@ class GmganMethod(ScoresEveryRule, TorchMethod):
                  **{f"density_{s:02d}": d for s, d in self.code_density.items()})
         return self.save(run_dir, clips, hist, normal, {
             "normal_scores_from": "validation clips" if held_out is val_idx
-            else "all training clips (too few validation clips)"})
+            else "all training clips (too few validation clips)"},
+            held_out_clips=[clips[i] for i in held_out])
 
     def _fit_gmm(self, x: torch.Tensor) -> None:
         """The GMM over every training window's z (DAGMM fits the scoring GMM once, on the
@@ -254,3 +274,29 @@ class GmganMethod(ScoresEveryRule, TorchMethod):
         self.code_mean, self.code_std = bank["mean"], bank["std"]
         self.code_bank = {int(k[5:]): bank[k] for k in bank if k.startswith("bank_")}
         self.code_density = {int(k[8:]): bank[k] for k in bank if k.startswith("density_")}
+
+    # -- export (training/method.py's Exportable; docs/export.md "GMGAN") -----------------
+    def device_graph(self) -> DeviceGraph:
+        """Encoder only for ``energy`` and ``latent-ldn`` (they read z); the decoder and the
+        auxiliary encoder too for ``latent`` (it reads z and z' = G_e'(G_d(z)))."""
+        net = GmganDevice(self.model.eval(), aux=self.default_rule == "latent").eval()
+        return DeviceGraph(net, (1, 1, self.spec.n_mels, self.spec.window_frames), net.outputs)
+
+    def device_rule(self) -> str:
+        return DEVICE_RULES[self.default_rule]
+
+    def rule_arrays(self, section: int, rule: str | None = None) -> dict[str, np.ndarray]:
+        """What agent/model/rules/gmgan.py needs to score ``section`` with training score
+        ``rule`` (the run's default without one: export ships that)."""
+        rule = rule or self.default_rule
+        if rule == "latent":
+            return {}
+        if rule == "energy":
+            return {"gmm_phi": self.gmm["phi"].numpy(), "gmm_mu": self.gmm["mu"].numpy(),
+                    "gmm_cov": self.gmm["cov"].numpy(),
+                    "jitter": np.array([self.config.jitter], dtype=np.float64)}
+        if section not in self.code_bank:
+            raise DataError(f"section {section:02d} was not in the training data (trained "
+                            f"sections: {sorted(self.code_bank)})")
+        return {"code_mean": self.code_mean, "code_std": self.code_std,
+                "bank": self.code_bank[section], "bank_density": self.code_density[section]}

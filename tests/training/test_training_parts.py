@@ -159,7 +159,7 @@ def test_exportable_methods_name_an_agent_rule_and_give_its_arrays_and_graph():
     exportable = {n for n, c in METHODS.items() if issubclass(c, Exportable)}
     assert exportable == {"spectral-knn", "ae", "ae-mahalanobis", "ae-bu", "ae-snp",
                           "mobilenetv2", "mobilenetv2-dual", "contrastive",
-                          "mobilenetv2-dual-general", "oevae", "aegan-ad"}
+                          "mobilenetv2-dual-general", "oevae", "aegan-ad", "gmgan"}
     for name in exportable:
         assert make_method(name).device_rule() in RULES, name
     knn = make_method("spectral-knn", ["score=plain"])

@@ -47,3 +47,27 @@ class Gmgan(DbRange):
         recon = self.generator.decode(z)
         z_aux = self.aux_encoder(recon).flatten(1)
         return z, recon, z_aux, torch.softmax(self.estimator(z), dim=1)
+
+
+class GmganDevice(DbRange):
+    """What a device runs for GMGAN (docs/export.md "GMGAN"): dB patch -> the [-1, 1]
+    scaling -> ``latent`` z = G_e(x); with ``aux`` also ``latent_aux`` z' = G_e'(G_d(z)),
+    which only the ``latent`` score reads. The discriminator and the estimation network are
+    training only (the scoring GMM is fitted once after training and ships as arrays)."""
+
+    def __init__(self, net: Gmgan, aux: bool) -> None:
+        super().__init__(float(net.low), float(net.high))
+        self.encoder = net.generator.encoder
+        self.decoder = net.generator.decoder if aux else None
+        self.aux_encoder = net.aux_encoder if aux else None
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return ("latent", "latent_aux") if self.decoder is not None else ("latent",)
+
+    def forward(self, logmel_db: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        z = self.encoder(self.scale(logmel_db)).flatten(1)
+        if self.decoder is None:
+            return (z,)
+        z_aux = self.aux_encoder(self.decoder(z[:, :, None, None])).flatten(1)
+        return z, z_aux

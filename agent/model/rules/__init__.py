@@ -17,6 +17,8 @@ several, e.g. a latent code and its re-encoding, joined per window). Rules today
   segment kNN cosine distance per window, standardised and mixed; interval = mean.
 * ``aegan-<score>`` (aegan.py): AEGAN-AD's nine scores (x-*, z-*: a patch distance, interval
   = mean; d-maha, d-knn, d-lof: a distance of the interval's mean discriminator embedding).
+* ``gmgan-latent``, ``gmm-energy``, ``latent-ldn`` (gmgan.py): GMGAN's latent
+  re-encoding error, GMM energy (both window means) and the LDN distance of the mean code.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 # importing a rule's module registers it: a new rule is one module and one name here
 from harken.agent.model.rules.base import RuleError
 from harken.agent.model.rules import (mse, mahalanobis, logit, embedding,  # noqa: F401
-                                embedding_density, spectral_knn, oevae, aegan)
+                                embedding_density, spectral_knn, oevae, aegan, gmgan)
 from harken.agent.model.rules.base import REGISTRY, ScoreRule
 from harken.agent.model.rules.embedding import bank_distance, unit_embedding
 from harken.agent.model.rules.logit import section_log_odds, softmax
