@@ -763,8 +763,13 @@ def web_section(r: dict) -> list[str]:
     lines += [
         "", f"A page opened after an hour gets every machine's whole hour ({hour['buckets']} "
         f"buckets each): for {hour['machines']} machines a snapshot of "
-        f"{hour['snapshot_bytes'] / 2 ** 20:.1f} MB, built and encoded in "
-        f"{hour['snapshot_ms']:.0f} ms of CPU under the watcher's lock; the fleet with that "
+        f"{hour['snapshot_bytes'] / 2 ** 20:.1f} MB"
+        + (f" ({hour['snapshot_gzip_bytes'] / 2 ** 20:.2f} MB gzip, as browsers take it), "
+           f"built in {hour['snapshot_ms']:.0f} ms of CPU under the watcher's lock and encoded "
+           f"in {hour['encode_ms']:.0f} ms outside it (once for the pages that open in the same "
+           "second)" if "encode_ms" in hour else
+           f", built and encoded in {hour['snapshot_ms']:.0f} ms of CPU under the watcher's "
+           "lock") + "; the fleet with that "
         f"hour holds {hour['fleet_mb']:.1f} MB of Python memory (built in the bench's process "
         "through `Fleet.handle`, one score per bucket, and measured with tracemalloc)."]
     return lines
