@@ -2,7 +2,7 @@
 ``harken run`` on WAV files score as the training code does (fp32) and near it (int8); a
 tampered array or model, a truncated tarball and malformed rule arrays are refused in one
 line. The bundle is the shared test one (tests/conftest.py ``generative_bundle``: the tiny
-run, whose score ``auto`` picks d-lof)."""
+run with its score pinned to d-lof, harken/testkit/data.py GENERATIVE)."""
 
 from __future__ import annotations
 

@@ -183,7 +183,7 @@ def test_the_bundle_ships_the_latent_rule_and_both_outputs(gmgan):
     m = bundle.manifest.model_dump()
     assert m["outputs"] == ["latent", "latent_aux"]
     assert m["scoring"]["rule"] == "gmgan-latent" and m["scoring"]["training_score"] == "latent"
-    assert set(bundle.artifacts) == {"onnx-int8", "tflite-int8"}
+    assert {"onnx-int8", "tflite-int8"} <= set(bundle.artifacts)
 
 
 def _torch_scores(gmgan, path):

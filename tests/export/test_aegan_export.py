@@ -128,14 +128,27 @@ def test_d_lof_with_too_few_training_clips_is_refused_at_export(method, monkeypa
         method.rule_arrays(0, "d-lof")
 
 
-def test_bundle_carries_the_auto_choice_and_only_the_embedding(built):
+def test_an_auto_run_carries_its_choice_and_ships_the_rule_it_chose(small_fan, tmp_path):
+    """Which rule `auto` picks on a one-epoch run is float noise (it may differ between
+    machines); that the bundle ships the chosen one, with the record of the choice, is not."""
+    make_method("aegan-ad", ["epochs=1"]).train(scan(small_fan, ["fan"], "train"),
+                                                 tmp_path / "run", progress=False)
+    bundle = open_bundle(write_bundle(tmp_path / "run", tmp_path / "bundle", small_fan,
+                                      ExportOptions(formats=("onnx",), precision="fp32")))
+    scoring = bundle.manifest.model_dump()["scoring"]
+    chosen = scoring["choice"]["rule"]
+    assert chosen in RULES and set(scoring["choice"]["pseudo_anomaly_auc"]) == set(RULES)
+    assert bundle.rule_name == f"aegan-{chosen}" and scoring["training_score"] == chosen
+    family = {"x": ["reconstruction"], "z": ["latent", "latent_aux"], "d": ["embedding"]}
+    assert bundle.manifest.model_dump()["outputs"] == family[chosen[0]]
+
+
+def test_bundle_carries_its_rule_and_only_the_embedding(built):
     bundle = open_bundle(built[1])
     m = bundle.manifest.model_dump()
     assert set(bundle.artifacts) == {"onnx-fp32", "onnx-int8", "tflite-int8", "tflite-fp32"}
     assert m["outputs"] == ["embedding"] and bundle.rule_name == "aegan-d-lof"
-    scoring = m["scoring"]
-    assert scoring["training_score"] == "d-lof" and scoring["choice"]["rule"] == "d-lof"
-    assert set(scoring["choice"]["pseudo_anomaly_auc"]) == set(RULES)
+    assert m["scoring"]["training_score"] == "d-lof"
     assert bundle.artifacts["tflite-int8"].input_shape == (1, 128, 128, 1)
     fp32 = bundle.artifacts["onnx-fp32"].path.stat().st_size
     for kind in ("onnx-int8", "tflite-int8"):
