@@ -7,7 +7,6 @@ run with its score pinned to d-lof, harken/testkit/data.py GENERATIVE)."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -15,10 +14,11 @@ import numpy as np
 import pytest
 
 from harken.agent.cli import main as harken
-from harken.agent.model.bundle import BundleError, open_bundle, sha256_file
+from harken.agent.model.bundle import BundleError, open_bundle
 from harken.agent.model.rules import make_rule
 from harken.agent.model.rules.base import RuleError
 from harken.agent.sources.wavio import read_wav, write_wav
+from harken.testkit.bundles import array_of, copied, flip_byte, replace_array, truncated_tarball
 from harken.testkit.files import write_agent_config
 
 # its module-scoped fixtures are costly to build: under xdist one worker runs the whole file
@@ -95,38 +95,21 @@ def test_run_scores_each_interval_as_score_does(bundle, clips, tmp_path, capsys)
 
 # -- refusals ------------------------------------------------------------------------------
 
-def _copy(bundle, tmp_path):
-    target = tmp_path / "aegan"
-    shutil.copytree(bundle, target)
-    return target
-
-
 def test_tampered_array_and_model_are_refused_by_name(bundle, tmp_path):
-    b = _copy(bundle, tmp_path)
+    b = copied(bundle, tmp_path / "1" / "aegan")
     lrd = next((b / "arrays").glob("bank_lrd_*.npy"))
-    data = bytearray(lrd.read_bytes())
-    data[-3] ^= 0xFF
-    lrd.write_bytes(bytes(data))
+    flip_byte(lrd, -3)
     with pytest.raises(BundleError, match=rf"{lrd.name}: sha256 does not match"):
         open_bundle(b)
-    shutil.rmtree(b)
-    b = _copy(bundle, tmp_path)
-    model = b / "model.int8.tflite"
-    data = bytearray(model.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    model.write_bytes(bytes(data))
+    b = copied(bundle, tmp_path / "2" / "aegan")
+    flip_byte(b / "model.int8.tflite")
     with pytest.raises(BundleError, match=r"model\.int8\.tflite: sha256 does not match .*"
                                           r"artifacts\.tflite-int8\.sha256"):
         open_bundle(b)
 
 
 def test_a_truncated_tarball_is_refused_in_one_line(bundle, tmp_path):
-    import tarfile
-    whole = tmp_path / "aegan.tar.gz"
-    with tarfile.open(whole, "w:gz") as tar:
-        tar.add(bundle, arcname="aegan")
-    cut = tmp_path / "cut.tar.gz"
-    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+    whole, cut = truncated_tarball(bundle, tmp_path)
     with pytest.raises(BundleError, match=r"cut\.tar\.gz: cannot unpack: the tarball cannot "
                                           r"be read to its end"):
         open_bundle(cut)
@@ -137,13 +120,9 @@ def test_a_malformed_lof_array_with_a_matching_sha_is_refused_naming_the_section
         bundle, tmp_path, capsys):
     """A bank whose densities were written wrong (not tampered: the manifest agrees) would
     divide by zero at the first interval; the bundle is refused when its rule is made."""
-    b = _copy(bundle, tmp_path)
-    m = json.loads((b / "manifest.json").read_text())
-    name = m["scoring"]["sections"]["00"]["bank_lrd"]
-    path = b / m["arrays"][name]["path"]
-    np.save(path, np.zeros_like(np.load(path)), allow_pickle=False)
-    m["arrays"][name].update(size=path.stat().st_size, sha256=sha256_file(path))
-    (b / "manifest.json").write_text(json.dumps(m))
+    b = copied(bundle, tmp_path / "aegan")
+    name = json.loads((b / "manifest.json").read_text())["scoring"]["sections"]["00"]["bank_lrd"]
+    replace_array(b, name, np.zeros_like(array_of(b, name)))
     with pytest.raises(BundleError, match=r"scoring\.sections\.00: array 'bank_lrd' must be "
                                           r"above 0 everywhere"):
         open_bundle(b).rule(0)

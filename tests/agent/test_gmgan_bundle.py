@@ -5,7 +5,6 @@ malformed arrays when a bundle opens, and the tiny GMGAN bundle (tests/conftest.
 tampered with or cut short."""
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ from harken.common.errors import DataError
 from harken.agent.model.bundle import BundleError, open_bundle
 from harken.agent.model.rules import RuleError, make_rule, outputs_of
 from harken.agent.sources.wavio import read_wav, write_wav
+from harken.testkit.bundles import copied, flip_byte, truncated_tarball
 from harken.testkit.files import write_agent_config
 from tests import prebuilt
 
@@ -240,29 +240,16 @@ def test_harken_run_scores_each_interval_as_harken_score_does(gmgan, recording, 
 
 # -- tampered and truncated bundles ---------------------------------------------------------
 
-def _copy(gmgan, tmp_path):
-    target = tmp_path / "gmgan"
-    shutil.copytree(gmgan, target)
-    return target
-
-
 def test_a_tampered_artifact_is_refused_naming_its_sha(gmgan, tmp_path):
-    b = _copy(gmgan, tmp_path)
-    data = bytearray((b / "model.int8.tflite").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (b / "model.int8.tflite").write_bytes(bytes(data))
+    b = copied(gmgan, tmp_path / "gmgan")
+    flip_byte(b / "model.int8.tflite")
     with pytest.raises(BundleError, match=r"model\.int8\.tflite: sha256 does not match .*"
                                           r"artifacts\.tflite-int8\.sha256"):
         open_bundle(b)
 
 
 def test_a_truncated_tarball_is_one_line(gmgan, tmp_path):
-    import tarfile
-    tar = tmp_path / "gmgan.tar.gz"
-    with tarfile.open(tar, "w:gz") as t:
-        t.add(gmgan, arcname="gmgan")
-    cut = tmp_path / "cut.tar.gz"
-    cut.write_bytes(tar.read_bytes()[:tar.stat().st_size // 2])
+    _, cut = truncated_tarball(gmgan, tmp_path)
     with pytest.raises(BundleError, match=r"cut\.tar\.gz: cannot unpack: the tarball cannot "
                                           r"be read to its end \(truncated"):
         open_bundle(cut, extract_to=tmp_path / "unpacked")

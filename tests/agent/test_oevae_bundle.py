@@ -3,10 +3,7 @@ prebuilt bundle): `harken score` and `harken run` on a WAV, the rule reading bot
 the order the scorer joins them, and the refusals of a bundle that was tampered with, cut
 short in transfer, or whose arrays would score nonsense (docs/export.md "OEVAE")."""
 
-import hashlib
 import json
-import shutil
-import tarfile
 
 import numpy as np
 import pytest
@@ -17,6 +14,7 @@ from harken.agent.model.bundle import BundleError, open_bundle
 from harken.agent.model.scorer import BundleScorer, model_input
 from harken.agent.sources.dc import DCRemover
 from harken.agent.sources.wavio import read_wav, write_wav
+from harken.testkit.bundles import array_of, copied, flip_byte, replace_array, truncated_tarball
 from harken.testkit.files import write_agent_config
 
 pytestmark = pytest.mark.xdist_group("test_oevae_bundle")
@@ -86,48 +84,20 @@ def test_score_and_run_give_the_rule_s_score_of_each_interval(bundle, wav, artif
 
 # -- refusals ------------------------------------------------------------------------------
 
-def _copy(bundle, tmp_path):
-    target = tmp_path / "oevae"
-    shutil.copytree(bundle, target)
-    return target
-
-
-def _replace_array(b, name: str, value: np.ndarray) -> None:
-    """A new array file with its manifest entry updated to match (sha and size): a
-    bundle built wrong, not one damaged in transfer."""
-    m = json.loads((b / "manifest.json").read_text())
-    path = b / m["arrays"][name]["path"]
-    with open(path, "wb") as f:
-        np.save(f, value)
-    raw = path.read_bytes()
-    m["arrays"][name].update(size=len(raw), sha256=hashlib.sha256(raw).hexdigest())
-    (b / "manifest.json").write_text(json.dumps(m))
-
-
 def test_a_tampered_artifact_or_array_is_refused_by_name(bundle, tmp_path):
-    b = _copy(bundle, tmp_path)
-    model = bytearray((b / "model.int8.tflite").read_bytes())
-    model[len(model) // 2] ^= 0xFF
-    (b / "model.int8.tflite").write_bytes(bytes(model))
+    b = copied(bundle, tmp_path / "1" / "oevae")
+    flip_byte(b / "model.int8.tflite")
     with pytest.raises(BundleError, match=r"model\.int8\.tflite: sha256 does not match .*"
                                           r"artifacts\.tflite-int8\.sha256'"):
         open_bundle(b)
-    b = _copy(bundle, tmp_path / "2")
-    m = json.loads((b / "manifest.json").read_text())
-    bank = b / m["arrays"]["bank_00"]["path"]
-    raw = bytearray(bank.read_bytes())
-    raw[-3] ^= 0x10
-    bank.write_bytes(bytes(raw))
+    b = copied(bundle, tmp_path / "2" / "oevae")
+    flip_byte(b / json.loads((b / "manifest.json").read_text())["arrays"]["bank_00"]["path"], -3)
     with pytest.raises(BundleError, match=r"sha256 does not match .*arrays\.bank_00\.sha256'"):
         open_bundle(b)
 
 
 def test_a_truncated_tarball_is_refused_in_one_line(bundle, tmp_path, capsys):
-    with tarfile.open(tmp_path / "oevae.tar.gz", "w:gz") as tar:
-        tar.add(bundle, arcname="oevae")
-    whole = (tmp_path / "oevae.tar.gz").read_bytes()
-    cut = tmp_path / "cut.tar.gz"
-    cut.write_bytes(whole[:len(whole) // 2])
+    _, cut = truncated_tarball(bundle, tmp_path)
     with pytest.raises(BundleError, match=r"cut\.tar\.gz: cannot unpack: the tarball cannot "
                                           r"be read to its end \(truncated"):
         open_bundle(cut, extract_to=tmp_path / "out")
@@ -149,9 +119,8 @@ def test_a_truncated_tarball_is_refused_in_one_line(bundle, tmp_path, capsys):
 ])
 def test_arrays_that_would_score_nonsense_are_refused_naming_the_array(bundle, tmp_path, name,
                                                                        value, message):
-    b = _copy(bundle, tmp_path)
-    m = json.loads((b / "manifest.json").read_text())
-    _replace_array(b, name, value(np.load(b / m["arrays"][name]["path"])))
+    b = copied(bundle, tmp_path / "oevae")
+    replace_array(b, name, value(array_of(b, name)))
     if message is None:
         with pytest.raises(BundleError, match=r"an embedding of 128 and a latent of 57"):
             BundleScorer(open_bundle(b), 0, "onnx-int8")

@@ -242,6 +242,20 @@ def get(srv, path: str, host: str | None = None, method: str = "GET"):
     return r, body, c
 
 
+def raw_answer(srv, request: bytes) -> bytes:
+    """The head of the server's answer to ``request`` sent as raw bytes."""
+    import socket
+    with socket.create_connection(srv.server_address[:2], timeout=30) as s:
+        s.sendall(request)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    return head
+
+
 def test_every_answer_carries_a_strict_content_security_policy(served):
     for path in ("/", "/app.js", "/app.css", "/fleet.json", "/nothing"):
         r, body, c = get(served, path)
@@ -531,17 +545,9 @@ def test_a_host_header_that_is_no_host_is_refused(served, host):
 
 
 def test_the_servers_own_error_pages_carry_the_policy_too(served):
-    import socket
-    s = socket.create_connection(served.server_address[:2], timeout=30)
     # more than http.server's 100 headers: its own 431 page
-    s.sendall(b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(120)) + b"\r\n")
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-    s.close()
+    head = raw_answer(served, b"GET / HTTP/1.1\r\n" +
+                      b"".join(b"X-%d: 1\r\n" % i for i in range(120)) + b"\r\n")
     assert head.startswith(b"HTTP/1.") and b" 431 " in head.split(b"\r\n")[0]
     assert b"Content-Security-Policy: default-src 'none'" in head
 
@@ -724,14 +730,5 @@ def test_gzip_refused_with_q_0_is_not_sent_and_fleet_json_is_compressed_where_ta
 
 
 def test_a_request_line_that_is_no_http_gets_headers_and_the_policy(served):
-    import socket
-    s = socket.create_connection(served.server_address[:2], timeout=30)
-    s.sendall(b"GARBAGE\r\n\r\n")
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-    s.close()
+    head = raw_answer(served, b"GARBAGE\r\n\r\n")
     assert head.startswith(b"HTTP/1.") and b"Content-Security-Policy" in head
