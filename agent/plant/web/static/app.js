@@ -177,9 +177,11 @@ function card(row, width) {
   const since = lastAnomaly(row);     // said in words too: a phone has no hover
   if (since !== null) {
     const edge = since <= now() - fleet.window + fleet.window / 180;   // began before the hour
+    // the oldest bucket this watcher holds: it may have begun before the watcher heard it
+    const first = since === row.points[0][0] ? "at least " : "";
     const text = row.state === "anomaly"
-      ? (edge ? " · anomalous for over an hour" : " · anomalous since " + clock(since))
-      : " · last anomaly from " + (edge ? "before this hour" : clock(since));
+      ? (edge ? " · anomalous for over an hour" : " · anomalous since " + first + clock(since))
+      : " · last anomaly from " + (edge ? "before this hour" : first + clock(since));
     fig.append(el("span", "since", text));
   }
   // a chart is drawn again when its row changed, else every 10 s (the hour scrolls by a
