@@ -247,8 +247,10 @@ def main() -> None:
         else:
             model, artifact = args.model, ARTIFACTS[args.model]
             bundle = bundles([model])[model]
-        figures = {"model": model, "label": label, "artifact": artifact, "threads": 1,
-                   **speed(bundle, artifact, args.hour_s, args.realtime_s)}
+        opened = open_bundle(bundle)      # the score rule after the graph, as the report says
+        rule = "fusion" if opened.is_fused else opened.rule_name
+        figures = {"model": model, "label": label, "artifact": artifact, "rule": rule,
+                   "threads": 1, **speed(bundle, artifact, args.hour_s, args.realtime_s)}
         name = "agent" if label is None else f"agent-{label}"
         print(f"wrote {record(name, command, figures)}")
     if "detect" in args.parts:

@@ -93,7 +93,14 @@ def scorers_section(r: dict) -> list[str]:
              f"window, {r['threads']} thread, {r['repeats']} calls after a warm-up, every "
              "artifact through the agent's own backend (agent/model/backends.py); torch fp32 is the "
              "BN-folded module the export starts from. CPU share = median x windows per second "
-             "of audio at the model's default hop (AE: every frame, MobileNetV2: every 8th).",
+             "of audio at the model's default hop (AE: every frame, MobileNetV2: every 8th; the "
+             "generative detectors at their presets' own hops, the column windows / audio s). "
+             "A generative bundle's row is its graph's call; the numpy rule after it (the one "
+             "its end-to-end section below names) is not in it, and is in that section's CPU. "
+             "aegan-ad, gmgan and oevae are trained for seconds with the tests' settings "
+             "(harken/testkit/data.py GENERATIVE; aegan-ad's score pinned to d-lof; oevae "
+             "against a tiny valve corpus as outliers); latency does not depend on how well "
+             "they are trained.",
              ""] + table(
         ["model", "artifact", "median ms", "p99 ms", "file bytes", "windows / audio s",
          "CPU % of one core"],
@@ -109,7 +116,11 @@ def scorers_section(r: dict) -> list[str]:
                                                    "tflite-int8"))]
     lines += ["", "int8 speed-up over fp32 of the same runtime (median; below 1 = int8 is "
               "slower on this CPU): " + "; ".join(speedups) + ". int8's gain on a device is "
-              "memory and file size first; its speed depends on the CPU's int8 instructions."]
+              "memory and file size first; its speed depends on the CPU's int8 instructions.", "",
+              "No Raspberry Pi 4 figure: emulated arm64 timing (scripts/arm64-check) says nothing "
+              "about a real Pi's speed, and an estimate from counted instructions would still need "
+              "the Cortex-A72's instructions per cycle for these kernels, which nobody here has "
+              "measured; a factor from this CPU would be invented, so none is given."]
     return lines
 
 
@@ -124,7 +135,8 @@ def agent_section(r: dict) -> list[str]:
     return [
         heading, "",
         f"`{r['command']}` ({r['when']}): `harken run` with the {r['model']} bundle as "
-        f"{r['artifact']}, {r['threads']} thread, on the bench corpus's fan audio.", "",
+        f"{r['artifact']}" + (f" (score rule `{r['rule']}`)" if "rule" in r else "")
+        + f", {r['threads']} thread, on the bench corpus's fan audio.", "",
         f"As fast as possible, {f['audio_s'] / 3600:g} h WAV file, no MQTT: "
         f"**{f['x_real_time']:.0f}x real time** ({f['wall_s']:.1f} s wall including start-up, "
         f"{f['intervals']} report intervals), peak RSS {f['peak_rss_mb']:.0f} MB (the file is "
