@@ -249,8 +249,11 @@ def main() -> None:
             bundle = bundles([model])[model]
         opened = open_bundle(bundle)      # the score rule after the graph, as the report says
         rule = "fusion" if opened.is_fused else opened.rule_name
+        spec = opened.spec                # a fused bundle's is its members' shared front end
+        window_s = spec.window_frames * spec.hop_length / spec.sample_rate   # audio per window
         figures = {"model": model, "label": label, "artifact": artifact, "rule": rule,
-                   "threads": 1, **speed(bundle, artifact, args.hour_s, args.realtime_s)}
+                   "window_s": window_s, "threads": 1,
+                   **speed(bundle, artifact, args.hour_s, args.realtime_s)}
         name = "agent" if label is None else f"agent-{label}"
         print(f"wrote {record(name, command, figures)}")
     if "detect" in args.parts:

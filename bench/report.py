@@ -128,6 +128,19 @@ def met(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
+def _unscored_intervals(r: dict) -> list[str]:
+    """A sentence where the real-time run scored fewer intervals than its pace gives: a
+    bundle whose window is longer than the report interval (AEGAN-AD's patch)."""
+    rt = r["realtime"]
+    stats = rt["stats_example"]
+    paced = stats["uptime_s"] / rt["interval_s"]
+    if "window_s" not in r or stats["intervals"] >= 0.9 * paced:
+        return []
+    return [f"The last stats record's {stats['uptime_s']:g} s held {stats['intervals']} scored "
+            f"intervals, not {paced:.0f}: this bundle's window is {r['window_s']:.2f} s of "
+            f"audio, longer than a {rt['interval_s']:g}-s interval.", ""]
+
+
 def agent_section(r: dict) -> list[str]:
     f, rt, t, ok = r["fast"], r["realtime"], r["targets"], r["met"]
     heading = "## Agent end to end" + ("" if r["model"] == "spectral-knn"
@@ -148,6 +161,7 @@ def agent_section(r: dict) -> list[str]:
         f"(every {rt['stats_s']} s), peak RSS as VmHWM; publish latency from the arrival of "
         "the audio that completes an interval to the broker's PUBACK of its score, as the "
         "agent measures it (the p99 is the largest of the per-record p99s, an upper bound).", "",
+        *_unscored_intervals(r),
         "| figure | measured | target | |", "|---|---|---|---|",
         f"| CPU, % of one core (median of records) | {rt['cpu_percent_median']:.2f} "
         f"(max {rt['cpu_percent_max']:.2f}) | < {t['cpu_percent']:g} | {met(ok['cpu_percent'])} |",
