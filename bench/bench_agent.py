@@ -1,7 +1,8 @@
 """The agent end to end, as a user runs it: `harken run` with the default detector's bundle
 (spectral-knn, float TFLite; `--model mobilenetv2-0.5` for the int8 MobileNetV2,
 `--model mobilenetv2-dual-0.5` for the int8 dual-input network, `--model fusion` for
-spectral-knn fused with the int8 AE, bench/_models.py; or any exported bundle with
+spectral-knn fused with the int8 AE, `--model aegan-ad`, `gmgan` or `oevae` for a generative
+detector's int8 bundle, bench/_models.py; or any exported bundle with
 `--bundle`), one thread.
 
 1. As fast as possible: a one-hour WAV file (the bench corpus's fan clips, looped), no
