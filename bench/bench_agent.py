@@ -1,7 +1,8 @@
 """The agent end to end, as a user runs it: `harken run` with the default detector's bundle
 (spectral-knn, float TFLite; `--model mobilenetv2-0.5` for the int8 MobileNetV2,
 `--model mobilenetv2-dual-0.5` for the int8 dual-input network, `--model fusion` for
-spectral-knn fused with the int8 AE, bench/_models.py; or any exported bundle with
+spectral-knn fused with the int8 AE, `--model aegan-ad`, `gmgan` or `oevae` for a generative
+detector's int8 bundle, bench/_models.py; or any exported bundle with
 `--bundle`), one thread.
 
 1. As fast as possible: a one-hour WAV file (the bench corpus's fan clips, looped), no
@@ -247,7 +248,12 @@ def main() -> None:
         else:
             model, artifact = args.model, ARTIFACTS[args.model]
             bundle = bundles([model])[model]
-        figures = {"model": model, "label": label, "artifact": artifact, "threads": 1,
+        opened = open_bundle(bundle)      # the score rule after the graph, as the report says
+        rule = "fusion" if opened.is_fused else opened.rule_name
+        spec = opened.spec                # a fused bundle's is its members' shared front end
+        window_s = spec.window_frames * spec.hop_length / spec.sample_rate   # audio per window
+        figures = {"model": model, "label": label, "artifact": artifact, "rule": rule,
+                   "window_s": window_s, "threads": 1,
                    **speed(bundle, artifact, args.hour_s, args.realtime_s)}
         name = "agent" if label is None else f"agent-{label}"
         print(f"wrote {record(name, command, figures)}")

@@ -1,7 +1,10 @@
 """Scorer latency per window at one thread, for every model the device can run, in one run:
 the dense AE and MobileNetV2 at widths 0.35 / 0.5 / 1.0 as torch fp32, ONNX fp32, ONNX int8,
-TFLite int8 (and fp32), through the agent's own backends; and the MLPerf Tiny reference
-anomaly-detection models (tests/data/peers) wrapped as bundles.
+TFLite int8 (and fp32), through the agent's own backends; spectral-knn's float graph, the
+dual-input MobileNetV2, the generative detectors' device graphs (AEGAN-AD, GMGAN, OEVAE:
+the graph's call only, not the numpy rule after it); and the MLPerf Tiny reference
+anomaly-detection models (tests/data/peers) wrapped as bundles. A fused bundle has no graph
+of its own (its members are rows here or are timed end to end by bench_agent.py).
 Also file sizes and the real-time factor: CPU seconds per second of audio at the default hop.
 
 The models are trained for one short epoch on a small synthetic corpus in bench/.cache and
@@ -52,18 +55,21 @@ def torch_latency(run_dir: Path, x: np.ndarray, repeats: int) -> tuple[float, fl
         return percentiles(lambda: graph.module(t), repeats)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=300)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     rows = []
     for name, path in bundles().items():
         bundle = open_bundle(path)
+        if bundle.is_fused:   # its members are models of their own; bench_agent's fusion record
+            print(f"{name}: a fused bundle, timed end to end by bench_agent.py --model {name}")
+            continue
         spec = bundle.spec
         # a real-shaped window of log-mel values in the range the model was calibrated on
-        logmel = rng.normal(-40, 10, size=(spec.window_frames + 8, spec.n_mels)).astype(np.float32)
+        logmel = rng.normal(-40, 10, size=(spec.window_frames + 8, spec.n_features)).astype(np.float32)
         window = windows(logmel, spec)[0]
         per_second = spec.sample_rate / spec.hop_length / spec.window_hop   # windows per s
         arts = {}

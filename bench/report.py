@@ -93,7 +93,14 @@ def scorers_section(r: dict) -> list[str]:
              f"window, {r['threads']} thread, {r['repeats']} calls after a warm-up, every "
              "artifact through the agent's own backend (agent/model/backends.py); torch fp32 is the "
              "BN-folded module the export starts from. CPU share = median x windows per second "
-             "of audio at the model's default hop (AE: every frame, MobileNetV2: every 8th).",
+             "of audio at the model's default hop (AE: every frame, MobileNetV2: every 8th; the "
+             "generative detectors at their presets' own hops, the column windows / audio s). "
+             "A generative bundle's row is its graph's call; the numpy rule after it (the one "
+             "its end-to-end section below names) is not in it, and is in that section's CPU. "
+             "aegan-ad, gmgan and oevae are trained for seconds with the tests' settings "
+             "(harken/testkit/data.py GENERATIVE; aegan-ad's score pinned to d-lof; oevae "
+             "against a tiny valve corpus as outliers); latency does not depend on how well "
+             "they are trained.",
              ""] + table(
         ["model", "artifact", "median ms", "p99 ms", "file bytes", "windows / audio s",
          "CPU % of one core"],
@@ -109,12 +116,29 @@ def scorers_section(r: dict) -> list[str]:
                                                    "tflite-int8"))]
     lines += ["", "int8 speed-up over fp32 of the same runtime (median; below 1 = int8 is "
               "slower on this CPU): " + "; ".join(speedups) + ". int8's gain on a device is "
-              "memory and file size first; its speed depends on the CPU's int8 instructions."]
+              "memory and file size first; its speed depends on the CPU's int8 instructions.", "",
+              "No Raspberry Pi 4 figure: emulated arm64 timing (scripts/arm64-check) says nothing "
+              "about a real Pi's speed, and an estimate from counted instructions would still need "
+              "the Cortex-A72's instructions per cycle for these kernels, which nobody here has "
+              "measured; a factor from this CPU would be invented, so none is given."]
     return lines
 
 
 def met(ok: bool) -> str:
     return "met" if ok else "**missed**"
+
+
+def _unscored_intervals(r: dict) -> list[str]:
+    """A sentence where the real-time run scored fewer intervals than its pace gives: a
+    bundle whose window is longer than the report interval (AEGAN-AD's patch)."""
+    rt = r["realtime"]
+    stats = rt["stats_example"]
+    paced = stats["uptime_s"] / rt["interval_s"]
+    if "window_s" not in r or stats["intervals"] >= 0.9 * paced:
+        return []
+    return [f"The last stats record's {stats['uptime_s']:g} s held {stats['intervals']} scored "
+            f"intervals, not {paced:.0f}: this bundle's window is {r['window_s']:.2f} s of "
+            f"audio, longer than a {rt['interval_s']:g}-s interval.", ""]
 
 
 def agent_section(r: dict) -> list[str]:
@@ -124,7 +148,8 @@ def agent_section(r: dict) -> list[str]:
     return [
         heading, "",
         f"`{r['command']}` ({r['when']}): `harken run` with the {r['model']} bundle as "
-        f"{r['artifact']}, {r['threads']} thread, on the bench corpus's fan audio.", "",
+        f"{r['artifact']}" + (f" (score rule `{r['rule']}`)" if "rule" in r else "")
+        + f", {r['threads']} thread, on the bench corpus's fan audio.", "",
         f"As fast as possible, {f['audio_s'] / 3600:g} h WAV file, no MQTT: "
         f"**{f['x_real_time']:.0f}x real time** ({f['wall_s']:.1f} s wall including start-up, "
         f"{f['intervals']} report intervals), peak RSS {f['peak_rss_mb']:.0f} MB (the file is "
@@ -136,6 +161,7 @@ def agent_section(r: dict) -> list[str]:
         f"(every {rt['stats_s']} s), peak RSS as VmHWM; publish latency from the arrival of "
         "the audio that completes an interval to the broker's PUBACK of its score, as the "
         "agent measures it (the p99 is the largest of the per-record p99s, an upper bound).", "",
+        *_unscored_intervals(r),
         "| figure | measured | target | |", "|---|---|---|---|",
         f"| CPU, % of one core (median of records) | {rt['cpu_percent_median']:.2f} "
         f"(max {rt['cpu_percent_max']:.2f}) | < {t['cpu_percent']:g} | {met(ok['cpu_percent'])} |",
