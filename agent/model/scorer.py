@@ -15,6 +15,7 @@ from harken.agent.model.bank import BankManifest
 from harken.agent.model.bundle import Artifact, Bundle, BundleError
 from harken.agent.features import windows
 from harken.agent.model.rules import ScoreRule
+from harken.common.errors import HarkenError
 
 
 def model_input(window: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -26,15 +27,25 @@ def model_input(window: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(window.T, dtype=np.float32).reshape(shape)
 
 
-def probe(backend: Backend, artifact: Artifact, output: str) -> int:
-    """The number of values ``output`` has per window, from one run of the model on a
-    window of zeros: what the model file really gives, whatever its metadata says (a
-    dynamic axis, a re-exported model), learnt before the first interval."""
+def probe_run(backend: Backend, artifact: Artifact) -> dict[str, np.ndarray]:
+    """The model's outputs on a window of zeros: what the model file really gives, whatever
+    its metadata says (a dynamic axis, a re-exported model), learnt before the first
+    interval; a model that fails on the manifest's input shape is refused naming its file."""
     try:
-        got = backend.run(np.zeros(artifact.input_shape, np.float32))
+        return backend.run(np.zeros(artifact.input_shape, np.float32))
     except Exception as exc:      # noqa: BLE001 - each runtime raises its own types
         raise BundleError(f"{artifact.path}: the model fails on an input of the manifest's "
                           f"shape {list(artifact.input_shape)} ({exc})") from None
+
+
+def probe(backend: Backend, artifact: Artifact, output: str) -> int:
+    """The number of values ``output`` has per window, from one run of the model on a
+    window of zeros (``probe_run``)."""
+    return output_width(probe_run(backend, artifact), artifact, output)
+
+
+def output_width(got: dict[str, np.ndarray], artifact: Artifact, output: str) -> int:
+    """Values per window of ``output`` in one model run; a model without it is refused."""
     if output not in got:
         raise BundleError(f"{artifact.path}: gives no '{output}' output (it gives "
                           f"{sorted(got)})")
@@ -51,19 +62,49 @@ def joined_output(got: dict[str, np.ndarray], names: tuple[str, ...]) -> np.ndar
 
 
 def check_outputs(backend: Backend, artifact: Artifact, rule: ScoreRule) -> None:
-    """Refuse, naming the model file, a model whose output is not as wide as the rule's
+    """Refuse, naming the model file, a model whose outputs are not as wide as the rule's
     arrays need (an embedding of 64 values against a bank of 128-value rows would raise at
-    the first interval, a reconstruction of the wrong width would broadcast into nonsense).
-    A rule that reads several outputs is checked on their total width."""
+    the first interval, a reconstruction of the wrong width would broadcast into nonsense),
+    then one whose probe window scores NaN or infinity with the rule's arrays
+    (``check_probe_score``). A rule that reads several outputs is checked on each one's
+    width (``ScoreRule.check_model_outputs``): a total alone let a latent of 14 values and
+    a re-encoding of 18 through, or a manifest whose outputs were swapped."""
     names = rule.model_outputs()
-    width = sum(probe(backend, artifact, n) for n in names)
-    problem = rule.check_model(int(np.prod(artifact.input_shape)), width)
+    got = probe_run(backend, artifact)
+    widths = tuple(output_width(got, artifact, n) for n in names)
+    input_width = int(np.prod(artifact.input_shape))
+    problem = rule.check_model_outputs(input_width, widths)
     if problem:
-        said = f"output '{names[0]}' has" if len(names) == 1 else \
-            f"outputs {list(names)} have together"
-        raise BundleError(f"{artifact.path}: {said} {width} values per "
-                          f"window, but score rule '{rule.name}' with this bundle's arrays "
-                          f"needs {problem} (manifest 'artifacts.{artifact.kind}')")
+        said = f"output '{names[0]}' has {widths[0]} values" if len(names) == 1 else \
+            "outputs " + ", ".join(f"'{n}' {w}" for n, w in zip(names, widths)) + " values"
+        raise BundleError(f"{artifact.path}: {said} per window, but score rule "
+                          f"'{rule.name}' with this bundle's arrays needs {problem} "
+                          f"(manifest 'artifacts.{artifact.kind}')")
+    x = np.zeros((1, input_width), np.float32)
+    check_probe_score(rule, x, joined_output(got, names).reshape(1, -1), artifact)
+
+
+def check_probe_score(rule: ScoreRule, inputs: np.ndarray, output: np.ndarray,
+                      artifact: Artifact) -> None:
+    """Refuse a bundle whose arrays give a non-finite score on the probe window. Arrays
+    that are each finite can still overflow together (a mean of 1e300, a std of 1e-320,
+    a dB range of +-1e308): every interval would then be "not scored" with no error, so
+    the rule's own arithmetic is run once on the probe's output when the bundle opens
+    (docs/export.md "Refusals"). One window: the cost of one interval's evidence."""
+    with np.errstate(all="ignore"):
+        try:
+            score = rule.reduce(rule.evidence(inputs, output))
+        except HarkenError:       # the rule declines this window (nothing to judge on)
+            return
+        except (ArithmeticError, ValueError) as exc:
+            score, why = float("nan"), f" ({exc})"
+        else:
+            why = ""
+    if not np.isfinite(score):
+        hint = rule.overflowing_array()
+        raise BundleError(f"{artifact.path.parent}: the bundle's arrays give a non-finite score on a probe window: "
+                          f"score rule '{rule.name}'{why}"
+                          + (f", array '{hint}' is the likely cause" if hint else ""))
 
 
 class Scorer(Protocol):

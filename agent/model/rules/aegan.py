@@ -17,7 +17,8 @@ scaled space (the dB patch mapped to [-1, 1] with the run's range, then clamped)
   reachability density ``bank_lrd``, ``k``: scikit-learn's LocalOutlierFactor in numpy).
 
 numpy only (the device has no torch or scikit-learn); each interval costs one pass over a
-bank of a few hundred rows at most.
+bank of at most ``MAX_BANK_ROWS`` rows (``MAX_LOF_ROWS`` for the local outlier factor,
+whose bank's densities are recomputed when the bundle opens).
 """
 
 from __future__ import annotations
@@ -27,9 +28,15 @@ from typing import ClassVar
 import numpy as np
 
 from harken.agent.model.rules.base import RuleError, ScoreRule, register
+from harken.agent.model.rules.density import distances
 from harken.agent.model.rules.mahalanobis import mahalanobis
 
 METRICS = ("l1", "l2", "cos")
+
+# aegan-d-lof's bank holds one row per training clip of the section (about a thousand in a
+# DCASE section); its k-distances and densities are recomputed from it when the bundle
+# opens, an n x n distance matrix in blocks: 5 000 rows keep that to seconds on a Pi.
+MAX_LOF_ROWS = 5_000
 
 
 def scaled(db: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -62,7 +69,9 @@ def local_outlier_factor(points: np.ndarray, bank: np.ndarray, kdist: np.ndarray
     ``LocalOutlierFactor(novelty=True).score_samples`` gives, negated."""
     pts = np.atleast_2d(np.asarray(points, dtype=np.float64))
     bank = np.asarray(bank, dtype=np.float64)
-    d = np.sqrt(((pts[:, None, :] - bank[None, :, :]) ** 2).sum(axis=2))
+    # one point at a time: a (bank, width) difference, never (points, bank, width); the
+    # exact differences (not dot products) keep ties and duplicates as scikit-learn has them
+    d = np.stack([np.sqrt(((bank - p) ** 2).sum(axis=1)) for p in pts])
     nbr = np.argsort(d, axis=1, kind="stable")[:, :k]
     reach = np.maximum(np.take_along_axis(d, nbr, axis=1), np.asarray(kdist)[nbr])
     own = 1.0 / (reach.mean(axis=1) + 1e-10)
@@ -108,6 +117,12 @@ class AeganZRule(_MeanOfWindows):
 
     def check_model(self, input_width: int, output_width: int) -> str | None:
         if output_width < 2 or output_width % 2:
+            return "a latent code and its re-encoding of equal width"
+        return None
+
+    def check_model_outputs(self, input_width: int, widths: tuple[int, ...]) -> str | None:
+        # evidence splits the joined outputs at half: the two must be equally wide
+        if len(widths) != 2 or widths[0] < 1 or widths[0] != widths[1]:
             return "a latent code and its re-encoding of equal width"
         return None
 
@@ -168,7 +183,7 @@ class AeganEmbeddingRule(ScoreRule):
         k = int(a[0])
         if a.dtype.kind not in "iu" or not 1 <= k <= limit:
             raise RuleError(f"array '{name}' must be one integer from 1 to {limit} (the bank "
-                            f"has {rows} rows); got {a[0]!r}")
+                            f"has {rows} rows); got {a[0].item()!r} ({a.dtype})")
         return k
 
 
@@ -184,6 +199,21 @@ class AeganDMaha(AeganEmbeddingRule):
         if shape != (e, e):
             raise RuleError(f"array 'precision' has shape {list(shape)}; expected {[e, e]} "
                             f"(the width of array 'location')")
+        # a precision that is not a covariance's inverse makes the squared distance
+        # negative or zero for every embedding (clamped to 0: a bundle that never alarms)
+        p = np.asarray(self.arrays["precision"], dtype=np.float64)
+        top = float(np.abs(p).max())
+        if top == 0.0:
+            raise RuleError("array 'precision' is all zeros; expected the inverse of the "
+                            "section's embedding covariance")
+        if not np.allclose(p, p.T, rtol=1e-6, atol=1e-9 * top):
+            raise RuleError("array 'precision' is not symmetric; expected the inverse of the "
+                            "section's embedding covariance")
+        low = float(np.linalg.eigvalsh((p + p.T) / 2).min())
+        if low < -1e-6 * top:
+            raise RuleError(f"array 'precision' is not positive semi-definite (an eigenvalue "
+                            f"of {low:g}); expected the inverse of the section's embedding "
+                            f"covariance")
 
     def combine(self, evidence: np.ndarray) -> float:
         a = self.arrays
@@ -197,8 +227,17 @@ class AeganDKnn(AeganEmbeddingRule):
     width_from = "unit_bank"
 
     def validate(self) -> None:
-        n, _ = self.shape_of("unit_bank", 2)
+        n, _ = self.bank_shape("unit_bank")
         self.neighbours("k", n, n)
+        # cosine distances to rows that are not unit length are not distances: a zero bank
+        # scores every interval 1.0, a huge one always "normal" (oevae.py checks the same)
+        with np.errstate(over="ignore"):
+            norms = np.linalg.norm(np.asarray(self.arrays["unit_bank"], dtype=np.float64),
+                                   axis=1)
+        if np.abs(norms - 1.0).max() > 1e-3:
+            raise RuleError(f"array 'unit_bank' holds rows that are not of unit length (norms "
+                            f"from {norms.min():g} to {norms.max():g}; the training clips' unit "
+                            f"embeddings are expected)")
 
     def combine(self, evidence: np.ndarray) -> float:
         e = evidence.mean(axis=0)
@@ -215,7 +254,7 @@ class AeganDLof(AeganEmbeddingRule):
     width_from = "bank"
 
     def validate(self) -> None:
-        n, _ = self.shape_of("bank", 2)
+        n, _ = self.bank_shape("bank", MAX_LOF_ROWS)
         if n < 3:
             raise RuleError(f"array 'bank' has {n} rows; the local outlier factor needs at "
                             f"least 3")
@@ -224,7 +263,45 @@ class AeganDLof(AeganEmbeddingRule):
         self.positive("bank_lrd")
         if (np.asarray(self.arrays["bank_kdist"]) < 0).any():
             raise RuleError("array 'bank_kdist' holds a negative distance")
-        self.neighbours("k", n, n - 1)
+        k = self.neighbours("k", n, n - 1)
+        self.check_densities(k)
+
+    def check_densities(self, k: int) -> None:
+        """Recompute each bank row's k-distance and reachability from the bank (as
+        training/aegan.py does with scikit-learn) and refuse arrays that disagree: a bank
+        replaced without its densities scores quietly wrong. Distances by dot products in
+        blocks of rows (an n x n matrix would not fit a Pi's memory at ``MAX_LOF_ROWS``),
+        so compared with a tolerance of a millionth of the bank's largest norm; a row whose
+        k-th and (k+1)-th neighbours tie within it has its reachability left unchecked
+        (which of the tied rows counts is scikit-learn's choice)."""
+        a = self.arrays
+        bank = np.asarray(a["bank"], dtype=np.float64)
+        n = len(bank)
+        kdist = np.asarray(a["bank_kdist"], dtype=np.float64)
+        tol = 1e-6 * max(float(np.linalg.norm(bank, axis=1).max()), 1e-12)
+        nearest = np.empty((n, min(k + 1, n - 1)))
+        nbr = np.empty((n, k), dtype=np.int64)
+        for start in range(0, n, 512):
+            d = distances(bank[start:start + 512], bank, "euclidean")
+            d[np.arange(len(d)), np.arange(start, start + len(d))] = np.inf
+            order = np.argsort(d, axis=1, kind="stable")[:, :nearest.shape[1]]
+            nearest[start:start + len(d)] = np.take_along_axis(d, order, axis=1)
+            nbr[start:start + len(d)] = order[:, :k]
+        if not np.allclose(nearest[:, k - 1], kdist, rtol=1e-5, atol=tol):
+            worst = int(np.argmax(np.abs(nearest[:, k - 1] - kdist)))
+            raise RuleError(f"array 'bank_kdist' does not match array 'bank': row {worst}'s "
+                            f"distance to its {k}th nearest other row is "
+                            f"{nearest[worst, k - 1]:g}, the array says {kdist[worst]:g}")
+        reach = np.maximum(nearest[:, :k], kdist[nbr]).mean(axis=1)
+        said = 1.0 / np.asarray(a["bank_lrd"], dtype=np.float64) - 1e-10
+        clear = (nearest[:, -1] - nearest[:, k - 1] > tol) if nearest.shape[1] > k \
+            else np.ones(n, dtype=bool)
+        off = clear & ~np.isclose(reach, said, rtol=1e-5, atol=tol)
+        if off.any():
+            worst = int(np.flatnonzero(off)[0])
+            raise RuleError(f"array 'bank_lrd' does not match array 'bank': row {worst}'s "
+                            f"local reachability density is {1.0 / (reach[worst] + 1e-10):g}, "
+                            f"the array says {float(a['bank_lrd'][worst]):g}")
 
     def combine(self, evidence: np.ndarray) -> float:
         a = self.arrays

@@ -21,6 +21,14 @@ from harken.common.errors import DataError, UsageError
 from harken.common.registry import Registry
 
 REGISTRY = Registry("score rule")
+
+# The most rows a bank a rule scores against may hold (docs/export.md "Refusals"). A
+# section's training data gives about a thousand clips (DCASE: 990 source + 10 target), so
+# a clip-level bank has about 1 000 rows and OEVAE's segment bank (2-s segments, 1-s hop
+# over 10-s clips) about 9 000: 20 000 leaves twice that room, while one interval against
+# it stays a (20 000 x width) product. A bank far larger was not made by an export of a
+# section's clips, and would cost the device hundreds of MB per interval.
+MAX_BANK_ROWS = 20_000
 register = REGISTRY.register
 
 
@@ -67,6 +75,22 @@ class ScoreRule(ABC):
         (a rule with several ``outputs``: their total), for these arrays (None: they fit)."""
         return None
 
+    def check_model_outputs(self, input_width: int, widths: tuple[int, ...]) -> str | None:
+        """``check_model`` with each of the rule's ``model_outputs`` widths (values per
+        window, in order). The default checks their total; a rule that splits the joined
+        outputs overrides this to check each one (agent/model/scorer.py ``check_outputs``)."""
+        return self.check_model(input_width, sum(widths))
+
+    def overflowing_array(self) -> str | None:
+        """The first needed array holding a value so large or so small (beyond 1e150 or,
+        not zero, below 1e-150 in magnitude) that the rule's arithmetic overflows on it: the
+        hint of a refusal for a non-finite probe score (agent/model/scorer.py)."""
+        for k in self.needs:
+            a = np.abs(np.asarray(self.arrays[k], dtype=np.float64))
+            if a.size and (a.max() > 1e150 or ((a > 0) & (a < 1e-150)).any()):
+                return k
+        return None
+
     # helpers for ``validate``: each refusal names the array and what was expected
     def shape_of(self, name: str, ndim: int) -> tuple[int, ...]:
         shape = np.shape(self.arrays[name])
@@ -74,6 +98,14 @@ class ScoreRule(ABC):
             raise RuleError(f"array '{name}' has shape {list(shape)}; expected {ndim} "
                             f"non-empty dimension(s)")
         return shape
+
+    def bank_shape(self, name: str, limit: int = MAX_BANK_ROWS) -> tuple[int, int]:
+        """(rows, width) of the 2-D bank array ``name``, refused above ``limit`` rows."""
+        n, e = self.shape_of(name, 2)
+        if n > limit:
+            raise RuleError(f"array '{name}' has {n} rows; score rule {self.name!r} reads at "
+                            f"most {limit} (a section's training clips give far fewer)")
+        return n, e
 
     def same(self, name: str, got: int, expected: int, of: str) -> None:
         if got != expected:

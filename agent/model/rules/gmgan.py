@@ -40,6 +40,12 @@ class GmganLatentRule(ScoreRule):
         return None if output_width > 0 and output_width % 2 == 0 else \
             "a latent code and its re-encoding of the same width (an even total)"
 
+    def check_model_outputs(self, input_width: int, widths: tuple[int, ...]) -> str | None:
+        # evidence splits the joined outputs at half: the two must be equally wide
+        if len(widths) != 2 or widths[0] < 1 or widths[0] != widths[1]:
+            return "a latent code and its re-encoding of the same width"
+        return None
+
     def evidence(self, inputs: np.ndarray | None, output: np.ndarray) -> np.ndarray:
         rows = _rows(output)
         z, z_aux = np.split(rows, 2, axis=1)
@@ -117,7 +123,7 @@ class LatentLdnRule(BankRule):
     needs = ("code_mean", "code_std", "bank", "bank_density")
 
     def validate(self) -> None:
-        n, d = self.shape_of("bank", 2)
+        n, d = self.bank_shape("bank")
         for name in ("code_mean", "code_std"):
             self.same(name, self.shape_of(name, 1)[0], d, "values (the bank's width)")
         self.positive("code_std")

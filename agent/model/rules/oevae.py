@@ -53,7 +53,7 @@ class _OevaeRule(ScoreRule):
             if not 0.0 <= w <= 1.0:
                 raise RuleError(f"array 'omega' is {w:g}; expected a weight in [0, 1]")
         if "bank" in self.needs:
-            n, e = self.shape_of("bank", 2)
+            n, e = self.bank_shape("bank")
             self.same("knn_k", self.shape_of("knn_k", 1)[0], 1, "values (k)")
             k = np.asarray(self.arrays["knn_k"])[0]
             if not (float(k).is_integer() and 1 <= k <= n):
@@ -90,6 +90,16 @@ class _OevaeRule(ScoreRule):
         elif "bank" in self.needs and self.widths(output_width)[1] != 0:
             return f"an embedding of {self.widths(output_width)[0]} values (the bank's width)"
         return None
+
+    def check_model_outputs(self, input_width: int, widths: tuple[int, ...]) -> str | None:
+        # the joined outputs are split at the embedding's width: each output is checked
+        # against 'output_widths', not only their total (a swapped pair has the same total)
+        if "output_widths" in self.needs:
+            e, z = (int(v) for v in self.arrays["output_widths"])
+            if tuple(widths) != (e, z):
+                return f"an embedding of {e} and a latent of {z} values ('output_widths')"
+            return None
+        return self.check_model(input_width, sum(widths))
 
     def evidence(self, inputs: np.ndarray | None, output: np.ndarray) -> np.ndarray:
         out = np.asarray(output, dtype=np.float64).reshape(len(output), -1)
