@@ -102,8 +102,8 @@ def check_probe_score(rule: ScoreRule, inputs: np.ndarray, output: np.ndarray,
             why = ""
     if not np.isfinite(score):
         hint = rule.overflowing_array()
-        raise BundleError(f"{artifact.path.parent}: the bundle's arrays give a non-finite score on a probe window: "
-                          f"score rule '{rule.name}'{why}"
+        raise BundleError(f"{artifact.path.parent}: the bundle's arrays give a non-finite "
+                          f"score on a probe window: score rule '{rule.name}'{why}"
                           + (f", array '{hint}' is the likely cause" if hint else ""))
 
 
