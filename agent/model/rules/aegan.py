@@ -35,7 +35,8 @@ METRICS = ("l1", "l2", "cos")
 
 # aegan-d-lof's bank holds one row per training clip of the section (about a thousand in a
 # DCASE section); its k-distances and densities are recomputed from it when the bundle
-# opens, an n x n distance matrix in blocks: 5 000 rows keep that to seconds on a Pi.
+# opens, an n x n distance matrix in blocks of rows: 5 000 rows bound that work (25 million
+# distances) and each interval's (rows x width) difference, five times a DCASE section.
 MAX_LOF_ROWS = 5_000
 
 
@@ -264,7 +265,8 @@ class AeganDLof(AeganEmbeddingRule):
         if (np.asarray(self.arrays["bank_kdist"]) < 0).any():
             raise RuleError("array 'bank_kdist' holds a negative distance")
         k = self.neighbours("k", n, n - 1)
-        self.check_densities(k)
+        with np.errstate(all="ignore"):          # an overflowing bank is refused below
+            self.check_densities(k)
 
     def check_densities(self, k: int) -> None:
         """Recompute each bank row's k-distance and reachability from the bank (as
@@ -278,13 +280,19 @@ class AeganDLof(AeganEmbeddingRule):
         bank = np.asarray(a["bank"], dtype=np.float64)
         n = len(bank)
         kdist = np.asarray(a["bank_kdist"], dtype=np.float64)
-        tol = 1e-6 * max(float(np.linalg.norm(bank, axis=1).max()), 1e-12)
+        top = float(np.linalg.norm(bank, axis=1).max())
+        if not np.isfinite(top) or top > 1e150:
+            raise RuleError(f"array 'bank' holds rows of norm {top:g}; distances between them "
+                            f"overflow (the section's training embeddings are expected)")
+        tol = 1e-6 * max(top, 1e-12)
         nearest = np.empty((n, min(k + 1, n - 1)))
         nbr = np.empty((n, k), dtype=np.int64)
         for start in range(0, n, 512):
             d = distances(bank[start:start + 512], bank, "euclidean")
             d[np.arange(len(d)), np.arange(start, start + len(d))] = np.inf
-            order = np.argsort(d, axis=1, kind="stable")[:, :nearest.shape[1]]
+            part = np.argpartition(d, nearest.shape[1] - 1, axis=1)[:, :nearest.shape[1]]
+            order = np.take_along_axis(part, np.argsort(np.take_along_axis(d, part, axis=1),
+                                                        axis=1, kind="stable"), axis=1)
             nearest[start:start + len(d)] = np.take_along_axis(d, order, axis=1)
             nbr[start:start + len(d)] = order[:, :k]
         if not np.allclose(nearest[:, k - 1], kdist, rtol=1e-5, atol=tol):
