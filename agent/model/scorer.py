@@ -90,7 +90,8 @@ def check_probe_score(rule: ScoreRule, inputs: np.ndarray, output: np.ndarray,
     that are each finite can still overflow together (a mean of 1e300, a std of 1e-320,
     a dB range of +-1e308): every interval would then be "not scored" with no error, so
     the rule's own arithmetic is run once on the probe's output when the bundle opens
-    (docs/export.md "Refusals"). One window: the cost of one interval's evidence."""
+    (docs/export.md "Refusals when a generative bundle opens"). One window: the cost of
+    one interval's evidence."""
     with np.errstate(all="ignore"):
         try:
             score = rule.reduce(rule.evidence(inputs, output))

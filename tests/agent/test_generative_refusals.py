@@ -1,5 +1,6 @@
 """The generative detectors' bundles refused when they open, in one line naming the array or
-output, where they used to open and then score nonsense quietly (docs/export.md "Refusals"):
+output, where they used to open and then score nonsense quietly (docs/export.md "Refusals
+when a generative bundle opens"):
 a model whose joined outputs have the right total but the wrong split, arrays that are each
 finite but overflow together, an aegan-d-maha precision that is not a precision, an
 aegan-d-knn bank that is not of unit rows, aegan-d-lof densities that do not belong to its

@@ -21,15 +21,16 @@ from harken.common.errors import DataError, UsageError
 from harken.common.registry import Registry
 
 REGISTRY = Registry("score rule")
-
-# The most rows a bank a rule scores against may hold (docs/export.md "Refusals"). A
-# section's training data gives about a thousand clips (DCASE: 990 source + 10 target), so
-# a clip-level bank has about 1 000 rows and OEVAE's segment bank (2-s segments, 1-s hop
-# over 10-s clips) about 9 000: 20 000 leaves twice that room, while one interval against
-# it stays a (20 000 x width) product. A bank far larger was not made by an export of a
-# section's clips, and would cost the device hundreds of MB per interval.
-MAX_BANK_ROWS = 20_000
 register = REGISTRY.register
+
+# The most rows a bank a rule scores against may hold (docs/export.md "Refusals when a
+# generative bundle opens"). A section's training data gives about a thousand clips
+# (DCASE: 990 source + 10 target), so a clip-level bank has about 1 000 rows, and OEVAE's
+# segment bank (2-s segments, 1-s hop over 10-s clips) about 9 000: 20 000 leaves twice
+# that room, while one interval against it stays a (20 000 x width) product. A bank far
+# larger was not made by an export of a section's clips, and would cost the device
+# hundreds of MB per interval.
+MAX_BANK_ROWS = 20_000
 
 
 class RuleError(UsageError):
