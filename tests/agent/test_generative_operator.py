@@ -73,3 +73,39 @@ def test_feedback_on_a_latent_ldn_bundle_lowers_the_sound_fed_back_and_undo_rest
     assert harken(["run", "--config", str(cfg)]) == 0
     third = _store(config).score[2 * len(first):]
     np.testing.assert_allclose(third, first.score, rtol=1e-5, atol=1e-6)
+
+
+def test_enroll_on_a_trained_bundle_says_what_it_brings_instead(ldn_bundle, ae_bundle, tmp_path,
+                                                                capsys):
+    """The hostile round's finding 11: every trained bundle was said to carry "its own
+    reference bank", the AE's and GMGAN's re-encoding rule too (they hold none)."""
+    wav = tmp_path / "a.wav"
+    write_wav(wav, np.zeros(16000), 16000)
+    for bundle, said in [(ldn_bundle, "carries its own reference bank (score rule 'latent-ldn')"),
+                         (ae_bundle, "is trained with its own score rule 'mse' and needs no "
+                                     "enrollment")]:
+        cfg = write_agent_config(
+            tmp_path / "agent.toml", agent={"node": "site", "machine": "fan",
+                                            "state_dir": tmp_path / "state"},
+            model={"bundle": bundle}, audio={"source": "file", "file": wav})
+        assert harken(["enroll", "--config", str(cfg), "--files", str(wav)]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err
+
+
+def test_a_file_too_short_for_the_window_does_not_stop_the_batch(ae_bundle, small_fan, tmp_path,
+                                                                 capsys):
+    """The hostile round's finding 9: one WAV shorter than a model window (AEGAN-AD's is
+    4.19 s) ended ``harken score`` before the other files were scored."""
+    from harken.training.data.corpus import scan
+    clip = next(c for c in scan(small_fan, ["fan"], "test") if not c.is_anomaly)
+    x, _ = read_wav(clip.path, 16000)
+    write_wav(tmp_path / "short.wav", x[:100], 16000)
+    files = [str(clip.path), str(tmp_path / "short.wav"), str(clip.path)]
+    assert harken(["score", str(ae_bundle), *files, "--json"]) == 2
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)
+    assert [r["file"] for r in rows] == files
+    assert rows[0]["status"] == rows[2]["status"] == "ok" and rows[0]["score"] == rows[2]["score"]
+    assert (rows[1]["status"], rows[1]["score"]) == ("too_short", None)
+    assert "short.wav: 0.01 s is shorter than one model window" in captured.err
