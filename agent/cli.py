@@ -16,7 +16,7 @@ from harken.common.settings import (NAME_MAX, ClientId, Count, Finite, Name, Pat
                                     Text, TopicPrefix)
 from harken.agent.features import PRESETS, LogMelExtractor, preset
 from harken.agent.model.bundle import open_bundle
-from harken.agent.sources.wavio import WavError, read_wav
+from harken.agent.sources.wavio import read_wav
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -254,6 +254,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 MAX_THREADS = 64         # as the config's model.threads (agent/config.py)
+TOO_SHORT = "too_short"  # score: a file shorter than one model window (not scored)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -276,9 +277,11 @@ def cmd_score(args: argparse.Namespace) -> int:
     interval_s = float(bundle.manifest.aggregation.get("interval_s", 10.0))
     rows = [_score_file(path, bundle, scorer, args.channel, threshold, interval_s)
             for path in args.files]
+    # a file too short to score is the caller's mistake (exit 2), said after the others
+    code = 2 if any(r["status"] == TOO_SHORT for r in rows) else 0
     if args.json:
         print(json.dumps(rows, indent=2))
-        return 0
+        return code
     width = max(len(r["file"]) for r in rows)
     for r in rows:
         verdict = {True: "ANOMALY", False: "normal", None: "(no threshold)"}[r["anomaly"]] \
@@ -295,7 +298,7 @@ def cmd_score(args: argparse.Namespace) -> int:
                 v = i["status"] if i["score"] is None else f"{i['score']:.6f}" + \
                     ("  ANOMALY" if i["anomaly"] else "")
                 print(f"  {i['start_s']:>10.3f} s  {v}")
-    return 0
+    return code
 
 
 def _score_file(path: str, bundle, scorer, channel: int | None, threshold: float | None,
@@ -337,8 +340,14 @@ def _score_file(path: str, bundle, scorer, channel: int | None, threshold: float
     else:
         feats = LogMelExtractor(spec)(remove_dc(x, spec.sample_rate))
         if len(feats) < spec.window_frames:
-            raise WavError(f"{path}: {seconds:.2f} s is shorter than one model window "
-                           f"({spec.window_seconds:.2f} s)")
+            # one file too short for the bundle's window (AEGAN-AD's is 4.19 s) must not stop
+            # the batch: its row says so, the others are scored, the exit code is 2
+            warning = (f"{seconds:.2f} s is shorter than one model window "
+                       f"({spec.window_seconds:.2f} s): not scored")
+            logging.getLogger("harken.agent.cli").warning(f"WARNING: {path}: {warning}")
+            return {"file": path, "status": TOO_SHORT, "score": None, "threshold": threshold,
+                    "anomaly": None, "seconds": round(seconds, 6), "rms_dbfs": None,
+                    "warning": warning}
         health, score, ivs = check_audio(x), None, None
         if health.ok:
             score = scorer.score_logmel(feats) if np.isfinite(feats).all() else float("nan")

@@ -283,19 +283,31 @@ def _not_copies(rows: dict[str, np.ndarray], overlay: Overlay | None, rule: Bank
         keep[i] = key not in seen
         seen.add(key)
     near = np.ones(len(keep), bool)
-    arrays = rule.arrays
-    for k in names:            # near-copies of the bank's own rows, in standardised units
-        if isinstance(rule, SpectralKnnRule):
-            z = (rows[k].astype(np.float64) - arrays[f"{k}_mean"]) / arrays[f"{k}_std"]
-            bank = arrays[f"{k}_bank"]
-        else:
-            from harken.agent.model.rules import unit_embedding
-            z = unit_embedding(rows[k].astype(np.float64), arrays["embedding_mean"],
-                               arrays["embedding_std"])
-            bank = arrays["bank"]
+    for z, bank in _standardised(rows, rule):   # near-copies of the bank's own rows
         d = distances(z, bank, "euclidean").min(axis=1)
         near &= d <= COPY_DISTANCE * math.sqrt(z.shape[1])
     return keep & ~near
+
+
+def _standardised(rows: dict[str, np.ndarray], rule: BankRule
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per bank of ``rule``: (the new rows as the bank holds them, the bank's own rows).
+    The rule itself standardises them (``with_references``: each rule has its own units,
+    spectral-knn per branch, embedding-density unit vectors, latent-ldn codes in
+    code_mean/code_std units), so the copy guard assumes no rule's array names; a bank is
+    a 2-D array that grew by the new rows."""
+    joined = rule.with_references(rows, 1)
+    m = len(next(iter(rows.values())))
+    pairs = []
+    for name, own in rule.arrays.items():
+        new = np.asarray(joined.arrays.get(name))
+        if np.ndim(own) == 2 and new.ndim == 2 and len(new) == len(own) + m:
+            new = new.astype(np.float64)
+            pairs.append((new[len(own):], new[:len(own)]))
+    if not pairs:
+        raise FeedbackError(f"score rule {rule.name!r}: its reference bank did not take the "
+                            f"intervals in; feedback is not possible with this bundle")
+    return pairs
 
 
 # -- the operations ---------------------------------------------------------------------

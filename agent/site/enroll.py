@@ -32,6 +32,7 @@ from harken.agent.model.bank import (BANK_VERSION, MAX_BANK_INTERVALS, BankManif
                                      EnrollSession, bank_digest, read_bank, rule_arrays,
                                      without_copies, write_bank)
 from harken.agent.model.rules import RuleError, make_rule
+from harken.agent.model.rules.base import REGISTRY, BankRule
 from harken.agent.model.bundle import Bundle, BundleError, open_bundle, sha256_file
 from harken.agent.site.calibrate import score_files, score_source
 from harken.agent.site.enroll_embedding import RULE as EMBEDDING_RULE
@@ -100,6 +101,17 @@ class IntervalStatistics:
         return len(self.vectors[self.branches[0]])
 
 
+def _trained_on(bundle: Bundle) -> str:
+    """What a bundle that needs no enrollment brings instead: a reference bank (a bank
+    rule, which feedback grows), or a trained score rule (the AE's reconstruction error,
+    GMGAN's re-encoding error: no bank at all), so the refusal never promises a bank the
+    bundle does not hold (docs/agent.md "Enrolling a machine on site")."""
+    cls = REGISTRY.get(bundle.rule_name)
+    if cls is not None and issubclass(cls, BankRule):
+        return f"carries its own reference bank (score rule {bundle.rule_name!r})"
+    return f"is trained with its own score rule {bundle.rule_name!r} and needs no enrollment"
+
+
 def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0,
            append: bool = False, false_alarms_per_week: float = 1.0,
            progress: bool = True, machine: str | None = None) -> dict:
@@ -114,9 +126,8 @@ def enroll(config: Config, files: list[str] | None = None, minutes: float = 10.0
     config = views[0]
     bundle = open_bundle(config.path(config.model.bundle))
     if not bundle.needs_enrollment:
-        raise ConfigError(f"{bundle.root}: bundle {bundle.model_id} carries its own reference "
-                          f"bank; 'harken enroll' needs a general bundle "
-                          f"('harken-export general')")
+        raise ConfigError(f"{bundle.root}: bundle {bundle.model_id} {_trained_on(bundle)}; "
+                          f"'harken enroll' needs a general bundle ('harken-export general')")
     paths = [Path(f).expanduser() for f in files or []]       # relative to the current folder
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
