@@ -112,8 +112,10 @@ def test_a_model_whose_joined_outputs_have_the_wrong_width_is_refused(two_output
     _two_output_onnx(path / "model.onnx", width)                 # same model, rule wants more
     two_output_rule.check_model = lambda self, i, o: None if o == i + 2 else f"{i + 2} values"
     bundle = open_bundle(path)
-    with pytest.raises(BundleError, match=r"outputs \['latent', 'latent_aux'\] have together "
-                                          rf"{width + 1} values"):
+    # each output's width named, not only their total
+    with pytest.raises(BundleError, match=rf"outputs 'latent' {width}, 'latent_aux' 1 values per "
+                                          rf"window, but score rule 'test-two-outputs' .* needs "
+                                          rf"{width + 2} values"):
         BundleScorer(bundle, bundle.sections[0], "onnx-fp32")
 
 
