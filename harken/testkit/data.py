@@ -170,7 +170,14 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m harken.testkit.data DIR", file=sys.stderr)
         return 2
-    build(Path(argv[0]))
+    root = Path(argv[0])
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        # parts of an older layout would be mixed with new ones (a test data folder made
+        # before a method exported lacks its bundle): build into an empty or new folder
+        print(f"harken.testkit.data: {root} exists and is not an empty folder: remove it or "
+              f"give a new one", file=sys.stderr)
+        return 2
+    build(root)
     print(f"test data in {argv[0]}")
     return 0
 

@@ -54,3 +54,14 @@ def test_generative_bundle_opens_where_the_method_exports(generative_bundle):
         pytest.skip("no generative detector exports yet (issue 42)")
     for name in names:
         assert open_bundle(generative_bundle(name)).manifest.model.method == name
+
+
+def test_building_into_a_folder_that_holds_something_is_refused_and_touches_nothing(tmp_path,
+                                                                                   capsys):
+    """An older test data folder lacks the parts added since (a generative bundle): building
+    over it once crashed half-way on the first part that existed, leaving a mix."""
+    old = tmp_path / "old"
+    (old / "bundles" / "ae").mkdir(parents=True)
+    assert data.main([str(old)]) == 2
+    assert f"{old} exists and is not an empty folder" in capsys.readouterr().err
+    assert [p.name for p in old.iterdir()] == ["bundles"]
