@@ -127,6 +127,8 @@ def parse_broker_url(url: str) -> BrokerUrl:
                           f"mqtt://, mqtts://")
     tls = parts.scheme in ("mqtts", "ssl")
     try:
+        if parts.port == 0:            # urllib reads 0 as "no port": the default, silently
+            raise ValueError
         port = parts.port or (8883 if tls else 1883)
     except ValueError:
         raise BrokerError(f"broker URL {url!r}: the port must be a number from 1 to 65535") \
@@ -186,16 +188,31 @@ def fall_back_to_311(client) -> None:
     client._clean_session = True
 
 
+def endpoint_name(host: str, port: int) -> str:
+    """``host:port`` as logs and the stats say it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class ConnectionReports:
     """What a broker connection says when it fails: once per distinct problem, not at
-    every retry. Needs ``s`` (the settings), ``tls``, ``log`` and ``_settled``."""
+    every retry, nor at every round over a list of brokers (each broker's problem is its
+    own line, said once, until a connection holds: ``_forget``). Needs ``host``/``port``
+    (the broker being tried), ``tls``, ``log`` and ``_settled``."""
     _last_error = ""
+    _said: frozenset[str] = frozenset()
 
     def _report(self, msg: str) -> None:
-        if msg != self._last_error:
+        if msg not in self._said:
             self.log(msg)
-            self._last_error = msg
+            self._said = self._said | {msg}
+        self._last_error = msg
+
+    def _forget(self, msg: str | None = None) -> None:
+        """The next report of ``msg`` (of any problem when None) is news again."""
+        self._said = self._said - {msg} if msg is not None else frozenset()
+        if msg is None or self._last_error == msg:
+            self._last_error = ""
 
     def _on_connect_fail(self, client, userdata) -> None:
-        self._report(diagnose(self.s.host, self.s.port, self.tls) + "; retrying")
+        self._report(diagnose(self.host, self.port, self.tls) + "; retrying")
         self._settled.set()
