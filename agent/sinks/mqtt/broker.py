@@ -10,8 +10,9 @@ failed handshake.
 from __future__ import annotations
 
 import logging
-import socket
 import os
+import random
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -186,6 +187,25 @@ def fall_back_to_311(client) -> None:
     import paho.mqtt.client as mqtt
     client._protocol = mqtt.MQTTv311
     client._clean_session = True
+
+
+BACKOFF_MAX_S = 60     # the longest wait between reconnects
+
+
+def reconnect_delay(lost_up: bool, misses: int, brokers: int, flaps: int = 0) -> float:
+    """Seconds before the next connection attempt over a list of ``brokers`` (docs/mqtt.md
+    "Several brokers: failover"): ``lost_up``, a connection that was up has just ended (the
+    next broker at once, 0 to 1 s); ``misses``, failed attempts in a row, this one included
+    (0 to 1 s within a round of the list; after each whole round failed 1, 2, 4 ... up to
+    ``BACKOFF_MAX_S``); ``flaps``, connections in a row that ended at once or were taken
+    over (doubling from 1 s). Jittered (random.uniform, +-25 %): agents that lost one broker
+    together must not all come back in the same second."""
+    if flaps:
+        return min(BACKOFF_MAX_S, 2 ** min(flaps - 1, 16)) * random.uniform(0.75, 1.25)
+    if lost_up or misses % brokers:
+        return random.uniform(0.0, 1.0)
+    rounds = misses // brokers
+    return min(BACKOFF_MAX_S, 2 ** min(rounds - 1, 16)) * random.uniform(0.75, 1.25)
 
 
 def endpoint_name(host: str, port: int) -> str:

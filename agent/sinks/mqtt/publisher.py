@@ -79,8 +79,8 @@ from typing import ClassVar
 
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from harken.agent.sinks.mqtt.broker import ConnectionReports, endpoint_name, fall_back_to_311, \
-    is_mqtt5, make_client, refusal, speaks_tls
+from harken.agent.sinks.mqtt.broker import BACKOFF_MAX_S, ConnectionReports, endpoint_name, \
+    fall_back_to_311, is_mqtt5, make_client, reconnect_delay, refusal, speaks_tls
 from harken.agent.sinks.mqtt.outbox import Message, Outbox
 from harken.agent.sinks.mqtt.settings import MqttTableSink
 
@@ -88,7 +88,6 @@ WINDOW = 32            # outbox rows in flight (published, not yet acknowledged)
 STRIKES = 3            # a row in flight at this many broker closes in a row is refused
 STABLE_S = 10.0        # a connection shorter than this counts toward the reconnect back-off
 CLOSE_AFTER_S = 2.0    # a close this soon after a QoS 0 message may be the broker's answer to it
-BACKOFF_MAX_S = 60     # the longest wait between reconnects
 UNSUPPORTED_PROTOCOL = 0x84     # CONNACK: the broker does not speak this MQTT version
 TAKEN_OVER = 0x8E               # DISCONNECT: another client connected with this client id
 
@@ -109,19 +108,6 @@ def _refusal(reason_code) -> str | None:
     if not getattr(reason_code, "is_failure", False):
         return None
     return f"{reason_code} (0x{reason_code.value:02X})"
-
-
-def reconnect_delay(lost_up: bool, misses: int, brokers: int, flaps: int) -> float:
-    """Seconds before the next connection attempt (module docstring): ``lost_up``, a
-    connection that was up has just ended; ``misses``, failed attempts in a row (this one
-    included); ``flaps``, short or taken-over connections in a row. Jittered with
-    random.uniform: agents that lost one broker together must not all come back at once."""
-    if flaps:
-        return min(BACKOFF_MAX_S, 2 ** (flaps - 1)) * random.uniform(0.75, 1.25)
-    if lost_up or misses % brokers:
-        return random.uniform(0.0, 1.0)       # to the next broker (or the same one, soon)
-    rounds = misses // brokers                 # whole rounds of the list failed
-    return min(BACKOFF_MAX_S, 2 ** min(rounds - 1, 16)) * random.uniform(0.75, 1.25)
 
 
 def _forget_unacknowledged(client) -> None:
