@@ -259,7 +259,7 @@ class Connection:
         of the last ``connect_async``), after a jittered wait (broker.reconnect_delay); a
         taken-over session waits 30 s or more, there is no fight over it."""
         self._misses = 0 if lost_up else self._misses + 1
-        delay = 30 * (1 + self._short) if taken else \
+        delay = min(120, 30 * (1 + self._short)) if taken else \
             reconnect_delay(lost_up, max(self._misses, 1), len(self.urls))
         if len(self.urls) > 1:
             self._at = (self._at + 1) % len(self.urls)
