@@ -81,7 +81,8 @@ def watch_urls(texts: list[str]) -> list[BrokerUrl]:
     (one TLS setting serves every connection), different credentials in two URLs."""
     urls = [watch_url(t.strip()) for text in texts for t in text.split(",") if t.strip()]
     if not urls:
-        raise BrokerError("--broker: no broker URL given")
+        raise BrokerError("no broker URL given: --broker URL (or URLs after the options; "
+                          "several for a cluster)")
     seen: dict[tuple[str, int], int] = {}
     for i, u in enumerate(urls):
         key = (u.host.lower(), u.port)

@@ -281,7 +281,8 @@ def test_a_broker_that_closes_right_after_the_connack_is_retried_with_back_off(s
     try:
         wait_for("three tries", lambda: len(run.enc.connections) >= 3, 30)
         gaps = [b - a for a, b in zip(run.enc.connections, run.enc.connections[1:])]
-        assert gaps[1] >= 1.8, gaps           # 1 s, then 2 s (before: 1 s each time)
+        # 1 s, then 2 s, each +-25 % at random (docs/mqtt.md; before: 1 s each time)
+        assert gaps[1] >= 1.5, gaps
         if reason is None:
             assert len(run.said("disconnected from")) == 1
         else:

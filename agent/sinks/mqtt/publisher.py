@@ -236,7 +236,7 @@ class Publisher(ConnectionReports):
         self._early = 0                         # connections closed before the CONNACK, in a row
         self._will_topic: str | None = None
         self._killed = False                    # the ack timeout closed this connection
-        self._speaks_tls: bool | None = None    # a plain client's port, looked at once
+        self._speaks_tls: dict[tuple[str, int], bool] = {}   # a plain client's port: TLS? (once)
         self._last_ack = 0.0                    # time.monotonic() of the last PUBACK
         self._ack_timeout_s = float(getattr(settings, "ack_timeout_s", 30.0))
         self._hold_s = float(getattr(settings, "outbox_hold_s", 0.0))
@@ -308,7 +308,6 @@ class Publisher(ConnectionReports):
             if len(self.endpoints) > 1:
                 self._at = (self._at + 1) % len(self.endpoints)
                 self.host, self.port = self.endpoints[self._at]
-                self._speaks_tls = None       # another port to look at
                 self._aim(client)
         client.reconnect_delay_set(delay, delay)
 
@@ -600,9 +599,10 @@ class Publisher(ConnectionReports):
     def _tls_port(self) -> bool:
         """A plain client dropped before its CONNACK: does the port speak TLS? Looked at
         once (a TLS listener drops a plain CONNECT with nothing to say why)."""
-        if self.tls is None and self._speaks_tls is None:
-            self._speaks_tls = speaks_tls(self.host, self.port)
-        return bool(self._speaks_tls)
+        where = (self.host, self.port)
+        if self.tls is None and where not in self._speaks_tls:
+            self._speaks_tls[where] = speaks_tls(*where)
+        return bool(self._speaks_tls.get(where))
 
     def _strike_oldest(self) -> bool:
         """The broker closed a connection with messages unacknowledged: the oldest of them
