@@ -263,7 +263,7 @@ def test_two_clients_with_one_id_back_off_and_are_told_why(strict, tmp_path):
         # the side that said it has waited longer each time (before: every second)
         run = a if a.said("another client") else b
         gaps = [y - x for x, y in zip(run.enc.connections, run.enc.connections[1:])]
-        assert gaps[-1] >= 1.8, gaps
+        assert gaps[-1] >= 1.5, gaps          # 2 s or more, each wait +-25 % at random
     finally:
         a.close()
         if b is not None:
