@@ -203,8 +203,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     from harken.agent.sinks.mqtt.broker import BrokerError
     from harken.agent.config import resolve_password
-    from harken.agent.plant.watch import watch, watch_url
-    url = watch_url(args.broker)
+    from harken.agent.plant.watch import watch, watch_urls
+    urls = watch_urls((args.broker or []) + (args.brokers or []))
+    url = urls[0]                  # the credentials (the same in every URL that has them)
+    url = next((u for u in urls if u.username), url)
     # --password-file, else the URL's, else $HARKEN_MQTT_PASSWORD (the config's one way)
     env = "HARKEN_MQTT_PASSWORD" if os.environ.get("HARKEN_MQTT_PASSWORD") else None
     password = resolve_password(None if args.password_file else url.password,
@@ -213,8 +215,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
     username = args.username or url.username
     if password is not None and not username:
         raise BrokerError("a password was given but no user name (--username or user@ in the URL)")
-    url = type(url)(url.host, url.port, url.tls or bool(args.ca_file), username, password)
-    return watch(url, prefix=args.prefix, client_id=args.client_id, as_json=args.json,
+    urls = [type(u)(u.host, u.port, u.tls or bool(args.ca_file), username, password)
+            for u in urls]
+    return watch(urls if len(urls) > 1 else urls[0], prefix=args.prefix,
+                 client_id=args.client_id, as_json=args.json,
                  duration=args.seconds, ca_file=args.ca_file, cert_file=args.cert_file,
                  key_file=args.key_file, insecure=args.tls_insecure,
                  sparkplug_group=args.sparkplug_group or None, name=args.name,
@@ -667,8 +671,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(func=cmd_calibrate)
     w = sub.add_parser("watch", help="plant side: a live table of every node's scores, or "
                        "the messages as JSON lines")
-    w.add_argument("--broker", required=True,
-                   help="mqtt://[user@]host[:port], or mqtts://... for TLS (port 8883)")
+    w.add_argument("--broker", action="extend", nargs="+",
+                   help="mqtt://[user@]host[:port], or mqtts://... for TLS (port 8883); "
+                   "several (or comma-separated): a cluster's nodes, the next used when one "
+                   "goes (docs/watch.md)")
+    w.add_argument("brokers", nargs="*", metavar="URL",
+                   help="broker URLs, as --broker")
     w.add_argument("--prefix", type=arg(TopicPrefix), default="harken",
                    help="topic prefix (default harken)")
     w.add_argument("--username", type=arg(Text(256)))

@@ -44,7 +44,9 @@ except ModuleNotFoundError:           # Python 3.10
 
 
 _PLUGIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-SECRET_KEYS = ("password",)       # their values are never echoed in an error
+# their values are never echoed in an error (mqtt.brokers: a URL may carry a password), nor
+# is a table that holds one (an error of the whole [mqtt] table)
+SECRET_KEYS = ("password", "brokers")
 DEFAULT_SOURCE = "mic"            # audio.source when the config names none
 # what one device can watch (64 channels on one input, a few inputs) and a config is:
 # far above any real one, far below what would take minutes and gigabytes to check
@@ -326,7 +328,8 @@ def _explain(exc: ValidationError, source: str, prefix: str = "") -> str:
                          + (f" (not a key of audio.source = {tag!r})" if tag else ""))
         elif err["type"] == "missing":
             lines.append(f"{source}: key '{key}' is required")
-        elif key.split(".")[-1] in SECRET_KEYS:
+        elif key.split(".")[-1] in SECRET_KEYS or \
+                (isinstance(got, dict) and any(k in got for k in SECRET_KEYS)):
             lines.append(f"{source}: key '{key}' (value not shown): {msg}")
         else:
             lines.append(f"{source}: key '{key}' = {_shown(got)}: {msg}"

@@ -10,6 +10,11 @@ piping. Agents publishing Sparkplug B (``mqtt.profile``) are read too, from
 ``spBv1.0/<sparkplug group>/#``. What the broker sends is handled by agent/plant/fleet.py,
 which never raises: a paho callback that raised would end paho's network thread, and the
 view would go on showing a fleet that no longer changes.
+
+Several brokers (the nodes of a cluster: ``--broker URL URL ...``; docs/watch.md): the first
+that answers, in order; a lost connection or a failed attempt goes on at the next, as the
+agent does (agent/sinks/mqtt/publisher.py), with the same client id, so the persistent
+session resumes on whichever node holds it.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ from harken.agent.plant.fleet import DEFAULT_FORGET_AFTER_S, DEFAULT_MAX_AGENTS,
     Fleet
 from harken.agent.plant.text import safe
 from harken.common.errors import UsageError
-from harken.agent.sinks.mqtt.broker import BrokerError, BrokerUrl, diagnose, parse_broker_url, \
-    refusal, use_tls
+from harken.agent.sinks.mqtt.broker import BrokerError, BrokerUrl, diagnose, endpoint_name, \
+    parse_broker_url, reconnect_delay, refusal, use_tls
 from harken.agent.sinks.mqtt.topics import subscription
 
 SESSION_EXPIRY_S = 7 * 86400        # MQTT 5: how long the broker keeps an absent watcher's queue
@@ -67,6 +72,31 @@ def watch_url(text: str) -> BrokerUrl:
                           "give the topic prefix with --prefix")
     _check_host(url.host, shown)
     return url
+
+
+def watch_urls(texts: list[str]) -> list[BrokerUrl]:
+    """Every ``--broker`` URL (several, or one comma-separated argument), each checked as
+    :func:`watch_url`; BrokerError for a list that cannot serve as one cluster: the same
+    broker twice (the host in any case, default ports filled in), plain and TLS URLs mixed
+    (one TLS setting serves every connection), different credentials in two URLs."""
+    urls = [watch_url(t.strip()) for text in texts for t in text.split(",") if t.strip()]
+    if not urls:
+        raise BrokerError("no broker URL given: --broker URL (or URLs after the options; "
+                          "several for a cluster)")
+    seen: dict[tuple[str, int], int] = {}
+    for i, u in enumerate(urls):
+        key = (u.host.lower(), u.port)
+        if key in seen:
+            raise BrokerError(f"--broker: {endpoint_name(*key)} is given twice (URLs "
+                              f"{seen[key] + 1} and {i + 1}; default ports filled in)")
+        seen[key] = i
+    if len({u.tls for u in urls}) > 1:
+        raise BrokerError("--broker: mqtt:// and mqtts:// URLs mixed: one TLS setting serves "
+                          "every broker; use one scheme for all")
+    if len({(u.username, u.password) for u in urls if u.username}) > 1:
+        raise BrokerError("--broker: two URLs give different credentials: one login serves "
+                          "every broker (or use --username and --password-file)")
+    return urls
 
 
 def _check_host(host: str, shown: str) -> None:
@@ -172,11 +202,15 @@ class Connection:
     """The subscribed paho client and what the broker said about the connection: a banner
     for the live view, or one line on stderr each for the other views."""
 
-    def __init__(self, url: BrokerUrl, prefix: str, client_id: str, persistent: bool,
-                 ca_file: str | None, cert_file: str | None, key_file: str | None,
-                 insecure: bool, on_message: Callable, sparkplug_group: str | None,
-                 report: Callable[[str], None]) -> None:
-        self.url, self.client_id, self.persistent = url, client_id, persistent
+    def __init__(self, url: BrokerUrl | list[BrokerUrl], prefix: str, client_id: str,
+                 persistent: bool, ca_file: str | None, cert_file: str | None,
+                 key_file: str | None, insecure: bool, on_message: Callable,
+                 sparkplug_group: str | None, report: Callable[[str], None]) -> None:
+        # the brokers, in order, and the one tried or connected now (module docstring)
+        self.urls = list(url) if isinstance(url, (list, tuple)) else [url]
+        self._at, self._misses, self._kwargs, self._ctx = 0, 0, {}, None
+        self._said: set[str] = set()                  # failed attempts said (once each)
+        self.url, self.client_id, self.persistent = self.urls[0], client_id, persistent
         self.topics = [subscription(prefix)] + \
             ([f"spBv1.0/{sparkplug_group}/#"] if sparkplug_group else [])
         self.tls = (ca_file, cert_file, key_file, insecure)
@@ -213,12 +247,45 @@ class Connection:
             self.banner = self.banner[-4:]
         self.report(line)
 
+    @property
+    def where(self) -> str:
+        """The broker tried or connected now: ``host:port``, and ``(broker 2 of 3)`` where
+        there are several."""
+        name = endpoint_name(self.url.host, self.url.port)
+        n = len(self.urls)
+        return f"{name} (broker {self._at + 1} of {n})" if n > 1 else name
+
+    def _next_broker(self, client, lost_up: bool, taken: bool = False) -> None:
+        """The next attempt goes to the next broker of the list (paho reconnects to the host
+        of the last ``connect_async``), after a jittered wait (broker.reconnect_delay); a
+        taken-over session waits 30 s or more, there is no fight over it."""
+        self._misses = 0 if lost_up else self._misses + 1
+        delay = min(120, 30 * (1 + self._short)) if taken else \
+            reconnect_delay(lost_up, max(self._misses, 1), len(self.urls))
+        if len(self.urls) > 1:
+            self._at = (self._at + 1) % len(self.urls)
+            self.url = self.urls[self._at]
+            client.connect_async(self.url.host, self.url.port, keepalive=30, **self._kwargs)
+        client.reconnect_delay_set(delay, delay)
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        if self.closing or self._first:
+            return
+        line = diagnose(self.url.host, self.url.port, self._ctx) + "; trying the " + \
+            ("next broker" if len(self.urls) > 1 else "broker again")
+        if line not in self._said:                    # once per problem, not per retry
+            self._said.add(line)
+            self.say(line, "bold red")
+        self._next_broker(client, lost_up=False)
+
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         self._answer["rc"] = reason_code
         if not reason_code.is_failure:
             self._connected_at = time.monotonic()
+            self._misses = 0
+            self._said.clear()
             if self.disconnected:
-                self.say(f"connected again to {self.url.host}:{self.url.port}", "green")
+                self.say(f"connected again to {self.where}", "green")
                 with self.lock:
                     self.banner = [b for b in self.banner if b[1] != "bold red"]
             self.disconnected = None
@@ -228,8 +295,11 @@ class Connection:
                 self._subscribe(client)
             self._first = False
         elif not self._first:             # a reconnect refused (the password changed, ...)
-            self.say(refusal(self.url.host, self.url.port, reason_code,
-                              "check the user name and password") + "; retrying", "bold red")
+            line = refusal(self.url.host, self.url.port, reason_code,
+                           "check the user name and password") + "; retrying"
+            if line not in self._said:
+                self._said.add(line)
+                self.say(line, "bold red")
         self._done.set()
 
     def _subscribe(self, client) -> None:
@@ -246,6 +316,9 @@ class Connection:
         self._done.set()
         if self.closing or self._first:   # before the first connection start() reports
             return
+        if self.disconnected is not None:  # an attempt that failed after TCP (said already)
+            self._next_broker(client, lost_up=False)
+            return
         when = dt.datetime.now().strftime("%H:%M:%S")
         lived = time.monotonic() - self._connected_at
         self._short = self._short + 1 if lived < SHORT_S else 0
@@ -253,7 +326,6 @@ class Connection:
             # MQTT 5 says "Session taken over" (where the broker sends it; Mosquitto 2.0.11
             # just closes the socket): connections closed within seconds, twice running, are
             # another client of this id connecting. Back off: no fight over the session.
-            client.reconnect_delay_set(30, 120)
             self.disconnected = "taken over"
             how = "with reason Session taken over" if self._short < 2 else \
                 "twice within seconds of making it"
@@ -261,11 +333,12 @@ class Connection:
                       f" another client with id {self.client_id} is probably using this watcher's "
                       "session (give each watcher its own --name); retrying every 30 s or more",
                       "bold red")
+            self._next_broker(client, lost_up=True, taken=True)
         else:
-            client.reconnect_delay_set(1, 30)
             self.disconnected = str(reason_code)
-            self.say(f"{when} disconnected from {self.url.host}:{self.url.port} "
-                      f"({reason_code}); reconnecting", "bold red")
+            self.say(f"{when} disconnected from {self.where} ({reason_code}); reconnecting"
+                     + (" to the next broker" if len(self.urls) > 1 else ""), "bold red")
+            self._next_broker(client, lost_up=True)
 
     def _message(self, client, userdata, msg) -> None:
         try:
@@ -288,6 +361,7 @@ class Connection:
                       "--tls-insecure") if self.url.tls else None
         c.reconnect_delay_set(1, 30)
         c.on_connect = self._guard(self._on_connect)
+        c.on_connect_fail = self._guard(self._on_connect_fail)
         c.on_disconnect = self._guard(self._on_disconnect)
         c.on_subscribe = self._guard(self._on_subscribe)
         c.on_message = self._guard(self._message)
@@ -306,6 +380,7 @@ class Connection:
             props.SessionExpiryInterval = SESSION_EXPIRY_S if self.persistent else 0
             props.MaximumPacketSize = MAX_PACKET
             kwargs = {"clean_start": not self.persistent, "properties": props}
+        self._kwargs, self._ctx = kwargs, ctx     # the same at every broker of the list
         try:
             c.connect(self.url.host, self.url.port, keepalive=30, **kwargs)
         except OSError:
@@ -318,7 +393,25 @@ class Connection:
         return c
 
     def start(self, timeout: float = 10.0) -> None:
-        """Connect (MQTT 5, else 3.1.1) and subscribe, or raise BrokerError."""
+        """Connect to the first broker of the list that answers (each one said that did
+        not), or raise BrokerError naming what each one did."""
+        failed = []
+        for i, url in enumerate(self.urls):
+            self._at, self.url = i, url
+            try:
+                self._start(timeout)
+            except BrokerError as exc:
+                if len(self.urls) == 1:
+                    raise
+                failed.append(str(exc))
+                continue
+            for line in failed:
+                self.report(line + "; used the next broker")
+            return
+        raise BrokerError(f"no broker of the {len(self.urls)} answered: " + "; ".join(failed))
+
+    def _start(self, timeout: float) -> None:
+        """Connect to ``self.url`` (MQTT 5, else 3.1.1) and subscribe, or raise BrokerError."""
         import paho.mqtt.client as mqtt
         c = self._try(mqtt.MQTTv5, timeout)
         rc = self._answer.get("rc")
@@ -355,7 +448,7 @@ class Connection:
             self.client.loop_stop()
 
 
-def watch(url: BrokerUrl, prefix: str = "harken", client_id: str | None = None,
+def watch(url: BrokerUrl | list[BrokerUrl], prefix: str = "harken", client_id: str | None = None,
           as_json: bool = False, duration: float | None = None, ca_file: str | None = None,
           cert_file: str | None = None, key_file: str | None = None, insecure: bool = False,
           out: TextIO | None = None, sparkplug_group: str | None = "harken",
@@ -363,7 +456,8 @@ def watch(url: BrokerUrl, prefix: str = "harken", client_id: str | None = None,
           forget_after_s: float = DEFAULT_FORGET_AFTER_S, err: TextIO | None = None,
           web: tuple[str, int] | None = None) -> int:
     """Watch until ``duration`` seconds pass (or Ctrl-C); 0, or BrokerError at connect
-    (UsageError when ``web``'s address cannot be listened on)."""
+    (UsageError when ``web``'s address cannot be listened on). ``url``: one broker, or the
+    list of a cluster's nodes (module docstring)."""
     # the streams of the moment (a default of sys.stdout would be the one at import time)
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err

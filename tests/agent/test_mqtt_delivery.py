@@ -263,7 +263,7 @@ def test_two_clients_with_one_id_back_off_and_are_told_why(strict, tmp_path):
         # the side that said it has waited longer each time (before: every second)
         run = a if a.said("another client") else b
         gaps = [y - x for x, y in zip(run.enc.connections, run.enc.connections[1:])]
-        assert gaps[-1] >= 1.8, gaps
+        assert gaps[-1] >= 1.5, gaps          # 2 s or more, each wait +-25 % at random
     finally:
         a.close()
         if b is not None:
@@ -281,7 +281,8 @@ def test_a_broker_that_closes_right_after_the_connack_is_retried_with_back_off(s
     try:
         wait_for("three tries", lambda: len(run.enc.connections) >= 3, 30)
         gaps = [b - a for a, b in zip(run.enc.connections, run.enc.connections[1:])]
-        assert gaps[1] >= 1.8, gaps           # 1 s, then 2 s (before: 1 s each time)
+        # 1 s, then 2 s, each +-25 % at random (docs/mqtt.md; before: 1 s each time)
+        assert gaps[1] >= 1.5, gaps
         if reason is None:
             assert len(run.said("disconnected from")) == 1
         else:

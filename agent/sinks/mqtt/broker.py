@@ -10,8 +10,9 @@ failed handshake.
 from __future__ import annotations
 
 import logging
-import socket
 import os
+import random
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -127,6 +128,8 @@ def parse_broker_url(url: str) -> BrokerUrl:
                           f"mqtt://, mqtts://")
     tls = parts.scheme in ("mqtts", "ssl")
     try:
+        if parts.port == 0:            # urllib reads 0 as "no port": the default, silently
+            raise ValueError
         port = parts.port or (8883 if tls else 1883)
     except ValueError:
         raise BrokerError(f"broker URL {url!r}: the port must be a number from 1 to 65535") \
@@ -186,16 +189,50 @@ def fall_back_to_311(client) -> None:
     client._clean_session = True
 
 
+BACKOFF_MAX_S = 60     # the longest wait between reconnects
+
+
+def reconnect_delay(lost_up: bool, misses: int, brokers: int, flaps: int = 0) -> float:
+    """Seconds before the next connection attempt over a list of ``brokers`` (docs/mqtt.md
+    "Several brokers: failover"): ``lost_up``, a connection that was up has just ended (the
+    next broker at once, 0 to 1 s); ``misses``, failed attempts in a row, this one included
+    (0 to 1 s within a round of the list; after each whole round failed 1, 2, 4 ... up to
+    ``BACKOFF_MAX_S``); ``flaps``, connections in a row that ended at once or were taken
+    over (doubling from 1 s). Jittered (random.uniform, +-25 %): agents that lost one broker
+    together must not all come back in the same second."""
+    if flaps:
+        return min(BACKOFF_MAX_S, 2 ** min(flaps - 1, 16)) * random.uniform(0.75, 1.25)
+    if lost_up or misses % brokers:
+        return random.uniform(0.0, 1.0)
+    rounds = misses // brokers
+    return min(BACKOFF_MAX_S, 2 ** min(rounds - 1, 16)) * random.uniform(0.75, 1.25)
+
+
+def endpoint_name(host: str, port: int) -> str:
+    """``host:port`` as logs and the stats say it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class ConnectionReports:
     """What a broker connection says when it fails: once per distinct problem, not at
-    every retry. Needs ``s`` (the settings), ``tls``, ``log`` and ``_settled``."""
+    every retry, nor at every round over a list of brokers (each broker's problem is its
+    own line, said once, until a connection holds: ``_forget``). Needs ``host``/``port``
+    (the broker being tried), ``tls``, ``log`` and ``_settled``."""
     _last_error = ""
+    _said: frozenset[str] = frozenset()
 
     def _report(self, msg: str) -> None:
-        if msg != self._last_error:
+        if msg not in self._said:
             self.log(msg)
-            self._last_error = msg
+            self._said = self._said | {msg}
+        self._last_error = msg
+
+    def _forget(self, msg: str | None = None) -> None:
+        """The next report of ``msg`` (of any problem when None) is news again."""
+        self._said = self._said - {msg} if msg is not None else frozenset()
+        if msg is None or self._last_error == msg:
+            self._last_error = ""
 
     def _on_connect_fail(self, client, userdata) -> None:
-        self._report(diagnose(self.s.host, self.s.port, self.tls) + "; retrying")
+        self._report(diagnose(self.host, self.port, self.tls) + "; retrying")
         self._settled.set()

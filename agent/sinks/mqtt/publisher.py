@@ -3,10 +3,18 @@
 It owns delivery, once:
 
 - the paho client (``broker.make_client``: MQTT 5, or 3.1.1 by setting or by itself when
-  the broker refuses 5; clean session; the settings' credentials and TLS; reconnects
-  backing off from 1 to 60 s, and further after connections that end at once or are taken
-  over by another client with the same id), its Last Will, connecting, and the connection
-  reports (``broker.ConnectionReports``: once per distinct problem, not at every retry);
+  the broker refuses 5; clean session; the settings' credentials and TLS), its Last Will,
+  connecting, and the connection reports (``broker.ConnectionReports``: once per distinct
+  problem, not at every retry);
+- the brokers (``mqtt.brokers``, or the one ``host``/``port``; docs/mqtt.md "Several
+  brokers: failover"): the first that answers, in list order; a failed attempt or a lost
+  connection sends the next attempt to the next broker of the list (round robin). The wait
+  before it (``reconnect_delay``): 0 to 1 s after losing a connection that was up or moving
+  on within a round; after a whole round of failed attempts 1, 2, 4 ... up to 60 s, each
+  +-25 % at random so that a fleet whose broker died does not come back in lockstep; and
+  doubling after connections that end at once or are taken over by another client with the
+  same id. paho reconnects to the host and port that ``connect_async`` last gave it, so
+  the callbacks that see a failure give it the next broker there;
 - the sender thread, which publishes the rows of durable outboxes (agent/sinks/mqtt/
   outbox.py) oldest first with at most ``WINDOW`` of them unacknowledged;
 - acking: a row leaves its outbox only when the broker's PUBACK for it arrives;
@@ -60,6 +68,7 @@ across its publishes, and by encoders around what must be ordered with them: Spa
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
@@ -70,8 +79,8 @@ from typing import ClassVar
 
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from harken.agent.sinks.mqtt.broker import ConnectionReports, fall_back_to_311, is_mqtt5, \
-    make_client, refusal, speaks_tls
+from harken.agent.sinks.mqtt.broker import BACKOFF_MAX_S, ConnectionReports, endpoint_name, \
+    fall_back_to_311, is_mqtt5, make_client, reconnect_delay, refusal, speaks_tls
 from harken.agent.sinks.mqtt.outbox import Message, Outbox
 from harken.agent.sinks.mqtt.settings import MqttTableSink
 
@@ -79,7 +88,6 @@ WINDOW = 32            # outbox rows in flight (published, not yet acknowledged)
 STRIKES = 3            # a row in flight at this many broker closes in a row is refused
 STABLE_S = 10.0        # a connection shorter than this counts toward the reconnect back-off
 CLOSE_AFTER_S = 2.0    # a close this soon after a QoS 0 message may be the broker's answer to it
-BACKOFF_MAX_S = 60     # the longest wait between reconnects
 UNSUPPORTED_PROTOCOL = 0x84     # CONNACK: the broker does not speak this MQTT version
 TAKEN_OVER = 0x8E               # DISCONNECT: another client connected with this client id
 
@@ -187,6 +195,18 @@ class Publisher(ConnectionReports):
     def __init__(self, settings, client_id: str, encoder: Encoder,
                  log: Callable[[str], None], thread_name: str = "mqtt-outbox") -> None:
         self.s, self.encoder, self.log, self.client_id = settings, encoder, log, client_id
+        # the brokers, in order, and the one tried or connected now (docs/mqtt.md "Several
+        # brokers: failover"); every message naming a broker names this one
+        ends = getattr(settings, "endpoints", None)
+        self.endpoints: list[tuple[str, int]] = list(ends()) if ends is not None else \
+            [(settings.host, settings.port)]
+        self._at = 0
+        self.host, self.port = self.endpoints[0]
+        self._misses = 0                        # failed connection attempts in a row
+        self._retry_here = False                # the next attempt goes to the same broker
+        self._last_broker: int | None = None    # the index of the last broker connected to
+        self.broker_changes = 0                 # connections to another broker than the last
+        self.moved = False                      # this connection is to another broker
         self.lock = threading.RLock()           # lanes, sessions, the encoder's ordering
         self._flight_lock = threading.Lock()    # in-flight rows, early PUBACKs, latency
         self._lanes: list[Lane] = []
@@ -216,14 +236,12 @@ class Publisher(ConnectionReports):
         self._early = 0                         # connections closed before the CONNACK, in a row
         self._will_topic: str | None = None
         self._killed = False                    # the ack timeout closed this connection
-        self._speaks_tls: bool | None = None    # a plain client's port, looked at once
+        self._speaks_tls: dict[tuple[str, int], bool] = {}   # a plain client's port: TLS? (once)
         self._last_ack = 0.0                    # time.monotonic() of the last PUBACK
         self._ack_timeout_s = float(getattr(settings, "ack_timeout_s", 30.0))
         self._hold_s = float(getattr(settings, "outbox_hold_s", 0.0))
         self._spill_said: str | None = None     # the last failed write of held scores, said
-        self._ack_msg = (f"no acknowledgement from {settings.host}:{settings.port} within "
-                         f"mqtt.ack_timeout_s = {self._ack_timeout_s:g} s: the connection is "
-                         f"dead; reconnecting")
+        self._ack_msg: str | None = None        # the ack timeout's report, once made
         self._sending: _Sent | None = None      # the row being handed to paho now
         self._strike: tuple[Lane, int] | None = None    # the row the last broker close hit
         self._strikes = 0
@@ -260,9 +278,59 @@ class Publisher(ConnectionReports):
                 return
             self._started = True
         # a clean start every time under MQTT 5, as clean_session=True under 3.1.1
-        extra = {"clean_start": True} if is_mqtt5(self.client) else {}
-        self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive, **extra)
+        self._aim(self.client)
         self.client.loop_start()
+
+    def _aim(self, client) -> None:
+        """Point paho at the current broker: its reconnects go to the host and port of the
+        last ``connect_async`` (paho 2.2 ``reconnect``), which may be called from its own
+        callbacks, before its next attempt. A clean start every time under MQTT 5, as
+        clean_session=True under 3.1.1."""
+        extra = {"clean_start": True} if is_mqtt5(client) else {}
+        client.connect_async(self.host, self.port, keepalive=self.s.keepalive, **extra)
+
+    def _next_broker(self, client, lost_up: bool) -> None:
+        """After a failed attempt (``lost_up`` False) or a lost connection: the next attempt
+        goes to the next broker of the list, after ``reconnect_delay``. paho's own doubling
+        is overridden at every call (min = max = our delay)."""
+        if self._stop.is_set():
+            return
+        if lost_up:
+            self._misses = 0
+        else:
+            self._misses += 1
+        if self._retry_here:                  # the same broker, in another protocol
+            self._retry_here = False
+            delay = random.uniform(0.5, 1.0)
+        else:
+            delay = reconnect_delay(lost_up, max(self._misses, 1), len(self.endpoints),
+                                    self._flaps if lost_up else 0)
+            if len(self.endpoints) > 1:
+                self._at = (self._at + 1) % len(self.endpoints)
+                self.host, self.port = self.endpoints[self._at]
+                self._aim(client)
+        client.reconnect_delay_set(delay, delay)
+
+    @property
+    def broker(self) -> str | None:
+        """``host:port`` of the broker connected now; None while no connection is up."""
+        return endpoint_name(self.host, self.port) if self._connected.is_set() else None
+
+    @property
+    def _name(self) -> str:
+        return endpoint_name(self.host, self.port)
+
+    @property
+    def where(self) -> str:
+        """The broker tried or connected now, as the logs name it: ``host:port``, and
+        ``(broker 2 of 3)`` where there are several."""
+        name = endpoint_name(self.host, self.port)
+        n = len(self.endpoints)
+        return f"{name} (broker {self._at + 1} of {n})" if n > 1 else name
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        super()._on_connect_fail(client, userdata)
+        self._next_broker(client, lost_up=False)
 
     def add_lane(self, outbox: Outbox, encode: Callable[[Message, bool], bytes]) -> Lane:
         lane = Lane(outbox, encode)
@@ -424,12 +492,13 @@ class Publisher(ConnectionReports):
             if reason_code.value == UNSUPPORTED_PROTOCOL and is_mqtt5(client) and \
                     getattr(self.s, "protocol", "auto") == "auto":
                 fall_back_to_311(client)   # paho tries again in a second
-                self.log(f"broker {self.s.host}:{self.s.port} does not speak MQTT 5: using "
+                self._retry_here = True    # at the same broker
+                self.log(f"broker {self._name} does not speak MQTT 5: using "
                          f"MQTT 3.1.1, on which a refused message cannot be seen (the broker "
                          f"acknowledges it like a delivered one; docs/mqtt.md \"Protocol\")")
                 return
             hint = "check mqtt.username and the password"
-            msg = refusal(self.s.host, self.s.port, reason_code, hint)
+            msg = refusal(self.host, self.port, reason_code, hint)
             if reason_code.value == UNSUPPORTED_PROTOCOL:
                 msg += " (the broker does not speak this MQTT version: set mqtt.protocol = " \
                        "\"auto\")"
@@ -451,6 +520,11 @@ class Publisher(ConnectionReports):
                 lane.last_sent = 0                # resend everything not acknowledged
             self._session = (self._session or 0) + 1
         self._up, self._connected_at = True, time.monotonic()
+        self._misses = 0
+        # another broker than the last connection's: counted, and the encoder says it
+        self.moved = self._last_broker is not None and self._last_broker != self._at
+        self.broker_changes += self.moved
+        self._last_broker = self._at
         self.encoder.connection_made()
         self._connected.set()
         self._settled.set()
@@ -475,7 +549,7 @@ class Publisher(ConnectionReports):
         if was:
             lived = time.monotonic() - self._connected_at
             if lived >= STABLE_S and self._last_error != self._ack_msg:
-                self._last_error = ""          # a connection that held: the next problem is news
+                self._forget()                 # a connection that held: the next problem is news
             if not killed and not taken and str(reason_code) != "Keep alive timeout":
                 struck = self._strike_oldest()
             # a broker that closes every connection soon after accepting it (another
@@ -483,23 +557,21 @@ class Publisher(ConnectionReports):
             # second: the wait doubles up to BACKOFF_MAX_S (docs/mqtt.md "Client ids")
             short = (taken or lived < STABLE_S) and not struck
             self._flaps = self._flaps + 1 if short else 0
-            delay = min(BACKOFF_MAX_S, 2 ** (self._flaps - 1)) if self._flaps else 1
-            client.reconnect_delay_set(delay, max(delay, BACKOFF_MAX_S))
         if taken:
             self._report(f"another client uses client id {self.client_id}: a copied SD card "
-                         f"image or a second agent? (the broker {self.s.host}:{self.s.port} "
+                         f"image or a second agent? (the broker {self._name} "
                          f"said Session taken over; each agent needs its own mqtt.client_id); "
                          f"reconnecting with back-off up to {BACKOFF_MAX_S} s")
         elif killed or refused or struck:
             pass                               # said already (the ack timeout, the CONNACK)
         elif not was and self._tls_port():
-            self._report(f"broker {self.s.host}:{self.s.port} closed the connection before "
+            self._report(f"broker {self._name} closed the connection before "
                          f"answering ({reason_code}): is this a TLS port? set mqtt.tls = "
                          f"true; retrying")
         elif self._early >= STRIKES and self._will_topic is not None:
             # nats-server drops a CONNECT whose Will topic has a '.' or ' ' (Sparkplug's
             # spBv1.0, a node named line2.pi) without a word (docs/mqtt.md "Protocol")
-            self._report(f"the broker {self.s.host}:{self.s.port} closed the connection "
+            self._report(f"the broker {self._name} closed the connection "
                          f"{STRIKES} times in a row before accepting it ({reason_code}): "
                          f"it may not accept the Last Will's topic {self._will_topic} (its "
                          f"characters: nats-server takes no '.' or ' ' in topics), or refuses "
@@ -508,14 +580,15 @@ class Publisher(ConnectionReports):
             # (a message in flight at each close is the likelier cause: said if given up)
             # a broker that says nothing (MQTT 3.1.1, Mosquitto 2.0) closes a taken-over
             # connection like any other: its sign is that none of them lasts
-            self._report(f"the broker {self.s.host}:{self.s.port} closed the connection "
+            self._report(f"the broker {self._name} closed the connection "
                          f"{STRIKES} times in a row within {STABLE_S:g} s of accepting it "
                          f"({reason_code}): another client may use client id "
                          f"{self.client_id} (a copied SD card image or a second agent?); "
                          f"reconnecting with back-off up to {BACKOFF_MAX_S} s")
         elif not (was and self._flaps >= STRIKES):
-            self._report(f"disconnected from {self.s.host}:{self.s.port} ({reason_code}); "
+            self._report(f"disconnected from {self._name} ({reason_code}); "
                          "retrying")
+        self._next_broker(client, lost_up=was)    # said above: the broker just left
 
     @property
     def steady(self) -> bool:
@@ -526,9 +599,10 @@ class Publisher(ConnectionReports):
     def _tls_port(self) -> bool:
         """A plain client dropped before its CONNACK: does the port speak TLS? Looked at
         once (a TLS listener drops a plain CONNECT with nothing to say why)."""
-        if self.tls is None and self._speaks_tls is None:
-            self._speaks_tls = speaks_tls(self.s.host, self.s.port)
-        return bool(self._speaks_tls)
+        where = (self.host, self.port)
+        if self.tls is None and where not in self._speaks_tls:
+            self._speaks_tls[where] = speaks_tls(*where)
+        return bool(self._speaks_tls.get(where))
 
     def _strike_oldest(self) -> bool:
         """The broker closed a connection with messages unacknowledged: the oldest of them
@@ -619,9 +693,10 @@ class Publisher(ConnectionReports):
                                              if v[0] >= self._published}
             if order is not None and self._direct0:   # the broker took what came before
                 self._direct0 = [entry for entry in self._direct0 if entry[0] > order]
-        if (sent is not None or direct is not None) and self._last_error == self._ack_msg:
-            self._last_error = ""
-            self.log(f"acknowledgements from {self.s.host}:{self.s.port} arrive again")
+        if (sent is not None or direct is not None) and self._ack_msg is not None and \
+                self._last_error == self._ack_msg:
+            self._forget(self._ack_msg)
+            self.log(f"acknowledgements from {self._name} arrive again")
         if direct is not None and refused:
             self._log_refusal(direct, refused + "; not kept (live information)",
                               "direct: " + refused)
@@ -650,7 +725,7 @@ class Publisher(ConnectionReports):
         if key in self._reasons_logged:
             return
         self._reasons_logged.add(key)
-        self.log(f"the broker {self.s.host}:{self.s.port} does not take a message on {topic}: "
+        self.log(f"the broker {self._name} does not take a message on {topic}: "
                  f"{reason}; further refusals for this reason are counted in the stats, not "
                  f"logged")
 
@@ -700,6 +775,8 @@ class Publisher(ConnectionReports):
         if waited < self._ack_timeout_s:
             return False
         self.ack_timeouts += 1
+        self._ack_msg = (f"no acknowledgement from {self._name} within mqtt.ack_timeout_s = "
+                         f"{self._ack_timeout_s:g} s: the connection is dead; reconnecting")
         self._report(self._ack_msg)
         self._killed = True
         self._connected.clear()

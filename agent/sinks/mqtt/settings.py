@@ -1,4 +1,4 @@
-"""The ``[mqtt]`` table (docs/mqtt.md): broker, credentials, TLS, outbox, profile. The
+"""The ``[mqtt]`` table (docs/mqtt.md): broker(s), credentials, TLS, outbox, profile. The
 JSON-topic sink (sink.py) and the Sparkplug B sink (../sparkplug/sink.py) both read it:
 they take their base class, ``MqttTableSink``, from here, which names the table and its
 model once for both."""
@@ -12,9 +12,11 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, StrictBool, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, StrictBool, TypeAdapter, \
+    ValidationError, model_validator
 
 from harken.agent.sinks.base import Sink, SinkSettings
+from harken.agent.sinks.mqtt.broker import BrokerError, parse_broker_url
 from harken.common.settings import (ClientId, Count, Host, PathText, Port, Seconds,
                                     SparkplugId, Text, TopicPrefix, resolve_password)
 
@@ -23,6 +25,7 @@ __all__ = ["MqttSection", "MqttTableSink", "default_client_id"]
 ID_MAX = 128                      # characters of a client id (ClientId)
 # the other files of agent.state_dir (Sparkplug's outboxes and bdSeq, the seq reservations,
 # the calibration override, the enrolled bank): an outbox named like them would share one
+BROKERS_MAX = 16                  # URLs in mqtt.brokers (a cluster's nodes, not a fleet)
 RESERVED_PREFIXES = ("sparkplug", "seq-", "threshold-", "enrolled-", "recent-", "feedback-",
                      "maintenance-", "evidence-", "audit", "control", "commands-")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
@@ -42,6 +45,62 @@ def _outbox_name(value: str) -> str:
                          f"starting with {', '.join(RESERVED_PREFIXES)} are the agent's own: "
                          f"Sparkplug's outboxes are sparkplug-<machine>.db); choose another")
     return value
+
+
+def _brokers(urls: list[str]) -> list[str]:
+    """``mqtt.brokers``: 1 to 16 URLs of one cluster, tried in order (docs/mqtt.md "Several
+    brokers: failover"). Refused: an empty list (no broker at all: leave the key out for
+    ``host``/``port``), a URL that names no broker (its index said), credentials in a URL
+    (they are ``mqtt.username``/password: one login serves every node, and a URL is echoed
+    in logs), two URLs of one broker (the same host, any case, and port once the default is
+    filled in: ``mqtt://a`` is ``mqtt://a:1883``), and plain and TLS URLs mixed (one TLS
+    setting serves every connection). The values are never echoed by the config error
+    (agent/config.py SECRET_KEYS): a URL may hold a password."""
+    if not urls:
+        raise ValueError("mqtt.brokers is an empty list: give at least one broker URL "
+                         "(mqtt://host[:port] or mqtts://host[:port]), or leave the key out "
+                         "and set mqtt.host")
+    if len(urls) > BROKERS_MAX:
+        raise ValueError(f"mqtt.brokers has {len(urls)} URLs: at most {BROKERS_MAX}")
+    seen: dict[tuple[str, int], int] = {}
+    schemes: set[bool] = set()
+    for i, text in enumerate(urls):
+        where = f"mqtt.brokers[{i}]"
+        try:
+            url = parse_broker_url(text)
+            TypeAdapter(Host).validate_python(url.host)
+        except BrokerError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        except ValidationError:
+            raise ValueError(f"{where}: {url.host[:80]!r} is not a host name or address") \
+                from None
+        rest = text.split("://", 1)[-1]
+        if "@" in rest.split("/", 1)[0]:
+            raise ValueError(f"{where}: credentials in a broker URL are not taken: set "
+                             f"mqtt.username and the password (mqtt.password, password_file "
+                             f"or password_env), which serve every broker of the list")
+        if "/" in rest.strip("/") or "?" in rest or "#" in rest:
+            raise ValueError(f"{where}: a broker URL has no path, query or fragment "
+                             f"(mqtt://host[:port]); the topic prefix is mqtt.prefix")
+        key = (url.host.lower(), url.port)
+        if key in seen:
+            raise ValueError(f"{where} names the same broker as mqtt.brokers[{seen[key]}] "
+                             f"({url.host}:{url.port}; default ports filled in): each broker "
+                             f"once")
+        seen[key] = i
+        schemes.add(url.tls)
+    if len(schemes) > 1:
+        raise ValueError("mqtt.brokers mixes mqtt:// and mqtts:// URLs: one TLS setting "
+                         "(mqtt.tls, ca_file, cert_file) serves every connection; use one "
+                         "scheme for all")
+    return urls
+
+
+def _tls_scheme(text) -> bool:
+    """Whether a ``mqtt.brokers`` entry asks for TLS (``mqtts://``, ``ssl://``), before it
+    is checked."""
+    return isinstance(text, str) and text.split("://", 1)[0].strip().lower() in ("mqtts", "ssl") \
+        and "://" in text
 
 
 def _protocol(value):
@@ -70,6 +129,9 @@ class MqttSection(SinkSettings):
     enabled: bool = False
     host: Host = "localhost"
     port: Port = 1883
+    # several brokers (a cluster's nodes), tried in order, the next on a loss; instead of
+    # host/port (docs/mqtt.md "Several brokers: failover"); endpoints() reads either
+    brokers: Annotated[list[str], AfterValidator(_brokers)] | None = None
     prefix: TopicPrefix = "harken"
     client_id: ClientId = ""          # default: default_client_id(), stable across restarts
     keepalive: Count(5, 3600, "seconds") = 30
@@ -101,6 +163,39 @@ class MqttSection(SinkSettings):
     # Sparkplug a writable Maintenance metric. Off by default; who may send one is the
     # broker's ACL (docs/mqtt.md "Commands"). Strict: a stray "no" must not turn them on.
     commands: StrictBool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mqtts_means_tls(cls, data):
+        """``mqtts://`` URLs in ``mqtt.brokers`` turn TLS on (``tls = false`` set with them
+        is refused below)."""
+        if isinstance(data, dict) and "tls" not in data and isinstance(data.get("brokers"), list) \
+                and any(_tls_scheme(u) for u in data["brokers"]):
+            data = {**data, "tls": True}
+        return data
+
+    @model_validator(mode="after")
+    def _brokers_alone(self):
+        """``brokers`` replaces ``host``/``port``: both set would leave one of them unused,
+        and which one is a guess."""
+        if self.brokers is None:
+            return self
+        both = [f"mqtt.{k}" for k in ("host", "port") if k in self.model_fields_set]
+        if both:
+            raise ValueError(f"mqtt.brokers and {' and '.join(both)} are both set: give the "
+                             f"broker list alone (mqtt.brokers) or one broker "
+                             f"(mqtt.host, mqtt.port), not both")
+        if not self.tls and any(_tls_scheme(u) for u in self.brokers):
+            raise ValueError("mqtt.brokers has mqtts:// (TLS) URLs but mqtt.tls = false: "
+                             "remove mqtt.tls (mqtts:// turns it on) or use mqtt:// URLs")
+        return self
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        """The brokers to connect to, in order: ``brokers``, or ``[(host, port)]``. Everything
+        that connects uses this (agent/sinks/mqtt/publisher.py)."""
+        if self.brokers is None:
+            return [(self.host, self.port)]
+        return [(u.host, u.port) for u in map(parse_broker_url, self.brokers)]
 
     @model_validator(mode="after")
     def _password_needs_username(self):

@@ -109,19 +109,20 @@ def maintenance_payload(event: MaintenanceChanged, node: str, machine: str) -> d
 
 def plaintext_password_warning(settings) -> str | None:
     """One warning when a password would cross the network unencrypted (plain MQTT to a
-    broker that is not this machine); None otherwise."""
+    broker that is not this machine; the first such of ``mqtt.brokers``); None otherwise."""
     import ipaddress
     if settings.tls or not settings.username or settings.resolved_password() is None:
         return None
-    host = settings.host
-    try:
-        local = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        local = host == "localhost"
-    if local:
-        return None
-    return (f"WARNING: the MQTT password goes to {host}:{settings.port} unencrypted "
-            "(mqtt.tls = false); anyone on the network path can read it")
+    ends = getattr(settings, "endpoints", None)
+    for host, port in (ends() if ends is not None else [(settings.host, settings.port)]):
+        try:
+            local = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            local = host == "localhost"
+        if not local:
+            return (f"WARNING: the MQTT password goes to {host}:{port} unencrypted "
+                    "(mqtt.tls = false); anyone on the network path can read it")
+    return None
 
 
 @register
@@ -189,8 +190,9 @@ class MqttSink(Encoder, NetworkSink):
 
     # -- what each connection says (the publisher's hooks) ----------------------------------
     def connection_made(self) -> None:
-        if self.publisher.steady:          # not at every try against a broker that closes
-            self.log(f"connected to {self.s.host}:{self.s.port}")
+        # not at every try against a broker that closes; always on moving to another broker
+        if self.publisher.steady or self.publisher.moved:
+            self.log(f"connected to {self.publisher.where}")
         self.publisher.publish(self.status_topic, "online", qos=1, retain=True)
         # subscribed before publishing: what was retained there comes back first (a past
         # run's, or another agent's), then our own
@@ -318,7 +320,7 @@ class MqttSink(Encoder, NetworkSink):
             return
         self.duplicate = {k: other.get(k) for k in ("instance", "host", "state_dir", "pid")}
         self._warn(f"another agent publishes as node {self.node} machine "
-                     f"{self.machine} on {self.s.host}:{self.s.port} (host "
+                     f"{self.machine} on {self.publisher.where} (host "
                      f"{other.get('host')}, state folder {other.get('state_dir')}, pid "
                      f"{other.get('pid')}; this one: host {self.instance['host']}, state "
                      f"folder {self.instance['state_dir']}): their scores, seqs and states "
@@ -402,7 +404,11 @@ class MqttSink(Encoder, NetworkSink):
                 "outbox_disk_full": self.outbox.disk_full,
                 "refused": self.outbox.refused_count, "refused_reason": self.outbox.last_refusal,
                 "duplicate_agent": self.duplicate,
-                "mqtt_connected": self.publisher.connected, "mqtt_protocol":
+                "mqtt_connected": self.publisher.connected,
+                # the broker connected now (null: none) and how often it changed (failover,
+                # docs/mqtt.md "Several brokers: failover")
+                "broker": self.publisher.broker, "broker_changes": self.publisher.broker_changes,
+                "mqtt_protocol":
                     self.publisher.protocol, "ack_timeouts": self.publisher.ack_timeouts,
                 "published": len(latency),
                 "publish_ms_median": q[0], "publish_ms_p99": q[1]}

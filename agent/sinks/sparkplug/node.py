@@ -165,9 +165,10 @@ class EdgeNode(Encoder):
 
     # -- the connection (the publisher's hooks, paho's thread) ------------------------------
     def connection_made(self) -> None:
-        if self.publisher.steady:          # not at every try against a broker that closes
-            self.log(f"edge node {self.group}/{self.edge_node} connected to {self.s.host}:"
-                     f"{self.s.port} (bdSeq {self.bdseq})")
+        # not at every try against a broker that closes; always on moving to another server
+        if self.publisher.steady or self.publisher.moved:
+            self.log(f"edge node {self.group}/{self.edge_node} connected to "
+                     f"{self.publisher.where} (bdSeq {self.bdseq})")
         self.publisher.subscribe(topic(self.group, "NCMD", self.edge_node), qos=0)
         with self._lock:
             self._need_birth = True

@@ -23,7 +23,7 @@ _NODES_LOCK = threading.Lock()
 
 def _key(config) -> tuple:
     m = config.mqtt
-    return (m.host, m.port, m.group_id, config.mqtt.edge_node_id or config.agent.node)
+    return (tuple(m.endpoints()), m.group_id, config.mqtt.edge_node_id or config.agent.node)
 
 
 @register
@@ -43,7 +43,7 @@ class SparkplugSink(NetworkSink):
         with _NODES_LOCK:
             node, users = _NODES.get(key, (None, 0))
             if node is None:
-                node = EdgeNode(config.mqtt_settings(), m.group_id, key[3], state, version())
+                node = EdgeNode(config.mqtt_settings(), m.group_id, key[2], state, version())
             _NODES[key] = (node, users + 1)
         machine = config.agent.machine
         try:
@@ -85,7 +85,10 @@ class SparkplugSink(NetworkSink):
                 "sparkplug_refused": self.outbox.refused_count,
                 "sparkplug_refused_reason": self.outbox.last_refusal,
                 "sparkplug_connected": self.node.connected,
-                "sparkplug_ack_timeouts": self.node.publisher.ack_timeouts}
+                "sparkplug_ack_timeouts": self.node.publisher.ack_timeouts,
+                # the server connected now (null: none) and how often it changed (failover)
+                "sparkplug_broker": self.node.publisher.broker,
+                "sparkplug_broker_changes": self.node.publisher.broker_changes}
 
     @property
     def seq_start(self) -> int:

@@ -1,0 +1,265 @@
+"""Broker failover (docs/mqtt.md "Several brokers: failover", docs/watch.md): the agent's
+publisher, the Sparkplug edge node and `harken watch` against several real Mosquittos, each
+a separate process on its own port, one killed with SIGKILL mid-run. A subscriber on each
+broker; what the plant gets is the union. Every test waits on events (a log line, the
+stats, a message), never on a fixed sleep."""
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from harken.agent.decision.records import IntervalResult
+from harken.agent.sinks.mqtt.broker import BACKOFF_MAX_S, reconnect_delay
+from harken.agent.sinks.mqtt.outbox import Outbox
+from harken.agent.sinks.mqtt.settings import MqttSection
+from harken.agent.sinks.mqtt.sink import MqttSink
+from harken.testkit.mosquitto import PASSWORD, USER, Broker, Listener, free_port
+from tests.agent.sparkplug_host import Host
+from tests.helpers import collect_lines, wait_for
+
+
+@pytest.fixture
+def brokers(tmp_path):
+    """Three Mosquittos, started; each stopped (or found dead) at the end."""
+    made = []
+    for i in range(3):
+        (tmp_path / f"b{i}").mkdir()
+        made.append(Broker(tmp_path / f"b{i}"))
+        made[-1].start()
+    yield made
+    for b in made:
+        if b.proc is not None and b.proc.poll() is None:
+            b.stop()
+
+
+def kill(b: Broker) -> None:
+    """SIGKILL: no clean close, no Will withheld, the port gone at once."""
+    b.proc.send_signal(signal.SIGKILL)
+    b.proc.wait(10)
+    b.proc = None
+
+
+def url(b) -> str:
+    return f"mqtt://127.0.0.1:{b if isinstance(b, int) else b.port}"
+
+
+def name(b) -> str:
+    return f"127.0.0.1:{b if isinstance(b, int) else b.port}"
+
+
+def result(seq: int) -> IntervalResult:
+    return IntervalResult(ts=1000.0 + seq, seq=seq, score=1.0, threshold=2.0, anomaly=False,
+                          interval_s=2.0, model="m", backend="onnx", status="ok",
+                          rms_dbfs=-20.0, windows=3, inference_ms=0.1)
+
+
+def settings(*urls, **kw) -> MqttSection:
+    return MqttSection(enabled=True, brokers=list(urls), username=USER, password=PASSWORD,
+                       **kw)
+
+
+def sink(tmp_path, s: MqttSection, logs: list) -> MqttSink:
+    return MqttSink(s, "n1", "fan", tmp_path / "state" / "outbox.db", log=logs.append)
+
+
+def seqs(listener: Listener) -> list[int]:
+    return [p["seq"] for p in listener.scores()]
+
+
+def test_the_wait_before_a_reconnect_backs_off_per_round_with_jitter():
+    """0..1 s after a loss or within a round; after each whole round of failures 1, 2, 4 ...
+    up to BACKOFF_MAX_S, each +-25 %; never two agents in lockstep (the values differ)."""
+    for _ in range(200):
+        assert 0 <= reconnect_delay(True, 0, 3) <= 1
+        assert 0 <= reconnect_delay(False, 4, 3) <= 1              # the 2nd round goes on
+        assert 0.75 <= reconnect_delay(False, 3, 3) <= 1.25        # a round failed: 1 s
+        assert 1.5 <= reconnect_delay(False, 6, 3) <= 2.5          # two rounds: 2 s
+        assert 0.75 * BACKOFF_MAX_S <= reconnect_delay(False, 300, 3) <= 1.25 * BACKOFF_MAX_S
+        assert 3 <= reconnect_delay(True, 0, 3, flaps=3) <= 5      # closes at once: doubling
+    assert len({reconnect_delay(False, 3, 3) for _ in range(20)}) > 1
+
+
+def test_a_killed_broker_is_left_for_the_next_and_no_score_is_lost(brokers, tmp_path):
+    """The real MqttSink on A, B, C publishing QoS 1 scores; A killed with SIGKILL mid-run:
+    the sink connects to B (its log line and its stats say so), every seq arrives (on A
+    before the kill or on B after), in order on each broker; a seq seen on both is one A
+    never acknowledged, sent again as history; broker_changes is 1."""
+    a, b, c = brokers
+    on = {x.port: Listener(x.port, client_id=f"plant-{x.port}") for x in brokers}
+    logs: list[str] = []
+    s = sink(tmp_path, settings(url(a), url(b), url(c)), logs)
+    try:
+        wait_for("connected to A", lambda: s.publisher.broker == name(a), 30)
+        assert s.health()["broker"] == name(a) and s.health()["broker_changes"] == 0
+        for seq in range(1, 41):
+            s.interval(result(seq))
+        wait_for("some scores on A", lambda: len(seqs(on[a.port])) >= 10, 30)
+        kill(a)
+        for seq in range(41, 81):
+            s.interval(result(seq))
+        wait_for("connected to B", lambda: s.publisher.broker == name(b), 30)
+        assert f"connected to {name(b)} (broker 2 of 3)" in logs
+        assert any(f"disconnected from {name(a)}" in m for m in logs), logs
+        for seq in range(81, 101):
+            s.interval(result(seq))
+        wait_for("every seq on A or B",
+                 lambda: set(seqs(on[a.port])) | set(seqs(on[b.port])) >= set(range(1, 101)), 60)
+        wait_for("the outbox empty", lambda: s.outbox.depth == 0, 30)
+        health = s.health()
+        assert health["broker"] == name(b) and health["broker_changes"] == 1
+        got_a, got_b = seqs(on[a.port]), seqs(on[b.port])
+        assert got_a == sorted(set(got_a)) and got_b == sorted(set(got_b))   # in order, once
+        twice = set(got_a) & set(got_b)
+        replayed = {p["seq"] for p in on[b.port].scores() if p["replayed"]}
+        assert twice <= replayed, "a seq A had acknowledged was sent again"
+        assert len(twice) <= 32                 # at most the window of unacknowledged rows
+        assert seqs(on[c.port]) == []           # C was never needed
+        # the "online" status (retained) said on B too: the contract holds on each node
+        assert ("harken/n1/fan/status", "online") in [(t, p) for t, p, _ in on[b.port].messages]
+    finally:
+        s.close(flush_s=2)
+        for x in on.values():
+            x.close()
+
+
+def test_a_first_broker_that_is_not_there_is_skipped(brokers, tmp_path):
+    """A closed port first in the list: the sink connects to the second, says why the first
+    failed (once), and that is no broker change."""
+    closed = free_port()
+    logs: list[str] = []
+    s = sink(tmp_path, settings(url(closed), url(brokers[1])), logs)
+    try:
+        wait_for("connected to the second", lambda: s.publisher.broker == name(brokers[1]), 30)
+        assert any(f"cannot reach broker {name(closed)}" in m for m in logs), logs
+        assert s.health()["broker_changes"] == 0
+    finally:
+        s.close(flush_s=1)
+
+
+def test_no_broker_there_is_said_once_per_problem_then_one_that_comes_up_is_used(
+        tmp_path, capfd):
+    """Both brokers down: one line per broker however many rounds, no traceback; scores
+    wait in the outbox; the broker that starts is connected to and acknowledges them all."""
+    (tmp_path / "late").mkdir()
+    closed, late = free_port(), Broker(tmp_path / "late")
+    logs: list[str] = []
+    s = sink(tmp_path, settings(url(closed), url(late.port)), logs)
+    try:
+        for seq in range(1, 6):
+            s.interval(result(seq))
+        wait_for("two whole rounds failed", lambda: s.publisher._misses >= 4, 60)
+        said = [m for m in logs if "cannot reach" in m]
+        assert sorted(said) == sorted({f"cannot reach broker {name(closed)}: Connection "
+                                       f"refused; retrying", f"cannot reach broker "
+                                       f"{name(late.port)}: Connection refused; retrying"})
+        # five scores and the first interval's anomaly state, waiting
+        assert s.health()["broker"] is None and s.outbox.depth == 6
+        late.start()
+        wait_for("connected to the late one", lambda: s.publisher.broker == name(late.port), 90)
+        wait_for("the waiting scores acknowledged", lambda: s.outbox.depth == 0, 30)
+        assert f"connected to {name(late.port)} (broker 2 of 2)" in logs
+        assert "Traceback" not in capfd.readouterr().err
+    finally:
+        s.close(flush_s=1)
+        late.stop()
+
+
+def test_the_sparkplug_edge_node_is_born_again_on_the_next_server(brokers, tmp_path):
+    """Sparkplug B on A then, A killed, on B: B's NBIRTH carries bdSeq = A's + 1 (and the
+    Will set for B carries the same bdSeq), DBIRTH before any DDATA on B, and every DDATA
+    seq on A or B."""
+    from harken.agent.sinks.sparkplug.node import EdgeNode
+    from harken.agent.sinks.sparkplug.payload import decode, metric_value
+    a, b, _ = brokers
+    host_a, host_b = Host(a.port), Host(b.port)
+    logs: list[str] = []
+    node = EdgeNode(settings(url(a), url(b), profile="sparkplug-b"), "harken", "edge",
+                    tmp_path, "0.0", log=logs.append)
+    device = node.add_device("fan", Outbox(tmp_path / "sparkplug-fan.db"),
+                             {"model": "", "backend": "", "section": None, "interval_s": 2})
+    node.describe(device, model="m", backend="onnx")
+    try:
+        for seq in range(1, 11):
+            node.data(device, result(seq).payload())
+        host_a.wait(lambda h: len(h.of("DDATA")) >= 5)
+        first = host_a.of("NBIRTH")[0].payload.values()["bdSeq"]
+        kill(a)
+        for seq in range(11, 21):
+            node.data(device, result(seq).payload())
+        host_b.wait(lambda h: h.of("NBIRTH") and len(h.of("DDATA")) >= 1)
+        born = host_b.of("NBIRTH")[0].payload.values()["bdSeq"]
+        assert born == (first + 1) % 256
+        # the Will the connection to B carried (paho keeps it for every CONNECT it sends)
+        will = decode(node.publisher.client._will_payload)
+        assert [metric_value(m) for m in will.metrics if m.name == "bdSeq"] == [born]
+        kinds = [m.kind for m in host_b.messages]
+        assert kinds[0] == "NBIRTH" and kinds.index("DBIRTH") < kinds.index("DDATA")
+        assert any(f"connected to {name(b)} (broker 2 of 2) (bdSeq {born})" in m for m in logs)
+
+        def interval_seqs(h):
+            return {m.payload.values()["interval_seq"] for m in h.of("DDATA")}
+        host_b.wait(lambda h: interval_seqs(host_a) | interval_seqs(h) >= set(range(1, 21)))
+        assert node.publisher.broker_changes == 1
+    finally:
+        node.remove_device(device, 1)
+        node.close()
+        host_a.close()
+        host_b.close()
+
+
+def test_watch_goes_on_from_the_next_broker_when_its_broker_dies(brokers, tmp_path):
+    """`harken watch URL_A URL_B --json` (persistent session): an agent's scores seen from A;
+    A killed; the watcher says so, connects to B, and shows what the agent, failing over
+    too, publishes there."""
+    a, b, _ = brokers
+    (tmp_path / "pw").write_text(PASSWORD + "\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harken.agent.cli", "watch", f"{url(a)},{url(b)}",
+         "--username", USER, "--password-file", str(tmp_path / "pw"), "--name", "failover",
+         "--json", "--for", "300"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = collect_lines(proc.stdout), collect_lines(proc.stderr)
+    logs: list[str] = []
+    s = sink(tmp_path, settings(url(a), url(b)), logs)
+
+    def scores() -> list[int]:
+        return [x["payload"]["seq"] for x in map(json.loads, list(out)) if x["kind"] == "score"]
+    try:
+        wait_for("the watcher on A", lambda: s.publisher.broker == name(a), 30)
+        wait_for("the watcher subscribed", lambda: any('"status"' in x for x in list(out)), 30)
+        s.interval(result(1))
+        wait_for("seq 1 watched", lambda: 1 in scores(), 30)
+        kill(a)
+        wait_for("the agent on B", lambda: s.publisher.broker == name(b), 30)
+        wait_for("the watcher on B", lambda: any(f"connected again to {name(b)} (broker 2 of 2)"
+                                                 in x for x in list(err)), 30)
+        s.interval(result(2))
+        wait_for("seq 2 watched from B", lambda: 2 in scores(), 30)
+        assert any(f"disconnected from {name(a)} (broker 1 of 2)" in x for x in list(err)), err
+    finally:
+        s.close(flush_s=1)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert proc.returncode == 0 and not any("Traceback" in x for x in list(err)), err
+
+
+def test_watch_refuses_a_list_that_is_no_cluster_and_says_each_broker_that_is_not_there(
+        tmp_path):
+    def watch(*args):
+        return subprocess.run([sys.executable, "-m", "harken.agent.cli", "watch", *args,
+                               "--name", "t", "--for", "1"], capture_output=True, text=True,
+                              timeout=60)
+    one, two = free_port(), free_port()
+    for args, says in [
+            ((f"mqtt://127.0.0.1:{one}", f"mqtt://127.0.0.1:{one}"), "is given twice"),
+            (("mqtt://a", "mqtt://A:1883"), "a:1883 is given twice"),
+            (("mqtt://a", "mqtts://b"), "mqtt:// and mqtts:// URLs mixed"),
+            ((f"mqtt://127.0.0.1:{one}", f"mqtt://127.0.0.1:{two}"),
+             f"no broker of the 2 answered: cannot reach broker 127.0.0.1:{one}")]:
+        r = watch(*args)
+        assert r.returncode == 2 and says in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+

@@ -1,0 +1,67 @@
+"""``mqtt.brokers`` (docs/mqtt.md "Several brokers: failover"): every list that cannot serve
+as one cluster is refused in one line naming the key (and the index of a bad URL), a
+password in a URL is never echoed, and ``endpoints()`` is what every connection uses."""
+
+import pytest
+
+from harken.agent.config import ConfigError, load_config
+
+GOOD = """
+[agent]
+node = "n1"
+machine = "fan"
+[model]
+bundle = "b"
+[audio]
+source = "file"
+file = "x.wav"
+[mqtt]
+enabled = true
+"""
+
+
+def load(tmp_path, mqtt: str):
+    p = tmp_path / "agent.toml"
+    p.write_text(GOOD + mqtt + "\n")
+    return load_config(p)
+
+
+@pytest.mark.parametrize("mqtt, says", [
+    ("brokers = []", r"mqtt\.brokers is an empty list"),
+    ('brokers = ["mqtt://a", "mqtt://A:1883"]',
+     r"mqtt\.brokers\[1\] names the same broker as mqtt\.brokers\[0\] \(a:1883"),
+    ('brokers = ["mqtts://a:8883", "mqtts://a"]', r"mqtt\.brokers\[1\] names the same broker"),
+    ('brokers = ["mqtt://a", "mqtts://b"]', r"mqtt\.brokers mixes mqtt:// and mqtts://"),
+    ('brokers = ["mqtt://op:s3cret@a"]', r"mqtt\.brokers\[0\]: credentials in a broker URL"),
+    ('brokers = ["mqtt://a"]\nhost = "b"', r"mqtt\.brokers and mqtt\.host are both set"),
+    ('brokers = ["mqtt://a"]\nport = 1884', r"mqtt\.brokers and mqtt\.port are both set"),
+    ('brokers = ["mqtts://a"]\ntls = false', r"mqtt\.brokers has mqtts:// \(TLS\) URLs but "
+                                             r"mqtt\.tls = false"),
+    ('brokers = ["mqtt://a", "mqtt://b", "ftp://c"]', r"mqtt\.brokers\[2\]: .*scheme 'ftp'"),
+    ('brokers = ["mqtt://a:0"]', r"mqtt\.brokers\[0\]: .*port must be a number"),
+    ('brokers = ["mqtt://a b"]', r"mqtt\.brokers\[0\]: 'a b' is not a host name"),
+    ('brokers = ["mqtt://a/plant"]', r"mqtt\.brokers\[0\]: a broker URL has no path"),
+    ("brokers = [" + ", ".join(f'"mqtt://h{i}"' for i in range(17)) + "]",
+     r"mqtt\.brokers has 17 URLs: at most 16"),
+])
+def test_a_broker_list_that_is_no_cluster_is_refused_in_one_line_naming_the_key(
+        tmp_path, mqtt, says):
+    with pytest.raises(ConfigError, match=says) as err:
+        load(tmp_path, mqtt)
+    text = str(err.value)
+    assert len(text.splitlines()) == 1 and str(tmp_path / "agent.toml") in text
+    assert "s3cret" not in text                     # a URL's password is never echoed
+
+
+def test_the_endpoints_are_the_list_in_order_or_the_one_host():
+    from harken.agent.sinks.mqtt.settings import MqttSection
+    s = MqttSection(brokers=["mqtts://a", "mqtts://B:9000", "ssl://c:1"])
+    assert s.endpoints() == [("a", 8883), ("b", 9000), ("c", 1)]
+    assert MqttSection(host="h", port=2).endpoints() == [("h", 2)]
+
+
+def test_mqtts_urls_turn_tls_on(tmp_path):
+    c = load(tmp_path, 'brokers = ["mqtts://a", "mqtts://b"]')
+    assert c.mqtt.tls and c.mqtt.endpoints() == [("a", 8883), ("b", 8883)]
+    plain = load(tmp_path, 'brokers = ["mqtt://a", "b:1884"]')
+    assert not plain.mqtt.tls and plain.mqtt.endpoints() == [("a", 1883), ("b", 1884)]
