@@ -169,7 +169,9 @@ class NatsCluster:
         """The node knows the JetStream cluster's meta leader (its /jsz monitoring page).
         Not /healthz: in 2.9 it keeps failing on a restarted node for a per-server
         consumer of the retained-message stream that is never "current" again, while MQTT
-        works."""
+        works. A single node has no meta group."""
+        if self.n == 1:
+            return True
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.http_ports[i]}/jsz", timeout=2) as r:
                 return bool((json.loads(r.read()).get("meta_cluster") or {}).get("leader"))
@@ -207,3 +209,102 @@ class NatsCluster:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def host_port(url: str) -> tuple[str, int]:
+    """("127.0.0.1", PORT) of a kit URL "mqtt://127.0.0.1:PORT"."""
+    host, _, port = url.removeprefix("mqtt://").rpartition(":")
+    return host, int(port)
+
+
+class Collector:
+    """A paho client that records every message it gets, for the cluster tests and probe:
+    ``clean_session`` False with a fixed ``client_id`` is the plant subscriber's persistent
+    session (docs/deploy.md "Many devices: a broker cluster"). Waits are on events, never
+    fixed sleeps."""
+
+    def __init__(self, url: str, client_id: str, clean_session: bool = True,
+                 protocol: int = mqtt.MQTTv311, will: tuple[str, str] | None = None,
+                 keepalive: int = 10) -> None:
+        self.url, self.messages = url, []
+        self.cond = threading.Condition()
+        self.connected, self.subscribed = threading.Event(), threading.Event()
+        self.session_present: bool | None = None
+        self.refused: str | None = None
+        kw = {} if protocol == mqtt.MQTTv5 else {"clean_session": clean_session}
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=protocol, **kw)
+        if will:
+            self.client.will_set(will[0], will[1], qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.keepalive = keepalive
+
+    def _on_connect(self, client, userdata, flags, rc, props=None) -> None:
+        if rc.is_failure:
+            self.refused = str(rc)
+        else:
+            self.session_present = bool(flags.session_present)
+        self.connected.set()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self.cond:
+            self.messages.append((msg.topic, msg.payload.decode(errors="replace"), bool(msg.retain)))
+            self.cond.notify_all()
+
+    def connect(self, timeout: float = 20.0) -> bool:
+        """Connect and run the network loop; True when the broker accepted."""
+        host, port = host_port(self.url)
+        try:
+            self.client.connect(host, port, keepalive=self.keepalive)
+        except OSError as exc:
+            self.refused = str(exc)
+            return False
+        self.client.loop_start()
+        return self.connected.wait(timeout) and self.refused is None
+
+    def subscribe(self, topic: str, qos: int = 1, timeout: float = 20.0) -> bool:
+        self.subscribed.clear()
+        self.client.subscribe(topic, qos)
+        return self.subscribed.wait(timeout)
+
+    def wait_for(self, pred, timeout: float) -> bool:
+        """Wait until ``pred(messages)`` holds (or ``timeout`` seconds)."""
+        with self.cond:
+            return self.cond.wait_for(lambda: pred(self.messages), timeout)
+
+    def close(self) -> None:
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+
+    def drop(self) -> None:
+        """Stop the network loop without a DISCONNECT (its node is dead, or the test wants
+        the session left as a crash leaves it)."""
+        self.client.loop_stop()
+        sock = self.client.socket()
+        if sock is not None:
+            sock.close()
+
+
+def publish_all(url: str, messages: list[tuple[str, str]], retain: bool = False,
+                client_id: str = "", timeout: float = 30.0) -> int:
+    """Publish ``messages`` (topic, payload) at QoS 1 on ``url``; returns how many the broker
+    acknowledged within ``timeout`` seconds in all."""
+    pub = Collector(url, client_id or f"pub-{os.getpid()}-{time.monotonic_ns()}")
+    if not pub.connect(timeout):
+        pub.drop()
+        return 0
+    infos = [pub.client.publish(t, p, qos=1, retain=retain) for t, p in messages]
+    deadline = time.monotonic() + timeout
+    acked = 0
+    for info in infos:
+        try:
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+        except (RuntimeError, ValueError):
+            pass
+        acked += info.is_published()
+    pub.close()
+    return acked
