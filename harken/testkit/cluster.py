@@ -178,6 +178,32 @@ class NatsCluster:
         except (OSError, ValueError):
             return False
 
+    def msgs_consumer_leaders(self) -> dict[str, int]:
+        """The node leading each JetStream consumer of the MQTT gateway's QoS 1 message stream
+        (``$MQTT_msgs``: one durable consumer per QoS 1 subscription of a persistent
+        session), by consumer name, as the running nodes' /jsz pages report them; a test
+        uses it to kill the node that holds a subscriber's consumer."""
+        out: dict[str, int] = {}
+        for i in range(self.n):
+            if not self.alive(i):
+                continue
+            url = (f"http://127.0.0.1:{self.http_ports[i]}/jsz?accounts=true&streams=true"
+                   "&consumers=true")
+            try:
+                with urllib.request.urlopen(url, timeout=3) as r:
+                    data = json.loads(r.read())
+            except (OSError, ValueError):
+                continue
+            for acc in data.get("account_details") or []:
+                for st in acc.get("stream_detail") or []:
+                    if st.get("name") != "$MQTT_msgs":
+                        continue
+                    for co in st.get("consumer_detail") or []:
+                        leader = (co.get("cluster") or {}).get("leader", "")
+                        if leader.startswith("n") and leader[1:].isdigit():
+                            out[co["name"]] = int(leader[1:])
+        return out
+
     def wait_ready(self, nodes: list[int] | None = None, timeout: float | None = None) -> None:
         """Wait until every node in ``nodes`` (all running ones by default) knows the meta
         leader and accepts an MQTT connection; raises AssertionError naming the node otherwise."""
