@@ -207,9 +207,26 @@ def got(c: Collector, topic: str, payload: str | None = None, timeout: float = W
 
 
 def probe(cluster, engine: str) -> dict:
-    """The checks above on a started 3-node ``cluster``; node 0 is killed near the end."""
-    u = cluster.urls
+    """The checks above on a started 3-node ``cluster``. Node ``a`` is the one that gets
+    killed: the node a persistent subscriber is on and (NATS) that leads its QoS 1
+    consumer; it also takes the retained status and the will clients."""
     out: dict = {}
+    sub = Collector(cluster.urls[0], "plant-subscriber", clean_session=False)
+    sub.connect()
+    sub.subscribe("harken/+/+/score", qos=1)
+    a = 0
+    leaders = getattr(cluster, "msgs_consumer_leaders", lambda: {})()
+    if leaders and next(iter(leaders.values())) != 0:
+        a = next(iter(leaders.values()))
+        sub.close()
+        sub = Collector(cluster.urls[a], "plant-subscriber", clean_session=False)
+        sub.connect()
+    out["killed_node_leads_consumer"] = bool(leaders) and a == cluster.msgs_consumer_leaders().get(
+        next(iter(leaders)), -1)
+    u = [cluster.urls[(a + k) % 3] for k in range(3)]
+    if hasattr(cluster, "mqtt_stream_replicas"):
+        out["stream_replicas"] = cluster.mqtt_stream_replicas()
+
     v5 = Collector(u[0], "probe-v5", protocol=5)
     out["mqtt5"] = v5.connect(10)
     v5.drop()
@@ -232,8 +249,8 @@ def probe(cluster, engine: str) -> dict:
     sp.connect()
     sp.subscribe("spBv1.0/harken/#")
     sp_topic = "spBv1.0/harken/NDATA/edge1"
-    publish_all(u[0], [(sp_topic, "x")])
-    out["sparkplug_topic_unchanged"] = got(sp, sp_topic)
+    publish_all(u[0], [(sp_topic, "x")], timeout=5)
+    out["sparkplug_topic_unchanged"] = got(sp, sp_topic, timeout=5)
     out["sparkplug_topics_seen"] = sorted({t for t, _, _ in sp.messages})
     sp.close()
 
@@ -247,16 +264,13 @@ def probe(cluster, engine: str) -> dict:
     p.wait()
     out["will_when_client_dies"] = got(watcher, will_topic, "offline")
 
-    # node 0 dies with a will client and a persistent subscriber on it
+    # node a dies with a will client and the persistent subscriber on it
     node_topic = "harken/n1/w2/status"
     p = will_client(u[0], "probe-will-node", node_topic)
-    sub = Collector(u[0], "plant-subscriber", clean_session=False)
-    sub.connect()
-    sub.subscribe("harken/+/+/score", qos=1)
     warm = publish_all(u[1], [("harken/n1/m1/score", "warm")])
     out["persistent_warmup_received"] = bool(warm) and got(sub, "harken/n1/m1/score", "warm")
     t0 = time.monotonic()
-    cluster.kill(0)
+    cluster.kill(a)
     sub.drop()
     p.kill()
     p.wait()
@@ -283,19 +297,29 @@ def probe(cluster, engine: str) -> dict:
     return out
 
 
-def run_engine(engine: str, tuned: bool) -> dict:
+# (engine, config name, what it sets, how the cluster is made)
+CONFIGS = [
+    ("nats", "defaults", "no replica settings in the mqtt block",
+     lambda root: NatsCluster(root, replicas=0, consumer_replicas=None)),
+    ("nats", "consumers R1", "mqtt { stream_replicas: 3, consumer_replicas: 1 }",
+     lambda root: NatsCluster(root, replicas=3, consumer_replicas=1)),
+    ("nats", "tested", "mqtt { stream_replicas: 3, consumer_replicas: 3 }",
+     lambda root: NatsCluster(root, replicas=3, consumer_replicas=3)),
+    ("rabbitmq", "defaults", "mqtt plugin enabled, nothing else",
+     lambda root: RabbitCluster(root)),
+    ("rabbitmq", "tuned", "mqtt.sparkplug = true; policy ha-mode all on ^mqtt-subscription-",
+     lambda root: RabbitCluster(root, tuned=True)),
+]
+
+
+def run_config(engine: str, name: str, sets: str, make) -> dict:
     root = Path(tempfile.mkdtemp(prefix=f"cluster-probe-{engine}-"))
     t0 = time.monotonic()
     try:
-        if engine == "nats":
-            cluster = NatsCluster(root) if tuned else NatsCluster(root, replicas=0, consumer_replicas=None)
-        else:
-            cluster = RabbitCluster(root, tuned=tuned)
-        with cluster:
+        with make(root) as cluster:
             start_s = round(time.monotonic() - t0, 1)
             res = probe(cluster, engine)
-        return {"engine": engine, "config": "tuned" if tuned else "defaults", "start_s": start_s,
-                "checks": res}
+        return {"engine": engine, "config": name, "sets": sets, "start_s": start_s, "checks": res}
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -320,10 +344,11 @@ def main() -> None:
         if engine not in have:
             skipped.append(engine)
             continue
-        for tuned in (False, True):
-            print(f"probing {engine} ({'tuned' if tuned else 'defaults'})", flush=True)
-            runs.append(run_engine(engine, tuned))
-            print(runs[-1], flush=True)
+        for eng, name, sets, make in CONFIGS:
+            if eng == engine:
+                print(f"probing {engine} ({name})", flush=True)
+                runs.append(run_config(engine, name, sets, make))
+                print(runs[-1], flush=True)
     path = record("cluster-probe", "bench/probe_cluster.py",
                   {"versions": have, "skipped": skipped, "burst": BURST, "wait_s": WAIT_S,
                    "runs": runs, "seconds": round(time.monotonic() - t0, 1)})

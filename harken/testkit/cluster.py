@@ -178,22 +178,39 @@ class NatsCluster:
         except (OSError, ValueError):
             return False
 
+    def _jsz(self, query: str) -> list[dict]:
+        """The running nodes' /jsz monitoring pages with ``query``."""
+        pages = []
+        for i in range(self.n):
+            if not self.alive(i):
+                continue
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_ports[i]}/jsz?{query}",
+                                            timeout=3) as r:
+                    pages.append(json.loads(r.read()))
+            except (OSError, ValueError):
+                continue
+        return pages
+
+    def mqtt_stream_replicas(self) -> dict[str, int]:
+        """The replica count of each MQTT gateway stream (``$MQTT_sess``, ``$MQTT_msgs``,
+        ``$MQTT_rmsgs``) as created: without ``stream_replicas`` the gateway picks it itself
+        (bench/probe_cluster.py records what it picked)."""
+        out: dict[str, int] = {}
+        for page in self._jsz("accounts=true&streams=true&config=true"):
+            for acc in page.get("account_details") or []:
+                for st in acc.get("stream_detail") or []:
+                    if st.get("name", "").startswith("$MQTT_"):
+                        out[st["name"]] = (st.get("config") or {}).get("num_replicas", 0)
+        return out
+
     def msgs_consumer_leaders(self) -> dict[str, int]:
         """The node leading each JetStream consumer of the MQTT gateway's QoS 1 message stream
         (``$MQTT_msgs``: one durable consumer per QoS 1 subscription of a persistent
         session), by consumer name, as the running nodes' /jsz pages report them; a test
         uses it to kill the node that holds a subscriber's consumer."""
         out: dict[str, int] = {}
-        for i in range(self.n):
-            if not self.alive(i):
-                continue
-            url = (f"http://127.0.0.1:{self.http_ports[i]}/jsz?accounts=true&streams=true"
-                   "&consumers=true")
-            try:
-                with urllib.request.urlopen(url, timeout=3) as r:
-                    data = json.loads(r.read())
-            except (OSError, ValueError):
-                continue
+        for data in self._jsz("accounts=true&streams=true&consumers=true"):
             for acc in data.get("account_details") or []:
                 for st in acc.get("stream_detail") or []:
                     if st.get("name") != "$MQTT_msgs":
