@@ -11,6 +11,8 @@ names, and checks with paho clients:
 - a retained ``status`` taken by node 0 seen from node 1 (exact topic, and ``<prefix>/#``),
   and from node 2 after node 0 was SIGKILLed;
 - a Last Will when the client dies (SIGKILL of the client process) and when its node dies;
+- how many connections and QoS 1 subscriptions a node of the cluster refuses during the
+  outage (each asked again, as a plant subscriber must);
 - a persistent-session QoS 1 subscriber (fixed client id, clean_session false) whose node is
   SIGKILLed, reconnecting to another node: how many of the messages published meanwhile it
   gets;
@@ -35,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import record  # noqa: E402
 from harken.testkit.cluster import (NATS_SERVER, Collector, NatsCluster, free_ports,  # noqa: E402
-                                    mqtt_answers, publish_all)
+                                    mqtt_answers, open_subscriber, publish_all)
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 BURST = 20            # messages published while the persistent subscriber's node is down
@@ -280,15 +282,32 @@ def probe(cluster, engine: str) -> dict:
     out["will_when_node_dies"] = got(watcher, node_topic, "offline", WAIT_S)
     watcher.close()
 
-    late = Collector(u[2], "probe-after-kill")
-    out["after_kill_connect"] = late.connect()
-    late.subscribe(status)
-    out["retained_after_node_kill"] = got(late, status, "online")
-    late.close()
+    refused = 0
 
-    again = Collector(u[2], "plant-subscriber", clean_session=False)
-    out["persistent_reconnect"] = again.connect()
-    out["persistent_session_present"] = again.session_present
+    def reopen(client_id: str, topic: str | None, clean: bool = True) -> Collector | None:
+        """A fresh client on node C, asked again while refused (open_subscriber)."""
+        nonlocal refused
+        try:
+            c, n = open_subscriber(u[2], client_id, topic, clean_session=clean, timeout=WAIT_S * 2)
+        except AssertionError:
+            refused += 1
+            return None
+        refused += n
+        return c
+    for key, topic in (("retained_after_node_kill", status),
+                       ("retained_wildcard_after_node_kill", "harken/#")):
+        late = reopen(f"probe-{key}", topic)
+        out[key] = late is not None and got(late, status, "online")
+        if late:
+            late.close()
+
+    again = reopen("plant-subscriber", None, clean=False)
+    out["persistent_reconnect"] = again is not None
+    out["persistent_session_present"] = again.session_present if again else None
+    out["refused_during_outage"] = refused
+    if again is None:
+        out["persistent_received"], out["persistent_expected"] = 0, BURST
+        return out
     wanted = {p for _, p in burst}
     again.wait_for(lambda ms: wanted <= {p for _, p, _ in ms}, WAIT_S)
     out["persistent_received"] = len(wanted & {p for _, p, _ in again.messages})

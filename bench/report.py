@@ -1170,6 +1170,8 @@ CLUSTER_CHECKS = [
     ("retained_wildcard_same_node", "retained `status` on `harken/#`, same node"),
     ("retained_wildcard_other_node", "retained `status` on `harken/#`, other node"),
     ("retained_after_node_kill", "retained `status` seen on node C after node A's SIGKILL"),
+    ("retained_wildcard_after_node_kill", "the same on `harken/#`"),
+    ("refused_during_outage", "connections and QoS 1 subscriptions node C refused meanwhile (asked again)"),
     ("will_when_client_dies", "Last Will when the client is SIGKILLed"),
     ("will_when_node_dies", "Last Will when the client's node is SIGKILLed"),
     ("burst_acked", "QoS 1 publishes acknowledged while node A is dead"),
@@ -1190,6 +1192,8 @@ def cluster_probe_section(r: dict) -> list[str]:
         v = run["checks"].get(key)
         if key == "stream_replicas":
             return str(v.get("$MQTT_msgs", "-")) if v else "-"
+        if key == "refused_during_outage":
+            return str(v) if v is not None else "-"
         if key in ("burst_acked", "persistent_received"):
             return f"{v} of {r['burst']}"
         return "yes" if v else "**no**" if v is not None else "-"

@@ -280,7 +280,8 @@ class Collector:
         if will:
             self.client.will_set(will[0], will[1], qos=1, retain=True)
         self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
+        self.granted: list[int] = []
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.keepalive = keepalive
 
@@ -290,6 +291,10 @@ class Collector:
         else:
             self.session_present = bool(flags.session_present)
         self.connected.set()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, props=None) -> None:
+        self.granted = [rc.value for rc in reason_codes]
+        self.subscribed.set()
 
     def _on_message(self, client, userdata, msg) -> None:
         with self.cond:
@@ -308,9 +313,13 @@ class Collector:
         return self.connected.wait(timeout) and self.refused is None
 
     def subscribe(self, topic: str, qos: int = 1, timeout: float = 20.0) -> bool:
+        """Subscribe; True when the SUBACK grants it (a failure code 0x80 is False: NATS
+        refuses a QoS 1 subscription whose JetStream consumer it could not create, e.g.
+        while a node is dead and the request times out)."""
         self.subscribed.clear()
+        self.granted = []
         self.client.subscribe(topic, qos)
-        return self.subscribed.wait(timeout)
+        return self.subscribed.wait(timeout) and bool(self.granted) and all(g < 0x80 for g in self.granted)
 
     def wait_for(self, pred, timeout: float) -> bool:
         """Wait until ``pred(messages)`` holds (or ``timeout`` seconds)."""
@@ -351,3 +360,26 @@ def publish_all(url: str, messages: list[tuple[str, str]], retain: bool = False,
         acked += info.is_published()
     pub.close()
     return acked
+
+
+def open_subscriber(url: str, client_id: str, topic: str | None = None, clean_session: bool = True,
+                    timeout: float = 60.0) -> tuple[Collector, int]:
+    """A connected Collector on ``url`` (subscribed to ``topic`` at QoS 1 if given), asking
+    again while the broker refuses: during a node's outage nats-server 2.9 refuses some
+    CONNECTs (its session lookup times out) and some QoS 1 SUBSCRIBEs (SUBACK 0x80: the
+    JetStream consumer was not created in time), as a plant subscriber must expect
+    (docs/deploy.md "What a plant subscriber must set"). Returns it and how many tries were
+    refused; raises AssertionError when none succeeded within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    refused = 0
+    while True:
+        c = Collector(url, client_id, clean_session=clean_session)
+        left = max(1.0, deadline - time.monotonic())
+        if c.connect(min(20.0, left)) and (topic is None or c.subscribe(topic, timeout=min(20.0, left))):
+            return c, refused
+        refused += 1
+        c.drop()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url}: no accepted connection/subscription for {client_id} within "
+                                 f"{timeout:.0f} s ({refused} refused)")
+        time.sleep(0.5)

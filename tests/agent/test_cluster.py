@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from harken.testkit.cluster import Collector, NatsCluster, mqtt_answers, publish_all
+from harken.testkit.cluster import Collector, NatsCluster, mqtt_answers, open_subscriber, publish_all
 
 BURST = 20
 SCORE = "harken/n1/m1/score"
@@ -57,9 +57,10 @@ def test_retained_replicates_and_survives_node_kill(tmp_path):
         assert publish_all(u[0], [(status, "online")], retain=True) == 1
 
         def seen(url: str, topic: str) -> bool:
-            c = Collector(url, f"read-{time.monotonic_ns()}")
+            # a fresh QoS 1 subscription, asked again while a node's outage makes the
+            # broker refuse it (open_subscriber); the retained status comes with the SUBACK
+            c, _ = open_subscriber(url, f"read-{time.monotonic_ns()}", topic)
             try:
-                assert c.connect() and c.subscribe(topic)
                 return c.wait_for(lambda ms: (status, "online", True) in ms, 15)
             finally:
                 c.close()
@@ -91,14 +92,13 @@ def _resume_after_consumer_node_dies(cluster: NatsCluster) -> tuple[Collector, i
             break
         sub.close()
         node = lead
-        sub = Collector(u[node], "plant-subscriber", clean_session=False)
-        assert sub.connect() and sub.session_present
+        sub, _ = open_subscriber(u[node], "plant-subscriber", clean_session=False)
+        assert sub.session_present
     cluster.kill(node)
     sub.drop()
     others = [i for i in range(3) if i != node]
     acked = publish_all(u[others[0]], [(SCORE, f"s{k}") for k in range(BURST)], timeout=30)
-    resumed = Collector(u[others[1]], "plant-subscriber", clean_session=False)
-    assert resumed.connect(30)
+    resumed, _ = open_subscriber(u[others[1]], "plant-subscriber", clean_session=False)
     assert resumed.session_present
     return resumed, acked
 
