@@ -1162,6 +1162,65 @@ def feedback_section(r: dict) -> list[str]:
     return out
 
 
+CLUSTER_PROBE_START, CLUSTER_PROBE_END = "<!-- cluster-probe: start -->", "<!-- cluster-probe: end -->"
+CLUSTER_CHECKS = [
+    ("stream_replicas", "replicas of the MQTT message stream as created (NATS)"),
+    ("mqtt5", "MQTT 5 accepted (else the agent falls back to 3.1.1)"),
+    ("retained_other_node", "retained `status` from node A seen on node B (exact topic)"),
+    ("retained_wildcard_same_node", "retained `status` on `harken/#`, same node"),
+    ("retained_wildcard_other_node", "retained `status` on `harken/#`, other node"),
+    ("retained_after_node_kill", "retained `status` seen on node C after node A's SIGKILL"),
+    ("retained_wildcard_after_node_kill", "the same on `harken/#`"),
+    ("refused_during_outage", "connections and QoS 1 subscriptions node C refused meanwhile (asked again)"),
+    ("will_when_client_dies", "Last Will when the client is SIGKILLed"),
+    ("will_when_node_dies", "Last Will when the client's node is SIGKILLed"),
+    ("burst_acked", "QoS 1 publishes acknowledged while node A is dead"),
+    ("persistent_session_present", "persistent session present on node C after node A's SIGKILL"),
+    ("persistent_received", "messages published meanwhile that the resumed subscriber gets"),
+    ("sparkplug_topic_unchanged", "`spBv1.0/...` topic crosses nodes unchanged"),
+]
+
+
+def cluster_probe_section(r: dict) -> list[str]:
+    """bench/probe_cluster.py: what each clustered engine keeps of the agent's MQTT contract
+    when a node dies. Also written into docs/deploy.md between its markers, where the
+    engine choice is explained beside it (the page a plant reads), so the table there is
+    generated as well."""
+    runs = r["runs"]
+
+    def cell(run: dict, key: str) -> str:
+        v = run["checks"].get(key)
+        if key == "stream_replicas":
+            return str(v.get("$MQTT_msgs", "-")) if v else "-"
+        if key == "refused_during_outage":
+            return str(v) if v is not None else "-"
+        if key in ("burst_acked", "persistent_received"):
+            return f"{v} of {r['burst']}"
+        return "yes" if v else "**no**" if v is not None else "-"
+    lines = ["## Broker cluster probe", "",
+             f"`{r['command']}` ({r['when']}, {r['seconds']:.0f} s): "
+             + ", ".join(r["versions"].values())
+             + (f"; not installed, skipped: {', '.join(r['skipped'])}" if r["skipped"] else "")
+             + ". Three nodes on loopback started by the probe; paho clients; node A is the "
+             "one SIGKILLed: it holds a persistent-session QoS 1 subscriber (fixed client id, "
+             "clean session false; on NATS the node leading its consumer), took the retained "
+             f"`status` and a client with a Will; {r['burst']} QoS 1 messages are published on "
+             "node B while A is dead and the subscriber resumes on node C. A check waits at "
+             f"most {r['wait_s']:.0f} s for a message that may not come.", ""]
+    lines += table(["check", *(f"{x['engine']}, {x['config']}" for x in runs)],
+                   [[label, *(cell(x, key) for x in runs)] for key, label in CLUSTER_CHECKS]
+                   + [["cluster started and answering MQTT (s)", *(f"{x['start_s']:.0f}" for x in runs)]])
+    lines += ["", "Settings: " + "; ".join(f"{x['engine']} {x['config']}: {x['sets']}" for x in runs)
+              + "."]
+    deploy = ROOT / "docs" / "deploy.md"
+    text = deploy.read_text() if deploy.is_file() else ""
+    if CLUSTER_PROBE_START in text and CLUSTER_PROBE_END in text:
+        head, rest = text.split(CLUSTER_PROBE_START, 1)
+        block = "\n".join([CLUSTER_PROBE_START, *lines[2:], CLUSTER_PROBE_END])
+        deploy.write_text(head + block + rest.split(CLUSTER_PROBE_END, 1)[1])
+    return lines
+
+
 # training-gpu.json: the same script run with --name training-gpu on a machine with a GPU
 SECTIONS = {"features": features_section, "scorers": scorers_section,
             "agent": agent_section, "default-detector": default_detector_section,
@@ -1174,7 +1233,8 @@ SECTIONS = {"features": features_section, "scorers": scorers_section,
             "machines": machines_section, "fleet": fleet_section, "web": web_section,
             "training": training_section, "allocator": allocator_section,
             "training-gpu": training_section, "unseen": unseen_section,
-            "wear": wear_section, "store": store_section}
+            "wear": wear_section, "store": store_section,
+            "cluster-probe": cluster_probe_section}
 
 
 def main() -> None:
