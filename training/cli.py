@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -91,6 +92,27 @@ def cmd_train(args: argparse.Namespace) -> int:
                for m in machines} if writer else {}
     if nproc is not None:       # the same command on nproc processes, through torch's launcher
         return distributed.launch(_without_nproc(_argv), nproc)
+    try:
+        _train_machines(args, method_overrides=overrides, machines=machines, targets=targets,
+                        ranks=ranks, corpus=corpus)
+    except RuntimeError as exc:
+        if not distributed.lost_peer(exc):
+            raise
+        said = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().splitlines()[0])[:100]
+        raise distributed.TrainingFailed(f"lost the other processes ({said}); the rank that "
+                                         "failed first is named below") from None
+    if ranks is not None:
+        distributed.stop()
+    return 0
+
+
+def _train_machines(args: argparse.Namespace, method_overrides: list[str], machines: list[str],
+                    targets: dict, ranks, corpus: tuple) -> None:
+    """Train and write each machine type's run (the writer), or train its share (the
+    other ranks)."""
+    from harken.training import distributed
+    from harken.training.methods import make_method
+    overrides, writer = method_overrides, ranks is None or ranks.writer
     training_id = uuid.uuid4().hex[:12]     # shared by the runs of this command (evaluate)
     for machine in machines:
         found = scan_corpus(args.data, [machine], split="train",
@@ -123,9 +145,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{args.method} {machine}: trained on {len(clips)} clips in "
               f"{time.monotonic() - t0:.1f} s{trained} -> {run_dir} "
               f"(threshold {info.normal_scores.threshold:.4g})")
-    if ranks is not None:
-        distributed.stop()
-    return 0
 
 
 def cmd_general(args: argparse.Namespace) -> int:

@@ -147,7 +147,10 @@ def launch(argv: Sequence[str], nproc: int) -> int:
     # torchrun gives each process 1 thread when unset; on CPU a fair share of the cores
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cpu_cores() // nproc)))
     args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}",
-                                         "--max-restarts=0", "-m", "harken.training", *argv])
+                                         "--max-restarts=0", "-m", "harken.training"])
+    # set here, not parsed: the launcher's parser would read an option of ours that starts
+    # like one of its own (argparse takes prefixes)
+    args.training_script_args = list(argv)
     try:
         run(args)
     except ChildFailedError as exc:
@@ -181,6 +184,16 @@ def start(device: torch.device) -> Ranks:
     dist.init_process_group(backend, timeout=WAIT)
     _current = Ranks(rank, world, local, backend)
     return _current
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another rank is gone (it crashed or
+    was refused): that rank names its own error; this one only says it lost it."""
+    import torch.distributed as dist
+    text = str(exc)
+    return _current is not None and (isinstance(exc, getattr(dist, "DistBackendError", ()))
+                                     or "closed by peer" in text or "remote worker" in text
+                                     or "Connection reset" in text)
 
 
 def stop() -> None:
