@@ -87,6 +87,39 @@ def training_section(r: dict) -> list[str]:
     return lines
 
 
+def distributed_training_section(r: dict) -> list[str]:
+    """bench_training.py --nproc: one process against N, side by side (docs/training.md
+    "Training on several GPUs")."""
+    n, gpu, med = r["nproc"], r.get("gpu"), r["median"]
+    where = (f"{n} GPUs ({gpu}), NCCL" if gpu else
+             f"{r['cores']} CPU cores, gloo: {n} processes of {max(1, r['cores'] // n)} thread(s) "
+             f"against one of {r['cores']}")
+    lines = [f"## Training across processes ({n} against 1)", "",
+             f"`{r['command']}` ({r['when']}), torch {r['torch']}, on {where}. `harken-train "
+             f"train` of {r['method']} on the {r['machine_type']} clips of the {r['corpus']} "
+             f"corpus ({', '.join(r['settings'])}; otherwise the defaults), the single process "
+             f"and `--nproc {n}` alternated, {r['repeats']} runs each, medians. Samples/s is the "
+             "training loop's (the whole batch's samples per second, validation and feature "
+             "extraction left out); wall is the whole command, each process extracting the "
+             "features itself.", "",
+             "| processes | samples/s | training loop s | wall s |", "|---|---|---|---|"]
+    for label, key in (("1", "one"), (str(n), "many")):
+        m = med[key]
+        lines.append(f"| {label} | {m['samples_per_second']:.0f} | {m['loop_s']:.1f} | "
+                     f"{m['wall_s']:.1f} |")
+    ratio = r["samples_per_second_ratio"]
+    lines += ["", f"{n} processes over 1: {ratio:.2f} x the samples per second, "
+              f"{r['wall_ratio']:.2f} x the wall time."]
+    if not gpu:
+        lines += ["", f"On {r['cores']} cores this is no speed-up to look for: the processes "
+                  "share the cores one process already used, so the ratio measures what the "
+                  "distributed path costs (DistributedDataParallel's gradient all-reduce over "
+                  "gloo, half batches, the features extracted once per process). The "
+                  "speed-up is for a machine with a GPU per process; there:"]
+    lines += ["", f"    {r['multi_gpu_command']}"]
+    return lines
+
+
 def scorers_section(r: dict) -> list[str]:
     lines = ["## Scorers: latency per window", "",
              f"`{r['command']}` ({r['when']}): median and p99 wall time of one model call on one "
@@ -1174,6 +1207,7 @@ SECTIONS = {"features": features_section, "scorers": scorers_section,
             "machines": machines_section, "fleet": fleet_section, "web": web_section,
             "training": training_section, "allocator": allocator_section,
             "training-gpu": training_section, "unseen": unseen_section,
+            "training-distributed": distributed_training_section,
             "wear": wear_section, "store": store_section}
 
 

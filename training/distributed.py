@@ -102,12 +102,10 @@ def covered_names() -> list[str]:
 def check_method(name: str) -> None:
     """Refuse, in one line, a method the distributed loop does not train."""
     from harken.training.methods import method_class
-    from harken.training.torch_method import TorchMethod
     cls = method_class(name)
     if covered(cls):
         return
-    why = (getattr(cls, "serial_reason", "") if isinstance(cls, type) and issubclass(cls, TorchMethod)
-           else "") or "trains no network (nothing for several processes to share)"
+    why = getattr(cls, "serial_reason", "") or "trains no network (nothing for several processes to share)"
     raise UsageError(f"--nproc: {name} {why}; methods trained across processes: "
                      f"{', '.join(covered_names())}")
 
@@ -144,13 +142,14 @@ def launch(argv: Sequence[str], nproc: int) -> int:
     the others (the launcher's own rule); it is named here in one line."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
-    # torchrun gives each process 1 thread when unset; on CPU a fair share of the cores
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cpu_cores() // nproc)))
     args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}",
                                          "--max-restarts=0", "-m", "harken.training"])
     # set here, not parsed: the launcher's parser would read an option of ours that starts
     # like one of its own (argparse takes prefixes)
     args.training_script_args = list(argv)
+    given = os.environ.get("OMP_NUM_THREADS")
+    # torchrun gives each process 1 thread when unset; on CPU a fair share of the cores
+    os.environ["OMP_NUM_THREADS"] = given or str(max(1, cpu_cores() // nproc))
     try:
         run(args)
     except ChildFailedError as exc:
@@ -159,6 +158,9 @@ def launch(argv: Sequence[str], nproc: int) -> int:
                else f"signal {-failure.exitcode}")
         raise TrainingFailed(f"training on {nproc} processes stopped: rank {rank} failed first "
                              f"({how}); its own message is above") from None
+    finally:
+        if given is None:
+            del os.environ["OMP_NUM_THREADS"]
     return 0
 
 
@@ -282,10 +284,11 @@ def sync_buffers(model: nn.Module) -> None:
         dist.broadcast(b.data, 0)
 
 
-def weights_sha256(model: nn.Module) -> str:
-    """One checksum of a network's state (values, not memory layout)."""
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """One checksum of a network's state (its values, not their memory layout): what each
+    rank reports and what a run's model.pt gives back."""
     h = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
+    for key, value in sorted(state.items()):
         h.update(key.encode())
         h.update(value.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -297,7 +300,7 @@ def finish(model: nn.Module, desc: str) -> dict:
     record run.json keeps (history.distributed)."""
     import torch.distributed as dist
     sums: list[str | None] = [None] * _current.world
-    dist.all_gather_object(sums, weights_sha256(model))
+    dist.all_gather_object(sums, state_sha256(model.state_dict()))
     if len(set(sums)) != 1:
         raise TrainingFailed(f"{desc}: the {_current.world} processes ended with different "
                              f"weights ({', '.join(s[:12] for s in sums)}); the run is not "
