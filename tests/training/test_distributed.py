@@ -17,15 +17,17 @@ from harken.training.cli import main
 # mobilenetv2-dual kept small: this type's clips only (no other types as extra classes)
 TINY = ["epochs=2", "width=0.35", "windows_per_epoch=256", "other_clips=0"]
 SMALL = ["epochs=3", "width=0.35", "windows_per_epoch=512", "other_clips=0"]
-# How far the official score of a 2-process run may be from the 1-process run's. The two
-# see the same batches in the same order (each process a half of each), so they differ
-# only where a half batch is not the whole: batch-norm statistics over 256 instead of 512
-# rows, dropout draws. That is a change of the size of another seed's, and on this corpus
-# (80 test clips, 10 normal per section and domain) the official score of a 3-epoch run
-# moves by up to about 0.05 from one seed to the next; 0.1 leaves room for that twice,
-# and is still far below what a run that did not train would lose (chance is 0.5, the
-# runs here score about 0.5 to 0.6 on the harmonic mean, whose terms are near 0.4 to 0.8).
-TOLERANCE = 0.1
+# How far a 2-process run may be from the 1-process run. The two see the same batches in the
+# same order (each process half of each), so they differ only where half a batch is not the
+# whole: batch-norm statistics over 256 rows instead of 512, dropout draws. Measured with
+# these settings on small_fan, seeds 0, 1, 2 (2 cores, 2026-12-05): the official score of
+# one process 0.496, 0.540, 0.546 and of two 0.488, 0.443, 0.539, the largest gap at one
+# seed 0.098 (seed 1); the tolerance is that gap with half again for other machines' float
+# sums and thread counts. Three epochs leave the official score near chance, so it is
+# backed by the loss the runs do learn: the kept validation loss of two processes was
+# within 5.5 % of one process's at each seed (seed to seed it moves by 5 %), allowed 10 %.
+TOLERANCE = 0.15
+VAL_LOSS_TOLERANCE = 0.10
 
 
 def train(corpus, out, settings, *extra: str) -> int:
@@ -50,12 +52,12 @@ def official(run, out) -> float:
 
 @pytest.mark.slow
 def test_two_processes_train_one_network_that_scores_like_one_process(small_fan, tmp_path,
-                                                                       capsys):
+                                                                       capfd):
     """Why small_fan, not the tiny corpus: the tiny corpus has 2 normal test clips per
     section and domain, where a section's AUC is 0 or 1 by luck and the harmonic mean is
     then about 0 for both runs: a comparison that could not fail."""
     assert train(small_fan, tmp_path / "two", SMALL, "--nproc", "2") == 0
-    assert "x 2 processes" in capsys.readouterr().out
+    assert "x 2 processes" in capfd.readouterr().out     # rank 0's line (the processes' fds)
     assert train(small_fan, tmp_path / "one", SMALL) == 0
     record = history(tmp_path / "two")["distributed"]
     assert record["world_size"] == 2 and record["backend"] == "gloo"
@@ -66,6 +68,14 @@ def test_two_processes_train_one_network_that_scores_like_one_process(small_fan,
     # two processes trained, not one run twice: half batches give other weights
     assert rank0 != distributed.state_sha256(weights(tmp_path / "one"))
     assert "distributed" not in history(tmp_path / "one")
+    # both learned (the classification loss of the kept epoch well below the first epoch's),
+    # and to the same point
+    kept = {}
+    for name in ("two", "one"):
+        h = history(tmp_path / name)
+        kept[name] = h["val_loss"][h["best_epoch"]]
+        assert kept[name] < 0.9 * h["val_loss"][0], (name, h["val_loss"])
+    assert abs(kept["two"] - kept["one"]) <= VAL_LOSS_TOLERANCE * kept["one"], kept
     two, one = official(tmp_path / "two", tmp_path / "e2"), official(tmp_path / "one", tmp_path / "e1")
     assert abs(two - one) <= TOLERANCE, f"2 processes: {two:.3f}, 1 process: {one:.3f}"
 
