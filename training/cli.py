@@ -44,13 +44,15 @@ LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` less its --nproc (as argparse reads it: any prefix, ``--np 2``, ``--nproc=2``)."""
     out, skip = [], False
     for item in argv:
+        name = item.split("=", 1)[0]
         if skip:
             skip = False
-        elif item == "--nproc":
-            skip = True
-        elif not item.startswith("--nproc="):
+        elif len(name) > 2 and "--nproc".startswith(name):
+            skip = "=" not in item
+        else:
             out.append(item)
     return out
 

@@ -72,13 +72,6 @@ def current() -> Ranks | None:
     return _current
 
 
-def rank_label() -> str:
-    """'rank R of N' under the launcher (for error lines), else ''."""
-    if not launched():
-        return ""
-    return f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}"
-
-
 def _env_int(key: str) -> int:
     value = os.environ.get(key, "")
     try:
