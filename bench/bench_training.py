@@ -8,9 +8,11 @@ process, side by side in one run: ``harken-train train`` of mobilenetv2-dual on 
 type, the plain single process and ``--nproc N`` alternated (``--repeats`` times each), the
 training loop's samples per second (from run.json's history: the whole batch's samples,
 validation and feature extraction left out) and the command's wall time. On a machine
-with fewer cores than it has processes to feed well (2 cores: two 1-thread processes
-against one 2-thread process) the ratio is the distributed path's overhead, not a
-speed-up; on a multi-GPU box it is the speed-up (records as training-distributed).
+with few cores (2: two 1-thread processes against one 2-thread process) this is no GPU
+speed-up: the ratio says what processes instead of threads give on those cores, and
+the scaling efficiency (N processes against N times a lone 1-thread process) what the
+distributed path costs; on a multi-GPU box the ratio is the speed-up (records as
+training-distributed).
 
     .venv/bin/python bench/bench_training.py [--steps 6] [--name training-gpu]
     .venv/bin/python bench/bench_training.py --nproc 2 [--corpus DIR] [--epochs 3]
@@ -98,10 +100,12 @@ MULTI_GPU_COMMAND = ("harken-train train --method mobilenetv2-dual --data CORPUS
                      "--nproc NUMBER_OF_GPUS")
 
 
-def train_once(corpus: Path, out: Path, epochs: int, nproc: int | None) -> dict:
+def train_once(corpus: Path, out: Path, epochs: int, nproc: int | None,
+               threads: int | None = None) -> dict:
     """One ``harken-train train`` (a fresh process, as a user runs it): its wall time and
     its run's training-loop throughput (median over the epochs after the first)."""
-    sets = [a for s in [*DISTRIBUTED_SETTINGS, f"epochs={epochs}"] for a in ("--set", s)]
+    extra = [f"threads={threads}"] if threads else []
+    sets = [a for s in [*DISTRIBUTED_SETTINGS, f"epochs={epochs}", *extra] for a in ("--set", s)]
     cmd = [sys.executable, "-m", "harken.training", "train", "--method", "mobilenetv2-dual",
            "--data", str(corpus), "--machines", "fan", "--out", str(out), "--quiet", "--force",
            *sets, *(["--nproc", str(nproc)] if nproc else [])]
@@ -123,13 +127,17 @@ def distributed_main(args: argparse.Namespace) -> None:
             from harken.training.synth.corpus import synthesize
             corpus = synthesize(Path(tmp) / "corpus", "small", seed=0, machines=("fan",),
                                 progress=False)
-        runs: dict[str, list[dict]] = {"one": [], "many": []}
-        for i in range(args.repeats):           # alternated: the machine's load hits both
-            for key, nproc in (("one", None), ("many", args.nproc)):
-                row = train_once(Path(corpus), Path(tmp) / f"{key}{i}", args.epochs, nproc)
+        # one process as a user runs it (torch's threads over every core), one process of
+        # one thread (what each of N processes would do alone: N times it is the ideal),
+        # and N processes of cores / N threads each
+        arms = {"one": (None, None), "one_thread": (None, 1), "many": (args.nproc, None)}
+        runs: dict[str, list[dict]] = {k: [] for k in arms}
+        for i in range(args.repeats):           # alternated: the machine's load hits each
+            for key, (nproc, threads) in arms.items():
+                row = train_once(Path(corpus), Path(tmp) / f"{key}{i}", args.epochs, nproc, threads)
                 runs[key].append(row)
-                print(f"{'1 process' if nproc is None else f'{nproc} processes':<12} "
-                      f"{row['samples_per_second']:>7.0f} samples/s  {row['wall_s']:>6.1f} s wall")
+                print(f"{key:<11} {row['samples_per_second']:>7.0f} samples/s  "
+                      f"{row['wall_s']:>6.1f} s wall")
     med = {k: {f: statistics.median(r[f] for r in rows) for f in ("samples_per_second", "wall_s",
                                                                    "loop_s")}
            for k, rows in runs.items()}
@@ -143,9 +151,14 @@ def distributed_main(args: argparse.Namespace) -> None:
                "samples_per_second_ratio": med["many"]["samples_per_second"]
                / med["one"]["samples_per_second"],
                "wall_ratio": med["many"]["wall_s"] / med["one"]["wall_s"],
+               # against N lone 1-thread processes' sum: 1.0 = the distributed path costs nothing
+               "scaling_efficiency": med["many"]["samples_per_second"]
+               / (args.nproc * med["one_thread"]["samples_per_second"]),
+               "threads_per_process": max(1, cpu_cores() // args.nproc),
                "multi_gpu_command": MULTI_GPU_COMMAND}
     print(f"{args.nproc} processes / 1: {figures['samples_per_second_ratio']:.2f} x the samples/s, "
-          f"{figures['wall_ratio']:.2f} x the wall time")
+          f"{figures['wall_ratio']:.2f} x the wall time; scaling efficiency "
+          f"{figures['scaling_efficiency']:.2f}")
     path = record(args.name or "training-distributed", f"bench/bench_training.py --nproc {args.nproc}",
                   figures)
     print(f"wrote {path}")

@@ -90,32 +90,34 @@ def training_section(r: dict) -> list[str]:
 def distributed_training_section(r: dict) -> list[str]:
     """bench_training.py --nproc: one process against N, side by side (docs/training.md
     "Training on several GPUs")."""
-    n, gpu, med = r["nproc"], r.get("gpu"), r["median"]
-    where = (f"{n} GPUs ({gpu}), NCCL" if gpu else
-             f"{r['cores']} CPU cores, gloo: {n} processes of {max(1, r['cores'] // n)} thread(s) "
-             f"against one of {r['cores']}")
+    n, gpu, med, cores = r["nproc"], r.get("gpu"), r["median"], r["cores"]
+    per = r["threads_per_process"]
+    where = (f"{n} GPUs ({gpu}), NCCL" if gpu else f"{cores} CPU cores, gloo")
     lines = [f"## Training across processes ({n} against 1)", "",
              f"`{r['command']}` ({r['when']}), torch {r['torch']}, on {where}. `harken-train "
              f"train` of {r['method']} on the {r['machine_type']} clips of the {r['corpus']} "
-             f"corpus ({', '.join(r['settings'])}; otherwise the defaults), the single process "
-             f"and `--nproc {n}` alternated, {r['repeats']} runs each, medians. Samples/s is the "
-             "training loop's (the whole batch's samples per second, validation and feature "
-             "extraction left out); wall is the whole command, each process extracting the "
-             "features itself.", "",
+             f"corpus ({', '.join(r['settings'])}; otherwise the defaults), the three rows "
+             f"alternated, {r['repeats']} runs each, medians. Samples/s is the training loop's "
+             "(the whole batch's samples per second, validation and feature extraction left "
+             "out); wall is the whole command, each process extracting the features itself.", "",
              "| processes | samples/s | training loop s | wall s |", "|---|---|---|---|"]
-    for label, key in (("1", "one"), (str(n), "many")):
+    for label, key in ((f"1, {cores} threads (as a user runs it)", "one"),
+                       ("1, 1 thread", "one_thread"),
+                       (f"{n}, {per} thread(s) each (`--nproc {n}`)", "many")):
         m = med[key]
         lines.append(f"| {label} | {m['samples_per_second']:.0f} | {m['loop_s']:.1f} | "
                      f"{m['wall_s']:.1f} |")
-    ratio = r["samples_per_second_ratio"]
-    lines += ["", f"{n} processes over 1: {ratio:.2f} x the samples per second, "
-              f"{r['wall_ratio']:.2f} x the wall time."]
+    lines += ["", f"{n} processes over 1 process: {r['samples_per_second_ratio']:.2f} x the "
+              f"samples per second, {r['wall_ratio']:.2f} x the wall time. Scaling efficiency "
+              f"(the {n} processes' samples/s over {n} times a lone 1-thread process's; 1.00 = "
+              f"the distributed path costs nothing): {r['scaling_efficiency']:.2f}."]
     if not gpu:
-        lines += ["", f"On {r['cores']} cores this is no speed-up to look for: the processes "
-                  "share the cores one process already used, so the ratio measures what the "
-                  "distributed path costs (DistributedDataParallel's gradient all-reduce over "
-                  "gloo, half batches, the features extracted once per process). The "
-                  "speed-up is for a machine with a GPU per process; there:"]
+        lines += ["", f"On {cores} cores this is not the speed-up the feature is for: the "
+                  "processes share the cores that one process already uses with its threads. "
+                  "The first ratio is what processes instead of threads give on these cores; "
+                  "the scaling efficiency is the distributed path's own cost "
+                  "(DistributedDataParallel's gradient all-reduce over gloo, half batches). "
+                  "The speed-up is for a machine with a GPU per process; there:"]
     lines += ["", f"    {r['multi_gpu_command']}"]
     return lines
 
