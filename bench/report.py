@@ -97,15 +97,17 @@ def distributed_training_section(r: dict) -> list[str]:
              f"`{r['command']}` ({r['when']}), torch {r['torch']}, on {where}. `harken-train "
              f"train` of {r['method']} on the {r['machine_type']} clips of the {r['corpus']} "
              f"corpus ({', '.join(r['settings'])}; otherwise the defaults), the three rows "
-             f"alternated, {r['repeats']} runs each, medians. Samples/s is the training loop's "
+             f"alternated, {r['repeats']} runs each, medians (the cores are shared with other "
+             "work: the runs of a row show how much that moved them). Samples/s is the training loop's "
              "(the whole batch's samples per second, validation and feature extraction left "
              "out); wall is the whole command, each process extracting the features itself.", "",
-             "| processes | samples/s | training loop s | wall s |", "|---|---|---|---|"]
+             "| processes | samples/s | each run's samples/s | training loop s | wall s |",
+             "|---|---|---|---|---|"]
     for label, key in ((f"1, {cores} threads (as a user runs it)", "one"),
                        ("1, 1 thread", "one_thread"),
                        (f"{n}, {per} thread(s) each (`--nproc {n}`)", "many")):
-        m = med[key]
-        lines.append(f"| {label} | {m['samples_per_second']:.0f} | {m['loop_s']:.1f} | "
+        m, each = med[key], ", ".join(f"{x['samples_per_second']:.0f}" for x in r["runs"][key])
+        lines.append(f"| {label} | {m['samples_per_second']:.0f} | {each} | {m['loop_s']:.1f} | "
                      f"{m['wall_s']:.1f} |")
     lines += ["", f"{n} processes over 1 process: {r['samples_per_second_ratio']:.2f} x the "
               f"samples per second, {r['wall_ratio']:.2f} x the wall time. Scaling efficiency "
