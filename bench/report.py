@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 from harken.training.markdown import table
@@ -84,6 +85,43 @@ def training_section(r: dict) -> list[str]:
             line += (f" {row['cuda']['samples_per_second']:.0f} | "
                      f"{row['cuda']['seconds_per_epoch']:.2f} | {row['cpu_over_gpu']:.1f} |")
         lines.append(line)
+    return lines
+
+
+def distributed_training_section(r: dict) -> list[str]:
+    """bench_training.py --nproc: one process against N, side by side (docs/training.md
+    "Training on several GPUs")."""
+    n, gpu, med, cores = r["nproc"], r.get("gpu"), r["median"], r["cores"]
+    per = r["threads_per_process"]
+    where = (f"{n} GPUs ({gpu}), NCCL" if gpu else f"{cores} CPU cores, gloo")
+    lines = [f"## Training across processes ({n} against 1)", "",
+             f"`{r['command']}` ({r['when']}), torch {r['torch']}, on {where}. `harken-train "
+             f"train` of {r['method']} on the {r['machine_type']} clips of the {r['corpus']} "
+             f"corpus ({', '.join(r['settings'])}; otherwise the defaults), the three rows "
+             f"alternated, {r['repeats']} runs each, medians (the cores are shared with other "
+             "work: the runs of a row show how much that moved them). Samples/s is the training loop's "
+             "(the whole batch's samples per second, validation and feature extraction left "
+             "out); wall is the whole command, each process extracting the features itself.", "",
+             "| processes | samples/s | each run's samples/s | training loop s | wall s |",
+             "|---|---|---|---|---|"]
+    for label, key in ((f"1, {cores} threads (as a user runs it)", "one"),
+                       ("1, 1 thread", "one_thread"),
+                       (f"{n}, {per} thread(s) each (`--nproc {n}`)", "many")):
+        m, each = med[key], ", ".join(f"{x['samples_per_second']:.0f}" for x in r["runs"][key])
+        lines.append(f"| {label} | {m['samples_per_second']:.0f} | {each} | {m['loop_s']:.1f} | "
+                     f"{m['wall_s']:.1f} |")
+    lines += ["", f"{n} processes over 1 process: {r['samples_per_second_ratio']:.2f} x the "
+              f"samples per second, {r['wall_ratio']:.2f} x the wall time. Scaling efficiency "
+              f"(the {n} processes' samples/s over {n} times a lone 1-thread process's; 1.00 = "
+              f"the distributed path costs nothing): {r['scaling_efficiency']:.2f}."]
+    if not gpu:
+        lines += ["", f"On {cores} cores this is not the speed-up the feature is for: the "
+                  "processes share the cores that one process already uses with its threads. "
+                  "The first ratio is what processes instead of threads give on these cores; "
+                  "the scaling efficiency is the distributed path's own cost "
+                  "(DistributedDataParallel's gradient all-reduce over gloo, half batches). "
+                  "The speed-up is for a machine with a GPU per process; there:"]
+    lines += ["", f"    {r['multi_gpu_command']}"]
     return lines
 
 
@@ -1233,6 +1271,7 @@ SECTIONS = {"features": features_section, "scorers": scorers_section,
             "machines": machines_section, "fleet": fleet_section, "web": web_section,
             "training": training_section, "allocator": allocator_section,
             "training-gpu": training_section, "unseen": unseen_section,
+            "training-distributed": distributed_training_section,
             "wear": wear_section, "store": store_section,
             "cluster-probe": cluster_probe_section}
 
@@ -1244,9 +1283,15 @@ def main() -> None:
     lines = ["# Benchmarks", "",
              "Written by `bench/run_all` from `bench/results/*.json`; re-run it to refresh. "
              "Ratios are measured side by side in one run, because these machines are noisy.", ""]
-    machine = next((r["machine"] for k, r in results.items() if k != "training-gpu"), {})
-    if machine:
-        lines += [f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['os']}, "
+    # records are made on whichever machine ran them: the page names the one most were made
+    # on (the first record's machine once named a machine only a new record came from)
+    machines = [r["machine"] for k, r in results.items() if k != "training-gpu" and r.get("machine")]
+    if machines:
+        counts = Counter(json.dumps(m, sort_keys=True) for m in machines)
+        text, n = counts.most_common(1)[0]
+        machine = json.loads(text)
+        lines += [f"Machine ({n} of {len(machines)} records; each record in bench/results/ names its "
+                  f"own): {machine['cpu']}, {machine['cores']} cores, {machine['os']}, "
                   f"Python {machine['python']}, numpy {machine['numpy']}, scipy {machine['scipy']}.", ""]
     lines += summary(results)
     for name, fn in SECTIONS.items():

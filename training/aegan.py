@@ -114,6 +114,10 @@ def square_patches(method: TorchMethod, clips: Sequence[Clip], progress: bool
 
 class AeganMethod(ScoresEveryRule, TorchMethod):
     name = "aegan-ad"
+    # two optimisers stepped by the method itself (trainer.fit_steps): not data parallel
+    data_parallel = False
+    serial_reason = ("trains with its own optimiser steps (a GAN's two players), which the "
+                     "distributed loop does not cover")
     preset_name = "aegan-ad"
     config_cls = AeganConfig
     score_rules = RULES

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -34,7 +37,28 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+# the command line as given, for --nproc to hand to each process (training/distributed.py)
+_argv: list[str] = []
+# set by torch's launcher (torchrun) in each process it starts
+LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` less its --nproc (as argparse reads it: any prefix, ``--np 2``, ``--nproc=2``)."""
+    out, skip = [], False
+    for item in argv:
+        name = item.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif len(name) > 2 and "--nproc".startswith(name):
+            skip = "=" not in item
+        else:
+            out.append(item)
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from harken.training import distributed
     from harken.training.methods import make_method, settings
     overrides = list(args.set or [])
     known = settings(args.method)
@@ -47,21 +71,65 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"harken-train: {args.method} has no '{key}' setting (it trains no "
                   f"network); --{key} ignored", file=sys.stderr)
     method = make_method(args.method, overrides)          # bad settings fail before any work
+    device = None
     if isinstance(method, Configurable) and hasattr(method.config, "device"):
         from harken.training.trainer import pick_device
-        pick_device(method.config.device)
+        device = pick_device(method.config.device)
+    nproc, under = getattr(args, "nproc", None), distributed.launched()
+    if under and nproc is not None:
+        raise UsageError(f"--nproc {nproc}: this process already runs under torchrun "
+                         f"(WORLD_SIZE={os.environ['WORLD_SIZE']}); give the process count to "
+                         "torchrun alone")
+    if nproc is not None or under:
+        distributed.check_method(args.method)
+    if nproc is not None:
+        distributed.check_nproc(nproc, device)
+    ranks = distributed.start(device) if under else None
+    writer = ranks is None or ranks.writer
     machines = _machines(args.machines) or machine_types(args.data)
     # every run folder checked before any work: one already there is refused (--force:
     # replaced); each is built beside its place and renamed in when done (docs/architecture.md)
     corpus = (args.data, *(Path(args.data) / m for m in machines))  # never replaced
     targets = {m: check_target(Path(args.out) / m, args.force, "--out folder", keep=corpus)
-               for m in machines}
+               for m in machines} if writer else {}
+    if nproc is not None:       # the same command on nproc processes, through torch's launcher
+        return distributed.launch(_without_nproc(_argv), nproc)
+    try:
+        _train_machines(args, method_overrides=overrides, machines=machines, targets=targets,
+                        ranks=ranks, corpus=corpus)
+    except RuntimeError as exc:
+        if not distributed.lost_peer(exc):
+            raise
+        said = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().splitlines()[0])[:100]
+        raise distributed.TrainingFailed(f"lost the other processes ({said}); the rank that "
+                                         "failed first is named below") from None
+    if ranks is not None:
+        distributed.stop()
+    return 0
+
+
+def _train_machines(args: argparse.Namespace, method_overrides: list[str], machines: list[str],
+                    targets: dict, ranks, corpus: tuple) -> None:
+    """Train and write each machine type's run (the writer), or train its share (the
+    other ranks)."""
+    from harken.training import distributed
+    from harken.training.methods import make_method
+    overrides, writer = method_overrides, ranks is None or ranks.writer
     training_id = uuid.uuid4().hex[:12]     # shared by the runs of this command (evaluate)
     for machine in machines:
         found = scan_corpus(args.data, [machine], split="train",
                             skip_bad=getattr(args, "skip_bad_clips", False))
-        found.log()
         clips = found.clips
+        if not writer:          # trains its share of every batch; rank 0 writes the run
+            with tempfile.TemporaryDirectory() as scratch:
+                try:
+                    make_method(args.method, overrides).train(clips, Path(scratch) / machine,
+                                                              progress=False)
+                except distributed.NotTheWriter:
+                    continue
+            raise distributed.TrainingFailed(f"{args.method} {machine}: trained on rank "
+                                             f"{ranks.rank} without the distributed loop")
+        found.log()
         run_dir = Path(args.out) / machine
         t0 = time.monotonic()
         with building(targets[machine], force=args.force, what="--out folder",
@@ -72,12 +140,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             info.training_id = training_id
             record_training_time(new, info, time.monotonic() - t0)
         hist = info.history
-        trained = (f", {len(hist['train_loss'])} epochs on {hist['device']}, best epoch "
+        spread = (f" x {hist['distributed']['world_size']} processes"
+                  if hist and hist.get("distributed") else "")
+        trained = (f", {len(hist['train_loss'])} epochs on {hist['device']}{spread}, best epoch "
                    f"{hist['best_epoch'] + 1}" if hist else "")
         print(f"{args.method} {machine}: trained on {len(clips)} clips in "
               f"{time.monotonic() - t0:.1f} s{trained} -> {run_dir} "
               f"(threshold {info.normal_scores.threshold:.4g})")
-    return 0
 
 
 def cmd_general(args: argparse.Namespace) -> int:
@@ -302,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="change a setting (repeatable); 'harken-train methods --settings' lists them")
     t.add_argument("--seed", type=int, help="random seed (same as --set seed=N)")
     t.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    t.add_argument("--nproc", type=int, metavar="N",
+                   help="train on N processes through torch's launcher (torchrun) with "
+                        "DistributedDataParallel: one per GPU (NCCL), or CPU processes (gloo); "
+                        "network methods only (docs/training.md 'Training on several GPUs')")
     t.add_argument("--force", action="store_true",
                    help="replace a run folder that is already there (by default refused)")
     t.add_argument("--skip-bad-clips", action="store_true",
@@ -393,10 +466,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _only_train(args: argparse.Namespace) -> int:
+    raise UsageError(f"'{args.command}' runs in one process; under torchrun only 'train' "
+                     "(--nproc) trains across processes")
+
+
 def main(argv: list[str] | None = None) -> int:
     from harken.training.allocator import keep_freed_memory
+    global _argv
     keep_freed_memory()
-    return run_command(build_parser(), argv)       # HarkenError, OSError: exit 2
+    _argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if all(k in os.environ for k in LAUNCHER_ENV):     # one of torchrun's processes
+        parser.prog = f"harken-train [rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}]"
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    if name != "train":
+                        sub.set_defaults(func=_only_train)
+    return run_command(parser, argv)       # HarkenError, OSError: exit 2
 
 
 if __name__ == "__main__":

@@ -107,6 +107,8 @@ class Fusion:
                "per section, averaged")
     score_rules = ("fused",)
     config_cls = FusionConfig
+    serial_reason = ("trains its members one after another in one process (train a network "
+                     "member with --nproc on its own and fuse it with --set trained=RUNS)")
 
     def __init__(self, config: FusionConfig | None = None,
                  overrides: list[str] | None = None, check_front_end: bool = True) -> None:

@@ -144,6 +144,8 @@ def pick_real_clips(clips: Sequence[Clip], per_section: int, seed: int) -> list[
 class GeneralMethod(DualInputMethod):
     """mobilenetv2-dual trained across many machines (module docstring)."""
     name = "mobilenetv2-dual-general"
+    data_parallel = False
+    serial_reason = "is trained by 'harken-train general', which runs in one process"
     preset_name = "mobilenetv2-dual"
     config_cls = GeneralConfig
     score_rules = ("embedding-density",)

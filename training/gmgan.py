@@ -92,6 +92,10 @@ class GmganConfig(TrainConfig):
 
 class GmganMethod(ScoresEveryRule, TorchMethod):
     name = "gmgan"
+    # two optimisers stepped by the method itself (trainer.fit_steps): not data parallel
+    data_parallel = False
+    serial_reason = ("trains with its own optimiser steps (a GAN's two players), which the "
+                     "distributed loop does not cover")
     preset_name = "gmgan"
     config_cls = GmganConfig
     score_rules = ("latent", "energy", "latent-ldn")

@@ -214,8 +214,19 @@ class OevaeMethod(ScoresEveryRule, TorchMethod):
                     logit.float(), torch.zeros(len(idx), device=device), reduction="sum"))
             return total / len(xv)
 
+        def shard(batch, rank: int, world: int):
+            """Across processes: this rank's equal slice of the own clips' rows and of the
+            outlier rows (a batch is own rows then as many outlier rows)."""
+            x, v = batch
+            per = len(v) // world
+            if per < 2:
+                return None
+            own, oe = slice(rank * per, (rank + 1) * per), slice(len(v) + rank * per,
+                                                                 len(v) + (rank + 1) * per)
+            return torch.cat([x[own], x[oe]]), v[own]
+
         hist = fit(net, batches, loss_fn, val_loss, cfg, device, progress,
-                   desc=f"{self.name} {clips[0].machine}")
+                   desc=f"{self.name} {clips[0].machine}", shard=shard)
         self.model = net.cpu().eval()
         held_out = val_idx if len(val_idx) >= MIN_HELD_OUT else list(range(len(clips)))
         self.bank = self._bank([feats[i] for i in fit_idx], [clips[i] for i in fit_idx])

@@ -30,6 +30,10 @@ class TorchMethod:
     config_cls: ClassVar[type[TrainConfig]]
     score_rules: ClassVar[tuple[str, ...]]
     summary: ClassVar[str] = ""
+    # trains through trainer.fit, so across processes too (training/distributed.py);
+    # a method that does not says why in serial_reason
+    data_parallel: ClassVar[bool] = True
+    serial_reason: ClassVar[str] = ""
 
     def __init__(self, config: TrainConfig | None = None, overrides: list[str] | None = None,
                  spec: FeatureSpec | None = None) -> None:

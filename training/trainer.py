@@ -1,5 +1,6 @@
 """The one training loop: device choice, seeds, mixed precision on CUDA, progress with
-loss and throughput, early stopping on the validation split, and the loss plot."""
+loss and throughput, early stopping on the validation split, and the loss plot. Under
+torch's launcher the same loop trains across processes (training/distributed.py)."""
 
 from __future__ import annotations
 
@@ -16,16 +17,19 @@ from torch import nn
 from tqdm import tqdm
 
 from harken.common.errors import HarkenError, UsageError
+from harken.training import distributed
 from harken.training.config import TrainConfig
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """The device ``name`` asks for; under torch's launcher ``cuda`` is this process's GPU
+    (cuda:LOCAL_RANK, training/distributed.py)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"device '{name}' asked for, but torch sees no CUDA GPU here")
     try:
-        return torch.device(name)
+        return distributed.local_device(torch.device(name))
     except RuntimeError:
         raise UsageError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
 
@@ -47,41 +51,52 @@ class History:
     best_epoch: int = 0
     stopped_early: bool = False
     device: str = "cpu"
+    # across processes only: world size, backend, each rank's weight checksum
+    distributed: dict | None = None
 
     def to_dict(self) -> dict:
         return {"train_loss": self.train_loss, "val_loss": self.val_loss,
                 "epoch_seconds": self.epoch_seconds,
                 "samples_per_second": self.samples_per_second,
                 "best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
-                "device": self.device}
+                "device": self.device,
+                **({"distributed": self.distributed} if self.distributed else {})}
 
 
 Batch = tuple[torch.Tensor, ...]
+Shard = Callable[[Batch, int, int], "Batch | None"]
 
 
 def fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]],
         loss_fn: Callable[[Batch], torch.Tensor], val_loss: Callable[[], float],
         cfg: TrainConfig, device: torch.device, progress: bool = True,
-        desc: str = "train", parameters: Iterable[nn.Parameter] | None = None) -> History:
+        desc: str = "train", parameters: Iterable[nn.Parameter] | None = None,
+        shard: Shard | None = None) -> History:
     """Adam over ``model`` (or ``parameters``); keeps the weights of the best validation epoch.
 
     ``batches(epoch)`` yields tuples of tensors on ``device``; ``loss_fn`` returns the scalar
     loss of one batch; ``val_loss`` the validation loss (called under no_grad, eval mode).
+    Across processes (training/distributed.py) ``model`` is trained through
+    DistributedDataParallel, each rank on its slice of every batch: ``shard(batch, rank,
+    world)`` cuts it (default: equal slices of rows, ``distributed.rows``).
     """
     opt = torch.optim.Adam(list(parameters) if parameters is not None else model.parameters(),
                            lr=cfg.lr, weight_decay=cfg.weight_decay)
     use_amp = device.type == "cuda"
+    forward = loss_fn if distributed.current() is None else \
+        distributed.data_parallel(model, loss_fn, device)
 
     def step(batch: Batch) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss = loss_fn(batch)
+            loss = forward(batch)
         check_finite(loss, desc)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return loss
 
-    return fit_steps(model, batches, step, val_loss, cfg, device, progress, desc)
+    return fit_steps(model, batches, step, val_loss, cfg, device, progress, desc,
+                     shard=shard or distributed.rows)
 
 
 class TrainingDiverged(HarkenError, FloatingPointError):
@@ -100,28 +115,51 @@ def check_finite(loss: torch.Tensor | float, desc: str) -> None:
 def fit_steps(model: nn.Module, batches: Callable[[int], Iterable[Batch]],
               step: Callable[[Batch], torch.Tensor], val_loss: Callable[[], float],
               cfg: TrainConfig, device: torch.device, progress: bool = True,
-              desc: str = "train") -> History:
+              desc: str = "train", shard: Shard | None = None) -> History:
     """The epoch loop around ``step`` (one batch's update, returning the loss it reports),
     for methods with their own optimisers (the GANs): progress, validation, early
-    stopping, the best epoch's weights kept."""
+    stopping, the best epoch's weights kept.
+
+    Across processes (``shard`` given, by ``fit``): each rank steps on its slice of every
+    batch; the training loss and throughput are the whole batch's, the validation loss is
+    rank 0's on every rank (the same early stopping everywhere), and once done ranks other
+    than 0 raise ``distributed.NotTheWriter`` (rank 0 writes the run)."""
+    ranks = distributed.current()
+    if ranks is not None and shard is None:
+        raise UsageError(f"{desc}: this method trains with its own optimiser steps, which the "
+                         "distributed loop does not cover; train it without --nproc/torchrun")
+    if ranks is not None and ranks.rank > 0:
+        # dropout and other draws from torch's global generator differ per rank, as they
+        # would for one process over the whole batch (rank 0 keeps the plain path's)
+        torch.manual_seed(torch.initial_seed() + ranks.rank)
     use_amp = device.type == "cuda"
     hist = History(device=str(device))
     best, best_state, waited = float("inf"), copy.deepcopy(model.state_dict()), 0
-    bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
+    bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch",
+               disable=not progress or (ranks is not None and not ranks.writer), leave=False)
     for epoch in bar:
         model.train()
         t0, total, n = time.perf_counter(), 0.0, 0
         for batch in batches(epoch):
-            loss = step(batch)
             size = batch[0].shape[0]
+            if ranks is not None:
+                batch = shard(batch, ranks.rank, ranks.world)
+                if batch is None:
+                    continue
+            loss = step(batch)
             total += loss.item() * size
             n += size
         if use_amp:
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
+        if ranks is not None:
+            total = distributed.mean_over_ranks([total], device)[0]
+            distributed.sync_buffers(model)
         model.eval()
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             v = float(val_loss())
+        if ranks is not None:
+            v = distributed.from_rank0(v, device)
         hist.train_loss.append(total / max(n, 1))
         hist.val_loss.append(v)
         hist.epoch_seconds.append(seconds)
@@ -137,6 +175,10 @@ def fit_steps(model: nn.Module, batches: Callable[[int], Iterable[Batch]],
                 break
     model.load_state_dict(best_state)
     model.eval()
+    if ranks is not None:
+        hist.distributed = distributed.finish(model, desc)
+        if not ranks.writer:
+            raise distributed.NotTheWriter(desc)
     return hist
 
 
