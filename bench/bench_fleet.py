@@ -11,7 +11,16 @@ subscriber, all on this machine, so the figures are a floor for a broker on its 
 Every fleet runs twice: with the plant broker setting (``max_queued_messages 0``: no limit
 on what the broker queues for a subscriber) and with Mosquitto's defaults.
 
+With ``--cluster`` the fleet (1,000 agents by default) runs on a 3-node nats-server cluster
+instead (harken/testkit/cluster.py, the settings of docs/deploy.md "Many devices: a broker
+cluster"), each agent listing the nodes rotated, paced (one score per agent every
+``--pace`` seconds, stamped when made, so the sinks' publish latency means something),
+twice: without and with node 0 SIGKILLed mid-run and restarted; the plant subscriber fails
+over between nodes. Lost, duplicated, publish p99, each affected agent's reconnect time and
+the brokers' CPU go into bench/results/fleet-cluster.json.
+
     .venv/bin/python bench/bench_fleet.py [--fleets 10 50 200] [--messages 20000]
+    .venv/bin/python bench/bench_fleet.py --cluster [--agents 1000] [--messages 20000] [--pace 5]
 """
 
 from __future__ import annotations

@@ -709,14 +709,15 @@ def fleet_section(r: dict) -> list[str]:
         "fsync'd SQLite outbox write and a Python paho client each), sharing these 2 cores, "
         "set the pace, not the broker.", "",
         "### Growing past one broker", "",
-        "- A clustered broker (EMQX, VerneMQ, HiveMQ) behind one DNS name or TCP load "
-        "balancer looks like one broker to the agent: it needs nothing more than that URL. "
-        "The agent publishes with a clean session and keeps its own durable outbox, so it "
-        "can land on any node after a reconnect and resends what was not acknowledged; "
-        "subscribers de-duplicate on (node, seq) as they already must.",
-        "- Without a load balancer the agent would need a list of broker URLs to fail over "
-        "to; `mqtt.host` takes one host today (not implemented: a load balancer or DNS "
-        "does the same job without agent changes).",
+        "- A broker cluster: the agent takes the list of its nodes (`mqtt.brokers`, docs/mqtt.md "
+        "\"Several brokers: failover\"), connects to the first that answers and moves to the "
+        "next when a node dies. It publishes with a clean session and keeps its own durable "
+        "outbox, so it can land on any node and resends what was not acknowledged; "
+        "subscribers de-duplicate on (node, seq) as they already must. The fleet on a "
+        "3-node nats-server cluster, with a node killed, is measured below; docs/deploy.md "
+        "\"Many devices: a broker cluster\" has the tested broker settings.",
+        "- A clustered broker behind one DNS name or TCP load balancer looks like one broker "
+        "to the agent: `mqtt.host` with that name does the same job.",
         "- Plant-side consumers scale with shared subscriptions "
         "(`$share/<group>/harken/+/+/score`), which Mosquitto, EMQX and VerneMQ support: "
         "each score goes to one member of the group.",
@@ -725,6 +726,77 @@ def fleet_section(r: dict) -> list[str]:
         "(Mosquitto `max_queued_messages`; EMQX and VerneMQ have their own session queue "
         "limits) and broker persistence.",
     ]
+    return lines
+
+
+CLUSTER_BENCH_START, CLUSTER_BENCH_END = "<!-- cluster-bench: start -->", "<!-- cluster-bench: end -->"
+
+
+def fleet_cluster_section(r: dict) -> list[str]:
+    """bench/bench_fleet.py --cluster: the fleet on a 3-node nats-server cluster, with and
+    without a node SIGKILLed mid-run. Also written into docs/deploy.md between its markers
+    ("A fleet on the cluster"), beside the settings it was measured with."""
+    rows = r["rows"]
+    steady = rows[0]
+
+    def ms(x: dict, key: str) -> str:
+        return "-" if x.get(key) is None else f"{x[key]:.0f}"
+
+    def secs(x: dict, key: str) -> str:
+        return "-" if x.get(key) is None else f"{x[key]:.1f}"
+    lines = [
+        "## Fleet on a broker cluster", "",
+        f"`{r['command']}` ({r['when']}): {steady['agents']} simulated agents (the fleet "
+        "bench's: each the agent's real MqttSink with its durable outbox), spread over "
+        f"{r['workers']} processes, each listing the {r['nodes']} nodes of one nats-server "
+        f"cluster ({r['engine']}, harken/testkit/cluster.py, every node on this machine) "
+        "rotated, so that a third of the fleet starts on each node (docs/deploy.md \"Many "
+        f"devices: a broker cluster\"); each agent publishes one score every "
+        f"{steady['pace_s']:g} s at its own offset, {steady['messages_per_agent']} in all. One "
+        "plant subscriber (fixed client id, clean session false, QoS 1; on a lost connection "
+        "the next node, a refused CONNECT or SUBSCRIBE asked again) starts on node 1. In the "
+        f"second run node {r['killed_node']} is SIGKILLed once the plant has a third of the "
+        "scores and restarted once it has two thirds. Lost = scores handed over (PUBACK "
+        "received) that never reached the plant, counted by (node, seq); duplicates = the "
+        "same (node, seq) again (QoS 1 re-deliveries, and the agents' replay of rows the "
+        "dead node had not acknowledged); publish latency = from a score's making to its "
+        "PUBACK, the sinks' own figure (stats `publish_ms_p99`), over every score of the "
+        "run; reconnect = from the kill to the agent's `connected to` log line naming "
+        "another node; broker CPU = the three nats-server processes together.", ""]
+    lines += table(
+        ["run", "scores sent", "received (unique)", "duplicates", "lost",
+         "publish ms median / p99 / max", "agents of the killed node reconnected",
+         "reconnect s median / max", "scores/s delivered", "broker CPU, % of one core"],
+        [["node killed" if x["node_killed"] else "no kill", x["sent"], x["received_unique"],
+          x["duplicates"], x["lost"],
+          f"{ms(x, 'publish_ms_median')} / {ms(x, 'publish_ms_p99')} / {ms(x, 'publish_ms_max')}",
+          f"{x['reconnected']} of {x['affected']}" if x["node_killed"] else "-",
+          f"{secs(x, 'reconnect_s_median')} / {secs(x, 'reconnect_s_max')}"
+          if x["node_killed"] else "-",
+          f"{x['messages_per_s']:.0f}", f"{x['broker_cpu_percent']:.0f}"] for x in rows])
+    killed = next((x for x in rows if x["node_killed"]), None)
+    lines += [
+        "", f"Target: 0 lost in both runs: {met(r['met'])}. The broker settings that made it "
+        f"possible, on every node: `{r['mqtt_settings']}` (replicated message streams and "
+        "subscription consumers: the plant's consumer survives the node; docs/deploy.md "
+        "\"The tested configuration\"), and on the subscriber's side a persistent QoS 1 "
+        "session that moves to another node."]
+    if killed is not None:
+        lines += [
+            "", f"With the kill, {killed['reconnected']} of the {killed['affected']} agents "
+            "that had the dead node first in their list were on another node within "
+            f"{secs(killed, 'reconnect_s_max')} s (the agent waits 0 to 1 s, jittered, "
+            "before trying the next node; a node that refuses the CONNECT during the outage "
+            "sends it on to the next). The publish latency's tail is the outage: a score "
+            "made while its agent had no connection waits in the outbox until the next node "
+            f"takes it. The plant subscriber moved {killed['plant_moves']} times and was "
+            f"refused {killed['plant_refused']} times on the way."]
+    deploy = ROOT / "docs" / "deploy.md"
+    text = deploy.read_text() if deploy.is_file() else ""
+    if CLUSTER_BENCH_START in text and CLUSTER_BENCH_END in text:
+        head, rest = text.split(CLUSTER_BENCH_START, 1)
+        block = "\n".join([CLUSTER_BENCH_START, *lines[2:], CLUSTER_BENCH_END])
+        deploy.write_text(head + block + rest.split(CLUSTER_BENCH_END, 1)[1])
     return lines
 
 
@@ -951,6 +1023,11 @@ def summary(results: dict) -> list[str]:
         rows.append(("fleet: scores lost, plant broker setting (N = "
                      + ", ".join(str(x["agents"]) for x in plant) + ")",
                      ", ".join(str(x["lost"]) for x in plant) + " (target 0)", fl["met"]))
+    if "fleet-cluster" in results:
+        fc = results["fleet-cluster"]
+        rows.append((f"fleet on a 3-node broker cluster: scores lost, N = {fc['rows'][0]['agents']}"
+                     ", without / with a node killed",
+                     " / ".join(str(x["lost"]) for x in fc["rows"]) + " (target 0)", fc["met"]))
     if not rows:
         return []
     return ["## Targets", "", "| target | figure | |", "|---|---|---|"] + [
@@ -1230,7 +1307,8 @@ SECTIONS = {"features": features_section, "scorers": scorers_section,
             "detection": detection_section,
             "normalisation": normalisation_section, "probe": probe_section,
             "probe-dual": probe_section,
-            "machines": machines_section, "fleet": fleet_section, "web": web_section,
+            "machines": machines_section, "fleet": fleet_section,
+            "fleet-cluster": fleet_cluster_section, "web": web_section,
             "training": training_section, "allocator": allocator_section,
             "training-gpu": training_section, "unseen": unseen_section,
             "wear": wear_section, "store": store_section,
