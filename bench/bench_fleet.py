@@ -400,7 +400,10 @@ def cluster_main(args) -> None:
     from harken.testkit.cluster import NATS_SERVER, NatsCluster
     stream = score_stream()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [cluster_fleet(n, max(1, args.messages // n), args.pace, stream, Path(tmp), kill)
+        # the same scores per agent in every fleet (--messages for the largest): the same
+        # run time, the kill at the same point of it
+        per_agent = max(1, args.messages // max(args.agents))
+        rows = [cluster_fleet(n, per_agent, args.pace, stream, Path(tmp), kill)
                 for n in args.agents for kill in (False, True)]
         probe = NatsCluster(Path(tmp) / "conf")       # the kit's settings, written, not started
         conf = (probe.node_dir(0) / "nats.conf").read_text()
