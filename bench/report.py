@@ -799,6 +799,11 @@ def fleet_cluster_section(r: dict) -> list[str]:
         "brokers' CPU goes to; where it outruns the machine, acknowledgements stop coming, "
         "the agents' ack timeout (`mqtt.ack_timeout_s`) closes connections on the live nodes "
         "too (\"other agents that changed node\"), and each reconnect adds more of it."]
+    slow = [x for x in rows if x["node_killed"] and x.get("restart_s") is None]
+    if slow:
+        lines += ["", "The restarted node did not answer MQTT within the kit's 60 s (N = "
+                  + ", ".join(str(x["agents"]) for x in slow) + "): it was still catching up "
+                  "with the consumers' replicas when the run went on without it."]
     deploy = ROOT / "docs" / "deploy.md"
     text = deploy.read_text() if deploy.is_file() else ""
     if CLUSTER_BENCH_START in text and CLUSTER_BENCH_END in text:
