@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -747,14 +748,15 @@ def fleet_section(r: dict) -> list[str]:
         "fsync'd SQLite outbox write and a Python paho client each), sharing these 2 cores, "
         "set the pace, not the broker.", "",
         "### Growing past one broker", "",
-        "- A clustered broker (EMQX, VerneMQ, HiveMQ) behind one DNS name or TCP load "
-        "balancer looks like one broker to the agent: it needs nothing more than that URL. "
-        "The agent publishes with a clean session and keeps its own durable outbox, so it "
-        "can land on any node after a reconnect and resends what was not acknowledged; "
-        "subscribers de-duplicate on (node, seq) as they already must.",
-        "- Without a load balancer the agent would need a list of broker URLs to fail over "
-        "to; `mqtt.host` takes one host today (not implemented: a load balancer or DNS "
-        "does the same job without agent changes).",
+        "- A broker cluster: the agent takes the list of its nodes (`mqtt.brokers`, docs/mqtt.md "
+        "\"Several brokers: failover\"), connects to the first that answers and moves to the "
+        "next when a node dies. It publishes with a clean session and keeps its own durable "
+        "outbox, so it can land on any node and resends what was not acknowledged; "
+        "subscribers de-duplicate on (node, seq) as they already must. The fleet on a "
+        "3-node nats-server cluster, with a node killed, is measured below; docs/deploy.md "
+        "\"Many devices: a broker cluster\" has the tested broker settings.",
+        "- A clustered broker behind one DNS name or TCP load balancer looks like one broker "
+        "to the agent: `mqtt.host` with that name does the same job.",
         "- Plant-side consumers scale with shared subscriptions "
         "(`$share/<group>/harken/+/+/score`), which Mosquitto, EMQX and VerneMQ support: "
         "each score goes to one member of the group.",
@@ -763,6 +765,89 @@ def fleet_section(r: dict) -> list[str]:
         "(Mosquitto `max_queued_messages`; EMQX and VerneMQ have their own session queue "
         "limits) and broker persistence.",
     ]
+    return lines
+
+
+CLUSTER_BENCH_START, CLUSTER_BENCH_END = "<!-- cluster-bench: start -->", "<!-- cluster-bench: end -->"
+
+
+def fleet_cluster_section(r: dict) -> list[str]:
+    """bench/bench_fleet.py --cluster: the fleet on a 3-node nats-server cluster, with and
+    without a node SIGKILLed mid-run. Also written into docs/deploy.md between its markers
+    ("A fleet on the cluster"), beside the settings it was measured with."""
+    rows = r["rows"]
+    first = rows[0]
+
+    def ms(x: dict, key: str) -> str:
+        return "-" if x.get(key) is None else f"{x[key]:.0f}"
+
+    def secs(x: dict, key: str) -> str:
+        return "-" if x.get(key) is None else f"{x[key]:.1f}"
+    sizes = sorted({x["agents"] for x in rows}, reverse=True)
+    settings = re.sub(r'listen: "[^"]*" ', "", r["mqtt_settings"])     # the run's own port
+    lines = [
+        "## Fleet on a broker cluster", "",
+        f"`{r['command']}` ({r['when']}): N = " + ", ".join(map(str, sizes)) + " simulated "
+        "agents (the fleet bench's: each the agent's real MqttSink with its durable outbox), "
+        f"spread over {r['workers']} processes, each listing the {r['nodes']} nodes of one "
+        f"nats-server cluster ({r['engine']}, harken/testkit/cluster.py) rotated, so that a "
+        "third of the fleet starts on each node (docs/deploy.md \"Many devices: a broker "
+        f"cluster\"); each agent publishes one score every {first['pace_s']:g} s at its own "
+        f"offset, {first['messages_per_agent']} in all. One plant subscriber (fixed client id, "
+        "clean session false, QoS 1; on a lost connection the next node, a refused CONNECT or "
+        "SUBSCRIBE asked again) starts on node 1. Brokers, agents and subscriber share this "
+        f"machine's {(r.get('machine') or {}).get('cores', '?')} cores. In the \"node killed\" "
+        f"runs node {r['killed_node']} is SIGKILLed once the plant has a third of the scores "
+        "and restarted once it has two thirds (or when the run's time is up). Never "
+        "acknowledged = scores still in the agents' outboxes when the bench gave up waiting "
+        "(300 s after the last was made): not handed over, the agent keeps them and sends "
+        "them at its next connection. Lost = scores a node acknowledged (PUBACK) that never "
+        "reached the plant, counted by (node, seq); duplicates = the same (node, seq) again "
+        "(QoS 1 re-deliveries, and the agents' replay of rows a dead node had not "
+        "acknowledged); publish latency = from a score's making to its PUBACK, the sinks' "
+        "own figure (stats `publish_ms_p99`), over every acknowledged score of the run; "
+        "reconnect = from the kill to the `connected to` log line naming another node, for "
+        "each agent that had the killed node first; broker CPU = the three nats-server "
+        "processes together.", ""]
+    lines += table(
+        ["agents", "run", "scores sent", "never acknowledged", "received (unique)",
+         "duplicates", "lost", "publish ms median / p99 / max",
+         "agents of the killed node reconnected", "reconnect s median / max",
+         "other agents that changed node", "scores/s delivered", "broker CPU, % of one core"],
+        [[x["agents"], "node killed" if x["node_killed"] else "no kill", x["sent"],
+          x.get("unacknowledged", 0), x["received_unique"], x["duplicates"], x["lost"],
+          f"{ms(x, 'publish_ms_median')} / {ms(x, 'publish_ms_p99')} / {ms(x, 'publish_ms_max')}",
+          f"{x['reconnected']} of {x['affected']}" if x["node_killed"] else "-",
+          f"{secs(x, 'reconnect_s_median')} / {secs(x, 'reconnect_s_max')}"
+          if x["node_killed"] else "-",
+          str(x.get("others_moved", "-")) if x["node_killed"] else "-",
+          f"{x['messages_per_s']:.0f}", f"{x['broker_cpu_percent']:.0f}"] for x in rows])
+    lines += [
+        "", f"Target: 0 lost in every run: {met(r['met'])}. The broker settings it was "
+        f"measured with, on every node: `{settings}` (replicated message streams "
+        "and subscription consumers: the plant's consumer survives its node; docs/deploy.md "
+        "\"The tested configuration\"), and on the subscriber's side a persistent QoS 1 "
+        "session that moves to another node.", "",
+        "The gateway makes a JetStream consumer, replicated as `consumer_replicas` says, for "
+        "every QoS 1 subscription, the agents' own included (each agent subscribes to its "
+        "`instance` topic at QoS 1 at every connection, docs/mqtt.md), and deletes it when a "
+        "clean-session client goes: a node's death makes every agent that was on it delete "
+        "and create one on another node at once, on top of the elections of the consumers "
+        "that lost a replica. That replicated-consumer work, not the scores, is what the "
+        "brokers' CPU goes to; where it outruns the machine, acknowledgements stop coming, "
+        "the agents' ack timeout (`mqtt.ack_timeout_s`) closes connections on the live nodes "
+        "too (\"other agents that changed node\"), and each reconnect adds more of it."]
+    slow = [x for x in rows if x["node_killed"] and x.get("restart_s") is None]
+    if slow:
+        lines += ["", "The restarted node did not answer MQTT within the kit's 60 s (N = "
+                  + ", ".join(str(x["agents"]) for x in slow) + "): it was still catching up "
+                  "with the consumers' replicas when the run went on without it."]
+    deploy = ROOT / "docs" / "deploy.md"
+    text = deploy.read_text() if deploy.is_file() else ""
+    if CLUSTER_BENCH_START in text and CLUSTER_BENCH_END in text:
+        head, rest = text.split(CLUSTER_BENCH_START, 1)
+        block = "\n".join([CLUSTER_BENCH_START, *lines[2:], CLUSTER_BENCH_END])
+        deploy.write_text(head + block + rest.split(CLUSTER_BENCH_END, 1)[1])
     return lines
 
 
@@ -989,6 +1074,14 @@ def summary(results: dict) -> list[str]:
         rows.append(("fleet: scores lost, plant broker setting (N = "
                      + ", ".join(str(x["agents"]) for x in plant) + ")",
                      ", ".join(str(x["lost"]) for x in plant) + " (target 0)", fl["met"]))
+    if "fleet-cluster" in results:
+        fc = results["fleet-cluster"]
+        rows.append(("fleet on a 3-node broker cluster: scores lost, without / with a node "
+                     "killed (N = " + ", ".join(dict.fromkeys(str(x["agents"]) for x in fc["rows"]))
+                     + ")", ", ".join(" / ".join(str(x["lost"]) for x in fc["rows"]
+                                                 if x["agents"] == n)
+                                      for n in dict.fromkeys(x["agents"] for x in fc["rows"]))
+                     + " (target 0)", fc["met"]))
     if not rows:
         return []
     return ["## Targets", "", "| target | figure | |", "|---|---|---|"] + [
@@ -1268,7 +1361,8 @@ SECTIONS = {"features": features_section, "scorers": scorers_section,
             "detection": detection_section,
             "normalisation": normalisation_section, "probe": probe_section,
             "probe-dual": probe_section,
-            "machines": machines_section, "fleet": fleet_section, "web": web_section,
+            "machines": machines_section, "fleet": fleet_section,
+            "fleet-cluster": fleet_cluster_section, "web": web_section,
             "training": training_section, "allocator": allocator_section,
             "training-gpu": training_section, "unseen": unseen_section,
             "training-distributed": distributed_training_section,
