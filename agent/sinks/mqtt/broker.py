@@ -16,6 +16,7 @@ import random
 import re
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -350,3 +351,60 @@ class ConnectionReports:
     def _on_connect_fail(self, client, userdata) -> None:
         self._report(diagnose(self.host, self.port, self.tls) + "; retrying")
         self._settled.set()
+
+
+CONNECT_TIMEOUT_S = 10.0   # a broker that took the TCP connection but not yet the MQTT one
+
+
+class ConnectTimer:
+    """Gives up on a connection attempt whose CONNACK has not come within ``timeout`` s.
+
+    paho waits for a CONNACK as long as the keepalive (up to an hour by mqtt.keepalive):
+    a broker that accepts TCP and never answers (frozen by SIGSTOP, hung, a load balancer
+    in front of a dead node) held a client that long before it tried the next broker of
+    its list (docs/mqtt.md "Several brokers: failover"). ``started`` runs in paho's
+    ``on_pre_connect``; ``answered`` at the CONNACK or the close; on expiry the socket is
+    shut, paho sees the end and calls ``on_disconnect``, where ``take_expired`` says why."""
+
+    def __init__(self, client, timeout: float = CONNECT_TIMEOUT_S) -> None:
+        self.client, self.timeout = client, timeout
+        self._attempt = 0
+        self._expired = False
+        self._lock = threading.Lock()
+
+    def started(self, *_args) -> None:
+        with self._lock:
+            self._attempt += 1
+            n, self._expired = self._attempt, False
+        timer = threading.Timer(self.timeout, self._expire, args=(n,))
+        timer.daemon = True
+        timer.start()
+
+    def answered(self) -> None:
+        with self._lock:
+            self._attempt += 1
+
+    def take_expired(self) -> bool:
+        """Whether the attempt that just ended was given up by the timer (once)."""
+        with self._lock:
+            expired, self._expired = self._expired, False
+        return expired
+
+    def _expire(self, n: int) -> None:
+        with self._lock:
+            if n != self._attempt:
+                return
+            self._attempt += 1
+            self._expired = True
+        sock = self.client.socket()
+        try:
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)   # paho sees the end and reconnects
+        except OSError:
+            pass
+
+
+def unanswered(name: str, timeout: float) -> str:
+    """The line for a broker that accepted TCP but never answered the MQTT connection."""
+    return (f"broker {name} did not answer the MQTT connection within {timeout:g} s (it "
+            f"accepted TCP: a frozen or overloaded broker?)")
