@@ -36,8 +36,9 @@ from harken.agent.plant.fleet import DEFAULT_FORGET_AFTER_S, DEFAULT_MAX_AGENTS,
     Fleet
 from harken.agent.plant.text import safe
 from harken.common.errors import UsageError
-from harken.agent.sinks.mqtt.broker import BrokerError, BrokerUrl, diagnose, endpoint_name, \
-    parse_broker_list, reconnect_delay, refusal, split_broker_urls, use_tls
+from harken.agent.sinks.mqtt.broker import BrokerError, BrokerUrl, ConnectTimer, diagnose, \
+    endpoint_name, parse_broker_list, reconnect_delay, refusal, split_broker_urls, unanswered, \
+    use_tls
 from harken.agent.sinks.mqtt.topics import subscription
 
 SESSION_EXPIRY_S = 7 * 86400        # MQTT 5: how long the broker keeps an absent watcher's queue
@@ -177,7 +178,10 @@ class Connection:
         self._done = threading.Event()
         self._first = True
         self._connected_at = time.monotonic()
-        self._short = 0                               # connections closed soon after made
+        # connections closed soon after made, in a row, all by one broker (``_short_at``):
+        # closes by different brokers (a rolling restart) are no takeover
+        self._short, self._short_at = 0, -1
+        self._timer: ConnectTimer | None = None      # the CONNACK timeout of reconnects
         self.client = None
 
     # -- the callbacks: each guarded, an exception would end paho's network thread ---------
@@ -232,6 +236,8 @@ class Connection:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         self._answer["rc"] = reason_code
+        if self._timer is not None:
+            self._timer.answered()
         if not reason_code.is_failure:
             self._connected_at = time.monotonic()
             self._misses = 0
@@ -266,14 +272,30 @@ class Connection:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._done.set()
+        expired = self._timer is not None and self._timer.take_expired()
+        if self._timer is not None:
+            self._timer.answered()
         if self.closing or self._first:   # before the first connection start() reports
             return
+        if expired and self.disconnected is None:
+            self.disconnected = "did not answer"
+        if expired:
+            line = unanswered(self.where, self._timer.timeout) + "; trying the " + \
+                ("next broker" if len(self.urls) > 1 else "broker again")
+            if line not in self._said:
+                self._said.add(line)
+                self.say(line, "bold red")
         if self.disconnected is not None:  # an attempt that failed after TCP (said already)
             self._next_broker(client, lost_up=False)
             return
         when = dt.datetime.now().strftime("%H:%M:%S")
         lived = time.monotonic() - self._connected_at
-        self._short = self._short + 1 if lived < SHORT_S else 0
+        if lived >= SHORT_S:
+            self._short = 0
+        elif self._short_at == self._at:
+            self._short += 1
+        else:
+            self._short, self._short_at = 1, self._at
         if getattr(reason_code, "value", None) == TAKEN_OVER or self._short >= 2:
             # MQTT 5 says "Session taken over" (where the broker sends it; Mosquitto 2.0.11
             # just closes the socket): connections closed within seconds, twice running, are
@@ -281,7 +303,7 @@ class Connection:
             self.disconnected = "taken over"
             how = "with reason Session taken over" if self._short < 2 else \
                 "twice within seconds of making it"
-            self.say(f"{when} the broker closed the connection {how}:"
+            self.say(f"{when} the broker {self.where} closed the connection {how}:"
                       f" another client with id {self.client_id} is probably using this watcher's "
                       "session (give each watcher its own --name); retrying every 30 s or more",
                       "bold red")
@@ -312,6 +334,10 @@ class Connection:
                       lambda msg: print(f"harken watch: {msg}", file=sys.stderr),
                       "--tls-insecure") if self.url.tls else None
         c.reconnect_delay_set(1, 30)
+        # a broker that takes TCP but never answers is left after CONNECT_TIMEOUT_S, not
+        # after the keepalive (docs/watch.md)
+        self._timer = ConnectTimer(c)
+        c.on_pre_connect = self._timer.started
         c.on_connect = self._guard(self._on_connect)
         c.on_connect_fail = self._guard(self._on_connect_fail)
         c.on_disconnect = self._guard(self._on_disconnect)
