@@ -585,6 +585,8 @@ class Publisher(ConnectionReports):
         self._resub.clear()              # the encoder subscribes afresh on a clean session
         self._sub_mids.clear()
         if self.moved:
+            # a loss after a move is news again, even in the words of an earlier one
+            self._said = frozenset(m for m in self._said if not m.startswith("disconnected from"))
             # short connections are counted per broker: closes by different brokers (a
             # rolling restart) are no takeover (docs/mqtt.md "Client ids")
             self._flaps = 0
@@ -657,15 +659,11 @@ class Publisher(ConnectionReports):
                          f"({reason_code}): another client may use client id "
                          f"{self.client_id} (a copied SD card image or a second agent?); "
                          f"reconnecting with back-off up to {BACKOFF_MAX_S} s")
-        elif was and self._flaps > STRIKES:
-            pass    # the same broker closing again: its streak was said at STRIKES
-        elif was:
-            # each loss of a connection that was up is news (docs/mqtt.md "What it says")
-            self.log(f"disconnected from {self._name} ({reason_code}); retrying")
-            self._last_error = f"disconnected from {self._name}"
-        else:
-            self._report(f"disconnected from {self._name} ({reason_code}); "
-                         "retrying")
+        elif not (was and self._flaps > STRIKES):
+            # once per broker and cause until a connection holds or the agent moves to
+            # another broker (docs/mqtt.md "What it says"); the repeats of one broker's
+            # streak of short connections were said at STRIKES
+            self._report(f"disconnected from {self._name} ({reason_code}); retrying")
         self._next_broker(client, lost_up=was)    # said above: the broker just left
 
     @property
