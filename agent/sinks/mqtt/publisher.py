@@ -602,7 +602,10 @@ class Publisher(ConnectionReports):
         was, self._up = self._up, False
         killed, self._killed = self._killed, False
         self._connect_timer.answered()
-        timed_out = self._connect_timer.take_expired() and not was
+        # (with mqtt.keepalive under the connect timeout paho gives up first, calling it a
+        # "Keep alive timeout" of a connection that never existed)
+        timed_out = (self._connect_timer.take_expired()
+                     or str(reason_code) == "Keep alive timeout") and not was
         # the close that follows a CONNACK refusal was said with it; the next one is news
         # (before, a fall-back to 3.1.1 left this set, and every later close went unsaid)
         refused, self._refused = self._refused, False
@@ -636,7 +639,8 @@ class Publisher(ConnectionReports):
         elif killed or refused or struck:
             pass                               # said already (the ack timeout, the CONNACK)
         elif timed_out:
-            self._report(unanswered(self._name, self._connect_timer.timeout) + "; trying "
+            waited = min(self._connect_timer.timeout, float(self.s.keepalive))
+            self._report(unanswered(self._name, waited) + "; trying "
                          + ("the next broker" if len(self.endpoints) > 1 else "again"))
         elif not was and self._tls_port():
             self._report(f"broker {self._name} closed the connection before "
