@@ -12,8 +12,10 @@ It owns delivery, once:
   before it (``reconnect_delay``): 0 to 1 s after losing a connection that was up or moving
   on within a round; after a whole round of failed attempts 1, 2, 4 ... up to 60 s, each
   +-25 % at random so that a fleet whose broker died does not come back in lockstep; and
-  doubling after connections that end at once or are taken over by another client with the
-  same id. paho reconnects to the host and port that ``connect_async`` last gave it, so
+  doubling after connections that one broker ends at once, several in a row, or that are
+  taken over by another client with the same id (short connections to different brokers, a
+  rolling restart, never grow it). A broker that takes TCP but does not answer the CONNECT
+  within ``broker.CONNECT_TIMEOUT_S`` is left for the next. paho reconnects to the host and port that ``connect_async`` last gave it, so
   the callbacks that see a failure give it the next broker there;
 - the sender thread, which publishes the rows of durable outboxes (agent/sinks/mqtt/
   outbox.py) oldest first with at most ``WINDOW`` of them unacknowledged;
