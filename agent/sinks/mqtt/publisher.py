@@ -16,8 +16,8 @@ It owns delivery, once:
   taken over by another client with the same id (short connections to different brokers, a
   rolling restart, never grow it). A broker that takes TCP but does not answer the CONNECT
   within ``broker.CONNECT_TIMEOUT_S`` is left for the next. paho reconnects to the host
-  and port that ``connect_async`` last gave it, so
-  the callbacks that see a failure give it the next broker there;
+  and port that ``connect_async`` last gave it, so the callbacks that see a failure give
+  it the next broker there;
 - the sender thread, which publishes the rows of durable outboxes (agent/sinks/mqtt/
   outbox.py) oldest first with at most ``WINDOW`` of them unacknowledged;
 - acking: a row leaves its outbox only when the broker's PUBACK for it arrives;
