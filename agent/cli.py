@@ -215,8 +215,15 @@ def cmd_watch(args: argparse.Namespace) -> int:
     username = args.username or url.username
     if password is not None and not username:
         raise BrokerError("a password was given but no user name (--username or user@ in the URL)")
-    urls = [type(u)(u.host, u.port, u.tls or bool(args.ca_file), username, password)
-            for u in urls]
+    # TLS is the URLs' scheme, as in the agent's mqtt.brokers (docs/watch.md): a TLS option
+    # with mqtt:// URLs is refused, not taken as a wish for TLS on a plain port
+    tls_opts = [o for o, v in (("--ca-file", args.ca_file), ("--cert-file", args.cert_file),
+                                ("--key-file", args.key_file), ("--tls-insecure", args.tls_insecure))
+                if v]
+    if tls_opts and not url.tls:
+        raise BrokerError(f"{' and '.join(tls_opts)} given but the broker URLs are mqtt:// "
+                          f"(plain), which do not use TLS: write mqtts://host[:port] URLs")
+    urls = [type(u)(u.host, u.port, u.tls, username, password) for u in urls]
     return watch(urls if len(urls) > 1 else urls[0], prefix=args.prefix,
                  client_id=args.client_id, as_json=args.json,
                  duration=args.seconds, ca_file=args.ca_file, cert_file=args.cert_file,

@@ -36,8 +36,9 @@ from harken.agent.plant.fleet import DEFAULT_FORGET_AFTER_S, DEFAULT_MAX_AGENTS,
     Fleet
 from harken.agent.plant.text import safe
 from harken.common.errors import UsageError
-from harken.agent.sinks.mqtt.broker import BrokerError, BrokerUrl, diagnose, endpoint_name, \
-    parse_broker_url, reconnect_delay, refusal, use_tls
+from harken.agent.sinks.mqtt.broker import BrokerError, BrokerUrl, ConnectTimer, diagnose, \
+    endpoint_name, parse_broker_list, reconnect_delay, refusal, split_broker_urls, unanswered, \
+    use_tls
 from harken.agent.sinks.mqtt.topics import subscription
 
 SESSION_EXPIRY_S = 7 * 86400        # MQTT 5: how long the broker keeps an absent watcher's queue
@@ -48,78 +49,30 @@ SHORT_S = 5.0                       # a connection closed sooner than this, twic
 
 
 def watch_url(text: str) -> BrokerUrl:
-    """``--broker``'s URL, or BrokerError: one line, never a traceback, for every URL that
-    cannot name a broker (docs/watch.md). One with a path, query or fragment is refused (MQTT
-    has none, and ``mqtt://host/plant`` is more likely a prefix put in the wrong place than a
-    broker); so are a port of 0 (read as "none" by urllib), a host that is no host name
-    (``mqtt://[::1`` that urllib cannot split, a 300-character name whose label the IDNA
-    codec refuses only at connect, a space) and a bracketed address that is no IPv6 one."""
-    from urllib.parse import urlsplit
-    full = text if "://" in text else "mqtt://" + text
-    shown = safe(re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", full), 80)   # never echo a password
-    try:
-        parts = urlsplit(full)
-        port = parts.port
-    except ValueError as exc:            # "Invalid IPv6 URL", a port out of range, "[zz]"
-        why = "the port must be a number from 1 to 65535" if "ort" in str(exc) else \
-            f"{exc} (an IPv6 address goes in brackets: mqtt://[::1]:1883)"
-        raise BrokerError(f"--broker {shown!r}: {why}") from None
-    if port == 0:
-        raise BrokerError(f"--broker {shown!r}: the port must be a number from 1 to 65535")
-    url = parse_broker_url(text)
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise BrokerError(f"--broker: a broker URL has no path ({parts.path or '?'!r}); "
-                          "give the topic prefix with --prefix")
-    _check_host(url.host, shown)
-    return url
+    """One ``--broker`` URL, or BrokerError: one line, never a traceback, the password never
+    shown. The agent's ``mqtt.brokers`` rules (broker.parse_broker_url, docs/watch.md): a
+    path, query or fragment is refused (MQTT has none, and ``mqtt://host/plant`` is more
+    likely a prefix put in the wrong place than a broker), so are a port of 0 or none after
+    the ':', an IPv6 address outside brackets, a space, tab or newline, a host that is no
+    host name; an international name is used in punycode."""
+    return watch_urls([text])[0]
 
 
 def watch_urls(texts: list[str]) -> list[BrokerUrl]:
-    """Every ``--broker`` URL (several, or one comma-separated argument), each checked as
-    :func:`watch_url`; BrokerError for a list that cannot serve as one cluster: the same
-    broker twice (the host in any case, default ports filled in), plain and TLS URLs mixed
-    (one TLS setting serves every connection), different credentials in two URLs."""
-    urls = [watch_url(t.strip()) for text in texts for t in text.split(",") if t.strip()]
-    if not urls:
+    """Every ``--broker`` URL (several, or one comma-separated argument: split between
+    URLs only, never inside a password; broker.split_broker_urls), under the agent's rules
+    for ``mqtt.brokers`` (broker.parse_broker_list: at most 16, each broker once, one
+    scheme); besides, BrokerError for different credentials in two URLs (one login serves
+    every broker)."""
+    pieces = [t for text in texts for t in split_broker_urls(text)]
+    if not pieces:
         raise BrokerError("no broker URL given: --broker URL (or URLs after the options; "
                           "several for a cluster)")
-    seen: dict[tuple[str, int], int] = {}
-    for i, u in enumerate(urls):
-        key = (u.host.lower(), u.port)
-        if key in seen:
-            raise BrokerError(f"--broker: {endpoint_name(*key)} is given twice (URLs "
-                              f"{seen[key] + 1} and {i + 1}; default ports filled in)")
-        seen[key] = i
-    if len({u.tls for u in urls}) > 1:
-        raise BrokerError("--broker: mqtt:// and mqtts:// URLs mixed: one TLS setting serves "
-                          "every broker; use one scheme for all")
+    urls = parse_broker_list(pieces, "--broker")
     if len({(u.username, u.password) for u in urls if u.username}) > 1:
         raise BrokerError("--broker: two URLs give different credentials: one login serves "
                           "every broker (or use --username and --password-file)")
     return urls
-
-
-def _check_host(host: str, shown: str) -> None:
-    """BrokerError unless ``host`` is an IP address or a name the resolver can be asked
-    for: at most 253 characters, labels of 1 to 63 (RFC 1035; the IDNA codec raises
-    UnicodeError at connect otherwise), no spaces or control characters."""
-    import ipaddress
-    try:
-        ipaddress.ip_address(host.split("%", 1)[0])
-        return
-    except ValueError:
-        pass
-    bad = next((c for c in host if c.isspace() or not c.isprintable() or c in "[]@"), None)
-    if bad is not None:
-        raise BrokerError(f"--broker {shown!r}: the host name has {bad!r} in it")
-    try:
-        ascii_name = host.rstrip(".").encode("idna")
-    except UnicodeError:
-        ascii_name = b""
-    if not ascii_name or len(ascii_name) > 253 or \
-            any(not 1 <= len(label) <= 63 for label in ascii_name.split(b".")):
-        raise BrokerError(f"--broker {shown!r}: not a host name (at most 253 characters, "
-                          "dot-separated labels of 1 to 63)")
 
 
 _NAME = re.compile(r"[^\x00-\x20\x7f+#]{1,128}")
@@ -225,7 +178,10 @@ class Connection:
         self._done = threading.Event()
         self._first = True
         self._connected_at = time.monotonic()
-        self._short = 0                               # connections closed soon after made
+        # connections closed soon after made, in a row, all by one broker (``_short_at``):
+        # closes by different brokers (a rolling restart) are no takeover
+        self._short, self._short_at = 0, -1
+        self._timer: ConnectTimer | None = None      # the CONNACK timeout of reconnects
         self.client = None
 
     # -- the callbacks: each guarded, an exception would end paho's network thread ---------
@@ -280,6 +236,8 @@ class Connection:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         self._answer["rc"] = reason_code
+        if self._timer is not None:
+            self._timer.answered()
         if not reason_code.is_failure:
             self._connected_at = time.monotonic()
             self._misses = 0
@@ -314,14 +272,30 @@ class Connection:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._done.set()
+        expired = self._timer is not None and self._timer.take_expired()
+        if self._timer is not None:
+            self._timer.answered()
         if self.closing or self._first:   # before the first connection start() reports
             return
+        if expired and self.disconnected is None:
+            self.disconnected = "did not answer"
+        if expired:
+            line = unanswered(self.where, self._timer.timeout) + "; trying the " + \
+                ("next broker" if len(self.urls) > 1 else "broker again")
+            if line not in self._said:
+                self._said.add(line)
+                self.say(line, "bold red")
         if self.disconnected is not None:  # an attempt that failed after TCP (said already)
             self._next_broker(client, lost_up=False)
             return
         when = dt.datetime.now().strftime("%H:%M:%S")
         lived = time.monotonic() - self._connected_at
-        self._short = self._short + 1 if lived < SHORT_S else 0
+        if lived >= SHORT_S:
+            self._short = 0
+        elif self._short_at == self._at:
+            self._short += 1
+        else:
+            self._short, self._short_at = 1, self._at
         if getattr(reason_code, "value", None) == TAKEN_OVER or self._short >= 2:
             # MQTT 5 says "Session taken over" (where the broker sends it; Mosquitto 2.0.11
             # just closes the socket): connections closed within seconds, twice running, are
@@ -329,7 +303,7 @@ class Connection:
             self.disconnected = "taken over"
             how = "with reason Session taken over" if self._short < 2 else \
                 "twice within seconds of making it"
-            self.say(f"{when} the broker closed the connection {how}:"
+            self.say(f"{when} the broker {self.where} closed the connection {how}:"
                       f" another client with id {self.client_id} is probably using this watcher's "
                       "session (give each watcher its own --name); retrying every 30 s or more",
                       "bold red")
@@ -360,6 +334,10 @@ class Connection:
                       lambda msg: print(f"harken watch: {msg}", file=sys.stderr),
                       "--tls-insecure") if self.url.tls else None
         c.reconnect_delay_set(1, 30)
+        # a broker that takes TCP but never answers is left after CONNECT_TIMEOUT_S, not
+        # after the keepalive (docs/watch.md)
+        self._timer = ConnectTimer(c)
+        c.on_pre_connect = self._timer.started
         c.on_connect = self._guard(self._on_connect)
         c.on_connect_fail = self._guard(self._on_connect_fail)
         c.on_disconnect = self._guard(self._on_disconnect)

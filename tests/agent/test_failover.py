@@ -254,12 +254,195 @@ def test_watch_refuses_a_list_that_is_no_cluster_and_says_each_broker_that_is_no
                               timeout=60)
     one, two = free_port(), free_port()
     for args, says in [
-            ((f"mqtt://127.0.0.1:{one}", f"mqtt://127.0.0.1:{one}"), "is given twice"),
-            (("mqtt://a", "mqtt://A:1883"), "a:1883 is given twice"),
-            (("mqtt://a", "mqtts://b"), "mqtt:// and mqtts:// URLs mixed"),
+            ((f"mqtt://127.0.0.1:{one}", f"mqtt://127.0.0.1:{one}"), "names the same broker"),
+            (("mqtt://a", "mqtt://A:1883"), "--broker[1] names the same broker as --broker[0]"),
+            (("mqtt://a", "mqtts://b"), "mixes mqtt:// and mqtts:// URLs"),
             ((f"mqtt://127.0.0.1:{one}", f"mqtt://127.0.0.1:{two}"),
              f"no broker of the 2 answered: cannot reach broker 127.0.0.1:{one}")]:
         r = watch(*args)
         assert r.returncode == 2 and says in r.stderr, r.stderr
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
+
+
+# -- hostile findings (docs/reliability.md "Broker failover under attack") -----------------
+
+def freeze(b: Broker) -> None:
+    """SIGSTOP: the port still takes TCP (the kernel's backlog) but nothing answers."""
+    b.proc.send_signal(signal.SIGSTOP)
+
+
+def thaw(b: Broker) -> None:
+    if b.proc is not None and b.proc.poll() is None:
+        b.proc.send_signal(signal.SIGCONT)
+
+
+def test_a_broker_that_takes_tcp_but_never_answers_is_left_after_the_connect_timeout(
+        brokers, tmp_path):
+    """Finding 1: a frozen first broker (SIGSTOP) and a keepalive of 300 s: the agent says
+    A did not answer and is on B within the connect timeout, not after the keepalive; no
+    "Keep alive timeout" for a connection that never existed."""
+    from harken.agent.sinks.mqtt.broker import CONNECT_TIMEOUT_S
+    a, b, _ = brokers
+    freeze(a)
+    logs: list[str] = []
+    s = sink(tmp_path, settings(url(a), url(b), keepalive=300), logs)
+    try:
+        wait_for("on B", lambda: s.publisher.broker == name(b), CONNECT_TIMEOUT_S + 20)
+        assert any(f"broker {name(a)} did not answer the MQTT connection within "
+                   f"{CONNECT_TIMEOUT_S:g} s" in m for m in logs), logs
+        assert not any("Keep alive timeout" in m for m in logs), logs
+    finally:
+        thaw(a)
+        s.close(flush_s=1)
+
+
+def test_losing_different_brokers_soon_after_each_connect_does_not_grow_the_wait(
+        brokers, tmp_path):
+    """Findings 2, 4, 5: A and B killed in turn about a second after the agent connects (a
+    rolling restart), the other one up each time: every move takes 0..1 s plus the
+    connection (no doubling), each loss is logged naming its broker, and no takeover by
+    "another client" is blamed."""
+    import time
+    a, b, _ = brokers
+    logs: list[str] = []
+    s = sink(tmp_path, settings(url(a), url(b)), logs)
+    try:
+        wait_for("on A", lambda: s.publisher.broker == name(a), 30)
+        here, there = a, b
+        waits = []
+        for _ in range(5):
+            if there.proc is None:
+                there.start()
+            kill(here)
+            began = time.monotonic()
+            wait_for(f"on {name(there)}", lambda t=there: s.publisher.broker == name(t), 30)
+            waits.append(time.monotonic() - began)
+            here, there = there, here
+        assert max(waits) < 4, waits            # it was 0.8, 2, 3.7, 8, 16 s
+        for x in (a, b):
+            assert sum(f"disconnected from {name(x)}" in m for m in logs) >= 2, logs
+        assert not any("another client" in m for m in logs), logs
+        assert s.health()["broker_changes"] == 5
+    finally:
+        s.close(flush_s=1)
+
+
+def test_after_the_ack_timeout_the_next_broker_is_not_said_to_acknowledge_again(
+        brokers, tmp_path):
+    """Finding 6: A frozen with rows in flight: the ack timeout names A, the agent moves to
+    B, and no line says acknowledgements from B "arrive again" (B never stopped)."""
+    a, b, _ = brokers
+    logs: list[str] = []
+    s = sink(tmp_path, settings(url(a), url(b), ack_timeout_s=3), logs)
+    try:
+        wait_for("on A", lambda: s.publisher.broker == name(a), 30)
+        freeze(a)
+        for seq in range(1, 21):
+            s.interval(result(seq))
+        wait_for("on B", lambda: s.publisher.broker == name(b), 60)
+        wait_for("the outbox empty", lambda: s.outbox.depth == 0, 30)
+        assert any(f"no acknowledgement from {name(a)}" in m for m in logs), logs
+        assert not any("arrive again" in m for m in logs), logs
+    finally:
+        thaw(a)
+        s.close(flush_s=1)
+
+
+def test_a_refused_subscription_is_said_once_and_asked_again_until_granted(
+        tmp_path, monkeypatch):
+    """Item 5: a cluster refuses a SUBSCRIBE while a node is down (nats-server: SUBACK 0x80).
+    Mosquitto 2.0 grants every subscription (its ACL filters on delivery), so the broker's
+    first two SUBACKs for the command topic are turned into "Not authorized" on their way
+    in; every SUBSCRIBE and SUBACK is real. The refusal is said once, the subscription is
+    asked again with back-off, and when granted that is said. (The instance topic: every
+    connection subscribes to it, commands or not.)"""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from harken.agent.sinks.mqtt.publisher import Publisher
+    topic = "harken/n1/fan/instance"
+    real, refusals = Publisher._on_subscribe, []
+
+    def refusing(self, client, userdata, mid, codes, properties):
+        if self._sub_mids.get(mid, ("",))[0] == topic and len(refusals) < 2:
+            refusals.append(mid)
+            codes = [ReasonCode(PacketTypes.SUBACK, identifier=0x87)]
+        real(self, client, userdata, mid, codes, properties)
+    monkeypatch.setattr(Publisher, "_on_subscribe", refusing)
+    (tmp_path / "b").mkdir()
+    broker = Broker(tmp_path / "b")
+    broker.start()
+    logs: list[str] = []
+    s = sink(tmp_path, MqttSection(enabled=True, port=broker.port, username=USER,
+                                   password=PASSWORD), logs)
+    try:
+        assert s.instance_topic == topic
+        wait_for("granted", lambda: any(f"granted the subscription to {topic}" in m
+                                        for m in logs), 60)
+        assert len(refusals) == 2                  # asked three times in all
+        said = [m for m in logs if f"refused the subscription to {topic}" in m]
+        assert len(said) == 1 and "Not authorized" in said[0] and f"localhost:{broker.port}" in said[0], logs
+        assert topic not in s.publisher._resub
+    finally:
+        s.close(flush_s=1)
+        broker.stop()
+
+
+def test_watch_takes_closes_by_different_brokers_for_no_takeover_and_moves_on(brokers, tmp_path):
+    """Finding 3: A killed soon after watch connects, then (A back) B killed soon after:
+    watch says each loss, blames no other client, and is on A again at once."""
+    a, b, _ = brokers
+    (tmp_path / "pw").write_text(PASSWORD + "\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harken.agent.cli", "watch", url(a), url(b),
+         "--username", USER, "--password-file", str(tmp_path / "pw"), "--name", "flap",
+         "--json", "--for", "120"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    collect_lines(proc.stdout)
+    err = collect_lines(proc.stderr)
+    try:
+        wait_for("watch on A", lambda: _has_client(a, proc), 30)
+        kill(a)
+        wait_for("watch on B", lambda: any(f"connected again to {name(b)}" in x
+                                           for x in list(err)), 30)
+        a.start()
+        kill(b)
+        wait_for("watch on A again", lambda: any(f"connected again to {name(a)}" in x
+                                                 for x in list(err)), 20)
+        assert not any("another client" in x for x in list(err)), err
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def _has_client(b: Broker, proc) -> bool:
+    """The watcher's connection to ``b`` is up (its TCP connection is established)."""
+    out = subprocess.run(["ss", "-tnp", "state", "established", f"( dport = :{b.port} )"],
+                         capture_output=True, text=True).stdout
+    return f"pid={proc.pid}," in out
+
+
+def test_watch_never_shows_a_piece_of_a_password_with_a_comma(tmp_path):
+    """Finding 7: ``mqtt://harken:ab,cd@host:port`` is one URL (split only between URLs),
+    and whatever is refused never shows the password."""
+    from harken.agent.plant.watch import watch_urls
+    (u,) = watch_urls(["mqtt://harken:ab,cd@127.0.0.1:1884"])
+    assert (u.username, u.password, u.port) == ("harken", "ab,cd", 1884)
+    two = watch_urls(["mqtt://harken:ab,cd@h1:1, mqtt://h2:2"])
+    assert [(x.host, x.port) for x in two] == [("h1", 1), ("h2", 2)]
+    r = subprocess.run([sys.executable, "-m", "harken.agent.cli", "watch",
+                        "mqtt://harken:s3,cret@127.0.0.1:x", "--for", "1", "--name", "t"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "port must be a number" in r.stderr, r.stderr
+    assert "s3" not in r.stderr and "cret" not in r.stderr, r.stderr
+
+
+def test_watch_refuses_tls_options_with_plain_urls(tmp_path):
+    """Finding 8: --ca-file with mqtt:// URLs is refused as the agent refuses mqtt.ca_file
+    with them (it used to turn TLS on for a plain port)."""
+    r = subprocess.run([sys.executable, "-m", "harken.agent.cli", "watch", "mqtt://127.0.0.1:1",
+                        "--ca-file", str(tmp_path / "ca.crt"), "--for", "1", "--name", "t"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--ca-file given but the broker URLs are mqtt://" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -9,11 +9,14 @@ failed handshake.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import random
+import re
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -71,32 +74,40 @@ def use_tls(client, ca_file: str | None, cert_file: str | None, key_file: str | 
 
 def refusal(host: str, port: int, reason_code, credentials_hint: str) -> str:
     """The line for a CONNACK refusal; credential problems get ``credentials_hint``."""
-    msg = f"broker {host}:{port} refused the connection: {reason_code}"
+    msg = f"broker {endpoint_name(host, port)} refused the connection: {reason_code}"
     if any(w in str(reason_code).lower() for w in ("authori", "password")):
         msg += f" ({credentials_hint})"
     return msg
 
 
 def diagnose(host: str, port: int, ctx: ssl.SSLContext | None, timeout: float = 5.0) -> str:
-    """One line saying why a connection to ``host:port`` fails (or that TCP/TLS succeed)."""
+    """One line saying why a connection to ``host:port`` fails (or that TCP/TLS succeed).
+    The hints name the port and host as given, whether by ``mqtt.host``/``port``, an
+    ``mqtt.brokers`` URL or a ``harken watch`` URL."""
+    name = endpoint_name(host, port)
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
-        return f"cannot reach broker {host}:{port}: {exc.strerror or exc}"
+        return f"cannot reach broker {name}: {exc.strerror or exc}"
     with sock:
         if ctx is None:
-            return f"broker {host}:{port} accepted TCP but the MQTT connection failed"
+            return f"broker {name} accepted TCP but the MQTT connection failed"
         try:
             with ctx.wrap_socket(sock, server_hostname=host):
                 pass
         except ssl.SSLCertVerificationError as exc:
-            return (f"TLS: the certificate of broker {host}:{port} was not accepted: "
+            return (f"TLS: the certificate of broker {name} was not accepted: "
                     f"{exc.verify_message} (check mqtt.ca_file: it must hold the CA that "
-                    f"signed the broker's certificate, and mqtt.host must match its name)")
+                    f"signed the broker's certificate, and the host name, of mqtt.host or "
+                    f"the URL, must match its name)")
         except (ssl.SSLError, OSError) as exc:
-            return (f"TLS handshake with broker {host}:{port} failed: {exc} (is mqtt.port a "
-                    f"TLS listener? check mqtt.cert_file and mqtt.key_file)")
-    return f"broker {host}:{port} accepted TCP and TLS but the MQTT connection failed"
+            return (f"TLS handshake with broker {name} failed: {exc} (is port {port} a TLS "
+                    f"listener? mqtts:// URLs and mqtt.tls = true speak TLS; check "
+                    f"mqtt.cert_file and mqtt.key_file)")
+    return f"broker {name} accepted TCP and TLS but the MQTT connection failed"
+
+
+BROKERS_MAX = 16                  # broker URLs in one list (a cluster's nodes, not a fleet)
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,13 @@ class BrokerUrl:
     tls: bool
     username: str | None = None
     password: str | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """What makes two URLs one broker: the host in any case, without a trailing dot, an
+        IP address in its one canonical spelling ([0:0:0:0:0:0:0:1] is [::1]), the port with
+        the default filled in."""
+        return self.host.lower().rstrip("."), self.port
 
 
 def _redacted(url: str) -> str:
@@ -117,28 +135,125 @@ def _redacted(url: str) -> str:
     return f"{head}{sep}{userinfo}{at}{host}"
 
 
+def check_host(host: str) -> str:
+    """The host to connect to, or BrokerError: an IP address (in its canonical spelling), or
+    a name the resolver can be asked for: at most 253 characters, labels of 1 to 63 (RFC
+    1035), no spaces or control characters. An international name is written in punycode
+    (``bücher.example`` is ``xn--bcher-kva.example``), as the resolver needs it."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if "%" in host:                      # a scoped IPv6 address (fe80::1%eth0): as given
+        try:
+            ipaddress.ip_address(host.split("%", 1)[0])
+            return host
+        except ValueError:
+            pass
+    bad = next((c for c in host if c.isspace() or not c.isprintable() or c in "[]@,"), None)
+    if bad is not None:
+        raise BrokerError(f"the host name has {bad!r} in it")
+    try:
+        ascii_name = host.rstrip(".").encode("idna")
+    except UnicodeError:
+        ascii_name = b""
+    if not ascii_name or len(ascii_name) > 253 or \
+            any(not 1 <= len(label) <= 63 for label in ascii_name.split(b".")):
+        raise BrokerError(f"{host[:80]!r} is not a host name (at most 253 characters, "
+                          "dot-separated labels of 1 to 63)")
+    return ascii_name.decode() + ("." if host.endswith(".") else "")
+
+
 def parse_broker_url(url: str) -> BrokerUrl:
-    """``mqtt://[user[:password]@]host[:port]`` or ``mqtts://...`` (TLS, port 8883)."""
+    """``mqtt://[user[:password]@]host[:port]`` or ``mqtts://...`` (TLS, port 8883): the
+    one set of URL rules of the agent's ``mqtt.brokers`` and ``harken watch``
+    (docs/mqtt.md "Several brokers: failover"). Refused, in one line that never shows the
+    password: a space, tab or newline anywhere (urllib would silently drop them and
+    connect elsewhere), a scheme other than mqtt/mqtts (tcp/ssl aliases), an IPv6 address
+    without brackets, an empty or out-of-range port (``host:`` too), a path, query or
+    fragment (MQTT has none: the topic prefix is a setting), no host."""
     if "://" not in url:
         url = "mqtt://" + url
-    parts = urlsplit(url)
-    url = _redacted(url)           # the URL may carry a password: never echo it
+    shown = _redacted(url)[:120]         # the URL may carry a password: never echo it
+    bad = next((c for c in url if c.isspace() or not c.isprintable()), None)
+    if bad is not None:
+        raise BrokerError(f"broker URL {shown!r}: has {bad!r} in it (no spaces, tabs or "
+                          f"line breaks in a URL)")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:            # "Invalid IPv6 URL"
+        raise BrokerError(f"broker URL {shown!r}: {exc} (an IPv6 address goes in brackets: "
+                          f"mqtt://[::1]:1883)") from None
     if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise BrokerError(f"broker URL {url!r}: scheme {parts.scheme!r} is not one of "
+        raise BrokerError(f"broker URL {shown!r}: scheme {parts.scheme!r} is not one of "
                           f"mqtt://, mqtts://")
     tls = parts.scheme in ("mqtts", "ssl")
+    hostport = parts.netloc.rpartition("@")[2]
+    if not hostport.startswith("[") and hostport.count(":") > 1:
+        raise BrokerError(f"broker URL {shown!r}: an IPv6 address goes in brackets "
+                          f"(mqtt://[::1]:1883)")
     try:
-        if parts.port == 0:            # urllib reads 0 as "no port": the default, silently
+        if parts.port == 0 or hostport.endswith(":"):   # urllib reads both as "no port"
             raise ValueError
         port = parts.port or (8883 if tls else 1883)
     except ValueError:
-        raise BrokerError(f"broker URL {url!r}: the port must be a number from 1 to 65535") \
+        raise BrokerError(f"broker URL {shown!r}: the port must be a number from 1 to 65535") \
             from None
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "?" in url or "#" in url:
+        raise BrokerError(f"broker URL {shown!r}: a broker URL has no path, query or fragment "
+                          f"(mqtt://host[:port]); the topic prefix is a setting of its own")
     if not parts.hostname:
-        raise BrokerError(f"broker URL {url!r}: no host name")
-    return BrokerUrl(parts.hostname, port, tls,
+        raise BrokerError(f"broker URL {shown!r}: no host name")
+    try:
+        host = check_host(parts.hostname)
+    except BrokerError as exc:
+        raise BrokerError(f"broker URL {shown!r}: {exc}") from None
+    return BrokerUrl(host, port, tls,
                      unquote(parts.username) if parts.username else None,
                      unquote(parts.password) if parts.password else None)
+
+
+_NEXT_URL = re.compile(r"\s*,\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def split_broker_urls(text: str) -> list[str]:
+    """One comma-separated string of broker URLs as a list. Split only where a comma is
+    followed by the next URL's scheme when the text has credentials in it (a password may
+    hold a comma, and a piece of it must never be shown as a URL of its own); on every
+    comma otherwise (bare ``host:port`` pieces). Spaces around a comma are the separator's."""
+    text = text.strip()
+    if "@" in text:
+        pieces = _NEXT_URL.split(text)
+    else:
+        pieces = [p.strip() for p in text.split(",")]
+    return [p for p in pieces if p]
+
+
+def parse_broker_list(texts: list[str], where: str) -> list[BrokerUrl]:
+    """The broker URLs of one cluster (the agent's ``mqtt.brokers``, ``harken watch``'s
+    URLs), each parsed by :func:`parse_broker_url`; BrokerError, naming ``where`` (and the
+    index, from 0, of a bad URL), for a list that cannot serve as one cluster: none, more
+    than ``BROKERS_MAX``, the same broker twice (:attr:`BrokerUrl.key`), plain and TLS URLs
+    mixed (one TLS setting serves every connection)."""
+    if len(texts) > BROKERS_MAX:
+        raise BrokerError(f"{where} has {len(texts)} URLs: at most {BROKERS_MAX}")
+    urls, seen = [], {}
+    for i, text in enumerate(texts):
+        try:
+            url = parse_broker_url(text)
+        except BrokerError as exc:
+            raise BrokerError(f"{where}[{i}]: {exc}") from None
+        if url.key in seen:
+            raise BrokerError(f"{where}[{i}] names the same broker as {where}[{seen[url.key]}] "
+                              f"({endpoint_name(*url.key)}; default ports filled in, IP "
+                              f"addresses and host names compared as the same host): each "
+                              f"broker once")
+        seen[url.key] = i
+        urls.append(url)
+    if len({u.tls for u in urls}) > 1:
+        raise BrokerError(f"{where} mixes mqtt:// and mqtts:// URLs: one TLS setting serves "
+                          f"every connection; use one scheme for all")
+    return urls
 
 
 def speaks_tls(host: str, port: int, timeout: float = 3.0) -> bool:
@@ -236,3 +351,60 @@ class ConnectionReports:
     def _on_connect_fail(self, client, userdata) -> None:
         self._report(diagnose(self.host, self.port, self.tls) + "; retrying")
         self._settled.set()
+
+
+CONNECT_TIMEOUT_S = 10.0   # a broker that took the TCP connection but not yet the MQTT one
+
+
+class ConnectTimer:
+    """Gives up on a connection attempt whose CONNACK has not come within ``timeout`` s.
+
+    paho waits for a CONNACK as long as the keepalive (up to an hour by mqtt.keepalive):
+    a broker that accepts TCP and never answers (frozen by SIGSTOP, hung, a load balancer
+    in front of a dead node) held a client that long before it tried the next broker of
+    its list (docs/mqtt.md "Several brokers: failover"). ``started`` runs in paho's
+    ``on_pre_connect``; ``answered`` at the CONNACK or the close; on expiry the socket is
+    shut, paho sees the end and calls ``on_disconnect``, where ``take_expired`` says why."""
+
+    def __init__(self, client, timeout: float = CONNECT_TIMEOUT_S) -> None:
+        self.client, self.timeout = client, timeout
+        self._attempt = 0
+        self._expired = False
+        self._lock = threading.Lock()
+
+    def started(self, *_args) -> None:
+        with self._lock:
+            self._attempt += 1
+            n, self._expired = self._attempt, False
+        timer = threading.Timer(self.timeout, self._expire, args=(n,))
+        timer.daemon = True
+        timer.start()
+
+    def answered(self) -> None:
+        with self._lock:
+            self._attempt += 1
+
+    def take_expired(self) -> bool:
+        """Whether the attempt that just ended was given up by the timer (once)."""
+        with self._lock:
+            expired, self._expired = self._expired, False
+        return expired
+
+    def _expire(self, n: int) -> None:
+        with self._lock:
+            if n != self._attempt:
+                return
+            self._attempt += 1
+            self._expired = True
+        sock = self.client.socket()
+        try:
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)   # paho sees the end and reconnects
+        except OSError:
+            pass
+
+
+def unanswered(name: str, timeout: float) -> str:
+    """The line for a broker that accepted TCP but never answered the MQTT connection."""
+    return (f"broker {name} did not answer the MQTT connection within {timeout:g} s (it "
+            f"accepted TCP: a frozen or overloaded broker?)")

@@ -12,9 +12,12 @@ It owns delivery, once:
   before it (``reconnect_delay``): 0 to 1 s after losing a connection that was up or moving
   on within a round; after a whole round of failed attempts 1, 2, 4 ... up to 60 s, each
   +-25 % at random so that a fleet whose broker died does not come back in lockstep; and
-  doubling after connections that end at once or are taken over by another client with the
-  same id. paho reconnects to the host and port that ``connect_async`` last gave it, so
-  the callbacks that see a failure give it the next broker there;
+  doubling after connections that one broker ends at once, several in a row, or that are
+  taken over by another client with the same id (short connections to different brokers, a
+  rolling restart, never grow it). A broker that takes TCP but does not answer the CONNECT
+  within ``broker.CONNECT_TIMEOUT_S`` is left for the next. paho reconnects to the host
+  and port that ``connect_async`` last gave it, so the callbacks that see a failure give
+  it the next broker there;
 - the sender thread, which publishes the rows of durable outboxes (agent/sinks/mqtt/
   outbox.py) oldest first with at most ``WINDOW`` of them unacknowledged;
 - acking: a row leaves its outbox only when the broker's PUBACK for it arrives;
@@ -79,8 +82,9 @@ from typing import ClassVar
 
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from harken.agent.sinks.mqtt.broker import BACKOFF_MAX_S, ConnectionReports, endpoint_name, \
-    fall_back_to_311, is_mqtt5, make_client, reconnect_delay, refusal, speaks_tls
+from harken.agent.sinks.mqtt.broker import BACKOFF_MAX_S, ConnectionReports, ConnectTimer, \
+    endpoint_name, fall_back_to_311, is_mqtt5, make_client, reconnect_delay, refusal, speaks_tls, \
+    unanswered
 from harken.agent.sinks.mqtt.outbox import Message, Outbox
 from harken.agent.sinks.mqtt.settings import MqttTableSink
 
@@ -232,7 +236,16 @@ class Publisher(ConnectionReports):
         self._refused = False                   # the broker's CONNACK said no
         self._up = False                        # a connection is made (paho's view)
         self._connected_at = 0.0                # time.monotonic() of the last CONNACK
-        self._flaps = 0                         # short or taken-over connections in a row
+        # short connections in a row, all to one broker (a move to another resets it: a
+        # rolling restart is no takeover); sessions taken over (MQTT 5 says so) in a row
+        self._flaps = 0
+        self._taken = 0
+        self._ack_where: str | None = None      # the broker the ack timeout left
+        # subscriptions the broker refused (SUBACK failure): topic -> (when to ask again,
+        # times asked, qos, retain_as_published); mid -> topic of a SUBSCRIBE sent
+        self._resub: dict[str, tuple[float, int, int, bool]] = {}
+        self._sub_mids: dict[int, tuple[str, int, bool]] = {}
+        self._sub_said: set[str] = set()
         self._early = 0                         # connections closed before the CONNACK, in a row
         self._will_topic: str | None = None
         self._killed = False                    # the ack timeout closed this connection
@@ -262,6 +275,9 @@ class Publisher(ConnectionReports):
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self._connect_timer = ConnectTimer(self.client)
+        self.client.on_pre_connect = self._connect_timer.started
         self._sender = threading.Thread(target=self._send_loop, name=thread_name, daemon=True)
         self._sender.start()
 
@@ -303,8 +319,10 @@ class Publisher(ConnectionReports):
             self._retry_here = False
             delay = random.uniform(0.5, 1.0)
         else:
+            # moving on to another broker after one short connection is no reason to wait
+            flaps = self._flaps - 1 if len(self.endpoints) > 1 else self._flaps
             delay = reconnect_delay(lost_up, max(self._misses, 1), len(self.endpoints),
-                                    self._flaps if lost_up else 0)
+                                    max(flaps, self._taken) if lost_up else 0)
             if len(self.endpoints) > 1:
                 self._at = (self._at + 1) % len(self.endpoints)
                 self.host, self.port = self.endpoints[self._at]
@@ -412,10 +430,51 @@ class Publisher(ConnectionReports):
         command is seen as one wherever it comes from (docs/mqtt.md "Commands"); MQTT 3.1.1
         cannot ask for it."""
         if retain_as_published and is_mqtt5(self.client):
-            self.client.subscribe(topic, options=SubscribeOptions(
+            _, mid = self.client.subscribe(topic, options=SubscribeOptions(
                 qos=qos, retainAsPublished=True))
         else:
-            self.client.subscribe(topic, qos=qos)
+            _, mid = self.client.subscribe(topic, qos=qos)
+        if mid is not None:
+            self._sub_mids[mid] = (topic, qos, retain_as_published)
+
+    def unsubscribe(self, topic: str) -> None:
+        """No more messages on ``topic`` (nor a refused subscription to it asked again)."""
+        self._resub.pop(topic, None)
+        self.client.unsubscribe(topic)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        """A SUBACK: a refused subscription (a failure reason code: an ACL, a cluster that
+        cannot place it while a node is down) is said once per topic and asked again, 1, 2,
+        4 ... up to BACKOFF_MAX_S later, until granted (docs/mqtt.md "Commands")."""
+        asked = self._sub_mids.pop(mid, None)
+        if asked is None:
+            return
+        topic, qos, rap = asked
+        code = reason_codes[0] if reason_codes else None
+        if code is not None and getattr(code, "is_failure", False):
+            tries = self._resub.get(topic, (0.0, 0, qos, rap))[1] + 1
+            wait = min(BACKOFF_MAX_S, 2 ** min(tries - 1, 16)) * random.uniform(0.75, 1.25)
+            self._resub[topic] = (time.monotonic() + wait, tries, qos, rap)
+            if topic not in self._sub_said:
+                self._sub_said.add(topic)
+                self.log(f"the broker {self._name} refused the subscription to {topic} "
+                         f"({code}): nothing sent there reaches this agent until it is "
+                         f"granted (the broker's ACL, or a cluster with a node down); asking "
+                         f"again with back-off up to {BACKOFF_MAX_S} s")
+            self._wake.set()
+        else:
+            self._resub.pop(topic, None)
+            if topic in self._sub_said:
+                self._sub_said.discard(topic)
+                self.log(f"the broker {self._name} granted the subscription to {topic}")
+
+    def _ask_again(self) -> None:
+        """The sender thread: subscribe again to the refused topics that are due."""
+        now = time.monotonic()
+        for topic, (due, tries, qos, rap) in list(self._resub.items()):
+            if due <= now and self._connected.is_set():
+                self._resub[topic] = (now + BACKOFF_MAX_S * 2, tries, qos, rap)   # asked
+                self.subscribe(topic, qos=qos, retain_as_published=rap)
 
     @property
     def connected(self) -> bool:
@@ -487,6 +546,7 @@ class Publisher(ConnectionReports):
 
     # -- paho callbacks (paho's thread) ------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connect_timer.answered()
         if reason_code.is_failure:
             self._refused = True         # the disconnect that follows says nothing new
             if reason_code.value == UNSUPPORTED_PROTOCOL and is_mqtt5(client) and \
@@ -525,6 +585,17 @@ class Publisher(ConnectionReports):
         self.moved = self._last_broker is not None and self._last_broker != self._at
         self.broker_changes += self.moved
         self._last_broker = self._at
+        self._resub.clear()              # the encoder subscribes afresh on a clean session
+        self._sub_mids.clear()
+        if self.moved:
+            # a loss after a move is news again, even in the words of an earlier one
+            self._said = frozenset(m for m in self._said if not m.startswith("disconnected from"))
+            # short connections are counted per broker: closes by different brokers (a
+            # rolling restart) are no takeover (docs/mqtt.md "Client ids")
+            self._flaps = 0
+            if self._ack_msg is not None:   # the broker that stopped acknowledging is left
+                self._forget(self._ack_msg)
+                self._ack_msg = None
         self.encoder.connection_made()
         self._connected.set()
         self._settled.set()
@@ -533,6 +604,11 @@ class Publisher(ConnectionReports):
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was, self._up = self._up, False
         killed, self._killed = self._killed, False
+        self._connect_timer.answered()
+        # (with mqtt.keepalive under the connect timeout paho gives up first, calling it a
+        # "Keep alive timeout" of a connection that never existed)
+        timed_out = (self._connect_timer.take_expired()
+                     or str(reason_code) == "Keep alive timeout") and not was
         # the close that follows a CONNACK refusal was said with it; the next one is news
         # (before, a fall-back to 3.1.1 left this set, and every later close went unsaid)
         refused, self._refused = self._refused, False
@@ -557,6 +633,7 @@ class Publisher(ConnectionReports):
             # second: the wait doubles up to BACKOFF_MAX_S (docs/mqtt.md "Client ids")
             short = (taken or lived < STABLE_S) and not struck
             self._flaps = self._flaps + 1 if short else 0
+            self._taken = self._taken + 1 if taken else 0 if not short else self._taken
         if taken:
             self._report(f"another client uses client id {self.client_id}: a copied SD card "
                          f"image or a second agent? (the broker {self._name} "
@@ -564,6 +641,10 @@ class Publisher(ConnectionReports):
                          f"reconnecting with back-off up to {BACKOFF_MAX_S} s")
         elif killed or refused or struck:
             pass                               # said already (the ack timeout, the CONNACK)
+        elif timed_out:
+            waited = min(self._connect_timer.timeout, float(self.s.keepalive))
+            self._report(unanswered(self._name, waited) + "; trying "
+                         + ("the next broker" if len(self.endpoints) > 1 else "again"))
         elif not was and self._tls_port():
             self._report(f"broker {self._name} closed the connection before "
                          f"answering ({reason_code}): is this a TLS port? set mqtt.tls = "
@@ -585,9 +666,11 @@ class Publisher(ConnectionReports):
                          f"({reason_code}): another client may use client id "
                          f"{self.client_id} (a copied SD card image or a second agent?); "
                          f"reconnecting with back-off up to {BACKOFF_MAX_S} s")
-        elif not (was and self._flaps >= STRIKES):
-            self._report(f"disconnected from {self._name} ({reason_code}); "
-                         "retrying")
+        elif not (was and self._flaps > STRIKES):
+            # once per broker and cause until a connection holds or the agent moves to
+            # another broker (docs/mqtt.md "What it says"); the repeats of one broker's
+            # streak of short connections were said at STRIKES
+            self._report(f"disconnected from {self._name} ({reason_code}); retrying")
         self._next_broker(client, lost_up=was)    # said above: the broker just left
 
     @property
@@ -737,6 +820,8 @@ class Publisher(ConnectionReports):
             self._spill(due_only=self._connected.is_set())
             if not self._connected.is_set():
                 continue
+            if self._resub:
+                self._ask_again()
             if self._acks_overdue():
                 continue
             with self.lock:
@@ -775,6 +860,7 @@ class Publisher(ConnectionReports):
         if waited < self._ack_timeout_s:
             return False
         self.ack_timeouts += 1
+        self._ack_where = self._name
         self._ack_msg = (f"no acknowledgement from {self._name} within mqtt.ack_timeout_s = "
                          f"{self._ack_timeout_s:g} s: the connection is dead; reconnecting")
         self._report(self._ack_msg)

@@ -16,7 +16,8 @@ from pydantic import AfterValidator, BeforeValidator, Field, StrictBool, TypeAda
     ValidationError, model_validator
 
 from harken.agent.sinks.base import Sink, SinkSettings
-from harken.agent.sinks.mqtt.broker import BrokerError, parse_broker_url
+from harken.agent.sinks.mqtt.broker import BrokerError, parse_broker_list, parse_broker_url, \
+    split_broker_urls
 from harken.common.settings import (ClientId, Count, Host, PathText, Port, Seconds,
                                     SparkplugId, Text, TopicPrefix, resolve_password)
 
@@ -25,7 +26,6 @@ __all__ = ["MqttSection", "MqttTableSink", "default_client_id"]
 ID_MAX = 128                      # characters of a client id (ClientId)
 # the other files of agent.state_dir (Sparkplug's outboxes and bdSeq, the seq reservations,
 # the calibration override, the enrolled bank): an outbox named like them would share one
-BROKERS_MAX = 16                  # URLs in mqtt.brokers (a cluster's nodes, not a fleet)
 RESERVED_PREFIXES = ("sparkplug", "seq-", "threshold-", "enrolled-", "recent-", "feedback-",
                      "maintenance-", "evidence-", "audit", "control", "commands-")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
@@ -49,51 +49,37 @@ def _outbox_name(value: str) -> str:
 
 def _brokers(urls: list[str]) -> list[str]:
     """``mqtt.brokers``: 1 to 16 URLs of one cluster, tried in order (docs/mqtt.md "Several
-    brokers: failover"). Refused: an empty list (no broker at all: leave the key out for
-    ``host``/``port``), a URL that names no broker (its index said), credentials in a URL
-    (they are ``mqtt.username``/password: one login serves every node, and a URL is echoed
-    in logs), two URLs of one broker (the same host, any case, and port once the default is
-    filled in: ``mqtt://a`` is ``mqtt://a:1883``), and plain and TLS URLs mixed (one TLS
-    setting serves every connection). The values are never echoed by the config error
-    (agent/config.py SECRET_KEYS): a URL may hold a password."""
+    brokers: failover"), under the URL rules ``harken watch`` applies too
+    (broker.parse_broker_list). Refused besides: an empty list (no broker at all: leave the
+    key out for ``host``/``port``) and credentials in a URL (they are ``mqtt.username``/
+    password: one login serves every node, and a URL is echoed in logs). The values are
+    never echoed by the config error (agent/config.py SECRET_KEYS): a URL may hold a
+    password."""
     if not urls:
         raise ValueError("mqtt.brokers is an empty list: give at least one broker URL "
                          "(mqtt://host[:port] or mqtts://host[:port]), or leave the key out "
                          "and set mqtt.host")
-    if len(urls) > BROKERS_MAX:
-        raise ValueError(f"mqtt.brokers has {len(urls)} URLs: at most {BROKERS_MAX}")
-    seen: dict[tuple[str, int], int] = {}
-    schemes: set[bool] = set()
-    for i, text in enumerate(urls):
+    try:
+        parsed = parse_broker_list(urls, "mqtt.brokers")
+    except BrokerError as exc:
+        raise ValueError(str(exc)) from None
+    for i, (text, url) in enumerate(zip(urls, parsed)):
         where = f"mqtt.brokers[{i}]"
         try:
-            url = parse_broker_url(text)
             TypeAdapter(Host).validate_python(url.host)
-        except BrokerError as exc:
-            raise ValueError(f"{where}: {exc}") from None
         except ValidationError:
             raise ValueError(f"{where}: {url.host[:80]!r} is not a host name or address") \
                 from None
-        rest = text.split("://", 1)[-1]
-        if "@" in rest.split("/", 1)[0]:
+        if url.username is not None or "@" in text.split("://", 1)[-1]:
             raise ValueError(f"{where}: credentials in a broker URL are not taken: set "
                              f"mqtt.username and the password (mqtt.password, password_file "
                              f"or password_env), which serve every broker of the list")
-        if "/" in rest.strip("/") or "?" in rest or "#" in rest:
-            raise ValueError(f"{where}: a broker URL has no path, query or fragment "
-                             f"(mqtt://host[:port]); the topic prefix is mqtt.prefix")
-        key = (url.host.lower(), url.port)
-        if key in seen:
-            raise ValueError(f"{where} names the same broker as mqtt.brokers[{seen[key]}] "
-                             f"({url.host}:{url.port}; default ports filled in): each broker "
-                             f"once")
-        seen[key] = i
-        schemes.add(url.tls)
-    if len(schemes) > 1:
-        raise ValueError("mqtt.brokers mixes mqtt:// and mqtts:// URLs: one TLS setting "
-                         "(mqtt.tls, ca_file, cert_file) serves every connection; use one "
-                         "scheme for all")
     return urls
+
+
+def _broker_text(value):
+    """``brokers = "mqtt://a,mqtt://b"`` (the form ``harken watch`` takes) is that list."""
+    return split_broker_urls(value) if isinstance(value, str) else value
 
 
 def _tls_scheme(text) -> bool:
@@ -131,7 +117,7 @@ class MqttSection(SinkSettings):
     port: Port = 1883
     # several brokers (a cluster's nodes), tried in order, the next on a loss; instead of
     # host/port (docs/mqtt.md "Several brokers: failover"); endpoints() reads either
-    brokers: Annotated[list[str], AfterValidator(_brokers)] | None = None
+    brokers: Annotated[list[str], BeforeValidator(_broker_text), AfterValidator(_brokers)] | None = None
     prefix: TopicPrefix = "harken"
     client_id: ClientId = ""          # default: default_client_id(), stable across restarts
     keepalive: Count(5, 3600, "seconds") = 30
@@ -169,8 +155,10 @@ class MqttSection(SinkSettings):
     def _mqtts_means_tls(cls, data):
         """``mqtts://`` URLs in ``mqtt.brokers`` turn TLS on (``tls = false`` set with them
         is refused below)."""
-        if isinstance(data, dict) and "tls" not in data and isinstance(data.get("brokers"), list) \
-                and any(_tls_scheme(u) for u in data["brokers"]):
+        urls = data.get("brokers") if isinstance(data, dict) else None
+        urls = _broker_text(urls)
+        if isinstance(data, dict) and "tls" not in data and isinstance(urls, list) \
+                and any(_tls_scheme(u) for u in urls):
             data = {**data, "tls": True}
         return data
 
@@ -185,9 +173,23 @@ class MqttSection(SinkSettings):
             raise ValueError(f"mqtt.brokers and {' and '.join(both)} are both set: give the "
                              f"broker list alone (mqtt.brokers) or one broker "
                              f"(mqtt.host, mqtt.port), not both")
-        if not self.tls and any(_tls_scheme(u) for u in self.brokers):
+        secure = any(_tls_scheme(u) for u in self.brokers)
+        if not self.tls and secure:
             raise ValueError("mqtt.brokers has mqtts:// (TLS) URLs but mqtt.tls = false: "
                              "remove mqtt.tls (mqtts:// turns it on) or use mqtt:// URLs")
+        # the mirror image: TLS said by a key while every URL says plain (harken watch
+        # refuses --ca-file with mqtt:// URLs alike; docs/mqtt.md)
+        if not secure:
+            if self.tls:
+                raise ValueError("mqtt.tls = true but mqtt.brokers has mqtt:// (plain) URLs: "
+                                 "write mqtts://host[:port] URLs for TLS (mqtts:// turns it "
+                                 "on), or remove mqtt.tls")
+            tls_keys = [f"mqtt.{k}" for k in ("ca_file", "cert_file", "key_file", "tls_insecure")
+                        if getattr(self, k)]
+            if tls_keys:
+                raise ValueError(f"{' and '.join(tls_keys)} set but mqtt.brokers has mqtt:// "
+                                 f"(plain) URLs, which do not use TLS: write mqtts:// URLs, "
+                                 f"or remove {' and '.join(tls_keys)}")
         return self
 
     def endpoints(self) -> list[tuple[str, int]]:

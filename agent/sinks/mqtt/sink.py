@@ -248,7 +248,7 @@ class MqttSink(Encoder, NetworkSink):
             if handler is not None:
                 self.publisher.subscribe(self.command_topic, qos=1, retain_as_published=True)
             else:
-                self.publisher.client.unsubscribe(self.command_topic)
+                self.publisher.unsubscribe(self.command_topic)
             if self.s.homeassistant:
                 self._announce()       # the switch comes or goes with the commands
 

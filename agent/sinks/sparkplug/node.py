@@ -267,7 +267,7 @@ class EdgeNode(Encoder):
                 if handler is not None:
                     self.publisher.subscribe(self._dcmd(d), qos=0, retain_as_published=True)
                 else:
-                    self.publisher.client.unsubscribe(self._dcmd(d))
+                    self.publisher.unsubscribe(self._dcmd(d))
             d.born = False
         self.publisher.wake()
 
