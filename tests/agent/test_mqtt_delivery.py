@@ -708,3 +708,41 @@ def test_two_agents_publishing_as_one_node_and_machine_are_found_out_once(strict
         a.close(flush_s=0)
         if b is not None:
             b.close(flush_s=0)
+
+
+def test_a_broker_closing_before_its_connack_blames_no_will_topic_without_dots(tmp_path):
+    """The fleet bench's overloaded cluster closed connections before their CONNACK and the
+    agent said its Last Will's topic (harken/n001/fan/status, nothing nats refuses) might
+    be the cause. A plain topic is not suspected; the words name the broker instead."""
+    import socket
+    import threading
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    stop = threading.Event()
+
+    def close_each() -> None:             # takes TCP, reads the CONNECT, closes: no CONNACK
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                try:
+                    conn.recv(4096)
+                except OSError:
+                    pass
+    threading.Thread(target=close_each, daemon=True).start()
+    logs = []
+    sink = MqttSink(MqttSection(enabled=True, host="127.0.0.1", port=server.getsockname()[1]),
+                    "n001", "fan", tmp_path / "outbox.db", log=logs.append)
+    try:
+        said = lambda: [m for m in logs if "times in a row before accepting it" in m]  # noqa: E731
+        wait_for("the early closes said", said, 60)
+        assert "refuses this client or is overloaded" in said()[0]
+        assert "Last Will" not in said()[0]
+    finally:
+        sink.close(flush_s=0)
+        stop.set()
+        server.close()

@@ -652,11 +652,15 @@ class Publisher(ConnectionReports):
         elif self._early >= STRIKES and self._will_topic is not None:
             # nats-server drops a CONNECT whose Will topic has a '.' or ' ' (Sparkplug's
             # spBv1.0, a node named line2.pi) without a word (docs/mqtt.md "Protocol")
+            # only a topic with those characters is suspect: an overloaded broker closes
+            # early too, and a hint about a plain topic sent the reader the wrong way
+            why = (f"it may not accept the Last Will's topic {self._will_topic} (its "
+                   f"characters: nats-server takes no '.' or ' ' in topics), or refuses this "
+                   f"client" if any(c in self._will_topic for c in ". ") else
+                   "it refuses this client or is overloaded")
             self._report(f"the broker {self._name} closed the connection "
                          f"{STRIKES} times in a row before accepting it ({reason_code}): "
-                         f"it may not accept the Last Will's topic {self._will_topic} (its "
-                         f"characters: nats-server takes no '.' or ' ' in topics), or refuses "
-                         f"this client; retrying")
+                         f"{why}; retrying")
         elif was and self._flaps == STRIKES and self._strike is None:
             # (a message in flight at each close is the likelier cause: said if given up)
             # a broker that says nothing (MQTT 3.1.1, Mosquitto 2.0) closes a taken-over
