@@ -365,7 +365,9 @@ def test_a_refused_subscription_is_said_once_and_asked_again_until_granted(
     real, refusals = Publisher._on_subscribe, []
 
     def refusing(self, client, userdata, mid, codes, properties):
-        if self._sub_mids.get(mid, ("",))[0] == topic and len(refusals) < 2:
+        with self._sub_lock:               # noted once its SUBSCRIBE has gone
+            asked = self._sub_mids.get(mid, ("",))[0]
+        if asked == topic and len(refusals) < 2:
             refusals.append(mid)
             codes = [ReasonCode(PacketTypes.SUBACK, identifier=0x87)]
         real(self, client, userdata, mid, codes, properties)

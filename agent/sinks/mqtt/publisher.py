@@ -245,6 +245,9 @@ class Publisher(ConnectionReports):
         # times asked, qos, retain_as_published); mid -> topic of a SUBSCRIBE sent
         self._resub: dict[str, tuple[float, int, int, bool]] = {}
         self._sub_mids: dict[int, tuple[str, int, bool]] = {}
+        # held across a SUBSCRIBE and the noting of its mid: a SUBACK that paho's thread
+        # reads before the mid was noted was dropped (a refusal then never asked again)
+        self._sub_lock = threading.Lock()
         self._sub_said: set[str] = set()
         self._early = 0                         # connections closed before the CONNACK, in a row
         self._will_topic: str | None = None
@@ -429,13 +432,14 @@ class Publisher(ConnectionReports):
         arrives with its retain flag set, not cleared as MQTT otherwise does, so a retained
         command is seen as one wherever it comes from (docs/mqtt.md "Commands"); MQTT 3.1.1
         cannot ask for it."""
-        if retain_as_published and is_mqtt5(self.client):
-            _, mid = self.client.subscribe(topic, options=SubscribeOptions(
-                qos=qos, retainAsPublished=True))
-        else:
-            _, mid = self.client.subscribe(topic, qos=qos)
-        if mid is not None:
-            self._sub_mids[mid] = (topic, qos, retain_as_published)
+        with self._sub_lock:
+            if retain_as_published and is_mqtt5(self.client):
+                _, mid = self.client.subscribe(topic, options=SubscribeOptions(
+                    qos=qos, retainAsPublished=True))
+            else:
+                _, mid = self.client.subscribe(topic, qos=qos)
+            if mid is not None:
+                self._sub_mids[mid] = (topic, qos, retain_as_published)
 
     def unsubscribe(self, topic: str) -> None:
         """No more messages on ``topic`` (nor a refused subscription to it asked again)."""
@@ -446,7 +450,8 @@ class Publisher(ConnectionReports):
         """A SUBACK: a refused subscription (a failure reason code: an ACL, a cluster that
         cannot place it while a node is down) is said once per topic and asked again, 1, 2,
         4 ... up to BACKOFF_MAX_S later, until granted (docs/mqtt.md "Commands")."""
-        asked = self._sub_mids.pop(mid, None)
+        with self._sub_lock:
+            asked = self._sub_mids.pop(mid, None)
         if asked is None:
             return
         topic, qos, rap = asked
