@@ -170,19 +170,33 @@ def calibrate(config: Config, files: list[str] | None = None, minutes: float = 3
     return {"machines": results, **({"duplicate_files": duplicate_files} if files else {})}
 
 
-def check_plot(plot: str | None) -> None:
-    """A plot name matplotlib cannot write (``--plot x.unknownext``) is refused before
-    anything is read or written: it raised a ValueError traceback after the override was
-    already in place (docs/reliability.md). No suffix is matplotlib's default, PNG; without
-    matplotlib no plot is drawn, so there is nothing to check."""
-    suffix = Path(plot).suffix.lstrip(".").lower() if plot else ""
-    if not suffix:
-        return
+# The formats matplotlib's savefig writes (matplotlib.backend_bases.FigureCanvasBase
+# .get_supported_filetypes(), matplotlib 3.11), kept here so that a device install without
+# matplotlib refuses ``--plot x.unknownext`` as a workstation does; a test compares the two
+# where matplotlib is installed.
+PLOT_FORMATS = frozenset({"avif", "eps", "gif", "jpeg", "jpg", "pdf", "pgf", "png", "ps", "raw",
+                          "rgba", "svg", "svgz", "tif", "tiff", "webp"})
+
+
+def plot_formats() -> frozenset[str]:
+    """What ``--plot`` may end in: the installed matplotlib's own list, else the fixed one."""
     try:
         from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:
+        return PLOT_FORMATS
+    return frozenset(FigureCanvasBase.get_supported_filetypes())
+
+
+def check_plot(plot: str | None) -> None:
+    """A plot name matplotlib cannot write (``--plot x.unknownext``) is refused before
+    anything is read or written: it raised a ValueError traceback after the override was
+    already in place (docs/reliability.md). No suffix is matplotlib's default, PNG. Checked
+    with or without matplotlib installed, so that a device install refuses the same names
+    (without it the plot is not drawn, and the result says why)."""
+    suffix = Path(plot).suffix.lstrip(".").lower() if plot else ""
+    if not suffix:
         return
-    known = FigureCanvasBase.get_supported_filetypes()
+    known = plot_formats()
     if suffix not in known:
         raise UsageError(f"--plot {plot}: matplotlib cannot write .{suffix} files; expected "
                          f"one of {', '.join('.' + k for k in sorted(known))}")

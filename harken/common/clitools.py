@@ -8,7 +8,9 @@ config's keys (harken/common/settings.py), so ``--threads`` and ``model.threads`
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import select
 import sys
 import typing
 from collections.abc import Callable
@@ -118,3 +120,41 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None,
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        stdout_to_devnull_if_its_reader_left()
+
+
+def _reader_left(fd: int) -> bool:
+    """A pipe or socket whose reader has closed it polls as an error (POLLERR, POLLHUP) on
+    Linux, whether or not anything is still waiting in Python's buffer."""
+    if not hasattr(select, "poll"):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+
+
+def stdout_to_devnull_if_its_reader_left() -> None:
+    """``harken run ... | head``: a command whose reader went away has already said so (the
+    sink's warning, watch's end) and goes on; but Python flushes stdout once more at exit,
+    and a flush into the closed pipe turns the command's own exit status into 120 with an
+    "Exception ignored ... BrokenPipeError" (more likely on a slow machine, where a write is
+    still buffered then). Pointing stdout at os.devnull first is the recipe of the Python
+    docs (library/signal.html, "Note on SIGPIPE"), so the status stays the command's."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):   # replaced (tests, in-process) or closed
+        return
+    try:
+        sys.stdout.flush()
+        gone = _reader_left(fd)
+    except BrokenPipeError:
+        gone = True
+    except (OSError, ValueError):
+        return
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)

@@ -175,6 +175,28 @@ def test_calibrate_says_the_config_threshold_stays_in_force(ae_bundle, clips, tm
     assert json.loads(r.stdout)["resolved"]["threshold"] == 50
 
 
+def test_a_device_install_without_matplotlib_refuses_the_plot_formats_a_workstation_refuses(
+        monkeypatch):
+    """The arm64 device install (no matplotlib) took ``--plot x.unknownext`` (exit 0): the
+    check now uses the fixed list of matplotlib's formats there, the same list matplotlib
+    itself gives where it is installed."""
+    from harken.agent.site.calibrate import PLOT_FORMATS, check_plot
+    from harken.common.errors import UsageError
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        pass
+    else:
+        assert PLOT_FORMATS == set(FigureCanvasBase.get_supported_filetypes())
+    for name in ("matplotlib", "matplotlib.backend_bases"):
+        monkeypatch.setitem(sys.modules, name, None)          # as on the device: not installed
+    with pytest.raises(UsageError, match=r"--plot x\.unknownext: matplotlib cannot write "
+                       r"\.unknownext files; expected one of .*\.png"):
+        check_plot("x.unknownext")
+    for ok in ("fit.svg", "calibration.PNG", "plain", "", None):
+        check_plot(ok)
+
+
 def test_copies_are_left_out_and_an_unknown_plot_format_is_refused_first(ae_bundle, clips,
                                                                          tmp_path):
     """The same file 11 times gave a scipy FitDataError traceback; ``--plot x.unknownext``

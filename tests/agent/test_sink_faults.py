@@ -195,9 +195,12 @@ def test_stdout_closed_by_its_reader_is_said_once_and_the_file_goes_on(ae_bundle
         audio={"source": "file", "file": wav, "realtime": False},
         decision={"interval_s": 2, "threshold": 1e9},
         output={"stdout": True, "file": tmp_path / "scores.jsonl"})
+    # stdout buffered, as a user's shell has it: PYTHONUNBUFFERED (set by some dev shells and
+    # CI images) would hide the flush at exit into the closed pipe (exit 120)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     proc = subprocess.Popen([sys.executable, "-m", "harken.agent.cli", "run", "--config",
                              str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env=env)
     proc.stdout.close()                           # `harken run ... | head -0`
     err = proc.stderr.read()
     assert proc.wait(120) == 0, err

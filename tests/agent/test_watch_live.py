@@ -339,7 +339,10 @@ def test_a_reader_that_goes_away_ends_the_watch(shared_broker):
         pub.send(f"t8/n{i}/fan/status", "online", retain=True)
     w = subprocess.Popen([*CLI, "--broker", f"mqtt://{USER}:{PASSWORD}@127.0.0.1:"
                           f"{shared_broker.port}", "--prefix", "t8", "--json", "--for", "30"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         # buffered, as in a user's shell: PYTHONUNBUFFERED would hide the
+                         # flush at exit into the closed pipe (exit 120)
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"})
     start = time.monotonic()
     assert w.stdout.readline()
     w.stdout.close()
