@@ -203,9 +203,12 @@ def launch(argv: Sequence[str], nproc: int) -> int:
     os.environ["OMP_NUM_THREADS"] = given or str(max(1, cpu_cores() // nproc))
     # the launcher's own log lines (closing signals, its failure table) would be mixed into
     # the one line below; its errors are said there
-    quiet = logging.getLogger("torch.distributed.elastic")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)
+    # (torch gives each of its loggers a level of its own: each one is quietened)
+    quiet = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+             if name.startswith(("torch.distributed.elastic", "torch.distributed.run"))]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.CRITICAL)
     try:
         run(args)
     except SignalException:
@@ -221,7 +224,8 @@ def launch(argv: Sequence[str], nproc: int) -> int:
         raise TrainingFailed(f"training on {nproc} processes stopped: rank {rank} failed first "
                              f"({how})") from None
     finally:
-        quiet.setLevel(level)
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
         if given is None:
             del os.environ["OMP_NUM_THREADS"]
     return 0
