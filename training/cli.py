@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -80,10 +79,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"--nproc {nproc}: this process already runs under torchrun "
                          f"(WORLD_SIZE={os.environ['WORLD_SIZE']}); give the process count to "
                          "torchrun alone")
+    if nproc is None:       # a hand-set torchrun environment that cannot work: one line
+        distributed.check_env()
     if nproc is not None or under:
         distributed.check_method(args.method)
+    batch_size = getattr(getattr(method, "config", None), "batch_size", None)
     if nproc is not None:
         distributed.check_nproc(nproc, device)
+        distributed.check_batch(batch_size, nproc, f"--nproc {nproc}")
+    elif under:
+        world = int(os.environ["WORLD_SIZE"])
+        distributed.check_batch(batch_size, world, f"WORLD_SIZE={world}")
     ranks = distributed.start(device) if under else None
     writer = ranks is None or ranks.writer
     machines = _machines(args.machines) or machine_types(args.data)
@@ -100,9 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         if not distributed.lost_peer(exc):
             raise
-        said = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().splitlines()[0])[:100]
-        raise distributed.TrainingFailed(f"lost the other processes ({said}); the rank that "
-                                         "failed first is named below") from None
+        raise distributed.TrainingFailed(distributed.lost_line(exc)) from None
     if ranks is not None:
         distributed.stop()
     return 0
@@ -140,13 +144,18 @@ def _train_machines(args: argparse.Namespace, method_overrides: list[str], machi
             info.training_id = training_id
             record_training_time(new, info, time.monotonic() - t0)
         hist = info.history
-        spread = (f" x {hist['distributed']['world_size']} processes"
+        spread = (f" x {_count(hist['distributed']['world_size'], 'process', 'processes')}"
                   if hist and hist.get("distributed") else "")
-        trained = (f", {len(hist['train_loss'])} epochs on {hist['device']}{spread}, best epoch "
+        trained = (f", {_count(len(hist['train_loss']), 'epoch')} on {hist['device']}{spread}, "
+                   "best epoch "
                    f"{hist['best_epoch'] + 1}" if hist else "")
         print(f"{args.method} {machine}: trained on {len(clips)} clips in "
               f"{time.monotonic() - t0:.1f} s{trained} -> {run_dir} "
               f"(threshold {info.normal_scores.threshold:.4g})")
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def cmd_general(args: argparse.Namespace) -> int:

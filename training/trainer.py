@@ -137,6 +137,7 @@ def fit_steps(model: nn.Module, batches: Callable[[int], Iterable[Batch]],
     best, best_state, waited = float("inf"), copy.deepcopy(model.state_dict()), 0
     bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch",
                disable=not progress or (ranks is not None and not ranks.writer), leave=False)
+    steps = 0       # a run that took none is never written as trained (docs/reliability.md)
     for epoch in bar:
         model.train()
         t0, total, n = time.perf_counter(), 0.0, 0
@@ -147,6 +148,7 @@ def fit_steps(model: nn.Module, batches: Callable[[int], Iterable[Batch]],
                 if batch is None:
                     continue
             loss = step(batch)
+            steps += 1
             total += loss.item() * size
             n += size
         if use_amp:
@@ -173,6 +175,12 @@ def fit_steps(model: nn.Module, batches: Callable[[int], Iterable[Batch]],
             if waited >= cfg.patience:
                 hist.stopped_early = True
                 break
+    if steps == 0:          # every rank decides alike: the slices are cut alike everywhere
+        why = (f"; across {ranks.world} processes each one's slice of a batch needs 2 rows, so "
+               f"give batch_size {2 * ranks.world} or more" if ranks is not None else "")
+        raise distributed.TrainingFailed(f"{desc}: no training step was taken in "
+                                         f"{len(hist.train_loss)} epoch(s){why}; the run is not "
+                                         "written")
     model.load_state_dict(best_state)
     model.eval()
     if ranks is not None:

@@ -4,6 +4,7 @@ starts what it needs; the launcher ends its processes with the command."""
 
 import json
 import socket
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -164,3 +165,149 @@ def test_rows_gives_each_rank_an_equal_slice_or_none():
     assert parts[1][1].tolist() == [40, 50, 60, 70]
     assert distributed.rows((torch.arange(3),), 0, 2) is None      # batch norm needs 2 rows
     np.testing.assert_array_equal(distributed.rows(batch, 0, 1)[0].numpy(), np.arange(9))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train_line(tiny_corpus, tmp_path, capsys, *extra: str) -> tuple[int, str]:
+    rc = main(["train", "--method", "ae", "--data", str(tiny_corpus), "--machines", "fan",
+               "--out", str(tmp_path / "r"), "--quiet", *extra])
+    return rc, capsys.readouterr().err
+
+
+def test_a_batch_too_small_for_the_processes_is_refused_before_launching(tiny_corpus, tmp_path,
+                                                                         capsys):
+    """batch_size 3 on 2 processes: each slice under 2 rows, no step would be taken (was:
+    untrained weights written as a run, exit 0)."""
+    rc, err = _train_line(tiny_corpus, tmp_path, capsys, "--set", "batch_size=3", "--nproc", "2")
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "--nproc 2: batch_size 3" in err and "batch_size=4 or more" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_loop_that_took_no_step_is_never_a_trained_run(under_torchrun):
+    """The loop's own guard, whatever the launcher checked: every batch's slice under 2 rows."""
+    distributed.start(torch.device("cpu"))
+    from harken.training.config import TrainConfig
+    from harken.training.trainer import fit
+    net = nn.Linear(2, 1)
+    with pytest.raises(distributed.TrainingFailed, match="no training step was taken"):
+        fit(net, lambda epoch: [(torch.zeros(1, 2),)], lambda b: net(b[0]).sum(),
+            lambda: 0.0, TrainConfig(epochs=2), torch.device("cpu"), progress=False)
+
+
+@pytest.mark.parametrize("env, said", [
+    ({"RANK": "1"}, "RANK set without WORLD_SIZE/LOCAL_RANK"),
+    ({"RANK": "5", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "RANK=5: expected 0 to 1"),
+    ({"RANK": "0", "WORLD_SIZE": "0", "LOCAL_RANK": "0"}, "WORLD_SIZE=0: expected 1 or more"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "2"}, "LOCAL_RANK=2: expected 0 to 1"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": None},
+     "MASTER_ADDR not set"),
+])
+def test_a_hand_set_torchrun_environment_that_cannot_work_is_one_line(env, said, monkeypatch,
+                                                                      tiny_corpus, tmp_path, capsys):
+    """Was: a silent wait of up to two hours (a rank that never comes), or a traceback."""
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    for key, value in env.items():
+        if value is None:
+            monkeypatch.delenv(key)
+        else:
+            monkeypatch.setenv(key, value)
+    rc, err = _train_line(tiny_corpus, tmp_path, capsys)
+    assert rc == 2 and said in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
+def test_a_process_that_never_comes_ends_the_rendezvous_with_a_line(monkeypatch):
+    """WORLD_SIZE=2 with one process: the rendezvous has its own short timeout (was WAIT,
+    two hours of silence)."""
+    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(distributed, "RENDEZVOUS", timedelta(seconds=1))
+    with pytest.raises(distributed.TrainingFailed, match="waited 1 s at 127.0.0.1:.* not all came"):
+        distributed.start(torch.device("cpu"))
+    assert distributed.current() is None
+
+
+def test_a_busy_master_port_is_one_line_naming_it(monkeypatch):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+            monkeypatch.setenv(key, value)
+        with pytest.raises(UsageError, match=f"MASTER_PORT={port}: the port is in use"):
+            distributed.start(torch.device("cpu"))
+
+
+def test_collectives_wait_long_only_where_rank_0_works_alone(under_torchrun, monkeypatch):
+    """STEP_WAIT in the training steps, WAIT only while building DDP (where the others wait
+    for rank 0 to write the previous machine type's run)."""
+    import torch.distributed as dist
+    distributed.start(torch.device("cpu"))
+    gloo = dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
+    assert gloo.options._timeout == distributed.STEP_WAIT < distributed.WAIT
+    import torch.nn.parallel as parallel
+    seen, build = [], parallel.DistributedDataParallel.__init__
+
+    def spy(self, *a, **k):         # the timeout in force while DDP is built
+        seen.append(gloo.options._timeout)
+        build(self, *a, **k)
+    monkeypatch.setattr(parallel.DistributedDataParallel, "__init__", spy)
+    distributed.data_parallel(nn.Linear(2, 1), lambda b: b[0].sum(), torch.device("cpu"))
+    assert seen == [distributed.WAIT] and gloo.options._timeout == distributed.STEP_WAIT
+
+
+def test_ctrl_c_to_the_launcher_is_interrupted_exit_130(monkeypatch, tiny_corpus, tmp_path, capsys):
+    """The launcher turns SIGINT/SIGTERM into SignalException after stopping the processes
+    (was: a 30-line traceback and exit 1)."""
+    import signal
+
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    def interrupted(args):
+        raise SignalException("Process 1 got signal: 2", sigval=signal.SIGINT)
+    monkeypatch.setattr(torchrun, "run", interrupted)
+    rc, err = _train_line(tiny_corpus, tmp_path, capsys, "--nproc", "1")
+    assert rc == 130 and err.strip() == "harken-train: interrupted", err
+
+
+def test_a_rank_orphaned_by_its_launcher_stops(monkeypatch):
+    """A launcher killed with SIGKILL: its ranks see their parent change and stop (was: they
+    trained on as orphans)."""
+    import threading
+    lost = threading.Event()
+    distributed.watch_parent(-1, lost.set, every=0.01)       # -1: never this process's parent
+    assert lost.wait(10)
+    # and start() watches the launcher when torch's launcher started this process
+    watching = threading.Event()
+    monkeypatch.setattr(distributed, "watch_parent", lambda parent, on_loss: watching.set())
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():
+        monkeypatch.setenv(key, value)
+    try:
+        distributed.start(torch.device("cpu"))
+    finally:
+        distributed.stop()
+    assert watching.is_set()
+
+
+def test_a_huge_nproc_on_cpu_is_refused_naming_the_cores(tiny_corpus, tmp_path, capsys):
+    """Was: only a warning, then gigabytes of memory in the launcher before any process."""
+    rc, err = _train_line(tiny_corpus, tmp_path, capsys, "--device", "cpu",
+                          "--nproc", "99999999999999999999")
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"this machine has {distributed.cpu_cores()} CPU cores" in err
+    cap = distributed.PER_CORE * distributed.cpu_cores()
+    distributed.check_nproc(cap, torch.device("cpu"))          # the cap itself: a warning
+    with pytest.raises(UsageError, match=f"at most {cap} processes"):
+        distributed.check_nproc(cap + 1, torch.device("cpu"))
