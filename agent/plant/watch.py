@@ -237,7 +237,7 @@ class Connection:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         self._answer["rc"] = reason_code
         if self._timer is not None:
-            self._timer.answered()
+            self._timer.answered(made=not reason_code.is_failure)
         if not reason_code.is_failure:
             self._connected_at = time.monotonic()
             self._misses = 0
@@ -336,7 +336,7 @@ class Connection:
         c.reconnect_delay_set(1, 30)
         # a broker that takes TCP but never answers is left after CONNECT_TIMEOUT_S, not
         # after the keepalive (docs/watch.md)
-        self._timer = ConnectTimer(c)
+        self._timer = ConnectTimer(c, cap=60.0, where=lambda: (self.url.host, self.url.port))
         c.on_pre_connect = self._timer.started
         c.on_connect = self._guard(self._on_connect)
         c.on_connect_fail = self._guard(self._on_connect_fail)

@@ -279,7 +279,9 @@ class Publisher(ConnectionReports):
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
-        self._connect_timer = ConnectTimer(self.client)
+        # the CONNACK wait, per broker, grows after each attempt it cut (broker.ConnectTimer)
+        self._connect_timer = ConnectTimer(self.client, cap=max(float(settings.keepalive), 60.0),
+                                           where=lambda: (self.host, self.port))
         self.client.on_pre_connect = self._connect_timer.started
         self._sender = threading.Thread(target=self._send_loop, name=thread_name, daemon=True)
         self._sender.start()
@@ -551,7 +553,7 @@ class Publisher(ConnectionReports):
 
     # -- paho callbacks (paho's thread) ------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        self._connect_timer.answered()
+        self._connect_timer.answered(made=not reason_code.is_failure)
         if reason_code.is_failure:
             self._refused = True         # the disconnect that follows says nothing new
             if reason_code.value == UNSUPPORTED_PROTOCOL and is_mqtt5(client) and \
