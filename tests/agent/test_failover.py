@@ -553,3 +553,35 @@ def test_the_connect_wait_grows_per_broker_up_to_its_cap():
     t.answered(made=True)
     assert t.wait_for("a") == 0.01
     assert ConnectTimer(Client()).base == CONNECT_TIMEOUT_S
+
+
+def test_two_agents_with_one_client_id_on_a_cluster_back_off_and_say_so_once(tmp_path):
+    """FINDINGS2 2: two agents sharing a client id on a 3-node NATS cluster (MQTT 3.1.1, no
+    "Session taken over" reason) took the session from each other on every node in turn,
+    ~50 connections a minute each, for ever, without a word: the per-broker count of short
+    connections was reset by every move. Short connections are counted over the list too:
+    after two rounds of them the wait doubles and the "another client may use client id"
+    line is said once."""
+    from harken.testkit.cluster import NatsCluster
+    logs: list[list[str]] = [[], []]
+    sinks: list[MqttSink] = []
+    with NatsCluster(tmp_path / "nats") as cluster:
+        u = cluster.urls
+        try:
+            for k in range(2):
+                sinks.append(MqttSink(
+                    MqttSection(enabled=True, brokers=u[k:] + u[:k], client_id="harken-twin"),
+                    f"n{k}", "fan", tmp_path / f"s{k}" / "outbox.db", log=logs[k].append))
+
+            def said() -> int:
+                return sum("another client may use client id harken-twin" in m
+                           for log in logs for m in log)
+            wait_for("the takeover line", lambda: said() >= 1, 90)
+            # the back-off grows: some agent is 3 doublings in (a 4 s wait, then longer)
+            wait_for("the wait doubling", lambda: max(s.publisher._storm() for s in sinks) >= 3,
+                     90)
+            for log in logs:
+                assert sum("another client may use client id" in m for m in log) <= 1, log
+        finally:
+            for s in sinks:
+                s.close(flush_s=1)

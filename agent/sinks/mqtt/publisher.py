@@ -240,6 +240,11 @@ class Publisher(ConnectionReports):
         # rolling restart is no takeover); sessions taken over (MQTT 5 says so) in a row
         self._flaps = 0
         self._taken = 0
+        # short connections in a row over the whole list (a move does not reset it): two
+        # agents with one client id on a cluster take the session from each other on every
+        # node in turn, which the per-broker count never sees (docs/mqtt.md "Client ids")
+        self._short_all = 0
+        self._twin_said = False
         self._ack_where: str | None = None      # the broker the ack timeout left
         # subscriptions the broker refused (SUBACK failure): topic -> (when to ask again,
         # times asked, qos, retain_as_published); mid -> topic of a SUBSCRIBE sent
@@ -327,12 +332,28 @@ class Publisher(ConnectionReports):
             # moving on to another broker after one short connection is no reason to wait
             flaps = self._flaps - 1 if len(self.endpoints) > 1 else self._flaps
             delay = reconnect_delay(lost_up, max(self._misses, 1), len(self.endpoints),
-                                    max(flaps, self._taken) if lost_up else 0)
+                                    max(flaps, self._taken, self._storm()) if lost_up else 0)
             if len(self.endpoints) > 1:
                 self._at = (self._at + 1) % len(self.endpoints)
                 self.host, self.port = self.endpoints[self._at]
                 self._aim(client)
         client.reconnect_delay_set(delay, delay)
+
+    @property
+    def _storm_at(self) -> int:
+        """Short connections in a row, over the list, that are taken for a takeover: two
+        rounds of the list, each broker closing on us about twice (and at least 2 x
+        ``STRIKES``: a fast rolling restart of a small list loses each broker once or
+        twice, and must not grow the wait)."""
+        return max(2 * len(self.endpoints), 2 * STRIKES)
+
+    def _storm(self) -> int:
+        """The back-off step of a takeover across the list: 0 below ``_storm_at``, then 1,
+        2, 3 ... (doubling the wait, reconnect_delay); 0 for a single broker (the
+        per-broker count serves it)."""
+        if len(self.endpoints) < 2 or self._short_all < self._storm_at:
+            return 0
+        return self._short_all - self._storm_at + 1
 
     @property
     def broker(self) -> str | None:
@@ -640,6 +661,9 @@ class Publisher(ConnectionReports):
             # second: the wait doubles up to BACKOFF_MAX_S (docs/mqtt.md "Client ids")
             short = (taken or lived < STABLE_S) and not struck
             self._flaps = self._flaps + 1 if short else 0
+            self._short_all = self._short_all + 1 if short and not taken else 0
+            if lived >= STABLE_S:
+                self._twin_said = False
             self._taken = self._taken + 1 if taken else 0 if not short else self._taken
         if taken:
             self._report(f"another client uses client id {self.client_id}: a copied SD card "
@@ -648,6 +672,15 @@ class Publisher(ConnectionReports):
                          f"reconnecting with back-off up to {BACKOFF_MAX_S} s")
         elif killed or refused or struck:
             pass                               # said already (the ack timeout, the CONNACK)
+        elif was and self._storm() and self._strike is None:
+            # every broker of the list keeps closing on us within seconds, in turn: said once
+            if not self._twin_said:
+                self._twin_said = True
+                self.log(f"the brokers closed {self._short_all} connections in a row within "
+                         f"{STABLE_S:g} s of accepting them, on every broker of the list "
+                         f"({reason_code}): another client may use client id "
+                         f"{self.client_id} (a copied SD card image or a second agent?); "
+                         f"reconnecting with back-off up to {BACKOFF_MAX_S} s")
         elif timed_out:
             waited = min(self._connect_timer.timeout, float(self.s.keepalive))
             self._report(unanswered(self._name, waited) + "; trying "
