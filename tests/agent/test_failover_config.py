@@ -61,6 +61,10 @@ def load(tmp_path, mqtt: str):
                                                       r"mqtt:// \(plain\) URLs: write mqtts://"),
     ('brokers = ["mqtt://a"]\nca_file = "ca.pem"', r"mqtt\.ca_file set but mqtt\.brokers has "
                                                    r"mqtt:// \(plain\) URLs"),
+    # FINDINGS2 6 and 8: credentials with '/' are still credentials; two URLs in one item
+    ('brokers = ["mqtt://op:s3cret/x@a"]', r"mqtt\.brokers\[0\]: credentials in a broker URL"),
+    ('brokers = ["mqtt://a,mqtt://b"]', r"mqtt\.brokers\[0\] holds 2 URLs: one URL per list item"),
+    ('brokers = ["mqtt://a", "mqtt://b, mqtt://c"]', r"mqtt\.brokers\[1\] holds 2 URLs"),
     ("brokers = [" + ", ".join(f'"mqtt://h{i}"' for i in range(17)) + "]",
      r"mqtt\.brokers has 17 URLs: at most 16"),
 ])
@@ -105,3 +109,28 @@ def test_the_url_rules_are_the_agents_and_watchs_alike(tmp_path):
                         (["ftp://a"], "--broker[0]: broker URL 'ftp://a': scheme 'ftp'")]:
         with pytest.raises(BrokerError, match=re.escape(says)):
             watch_urls(texts)
+
+
+@pytest.mark.parametrize("text, password", [
+    ("mqtt://op:s3cret,mqtt://y@h1:1883,mqtt://h2:1883", None),
+    ("mqtt://op:s3cret/ss@h1:1883", None),
+    ("mqtt://op:s3cret#1@h1:1883", None),
+    ("mqtt://op:s3cret?1@h1:1883", None),
+    ("mqtt://op:s3cret%2Cmqtt%3A%2F%2Fy@h1:1883,mqtt://h2:1883", "s3cret,mqtt://y"),
+    ("mqtt://op:s3c,ret@h1:1883,mqtt://h2:1883", "s3c,ret"),
+])
+def test_watch_never_shows_a_piece_of_a_password_and_says_how_to_write_one(text, password):
+    """FINDINGS2 5 and 6: a password holding ",mqtt://" was split there and its head shown
+    as a URL of its own; one with '/', '?' or '#' was read as a port. Either is now one
+    line that shows no part of it and says to percent-encode; written so, it is taken."""
+    from harken.agent.plant.watch import watch_urls
+    from harken.agent.sinks.mqtt.broker import BrokerError
+    if password is None:
+        with pytest.raises(BrokerError) as err:
+            watch_urls([text])
+        msg = str(err.value)
+        assert "s3c" not in msg and "port must be a number" not in msg, msg
+        assert "%2F, %3F, %23" in msg, msg
+    else:
+        urls = watch_urls([text])
+        assert urls[0].password == password and [u.host for u in urls] == ["h1", "h2"]

@@ -188,6 +188,12 @@ def parse_broker_url(url: str) -> BrokerUrl:
         raise BrokerError(f"broker URL {shown!r}: scheme {parts.scheme!r} is not one of "
                           f"mqtt://, mqtts://")
     tls = parts.scheme in ("mqtts", "ssl")
+    if "@" in url.partition("://")[2] and "@" not in parts.netloc:
+        # credentials whose password has '/', '?' or '#': urllib ends the host part there,
+        # and the password's head would be read (and shown) as a host and port
+        raise BrokerError(f"broker URL {parts.scheme}://***: a user name or password with "
+                          f"'/', '?' or '#' is written %2F, %3F, %23 in a URL (or use "
+                          f"--password-file)")
     hostport = parts.netloc.rpartition("@")[2]
     if not hostport.startswith("[") and hostport.count(":") > 1:
         raise BrokerError(f"broker URL {shown!r}: an IPv6 address goes in brackets "
@@ -213,7 +219,15 @@ def parse_broker_url(url: str) -> BrokerUrl:
                      unquote(parts.password) if parts.password else None)
 
 
-_NEXT_URL = re.compile(r"\s*,\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+_NEXT_URL = re.compile(r"(\s*,\s*)(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def _parses(text: str) -> bool:
+    try:
+        parse_broker_url(text)
+    except BrokerError:
+        return False
+    return True
 
 
 def split_broker_urls(text: str) -> list[str]:
@@ -223,7 +237,19 @@ def split_broker_urls(text: str) -> list[str]:
     comma otherwise (bare ``host:port`` pieces). Spaces around a comma are the separator's."""
     text = text.strip()
     if "@" in text:
-        pieces = _NEXT_URL.split(text)
+        # a password may hold ",mqtt://" itself: a piece without credentials that is no
+        # URL (``mqtt://op:x`` of ``mqtt://op:x,mqtt://y@h1``) goes on into the next one,
+        # so no head of a password is ever parsed, and shown, as a URL of its own
+        parts = _NEXT_URL.split(text)
+        pieces, cur = [], parts[0]
+        for sep, nxt in zip(parts[1::2], parts[2::2]):
+            if "@" not in cur and not _parses(cur):
+                cur += sep + nxt
+            else:
+                pieces.append(cur)
+                cur = nxt
+        pieces.append(cur)
+        pieces = [p.strip() for p in pieces]
     else:
         pieces = [p.strip() for p in text.split(",")]
     return [p for p in pieces if p]

@@ -59,6 +59,15 @@ def _brokers(urls: list[str]) -> list[str]:
         raise ValueError("mqtt.brokers is an empty list: give at least one broker URL "
                          "(mqtt://host[:port] or mqtts://host[:port]), or leave the key out "
                          "and set mqtt.host")
+    for i, text in enumerate(urls):
+        where = f"mqtt.brokers[{i}]"
+        if isinstance(text, str) and "@" in text.split("://", 1)[-1]:
+            raise ValueError(f"{where}: credentials in a broker URL are not taken: set "
+                             f"mqtt.username and the password (mqtt.password, password_file "
+                             f"or password_env), which serve every broker of the list")
+        if isinstance(text, str) and len(split_broker_urls(text)) > 1:
+            raise ValueError(f"{where} holds {len(split_broker_urls(text))} URLs: one URL per "
+                             f"list item (brokers = [\"mqtt://a\", \"mqtt://b\"])")
     try:
         parsed = parse_broker_list(urls, "mqtt.brokers")
     except BrokerError as exc:
