@@ -275,6 +275,8 @@ class Connection:
         expired = self._timer is not None and self._timer.take_expired()
         if self._timer is not None:
             self._timer.answered()
+        if expired:
+            self._answer["expired"] = True    # start() says it, and tries no other protocol
         if self.closing or self._first:   # before the first connection start() reports
             return
         if expired and self.disconnected is None:
@@ -364,10 +366,12 @@ class Connection:
         except OSError:
             raise BrokerError(diagnose(self.url.host, self.url.port, ctx)) from None
         c.loop_start()
-        if not self._done.wait(timeout):
+        # the connect timer (10 s) and this wait end together: either way the broker never
+        # answered, said in one wording, and no MQTT 3.1.1 try follows (it would wait again)
+        if not self._done.wait(timeout) or self._answer.get("expired"):
             self._stop(c)
-            raise BrokerError(f"broker {self.url.host}:{self.url.port} did not answer the MQTT "
-                              f"connection within {timeout:g} s")
+            raise BrokerError(unanswered(endpoint_name(self.url.host, self.url.port),
+                                         min(timeout, self._timer.timeout)))
         return c
 
     def start(self, timeout: float = 10.0) -> None:

@@ -585,3 +585,31 @@ def test_two_agents_with_one_client_id_on_a_cluster_back_off_and_say_so_once(tmp
         finally:
             for s in sinks:
                 s.close(flush_s=1)
+
+
+def test_watch_leaves_a_silent_first_broker_after_one_connect_timeout(brokers, tmp_path):
+    """FINDINGS2 3: at start `harken watch` tried a broker that took TCP and never answered
+    with MQTT 5 for 10 s, then with MQTT 3.1.1 for 10 s more, and named it in one of two
+    wordings. Now one wait, one wording, then the next broker."""
+    import socket
+    import time
+    from harken.agent.sinks.mqtt.broker import CONNECT_TIMEOUT_S
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)                  # the kernel takes the TCP connection; nothing answers
+    port = silent.getsockname()[1]
+    (tmp_path / "pw").write_text(PASSWORD + "\n")
+    began = time.monotonic()
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "harken.agent.cli", "watch", f"{url(port)},{url(brokers[0])}",
+             "--username", USER, "--password-file", str(tmp_path / "pw"), "--name", "silent",
+             "--json", "--for", "1"], capture_output=True, text=True, timeout=120)
+    finally:
+        silent.close()
+    took = time.monotonic() - began
+    assert r.returncode == 0, r.stderr
+    assert f"broker {name(port)} did not answer the MQTT connection within " \
+           f"{CONNECT_TIMEOUT_S:g} s" in r.stderr and "used the next broker" in r.stderr, r.stderr
+    assert "closed the MQTT connection" not in r.stderr, r.stderr
+    assert took < 2 * CONNECT_TIMEOUT_S - 3, took      # it was 22.5 s: two waits
