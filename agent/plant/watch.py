@@ -227,7 +227,8 @@ class Connection:
     def _on_connect_fail(self, client, userdata) -> None:
         if self.closing or self._first:
             return
-        line = diagnose(self.url.host, self.url.port, self._ctx) + "; trying the " + \
+        waited = time.monotonic() - self._timer.began if self._timer is not None else 0.0
+        line = diagnose(self.url.host, self.url.port, self._ctx, waited=waited) + "; trying the " + \
             ("next broker" if len(self.urls) > 1 else "broker again")
         if line not in self._said:                    # once per problem, not per retry
             self._said.add(line)

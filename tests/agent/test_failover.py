@@ -613,3 +613,37 @@ def test_watch_leaves_a_silent_first_broker_after_one_connect_timeout(brokers, t
            f"{CONNECT_TIMEOUT_S:g} s" in r.stderr and "used the next broker" in r.stderr, r.stderr
     assert "closed the MQTT connection" not in r.stderr, r.stderr
     assert took < 2 * CONNECT_TIMEOUT_S - 3, took      # it was 22.5 s: two waits
+
+
+def test_a_tls_broker_that_never_answers_the_handshake_is_left_after_one_handshake_timeout(
+        tmp_path):
+    """FINDINGS2 4: two mqtts:// brokers that take TCP and never answer: the failed
+    handshake (paho's 5 s) was probed again for 5 s more in paho's thread, so the next
+    broker came at 10 s, and the line blamed a listener that is no TLS one. Now one wait,
+    and the line says the handshake was not answered."""
+    import socket
+    import time
+    socks = []
+    for _ in range(2):
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)                 # TCP taken by the kernel; no TLS answer ever
+        socks.append(srv)
+    first, second = (x.getsockname()[1] for x in socks)
+    logs: list[str] = []
+    began = time.monotonic()
+    s = sink(tmp_path, MqttSection(enabled=True, brokers=[f"mqtts://127.0.0.1:{first}",
+                                                          f"mqtts://127.0.0.1:{second}"],
+                                   keepalive=60), logs)
+    try:
+        wait_for("the first broker said", lambda: any(name(first) in m for m in logs), 30,
+                 every=0.05)
+        took = time.monotonic() - began
+        line = next(m for m in logs if name(first) in m)
+        assert "did not answer the TLS handshake within 5 s" in line, logs
+        assert "is port" not in line, logs
+        assert took < 8, took                   # it was 10 s: the handshake, then a probe
+    finally:
+        s.close(flush_s=1)
+        for x in socks:
+            x.close()

@@ -17,6 +17,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -80,10 +81,14 @@ def refusal(host: str, port: int, reason_code, credentials_hint: str) -> str:
     return msg
 
 
-def diagnose(host: str, port: int, ctx: ssl.SSLContext | None, timeout: float = 5.0) -> str:
+def diagnose(host: str, port: int, ctx: ssl.SSLContext | None, timeout: float = 5.0,
+             waited: float = 0.0) -> str:
     """One line saying why a connection to ``host:port`` fails (or that TCP/TLS succeed).
     The hints name the port and host as given, whether by ``mqtt.host``/``port``, an
-    ``mqtt.brokers`` URL or a ``harken watch`` URL."""
+    ``mqtt.brokers`` URL or a ``harken watch`` URL. ``waited``: how long the failed attempt
+    took; one that spent paho's whole connect timeout on a broker that takes TCP is a TLS
+    handshake never answered, not probed again (a second ``timeout`` s in paho's thread,
+    which held a stop as long; FINDINGS of docs/mqtt.md "Several brokers: failover")."""
     name = endpoint_name(host, port)
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
@@ -92,6 +97,10 @@ def diagnose(host: str, port: int, ctx: ssl.SSLContext | None, timeout: float = 
     with sock:
         if ctx is None:
             return f"broker {name} accepted TCP but the MQTT connection failed"
+        if waited >= timeout - 0.5:
+            return (f"broker {name} accepted TCP but did not answer the TLS handshake within "
+                    f"{timeout:g} s (a frozen or overloaded broker?)")
+        sock.settimeout(timeout)
         try:
             with ctx.wrap_socket(sock, server_hostname=host):
                 pass
@@ -100,6 +109,9 @@ def diagnose(host: str, port: int, ctx: ssl.SSLContext | None, timeout: float = 
                     f"{exc.verify_message} (check mqtt.ca_file: it must hold the CA that "
                     f"signed the broker's certificate, and the host name, of mqtt.host or "
                     f"the URL, must match its name)")
+        except TimeoutError:
+            return (f"broker {name} accepted TCP but did not answer the TLS handshake within "
+                    f"{timeout:g} s (a frozen or overloaded broker?)")
         except (ssl.SSLError, OSError) as exc:
             return (f"TLS handshake with broker {name} failed: {exc} (is port {port} a TLS "
                     f"listener? mqtts:// URLs and mqtt.tls = true speak TLS; check "
@@ -375,7 +387,9 @@ class ConnectionReports:
             self._last_error = ""
 
     def _on_connect_fail(self, client, userdata) -> None:
-        self._report(diagnose(self.host, self.port, self.tls) + "; retrying")
+        timer = getattr(self, "_connect_timer", None)
+        waited = time.monotonic() - timer.began if timer is not None else 0.0
+        self._report(diagnose(self.host, self.port, self.tls, waited=waited) + "; retrying")
         self._settled.set()
 
 
@@ -406,6 +420,7 @@ class ConnectTimer:
         self._where = where or (lambda: None)
         self._waits: dict[object, float] = {}   # broker -> its next wait, where grown
         self._key: object = None
+        self.began = time.monotonic()       # when the current (or last) attempt began
         self._attempt = 0
         self._expired = False
         self._lock = threading.Lock()
@@ -417,6 +432,7 @@ class ConnectTimer:
 
     def started(self, *_args) -> None:
         key = self._where()
+        self.began = time.monotonic()
         with self._lock:
             self._attempt += 1
             n, self._expired, self._key = self._attempt, False, key
