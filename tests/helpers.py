@@ -8,14 +8,15 @@ import time
 from pathlib import Path
 
 
-def wait_for(what: str, predicate, timeout: float = 180.0, every: float = 0.2) -> None:
-    """Poll ``predicate`` until it holds: tests wait on events, never on fixed sleeps."""
+def wait_for(what, predicate, timeout: float = 180.0, every: float = 0.2) -> None:
+    """Poll ``predicate`` until it holds: tests wait on events, never on fixed sleeps.
+    ``what`` may be a callable, called at a failure to say what was seen instead."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if predicate():
             return
         time.sleep(every)
-    raise AssertionError(f"not seen within {timeout} s: {what}")
+    raise AssertionError(f"not seen within {timeout} s: {what() if callable(what) else what}")
 
 
 def collect_lines(stream) -> list[str]:

@@ -173,7 +173,7 @@ def test_fleet_on_a_cluster_loses_no_score_when_a_node_dies(tmp_path):
 def test_harken_run_moves_to_the_next_node_when_its_first_dies(tmp_path, ae_bundle, wav):
     """A real `harken run` with ``mqtt.brokers`` = the three nodes: on the first (its log
     and its stats say so); the first SIGKILLed: it says it connected to another node, its
-    stats say that broker and one change, and its scores go on arriving."""
+    stats say that broker and a change, and its scores go on arriving."""
     with NatsCluster(tmp_path / "nats") as cluster:
         u = cluster.urls
         cfg = write_agent_config(
@@ -207,8 +207,12 @@ def test_harken_run_moves_to_the_next_node_when_its_first_dies(tmp_path, ae_bund
             wait_for("on another node", lambda: any(
                 f"connected to {name(x)} (broker {i + 1} of 3)" in y
                 for i, x in enumerate(u) if i for y in list(err)), 90)
-            wait_for("stats: the new broker, one change", lambda: any(
-                s.get("broker") in (name(u[1]), name(u[2])) and s.get("broker_changes") == 1
+            # at least one change: while a node is dead nats may refuse a CONNECT on a live
+            # one too, and the agent then moves on once more (docs/deploy.md)
+            wait_for(lambda: f"stats: the new broker, a change counted (last stats "
+                     f"{[(s.get('broker'), s.get('broker_changes')) for s in stats()[-3:]]}, "
+                     f"log {list(err)[-6:]})", lambda: any(
+                s.get("broker") in (name(u[1]), name(u[2])) and s.get("broker_changes", 0) >= 1
                 for s in stats()), 60)
             wait_for("scores go on", lambda: max(scores()) > seen, 60)
         finally:
