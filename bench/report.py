@@ -771,6 +771,17 @@ def fleet_section(r: dict) -> list[str]:
 CLUSTER_BENCH_START, CLUSTER_BENCH_END = "<!-- cluster-bench: start -->", "<!-- cluster-bench: end -->"
 
 
+def into_deploy(start: str, end: str, body: list[str]) -> None:
+    """docs/deploy.md's text between the markers ``start`` and ``end`` becomes ``body``
+    (the cluster sections stand there too, beside what a plant configures); a page
+    without the markers is left as it is."""
+    deploy = ROOT / "docs" / "deploy.md"
+    text = deploy.read_text() if deploy.is_file() else ""
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        deploy.write_text(head + "\n".join([start, *body, end]) + rest.split(end, 1)[1])
+
+
 def fleet_cluster_section(r: dict) -> list[str]:
     """bench/bench_fleet.py --cluster: the fleet on a 3-node nats-server cluster, with and
     without a node SIGKILLed mid-run. Also written into docs/deploy.md between its markers
@@ -842,12 +853,7 @@ def fleet_cluster_section(r: dict) -> list[str]:
         lines += ["", "The restarted node did not answer MQTT within the kit's 60 s (N = "
                   + ", ".join(str(x["agents"]) for x in slow) + "): it was still catching up "
                   "with the consumers' replicas when the run went on without it."]
-    deploy = ROOT / "docs" / "deploy.md"
-    text = deploy.read_text() if deploy.is_file() else ""
-    if CLUSTER_BENCH_START in text and CLUSTER_BENCH_END in text:
-        head, rest = text.split(CLUSTER_BENCH_START, 1)
-        block = "\n".join([CLUSTER_BENCH_START, *lines[2:], CLUSTER_BENCH_END])
-        deploy.write_text(head + block + rest.split(CLUSTER_BENCH_END, 1)[1])
+    into_deploy(CLUSTER_BENCH_START, CLUSTER_BENCH_END, lines[2:])
     return lines
 
 
@@ -1343,12 +1349,7 @@ def cluster_probe_section(r: dict) -> list[str]:
                    + [["cluster started and answering MQTT (s)", *(f"{x['start_s']:.0f}" for x in runs)]])
     lines += ["", "Settings: " + "; ".join(f"{x['engine']} {x['config']}: {x['sets']}" for x in runs)
               + "."]
-    deploy = ROOT / "docs" / "deploy.md"
-    text = deploy.read_text() if deploy.is_file() else ""
-    if CLUSTER_PROBE_START in text and CLUSTER_PROBE_END in text:
-        head, rest = text.split(CLUSTER_PROBE_START, 1)
-        block = "\n".join([CLUSTER_PROBE_START, *lines[2:], CLUSTER_PROBE_END])
-        deploy.write_text(head + block + rest.split(CLUSTER_PROBE_END, 1)[1])
+    into_deploy(CLUSTER_PROBE_START, CLUSTER_PROBE_END, lines[2:])
     return lines
 
 

@@ -3,6 +3,7 @@ benchmarks use too (the broker, agent configs, WAVs, test data) is in harken/tes
 
 import contextlib
 import hashlib
+import os
 import threading
 import time
 from pathlib import Path
@@ -17,6 +18,15 @@ def wait_for(what, predicate, timeout: float = 180.0, every: float = 0.2) -> Non
             return
         time.sleep(every)
     raise AssertionError(f"not seen within {timeout} s: {what() if callable(what) else what}")
+
+
+def gone(pid: int) -> bool:
+    """No process with this pid (a kit that reaps what it kills leaves no zombie holding it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def collect_lines(stream) -> list[str]:

@@ -8,24 +8,15 @@ with ``consumer_replicas`` = 1, so the setting is shown to matter."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 
+from tests.helpers import gone
 from harken.testkit.cluster import Collector, NatsCluster, mqtt_answers, open_subscriber, publish_all
 
 BURST = 20
 SCORE = "harken/n1/m1/score"
-
-
-def gone(pid: int) -> bool:
-    """No process with this pid (the kit reaps what it kills, so no zombie holds it)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def test_kit_starts_and_stops_cleanly(tmp_path):

@@ -13,7 +13,6 @@ not asserted (bench/bench_fleet.py --cluster measures them)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -27,19 +26,11 @@ from harken.agent.sinks.mqtt.sink import MqttSink
 from harken.testkit.cluster import NatsCluster, open_subscriber, publish_all
 from harken.testkit.files import write_agent_config
 from harken.testkit.mosquitto import STARTED
-from tests.helpers import collect_lines, wait_for
+from tests.helpers import collect_lines, gone, wait_for
 
 AGENTS = 20
 KILLED = 0                      # the node SIGKILLed: the watcher's first, agents 0, 3, 6 ...
 PACE_S = 0.25                   # one score per agent every PACE_S seconds
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def name(url: str) -> str:
