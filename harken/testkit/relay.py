@@ -10,7 +10,9 @@ delivery tests (docs/reliability.md "Delivery over MQTT"):
 - ``close_after_connack``: each line is cut right after the broker's CONNACK, after an
   MQTT 5 DISCONNECT with the reason code ``disconnect_reason`` when that is set (0x8E:
   "Session taken over", as a broker says it to a client whose id another one took);
-- ``cut()``: every open line is closed.
+- ``cut()``: every open line is closed;
+- ``connack_delay_s``: each line's CONNACK reaches the client that long after the line was
+  opened (a loaded broker or cluster that answers late).
 
 The relay reads the broker's side packet by packet (fixed header, remaining length), so
 it can act on one packet type; the client's side is copied as it comes.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 CONNACK, PUBACK = 2, 4             # MQTT control packet types (the high nibble)
 
@@ -50,6 +53,7 @@ class _Line:
 
     def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
         self.client, self.upstream = client, upstream
+        self.began = time.monotonic()
         self.open = threading.Event()       # cleared: frozen
         self.open.set()
 
@@ -75,6 +79,8 @@ class Relay:
         self.drop_pubacks = False
         self.duplicate_pubacks = False
         self.close_after_connack = False
+        self.connack_delay_s = 0.0
+        self._closing = threading.Event()
         self.disconnect_reason: int | None = None
         self.pubacks_dropped = 0
         self.connections = 0                # lines accepted so far
@@ -123,6 +129,10 @@ class Relay:
                     if kind == PUBACK and self.drop_pubacks:
                         self.pubacks_dropped += 1
                         continue
+                    if kind == CONNACK and self.connack_delay_s:
+                        # the broker's slowness, not a test's wait: a close ends it at once
+                        self._closing.wait(max(0.0, line.began + self.connack_delay_s
+                                               - time.monotonic()))
                     line.client.sendall(packet)
                     if kind == PUBACK and self.duplicate_pubacks:
                         line.client.sendall(packet)
@@ -153,5 +163,6 @@ class Relay:
             line.close()
 
     def close(self) -> None:
+        self._closing.set()
         self.cut()
         self.server.close()

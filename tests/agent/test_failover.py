@@ -17,6 +17,7 @@ from harken.agent.sinks.mqtt.outbox import Outbox
 from harken.agent.sinks.mqtt.settings import MqttSection
 from harken.agent.sinks.mqtt.sink import MqttSink
 from harken.testkit.mosquitto import PASSWORD, USER, Broker, Listener, free_port
+from harken.testkit.relay import Relay
 from tests.agent.sparkplug_host import Host
 from tests.helpers import collect_lines, wait_for
 
@@ -450,63 +451,6 @@ def test_watch_refuses_tls_options_with_plain_urls(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-class SlowProxy:
-    """A TCP proxy in front of a broker that holds the broker's first bytes (the CONNACK)
-    of each connection ``delay`` s: a loaded broker or cluster that answers late."""
-
-    def __init__(self, target_port: int, delay: float) -> None:
-        import socket
-        import threading
-        self.target, self.delay, self.conns = target_port, delay, 0
-        self.srv = socket.socket()
-        self.srv.bind(("127.0.0.1", 0))
-        self.srv.listen(16)
-        self.port = self.srv.getsockname()[1]
-        self._stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        import threading
-        while True:
-            try:
-                c, _ = self.srv.accept()
-            except OSError:
-                return
-            self.conns += 1
-            threading.Thread(target=self._pipe, args=(c,), daemon=True).start()
-
-    def _pipe(self, c) -> None:
-        import select
-        import socket
-        import time
-        began, first = time.monotonic(), True
-        try:
-            u = socket.create_connection(("127.0.0.1", self.target))
-        except OSError:
-            c.close()
-            return
-        try:
-            while not self._stop.is_set():
-                ready, _, _ = select.select([c, u], [], [], 0.5)
-                for s in ready:
-                    data = s.recv(65536)
-                    if not data:
-                        return
-                    if s is u and first:      # the broker's answer, held back
-                        first = False
-                        self._stop.wait(max(0.0, self.delay - (time.monotonic() - began)))
-                    (u if s is c else c).sendall(data)
-        except OSError:
-            pass
-        finally:
-            c.close()
-            u.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self.srv.close()
-
-
 def test_a_broker_that_answers_after_the_connect_timeout_is_reached_on_a_longer_wait(
         brokers, tmp_path, monkeypatch):
     """FINDINGS2 1: a broker whose CONNACK comes later than the connect timeout was cut at
@@ -516,7 +460,8 @@ def test_a_broker_that_answers_after_the_connect_timeout_is_reached_on_a_longer_
     from harken.agent.sinks.mqtt import broker as broker_mod
     monkeypatch.setattr(broker_mod, "CONNECT_TIMEOUT_S", 1.0)
     a = brokers[0]
-    proxy = SlowProxy(a.port, 1.6)
+    proxy = Relay(a.port)                    # the broker's CONNACK held 1.6 s each time
+    proxy.connack_delay_s = 1.6
     logs: list[str] = []
     s = sink(tmp_path, settings(url(proxy.port)), logs)
     try:
@@ -524,7 +469,7 @@ def test_a_broker_that_answers_after_the_connect_timeout_is_reached_on_a_longer_
         assert s.publisher.broker == name(proxy.port)
         assert any(f"broker {name(proxy.port)} did not answer the MQTT connection within 1 s"
                    in m for m in logs), logs
-        assert proxy.conns == 2, proxy.conns        # cut once at 1 s, reached at the 2 s wait
+        assert proxy.connections == 2, proxy.connections        # cut once at 1 s, reached at the 2 s wait
         assert s.publisher._connect_timer.wait_for(("127.0.0.1", proxy.port)) == 1.0
     finally:
         s.close(flush_s=1)
