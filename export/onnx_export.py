@@ -57,9 +57,14 @@ def quantize_int8(fp32: Path, calibration_inputs: np.ndarray, path: Path,
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        onnx.save(additions_as_sums(onnx.load(str(prepared))), str(prepared))
+        # uint8 activations: with int8 ones onnxruntime on x86 leaves every convolution
+        # whose input is shared (a residual block's) as a float Conv between Dequantize and
+        # Quantize, which arm64 runs as an integer QLinearConv; uint8 x int8 runs integer on
+        # both (docs/export.md "Same scores on x86 and arm64")
         quantize_static(str(prepared), str(path), _Windows(calibration_inputs),
                         quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CALIBRATION_METHODS[method],
                         extra_options={"ActivationSymmetric": False,
                                        "WeightSymmetric": True})
@@ -68,6 +73,18 @@ def quantize_int8(fp32: Path, calibration_inputs: np.ndarray, path: Path,
         onnx.checker.check_model(model)
         onnx.save(model, str(path))
     return path
+
+
+def additions_as_sums(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every Add becomes a two-input Sum (the same float addition, broadcasting alike),
+    which onnxruntime neither quantizes nor fuses: its integer QLinearAdd rounds with fixed-
+    point multipliers on x86 and in float on arm64, one step apart now and then, and a deep
+    network (a ResNet's residual additions) carries the step to the scores. Dequantize,
+    a float add and Quantize give the same bits on every CPU."""
+    for node in model.graph.node:
+        if node.op_type == "Add" and node.domain in ("", "ai.onnx"):
+            node.op_type = "Sum"
+    return model
 
 
 def compact(model: onnx.ModelProto) -> onnx.ModelProto:

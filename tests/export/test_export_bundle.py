@@ -293,3 +293,26 @@ def test_spectral_knn_bundle_is_float_and_scores_as_training_does(small_fan, tmp
     for kind in ("onnx-fp32", "tflite-fp32"):
         assert checks[kind].max_rel_error < 1e-3
         assert checks[kind].official == pytest.approx(checks["torch-fp32"].official, abs=1e-6)
+
+
+def test_int8_onnx_runs_every_convolution_and_addition_alike_on_x86_and_arm64(bundles, tmp_path):
+    """docs/export.md "Same scores on x86 and arm64": MobileNetV2's residual blocks read
+    their input twice; with int8 activations onnxruntime on x86 left those convolutions in
+    float (arm64 runs them integer), and its QLinearAdd rounds differently per CPU."""
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    from harken.export.onnx_export import quantize_int8
+    fp32 = bundles / "mobilenetv2" / "model.fp32.onnx"
+    assert any(n.op_type == "Add" for n in onnx.load(str(fp32)).graph.node)   # residuals
+    calib = np.random.default_rng(0).normal(size=(8, 1, 1, 128, 64)).astype(np.float32)
+    int8 = quantize_int8(fp32, calib, tmp_path / "int8.onnx")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "as-run.onnx")
+    ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
+    ran = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "as-run.onnx")).graph.node)
+    assert ran["QLinearConv"] > 0 and ran["Conv"] == 0, ran
+    assert ran["Sum"] > 0 and ran["QLinearAdd"] == 0 and ran["Add"] == 0, ran
