@@ -149,6 +149,7 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
         cfg = self.config
         device = self.setup()
         feats, fit_idx, val_idx, x_fit, x_val = square_patches(self, clips, progress)
+        self._check_lof_bank(clips, fit_idx)
         net = Aegan(**self.architecture()).to(device)
         self.model = net
         xt, xv = net.scale(as_images(x_fit)), net.scale(as_images(x_val))
@@ -191,6 +192,23 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
         normal, extra, held = self._fit_scoring(clips, feats, parts, fit_idx, val_idx, progress)
         self._save_scoring(run_dir, feats)
         return self.save(run_dir, clips, hist, normal, extra, held)
+
+    def _check_lof_bank(self, clips: Sequence[Clip], fit_idx: Sequence[int]) -> None:
+        """score=d-lof is refused before any training when a section has too few fit clips:
+        a local outlier factor on fewer than 3 embeddings scores every clip 0, and the run
+        would fail later on 'all normal scores are equal', which names no cause."""
+        if self.config.score != "d-lof":
+            return
+        fit = [clips[i].section for i in fit_idx]
+        for s in sorted({c.section for c in clips}):
+            n = fit.count(s)
+            if n < 3:
+                total = sum(c.section == s for c in clips)
+                raise DataError(f"score=d-lof needs at least 3 training clips per section to "
+                                f"fit its local outlier factor on; section {s:02d} has {n} "
+                                f"(of its {total} after the validation split): add normal "
+                                f"clips of section {s:02d}, or train with another score "
+                                f"(--set score=d-maha, d-knn or auto)")
 
     def _fit_scoring(self, clips: Sequence[Clip], feats: Sequence[np.ndarray],
                      parts: Sequence[dict], fit_idx: list[int], val_idx: list[int],
