@@ -80,9 +80,14 @@ def additions_as_sums(model: onnx.ModelProto) -> onnx.ModelProto:
     which onnxruntime neither quantizes nor fuses: its integer QLinearAdd rounds with fixed-
     point multipliers on x86 and in float on arm64, one step apart now and then, and a deep
     network (a ResNet's residual additions) carries the step to the scores. Dequantize,
-    a float add and Quantize give the same bits on every CPU."""
+    a float add and Quantize give the same bits on every CPU. Only float additions: Sum
+    has no integer form (an index computation stays an Add)."""
+    typed = onnx.shape_inference.infer_shapes(model).graph
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in [*typed.value_info, *typed.input, *typed.output]}
     for node in model.graph.node:
-        if node.op_type == "Add" and node.domain in ("", "ai.onnx"):
+        if node.op_type == "Add" and node.domain in ("", "ai.onnx") \
+                and types.get(node.output[0]) == onnx.TensorProto.FLOAT:
             node.op_type = "Sum"
     return model
 

@@ -316,3 +316,24 @@ def test_int8_onnx_runs_every_convolution_and_addition_alike_on_x86_and_arm64(bu
     ran = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "as-run.onnx")).graph.node)
     assert ran["QLinearConv"] > 0 and ran["Conv"] == 0, ran
     assert ran["Sum"] > 0 and ran["QLinearAdd"] == 0 and ran["Add"] == 0, ran
+
+
+def test_only_float_additions_become_sums():
+    """Sum has no integer form: an index computation's Add stays (the model still runs)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from harken.export.onnx_export import additions_as_sums
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Add", ["x", "x"], ["a"]), helper.make_node("Shape", ["a"], ["s"]),
+             helper.make_node("Add", ["s", "zero"], ["s2"]),
+             helper.make_node("Reshape", ["a", "s2"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [x], [y],
+                              [numpy_helper.from_array(np.zeros(2, np.int64), "zero")])
+    model = additions_as_sums(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert [n.op_type for n in model.graph.node] == ["Sum", "Shape", "Add", "Reshape"]
+    onnx.checker.check_model(model)
+    out = ort.InferenceSession(model.SerializeToString()).run(None, {"x": np.ones((1, 4), np.float32)})
+    assert np.array_equal(out[0], np.full((1, 4), 2, np.float32))
