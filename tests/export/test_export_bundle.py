@@ -326,7 +326,7 @@ def test_only_float_additions_become_sums():
 
     from harken.export.onnx_export import additions_as_sums
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
     nodes = [helper.make_node("Add", ["x", "x"], ["a"]), helper.make_node("Shape", ["a"], ["s"]),
              helper.make_node("Add", ["s", "zero"], ["s2"]),
              helper.make_node("Reshape", ["a", "s2"], ["y"])]
