@@ -76,7 +76,8 @@ def quantize_int8(fp32: Path, calibration_inputs: np.ndarray, path: Path,
 
 
 def additions_as_sums(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Every Add becomes a two-input Sum (the same float addition, broadcasting alike),
+    """Every Add becomes a two-input Sum (the same float addition, broadcasting alike from
+    opset 8 on; the export writes opset 17),
     which onnxruntime neither quantizes nor fuses: its integer QLinearAdd rounds with fixed-
     point multipliers on x86 and in float on arm64, one step apart now and then, and a deep
     network (a ResNet's residual additions) carries the step to the scores. Dequantize,

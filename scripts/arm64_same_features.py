@@ -1,21 +1,25 @@
-"""Scores from the same features on two CPUs (scripts/arm64-check).
+"""Features and scores to compare two CPUs with (scripts/arm64-check).
 
-A recording's float32 log-mel is not bit-identical on x86 and arm64 (FFT, mel product and
-logarithm round differently in the last bit), and an int8 model quantizes its input: a
-last-bit difference that lands on a quantization step moves one input value by a whole
-step, which a deep network carries to its score. So arm64-check compares twice: the
-scores from audio (what a device gives), and the scores from the very same features,
-computed once on x86 and fed through each bundle's scorer on both CPUs (what the models
-and rules give). The second must agree within the check's tolerance whatever the network.
+A recording's float32 log-mel is not bit-identical on x86 and arm64 (the FFT, the mel
+product and the logarithm round differently in the last bit), and an int8 model quantizes
+its input: a last-bit difference that lands on a quantization step moves one input value
+by a whole step, which a deep network carries to its score. So arm64-check takes the
+comparison apart: the features themselves (each CPU's, compared), and the scores of the
+very same features on both CPUs, once with x86's and once with arm64's (what the models
+and rules give, whatever the network: these must agree to the check's tolerance).
 
-    python scripts/arm64_same_features.py features BUNDLES OUT.npz WAV...
-    python scripts/arm64_same_features.py score BUNDLES FEATURES.npz OUT.json BUNDLE:ARTIFACT...
+The features are cut into consecutive stretches of one report interval's frames from the
+file's start (the last, shorter one included); `harken score` also removes a DC offset
+and drops a short tail, so these are not its scores, only the same ones on both CPUs.
+
+    python scripts/arm64_same_features.py features BUNDLES OUT.npz WAV [WAV ...]
+    python scripts/arm64_same_features.py score BUNDLES FEATURES.npz OUT.json BUNDLE:ARTIFACT ...
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +31,8 @@ from harken.agent.sources.wavio import read_wav
 
 
 def features(bundles: Path, out: Path, wavs: list[str]) -> None:
-    """Every bundle's log-mel of every WAV in report intervals (as `harken score` cuts
-    them), keyed 'bundle|file name|start s'."""
+    """Every bundle's log-mel of every WAV in report-interval stretches, keyed
+    'bundle|file name|start s'."""
     got = {}
     for folder in sorted(p for p in bundles.iterdir() if (p / "manifest.json").is_file()):
         bundle = open_bundle(folder)
@@ -41,18 +45,21 @@ def features(bundles: Path, out: Path, wavs: list[str]) -> None:
             signal, _ = read_wav(wav, spec.sample_rate)
             frames = logmel(signal, spec)
             for start in range(0, max(len(frames) - spec.window_frames, 0) + 1, step):
-                got[f"{folder.name}|{Path(wav).name}|{start * spec.hop_length / spec.sample_rate:g}"] \
-                    = frames[start:start + step]
+                key = f"{folder.name}|{Path(wav).name}|{start * spec.hop_length / spec.sample_rate:g}"
+                got[key] = frames[start:start + step]
+    if not got:
+        raise SystemExit(f"arm64_same_features: no features from {bundles} and {len(wavs)} file(s)")
     np.savez(out, **got)
 
 
 def score(bundles: Path, feats: Path, out: Path, pairs: list[str]) -> None:
-    """{'bundle__artifact': [{'file', 'score'}, ...]} from the stored features ('file' is
-    'name|start s')."""
+    """{'bundle__artifact': [{'file': 'name|start s', 'score'}, ...]} of the stored features."""
     stored = np.load(feats)
     result = {}
     for pair in pairs:
-        name, artifact = pair.split(":")
+        name, _, artifact = pair.partition(":")
+        if not artifact:
+            raise SystemExit(f"arm64_same_features: {pair!r}: expected BUNDLE:ARTIFACT")
         bundle = open_bundle(bundles / name)
         scorer = make_scorer(bundle, bundle.sections[0], artifact)
         result[f"{name}__{artifact}"] = [
@@ -61,11 +68,24 @@ def score(bundles: Path, feats: Path, out: Path, pairs: list[str]) -> None:
     out.write_text(json.dumps(result, indent=1))
 
 
-if __name__ == "__main__":
-    mode, rest = sys.argv[1], sys.argv[2:]
-    if mode == "features":
-        features(Path(rest[0]), Path(rest[1]), rest[2:])
-    elif mode == "score":
-        score(Path(rest[0]), Path(rest[1]), Path(rest[2]), rest[3:])
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    f = sub.add_parser("features")
+    f.add_argument("bundles", type=Path)
+    f.add_argument("out", type=Path)
+    f.add_argument("wavs", nargs="+")
+    s = sub.add_parser("score")
+    s.add_argument("bundles", type=Path)
+    s.add_argument("features", type=Path)
+    s.add_argument("out", type=Path)
+    s.add_argument("pairs", nargs="+", metavar="BUNDLE:ARTIFACT")
+    args = parser.parse_args()
+    if args.mode == "features":
+        features(args.bundles, args.out, args.wavs)
     else:
-        sys.exit(f"arm64_same_features: unknown mode {mode!r} (features or score)")
+        score(args.bundles, args.features, args.out, args.pairs)
+
+
+if __name__ == "__main__":
+    main()

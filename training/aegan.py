@@ -206,7 +206,7 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
                 total = sum(c.section == s for c in clips)
                 raise DataError(f"score=d-lof needs at least 3 training clips per section to "
                                 f"fit its local outlier factor on; section {s:02d} has {n} "
-                                f"(of its {total} after the validation split): add normal "
+                                f"after the validation split (of its {total}): add normal "
                                 f"clips of section {s:02d}, or train with another score "
                                 f"(--set score=d-maha, d-knn or auto)")
 

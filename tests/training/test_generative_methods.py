@@ -208,7 +208,8 @@ def test_aegan_d_lof_with_too_few_clips_per_section_is_refused_before_training(s
     """Two clips of a section: a local outlier factor on them would score every clip 0."""
     clips = [c for c in scan(small_fan, ["fan"], "train") if c.section == 0][:2]
     with pytest.raises(DataError, match=r"score=d-lof needs at least 3 training clips per "
-                                        r"section .* section 00 has [0-2] \(of its 2"):
+                                        r"section .* section 00 has [0-2] after the validation "
+                                        r"split \(of its 2\)"):
         make_method("aegan-ad", ["score=d-lof", "epochs=1"]).train(clips, tmp_path / "r",
                                                                  progress=False)
     assert not (tmp_path / "r").exists()
