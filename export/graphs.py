@@ -84,20 +84,36 @@ def load_graph(run_dir: Path) -> InferenceGraph:
                           graph.tflite_float_fallback)
 
 
+CALIBRATION_CLIPS = 40      # clips read at a time for calibration windows
+
+
 def calibration_windows(root: Path, machine: str, spec: FeatureSpec, n: int, seed: int = 0
                         ) -> np.ndarray:
     """``n`` feature windows (frames, mels) drawn from the TRAINING clips of ``machine``
-    under the corpus ``root`` (never test clips): what int8 calibration sees."""
+    under the corpus ``root`` (never test clips): what int8 calibration sees. 40 clips
+    drawn with the seed; 40 more at a time while they hold fewer than ``n`` windows (a
+    network with long windows, AEGAN-AD's 128-frame patches, gets few from each clip)."""
     try:
         clips = scan(Path(root), [machine], split="train")
     except CorpusError as exc:
         raise ExportError(f"calibration data: {exc}") from None
     rng = np.random.default_rng(seed)
-    picked = [clips[i] for i in sorted(rng.choice(len(clips), min(len(clips), 40), replace=False))]
-    feats = clip_features(picked, spec, progress=False)
-    all_windows = np.concatenate([windows(f, spec) for f in feats])
+    first = rng.choice(len(clips), min(len(clips), CALIBRATION_CLIPS), replace=False)
+    picked = [clips[i] for i in sorted(first)]
+    parts = [windows(f, spec) for f in clip_features(picked, spec, progress=False)]
+    used = len(picked)
+    # more clips in an order of their own (``rng``'s draws, and so the windows of a corpus
+    # where 40 clips suffice, stay what they were)
+    taken = set(first.tolist())
+    rest = [int(i) for i in np.random.default_rng(seed + 1).permutation(len(clips))
+            if int(i) not in taken]
+    while sum(len(w) for w in parts) < n and rest:
+        batch, rest = sorted(rest[:CALIBRATION_CLIPS]), rest[CALIBRATION_CLIPS:]
+        picked = [clips[i] for i in batch]
+        parts += [windows(f, spec) for f in clip_features(picked, spec, progress=False)]
+        used += len(picked)
+    all_windows = np.concatenate(parts)
     if len(all_windows) < n:
-        raise ExportError(f"calibration data: only {len(all_windows)} windows in "
-                          f"{len(picked)} training clips of '{machine}' under {root}; "
-                          f"{n} needed")
+        raise ExportError(f"calibration data: only {len(all_windows)} windows in all "
+                          f"{used} training clips of '{machine}' under {root}; {n} needed")
     return all_windows[np.sort(rng.choice(len(all_windows), n, replace=False))]

@@ -337,3 +337,20 @@ def test_only_float_additions_become_sums():
     onnx.checker.check_model(model)
     out = ort.InferenceSession(model.SerializeToString()).run(None, {"x": np.ones((1, 4), np.float32)})
     assert np.array_equal(out[0], np.full((1, 4), 2, np.float32))
+
+
+def test_calibration_reads_more_clips_when_forty_hold_too_few_windows(small_fan):
+    """AEGAN-AD's 128-frame patches: a default run on the standard corpus could not be
+    exported (40 clips held 240 windows, 300 needed). The small corpus's clips hold two
+    such windows each: 150 need 75 clips, more than all 90 cannot be had."""
+    import dataclasses
+
+    from harken.agent.features.spec import FeatureSpec
+    from harken.export.graphs import calibration_windows
+    spec = dataclasses.replace(FeatureSpec(), window_frames=128, window_hop=128)
+    got = calibration_windows(small_fan, "fan", spec, 150)
+    assert got.shape == (150, 128, spec.n_features)
+    assert np.array_equal(got, calibration_windows(small_fan, "fan", spec, 150))   # seeded
+    with pytest.raises(ExportError, match=r"only \d+ windows in all 90 training clips of "
+                                          r"'fan' .*; 1000 needed"):
+        calibration_windows(small_fan, "fan", spec, 1000)
