@@ -76,13 +76,12 @@ def quantize_int8(fp32: Path, calibration_inputs: np.ndarray, path: Path,
 
 
 def additions_as_sums(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Every Add becomes a two-input Sum (the same float addition, broadcasting alike from
-    opset 8 on; the export writes opset 17),
-    which onnxruntime neither quantizes nor fuses: its integer QLinearAdd rounds with fixed-
-    point multipliers on x86 and in float on arm64, one step apart now and then, and a deep
-    network (a ResNet's residual additions) carries the step to the scores. Dequantize,
-    a float add and Quantize give the same bits on every CPU. Only float additions: Sum
-    has no integer form (an index computation stays an Add)."""
+    """Every Add becomes a two-input Sum: the same float addition (broadcasting alike from
+    opset 8 on; the export writes 17), which onnxruntime neither quantizes nor fuses. Its
+    integer QLinearAdd rounds differently on x86 and arm64, one step apart now and then, and
+    a deep network (a ResNet's residual additions) carries the step to the scores;
+    Dequantize, a float add and Quantize give the same bits on every CPU. Only float
+    additions: Sum has no integer form (an index computation stays an Add)."""
     typed = onnx.shape_inference.infer_shapes(model).graph
     types = {v.name: v.type.tensor_type.elem_type
              for v in [*typed.value_info, *typed.input, *typed.output]}
