@@ -227,7 +227,7 @@ class Connection:
     def _on_connect_fail(self, client, userdata) -> None:
         if self.closing or self._first:
             return
-        waited = time.monotonic() - self._timer.began if self._timer is not None else 0.0
+        waited = self._timer.waited() if self._timer is not None else 0.0
         line = diagnose(self.url.host, self.url.port, self._ctx, waited=waited) + "; trying the " + \
             ("next broker" if len(self.urls) > 1 else "broker again")
         if line not in self._said:                    # once per problem, not per retry

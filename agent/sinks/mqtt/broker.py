@@ -90,6 +90,8 @@ def diagnose(host: str, port: int, ctx: ssl.SSLContext | None, timeout: float = 
     handshake never answered, not probed again (a second ``timeout`` s in paho's thread,
     which held a stop as long; FINDINGS of docs/mqtt.md "Several brokers: failover")."""
     name = endpoint_name(host, port)
+    unanswered_tls = (f"broker {name} accepted TCP but did not answer the TLS handshake "
+                      f"within {timeout:g} s (a frozen or overloaded broker?)")
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
@@ -98,8 +100,7 @@ def diagnose(host: str, port: int, ctx: ssl.SSLContext | None, timeout: float = 
         if ctx is None:
             return f"broker {name} accepted TCP but the MQTT connection failed"
         if waited >= timeout - 0.5:
-            return (f"broker {name} accepted TCP but did not answer the TLS handshake within "
-                    f"{timeout:g} s (a frozen or overloaded broker?)")
+            return unanswered_tls
         sock.settimeout(timeout)
         try:
             with ctx.wrap_socket(sock, server_hostname=host):
@@ -110,8 +111,7 @@ def diagnose(host: str, port: int, ctx: ssl.SSLContext | None, timeout: float = 
                     f"signed the broker's certificate, and the host name, of mqtt.host or "
                     f"the URL, must match its name)")
         except TimeoutError:
-            return (f"broker {name} accepted TCP but did not answer the TLS handshake within "
-                    f"{timeout:g} s (a frozen or overloaded broker?)")
+            return unanswered_tls
         except (ssl.SSLError, OSError) as exc:
             return (f"TLS handshake with broker {name} failed: {exc} (is port {port} a TLS "
                     f"listener? mqtts:// URLs and mqtt.tls = true speak TLS; check "
@@ -388,7 +388,7 @@ class ConnectionReports:
 
     def _on_connect_fail(self, client, userdata) -> None:
         timer = getattr(self, "_connect_timer", None)
-        waited = time.monotonic() - timer.began if timer is not None else 0.0
+        waited = timer.waited() if timer is not None else 0.0
         self._report(diagnose(self.host, self.port, self.tls, waited=waited) + "; retrying")
         self._settled.set()
 
@@ -424,6 +424,10 @@ class ConnectTimer:
         self._attempt = 0
         self._expired = False
         self._lock = threading.Lock()
+
+    def waited(self) -> float:
+        """Seconds since the current (or last) attempt began."""
+        return time.monotonic() - self.began
 
     def wait_for(self, key: object) -> float:
         """The CONNACK wait the next attempt at broker ``key`` gets."""

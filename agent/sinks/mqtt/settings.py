@@ -65,8 +65,9 @@ def _brokers(urls: list[str]) -> list[str]:
             raise ValueError(f"{where}: credentials in a broker URL are not taken: set "
                              f"mqtt.username and the password (mqtt.password, password_file "
                              f"or password_env), which serve every broker of the list")
-        if isinstance(text, str) and len(split_broker_urls(text)) > 1:
-            raise ValueError(f"{where} holds {len(split_broker_urls(text))} URLs: one URL per "
+        n = len(split_broker_urls(text)) if isinstance(text, str) else 1
+        if n > 1:
+            raise ValueError(f"{where} holds {n} URLs: one URL per "
                              f"list item (brokers = [\"mqtt://a\", \"mqtt://b\"])")
     try:
         parsed = parse_broker_list(urls, "mqtt.brokers")
