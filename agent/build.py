@@ -129,6 +129,12 @@ def _check_override_fits(calibrated: CalibrationOverride, config: Config,
     if calibrated.model != bundle.model_id:
         raise ConfigError(f"{config.override_file}: calibrated for model {calibrated.model!r}, "
                           f"but the bundle is {bundle.model_id!r}; {again}")
+    if calibrated.scorer is not None and calibrated.scorer != bundle.scorer_digest(
+            config.agent.section, config.model.artifact):
+        kind = "members" if bundle.is_fused else bundle.artifact(config.model.artifact).kind
+        raise ConfigError(f"{config.override_file}: calibrated with another model file or "
+                          f"other rule arrays than the bundle's {kind} scores with now (the "
+                          f"bundle was exported again, or model.artifact changed); {again}")
     if not math.isclose(calibrated.interval_s, config.decision.interval_s, rel_tol=1e-9):
         raise ConfigError(f"{config.override_file}: calibrated at {calibrated.interval_s:g}-s "
                           f"intervals, but decision.interval_s = "
@@ -155,7 +161,8 @@ def machine_rule(config: Config, bundle: Bundle) -> tuple[ScoreRule | None, Bank
             return make_rule(bundle.rule_name, rule_arrays(bank[0], bundle)), bank[1]
         except RuleError as exc:          # a bank whose arrays do not make its rule
             raise BankError(f"{config.bank_file}: {exc}; enroll again") from None
-    return (None if bundle.is_fused else bundle.rule(config.agent.section)), None
+    return (None if bundle.is_fused else
+            bundle.rule(config.agent.section, config.model.artifact)), None
 
 
 def read_feedback(config: Config, bundle: Bundle) -> Overlay | None:

@@ -19,6 +19,7 @@ from harken.agent.model.bundle import open_bundle, sha256_file
 from harken.agent.model.manifest import MANIFEST, SCHEMA_VERSION, Manifest
 from harken.agent.model.rules import output_of
 from harken.agent.model.scorer import model_input
+from harken.export.artifact_arrays import refit_per_artifact
 from harken.export.graphs import ExportError, InferenceGraph, calibration_windows, load_graph
 from harken.common.atomic import building
 from harken.training.runs import RunInfo, check_corpus, code_version, read_run, weights_digest
@@ -91,15 +92,39 @@ def scoring_arrays(graph: InferenceGraph, sections_of: list[int]
     sections: dict[str, dict[str, str]] = {}
     for s in sections_of:
         key = f"{s:02d}"
-        sections[key] = {}
-        for role, a in m.rule_arrays(s).items():
-            a = np.asarray(a)
-            same = next((n for n, b in arrays.items() if n.startswith(f"{role}_")
-                         and b.dtype == a.dtype and np.array_equal(b, a)), None)
-            name = same or f"{role}_{key}"
-            arrays[name] = a
-            sections[key][role] = name
+        sections[key] = {role: stored(arrays, role, key, a)
+                         for role, a in m.rule_arrays(s).items()}
     return arrays, sections
+
+
+def stored(arrays: dict[str, np.ndarray], role: str, suffix: str, a: np.ndarray) -> str:
+    """The name ``a`` has in ``arrays``: an equal array of the same role already there
+    (stored once), else ``<role>_<suffix>``, added."""
+    a = np.asarray(a)
+    same = next((n for n, b in arrays.items() if n.startswith(f"{role}_")
+                 and b.dtype == a.dtype and np.array_equal(b, a)), None)
+    name = same or f"{role}_{suffix}"
+    arrays[name] = a
+    return name
+
+
+def per_artifact_arrays(fitted: dict[str, dict[int, dict[str, np.ndarray]]],
+                        arrays: dict[str, np.ndarray], sections: dict[str, dict[str, str]]
+                        ) -> dict[str, dict[str, dict[str, str]]]:
+    """The manifest's ``scoring.per_artifact`` for arrays fitted per artifact
+    (export/artifact_arrays.py), new arrays added to ``arrays``: only the roles whose array
+    differs from the section's own (a k or a standardisation the refit keeps is not
+    stored twice)."""
+    block: dict[str, dict[str, dict[str, str]]] = {}
+    for kind, by_section in fitted.items():
+        tag = kind.replace("-", "_")
+        for s, roles in by_section.items():
+            key = f"{s:02d}"
+            own = {role: name for role, a in roles.items()
+                   if (name := stored(arrays, role, f"{key}_{tag}", a)) != sections[key][role]}
+            if own:
+                block.setdefault(kind, {})[key] = own
+    return block
 
 
 def training_score(method, info: RunInfo) -> dict:
@@ -196,21 +221,27 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
     spec = graph.method.spec
     rule = graph.method.device_rule()
 
+    corpus: list[Path] = []              # checked once, when first asked
+
     def calibration() -> tuple[Path, str, object]:
-        corpus = check_corpus(run_dir, info, calib_root, other_corpus, test_clips=False)
-        return Path(corpus["path"]), info.machine, spec
+        if not corpus:
+            corpus.append(Path(check_corpus(run_dir, info, calib_root, other_corpus,
+                                            test_clips=False)["path"]))
+        return corpus[0], info.machine, spec
     artifacts, reference = _write_models(graph, out, options, info.method, calibration)
 
     arrays, sections = scoring_arrays(graph, list(info.sections))
     (out / "arrays").mkdir(exist_ok=True)
-    array_entries = {}
-    for name, a in arrays.items():
-        np.save(out / "arrays" / f"{name}.npy", a, allow_pickle=False)
-        array_entries[name] = _entry(out, out / "arrays" / f"{name}.npy")
+
+    def array_entries() -> dict[str, dict]:
+        for name, a in arrays.items():
+            if not (out / "arrays" / f"{name}.npy").exists():
+                np.save(out / "arrays" / f"{name}.npy", a, allow_pickle=False)
+        return {name: _entry(out, out / "arrays" / f"{name}.npy") for name in arrays}
 
     normal = info.normal_scores
     fitted_at = _clip_seconds(info)
-    manifest = Manifest.model_validate({
+    doc = {
         "schema_version": SCHEMA_VERSION,
         "model": _model_block(info, info.method),
         "feature_spec": spec.to_dict(),
@@ -229,11 +260,23 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
                       **({"interval_s": fitted_at} if fitted_at else {})},
         "artifacts": artifacts,
         "reference": reference,
-        "arrays": array_entries,
+        "arrays": array_entries(),
         "provenance": provenance(run_dir=run_dir, info=info),
-    })
-    (out / MANIFEST).write_text(manifest.to_json())
-    open_bundle(out)            # the agent's own checks, before anyone copies it anywhere
+    }
+    (out / MANIFEST).write_text(Manifest.model_validate(doc).to_json())
+    bundle = open_bundle(out)   # the agent's own checks, before anyone copies it anywhere
+    # int8 artifacts were made: their own rule arrays, from the run's own training clips
+    # (another corpus's clips are int8 calibration only, never the rule's reference)
+    if corpus and other_corpus:
+        log.info("rule arrays per artifact not fitted: --other-corpus's clips are not the "
+                 "run's training clips; every artifact scores with the run's arrays")
+    elif corpus:
+        fitted = refit_per_artifact(bundle, graph.method, corpus[0], info.machine)
+        if fitted:
+            doc["scoring"]["per_artifact"] = per_artifact_arrays(fitted, arrays, sections)
+            doc["arrays"] = array_entries()
+            (out / MANIFEST).write_text(Manifest.model_validate(doc).to_json())
+            open_bundle(out)
     return out
 
 

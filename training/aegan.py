@@ -31,6 +31,7 @@ two CPU cores.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,7 @@ from harken.training.config import Count, Decibels, TrainConfig, Weight, between
 from harken.training.data.corpus import Clip
 from harken.training.data.pseudo_anomalies import choose_rule, pseudo_anomalous, pseudo_anomaly_pool
 from harken.training.data.windows import as_images, clip_features, stack_windows, validation_split
-from harken.training.method import DeviceGraph
+from harken.training.method import DeviceGraph, WindowOutputs, clip_means
 from harken.training.models.aegan import Aegan, AeganDevice
 from harken.training.models.losses import feature_matching, gradient_penalty
 from harken.training.runs import RunError, RunInfo
@@ -347,6 +348,18 @@ class AeganMethod(ScoresEveryRule, TorchMethod):
         lrd = 1.0 / (np.maximum(dist, kdist[nbr]).mean(axis=1) + 1e-10)
         return {"bank": self.embedding_bank[section], "bank_kdist": kdist,
                 "bank_lrd": lrd, "k": np.array([k])}
+
+    def refit_rule_arrays(self, clips: Sequence[Clip], outputs: Sequence[WindowOutputs]
+                          ) -> dict[int, dict[str, np.ndarray]] | None:
+        """The d- rules' statistics (training/method.py ``RefitsRuleArrays``) fitted as
+        ``_fit_embeddings`` fits them, on the artifact's mean embedding of each training
+        clip; the x- and z- rules hold no statistics of the network's outputs."""
+        if not self.default_rule.startswith("d-"):
+            return None
+        twin = copy.copy(self)          # the run's own statistics stay as they are
+        twin._fit_embeddings([{"embedding": e} for e in clip_means(outputs, "embedding")],
+                             clips)
+        return {s: twin.rule_arrays(s) for s in sorted(twin.embedding_bank)}
 
     # -- run directory -----------------------------------------------------------------------
     def _save_scoring(self, run_dir: Path, feats: Sequence[np.ndarray]) -> None:

@@ -24,6 +24,7 @@ nearest training clips' own spacing does not need the target domain to sit near 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ from harken.training.config import Count, Rate, TrainConfig, Weight, between
 from harken.training.data.corpus import Clip
 from harken.training.aegan import square_patches
 from harken.training.data.windows import as_images, clip_features, stack_windows
-from harken.training.method import DeviceGraph
+from harken.training.method import DeviceGraph, WindowOutputs, clip_means
 from harken.training.models.gmgan import Gmgan, GmganDevice
 from harken.training.models.losses import gmm_covariance_penalty, gmm_energy, gmm_parameters
 from harken.training.runs import RunError, RunInfo
@@ -304,3 +305,15 @@ class GmganMethod(ScoresEveryRule, TorchMethod):
                             f"sections: {sorted(self.code_bank)})")
         return {"code_mean": self.code_mean, "code_std": self.code_std,
                 "bank": self.code_bank[section], "bank_density": self.code_density[section]}
+
+    def refit_rule_arrays(self, clips: Sequence[Clip], outputs: Sequence[WindowOutputs]
+                          ) -> dict[int, dict[str, np.ndarray]] | None:
+        """latent-ldn's bank and local densities (training/method.py ``RefitsRuleArrays``) as
+        ``_fit_code_bank`` fits them, on the artifact's mean code z of each training clip.
+        ``latent`` holds no arrays; ``energy``'s GMM is fitted from the estimation
+        network's memberships, which the device graph does not compute: it stays the run's."""
+        if self.default_rule != "latent-ldn":
+            return None
+        twin = copy.copy(self)          # the run's own bank stays as it is
+        twin._fit_code_bank(clip_means(outputs, "latent"), [c.section for c in clips])
+        return {s: twin.rule_arrays(s) for s in sorted(twin.code_bank)}

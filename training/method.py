@@ -9,7 +9,9 @@ says so by also satisfying one of the optional protocols, which the commands che
 * ``ScoresAllRules``: scores all its rules in one pass (``evaluate --score all``);
 * ``Localisable``: draws where a clip departs from normal (``harken-train localize``);
 * ``Exportable``: has a device graph, a device rule and that rule's arrays
-  (``harken-export`` builds bundles from them).
+  (``harken-export`` builds bundles from them);
+* ``RefitsRuleArrays``: fits its device rule's arrays again on what an exported artifact
+  computes for the training clips (each int8 artifact of a bundle gets its own).
 
 Names: a method's ``score_rules`` are the scores ``evaluate --score`` computes. A *rule* in
 the agent's sense (agent/model/rules/) is what a device runs; an exportable method names its
@@ -109,3 +111,30 @@ class Exportable(Protocol):
     def rule_arrays(self, section: int) -> dict[str, np.ndarray]:
         """The device rule's arrays for ``section`` (name -> array), as the agent's rule
         takes them (``make_rule(device_rule(), arrays)``)."""
+
+
+# What ``RefitsRuleArrays`` is given per training clip: each output the artifact gives
+# (manifest semantics: "embedding", "latent", ...) as a (windows, values) array.
+WindowOutputs = dict[str, np.ndarray]
+
+
+def clip_means(outputs: Sequence[WindowOutputs], name: str) -> np.ndarray:
+    """(clips, values): each clip's mean of output ``name`` over its windows, in float64
+    (how the methods reduce a clip's windows to the one row their banks hold)."""
+    return np.stack([np.asarray(o[name], dtype=np.float64).reshape(len(o[name]), -1).mean(0)
+                     for o in outputs])
+
+
+@runtime_checkable
+class RefitsRuleArrays(Protocol):
+    """A method whose device rule holds statistics of the network's outputs (a bank of
+    training embeddings, their moments): an int8 artifact's outputs carry its own rounding,
+    so statistics fitted on the float network's put every device query a little off them;
+    fitted on the artifact's own outputs for the same training clips, the int8 scores keep
+    the float model's order (docs/export.md "Rule arrays per artifact")."""
+
+    def refit_rule_arrays(self, clips: Sequence[Clip], outputs: Sequence[WindowOutputs]
+                          ) -> dict[int, dict[str, np.ndarray]] | None:
+        """Per section, the device rule's arrays fitted with the method's own recipe on
+        ``outputs`` (one per clip of ``clips``, the run's training clips); None when the
+        run's rule holds no such statistics (nothing to refit)."""

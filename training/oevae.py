@@ -24,6 +24,7 @@ machine type's training to a few minutes on two CPU cores.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from harken.training.data.corpus import Clip
 from harken.training.data.pseudo_anomalies import other_machine_clips
 from harken.training.data.windows import as_images, clip_features, stack_windows, validation_split
 from harken.training.models.losses import kl_to_normal
-from harken.training.method import DeviceGraph
+from harken.training.method import DeviceGraph, WindowOutputs
 from harken.training.models.oevae import Oevae, OevaeDevice
 from harken.training.runs import RunInfo
 from harken.training.torch_method import (MIN_HELD_OUT, ScoresEveryRule, TorchMethod, batched,
@@ -357,6 +358,23 @@ class OevaeMethod(ScoresEveryRule, TorchMethod):
             arrays["bank"] = np.ascontiguousarray(bank, np.float32)
             arrays["knn_k"] = np.array([max(1, min(self.config.knn_k, len(bank)))], np.int64)
         return arrays
+
+    def refit_rule_arrays(self, clips: Sequence[Clip], outputs: Sequence[WindowOutputs]
+                          ) -> dict[int, dict[str, np.ndarray]] | None:
+        """The segment bank (training/method.py ``RefitsRuleArrays``) as ``_bank`` makes it,
+        from the artifact's embedding of every training segment; alpha reads no bank, and
+        the standardisation of alpha and beta stays the run's (fitted on held-out clips
+        against the fit clips' bank, which a refit cannot replay)."""
+        if self.default_rule == "alpha":
+            return None
+        emb = np.concatenate([np.asarray(o["embedding"], np.float64).reshape(
+            len(o["embedding"]), -1) for o in outputs])
+        unit = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
+        sections = np.concatenate([[c.section] * len(o["embedding"])
+                                   for c, o in zip(clips, outputs)])
+        twin = copy.copy(self)          # the run's own bank stays as it is
+        twin.bank = {int(s): unit[sections == s] for s in np.unique(sections)}
+        return {s: twin.rule_arrays(s) for s in sorted(twin.bank)}
 
     def load_extra(self, run_dir: Path, info: RunInfo) -> None:
         self.input_mean = info.architecture["mean"]

@@ -48,6 +48,10 @@ class CalibrationOverride(Record):
     created: IsoTime
     machine: str | None = Field(None, min_length=1)   # version 2 on: the machine it is for
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")   # version 2 on
+    # what scored the intervals the threshold was fitted on: the digest of the model file
+    # and the rule arrays it scored with (agent/model/bundle.py ``Bundle.scorer_digest``);
+    # absent in overrides written before it, which are checked by their model id only
+    scorer: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
     @model_validator(mode="after")
     def _bound(self) -> CalibrationOverride:
@@ -63,6 +67,8 @@ class CalibrationOverride(Record):
         data = self.model_dump(mode="json")
         if self.version < 2:
             data.pop("machine"), data.pop("sha256")
+        if data.get("scorer") is None:     # as written before the key existed (its digest)
+            data.pop("scorer", None)
         return data
 
     def digest(self) -> str:

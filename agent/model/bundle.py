@@ -126,18 +126,47 @@ class Bundle:
             raise BundleError(f"{self.root / MANIFEST}: model.sections is {self.sections}; "
                               f"section {section:02d} is not among them")
 
-    def rule(self, section: int) -> ScoreRule:
-        """The score rule of ``section`` with its arrays."""
+    def rule(self, section: int, kind: str | None = None) -> ScoreRule:
+        """The score rule of ``section`` with the arrays artifact ``kind`` scores with
+        (without a kind: those of the artifact ``artifact()`` picks). An int8 artifact may
+        have statistics of its own (docs/export.md "Rule arrays per artifact")."""
         self.check_section(section)
         if self.is_fused:
             raise BundleError(f"{self.root / MANIFEST}: a fused bundle has no rule of its "
                               f"own; its members score (agent/model/fused.py)")
-        names = self.manifest.scoring.sections.get(f"{section:02d}", {})
+        key = f"{section:02d}"
+        names = dict(self.manifest.scoring.sections.get(key, {}))
+        where = f"scoring.sections.{key}"
+        if self.artifacts:
+            kind = self.artifact(kind).kind
+            own = self.manifest.scoring.per_artifact.get(kind, {}).get(key)
+            if own:
+                names |= own
+                where = f"scoring.sections.{key} with scoring.per_artifact.{kind}.{key}"
         try:
             return make_rule(self.rule_name, {k: self.arrays[v] for k, v in names.items()})
         except RuleError as exc:          # the manifest names too few arrays for its rule
-            raise BundleError(f"{self.root / MANIFEST}: scoring.sections.{section:02d}: "
-                              f"{exc}") from None
+            raise BundleError(f"{self.root / MANIFEST}: {where}: {exc}") from None
+
+    def scorer_digest(self, section: int, kind: str | None = None) -> str:
+        """What scores ``section`` with artifact ``kind`` (without one: the artifact the
+        agent picks), as one SHA-256: the rule, the model file's and each rule array's
+        sha256 (a fused bundle: its manifest's, which pins its members', and the kind). A
+        threshold calibrated on site holds for these only: a re-export (other int8 weights,
+        arrays fitted on them) or another artifact scores on another scale."""
+        if self.is_fused:
+            kind = kind or self.kinds[0]
+            parts = {"fused": sha256_file(self.root / MANIFEST), "kind": kind}
+        else:
+            artifact = self.artifact(kind)
+            names = dict(self.manifest.scoring.sections.get(f"{section:02d}", {}))
+            names |= self.manifest.scoring.per_artifact.get(artifact.kind, {}).get(
+                f"{section:02d}", {})
+            parts = {"rule": self.rule_name, "kind": artifact.kind,
+                     "model": self.manifest.artifacts[artifact.kind].sha256,
+                     "arrays": {role: self.manifest.arrays[name].sha256
+                                for role, name in sorted(names.items())}}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
     def artifact(self, kind: str | None = None, same_runtime: bool = False) -> Artifact:
         """The artifact of ``kind``; without one, the first int8 one there is.
@@ -275,7 +304,8 @@ def open_bundle(path: str | Path, extract_to: Path | None = None) -> Bundle:
     bundle = Bundle(path, manifest, spec, artifacts, arrays)
     if not bundle.needs_enrollment:
         for s in bundle.sections:         # every section's arrays, checked now, not at its
-            bundle.rule(s)                # first interval
+            for kind in bundle.artifacts or [None]:      # first interval
+                bundle.rule(s, kind)
     return bundle
 
 

@@ -93,6 +93,10 @@ class Scoring(_Part):
     rule: StrictStr
     output: Output | None = None
     sections: dict[str, dict[str, str]] = Field(default_factory=dict)   # "00" -> role -> array
+    # artifact kind -> "00" -> role -> array: what that artifact scores with instead of the
+    # section's own array of the role (an int8 artifact's statistics fitted on its own
+    # outputs: docs/export.md "Rule arrays per artifact"); absent in older bundles
+    per_artifact: dict[str, dict[str, dict[str, str]]] = Field(default_factory=dict)
     # the training method's score the device rule reproduces (``harken-export verify``
     # scores torch with it; the device rule's name may differ, e.g. aegan-d-lof for d-lof)
     # and, for a run that chose its score itself, the record of that choice (run.json
@@ -209,9 +213,36 @@ class Manifest(_Part):
                 if name not in self.arrays:
                     raise ValueError(f"scoring.sections.{s:02d}.{key} names array '{name}', "
                                      f"which is not in 'arrays'")
+        self._per_artifact()
         return self
 
+    def _per_artifact(self) -> None:
+        """An artifact's own arrays replace arrays its section has, for an artifact and a
+        section the bundle has, and are in ``arrays``: a role or section of its own would
+        score with arrays nobody checked against the run."""
+        sections = {f"{s:02d}" for s in self.model.sections}
+        for kind, by_section in self.scoring.per_artifact.items():
+            at = f"scoring.per_artifact.{kind}"
+            if kind not in self.artifacts:
+                raise ValueError(f"{at}: the bundle has no artifact {kind!r} (it has "
+                                 f"{sorted(self.artifacts)})")
+            for key, roles in by_section.items():
+                if key not in sections:
+                    raise ValueError(f"{at}.{key}: not one of model.sections "
+                                     f"{sorted(sections)}")
+                own = self.scoring.sections.get(key, {})
+                for role, name in roles.items():
+                    if role not in own:
+                        raise ValueError(f"{at}.{key}.{role}: section {key} has no array "
+                                         f"'{role}' to replace (it has {sorted(own)})")
+                    if name not in self.arrays:
+                        raise ValueError(f"{at}.{key}.{role} names array '{name}', which is "
+                                         f"not in 'arrays'")
+
     def _fused(self) -> Manifest:
+        if self.scoring.per_artifact:
+            raise ValueError("scoring.per_artifact: a fused bundle has no arrays of its own; "
+                             "each member's manifest carries its artifacts' arrays")
         seen: set[str] = set()
         for i, m in enumerate(self.fusion.members):
             if m.name in seen:

@@ -132,7 +132,7 @@ class BundleScorer:
         self.enrollment = enrollment
         self.artifact = bundle.artifact(artifact)
         self.backend = backend or open_backend(self.artifact, threads)
-        self.rule = rule or bundle.rule(section)
+        self.rule = rule or bundle.rule(section, self.artifact.kind)
         self.section = section
         check_outputs(self.backend, self.artifact, self.rule)     # before the first interval
 

@@ -249,6 +249,7 @@ def _fit_and_write(config: Config, bundle, pipeline: Pipeline, scores: list[floa
         exceedance_per_interval=p, intervals=int(s.size), skipped_intervals=skipped,
         score_mean=float(s.mean()), score_max=float(s.max()),
         gamma=GammaParams(**fit.to_dict()), model=bundle.model_id,
+        scorer=bundle.scorer_digest(config.agent.section, config.model.artifact),
         bundle_threshold=bundle.threshold,
         source="files" if files else config.audio.describe(),
         channel=config.audio.channel,

@@ -191,3 +191,50 @@ def test_the_k_refusal_prints_plain_numbers():
     with pytest.raises(RuleError) as e:
         AeganDKnn({"unit_bank": _unit(5), "k": np.array([-10])})
     assert "got -10 (int64)" in str(e.value) and "np." not in str(e.value)
+
+
+# -- rule arrays per artifact (docs/export.md "Rule arrays per artifact") ---------------------
+def _per_artifact(b: Path) -> tuple[dict, str, str]:
+    """(the manifest, an int8 kind with arrays of its own, the array its section 00 banks)."""
+    m = json.loads((b / "manifest.json").read_text())
+    kind = sorted(m["scoring"]["per_artifact"])[0]
+    return m, kind, m["scoring"]["per_artifact"][kind]["00"]["bank"]
+
+
+def test_an_int8_artifacts_own_bank_is_checked_like_any_array(oevae, tmp_path):
+    """Its file's digest, and its shape when the bundle opens (not at the first interval
+    of a device configured for that artifact): a bank of the wrong width is refused even
+    though the float artifacts' bank is right."""
+    b = copied(oevae, tmp_path / "b")
+    m, kind, name = _per_artifact(b)
+    path = b / m["arrays"][name]["path"]
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=f"arrays.{name}.*sha256"):
+        open_bundle(b)
+    b2 = copied(oevae, tmp_path / "b2")
+    replace_array(b2, name, array_of(b2, name)[:, :-8])
+    with pytest.raises(BundleError, match=f"scoring.per_artifact.{kind}.00.*bank"):
+        open_bundle(b2)
+
+
+@pytest.mark.parametrize("spoil, said", [
+    (lambda m, kind, name: m["scoring"]["per_artifact"][kind]["00"].update(bank="nope"),
+     "names array 'nope', which is not in 'arrays'"),
+    (lambda m, kind, name: m["scoring"]["per_artifact"].update(
+        {"tflite-fp16": m["scoring"]["per_artifact"][kind]}), "no artifact 'tflite-fp16'"),
+    (lambda m, kind, name: m["scoring"]["per_artifact"][kind].update(
+        {"07": m["scoring"]["per_artifact"][kind]["00"]}), "07: not one of model.sections"),
+    (lambda m, kind, name: m["scoring"]["per_artifact"][kind]["00"].update(extra=name),
+     "section 00 has no array 'extra' to replace"),
+])
+def test_a_per_artifact_block_that_names_what_is_not_there_is_refused(oevae, tmp_path, spoil,
+                                                                      said):
+    b = copied(oevae, tmp_path / "b")
+    m, kind, name = _per_artifact(b)
+    spoil(m, kind, name)
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError) as e:
+        open_bundle(b)
+    assert said in str(e.value) and "\n" not in str(e.value)

@@ -40,7 +40,7 @@ def _by_hand(path, artifact: str, logmel: np.ndarray) -> float:
     training's formulas (training/oevae.py), not through the agent's rule."""
     bundle = open_bundle(path)
     scorer = BundleScorer(bundle, 0, artifact)
-    a = bundle.rule(0).arrays
+    a = bundle.rule(0, artifact).arrays       # the artifact's own bank (docs/export.md)
     ma, sa, mb, sb = a["score_stats"]
     w, k = float(a["omega"][0]), int(a["knn_k"][0])
     scores = []
@@ -127,3 +127,34 @@ def test_arrays_that_would_score_nonsense_are_refused_naming_the_array(bundle, t
         return
     with pytest.raises(BundleError, match=r"manifest\.json: scoring\.sections\.00: .*" + message):
         open_bundle(b)
+
+
+def test_a_threshold_calibrated_with_one_artifact_is_refused_with_another(
+        bundle, fan_with_outliers, tmp_path, capsys):
+    """Each int8 artifact scores with its own arrays (docs/export.md "Rule arrays per
+    artifact"), on its own scale: the override records what scored its intervals
+    (``scorer``, docs/agent.md "Calibration") and another `model.artifact` is refused in
+    one line, where it used to pass on the model id alone."""
+    clips = sorted((fan_with_outliers / "fan" / "train").glob("section_00_*.wav"))[:12]
+    wav = tmp_path / "normal.wav"
+    write_wav(wav, np.concatenate([read_wav(c, 16000)[0] for c in clips]), 16000)
+
+    def config(name: str, artifact: str):
+        return write_agent_config(
+            tmp_path / f"{name}.toml",
+            agent={"node": "test", "machine": "fan", "section": 0, "state_dir": tmp_path / "state"},
+            model={"bundle": bundle, "artifact": artifact},
+            audio={"source": "file", "file": str(wav), "realtime": False},
+            decision={"interval_s": 10})
+    onnx = config("onnx", "onnx-int8")
+    assert harken(["calibrate", "--config", str(onnx), "--files", str(wav), "--no-plot"]) == 0
+    override = json.loads((tmp_path / "state" / "threshold-fan.json").read_text())
+    assert override["scorer"] == open_bundle(bundle).scorer_digest(0, "onnx-int8")
+    assert open_bundle(bundle).scorer_digest(0, "tflite-int8") != override["scorer"]
+    capsys.readouterr()
+    assert harken(["check-config", str(onnx)]) == 0
+    capsys.readouterr()
+    assert harken(["check-config", str(config("tflite", "tflite-int8"))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "calibrated with another model file or other rule arrays than " \
+        "the bundle's tflite-int8 scores with now" in err[0] and "harken calibrate" in err[0]

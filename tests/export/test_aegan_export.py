@@ -26,6 +26,7 @@ from harken.training.data.corpus import scan
 from harken.training.data.windows import clip_features
 from harken.training.methods import make_method
 from harken.training.runs import RunError
+from tests.export.per_artifact import assert_float_refit_is_the_runs, assert_int8_scores_with_its_own
 
 # its module-scoped fixtures are costly to build: under xdist one worker runs the whole file
 pytestmark = pytest.mark.xdist_group("test_aegan_export")
@@ -153,6 +154,16 @@ def test_bundle_carries_its_rule_and_only_the_embedding(built):
     fp32 = bundle.artifacts["onnx-fp32"].path.stat().st_size
     for kind in ("onnx-int8", "tflite-int8"):
         assert bundle.artifacts[kind].path.stat().st_size < 0.45 * fp32
+
+
+def test_int8_artifacts_score_with_lof_arrays_fitted_on_their_own_embeddings(built, method,
+                                                                            small_fan):
+    """docs/export.md "Rule arrays per artifact": refitted on the float artifact's
+    embeddings the d-lof arrays are the run's own (the refit is training's recipe); each
+    int8 artifact ships its own bank, k-distances and densities (k stays the run's)."""
+    assert method.default_rule == "d-lof"
+    assert_float_refit_is_the_runs(built[1], method, small_fan, "fan")
+    assert_int8_scores_with_its_own(built[1], {"bank", "bank_kdist", "bank_lrd"})
 
 
 def test_verify_fp32_artifacts_score_as_torch(built, small_fan):

@@ -16,7 +16,8 @@ from harken.export.cli import main as export_main
 from harken.export.graphs import ExportError, fold_batchnorm, load_graph
 from harken.export.verify import verify
 from harken.training.data.corpus import scan
-from harken.training.methods import make_method
+from harken.training.methods import METHODS, make_method
+from tests.export.per_artifact import assert_float_refit_is_the_runs, assert_int8_scores_with_its_own
 
 # its module-scoped fixtures are costly to build: under xdist one worker runs the whole file
 pytestmark = pytest.mark.xdist_group("test_export_bundle")
@@ -49,6 +50,22 @@ def bundles(runs, small_fan, tmp_path_factory):
     for name in TINY:
         write_bundle(runs / name / "fan", out / name, small_fan, ExportOptions(precision="both"))
     return out
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2", "mobilenetv2-dual"])
+def test_int8_artifacts_score_with_an_embedding_bank_of_their_own(runs, bundles, small_fan,
+                                                                   name):
+    """docs/export.md "Rule arrays per artifact": refitted on the float artifact's clip
+    embeddings the bank, domain scales and standardisation are the run's own; each int8
+    artifact ships its own (the AE's mse rule holds none)."""
+    method = METHODS[name].load(runs / name / "fan")
+    # the folded float network's embeddings differ from torch's in the fifth digit, which
+    # the standardisation by narrow spreads magnifies: 1e-3 of the arrays' range (another
+    # clip order or clip set would move the k-means centres entirely)
+    assert_float_refit_is_the_runs(bundles / name, method, small_fan, "fan", rtol=1e-3)
+    assert_int8_scores_with_its_own(bundles / name, {"bank", "bank_scale", "embedding_mean",
+                                                     "embedding_std"})
+    assert open_bundle(bundles / "ae").manifest.scoring.per_artifact == {}
 
 
 def test_folding_batchnorm_keeps_the_outputs(runs):
@@ -197,9 +214,10 @@ def test_malformed_manifest_is_refused_naming_the_field(bundles, tmp_path, edit,
 def test_a_section_naming_too_few_arrays_for_its_rule_is_refused_naming_the_manifest(
         bundles, tmp_path):
     b = _copy(bundles, tmp_path, "mobilenetv2")
-    _edit_manifest(b, lambda m: m["scoring"]["sections"]["00"].pop(
-        sorted(m["scoring"]["sections"]["00"])[0]))
-    with pytest.raises(BundleError, match=r"manifest\.json: scoring\.sections\.00: score rule "):
+    # an array no int8 artifact has its own of (the targets' flags are the run's)
+    _edit_manifest(b, lambda m: m["scoring"]["sections"]["00"].pop("bank_target"))
+    with pytest.raises(BundleError, match=r"manifest\.json: scoring\.sections\.00( with "
+                                          r"scoring\.per_artifact\.[a-z0-9-]+\.00)?: score rule "):
         open_bundle(b).rule(0)
 
 

@@ -179,6 +179,8 @@ def edit_manifest(root, change):
     (lambda d: d["fusion"]["members"].pop(), "fusion: field 'members'"),
     (lambda d: d["model"].__setitem__("sections", [0, 1, 7]), "has no section(s) [7]"),
     (lambda d: d["feature_spec"].__setitem__("spectrum", False), "shared front end"),
+    (lambda d: d["scoring"].__setitem__("per_artifact", {"onnx-int8": {"00": {"bank": "x"}}}),
+     "scoring.per_artifact: a fused bundle has no arrays of its own"),
 ])
 def test_a_broken_fused_manifest_is_refused_naming_the_field(bundle_dir, tmp_path, edit,
                                                              message):

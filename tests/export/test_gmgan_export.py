@@ -19,6 +19,7 @@ from harken.testkit.data import GENERATIVE
 from harken.training.data.corpus import scan
 from harken.training.data.windows import clip_features
 from harken.training.methods import METHODS, make_method
+from tests.export.per_artifact import assert_float_refit_is_the_runs, assert_int8_scores_with_its_own
 
 pytestmark = pytest.mark.xdist_group("test_gmgan_export")
 
@@ -63,6 +64,18 @@ def test_each_score_ships_its_graph_rule_and_arrays(bundles):
         assert bundle.rule(0).name == rule
     assert set(open_bundle(bundles / "latent").artifacts) == {
         "onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8"}
+
+
+def test_latent_ldn_int8_artifacts_score_with_a_bank_of_their_own_codes(bundles, runs,
+                                                                        small_fan):
+    """docs/export.md "Rule arrays per artifact": refitted on the float artifact's codes
+    latent-ldn's arrays are the run's own; each int8 artifact ships its own standardisation,
+    bank and densities. ``latent`` holds no arrays: nothing per artifact."""
+    method = METHODS["gmgan"].load(runs / "latent-ldn")
+    assert_float_refit_is_the_runs(bundles / "latent-ldn", method, small_fan, "fan")
+    assert_int8_scores_with_its_own(bundles / "latent-ldn",
+                                    {"code_mean", "code_std", "bank", "bank_density"})
+    assert open_bundle(bundles / "latent").manifest.scoring.per_artifact == {}
 
 
 @pytest.mark.parametrize("score", ["latent", "latent-ldn"])
