@@ -28,6 +28,7 @@ from harken.agent.features.extract import logmel
 from harken.agent.model.bundle import open_bundle
 from harken.agent.model.factory import make_scorer
 from harken.agent.sources.wavio import read_wav
+from harken.common.errors import HarkenError
 
 
 def features(bundles: Path, out: Path, wavs: list[str]) -> None:
@@ -81,10 +82,15 @@ def main() -> None:
     s.add_argument("out", type=Path)
     s.add_argument("pairs", nargs="+", metavar="BUNDLE:ARTIFACT")
     args = parser.parse_args()
-    if args.mode == "features":
-        features(args.bundles, args.out, args.wavs)
-    else:
-        score(args.bundles, args.features, args.out, args.pairs)
+    try:
+        if args.mode == "features":
+            features(args.bundles, args.out, args.wavs)
+        else:
+            score(args.bundles, args.features, args.out, args.pairs)
+    except (HarkenError, OSError, KeyError, ValueError) as exc:
+        # a missing or unreadable file, a bundle the agent refuses, features of another
+        # run: one line for arm64-check's log, which says which step failed
+        raise SystemExit(f"arm64_same_features {args.mode}: {exc}") from None
 
 
 if __name__ == "__main__":
