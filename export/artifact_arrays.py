@@ -32,7 +32,8 @@ def artifact_outputs(bundle: Bundle, kind: str, feats: Sequence[np.ndarray],
                      names: Sequence[str] | None = None, progress: bool = False
                      ) -> list[WindowOutputs]:
     """Per clip, each output of artifact ``kind`` for the clip's windows, as the agent's
-    backend gives them (one window per call: the artifacts' batch is 1). A model that fails
+    backend gives them (one window per call: the artifacts' batch is 1), and ``input``:
+    the model's input (a residual rule's statistics are of input minus output). A model that fails
     on a window or gives a non-finite value is refused naming its file and the clip
     (``names``: the clips' paths), before any statistics are fitted on it."""
     artifact = bundle.artifact(kind)
@@ -43,8 +44,9 @@ def artifact_outputs(bundle: Bundle, kind: str, feats: Sequence[np.ndarray],
         clip = names[i] if names is not None else f"training clip {i}"
         rows = []
         for w in windows(f, bundle.spec):
+            x = model_input(w, artifact.input_shape)
             try:
-                rows.append(backend.run(model_input(w, artifact.input_shape)))
+                rows.append({**backend.run(x), "input": x})
             except Exception as exc:      # noqa: BLE001 - each runtime raises its own types
                 raise ExportError(f"{artifact.path}: the model fails on a window of {clip} "
                                   f"({exc})") from None

@@ -8,6 +8,7 @@ without retraining; the method name only sets the training objective and the def
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from harken.training.config import Decibels, Rate, at_least, TrainConfig
 from harken.training.data.corpus import Clip
 from harken.training.data.pseudo_anomalies import pseudo_anomaly_pool
 from harken.training.data.windows import ae_vectors, clip_features, validation_split
-from harken.training.method import DeviceGraph
+from harken.training.method import DeviceGraph, WindowOutputs
 from harken.training.models.dense_ae import DenseAE, per_sample_mse
 from harken.training.models.losses import kde_weights, snp_loss, weighted_mean
 from harken.training.runs import RunInfo
@@ -201,6 +202,20 @@ class AutoencoderMethod(TorchMethod):
             raise DataError(f"section {section:02d} was not in the training data")
         return {"means": np.stack([m for m, _ in fitted]),
                 "precisions": np.stack([p for _, p in fitted])}
+
+    def refit_rule_arrays(self, clips: Sequence[Clip], outputs: Sequence[WindowOutputs]
+                          ) -> dict[int, dict[str, np.ndarray]] | None:
+        """The selective Mahalanobis rule's means and precisions (training/method.py
+        ``RefitsRuleArrays``) as ``_fit_mahalanobis`` fits them, on the artifact's residuals
+        (its input minus its reconstruction) of the fit clips, the split training used;
+        ``mse`` holds no statistics."""
+        if self.device_rule() != "mahalanobis":
+            return None
+        fit_idx, _ = validation_split(clips, self.config.val_fraction, self.config.seed)
+        residuals = [outputs[i]["input"] - outputs[i]["reconstruction"] for i in fit_idx]
+        twin = copy.copy(self)          # the run's own statistics stay as they are
+        twin._fit_mahalanobis(residuals, [clips[i] for i in fit_idx])
+        return {s: twin.rule_arrays(s) for s in sorted({s for s, _ in twin.maha})}
 
     def _scores_from_residuals(self, residuals: list[np.ndarray], clips: Sequence[Clip],
                                rule: str) -> np.ndarray:

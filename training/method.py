@@ -114,7 +114,8 @@ class Exportable(Protocol):
 
 
 # What ``RefitsRuleArrays`` is given per training clip: each output the artifact gives
-# (manifest semantics: "embedding", "latent", ...) as a (windows, values) array.
+# (manifest semantics: "embedding", "latent", ...) and "input", the model's input, each as
+# a (windows, values) array.
 WindowOutputs = dict[str, np.ndarray]
 
 
@@ -130,8 +131,8 @@ class RefitsRuleArrays(Protocol):
     """A method whose device rule holds statistics of the network's outputs (a bank of
     training embeddings, their moments): an int8 artifact's outputs carry its own rounding,
     so statistics fitted on the float network's put every device query a little off them;
-    fitted on the artifact's own outputs for the same training clips, the int8 scores keep
-    the float model's order (docs/export.md "Rule arrays per artifact")."""
+    fitted on the artifact's own outputs for the same training clips, the int8 scores stay
+    closer to the float model's order (docs/export.md "Rule arrays per artifact")."""
 
     def refit_rule_arrays(self, clips: Sequence[Clip], outputs: Sequence[WindowOutputs]
                           ) -> dict[int, dict[str, np.ndarray]] | None:

@@ -68,6 +68,21 @@ def test_int8_artifacts_score_with_an_embedding_bank_of_their_own(runs, bundles,
     assert open_bundle(bundles / "ae").manifest.scoring.per_artifact == {}
 
 
+def test_an_ae_mahalanobis_int8_artifact_scores_with_moments_of_its_own_residuals(
+        small_fan, tmp_path):
+    """The selective Mahalanobis rule's means and precisions: refitted on the float
+    artifact's residuals (input minus reconstruction) of the fit clips they are the run's;
+    the int8 artifact ships its own."""
+    make_method("ae-mahalanobis", ["epochs=2"]).train(scan(small_fan, ["fan"], "train"),
+                                                      tmp_path / "run", progress=False)
+    out = write_bundle(tmp_path / "run", tmp_path / "b", small_fan,
+                       ExportOptions(formats=("onnx",), precision="both"))
+    method = METHODS["ae-mahalanobis"].load(tmp_path / "run")
+    assert method.device_rule() == "mahalanobis"
+    assert_float_refit_is_the_runs(out, method, small_fan, "fan", rtol=1e-3)
+    assert_int8_scores_with_its_own(out, {"means", "precisions"})
+
+
 def test_folding_batchnorm_keeps_the_outputs(runs):
     for name in TINY:
         graph = load_graph(runs / name / "fan")
