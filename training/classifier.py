@@ -29,7 +29,6 @@ fit/validation split) without retraining the network.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +53,7 @@ from harken.training.data.corpus import Clip, scan
 from harken.training.data.pseudo_anomalies import other_machine_clips
 from harken.training.data.windows import (class_labels, class_sections, clip_features, stack_windows,
                                    validation_split)
-from harken.training.method import DeviceGraph, WindowOutputs, clip_means
+from harken.training.method import DeviceGraph
 from harken.training.models.dense_ae import DenseAE, per_sample_mse
 from harken.training.models.losses import nt_xent
 from harken.training.models.cosine_head import CosineHead
@@ -513,23 +512,6 @@ class ClassifierMethod(TorchMethod):
                     "embedding_mean": self.emb_mean, "embedding_std": self.emb_std}
         return {"bank": bank.entries, "bank_target": bank.is_target, "bank_scale": bank.scale,
                 "embedding_mean": self.emb_mean, "embedding_std": self.emb_std}
-
-    def refit_rule_arrays(self, clips: Sequence[Clip], outputs: Sequence[WindowOutputs]
-                          ) -> dict[int, dict[str, np.ndarray]] | None:
-        """The embedding rules' bank, domain scales and standardisation (training/method.py
-        ``RefitsRuleArrays``) as training's last ``_fit_bank`` fits them: on the artifact's
-        mean embedding of every training clip, fit clips then validation clips (the split
-        training used, as ``refit`` draws it). The logit rule holds no statistics."""
-        if self.device_rule() == "logit":
-            return None
-        cfg = self.config
-        split = list(clips) + other_machine_clips(clips, cfg.other_clips, cfg.seed)
-        fit_idx, val_idx = validation_split(split, cfg.val_fraction, cfg.seed)
-        order = [i for i in [*fit_idx, *val_idx] if i < len(clips)]
-        emb = clip_means(outputs, "embedding")
-        twin = copy.copy(self)          # the run's own bank stays as it is
-        twin._fit_bank(emb[order], [clips[i] for i in order])
-        return {s: twin.rule_arrays(s) for s in sorted(twin.banks)}
 
     def _rule_scores(self, logits: list[np.ndarray], emb: np.ndarray, clips: Sequence[Clip],
                      rule: str) -> np.ndarray:

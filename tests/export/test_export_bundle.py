@@ -52,20 +52,12 @@ def bundles(runs, small_fan, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", ["mobilenetv2", "mobilenetv2-dual"])
-def test_int8_artifacts_score_with_an_embedding_bank_of_their_own(runs, bundles, small_fan,
-                                                                   name):
-    """docs/export.md "Rule arrays per artifact": refitted on the float artifact's clip
-    embeddings the bank, domain scales and standardisation are the run's own; each int8
-    artifact ships its own (the AE's mse rule holds none)."""
-    method = METHODS[name].load(runs / name / "fan")
-    # the folded float network's embeddings differ from torch's in the fifth digit, which
-    # the standardisation by narrow spreads magnifies: 1e-3 of the arrays' range (another
-    # clip order or clip set would move the k-means centres entirely)
-    assert_float_refit_is_the_runs(bundles / name, method, small_fan, "fan", rtol=1e-3)
-    assert_int8_scores_with_its_own(bundles / name, {"bank", "bank_scale", "embedding_mean",
-                                                     "embedding_std"})
-    assert open_bundle(bundles / "ae").manifest.scoring.per_artifact == {}
+def test_the_mobilenet_family_and_the_mse_ae_keep_the_runs_arrays(bundles):
+    """No arrays per artifact (docs/export.md "Rule arrays per artifact"): a k-means bank
+    refitted on int8 embeddings has other centres, which put the int8 scores further from
+    torch's, not nearer; the mse rule holds no statistics."""
+    for name in TINY:
+        assert open_bundle(bundles / name).manifest.scoring.per_artifact == {}, name
 
 
 def test_an_ae_mahalanobis_int8_artifact_scores_with_moments_of_its_own_residuals(
