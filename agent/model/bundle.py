@@ -134,6 +134,16 @@ class Bundle:
         if self.is_fused:
             raise BundleError(f"{self.root / MANIFEST}: a fused bundle has no rule of its "
                               f"own; its members score (agent/model/fused.py)")
+        names, where = self._array_names(section, kind)
+        try:
+            return make_rule(self.rule_name, {k: self.arrays[v] for k, v in names.items()})
+        except RuleError as exc:          # the manifest names too few arrays for its rule
+            raise BundleError(f"{self.root / MANIFEST}: {where}: {exc}") from None
+
+    def _array_names(self, section: int, kind: str | None) -> tuple[dict[str, str], str]:
+        """(role -> array name, the manifest fields that say so) of ``section`` for
+        artifact ``kind`` (without one: the artifact ``artifact()`` picks): the section's
+        arrays, with the artifact's own in their place (``scoring.per_artifact``)."""
         key = f"{section:02d}"
         names = dict(self.manifest.scoring.sections.get(key, {}))
         where = f"scoring.sections.{key}"
@@ -143,10 +153,7 @@ class Bundle:
             if own:
                 names |= own
                 where = f"scoring.sections.{key} with scoring.per_artifact.{kind}.{key}"
-        try:
-            return make_rule(self.rule_name, {k: self.arrays[v] for k, v in names.items()})
-        except RuleError as exc:          # the manifest names too few arrays for its rule
-            raise BundleError(f"{self.root / MANIFEST}: {where}: {exc}") from None
+        return names, where
 
     def scorer_digest(self, section: int, kind: str | None = None) -> str:
         """What scores ``section`` with artifact ``kind`` (without one: the artifact the
@@ -159,9 +166,7 @@ class Bundle:
             parts = {"fused": sha256_file(self.root / MANIFEST), "kind": kind}
         else:
             artifact = self.artifact(kind)
-            names = dict(self.manifest.scoring.sections.get(f"{section:02d}", {}))
-            names |= self.manifest.scoring.per_artifact.get(artifact.kind, {}).get(
-                f"{section:02d}", {})
+            names, _ = self._array_names(section, artifact.kind)
             parts = {"rule": self.rule_name, "kind": artifact.kind,
                      "model": self.manifest.artifacts[artifact.kind].sha256,
                      "arrays": {role: self.manifest.arrays[name].sha256
