@@ -62,17 +62,18 @@ def artifact_outputs(bundle: Bundle, kind: str, feats: Sequence[np.ndarray],
 
 
 def refit_per_artifact(bundle: Bundle, method: object, root: Path, machine: str,
-                       progress: bool = False
+                       progress: bool = False, skip_bad: bool = False
                        ) -> dict[str, dict[int, dict[str, np.ndarray]]]:
     """Artifact kind -> section -> the device rule's arrays fitted on that artifact's
     outputs for the training clips of ``machine`` under ``root`` (the clips the run was
-    trained on: export has checked the corpus's fingerprint). Empty when the method fits
-    no statistics of its outputs or the bundle has no int8 artifact."""
+    trained on: export has checked the corpus's fingerprint; ``skip_bad`` leaves out the
+    clips a ``--skip-bad-clips`` run left out, so the fit clips are training's). Empty
+    when the method fits no statistics of its outputs or the bundle has no int8 artifact."""
     kinds = [k for k in REFIT_KINDS if k in bundle.artifacts]
     if not kinds or not isinstance(method, RefitsRuleArrays):
         return {}
     try:
-        clips = scan(Path(root), [machine], split="train")
+        clips = scan(Path(root), [machine], split="train", skip_bad=skip_bad)
     except CorpusError as exc:
         raise ExportError(f"rule arrays per artifact: {exc}") from None
     found = sorted({c.section for c in clips})

@@ -22,7 +22,8 @@ from harken.agent.model.scorer import model_input
 from harken.export.artifact_arrays import refit_per_artifact
 from harken.export.graphs import ExportError, InferenceGraph, calibration_windows, load_graph
 from harken.common.atomic import building
-from harken.training.runs import RunInfo, check_corpus, code_version, read_run, weights_digest
+from harken.training.runs import (RunInfo, check_corpus, code_version, read_run,
+                                  run_training_clips, skipped_bad_clips, weights_digest)
 
 # progress lines ("ONNX fp32", "TFLite int8 ..."): the CLI shows them on stderr
 log = logging.getLogger("harken.export")
@@ -145,10 +146,11 @@ def training_score(method, info: RunInfo) -> dict:
 
 
 def _write_models(graph: InferenceGraph, out: Path, options: ExportOptions, method: str,
-                  calibration: Callable[[], tuple[Path, str, object]]
+                  calibration: Callable[[], tuple[Path, str, object, bool]]
                   ) -> tuple[dict[str, dict], dict]:
     """The model files of a bundle and their manifest entries; ``calibration`` gives the
-    corpus, machine type and spec int8 calibration reads (only asked when int8 is made)."""
+    corpus, machine type and spec int8 calibration reads, and whether it leaves damaged
+    clips out (only asked when int8 is made)."""
     out.mkdir(parents=True, exist_ok=True)
     if any(out.iterdir()):
         raise ExportError(f"{out}: not empty; give a new folder for the bundle")
@@ -170,10 +172,10 @@ def _write_models(graph: InferenceGraph, out: Path, options: ExportOptions, meth
     if "onnx" in options.formats and precision in ("fp32", "both"):
         artifacts["onnx-fp32"] = {**_entry(out, onnx_fp32), **onnx_io}
     if precision in ("int8", "both"):
-        root, machine, spec = calibration()
+        root, machine, spec, skip_bad = calibration()
         log.info(f"calibration windows from the training clips under {root}")
         windows = calibration_windows(root, machine, spec, options.calibration_windows,
-                                      options.seed)
+                                      options.seed, skip_bad)
         calib = np.stack([model_input(w, graph.input_shape) for w in windows])
         artifacts |= int8_artifacts(graph, onnx_fp32, onnx_io, calib, out, options, root)
     if "tflite" in options.formats and precision in ("fp32", "both"):
@@ -199,9 +201,8 @@ def _clip_seconds(info) -> float | None:
     is not here to say."""
     from harken.agent.sources.wavio import read_pcm
     from harken.common.errors import HarkenError
-    from harken.training.data.corpus import scan
     try:
-        clip = scan(Path(info.corpus.root), [info.machine], "train")[0]
+        clip = run_training_clips(Path(info.corpus.root), info)[0]
         data, rate = read_pcm(clip.path, mmap=True)
         return round(len(data) / rate, 3)
     except (HarkenError, OSError, ValueError, IndexError):
@@ -222,12 +223,15 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
     rule = graph.method.device_rule()
 
     corpus: list[Path] = []              # checked once, when first asked
+    # the clips training passed over stay out (the refit below splits them as training
+    # did); another corpus, read for calibration only, has its damaged clips passed over
+    skip_bad = skipped_bad_clips(info)
 
-    def calibration() -> tuple[Path, str, object]:
+    def calibration() -> tuple[Path, str, object, bool]:
         if not corpus:
             corpus.append(Path(check_corpus(run_dir, info, calib_root, other_corpus,
                                             test_clips=False)["path"]))
-        return corpus[0], info.machine, spec
+        return corpus[0], info.machine, spec, skip_bad or other_corpus
     artifacts, reference = _write_models(graph, out, options, info.method, calibration)
 
     arrays, sections = scoring_arrays(graph, list(info.sections))
@@ -271,7 +275,8 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
         log.info("rule arrays per artifact not fitted: --other-corpus's clips are not the "
                  "run's training clips; every artifact scores with the run's arrays")
     elif corpus:
-        fitted = refit_per_artifact(bundle, graph.method, corpus[0], info.machine)
+        fitted = refit_per_artifact(bundle, graph.method, corpus[0], info.machine,
+                                    skip_bad=skip_bad)
         if fitted:
             doc["scoring"]["per_artifact"] = per_artifact_arrays(fitted, arrays, sections)
             doc["arrays"] = array_entries()

@@ -26,7 +26,7 @@ from harken.export.bundle import ExportOptions, _entry, int8_artifacts, provenan
 from harken.export.graphs import ExportError, InferenceGraph, load_graph
 from harken.training.data.corpus import CorpusError, machine_types, scan
 from harken.training.data.windows import clip_features
-from harken.training.runs import corpus_fingerprint, read_run
+from harken.training.runs import corpus_fingerprint, read_run, skipped_bad_clips
 
 log = logging.getLogger("harken.export")
 RULE = "embedding-density"
@@ -34,16 +34,17 @@ GENERAL_METHOD = "mobilenetv2-dual-general"
 CLIPS_PER_TYPE = 8
 
 
-def general_calibration(root: Path, spec, n: int, seed: int = 0, family_seed: int = 0
-                        ) -> np.ndarray:
+def general_calibration(root: Path, spec, n: int, seed: int = 0, family_seed: int = 0,
+                        skip_bad: bool = False) -> np.ndarray:
     """``n`` feature windows from the TRAINING clips of every machine type under ``root``,
-    as many from each type (topped up from the random family when they are too few)."""
+    as many from each type (topped up from the random family when they are too few);
+    ``skip_bad``: damaged clips passed over, not refused."""
     try:
         types = machine_types(root)
         rng = np.random.default_rng(seed)
         picked = []
         for m in types:
-            clips = scan(Path(root), [m], split="train")
+            clips = scan(Path(root), [m], split="train", skip_bad=skip_bad)
             picked += [clips[i] for i in sorted(rng.choice(len(clips), min(len(clips),
                                                                            CLIPS_PER_TYPE), replace=False))]
     except CorpusError as exc:
@@ -73,7 +74,8 @@ def _checked_corpus(run_dir: Path, info, data: Path | None, other_corpus: bool) 
     root = Path(data or info.corpus.root)
     types = list((getattr(info, "general", None) or {}).get("machine_types", []))
     try:
-        fingerprint = corpus_fingerprint(scan(root, types or None, split="train"),
+        fingerprint = corpus_fingerprint(scan(root, types or None, split="train",
+                                              skip_bad=skipped_bad_clips(info)),
                                          info.corpus.fingerprint_kind)
     except CorpusError as exc:
         if other_corpus:
@@ -113,7 +115,8 @@ def write_embedding_general_bundle(run_dir: Path, out: Path, options: ExportOpti
         log.info(f"calibration windows from the training clips under {root}")
         calib = np.stack([model_input(w, graph.input_shape) for w in
                           general_calibration(root, spec, options.calibration_windows, options.seed,
-                                              graph.method.config.family_seed)])
+                                              graph.method.config.family_seed,
+                                              skipped_bad_clips(info) or other_corpus)])
         artifacts |= int8_artifacts(graph, onnx_fp32, onnx_io, calib, out, options, root)
     reference = {"onnx-fp32": {"size": onnx_fp32.stat().st_size,
                                "note": "size of the fp32 ONNX model, the reference for the "

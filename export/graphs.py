@@ -87,14 +87,16 @@ def load_graph(run_dir: Path) -> InferenceGraph:
 CALIBRATION_CLIPS = 40      # clips read at a time for calibration windows
 
 
-def calibration_windows(root: Path, machine: str, spec: FeatureSpec, n: int, seed: int = 0
-                        ) -> np.ndarray:
+def calibration_windows(root: Path, machine: str, spec: FeatureSpec, n: int, seed: int = 0,
+                        skip_bad: bool = False) -> np.ndarray:
     """``n`` feature windows (frames, mels) drawn from the TRAINING clips of ``machine``
     under the corpus ``root`` (never test clips): what int8 calibration sees. 40 clips
     drawn with the seed; 40 more at a time while they hold fewer than ``n`` windows (a
-    network with long windows, AEGAN-AD's 128-frame patches, gets few from each clip)."""
+    network with long windows, AEGAN-AD's 128-frame patches, gets few from each clip).
+    ``skip_bad``: damaged clips left out (a run trained with ``--skip-bad-clips``, or
+    another corpus read for calibration only), not refused."""
     try:
-        clips = scan(Path(root), [machine], split="train")
+        clips = scan(Path(root), [machine], split="train", skip_bad=skip_bad)
     except CorpusError as exc:
         raise ExportError(f"calibration data: {exc}") from None
     rng = np.random.default_rng(seed)

@@ -49,7 +49,7 @@ from harken.training.augment import (frame_shift, median_filter_time, mixup, smo
                                      spec_augment)
 from harken.training.config import (Count, Fraction, Probability, Rate, Size, TrainConfig, Weight,
                                       at_least)
-from harken.training.data.corpus import Clip, scan
+from harken.training.data.corpus import Clip
 from harken.training.data.pseudo_anomalies import other_machine_clips
 from harken.training.data.windows import (class_labels, class_sections, clip_features, stack_windows,
                                    validation_split)
@@ -60,8 +60,8 @@ from harken.training.models.cosine_head import CosineHead
 from harken.training.models.mobilenetv2 import WIDTHS, MobileNetV2
 from harken.training.models.spectrum_branch import SpectrumBranch
 from harken.training.run_checks import check_finite
-from harken.training.runs import (NormalScores, RunError, RunInfo, normal_score_stats, save_run,
-                                  write_held_out)
+from harken.training.runs import (NormalScores, RunError, RunInfo, normal_score_stats,
+                                  run_training_clips, save_run, write_held_out)
 from harken.training.torch_method import MIN_HELD_OUT, TorchMethod, batched, load_array
 from harken.training.trainer import fit
 
@@ -323,7 +323,7 @@ class ClassifierMethod(TorchMethod):
         clips, with the split training used; the network is not touched."""
         self = cls.load(run_dir)
         info = self.info
-        own = scan(Path(info.corpus.root), [info.machine], split="train")
+        own = run_training_clips(Path(info.corpus.root), info)
         clips = own + other_machine_clips(own, self.config.other_clips, self.config.seed)
         fit_idx, val_idx = validation_split(clips, self.config.val_fraction, self.config.seed)
         feats = clip_features(own, self.spec, progress)

@@ -15,7 +15,7 @@ from harken.common.atomic import building, check_target
 from harken.common.clitools import command_parser, run_command
 from harken.common.errors import UsageError
 from harken.training.method import Configurable, Refittable
-from harken.training.data.corpus import machine_types, scan, scan_corpus
+from harken.training.data.corpus import machine_types, scan_corpus
 from harken.training.runs import find_runs, record_training_time
 
 
@@ -264,14 +264,18 @@ def _baseline_beside(runs: list[Path], out: Path, data: Path | None, quiet: bool
     """Trains baseline-knn on the runs' training data (seconds) and evaluates it the same way."""
     from harken.training.baselines import KnnBaseline
     from harken.training.evaluate import evaluate
-    from harken.training.runs import check_corpus, read_run
+    from harken.training.runs import check_corpus, read_run, run_training_clips, save_run
     knn_runs = []
     for run in runs:
         info = read_run(run)
         root = Path(check_corpus(run, info, data, other_corpus)["path"])
-        clips = scan(root, [info.machine], split="train")
+        clips = run_training_clips(root, info)
         knn_dir = out / "runs" / info.machine
-        KnnBaseline().train(clips, knn_dir, progress=not quiet)
+        baseline = KnnBaseline().train(clips, knn_dir, progress=not quiet)
+        skipped = getattr(info.corpus, "scan", None)
+        if skipped is not None:           # the clips it left out, so its corpus checks out
+            baseline.corpus.scan = skipped
+            save_run(knn_dir, baseline)
         knn_runs.append(knn_dir)
     return evaluate(knn_runs, out, data, progress=not quiet, plots=False,
                     other_corpus=other_corpus)

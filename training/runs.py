@@ -225,8 +225,7 @@ def check_corpus(run_dir: Path, info: RunInfo, data: Path | None = None,
     kind = info.corpus.fingerprint_kind
     skip_bad = skipped_bad_clips(info)
     try:
-        fingerprint = corpus_fingerprint(scan(root, [info.machine], split="train",
-                                              skip_bad=skip_bad), kind)
+        fingerprint = corpus_fingerprint(run_training_clips(root, info), kind)
     except CorpusError as exc:
         if not other_corpus:
             raise RunError(f"{exc}; cannot check it is the corpus {run_dir} was trained on "
@@ -261,6 +260,14 @@ def skipped_bad_clips(info: RunInfo) -> bool:
     found = getattr(info.corpus, "scan", None)
     skipped = found.get("skipped") if isinstance(found, dict) else None
     return isinstance(skipped, dict) and any(r in REFUSED and n for r, n in skipped.items())
+
+
+def run_training_clips(root: str | Path, info: RunInfo) -> list[Clip]:
+    """The run's training clips under ``root``, as training saw them: a run trained with
+    ``--skip-bad-clips`` leaves the same clips out, so what reads them again (the corpus
+    check, a refit, int8 calibration, the rule arrays per artifact) neither stops on a
+    clip training passed over nor splits them otherwise than training did."""
+    return scan(root, [info.machine], split="train", skip_bad=skipped_bad_clips(info))
 
 
 def corpus_test_fingerprint(root: Path, machine: str) -> str | None:

@@ -13,22 +13,22 @@ from harken.training.data.corpus import scan
 from harken.training.data.windows import clip_features
 
 
-def refit_on(bundle_dir: Path, method, corpus: Path, machine: str, kind: str
-             ) -> dict[int, dict[str, np.ndarray]]:
+def refit_on(bundle_dir: Path, method, corpus: Path, machine: str, kind: str,
+             skip_bad: bool = False) -> dict[int, dict[str, np.ndarray]]:
     """The method's refit of its rule arrays on artifact ``kind``'s outputs for the
-    training clips."""
+    training clips (``skip_bad``: those a ``--skip-bad-clips`` run kept)."""
     bundle = open_bundle(bundle_dir)
-    clips = scan(corpus, [machine], "train")
+    clips = scan(corpus, [machine], "train", skip_bad=skip_bad)
     feats = clip_features(clips, bundle.spec, progress=False)
     return method.refit_rule_arrays(clips, artifact_outputs(bundle, kind, feats))
 
 
 def assert_float_refit_is_the_runs(bundle_dir: Path, method, corpus: Path, machine: str,
-                                   rtol: float = 1e-4) -> None:
+                                   rtol: float = 1e-4, skip_bad: bool = False) -> None:
     """Refitted on the float ONNX artifact's outputs (torch's numbers to float rounding),
     every section's arrays are the run's own: the refit is training's recipe, on the same
     clips in the same order."""
-    refit = refit_on(bundle_dir, method, corpus, machine, "onnx-fp32")
+    refit = refit_on(bundle_dir, method, corpus, machine, "onnx-fp32", skip_bad)
     assert sorted(refit) == sorted(open_bundle(bundle_dir).sections)
     for s, arrays in refit.items():
         own = method.rule_arrays(s)

@@ -75,6 +75,31 @@ def test_an_ae_mahalanobis_int8_artifact_scores_with_moments_of_its_own_residual
     assert_int8_scores_with_its_own(out, {"means", "precisions"})
 
 
+def test_a_run_trained_skipping_a_damaged_clip_exports_from_its_own_corpus(small_fan,
+                                                                            tmp_path, capsys):
+    """Was: int8 calibration, the rule arrays per artifact and the clip length scanned the
+    run's corpus without leaving out what training had: export refused the run's own
+    corpus ('... pass --skip-bad-clips', a flag export does not have)."""
+    from harken.training.cli import main as train_main
+    corpus = tmp_path / "corpus"
+    shutil.copytree(small_fan, corpus, symlinks=True)
+    (corpus / "fan" / "train" / "section_00_source_train_normal_9999.wav").write_bytes(
+        b"RIFF, not a WAV")
+    run = tmp_path / "runs"
+    assert train_main(["train", "--method", "ae-mahalanobis", "--data", str(corpus),
+                       "--machine", "fan", "--out", str(run), "--set", "epochs=1",
+                       "--skip-bad-clips", "--quiet"]) == 0
+    out = tmp_path / "b"
+    assert export_main([str(run / "fan"), "--out", str(out), "--calib", str(corpus),
+                        "--formats", "onnx", "--precision", "both"]) == 0, capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["threshold"]["interval_s"] == 10.0     # the clip length was read
+    method = METHODS["ae-mahalanobis"].load(run / "fan")
+    # refitted on training's clips, split as training split them
+    assert_float_refit_is_the_runs(out, method, corpus, "fan", rtol=1e-3, skip_bad=True)
+    assert_int8_scores_with_its_own(out, {"means", "precisions"})
+
+
 def test_folding_batchnorm_keeps_the_outputs(runs):
     for name in TINY:
         graph = load_graph(runs / name / "fan")

@@ -113,6 +113,12 @@ def test_a_wav_cut_short_is_refused_naming_it_or_skipped(tmp_path):
         scan(root, ["fan"], split="train")
     found = scan_corpus(root, ["fan"], split="train", skip_bad=True)
     assert [c.index for c in found.clips] == [0, 2] and found.summary()["skipped"] == {DAMAGED: 1}
+    # a damaged test clip: no flag to name (only training leaves clips out; was: 'pass
+    # --skip-bad-clips' from evaluate and verify, which have no such flag)
+    test_clip = sorted((root / "fan" / "test").glob("*.wav"))[0]
+    test_clip.write_bytes(test_clip.read_bytes()[:3000])
+    with pytest.raises(CorpusError, match=r"damaged WAV .*; repair or remove it$"):
+        scan(root, ["fan"], split="test")
 
 
 @pytest.mark.parametrize("keep", [40, 44])

@@ -372,6 +372,13 @@ def test_a_run_trained_skipping_bad_clips_is_evaluated_on_its_own_corpus(corpus,
     assert evaluate(runs, tmp_path / "e") == 0
     record = json.loads((tmp_path / "e" / "metrics.json").read_text())["runs"][MACHINE]
     assert record["corpus"]["matches_run"] is True and record["corpus"]["skip_bad_clips"]
+    # the baseline trained beside another method's run reads the same clips (was: refused
+    # the damaged one)
+    assert train(bad, tmp_path / "sk", "spectral-knn", "--skip-bad-clips") == 0
+    assert main(["evaluate", str(tmp_path / "sk"), "--out", str(tmp_path / "b"), "--quiet",
+                 "--no-plots"]) == 0, capsys.readouterr().err
+    beside = json.loads((tmp_path / "b" / "baseline-knn" / "metrics.json").read_text())
+    assert beside["runs"][MACHINE]["corpus"]["skip_bad_clips"]
 
 
 def test_a_folder_mixing_trainings_and_methods_says_so(tiny_corpus, tmp_path, capsys):

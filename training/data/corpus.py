@@ -301,10 +301,13 @@ def scan_corpus(root: str | Path, machines: list[str] | None = None, split: str 
         paths = found.skipped[reason]
         detail = (found.problems[paths[0]] if reason == DAMAGED else
                   "a normal reference must not be a fault")
+        # only training leaves clips out (evaluate, export and verify read what a run read)
+        hint = (" (harken-train train --skip-bad-clips leaves such clips out)"
+                if paths[0].parent.name.lower() == "train" else "")
         raise CorpusError(
             f"{paths[0]}: {reason} ({detail})" + (f"; {len(paths) - 1} more alike" if len(paths) > 1
                                                   else "")
-            + "; repair or remove it, or pass --skip-bad-clips to leave such clips out")
+            + "; repair or remove it" + hint)
     if not found.clips:
         what = f"{split}/" if split else "train/ or test/"
         extra = ("; skipped: " + ", ".join(f"{len(p)} {r}" for r, p in found.skipped.items())
