@@ -195,14 +195,14 @@ def _write_models(graph: InferenceGraph, out: Path, options: ExportOptions, meth
     return artifacts, reference
 
 
-def _clip_seconds(info) -> float | None:
-    """The length of the run's training clips: the interval its threshold was fitted at,
-    which the agent checks against decision.interval_s (docs/agent.md); None if the corpus
-    is not here to say."""
+def _clip_seconds(info, root: Path | None = None) -> float | None:
+    """The length of the run's training clips (under ``root``, the checked corpus, or the
+    one run.json names): the interval its threshold was fitted at, which the agent checks
+    against decision.interval_s (docs/agent.md); None if the corpus is not here to say."""
     from harken.agent.sources.wavio import read_pcm
     from harken.common.errors import HarkenError
     try:
-        clip = run_training_clips(Path(info.corpus.root), info)[0]
+        clip = run_training_clips(Path(root or info.corpus.root), info)[0]
         data, rate = read_pcm(clip.path, mmap=True)
         return round(len(data) / rate, 3)
     except (HarkenError, OSError, ValueError, IndexError):
@@ -230,7 +230,7 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
     def calibration() -> tuple[Path, str, object, bool]:
         if not corpus:
             corpus.append(Path(check_corpus(run_dir, info, calib_root, other_corpus,
-                                            test_clips=False)["path"]))
+                                            test_clips=False, data_flag="--calib")["path"]))
         return corpus[0], info.machine, spec, skip_bad or other_corpus
     artifacts, reference = _write_models(graph, out, options, info.method, calibration)
 
@@ -244,7 +244,7 @@ def write_bundle(run_dir: Path, out: Path, calib_root: Path | None = None,
         return {name: _entry(out, out / "arrays" / f"{name}.npy") for name in arrays}
 
     normal = info.normal_scores
-    fitted_at = _clip_seconds(info)
+    fitted_at = _clip_seconds(info, corpus[0] if corpus and not other_corpus else None)
     doc = {
         "schema_version": SCHEMA_VERSION,
         "model": _model_block(info, info.method),

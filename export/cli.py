@@ -96,6 +96,9 @@ def cmd_general(args: argparse.Namespace) -> int:
     if args.run and args.variant != "fused":
         raise UsageError(f"--variant {args.variant}: a spectral-knn setting; a general bundle "
                          f"of a learned model (--run) has no variants")
+    if not args.run and (args.calib or args.other_corpus):
+        raise UsageError("--calib and --other-corpus: int8 calibration of a learned model "
+                         "(--run); spectral-knn's general bundle is float and reads no corpus")
     if args.variant not in VARIANT_WEIGHTS:
         raise UsageError(f"--variant {args.variant}: expected one of "
                          f"{', '.join(VARIANT_WEIGHTS)} (the spectral-knn branches and weights "
@@ -110,7 +113,8 @@ def cmd_general(args: argparse.Namespace) -> int:
             from harken.export.general_bundle import write_embedding_general_bundle
             write_embedding_general_bundle(Path(args.run), new, ExportOptions(
                 formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
-                precision=args.precision))
+                precision=args.precision), calib_root=Path(args.calib) if args.calib else None,
+                other_corpus=args.other_corpus)
         else:
             write_general_bundle(new, options=ExportOptions(precision="fp32"),
                                  variant=args.variant)
@@ -228,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--formats", default="onnx", help="with --run: onnx, tflite or onnx,tflite")
     g.add_argument("--precision", default="int8", choices=("int8", "fp32", "both"),
                    help="with --run: int8 (default), fp32 or both")
+    g.add_argument("--calib", help="with --run: corpus whose TRAINING clips calibrate int8 "
+                   "(default: the run's own corpus)")
+    g.add_argument("--other-corpus", action="store_true",
+                   help="with --run: calibrate int8 on a corpus other than the run's, on purpose")
     g.add_argument("--tar", action="store_true", help="also write BUNDLE.tar.gz for the device")
     g.add_argument("--variant", default="fused",
                    help="spectral-knn score variant whose branches 'harken enroll' fits and "

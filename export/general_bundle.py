@@ -35,12 +35,12 @@ CLIPS_PER_TYPE = 8
 
 
 def general_calibration(root: Path, spec, n: int, seed: int = 0, family_seed: int = 0,
-                        skip_bad: bool = False) -> np.ndarray:
-    """``n`` feature windows from the TRAINING clips of every machine type under ``root``,
-    as many from each type (topped up from the random family when they are too few);
-    ``skip_bad``: damaged clips passed over, not refused."""
+                        skip_bad: bool = False, types: list[str] | None = None) -> np.ndarray:
+    """``n`` feature windows from the TRAINING clips of the machine types ``types`` (the
+    run's; default every type) under ``root``, as many from each type (topped up from the
+    random family when they are too few); ``skip_bad``: damaged clips passed over."""
     try:
-        types = machine_types(root)
+        types = types or machine_types(root)
         rng = np.random.default_rng(seed)
         picked = []
         for m in types:
@@ -67,12 +67,17 @@ def general_calibration(root: Path, spec, n: int, seed: int = 0, family_seed: in
     return all_windows[np.sort(rng.choice(len(all_windows), n, replace=False))]
 
 
+def general_types(info) -> list[str]:
+    """The machine types a general run was trained on ([] for a run that does not say)."""
+    return list((getattr(info, "general", None) or {}).get("machine_types", []))
+
+
 def _checked_corpus(run_dir: Path, info, data: Path | None, other_corpus: bool) -> Path:
     """The corpus int8 calibration reads: ``data`` or the one run.json names, accepted
     when the training clips of the run's machine types have the run's fingerprint
     (``other_corpus``: any, on purpose)."""
     root = Path(data or info.corpus.root)
-    types = list((getattr(info, "general", None) or {}).get("machine_types", []))
+    types = general_types(info)
     try:
         fingerprint = corpus_fingerprint(scan(root, types or None, split="train",
                                               skip_bad=skipped_bad_clips(info)),
@@ -116,7 +121,9 @@ def write_embedding_general_bundle(run_dir: Path, out: Path, options: ExportOpti
         calib = np.stack([model_input(w, graph.input_shape) for w in
                           general_calibration(root, spec, options.calibration_windows, options.seed,
                                               graph.method.config.family_seed,
-                                              skipped_bad_clips(info) or other_corpus)])
+                                              skipped_bad_clips(info) or other_corpus,
+                                              # the run's types (another corpus: its own)
+                                              None if other_corpus else general_types(info))])
         artifacts |= int8_artifacts(graph, onnx_fp32, onnx_io, calib, out, options, root)
     reference = {"onnx-fp32": {"size": onnx_fp32.stat().st_size,
                                "note": "size of the fp32 ONNX model, the reference for the "

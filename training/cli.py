@@ -141,6 +141,7 @@ def _train_machines(args: argparse.Namespace, method_overrides: list[str], machi
             info = make_method(args.method, overrides).train(clips, new,
                                                              progress=not args.quiet)
             info.corpus.scan = found.summary()        # what the scan passed over, and why
+            _record_scan_in_members(new, info)
             info.training_id = training_id
             record_training_time(new, info, time.monotonic() - t0)
         hist = info.history
@@ -180,7 +181,8 @@ def cmd_refit(args: argparse.Namespace) -> int:
         cls = method_class(info.method)
         if not issubclass(cls, Refittable):
             raise UsageError(f"{run}: {cls.name} has no score state to refit (retrain instead)")
-        check_corpus(run, info)              # refit reads the corpus run.json names
+        # refit reads the corpus run.json names (it has no --data nor --other-corpus)
+        check_corpus(run, info, flag=None, data_flag=None)
         # refitted in a copy that replaces the run when done: never half old, half new
         with building(run, force=True) as new:
             new.rmdir()
@@ -259,6 +261,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _record_scan_in_members(run_dir: Path, info) -> None:
+    """A fusion's members trained here read the fusion's clips: each records the same scan,
+    so that a member read on its own (export of the fusion, refit) leaves out what
+    training did. A member copied in from its own training keeps its own record."""
+    from harken.training.runs import read_run, save_run
+    for member in info.members or []:
+        member_info = read_run(run_dir / member.run)
+        if getattr(member_info.corpus, "scan", None) is None:
+            member_info.corpus.scan = info.corpus.scan
+            save_run(run_dir / member.run, member_info)
+
+
 def _baseline_beside(runs: list[Path], out: Path, data: Path | None, quiet: bool,
                      other_corpus: bool = False):
     """Trains baseline-knn on the runs' training data (seconds) and evaluates it the same way."""
@@ -269,7 +283,7 @@ def _baseline_beside(runs: list[Path], out: Path, data: Path | None, quiet: bool
     for run in runs:
         info = read_run(run)
         root = Path(check_corpus(run, info, data, other_corpus)["path"])
-        clips = run_training_clips(root, info)
+        clips = run_training_clips(root, info, skip_bad=other_corpus)
         knn_dir = out / "runs" / info.machine
         baseline = KnnBaseline().train(clips, knn_dir, progress=not quiet)
         skipped = getattr(info.corpus, "scan", None)

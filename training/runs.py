@@ -201,8 +201,8 @@ def corpus_fingerprint(clips: Sequence[Clip], kind: str = CONTENT) -> str:
 
 
 def check_corpus(run_dir: Path, info: RunInfo, data: Path | None = None,
-                 other_corpus: bool = False, flag: str = "--other-corpus",
-                 test_clips: bool = True) -> dict:
+                 other_corpus: bool = False, flag: str | None = "--other-corpus",
+                 test_clips: bool = True, data_flag: str | None = "--data") -> dict:
     """The corpus to use with a run: ``data`` if given, else the path run.json names (a
     hint only). It is accepted when its training clips of the run's machine type have the
     run's fingerprint; otherwise refused in one line, unless ``other_corpus`` (a deliberate
@@ -210,26 +210,33 @@ def check_corpus(run_dir: Path, info: RunInfo, data: Path | None = None,
     run recorded their fingerprint (``test_clips``: False for a command that reads only the
     training clips, int8 calibration). A run trained with ``--skip-bad-clips`` is checked
     with the same clips left out. An old run's relative corpus path is refused (``--data``).
+    ``data_flag`` and ``flag`` are the calling command's options for the corpus and for
+    another corpus on purpose (None: it has none; the refusal says so, not a flag).
     Returns what an evaluation records: {"path", "fingerprint", "run_fingerprint",
     "matches_run", ...}."""
     if data is None and info.corpus.root and not Path(info.corpus.root).is_absolute():
         # an old run (before version 3) may name its corpus relative to the folder it was
         # trained from: read against the current one it would name another corpus
         raise RunError(f"{run_dir}/run.json: an old run with a relative corpus path "
-                       f"({info.corpus.root!r}); give its corpus with --data")
+                       f"({info.corpus.root!r}); " + (f"give its corpus with {data_flag}"
+                                                     if data_flag else "retrain it"))
     root = Path(os.path.abspath(data if data is not None else info.corpus.root or "."))
-    where = "--data" if data is not None else f"the corpus {run_dir}/run.json names"
+    where = data_flag if data is not None else f"the corpus {run_dir}/run.json names"
+    give = (f"give the run's corpus with {data_flag}" if data_flag else
+            f"put the run's corpus back at {info.corpus.root}")
+    anyway = f", or {flag} to use this one on purpose" if flag else ""
     if not root.is_dir():
-        raise RunError(f"{root}: {where} is not there; give the corpus {run_dir} was trained "
-                       f"on with --data")
+        raise RunError(f"{root}: {where} is not there; " + (
+            f"give the corpus {run_dir} was trained on with {data_flag}" if data_flag else
+            f"put the corpus {run_dir} was trained on back there"))
     kind = info.corpus.fingerprint_kind
     skip_bad = skipped_bad_clips(info)
     try:
         fingerprint = corpus_fingerprint(run_training_clips(root, info), kind)
     except CorpusError as exc:
         if not other_corpus:
-            raise RunError(f"{exc}; cannot check it is the corpus {run_dir} was trained on "
-                           f"({flag} to use it anyway)") from None
+            raise RunError(f"{exc}; cannot check it is the corpus {run_dir} was trained on"
+                           + (f" ({flag} to use it anyway)" if flag else "")) from None
         fingerprint = None
     record = {"path": str(root), "fingerprint": fingerprint, "fingerprint_kind": kind,
               "run_fingerprint": info.corpus.fingerprint,
@@ -239,8 +246,7 @@ def check_corpus(run_dir: Path, info: RunInfo, data: Path | None = None,
     if not record["matches_run"] and not other_corpus:
         raise RunError(f"{root}: not the corpus {run_dir} was trained on (its '{info.machine}' "
                        f"training clips have fingerprint {str(fingerprint)[:12]}, the run's "
-                       f"{info.corpus.fingerprint[:12]}); give the run's corpus with --data, "
-                       f"or {flag} to use this one on purpose")
+                       f"{info.corpus.fingerprint[:12]}); {give}{anyway}")
     if test_clips and info.corpus.test_fingerprint is not None:
         test = corpus_test_fingerprint(root, info.machine)
         record["test_matches_run"] = test == info.corpus.test_fingerprint
@@ -248,8 +254,7 @@ def check_corpus(run_dir: Path, info: RunInfo, data: Path | None = None,
         if not record["test_matches_run"] and not other_corpus:
             raise RunError(f"{root}: its '{info.machine}' test clips are not the ones {run_dir} "
                            f"recorded at training (fingerprint {str(test)[:12]}, the run's "
-                           f"{info.corpus.test_fingerprint[:12]}); give the run's corpus with "
-                           f"--data, or {flag} to use this one on purpose")
+                           f"{info.corpus.test_fingerprint[:12]}); {give}{anyway}")
     return record
 
 
@@ -262,12 +267,14 @@ def skipped_bad_clips(info: RunInfo) -> bool:
     return isinstance(skipped, dict) and any(r in REFUSED and n for r, n in skipped.items())
 
 
-def run_training_clips(root: str | Path, info: RunInfo) -> list[Clip]:
+def run_training_clips(root: str | Path, info: RunInfo, skip_bad: bool = False) -> list[Clip]:
     """The run's training clips under ``root``, as training saw them: a run trained with
     ``--skip-bad-clips`` leaves the same clips out, so what reads them again (the corpus
     check, a refit, int8 calibration, the rule arrays per artifact) neither stops on a
-    clip training passed over nor splits them otherwise than training did."""
-    return scan(root, [info.machine], split="train", skip_bad=skipped_bad_clips(info))
+    clip training passed over nor splits them otherwise than training did. ``skip_bad``
+    passes damaged clips over whatever the run did (another corpus, on purpose)."""
+    return scan(root, [info.machine], split="train",
+                skip_bad=skip_bad or skipped_bad_clips(info))
 
 
 def corpus_test_fingerprint(root: Path, machine: str) -> str | None:

@@ -174,6 +174,8 @@ def test_export_calibrates_only_on_the_runs_corpus_unless_on_purpose(runs, tiny_
     assert export(runs["a"], tmp_path / "b", *int8) == 2
     err = capsys.readouterr().err
     assert f"{other}: not the corpus {runs['a']} was trained on" in err
+    # export's own options (was: 'with --data', verify's and evaluate's)
+    assert "give the run's corpus with --calib, or --other-corpus" in err
     assert not (tmp_path / "b").exists()
     assert export(runs["a"], tmp_path / "b", *int8, "--other-corpus") == 0
 

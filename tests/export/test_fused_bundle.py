@@ -226,3 +226,24 @@ def test_without_a_named_artifact_every_member_runs_on_one_runtime(bundle_dir):
     # TFLite's float model rather than another runtime
     assert scorer.artifact_kind == "tflite-fp32+tflite-int8"
     assert [m.artifact.kind for m in scorer.members] == ["tflite-fp32", "tflite-int8"]
+
+
+def test_a_fusion_trained_skipping_a_damaged_clip_has_members_that_check_out(small_fan,
+                                                                            tmp_path):
+    """Was: only the fusion's run.json recorded what the scan skipped; each member, read on
+    its own (the fused export calibrates and refits member by member), scanned every clip
+    and stopped on the damaged one its training had left out."""
+    from harken.export.bundle import _clip_seconds
+    from harken.training.cli import main as train_main
+    from harken.training.runs import check_corpus, read_run
+    corpus = tmp_path / "corpus"
+    shutil.copytree(small_fan, corpus, symlinks=True)
+    (corpus / "fan" / "train" / "section_00_source_train_normal_9999.wav").write_bytes(b"RIFF?")
+    assert train_main(["train", "--method", "fusion", "--data", str(corpus), "--machine", "fan",
+                       "--out", str(tmp_path / "runs"), "--set", "members=spectral-knn,ae",
+                       "--set", "ae.epochs=1", "--skip-bad-clips", "--quiet"]) == 0
+    for member in MEMBERS:
+        run_dir = tmp_path / "runs" / "fan" / member
+        info = read_run(run_dir)
+        assert check_corpus(run_dir, info, corpus, test_clips=False)["skip_bad_clips"]
+        assert _clip_seconds(info, corpus) == 10.0

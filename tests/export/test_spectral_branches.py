@@ -3,6 +3,7 @@ scores every variant, a bundle ships only the branches its variant weighs and ve
 custom weights and general bundles take any branch set, bad values are one line."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from harken.agent.model.bundle import open_bundle
 from harken.agent.model.rules.spectral_knn import ALL_BRANCHES
 from harken.export.bundle import ExportOptions, write_bundle
 from harken.export.cli import main as export_main
+from harken.export.graphs import ExportError
 from harken.export.verify import verify
 from harken.training.data.corpus import scan
 from harken.training.methods import METHODS, make_method
@@ -109,3 +111,29 @@ def test_a_variant_given_with_a_learned_general_model_is_refused(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--variant stats: a spectral-knn setting" in err
     assert not (tmp_path / "g").exists()
+
+
+def test_calib_without_a_learned_general_model_is_refused(tmp_path, capsys):
+    """--calib and --other-corpus calibrate int8 of a learned model; spectral-knn's
+    general bundle is float and reads no corpus."""
+    assert export_main(["general", "--calib", str(tmp_path), "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--calib and --other-corpus" in err
+    assert not (tmp_path / "g").exists()
+
+
+def test_general_calibration_reads_only_the_runs_machine_types(tiny_corpus, tmp_path):
+    """Was: every type of the corpus, those the general model never trained on included:
+    a damaged clip of another type stopped the export of a run that never read it."""
+    from harken.agent.features.spec import FeatureSpec
+    from harken.export.general_bundle import general_calibration
+    root = tmp_path / "tiny"
+    shutil.copytree(tiny_corpus, root, symlinks=True)
+    (root / "valve" / "train" / "section_00_source_train_normal_9999.wav").write_bytes(b"RIFF?")
+    spec = FeatureSpec()
+    with pytest.raises(ExportError, match=r"calibration data: .*normal_9999.wav: damaged WAV"):
+        general_calibration(root, spec, 20)
+    got = general_calibration(root, spec, 20, types=["fan", "gearbox"])
+    assert got.shape == (20, spec.window_frames, spec.n_features)
+    # another corpus on purpose: every type, its damaged clips passed over
+    assert general_calibration(root, spec, 20, skip_bad=True).shape == got.shape

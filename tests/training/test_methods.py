@@ -139,6 +139,13 @@ def test_refit_rebuilds_the_same_bank_and_threshold(tiny_corpus, tmp_path, capsy
     # each domain's typical distance is a real distance, not a clamp
     scale = np.load(run / "bank_section_00_scale.npy")
     assert scale.shape == (2,) and (scale > 1e-6).all()
+    # its corpus gone: refit has no --data nor --other-corpus, and the refusal names none
+    refitted["corpus"]["root"] = str(tmp_path / "moved")
+    (run / "run.json").write_text(json.dumps(refitted))
+    capsys.readouterr()
+    assert main(["refit", str(run.parent), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not there; put the corpus" in err and "--data" not in err and "\n" not in err
 
 
 def test_refit_refuses_methods_without_a_bank(tiny_corpus, tmp_path):

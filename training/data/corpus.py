@@ -302,7 +302,7 @@ def scan_corpus(root: str | Path, machines: list[str] | None = None, split: str 
         detail = (found.problems[paths[0]] if reason == DAMAGED else
                   "a normal reference must not be a fault")
         # only training leaves clips out (evaluate, export and verify read what a run read)
-        hint = (" (harken-train train --skip-bad-clips leaves such clips out)"
+        hint = (" (training with --skip-bad-clips leaves such clips out)"
                 if paths[0].parent.name.lower() == "train" else "")
         raise CorpusError(
             f"{paths[0]}: {reason} ({detail})" + (f"; {len(paths) - 1} more alike" if len(paths) > 1
