@@ -111,12 +111,15 @@ def results_markdown(evaluations: dict[str, dict], corpus: dict, command: str,
 
 # (variant, the row it changes, what the change is): each a "did it help?" row
 VARIANTS = [
-    ("spectral-knn", "spectral-knn [plain]", "local density normalisation, on vs off"),
-    ("spectral-knn", "spectral-knn [mel]", "the spectrum branch (new features), on vs off"),
-    ("spectral-knn", "spectral-knn [spectrum]", "the mel branch, on vs off"),
-    ("spectral-knn", "spectral-knn [density]", "fusing in the plain distances, on vs off"),
-    ("spectral-knn [all]", "spectral-knn", "the modulation, temporal and cepstrum branches "
-     "(issue 39) added to mel and spectrum"),
+    # "spectral-knn" is the default rule (auto); [fused] is the fixed mel + spectrum fusion
+    ("spectral-knn", "spectral-knn [fused]", "branch weights chosen per machine type on "
+     "training data (auto) instead of the fixed mel + spectrum fusion"),
+    ("spectral-knn [fused]", "spectral-knn [plain]", "local density normalisation, on vs off"),
+    ("spectral-knn [fused]", "spectral-knn [mel]", "the spectrum branch (new features), on vs off"),
+    ("spectral-knn [fused]", "spectral-knn [spectrum]", "the mel branch, on vs off"),
+    ("spectral-knn [fused]", "spectral-knn [density]", "fusing in the plain distances, on vs off"),
+    ("spectral-knn [all]", "spectral-knn [fused]", "the modulation, temporal and cepstrum "
+     "branches (issue 39) added to mel and spectrum"),
     ("spectral-knn [stats]", "spectral-knn [mel]", "the modulation, temporal and cepstrum "
      "branches added to mel (no 513-bin spectrum)"),
     ("spectral-knn [modulation]", "baseline-knn", "the modulation branch alone"),

@@ -90,6 +90,10 @@ def test_default_paragraph_says_whether_the_figures_bear_the_default_out():
     assert "**Below baseline-knn on valve.**" in text
     assert _default_lines({"baseline-knn": knn}) == []
     # the ablation rows name what each one switches
-    rows = "\n".join(_variant_lines({DEFAULT_METHOD: good, f"{DEFAULT_METHOD} [plain]": knn}))
-    assert f"| {DEFAULT_METHOD} | {DEFAULT_METHOD} [plain] | local density normalisation, " \
+    fused = f"{DEFAULT_METHOD} [fused]"
+    rows = "\n".join(_variant_lines({fused: good, f"{DEFAULT_METHOD} [plain]": knn}))
+    assert f"| {fused} | {DEFAULT_METHOD} [plain] | local density normalisation, " \
            "on vs off | 0.7000 | 0.6000 | +0.1000 | helped |" in rows
+    # the default rule (auto) against the fixed fusion it replaced
+    rows = "\n".join(_variant_lines({DEFAULT_METHOD: good, fused: knn}))
+    assert f"| {DEFAULT_METHOD} | {fused} | branch weights chosen per machine type" in rows
