@@ -48,7 +48,8 @@ def main() -> None:
         train_s[machine] = time.perf_counter() - t
         model = method_class(DEFAULT_METHOD).load(run)
         for rule, scores in model.score_all(test, progress=False).items():
-            per_rule[rule] += section_results(machine, test, scores)
+            # score_all also gives the default's own rule (auto: the chosen variant's weights)
+            per_rule.setdefault(rule, []).extend(section_results(machine, test, scores))
         knn += baseline_knn_results(machine, train, test, RUNS / "baseline-knn" / machine)
         bundle, checks = export_and_verify(run, RUNS / "bundles" / machine, corpus)
         for kind, figures in checks.items():

@@ -278,7 +278,7 @@ def default_detector_section(r: dict) -> list[str]:
     machines, t, ok = r["machines"], r["targets"], r["met"]
     knn = r["baseline"]
     device = next(b for b in r["bundles"] if b["default_artifact"])
-    fused = next(x for x in r["rows"] if x["rule"] == r["default_rule"])
+    default = next(x for x in r["rows"] if x["rule"] == r["default_rule"])
     lines = [
         "## The default detector: spectral-knn", "",
         f"`{r['command']}` ({r['when']}) on `{r['corpus']['root']}`: {r['method']} trained per "
@@ -289,23 +289,28 @@ def default_detector_section(r: dict) -> list[str]:
         detector_table([*r["rows"], *r["bundles"]], knn, machines)
     by_rule = {x["rule"]: x for x in r["rows"]}
 
-    def did(other: str, what: str) -> str:
-        o = by_rule[other]
-        change = fused["official"] - o["official"]
+    def did(other: str, what: str, base: str = "fused") -> str:
+        # each part is switched off from the fixed mel + spectrum fusion, whatever the default
+        b, o = by_rule[base], by_rule[other]
+        change = b["official"] - o["official"]
         verdict = "helped" if change > 0.005 else "did not help" if change < -0.005 else \
             "made no clear difference"
-        return (f"- {what}: {verdict} (`{other}` {o['official']:.4f} -> `{r['default_rule']}` "
-                f"{fused['official']:.4f}, {change:+.4f}; target AUC {o['auc_target']:.3f} -> "
-                f"{fused['auc_target']:.3f})")
+        return (f"- {what}: {verdict} (`{other}` {o['official']:.4f} -> `{base}` "
+                f"{b['official']:.4f}, {change:+.4f}; target AUC {o['auc_target']:.3f} -> "
+                f"{b['auc_target']:.3f})")
     lines += ["", "Did it help? Each part switched off in turn (the same banks, other fusion "
-              "weights):", "",
-              did("plain", "local density normalisation"),
+              "weights):", ""]
+    if r["default_rule"] != "fused" and "fused" in by_rule:
+        lines.append(did("fused", "the branch weights chosen per machine type on training "
+                                  "data (the default) instead of the fixed fusion",
+                         r["default_rule"]))
+    lines += [did("plain", "local density normalisation"),
               did("mel", "the spectrum branch (the new features)"),
               did("spectrum", "the mel branch"),
               did("density", "fusing the plain distances with the normalised ones")]
     lines += detection_targets(device, knn, machines, t, ok) + [
               "| every bundle artifact within 0.01 official of the training code | " + ", ".join(
-                  f"{b['artifact']} {b['official'] - fused['official']:+.4f}"
+                  f"{b['artifact']} {b['official'] - default['official']:+.4f}"
                   for b in r["bundles"]) + f" | {met(ok['bundle_vs_float'])} |",
               "| training per machine type, 2 cores | " + ", ".join(
                   f"{m} {s:.1f} s" for m, s in r["train_s"].items())
